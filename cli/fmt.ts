@@ -1,0 +1,47 @@
+// `lrkc fmt`: print, rewrite (--write) or verify (--check) the canonical formatting of files.
+import { writeFileSync } from "node:fs";
+import { format } from "../language/format.js";
+import { parse } from "../language/parse.js";
+import type { Diagnostic } from "../language/diagnostics.js";
+import { readSource } from "./files.js";
+import { report, type ReportOptions } from "./report.js";
+
+export interface FmtOptions extends ReportOptions {
+  write?: boolean;
+  check?: boolean;
+}
+
+export function fmtCommand(paths: string[], options: FmtOptions): number {
+  const diagnostics: Diagnostic[] = [];
+  const unformatted: string[] = [];
+  for (const path of paths) {
+    const read = readSource(path);
+    if ("diagnostic" in read) {
+      diagnostics.push(read.diagnostic);
+      continue;
+    }
+    const parsed = parse(read.file);
+    if (parsed.diagnostics.length > 0) {
+      // Never format around a syntax error: the output could drop what the parser skipped.
+      diagnostics.push(...parsed.diagnostics);
+      continue;
+    }
+    const formatted = format(parsed.program, read.file);
+    if (options.check) {
+      if (formatted !== read.file.text) unformatted.push(path);
+    } else if (options.write) {
+      if (formatted !== read.file.text) writeFileSync(path, formatted);
+    } else {
+      process.stdout.write(formatted);
+    }
+  }
+  const code = report(diagnostics, options);
+  if (unformatted.length > 0) {
+    for (const path of unformatted) process.stderr.write(`${path}: not formatted\n`);
+    process.stderr.write(
+      `${unformatted.length} file${unformatted.length === 1 ? "" : "s"} would be reformatted: run \`lrkc fmt --write\` on ${unformatted.length === 1 ? "it" : "them"}\n`,
+    );
+    return 1;
+  }
+  return code;
+}

@@ -1,0 +1,72 @@
+// lrkc's command line. Exit codes: 0 success, 1 a problem in the user's input (reported as
+// diagnostics), 2 an internal error (a bug in lrkc).
+import { Command, CommanderError } from "commander";
+import { checkCommand } from "./check.js";
+import { fmtCommand } from "./fmt.js";
+
+function program(setCode: (code: number) => void): Command {
+  const cli = new Command("lrkc")
+    .description("lrk: compile and run low-rank training programs written in .lrk")
+    .version("0.1.0")
+    .showHelpAfterError("(run `lrkc --help` for usage)")
+    .exitOverride();
+
+  cli
+    .command("check")
+    .description("check .lrk files for errors without running anything")
+    .argument("<files...>", ".lrk files to check")
+    .option("--json", "print diagnostics as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ lrkc check examples/lora_finetune.lrk\n  $ lrkc check --json examples/*.lrk stdlib/*.lrk",
+    )
+    .action((files: string[], opts: { json?: boolean }) => setCode(checkCommand(files, opts)));
+
+  cli
+    .command("fmt")
+    .description("format .lrk files (prints to stdout unless --write or --check)")
+    .argument("<files...>", ".lrk files to format")
+    .option("--write", "rewrite the files in place")
+    .option("--check", "exit 1 if any file is not formatted; change nothing")
+    .option("--json", "print diagnostics as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ lrkc fmt examples/mlp.lrk            # print the formatted file\n  $ lrkc fmt --write examples/*.lrk       # format in place\n  $ lrkc fmt --check examples/*.lrk       # for CI: fail if anything would change",
+    )
+    .action((files: string[], opts: { write?: boolean; check?: boolean; json?: boolean }) => {
+      if (opts.write && opts.check) {
+        process.stderr.write("error: --write and --check cannot be used together\n");
+        setCode(1);
+        return;
+      }
+      setCode(fmtCommand(files, opts));
+    });
+
+  cli.addHelpText(
+    "after",
+    "\nExamples:\n  $ lrkc check examples/*.lrk\n  $ lrkc fmt --write examples/tiny_lm.lrk\n\nRun `lrkc help <command>` for a command's options.",
+  );
+  return cli;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let code = 0;
+  try {
+    await program((c) => (code = c)).parseAsync(argv);
+    return code;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // --help and --version end here with exit code 0; usage errors with 1.
+      return e.exitCode === 0 ? 0 : 1;
+    }
+    const err = e as Error;
+    process.stderr.write(
+      `internal error: ${err?.message ?? String(e)}\n` +
+        "This is a bug in lrkc, not in your program. Please report it with the input that caused it.\n" +
+        (process.env["LRK_DEBUG"]
+          ? `${err?.stack ?? ""}\n`
+          : "Set LRK_DEBUG=1 to print the stack trace.\n"),
+    );
+    return 2;
+  }
+}

@@ -1,0 +1,27 @@
+// Every diagnostic code lrkc can emit, with a one-line title. Codes are stable: tests and tools
+// match on them, never on message prose. spec/diagnostics.md documents each (a test checks it).
+//
+//   E00xx  files and command line
+//   E01xx  lexical and syntax errors
+//   E02xx  names, imports and definitions
+//   E03xx  selectors and placement of rules
+//   E04xx  types and shapes
+//   E05xx  data, checkpoints and run configuration
+//   E06xx  plans and devices
+
+export const codeTitles = {
+  E0001: "file cannot be read",
+  E0002: "file is not valid text",
+  E0101: "unexpected token",
+  E0102: "unterminated string",
+  E0103: "unterminated block comment",
+  E0104: "nesting too deep",
+  E0105: "unexpected character",
+  E0106: "invalid number",
+  E0107: "`**` is not an operator",
+  E0108: "invalid index or slice",
+} as const;
+
+export type DiagnosticCode = keyof typeof codeTitles;
+
+export const allCodes = Object.keys(codeTitles) as DiagnosticCode[];

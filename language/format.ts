@@ -1,0 +1,487 @@
+// The formatter: prints an AST back to canonical .lrk text, keeping every comment.
+//
+// Comments are not in the AST's nodes; they are placed by position. Before each line-level node
+// (declaration, member, statement, train item) go the comments that start before it; a comment on
+// the same line after a node stays at the end of that line; comments left inside a node that is
+// printed on one line (inside an argument list, say) move to just before the next line-level node
+// or the closing `}`. Placement depends only on the tree and comment order, so formatting is
+// idempotent, and parse(format(x)) equals parse(x) apart from spans.
+import type * as A from "./ast.js";
+import type { SourceFile } from "./source.js";
+
+export const lineWidth = 100;
+const indentUnit = "  ";
+
+export function format(program: A.Program, file: SourceFile): string {
+  const printer = new Printer(program.comments, file.text);
+  printer.topLevel(program.items);
+  return printer.result();
+}
+
+type LineNode = { span: A.Program["span"] };
+
+class Printer {
+  private lines: string[] = [];
+  private next = 0;
+  /** End offset of the last thing printed in the current list, for blank-line preservation. */
+  private lastEnd = -1;
+
+  constructor(
+    private readonly comments: A.Comment[],
+    private readonly text: string,
+  ) {}
+
+  result(): string {
+    while (this.lines.length > 0 && this.lines[this.lines.length - 1] === "") this.lines.pop();
+    return this.lines.length === 0 ? "" : this.lines.join("\n") + "\n";
+  }
+
+  // ------------------------------------------------------------------------ layout of lists
+
+  private blankLineBetween(from: number, to: number): boolean {
+    if (from < 0) return false;
+    let newlines = 0;
+    for (let i = from; i < to && i < this.text.length; i++) {
+      const c = this.text[i];
+      if (c === "\n") newlines++;
+      else if (c === "\r" && this.text[i + 1] !== "\n") newlines++;
+      if (newlines >= 2) return true;
+    }
+    return false;
+  }
+
+  private emitBlankIfSource(at: number): void {
+    if (
+      this.blankLineBetween(this.lastEnd, at) &&
+      this.lines.length > 0 &&
+      this.lines[this.lines.length - 1] !== ""
+    ) {
+      this.lines.push("");
+    }
+  }
+
+  /** Own-line comments that start before `offset`. */
+  private leadingComments(offset: number, indent: string): void {
+    while (this.next < this.comments.length && this.comments[this.next]!.span.start < offset) {
+      const c = this.comments[this.next++]!;
+      this.emitBlankIfSource(c.span.start);
+      this.lines.push(...commentLines(c, indent));
+      this.lastEnd = c.span.end;
+    }
+  }
+
+  /** Comments on the same line after `end` are appended to the last printed line. */
+  private trailingComments(end: number): void {
+    while (this.next < this.comments.length) {
+      const c = this.comments[this.next]!;
+      if (c.span.start < end || hasLineBreak(this.text, end, c.span.start) || c.text.includes("\n"))
+        break;
+      this.next++;
+      this.lines[this.lines.length - 1] += " " + c.text;
+      this.lastEnd = c.span.end;
+      if (!c.block) break;
+    }
+  }
+
+  private list<T extends LineNode>(
+    items: T[],
+    indent: string,
+    print: (item: T, indent: string) => string[],
+    blankAround?: (item: T) => boolean,
+  ): void {
+    // The first item of a list never gets a blank line before it.
+    this.lastEnd = -1;
+    let previousWanted = false;
+    items.forEach((item, i) => {
+      const wanted = blankAround?.(item) ?? false;
+      if (i > 0 && (wanted || previousWanted) && this.lines[this.lines.length - 1] !== "")
+        this.lines.push("");
+      // A node printed on one line also takes the comments from inside it, just before it.
+      this.leadingComments(isContainer(item) ? item.span.start : item.span.end, indent);
+      this.emitBlankIfSource(item.span.start);
+      this.lines.push(...print(item, indent));
+      this.lastEnd = item.span.end;
+      this.trailingComments(item.span.end);
+      previousWanted = wanted;
+    });
+  }
+
+  /** `{`, the body, dangling comments, `}`: the header line is already in `lines`. */
+  private body<T extends LineNode>(
+    items: T[],
+    container: LineNode,
+    indent: string,
+    print: (item: T, indent: string) => string[],
+  ): void {
+    const inner = indent + indentUnit;
+    const openLine = this.lines.length - 1;
+    this.list(items, inner, print);
+    this.leadingComments(container.span.end - 1, inner);
+    if (this.lines.length - 1 === openLine) {
+      this.lines[openLine] += "}";
+    } else {
+      this.lines.push(indent + "}");
+    }
+  }
+
+  // ------------------------------------------------------------------------ declarations
+
+  topLevel(items: A.TopItem[]): void {
+    this.list(
+      items,
+      "",
+      (item, indent) => this.topItem(item, indent),
+      (item) => item.kind === "Definition" || item.kind === "Train",
+    );
+    this.lastEnd = -1;
+    this.leadingComments(Infinity, "");
+  }
+
+  private topItem(item: A.TopItem, indent: string): string[] {
+    switch (item.kind) {
+      case "Import":
+        return [indent + importText(item)];
+      case "Const":
+        return [
+          this.line(indent, `const ${item.name.name}${typeSuffix(item.type)} = `, item.value),
+        ];
+      case "Data":
+        return [this.line(indent, `data ${item.name.name} = `, item.value)];
+      case "Definition":
+        return this.definition(item, indent);
+      case "Train":
+        return this.train(item, indent);
+      case "Error":
+        return [indent + "/* error */"];
+    }
+  }
+
+  private definition(def: A.Definition, indent: string): string[] {
+    const head = `${def.sort} ${def.name.name}`;
+    const on = def.on ? " " + onText(def.on) : "";
+    const params =
+      def.params.length > 0
+        ? this.paramList(def.params, indent, indent.length + head.length, on.length + 2)
+        : "";
+    this.lines.push(`${indent}${head}${params}${on} {`);
+    this.body(def.members, def, indent, (m, i) => this.member(m, i));
+    return [];
+  }
+
+  private paramList(
+    params: A.Param[],
+    indent: string,
+    column: number,
+    suffixLength: number,
+  ): string {
+    const flat = `(${params.map((p) => paramText(p)).join(", ")})`;
+    if (column + flat.length + suffixLength <= lineWidth) return flat;
+    const inner = indent + indentUnit;
+    return `(\n${params.map((p) => inner + paramText(p) + ",").join("\n")}\n${indent})`;
+  }
+
+  // ------------------------------------------------------------------------ members
+
+  private member(m: A.Member, indent: string): string[] {
+    switch (m.kind) {
+      case "ParamMember":
+        return [
+          m.init
+            ? this.line(indent, `param ${m.name.name}: ${typeText(m.type)} = `, m.init)
+            : `${indent}param ${m.name.name}: ${typeText(m.type)}`,
+        ];
+      case "StateMember": {
+        const refresh = m.refreshEvery ? ` refresh every ${expr(m.refreshEvery)}` : "";
+        return [this.line(indent, `state ${m.name.name}${typeSuffix(m.type)} = `, m.init, refresh)];
+      }
+      case "Let":
+        return [this.letLine(m, indent)];
+      case "IfMember":
+        this.ifChain<A.IfMember, A.Member>(m, indent, "if ", (members, i, container) =>
+          this.body(members, container, i, (x, j) => this.member(x, j)),
+        );
+        return [];
+      case "Regularize":
+        return [this.line(indent, "regularize ", m.value)];
+      case "At":
+        return this.at(m, indent);
+      case "Repeat":
+        this.lines.push(`${indent}${m.name.name}[${expr(m.count)}] {`);
+        this.body(m.members, m, indent, (x, i) => this.member(x, i));
+        return [];
+      case "Function": {
+        const head = `${m.name.name}`;
+        const returns = m.returns ? ` -> ${typeText(m.returns)}` : "";
+        const params = this.paramList(
+          m.params,
+          indent,
+          indent.length + head.length,
+          returns.length + 2,
+        );
+        if (m.body.kind === "Expr")
+          return [this.line(indent, `${head}${params}${returns} = `, m.body.value)];
+        this.lines.push(`${indent}${head}${params}${returns} {`);
+        this.body(m.body.stmts, m, indent, (s, i) => this.statement(s, i));
+        return [];
+      }
+      case "Define":
+        return [this.line(indent, `${m.name.name} = `, m.value)];
+      case "Error":
+        return [indent + "/* error */"];
+    }
+  }
+
+  /** `if … { } else if … { } else { }` for members and statements alike. */
+  private ifChain<
+    N extends { span: A.Program["span"]; condition: A.Expr; then: T[]; else?: T[] | N },
+    T extends LineNode,
+  >(
+    node: N,
+    indent: string,
+    keyword: string,
+    printBody: (items: T[], indent: string, container: LineNode) => void,
+  ): void {
+    if (keyword === "if ") this.lines.push(`${indent}if ${expr(node.condition)} {`);
+    else this.lines[this.lines.length - 1] += ` else if ${expr(node.condition)} {`;
+    // Without the span of `}` we close the then-block after its last item; comments between
+    // that and `else` move into the else-block, which is stable.
+    const lastThen = node.then[node.then.length - 1];
+    const thenEnd = node.else ? (lastThen?.span.end ?? node.condition.span.end) : node.span.end;
+    printBody(node.then, indent, { span: { start: node.span.start, end: thenEnd } });
+    if (node.else === undefined) return;
+    if (Array.isArray(node.else)) {
+      this.lines[this.lines.length - 1] += " else {";
+      printBody(node.else, indent, node);
+    } else {
+      this.ifChain(node.else, indent, "else if ", printBody);
+    }
+  }
+
+  private at(m: A.At, indent: string): string[] {
+    this.lines.push(`${indent}at ${m.trigger} ${expr(m.when)} {`);
+    this.body(m.body, m, indent, (s, i) => this.statement(s, i));
+    return [];
+  }
+
+  // ------------------------------------------------------------------------ statements
+
+  private statement(s: A.Stmt, indent: string): string[] {
+    switch (s.kind) {
+      case "Let":
+        return [this.letLine(s, indent)];
+      case "For":
+        this.lines.push(`${indent}for ${s.variable.name} in ${expr(s.iterable)} {`);
+        this.body(s.body, s, indent, (x, i) => this.statement(x, i));
+        return [];
+      case "If":
+        this.ifChain<A.If, A.Stmt>(s, indent, "if ", (stmts, i, container) =>
+          this.body(stmts, container, i, (x, j) => this.statement(x, j)),
+        );
+        return [];
+      case "Return":
+        return [s.value ? this.line(indent, "return ", s.value) : `${indent}return`];
+      case "Assign":
+        return [this.line(indent, `${expr(s.target)} ${s.op} `, s.value)];
+      case "ExprStmt":
+        return [this.line(indent, "", s.expr)];
+      case "Error":
+        return [indent + "/* error */"];
+    }
+  }
+
+  private letLine(s: A.Let, indent: string): string {
+    const target =
+      s.target.kind === "Name"
+        ? s.target.name
+        : `(${s.target.names.map((n) => n.name).join(", ")})`;
+    return this.line(
+      indent,
+      `${s.constant ? "const" : "let"} ${target}${typeSuffix(s.type)} = `,
+      s.value,
+    );
+  }
+
+  // ------------------------------------------------------------------------ train blocks
+
+  private train(t: A.TrainDecl, indent: string): string[] {
+    this.lines.push(`${indent}train ${t.name.name} {`);
+    this.body(t.items, t, indent, (item, i) => this.trainItem(item, i));
+    return [];
+  }
+
+  private trainItem(item: A.TrainItem, indent: string): string[] {
+    switch (item.kind) {
+      case "Setting":
+        return [this.line(indent, `${item.key} `, item.value)];
+      case "Freeze":
+        return [`${indent}freeze ${selectorListText(item.target)}`];
+      case "Rule":
+        return [
+          this.line(indent, `${item.verb} ${selectorListText(item.target)} with `, item.method),
+        ];
+      case "BudgetRule":
+        return [
+          this.line(
+            indent,
+            `budget ${item.resource.name} ${expr(item.total)} over ${selectorListText(item.target)} by `,
+            item.controller,
+          ),
+        ];
+      case "Eval":
+        return [`${indent}eval every ${expr(item.every)}${item.on ? ` on ${expr(item.on)}` : ""}`];
+      case "Checkpoint":
+        return [`${indent}checkpoint every ${expr(item.every)}`];
+      case "At":
+        return this.at(item, indent);
+      case "Error":
+        return [indent + "/* error */"];
+    }
+  }
+
+  /** `prefix` + an expression that may wrap its outermost call's arguments, + `suffix`. */
+  private line(indent: string, prefix: string, value: A.Expr, suffix = ""): string {
+    return (
+      indent +
+      prefix +
+      wrapped(value, indent, indent.length + prefix.length, suffix.length) +
+      suffix
+    );
+  }
+}
+
+/** Nodes printed with a `{ … }` body of their own, whose inner comments stay inside. */
+function isContainer(node: object): boolean {
+  const kind = (node as { kind?: string }).kind;
+  if (kind === "Function") return (node as A.FunctionDef).body.kind === "Block";
+  return ["Definition", "Train", "Repeat", "IfMember", "If", "For", "At"].includes(kind ?? "");
+}
+
+function hasLineBreak(text: string, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (text[i] === "\n" || text[i] === "\r") return true;
+  return false;
+}
+
+function commentLines(c: A.Comment, indent: string): string[] {
+  if (!c.block) return [indent + c.text.trimEnd()];
+  // Re-indent a block comment's continuation lines relative to its first line.
+  const lines = c.text.split(/\r\n|\r|\n/);
+  return lines.map((l, i) => (i === 0 ? indent + l : l.trimEnd()));
+}
+
+// ---------------------------------------------------------------------------- expressions
+
+/** Print on one line if it fits; otherwise break the outermost call's arguments one per line. */
+function wrapped(e: A.Expr, indent: string, column: number, suffixLength: number): string {
+  const flat = expr(e);
+  if (column + flat.length + suffixLength <= lineWidth || e.kind !== "Call" || e.args.length === 0)
+    return flat;
+  const inner = indent + indentUnit;
+  const args = e.args.map(
+    (a) =>
+      inner +
+      (a.name ? `${a.name.name}: ` : "") +
+      wrapped(a.value, inner, inner.length + (a.name ? a.name.name.length + 2 : 0), 1) +
+      ",",
+  );
+  return `${expr(e.callee)}(\n${args.join("\n")}\n${indent})`;
+}
+
+export function expr(e: A.Expr): string {
+  switch (e.kind) {
+    case "Number":
+      return e.raw;
+    case "String":
+      return e.raw;
+    case "Bool":
+      return e.value ? "true" : "false";
+    case "NameExpr":
+      return e.name;
+    case "Paren":
+      return `(${expr(e.expr)})`;
+    case "Tuple":
+      return e.items.length === 1 ? `(${expr(e.items[0]!)},)` : `(${e.items.map(expr).join(", ")})`;
+    case "List":
+      return `[${e.items.map(expr).join(", ")}]`;
+    case "Unary":
+      return e.op === "not" ? `not ${expr(e.operand)}` : `${e.op}${expr(e.operand)}`;
+    case "Binary":
+      return `${expr(e.left)} ${e.op} ${expr(e.right)}`;
+    case "Member":
+      return `${expr(e.object)}.${e.name.name}`;
+    case "Call":
+      return `${expr(e.callee)}(${e.args.map(argText).join(", ")})`;
+    case "Index":
+      return `${expr(e.object)}[${e.items.map(indexItemText).join(", ")}]`;
+    case "Transpose":
+      return `${expr(e.operand)}^T`;
+    case "Error":
+      return "/* error */";
+  }
+}
+
+function argText(a: A.Arg): string {
+  return a.name ? `${a.name.name}: ${expr(a.value)}` : expr(a.value);
+}
+
+function indexItemText(item: A.IndexItem): string {
+  if (item.kind === "Ellipsis") return "...";
+  if (item.kind !== "Slice") return expr(item);
+  const start = item.start ? expr(item.start) : "";
+  const stop = item.stop ? expr(item.stop) : "";
+  return item.step ? `${start}:${stop}:${expr(item.step)}` : `${start}:${stop}`;
+}
+
+function typeText(t: A.TypeExpr): string {
+  if (!t.dims) return t.name.name;
+  return `${t.name.name}[${t.dims.map((d) => (d.kind === "Ellipsis" ? "..." : expr(d))).join(", ")}]`;
+}
+
+function typeSuffix(t: A.TypeExpr | undefined): string {
+  return t ? `: ${typeText(t)}` : "";
+}
+
+function paramText(p: A.Param): string {
+  return `${p.name.name}${typeSuffix(p.type)}${p.default ? ` = ${expr(p.default)}` : ""}`;
+}
+
+function onText(on: A.OnClause): string {
+  const args = on.args ? `(${on.args.map((a) => a.name).join(", ")})` : "";
+  return `on ${on.name.name}${args}${on.type ? `: ${typeText(on.type)}` : ""}`;
+}
+
+function importText(i: A.Import): string {
+  const source =
+    i.source.kind === "file" ? i.source.path.raw : i.source.parts.map((p) => p.name).join(".");
+  const items = i.items
+    ? `.{${i.items.map((it) => it.name.name + (it.alias ? ` as ${it.alias.name}` : "")).join(", ")}}`
+    : "";
+  return `import ${source}${items}${i.alias ? ` as ${i.alias.name}` : ""}`;
+}
+
+// ---------------------------------------------------------------------------- selectors
+
+export function selectorListText(list: A.SelectorList): string {
+  const selectors = list.selectors.map(selectorText).join(", ");
+  return list.where ? `${selectors} where ${expr(list.where)}` : selectors;
+}
+
+export function selectorText(s: A.Selector): string {
+  return s.segments.map(segmentText).join(".");
+}
+
+function segmentText(s: A.Segment): string {
+  switch (s.kind) {
+    case "Glob":
+      return "**";
+    case "Alternatives":
+      return `{${s.options.map(selectorText).join(", ")}}`;
+    case "Pattern":
+      return s.index ? `${s.pattern}[${s.index.map(rangeText).join(", ")}]` : s.pattern;
+  }
+}
+
+function rangeText(r: A.IndexRange): string {
+  if (r.start === undefined && r.end === undefined) return "*";
+  if (r.inclusive && r.start !== undefined && r.start === r.end) return String(r.start);
+  return `${r.start ?? ""}${r.inclusive ? "..=" : ".."}${r.end ?? ""}`;
+}
