@@ -110,13 +110,19 @@ function hardWords(list: readonly string[]): string {
   return `\\b(?:${words(list)})\\b`;
 }
 
+/** Characters after which a word is a value, never a keyword: `(in, out)`, `f32[rank, in]`, `^ step`. */
+const valueBefore = "[(\\[,:=+\\-*/%^@<>]";
+
 /**
  * A soft keyword is a keyword only where it is not used as a name: not after `.` (member
- * access), and not before `:` (a named argument or parameter, `Linear(in: 4)`, `on param: f32`)
- * or an assignment (`step = 0`).
+ * access), an opening bracket, a comma or an operator, and not before `:` (a named argument or
+ * parameter: `Linear(in: 4)`, `on param: f32`), `,`, `)`, `]` or an assignment (`step = 0`).
  */
 function softWords(list: readonly string[]): string {
-  return `(?<![.\\w])(?:${words(list)})\\b(?!\\s*(?::|[-+*/]?=(?!=)))`;
+  return (
+    `(?<![.\\w])(?<!${valueBefore})(?<!${valueBefore} )` +
+    `(?:${words(list)})\\b(?!\\s*(?:[:,)\\]]|[-+*/]?=(?!=)))`
+  );
 }
 
 /** Start of a statement: the start of the line, or just after `;` or `{`. */
@@ -128,12 +134,18 @@ const operatorScopes: [TokenType[], string][] = [
   [[t.Arrow], "keyword.operator.arrow.lrk"],
   [[t.Ellipsis], "keyword.operator.ellipsis.lrk"],
   [[t.DotDotEq, t.DotDot], "keyword.operator.range.lrk"],
-  [[t.PlusAssign, t.MinusAssign, t.StarAssign, t.SlashAssign], "keyword.operator.assignment.compound.lrk"],
+  [
+    [t.PlusAssign, t.MinusAssign, t.StarAssign, t.SlashAssign],
+    "keyword.operator.assignment.compound.lrk",
+  ],
   [[t.EqEq, t.NotEq, t.LtEq, t.GtEq, t.Lt, t.Gt], "keyword.operator.comparison.lrk"],
   [[t.Equals], "keyword.operator.assignment.lrk"],
   [[t.AtSign], "keyword.operator.matrix.lrk"],
   // `**` is not an operator (the parser reports "use ^") but it is still arithmetic-looking.
-  [[t.DoubleStar, t.Star, t.Plus, t.Minus, t.Slash, t.Percent, t.Caret], "keyword.operator.arithmetic.lrk"],
+  [
+    [t.DoubleStar, t.Star, t.Plus, t.Minus, t.Slash, t.Percent, t.Caret],
+    "keyword.operator.arithmetic.lrk",
+  ],
   [[t.Dot], "punctuation.accessor.lrk"],
   [[t.Comma], "punctuation.separator.comma.lrk"],
   [[t.Colon], "punctuation.separator.colon.lrk"],
@@ -198,7 +210,9 @@ export function generateTmLanguage(): TmGrammar {
   // The selector list after `freeze`/`adapt`/`optimize`/`quantize` (at the start of a train item)
   // or after `over`. It always ends by the end of its line.
   const selectorStart = "(?=[ \\t]+[A-Za-z0-9_{*])";
-  const selectorEnd = `(?=\\b(?:${words(enders)})\\b|//|/\\*|;|$)`;
+  // The clause keyword that ends a selector is matched here, whatever comes before it (`.* with`).
+  const selectorEnd = `\\b(${words(enders)})\\b|(?=//|/\\*|;|$)`;
+  const selectorEndCaptures = { "1": { name: "keyword.other.clause.lrk" } };
 
   const repository: Record<string, TmRule> = {
     comments: {
@@ -235,6 +249,7 @@ export function generateTmLanguage(): TmGrammar {
         {
           begin: `${statementStart}\\b(${words(verbs)})\\b${selectorStart}`,
           end: selectorEnd,
+          endCaptures: selectorEndCaptures,
           beginCaptures: { "1": { name: "keyword.other.train.lrk" } },
           contentName: "meta.selector.lrk",
           patterns: [{ include: "#selector-path" }],
@@ -242,6 +257,7 @@ export function generateTmLanguage(): TmGrammar {
         {
           begin: `(?<![.\\w])(${words(over)})\\b${selectorStart}`,
           end: selectorEnd,
+          endCaptures: selectorEndCaptures,
           beginCaptures: { "1": { name: "keyword.other.clause.lrk" } },
           contentName: "meta.selector.lrk",
           patterns: [{ include: "#selector-path" }],
@@ -321,6 +337,9 @@ export function generateTmLanguage(): TmGrammar {
         },
       ],
     },
+    identifiers: {
+      patterns: [{ name: "variable.other.lrk", match: `\\b${identifier}\\b` }],
+    },
     operators: {
       patterns: [
         { name: "keyword.operator.transpose.lrk", match: transpose },
@@ -351,6 +370,7 @@ export function generateTmLanguage(): TmGrammar {
       { include: "#types" },
       { include: "#numbers" },
       { include: "#calls" },
+      { include: "#identifiers" },
       { include: "#operators" },
       { include: "#invalid" },
     ],
@@ -369,7 +389,11 @@ if (process.argv[1]?.endsWith("generate-tmlanguage.js")) {
   // Compiled to dist/editors/generate-tmlanguage.js: the repository root is two levels up.
   const root = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
   const out = resolve(root, tmLanguagePath);
+  // Written as prettier would format it, so that `npm run format:check` agrees with the generator.
+  const prettier = await import("prettier");
+  const options = (await prettier.resolveConfig(out)) ?? {};
+  const text = await prettier.format(tmLanguageJson(), { ...options, parser: "json" });
   mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(out, tmLanguageJson());
+  writeFileSync(out, text);
   console.log(`wrote ${tmLanguagePath}`);
 }

@@ -38,6 +38,7 @@ const settingKeywords = [
   t.Seed,
   t.Clip,
 ];
+const selectorTerminators = [t.With, t.By, t.Where];
 const assignOperators = [t.Equals, t.PlusAssign, t.MinusAssign, t.StarAssign, t.SlashAssign];
 
 export class LrkGrammar extends CstParser {
@@ -554,6 +555,8 @@ export class LrkGrammar extends CstParser {
         },
       },
       {
+        // `with`, `by` and `where` end a selector; as a component they would only hide a typo.
+        GATE: () => !selectorTerminators.includes(this.LA(1).tokenType),
         ALT: () => {
           this.SUBRULE(this.segmentPart);
           // `*_proj` is one component: further parts only when written without a space.

@@ -54,9 +54,23 @@ function oneOf(items: string[]): string {
   return unique.slice(0, -1).join(", ") + " or " + unique[unique.length - 1];
 }
 
+/** Where a list ends with a closing brace, what else could have come instead of the brace. */
+const listItems: Record<string, string> = {
+  memberBlock: "a member",
+  block: "a statement",
+  trainDecl: "a train setting",
+};
+
 export const errorMessages: IParserErrorMessageProvider = {
-  buildMismatchTokenMessage({ expected, actual }) {
-    return `expected ${describeType(expected)} but found ${describeToken(actual)}`;
+  buildMismatchTokenMessage({ expected, actual, ruleName }) {
+    const item = listItems[ruleName];
+    const what =
+      expected === EOF
+        ? ruleDescriptions["topItem"]
+        : item && expected.name === "RCurly"
+          ? `${item} or \`}\``
+          : describeType(expected);
+    return `expected ${what} but found ${describeToken(actual)}`;
   },
   buildNotAllInputParsedMessage({ firstRedundant }) {
     return `expected a declaration but found ${describeToken(firstRedundant)}`;

@@ -1,0 +1,40 @@
+// Shared test helpers: parsing text, comparing ASTs without spans, finding the .lrk files.
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parse, type ParseResult } from "../language/parse.js";
+import { SourceFile } from "../language/source.js";
+
+export const root = fileURLToPath(new URL("..", import.meta.url));
+
+export function parseText(text: string, path = "test.lrk"): ParseResult & { file: SourceFile } {
+  const file = new SourceFile(path, text);
+  return { ...parse(file), file };
+}
+
+/** A deep copy with every `span` removed, for comparing trees modulo positions. */
+export function withoutSpans(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutSpans);
+  if (value === null || typeof value !== "object") return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (k === "span" || v === undefined) continue;
+    out[k] = withoutSpans(v);
+  }
+  return out;
+}
+
+/** Every .lrk file under examples/ and stdlib/, as paths relative to the repository root. */
+export function lrkFiles(): string[] {
+  const out: string[] = [];
+  for (const dir of ["examples", "stdlib"]) {
+    for (const name of readdirSync(join(root, dir)).sort()) {
+      if (name.endsWith(".lrk")) out.push(join(dir, name));
+    }
+  }
+  return out;
+}
+
+export function readRepoFile(path: string): string {
+  return readFileSync(join(root, path), "utf8");
+}
