@@ -1,6 +1,6 @@
 // `lrkc check`: every check lrkc can make without running anything.
-import { parse } from "../language/parse.js";
 import type { Diagnostic } from "../language/diagnostics.js";
+import { analyze } from "../compiler/pipeline.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
@@ -12,12 +12,21 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
       diagnostics.push(read.diagnostic);
       continue;
     }
-    diagnostics.push(...parse(read.file).diagnostics);
+    diagnostics.push(...analyze(read.file).diagnostics);
   }
-  const code = report(diagnostics, options);
+  // An imported file's problems are reported once, however many files import it.
+  const seen = new Set<string>();
+  const unique = diagnostics.filter((d) => {
+    const key = `${d.code}|${d.at?.file.path}|${d.at?.span.start}|${d.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+  const code = report(unique, options);
   if (code === 0 && !options.json) {
+    const warnings = unique.length;
     process.stderr.write(
-      `checked ${paths.length} file${paths.length === 1 ? "" : "s"}: no problems\n`,
+      `checked ${paths.length} file${paths.length === 1 ? "" : "s"}: ${warnings ? `${warnings} warning${warnings === 1 ? "" : "s"}` : "no problems"}\n`,
     );
   }
   return code;

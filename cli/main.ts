@@ -1,6 +1,7 @@
 // lrkc's command line. Exit codes: 0 success, 1 a problem in the user's input (reported as
 // diagnostics), 2 an internal error (a bug in lrkc).
 import { Command, CommanderError } from "commander";
+import { buildCommand, emitKinds, type EmitKind } from "./build.js";
 import { checkCommand } from "./check.js";
 import { fmtCommand } from "./fmt.js";
 
@@ -40,6 +41,28 @@ function program(setCode: (code: number) => void): Command {
         return;
       }
       setCode(fmtCommand(files, opts));
+    });
+
+  cli
+    .command("build")
+    .description("compile a program and show a stage of the result")
+    .argument("<file>", "the .lrk program")
+    .option("--emit <what>", `what to show: ${emitKinds.join(", ")}`, "params")
+    .option("--train <name>", "which train block, when the file has several")
+    .option("--json", "print diagnostics as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ lrkc build examples/lora_finetune.lrk --emit params   # every parameter: shape, trainable or frozen, which rule placed it\n  $ lrkc build examples/tiny_lm_pretrain.lrk --emit ast",
+    )
+    .action((file: string, opts: { emit: string; train?: string; json?: boolean }) => {
+      if (!(emitKinds as readonly string[]).includes(opts.emit)) {
+        process.stderr.write(
+          `error: --emit must be one of ${emitKinds.join(", ")} (got \`${opts.emit}\`)\n`,
+        );
+        setCode(1);
+        return;
+      }
+      setCode(buildCommand(file, { ...opts, emit: opts.emit as EmitKind }));
     });
 
   cli.addHelpText(

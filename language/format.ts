@@ -38,16 +38,11 @@ class Printer {
 
   // ------------------------------------------------------------------------ layout of lists
 
+  /** Is there an empty line (only whitespace) strictly between offsets `from` and `to`? */
   private blankLineBetween(from: number, to: number): boolean {
     if (from < 0) return false;
-    let newlines = 0;
-    for (let i = from; i < to && i < this.text.length; i++) {
-      const c = this.text[i];
-      if (c === "\n") newlines++;
-      else if (c === "\r" && this.text[i + 1] !== "\n") newlines++;
-      if (newlines >= 2) return true;
-    }
-    return false;
+    const lines = this.text.slice(from, Math.min(to, this.text.length)).split(/\r\n|\r|\n/);
+    return lines.slice(1, -1).some((l) => l.trim() === "");
   }
 
   private emitBlankIfSource(at: number): void {

@@ -1,0 +1,659 @@
+// Names and compile-time values: the scope of each module (its declarations and imports, the
+// `std` namespace, built-ins), and evaluation of the expressions that must be known while
+// compiling — arguments, dims, constants, method configurations like `lora(rank: 8)`.
+import type * as A from "../language/ast.js";
+import { error, type Diagnostic, type Location } from "../language/diagnostics.js";
+import { builtinNames } from "./builtins.js";
+import { dataModule, dataSources } from "./data.js";
+import { ModuleLoader, nativeModules, type Module } from "./modules.js";
+import { closest } from "./suggest.js";
+import { describeValue, num, type Value } from "./values.js";
+
+/** Learning-rate schedules and their parameters' defaults. */
+const schedules: Record<string, Record<string, number>> = {
+  constant: { warmup: 0 },
+  linear: { warmup: 0, min_ratio: 0 },
+  cosine: { warmup: 0, min_ratio: 0 },
+};
+
+export type Scope = { lookup(name: string): Value | undefined; names(): Iterable<string> };
+
+export function chain(vars: Map<string, Value>, parent?: Scope): Scope {
+  return {
+    lookup: (name) => vars.get(name) ?? parent?.lookup(name),
+    names: () => [...vars.keys(), ...(parent ? parent.names() : [])],
+  };
+}
+
+/** Thrown to abandon evaluating one expression after its diagnostic is recorded. */
+export class Reported extends Error {
+  constructor() {
+    super("reported");
+  }
+}
+
+export class Resolver {
+  readonly diagnostics: Diagnostic[] = [];
+  private readonly scopes = new Map<Module, Scope>();
+  private readonly global: Scope;
+  /** Names whose declaration failed: uses of them are not errors of their own. */
+  private readonly poisoned = new Set<string>();
+
+  constructor(readonly loader: ModuleLoader) {
+    const builtins = new Map<string, Value>(
+      builtinNames.map((n) => [n, { kind: "builtin", name: n }]),
+    );
+    builtins.set("std", this.namespace("std"));
+    this.global = chain(builtins);
+  }
+
+  report(d: Diagnostic): never {
+    this.diagnostics.push(d);
+    throw new Reported();
+  }
+
+  /** Runs `f`, turning an abandoned evaluation into `undefined`. */
+  attempt<T>(f: () => T): T | undefined {
+    try {
+      return f();
+    } catch (e) {
+      if (e instanceof Reported) return undefined;
+      throw e;
+    }
+  }
+
+  /** Like attempt, but a failed evaluation leaves no diagnostics behind (the value is deferred). */
+  speculate<T>(f: () => T): T | undefined {
+    const mark = this.diagnostics.length;
+    const result = this.attempt(f);
+    if (result === undefined) this.diagnostics.length = mark;
+    return result;
+  }
+
+  at(module: Module, node: { span: A.Program["span"] }): Location {
+    return { file: module.file, span: node.span };
+  }
+
+  private namespace(name: string): Value {
+    if (name === "std.data") return dataModule(name);
+    const module = name === "std" ? undefined : this.loader.std(name);
+    const children = ["std.nn", "std.adapters", "std.optim", "std.quant", "std.data"];
+    return {
+      kind: "namespace",
+      name,
+      members: (member) => {
+        const full = `${name}.${member}`;
+        if (nativeModules.has(full) || this.loader.isStdModule(full)) return this.namespace(full);
+        return module ? this.scopeOf(module).lookup(member) : undefined;
+      },
+      names: () =>
+        module
+          ? [...this.declaredNames(module)]
+          : children.filter((c) => c.startsWith(name + ".")).map((c) => c.slice(name.length + 1)),
+    };
+  }
+
+  private *declaredNames(module: Module): Iterable<string> {
+    for (const item of module.program.items) {
+      if (item.kind === "Definition" || item.kind === "Const" || item.kind === "Data")
+        yield item.name.name;
+    }
+  }
+
+  /** The names visible at the top level of a module: its declarations, its imports, and the globals. */
+  scopeOf(module: Module): Scope {
+    const cached = this.scopes.get(module);
+    if (cached) return cached;
+    const vars = new Map<string, Value>();
+    const scope = chain(vars, this.global);
+    this.scopes.set(module, scope);
+    const declared = new Map<string, A.Name>();
+    const declare = (name: A.Name, value: Value) => {
+      const previous = declared.get(name.name);
+      if (previous) {
+        this.diagnostics.push(
+          error("E0202", `\`${name.name}\` is defined twice`, this.at(module, name), {
+            notes: [{ message: "first defined here", at: this.at(module, previous) }],
+            help: "rename one of them",
+          }),
+        );
+        return;
+      }
+      declared.set(name.name, name);
+      vars.set(name.name, value);
+    };
+    for (const item of module.program.items) {
+      if (item.kind === "Definition") declare(item.name, { kind: "definition", def: item, module });
+    }
+    for (const item of module.program.items) {
+      if (item.kind !== "Import") continue;
+      const target = this.loader.importTarget(module, item);
+      const source = target.native
+        ? this.namespace(target.native)
+        : target.module
+          ? this.moduleValue(target.module)
+          : undefined;
+      if (!source) continue;
+      const wanted =
+        item.items ??
+        (target.item
+          ? [
+              {
+                name: { kind: "Name", name: target.item, span: item.span } as A.Name,
+                alias: undefined,
+                span: item.span,
+              },
+            ]
+          : undefined);
+      if (!wanted) {
+        const parts = item.source.kind === "module" ? item.source.parts : [];
+        const alias = item.alias ?? parts[parts.length - 1];
+        if (alias) declare(alias, source);
+        continue;
+      }
+      for (const w of wanted) {
+        const value = source.kind === "namespace" ? source.members(w.name.name) : undefined;
+        if (!value) {
+          const names = source.kind === "namespace" ? source.names() : [];
+          const guess = closest(w.name.name, names);
+          this.diagnostics.push(
+            error(
+              "E0204",
+              `\`${w.name.name}\` is not defined in ${describeValue(source).replace("the module ", "")}`,
+              this.at(module, w.name),
+              {
+                help: guess
+                  ? `did you mean \`${guess}\`?`
+                  : names.length
+                    ? `it defines ${[...names].sort().join(", ")}`
+                    : undefined,
+              },
+            ),
+          );
+          continue;
+        }
+        declare(w.alias ?? w.name, value);
+      }
+    }
+    // Constants and data sets are evaluated in order, each seeing the ones before it.
+    for (const item of module.program.items) {
+      if (item.kind !== "Const" && item.kind !== "Data") continue;
+      const value = this.attempt(() => this.evaluate(item.value, scope, module));
+      if (value === undefined) {
+        this.poisoned.add(item.name.name);
+        continue;
+      }
+      if (item.kind === "Data" && value.kind !== "dataset") {
+        this.diagnostics.push(
+          error(
+            "E0206",
+            `\`data ${item.name.name}\` must be a data set, not ${describeValue(value)}`,
+            this.at(module, item.value),
+            {
+              help: 'use a data source such as `std.data.arithmetic(digits: 3)` or `std.data.text("file.txt", context: 128)`',
+            },
+          ),
+        );
+        this.poisoned.add(item.name.name);
+        continue;
+      }
+      declare(item.name, value);
+    }
+    return scope;
+  }
+
+  private moduleValue(module: Module): Value {
+    return {
+      kind: "namespace",
+      name: module.name,
+      members: (m) => this.scopeOf(module).lookup(m),
+      names: () => [...this.declaredNames(module)],
+    };
+  }
+
+  // ------------------------------------------------------------------------ compile-time evaluation
+
+  lookup(name: A.Name | A.NameExpr, scope: Scope, module: Module): Value {
+    const value = scope.lookup(name.name);
+    if (value) return value;
+    if (this.poisoned.has(name.name)) throw new Reported();
+    const guess = closest(name.name, scope.names());
+    return this.report(
+      error("E0204", `\`${name.name}\` is not defined`, this.at(module, name), {
+        help: guess ? `did you mean \`${guess}\`?` : undefined,
+      }),
+    );
+  }
+
+  /** Evaluates an expression whose value must be known while compiling. */
+  evaluate(e: A.Expr, scope: Scope, module: Module): Value {
+    switch (e.kind) {
+      case "Number":
+        return num(e.value, e.isInteger);
+      case "String":
+        return { kind: "string", value: e.value };
+      case "Bool":
+        return { kind: "bool", value: e.value };
+      case "NameExpr":
+        return this.lookup(e, scope, module);
+      case "Paren":
+        return this.evaluate(e.expr, scope, module);
+      case "List":
+        return { kind: "list", items: e.items.map((i) => this.evaluate(i, scope, module)) };
+      case "Tuple":
+        return { kind: "tuple", items: e.items.map((i) => this.evaluate(i, scope, module)) };
+      case "Unary": {
+        const v = this.evaluate(e.operand, scope, module);
+        if (e.op === "not") return { kind: "bool", value: !this.truthy(v, e.operand, module) };
+        const n = this.number(v, e.operand, module);
+        return num(e.op === "-" ? -n.value : n.value, n.integer);
+      }
+      case "Binary":
+        return this.binary(e, scope, module);
+      case "Member": {
+        const object = this.evaluate(e.object, scope, module);
+        return this.member(object, e.name, module);
+      }
+      case "Call":
+        return this.call(e, scope, module);
+      case "Index":
+      case "Transpose":
+        return this.report(
+          error(
+            "E0206",
+            "this expression needs tensors, which only exist inside functions",
+            this.at(module, e),
+            {
+              help: "compute it inside `forward` or an `update` function",
+            },
+          ),
+        );
+      case "Error":
+        throw new Reported();
+    }
+  }
+
+  truthy(v: Value, e: A.Expr, module: Module): boolean {
+    if (v.kind === "bool") return v.value;
+    return this.report(
+      error("E0402", `expected a bool, found ${describeValue(v)}`, this.at(module, e)),
+    );
+  }
+
+  number(v: Value, e: A.Expr, module: Module): { value: number; integer: boolean } {
+    if (v.kind === "number") return v;
+    return this.report(
+      error("E0402", `expected a number, found ${describeValue(v)}`, this.at(module, e)),
+    );
+  }
+
+  integer(e: A.Expr, scope: Scope, module: Module, what: string): number {
+    const v = this.evaluate(e, scope, module);
+    if (v.kind === "number" && Number.isInteger(v.value)) return v.value;
+    return this.report(
+      error(
+        "E0402",
+        `${what} must be an integer, but this is ${v.kind === "number" ? String(v.value) : describeValue(v)}`,
+        this.at(module, e),
+      ),
+    );
+  }
+
+  private binary(e: A.Binary, scope: Scope, module: Module): Value {
+    if (e.op === "and" || e.op === "or") {
+      const left = this.truthy(this.evaluate(e.left, scope, module), e.left, module);
+      if (e.op === "and" && !left) return { kind: "bool", value: false };
+      if (e.op === "or" && left) return { kind: "bool", value: true };
+      return {
+        kind: "bool",
+        value: this.truthy(this.evaluate(e.right, scope, module), e.right, module),
+      };
+    }
+    const l = this.evaluate(e.left, scope, module);
+    const r = this.evaluate(e.right, scope, module);
+    if ((e.op === "==" || e.op === "!=") && l.kind === "string" && r.kind === "string") {
+      return { kind: "bool", value: (l.value === r.value) === (e.op === "==") };
+    }
+    const a = this.number(l, e.left, module);
+    const b = this.number(r, e.right, module);
+    const integer = a.integer && b.integer;
+    switch (e.op) {
+      case "+":
+        return num(a.value + b.value, integer);
+      case "-":
+        return num(a.value - b.value, integer);
+      case "*":
+        return num(a.value * b.value, integer);
+      case "/":
+        // `/` on integers that divide exactly stays an integer (dims like `d / heads`).
+        return num(a.value / b.value, integer && a.value % b.value === 0);
+      case "%":
+        return num(a.value - b.value * Math.floor(a.value / b.value), integer);
+      case "^":
+        return num(a.value ** b.value, integer && b.value >= 0);
+      case "==":
+        return { kind: "bool", value: a.value === b.value };
+      case "!=":
+        return { kind: "bool", value: a.value !== b.value };
+      case "<":
+        return { kind: "bool", value: a.value < b.value };
+      case "<=":
+        return { kind: "bool", value: a.value <= b.value };
+      case ">":
+        return { kind: "bool", value: a.value > b.value };
+      case ">=":
+        return { kind: "bool", value: a.value >= b.value };
+      case "@":
+        return this.report(
+          error(
+            "E0206",
+            "`@` needs tensors, which only exist inside functions",
+            this.at(module, e),
+          ),
+        );
+    }
+  }
+
+  member(object: Value, name: A.Name, module: Module): Value {
+    let found: Value | undefined;
+    let names: Iterable<string> = [];
+    if (object.kind === "namespace") {
+      found = object.members(name.name);
+      names = object.names();
+    } else if (object.kind === "dataset") {
+      const fields: Record<string, Value> = {
+        vocab: num(object.dataset.vocab, true),
+        train: { kind: "dataset", dataset: { ...object.dataset, split: "train" } },
+        valid: { kind: "dataset", dataset: { ...object.dataset, split: "valid" } },
+      };
+      found = fields[name.name];
+      names = Object.keys(fields);
+    } else if (object.kind === "instance") {
+      found = object.instance.scope.get(name.name);
+      names = object.instance.scope.keys();
+    } else if (object.kind === "config") {
+      found = object.args.get(name.name);
+      names = object.args.keys();
+    }
+    if (found) return found;
+    const guess = closest(name.name, names);
+    return this.report(
+      error(
+        "E0207",
+        `${describeValue(object)} has no member \`${name.name}\``,
+        this.at(module, name),
+        {
+          help: guess ? `did you mean \`${guess}\`?` : undefined,
+        },
+      ),
+    );
+  }
+
+  private call(e: A.Call, scope: Scope, module: Module): Value {
+    const callee = this.evaluate(e.callee, scope, module);
+    if (callee.kind === "definition") {
+      const args = this.bindArguments(callee.def, callee.module, e, scope, module);
+      return {
+        kind: "config",
+        def: callee.def,
+        module: callee.module,
+        args,
+        at: this.at(module, e),
+      };
+    }
+    if (callee.kind === "builtin" && callee.name.startsWith("std.data."))
+      return this.dataSource(callee.name.slice(9), e, scope, module);
+    if (callee.kind === "builtin") return this.builtinCall(callee.name, e, scope, module);
+    if (callee.kind === "namespace" && callee.name === "std.data") {
+      return this.report(
+        error(
+          "E0206",
+          "`std.data` is a module; call one of its data sources",
+          this.at(module, e.callee),
+        ),
+      );
+    }
+    return this.report(
+      error("E0206", `${describeValue(callee)} cannot be called`, this.at(module, e.callee)),
+    );
+  }
+
+  /**
+   * Matches a call's arguments to a definition's parameters: positional first, then named;
+   * defaults are evaluated in the definition's own module, seeing earlier parameters.
+   */
+  bindArguments(
+    def: A.Definition,
+    defModule: Module,
+    call: A.Call,
+    scope: Scope,
+    module: Module,
+  ): Map<string, Value> {
+    const bound = new Map<string, Value>();
+    const params = def.params;
+    let positional = 0;
+    for (const arg of call.args) {
+      if (!arg.name) {
+        const param = params[positional++];
+        if (!param) {
+          this.report(
+            error(
+              "E0205",
+              `\`${def.name.name}\` takes ${params.length} argument${params.length === 1 ? "" : "s"}, but more were given`,
+              this.at(module, arg),
+            ),
+          );
+        }
+        bound.set(
+          param.name.name,
+          this.checkType(param, this.evaluate(arg.value, scope, module), arg.value, module),
+        );
+        continue;
+      }
+      const param = params.find((p) => p.name.name === arg.name!.name);
+      if (!param) {
+        const guess = closest(
+          arg.name.name,
+          params.map((p) => p.name.name),
+        );
+        this.report(
+          error(
+            "E0205",
+            `\`${def.name.name}\` has no parameter \`${arg.name.name}\``,
+            this.at(module, arg.name),
+            {
+              help: guess
+                ? `did you mean \`${guess}\`?`
+                : `its parameters are ${params.map((p) => p.name.name).join(", ") || "none"}`,
+            },
+          ),
+        );
+      }
+      if (bound.has(param.name.name)) {
+        this.report(error("E0205", `\`${param.name.name}\` is given twice`, this.at(module, arg)));
+      }
+      bound.set(
+        param.name.name,
+        this.checkType(param, this.evaluate(arg.value, scope, module), arg.value, module),
+      );
+    }
+    const defScope = chain(bound, this.scopeOf(defModule));
+    for (const param of params) {
+      if (bound.has(param.name.name)) continue;
+      if (!param.default) {
+        this.report(
+          error(
+            "E0205",
+            `\`${def.name.name}\` needs the argument \`${param.name.name}\``,
+            this.at(module, call),
+            {
+              help: `add \`${param.name.name}: …\` to the call`,
+            },
+          ),
+        );
+      }
+      bound.set(param.name.name, this.evaluate(param.default, defScope, defModule));
+    }
+    return bound;
+  }
+
+  /** Checks an argument against its parameter's declared scalar type (`int`, `float`, `bool`, `str`). */
+  private checkType(param: A.Param, value: Value, e: A.Expr, module: Module): Value {
+    const type = param.type?.dims === undefined ? param.type?.name.name : undefined;
+    const ok =
+      type === "int"
+        ? value.kind === "number" && Number.isInteger(value.value)
+        : type === "float"
+          ? value.kind === "number"
+          : type === "bool"
+            ? value.kind === "bool"
+            : type === "str"
+              ? value.kind === "string"
+              : true;
+    if (ok) return type === "float" && value.kind === "number" ? num(value.value, false) : value;
+    const shown = value.kind === "number" ? `\`${value.value}\`` : describeValue(value);
+    return this.report(
+      error(
+        "E0402",
+        `\`${param.name.name}\` must be ${type === "int" ? "an integer" : type === "float" ? "a number" : `a ${type}`}, but ${shown} was given`,
+        this.at(module, e),
+      ),
+    );
+  }
+
+  /** `cosine(warmup: 50, min_ratio: 0.1)`: a multiplier on every optimizer's `lr`. */
+  private schedule(name: string, e: A.Call, scope: Scope, module: Module): Value {
+    const allowed = schedules[name]!;
+    const args = new Map<string, number>(Object.entries(allowed));
+    for (const arg of e.args) {
+      if (!arg.name || !(arg.name.name in allowed)) {
+        this.report(
+          error(
+            "E0205",
+            arg.name
+              ? `\`${name}\` has no parameter \`${arg.name.name}\``
+              : `\`${name}\` takes named arguments only`,
+            this.at(module, arg),
+            {
+              help: `its parameters are ${Object.keys(allowed).join(", ")}`,
+            },
+          ),
+        );
+      }
+      args.set(
+        arg.name.name,
+        this.number(this.evaluate(arg.value, scope, module), arg.value, module).value,
+      );
+    }
+    return { kind: "schedule", name, args };
+  }
+
+  private dataSource(source: string, e: A.Call, scope: Scope, module: Module): Value {
+    const spec = dataSources[source]!;
+    const args = new Map<string, Value>();
+    let positional = 0;
+    for (const arg of e.args) {
+      const param = arg.name
+        ? spec.params.find((p) => p.name === arg.name!.name)
+        : spec.params[positional++];
+      if (!param) {
+        const guess = arg.name
+          ? closest(
+              arg.name.name,
+              spec.params.map((p) => p.name),
+            )
+          : undefined;
+        this.report(
+          error(
+            "E0205",
+            arg.name
+              ? `\`${source}\` has no parameter \`${arg.name.name}\``
+              : `too many arguments to \`${source}\``,
+            this.at(module, arg),
+            {
+              help: guess ? `did you mean \`${guess}\`?` : `for example: ${spec.help}`,
+            },
+          ),
+        );
+      }
+      // `tokenizer: bytes` names a tokenizer rather than referring to a value.
+      const value: Value =
+        param.kind === "name" && arg.value.kind === "NameExpr"
+          ? { kind: "builtin", name: arg.value.name }
+          : this.evaluate(arg.value, scope, module);
+      const ok = param.kind === "name" ? value.kind === "builtin" : value.kind === param.kind;
+      if (!ok) {
+        this.report(
+          error(
+            "E0402",
+            `\`${param.name}\` must be ${param.kind === "string" ? "a string" : param.kind === "number" ? "a number" : "a name"}, not ${describeValue(value)}`,
+            this.at(module, arg.value),
+          ),
+        );
+      }
+      args.set(param.name, value);
+    }
+    for (const p of spec.params) {
+      if (args.has(p.name)) continue;
+      if (!p.default)
+        this.report(
+          error("E0205", `\`${source}\` needs the argument \`${p.name}\``, this.at(module, e), {
+            help: `for example: ${spec.help}`,
+          }),
+        );
+      args.set(p.name, p.default);
+    }
+    return {
+      kind: "dataset",
+      dataset: { source, args, vocab: spec.vocab(args), split: "train", at: this.at(module, e) },
+    };
+  }
+
+  /** Built-ins that make sense on compile-time numbers; tensor built-ins are lowered elsewhere. */
+  private builtinCall(name: string, e: A.Call, scope: Scope, module: Module): Value {
+    if (name in schedules) return this.schedule(name, e, scope, module);
+    const args = e.args.map((a) =>
+      this.number(this.evaluate(a.value, scope, module), a.value, module),
+    );
+    const one = (f: (x: number) => number, integer = false) => {
+      if (args.length !== 1)
+        this.report(error("E0205", `\`${name}\` takes one argument`, this.at(module, e)));
+      return num(f(args[0]!.value), integer);
+    };
+    switch (name) {
+      case "sqrt":
+        return one(Math.sqrt);
+      case "exp":
+        return one(Math.exp);
+      case "log":
+        return one(Math.log);
+      case "abs":
+        return one(Math.abs, args[0]?.integer ?? false);
+      case "floor":
+        return one(Math.floor, true);
+      case "ceil":
+        return one(Math.ceil, true);
+      case "round":
+        return one(Math.round, true);
+      case "min":
+      case "max":
+        if (args.length < 2)
+          this.report(error("E0205", `\`${name}\` takes two or more numbers`, this.at(module, e)));
+        return num(
+          (name === "min" ? Math.min : Math.max)(...args.map((a) => a.value)),
+          args.every((a) => a.integer),
+        );
+      default:
+        return this.report(
+          error(
+            "E0206",
+            `\`${name}\` works on tensors, which only exist inside functions`,
+            this.at(module, e),
+            {
+              help: "use it inside `forward`, `update` or another function",
+            },
+          ),
+        );
+    }
+  }
+}

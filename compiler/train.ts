@@ -1,0 +1,223 @@
+// The train block: which one, its settings, and the model instantiated from it.
+import type * as A from "../language/ast.js";
+import { error } from "../language/diagnostics.js";
+import { instantiate } from "./instantiate.js";
+import type { Module } from "./modules.js";
+import type { Resolver } from "./resolve.js";
+import { closest } from "./suggest.js";
+import { describeValue, type DataSet, type ModuleInstance, type Value } from "./values.js";
+
+export interface TrainSpec {
+  decl: A.TrainDecl;
+  module: Module;
+  model: ModuleInstance;
+  data?: DataSet;
+  init?: { path: string; at: A.Expr };
+  loss?: A.Expr;
+  steps: number;
+  batch: number;
+  seed: number;
+  clip?: number;
+  schedule?: Value;
+  eval?: { every: number; on?: DataSet };
+  checkpointEvery?: number;
+  /** freeze / adapt / optimize / quantize / budget items, in order. */
+  rules: (A.Freeze | A.Rule | A.BudgetRule)[];
+  actions: A.At[];
+}
+
+export const defaults = { steps: 100, batch: 16, seed: 0 };
+
+/** Picks the train block: the one named, or the only one. */
+export function selectTrain(r: Resolver, module: Module, name?: string): A.TrainDecl | undefined {
+  const trains = module.program.items.filter((i): i is A.TrainDecl => i.kind === "Train");
+  if (name !== undefined) {
+    const found = trains.find((t) => t.name.name === name);
+    if (!found) {
+      const guess = closest(
+        name,
+        trains.map((t) => t.name.name),
+      );
+      r.diagnostics.push(
+        error("E0209", `${module.file.path} has no train block \`${name}\``, undefined, {
+          help: guess
+            ? `did you mean \`${guess}\`?`
+            : trains.length
+              ? `its train blocks are ${trains.map((t) => t.name.name).join(", ")}`
+              : "add a `train NAME { … }` block",
+        }),
+      );
+    }
+    return found;
+  }
+  if (trains.length === 1) return trains[0];
+  r.diagnostics.push(
+    error(
+      "E0209",
+      trains.length === 0
+        ? `${module.file.path} has no train block`
+        : `${module.file.path} has ${trains.length} train blocks: say which one`,
+      undefined,
+      {
+        help:
+          trains.length === 0
+            ? "add a `train NAME { model …; data …; steps … }` block"
+            : `pass --train ${trains.map((t) => t.name.name).join(" or --train ")}`,
+      },
+    ),
+  );
+  return undefined;
+}
+
+export function resolveTrain(
+  r: Resolver,
+  module: Module,
+  decl: A.TrainDecl,
+): TrainSpec | undefined {
+  const scope = r.scopeOf(module);
+  const settings = new Map<A.SettingKey, A.Setting>();
+  const rules: TrainSpec["rules"] = [];
+  const actions: A.At[] = [];
+  let evalItem: A.Eval | undefined;
+  let checkpoint: A.Checkpoint | undefined;
+  for (const item of decl.items) {
+    switch (item.kind) {
+      case "Setting": {
+        const previous = settings.get(item.key);
+        if (previous) {
+          r.diagnostics.push(
+            error("E0202", `\`${item.key}\` is set twice in this train block`, r.at(module, item), {
+              notes: [{ message: "first set here", at: r.at(module, previous) }],
+            }),
+          );
+        }
+        settings.set(item.key, item);
+        break;
+      }
+      case "Freeze":
+      case "Rule":
+      case "BudgetRule":
+        rules.push(item);
+        break;
+      case "Eval":
+        evalItem = item;
+        break;
+      case "Checkpoint":
+        checkpoint = item;
+        break;
+      case "At":
+        actions.push(item);
+        break;
+    }
+  }
+
+  const modelSetting = settings.get("model");
+  if (!modelSetting) {
+    r.diagnostics.push(
+      error(
+        "E0208",
+        `train block \`${decl.name.name}\` has no \`model\``,
+        r.at(module, decl.name),
+        { help: "add `model MyModel(…)` to the block" },
+      ),
+    );
+    return undefined;
+  }
+  const modelValue = r.attempt(() => r.evaluate(modelSetting.value, scope, module));
+  if (!modelValue) return undefined;
+  const config: Extract<Value, { kind: "config" }> | undefined =
+    modelValue.kind === "config" && modelValue.def.sort === "model"
+      ? modelValue
+      : modelValue.kind === "definition" && modelValue.def.sort === "model"
+        ? {
+            kind: "config",
+            def: modelValue.def,
+            module: modelValue.module,
+            args: r.bindArguments(
+              modelValue.def,
+              modelValue.module,
+              { kind: "Call", callee: modelSetting.value, args: [], span: modelSetting.value.span },
+              scope,
+              module,
+            ),
+            at: r.at(module, modelSetting.value),
+          }
+        : undefined;
+  if (!config) {
+    r.diagnostics.push(
+      error(
+        "E0206",
+        `\`model\` must be a model, not ${describeValue(modelValue)}`,
+        r.at(module, modelSetting.value),
+      ),
+    );
+    return undefined;
+  }
+  const model = instantiate(r, config, "");
+
+  const integer = (key: A.SettingKey, fallback: number): number => {
+    const s = settings.get(key);
+    if (!s) return fallback;
+    const n = r.attempt(() => r.integer(s.value, scope, module, `\`${key}\``));
+    if (n !== undefined && n <= 0 && key !== "seed") {
+      r.diagnostics.push(error("E0402", `\`${key}\` must be positive`, r.at(module, s.value)));
+    }
+    return n ?? fallback;
+  };
+  const dataset = (e: A.Expr | undefined): DataSet | undefined => {
+    if (!e) return undefined;
+    const v = r.attempt(() => r.evaluate(e, scope, module));
+    if (v === undefined) return undefined;
+    if (v.kind !== "dataset") {
+      r.diagnostics.push(
+        error("E0206", `expected a data set, found ${describeValue(v)}`, r.at(module, e)),
+      );
+      return undefined;
+    }
+    return v.dataset;
+  };
+
+  const init = settings.get("init");
+  let initPath: TrainSpec["init"];
+  if (init) {
+    const v = r.attempt(() => r.evaluate(init.value, scope, module));
+    if (v && v.kind !== "string")
+      r.diagnostics.push(
+        error(
+          "E0402",
+          `\`init\` takes a file name, not ${describeValue(v)}`,
+          r.at(module, init.value),
+        ),
+      );
+    else if (v) initPath = { path: v.value, at: init.value };
+  }
+  const clip = settings.get("clip");
+  return {
+    decl,
+    module,
+    model,
+    data: dataset(settings.get("data")?.value),
+    init: initPath,
+    loss: settings.get("loss")?.value,
+    steps: integer("steps", defaults.steps),
+    batch: integer("batch", defaults.batch),
+    seed: integer("seed", defaults.seed),
+    clip: clip
+      ? r.attempt(() => r.number(r.evaluate(clip.value, scope, module), clip.value, module).value)
+      : undefined,
+    schedule: settings.get("schedule")
+      ? r.attempt(() => r.evaluate(settings.get("schedule")!.value, scope, module))
+      : undefined,
+    eval: evalItem
+      ? {
+          every: r.attempt(() => r.integer(evalItem!.every, scope, module, "`eval every`")) ?? 100,
+          on: dataset(evalItem.on),
+        }
+      : undefined,
+    checkpointEvery: checkpoint
+      ? r.attempt(() => r.integer(checkpoint!.every, scope, module, "`checkpoint every`"))
+      : undefined,
+    rules,
+    actions,
+  };
+}

@@ -1,0 +1,81 @@
+// The formatter over every example and stdlib file: idempotent, meaning-preserving (the same AST
+// apart from spans), comment-preserving; and the files in the repository are already formatted.
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { format } from "../language/format.js";
+import { lrkFiles, parseText, readRepoFile, root, withoutSpans } from "./helpers.js";
+
+const files = lrkFiles();
+
+describe("lrkc fmt on the shipped programs", () => {
+  it("has examples and stdlib files to check", () => {
+    expect(files.filter((f) => f.startsWith("examples/")).length).toBeGreaterThanOrEqual(6);
+    expect(files.filter((f) => f.startsWith("stdlib/")).length).toBeGreaterThanOrEqual(4);
+  });
+
+  for (const path of files) {
+    it(`${path}: fmt is idempotent, keeps the AST and every comment`, () => {
+      const original = parseText(readRepoFile(path), path);
+      expect(original.diagnostics).toEqual([]);
+      const once = format(original.program, original.file);
+      const reparsed = parseText(once, path);
+      expect(reparsed.diagnostics).toEqual([]);
+      expect(format(reparsed.program, reparsed.file)).toBe(once);
+      expect(withoutSpans(reparsed.program.items)).toEqual(withoutSpans(original.program.items));
+      const texts = (p: typeof original.program) => p.comments.map((c) => c.text.split(/\r?\n/).map((l) => l.trim()).join("\n"));
+      expect(texts(reparsed.program)).toEqual(texts(original.program));
+      expect(once).toBe(original.file.text);
+    });
+  }
+});
+
+describe("the main job", () => {
+  it("lrkc check and lrkc fmt --check pass on every example and stdlib file", () => {
+    const run = (args: string[]) => spawnSync(process.execPath, [join(root, "bin", "lrkc.js"), ...args, ...files], { cwd: root, encoding: "utf8" });
+    const check = run(["check"]);
+    expect(check.stderr).toContain("no problems");
+    expect(check.status).toBe(0);
+    const fmt = run(["fmt", "--check"]);
+    expect(fmt.stderr).toBe("");
+    expect(fmt.status).toBe(0);
+  });
+});
+
+describe("comment placement", () => {
+  const cases: [string, string][] = [
+    ["comments before, after and inside members stay put", "model M {\n  // before\n  l = Linear(4, 4) // after\n  /* block */\n  f(x) = l(x)\n}\n"],
+    ["a comment inside an expression moves before its line", "const x = f(a, /* why */ b)\n"],
+    ["dangling comments at the end of a block", "model M {\n  l = Linear(4, 4)\n  // the end\n}\n"],
+    ["blank lines are kept, at most one", "const a = 1\n\n\n\nconst b = 2\n"],
+    ["a comment between `}` and `else`", "model M {\n  if a {\n    x = 1\n  } // c\n  else {\n    x = 2\n  }\n}\n"],
+  ];
+  for (const [name, text] of cases) {
+    it(name, () => {
+      const r = parseText(text);
+      expect(r.diagnostics).toEqual([]);
+      const once = format(r.program, r.file);
+      const again = parseText(once);
+      expect(format(again.program, again.file)).toBe(once);
+      expect(again.program.comments.map((c) => c.text)).toEqual(r.program.comments.map((c) => c.text));
+    });
+  }
+
+  it("moves an inner comment before the statement and keeps a trailing one", () => {
+    const r = parseText("const x = f(a, /* why */ b) // trailing\n");
+    expect(format(r.program, r.file)).toBe("/* why */\nconst x = f(a, b) // trailing\n");
+  });
+
+  it("collapses runs of blank lines to one", () => {
+    const r = parseText("const a = 1\n\n\n\nconst b = 2\n");
+    expect(format(r.program, r.file)).toBe("const a = 1\n\nconst b = 2\n");
+  });
+
+  it("wraps a long call's arguments one per line", () => {
+    const r = parseText(`const x = f(${Array.from({ length: 12 }, (_, i) => `argument_${i}`).join(", ")})\n`);
+    const out = format(r.program, r.file);
+    expect(out.split("\n")[0]).toBe("const x = f(");
+    expect(out.split("\n")[1]).toBe("  argument_0,");
+    expect(Math.max(...out.split("\n").map((l) => l.length))).toBeLessThanOrEqual(100);
+  });
+});
