@@ -1,0 +1,369 @@
+// The CPU reference interpreter of the IR: the oracle for every pass and every kernel.
+// Plain typed-array loops. In f32 mode every float result is stored in a Float32Array and every
+// accumulation step is rounded with Math.fround, so each IR op is computed in f32; with
+// `float64` every float tensor is a Float64Array instead. i32 tensors are always Int32Array.
+
+import {
+  numel,
+  strides,
+  type DType,
+  type Graph,
+  type Node,
+  type Shape,
+  type UnaryFn,
+  type BinaryFn,
+} from "./ir.js";
+import { erf, erfc, mat, randomizedLeftSingularVectors, transpose } from "./linalg.js";
+import { normalAt, uniformAt } from "./random.js";
+
+export type Tensor = { shape: number[]; data: Float32Array | Float64Array | Int32Array };
+type Data = Tensor["data"];
+
+const SQRT1_2 = Math.SQRT1_2;
+
+function unaryFn(fn: UnaryFn): (x: number) => number {
+  switch (fn) {
+    case "neg":
+      return (x) => -x;
+    case "exp":
+      return Math.exp;
+    case "log":
+      return Math.log;
+    case "sqrt":
+      return Math.sqrt;
+    case "rsqrt":
+      return (x) => 1 / Math.sqrt(x);
+    case "abs":
+      return Math.abs;
+    case "sign":
+      return (x) => (x > 0 ? 1 : x < 0 ? -1 : x); // keeps 0 and NaN
+    case "tanh":
+      return Math.tanh;
+    case "sigmoid":
+      return (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
+    case "relu":
+      return (x) => (x > 0 ? x : 0);
+    case "gelu":
+      return (x) => 0.5 * x * erfc(-x * SQRT1_2); // = 0.5·x·(1 + erf(x/√2)), exact erf form
+    case "silu":
+      return (x) => x * (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
+    case "erf":
+      return erf;
+    case "floor":
+      return Math.floor;
+    case "recip":
+      return (x) => 1 / x;
+    case "square":
+      return (x) => x * x;
+    case "not":
+      return (x) => (x === 0 ? 1 : 0);
+  }
+}
+
+function binaryFn(fn: BinaryFn, int: boolean): (a: number, b: number) => number {
+  switch (fn) {
+    case "add":
+      return (a, b) => a + b;
+    case "sub":
+      return (a, b) => a - b;
+    case "mul":
+      return int ? Math.imul : (a, b) => a * b;
+    case "div":
+      return int ? (a, b) => Math.trunc(a / b) : (a, b) => a / b;
+    case "pow":
+      return Math.pow;
+    case "max":
+      return (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : a >= b ? a : b);
+    case "min":
+      return (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : a <= b ? a : b);
+    case "lt":
+      return (a, b) => (a < b ? 1 : 0);
+    case "le":
+      return (a, b) => (a <= b ? 1 : 0);
+    case "gt":
+      return (a, b) => (a > b ? 1 : 0);
+    case "ge":
+      return (a, b) => (a >= b ? 1 : 0);
+    case "eq":
+      return (a, b) => (a === b ? 1 : 0);
+    case "ne":
+      return (a, b) => (a !== b ? 1 : 0);
+    case "and":
+      return (a, b) => (a !== 0 && b !== 0 ? 1 : 0);
+    case "or":
+      return (a, b) => (a !== 0 || b !== 0 ? 1 : 0);
+    case "mod":
+      return (a, b) => a - b * Math.floor(a / b);
+  }
+}
+
+/** Row-major coordinates of flat index `i`. */
+function coords(i: number, st: readonly number[]): number[] {
+  return st.map((s) => {
+    const c = Math.floor(i / s);
+    i -= c * s;
+    return c;
+  });
+}
+
+function dot(c: readonly number[], st: readonly number[]): number {
+  let o = 0;
+  for (let k = 0; k < c.length; k++) o += c[k]! * st[k]!;
+  return o;
+}
+
+/** Nodes `wanted` depends on, itself included, in increasing id (a topological order). */
+function needed(graph: Graph, wanted: readonly number[]): number[] {
+  const seen = new Set<number>();
+  const stack = [...wanted];
+  while (stack.length) {
+    const id = stack.pop()!;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    stack.push(...graph.node(id).inputs);
+  }
+  return [...seen].sort((a, b) => a - b);
+}
+
+export function evaluate(
+  graph: Graph,
+  feeds: Map<number, Tensor>,
+  wanted: number[],
+  options: { float64?: boolean } = {},
+): Map<number, Tensor> {
+  const f64 = options.float64 ?? false;
+  const R = f64 ? (x: number) => x : Math.fround;
+  const alloc = (dtype: DType, n: number): Data =>
+    dtype === "i32" ? new Int32Array(n) : f64 ? new Float64Array(n) : new Float32Array(n);
+  const values = new Map<number, Tensor>();
+
+  for (const id of needed(graph, wanted)) {
+    const node = graph.node(id);
+    const ins = node.inputs.map((i) => values.get(i)!);
+    const out = alloc(node.dtype, numel(node.shape));
+    compute(node, ins, out);
+    values.set(id, { shape: [...node.shape], data: out });
+  }
+  return new Map(wanted.map((id) => [id, values.get(id)!]));
+
+  function compute(node: Node, ins: Tensor[], out: Data): void {
+    const op = node.op;
+    const shape = node.shape;
+    const n = out.length;
+    const int = node.dtype === "i32";
+    switch (op.kind) {
+      case "input": {
+        const feed = feeds.get(node.id);
+        if (!feed)
+          throw new Error(
+            `interpreter: no feed for input ${op.role} "${op.name}" (node %${node.id})`,
+          );
+        if (feed.data.length !== n)
+          throw new Error(
+            `interpreter: feed for "${op.name}" has ${feed.data.length} values, needs ${n}`,
+          );
+        for (let i = 0; i < n; i++) out[i] = int ? Math.trunc(feed.data[i]!) : feed.data[i]!;
+        return;
+      }
+      case "const":
+        out.fill(op.value);
+        return;
+      case "iota": {
+        const st = strides(shape);
+        for (let i = 0; i < n; i++) out[i] = Math.floor(i / st[op.axis]!) % shape[op.axis]!;
+        return;
+      }
+      case "random":
+        for (let i = 0; i < n; i++)
+          out[i] = op.dist === "uniform" ? uniformAt(op.seed, i) : normalAt(op.seed, i);
+        return;
+      case "unary": {
+        const f = unaryFn(op.fn);
+        const x = ins[0]!.data;
+        for (let i = 0; i < n; i++) out[i] = f(x[i]!);
+        return;
+      }
+      case "binary": {
+        const f = binaryFn(op.fn, int);
+        const a = ins[0]!.data;
+        const b = ins[1]!.data;
+        for (let i = 0; i < n; i++) out[i] = f(a[i]!, b[i]!);
+        return;
+      }
+      case "where": {
+        const [c, a, b] = ins.map((t) => t.data) as [Data, Data, Data];
+        for (let i = 0; i < n; i++) out[i] = c[i] !== 0 ? a[i]! : b[i]!;
+        return;
+      }
+      case "cast": {
+        const x = ins[0]!.data;
+        for (let i = 0; i < n; i++) out[i] = int ? Math.trunc(x[i]!) : x[i]!;
+        return;
+      }
+      case "reduce": {
+        const x = ins[0]!;
+        const outSt = strides(shape);
+        const inSt = strides(x.shape);
+        const isMax = op.fn === "max";
+        out.fill(isMax ? -Infinity : 0);
+        for (let i = 0; i < x.data.length; i++) {
+          const c = coords(i, inSt);
+          for (const a of op.axes) c[a] = 0;
+          const o = dot(c, outSt);
+          const v = x.data[i]!;
+          out[o] = isMax ? (Number.isNaN(v) || v > out[o]! ? v : out[o]!) : R(out[o]! + v);
+        }
+        return;
+      }
+      case "matmul": {
+        const [a, b] = ins as [Tensor, Tensor];
+        const r = shape.length;
+        const m = shape[r - 2]!;
+        const p = shape[r - 1]!;
+        const k = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
+        const batches = n / (m * p);
+        const aRows = a.shape[r - 2]!;
+        const aCols = a.shape[r - 1]!;
+        const bRows = b.shape[r - 2]!;
+        const bCols = b.shape[r - 1]!;
+        for (let bt = 0; bt < batches; bt++) {
+          const ao = bt * aRows * aCols;
+          const bo = bt * bRows * bCols;
+          for (let i = 0; i < m; i++)
+            for (let j = 0; j < p; j++) {
+              let acc = 0;
+              for (let l = 0; l < k; l++) {
+                const av = a.data[ao + (op.transA ? l * aCols + i : i * aCols + l)]!;
+                const bv = b.data[bo + (op.transB ? j * bCols + l : l * bCols + j)]!;
+                acc = int ? (acc + Math.imul(av, bv)) | 0 : R(acc + R(av * bv));
+              }
+              out[bt * m * p + i * p + j] = acc;
+            }
+        }
+        return;
+      }
+      case "reshape":
+        out.set(ins[0]!.data);
+        return;
+      case "permute": {
+        const x = ins[0]!;
+        const inSt = strides(x.shape);
+        const outSt = strides(shape);
+        for (let o = 0; o < n; o++) {
+          const c = coords(o, outSt);
+          let i = 0;
+          op.perm.forEach((a, k) => (i += c[k]! * inSt[a]!));
+          out[o] = x.data[i]!;
+        }
+        return;
+      }
+      case "expand": {
+        const x = ins[0]!;
+        const inSt = strides(x.shape);
+        const outSt = strides(shape);
+        for (let o = 0; o < n; o++) {
+          const c = coords(o, outSt).map((v, k) => (x.shape[k] === 1 ? 0 : v));
+          out[o] = x.data[dot(c, inSt)]!;
+        }
+        return;
+      }
+      case "slice": {
+        const x = ins[0]!;
+        const inSt = strides(x.shape);
+        const outSt = strides(shape);
+        for (let o = 0; o < n; o++) {
+          const c = coords(o, outSt).map((v, k) => op.starts[k]! + v * op.steps[k]!);
+          out[o] = x.data[dot(c, inSt)]!;
+        }
+        return;
+      }
+      case "pad": {
+        const x = ins[0]!;
+        const inSt = strides(x.shape);
+        const outSt = strides(shape);
+        for (let i = 0; i < x.data.length; i++) {
+          const c = coords(i, inSt).map((v, k) => v + op.before[k]!);
+          out[dot(c, outSt)] = x.data[i]!;
+        }
+        return;
+      }
+      case "gather": {
+        const [table, ids] = ins as [Tensor, Tensor];
+        const rows = table.shape[0]!;
+        const row = numel(table.shape.slice(1));
+        ids.data.forEach((id, r) => {
+          if (id < 0 || id >= rows)
+            throw new Error(`interpreter: gather id ${id} outside [0, ${rows})`);
+          for (let j = 0; j < row; j++) out[r * row + j] = table.data[id * row + j]!;
+        });
+        return;
+      }
+      case "scatterAdd": {
+        const [ids, vals] = ins as [Tensor, Tensor];
+        const rows = shape[0]!;
+        const row = numel(shape.slice(1));
+        ids.data.forEach((id, r) => {
+          if (id < 0 || id >= rows)
+            throw new Error(`interpreter: scatterAdd id ${id} outside [0, ${rows})`);
+          for (let j = 0; j < row; j++)
+            out[id * row + j] = R(out[id * row + j]! + vals.data[r * row + j]!);
+        });
+        return;
+      }
+      case "svd": {
+        const g = ins[0]!;
+        const [m, k] = g.shape as [number, number];
+        let a = mat(m, k, g.data);
+        if (op.side === "right") a = transpose(a);
+        let u = randomizedLeftSingularVectors(a, op.rank, op.iterations, op.oversample, op.seed);
+        if (op.side === "right") u = transpose(u);
+        out.set(u.data);
+        return;
+      }
+      case "topkMask": {
+        const [scores, kt] = ins as [Tensor, Tensor];
+        const k = Math.max(0, Math.min(n, Math.round(kt.data[0]!)));
+        const order = [...scores.data.keys()].sort((i, j) => {
+          const d = scores.data[j]! - scores.data[i]!;
+          return d !== 0 && !Number.isNaN(d) ? d : i - j;
+        });
+        for (const i of order.slice(0, k)) out[i] = 1;
+        return;
+      }
+      case "quantize":
+      case "quantScale": {
+        const w = ins[0]!;
+        const [rows, cols] = w.shape as [number, number];
+        if (cols % op.group !== 0)
+          throw new Error(`interpreter: quantize group ${op.group} does not divide ${cols}`);
+        const qmax = 2 ** (op.bits - 1) - 1;
+        const groups = cols / op.group;
+        for (let r = 0; r < rows; r++)
+          for (let g = 0; g < groups; g++) {
+            const base = r * cols + g * op.group;
+            let amax = 0;
+            for (let j = 0; j < op.group; j++) amax = Math.max(amax, Math.abs(w.data[base + j]!));
+            const scale = amax === 0 ? 1 : R(amax / qmax);
+            if (op.kind === "quantScale") {
+              out[r * groups + g] = scale;
+              continue;
+            }
+            for (let j = 0; j < op.group; j++) {
+              const v = R(w.data[base + j]! / scale);
+              const q = Math.sign(v) * Math.round(Math.abs(v)); // round half away from zero
+              out[base + j] = Math.max(-qmax, Math.min(qmax, q));
+            }
+          }
+        return;
+      }
+    }
+  }
+}
+
+/** A tensor from plain numbers (f32 unless `dtype` says i32). */
+export function tensor(shape: Shape, values: ArrayLike<number>, dtype: DType = "f32"): Tensor {
+  if (values.length !== numel(shape))
+    throw new Error(`tensor: ${values.length} values for shape [${shape.join(", ")}]`);
+  const data = dtype === "i32" ? Int32Array.from(values) : Float64Array.from(values);
+  return { shape: [...shape], data };
+}
