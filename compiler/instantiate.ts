@@ -22,11 +22,15 @@ export function instantiate(
     module: config.module,
     path,
     scope: vars,
+    lookup: r.scopeOf(config.module),
     params: [],
     children: [],
+    states: [],
+    regularizers: [],
+    actions: [],
     at: config.at,
   };
-  addMembers(r, instance, config.def.members, chain(vars, r.scopeOf(config.module)));
+  addMembers(r, instance, config.def.members, chain(vars, instance.lookup));
   return instance;
 }
 
@@ -81,8 +85,12 @@ function addMember(
           module,
           path: join(instance.path, `${member.name.name}.${i}`),
           scope: blockVars,
+          lookup: scope,
           params: [],
           children: [],
+          states: [],
+          regularizers: [],
+          actions: [],
           at: r.at(module, member),
         };
         addMembers(r, block, member.members, chain(blockVars, scope));
@@ -120,9 +128,13 @@ function addMember(
       vars.set(member.name.name, { kind: "function", fn: member, self: instance });
       return;
     case "StateMember":
+      instance.states.push(member);
+      return;
     case "Regularize":
+      instance.regularizers.push(member);
+      return;
     case "At":
-      // Meaningful in optimizers, adapters and budgets; a model keeps them for the lowering.
+      instance.actions.push(member);
       return;
     case "Error":
       throw new Reported();

@@ -11,6 +11,7 @@ export interface Analysis {
   diagnostics: Diagnostic[];
   /** One per train block checked (the chosen one, or all of them when none was chosen). */
   trains: { spec: TrainSpec; placement: Placement }[];
+  session: Session;
 }
 
 export interface AnalyzeOptions {
@@ -18,6 +19,12 @@ export interface AnalyzeOptions {
   train?: string;
   /** Require exactly one train block (for build and train). */
   requireTrain?: boolean;
+}
+
+/** The loader and resolver of an analysis, for the stages that continue from it. */
+export interface Session {
+  loader: ModuleLoader;
+  resolver: Resolver;
 }
 
 export function analyze(file: SourceFile, options: AnalyzeOptions = {}): Analysis {
@@ -28,6 +35,7 @@ export function analyze(file: SourceFile, options: AnalyzeOptions = {}): Analysi
   const done = () => ({
     diagnostics: normalize([...loader.diagnostics, ...resolver.diagnostics]),
     trains,
+    session: { loader, resolver },
   });
   if (loader.diagnostics.some((d) => d.code.startsWith("E01"))) return done();
 

@@ -1,4 +1,5 @@
-// Placement: the train block's rules applied to the module tree. Precedence (spec/placement.md):
+// Placement: the train block's rules applied to the module tree. Precedence (spec/language.md,
+// "Placement"):
 //   1. `quantize` replaces the matched modules' base weights (stored quantized, always frozen);
 //   2. `adapt` wraps the matched modules; at most one adapter per module; adapter parameters are
 //      always trainable;
@@ -168,7 +169,7 @@ export function place(r: Resolver, spec: TrainSpec): Placement {
       report(
         error(
           "E0302",
-          `${config.def.sort} \`${config.def.name.name}\` applies to \`${on.name.name}\` modules, but \`${target.path}\` is a \`${target.typeName}\``,
+          `${config.def.sort} \`${config.def.name.name}\` applies to \`${on.name.name}\` modules, but \`${target.path}\` is ${/^[AEIOU]/.test(target.typeName) ? "an" : "a"} \`${target.typeName}\``,
           at(rule.target),
           {
             help: `narrow the selector to ${on.name.name} modules`,

@@ -28,6 +28,15 @@ export type Value =
   | { kind: "function"; fn: A.FunctionDef; self: ModuleInstance }
   /** A learning-rate schedule: `cosine(warmup: 50)`. */
   | { kind: "schedule"; name: string; args: Map<string, number> }
+  /** Named fields: a batch (`batch.input`), read with `.`. */
+  | { kind: "struct"; what: string; fields: Map<string, Value> }
+  /** A callable made by the compiler (an adapter's `base`), with the members of `members`. */
+  | {
+      kind: "bound";
+      what: string;
+      call: (args: { name?: string; value: Value; at: Location }[], at: Location) => Value;
+      members?: ModuleInstance;
+    }
   /** A parameter of a module, before any graph exists. */
   | { kind: "param"; param: ParamInfo }
   /** An expression that needs tensors: evaluated when a function that uses it is lowered. */
@@ -65,8 +74,14 @@ export interface ModuleInstance {
   path: string;
   /** Parameters, defines and submodules in scope inside the definition's functions. */
   scope: Map<string, Value>;
+  /** What the members see beyond `scope`: enclosing blocks, then the module's top level. */
+  lookup: import("./resolve.js").Scope;
   params: ParamInfo[];
   children: ModuleInstance[];
+  /** `state`, `regularize` and `at` members on the branches taken (optimizers, adapters, budgets). */
+  states: A.StateMember[];
+  regularizers: A.Regularize[];
+  actions: A.At[];
   /** Where this instance was created (the call). */
   at: Location;
 }
@@ -99,6 +114,10 @@ export function describeValue(v: Value): string {
       return "a data set";
     case "function":
       return `the function \`${v.fn.name.name}\``;
+    case "struct":
+      return v.what;
+    case "bound":
+      return v.what;
     case "schedule":
       return `the schedule \`${v.name}\``;
     case "param":

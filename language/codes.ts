@@ -37,6 +37,8 @@ export const codeTitles = {
   E0307: "budget over modules without the adapter",
   E0401: "shape mismatch",
   E0402: "type mismatch",
+  E0501: "data set cannot be used",
+  E0502: "checkpoint cannot be used",
 } as const;
 
 export type DiagnosticCode = keyof typeof codeTitles;

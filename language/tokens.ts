@@ -2,7 +2,11 @@
 // read these definitions, so the highlighter cannot drift from the parser.
 import { createToken, Lexer, type TokenType } from "chevrotain";
 
-export const Identifier = createToken({ name: "Identifier", pattern: /[A-Za-z_][A-Za-z0-9_]*/ });
+export const Identifier = createToken({
+  name: "Identifier",
+  pattern: /[A-Za-z_][A-Za-z0-9_]*/,
+  label: "a name",
+});
 
 /** Hard keywords are reserved: they can never name anything. */
 const hard = (word: string): TokenType =>
@@ -152,13 +156,13 @@ export const NumberLiteral = createToken({
 });
 export const FloatLiteral = createToken({
   name: "FloatLiteral",
-  pattern: /\d[\d_]*(?:\.\d[\d_]*(?:[eE][+-]?\d+)?|[eE][+-]?\d+)/,
+  pattern: /\d(?:_?\d)*(?:\.\d(?:_?\d)*(?:[eE][+-]?\d+)?|[eE][+-]?\d+)/,
   categories: [NumberLiteral],
   label: "a number",
 });
 export const IntLiteral = createToken({
   name: "IntLiteral",
-  pattern: /\d[\d_]*/,
+  pattern: /\d(?:_?\d)*/,
   categories: [NumberLiteral],
   label: "an integer",
 });

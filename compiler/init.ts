@@ -1,0 +1,152 @@
+// Initial parameter values as an IR graph with two entries: `model` computes every model
+// parameter from its initializer; `adapters` computes the adapters' parameters from the model's
+// (fed in, so they can come from an `init` checkpoint — DoRA's magnitude reads base.weight).
+// Random initializers use the counter-based generator with a seed derived from the train seed and
+// the parameter's path, so a parameter's initial value does not depend on what else is in the model.
+import type * as A from "../language/ast.js";
+import { error } from "../language/diagnostics.js";
+import { Builder } from "./builder.js";
+import type { Graph, InputRole } from "./ir.js";
+import { Lowerer } from "./lower.js";
+import type { Placement } from "./place.js";
+import type { Resolver } from "./resolve.js";
+import type { Entry, ProgramInput } from "./step.js";
+import type { TrainSpec } from "./train.js";
+import { describeValue, type ParamInfo, type Value } from "./values.js";
+
+export interface InitProgram {
+  graph: Graph;
+  inputs: ProgramInput[];
+  model: Entry;
+  adapters: Entry;
+}
+
+/** FNV-1a over the path, mixed with the seed: a stable per-parameter seed. */
+export function paramSeed(seed: number, path: string): number {
+  let h = 0x811c9dc5 ^ (seed >>> 0);
+  for (let i = 0; i < path.length; i++) {
+    h ^= path.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+export function buildInit(
+  r: Resolver,
+  spec: TrainSpec,
+  placement: Placement,
+): InitProgram | undefined {
+  const b = new Builder();
+  const inputs: ProgramInput[] = [];
+  const modelValue = new Map<ParamInfo, number>();
+  const inputFor = new Map<ParamInfo, number>();
+  let phase: "model" | "adapters" = "model";
+  const L = new Lowerer(r, b, {
+    param: (p) => {
+      if (phase === "model") {
+        const v = modelValue.get(p);
+        if (v === undefined) {
+          return r.report(
+            error("E0206", `\`${p.path}\` is used before it is initialized`, {
+              file: p.owner.module.file,
+              span: p.decl.span,
+            }),
+          );
+        }
+        return v;
+      }
+      let node = inputFor.get(p);
+      if (node === undefined) {
+        const role: InputRole = "param";
+        node = b.input(role, `param:${p.path}`, p.shape, p.dtype);
+        inputs.push({ name: `param:${p.path}`, node, role, shape: p.shape, dtype: p.dtype });
+        inputFor.set(p, node);
+      }
+      return node;
+    },
+  });
+  L.training = false;
+
+  const initValue = (p: ParamInfo): number | undefined =>
+    r.attempt(() => {
+      const seed = paramSeed(spec.seed, p.path);
+      const at = { file: p.owner.module.file, span: (p.init ?? p.decl).span };
+      const e = p.init;
+      if (!e) return b.constant(0, p.shape);
+      const fill = initializer(e, p, seed);
+      if (fill !== undefined) return fill;
+      const frame = L.frameFor(p.owner);
+      const v: Value = L.expr(e, frame);
+      if (v.kind === "number") return b.constant(v.value, p.shape);
+      if (v.kind !== "tensor")
+        return r.report(
+          error("E0402", `an initializer must give a tensor, not ${describeValue(v)}`, at),
+        );
+      L.bindDims(
+        {
+          kind: "Type",
+          name: { kind: "Name", name: p.dtype, span: p.decl.type.span },
+          dims: p.decl.type.dims,
+          span: p.decl.type.span,
+        },
+        v,
+        frame,
+        at,
+        `the initial value of \`${p.name}\``,
+      );
+      return v.node;
+    });
+
+  /** `zeros`, `ones`, `normal(std: s)`, `uniform(lo, hi)`, `kaiming_uniform(a: …)` fill the declared shape. */
+  const initializer = (e: A.Expr, p: ParamInfo, seed: number): number | undefined => {
+    const frame = L.frameFor(p.owner);
+    if (e.kind === "NameExpr" && (e.name === "zeros" || e.name === "ones"))
+      return b.constant(e.name === "ones" ? 1 : 0, p.shape);
+    if (e.kind !== "Call" || e.callee.kind !== "NameExpr") return undefined;
+    const name = e.callee.name;
+    if (!["normal", "uniform", "kaiming_uniform"].includes(name)) return undefined;
+    const arg = (i: number, key: string, fallback: number): number => {
+      const a = e.args.find((x) => x.name?.name === key) ?? e.args.filter((x) => !x.name)[i];
+      if (!a) return fallback;
+      const v = L.expr(a.value, frame);
+      return r.number(v, a.value, p.owner.module).value;
+    };
+    if (name === "normal") {
+      const std = arg(0, "std", 1);
+      const mean = arg(1, "mean", 0);
+      return b.add(b.mul(b.random("normal", p.shape, seed), b.constant(std)), b.constant(mean));
+    }
+    let lo: number;
+    let hi: number;
+    if (name === "uniform") {
+      lo = arg(0, "lo", 0);
+      hi = arg(1, "hi", 1);
+    } else {
+      // torch.nn.init.kaiming_uniform_ with leaky_relu gain: bound = sqrt(6 / ((1 + a²) fan_in)).
+      const a = arg(0, "a", 0);
+      const fanIn =
+        p.shape.length > 1 ? p.shape.slice(1).reduce((x, y) => x * y, 1) : (p.shape[0] ?? 1);
+      hi = Math.sqrt(6 / ((1 + a * a) * fanIn));
+      lo = -hi;
+    }
+    return b.add(b.mul(b.random("uniform", p.shape, seed), b.constant(hi - lo)), b.constant(lo));
+  };
+
+  const model: Entry = { outputs: [] };
+  for (const placed of placement.params) {
+    if (placed.origin !== "model") continue;
+    const node = initValue(placed.param);
+    if (node === undefined) continue;
+    modelValue.set(placed.param, node);
+    model.outputs.push({ name: `param:${placed.param.path}`, node });
+  }
+  phase = "adapters";
+  const adapters: Entry = { outputs: [] };
+  for (const placed of placement.params) {
+    if (placed.origin !== "adapter") continue;
+    const node = initValue(placed.param);
+    if (node !== undefined) adapters.outputs.push({ name: `param:${placed.param.path}`, node });
+  }
+  if (r.diagnostics.some((d) => d.severity === "error")) return undefined;
+  return { graph: b.graph, inputs, model, adapters };
+}

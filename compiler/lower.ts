@@ -1,0 +1,718 @@
+// Lowering .lrk functions to the tensor IR: the evaluator for code that runs on tensors
+// (forward functions, losses, optimizer updates, budget controllers). Compile-time values
+// (numbers, modules, configurations) are computed on the spot; tensor values become IR nodes.
+// Shapes are checked here, against the user's expressions, before the builder sees them.
+import type * as A from "../language/ast.js";
+import { error, type Location } from "../language/diagnostics.js";
+import { Builder, broadcastShapes } from "./builder.js";
+import type { DType, Shape } from "./ir.js";
+import type { Module } from "./modules.js";
+import type { Applied } from "./place.js";
+import { chain, Reported, type Resolver, type Scope } from "./resolve.js";
+import { closest } from "./suggest.js";
+import { tensorBuiltin } from "./tensor-builtins.js";
+import { describeValue, num, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
+
+export type Tensor = Extract<Value, { kind: "tensor" }>;
+
+/** Where an expression is being evaluated. */
+export interface Frame {
+  module: Module;
+  /** `let` variables and bound function parameters; assignments rebind them. */
+  locals: Map<string, Value>;
+  /** Everything else visible: the instance's members, then its module's top level. */
+  scope: Scope;
+  /** Symbolic dims bound by typed parameters (`B`, `T`). */
+  dims: Map<string, number>;
+}
+
+class ReturnSignal {
+  constructor(readonly value: Value) {}
+}
+
+export interface LowerHooks {
+  /** The node for a parameter (a graph input, or a value computed earlier). */
+  param(p: ParamInfo): number;
+  /** `inner.update(x)` on an optimizer configuration; absent outside optimizers. */
+  innerUpdate?(config: Extract<Value, { kind: "config" }>, x: Tensor, at: Location): Tensor;
+  /** Reads `config.lr` and friends (the schedule scales `lr`). */
+  configMember?(config: Extract<Value, { kind: "config" }>, name: string): Value | undefined;
+}
+
+export class Lowerer {
+  /** Nodes made by `stop_grad`: constants for autodiff. */
+  readonly stopped = new Set<number>();
+  /** Adapted or quantized modules: calling one runs the wrapper's `forward`. */
+  readonly wrappers = new Map<ModuleInstance, Applied[]>();
+  /** `training` is false while evaluating: dropout is the identity. */
+  training = true;
+  private seeds = 0;
+
+  /** A fresh seed for each random intrinsic in the program, in lowering order (deterministic). */
+  nextSeed(): number {
+    return 0x5eed + this.seeds++;
+  }
+
+  constructor(
+    readonly r: Resolver,
+    readonly b: Builder,
+    readonly hooks: LowerHooks,
+  ) {}
+
+  fail(at: Location, message: string, extra: { help?: string; label?: string } = {}): never {
+    return this.r.report(error("E0401", message, at, extra));
+  }
+
+  at(frame: Frame, node: { span: A.Program["span"] }): Location {
+    return { file: frame.module.file, span: node.span };
+  }
+
+  tensor(node: number): Tensor {
+    return { kind: "tensor", node, shape: this.b.shape(node), dtype: this.b.dtype(node) };
+  }
+
+  /** A number or a tensor as a tensor node (numbers become f32 constants). */
+  asNode(v: Value, frame: Frame, e: { span: A.Program["span"] }, dtype: DType = "f32"): number {
+    if (v.kind === "tensor") return v.node;
+    if (v.kind === "number") return this.b.constant(v.value, [], dtype);
+    if (v.kind === "bool") return this.b.constant(v.value ? 1 : 0, [], dtype);
+    if (v.kind === "param") return this.hooks.param(v.param);
+    return this.r.report(
+      error("E0402", `expected a tensor or a number, found ${describeValue(v)}`, this.at(frame, e)),
+    );
+  }
+
+  /** A frame for code inside a module instance (its members in scope). */
+  frameFor(instance: ModuleInstance, locals = new Map<string, Value>()): Frame {
+    return {
+      module: instance.module,
+      locals,
+      scope: chain(instance.scope, instance.lookup),
+      dims: new Map(),
+    };
+  }
+
+  // ------------------------------------------------------------------------ names
+
+  lookup(name: A.Name | A.NameExpr, frame: Frame): Value {
+    const local = frame.locals.get(name.name);
+    if (local) return this.resolve(local, frame);
+    const dim = frame.dims.get(name.name);
+    if (dim !== undefined) return num(dim, true);
+    const value = frame.scope.lookup(name.name);
+    if (value) return this.resolve(value, frame);
+    const guess = closest(name.name, [
+      ...frame.locals.keys(),
+      ...frame.dims.keys(),
+      ...frame.scope.names(),
+    ]);
+    return this.r.report(
+      error("E0204", `\`${name.name}\` is not defined`, this.at(frame, name), {
+        help: guess ? `did you mean \`${guess}\`?` : undefined,
+      }),
+    );
+  }
+
+  /** Parameters become nodes; deferred member expressions are evaluated in their instance. */
+  private resolve(v: Value, frame: Frame): Value {
+    if (v.kind === "param") return this.tensor(this.hooks.param(v.param));
+    if (v.kind === "deferred") return this.expr(v.expr, this.frameFor(v.self));
+    void frame;
+    return v;
+  }
+
+  // ------------------------------------------------------------------------ expressions
+
+  expr(e: A.Expr, frame: Frame): Value {
+    switch (e.kind) {
+      case "Number":
+        return num(e.value, e.isInteger);
+      case "String":
+        return { kind: "string", value: e.value };
+      case "Bool":
+        return { kind: "bool", value: e.value };
+      case "NameExpr":
+        return this.lookup(e, frame);
+      case "Paren":
+        return this.expr(e.expr, frame);
+      case "List":
+        return { kind: "list", items: e.items.map((i) => this.expr(i, frame)) };
+      case "Tuple":
+        return { kind: "tuple", items: e.items.map((i) => this.expr(i, frame)) };
+      case "Unary":
+        return this.unary(e, frame);
+      case "Binary":
+        return this.binary(e, frame);
+      case "Member":
+        return this.member(e, frame);
+      case "Call":
+        return this.call(e, frame);
+      case "Index":
+        return this.index(e, frame);
+      case "Transpose": {
+        const v = this.expr(e.operand, frame);
+        if (v.kind !== "tensor" || v.shape.length < 2) {
+          this.fail(
+            this.at(frame, e),
+            `\`^T\` needs a tensor with at least 2 dims, found ${describeValue(v)}`,
+          );
+        }
+        return this.tensor(this.b.transpose(v.node));
+      }
+      case "Error":
+        throw new Reported();
+    }
+  }
+
+  private unary(e: A.Unary, frame: Frame): Value {
+    const v = this.expr(e.operand, frame);
+    if (v.kind === "number") return num(e.op === "-" ? -v.value : v.value, v.integer);
+    if (v.kind === "bool" && e.op === "not") return { kind: "bool", value: !v.value };
+    const x = this.asNode(v, frame, e.operand);
+    if (e.op === "-") return this.tensor(this.b.neg(x));
+    if (e.op === "+") return this.tensor(x);
+    return this.tensor(this.b.unary("not", x));
+  }
+
+  private binary(e: A.Binary, frame: Frame): Value {
+    const l = this.expr(e.left, frame);
+    const r = this.expr(e.right, frame);
+    const compileTime = (v: Value) =>
+      v.kind === "number" || v.kind === "bool" || v.kind === "string";
+    if (compileTime(l) && compileTime(r)) {
+      // Reuse the compile-time evaluator on the already computed operands.
+      const lit = (v: Value, at: A.Expr): A.Expr =>
+        v.kind === "number"
+          ? {
+              kind: "Number",
+              raw: String(v.value),
+              value: v.value,
+              isInteger: v.integer,
+              span: at.span,
+            }
+          : v.kind === "bool"
+            ? { kind: "Bool", value: v.value, span: at.span }
+            : {
+                kind: "String",
+                raw: JSON.stringify((v as { value: string }).value),
+                value: (v as { value: string }).value,
+                span: at.span,
+              };
+      return this.r.evaluate(
+        { ...e, left: lit(l, e.left), right: lit(r, e.right) },
+        frame.scope,
+        frame.module,
+      );
+    }
+    const a = this.asNode(l, frame, e.left);
+    const b = this.asNode(r, frame, e.right);
+    const sa = this.b.shape(a);
+    const sb = this.b.shape(b);
+    if (e.op === "@") {
+      if (sa.length === 0 || sb.length === 0)
+        this.fail(
+          this.at(frame, e),
+          `\`@\` needs tensors with dims: ${shapeText(sa)} @ ${shapeText(sb)}`,
+        );
+      const k1 = sa[sa.length - 1]!;
+      const k2 = sb.length === 1 ? sb[0]! : sb[sb.length - 2]!;
+      if (k1 !== k2) {
+        const fixable = sb.length >= 2 && sb[sb.length - 1] === k1;
+        this.fail(
+          this.at(frame, e),
+          `${shapeText(sa)} @ ${shapeText(sb)}: inner dims ${k1} and ${k2} differ`,
+          {
+            help: fixable ? "did you mean to transpose the right operand (`@ w^T`)?" : undefined,
+          },
+        );
+      }
+      if (sa.length > 2 || sb.length > 2)
+        this.broadcastable(sa.slice(0, -2), sb.slice(0, -2), frame, e, "@");
+      return this.tensor(this.b.matmul(a, b));
+    }
+    this.broadcastable(sa, sb, frame, e, e.op);
+    const fns: Record<string, Parameters<Builder["binary"]>[0]> = {
+      "+": "add",
+      "-": "sub",
+      "*": "mul",
+      "/": "div",
+      "%": "mod",
+      "^": "pow",
+      "==": "eq",
+      "!=": "ne",
+      "<": "lt",
+      "<=": "le",
+      ">": "gt",
+      ">=": "ge",
+      and: "and",
+      or: "or",
+    };
+    return this.tensor(this.b.binary(fns[e.op]!, this.b.cast(a, "f32"), this.b.cast(b, "f32")));
+  }
+
+  private broadcastable(sa: Shape, sb: Shape, frame: Frame, e: A.Expr, op: string): void {
+    try {
+      broadcastShapes(sa, sb);
+    } catch {
+      const n = Math.max(sa.length, sb.length);
+      let detail = "";
+      for (let i = 1; i <= n; i++) {
+        const x = sa[sa.length - i] ?? 1;
+        const y = sb[sb.length - i] ?? 1;
+        if (x !== y && x !== 1 && y !== 1) {
+          detail = `dims ${x} and ${y} differ`;
+          break;
+        }
+      }
+      this.fail(this.at(frame, e), `${shapeText(sa)} ${op} ${shapeText(sb)}: ${detail}`, {
+        help: "shapes must match from the last dim, or be 1 where they broadcast",
+      });
+    }
+  }
+
+  private member(e: A.MemberExpr, frame: Frame): Value {
+    const object = this.expr(e.object, frame);
+    if (object.kind === "instance") {
+      const v = object.instance.scope.get(e.name.name);
+      if (v) return this.resolve(v, frame);
+    }
+    if (object.kind === "bound" && object.members) {
+      const v = object.members.scope.get(e.name.name);
+      if (v) return this.resolve(v, frame);
+    }
+    if (object.kind === "config" && this.hooks.configMember) {
+      const v = this.hooks.configMember(object, e.name.name);
+      if (v) return v;
+    }
+    if (object.kind === "struct") {
+      const v = object.fields.get(e.name.name);
+      if (v) return v;
+      const guess = closest(e.name.name, object.fields.keys());
+      this.r.report(
+        error("E0207", `${object.what} has no field \`${e.name.name}\``, this.at(frame, e.name), {
+          help: guess
+            ? `did you mean \`${guess}\`?`
+            : `its fields are ${[...object.fields.keys()].join(", ")}`,
+        }),
+      );
+    }
+    return this.r.member(object, e.name, frame.module);
+  }
+
+  private index(e: A.Index, frame: Frame): Value {
+    const object = this.expr(e.object, frame);
+    if (
+      object.kind === "list" &&
+      e.items.length === 1 &&
+      e.items[0]!.kind !== "Slice" &&
+      e.items[0]!.kind !== "Ellipsis"
+    ) {
+      const i = this.r.number(
+        this.expr(e.items[0] as A.Expr, frame),
+        e.items[0] as A.Expr,
+        frame.module,
+      ).value;
+      const item = object.items[i < 0 ? object.items.length + i : i];
+      if (!item)
+        this.fail(
+          this.at(frame, e),
+          `index ${i} is out of range for a list of ${object.items.length}`,
+        );
+      return item;
+    }
+    const x = this.asNode(object, frame, e.object);
+    const shape = this.b.shape(x);
+    // `table[ids]` with an integer tensor: a gather (embedding lookup).
+    if (e.items.length === 1 && e.items[0]!.kind !== "Slice" && e.items[0]!.kind !== "Ellipsis") {
+      const idx = this.expr(e.items[0] as A.Expr, frame);
+      if (idx.kind === "tensor") {
+        if (idx.dtype !== "i32")
+          this.fail(
+            this.at(frame, e.items[0]!),
+            `indices must be i32, found ${shapeText(idx.shape, idx.dtype)}`,
+          );
+        return this.tensor(this.b.gather(x, idx.node));
+      }
+    }
+    // Basic indexing: integers drop an axis, slices keep it, `...` fills the middle.
+    const starts: (number | undefined)[] = [];
+    const stops: (number | undefined)[] = [];
+    const steps: (number | undefined)[] = [];
+    const drop: number[] = [];
+    const ellipsis = e.items.findIndex((i) => i.kind === "Ellipsis");
+    const explicit = e.items.filter((i) => i.kind !== "Ellipsis").length;
+    if (explicit > shape.length)
+      this.fail(this.at(frame, e), `${explicit} indices for a tensor of ${shape.length} dims`);
+    let axis = 0;
+    for (const item of e.items) {
+      if (item.kind === "Ellipsis") {
+        const skip = shape.length - explicit;
+        for (let k = 0; k < skip; k++)
+          (starts.push(undefined), stops.push(undefined), steps.push(undefined), axis++);
+        continue;
+      }
+      const value = (x: A.Expr | undefined) =>
+        x ? this.r.number(this.expr(x, frame), x, frame.module).value : undefined;
+      if (item.kind === "Slice") {
+        starts.push(value(item.start));
+        stops.push(value(item.stop));
+        steps.push(value(item.step));
+      } else {
+        let i = value(item as A.Expr)!;
+        const n = shape[axis]!;
+        if (i < -n || i >= n)
+          this.fail(this.at(frame, item), `index ${i} is out of range for a dim of ${n}`);
+        if (i < 0) i += n;
+        starts.push(i);
+        stops.push(i + 1);
+        steps.push(1);
+        drop.push(axis);
+      }
+      axis++;
+    }
+    void ellipsis;
+    let out = this.b.slice(x, starts, stops, steps);
+    if (drop.length > 0)
+      out = this.b.reshape(
+        out,
+        this.b.shape(out).filter((_, i) => !drop.includes(i)),
+      );
+    return this.tensor(out);
+  }
+
+  // ------------------------------------------------------------------------ calls
+
+  private call(e: A.Call, frame: Frame): Value {
+    const callee = this.expr(e.callee, frame);
+    if (callee.kind === "instance") return this.callModule(callee.instance, e, frame);
+    if (callee.kind === "function")
+      return this.callFunction(callee.fn, callee.self, this.args(e, frame), this.at(frame, e));
+    if (callee.kind === "builtin") return tensorBuiltin(this, callee.name, e, frame);
+    if (callee.kind === "bound") return callee.call(this.args(e, frame), this.at(frame, e));
+    return this.r.report(
+      error("E0206", `${describeValue(callee)} cannot be called here`, this.at(frame, e.callee)),
+    );
+  }
+
+  args(e: A.Call, frame: Frame): { name?: string; value: Value; at: Location }[] {
+    return e.args.map((a) => ({
+      name: a.name?.name,
+      value: this.expr(a.value, frame),
+      at: this.at(frame, a.value),
+    }));
+  }
+
+  /** Calling a module runs its forward, or the forward of the wrapper placed on it. */
+  callModule(instance: ModuleInstance, e: A.Call, frame: Frame, skipWrappers = 0): Value {
+    const wrappers = this.wrappers.get(instance) ?? [];
+    const args = this.args(e, frame);
+    return this.forward(instance, args, this.at(frame, e), wrappers.length - skipWrappers);
+  }
+
+  /** Runs `forward` of the outermost of the first `depth` wrappers, or the module's own. */
+  forward(
+    instance: ModuleInstance,
+    args: { name?: string; value: Value; at: Location }[],
+    at: Location,
+    depth?: number,
+  ): Value {
+    const wrappers = this.wrappers.get(instance) ?? [];
+    const level = depth ?? wrappers.length;
+    if (level > 0) {
+      const wrapper = wrappers[level - 1]!;
+      // Inside the wrapper, `base(x)` calls the next layer in: the quantizer, or the module itself.
+      const base: Value = {
+        kind: "bound",
+        what: `\`${instance.path}\``,
+        call: (inner, innerAt) => this.forward(instance, inner, innerAt, level - 1),
+        members: instance,
+      };
+      const fn = wrapper.instance.scope.get("forward");
+      if (fn?.kind !== "function")
+        return this.r.report(
+          error(
+            "E0207",
+            `${wrapper.config.def.sort} \`${wrapper.config.def.name.name}\` has no \`forward\``,
+            at,
+          ),
+        );
+      return this.callFunction(fn.fn, wrapper.instance, args, at, new Map([["base", base]]));
+    }
+    const fn = instance.scope.get("forward");
+    if (fn?.kind !== "function") {
+      return this.r.report(
+        error(
+          "E0207",
+          `\`${instance.typeName}\` has no \`forward\` function, so it cannot be called`,
+          at,
+        ),
+      );
+    }
+    return this.callFunction(fn.fn, instance, args, at);
+  }
+
+  /** Inlines a function: binds (and shape-checks) its parameters, runs its body. */
+  /**
+   * `locals`, when given, is used as the function's local variables and left holding their final
+   * values: that is how an optimizer's `update` hands back `param` and its states.
+   */
+  callFunction(
+    fn: A.FunctionDef,
+    self: ModuleInstance,
+    args: { name?: string; value: Value; at: Location }[],
+    at: Location,
+    locals?: Map<string, Value>,
+  ): Value {
+    const frame = this.frameFor(self, locals ?? new Map());
+    const bound = new Map<string, Value>();
+    let positional = 0;
+    for (const arg of args) {
+      const param = arg.name
+        ? fn.params.find((p) => p.name.name === arg.name)
+        : fn.params[positional++];
+      if (!param) {
+        this.r.report(
+          error(
+            "E0205",
+            arg.name
+              ? `\`${fn.name.name}\` has no parameter \`${arg.name}\``
+              : `\`${fn.name.name}\` takes ${fn.params.length} argument${fn.params.length === 1 ? "" : "s"}`,
+            arg.at,
+          ),
+        );
+      }
+      bound.set(param.name.name, arg.value);
+    }
+    for (const p of fn.params) {
+      let value = bound.get(p.name.name);
+      if (!value) {
+        if (!p.default)
+          this.r.report(
+            error("E0205", `\`${fn.name.name}\` needs the argument \`${p.name.name}\``, at),
+          );
+        value = this.expr(p.default, frame);
+      }
+      if (p.type?.dims && value.kind === "tensor")
+        this.bindDims(p.type, value, frame, at, `argument \`${p.name.name}\``);
+      frame.locals.set(p.name.name, value);
+    }
+    let result: Value;
+    if (fn.body.kind === "Expr") result = this.expr(fn.body.value, frame);
+    else {
+      try {
+        this.block(fn.body.stmts, frame);
+        result = { kind: "tuple", items: [] };
+      } catch (signal) {
+        if (!(signal instanceof ReturnSignal)) throw signal;
+        result = signal.value;
+      }
+    }
+    if (fn.returns?.dims && result.kind === "tensor")
+      this.bindDims(fn.returns, result, frame, this.at(frame, fn.returns), "the result");
+    return result;
+  }
+
+  /** Matches a tensor against `f32[B, T, d]`: names bind or must agree, numbers must match. */
+  bindDims(type: A.TypeExpr, value: Tensor, frame: Frame, at: Location, what: string): void {
+    const dims = type.dims!;
+    const ellipsis = dims.findIndex((d) => d.kind === "Ellipsis");
+    const fixed = dims.length - (ellipsis >= 0 ? 1 : 0);
+    const shape = value.shape;
+    const expected = `${type.name.name}[${dims.map((d) => (d.kind === "Ellipsis" ? "..." : exprText(d))).join(", ")}]`;
+    if (ellipsis >= 0 ? shape.length < fixed : shape.length !== fixed) {
+      this.fail(at, `${what} should be ${expected}, but it is ${shapeText(shape, value.dtype)}`);
+    }
+    dims.forEach((d, i) => {
+      if (d.kind === "Ellipsis") return;
+      const axis = ellipsis >= 0 && i > ellipsis ? shape.length - (dims.length - i) : i;
+      const actual = shape[axis]!;
+      if (
+        d.kind === "NameExpr" &&
+        !frame.locals.has(d.name) &&
+        frame.scope.lookup(d.name) === undefined &&
+        !frame.dims.has(d.name)
+      ) {
+        frame.dims.set(d.name, actual);
+        return;
+      }
+      const want = this.r.number(this.expr(d, frame), d, frame.module).value;
+      if (want !== actual) {
+        this.fail(
+          at,
+          `${what} should be ${expected}, but it is ${shapeText(shape, value.dtype)}: dim ${exprText(d)} is ${want}, not ${actual}`,
+        );
+      }
+    });
+    if (type.name.name !== value.dtype && (type.name.name === "f32" || type.name.name === "i32")) {
+      this.fail(at, `${what} should be ${expected}, but it is ${shapeText(shape, value.dtype)}`);
+    }
+  }
+
+  // ------------------------------------------------------------------------ statements
+
+  block(stmts: A.Stmt[], frame: Frame): void {
+    for (const s of stmts) this.statement(s, frame);
+  }
+
+  private statement(s: A.Stmt, frame: Frame): void {
+    switch (s.kind) {
+      case "Let": {
+        const value = this.expr(s.value, frame);
+        if (s.type?.dims && value.kind === "tensor")
+          this.bindDims(s.type, value, frame, this.at(frame, s.value), "this value");
+        if (s.target.kind === "Name") frame.locals.set(s.target.name, value);
+        else {
+          if (value.kind !== "tuple" || value.items.length !== s.target.names.length) {
+            this.r.report(
+              error(
+                "E0402",
+                `cannot unpack ${describeValue(value)} into ${s.target.names.length} names`,
+                this.at(frame, s.value),
+              ),
+            );
+          }
+          s.target.names.forEach((n, i) => frame.locals.set(n.name, value.items[i]!));
+        }
+        return;
+      }
+      case "Assign": {
+        if (s.target.kind !== "NameExpr")
+          this.r.report(error("E0206", "only names can be assigned", this.at(frame, s.target)));
+        const name = s.target.name;
+        let value = this.expr(s.value, frame);
+        if (s.op !== "=") {
+          const op = s.op[0] as A.BinaryOp;
+          value = this.binary(
+            {
+              kind: "Binary",
+              op,
+              left: s.target,
+              right: { kind: "Paren", expr: s.value, span: s.value.span },
+              span: s.span,
+            },
+            frame,
+          );
+        }
+        if (!frame.locals.has(name)) {
+          this.r.report(
+            error("E0206", `\`${name}\` cannot be assigned here`, this.at(frame, s.target), {
+              help: "assign `let` variables, and in optimizers and budgets `param`, states and the adapter's tensors",
+            }),
+          );
+        }
+        const old = frame.locals.get(name)!;
+        if (
+          old.kind === "tensor" &&
+          value.kind === "tensor" &&
+          !sameShape(old.shape, value.shape)
+        ) {
+          // A state or parameter keeps its shape; a broadcast result must still fit it.
+          try {
+            value = this.tensor(this.b.broadcastTo(value.node, old.shape));
+          } catch {
+            this.fail(
+              this.at(frame, s),
+              `\`${name}\` is ${shapeText(old.shape, old.dtype)} but the new value is ${shapeText(value.shape, value.dtype)}`,
+            );
+          }
+        }
+        frame.locals.set(name, value);
+        return;
+      }
+      case "If":
+        return this.ifStatement(s, frame);
+      case "For": {
+        const iterable = this.expr(s.iterable, frame);
+        if (iterable.kind !== "list")
+          this.r.report(
+            error(
+              "E0402",
+              `\`for\` needs a list, such as repeated blocks, not ${describeValue(iterable)}`,
+              this.at(frame, s.iterable),
+            ),
+          );
+        for (const item of iterable.items) {
+          frame.locals.set(s.variable.name, item);
+          this.block(s.body, frame);
+        }
+        return;
+      }
+      case "Return":
+        throw new ReturnSignal(s.value ? this.expr(s.value, frame) : { kind: "tuple", items: [] });
+      case "ExprStmt":
+        this.expr(s.expr, frame);
+        return;
+      case "Error":
+        throw new Reported();
+    }
+  }
+
+  /** A compile-time condition picks a branch; a tensor condition runs both and selects per name. */
+  private ifStatement(s: A.If, frame: Frame): void {
+    const condition = this.expr(s.condition, frame);
+    if (condition.kind === "bool") {
+      if (condition.value) this.block(s.then, frame);
+      else if (Array.isArray(s.else)) this.block(s.else, frame);
+      else if (s.else) this.ifStatement(s.else, frame);
+      return;
+    }
+    const c = this.asNode(condition, frame, s.condition);
+    const before = new Map(frame.locals);
+    const run = (body: A.Stmt[] | A.If | undefined): Map<string, Value> => {
+      const branch: Frame = { ...frame, locals: new Map(before) };
+      try {
+        if (Array.isArray(body)) this.block(body, branch);
+        else if (body) this.ifStatement(body, branch);
+      } catch (signal) {
+        if (signal instanceof ReturnSignal) {
+          this.r.report(
+            error(
+              "E0206",
+              "`return` inside an `if` on a tensor condition is not supported",
+              this.at(frame, s),
+              { help: "assign a variable in both branches and return it after the `if`" },
+            ),
+          );
+        }
+        throw signal;
+      }
+      return branch.locals;
+    };
+    const yes = run(s.then);
+    const no = run(s.else);
+    for (const [name, value] of yes) {
+      const other = no.get(name);
+      if (!before.has(name)) continue; // a `let` inside one branch stays there
+      if (value === other) {
+        frame.locals.set(name, value);
+        continue;
+      }
+      const a = this.asNode(value, frame, s);
+      const b = this.asNode(other!, frame, s);
+      frame.locals.set(name, this.tensor(this.b.where(c, a, b)));
+    }
+  }
+}
+
+export function shapeText(shape: Shape, dtype: DType = "f32"): string {
+  return `${dtype}[${shape.join(", ")}]`;
+}
+
+function sameShape(a: Shape, b: Shape): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+function exprText(e: A.Expr): string {
+  switch (e.kind) {
+    case "NameExpr":
+      return e.name;
+    case "Number":
+      return e.raw;
+    case "Binary":
+      return `${exprText(e.left)} ${e.op} ${exprText(e.right)}`;
+    case "Paren":
+      return `(${exprText(e.expr)})`;
+    default:
+      return "…";
+  }
+}

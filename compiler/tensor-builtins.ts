@@ -1,0 +1,393 @@
+// The built-in functions of .lrk on tensors, each lowered to primitive IR ops. On plain numbers
+// the numeric ones are computed at compile time instead.
+import type * as A from "../language/ast.js";
+import { error, type Location } from "../language/diagnostics.js";
+import type { Frame, Lowerer, Tensor } from "./lower.js";
+import { shapeText } from "./lower.js";
+import type { UnaryFn } from "./ir.js";
+import { describeValue, num, type Value } from "./values.js";
+
+type Arg = { name?: string; value: Value; at: Location };
+
+class Args {
+  private used = new Set<Arg>();
+  constructor(
+    private readonly L: Lowerer,
+    private readonly fn: string,
+    private readonly list: Arg[],
+    private readonly at: Location,
+  ) {}
+
+  /** The i-th positional argument, or the named one. */
+  get(i: number, name?: string): Value | undefined {
+    const named = name ? this.list.find((a) => a.name === name) : undefined;
+    const arg = named ?? this.list.filter((a) => !a.name)[i];
+    if (arg) this.used.add(arg);
+    return arg?.value;
+  }
+
+  need(i: number, name?: string): Value {
+    const v = this.get(i, name);
+    if (v === undefined)
+      this.L.r.report(
+        error(
+          "E0205",
+          `\`${this.fn}\` needs ${name ? `\`${name}\`` : `argument ${i + 1}`}`,
+          this.at,
+        ),
+      );
+    return v;
+  }
+
+  tensor(i: number, name?: string): Tensor {
+    const v = this.need(i, name);
+    if (v.kind === "tensor") return v;
+    if (v.kind === "number") return this.L.tensor(this.L.b.constant(v.value));
+    return this.L.r.report(
+      error("E0402", `\`${this.fn}\` needs a tensor, not ${describeValue(v)}`, this.argAt(i, name)),
+    );
+  }
+
+  number(i: number, name?: string, fallback?: number): number {
+    const v = this.get(i, name);
+    if (v === undefined && fallback !== undefined) return fallback;
+    if (v?.kind === "number") return v.value;
+    if (v?.kind === "bool") return v.value ? 1 : 0;
+    return this.L.r.report(
+      error(
+        "E0402",
+        `\`${this.fn}\`'s ${name ?? `argument ${i + 1}`} must be a number known while compiling`,
+        this.argAt(i, name),
+      ),
+    );
+  }
+
+  bool(name: string, fallback: boolean): boolean {
+    const v = this.get(-1, name);
+    if (v === undefined) return fallback;
+    if (v.kind === "bool") return v.value;
+    return this.L.r.report(
+      error("E0402", `\`${name}\` must be true or false`, this.argAt(-1, name)),
+    );
+  }
+
+  argAt(i: number, name?: string): Location {
+    const a =
+      (name ? this.list.find((x) => x.name === name) : undefined) ??
+      this.list.filter((x) => !x.name)[i];
+    return a?.at ?? this.at;
+  }
+
+  /** Every argument was used: a misspelled named argument is an error, not silently ignored. */
+  done(): void {
+    const extra = this.list.find((a) => !this.used.has(a));
+    if (extra) {
+      this.L.r.report(
+        error(
+          "E0205",
+          extra.name
+            ? `\`${this.fn}\` has no parameter \`${extra.name}\``
+            : `too many arguments to \`${this.fn}\``,
+          extra.at,
+        ),
+      );
+    }
+  }
+}
+
+const unaryFns: Record<string, UnaryFn> = {
+  sqrt: "sqrt",
+  rsqrt: "rsqrt",
+  exp: "exp",
+  log: "log",
+  abs: "abs",
+  sign: "sign",
+  tanh: "tanh",
+  sigmoid: "sigmoid",
+  relu: "relu",
+  gelu: "gelu",
+  silu: "silu",
+  erf: "erf",
+  floor: "floor",
+};
+
+const numeric: Record<string, (x: number) => number> = {
+  sqrt: Math.sqrt,
+  rsqrt: (x) => 1 / Math.sqrt(x),
+  exp: Math.exp,
+  log: Math.log,
+  abs: Math.abs,
+  sign: Math.sign,
+  tanh: Math.tanh,
+  sigmoid: (x) => 1 / (1 + Math.exp(-x)),
+  relu: (x) => Math.max(0, x),
+  floor: Math.floor,
+  ceil: Math.ceil,
+  round: Math.round,
+};
+
+function axisOf(L: Lowerer, args: Args, rank: number, fallback?: number): number[] | undefined {
+  const v = args.get(-1, "axis");
+  if (v === undefined) return fallback === undefined ? undefined : [fallback];
+  const axes = v.kind === "list" || v.kind === "tuple" ? v.items : [v];
+  return axes.map((a) => {
+    if (a.kind !== "number" || !Number.isInteger(a.value) || a.value < -rank || a.value >= rank) {
+      L.r.report(
+        error("E0402", `axis must be an integer in ${-rank}..${rank - 1}`, args.argAt(-1, "axis")),
+      );
+    }
+    return a.value < 0 ? a.value + rank : a.value;
+  });
+}
+
+export function tensorBuiltin(L: Lowerer, name: string, e: A.Call, frame: Frame): Value {
+  const at = L.at(frame, e);
+  const args = new Args(L, name, L.args(e, frame), at);
+  const b = L.b;
+  const t = (node: number) => L.tensor(node);
+  const result = (v: Value) => {
+    args.done();
+    return v;
+  };
+
+  // Numeric functions on compile-time numbers stay numbers.
+  const first = args.get(0);
+  if (first?.kind === "number" && name in numeric && e.args.length === 1) {
+    const f = numeric[name]!;
+    return result(num(f(first.value), name === "floor" || name === "ceil" || name === "round"));
+  }
+  if ((name === "min" || name === "max") && args.get(-1, "axis") === undefined) {
+    const a = args.need(0);
+    const c = args.need(1);
+    if (a.kind === "number" && c.kind === "number")
+      return result(
+        num((name === "min" ? Math.min : Math.max)(a.value, c.value), a.integer && c.integer),
+      );
+    const x = args.tensor(0).node;
+    const y = args.tensor(1).node;
+    return result(t(name === "min" ? b.minimum(x, y) : b.maximum(x, y)));
+  }
+  if (name in unaryFns) {
+    const x = args.tensor(0);
+    return result(t(b.unary(unaryFns[name]!, b.cast(x.node, "f32"))));
+  }
+
+  switch (name) {
+    case "where": {
+      const c = args.tensor(0).node;
+      const x = args.tensor(1).node;
+      const y = args.tensor(2).node;
+      return result(t(b.where(c, b.cast(x, "f32"), b.cast(y, "f32"))));
+    }
+    case "stop_grad": {
+      const x = args.tensor(0);
+      const node = b.graph.add({ kind: "reshape" }, [x.node], x.shape, x.dtype, {
+        source: b.source,
+      });
+      L.stopped.add(node);
+      return result(t(node));
+    }
+    case "sum":
+    case "mean":
+    case "max":
+    case "min":
+    case "var": {
+      const x = args.tensor(0);
+      const axes = axisOf(L, args, x.shape.length);
+      const keep = args.bool("keepdim", false);
+      const xf = b.cast(x.node, "f32");
+      if (name === "sum") return result(t(b.sum(xf, axes, keep)));
+      if (name === "mean") return result(t(b.mean(xf, axes, keep)));
+      if (name === "max") return result(t(b.max(xf, axes, keep)));
+      if (name === "min") return result(t(b.neg(b.max(b.neg(xf), axes, keep))));
+      const centered = b.sub(xf, b.mean(xf, axes, true));
+      return result(t(b.mean(b.mul(centered, centered), axes, keep)));
+    }
+    case "softmax":
+    case "log_softmax": {
+      const x = args.tensor(0);
+      const axis = axisOf(L, args, x.shape.length, x.shape.length - 1)!;
+      return result(
+        t(name === "softmax" ? b.softmax(x.node, axis[0]) : b.logSoftmax(x.node, axis[0])),
+      );
+    }
+    case "row_norm": {
+      const w = args.tensor(0);
+      return result(t(b.sqrt(b.sum(b.mul(w.node, w.node), [-1]))));
+    }
+    case "fro": {
+      const x = args.tensor(0);
+      return result(t(b.sqrt(b.sum(b.mul(x.node, x.node)))));
+    }
+    case "layer_norm": {
+      const x = args.tensor(0);
+      const w = args.get(1, "weight");
+      const c = args.get(2, "bias");
+      const eps = args.number(3, "eps", 1e-5);
+      return result(
+        t(
+          b.layerNorm(
+            x.node,
+            w ? L.asNode(w, frame, e) : undefined,
+            c ? L.asNode(c, frame, e) : undefined,
+            eps,
+          ),
+        ),
+      );
+    }
+    case "reshape": {
+      const x = args.tensor(0);
+      const dims = args.need(1, "shape");
+      if (dims.kind !== "list" && dims.kind !== "tuple")
+        L.r.report(
+          error(
+            "E0402",
+            "`reshape` needs a list of dims, like `[B, T, d]`",
+            args.argAt(1, "shape"),
+          ),
+        );
+      const shape = dims.items.map((d) => {
+        if (d.kind !== "number" || !Number.isInteger(d.value))
+          return L.r.report(
+            error("E0402", "reshape dims must be integers", args.argAt(1, "shape")),
+          );
+        return d.value;
+      });
+      const known = shape.filter((d) => d !== -1).reduce((a, c) => a * c, 1);
+      const total = x.shape.reduce((a, c) => a * c, 1);
+      if (shape.includes(-1) ? total % known !== 0 : known !== total) {
+        L.fail(
+          at,
+          `cannot reshape ${shapeText(x.shape, x.dtype)} (${total} elements) to [${shape.join(", ")}]`,
+        );
+      }
+      return result(t(b.reshape(x.node, shape)));
+    }
+    case "transpose": {
+      const x = args.tensor(0);
+      const rank = x.shape.length;
+      const i = args.number(1, undefined, rank - 2);
+      const j = args.number(2, undefined, rank - 1);
+      const perm = x.shape.map((_, k) => k);
+      const a = i < 0 ? i + rank : i;
+      const c = j < 0 ? j + rank : j;
+      if (a < 0 || c < 0 || a >= rank || c >= rank)
+        L.fail(at, `cannot swap axes ${i} and ${j} of ${shapeText(x.shape, x.dtype)}`);
+      [perm[a], perm[c]] = [perm[c]!, perm[a]!];
+      return result(t(b.permute(x.node, perm)));
+    }
+    case "arange": {
+      const n = args.number(0);
+      return result(t(b.iota([n], 0, "i32")));
+    }
+    case "eye": {
+      const n = args.number(0);
+      return result(t(b.cast(b.eq(b.iota([n, n], 0, "i32"), b.iota([n, n], 1, "i32")), "f32")));
+    }
+    case "tril":
+    case "triu": {
+      const x = args.tensor(0);
+      const s = x.shape;
+      if (s.length < 2) L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(s, x.dtype)}`);
+      const rows = b.iota(s.slice(-2), 0, "i32");
+      const cols = b.iota(s.slice(-2), 1, "i32");
+      const keep = b.cast(name === "tril" ? b.le(cols, rows) : b.ge(cols, rows), "f32");
+      return result(t(b.mul(b.cast(x.node, "f32"), keep)));
+    }
+    case "zeros":
+    case "ones":
+    case "full": {
+      const dims = e.args.filter((a) => !a.name).length;
+      const shape: number[] = [];
+      const count = name === "full" ? dims - 1 : dims;
+      for (let i = 0; i < count; i++) shape.push(args.number(i));
+      const value = name === "full" ? args.number(count, "value") : name === "ones" ? 1 : 0;
+      return result(t(b.constant(value, shape)));
+    }
+    case "zeros_like":
+    case "ones_like": {
+      const x = args.tensor(0);
+      return result(t(b.constant(name === "ones_like" ? 1 : 0, x.shape)));
+    }
+    case "one_hot": {
+      const ids = args.tensor(0);
+      const n = args.number(1);
+      const shape = [...ids.shape, n];
+      const expanded = b.broadcastTo(b.reshape(ids.node, [...ids.shape, 1]), shape);
+      return result(t(b.cast(b.eq(expanded, b.iota(shape, ids.shape.length, "i32")), "f32")));
+    }
+    case "cross_entropy":
+      return result(crossEntropy(L, args.tensor(0), args.tensor(1), at));
+    case "mse": {
+      const a = args.tensor(0);
+      const c = args.tensor(1);
+      const d = b.sub(a.node, c.node);
+      return result(t(b.mean(b.mul(d, d))));
+    }
+    case "dropout": {
+      const x = args.tensor(0);
+      const p = args.number(1, "p");
+      args.done();
+      if (p === 0 || !L.training) return x;
+      return L.r.report(
+        error("E0206", "dropout with p > 0 is not supported by this version of lrkc yet", at, {
+          help: "set the dropout probability to 0",
+        }),
+      );
+    }
+    case "svd_left":
+    case "svd_right": {
+      const g = args.tensor(0);
+      const rank = args.number(1, "rank");
+      if (g.shape.length !== 2)
+        L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(g.shape, g.dtype)}`);
+      return result(
+        t(b.svd(g.node, name === "svd_left" ? "left" : "right", rank, { seed: L.nextSeed() })),
+      );
+    }
+    case "topk_mask": {
+      const scores = args.tensor(0);
+      const k = args.tensor(1);
+      return result(t(b.topkMask(scores.node, k.node)));
+    }
+  }
+  return L.r.report(
+    error("E0206", `\`${name}\` is not available here`, at, {
+      help: ["normal", "uniform", "kaiming_uniform"].includes(name)
+        ? "initializers belong after `=` in a `param` or `state`"
+        : undefined,
+    }),
+  );
+}
+
+/**
+ * Mean cross-entropy over the last axis; targets of -1 are ignored (as PyTorch's ignore_index),
+ * and the mean is over the targets that are not.
+ */
+function crossEntropy(L: Lowerer, logits: Tensor, targets: Tensor, at: Location): Value {
+  const b = L.b;
+  const classes = logits.shape[logits.shape.length - 1]!;
+  if (targets.dtype !== "i32")
+    L.fail(
+      at,
+      `cross_entropy's targets must be i32 class ids, found ${shapeText(targets.shape, targets.dtype)}`,
+    );
+  const lead = logits.shape.slice(0, -1);
+  if (lead.length !== targets.shape.length || lead.some((d, i) => d !== targets.shape[i])) {
+    L.fail(
+      at,
+      `cross_entropy of logits ${shapeText(logits.shape)} needs targets i32[${lead.join(", ")}], found ${shapeText(targets.shape, targets.dtype)}`,
+    );
+  }
+  const n = lead.reduce((a, c) => a * c, 1);
+  const flat = b.reshape(logits.node, [n, classes]);
+  const ids = b.reshape(targets.node, [n]);
+  const logp = b.logSoftmax(flat, 1);
+  const hot = b.cast(
+    b.eq(b.broadcastTo(b.reshape(ids, [n, 1]), [n, classes]), b.iota([n, classes], 1, "i32")),
+    "f32",
+  );
+  const picked = b.sum(b.mul(hot, logp));
+  const counted = b.sum(b.cast(b.ne(ids, b.constant(-1, [], "i32")), "f32"));
+  return L.tensor(b.neg(b.div(picked, b.maximum(counted, b.constant(1)))));
+}

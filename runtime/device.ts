@@ -1,0 +1,43 @@
+// What the training loop needs from a device: run one entry of a graph on named inputs.
+// The CPU device is the reference interpreter; the WebGPU device executes compiled kernel plans.
+import { evaluate, type Tensor } from "../compiler/interpreter.js";
+import type { Graph } from "../compiler/ir.js";
+import type { Entry, ProgramInput } from "../compiler/step.js";
+
+export type { Tensor };
+
+export interface Device {
+  readonly name: string;
+  run(
+    graph: Graph,
+    inputs: readonly ProgramInput[],
+    entry: Entry,
+    feeds: ReadonlyMap<string, Tensor>,
+  ): Promise<Map<string, Tensor>>;
+}
+
+export class CpuDevice implements Device {
+  readonly name = "cpu (reference interpreter)";
+
+  constructor(private readonly options: { float64?: boolean } = {}) {}
+
+  async run(
+    graph: Graph,
+    inputs: readonly ProgramInput[],
+    entry: Entry,
+    feeds: ReadonlyMap<string, Tensor>,
+  ): Promise<Map<string, Tensor>> {
+    const byNode = new Map<number, Tensor>();
+    for (const input of inputs) {
+      const value = feeds.get(input.name);
+      if (value) byNode.set(input.node, value);
+    }
+    const values = evaluate(
+      graph,
+      byNode,
+      entry.outputs.map((o) => o.node),
+      this.options,
+    );
+    return new Map(entry.outputs.map((o) => [o.name, values.get(o.node)!]));
+  }
+}
