@@ -23,7 +23,13 @@ describe("lrkc fmt on the shipped programs", () => {
       expect(reparsed.diagnostics).toEqual([]);
       expect(format(reparsed.program, reparsed.file)).toBe(once);
       expect(withoutSpans(reparsed.program.items)).toEqual(withoutSpans(original.program.items));
-      const texts = (p: typeof original.program) => p.comments.map((c) => c.text.split(/\r?\n/).map((l) => l.trim()).join("\n"));
+      const texts = (p: typeof original.program) =>
+        p.comments.map((c) =>
+          c.text
+            .split(/\r?\n/)
+            .map((l) => l.trim())
+            .join("\n"),
+        );
       expect(texts(reparsed.program)).toEqual(texts(original.program));
       expect(once).toBe(original.file.text);
     });
@@ -32,7 +38,11 @@ describe("lrkc fmt on the shipped programs", () => {
 
 describe("the main job", () => {
   it("lrkc check and lrkc fmt --check pass on every example and stdlib file", () => {
-    const run = (args: string[]) => spawnSync(process.execPath, [join(root, "bin", "lrkc.js"), ...args, ...files], { cwd: root, encoding: "utf8" });
+    const run = (args: string[]) =>
+      spawnSync(process.execPath, [join(root, "bin", "lrkc.js"), ...args, ...files], {
+        cwd: root,
+        encoding: "utf8",
+      });
     const check = run(["check"]);
     expect(check.stderr).toContain("no problems");
     expect(check.status).toBe(0);
@@ -44,11 +54,17 @@ describe("the main job", () => {
 
 describe("comment placement", () => {
   const cases: [string, string][] = [
-    ["comments before, after and inside members stay put", "model M {\n  // before\n  l = Linear(4, 4) // after\n  /* block */\n  f(x) = l(x)\n}\n"],
+    [
+      "comments before, after and inside members stay put",
+      "model M {\n  // before\n  l = Linear(4, 4) // after\n  /* block */\n  f(x) = l(x)\n}\n",
+    ],
     ["a comment inside an expression moves before its line", "const x = f(a, /* why */ b)\n"],
     ["dangling comments at the end of a block", "model M {\n  l = Linear(4, 4)\n  // the end\n}\n"],
     ["blank lines are kept, at most one", "const a = 1\n\n\n\nconst b = 2\n"],
-    ["a comment between `}` and `else`", "model M {\n  if a {\n    x = 1\n  } // c\n  else {\n    x = 2\n  }\n}\n"],
+    [
+      "a comment between `}` and `else`",
+      "model M {\n  if a {\n    x = 1\n  } // c\n  else {\n    x = 2\n  }\n}\n",
+    ],
   ];
   for (const [name, text] of cases) {
     it(name, () => {
@@ -57,7 +73,9 @@ describe("comment placement", () => {
       const once = format(r.program, r.file);
       const again = parseText(once);
       expect(format(again.program, again.file)).toBe(once);
-      expect(again.program.comments.map((c) => c.text)).toEqual(r.program.comments.map((c) => c.text));
+      expect(again.program.comments.map((c) => c.text)).toEqual(
+        r.program.comments.map((c) => c.text),
+      );
     });
   }
 
@@ -72,7 +90,9 @@ describe("comment placement", () => {
   });
 
   it("wraps a long call's arguments one per line", () => {
-    const r = parseText(`const x = f(${Array.from({ length: 12 }, (_, i) => `argument_${i}`).join(", ")})\n`);
+    const r = parseText(
+      `const x = f(${Array.from({ length: 12 }, (_, i) => `argument_${i}`).join(", ")})\n`,
+    );
     const out = format(r.program, r.file);
     expect(out.split("\n")[0]).toBe("const x = f(");
     expect(out.split("\n")[1]).toBe("  argument_0,");
