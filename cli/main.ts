@@ -4,6 +4,7 @@ import { Command, CommanderError } from "commander";
 import { buildCommand, emitKinds, type EmitKind } from "./build.js";
 import { checkCommand } from "./check.js";
 import { fmtCommand } from "./fmt.js";
+import { devices, trainCommand } from "./train.js";
 
 function program(setCode: (code: number) => void): Command {
   const cli = new Command("lrkc")
@@ -64,6 +65,40 @@ function program(setCode: (code: number) => void): Command {
       }
       setCode(buildCommand(file, { ...opts, emit: opts.emit as EmitKind }));
     });
+
+  cli
+    .command("train")
+    .description("train a program's train block, printing progress and writing the final weights")
+    .argument("<file>", "the .lrk program")
+    .option("--train <name>", "which train block, when the file has several")
+    .option("--steps <n>", "override the number of steps")
+    .option("--batch <n>", "override the batch size")
+    .option(
+      "--device <device>",
+      `where to run: ${devices.join(", ")} (the reference interpreter; cpu64 in float64)`,
+      "cpu",
+    )
+    .option("--out <dir>", "run folder for the weights (default: runs/<train name>)")
+    .option("--json", "print diagnostics as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ lrkc train examples/mlp.lrk --device cpu\n  $ lrkc train examples/tiny_lm_pretrain.lrk --steps 50 --out runs/try",
+    )
+    .action(
+      async (
+        file: string,
+        opts: {
+          train?: string;
+          steps?: string;
+          batch?: string;
+          device: string;
+          out?: string;
+          json?: boolean;
+        },
+      ) => {
+        setCode(await trainCommand(file, opts));
+      },
+    );
 
   cli.addHelpText(
     "after",

@@ -103,8 +103,9 @@ export class Builder {
     return this.emit({ kind: "iota", axis: normAxis(axis, shape.length) }, [], shape, dtype);
   }
 
-  random(dist: "uniform" | "normal", shape: Shape, seed: number): number {
-    return this.emit({ kind: "random", dist, seed }, [], shape);
+  /** `offset`, a scalar node (the step), makes the numbers differ from one step to the next. */
+  random(dist: "uniform" | "normal", shape: Shape, seed: number, offset?: number): number {
+    return this.emit({ kind: "random", dist, seed }, offset === undefined ? [] : [offset], shape);
   }
 
   // ------------------------------------------------------------------------ elementwise

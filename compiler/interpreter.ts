@@ -14,7 +14,7 @@ import {
   type BinaryFn,
 } from "./ir.js";
 import { erf, erfc, mat, randomizedLeftSingularVectors, transpose } from "./linalg.js";
-import { normalAt, uniformAt } from "./random.js";
+import { hash32, normalAt, uniformAt } from "./random.js";
 
 export type Tensor = { shape: number[]; data: Float32Array | Float64Array | Int32Array };
 type Data = Tensor["data"];
@@ -97,6 +97,34 @@ function binaryFn(fn: BinaryFn, int: boolean): (a: number, b: number) => number 
   }
 }
 
+/**
+ * Visits every element of an output of `shape` in row-major order, passing the offset into an
+ * input whose elements for output coordinates c lie at base + Σ c[k]·inStrides[k] (an odometer,
+ * so no coordinates are allocated per element).
+ */
+function walk(
+  shape: readonly number[],
+  inStrides: readonly number[],
+  base: number,
+  visit: (o: number, i: number) => void,
+): void {
+  const rank = shape.length;
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (n === 0) return;
+  const c = new Array<number>(rank).fill(0);
+  let i = base;
+  for (let o = 0; o < n; o++) {
+    visit(o, i);
+    for (let k = rank - 1; k >= 0; k--) {
+      c[k]!++;
+      i += inStrides[k]!;
+      if (c[k]! < shape[k]!) break;
+      i -= inStrides[k]! * shape[k]!;
+      c[k] = 0;
+    }
+  }
+}
+
 /** Row-major coordinates of flat index `i`. */
 function coords(i: number, st: readonly number[]): number[] {
   return st.map((s) => {
@@ -173,10 +201,12 @@ export function evaluate(
         for (let i = 0; i < n; i++) out[i] = Math.floor(i / st[op.axis]!) % shape[op.axis]!;
         return;
       }
-      case "random":
+      case "random": {
+        const seed = ins.length === 1 ? hash32(op.seed, ins[0]!.data[0]! >>> 0) : op.seed;
         for (let i = 0; i < n; i++)
-          out[i] = op.dist === "uniform" ? uniformAt(op.seed, i) : normalAt(op.seed, i);
+          out[i] = op.dist === "uniform" ? uniformAt(seed, i) : normalAt(seed, i);
         return;
+      }
       case "unary": {
         const f = unaryFn(op.fn);
         const x = ins[0]!.data;
@@ -202,17 +232,15 @@ export function evaluate(
       }
       case "reduce": {
         const x = ins[0]!;
-        const outSt = strides(shape);
-        const inSt = strides(x.shape);
+        const outSt = strides(shape).map((s, k) => (op.axes.includes(k) ? 0 : s));
         const isMax = op.fn === "max";
+        const xd = x.data;
         out.fill(isMax ? -Infinity : 0);
-        for (let i = 0; i < x.data.length; i++) {
-          const c = coords(i, inSt);
-          for (const a of op.axes) c[a] = 0;
-          const o = dot(c, outSt);
-          const v = x.data[i]!;
+        // Walk the input in order; each element lands on the output offset with reduced axes at 0.
+        walk(x.shape, outSt, 0, (i, o) => {
+          const v = xd[i]!;
           out[o] = isMax ? (Number.isNaN(v) || v > out[o]! ? v : out[o]!) : R(out[o]! + v);
-        }
+        });
         return;
       }
       case "matmul": {
@@ -222,23 +250,36 @@ export function evaluate(
         const p = shape[r - 1]!;
         const k = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
         const batches = n / (m * p);
-        const aRows = a.shape[r - 2]!;
         const aCols = a.shape[r - 1]!;
-        const bRows = b.shape[r - 2]!;
         const bCols = b.shape[r - 1]!;
+        // Element (i, l) of A and (l, j) of B as offsets, whichever way each is stored.
+        const aI = op.transA ? 1 : aCols;
+        const aL = op.transA ? aCols : 1;
+        const bL = op.transB ? 1 : bCols;
+        const bJ = op.transB ? bCols : 1;
+        const ad = a.data;
+        const bd = b.data;
         for (let bt = 0; bt < batches; bt++) {
-          const ao = bt * aRows * aCols;
-          const bo = bt * bRows * bCols;
-          for (let i = 0; i < m; i++)
+          const ao = bt * a.shape[r - 2]! * aCols;
+          const bo = bt * b.shape[r - 2]! * bCols;
+          for (let i = 0; i < m; i++) {
+            const arow = ao + i * aI;
             for (let j = 0; j < p; j++) {
               let acc = 0;
-              for (let l = 0; l < k; l++) {
-                const av = a.data[ao + (op.transA ? l * aCols + i : i * aCols + l)]!;
-                const bv = b.data[bo + (op.transB ? j * bCols + l : l * bCols + j)]!;
-                acc = int ? (acc + Math.imul(av, bv)) | 0 : R(acc + R(av * bv));
+              let ai = arow;
+              let bi = bo + j * bJ;
+              if (int) {
+                for (let l = 0; l < k; l++, ai += aL, bi += bL)
+                  acc = (acc + Math.imul(ad[ai]!, bd[bi]!)) | 0;
+              } else if (f64) {
+                for (let l = 0; l < k; l++, ai += aL, bi += bL) acc += ad[ai]! * bd[bi]!;
+              } else {
+                for (let l = 0; l < k; l++, ai += aL, bi += bL)
+                  acc = Math.fround(acc + Math.fround(ad[ai]! * bd[bi]!));
               }
               out[bt * m * p + i * p + j] = acc;
             }
+          }
         }
         return;
       }
@@ -248,33 +289,33 @@ export function evaluate(
       case "permute": {
         const x = ins[0]!;
         const inSt = strides(x.shape);
-        const outSt = strides(shape);
-        for (let o = 0; o < n; o++) {
-          const c = coords(o, outSt);
-          let i = 0;
-          op.perm.forEach((a, k) => (i += c[k]! * inSt[a]!));
-          out[o] = x.data[i]!;
-        }
+        const xd = x.data;
+        walk(
+          shape,
+          op.perm.map((a) => inSt[a]!),
+          0,
+          (o, i) => (out[o] = xd[i]!),
+        );
         return;
       }
       case "expand": {
         const x = ins[0]!;
-        const inSt = strides(x.shape);
-        const outSt = strides(shape);
-        for (let o = 0; o < n; o++) {
-          const c = coords(o, outSt).map((v, k) => (x.shape[k] === 1 ? 0 : v));
-          out[o] = x.data[dot(c, inSt)]!;
-        }
+        const inSt = strides(x.shape).map((s, k) => (x.shape[k] === 1 ? 0 : s));
+        const xd = x.data;
+        walk(shape, inSt, 0, (o, i) => (out[o] = xd[i]!));
         return;
       }
       case "slice": {
         const x = ins[0]!;
         const inSt = strides(x.shape);
-        const outSt = strides(shape);
-        for (let o = 0; o < n; o++) {
-          const c = coords(o, outSt).map((v, k) => op.starts[k]! + v * op.steps[k]!);
-          out[o] = x.data[dot(c, inSt)]!;
-        }
+        const xd = x.data;
+        const base = op.starts.reduce((acc, s0, k) => acc + s0 * inSt[k]!, 0);
+        walk(
+          shape,
+          inSt.map((s, k) => s * op.steps[k]!),
+          base,
+          (o, i) => (out[o] = xd[i]!),
+        );
         return;
       }
       case "pad": {

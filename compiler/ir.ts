@@ -77,7 +77,10 @@ export type Op =
   | { kind: "gather" }
   /** inputs [ids (i32), values [...ids.shape, ...rest]]: out [V, ...rest] with values summed per id. */
   | { kind: "scatterAdd" }
-  /** Counter-based random numbers: the same seed gives the same tensor on every device. */
+  /**
+   * Counter-based random numbers: the same seed gives the same tensor on every device. With one
+   * input (a scalar, e.g. the step), the seed is hash32(seed, input): fresh numbers every step.
+   */
   | { kind: "random"; dist: "uniform" | "normal"; seed: number }
   /** inputs [g [m, n]]: top-`rank` left singular vectors [m, rank] or right singular vectors as rows [rank, n]. */
   | {

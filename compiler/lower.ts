@@ -47,6 +47,8 @@ export class Lowerer {
   /** `training` is false while evaluating: dropout is the identity. */
   training = true;
   private seeds = 0;
+  /** The step counter node, for randomness that changes every step (dropout). */
+  stepNode?: number;
 
   /** A fresh seed for each random intrinsic in the program, in lowering order (deterministic). */
   nextSeed(): number {

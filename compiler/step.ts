@@ -6,6 +6,13 @@
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import { gradients } from "./autodiff.js";
+import {
+  budgetStates,
+  lowerControllers,
+  lowerObserve,
+  prepareBudgets,
+  type BudgetProgram,
+} from "./budget.js";
 import { Builder } from "./builder.js";
 import { instantiate } from "./instantiate.js";
 import type { DType, Graph, InputRole, Shape } from "./ir.js";
@@ -55,6 +62,10 @@ export interface StepProgram {
   /** The entry that computes every state's initial value. */
   stateInit: Entry;
   trainable: PlacedParam[];
+  /** Rank-budget controllers: their host-side schedule and entries. */
+  budgets: BudgetProgram[];
+  /** The (clipped) gradient node of each trainable parameter, by path: for inspection and tests. */
+  gradients: Map<string, number>;
 }
 
 /** Which refresh periods are due at a 1-based step: periods N with (step - 1) % N == 0. */
@@ -81,6 +92,7 @@ export function buildStep(
   const stepNode = input("step", "scalar", []);
   const lrScale = input("lr_scale", "scalar", []);
   const L = new Lowerer(r, b, { param: paramNode });
+  L.stepNode = stepNode;
 
   for (const q of placement.quantizers) L.wrappers.set(q.module, [q]);
   for (const a of placement.adapters)
@@ -171,6 +183,19 @@ export function buildStep(
   const trainable = placement.params.filter((p) => p.trainable);
   const wrt = trainable.map((p) => paramNode(p.param));
   const grads = gradients(b, loss, wrt, { stop: L.stopped });
+  if (spec.clip !== undefined && wrt.length > 0) {
+    // Global-norm clipping, as torch.nn.utils.clip_grad_norm_: g *= min(1, clip / (‖g‖ + 1e-6)).
+    let squares = b.constant(0);
+    for (const w of wrt) {
+      const g = grads.get(w)!;
+      squares = b.add(squares, b.sum(b.mul(g, g)));
+    }
+    const factor = b.minimum(
+      b.constant(1),
+      b.div(b.constant(spec.clip), b.add(b.sqrt(squares), b.constant(1e-6))),
+    );
+    for (const w of wrt) grads.set(w, b.mul(grads.get(w)!, factor));
+  }
 
   // ---------------------------------------------------------------- optimizer updates
   const states: StateInfo[] = [];
@@ -314,7 +339,33 @@ export function buildStep(
     return { param: newParam, states: stateOutputs };
   };
 
-  const plain = lowerAll(new Set());
+  // Budget controllers observe after every optimizer step, in every variant.
+  const budgetCtx = {
+    r,
+    b,
+    L,
+    spec,
+    input: (name: string, role: InputRole, shape: readonly number[]) => input(name, role, shape),
+    paramNode: (path: string) => {
+      const placed = placement.params.find((p) => p.param.path === path)!;
+      return paramNode(placed.param);
+    },
+    stepNode,
+  };
+  const controllers = r.attempt(() => prepareBudgets(budgetCtx, placement.budgets)) ?? [];
+  const gradByPath = new Map(trainable.map((p) => [p.param.path, grads.get(paramNode(p.param))!]));
+  const withObserve = (lowered: Lowered | undefined): Lowered | undefined => {
+    if (!lowered || controllers.length === 0) return lowered;
+    const updated = new Map<string, number>();
+    for (const o of lowered.outputs)
+      if (o.name.startsWith("param:")) updated.set(o.name.slice(6), o.node);
+    const observed = r.attempt(() => lowerObserve(budgetCtx, controllers, updated, gradByPath));
+    if (!observed) return undefined;
+    const replaced = new Set(observed.map((o) => o.name));
+    return { outputs: [...lowered.outputs.filter((o) => !replaced.has(o.name)), ...observed] };
+  };
+
+  const plain = withObserve(lowerAll(new Set()));
   if (!plain || failed()) return undefined;
   const variants = new Map<string, Entry>();
   const lossOutput: Output = { name: "loss", node: loss };
@@ -324,11 +375,18 @@ export function buildStep(
   const list = [...periods].sort((a, c) => a - c);
   for (let mask = 1; mask < 1 << list.length; mask++) {
     const due = new Set(list.filter((_, i) => mask & (1 << i)));
-    const lowered = lowerAll(due);
+    const lowered = withObserve(lowerAll(due));
     if (!lowered) return undefined;
     variants.set([...due].join("+"), { outputs: [lossOutput, ...lowered.outputs] });
   }
+  for (const st of r.attempt(() => budgetStates(budgetCtx, controllers)) ?? []) {
+    states.push({ name: st.name, shape: st.shape, init: st.init });
+  }
+  const budgets = r.attempt(() => lowerControllers(budgetCtx, controllers));
+  if (!budgets || failed()) return undefined;
   return {
+    budgets,
+    gradients: gradByPath,
     graph: b.graph,
     inputs: [...inputs.values()],
     loss,

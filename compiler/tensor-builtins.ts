@@ -328,12 +328,17 @@ export function tensorBuiltin(L: Lowerer, name: string, e: A.Call, frame: Frame)
       const x = args.tensor(0);
       const p = args.number(1, "p");
       args.done();
+      if (p < 0 || p >= 1) {
+        L.r.report(
+          error("E0402", `dropout probability must be in [0, 1), not ${p}`, args.argAt(1, "p")),
+        );
+      }
       if (p === 0 || !L.training) return x;
-      return L.r.report(
-        error("E0206", "dropout with p > 0 is not supported by this version of lrkc yet", at, {
-          help: "set the dropout probability to 0",
-        }),
-      );
+      // Inverted dropout: keep with probability 1 - p, scale kept values by 1 / (1 - p). The mask
+      // is new every step: the random seed is mixed with the step counter.
+      const u = b.random("uniform", x.shape, L.nextSeed(), L.stepNode);
+      const keep = b.cast(b.ge(u, b.constant(p)), "f32");
+      return t(b.mul(b.mul(x.node, keep), b.constant(1 / (1 - p))));
     }
     case "svd_left":
     case "svd_right": {

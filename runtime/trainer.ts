@@ -7,6 +7,7 @@ import { buildInit, type InitProgram } from "../compiler/init.js";
 import type { Tensor } from "../compiler/interpreter.js";
 import { analyze } from "../compiler/pipeline.js";
 import type { Placement } from "../compiler/place.js";
+import { keptUnits } from "../compiler/budget.js";
 import { buildStep, variantKey, type StepProgram } from "../compiler/step.js";
 import type { TrainSpec } from "../compiler/train.js";
 import { DataError, openDataSet, type OpenedSource } from "./data.js";
@@ -148,6 +149,12 @@ export async function initialize(run: Run, device: Device): Promise<Map<string, 
   return store;
 }
 
+function withStep(store: ReadonlyMap<string, Tensor>, step: number): Map<string, Tensor> {
+  const feeds = new Map(store);
+  feeds.set("step", { shape: [], data: Float32Array.of(step) });
+  return feeds;
+}
+
 export async function train(
   run: Run,
   device: Device,
@@ -173,6 +180,35 @@ export async function train(
     const loss = out.get("loss")!.data[0]!;
     for (const [name, t] of out) if (name !== "loss") store.set(name, t);
     losses.push(loss);
+    for (const budget of run.step.budgets) {
+      if (!budget.pruneAt(s)) continue;
+      const scored = await device.run(
+        run.step.graph,
+        run.step.inputs,
+        budget.score,
+        withStep(store, s),
+      );
+      const all = Float64Array.from(
+        budget.modules.flatMap((m) => [...scored.get(`score:${m}`)!.data]),
+      );
+      const kept = keptUnits(all, budget.keep(s));
+      const feeds = withStep(store, s);
+      let offset = 0;
+      budget.modules.forEach((m, i) => {
+        feeds.set(`kept:${m}`, {
+          shape: [budget.sizes[i]!],
+          data: kept.slice(offset, offset + budget.sizes[i]!),
+        });
+        offset += budget.sizes[i]!;
+      });
+      for (const [name, t] of await device.run(
+        run.step.graph,
+        run.step.inputs,
+        budget.prune,
+        feeds,
+      ))
+        store.set(name, t);
+    }
     options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started });
   }
   return { losses, store };
