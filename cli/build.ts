@@ -4,10 +4,13 @@ import { parse } from "../language/parse.js";
 import { analyze } from "../compiler/pipeline.js";
 import type { Placement, PlacedParam } from "../compiler/place.js";
 import type { TrainSpec } from "../compiler/train.js";
+import { printGraph } from "../compiler/ir.js";
+import { formatBytes, memoryReport } from "../compiler/memory.js";
+import { prepare, type Run } from "../runtime/trainer.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
-export const emitKinds = ["ast", "params"] as const;
+export const emitKinds = ["ast", "params", "ir", "memory"] as const;
 export type EmitKind = (typeof emitKinds)[number];
 
 export interface BuildOptions extends ReportOptions {
@@ -24,12 +27,90 @@ export function buildCommand(path: string, options: BuildOptions): number {
     process.stdout.write(JSON.stringify(parsed.program, null, 2) + "\n");
     return 0;
   }
-  const analysis = analyze(read.file, { train: options.train, requireTrain: true });
-  const code = report(analysis.diagnostics, options);
-  if (code !== 0) return code;
-  const { spec, placement } = analysis.trains[0]!;
-  process.stdout.write(paramsTable(spec, placement));
+  if (options.emit === "params") {
+    const analysis = analyze(read.file, { train: options.train, requireTrain: true });
+    const code = report(analysis.diagnostics, options);
+    if (code !== 0) return code;
+    const { spec, placement } = analysis.trains[0]!;
+    process.stdout.write(paramsTable(spec, placement));
+    return 0;
+  }
+  const { run, diagnostics } = prepare(read.file, { train: options.train });
+  const code = report(diagnostics, options);
+  if (!run || code !== 0) return code || 1;
+  if (options.emit === "ir") {
+    const step = run.step;
+    const out = [
+      `// training step of \`${run.spec.decl.name.name}\`: ${step.graph.nodes.length} nodes, loss = %${step.loss}`,
+    ];
+    out.push(printGraph(step.graph));
+    for (const [key, entry] of step.variants) {
+      out.push(
+        `\n// entry ${key === "" ? "step" : `step with refresh every ${key}`}: ${entry.outputs.length} outputs`,
+      );
+      for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
+    }
+    process.stdout.write(out.join("\n") + "\n");
+    return 0;
+  }
+  process.stdout.write(memoryTable(run));
   return 0;
+}
+
+function memoryTable(run: Run): string {
+  const m = memoryReport(run.step);
+  const rows: [string, number][] = [
+    ["frozen weights", m.frozen],
+    ["trainable parameters", m.trainable],
+    ["gradients", m.gradients],
+    ["optimizer state", m.optimizerState],
+    [`activations (batch ${run.batch}, estimate)`, m.activations],
+  ];
+  const width = Math.max(...rows.map((r) => r[0].length), "full fine-tuning with AdamW".length);
+  const line = (label: string, n: number) =>
+    `${label.padEnd(width)}  ${formatBytes(n).padStart(10)}  ${n.toLocaleString("en-US").padStart(14)} B`;
+  return (
+    [
+      `memory of train \`${run.spec.decl.name.name}\` (${run.spec.module.file.path}), float32`,
+      "",
+      ...rows.map(([label, n]) => line(label, n)),
+      "-".repeat(width + 30),
+      line("total", m.total),
+      line("full fine-tuning with AdamW", m.fullAdamW),
+      "",
+      `lrk's plan needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory`,
+      "",
+      "optimizer state by tensor:",
+      ...stateLines(run),
+    ].join("\n") + "\n"
+  );
+}
+
+/** `blocks.0.attn.q.weight  galore  P f32[128, 32] + inner.m f32[32, 128] + … = 40,960 elements`. */
+function stateLines(run: Run): string[] {
+  const byParam = new Map<string, { name: string; shape: readonly number[] }[]>();
+  for (const s of run.step.states) {
+    const [owner, ...rest] = s.name.split(":");
+    const list = byParam.get(owner!) ?? [];
+    list.push({ name: rest.join("."), shape: s.shape });
+    byParam.set(owner!, list);
+  }
+  const lines: string[] = [];
+  for (const p of run.step.trainable) {
+    const states = byParam.get(p.param.path) ?? [];
+    const elements = states.reduce((a, st) => a + st.shape.reduce((x, y) => x * y, 1), 0);
+    const parts = states.map((st) => `${st.name} [${st.shape.join(", ")}]`).join(" + ") || "none";
+    lines.push(
+      `  ${p.param.path} [${p.param.shape.join(", ")}]  ${p.optimizer!.config.def.name.name}: ${parts} = ${elements.toLocaleString("en-US")} elements`,
+    );
+  }
+  for (const [owner, states] of byParam) {
+    if (run.step.trainable.some((p) => p.param.path === owner)) continue;
+    lines.push(
+      `  ${owner}: ${states.map((st) => `${st.name} [${st.shape.join(", ")}]`).join(" + ")}`,
+    );
+  }
+  return lines;
 }
 
 function line(spec: TrainSpec, node: { span: { start: number } }): string {

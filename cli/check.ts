@@ -1,6 +1,7 @@
 // `lrkc check`: every check lrkc can make without running anything.
 import type { Diagnostic } from "../language/diagnostics.js";
 import { analyze } from "../compiler/pipeline.js";
+import { prepare } from "../runtime/trainer.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
@@ -12,7 +13,15 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
       diagnostics.push(read.diagnostic);
       continue;
     }
-    diagnostics.push(...analyze(read.file).diagnostics);
+    // A program with train blocks is compiled through to its training step, one block at a time,
+    // so that shape errors in forward functions, losses and updates are found too.
+    const analysis = analyze(read.file);
+    diagnostics.push(...analysis.diagnostics);
+    if (analysis.diagnostics.some((d) => d.severity === "error")) continue;
+    for (const { spec } of analysis.trains) {
+      const prepared = prepare(read.file, { train: spec.decl.name.name });
+      diagnostics.push(...prepared.diagnostics);
+    }
   }
   // An imported file's problems are reported once, however many files import it.
   const seen = new Set<string>();

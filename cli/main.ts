@@ -53,7 +53,7 @@ function program(setCode: (code: number) => void): Command {
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",
-      "\nExamples:\n  $ lrkc build examples/lora_finetune.lrk --emit params   # every parameter: shape, trainable or frozen, which rule placed it\n  $ lrkc build examples/tiny_lm_pretrain.lrk --emit ast",
+      "\nExamples:\n  $ lrkc build examples/lora_finetune.lrk --emit params   # every parameter: shape, trainable or frozen, which rule placed it\n  $ lrkc build examples/galore_pretrain.lrk --emit memory  # bytes of weights, gradients, optimizer state, activations\n  $ lrkc build examples/mlp.lrk --emit ir                 # the training step as tensor IR\n  $ lrkc build examples/tiny_lm_pretrain.lrk --emit ast",
     )
     .action((file: string, opts: { emit: string; train?: string; json?: boolean }) => {
       if (!(emitKinds as readonly string[]).includes(opts.emit)) {

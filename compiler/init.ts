@@ -18,7 +18,11 @@ export interface InitProgram {
   graph: Graph;
   inputs: ProgramInput[];
   model: Entry;
+  /** Quantizers' `const` tensors, computed once from the (loaded) model weights. */
+  quantize: Entry;
   adapters: Entry;
+  /** `<quantizer path>.<const>` → its value in this graph (a tensor, or a quantized struct). */
+  buffers: Map<string, Value>;
 }
 
 /** FNV-1a over the path, mixed with the seed: a stable per-parameter seed. */
@@ -141,6 +145,27 @@ export function buildInit(
     model.outputs.push({ name: `param:${placed.param.path}`, node });
   }
   phase = "adapters";
+  // Quantizers: every tensor `const` of the instance becomes a buffer (the step reads the ones it uses).
+  const quantize: Entry = { outputs: [] };
+  const buffers = new Map<string, Value>();
+  for (const q of placement.quantizers) {
+    for (const [name, v] of q.instance.scope) {
+      if (v.kind !== "deferred" || !v.constant) continue;
+      const value = r.attempt(() =>
+        L.expr({ kind: "NameExpr", name, span: v.expr.span }, L.frameFor(q.instance)),
+      );
+      if (!value) continue;
+      const key = `${q.instance.path}.${name}`;
+      if (value.kind === "tensor")
+        quantize.outputs.push({ name: `buffer:${key}`, node: value.node });
+      else if (value.kind === "struct") {
+        for (const [field, f] of value.fields)
+          if (f.kind === "tensor")
+            quantize.outputs.push({ name: `buffer:${key}.${field}`, node: f.node });
+      } else continue;
+      buffers.set(key, value);
+    }
+  }
   const adapters: Entry = { outputs: [] };
   for (const placed of placement.params) {
     if (placed.origin !== "adapter") continue;
@@ -148,5 +173,5 @@ export function buildInit(
     if (node !== undefined) adapters.outputs.push({ name: `param:${placed.param.path}`, node });
   }
   if (r.diagnostics.some((d) => d.severity === "error")) return undefined;
-  return { graph: b.graph, inputs, model, adapters };
+  return { graph: b.graph, inputs, model, quantize, adapters, buffers };
 }

@@ -119,9 +119,17 @@ function addMember(
     }
     case "Let": {
       const value = r.speculate(() => r.evaluate(member.value, scope, module));
-      const deferred: Value = { kind: "deferred", expr: member.value, self: instance };
-      if (member.target.kind === "Name") vars.set(member.target.name, value ?? deferred);
-      else for (const n of member.target.names) vars.set(n.name, deferred);
+      const deferred = (name: string, index?: number): Value => ({
+        kind: "deferred",
+        expr: member.value,
+        self: instance,
+        name,
+        index,
+        constant: member.constant,
+      });
+      if (member.target.kind === "Name")
+        vars.set(member.target.name, value ?? deferred(member.target.name));
+      else member.target.names.forEach((n, i) => vars.set(n.name, deferred(n.name, i)));
       return;
     }
     case "Function":

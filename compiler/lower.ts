@@ -35,6 +35,8 @@ export interface LowerHooks {
   param(p: ParamInfo): number;
   /** `inner.update(x)` on an optimizer configuration; absent outside optimizers. */
   innerUpdate?(config: Extract<Value, { kind: "config" }>, x: Tensor, at: Location): Tensor;
+  /** A quantizer's `const` tensor: a stored buffer rather than a recomputation. */
+  buffer?(v: Extract<Value, { kind: "deferred" }>): Value | undefined;
   /** Reads `config.lr` and friends (the schedule scales `lr`). */
   configMember?(config: Extract<Value, { kind: "config" }>, name: string): Value | undefined;
 }
@@ -118,7 +120,21 @@ export class Lowerer {
   /** Parameters become nodes; deferred member expressions are evaluated in their instance. */
   private resolve(v: Value, frame: Frame): Value {
     if (v.kind === "param") return this.tensor(this.hooks.param(v.param));
-    if (v.kind === "deferred") return this.expr(v.expr, this.frameFor(v.self));
+    if (v.kind === "deferred") {
+      const stored = v.constant ? this.hooks.buffer?.(v) : undefined;
+      if (stored) return stored;
+      const value = this.expr(v.expr, this.frameFor(v.self));
+      if (v.index === undefined) return value;
+      if ((value.kind !== "tuple" && value.kind !== "list") || value.items.length <= v.index) {
+        return this.r.report(
+          error("E0402", `cannot unpack ${describeValue(value)} into \`${v.name}\``, {
+            file: v.self.module.file,
+            span: v.expr.span,
+          }),
+        );
+      }
+      return value.items[v.index]!;
+    }
     void frame;
     return v;
   }
@@ -279,8 +295,10 @@ export class Lowerer {
       if (v) return this.resolve(v, frame);
     }
     if (object.kind === "bound" && object.members) {
-      const v = object.members.scope.get(e.name.name);
-      if (v) return this.resolve(v, frame);
+      for (const m of object.members) {
+        const v = m.scope.get(e.name.name);
+        if (v) return this.resolve(v, frame);
+      }
     }
     if (object.kind === "config" && this.hooks.configMember) {
       const v = this.hooks.configMember(object, e.name.name);
@@ -423,11 +441,16 @@ export class Lowerer {
     if (level > 0) {
       const wrapper = wrappers[level - 1]!;
       // Inside the wrapper, `base(x)` calls the next layer in: the quantizer, or the module itself.
+      // `base.weight` means the next layer in's weight: a quantizer's derived one, if there is one.
+      const inner = wrappers
+        .slice(0, level - 1)
+        .reverse()
+        .map((w) => w.instance);
       const base: Value = {
         kind: "bound",
         what: `\`${instance.path}\``,
-        call: (inner, innerAt) => this.forward(instance, inner, innerAt, level - 1),
-        members: instance,
+        call: (args, innerAt) => this.forward(instance, args, innerAt, level - 1),
+        members: [...inner, instance],
       };
       const fn = wrapper.instance.scope.get("forward");
       if (fn?.kind !== "function")

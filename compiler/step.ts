@@ -30,6 +30,8 @@ export interface ProgramInput {
   role: InputRole;
   shape: Shape;
   dtype: DType;
+  /** Stored with this many bits per element (quantized buffers); 32 otherwise. */
+  bits?: number;
 }
 
 export interface Output {
@@ -78,6 +80,7 @@ export function buildStep(
   spec: TrainSpec,
   placement: Placement,
   batchFields: Record<string, { shape: Shape; dtype: DType }>,
+  buffers: ReadonlyMap<string, Value> = new Map(),
 ): StepProgram | undefined {
   const b = new Builder();
   const inputs = new Map<string, ProgramInput>();
@@ -91,7 +94,34 @@ export function buildStep(
   const paramNode = (p: ParamInfo) => input(`param:${p.path}`, "param", p.shape, p.dtype);
   const stepNode = input("step", "scalar", []);
   const lrScale = input("lr_scale", "scalar", []);
-  const L = new Lowerer(r, b, { param: paramNode });
+  const L = new Lowerer(r, b, {
+    param: paramNode,
+    // A quantizer's consts are stored buffers: graph inputs shaped like their values at init.
+    buffer: (v) => {
+      const key = `${v.self.path}.${v.name}`;
+      const value = buffers.get(key);
+      if (!value) return undefined;
+      const asInput = (name: string, t: Value, bits?: number): Value => {
+        if (t.kind !== "tensor") return t;
+        const node = input(`buffer:${name}`, "param", t.shape, t.dtype);
+        if (bits !== undefined) inputs.get(`buffer:${name}`)!.bits = bits;
+        return L.tensor(node);
+      };
+      if (value.kind !== "struct") return asInput(key, value);
+      const bits = value.fields.get("bits");
+      const fields = new Map<string, Value>();
+      for (const [field, f] of value.fields)
+        fields.set(
+          field,
+          asInput(
+            `${key}.${field}`,
+            f,
+            field === "values" && bits?.kind === "number" ? bits.value : undefined,
+          ),
+        );
+      return { ...value, fields };
+    },
+  });
   L.stepNode = stepNode;
 
   for (const q of placement.quantizers) L.wrappers.set(q.module, [q]);

@@ -350,6 +350,60 @@ export function tensorBuiltin(L: Lowerer, name: string, e: A.Call, frame: Frame)
         t(b.svd(g.node, name === "svd_left" ? "left" : "right", rank, { seed: L.nextSeed() })),
       );
     }
+    case "svd_split": {
+      // w = L1 @ L2 + R from the top-r SVD w ≈ U S Vᵀ: L2 = V_rᵀ [r, in], L1 = w V_r = U_r S_r [out, r].
+      const w = args.tensor(0);
+      const rank = args.number(1, "rank");
+      if (w.shape.length !== 2)
+        L.fail(at, `\`svd_split\` needs a matrix, found ${shapeText(w.shape, w.dtype)}`);
+      const r = Math.min(rank, w.shape[0]!, w.shape[1]!);
+      const l2 = b.svd(w.node, "right", r, { seed: L.nextSeed() });
+      const l1 = b.matmul(w.node, l2, { transB: true });
+      const residual = b.sub(w.node, b.matmul(l1, l2));
+      return result({ kind: "tuple", items: [t(l1), t(l2), t(residual)] });
+    }
+    case "quantize": {
+      // Symmetric per-group integers: one scale per `group` consecutive entries of the last axis.
+      const x = args.tensor(0);
+      const bits = args.number(1, "bits");
+      const group = args.number(2, "group");
+      if (x.shape.length !== 2)
+        L.fail(at, `\`quantize\` needs a matrix, found ${shapeText(x.shape, x.dtype)}`);
+      if (x.shape[1]! % group !== 0) {
+        L.fail(
+          at,
+          `\`quantize\` groups of ${group} do not divide the ${x.shape[1]} columns of ${shapeText(x.shape, x.dtype)}`,
+          {
+            help: "pick a group size that divides the input width",
+          },
+        );
+      }
+      if (!Number.isInteger(bits) || bits < 2 || bits > 8)
+        L.r.report(
+          error(
+            "E0402",
+            `\`bits\` must be an integer from 2 to 8, not ${bits}`,
+            args.argAt(1, "bits"),
+          ),
+        );
+      return result({
+        kind: "struct",
+        what: `a ${bits}-bit quantized tensor`,
+        fields: new Map<string, Value>([
+          ["values", t(b.quantize(x.node, bits, group))],
+          ["scales", t(b.quantScale(x.node, bits, group))],
+          ["bits", num(bits, true)],
+        ]),
+      });
+    }
+    case "dequantize":
+      return result(t(dequantize(L, args.need(0), at)));
+    case "dequant_matmul": {
+      // x @ dequantize(q)^T; the fusion pass keeps the dequantization inside the matmul's loop.
+      const x = args.tensor(0);
+      const w = dequantize(L, args.need(1), at);
+      return result(t(b.matmul(x.node, w, { transB: true })));
+    }
     case "topk_mask": {
       const scores = args.tensor(0);
       const k = args.tensor(1);
@@ -363,6 +417,28 @@ export function tensorBuiltin(L: Lowerer, name: string, e: A.Call, frame: Frame)
         : undefined,
     }),
   );
+}
+
+function dequantize(L: Lowerer, q: Value, at: Location): number {
+  const b = L.b;
+  const values = q.kind === "struct" ? q.fields.get("values") : undefined;
+  const scales = q.kind === "struct" ? q.fields.get("scales") : undefined;
+  if (values?.kind !== "tensor" || scales?.kind !== "tensor") {
+    return L.r.report(
+      error(
+        "E0402",
+        `expected a quantized tensor (from \`quantize\`), found ${describeValue(q)}`,
+        at,
+      ),
+    );
+  }
+  const [out, inWidth] = values.shape as [number, number];
+  const groups = scales.shape[1]!;
+  const expanded = b.reshape(
+    b.broadcastTo(b.reshape(scales.node, [out, groups, 1]), [out, groups, inWidth / groups]),
+    [out, inWidth],
+  );
+  return b.mul(values.node, expanded);
 }
 
 /**

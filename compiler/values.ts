@@ -35,12 +35,22 @@ export type Value =
       kind: "bound";
       what: string;
       call: (args: { name?: string; value: Value; at: Location }[], at: Location) => Value;
-      members?: ModuleInstance;
+      /** Where `.name` looks, in order (a quantizer's members, then the module's own). */
+      members?: ModuleInstance[];
     }
   /** A parameter of a module, before any graph exists. */
   | { kind: "param"; param: ParamInfo }
   /** An expression that needs tensors: evaluated when a function that uses it is lowered. */
-  | { kind: "deferred"; expr: A.Expr; self: ModuleInstance };
+  | {
+      kind: "deferred";
+      expr: A.Expr;
+      self: ModuleInstance;
+      /** The member's name, and for `const (a, b) = …` which element this name is. */
+      name?: string;
+      index?: number;
+      /** From a `const` member: a quantizer's consts are computed once and stored as buffers. */
+      constant?: boolean;
+    };
 
 export interface DataSet {
   /** `arithmetic`, `text`. */

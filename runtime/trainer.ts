@@ -67,8 +67,10 @@ export function prepare(
   }
   const batch = options.batch ?? spec.batch;
   const mark = r.diagnostics.length;
-  const step = buildStep(r, spec, placement, data.fieldShapes(batch));
-  const init = step ? buildInit(r, spec, placement) : undefined;
+  const init = buildInit(r, spec, placement);
+  const step = init
+    ? buildStep(r, spec, placement, data.fieldShapes(batch), init.buffers)
+    : undefined;
   const later = r.diagnostics.slice(mark);
   if (!step || !init) return { diagnostics: [...diagnostics, ...later] };
   return {
@@ -142,6 +144,11 @@ export async function initialize(run: Run, device: Device): Promise<Map<string, 
   else
     for (const [name, t] of await device.run(init.graph, init.inputs, init.model, new Map()))
       store.set(name, t);
+  // Quantize once, from the loaded or initialized weights; keep only the buffers the step reads.
+  const used = new Set(step.inputs.map((i) => i.name));
+  const quantize = { outputs: init.quantize.outputs.filter((o) => used.has(o.name)) };
+  for (const [name, t] of await device.run(init.graph, init.inputs, quantize, store))
+    store.set(name, t);
   for (const [name, t] of await device.run(init.graph, init.inputs, init.adapters, store))
     store.set(name, t);
   for (const [name, t] of await device.run(step.graph, step.inputs, step.stateInit, store))
