@@ -51,6 +51,38 @@ export class Lowerer {
   private seeds = 0;
   /** The step counter node, for randomness that changes every step (dropout). */
   stepNode?: number;
+  /** Symbolic names of a node's dims (`B`, `T`), where known, for diagnostics in the user's terms. */
+  private readonly dimNames = new Map<number, (string | undefined)[]>();
+
+  /** `f32[B, T, 128]`: a node's type with the symbolic names of its dims where they are known. */
+  typeText(node: number): string {
+    const names = this.dimNames.get(node);
+    const shape = this.b.shape(node);
+    return `${this.b.dtype(node)}[${shape.map((d, i) => names?.[i] ?? String(d)).join(", ")}]`;
+  }
+
+  private name(node: number, names: (string | undefined)[] | undefined): number {
+    if (names && names.some((n) => n !== undefined) && names.length === this.b.shape(node).length)
+      this.dimNames.set(node, names);
+    return node;
+  }
+
+  /** Names for the result of a broadcasting op: aligned from the last dim, first operand first. */
+  private broadcastNames(out: number, ...operands: number[]): number {
+    const rank = this.b.shape(out).length;
+    const names: (string | undefined)[] = new Array(rank).fill(undefined);
+    for (const x of operands) {
+      const n = this.dimNames.get(x);
+      if (!n) continue;
+      const offset = rank - n.length;
+      n.forEach(
+        (v, i) =>
+          (names[offset + i] ??=
+            this.b.shape(out)[offset + i] === this.b.shape(x)[i] ? v : undefined),
+      );
+    }
+    return this.name(out, names);
+  }
 
   /** A fresh seed for each random intrinsic in the program, in lowering order (deterministic). */
   nextSeed(): number {
@@ -175,7 +207,11 @@ export class Lowerer {
             `\`^T\` needs a tensor with at least 2 dims, found ${describeValue(v)}`,
           );
         }
-        return this.tensor(this.b.transpose(v.node));
+        const names = this.dimNames.get(v.node);
+        const swapped = names
+          ? [...names.slice(0, -2), names[names.length - 1], names[names.length - 2]]
+          : undefined;
+        return this.tensor(this.name(this.b.transpose(v.node), swapped));
       }
       case "Error":
         throw new Reported();
@@ -230,7 +266,7 @@ export class Lowerer {
       if (sa.length === 0 || sb.length === 0)
         this.fail(
           this.at(frame, e),
-          `\`@\` needs tensors with dims: ${shapeText(sa)} @ ${shapeText(sb)}`,
+          `\`@\` needs tensors with dims: ${this.typeText(a)} @ ${this.typeText(b)}`,
         );
       const k1 = sa[sa.length - 1]!;
       const k2 = sb.length === 1 ? sb[0]! : sb[sb.length - 2]!;
@@ -238,17 +274,29 @@ export class Lowerer {
         const fixable = sb.length >= 2 && sb[sb.length - 1] === k1;
         this.fail(
           this.at(frame, e),
-          `${shapeText(sa)} @ ${shapeText(sb)}: inner dims ${k1} and ${k2} differ`,
+          `${this.typeText(a)} @ ${this.typeText(b)}: inner dims ${k1} and ${k2} differ`,
           {
             help: fixable ? "did you mean to transpose the right operand (`@ w^T`)?" : undefined,
           },
         );
       }
-      if (sa.length > 2 || sb.length > 2)
-        this.broadcastable(sa.slice(0, -2), sb.slice(0, -2), frame, e, "@");
-      return this.tensor(this.b.matmul(a, b));
+      if (sa.length > 2 || sb.length > 2) this.broadcastable(a, b, frame, e, "@", true);
+      const product = this.b.matmul(a, b);
+      const na = this.dimNames.get(a);
+      const nb = this.dimNames.get(b);
+      if (na || nb) {
+        const rank = this.b.shape(product).length;
+        const names: (string | undefined)[] = new Array(rank).fill(undefined);
+        if (na && sa.length >= 2) {
+          na.slice(0, -2).forEach((v, i) => (names[rank - 2 - (sa.length - 2) + i] = v));
+          names[rank - 2] = na[na.length - 2];
+        }
+        if (nb && sb.length >= 2) names[rank - 1] = nb[nb.length - 1];
+        this.name(product, names);
+      }
+      return this.tensor(product);
     }
-    this.broadcastable(sa, sb, frame, e, e.op);
+    this.broadcastable(a, b, frame, e, e.op);
     const fns: Record<string, Parameters<Builder["binary"]>[0]> = {
       "+": "add",
       "-": "sub",
@@ -265,10 +313,25 @@ export class Lowerer {
       and: "and",
       or: "or",
     };
-    return this.tensor(this.b.binary(fns[e.op]!, this.b.cast(a, "f32"), this.b.cast(b, "f32")));
+    return this.tensor(
+      this.broadcastNames(
+        this.b.binary(fns[e.op]!, this.b.cast(a, "f32"), this.b.cast(b, "f32")),
+        a,
+        b,
+      ),
+    );
   }
 
-  private broadcastable(sa: Shape, sb: Shape, frame: Frame, e: A.Expr, op: string): void {
+  private broadcastable(
+    a: number,
+    b: number,
+    frame: Frame,
+    e: A.Expr,
+    op: string,
+    batchOnly = false,
+  ): void {
+    const sa = batchOnly ? this.b.shape(a).slice(0, -2) : this.b.shape(a);
+    const sb = batchOnly ? this.b.shape(b).slice(0, -2) : this.b.shape(b);
     try {
       broadcastShapes(sa, sb);
     } catch {
@@ -282,7 +345,7 @@ export class Lowerer {
           break;
         }
       }
-      this.fail(this.at(frame, e), `${shapeText(sa)} ${op} ${shapeText(sb)}: ${detail}`, {
+      this.fail(this.at(frame, e), `${this.typeText(a)} ${op} ${this.typeText(b)}: ${detail}`, {
         help: "shapes must match from the last dim, or be 1 where they broadcast",
       });
     }
@@ -568,6 +631,14 @@ export class Lowerer {
         );
       }
     });
+    // Remember which dims have symbolic names, for later messages in the user's terms.
+    const names: (string | undefined)[] = shape.map(() => undefined);
+    dims.forEach((d, i) => {
+      if (d.kind !== "NameExpr" || !frame.dims.has(d.name)) return;
+      const axis = ellipsis >= 0 && i > ellipsis ? shape.length - (dims.length - i) : i;
+      names[axis] = d.name;
+    });
+    this.name(value.node, names);
     if (type.name.name !== value.dtype && (type.name.name === "f32" || type.name.name === "i32")) {
       this.fail(at, `${what} should be ${expected}, but it is ${shapeText(shape, value.dtype)}`);
     }

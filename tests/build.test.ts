@@ -1,0 +1,154 @@
+// lrkc build: --emit params shows adapters exactly where the selectors say; --emit memory reports
+// optimizer state by the method cards' formulas; --emit ir prints the step; shape errors are E0401.
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { prepare } from "../runtime/trainer.js";
+import { SourceFile } from "../language/source.js";
+import { root } from "./helpers.js";
+
+function lrkc(...args: string[]) {
+  const r = spawnSync(process.execPath, [join(root, "bin", "lrkc.js"), ...args], {
+    cwd: root,
+    encoding: "utf8",
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe("lrkc build --emit params", () => {
+  it("puts LoRA adapters exactly on the selected modules", () => {
+    const r = lrkc("build", "examples/lora_finetune.lrk", "--emit", "params");
+    expect(r.code).toBe(0);
+    const rows = r.stdout.split("\n").filter((l) => /^\S+\s+f32\[/.test(l));
+    const adapted = [
+      ...new Set(
+        rows
+          .filter((l) => l.includes(".lora."))
+          .map((l) => l.split(/\s+/)[0]!.replace(/\.lora\.[AB]$/, "")),
+      ),
+    ];
+    // examples/lora_finetune.lrk: adapt blocks.*.attn.{q, v} …, adapt blocks.*.mlp.{up, down} …
+    expect(adapted.sort()).toEqual(
+      ["attn.q", "attn.v", "mlp.down", "mlp.up"]
+        .flatMap((m) => [`blocks.0.${m}`, `blocks.1.${m}`])
+        .sort(),
+    );
+    for (const row of rows) {
+      const [path, , status] = row.split(/\s{2,}/);
+      expect(status, path).toBe(path!.includes(".lora.") ? "trainable" : "frozen");
+    }
+    // A (rank × in) and B (out × rank), with rank 8 on attention and 4 on the MLP.
+    expect(rows.find((l) => l.startsWith("blocks.0.attn.q.lora.A"))).toContain("f32[8, 128]");
+    expect(rows.find((l) => l.startsWith("blocks.1.mlp.up.lora.B"))).toContain("f32[512, 4]");
+  });
+});
+
+describe("lrkc build --emit memory", () => {
+  it("shows GaLore's optimizer state as the card's formula: projector min(m,n)·r + moments 2·max(m,n)·r", () => {
+    const r = lrkc("build", "examples/galore_pretrain.lrk", "--emit", "memory");
+    expect(r.code).toBe(0);
+    const galore = r.stdout.split("\n").filter((l) => l.includes(" galore: "));
+    expect(galore.length).toBe(12); // 2 blocks × (q, k, v, o, up, down)
+    const rank = 32; // examples/galore_pretrain.lrk: galore(rank: 32, …)
+    for (const line of galore) {
+      const [m, n] = line
+        .match(/\[(\d+), (\d+)\]/)!
+        .slice(1)
+        .map(Number) as [number, number];
+      const elements = Number(line.match(/= ([\d,]+) elements/)![1]!.replace(/,/g, ""));
+      expect(elements, line).toBe(Math.min(m, n) * rank + 2 * Math.max(m, n) * rank);
+    }
+    const total = Number(
+      r.stdout.match(/optimizer state\s+\S+ \S+\s+([\d,]+) B/)![1]!.replace(/,/g, ""),
+    );
+    expect(total).toBeGreaterThan(0);
+    expect(r.stdout).toContain("full fine-tuning with AdamW");
+  });
+
+  it("counts a LoRA fine-tune's trainable bytes as r·(m + n) per adapted matrix", () => {
+    const r = lrkc("build", "examples/lora_finetune.lrk", "--emit", "memory");
+    expect(r.code).toBe(0);
+    const trainable = Number(
+      r.stdout.match(/trainable parameters\s+\S+ \S+\s+([\d,]+) B/)![1]!.replace(/,/g, ""),
+    );
+    // per block: q, v with rank 8 (128+128), up, down with rank 4 (128+512); two blocks; 4 bytes each
+    expect(trainable).toBe(4 * 2 * (2 * 8 * 256 + 2 * 4 * 640));
+  });
+});
+
+describe("lrkc build --emit ir", () => {
+  it("prints the training step's graph and its entries", () => {
+    const r = lrkc("build", "examples/mlp.lrk", "--emit", "ir");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/%\d+ = matmul/);
+    expect(r.stdout).toContain('input.param "param:l1.weight"');
+    expect(r.stdout).toContain("// entry step:");
+  });
+});
+
+describe("shape errors", () => {
+  const program = (forward: string) => `import std.optim.{adamw}
+import std.nn.{Linear}
+
+data moons = std.data.two_moons(n: 100)
+
+model Net(d: int = 2) {
+  param w: f32[4, 3]
+  param v: f32[4, 2]
+  l = Linear(3, 2)
+  forward(x: f32[B, d]) -> f32[B, 4] = ${forward}
+}
+
+train t {
+  model Net()
+  data moons
+  loss mean(model(batch.x))
+  optimize ** with adamw(lr: 1e-3)
+}
+`;
+
+  function check(forward: string) {
+    const text = program(forward);
+    const { diagnostics } = prepare(new SourceFile("shape.lrk", text));
+    const errors = diagnostics.filter((d) => d.severity === "error");
+    return errors.map((d) => ({
+      code: d.code,
+      message: d.message,
+      text: text.slice(d.at!.span.start, d.at!.span.end),
+      help: d.help,
+    }));
+  }
+
+  it("E0401: `@` with inner dims that differ, in the user's dim names", () => {
+    expect(check("x @ w^T")).toEqual([
+      {
+        code: "E0401",
+        message: "f32[B, 2] @ f32[3, 4]: inner dims 2 and 3 differ",
+        text: "x @ w^T",
+        help: undefined,
+      },
+    ]);
+    expect(check("x @ v")[0]!.help).toBe("did you mean to transpose the right operand (`@ w^T`)?");
+  });
+
+  it("E0401: operands that do not broadcast", () => {
+    const [d] = check("x + w");
+    expect(d!.code).toBe("E0401");
+    expect(d!.message).toBe("f32[B, 2] + f32[4, 3]: dims 2 and 3 differ");
+  });
+
+  it("E0401: a call whose argument does not fit the function's declared type", () => {
+    const [d] = check("l(x)");
+    expect(d!.code).toBe("E0401");
+    expect(d!.message).toBe(
+      "argument `x` should be f32[..., in], but it is f32[16, 2]: dim in is 3, not 2",
+    );
+    expect(d!.text).toBe("l(x)");
+  });
+
+  it("E0401: a result that does not match the declared return type", () => {
+    const [d] = check("x");
+    expect(d!.code).toBe("E0401");
+    expect(d!.message).toContain("the result should be f32[B, 4]");
+  });
+});
