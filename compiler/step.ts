@@ -135,6 +135,28 @@ export function buildStep(
     span: node.span,
   });
 
+  // `at step` / `at every` actions parse and resolve, but no stage runs them yet: say so rather
+  // than train without them.
+  const actions = [
+    ...spec.actions.map((a) => ({ a, file: module.file })),
+    ...[...placement.adapters, ...placement.quantizers].flatMap((w) =>
+      w.instance.actions.map((a) => ({ a, file: w.instance.module.file })),
+    ),
+  ];
+  for (const { a, file } of actions) {
+    r.diagnostics.push(
+      error(
+        "E0206",
+        `\`at ${a.trigger}\` actions are not run by this version of lrkc`,
+        { file, span: a.span },
+        {
+          help: "remove the action; periodic state changes can be written as a `state … refresh every N` for now",
+        },
+      ),
+    );
+  }
+  if (actions.length > 0) return undefined;
+
   // ---------------------------------------------------------------- loss
   if (!spec.loss) {
     r.diagnostics.push(
@@ -262,6 +284,19 @@ export function buildStep(
     due: ReadonlySet<number>,
   ): { param: number; states: Output[]; delta?: number } => {
     const opt = instantiate(r, config, `${prefix}:${config.def.name.name}`, bindings);
+    const action = opt.actions[0];
+    if (action) {
+      r.report(
+        error(
+          "E0206",
+          `\`at ${action.trigger}\` actions are not run by this version of lrkc`,
+          { file: opt.module.file, span: action.span },
+          {
+            help: "write periodic state changes as a `state … refresh every N` for now",
+          },
+        ),
+      );
+    }
     const frame = L.frameFor(opt);
     const locals = new Map<string, Value>([
       ["param", param],

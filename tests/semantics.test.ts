@@ -1,5 +1,8 @@
 // Resolution, instantiation and placement: the module tree, which rule places what, and one test
 // per class of semantic error asserting its code, span and message.
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { analyze } from "../compiler/pipeline.js";
 import { SourceFile } from "../language/source.js";
@@ -277,5 +280,59 @@ describe("semantic errors", () => {
     expect(d.code).toBe("E0402");
     expect(d.message).toBe("`d` must be an integer, but `2.5` was given");
     expect(at).toBe("2.5");
+  });
+
+  it("E0203: an import cycle, reported on the import that closes it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-cycle-"));
+    writeFileSync(join(dir, "a.lrk"), 'import "./b.lrk".{B}\nconst A = 1\n');
+    writeFileSync(join(dir, "b.lrk"), 'import "./a.lrk".{A}\nconst B = 2\n');
+    const path = join(dir, "a.lrk");
+    const r = analyze(new SourceFile(path, readFileSync(path, "utf8")));
+    const cycle = r.diagnostics.filter((d) => d.code === "E0203");
+    expect(cycle).toHaveLength(1);
+    expect(cycle[0]!.message).toMatch(/^import cycle: .*a\.lrk → .*b\.lrk → .*a\.lrk$/);
+    expect(cycle[0]!.at!.file.path).toMatch(/b\.lrk$/);
+  });
+
+  it("E0207: a member that does not exist, with a did-you-mean", () => {
+    const r = run(`data arith = std.data.arithmetic(digits: 1)
+const v = arith.vocabb
+train t {
+  model Net()
+  optimize ** with adamw(lr: 1e-3)
+}`);
+    const d = r.diagnostics.find((x) => x.code === "E0207")!;
+    expect(d.message).toBe("a data set has no member `vocabb`");
+    expect(r.at(d)).toBe("vocabb");
+    expect(d.help).toBe("did you mean `vocab`?");
+  });
+
+  it("E0209: asking for a train block that does not exist", () => {
+    const text = header + "train alpha {\n  model Net()\n  optimize ** with adamw(lr: 1e-3)\n}\n";
+    const r = analyze(new SourceFile("t.lrk", text), { train: "alpah" });
+    expect(r.diagnostics.map((d) => [d.code, d.message, d.help])).toEqual([
+      ["E0209", "t.lrk has no train block `alpah`", "did you mean `alpha`?"],
+    ]);
+  });
+
+  it("E0206: `at` actions are reported, not silently skipped", async () => {
+    const { prepare } = await import("../runtime/trainer.js");
+    const text =
+      header +
+      `data moons = std.data.two_moons(n: 50)
+train t {
+  model Net()
+  data moons
+  loss mean(model.head(batch.x @ ones(2, 8)))
+  optimize ** with adamw(lr: 1e-3)
+  at every 10 {
+    x = 1
+  }
+}
+`;
+    const { diagnostics } = prepare(new SourceFile("at.lrk", text));
+    expect(diagnostics.map((d) => [d.code, d.message])).toEqual([
+      ["E0206", "`at every` actions are not run by this version of lrkc"],
+    ]);
   });
 });
