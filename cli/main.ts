@@ -3,6 +3,7 @@
 import { Command, CommanderError } from "commander";
 import { buildCommand, emitKinds, type EmitKind } from "./build.js";
 import { checkCommand } from "./check.js";
+import { devicesCommand } from "./devices.js";
 import { fmtCommand } from "./fmt.js";
 import { devices, trainCommand } from "./train.js";
 
@@ -99,6 +100,15 @@ function program(setCode: (code: number) => void): Command {
         setCode(await trainCommand(file, opts));
       },
     );
+
+  cli
+    .command("devices")
+    .description(
+      "show the WebGPU adapter lrk would run on (and say what to install if there is none)",
+    )
+    .option("--json", "print as JSON")
+    .addHelpText("after", "\nExamples:\n  $ lrkc devices\n  $ lrkc devices --json")
+    .action(async (opts: { json?: boolean }) => setCode(await devicesCommand(opts)));
 
   cli.addHelpText(
     "after",

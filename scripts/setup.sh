@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything lrk needs on a fresh Debian 12 machine with Node.js 20 and root:
-# the npm dependencies (which also builds lrkc into dist/).
+# the npm dependencies (which also builds lrkc into dist/), and, when no WebGPU adapter is found,
+# Mesa's lavapipe Vulkan driver (version 25, from bookworm-backports) so WebGPU runs on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +21,23 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
 else
   npm run --silent build
 fi
+
+# A WebGPU adapter: a real GPU's driver, or lavapipe. Mesa wants a runtime dir; give it one.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/lrk-xdg-$(id -u)}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+if node bin/lrkc.js devices >/dev/null 2>&1; then
+  exit 0
+fi
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$codename" = bookworm ]; then
+  echo "setup: no WebGPU adapter found; installing Mesa's lavapipe (mesa-vulkan-drivers 25) from bookworm-backports"
+  echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/lrk-bookworm-backports.list
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers >/dev/null
+  if node bin/lrkc.js devices >/dev/null 2>&1; then
+    echo "setup: WebGPU now runs on lavapipe"
+    exit 0
+  fi
+fi
+echo "setup: warning: no WebGPU adapter; lrk will only train with --device cpu" >&2
+node bin/lrkc.js devices || true

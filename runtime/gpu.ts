@@ -1,0 +1,108 @@
+// Opening a WebGPU device through Dawn's node bindings (npm `webgpu`), with the two facts that
+// matter on every machine (see spec/compiler.md, "Devices"):
+//  - the object `create()` returns must stay reachable for the life of the process, or the next
+//    async Dawn call crashes it: it is kept in a module-level variable;
+//  - a pending Dawn promise busy-polls a whole core, so waiting for the GPU first sleeps for most
+//    of the expected time (learned from earlier waits) and only then awaits.
+import { mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export interface AdapterSummary {
+  description: string;
+  vendor: string;
+  architecture: string;
+  fallback: boolean;
+  features: string[];
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+}
+
+let keepAlive: { create: unknown; gpu: GPU } | undefined;
+
+/** Mesa writes to XDG_RUNTIME_DIR; without one it prints warnings on every run. */
+function quietMesa(): void {
+  if (process.env["XDG_RUNTIME_DIR"]) return;
+  const dir = join(tmpdir(), `lrk-xdg-${process.getuid?.() ?? 0}`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  process.env["XDG_RUNTIME_DIR"] = dir;
+}
+
+export class NoAdapterError extends Error {
+  constructor() {
+    super("no WebGPU adapter found");
+  }
+  readonly help =
+    "lrk needs a GPU driver with Vulkan, Metal or D3D12. On a machine without a GPU, install Mesa's lavapipe: on Debian 12 (as root) " +
+    "`echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list && apt-get update && " +
+    "apt-get install -t bookworm-backports mesa-vulkan-drivers` (version 25; the 22.x in bookworm itself is too old). " +
+    "`bash scripts/setup.sh` does this for you. Or train with `--device cpu`.";
+}
+
+export async function gpu(): Promise<GPU> {
+  if (keepAlive) return keepAlive.gpu;
+  quietMesa();
+  const webgpu = (await import("webgpu")) as unknown as {
+    create: (flags: string[]) => GPU;
+    globals: Record<string, unknown>;
+  };
+  Object.assign(globalThis, webgpu.globals);
+  const instance = webgpu.create([]);
+  keepAlive = { create: webgpu.create, gpu: instance };
+  return instance;
+}
+
+export async function requestAdapter(): Promise<GPUAdapter> {
+  const adapter = await (await gpu()).requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new NoAdapterError();
+  return adapter;
+}
+
+export function summarize(adapter: GPUAdapter): AdapterSummary {
+  const info = adapter.info;
+  return {
+    description: info.description || info.device || "unknown",
+    vendor: info.vendor || "unknown",
+    architecture: info.architecture || "unknown",
+    fallback:
+      (adapter as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+      info.architecture === "software",
+    features: [...adapter.features].sort(),
+    maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
+    maxBufferSize: adapter.limits.maxBufferSize,
+  };
+}
+
+/** A device with every optional feature lrk can use and the adapter's full buffer limits. */
+export async function requestDevice(adapter: GPUAdapter): Promise<GPUDevice> {
+  const wanted = ["shader-f16", "subgroups", "timestamp-query"].filter((f) =>
+    adapter.features.has(f),
+  ) as GPUFeatureName[];
+  return adapter.requestDevice({
+    requiredFeatures: wanted,
+    requiredLimits: {
+      maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
+      maxBufferSize: adapter.limits.maxBufferSize,
+      maxComputeInvocationsPerWorkgroup: adapter.limits.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: adapter.limits.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupStorageSize: adapter.limits.maxComputeWorkgroupStorageSize,
+      maxStorageBuffersPerShaderStage: adapter.limits.maxStorageBuffersPerShaderStage,
+    },
+  });
+}
+
+/**
+ * Waits for submitted work without spinning the JavaScript thread: sleep for most of the time the
+ * last waits took, then await (the await itself busy-polls, so keep it short).
+ */
+export class GpuWaiter {
+  private estimate = 0;
+
+  async wait(device: GPUDevice): Promise<void> {
+    const started = performance.now();
+    if (this.estimate > 2) await new Promise((resolve) => setTimeout(resolve, this.estimate * 0.8));
+    await device.queue.onSubmittedWorkDone();
+    const took = performance.now() - started;
+    this.estimate = this.estimate === 0 ? took : 0.7 * this.estimate + 0.3 * took;
+  }
+}
