@@ -1,0 +1,222 @@
+// Helpers for tests that compile whole .lrk programs and run their training step on the CPU:
+// compile a program text, initialize its parameters and optimizer states, run any entry of the
+// step graph with a batch, and take central finite differences of the loss.
+import type { Tensor } from "../compiler/interpreter.js";
+import type { Entry, Output } from "../compiler/step.js";
+import { variantKey } from "../compiler/step.js";
+import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import { initialize, prepare, type Run } from "../runtime/trainer.js";
+
+export type Store = Map<string, Tensor>;
+
+/** Compiles `text` (a program with one train block); throws with the diagnostics on an error. */
+export function compile(text: string, options: { path?: string; batch?: number } = {}): Run {
+  const file = new SourceFile(options.path ?? "test.lrk", text);
+  const { run, diagnostics } = prepare(file, { batch: options.batch });
+  const errors = diagnostics.filter((d) => d.severity === "error");
+  if (!run || errors.length > 0) {
+    throw new Error(
+      `the program does not compile:\n${diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n")}`,
+    );
+  }
+  return run;
+}
+
+export function cpu(float64: boolean): CpuDevice {
+  return new CpuDevice({ float64 });
+}
+
+/** A fresh store of initial parameters and optimizer states (computed in f64 or f32). */
+export async function init(run: Run, float64: boolean): Promise<Store> {
+  return initialize(run, cpu(float64));
+}
+
+/** A deep copy of a store (the tensors too), with every float tensor as a Float64Array. */
+export function copyStore(store: ReadonlyMap<string, Tensor>): Store {
+  const out: Store = new Map();
+  for (const [k, t] of store)
+    out.set(k, {
+      shape: [...t.shape],
+      data: t.data instanceof Int32Array ? Int32Array.from(t.data) : Float64Array.from(t.data),
+    });
+  return out;
+}
+
+/** The same store with every float value rounded to f32 (so f32 and f64 runs start alike). */
+export function roundToF32(store: ReadonlyMap<string, Tensor>): Store {
+  const out = copyStore(store);
+  for (const t of out.values())
+    if (!(t.data instanceof Int32Array))
+      for (let i = 0; i < t.data.length; i++) t.data[i] = Math.fround(t.data[i]!);
+  return out;
+}
+
+/** Feeds for one step: the store, train batch `step - 1`, `step` and `lr_scale`. */
+export function feedsFor(
+  run: Run,
+  store: ReadonlyMap<string, Tensor>,
+  step: number,
+  lrScale = 1,
+): Store {
+  const feeds: Store = new Map(store);
+  const batch = run.data.batch("train", step - 1, run.batch);
+  for (const [field, f] of Object.entries(batch.fields))
+    feeds.set(`batch.${field}`, { shape: [...f.shape], data: f.data });
+  feeds.set("step", { shape: [], data: Float64Array.of(step) });
+  feeds.set("lr_scale", { shape: [], data: Float64Array.of(lrScale) });
+  return feeds;
+}
+
+/** Runs an entry of the step graph. */
+export async function runEntry(
+  run: Run,
+  entry: Entry,
+  feeds: ReadonlyMap<string, Tensor>,
+  float64: boolean,
+): Promise<Store> {
+  return cpu(float64).run(run.step.graph, run.step.inputs, entry, feeds);
+}
+
+/** Outputs `grad:<path>` for every trainable parameter's gradient node. */
+export function gradientOutputs(run: Run): Output[] {
+  return [...run.step.gradients].map(([path, node]) => ({ name: `grad:${path}`, node }));
+}
+
+/** The loss and every trainable parameter's gradient at `store`, with batch `step - 1`. */
+export async function lossAndGradients(
+  run: Run,
+  store: ReadonlyMap<string, Tensor>,
+  step: number,
+  float64: boolean,
+): Promise<{ loss: number; grads: Map<string, Float64Array> }> {
+  const entry: Entry = {
+    outputs: [{ name: "loss", node: run.step.loss }, ...gradientOutputs(run)],
+  };
+  const out = await runEntry(run, entry, feedsFor(run, store, step), float64);
+  const grads = new Map<string, Float64Array>();
+  for (const [name, t] of out)
+    if (name.startsWith("grad:")) grads.set(name.slice(5), Float64Array.from(t.data));
+  return { loss: out.get("loss")!.data[0]!, grads };
+}
+
+/** The f64 loss alone. */
+export async function lossAt(
+  run: Run,
+  store: ReadonlyMap<string, Tensor>,
+  step: number,
+): Promise<number> {
+  const entry: Entry = { outputs: [{ name: "loss", node: run.step.loss }] };
+  const out = await runEntry(run, entry, feedsFor(run, store, step), true);
+  return out.get("loss")!.data[0]!;
+}
+
+/**
+ * Central finite differences (f64) of the loss with respect to `param:<path>`, at the elements
+ * `indices` (all of them by default): (L(w + h e_i) - L(w - h e_i)) / 2h. Entries of the result
+ * not in `indices` are 0.
+ */
+export async function finiteDifferences(
+  run: Run,
+  store: ReadonlyMap<string, Tensor>,
+  path: string,
+  step: number,
+  options: {
+    h?: number;
+    indices?: readonly number[];
+    /** Rewrites the perturbed store before the loss is evaluated (e.g. to hold a value fixed). */
+    adjust?: (store: Store) => Store;
+  } = {},
+): Promise<Float64Array> {
+  const h = options.h ?? 1e-6;
+  const key = `param:${path}`;
+  const base = store.get(key);
+  if (!base) throw new Error(`no tensor \`${key}\` in the store`);
+  const indices = options.indices ?? [...Array(base.data.length).keys()];
+  const work: Store = new Map(store);
+  const data = Float64Array.from(base.data);
+  work.set(key, { shape: [...base.shape], data });
+  const out = new Float64Array(base.data.length);
+  for (const i of indices) {
+    const w = data[i]!;
+    const adjust = options.adjust ?? ((s: Store) => s);
+    data[i] = w + h;
+    const plus = await lossAt(run, adjust(work), step);
+    data[i] = w - h;
+    const minus = await lossAt(run, adjust(work), step);
+    data[i] = w;
+    out[i] = (plus - minus) / (2 * h);
+  }
+  return out;
+}
+
+export const norm = (v: ArrayLike<number>): number => {
+  let s = 0;
+  for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!;
+  return Math.sqrt(s);
+};
+
+/** ‖a − b‖ / max(‖a‖, ‖b‖, 1e-12). */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`relErr: lengths ${a.length} and ${b.length}`);
+  const d = Array.from(a, (x, i) => x - b[i]!);
+  return norm(d) / Math.max(norm(a), norm(b), 1e-12);
+}
+
+/** `values` at `indices`. */
+export function pick(values: ArrayLike<number>, indices: readonly number[]): number[] {
+  return indices.map((i) => values[i]!);
+}
+
+/** Up to `count` distinct indices in [0, n), sorted, from a fixed-seed LCG (all when n <= count). */
+export function sampleIndices(n: number, count: number, seed = 12345): number[] {
+  if (n <= count) return [...Array(n).keys()];
+  let s = seed >>> 0;
+  const next = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+  const chosen = new Set<number>();
+  while (chosen.size < count) chosen.add(Math.floor(next() * n));
+  return [...chosen].sort((a, b) => a - b);
+}
+
+/** The refresh periods of a run's optimizer states, as `train` computes them. */
+export function periodsOf(run: Run): number[] {
+  return [...new Set(run.step.states.flatMap((s) => (s.period ? [s.period] : [])))].sort(
+    (a, b) => a - b,
+  );
+}
+
+/** The step variant `train` runs at a 1-based step. */
+export function variantAt(run: Run, step: number): Entry {
+  return run.step.variants.get(variantKey(periodsOf(run), step))!;
+}
+
+/**
+ * One optimizer step as `train` takes it (without budget pruning), also returning the step's
+ * gradients (`grad:<path>`) and loss. The store is updated in place.
+ */
+export async function trainStep(
+  run: Run,
+  store: Store,
+  step: number,
+  float64: boolean,
+): Promise<{ loss: number; grads: Map<string, Float64Array>; out: Store }> {
+  const variant = variantAt(run, step);
+  const entry: Entry = { outputs: [...variant.outputs, ...gradientOutputs(run)] };
+  const out = await runEntry(run, entry, feedsFor(run, store, step), float64);
+  const grads = new Map<string, Float64Array>();
+  for (const [name, t] of out) {
+    if (name.startsWith("grad:")) grads.set(name.slice(5), Float64Array.from(t.data));
+    else if (name !== "loss") store.set(name, t);
+  }
+  return { loss: out.get("loss")!.data[0]!, grads, out };
+}
+
+/** Float values of `param:<path>` as a Float64Array copy. */
+export function param(store: ReadonlyMap<string, Tensor>, path: string): Float64Array {
+  const t = store.get(`param:${path}`);
+  if (!t) throw new Error(`no tensor \`param:${path}\` in the store`);
+  return Float64Array.from(t.data);
+}

@@ -1,0 +1,141 @@
+// `lrkc train --device cpu` end to end, as a user runs it (the built CLI in dist/, which `npm test`
+// builds first): a tiny LoRA fine-tune lowers its loss, exits 0, writes final.safetensors, and
+// two runs of the same program print the same losses and write the same weights.
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { root } from "./helpers.js";
+
+const lrkc = join(root, "bin", "lrkc.js");
+
+// A TinyLM-like model (examples/tiny_lm.lrk at d 16, 1 layer, 2 heads) with LoRA on the attention
+// q and v. There is no pretrained checkpoint to start from, so the base is a frozen random model;
+// its output head is tied to the token embedding, which TinyLM draws at std 0.02: that keeps the
+// logits within about ±0.3 whatever the adapters do (the loss can hardly leave ln 16 ≈ 2.77).
+// Drawing the embedding at std 0.3 gives the frozen head the range to show learning.
+const program = `import std.nn.{Embedding, LayerNorm, Attention, Mlp}
+import std.adapters.{lora}
+import std.optim.{adamw}
+
+data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 3)
+
+model TinyLM(vocab: int, d: int = 16, layers: int = 1, heads: int = 2, ctx: int = 16) {
+  tok = Embedding(vocab, d, init_std: 0.3)
+  pos = Embedding(ctx, d)
+  blocks[layers] {
+    ln1 = LayerNorm(d)
+    attn = Attention(d, heads, causal: true)
+    ln2 = LayerNorm(d)
+    mlp = Mlp(d, 4 * d, act: gelu)
+  }
+  lnf = LayerNorm(d)
+
+  forward(ids: i32[B, T]) -> f32[B, T, vocab] {
+    let h = tok(ids) + pos(arange(T))
+    for b in blocks {
+      h = h + b.attn(b.ln1(h))
+      h = h + b.mlp(b.ln2(h))
+    }
+    return lnf(h) @ tok.weight^T
+  }
+}
+
+train lora_cpu {
+  model TinyLM(vocab: arith.vocab)
+  data arith
+  loss cross_entropy(model(batch.input), batch.target)
+  freeze **
+  adapt blocks.*.attn.{q, v} with lora(rank: 4, alpha: 8)
+  optimize adapters with adamw(lr: 1e-2)
+  steps 1000
+  batch 16
+  seed 1
+}
+`;
+
+interface Result {
+  code: number | null;
+  stderr: string;
+  /** (step, loss) of every printed progress line. */
+  losses: { step: number; loss: number }[];
+  out: string;
+}
+
+function lrkcTrain(file: string, steps: number): Promise<Result> {
+  const out = mkdtempSync(join(tmpdir(), "lrk-train-out-"));
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      [lrkc, "train", file, "--device", "cpu", "--steps", String(steps), "--out", out],
+      { cwd: root, env: { ...process.env, NO_COLOR: "1" } },
+    );
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      const losses = [...stderr.matchAll(/^step +(\d+)\/\d+ +loss (\S+)/gm)].map((m) => ({
+        step: Number(m[1]),
+        loss: Number(m[2]),
+      }));
+      resolve({ code, stderr, losses, out });
+    });
+  });
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+describe("lrkc train --device cpu", () => {
+  let file: string;
+  let first: Promise<Result>;
+
+  beforeAll(() => {
+    if (!existsSync(join(root, "dist", "cli", "main.js")))
+      throw new Error("lrkc is not built: run `npm run build` (npm test does) first");
+    const dir = mkdtempSync(join(tmpdir(), "lrk-train-"));
+    file = join(dir, "lora_cpu.lrk");
+    writeFileSync(file, program);
+    first = lrkcTrain(file, 50);
+  });
+
+  it("a tiny LoRA fine-tune lowers the loss over 50 steps and writes final.safetensors", async () => {
+    const r = await first;
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain("training `lora_cpu` for 50 steps, batch 16");
+    // progress is printed at step 1, every 50/20 → 2 steps, and the last: 26 lines
+    expect(r.losses.map((l) => l.step)).toEqual([
+      1,
+      ...Array.from({ length: 25 }, (_, i) => 2 * (i + 1)),
+    ]);
+    for (const l of r.losses) expect(Number.isFinite(l.loss)).toBe(true);
+    const losses = r.losses.map((l) => l.loss);
+    const head = mean(losses.slice(0, 10));
+    const tail = mean(losses.slice(-10));
+    expect(tail, `first 10: ${head}, last 10: ${tail}`).toBeLessThan(head - 0.5);
+    // and below the loss of a uniform prediction over the 16 tokens: it learned something
+    expect(tail).toBeLessThan(Math.log(16));
+    expect(r.stderr).toMatch(/done: loss \S+ → \S+; weights written to /);
+    const weights = join(r.out, "final.safetensors");
+    expect(existsSync(weights)).toBe(true);
+    // a safetensors file: an 8-byte little-endian header length, then a JSON header
+    const bytes = readFileSync(weights);
+    const headerLength = Number(bytes.readBigUInt64LE(0));
+    const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString("utf8"));
+    expect(Object.keys(header)).toContain("blocks.0.attn.q.lora.A");
+    expect(Object.keys(header)).toContain("blocks.0.attn.v.lora.B");
+  });
+
+  it("is deterministic: a second run prints the same losses and writes the same weights", async () => {
+    const [a, b] = [await first, await lrkcTrain(file, 50)];
+    expect(b.code, b.stderr).toBe(0);
+    expect(b.losses).toEqual(a.losses);
+    expect(b.losses.length).toBe(26);
+    expect(
+      readFileSync(join(b.out, "final.safetensors")).equals(
+        readFileSync(join(a.out, "final.safetensors")),
+      ),
+    ).toBe(true);
+  });
+});
