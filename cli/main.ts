@@ -79,7 +79,11 @@ function program(setCode: (code: number) => void): Command {
       `where to run: ${devices.join(", ")} (the reference interpreter; cpu64 in float64)`,
       "cpu",
     )
-    .option("--out <dir>", "run folder for the weights (default: runs/<train name>)")
+    .option(
+      "--out <dir>",
+      "run folder: metrics, checkpoints, weights, curves (default: runs/<train name>)",
+    )
+    .option("--resume", "continue from the run folder's checkpoint, exactly as if never stopped")
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",

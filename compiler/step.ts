@@ -68,6 +68,10 @@ export interface StepProgram {
   budgets: BudgetProgram[];
   /** The (clipped) gradient node of each trainable parameter, by path: for inspection and tests. */
   gradients: Map<string, number>;
+  /** The loss without dropout and without updates: held-out evaluation. */
+  evaluate: Entry;
+  /** `model(batch.input)` without dropout, when the batch has an `input`: for accuracy. */
+  predict?: Entry;
 }
 
 /** Which refresh periods are due at a 1-based step: periods N with (step - 1) % N == 0. */
@@ -192,6 +196,17 @@ export function buildStep(
     return undefined;
   }
   let loss = lossValue.node;
+
+  // Evaluation: the same loss and the model's output, lowered again with dropout off.
+  L.training = false;
+  const evalLoss = r.attempt(() => L.expr(spec.loss!, trainFrame));
+  const modelInput = batch.get("input");
+  const logits = modelInput
+    ? r.speculate(() =>
+        L.forward(spec.model, [{ value: modelInput, at: at(spec.loss!) }], at(spec.loss!)),
+      )
+    : undefined;
+  L.training = true;
 
   // Regularizers of every wrapper, summed into the loss.
   const byDef = new Map<A.Definition, number>();
@@ -450,6 +465,11 @@ export function buildStep(
   const budgets = r.attempt(() => lowerControllers(budgetCtx, controllers));
   if (!budgets || failed()) return undefined;
   return {
+    evaluate: {
+      outputs: evalLoss?.kind === "tensor" ? [{ name: "loss", node: evalLoss.node }] : [],
+    },
+    predict:
+      logits?.kind === "tensor" ? { outputs: [{ name: "logits", node: logits.node }] } : undefined,
     budgets,
     gradients: gradByPath,
     graph: b.graph,

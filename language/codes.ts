@@ -39,6 +39,7 @@ export const codeTitles = {
   E0402: "type mismatch",
   E0501: "data set cannot be used",
   E0502: "checkpoint cannot be used",
+  E0503: "loss is not finite",
 } as const;
 
 export type DiagnosticCode = keyof typeof codeTitles;

@@ -10,7 +10,13 @@ import type { Placement } from "../compiler/place.js";
 import { keptUnits } from "../compiler/budget.js";
 import { buildStep, variantKey, type StepProgram } from "../compiler/step.js";
 import type { TrainSpec } from "../compiler/train.js";
-import { DataError, openDataSet, type OpenedSource } from "./data.js";
+import {
+  arithmeticAccuracy,
+  DataError,
+  openDataSet,
+  type LogitsFn,
+  type OpenedSource,
+} from "./data.js";
 import type { Device } from "./device.js";
 import { CheckpointError, readSafetensors } from "./safetensors.js";
 import { lrFactor } from "./schedule.js";
@@ -85,17 +91,51 @@ export interface StepEvent {
   loss: number;
   lr: number;
   millis: number;
+  /** Tokens (or examples) in this step's batch. */
+  tokens: number;
+}
+
+export interface EvalEvent {
+  step: number;
+  loss: number;
+  /** Exact-match accuracy on held-out problems, for data sets that have answers. */
+  accuracy?: number;
+  examples: number;
 }
 
 export interface TrainOptions {
   steps?: number;
+  /** Continue from a checkpoint: the store it holds and the last step it completed. */
+  resume?: { step: number; store: Map<string, Tensor> };
   onStep?: (event: StepEvent) => void;
+  onEval?: (event: EvalEvent) => void;
+  /** Called after steps where a checkpoint is due (and after the last step). */
+  onCheckpoint?: (step: number, store: ReadonlyMap<string, Tensor>) => void;
+  /** Checked between steps: true stops the run after a checkpoint (Ctrl-C). */
+  shouldStop?: () => boolean;
+  /** Held-out batches per evaluation (default 8). */
+  evalBatches?: number;
 }
 
 export interface TrainResult {
   losses: number[];
   /** Parameters and optimizer states by name (`param:<path>`, `state:<name>`). */
   store: Map<string, Tensor>;
+  /** The last step completed. */
+  step: number;
+  stopped: boolean;
+  evals: EvalEvent[];
+}
+
+/** The loss stopped being a finite number: the run stops before that step's update is kept. */
+export class NonFiniteLoss extends Error {
+  constructor(
+    readonly step: number,
+    readonly loss: number,
+    readonly tensor?: string,
+  ) {
+    super(`the loss is ${loss} at step ${step}`);
+  }
 }
 
 /** Model parameters from the `init` checkpoint, checked against the program's parameters. */
@@ -162,29 +202,114 @@ function withStep(store: ReadonlyMap<string, Tensor>, step: number): Map<string,
   return feeds;
 }
 
+function batchFeeds(
+  run: Run,
+  store: ReadonlyMap<string, Tensor>,
+  split: "train" | "valid",
+  index: number,
+  step: number,
+  lr = 1,
+): Map<string, Tensor> {
+  const feeds = new Map(store);
+  const batch = run.data.batch(split, index, run.batch);
+  for (const [field, f] of Object.entries(batch.fields))
+    feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
+  feeds.set("step", { shape: [], data: Float32Array.of(step) });
+  feeds.set("lr_scale", { shape: [], data: Float32Array.of(lr) });
+  return feeds;
+}
+
+function tokensPerBatch(run: Run): number {
+  const shapes = run.data.fieldShapes(run.batch);
+  const first = shapes["input"] ?? Object.values(shapes)[0];
+  return first
+    ? shapes["input"]
+      ? first.shape.reduce((a, b) => a * b, 1)
+      : first.shape[0]!
+    : run.batch;
+}
+
+/** Held-out loss (over full batches, dropout off) and, where the data has answers, accuracy. */
+export async function evaluate(
+  run: Run,
+  device: Device,
+  store: ReadonlyMap<string, Tensor>,
+  step: number,
+  maxBatches = 8,
+): Promise<EvalEvent> {
+  const full = Math.floor(run.data.validSize / run.batch);
+  const count = Math.max(0, Math.min(maxBatches, full));
+  let total = 0;
+  for (let i = 0; i < count; i++) {
+    const out = await device.run(
+      run.step.graph,
+      run.step.inputs,
+      run.step.evaluate,
+      batchFeeds(run, store, "valid", i, step),
+    );
+    total += out.get("loss")!.data[0]!;
+  }
+  const event: EvalEvent = {
+    step,
+    loss: count > 0 ? total / count : NaN,
+    examples: count * run.batch,
+  };
+  const predict = run.step.predict;
+  if (run.data.kind === "arithmetic" && predict) {
+    const logits: LogitsFn = async (input, batch, length) => {
+      const feeds = new Map(store);
+      feeds.set("batch.input", { shape: [batch, length], data: input });
+      const out = await device.run(run.step.graph, run.step.inputs, predict, feeds);
+      return out.get("logits")!.data;
+    };
+    const result = await arithmeticAccuracy(run.data, logits, {
+      batchSize: run.batch,
+      limit: count * run.batch || run.batch,
+    });
+    event.accuracy = result.accuracy;
+  }
+  return event;
+}
+
+/** The first parameter or state that holds a NaN or an infinity, if any. */
+function firstNonFinite(tensors: ReadonlyMap<string, Tensor>): string | undefined {
+  for (const [name, t] of tensors) {
+    if (name === "loss") continue;
+    for (let i = 0; i < t.data.length; i++) if (!Number.isFinite(t.data[i]!)) return name;
+  }
+  return undefined;
+}
+
 export async function train(
   run: Run,
   device: Device,
   options: TrainOptions = {},
 ): Promise<TrainResult> {
   const steps = options.steps ?? run.spec.steps;
-  const store = await initialize(run, device);
+  const store = options.resume ? new Map(options.resume.store) : await initialize(run, device);
+  const first = (options.resume?.step ?? 0) + 1;
   const periods = [...new Set(run.step.states.flatMap((s) => (s.period ? [s.period] : [])))].sort(
     (a, b) => a - b,
   );
   const losses: number[] = [];
-  for (let s = 1; s <= steps; s++) {
+  const evals: EvalEvent[] = [];
+  const tokens = tokensPerBatch(run);
+  const evalEvery = run.spec.eval?.every;
+  const checkpointEvery = run.spec.checkpointEvery;
+  let last = first - 1;
+  let stopped = false;
+  for (let s = first; s <= steps; s++) {
     const started = performance.now();
-    const batch = run.data.batch("train", s - 1, run.batch);
-    const feeds = new Map(store);
-    for (const [field, f] of Object.entries(batch.fields))
-      feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
     const lr = lrFactor(run.spec.schedule, s, steps);
-    feeds.set("step", { shape: [], data: Float32Array.of(s) });
-    feeds.set("lr_scale", { shape: [], data: Float32Array.of(lr) });
     const entry = run.step.variants.get(variantKey(periods, s))!;
-    const out = await device.run(run.step.graph, run.step.inputs, entry, feeds);
+    const out = await device.run(
+      run.step.graph,
+      run.step.inputs,
+      entry,
+      batchFeeds(run, store, "train", s - 1, s, lr),
+    );
     const loss = out.get("loss")!.data[0]!;
+    if (!Number.isFinite(loss)) throw new NonFiniteLoss(s, loss, firstNonFinite(out));
     for (const [name, t] of out) if (name !== "loss") store.set(name, t);
     losses.push(loss);
     for (const budget of run.step.budgets) {
@@ -216,7 +341,17 @@ export async function train(
       ))
         store.set(name, t);
     }
-    options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started });
+    last = s;
+    options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started, tokens });
+    if (evalEvery && s % evalEvery === 0) {
+      const e = await evaluate(run, device, store, s, options.evalBatches);
+      evals.push(e);
+      options.onEval?.(e);
+    }
+    stopped = options.shouldStop?.() ?? false;
+    if ((checkpointEvery && s % checkpointEvery === 0) || s === steps || stopped)
+      options.onCheckpoint?.(s, store);
+    if (stopped) break;
   }
-  return { losses, store };
+  return { losses, store, step: last, stopped, evals };
 }

@@ -103,7 +103,7 @@ describe("lrkc train --device cpu", () => {
   it("a tiny LoRA fine-tune lowers the loss over 50 steps and writes final.safetensors", async () => {
     const r = await first;
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toContain("training `lora_cpu` for 50 steps, batch 16");
+    expect(r.stderr).toContain("training `lora_cpu` for 50 steps (batch 16) on cpu");
     // progress is printed at step 1, every 50/20 → 2 steps, and the last: 26 lines
     expect(r.losses.map((l) => l.step)).toEqual([
       1,
@@ -116,7 +116,7 @@ describe("lrkc train --device cpu", () => {
     expect(tail, `first 10: ${head}, last 10: ${tail}`).toBeLessThan(head - 0.5);
     // and below the loss of a uniform prediction over the 16 tokens: it learned something
     expect(tail).toBeLessThan(Math.log(16));
-    expect(r.stderr).toMatch(/done: loss \S+ → \S+; weights written to /);
+    expect(r.stderr).toMatch(/done in \S+: loss \S+ → \S+\n  weights: /);
     const weights = join(r.out, "final.safetensors");
     expect(existsSync(weights)).toBe(true);
     // a safetensors file: an 8-byte little-endian header length, then a JSON header

@@ -1,0 +1,140 @@
+// A run's folder: metrics.jsonl (one JSON object per step or evaluation), checkpoint.safetensors
+// (everything needed to resume, written atomically), final.safetensors (the weights), and
+// curves.svg. Nothing here is lost to a crash: every file is replaced by rename, and metrics
+// lines past a resumed checkpoint are dropped so the log matches the weights.
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  writeFileSync,
+  renameSync,
+} from "node:fs";
+import { join } from "node:path";
+import type { Tensor } from "../compiler/interpreter.js";
+import { lineChart } from "./plot.js";
+import { CheckpointError, readSafetensors, writeSafetensors } from "./safetensors.js";
+
+export interface Metric {
+  step: number;
+  [key: string]: number | string | undefined;
+}
+
+export class RunFolder {
+  readonly metricsPath: string;
+  readonly checkpointPath: string;
+
+  constructor(readonly dir: string) {
+    mkdirSync(dir, { recursive: true });
+    this.metricsPath = join(dir, "metrics.jsonl");
+    this.checkpointPath = join(dir, "checkpoint.safetensors");
+  }
+
+  hasCheckpoint(): boolean {
+    return existsSync(this.checkpointPath);
+  }
+
+  /** Parameters, optimizer and controller states, and the step, so a run resumes exactly. */
+  saveCheckpoint(
+    step: number,
+    store: ReadonlyMap<string, Tensor>,
+    meta: Record<string, string>,
+  ): void {
+    writeSafetensors(
+      this.checkpointPath,
+      new Map([...store].filter(([name]) => !name.startsWith("batch."))),
+      { ...meta, step: String(step) },
+    );
+  }
+
+  loadCheckpoint(expected: readonly string[]): {
+    step: number;
+    store: Map<string, Tensor>;
+    meta: Record<string, string>;
+  } {
+    const { tensors, metadata } = readSafetensors(this.checkpointPath);
+    const step = Number(metadata["step"]);
+    if (!Number.isInteger(step) || step < 0)
+      throw new CheckpointError(
+        `\`${this.checkpointPath}\` does not say which step it was saved at`,
+        "it was not written by `lrkc train`; start without --resume",
+      );
+    const missing = expected.filter((name) => !tensors.has(name));
+    if (missing.length > 0) {
+      throw new CheckpointError(
+        `\`${this.checkpointPath}\` lacks ${missing
+          .slice(0, 3)
+          .map((n) => `\`${n}\``)
+          .join(", ")}${missing.length > 3 ? ` and ${missing.length - 3} more` : ""}`,
+        "the program changed since the checkpoint was written; start without --resume (or with another --out)",
+      );
+    }
+    return { step, store: tensors, meta: metadata };
+  }
+
+  /** Appends metric lines; on resume, first drops lines after the resumed step. */
+  log(metric: Metric): void {
+    appendFileSync(this.metricsPath, JSON.stringify(metric) + "\n");
+  }
+
+  truncateMetricsAfter(step: number): void {
+    if (!existsSync(this.metricsPath)) return;
+    const kept = readFileSync(this.metricsPath, "utf8")
+      .split("\n")
+      .filter((line) => {
+        if (!line.trim()) return false;
+        try {
+          return (JSON.parse(line) as Metric).step <= step;
+        } catch {
+          return false;
+        }
+      });
+    const temporary = `${this.metricsPath}.tmp`;
+    writeFileSync(temporary, kept.map((l) => l + "\n").join(""));
+    renameSync(temporary, this.metricsPath);
+  }
+
+  startFresh(): void {
+    writeFileSync(this.metricsPath, "");
+  }
+
+  writeFinal(params: ReadonlyMap<string, Tensor>, meta: Record<string, string>): string {
+    const path = join(this.dir, "final.safetensors");
+    writeSafetensors(path, params, meta);
+    return path;
+  }
+
+  /** curves.svg from metrics.jsonl: training loss, held-out loss and accuracy. */
+  writeCurves(title: string): string {
+    const lines = existsSync(this.metricsPath)
+      ? readFileSync(this.metricsPath, "utf8").split("\n").filter(Boolean)
+      : [];
+    const metrics = lines.map((l) => JSON.parse(l) as Metric);
+    const train = metrics
+      .filter((m) => typeof m["loss"] === "number" && m["kind"] === "step")
+      .map((m) => [m.step, m["loss"] as number] as [number, number]);
+    const valid = metrics
+      .filter((m) => m["kind"] === "eval" && typeof m["loss"] === "number")
+      .map((m) => [m.step, m["loss"] as number] as [number, number]);
+    const accuracy = metrics
+      .filter((m) => m["kind"] === "eval" && typeof m["accuracy"] === "number")
+      .map((m) => [m.step, m["accuracy"] as number] as [number, number]);
+    const series = [
+      { label: "training loss", color: "#1f77b4", points: train },
+      { label: "held-out loss", color: "#ff7f0e", points: valid },
+      ...(accuracy.length
+        ? [
+            {
+              label: "held-out accuracy (right axis)",
+              color: "#2ca02c",
+              points: accuracy,
+              right: true,
+            },
+          ]
+        : []),
+    ];
+    const path = join(this.dir, "curves.svg");
+    writeFileSync(path, lineChart(title, series));
+    return path;
+  }
+}
