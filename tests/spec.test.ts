@@ -1,18 +1,24 @@
-// The spec's examples are tests: every ```lrk block in spec/language.md and spec/diagnostics.md
-// must parse without diagnostics and format stably, every ```lrk-error block must fail to parse
-// (with the code its first-line `// error: E0xxx` comment names), every ```lrk-check-error block
-// (a program that parses but that `lrkc check` rejects) must parse cleanly and name a real code,
-// and spec/diagnostics.md must document exactly the codes lrkc defines.
-import { readFileSync } from "node:fs";
+// The spec's examples are tests: every ```lrk block in spec/language.md, spec/diagnostics.md and
+// spec/compiler.md must parse without diagnostics and format stably, every ```lrk-error block must
+// fail to parse (with the code its first-line `// error: E0xxx` comment names), every
+// ```lrk-check-error block (a program that parses but that `lrkc check` rejects) must parse cleanly
+// and really fail `lrkc check` with the code it names, every ```lrk-check-warning block must pass
+// `lrkc check` with the warning it names, and spec/diagnostics.md must document exactly the codes
+// lrkc defines.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
+import { analyze } from "../compiler/pipeline.js";
 import { allCodes, codeTitles, type DiagnosticCode } from "../language/codes.js";
 import { renderDiagnostics, type Diagnostic } from "../language/diagnostics.js";
 import { format } from "../language/format.js";
 import { parse } from "../language/parse.js";
 import { SourceFile } from "../language/source.js";
+import { prepare } from "../runtime/trainer.js";
 
-const specFiles = ["spec/language.md", "spec/diagnostics.md"] as const;
+const specFiles = ["spec/language.md", "spec/diagnostics.md", "spec/compiler.md"] as const;
 
 interface CodeBlock {
   /** The markdown file, relative to the repository root. */
@@ -55,14 +61,19 @@ const blocks = specFiles.flatMap((file) => codeBlocks(file, readSpec(file)));
 const examples = blocks.filter((b) => b.info === "lrk");
 const errorExamples = blocks.filter((b) => b.info === "lrk-error");
 const checkErrorExamples = blocks.filter((b) => b.info === "lrk-check-error");
-/** Blocks that must parse: examples, and programs that only later stages reject. */
-const parseable = [...examples, ...checkErrorExamples];
-const lrkInfos = ["lrk", "lrk-error", "lrk-check-error"];
+const checkWarningExamples = blocks.filter((b) => b.info === "lrk-check-warning");
+/** Blocks that must parse: examples, and programs that only later stages reject or warn about. */
+const parseable = [...examples, ...checkErrorExamples, ...checkWarningExamples];
+const lrkInfos = ["lrk", "lrk-error", "lrk-check-error", "lrk-check-warning"];
 
-/** The codes a block's first line names: `// error: E0101` (several may be listed). */
+/**
+ * The codes a block's first line names: `// error: E0101`, or `// warning: E0306` in a
+ * `lrk-check-warning` block (several may be listed).
+ */
 function annotatedCodes(b: CodeBlock): string[] | undefined {
   const firstLine = b.text.split("\n")[0]!;
-  const annotated = /^\s*\/\/\s*error:\s*(.*)$/.exec(firstLine);
+  const word = b.info === "lrk-check-warning" ? "warning" : "error";
+  const annotated = new RegExp(`^\\s*//\\s*${word}:\\s*(.*)$`).exec(firstLine);
   return annotated ? (annotated[1]!.match(/E\d{4}/g) ?? []) : undefined;
 }
 
@@ -85,6 +96,29 @@ function parseBlock(b: CodeBlock, text = b.text) {
 
 function show(diagnostics: Diagnostic[]): string {
   return renderDiagnostics(diagnostics);
+}
+
+/** Every block is checked in an empty folder of its own, so that relative paths resolve beside it. */
+const scratch = mkdtempSync(join(tmpdir(), "lrk-spec-"));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+/**
+ * What `lrkc check` reports for a block, found as cli/check.ts finds it: the block is written to
+ * `example.lrk` in an empty folder and analyzed; if that finds no error, each of its train blocks
+ * is compiled through to its training step.
+ */
+function checkBlock(b: CodeBlock): Diagnostic[] {
+  const dir = mkdtempSync(join(scratch, "block-"));
+  const path = join(dir, "example.lrk");
+  writeFileSync(path, b.text);
+  const file = new SourceFile(path, b.text);
+  const analysis = analyze(file);
+  const diagnostics = [...analysis.diagnostics];
+  if (!analysis.diagnostics.some((d) => d.severity === "error")) {
+    for (const { spec } of analysis.trains)
+      diagnostics.push(...prepare(file, { train: spec.decl.name.name }).diagnostics);
+  }
+  return diagnostics;
 }
 
 describe("spec code blocks", () => {
@@ -151,21 +185,58 @@ describe.each(errorExamples.map((b) => [where(b), b] as const))(
   },
 );
 
+/** The codes a block names, checked to be real codes of lrkc. */
+function namedCodes(block: CodeBlock, word: "error" | "warning"): DiagnosticCode[] {
+  const wanted = annotatedCodes(block);
+  expect(wanted, `${describeBlock(block)}\nshould start with \`// ${word}: E0xxx\``).toBeDefined();
+  expect(wanted!.length, `${where(block)}: \`// ${word}:\` names no code`).toBeGreaterThan(0);
+  const known = new Set<string>(allCodes);
+  expect(
+    wanted!.filter((code) => !known.has(code)),
+    `unknown codes at ${where(block)}`,
+  ).toEqual([]);
+  return wanted as DiagnosticCode[];
+}
+
 describe.each(checkErrorExamples.map((b) => [where(b), b] as const))(
   "```lrk-check-error block at %s",
   (_, block) => {
     it("names the real code it demonstrates", () => {
-      const wanted = annotatedCodes(block);
-      expect(
-        wanted,
-        `${describeBlock(block)}\nshould start with \`// error: E0xxx\``,
-      ).toBeDefined();
-      expect(wanted!.length).toBeGreaterThan(0);
-      const known = new Set<string>(allCodes);
-      expect(
-        wanted!.filter((code) => !known.has(code)),
-        `unknown codes at ${where(block)}`,
-      ).toEqual([]);
+      namedCodes(block, "error");
+    });
+
+    it("fails `lrkc check` with that code", () => {
+      const wanted = namedCodes(block, "error");
+      const diagnostics = checkBlock(block);
+      const errors = diagnostics.filter((d) => d.severity === "error").map((d) => d.code);
+      for (const code of wanted) {
+        if (!errors.includes(code)) {
+          expect.fail(
+            `${describeBlock(block)}\nshould fail \`lrkc check\` with ${code}, but it reports ${errors.join(", ") || "no error"}:\n${show(diagnostics)}`,
+          );
+        }
+      }
+    });
+  },
+);
+
+describe.each(checkWarningExamples.map((b) => [where(b), b] as const))(
+  "```lrk-check-warning block at %s",
+  (_, block) => {
+    it("passes `lrkc check` with the warning it names", () => {
+      const wanted = namedCodes(block, "warning");
+      const diagnostics = checkBlock(block);
+      const errors = diagnostics.filter((d) => d.severity === "error");
+      if (errors.length > 0)
+        expect.fail(`${describeBlock(block)}\nshould pass \`lrkc check\`, but:\n${show(errors)}`);
+      const warnings = diagnostics.filter((d) => d.severity === "warning").map((d) => d.code);
+      for (const code of wanted) {
+        if (!warnings.includes(code)) {
+          expect.fail(
+            `${describeBlock(block)}\nshould warn with ${code}, but it reports ${warnings.join(", ") || "nothing"}:\n${show(diagnostics)}`,
+          );
+        }
+      }
     });
   },
 );
