@@ -114,7 +114,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   }
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
-  const { run, diagnostics } = prepare(read.file, { train: options.train, batch });
+  const { run, diagnostics } = prepare(read.file, { train: options.train, batch, steps });
   const code = report(diagnostics, options);
   if (!run || code !== 0) return code || 1;
 

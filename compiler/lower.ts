@@ -49,6 +49,8 @@ export class Lowerer {
   /** `training` is false while evaluating: dropout is the identity. */
   training = true;
   private seeds = 0;
+  /** Member values already lowered into this graph, per instance and expression. */
+  private readonly memberValues = new Map<ModuleInstance, Map<A.Expr, Map<string, Value>>>();
   /** The step counter node, for randomness that changes every step (dropout). */
   stepNode?: number;
   /** Symbolic names of a node's dims (`B`, `T`), where known, for diagnostics in the user's terms. */
@@ -155,7 +157,18 @@ export class Lowerer {
     if (v.kind === "deferred") {
       const stored = v.constant ? this.hooks.buffer?.(v) : undefined;
       if (stored) return stored;
-      const value = this.expr(v.expr, this.frameFor(v.self));
+      // A member is evaluated once per graph: `const (L1, L2, R) = svd_split(…)` is one SVD, not
+      // one per name, and `training` (dropout) is part of the key.
+      const key = `${this.training}`;
+      let byExpr = this.memberValues.get(v.self);
+      if (!byExpr) this.memberValues.set(v.self, (byExpr = new Map()));
+      let cached = byExpr.get(v.expr)?.get(key);
+      if (!cached) {
+        cached = this.expr(v.expr, this.frameFor(v.self));
+        if (!byExpr.has(v.expr)) byExpr.set(v.expr, new Map());
+        byExpr.get(v.expr)!.set(key, cached);
+      }
+      const value = cached;
       if (v.index === undefined) return value;
       if ((value.kind !== "tuple" && value.kind !== "list") || value.items.length <= v.index) {
         return this.r.report(

@@ -14,7 +14,7 @@ import {
   type BudgetProgram,
 } from "./budget.js";
 import { Builder } from "./builder.js";
-import { instantiate } from "./instantiate.js";
+import { allModules, instantiate } from "./instantiate.js";
 import type { DType, Graph, InputRole, Shape } from "./ir.js";
 import { Lowerer, type Frame, type Tensor } from "./lower.js";
 import type { Placement, PlacedParam } from "./place.js";
@@ -140,9 +140,28 @@ export function buildStep(
   });
 
   // `at step` / `at every` actions parse and resolve, but no stage runs them yet: say so rather
-  // than train without them.
+  // than train without them. `state` belongs to optimizers and budgets.
+  for (const m of [
+    ...allModules(spec.model),
+    ...placement.adapters.map((a) => a.instance),
+    ...placement.quantizers.map((q) => q.instance),
+  ]) {
+    for (const st of m.states) {
+      r.diagnostics.push(
+        error(
+          "E0206",
+          `\`state\` is not allowed in ${m.def.sort === "model" ? "a model" : `${m.def.sort === "adapter" ? "an" : "a"} ${m.def.sort}`}`,
+          { file: m.module.file, span: st.span },
+          {
+            help: "optimizer and budget definitions hold state; a model holds `param`s and `const`s",
+          },
+        ),
+      );
+    }
+  }
   const actions = [
     ...spec.actions.map((a) => ({ a, file: module.file })),
+    ...allModules(spec.model).flatMap((m) => m.actions.map((a) => ({ a, file: m.module.file }))),
     ...[...placement.adapters, ...placement.quantizers].flatMap((w) =>
       w.instance.actions.map((a) => ({ a, file: w.instance.module.file })),
     ),
@@ -159,7 +178,7 @@ export function buildStep(
       ),
     );
   }
-  if (actions.length > 0) return undefined;
+  if (actions.length > 0 || failed()) return undefined;
 
   // ---------------------------------------------------------------- loss
   if (!spec.loss) {
@@ -207,6 +226,27 @@ export function buildStep(
       )
     : undefined;
   L.training = true;
+
+  // `regularize` members of the model's own modules count too.
+  for (const m of allModules(spec.model)) {
+    for (const reg of m.regularizers) {
+      const term = r.attempt(() => L.expr(reg.value, L.frameFor(m)));
+      if (!term) continue;
+      const node = L.asNode(term, L.frameFor(m), reg.value);
+      if (b.shape(node).length !== 0) {
+        r.diagnostics.push(
+          error(
+            "E0402",
+            "a regularizer must be a scalar",
+            { file: m.module.file, span: reg.value.span },
+            { help: "reduce it, e.g. with `sum(…)`" },
+          ),
+        );
+        continue;
+      }
+      loss = b.add(loss, node);
+    }
+  }
 
   // Regularizers of every wrapper, summed into the loss.
   const byDef = new Map<A.Definition, number>();

@@ -192,6 +192,35 @@ export function resolveTrain(
     else if (v) initPath = { path: v.value, at: init.value };
   }
   const clip = settings.get("clip");
+  const clipValue = clip
+    ? r.attempt(() => r.number(r.evaluate(clip.value, scope, module), clip.value, module).value)
+    : undefined;
+  if (clip && clipValue !== undefined && !(clipValue > 0)) {
+    r.diagnostics.push(
+      error(
+        "E0402",
+        `\`clip\` must be a positive gradient norm, not ${clipValue}`,
+        r.at(module, clip.value),
+        { help: "e.g. `clip 1.0`" },
+      ),
+    );
+  }
+  const scheduleSetting = settings.get("schedule");
+  const schedule = scheduleSetting
+    ? r.attempt(() => r.evaluate(scheduleSetting.value, scope, module))
+    : undefined;
+  if (scheduleSetting && schedule && schedule.kind !== "schedule") {
+    r.diagnostics.push(
+      error(
+        "E0402",
+        `\`schedule\` must be a learning-rate schedule, not ${describeValue(schedule)}`,
+        r.at(module, scheduleSetting.value),
+        {
+          help: "use `constant(…)`, `linear(…)` or `cosine(warmup: 100, min_ratio: 0.1)`",
+        },
+      ),
+    );
+  }
   return {
     decl,
     module,
@@ -202,12 +231,8 @@ export function resolveTrain(
     steps: integer("steps", defaults.steps),
     batch: integer("batch", defaults.batch),
     seed: integer("seed", defaults.seed),
-    clip: clip
-      ? r.attempt(() => r.number(r.evaluate(clip.value, scope, module), clip.value, module).value)
-      : undefined,
-    schedule: settings.get("schedule")
-      ? r.attempt(() => r.evaluate(settings.get("schedule")!.value, scope, module))
-      : undefined,
+    clip: clipValue,
+    schedule,
     eval: evalItem
       ? {
           every: r.attempt(() => r.integer(evalItem!.every, scope, module, "`eval every`")) ?? 100,

@@ -1,6 +1,7 @@
 // The training loop, for any device: initialize (or load) parameters, then run the step graph
 // once per step with the right variant, feeding parameters, optimizer states and a batch, and
 // writing the updated ones back.
+import { dirname, resolve as resolvePath } from "node:path";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import type { SourceFile } from "../language/source.js";
 import { buildInit, type InitProgram } from "../compiler/init.js";
@@ -32,6 +33,8 @@ export interface Run {
 
 export interface PrepareOptions {
   train?: string;
+  /** Overrides the number of steps of the train block (schedules and budgets see this one). */
+  steps?: number;
   /** Overrides the batch size of the train block. */
   batch?: number;
 }
@@ -46,6 +49,7 @@ export function prepare(
   if (diagnostics.some((d) => d.severity === "error") || analysis.trains.length === 0)
     return { diagnostics };
   const { spec, placement } = analysis.trains[0]!;
+  if (options.steps !== undefined) spec.steps = options.steps;
   const r = analysis.session.resolver;
   if (!spec.data) {
     return {
@@ -57,6 +61,24 @@ export function prepare(
           { file: spec.module.file, span: spec.decl.name.span },
           {
             help: "add e.g. `data arith` after a `data arith = std.data.arithmetic(digits: 3)` declaration",
+          },
+        ),
+      ],
+    };
+  }
+  const on = spec.eval?.on;
+  const same = (a: typeof on, b: typeof on) =>
+    a && b && a.source === b.source && JSON.stringify([...a.args]) === JSON.stringify([...b.args]);
+  if (on && !same(on, spec.data)) {
+    return {
+      diagnostics: [
+        ...diagnostics,
+        error(
+          "E0206",
+          "`eval … on` another data set is not supported yet: evaluation uses the held-out split of the block's `data`",
+          on.at,
+          {
+            help: "write `eval every N` (or `on <data>.valid` for the same data)",
           },
         ),
       ],
@@ -142,7 +164,10 @@ export class NonFiniteLoss extends Error {
 function loadInit(run: Run, store: Map<string, Tensor>): void {
   const init = run.spec.init;
   if (!init) return;
-  const loaded = readSafetensors(init.path).tensors;
+  // Relative to the program's own folder, like data files.
+  const loaded = readSafetensors(
+    resolvePath(dirname(run.spec.module.file.path), init.path),
+  ).tensors;
   const expected = run.placement.params.filter((p) => p.origin === "model");
   const missing = expected.filter((p) => !loaded.has(p.param.path)).map((p) => p.param.path);
   if (missing.length > 0) {
