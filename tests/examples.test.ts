@@ -1,0 +1,71 @@
+// Every example in examples/ runs: a few training steps of each on the CPU reference interpreter,
+// at a small batch. The fine-tunes start from a checkpoint the pretraining example writes, as a
+// user would run them.
+import { mkdtempSync, readFileSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import type { Tensor } from "../compiler/interpreter.js";
+import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import { writeSafetensors } from "../runtime/safetensors.js";
+import { prepare, train } from "../runtime/trainer.js";
+import { root } from "./helpers.js";
+
+const examples = readdirSync(join(root, "examples")).filter((f) => f.endsWith(".lrk"));
+const runnable = examples.filter((f) =>
+  readFileSync(join(root, "examples", f), "utf8").includes("\ntrain "),
+);
+const dir = mkdtempSync(join(tmpdir(), "lrk-examples-"));
+const pretrained = join(dir, "pretrain.safetensors");
+
+async function runExample(
+  name: string,
+  steps: number,
+): Promise<{ losses: number[]; store: Map<string, Tensor> }> {
+  const path = join(root, "examples", name);
+  // The fine-tunes load the pretraining example's weights; here, the ones this test wrote.
+  const text = readFileSync(path, "utf8").replace(
+    /init "[^"]*"/,
+    `init ${JSON.stringify(pretrained)}`,
+  );
+  const { run, diagnostics } = prepare(new SourceFile(path, text), { batch: 2, steps });
+  expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+  return train(run!, new CpuDevice(), { steps });
+}
+
+describe("examples", () => {
+  it("opens each with a one-line description", () => {
+    for (const name of examples) {
+      const first = readFileSync(join(root, "examples", name), "utf8").split("\n")[0]!;
+      expect(first, name).toMatch(/^\/\/ \S.{10,}$/);
+    }
+  });
+
+  it("has the tiny LM pretrain, LoRA, GaLore and AdaLoRA programs", () => {
+    for (const name of [
+      "tiny_lm_pretrain.lrk",
+      "lora_finetune.lrk",
+      "galore_pretrain.lrk",
+      "adalora_budget.lrk",
+    ])
+      expect(runnable).toContain(name);
+  });
+
+  it("tiny_lm_pretrain.lrk trains (and writes the weights the fine-tunes start from)", async () => {
+    const { losses, store } = await runExample("tiny_lm_pretrain.lrk", 2);
+    expect(losses.every(Number.isFinite)).toBe(true);
+    const params = new Map(
+      [...store].filter(([k]) => k.startsWith("param:")).map(([k, t]) => [k.slice(6), t]),
+    );
+    writeSafetensors(pretrained, params);
+  });
+
+  for (const name of runnable.filter((n) => n !== "tiny_lm_pretrain.lrk")) {
+    it(`${name} runs two steps`, async () => {
+      const { losses } = await runExample(name, 2);
+      expect(losses).toHaveLength(2);
+      expect(losses.every(Number.isFinite), String(losses)).toBe(true);
+    });
+  }
+});
