@@ -1,0 +1,538 @@
+// Fusion: from a graph and the outputs an entry wants, an ordered list of kernel groups. Only IR
+// patterns are looked at, never what a node stands for.
+//
+// Every needed node is either **materialized** (it gets a buffer: inputs, entry outputs, the result
+// of every kernel) or **inlined** (recomputed, as an expression, inside each kernel that reads
+// it). Kernels:
+//  - map: one materialized elementwise/movement/const/iota/random/gather/cast/where node, with the
+//    inlined subgraph below it; movement ops are index arithmetic on reads, never a copy;
+//  - reduce: a reduce whose input expression is inlined (the prologue), and whose chain of
+//    single-consumer elementwise successors of the same element order is fused as an epilogue;
+//  - matmul: a matmul reading its operands in place (a swap of the last two axes is a transpose
+//    flag, a reshape that only adds or drops size-1 dims or reshapes a contiguous buffer is free,
+//    an expand of B over the batch folds the batch into A's rows), with the same kind of epilogue
+//    chain (bias add, scale, residual add, activation); a batched Aᵀ·B summed over its batch (a
+//    shared weight's gradient) is one matmul with the batch folded into k;
+//  - special: scatterAdd, svd, topkMask, quantize, quantScale, reading buffers.
+// A map node is materialized when it is an entry output, when a kernel needs it as a buffer (a
+// matmul operand that is not a view of one, a special kernel's input), or when kernels of two or
+// more groups read it and it is not cheap to recompute (movement ops never are: their input
+// decides). Then consecutive map groups of one element count whose later members read the earlier
+// ones' outputs only at the same element merge into one kernel with several outputs (an
+// optimizer's param and states). A group that would bind more storage buffers than the device
+// allows is split by materializing the inlined node that gathers the most of them.
+import { numel, strides, type Graph, type Node } from "./ir.js";
+
+export type GroupKind = "map" | "reduce" | "matmul" | "special";
+
+/** How a matmul reads one operand from a buffer. */
+export interface MatmulOperand {
+  /** The materialized node whose buffer is read. */
+  node: number;
+  /** The stored matrix is read with its last two axes swapped. */
+  trans: boolean;
+  /** Every batch reads the same matrix (an expand of the batch dims): batch stride 0. */
+  broadcast: boolean;
+}
+
+export interface KernelGroup {
+  kind: GroupKind;
+  /** The node the kernel writes (an epilogue chain's last node for reduce and matmul). */
+  output: number;
+  /**
+   * Every node the kernel writes, in order (`output` last). Several only for map kernels that
+   * compute several outputs of one element count at the same element (an optimizer's param and
+   * states): each thread computes them all, sharing common subexpressions.
+   */
+  outputs: number[];
+  /** The reduce, matmul or special node; the output itself for map kernels. */
+  anchor: number;
+  /** Every node the kernel computes or reads in place, increasing. */
+  nodes: number[];
+  /** Materialized nodes (inputs included) the kernel reads, increasing. */
+  reads: number[];
+  /** The epilogue chain after the anchor (reduce, matmul), in order, ending at `output`. */
+  epilogue: number[];
+  a?: MatmulOperand;
+  b?: MatmulOperand;
+  /**
+   * The matmul's batch is summed by the first epilogue node (a reduce over the batch axes): the
+   * kernel is one matmul with the batch folded into k (A read transposed, B plain).
+   */
+  foldBatch?: boolean;
+}
+
+export interface Fusion {
+  groups: KernelGroup[];
+  /** Nodes with a buffer: inputs the entry reads and the output of every group. */
+  materialized: Set<number>;
+  /** Every node the outputs depend on. */
+  needed: number[];
+}
+
+export interface FuseOptions {
+  /**
+   * Which operands broadcast over the batch (an expand of the batch dims) a matmul reads in
+   * place: "any" (the template takes a batch stride of 0), or "fold" (default: only B, with A
+   * neither transposed nor broadcast, so the batch folds into A's rows: [b·m, k] @ [k, n]);
+   * other broadcast operands are materialized.
+   */
+  broadcast?: "any" | "fold";
+  /** Storage buffers one kernel may bind: bigger groups are split by materializing a node. */
+  maxBindings?: number;
+}
+
+const MAP_KINDS = new Set([
+  "const",
+  "iota",
+  "random",
+  "unary",
+  "binary",
+  "where",
+  "cast",
+  "reshape",
+  "permute",
+  "expand",
+  "slice",
+  "pad",
+  "gather",
+]);
+const SPECIAL_KINDS = new Set(["scatterAdd", "svd", "topkMask", "quantize", "quantScale"]);
+const ELEMENTWISE = new Set(["unary", "binary", "where", "cast"]);
+
+export function isMap(node: Node): boolean {
+  return MAP_KINDS.has(node.op.kind);
+}
+
+function neededNodes(graph: Graph, wanted: readonly number[]): number[] {
+  const seen = new Set<number>();
+  const stack = [...wanted];
+  while (stack.length) {
+    const id = stack.pop()!;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    stack.push(...graph.node(id).inputs);
+  }
+  return [...seen].sort((a, b) => a - b);
+}
+
+/**
+ * Arithmetic a node costs when inlined, counting its inlined subgraph (capped): movement and
+ * leaves are free, transcendental and random ops dear. Under 4 means cheap to recompute.
+ */
+function costs(graph: Graph, needed: readonly number[]): Map<number, number> {
+  const cost = new Map<number, number>();
+  for (const id of needed) {
+    const n = graph.node(id);
+    let c: number;
+    switch (n.op.kind) {
+      case "const":
+      case "iota":
+        c = 0;
+        break;
+      case "input":
+        c = 0;
+        break;
+      case "reshape":
+      case "permute":
+      case "expand":
+      case "slice":
+      case "pad":
+        c = cost.get(n.inputs[0]!)!;
+        break;
+      case "unary":
+      case "binary":
+      case "where":
+      case "cast":
+        c = 1 + n.inputs.reduce((s, i) => s + cost.get(i)!, 0);
+        break;
+      case "random":
+      case "gather":
+        c = 8;
+        break;
+      default:
+        c = 0; // reduce, matmul, special: a buffer read
+    }
+    cost.set(id, Math.min(c, 100));
+  }
+  return cost;
+}
+
+/** Row-major (contiguous) strides, ignoring size-1 dims. */
+function isContiguous(shape: readonly number[], st: readonly number[]): boolean {
+  const want = strides(shape);
+  return shape.every((d, i) => d === 1 || st[i] === want[i]);
+}
+
+/**
+ * How a matmul reads operand `id` (rows×cols in its last two axes, after the op's own transpose
+ * flag) if it is a view (reshape, permute, expand) of another node's buffer; undefined if not.
+ */
+function operandView(
+  graph: Graph,
+  id: number,
+  opTrans: boolean,
+  allowBroadcast: boolean,
+  hasBuffer: (id: number) => boolean,
+): MatmulOperand | undefined {
+  // Walk down to the first node that is not a view op (or already has a buffer).
+  const chain: Node[] = [];
+  let src = graph.node(id);
+  while (["reshape", "permute", "expand"].includes(src.op.kind) && !hasBuffer(src.id)) {
+    chain.push(src);
+    src = graph.node(src.inputs[0]!);
+  }
+  // Strides of the view relative to the source's contiguous buffer, applied bottom-up.
+  let shape: number[] = [...src.shape];
+  let st = strides(shape);
+  for (const n of chain.reverse()) {
+    const op = n.op;
+    if (op.kind === "reshape") {
+      const big = (s: readonly number[]) => s.filter((d) => d !== 1);
+      const from = big(shape);
+      const to = big(n.shape);
+      if (from.length === to.length && from.every((d, i) => d === to[i])) {
+        // Only size-1 dims come or go: the other dims keep their strides.
+        const kept = st.filter((_, k) => shape[k] !== 1);
+        let j = 0;
+        st = n.shape.map((d) => (d === 1 ? 0 : kept[j++]!));
+      } else {
+        if (!isContiguous(shape, st)) return undefined;
+        st = strides(n.shape);
+      }
+      shape = [...n.shape];
+    } else if (op.kind === "permute") {
+      shape = op.perm.map((a) => shape[a]!);
+      st = op.perm.map((a) => st[a]!);
+    } else {
+      st = st.map((s, k) => (shape[k] === 1 && n.shape[k] !== 1 ? 0 : s));
+      shape = [...n.shape];
+    }
+  }
+  const r = shape.length;
+  if (r < 2) return undefined;
+  const rows = shape[r - 2]!;
+  const cols = shape[r - 1]!;
+  let trans: boolean;
+  const rowMajor = (rows === 1 || st[r - 2] === cols) && (cols === 1 || st[r - 1] === 1);
+  const colMajor = (rows === 1 || st[r - 2] === 1) && (cols === 1 || st[r - 1] === rows);
+  if (rowMajor) trans = false;
+  else if (colMajor) trans = true;
+  else return undefined;
+  const batchShape = shape.slice(0, r - 2);
+  const batchSt = st.slice(0, r - 2);
+  const broadcast = batchShape.some((d, k) => d !== 1 && batchSt[k] === 0);
+  if (broadcast) {
+    if (!allowBroadcast || batchShape.some((d, k) => d !== 1 && batchSt[k] !== 0)) return undefined;
+  } else {
+    const want = strides([...batchShape, rows, cols]).slice(0, r - 2);
+    if (batchShape.some((d, k) => d !== 1 && batchSt[k] !== want[k])) return undefined;
+  }
+  return { node: src.id, trans: trans !== opTrans, broadcast };
+}
+
+/** Storage buffers a group's kernel binds (its output, the buffers it reads). */
+function bindingCount(g: KernelGroup): number {
+  return g.reads.length + g.outputs.length;
+}
+
+/**
+ * Joins consecutive map groups of the same element count into one kernel with several outputs,
+ * when the later ones read the earlier ones' outputs only at the element being computed (through
+ * elementwise ops and reshapes): the thread that writes an element has just computed it.
+ */
+function mergeMaps(
+  graph: Graph,
+  groups: KernelGroup[],
+  materialized: ReadonlySet<number>,
+  max: number,
+): KernelGroup[] {
+  const out: KernelGroup[] = [];
+  const sameElement = (g: KernelGroup, produced: ReadonlySet<number>): boolean => {
+    let ok = true;
+    const seen = new Set<string>();
+    const walk = (x: number, identity: boolean) => {
+      if (!ok || seen.has(`${x}:${identity}`)) return;
+      seen.add(`${x}:${identity}`);
+      if (x !== g.output && materialized.has(x)) {
+        if (produced.has(x) && !identity) ok = false;
+        return;
+      }
+      const n = graph.node(x);
+      const keeps = ELEMENTWISE.has(n.op.kind) || n.op.kind === "reshape";
+      for (const i of n.inputs) walk(i, identity && keeps);
+    };
+    walk(g.output, true);
+    return ok;
+  };
+  for (const g of groups) {
+    const last = out[out.length - 1];
+    if (
+      last?.kind === "map" &&
+      g.kind === "map" &&
+      numel(graph.shape(last.output)) === numel(graph.shape(g.output))
+    ) {
+      const produced = new Set(last.outputs);
+      const reads = [...new Set([...last.reads, ...g.reads])].filter((r) => !produced.has(r));
+      if (reads.length + last.outputs.length + 1 <= max && sameElement(g, produced)) {
+        out[out.length - 1] = {
+          ...last,
+          output: g.output,
+          anchor: g.anchor,
+          outputs: [...last.outputs, g.output],
+          nodes: [...new Set([...last.nodes, ...g.nodes])].sort((p, q) => p - q),
+          reads: reads.sort((p, q) => p - q),
+        };
+        continue;
+      }
+    }
+    out.push(g);
+  }
+  return out;
+}
+
+export function fuse(graph: Graph, outputs: readonly number[], options: FuseOptions = {}): Fusion {
+  const max = options.maxBindings ?? Infinity;
+  const forced = new Set<number>();
+  for (;;) {
+    const f = fuseOnce(graph, outputs, options, forced);
+    const over = f.groups.find((g) => g.kind !== "special" && bindingCount(g) > max);
+    if (!over) return f;
+    // Materialize the inlined node below it that gathers the most buffers that still fit.
+    const below = new Map<number, Set<number>>();
+    const leaves = (x: number): Set<number> => {
+      const known = below.get(x);
+      if (known) return known;
+      const out = new Set<number>();
+      for (const i of graph.node(x).inputs) {
+        if (f.materialized.has(i)) out.add(i);
+        else for (const l of leaves(i)) out.add(l);
+      }
+      below.set(x, out);
+      return out;
+    };
+    let best: number | undefined;
+    let bestSize = 1;
+    for (const x of over.nodes) {
+      if (x === over.output || x === over.anchor || f.materialized.has(x)) continue;
+      if (!isMap(graph.node(x)) && !ELEMENTWISE.has(graph.node(x).op.kind)) continue;
+      const size = leaves(x).size;
+      if (size + 1 <= max && size > bestSize) [best, bestSize] = [x, size];
+    }
+    if (best === undefined)
+      throw new Error(
+        `fuse: the kernel for %${over.output} reads ${over.reads.length} buffers, over the device's ${max - 1}, and cannot be split`,
+      );
+    forced.add(best);
+  }
+}
+
+function fuseOnce(
+  graph: Graph,
+  outputs: readonly number[],
+  options: FuseOptions,
+  forced: ReadonlySet<number>,
+): Fusion {
+  const broadcastMode = options.broadcast ?? "fold";
+  const needed = neededNodes(graph, outputs);
+  const neededSet = new Set(needed);
+  const isOutput = new Set([...outputs, ...forced]);
+  const consumers = new Map<number, number[]>(needed.map((id) => [id, []]));
+  for (const id of needed)
+    for (const i of new Set(graph.node(id).inputs)) consumers.get(i)!.push(id);
+  const cost = costs(graph, needed);
+
+  // Epilogue chains: from a reduce or matmul, follow the single consumer while it is elementwise
+  // (or a reshape) with the same element order and the anchor's value feeds it only through the
+  // chain.
+  const chainOf = new Map<number, number[]>(); // anchor → chain
+  const inChain = new Map<number, number>(); // chain node → anchor
+  const chainEnd = (x: number) => {
+    const anchor = inChain.get(x);
+    return anchor !== undefined && chainOf.get(anchor)!.at(-1) === x;
+  };
+  // Batched Aᵀ·B summed over the batch (a weight's gradient when the weight is broadcast over
+  // the batch): one matmul with the batch folded into k, [b·k, m]ᵀ @ [b·k, n].
+  const foldK = new Map<number, [MatmulOperand, MatmulOperand]>();
+  for (const id of needed) {
+    const n = graph.node(id);
+    if (n.op.kind !== "reduce" && n.op.kind !== "matmul") continue;
+    if (inChain.has(id)) continue; // a batch sum folded into a matmul
+    const chain: number[] = [];
+    let cur = id;
+    let count = numel(n.shape);
+    if (n.op.kind === "matmul" && n.dtype === "f32" && n.shape.length >= 3 && !isOutput.has(id)) {
+      const cs = consumers.get(id)!;
+      const r = cs.length === 1 ? graph.node(cs[0]!) : undefined;
+      const batchAxes = n.shape.slice(0, -2).map((_, i) => i);
+      if (
+        r?.op.kind === "reduce" &&
+        r.op.fn === "sum" &&
+        r.op.axes.length === batchAxes.length &&
+        r.op.axes.every((a, i) => a === batchAxes[i])
+      ) {
+        const va = operandView(graph, n.inputs[0]!, n.op.transA, false, chainEnd);
+        const vb = operandView(graph, n.inputs[1]!, n.op.transB, false, chainEnd);
+        if (va?.trans && vb && !vb.trans) {
+          foldK.set(id, [va, vb]);
+          chain.push(r.id);
+          inChain.set(r.id, id);
+          cur = r.id;
+          count = numel(r.shape);
+        }
+      }
+    }
+    for (;;) {
+      if (isOutput.has(cur)) break;
+      const cs = consumers.get(cur)!;
+      if (cs.length !== 1) break;
+      const c = graph.node(cs[0]!);
+      if (!(ELEMENTWISE.has(c.op.kind) || c.op.kind === "reshape") || numel(c.shape) !== count)
+        break;
+      if (inChain.has(c.id) || c.dtype !== n.dtype) break; // another anchor's chain took it
+      chain.push(c.id);
+      inChain.set(c.id, id);
+      cur = c.id;
+    }
+    chainOf.set(id, chain);
+  }
+
+  // Decide materialization from the last node down: each node's consumers are decided first.
+  const materialized = new Set<number>();
+  const demanded = new Set<number>();
+  const groupOf = new Map<number, number>(); // materialized node or chain node → its group's key
+  const groupsReading = new Map<number, Set<number>>(); // inlined node → keys of groups that inline it
+  const operands = new Map<number, [MatmulOperand, MatmulOperand]>();
+
+  const keyOfConsumer = (c: number): Set<number> => {
+    if (groupOf.has(c)) return new Set([groupOf.get(c)!]);
+    return groupsReading.get(c) ?? new Set();
+  };
+
+  for (let k = needed.length - 1; k >= 0; k--) {
+    const id = needed[k]!;
+    const n = graph.node(id);
+    const kind = n.op.kind;
+    if (inChain.has(id)) {
+      const anchor = inChain.get(id)!;
+      const chain = chainOf.get(anchor)!;
+      groupOf.set(id, anchor);
+      if (chain[chain.length - 1] === id) materialized.add(id);
+      continue;
+    }
+    if (kind === "input") {
+      materialized.add(id);
+      continue;
+    }
+    if (kind === "reduce" || kind === "matmul" || SPECIAL_KINDS.has(kind)) {
+      groupOf.set(id, id);
+      if (chainOf.get(id)?.length === 0 || !chainOf.has(id)) materialized.add(id);
+      const folded = foldK.get(id);
+      if (folded) {
+        for (const v of folded) if (graph.node(v.node).op.kind !== "input") demanded.add(v.node);
+        operands.set(id, folded);
+      } else if (kind === "matmul") {
+        const op = n.op as { transA: boolean; transB: boolean };
+        const integer = n.dtype === "i32";
+        const view = (operand: number, trans: boolean) =>
+          integer ? undefined : operandView(graph, operand, trans, true, chainEnd);
+        let va = view(n.inputs[0]!, op.transA);
+        let vb = view(n.inputs[1]!, op.transB);
+        const pick = (operand: number, trans: boolean, v?: MatmulOperand): MatmulOperand => {
+          if (v && graph.node(v.node).op.kind !== "input") demanded.add(v.node);
+          if (v) return v;
+          demanded.add(operand);
+          return { node: operand, trans, broadcast: false };
+        };
+        if (broadcastMode === "fold" && va?.broadcast) va = undefined;
+        const pa = pick(n.inputs[0]!, op.transA, va);
+        if (broadcastMode === "fold" && vb?.broadcast && (pa.trans || pa.broadcast)) vb = undefined;
+        operands.set(id, [pa, pick(n.inputs[1]!, op.transB, vb)]);
+      } else if (SPECIAL_KINDS.has(kind)) {
+        for (const i of n.inputs) demanded.add(i);
+      }
+      continue;
+    }
+    // A map node.
+    const readers = new Set<number>();
+    for (const c of consumers.get(id)!) for (const g of keyOfConsumer(c)) readers.add(g);
+    // A movement op is index arithmetic: never worth a buffer of its own; its input decides.
+    const movement = ["reshape", "permute", "expand", "slice", "pad"].includes(kind);
+    const cheap = movement || (cost.get(id)! < 4 && kind !== "random" && kind !== "gather");
+    if (isOutput.has(id) || demanded.has(id) || (readers.size > 1 && !cheap)) {
+      materialized.add(id);
+      groupOf.set(id, id);
+    } else {
+      groupsReading.set(id, readers);
+    }
+  }
+
+  // Build the groups in the order of their output nodes (a topological order).
+  const groups: KernelGroup[] = [];
+  for (const id of needed) {
+    if (!materialized.has(id)) continue;
+    const n = graph.node(id);
+    if (n.op.kind === "input") continue;
+    const anchor = inChain.get(id) ?? id;
+    const a = graph.node(anchor);
+    const kind: GroupKind = isMap(a)
+      ? "map"
+      : a.op.kind === "reduce"
+        ? "reduce"
+        : a.op.kind === "matmul"
+          ? "matmul"
+          : "special";
+    const epilogue = kind === "reduce" || kind === "matmul" ? chainOf.get(anchor)! : [];
+    const nodes = new Set<number>([anchor, ...epilogue]);
+    const reads = new Set<number>();
+    // Everything inlined below a node, stopping at buffers.
+    const visited = new Set<number>();
+    const visit = (x: number, top: boolean) => {
+      if (!top && materialized.has(x)) {
+        reads.add(x);
+        return;
+      }
+      if (visited.has(x)) return;
+      visited.add(x);
+      nodes.add(x);
+      for (const i of graph.node(x).inputs) visit(i, false);
+    };
+    if (kind === "map") visit(anchor, true);
+    else if (kind === "reduce") visit(a.inputs[0]!, false);
+    else if (kind === "matmul") {
+      const [oa, ob] = operands.get(anchor)!;
+      for (const [operand, view] of [
+        [a.inputs[0]!, oa],
+        [a.inputs[1]!, ob],
+      ] as const) {
+        reads.add(view.node);
+        for (let x = operand; x !== view.node; x = graph.node(x).inputs[0]!) nodes.add(x);
+      }
+    } else for (const i of a.inputs) reads.add(i);
+    let prev = anchor;
+    for (const c of epilogue) {
+      for (const i of graph.node(c).inputs) if (i !== prev) visit(i, false);
+      prev = c;
+    }
+    const ops = operands.get(anchor);
+    groups.push({
+      kind,
+      output: id,
+      outputs: [id],
+      anchor,
+      nodes: [...nodes]
+        .filter((x) => !materialized.has(x) || x === id || x === anchor)
+        .sort((p, q) => p - q),
+      reads: [...reads].sort((p, q) => p - q),
+      epilogue,
+      ...(ops ? { a: ops[0], b: ops[1] } : {}),
+      ...(foldK.has(anchor) ? { foldBatch: true } : {}),
+    });
+  }
+  for (const g of groups) if (!neededSet.has(g.output)) throw new Error("fuse: stray group");
+  return {
+    groups: mergeMaps(graph, groups, materialized, options.maxBindings ?? Infinity),
+    materialized,
+    needed,
+  };
+}

@@ -1,0 +1,106 @@
+// The map kernel template: one output tensor computed elementwise from an inlined subgraph of
+// elementwise, movement, const, iota, random, gather, cast and where nodes. Parameters: the
+// workgroup size and the elements each invocation computes (strided by the whole grid, so that
+// neighbouring invocations touch neighbouring elements).
+import type { Graph } from "../ir.js";
+import { numel } from "../ir.js";
+import {
+  BindingTable,
+  Emitter,
+  grid,
+  header,
+  helperCode,
+  OPAQUE_BUILTIN,
+  opaqueZero,
+  shapeText,
+  wgslType,
+} from "../wgsl.js";
+import type { KernelSource } from "./types.js";
+
+export interface MapParams {
+  workgroupSize: number;
+  perInvocation: number;
+}
+
+export function defaultMapParams(count: number): MapParams {
+  return { workgroupSize: 64, perInvocation: count >= 1 << 20 ? 4 : 1 };
+}
+
+export interface MapKernelInput {
+  graph: Graph;
+  /** The node written (the last of `outputs`). */
+  output: number;
+  /** Every node written, at the same element (default: `output` alone). */
+  outputs?: readonly number[];
+  /** Every node the kernel computes (for the header). */
+  nodes: readonly number[];
+  isBuffer: (node: number) => boolean;
+  bufferOf: (node: number) => number;
+  title?: string;
+}
+
+export function mapKernel(k: MapKernelInput, params?: MapParams): KernelSource {
+  const out = k.graph.node(k.output);
+  const outputs = k.outputs ?? [k.output];
+  const n = numel(out.shape);
+  const p = params ?? defaultMapParams(n);
+  const table = new BindingTable(k.graph, k.bufferOf, outputs.length);
+  const written = new Set(outputs);
+  const em = new Emitter(k.graph, {
+    isBuffer: (id) => !written.has(id) && k.isBuffer(id),
+    bufferName: (id) => table.name(id),
+  });
+  const groups = Math.ceil(n / (p.workgroupSize * p.perInvocation));
+  const dispatch = grid(groups);
+  const stride = dispatch[0] * dispatch[1] * p.workgroupSize;
+  const body = em.scope(() => {
+    outputs.forEach((id, j) => {
+      const v = em.value(id, em.index(k.graph.shape(id), { flat: "gi" }));
+      em.lines.push(`out${j}[i] = ${v};`);
+    });
+  });
+  const name =
+    k.title ?? `map ${shapeText(out.dtype, out.shape)} ${outputs.map((o) => `%${o}`).join(" ")}`;
+  const loop =
+    p.perInvocation === 1
+      ? [`let i = t;`, `if (i < ${n}u) {`, `  let gi = i32(i);`, ...body.map((l) => `  ${l}`), `}`]
+      : [
+          opaqueZero(dispatch[0]),
+          `for (var e = 0u; e < ${p.perInvocation}u + lrk_zero; e++) {`,
+          `  let i = t + e * ${stride}u;`,
+          `  if (i < ${n}u) {`,
+          `    let gi = i32(i);`,
+          ...body.map((l) => `    ${l}`),
+          `  }`,
+          `}`,
+        ];
+  const wgsl = [
+    header(k.graph, name, k.nodes),
+    ...outputs.map(
+      (id, j) =>
+        `@group(0) @binding(${j}) var<storage, read_write> out${j}: array<${wgslType(k.graph.node(id).dtype)}>;  // %${id}`,
+    ),
+    table.declarations(),
+    helperCode(em.helpers),
+    `@compute @workgroup_size(${p.workgroupSize})`,
+    `fn main(@builtin(global_invocation_id) gid: vec3<u32>, ${OPAQUE_BUILTIN}) {`,
+    `  let t = gid.x + gid.y * ${dispatch[0] * p.workgroupSize}u;`,
+    ...loop.map((l) => `  ${l}`),
+    `}`,
+    "",
+  ]
+    .filter((s) => s !== "")
+    .join("\n");
+  return {
+    name,
+    wgsl: wgsl + "\n",
+    entryPoint: "main",
+    workgroupSize: [p.workgroupSize, 1, 1],
+    dispatch,
+    bindings: [
+      ...outputs.map((id) => ({ buffer: k.bufferOf(id), access: "read_write" as const })),
+      ...table.bindings(),
+    ],
+    features: [],
+  };
+}

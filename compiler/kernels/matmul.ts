@@ -1,0 +1,679 @@
+// The matmul kernel template: one parameterized WGSL generator for every shape, layout and
+// adapter. out[b, m, n] = epilogue(Σ_k A[b, m, k]·B[b, k, n]); A is stored [b, m, k] or, with
+// transA, [b, k, m]; B is stored [b, k, n] or, with transB, [b, n, k]. Transposed operands are read
+// in place (the index arithmetic swaps strides), never copied.
+//
+// Variants (MatmulParams.variant):
+//  - naive:    one output per invocation; scalar loads. The correctness baseline.
+//  - register: each invocation accumulates a rowsPerThread × colsPerThread tile in registers,
+//              loading its own A rows and B columns (vec4 loads where the layout allows).
+//  - subgroup: register tiles where the B tile a workgroup needs is loaded once per subgroup
+//              (lane q loads columns 4q..4q+3, one vec4) and handed to every lane with
+//              `subgroupBroadcast`. Every invocation of a workgroup shares the same columns, so it
+//              does not matter how the driver groups invocations into subgroups. On a subgroup
+//              narrower than colsPerThread/4 lanes (WebGPU promises only 4) the kernel computes its
+//              tile the plain way instead: correct everywhere. Fast on lavapipe, where each
+//              per-lane load is a scalar loop and FMAs are nearly free.
+//  - shared:   the classic workgroup-shared-memory tiling: (workgroupY·rowsPerThread) ×
+//              (workgroupX·colsPerThread) output tiles, tileK-deep A and B slabs staged in
+//              workgroup memory; each invocation owns a strided rows × cols sub-tile. Wins on
+//              discrete GPUs.
+// Sizes are baked into the WGSL as constants. Edges: loads clamp their row/column into the matrix
+// (no branches in the inner loop), stores check bounds. vec4 loads are used along an operand's
+// contiguous axis when that extent is a multiple of 4 (vectorWidth 4), scalar loads otherwise.
+//
+// Measured on lavapipe (which compiles at first dispatch, with compile time growing with every
+// per-lane load or store in the code): short loops are kept from being unrolled whole, results
+// are stored through one small loop rather than R·C inlined stores, and A is loaded as vec4 along
+// k only when B's layout already unrolls k by 4. That brought a cold compile from 1–6 s to
+// 0.1–0.5 s per kernel without slowing the large shapes.
+
+import type {
+  KernelBinding,
+  KernelSource,
+  MatmulFusion,
+  MatmulParams,
+  MatmulShape,
+} from "./types.js";
+
+/** Bumped whenever the template changes in a way that may change which parameters are fastest. */
+export const MATMUL_TEMPLATE_VERSION = 1;
+
+/**
+ * What the default choice needs to know about the adapter; `AdapterSummary` (runtime/gpu.ts)
+ * satisfies it.
+ */
+export interface MatmulAdapterKind {
+  fallback: boolean;
+  architecture?: string;
+}
+
+const MAX_WORKGROUPS_PER_DIMENSION = 65535;
+/** WebGPU's default limits: the template stays within them so any device can run it. */
+const MAX_INVOCATIONS = 256;
+const MAX_WORKGROUP_STORAGE = 16384;
+
+function pow2(x: number): number {
+  let p = 1;
+  while (p < x) p *= 2;
+  return p;
+}
+
+/** The shape class the autotuner keys on: m, n, k rounded up to powers of two, layout, batched. */
+export interface MatmulShapeClass {
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  batched: boolean;
+}
+
+export function matmulShapeClass(shape: MatmulShape): MatmulShapeClass {
+  return {
+    m: pow2(shape.m),
+    n: pow2(shape.n),
+    k: pow2(shape.k),
+    transA: shape.transA,
+    transB: shape.transB,
+    batched: shape.batch > 1,
+  };
+}
+
+export function matmulShapeClassKey(shape: MatmulShape): string {
+  const c = matmulShapeClass(shape);
+  const layout = `${c.transA ? "T" : "N"}${c.transB ? "T" : "N"}`;
+  return `matmul/v${MATMUL_TEMPLATE_VERSION} m${c.m} n${c.n} k${c.k} ${layout} ${c.batched ? "batched" : "single"}`;
+}
+
+export function describeMatmulParams(p: MatmulParams): string {
+  const tile = `${p.rowsPerThread}x${p.colsPerThread}`;
+  const wg = `wg ${p.workgroupX}x${p.workgroupY}`;
+  const tk = p.variant === "shared" ? ` tk${p.tileK}` : "";
+  return `${p.variant} ${tile} ${wg}${tk} v${p.vectorWidth}`;
+}
+
+function params(
+  variant: MatmulParams["variant"],
+  rowsPerThread: number,
+  colsPerThread: number,
+  workgroupX: number,
+  workgroupY: number,
+  tileK = 0,
+  vectorWidth: 1 | 4 = 4,
+): MatmulParams {
+  return { variant, rowsPerThread, colsPerThread, workgroupX, workgroupY, tileK, vectorWidth };
+}
+
+/** Throws with a clear message when `p` cannot produce a valid kernel. */
+export function validateMatmulParams(p: MatmulParams): void {
+  const bad = (why: string): never => {
+    throw new Error(`matmul params ${describeMatmulParams(p)}: ${why}`);
+  };
+  const ints = [p.rowsPerThread, p.colsPerThread, p.workgroupX, p.workgroupY];
+  if (!ints.every((x) => Number.isInteger(x) && x >= 1)) bad("sizes must be positive integers");
+  if (p.vectorWidth !== 1 && p.vectorWidth !== 4) bad("vectorWidth must be 1 or 4");
+  if (p.workgroupX * p.workgroupY > MAX_INVOCATIONS)
+    bad(`more than ${MAX_INVOCATIONS} invocations per workgroup`);
+  if (p.rowsPerThread * p.colsPerThread > 128) bad("more than 128 accumulators per invocation");
+  switch (p.variant) {
+    case "naive":
+      if (p.rowsPerThread !== 1 || p.colsPerThread !== 1) bad("naive computes one output each");
+      break;
+    case "register":
+      break;
+    case "subgroup":
+      if (p.colsPerThread % 4 !== 0) bad("subgroup needs colsPerThread a multiple of 4");
+      if (p.colsPerThread > 64) bad("subgroup shares at most 64 columns (16 lanes)");
+      if (p.workgroupX !== 1) bad("subgroup tiles put the whole workgroup along m: workgroupX = 1");
+      break;
+    case "shared": {
+      if (!Number.isInteger(p.tileK) || p.tileK < 1) bad("shared needs tileK ≥ 1");
+      const tm = p.workgroupY * p.rowsPerThread;
+      const tn = p.workgroupX * p.colsPerThread;
+      if ((tm + tn) * p.tileK * 4 > MAX_WORKGROUP_STORAGE)
+        bad(`tiles need more than ${MAX_WORKGROUP_STORAGE} bytes of workgroup memory`);
+      break;
+    }
+    default:
+      bad("unknown variant");
+  }
+}
+
+/** Columns per subgroup tile: 32 (8 lanes' vec4s) unless the matrix is narrower. */
+function subgroupCols(c: MatmulShapeClass): number {
+  return c.n >= 32 ? 32 : 16;
+}
+
+/** Register tiles without subgroups: spread invocations along n, or along m when n is small. */
+function registerParams(c: MatmulShapeClass): MatmulParams {
+  if (c.m <= 4) return params("register", 1, 4, 64, 1); // a vector (or a few) times a matrix
+  return c.n >= 64 ? params("register", 4, 4, 16, 16) : params("register", 4, 4, 4, 64);
+}
+
+/**
+ * A handful (at most 7) of sensible parameterizations for the autotuner. They depend only on
+ * the shape class (every shape of a class gets the same list) and on the device features:
+ * subgroup register tiles (the lavapipe winners: 2, 4 or 1 rows × 32 columns), register tiles,
+ * the classic shared-memory tiles (64² and, for large outputs, 128²), and for small outputs the
+ * naive kernel.
+ */
+export function matmulCandidates(
+  shape: MatmulShape,
+  features: ReadonlySet<string>,
+): MatmulParams[] {
+  const c = matmulShapeClass(shape);
+  const out: MatmulParams[] = [];
+  if (features.has("subgroups")) {
+    const cols = subgroupCols(c);
+    out.push(params("subgroup", 2, cols, 1, 64));
+    out.push(params("subgroup", 4, cols, 1, 32));
+    out.push(params("subgroup", 1, cols, 1, 64));
+  }
+  out.push(registerParams(c));
+  out.push(params("shared", 4, 4, 16, 16, 16));
+  if (c.m >= 128 && c.n >= 128) out.push(params("shared", 8, 8, 16, 16, 8));
+  if (c.m * c.n <= 4096) out.push(params("naive", 1, 1, 16, 16));
+  return out;
+}
+
+/**
+ * The choice without autotuning (`--no-autotune`): on a CPU/software adapter (lavapipe), where
+ * barriers are coroutine switches and per-lane loads are what costs, subgroup register tiles if
+ * the device has subgroups, else plain register tiles; on GPUs the classic shared-memory tiles.
+ * Always one of `matmulCandidates`.
+ */
+export function defaultMatmulParams(
+  shape: MatmulShape,
+  features: ReadonlySet<string>,
+  adapter?: MatmulAdapterKind,
+): MatmulParams {
+  const c = matmulShapeClass(shape);
+  const software = adapter
+    ? adapter.fallback || adapter.architecture === "software" || adapter.architecture === "cpu"
+    : false;
+  if (software && features.has("subgroups")) return params("subgroup", 2, subgroupCols(c), 1, 64);
+  if (software) return registerParams(c);
+  return params("shared", 4, 4, 16, 16, 16);
+}
+
+// ------------------------------------------------------------------------------------------ WGSL
+
+const u = (x: number): string => `${x}u`;
+const LANE = ["x", "y", "z", "w"];
+/**
+ * Always 0 (the output binding is never empty), but the shader compiler cannot know it: as a loop
+ * start it keeps short constant-trip loops from being unrolled whole, which on lavapipe multiplies
+ * compile time (every per-lane load or store becomes a loop over the SIMD lanes) for no gain.
+ * (`arrayLength >> 31` would not do: the compiler knows arrayLength of an f32 array < 2^30.)
+ */
+const OPAQUE_ZERO = "u32(arrayLength(&mm_out) == 0u)";
+
+/**
+ * `var name = values[i]` for a loop index i, as a chain of selects: indexing a private array
+ * with a variable makes lavapipe lower it to a ladder of branches, several times the compile time.
+ */
+function pick(name: string, values: string[], ind: string): string[] {
+  return [
+    `${ind}var ${name} = ${values[0]};`,
+    ...values.slice(1).map((v, i) => `${ind}${name} = select(${name}, ${v}, i == ${u(i + 1)});`),
+  ];
+}
+
+interface Ctx {
+  shape: MatmulShape;
+  p: MatmulParams;
+  M: number;
+  N: number;
+  K: number;
+}
+
+/** Scalar element index of A(row, l) / B(l, col) within the batch at aOff / bOff. */
+function aIndex(c: Ctx, row: string, l: string): string {
+  return c.shape.transA ? `aOff + (${l}) * ${u(c.M)} + ${row}` : `aOff + ${row} * ${u(c.K)} + ${l}`;
+}
+function bIndex(c: Ctx, l: string, col: string): string {
+  return c.shape.transB ? `bOff + ${col} * ${u(c.K)} + ${l}` : `bOff + (${l}) * ${u(c.N)} + ${col}`;
+}
+
+type AMode = "k4" | "m4" | "scalar";
+type BMode = "n4" | "k4" | "scalar";
+
+/**
+ * The matmul kernel for one exact shape. Bindings of group 0: 0 = A, 1 = B (both read), 2 = out
+ * (read_write), then the epilogue's own bindings (3, 4, ...), whose WGSL declarations come in
+ * `fusion.epilogue.declarations`. The epilogue expression sees `acc: f32`, `row`, `col`,
+ * `batch: u32`; the template's own identifiers all start with `mm_` (or are locals of `main`).
+ */
+export function matmulKernel(
+  shape: MatmulShape,
+  p: MatmulParams,
+  bindings: { a: number; b: number; out: number },
+  fusion?: MatmulFusion,
+): KernelSource {
+  const { batch, m, n, k } = shape;
+  for (const [name, v] of Object.entries({ batch, m, n, k }))
+    if (!Number.isInteger(v) || v < 1) throw new Error(`matmul ${name} must be ≥ 1, got ${v}`);
+  validateMatmulParams(p);
+
+  const v4 = p.vectorWidth === 4;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  // Which vec4 loads the layout allows: along the operand's contiguous axis, when that extent is a
+  // multiple of 4 (so a group of 4 is wholly inside or wholly outside the matrix).
+  let aMode: AMode = "scalar";
+  let bMode: BMode = "scalar";
+  if (v4 && (p.variant === "register" || p.variant === "subgroup")) {
+    // A subgroup lane loads 4 columns; a register invocation loads its C columns.
+    const laneCols = p.variant === "subgroup" ? 4 : C;
+    if (!shape.transB && n % 4 === 0 && laneCols % 4 === 0) bMode = "n4";
+    else if (shape.transB && k % 4 === 0) bMode = "k4";
+    // A along k only when B's vec4s along k unroll k by 4 anyway: on lavapipe (1024³, NN)
+    // scalar A loads stepping k by 1 measured ~25% faster than vec4 A loads stepping by 4.
+    if (!shape.transA && k % 4 === 0 && bMode === "k4") aMode = "k4";
+    else if (shape.transA && m % 4 === 0 && R % 4 === 0) aMode = "m4";
+  }
+  let sharedAVec = false;
+  let sharedBVec = false;
+  if (v4 && p.variant === "shared") {
+    const tm = p.workgroupY * R;
+    const tn = p.workgroupX * C;
+    sharedAVec = shape.transA ? m % 4 === 0 && tm % 4 === 0 : k % 4 === 0 && p.tileK % 4 === 0;
+    sharedBVec = shape.transB ? k % 4 === 0 && p.tileK % 4 === 0 : n % 4 === 0 && tn % 4 === 0;
+  }
+  const aVec = aMode !== "scalar" || sharedAVec;
+  const bVec = bMode !== "scalar" || sharedBVec;
+  const c: Ctx = { shape, p, M: m, N: n, K: k };
+
+  const epilogue = fusion?.epilogue;
+  const head: string[] = [];
+  if (p.variant === "subgroup") {
+    head.push("enable subgroups;");
+    // Every subgroup operation sits in control flow that is uniform in practice (the branch on
+    // subgroup_size), which the uniformity analysis cannot prove.
+    head.push("diagnostic(off, subgroup_uniformity);");
+  }
+  const arr = (vec: boolean) => (vec ? "array<vec4<f32>>" : "array<f32>");
+  const layout = `${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}`;
+  head.push(
+    `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
+      `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}, ` +
+      `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}`,
+    `@group(0) @binding(0) var<storage, read> mm_a: ${arr(aVec)};`,
+    `@group(0) @binding(1) var<storage, read> mm_b: ${arr(bVec)};`,
+    `@group(0) @binding(2) var<storage, read_write> mm_out: array<f32>;`,
+  );
+  if (epilogue?.declarations) head.push(epilogue.declarations);
+  head.push(
+    `fn mm_a_at(i: u32) -> f32 { return ${aVec ? "mm_a[i >> 2u][i & 3u]" : "mm_a[i]"}; }`,
+    `fn mm_b_at(i: u32) -> f32 { return ${bVec ? "mm_b[i >> 2u][i & 3u]" : "mm_b[i]"}; }`,
+    `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32) -> f32 {`,
+    `  return ${epilogue?.expression ?? "acc"};`,
+    `}`,
+    `fn mm_store(batch: u32, row: u32, col: u32, acc: f32) {`,
+    `  if (row < ${u(m)} && col < ${u(n)}) {`,
+    `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch);`,
+    `  }`,
+    `}`,
+    `/** One output the plain way: the naive variant, and the subgroup variant's fallback. */`,
+    `fn mm_dot(batch: u32, row: u32, col: u32) -> f32 {`,
+    `  let aOff = batch * ${u(m * k)};`,
+    `  let bOff = batch * ${u(k * n)};`,
+    `  var acc = 0.0;`,
+    `  for (var l = ${OPAQUE_ZERO}; l < ${u(k)}; l++) {`,
+    `    acc += mm_a_at(${aIndex(c, "row", "l")}) * mm_b_at(${bIndex(c, "l", "col")});`,
+    `  }`,
+    `  return acc;`,
+    `}`,
+  );
+
+  let body: string[];
+  let dispatch: [number, number, number];
+  const wgx = p.workgroupX;
+  const wgy = p.workgroupY;
+  switch (p.variant) {
+    case "naive":
+      body = naiveBody(c);
+      dispatch = [Math.ceil(n / wgx), Math.ceil(m / wgy), batch];
+      break;
+    case "register":
+    case "subgroup":
+      body = tiledBody(c, aMode, bMode);
+      dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
+      break;
+    case "shared":
+      body = sharedBody(c, sharedAVec, sharedBVec);
+      dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
+      break;
+  }
+  if (dispatch.some((d) => d > MAX_WORKGROUPS_PER_DIMENSION))
+    throw new Error(
+      `matmul ${batch}x${m}x${n}x${k}: ${dispatch.join("x")} workgroups exceed ` +
+        `${MAX_WORKGROUPS_PER_DIMENSION} per dimension with ${describeMatmulParams(p)}`,
+    );
+
+  const extra: KernelBinding[] = epilogue?.bindings ?? [];
+  return {
+    name: `matmul ${batch > 1 ? `${batch}x` : ""}${m}x${n}x${k} ${layout} (${describeMatmulParams(p)})`,
+    wgsl: [...head, "", ...body, ""].join("\n"),
+    entryPoint: "main",
+    workgroupSize: [wgx, wgy, 1],
+    dispatch,
+    bindings: [
+      { buffer: bindings.a, access: "read" },
+      { buffer: bindings.b, access: "read" },
+      { buffer: bindings.out, access: "read_write" },
+      ...extra,
+    ],
+    features: p.variant === "subgroup" ? ["subgroups"] : [],
+  };
+}
+
+function naiveBody(c: Ctx): string[] {
+  const { p } = c;
+  return [
+    `@compute @workgroup_size(${p.workgroupX}, ${p.workgroupY}, 1)`,
+    `fn main(@builtin(global_invocation_id) gid: vec3<u32>) {`,
+    `  if (gid.y < ${u(c.M)} && gid.x < ${u(c.N)}) {`,
+    `    mm_store(gid.z, gid.y, gid.x, mm_dot(gid.z, gid.y, gid.x));`,
+    `  }`,
+    `}`,
+  ];
+}
+
+/**
+ * register and subgroup variants: each invocation accumulates rows row0..row0+R-1 × columns
+ * col0..col0+C-1 (accumulators acc{r}_{g}: vec4 per group of 4 columns when C % 4 == 0).
+ * Loads clamp their row/column into the matrix (branch-free); only stores check bounds.
+ */
+function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): string[] {
+  const { M, N, K, p } = c;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  const sg = p.variant === "subgroup";
+  const cw = C % 4 === 0 ? 4 : 1; // accumulator width along columns
+  const G = C / cw; // accumulator groups per row
+  const vt = cw === 4 ? "vec4<f32>" : "f32";
+  // Unroll k by 4 where a vec4 along k is loaded (B stored transposed); elsewhere it only
+  // lengthens compiles (and measured slower on lavapipe).
+  const KU = aMode === "k4" || bMode === "k4" ? 4 : 1;
+  const kMain = K - (K % KU); // always K today (k4 needs K % 4 == 0); kept general
+  const L: string[] = [];
+  const builtins = [
+    "@builtin(workgroup_id) wg: vec3<u32>",
+    "@builtin(local_invocation_id) lid: vec3<u32>",
+  ];
+  if (sg) builtins.push("@builtin(subgroup_invocation_id) lane: u32");
+  if (sg) builtins.push("@builtin(subgroup_size) sg_size: u32");
+  L.push(`@compute @workgroup_size(${p.workgroupX}, ${p.workgroupY}, 1)`);
+  L.push(`fn main(${builtins.join(", ")}) {`);
+  L.push(`  let batch = wg.z;`);
+  L.push(`  let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`);
+  L.push(`  let col0 = (wg.x * ${u(p.workgroupX)} + lid.x) * ${u(C)};`);
+  L.push(`  let opaque = ${OPAQUE_ZERO};`);
+  if (sg && G > 4) {
+    // WebGPU promises subgroups of at least 4 lanes; a tile of more than 4 lanes' vec4s needs a
+    // wider subgroup (lavapipe: 8 lanes with AVX2, 4 with SSE only). On a narrower one compute
+    // the tile the plain way: correct everywhere, fast where it matters, and little code.
+    L.push(`  if (sg_size < ${u(G)}) {`);
+    L.push(`    for (var i = opaque; i < ${u(R * C)}; i++) {`);
+    L.push(`      let row = row0 + i / ${u(C)};`);
+    L.push(`      let col = col0 + i % ${u(C)};`);
+    L.push(`      if (row < ${u(M)} && col < ${u(N)}) {`);
+    L.push(`        mm_store(batch, row, col, mm_dot(batch, row, col));`);
+    L.push(`      }`);
+    L.push(`    }`);
+    L.push(`    return;`);
+    L.push(`  }`);
+  }
+  L.push(`  let aOff = batch * ${u(M * K)};`);
+  L.push(`  let bOff = batch * ${u(K * N)};`);
+  // Clamped rows and columns: loads never leave the operand, stores are bounds-checked.
+  for (let r = 0; r < R; r++) L.push(`  let rr${r} = min(row0 + ${u(r)}, ${u(M - 1)});`);
+  for (let j = 0; j < C; j++) L.push(`  let cc${j} = min(col0 + ${u(j)}, ${u(N - 1)});`);
+  for (let r = 0; r < R; r++)
+    for (let g = 0; g < G; g++) L.push(`  var acc${r}_${g}: ${vt} = ${vt}();`);
+
+  // A(row r, k0 + kk): emits the loads, returns the expression.
+  const loadA = (out: string[], ind: string): ((r: number, kk: number) => string) => {
+    if (aMode === "k4") {
+      for (let r = 0; r < R; r++)
+        out.push(`${ind}let va${r} = mm_a[(aOff + rr${r} * ${u(K)} + k0) >> 2u];`);
+      return (r, kk) => `va${r}.${LANE[kk]}`;
+    }
+    if (aMode === "m4") {
+      for (let kk = 0; kk < KU; kk++)
+        for (let g = 0; g < R / 4; g++)
+          out.push(
+            `${ind}let va${g}_${kk} = mm_a[(aOff + (k0 + ${u(kk)}) * ${u(M)} + ` +
+              `min(row0 + ${u(4 * g)}, ${u(M - 4)})) >> 2u];`,
+          );
+      return (r, kk) => `va${Math.floor(r / 4)}_${kk}.${LANE[r % 4]}`;
+    }
+    for (let r = 0; r < R; r++)
+      for (let kk = 0; kk < KU; kk++)
+        out.push(`${ind}let a${r}_${kk} = mm_a_at(${aIndex(c, `rr${r}`, `k0 + ${u(kk)}`)});`);
+    return (r, kk) => `a${r}_${kk}`;
+  };
+
+  // B for the 4 columns from `base` (a multiple of 4 past col0), one vec4 per kk.
+  const loadB4 = (out: string[], ind: string, base: string, tag: string): string[] => {
+    const names = [...Array(KU).keys()].map((kk) => `b${tag}_${kk}`);
+    if (bMode === "n4") {
+      names.forEach((name, kk) =>
+        out.push(
+          `${ind}let ${name} = mm_b[(bOff + (k0 + ${u(kk)}) * ${u(N)} + ` +
+            `min(${base}, ${u(N - 4)})) >> 2u];`,
+        ),
+      );
+      return names;
+    }
+    const cols = [0, 1, 2, 3].map((i) => `min(${base} + ${u(i)}, ${u(N - 1)})`);
+    if (bMode === "k4") {
+      cols.forEach((col, i) =>
+        out.push(`${ind}let vb${tag}_${i} = mm_b[(bOff + ${col} * ${u(K)} + k0) >> 2u];`),
+      );
+      names.forEach((name, kk) =>
+        out.push(
+          `${ind}let ${name} = vec4<f32>(` +
+            `${[0, 1, 2, 3].map((i) => `vb${tag}_${i}.${LANE[kk]}`).join(", ")});`,
+        ),
+      );
+      return names;
+    }
+    names.forEach((name, kk) =>
+      out.push(
+        `${ind}let ${name} = vec4<f32>(` +
+          `${cols.map((col) => `mm_b_at(${bIndex(c, `k0 + ${u(kk)}`, col)})`).join(", ")});`,
+      ),
+    );
+    return names;
+  };
+
+  // B(k0 + kk, column group g): emits the loads, returns the expression.
+  const loadB = (out: string[], ind: string): ((kk: number, g: number) => string) => {
+    if (sg) {
+      // Lane q loads columns 4q..4q+3 once for the whole subgroup; every lane takes each group
+      // from the lane that loaded it. Lanes past G load a duplicate (cheap, keeps them in step).
+      const vals = loadB4(out, ind, `col0 + 4u * (lane % ${u(G)})`, "l");
+      for (let kk = 0; kk < KU; kk++)
+        for (let g = 0; g < G; g++)
+          out.push(`${ind}let b${kk}_${g} = subgroupBroadcast(${vals[kk]}, ${u(g)});`);
+      return (kk, g) => `b${kk}_${g}`;
+    }
+    if (cw === 4) {
+      const groups = [...Array(G).keys()].map((g) =>
+        loadB4(out, ind, `col0 + ${u(4 * g)}`, `${g}`),
+      );
+      return (kk, g) => groups[g]![kk]!;
+    }
+    // Scalar columns (C not a multiple of 4).
+    if (bMode === "k4") {
+      for (let j = 0; j < C; j++)
+        out.push(`${ind}let vb${j} = mm_b[(bOff + cc${j} * ${u(K)} + k0) >> 2u];`);
+      return (kk, g) => `vb${g}.${LANE[kk]}`;
+    }
+    for (let kk = 0; kk < KU; kk++)
+      for (let j = 0; j < C; j++)
+        out.push(`${ind}let b${kk}_${j} = mm_b_at(${bIndex(c, `k0 + ${u(kk)}`, `cc${j}`)});`);
+    return (kk, g) => `b${kk}_${g}`;
+  };
+
+  if (kMain > 0) {
+    L.push(`  for (var k0 = opaque; k0 < ${u(kMain)}; k0 += ${u(KU)}) {`);
+    const a = loadA(L, "    ");
+    const b = loadB(L, "    ");
+    for (let kk = 0; kk < KU; kk++)
+      for (let r = 0; r < R; r++)
+        for (let g = 0; g < G; g++) L.push(`    acc${r}_${g} += ${b(kk, g)} * ${a(r, kk)};`);
+    L.push(`  }`);
+  }
+  if (kMain < K) {
+    // The k tail (K not a multiple of the unroll): scalar loads, each invocation its own.
+    L.push(`  for (var l = ${u(kMain)} + opaque; l < ${u(K)}; l++) {`);
+    for (let r = 0; r < R; r++) L.push(`    let ta${r} = mm_a_at(${aIndex(c, `rr${r}`, "l")});`);
+    for (let j = 0; j < C; j++) L.push(`    let tb${j} = mm_b_at(${bIndex(c, "l", `cc${j}`)});`);
+    for (let r = 0; r < R; r++)
+      for (let g = 0; g < G; g++) {
+        const bv =
+          cw === 4
+            ? `vec4<f32>(${[0, 1, 2, 3].map((i) => `tb${4 * g + i}`).join(", ")})`
+            : `tb${g}`;
+        L.push(`    acc${r}_${g} += ${bv} * ta${r};`);
+      }
+    L.push(`  }`);
+  }
+
+  // Stores through a small loop: one bounds check and epilogue in the code, not R·C copies.
+  const accs: string[] = [];
+  for (let r = 0; r < R; r++) for (let g = 0; g < G; g++) accs.push(`acc${r}_${g}`);
+  L.push(`  for (var i = opaque; i < ${u(R * G)}; i++) {`);
+  L.push(`    let row = row0 + i / ${u(G)};`);
+  L.push(`    let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
+  L.push(...pick("v", accs, "    "));
+  if (cw === 4) {
+    for (let j = 0; j < 4; j++) L.push(`    mm_store(batch, row, col + ${u(j)}, v.${LANE[j]});`);
+  } else {
+    L.push(`    mm_store(batch, row, col, v);`);
+  }
+  L.push(`  }`);
+  L.push(`}`);
+  return L;
+}
+
+/**
+ * The shared-memory variant: a (workgroupY·R) × (workgroupX·C) output tile per workgroup; per
+ * tileK-deep slab of k the workgroup stages A and B in workgroup memory (k-major, zero outside the
+ * matrices), then each invocation accumulates rows lid.y + r·workgroupY and columns
+ * lid.x + j·workgroupX (strided, so neighbouring invocations read neighbouring words).
+ */
+function sharedBody(c: Ctx, aVec: boolean, bVec: boolean): string[] {
+  const { M, N, K, p } = c;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  const WX = p.workgroupX;
+  const WY = p.workgroupY;
+  const TK = p.tileK;
+  const TM = WY * R;
+  const TN = WX * C;
+  const NT = WX * WY;
+  const tiles = Math.ceil(K / TK);
+  // Unroll the kk loop a little (compile time on lavapipe grows with every load in the code).
+  const U = [4, 2, 1].find((f) => TK % f === 0 && f * (R + C) <= 32) ?? 1;
+  const L: string[] = [];
+  L.push(`var<workgroup> mm_tile_a: array<f32, ${TK * TM}>; // [kk][row]`);
+  L.push(`var<workgroup> mm_tile_b: array<f32, ${TK * TN}>; // [kk][col]`);
+  L.push(`@compute @workgroup_size(${WX}, ${WY}, 1)`);
+  L.push(
+    `fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, ` +
+      `@builtin(local_invocation_index) lidx: u32) {`,
+  );
+  L.push(`  let batch = wg.z;`);
+  L.push(`  let tileRow = wg.y * ${u(TM)};`);
+  L.push(`  let tileCol = wg.x * ${u(TN)};`);
+  L.push(`  let aOff = batch * ${u(M * K)};`);
+  L.push(`  let bOff = batch * ${u(K * N)};`);
+  L.push(`  let opaque = ${OPAQUE_ZERO};`);
+  for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) L.push(`  var acc${r}_${j} = 0.0;`);
+  L.push(`  for (var t = opaque; t < ${u(tiles)}; t++) {`);
+  L.push(`    let k0 = t * ${u(TK)};`);
+
+  // Cooperative loads; consecutive invocations read consecutive addresses along whichever axis
+  // the operand is contiguous.
+  const coop = (name: "a" | "b", vec: boolean, alongK: boolean, T: number, limit: number) => {
+    const vw = vec ? 4 : 1;
+    const count = (T * TK) / vw;
+    const tile = `mm_tile_${name}`;
+    const src = `mm_${name}`;
+    const at = `mm_${name}_at`;
+    const base = name === "a" ? "tileRow" : "tileCol";
+    const off = name === "a" ? "aOff" : "bOff";
+    L.push(`    for (var i = lidx; i < ${u(count)}; i += ${u(NT)}) {`);
+    if (alongK) {
+      // element (x, kk) at off + x·K + k, x along m (A) or n (B)
+      L.push(`      let x = i / ${u(TK / vw)};`);
+      L.push(`      let kk = (i % ${u(TK / vw)}) * ${u(vw)};`);
+      L.push(`      let ok = ${base} + x < ${u(limit)} && k0 + kk < ${u(K)};`);
+      L.push(`      let xc = min(${base} + x, ${u(limit - 1)});`);
+      if (vec) {
+        L.push(
+          `      let v = select(vec4<f32>(), ` +
+            `${src}[(${off} + xc * ${u(K)} + min(k0 + kk, ${u(K - 4)})) >> 2u], ok);`,
+        );
+        for (let j = 0; j < 4; j++)
+          L.push(`      ${tile}[(kk + ${u(j)}) * ${u(T)} + x] = v.${LANE[j]};`);
+      } else {
+        L.push(`      let kc = min(k0 + kk, ${u(K - 1)});`);
+        L.push(
+          `      ${tile}[kk * ${u(T)} + x] = select(0.0, ${at}(${off} + xc * ${u(K)} + kc), ok);`,
+        );
+      }
+    } else {
+      // element (x, kk) at off + k·limit + x
+      L.push(`      let x = (i % ${u(T / vw)}) * ${u(vw)};`);
+      L.push(`      let kk = i / ${u(T / vw)};`);
+      L.push(`      let ok = ${base} + x < ${u(limit)} && k0 + kk < ${u(K)};`);
+      L.push(`      let kc = min(k0 + kk, ${u(K - 1)});`);
+      if (vec) {
+        L.push(`      let xc = min(${base} + x, ${u(limit - 4)});`);
+        L.push(
+          `      let v = select(vec4<f32>(), ${src}[(${off} + kc * ${u(limit)} + xc) >> 2u], ok);`,
+        );
+        for (let j = 0; j < 4; j++)
+          L.push(`      ${tile}[kk * ${u(T)} + x + ${u(j)}] = v.${LANE[j]};`);
+      } else {
+        L.push(`      let xc = min(${base} + x, ${u(limit - 1)});`);
+        L.push(
+          `      ${tile}[kk * ${u(T)} + x] = select(0.0, ${at}(${off} + kc * ${u(limit)} + xc), ok);`,
+        );
+      }
+    }
+    L.push(`    }`);
+  };
+  coop("a", aVec, !c.shape.transA, TM, M);
+  coop("b", bVec, c.shape.transB, TN, N);
+  L.push(`    workgroupBarrier();`);
+  L.push(`    for (var kk = opaque; kk < ${u(TK)}; kk += ${u(U)}) {`);
+  for (let s = 0; s < U; s++) {
+    const kk = s === 0 ? "kk" : `(kk + ${u(s)})`;
+    for (let r = 0; r < R; r++)
+      L.push(`      let a${r}_${s} = mm_tile_a[${kk} * ${u(TM)} + lid.y + ${u(r * WY)}];`);
+    for (let j = 0; j < C; j++)
+      L.push(`      let b${j}_${s} = mm_tile_b[${kk} * ${u(TN)} + lid.x + ${u(j * WX)}];`);
+    for (let r = 0; r < R; r++)
+      for (let j = 0; j < C; j++) L.push(`      acc${r}_${j} += a${r}_${s} * b${j}_${s};`);
+  }
+  L.push(`    }`);
+  L.push(`    workgroupBarrier();`);
+  L.push(`  }`);
+  const accs: string[] = [];
+  for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) accs.push(`acc${r}_${j}`);
+  L.push(`  for (var i = opaque; i < ${u(R * C)}; i++) {`);
+  L.push(`    let row = tileRow + lid.y + (i / ${u(C)}) * ${u(WY)};`);
+  L.push(`    let col = tileCol + lid.x + (i % ${u(C)}) * ${u(WX)};`);
+  L.push(...pick("v", accs, "    "));
+  L.push(`    mm_store(batch, row, col, v);`);
+  L.push(`  }`);
+  L.push(`}`);
+  return L;
+}

@@ -1,0 +1,133 @@
+// Buffer assignment over the kernel order. Inputs and entry outputs get buffers of their own
+// (they live across runs); activations and scratch live from the step that writes them first to
+// the last step that reads them, and reuse freed buffers (first fit; else the largest free buffer
+// grows; else a new one). Every tensor is checked against the device's buffer limits.
+
+export type BufferRole =
+  "param" | "state" | "data" | "scalar" | "activation" | "scratch" | "output";
+
+export interface TensorNeed {
+  key: string;
+  bytes: number;
+  role: BufferRole;
+  /** A human name for messages and the plan (`%12`, `param:l1.weight`, `svd %40 scratch q`). */
+  name: string;
+}
+
+export interface MemoryStep {
+  /** Tensors this step reads. */
+  reads: readonly string[];
+  /** Tensors this step writes (its outputs and its scratch). */
+  writes: readonly string[];
+}
+
+export interface PlannedBuffer {
+  id: number;
+  bytes: number;
+  role: BufferRole;
+  names: string[];
+}
+
+export interface MemoryPlan {
+  buffers: PlannedBuffer[];
+  /** Tensor key → buffer id. */
+  assignment: Map<string, number>;
+  /** Bytes of all buffers together: they all exist while the plan runs. */
+  peakBytes: number;
+}
+
+export interface BufferLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+}
+
+/** A tensor larger than a buffer may be; the caller turns it into a diagnostic. */
+export class BufferLimitError extends Error {
+  constructor(
+    readonly tensor: string,
+    readonly bytes: number,
+    readonly limit: number,
+    readonly limitName: string,
+  ) {
+    const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+    super(
+      `${tensor} needs a buffer of ${bytes} bytes (${mib(bytes)}), over the device's ${limitName} of ${limit} bytes (${mib(limit)})`,
+    );
+  }
+}
+
+/** Buffers are whole 4-byte words, and never empty. */
+export function bufferBytes(bytes: number): number {
+  return Math.max(4, Math.ceil(bytes / 4) * 4);
+}
+
+export function planMemory(
+  tensors: readonly TensorNeed[],
+  steps: readonly MemoryStep[],
+  limits: BufferLimits,
+): MemoryPlan {
+  const byKey = new Map(tensors.map((t) => [t.key, t]));
+  for (const t of tensors) {
+    if (t.bytes > limits.maxStorageBufferBindingSize)
+      throw new BufferLimitError(
+        t.name,
+        t.bytes,
+        limits.maxStorageBufferBindingSize,
+        "maxStorageBufferBindingSize",
+      );
+    if (t.bytes > limits.maxBufferSize)
+      throw new BufferLimitError(t.name, t.bytes, limits.maxBufferSize, "maxBufferSize");
+  }
+  const buffers: PlannedBuffer[] = [];
+  const assignment = new Map<string, number>();
+  const make = (t: TensorNeed, role: BufferRole): number => {
+    const id = buffers.length;
+    buffers.push({ id, bytes: bufferBytes(t.bytes), role, names: [t.name] });
+    assignment.set(t.key, id);
+    return id;
+  };
+  // Dedicated buffers first: inputs in the order given, then outputs.
+  const pooled = (t: TensorNeed) => t.role === "activation" || t.role === "scratch";
+  for (const t of tensors) if (!pooled(t)) make(t, t.role);
+
+  // Liveness of pooled tensors: last step touching each.
+  const last = new Map<string, number>();
+  steps.forEach((s, i) => {
+    for (const k of [...s.reads, ...s.writes]) if (byKey.has(k)) last.set(k, i);
+  });
+  const free: number[] = []; // buffer ids, in creation order
+  steps.forEach((s, i) => {
+    for (const k of s.writes) {
+      const t = byKey.get(k);
+      if (!t || !pooled(t) || assignment.has(k)) continue;
+      const need = bufferBytes(t.bytes);
+      let pick = free.findIndex((b) => buffers[b]!.bytes >= need);
+      if (pick < 0 && free.length > 0) {
+        // Grow the largest free buffer rather than add one.
+        pick = free.reduce(
+          (best, b, j) => (buffers[b]!.bytes > buffers[free[best]!]!.bytes ? j : best),
+          0,
+        );
+        buffers[free[pick]!]!.bytes = need;
+      }
+      if (pick >= 0) {
+        const id = free.splice(pick, 1)[0]!;
+        assignment.set(k, id);
+        buffers[id]!.names.push(t.name);
+        if (t.role === "activation" && buffers[id]!.role === "scratch")
+          buffers[id]!.role = "activation";
+      } else make(t, t.role);
+    }
+    // Free what this step used for the last time (after its outputs were placed).
+    for (const k of new Set([...s.reads, ...s.writes])) {
+      const t = byKey.get(k);
+      if (t && pooled(t) && last.get(k) === i && assignment.has(k)) {
+        free.push(assignment.get(k)!);
+        free.sort((a, b) => a - b);
+      }
+    }
+  });
+  for (const t of tensors)
+    if (!assignment.has(t.key)) throw new Error(`memory plan: ${t.name} is never written`);
+  return { buffers, assignment, peakBytes: buffers.reduce((s, b) => s + b.bytes, 0) };
+}

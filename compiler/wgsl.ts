@@ -1,0 +1,756 @@
+// WGSL code generation shared by every kernel template: an emitter that writes the value of an IR
+// node at an index as a sequence of `let` statements, reading materialized nodes from bindings
+// and turning movement ops (reshape, permute, expand, slice, pad) and gather into index
+// arithmetic; the helper functions the expressions call (erf, the counter-based random numbers,
+// pow); literals; and the header comment every kernel opens with.
+//
+// Indices are i32. An Index knows its flat (row-major) offset, its coordinates, or both, and
+// derives the other lazily, so a chain of same-shape elementwise ops reads `x[i]` directly and a
+// reshape costs nothing while the flat offset is known.
+import { numel, printGraph, strides, type DType, type Graph, type Node, type Shape } from "./ir.js";
+
+// ---------------------------------------------------------------------------- literals
+
+/** An f32 literal with the fewest digits that round to the same f32. */
+export function f32Lit(v: number): string {
+  if (Number.isNaN(v)) return "lrk_nan()";
+  if (v === Infinity) return "lrk_inf()";
+  if (v === -Infinity) return "(-lrk_inf())";
+  const f = Math.fround(v);
+  if (!Number.isFinite(f)) return f > 0 ? "lrk_inf()" : "(-lrk_inf())";
+  let s = "";
+  for (let p = 1; p <= 9; p++) {
+    s = Math.abs(f).toPrecision(p);
+    if (Math.fround(Number(s)) === Math.abs(f)) break;
+  }
+  if (!/[.e]/.test(s)) s += ".0";
+  s = s.replace("e+", "e") + "f";
+  return f < 0 || Object.is(f, -0) ? `(-${s})` : s;
+}
+
+export function i32Lit(v: number): string {
+  v = v | 0;
+  if (v === -2147483648) return "i32(-2147483647 - 1)";
+  return v < 0 ? `(${v}i)` : `${v}i`;
+}
+
+export function lit(v: number, dtype: DType): string {
+  return dtype === "i32" ? i32Lit(v) : f32Lit(v);
+}
+
+const isInt = (s: string) => /^-?\d+$/.test(s);
+const intOf = (s: string) => Number(s);
+
+/** a + b on i32 index expressions, folding literals. */
+export function iadd(a: string, b: string): string {
+  if (isInt(a) && isInt(b)) return String(intOf(a) + intOf(b));
+  if (a === "0") return b;
+  if (b === "0") return a;
+  if (isInt(b) && intOf(b) < 0) return `(${a} - ${-intOf(b)})`;
+  return `(${a} + ${b})`;
+}
+
+/** a · k on an i32 index expression and a number. */
+export function imul(a: string, k: number): string {
+  if (k === 0 || a === "0") return "0";
+  if (k === 1) return a;
+  if (isInt(a)) return String(intOf(a) * k);
+  return `(${a} * ${k < 0 ? `(${k})` : k})`;
+}
+
+export function wgslType(dtype: DType): string {
+  return dtype === "i32" ? "i32" : "f32";
+}
+
+// ---------------------------------------------------------------------------- helpers
+
+/** WGSL helper functions, by name, with the helpers each one calls. */
+const HELPERS: Record<string, { deps: string[]; code: string }> = {
+  lrk_inf: {
+    deps: [],
+    code: `fn lrk_inf() -> f32 {
+  var bits = 0x7f800000u;
+  return bitcast<f32>(bits);
+}`,
+  },
+  lrk_nan: {
+    deps: [],
+    code: `fn lrk_nan() -> f32 {
+  var bits = 0x7fc00000u;
+  return bitcast<f32>(bits);
+}`,
+  },
+  lrk_hash: {
+    deps: [],
+    code: `// compiler/random.ts: hash32(seed, counter), bit-exact.
+fn lrk_lowbias32(v: u32) -> u32 {
+  var x = v;
+  x ^= x >> 16u;
+  x *= 0x7feb352du;
+  x ^= x >> 15u;
+  x *= 0x846ca68bu;
+  x ^= x >> 16u;
+  return x;
+}
+fn lrk_hash(seed: u32, counter: u32) -> u32 {
+  return lrk_lowbias32(lrk_lowbias32(counter ^ (seed * 0x9e3779b9u)) ^ seed ^ 0x5bd1e995u);
+}`,
+  },
+  lrk_uniform: {
+    deps: ["lrk_hash"],
+    code: `fn lrk_uniform(seed: u32, i: u32) -> f32 {
+  return f32(lrk_hash(seed, i) >> 8u) * 0x1p-24f;
+}`,
+  },
+  lrk_normal: {
+    deps: ["lrk_uniform"],
+    code: `// cos(2πt) for t in [0, 1): quadrant reduction, then Taylor series on [-π/4, π/4].
+fn lrk_cos2pi(t: f32) -> f32 {
+  let q = round(4.0 * t);
+  let x = 6.2831855 * (t - 0.25 * q);
+  let x2 = x * x;
+  let c = 1.0 + x2 * (-0.5 + x2 * (1.0 / 24.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 40320.0))));
+  let s = x * (1.0 + x2 * (-1.0 / 6.0 + x2 * (1.0 / 120.0 + x2 * (-1.0 / 5040.0 + x2 * (1.0 / 362880.0)))));
+  let k = u32(q) & 3u;
+  return select(select(select(s, -c, k == 2u), -s, k == 1u), c, k == 0u);
+}
+// compiler/random.ts: normalAt(seed, i), Box–Muller; -ln(1 - u) by its series for small u.
+fn lrk_normal(seed: u32, i: u32) -> f32 {
+  let u1 = lrk_uniform(seed, 2u * i);
+  let u2 = lrk_uniform(seed, 2u * i + 1u);
+  var l = -log(1.0 - u1);
+  if (u1 < 0.0625) {
+    l = u1 * (1.0 + u1 * (0.5 + u1 * (1.0 / 3.0 + u1 * (0.25 + u1 * (0.2 + u1 * (1.0 / 6.0 + u1 / 7.0))))));
+  }
+  return sqrt(2.0 * l) * lrk_cos2pi(u2);
+}`,
+  },
+  lrk_erfc: {
+    deps: [],
+    code: `// erfc with relative error < 1.2e-7 (Numerical Recipes' erfcc, Chebyshev fit).
+fn lrk_erfc(x: f32) -> f32 {
+  let z = abs(x);
+  let t = 1.0 / (1.0 + 0.5 * z);
+  let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
+    t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+  let r = t * exp(-z * z + p);
+  return select(2.0 - r, r, x >= 0.0);
+}`,
+  },
+  lrk_erf: {
+    deps: ["lrk_erfc"],
+    code: `fn lrk_erf(x: f32) -> f32 {
+  if (abs(x) < 0.5) {
+    let x2 = x * x;
+    return x * (1.1283791671 + x2 * (-0.3761263890 + x2 * (0.1128379167 + x2 * (-0.0268661707 +
+      x2 * (0.0052239776 + x2 * (-0.0008548327 + x2 * 0.0001205533))))));
+  }
+  return 1.0 - lrk_erfc(x);
+}`,
+  },
+  lrk_gelu: {
+    deps: ["lrk_erfc"],
+    code: `fn lrk_gelu(x: f32) -> f32 {
+  return 0.5 * x * lrk_erfc(-x * 0.70710678118654752);
+}`,
+  },
+  lrk_sigmoid: {
+    deps: [],
+    code: `fn lrk_sigmoid(x: f32) -> f32 {
+  let e = exp(-abs(x));
+  return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
+}`,
+  },
+  lrk_expm1: {
+    deps: [],
+    code: `// e^x - 1 without cancellation near 0 (Kahan's trick on exp and log).
+fn lrk_expm1(x: f32) -> f32 {
+  let u = exp(x);
+  if (u == 1.0) {
+    return x;
+  }
+  let um1 = u - 1.0;
+  if (um1 == -1.0) {
+    return -1.0;
+  }
+  if (abs(x) > 1.0) {
+    return um1;
+  }
+  return um1 * x / log(u);
+}`,
+  },
+  lrk_tanh: {
+    deps: ["lrk_expm1"],
+    code: `// tanh from expm1: accurate near 0, where tanh(x) = (e^2x - 1)/(e^2x + 1) is not.
+fn lrk_tanh(x: f32) -> f32 {
+  let e = lrk_expm1(2.0 * min(abs(x), 10.0));
+  return sign(x) * (e / (e + 2.0));
+}`,
+  },
+  lrk_pow: {
+    deps: ["lrk_nan"],
+    code: `// 32×32 → 64-bit product, as (high word, low word).
+fn lrk_mul64(a: u32, b: u32) -> vec2<u32> {
+  let a0 = a & 0xffffu;
+  let a1 = a >> 16u;
+  let b0 = b & 0xffffu;
+  let b1 = b >> 16u;
+  let p01 = a0 * b1;
+  let p10 = a1 * b0;
+  let p00 = a0 * b0;
+  let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+  return vec2<u32>(a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u), (mid << 16u) | (p00 & 0xffffu));
+}
+// Product of two numbers m·2^(e−63) with 64-bit mantissas m = (hi, lo), hi ≥ 2^31: the top 64
+// bits of the 128-bit product (truncated: relative error < 2^-62).
+fn lrk_xmul(x: vec3<u32>, y: vec3<u32>) -> vec3<u32> {
+  let hh = lrk_mul64(x.x, y.x);
+  let hl = lrk_mul64(x.x, y.y);
+  let lh = lrk_mul64(x.y, y.x);
+  let ll = lrk_mul64(x.y, y.y);
+  var w1 = ll.x + hl.y;
+  var c2 = select(0u, 1u, w1 < ll.x);
+  let w1b = w1 + lh.y;
+  c2 += select(0u, 1u, w1b < w1);
+  w1 = w1b;
+  var w2 = hh.y + hl.x;
+  var c3 = select(0u, 1u, w2 < hh.y);
+  var w2b = w2 + lh.x;
+  c3 += select(0u, 1u, w2b < w2);
+  w2 = w2b + c2;
+  c3 += select(0u, 1u, w2 < w2b);
+  let w3 = hh.x + c3;
+  let e = bitcast<i32>(x.z) + bitcast<i32>(y.z);
+  if ((w3 & 0x80000000u) != 0u) {
+    return vec3<u32>(w3, w2, bitcast<u32>(e + 1));
+  }
+  return vec3<u32>((w3 << 1u) | (w2 >> 31u), (w2 << 1u) | (w1 >> 31u), bitcast<u32>(e));
+}
+// Math.pow. An integer exponent (|b| ≤ 2^24) is done by squaring with 64-bit mantissas in
+// integer arithmetic, then rounded once to f32: the same f32 as the interpreter's f64 pow gives
+// (so Adam's 1 − β^t matches it), where exp2(b·log2 a) is off by an ulp or more. A negative base
+// needs an integer exponent.
+fn lrk_pow(a: f32, b: f32) -> f32 {
+  if (b == 0.0) {
+    return 1.0;
+  }
+  let integer = floor(b) == b;
+  if (a < 0.0 && !integer) {
+    return lrk_nan();
+  }
+  var r = pow(abs(a), b);
+  let bits = bitcast<u32>(abs(a));
+  let biased = (bits >> 23u) & 0xffu;
+  if (integer && abs(b) <= 16777216.0 && biased != 0u && biased != 0xffu) {
+    var acc = vec3<u32>(0x80000000u, 0u, 0u);
+    var base = vec3<u32>(((bits & 0x7fffffu) | 0x800000u) << 8u, 0u, bitcast<u32>(i32(biased) - 127));
+    var k = u32(abs(b));
+    loop {
+      if ((k & 1u) == 1u) {
+        acc = lrk_xmul(acc, base);
+      }
+      k = k >> 1u;
+      if (k == 0u) {
+        break;
+      }
+      base = lrk_xmul(base, base);
+    }
+    // round the 64-bit mantissa to 24 bits, to nearest, ties to even
+    var m = acc.x >> 8u;
+    let rest = acc.x & 0xffu;
+    if (rest > 0x80u || (rest == 0x80u && (acc.y != 0u || (m & 1u) == 1u))) {
+      m += 1u;
+    }
+    r = ldexp(f32(m), bitcast<i32>(acc.z) - 23);
+    if (b < 0.0) {
+      r = 1.0 / r;
+    }
+  }
+  if (a < 0.0 && abs(b - 2.0 * floor(0.5 * b)) == 1.0) {
+    return -r;
+  }
+  return r;
+}`,
+  },
+  lrk_imod: {
+    deps: [],
+    code: `fn lrk_imod(a: i32, b: i32) -> i32 {
+  if (b == 0i) {
+    return 0i;
+  }
+  let r = a % b;
+  return select(r, r + b, r != 0i && ((r < 0i) != (b < 0i)));
+}`,
+  },
+};
+
+/** The helpers' code, dependencies first. */
+export function helperCode(names: Iterable<string>): string {
+  const out: string[] = [];
+  const done = new Set<string>();
+  const add = (n: string) => {
+    if (done.has(n)) return;
+    done.add(n);
+    for (const d of HELPERS[n]!.deps) add(d);
+    out.push(HELPERS[n]!.code);
+  };
+  for (const n of [...names].sort()) add(n);
+  return out.join("\n\n");
+}
+
+// ---------------------------------------------------------------------------- indices
+
+export class Index {
+  private flatExpr?: string;
+  private coordExprs?: string[];
+
+  constructor(
+    private readonly em: Emitter,
+    readonly shape: Shape,
+    at: { flat?: string; coords?: string[] },
+  ) {
+    this.flatExpr = at.flat;
+    this.coordExprs = at.coords;
+    if (shape.length === 0) this.flatExpr = "0";
+  }
+
+  flat(): string {
+    if (this.flatExpr === undefined) {
+      const st = strides(this.shape);
+      let e = "0";
+      this.coordExprs!.forEach((c, k) => {
+        if (this.shape[k] !== 1) e = iadd(e, imul(c, st[k]!));
+      });
+      this.flatExpr = isInt(e) || /^[\w]+$/.test(e) ? e : this.em.let(e, "f");
+    }
+    return this.flatExpr;
+  }
+
+  coords(): string[] {
+    if (this.coordExprs === undefined) {
+      const f = this.flat();
+      const st = strides(this.shape);
+      this.coordExprs = this.shape.map((d, k) => {
+        if (d === 1) return "0";
+        if (isInt(f)) return String(Math.floor(intOf(f) / st[k]!) % d);
+        let e = st[k] === 1 ? f : `(${f} / ${st[k]})`;
+        if (k > 0) e = `(${e} % ${d})`;
+        return e === f ? f : this.em.let(e, "c");
+      });
+    }
+    return this.coordExprs;
+  }
+
+  /** For common-subexpression keys. */
+  key(): string {
+    return this.flatExpr !== undefined ? `f:${this.flatExpr}` : `c:${this.coordExprs!.join(",")}`;
+  }
+}
+
+// ---------------------------------------------------------------------------- the emitter
+
+export interface EmitterOptions {
+  /** Whether a node is read from a buffer (materialized, and not computed by this kernel). */
+  isBuffer: (node: number) => boolean;
+  /** The WGSL array a buffer node is read from (the kernel declares the binding). */
+  bufferName: (node: number) => string;
+  /** Nodes whose value is a WGSL expression already (a matmul's accumulator). */
+  leaves?: Map<number, string>;
+}
+
+export class Emitter {
+  lines: string[] = [];
+  readonly helpers = new Set<string>();
+  private cse = new Map<string, string>();
+  private counter = 0;
+
+  constructor(
+    readonly graph: Graph,
+    readonly options: EmitterOptions,
+  ) {}
+
+  fresh(prefix: string): string {
+    return `${prefix}${this.counter++}`;
+  }
+
+  /** `let <fresh> = expr;`, returning the name. */
+  let(expr: string, prefix = "v"): string {
+    const name = this.fresh(prefix);
+    this.lines.push(`let ${name} = ${expr};`);
+    return name;
+  }
+
+  index(shape: Shape, at: { flat?: string; coords?: string[] }): Index {
+    return new Index(this, shape, at);
+  }
+
+  /** Runs `body` in a nested scope (a loop body): its statements and CSE entries stay inside. */
+  scope(body: () => void): string[] {
+    const saved = { lines: this.lines, cse: this.cse };
+    this.lines = [];
+    this.cse = new Map(this.cse);
+    try {
+      body();
+      return this.lines;
+    } finally {
+      this.lines = saved.lines;
+      this.cse = saved.cse;
+    }
+  }
+
+  private helper(name: string): string {
+    this.helpers.add(name);
+    return name;
+  }
+
+  /** The value of `node` at `idx` (an index into the node's shape), as a WGSL expression. */
+  value(id: number, idx: Index): string {
+    const leaf = this.options.leaves?.get(id);
+    if (leaf !== undefined) return leaf;
+    const key = `${id}@${idx.key()}`;
+    const known = this.cse.get(key);
+    if (known) return known;
+    const node = this.graph.node(id);
+    const expr = this.options.isBuffer(id)
+      ? `${this.options.bufferName(id)}[${idx.flat()}]`
+      : this.compute(node, idx);
+    const name = node.op.kind === "const" ? expr : this.let(expr);
+    this.cse.set(key, name);
+    return name;
+  }
+
+  private compute(node: Node, idx: Index): string {
+    const op = node.op;
+    const g = this.graph;
+    const int = node.dtype === "i32";
+    const zero = int ? "0i" : "0.0";
+    const at = (i: number) => this.value(node.inputs[i]!, idx);
+    switch (op.kind) {
+      case "input":
+        throw new Error(`wgsl: input %${node.id} has no buffer`);
+      case "const":
+        return lit(op.value, node.dtype);
+      case "iota": {
+        const c = idx.coords()[op.axis]!;
+        return int ? c : `f32(${c})`;
+      }
+      case "random": {
+        let seed = `${op.seed >>> 0}u`;
+        if (node.inputs.length === 1) {
+          const s = g.node(node.inputs[0]!);
+          const v = this.value(s.id, this.index(s.shape, { flat: "0" }));
+          const bits = s.dtype === "i32" ? `bitcast<u32>(${v})` : `bitcast<u32>(i32(${v}))`;
+          seed = `lrk_hash(${seed}, ${bits})`;
+          this.helper("lrk_hash");
+        }
+        const fn = this.helper(op.dist === "uniform" ? "lrk_uniform" : "lrk_normal");
+        return `${fn}(${seed}, u32(${idx.flat()}))`;
+      }
+      case "unary":
+        return int ? this.intUnary(op.fn, at(0)) : this.floatUnary(op.fn, at(0));
+      case "binary":
+        return this.binary(op.fn, at(0), at(1), int);
+      case "where": {
+        const cond = g.node(node.inputs[0]!);
+        const c = this.value(cond.id, idx);
+        return `select(${at(2)}, ${at(1)}, ${c} != ${cond.dtype === "i32" ? "0i" : "0.0"})`;
+      }
+      case "cast": {
+        const x = at(0);
+        return int ? `i32(${x})` : `f32(${x})`;
+      }
+      case "reshape": {
+        const x = g.node(node.inputs[0]!);
+        return this.value(x.id, this.index(x.shape, { flat: idx.flat() }));
+      }
+      case "permute": {
+        const x = g.node(node.inputs[0]!);
+        const c = idx.coords();
+        const inC = new Array<string>(x.shape.length);
+        op.perm.forEach((a, i) => (inC[a] = c[i]!));
+        return this.value(x.id, this.index(x.shape, { coords: inC }));
+      }
+      case "expand": {
+        const x = g.node(node.inputs[0]!);
+        const c = idx.coords();
+        return this.value(
+          x.id,
+          this.index(x.shape, { coords: x.shape.map((d, k) => (d === 1 ? "0" : c[k]!)) }),
+        );
+      }
+      case "slice": {
+        const x = g.node(node.inputs[0]!);
+        const c = idx.coords();
+        const inC = c.map((ck, k) => iadd(String(op.starts[k]!), imul(ck, op.steps[k]!)));
+        return this.value(x.id, this.index(x.shape, { coords: inC }));
+      }
+      case "pad": {
+        const x = g.node(node.inputs[0]!);
+        const c = idx.coords();
+        const conds: string[] = [];
+        const inC = c.map((ck, k) => {
+          const before = op.before[k]!;
+          const after = node.shape[k]! - x.shape[k]! - before;
+          const raw = iadd(ck, String(-before));
+          if (before === 0 && after === 0) return raw;
+          const r = this.let(raw, "p");
+          conds.push(`${r} >= 0 && ${r} < ${x.shape[k]}`);
+          return `clamp(${r}, 0, ${Math.max(0, x.shape[k]! - 1)})`;
+        });
+        const v = this.value(x.id, this.index(x.shape, { coords: inC }));
+        return conds.length ? `select(${zero}, ${v}, ${conds.join(" && ")})` : v;
+      }
+      case "gather": {
+        const table = g.node(node.inputs[0]!);
+        const ids = g.node(node.inputs[1]!);
+        const c = idx.coords();
+        const s = ids.shape.length;
+        const id = this.value(ids.id, this.index(ids.shape, { coords: c.slice(0, s) }));
+        const row = this.let(`clamp(${id}, 0, ${Math.max(0, table.shape[0]! - 1)})`, "r");
+        return this.value(table.id, this.index(table.shape, { coords: [row, ...c.slice(s)] }));
+      }
+      default:
+        throw new Error(`wgsl: %${node.id} (${op.kind}) is not an expression`);
+    }
+  }
+
+  private floatUnary(fn: string, x: string): string {
+    switch (fn) {
+      case "neg":
+        return `-${x}`;
+      case "exp":
+      case "log":
+      case "sqrt":
+      case "abs":
+      case "sign":
+      case "floor":
+        return `${fn}(${x})`;
+      case "rsqrt":
+        return `1.0 / sqrt(${x})`;
+      case "tanh":
+        return `${this.helper("lrk_tanh")}(${x})`;
+      case "sigmoid":
+        return `${this.helper("lrk_sigmoid")}(${x})`;
+      case "silu":
+        return `${x} * ${this.helper("lrk_sigmoid")}(${x})`;
+      case "relu":
+        return `select(0.0, ${x}, ${x} > 0.0)`;
+      case "gelu":
+        return `${this.helper("lrk_gelu")}(${x})`;
+      case "erf":
+        return `${this.helper("lrk_erf")}(${x})`;
+      case "recip":
+        return `1.0 / ${x}`;
+      case "square":
+        return `${x} * ${x}`;
+      case "not":
+        return `select(0.0, 1.0, ${x} == 0.0)`;
+    }
+    throw new Error(`wgsl: unary ${fn}`);
+  }
+
+  private intUnary(fn: string, x: string): string {
+    switch (fn) {
+      case "neg":
+        return `-${x}`;
+      case "abs":
+      case "sign":
+        return `${fn}(${x})`;
+      case "floor":
+        return x;
+      case "relu":
+        return `max(${x}, 0i)`;
+      case "square":
+        return `${x} * ${x}`;
+      case "not":
+        return `select(0i, 1i, ${x} == 0i)`;
+    }
+    return `i32(${this.floatUnary(fn, `f32(${x})`)})`;
+  }
+
+  private binary(fn: string, a: string, b: string, int: boolean): string {
+    const one = int ? "1i" : "1.0";
+    const zero = int ? "0i" : "0.0";
+    const cmp = (o: string) => `select(${zero}, ${one}, ${a} ${o} ${b})`;
+    switch (fn) {
+      case "add":
+        return `${a} + ${b}`;
+      case "sub":
+        return `${a} - ${b}`;
+      case "mul":
+        return `${a} * ${b}`;
+      case "div":
+        return int ? `select(${a} / ${b}, 0i, ${b} == 0i)` : `${a} / ${b}`;
+      case "pow":
+        return int
+          ? `i32(${this.helper("lrk_pow")}(f32(${a}), f32(${b})))`
+          : `${this.helper("lrk_pow")}(${a}, ${b})`;
+      case "max":
+        return `select(${b}, ${a}, ${a} >= ${b})`;
+      case "min":
+        return `select(${b}, ${a}, ${a} <= ${b})`;
+      case "lt":
+        return cmp("<");
+      case "le":
+        return cmp("<=");
+      case "gt":
+        return cmp(">");
+      case "ge":
+        return cmp(">=");
+      case "eq":
+        return cmp("==");
+      case "ne":
+        return cmp("!=");
+      case "and":
+        return `select(${zero}, ${one}, ${a} != ${zero} && ${b} != ${zero})`;
+      case "or":
+        return `select(${zero}, ${one}, ${a} != ${zero} || ${b} != ${zero})`;
+      case "mod":
+        return int ? `${this.helper("lrk_imod")}(${a}, ${b})` : `${a} - ${b} * floor(${a} / ${b})`;
+    }
+    throw new Error(`wgsl: binary ${fn}`);
+  }
+}
+
+// ---------------------------------------------------------------------------- bindings
+
+/** Declares bindings in order as the emitter asks for buffers. */
+export class BindingTable {
+  readonly entries: { node: number; name: string; buffer: number; dtype: DType }[] = [];
+  private byBuffer = new Map<number, string>();
+
+  constructor(
+    private readonly graph: Graph,
+    private readonly bufferOf: (node: number) => number,
+    /** Bindings already taken by the template (output first, …). */
+    private readonly first: number,
+    private readonly prefix = "in",
+  ) {}
+
+  name(node: number): string {
+    const buffer = this.bufferOf(node);
+    const dtype = this.graph.node(node).dtype;
+    const key = buffer * 2 + (dtype === "i32" ? 1 : 0);
+    const known = this.byBuffer.get(key);
+    if (known) return known;
+    const name = `${this.prefix}${this.entries.length}`;
+    this.byBuffer.set(key, name);
+    this.entries.push({ node, name, buffer, dtype });
+    return name;
+  }
+
+  declarations(): string {
+    return this.entries
+      .map(
+        (e, i) =>
+          `@group(0) @binding(${this.first + i}) var<storage, read> ${e.name}: array<${wgslType(e.dtype)}>;  // %${e.node}${this.graph.node(e.node).name ? ` ${this.graph.node(e.node).name}` : ""}`,
+      )
+      .join("\n");
+  }
+
+  bindings(): { buffer: number; access: "read" }[] {
+    return this.entries.map((e) => ({ buffer: e.buffer, access: "read" as const }));
+  }
+}
+
+// ---------------------------------------------------------------------------- comments
+
+/** The `.lrk` lines the nodes came from (`file:line`), in order of first appearance. */
+export function sourceLines(graph: Graph, nodes: readonly number[]): string[] {
+  const out = new Set<string>();
+  for (const id of nodes) {
+    const s = graph.node(id).source;
+    if (s) out.add(`${s.file}:${s.line}`);
+  }
+  return [...out];
+}
+
+/** The comment a kernel opens with: its title, the IR nodes it computes, their source lines. */
+export function header(graph: Graph, title: string, nodes: readonly number[]): string {
+  const lines = [`// ${title}`, "// computes:"];
+  const printed = printGraph(graph, new Set(nodes)).split("\n");
+  for (const l of printed) lines.push(`//   ${l}`);
+  const src = sourceLines(graph, nodes);
+  if (src.length) lines.push(`// from: ${src.join(", ")}`);
+  return lines.join("\n");
+}
+
+/** Workgroups for `groups` invocation groups, split over x and y when x would exceed 65535. */
+export function grid(groups: number): [number, number, number] {
+  if (groups <= 65535) return [Math.max(1, groups), 1, 1];
+  const y = Math.ceil(groups / 65535);
+  return [Math.ceil(groups / y), y, 1];
+}
+
+export function shapeText(dtype: DType, shape: Shape): string {
+  return `${dtype}[${shape.join(", ")}]`;
+}
+
+export { numel };
+
+// ---------------------------------------------------------------------------- matmul epilogues
+
+/**
+ * The epilogue of a matmul kernel as a WGSL function of the accumulator and the output element:
+ * the chain of fused nodes after the matmul, reading its other operands through extra bindings
+ * numbered from `firstBinding`.
+ */
+export function matmulEpilogue(
+  graph: Graph,
+  anchor: number,
+  chain: readonly number[],
+  isBuffer: (node: number) => boolean,
+  bufferOf: (node: number) => number,
+  firstBinding: number,
+  /** The chain's first node sums the batch that the kernel folded into k: its value is acc too. */
+  foldBatch = false,
+): {
+  expression: string;
+  declarations: string;
+  bindings: { buffer: number; access: "read" | "read_write" }[];
+} {
+  const mm = graph.node(anchor);
+  const r = mm.shape.length;
+  const [m, n] = [mm.shape[r - 2]!, mm.shape[r - 1]!];
+  const inChain = new Set(chain);
+  const table = new BindingTable(graph, bufferOf, firstBinding, "ep");
+  const em = new Emitter(graph, {
+    isBuffer: (id) => id !== anchor && !inChain.has(id) && isBuffer(id),
+    bufferName: (id) => table.name(id),
+    leaves: new Map([[anchor, "acc"], ...(foldBatch ? [[chain[0]!, "acc"] as const] : [])]),
+  });
+  const last = graph.node(chain[chain.length - 1]!);
+  const body = em.scope(() => {
+    em.lines.push(`let f = i32((batch * ${m}u + row) * ${n}u + col);`);
+    em.lines.push(`return ${em.value(last.id, em.index(last.shape, { flat: "f" }))};`);
+  });
+  const declarations = [
+    table.declarations(),
+    helperCode(em.helpers),
+    `// epilogue: ${chain.map((c) => `%${c}`).join(", ")}`,
+    `fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {`,
+    ...body.map((l) => `  ${l}`),
+    `}`,
+  ]
+    .filter((s) => s !== "")
+    .join("\n");
+  return {
+    expression: "lrk_epilogue(acc, batch, row, col)",
+    declarations,
+    bindings: table.bindings(),
+  };
+}
+
+// ---------------------------------------------------------------------------- opaque loop bounds
+
+/**
+ * lavapipe's LLVM unrolls every loop whose trip count it knows, which costs seconds of shader
+ * compilation per kernel (measured: 1 s for a 24-step loop, 40 ms with an unknown count). Loop
+ * bounds therefore add `lrk_zero`: 0 at run time (the dispatch's own workgroup count minus
+ * itself), unknown to the compiler. The entry point takes `OPAQUE_BUILTIN` as a parameter.
+ */
+export const OPAQUE_BUILTIN = "@builtin(num_workgroups) lrk_nwg: vec3<u32>";
+
+export function opaqueZero(dispatchX: number): string {
+  return `let lrk_zero = lrk_nwg.x - ${dispatchX}u; // 0, unknown to the shader compiler`;
+}

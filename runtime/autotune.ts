@@ -1,0 +1,343 @@
+// Autotuning kernel parameters per (kernel family, shape class, adapter), cached on disk.
+//
+// On first use of a (kernel family, shape class, adapter) the template's candidates are timed on
+// the real device at the requested shape (see timeMatmulKernel: a warm-up dispatch, since lavapipe
+// compiles a shader at its first dispatch; a probe; a few runs timed by timestamp queries, or by
+// wall time with GpuWaiter without them; never a busy-polling await during a timed run). The
+// fastest is kept in memory and in a JSON file keyed by adapter (vendor, architecture,
+// description) and shape class (m, n, k rounded up to powers of two, transA/transB, batched or
+// not), written atomically (temporary file + rename) so concurrent processes never see half a
+// file. A second process reads the choice instead of timing again.
+
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import {
+  defaultMatmulParams,
+  describeMatmulParams,
+  matmulCandidates,
+  matmulKernel,
+  matmulShapeClassKey,
+} from "../compiler/kernels/matmul.js";
+import type { KernelSource, MatmulParams, MatmulShape } from "../compiler/kernels/types.js";
+import { GpuWaiter, type AdapterSummary } from "./gpu.js";
+
+export interface AutotuneOptions {
+  /** Where choices are cached; default `$XDG_CACHE_HOME/lrk/autotune.json` (~/.cache/lrk/...). */
+  cacheFile?: string;
+  /** false: return the default parameters, time nothing, read and write no cache. */
+  enabled?: boolean;
+  /** Timed runs per candidate after the warm-up (default 3). */
+  runs?: number;
+  /**
+   * Replaces timing a candidate on the device (tests): returns milliseconds. The default
+   * measures on the device.
+   */
+  measure?: (kernel: KernelSource, params: MatmulParams, shape: MatmulShape) => Promise<number>;
+  /** Progress lines (one per candidate timed). */
+  log?: (line: string) => void;
+}
+
+export interface AutotuneEntry {
+  params: MatmulParams;
+  /** Median milliseconds of the chosen candidate when it was tuned. */
+  ms: number;
+  /** The shape it was tuned at (a member of the class). */
+  shape: MatmulShape;
+  /** Every candidate's time, for the curious. */
+  timings: { params: string; ms: number }[];
+  tunedAt: string;
+}
+
+interface CacheFile {
+  version: 1;
+  adapters: Record<string, Record<string, AutotuneEntry>>;
+}
+
+export function defaultAutotuneCacheFile(): string {
+  const base = process.env["XDG_CACHE_HOME"] || join(homedir(), ".cache");
+  return join(base, "lrk", "autotune.json");
+}
+
+export function adapterKey(adapter: AdapterSummary): string {
+  return `${adapter.vendor}|${adapter.architecture}|${adapter.description}`;
+}
+
+function readCache(file: string): CacheFile {
+  try {
+    const parsed = JSON.parse(readFileSync(file, "utf8")) as Partial<CacheFile>;
+    if (parsed.version === 1 && parsed.adapters && typeof parsed.adapters === "object")
+      return parsed as CacheFile;
+  } catch {
+    // missing or unreadable: start afresh
+  }
+  return { version: 1, adapters: {} };
+}
+
+/** Merges one entry into the file on disk: re-read, update, write a temporary file, rename. */
+function writeCacheEntry(file: string, adapter: string, key: string, entry: AutotuneEntry): void {
+  const cache = readCache(file);
+  (cache.adapters[adapter] ??= {})[key] = entry;
+  mkdirSync(dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  writeFileSync(tmp, JSON.stringify(cache, null, 2) + "\n");
+  renameSync(tmp, file);
+}
+
+const sameParams = (a: MatmulParams, b: MatmulParams): boolean =>
+  describeMatmulParams(a) === describeMatmulParams(b) && a.tileK === b.tileK;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = s.length >> 1;
+  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
+}
+
+/** A compute pipeline for `kernel` (auto layout). */
+export function kernelPipeline(device: GPUDevice, kernel: KernelSource): GPUComputePipeline {
+  const module = device.createShaderModule({ code: kernel.wgsl, label: kernel.name });
+  return device.createComputePipeline({
+    layout: "auto",
+    compute: { module, entryPoint: kernel.entryPoint },
+    label: kernel.name,
+  });
+}
+
+/** Binds `buffers[i]` to binding i of group 0. */
+export function kernelBindGroup(
+  device: GPUDevice,
+  pipeline: GPUComputePipeline,
+  buffers: readonly GPUBuffer[],
+): GPUBindGroup {
+  return device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+  });
+}
+
+/** Submits one dispatch of `kernel` (optionally `workgroups` instead of the kernel's own). */
+export function dispatchKernel(
+  device: GPUDevice,
+  pipeline: GPUComputePipeline,
+  bindGroup: GPUBindGroup,
+  workgroups: readonly [number, number, number],
+  timestampWrites?: GPUComputePassTimestampWrites,
+): void {
+  const encoder = device.createCommandEncoder();
+  const pass = encoder.beginComputePass(timestampWrites ? { timestampWrites } : {});
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroup);
+  pass.dispatchWorkgroups(...workgroups);
+  pass.end();
+  device.queue.submit([encoder.finish()]);
+}
+
+export interface KernelTiming {
+  /** Median milliseconds of the timed runs (or the probe's, when it was cut short). */
+  ms: number;
+  /** The warm-up: creating the pipeline and a one-workgroup dispatch (lavapipe compiles here). */
+  compileMs: number;
+  /** Timed runs behind `ms` (0: only the probe ran). */
+  runs: number;
+  timer: "timestamp" | "wall";
+}
+
+/**
+ * Times `kernel` on `buffers`: a one-workgroup warm-up dispatch (lavapipe compiles the shader at
+ * its first dispatch), one probe run awaited at once (its wall time sizes the sleeps; when it is
+ * already above `pruneAbove` ms the kernel is not worth more runs), then `runs` timed runs, each its
+ * own submit. With timestamp queries each run is timed on the device and we sleep past its expected
+ * end before awaiting, so Dawn's busy-polling (a whole core) does not slow the run being timed;
+ * without them, wall time with GpuWaiter (sleep for most of the expected time, then await).
+ */
+export async function timeMatmulKernel(
+  device: GPUDevice,
+  kernel: KernelSource,
+  buffers: readonly GPUBuffer[],
+  runs: number,
+  pruneAbove = Infinity,
+): Promise<KernelTiming> {
+  let started = performance.now();
+  device.pushErrorScope("validation");
+  const pipeline = kernelPipeline(device, kernel);
+  const bindGroup = kernelBindGroup(device, pipeline, buffers);
+  const error = await device.popErrorScope();
+  if (error) throw new Error(`${kernel.name}: ${error.message}`);
+  dispatchKernel(device, pipeline, bindGroup, [1, 1, 1]);
+  await device.queue.onSubmittedWorkDone();
+  const compileMs = performance.now() - started;
+
+  const waiter = new GpuWaiter();
+  started = performance.now();
+  dispatchKernel(device, pipeline, bindGroup, kernel.dispatch);
+  await waiter.wait(device); // first wait: no estimate yet, so no sleep; teaches the waiter
+  const probe = performance.now() - started;
+  if (probe > pruneAbove || runs < 1) return { ms: probe, compileMs, runs: 0, timer: "wall" };
+
+  if (!device.features.has("timestamp-query")) {
+    const wall: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      started = performance.now();
+      dispatchKernel(device, pipeline, bindGroup, kernel.dispatch);
+      await waiter.wait(device);
+      wall.push(performance.now() - started);
+    }
+    return { ms: median(wall), compileMs, runs, timer: "wall" };
+  }
+
+  const querySet = device.createQuerySet({ type: "timestamp", count: 2 * runs });
+  const resolve = device.createBuffer({
+    size: 16 * runs,
+    usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+  });
+  const read = device.createBuffer({
+    size: 16 * runs,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  try {
+    const wall: number[] = [];
+    let expected = probe;
+    for (let i = 0; i < runs; i++) {
+      started = performance.now();
+      dispatchKernel(device, pipeline, bindGroup, kernel.dispatch, {
+        querySet,
+        beginningOfPassWriteIndex: 2 * i,
+        endOfPassWriteIndex: 2 * i + 1,
+      });
+      await sleep(expected * 1.1 + 1);
+      await device.queue.onSubmittedWorkDone();
+      wall.push(performance.now() - started);
+      expected = Math.min(expected, wall[i]!);
+    }
+    const encoder = device.createCommandEncoder();
+    encoder.resolveQuerySet(querySet, 0, 2 * runs, resolve, 0);
+    encoder.copyBufferToBuffer(resolve, 0, read, 0, 16 * runs);
+    device.queue.submit([encoder.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(read.getMappedRange().slice(0));
+    read.unmap();
+    const ms: number[] = [];
+    for (let i = 0; i < runs; i++) ms.push(Number(t[2 * i + 1]! - t[2 * i]!) / 1e6);
+    // Some drivers quantize or zero timestamps; trust them only when they look like durations.
+    if (ms.every((x) => x > 0 && Number.isFinite(x)))
+      return { ms: median(ms), compileMs, runs, timer: "timestamp" };
+    return { ms: median(wall), compileMs, runs, timer: "wall" };
+  } finally {
+    querySet.destroy();
+    resolve.destroy();
+    read.destroy();
+  }
+}
+
+export class Autotuner {
+  /** Candidates timed so far by this instance (0 when every answer came from the cache). */
+  measurements = 0;
+  readonly cacheFile: string;
+  private readonly enabled: boolean;
+  private readonly features: ReadonlySet<string>;
+  private readonly adapterKey: string;
+  private disk: CacheFile | undefined;
+  private readonly memo = new Map<string, Promise<MatmulParams>>();
+
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly adapter: AdapterSummary,
+    private readonly options: AutotuneOptions = {},
+  ) {
+    this.cacheFile = options.cacheFile ?? defaultAutotuneCacheFile();
+    this.enabled = options.enabled ?? true;
+    this.features = new Set([...device.features]);
+    this.adapterKey = adapterKey(adapter);
+  }
+
+  /** The cached entry for `shape`'s class on this adapter, if any. */
+  cached(shape: MatmulShape): AutotuneEntry | undefined {
+    this.disk ??= readCache(this.cacheFile);
+    const entry = this.disk.adapters[this.adapterKey]?.[matmulShapeClassKey(shape)];
+    if (!entry) return undefined;
+    // Only a choice that is still one of the template's candidates counts.
+    const candidates = matmulCandidates(shape, this.features);
+    return candidates.some((c) => sameParams(c, entry.params)) ? entry : undefined;
+  }
+
+  async matmul(shape: MatmulShape): Promise<MatmulParams> {
+    if (!this.enabled) return defaultMatmulParams(shape, this.features, this.adapter);
+    const key = matmulShapeClassKey(shape);
+    let choice = this.memo.get(key);
+    if (!choice) {
+      choice = this.tuneMatmul(shape, key);
+      this.memo.set(key, choice);
+      choice.catch(() => this.memo.delete(key));
+    }
+    return { ...(await choice) };
+  }
+
+  private async tuneMatmul(shape: MatmulShape, key: string): Promise<MatmulParams> {
+    const hit = this.cached(shape);
+    if (hit) return hit.params;
+    const log = this.options.log ?? (() => {});
+    const runs = this.options.runs ?? 3;
+    const candidates = matmulCandidates(shape, this.features);
+    // Time the expected winner first so slow candidates can be cut short.
+    const first = defaultMatmulParams(shape, this.features, this.adapter);
+    candidates.sort((a, b) => Number(sameParams(b, first)) - Number(sameParams(a, first)));
+
+    const { batch, m, n, k } = shape;
+    const buffers = this.options.measure
+      ? []
+      : [batch * m * k, batch * k * n, batch * m * n].map((count) =>
+          this.device.createBuffer({
+            size: Math.max(16, Math.ceil((count * 4) / 16) * 16),
+            usage: GPUBufferUsage.STORAGE,
+          }),
+        );
+    const timings: { params: MatmulParams; ms: number }[] = [];
+    try {
+      let best = Infinity;
+      for (const params of candidates) {
+        const kernel = matmulKernel(shape, params, { a: 0, b: 1, out: 2 });
+        let ms: number;
+        try {
+          if (this.options.measure) {
+            ms = await this.options.measure(kernel, params, shape);
+          } else {
+            const t = await timeMatmulKernel(this.device, kernel, buffers, runs, 3 * best);
+            ms = t.ms;
+            log(
+              `autotune ${key}: ${describeMatmulParams(params)} ${ms.toFixed(3)} ms ` +
+                `(${t.runs ? `${t.timer}, median of ${t.runs}` : "probe only"}, ` +
+                `warm-up ${t.compileMs.toFixed(0)} ms)`,
+            );
+          }
+        } catch (e) {
+          log(`autotune ${key}: ${describeMatmulParams(params)} failed: ${(e as Error).message}`);
+          continue;
+        }
+        this.measurements++;
+        timings.push({ params, ms });
+        best = Math.min(best, ms);
+      }
+    } finally {
+      for (const b of buffers) b.destroy();
+    }
+    if (timings.length === 0) throw new Error(`autotune ${key}: no candidate ran`);
+    const winner = timings.reduce((a, b) => (b.ms < a.ms ? b : a));
+    const entry: AutotuneEntry = {
+      params: winner.params,
+      ms: winner.ms,
+      shape: { ...shape },
+      timings: timings.map((t) => ({ params: describeMatmulParams(t.params), ms: t.ms })),
+      tunedAt: new Date().toISOString(),
+    };
+    this.disk ??= readCache(this.cacheFile);
+    (this.disk.adapters[this.adapterKey] ??= {})[key] = entry;
+    try {
+      writeCacheEntry(this.cacheFile, this.adapterKey, key, entry);
+    } catch (e) {
+      log(`autotune: could not write ${this.cacheFile}: ${(e as Error).message}`);
+    }
+    return winner.params;
+  }
+}

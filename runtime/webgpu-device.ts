@@ -1,0 +1,296 @@
+// The WebGPU device: runs an entry of a graph by executing its kernel plan (compiler/plan.ts).
+//
+// Per (graph, entry) the plan is compiled once: buffers, pipelines and bind groups are created
+// once and reused by every run. A run uploads the feeds that are not on the GPU already, records
+// one command buffer (input copies, one compute pass with every dispatch, copies of the outputs
+// to one staging buffer), waits with GpuWaiter (sleeping first: Dawn's pending promises busy-poll
+// a core), and reads back the outputs.
+//
+// Residency: every tensor this device returned or uploaded is remembered with the GPU buffer
+// holding it, as long as that buffer still holds it. Feeding the same Tensor object again costs
+// no upload: an input buffer that holds it already is left alone, another buffer that holds it
+// is copied on the GPU. Tensors are treated as immutable: a tensor whose `data` is changed in
+// place after it was fed or returned must be fed as a new object.
+import type { Tensor } from "../compiler/interpreter.js";
+import { numel, type Graph } from "../compiler/ir.js";
+import { planProgram, type Plan } from "../compiler/plan.js";
+import type { Entry, ProgramInput } from "../compiler/step.js";
+import type { Device } from "./device.js";
+import { GpuWaiter, requestAdapter, requestDevice, summarize } from "./gpu.js";
+
+interface Compiled {
+  plan: Plan;
+  entry: string;
+  buffers: GPUBuffer[];
+  pipelines: GPUComputePipeline[];
+  bindGroups: GPUBindGroup[];
+  /** One staging buffer for all outputs, and where each output buffer lands in it. */
+  staging?: GPUBuffer;
+  stagingAt: Map<number, number>;
+  /** Settles when Dawn has validated every pipeline; rejects with the WGSL errors. */
+  ready: Promise<void>;
+  /**
+   * Learns how long this plan's runs take, to sleep that long before awaiting. Its first run is
+   * not counted: lavapipe compiles the shaders at their first dispatch, seconds that would make
+   * the next runs sleep far too long.
+   */
+  waiter: GpuWaiter;
+  runs: number;
+}
+
+export interface WebGpuDeviceOptions {
+  adapter?: GPUAdapter;
+}
+
+export class WebGpuDevice implements Device {
+  readonly name: string;
+  private readonly compiled = new WeakMap<Graph, Map<string, Compiled>>();
+  private readonly all: Compiled[] = [];
+  private readonly modules = new Map<string, GPUShaderModule>();
+  private readonly resident = new WeakMap<Tensor, GPUBuffer>();
+  private readonly contents = new Map<GPUBuffer, WeakRef<Tensor>>();
+  private destroyed = false;
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly adapter: GPUAdapter,
+  ) {
+    this.name = `webgpu (${summarize(adapter).description})`;
+  }
+
+  static async open(options: WebGpuDeviceOptions = {}): Promise<WebGpuDevice> {
+    const adapter = options.adapter ?? (await requestAdapter());
+    const device = await requestDevice(adapter);
+    return new WebGpuDevice(device, adapter);
+  }
+
+  get features(): string[] {
+    return [...this.device.features].sort();
+  }
+
+  /** The plan this device runs for an entry (compiling it if needed). */
+  plan(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Plan {
+    return this.compile(graph, inputs, entry).plan;
+  }
+
+  async run(
+    graph: Graph,
+    inputs: readonly ProgramInput[],
+    entry: Entry,
+    feeds: ReadonlyMap<string, Tensor>,
+  ): Promise<Map<string, Tensor>> {
+    if (this.destroyed) throw new Error("webgpu: the device was destroyed");
+    const c = this.compile(graph, inputs, entry);
+    await c.ready;
+    const { plan } = c;
+    const pe = plan.entries[c.entry]!;
+    const gpu = this.device;
+    const encoder = gpu.createCommandEncoder();
+    const byName = new Map(plan.inputs.map((i) => [i.name, i]));
+    for (const name of pe.inputs) {
+      const input = byName.get(name)!;
+      const t = feeds.get(name);
+      if (!t) throw new Error(`webgpu: no feed for input "${name}"`);
+      const n = numel(input.shape);
+      if (t.data.length !== n)
+        throw new Error(`webgpu: the feed for "${name}" has ${t.data.length} values, needs ${n}`);
+      const dst = c.buffers[input.buffer]!;
+      if (this.contents.get(dst)?.deref() === t) continue;
+      const src = this.resident.get(t);
+      if (src && src !== dst && this.contents.get(src)?.deref() === t) {
+        encoder.copyBufferToBuffer(src, 0, dst, 0, 4 * n);
+      } else if (n > 0) {
+        const data =
+          input.dtype === "i32"
+            ? t.data instanceof Int32Array
+              ? t.data
+              : Int32Array.from(t.data, Math.trunc)
+            : t.data instanceof Float32Array
+              ? t.data
+              : Float32Array.from(t.data);
+        gpu.queue.writeBuffer(dst, 0, data.buffer, data.byteOffset, 4 * n);
+      }
+      this.hold(dst, t);
+    }
+    const pass = encoder.beginComputePass();
+    for (const k of pe.dispatches) {
+      const [x, y, z] = plan.kernels[k]!.dispatch;
+      if (x * y * z === 0) continue;
+      pass.setPipeline(c.pipelines[k]!);
+      pass.setBindGroup(0, c.bindGroups[k]!);
+      pass.dispatchWorkgroups(x, y, z);
+    }
+    pass.end();
+    for (const [buffer, at] of c.stagingAt)
+      encoder.copyBufferToBuffer(
+        c.buffers[buffer]!,
+        0,
+        c.staging!,
+        at,
+        plan.buffers[buffer]!.bytes,
+      );
+    gpu.queue.submit([encoder.finish()]);
+    await (c.runs++ === 0 ? new GpuWaiter() : c.waiter).wait(gpu);
+    const out = new Map<string, Tensor>();
+    if (c.staging) {
+      await c.staging.mapAsync(GPUMapMode.READ);
+      const bytes = c.staging.getMappedRange();
+      const made = new Map<string, Tensor>();
+      for (const o of pe.outputs) {
+        const n = numel(o.shape);
+        const at = c.stagingAt.get(o.buffer)!;
+        const key = `${o.buffer}:${o.dtype}`;
+        let t = made.get(key);
+        if (!t) {
+          const data =
+            o.dtype === "i32"
+              ? new Int32Array(bytes.slice(at, at + 4 * n))
+              : new Float32Array(bytes.slice(at, at + 4 * n));
+          t = { shape: [...o.shape], data };
+          made.set(key, t);
+          this.hold(c.buffers[o.buffer]!, t);
+        }
+        out.set(o.name, t);
+      }
+      c.staging.unmap();
+    }
+    return out;
+  }
+
+  /** Records that `buffer` now holds `t` (and no longer what it held before). */
+  private hold(buffer: GPUBuffer, t: Tensor): void {
+    const before = this.contents.get(buffer)?.deref();
+    if (before && this.resident.get(before) === buffer) this.resident.delete(before);
+    this.contents.set(buffer, new WeakRef(t));
+    this.resident.set(t, buffer);
+  }
+
+  private compile(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Compiled {
+    const key = entry.outputs.map((o) => `${o.name}=${o.node}`).join("\n");
+    let perGraph = this.compiled.get(graph);
+    if (!perGraph) this.compiled.set(graph, (perGraph = new Map()));
+    const known = perGraph.get(key);
+    if (known) return known;
+    const limits = this.device.limits;
+    const plan = planProgram(
+      graph,
+      inputs,
+      { entry },
+      {
+        maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
+        maxBufferSize: limits.maxBufferSize,
+        maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
+      },
+      this.features,
+      { adapter: summarize(this.adapter) },
+    );
+    const c = this.instantiate(plan, "entry");
+    perGraph.set(key, c);
+    this.all.push(c);
+    return c;
+  }
+
+  private instantiate(plan: Plan, entry: string): Compiled {
+    const gpu = this.device;
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const buffers = plan.buffers.map((b) => gpu.createBuffer({ size: b.bytes, usage }));
+    const pipelines: GPUComputePipeline[] = [];
+    const bindGroups: GPUBindGroup[] = [];
+    const used = new Set(plan.entries[entry]!.dispatches);
+    const checks: Promise<string | undefined>[] = [];
+    const uniforms: GPUBuffer[] = [];
+    for (const k of plan.kernels) {
+      if (!used.has(k.id)) continue;
+      let module = this.modules.get(k.wgsl);
+      if (!module) {
+        module = gpu.createShaderModule({ code: k.wgsl, label: k.name });
+        this.modules.set(k.wgsl, module);
+      }
+      const layoutEntries: GPUBindGroupLayoutEntry[] = k.bindings.map((b, i) => ({
+        binding: i,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+      }));
+      const entries: GPUBindGroupEntry[] = k.bindings.map((b, i) => ({
+        binding: i,
+        resource: { buffer: buffers[b.buffer]! },
+      }));
+      if (k.params) {
+        const data = Uint32Array.from(
+          { length: Math.max(4, Math.ceil(k.params.length / 4) * 4) },
+          (_, i) => k.params![i] ?? 0,
+        );
+        const uniform = gpu.createBuffer({
+          size: data.byteLength,
+          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        });
+        gpu.queue.writeBuffer(uniform, 0, data);
+        uniforms.push(uniform);
+        const binding = k.bindings.length;
+        layoutEntries.push({
+          binding,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: "uniform" },
+        });
+        entries.push({ binding, resource: { buffer: uniform } });
+      }
+      const layout = gpu.createBindGroupLayout({ entries: layoutEntries });
+      gpu.pushErrorScope("validation");
+      pipelines[k.id] = gpu.createComputePipeline({
+        label: k.name,
+        layout: gpu.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module, entryPoint: k.entryPoint },
+      });
+      bindGroups[k.id] = gpu.createBindGroup({ layout, entries });
+      const name = k.name;
+      checks.push(
+        gpu.popErrorScope().then(async (error) => {
+          if (!error) return undefined;
+          const info = await module.getCompilationInfo();
+          const lines = info.messages.map((m) => `  ${m.lineNum}:${m.linePos} ${m.message}`);
+          return `kernel "${name}": ${error.message}\n${lines.join("\n")}\n${k.wgsl}`;
+        }),
+      );
+    }
+    const stagingAt = new Map<number, number>();
+    let total = 0;
+    for (const o of plan.entries[entry]!.outputs) {
+      if (stagingAt.has(o.buffer)) continue;
+      stagingAt.set(o.buffer, total);
+      total += plan.buffers[o.buffer]!.bytes;
+    }
+    const staging =
+      total > 0
+        ? gpu.createBuffer({
+            size: total,
+            usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+          })
+        : undefined;
+    const ready = Promise.all(checks).then((errors) => {
+      const bad = errors.filter((e): e is string => e !== undefined);
+      if (bad.length) throw new Error(`webgpu: the plan does not compile:\n${bad.join("\n")}`);
+    });
+    return {
+      plan,
+      entry,
+      buffers: [...buffers, ...uniforms],
+      pipelines,
+      bindGroups,
+      staging,
+      stagingAt,
+      ready,
+      waiter: new GpuWaiter(),
+      runs: 0,
+    };
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const c of this.all) {
+      for (const b of c.buffers) b.destroy();
+      c.staging?.destroy();
+    }
+    this.device.destroy();
+  }
+}

@@ -1,0 +1,326 @@
+// The matmul template on the real WebGPU adapter (lavapipe in CI) against the CPU interpreter,
+// for every parameterization the autotuner can choose, and the autotuner's disk cache.
+//
+// Compile time dominates on lavapipe (a shader compiles at its first dispatch, ~0.1–0.5 s each), so
+// the grid is chosen rather than exhaustive: every parameterization runs an odd-size case
+// (17 × 65 × 130: no dimension a multiple of any tile or of 4, so scalar loads and partial tiles)
+// in all four transA/transB layouts, and a batched case with an epilogue whose sizes are multiples
+// of 4 but not of the tiles (the vec4 load paths) in the two layouts that between them use every
+// vec4 path (NT: A and B along k; TN: A along m, B along n). The default parameters also run the
+// edge shapes (1 × 1 × 1, a vector, exact tiles).
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { Builder } from "../compiler/builder.js";
+import { evaluate, type Tensor } from "../compiler/interpreter.js";
+import {
+  defaultMatmulParams,
+  describeMatmulParams,
+  matmulCandidates,
+  matmulKernel,
+  matmulShapeClassKey,
+} from "../compiler/kernels/matmul.js";
+import type { MatmulFusion, MatmulParams, MatmulShape } from "../compiler/kernels/types.js";
+import {
+  Autotuner,
+  adapterKey,
+  dispatchKernel,
+  kernelBindGroup,
+  kernelPipeline,
+} from "../runtime/autotune.js";
+import { requestAdapter, requestDevice, summarize } from "../runtime/gpu.js";
+
+// No adapter is a failure, not a skip: CI installs lavapipe (scripts/setup.sh).
+const gpuAdapter = await requestAdapter().catch((e: Error & { help?: string }) => {
+  throw new Error(
+    `the matmul kernel tests need a WebGPU adapter and found none (${e.message}). ` +
+      (e.help ?? "Install Mesa's lavapipe: bash scripts/setup.sh."),
+  );
+});
+const device = await requestDevice(gpuAdapter);
+const adapter = summarize(gpuAdapter);
+const features: ReadonlySet<string> = new Set([...device.features]);
+
+afterAll(() => device.destroy());
+
+// ------------------------------------------------------------------------------ helpers
+
+/** Deterministic uniform numbers in [-1, 1). */
+function random(count: number, seed: number): Float32Array<ArrayBuffer> {
+  let s = seed >>> 0;
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((t ^ (t >>> 14)) >>> 0) / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+const storedA = (s: MatmulShape) => [s.batch, s.transA ? s.k : s.m, s.transA ? s.m : s.k];
+const storedB = (s: MatmulShape) => [s.batch, s.transB ? s.n : s.k, s.transB ? s.k : s.n];
+
+/** The interpreter's f32 result of matmul (then `acc * 2 + bias[col]` with a bias). */
+function reference(s: MatmulShape, a: Float32Array, b: Float32Array, bias?: Float32Array) {
+  const g = new Builder();
+  const ia = g.input("data", "a", storedA(s));
+  const ib = g.input("data", "b", storedB(s));
+  let out = g.matmul(ia, ib, { transA: s.transA, transB: s.transB });
+  const feeds = new Map<number, Tensor>([
+    [ia, { shape: storedA(s), data: a }],
+    [ib, { shape: storedB(s), data: b }],
+  ]);
+  if (bias) {
+    const ibias = g.input("data", "bias", [s.n]);
+    feeds.set(ibias, { shape: [s.n], data: bias });
+    out = g.add(g.mul(out, g.constant(2)), ibias);
+  }
+  return evaluate(g.graph, feeds, [out]).get(out)!.data;
+}
+
+function storage(data: Float32Array<ArrayBuffer>): GPUBuffer {
+  const buffer = device.createBuffer({
+    size: Math.max(16, Math.ceil(data.byteLength / 16) * 16),
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+  });
+  device.queue.writeBuffer(buffer, 0, data);
+  return buffer;
+}
+
+const GUARD = 64; // NaN words after the output: a store out of bounds would overwrite them
+
+const BIAS_EPILOGUE = (binding: number): NonNullable<MatmulFusion["epilogue"]> => ({
+  expression: "acc * 2.0 + bias[col]",
+  declarations: `@group(0) @binding(${binding}) var<storage, read> bias: array<f32>;`,
+  bindings: [{ buffer: 3, access: "read" }],
+});
+
+/** Runs the kernel for `params` on random inputs and checks it against the interpreter. */
+async function check(s: MatmulShape, params: MatmulParams, epilogue = false): Promise<void> {
+  const a = random(s.batch * s.m * s.k, 1 + s.m * 7 + s.k);
+  const b = random(s.batch * s.k * s.n, 2 + s.n * 5 + s.k);
+  const bias = epilogue ? random(s.n, 3 + s.n) : undefined;
+  const kernel = matmulKernel(
+    s,
+    params,
+    { a: 0, b: 1, out: 2 },
+    epilogue ? { epilogue: BIAS_EPILOGUE(3) } : undefined,
+  );
+  const outCount = s.batch * s.m * s.n;
+  const buffers = [storage(a), storage(b), storage(new Float32Array(outCount + GUARD).fill(NaN))];
+  if (bias) buffers.push(storage(bias));
+  const read = device.createBuffer({
+    size: (outCount + GUARD) * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  try {
+    device.pushErrorScope("validation");
+    const module = device.createShaderModule({ code: kernel.wgsl });
+    const info = await module.getCompilationInfo();
+    const errors = info.messages.filter((m) => m.type === "error");
+    if (errors.length)
+      throw new Error(
+        `${kernel.name}: WGSL errors:\n${errors.map((e) => `${e.lineNum}: ${e.message}`).join("\n")}\n${kernel.wgsl}`,
+      );
+    const pipeline = kernelPipeline(device, kernel);
+    const bindGroup = kernelBindGroup(device, pipeline, buffers);
+    const error = await device.popErrorScope();
+    if (error) throw new Error(`${kernel.name}: ${error.message}`);
+    dispatchKernel(device, pipeline, bindGroup, kernel.dispatch);
+    const encoder = device.createCommandEncoder();
+    encoder.copyBufferToBuffer(buffers[2]!, 0, read, 0, (outCount + GUARD) * 4);
+    device.queue.submit([encoder.finish()]);
+    // A plain await: here a wait is mostly the first dispatch's compile, which GpuWaiter's
+    // learned estimate would turn into oversleeping on the next (cached) one.
+    await read.mapAsync(GPUMapMode.READ);
+    const got = new Float32Array(read.getMappedRange().slice(0));
+    read.unmap();
+
+    const want = reference(s, a, b, bias);
+    let scale = 0;
+    for (let i = 0; i < outCount; i++) scale = Math.max(scale, Math.abs(want[i]!));
+    const tolerance = 1e-4 * Math.max(scale, 1e-30);
+    let worst = 0;
+    let where = -1;
+    for (let i = 0; i < outCount; i++) {
+      const d = Math.abs(got[i]! - want[i]!);
+      if (!(d <= worst)) [worst, where] = [Number.isNaN(d) ? Infinity : d, i];
+    }
+    const at = (i: number) => {
+      const bt = Math.floor(i / (s.m * s.n));
+      const row = Math.floor((i % (s.m * s.n)) / s.n);
+      return `[batch ${bt}, row ${row}, col ${i % s.n}]: got ${got[i]}, want ${want[i]}`;
+    };
+    expect(
+      worst,
+      `${kernel.name}: worst error at ${at(where)} (tolerance ${tolerance})`,
+    ).toBeLessThanOrEqual(tolerance);
+    const overwritten = got.subarray(outCount).findIndex((x) => !Number.isNaN(x));
+    expect(overwritten, `${kernel.name}: stored past the output`).toBe(-1);
+  } finally {
+    for (const buffer of buffers) buffer.destroy();
+    read.destroy();
+  }
+}
+
+// ------------------------------------------------------------------------------ grid
+
+const LAYOUTS = [
+  [false, false],
+  [false, true],
+  [true, false],
+  [true, true],
+] as const;
+const layoutName = (transA: boolean, transB: boolean) =>
+  `${transA ? "T" : "N"}${transB ? "T" : "N"}`;
+
+const square = (n: number, batch = 1): MatmulShape => ({
+  batch,
+  m: n,
+  n,
+  k: n,
+  transA: false,
+  transB: false,
+});
+/** Shapes whose classes give every candidate list the runtime and the benchmark meet. */
+const CLASS_SHAPES: MatmulShape[] = [
+  square(17),
+  square(64),
+  square(256),
+  square(1024),
+  square(2048),
+  square(130, 3),
+  { batch: 1, m: 1024, n: 16, k: 1024, transA: false, transB: false }, // LoRA down/up
+  { batch: 1, m: 16, n: 1024, k: 1024, transA: true, transB: false },
+  { batch: 1, m: 1, n: 1024, k: 1024, transA: false, transB: false }, // a vector
+  { batch: 1, m: 3, n: 1, k: 17, transA: false, transB: false },
+];
+
+/** Every candidate (with and without subgroups) and every default, once each. */
+function allParams(): MatmulParams[] {
+  const seen = new Map<string, MatmulParams>();
+  const add = (p: MatmulParams) => seen.set(`${describeMatmulParams(p)} tk${p.tileK}`, p);
+  const gpuKind = { fallback: false, architecture: "gpu" };
+  for (const s of CLASS_SHAPES) {
+    for (const set of [features, new Set<string>()]) {
+      matmulCandidates(s, set).forEach(add);
+      add(defaultMatmulParams(s, set, adapter));
+      add(defaultMatmulParams(s, set, gpuKind));
+    }
+  }
+  return [...seen.values()].filter((p) => p.variant !== "subgroup" || features.has("subgroups"));
+}
+
+describe(`matmul template on ${adapter.description}`, () => {
+  it("candidates are 4–8 valid parameterizations and include the default", () => {
+    for (const s of CLASS_SHAPES) {
+      const candidates = matmulCandidates(s, features);
+      expect(candidates.length).toBeGreaterThanOrEqual(4);
+      expect(candidates.length).toBeLessThanOrEqual(8);
+      const d = describeMatmulParams(defaultMatmulParams(s, features, adapter));
+      expect(candidates.map(describeMatmulParams)).toContain(d);
+    }
+    if (features.has("subgroups") && adapter.fallback)
+      expect(defaultMatmulParams(square(1024), features, adapter).variant).toBe("subgroup");
+    expect(defaultMatmulParams(square(1024), features, { fallback: false }).variant).toBe("shared");
+  });
+
+  for (const params of allParams()) {
+    it(describeMatmulParams(params), async () => {
+      for (const [transA, transB] of LAYOUTS) {
+        // odd sizes, every layout
+        await check(
+          { batch: transA !== transB ? 2 : 1, m: 17, n: 65, k: 130, transA, transB },
+          params,
+        );
+      }
+      for (const [transA, transB] of [
+        [false, true],
+        [true, false],
+      ] as const) {
+        // multiples of 4 (vec4 paths), not of the tiles; batched; with an epilogue
+        await check({ batch: 3, m: 68, n: 36, k: 20, transA, transB }, params, true);
+      }
+    });
+  }
+
+  it("edge shapes with the default parameters", async () => {
+    const edges: [number, number, number, number][] = [
+      [1, 1, 1, 1],
+      [1, 3, 1, 17],
+      [2, 1, 3, 5],
+      [1, 130, 17, 3],
+      [2, 64, 64, 64],
+    ];
+    for (const [batch, m, n, k] of edges) {
+      for (const [transA, transB] of LAYOUTS) {
+        if (m === 64 && transA !== transB) continue; // exact tiles: NN and TT suffice
+        const s = { batch, m, n, k, transA, transB };
+        await check(s, defaultMatmulParams(s, features, adapter), m === 64);
+      }
+    }
+  });
+});
+
+// ------------------------------------------------------------------------------ autotuner
+
+describe("Autotuner", () => {
+  const dir = mkdtempSync(join(tmpdir(), "lrk-autotune-"));
+  const cacheFile = join(dir, "sub", "autotune.json");
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const shape: MatmulShape = { batch: 1, m: 64, n: 48, k: 40, transA: false, transB: true };
+
+  it("times the candidates, keeps one of them and caches it; a second one reads the cache", async () => {
+    const lines: string[] = [];
+    const first = new Autotuner(device, adapter, { cacheFile, runs: 2, log: (l) => lines.push(l) });
+    const choice = await first.matmul(shape);
+    const candidates = matmulCandidates(shape, features).map(describeMatmulParams);
+    expect(candidates).toContain(describeMatmulParams(choice));
+    expect(first.measurements).toBe(candidates.length);
+    expect(lines.length).toBe(candidates.length);
+    // the same class again: no more timing
+    await first.matmul({ ...shape, m: 50, k: 33 });
+    expect(first.measurements).toBe(candidates.length);
+
+    const cache = JSON.parse(readFileSync(cacheFile, "utf8"));
+    const entry = cache.adapters[adapterKey(adapter)][matmulShapeClassKey(shape)];
+    expect(describeMatmulParams(entry.params)).toBe(describeMatmulParams(choice));
+
+    const second = new Autotuner(device, adapter, {
+      cacheFile,
+      measure: async () => {
+        throw new Error("the second autotuner must not time anything");
+      },
+    });
+    expect(await second.matmul(shape)).toEqual(choice);
+    expect(second.measurements).toBe(0);
+  });
+
+  it("picks the fastest by the clock it is given, and enabled: false times nothing", async () => {
+    const file = join(dir, "fake.json");
+    const candidates = matmulCandidates(shape, features);
+    const fastest = candidates[candidates.length - 1]!;
+    const tuner = new Autotuner(device, adapter, {
+      cacheFile: file,
+      measure: async (_kernel, params) =>
+        describeMatmulParams(params) === describeMatmulParams(fastest) ? 1 : 5,
+    });
+    expect(await tuner.matmul(shape)).toEqual(fastest);
+    expect(tuner.measurements).toBe(candidates.length);
+
+    const off = new Autotuner(device, adapter, {
+      cacheFile: join(dir, "never.json"),
+      enabled: false,
+      measure: async () => {
+        throw new Error("disabled autotuner timed something");
+      },
+    });
+    expect(await off.matmul(shape)).toEqual(defaultMatmulParams(shape, features, adapter));
+    expect(off.measurements).toBe(0);
+    expect(() => readFileSync(join(dir, "never.json"))).toThrow();
+  });
+});
