@@ -4,19 +4,34 @@ import { parse } from "../language/parse.js";
 import { analyze } from "../compiler/pipeline.js";
 import type { Placement, PlacedParam } from "../compiler/place.js";
 import type { TrainSpec } from "../compiler/train.js";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { error } from "../language/diagnostics.js";
 import { printGraph } from "../compiler/ir.js";
+import { BufferLimitError } from "../compiler/memory-plan.js";
+import { planProgram, type Plan } from "../compiler/plan.js";
+import type { Entry } from "../compiler/step.js";
 import { formatBytes, memoryReport } from "../compiler/memory.js";
 import { prepare, type Run } from "../runtime/trainer.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
-export const emitKinds = ["ast", "params", "ir", "memory"] as const;
+export const emitKinds = ["ast", "params", "ir", "memory", "plan", "wgsl"] as const;
 export type EmitKind = (typeof emitKinds)[number];
 
 export interface BuildOptions extends ReportOptions {
   emit: EmitKind;
   train?: string;
+  /** For plan and wgsl: write plan.json and one .wgsl file per kernel into this folder. */
+  out?: string;
 }
+
+/** WebGPU's default limits: a plan that fits them runs on any adapter. */
+const defaultLimits = {
+  maxStorageBufferBindingSize: 134_217_728,
+  maxBufferSize: 268_435_456,
+  maxStorageBuffersPerShaderStage: 8,
+};
 
 export function buildCommand(path: string, options: BuildOptions): number {
   const read = readSource(path);
@@ -38,6 +53,7 @@ export function buildCommand(path: string, options: BuildOptions): number {
   const { run, diagnostics } = prepare(read.file, { train: options.train });
   const code = report(diagnostics, options);
   if (!run || code !== 0) return code || 1;
+  if (options.emit === "plan" || options.emit === "wgsl") return emitPlan(run, options);
   if (options.emit === "ir") {
     const step = run.step;
     const out = [
@@ -54,6 +70,62 @@ export function buildCommand(path: string, options: BuildOptions): number {
     return 0;
   }
   process.stdout.write(memoryTable(run));
+  return 0;
+}
+
+function emitPlan(run: Run, options: BuildOptions): number {
+  const entries: Record<string, Entry> = {};
+  for (const [key, entry] of run.step.variants)
+    entries[key === "" ? "step" : `step+refresh${key}`] = entry;
+  let plan: Plan;
+  try {
+    plan = planProgram(run.step.graph, run.step.inputs, entries, defaultLimits);
+  } catch (e) {
+    if (e instanceof BufferLimitError) {
+      return report(
+        [
+          error(
+            "E0602",
+            e.message,
+            { file: run.spec.module.file, span: run.spec.decl.name.span },
+            { help: "lower the batch size or the model's dimensions" },
+          ),
+        ],
+        options,
+      );
+    }
+    throw e;
+  }
+  if (options.out) {
+    mkdirSync(options.out, { recursive: true });
+    writeFileSync(join(options.out, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
+    plan.kernels.forEach((k) =>
+      writeFileSync(join(options.out!, `kernel-${String(k.id).padStart(3, "0")}.wgsl`), k.wgsl),
+    );
+    process.stderr.write(
+      `wrote ${join(options.out, "plan.json")} and ${plan.kernels.length} .wgsl files\n`,
+    );
+    return 0;
+  }
+  if (options.emit === "wgsl") {
+    process.stdout.write(
+      plan.kernels.map((k) => `// ---- kernel ${k.id}: ${k.name}\n${k.wgsl}`).join("\n") + "\n",
+    );
+    return 0;
+  }
+  const lines = [
+    `plan of train \`${run.spec.decl.name.name}\`: ${plan.kernels.length} kernels, ${plan.buffers.length} buffers, peak ${formatBytes(plan.peakBytes)}`,
+  ];
+  for (const [name, entry] of Object.entries(plan.entries)) {
+    lines.push("", `entry ${name}: ${entry.dispatches.length} dispatches`);
+    for (const id of entry.dispatches) {
+      const k = plan.kernels[id]!;
+      lines.push(
+        `  ${String(id).padStart(4)}  ${k.kind.padEnd(8)} ${k.name}  grid [${k.dispatch.join(", ")}]${k.sourceLines.length ? `  (${k.sourceLines.slice(0, 2).join(", ")})` : ""}`,
+      );
+    }
+  }
+  process.stdout.write(lines.join("\n") + "\n");
   return 0;
 }
 

@@ -51,21 +51,27 @@ function program(setCode: (code: number) => void): Command {
     .argument("<file>", "the .lrk program")
     .option("--emit <what>", `what to show: ${emitKinds.join(", ")}`, "params")
     .option("--train <name>", "which train block, when the file has several")
+    .option(
+      "--out <dir>",
+      "with --emit plan or wgsl: write plan.json and one .wgsl file per kernel there",
+    )
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",
-      "\nExamples:\n  $ lrkc build examples/lora_finetune.lrk --emit params   # every parameter: shape, trainable or frozen, which rule placed it\n  $ lrkc build examples/galore_pretrain.lrk --emit memory  # bytes of weights, gradients, optimizer state, activations\n  $ lrkc build examples/mlp.lrk --emit ir                 # the training step as tensor IR\n  $ lrkc build examples/tiny_lm_pretrain.lrk --emit ast",
+      "\nExamples:\n  $ lrkc build examples/mlp.lrk --emit plan                # the kernels of a training step, in dispatch order\n  $ lrkc build examples/mlp.lrk --emit wgsl --out plan/    # plan.json and the WGSL of every kernel\n  $ lrkc build examples/lora_finetune.lrk --emit params   # every parameter: shape, trainable or frozen, which rule placed it\n  $ lrkc build examples/galore_pretrain.lrk --emit memory  # bytes of weights, gradients, optimizer state, activations\n  $ lrkc build examples/mlp.lrk --emit ir                 # the training step as tensor IR\n  $ lrkc build examples/tiny_lm_pretrain.lrk --emit ast",
     )
-    .action((file: string, opts: { emit: string; train?: string; json?: boolean }) => {
-      if (!(emitKinds as readonly string[]).includes(opts.emit)) {
-        process.stderr.write(
-          `error: --emit must be one of ${emitKinds.join(", ")} (got \`${opts.emit}\`)\n`,
-        );
-        setCode(1);
-        return;
-      }
-      setCode(buildCommand(file, { ...opts, emit: opts.emit as EmitKind }));
-    });
+    .action(
+      (file: string, opts: { emit: string; train?: string; out?: string; json?: boolean }) => {
+        if (!(emitKinds as readonly string[]).includes(opts.emit)) {
+          process.stderr.write(
+            `error: --emit must be one of ${emitKinds.join(", ")} (got \`${opts.emit}\`)\n`,
+          );
+          setCode(1);
+          return;
+        }
+        setCode(buildCommand(file, { ...opts, emit: opts.emit as EmitKind }));
+      },
+    );
 
   cli
     .command("train")
@@ -76,8 +82,8 @@ function program(setCode: (code: number) => void): Command {
     .option("--batch <n>", "override the batch size")
     .option(
       "--device <device>",
-      `where to run: ${devices.join(", ")} (the reference interpreter; cpu64 in float64)`,
-      "cpu",
+      `where to run: ${devices.join(", ")} (auto: WebGPU if an adapter is found, else the CPU reference interpreter; cpu64 runs it in float64)`,
+      "auto",
     )
     .option(
       "--out <dir>",

@@ -4,7 +4,10 @@
 import { join } from "node:path";
 import type { Tensor } from "../compiler/interpreter.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
+import { BufferLimitError } from "../compiler/memory-plan.js";
 import { CpuDevice, type Device } from "../runtime/device.js";
+import { NoAdapterError } from "../runtime/gpu.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { RunFolder } from "../runtime/run-folder.js";
 import { CheckpointError } from "../runtime/safetensors.js";
 import {
@@ -27,7 +30,7 @@ export interface TrainCommandOptions extends ReportOptions {
   resume?: boolean;
 }
 
-export const devices = ["cpu", "cpu64"] as const;
+export const devices = ["auto", "webgpu", "cpu", "cpu64"] as const;
 
 function positive(value: string | undefined, flag: string): number | undefined | "bad" {
   if (value === undefined) return undefined;
@@ -118,7 +121,14 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const code = report(diagnostics, options);
   if (!run || code !== 0) return code || 1;
 
-  const device: Device = new CpuDevice({ float64: options.device === "cpu64" });
+  let device: Device;
+  try {
+    device = await openDevice(options.device);
+  } catch (e) {
+    if (e instanceof NoAdapterError)
+      return report([error("E0601", e.message, undefined, { help: e.help })], options);
+    throw e;
+  }
   const total = steps ?? run.spec.steps;
   const name = run.spec.decl.name.name;
   const folder = new RunFolder(options.out ?? join("runs", name));
@@ -200,6 +210,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     throw e;
   } finally {
     process.off("SIGINT", onSigint);
+    (device as { destroy?: () => void }).destroy?.();
   }
   const params = new Map<string, Tensor>();
   for (const [key, t] of result.store) if (key.startsWith("param:")) params.set(key.slice(6), t);
@@ -226,7 +237,31 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   return 0;
 }
 
+/** `auto`: the WebGPU adapter if there is one, else the CPU reference interpreter. */
+async function openDevice(choice: string): Promise<Device> {
+  if (choice === "cpu" || choice === "cpu64") return new CpuDevice({ float64: choice === "cpu64" });
+  try {
+    return await WebGpuDevice.open();
+  } catch (e) {
+    if (choice === "auto" && e instanceof NoAdapterError) {
+      process.stderr.write(
+        `note: ${e.message}; training on the CPU reference interpreter (slow). ${e.help}\n`,
+      );
+      return new CpuDevice();
+    }
+    throw e;
+  }
+}
+
 function trainingFailure(e: unknown, run: Run, folder: RunFolder): Diagnostic | undefined {
+  if (e instanceof BufferLimitError) {
+    return error(
+      "E0602",
+      e.message,
+      { file: run.spec.module.file, span: run.spec.decl.name.span },
+      { help: "lower the batch size (`--batch`) or the model's dimensions" },
+    );
+  }
   if (e instanceof CheckpointError) {
     const at = run.spec.init
       ? { file: run.spec.module.file, span: run.spec.init.at.span }

@@ -235,7 +235,8 @@ export function evaluate(
         const outSt = strides(shape).map((s, k) => (op.axes.includes(k) ? 0 : s));
         const isMax = op.fn === "max";
         const xd = x.data;
-        out.fill(isMax ? -Infinity : 0);
+        // An i32 array cannot hold -Infinity (it would store 0): start from the smallest i32.
+        out.fill(isMax ? (int ? -2147483648 : -Infinity) : 0);
         // Walk the input in order; each element lands on the output offset with reduced axes at 0.
         walk(x.shape, outSt, 0, (i, o) => {
           const v = xd[i]!;

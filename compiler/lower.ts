@@ -186,7 +186,21 @@ export class Lowerer {
 
   // ------------------------------------------------------------------------ expressions
 
+  /** Evaluates an expression; the IR nodes it makes remember its .lrk file and line. */
   expr(e: A.Expr, frame: Frame): Value {
+    const previous = this.b.source;
+    this.b.source = {
+      file: frame.module.file.path,
+      line: frame.module.file.position(e.span.start).line,
+    };
+    try {
+      return this.exprAt(e, frame);
+    } finally {
+      this.b.source = previous;
+    }
+  }
+
+  private exprAt(e: A.Expr, frame: Frame): Value {
     switch (e.kind) {
       case "Number":
         return num(e.value, e.isInteger);

@@ -40,6 +40,8 @@ export const codeTitles = {
   E0501: "data set cannot be used",
   E0502: "checkpoint cannot be used",
   E0503: "loss is not finite",
+  E0601: "no GPU adapter",
+  E0602: "tensor too large for the device",
 } as const;
 
 export type DiagnosticCode = keyof typeof codeTitles;

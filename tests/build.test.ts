@@ -1,6 +1,8 @@
 // lrkc build: --emit params shows adapters exactly where the selectors say; --emit memory reports
 // optimizer state by the method cards' formulas; --emit ir prints the step; shape errors are E0401.
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { prepare } from "../runtime/trainer.js";
@@ -83,6 +85,27 @@ describe("lrkc build --emit ir", () => {
     expect(r.stdout).toMatch(/%\d+ = matmul/);
     expect(r.stdout).toContain('input.param "param:l1.weight"');
     expect(r.stdout).toContain("// entry step:");
+  });
+});
+
+describe("lrkc build --emit plan|wgsl", () => {
+  it("lists the kernels in dispatch order and writes plan.json and one .wgsl file per kernel", () => {
+    const plan = lrkc("build", "examples/mlp.lrk", "--emit", "plan");
+    expect(plan.code).toBe(0);
+    const count = Number(plan.stdout.match(/: (\d+) kernels/)![1]);
+    expect(count).toBeGreaterThan(0);
+    expect(plan.stdout).toMatch(/entry step: \d+ dispatches/);
+    const out = mkdtempSync(join(tmpdir(), "lrk-plan-"));
+    const r = lrkc("build", "examples/mlp.lrk", "--emit", "wgsl", "--out", out);
+    expect(r.code).toBe(0);
+    const written = JSON.parse(readFileSync(join(out, "plan.json"), "utf8")) as {
+      kernels: { wgsl: string }[];
+    };
+    expect(written.kernels).toHaveLength(count);
+    const first = readFileSync(join(out, "kernel-000.wgsl"), "utf8");
+    // every kernel opens with the IR nodes and the .lrk lines it computes
+    expect(first).toMatch(/^\/\/ .*\n\/\/ computes:\n\/\/   %\d+ = /);
+    expect(first).toContain("stdlib/nn.lrk:");
   });
 });
 
