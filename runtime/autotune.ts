@@ -240,6 +240,8 @@ export class Autotuner {
   private readonly adapterKey: string;
   private disk: CacheFile | undefined;
   private readonly memo = new Map<string, Promise<MatmulParams>>();
+  /** Tunings run one at a time: two timed at once on one device would disturb each other. */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly device: GPUDevice,
@@ -267,7 +269,8 @@ export class Autotuner {
     const key = matmulShapeClassKey(shape);
     let choice = this.memo.get(key);
     if (!choice) {
-      choice = this.tuneMatmul(shape, key);
+      choice = this.queue.then(() => this.tuneMatmul(shape, key));
+      this.queue = choice.catch(() => undefined);
       this.memo.set(key, choice);
       choice.catch(() => this.memo.delete(key));
     }
