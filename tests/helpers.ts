@@ -2,6 +2,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { Tensor } from "../compiler/interpreter.js";
 import { parse, type ParseResult } from "../language/parse.js";
 import { SourceFile } from "../language/source.js";
 
@@ -37,4 +38,15 @@ export function lrkFiles(): string[] {
 
 export function readRepoFile(path: string): string {
   return readFileSync(join(root, path), "utf8");
+}
+
+/** The largest |a − b| over a tensor, relative to the tensor's largest |b|. */
+export function relativeDiff(a: Tensor, b: Tensor): number {
+  let scale = 0;
+  for (const v of b.data) scale = Math.max(scale, Math.abs(v));
+  let worst = 0;
+  for (let i = 0; i < b.data.length; i++) {
+    worst = Math.max(worst, Math.abs(a.data[i]! - b.data[i]!) / Math.max(scale, 1e-30));
+  }
+  return worst;
 }

@@ -14,7 +14,7 @@ import { CpuDevice } from "../runtime/device.js";
 import { requestAdapter, requestDevice } from "../runtime/gpu.js";
 import { prepare, train, type Run } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { root } from "./helpers.js";
+import { relativeDiff, root } from "./helpers.js";
 
 const TOLERANCE = 1e-3;
 let device: WebGpuDevice;
@@ -57,15 +57,6 @@ function compile(text: string): Run {
   const { run, diagnostics } = prepare(new SourceFile(join(root, "examples", "methods.lrk"), text));
   if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
   return run;
-}
-
-function relativeDiff(a: Tensor, b: Tensor): number {
-  let scale = 0;
-  for (const v of b.data) scale = Math.max(scale, Math.abs(v));
-  let worst = 0;
-  for (let i = 0; i < b.data.length; i++)
-    worst = Math.max(worst, Math.abs(a.data[i]! - b.data[i]!) / Math.max(scale, 1e-30));
-  return worst;
 }
 
 async function compare(run: Run, steps: number): Promise<void> {

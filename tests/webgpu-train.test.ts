@@ -10,7 +10,7 @@ import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { prepare, train, type Run } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { root } from "./helpers.js";
+import { relativeDiff, root } from "./helpers.js";
 
 const STEPS = 5;
 const TOLERANCE = 1e-4;
@@ -33,16 +33,6 @@ function compile(text: string, path: string, batch: number): Run {
   const { run, diagnostics } = prepare(new SourceFile(path, text), { batch });
   if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
   return run;
-}
-
-/** The largest |a − b| over a tensor, relative to the tensor's largest |b|. */
-function relativeDiff(a: Tensor, b: Tensor): number {
-  let scale = 0;
-  for (const v of b.data) scale = Math.max(scale, Math.abs(v));
-  let worst = 0;
-  for (let i = 0; i < b.data.length; i++)
-    worst = Math.max(worst, Math.abs(a.data[i]! - b.data[i]!) / Math.max(scale, 1e-30));
-  return worst;
 }
 
 async function compareTraining(run: Run): Promise<void> {
