@@ -90,6 +90,10 @@ function program(setCode: (code: number) => void): Command {
       "run folder: metrics, checkpoints, weights, curves (default: runs/<train name>)",
     )
     .option("--resume", "continue from the run folder's checkpoint, exactly as if never stopped")
+    .option(
+      "--no-autotune",
+      "use default matmul parameters instead of timing candidates (choices are cached in ~/.cache/lrk)",
+    )
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",

@@ -28,6 +28,8 @@ export interface TrainCommandOptions extends ReportOptions {
   device: string;
   out?: string;
   resume?: boolean;
+  /** commander's negated `--no-autotune` */
+  autotune?: boolean;
 }
 
 export const devices = ["auto", "webgpu", "cpu", "cpu64"] as const;
@@ -123,7 +125,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
 
   let device: Device;
   try {
-    device = await openDevice(options.device);
+    device = await openDevice(options.device, options.autotune !== false);
   } catch (e) {
     if (e instanceof NoAdapterError)
       return report([error("E0601", e.message, undefined, { help: e.help })], options);
@@ -238,10 +240,10 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
 }
 
 /** `auto`: the WebGPU adapter if there is one, else the CPU reference interpreter. */
-async function openDevice(choice: string): Promise<Device> {
+async function openDevice(choice: string, autotune: boolean): Promise<Device> {
   if (choice === "cpu" || choice === "cpu64") return new CpuDevice({ float64: choice === "cpu64" });
   try {
-    return await WebGpuDevice.open();
+    return await WebGpuDevice.open({ autotune });
   } catch (e) {
     if (choice === "auto" && e instanceof NoAdapterError) {
       process.stderr.write(

@@ -102,6 +102,20 @@ export interface PlanOptions {
   matmulParams?: (shape: MatmulShape) => MatmulParams;
 }
 
+/** The matmul parameters a plan uses without an autotuner: naive for small products, else the template's default. */
+export function planMatmulParams(
+  shape: MatmulShape,
+  features: ReadonlySet<string>,
+  adapter?: PlanOptions["adapter"],
+): MatmulParams {
+  return isSmallMatmul(shape) ? NAIVE_MATMUL : defaultMatmulParams(shape, features, adapter);
+}
+
+/** Small products run in microseconds whatever the variant: not worth tuning (or compiling tiles). */
+export function isSmallMatmul(shape: MatmulShape): boolean {
+  return shape.batch * shape.m * shape.n * shape.k <= SMALL_MATMUL;
+}
+
 export function planProgram(
   graph: Graph,
   inputs: readonly ProgramInput[],
@@ -113,10 +127,7 @@ export function planProgram(
   const featureSet = new Set(features);
   const chooseMatmul =
     options.matmulParams ??
-    ((shape: MatmulShape) =>
-      shape.batch * shape.m * shape.n * shape.k <= SMALL_MATMUL
-        ? NAIVE_MATMUL
-        : defaultMatmulParams(shape, featureSet, options.adapter));
+    ((shape: MatmulShape) => planMatmulParams(shape, featureSet, options.adapter));
   const inputByNode = new Map(inputs.map((i) => [i.node, i]));
   const tensors: TensorNeed[] = [];
   const seenInputs = new Set<string>();

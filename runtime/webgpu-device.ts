@@ -13,7 +13,10 @@
 // place after it was fed or returned must be fed as a new object.
 import type { Tensor } from "../compiler/interpreter.js";
 import { numel, type Graph } from "../compiler/ir.js";
-import { planProgram, type Plan } from "../compiler/plan.js";
+import type { MatmulParams, MatmulShape } from "../compiler/kernels/types.js";
+import { isSmallMatmul, planMatmulParams, planProgram, type Plan } from "../compiler/plan.js";
+import { matmulShapeClassKey } from "../compiler/kernels/matmul.js";
+import { Autotuner } from "./autotune.js";
 import type { Entry, ProgramInput } from "../compiler/step.js";
 import type { Device } from "./device.js";
 import { GpuWaiter, requestAdapter, requestDevice, summarize } from "./gpu.js";
@@ -40,6 +43,8 @@ interface Compiled {
 
 export interface WebGpuDeviceOptions {
   adapter?: GPUAdapter;
+  /** Time matmul candidates on first use of each shape class and cache the choice (default true). */
+  autotune?: boolean;
 }
 
 export class WebGpuDevice implements Device {
@@ -50,18 +55,51 @@ export class WebGpuDevice implements Device {
   private readonly resident = new WeakMap<Tensor, GPUBuffer>();
   private readonly contents = new Map<GPUBuffer, WeakRef<Tensor>>();
   private destroyed = false;
+  /** Tuned matmul parameters by shape class, filled before a plan that needs them is compiled. */
+  private readonly tuned = new Map<string, MatmulParams>();
+  private readonly autotuner: Autotuner;
 
   private constructor(
     readonly device: GPUDevice,
     readonly adapter: GPUAdapter,
+    autotune: boolean,
   ) {
     this.name = `webgpu (${summarize(adapter).description})`;
+    this.autotuner = new Autotuner(device, summarize(adapter), { enabled: autotune });
   }
 
   static async open(options: WebGpuDeviceOptions = {}): Promise<WebGpuDevice> {
     const adapter = options.adapter ?? (await requestAdapter());
     const device = await requestDevice(adapter);
-    return new WebGpuDevice(device, adapter);
+    return new WebGpuDevice(device, adapter, options.autotune ?? true);
+  }
+
+  /** The plan's matmul choice: the autotuner's for large products once tuned, else the default. */
+  private matmulParams = (shape: MatmulShape): MatmulParams =>
+    (!isSmallMatmul(shape) && this.tuned.get(matmulShapeClassKey(shape))) ||
+    planMatmulParams(shape, new Set(this.features), summarize(this.adapter));
+
+  /** Tunes (or reads from the cache) every large matmul shape class an entry's plan uses. */
+  private async tune(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Promise<void> {
+    const shapes = new Map<string, MatmulShape>();
+    planProgram(graph, inputs, { entry }, this.limits(), this.features, {
+      adapter: summarize(this.adapter),
+      matmulParams: (shape) => {
+        const key = matmulShapeClassKey(shape);
+        if (!isSmallMatmul(shape) && !this.tuned.has(key)) shapes.set(key, shape);
+        return this.matmulParams(shape);
+      },
+    });
+    for (const [key, shape] of shapes) this.tuned.set(key, await this.autotuner.matmul(shape));
+  }
+
+  private limits() {
+    const limits = this.device.limits;
+    return {
+      maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
+      maxBufferSize: limits.maxBufferSize,
+      maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
+    };
   }
 
   get features(): string[] {
@@ -80,6 +118,7 @@ export class WebGpuDevice implements Device {
     feeds: ReadonlyMap<string, Tensor>,
   ): Promise<Map<string, Tensor>> {
     if (this.destroyed) throw new Error("webgpu: the device was destroyed");
+    if (!this.isCompiled(graph, entry)) await this.tune(graph, inputs, entry);
     const c = this.compile(graph, inputs, entry);
     await c.ready;
     const { plan } = c;
@@ -165,25 +204,23 @@ export class WebGpuDevice implements Device {
     this.resident.set(t, buffer);
   }
 
+  private isCompiled(graph: Graph, entry: Entry): boolean {
+    return (
+      this.compiled.get(graph)?.has(entry.outputs.map((o) => `${o.name}=${o.node}`).join("\n")) ??
+      false
+    );
+  }
+
   private compile(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Compiled {
     const key = entry.outputs.map((o) => `${o.name}=${o.node}`).join("\n");
     let perGraph = this.compiled.get(graph);
     if (!perGraph) this.compiled.set(graph, (perGraph = new Map()));
     const known = perGraph.get(key);
     if (known) return known;
-    const limits = this.device.limits;
-    const plan = planProgram(
-      graph,
-      inputs,
-      { entry },
-      {
-        maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
-        maxBufferSize: limits.maxBufferSize,
-        maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
-      },
-      this.features,
-      { adapter: summarize(this.adapter) },
-    );
+    const plan = planProgram(graph, inputs, { entry }, this.limits(), this.features, {
+      adapter: summarize(this.adapter),
+      matmulParams: this.matmulParams,
+    });
     const c = this.instantiate(plan, "entry");
     perGraph.set(key, c);
     this.all.push(c);

@@ -1,0 +1,61 @@
+// The WebGPU device plans large matmuls with the autotuner's choice for their shape class (timed
+// on first use, then read from the cache), and small ones with the naive kernel.
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { Builder } from "../compiler/builder.js";
+import { tensor } from "../compiler/interpreter.js";
+import type { ProgramInput } from "../compiler/step.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+
+let device: WebGpuDevice | undefined;
+afterAll(() => device?.destroy());
+
+describe("autotuned plans", () => {
+  it("uses the tuned matmul for a large product and caches the choice", async () => {
+    const cache = mkdtempSync(join(tmpdir(), "lrk-cache-"));
+    process.env["XDG_CACHE_HOME"] = cache;
+    device = await WebGpuDevice.open({ autotune: true });
+    const b = new Builder();
+    const x = b.input("data", "x", [128, 96]);
+    const w = b.input("param", "w", [80, 96]);
+    const y = b.matmul(x, w, { transB: true }); // 128·80·96 ≈ 1M multiply-adds: tuned
+    const small = b.matmul(b.input("data", "s", [4, 3]), b.input("data", "t", [3, 2])); // naive
+    const inputs: ProgramInput[] = b.graph.nodes
+      .filter((n) => n.op.kind === "input")
+      .map((n) => ({
+        name: (n.op as { name: string }).name,
+        node: n.id,
+        role: (n.op as { role: ProgramInput["role"] }).role,
+        shape: n.shape,
+        dtype: n.dtype,
+      }));
+    const entry = {
+      outputs: [
+        { name: "y", node: y },
+        { name: "small", node: small },
+      ],
+    };
+    const feeds = new Map(
+      inputs.map((i) => [
+        i.name,
+        tensor(
+          i.shape,
+          Array.from({ length: i.shape.reduce((a, c) => a * c, 1) }, (_, k) => (k % 7) - 3),
+        ),
+      ]),
+    );
+    const out = await device.run(b.graph, inputs, entry, feeds);
+    expect(out.get("y")!.shape).toEqual([128, 80]);
+    const plan = device.plan(b.graph, inputs, entry);
+    const matmuls = plan.kernels.filter((k) => k.kind === "matmul").map((k) => k.name);
+    const cached = JSON.parse(readFileSync(join(cache, "lrk", "autotune.json"), "utf8")) as {
+      adapters: Record<string, Record<string, { params: { variant: string } }>>;
+    };
+    const choices = Object.values(Object.values(cached.adapters)[0]!);
+    expect(choices).toHaveLength(1); // only the large product's shape class was tuned
+    expect(matmuls.some((name) => name.includes(choices[0]!.params.variant))).toBe(true);
+    expect(matmuls.some((name) => name.includes("naive"))).toBe(true);
+  }, 120_000);
+});
