@@ -129,6 +129,21 @@ function emitPlan(run: Run, options: BuildOptions): number {
   return 0;
 }
 
+/** Peak bytes of the plain step's kernel plan (WebGPU default limits): what the device allocates. */
+function plannedBytes(run: Run): number {
+  try {
+    return planProgram(
+      run.step.graph,
+      run.step.inputs,
+      { step: run.step.variants.get("")! },
+      defaultLimits,
+    ).peakBytes;
+  } catch (e) {
+    if (e instanceof BufferLimitError) return NaN;
+    throw e;
+  }
+}
+
 function memoryTable(run: Run): string {
   const m = memoryReport(run.step);
   const rows: [string, number][] = [
@@ -138,7 +153,10 @@ function memoryTable(run: Run): string {
     ["optimizer state", m.optimizerState],
     [`activations (batch ${run.batch}, estimate)`, m.activations],
   ];
-  const width = Math.max(...rows.map((r) => r[0].length), "full fine-tuning with AdamW".length);
+  const width = Math.max(
+    ...rows.map((r) => r[0].length),
+    "planned GPU buffers (fused step)".length,
+  );
   const line = (label: string, n: number) =>
     `${label.padEnd(width)}  ${formatBytes(n).padStart(10)}  ${n.toLocaleString("en-US").padStart(14)} B`;
   return (
@@ -149,6 +167,7 @@ function memoryTable(run: Run): string {
       "-".repeat(width + 30),
       line("total", m.total),
       line("full fine-tuning with AdamW", m.fullAdamW),
+      line("planned GPU buffers (fused step)", plannedBytes(run)),
       "",
       `lrk's plan needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory`,
       "",

@@ -106,6 +106,11 @@ export class WebGpuDevice implements Device {
     return [...this.device.features].sort();
   }
 
+  /** Bytes of the storage buffers this device created for an entry's plan (staging excluded). */
+  allocatedBytes(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): number {
+    return this.compile(graph, inputs, entry).buffers.reduce((sum, b) => sum + b.size, 0);
+  }
+
   /** The plan this device runs for an entry (compiling it if needed). */
   plan(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Plan {
     return this.compile(graph, inputs, entry).plan;

@@ -8,6 +8,9 @@ import { Builder } from "../compiler/builder.js";
 import { tensor } from "../compiler/interpreter.js";
 import type { ProgramInput } from "../compiler/step.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { SourceFile } from "../language/source.js";
+import { prepare } from "../runtime/trainer.js";
+import { root } from "./helpers.js";
 
 let device: WebGpuDevice | undefined;
 afterAll(() => device?.destroy());
@@ -58,4 +61,14 @@ describe("autotuned plans", () => {
     expect(matmuls.some((name) => name.includes(choices[0]!.params.variant))).toBe(true);
     expect(matmuls.some((name) => name.includes("naive"))).toBe(true);
   }, 120_000);
+
+  it("allocates exactly the bytes its plan reports for a training step", async () => {
+    device ??= await WebGpuDevice.open({ autotune: false });
+    const path = join(root, "examples", "mlp.lrk");
+    const { run } = prepare(new SourceFile(path, readFileSync(path, "utf8")), { batch: 8 });
+    const entry = run!.step.variants.get("")!;
+    const plan = device.plan(run!.step.graph, run!.step.inputs, entry);
+    expect(plan.peakBytes).toBeGreaterThan(0);
+    expect(device.allocatedBytes(run!.step.graph, run!.step.inputs, entry)).toBe(plan.peakBytes);
+  });
 });
