@@ -21,7 +21,7 @@
 // ones' outputs only at the same element merge into one kernel with several outputs (an
 // optimizer's param and states). A group that would bind more storage buffers than the device
 // allows is split by materializing the inlined node that gathers the most of them.
-import { numel, strides, type Graph, type Node } from "./ir.js";
+import { dependencies, numel, strides, type Graph, type Node } from "./ir.js";
 
 export type GroupKind = "map" | "reduce" | "matmul" | "special";
 
@@ -102,18 +102,6 @@ const ELEMENTWISE = new Set(["unary", "binary", "where", "cast"]);
 
 export function isMap(node: Node): boolean {
   return MAP_KINDS.has(node.op.kind);
-}
-
-function neededNodes(graph: Graph, wanted: readonly number[]): number[] {
-  const seen = new Set<number>();
-  const stack = [...wanted];
-  while (stack.length) {
-    const id = stack.pop()!;
-    if (seen.has(id)) continue;
-    seen.add(id);
-    stack.push(...graph.node(id).inputs);
-  }
-  return [...seen].sort((a, b) => a - b);
 }
 
 /**
@@ -334,7 +322,7 @@ function fuseOnce(
   forced: ReadonlySet<number>,
 ): Fusion {
   const broadcastMode = options.broadcast ?? "fold";
-  const needed = neededNodes(graph, outputs);
+  const needed = dependencies(graph, outputs);
   const neededSet = new Set(needed);
   const isOutput = new Set([...outputs, ...forced]);
   const consumers = new Map<number, number[]>(needed.map((id) => [id, []]));

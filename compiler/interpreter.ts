@@ -5,6 +5,7 @@
 
 import {
   numel,
+  dependencies,
   strides,
   type DType,
   type Graph,
@@ -140,19 +141,6 @@ function dot(c: readonly number[], st: readonly number[]): number {
   return o;
 }
 
-/** Nodes `wanted` depends on, itself included, in increasing id (a topological order). */
-function needed(graph: Graph, wanted: readonly number[]): number[] {
-  const seen = new Set<number>();
-  const stack = [...wanted];
-  while (stack.length) {
-    const id = stack.pop()!;
-    if (seen.has(id)) continue;
-    seen.add(id);
-    stack.push(...graph.node(id).inputs);
-  }
-  return [...seen].sort((a, b) => a - b);
-}
-
 export function evaluate(
   graph: Graph,
   feeds: Map<number, Tensor>,
@@ -165,7 +153,7 @@ export function evaluate(
     dtype === "i32" ? new Int32Array(n) : f64 ? new Float64Array(n) : new Float32Array(n);
   const values = new Map<number, Tensor>();
 
-  for (const id of needed(graph, wanted)) {
+  for (const id of dependencies(graph, wanted)) {
     const node = graph.node(id);
     const ins = node.inputs.map((i) => values.get(i)!);
     const out = alloc(node.dtype, numel(node.shape));

@@ -167,6 +167,19 @@ export function strides(shape: Shape): number[] {
   return out;
 }
 
+/** Nodes `wanted` depends on, themselves included, in increasing id (a topological order). */
+export function dependencies(graph: Graph, wanted: readonly number[]): number[] {
+  const seen = new Set<number>();
+  const stack = [...wanted];
+  while (stack.length) {
+    const id = stack.pop()!;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    stack.push(...graph.node(id).inputs);
+  }
+  return [...seen].sort((a, b) => a - b);
+}
+
 /** A training program: the graph, what it reads, and what it produces. */
 export interface Program {
   graph: Graph;
