@@ -50,3 +50,43 @@ export function relativeDiff(a: Tensor, b: Tensor): number {
   }
   return worst;
 }
+
+/** examples/tiny_lm.lrk (the TinyLM model), optionally with its token embedding drawn at `tokenStd`. */
+export function tinyLmSource(tokenStd?: number): string {
+  const text = readRepoFile("examples/tiny_lm.lrk");
+  if (tokenStd === undefined) return text;
+  const drawn = text.replace(
+    "tok = Embedding(vocab, d)",
+    `tok = Embedding(vocab, d, init_std: ${tokenStd})`,
+  );
+  if (drawn === text)
+    throw new Error("examples/tiny_lm.lrk no longer declares `tok = Embedding(vocab, d)`");
+  return drawn;
+}
+
+/**
+ * The LoRA fine-tune the CPU and WebGPU training tests run: TinyLM at d 16, one layer, LoRA on q
+ * and v. There is no pretrained checkpoint, so the base is a frozen random model whose output head
+ * is tied to the token embedding; drawn at TinyLM's std 0.02 it keeps the logits within about ±0.3
+ * whatever the adapters do, so the embedding is drawn at std 0.3 to give the head room to learn.
+ */
+export function loraTinyLmProgram(train: string, steps: number): string {
+  return `${tinyLmSource(0.3)}
+import std.adapters.{lora}
+import std.optim.{adamw}
+
+data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 3)
+
+train ${train} {
+  model TinyLM(vocab: arith.vocab, d: 16, layers: 1, heads: 2, ctx: 16)
+  data arith
+  loss cross_entropy(model(batch.input), batch.target)
+  freeze **
+  adapt blocks.*.attn.{q, v} with lora(rank: 4, alpha: 8)
+  optimize adapters with adamw(lr: 1e-2)
+  steps ${steps}
+  batch 16
+  seed 1
+}
+`;
+}

@@ -18,6 +18,7 @@ import {
   trainStep,
   type Store,
 } from "./program-helpers.js";
+import { tinyLmSource } from "./helpers.js";
 import type { Run } from "../runtime/trainer.js";
 
 /** Elements per tensor checked by finite differences (all of a smaller tensor). */
@@ -180,32 +181,11 @@ train adapted {
 }
 `;
 
-// examples/tiny_lm.lrk's TinyLM, copied verbatim, at d 8, 1 layer, 2 heads, ctx 16.
-const tinyLM = `import std.nn.{Embedding, LayerNorm, Attention, Mlp}
+// examples/tiny_lm.lrk's TinyLM, at d 8, 1 layer, 2 heads, ctx 16.
+const tinyLM = `${tinyLmSource()}
 import std.optim.{adamw}
 
 data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 4)
-
-model TinyLM(vocab: int, d: int = 128, layers: int = 2, heads: int = 4, ctx: int = 32) {
-  tok = Embedding(vocab, d)
-  pos = Embedding(ctx, d)
-  blocks[layers] {
-    ln1 = LayerNorm(d)
-    attn = Attention(d, heads, causal: true)
-    ln2 = LayerNorm(d)
-    mlp = Mlp(d, 4 * d, act: gelu)
-  }
-  lnf = LayerNorm(d)
-
-  forward(ids: i32[B, T]) -> f32[B, T, vocab] {
-    let h = tok(ids) + pos(arange(T))
-    for b in blocks {
-      h = h + b.attn(b.ln1(h))
-      h = h + b.mlp(b.ln2(h))
-    }
-    return lnf(h) @ tok.weight^T
-  }
-}
 
 train lm {
   model TinyLM(vocab: arith.vocab, d: 8, layers: 1, heads: 2, ctx: 16)

@@ -6,54 +6,11 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { root } from "./helpers.js";
+import { loraTinyLmProgram, root } from "./helpers.js";
 
 const lrkc = join(root, "bin", "lrkc.js");
 
-// A TinyLM-like model (examples/tiny_lm.lrk at d 16, 1 layer, 2 heads) with LoRA on the attention
-// q and v. There is no pretrained checkpoint to start from, so the base is a frozen random model;
-// its output head is tied to the token embedding, which TinyLM draws at std 0.02: that keeps the
-// logits within about ±0.3 whatever the adapters do (the loss can hardly leave ln 16 ≈ 2.77).
-// Drawing the embedding at std 0.3 gives the frozen head the range to show learning.
-const program = `import std.nn.{Embedding, LayerNorm, Attention, Mlp}
-import std.adapters.{lora}
-import std.optim.{adamw}
-
-data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 3)
-
-model TinyLM(vocab: int, d: int = 16, layers: int = 1, heads: int = 2, ctx: int = 16) {
-  tok = Embedding(vocab, d, init_std: 0.3)
-  pos = Embedding(ctx, d)
-  blocks[layers] {
-    ln1 = LayerNorm(d)
-    attn = Attention(d, heads, causal: true)
-    ln2 = LayerNorm(d)
-    mlp = Mlp(d, 4 * d, act: gelu)
-  }
-  lnf = LayerNorm(d)
-
-  forward(ids: i32[B, T]) -> f32[B, T, vocab] {
-    let h = tok(ids) + pos(arange(T))
-    for b in blocks {
-      h = h + b.attn(b.ln1(h))
-      h = h + b.mlp(b.ln2(h))
-    }
-    return lnf(h) @ tok.weight^T
-  }
-}
-
-train lora_cpu {
-  model TinyLM(vocab: arith.vocab)
-  data arith
-  loss cross_entropy(model(batch.input), batch.target)
-  freeze **
-  adapt blocks.*.attn.{q, v} with lora(rank: 4, alpha: 8)
-  optimize adapters with adamw(lr: 1e-2)
-  steps 1000
-  batch 16
-  seed 1
-}
-`;
+const program = loraTinyLmProgram("lora_cpu", 1000);
 
 interface Result {
   code: number | null;

@@ -14,7 +14,7 @@ import { CpuDevice } from "../runtime/device.js";
 import { requestAdapter, requestDevice } from "../runtime/gpu.js";
 import { prepare, train, type Run } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { relativeDiff, root } from "./helpers.js";
+import { relativeDiff, root, tinyLmSource } from "./helpers.js";
 
 const TOLERANCE = 1e-3;
 let device: WebGpuDevice;
@@ -31,10 +31,7 @@ beforeAll(async () => {
 
 afterAll(() => device?.destroy());
 
-const tinyLm = readFileSync(join(root, "examples", "tiny_lm.lrk"), "utf8").replace(
-  /^import .*$/m,
-  "import std.nn.{Embedding, LayerNorm, Attention, Mlp}",
-);
+const tinyLm = tinyLmSource();
 
 function program(rules: string, imports: string, steps = 4): string {
   return `${tinyLm}

@@ -10,7 +10,7 @@ import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { prepare, train, type Run } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { relativeDiff, root } from "./helpers.js";
+import { loraTinyLmProgram, relativeDiff, root } from "./helpers.js";
 
 const STEPS = 5;
 const TOLERANCE = 1e-4;
@@ -54,47 +54,9 @@ async function compareTraining(run: Run): Promise<void> {
   }
 }
 
-// examples/tests' TinyLM at d 16 with LoRA on q and v: embeddings (gather), layer norms,
-// causal attention (softmax), a gelu MLP, cross-entropy, AdamW on the adapters.
-const lora = `import std.nn.{Embedding, LayerNorm, Attention, Mlp}
-import std.adapters.{lora}
-import std.optim.{adamw}
-
-data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 3)
-
-model TinyLM(vocab: int, d: int = 16, layers: int = 1, heads: int = 2, ctx: int = 16) {
-  tok = Embedding(vocab, d, init_std: 0.3)
-  pos = Embedding(ctx, d)
-  blocks[layers] {
-    ln1 = LayerNorm(d)
-    attn = Attention(d, heads, causal: true)
-    ln2 = LayerNorm(d)
-    mlp = Mlp(d, 4 * d, act: gelu)
-  }
-  lnf = LayerNorm(d)
-
-  forward(ids: i32[B, T]) -> f32[B, T, vocab] {
-    let h = tok(ids) + pos(arange(T))
-    for b in blocks {
-      h = h + b.attn(b.ln1(h))
-      h = h + b.mlp(b.ln2(h))
-    }
-    return lnf(h) @ tok.weight^T
-  }
-}
-
-train lora_webgpu {
-  model TinyLM(vocab: arith.vocab)
-  data arith
-  loss cross_entropy(model(batch.input), batch.target)
-  freeze **
-  adapt blocks.*.attn.{q, v} with lora(rank: 4, alpha: 8)
-  optimize adapters with adamw(lr: 1e-2)
-  steps 100
-  batch 16
-  seed 1
-}
-`;
+// TinyLM at d 16 with LoRA on q and v: embeddings (gather), layer norms, causal attention
+// (softmax), a gelu MLP, cross-entropy, AdamW on the adapters.
+const lora = loraTinyLmProgram("lora_webgpu", 100);
 
 describe("training on WebGPU matches the CPU interpreter", () => {
   it(`examples/mlp.lrk at batch 8: ${STEPS} steps of AdamW, losses and every tensor within ${TOLERANCE}`, async () => {
