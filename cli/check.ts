@@ -1,5 +1,5 @@
 // `lrkc check`: every check lrkc can make without running anything.
-import type { Diagnostic } from "../language/diagnostics.js";
+import { normalize, type Diagnostic } from "../language/diagnostics.js";
 import { analyze } from "../compiler/pipeline.js";
 import { prepare } from "../runtime/trainer.js";
 import { readSource } from "./files.js";
@@ -24,13 +24,7 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
     }
   }
   // An imported file's problems are reported once, however many files import it.
-  const seen = new Set<string>();
-  const unique = diagnostics.filter((d) => {
-    const key = `${d.code}|${d.at?.file.path}|${d.at?.span.start}|${d.message}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
+  const unique = normalize(diagnostics);
   const code = report(unique, options);
   if (code === 0 && !options.json) {
     const warnings = unique.length;

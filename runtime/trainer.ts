@@ -235,11 +235,10 @@ function batchFeeds(
   step: number,
   lr = 1,
 ): Map<string, Tensor> {
-  const feeds = new Map(store);
+  const feeds = withStep(store, step);
   const batch = run.data.batch(split, index, run.batch);
   for (const [field, f] of Object.entries(batch.fields))
     feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
-  feeds.set("step", { shape: [], data: Float32Array.of(step) });
   feeds.set("lr_scale", { shape: [], data: Float32Array.of(lr) });
   return feeds;
 }
