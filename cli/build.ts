@@ -13,6 +13,7 @@ import { planProgram, type Plan } from "../compiler/plan.js";
 import type { Entry } from "../compiler/step.js";
 import { formatBytes, memoryReport } from "../compiler/memory.js";
 import { prepare, type Run } from "../runtime/trainer.js";
+import { kernelFileName } from "../runtime/run-folder.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
@@ -27,7 +28,7 @@ export interface BuildOptions extends ReportOptions {
 }
 
 /** WebGPU's default limits: a plan that fits them runs on any adapter. */
-const defaultLimits = {
+export const defaultLimits = {
   maxStorageBufferBindingSize: 134_217_728,
   maxBufferSize: 268_435_456,
   maxStorageBuffersPerShaderStage: 8,
@@ -99,9 +100,7 @@ function emitPlan(run: Run, options: BuildOptions): number {
   if (options.out) {
     mkdirSync(options.out, { recursive: true });
     writeFileSync(join(options.out, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
-    plan.kernels.forEach((k) =>
-      writeFileSync(join(options.out!, `kernel-${String(k.id).padStart(3, "0")}.wgsl`), k.wgsl),
-    );
+    plan.kernels.forEach((k) => writeFileSync(join(options.out!, kernelFileName(k)), k.wgsl));
     process.stderr.write(
       `wrote ${join(options.out, "plan.json")} and ${plan.kernels.length} .wgsl files\n`,
     );
@@ -155,7 +154,7 @@ function memoryTable(run: Run): string {
   ];
   const width = Math.max(
     ...rows.map((r) => r[0].length),
-    "planned GPU buffers (fused step)".length,
+    "full fine-tuning with AdamW (same)".length,
   );
   const line = (label: string, n: number) =>
     `${label.padEnd(width)}  ${formatBytes(n).padStart(10)}  ${n.toLocaleString("en-US").padStart(14)} B`;
@@ -165,11 +164,13 @@ function memoryTable(run: Run): string {
       "",
       ...rows.map(([label, n]) => line(label, n)),
       "-".repeat(width + 30),
-      line("total", m.total),
-      line("full fine-tuning with AdamW", m.fullAdamW),
+      line("total (unfused estimate)", m.total),
+      line("full fine-tuning with AdamW (same)", m.fullAdamW),
       line("planned GPU buffers (fused step)", plannedBytes(run)),
       "",
-      `lrk's plan needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory`,
+      // Both totals are unfused estimates (every intermediate kept): comparable with each other,
+      // not with the planned bytes, which count buffers after fusion and reuse.
+      `before fusion, this step needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory (estimates above)`,
       "",
       "optimizer state by tensor:",
       ...stateLines(run),

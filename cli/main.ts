@@ -90,6 +90,7 @@ function program(setCode: (code: number) => void): Command {
       "run folder: metrics, checkpoints, weights, curves (default: runs/<train name>)",
     )
     .option("--resume", "continue from the run folder's checkpoint, exactly as if never stopped")
+    .option("--init <file>", "start from these weights (safetensors) instead of the block's `init`")
     .option(
       "--no-autotune",
       "use default matmul parameters instead of timing candidates (choices are cached in ~/.cache/lrk)",
@@ -108,6 +109,7 @@ function program(setCode: (code: number) => void): Command {
           batch?: string;
           device: string;
           out?: string;
+          init?: string;
           json?: boolean;
         },
       ) => {

@@ -1,7 +1,7 @@
 // `lrkc train FILE`: compile a train block and run it: progress on the terminal, metrics,
 // held-out evaluation, atomic checkpoints, `--resume`, a clean stop on Ctrl-C, and a run folder
 // with the final weights and a plot of the curves.
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import type { Tensor } from "../compiler/interpreter.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import { BufferLimitError } from "../compiler/memory-plan.js";
@@ -18,6 +18,8 @@ import {
   type Run,
   type StepEvent,
 } from "../runtime/trainer.js";
+import { planProgram, type Plan } from "../compiler/plan.js";
+import { defaultLimits } from "./build.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
@@ -28,6 +30,8 @@ export interface TrainCommandOptions extends ReportOptions {
   device: string;
   out?: string;
   resume?: boolean;
+  /** Start from this checkpoint instead of the train block's `init`. */
+  init?: string;
   /** commander's negated `--no-autotune` */
   autotune?: boolean;
 }
@@ -122,6 +126,8 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const { run, diagnostics } = prepare(read.file, { train: options.train, batch, steps });
   const code = report(diagnostics, options);
   if (!run || code !== 0) return code || 1;
+  // --init replaces the block's `init` (a path relative to the working directory, not the file)
+  if (options.init !== undefined) run.spec.init = { path: resolve(options.init) };
 
   let device: Device;
   try {
@@ -179,6 +185,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const started = performance.now();
   let result;
   try {
+    folder.writePlan(await stepPlan(run, device));
     result = await train(run, device, {
       steps: total,
       resume,
@@ -234,9 +241,21 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
         : []),
       `  weights: ${file}`,
       `  metrics: ${folder.metricsPath}, curves: ${curves}`,
+      `  kernels: ${join(folder.dir, "plan.json")}, ${join(folder.dir, "kernels")}/`,
     ].join("\n"),
   );
   return 0;
+}
+
+/**
+ * The kernel plan of the plain training step: on WebGPU the one the device runs (tuned to its
+ * adapter), on the CPU the one a GPU with WebGPU's default limits would run.
+ */
+async function stepPlan(run: Run, device: Device): Promise<Plan> {
+  const entry = run.step.variants.get("")!;
+  return device instanceof WebGpuDevice
+    ? await device.tunedPlan(run.step.graph, run.step.inputs, entry)
+    : planProgram(run.step.graph, run.step.inputs, { step: entry }, defaultLimits);
 }
 
 /** `auto`: the WebGPU adapter if there is one, else the CPU reference interpreter. */
@@ -265,7 +284,7 @@ function trainingFailure(e: unknown, run: Run, folder: RunFolder): Diagnostic | 
     );
   }
   if (e instanceof CheckpointError) {
-    const at = run.spec.init
+    const at = run.spec.init?.at
       ? { file: run.spec.module.file, span: run.spec.init.at.span }
       : undefined;
     return error("E0502", e.message, at, { help: e.help });

@@ -10,7 +10,7 @@ import type { Value } from "./values.js";
 export const arithmeticAlphabet = "0123456789+-*=. ";
 
 interface SourceSpec {
-  params: { name: string; kind: "number" | "string" | "name"; default?: Value }[];
+  params: { name: string; kind: "number" | "string" | "bool" | "name"; default?: Value }[];
   vocab: (args: Map<string, Value>) => number;
   help: string;
 }
@@ -21,6 +21,8 @@ export const dataSources: Record<string, SourceSpec> = {
       { name: "ops", kind: "string", default: { kind: "string", value: "+" } },
       { name: "digits", kind: "number", default: { kind: "number", value: 3, integer: true } },
       { name: "seed", kind: "number", default: { kind: "number", value: 0, integer: true } },
+      // false: `-` problems only with a ≥ b, so no result is negative
+      { name: "negative", kind: "bool", default: { kind: "bool", value: true } },
       {
         name: "train_size",
         kind: "number",

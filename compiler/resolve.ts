@@ -586,7 +586,7 @@ export class Resolver {
         this.report(
           error(
             "E0402",
-            `\`${param.name}\` must be ${param.kind === "string" ? "a string" : param.kind === "number" ? "a number" : "a name"}, not ${describeValue(value)}`,
+            `\`${param.name}\` must be ${{ string: "a string", number: "a number", bool: "true or false", name: "a name" }[param.kind]}, not ${describeValue(value)}`,
             this.at(module, arg.value),
           ),
         );

@@ -12,7 +12,8 @@ export interface TrainSpec {
   module: Module;
   model: ModuleInstance;
   data?: DataSet;
-  init?: { path: string; at: A.Expr };
+  /** The checkpoint to start from; `at` is the `init` line (absent when given by `--init`). */
+  init?: { path: string; at?: A.Expr };
   loss?: A.Expr;
   steps: number;
   batch: number;

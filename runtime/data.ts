@@ -124,6 +124,7 @@ export function openDataSet(dataset: DataSet, options: OpenOptions = {}): Opened
         ops: args.string("ops"),
         digits: args.integer("digits"),
         seed: args.integer("seed"),
+        negative: args.bool("negative"),
         trainSize: args.integer("train_size"),
         validSize: args.integer("valid_size"),
       });
@@ -184,6 +185,13 @@ class Args {
     if (!Number.isInteger(n))
       throw new DataError(`\`${name}\` must be a whole number, not ${n}`, this.help());
     return n;
+  }
+
+  bool(name: string): boolean {
+    const v = this.get(name);
+    if (v?.kind !== "bool")
+      throw new DataError(`\`${this.source}\` needs true or false for \`${name}\``, this.help());
+    return v.value;
   }
 
   string(name: string): string {
@@ -292,6 +300,8 @@ export interface ArithmeticParams {
   ops: string;
   digits: number;
   seed: number;
+  /** false: `-` problems only with a ≥ b (no negative results). Default true. */
+  negative?: boolean;
   trainSize: number;
   validSize: number;
 }
@@ -320,9 +330,13 @@ export function arithmetic(params: ArithmeticParams): ArithmeticSource {
       ARITH_HELP,
     );
 
-  // The problem space: (operator, a, b) with 0 ≤ a, b < 10^digits, keyed op·base² + a·base + b.
+  // The problem space: (operator, a, b) with 0 ≤ a, b < 10^digits, keyed op·base² + a·base + b;
+  // without negative results, `-` keeps only a ≥ b.
   const base = 10 ** digits;
-  const space = ops.length * base * base;
+  const nonNegative = params.negative === false;
+  const allowed = (op: number, a: number, b: number) => !(nonNegative && ops[op] === "-" && a < b);
+  const subtractions = nonNegative && ops.includes("-") ? (base * (base - 1)) / 2 : 0;
+  const space = ops.length * base * base - subtractions;
   let validN = params.validSize;
   let trainN = params.trainSize;
   let note: string | undefined;
@@ -340,7 +354,11 @@ export function arithmetic(params: ArithmeticParams): ArithmeticSource {
   if (2 * total >= space) {
     // Dense: a partial Fisher–Yates over the whole space (space ≤ 2·total, so this is small).
     const all = new Int32Array(space);
-    for (let i = 0; i < space; i++) all[i] = i;
+    for (let key = 0, i = 0; i < space; key++) {
+      const b = key % base;
+      const a = Math.floor(key / base) % base;
+      if (allowed(Math.floor(key / (base * base)), a, b)) all[i++] = key;
+    }
     for (let i = 0; i < total; i++) {
       const j = i + rng.int(space - i);
       const t = all[i]!;
@@ -349,14 +367,15 @@ export function arithmetic(params: ArithmeticParams): ArithmeticSource {
       keys[i] = all[i]!;
     }
   } else {
-    // Sparse: draw and skip repeats (each draw is new with probability > 1/2).
+    // Sparse: draw and skip repeats and disallowed problems (each draw is kept with probability
+    // > 1/4).
     const seen = new Set<number>();
     for (let i = 0; i < total;) {
       const op = ops.length === 1 ? 0 : rng.int(ops.length);
       const a = rng.int(base);
       const b = rng.int(base);
       const key = (op * base + a) * base + b;
-      if (seen.has(key)) continue;
+      if (seen.has(key) || !allowed(op, a, b)) continue;
       seen.add(key);
       keys[i++] = key;
     }

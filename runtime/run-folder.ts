@@ -9,9 +9,11 @@ import {
   readFileSync,
   writeFileSync,
   renameSync,
+  rmSync,
 } from "node:fs";
 import { join } from "node:path";
 import type { Tensor } from "../compiler/interpreter.js";
+import type { Plan } from "../compiler/plan.js";
 import { lineChart } from "./plot.js";
 import { CheckpointError, readSafetensors, writeSafetensors } from "./safetensors.js";
 
@@ -98,6 +100,19 @@ export class RunFolder {
     writeFileSync(this.metricsPath, "");
   }
 
+  /**
+   * The training step's kernel plan: plan.json and kernels/NNN-name.wgsl (what `lrkc build
+   * --emit wgsl --out` writes), so a run keeps the exact kernels it ran.
+   */
+  writePlan(plan: Plan): string {
+    const kernels = join(this.dir, "kernels");
+    rmSync(kernels, { recursive: true, force: true });
+    mkdirSync(kernels, { recursive: true });
+    writeFileSync(join(this.dir, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
+    for (const k of plan.kernels) writeFileSync(join(kernels, kernelFileName(k)), k.wgsl);
+    return join(this.dir, "plan.json");
+  }
+
   writeFinal(params: ReadonlyMap<string, Tensor>, meta: Record<string, string>): string {
     const path = join(this.dir, "final.safetensors");
     writeSafetensors(path, params, meta);
@@ -137,4 +152,10 @@ export class RunFolder {
     writeFileSync(path, lineChart(title, series));
     return path;
   }
+}
+
+/** `007-matmul_gelu.wgsl`: the kernel's id, then its name made safe for a file name. */
+export function kernelFileName(kernel: { id: number; name: string }): string {
+  const name = kernel.name.replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 60);
+  return `${String(kernel.id).padStart(3, "0")}-${name}.wgsl`;
 }

@@ -322,6 +322,14 @@ export async function train(
   const checkpointEvery = run.spec.checkpointEvery;
   let last = first - 1;
   let stopped = false;
+  const evaluateAt = async (s: number) => {
+    const e = await evaluate(run, device, store, s, options.evalBatches);
+    evals.push(e);
+    options.onEval?.(e);
+  };
+  // A fresh run is evaluated before its first step too: the baseline its curve starts from (for
+  // a fine-tune, how well the initial weights already do), and at its last step.
+  if (evalEvery && first === 1) await evaluateAt(0);
   for (let s = first; s <= steps; s++) {
     const started = performance.now();
     const lr = lrFactor(run.spec.schedule, s, steps);
@@ -367,11 +375,7 @@ export async function train(
     }
     last = s;
     options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started, tokens });
-    if (evalEvery && s % evalEvery === 0) {
-      const e = await evaluate(run, device, store, s, options.evalBatches);
-      evals.push(e);
-      options.onEval?.(e);
-    }
+    if (evalEvery && (s % evalEvery === 0 || s === steps)) await evaluateAt(s);
     stopped = options.shouldStop?.() ?? false;
     if ((checkpointEvery && s % checkpointEvery === 0) || s === steps || stopped)
       options.onCheckpoint?.(s, store);

@@ -111,6 +111,12 @@ export class WebGpuDevice implements Device {
     return this.compile(graph, inputs, entry).buffers.reduce((sum, b) => sum + b.size, 0);
   }
 
+  /** The plan this device runs for an entry, tuning its matmuls and compiling it if needed. */
+  async tunedPlan(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Promise<Plan> {
+    if (!this.isCompiled(graph, entry)) await this.tune(graph, inputs, entry);
+    return this.compile(graph, inputs, entry).plan;
+  }
+
   /** The plan this device runs for an entry (compiling it if needed). */
   plan(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Plan {
     return this.compile(graph, inputs, entry).plan;

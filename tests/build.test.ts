@@ -1,7 +1,7 @@
 // lrkc build: --emit params shows adapters exactly where the selectors say; --emit memory reports
 // optimizer state by the method cards' formulas; --emit ir prints the step; shape errors are E0401.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -29,9 +29,9 @@ describe("lrkc build --emit params", () => {
           .map((l) => l.split(/\s+/)[0]!.replace(/\.lora\.[AB]$/, "")),
       ),
     ];
-    // examples/lora_finetune.lrk: adapt blocks.*.attn.{q, v} …, adapt blocks.*.mlp.{up, down} …
+    // examples/lora_finetune.lrk: adapt blocks.*.attn.{q, k, v, o} …, blocks.*.mlp.{up, down} …
     expect(adapted.sort()).toEqual(
-      ["attn.q", "attn.v", "mlp.down", "mlp.up"]
+      ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.down", "mlp.up"]
         .flatMap((m) => [`blocks.0.${m}`, `blocks.1.${m}`])
         .sort(),
     );
@@ -39,9 +39,10 @@ describe("lrkc build --emit params", () => {
       const [path, , status] = row.split(/\s{2,}/);
       expect(status, path).toBe(path!.includes(".lora.") ? "trainable" : "frozen");
     }
-    // A (rank × in) and B (out × rank), with rank 8 on attention and 4 on the MLP.
+    // A (rank × in) and B (out × rank), rank 8
     expect(rows.find((l) => l.startsWith("blocks.0.attn.q.lora.A"))).toContain("f32[8, 128]");
-    expect(rows.find((l) => l.startsWith("blocks.1.mlp.up.lora.B"))).toContain("f32[512, 4]");
+    expect(rows.find((l) => l.startsWith("blocks.1.mlp.up.lora.B"))).toContain("f32[512, 8]");
+    expect(rows.find((l) => l.startsWith("blocks.1.mlp.down.lora.A"))).toContain("f32[8, 512]");
   });
 });
 
@@ -73,8 +74,9 @@ describe("lrkc build --emit memory", () => {
     const trainable = Number(
       r.stdout.match(/trainable parameters\s+\S+ \S+\s+([\d,]+) B/)![1]!.replace(/,/g, ""),
     );
-    // per block: q, v with rank 8 (128+128), up, down with rank 4 (128+512); two blocks; 4 bytes each
-    expect(trainable).toBe(4 * 2 * (2 * 8 * 256 + 2 * 4 * 640));
+    // per block: q, k, v, o with rank 8 (128+128), up, down with rank 8 (128+512); two blocks;
+    // 4 bytes each
+    expect(trainable).toBe(4 * 2 * (4 * 8 * 256 + 2 * 8 * 640));
   });
 });
 
@@ -102,7 +104,10 @@ describe("lrkc build --emit plan|wgsl", () => {
       kernels: { wgsl: string }[];
     };
     expect(written.kernels).toHaveLength(count);
-    const first = readFileSync(join(out, "kernel-000.wgsl"), "utf8");
+    const files = readdirSync(out).filter((f) => f.endsWith(".wgsl"));
+    expect(files).toHaveLength(count);
+    const first = readFileSync(join(out, files.sort()[0]!), "utf8");
+    expect(files[0]).toMatch(/^000-matmul/);
     // every kernel opens with the IR nodes and the .lrk lines it computes
     expect(first).toMatch(/^\/\/ .*\n\/\/ computes:\n\/\/   %\d+ = /);
     expect(first).toContain("stdlib/nn.lrk:");

@@ -21,7 +21,7 @@ import {
 } from "../runtime/data.js";
 import { Rng, mixSeed } from "../runtime/rng.js";
 
-type Arg = number | string | { name: string };
+type Arg = number | string | boolean | { name: string };
 
 /** A DataSet as the compiler makes it; omitted arguments take their defaults. */
 function dataset(source: string, args: Record<string, Arg>, file = "/nowhere/main.lrk"): DataSet {
@@ -33,7 +33,9 @@ function dataset(source: string, args: Record<string, Arg>, file = "/nowhere/mai
         ? { kind: "number", value: v, integer: Number.isInteger(v) }
         : typeof v === "string"
           ? { kind: "string", value: v }
-          : { kind: "builtin", name: v.name },
+          : typeof v === "boolean"
+            ? { kind: "bool", value: v }
+            : { kind: "builtin", name: v.name },
     );
   }
   return {
@@ -164,6 +166,33 @@ describe("arithmetic", () => {
     expect([...ops].sort()).toEqual(["*", "+", "-"]);
     expect(negative).toBeGreaterThan(0);
     expect(s.example("train", 0).length).toBeLessThanOrEqual(s.sequenceLength);
+  });
+
+  it("without negative results keeps only a ≥ b for `-`, and says how many problems exist", () => {
+    const s = openArith({ ops: "-", digits: 2, seed: 8, negative: false });
+    // 0 ≤ b ≤ a ≤ 99: 100·101/2 problems, half of them held out at most
+    expect(s.validSize + s.trainSize).toBe(5050);
+    expect(s.note).toMatch(/only 5050 distinct problems/);
+    const seen = new Set<string>();
+    for (const split of ["valid", "train"] as const) {
+      for (let i = 0; i < (split === "valid" ? s.validSize : s.trainSize); i++) {
+        const t = s.example(split, i);
+        check(t);
+        const [, a, , b] = EXAMPLE.exec(t)!;
+        expect(Number(a)).toBeGreaterThanOrEqual(Number(b));
+        seen.add(t);
+      }
+    }
+    expect(seen.size).toBe(5050);
+    // sparse draws (3 digits) follow the same rule; `+` is unaffected
+    const mixed = openArith({ ops: "+-", digits: 3, seed: 1, negative: false, train_size: 3000 });
+    let plus = 0;
+    for (let i = 0; i < mixed.trainSize; i++) {
+      const [, a, op, b] = EXAMPLE.exec(mixed.example("train", i))!;
+      if (op === "-") expect(Number(a)).toBeGreaterThanOrEqual(Number(b));
+      else plus++;
+    }
+    expect(plus).toBeGreaterThan(1000);
   });
 
   it("masks targets to the answer digits and the final `.`", () => {

@@ -2,7 +2,7 @@
 // builds first): a tiny LoRA fine-tune lowers its loss, exits 0, writes final.safetensors, and
 // two runs of the same program print the same losses and write the same weights.
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -94,5 +94,35 @@ describe("lrkc train --device cpu", () => {
         readFileSync(join(a.out, "final.safetensors")),
       ),
     ).toBe(true);
+  });
+});
+
+describe("a run folder", () => {
+  it("evaluates before the first step, every `eval every` steps and at the last; keeps the plan and kernels", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-train-eval-"));
+    const file = join(dir, "lora_eval.lrk");
+    const text = loraTinyLmProgram("lora_eval", 50).replace(
+      "  seed 1\n",
+      "  seed 1\n  eval every 20 on arith.valid\n",
+    );
+    expect(text).toContain("eval every 20");
+    writeFileSync(file, text);
+    const r = await lrkcTrain(file, 50);
+    expect(r.code, r.stderr).toBe(0);
+    const metrics = readFileSync(join(r.out, "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { kind: string; step: number; accuracy?: number });
+    const evals = metrics.filter((m) => m.kind === "eval");
+    expect(evals.map((m) => m.step)).toEqual([0, 20, 40, 50]);
+    for (const e of evals) expect(e.accuracy).toBeGreaterThanOrEqual(0);
+    expect(r.stderr).toMatch(/eval at step 0: held-out loss \S+, exact-match accuracy \S+%/);
+    // the compiled step: plan.json and one .wgsl file per kernel, in dispatch-id order
+    const plan = JSON.parse(readFileSync(join(r.out, "plan.json"), "utf8")) as {
+      kernels: { id: number; wgsl: string }[];
+    };
+    const kernels = readdirSync(join(r.out, "kernels")).sort();
+    expect(kernels).toHaveLength(plan.kernels.length);
+    expect(readFileSync(join(r.out, "kernels", kernels[0]!), "utf8")).toBe(plan.kernels[0]!.wgsl);
   });
 });
