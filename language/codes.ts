@@ -19,6 +19,7 @@ export const codeTitles = {
   E0105: "unexpected character",
   E0106: "invalid number",
   E0107: "`**` is not an operator",
+  E0108: "unknown escape in a string",
   E0201: "module not found",
   E0202: "name defined twice",
   E0203: "import cycle",

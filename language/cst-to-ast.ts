@@ -776,12 +776,27 @@ export class AstBuilder extends BaseVisitor {
   private stringLit(t: IToken): A.StringLit {
     const raw = t.image;
     const body = raw.endsWith('"') && raw.length >= 2 ? raw.slice(1, -1) : raw.slice(1);
-    const value = body.replace(/\\(u\{[0-9a-fA-F]+\}|.)/g, (_, e: string) => {
+    const span = tokenSpan(t);
+    const value = body.replace(/\\(u\{[0-9a-fA-F]+\}|.)/g, (_, e: string, offset: number) => {
       if (e.startsWith("u{"))
         return String.fromCodePoint(Math.min(parseInt(e.slice(2, -1), 16), 0x10ffff));
-      return ({ n: "\n", t: "\t", r: "\r", "0": "\0" } as Record<string, string>)[e] ?? e;
+      const known = ESCAPES[e];
+      if (known !== undefined) return known;
+      // the escape's span: after the opening quote, at the backslash
+      const start = span.start + 1 + offset;
+      this.diagnostics.push(
+        error(
+          "E0108",
+          `\`\\${e}\` is not an escape lrk knows`,
+          this.at({ start, end: start + 2 }),
+          {
+            help: 'the escapes are \\n \\t \\r \\0 \\\\ \\" and \\u{…}; write `\\\\` for a backslash (or use `/` in paths)',
+          },
+        ),
+      );
+      return e;
     });
-    return { kind: "String", raw, value, span: tokenSpan(t) };
+    return { kind: "String", raw, value, span };
   }
 
   parenExpr(ctx: Children, cst: CstNode): A.Expr {
@@ -796,6 +811,15 @@ export class AstBuilder extends BaseVisitor {
     return { kind: "List", items: nodes(ctx, "expression").map((n) => this.expr(n, span)), span };
   }
 }
+
+const ESCAPES: Record<string, string> = {
+  n: "\n",
+  t: "\t",
+  r: "\r",
+  "0": "\0",
+  "\\": "\\",
+  '"': '"',
+};
 
 /**
  * Recovery can leave spans unknown (NaN). Give every such node its parent's span, so every
