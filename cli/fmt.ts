@@ -14,6 +14,7 @@ export interface FmtOptions extends ReportOptions {
 export function fmtCommand(paths: string[], options: FmtOptions): number {
   const diagnostics: Diagnostic[] = [];
   const unformatted: string[] = [];
+  const formattedFiles: { path: string; formatted: string }[] = [];
   for (const path of paths) {
     const read = readSource(path);
     if ("diagnostic" in read) {
@@ -31,11 +32,19 @@ export function fmtCommand(paths: string[], options: FmtOptions): number {
       if (formatted !== read.file.text) unformatted.push(path);
     } else if (options.write) {
       if (formatted !== read.file.text) writeFileSync(path, formatted);
+    } else if (options.json) {
+      formattedFiles.push({ path, formatted });
     } else {
       process.stdout.write(formatted);
     }
   }
-  const code = report(diagnostics, options);
+  // --json: stdout is one JSON object, the formatted text (or the files --check found) included
+  const code = report(
+    diagnostics,
+    options,
+    options.check ? { unformatted } : options.write ? {} : { files: formattedFiles },
+  );
+  if (unformatted.length > 0 && options.json) return 1;
   if (unformatted.length > 0) {
     for (const path of unformatted) process.stderr.write(`${path}: not formatted\n`);
     process.stderr.write(

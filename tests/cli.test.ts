@@ -112,6 +112,20 @@ describe("lrkc fmt", () => {
     expect(run(["fmt", "--check", tempFile("c.lrk", clean)]).code).toBe(0);
   });
 
+  it("--json prints one JSON object: the formatted text, or the files --check found", () => {
+    const path = tempFile("m.lrk", messy);
+    const printed = run(["fmt", "--json", path]);
+    expect(printed.code).toBe(0);
+    expect(JSON.parse(printed.stdout)).toEqual({
+      diagnostics: [],
+      errors: 0,
+      files: [{ path, formatted: clean }],
+    });
+    const checked = run(["fmt", "--json", "--check", path]);
+    expect(checked.code).toBe(1);
+    expect(JSON.parse(checked.stdout)).toEqual({ diagnostics: [], errors: 0, unformatted: [path] });
+  });
+
   it("--write rewrites in place", () => {
     const path = tempFile("m.lrk", messy);
     expect(run(["fmt", "--write", path]).code).toBe(0);
