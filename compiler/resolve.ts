@@ -256,7 +256,21 @@ export class Resolver {
       }
       case "Call":
         return this.call(e, scope, module);
-      case "Index":
+      case "Index": {
+        const object = this.evaluate(e.object, scope, module);
+        if (object.kind === "list" || object.kind === "tuple")
+          return this.listItem(object.items, e, scope, module);
+        return this.report(
+          error(
+            "E0206",
+            "this expression needs tensors, which only exist inside functions",
+            this.at(module, e),
+            {
+              help: "compute it inside `forward` or an `update` function",
+            },
+          ),
+        );
+      }
       case "Transpose":
         return this.report(
           error(
@@ -271,6 +285,31 @@ export class Resolver {
       case "Error":
         throw new Reported();
     }
+  }
+
+  /** `list[i]` of a compile-time list (a negative index counts from the end). */
+  private listItem(items: readonly Value[], e: A.Index, scope: Scope, module: Module): Value {
+    const item = e.items[0];
+    if (e.items.length !== 1 || !item || item.kind === "Slice" || item.kind === "Ellipsis")
+      return this.report(
+        error("E0402", "a list takes one index, a whole number", this.at(module, e), {
+          help: "write e.g. `shape[0]` or `shape[-1]`",
+        }),
+      );
+    const i = this.integer(item, scope, module, "a list index");
+    const at = i < 0 ? items.length + i : i;
+    if (at < 0 || at >= items.length)
+      return this.report(
+        error(
+          "E0402",
+          `index ${i} is out of range for ${describeValue({ kind: "list", items: [...items] })}`,
+          this.at(module, item),
+          {
+            help: "guard it, e.g. `ndim == 2 and shape[1] == 64` (`and` stops at the first false)",
+          },
+        ),
+      );
+    return items[at]!;
   }
 
   truthy(v: Value, e: A.Expr, module: Module): boolean {
@@ -311,8 +350,9 @@ export class Resolver {
     }
     const l = this.evaluate(e.left, scope, module);
     const r = this.evaluate(e.right, scope, module);
-    if ((e.op === "==" || e.op === "!=") && l.kind === "string" && r.kind === "string") {
-      return { kind: "bool", value: (l.value === r.value) === (e.op === "==") };
+    if ((e.op === "==" || e.op === "!=") && (l.kind !== "number" || r.kind !== "number")) {
+      const same = sameValue(l, r);
+      if (same !== undefined) return { kind: "bool", value: same === (e.op === "==") };
     }
     const a = this.number(l, e.left, module);
     const b = this.number(r, e.right, module);
@@ -656,4 +696,26 @@ export class Resolver {
         );
     }
   }
+}
+
+/**
+ * Whether two compile-time values are equal: numbers, strings and bools by value, lists and tuples
+ * item by item; undefined for values `==` does not compare (modules, definitions, …).
+ */
+function sameValue(a: Value, b: Value): boolean | undefined {
+  if (a.kind === "number" && b.kind === "number") return a.value === b.value;
+  if ((a.kind === "string" && b.kind === "string") || (a.kind === "bool" && b.kind === "bool"))
+    return a.value === b.value;
+  if ((a.kind === "list" || a.kind === "tuple") && (b.kind === "list" || b.kind === "tuple")) {
+    if (a.items.length !== b.items.length) return false;
+    for (let i = 0; i < a.items.length; i++) {
+      const same = sameValue(a.items[i]!, b.items[i]!);
+      if (same !== true) return same;
+    }
+    return true;
+  }
+  if (a.kind === b.kind) return undefined;
+  // different kinds of plain values are simply unequal
+  const plain = new Set(["number", "string", "bool", "list", "tuple"]);
+  return plain.has(a.kind) && plain.has(b.kind) ? false : undefined;
 }

@@ -89,6 +89,27 @@ describe("instantiation and placement", () => {
     ).toBe(true);
   });
 
+  it("selects by shape in `where`: `shape == [..]`, `shape[i]`, `shape[-1]`", () => {
+    const r = run(`train t {
+  model Net()
+  optimize ** where shape == [8, 8] with galore(rank: 1)
+  optimize ** where ndim == 2 and shape[-1] == 8 and shape[0] != 8 with adamw(lr: 1e-3)
+  optimize ** with adamw(lr: 1e-2)
+}`);
+    expect(r.diagnostics.map((d) => d.message)).toEqual([]);
+    const rule = new Map(
+      r.trains[0]!.placement.params.map((p) => [p.param.path, p.optimizer!.config.args.get("lr")]),
+    );
+    const by = (path: string) =>
+      r.trains[0]!.placement.params.find((p) => p.param.path === path)!.optimizer!.config.def.name
+        .name;
+    expect(by("blocks.0.attn.weight")).toBe("galore"); // [8, 8]
+    expect(by("blocks.1.mlp.weight")).toBe("adamw"); // [32, 8]
+    expect(rule.get("blocks.1.mlp.weight")).toMatchObject({ value: 1e-3 });
+    expect(by("head.weight")).toBe("adamw"); // [3, 8]
+    expect(rule.get("head.bias")).toMatchObject({ value: 1e-2 }); // 1-d
+  });
+
   it("attaches a budget to the modules adapted with its adapter", () => {
     const r = run(`train t {
   model Net()
@@ -128,6 +149,18 @@ describe("semantic errors", () => {
     expect(d.message).toBe("selector `blocks.*.atn` matches no module");
     expect(at).toBe("blocks.*.atn");
     expect(d.label).toBe("did you mean `blocks.*.attn`?");
+  });
+
+  it("E0402: a list index out of range in a selector predicate", () => {
+    const { d, at } = only(`train t {
+  model Net()
+  optimize ** where shape[1] == 8 with adamw(lr: 1e-3)
+  optimize ** with adamw(lr: 1e-2)
+}`);
+    expect(d.code).toBe("E0402");
+    expect(d.message).toMatch(/^index 1 is out of range for /);
+    expect(d.help).toMatch(/ndim == 2 and shape\[1\]/);
+    expect(at).toBe("1");
   });
 
   it("E0302: an adapter applied to a module it cannot wrap", () => {
