@@ -6,7 +6,7 @@ import type { Placement, PlacedParam } from "../compiler/place.js";
 import type { TrainSpec } from "../compiler/train.js";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { error } from "../language/diagnostics.js";
+import { error, hasErrors } from "../language/diagnostics.js";
 import { printGraph } from "../compiler/ir.js";
 import { BufferLimitError } from "../compiler/memory-plan.js";
 import { planProgram, type Plan } from "../compiler/plan.js";
@@ -39,7 +39,7 @@ export function buildCommand(path: string, options: BuildOptions): number {
   if ("diagnostic" in read) return report([read.diagnostic], options);
   if (options.emit === "ast") {
     const parsed = parse(read.file);
-    if (parsed.diagnostics.length > 0) return report(parsed.diagnostics, options);
+    if (hasErrors(parsed.diagnostics)) return report(parsed.diagnostics, options);
     process.stdout.write(JSON.stringify(parsed.program, null, 2) + "\n");
     return 0;
   }

@@ -2,7 +2,7 @@
 import { writeFileSync } from "node:fs";
 import { format } from "../language/format.js";
 import { parse } from "../language/parse.js";
-import type { Diagnostic } from "../language/diagnostics.js";
+import { hasErrors, type Diagnostic } from "../language/diagnostics.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
@@ -22,11 +22,9 @@ export function fmtCommand(paths: string[], options: FmtOptions): number {
       continue;
     }
     const parsed = parse(read.file);
-    if (parsed.diagnostics.length > 0) {
-      // Never format around a syntax error: the output could drop what the parser skipped.
-      diagnostics.push(...parsed.diagnostics);
-      continue;
-    }
+    diagnostics.push(...parsed.diagnostics);
+    // Never format around a syntax error: the output could drop what the parser skipped.
+    if (hasErrors(parsed.diagnostics)) continue;
     const formatted = format(parsed.program, read.file);
     if (options.check) {
       if (formatted !== read.file.text) unformatted.push(path);

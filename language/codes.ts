@@ -20,6 +20,7 @@ export const codeTitles = {
   E0106: "invalid number",
   E0107: "`**` is not an operator",
   E0108: "unknown escape in a string",
+  E0109: "statement has no effect",
   E0201: "module not found",
   E0202: "name defined twice",
   E0203: "import cycle",

@@ -455,6 +455,20 @@ export class AstBuilder extends BaseVisitor {
     const span = cstSpan(cst);
     const target = this.expr(node(ctx, "target"), span);
     const op = tok(ctx, "op");
+    if (!op && target.kind !== "Call") {
+      // Functions are pure: a bare expression other than a call (an `at` block's action) computes
+      // a value nobody uses. The usual cause is a line that starts with `-` or `+`, meant to
+      // continue the line above.
+      const continued = target.kind === "Unary" && (target.op === "-" || target.op === "+");
+      this.diagnostics.push({
+        ...error("E0109", "this expression's value is not used", this.at(target.span), {
+          help: continued
+            ? `a line that starts with \`${target.op}\` begins a new statement: end the line above with \`${target.op}\` instead, or wrap the whole expression in parentheses`
+            : "assign it (`let name = …`) or return it (`return …`)",
+        }),
+        severity: "warning",
+      });
+    }
     if (!op) return { kind: "ExprStmt", expr: target, span };
     return {
       kind: "Assign",
