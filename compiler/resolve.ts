@@ -645,7 +645,7 @@ export class Resolver {
     }
     return {
       kind: "dataset",
-      dataset: { source, args, vocab: spec.vocab(args), split: "train", at: this.at(module, e) },
+      dataset: { source, args, vocab: spec.vocab(args), at: this.at(module, e) },
     };
   }
 

@@ -1,6 +1,6 @@
 // The train block: which one, its settings, and the model instantiated from it.
 import type * as A from "../language/ast.js";
-import { error } from "../language/diagnostics.js";
+import { error, type Location } from "../language/diagnostics.js";
 import { instantiate } from "./instantiate.js";
 import type { Module } from "./modules.js";
 import type { Resolver } from "./resolve.js";
@@ -20,7 +20,8 @@ export interface TrainSpec {
   seed: number;
   clip?: number;
   schedule?: Value;
-  eval?: { every: number; on?: DataSet };
+  /** `eval every N on DATA`; `onAt` is where DATA is written. */
+  eval?: { every: number; on?: DataSet; onAt?: Location };
   checkpointEvery?: number;
   /** freeze / adapt / optimize / quantize / budget items, in order. */
   rules: (A.Freeze | A.Rule | A.BudgetRule)[];
@@ -238,6 +239,7 @@ export function resolveTrain(
       ? {
           every: r.attempt(() => r.integer(evalItem!.every, scope, module, "`eval every`")) ?? 100,
           on: dataset(evalItem.on),
+          onAt: evalItem.on ? r.at(module, evalItem.on) : undefined,
         }
       : undefined,
     checkpointEvery: checkpoint

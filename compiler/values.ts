@@ -57,8 +57,8 @@ export interface DataSet {
   source: string;
   args: Map<string, Value>;
   vocab: number;
-  /** The split a `data` reference means by default, or `valid` for `arith.valid`. */
-  split: "train" | "valid";
+  /** `arith.train` / `arith.valid`; absent for a bare `arith` (training reads its train split). */
+  split?: "train" | "valid";
   at: Location;
 }
 

@@ -11,12 +11,14 @@ import type { Placement } from "../compiler/place.js";
 import { keptUnits } from "../compiler/budget.js";
 import { buildStep, variantKey, type StepProgram } from "../compiler/step.js";
 import type { TrainSpec } from "../compiler/train.js";
+import type { DataSet } from "../compiler/values.js";
 import {
   arithmeticAccuracy,
   DataError,
   openDataSet,
   type LogitsFn,
   type OpenedSource,
+  type Split,
 } from "./data.js";
 import type { Device } from "./device.js";
 import { CheckpointError, readSafetensors } from "./safetensors.js";
@@ -26,6 +28,9 @@ export interface Run {
   spec: TrainSpec;
   placement: Placement;
   data: OpenedSource;
+  /** What `eval` measures: the `eval … on` data (by default the block's own), and its split. */
+  evalData: OpenedSource;
+  evalSplit: Split;
   step: StepProgram;
   init: InitProgram;
   batch: number;
@@ -66,34 +71,46 @@ export function prepare(
       ],
     };
   }
+  const open = (dataset: DataSet): OpenedSource | Diagnostic => {
+    try {
+      return openDataSet(dataset, { seed: spec.seed });
+    } catch (e) {
+      if (!(e instanceof DataError)) throw e;
+      return error("E0501", e.message, dataset.at, { help: e.help });
+    }
+  };
+  const data = open(spec.data);
+  if (!("kind" in data)) return { diagnostics: [...diagnostics, data] };
+  const batch = options.batch ?? spec.batch;
+  // `eval … on DATA`: the held-out split of DATA unless it says `.train`; the block's own data
+  // when it is the same source with the same arguments (opened once).
   const on = spec.eval?.on;
-  const same = (a: typeof on, b: typeof on) =>
-    a && b && a.source === b.source && JSON.stringify([...a.args]) === JSON.stringify([...b.args]);
-  if (on && !same(on, spec.data)) {
+  const sameData =
+    !on ||
+    (on.source === spec.data.source &&
+      JSON.stringify([...on.args]) === JSON.stringify([...spec.data.args]));
+  const evalData = sameData ? data : open(on);
+  if (!("kind" in evalData)) return { diagnostics: [...diagnostics, evalData] };
+  const shapes = (d: OpenedSource) => JSON.stringify(d.fieldShapes(batch));
+  if (shapes(evalData) !== shapes(data)) {
+    const show = (d: OpenedSource) =>
+      Object.entries(d.fieldShapes(batch))
+        .map(([name, f]) => `${name}: ${f.dtype}[${f.shape.join(", ")}]`)
+        .join(", ");
     return {
       diagnostics: [
         ...diagnostics,
         error(
           "E0206",
-          "`eval … on` another data set is not supported yet: evaluation uses the held-out split of the block's `data`",
-          on.at,
+          `\`eval … on\` data whose batches differ from the training data's: ${show(evalData)} against ${show(data)}`,
+          spec.eval?.onAt ?? on!.at,
           {
-            help: "write `eval every N` (or `on <data>.valid` for the same data)",
+            help: "the step is compiled for one batch shape: evaluate on data of the same shape (for arithmetic, the same `digits`)",
           },
         ),
       ],
     };
   }
-  let data: OpenedSource;
-  try {
-    data = openDataSet(spec.data, { seed: spec.seed });
-  } catch (e) {
-    if (!(e instanceof DataError)) throw e;
-    return {
-      diagnostics: [...diagnostics, error("E0501", e.message, spec.data.at, { help: e.help })],
-    };
-  }
-  const batch = options.batch ?? spec.batch;
   const mark = r.diagnostics.length;
   const init = buildInit(r, spec, placement);
   const step = init
@@ -102,7 +119,7 @@ export function prepare(
   const later = r.diagnostics.slice(mark);
   if (!step || !init) return { diagnostics: [...diagnostics, ...later] };
   return {
-    run: { spec, placement, data, step, init, batch },
+    run: { spec, placement, data, evalData, evalSplit: on?.split ?? "valid", step, init, batch },
     diagnostics: [...diagnostics, ...later],
   };
 }
@@ -230,13 +247,14 @@ function withStep(store: ReadonlyMap<string, Tensor>, step: number): Map<string,
 function batchFeeds(
   run: Run,
   store: ReadonlyMap<string, Tensor>,
-  split: "train" | "valid",
+  split: Split,
   index: number,
   step: number,
   lr = 1,
+  data: OpenedSource = run.data,
 ): Map<string, Tensor> {
   const feeds = withStep(store, step);
-  const batch = run.data.batch(split, index, run.batch);
+  const batch = data.batch(split, index, run.batch);
   for (const [field, f] of Object.entries(batch.fields))
     feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
   feeds.set("lr_scale", { shape: [], data: Float32Array.of(lr) });
@@ -261,7 +279,9 @@ export async function evaluate(
   step: number,
   maxBatches = 8,
 ): Promise<EvalEvent> {
-  const full = Math.floor(run.data.validSize / run.batch);
+  const { evalData: data, evalSplit: split } = run;
+  const size = split === "train" ? data.trainSize : data.validSize;
+  const full = Math.floor(size / run.batch);
   const count = Math.max(0, Math.min(maxBatches, full));
   let total = 0;
   for (let i = 0; i < count; i++) {
@@ -269,7 +289,7 @@ export async function evaluate(
       run.step.graph,
       run.step.inputs,
       run.step.evaluate,
-      batchFeeds(run, store, "valid", i, step),
+      batchFeeds(run, store, split, i, step, 1, data),
     );
     total += out.get("loss")!.data[0]!;
   }
@@ -279,14 +299,15 @@ export async function evaluate(
     examples: count * run.batch,
   };
   const predict = run.step.predict;
-  if (run.data.kind === "arithmetic" && predict) {
+  if (data.kind === "arithmetic" && predict) {
     const logits: LogitsFn = async (input, batch, length) => {
       const feeds = new Map(store);
       feeds.set("batch.input", { shape: [batch, length], data: input });
       const out = await device.run(run.step.graph, run.step.inputs, predict, feeds);
       return out.get("logits")!.data;
     };
-    const result = await arithmeticAccuracy(run.data, logits, {
+    const result = await arithmeticAccuracy(data, logits, {
+      split,
       batchSize: run.batch,
       limit: count * run.batch || run.batch,
     });

@@ -6,6 +6,9 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } fro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import { evaluate, prepare, train } from "../runtime/trainer.js";
 import { loraTinyLmProgram, root } from "./helpers.js";
 
 const lrkc = join(root, "bin", "lrkc.js");
@@ -124,5 +127,45 @@ describe("a run folder", () => {
     const kernels = readdirSync(join(r.out, "kernels")).sort();
     expect(kernels).toHaveLength(plan.kernels.length);
     expect(readFileSync(join(r.out, "kernels", kernels[0]!), "utf8")).toBe(plan.kernels[0]!.wgsl);
+  });
+});
+
+describe("eval … on another data set", () => {
+  const withEval = (extra: string, on: string) =>
+    loraTinyLmProgram("lora_on", 4)
+      .replace("data arith =", `${extra}\ndata arith =`)
+      .replace("  seed 1\n", `  seed 1\n  eval every 2 on ${on}\n`);
+
+  it("evaluates the named data's split (subtraction here, while training on addition)", async () => {
+    const text = withEval(
+      'data sub = std.data.arithmetic(ops: "-", digits: 1, seed: 5, negative: false)',
+      "sub",
+    );
+    const { run, diagnostics } = prepare(new SourceFile("/tmp/on.lrk", text));
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    expect(run!.evalSplit).toBe("valid");
+    expect(run!.evalData.kind === "arithmetic" && run!.evalData.ops).toBe("-");
+    const result = await train(run!, new CpuDevice(), { steps: 4 });
+    expect(result.evals.map((e) => e.step)).toEqual([0, 2, 4]);
+    for (const e of result.evals) {
+      expect(Number.isFinite(e.loss)).toBe(true);
+      expect(e.accuracy).toBeGreaterThanOrEqual(0);
+    }
+    // the same weights evaluated on the training data give another loss: it really used `sub`
+    const own = prepare(new SourceFile("/tmp/own.lrk", withEval("", "arith.valid"))).run!;
+    const mine = await evaluate(own, new CpuDevice(), result.store, 4);
+    expect(mine.loss).not.toBeCloseTo(result.evals[2]!.loss, 6);
+    // `.train` evaluates the training split
+    const onTrain = prepare(new SourceFile("/tmp/t.lrk", withEval("", "arith.train"))).run!;
+    expect(onTrain.evalSplit).toBe("train");
+  });
+
+  it("E0206: data whose batches have other shapes than the training data's", () => {
+    const text = withEval('data long = std.data.arithmetic(ops: "+", digits: 3)', "long.valid");
+    const { run, diagnostics } = prepare(new SourceFile("/tmp/long.lrk", text));
+    expect(run).toBeUndefined();
+    const d = diagnostics.find((x) => x.code === "E0206")!;
+    expect(d.message).toMatch(/batches differ from the training data's: input: i32\[16, 12\]/);
+    expect(text.slice(d.at!.span.start, d.at!.span.end)).toBe("long.valid");
   });
 });
