@@ -244,7 +244,8 @@ function withStep(store: ReadonlyMap<string, Tensor>, step: number): Map<string,
   return feeds;
 }
 
-function batchFeeds(
+/** The feeds of one step: the store, the step number, batch `index` of `split`, the lr factor. */
+export function batchFeeds(
   run: Run,
   store: ReadonlyMap<string, Tensor>,
   split: Split,

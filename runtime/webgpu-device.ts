@@ -207,6 +207,72 @@ export class WebGpuDevice implements Device {
     return out;
   }
 
+  /**
+   * Device time of each kernel of an entry, from timestamp queries around each dispatch (its own
+   * compute pass): runs the entry once with `feeds` (compiling and uploading), then `repeats` more
+   * times, and returns each dispatch's median in milliseconds, in dispatch order. Undefined when
+   * the adapter has no timestamp queries.
+   */
+  async profile(
+    graph: Graph,
+    inputs: readonly ProgramInput[],
+    entry: Entry,
+    feeds: ReadonlyMap<string, Tensor>,
+    repeats = 5,
+  ): Promise<{ kernel: number; ms: number }[] | undefined> {
+    if (!this.device.features.has("timestamp-query")) return undefined;
+    await this.run(graph, inputs, entry, feeds);
+    const c = this.compile(graph, inputs, entry);
+    const dispatches = c.plan.entries[c.entry]!.dispatches.filter((k) =>
+      c.plan.kernels[k]!.dispatch.every((n) => n > 0),
+    );
+    const gpu = this.device;
+    const count = 2 * dispatches.length;
+    const querySet = gpu.createQuerySet({ type: "timestamp", count });
+    const resolved = gpu.createBuffer({
+      size: 8 * count,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const read = gpu.createBuffer({
+      size: 8 * count,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const times: number[][] = dispatches.map(() => []);
+    try {
+      for (let r = 0; r < repeats; r++) {
+        const encoder = gpu.createCommandEncoder();
+        dispatches.forEach((k, i) => {
+          const pass = encoder.beginComputePass({
+            timestampWrites: {
+              querySet,
+              beginningOfPassWriteIndex: 2 * i,
+              endOfPassWriteIndex: 2 * i + 1,
+            },
+          });
+          pass.setPipeline(c.pipelines[k]!);
+          pass.setBindGroup(0, c.bindGroups[k]!);
+          const [x, y, z] = c.plan.kernels[k]!.dispatch;
+          pass.dispatchWorkgroups(x, y, z);
+          pass.end();
+        });
+        encoder.resolveQuerySet(querySet, 0, count, resolved, 0);
+        encoder.copyBufferToBuffer(resolved, 0, read, 0, 8 * count);
+        gpu.queue.submit([encoder.finish()]);
+        await c.waiter.wait(gpu);
+        await read.mapAsync(GPUMapMode.READ);
+        const t = new BigUint64Array(read.getMappedRange().slice(0));
+        read.unmap();
+        dispatches.forEach((_, i) => times[i]!.push(Number(t[2 * i + 1]! - t[2 * i]!) / 1e6));
+      }
+    } finally {
+      querySet.destroy();
+      resolved.destroy();
+      read.destroy();
+    }
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+    return dispatches.map((kernel, i) => ({ kernel, ms: median(times[i]!) }));
+  }
+
   /** Records that `buffer` now holds `t` (and no longer what it held before). */
   private hold(buffer: GPUBuffer, t: Tensor): void {
     const before = this.contents.get(buffer)?.deref();
