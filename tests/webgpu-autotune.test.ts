@@ -9,7 +9,7 @@ import { tensor } from "../compiler/interpreter.js";
 import type { ProgramInput } from "../compiler/step.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { SourceFile } from "../language/source.js";
-import { prepare } from "../runtime/trainer.js";
+import { batchFeeds, initialize, prepare } from "../runtime/trainer.js";
 import { root } from "./helpers.js";
 
 let device: WebGpuDevice | undefined;
@@ -70,5 +70,26 @@ describe("autotuned plans", () => {
     const plan = device.plan(run!.step.graph, run!.step.inputs, entry);
     expect(plan.peakBytes).toBeGreaterThan(0);
     expect(device.allocatedBytes(run!.step.graph, run!.step.inputs, entry)).toBe(plan.peakBytes);
+  });
+
+  it("times each kernel of a step on the device (bench:profile)", async () => {
+    device ??= await WebGpuDevice.open({ autotune: false });
+    const path = join(root, "examples", "mlp.lrk");
+    const { run } = prepare(new SourceFile(path, readFileSync(path, "utf8")), { batch: 8 });
+    const store = await initialize(run!, device);
+    const entry = run!.step.variants.get("")!;
+    const feeds = batchFeeds(run!, store, "train", 0, 1);
+    const times = await device.profile(run!.step.graph, run!.step.inputs, entry, feeds, 3);
+    if (!device.features.includes("timestamp-query")) {
+      expect(times).toBeUndefined();
+      return;
+    }
+    const plan = device.plan(run!.step.graph, run!.step.inputs, entry);
+    const dispatched = plan.entries["entry"]!.dispatches.filter((k) =>
+      plan.kernels[k]!.dispatch.every((n) => n > 0),
+    );
+    expect(times!.map((t) => t.kernel)).toEqual(dispatched);
+    for (const t of times!) expect(t.ms).toBeGreaterThanOrEqual(0);
+    expect(times!.some((t) => t.ms > 0)).toBe(true);
   });
 });
