@@ -6,6 +6,15 @@ import type { Entry, ProgramInput } from "../compiler/step.js";
 
 export type { Tensor };
 
+export interface RunOptions {
+  /**
+   * The outputs the host needs now (default: all). A device may keep the others where they were
+   * computed, returning tensors whose `data` can be read only after `sync`; feeding them back to
+   * the same device costs nothing. A training step asks for its loss only.
+   */
+  read?: ReadonlySet<string>;
+}
+
 export interface Device {
   readonly name: string;
   run(
@@ -13,7 +22,10 @@ export interface Device {
     inputs: readonly ProgramInput[],
     entry: Entry,
     feeds: ReadonlyMap<string, Tensor>,
+    options?: RunOptions,
   ): Promise<Map<string, Tensor>>;
+  /** Makes the `data` of these tensors readable on the host (a no-op for host tensors). */
+  sync?(tensors: Iterable<Tensor>): Promise<void>;
 }
 
 export class CpuDevice implements Device {

@@ -326,6 +326,8 @@ function firstNonFinite(tensors: ReadonlyMap<string, Tensor>): string | undefine
   return undefined;
 }
 
+const LOSS_ONLY: ReadonlySet<string> = new Set(["loss"]);
+
 export async function train(
   run: Run,
   device: Device,
@@ -356,14 +358,20 @@ export async function train(
     const started = performance.now();
     const lr = lrFactor(run.spec.schedule, s, steps);
     const entry = run.step.variants.get(variantKey(periods, s))!;
+    // Only the loss comes back to the host; parameters and states stay on the device until a
+    // checkpoint (or the end) needs them.
     const out = await device.run(
       run.step.graph,
       run.step.inputs,
       entry,
       batchFeeds(run, store, "train", s - 1, s, lr),
+      { read: LOSS_ONLY },
     );
     const loss = out.get("loss")!.data[0]!;
-    if (!Number.isFinite(loss)) throw new NonFiniteLoss(s, loss, firstNonFinite(out));
+    if (!Number.isFinite(loss)) {
+      await device.sync?.(out.values());
+      throw new NonFiniteLoss(s, loss, firstNonFinite(out));
+    }
     for (const [name, t] of out) if (name !== "loss") store.set(name, t);
     losses.push(loss);
     for (const budget of run.step.budgets) {
@@ -373,6 +381,7 @@ export async function train(
         run.step.inputs,
         budget.score,
         withStep(store, s),
+        { read: new Set(budget.modules.map((m) => `score:${m}`)) },
       );
       const all = Float64Array.from(
         budget.modules.flatMap((m) => [...scored.get(`score:${m}`)!.data]),
@@ -392,6 +401,7 @@ export async function train(
         run.step.inputs,
         budget.prune,
         feeds,
+        { read: new Set() },
       ))
         store.set(name, t);
     }
@@ -399,9 +409,12 @@ export async function train(
     options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started, tokens });
     if (evalEvery && (s % evalEvery === 0 || s === steps)) await evaluateAt(s);
     stopped = options.shouldStop?.() ?? false;
-    if ((checkpointEvery && s % checkpointEvery === 0) || s === steps || stopped)
+    if ((checkpointEvery && s % checkpointEvery === 0) || s === steps || stopped) {
+      await device.sync?.(store.values());
       options.onCheckpoint?.(s, store);
+    }
     if (stopped) break;
   }
+  await device.sync?.(store.values());
   return { losses, store, step: last, stopped, evals };
 }

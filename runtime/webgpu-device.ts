@@ -3,8 +3,10 @@
 // Per (graph, entry) the plan is compiled once: buffers, pipelines and bind groups are created
 // once and reused by every run. A run uploads the feeds that are not on the GPU already, records
 // one command buffer (input copies, one compute pass with every dispatch, copies of the outputs
-// to one staging buffer), waits with GpuWaiter (sleeping first: Dawn's pending promises busy-poll
-// a core), and reads back the outputs.
+// asked for to one staging buffer), waits with GpuWaiter (sleeping first: Dawn's pending promises
+// busy-poll a core), and reads back those outputs. The others stay in their buffers as
+// DeviceTensors: a training step reads back its loss only; `sync` reads the rest when a checkpoint
+// needs them.
 //
 // Residency: every tensor this device returned or uploaded is remembered with the GPU buffer
 // holding it, as long as that buffer still holds it. Feeding the same Tensor object again costs
@@ -18,7 +20,7 @@ import { isSmallMatmul, planMatmulParams, planProgram, type Plan } from "../comp
 import { matmulShapeClassKey } from "../compiler/kernels/matmul.js";
 import { Autotuner } from "./autotune.js";
 import type { Entry, ProgramInput } from "../compiler/step.js";
-import type { Device } from "./device.js";
+import type { Device, RunOptions } from "./device.js";
 import { GpuWaiter, requestAdapter, requestDevice, summarize } from "./gpu.js";
 
 interface Compiled {
@@ -127,6 +129,7 @@ export class WebGpuDevice implements Device {
     inputs: readonly ProgramInput[],
     entry: Entry,
     feeds: ReadonlyMap<string, Tensor>,
+    options: RunOptions = {},
   ): Promise<Map<string, Tensor>> {
     if (this.destroyed) throw new Error("webgpu: the device was destroyed");
     if (!this.isCompiled(graph, entry)) await this.tune(graph, inputs, entry);
@@ -142,8 +145,9 @@ export class WebGpuDevice implements Device {
       const t = feeds.get(name);
       if (!t) throw new Error(`webgpu: no feed for input "${name}"`);
       const n = numel(input.shape);
-      if (t.data.length !== n)
-        throw new Error(`webgpu: the feed for "${name}" has ${t.data.length} values, needs ${n}`);
+      const count = t instanceof DeviceTensor ? numel(t.shape) : t.data.length;
+      if (count !== n)
+        throw new Error(`webgpu: the feed for "${name}" has ${count} values, needs ${n}`);
       const dst = c.buffers[input.buffer]!;
       if (this.contents.get(dst)?.deref() === t) continue;
       const src = this.resident.get(t);
@@ -171,22 +175,39 @@ export class WebGpuDevice implements Device {
       pass.dispatchWorkgroups(x, y, z);
     }
     pass.end();
+    // Outputs the caller did not ask for stay on the GPU as DeviceTensors (read on `sync`).
+    const read = options.read;
+    const wanted = read ? pe.outputs.filter((o) => read.has(o.name)) : pe.outputs;
+    const readBuffers = new Set(wanted.map((o) => o.buffer));
     for (const [buffer, at] of c.stagingAt)
-      encoder.copyBufferToBuffer(
-        c.buffers[buffer]!,
-        0,
-        c.staging!,
-        at,
-        plan.buffers[buffer]!.bytes,
-      );
+      if (readBuffers.has(buffer))
+        encoder.copyBufferToBuffer(
+          c.buffers[buffer]!,
+          0,
+          c.staging!,
+          at,
+          plan.buffers[buffer]!.bytes,
+        );
     gpu.queue.submit([encoder.finish()]);
     await (c.runs++ === 0 ? new GpuWaiter() : c.waiter).wait(gpu);
     const out = new Map<string, Tensor>();
-    if (c.staging) {
+    const made = new Map<string, Tensor>();
+    for (const o of pe.outputs) {
+      if (readBuffers.has(o.buffer)) continue;
+      const key = `${o.buffer}:${o.dtype}`;
+      let t = made.get(key);
+      if (!t) {
+        t = new DeviceTensor([...o.shape], o.dtype === "i32" ? "i32" : "f32");
+        made.set(key, t);
+        this.hold(c.buffers[o.buffer]!, t);
+      }
+      out.set(o.name, t);
+    }
+    if (c.staging && readBuffers.size > 0) {
       await c.staging.mapAsync(GPUMapMode.READ);
       const bytes = c.staging.getMappedRange();
-      const made = new Map<string, Tensor>();
       for (const o of pe.outputs) {
+        if (!readBuffers.has(o.buffer)) continue;
         const n = numel(o.shape);
         const at = c.stagingAt.get(o.buffer)!;
         const key = `${o.buffer}:${o.dtype}`;
@@ -271,6 +292,49 @@ export class WebGpuDevice implements Device {
     }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
     return dispatches.map((kernel, i) => ({ kernel, ms: median(times[i]!) }));
+  }
+
+  /**
+   * Reads back the DeviceTensors among `tensors` that have no host data yet, from the buffers that
+   * hold them. A DeviceTensor whose buffer was overwritten since is an error (the trainer never
+   * keeps one that long).
+   */
+  async sync(tensors: Iterable<Tensor>): Promise<void> {
+    const pending = [...new Set(tensors)].filter(
+      (t): t is DeviceTensor => t instanceof DeviceTensor && !t.onHost,
+    );
+    if (pending.length === 0) return;
+    const gpu = this.device;
+    const encoder = gpu.createCommandEncoder();
+    let total = 0;
+    const at: number[] = [];
+    for (const t of pending) {
+      const buffer = this.resident.get(t);
+      if (!buffer || this.contents.get(buffer)?.deref() !== t)
+        throw new Error("webgpu: a device tensor was overwritten before it was read back");
+      at.push(total);
+      total += Math.max(4, 4 * numel(t.shape));
+    }
+    const staging = gpu.createBuffer({
+      size: total,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    pending.forEach((t, i) => {
+      const n = 4 * numel(t.shape);
+      if (n > 0) encoder.copyBufferToBuffer(this.resident.get(t)!, 0, staging, at[i]!, n);
+    });
+    gpu.queue.submit([encoder.finish()]);
+    try {
+      await staging.mapAsync(GPUMapMode.READ);
+      const bytes = staging.getMappedRange();
+      pending.forEach((t, i) => {
+        const slice = bytes.slice(at[i]!, at[i]! + 4 * numel(t.shape));
+        t.settle(t.dtype === "i32" ? new Int32Array(slice) : new Float32Array(slice));
+      });
+      staging.unmap();
+    } finally {
+      staging.destroy();
+    }
   }
 
   /** Records that `buffer` now holds `t` (and no longer what it held before). */
@@ -406,5 +470,32 @@ export class WebGpuDevice implements Device {
       c.staging?.destroy();
     }
     this.device.destroy();
+  }
+}
+
+/**
+ * An output that stayed in its GPU buffer: its `data` is readable once the device's `sync` has
+ * read it back. Feeding it to the device that made it needs no upload.
+ */
+export class DeviceTensor {
+  private host: Float32Array | Int32Array | undefined;
+
+  constructor(
+    readonly shape: number[],
+    readonly dtype: "f32" | "i32",
+  ) {}
+
+  get onHost(): boolean {
+    return this.host !== undefined;
+  }
+
+  get data(): Float32Array | Int32Array {
+    if (!this.host)
+      throw new Error("this tensor is still on the GPU: `await device.sync([tensor])` first");
+    return this.host;
+  }
+
+  settle(data: Float32Array | Int32Array): void {
+    this.host = data;
   }
 }

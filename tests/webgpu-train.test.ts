@@ -8,8 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/interpreter.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { prepare, train, type Run } from "../runtime/trainer.js";
-import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { batchFeeds, initialize, prepare, train, type Run } from "../runtime/trainer.js";
+import { DeviceTensor, WebGpuDevice } from "../runtime/webgpu-device.js";
 import { loraTinyLmProgram, relativeDiff, root } from "./helpers.js";
 
 const STEPS = 5;
@@ -107,4 +107,31 @@ describe("training on WebGPU matches the CPU interpreter", () => {
     );
     expect(relativeDiff(out2.get("loss")!, reference.get("loss")!)).toBeLessThan(TOLERANCE);
   }, 120_000);
+
+  it("reads back only what is asked: a step's parameters stay on the GPU until synced", async () => {
+    const path = join(root, "examples", "mlp.lrk");
+    const run = compile(readFileSync(path, "utf8"), path, 8);
+    const store = await initialize(run, device);
+    const entry = run.step.variants.get("")!;
+    const feeds = batchFeeds(run, store, "train", 0, 1);
+    const reference = await new CpuDevice().run(run.step.graph, run.step.inputs, entry, feeds);
+    const out = await device.run(run.step.graph, run.step.inputs, entry, feeds, {
+      read: new Set(["loss"]),
+    });
+    expect(relativeDiff(out.get("loss")!, reference.get("loss")!)).toBeLessThan(TOLERANCE);
+    const weight = out.get("param:l1.weight")!;
+    expect(weight).toBeInstanceOf(DeviceTensor);
+    expect(() => weight.data).toThrow(/still on the GPU/);
+    // fed back, it needs no host data; synced, it has the interpreter's values
+    const next = await device.run(
+      run.step.graph,
+      run.step.inputs,
+      entry,
+      new Map([...feeds, ...[...out].filter(([k]) => k !== "loss")]),
+      { read: new Set(["loss"]) },
+    );
+    expect(Number.isFinite(next.get("loss")!.data[0]!)).toBe(true);
+    await device.sync([weight]);
+    expect(relativeDiff(weight, reference.get("param:l1.weight")!)).toBeLessThan(TOLERANCE);
+  });
 });
