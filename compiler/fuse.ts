@@ -13,6 +13,10 @@
 //    an expand of B over the batch folds the batch into A's rows), with the same kind of epilogue
 //    chain (bias add, scale, residual add, activation); a batched Aᵀ·B summed over its batch (a
 //    shared weight's gradient) is one matmul with the batch folded into k;
+//    A matmul with a small inner dim (≤ LOW_RANK_MAX) whose value reaches another matmul's chain
+//    through single-consumer elementwise nodes (a LoRA branch: x·Wᵀ + s·(t·Uᵀ)) is computed in
+//    that chain (a short loop per element), and an elementwise operand of a matmul narrow on the
+//    other side is a prologue, computed where it is loaded (a dropout mask, a scale);
 //  - special: scatterAdd, svd, topkMask, quantize, quantScale, reading buffers.
 // A map node is materialized when it is an entry output, when a kernel needs it as a buffer (a
 // matmul operand that is not a view of one, a special kernel's input), or when kernels of two or
@@ -60,6 +64,17 @@ export interface KernelGroup {
    * kernel is one matmul with the batch folded into k (A read transposed, B plain).
    */
   foldBatch?: boolean;
+  /**
+   * Low-rank matmuls (inner dim ≤ LOW_RANK_MAX) the epilogue computes itself, increasing: each
+   * output element adds Σ_r T[i, r]·U[r, j] (times whatever scales it) in a short loop after the
+   * main one, reading T and U in place.
+   */
+  lowRank?: number[];
+  /**
+   * Operands computed where they are loaded (an elementwise expression of buffers, inlined: the
+   * operand node `a.node` / `b.node` has no buffer). Only on matmuls narrow on the other side.
+   */
+  prologue?: { a: boolean; b: boolean };
 }
 
 export interface Fusion {
@@ -279,6 +294,64 @@ function mergeMaps(
   return out;
 }
 
+/** Inner dims up to this make a matmul a low-rank branch, recomputed inside an epilogue. */
+export const LOW_RANK_MAX = 64;
+/** The most arithmetic (see `costs`) a matmul prologue may recompute per operand load. */
+const PROLOGUE_COST = 24;
+/** Elementwise nodes allowed between a low-rank matmul and the epilogue chain that reads it. */
+const LOW_RANK_PATH = 4;
+
+interface Chains {
+  /** anchor → its epilogue chain */
+  chainOf: Map<number, number[]>;
+  /** chain node → its anchor */
+  inChain: Map<number, number>;
+  foldK: Map<number, [MatmulOperand, MatmulOperand]>;
+}
+
+/** The inner (summed) dim of matmul `id`. */
+function innerDim(graph: Graph, id: number): number {
+  const n = graph.node(id);
+  const a = graph.node(n.inputs[0]!);
+  const r = a.shape.length;
+  return (n.op as { transA: boolean }).transA ? a.shape[r - 2]! : a.shape[r - 1]!;
+}
+
+/** An f32 matmul whose inner dim is at most LOW_RANK_MAX. */
+function lowRankShape(graph: Graph, id: number): boolean {
+  const n = graph.node(id);
+  return n.op.kind === "matmul" && n.dtype === "f32" && innerDim(graph, id) <= LOW_RANK_MAX;
+}
+
+/**
+ * The matmul whose epilogue chain reads low-rank candidate `id`: `id`'s value must reach a node
+ * of that chain through single-consumer elementwise nodes (or reshapes) of the same element count
+ * that are not outputs. Undefined if there is none.
+ */
+function lowRankTarget(
+  graph: Graph,
+  id: number,
+  consumers: ReadonlyMap<number, number[]>,
+  isOutput: ReadonlySet<number>,
+  chains: Chains,
+): number | undefined {
+  const count = numel(graph.shape(id));
+  let cur = id;
+  for (let step = 0; step <= LOW_RANK_PATH; step++) {
+    const cs = consumers.get(cur)!;
+    if (cs.length !== 1) return undefined;
+    const c = graph.node(cs[0]!);
+    if (numel(c.shape) !== count || c.dtype !== "f32") return undefined;
+    const anchor = chains.inChain.get(c.id);
+    if (anchor !== undefined)
+      return graph.node(anchor).op.kind === "matmul" && anchor !== id ? anchor : undefined;
+    if (!(ELEMENTWISE.has(c.op.kind) || c.op.kind === "reshape") || isOutput.has(c.id))
+      return undefined;
+    cur = c.id;
+  }
+  return undefined;
+}
+
 export function fuse(graph: Graph, outputs: readonly number[], options: FuseOptions = {}): Fusion {
   const max = options.maxBindings ?? Infinity;
   const forced = new Set<number>();
@@ -333,57 +406,95 @@ function fuseOnce(
   // Epilogue chains: from a reduce or matmul, follow the single consumer while it is elementwise
   // (or a reshape) with the same element order and the anchor's value feeds it only through the
   // chain.
-  const chainOf = new Map<number, number[]>(); // anchor → chain
-  const inChain = new Map<number, number>(); // chain node → anchor
+  function buildChains(skip: ReadonlySet<number>): Chains {
+    const chainOf = new Map<number, number[]>(); // anchor → chain
+    const inChain = new Map<number, number>(); // chain node → anchor
+    const chainEnd = (x: number) => {
+      const anchor = inChain.get(x);
+      return anchor !== undefined && chainOf.get(anchor)!.at(-1) === x;
+    };
+    // Batched Aᵀ·B summed over the batch (a weight's gradient when the weight is broadcast over
+    // the batch): one matmul with the batch folded into k, [b·k, m]ᵀ @ [b·k, n].
+    const foldK = new Map<number, [MatmulOperand, MatmulOperand]>();
+    for (const id of needed) {
+      const n = graph.node(id);
+      if (n.op.kind !== "reduce" && n.op.kind !== "matmul") continue;
+      if (inChain.has(id)) continue; // a batch sum folded into a matmul
+      if (skip.has(id)) continue; // a low-rank branch, computed in another matmul's epilogue
+      const chain: number[] = [];
+      let cur = id;
+      let count = numel(n.shape);
+      if (n.op.kind === "matmul" && n.dtype === "f32" && n.shape.length >= 3 && !isOutput.has(id)) {
+        const cs = consumers.get(id)!;
+        const r = cs.length === 1 ? graph.node(cs[0]!) : undefined;
+        const batchAxes = n.shape.slice(0, -2).map((_, i) => i);
+        if (
+          r?.op.kind === "reduce" &&
+          r.op.fn === "sum" &&
+          r.op.axes.length === batchAxes.length &&
+          r.op.axes.every((a, i) => a === batchAxes[i])
+        ) {
+          const va = operandView(graph, n.inputs[0]!, n.op.transA, false, chainEnd);
+          const vb = operandView(graph, n.inputs[1]!, n.op.transB, false, chainEnd);
+          if (va?.trans && vb && !vb.trans) {
+            foldK.set(id, [va, vb]);
+            chain.push(r.id);
+            inChain.set(r.id, id);
+            cur = r.id;
+            count = numel(r.shape);
+          }
+        }
+      }
+      for (;;) {
+        if (isOutput.has(cur)) break;
+        const cs = consumers.get(cur)!;
+        if (cs.length !== 1) break;
+        const c = graph.node(cs[0]!);
+        if (!(ELEMENTWISE.has(c.op.kind) || c.op.kind === "reshape") || numel(c.shape) !== count)
+          break;
+        if (inChain.has(c.id) || c.dtype !== n.dtype) break; // another anchor's chain took it
+        chain.push(c.id);
+        inChain.set(c.id, id);
+        cur = c.id;
+      }
+      chainOf.set(id, chain);
+    }
+    return { chainOf, inChain, foldK };
+  }
+
+  // A matmul with a small inner dim whose value reaches another matmul's epilogue chain through
+  // single-consumer elementwise nodes (a low-rank branch: add(x·W, s·(t·U))) is no kernel of its
+  // own: the chain recomputes it as a short loop over the inner dim per output element. It builds
+  // no chain of its own, so the base matmul's chain can reach the add; a candidate whose path ends
+  // elsewhere is dropped and the chains are rebuilt.
+  // Candidates one at a time, in order: accepted when, with it (and those accepted before) building
+  // no chain, its value reaches the chain of a matmul with a larger inner dim. Then the accepted
+  // set is checked as a whole (dropping one lets it build a chain again) until it is stable.
+  const target = (id: number, c: Chains) => {
+    const m = lowRankTarget(graph, id, consumers, isOutput, c);
+    return m !== undefined && innerDim(graph, m) > innerDim(graph, id) ? m : undefined;
+  };
+  let lowRank = new Set<number>();
+  for (const id of needed) {
+    if (!lowRankShape(graph, id) || isOutput.has(id)) continue;
+    const cs = consumers.get(id)!;
+    const c = cs.length === 1 ? graph.node(cs[0]!) : undefined;
+    if (!c || !(ELEMENTWISE.has(c.op.kind) || c.op.kind === "reshape")) continue;
+    const trial = new Set([...lowRank, id]);
+    if (target(id, buildChains(trial)) !== undefined) lowRank = trial;
+  }
+  let chains = buildChains(lowRank);
+  for (;;) {
+    const keep = new Set([...lowRank].filter((id) => target(id, chains) !== undefined));
+    if (keep.size === lowRank.size) break;
+    lowRank = keep;
+    chains = buildChains(lowRank);
+  }
+  const { chainOf, inChain, foldK } = chains;
   const chainEnd = (x: number) => {
     const anchor = inChain.get(x);
     return anchor !== undefined && chainOf.get(anchor)!.at(-1) === x;
   };
-  // Batched Aᵀ·B summed over the batch (a weight's gradient when the weight is broadcast over
-  // the batch): one matmul with the batch folded into k, [b·k, m]ᵀ @ [b·k, n].
-  const foldK = new Map<number, [MatmulOperand, MatmulOperand]>();
-  for (const id of needed) {
-    const n = graph.node(id);
-    if (n.op.kind !== "reduce" && n.op.kind !== "matmul") continue;
-    if (inChain.has(id)) continue; // a batch sum folded into a matmul
-    const chain: number[] = [];
-    let cur = id;
-    let count = numel(n.shape);
-    if (n.op.kind === "matmul" && n.dtype === "f32" && n.shape.length >= 3 && !isOutput.has(id)) {
-      const cs = consumers.get(id)!;
-      const r = cs.length === 1 ? graph.node(cs[0]!) : undefined;
-      const batchAxes = n.shape.slice(0, -2).map((_, i) => i);
-      if (
-        r?.op.kind === "reduce" &&
-        r.op.fn === "sum" &&
-        r.op.axes.length === batchAxes.length &&
-        r.op.axes.every((a, i) => a === batchAxes[i])
-      ) {
-        const va = operandView(graph, n.inputs[0]!, n.op.transA, false, chainEnd);
-        const vb = operandView(graph, n.inputs[1]!, n.op.transB, false, chainEnd);
-        if (va?.trans && vb && !vb.trans) {
-          foldK.set(id, [va, vb]);
-          chain.push(r.id);
-          inChain.set(r.id, id);
-          cur = r.id;
-          count = numel(r.shape);
-        }
-      }
-    }
-    for (;;) {
-      if (isOutput.has(cur)) break;
-      const cs = consumers.get(cur)!;
-      if (cs.length !== 1) break;
-      const c = graph.node(cs[0]!);
-      if (!(ELEMENTWISE.has(c.op.kind) || c.op.kind === "reshape") || numel(c.shape) !== count)
-        break;
-      if (inChain.has(c.id) || c.dtype !== n.dtype) break; // another anchor's chain took it
-      chain.push(c.id);
-      inChain.set(c.id, id);
-      cur = c.id;
-    }
-    chainOf.set(id, chain);
-  }
 
   // Decide materialization from the last node down: each node's consumers are decided first.
   const materialized = new Set<number>();
@@ -391,6 +502,7 @@ function fuseOnce(
   const groupOf = new Map<number, number>(); // materialized node or chain node → its group's key
   const groupsReading = new Map<number, Set<number>>(); // inlined node → keys of groups that inline it
   const operands = new Map<number, [MatmulOperand, MatmulOperand]>();
+  const prologueReaders = new Map<number, Set<number>>(); // operand → matmuls that may inline it
 
   const keyOfConsumer = (c: number): Set<number> => {
     if (groupOf.has(c)) return new Set([groupOf.get(c)!]);
@@ -412,12 +524,48 @@ function fuseOnce(
       materialized.add(id);
       continue;
     }
+    if (lowRank.has(id)) {
+      // Computed inside the epilogue that reads it: its operands are buffers (or views of them).
+      const readers = new Set<number>();
+      for (const c of consumers.get(id)!) for (const g of keyOfConsumer(c)) readers.add(g);
+      groupsReading.set(id, readers);
+      const op = n.op as { transA: boolean; transB: boolean };
+      for (const [operand, trans] of [
+        [n.inputs[0]!, op.transA],
+        [n.inputs[1]!, op.transB],
+      ] as const) {
+        const v = operandView(graph, operand, trans, true, chainEnd);
+        const src = v ? v.node : operand;
+        if (graph.node(src).op.kind !== "input") demanded.add(src);
+      }
+      continue;
+    }
     if (kind === "reduce" || kind === "matmul" || SPECIAL_KINDS.has(kind)) {
       groupOf.set(id, id);
       if (chainOf.get(id)?.length === 0 || !chainOf.has(id)) materialized.add(id);
       const folded = foldK.get(id);
+      // An operand that is a cheap elementwise expression (not a view of a buffer) is read as a
+      // prologue when the matmul is narrow on the other side (n for A, m for B): each element is
+      // recomputed at most LOW_RANK_MAX times, and no kernel writes it (a dropout mask or a scale
+      // on a low-rank branch's input).
+      const r = n.shape.length;
+      const other = [n.shape[r - 1]!, n.shape[r - 2]!];
+      const use = (v: MatmulOperand, side: 0 | 1) => {
+        const src = graph.node(v.node);
+        if (src.op.kind === "input") return;
+        if (
+          other[side]! <= LOW_RANK_MAX &&
+          ELEMENTWISE.has(src.op.kind) &&
+          src.dtype === "f32" &&
+          !isOutput.has(src.id) &&
+          cost.get(src.id)! <= PROLOGUE_COST
+        ) {
+          const keys = prologueReaders.get(src.id) ?? new Set<number>();
+          prologueReaders.set(src.id, keys.add(id));
+        } else demanded.add(src.id);
+      };
       if (folded) {
-        for (const v of folded) if (graph.node(v.node).op.kind !== "input") demanded.add(v.node);
+        folded.forEach((v, side) => use(v, side as 0 | 1));
         operands.set(id, folded);
       } else if (kind === "matmul") {
         const op = n.op as { transA: boolean; transB: boolean };
@@ -426,16 +574,24 @@ function fuseOnce(
           integer ? undefined : operandView(graph, operand, trans, true, chainEnd);
         let va = view(n.inputs[0]!, op.transA);
         let vb = view(n.inputs[1]!, op.transB);
-        const pick = (operand: number, trans: boolean, v?: MatmulOperand): MatmulOperand => {
-          if (v && graph.node(v.node).op.kind !== "input") demanded.add(v.node);
-          if (v) return v;
-          demanded.add(operand);
-          return { node: operand, trans, broadcast: false };
+        const pick = (
+          operand: number,
+          trans: boolean,
+          side: 0 | 1,
+          v?: MatmulOperand,
+        ): MatmulOperand => {
+          if (integer) {
+            demanded.add(operand);
+            return { node: operand, trans, broadcast: false };
+          }
+          const picked = v ?? { node: operand, trans, broadcast: false };
+          use(picked, side);
+          return picked;
         };
         if (broadcastMode === "fold" && va?.broadcast) va = undefined;
-        const pa = pick(n.inputs[0]!, op.transA, va);
+        const pa = pick(n.inputs[0]!, op.transA, 0, va);
         if (broadcastMode === "fold" && vb?.broadcast && (pa.trans || pa.broadcast)) vb = undefined;
-        operands.set(id, [pa, pick(n.inputs[1]!, op.transB, vb)]);
+        operands.set(id, [pa, pick(n.inputs[1]!, op.transB, 1, vb)]);
       } else if (SPECIAL_KINDS.has(kind)) {
         for (const i of n.inputs) demanded.add(i);
       }
@@ -447,7 +603,10 @@ function fuseOnce(
     // A movement op is index arithmetic: never worth a buffer of its own; its input decides.
     const movement = ["reshape", "permute", "expand", "slice", "pad"].includes(kind);
     const cheap = movement || (cost.get(id)! < 4 && kind !== "random" && kind !== "gather");
-    if (isOutput.has(id) || demanded.has(id) || (readers.size > 1 && !cheap)) {
+    // Read only as matmul prologues: recomputed in each (the matmuls are narrow).
+    const viaPrologue = prologueReaders.get(id);
+    const prologueOnly = viaPrologue !== undefined && [...readers].every((g) => viaPrologue.has(g));
+    if (isOutput.has(id) || demanded.has(id) || (readers.size > 1 && !cheap && !prologueOnly)) {
       materialized.add(id);
       groupOf.set(id, id);
     } else {
@@ -493,7 +652,8 @@ function fuseOnce(
         [a.inputs[0]!, oa],
         [a.inputs[1]!, ob],
       ] as const) {
-        reads.add(view.node);
+        if (materialized.has(view.node)) reads.add(view.node);
+        else visit(view.node, false); // a prologue
         for (let x = operand; x !== view.node; x = graph.node(x).inputs[0]!) nodes.add(x);
       }
     } else for (const i of a.inputs) reads.add(i);
@@ -503,6 +663,10 @@ function fuseOnce(
       prev = c;
     }
     const ops = operands.get(anchor);
+    const prologue = ops && {
+      a: !materialized.has(ops[0].node),
+      b: !materialized.has(ops[1].node),
+    };
     groups.push({
       kind,
       output: id,
@@ -515,6 +679,10 @@ function fuseOnce(
       epilogue,
       ...(ops ? { a: ops[0], b: ops[1] } : {}),
       ...(foldK.has(anchor) ? { foldBatch: true } : {}),
+      ...(prologue && (prologue.a || prologue.b) ? { prologue } : {}),
+      ...(kind === "matmul" && [...nodes].some((x) => lowRank.has(x))
+        ? { lowRank: [...nodes].filter((x) => lowRank.has(x)).sort((p, q) => p - q) }
+        : {}),
     });
   }
   for (const g of groups) if (!neededSet.has(g.output)) throw new Error("fuse: stray group");

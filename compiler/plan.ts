@@ -28,7 +28,7 @@ import {
   type TensorNeed,
 } from "./memory-plan.js";
 import type { Entry, ProgramInput } from "./step.js";
-import { header, matmulEpilogue, sourceLines } from "./wgsl.js";
+import { header, matmulFusionCode, sourceLines } from "./wgsl.js";
 
 export interface PlanKernel {
   id: number;
@@ -278,7 +278,8 @@ export function planProgram(
   };
 }
 
-function groupKernels(
+/** The kernels of one fusion group (one, except for some special kernels). */
+export function groupKernels(
   graph: Graph,
   g: KernelGroup,
   isBuffer: (node: number) => boolean,
@@ -301,35 +302,47 @@ function groupKernels(
       const n = mm.shape[r - 1]!;
       const k = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
       const batch = numel(mm.shape.slice(0, r - 2));
-      if (g.foldBatch && g.a && g.b) {
-        // Σ_batch A_bᵀ B_b: the batch folds into k.
-        const shape: MatmulShape = { batch: 1, m, n, k: batch * k, transA: true, transB: false };
-        const epilogue = matmulEpilogue(graph, g.anchor, g.epilogue, isBuffer, bufferOf, 3, true);
-        const kernel = matmulKernel(
-          shape,
-          chooseMatmul(shape),
-          { a: bufferOf(g.a.node), b: bufferOf(g.b.node), out: bufferOf(g.output) },
-          { epilogue },
-        );
-        return [{ ...kernel, wgsl: `${header(graph, kernel.name, g.nodes)}\n${kernel.wgsl}` }];
-      }
-      if (mm.dtype === "i32" || batch > 65535 || !g.a || !g.b)
+      if (mm.dtype === "i32" || (!g.foldBatch && batch > 65535) || !g.a || !g.b)
         return [contractionKernel({ ...common, anchor: g.anchor, epilogue: g.epilogue })];
-      // B shared by every batch (and A plain): the batch folds into A's rows.
-      const fold = g.b.broadcast && !g.a.broadcast && !g.a.trans;
-      if ((g.a.broadcast || g.b.broadcast) && !fold)
+      // Σ_batch A_bᵀ B_b: the batch folds into k. B shared by every batch (and A plain): the
+      // batch folds into A's rows.
+      const fold = !g.foldBatch && g.b.broadcast && !g.a.broadcast && !g.a.trans;
+      if (!g.foldBatch && (g.a.broadcast || g.b.broadcast) && !fold)
         return [contractionKernel({ ...common, anchor: g.anchor, epilogue: g.epilogue })];
-      const shape: MatmulShape = fold
-        ? { batch: 1, m: batch * m, n, k, transA: false, transB: g.b.trans }
-        : { batch, m, n, k, transA: g.a.trans, transB: g.b.trans };
-      const epilogue = g.epilogue.length
-        ? matmulEpilogue(graph, g.anchor, g.epilogue, isBuffer, bufferOf, 3)
-        : undefined;
+      const shape: MatmulShape = g.foldBatch
+        ? { batch: 1, m, n, k: batch * k, transA: true, transB: false }
+        : fold
+          ? { batch: 1, m: batch * m, n, k, transA: false, transB: g.b.trans }
+          : { batch, m, n, k, transA: g.a.trans, transB: g.b.trans };
+      // Operands without a buffer are prologues, computed at each load.
+      const prologue = {
+        ...(isBuffer(g.a.node) ? {} : { a: g.a.node }),
+        ...(isBuffer(g.b.node) ? {} : { b: g.b.node }),
+      };
+      const fused =
+        g.epilogue.length || prologue.a !== undefined || prologue.b !== undefined
+          ? matmulFusionCode(
+              graph,
+              g.anchor,
+              g.epilogue,
+              isBuffer,
+              bufferOf,
+              3,
+              g.foldBatch ?? false,
+              prologue,
+            )
+          : undefined;
+      // A prologue's binding holds a buffer it reads (or, if it reads none, the other operand's).
+      const bufA = isBuffer(g.a.node) ? bufferOf(g.a.node) : fused?.operandBuffers.a;
+      const bufB = isBuffer(g.b.node) ? bufferOf(g.b.node) : fused?.operandBuffers.b;
+      const anyBuffer = bufA ?? bufB ?? fused?.epilogue.bindings[0]?.buffer;
+      if (anyBuffer === undefined)
+        throw new Error(`plan: the matmul %${g.anchor} reads no buffer at all`);
       const kernel = matmulKernel(
         shape,
         chooseMatmul(shape),
-        { a: bufferOf(g.a.node), b: bufferOf(g.b.node), out: bufferOf(g.output) },
-        epilogue ? { epilogue } : undefined,
+        { a: bufA ?? anyBuffer, b: bufB ?? anyBuffer, out: bufferOf(g.output) },
+        fused && { epilogue: fused.epilogue, prologue: fused.prologue },
       );
       return [{ ...kernel, wgsl: `${header(graph, kernel.name, g.nodes)}\n${kernel.wgsl}` }];
     }

@@ -8,6 +8,7 @@
 // derives the other lazily, so a chain of same-shape elementwise ops reads `x[i]` directly and a
 // reshape costs nothing while the flat offset is known.
 import { numel, printGraph, strides, type DType, type Graph, type Node, type Shape } from "./ir.js";
+import { MATMUL_OPAQUE_ZERO_I32 } from "./kernels/matmul.js";
 
 // ---------------------------------------------------------------------------- literals
 
@@ -356,6 +357,11 @@ export interface EmitterOptions {
   bufferName: (node: number) => string;
   /** Nodes whose value is a WGSL expression already (a matmul's accumulator). */
   leaves?: Map<number, string>;
+  /**
+   * An i32 expression that is 0 at run time but unknown to the shader compiler, starting the loop
+   * of an inlined matmul (so lavapipe does not unroll it whole); default `0i`.
+   */
+  loopZero?: string;
 }
 
 export class Emitter {
@@ -509,6 +515,37 @@ export class Emitter {
         const row = this.let(`clamp(${id}, 0, ${Math.max(0, table.shape[0]! - 1)})`, "r");
         return this.value(table.id, this.index(table.shape, { coords: [row, ...c.slice(s)] }));
       }
+      case "matmul": {
+        // A low-rank matmul (small inner dim) inlined into its reader: a short loop per element.
+        const a = g.node(node.inputs[0]!);
+        const b = g.node(node.inputs[1]!);
+        const r = node.shape.length;
+        const c = idx.coords();
+        const batch = c.slice(0, r - 2);
+        const [i, j] = [c[r - 2]!, c[r - 1]!];
+        const inner = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
+        const acc = this.fresh("lr");
+        const l = this.fresh("l");
+        const body = this.scope(() => {
+          const av = this.value(
+            a.id,
+            this.index(a.shape, { coords: [...batch, ...(op.transA ? [l, i] : [i, l])] }),
+          );
+          const bv = this.value(
+            b.id,
+            this.index(b.shape, { coords: [...batch, ...(op.transB ? [j, l] : [l, j])] }),
+          );
+          this.lines.push(`${acc} += ${av} * ${bv};`);
+        });
+        const start = this.options.loopZero ?? "0i";
+        this.lines.push(
+          `var ${acc} = ${zero}; // low-rank ${printGraph(g, new Set([node.id])).split("  //")[0]}`,
+          `for (var ${l} = ${start}; ${l} < ${inner}i; ${l}++) {`,
+          ...body.map((s) => `  ${s}`),
+          `}`,
+        );
+        return acc;
+      }
       default:
         throw new Error(`wgsl: %${node.id} (${op.kind}) is not an expression`);
     }
@@ -627,12 +664,23 @@ export class BindingTable {
     private readonly prefix = "in",
   ) {}
 
+  /**
+   * A name the template declares already (`mm_a`): the next f32 buffer asked for that has no name
+   * yet takes it instead of a new binding; `claimed` then tells which buffer it got.
+   */
+  claim?: { name: string; buffer?: number };
+
   name(node: number): string {
     const buffer = this.bufferOf(node);
     const dtype = this.graph.node(node).dtype;
     const key = buffer * 2 + (dtype === "i32" ? 1 : 0);
     const known = this.byBuffer.get(key);
     if (known) return known;
+    if (this.claim && this.claim.buffer === undefined && dtype === "f32") {
+      this.claim.buffer = buffer;
+      this.byBuffer.set(key, this.claim.name);
+      return this.claim.name;
+    }
     const name = `${this.prefix}${this.entries.length}`;
     this.byBuffer.set(key, name);
     this.entries.push({ node, name, buffer, dtype });
@@ -691,11 +739,14 @@ export { numel };
 // ---------------------------------------------------------------------------- matmul epilogues
 
 /**
- * The epilogue of a matmul kernel as a WGSL function of the accumulator and the output element:
- * the chain of fused nodes after the matmul, reading its other operands through extra bindings
- * numbered from `firstBinding`.
+ * The code fused around a matmul kernel. The epilogue: a WGSL function of the accumulator and the
+ * output element computing the chain of fused nodes after the matmul (low-rank matmuls in it are
+ * short loops). Prologues: an operand that has no buffer (`prologue.a` / `.b`: the operand node,
+ * an elementwise expression) is computed at each load, as a function of its flat index. Other
+ * operands of these come through extra bindings numbered from `firstBinding`; a prologue's first
+ * f32 buffer is bound as the template's own `mm_a` / `mm_b` (`operandBuffers` says which).
  */
-export function matmulEpilogue(
+export function matmulFusionCode(
   graph: Graph,
   anchor: number,
   chain: readonly number[],
@@ -704,41 +755,99 @@ export function matmulEpilogue(
   firstBinding: number,
   /** The chain's first node sums the batch that the kernel folded into k: its value is acc too. */
   foldBatch = false,
+  prologue: { a?: number; b?: number } = {},
 ): {
-  expression: string;
-  declarations: string;
-  bindings: { buffer: number; access: "read" | "read_write" }[];
+  epilogue: {
+    expression: string;
+    declarations: string;
+    bindings: { buffer: number; access: "read" | "read_write" }[];
+  };
+  prologue: { a?: string; b?: string };
+  /** The buffer each prologue's operand binding (0 for A, 1 for B) holds. */
+  operandBuffers: { a?: number; b?: number };
 } {
   const mm = graph.node(anchor);
   const r = mm.shape.length;
   const [m, n] = [mm.shape[r - 2]!, mm.shape[r - 1]!];
   const inChain = new Set(chain);
   const table = new BindingTable(graph, bufferOf, firstBinding, "ep");
-  const em = new Emitter(graph, {
-    isBuffer: (id) => id !== anchor && !inChain.has(id) && isBuffer(id),
-    bufferName: (id) => table.name(id),
-    leaves: new Map([[anchor, "acc"], ...(foldBatch ? [[chain[0]!, "acc"] as const] : [])]),
-  });
-  const last = graph.node(chain[chain.length - 1]!);
-  const body = em.scope(() => {
-    em.lines.push(`let f = i32((batch * ${m}u + row) * ${n}u + col);`);
-    em.lines.push(`return ${em.value(last.id, em.index(last.shape, { flat: "f" }))};`);
-  });
-  const declarations = [
-    table.declarations(),
-    helperCode(em.helpers),
-    `// epilogue: ${chain.map((c) => `%${c}`).join(", ")}`,
-    `fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {`,
-    ...body.map((l) => `  ${l}`),
-    `}`,
-  ]
+  const helpers = new Set<string>();
+  const functions: string[] = [];
+  const out: { a?: string; b?: string } = {};
+  const operandBuffers: { a?: number; b?: number } = {};
+  for (const side of ["a", "b"] as const) {
+    const node = prologue[side];
+    if (node === undefined) continue;
+    const em = new Emitter(graph, {
+      isBuffer: (id) => id !== node && isBuffer(id),
+      bufferName: (id) => table.name(id),
+      loopZero: MATMUL_OPAQUE_ZERO_I32,
+    });
+    table.claim = { name: `mm_${side}` };
+    const target = graph.node(node);
+    const body = em.scope(() => {
+      em.lines.push(`let f = i32(i);`);
+      em.lines.push(`return ${em.value(node, em.index(target.shape, { flat: "f" }))};`);
+    });
+    operandBuffers[side] = table.claim.buffer;
+    table.claim = undefined;
+    for (const h of em.helpers) helpers.add(h);
+    functions.push(
+      `// prologue: operand ${side.toUpperCase()} = %${node}, computed at each load`,
+      `fn lrk_prologue_${side}(i: u32) -> f32 {`,
+      ...body.map((l) => `  ${l}`),
+      `}`,
+    );
+    out[side] = `lrk_prologue_${side}(i)`;
+  }
+  let expression = "acc";
+  if (chain.length) {
+    const em = new Emitter(graph, {
+      isBuffer: (id) => id !== anchor && !inChain.has(id) && isBuffer(id),
+      bufferName: (id) => table.name(id),
+      leaves: new Map([[anchor, "acc"], ...(foldBatch ? [[chain[0]!, "acc"] as const] : [])]),
+      loopZero: MATMUL_OPAQUE_ZERO_I32,
+    });
+    const last = graph.node(chain[chain.length - 1]!);
+    const body = em.scope(() => {
+      em.lines.push(`let f = i32((batch * ${m}u + row) * ${n}u + col);`);
+      em.lines.push(`return ${em.value(last.id, em.index(last.shape, { flat: "f" }))};`);
+    });
+    for (const h of em.helpers) helpers.add(h);
+    functions.push(
+      `// epilogue: ${chain.map((c) => `%${c}`).join(", ")}`,
+      `fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {`,
+      ...body.map((l) => `  ${l}`),
+      `}`,
+    );
+    expression = "lrk_epilogue(acc, batch, row, col)";
+  }
+  const declarations = [table.declarations(), helperCode(helpers), ...functions]
     .filter((s) => s !== "")
     .join("\n");
   return {
-    expression: "lrk_epilogue(acc, batch, row, col)",
-    declarations,
-    bindings: table.bindings(),
+    epilogue: { expression, declarations, bindings: table.bindings() },
+    prologue: out,
+    operandBuffers,
   };
+}
+
+/** The epilogue alone (`matmulFusionCode` without prologues). */
+export function matmulEpilogue(
+  graph: Graph,
+  anchor: number,
+  chain: readonly number[],
+  isBuffer: (node: number) => boolean,
+  bufferOf: (node: number) => number,
+  firstBinding: number,
+  foldBatch = false,
+): {
+  expression: string;
+  declarations: string;
+  bindings: { buffer: number; access: "read" | "read_write" }[];
+} {
+  return matmulFusionCode(graph, anchor, chain, isBuffer, bufferOf, firstBinding, foldBatch)
+    .epilogue;
 }
 
 // ---------------------------------------------------------------------------- opaque loop bounds

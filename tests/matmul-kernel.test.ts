@@ -22,7 +22,15 @@ import {
   matmulKernel,
   matmulShapeClassKey,
 } from "../compiler/kernels/matmul.js";
-import type { MatmulFusion, MatmulParams, MatmulShape } from "../compiler/kernels/types.js";
+import type {
+  KernelSource,
+  MatmulFusion,
+  MatmulParams,
+  MatmulShape,
+} from "../compiler/kernels/types.js";
+import { fuse } from "../compiler/fuse.js";
+import { numel } from "../compiler/ir.js";
+import { groupKernels } from "../compiler/plan.js";
 import {
   Autotuner,
   adapterKey,
@@ -111,8 +119,26 @@ async function check(s: MatmulShape, params: MatmulParams, epilogue = false): Pr
     epilogue ? { epilogue: BIAS_EPILOGUE(3) } : undefined,
   );
   const outCount = s.batch * s.m * s.n;
-  const buffers = [storage(a), storage(b), storage(new Float32Array(outCount + GUARD).fill(NaN))];
-  if (bias) buffers.push(storage(bias));
+  const inputs = [a, b, new Float32Array(outCount + GUARD).fill(NaN)];
+  if (bias) inputs.push(bias);
+  const got = await runKernel(kernel, inputs, outCount);
+  compare(kernel.name, got, reference(s, a, b, bias), (i) => {
+    const bt = Math.floor(i / (s.m * s.n));
+    const row = Math.floor((i % (s.m * s.n)) / s.n);
+    return `[batch ${bt}, row ${row}, col ${i % s.n}]`;
+  });
+}
+
+/**
+ * Runs `kernel` with `inputs[i]` bound at binding i (binding 2, the output, holds `outCount`
+ * words then the NaN guard) and returns what binding 2 holds afterwards.
+ */
+async function runKernel(
+  kernel: KernelSource,
+  inputs: Float32Array<ArrayBuffer>[],
+  outCount: number,
+): Promise<Float32Array> {
+  const buffers = inputs.map(storage);
   const read = device.createBuffer({
     size: (outCount + GUARD) * 4,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -139,33 +165,127 @@ async function check(s: MatmulShape, params: MatmulParams, epilogue = false): Pr
     await read.mapAsync(GPUMapMode.READ);
     const got = new Float32Array(read.getMappedRange().slice(0));
     read.unmap();
-
-    const want = reference(s, a, b, bias);
-    let scale = 0;
-    for (let i = 0; i < outCount; i++) scale = Math.max(scale, Math.abs(want[i]!));
-    const tolerance = 1e-4 * Math.max(scale, 1e-30);
-    let worst = 0;
-    let where = -1;
-    for (let i = 0; i < outCount; i++) {
-      const d = Math.abs(got[i]! - want[i]!);
-      if (!(d <= worst)) [worst, where] = [Number.isNaN(d) ? Infinity : d, i];
-    }
-    const at = (i: number) => {
-      const bt = Math.floor(i / (s.m * s.n));
-      const row = Math.floor((i % (s.m * s.n)) / s.n);
-      return `[batch ${bt}, row ${row}, col ${i % s.n}]: got ${got[i]}, want ${want[i]}`;
-    };
-    expect(
-      worst,
-      `${kernel.name}: worst error at ${at(where)} (tolerance ${tolerance})`,
-    ).toBeLessThanOrEqual(tolerance);
-    const overwritten = got.subarray(outCount).findIndex((x) => !Number.isNaN(x));
-    expect(overwritten, `${kernel.name}: stored past the output`).toBe(-1);
+    return got;
   } finally {
     for (const buffer of buffers) buffer.destroy();
     read.destroy();
   }
 }
+
+/** `got` (the output, then the guard) against `want` within 1e-4 of want's largest magnitude. */
+function compare(
+  name: string,
+  got: Float32Array,
+  want: ArrayLike<number>,
+  at: (i: number) => string,
+): void {
+  const outCount = want.length;
+  let scale = 0;
+  for (let i = 0; i < outCount; i++) scale = Math.max(scale, Math.abs(want[i]!));
+  const tolerance = 1e-4 * Math.max(scale, 1e-30);
+  let worst = 0;
+  let where = -1;
+  for (let i = 0; i < outCount; i++) {
+    const d = Math.abs(got[i]! - want[i]!);
+    if (!(d <= worst)) [worst, where] = [Number.isNaN(d) ? Infinity : d, i];
+  }
+  expect(
+    worst,
+    `${name}: worst error at ${at(where)}: got ${got[where]}, want ${want[where]} (tolerance ${tolerance})`,
+  ).toBeLessThanOrEqual(tolerance);
+  const overwritten = got.subarray(outCount).findIndex((x) => !Number.isNaN(x));
+  expect(overwritten, `${name}: stored past the output`).toBe(-1);
+}
+
+/**
+ * A base matmul with a low-rank add in its epilogue, built by `build` as IR, fused and planned
+ * as the plan does (with `params` for the kernel): one kernel, checked against the interpreter.
+ */
+async function checkLowRank(
+  params: MatmulParams,
+  build: (b: Builder) => number,
+  name: string,
+): Promise<void> {
+  const builder = new Builder();
+  const out = build(builder);
+  const graph = builder.graph;
+  const fusion = fuse(graph, [out]);
+  expect(
+    fusion.groups.map((g) => g.kind),
+    name,
+  ).toEqual(["matmul"]);
+  const group = fusion.groups[0]!;
+  expect(group.lowRank, name).toHaveLength(1);
+  const isBuffer = (node: number) => graph.node(node).op.kind === "input";
+  const kernels = groupKernels(
+    graph,
+    group,
+    isBuffer,
+    (node) => node,
+    new Map(),
+    () => params,
+  );
+  expect(kernels).toHaveLength(1);
+  const kernel = kernels[0]!;
+  expect(kernel.name, name).toContain(describeMatmulParams(params));
+  expect(kernel.wgsl).toContain(`low-rank %${group.lowRank![0]} = matmul`);
+  const outCount = numel(graph.shape(out));
+  const feeds = new Map<number, Tensor>();
+  for (const n of graph.nodes)
+    if (n.op.kind === "input")
+      feeds.set(n.id, { shape: [...n.shape], data: random(numel(n.shape), 11 + n.id * 13) });
+  const inputs = kernel.bindings.map((b, i) =>
+    i === 2 ? new Float32Array(outCount + GUARD).fill(NaN) : feeds.get(b.buffer)!.data,
+  );
+  expect(kernel.bindings[2]!.buffer).toBe(out);
+  const got = await runKernel(kernel, inputs as Float32Array<ArrayBuffer>[], outCount);
+  const want = evaluate(graph, feeds, [out]).get(out)!.data;
+  compare(`${name}, ${kernel.name}`, got, want, (i) => `element ${i}`);
+}
+
+/**
+ * The low-rank cases every parameterization runs (odd sizes, rank 5, scale 0.5):
+ *  - folded: x[2, 17, 130] @ Wᵀ (W [65, 130], shared by the batch: folded into rows) + bias
+ *    + 0.5·(t[2, 17, 5] @ Uᵀ) with U [65, 5] shared too, the scale on the left;
+ *  - prologue: A = 0.5·x has no buffer; the kernel scales x where it loads it;
+ *  - batched: Aᵀ·B over a batch of 2 (A stored [2, 130, 17], B [2, 130, 65]), the low-rank term
+ *    first in the add, its T read transposed (stored [2, 5, 17]), U plain, the scale on the right.
+ */
+const LOW_RANK_CASES: [string, (b: Builder) => number][] = [
+  [
+    "x·Wᵀ + b + 0.5·(t·Uᵀ), batch folded",
+    (b) => {
+      const x = b.input("data", "x", [2, 17, 130]);
+      const w = b.input("param", "w", [65, 130]);
+      const bias = b.input("param", "bias", [65]);
+      const t = b.input("data", "t", [2, 17, 5]);
+      const u = b.input("param", "u", [65, 5]);
+      const base = b.add(b.matmul(x, b.transpose(w)), bias);
+      return b.add(base, b.mul(b.constant(0.5), b.matmul(t, b.transpose(u))));
+    },
+  ],
+  [
+    "(Tᵀ·U)·0.5 + Aᵀ·B, batched",
+    (b) => {
+      const a = b.input("data", "a", [2, 130, 17]);
+      const bb = b.input("data", "b", [2, 130, 65]);
+      const t = b.input("data", "t", [2, 5, 17]);
+      const u = b.input("data", "u", [2, 5, 65]);
+      const low = b.mul(b.matmul(t, u, { transA: true }), b.constant(0.5));
+      return b.add(low, b.matmul(a, bb, { transA: true }));
+    },
+  ],
+  [
+    "(0.5·x)·W + t·U, A computed in its loads (a prologue: n = 36 is narrow)",
+    (b) => {
+      const x = b.input("data", "x", [2, 17, 130]);
+      const w = b.input("param", "w", [130, 36]);
+      const t = b.input("data", "t", [2, 17, 5]);
+      const u = b.input("param", "u", [5, 36]);
+      return b.add(b.matmul(b.mul(x, b.constant(0.5)), w), b.matmul(t, u));
+    },
+  ],
+];
 
 // ------------------------------------------------------------------------------ grid
 
@@ -245,6 +365,8 @@ describe(`matmul template on ${adapter.description}`, () => {
         // multiples of 4 (vec4 paths), not of the tiles; batched; with an epilogue
         await check({ batch: 3, m: 68, n: 36, k: 20, transA, transB }, params, true);
       }
+      // a low-rank add in the epilogue
+      for (const [name, build] of LOW_RANK_CASES) await checkLowRank(params, build, name);
     });
   }
 

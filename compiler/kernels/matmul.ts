@@ -208,6 +208,8 @@ const LANE = ["x", "y", "z", "w"];
  * (`arrayLength >> 31` would not do: the compiler knows arrayLength of an f32 array < 2^30.)
  */
 const OPAQUE_ZERO = "u32(arrayLength(&mm_out) == 0u)";
+/** OPAQUE_ZERO as an i32, for loops the fused epilogue code runs (an inlined low-rank matmul). */
+export const MATMUL_OPAQUE_ZERO_I32 = "i32(arrayLength(&mm_out) == 0u)";
 
 /**
  * `var name = values[i]` for a loop index i, as a chain of selects: indexing a private array
@@ -240,6 +242,18 @@ type AMode = "k4" | "m4" | "scalar";
 type BMode = "n4" | "k4" | "scalar";
 
 /**
+ * Fusion around the matmul: the epilogue, and prologues: a WGSL expression of `i: u32` (the flat
+ * index into the stored operand, as the template computes it for `transA`/`transB`) giving the
+ * operand's element, in place of a buffer read. Declarations (the functions the expressions call)
+ * come in `epilogue.declarations`. An operand with a prologue is loaded one scalar at a time (no
+ * vec4 loads); its binding (0 or 1) must still hold some buffer (the prologue may read it as
+ * `mm_a` / `mm_b`).
+ */
+export interface MatmulKernelFusion extends MatmulFusion {
+  prologue?: { a?: string; b?: string };
+}
+
+/**
  * The matmul kernel for one exact shape. Bindings of group 0: 0 = A, 1 = B (both read), 2 = out
  * (read_write), then the epilogue's own bindings (3, 4, ...), whose WGSL declarations come in
  * `fusion.epilogue.declarations`. The epilogue expression sees `acc: f32`, `row`, `col`,
@@ -249,7 +263,7 @@ export function matmulKernel(
   shape: MatmulShape,
   p: MatmulParams,
   bindings: { a: number; b: number; out: number },
-  fusion?: MatmulFusion,
+  fusion?: MatmulKernelFusion,
 ): KernelSource {
   const { batch, m, n, k } = shape;
   for (const [name, v] of Object.entries({ batch, m, n, k }))
@@ -263,6 +277,8 @@ export function matmulKernel(
   // multiple of 4 (so a group of 4 is wholly inside or wholly outside the matrix).
   let aMode: AMode = "scalar";
   let bMode: BMode = "scalar";
+  const proA = fusion?.prologue?.a;
+  const proB = fusion?.prologue?.b;
   if (v4 && (p.variant === "register" || p.variant === "subgroup")) {
     // A subgroup lane loads 4 columns; a register invocation loads its C columns.
     const laneCols = p.variant === "subgroup" ? 4 : C;
@@ -272,6 +288,8 @@ export function matmulKernel(
     // scalar A loads stepping k by 1 measured ~25% faster than vec4 A loads stepping by 4.
     if (!shape.transA && k % 4 === 0 && bMode === "k4") aMode = "k4";
     else if (shape.transA && m % 4 === 0 && R % 4 === 0) aMode = "m4";
+    if (proA) aMode = "scalar";
+    if (proB) bMode = "scalar";
   }
   let sharedAVec = false;
   let sharedBVec = false;
@@ -280,6 +298,8 @@ export function matmulKernel(
     const tn = p.workgroupX * C;
     sharedAVec = shape.transA ? m % 4 === 0 && tm % 4 === 0 : k % 4 === 0 && p.tileK % 4 === 0;
     sharedBVec = shape.transB ? k % 4 === 0 && p.tileK % 4 === 0 : n % 4 === 0 && tn % 4 === 0;
+    if (proA) sharedAVec = false;
+    if (proB) sharedBVec = false;
   }
   const aVec = aMode !== "scalar" || sharedAVec;
   const bVec = bMode !== "scalar" || sharedBVec;
@@ -297,16 +317,22 @@ export function matmulKernel(
   const layout = `${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}`;
   head.push(
     `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
-      `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}, ` +
-      `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}`,
+      `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}${proA ? " (prologue)" : ""}, ` +
+      `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}`,
     `@group(0) @binding(0) var<storage, read> mm_a: ${arr(aVec)};`,
     `@group(0) @binding(1) var<storage, read> mm_b: ${arr(bVec)};`,
     `@group(0) @binding(2) var<storage, read_write> mm_out: array<f32>;`,
   );
   if (epilogue?.declarations) head.push(epilogue.declarations);
   head.push(
-    `fn mm_a_at(i: u32) -> f32 { return ${aVec ? "mm_a[i >> 2u][i & 3u]" : "mm_a[i]"}; }`,
-    `fn mm_b_at(i: u32) -> f32 { return ${bVec ? "mm_b[i >> 2u][i & 3u]" : "mm_b[i]"}; }`,
+    // A prologue keeps its operand's binding statically used (`_ = &mm_a`) whether it reads it
+    // or not, so the binding stays in an automatic pipeline layout.
+    proA
+      ? `fn mm_a_at(i: u32) -> f32 { _ = &mm_a; return ${proA}; }`
+      : `fn mm_a_at(i: u32) -> f32 { return ${aVec ? "mm_a[i >> 2u][i & 3u]" : "mm_a[i]"}; }`,
+    proB
+      ? `fn mm_b_at(i: u32) -> f32 { _ = &mm_b; return ${proB}; }`
+      : `fn mm_b_at(i: u32) -> f32 { return ${bVec ? "mm_b[i >> 2u][i & 3u]" : "mm_b[i]"}; }`,
     `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32) -> f32 {`,
     `  return ${epilogue?.expression ?? "acc"};`,
     `}`,
