@@ -260,31 +260,26 @@ export class Resolver {
         const object = this.evaluate(e.object, scope, module);
         if (object.kind === "list" || object.kind === "tuple")
           return this.listItem(object.items, e, scope, module);
-        return this.report(
-          error(
-            "E0206",
-            "this expression needs tensors, which only exist inside functions",
-            this.at(module, e),
-            {
-              help: "compute it inside `forward` or an `update` function",
-            },
-          ),
-        );
+        return this.needsTensors(e, module);
       }
       case "Transpose":
-        return this.report(
-          error(
-            "E0206",
-            "this expression needs tensors, which only exist inside functions",
-            this.at(module, e),
-            {
-              help: "compute it inside `forward` or an `update` function",
-            },
-          ),
-        );
+        return this.needsTensors(e, module);
       case "Error":
         throw new Reported();
     }
+  }
+
+  private needsTensors(e: A.Expr, module: Module): never {
+    return this.report(
+      error(
+        "E0206",
+        "this expression needs tensors, which only exist inside functions",
+        this.at(module, e),
+        {
+          help: "compute it inside `forward` or an `update` function",
+        },
+      ),
+    );
   }
 
   /** `list[i]` of a compile-time list (a negative index counts from the end). */
