@@ -51,17 +51,21 @@ function positive(value: string | undefined, flag: string): number | undefined |
 /** A one-line progress display on a terminal; plain periodic lines otherwise (logs, CI). */
 class Progress {
   private readonly tty = process.stderr.isTTY === true;
-  private readonly started = performance.now();
-  private tokens = 0;
   private lastLine = 0;
+  /** Steps after the first (which also compiles the kernels): the rates come from these. */
+  private timed = { steps: 0, millis: 0, tokens: 0 };
 
   constructor(private readonly total: number) {}
 
   step(e: StepEvent): void {
-    this.tokens += e.tokens;
-    const seconds = (performance.now() - this.started) / 1000;
-    const rate = this.tokens / Math.max(seconds, 1e-9);
-    const eta = ((e.steps - e.step) * seconds) / Math.max(1, e.step - this.firstStep + 1);
+    if (e.step > this.firstStep) {
+      this.timed.steps++;
+      this.timed.millis += e.millis;
+      this.timed.tokens += e.tokens;
+    }
+    const { steps, millis, tokens } = this.timed.steps > 0 ? this.timed : { ...e, steps: 1 };
+    const rate = (1000 * tokens) / Math.max(millis, 1e-6);
+    const eta = ((e.steps - e.step) * millis) / steps / 1000;
     const text = `step ${String(e.step).padStart(String(e.steps).length)}/${e.steps}  loss ${e.loss.toFixed(4)}  lr×${e.lr.toFixed(3)}  ${formatRate(rate)} tok/s  ETA ${formatDuration(eta)}`;
     if (this.tty) {
       const width = 24;
