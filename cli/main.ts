@@ -5,6 +5,7 @@ import { buildCommand, emitKinds, type EmitKind } from "./build.js";
 import { checkCommand } from "./check.js";
 import { devicesCommand } from "./devices.js";
 import { fmtCommand } from "./fmt.js";
+import { evalCommand, type EvalCommandOptions } from "./eval.js";
 import { devices, trainCommand } from "./train.js";
 
 function program(setCode: (code: number) => void): Command {
@@ -116,6 +117,28 @@ function program(setCode: (code: number) => void): Command {
         setCode(await trainCommand(file, opts));
       },
     );
+
+  cli
+    .command("eval")
+    .description(
+      "evaluate a train block's model with given weights: held-out loss, and accuracy for arithmetic data",
+    )
+    .argument("<file>", "the .lrk program")
+    .option("--train <name>", "which train block, when the file has several")
+    .option("--weights <file>", "parameters by path (a run's final.safetensors or checkpoint)")
+    .option("--data <name>", "a `data` declaration of the file to evaluate on (its valid split)")
+    .option("--batch <n>", "override the batch size")
+    .option("--batches <n>", "full batches to evaluate", "8")
+    .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
+    .option("--no-autotune", "use default matmul parameters instead of timing candidates")
+    .option("--json", "print the result (and diagnostics) as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ lrkc eval examples/lora_finetune.lrk --weights runs/lora_finetune/final.safetensors\n  $ lrkc eval examples/lora_finetune.lrk --weights runs/lora_finetune/final.safetensors --data add   # what the fine-tune forgot",
+    )
+    .action(async (file: string, opts: EvalCommandOptions) => {
+      setCode(await evalCommand(file, opts));
+    });
 
   cli
     .command("devices")

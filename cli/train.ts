@@ -263,7 +263,7 @@ async function stepPlan(run: Run, device: Device): Promise<Plan> {
 }
 
 /** `auto`: the WebGPU adapter if there is one, else the CPU reference interpreter. */
-async function openDevice(choice: string, autotune: boolean): Promise<Device> {
+export async function openDevice(choice: string, autotune: boolean): Promise<Device> {
   if (choice === "cpu" || choice === "cpu64") return new CpuDevice({ float64: choice === "cpu64" });
   try {
     return await WebGpuDevice.open({ autotune });

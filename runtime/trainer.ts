@@ -42,6 +42,8 @@ export interface PrepareOptions {
   steps?: number;
   /** Overrides the batch size of the train block. */
   batch?: number;
+  /** Evaluates on this `data` declaration of the file (its valid split) instead of `eval … on`. */
+  evalData?: string;
 }
 
 /** Compiles a program's train block and opens its data; every problem is a diagnostic. */
@@ -56,6 +58,26 @@ export function prepare(
   const { spec, placement } = analysis.trains[0]!;
   if (options.steps !== undefined) spec.steps = options.steps;
   const r = analysis.session.resolver;
+  if (options.evalData !== undefined) {
+    const v = r.scopeOf(spec.module).lookup(options.evalData);
+    if (v?.kind !== "dataset") {
+      const names = [...r.scopeOf(spec.module).names()].filter(
+        (n) => r.scopeOf(spec.module).lookup(n)?.kind === "dataset",
+      );
+      return {
+        diagnostics: [
+          ...diagnostics,
+          error(
+            "E0204",
+            `\`${options.evalData}\` is not a data declaration of ${spec.module.file.path}`,
+            undefined,
+            { help: `its data declarations: ${names.map((n) => `\`${n}\``).join(", ") || "none"}` },
+          ),
+        ],
+      };
+    }
+    spec.eval = { every: spec.eval?.every ?? 1, on: { ...v.dataset, split: "valid" } };
+  }
   if (!spec.data) {
     return {
       diagnostics: [

@@ -67,6 +67,22 @@ async function lrkc(...argv: string[]): Promise<void> {
   }
 }
 
+/** Runs `lrkc … --json` and returns its `result`. */
+async function lrkcJson(...argv: string[]): Promise<{ accuracy?: number; loss: number }> {
+  const child = spawn(process.execPath, [join(root, "bin/lrkc.js"), ...argv], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  let out = "";
+  child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+  const status = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  if (status !== 0) {
+    process.stderr.write(`main job: \`lrkc ${argv.join(" ")}\` failed (exit ${status})\n${out}`);
+    process.exit(status ?? 1);
+  }
+  return (JSON.parse(out) as { result: { accuracy?: number; loss: number } }).result;
+}
+
 function evals(runFolder: string): EvalLine[] {
   return readFileSync(resolve(root, runFolder, "metrics.jsonl"), "utf8")
     .split("\n")
@@ -126,6 +142,18 @@ await lrkc(
   ...["--out", runs.finetune, "--device", device, ...overrides],
 );
 
+// What the adapters did to the pretraining task (the frozen base itself is unchanged).
+const forgot = await lrkcJson(
+  "eval",
+  FINETUNE,
+  ...["--weights", join(runs.finetune, "final.safetensors"), "--data", "add", "--json"],
+  ...[
+    "--device",
+    device,
+    ...overrides.filter((o, i) => o !== "--steps" && overrides[i - 1] !== "--steps"),
+  ],
+);
+
 const pre = evals(runs.pretrain);
 const ft = evals(runs.finetune);
 const lora = compile(FINETUNE);
@@ -138,12 +166,15 @@ const rows: [string, string][] = [
   ["addition, after pretraining", pct(pre[pre.length - 1]?.accuracy)],
   ["subtraction, before the fine-tune", pct(ft[0]?.accuracy)],
   ["subtraction, after the LoRA fine-tune", pct(ft[ft.length - 1]?.accuracy)],
+  ["addition, with the subtraction adapters", pct(forgot.accuracy)],
 ];
 say("summary");
 process.stdout.write(
   [
     "held-out exact-match accuracy (answers generated greedily, whole answer must match):",
     ...rows.map(([k, v]) => `  ${k.padEnd(40)} ${v.padStart(6)}`),
+    "  (the adapters specialize the model to subtraction; the frozen base, without them, is the",
+    "   pretrained model unchanged: train on a mix of both tasks to keep addition)",
     "",
     `GPU memory of one training step (lrk's fused plan, batch ${lora.batch}):`,
     `  LoRA fine-tune (${counts.trainable.toLocaleString("en-US")} of ${counts.total.toLocaleString("en-US")} weights trained)`.padEnd(

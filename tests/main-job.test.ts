@@ -35,6 +35,7 @@ describe("npm start (the main job)", () => {
       "addition, after pretraining",
       "subtraction, before the fine-tune",
       "subtraction, after the LoRA fine-tune",
+      "addition, with the subtraction adapters",
     ])
       expect(summary).toMatch(new RegExp(`${row} +\\d+\\.\\d%`));
     const lora = summary.match(

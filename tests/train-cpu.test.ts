@@ -1,7 +1,7 @@
 // `lrkc train --device cpu` end to end, as a user runs it (the built CLI in dist/, which `npm test`
 // builds first): a tiny LoRA fine-tune lowers its loss, exits 0, writes final.safetensors, and
 // two runs of the same program print the same losses and write the same weights.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -167,5 +167,54 @@ describe("eval … on another data set", () => {
     const d = diagnostics.find((x) => x.code === "E0206")!;
     expect(d.message).toMatch(/batches differ from the training data's: input: i32\[16, 12\]/);
     expect(text.slice(d.at!.span.start, d.at!.span.end)).toBe("long.valid");
+  });
+});
+
+describe("lrkc eval", () => {
+  const run = (args: string[]) =>
+    spawnSync(process.execPath, [lrkc, "eval", ...args, "--device", "cpu"], {
+      cwd: root,
+      encoding: "utf8",
+    });
+
+  it("gives the loss and accuracy the run's last evaluation gave, on its data or another", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-eval-"));
+    const file = join(dir, "lora_eval.lrk");
+    writeFileSync(
+      file,
+      loraTinyLmProgram("lora_eval", 20)
+        .replace("  seed 1\n", "  seed 1\n  eval every 10 on arith.valid\n")
+        .replace(
+          "data arith =",
+          'data sub = std.data.arithmetic(ops: "-", digits: 1, seed: 5, negative: false)\ndata arith =',
+        ),
+    );
+    const trained = await lrkcTrain(file, 20);
+    expect(trained.code, trained.stderr).toBe(0);
+    const last = readFileSync(join(trained.out, "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { kind: string; step: number; loss: number; accuracy: number })
+      .filter((m) => m.kind === "eval")
+      .pop()!;
+    expect(last.step).toBe(20);
+    const weights = join(trained.out, "final.safetensors");
+    const own = run([file, "--weights", weights, "--json"]);
+    expect(own.status, own.stderr).toBe(0);
+    const result = (JSON.parse(own.stdout) as { result: { loss: number; accuracy: number } })
+      .result;
+    expect(result.loss).toBeCloseTo(last.loss, 5);
+    expect(result.accuracy).toBe(last.accuracy);
+    const other = run([file, "--weights", weights, "--data", "sub"]);
+    expect(other.status, other.stderr).toBe(0);
+    expect(other.stdout).toMatch(
+      /^lora_eval on sub \(valid split\): held-out loss \S+, exact-match accuracy \S+%/,
+    );
+    const unknown = run([file, "--weights", weights, "--data", "nope"]);
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr).toMatch(/E0204.*`nope` is not a data declaration/);
+    expect(unknown.stderr).toMatch(
+      /its data declarations: `sub`, `arith`|its data declarations: `arith`, `sub`/,
+    );
   });
 });

@@ -1,0 +1,134 @@
+// `lrkc eval FILE`: the held-out loss (and, for arithmetic data, exact-match accuracy) of a train
+// block's model with given weights, on the block's eval data or on another `data` declaration of
+// the file: how well a fine-tune does, or what it forgot of the task it started from.
+import { resolve } from "node:path";
+import type { Tensor } from "../compiler/interpreter.js";
+import { error } from "../language/diagnostics.js";
+import { NoAdapterError } from "../runtime/gpu.js";
+import { CheckpointError, readSafetensors } from "../runtime/safetensors.js";
+import { evaluate, initialize, prepare } from "../runtime/trainer.js";
+import { readSource } from "./files.js";
+import { report, type ReportOptions } from "./report.js";
+import { devices, openDevice } from "./train.js";
+
+export interface EvalCommandOptions extends ReportOptions {
+  train?: string;
+  batch?: string;
+  device: string;
+  /** safetensors with parameters by path (a run's final.safetensors or checkpoint). */
+  weights?: string;
+  /** A `data` declaration of the file to evaluate on (its valid split). */
+  data?: string;
+  /** Full batches to evaluate (default 8). */
+  batches?: string;
+  /** commander's negated `--no-autotune` */
+  autotune?: boolean;
+}
+
+export async function evalCommand(path: string, options: EvalCommandOptions): Promise<number> {
+  const batch = options.batch === undefined ? undefined : Number(options.batch);
+  const batches = options.batches === undefined ? 8 : Number(options.batches);
+  for (const [flag, n] of [
+    ["--batch", batch],
+    ["--batches", batches],
+  ] as const) {
+    if (n !== undefined && (!Number.isInteger(n) || n <= 0)) {
+      process.stderr.write(`error: ${flag} must be a positive integer\n`);
+      return 1;
+    }
+  }
+  if (!(devices as readonly string[]).includes(options.device)) {
+    process.stderr.write(`error: unknown device \`${options.device}\` (${devices.join(", ")})\n`);
+    return 1;
+  }
+  const read = readSource(path);
+  if ("diagnostic" in read) return report([read.diagnostic], options);
+  const { run, diagnostics } = prepare(read.file, {
+    train: options.train,
+    batch,
+    evalData: options.data,
+  });
+  if (!run || diagnostics.some((d) => d.severity === "error"))
+    return report(diagnostics, options) || 1;
+
+  let weights: Map<string, Tensor> | undefined;
+  if (options.weights !== undefined) {
+    try {
+      weights = readSafetensors(resolve(options.weights)).tensors;
+    } catch (e) {
+      if (e instanceof CheckpointError)
+        return report([error("E0502", e.message, undefined, { help: e.help })], options);
+      throw e;
+    }
+    // the weights replace the block's `init`: no need to read that file too
+    run.spec.init = undefined;
+  }
+  let device;
+  try {
+    device = await openDevice(options.device, options.autotune !== false);
+  } catch (e) {
+    if (e instanceof NoAdapterError)
+      return report([error("E0601", e.message, undefined, { help: e.help })], options);
+    throw e;
+  }
+  try {
+    const store = await initialize(run, device);
+    if (weights) {
+      const params = run.step.inputs.filter((i) => i.role === "param");
+      const missing: string[] = [];
+      for (const p of params) {
+        const path = p.name.slice("param:".length);
+        const t = weights.get(path);
+        if (!t) {
+          missing.push(path);
+          continue;
+        }
+        if (t.shape.join(",") !== p.shape.join(","))
+          return report(
+            [
+              error(
+                "E0502",
+                `\`${path}\` in \`${options.weights}\` is [${t.shape.join(", ")}], but the model's is [${p.shape.join(", ")}]`,
+                undefined,
+                { help: "evaluate with weights written by this program (or its train block)" },
+              ),
+            ],
+            options,
+          );
+        store.set(p.name, t);
+      }
+      if (missing.length === params.length)
+        return report(
+          [
+            error(
+              "E0502",
+              `\`${options.weights}\` has none of this model's parameters`,
+              undefined,
+              {
+                help: "pass a run's final.safetensors or checkpoint.safetensors",
+              },
+            ),
+          ],
+          options,
+        );
+      if (missing.length > 0 && !options.json)
+        process.stderr.write(
+          `note: ${missing.length} parameter${missing.length === 1 ? "" : "s"} not in ${options.weights} keep their initial values (${missing.slice(0, 3).join(", ")}${missing.length > 3 ? ", …" : ""})\n`,
+        );
+    }
+    const e = await evaluate(run, device, store, 0, batches);
+    const on = options.data ?? "its eval data";
+    if (options.json) {
+      const result = { data: on, loss: e.loss, accuracy: e.accuracy, examples: e.examples };
+      return report(diagnostics, options, { result });
+    } else {
+      report(diagnostics, options);
+      process.stdout.write(
+        `${run.spec.decl.name.name} on ${on} (${run.evalSplit} split): held-out loss ${e.loss.toFixed(4)}${e.accuracy !== undefined ? `, exact-match accuracy ${(100 * e.accuracy).toFixed(1)}%` : ""} (${e.examples} examples)\n`,
+      );
+    }
+    return 0;
+  } finally {
+    (device as { destroy?: () => void }).destroy?.();
+  }
+}
