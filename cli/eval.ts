@@ -4,12 +4,11 @@
 import { resolve } from "node:path";
 import type { Tensor } from "../compiler/interpreter.js";
 import { error } from "../language/diagnostics.js";
-import { NoAdapterError } from "../runtime/gpu.js";
 import { CheckpointError, readSafetensors } from "../runtime/safetensors.js";
 import { evaluate, initialize, prepare } from "../runtime/trainer.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
-import { devices, openDevice } from "./train.js";
+import { devices, openDeviceOrDiagnostic } from "./train.js";
 
 export interface EvalCommandOptions extends ReportOptions {
   train?: string;
@@ -63,14 +62,8 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     // the weights replace the block's `init`: no need to read that file too
     run.spec.init = undefined;
   }
-  let device;
-  try {
-    device = await openDevice(options.device, options.autotune !== false);
-  } catch (e) {
-    if (e instanceof NoAdapterError)
-      return report([error("E0601", e.message, undefined, { help: e.help })], options);
-    throw e;
-  }
+  const device = await openDeviceOrDiagnostic(options.device, options.autotune !== false);
+  if ("severity" in device) return report([device], options);
   try {
     const store = await initialize(run, device);
     if (weights) {

@@ -133,14 +133,8 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   // --init replaces the block's `init` (a path relative to the working directory, not the file)
   if (options.init !== undefined) run.spec.init = { path: resolve(options.init) };
 
-  let device: Device;
-  try {
-    device = await openDevice(options.device, options.autotune !== false);
-  } catch (e) {
-    if (e instanceof NoAdapterError)
-      return report([error("E0601", e.message, undefined, { help: e.help })], options);
-    throw e;
-  }
+  const device = await openDeviceOrDiagnostic(options.device, options.autotune !== false);
+  if ("severity" in device) return report([device], options);
   const total = steps ?? run.spec.steps;
   const name = run.spec.decl.name.name;
   const folder = new RunFolder(options.out ?? join("runs", name));
@@ -260,6 +254,19 @@ async function stepPlan(run: Run, device: Device): Promise<Plan> {
   return device instanceof WebGpuDevice
     ? await device.tunedPlan(run.step.graph, run.step.inputs, entry)
     : planProgram(run.step.graph, run.step.inputs, { step: entry }, defaultLimits);
+}
+
+/** openDevice, with "no adapter" as the E0601 diagnostic that says what to install. */
+export async function openDeviceOrDiagnostic(
+  choice: string,
+  autotune: boolean,
+): Promise<Device | Diagnostic> {
+  try {
+    return await openDevice(choice, autotune);
+  } catch (e) {
+    if (e instanceof NoAdapterError) return error("E0601", e.message, undefined, { help: e.help });
+    throw e;
+  }
 }
 
 /** `auto`: the WebGPU adapter if there is one, else the CPU reference interpreter. */
