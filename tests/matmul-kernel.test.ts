@@ -21,6 +21,7 @@ import {
   matmulCandidates,
   matmulKernel,
   matmulShapeClassKey,
+  validateMatmulParams,
 } from "../compiler/kernels/matmul.js";
 import type {
   KernelSource,
@@ -318,6 +319,11 @@ const CLASS_SHAPES: MatmulShape[] = [
   { batch: 1, m: 16, n: 1024, k: 1024, transA: true, transB: false },
   { batch: 1, m: 1, n: 1024, k: 1024, transA: false, transB: false }, // a vector
   { batch: 1, m: 3, n: 1, k: 17, transA: false, transB: false },
+  // attention's batched tiny products (batch·heads, 9 × 9 scores, head dim 32) and a skinny,
+  // k-heavy LoRA gradient: their classes bring the small-workgroup subgroup tiles
+  { batch: 256, m: 9, n: 9, k: 32, transA: false, transB: true },
+  { batch: 256, m: 9, n: 32, k: 9, transA: false, transB: false },
+  { batch: 1, m: 8, n: 512, k: 576, transA: true, transB: false },
 ];
 
 /** Every candidate (with and without subgroups) and every default, once each. */
@@ -336,11 +342,14 @@ function allParams(): MatmulParams[] {
 }
 
 describe(`matmul template on ${adapter.description}`, () => {
-  it("candidates are 4–8 valid parameterizations and include the default", () => {
+  it("candidates are 4–9 valid parameterizations and include the default", () => {
     for (const s of CLASS_SHAPES) {
       const candidates = matmulCandidates(s, features);
       expect(candidates.length).toBeGreaterThanOrEqual(4);
-      expect(candidates.length).toBeLessThanOrEqual(8);
+      expect(candidates.length).toBeLessThanOrEqual(9);
+      const keys = candidates.map((p) => `${describeMatmulParams(p)} tk${p.tileK}`);
+      expect(new Set(keys).size, "no duplicates").toBe(keys.length);
+      for (const p of candidates) validateMatmulParams(p);
       const d = describeMatmulParams(defaultMatmulParams(s, features, adapter));
       expect(candidates.map(describeMatmulParams)).toContain(d);
     }
@@ -365,6 +374,9 @@ describe(`matmul template on ${adapter.description}`, () => {
         // multiples of 4 (vec4 paths), not of the tiles; batched; with an epilogue
         await check({ batch: 3, m: 68, n: 36, k: 20, transA, transB }, params, true);
       }
+      // batched tiny products (attention-like, odd): many batches, fewer rows than a workgroup
+      await check({ batch: 5, m: 9, n: 9, k: 33, transA: false, transB: true }, params, true);
+      await check({ batch: 5, m: 9, n: 33, k: 9, transA: true, transB: false }, params);
       // a low-rank add in the epilogue
       for (const [name, build] of LOW_RANK_CASES) await checkLowRank(params, build, name);
     });
