@@ -17,7 +17,13 @@
 //    through single-consumer elementwise nodes (a LoRA branch: x·Wᵀ + s·(t·Uᵀ)) is computed in
 //    that chain (a short loop per element), and an elementwise operand of a matmul narrow on the
 //    other side is a prologue, computed where it is loaded (a dropout mask, a scale);
-//  - special: scatterAdd, svd, topkMask, quantize, quantScale, reading buffers.
+//  - special: scatterAdd, svd, topkMask, quantize, quantScale, reading buffers;
+//  - row: after the groups above are formed, a reduce over the trailing axes of contiguous rows
+//    joins the reduce and map groups near it that read it or that it reads, when each row
+//    reduce is read only at its own row (elementwise ops, reshapes, the expand of its size-1
+//    axes over the row) and reductions over everything are read only after every row: one
+//    kernel computes a row's reductions one after another, then its per-row and per-element
+//    values (softmax, layer norm, cross-entropy and their backwards), see `fuseRows`.
 // A map node is materialized when it is an entry output, when a kernel needs it as a buffer (a
 // matmul operand that is not a view of one, a special kernel's input), or when kernels of two or
 // more groups read it and it is not cheap to recompute (movement ops never are: their input
@@ -27,7 +33,20 @@
 // allows is split by materializing the inlined node that gathers the most of them.
 import { dependencies, numel, strides, type Graph, type Node } from "./ir.js";
 
-export type GroupKind = "map" | "reduce" | "matmul" | "special";
+export type GroupKind = "map" | "reduce" | "matmul" | "special" | "row";
+
+/**
+ * A row kernel's structure: the reduced elements of every row reduce are the last `len` elements
+ * of a contiguous row; there are `rows` rows.
+ */
+export interface RowInfo {
+  rows: number;
+  len: number;
+  /** Reduces over each row (trailing axes), in dependency order: one per-row scalar each. */
+  reduces: number[];
+  /** Reduces over everything (one value), after the rows: the kernel is then one workgroup. */
+  totals: number[];
+}
 
 /** How a matmul reads one operand from a buffer. */
 export interface MatmulOperand {
@@ -75,6 +94,8 @@ export interface KernelGroup {
    * operand node `a.node` / `b.node` has no buffer). Only on matmuls narrow on the other side.
    */
   prologue?: { a: boolean; b: boolean };
+  /** For row kernels: the rows and the reductions over them. */
+  row?: RowInfo;
 }
 
 export interface Fusion {
@@ -686,9 +707,283 @@ function fuseOnce(
     });
   }
   for (const g of groups) if (!neededSet.has(g.output)) throw new Error("fuse: stray group");
+  const merged = mergeMaps(graph, groups, materialized, options.maxBindings ?? Infinity);
   return {
-    groups: mergeMaps(graph, groups, materialized, options.maxBindings ?? Infinity),
+    groups: fuseRows(graph, merged, materialized, isOutput, options.maxBindings ?? Infinity),
     materialized,
     needed,
   };
+}
+
+// ---------------------------------------------------------------------------- row kernels
+
+/** Groups before and after a row kernel's members that may join it. */
+const ROW_WINDOW = 12;
+/** A row kernel with reductions over everything runs as one workgroup: at most this many elements. */
+export const ROW_TOTAL_MAX = 1 << 18;
+
+/** (rows, len) of a reduce group over trailing axes (f32); undefined for other groups. */
+function rowShape(graph: Graph, g: KernelGroup): { rows: number; len: number } | undefined {
+  if (g.kind !== "reduce") return undefined;
+  const red = graph.node(g.anchor);
+  if (red.op.kind !== "reduce" || red.dtype !== "f32") return undefined;
+  const input = graph.node(red.inputs[0]!);
+  const r = input.shape.length;
+  const axes = red.op.axes;
+  if (!axes.every((a, i) => a === r - axes.length + i)) return undefined;
+  const rows = numel(red.shape);
+  const len = numel(input.shape) / Math.max(rows, 1);
+  if (rows === 0 || len === 0) return undefined;
+  return { rows, len };
+}
+
+/**
+ * How a row kernel indexes a node: at an element of the current row (`E`, flat index row·len + e),
+ * at the row (`R`, flat index row), at the single element of a scalar (`S`, inside the rows; `T`
+ * after them, where the totals are known), or anywhere (`X`).
+ */
+type RowMode = "E" | "R" | "S" | "T" | "X";
+
+/**
+ * The row structure of a candidate set of groups, or undefined if one kernel cannot compute it:
+ * every read of a row reduce must be at the current row (through elementwise ops, reshapes and
+ * the expand of its size-1 axes over the row), every read of a total after all rows.
+ */
+function rowStructure(
+  graph: Graph,
+  members: readonly KernelGroup[],
+  produced: ReadonlySet<number>,
+): RowInfo | undefined {
+  let shape: { rows: number; len: number } | undefined;
+  for (const g of members) {
+    const s = rowShape(graph, g);
+    if (s && (numel(graph.shape(g.anchor)) !== 1 || !shape)) shape = s;
+    if (s && numel(graph.shape(g.anchor)) !== 1) break;
+  }
+  if (!shape) return undefined;
+  const { rows, len } = shape;
+  const reduces: number[] = [];
+  const totals: number[] = [];
+  const roots: [number, RowMode][] = [];
+  for (const g of members) {
+    if (g.kind === "reduce") {
+      const red = graph.node(g.anchor);
+      if (red.op.kind !== "reduce" || red.dtype !== "f32") return undefined;
+      const inCount = numel(graph.shape(red.inputs[0]!));
+      const s = rowShape(graph, g);
+      if (s && s.rows === rows && s.len === len) {
+        reduces.push(g.anchor);
+        roots.push([red.inputs[0]!, "E"]);
+        for (const c of g.epilogue) roots.push([c, "R"]);
+      } else if (
+        numel(red.shape) === 1 &&
+        rows > 1 &&
+        (inCount === rows * len || inCount === rows)
+      ) {
+        totals.push(g.anchor);
+        roots.push([red.inputs[0]!, inCount === rows * len ? "E" : "R"]);
+        for (const c of g.epilogue) roots.push([c, "T"]);
+      } else return undefined;
+    } else if (g.kind === "map") {
+      for (const o of g.outputs) {
+        const count = numel(graph.shape(o));
+        if (count === rows * len) roots.push([o, "E"]);
+        else if (count === rows) roots.push([o, "R"]);
+        else if (count === 1 && rows > 1)
+          roots.push([o, "T"]); // after the totals
+        else return undefined;
+      }
+    } else return undefined;
+  }
+  if (totals.length && rows * len > ROW_TOTAL_MAX) return undefined;
+  if (!totals.length && roots.some(([, mode]) => mode === "T")) return undefined;
+  const computed = new Set<number>(produced);
+  for (const g of members) for (const x of g.nodes) computed.add(x);
+  const rowSet = new Set(reduces);
+  const totalSet = new Set(totals);
+  const seen = new Set<string>();
+  const ok = (x: number, mode: RowMode): boolean => {
+    const key = `${x}:${mode}`;
+    if (seen.has(key)) return true;
+    seen.add(key);
+    if (rowSet.has(x)) return mode === "R";
+    if (totalSet.has(x)) return mode === "T";
+    if (!computed.has(x)) return true; // a buffer
+    const n = graph.node(x);
+    if (n.op.kind === "input") return true;
+    const k = n.op.kind;
+    if (ELEMENTWISE.has(k) || k === "reshape")
+      return n.inputs.every((i) => ok(i, numel(graph.shape(i)) === numel(n.shape) ? mode : "X"));
+    if (k === "expand") {
+      const a = graph.shape(n.inputs[0]!);
+      const b = n.shape;
+      let next: RowMode = "X";
+      if (numel(a) === 1) next = mode === "T" ? "T" : "S";
+      else if (mode === "E") {
+        for (let cut = 0; cut <= b.length; cut++) {
+          if (numel(b.slice(cut)) !== len) continue;
+          if (a.slice(cut).every((d) => d === 1) && a.slice(0, cut).every((d, i) => d === b[i]))
+            next = "R";
+        }
+      }
+      return ok(n.inputs[0]!, next);
+    }
+    if (k === "reduce" || k === "matmul" || SPECIAL_KINDS.has(k)) return false;
+    return n.inputs.every((i) => ok(i, "X"));
+  };
+  for (const [x, mode] of roots) if (!ok(x, mode)) return undefined;
+  // Row reduces in dependency (node) order; totals after them.
+  return {
+    rows,
+    len,
+    reduces: reduces.sort((p, q) => p - q),
+    totals: totals.sort((p, q) => p - q),
+  };
+}
+
+/**
+ * Row kernels: a reduce over the trailing axes of contiguous rows, with the reduces of the same
+ * rows that read it (or that it reads), the elementwise groups between and after them, and
+ * reductions over everything of values per row or per element, become one kernel when every row
+ * reduce is read only at its own row (max → Σ exp(x − max) → exp(x − max)/Σ; mean → variance →
+ * normalize; a row sum of the log-softmax picked by a one-hot, summed over all rows). Groups join
+ * from a window around the first reduce when they read a member's output or a member reads
+ * theirs, the kernel fits the device's bindings, and merging makes no cycle. The merged kernel
+ * writes only the values read outside it (or wanted by the entry); the others stay in registers.
+ */
+function fuseRows(
+  graph: Graph,
+  groups: readonly KernelGroup[],
+  materialized: Set<number>,
+  isOutput: ReadonlySet<number>,
+  max: number,
+): KernelGroup[] {
+  const n = groups.length;
+  const unit = groups.map((_, i) => i); // group → the unit (cluster) it belongs to
+  const members = new Map<number, number[]>(groups.map((_, i) => [i, [i]]));
+  const readers = new Map<number, number[]>(); // node → indices of the groups that read it
+  groups.forEach((g, j) => g.reads.forEach((r) => readers.set(r, [...(readers.get(r) ?? []), j])));
+  const succ = (u: number): Set<number> => {
+    const out = new Set<number>();
+    for (const gi of members.get(u)!)
+      for (const o of groups[gi]!.outputs) for (const j of readers.get(o) ?? []) out.add(unit[j]!);
+    out.delete(u);
+    return out;
+  };
+  const succCache = new Map<number, Set<number>>();
+  const succOf = (u: number) => {
+    let s = succCache.get(u);
+    if (!s) succCache.set(u, (s = succ(u)));
+    return s;
+  };
+  /** A path from `from` to `to` through at least one other unit. */
+  const longPath = (from: number, to: number): boolean => {
+    const stack = [...succOf(from)].filter((x) => x !== to);
+    const seen = new Set(stack);
+    while (stack.length) {
+      const x = stack.pop()!;
+      for (const y of succOf(x)) {
+        if (y === to) return true;
+        if (!seen.has(y) && y !== from) {
+          seen.add(y);
+          stack.push(y);
+        }
+      }
+    }
+    return false;
+  };
+  const rowGroups = new Map<number, KernelGroup>(); // unit → its merged group
+  const merge = (idx: number[]): { group: KernelGroup; internal: number[] } | undefined => {
+    const gs = idx.map((i) => groups[i]!);
+    const produced = new Set<number>();
+    for (const g of gs) {
+      for (const o of g.outputs) produced.add(o);
+      produced.add(g.anchor);
+    }
+    const row = rowStructure(graph, gs, produced);
+    if (!row) return undefined;
+    const inside = new Set(idx);
+    const outputs: number[] = [];
+    const internal: number[] = [];
+    for (const g of gs)
+      for (const o of g.outputs) {
+        const readOutside = (readers.get(o) ?? []).some((j) => !inside.has(j));
+        (isOutput.has(o) || readOutside ? outputs : internal).push(o);
+      }
+    const reads = new Set<number>();
+    for (const g of gs) for (const r of g.reads) if (!produced.has(r)) reads.add(r);
+    if (outputs.length === 0 || outputs.length + reads.size > max) return undefined;
+    outputs.sort((p, q) => p - q);
+    const nodes = new Set<number>();
+    for (const g of gs) for (const x of g.nodes) nodes.add(x);
+    return {
+      group: {
+        kind: "row",
+        output: outputs[outputs.length - 1]!,
+        outputs,
+        anchor: row.reduces[0]!,
+        nodes: [...nodes].sort((p, q) => p - q),
+        reads: [...reads].sort((p, q) => p - q),
+        epilogue: [],
+        row,
+      },
+      internal,
+    };
+  };
+  for (let i = 0; i < n; i++) {
+    const start = groups[i]!;
+    if (unit[i] !== i || members.get(i)!.length !== 1) continue;
+    const s = rowShape(graph, start);
+    if (!s) continue;
+    let cluster = [i];
+    let merged: ReturnType<typeof merge>;
+    for (let changed = true; changed;) {
+      changed = false;
+      const lo = Math.max(0, Math.min(...cluster) - ROW_WINDOW);
+      const hi = Math.min(n - 1, Math.max(...cluster) + ROW_WINDOW);
+      for (let j = lo; j <= hi; j++) {
+        if (cluster.includes(j) || unit[j] !== j || members.get(j)!.length !== 1) continue;
+        const h = groups[j]!;
+        if (h.kind !== "map" && h.kind !== "reduce") continue;
+        const outs = new Set(cluster.flatMap((c) => groups[c]!.outputs));
+        const connected =
+          h.reads.some((r) => outs.has(r)) ||
+          cluster.some((c) => groups[c]!.reads.some((r) => h.outputs.includes(r)));
+        if (!connected) continue;
+        // No cycle: no path between the cluster and h through another unit.
+        const u = i;
+        if (longPath(u, j) || longPath(j, u)) continue;
+        const trial = merge([...cluster, j].sort((p, q) => p - q));
+        if (!trial) continue;
+        cluster = [...cluster, j].sort((p, q) => p - q);
+        merged = trial;
+        // Contract j into the cluster's unit.
+        for (const c of cluster) unit[c] = u;
+        members.set(u, cluster);
+        members.set(j, []);
+        succCache.clear();
+        changed = true;
+      }
+    }
+    if (cluster.length < 2 || !merged) continue;
+    rowGroups.set(i, merged.group);
+    for (const x of merged.internal) materialized.delete(x);
+  }
+  // Units in a topological order, each at the position of its last member where it can be.
+  const units = [...new Set(unit)];
+  const lastOf = (u: number) => Math.max(...members.get(u)!);
+  const preds = new Map<number, Set<number>>(units.map((u) => [u, new Set<number>()]));
+  for (const u of units) for (const v of succOf(u)) preds.get(v)!.add(u);
+  const done = new Set<number>();
+  const out: KernelGroup[] = [];
+  while (done.size < units.length) {
+    let best: number | undefined;
+    for (const u of units)
+      if (!done.has(u) && [...preds.get(u)!].every((p) => done.has(p)))
+        if (best === undefined || lastOf(u) < lastOf(best)) best = u;
+    if (best === undefined) throw new Error("fuse: a cycle among row kernels");
+    done.add(best);
+    out.push(rowGroups.get(best) ?? groups[best]!);
+  }
+  return out;
 }

@@ -14,7 +14,7 @@
 // at the same time); each entry's outputs have buffers of their own, so they survive the run.
 import { fuse, type KernelGroup } from "./fuse.js";
 import { numel, type DType, type Graph } from "./ir.js";
-import { contractionKernel, reduceKernel } from "./kernels/reduce.js";
+import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";
 import { defaultMatmulParams, matmulKernel, type MatmulAdapterKind } from "./kernels/matmul.js";
 import { specialKernels, specialScratch, type ParamKernelSource } from "./kernels/special.js";
@@ -293,6 +293,8 @@ export function groupKernels(
       return [mapKernel({ ...common, outputs: g.outputs })];
     case "reduce":
       return [reduceKernel({ ...common, anchor: g.anchor, epilogue: g.epilogue })];
+    case "row":
+      return [rowKernel({ ...common, row: g.row!, outputs: g.outputs })];
     case "matmul": {
       const mm = graph.node(g.anchor);
       const r = mm.shape.length;

@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
 import { fuse, type Fusion } from "../compiler/fuse.js";
 import type { Graph } from "../compiler/ir.js";
@@ -66,13 +67,30 @@ const reduce = (() => {
   return { graph: b.graph, out: s, fusion: fuse(b.graph, [s]) };
 })();
 
-/** 4. softmax over rows: max; sum with exp(x − max) as prologue; the division recomputes exp. */
-const softmax = (() => {
+/**
+ * 4. Row patterns: softmax, layer norm and cross-entropy, forward alone and with the backward
+ * (x's gradient; for layer norm also the weight's and bias's). Each is one row kernel: the
+ * reductions of a row one after another (max; Σ exp(x − max); the backward's Σ dy·y …), the
+ * elementwise work between and after them recomputed from the row, per-row values in registers.
+ */
+function rowPattern(which: "softmax" | "layer norm" | "cross-entropy") {
   const b = new Builder();
-  const x = b.input("data", "x", [8, 10]);
-  const y = b.softmax(x, -1);
-  return { graph: b.graph, out: y, fusion: fuse(b.graph, [y]) };
-})();
+  const x = b.input("param", "x", [8, 10]);
+  const w = b.input("param", "w", [10]);
+  const bias = b.input("param", "bias", [10]);
+  let y: number;
+  if (which === "softmax") y = b.softmax(x, -1);
+  else if (which === "layer norm") y = b.layerNorm(x, w, bias);
+  else y = b.crossEntropy(x, b.input("data", "t", [8], "i32"));
+  const forward = fuse(b.graph, [y]);
+  const loss = which === "cross-entropy" ? y : b.sum(b.mul(y, b.input("data", "dy", [8, 10])));
+  const g = gradients(b, loss, [x, w, bias]);
+  const outs = [y, g.get(x)!, ...(which === "layer norm" ? [g.get(w)!, g.get(bias)!] : [])];
+  return { graph: b.graph, forward, both: fuse(b.graph, outs) };
+}
+const softmax = rowPattern("softmax");
+const layerNorm = rowPattern("layer norm");
+const crossEntropy = rowPattern("cross-entropy");
 
 /** 5. Three outputs of one optimizer-like update: one kernel writing all three. */
 const adam = (() => {
@@ -156,8 +174,35 @@ describe("fusion", () => {
     expect(reduce.fusion.groups[0]!.epilogue.length).toBeGreaterThan(0);
   });
 
-  it(`softmax over rows is ${softmax.fusion.groups.length} kernels (max, sum, divide)`, () => {
-    expect(kinds(softmax.fusion)).toEqual(["reduce", "reduce", "map"]);
+  it(`softmax over rows is ${softmax.forward.groups.length} kernel (max, Σ exp, divide)`, () => {
+    expect(kinds(softmax.forward)).toEqual(["row"]);
+    expect(softmax.forward.groups[0]!.row!.reduces).toHaveLength(2);
+  });
+
+  it(`softmax and its backward are ${softmax.both.groups.length} kernel (the backward's Σ dy·y is a third row reduction)`, () => {
+    expect(kinds(softmax.both)).toEqual(["row"]);
+    expect(softmax.both.groups[0]!.row!.reduces).toHaveLength(3);
+  });
+
+  it(`layer norm is ${layerNorm.forward.groups.length} kernel (mean, variance, normalize, scale, shift)`, () => {
+    expect(kinds(layerNorm.forward)).toEqual(["row"]);
+    expect(layerNorm.forward.groups[0]!.row!.reduces).toHaveLength(2);
+  });
+
+  it(`layer norm and its backward are ${layerNorm.both.groups.length} kernels: 1 for the rows (the backward's 2 row sums with the forward's 2), 2 column sums (dweight, dbias)`, () => {
+    expect(kinds(layerNorm.both).sort()).toEqual(["reduce", "reduce", "row"]);
+    const row = layerNorm.both.groups.find((g) => g.kind === "row")!;
+    expect(row.row!.reduces).toHaveLength(4);
+  });
+
+  it(`cross-entropy is ${crossEntropy.forward.groups.length} kernel (max, Σ exp, the picked log-probability summed over every row)`, () => {
+    expect(kinds(crossEntropy.forward)).toEqual(["row"]);
+    const r = crossEntropy.forward.groups[0]!.row!;
+    expect([r.reduces.length, r.totals.length]).toEqual([2, 1]);
+  });
+
+  it(`cross-entropy and its backward are ${crossEntropy.both.groups.length} kernel`, () => {
+    expect(kinds(crossEntropy.both)).toEqual(["row"]);
   });
 
   it(`an update with 3 outputs (param, m, v) is ${adam.fusion.groups.length} kernel`, () => {
@@ -315,5 +360,31 @@ describe("memory plan", () => {
         /x needs a buffer of 4194304 bytes .* maxStorageBufferBindingSize/,
       );
     }
+  });
+});
+
+// ------------------------------------------------------------------------------ the tiny LM step
+
+const tinyLm = (() => {
+  const path = join(root, "examples", "tiny_lm_pretrain.lrk");
+  const { run } = prepare(new SourceFile(path, readFileSync(path, "utf8")), {});
+  if (!run) throw new Error("examples/tiny_lm_pretrain.lrk does not compile");
+  const entry = run.step.variants.get("")!;
+  const plan = planProgram(run.step.graph, run.step.inputs, { step: entry }, limits, []);
+  const rows = plan.entries
+    .step!.dispatches.map((k) => plan.kernels[k]!)
+    .filter((k) => k.kind === "row");
+  return { total: plan.entries.step!.dispatches.length, rows };
+})();
+
+describe("the training step of examples/tiny_lm_pretrain.lrk", () => {
+  // Row kernels: 5 layer norms and 2 attention softmaxes, forward and backward, one kernel each
+  // (14); the cross-entropy's forward and backward share one (their rows are the same); the
+  // gradient clip's sums of squares of equal-length gradients, joined through their sum (5).
+  it(`is ${tinyLm.total} kernels, ${tinyLm.rows.length} of them row kernels (302 kernels without row kernels)`, () => {
+    expect(tinyLm.rows).toHaveLength(20);
+    expect(tinyLm.total).toBe(250);
+    // every row kernel opens with a comment naming its IR nodes (and their .lrk lines)
+    for (const k of tinyLm.rows) expect(k.wgsl).toMatch(/^\/\/ row .*\n\/\/ computes:\n/);
   });
 });

@@ -1,10 +1,13 @@
 // Every kernel family of the WebGPU device against the CPU reference interpreter, on a real
 // WebGPU adapter (lavapipe in CI): map kernels for each unary and binary function, where, cast,
 // iota, const, random (the uniform bit-exact), every movement op, gather; reductions over each
-// axis; matmuls with every transpose combination, batches and broadcast operands; scatterAdd,
-// svd (compared as subspaces), topkMask, quantize and quantScale.
+// axis; row kernels (softmax, layer norm and cross-entropy, forward and backward, as one kernel
+// each) over odd row lengths and counts; matmuls with every transpose combination, batches and
+// broadcast operands; scatterAdd, svd (compared as subspaces), topkMask, quantize and quantScale.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
+import { fuse } from "../compiler/fuse.js";
 import { evaluate, type Tensor } from "../compiler/interpreter.js";
 import type { BinaryFn, DType, UnaryFn } from "../compiler/ir.js";
 import type { ProgramInput } from "../compiler/step.js";
@@ -328,6 +331,61 @@ describe("reduce kernels", () => {
       1e-5,
       1e-4,
     );
+  });
+});
+
+describe("row kernels", () => {
+  // Rows of 1 to 2500 elements (one invocation per row up to 2047; from 2048, 256 invocations per
+  // row, each looping), 1 to 7 rows (not a multiple of the rows a workgroup takes).
+  const lens = [1, 3, 33, 257, 1000, 2500];
+  const rowCounts = [1, 3, 7];
+  /** Row kernels among the kernels of `outs` (at least one, or the test checks nothing new). */
+  const rowKernels = (c: Case, outs: number[]) =>
+    fuse(c.b.graph, outs).groups.filter((g) => g.kind === "row").length;
+
+  for (const pattern of ["softmax", "layer norm", "cross-entropy"] as const)
+    it(`${pattern}, forward and backward (x's gradient), each row length and count`, async () => {
+      let seed = 20;
+      for (const len of lens)
+        for (const rows of rowCounts) {
+          const c = new Case(seed++);
+          const b = c.b;
+          const x = c.uniform("x", [rows, len], -4, 4);
+          const outs: Record<string, number> = {};
+          let loss: number;
+          if (pattern === "cross-entropy") {
+            loss = b.crossEntropy(x, c.ints("t", [rows], 0, len));
+            outs.loss = loss;
+          } else {
+            const y =
+              pattern === "softmax"
+                ? b.softmax(x, -1)
+                : b.layerNorm(x, c.uniform("w", [len], 0.5, 1.5), c.uniform("bias", [len]));
+            outs.y = y;
+            if (pattern === "softmax") outs.logp = b.logSoftmax(x, -1);
+            loss = b.sum(b.mul(y, c.uniform("dy", [rows, len])));
+          }
+          outs.dx = gradients(b, loss, [x]).get(x)!;
+          // (reductions over one element are no reductions)
+          if (len > 1)
+            expect(rowKernels(c, Object.values(outs)), `${rows}×${len}`).toBeGreaterThan(0);
+          await c.check(outs, 1e-4, 1e-5);
+        }
+    });
+
+  it("two row reductions feeding a total, with per-row and per-element outputs", async () => {
+    const c = new Case(40);
+    const b = c.b;
+    const x = c.uniform("x", [5, 4, 37], -2, 2);
+    const m = b.mean(x, -1, true);
+    const v = b.mean(b.square(b.sub(x, m)), -1, true); // a per-row output
+    const z = b.div(b.sub(x, m), b.sqrt(b.add(v, b.constant(1))));
+    const zmax = b.max(z, -1, true);
+    const total = b.sum(b.exp(b.sub(z, zmax))); // over everything
+    const outs = { v, z, total, t2: b.mul(total, b.constant(2)) };
+    expect(rowKernels(c, Object.values(outs))).toBe(1);
+    expect(fuse(b.graph, Object.values(outs)).groups).toHaveLength(1);
+    await c.check(outs, 1e-5, 1e-5);
   });
 });
 

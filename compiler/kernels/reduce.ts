@@ -4,8 +4,11 @@
 //    (the interpreter's order, so sums match it exactly up to fused multiply-adds);
 //  - "workgroup": one workgroup per output element for few, long reductions: strided partial
 //    sums, then a tree in workgroup memory.
+// `rowKernel` computes several reductions of the same rows and the elementwise work between and
+// after them (softmax, layer norm, cross-entropy: see `fuseRows` in fuse.ts) in one kernel.
 // `contractionKernel` is the generic matmul (a sum over k of a product of two operand
 // expressions): for what the matmul template does not take (i32 matmuls).
+import type { RowInfo } from "../fuse.js";
 import type { Graph } from "../ir.js";
 import { numel, strides } from "../ir.js";
 import {
@@ -261,6 +264,229 @@ export function contractionKernel(k: ContractionKernelInput): KernelSource {
     workgroupSize: [W, 1, 1],
     dispatch,
     bindings: [{ buffer: k.bufferOf(k.output), access: "read_write" }, ...table.bindings()],
+    features: [],
+  };
+}
+
+export interface RowParams {
+  /** Invocations per workgroup. */
+  workgroupSize: number;
+  /** Invocations per row (a power of two dividing the workgroup): workgroupSize / lanes rows at once. */
+  lanes: number;
+}
+
+/**
+ * As for reduce kernels: one invocation per row (no barriers: lavapipe runs a 128-lane row with
+ * its barrier trees 3× slower than the separate kernels it replaces) unless rows are few and long.
+ */
+export function defaultRowParams(rows: number, len: number, total: boolean): RowParams {
+  let lanes = 1;
+  if (len >= 2048 && rows <= 2048) while (lanes < len && lanes < 256) lanes *= 2;
+  return { workgroupSize: total ? 256 : Math.max(64, lanes), lanes };
+}
+
+export interface RowKernelInput {
+  graph: Graph;
+  row: RowInfo;
+  /** The nodes written, increasing: per element of a row, per row, or (totals) one value. */
+  outputs: readonly number[];
+  nodes: readonly number[];
+  isBuffer: (node: number) => boolean;
+  bufferOf: (node: number) => number;
+}
+
+/**
+ * A row kernel: `lanes` invocations per row compute the row's reductions one after another
+ * (strided partial results, then a tree in workgroup memory), each an expression of the row's
+ * elements and the reductions before it, held as per-row scalars; then write the per-row values
+ * and the row's elements. With totals (reductions over every row), one workgroup walks all rows,
+ * each invocation accumulating its share, and reduces the shares at the end.
+ */
+export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
+  const g = k.graph;
+  const { rows, len, reduces, totals } = k.row;
+  const total = totals.length > 0;
+  const p = params ?? defaultRowParams(rows, len, total);
+  const W = p.workgroupSize;
+  const L = p.lanes;
+  const perGroup = W / L;
+  const dispatch: [number, number, number] = total ? [1, 1, 1] : grid(Math.ceil(rows / perGroup));
+  const written = new Set(k.outputs);
+  const table = new BindingTable(g, k.bufferOf, k.outputs.length);
+  const leaves = new Map<number, string>();
+  reduces.forEach((r, i) => leaves.set(r, `lrk_s${i}`));
+  totals.forEach((r, i) => leaves.set(r, `lrk_t${i}`));
+  const em = new Emitter(g, {
+    isBuffer: (id) => !written.has(id) && k.isBuffer(id),
+    bufferName: (id) => table.name(id),
+    leaves,
+  });
+  const fnOf = (r: number) => {
+    const op = g.node(r).op;
+    if (op.kind !== "reduce") throw new Error("rowKernel: not a reduce");
+    return op.fn;
+  };
+  const init = (r: number) => {
+    if (fnOf(r) !== "max") return "0.0";
+    em.helpers.add("lrk_inf");
+    return "-lrk_inf()";
+  };
+  const combine = (r: number, acc: string, v: string) =>
+    fnOf(r) === "max" ? `select(${acc}, ${v}, ${v} > ${acc} || ${v} != ${v})` : `${acc} + ${v}`;
+  const ind = (lines: string[], n = 2) => lines.map((l) => " ".repeat(n) + l);
+  /** A loop over the row's elements (this invocation's share), `body` given the flat index. */
+  const overRow = (body: (f: string) => void): string[] => {
+    const inner = em.scope(() => body(em.let(`row * ${len} + e`, "f")));
+    return [`for (var e = lane; e < ${len} + i32(lrk_zero); e += ${L}) {`, ...ind(inner), `}`];
+  };
+  /** partial[] combined over `size` invocations from `first` (a tree; `size` a power of two). */
+  const tree = (r: number, size: number, who: string): string[] => [
+    `workgroupBarrier();`,
+    `for (var s = ${size / 2}u + lrk_zero; s > 0u; s >>= 1u) {`,
+    `  if (${who} < s) {`,
+    `    partial[lid] = ${combine(r, "partial[lid]", "partial[lid + s]")};`,
+    `  }`,
+    `  workgroupBarrier();`,
+    `}`,
+  ];
+  const outIndex = (id: number) => k.outputs.indexOf(id);
+  const rowBody = em.scope(() => {
+    reduces.forEach((r, i) => {
+      const input = g.node(r).inputs[0]!;
+      const shape = g.shape(input);
+      em.lines.push(`var lrk_a${i}: f32 = ${init(r)};`);
+      em.lines.push(
+        ...overRow((f) =>
+          em.lines.push(
+            `lrk_a${i} = ${combine(r, `lrk_a${i}`, em.value(input, em.index(shape, { flat: f })))};`,
+          ),
+        ),
+      );
+      if (L === 1) em.lines.push(`let lrk_s${i} = lrk_a${i};`);
+      else {
+        em.lines.push(`partial[lid] = lrk_a${i};`, ...tree(r, L, "u32(lane)"));
+        em.lines.push(`let lrk_s${i} = partial[base];`, `workgroupBarrier();`);
+      }
+    });
+    // Per-row values, then the row's elements.
+    const perRow = k.outputs.filter((o) => numel(g.shape(o)) === rows && !totalOut(o));
+    const perElement = k.outputs.filter(
+      (o) => numel(g.shape(o)) === rows * len && !totalOut(o) && !perRow.includes(o),
+    );
+    if (perRow.length) {
+      const lines = em.scope(() => {
+        for (const o of perRow)
+          em.lines.push(
+            `out${outIndex(o)}[row] = ${em.value(o, em.index(g.shape(o), { flat: "row" }))};`,
+          );
+      });
+      em.lines.push(`if (valid && lane == 0) {`, ...ind(lines), `}`);
+    }
+    if (perElement.length) {
+      const lines = em.scope(() => {
+        em.lines.push(
+          ...overRow((f) => {
+            for (const o of perElement)
+              em.lines.push(
+                `out${outIndex(o)}[${f}] = ${em.value(o, em.index(g.shape(o), { flat: f }))};`,
+              );
+          }),
+        );
+      });
+      em.lines.push(`if (valid) {`, ...ind(lines), `}`);
+    }
+    // Each invocation's share of the totals.
+    totals.forEach((r, i) => {
+      const input = g.node(r).inputs[0]!;
+      const shape = g.shape(input);
+      const lines = em.scope(() => {
+        if (numel(shape) === rows * len)
+          em.lines.push(
+            ...overRow((f) =>
+              em.lines.push(
+                `lrk_t${i} = ${combine(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: f })))};`,
+              ),
+            ),
+          );
+        else
+          em.lines.push(
+            `if (lane == 0) {`,
+            ...ind(
+              em.scope(() =>
+                em.lines.push(
+                  `lrk_t${i} = ${combine(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: "row" })))};`,
+                ),
+              ),
+            ),
+            `}`,
+          );
+      });
+      em.lines.push(`if (valid) {`, ...ind(lines), `}`);
+    });
+  });
+  function totalOut(o: number): boolean {
+    // A total's value or its epilogue: one element, computed after every row.
+    return total && numel(g.shape(o)) === 1 && rows > 1;
+  }
+  const finish = em.scope(() => {
+    totals.forEach((r, i) => {
+      em.lines.push(`partial[lid] = lrk_t${i};`, ...tree(r, W, "lid"));
+      em.lines.push(`lrk_t${i} = partial[0];`, `workgroupBarrier();`);
+    });
+    const lines = em.scope(() => {
+      for (const o of k.outputs.filter(totalOut))
+        em.lines.push(
+          `out${outIndex(o)}[0] = ${em.value(o, em.index(g.shape(o), { flat: "0" }))};`,
+        );
+    });
+    if (lines.length) em.lines.push(`if (lid == 0u) {`, ...ind(lines), `}`);
+  });
+  const rowSetup = (rowExpr: string) => [
+    `let raw = ${rowExpr};`,
+    `let valid = raw < ${rows};`,
+    `let row = min(raw, ${rows - 1});`,
+  ];
+  const main = total
+    ? [
+        ...totals.map((r, i) => `var lrk_t${i}: f32 = ${init(r)};`),
+        `for (var first = 0; first < ${rows} + i32(lrk_zero); first += ${perGroup}) {`,
+        ...ind([...rowSetup("first + i32(seg)"), ...rowBody]),
+        `}`,
+        ...finish,
+      ]
+    : [...rowSetup(`i32((wid.x + wid.y * ${dispatch[0]}u) * ${perGroup}u + seg)`), ...rowBody];
+  const first = g.node(reduces[0]!);
+  const name = `row ${shapeText(first.dtype, g.shape(first.inputs[0]!))} ×${reduces.length}${total ? ` +${totals.length} total` : ""} ${k.outputs.map((o) => `%${o}`).join(" ")} (${L} lanes)`;
+  const wgsl = [
+    header(g, name, k.nodes),
+    ...k.outputs.map(
+      (id, j) =>
+        `@group(0) @binding(${j}) var<storage, read_write> out${j}: array<${wgslType(g.node(id).dtype)}>;  // %${id}`,
+    ),
+    table.declarations(),
+    `var<workgroup> partial: array<f32, ${W}>;`,
+    helperCode(em.helpers),
+    `@compute @workgroup_size(${W})`,
+    `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, ${OPAQUE_BUILTIN}) {`,
+    `  ${opaqueZero(dispatch[0])}`,
+    `  let lane = i32(lid % ${L}u);`,
+    `  let seg = lid / ${L}u;`,
+    `  let base = seg * ${L}u;`,
+    ...ind(main),
+    `}`,
+  ]
+    .filter((s) => s !== "")
+    .join("\n");
+  return {
+    name,
+    wgsl: wgsl + "\n",
+    entryPoint: "main",
+    workgroupSize: [W, 1, 1],
+    dispatch,
+    bindings: [
+      ...k.outputs.map((id) => ({ buffer: k.bufferOf(id), access: "read_write" as const })),
+      ...table.bindings(),
+    ],
     features: [],
   };
 }
