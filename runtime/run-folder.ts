@@ -119,12 +119,18 @@ export class RunFolder {
     return path;
   }
 
+  /** Every line of metrics.jsonl, in order (none when the run has not started). */
+  metrics(): Metric[] {
+    if (!existsSync(this.metricsPath)) return [];
+    return readFileSync(this.metricsPath, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Metric);
+  }
+
   /** curves.svg from metrics.jsonl: training loss, held-out loss and accuracy. */
   writeCurves(title: string): string {
-    const lines = existsSync(this.metricsPath)
-      ? readFileSync(this.metricsPath, "utf8").split("\n").filter(Boolean)
-      : [];
-    const metrics = lines.map((l) => JSON.parse(l) as Metric);
+    const metrics = this.metrics();
     const train = metrics
       .filter((m) => typeof m["loss"] === "number" && m["kind"] === "step")
       .map((m) => [m.step, m["loss"] as number] as [number, number]);

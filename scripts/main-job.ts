@@ -17,6 +17,7 @@ import { formatBytes } from "../compiler/memory.js";
 import { planProgram } from "../compiler/plan.js";
 import { defaultLimits } from "../cli/build.js";
 import { SourceFile } from "../language/source.js";
+import { RunFolder } from "../runtime/run-folder.js";
 import { prepare, type Run } from "../runtime/trainer.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -84,11 +85,9 @@ async function lrkcJson(...argv: string[]): Promise<{ accuracy?: number; loss: n
 }
 
 function evals(runFolder: string): EvalLine[] {
-  return readFileSync(resolve(root, runFolder, "metrics.jsonl"), "utf8")
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as EvalLine & { kind: string })
-    .filter((m): m is EvalLine => m.kind === "eval");
+  return new RunFolder(resolve(root, runFolder))
+    .metrics()
+    .filter((m) => m["kind"] === "eval") as unknown as EvalLine[];
 }
 
 /** Compiles a train block the way `lrkc train` does (its `init` file is not read). */
