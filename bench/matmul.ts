@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describeMatmulParams, matmulKernel } from "../compiler/kernels/matmul.js";
 import type { MatmulShape } from "../compiler/kernels/types.js";
+import { matmulTemplate } from "../compiler/plan.js";
 import { Autotuner, dispatchKernel, kernelBindGroup, kernelPipeline } from "../runtime/autotune.js";
 import { GpuWaiter, requestAdapter, requestDevice, summarize } from "../runtime/gpu.js";
 import { flush, tfjsWebGpu } from "./tfjs-webgpu.js";
@@ -62,7 +63,7 @@ async function main(): Promise<void> {
   const cacheFile = flag("--retune")
     ? join(mkdtempSync(join(tmpdir(), "lrk-bench-")), "autotune.json")
     : undefined;
-  const tuner = new Autotuner(device, adapter, {
+  const tuner = new Autotuner(device, adapter, matmulTemplate, {
     cacheFile,
     enabled: !flag("--no-autotune"),
     log: (line) => console.log(`  ${line}`),

@@ -8,7 +8,9 @@
 // wall time of a whole step shows how much goes to dispatch overhead rather than to work.
 import { readFileSync } from "node:fs";
 import { SourceFile } from "../language/source.js";
-import { batchFeeds, initialize, prepare } from "../runtime/trainer.js";
+import { loadPlans } from "../cli/target.js";
+import { compileRun } from "../cli/train.js";
+import { batchFeeds, initialize } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 
 const args = process.argv.slice(2);
@@ -24,18 +26,20 @@ if (!path) {
 async function main(file: string): Promise<void> {
   const source = new SourceFile(file, readFileSync(file, "utf8"));
   const batch = option("--batch") ? Number(option("--batch")) : undefined;
-  const { run, diagnostics } = prepare(source, { train: option("--train"), batch });
+  const { run, diagnostics } = compileRun(source, { train: option("--train"), batch });
   if (!run) {
     for (const d of diagnostics) process.stderr.write(`${d.code}: ${d.message}\n`);
     process.exit(1);
   }
+  const { program } = run;
+  const device = await WebGpuDevice.open();
+  await loadPlans(device, program, { autotune: !args.includes("--no-autotune") });
   // the init checkpoint does not matter for timing: start from the program's initializers
-  run.spec.init = undefined;
-  const device = await WebGpuDevice.open({ autotune: !args.includes("--no-autotune") });
-  const store = await initialize(run, device);
-  const entry = run.step.variants.get("")!;
+  const store = await initialize(program, device, { fromInit: false });
+  const step = program.step;
+  const entry = step.variants.get("")!;
   const feeds = batchFeeds(run, store, "train", 0, 1);
-  const times = await device.profile(run.step.graph, run.step.inputs, entry, feeds);
+  const times = await device.profile(step, entry, feeds);
   if (!times) {
     process.stderr.write(`${device.name} has no timestamp queries: nothing to profile\n`);
     process.exit(1);
@@ -44,10 +48,10 @@ async function main(file: string): Promise<void> {
   const wall: number[] = [];
   for (let i = 0; i < 5; i++) {
     const started = performance.now();
-    await device.run(run.step.graph, run.step.inputs, entry, feeds);
+    await device.run(step, entry, feeds);
     wall.push(performance.now() - started);
   }
-  const plan = device.plan(run.step.graph, run.step.inputs, entry);
+  const plan = device.plan(step);
   const total = times.reduce((s, t) => s + t.ms, 0);
   const byKind = new Map<string, { n: number; ms: number }>();
   for (const t of times) {
@@ -59,7 +63,7 @@ async function main(file: string): Promise<void> {
   }
   const median = [...wall].sort((a, b) => a - b)[2]!;
   const lines = [
-    `${file}: train \`${run.spec.decl.name.name}\`, batch ${run.batch}, on ${device.name}`,
+    `${file}: train \`${program.name}\`, batch ${program.batch}, on ${device.name}`,
     `${times.length} dispatches; kernel time ${total.toFixed(2)} ms; whole step ${median.toFixed(2)} ms (wall, median of 5)`,
     "",
     "kind       kernels   ms total   share",

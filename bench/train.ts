@@ -30,14 +30,14 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { Tensor } from "../compiler/interpreter.js";
 import { numel, type Graph } from "../compiler/ir.js";
-import type { Plan } from "../compiler/plan.js";
-import { variantKey } from "../compiler/step.js";
+import { stepEntry, type Plan, type Tensor } from "../compiler/program.js";
+import { loadPlans } from "../cli/target.js";
+import { compileRun } from "../cli/train.js";
 import { SourceFile } from "../language/source.js";
 import { GpuWaiter, summarize } from "../runtime/gpu.js";
 import { lrFactor } from "../runtime/schedule.js";
-import { initialize, prepare, train } from "../runtime/trainer.js";
+import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { countDispatches, flush, tfjsWebGpu } from "./tfjs-webgpu.js";
 import { tinyLmLoraTfjs } from "./tiny-lm-tfjs.js";
@@ -142,9 +142,11 @@ async function syncStore(device: WebGpuDevice, tensors: Iterable<Tensor>): Promi
 
 async function main(): Promise<void> {
   const file = benchProgram();
-  const { run, diagnostics } = prepare(file);
+  const { run, diagnostics } = compileRun(file);
   if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
-  const device = await WebGpuDevice.open({ autotune: !flag("--no-autotune") });
+  const { program } = run;
+  const device = await WebGpuDevice.open();
+  await loadPlans(device, program, { autotune: !flag("--no-autotune") });
   const adapter = summarize(device.adapter);
   const { tf, backend } = await tfjsWebGpu();
   const counter = countDispatches(backend);
@@ -162,52 +164,43 @@ async function main(): Promise<void> {
   if (/\blora\([^)]*\b(dropout|rslora):/.test(text) || /\bd:\s|layers:|ctx:/.test(text))
     throw new Error("bench/train.ts mirrors lora(rank, alpha) on TinyLM's defaults only");
   const { B, T } = (() => {
-    const s = run.data.fieldShapes(run.batch)["input"]!.shape;
+    const s = program.data.fields["input"]!.shape;
     return { B: s[0]!, T: s[1]! };
   })();
-  const shapeOf = (path: string) => run.placement.params.find((p) => p.param.path === path)!;
-  const d = shapeOf("tok.weight").param.shape[1]!;
-  const layers = run.placement.params.filter((p) =>
-    /^blocks\.\d+\.ln1\.weight$/.test(p.param.path),
-  ).length;
-  const trainable = run.placement.params.filter((p) => p.trainable);
-  const trainableCount = trainable.reduce((s, p) => s + numel(p.param.shape), 0);
+  const shapeOf = (path: string) => program.params.find((p) => p.path === path)!;
+  const d = shapeOf("tok.weight").shape[1]!;
+  const layers = program.params.filter((p) => /^blocks\.\d+\.ln1\.weight$/.test(p.path)).length;
+  const trainable = program.params.filter((p) => p.trainable);
+  const trainableCount = trainable.reduce((s, p) => s + numel(p.shape), 0);
   const config =
     `examples/lora_finetune.lrk without init/eval/checkpoint: TinyLM(vocab ${run.data.vocab}, d ${d}, ` +
     `${layers} layers, ${heads} heads), batch ${B} × T ${T}, LoRA rank ${rank} alpha ${alpha} dropout 0 on ` +
     `attn.{q,k,v,o} and mlp.{up,down} (${trainableCount.toLocaleString("en-US")} trainable), ` +
-    `AdamW lr ${opt.lr} wd ${opt.weightDecay}, clip ${run.spec.clip ?? "none"}, cosine schedule`;
+    `AdamW lr ${opt.lr} wd ${opt.weightDecay}, clip ${program.clip ?? "none"}, cosine schedule`;
   console.log(`adapter: ${adapter.description} (${adapter.vendor}, ${adapter.architecture})`);
   console.log(`config: ${config}`);
 
   // Both start from lrk's initialized weights.
   const started = performance.now();
-  let store: Map<string, Tensor> = await initialize(run, device);
+  let store: Map<string, Tensor> = await initialize(program, device);
   await syncStore(device, store.values());
   const model = tinyLmLoraTfjs(tf, store, {
     heads,
     scale: alpha / rank,
     lr: opt.lr,
     weightDecay: opt.weightDecay,
-    clip: run.spec.clip,
+    clip: program.clip,
   });
-  const steps = run.spec.steps;
+  const steps = program.steps;
   let step = 0;
 
   // The device as the trainer sees it, noting which outputs the step asks to read back.
   let stepReads: ReadonlySet<string> | undefined;
   const traced = {
     name: device.name,
-    run(
-      graph: Graph,
-      inputs: Parameters<WebGpuDevice["run"]>[1],
-      entry: Parameters<WebGpuDevice["run"]>[2],
-      feeds: ReadonlyMap<string, Tensor>,
-      ...rest: unknown[]
-    ): Promise<Map<string, Tensor>> {
-      stepReads = (rest[0] as { read?: ReadonlySet<string> } | undefined)?.read;
-      const run = device.run as (...a: unknown[]) => Promise<Map<string, Tensor>>;
-      return run.call(device, graph, inputs, entry, feeds, ...rest);
+    run(...args: Parameters<WebGpuDevice["run"]>): Promise<Map<string, Tensor>> {
+      stepReads = args[3]?.read;
+      return device.run(...args);
     },
     sync: (tensors: Iterable<Tensor>) => syncStore(device, tensors),
   };
@@ -227,13 +220,13 @@ async function main(): Promise<void> {
   const tfWaiter = new GpuWaiter();
   const tfStep = async (s: number): Promise<{ ms: number; loss: number; recordMs: number }> => {
     const t0 = performance.now();
-    const batch = run.data.batch("train", s - 1, run.batch).fields;
+    const batch = run.data.batch("train", s - 1, program.batch).fields;
     const loss = model.step(
       batch["input"]!.data as Int32Array,
       batch["target"]!.data as Int32Array,
       [B, T],
       s,
-      lrFactor(run.spec.schedule, s, steps),
+      lrFactor(program.schedule, s, steps),
     );
     const recordMs = performance.now() - t0;
     flush(backend);
@@ -313,10 +306,8 @@ async function main(): Promise<void> {
     `${warmups} warm-up and ${runs} timed steps each; loss at step ${step}: lrk ${last[0].toFixed(5)}, tfjs ${last[1].toFixed(5)}`,
   );
 
-  const periods = [...new Set(run.step.states.flatMap((s) => (s.period ? [s.period] : [])))];
-  const entry = run.step.variants.get(variantKey(periods, step))!;
-  const plan = device.plan(run.step.graph, run.step.inputs, entry);
-  const ours = planTraffic(run.step.graph, plan, "entry", stepReads);
+  const plan = device.plan(program.step);
+  const ours = planTraffic(program.step.graph, plan, stepEntry(program.step, step).name, stepReads);
   const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
   const kb = (n: number) => `${(n / 1e3).toFixed(1)} kB`;
   const lrk = median(lrkMs);

@@ -1,40 +1,38 @@
 // `lrkc build FILE --emit …`: show what the compiler makes of a program.
-import { selectorListText } from "../language/format.js";
-import { parse } from "../language/parse.js";
-import { analyze } from "../compiler/pipeline.js";
-import type { Placement, PlacedParam } from "../compiler/place.js";
-import type { TrainSpec } from "../compiler/train.js";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { error, hasErrors } from "../language/diagnostics.js";
+import { compile, planStep, type Compiled } from "../compiler/compile.js";
 import { printGraph } from "../compiler/ir.js";
-import { BufferLimitError } from "../compiler/memory-plan.js";
-import { planProgram, type Plan } from "../compiler/plan.js";
-import type { Entry } from "../compiler/step.js";
 import { formatBytes, memoryReport } from "../compiler/memory.js";
-import { prepare, type Run } from "../runtime/trainer.js";
+import type { Placement, PlacedParam } from "../compiler/place.js";
+import type { Plan } from "../compiler/program.js";
+import type { TrainSpec } from "../compiler/train.js";
+import { hasErrors } from "../language/diagnostics.js";
+import { selectorListText } from "../language/format.js";
+import { parse } from "../language/parse.js";
 import { kernelFileName } from "../runtime/run-folder.js";
+import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
+import { buildTarget, portableTarget } from "./target.js";
 
 export const emitKinds = ["ast", "params", "ir", "memory", "plan", "wgsl"] as const;
 export type EmitKind = (typeof emitKinds)[number];
+
+export const buildDevices = ["auto", "webgpu", "portable"] as const;
 
 export interface BuildOptions extends ReportOptions {
   emit: EmitKind;
   train?: string;
   /** For plan and wgsl: write plan.json and one .wgsl file per kernel into this folder. */
   out?: string;
+  /** For plan and wgsl: the device to plan for (default auto, as `lrkc train`), or `portable`. */
+  device?: string;
+  /** commander's negated `--no-autotune` */
+  autotune?: boolean;
 }
 
-/** WebGPU's default limits: a plan that fits them runs on any adapter. */
-export const defaultLimits = {
-  maxStorageBufferBindingSize: 134_217_728,
-  maxBufferSize: 268_435_456,
-  maxStorageBuffersPerShaderStage: 8,
-};
-
-export function buildCommand(path: string, options: BuildOptions): number {
+export async function buildCommand(path: string, options: BuildOptions): Promise<number> {
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
   if (options.emit === "ast") {
@@ -43,66 +41,65 @@ export function buildCommand(path: string, options: BuildOptions): number {
     process.stdout.write(JSON.stringify(parsed.program, null, 2) + "\n");
     return 0;
   }
-  if (options.emit === "params") {
-    const analysis = analyze(read.file, { train: options.train, requireTrain: true });
-    const code = report(analysis.diagnostics, options);
-    if (code !== 0) return code;
-    const { spec, placement } = analysis.trains[0]!;
-    process.stdout.write(paramsTable(spec, placement));
-    return 0;
-  }
-  const { run, diagnostics } = prepare(read.file, { train: options.train });
+  const { compiled, diagnostics } = compile(read.file, { train: options.train });
   const code = report(diagnostics, options);
-  if (!run || code !== 0) return code || 1;
-  if (options.emit === "plan" || options.emit === "wgsl") return emitPlan(run, options);
-  if (options.emit === "ir") {
-    const step = run.step;
-    const out = [
-      `// training step of \`${run.spec.decl.name.name}\`: ${step.graph.nodes.length} nodes, loss = %${step.loss}`,
-    ];
-    out.push(printGraph(step.graph));
-    for (const [key, entry] of step.variants) {
-      out.push(
-        `\n// entry ${key === "" ? "step" : `step with refresh every ${key}`}: ${entry.outputs.length} outputs`,
-      );
-      for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
+  if (!compiled || code !== 0) return code || 1;
+  try {
+    switch (options.emit) {
+      case "params":
+        process.stdout.write(paramsTable(compiled.spec, compiled.placement));
+        return 0;
+      case "plan":
+      case "wgsl":
+        return await emitPlan(compiled, options);
+      case "ir":
+        process.stdout.write(irText(compiled));
+        return 0;
+      case "memory":
+        process.stdout.write(memoryTable(compiled));
+        return 0;
     }
-    process.stdout.write(out.join("\n") + "\n");
-    return 0;
+  } catch (e) {
+    const failure = failureDiagnostic(e, { program: compiled.program });
+    if (failure) return report([failure], options);
+    throw e;
   }
-  process.stdout.write(memoryTable(run));
-  return 0;
 }
 
-function emitPlan(run: Run, options: BuildOptions): number {
-  const entries: Record<string, Entry> = {};
-  for (const [key, entry] of run.step.variants)
-    entries[key === "" ? "step" : `step+refresh${key}`] = entry;
+function irText({ program }: Compiled): string {
+  const step = program.step;
+  const out = [
+    `// training step of \`${program.name}\`: ${step.graph.nodes.length} nodes, loss = %${step.loss}`,
+  ];
+  out.push(printGraph(step.graph));
+  for (const [key, entry] of step.variants) {
+    out.push(
+      `\n// entry ${key === "" ? "step" : `step with refresh every ${key}`}: ${entry.outputs.length} outputs`,
+    );
+    for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
+  }
+  return out.join("\n") + "\n";
+}
+
+/** The step's plan for the target `lrkc train` would use (or `--device portable`). */
+async function emitPlan({ program }: Compiled, options: BuildOptions): Promise<number> {
+  const { target, name, close } = await buildTarget(
+    options.device ?? "auto",
+    [program.initProgram, program.step],
+    { autotune: options.autotune !== false, log: (line) => process.stderr.write(`${line}\n`) },
+  );
   let plan: Plan;
   try {
-    plan = planProgram(run.step.graph, run.step.inputs, entries, defaultLimits);
-  } catch (e) {
-    if (e instanceof BufferLimitError) {
-      return report(
-        [
-          error(
-            "E0602",
-            e.message,
-            { file: run.spec.module.file, span: run.spec.decl.name.span },
-            { help: "lower the batch size or the model's dimensions" },
-          ),
-        ],
-        options,
-      );
-    }
-    throw e;
+    plan = planStep(program.step, target);
+  } finally {
+    close();
   }
   if (options.out) {
     mkdirSync(options.out, { recursive: true });
     writeFileSync(join(options.out, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
     plan.kernels.forEach((k) => writeFileSync(join(options.out!, kernelFileName(k)), k.wgsl));
     process.stderr.write(
-      `wrote ${join(options.out, "plan.json")} and ${plan.kernels.length} .wgsl files\n`,
+      `wrote ${join(options.out, "plan.json")} and ${plan.kernels.length} .wgsl files (for ${name})\n`,
     );
     return 0;
   }
@@ -113,10 +110,10 @@ function emitPlan(run: Run, options: BuildOptions): number {
     return 0;
   }
   const lines = [
-    `plan of train \`${run.spec.decl.name.name}\`: ${plan.kernels.length} kernels, ${plan.buffers.length} buffers, peak ${formatBytes(plan.peakBytes)}`,
+    `plan of train \`${program.name}\` for ${name}: ${plan.kernels.length} kernels, ${plan.buffers.length} buffers, peak ${formatBytes(plan.peakBytes)}`,
   ];
-  for (const [name, entry] of Object.entries(plan.entries)) {
-    lines.push("", `entry ${name}: ${entry.dispatches.length} dispatches`);
+  for (const [entryName, entry] of Object.entries(plan.entries)) {
+    lines.push("", `entry ${entryName}: ${entry.dispatches.length} dispatches`);
     for (const id of entry.dispatches) {
       const k = plan.kernels[id]!;
       lines.push(
@@ -128,29 +125,25 @@ function emitPlan(run: Run, options: BuildOptions): number {
   return 0;
 }
 
-/** Peak bytes of the plain step's kernel plan (WebGPU default limits): what the device allocates. */
-function plannedBytes(run: Run): number {
+/** Peak bytes of the step's kernel plan for a portable WebGPU target (NaN: over its limits). */
+function plannedBytes({ program }: Compiled): number {
   try {
-    return planProgram(
-      run.step.graph,
-      run.step.inputs,
-      { step: run.step.variants.get("")! },
-      defaultLimits,
-    ).peakBytes;
+    return planStep(program.step, portableTarget).peakBytes;
   } catch (e) {
-    if (e instanceof BufferLimitError) return NaN;
+    if (failureDiagnostic(e)) return NaN;
     throw e;
   }
 }
 
-function memoryTable(run: Run): string {
-  const m = memoryReport(run.step);
+function memoryTable(compiled: Compiled): string {
+  const { program } = compiled;
+  const m = memoryReport(program.step);
   const rows: [string, number][] = [
     ["frozen weights", m.frozen],
     ["trainable parameters", m.trainable],
     ["gradients", m.gradients],
     ["optimizer state", m.optimizerState],
-    [`activations (batch ${run.batch}, estimate)`, m.activations],
+    [`activations (batch ${program.batch}, estimate)`, m.activations],
   ];
   const width = Math.max(
     ...rows.map((r) => r[0].length),
@@ -160,35 +153,35 @@ function memoryTable(run: Run): string {
     `${label.padEnd(width)}  ${formatBytes(n).padStart(10)}  ${n.toLocaleString("en-US").padStart(14)} B`;
   return (
     [
-      `memory of train \`${run.spec.decl.name.name}\` (${run.spec.module.file.path}), float32`,
+      `memory of train \`${program.name}\` (${program.file}), float32`,
       "",
       ...rows.map(([label, n]) => line(label, n)),
       "-".repeat(width + 30),
       line("total (unfused estimate)", m.total),
       line("full fine-tuning with AdamW (same)", m.fullAdamW),
-      line("planned GPU buffers (fused step)", plannedBytes(run)),
+      line("planned GPU buffers (fused step, portable)", plannedBytes(compiled)),
       "",
       // Both totals are unfused estimates (every intermediate kept): comparable with each other,
       // not with the planned bytes, which count buffers after fusion and reuse.
       `before fusion, this step needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory (estimates above)`,
       "",
       "optimizer state by tensor:",
-      ...stateLines(run),
+      ...stateLines(compiled),
     ].join("\n") + "\n"
   );
 }
 
 /** `blocks.0.attn.q.weight  galore  P f32[128, 32] + inner.m f32[32, 128] + … = 40,960 elements`. */
-function stateLines(run: Run): string[] {
+function stateLines({ program, placement }: Compiled): string[] {
   const byParam = new Map<string, { name: string; shape: readonly number[] }[]>();
-  for (const s of run.step.states) {
+  for (const s of program.step.states) {
     const [owner, ...rest] = s.name.split(":");
     const list = byParam.get(owner!) ?? [];
     list.push({ name: rest.join("."), shape: s.shape });
     byParam.set(owner!, list);
   }
   const lines: string[] = [];
-  for (const p of run.step.trainable) {
+  for (const p of placement.params.filter((q) => q.trainable)) {
     const states = byParam.get(p.param.path) ?? [];
     const elements = states.reduce((a, st) => a + st.shape.reduce((x, y) => x * y, 1), 0);
     const parts = states.map((st) => `${st.name} [${st.shape.join(", ")}]`).join(" + ") || "none";
@@ -197,7 +190,7 @@ function stateLines(run: Run): string[] {
     );
   }
   for (const [owner, states] of byParam) {
-    if (run.step.trainable.some((p) => p.param.path === owner)) continue;
+    if (program.step.trainable.includes(owner)) continue;
     lines.push(
       `  ${owner}: ${states.map((st) => `${st.name} [${st.shape.join(", ")}]`).join(" + ")}`,
     );

@@ -1,9 +1,9 @@
 // `lrkc check`: every check lrkc can make without running anything.
+import { check } from "../compiler/compile.js";
 import { normalize, type Diagnostic } from "../language/diagnostics.js";
-import { analyze } from "../compiler/pipeline.js";
-import { prepare } from "../runtime/trainer.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
+import { runOrDiagnostic } from "./train.js";
 
 export function checkCommand(paths: string[], options: ReportOptions): number {
   const diagnostics: Diagnostic[] = [];
@@ -14,13 +14,13 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
       continue;
     }
     // A program with train blocks is compiled through to its training step, one block at a time,
-    // so that shape errors in forward functions, losses and updates are found too.
-    const analysis = analyze(read.file);
-    diagnostics.push(...analysis.diagnostics);
-    if (analysis.diagnostics.some((d) => d.severity === "error")) continue;
-    for (const { spec } of analysis.trains) {
-      const prepared = prepare(read.file, { train: spec.decl.name.name });
-      diagnostics.push(...prepared.diagnostics);
+    // so that shape errors in forward functions, losses and updates are found too; then each
+    // block's data is opened (a missing corpus file is found here, not at step 1).
+    const checked = check(read.file);
+    diagnostics.push(...checked.diagnostics);
+    for (const { program } of checked.compiled) {
+      const run = runOrDiagnostic(program);
+      if ("severity" in run) diagnostics.push(run);
     }
   }
   // An imported file's problems are reported once, however many files import it.

@@ -2,13 +2,16 @@
 // block's model with given weights, on the block's eval data or on another `data` declaration of
 // the file: how well a fine-tune does, or what it forgot of the task it started from.
 import { resolve } from "node:path";
-import type { Tensor } from "../compiler/interpreter.js";
+import { compile } from "../compiler/compile.js";
+import type { Tensor } from "../compiler/program.js";
 import { error } from "../language/diagnostics.js";
-import { CheckpointError, readSafetensors } from "../runtime/safetensors.js";
-import { evaluate, initialize, prepare } from "../runtime/trainer.js";
+import { readSafetensors } from "../runtime/safetensors.js";
+import { evaluate, initialize } from "../runtime/trainer.js";
+import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
-import { devices, openDeviceOrDiagnostic } from "./train.js";
+import { loadPlans } from "./target.js";
+import { devices, openDeviceOrDiagnostic, runOrDiagnostic } from "./train.js";
 
 export interface EvalCommandOptions extends ReportOptions {
   train?: string;
@@ -42,32 +45,34 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   }
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
-  const { run, diagnostics } = prepare(read.file, {
+  const { compiled, diagnostics } = compile(read.file, {
     train: options.train,
     batch,
     evalData: options.data,
   });
-  if (!run || diagnostics.some((d) => d.severity === "error"))
-    return report(diagnostics, options) || 1;
+  if (!compiled) return report(diagnostics, options) || 1;
+  const program = compiled.program;
+  const run = runOrDiagnostic(program);
+  if ("severity" in run) return report([run], options);
 
   let weights: Map<string, Tensor> | undefined;
   if (options.weights !== undefined) {
     try {
       weights = readSafetensors(resolve(options.weights)).tensors;
     } catch (e) {
-      if (e instanceof CheckpointError)
-        return report([error("E0502", e.message, undefined, { help: e.help })], options);
+      const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
+      if (failure) return report([failure], options);
       throw e;
     }
-    // the weights replace the block's `init`: no need to read that file too
-    run.spec.init = undefined;
   }
-  const device = await openDeviceOrDiagnostic(options.device, options.autotune !== false);
+  const device = await openDeviceOrDiagnostic(options.device);
   if ("severity" in device) return report([device], options);
   try {
-    const store = await initialize(run, device);
+    await loadPlans(device, program, { autotune: options.autotune !== false });
+    // the weights replace the block's `init`: no need to read that file too
+    const store = await initialize(program, device, { fromInit: !weights });
     if (weights) {
-      const params = run.step.inputs.filter((i) => i.role === "param");
+      const params = program.step.inputs.filter((i) => i.role === "param");
       const missing: string[] = [];
       for (const p of params) {
         const path = p.name.slice("param:".length);
@@ -117,10 +122,14 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     } else {
       report(diagnostics, options);
       process.stdout.write(
-        `${run.spec.decl.name.name} on ${on} (${run.evalSplit} split): held-out loss ${e.loss.toFixed(4)}${e.accuracy !== undefined ? `, exact-match accuracy ${(100 * e.accuracy).toFixed(1)}%` : ""} (${e.examples} examples)\n`,
+        `${program.name} on ${on} (${run.evalSplit} split): held-out loss ${e.loss.toFixed(4)}${e.accuracy !== undefined ? `, exact-match accuracy ${(100 * e.accuracy).toFixed(1)}%` : ""} (${e.examples} examples)\n`,
       );
     }
     return 0;
+  } catch (e) {
+    const failure = failureDiagnostic(e, { program });
+    if (failure) return report([failure], options);
+    throw e;
   } finally {
     (device as { destroy?: () => void }).destroy?.();
   }

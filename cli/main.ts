@@ -1,7 +1,13 @@
 // lrkc's command line. Exit codes: 0 success, 1 a problem in the user's input (reported as
 // diagnostics), 2 an internal error (a bug in lrkc).
 import { Command, CommanderError } from "commander";
-import { buildCommand, emitKinds, type EmitKind } from "./build.js";
+import {
+  buildCommand,
+  buildDevices,
+  emitKinds,
+  type BuildOptions,
+  type EmitKind,
+} from "./build.js";
 import { checkCommand } from "./check.js";
 import { devicesCommand } from "./devices.js";
 import { fmtCommand } from "./fmt.js";
@@ -56,23 +62,37 @@ function program(setCode: (code: number) => void): Command {
       "--out <dir>",
       "with --emit plan or wgsl: write plan.json and one .wgsl file per kernel there",
     )
+    .option(
+      "--device <device>",
+      `with --emit plan or wgsl: plan for ${buildDevices.join(", ")} (auto: this machine's WebGPU adapter, exactly as \`lrkc train\` runs it; portable: any adapter, WebGPU's default limits)`,
+      "auto",
+    )
+    .option(
+      "--no-autotune",
+      "with --emit plan or wgsl: default matmul parameters (as `lrkc train --no-autotune`)",
+    )
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",
       "\nExamples:\n  $ lrkc build examples/mlp.lrk --emit plan                # the kernels of a training step, in dispatch order\n  $ lrkc build examples/mlp.lrk --emit wgsl --out plan/    # plan.json and the WGSL of every kernel\n  $ lrkc build examples/lora_finetune.lrk --emit params   # every parameter: shape, trainable or frozen, which rule placed it\n  $ lrkc build examples/galore_pretrain.lrk --emit memory  # bytes of weights, gradients, optimizer state, activations\n  $ lrkc build examples/mlp.lrk --emit ir                 # the training step as tensor IR\n  $ lrkc build examples/tiny_lm_pretrain.lrk --emit ast",
     )
-    .action(
-      (file: string, opts: { emit: string; train?: string; out?: string; json?: boolean }) => {
-        if (!(emitKinds as readonly string[]).includes(opts.emit)) {
-          process.stderr.write(
-            `error: --emit must be one of ${emitKinds.join(", ")} (got \`${opts.emit}\`)\n`,
-          );
-          setCode(1);
-          return;
-        }
-        setCode(buildCommand(file, { ...opts, emit: opts.emit as EmitKind }));
-      },
-    );
+    .action(async (file: string, opts: Omit<BuildOptions, "emit"> & { emit: string }) => {
+      if (!(emitKinds as readonly string[]).includes(opts.emit)) {
+        process.stderr.write(
+          `error: --emit must be one of ${emitKinds.join(", ")} (got \`${opts.emit}\`)\n`,
+        );
+        setCode(1);
+        return;
+      }
+      if (!(buildDevices as readonly string[]).includes(opts.device ?? "auto")) {
+        process.stderr.write(
+          `error: --device must be one of ${buildDevices.join(", ")} (got \`${opts.device}\`)\n`,
+        );
+        setCode(1);
+        return;
+      }
+      setCode(await buildCommand(file, { ...opts, emit: opts.emit as EmitKind }));
+    });
 
   cli
     .command("train")

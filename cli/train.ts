@@ -2,26 +2,17 @@
 // held-out evaluation, atomic checkpoints, `--resume`, a clean stop on Ctrl-C, and a run folder
 // with the final weights and a plot of the curves.
 import { join, resolve } from "node:path";
-import type { Tensor } from "../compiler/interpreter.js";
+import { compile, type CompileOptions } from "../compiler/compile.js";
+import type { SourceFile } from "../language/source.js";
+import type { Tensor, TrainProgram } from "../compiler/program.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
-import { BufferLimitError } from "../compiler/memory-plan.js";
-import { CpuDevice, type Device } from "../runtime/device.js";
-import { NoAdapterError } from "../runtime/gpu.js";
-import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import type { Device } from "../runtime/device.js";
 import { RunFolder } from "../runtime/run-folder.js";
-import { CheckpointError } from "../runtime/safetensors.js";
-import {
-  NonFiniteLoss,
-  prepare,
-  train,
-  type EvalEvent,
-  type Run,
-  type StepEvent,
-} from "../runtime/trainer.js";
-import { planProgram, type Plan } from "../compiler/plan.js";
-import { defaultLimits } from "./build.js";
+import { openRun, train, type EvalEvent, type Run, type StepEvent } from "../runtime/trainer.js";
+import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
+import { deviceChoices, loadPlans, openDevice } from "./target.js";
 
 export interface TrainCommandOptions extends ReportOptions {
   train?: string;
@@ -36,7 +27,7 @@ export interface TrainCommandOptions extends ReportOptions {
   autotune?: boolean;
 }
 
-export const devices = ["auto", "webgpu", "cpu", "cpu64"] as const;
+export const devices = deviceChoices;
 
 function positive(value: string | undefined, flag: string): number | undefined | "bad" {
   if (value === undefined) return undefined;
@@ -127,16 +118,24 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   }
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
-  const { run, diagnostics } = prepare(read.file, { train: options.train, batch, steps });
-  const code = report(diagnostics, options);
-  if (!run || code !== 0) return code || 1;
   // --init replaces the block's `init` (a path relative to the working directory, not the file)
-  if (options.init !== undefined) run.spec.init = { path: resolve(options.init) };
+  const init = options.init !== undefined ? resolve(options.init) : undefined;
+  const { compiled, diagnostics } = compile(read.file, {
+    train: options.train,
+    batch,
+    steps,
+    init,
+  });
+  const code = report(diagnostics, options);
+  if (!compiled || code !== 0) return code || 1;
+  const program = compiled.program;
+  const run = runOrDiagnostic(program);
+  if ("severity" in run) return report([run], options);
 
-  const device = await openDeviceOrDiagnostic(options.device, options.autotune !== false);
+  const device = await openDeviceOrDiagnostic(options.device);
   if ("severity" in device) return report([device], options);
-  const total = steps ?? run.spec.steps;
-  const name = run.spec.decl.name.name;
+  const total = program.steps;
+  const name = program.name;
   const folder = new RunFolder(options.out ?? join("runs", name));
   const meta = { train: name, program: path, steps: String(total) };
 
@@ -154,11 +153,13 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     }
     try {
       resume = folder.loadCheckpoint(
-        run.step.inputs.filter((i) => i.role === "param" || i.role === "state").map((i) => i.name),
+        program.step.inputs
+          .filter((i) => i.role === "param" || i.role === "state")
+          .map((i) => i.name),
       );
     } catch (e) {
-      if (e instanceof CheckpointError)
-        return report([error("E0502", e.message, undefined, { help: e.help })], options);
+      const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
+      if (failure) return report([failure], options);
       throw e;
     }
     folder.truncateMetricsAfter(resume.step);
@@ -169,7 +170,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const progress = new Progress(total);
   progress.firstStep = (resume?.step ?? 0) + 1;
   progress.line(
-    `training \`${name}\` for ${total} steps (batch ${run.batch}) on ${device.name}${resume ? `, resuming after step ${resume.step}` : ""}; run folder ${folder.dir}`,
+    `training \`${name}\` for ${total} steps (batch ${program.batch}) on ${device.name}${resume ? `, resuming after step ${resume.step}` : ""}; run folder ${folder.dir}`,
   );
   let interrupted = false;
   const onSigint = () => {
@@ -183,7 +184,12 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const started = performance.now();
   let result;
   try {
-    folder.writePlan(await stepPlan(run, device));
+    folder.writePlan(
+      await loadPlans(device, program, {
+        autotune: options.autotune !== false,
+        log: (line) => progress.line(line),
+      }),
+    );
     result = await train(run, device, {
       steps: total,
       resume,
@@ -212,7 +218,10 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
       shouldStop: () => interrupted,
     });
   } catch (e) {
-    const failure = trainingFailure(e, run, folder);
+    const kept = folder.hasCheckpoint()
+      ? `the last good checkpoint is kept in ${folder.checkpointPath}`
+      : "no checkpoint was written yet";
+    const failure = failureDiagnostic(e, { program, kept });
     if (failure) return report([failure], options);
     throw e;
   } finally {
@@ -246,80 +255,37 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
 }
 
 /**
- * The kernel plan of the plain training step: on WebGPU the one the device runs (tuned to its
- * adapter), on the CPU the one a GPU with WebGPU's default limits would run.
+ * Compiles a train block and opens its data, every problem a diagnostic: where `lrkc train`,
+ * benchmarks and tests start from.
  */
-async function stepPlan(run: Run, device: Device): Promise<Plan> {
-  const entry = run.step.variants.get("")!;
-  return device instanceof WebGpuDevice
-    ? await device.tunedPlan(run.step.graph, run.step.inputs, entry)
-    : planProgram(run.step.graph, run.step.inputs, { step: entry }, defaultLimits);
+export function compileRun(
+  file: SourceFile,
+  options: CompileOptions = {},
+): { run?: Run; diagnostics: Diagnostic[] } {
+  const { compiled, diagnostics } = compile(file, options);
+  if (!compiled) return { diagnostics };
+  const run = runOrDiagnostic(compiled.program);
+  return "severity" in run ? { diagnostics: [...diagnostics, run] } : { run, diagnostics };
+}
+
+/** The program with its data opened, or the data's problem as a diagnostic. */
+export function runOrDiagnostic(program: TrainProgram): Run | Diagnostic {
+  try {
+    return openRun(program);
+  } catch (e) {
+    const failure = failureDiagnostic(e, { program });
+    if (failure) return failure;
+    throw e;
+  }
 }
 
 /** openDevice, with "no adapter" as the E0601 diagnostic that says what to install. */
-export async function openDeviceOrDiagnostic(
-  choice: string,
-  autotune: boolean,
-): Promise<Device | Diagnostic> {
+export async function openDeviceOrDiagnostic(choice: string): Promise<Device | Diagnostic> {
   try {
-    return await openDevice(choice, autotune);
+    return await openDevice(choice);
   } catch (e) {
-    if (e instanceof NoAdapterError) return error("E0601", e.message, undefined, { help: e.help });
+    const failure = failureDiagnostic(e);
+    if (failure) return failure;
     throw e;
   }
-}
-
-/** `auto`: the WebGPU adapter if there is one, else the CPU reference interpreter. */
-export async function openDevice(choice: string, autotune: boolean): Promise<Device> {
-  if (choice === "cpu" || choice === "cpu64") return new CpuDevice({ float64: choice === "cpu64" });
-  try {
-    return await WebGpuDevice.open({ autotune });
-  } catch (e) {
-    if (choice === "auto" && e instanceof NoAdapterError) {
-      process.stderr.write(
-        `note: ${e.message}; training on the CPU reference interpreter (slow). ${e.help}\n`,
-      );
-      return new CpuDevice();
-    }
-    throw e;
-  }
-}
-
-function trainingFailure(e: unknown, run: Run, folder: RunFolder): Diagnostic | undefined {
-  if (e instanceof BufferLimitError) {
-    return error(
-      "E0602",
-      e.message,
-      { file: run.spec.module.file, span: run.spec.decl.name.span },
-      { help: "lower the batch size (`--batch`) or the model's dimensions" },
-    );
-  }
-  if (e instanceof CheckpointError) {
-    const at = run.spec.init?.at
-      ? { file: run.spec.module.file, span: run.spec.init.at.span }
-      : undefined;
-    return error("E0502", e.message, at, { help: e.help });
-  }
-  if (e instanceof NonFiniteLoss) {
-    const kept = folder.hasCheckpoint()
-      ? `the last good checkpoint is kept in ${folder.checkpointPath}`
-      : "no checkpoint was written yet";
-    return error(
-      "E0503",
-      `the loss became ${e.loss} at step ${e.step}; training stopped`,
-      { file: run.spec.module.file, span: run.spec.loss!.span },
-      {
-        notes: [
-          {
-            message: e.tensor
-              ? `the first non-finite value after that step is in \`${e.tensor.replace(/^(param|state):/, "")}\``
-              : "no parameter was non-finite yet: the loss itself overflowed",
-          },
-          { message: kept },
-        ],
-        help: "lower the learning rate, add `clip 1.0`, or check the data",
-      },
-    );
-  }
-  return undefined;
 }

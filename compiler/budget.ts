@@ -13,23 +13,9 @@ import { instantiate } from "./instantiate.js";
 import type { Lowerer, Tensor } from "./lower.js";
 import type { Applied, BudgetPlacement } from "./place.js";
 import type { Resolver } from "./resolve.js";
-import type { Entry, Output } from "./step.js";
+import type { BudgetSchedule, Output } from "./program.js";
 import type { TrainSpec } from "./train.js";
 import { num, type ModuleInstance, type Value } from "./values.js";
-
-export interface BudgetProgram {
-  name: string;
-  /** Module paths, in the order of `score:` outputs and `kept:` inputs. */
-  modules: string[];
-  /** Units per module (the length of its score vector). */
-  sizes: number[];
-  score: Entry;
-  prune: Entry;
-  /** Host-side: should the controller prune after this 1-based step? */
-  pruneAt(step: number): boolean;
-  /** Host-side: how many units to keep over all modules at this step. */
-  keep(step: number): number;
-}
 
 export interface BudgetContext {
   r: Resolver;
@@ -176,10 +162,10 @@ function stateShape(
 }
 
 /** The score and prune entries and the host-side schedule of each controller. */
-export function lowerControllers(ctx: BudgetContext, controllers: Controller[]): BudgetProgram[] {
+export function lowerControllers(ctx: BudgetContext, controllers: Controller[]): BudgetSchedule[] {
   const { L, b } = ctx;
   const r: Resolver = ctx.r;
-  return controllers.map((c) => {
+  return controllers.map((c, index) => {
     const scores: Output[] = [];
     const prunes: Output[] = [];
     const sizes: number[] = [];
@@ -287,21 +273,10 @@ export function lowerControllers(ctx: BudgetContext, controllers: Controller[]):
       name: c.placement.config.def.name.name,
       modules: c.perModule.map((m) => m.applied.module.path),
       sizes,
-      score: { outputs: scores },
-      prune: { outputs: prunes },
+      score: { name: `budget${index}.score`, outputs: scores },
+      prune: { name: `budget${index}.prune`, outputs: prunes },
       pruneAt: (step) => (hostCall("prune_at", step) as { value: boolean }).value,
       keep: (step) => (hostCall("keep", step) as { value: number }).value,
     };
   });
-}
-
-/** 1 for the units to keep, 0 for the pruned: those scoring at or below the (units − k)-th smallest. */
-export function keptUnits(scores: Float32Array | Float64Array, keep: number): Float32Array {
-  const n = scores.length;
-  const kept = new Float32Array(n).fill(1);
-  const k = n - Math.max(0, Math.min(n, Math.floor(keep)));
-  if (k <= 0) return kept;
-  const threshold = Float64Array.from(scores).sort()[k - 1]!;
-  for (let i = 0; i < n; i++) if (scores[i]! <= threshold) kept[i] = 0;
-  return kept;
 }

@@ -1,18 +1,36 @@
 // `std.data`: the data sources that ship with lrk (no downloads). This file knows their
-// parameters and vocabularies, which programs need while compiling (`arith.vocab`); the runtime
-// generates or reads the actual examples.
-import type { Value } from "./values.js";
+// parameters, vocabularies and batch shapes, which programs need while compiling (`arith.vocab`,
+// the step's input shapes); the runtime generates or reads the actual examples, never earlier
+// than `lrkc check` or `lrkc train` opens them.
+import type { DataSpec, FieldShape } from "./program.js";
+import { ARITHMETIC_ALPHABET, arithmeticSequenceLength } from "./program.js";
+import type { DataSet, Value } from "./values.js";
 
-/**
- * The arithmetic task's tokens: digits 0–9 are ids 0–9, then `+ - * =`, then `.` (end of
- * answer) and ` ` (padding). `123+456=579.` is one example.
- */
-export const arithmeticAlphabet = "0123456789+-*=. ";
+export const arithmeticAlphabet = ARITHMETIC_ALPHABET;
+
+type PlainArgs = DataSpec["args"];
 
 interface SourceSpec {
   params: { name: string; kind: "number" | "string" | "bool" | "name"; default?: Value }[];
   vocab: (args: Map<string, Value>) => number;
+  /** The batch fields at a batch size; a string is what is wrong with the arguments. */
+  fields: (args: PlainArgs, batch: number) => Record<string, FieldShape> | string;
   help: string;
+}
+
+/** A whole number in [min, max], or what is wrong with it. */
+function wholeNumber(name: string, v: unknown, min: number, max: number): number | string {
+  if (typeof v === "number" && Number.isInteger(v) && v >= min && v <= max) return v;
+  const range = max === Infinity ? `at least ${min}` : `from ${min} to ${max}`;
+  return `\`${name}\` must be a whole number ${range}, not ${String(v)}`;
+}
+
+/** Both splits' tokens: an example's last token is predicted, never read. */
+function tokenFields(batch: number, length: number): Record<string, FieldShape> {
+  return {
+    input: { shape: [batch, length], dtype: "i32" },
+    target: { shape: [batch, length], dtype: "i32" },
+  };
 }
 
 export const dataSources: Record<string, SourceSpec> = {
@@ -35,6 +53,14 @@ export const dataSources: Record<string, SourceSpec> = {
       },
     ],
     vocab: () => arithmeticAlphabet.length,
+    fields: (args, batch) => {
+      const digits = wholeNumber("digits", args["digits"], 1, 6);
+      if (typeof digits === "string") return digits;
+      const ops = String(args["ops"]);
+      if (ops.length === 0 || [...ops].some((op) => !"+-*".includes(op)))
+        return `\`ops\` must be made of \`+\`, \`-\` and \`*\`, not "${ops}"`;
+      return tokenFields(batch, arithmeticSequenceLength(ops, digits) - 1);
+    },
     help: 'std.data.arithmetic(ops: "+-", digits: 3, seed: 7)',
   },
   /** Two interleaved half-circles in the plane: 2 features, 2 classes (`vocab` is the class count). */
@@ -45,6 +71,10 @@ export const dataSources: Record<string, SourceSpec> = {
       { name: "seed", kind: "number", default: { kind: "number", value: 0, integer: true } },
     ],
     vocab: () => 2,
+    fields: (_, batch) => ({
+      x: { shape: [batch, 2], dtype: "f32" },
+      y: { shape: [batch], dtype: "i32" },
+    }),
     help: "std.data.two_moons(n: 1000, seed: 1)",
   },
   text: {
@@ -54,6 +84,10 @@ export const dataSources: Record<string, SourceSpec> = {
       { name: "tokenizer", kind: "name", default: { kind: "builtin", name: "bytes" } },
     ],
     vocab: () => 256,
+    fields: (args, batch) => {
+      const context = wholeNumber("context", args["context"], 1, 1 << 20);
+      return typeof context === "string" ? context : tokenFields(batch, context);
+    },
     help: 'std.data.text("corpus.txt", context: 128, tokenizer: bytes)',
   },
 };
@@ -66,5 +100,44 @@ export function dataModule(name: string): Value {
     members: (member) =>
       member in dataSources ? { kind: "builtin", name: `std.data.${member}` } : undefined,
     names: () => Object.keys(dataSources),
+  };
+}
+
+/** The plain form of a resolved argument (a tokenizer name for `tokenizer: bytes`). */
+function plain(v: Value): string | number | boolean {
+  switch (v.kind) {
+    case "number":
+    case "bool":
+    case "string":
+      return v.value;
+    case "builtin":
+      return v.name;
+    default:
+      return String(v.kind);
+  }
+}
+
+/**
+ * A data declaration as the runtime receives it: arguments in plain form and the batch fields at
+ * `batch`. A string is what is wrong with the arguments (reported at the declaration).
+ */
+export function dataSpec(
+  dataset: DataSet,
+  batch: number,
+): DataSpec | { problem: string; help: string } {
+  const name = dataset.source.replace(/^std\.data\./, "");
+  const source = dataSources[name]!;
+  const args: PlainArgs = {};
+  for (const [key, value] of dataset.args) args[key] = plain(value);
+  const fields = source.fields(args, batch);
+  if (typeof fields === "string") return { problem: fields, help: `for example: ${source.help}` };
+  return {
+    source: name,
+    args,
+    vocab: dataset.vocab,
+    ...(dataset.split ? { split: dataset.split } : {}),
+    fields,
+    help: `for example: ${source.help}`,
+    at: dataset.at,
   };
 }

@@ -10,17 +10,13 @@ import type { Graph, InputRole } from "./ir.js";
 import { Lowerer } from "./lower.js";
 import type { Placement } from "./place.js";
 import type { Resolver } from "./resolve.js";
-import type { Entry, ProgramInput } from "./step.js";
+import type { Entry, InitProgram, ProgramInput } from "./program.js";
 import type { TrainSpec } from "./train.js";
 import { describeValue, type ParamInfo, type Value } from "./values.js";
 
-export interface InitProgram {
-  graph: Graph;
-  inputs: ProgramInput[];
-  model: Entry;
-  /** Quantizers' `const` tensors, computed once from the (loaded) model weights. */
-  quantize: Entry;
-  adapters: Entry;
+/** The init program, and the quantizers' stored values that the step reads as inputs. */
+export interface BuiltInit {
+  program: InitProgram;
   /** `<quantizer path>.<const>` → its value in this graph (a tensor, or a quantized struct). */
   buffers: Map<string, Value>;
 }
@@ -39,7 +35,7 @@ export function buildInit(
   r: Resolver,
   spec: TrainSpec,
   placement: Placement,
-): InitProgram | undefined {
+): BuiltInit | undefined {
   const b = new Builder();
   const inputs: ProgramInput[] = [];
   const modelValue = new Map<ParamInfo, number>();
@@ -136,7 +132,7 @@ export function buildInit(
     return b.add(b.mul(b.random("uniform", p.shape, seed), b.constant(hi - lo)), b.constant(lo));
   };
 
-  const model: Entry = { outputs: [] };
+  const model: Entry = { name: "model", outputs: [] };
   for (const placed of placement.params) {
     if (placed.origin !== "model") continue;
     const node = initValue(placed.param);
@@ -146,7 +142,7 @@ export function buildInit(
   }
   phase = "adapters";
   // Quantizers: every tensor `const` of the instance becomes a buffer (the step reads the ones it uses).
-  const quantize: Entry = { outputs: [] };
+  const quantize: Entry = { name: "quantize", outputs: [] };
   const buffers = new Map<string, Value>();
   for (const q of placement.quantizers) {
     for (const [name, v] of q.instance.scope) {
@@ -166,12 +162,22 @@ export function buildInit(
       buffers.set(key, value);
     }
   }
-  const adapters: Entry = { outputs: [] };
+  const adapters: Entry = { name: "adapters", outputs: [] };
   for (const placed of placement.params) {
     if (placed.origin !== "adapter") continue;
     const node = initValue(placed.param);
     if (node !== undefined) adapters.outputs.push({ name: `param:${placed.param.path}`, node });
   }
   if (r.diagnostics.some((d) => d.severity === "error")) return undefined;
-  return { graph: b.graph, inputs, model, quantize, adapters, buffers };
+  return {
+    program: {
+      graph: b.graph,
+      inputs,
+      entries: [model, quantize, adapters],
+      model,
+      quantize,
+      adapters,
+    },
+    buffers,
+  };
 }

@@ -56,6 +56,21 @@ export class BufferLimitError extends Error {
   }
 }
 
+/** A kernel that needs more storage bindings than the device has (a fusion the device can't run). */
+export class BindingLimitError extends Error {
+  constructor(
+    readonly kernel: string,
+    readonly bindings: number,
+    readonly limit: number,
+    /** `file:line` of the .lrk code the kernel computes. */
+    readonly sourceLines: readonly string[],
+  ) {
+    super(
+      `the kernel "${kernel}" binds ${bindings} storage buffers; the device allows ${limit} per kernel`,
+    );
+  }
+}
+
 /** Buffers are whole 4-byte words, and never empty. */
 export function bufferBytes(bytes: number): number {
   return Math.max(4, Math.ceil(bytes / 4) * 4);

@@ -2,7 +2,7 @@
 // their gradients, optimizer state and saved activations at the declared batch, beside what full
 // fine-tuning with AdamW of the same model would need.
 import { numel } from "./ir.js";
-import type { StepProgram } from "./step.js";
+import type { StepProgram } from "./program.js";
 
 export interface MemoryReport {
   frozen: number;
@@ -22,7 +22,7 @@ const bytes = (shape: readonly number[]) => 4 * numel(shape);
 export function memoryReport(step: StepProgram): MemoryReport {
   let frozen = 0;
   let trainable = 0;
-  const trainablePaths = new Set(step.trainable.map((p) => p.param.path));
+  const trainablePaths = new Set(step.trainable);
   for (const input of step.inputs) {
     if (input.role !== "param") continue;
     if (trainablePaths.has(input.name.slice("param:".length))) trainable += bytes(input.shape);

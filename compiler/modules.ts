@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, relative, resolve as resolvePath } from "node:path";
 import { fileURLToPath } from "node:url";
 import type * as A from "../language/ast.js";
-import { error, type Diagnostic } from "../language/diagnostics.js";
+import { error, Log, type Diagnostic } from "../language/diagnostics.js";
 import { parse } from "../language/parse.js";
 import { SourceFile } from "../language/source.js";
 
@@ -37,10 +37,16 @@ export const nativeModules = new Set(["std.data"]);
 
 export class ModuleLoader {
   readonly modules = new Map<string, Module>();
-  readonly diagnostics: Diagnostic[] = [];
+  /** Where this loader reports: the compilation's log. */
+  get diagnostics(): Diagnostic[] {
+    return this.log.diagnostics;
+  }
   private readonly loading: string[] = [];
 
-  constructor(readonly stdlibDir: string = join(packageRoot(), "stdlib")) {}
+  constructor(
+    readonly stdlibDir: string = join(packageRoot(), "stdlib"),
+    readonly log: Log = new Log(),
+  ) {}
 
   /** Parses an entry file and, transitively, everything it imports. */
   loadEntry(file: SourceFile): Module {

@@ -16,18 +16,27 @@ import { fuse, type KernelGroup } from "./fuse.js";
 import { numel, type DType, type Graph } from "./ir.js";
 import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";
-import { defaultMatmulParams, matmulKernel, type MatmulAdapterKind } from "./kernels/matmul.js";
+import {
+  defaultMatmulParams,
+  describeMatmulParams,
+  matmulCandidates,
+  matmulKernel,
+  matmulShapeClassKey,
+  type MatmulAdapterKind,
+} from "./kernels/matmul.js";
 import { specialKernels, specialScratch, type ParamKernelSource } from "./kernels/special.js";
 import type { KernelBinding, KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
 import {
+  BindingLimitError,
   planMemory,
   type BufferLimits,
   type BufferRole,
+  type MemoryPlan,
   type MemoryStep,
   type PlannedBuffer,
   type TensorNeed,
 } from "./memory-plan.js";
-import type { Entry, ProgramInput } from "./step.js";
+import type { Entry, GraphProgram, MatmulTemplate } from "./program.js";
 import { header, matmulFusionCode, sourceLines } from "./wgsl.js";
 
 export interface PlanKernel {
@@ -95,18 +104,11 @@ const NAIVE_MATMUL: MatmulParams = {
   vectorWidth: 1,
 };
 
-export interface PlanOptions {
-  /** The adapter, for the matmul template's default parameters. */
-  adapter?: MatmulAdapterKind;
-  /** Matmul parameters per shape (an autotuner's choices); default: the template's defaults. */
-  matmulParams?: (shape: MatmulShape) => MatmulParams;
-}
-
 /** The matmul parameters a plan uses without an autotuner: naive for small products, else the template's default. */
 export function planMatmulParams(
   shape: MatmulShape,
   features: ReadonlySet<string>,
-  adapter?: PlanOptions["adapter"],
+  adapter?: MatmulAdapterKind,
 ): MatmulParams {
   return isSmallMatmul(shape) ? NAIVE_MATMUL : defaultMatmulParams(shape, features, adapter);
 }
@@ -116,141 +118,192 @@ export function isSmallMatmul(shape: MatmulShape): boolean {
   return shape.batch * shape.m * shape.n * shape.k <= SMALL_MATMUL;
 }
 
-export function planProgram(
-  graph: Graph,
-  inputs: readonly ProgramInput[],
-  entries: Record<string, Entry>,
-  limits: PlanLimits,
-  features: readonly string[] = [],
-  options: PlanOptions = {},
-): Plan {
-  const featureSet = new Set(features);
-  const chooseMatmul =
-    options.matmulParams ??
-    ((shape: MatmulShape) => planMatmulParams(shape, featureSet, options.adapter));
-  const inputByNode = new Map(inputs.map((i) => [i.node, i]));
-  const tensors: TensorNeed[] = [];
-  const seenInputs = new Set<string>();
-  const outputTensors: TensorNeed[] = [];
-  const work: TensorNeed[] = [];
-  const steps: MemoryStep[] = [];
-  const bytesOf = (node: number) => 4 * numel(graph.shape(node));
+/** What a plan is made for: the device's limits and features, and its matmul choices. */
+export interface PlanTarget {
+  limits: PlanLimits;
+  /** Optional WebGPU features the kernels may use (`subgroups`). */
+  features: readonly string[];
+  adapter?: MatmulAdapterKind;
+  /** Matmul parameters per shape (an autotuner's choices); default: the template's defaults. */
+  matmulParams?: (shape: MatmulShape) => MatmulParams;
+}
 
-  interface EntryWork {
-    name: string;
-    groups: KernelGroup[];
-    keyOf: (node: number) => string;
-    scratch: Map<number, string[]>;
-    inputs: string[];
-  }
-  const planned: EntryWork[] = [];
+/** One entry's kernel groups, and what it reads. */
+export interface EntryFusion {
+  entry: Entry;
+  groups: KernelGroup[];
+  /** Program inputs the entry reads, by name. */
+  inputs: string[];
+}
 
-  for (const [entryName, entry] of Object.entries(entries)) {
-    const outputNodes = entry.outputs.map((o) => o.node);
-    const fusion = fuse(graph, outputNodes, {
-      maxBindings: limits.maxStorageBuffersPerShaderStage ?? 8,
-    });
-    const keyOf = (node: number) => {
-      const input = inputByNode.get(node);
-      return input ? `in:${input.name}` : `n:${entryName}:${node}`;
-    };
-    const entryInputs: string[] = [];
+const fusionCache = new WeakMap<Graph, Map<string, EntryFusion[]>>();
+
+/**
+ * Fusion of every entry of a program (memoized per graph and binding limit: tuning and planning
+ * both need it, and it is the costly part of planning).
+ */
+export function fuseEntries(program: GraphProgram, limits: PlanLimits): EntryFusion[] {
+  const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
+  const key = `${maxBindings}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  let perGraph = fusionCache.get(program.graph);
+  if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
+  const known = perGraph.get(key);
+  if (known) return known;
+  const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
+  const fused = program.entries.map((entry) => {
+    const fusion = fuse(
+      program.graph,
+      entry.outputs.map((o) => o.node),
+      { maxBindings },
+    );
+    const inputs: string[] = [];
     for (const id of fusion.needed) {
-      const node = graph.node(id);
+      const node = program.graph.node(id);
       if (node.op.kind !== "input") continue;
       const input = inputByNode.get(id);
       if (!input)
         throw new Error(`plan: input node %${id} (${node.op.name}) is not a program input`);
-      entryInputs.push(input.name);
-      if (seenInputs.has(input.name)) continue;
-      seenInputs.add(input.name);
-      tensors.push({
-        key: `in:${input.name}`,
-        bytes: bytesOf(id),
-        role: input.role,
-        name: input.name,
-      });
+      inputs.push(input.name);
+    }
+    return { entry, groups: fusion.groups, inputs };
+  });
+  perGraph.set(key, fused);
+  return fused;
+}
+
+function entryKey(e: Entry): string {
+  return `${e.name}=${e.outputs.map((o) => `${o.name}:${o.node}`).join(",")}`;
+}
+
+/** The buffers of a plan, and how each entry's tensors map to them. */
+export interface BufferPlan extends MemoryPlan {
+  /** Per entry: a node's tensor key (look it up in `assignment`). */
+  keyOf: Map<string, (node: number) => string>;
+  /** Per entry: a special kernel's scratch tensor keys, by anchor node. */
+  scratch: Map<string, Map<number, string[]>>;
+}
+
+/**
+ * The memory plan of a fused program. Inputs are shared by every entry. An output has a buffer
+ * of its own that lives across runs, shared by the entries that write an output of that name
+ * (only one entry runs at a time, and the next run reads its inputs before writing any output).
+ * Activations and scratch of every entry share one pool.
+ */
+export function planBuffers(
+  program: GraphProgram,
+  fused: readonly EntryFusion[],
+  limits: PlanLimits,
+): BufferPlan {
+  const { graph } = program;
+  const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
+  const byName = new Map(program.inputs.map((i) => [i.name, i]));
+  const bytesOf = (node: number) => 4 * numel(graph.shape(node));
+  const inputs = new Map<string, TensorNeed>();
+  const outputs = new Map<string, TensorNeed>();
+  const work: TensorNeed[] = [];
+  const steps: MemoryStep[] = [];
+  const keyOf = new Map<string, (node: number) => string>();
+  const scratchOf = new Map<string, Map<number, string[]>>();
+  for (const { entry, groups, inputs: read } of fused) {
+    for (const name of read) {
+      const input = byName.get(name)!;
+      if (!inputs.has(name))
+        inputs.set(name, {
+          key: `in:${name}`,
+          bytes: bytesOf(input.node),
+          role: input.role,
+          name,
+        });
     }
     const outputNames = new Map<number, string[]>();
     for (const o of entry.outputs)
       outputNames.set(o.node, [...(outputNames.get(o.node) ?? []), o.name]);
+    const key = (node: number) => {
+      const input = inputByNode.get(node);
+      if (input) return `in:${input.name}`;
+      const names = outputNames.get(node);
+      return names ? `out:${names.join(", ")}` : `n:${entry.name}:${node}`;
+    };
+    keyOf.set(entry.name, key);
     for (const [node, names] of outputNames) {
       if (inputByNode.has(node)) continue; // an input passed through: its own buffer
-      outputTensors.push({
-        key: keyOf(node),
-        bytes: bytesOf(node),
-        role: "output",
-        name: `${entryName ? `${entryName}/` : ""}${names.join(", ")}`,
-      });
+      const need = outputs.get(key(node));
+      const bytes = Math.max(need?.bytes ?? 0, bytesOf(node));
+      outputs.set(key(node), { key: key(node), bytes, role: "output", name: names.join(", ") });
     }
     const scratch = new Map<number, string[]>();
-    for (const g of fusion.groups) {
-      const writes = g.outputs.map(keyOf);
+    for (const g of groups) {
+      const writes = g.outputs.map(key);
       for (const o of g.outputs)
         if (!outputNames.has(o))
-          work.push({ key: keyOf(o), bytes: bytesOf(o), role: "activation", name: `%${o}` });
+          work.push({ key: key(o), bytes: bytesOf(o), role: "activation", name: `%${o}` });
       if (g.kind === "special") {
         const keys: string[] = [];
         for (const s of specialScratch(graph, g.anchor)) {
-          const key = `s:${entryName}:${g.anchor}:${s.name}`;
-          keys.push(key);
-          work.push({ key, bytes: s.bytes, role: "scratch", name: `%${g.anchor} ${s.name}` });
+          const k = `s:${entry.name}:${g.anchor}:${s.name}`;
+          keys.push(k);
+          work.push({ key: k, bytes: s.bytes, role: "scratch", name: `%${g.anchor} ${s.name}` });
         }
         scratch.set(g.anchor, keys);
         writes.push(...keys);
       }
-      steps.push({ reads: g.reads.map(keyOf), writes });
+      steps.push({ reads: g.reads.map(key), writes });
     }
-    planned.push({ name: entryName, groups: fusion.groups, keyOf, scratch, inputs: entryInputs });
+    scratchOf.set(entry.name, scratch);
   }
+  const memory = planMemory([...inputs.values(), ...outputs.values(), ...work], steps, limits);
+  return { ...memory, keyOf, scratch: scratchOf };
+}
 
-  const memory = planMemory([...tensors, ...outputTensors, ...work], steps, limits);
+/** WGSL for every kernel of every entry, in dispatch order, with the entries' dispatch lists. */
+export function emitKernels(
+  program: GraphProgram,
+  fused: readonly EntryFusion[],
+  buffers: BufferPlan,
+  target: PlanTarget,
+): { kernels: PlanKernel[]; entries: Record<string, PlanEntry> } {
+  const { graph } = program;
+  const featureSet = new Set(target.features);
+  const chooseMatmul =
+    target.matmulParams ??
+    ((shape: MatmulShape) => planMatmulParams(shape, featureSet, target.adapter));
+  const maxBindings = target.limits.maxStorageBuffersPerShaderStage ?? 8;
   const kernels: PlanKernel[] = [];
-  const planEntries: Record<string, PlanEntry> = {};
-  const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
-
-  for (const e of planned) {
+  const entries: Record<string, PlanEntry> = {};
+  for (const { entry, groups, inputs } of fused) {
+    const keyOf = buffers.keyOf.get(entry.name)!;
     const bufferOf = (node: number) => {
-      const b = memory.assignment.get(e.keyOf(node));
+      const b = buffers.assignment.get(keyOf(node));
       if (b === undefined) throw new Error(`plan: %${node} has no buffer`);
       return b;
     };
     const materialized = new Set<number>();
-    for (const g of e.groups) for (const o of g.outputs) materialized.add(o);
+    for (const g of groups) for (const o of g.outputs) materialized.add(o);
     const isBuffer = (node: number) =>
       materialized.has(node) || graph.node(node).op.kind === "input";
     const scratch = new Map(
-      [...e.scratch].map(([anchor, keys]) => [anchor, keys.map((k) => memory.assignment.get(k)!)]),
+      [...buffers.scratch.get(entry.name)!].map(([anchor, keys]) => [
+        anchor,
+        keys.map((k) => buffers.assignment.get(k)!),
+      ]),
     );
     const dispatches: number[] = [];
-    for (const g of e.groups) {
+    for (const g of groups) {
       for (const k of groupKernels(graph, g, isBuffer, bufferOf, scratch, chooseMatmul)) {
         if (k.bindings.length > maxBindings)
-          throw new Error(
-            `plan: kernel "${k.name}" binds ${k.bindings.length} storage buffers; the device allows ${maxBindings}`,
+          throw new BindingLimitError(
+            k.name,
+            k.bindings.length,
+            maxBindings,
+            sourceLines(graph, g.nodes),
           );
-        const id = kernels.length;
-        kernels.push({
-          id,
-          name: k.name,
-          wgsl: k.wgsl,
-          entryPoint: k.entryPoint,
-          workgroupSize: k.workgroupSize,
-          dispatch: k.dispatch,
-          bindings: k.bindings,
-          features: k.features,
-          nodes: g.nodes,
-          sourceLines: sourceLines(graph, g.nodes),
-          kind: g.kind,
-          ...((k as ParamKernelSource).params ? { params: (k as ParamKernelSource).params } : {}),
-        });
-        dispatches.push(id);
+        dispatches.push(kernels.length);
+        kernels.push(planKernel(graph, kernels.length, g, k));
       }
     }
-    const entry = entries[e.name]!;
-    planEntries[e.name] = {
+    entries[entry.name] = {
       dispatches,
-      inputs: e.inputs,
+      inputs,
       outputs: entry.outputs.map((o) => ({
         name: o.name,
         buffer: bufferOf(o.node),
@@ -259,23 +312,60 @@ export function planProgram(
       })),
     };
   }
+  return { kernels, entries };
+}
 
-  const planInputs = inputs
-    .filter((i) => seenInputs.has(i.name))
+function planKernel(graph: Graph, id: number, g: KernelGroup, k: KernelSource): PlanKernel {
+  const params = (k as ParamKernelSource).params;
+  return {
+    id,
+    name: k.name,
+    wgsl: k.wgsl,
+    entryPoint: k.entryPoint,
+    workgroupSize: k.workgroupSize,
+    dispatch: k.dispatch,
+    bindings: k.bindings,
+    features: k.features,
+    nodes: g.nodes,
+    sourceLines: sourceLines(graph, g.nodes),
+    kind: g.kind,
+    ...(params ? { params } : {}),
+  };
+}
+
+/** The plan: buffers, kernels, entries, and the inputs every entry shares. */
+export function assemblePlan(
+  program: GraphProgram,
+  buffers: BufferPlan,
+  emitted: { kernels: PlanKernel[]; entries: Record<string, PlanEntry> },
+): Plan {
+  const inputs = program.inputs
+    .filter((i) => buffers.assignment.has(`in:${i.name}`))
     .map((i) => ({
       name: i.name,
-      buffer: memory.assignment.get(`in:${i.name}`)!,
+      buffer: buffers.assignment.get(`in:${i.name}`)!,
       shape: [...i.shape],
       dtype: i.dtype,
       role: i.role as BufferRole,
     }));
   return {
-    buffers: memory.buffers,
-    kernels,
-    entries: planEntries,
-    inputs: planInputs,
-    peakBytes: memory.peakBytes,
+    buffers: buffers.buffers,
+    kernels: emitted.kernels,
+    entries: emitted.entries,
+    inputs,
+    peakBytes: buffers.peakBytes,
   };
+}
+
+/** The matmul problems a fused program runs through the matmul template (what tuning needs). */
+export function matmulShapes(program: GraphProgram, fused: readonly EntryFusion[]): MatmulShape[] {
+  const shapes = new Map<string, MatmulShape>();
+  for (const { groups } of fused)
+    for (const g of groups) {
+      const shape = g.kind === "matmul" ? templateShape(program.graph, g) : undefined;
+      if (shape) shapes.set(JSON.stringify(shape), shape);
+    }
+  return [...shapes.values()];
 }
 
 /** The kernels of one fusion group (one, except for some special kernels). */
@@ -296,26 +386,9 @@ export function groupKernels(
     case "row":
       return [rowKernel({ ...common, row: g.row!, outputs: g.outputs })];
     case "matmul": {
-      const mm = graph.node(g.anchor);
-      const r = mm.shape.length;
-      const a = graph.node(mm.inputs[0]!);
-      const op = mm.op as { transA: boolean; transB: boolean };
-      const m = mm.shape[r - 2]!;
-      const n = mm.shape[r - 1]!;
-      const k = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
-      const batch = numel(mm.shape.slice(0, r - 2));
-      if (mm.dtype === "i32" || (!g.foldBatch && batch > 65535) || !g.a || !g.b)
+      const shape = templateShape(graph, g);
+      if (!shape || !g.a || !g.b)
         return [contractionKernel({ ...common, anchor: g.anchor, epilogue: g.epilogue })];
-      // Σ_batch A_bᵀ B_b: the batch folds into k. B shared by every batch (and A plain): the
-      // batch folds into A's rows.
-      const fold = !g.foldBatch && g.b.broadcast && !g.a.broadcast && !g.a.trans;
-      if (!g.foldBatch && (g.a.broadcast || g.b.broadcast) && !fold)
-        return [contractionKernel({ ...common, anchor: g.anchor, epilogue: g.epilogue })];
-      const shape: MatmulShape = g.foldBatch
-        ? { batch: 1, m, n, k: batch * k, transA: true, transB: false }
-        : fold
-          ? { batch: 1, m: batch * m, n, k, transA: false, transB: g.b.trans }
-          : { batch, m, n, k, transA: g.a.trans, transB: g.b.trans };
       // Operands without a buffer are prologues, computed at each load.
       const prologue = {
         ...(isBuffer(g.a.node) ? {} : { a: g.a.node }),
@@ -361,3 +434,37 @@ export function groupKernels(
       );
   }
 }
+
+/**
+ * The matmul template's problem for a matmul group, or undefined when the group runs as a plain
+ * contraction (i32, operands the template cannot read in place, too many batches).
+ */
+export function templateShape(graph: Graph, g: KernelGroup): MatmulShape | undefined {
+  const mm = graph.node(g.anchor);
+  const r = mm.shape.length;
+  const a = graph.node(mm.inputs[0]!);
+  const op = mm.op as { transA: boolean; transB: boolean };
+  const m = mm.shape[r - 2]!;
+  const n = mm.shape[r - 1]!;
+  const k = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
+  const batch = numel(mm.shape.slice(0, r - 2));
+  if (mm.dtype === "i32" || (!g.foldBatch && batch > 65535) || !g.a || !g.b) return undefined;
+  // Σ_batch A_bᵀ B_b: the batch folds into k. B shared by every batch (and A plain): the
+  // batch folds into A's rows.
+  const fold = !g.foldBatch && g.b.broadcast && !g.a.broadcast && !g.a.trans;
+  if (!g.foldBatch && (g.a.broadcast || g.b.broadcast) && !fold) return undefined;
+  return g.foldBatch
+    ? { batch: 1, m, n, k: batch * k, transA: true, transB: false }
+    : fold
+      ? { batch: 1, m: batch * m, n, k, transA: false, transB: g.b.trans }
+      : { batch, m, n, k, transA: g.a.trans, transB: g.b.trans };
+}
+
+/** The matmul template for the autotuner: candidates, defaults, kernels, shape classes. */
+export const matmulTemplate: MatmulTemplate = {
+  candidates: matmulCandidates,
+  defaults: defaultMatmulParams,
+  kernel: (shape, params) => matmulKernel(shape, params, { a: 0, b: 1, out: 2 }),
+  classKey: matmulShapeClassKey,
+  describe: describeMatmulParams,
+};

@@ -33,7 +33,10 @@ export class Reported extends Error {
 }
 
 export class Resolver {
-  readonly diagnostics: Diagnostic[] = [];
+  /** Where resolution and every later compiler phase report: the loader's log, shared. */
+  get diagnostics(): Diagnostic[] {
+    return this.loader.log.diagnostics;
+  }
   private readonly scopes = new Map<Module, Scope>();
   private readonly global: Scope;
   /** Names whose declaration failed: uses of them are not errors of their own. */

@@ -6,78 +6,18 @@
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import { gradients } from "./autodiff.js";
-import {
-  budgetStates,
-  lowerControllers,
-  lowerObserve,
-  prepareBudgets,
-  type BudgetProgram,
-} from "./budget.js";
+import { budgetStates, lowerControllers, lowerObserve, prepareBudgets } from "./budget.js";
 import { Builder } from "./builder.js";
 import { allModules, instantiate } from "./instantiate.js";
 import type { DType, Graph, InputRole, Shape } from "./ir.js";
 import { Lowerer, type Frame, type Tensor } from "./lower.js";
 import type { Placement, PlacedParam } from "./place.js";
+import type { Entry, Output, ProgramInput, StateInfo, StepProgram } from "./program.js";
 import type { Resolver } from "./resolve.js";
 import type { TrainSpec } from "./train.js";
 import { describeValue, num, type ParamInfo, type Value } from "./values.js";
 
 type Config = Extract<Value, { kind: "config" }>;
-
-export interface ProgramInput {
-  name: string;
-  node: number;
-  role: InputRole;
-  shape: Shape;
-  dtype: DType;
-  /** Stored with this many bits per element (quantized buffers); 32 otherwise. */
-  bits?: number;
-}
-
-export interface Output {
-  /** `param:<path>`, `state:<name>`, `loss`. */
-  name: string;
-  node: number;
-}
-
-/** One way to run the graph: the outputs to compute (and write back, for params and states). */
-export interface Entry {
-  outputs: Output[];
-}
-
-export interface StateInfo {
-  name: string;
-  shape: Shape;
-  /** Node computing the state's initial value from the parameters (before step 1). */
-  init: number;
-  /** Refreshed every `period` steps (at steps 1, period + 1, …), or never. */
-  period?: number;
-}
-
-export interface StepProgram {
-  graph: Graph;
-  inputs: ProgramInput[];
-  loss: number;
-  /** Keyed by the refresh periods due at a step, joined with `+` (`""` when none is due). */
-  variants: Map<string, Entry>;
-  states: StateInfo[];
-  /** The entry that computes every state's initial value. */
-  stateInit: Entry;
-  trainable: PlacedParam[];
-  /** Rank-budget controllers: their host-side schedule and entries. */
-  budgets: BudgetProgram[];
-  /** The (clipped) gradient node of each trainable parameter, by path: for inspection and tests. */
-  gradients: Map<string, number>;
-  /** The loss without dropout and without updates: held-out evaluation. */
-  evaluate: Entry;
-  /** `model(batch.input)` without dropout, when the batch has an `input`: for accuracy. */
-  predict?: Entry;
-}
-
-/** Which refresh periods are due at a 1-based step: periods N with (step - 1) % N == 0. */
-export function variantKey(periods: readonly number[], step: number): string {
-  return periods.filter((p) => (step - 1) % p === 0).join("+");
-}
 
 export function buildStep(
   r: Resolver,
@@ -489,7 +429,7 @@ export function buildStep(
   if (!plain || failed()) return undefined;
   const variants = new Map<string, Entry>();
   const lossOutput: Output = { name: "loss", node: loss };
-  variants.set("", { outputs: [lossOutput, ...plain.outputs] });
+  variants.set("", { name: "step", outputs: [lossOutput, ...plain.outputs] });
   // Every non-empty combination of periods that can be due together (with one or two periods in
   // practice, this is small).
   const list = [...periods].sort((a, c) => a - c);
@@ -497,27 +437,44 @@ export function buildStep(
     const due = new Set(list.filter((_, i) => mask & (1 << i)));
     const lowered = withObserve(lowerAll(due));
     if (!lowered) return undefined;
-    variants.set([...due].join("+"), { outputs: [lossOutput, ...lowered.outputs] });
+    const key = [...due].join("+");
+    variants.set(key, { name: `step+refresh${key}`, outputs: [lossOutput, ...lowered.outputs] });
   }
   for (const st of r.attempt(() => budgetStates(budgetCtx, controllers)) ?? []) {
     states.push({ name: st.name, shape: st.shape, init: st.init });
   }
   const budgets = r.attempt(() => lowerControllers(budgetCtx, controllers));
   if (!budgets || failed()) return undefined;
+  const evaluate: Entry = {
+    name: "evaluate",
+    outputs: evalLoss?.kind === "tensor" ? [{ name: "loss", node: evalLoss.node }] : [],
+  };
+  const predict: Entry | undefined =
+    logits?.kind === "tensor"
+      ? { name: "predict", outputs: [{ name: "logits", node: logits.node }] }
+      : undefined;
+  const stateInit: Entry = {
+    name: "state_init",
+    outputs: states.map((s) => ({ name: `state:${s.name}`, node: s.init })),
+  };
   return {
-    evaluate: {
-      outputs: evalLoss?.kind === "tensor" ? [{ name: "loss", node: evalLoss.node }] : [],
-    },
-    predict:
-      logits?.kind === "tensor" ? { outputs: [{ name: "logits", node: logits.node }] } : undefined,
+    evaluate,
+    predict,
     budgets,
     gradients: gradByPath,
     graph: b.graph,
     inputs: [...inputs.values()],
+    entries: [
+      ...variants.values(),
+      evaluate,
+      ...(predict ? [predict] : []),
+      stateInit,
+      ...budgets.flatMap((bp) => [bp.score, bp.prune]),
+    ],
     loss,
     variants,
     states,
-    stateInit: { outputs: states.map((s) => ({ name: `state:${s.name}`, node: s.init })) },
-    trainable,
+    stateInit,
+    trainable: trainable.map((p) => p.param.path),
   };
 }

@@ -71,10 +71,19 @@ export function selectTrain(r: Resolver, module: Module, name?: string): A.Train
   return undefined;
 }
 
+/** Settings given outside the program (`--steps`, `--batch`, `--init`): they win over the block's. */
+export interface TrainOverrides {
+  steps?: number;
+  batch?: number;
+  /** A checkpoint path, relative to the working directory. */
+  init?: string;
+}
+
 export function resolveTrain(
   r: Resolver,
   module: Module,
   decl: A.TrainDecl,
+  overrides: TrainOverrides = {},
 ): TrainSpec | undefined {
   const scope = r.scopeOf(module);
   const settings = new Map<A.SettingKey, A.Setting>();
@@ -228,10 +237,10 @@ export function resolveTrain(
     module,
     model,
     data: dataset(settings.get("data")?.value),
-    init: initPath,
+    init: overrides.init !== undefined ? { path: overrides.init } : initPath,
     loss: settings.get("loss")?.value,
-    steps: integer("steps", defaults.steps),
-    batch: integer("batch", defaults.batch),
+    steps: overrides.steps ?? integer("steps", defaults.steps),
+    batch: overrides.batch ?? integer("batch", defaults.batch),
     seed: integer("seed", defaults.seed),
     clip: clipValue,
     schedule,

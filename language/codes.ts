@@ -43,7 +43,8 @@ export const codeTitles = {
   E0502: "checkpoint cannot be used",
   E0503: "loss is not finite",
   E0601: "no GPU adapter",
-  E0602: "tensor too large for the device",
+  E0602: "plan exceeds a device limit",
+  E0603: "kernel rejected by the GPU driver",
 } as const;
 
 export type DiagnosticCode = keyof typeof codeTitles;

@@ -190,3 +190,42 @@ export function toJson(d: Diagnostic): JsonDiagnostic {
   if (d.help) out.help = d.help;
   return out;
 }
+
+/**
+ * The one diagnostics sink of a compilation (esbuild's `logger.Log`): every phase reports into
+ * the log it is handed, and the driver asks it whether to go on. Reports keep their order.
+ */
+export class Log {
+  readonly diagnostics: Diagnostic[] = [];
+
+  add(...list: Diagnostic[]): void {
+    this.diagnostics.push(...list);
+  }
+
+  error(
+    code: DiagnosticCode,
+    message: string,
+    at?: Location,
+    extra: { label?: string; notes?: Note[]; help?: string } = {},
+  ): void {
+    this.diagnostics.push(error(code, message, at, extra));
+  }
+
+  warning(
+    code: DiagnosticCode,
+    message: string,
+    at?: Location,
+    extra: { label?: string; notes?: Note[]; help?: string } = {},
+  ): void {
+    this.diagnostics.push({ ...error(code, message, at, extra), severity: "warning" });
+  }
+
+  hasErrors(): boolean {
+    return hasErrors(this.diagnostics);
+  }
+
+  /** The reports so far, de-duplicated and in source order. */
+  done(): Diagnostic[] {
+    return normalize(this.diagnostics);
+  }
+}

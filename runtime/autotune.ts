@@ -12,14 +12,12 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
-import {
-  defaultMatmulParams,
-  describeMatmulParams,
-  matmulCandidates,
-  matmulKernel,
-  matmulShapeClassKey,
-} from "../compiler/kernels/matmul.js";
-import type { KernelSource, MatmulParams, MatmulShape } from "../compiler/kernels/types.js";
+import type {
+  KernelSource,
+  MatmulParams,
+  MatmulShape,
+  MatmulTemplate,
+} from "../compiler/program.js";
 import { GpuWaiter, type AdapterSummary } from "./gpu.js";
 
 export interface AutotuneOptions {
@@ -83,9 +81,6 @@ function writeCacheEntry(file: string, adapter: string, key: string, entry: Auto
   writeFileSync(tmp, JSON.stringify(cache, null, 2) + "\n");
   renameSync(tmp, file);
 }
-
-const sameParams = (a: MatmulParams, b: MatmulParams): boolean =>
-  describeMatmulParams(a) === describeMatmulParams(b) && a.tileK === b.tileK;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -246,6 +241,8 @@ export class Autotuner {
   constructor(
     private readonly device: GPUDevice,
     private readonly adapter: AdapterSummary,
+    /** The kernel template being tuned: the compiler renders, this times. */
+    private readonly template: MatmulTemplate,
     private readonly options: AutotuneOptions = {},
   ) {
     this.cacheFile = options.cacheFile ?? defaultAutotuneCacheFile();
@@ -257,16 +254,20 @@ export class Autotuner {
   /** The cached entry for `shape`'s class on this adapter, if any. */
   cached(shape: MatmulShape): AutotuneEntry | undefined {
     this.disk ??= readCache(this.cacheFile);
-    const entry = this.disk.adapters[this.adapterKey]?.[matmulShapeClassKey(shape)];
+    const entry = this.disk.adapters[this.adapterKey]?.[this.template.classKey(shape)];
     if (!entry) return undefined;
     // Only a choice that is still one of the template's candidates counts.
-    const candidates = matmulCandidates(shape, this.features);
-    return candidates.some((c) => sameParams(c, entry.params)) ? entry : undefined;
+    const candidates = this.template.candidates(shape, this.features);
+    return candidates.some((c) => this.sameParams(c, entry.params)) ? entry : undefined;
+  }
+
+  private sameParams(a: MatmulParams, b: MatmulParams): boolean {
+    return this.template.describe(a) === this.template.describe(b) && a.tileK === b.tileK;
   }
 
   async matmul(shape: MatmulShape): Promise<MatmulParams> {
-    if (!this.enabled) return defaultMatmulParams(shape, this.features, this.adapter);
-    const key = matmulShapeClassKey(shape);
+    if (!this.enabled) return this.template.defaults(shape, this.features, this.adapter);
+    const key = this.template.classKey(shape);
     let choice = this.memo.get(key);
     if (!choice) {
       choice = this.queue.then(() => this.tuneMatmul(shape, key));
@@ -282,10 +283,11 @@ export class Autotuner {
     if (hit) return hit.params;
     const log = this.options.log ?? (() => {});
     const runs = this.options.runs ?? 3;
-    const candidates = matmulCandidates(shape, this.features);
+    const candidates = this.template.candidates(shape, this.features);
     // Time the expected winner first so slow candidates can be cut short.
-    const first = defaultMatmulParams(shape, this.features, this.adapter);
-    candidates.sort((a, b) => Number(sameParams(b, first)) - Number(sameParams(a, first)));
+    const first = this.template.defaults(shape, this.features, this.adapter);
+    const isFirst = (p: MatmulParams) => Number(this.sameParams(p, first));
+    candidates.sort((a, b) => isFirst(b) - isFirst(a));
 
     const { batch, m, n, k } = shape;
     const buffers = this.options.measure
@@ -300,7 +302,7 @@ export class Autotuner {
     try {
       let best = Infinity;
       for (const params of candidates) {
-        const kernel = matmulKernel(shape, params, { a: 0, b: 1, out: 2 });
+        const kernel = this.template.kernel(shape, params);
         let ms: number;
         try {
           if (this.options.measure) {
@@ -309,13 +311,13 @@ export class Autotuner {
             const t = await timeMatmulKernel(this.device, kernel, buffers, runs, 3 * best);
             ms = t.ms;
             log(
-              `autotune ${key}: ${describeMatmulParams(params)} ${ms.toFixed(3)} ms ` +
+              `autotune ${key}: ${this.template.describe(params)} ${ms.toFixed(3)} ms ` +
                 `(${t.runs ? `${t.timer}, median of ${t.runs}` : "probe only"}, ` +
                 `warm-up ${t.compileMs.toFixed(0)} ms)`,
             );
           }
         } catch (e) {
-          log(`autotune ${key}: ${describeMatmulParams(params)} failed: ${(e as Error).message}`);
+          log(`autotune ${key}: ${this.template.describe(params)} failed: ${(e as Error).message}`);
           continue;
         }
         this.measurements++;
@@ -331,7 +333,7 @@ export class Autotuner {
       params: winner.params,
       ms: winner.ms,
       shape: { ...shape },
-      timings: timings.map((t) => ({ params: describeMatmulParams(t.params), ms: t.ms })),
+      timings: timings.map((t) => ({ params: this.template.describe(t.params), ms: t.ms })),
       tunedAt: new Date().toISOString(),
     };
     this.disk ??= readCache(this.cacheFile);

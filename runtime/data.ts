@@ -8,13 +8,21 @@
 // batch may straddle two epochs (train batches are always full). Valid batches are in order and
 // the last one may be short (`examples` < batch size, and the shapes have the real size).
 import { readFileSync, statSync } from "node:fs";
+import type { Location } from "../language/diagnostics.js";
 import { dirname, resolve } from "node:path";
-import { arithmeticAlphabet, dataSources } from "../compiler/data.js";
-import type { DataSet, Value } from "../compiler/values.js";
+import {
+  ARITHMETIC_ALPHABET as arithmeticAlphabet,
+  arithmeticSequenceLength,
+  type DataSpec,
+} from "../compiler/program.js";
+
+export { arithmeticSequenceLength };
 import { mixSeed, Rng } from "./rng.js";
 
-/** A user-facing problem with a data set; the caller reports it at `dataset.at`. */
+/** A user-facing problem with a data set; reported at `at`, the declaration, once known. */
 export class DataError extends Error {
+  at?: Location;
+
   constructor(
     message: string,
     readonly help?: string,
@@ -26,10 +34,8 @@ export class DataError extends Error {
 
 export type Split = "train" | "valid";
 
-export interface FieldShape {
-  shape: number[];
-  dtype: "f32" | "i32";
-}
+export type { FieldShape } from "../compiler/program.js";
+import type { FieldShape } from "../compiler/program.js";
 
 export interface Field extends FieldShape {
   data: Float32Array | Int32Array;
@@ -112,13 +118,10 @@ export interface OpenOptions {
   seed?: number;
 }
 
-/** Opens a data set; throws a DataError for user-facing problems (report them at `dataset.at`). */
-export function openDataSet(dataset: DataSet, options: OpenOptions = {}): OpenedSource {
-  const source = dataset.source.startsWith("std.data.")
-    ? dataset.source.slice("std.data.".length)
-    : dataset.source;
-  const args = new Args(source, dataset.args);
-  switch (source) {
+/** Opens a data set; throws a DataError for user-facing problems (report them at `spec.at`). */
+export function openDataSet(spec: DataSpec, options: OpenOptions = {}): OpenedSource {
+  const args = new Args(spec);
+  switch (spec.source) {
     case "arithmetic":
       return arithmetic({
         ops: args.string("ops"),
@@ -134,21 +137,18 @@ export function openDataSet(dataset: DataSet, options: OpenOptions = {}): Opened
         noise: args.number("noise"),
         seed: args.integer("seed"),
       });
-    case "text": {
-      const tokenizer = args.get("tokenizer");
-      const name = tokenizer?.kind === "builtin" ? tokenizer.name : undefined;
+    case "text":
       return text({
         path: args.string("path"),
         context: args.integer("context"),
-        tokenizer: name ?? "bytes",
-        baseDir: options.baseDir ?? dirname(dataset.at.file.path),
+        tokenizer: args.string("tokenizer"),
+        baseDir: options.baseDir ?? dirname(spec.at.file.path),
         seed: options.seed ?? 0,
       });
-    }
     default:
       throw new DataError(
-        `\`std.data\` has no data source \`${source}\``,
-        `the data sources are ${Object.keys(dataSources).join(", ")}`,
+        `\`std.data\` has no data source \`${spec.source}\``,
+        "the data sources are arithmetic, two_moons, text",
       );
   }
 }
@@ -156,49 +156,37 @@ export function openDataSet(dataset: DataSet, options: OpenOptions = {}): Opened
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
+/** Typed reads of a declaration's (already resolved, defaults applied) arguments. */
 class Args {
-  constructor(
-    readonly source: string,
-    readonly args: Map<string, Value>,
-  ) {}
+  constructor(private readonly spec: DataSpec) {}
 
-  get(name: string): Value | undefined {
-    return (
-      this.args.get(name) ?? dataSources[this.source]?.params.find((p) => p.name === name)?.default
-    );
-  }
-
-  private help(): string | undefined {
-    const help = dataSources[this.source]?.help;
-    return help ? `for example: ${help}` : undefined;
+  private fail(what: string, name: string): never {
+    throw new DataError(`\`${this.spec.source}\` needs ${what} for \`${name}\``, this.spec.help);
   }
 
   number(name: string): number {
-    const v = this.get(name);
-    if (v?.kind !== "number" || !Number.isFinite(v.value))
-      throw new DataError(`\`${this.source}\` needs a number for \`${name}\``, this.help());
-    return v.value;
+    const v = this.spec.args[name];
+    if (typeof v !== "number" || !Number.isFinite(v)) this.fail("a number", name);
+    return v;
   }
 
   integer(name: string): number {
     const n = this.number(name);
     if (!Number.isInteger(n))
-      throw new DataError(`\`${name}\` must be a whole number, not ${n}`, this.help());
+      throw new DataError(`\`${name}\` must be a whole number, not ${n}`, this.spec.help);
     return n;
   }
 
   bool(name: string): boolean {
-    const v = this.get(name);
-    if (v?.kind !== "bool")
-      throw new DataError(`\`${this.source}\` needs true or false for \`${name}\``, this.help());
-    return v.value;
+    const v = this.spec.args[name];
+    if (typeof v !== "boolean") this.fail("true or false", name);
+    return v;
   }
 
   string(name: string): string {
-    const v = this.get(name);
-    if (v?.kind !== "string")
-      throw new DataError(`\`${this.source}\` needs a string for \`${name}\``, this.help());
-    return v.value;
+    const v = this.spec.args[name];
+    if (typeof v !== "string") this.fail("a string", name);
+    return v;
   }
 }
 
@@ -285,17 +273,6 @@ const ALLOWED_OPS = "+-*";
 /** A cap on train_size + valid_size, so that a typo fails clearly instead of exhausting memory. */
 export const MAX_ARITHMETIC_EXAMPLES = 5_000_000;
 
-/** L, the tokens of the longest example for these settings (`999*999=998001.` is 4·3 + 3). */
-export function arithmeticSequenceLength(ops: string, digits: number): number {
-  let longest = 0;
-  for (const op of ops) {
-    // + : up to digits + 1 digits; - : a sign and up to digits digits; * : up to 2·digits digits
-    const result = op === "*" ? 2 * digits : digits + 1;
-    longest = Math.max(longest, 2 * digits + 3 + result);
-  }
-  return longest;
-}
-
 export interface ArithmeticParams {
   ops: string;
   digits: number;
@@ -306,7 +283,7 @@ export interface ArithmeticParams {
   validSize: number;
 }
 
-const ARITH_HELP = `for example: ${dataSources.arithmetic!.help}`;
+const ARITH_HELP = 'for example: std.data.arithmetic(ops: "+-", digits: 3, seed: 7)';
 
 export function arithmetic(params: ArithmeticParams): ArithmeticSource {
   const { digits, seed } = params;
@@ -593,7 +570,7 @@ export async function arithmeticAccuracy(
 // two_moons
 
 export const MAX_TWO_MOONS_POINTS = 10_000_000;
-const MOONS_HELP = `for example: ${dataSources.two_moons!.help}`;
+const MOONS_HELP = "for example: std.data.two_moons(n: 1000, seed: 1)";
 
 /** sklearn's make_moons with t uniform over [0, π) (not evenly spaced), shuffled. */
 function moons(n: number, noise: number, seed: number): { x: Float32Array; y: Int32Array } {
@@ -680,7 +657,7 @@ export function twoMoons(params: { n: number; noise: number; seed: number }): Tw
 // ---------------------------------------------------------------------------------------------
 // text
 
-const TEXT_HELP = `for example: ${dataSources.text!.help}`;
+const TEXT_HELP = 'for example: std.data.text("corpus.txt", context: 128, tokenizer: bytes)';
 
 export interface TextParams {
   path: string;

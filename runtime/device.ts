@@ -1,8 +1,7 @@
 // What the training loop needs from a device: run one entry of a graph on named inputs.
 // The CPU device is the reference interpreter; the WebGPU device executes compiled kernel plans.
-import { evaluate, type Tensor } from "../compiler/interpreter.js";
-import type { Graph } from "../compiler/ir.js";
-import type { Entry, ProgramInput } from "../compiler/step.js";
+import { evaluate } from "../compiler/interpreter.js";
+import type { Entry, GraphProgram, Tensor } from "../compiler/program.js";
 
 export type { Tensor };
 
@@ -17,9 +16,9 @@ export interface RunOptions {
 
 export interface Device {
   readonly name: string;
+  /** Runs `entry` of `program` (on WebGPU: of the plan loaded for it) on named inputs. */
   run(
-    graph: Graph,
-    inputs: readonly ProgramInput[],
+    program: GraphProgram,
     entry: Entry,
     feeds: ReadonlyMap<string, Tensor>,
     options?: RunOptions,
@@ -34,13 +33,13 @@ export class CpuDevice implements Device {
   constructor(private readonly options: { float64?: boolean } = {}) {}
 
   async run(
-    graph: Graph,
-    inputs: readonly ProgramInput[],
+    program: GraphProgram,
     entry: Entry,
     feeds: ReadonlyMap<string, Tensor>,
   ): Promise<Map<string, Tensor>> {
+    const { graph } = program;
     const byNode = new Map<number, Tensor>();
-    for (const input of inputs) {
+    for (const input of program.inputs) {
       const value = feeds.get(input.name);
       if (value) byNode.set(input.node, value);
     }

@@ -12,8 +12,8 @@ import {
   rmSync,
 } from "node:fs";
 import { join } from "node:path";
-import type { Tensor } from "../compiler/interpreter.js";
-import type { Plan } from "../compiler/plan.js";
+import type { Tensor } from "../compiler/program.js";
+import type { Plan } from "../compiler/program.js";
 import { lineChart } from "./plot.js";
 import { CheckpointError, readSafetensors, writeSafetensors } from "./safetensors.js";
 

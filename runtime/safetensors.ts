@@ -11,7 +11,7 @@ import {
   mkdirSync,
 } from "node:fs";
 import { dirname } from "node:path";
-import type { Tensor } from "../compiler/interpreter.js";
+import type { Tensor } from "../compiler/program.js";
 
 export class CheckpointError extends Error {
   constructor(

@@ -1,17 +1,16 @@
-// The training loop, for any device: initialize (or load) parameters, then run the step graph
+// The training loop, for any device: initialize (or load) parameters, then run the step program
 // once per step with the right variant, feeding parameters, optimizer states and a batch, and
-// writing the updated ones back.
-import { dirname, resolve as resolvePath } from "node:path";
-import { error, type Diagnostic } from "../language/diagnostics.js";
-import type { SourceFile } from "../language/source.js";
-import { buildInit, type InitProgram } from "../compiler/init.js";
-import type { Tensor } from "../compiler/interpreter.js";
-import { analyze } from "../compiler/pipeline.js";
-import type { Placement } from "../compiler/place.js";
-import { keptUnits } from "../compiler/budget.js";
-import { buildStep, variantKey, type StepProgram } from "../compiler/step.js";
-import type { TrainSpec } from "../compiler/train.js";
-import type { DataSet } from "../compiler/values.js";
+// writing the updated ones back. The compiler made the programs (compiler/compile.ts); this file
+// only runs them.
+import {
+  stepEntry,
+  type DataSpec,
+  type Entry,
+  type GraphProgram,
+  type Tensor,
+  type TrainProgram,
+} from "../compiler/program.js";
+import { keptUnits } from "./budget.js";
 import {
   arithmeticAccuracy,
   DataError,
@@ -24,126 +23,46 @@ import type { Device } from "./device.js";
 import { CheckpointError, readSafetensors } from "./safetensors.js";
 import { lrFactor } from "./schedule.js";
 
+/** A compiled training run with its data opened. */
 export interface Run {
-  spec: TrainSpec;
-  placement: Placement;
+  program: TrainProgram;
   data: OpenedSource;
   /** What `eval` measures: the `eval … on` data (by default the block's own), and its split. */
   evalData: OpenedSource;
   evalSplit: Split;
-  step: StepProgram;
-  init: InitProgram;
-  batch: number;
 }
 
-export interface PrepareOptions {
-  train?: string;
-  /** Overrides the number of steps of the train block (schedules and budgets see this one). */
-  steps?: number;
-  /** Overrides the batch size of the train block. */
-  batch?: number;
-  /** Evaluates on this `data` declaration of the file (its valid split) instead of `eval … on`. */
-  evalData?: string;
-}
-
-/** Compiles a program's train block and opens its data; every problem is a diagnostic. */
-export function prepare(
-  file: SourceFile,
-  options: PrepareOptions = {},
-): { run?: Run; diagnostics: Diagnostic[] } {
-  const analysis = analyze(file, { train: options.train, requireTrain: true });
-  const diagnostics = analysis.diagnostics;
-  if (diagnostics.some((d) => d.severity === "error") || analysis.trains.length === 0)
-    return { diagnostics };
-  const { spec, placement } = analysis.trains[0]!;
-  if (options.steps !== undefined) spec.steps = options.steps;
-  const r = analysis.session.resolver;
-  if (options.evalData !== undefined) {
-    const v = r.scopeOf(spec.module).lookup(options.evalData);
-    if (v?.kind !== "dataset") {
-      const names = [...r.scopeOf(spec.module).names()].filter(
-        (n) => r.scopeOf(spec.module).lookup(n)?.kind === "dataset",
-      );
-      return {
-        diagnostics: [
-          ...diagnostics,
-          error(
-            "E0204",
-            `\`${options.evalData}\` is not a data declaration of ${spec.module.file.path}`,
-            undefined,
-            { help: `its data declarations: ${names.map((n) => `\`${n}\``).join(", ") || "none"}` },
-          ),
-        ],
-      };
-    }
-    spec.eval = { every: spec.eval?.every ?? 1, on: { ...v.dataset, split: "valid" } };
-  }
-  if (!spec.data) {
-    return {
-      diagnostics: [
-        ...diagnostics,
-        error(
-          "E0208",
-          `train block \`${spec.decl.name.name}\` has no \`data\``,
-          { file: spec.module.file, span: spec.decl.name.span },
-          {
-            help: "add e.g. `data arith` after a `data arith = std.data.arithmetic(digits: 3)` declaration",
-          },
-        ),
-      ],
-    };
-  }
-  const open = (dataset: DataSet): OpenedSource | Diagnostic => {
+/**
+ * Opens a program's data (a corpus file is read here, not while compiling); throws a DataError
+ * for the user's problems. The eval data is the training data, opened once, unless `eval … on`
+ * names another declaration.
+ */
+export function openRun(program: TrainProgram): Run {
+  const open = (spec: DataSpec) => {
     try {
-      return openDataSet(dataset, { seed: spec.seed });
+      return openDataSet(spec, { seed: program.seed });
     } catch (e) {
-      if (!(e instanceof DataError)) throw e;
-      return error("E0501", e.message, dataset.at, { help: e.help });
+      if (e instanceof DataError) e.at ??= spec.at;
+      throw e;
     }
   };
-  const data = open(spec.data);
-  if (!("kind" in data)) return { diagnostics: [...diagnostics, data] };
-  const batch = options.batch ?? spec.batch;
-  // `eval … on DATA`: the held-out split of DATA unless it says `.train`; the block's own data
-  // when it is the same source with the same arguments (opened once).
-  const on = spec.eval?.on;
-  const sameData =
-    !on ||
-    (on.source === spec.data.source &&
-      JSON.stringify([...on.args]) === JSON.stringify([...spec.data.args]));
-  const evalData = sameData ? data : open(on);
-  if (!("kind" in evalData)) return { diagnostics: [...diagnostics, evalData] };
-  const shapes = (d: OpenedSource) => JSON.stringify(d.fieldShapes(batch));
-  if (shapes(evalData) !== shapes(data)) {
-    const show = (d: OpenedSource) =>
-      Object.entries(d.fieldShapes(batch))
-        .map(([name, f]) => `${name}: ${f.dtype}[${f.shape.join(", ")}]`)
-        .join(", ");
-    return {
-      diagnostics: [
-        ...diagnostics,
-        error(
-          "E0206",
-          `\`eval … on\` data whose batches differ from the training data's: ${show(evalData)} against ${show(data)}`,
-          spec.eval?.onAt ?? on!.at,
-          {
-            help: "the step is compiled for one batch shape: evaluate on data of the same shape (for arithmetic, the same `digits`)",
-          },
-        ),
-      ],
-    };
+  const data = open(program.data);
+  const on = program.eval.data;
+  const same =
+    on.source === program.data.source &&
+    JSON.stringify(on.args) === JSON.stringify(program.data.args);
+  const evalData = same ? data : open(on);
+  for (const [d, spec] of [
+    [data, program.data],
+    [evalData, on],
+  ] as const) {
+    const shapes = JSON.stringify(d.fieldShapes(program.batch));
+    if (shapes !== JSON.stringify(spec.fields))
+      throw new Error(
+        `runtime: the data source \`${spec.source}\` makes batches ${shapes}, the program was compiled for ${JSON.stringify(spec.fields)}`,
+      );
   }
-  const mark = r.diagnostics.length;
-  const init = buildInit(r, spec, placement);
-  const step = init
-    ? buildStep(r, spec, placement, data.fieldShapes(batch), init.buffers)
-    : undefined;
-  const later = r.diagnostics.slice(mark);
-  if (!step || !init) return { diagnostics: [...diagnostics, ...later] };
-  return {
-    run: { spec, placement, data, evalData, evalSplit: on?.split ?? "valid", step, init, batch },
-    diagnostics: [...diagnostics, ...later],
-  };
+  return { program, data, evalData, evalSplit: on.split ?? "valid" };
 }
 
 export interface StepEvent {
@@ -200,63 +119,71 @@ export class NonFiniteLoss extends Error {
 }
 
 /** Model parameters from the `init` checkpoint, checked against the program's parameters. */
-function loadInit(run: Run, store: Map<string, Tensor>): void {
-  const init = run.spec.init;
+function loadInit(program: TrainProgram, store: Map<string, Tensor>): void {
+  const init = program.init;
   if (!init) return;
-  // Relative to the program's own folder, like data files.
-  const loaded = readSafetensors(
-    resolvePath(dirname(run.spec.module.file.path), init.path),
-  ).tensors;
-  const expected = run.placement.params.filter((p) => p.origin === "model");
-  const missing = expected.filter((p) => !loaded.has(p.param.path)).map((p) => p.param.path);
+  const loaded = readSafetensors(init.path).tensors;
+  const expected = program.params.filter((p) => p.origin === "model");
+  const missing = expected.filter((p) => !loaded.has(p.path)).map((p) => p.path);
   if (missing.length > 0) {
     throw new CheckpointError(
-      `\`${init.path}\` has no tensor for ${missing
-        .slice(0, 3)
-        .map((m) => `\`${m}\``)
-        .join(", ")}${missing.length > 3 ? ` and ${missing.length - 3} more` : ""}`,
+      `\`${init.path}\` has no tensor for ${listed(missing)}`,
       "was it saved from a different model or with different arguments?",
     );
   }
   for (const p of expected) {
-    const t = loaded.get(p.param.path)!;
-    if (t.shape.length !== p.param.shape.length || t.shape.some((d, i) => d !== p.param.shape[i])) {
+    const t = loaded.get(p.path)!;
+    if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
       throw new CheckpointError(
-        `\`${p.param.path}\` in \`${init.path}\` is [${t.shape.join(", ")}], but the model's is [${p.param.shape.join(", ")}]`,
+        `\`${p.path}\` in \`${init.path}\` is [${t.shape.join(", ")}], but the model's is [${p.shape.join(", ")}]`,
         "the checkpoint was saved from a model with other dimensions",
       );
     }
-    store.set(`param:${p.param.path}`, t);
+    store.set(`param:${p.path}`, t);
   }
-  const known = new Set(run.placement.params.map((p) => p.param.path));
+  const known = new Set(program.params.map((p) => p.path));
   const extra = [...loaded.keys()].filter((k) => !known.has(k) && !k.startsWith("state:"));
   if (extra.length > 0) {
     throw new CheckpointError(
-      `\`${init.path}\` has tensors the model does not: ${extra
-        .slice(0, 3)
-        .map((m) => `\`${m}\``)
-        .join(", ")}${extra.length > 3 ? ` and ${extra.length - 3} more` : ""}`,
+      `\`${init.path}\` has tensors the model does not: ${listed(extra)}`,
       "was it saved from a different model?",
     );
   }
 }
 
-export async function initialize(run: Run, device: Device): Promise<Map<string, Tensor>> {
+const listed = (names: string[]) =>
+  `${names
+    .slice(0, 3)
+    .map((m) => `\`${m}\``)
+    .join(", ")}${names.length > 3 ? ` and ${names.length - 3} more` : ""}`;
+
+/** Runs one entry of a program and keeps its outputs in `store`. */
+async function runInto(
+  device: Device,
+  program: GraphProgram,
+  entry: Entry,
+  store: Map<string, Tensor>,
+): Promise<void> {
+  for (const [name, t] of await device.run(program, entry, store)) store.set(name, t);
+}
+
+/**
+ * Initial parameters and states: the model's from its initializers (or from the `init`
+ * checkpoint, unless `fromInit` is false), the quantizers' buffers computed from those, then the
+ * adapters' and the optimizer states'.
+ */
+export async function initialize(
+  program: TrainProgram,
+  device: Device,
+  options: { fromInit?: boolean } = {},
+): Promise<Map<string, Tensor>> {
   const store = new Map<string, Tensor>();
-  const { init, step } = run;
-  if (run.spec.init) loadInit(run, store);
-  else
-    for (const [name, t] of await device.run(init.graph, init.inputs, init.model, new Map()))
-      store.set(name, t);
-  // Quantize once, from the loaded or initialized weights; keep only the buffers the step reads.
-  const used = new Set(step.inputs.map((i) => i.name));
-  const quantize = { outputs: init.quantize.outputs.filter((o) => used.has(o.name)) };
-  for (const [name, t] of await device.run(init.graph, init.inputs, quantize, store))
-    store.set(name, t);
-  for (const [name, t] of await device.run(init.graph, init.inputs, init.adapters, store))
-    store.set(name, t);
-  for (const [name, t] of await device.run(step.graph, step.inputs, step.stateInit, store))
-    store.set(name, t);
+  const { initProgram: init, step } = program;
+  if (program.init && options.fromInit !== false) loadInit(program, store);
+  else await runInto(device, init, init.model, store);
+  await runInto(device, init, init.quantize, store);
+  await runInto(device, init, init.adapters, store);
+  await runInto(device, step, step.stateInit, store);
   return store;
 }
 
@@ -277,7 +204,7 @@ export function batchFeeds(
   data: OpenedSource = run.data,
 ): Map<string, Tensor> {
   const feeds = withStep(store, step);
-  const batch = data.batch(split, index, run.batch);
+  const batch = data.batch(split, index, run.program.batch);
   for (const [field, f] of Object.entries(batch.fields))
     feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
   feeds.set("lr_scale", { shape: [], data: Float32Array.of(lr) });
@@ -285,13 +212,13 @@ export function batchFeeds(
 }
 
 function tokensPerBatch(run: Run): number {
-  const shapes = run.data.fieldShapes(run.batch);
+  const shapes = run.program.data.fields;
   const first = shapes["input"] ?? Object.values(shapes)[0];
   return first
     ? shapes["input"]
       ? first.shape.reduce((a, b) => a * b, 1)
       : first.shape[0]!
-    : run.batch;
+    : run.program.batch;
 }
 
 /** Held-out loss (over full batches, dropout off) and, where the data has answers, accuracy. */
@@ -303,36 +230,28 @@ export async function evaluate(
   maxBatches = 8,
 ): Promise<EvalEvent> {
   const { evalData: data, evalSplit: split } = run;
+  const { step: program, batch } = run.program;
   const size = split === "train" ? data.trainSize : data.validSize;
-  const full = Math.floor(size / run.batch);
-  const count = Math.max(0, Math.min(maxBatches, full));
+  const count = Math.max(0, Math.min(maxBatches, Math.floor(size / batch)));
   let total = 0;
   for (let i = 0; i < count; i++) {
-    const out = await device.run(
-      run.step.graph,
-      run.step.inputs,
-      run.step.evaluate,
-      batchFeeds(run, store, split, i, step, 1, data),
-    );
+    const feeds = batchFeeds(run, store, split, i, step, 1, data);
+    const out = await device.run(program, program.evaluate, feeds);
     total += out.get("loss")!.data[0]!;
   }
-  const event: EvalEvent = {
-    step,
-    loss: count > 0 ? total / count : NaN,
-    examples: count * run.batch,
-  };
-  const predict = run.step.predict;
+  const event: EvalEvent = { step, loss: count > 0 ? total / count : NaN, examples: count * batch };
+  const predict = program.predict;
   if (data.kind === "arithmetic" && predict) {
-    const logits: LogitsFn = async (input, batch, length) => {
+    const logits: LogitsFn = async (input, rows, length) => {
       const feeds = new Map(store);
-      feeds.set("batch.input", { shape: [batch, length], data: input });
-      const out = await device.run(run.step.graph, run.step.inputs, predict, feeds);
+      feeds.set("batch.input", { shape: [rows, length], data: input });
+      const out = await device.run(program, predict, feeds);
       return out.get("logits")!.data;
     };
     const result = await arithmeticAccuracy(data, logits, {
       split,
-      batchSize: run.batch,
-      limit: count * run.batch || run.batch,
+      batchSize: batch,
+      limit: count * batch || batch,
     });
     event.accuracy = result.accuracy;
   }
@@ -350,22 +269,76 @@ function firstNonFinite(tensors: ReadonlyMap<string, Tensor>): string | undefine
 
 const LOSS_ONLY: ReadonlySet<string> = new Set(["loss"]);
 
+/** One training step on the device: only the loss comes back to the host. */
+async function trainStep(
+  run: Run,
+  device: Device,
+  store: Map<string, Tensor>,
+  s: number,
+  lr: number,
+): Promise<number> {
+  const step = run.program.step;
+  // Parameters and states stay on the device until a checkpoint (or the end) needs them.
+  const out = await device.run(
+    step,
+    stepEntry(step, s),
+    batchFeeds(run, store, "train", s - 1, s, lr),
+    { read: LOSS_ONLY },
+  );
+  const loss = out.get("loss")!.data[0]!;
+  if (!Number.isFinite(loss)) {
+    await device.sync?.(out.values());
+    throw new NonFiniteLoss(s, loss, firstNonFinite(out));
+  }
+  for (const [name, t] of out) if (name !== "loss") store.set(name, t);
+  return loss;
+}
+
+/** The rank-budget controllers due after step `s`: score on the device, choose here, prune. */
+async function runBudgets(
+  run: Run,
+  device: Device,
+  store: Map<string, Tensor>,
+  s: number,
+): Promise<void> {
+  const step = run.program.step;
+  for (const budget of step.budgets) {
+    if (!budget.pruneAt(s)) continue;
+    const scored = await device.run(step, budget.score, withStep(store, s), {
+      read: new Set(budget.modules.map((m) => `score:${m}`)),
+    });
+    const all = Float64Array.from(
+      budget.modules.flatMap((m) => [...scored.get(`score:${m}`)!.data]),
+    );
+    const kept = keptUnits(all, budget.keep(s));
+    const feeds = withStep(store, s);
+    let offset = 0;
+    budget.modules.forEach((m, i) => {
+      feeds.set(`kept:${m}`, {
+        shape: [budget.sizes[i]!],
+        data: kept.slice(offset, offset + budget.sizes[i]!),
+      });
+      offset += budget.sizes[i]!;
+    });
+    for (const [name, t] of await device.run(step, budget.prune, feeds, { read: new Set() }))
+      store.set(name, t);
+  }
+}
+
 export async function train(
   run: Run,
   device: Device,
   options: TrainOptions = {},
 ): Promise<TrainResult> {
-  const steps = options.steps ?? run.spec.steps;
-  const store = options.resume ? new Map(options.resume.store) : await initialize(run, device);
+  const { program } = run;
+  const steps = options.steps ?? program.steps;
+  const store = options.resume ? new Map(options.resume.store) : await initialize(program, device);
   const first = (options.resume?.step ?? 0) + 1;
-  const periods = [...new Set(run.step.states.flatMap((s) => (s.period ? [s.period] : [])))].sort(
-    (a, b) => a - b,
-  );
   const losses: number[] = [];
   const evals: EvalEvent[] = [];
   const tokens = tokensPerBatch(run);
-  const evalEvery = run.spec.eval?.every;
-  const checkpointEvery = run.spec.checkpointEvery;
+  const evalEvery = program.eval.every;
+  const checkpointEvery = program.checkpointEvery;
   let last = first - 1;
   let stopped = false;
   const evaluateAt = async (s: number) => {
@@ -378,55 +351,10 @@ export async function train(
   if (evalEvery && first === 1) await evaluateAt(0);
   for (let s = first; s <= steps; s++) {
     const started = performance.now();
-    const lr = lrFactor(run.spec.schedule, s, steps);
-    const entry = run.step.variants.get(variantKey(periods, s))!;
-    // Only the loss comes back to the host; parameters and states stay on the device until a
-    // checkpoint (or the end) needs them.
-    const out = await device.run(
-      run.step.graph,
-      run.step.inputs,
-      entry,
-      batchFeeds(run, store, "train", s - 1, s, lr),
-      { read: LOSS_ONLY },
-    );
-    const loss = out.get("loss")!.data[0]!;
-    if (!Number.isFinite(loss)) {
-      await device.sync?.(out.values());
-      throw new NonFiniteLoss(s, loss, firstNonFinite(out));
-    }
-    for (const [name, t] of out) if (name !== "loss") store.set(name, t);
+    const lr = lrFactor(program.schedule, s, steps);
+    const loss = await trainStep(run, device, store, s, lr);
     losses.push(loss);
-    for (const budget of run.step.budgets) {
-      if (!budget.pruneAt(s)) continue;
-      const scored = await device.run(
-        run.step.graph,
-        run.step.inputs,
-        budget.score,
-        withStep(store, s),
-        { read: new Set(budget.modules.map((m) => `score:${m}`)) },
-      );
-      const all = Float64Array.from(
-        budget.modules.flatMap((m) => [...scored.get(`score:${m}`)!.data]),
-      );
-      const kept = keptUnits(all, budget.keep(s));
-      const feeds = withStep(store, s);
-      let offset = 0;
-      budget.modules.forEach((m, i) => {
-        feeds.set(`kept:${m}`, {
-          shape: [budget.sizes[i]!],
-          data: kept.slice(offset, offset + budget.sizes[i]!),
-        });
-        offset += budget.sizes[i]!;
-      });
-      for (const [name, t] of await device.run(
-        run.step.graph,
-        run.step.inputs,
-        budget.prune,
-        feeds,
-        { read: new Set() },
-      ))
-        store.set(name, t);
-    }
+    await runBudgets(run, device, store, s);
     last = s;
     options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started, tokens });
     if (evalEvery && (s % evalEvery === 0 || s === steps)) await evaluateAt(s);

@@ -13,29 +13,30 @@
 // no upload: an input buffer that holds it already is left alone, another buffer that holds it
 // is copied on the GPU. Tensors are treated as immutable: a tensor whose `data` is changed in
 // place after it was fed or returned must be fed as a new object.
-import type { Tensor } from "../compiler/interpreter.js";
-import { numel, type Graph } from "../compiler/ir.js";
-import type { MatmulParams, MatmulShape } from "../compiler/kernels/types.js";
-import { isSmallMatmul, planMatmulParams, planProgram, type Plan } from "../compiler/plan.js";
-import { matmulShapeClassKey } from "../compiler/kernels/matmul.js";
-import { Autotuner } from "./autotune.js";
-import type { Entry, ProgramInput } from "../compiler/step.js";
+import { numel } from "../compiler/ir.js";
+import type { Entry, GraphProgram, Plan, Tensor } from "../compiler/program.js";
 import type { Device, RunOptions } from "./device.js";
-import { GpuWaiter, requestAdapter, requestDevice, summarize } from "./gpu.js";
+import { GpuWaiter, requestAdapter, requestDevice, summarize, type AdapterSummary } from "./gpu.js";
 
-interface Compiled {
+/** A loaded plan: its buffers (made at load), and each entry's pipelines (made at first use). */
+interface Loaded {
   plan: Plan;
-  entry: string;
   buffers: GPUBuffer[];
+  entries: Map<string, LoadedEntry>;
+}
+
+interface LoadedEntry {
+  name: string;
   pipelines: GPUComputePipeline[];
   bindGroups: GPUBindGroup[];
+  uniforms: GPUBuffer[];
   /** One staging buffer for all outputs, and where each output buffer lands in it. */
   staging?: GPUBuffer;
   stagingAt: Map<number, number>;
   /** Settles when Dawn has validated every pipeline; rejects with the WGSL errors. */
   ready: Promise<void>;
   /**
-   * Learns how long this plan's runs take, to sleep that long before awaiting. Its first run is
+   * Learns how long this entry's runs take, to sleep that long before awaiting. Its first run is
    * not counted: lavapipe compiles the shaders at their first dispatch, seconds that would make
    * the next runs sleep far too long.
    */
@@ -43,59 +44,46 @@ interface Compiled {
   runs: number;
 }
 
+/** A plan kernel that WebGPU rejected: names the kernel; the caller makes it a diagnostic. */
+export class PipelineError extends Error {
+  constructor(
+    readonly kernels: string[],
+    detail: string,
+  ) {
+    super(`webgpu: the plan does not compile:\n${detail}`);
+  }
+}
+
 export interface WebGpuDeviceOptions {
   adapter?: GPUAdapter;
-  /** Time matmul candidates on first use of each shape class and cache the choice (default true). */
-  autotune?: boolean;
 }
 
 export class WebGpuDevice implements Device {
   readonly name: string;
-  private readonly compiled = new WeakMap<Graph, Map<string, Compiled>>();
-  private readonly all: Compiled[] = [];
+  readonly summary: AdapterSummary;
+  private readonly loaded = new WeakMap<GraphProgram, Loaded>();
+  private readonly all: Loaded[] = [];
   private readonly modules = new Map<string, GPUShaderModule>();
   private readonly resident = new WeakMap<Tensor, GPUBuffer>();
   private readonly contents = new Map<GPUBuffer, WeakRef<Tensor>>();
   private destroyed = false;
-  /** Tuned matmul parameters by shape class, filled before a plan that needs them is compiled. */
-  private readonly tuned = new Map<string, MatmulParams>();
-  private readonly autotuner: Autotuner;
 
   private constructor(
     readonly device: GPUDevice,
     readonly adapter: GPUAdapter,
-    autotune: boolean,
   ) {
-    this.name = `webgpu (${summarize(adapter).description})`;
-    this.autotuner = new Autotuner(device, summarize(adapter), { enabled: autotune });
+    this.summary = summarize(adapter);
+    this.name = `webgpu (${this.summary.description})`;
   }
 
   static async open(options: WebGpuDeviceOptions = {}): Promise<WebGpuDevice> {
     const adapter = options.adapter ?? (await requestAdapter());
     const device = await requestDevice(adapter);
-    return new WebGpuDevice(device, adapter, options.autotune ?? true);
+    return new WebGpuDevice(device, adapter);
   }
 
-  /** The plan's matmul choice: the autotuner's for large products once tuned, else the default. */
-  private matmulParams = (shape: MatmulShape): MatmulParams =>
-    (!isSmallMatmul(shape) && this.tuned.get(matmulShapeClassKey(shape))) ||
-    planMatmulParams(shape, new Set(this.features), summarize(this.adapter));
-
-  /** Tunes (or reads from the cache) every large matmul shape class an entry's plan uses. */
-  private async tune(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Promise<void> {
-    const shapes = new Map<string, MatmulShape>();
-    planProgram(graph, inputs, { entry }, this.limits(), this.features, {
-      adapter: summarize(this.adapter),
-      matmulParams: (shape) => {
-        const key = matmulShapeClassKey(shape);
-        if (!isSmallMatmul(shape) && !this.tuned.has(key)) shapes.set(key, shape);
-        return this.matmulParams(shape);
-      },
-    });
-    for (const [key, shape] of shapes) this.tuned.set(key, await this.autotuner.matmul(shape));
-  }
-
-  private limits() {
+  /** The limits a plan for this device must fit. */
+  limits() {
     const limits = this.device.limits;
     return {
       maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
@@ -108,39 +96,85 @@ export class WebGpuDevice implements Device {
     return [...this.device.features].sort();
   }
 
-  /** Bytes of the storage buffers this device created for an entry's plan (staging excluded). */
-  allocatedBytes(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): number {
-    return this.compile(graph, inputs, entry).buffers.reduce((sum, b) => sum + b.size, 0);
+  /**
+   * Makes `plan` the way this device runs `program` (compiler/compile.ts `planStep` made it for
+   * this device's limits and features): its buffers are created now.
+   */
+  load(program: GraphProgram, plan: Plan): void {
+    if (this.loaded.has(program)) throw new Error("webgpu: this program already has a plan");
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const buffers = plan.buffers.map((b) => this.device.createBuffer({ size: b.bytes, usage }));
+    const loaded: Loaded = { plan, buffers, entries: new Map() };
+    this.loaded.set(program, loaded);
+    this.all.push(loaded);
   }
 
-  /** The plan this device runs for an entry, tuning its matmuls and compiling it if needed. */
-  async tunedPlan(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Promise<Plan> {
-    if (!this.isCompiled(graph, entry)) await this.tune(graph, inputs, entry);
-    return this.compile(graph, inputs, entry).plan;
+  /** The plan this device runs for `program`. */
+  plan(program: GraphProgram): Plan {
+    return this.loadedOf(program).plan;
   }
 
-  /** The plan this device runs for an entry (compiling it if needed). */
-  plan(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Plan {
-    return this.compile(graph, inputs, entry).plan;
+  /** Bytes of the storage buffers this device created for a program's plan (staging excluded). */
+  allocatedBytes(program: GraphProgram): number {
+    return this.loadedOf(program).buffers.reduce((sum, b) => sum + b.size, 0);
+  }
+
+  private loadedOf(program: GraphProgram): Loaded {
+    const loaded = this.loaded.get(program);
+    if (!loaded) throw new Error("webgpu: no plan was loaded for this program");
+    return loaded;
   }
 
   async run(
-    graph: Graph,
-    inputs: readonly ProgramInput[],
+    program: GraphProgram,
     entry: Entry,
     feeds: ReadonlyMap<string, Tensor>,
     options: RunOptions = {},
   ): Promise<Map<string, Tensor>> {
     if (this.destroyed) throw new Error("webgpu: the device was destroyed");
-    if (!this.isCompiled(graph, entry)) await this.tune(graph, inputs, entry);
-    const c = this.compile(graph, inputs, entry);
-    await c.ready;
-    const { plan } = c;
-    const pe = plan.entries[c.entry]!;
+    const loaded = this.loadedOf(program);
+    const e = this.entryOf(loaded, entry.name);
+    await e.ready;
+    const pe = loaded.plan.entries[entry.name]!;
     const gpu = this.device;
     const encoder = gpu.createCommandEncoder();
-    const byName = new Map(plan.inputs.map((i) => [i.name, i]));
-    for (const name of pe.inputs) {
+    this.upload(encoder, loaded, pe.inputs, feeds);
+    const pass = encoder.beginComputePass();
+    for (const k of pe.dispatches) {
+      const [x, y, z] = loaded.plan.kernels[k]!.dispatch;
+      if (x * y * z === 0) continue;
+      pass.setPipeline(e.pipelines[k]!);
+      pass.setBindGroup(0, e.bindGroups[k]!);
+      pass.dispatchWorkgroups(x, y, z);
+    }
+    pass.end();
+    // Outputs the caller did not ask for stay on the GPU as DeviceTensors (read on `sync`).
+    const read = options.read;
+    const wanted = read ? pe.outputs.filter((o) => read.has(o.name)) : pe.outputs;
+    const readBuffers = new Set(wanted.map((o) => o.buffer));
+    for (const [buffer, at] of e.stagingAt)
+      if (readBuffers.has(buffer))
+        encoder.copyBufferToBuffer(
+          loaded.buffers[buffer]!,
+          0,
+          e.staging!,
+          at,
+          loaded.plan.buffers[buffer]!.bytes,
+        );
+    gpu.queue.submit([encoder.finish()]);
+    await (e.runs++ === 0 ? new GpuWaiter() : e.waiter).wait(gpu);
+    return this.outputs(loaded, e, pe.outputs, readBuffers);
+  }
+
+  /** Copies the feeds an entry reads into their input buffers, unless they are there already. */
+  private upload(
+    encoder: GPUCommandEncoder,
+    loaded: Loaded,
+    names: readonly string[],
+    feeds: ReadonlyMap<string, Tensor>,
+  ): void {
+    const byName = new Map(loaded.plan.inputs.map((i) => [i.name, i]));
+    for (const name of names) {
       const input = byName.get(name)!;
       const t = feeds.get(name);
       if (!t) throw new Error(`webgpu: no feed for input "${name}"`);
@@ -148,7 +182,7 @@ export class WebGpuDevice implements Device {
       const count = t instanceof DeviceTensor ? numel(t.shape) : t.data.length;
       if (count !== n)
         throw new Error(`webgpu: the feed for "${name}" has ${count} values, needs ${n}`);
-      const dst = c.buffers[input.buffer]!;
+      const dst = loaded.buffers[input.buffer]!;
       if (this.contents.get(dst)?.deref() === t) continue;
       const src = this.resident.get(t);
       if (src && src !== dst && this.contents.get(src)?.deref() === t) {
@@ -162,69 +196,53 @@ export class WebGpuDevice implements Device {
             : t.data instanceof Float32Array
               ? t.data
               : Float32Array.from(t.data);
-        gpu.queue.writeBuffer(dst, 0, data.buffer, data.byteOffset, 4 * n);
+        this.device.queue.writeBuffer(dst, 0, data.buffer, data.byteOffset, 4 * n);
       }
       this.hold(dst, t);
     }
-    const pass = encoder.beginComputePass();
-    for (const k of pe.dispatches) {
-      const [x, y, z] = plan.kernels[k]!.dispatch;
-      if (x * y * z === 0) continue;
-      pass.setPipeline(c.pipelines[k]!);
-      pass.setBindGroup(0, c.bindGroups[k]!);
-      pass.dispatchWorkgroups(x, y, z);
-    }
-    pass.end();
-    // Outputs the caller did not ask for stay on the GPU as DeviceTensors (read on `sync`).
-    const read = options.read;
-    const wanted = read ? pe.outputs.filter((o) => read.has(o.name)) : pe.outputs;
-    const readBuffers = new Set(wanted.map((o) => o.buffer));
-    for (const [buffer, at] of c.stagingAt)
-      if (readBuffers.has(buffer))
-        encoder.copyBufferToBuffer(
-          c.buffers[buffer]!,
-          0,
-          c.staging!,
-          at,
-          plan.buffers[buffer]!.bytes,
-        );
-    gpu.queue.submit([encoder.finish()]);
-    await (c.runs++ === 0 ? new GpuWaiter() : c.waiter).wait(gpu);
+  }
+
+  /** An entry's outputs: read back those in `readBuffers`, DeviceTensors for the others. */
+  private async outputs(
+    loaded: Loaded,
+    e: LoadedEntry,
+    outputs: Plan["entries"][string]["outputs"],
+    readBuffers: ReadonlySet<number>,
+  ): Promise<Map<string, Tensor>> {
     const out = new Map<string, Tensor>();
     const made = new Map<string, Tensor>();
-    for (const o of pe.outputs) {
+    for (const o of outputs) {
       if (readBuffers.has(o.buffer)) continue;
       const key = `${o.buffer}:${o.dtype}`;
       let t = made.get(key);
       if (!t) {
         t = new DeviceTensor([...o.shape], o.dtype === "i32" ? "i32" : "f32");
         made.set(key, t);
-        this.hold(c.buffers[o.buffer]!, t);
+        this.hold(loaded.buffers[o.buffer]!, t);
       }
       out.set(o.name, t);
     }
-    if (c.staging && readBuffers.size > 0) {
-      await c.staging.mapAsync(GPUMapMode.READ);
-      const bytes = c.staging.getMappedRange();
-      for (const o of pe.outputs) {
-        if (!readBuffers.has(o.buffer)) continue;
-        const n = numel(o.shape);
-        const at = c.stagingAt.get(o.buffer)!;
-        const key = `${o.buffer}:${o.dtype}`;
-        let t = made.get(key);
-        if (!t) {
-          const data =
-            o.dtype === "i32"
-              ? new Int32Array(bytes.slice(at, at + 4 * n))
-              : new Float32Array(bytes.slice(at, at + 4 * n));
-          t = { shape: [...o.shape], data };
-          made.set(key, t);
-          this.hold(c.buffers[o.buffer]!, t);
-        }
-        out.set(o.name, t);
+    if (!e.staging || readBuffers.size === 0) return out;
+    await e.staging.mapAsync(GPUMapMode.READ);
+    const bytes = e.staging.getMappedRange();
+    for (const o of outputs) {
+      if (!readBuffers.has(o.buffer)) continue;
+      const n = numel(o.shape);
+      const at = e.stagingAt.get(o.buffer)!;
+      const key = `${o.buffer}:${o.dtype}`;
+      let t = made.get(key);
+      if (!t) {
+        const slice = bytes.slice(at, at + 4 * n);
+        t = {
+          shape: [...o.shape],
+          data: o.dtype === "i32" ? new Int32Array(slice) : new Float32Array(slice),
+        };
+        made.set(key, t);
+        this.hold(loaded.buffers[o.buffer]!, t);
       }
-      c.staging.unmap();
+      out.set(o.name, t);
     }
+    e.staging.unmap();
     return out;
   }
 
@@ -235,16 +253,16 @@ export class WebGpuDevice implements Device {
    * the adapter has no timestamp queries.
    */
   async profile(
-    graph: Graph,
-    inputs: readonly ProgramInput[],
+    program: GraphProgram,
     entry: Entry,
     feeds: ReadonlyMap<string, Tensor>,
     repeats = 5,
   ): Promise<{ kernel: number; ms: number }[] | undefined> {
     if (!this.device.features.has("timestamp-query")) return undefined;
-    await this.run(graph, inputs, entry, feeds);
-    const c = this.compile(graph, inputs, entry);
-    const dispatches = c.plan.entries[c.entry]!.dispatches.filter((k) =>
+    await this.run(program, entry, feeds);
+    const loaded = this.loadedOf(program);
+    const c = { plan: loaded.plan, ...this.entryOf(loaded, entry.name) };
+    const dispatches = c.plan.entries[entry.name]!.dispatches.filter((k) =>
       c.plan.kernels[k]!.dispatch.every((n) => n > 0),
     );
     const gpu = this.device;
@@ -345,40 +363,20 @@ export class WebGpuDevice implements Device {
     this.resident.set(t, buffer);
   }
 
-  private isCompiled(graph: Graph, entry: Entry): boolean {
-    return (
-      this.compiled.get(graph)?.has(entry.outputs.map((o) => `${o.name}=${o.node}`).join("\n")) ??
-      false
-    );
-  }
-
-  private compile(graph: Graph, inputs: readonly ProgramInput[], entry: Entry): Compiled {
-    const key = entry.outputs.map((o) => `${o.name}=${o.node}`).join("\n");
-    let perGraph = this.compiled.get(graph);
-    if (!perGraph) this.compiled.set(graph, (perGraph = new Map()));
-    const known = perGraph.get(key);
+  /** An entry's pipelines and bind groups, made at its first run. */
+  private entryOf(loaded: Loaded, name: string): LoadedEntry {
+    const known = loaded.entries.get(name);
     if (known) return known;
-    const plan = planProgram(graph, inputs, { entry }, this.limits(), this.features, {
-      adapter: summarize(this.adapter),
-      matmulParams: this.matmulParams,
-    });
-    const c = this.instantiate(plan, "entry");
-    perGraph.set(key, c);
-    this.all.push(c);
-    return c;
-  }
-
-  private instantiate(plan: Plan, entry: string): Compiled {
+    const { plan, buffers } = loaded;
+    const pe = plan.entries[name];
+    if (!pe) throw new Error(`webgpu: the plan has no entry "${name}"`);
     const gpu = this.device;
-    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-    const buffers = plan.buffers.map((b) => gpu.createBuffer({ size: b.bytes, usage }));
     const pipelines: GPUComputePipeline[] = [];
     const bindGroups: GPUBindGroup[] = [];
-    const used = new Set(plan.entries[entry]!.dispatches);
-    const checks: Promise<string | undefined>[] = [];
     const uniforms: GPUBuffer[] = [];
-    for (const k of plan.kernels) {
-      if (!used.has(k.id)) continue;
+    const checks: Promise<string | undefined>[] = [];
+    for (const id of pe.dispatches) {
+      const k = plan.kernels[id]!;
       let module = this.modules.get(k.wgsl);
       if (!module) {
         module = gpu.createShaderModule({ code: k.wgsl, label: k.name });
@@ -394,15 +392,7 @@ export class WebGpuDevice implements Device {
         resource: { buffer: buffers[b.buffer]! },
       }));
       if (k.params) {
-        const data = Uint32Array.from(
-          { length: Math.max(4, Math.ceil(k.params.length / 4) * 4) },
-          (_, i) => k.params![i] ?? 0,
-        );
-        const uniform = gpu.createBuffer({
-          size: data.byteLength,
-          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-        });
-        gpu.queue.writeBuffer(uniform, 0, data);
+        const uniform = this.uniform(k.params);
         uniforms.push(uniform);
         const binding = k.bindings.length;
         layoutEntries.push({
@@ -414,25 +404,24 @@ export class WebGpuDevice implements Device {
       }
       const layout = gpu.createBindGroupLayout({ entries: layoutEntries });
       gpu.pushErrorScope("validation");
-      pipelines[k.id] = gpu.createComputePipeline({
+      pipelines[id] = gpu.createComputePipeline({
         label: k.name,
         layout: gpu.createPipelineLayout({ bindGroupLayouts: [layout] }),
         compute: { module, entryPoint: k.entryPoint },
       });
-      bindGroups[k.id] = gpu.createBindGroup({ layout, entries });
-      const name = k.name;
+      bindGroups[id] = gpu.createBindGroup({ layout, entries });
       checks.push(
         gpu.popErrorScope().then(async (error) => {
           if (!error) return undefined;
           const info = await module.getCompilationInfo();
           const lines = info.messages.map((m) => `  ${m.lineNum}:${m.linePos} ${m.message}`);
-          return `kernel "${name}": ${error.message}\n${lines.join("\n")}\n${k.wgsl}`;
+          return `kernel "${k.name}": ${error.message}\n${lines.join("\n")}\n${k.wgsl}`;
         }),
       );
     }
     const stagingAt = new Map<number, number>();
     let total = 0;
-    for (const o of plan.entries[entry]!.outputs) {
+    for (const o of pe.outputs) {
       if (stagingAt.has(o.buffer)) continue;
       stagingAt.set(o.buffer, total);
       total += plan.buffers[o.buffer]!.bytes;
@@ -446,28 +435,50 @@ export class WebGpuDevice implements Device {
         : undefined;
     const ready = Promise.all(checks).then((errors) => {
       const bad = errors.filter((e): e is string => e !== undefined);
-      if (bad.length) throw new Error(`webgpu: the plan does not compile:\n${bad.join("\n")}`);
+      if (bad.length)
+        throw new PipelineError(
+          bad.map((b) => b.slice(0, b.indexOf("\n"))),
+          bad.join("\n"),
+        );
     });
-    return {
-      plan,
-      entry,
-      buffers: [...buffers, ...uniforms],
+    const e: LoadedEntry = {
+      name,
       pipelines,
       bindGroups,
+      uniforms,
       staging,
       stagingAt,
       ready,
       waiter: new GpuWaiter(),
       runs: 0,
     };
+    loaded.entries.set(name, e);
+    return e;
+  }
+
+  /** A uniform buffer of u32 kernel parameters (sizes a shader reads at run time). */
+  private uniform(params: readonly number[]): GPUBuffer {
+    const data = Uint32Array.from(
+      { length: Math.max(4, Math.ceil(params.length / 4) * 4) },
+      (_, i) => params[i] ?? 0,
+    );
+    const uniform = this.device.createBuffer({
+      size: data.byteLength,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    this.device.queue.writeBuffer(uniform, 0, data);
+    return uniform;
   }
 
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    for (const c of this.all) {
-      for (const b of c.buffers) b.destroy();
-      c.staging?.destroy();
+    for (const loaded of this.all) {
+      for (const b of loaded.buffers) b.destroy();
+      for (const e of loaded.entries.values()) {
+        for (const u of e.uniforms) u.destroy();
+        e.staging?.destroy();
+      }
     }
     this.device.destroy();
   }

@@ -13,12 +13,12 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { compile as compileFile, planStep } from "../compiler/compile.js";
 import { formatBytes } from "../compiler/memory.js";
-import { planProgram } from "../compiler/plan.js";
-import { defaultLimits } from "../cli/build.js";
+import type { TrainProgram } from "../compiler/program.js";
+import { portableTarget } from "../cli/target.js";
 import { SourceFile } from "../language/source.js";
 import { RunFolder } from "../runtime/run-folder.js";
-import { prepare, type Run } from "../runtime/trainer.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const args = process.argv.slice(2);
@@ -91,24 +91,23 @@ function evals(runFolder: string): EvalLine[] {
 }
 
 /** Compiles a train block the way `lrkc train` does (its `init` file is not read). */
-function compile(path: string): Run {
+function compile(path: string): TrainProgram {
   const file = new SourceFile(path, readFileSync(join(root, path), "utf8"));
-  const { run, diagnostics } = prepare(file);
-  if (!run) throw new Error(`${path} does not compile: ${diagnostics[0]?.message ?? "?"}`);
-  return run;
+  const { compiled, diagnostics } = compileFile(file);
+  if (!compiled) throw new Error(`${path} does not compile: ${diagnostics[0]?.message ?? "?"}`);
+  return compiled.program;
 }
 
-/** Peak bytes of a train block's fused step plan: what the WebGPU device allocates for it. */
-function plannedBytes(run: Run): number {
-  const entry = run.step.variants.get("")!;
-  return planProgram(run.step.graph, run.step.inputs, { step: entry }, defaultLimits).peakBytes;
+/** Peak bytes of a train block's fused step plan (portable WebGPU target). */
+function plannedBytes(program: TrainProgram): number {
+  return planStep(program.step, portableTarget).peakBytes;
 }
 
-function trainableCount(run: Run): { trainable: number; total: number } {
-  const trainable = new Set(run.step.trainable.map((p) => `param:${p.param.path}`));
+function trainableCount(program: TrainProgram): { trainable: number; total: number } {
+  const trainable = new Set(program.step.trainable.map((path) => `param:${path}`));
   let t = 0;
   let all = 0;
-  for (const i of run.step.inputs) {
+  for (const i of program.step.inputs) {
     if (i.role !== "param") continue;
     const n = i.shape.reduce((a, b) => a * b, 1);
     all += n;

@@ -7,7 +7,8 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { lrFactor } from "../runtime/schedule.js";
-import { initialize, prepare, train } from "../runtime/trainer.js";
+import { initialize, train } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 import { tinyLmLoraTfjs } from "../bench/tiny-lm-tfjs.js";
 import { tinyLmSource } from "./helpers.js";
 
@@ -47,7 +48,7 @@ describe("bench:train's tfjs model", () => {
     const { run, diagnostics } = prepare(new SourceFile("bench_check.lrk", program));
     if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
     const cpu = new CpuDevice();
-    const store = await initialize(run, cpu);
+    const store = await initialize(run.program, cpu);
     const model = tinyLmLoraTfjs(tf, store, {
       heads: 2,
       scale: 8 / 4,
@@ -70,7 +71,7 @@ describe("bench:train's tfjs model", () => {
         batch["target"]!.data as Int32Array,
         [B, T],
         s,
-        lrFactor(run.spec.schedule, s, run.spec.steps),
+        lrFactor(run.program.schedule, s, run.program.steps),
       );
       theirs.push((await loss.data())[0]!);
       loss.dispose();

@@ -5,7 +5,7 @@ import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { prepare } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 import { SourceFile } from "../language/source.js";
 import { root } from "./helpers.js";
 

@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { DataSet, Value } from "../compiler/values.js";
+import { dataSources } from "../compiler/data.js";
+import type { DataSpec } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import {
   arithmetic,
@@ -23,26 +24,22 @@ import { Rng, mixSeed } from "../runtime/rng.js";
 
 type Arg = number | string | boolean | { name: string };
 
-/** A DataSet as the compiler makes it; omitted arguments take their defaults. */
-function dataset(source: string, args: Record<string, Arg>, file = "/nowhere/main.lrk"): DataSet {
-  const values = new Map<string, Value>();
-  for (const [k, v] of Object.entries(args)) {
-    values.set(
-      k,
-      typeof v === "number"
-        ? { kind: "number", value: v, integer: Number.isInteger(v) }
-        : typeof v === "string"
-          ? { kind: "string", value: v }
-          : typeof v === "boolean"
-            ? { kind: "bool", value: v }
-            : { kind: "builtin", name: v.name },
-    );
+/** A data declaration as the compiler hands it to the runtime; omitted arguments take their defaults. */
+function dataset(source: string, args: Record<string, Arg>, file = "/nowhere/main.lrk"): DataSpec {
+  const plain: DataSpec["args"] = {};
+  for (const p of dataSources[source]?.params ?? []) {
+    const d = p.default;
+    if (d?.kind === "number" || d?.kind === "string" || d?.kind === "bool") plain[p.name] = d.value;
+    else if (d?.kind === "builtin") plain[p.name] = d.name;
   }
+  for (const [k, v] of Object.entries(args)) plain[k] = typeof v === "object" ? v.name : v;
   return {
     source,
-    args: values,
+    args: plain,
     vocab: 0,
     split: "train",
+    fields: {},
+    help: "",
     at: { file: new SourceFile(file, ""), span: { start: 0, end: 0 } },
   };
 }

@@ -5,11 +5,12 @@ import { mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import type { Tensor } from "../compiler/interpreter.js";
+import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { writeSafetensors } from "../runtime/safetensors.js";
-import { prepare, train } from "../runtime/trainer.js";
+import { train } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 import { root } from "./helpers.js";
 
 const examples = readdirSync(join(root, "examples")).filter((f) => f.endsWith(".lrk"));

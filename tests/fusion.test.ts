@@ -10,10 +10,10 @@ import { Builder } from "../compiler/builder.js";
 import { fuse, type Fusion } from "../compiler/fuse.js";
 import type { Graph } from "../compiler/ir.js";
 import { BufferLimitError, planMemory } from "../compiler/memory-plan.js";
-import { planProgram } from "../compiler/plan.js";
-import type { ProgramInput } from "../compiler/step.js";
+import { planProgram } from "./program-helpers.js";
+import type { ProgramInput } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
-import { prepare } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 import { root } from "./helpers.js";
 
 const limits = { maxStorageBufferBindingSize: 2 ** 27, maxBufferSize: 2 ** 32 };

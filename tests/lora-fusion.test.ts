@@ -8,11 +8,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
 import { fuse } from "../compiler/fuse.js";
 import type { Graph } from "../compiler/ir.js";
-import { planProgram } from "../compiler/plan.js";
-import type { Entry } from "../compiler/step.js";
+import { planProgram } from "./program-helpers.js";
+import type { Entry } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { prepare, train, type Run } from "../runtime/trainer.js";
+import { train } from "../runtime/trainer.js";
+import type { TestRun as Run } from "./program-helpers.js";
+import { loadOnGpu, prepare } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { loraTinyLmProgram, relativeDiff } from "./helpers.js";
 
@@ -205,6 +207,7 @@ describe("on WebGPU", () => {
     const dropped = counts(run);
     expect(dropped.evaluate).toBe(lora2.evaluate);
     expect(dropped.step).toBeLessThanOrEqual(lora2.step + 2);
+    await loadOnGpu(device, run);
     const gpu = await train(run, device, { steps: 3 });
     const cpu = await train(run, new CpuDevice(), { steps: 3 });
     gpu.losses.forEach((l, i) =>

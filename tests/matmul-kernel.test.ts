@@ -31,7 +31,7 @@ import type {
 } from "../compiler/kernels/types.js";
 import { fuse } from "../compiler/fuse.js";
 import { numel } from "../compiler/ir.js";
-import { groupKernels } from "../compiler/plan.js";
+import { groupKernels, matmulTemplate } from "../compiler/plan.js";
 import {
   Autotuner,
   adapterKey,
@@ -410,7 +410,11 @@ describe("Autotuner", () => {
 
   it("times the candidates, keeps one of them and caches it; a second one reads the cache", async () => {
     const lines: string[] = [];
-    const first = new Autotuner(device, adapter, { cacheFile, runs: 2, log: (l) => lines.push(l) });
+    const first = new Autotuner(device, adapter, matmulTemplate, {
+      cacheFile,
+      runs: 2,
+      log: (l) => lines.push(l),
+    });
     const choice = await first.matmul(shape);
     const candidates = matmulCandidates(shape, features).map(describeMatmulParams);
     expect(candidates).toContain(describeMatmulParams(choice));
@@ -424,7 +428,7 @@ describe("Autotuner", () => {
     const entry = cache.adapters[adapterKey(adapter)][matmulShapeClassKey(shape)];
     expect(describeMatmulParams(entry.params)).toBe(describeMatmulParams(choice));
 
-    const second = new Autotuner(device, adapter, {
+    const second = new Autotuner(device, adapter, matmulTemplate, {
       cacheFile,
       measure: async () => {
         throw new Error("the second autotuner must not time anything");
@@ -438,7 +442,7 @@ describe("Autotuner", () => {
     const file = join(dir, "fake.json");
     const candidates = matmulCandidates(shape, features);
     const fastest = candidates[candidates.length - 1]!;
-    const tuner = new Autotuner(device, adapter, {
+    const tuner = new Autotuner(device, adapter, matmulTemplate, {
       cacheFile: file,
       measure: async (_kernel, params) =>
         describeMatmulParams(params) === describeMatmulParams(fastest) ? 1 : 5,
@@ -446,7 +450,7 @@ describe("Autotuner", () => {
     expect(await tuner.matmul(shape)).toEqual(fastest);
     expect(tuner.measurements).toBe(candidates.length);
 
-    const off = new Autotuner(device, adapter, {
+    const off = new Autotuner(device, adapter, matmulTemplate, {
       cacheFile: join(dir, "never.json"),
       enabled: false,
       measure: async () => {

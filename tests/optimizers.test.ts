@@ -2,7 +2,7 @@
 // gradients come from the compiled step (an entry that also outputs `run.step.gradients`), every
 // update is recomputed here from the published formulas, independently of lrk.
 import { describe, expect, it } from "vitest";
-import type { Tensor } from "../compiler/interpreter.js";
+import type { Tensor } from "../compiler/program.js";
 import { CpuDevice } from "../runtime/device.js";
 import { train } from "../runtime/trainer.js";
 import {
@@ -115,7 +115,7 @@ describe("AdamW", () => {
       path.endsWith("weight")
         ? { lr: 0.05, beta1: 0.8, beta2: 0.95, eps: 1e-6, wd: 0.1 }
         : { lr: 0.02, beta1: 0.9, beta2: 0.999, eps: 1e-8, wd: 0.01 }; // adamw's defaults
-    const paths = run.step.trainable.map((p) => p.param.path);
+    const paths = run.step.trainable;
     expect(paths).toEqual(["l1.weight", "l1.bias", "l2.weight", "l2.bias"]);
 
     const store = await init(run, true);
@@ -302,7 +302,7 @@ train projected {
 describe("GaLore", () => {
   it("two rank-1 steps, each refreshing the projection, on both orientations", async () => {
     const run = compile(galoreProgram);
-    expect(run.step.trainable.map((p) => p.param.path)).toEqual(["l2.weight", "l3.weight"]);
+    expect(run.step.trainable).toEqual(["l2.weight", "l3.weight"]);
     // period 1: every step runs the variant that recomputes the projection from its gradient
     expect([...run.step.variants.keys()].sort()).toEqual(["", "1"]);
     const inner = { lr: 0.1, beta1: 0.8, beta2: 0.9, eps: 1e-6 };

@@ -1,17 +1,108 @@
 // Helpers for tests that compile whole .lrk programs and run their training step on the CPU:
 // compile a program text, initialize its parameters and optimizer states, run any entry of the
 // step graph with a batch, and take central finite differences of the loss.
-import type { Tensor } from "../compiler/interpreter.js";
-import type { Entry, Output } from "../compiler/step.js";
-import { variantKey } from "../compiler/step.js";
+import { compile as compileFile, planStep, type CompileOptions } from "../compiler/compile.js";
+import type { Graph } from "../compiler/ir.js";
+import type { PlanTarget } from "../compiler/plan.js";
+import type { Placement } from "../compiler/place.js";
+import {
+  variantKey,
+  type Entry,
+  type GraphProgram,
+  type InitProgram,
+  type Plan,
+  type Output,
+  type ProgramInput,
+  type StepProgram,
+  type Tensor,
+} from "../compiler/program.js";
+import type { TrainSpec } from "../compiler/train.js";
+import { deviceTarget, loadPlans } from "../cli/target.js";
+import { runOrDiagnostic } from "../cli/train.js";
+import type { Diagnostic } from "../language/diagnostics.js";
 import { SourceFile } from "../language/source.js";
-import { CpuDevice } from "../runtime/device.js";
-import { initialize, prepare, type Run } from "../runtime/trainer.js";
+import { CpuDevice, type Device, type RunOptions } from "../runtime/device.js";
+import { initialize, type Run } from "../runtime/trainer.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
 
 export type Store = Map<string, Tensor>;
 
+/** A compiled run with the compiler's view beside it, and short names tests use. */
+export interface TestRun extends Run {
+  step: StepProgram;
+  init: InitProgram;
+  spec: TrainSpec;
+  placement: Placement;
+  batch: number;
+}
+
+/** Compiles a train block and opens its data (as `lrkc train` does, without a device). */
+export function prepare(
+  file: SourceFile,
+  options: CompileOptions = {},
+): { run?: TestRun; diagnostics: Diagnostic[] } {
+  const { compiled, diagnostics } = compileFile(file, options);
+  if (!compiled) return { diagnostics };
+  const run = runOrDiagnostic(compiled.program);
+  if ("severity" in run) return { diagnostics: [...diagnostics, run] };
+  const { program } = run;
+  return {
+    run: {
+      ...run,
+      step: program.step,
+      init: program.initProgram,
+      spec: compiled.spec,
+      placement: compiled.placement,
+      batch: program.batch,
+    },
+    diagnostics,
+  };
+}
+
+/** Plans a run's programs for a WebGPU device (untuned: tests must not time kernels) and loads them. */
+export async function loadOnGpu(device: WebGpuDevice, run: Run): Promise<void> {
+  const done = loadedOn.get(device) ?? new WeakSet();
+  loadedOn.set(device, done);
+  if (done.has(run.program)) return;
+  done.add(run.program);
+  await loadPlans(device, run.program, { autotune: false });
+}
+
+const loadedOn = new WeakMap<WebGpuDevice, WeakSet<object>>();
+
+const adHoc = new WeakMap<Graph, Map<string, GraphProgram>>();
+
+/**
+ * Runs outputs of a hand-built graph on a device: the graph becomes a one-entry program (planned
+ * for the device on first use when it is a WebGPU device).
+ */
+export async function runGraph(
+  device: Device,
+  graph: Graph,
+  inputs: readonly ProgramInput[],
+  outputs: readonly Output[],
+  feeds: ReadonlyMap<string, Tensor>,
+  options?: RunOptions,
+): Promise<Map<string, Tensor>> {
+  const key = outputs.map((o) => `${o.name}=${o.node}`).join(",");
+  let perGraph = adHoc.get(graph);
+  if (!perGraph) adHoc.set(graph, (perGraph = new Map()));
+  let program = perGraph.get(key);
+  const entry: Entry = { name: "entry", outputs: [...outputs] };
+  if (!program) {
+    program = { graph, inputs: [...inputs], entries: [entry] };
+    perGraph.set(key, program);
+    if (device instanceof WebGpuDevice)
+      device.load(
+        program,
+        planStep(program, await deviceTarget(device, [program], { autotune: false })),
+      );
+  }
+  return device.run(program, program.entries[0]!, feeds, options);
+}
+
 /** Compiles `text` (a program with one train block); throws with the diagnostics on an error. */
-export function compile(text: string, options: { path?: string; batch?: number } = {}): Run {
+export function compile(text: string, options: { path?: string; batch?: number } = {}): TestRun {
   const file = new SourceFile(options.path ?? "test.lrk", text);
   const { run, diagnostics } = prepare(file, { batch: options.batch });
   const errors = diagnostics.filter((d) => d.severity === "error");
@@ -29,7 +120,7 @@ export function cpu(float64: boolean): CpuDevice {
 
 /** A fresh store of initial parameters and optimizer states (computed in f64 or f32). */
 export async function init(run: Run, float64: boolean): Promise<Store> {
-  return initialize(run, cpu(float64));
+  return initialize(run.program, cpu(float64));
 }
 
 /** A deep copy of a store (the tensors too), with every float tensor as a Float64Array. */
@@ -54,7 +145,7 @@ export function roundToF32(store: ReadonlyMap<string, Tensor>): Store {
 
 /** Feeds for one step: the store, train batch `step - 1`, `step` and `lr_scale`. */
 export function feedsFor(
-  run: Run,
+  run: TestRun,
   store: ReadonlyMap<string, Tensor>,
   step: number,
   lrScale = 1,
@@ -70,27 +161,28 @@ export function feedsFor(
 
 /** Runs an entry of the step graph. */
 export async function runEntry(
-  run: Run,
+  run: TestRun,
   entry: Entry,
   feeds: ReadonlyMap<string, Tensor>,
   float64: boolean,
 ): Promise<Store> {
-  return cpu(float64).run(run.step.graph, run.step.inputs, entry, feeds);
+  return cpu(float64).run(run.step, entry, feeds);
 }
 
 /** Outputs `grad:<path>` for every trainable parameter's gradient node. */
-export function gradientOutputs(run: Run): Output[] {
+export function gradientOutputs(run: TestRun): Output[] {
   return [...run.step.gradients].map(([path, node]) => ({ name: `grad:${path}`, node }));
 }
 
 /** The loss and every trainable parameter's gradient at `store`, with batch `step - 1`. */
 export async function lossAndGradients(
-  run: Run,
+  run: TestRun,
   store: ReadonlyMap<string, Tensor>,
   step: number,
   float64: boolean,
 ): Promise<{ loss: number; grads: Map<string, Float64Array> }> {
   const entry: Entry = {
+    name: "gradients",
     outputs: [{ name: "loss", node: run.step.loss }, ...gradientOutputs(run)],
   };
   const out = await runEntry(run, entry, feedsFor(run, store, step), float64);
@@ -102,11 +194,11 @@ export async function lossAndGradients(
 
 /** The f64 loss alone. */
 export async function lossAt(
-  run: Run,
+  run: TestRun,
   store: ReadonlyMap<string, Tensor>,
   step: number,
 ): Promise<number> {
-  const entry: Entry = { outputs: [{ name: "loss", node: run.step.loss }] };
+  const entry: Entry = { name: "loss", outputs: [{ name: "loss", node: run.step.loss }] };
   const out = await runEntry(run, entry, feedsFor(run, store, step), true);
   return out.get("loss")!.data[0]!;
 }
@@ -117,7 +209,7 @@ export async function lossAt(
  * not in `indices` are 0.
  */
 export async function finiteDifferences(
-  run: Run,
+  run: TestRun,
   store: ReadonlyMap<string, Tensor>,
   path: string,
   step: number,
@@ -182,14 +274,14 @@ export function sampleIndices(n: number, count: number, seed = 12345): number[] 
 }
 
 /** The refresh periods of a run's optimizer states, as `train` computes them. */
-export function periodsOf(run: Run): number[] {
+export function periodsOf(run: TestRun): number[] {
   return [...new Set(run.step.states.flatMap((s) => (s.period ? [s.period] : [])))].sort(
     (a, b) => a - b,
   );
 }
 
 /** The step variant `train` runs at a 1-based step. */
-export function variantAt(run: Run, step: number): Entry {
+export function variantAt(run: TestRun, step: number): Entry {
   return run.step.variants.get(variantKey(periodsOf(run), step))!;
 }
 
@@ -198,13 +290,16 @@ export function variantAt(run: Run, step: number): Entry {
  * gradients (`grad:<path>`) and loss. The store is updated in place.
  */
 export async function trainStep(
-  run: Run,
+  run: TestRun,
   store: Store,
   step: number,
   float64: boolean,
 ): Promise<{ loss: number; grads: Map<string, Float64Array>; out: Store }> {
   const variant = variantAt(run, step);
-  const entry: Entry = { outputs: [...variant.outputs, ...gradientOutputs(run)] };
+  const entry: Entry = {
+    name: "step+gradients",
+    outputs: [...variant.outputs, ...gradientOutputs(run)],
+  };
   const out = await runEntry(run, entry, feedsFor(run, store, step), float64);
   const grads = new Map<string, Float64Array>();
   for (const [name, t] of out) {
@@ -219,4 +314,26 @@ export function param(store: ReadonlyMap<string, Tensor>, path: string): Float64
   const t = store.get(`param:${path}`);
   if (!t) throw new Error(`no tensor \`param:${path}\` in the store`);
   return Float64Array.from(t.data);
+}
+
+/**
+ * A plan of a hand-built graph with named entries (`{ step: entry }`), for `limits` and
+ * `features`: `planStep` over a one-off program.
+ */
+export function planProgram(
+  graph: Graph,
+  inputs: readonly ProgramInput[],
+  entries: Record<string, { outputs: Output[] }>,
+  limits: PlanTarget["limits"],
+  features: readonly string[] = [],
+  options: Omit<PlanTarget, "limits" | "features"> = {},
+): Plan {
+  return planStep(
+    {
+      graph,
+      inputs: [...inputs],
+      entries: Object.entries(entries).map(([name, e]) => ({ name, outputs: e.outputs })),
+    },
+    { limits, features, ...options },
+  );
 }

@@ -5,7 +5,7 @@
 // the f32 and f64 runs see the same point. Large tensors are checked on a fixed-seed sample of
 // their elements.
 import { describe, expect, it } from "vitest";
-import type { Tensor } from "../compiler/interpreter.js";
+import type { Tensor } from "../compiler/program.js";
 import {
   compile,
   finiteDifferences,
@@ -19,7 +19,7 @@ import {
   type Store,
 } from "./program-helpers.js";
 import { tinyLmSource } from "./helpers.js";
-import type { Run } from "../runtime/trainer.js";
+import type { TestRun as Run } from "./program-helpers.js";
 
 /** Elements per tensor checked by finite differences (all of a smaller tensor). */
 const SAMPLE = 24;
@@ -51,7 +51,7 @@ async function gradcheck(
   expect(Number.isFinite(g64.loss)).toBe(true);
   expect(Math.abs(g32.loss - g64.loss)).toBeLessThan(1e-5 * Math.max(1, Math.abs(g64.loss)));
   const results: Checked[] = [];
-  const paths = run.step.trainable.map((p) => p.param.path);
+  const paths = run.step.trainable;
   expect(new Set(g64.grads.keys())).toEqual(new Set(paths));
   for (const path of paths) {
     const a64 = g64.grads.get(path)!;
@@ -222,18 +222,13 @@ function doraNorms(store: ReadonlyMap<string, Tensor>, module: string, s: number
 describe("gradients of compiled programs match finite differences", () => {
   it("an MLP: two Linear and gelu, cross-entropy on two_moons", async () => {
     const run = compile(mlp);
-    expect(run.step.trainable.map((p) => p.param.path)).toEqual([
-      "l1.weight",
-      "l1.bias",
-      "l2.weight",
-      "l2.bias",
-    ]);
+    expect(run.step.trainable).toEqual(["l1.weight", "l1.bias", "l2.weight", "l2.bias"]);
     expectClose(await gradcheck(run, await init(run, true), 1));
   });
 
   it("an attention block with LayerNorm (d 8, heads 2, causal), cross-entropy on arithmetic", async () => {
     const run = compile(attention);
-    const paths = run.step.trainable.map((p) => p.param.path);
+    const paths = run.step.trainable;
     expect(paths).toContain("attn.q.weight");
     expect(paths).toContain("ln.weight");
     expect(paths).toHaveLength(11);
@@ -243,12 +238,7 @@ describe("gradients of compiled programs match finite differences", () => {
 
   it("LoRA-wrapped linears (rank 2, alpha 4), after two AdamW steps", async () => {
     const run = compile(adapted("lora"));
-    expect(run.step.trainable.map((p) => p.param.path)).toEqual([
-      "l1.lora.A",
-      "l1.lora.B",
-      "l2.lora.A",
-      "l2.lora.B",
-    ]);
+    expect(run.step.trainable).toEqual(["l1.lora.A", "l1.lora.B", "l2.lora.A", "l2.lora.B"]);
     const store = await trained(run, 2);
     // B started at zero: after two steps it is not, so A's gradient is not zero either
     for (const m of ["l1", "l2"])
@@ -258,7 +248,7 @@ describe("gradients of compiled programs match finite differences", () => {
 
   it("DoRA-wrapped linears (rank 2, alpha 4), after two AdamW steps; the norm is detached", async () => {
     const run = compile(adapted("dora"));
-    expect(run.step.trainable.map((p) => p.param.path)).toEqual([
+    expect(run.step.trainable).toEqual([
       "l1.dora.A",
       "l1.dora.B",
       "l1.dora.magnitude",
@@ -296,7 +286,7 @@ describe("gradients of compiled programs match finite differences", () => {
 
   it("AdaLoRA-wrapped linears (init_rank 2), with the orthogonality regularizer, after two steps", async () => {
     const run = compile(adapted("adalora", "init_rank: 2, alpha: 4, orth_reg: 0.5"));
-    expect(run.step.trainable.map((p) => p.param.path)).toEqual([
+    expect(run.step.trainable).toEqual([
       "l1.adalora.P",
       "l1.adalora.E",
       "l1.adalora.Q",
@@ -310,7 +300,7 @@ describe("gradients of compiled programs match finite differences", () => {
 
   it("the tiny transformer LM (d 8, 1 layer, 2 heads, ctx 16), cross-entropy on arithmetic", async () => {
     const run = compile(tinyLM);
-    const paths = run.step.trainable.map((p) => p.param.path);
+    const paths = run.step.trainable;
     expect(paths).toHaveLength(20);
     expect(paths).toContain("blocks.0.mlp.up.weight");
     // TinyLM's 0.02-std embeddings make its gradients small (‖g‖ ~ 2e-3 for some tensors), so the

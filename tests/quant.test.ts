@@ -4,7 +4,8 @@
 import { describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { initialize, prepare } from "../runtime/trainer.js";
+import { initialize } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 
 const program = `import std.nn.{Linear}
 import std.quant.{svdquant}
@@ -35,7 +36,7 @@ describe("svdquant", () => {
   it("stores L1, L2 and a 4-bit residual that reconstruct the weight within half a step", async () => {
     const { run, diagnostics } = prepare(new SourceFile("q.lrk", program), { batch: 4 });
     expect(diagnostics).toEqual([]);
-    const store = await initialize(run!, new CpuDevice({ float64: true }));
+    const store = await initialize(run!.program, new CpuDevice({ float64: true }));
     const w = store.get("param:mid.weight")!;
     const l1 = store.get("buffer:mid.svdquant.L1")!;
     const l2 = store.get("buffer:mid.svdquant.L2")!;

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { analyze } from "../compiler/pipeline.js";
+import { analyze } from "../compiler/compile.js";
 import { SourceFile } from "../language/source.js";
 
 const header = `import std.nn.{Linear, LayerNorm}
@@ -349,7 +349,7 @@ train t {
   });
 
   it("E0206: `at` actions are reported, not silently skipped", async () => {
-    const { prepare } = await import("../runtime/trainer.js");
+    const { prepare } = await import("./program-helpers.js");
     const text =
       header +
       `data moons = std.data.two_moons(n: 50)

@@ -10,13 +10,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
-import { analyze } from "../compiler/pipeline.js";
+import { analyze } from "../compiler/compile.js";
 import { allCodes, codeTitles, type DiagnosticCode } from "../language/codes.js";
 import { hasErrors, renderDiagnostics, type Diagnostic } from "../language/diagnostics.js";
 import { format } from "../language/format.js";
 import { parse } from "../language/parse.js";
 import { SourceFile } from "../language/source.js";
-import { prepare } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 
 const specFiles = ["spec/language.md", "spec/diagnostics.md", "spec/compiler.md"] as const;
 

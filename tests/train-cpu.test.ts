@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { evaluate, prepare, train } from "../runtime/trainer.js";
+import { evaluate, train } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 import { loraTinyLmProgram, root } from "./helpers.js";
 
 const lrkc = join(root, "bin", "lrkc.js");

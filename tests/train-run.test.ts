@@ -131,11 +131,11 @@ process.send?.("writing"); writeSafetensors(${JSON.stringify(path)}, big, { step
 
 describe("bad inputs", () => {
   it("a missing data file points at the data line", () => {
+    // (the loss reads no batch field: text data has `input` and `target`, not `x` and `y`)
     const run = setup(
-      program().replace(
-        "std.data.two_moons(n: 400, seed: 3)",
-        'std.data.text("missing.txt", context: 8)',
-      ),
+      program()
+        .replace("std.data.two_moons(n: 400, seed: 3)", 'std.data.text("missing.txt", context: 8)')
+        .replace("cross_entropy(model(batch.x), batch.y)", "mean(model(ones(16, 2)))"),
     );
     const r = train([run.file, "--out", run.out], run.dir);
     expect(r.code).toBe(1);

@@ -1,15 +1,19 @@
-// The WebGPU device plans large matmuls with the autotuner's choice for their shape class (timed
-// on first use, then read from the cache), and small ones with the naive kernel.
+// A device's plan target uses the autotuner's choice for large matmuls' shape classes (timed on
+// first use, then read from the cache), and the naive kernel for small ones; the device runs the
+// plan it is given.
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
 import { tensor } from "../compiler/interpreter.js";
-import type { ProgramInput } from "../compiler/step.js";
+import type { ProgramInput } from "../compiler/program.js";
+import { planStep } from "../compiler/compile.js";
+import { deviceTarget, loadPlans } from "../cli/target.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { SourceFile } from "../language/source.js";
-import { batchFeeds, initialize, prepare } from "../runtime/trainer.js";
+import { batchFeeds, initialize } from "../runtime/trainer.js";
+import { prepare } from "./program-helpers.js";
 import { root } from "./helpers.js";
 
 let device: WebGpuDevice | undefined;
@@ -19,7 +23,7 @@ describe("autotuned plans", () => {
   it("uses the tuned matmul for a large product and caches the choice", async () => {
     const cache = mkdtempSync(join(tmpdir(), "lrk-cache-"));
     process.env["XDG_CACHE_HOME"] = cache;
-    device = await WebGpuDevice.open({ autotune: true });
+    device = await WebGpuDevice.open();
     const b = new Builder();
     const x = b.input("data", "x", [128, 96]);
     const w = b.input("param", "w", [80, 96]);
@@ -35,11 +39,15 @@ describe("autotuned plans", () => {
         dtype: n.dtype,
       }));
     const entry = {
+      name: "entry",
       outputs: [
         { name: "y", node: y },
         { name: "small", node: small },
       ],
     };
+    const program = { graph: b.graph, inputs, entries: [entry] };
+    const target = await deviceTarget(device, [program], { autotune: true });
+    device.load(program, planStep(program, target));
     const feeds = new Map(
       inputs.map((i) => [
         i.name,
@@ -49,9 +57,9 @@ describe("autotuned plans", () => {
         ),
       ]),
     );
-    const out = await device.run(b.graph, inputs, entry, feeds);
+    const out = await device.run(program, entry, feeds);
     expect(out.get("y")!.shape).toEqual([128, 80]);
-    const plan = device.plan(b.graph, inputs, entry);
+    const plan = device.plan(program);
     const matmuls = plan.kernels.filter((k) => k.kind === "matmul").map((k) => k.name);
     const cached = JSON.parse(readFileSync(join(cache, "lrk", "autotune.json"), "utf8")) as {
       adapters: Record<string, Record<string, { params: { variant: string } }>>;
@@ -63,29 +71,30 @@ describe("autotuned plans", () => {
   }, 120_000);
 
   it("allocates exactly the bytes its plan reports for a training step", async () => {
-    device ??= await WebGpuDevice.open({ autotune: false });
+    device ??= await WebGpuDevice.open();
     const path = join(root, "examples", "mlp.lrk");
     const { run } = prepare(new SourceFile(path, readFileSync(path, "utf8")), { batch: 8 });
-    const entry = run!.step.variants.get("")!;
-    const plan = device.plan(run!.step.graph, run!.step.inputs, entry);
+    await loadPlans(device, run!.program, { autotune: false });
+    const plan = device.plan(run!.step);
     expect(plan.peakBytes).toBeGreaterThan(0);
-    expect(device.allocatedBytes(run!.step.graph, run!.step.inputs, entry)).toBe(plan.peakBytes);
+    expect(device.allocatedBytes(run!.step)).toBe(plan.peakBytes);
   });
 
   it("times each kernel of a step on the device (bench:profile)", async () => {
-    device ??= await WebGpuDevice.open({ autotune: false });
+    device ??= await WebGpuDevice.open();
     const path = join(root, "examples", "mlp.lrk");
     const { run } = prepare(new SourceFile(path, readFileSync(path, "utf8")), { batch: 8 });
-    const store = await initialize(run!, device);
+    await loadPlans(device, run!.program, { autotune: false });
+    const store = await initialize(run!.program, device);
     const entry = run!.step.variants.get("")!;
     const feeds = batchFeeds(run!, store, "train", 0, 1);
-    const times = await device.profile(run!.step.graph, run!.step.inputs, entry, feeds, 3);
+    const times = await device.profile(run!.step, entry, feeds, 3);
     if (!device.features.includes("timestamp-query")) {
       expect(times).toBeUndefined();
       return;
     }
-    const plan = device.plan(run!.step.graph, run!.step.inputs, entry);
-    const dispatched = plan.entries["entry"]!.dispatches.filter((k) =>
+    const plan = device.plan(run!.step);
+    const dispatched = plan.entries[entry.name]!.dispatches.filter((k) =>
       plan.kernels[k]!.dispatch.every((n) => n > 0),
     );
     expect(times!.map((t) => t.kernel)).toEqual(dispatched);

@@ -6,13 +6,15 @@
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Tensor } from "../compiler/interpreter.js";
-import { planProgram } from "../compiler/plan.js";
-import type { Entry } from "../compiler/step.js";
+import type { Tensor } from "../compiler/program.js";
+import { planProgram } from "./program-helpers.js";
+import type { Entry } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { requestAdapter, requestDevice } from "../runtime/gpu.js";
-import { prepare, train, type Run } from "../runtime/trainer.js";
+import { train } from "../runtime/trainer.js";
+import type { TestRun as Run } from "./program-helpers.js";
+import { loadOnGpu, prepare } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { relativeDiff, root, tinyLmSource } from "./helpers.js";
 
@@ -57,6 +59,7 @@ function compile(text: string): Run {
 }
 
 async function compare(run: Run, steps: number): Promise<void> {
+  await loadOnGpu(device, run);
   const gpu = await train(run, device, { steps });
   const cpu = await train(run, new CpuDevice(), { steps });
   gpu.losses.forEach((l, i) =>

@@ -5,10 +5,12 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Tensor } from "../compiler/interpreter.js";
+import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { batchFeeds, initialize, prepare, train, type Run } from "../runtime/trainer.js";
+import { batchFeeds, initialize, train } from "../runtime/trainer.js";
+import type { TestRun as Run } from "./program-helpers.js";
+import { loadOnGpu, prepare } from "./program-helpers.js";
 import { DeviceTensor, WebGpuDevice } from "../runtime/webgpu-device.js";
 import { loraTinyLmProgram, relativeDiff, root } from "./helpers.js";
 
@@ -36,6 +38,7 @@ function compile(text: string, path: string, batch: number): Run {
 }
 
 async function compareTraining(run: Run): Promise<void> {
+  await loadOnGpu(device, run);
   const gpu = await train(run, device, { steps: STEPS });
   const cpu = await train(run, new CpuDevice(), { steps: STEPS });
   expect(gpu.losses).toHaveLength(STEPS);
@@ -73,6 +76,7 @@ describe("training on WebGPU matches the CPU interpreter", () => {
   it("keeps tensors on the GPU: a run's outputs fed to the next run are not uploaded again", async () => {
     const path = join(root, "examples", "mlp.lrk");
     const run = compile(readFileSync(path, "utf8"), path, 8);
+    await loadOnGpu(device, run);
     const gpu = await train(run, device, { steps: 2 });
     // Corrupt the host copy of a parameter the GPU still holds: the device must use its own copy.
     const name = "param:l1.weight";
@@ -89,19 +93,17 @@ describe("training on WebGPU matches the CPU interpreter", () => {
     };
     const entry = run.step.variants.get("")!;
     const reference = await new CpuDevice().run(
-      run.step.graph,
-      run.step.inputs,
+      run.step,
       entry,
       feedsFor(new Map([...gpu.store, [name, cpuCopy]])),
     );
     (held.data as Float32Array).fill(1e6); // the GPU copy is what counts
-    const out = await device.run(run.step.graph, run.step.inputs, entry, feedsFor(gpu.store));
+    const out = await device.run(run.step, entry, feedsFor(gpu.store));
     expect(relativeDiff(out.get("loss")!, reference.get("loss")!)).toBeLessThan(TOLERANCE);
     // a new Tensor object with new data is uploaded
     const fresh = { shape: held.shape, data: Float32Array.from(cpuCopy.data) };
     const out2 = await device.run(
-      run.step.graph,
-      run.step.inputs,
+      run.step,
       entry,
       feedsFor(new Map([...gpu.store, [name, fresh]])),
     );
@@ -111,11 +113,12 @@ describe("training on WebGPU matches the CPU interpreter", () => {
   it("reads back only what is asked: a step's parameters stay on the GPU until synced", async () => {
     const path = join(root, "examples", "mlp.lrk");
     const run = compile(readFileSync(path, "utf8"), path, 8);
-    const store = await initialize(run, device);
+    await loadOnGpu(device, run);
+    const store = await initialize(run.program, device);
     const entry = run.step.variants.get("")!;
     const feeds = batchFeeds(run, store, "train", 0, 1);
-    const reference = await new CpuDevice().run(run.step.graph, run.step.inputs, entry, feeds);
-    const out = await device.run(run.step.graph, run.step.inputs, entry, feeds, {
+    const reference = await new CpuDevice().run(run.step, entry, feeds);
+    const out = await device.run(run.step, entry, feeds, {
       read: new Set(["loss"]),
     });
     expect(relativeDiff(out.get("loss")!, reference.get("loss")!)).toBeLessThan(TOLERANCE);
@@ -124,8 +127,7 @@ describe("training on WebGPU matches the CPU interpreter", () => {
     expect(() => weight.data).toThrow(/still on the GPU/);
     // fed back, it needs no host data; synced, it has the interpreter's values
     const next = await device.run(
-      run.step.graph,
-      run.step.inputs,
+      run.step,
       entry,
       new Map([...feeds, ...[...out].filter(([k]) => k !== "loss")]),
       { read: new Set(["loss"]) },

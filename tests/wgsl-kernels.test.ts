@@ -10,7 +10,8 @@ import { Builder } from "../compiler/builder.js";
 import { fuse } from "../compiler/fuse.js";
 import { evaluate, type Tensor } from "../compiler/interpreter.js";
 import type { BinaryFn, DType, UnaryFn } from "../compiler/ir.js";
-import type { ProgramInput } from "../compiler/step.js";
+import type { ProgramInput } from "../compiler/program.js";
+import { runGraph } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 
 let device: WebGpuDevice;
@@ -81,8 +82,8 @@ class Case {
   async run(
     outputs: Record<string, number>,
   ): Promise<{ got: Map<string, Tensor>; want: Map<string, Tensor> }> {
-    const entry = { outputs: Object.entries(outputs).map(([name, node]) => ({ name, node })) };
-    const got = await device.run(this.b.graph, this.inputs, entry, this.feeds);
+    const named = Object.entries(outputs).map(([name, node]) => ({ name, node }));
+    const got = await runGraph(device, this.b.graph, this.inputs, named, this.feeds);
     const byNode = new Map(this.inputs.map((i) => [i.node, this.feeds.get(i.name)!]));
     const values = evaluate(this.b.graph, byNode, Object.values(outputs));
     const want = new Map(Object.entries(outputs).map(([name, node]) => [name, values.get(node)!]));

@@ -1,0 +1,201 @@
+// The compiler → runtime contract: what `compile` hands the runtime, and what the runtime may
+// rely on. The runtime imports this file, `ir.ts` and nothing else of the compiler: a training
+// run is plain data (settings, data declarations, parameter shapes), two IR programs with named
+// entries (init and step), and for the WebGPU device a kernel plan per program.
+import type { Location } from "../language/diagnostics.js";
+import type { DType, Graph, InputRole, Shape } from "./ir.js";
+
+export type { KernelBinding, KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
+export type { Plan, PlanEntry, PlanKernel, PlanTensor } from "./plan.js";
+import type { KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
+import type { MatmulAdapterKind } from "./kernels/matmul.js";
+export type { BufferRole, PlannedBuffer } from "./memory-plan.js";
+
+/** A tensor on the host: row-major values of a shape. */
+export type Tensor = { shape: number[]; data: Float32Array | Float64Array | Int32Array };
+
+export interface ProgramInput {
+  name: string;
+  node: number;
+  role: InputRole;
+  shape: Shape;
+  dtype: DType;
+  /** Stored with this many bits per element (quantized buffers); 32 otherwise. */
+  bits?: number;
+}
+
+export interface Output {
+  /** `param:<path>`, `state:<name>`, `buffer:<name>`, `loss`, `logits`, `score:<module>`. */
+  name: string;
+  node: number;
+}
+
+/** One way to run a graph: its name (the plan's entry) and the outputs it computes. */
+export interface Entry {
+  name: string;
+  outputs: Output[];
+}
+
+/** A graph with its inputs and the entries it can run: what a device executes. */
+export interface GraphProgram {
+  graph: Graph;
+  inputs: ProgramInput[];
+  entries: Entry[];
+}
+
+export interface StateInfo {
+  name: string;
+  shape: Shape;
+  /** Node computing the state's initial value from the parameters (before step 1). */
+  init: number;
+  /** Refreshed every `period` steps (at steps 1, period + 1, …), or never. */
+  period?: number;
+}
+
+/** A rank-budget controller's host-side schedule and its entries in the step program. */
+export interface BudgetSchedule {
+  name: string;
+  /** Module paths, in the order of `score:` outputs and `kept:` inputs. */
+  modules: string[];
+  /** Units per module (the length of its score vector). */
+  sizes: number[];
+  score: Entry;
+  prune: Entry;
+  /** Should the controller prune after this 1-based step? */
+  pruneAt(step: number): boolean;
+  /** How many units to keep over all modules at this step. */
+  keep(step: number): number;
+}
+
+/** The training step: forward, loss, gradients and updates, with an entry per way to run it. */
+export interface StepProgram extends GraphProgram {
+  loss: number;
+  /** Keyed by the refresh periods due at a step, joined with `+` (`""` when none is due). */
+  variants: Map<string, Entry>;
+  states: StateInfo[];
+  /** Computes every state's initial value. */
+  stateInit: Entry;
+  /** Paths of the trainable parameters. */
+  trainable: string[];
+  budgets: BudgetSchedule[];
+  /** The (clipped) gradient node of each trainable parameter, by path: for inspection and tests. */
+  gradients: Map<string, number>;
+  /** The loss without dropout and without updates: held-out evaluation. */
+  evaluate: Entry;
+  /** `model(batch.input)` without dropout, when the batch has an `input`: for accuracy. */
+  predict?: Entry;
+}
+
+/** Initial values: `model` from initializers, `quantize` the quantizers' stored buffers, `adapters`. */
+export interface InitProgram extends GraphProgram {
+  model: Entry;
+  quantize: Entry;
+  adapters: Entry;
+}
+
+/** Which refresh periods are due at a 1-based step: periods N with (step - 1) % N == 0. */
+export function variantKey(periods: readonly number[], step: number): string {
+  return periods.filter((p) => (step - 1) % p === 0).join("+");
+}
+
+/** The entry of the step that runs at a 1-based step. */
+export function stepEntry(step: StepProgram, at: number): Entry {
+  const periods = [...new Set(step.states.flatMap((s) => (s.period ? [s.period] : [])))];
+  return step.variants.get(variantKey(periods, at))!;
+}
+
+export interface FieldShape {
+  shape: number[];
+  dtype: "f32" | "i32";
+}
+
+/** A data declaration, resolved: its source, its arguments with defaults applied, its split. */
+export interface DataSpec {
+  /** `arithmetic`, `two_moons`, `text`. */
+  source: string;
+  args: Record<string, string | number | boolean>;
+  /** Token (or class) count. */
+  vocab: number;
+  /** `.train` / `.valid`; absent for a bare name (training reads the train split). */
+  split?: "train" | "valid";
+  /** The batch fields and their shapes at the run's batch size. */
+  fields: Record<string, FieldShape>;
+  /** An example declaration, for messages about the arguments. */
+  help: string;
+  at: Location;
+}
+
+/**
+ * The arithmetic task's tokens: digits 0–9 are ids 0–9, then `+ - * =`, then `.` (end of
+ * answer) and ` ` (padding). `123+456=579.` is one example.
+ */
+export const ARITHMETIC_ALPHABET = "0123456789+-*=. ";
+
+/** L, the tokens of the longest example for these settings (`999*999=998001.` is 4·3 + 3). */
+export function arithmeticSequenceLength(ops: string, digits: number): number {
+  let longest = 0;
+  for (const op of ops) {
+    // + : up to digits + 1 digits; - : a sign and up to digits digits; * : up to 2·digits digits
+    const result = op === "*" ? 2 * digits : digits + 1;
+    longest = Math.max(longest, 2 * digits + 3 + result);
+  }
+  return longest;
+}
+
+/** A learning-rate schedule: the factor each optimizer's `lr` is multiplied by. */
+export interface Schedule {
+  kind: "constant" | "cosine" | "linear";
+  warmup: number;
+  /** The factor at the end (cosine, linear). */
+  minRatio: number;
+}
+
+export interface ParamSpec {
+  path: string;
+  shape: number[];
+  dtype: DType;
+  origin: "model" | "adapter";
+  trainable: boolean;
+}
+
+/** Everything `lrkc train` runs: the settings of one train block and its two programs. */
+export interface TrainProgram {
+  /** The train block's name, and where it is written (for diagnostics at run time). */
+  name: string;
+  at: Location;
+  /** The `.lrk` file's path. */
+  file: string;
+  steps: number;
+  batch: number;
+  seed: number;
+  clip?: number;
+  schedule: Schedule;
+  checkpointEvery?: number;
+  data: DataSpec;
+  /** What evaluation measures: `eval … on` data (by default the training data's valid split). */
+  eval: { every?: number; data: DataSpec };
+  /** The checkpoint to start from (an absolute path), and the `init` line when written there. */
+  init?: { path: string; at?: Location };
+  /** The `loss` expression, for reports about it. */
+  lossAt?: Location;
+  params: ParamSpec[];
+  initProgram: InitProgram;
+  step: StepProgram;
+}
+
+/** The matmul kernel template, as the runtime's autotuner times it (the compiler renders). */
+export interface MatmulTemplate {
+  /** The parameter sets worth timing for a shape on a device with these features. */
+  candidates(shape: MatmulShape, features: ReadonlySet<string>): MatmulParams[];
+  /** The choice without tuning. */
+  defaults(
+    shape: MatmulShape,
+    features: ReadonlySet<string>,
+    adapter?: MatmulAdapterKind,
+  ): MatmulParams;
+  /** The kernel on bindings a = 0, b = 1, out = 2. */
+  kernel(shape: MatmulShape, params: MatmulParams): KernelSource;
+  /** Shapes of one class share a tuned choice. */
+  classKey(shape: MatmulShape): string;
+  describe(params: MatmulParams): string;
+}
