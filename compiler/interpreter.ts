@@ -192,7 +192,7 @@ interface OpCall<O extends Op> extends Mode {
 
 type OpEvaluator<K extends Op["kind"]> = (c: OpCall<OpOf<K>>) => void;
 
-/** Per op kind, how a node's values are computed (a new op kind does not compile until it has one). */
+/** Per op kind, how a node's values are computed; a new op kind is a type error until it's here. */
 const opEvaluators: { [K in Op["kind"]]: OpEvaluator<K> } = {
   input: evaluateInput,
   const: ({ op, out }) => out.fill(op.value),

@@ -180,7 +180,7 @@ class Placer {
     }
   }
 
-  /** 4: `optimize` rules, the first matching rule owning each trainable tensor; all must be owned. */
+  /** 4: `optimize` rules: the first matching rule owns a trainable tensor; all must be owned. */
   optimize(): void {
     const adapterParams = new Set(
       this.adapters.flatMap((a) => a.instance.params.map((p) => p.path)),
@@ -368,7 +368,9 @@ class Placer {
     return reported;
   }
 
-  /** `where` predicates see the tensor's `rows`, `cols`, `shape`, `numel`, `ndim`, `name`, `path`. */
+  /**
+   * `where` predicates see the tensor's `rows`, `cols`, `shape`, `numel`, `ndim`, `name`, `path`.
+   */
   private passes(list: A.SelectorList, param: ParamInfo | undefined, path: string): boolean {
     if (!list.where) return true;
     const shape = param?.shape ?? [];
@@ -426,7 +428,9 @@ class Placer {
     return config;
   }
 
-  /** Instantiates an adapter or quantizer around `target`, binding its `on Linear(in, out)` names. */
+  /**
+   * Instantiates an adapter or quantizer around `target`, binding its `on Linear(in, out)` names.
+   */
   private wrap(config: Config, target: ModuleInstance, rule: A.Rule): Applied | undefined {
     const on = config.def.on;
     if (!on) {

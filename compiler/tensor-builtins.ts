@@ -387,7 +387,7 @@ function transpose({ L, b, at, args, tensor }: Call): Value {
   return tensor(b.permute(x.node, perm));
 }
 
-/** `tril`/`triu`: keeps the entries of the last two axes where `keep(rows, cols)`, zeros the rest. */
+/** `tril`/`triu`: keeps the last two axes' entries where `keep(rows, cols)`, zeros the rest. */
 function triangle(keep: (b: Builder, rows: number, cols: number) => number): Rule {
   return ({ L, b, name, at, args, tensor }) => {
     const x = args.tensor(0);
@@ -438,7 +438,9 @@ function singularVectors(side: "left" | "right"): Rule {
   };
 }
 
-/** w = L1 @ L2 + R from the top-r SVD w ≈ U S Vᵀ: L2 = V_rᵀ [r, in], L1 = w V_r = U_r S_r [out, r]. */
+/**
+ * w = L1 @ L2 + R from the top-r SVD w ≈ U S Vᵀ: L2 = V_rᵀ [r, in], L1 = w V_r = U_r S_r [out, r].
+ */
 function svdSplit({ L, b, at, args, tensor }: Call): Value {
   const w = args.tensor(0);
   const rank = args.number(1, "rank");
