@@ -10,6 +10,7 @@ import {
   type DType,
   type Graph,
   type Node,
+  type Op,
   type Shape,
   type UnaryFn,
   type BinaryFn,
@@ -148,246 +149,260 @@ export function evaluate(
   options: { float64?: boolean } = {},
 ): Map<number, Tensor> {
   const f64 = options.float64 ?? false;
-  const R = f64 ? (x: number) => x : Math.fround;
-  const alloc = (dtype: DType, n: number): Data =>
-    dtype === "i32" ? new Int32Array(n) : f64 ? new Float64Array(n) : new Float32Array(n);
+  const mode: Mode = { f64, R: f64 ? (x: number) => x : Math.fround, feeds };
   const values = new Map<number, Tensor>();
-
   for (const id of dependencies(graph, wanted)) {
     const node = graph.node(id);
     const ins = node.inputs.map((i) => values.get(i)!);
-    const out = alloc(node.dtype, numel(node.shape));
-    compute(node, ins, out);
+    const out = allocate(node.dtype, numel(node.shape), f64);
+    // The table is keyed by op kind, so the entry for this node takes this node's op.
+    const evaluateOp = opEvaluators[node.op.kind] as OpEvaluator<Op["kind"]>;
+    evaluateOp({ ...mode, node, op: node.op, ins, out, n: out.length, int: node.dtype === "i32" });
     values.set(id, { shape: [...node.shape], data: out });
   }
   return new Map(wanted.map((id) => [id, values.get(id)!]));
+}
 
-  function compute(node: Node, ins: Tensor[], out: Data): void {
-    const op = node.op;
-    const shape = node.shape;
-    const n = out.length;
-    const int = node.dtype === "i32";
-    switch (op.kind) {
-      case "input": {
-        const feed = feeds.get(node.id);
-        if (!feed)
-          throw new Error(
-            `interpreter: no feed for input ${op.role} "${op.name}" (node %${node.id})`,
-          );
-        if (feed.data.length !== n)
-          throw new Error(
-            `interpreter: feed for "${op.name}" has ${feed.data.length} values, needs ${n}`,
-          );
-        for (let i = 0; i < n; i++) out[i] = int ? Math.trunc(feed.data[i]!) : feed.data[i]!;
-        return;
-      }
-      case "const":
-        out.fill(op.value);
-        return;
-      case "iota": {
-        const st = strides(shape);
-        for (let i = 0; i < n; i++) out[i] = Math.floor(i / st[op.axis]!) % shape[op.axis]!;
-        return;
-      }
-      case "random": {
-        const seed = ins.length === 1 ? hash32(op.seed, ins[0]!.data[0]! >>> 0) : op.seed;
-        for (let i = 0; i < n; i++)
-          out[i] = op.dist === "uniform" ? uniformAt(seed, i) : normalAt(seed, i);
-        return;
-      }
-      case "unary": {
-        const f = unaryFn(op.fn);
-        const x = ins[0]!.data;
-        for (let i = 0; i < n; i++) out[i] = f(x[i]!);
-        return;
-      }
-      case "binary": {
-        const f = binaryFn(op.fn, int);
-        const a = ins[0]!.data;
-        const b = ins[1]!.data;
-        for (let i = 0; i < n; i++) out[i] = f(a[i]!, b[i]!);
-        return;
-      }
-      case "where": {
-        const [c, a, b] = ins.map((t) => t.data) as [Data, Data, Data];
-        for (let i = 0; i < n; i++) out[i] = c[i] !== 0 ? a[i]! : b[i]!;
-        return;
-      }
-      case "cast": {
-        const x = ins[0]!.data;
-        for (let i = 0; i < n; i++) out[i] = int ? Math.trunc(x[i]!) : x[i]!;
-        return;
-      }
-      case "reduce": {
-        const x = ins[0]!;
-        const outSt = strides(shape).map((s, k) => (op.axes.includes(k) ? 0 : s));
-        const isMax = op.fn === "max";
-        const xd = x.data;
-        // An i32 array cannot hold -Infinity (it would store 0): start from the smallest i32.
-        out.fill(isMax ? (int ? -2147483648 : -Infinity) : 0);
-        // Walk the input in order; each element lands on the output offset with reduced axes at 0.
-        walk(x.shape, outSt, 0, (i, o) => {
-          const v = xd[i]!;
-          out[o] = isMax ? (Number.isNaN(v) || v > out[o]! ? v : out[o]!) : R(out[o]! + v);
-        });
-        return;
-      }
-      case "matmul": {
-        const [a, b] = ins as [Tensor, Tensor];
-        const r = shape.length;
-        const m = shape[r - 2]!;
-        const p = shape[r - 1]!;
-        const k = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
-        const batches = n / (m * p);
-        const aCols = a.shape[r - 1]!;
-        const bCols = b.shape[r - 1]!;
-        // Element (i, l) of A and (l, j) of B as offsets, whichever way each is stored.
-        const aI = op.transA ? 1 : aCols;
-        const aL = op.transA ? aCols : 1;
-        const bL = op.transB ? 1 : bCols;
-        const bJ = op.transB ? bCols : 1;
-        const ad = a.data;
-        const bd = b.data;
-        for (let bt = 0; bt < batches; bt++) {
-          const ao = bt * a.shape[r - 2]! * aCols;
-          const bo = bt * b.shape[r - 2]! * bCols;
-          for (let i = 0; i < m; i++) {
-            const arow = ao + i * aI;
-            for (let j = 0; j < p; j++) {
-              let acc = 0;
-              let ai = arow;
-              let bi = bo + j * bJ;
-              if (int) {
-                for (let l = 0; l < k; l++, ai += aL, bi += bL)
-                  acc = (acc + Math.imul(ad[ai]!, bd[bi]!)) | 0;
-              } else if (f64) {
-                for (let l = 0; l < k; l++, ai += aL, bi += bL) acc += ad[ai]! * bd[bi]!;
-              } else {
-                for (let l = 0; l < k; l++, ai += aL, bi += bL)
-                  acc = Math.fround(acc + Math.fround(ad[ai]! * bd[bi]!));
-              }
-              out[bt * m * p + i * p + j] = acc;
-            }
-          }
+function allocate(dtype: DType, n: number, f64: boolean): Data {
+  return dtype === "i32" ? new Int32Array(n) : f64 ? new Float64Array(n) : new Float32Array(n);
+}
+
+/** The evaluation's settings, the same for every node. */
+interface Mode {
+  /** Floats are float64 throughout, not rounded to f32 after each step. */
+  readonly f64: boolean;
+  /** Rounds one float accumulation step to f32 (the identity with `float64`). */
+  readonly R: (x: number) => number;
+  readonly feeds: Map<number, Tensor>;
+}
+
+type OpOf<K extends Op["kind"]> = Extract<Op, { kind: K }>;
+
+/** One node to evaluate: its op, its inputs' values and the array (zeroed) to fill. */
+interface OpCall<O extends Op> extends Mode {
+  readonly node: Node;
+  readonly op: O;
+  readonly ins: Tensor[];
+  readonly out: Data;
+  /** Elements of `out`. */
+  readonly n: number;
+  /** The node is i32: integer arithmetic, and values are truncated into it. */
+  readonly int: boolean;
+}
+
+type OpEvaluator<K extends Op["kind"]> = (c: OpCall<OpOf<K>>) => void;
+
+/** Per op kind, how a node's values are computed; a new op kind is a type error until it's here. */
+const opEvaluators: { [K in Op["kind"]]: OpEvaluator<K> } = {
+  input: evaluateInput,
+  const: ({ op, out }) => out.fill(op.value),
+  iota: ({ node, op, out, n }) => {
+    const st = strides(node.shape);
+    for (let i = 0; i < n; i++) out[i] = Math.floor(i / st[op.axis]!) % node.shape[op.axis]!;
+  },
+  random: ({ op, ins, out, n }) => {
+    const seed = ins.length === 1 ? hash32(op.seed, ins[0]!.data[0]! >>> 0) : op.seed;
+    for (let i = 0; i < n; i++)
+      out[i] = op.dist === "uniform" ? uniformAt(seed, i) : normalAt(seed, i);
+  },
+  unary: ({ op, ins, out, n }) => {
+    const f = unaryFn(op.fn);
+    const x = ins[0]!.data;
+    for (let i = 0; i < n; i++) out[i] = f(x[i]!);
+  },
+  binary: ({ op, ins, out, n, int }) => {
+    const f = binaryFn(op.fn, int);
+    const a = ins[0]!.data;
+    const b = ins[1]!.data;
+    for (let i = 0; i < n; i++) out[i] = f(a[i]!, b[i]!);
+  },
+  where: ({ ins, out, n }) => {
+    const [c, a, b] = ins.map((t) => t.data) as [Data, Data, Data];
+    for (let i = 0; i < n; i++) out[i] = c[i] !== 0 ? a[i]! : b[i]!;
+  },
+  cast: ({ ins, out, n, int }) => {
+    const x = ins[0]!.data;
+    for (let i = 0; i < n; i++) out[i] = int ? Math.trunc(x[i]!) : x[i]!;
+  },
+  reduce: evaluateReduce,
+  matmul: evaluateMatmul,
+  reshape: ({ ins, out }) => out.set(ins[0]!.data),
+  permute: ({ node, op, ins, out }) => {
+    const x = ins[0]!;
+    const inSt = strides(x.shape);
+    const xd = x.data;
+    walk(
+      node.shape,
+      op.perm.map((a) => inSt[a]!),
+      0,
+      (o, i) => (out[o] = xd[i]!),
+    );
+  },
+  expand: ({ node, ins, out }) => {
+    const x = ins[0]!;
+    const inSt = strides(x.shape).map((s, k) => (x.shape[k] === 1 ? 0 : s));
+    const xd = x.data;
+    walk(node.shape, inSt, 0, (o, i) => (out[o] = xd[i]!));
+  },
+  slice: ({ node, op, ins, out }) => {
+    const x = ins[0]!;
+    const inSt = strides(x.shape);
+    const xd = x.data;
+    const base = op.starts.reduce((acc, s0, k) => acc + s0 * inSt[k]!, 0);
+    walk(
+      node.shape,
+      inSt.map((s, k) => s * op.steps[k]!),
+      base,
+      (o, i) => (out[o] = xd[i]!),
+    );
+  },
+  pad: ({ node, op, ins, out }) => {
+    const x = ins[0]!;
+    const inSt = strides(x.shape);
+    const outSt = strides(node.shape);
+    for (let i = 0; i < x.data.length; i++) {
+      const c = coords(i, inSt).map((v, k) => v + op.before[k]!);
+      out[dot(c, outSt)] = x.data[i]!;
+    }
+  },
+  gather: evaluateGather,
+  scatterAdd: evaluateScatterAdd,
+  svd: ({ op, ins, out }) => {
+    const g = ins[0]!;
+    const [m, k] = g.shape as [number, number];
+    let a = mat(m, k, g.data);
+    if (op.side === "right") a = transpose(a);
+    let u = randomizedLeftSingularVectors(a, op.rank, op.iterations, op.oversample, op.seed);
+    if (op.side === "right") u = transpose(u);
+    out.set(u.data);
+  },
+  topkMask: evaluateTopkMask,
+  quantize: evaluateQuantize,
+  quantScale: evaluateQuantize,
+};
+
+function evaluateInput({ node, op, feeds, out, n, int }: OpCall<OpOf<"input">>) {
+  const feed = feeds.get(node.id);
+  if (!feed)
+    throw new Error(`interpreter: no feed for input ${op.role} "${op.name}" (node %${node.id})`);
+  if (feed.data.length !== n)
+    throw new Error(
+      `interpreter: feed for "${op.name}" has ${feed.data.length} values, needs ${n}`,
+    );
+  for (let i = 0; i < n; i++) out[i] = int ? Math.trunc(feed.data[i]!) : feed.data[i]!;
+}
+
+function evaluateReduce({ node, op, ins, out, int, R }: OpCall<OpOf<"reduce">>) {
+  const x = ins[0]!;
+  const outSt = strides(node.shape).map((s, k) => (op.axes.includes(k) ? 0 : s));
+  const isMax = op.fn === "max";
+  const xd = x.data;
+  // An i32 array cannot hold -Infinity (it would store 0): start from the smallest i32.
+  out.fill(isMax ? (int ? -2147483648 : -Infinity) : 0);
+  // Walk the input in order; each element lands on the output offset with reduced axes at 0.
+  walk(x.shape, outSt, 0, (i, o) => {
+    const v = xd[i]!;
+    out[o] = isMax ? (Number.isNaN(v) || v > out[o]! ? v : out[o]!) : R(out[o]! + v);
+  });
+}
+
+function evaluateMatmul({ node, op, ins, out, n, int, f64 }: OpCall<OpOf<"matmul">>) {
+  const [a, b] = ins as [Tensor, Tensor];
+  const shape = node.shape;
+  const r = shape.length;
+  const m = shape[r - 2]!;
+  const p = shape[r - 1]!;
+  const k = op.transA ? a.shape[r - 2]! : a.shape[r - 1]!;
+  const batches = n / (m * p);
+  const aCols = a.shape[r - 1]!;
+  const bCols = b.shape[r - 1]!;
+  // Element (i, l) of A and (l, j) of B as offsets, whichever way each is stored.
+  const aI = op.transA ? 1 : aCols;
+  const aL = op.transA ? aCols : 1;
+  const bL = op.transB ? 1 : bCols;
+  const bJ = op.transB ? bCols : 1;
+  const ad = a.data;
+  const bd = b.data;
+  for (let bt = 0; bt < batches; bt++) {
+    const ao = bt * a.shape[r - 2]! * aCols;
+    const bo = bt * b.shape[r - 2]! * bCols;
+    for (let i = 0; i < m; i++) {
+      const arow = ao + i * aI;
+      for (let j = 0; j < p; j++) {
+        let acc = 0;
+        let ai = arow;
+        let bi = bo + j * bJ;
+        if (int) {
+          for (let l = 0; l < k; l++, ai += aL, bi += bL)
+            acc = (acc + Math.imul(ad[ai]!, bd[bi]!)) | 0;
+        } else if (f64) {
+          for (let l = 0; l < k; l++, ai += aL, bi += bL) acc += ad[ai]! * bd[bi]!;
+        } else {
+          for (let l = 0; l < k; l++, ai += aL, bi += bL)
+            acc = Math.fround(acc + Math.fround(ad[ai]! * bd[bi]!));
         }
-        return;
-      }
-      case "reshape":
-        out.set(ins[0]!.data);
-        return;
-      case "permute": {
-        const x = ins[0]!;
-        const inSt = strides(x.shape);
-        const xd = x.data;
-        walk(
-          shape,
-          op.perm.map((a) => inSt[a]!),
-          0,
-          (o, i) => (out[o] = xd[i]!),
-        );
-        return;
-      }
-      case "expand": {
-        const x = ins[0]!;
-        const inSt = strides(x.shape).map((s, k) => (x.shape[k] === 1 ? 0 : s));
-        const xd = x.data;
-        walk(shape, inSt, 0, (o, i) => (out[o] = xd[i]!));
-        return;
-      }
-      case "slice": {
-        const x = ins[0]!;
-        const inSt = strides(x.shape);
-        const xd = x.data;
-        const base = op.starts.reduce((acc, s0, k) => acc + s0 * inSt[k]!, 0);
-        walk(
-          shape,
-          inSt.map((s, k) => s * op.steps[k]!),
-          base,
-          (o, i) => (out[o] = xd[i]!),
-        );
-        return;
-      }
-      case "pad": {
-        const x = ins[0]!;
-        const inSt = strides(x.shape);
-        const outSt = strides(shape);
-        for (let i = 0; i < x.data.length; i++) {
-          const c = coords(i, inSt).map((v, k) => v + op.before[k]!);
-          out[dot(c, outSt)] = x.data[i]!;
-        }
-        return;
-      }
-      case "gather": {
-        const [table, ids] = ins as [Tensor, Tensor];
-        const rows = table.shape[0]!;
-        const row = numel(table.shape.slice(1));
-        ids.data.forEach((id, r) => {
-          if (id < 0 || id >= rows)
-            throw new Error(`interpreter: gather id ${id} outside [0, ${rows})`);
-          for (let j = 0; j < row; j++) out[r * row + j] = table.data[id * row + j]!;
-        });
-        return;
-      }
-      case "scatterAdd": {
-        const [ids, vals] = ins as [Tensor, Tensor];
-        const rows = shape[0]!;
-        const row = numel(shape.slice(1));
-        ids.data.forEach((id, r) => {
-          if (id < 0 || id >= rows)
-            throw new Error(`interpreter: scatterAdd id ${id} outside [0, ${rows})`);
-          for (let j = 0; j < row; j++)
-            out[id * row + j] = R(out[id * row + j]! + vals.data[r * row + j]!);
-        });
-        return;
-      }
-      case "svd": {
-        const g = ins[0]!;
-        const [m, k] = g.shape as [number, number];
-        let a = mat(m, k, g.data);
-        if (op.side === "right") a = transpose(a);
-        let u = randomizedLeftSingularVectors(a, op.rank, op.iterations, op.oversample, op.seed);
-        if (op.side === "right") u = transpose(u);
-        out.set(u.data);
-        return;
-      }
-      case "topkMask": {
-        const [scores, kt] = ins as [Tensor, Tensor];
-        const k = Math.max(0, Math.min(n, Math.round(kt.data[0]!)));
-        const order = [...scores.data.keys()].sort((i, j) => {
-          const d = scores.data[j]! - scores.data[i]!;
-          return d !== 0 && !Number.isNaN(d) ? d : i - j;
-        });
-        for (const i of order.slice(0, k)) out[i] = 1;
-        return;
-      }
-      case "quantize":
-      case "quantScale": {
-        const w = ins[0]!;
-        const [rows, cols] = w.shape as [number, number];
-        if (cols % op.group !== 0)
-          throw new Error(`interpreter: quantize group ${op.group} does not divide ${cols}`);
-        const qmax = 2 ** (op.bits - 1) - 1;
-        const groups = cols / op.group;
-        for (let r = 0; r < rows; r++)
-          for (let g = 0; g < groups; g++) {
-            const base = r * cols + g * op.group;
-            let amax = 0;
-            for (let j = 0; j < op.group; j++) amax = Math.max(amax, Math.abs(w.data[base + j]!));
-            const scale = amax === 0 ? 1 : R(amax / qmax);
-            if (op.kind === "quantScale") {
-              out[r * groups + g] = scale;
-              continue;
-            }
-            for (let j = 0; j < op.group; j++) {
-              const v = R(w.data[base + j]! / scale);
-              const q = Math.sign(v) * Math.round(Math.abs(v)); // round half away from zero
-              out[base + j] = Math.max(-qmax, Math.min(qmax, q));
-            }
-          }
-        return;
+        out[bt * m * p + i * p + j] = acc;
       }
     }
   }
+}
+
+function evaluateGather({ ins, out }: OpCall<OpOf<"gather">>) {
+  const [table, ids] = ins as [Tensor, Tensor];
+  const rows = table.shape[0]!;
+  const row = numel(table.shape.slice(1));
+  ids.data.forEach((id, r) => {
+    if (id < 0 || id >= rows) throw new Error(`interpreter: gather id ${id} outside [0, ${rows})`);
+    for (let j = 0; j < row; j++) out[r * row + j] = table.data[id * row + j]!;
+  });
+}
+
+function evaluateScatterAdd({ node, ins, out, R }: OpCall<OpOf<"scatterAdd">>) {
+  const [ids, vals] = ins as [Tensor, Tensor];
+  const rows = node.shape[0]!;
+  const row = numel(node.shape.slice(1));
+  ids.data.forEach((id, r) => {
+    if (id < 0 || id >= rows)
+      throw new Error(`interpreter: scatterAdd id ${id} outside [0, ${rows})`);
+    for (let j = 0; j < row; j++)
+      out[id * row + j] = R(out[id * row + j]! + vals.data[r * row + j]!);
+  });
+}
+
+function evaluateTopkMask({ ins, out, n }: OpCall<OpOf<"topkMask">>) {
+  const [scores, kt] = ins as [Tensor, Tensor];
+  const k = Math.max(0, Math.min(n, Math.round(kt.data[0]!)));
+  const order = [...scores.data.keys()].sort((i, j) => {
+    const d = scores.data[j]! - scores.data[i]!;
+    return d !== 0 && !Number.isNaN(d) ? d : i - j;
+  });
+  for (const i of order.slice(0, k)) out[i] = 1;
+}
+
+/** `quantize` writes the integers, `quantScale` the per-group scales they were divided by. */
+function evaluateQuantize({ op, ins, out, R }: OpCall<OpOf<"quantize" | "quantScale">>) {
+  const w = ins[0]!;
+  const [rows, cols] = w.shape as [number, number];
+  if (cols % op.group !== 0)
+    throw new Error(`interpreter: quantize group ${op.group} does not divide ${cols}`);
+  const qmax = 2 ** (op.bits - 1) - 1;
+  const groups = cols / op.group;
+  for (let r = 0; r < rows; r++)
+    for (let g = 0; g < groups; g++) {
+      const base = r * cols + g * op.group;
+      let amax = 0;
+      for (let j = 0; j < op.group; j++) amax = Math.max(amax, Math.abs(w.data[base + j]!));
+      const scale = amax === 0 ? 1 : R(amax / qmax);
+      if (op.kind === "quantScale") {
+        out[r * groups + g] = scale;
+        continue;
+      }
+      for (let j = 0; j < op.group; j++) {
+        const v = R(w.data[base + j]! / scale);
+        const q = Math.sign(v) * Math.round(Math.abs(v)); // round half away from zero
+        out[base + j] = Math.max(-qmax, Math.min(qmax, q));
+      }
+    }
 }
 
 /** A tensor from plain numbers (f32 unless `dtype` says i32). */

@@ -12,7 +12,7 @@ import type * as A from "../language/ast.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import { selectorListText } from "../language/format.js";
 import { allModules, allParams, instantiate } from "./instantiate.js";
-import { chain, type Resolver } from "./resolve.js";
+import { chain, type Resolver, type Scope } from "./resolve.js";
 import { matches } from "./selectors.js";
 import { closest } from "./suggest.js";
 import type { TrainSpec } from "./train.js";
@@ -53,39 +53,311 @@ export interface Placement {
 }
 
 export function place(r: Resolver, spec: TrainSpec): Placement {
-  const { module } = spec;
-  const scope = r.scopeOf(module);
-  const modules = allModules(spec.model);
-  const modelParams = allParams(spec.model);
-  const placed = new Map<string, PlacedParam>(
-    modelParams.map((p) => [p.path, { param: p, origin: "model", trainable: true }]),
-  );
-  const adapters: Applied[] = [];
-  const quantizers: Applied[] = [];
-  const budgets: BudgetPlacement[] = [];
-  const allPaths = [
-    ...modules.map((m) => m.path).filter((p) => p !== ""),
-    ...modelParams.map((p) => p.path),
-  ];
+  const placer = new Placer(r, spec);
+  placer.wrapModules("quantize");
+  placer.wrapModules("adapt");
+  placer.freeze();
+  placer.optimize();
+  placer.budget();
+  return placer.placement();
+}
 
-  const report = (d: Diagnostic) => r.diagnostics.push(d);
-  const at = (node: { span: A.Program["span"] }) => r.at(module, node);
+/** The state the placement phases share: what has been placed so far, and how to report. */
+class Placer {
+  private readonly module: TrainSpec["module"];
+  private readonly scope: Scope;
+  private readonly modules: ModuleInstance[];
+  private readonly modelParams: ParamInfo[];
+  /** Every parameter by path: the model's, then each adapter's as it is added. */
+  private readonly placed: Map<string, PlacedParam>;
+  private readonly adapters: Applied[] = [];
+  private readonly quantizers: Applied[] = [];
+  private readonly budgets: BudgetPlacement[] = [];
+  /** Paths of every module but the root. */
+  private readonly modulePaths: string[];
+  /** Paths of every module but the root, then of every model parameter. */
+  private readonly allPaths: string[];
+
+  constructor(
+    private readonly r: Resolver,
+    private readonly spec: TrainSpec,
+  ) {
+    this.module = spec.module;
+    this.scope = r.scopeOf(spec.module);
+    this.modules = allModules(spec.model);
+    this.modelParams = allParams(spec.model);
+    this.placed = new Map(
+      this.modelParams.map((p) => [p.path, { param: p, origin: "model", trainable: true }]),
+    );
+    this.modulePaths = this.modules.map((m) => m.path).filter((p) => p !== "");
+    this.allPaths = [...this.modulePaths, ...this.modelParams.map((p) => p.path)];
+  }
+
+  placement(): Placement {
+    const { adapters, quantizers, budgets } = this;
+    return { params: [...this.placed.values()], adapters, quantizers, budgets };
+  }
+
+  /** 1, 2: `quantize` or `adapt` rules, in rule order: wraps each matched module. */
+  wrapModules(verb: "quantize" | "adapt"): void {
+    for (const rule of this.spec.rules) {
+      if (rule.kind !== "Rule" || rule.verb !== verb) continue;
+      this.checkEach(rule.target, this.modulePaths, "exact", "module");
+      const config = this.methodConfig(
+        rule.method,
+        verb === "adapt" ? "adapter" : "quantizer",
+        verb,
+      );
+      if (!config) continue;
+      for (const target of this.modules) {
+        if (
+          target.path === "" ||
+          !rule.target.selectors.some((s) => matches(s, target.path, "exact"))
+        )
+          continue;
+        const weight = target.params.find((p) => p.name === "weight");
+        if (!this.passes(rule.target, weight, target.path)) continue;
+        this.wrapModule(verb, rule, config, target);
+      }
+    }
+  }
+
+  /** Wraps one matched module, unless it already is; quantizing freezes its base weight. */
+  private wrapModule(
+    verb: "quantize" | "adapt",
+    rule: A.Rule,
+    config: Config,
+    target: ModuleInstance,
+  ): void {
+    const list = verb === "adapt" ? this.adapters : this.quantizers;
+    const existing = list.find((a) => a.module === target);
+    if (existing) {
+      const done = verb === "adapt" ? "adapted" : "quantized";
+      this.report(
+        error("E0304", `\`${target.path}\` is ${done} twice`, this.at(rule.target), {
+          notes: [
+            {
+              message: `already ${done} with \`${existing.config.def.name.name}\` here`,
+              at: this.at(existing.rule),
+            },
+          ],
+          help: "make the selectors disjoint",
+        }),
+      );
+      return;
+    }
+    const applied = this.wrap(config, target, rule);
+    if (!applied) return;
+    list.push(applied);
+    if (verb === "quantize") {
+      for (const p of target.params) {
+        if (p.name !== "weight") continue;
+        const entry = this.placed.get(p.path)!;
+        entry.trainable = false;
+        entry.quantizedBy = applied;
+      }
+    } else {
+      for (const p of applied.instance.params)
+        this.placed.set(p.path, { param: p, origin: "adapter", trainable: true });
+    }
+  }
+
+  /** 3: `freeze` makes the matched model parameters non-trainable; the first rule is recorded. */
+  freeze(): void {
+    for (const rule of this.spec.rules) {
+      if (rule.kind !== "Freeze") continue;
+      this.checkEach(rule.target, this.allPaths, "prefix", "parameter or module");
+      for (const p of this.modelParams) {
+        if (
+          !rule.target.selectors.some((s) => matches(s, p.path, "prefix")) ||
+          !this.passes(rule.target, p, p.path)
+        )
+          continue;
+        const entry = this.placed.get(p.path)!;
+        entry.trainable = false;
+        entry.frozenBy ??= rule;
+      }
+    }
+  }
+
+  /** 4: `optimize` rules: the first matching rule owns a trainable tensor; all must be owned. */
+  optimize(): void {
+    const adapterParams = new Set(
+      this.adapters.flatMap((a) => a.instance.params.map((p) => p.path)),
+    );
+    let failed = false;
+    for (const rule of this.spec.rules) {
+      if (rule.kind !== "Rule" || rule.verb !== "optimize") continue;
+      if (!this.optimizeRule(rule, adapterParams)) failed = true;
+    }
+    // A failed rule already has its diagnostic; the tensors it would own are not uncovered.
+    if (!failed) this.reportUncovered();
+  }
+
+  /** Gives `rule` the trainable tensors no earlier rule owns; false where it failed. */
+  private optimizeRule(rule: A.Rule, adapterParams: Set<string>): boolean {
+    const unmatched = this.checkOptimizeSelectors(rule, adapterParams);
+    const config = this.methodConfig(rule.method, "optimizer", "optimize");
+    if (!config) return false;
+    const selects = (path: string) =>
+      rule.target.selectors.some((s) =>
+        isAdaptersGroup(s) ? adapterParams.has(path) : matches(s, path, "prefix"),
+      );
+    let owned = 0;
+    const misfits: string[] = [];
+    for (const [path, entry] of this.placed) {
+      if (
+        !entry.trainable ||
+        entry.optimizer ||
+        !selects(path) ||
+        !this.passes(rule.target, entry.param, path)
+      )
+        continue;
+      const bindings = bindOn(config, entry.param);
+      if (!bindings) {
+        misfits.push(path);
+        continue;
+      }
+      entry.optimizer = { config, rule, bindings };
+      owned++;
+    }
+    if (misfits.length > 0) {
+      this.reportMisfits(rule, config, misfits);
+      return false;
+    }
+    if (owned === 0 && !unmatched) {
+      this.r.diagnostics.push({
+        ...error(
+          "E0306",
+          `this \`optimize\` rule covers no trainable tensor`,
+          this.at(rule.target),
+          {
+            help: "every tensor it selects is frozen or owned by an earlier rule (the first matching rule wins)",
+          },
+        ),
+        severity: "warning",
+      });
+    }
+    return true;
+  }
+
+  /** Reports selectors that match nothing; true if a path selector matched nothing. */
+  private checkOptimizeSelectors(rule: A.Rule, adapterParams: Set<string>): boolean {
+    const anyAdapt = this.spec.rules.some((x) => x.kind === "Rule" && x.verb === "adapt");
+    let unmatched = false;
+    for (const s of rule.target.selectors) {
+      if (isAdaptersGroup(s)) {
+        // With an adapt rule present, its own diagnostic already says why nothing is adapted.
+        if (adapterParams.size === 0 && !anyAdapt)
+          this.report(
+            error("E0301", "`adapters` matches nothing: no module is adapted", this.at(s), {
+              help: "add an `adapt … with …` rule, or optimize the model's parameters",
+            }),
+          );
+      } else {
+        unmatched =
+          this.checkEach(
+            { ...rule.target, selectors: [s], where: undefined },
+            [...this.allPaths, ...adapterParams],
+            "prefix",
+            "parameter or module",
+          ) || unmatched;
+      }
+    }
+    return unmatched;
+  }
+
+  private reportMisfits(rule: A.Rule, config: Config, misfits: string[]): void {
+    const first = this.placed.get(misfits[0]!)!.param;
+    const more = misfits.length > 1 ? ` (and ${misfits.length - 1} more)` : "";
+    this.report(
+      error(
+        "E0303",
+        `optimizer \`${config.def.name.name}\` applies to \`${typeText(config.def.on?.type)}\` tensors, but \`${first.path}\` is f32[${first.shape.join(", ")}]${more}`,
+        this.at(rule.target),
+        {
+          help: "narrow the selector, e.g. with `.weight` or `where ndim == 2`, and optimize the rest with a later rule",
+        },
+      ),
+    );
+  }
+
+  private reportUncovered(): void {
+    const uncovered = [...this.placed.values()].filter((p) => p.trainable && !p.optimizer);
+    if (uncovered.length === 0) return;
+    const names = uncovered.map((p) => `\`${p.param.path}\``);
+    this.report(
+      error(
+        "E0305",
+        `${uncovered.length} trainable tensor${uncovered.length === 1 ? " has" : "s have"} no optimizer: ${names.slice(0, 3).join(", ")}${names.length > 3 ? `, and ${names.length - 3} more` : ""}`,
+        this.at(this.spec.decl.name),
+        {
+          help: uncovered.every((p) => p.origin === "adapter")
+            ? "add `optimize adapters with adamw(lr: 1e-3)`"
+            : "add an `optimize` rule that covers them (e.g. `optimize ** with adamw(lr: 1e-3)` last), or `freeze` them",
+        },
+      ),
+    );
+  }
+
+  /** 5: `budget` controllers, each on modules adapted with the adapter it is written for. */
+  budget(): void {
+    for (const rule of this.spec.rules) {
+      if (rule.kind !== "BudgetRule") continue;
+      const config = this.methodConfig(rule.controller, "budget", "budget … by");
+      if (!config) continue;
+      const total = this.r.attempt(() =>
+        this.r.integer(rule.total, this.scope, this.module, "a budget"),
+      );
+      if (total === undefined) continue;
+      this.checkEach(rule.target, this.modulePaths, "exact", "module");
+      const selected = (path: string) =>
+        rule.target.selectors.some((s) => matches(s, path, "exact"));
+      const targets = this.adapters.filter((a) => selected(a.module.path));
+      const wanted = config.def.on?.name.name;
+      const wrong = targets.filter((a) => a.config.def.name.name !== wanted);
+      const unadapted = this.modules.filter(
+        (m) => selected(m.path) && !this.adapters.some((a) => a.module === m),
+      );
+      if (wrong.length > 0 || unadapted.length > 0) {
+        const example = wrong[0]?.module.path ?? unadapted[0]!.path;
+        this.report(
+          error(
+            "E0307",
+            `budget \`${config.def.name.name}\` controls modules adapted with \`${wanted}\`, but \`${example}\` is ${wrong[0] ? `adapted with \`${wrong[0].config.def.name.name}\`` : "not adapted"}`,
+            this.at(rule.target),
+            { help: `adapt these modules with \`${wanted}(…)\`, or narrow the selector` },
+          ),
+        );
+        continue;
+      }
+      this.budgets.push({ rule, config, total, adapted: targets });
+    }
+  }
+
+  private report(d: Diagnostic): void {
+    this.r.diagnostics.push(d);
+  }
+
+  private at(node: { span: A.Program["span"] }) {
+    return this.r.at(this.module, node);
+  }
 
   /** Reports selectors in the list that match none of `paths`, with a did-you-mean. */
-  const checkEach = (
+  private checkEach(
     list: A.SelectorList,
     paths: string[],
     mode: "exact" | "prefix",
     what: string,
-  ): boolean => {
+  ): boolean {
     let reported = false;
     for (const s of list.selectors) {
       if (paths.some((p) => matches(s, p, mode))) continue;
       reported = true;
       const text = selectorListText({ kind: "SelectorList", selectors: [s], span: s.span });
       const suggestion = suggestSelector(s, paths, mode);
-      report(
-        error("E0301", `selector \`${text}\` matches no ${what}`, at(s), {
+      this.report(
+        error("E0301", `selector \`${text}\` matches no ${what}`, this.at(s), {
           label: suggestion ? `did you mean \`${suggestion}\`?` : undefined,
           help: suggestion
             ? undefined
@@ -94,10 +366,12 @@ export function place(r: Resolver, spec: TrainSpec): Placement {
       );
     }
     return reported;
-  };
+  }
 
-  /** `where` predicates see the tensor's `rows`, `cols`, `shape`, `numel`, `ndim`, `name`, `path`. */
-  const passes = (list: A.SelectorList, param: ParamInfo | undefined, path: string): boolean => {
+  /**
+   * `where` predicates see the tensor's `rows`, `cols`, `shape`, `numel`, `ndim`, `name`, `path`.
+   */
+  private passes(list: A.SelectorList, param: ParamInfo | undefined, path: string): boolean {
     if (!list.where) return true;
     const shape = param?.shape ?? [];
     const vars = new Map<string, Value>([
@@ -115,11 +389,14 @@ export function place(r: Resolver, spec: TrainSpec): Placement {
       ["name", { kind: "string", value: path.split(".").pop() ?? "" }],
       ["path", { kind: "string", value: path }],
     ]);
-    const v = r.attempt(() => r.evaluate(list.where!, chain(vars, scope), module));
-    return v !== undefined && r.truthy(v, list.where, module);
-  };
+    const where = list.where;
+    const v = this.r.attempt(() => this.r.evaluate(where, chain(vars, this.scope), this.module));
+    return v !== undefined && this.r.truthy(v, where, this.module);
+  }
 
-  const methodConfig = (e: A.Expr, sort: A.DefinitionSort, verb: string): Config | undefined => {
+  /** The adapter, quantizer, optimizer or budget a rule names, as a config with its arguments. */
+  private methodConfig(e: A.Expr, sort: A.DefinitionSort, verb: string): Config | undefined {
+    const { r, scope, module } = this;
     const v = r.attempt(() => r.evaluate(e, scope, module));
     if (!v) return undefined;
     const config =
@@ -135,45 +412,45 @@ export function place(r: Resolver, spec: TrainSpec): Placement {
               scope,
               module,
             ),
-            at: at(e),
+            at: this.at(e),
           }
         : v;
     if (config.kind !== "config" || config.def.sort !== sort) {
-      report(
+      this.report(
         error(
           "E0206",
           `\`${verb}\` needs ${sort === "adapter" ? "an" : "a"} ${sort}, not ${describeValue(v)}`,
-          at(e),
+          this.at(e),
         ),
       );
       return undefined;
     }
     return config;
-  };
+  }
 
-  /** Instantiates an adapter or quantizer around `target`, binding its `on Linear(in, out)` names. */
-  const wrap = (config: Config, target: ModuleInstance, rule: A.Rule): Applied | undefined => {
+  /**
+   * Instantiates an adapter or quantizer around `target`, binding its `on Linear(in, out)` names.
+   */
+  private wrap(config: Config, target: ModuleInstance, rule: A.Rule): Applied | undefined {
     const on = config.def.on;
     if (!on) {
-      report(
+      this.report(
         error(
           "E0302",
           `${config.def.sort} \`${config.def.name.name}\` does not say what it applies to`,
-          r.at(config.module, config.def.name),
+          this.r.at(config.module, config.def.name),
           { help: "add an `on Linear(in, out)` clause" },
         ),
       );
       return undefined;
     }
     if (on.name.name !== target.typeName) {
-      report(
+      this.report(
         error(
           "E0302",
           `${config.def.sort} \`${config.def.name.name}\` applies to \`${on.name.name}\` modules, but \`${target.path}\` is ${/^[AEIOU]/.test(target.typeName) ? "an" : "a"} \`${target.typeName}\``,
-          at(rule.target),
-          {
-            help: `narrow the selector to ${on.name.name} modules`,
-          },
+          this.at(rule.target),
+          { help: `narrow the selector to ${on.name.name} modules` },
         ),
       );
       return undefined;
@@ -184,216 +461,19 @@ export function place(r: Resolver, spec: TrainSpec): Placement {
       const value = targetParam ? target.scope.get(targetParam.name.name) : undefined;
       if (value) extra.set(name.name, value);
     });
-    const instance = instantiate(r, config, `${target.path}.${config.def.name.name}`, extra);
+    const instance = instantiate(this.r, config, `${target.path}.${config.def.name.name}`, extra);
     return { module: target, config, rule, instance };
-  };
-
-  // 1, 2: quantize and adapt, in rule order per verb.
-  const modulePaths = modules.map((m) => m.path).filter((p) => p !== "");
-  for (const verb of ["quantize", "adapt"] as const) {
-    for (const rule of spec.rules) {
-      if (rule.kind !== "Rule" || rule.verb !== verb) continue;
-      checkEach(rule.target, modulePaths, "exact", "module");
-      const config = methodConfig(rule.method, verb === "adapt" ? "adapter" : "quantizer", verb);
-      if (!config) continue;
-      const list = verb === "adapt" ? adapters : quantizers;
-      for (const target of modules) {
-        if (
-          target.path === "" ||
-          !rule.target.selectors.some((s) => matches(s, target.path, "exact"))
-        )
-          continue;
-        const weight = target.params.find((p) => p.name === "weight");
-        if (!passes(rule.target, weight, target.path)) continue;
-        const existing = list.find((a) => a.module === target);
-        if (existing) {
-          report(
-            error(
-              "E0304",
-              `\`${target.path}\` is ${verb === "adapt" ? "adapted" : "quantized"} twice`,
-              at(rule.target),
-              {
-                notes: [
-                  {
-                    message: `already ${verb === "adapt" ? "adapted" : "quantized"} with \`${existing.config.def.name.name}\` here`,
-                    at: at(existing.rule),
-                  },
-                ],
-                help: "make the selectors disjoint",
-              },
-            ),
-          );
-          continue;
-        }
-        const applied = wrap(config, target, rule);
-        if (!applied) continue;
-        list.push(applied);
-        if (verb === "quantize") {
-          for (const p of target.params) {
-            if (p.name !== "weight") continue;
-            const entry = placed.get(p.path)!;
-            entry.trainable = false;
-            entry.quantizedBy = applied;
-          }
-        } else {
-          for (const p of applied.instance.params)
-            placed.set(p.path, { param: p, origin: "adapter", trainable: true });
-        }
-      }
-    }
   }
+}
 
-  // 3: freeze.
-  for (const rule of spec.rules) {
-    if (rule.kind !== "Freeze") continue;
-    checkEach(rule.target, allPaths, "prefix", "parameter or module");
-    for (const p of modelParams) {
-      if (
-        !rule.target.selectors.some((s) => matches(s, p.path, "prefix")) ||
-        !passes(rule.target, p, p.path)
-      )
-        continue;
-      const entry = placed.get(p.path)!;
-      entry.trainable = false;
-      entry.frozenBy ??= rule;
-    }
-  }
-
-  // 4: optimize, first matching rule wins.
-  let optimizeFailed = false;
-  const adapterParams = new Set(adapters.flatMap((a) => a.instance.params.map((p) => p.path)));
-  const everyPath = [...placed.keys()];
-  for (const rule of spec.rules) {
-    if (rule.kind !== "Rule" || rule.verb !== "optimize") continue;
-    const isGroup = (s: A.Selector) =>
-      s.segments.length === 1 &&
-      s.segments[0]!.kind === "Pattern" &&
-      s.segments[0]!.pattern === "adapters" &&
-      !s.segments[0]!.index;
-    const selects = (path: string) =>
-      rule.target.selectors.some((s) =>
-        isGroup(s) ? adapterParams.has(path) : matches(s, path, "prefix"),
-      );
-    const anyAdapt = spec.rules.some((x) => x.kind === "Rule" && x.verb === "adapt");
-    let unmatched = false;
-    for (const s of rule.target.selectors) {
-      if (isGroup(s)) {
-        // With an adapt rule present, its own diagnostic already says why nothing is adapted.
-        if (adapterParams.size === 0 && !anyAdapt)
-          report(
-            error("E0301", "`adapters` matches nothing: no module is adapted", at(s), {
-              help: "add an `adapt … with …` rule, or optimize the model's parameters",
-            }),
-          );
-      } else {
-        unmatched =
-          checkEach(
-            { ...rule.target, selectors: [s], where: undefined },
-            [...allPaths, ...adapterParams],
-            "prefix",
-            "parameter or module",
-          ) || unmatched;
-      }
-    }
-    const config = methodConfig(rule.method, "optimizer", "optimize");
-    if (!config) {
-      optimizeFailed = true;
-      continue;
-    }
-    let owned = 0;
-    const misfits: string[] = [];
-    for (const path of everyPath) {
-      const entry = placed.get(path)!;
-      if (
-        !entry.trainable ||
-        entry.optimizer ||
-        !selects(path) ||
-        !passes(rule.target, entry.param, path)
-      )
-        continue;
-      const bindings = bindOn(config, entry.param);
-      if (!bindings) {
-        misfits.push(path);
-        continue;
-      }
-      entry.optimizer = { config, rule, bindings };
-      owned++;
-    }
-    if (misfits.length > 0) {
-      const first = placed.get(misfits[0]!)!.param;
-      const more = misfits.length > 1 ? ` (and ${misfits.length - 1} more)` : "";
-      report(
-        error(
-          "E0303",
-          `optimizer \`${config.def.name.name}\` applies to \`${typeText(config.def.on?.type)}\` tensors, but \`${first.path}\` is f32[${first.shape.join(", ")}]${more}`,
-          at(rule.target),
-          {
-            help: "narrow the selector, e.g. with `.weight` or `where ndim == 2`, and optimize the rest with a later rule",
-          },
-        ),
-      );
-      optimizeFailed = true;
-    } else if (owned === 0 && !unmatched) {
-      r.diagnostics.push({
-        ...error("E0306", `this \`optimize\` rule covers no trainable tensor`, at(rule.target), {
-          help: "every tensor it selects is frozen or owned by an earlier rule (the first matching rule wins)",
-        }),
-        severity: "warning",
-      });
-    }
-  }
-  const uncovered = [...placed.values()].filter((p) => p.trainable && !p.optimizer);
-  if (uncovered.length > 0 && !optimizeFailed) {
-    const names = uncovered.map((p) => `\`${p.param.path}\``);
-    report(
-      error(
-        "E0305",
-        `${uncovered.length} trainable tensor${uncovered.length === 1 ? " has" : "s have"} no optimizer: ${names.slice(0, 3).join(", ")}${names.length > 3 ? `, and ${names.length - 3} more` : ""}`,
-        at(spec.decl.name),
-        {
-          help: uncovered.every((p) => p.origin === "adapter")
-            ? "add `optimize adapters with adamw(lr: 1e-3)`"
-            : "add an `optimize` rule that covers them (e.g. `optimize ** with adamw(lr: 1e-3)` last), or `freeze` them",
-        },
-      ),
-    );
-  }
-
-  // 5: budgets.
-  for (const rule of spec.rules) {
-    if (rule.kind !== "BudgetRule") continue;
-    const config = methodConfig(rule.controller, "budget", "budget … by");
-    if (!config) continue;
-    const total = r.attempt(() => r.integer(rule.total, scope, module, "a budget"));
-    if (total === undefined) continue;
-    checkEach(rule.target, modulePaths, "exact", "module");
-    const targets = adapters.filter((a) =>
-      rule.target.selectors.some((s) => matches(s, a.module.path, "exact")),
-    );
-    const wanted = config.def.on?.name.name;
-    const wrong = targets.filter((a) => a.config.def.name.name !== wanted);
-    const selected = modules.filter((m) =>
-      rule.target.selectors.some((s) => matches(s, m.path, "exact")),
-    );
-    const unadapted = selected.filter((m) => !adapters.some((a) => a.module === m));
-    if (wrong.length > 0 || unadapted.length > 0) {
-      const example = wrong[0]?.module.path ?? unadapted[0]!.path;
-      report(
-        error(
-          "E0307",
-          `budget \`${config.def.name.name}\` controls modules adapted with \`${wanted}\`, but \`${example}\` is ${wrong[0] ? `adapted with \`${wrong[0].config.def.name.name}\`` : "not adapted"}`,
-          at(rule.target),
-          {
-            help: `adapt these modules with \`${wanted}(…)\`, or narrow the selector`,
-          },
-        ),
-      );
-      continue;
-    }
-    budgets.push({ rule, config, total, adapted: targets });
-  }
-
-  return { params: [...placed.values()], adapters, quantizers, budgets };
+/** The `adapters` group selector: every adapter parameter. */
+function isAdaptersGroup(s: A.Selector): boolean {
+  return (
+    s.segments.length === 1 &&
+    s.segments[0]!.kind === "Pattern" &&
+    s.segments[0]!.pattern === "adapters" &&
+    !s.segments[0]!.index
+  );
 }
 
 /** Binds `on param: f32[m, n]` against a tensor's shape; undefined if the rank differs. */

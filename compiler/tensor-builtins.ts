@@ -4,6 +4,7 @@ import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
 import { shapeText } from "./lower.js";
+import type { Builder } from "./builder.js";
 import type { UnaryFn } from "./ir.js";
 import { describeValue, num, type Value } from "./values.js";
 
@@ -95,22 +96,7 @@ class Args {
   }
 }
 
-const unaryFns: Record<string, UnaryFn> = {
-  sqrt: "sqrt",
-  rsqrt: "rsqrt",
-  exp: "exp",
-  log: "log",
-  abs: "abs",
-  sign: "sign",
-  tanh: "tanh",
-  sigmoid: "sigmoid",
-  relu: "relu",
-  gelu: "gelu",
-  silu: "silu",
-  erf: "erf",
-  floor: "floor",
-};
-
+/** Compile-time versions: one number in, a number out (`floor`, `ceil`, `round` give integers). */
 const numeric: Record<string, (x: number) => number> = {
   sqrt: Math.sqrt,
   rsqrt: (x) => 1 / Math.sqrt(x),
@@ -125,6 +111,7 @@ const numeric: Record<string, (x: number) => number> = {
   ceil: Math.ceil,
   round: Math.round,
 };
+const integerValued = new Set(["floor", "ceil", "round"]);
 
 function axisOf(L: Lowerer, args: Args, rank: number, fallback?: number): number[] | undefined {
   const v = args.get(-1, "axis");
@@ -140,276 +127,171 @@ function axisOf(L: Lowerer, args: Args, rank: number, fallback?: number): number
   });
 }
 
+/** One call of a built-in being lowered. */
+interface Call {
+  readonly L: Lowerer;
+  readonly b: Builder;
+  readonly name: string;
+  readonly e: A.Call;
+  readonly frame: Frame;
+  readonly at: Location;
+  readonly args: Args;
+  /** Wraps an IR node as a tensor value. */
+  readonly tensor: (node: number) => Tensor;
+}
+
+/** Lowers one built-in call; the driver checks afterwards that every argument was used. */
+type Rule = (c: Call) => Value;
+
+/**
+ * Every built-in name, in the order scopes list them (`builtinNames` is this table's keys), with
+ * its lowering on tensors. Names without one (`ceil`/`round` of a tensor, initializers,
+ * schedules, reserved names) are `E0206` when called inside a function.
+ */
+const builtinRules = {
+  // elementwise
+  sqrt: elementwise("sqrt"),
+  rsqrt: elementwise("rsqrt"),
+  exp: elementwise("exp"),
+  log: elementwise("log"),
+  abs: elementwise("abs"),
+  sign: elementwise("sign"),
+  tanh: elementwise("tanh"),
+  sigmoid: elementwise("sigmoid"),
+  relu: elementwise("relu"),
+  gelu: elementwise("gelu"),
+  silu: elementwise("silu"),
+  erf: elementwise("erf"),
+  floor: elementwise("floor"),
+  ceil: noLowering, // on numbers only
+  round: noLowering,
+  min: extremum("min"),
+  max: extremum("max"),
+  where: ({ b, args, tensor }) => {
+    const c = args.tensor(0).node;
+    const x = args.tensor(1).node;
+    const y = args.tensor(2).node;
+    return tensor(b.where(c, b.cast(x, "f32"), b.cast(y, "f32")));
+  },
+  stop_grad: ({ L, b, args, tensor }) => {
+    const x = args.tensor(0);
+    const node = b.graph.add({ kind: "reshape" }, [x.node], x.shape, x.dtype, {
+      source: b.source,
+    });
+    L.stopped.add(node);
+    return tensor(node);
+  },
+  // reductions and normalization
+  sum: reduction((b, x, axes, keep) => b.sum(x, axes, keep)),
+  mean: reduction((b, x, axes, keep) => b.mean(x, axes, keep)),
+  var: reduction((b, x, axes, keep) => {
+    const centered = b.sub(x, b.mean(x, axes, true));
+    return b.mean(b.mul(centered, centered), axes, keep);
+  }),
+  softmax: lastAxisRow((b, x, axis) => b.softmax(x, axis)),
+  log_softmax: lastAxisRow((b, x, axis) => b.logSoftmax(x, axis)),
+  row_norm: ({ b, args, tensor }) => {
+    const w = args.tensor(0);
+    return tensor(b.sqrt(b.sum(b.mul(w.node, w.node), [-1])));
+  },
+  fro: ({ b, args, tensor }) => {
+    const x = args.tensor(0);
+    return tensor(b.sqrt(b.sum(b.mul(x.node, x.node))));
+  },
+  layer_norm: ({ L, b, e, frame, args, tensor }) => {
+    const x = args.tensor(0);
+    const w = args.get(1, "weight");
+    const c = args.get(2, "bias");
+    const eps = args.number(3, "eps", 1e-5);
+    const weight = w ? L.asNode(w, frame, e) : undefined;
+    const bias = c ? L.asNode(c, frame, e) : undefined;
+    return tensor(b.layerNorm(x.node, weight, bias, eps));
+  },
+  // shapes
+  reshape,
+  transpose,
+  concat: noLowering, // reserved
+  arange: ({ b, args, tensor }) => tensor(b.iota([args.number(0)], 0, "i32")),
+  eye: ({ b, args, tensor }) => {
+    const n = args.number(0);
+    return tensor(b.cast(b.eq(b.iota([n, n], 0, "i32"), b.iota([n, n], 1, "i32")), "f32"));
+  },
+  tril: triangle((b, rows, cols) => b.le(cols, rows)),
+  triu: triangle((b, rows, cols) => b.ge(cols, rows)),
+  one_hot: ({ b, args, tensor }) => {
+    const ids = args.tensor(0);
+    const n = args.number(1);
+    const shape = [...ids.shape, n];
+    const expanded = b.broadcastTo(b.reshape(ids.node, [...ids.shape, 1]), shape);
+    return tensor(b.cast(b.eq(expanded, b.iota(shape, ids.shape.length, "i32")), "f32"));
+  },
+  // losses and regularization
+  cross_entropy: ({ L, at, args }) => crossEntropy(L, args.tensor(0), args.tensor(1), at),
+  mse: ({ b, args, tensor }) => {
+    const a = args.tensor(0);
+    const c = args.tensor(1);
+    const d = b.sub(a.node, c.node);
+    return tensor(b.mean(b.mul(d, d)));
+  },
+  dropout,
+  // initializers
+  zeros: filled,
+  ones: filled,
+  full: filled,
+  zeros_like: ({ b, args, tensor }) => tensor(b.constant(0, args.tensor(0).shape)),
+  ones_like: ({ b, args, tensor }) => tensor(b.constant(1, args.tensor(0).shape)),
+  normal: noLowering, // only as a `param`'s or `state`'s initializer (init.ts)
+  uniform: noLowering,
+  kaiming_uniform: noLowering,
+  // learning-rate schedules: only in a `schedule` item (resolve.ts)
+  constant: noLowering,
+  linear: noLowering,
+  cosine: noLowering,
+  // intrinsics
+  svd_left: singularVectors("left"),
+  svd_right: singularVectors("right"),
+  svd_split: svdSplit,
+  quantize,
+  dequantize: ({ L, at, args, tensor }) => tensor(dequantize(L, args.need(0), at)),
+  dequant_matmul: ({ L, b, at, args, tensor }) => {
+    // x @ dequantize(q)^T; the fusion pass keeps the dequantization inside the matmul's loop.
+    const x = args.tensor(0);
+    const w = dequantize(L, args.need(1), at);
+    return tensor(b.matmul(x.node, w, { transB: true }));
+  },
+  topk_mask: ({ b, args, tensor }) => {
+    const scores = args.tensor(0);
+    const k = args.tensor(1);
+    return tensor(b.topkMask(scores.node, k.node));
+  },
+  kthvalue: noLowering, // reserved
+} satisfies Record<string, Rule>;
+
+type BuiltinName = keyof typeof builtinRules;
+
+/** Every name a .lrk scope starts with (besides `std`), re-exported by builtins.ts. */
+export const builtinNames = Object.keys(builtinRules) as readonly BuiltinName[];
+
 export function tensorBuiltin(L: Lowerer, name: string, e: A.Call, frame: Frame): Value {
   const at = L.at(frame, e);
   const args = new Args(L, name, L.args(e, frame), at);
-  const b = L.b;
-  const t = (node: number) => L.tensor(node);
-  const result = (v: Value) => {
-    args.done();
-    return v;
-  };
-
-  // Numeric functions on compile-time numbers stay numbers.
+  // Read up front for the compile-time case, which marks the first positional argument used for
+  // every built-in (a rule that ignores it does not make it "too many arguments").
   const first = args.get(0);
+  let value: Value;
   if (first?.kind === "number" && name in numeric && e.args.length === 1) {
-    const f = numeric[name]!;
-    return result(num(f(first.value), name === "floor" || name === "ceil" || name === "round"));
+    // Numeric functions on compile-time numbers stay numbers.
+    value = num(numeric[name]!(first.value), integerValued.has(name));
+  } else {
+    if (!Object.hasOwn(builtinRules, name)) return notAvailable(L, name, at);
+    const tensor = (node: number) => L.tensor(node);
+    value = builtinRules[name as BuiltinName]({ L, b: L.b, name, e, frame, at, args, tensor });
   }
-  if ((name === "min" || name === "max") && args.get(-1, "axis") === undefined) {
-    const a = args.need(0);
-    const c = args.need(1);
-    if (a.kind === "number" && c.kind === "number")
-      return result(
-        num((name === "min" ? Math.min : Math.max)(a.value, c.value), a.integer && c.integer),
-      );
-    const x = args.tensor(0).node;
-    const y = args.tensor(1).node;
-    return result(t(name === "min" ? b.minimum(x, y) : b.maximum(x, y)));
-  }
-  if (name in unaryFns) {
-    const x = args.tensor(0);
-    return result(t(b.unary(unaryFns[name]!, b.cast(x.node, "f32"))));
-  }
+  args.done();
+  return value;
+}
 
-  switch (name) {
-    case "where": {
-      const c = args.tensor(0).node;
-      const x = args.tensor(1).node;
-      const y = args.tensor(2).node;
-      return result(t(b.where(c, b.cast(x, "f32"), b.cast(y, "f32"))));
-    }
-    case "stop_grad": {
-      const x = args.tensor(0);
-      const node = b.graph.add({ kind: "reshape" }, [x.node], x.shape, x.dtype, {
-        source: b.source,
-      });
-      L.stopped.add(node);
-      return result(t(node));
-    }
-    case "sum":
-    case "mean":
-    case "max":
-    case "min":
-    case "var": {
-      const x = args.tensor(0);
-      const axes = axisOf(L, args, x.shape.length);
-      const keep = args.bool("keepdim", false);
-      const xf = b.cast(x.node, "f32");
-      if (name === "sum") return result(t(b.sum(xf, axes, keep)));
-      if (name === "mean") return result(t(b.mean(xf, axes, keep)));
-      if (name === "max") return result(t(b.max(xf, axes, keep)));
-      if (name === "min") return result(t(b.neg(b.max(b.neg(xf), axes, keep))));
-      const centered = b.sub(xf, b.mean(xf, axes, true));
-      return result(t(b.mean(b.mul(centered, centered), axes, keep)));
-    }
-    case "softmax":
-    case "log_softmax": {
-      const x = args.tensor(0);
-      const axis = axisOf(L, args, x.shape.length, x.shape.length - 1)!;
-      return result(
-        t(name === "softmax" ? b.softmax(x.node, axis[0]) : b.logSoftmax(x.node, axis[0])),
-      );
-    }
-    case "row_norm": {
-      const w = args.tensor(0);
-      return result(t(b.sqrt(b.sum(b.mul(w.node, w.node), [-1]))));
-    }
-    case "fro": {
-      const x = args.tensor(0);
-      return result(t(b.sqrt(b.sum(b.mul(x.node, x.node)))));
-    }
-    case "layer_norm": {
-      const x = args.tensor(0);
-      const w = args.get(1, "weight");
-      const c = args.get(2, "bias");
-      const eps = args.number(3, "eps", 1e-5);
-      return result(
-        t(
-          b.layerNorm(
-            x.node,
-            w ? L.asNode(w, frame, e) : undefined,
-            c ? L.asNode(c, frame, e) : undefined,
-            eps,
-          ),
-        ),
-      );
-    }
-    case "reshape": {
-      const x = args.tensor(0);
-      const dims = args.need(1, "shape");
-      if (dims.kind !== "list" && dims.kind !== "tuple")
-        L.r.report(
-          error(
-            "E0402",
-            "`reshape` needs a list of dims, like `[B, T, d]`",
-            args.argAt(1, "shape"),
-          ),
-        );
-      const shape = dims.items.map((d) => {
-        if (d.kind !== "number" || !Number.isInteger(d.value))
-          return L.r.report(
-            error("E0402", "reshape dims must be integers", args.argAt(1, "shape")),
-          );
-        return d.value;
-      });
-      const known = shape.filter((d) => d !== -1).reduce((a, c) => a * c, 1);
-      const total = x.shape.reduce((a, c) => a * c, 1);
-      if (shape.includes(-1) ? total % known !== 0 : known !== total) {
-        L.fail(
-          at,
-          `cannot reshape ${shapeText(x.shape, x.dtype)} (${total} elements) to [${shape.join(", ")}]`,
-        );
-      }
-      return result(t(b.reshape(x.node, shape)));
-    }
-    case "transpose": {
-      const x = args.tensor(0);
-      const rank = x.shape.length;
-      const i = args.number(1, undefined, rank - 2);
-      const j = args.number(2, undefined, rank - 1);
-      const perm = x.shape.map((_, k) => k);
-      const a = i < 0 ? i + rank : i;
-      const c = j < 0 ? j + rank : j;
-      if (a < 0 || c < 0 || a >= rank || c >= rank)
-        L.fail(at, `cannot swap axes ${i} and ${j} of ${shapeText(x.shape, x.dtype)}`);
-      [perm[a], perm[c]] = [perm[c]!, perm[a]!];
-      return result(t(b.permute(x.node, perm)));
-    }
-    case "arange": {
-      const n = args.number(0);
-      return result(t(b.iota([n], 0, "i32")));
-    }
-    case "eye": {
-      const n = args.number(0);
-      return result(t(b.cast(b.eq(b.iota([n, n], 0, "i32"), b.iota([n, n], 1, "i32")), "f32")));
-    }
-    case "tril":
-    case "triu": {
-      const x = args.tensor(0);
-      const s = x.shape;
-      if (s.length < 2) L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(s, x.dtype)}`);
-      const rows = b.iota(s.slice(-2), 0, "i32");
-      const cols = b.iota(s.slice(-2), 1, "i32");
-      const keep = b.cast(name === "tril" ? b.le(cols, rows) : b.ge(cols, rows), "f32");
-      return result(t(b.mul(b.cast(x.node, "f32"), keep)));
-    }
-    case "zeros":
-    case "ones":
-    case "full": {
-      const dims = e.args.filter((a) => !a.name).length;
-      const shape: number[] = [];
-      const count = name === "full" ? dims - 1 : dims;
-      for (let i = 0; i < count; i++) shape.push(args.number(i));
-      const value = name === "full" ? args.number(count, "value") : name === "ones" ? 1 : 0;
-      return result(t(b.constant(value, shape)));
-    }
-    case "zeros_like":
-    case "ones_like": {
-      const x = args.tensor(0);
-      return result(t(b.constant(name === "ones_like" ? 1 : 0, x.shape)));
-    }
-    case "one_hot": {
-      const ids = args.tensor(0);
-      const n = args.number(1);
-      const shape = [...ids.shape, n];
-      const expanded = b.broadcastTo(b.reshape(ids.node, [...ids.shape, 1]), shape);
-      return result(t(b.cast(b.eq(expanded, b.iota(shape, ids.shape.length, "i32")), "f32")));
-    }
-    case "cross_entropy":
-      return result(crossEntropy(L, args.tensor(0), args.tensor(1), at));
-    case "mse": {
-      const a = args.tensor(0);
-      const c = args.tensor(1);
-      const d = b.sub(a.node, c.node);
-      return result(t(b.mean(b.mul(d, d))));
-    }
-    case "dropout": {
-      const x = args.tensor(0);
-      const p = args.number(1, "p");
-      args.done();
-      if (p < 0 || p >= 1) {
-        L.r.report(
-          error("E0402", `dropout probability must be in [0, 1), not ${p}`, args.argAt(1, "p")),
-        );
-      }
-      if (p === 0 || !L.training) return x;
-      // Inverted dropout: keep with probability 1 - p, scale kept values by 1 / (1 - p). The mask
-      // is new every step: the random seed is mixed with the step counter.
-      const u = b.random("uniform", x.shape, L.nextSeed(), L.stepNode);
-      const keep = b.cast(b.ge(u, b.constant(p)), "f32");
-      return t(b.mul(b.mul(x.node, keep), b.constant(1 / (1 - p))));
-    }
-    case "svd_left":
-    case "svd_right": {
-      const g = args.tensor(0);
-      const rank = args.number(1, "rank");
-      if (g.shape.length !== 2)
-        L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(g.shape, g.dtype)}`);
-      return result(
-        t(b.svd(g.node, name === "svd_left" ? "left" : "right", rank, { seed: L.nextSeed() })),
-      );
-    }
-    case "svd_split": {
-      // w = L1 @ L2 + R from the top-r SVD w ≈ U S Vᵀ: L2 = V_rᵀ [r, in], L1 = w V_r = U_r S_r [out, r].
-      const w = args.tensor(0);
-      const rank = args.number(1, "rank");
-      if (w.shape.length !== 2)
-        L.fail(at, `\`svd_split\` needs a matrix, found ${shapeText(w.shape, w.dtype)}`);
-      const r = Math.min(rank, w.shape[0]!, w.shape[1]!);
-      const l2 = b.svd(w.node, "right", r, { seed: L.nextSeed() });
-      const l1 = b.matmul(w.node, l2, { transB: true });
-      const residual = b.sub(w.node, b.matmul(l1, l2));
-      return result({ kind: "tuple", items: [t(l1), t(l2), t(residual)] });
-    }
-    case "quantize": {
-      // Symmetric per-group integers: one scale per `group` consecutive entries of the last axis.
-      const x = args.tensor(0);
-      const bits = args.number(1, "bits");
-      const group = args.number(2, "group");
-      if (x.shape.length !== 2)
-        L.fail(at, `\`quantize\` needs a matrix, found ${shapeText(x.shape, x.dtype)}`);
-      if (x.shape[1]! % group !== 0) {
-        L.fail(
-          at,
-          `\`quantize\` groups of ${group} do not divide the ${x.shape[1]} columns of ${shapeText(x.shape, x.dtype)}`,
-          {
-            help: "pick a group size that divides the input width",
-          },
-        );
-      }
-      if (!Number.isInteger(bits) || bits < 2 || bits > 8)
-        L.r.report(
-          error(
-            "E0402",
-            `\`bits\` must be an integer from 2 to 8, not ${bits}`,
-            args.argAt(1, "bits"),
-          ),
-        );
-      return result({
-        kind: "struct",
-        what: `a ${bits}-bit quantized tensor`,
-        fields: new Map<string, Value>([
-          ["values", t(b.quantize(x.node, bits, group))],
-          ["scales", t(b.quantScale(x.node, bits, group))],
-          ["bits", num(bits, true)],
-        ]),
-      });
-    }
-    case "dequantize":
-      return result(t(dequantize(L, args.need(0), at)));
-    case "dequant_matmul": {
-      // x @ dequantize(q)^T; the fusion pass keeps the dequantization inside the matmul's loop.
-      const x = args.tensor(0);
-      const w = dequantize(L, args.need(1), at);
-      return result(t(b.matmul(x.node, w, { transB: true })));
-    }
-    case "topk_mask": {
-      const scores = args.tensor(0);
-      const k = args.tensor(1);
-      return result(t(b.topkMask(scores.node, k.node)));
-    }
-  }
+function notAvailable(L: Lowerer, name: string, at: Location): never {
   return L.r.report(
     error("E0206", `\`${name}\` is not available here`, at, {
       help: ["normal", "uniform", "kaiming_uniform"].includes(name)
@@ -417,6 +299,187 @@ export function tensorBuiltin(L: Lowerer, name: string, e: A.Call, frame: Frame)
         : undefined,
     }),
   );
+}
+
+/** A built-in that resolves but has no lowering on tensors. */
+function noLowering({ L, name, at }: Call): Value {
+  return notAvailable(L, name, at);
+}
+
+function elementwise(fn: UnaryFn): Rule {
+  return ({ b, args, tensor }) => tensor(b.unary(fn, b.cast(args.tensor(0).node, "f32")));
+}
+
+/** `min`/`max`: of two operands (two numbers give a number), or with `axis:` a reduction. */
+function extremum(which: "min" | "max"): Rule {
+  const ofNumbers = which === "min" ? Math.min : Math.max;
+  const reduce = reduction((b, x, axes, keep) =>
+    which === "max" ? b.max(x, axes, keep) : b.neg(b.max(b.neg(x), axes, keep)),
+  );
+  return (c) => {
+    const { b, args, tensor } = c;
+    if (args.get(-1, "axis") !== undefined) return reduce(c);
+    const a = args.need(0);
+    const y = args.need(1);
+    if (a.kind === "number" && y.kind === "number")
+      return num(ofNumbers(a.value, y.value), a.integer && y.integer);
+    const x0 = args.tensor(0).node;
+    const x1 = args.tensor(1).node;
+    return tensor(which === "min" ? b.minimum(x0, x1) : b.maximum(x0, x1));
+  };
+}
+
+/** A reduction over `axis:` (every axis without it) of the input as f32, with `keepdim:`. */
+function reduction(
+  reduce: (b: Builder, x: number, axes: number[] | undefined, keep: boolean) => number,
+): Rule {
+  return ({ L, b, args, tensor }) => {
+    const x = args.tensor(0);
+    const axes = axisOf(L, args, x.shape.length);
+    const keep = args.bool("keepdim", false);
+    return tensor(reduce(b, b.cast(x.node, "f32"), axes, keep));
+  };
+}
+
+/** A function of rows along one `axis:` (the last by default). */
+function lastAxisRow(lower: (b: Builder, x: number, axis: number) => number): Rule {
+  return ({ L, b, args, tensor }) => {
+    const x = args.tensor(0);
+    const axis = axisOf(L, args, x.shape.length, x.shape.length - 1)!;
+    return tensor(lower(b, x.node, axis[0]!));
+  };
+}
+
+function reshape({ L, b, at, args, tensor }: Call): Value {
+  const x = args.tensor(0);
+  const dims = args.need(1, "shape");
+  if (dims.kind !== "list" && dims.kind !== "tuple")
+    return L.r.report(
+      error("E0402", "`reshape` needs a list of dims, like `[B, T, d]`", args.argAt(1, "shape")),
+    );
+  const shape = dims.items.map((d) => {
+    if (d.kind !== "number" || !Number.isInteger(d.value))
+      return L.r.report(error("E0402", "reshape dims must be integers", args.argAt(1, "shape")));
+    return d.value;
+  });
+  const known = shape.filter((d) => d !== -1).reduce((a, c) => a * c, 1);
+  const total = x.shape.reduce((a, c) => a * c, 1);
+  if (shape.includes(-1) ? total % known !== 0 : known !== total) {
+    L.fail(
+      at,
+      `cannot reshape ${shapeText(x.shape, x.dtype)} (${total} elements) to [${shape.join(", ")}]`,
+    );
+  }
+  return tensor(b.reshape(x.node, shape));
+}
+
+function transpose({ L, b, at, args, tensor }: Call): Value {
+  const x = args.tensor(0);
+  const rank = x.shape.length;
+  const i = args.number(1, undefined, rank - 2);
+  const j = args.number(2, undefined, rank - 1);
+  const perm = x.shape.map((_, k) => k);
+  const a = i < 0 ? i + rank : i;
+  const c = j < 0 ? j + rank : j;
+  if (a < 0 || c < 0 || a >= rank || c >= rank)
+    L.fail(at, `cannot swap axes ${i} and ${j} of ${shapeText(x.shape, x.dtype)}`);
+  [perm[a], perm[c]] = [perm[c]!, perm[a]!];
+  return tensor(b.permute(x.node, perm));
+}
+
+/** `tril`/`triu`: keeps the last two axes' entries where `keep(rows, cols)`, zeros the rest. */
+function triangle(keep: (b: Builder, rows: number, cols: number) => number): Rule {
+  return ({ L, b, name, at, args, tensor }) => {
+    const x = args.tensor(0);
+    const s = x.shape;
+    if (s.length < 2) L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(s, x.dtype)}`);
+    const rows = b.iota(s.slice(-2), 0, "i32");
+    const cols = b.iota(s.slice(-2), 1, "i32");
+    const kept = b.cast(keep(b, rows, cols), "f32");
+    return tensor(b.mul(b.cast(x.node, "f32"), kept));
+  };
+}
+
+/** `zeros(d1, …)`, `ones(d1, …)`, `full(d1, …, value)`. */
+function filled({ b, name, e, args, tensor }: Call): Value {
+  const dims = e.args.filter((a) => !a.name).length;
+  const shape: number[] = [];
+  const count = name === "full" ? dims - 1 : dims;
+  for (let i = 0; i < count; i++) shape.push(args.number(i));
+  const value = name === "full" ? args.number(count, "value") : name === "ones" ? 1 : 0;
+  return tensor(b.constant(value, shape));
+}
+
+function dropout({ L, b, args, tensor }: Call): Value {
+  const x = args.tensor(0);
+  const p = args.number(1, "p");
+  // A misspelled argument is reported before a bad probability.
+  args.done();
+  if (p < 0 || p >= 1) {
+    L.r.report(
+      error("E0402", `dropout probability must be in [0, 1), not ${p}`, args.argAt(1, "p")),
+    );
+  }
+  if (p === 0 || !L.training) return x;
+  // Inverted dropout: keep with probability 1 - p, scale kept values by 1 / (1 - p). The mask
+  // is new every step: the random seed is mixed with the step counter.
+  const u = b.random("uniform", x.shape, L.nextSeed(), L.stepNode);
+  const keep = b.cast(b.ge(u, b.constant(p)), "f32");
+  return tensor(b.mul(b.mul(x.node, keep), b.constant(1 / (1 - p))));
+}
+
+function singularVectors(side: "left" | "right"): Rule {
+  return ({ L, b, name, at, args, tensor }) => {
+    const g = args.tensor(0);
+    const rank = args.number(1, "rank");
+    if (g.shape.length !== 2)
+      L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(g.shape, g.dtype)}`);
+    return tensor(b.svd(g.node, side, rank, { seed: L.nextSeed() }));
+  };
+}
+
+/**
+ * w = L1 @ L2 + R from the top-r SVD w ≈ U S Vᵀ: L2 = V_rᵀ [r, in], L1 = w V_r = U_r S_r [out, r].
+ */
+function svdSplit({ L, b, at, args, tensor }: Call): Value {
+  const w = args.tensor(0);
+  const rank = args.number(1, "rank");
+  if (w.shape.length !== 2)
+    L.fail(at, `\`svd_split\` needs a matrix, found ${shapeText(w.shape, w.dtype)}`);
+  const r = Math.min(rank, w.shape[0]!, w.shape[1]!);
+  const l2 = b.svd(w.node, "right", r, { seed: L.nextSeed() });
+  const l1 = b.matmul(w.node, l2, { transB: true });
+  const residual = b.sub(w.node, b.matmul(l1, l2));
+  return { kind: "tuple", items: [tensor(l1), tensor(l2), tensor(residual)] };
+}
+
+/** Symmetric per-group integers: one scale per `group` consecutive entries of the last axis. */
+function quantize({ L, b, at, args, tensor }: Call): Value {
+  const x = args.tensor(0);
+  const bits = args.number(1, "bits");
+  const group = args.number(2, "group");
+  if (x.shape.length !== 2)
+    L.fail(at, `\`quantize\` needs a matrix, found ${shapeText(x.shape, x.dtype)}`);
+  if (x.shape[1]! % group !== 0) {
+    L.fail(
+      at,
+      `\`quantize\` groups of ${group} do not divide the ${x.shape[1]} columns of ${shapeText(x.shape, x.dtype)}`,
+      { help: "pick a group size that divides the input width" },
+    );
+  }
+  if (!Number.isInteger(bits) || bits < 2 || bits > 8)
+    L.r.report(
+      error("E0402", `\`bits\` must be an integer from 2 to 8, not ${bits}`, args.argAt(1, "bits")),
+    );
+  return {
+    kind: "struct",
+    what: `a ${bits}-bit quantized tensor`,
+    fields: new Map<string, Value>([
+      ["values", tensor(b.quantize(x.node, bits, group))],
+      ["scales", tensor(b.quantScale(x.node, bits, group))],
+      ["bits", num(bits, true)],
+    ]),
+  };
 }
 
 function dequantize(L: Lowerer, q: Value, at: Location): number {
