@@ -832,24 +832,6 @@ export function matmulFusionCode(
   };
 }
 
-/** The epilogue alone (`matmulFusionCode` without prologues). */
-export function matmulEpilogue(
-  graph: Graph,
-  anchor: number,
-  chain: readonly number[],
-  isBuffer: (node: number) => boolean,
-  bufferOf: (node: number) => number,
-  firstBinding: number,
-  foldBatch = false,
-): {
-  expression: string;
-  declarations: string;
-  bindings: { buffer: number; access: "read" | "read_write" }[];
-} {
-  return matmulFusionCode(graph, anchor, chain, isBuffer, bufferOf, firstBinding, foldBatch)
-    .epilogue;
-}
-
 // ---------------------------------------------------------------------------- opaque loop bounds
 
 /**

@@ -49,10 +49,10 @@ export interface MatmulParams {
 }
 
 /**
- * Work fused around a matmul: `prologue` rewrites how an operand element is loaded (a WGSL
- * expression of `value`, e.g. dequantization), `epilogue` rewrites the accumulated result before
- * it is stored (a WGSL expression of `acc`, `row`, `col`, `batch` reading extra bindings, e.g.
- * bias + residual + scale). Extra bindings are appended after A, B and the output.
+ * Work fused after a matmul: `epilogue` rewrites the accumulated result before it is stored (a
+ * WGSL expression of `acc`, `row`, `col`, `batch` reading extra bindings, e.g. bias + residual +
+ * scale). Extra bindings are appended after A, B and the output. (Operand prologues are in
+ * `MatmulKernelFusion`, compiler/kernels/matmul.ts.)
  */
 export interface MatmulFusion {
   epilogue?: { expression: string; bindings: KernelBinding[]; declarations: string };
