@@ -183,7 +183,7 @@ fn lrk_pow(a: f32, b: f32) -> f32 {
   return r;
 }
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) lrk_nwg: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let t = gid.x + gid.y * 512u;
   let i = t;
   if (i < 512u) {

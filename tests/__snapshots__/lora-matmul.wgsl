@@ -11,15 +11,19 @@
 //   %27 = mul %26, %24 : f32[32, 128]  // stdlib/adapters.lrk:38
 //   %28 = add %18, %27 : f32[32, 128]  // stdlib/adapters.lrk:38
 // from: stdlib/nn.lrk:29, stdlib/adapters.lrk:38
+// matmul 1x32x128x128 NT, subgroup 2x32 wg 1x8 v4: A [b,m,k] vec4, B [b,n,k] vec4
 enable subgroups;
 diagnostic(off, subgroup_uniformity);
-// matmul 1x32x128x128 NT, subgroup 2x32 wg 1x8 v4: A [b,m,k] vec4, B [b,n,k] vec4
 @group(0) @binding(0) var<storage, read> mm_a: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> mm_b: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> mm_out: array<f32>;
 @group(0) @binding(3) var<storage, read> ep0: array<f32>;  // %15 param:mix.bias
 @group(0) @binding(4) var<storage, read> ep1: array<f32>;  // %21
 @group(0) @binding(5) var<storage, read> ep2: array<f32>;  // %22 param:mix.lora.B
+// 0 at run time, unknown to the shader compiler: loops bounded with it are not unrolled
+fn lrk_opaque_zero() -> u32 {
+  return u32(arrayLength(&mm_a) == 0u);
+}
 // epilogue: %18, %28
 fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {
   let f = i32((batch * 32u + row) * 128u + col);
@@ -30,7 +34,7 @@ fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {
   let v4 = v3;
   let v5 = acc + v4;
   var lr6 = 0.0; // low-rank %24 = matmul %21, %23 : f32[32, 128]
-  for (var l7 = i32(arrayLength(&mm_out) == 0u); l7 < 4i; l7++) {
+  for (var l7 = i32(lrk_opaque_zero()); l7 < 4i; l7++) {
     let f8 = ((c0 * 4) + l7);
     let v9 = ep1[f8];
     let f10 = ((c1 * 4) + l7);
@@ -58,20 +62,19 @@ fn mm_dot(batch: u32, row: u32, col: u32) -> f32 {
   let aOff = batch * 4096u;
   let bOff = batch * 16384u;
   var acc = 0.0;
-  for (var l = u32(arrayLength(&mm_out) == 0u); l < 128u; l++) {
+  for (var l = lrk_opaque_zero(); l < 128u; l++) {
     acc += mm_a_at(aOff + row * 128u + l) * mm_b_at(bOff + col * 128u + l);
   }
   return acc;
 }
-
 @compute @workgroup_size(1, 8, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg_size: u32) {
+  let lrk_zero = lrk_opaque_zero(); // 0, unknown to the shader compiler
   let batch = wg.z;
   let row0 = (wg.y * 8u + lid.y) * 2u;
   let col0 = (wg.x * 1u + lid.x) * 32u;
-  let opaque = u32(arrayLength(&mm_out) == 0u);
   if (sg_size < 8u) {
-    for (var i = opaque; i < 64u; i++) {
+    for (var i = lrk_zero; i < 64u; i++) {
       let row = row0 + i / 32u;
       let col = col0 + i % 32u;
       if (row < 32u && col < 128u) {
@@ -132,7 +135,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   var acc1_5: vec4<f32> = vec4<f32>();
   var acc1_6: vec4<f32> = vec4<f32>();
   var acc1_7: vec4<f32> = vec4<f32>();
-  for (var k0 = opaque; k0 < 128u; k0 += 4u) {
+  for (var k0 = lrk_zero; k0 < 128u; k0 += 4u) {
     let va0 = mm_a[(aOff + rr0 * 128u + k0) >> 2u];
     let va1 = mm_a[(aOff + rr1 * 128u + k0) >> 2u];
     let vbl_0 = mm_b[(bOff + min(col0 + 4u * (lane % 8u) + 0u, 127u) * 128u + k0) >> 2u];
@@ -240,7 +243,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     acc1_6 += b3_6 * va1.w;
     acc1_7 += b3_7 * va1.w;
   }
-  for (var i = opaque; i < 16u; i++) {
+  for (var i = lrk_zero; i < 16u; i++) {
     let row = row0 + i / 8u;
     let col = col0 + (i % 8u) * 4u;
     var v = acc0_0;

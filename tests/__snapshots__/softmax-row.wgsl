@@ -12,17 +12,19 @@
 @group(0) @binding(1) var<storage, read_write> out1: array<f32>;  // %33
 @group(0) @binding(2) var<storage, read_write> out2: array<f32>;  // %35
 @group(0) @binding(3) var<storage, read> in0: array<f32>;  // %28
-var<workgroup> partial: array<f32, 64>;
+// 0 at run time, unknown to the shader compiler: loops bounded with it are not unrolled
+fn lrk_opaque_zero() -> u32 {
+  return u32(arrayLength(&out0) == 0u);
+}
 fn lrk_inf() -> f32 {
   var bits = 0x7f800000u;
   return bitcast<f32>(bits);
 }
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) lrk_nwg: vec3<u32>) {
-  let lrk_zero = lrk_nwg.x - 1u; // 0, unknown to the shader compiler
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let lrk_zero = lrk_opaque_zero(); // 0, unknown to the shader compiler
   let lane = i32(lid % 1u);
   let seg = lid / 1u;
-  let base = seg * 1u;
   let raw = i32((wid.x + wid.y * 1u) * 64u + seg);
   let valid = raw < 32;
   let row = min(raw, 31);
