@@ -273,9 +273,10 @@ export interface MatmulKernelFusion extends MatmulFusion {
 
 /**
  * The matmul kernel for one exact shape. Bindings of group 0: 0 = A, 1 = B (both read), 2 = out
- * (read_write), then the epilogue's own bindings (3, 4, ...), whose WGSL declarations come in
- * `fusion.epilogue.declarations`. The epilogue expression sees `acc: f32`, `row`, `col`,
- * `batch: u32`; the template's own identifiers all start with `mm_` (or are locals of `main`).
+ * (read_write), then the epilogue's own bindings (3, 4, ...), declared by the kernel when they are
+ * `KernelBuffer`s, else in `fusion.epilogue.declarations`. The epilogue expression sees
+ * `acc: f32`, `row`, `col`, `batch: u32`; the template's own identifiers all start with `mm_`
+ * or `lrk_` (or are locals of `main`).
  */
 export function matmulKernel(
   shape: MatmulShape,
