@@ -180,13 +180,6 @@ export function dependencies(graph: Graph, wanted: readonly number[]): number[] 
   return [...seen].sort((a, b) => a - b);
 }
 
-/** A training program: the graph, what it reads, and what it produces. */
-export interface Program {
-  graph: Graph;
-  inputs: { name: string; node: number; role: InputRole }[];
-  outputs: { name: string; node: number }[];
-}
-
 // ---------------------------------------------------------------------------- printing
 
 function opText(op: Op): string {

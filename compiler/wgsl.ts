@@ -2,13 +2,14 @@
 // node at an index as a sequence of `let` statements, reading materialized nodes from bindings
 // and turning movement ops (reshape, permute, expand, slice, pad) and gather into index
 // arithmetic; the helper functions the expressions call (erf, the counter-based random numbers,
-// pow); literals; and the header comment every kernel opens with.
+// pow); literals; the bindings of the buffers an emitter reads; and the header comment every
+// kernel opens with. The kernel around the emitted code is rendered by compiler/kernels/render.ts.
 //
 // Indices are i32. An Index knows its flat (row-major) offset, its coordinates, or both, and
 // derives the other lazily, so a chain of same-shape elementwise ops reads `x[i]` directly and a
 // reshape costs nothing while the flat offset is known.
 import { numel, printGraph, strides, type DType, type Graph, type Node, type Shape } from "./ir.js";
-import { MATMUL_OPAQUE_ZERO_I32 } from "./kernels/matmul.js";
+import type { KernelBuffer } from "./kernels/types.js";
 
 // ---------------------------------------------------------------------------- literals
 
@@ -359,7 +360,8 @@ export interface EmitterOptions {
   leaves?: Map<number, string>;
   /**
    * An i32 expression that is 0 at run time but unknown to the shader compiler, starting the loop
-   * of an inlined matmul (so lavapipe does not unroll it whole); default `0i`.
+   * of an inlined matmul (so lavapipe does not unroll it whole): `i32(lrk_opaque_zero())`
+   * (compiler/kernels/render.ts); default `0i`.
    */
   loopZero?: string;
 }
@@ -651,7 +653,7 @@ export class Emitter {
 
 // ---------------------------------------------------------------------------- bindings
 
-/** Declares bindings in order as the emitter asks for buffers. */
+/** The read bindings of the buffers an emitter asks for, in the order it asks. */
 export class BindingTable {
   readonly entries: { node: number; name: string; buffer: number; dtype: DType }[] = [];
   private byBuffer = new Map<number, string>();
@@ -659,8 +661,6 @@ export class BindingTable {
   constructor(
     private readonly graph: Graph,
     private readonly bufferOf: (node: number) => number,
-    /** Bindings already taken by the template (output first, …). */
-    private readonly first: number,
     private readonly prefix = "in",
   ) {}
 
@@ -687,18 +687,35 @@ export class BindingTable {
     return name;
   }
 
-  declarations(): string {
-    return this.entries
-      .map(
-        (e, i) =>
-          `@group(0) @binding(${this.first + i}) var<storage, read> ${e.name}: array<${wgslType(e.dtype)}>;  // %${e.node}${this.graph.node(e.node).name ? ` ${this.graph.node(e.node).name}` : ""}`,
-      )
-      .join("\n");
+  /** The bindings, after the template's own (renderKernel numbers them). */
+  buffers(): KernelBuffer[] {
+    return this.entries.map((e) => {
+      const name = this.graph.node(e.node).name;
+      return {
+        buffer: e.buffer,
+        access: "read" as const,
+        name: e.name,
+        type: wgslType(e.dtype),
+        note: `%${e.node}${name ? ` ${name}` : ""}`,
+      };
+    });
   }
+}
 
-  bindings(): { buffer: number; access: "read" }[] {
-    return this.entries.map((e) => ({ buffer: e.buffer, access: "read" as const }));
-  }
+/** The read_write bindings `out0`, `out1`, … (or `name` for one) of the nodes a kernel writes. */
+export function outputBuffers(
+  graph: Graph,
+  outputs: readonly number[],
+  bufferOf: (node: number) => number,
+  name?: string,
+): KernelBuffer[] {
+  return outputs.map((id, j) => ({
+    buffer: bufferOf(id),
+    access: "read_write" as const,
+    name: name ?? `out${j}`,
+    type: wgslType(graph.node(id).dtype),
+    note: `%${id}`,
+  }));
 }
 
 // ---------------------------------------------------------------------------- comments
@@ -743,8 +760,9 @@ export { numel };
  * output element computing the chain of fused nodes after the matmul (low-rank matmuls in it are
  * short loops). Prologues: an operand that has no buffer (`prologue.a` / `.b`: the operand node,
  * an elementwise expression) is computed at each load, as a function of its flat index. Other
- * operands of these come through extra bindings numbered from `firstBinding`; a prologue's first
- * f32 buffer is bound as the template's own `mm_a` / `mm_b` (`operandBuffers` says which).
+ * operands of these come through extra bindings (`epilogue.bindings`, which the matmul kernel
+ * declares after its own three); a prologue's first f32 buffer is bound as the template's own
+ * `mm_a` / `mm_b` (`operandBuffers` says which).
  */
 export function matmulFusionCode(
   graph: Graph,
@@ -752,7 +770,11 @@ export function matmulFusionCode(
   chain: readonly number[],
   isBuffer: (node: number) => boolean,
   bufferOf: (node: number) => number,
-  firstBinding: number,
+  /**
+   * Where the extra bindings start (the template's 3). Unused: renderKernel numbers bindings in
+   * order; kept so that callers need not change.
+   */
+  _firstBinding: number,
   /** The chain's first node sums the batch that the kernel folded into k: its value is acc too. */
   foldBatch = false,
   prologue: { a?: number; b?: number } = {},
@@ -760,7 +782,7 @@ export function matmulFusionCode(
   epilogue: {
     expression: string;
     declarations: string;
-    bindings: { buffer: number; access: "read" | "read_write" }[];
+    bindings: KernelBuffer[];
   };
   prologue: { a?: string; b?: string };
   /** The buffer each prologue's operand binding (0 for A, 1 for B) holds. */
@@ -770,7 +792,7 @@ export function matmulFusionCode(
   const r = mm.shape.length;
   const [m, n] = [mm.shape[r - 2]!, mm.shape[r - 1]!];
   const inChain = new Set(chain);
-  const table = new BindingTable(graph, bufferOf, firstBinding, "ep");
+  const table = new BindingTable(graph, bufferOf, "ep");
   const helpers = new Set<string>();
   const functions: string[] = [];
   const out: { a?: string; b?: string } = {};
@@ -781,7 +803,7 @@ export function matmulFusionCode(
     const em = new Emitter(graph, {
       isBuffer: (id) => id !== node && isBuffer(id),
       bufferName: (id) => table.name(id),
-      loopZero: MATMUL_OPAQUE_ZERO_I32,
+      loopZero: "i32(lrk_opaque_zero())",
     });
     table.claim = { name: `mm_${side}` };
     const target = graph.node(node);
@@ -806,7 +828,7 @@ export function matmulFusionCode(
       isBuffer: (id) => id !== anchor && !inChain.has(id) && isBuffer(id),
       bufferName: (id) => table.name(id),
       leaves: new Map([[anchor, "acc"], ...(foldBatch ? [[chain[0]!, "acc"] as const] : [])]),
-      loopZero: MATMUL_OPAQUE_ZERO_I32,
+      loopZero: "i32(lrk_opaque_zero())",
     });
     const last = graph.node(chain[chain.length - 1]!);
     const body = em.scope(() => {
@@ -822,44 +844,10 @@ export function matmulFusionCode(
     );
     expression = "lrk_epilogue(acc, batch, row, col)";
   }
-  const declarations = [table.declarations(), helperCode(helpers), ...functions]
-    .filter((s) => s !== "")
-    .join("\n");
+  const declarations = [helperCode(helpers), ...functions].filter((s) => s !== "").join("\n");
   return {
-    epilogue: { expression, declarations, bindings: table.bindings() },
+    epilogue: { expression, declarations, bindings: table.buffers() },
     prologue: out,
     operandBuffers,
   };
-}
-
-/** The epilogue alone (`matmulFusionCode` without prologues). */
-export function matmulEpilogue(
-  graph: Graph,
-  anchor: number,
-  chain: readonly number[],
-  isBuffer: (node: number) => boolean,
-  bufferOf: (node: number) => number,
-  firstBinding: number,
-  foldBatch = false,
-): {
-  expression: string;
-  declarations: string;
-  bindings: { buffer: number; access: "read" | "read_write" }[];
-} {
-  return matmulFusionCode(graph, anchor, chain, isBuffer, bufferOf, firstBinding, foldBatch)
-    .epilogue;
-}
-
-// ---------------------------------------------------------------------------- opaque loop bounds
-
-/**
- * lavapipe's LLVM unrolls every loop whose trip count it knows, which costs seconds of shader
- * compilation per kernel (measured: 1 s for a 24-step loop, 40 ms with an unknown count). Loop
- * bounds therefore add `lrk_zero`: 0 at run time (the dispatch's own workgroup count minus
- * itself), unknown to the compiler. The entry point takes `OPAQUE_BUILTIN` as a parameter.
- */
-export const OPAQUE_BUILTIN = "@builtin(num_workgroups) lrk_nwg: vec3<u32>";
-
-export function opaqueZero(dispatchX: number): string {
-  return `let lrk_zero = lrk_nwg.x - ${dispatchX}u; // 0, unknown to the shader compiler`;
 }

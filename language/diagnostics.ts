@@ -47,13 +47,6 @@ export function error(
   };
 }
 
-/** Thrown by a stage that cannot go on; carries every diagnostic found so far. */
-export class DiagnosticError extends Error {
-  constructor(readonly diagnostics: Diagnostic[]) {
-    super(diagnostics.map((d) => d.message).join("\n"));
-  }
-}
-
 export function hasErrors(list: readonly Diagnostic[]): boolean {
   return list.some((d) => d.severity === "error");
 }

@@ -54,7 +54,3 @@ export class SourceFile {
     return this.lineStarts.length;
   }
 }
-
-export function spanUnion(a: Span, b: Span): Span {
-  return { start: Math.min(a.start, b.start), end: Math.max(a.end, b.end) };
-}

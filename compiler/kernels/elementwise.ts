@@ -10,11 +10,10 @@ import {
   grid,
   header,
   helperCode,
-  OPAQUE_BUILTIN,
-  opaqueZero,
+  outputBuffers,
   shapeText,
-  wgslType,
 } from "../wgsl.js";
+import { indent, renderKernel } from "./render.js";
 import type { KernelSource } from "./types.js";
 
 export interface MapParams {
@@ -44,7 +43,7 @@ export function mapKernel(k: MapKernelInput, params?: MapParams): KernelSource {
   const outputs = k.outputs ?? [k.output];
   const n = numel(out.shape);
   const p = params ?? defaultMapParams(n);
-  const table = new BindingTable(k.graph, k.bufferOf, outputs.length);
+  const table = new BindingTable(k.graph, k.bufferOf);
   const written = new Set(outputs);
   const em = new Emitter(k.graph, {
     isBuffer: (id) => !written.has(id) && k.isBuffer(id),
@@ -63,44 +62,24 @@ export function mapKernel(k: MapKernelInput, params?: MapParams): KernelSource {
     k.title ?? `map ${shapeText(out.dtype, out.shape)} ${outputs.map((o) => `%${o}`).join(" ")}`;
   const loop =
     p.perInvocation === 1
-      ? [`let i = t;`, `if (i < ${n}u) {`, `  let gi = i32(i);`, ...body.map((l) => `  ${l}`), `}`]
+      ? [`let i = t;`, `if (i < ${n}u) {`, `  let gi = i32(i);`, ...indent(body), `}`]
       : [
-          opaqueZero(dispatch[0]),
           `for (var e = 0u; e < ${p.perInvocation}u + lrk_zero; e++) {`,
           `  let i = t + e * ${stride}u;`,
           `  if (i < ${n}u) {`,
           `    let gi = i32(i);`,
-          ...body.map((l) => `    ${l}`),
+          ...indent(body, 4),
           `  }`,
           `}`,
         ];
-  const wgsl = [
-    header(k.graph, name, k.nodes),
-    ...outputs.map(
-      (id, j) =>
-        `@group(0) @binding(${j}) var<storage, read_write> out${j}: array<${wgslType(k.graph.node(id).dtype)}>;  // %${id}`,
-    ),
-    table.declarations(),
-    helperCode(em.helpers),
-    `@compute @workgroup_size(${p.workgroupSize})`,
-    `fn main(@builtin(global_invocation_id) gid: vec3<u32>, ${OPAQUE_BUILTIN}) {`,
-    `  let t = gid.x + gid.y * ${dispatch[0] * p.workgroupSize}u;`,
-    ...loop.map((l) => `  ${l}`),
-    `}`,
-    "",
-  ]
-    .filter((s) => s !== "")
-    .join("\n");
-  return {
+  return renderKernel({
     name,
-    wgsl: wgsl + "\n",
-    entryPoint: "main",
-    workgroupSize: [p.workgroupSize, 1, 1],
+    header: header(k.graph, name, k.nodes),
+    buffers: [...outputBuffers(k.graph, outputs, k.bufferOf), ...table.buffers()],
+    declarations: [helperCode(em.helpers)],
+    workgroupSize: p.workgroupSize,
+    builtins: { gid: "global_invocation_id" },
+    body: [`let t = gid.x + gid.y * ${dispatch[0] * p.workgroupSize}u;`, ...loop],
     dispatch,
-    bindings: [
-      ...outputs.map((id) => ({ buffer: k.bufferOf(id), access: "read_write" as const })),
-      ...table.bindings(),
-    ],
-    features: [],
-  };
+  });
 }

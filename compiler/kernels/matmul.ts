@@ -28,13 +28,8 @@
 // k only when B's layout already unrolls k by 4. That brought a cold compile from 1–6 s to
 // 0.1–0.5 s per kernel without slowing the large shapes.
 
-import type {
-  KernelBinding,
-  KernelSource,
-  MatmulFusion,
-  MatmulParams,
-  MatmulShape,
-} from "./types.js";
+import { renderKernel, type Builtin } from "./render.js";
+import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
 /** Bumped whenever the template changes in a way that may change which parameters are fastest. */
 export const MATMUL_TEMPLATE_VERSION = 2;
@@ -223,15 +218,16 @@ export function defaultMatmulParams(
 
 const u = (x: number): string => `${x}u`;
 const LANE = ["x", "y", "z", "w"];
-/**
- * Always 0 (the output binding is never empty), but the shader compiler cannot know it: as a loop
- * start it keeps short constant-trip loops from being unrolled whole, which on lavapipe multiplies
- * compile time (every per-lane load or store becomes a loop over the SIMD lanes) for no gain.
- * (`arrayLength >> 31` would not do: the compiler knows arrayLength of an f32 array < 2^30.)
- */
-const OPAQUE_ZERO = "u32(arrayLength(&mm_out) == 0u)";
-/** OPAQUE_ZERO as an i32, for loops the fused epilogue code runs (an inlined low-rank matmul). */
-export const MATMUL_OPAQUE_ZERO_I32 = "i32(arrayLength(&mm_out) == 0u)";
+// Short constant-trip loops start at `lrk_zero` (compiler/kernels/render.ts), 0 but unknown to the
+// shader compiler: unrolled whole, they multiply lavapipe's compile time (every per-lane load or
+// store becomes a loop over the SIMD lanes) for no gain.
+
+/** What a variant's entry point takes, runs, and declares besides the template's functions. */
+interface Entry {
+  builtins: Record<string, Builtin>;
+  body: string[];
+  declarations?: string[];
+}
 
 /**
  * `var name = values[i]` for a loop index i, as a chain of selects: indexing a private array
@@ -277,9 +273,10 @@ export interface MatmulKernelFusion extends MatmulFusion {
 
 /**
  * The matmul kernel for one exact shape. Bindings of group 0: 0 = A, 1 = B (both read), 2 = out
- * (read_write), then the epilogue's own bindings (3, 4, ...), whose WGSL declarations come in
- * `fusion.epilogue.declarations`. The epilogue expression sees `acc: f32`, `row`, `col`,
- * `batch: u32`; the template's own identifiers all start with `mm_` (or are locals of `main`).
+ * (read_write), then the epilogue's own bindings (3, 4, ...), declared by the kernel when they are
+ * `KernelBuffer`s, else in `fusion.epilogue.declarations`. The epilogue expression sees
+ * `acc: f32`, `row`, `col`, `batch: u32`; the template's own identifiers all start with `mm_`
+ * or `lrk_` (or are locals of `main`).
  */
 export function matmulKernel(
   shape: MatmulShape,
@@ -328,25 +325,8 @@ export function matmulKernel(
   const c: Ctx = { shape, p, M: m, N: n, K: k };
 
   const epilogue = fusion?.epilogue;
-  const head: string[] = [];
-  if (p.variant === "subgroup") {
-    head.push("enable subgroups;");
-    // Every subgroup operation sits in control flow that is uniform in practice (the branch on
-    // subgroup_size), which the uniformity analysis cannot prove.
-    head.push("diagnostic(off, subgroup_uniformity);");
-  }
-  const arr = (vec: boolean) => (vec ? "array<vec4<f32>>" : "array<f32>");
   const layout = `${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}`;
-  head.push(
-    `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
-      `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}${proA ? " (prologue)" : ""}, ` +
-      `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}`,
-    `@group(0) @binding(0) var<storage, read> mm_a: ${arr(aVec)};`,
-    `@group(0) @binding(1) var<storage, read> mm_b: ${arr(bVec)};`,
-    `@group(0) @binding(2) var<storage, read_write> mm_out: array<f32>;`,
-  );
-  if (epilogue?.declarations) head.push(epilogue.declarations);
-  head.push(
+  const functions = [
     // A prologue keeps its operand's binding statically used (`_ = &mm_a`) whether it reads it
     // or not, so the binding stays in an automatic pipeline layout.
     proA
@@ -368,29 +348,29 @@ export function matmulKernel(
     `  let aOff = batch * ${u(m * k)};`,
     `  let bOff = batch * ${u(k * n)};`,
     `  var acc = 0.0;`,
-    `  for (var l = ${OPAQUE_ZERO}; l < ${u(k)}; l++) {`,
+    `  for (var l = lrk_opaque_zero(); l < ${u(k)}; l++) {`,
     `    acc += mm_a_at(${aIndex(c, "row", "l")}) * mm_b_at(${bIndex(c, "l", "col")});`,
     `  }`,
     `  return acc;`,
     `}`,
-  );
+  ].join("\n");
 
-  let body: string[];
+  let entry: Entry;
   let dispatch: [number, number, number];
   const wgx = p.workgroupX;
   const wgy = p.workgroupY;
   switch (p.variant) {
     case "naive":
-      body = naiveBody(c);
+      entry = naiveBody(c);
       dispatch = [Math.ceil(n / wgx), Math.ceil(m / wgy), batch];
       break;
     case "register":
     case "subgroup":
-      body = tiledBody(c, aMode, bMode);
+      entry = tiledBody(c, aMode, bMode);
       dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
       break;
     case "shared":
-      body = sharedBody(c, sharedAVec, sharedBVec);
+      entry = sharedBody(c, sharedAVec, sharedBVec);
       dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
       break;
   }
@@ -400,33 +380,41 @@ export function matmulKernel(
         `${MAX_WORKGROUPS_PER_DIMENSION} per dimension with ${describeMatmulParams(p)}`,
     );
 
-  const extra: KernelBinding[] = epilogue?.bindings ?? [];
-  return {
+  const sg = p.variant === "subgroup";
+  const vec = (v: boolean) => (v ? "vec4<f32>" : "f32");
+  return renderKernel({
     name: `matmul ${batch > 1 ? `${batch}x` : ""}${m}x${n}x${k} ${layout} (${describeMatmulParams(p)})`,
-    wgsl: [...head, "", ...body, ""].join("\n"),
-    entryPoint: "main",
-    workgroupSize: [wgx, wgy, 1],
-    dispatch,
-    bindings: [
-      { buffer: bindings.a, access: "read" },
-      { buffer: bindings.b, access: "read" },
-      { buffer: bindings.out, access: "read_write" },
-      ...extra,
+    header:
+      `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
+      `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}${proA ? " (prologue)" : ""}, ` +
+      `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}`,
+    // Every subgroup operation sits in control flow that is uniform in practice (the branch on
+    // subgroup_size), which the uniformity analysis cannot prove.
+    directives: sg ? ["enable subgroups;", "diagnostic(off, subgroup_uniformity);"] : [],
+    buffers: [
+      { name: "mm_a", type: vec(aVec), buffer: bindings.a, access: "read" },
+      { name: "mm_b", type: vec(bVec), buffer: bindings.b, access: "read" },
+      { name: "mm_out", type: "f32", buffer: bindings.out, access: "read_write" },
+      ...(epilogue?.bindings ?? []),
     ],
-    features: p.variant === "subgroup" ? ["subgroups"] : [],
-  };
+    declarations: [epilogue?.declarations ?? "", functions, ...(entry.declarations ?? [])],
+    workgroupSize: [wgx, wgy, 1],
+    builtins: entry.builtins,
+    body: entry.body,
+    dispatch,
+    features: sg ? ["subgroups"] : [],
+  });
 }
 
-function naiveBody(c: Ctx): string[] {
-  const { p } = c;
-  return [
-    `@compute @workgroup_size(${p.workgroupX}, ${p.workgroupY}, 1)`,
-    `fn main(@builtin(global_invocation_id) gid: vec3<u32>) {`,
-    `  if (gid.y < ${u(c.M)} && gid.x < ${u(c.N)}) {`,
-    `    mm_store(gid.z, gid.y, gid.x, mm_dot(gid.z, gid.y, gid.x));`,
-    `  }`,
-    `}`,
-  ];
+function naiveBody(c: Ctx): Entry {
+  return {
+    builtins: { gid: "global_invocation_id" },
+    body: [
+      `if (gid.y < ${u(c.M)} && gid.x < ${u(c.N)}) {`,
+      `  mm_store(gid.z, gid.y, gid.x, mm_dot(gid.z, gid.y, gid.x));`,
+      `}`,
+    ],
+  };
 }
 
 /**
@@ -434,7 +422,7 @@ function naiveBody(c: Ctx): string[] {
  * col0..col0+C-1 (accumulators acc{r}_{g}: vec4 per group of 4 columns when C % 4 == 0).
  * Loads clamp their row/column into the matrix (branch-free); only stores check bounds.
  */
-function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): string[] {
+function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   const { M, N, K, p } = c;
   const R = p.rowsPerThread;
   const C = p.colsPerThread;
@@ -447,40 +435,33 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): string[] {
   const KU = aMode === "k4" || bMode === "k4" ? 4 : 1;
   const kMain = K - (K % KU); // always K today (k4 needs K % 4 == 0); kept general
   const L: string[] = [];
-  const builtins = [
-    "@builtin(workgroup_id) wg: vec3<u32>",
-    "@builtin(local_invocation_id) lid: vec3<u32>",
-  ];
-  if (sg) builtins.push("@builtin(subgroup_invocation_id) lane: u32");
-  if (sg) builtins.push("@builtin(subgroup_size) sg_size: u32");
-  L.push(`@compute @workgroup_size(${p.workgroupX}, ${p.workgroupY}, 1)`);
-  L.push(`fn main(${builtins.join(", ")}) {`);
-  L.push(`  let batch = wg.z;`);
-  L.push(`  let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`);
-  L.push(`  let col0 = (wg.x * ${u(p.workgroupX)} + lid.x) * ${u(C)};`);
-  L.push(`  let opaque = ${OPAQUE_ZERO};`);
+  const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
+  if (sg) Object.assign(builtins, { lane: "subgroup_invocation_id", sg_size: "subgroup_size" });
+  L.push(`let batch = wg.z;`);
+  L.push(`let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`);
+  L.push(`let col0 = (wg.x * ${u(p.workgroupX)} + lid.x) * ${u(C)};`);
   if (sg && G > 4) {
     // WebGPU promises subgroups of at least 4 lanes; a tile of more than 4 lanes' vec4s needs a
     // wider subgroup (lavapipe: 8 lanes with AVX2, 4 with SSE only). On a narrower one compute
     // the tile the plain way: correct everywhere, fast where it matters, and little code.
-    L.push(`  if (sg_size < ${u(G)}) {`);
-    L.push(`    for (var i = opaque; i < ${u(R * C)}; i++) {`);
-    L.push(`      let row = row0 + i / ${u(C)};`);
-    L.push(`      let col = col0 + i % ${u(C)};`);
-    L.push(`      if (row < ${u(M)} && col < ${u(N)}) {`);
-    L.push(`        mm_store(batch, row, col, mm_dot(batch, row, col));`);
-    L.push(`      }`);
+    L.push(`if (sg_size < ${u(G)}) {`);
+    L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
+    L.push(`    let row = row0 + i / ${u(C)};`);
+    L.push(`    let col = col0 + i % ${u(C)};`);
+    L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
+    L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
     L.push(`    }`);
-    L.push(`    return;`);
     L.push(`  }`);
+    L.push(`  return;`);
+    L.push(`}`);
   }
-  L.push(`  let aOff = batch * ${u(M * K)};`);
-  L.push(`  let bOff = batch * ${u(K * N)};`);
+  L.push(`let aOff = batch * ${u(M * K)};`);
+  L.push(`let bOff = batch * ${u(K * N)};`);
   // Clamped rows and columns: loads never leave the operand, stores are bounds-checked.
-  for (let r = 0; r < R; r++) L.push(`  let rr${r} = min(row0 + ${u(r)}, ${u(M - 1)});`);
-  for (let j = 0; j < C; j++) L.push(`  let cc${j} = min(col0 + ${u(j)}, ${u(N - 1)});`);
+  for (let r = 0; r < R; r++) L.push(`let rr${r} = min(row0 + ${u(r)}, ${u(M - 1)});`);
+  for (let j = 0; j < C; j++) L.push(`let cc${j} = min(col0 + ${u(j)}, ${u(N - 1)});`);
   for (let r = 0; r < R; r++)
-    for (let g = 0; g < G; g++) L.push(`  var acc${r}_${g}: ${vt} = ${vt}();`);
+    for (let g = 0; g < G; g++) L.push(`var acc${r}_${g}: ${vt} = ${vt}();`);
 
   // A(row r, k0 + kk): emits the loads, returns the expression.
   const loadA = (out: string[], ind: string): ((r: number, kk: number) => string) => {
@@ -568,45 +549,44 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): string[] {
   };
 
   if (kMain > 0) {
-    L.push(`  for (var k0 = opaque; k0 < ${u(kMain)}; k0 += ${u(KU)}) {`);
-    const a = loadA(L, "    ");
-    const b = loadB(L, "    ");
+    L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU)}) {`);
+    const a = loadA(L, "  ");
+    const b = loadB(L, "  ");
     for (let kk = 0; kk < KU; kk++)
       for (let r = 0; r < R; r++)
-        for (let g = 0; g < G; g++) L.push(`    acc${r}_${g} += ${b(kk, g)} * ${a(r, kk)};`);
-    L.push(`  }`);
+        for (let g = 0; g < G; g++) L.push(`  acc${r}_${g} += ${b(kk, g)} * ${a(r, kk)};`);
+    L.push(`}`);
   }
   if (kMain < K) {
     // The k tail (K not a multiple of the unroll): scalar loads, each invocation its own.
-    L.push(`  for (var l = ${u(kMain)} + opaque; l < ${u(K)}; l++) {`);
-    for (let r = 0; r < R; r++) L.push(`    let ta${r} = mm_a_at(${aIndex(c, `rr${r}`, "l")});`);
-    for (let j = 0; j < C; j++) L.push(`    let tb${j} = mm_b_at(${bIndex(c, "l", `cc${j}`)});`);
+    L.push(`for (var l = ${u(kMain)} + lrk_zero; l < ${u(K)}; l++) {`);
+    for (let r = 0; r < R; r++) L.push(`  let ta${r} = mm_a_at(${aIndex(c, `rr${r}`, "l")});`);
+    for (let j = 0; j < C; j++) L.push(`  let tb${j} = mm_b_at(${bIndex(c, "l", `cc${j}`)});`);
     for (let r = 0; r < R; r++)
       for (let g = 0; g < G; g++) {
         const bv =
           cw === 4
             ? `vec4<f32>(${[0, 1, 2, 3].map((i) => `tb${4 * g + i}`).join(", ")})`
             : `tb${g}`;
-        L.push(`    acc${r}_${g} += ${bv} * ta${r};`);
+        L.push(`  acc${r}_${g} += ${bv} * ta${r};`);
       }
-    L.push(`  }`);
+    L.push(`}`);
   }
 
   // Stores through a small loop: one bounds check and epilogue in the code, not R·C copies.
   const accs: string[] = [];
   for (let r = 0; r < R; r++) for (let g = 0; g < G; g++) accs.push(`acc${r}_${g}`);
-  L.push(`  for (var i = opaque; i < ${u(R * G)}; i++) {`);
-  L.push(`    let row = row0 + i / ${u(G)};`);
-  L.push(`    let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
-  L.push(...pick("v", accs, "    "));
+  L.push(`for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
+  L.push(`  let row = row0 + i / ${u(G)};`);
+  L.push(`  let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
+  L.push(...pick("v", accs, "  "));
   if (cw === 4) {
-    for (let j = 0; j < 4; j++) L.push(`    mm_store(batch, row, col + ${u(j)}, v.${LANE[j]});`);
+    for (let j = 0; j < 4; j++) L.push(`  mm_store(batch, row, col + ${u(j)}, v.${LANE[j]});`);
   } else {
-    L.push(`    mm_store(batch, row, col, v);`);
+    L.push(`  mm_store(batch, row, col, v);`);
   }
-  L.push(`  }`);
   L.push(`}`);
-  return L;
+  return { builtins, body: L };
 }
 
 /**
@@ -615,7 +595,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): string[] {
  * matrices), then each invocation accumulates rows lid.y + r·workgroupY and columns
  * lid.x + j·workgroupX (strided, so neighbouring invocations read neighbouring words).
  */
-function sharedBody(c: Ctx, aVec: boolean, bVec: boolean): string[] {
+function sharedBody(c: Ctx, aVec: boolean, bVec: boolean): Entry {
   const { M, N, K, p } = c;
   const R = p.rowsPerThread;
   const C = p.colsPerThread;
@@ -629,22 +609,14 @@ function sharedBody(c: Ctx, aVec: boolean, bVec: boolean): string[] {
   // Unroll the kk loop a little (compile time on lavapipe grows with every load in the code).
   const U = [4, 2, 1].find((f) => TK % f === 0 && f * (R + C) <= 32) ?? 1;
   const L: string[] = [];
-  L.push(`var<workgroup> mm_tile_a: array<f32, ${TK * TM}>; // [kk][row]`);
-  L.push(`var<workgroup> mm_tile_b: array<f32, ${TK * TN}>; // [kk][col]`);
-  L.push(`@compute @workgroup_size(${WX}, ${WY}, 1)`);
-  L.push(
-    `fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, ` +
-      `@builtin(local_invocation_index) lidx: u32) {`,
-  );
-  L.push(`  let batch = wg.z;`);
-  L.push(`  let tileRow = wg.y * ${u(TM)};`);
-  L.push(`  let tileCol = wg.x * ${u(TN)};`);
-  L.push(`  let aOff = batch * ${u(M * K)};`);
-  L.push(`  let bOff = batch * ${u(K * N)};`);
-  L.push(`  let opaque = ${OPAQUE_ZERO};`);
-  for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) L.push(`  var acc${r}_${j} = 0.0;`);
-  L.push(`  for (var t = opaque; t < ${u(tiles)}; t++) {`);
-  L.push(`    let k0 = t * ${u(TK)};`);
+  L.push(`let batch = wg.z;`);
+  L.push(`let tileRow = wg.y * ${u(TM)};`);
+  L.push(`let tileCol = wg.x * ${u(TN)};`);
+  L.push(`let aOff = batch * ${u(M * K)};`);
+  L.push(`let bOff = batch * ${u(K * N)};`);
+  for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) L.push(`var acc${r}_${j} = 0.0;`);
+  L.push(`for (var t = lrk_zero; t < ${u(tiles)}; t++) {`);
+  L.push(`  let k0 = t * ${u(TK)};`);
 
   // Cooperative loads; consecutive invocations read consecutive addresses along whichever axis
   // the operand is contiguous.
@@ -656,72 +628,78 @@ function sharedBody(c: Ctx, aVec: boolean, bVec: boolean): string[] {
     const at = `mm_${name}_at`;
     const base = name === "a" ? "tileRow" : "tileCol";
     const off = name === "a" ? "aOff" : "bOff";
-    L.push(`    for (var i = lidx; i < ${u(count)}; i += ${u(NT)}) {`);
+    L.push(`  for (var i = lidx; i < ${u(count)}; i += ${u(NT)}) {`);
     if (alongK) {
       // element (x, kk) at off + x·K + k, x along m (A) or n (B)
-      L.push(`      let x = i / ${u(TK / vw)};`);
-      L.push(`      let kk = (i % ${u(TK / vw)}) * ${u(vw)};`);
-      L.push(`      let ok = ${base} + x < ${u(limit)} && k0 + kk < ${u(K)};`);
-      L.push(`      let xc = min(${base} + x, ${u(limit - 1)});`);
+      L.push(`    let x = i / ${u(TK / vw)};`);
+      L.push(`    let kk = (i % ${u(TK / vw)}) * ${u(vw)};`);
+      L.push(`    let ok = ${base} + x < ${u(limit)} && k0 + kk < ${u(K)};`);
+      L.push(`    let xc = min(${base} + x, ${u(limit - 1)});`);
       if (vec) {
         L.push(
-          `      let v = select(vec4<f32>(), ` +
+          `    let v = select(vec4<f32>(), ` +
             `${src}[(${off} + xc * ${u(K)} + min(k0 + kk, ${u(K - 4)})) >> 2u], ok);`,
         );
         for (let j = 0; j < 4; j++)
-          L.push(`      ${tile}[(kk + ${u(j)}) * ${u(T)} + x] = v.${LANE[j]};`);
+          L.push(`    ${tile}[(kk + ${u(j)}) * ${u(T)} + x] = v.${LANE[j]};`);
       } else {
-        L.push(`      let kc = min(k0 + kk, ${u(K - 1)});`);
+        L.push(`    let kc = min(k0 + kk, ${u(K - 1)});`);
         L.push(
-          `      ${tile}[kk * ${u(T)} + x] = select(0.0, ${at}(${off} + xc * ${u(K)} + kc), ok);`,
+          `    ${tile}[kk * ${u(T)} + x] = select(0.0, ${at}(${off} + xc * ${u(K)} + kc), ok);`,
         );
       }
     } else {
       // element (x, kk) at off + k·limit + x
-      L.push(`      let x = (i % ${u(T / vw)}) * ${u(vw)};`);
-      L.push(`      let kk = i / ${u(T / vw)};`);
-      L.push(`      let ok = ${base} + x < ${u(limit)} && k0 + kk < ${u(K)};`);
-      L.push(`      let kc = min(k0 + kk, ${u(K - 1)});`);
+      L.push(`    let x = (i % ${u(T / vw)}) * ${u(vw)};`);
+      L.push(`    let kk = i / ${u(T / vw)};`);
+      L.push(`    let ok = ${base} + x < ${u(limit)} && k0 + kk < ${u(K)};`);
+      L.push(`    let kc = min(k0 + kk, ${u(K - 1)});`);
       if (vec) {
-        L.push(`      let xc = min(${base} + x, ${u(limit - 4)});`);
+        L.push(`    let xc = min(${base} + x, ${u(limit - 4)});`);
         L.push(
-          `      let v = select(vec4<f32>(), ${src}[(${off} + kc * ${u(limit)} + xc) >> 2u], ok);`,
+          `    let v = select(vec4<f32>(), ${src}[(${off} + kc * ${u(limit)} + xc) >> 2u], ok);`,
         );
         for (let j = 0; j < 4; j++)
-          L.push(`      ${tile}[kk * ${u(T)} + x + ${u(j)}] = v.${LANE[j]};`);
+          L.push(`    ${tile}[kk * ${u(T)} + x + ${u(j)}] = v.${LANE[j]};`);
       } else {
-        L.push(`      let xc = min(${base} + x, ${u(limit - 1)});`);
+        L.push(`    let xc = min(${base} + x, ${u(limit - 1)});`);
         L.push(
-          `      ${tile}[kk * ${u(T)} + x] = select(0.0, ${at}(${off} + kc * ${u(limit)} + xc), ok);`,
+          `    ${tile}[kk * ${u(T)} + x] = select(0.0, ${at}(${off} + kc * ${u(limit)} + xc), ok);`,
         );
       }
     }
-    L.push(`    }`);
+    L.push(`  }`);
   };
   coop("a", aVec, !c.shape.transA, TM, M);
   coop("b", bVec, c.shape.transB, TN, N);
-  L.push(`    workgroupBarrier();`);
-  L.push(`    for (var kk = opaque; kk < ${u(TK)}; kk += ${u(U)}) {`);
+  L.push(`  workgroupBarrier();`);
+  L.push(`  for (var kk = lrk_zero; kk < ${u(TK)}; kk += ${u(U)}) {`);
   for (let s = 0; s < U; s++) {
     const kk = s === 0 ? "kk" : `(kk + ${u(s)})`;
     for (let r = 0; r < R; r++)
-      L.push(`      let a${r}_${s} = mm_tile_a[${kk} * ${u(TM)} + lid.y + ${u(r * WY)}];`);
+      L.push(`    let a${r}_${s} = mm_tile_a[${kk} * ${u(TM)} + lid.y + ${u(r * WY)}];`);
     for (let j = 0; j < C; j++)
-      L.push(`      let b${j}_${s} = mm_tile_b[${kk} * ${u(TN)} + lid.x + ${u(j * WX)}];`);
+      L.push(`    let b${j}_${s} = mm_tile_b[${kk} * ${u(TN)} + lid.x + ${u(j * WX)}];`);
     for (let r = 0; r < R; r++)
-      for (let j = 0; j < C; j++) L.push(`      acc${r}_${j} += a${r}_${s} * b${j}_${s};`);
+      for (let j = 0; j < C; j++) L.push(`    acc${r}_${j} += a${r}_${s} * b${j}_${s};`);
   }
-  L.push(`    }`);
-  L.push(`    workgroupBarrier();`);
   L.push(`  }`);
+  L.push(`  workgroupBarrier();`);
+  L.push(`}`);
   const accs: string[] = [];
   for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) accs.push(`acc${r}_${j}`);
-  L.push(`  for (var i = opaque; i < ${u(R * C)}; i++) {`);
-  L.push(`    let row = tileRow + lid.y + (i / ${u(C)}) * ${u(WY)};`);
-  L.push(`    let col = tileCol + lid.x + (i % ${u(C)}) * ${u(WX)};`);
-  L.push(...pick("v", accs, "    "));
-  L.push(`    mm_store(batch, row, col, v);`);
-  L.push(`  }`);
+  L.push(`for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
+  L.push(`  let row = tileRow + lid.y + (i / ${u(C)}) * ${u(WY)};`);
+  L.push(`  let col = tileCol + lid.x + (i % ${u(C)}) * ${u(WX)};`);
+  L.push(...pick("v", accs, "  "));
+  L.push(`  mm_store(batch, row, col, v);`);
   L.push(`}`);
-  return L;
+  return {
+    builtins: { wg: "workgroup_id", lid: "local_invocation_id", lidx: "local_invocation_index" },
+    body: L,
+    declarations: [
+      `var<workgroup> mm_tile_a: array<f32, ${TK * TM}>; // [kk][row]`,
+      `var<workgroup> mm_tile_b: array<f32, ${TK * TN}>; // [kk][col]`,
+    ],
+  };
 }

@@ -19,12 +19,12 @@ import {
   helperCode,
   iadd,
   imul,
-  OPAQUE_BUILTIN,
-  opaqueZero,
+  outputBuffers,
   shapeText,
   wgslType,
   type Index,
 } from "../wgsl.js";
+import { combine, indent, renderKernel, workgroupReduce } from "./render.js";
 import type { KernelSource } from "./types.js";
 
 export interface ReduceParams {
@@ -90,7 +90,7 @@ export function reduceKernel(k: ReduceKernelInput, params?: ReduceParams): Kerne
   const outputs = numel(red.shape);
   const R = op.axes.reduce((s, a) => s * input.shape[a]!, 1);
   const p = params ?? defaultReduceParams(outputs, R);
-  const table = new BindingTable(g, k.bufferOf, 1);
+  const table = new BindingTable(g, k.bufferOf);
   const inEpilogue = new Set(k.epilogue);
   const em = new Emitter(g, {
     isBuffer: (id) => id !== k.anchor && !inEpilogue.has(id) && k.isBuffer(id),
@@ -102,89 +102,60 @@ export function reduceKernel(k: ReduceKernelInput, params?: ReduceParams): Kerne
   const isMax = op.fn === "max";
   const init = isMax ? (int ? "i32(-2147483647 - 1)" : "-lrk_inf()") : int ? "0i" : "0.0";
   if (isMax && !int) em.helpers.add("lrk_inf");
-  const combine = (acc: string, v: string) =>
-    isMax ? `select(${acc}, ${v}, ${v} > ${acc} || ${v} != ${v})` : `${acc} + ${v}`;
 
   // o: the output element; its coordinates in the reduce's shape.
   const outIndex = em.index(red.shape, { flat: "o" });
   outIndex.coords(); // hoisted out of the loop: em.lines holds the statements before it
   const loopBody = em.scope(() => {
     const idx = inputIndex(em, input.shape, op.axes, () => outIndex.coords(), "o", "r");
-    em.lines.push(`acc = ${combine("acc", em.value(input.id, idx))};`);
+    em.lines.push(`acc = ${combine(op.fn, "acc", em.value(input.id, idx))};`);
   });
   const epilogue = em.scope(() => {
     const v = em.value(k.output, em.index(out.shape, { flat: "o" }));
     em.lines.push(`out[o] = ${v};`);
   });
   const name = `reduce.${op.fn} ${shapeText(input.dtype, input.shape)} → ${shapeText(out.dtype, out.shape)} %${k.output} (${p.variant})`;
-  const decls = [
-    header(g, name, k.nodes),
-    `@group(0) @binding(0) var<storage, read_write> out: array<${wgslType(out.dtype)}>;  // %${k.output}`,
-    table.declarations(),
-  ];
-  let body: string[];
-  let dispatch: [number, number, number];
-  const ind = (lines: string[], n: number) => lines.map((l) => " ".repeat(n) + l);
-  if (p.variant === "serial") {
-    dispatch = grid(Math.ceil(outputs / p.workgroupSize));
-    body = [
-      `@compute @workgroup_size(${p.workgroupSize})`,
-      `fn main(@builtin(global_invocation_id) gid: vec3<u32>, ${OPAQUE_BUILTIN}) {`,
-      `  let t = gid.x + gid.y * ${dispatch[0] * p.workgroupSize}u;`,
-      `  ${opaqueZero(dispatch[0])}`,
-      `  if (t >= ${outputs}u) {`,
-      `    return;`,
-      `  }`,
-      `  let o = i32(t);`,
-      ...ind(em.lines, 2),
-      `  var acc: ${ty} = ${init};`,
-      `  for (var r = 0; r < ${R} + i32(lrk_zero); r++) {`,
-      ...ind(loopBody, 4),
-      `  }`,
-      ...ind(epilogue, 2),
-      `}`,
-    ];
-  } else {
-    const W = p.workgroupSize;
-    dispatch = grid(outputs);
-    decls.push(`var<workgroup> partial: array<${ty}, ${W}>;`);
-    body = [
-      `@compute @workgroup_size(${W})`,
-      `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, ${OPAQUE_BUILTIN}) {`,
-      `  ${opaqueZero(dispatch[0])}`,
-      `  let o = i32(wid.x + wid.y * ${dispatch[0]}u);`,
-      ...ind(em.lines, 2),
-      `  var acc: ${ty} = ${init};`,
-      `  for (var r = i32(lid); r < ${R} + i32(lrk_zero); r += ${W}) {`,
-      ...ind(loopBody, 4),
-      `  }`,
-      `  partial[lid] = acc;`,
-      `  workgroupBarrier();`,
-      `  for (var s = ${W / 2}u + lrk_zero; s > 0u; s >>= 1u) {`,
-      `    if (lid < s) {`,
-      `      let a = partial[lid];`,
-      `      let b = partial[lid + s];`,
-      `      partial[lid] = ${isMax ? "select(a, b, b > a || b != b)" : "a + b"};`,
-      `    }`,
-      `    workgroupBarrier();`,
-      `  }`,
-      `  if (lid == 0u && o < ${outputs}) {`,
-      `    acc = partial[0];`,
-      ...ind(epilogue, 4),
-      `  }`,
-      `}`,
-    ];
-  }
-  const wgsl = [...decls, helperCode(em.helpers), ...body].filter((s) => s !== "").join("\n");
-  return {
+  const W = p.workgroupSize;
+  const serial = p.variant === "serial";
+  const dispatch = serial ? grid(Math.ceil(outputs / W)) : grid(outputs);
+  const body = serial
+    ? [
+        `let t = gid.x + gid.y * ${dispatch[0] * W}u;`,
+        `if (t >= ${outputs}u) {`,
+        `  return;`,
+        `}`,
+        `let o = i32(t);`,
+        ...em.lines,
+        `var acc: ${ty} = ${init};`,
+        `for (var r = 0; r < ${R} + i32(lrk_zero); r++) {`,
+        ...indent(loopBody),
+        `}`,
+        ...epilogue,
+      ]
+    : [
+        `let o = i32(wid.x + wid.y * ${dispatch[0]}u);`,
+        ...em.lines,
+        `var acc: ${ty} = ${init};`,
+        `for (var r = i32(lid); r < ${R} + i32(lrk_zero); r += ${W}) {`,
+        ...indent(loopBody),
+        `}`,
+        `acc = lrk_wg_${op.fn}(acc, lid, lid, ${W}u);`,
+        `if (lid == 0u && o < ${outputs}) {`,
+        ...indent(epilogue),
+        `}`,
+      ];
+  return renderKernel({
     name,
-    wgsl: wgsl + "\n",
-    entryPoint: "main",
-    workgroupSize: [p.workgroupSize, 1, 1],
+    header: header(g, name, k.nodes),
+    buffers: [...outputBuffers(g, [k.output], k.bufferOf, "out"), ...table.buffers()],
+    declarations: [...(serial ? [] : workgroupReduce(ty, W, [op.fn])), helperCode(em.helpers)],
+    workgroupSize: W,
+    builtins: serial
+      ? { gid: "global_invocation_id" }
+      : { wid: "workgroup_id", lid: "local_invocation_index" },
+    body,
     dispatch,
-    bindings: [{ buffer: k.bufferOf(k.output), access: "read_write" }, ...table.bindings()],
-    features: [],
-  };
+  });
 }
 
 export interface ContractionKernelInput {
@@ -209,7 +180,7 @@ export function contractionKernel(k: ContractionKernelInput): KernelSource {
   const out = g.node(k.output);
   const r = mm.shape.length;
   const K = transA ? a.shape[r - 2]! : a.shape[r - 1]!;
-  const table = new BindingTable(g, k.bufferOf, 1);
+  const table = new BindingTable(g, k.bufferOf);
   const inEpilogue = new Set(k.epilogue);
   const em = new Emitter(g, {
     isBuffer: (id) => id !== k.anchor && !inEpilogue.has(id) && k.isBuffer(id),
@@ -234,38 +205,28 @@ export function contractionKernel(k: ContractionKernelInput): KernelSource {
   });
   const ty = wgslType(mm.dtype);
   const name = `matmul (contraction) ${shapeText(mm.dtype, mm.shape)} k=${K} %${k.output}`;
-  const wgsl = [
-    header(g, name, k.nodes),
-    `@group(0) @binding(0) var<storage, read_write> out: array<${wgslType(out.dtype)}>;  // %${k.output}`,
-    table.declarations(),
-    helperCode(em.helpers),
-    `@compute @workgroup_size(${W})`,
-    `fn main(@builtin(global_invocation_id) gid: vec3<u32>, ${OPAQUE_BUILTIN}) {`,
-    `  let t = gid.x + gid.y * ${dispatch[0] * W}u;`,
-    `  ${opaqueZero(dispatch[0])}`,
-    `  if (t >= ${outputs}u) {`,
-    `    return;`,
-    `  }`,
-    `  let o = i32(t);`,
-    ...em.lines.map((l) => `  ${l}`),
-    `  var acc: ${ty} = ${mm.dtype === "i32" ? "0i" : "0.0"};`,
-    `  for (var l = 0; l < ${K} + i32(lrk_zero); l++) {`,
-    ...loop.map((l) => `    ${l}`),
-    `  }`,
-    ...epilogue.map((l) => `  ${l}`),
-    `}`,
-  ]
-    .filter((s) => s !== "")
-    .join("\n");
-  return {
+  return renderKernel({
     name,
-    wgsl: wgsl + "\n",
-    entryPoint: "main",
-    workgroupSize: [W, 1, 1],
+    header: header(g, name, k.nodes),
+    buffers: [...outputBuffers(g, [k.output], k.bufferOf, "out"), ...table.buffers()],
+    declarations: [helperCode(em.helpers)],
+    workgroupSize: W,
+    builtins: { gid: "global_invocation_id" },
+    body: [
+      `let t = gid.x + gid.y * ${dispatch[0] * W}u;`,
+      `if (t >= ${outputs}u) {`,
+      `  return;`,
+      `}`,
+      `let o = i32(t);`,
+      ...em.lines,
+      `var acc: ${ty} = ${mm.dtype === "i32" ? "0i" : "0.0"};`,
+      `for (var l = 0; l < ${K} + i32(lrk_zero); l++) {`,
+      ...indent(loop),
+      `}`,
+      ...epilogue,
+    ],
     dispatch,
-    bindings: [{ buffer: k.bufferOf(k.output), access: "read_write" }, ...table.bindings()],
-    features: [],
-  };
+  });
 }
 
 export interface RowParams {
@@ -312,7 +273,7 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
   const perGroup = W / L;
   const dispatch: [number, number, number] = total ? [1, 1, 1] : grid(Math.ceil(rows / perGroup));
   const written = new Set(k.outputs);
-  const table = new BindingTable(g, k.bufferOf, k.outputs.length);
+  const table = new BindingTable(g, k.bufferOf);
   const leaves = new Map<number, string>();
   reduces.forEach((r, i) => leaves.set(r, `lrk_s${i}`));
   totals.forEach((r, i) => leaves.set(r, `lrk_t${i}`));
@@ -331,24 +292,14 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
     em.helpers.add("lrk_inf");
     return "-lrk_inf()";
   };
-  const combine = (r: number, acc: string, v: string) =>
-    fnOf(r) === "max" ? `select(${acc}, ${v}, ${v} > ${acc} || ${v} != ${v})` : `${acc} + ${v}`;
-  const ind = (lines: string[], n = 2) => lines.map((l) => " ".repeat(n) + l);
+  const acc = (r: number, a: string, v: string) => `${a} = ${combine(fnOf(r), a, v)};`;
   /** A loop over the row's elements (this invocation's share), `body` given the flat index. */
   const overRow = (body: (f: string) => void): string[] => {
     const inner = em.scope(() => body(em.let(`row * ${len} + e`, "f")));
-    return [`for (var e = lane; e < ${len} + i32(lrk_zero); e += ${L}) {`, ...ind(inner), `}`];
+    return [`for (var e = lane; e < ${len} + i32(lrk_zero); e += ${L}) {`, ...indent(inner), `}`];
   };
-  /** partial[] combined over `size` invocations from `first` (a tree; `size` a power of two). */
-  const tree = (r: number, size: number, who: string): string[] => [
-    `workgroupBarrier();`,
-    `for (var s = ${size / 2}u + lrk_zero; s > 0u; s >>= 1u) {`,
-    `  if (${who} < s) {`,
-    `    partial[lid] = ${combine(r, "partial[lid]", "partial[lid + s]")};`,
-    `  }`,
-    `  workgroupBarrier();`,
-    `}`,
-  ];
+  // The tree reductions across invocations: a row's lanes, and (totals) the whole workgroup.
+  const shared = [...(L > 1 ? reduces : []), ...totals].map(fnOf);
   const outIndex = (id: number) => k.outputs.indexOf(id);
   const rowBody = em.scope(() => {
     reduces.forEach((r, i) => {
@@ -357,16 +308,14 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
       em.lines.push(`var lrk_a${i}: f32 = ${init(r)};`);
       em.lines.push(
         ...overRow((f) =>
-          em.lines.push(
-            `lrk_a${i} = ${combine(r, `lrk_a${i}`, em.value(input, em.index(shape, { flat: f })))};`,
-          ),
+          em.lines.push(acc(r, `lrk_a${i}`, em.value(input, em.index(shape, { flat: f })))),
         ),
       );
-      if (L === 1) em.lines.push(`let lrk_s${i} = lrk_a${i};`);
-      else {
-        em.lines.push(`partial[lid] = lrk_a${i};`, ...tree(r, L, "u32(lane)"));
-        em.lines.push(`let lrk_s${i} = partial[base];`, `workgroupBarrier();`);
-      }
+      em.lines.push(
+        L === 1
+          ? `let lrk_s${i} = lrk_a${i};`
+          : `let lrk_s${i} = lrk_wg_${fnOf(r)}(lrk_a${i}, lid, u32(lane), ${L}u);`,
+      );
     });
     // Per-row values, then the row's elements.
     const perRow = k.outputs.filter((o) => numel(g.shape(o)) === rows && !totalOut(o));
@@ -380,7 +329,7 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
             `out${outIndex(o)}[row] = ${em.value(o, em.index(g.shape(o), { flat: "row" }))};`,
           );
       });
-      em.lines.push(`if (valid && lane == 0) {`, ...ind(lines), `}`);
+      em.lines.push(`if (valid && lane == 0) {`, ...indent(lines), `}`);
     }
     if (perElement.length) {
       const lines = em.scope(() => {
@@ -393,7 +342,7 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
           }),
         );
       });
-      em.lines.push(`if (valid) {`, ...ind(lines), `}`);
+      em.lines.push(`if (valid) {`, ...indent(lines), `}`);
     }
     // Each invocation's share of the totals.
     totals.forEach((r, i) => {
@@ -403,25 +352,23 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
         if (numel(shape) === rows * len)
           em.lines.push(
             ...overRow((f) =>
-              em.lines.push(
-                `lrk_t${i} = ${combine(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: f })))};`,
-              ),
+              em.lines.push(acc(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: f })))),
             ),
           );
         else
           em.lines.push(
             `if (lane == 0) {`,
-            ...ind(
+            ...indent(
               em.scope(() =>
                 em.lines.push(
-                  `lrk_t${i} = ${combine(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: "row" })))};`,
+                  acc(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: "row" }))),
                 ),
               ),
             ),
             `}`,
           );
       });
-      em.lines.push(`if (valid) {`, ...ind(lines), `}`);
+      em.lines.push(`if (valid) {`, ...indent(lines), `}`);
     });
   });
   function totalOut(o: number): boolean {
@@ -429,17 +376,16 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
     return total && numel(g.shape(o)) === 1 && rows > 1;
   }
   const finish = em.scope(() => {
-    totals.forEach((r, i) => {
-      em.lines.push(`partial[lid] = lrk_t${i};`, ...tree(r, W, "lid"));
-      em.lines.push(`lrk_t${i} = partial[0];`, `workgroupBarrier();`);
-    });
+    totals.forEach((r, i) =>
+      em.lines.push(`lrk_t${i} = lrk_wg_${fnOf(r)}(lrk_t${i}, lid, lid, ${W}u);`),
+    );
     const lines = em.scope(() => {
       for (const o of k.outputs.filter(totalOut))
         em.lines.push(
           `out${outIndex(o)}[0] = ${em.value(o, em.index(g.shape(o), { flat: "0" }))};`,
         );
     });
-    if (lines.length) em.lines.push(`if (lid == 0u) {`, ...ind(lines), `}`);
+    if (lines.length) em.lines.push(`if (lid == 0u) {`, ...indent(lines), `}`);
   });
   const rowSetup = (rowExpr: string) => [
     `let raw = ${rowExpr};`,
@@ -450,43 +396,21 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
     ? [
         ...totals.map((r, i) => `var lrk_t${i}: f32 = ${init(r)};`),
         `for (var first = 0; first < ${rows} + i32(lrk_zero); first += ${perGroup}) {`,
-        ...ind([...rowSetup("first + i32(seg)"), ...rowBody]),
+        ...indent([...rowSetup("first + i32(seg)"), ...rowBody]),
         `}`,
         ...finish,
       ]
     : [...rowSetup(`i32((wid.x + wid.y * ${dispatch[0]}u) * ${perGroup}u + seg)`), ...rowBody];
   const first = g.node(reduces[0]!);
   const name = `row ${shapeText(first.dtype, g.shape(first.inputs[0]!))} ×${reduces.length}${total ? ` +${totals.length} total` : ""} ${k.outputs.map((o) => `%${o}`).join(" ")} (${L} lanes)`;
-  const wgsl = [
-    header(g, name, k.nodes),
-    ...k.outputs.map(
-      (id, j) =>
-        `@group(0) @binding(${j}) var<storage, read_write> out${j}: array<${wgslType(g.node(id).dtype)}>;  // %${id}`,
-    ),
-    table.declarations(),
-    `var<workgroup> partial: array<f32, ${W}>;`,
-    helperCode(em.helpers),
-    `@compute @workgroup_size(${W})`,
-    `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, ${OPAQUE_BUILTIN}) {`,
-    `  ${opaqueZero(dispatch[0])}`,
-    `  let lane = i32(lid % ${L}u);`,
-    `  let seg = lid / ${L}u;`,
-    `  let base = seg * ${L}u;`,
-    ...ind(main),
-    `}`,
-  ]
-    .filter((s) => s !== "")
-    .join("\n");
-  return {
+  return renderKernel({
     name,
-    wgsl: wgsl + "\n",
-    entryPoint: "main",
-    workgroupSize: [W, 1, 1],
+    header: header(g, name, k.nodes),
+    buffers: [...outputBuffers(g, k.outputs, k.bufferOf), ...table.buffers()],
+    declarations: [...workgroupReduce("f32", W, shared), helperCode(em.helpers)],
+    workgroupSize: W,
+    builtins: { wid: "workgroup_id", lid: "local_invocation_index" },
+    body: [`let lane = i32(lid % ${L}u);`, `let seg = lid / ${L}u;`, ...main],
     dispatch,
-    bindings: [
-      ...k.outputs.map((id) => ({ buffer: k.bufferOf(id), access: "read_write" as const })),
-      ...table.bindings(),
-    ],
-    features: [],
-  };
+  });
 }

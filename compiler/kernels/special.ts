@@ -13,9 +13,18 @@
 //    workgroup, then U = Q·U_B with the interpreter's column order and signs.
 import type { Graph, Node } from "../ir.js";
 import { numel } from "../ir.js";
-import { grid, header, helperCode, OPAQUE_BUILTIN, opaqueZero, shapeText } from "../wgsl.js";
+import { grid, header, helperCode, shapeText } from "../wgsl.js";
 import { matmulKernel } from "./matmul.js";
-import type { KernelSource, MatmulParams, MatmulShape } from "./types.js";
+import { renderKernel, workgroupReduce } from "./render.js";
+import type {
+  KernelBuffer,
+  KernelSource,
+  MatmulParams,
+  MatmulShape,
+  ParamKernelSource,
+} from "./types.js";
+
+export type { ParamKernelSource } from "./types.js";
 
 export interface SpecialIO {
   /** Buffers of the node's inputs, in input order. */
@@ -69,30 +78,14 @@ export function specialScratch(graph: Graph, id: number): ScratchNeed[] {
   }
 }
 
-/**
- * A kernel source with, optionally, u32 `params` the executor puts in a uniform buffer bound
- * after the storage bindings (sizes the WGSL text does not fix).
- */
-export type ParamKernelSource = KernelSource & { params?: number[] };
-
-function kernel(
+/** A storage binding of a special kernel: an array of f32 unless `type` says otherwise. */
+function buf(
   name: string,
-  wgsl: string,
-  workgroupSize: number,
-  dispatch: [number, number, number],
-  bindings: KernelSource["bindings"],
-  params?: number[],
-): ParamKernelSource {
-  return {
-    name,
-    wgsl,
-    entryPoint: "main",
-    workgroupSize: [workgroupSize, 1, 1],
-    dispatch,
-    bindings,
-    features: [],
-    ...(params ? { params } : {}),
-  };
+  buffer: number,
+  access: "read" | "read_write",
+  type = "f32",
+): KernelBuffer {
+  return { name, buffer, access, type };
 }
 
 export function specialKernels(
@@ -124,74 +117,60 @@ function scatterAdd(graph: Graph, node: Node, io: SpecialIO, head: string): Kern
   const row = numel(node.shape.slice(1));
   const ids = numel(graph.shape(node.inputs[0]!));
   const ty = node.dtype === "i32" ? "i32" : "f32";
-  const link = `${head}
-// 1/2: link the rows of every id, in increasing row order.
-@group(0) @binding(0) var<storage, read> ids: array<i32>;
-@group(0) @binding(1) var<storage, read_write> heads: array<i32>;
-@group(0) @binding(2) var<storage, read_write> next: array<i32>;
-@compute @workgroup_size(1)
-fn main(${OPAQUE_BUILTIN}) {
-  ${opaqueZero(1)}
-  for (var v = 0; v < ${rows} + i32(lrk_zero); v++) {
-    heads[v] = -1;
-  }
-  for (var r = ${ids - 1} + i32(lrk_zero); r >= 0; r--) {
-    let id = ids[r];
-    if (id >= 0 && id < ${rows}) {
-      next[r] = heads[id];
-      heads[id] = r;
-    }
-  }
+  const [idsBuf, valsBuf] = io.inputs as [number, number];
+  const [heads, next] = io.scratch as [number, number];
+  const link = renderKernel({
+    name: `scatterAdd link %${node.id}`,
+    header: `${head}\n// 1/2: link the rows of every id, in increasing row order.`,
+    buffers: [
+      buf("ids", idsBuf, "read", "i32"),
+      buf("heads", heads, "read_write", "i32"),
+      buf("next", next, "read_write", "i32"),
+    ],
+    workgroupSize: 1,
+    builtins: {},
+    body: `for (var v = 0; v < ${rows} + i32(lrk_zero); v++) {
+  heads[v] = -1;
 }
-`;
+for (var r = ${ids - 1} + i32(lrk_zero); r >= 0; r--) {
+  let id = ids[r];
+  if (id >= 0 && id < ${rows}) {
+    next[r] = heads[id];
+    heads[id] = r;
+  }
+}`.split("\n"),
+    dispatch: [1, 1, 1],
+  });
   const W = 64;
   const total = rows * row;
   const dispatch = grid(Math.ceil(total / W));
-  const sum = `${head}
-// 2/2: every output element adds its id's rows.
-@group(0) @binding(0) var<storage, read> vals: array<${ty}>;
-@group(0) @binding(1) var<storage, read> heads: array<i32>;
-@group(0) @binding(2) var<storage, read> next: array<i32>;
-@group(0) @binding(3) var<storage, read_write> out: array<${ty}>;
-@compute @workgroup_size(${W})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, ${OPAQUE_BUILTIN}) {
-  ${opaqueZero(dispatch[0])}
-  let t = gid.x + gid.y * ${dispatch[0] * W}u;
-  if (t >= ${total}u) {
-    return;
-  }
-  let v = i32(t / ${row}u);
-  let j = i32(t % ${row}u);
-  var acc: ${ty} = ${ty}(0);
-  var r = heads[v];
-  for (var guard = 0; guard < ${ids} + i32(lrk_zero) && r >= 0; guard++) {
-    acc = acc + vals[r * ${row} + j];
-    r = next[r];
-  }
-  out[t] = acc;
+  const sum = renderKernel({
+    name: `scatterAdd sum %${node.id}`,
+    header: `${head}\n// 2/2: every output element adds its id's rows.`,
+    buffers: [
+      buf("vals", valsBuf, "read", ty),
+      buf("heads", heads, "read", "i32"),
+      buf("next", next, "read", "i32"),
+      buf("out", io.out, "read_write", ty),
+    ],
+    workgroupSize: W,
+    builtins: { gid: "global_invocation_id" },
+    body: `let t = gid.x + gid.y * ${dispatch[0] * W}u;
+if (t >= ${total}u) {
+  return;
 }
-`;
-  const [idsBuf, valsBuf] = io.inputs as [number, number];
-  const [heads, next] = io.scratch as [number, number];
-  return [
-    kernel(
-      `scatterAdd link %${node.id}`,
-      link,
-      1,
-      [1, 1, 1],
-      [
-        { buffer: idsBuf, access: "read" },
-        { buffer: heads, access: "read_write" },
-        { buffer: next, access: "read_write" },
-      ],
-    ),
-    kernel(`scatterAdd sum %${node.id}`, sum, W, dispatch, [
-      { buffer: valsBuf, access: "read" },
-      { buffer: heads, access: "read" },
-      { buffer: next, access: "read" },
-      { buffer: io.out, access: "read_write" },
-    ]),
-  ];
+let v = i32(t / ${row}u);
+let j = i32(t % ${row}u);
+var acc: ${ty} = ${ty}(0);
+var r = heads[v];
+for (var guard = 0; guard < ${ids} + i32(lrk_zero) && r >= 0; guard++) {
+  acc = acc + vals[r * ${row} + j];
+  r = next[r];
+}
+out[t] = acc;`.split("\n"),
+    dispatch,
+  });
+  return [link, sum];
 }
 
 function topkMask(graph: Graph, node: Node, io: SpecialIO, head: string): KernelSource {
@@ -199,33 +178,31 @@ function topkMask(graph: Graph, node: Node, io: SpecialIO, head: string): Kernel
   const kDtype = graph.node(node.inputs[1]!).dtype;
   const W = 64;
   const dispatch = grid(Math.ceil(n / W));
-  const wgsl = `${head}
-@group(0) @binding(0) var<storage, read> scores: array<f32>;
-@group(0) @binding(1) var<storage, read> kk: array<${kDtype === "i32" ? "i32" : "f32"}>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(${W})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, ${OPAQUE_BUILTIN}) {
-  ${opaqueZero(dispatch[0])}
-  let i = gid.x + gid.y * ${dispatch[0] * W}u;
-  if (i >= ${n}u) {
-    return;
-  }
-  // k rounded half up (Math.round) and clamped to [0, n]
-  let k = u32(clamp(floor(f32(kk[0]) + 0.5), 0.0, ${n}.0));
-  let s = scores[i];
-  var before = 0u;
-  for (var j = 0u; j < ${n}u + lrk_zero; j++) {
-    let t = scores[j];
-    before += select(0u, 1u, t > s || (t == s && j < i));
-  }
-  out[i] = select(0.0, 1.0, before < k);
+  return renderKernel({
+    name: `topkMask %${node.id}`,
+    header: head,
+    buffers: [
+      buf("scores", io.inputs[0]!, "read"),
+      buf("kk", io.inputs[1]!, "read", kDtype === "i32" ? "i32" : "f32"),
+      buf("out", io.out, "read_write"),
+    ],
+    workgroupSize: W,
+    builtins: { gid: "global_invocation_id" },
+    body: `let i = gid.x + gid.y * ${dispatch[0] * W}u;
+if (i >= ${n}u) {
+  return;
 }
-`;
-  return kernel(`topkMask %${node.id}`, wgsl, W, dispatch, [
-    { buffer: io.inputs[0]!, access: "read" },
-    { buffer: io.inputs[1]!, access: "read" },
-    { buffer: io.out, access: "read_write" },
-  ]);
+// k rounded half up (Math.round) and clamped to [0, n]
+let k = u32(clamp(floor(f32(kk[0]) + 0.5), 0.0, ${n}.0));
+let s = scores[i];
+var before = 0u;
+for (var j = 0u; j < ${n}u + lrk_zero; j++) {
+  let t = scores[j];
+  before += select(0u, 1u, t > s || (t == s && j < i));
+}
+out[i] = select(0.0, 1.0, before < k);`.split("\n"),
+    dispatch,
+  });
 }
 
 function quantize(graph: Graph, node: Node, io: SpecialIO, head: string): KernelSource {
@@ -238,289 +215,280 @@ function quantize(graph: Graph, node: Node, io: SpecialIO, head: string): Kernel
   const dispatch = grid(Math.ceil(total / W));
   const store =
     op.kind === "quantScale"
-      ? `  out[t] = scale;`
-      : `  for (var j = 0u; j < ${op.group}u + lrk_zero; j++) {
-    let v = w[base + j] / scale;
-    let a = abs(v);
-    let f = floor(a);
-    let q = select(f, f + 1.0, a - f >= 0.5); // half away from zero
-    out[base + j] = clamp(sign(v) * q, -${qmax}.0, ${qmax}.0);
-  }`;
-  const wgsl = `${head}
-@group(0) @binding(0) var<storage, read> w: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(${W})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, ${OPAQUE_BUILTIN}) {
-  ${opaqueZero(dispatch[0])}
-  let t = gid.x + gid.y * ${dispatch[0] * W}u;
-  if (t >= ${total}u) {
-    return;
-  }
-  let r = t / ${groups}u;
-  let g = t % ${groups}u;
-  let base = r * ${cols}u + g * ${op.group}u;
-  var amax = 0.0;
-  for (var j = 0u; j < ${op.group}u + lrk_zero; j++) {
-    amax = max(amax, abs(w[base + j]));
-  }
-  let scale = select(amax / ${qmax}.0, 1.0, amax == 0.0);
-${store}
+      ? `out[t] = scale;`
+      : `for (var j = 0u; j < ${op.group}u + lrk_zero; j++) {
+  let v = w[base + j] / scale;
+  let a = abs(v);
+  let f = floor(a);
+  let q = select(f, f + 1.0, a - f >= 0.5); // half away from zero
+  out[base + j] = clamp(sign(v) * q, -${qmax}.0, ${qmax}.0);
+}`;
+  return renderKernel({
+    name: `${op.kind} %${node.id}`,
+    header: head,
+    buffers: [buf("w", io.inputs[0]!, "read"), buf("out", io.out, "read_write")],
+    workgroupSize: W,
+    builtins: { gid: "global_invocation_id" },
+    body: `let t = gid.x + gid.y * ${dispatch[0] * W}u;
+if (t >= ${total}u) {
+  return;
 }
-`;
-  return kernel(`${op.kind} %${node.id}`, wgsl, W, dispatch, [
-    { buffer: io.inputs[0]!, access: "read" },
-    { buffer: io.out, access: "read_write" },
-  ]);
+let r = t / ${groups}u;
+let g = t % ${groups}u;
+let base = r * ${cols}u + g * ${op.group}u;
+var amax = 0.0;
+for (var j = 0u; j < ${op.group}u + lrk_zero; j++) {
+  amax = max(amax, abs(w[base + j]));
+}
+let scale = select(amax / ${qmax}.0, 1.0, amax == 0.0);
+${store}`.split("\n"),
+    dispatch,
+  });
 }
 
 // ---------------------------------------------------------------------------- svd
 
 const WG = 64;
 
-/**
- * Sizes come from a uniform buffer (the plan kernel's `params`), not from the WGSL text: one
- * shader serves every panel size, so the shader compiler (seconds per kernel on lavapipe) runs
- * once per process, and loops over them are not unrolled.
- */
-function dimsFrom(names: string[]): string {
-  return names.map((n, i) => `  let ${n} = dims.v${i};`).join("\n");
-}
-
-function DIMS(binding: number): string {
-  return `struct Dims {\n  v0: u32,\n  v1: u32,\n  v2: u32,\n  v3: u32,\n}\n@group(0) @binding(${binding}) var<uniform> dims: Dims;`;
-}
-
 /** The most columns the svd panel kernels take (rank + oversample). */
 export const MAX_PANEL = 256;
 
-const WG_SUM = `var<workgroup> red: array<f32, ${WG}>;
-fn wg_sum(x: f32, lid: u32) -> f32 {
-  red[lid] = x;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u + dims.v3; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      red[lid] = red[lid] + red[lid + s];
-    }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}`;
+/**
+ * A one-workgroup svd kernel. Sizes come from uniforms (the plan kernel's `params`), not from the
+ * WGSL text: one shader serves every panel size, so the shader compiler (seconds per kernel on
+ * lavapipe) runs once per process, and loops over them are not unrolled.
+ */
+function panelKernel(
+  name: string,
+  comment: string,
+  buffers: KernelBuffer[],
+  uniforms: Record<string, number>,
+  declarations: string[],
+  body: string,
+): ParamKernelSource {
+  return renderKernel({
+    name,
+    header: comment,
+    buffers,
+    uniforms: Object.entries(uniforms).map(([name, value]) => ({ name, value })),
+    declarations,
+    workgroupSize: WG,
+    builtins: { lid: "local_invocation_index" },
+    body: body.split("\n"),
+    dispatch: [1, 1, 1],
+  });
+}
 
 /** Householder QR of X [rows, L] (overwritten by R) in one workgroup: Q [rows, L]. */
-function householderKernel(rows: number, L: number, head: string): string {
-  return `${head}
-// Householder QR of a [${rows}, ${L}] panel in one workgroup (compiler/linalg.ts householderQ).
-@group(0) @binding(0) var<storage, read_write> R: array<f32>;
-@group(0) @binding(1) var<storage, read_write> V: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Q: array<f32>;
-${WG_SUM}
-${DIMS(3)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32) {
-${dimsFrom(["rows", "L"])}
-  for (var k = 0u; k < L; k++) {
-    var p = 0.0;
-    for (var i = k + lid; i < rows; i += ${WG}u) {
-      let x = R[i * L + k];
-      p += x * x;
-    }
-    let norm = sqrt(wg_sum(p, lid));
-    let x0 = R[k * L + k];
-    let alpha = select(norm, -norm, x0 >= 0.0);
-    var q = 0.0;
-    for (var i = k + lid; i < rows; i += ${WG}u) {
-      let v = select(R[i * L + k], x0 - alpha, i == k);
-      q += v * v;
-    }
-    let vn = sqrt(wg_sum(q, lid));
-    let inv = select(0.0, 1.0 / vn, norm > 0.0 && vn > 0.0);
-    for (var i = lid; i < rows; i += ${WG}u) {
-      let v = select(R[i * L + k], x0 - alpha, i == k);
-      V[i * L + k] = select(0.0, v * inv, i >= k);
-    }
-    storageBarrier();
-    for (var j = k; j < L; j++) {
-      var d = 0.0;
-      for (var i = k + lid; i < rows; i += ${WG}u) {
-        d += V[i * L + k] * R[i * L + j];
-      }
-      let dot = wg_sum(d, lid);
-      for (var i = k + lid; i < rows; i += ${WG}u) {
-        R[i * L + j] = R[i * L + j] - 2.0 * dot * V[i * L + k];
-      }
-    }
-    storageBarrier();
+function householderKernel(
+  name: string,
+  head: string,
+  rows: number,
+  L: number,
+  io: { x: number; reflectors: number; q: number },
+): ParamKernelSource {
+  return panelKernel(
+    name,
+    `${head}\n// Householder QR of a [${rows}, ${L}] panel in one workgroup (compiler/linalg.ts householderQ).`,
+    [
+      buf("R", io.x, "read_write"),
+      buf("V", io.reflectors, "read_write"),
+      buf("Q", io.q, "read_write"),
+    ],
+    { rows, L },
+    workgroupReduce("f32", WG, ["sum"]),
+    `for (var k = 0u; k < L; k++) {
+  var p = 0.0;
+  for (var i = k + lid; i < rows; i += ${WG}u) {
+    let x = R[i * L + k];
+    p += x * x;
   }
+  let norm = sqrt(lrk_wg_sum(p, lid, lid, ${WG}u));
+  let x0 = R[k * L + k];
+  let alpha = select(norm, -norm, x0 >= 0.0);
+  var q = 0.0;
+  for (var i = k + lid; i < rows; i += ${WG}u) {
+    let v = select(R[i * L + k], x0 - alpha, i == k);
+    q += v * v;
+  }
+  let vn = sqrt(lrk_wg_sum(q, lid, lid, ${WG}u));
+  let inv = select(0.0, 1.0 / vn, norm > 0.0 && vn > 0.0);
   for (var i = lid; i < rows; i += ${WG}u) {
-    for (var j = 0u; j < L; j++) {
-      Q[i * L + j] = select(0.0, 1.0, i == j);
+    let v = select(R[i * L + k], x0 - alpha, i == k);
+    V[i * L + k] = select(0.0, v * inv, i >= k);
+  }
+  storageBarrier();
+  for (var j = k; j < L; j++) {
+    var d = 0.0;
+    for (var i = k + lid; i < rows; i += ${WG}u) {
+      d += V[i * L + k] * R[i * L + j];
+    }
+    let dot = lrk_wg_sum(d, lid, lid, ${WG}u);
+    for (var i = k + lid; i < rows; i += ${WG}u) {
+      R[i * L + j] = R[i * L + j] - 2.0 * dot * V[i * L + k];
     }
   }
   storageBarrier();
-  for (var kk = 0u; kk < L; kk++) {
-    let k = L - 1u - kk;
-    for (var j = 0u; j < L; j++) {
-      var d = 0.0;
-      for (var i = k + lid; i < rows; i += ${WG}u) {
-        d += V[i * L + k] * Q[i * L + j];
-      }
-      let dot = wg_sum(d, lid);
-      for (var i = k + lid; i < rows; i += ${WG}u) {
-        Q[i * L + j] = Q[i * L + j] - 2.0 * dot * V[i * L + k];
-      }
-    }
-    storageBarrier();
+}
+for (var i = lid; i < rows; i += ${WG}u) {
+  for (var j = 0u; j < L; j++) {
+    Q[i * L + j] = select(0.0, 1.0, i == j);
   }
 }
-`;
+storageBarrier();
+for (var kk = 0u; kk < L; kk++) {
+  let k = L - 1u - kk;
+  for (var j = 0u; j < L; j++) {
+    var d = 0.0;
+    for (var i = k + lid; i < rows; i += ${WG}u) {
+      d += V[i * L + k] * Q[i * L + j];
+    }
+    let dot = lrk_wg_sum(d, lid, lid, ${WG}u);
+    for (var i = k + lid; i < rows; i += ${WG}u) {
+      Q[i * L + j] = Q[i * L + j] - 2.0 * dot * V[i * L + k];
+    }
+  }
+  storageBarrier();
+}`,
+  );
 }
 
 /** One-sided Jacobi on W [N, L] in one workgroup: J = V [L, L] then the column norms [L]. */
-function jacobiKernel(N: number, L: number, head: string): string {
-  return `${head}
-// One-sided Jacobi (Hestenes) on the columns of W = Bᵀ [${N}, ${L}] (compiler/linalg.ts oneSidedJacobi).
-@group(0) @binding(0) var<storage, read_write> W: array<f32>;
-@group(0) @binding(1) var<storage, read_write> J: array<f32>;
-var<workgroup> red3: array<vec3<f32>, ${WG}>;
-var<workgroup> rotated: u32;
-${DIMS(2)}
-fn wg_sum3(x: vec3<f32>, lid: u32) -> vec3<f32> {
-  red3[lid] = x;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u + dims.v3; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      red3[lid] = red3[lid] + red3[lid + s];
-    }
-    workgroupBarrier();
-  }
-  let r = red3[0];
-  workgroupBarrier();
-  return r;
+function jacobiKernel(
+  name: string,
+  head: string,
+  N: number,
+  L: number,
+  io: { w: number; j: number },
+): ParamKernelSource {
+  return panelKernel(
+    name,
+    `${head}\n// One-sided Jacobi (Hestenes) on the columns of W = Bᵀ [${N}, ${L}] (compiler/linalg.ts oneSidedJacobi).`,
+    [buf("W", io.w, "read_write"), buf("J", io.j, "read_write")],
+    { N, L },
+    [`var<workgroup> rotated: u32;`, ...workgroupReduce("vec3<f32>", WG, ["sum"])],
+    `for (var i = lid; i < L * L; i += ${WG}u) {
+  J[i] = select(0.0, 1.0, i / L == i % L);
 }
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32) {
-${dimsFrom(["N", "L"])}
-  for (var i = lid; i < L * L; i += ${WG}u) {
-    J[i] = select(0.0, 1.0, i / L == i % L);
+for (var sweep = 0u; sweep < 40u + lrk_zero; sweep++) {
+  if (lid == 0u) {
+    rotated = 0u;
   }
-  for (var sweep = 0u; sweep < 40u + dims.v3; sweep++) {
-    if (lid == 0u) {
-      rotated = 0u;
-    }
-    workgroupBarrier();
-    for (var p = 0u; p < L - 1u; p++) {
-      for (var q = p + 1u; q < L; q++) {
-        var s = vec3<f32>(0.0);
-        for (var i = lid; i < N; i += ${WG}u) {
-          let xp = W[i * L + p];
-          let xq = W[i * L + q];
-          s += vec3<f32>(xp * xp, xq * xq, xp * xq);
-        }
-        let t3 = wg_sum3(s, lid);
-        let alpha = t3.x;
-        let beta = t3.y;
-        let gamma = t3.z;
-        let rotate = gamma != 0.0 && abs(gamma) > 1e-6 * sqrt(alpha * beta);
-        let zeta = (beta - alpha) / (2.0 * gamma);
-        let t = select(-1.0, 1.0, zeta >= 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
-        let c0 = 1.0 / sqrt(1.0 + t * t);
-        let c = select(1.0, c0, rotate);
-        let sn = select(0.0, c0 * t, rotate);
-        if (rotate && lid == 0u) {
-          rotated = 1u;
-        }
-        for (var i = lid; i < N; i += ${WG}u) {
-          let xp = W[i * L + p];
-          let xq = W[i * L + q];
-          W[i * L + p] = c * xp - sn * xq;
-          W[i * L + q] = sn * xp + c * xq;
-        }
-        for (var i = lid; i < L; i += ${WG}u) {
-          let xp = J[i * L + p];
-          let xq = J[i * L + q];
-          J[i * L + p] = c * xp - sn * xq;
-          J[i * L + q] = sn * xp + c * xq;
-        }
+  workgroupBarrier();
+  for (var p = 0u; p < L - 1u; p++) {
+    for (var q = p + 1u; q < L; q++) {
+      var s = vec3<f32>(0.0);
+      for (var i = lid; i < N; i += ${WG}u) {
+        let xp = W[i * L + p];
+        let xq = W[i * L + q];
+        s += vec3<f32>(xp * xp, xq * xq, xp * xq);
+      }
+      let t3 = lrk_wg_sum(s, lid, lid, ${WG}u);
+      let alpha = t3.x;
+      let beta = t3.y;
+      let gamma = t3.z;
+      let rotate = gamma != 0.0 && abs(gamma) > 1e-6 * sqrt(alpha * beta);
+      let zeta = (beta - alpha) / (2.0 * gamma);
+      let t = select(-1.0, 1.0, zeta >= 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
+      let c0 = 1.0 / sqrt(1.0 + t * t);
+      let c = select(1.0, c0, rotate);
+      let sn = select(0.0, c0 * t, rotate);
+      if (rotate && lid == 0u) {
+        rotated = 1u;
+      }
+      for (var i = lid; i < N; i += ${WG}u) {
+        let xp = W[i * L + p];
+        let xq = W[i * L + q];
+        W[i * L + p] = c * xp - sn * xq;
+        W[i * L + q] = sn * xp + c * xq;
+      }
+      for (var i = lid; i < L; i += ${WG}u) {
+        let xp = J[i * L + p];
+        let xq = J[i * L + q];
+        J[i * L + p] = c * xp - sn * xq;
+        J[i * L + q] = sn * xp + c * xq;
       }
     }
-    let again = workgroupUniformLoad(&rotated);
-    workgroupBarrier();
-    if (again == 0u) {
-      break;
-    }
   }
-  storageBarrier();
-  for (var j = 0u; j < L; j++) {
-    var s = 0.0;
-    for (var i = lid; i < N; i += ${WG}u) {
-      let x = W[i * L + j];
-      s += x * x;
-    }
-    let n = sqrt(wg_sum3(vec3<f32>(s, 0.0, 0.0), lid).x);
-    if (lid == 0u) {
-      J[L * L + j] = n;
-    }
+  let again = workgroupUniformLoad(&rotated);
+  workgroupBarrier();
+  if (again == 0u) {
+    break;
   }
 }
-`;
+storageBarrier();
+for (var j = 0u; j < L; j++) {
+  var s = 0.0;
+  for (var i = lid; i < N; i += ${WG}u) {
+    let x = W[i * L + j];
+    s += x * x;
+  }
+  let n = sqrt(lrk_wg_sum(vec3<f32>(s, 0.0, 0.0), lid, lid, ${WG}u).x);
+  if (lid == 0u) {
+    J[L * L + j] = n;
+  }
+}`,
+  );
 }
 
 /** U = Q · V[:, order] for the top `rank` columns by norm, signs fixed, written to out. */
-function finishKernel(M: number, L: number, rank: number, right: boolean, head: string): string {
+function finishKernel(
+  name: string,
+  head: string,
+  M: number,
+  L: number,
+  rank: number,
+  right: boolean,
+  io: { q: number; j: number; out: number },
+): ParamKernelSource {
   const at = right ? "c * M + i" : "i * rank + c";
-  return `${head}
+  return panelKernel(
+    name,
+    `${head}
 // U [${M}, ${rank}] = Q · U_B: the top ${rank} of ${L} columns by singular value, largest-magnitude
-// entry positive.
-@group(0) @binding(0) var<storage, read> Q: array<f32>;
-@group(0) @binding(1) var<storage, read> J: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-var<workgroup> order: array<u32, ${MAX_PANEL}>;
-${DIMS(3)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32) {
-${dimsFrom(["M", "L", "rank"])}
-  for (var j = lid; j < L; j += ${WG}u) {
-    let nj = J[L * L + j];
-    var before = 0u;
-    for (var i = 0u; i < L; i++) {
-      let ni = J[L * L + i];
-      before += select(0u, 1u, ni > nj || (ni == nj && i < j));
-    }
-    order[before] = j;
+// entry positive.`,
+    [buf("Q", io.q, "read"), buf("J", io.j, "read"), buf("out", io.out, "read_write")],
+    { M, L, rank },
+    [`var<workgroup> order: array<u32, ${MAX_PANEL}>;`],
+    `for (var j = lid; j < L; j += ${WG}u) {
+  let nj = J[L * L + j];
+  var before = 0u;
+  for (var i = 0u; i < L; i++) {
+    let ni = J[L * L + i];
+    before += select(0u, 1u, ni > nj || (ni == nj && i < j));
   }
-  workgroupBarrier();
-  for (var e = lid; e < M * rank; e += ${WG}u) {
-    let i = e / rank;
-    let c = e % rank;
-    let col = order[c];
-    var acc = 0.0;
-    for (var t = 0u; t < L; t++) {
-      acc += Q[i * L + t] * J[t * L + col];
-    }
-    out[${at}] = acc;
-  }
-  storageBarrier();
-  for (var c = lid; c < rank; c += ${WG}u) {
-    var best = 0u;
-    var bestAbs = -1.0;
-    for (var i = 0u; i < M; i++) {
-      let a = abs(out[${at}]);
-      if (a > bestAbs) {
-        bestAbs = a;
-        best = i;
-      }
-    }
-    let i = best;
-    if (out[${at}] < 0.0) {
-      for (var i = 0u; i < M; i++) {
-        out[${at}] = -out[${at}];
-      }
-    }
-  }
+  order[before] = j;
 }
-`;
+workgroupBarrier();
+for (var e = lid; e < M * rank; e += ${WG}u) {
+  let i = e / rank;
+  let c = e % rank;
+  let col = order[c];
+  var acc = 0.0;
+  for (var t = 0u; t < L; t++) {
+    acc += Q[i * L + t] * J[t * L + col];
+  }
+  out[${at}] = acc;
+}
+storageBarrier();
+for (var c = lid; c < rank; c += ${WG}u) {
+  var best = 0u;
+  var bestAbs = -1.0;
+  for (var i = 0u; i < M; i++) {
+    let a = abs(out[${at}]);
+    if (a > bestAbs) {
+      bestAbs = a;
+      best = i;
+    }
+  }
+  let i = best;
+  if (out[${at}] < 0.0) {
+    for (var i = 0u; i < M; i++) {
+      out[${at}] = -out[${at}];
+    }
+  }
+}`,
+  );
 }
 
 function svd(
@@ -547,24 +515,21 @@ function svd(
   const W1 = 64;
   const omegaDispatch = grid(Math.ceil((N * l) / W1));
   out.push(
-    kernel(
-      `svd Ω [${N}, ${l}] %${node.id}`,
-      `${head}
-// Ω [${N}, ${l}]: Ω[r, c] = normalAt(seed, r·${l} + c)
-@group(0) @binding(0) var<storage, read_write> omega: array<f32>;
-${helperCode(["lrk_normal"])}
-@compute @workgroup_size(${W1})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.x + gid.y * ${omegaDispatch[0] * W1}u;
-  if (i < ${N * l}u) {
-    omega[i] = lrk_normal(${op.seed >>> 0}u, i);
-  }
-}
-`,
-      W1,
-      omegaDispatch,
-      [{ buffer: omega, access: "read_write" }],
-    ),
+    renderKernel({
+      name: `svd Ω [${N}, ${l}] %${node.id}`,
+      header: `${head}\n// Ω [${N}, ${l}]: Ω[r, c] = normalAt(seed, r·${l} + c)`,
+      buffers: [buf("omega", omega, "read_write")],
+      declarations: [helperCode(["lrk_normal"])],
+      workgroupSize: W1,
+      builtins: { gid: "global_invocation_id" },
+      body: [
+        `let i = gid.x + gid.y * ${omegaDispatch[0] * W1}u;`,
+        `if (i < ${N * l}u) {`,
+        `  omega[i] = lrk_normal(${op.seed >>> 0}u, i);`,
+        `}`,
+      ],
+      dispatch: omegaDispatch,
+    }),
   );
   // A = g ([M, N]) or gᵀ: A·X reads g transposed for the right side, Aᵀ·X for the left side.
   const product = (
@@ -579,50 +544,24 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     return { ...k, name: `svd ${k.name} %${node.id}`, wgsl: `${head}\n${k.wgsl}` };
   };
   const qr = (rows: number, x: number, dst: number): ParamKernelSource =>
-    kernel(
-      `svd qr [${rows}, ${l}] %${node.id}`,
-      householderKernel(rows, l, head),
-      WG,
-      [1, 1, 1],
-      [
-        { buffer: x, access: "read_write" },
-        { buffer: refl, access: "read_write" },
-        { buffer: dst, access: "read_write" },
-      ],
-      [rows, l, 0, 0],
-    );
+    householderKernel(`svd qr [${rows}, ${l}] %${node.id}`, head, rows, l, {
+      x,
+      reflectors: refl,
+      q: dst,
+    });
   out.push(product(M, N, right, omega, y), qr(M, y, q));
   for (let it = 0; it < op.iterations; it++) {
     out.push(product(N, M, !right, q, z), qr(N, z, qz));
     out.push(product(M, N, right, qz, y), qr(M, y, q));
   }
   out.push(product(N, M, !right, q, z));
+  out.push(jacobiKernel(`svd jacobi [${N}, ${l}] %${node.id}`, head, N, l, { w: z, j: jac }));
   out.push(
-    kernel(
-      `svd jacobi [${N}, ${l}] %${node.id}`,
-      jacobiKernel(N, l, head),
-      WG,
-      [1, 1, 1],
-      [
-        { buffer: z, access: "read_write" },
-        { buffer: jac, access: "read_write" },
-      ],
-      [N, l, 0, 0],
-    ),
-  );
-  out.push(
-    kernel(
-      `svd finish %${node.id}`,
-      finishKernel(M, l, op.rank, right, head),
-      WG,
-      [1, 1, 1],
-      [
-        { buffer: q, access: "read" },
-        { buffer: jac, access: "read" },
-        { buffer: io.out, access: "read_write" },
-      ],
-      [M, l, op.rank, 0],
-    ),
+    finishKernel(`svd finish %${node.id}`, head, M, l, op.rank, right, {
+      q,
+      j: jac,
+      out: io.out,
+    }),
   );
   return out;
 }

@@ -9,6 +9,18 @@ export interface KernelBinding {
   access: "read" | "read_write";
 }
 
+/**
+ * A storage binding as `renderKernel` (compiler/kernels/render.ts) declares it: a runtime-sized
+ * array `name` of `type` elements. Only `buffer` and `access` reach the kernel's `bindings`.
+ */
+export interface KernelBuffer extends KernelBinding {
+  name: string;
+  /** The element type: `f32`, `i32`, `vec4<f32>`. */
+  type: string;
+  /** What the binding holds, as a comment after the declaration (`%12 param:w`). */
+  note?: string;
+}
+
 export interface KernelSource {
   /** A short human name: `matmul 64x64x64 (subgroup 2x32)`, `fused add+gelu [32, 512]`. */
   name: string;
@@ -22,6 +34,12 @@ export interface KernelSource {
   /** Optional device features the WGSL needs (`subgroups`, `shader-f16`). */
   features: string[];
 }
+
+/**
+ * A kernel source with, optionally, u32 `params` the executor puts in a uniform buffer bound
+ * after the storage bindings (sizes the WGSL text does not fix).
+ */
+export type ParamKernelSource = KernelSource & { params?: number[] };
 
 /** Matmul problem: out[b, m, n] = Σ_k A[b, m, k]·B[b, k, n], each operand maybe stored transposed. */
 export interface MatmulShape {
@@ -49,11 +67,17 @@ export interface MatmulParams {
 }
 
 /**
- * Work fused around a matmul: `prologue` rewrites how an operand element is loaded (a WGSL
- * expression of `value`, e.g. dequantization), `epilogue` rewrites the accumulated result before
- * it is stored (a WGSL expression of `acc`, `row`, `col`, `batch` reading extra bindings, e.g.
- * bias + residual + scale). Extra bindings are appended after A, B and the output.
+ * Work fused after a matmul: `epilogue` rewrites the accumulated result before it is stored (a
+ * WGSL expression of `acc`, `row`, `col`, `batch` reading extra bindings, e.g. bias + residual +
+ * scale). Extra bindings are appended after A, B and the output: the kernel declares those given
+ * as `KernelBuffer`s; a plain `KernelBinding` (a hand-written epilogue) is declared by
+ * `declarations`, which also hold the functions the expression calls. (Operand prologues are in
+ * `MatmulKernelFusion`, compiler/kernels/matmul.ts.)
  */
 export interface MatmulFusion {
-  epilogue?: { expression: string; bindings: KernelBinding[]; declarations: string };
+  epilogue?: {
+    expression: string;
+    bindings: (KernelBuffer | KernelBinding)[];
+    declarations: string;
+  };
 }

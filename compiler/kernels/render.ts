@@ -1,0 +1,197 @@
+// The one kernel skeleton. Every template (map, reduce, row, contraction, matmul, the special
+// kernels) describes its storage bindings, module-scope declarations, entry-point builtins and
+// body; `renderKernel` writes the WGSL module and the KernelSource around it. Binding numbers,
+// the uniform params binding, the opaque zero and the entry point's signature are decided here
+// and nowhere else, so a template cannot get them out of step with its `bindings`.
+//
+// Also here, the two pieces of WGSL several templates share: the opaque zero (`lrk_zero`) and
+// the tree reduction over workgroup memory (`workgroupReduce`).
+import type { KernelBinding, KernelBuffer, ParamKernelSource } from "./types.js";
+
+/** The entry point's builtin inputs a template may ask for. */
+export type Builtin =
+  | "global_invocation_id"
+  | "local_invocation_id"
+  | "local_invocation_index"
+  | "workgroup_id"
+  | "subgroup_invocation_id"
+  | "subgroup_size";
+
+const BUILTIN_TYPE: Record<Builtin, string> = {
+  global_invocation_id: "vec3<u32>",
+  local_invocation_id: "vec3<u32>",
+  local_invocation_index: "u32",
+  workgroup_id: "vec3<u32>",
+  subgroup_invocation_id: "u32",
+  subgroup_size: "u32",
+};
+
+export interface KernelSpec {
+  /** A short human name: `matmul 64x64x64 (subgroup 2x32)`, `map f32[32, 512] %7`. */
+  name: string;
+  /** Comment lines the module opens with (`header` in compiler/wgsl.ts, and a line or two more). */
+  header?: string;
+  /** Module directives (`enable subgroups;`): WGSL wants them before any declaration. */
+  directives?: readonly string[];
+  /**
+   * Storage bindings of group 0, numbered 0, 1, … in this order. A plain `KernelBinding` (no
+   * name: a hand-written matmul epilogue's) takes its number but is declared in `declarations`.
+   */
+  buffers: readonly (KernelBuffer | KernelBinding)[];
+  /**
+   * u32 sizes the shader reads at run time (one shader serves every size): they become the
+   * kernel's `params`, a uniform the executor binds after the storage bindings, and `main` opens
+   * with `let NAME = dims.vI;` for each.
+   */
+  uniforms?: readonly { name: string; value: number }[];
+  /** Module-scope declarations after the bindings: workgroup memory, helper functions. */
+  declarations?: readonly string[];
+  workgroupSize: number | readonly [number, number, number];
+  /** `main`'s parameters, WGSL name → builtin, in this order. */
+  builtins: Readonly<Record<string, Builtin>>;
+  /** `main`'s statements, without the function's indentation. */
+  body: readonly string[];
+  dispatch: [number, number, number];
+  /** Device features the WGSL needs (`subgroups`). */
+  features?: readonly string[];
+}
+
+const declared = (b: KernelBuffer | KernelBinding): b is KernelBuffer => "name" in b;
+
+/** The WGSL module of a kernel and the KernelSource the plan and executor consume. */
+export function renderKernel(spec: KernelSpec): ParamKernelSource {
+  const named = spec.buffers.filter(declared);
+  const bindings = spec.buffers.map((b, i) => {
+    if (!declared(b)) return "";
+    const note = b.note ? `  // ${b.note}` : "";
+    return `@group(0) @binding(${i}) var<storage, ${b.access}> ${b.name}: array<${b.type}>;${note}`;
+  });
+  const uniforms = spec.uniforms ?? [];
+  // A uniform struct's size is a multiple of 16 bytes: whole groups of 4 u32s.
+  const params = uniforms.map((u) => u.value);
+  while (params.length % 4 !== 0) params.push(0);
+  const uniform = uniforms.length
+    ? [
+        `struct Dims {`,
+        ...params.map((_, i) => `  v${i}: u32,`),
+        `}`,
+        `@group(0) @binding(${spec.buffers.length}) var<uniform> dims: Dims;`,
+      ]
+    : [];
+  const body = [
+    ...(spec.body.some((l) => /\blrk_zero\b/.test(l))
+      ? ["let lrk_zero = lrk_opaque_zero(); // 0, unknown to the shader compiler"]
+      : []),
+    ...uniforms.map((u, i) => `let ${u.name} = dims.v${i};`),
+    ...spec.body,
+  ];
+  const declarations = spec.declarations ?? [];
+  const usesZero = [...declarations, ...body].some((l) => l.includes("lrk_opaque_zero()"));
+  if (usesZero && !named.length) throw new Error(`${spec.name}: an opaque zero needs a binding`);
+  const zero = usesZero ? opaqueZeroFunction(named[0]!.name) : "";
+  const wg = spec.workgroupSize;
+  const size: [number, number, number] =
+    typeof wg === "number" ? [wg, 1, 1] : [wg[0], wg[1], wg[2]];
+  const inputs = Object.entries(spec.builtins).map(
+    ([name, b]) => `@builtin(${b}) ${name}: ${BUILTIN_TYPE[b]}`,
+  );
+  const wgsl = [
+    spec.header ?? "",
+    ...(spec.directives ?? []),
+    ...bindings,
+    ...uniform,
+    zero,
+    ...declarations,
+    `@compute @workgroup_size(${typeof wg === "number" ? wg : size.join(", ")})`,
+    `fn main(${inputs.join(", ")}) {`,
+    ...indent(body),
+    `}`,
+  ]
+    .filter((s) => s !== "")
+    .join("\n");
+  return {
+    name: spec.name,
+    wgsl: wgsl + "\n",
+    entryPoint: "main",
+    workgroupSize: size,
+    dispatch: spec.dispatch,
+    bindings: spec.buffers.map((b) => ({ buffer: b.buffer, access: b.access })),
+    features: [...(spec.features ?? [])],
+    ...(uniforms.length ? { params } : {}),
+  };
+}
+
+/** `lines` indented by `n` spaces. */
+export function indent(lines: readonly string[], n = 2): string[] {
+  return lines.map((l) => " ".repeat(n) + l);
+}
+
+// ---------------------------------------------------------------------------- the opaque zero
+
+/**
+ * lavapipe's LLVM unrolls every loop whose trip count it knows, which costs seconds of shader
+ * compilation per kernel (measured: 1 s for a 24-step loop, 40 ms with an unknown count; matmul
+ * tiles went from 1–6 s to 0.1–0.5 s a cold compile). Loop bounds and starts therefore add a
+ * zero the compiler cannot see through: whether the kernel's first storage binding is empty.
+ * WebGPU never binds an empty runtime-sized array (the minimum binding size is one element), so
+ * it is 0 at run time, but it comes from the bound buffer's size, unknown when the shader is
+ * compiled. (`arrayLength >> 31` would not do: the compiler knows arrayLength of an f32 array is
+ * under 2^30.) It depends on a binding alone, so it is uniform (loops with barriers may use it),
+ * and any function can compute it, not just the entry point.
+ *
+ * Templates write `lrk_zero` (a u32) in `main`'s body, where renderKernel computes it once, and
+ * `lrk_opaque_zero()` in module-scope functions (a matmul epilogue, the workgroup reduction),
+ * which cannot see `main`'s locals; renderKernel declares what is used.
+ */
+function opaqueZeroFunction(binding: string): string {
+  return [
+    `// 0 at run time, unknown to the shader compiler: loops bounded with it are not unrolled`,
+    `fn lrk_opaque_zero() -> u32 {`,
+    `  return u32(arrayLength(&${binding}) == 0u);`,
+    `}`,
+  ].join("\n");
+}
+
+// ---------------------------------------------------------------------------- reductions
+
+export type Combine = "sum" | "max";
+
+/** a ⊕ b; max propagates NaN, as the interpreter's does. */
+export function combine(fn: Combine, a: string, b: string): string {
+  return fn === "max" ? `select(${a}, ${b}, ${b} > ${a} || ${b} != ${b})` : `${a} + ${b}`;
+}
+
+/**
+ * The tree reduction over workgroup memory: a `size`-element `var<workgroup>` array of `type`
+ * and, per combine, `lrk_wg_<fn>(x, lid, lane, n) -> type`: the `n` invocations lid − lane … lid −
+ * lane + n − 1 (n a power of two, lane < n: a whole workgroup with lane = lid, or one segment of
+ * it) each give x, and each gets the combined value. It holds barriers: call it from uniform
+ * control flow.
+ */
+export function workgroupReduce(type: string, size: number, fns: Iterable<Combine>): string[] {
+  const used = [...new Set(fns)].sort();
+  if (!used.length) return [];
+  const out = [`var<workgroup> lrk_wg: array<${type}, ${size}>;`];
+  for (const fn of used)
+    out.push(
+      [
+        `fn lrk_wg_${fn}(x: ${type}, lid: u32, lane: u32, n: u32) -> ${type} {`,
+        `  lrk_wg[lid] = x;`,
+        `  workgroupBarrier();`,
+        `  for (var s = n / 2u + lrk_opaque_zero(); s > 0u; s >>= 1u) {`,
+        `    if (lane < s) {`,
+        `      let a = lrk_wg[lid];`,
+        `      let b = lrk_wg[lid + s];`,
+        `      lrk_wg[lid] = ${combine(fn, "a", "b")};`,
+        `    }`,
+        `    workgroupBarrier();`,
+        `  }`,
+        `  let r = lrk_wg[lid - lane];`,
+        // the next call overwrites lrk_wg: everyone must have read r first
+        `  workgroupBarrier();`,
+        `  return r;`,
+        `}`,
+      ].join("\n"),
+    );
+  return out;
+}
