@@ -21,7 +21,7 @@ type TfTensor = import("@tensorflow/tfjs").Tensor;
 type TfVariable = import("@tensorflow/tfjs").Variable;
 type TfScalar = import("@tensorflow/tfjs").Scalar;
 
-/** A tensor of an lrk store (compiler/interpreter.ts's Tensor). */
+/** A tensor of an lrk store (runtime/interpreter.ts's Tensor). */
 export interface StoreTensor {
   shape: number[];
   data: Float32Array | Float64Array | Int32Array;

@@ -84,7 +84,7 @@ const HELPERS: Record<string, { deps: string[]; code: string }> = {
   },
   lrk_hash: {
     deps: [],
-    code: `// compiler/random.ts: hash32(seed, counter), bit-exact.
+    code: `// runtime/random.ts: hash32(seed, counter), bit-exact.
 fn lrk_lowbias32(v: u32) -> u32 {
   var x = v;
   x ^= x >> 16u;
@@ -116,7 +116,7 @@ fn lrk_cos2pi(t: f32) -> f32 {
   let k = u32(q) & 3u;
   return select(select(select(s, -c, k == 2u), -s, k == 1u), c, k == 0u);
 }
-// compiler/random.ts: normalAt(seed, i), Box–Muller; -ln(1 - u) by its series for small u.
+// runtime/random.ts: normalAt(seed, i), Box–Muller; -ln(1 - u) by its series for small u.
 fn lrk_normal(seed: u32, i: u32) -> f32 {
   let u1 = lrk_uniform(seed, 2u * i);
   let u2 = lrk_uniform(seed, 2u * i + 1u);

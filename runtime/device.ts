@@ -1,6 +1,6 @@
 // What the training loop needs from a device: run one entry of a graph on named inputs.
 // The CPU device is the reference interpreter; the WebGPU device executes compiled kernel plans.
-import { evaluate } from "../compiler/interpreter.js";
+import { evaluate } from "./interpreter.js";
 import type { Entry, GraphProgram, Tensor } from "../compiler/program.js";
 
 export type { Tensor };

@@ -3,10 +3,10 @@
 import { describe, expect, it } from "vitest";
 import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
-import { evaluate, tensor, type Tensor } from "../compiler/interpreter.js";
+import { evaluate, tensor, type Tensor } from "../runtime/interpreter.js";
 import type { Shape } from "../compiler/ir.js";
 import { numel } from "../compiler/ir.js";
-import { uniformAt } from "../compiler/random.js";
+import { uniformAt } from "../runtime/random.js";
 
 /** A test program: parameters to differentiate, fixed data, and the builder. */
 class Case {

@@ -2,7 +2,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { Tensor } from "../compiler/interpreter.js";
+import type { Tensor } from "../runtime/interpreter.js";
 import { parse, type ParseResult } from "../language/parse.js";
 import { SourceFile } from "../language/source.js";
 

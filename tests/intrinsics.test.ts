@@ -1,7 +1,7 @@
 // The interpreter's intrinsics: randomized truncated SVD, top-k masks, group quantization.
 import { describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
-import { evaluate, tensor } from "../compiler/interpreter.js";
+import { evaluate, tensor } from "../runtime/interpreter.js";
 import {
   fixColumnSigns,
   householderQ,
@@ -11,8 +11,8 @@ import {
   svd,
   transpose,
   type Mat,
-} from "../compiler/linalg.js";
-import { normalAt } from "../compiler/random.js";
+} from "../runtime/linalg.js";
+import { normalAt } from "../runtime/random.js";
 
 /** U diag(s) Vᵀ with random orthonormal U [m, k] and V [n, k]. */
 function withSpectrum(m: number, n: number, s: number[], seed: number): Mat {

@@ -1,9 +1,9 @@
 // The IR builder's shape inference and the CPU reference interpreter on hand-computed cases.
 import { describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
-import { evaluate, tensor, type Tensor } from "../compiler/interpreter.js";
+import { evaluate, tensor, type Tensor } from "../runtime/interpreter.js";
 import { printGraph, type Node } from "../compiler/ir.js";
-import { hash32, normalAt, uniformAt } from "../compiler/random.js";
+import { hash32, normalAt, uniformAt } from "../runtime/random.js";
 
 /** Evaluates `out` with `feeds` given as [node, tensor] pairs; returns plain numbers. */
 function run(b: Builder, out: number, feeds: [number, Tensor][] = [], float64 = true): number[] {

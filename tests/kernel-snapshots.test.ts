@@ -1,13 +1,13 @@
 // The WGSL of three canonical kernels, as files under tests/__snapshots__/, so that a change to the
 // emitted code shows up in review as a diff of readable WGSL: the base matmul of a LoRA linear
 // with the up projection fused into its epilogue, a softmax row kernel, and an AdamW update. They
-// come from one small training program through the normal pipeline (prepare, then planProgram)
+// come from one small training program through the normal pipeline (compile, then planStep)
 // with fixed features, limits and adapter, so the output does not depend on the machine. After an
 // intended change to the emitted code: `npx vitest run tests/kernel-snapshots.test.ts -u`.
 import { describe, expect, it } from "vitest";
-import { planProgram, type PlanKernel } from "../compiler/plan.js";
+import { compile, planStep } from "../compiler/compile.js";
+import type { PlanKernel } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
-import { prepare } from "../runtime/trainer.js";
 import { readRepoFile } from "./helpers.js";
 
 // hidden 128 and batch 32 make the LoRA linear's matmul large enough for a tiled variant (small
@@ -47,20 +47,17 @@ function lineOf(file: string, text: string, source = readRepoFile(file)): string
 }
 
 const kernels = (() => {
-  const { run, diagnostics } = prepare(new SourceFile("snapshot.lrk", program));
-  if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
-  const plan = planProgram(
-    run.step.graph,
-    run.step.inputs,
-    { step: run.step.variants.get("")! },
-    {
+  const { compiled, diagnostics } = compile(new SourceFile("snapshot.lrk", program));
+  if (!compiled) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
+  const plan = planStep(compiled.program.step, {
+    limits: {
       maxStorageBufferBindingSize: 2 ** 27,
       maxBufferSize: 2 ** 32,
       maxStorageBuffersPerShaderStage: 16,
     },
-    ["subgroups"],
-    { adapter: { fallback: true } },
-  );
+    features: ["subgroups"],
+    adapter: { fallback: true },
+  });
   return plan.entries.step!.dispatches.map((id) => plan.kernels[id]!);
 })();
 

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
-import { evaluate, type Tensor } from "../compiler/interpreter.js";
+import { evaluate, type Tensor } from "../runtime/interpreter.js";
 import {
   defaultMatmulParams,
   describeMatmulParams,

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
-import { tensor } from "../compiler/interpreter.js";
+import { tensor } from "../runtime/interpreter.js";
 import type { ProgramInput } from "../compiler/program.js";
 import { planStep } from "../compiler/compile.js";
 import { deviceTarget, loadPlans } from "../cli/target.js";

@@ -7,7 +7,7 @@
 //    interpreter's order, deterministic, without atomics.
 //  - topkMask: one invocation per score counts the scores that rank before it.
 //  - quantize/quantScale: one invocation per group of `group` values.
-//  - svd: randomized subspace iteration as in compiler/linalg.ts, entirely on the device: Ω by
+//  - svd: randomized subspace iteration as in runtime/linalg.ts, entirely on the device: Ω by
 //    the counter-based normal generator, products with the matmul template, Householder QR of the
 //    (rank + oversample)-wide panels in one workgroup, one-sided Jacobi on Bᵀ = Aᵀ Q in one
 //    workgroup, then U = Q·U_B with the interpreter's column order and signs.
@@ -289,7 +289,7 @@ function householderKernel(
 ): ParamKernelSource {
   return panelKernel(
     name,
-    `${head}\n// Householder QR of a [${rows}, ${L}] panel in one workgroup (compiler/linalg.ts householderQ).`,
+    `${head}\n// Householder QR of a [${rows}, ${L}] panel in one workgroup (runtime/linalg.ts householderQ).`,
     [
       buf("R", io.x, "read_write"),
       buf("V", io.reflectors, "read_write"),
@@ -363,7 +363,7 @@ function jacobiKernel(
 ): ParamKernelSource {
   return panelKernel(
     name,
-    `${head}\n// One-sided Jacobi (Hestenes) on the columns of W = Bᵀ [${N}, ${L}] (compiler/linalg.ts oneSidedJacobi).`,
+    `${head}\n// One-sided Jacobi (Hestenes) on the columns of W = Bᵀ [${N}, ${L}] (runtime/linalg.ts oneSidedJacobi).`,
     [buf("W", io.w, "read_write"), buf("J", io.j, "read_write")],
     { N, L },
     [`var<workgroup> rotated: u32;`, ...workgroupReduce("vec3<f32>", WG, ["sum"])],

@@ -14,11 +14,13 @@ import {
   type Shape,
   type UnaryFn,
   type BinaryFn,
-} from "./ir.js";
+} from "../compiler/ir.js";
 import { erf, erfc, mat, randomizedLeftSingularVectors, transpose } from "./linalg.js";
 import { hash32, normalAt, uniformAt } from "./random.js";
 
-export type Tensor = { shape: number[]; data: Float32Array | Float64Array | Int32Array };
+import type { Tensor } from "../compiler/program.js";
+
+export type { Tensor };
 type Data = Tensor["data"];
 
 const SQRT1_2 = Math.SQRT1_2;
