@@ -92,13 +92,22 @@ describe("lrkc build --emit ir", () => {
 
 describe("lrkc build --emit plan|wgsl", () => {
   it("lists the kernels in dispatch order and writes plan.json and one .wgsl file per kernel", () => {
-    const plan = lrkc("build", "examples/mlp.lrk", "--emit", "plan");
+    const plan = lrkc("build", "examples/mlp.lrk", "--emit", "plan", "--device", "portable");
     expect(plan.code).toBe(0);
     const count = Number(plan.stdout.match(/: (\d+) kernels/)![1]);
     expect(count).toBeGreaterThan(0);
     expect(plan.stdout).toMatch(/entry step: \d+ dispatches/);
     const out = mkdtempSync(join(tmpdir(), "lrk-plan-"));
-    const r = lrkc("build", "examples/mlp.lrk", "--emit", "wgsl", "--out", out);
+    const r = lrkc(
+      "build",
+      "examples/mlp.lrk",
+      "--emit",
+      "wgsl",
+      "--out",
+      out,
+      "--device",
+      "portable",
+    );
     expect(r.code).toBe(0);
     const written = JSON.parse(readFileSync(join(out, "plan.json"), "utf8")) as {
       kernels: { wgsl: string }[];
@@ -112,6 +121,64 @@ describe("lrkc build --emit plan|wgsl", () => {
     expect(first).toMatch(/^\/\/ .*\n\/\/ computes:\n\/\/   %\d+ = /);
     expect(first).toContain("stdlib/nn.lrk:");
   });
+});
+
+describe("lrkc build --emit plan shows the plan the device runs", () => {
+  it("equals the plan `lrkc train` wrote to its run folder, kernel for kernel (WebGPU, untuned)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-same-plan-"));
+    const built = lrkc(
+      "build",
+      "examples/lora_finetune.lrk",
+      "--emit",
+      "plan",
+      "--no-autotune",
+      "--out",
+      join(dir, "built"),
+    );
+    expect(built.code, built.stderr).toBe(0);
+    const trained = lrkc(
+      "train",
+      "examples/tiny_lm_pretrain.lrk",
+      "--device",
+      "webgpu",
+      "--no-autotune",
+      "--steps",
+      "1",
+      "--out",
+      join(dir, "pre"),
+    );
+    expect(trained.code, trained.stderr).toBe(0);
+    const run = lrkc(
+      "train",
+      "examples/lora_finetune.lrk",
+      "--device",
+      "webgpu",
+      "--no-autotune",
+      "--steps",
+      "1",
+      "--init",
+      join(dir, "pre", "final.safetensors"),
+      "--out",
+      join(dir, "run"),
+    );
+    expect(run.code, run.stderr).toBe(0);
+    const read = (f: string) => readFileSync(join(dir, f, "plan.json"), "utf8");
+    const plan = JSON.parse(read("built")) as { kernels: unknown[]; entries: object };
+    expect(plan.kernels.length).toBeGreaterThan(10);
+    expect(Object.keys(plan.entries)).toContain("step");
+    expect(read("run")).toBe(read("built"));
+    // the portable target is another plan: no subgroups, WebGPU's default limits
+    const portable = lrkc(
+      "build",
+      "examples/lora_finetune.lrk",
+      "--emit",
+      "plan",
+      "--device",
+      "portable",
+    );
+    expect(portable.code).toBe(0);
+    expect(portable.stdout).toMatch(/for portable:/);
+  }, 300_000);
 });
 
 describe("shape errors", () => {
