@@ -150,7 +150,9 @@ function memoryTable(compiled: Compiled): string {
     "full fine-tuning with AdamW (same)".length,
   );
   const line = (label: string, n: number) =>
-    `${label.padEnd(width)}  ${formatBytes(n).padStart(10)}  ${n.toLocaleString("en-US").padStart(14)} B`;
+    Number.isFinite(n)
+      ? `${label.padEnd(width)}  ${formatBytes(n).padStart(10)}  ${n.toLocaleString("en-US").padStart(14)} B`
+      : `${label.padEnd(width)}  over the device's limits (see \`lrkc build --emit plan\`)`;
   return (
     [
       `memory of train \`${program.name}\` (${program.file}), float32`,
