@@ -228,7 +228,7 @@ class Placer {
     if (owned === 0 && !unmatched) {
       this.r.diagnostics.push({
         ...error(
-          "E0306",
+          "W0301",
           `this \`optimize\` rule covers no trainable tensor`,
           this.at(rule.target),
           {

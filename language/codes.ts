@@ -8,6 +8,9 @@
 //   E04xx  types and shapes
 //   E05xx  data, checkpoints and run configuration
 //   E06xx  plans and devices
+//
+// Warnings have their own namespace, numbered like the errors of the same stage: W01xx syntax,
+// W03xx placement. A warning never changes the exit code.
 
 export const codeTitles = {
   E0001: "file cannot be read",
@@ -20,7 +23,6 @@ export const codeTitles = {
   E0106: "invalid number",
   E0107: "`**` is not an operator",
   E0108: "unknown escape in a string",
-  E0109: "statement has no effect",
   E0201: "module not found",
   E0202: "name defined twice",
   E0203: "import cycle",
@@ -35,7 +37,6 @@ export const codeTitles = {
   E0303: "optimizer cannot apply to this tensor",
   E0304: "rules in conflict",
   E0305: "trainable tensor without an optimizer",
-  E0306: "rule has no effect",
   E0307: "budget over modules without the adapter",
   E0401: "shape mismatch",
   E0402: "type mismatch",
@@ -45,6 +46,8 @@ export const codeTitles = {
   E0601: "no GPU adapter",
   E0602: "plan exceeds a device limit",
   E0603: "kernel rejected by the GPU driver",
+  W0101: "statement has no effect",
+  W0301: "rule has no effect",
 } as const;
 
 export type DiagnosticCode = keyof typeof codeTitles;

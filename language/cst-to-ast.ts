@@ -461,7 +461,7 @@ export class AstBuilder extends BaseVisitor {
       // continue the line above.
       const continued = target.kind === "Unary" && (target.op === "-" || target.op === "+");
       this.diagnostics.push({
-        ...error("E0109", "this expression's value is not used", this.at(target.span), {
+        ...error("W0101", "this expression's value is not used", this.at(target.span), {
           help: continued
             ? `a line that starts with \`${target.op}\` begins a new statement: end the line above with \`${target.op}\` instead, or wrap the whole expression in parentheses`
             : "assign it (`let name = …`) or return it (`return …`)",

@@ -6,8 +6,8 @@ import { parseText } from "./helpers.js";
 
 function parseOk(text: string): A.Program {
   const r = parseText(text);
-  // E0109 (a statement with no effect) is a warning the newline tests provoke on purpose
-  expect(r.diagnostics.filter((d) => d.code !== "E0109").map((d) => d.message)).toEqual([]);
+  // W0101 (a statement with no effect) is a warning the newline tests provoke on purpose
+  expect(r.diagnostics.filter((d) => d.code !== "W0101").map((d) => d.message)).toEqual([]);
   return r.program;
 }
 
@@ -113,11 +113,11 @@ describe("the newline rule", () => {
     expect(functionBody("let a = b\n[c]").map((s) => s.kind)).toEqual(["Let", "ExprStmt"]);
   });
 
-  it("warns (E0109) about a statement that only computes a value, naming the `-` line case", () => {
+  it("warns (W0101) about a statement that only computes a value, naming the `-` line case", () => {
     const r = parseText(
       "model M {\n  f(x) {\n    let a = x\n      - 1\n    g(a)\n    a\n    return a\n  }\n}",
     );
-    const warnings = r.diagnostics.filter((d) => d.code === "E0109");
+    const warnings = r.diagnostics.filter((d) => d.code === "W0101");
     expect(warnings.map((d) => d.severity)).toEqual(["warning", "warning"]); // `- 1` and `a`
     expect(warnings[0]!.help).toMatch(/a line that starts with `-` begins a new statement/);
     expect(warnings[1]!.help).toMatch(/assign it/);

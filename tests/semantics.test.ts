@@ -216,13 +216,13 @@ describe("semantic errors", () => {
     expect(at).toBe("t");
   });
 
-  it("E0306: an optimize rule shadowed by an earlier one is a warning", () => {
+  it("W0301: an optimize rule shadowed by an earlier one is a warning", () => {
     const r = run(`train t {
   model Net()
   optimize ** with adamw(lr: 1e-3)
   optimize head with adamw(lr: 1e-2)
 }`);
-    expect(r.diagnostics.map((d) => [d.code, d.severity])).toEqual([["E0306", "warning"]]);
+    expect(r.diagnostics.map((d) => [d.code, d.severity])).toEqual([["W0301", "warning"]]);
     expect(r.at(r.diagnostics[0]!)).toBe("head");
   });
 

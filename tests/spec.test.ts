@@ -67,14 +67,14 @@ const parseable = [...examples, ...checkErrorExamples, ...checkWarningExamples];
 const lrkInfos = ["lrk", "lrk-error", "lrk-check-error", "lrk-check-warning"];
 
 /**
- * The codes a block's first line names: `// error: E0101`, or `// warning: E0306` in a
+ * The codes a block's first line names: `// error: E0101`, or `// warning: W0301` in a
  * `lrk-check-warning` block (several may be listed).
  */
 function annotatedCodes(b: CodeBlock): string[] | undefined {
   const firstLine = b.text.split("\n")[0]!;
   const word = b.info === "lrk-check-warning" ? "warning" : "error";
   const annotated = new RegExp(`^\\s*//\\s*${word}:\\s*(.*)$`).exec(firstLine);
-  return annotated ? (annotated[1]!.match(/E\d{4}/g) ?? []) : undefined;
+  return annotated ? (annotated[1]!.match(/[EW]\d{4}/g) ?? []) : undefined;
 }
 
 function where(b: CodeBlock): string {
@@ -140,7 +140,7 @@ describe("spec code blocks", () => {
 
 describe.each(parseable.map((b) => [`${b.info} ${where(b)}`, b] as const))("```%s", (_, block) => {
   it("parses without diagnostics (but the warning a warning example is about)", () => {
-    const expected = /^\/\/ warning: (E\d{4})/.exec(block.text)?.[1];
+    const expected = /^\/\/ warning: (W\d{4})/.exec(block.text)?.[1];
     const diagnostics = parseBlock(block).diagnostics.filter(
       (d) => !(d.severity === "warning" && d.code === expected),
     );
@@ -246,7 +246,7 @@ describe.each(checkWarningExamples.map((b) => [where(b), b] as const))(
 
 describe("spec/diagnostics.md", () => {
   const text = readSpec("spec/diagnostics.md");
-  const headings = [...text.matchAll(/^###\s+(E\d{4})\b:?\s*(.*)$/gm)].map((m) => ({
+  const headings = [...text.matchAll(/^###\s+([EW]\d{4})\b:?\s*(.*)$/gm)].map((m) => ({
     code: m[1]!,
     title: m[2]!.trim(),
   }));
