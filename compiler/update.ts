@@ -4,6 +4,7 @@
 // the variants where N is due. `inner.update(x)` (an optimizer argument that holds an optimizer)
 // is lowered by a callback the caller passes: by default the inner optimizer on a virtual zero
 // parameter shaped like x, whose states are its outer optimizer's `…:inner:…` states.
+import type * as A from "../language/ast.js";
 import { error } from "../language/diagnostics.js";
 import type { Builder } from "./builder.js";
 import { instantiate } from "./instantiate.js";
@@ -12,7 +13,7 @@ import type { Frame, Lowerer, Tensor } from "./lower.js";
 import type { PlacedParam } from "./place.js";
 import type { Output, StateInfo } from "./program.js";
 import type { Resolver } from "./resolve.js";
-import { describeValue, type ParamInfo, type Value } from "./values.js";
+import { describeValue, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
 type Config = Extract<Value, { kind: "config" }>;
 
@@ -118,7 +119,6 @@ export function lowerOptimizer(
   lowerer: Lowerer = ctx.L,
 ): LoweredOptimizer {
   const r: Resolver = ctx.r;
-  const b = ctx.b;
   const { config } = call;
   const opt = instantiate(r, config, `${call.prefix}:${config.def.name.name}`, call.bindings);
   const action = opt.actions[0];
@@ -141,66 +141,118 @@ export function lowerOptimizer(
     ["step", lowerer.tensor(ctx.stepNode)],
   ]);
   const lr = config.args.get("lr");
-  if (lr?.kind === "number")
-    locals.set("lr", lowerer.tensor(b.mul(b.constant(lr.value), ctx.lrScale)));
-  const stateOutputs: Output[] = [];
+  if (lr?.kind === "number") locals.set("lr", scaledLr(ctx, lowerer, lr.value));
   const stateNames: string[] = [];
   for (const s of opt.states) {
-    const name = `${call.prefix}:${s.name.name}`;
-    const initFrame: Frame = { ...frame, locals: new Map(locals) };
-    const initial = lowerer.expr(s.init, initFrame);
-    if (initial.kind !== "tensor") {
+    locals.set(s.name.name, lowerState(ctx, call, lowerer, opt, s, frame, locals));
+    stateNames.push(s.name.name);
+  }
+  const stateOutputs: Output[] = [];
+  const update = opt.scope.get("update");
+  if (update?.kind !== "function") {
+    r.report(
+      error("E0207", `optimizer \`${config.def.name.name}\` has no \`update(g)\` function`, {
+        file: config.module.file,
+        span: config.def.name.span,
+      }),
+    );
+  }
+  updateLowerer(ctx, call, lowerer, innerUpdate, stateOutputs).callFunction(
+    update.fn,
+    opt,
+    [{ value: call.grad, at: config.at }],
+    config.at,
+    locals,
+  );
+  const newParam = lowerer.asNode(locals.get("param")!, frame, config.def.name);
+  for (const n of stateNames)
+    stateOutputs.push({
+      name: `state:${call.prefix}:${n}`,
+      node: lowerer.asNode(locals.get(n)!, frame, config.def.name),
+    });
+  return { param: newParam, states: stateOutputs };
+}
+
+/** `lr` times the schedule's factor. */
+function scaledLr(ctx: UpdateContext, lowerer: Lowerer, lr: number): Tensor {
+  return lowerer.tensor(ctx.b.mul(ctx.b.constant(lr), ctx.lrScale));
+}
+
+/**
+ * A state's value as the update reads it: its stored input, or its initializer where it is
+ * refreshed in this variant. Declares the state (once) and its refresh period.
+ */
+function lowerState(
+  ctx: UpdateContext,
+  call: OptimizerCall,
+  lowerer: Lowerer,
+  opt: ModuleInstance,
+  s: A.StateMember,
+  frame: Frame,
+  locals: ReadonlyMap<string, Value>,
+): Tensor {
+  const r: Resolver = ctx.r;
+  const name = `${call.prefix}:${s.name.name}`;
+  const initFrame: Frame = { ...frame, locals: new Map(locals) };
+  const initial = lowerer.expr(s.init, initFrame);
+  if (initial.kind !== "tensor") {
+    r.report(
+      error("E0402", `a state must be a tensor, not ${describeValue(initial)}`, {
+        file: opt.module.file,
+        span: s.init.span,
+      }),
+    );
+  }
+  if (s.type?.dims)
+    lowerer.bindDims(
+      s.type,
+      initial,
+      initFrame,
+      { file: opt.module.file, span: s.type.span },
+      `state \`${s.name.name}\``,
+    );
+  let period: number | undefined;
+  if (s.refreshEvery) {
+    const v = lowerer.expr(s.refreshEvery, frame);
+    if (v.kind !== "number" || !Number.isInteger(v.value) || v.value <= 0) {
       r.report(
-        error("E0402", `a state must be a tensor, not ${describeValue(initial)}`, {
+        error("E0402", "`refresh every` needs a positive integer known while compiling", {
           file: opt.module.file,
-          span: s.init.span,
+          span: s.refreshEvery.span,
         }),
       );
     }
-    if (s.type?.dims)
-      lowerer.bindDims(
-        s.type,
-        initial,
-        initFrame,
-        { file: opt.module.file, span: s.type.span },
-        `state \`${s.name.name}\``,
-      );
-    let period: number | undefined;
-    if (s.refreshEvery) {
-      const v = lowerer.expr(s.refreshEvery, frame);
-      if (v.kind !== "number" || !Number.isInteger(v.value) || v.value <= 0) {
-        r.report(
-          error("E0402", "`refresh every` needs a positive integer known while compiling", {
-            file: opt.module.file,
-            span: s.refreshEvery.span,
-          }),
-        );
-      }
-      period = v.value;
-      ctx.periods.add(period);
-    }
-    const stored = ctx.input(`state:${name}`, "state", initial.shape);
-    if (!ctx.states.some((st) => st.name === name)) {
-      // A refreshed state is recomputed before its first use, so its stored start is zeros.
-      ctx.states.push({
-        name,
-        shape: initial.shape,
-        init: period ? b.constant(0, initial.shape) : initial.node,
-        period,
-      });
-    }
-    locals.set(
-      s.name.name,
-      lowerer.tensor(period !== undefined && call.due.has(period) ? initial.node : stored),
-    );
-    stateNames.push(s.name.name);
+    period = v.value;
+    ctx.periods.add(period);
   }
-  // The update body sees `inner.update` and the scheduled `inner.lr` through its own lowerer.
+  const stored = ctx.input(`state:${name}`, "state", initial.shape);
+  if (!ctx.states.some((st) => st.name === name)) {
+    // A refreshed state is recomputed before its first use, so its stored start is zeros.
+    ctx.states.push({
+      name,
+      shape: initial.shape,
+      init: period ? ctx.b.constant(0, initial.shape) : initial.node,
+      period,
+    });
+  }
+  return lowerer.tensor(period !== undefined && call.due.has(period) ? initial.node : stored);
+}
+
+/**
+ * The lowerer for an optimizer's update body: `c.lr` is the scheduled lr and `c.update(x)` runs
+ * `innerUpdate` (its states' outputs go to `stateOutputs`) for an optimizer configuration `c`.
+ */
+function updateLowerer(
+  ctx: UpdateContext,
+  call: OptimizerCall,
+  lowerer: Lowerer,
+  innerUpdate: InnerUpdate,
+  stateOutputs: Output[],
+): Lowerer {
   const body: Lowerer = lowerer.withHooks({
     configMember: (c, member) => {
       const v = c.args.get(member);
-      if (member === "lr" && v?.kind === "number")
-        return lowerer.tensor(b.mul(b.constant(v.value), ctx.lrScale));
+      if (member === "lr" && v?.kind === "number") return scaledLr(ctx, lowerer, v.value);
       if (member === "update" && c.def.sort === "optimizer") {
         return {
           kind: "bound",
@@ -215,21 +267,5 @@ export function lowerOptimizer(
       return v;
     },
   });
-  const update = opt.scope.get("update");
-  if (update?.kind !== "function") {
-    r.report(
-      error("E0207", `optimizer \`${config.def.name.name}\` has no \`update(g)\` function`, {
-        file: config.module.file,
-        span: config.def.name.span,
-      }),
-    );
-  }
-  body.callFunction(update.fn, opt, [{ value: call.grad, at: config.at }], config.at, locals);
-  const newParam = lowerer.asNode(locals.get("param")!, frame, config.def.name);
-  for (const n of stateNames)
-    stateOutputs.push({
-      name: `state:${call.prefix}:${n}`,
-      node: lowerer.asNode(locals.get(n)!, frame, config.def.name),
-    });
-  return { param: newParam, states: stateOutputs };
+  return body;
 }
