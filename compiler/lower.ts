@@ -33,11 +33,12 @@ class ReturnSignal {
 export interface LowerHooks {
   /** The node for a parameter (a graph input, or a value computed earlier). */
   param(p: ParamInfo): number;
-  /** `inner.update(x)` on an optimizer configuration; absent outside optimizers. */
-  innerUpdate?(config: Extract<Value, { kind: "config" }>, x: Tensor, at: Location): Tensor;
   /** A quantizer's `const` tensor: a stored buffer rather than a recomputation. */
   buffer?(v: Extract<Value, { kind: "deferred" }>): Value | undefined;
-  /** Reads `config.lr` and friends (the schedule scales `lr`). */
+  /**
+   * Reads `config.lr` and friends (the schedule scales `lr`) and `inner.update`; absent outside an
+   * optimizer's update (see `withHooks`).
+   */
   configMember?(config: Extract<Value, { kind: "config" }>, name: string): Value | undefined;
 }
 
@@ -48,7 +49,8 @@ export class Lowerer {
   readonly wrappers = new Map<ModuleInstance, Applied[]>();
   /** `training` is false while evaluating: dropout is the identity. */
   training = true;
-  private seeds = 0;
+  /** Boxed, so that a lowerer made by `withHooks` draws from the same sequence. */
+  private readonly seeds = { next: 0 };
   /** Member values already lowered into this graph, per instance and expression. */
   private readonly memberValues = new Map<ModuleInstance, Map<A.Expr, Map<string, Value>>>();
   /** The step counter node, for randomness that changes every step (dropout). */
@@ -88,7 +90,7 @@ export class Lowerer {
 
   /** A fresh seed for each random intrinsic in the program, in lowering order (deterministic). */
   nextSeed(): number {
-    return 0x5eed + this.seeds++;
+    return 0x5eed + this.seeds.next++;
   }
 
   constructor(
@@ -96,6 +98,15 @@ export class Lowerer {
     readonly b: Builder,
     readonly hooks: LowerHooks,
   ) {}
+
+  /**
+   * A lowerer into the same graph with the same state (wrappers, caches, seeds, `training`), that
+   * answers `hooks` in place of this one's: an optimizer's update is lowered through one that knows
+   * the optimizer's `inner`. It reads this lowerer's fields; set flags such as `training` here.
+   */
+  withHooks(hooks: Partial<LowerHooks>): Lowerer {
+    return Object.create(this, { hooks: { value: { ...this.hooks, ...hooks } } }) as Lowerer;
+  }
 
   fail(at: Location, message: string, extra: { help?: string; label?: string } = {}): never {
     return this.r.report(error("E0401", message, at, extra));

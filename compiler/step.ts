@@ -3,21 +3,86 @@
 // state. Optimizer states with `refresh every N` make step variants: the graph holds each variant's
 // update, and an entry point per variant names what it produces. The host schedule says which
 // variant runs at which step.
+//
+// Contract of `buildStep` (a StepProgram, or undefined after diagnostics):
+// - Inputs: `param:<path>` (every parameter the step reads; quantizers' stored consts as
+//   `buffer:<name>`, role param, with their bit width), `state:<name>` (optimizer and budget
+//   states), `batch.<field>` (data), and the scalars `step` (1-based) and `lr_scale` (the
+//   schedule's factor on every `lr`).
+// - Entries, in this order:
+//   - `step`: `loss` (with regularizers), and every trainable `param:<path>` and `state:<name>`
+//     after one update, budgets observing;
+//   - `step+refresh<key>`: the same where the `refresh every` periods in <key> (joined by `+`)
+//     are due, one per non-empty combination of the periods in use;
+//   - `evaluate`: `loss` without dropout and without regularizers or updates;
+//   - `predict`: `logits` = `model(batch.input)` without dropout, when the batch has an `input`;
+//   - `state_init`: every state's initial `state:<name>` (refreshed states start at zeros);
+//   - `budget<i>.score` and `budget<i>.prune` for each rank budget (compiler/budget.ts).
+// Phases, in order (node numbering follows it): reject unsupported constructs, the loss, the
+// evaluation variant, the regularizers, gradients and clipping, the budget controllers, the
+// update variants (compiler/update.ts), the controllers' states and entries.
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import { gradients } from "./autodiff.js";
-import { budgetStates, lowerControllers, lowerObserve, prepareBudgets } from "./budget.js";
+import {
+  budgetStates,
+  lowerControllers,
+  lowerObserve,
+  prepareBudgets,
+  type BudgetContext,
+} from "./budget.js";
 import { Builder } from "./builder.js";
-import { allModules, instantiate } from "./instantiate.js";
-import type { DType, Graph, InputRole, Shape } from "./ir.js";
-import { Lowerer, type Frame, type Tensor } from "./lower.js";
+import { allModules } from "./instantiate.js";
+import type { DType, InputRole, Shape } from "./ir.js";
+import { Lowerer, type Frame } from "./lower.js";
 import type { Placement, PlacedParam } from "./place.js";
-import type { Entry, Output, ProgramInput, StateInfo, StepProgram } from "./program.js";
+import type {
+  BudgetSchedule,
+  Entry,
+  Output,
+  ProgramInput,
+  StateInfo,
+  StepProgram,
+} from "./program.js";
 import type { Resolver } from "./resolve.js";
 import type { TrainSpec } from "./train.js";
+import { lowerUpdates, type UpdateContext } from "./update.js";
 import { describeValue, num, type ParamInfo, type Value } from "./values.js";
 
-type Config = Extract<Value, { kind: "config" }>;
+/** What the phases share: the graph being built, its inputs, and the lowerer. */
+interface StepContext {
+  readonly r: Resolver;
+  readonly spec: TrainSpec;
+  readonly placement: Placement;
+  readonly b: Builder;
+  readonly L: Lowerer;
+  /** Graph inputs by name, in the order they were made. */
+  readonly inputs: Map<string, ProgramInput>;
+  /** The graph input `name`, made on first use. */
+  input(name: string, role: InputRole, shape: Shape, dtype?: DType): number;
+  paramNode(p: ParamInfo): number;
+  readonly stepNode: number;
+  readonly lrScale: number;
+  /** Whether any error has been reported. */
+  failed(): boolean;
+  /** A location in the train block's file. */
+  at(node: { span: A.Program["span"] }): Location;
+}
+
+/** The loss as lowered for training, and what the evaluation variant lowers again. */
+interface Objective {
+  loss: number;
+  frame: Frame;
+  modelInput: Value | undefined;
+}
+
+type Controllers = ReturnType<typeof prepareBudgets>;
+
+interface Budget {
+  ctx: BudgetContext;
+  controllers: Controllers;
+  gradByPath: Map<string, number>;
+}
 
 export function buildStep(
   r: Resolver,
@@ -26,6 +91,53 @@ export function buildStep(
   batchFields: Record<string, { shape: Shape; dtype: DType }>,
   buffers: ReadonlyMap<string, Value> = new Map(),
 ): StepProgram | undefined {
+  const ctx = stepContext(r, spec, placement, buffers);
+  if (!rejectUnsupported(ctx)) return undefined;
+  const objective = lowerLoss(ctx, batchFields);
+  if (!objective) return undefined;
+  const evaluation = lowerEvaluation(ctx, objective);
+  const loss = addWrapperRegularizers(ctx, addModelRegularizers(ctx, objective.loss));
+  if (ctx.failed()) return undefined;
+  const trainable = placement.params.filter((p) => p.trainable);
+  const grads = lowerGradients(ctx, loss, trainable);
+  const budget = prepareControllers(ctx, trainable, grads);
+  const states: StateInfo[] = [];
+  const variants = lowerUpdateVariants(ctx, loss, trainable, grads, budget, states);
+  if (!variants) return undefined;
+  const budgets = lowerControllerEntries(ctx, budget, states);
+  if (!budgets) return undefined;
+  const stateInit: Entry = {
+    name: "state_init",
+    outputs: states.map((s) => ({ name: `state:${s.name}`, node: s.init })),
+  };
+  return {
+    ...evaluation,
+    budgets,
+    gradients: budget.gradByPath,
+    graph: ctx.b.graph,
+    inputs: [...ctx.inputs.values()],
+    entries: [
+      ...variants.values(),
+      evaluation.evaluate,
+      ...(evaluation.predict ? [evaluation.predict] : []),
+      stateInit,
+      ...budgets.flatMap((bp) => [bp.score, bp.prune]),
+    ],
+    loss,
+    variants,
+    states,
+    stateInit,
+    trainable: trainable.map((p) => p.param.path),
+  };
+}
+
+/** The builder, the `step` and `lr_scale` inputs, and a lowerer with every wrapper in place. */
+function stepContext(
+  r: Resolver,
+  spec: TrainSpec,
+  placement: Placement,
+  buffers: ReadonlyMap<string, Value>,
+): StepContext {
   const b = new Builder();
   const inputs = new Map<string, ProgramInput>();
   const input = (name: string, role: InputRole, shape: Shape, dtype: DType = "f32"): number => {
@@ -38,7 +150,7 @@ export function buildStep(
   const paramNode = (p: ParamInfo) => input(`param:${p.path}`, "param", p.shape, p.dtype);
   const stepNode = input("step", "scalar", []);
   const lrScale = input("lr_scale", "scalar", []);
-  const L = new Lowerer(r, b, {
+  const L: Lowerer = new Lowerer(r, b, {
     param: paramNode,
     // A quantizer's consts are stored buffers: graph inputs shaped like their values at init.
     buffer: (v) => {
@@ -72,15 +184,30 @@ export function buildStep(
   for (const a of placement.adapters)
     L.wrappers.set(a.module, [...(L.wrappers.get(a.module) ?? []), a]);
 
-  const failed = () => r.diagnostics.some((d) => d.severity === "error");
-  const { module } = spec;
-  const at = (node: { span: A.Program["span"] }): Location => ({
-    file: module.file,
-    span: node.span,
-  });
+  return {
+    r,
+    spec,
+    placement,
+    b,
+    L,
+    inputs,
+    input,
+    paramNode,
+    stepNode,
+    lrScale,
+    failed: () => r.diagnostics.some((d) => d.severity === "error"),
+    at: (node) => ({ file: spec.module.file, span: node.span }),
+  };
+}
 
-  // `at step` / `at every` actions parse and resolve, but no stage runs them yet: say so rather
-  // than train without them. `state` belongs to optimizers and budgets.
+/**
+ * `state` in a model or a wrapper, and `at step` / `at every` actions anywhere (they parse and
+ * resolve, but no stage runs them yet: say so rather than train without them) → E0206. False when
+ * the step cannot be built.
+ */
+function rejectUnsupported(ctx: StepContext): boolean {
+  const { r, spec, placement } = ctx;
+  // `state` belongs to optimizers and budgets.
   for (const m of [
     ...allModules(spec.model),
     ...placement.adapters.map((a) => a.instance),
@@ -100,7 +227,7 @@ export function buildStep(
     }
   }
   const actions = [
-    ...spec.actions.map((a) => ({ a, file: module.file })),
+    ...spec.actions.map((a) => ({ a, file: spec.module.file })),
     ...allModules(spec.model).flatMap((m) => m.actions.map((a) => ({ a, file: m.module.file }))),
     ...[...placement.adapters, ...placement.quantizers].flatMap((w) =>
       w.instance.actions.map((a) => ({ a, file: w.instance.module.file })),
@@ -118,77 +245,113 @@ export function buildStep(
       ),
     );
   }
-  if (actions.length > 0 || failed()) return undefined;
+  return actions.length === 0 && !ctx.failed();
+}
 
-  // ---------------------------------------------------------------- loss
+/** The batch as `batch.<field>` inputs, and the train block's `loss` on it: a scalar. */
+function lowerLoss(
+  ctx: StepContext,
+  batchFields: Record<string, { shape: Shape; dtype: DType }>,
+): Objective | undefined {
+  const { r, spec, L } = ctx;
   if (!spec.loss) {
     r.diagnostics.push(
-      error("E0208", `train block \`${spec.decl.name.name}\` has no \`loss\``, at(spec.decl.name), {
-        help: "add e.g. `loss cross_entropy(model(batch.input), batch.target)`",
-      }),
+      error(
+        "E0208",
+        `train block \`${spec.decl.name.name}\` has no \`loss\``,
+        ctx.at(spec.decl.name),
+        { help: "add e.g. `loss cross_entropy(model(batch.input), batch.target)`" },
+      ),
     );
     return undefined;
   }
   const batch = new Map<string, Value>();
   for (const [field, f] of Object.entries(batchFields))
-    batch.set(field, L.tensor(input(`batch.${field}`, "data", f.shape, f.dtype)));
-  const trainFrame: Frame = {
-    module,
+    batch.set(field, L.tensor(ctx.input(`batch.${field}`, "data", f.shape, f.dtype)));
+  const frame: Frame = {
+    module: spec.module,
     locals: new Map<string, Value>([
       ["model", { kind: "instance", instance: spec.model }],
       ["batch", { kind: "struct", what: "the batch", fields: batch }],
     ]),
-    scope: r.scopeOf(module),
+    scope: r.scopeOf(spec.module),
     dims: new Map(),
   };
-  const lossValue = r.attempt(() => L.expr(spec.loss!, trainFrame));
+  const lossValue = r.attempt(() => L.expr(spec.loss!, frame));
   if (!lossValue) return undefined;
   if (lossValue.kind !== "tensor" || lossValue.shape.length !== 0) {
     r.diagnostics.push(
       error(
         "E0402",
         `the loss must be a scalar, but it is ${describeValue(lossValue)}`,
-        at(spec.loss),
+        ctx.at(spec.loss),
         { help: "reduce it, e.g. with `mean(…)`" },
       ),
     );
     return undefined;
   }
-  let loss = lossValue.node;
+  return { loss: lossValue.node, frame, modelInput: batch.get("input") };
+}
 
-  // Evaluation: the same loss and the model's output, lowered again with dropout off.
+/** `evaluate` and `predict`: the same loss and the model's output, lowered again with dropout off. */
+function lowerEvaluation(
+  ctx: StepContext,
+  objective: Objective,
+): { evaluate: Entry; predict: Entry | undefined } {
+  const { r, spec, L } = ctx;
   L.training = false;
-  const evalLoss = r.attempt(() => L.expr(spec.loss!, trainFrame));
-  const modelInput = batch.get("input");
+  const evalLoss = r.attempt(() => L.expr(spec.loss!, objective.frame));
+  const modelInput = objective.modelInput;
   const logits = modelInput
     ? r.speculate(() =>
-        L.forward(spec.model, [{ value: modelInput, at: at(spec.loss!) }], at(spec.loss!)),
+        L.forward(spec.model, [{ value: modelInput, at: ctx.at(spec.loss!) }], ctx.at(spec.loss!)),
       )
     : undefined;
   L.training = true;
+  return {
+    evaluate: {
+      name: "evaluate",
+      outputs: evalLoss?.kind === "tensor" ? [{ name: "loss", node: evalLoss.node }] : [],
+    },
+    predict:
+      logits?.kind === "tensor"
+        ? { name: "predict", outputs: [{ name: "logits", node: logits.node }] }
+        : undefined,
+  };
+}
 
-  // `regularize` members of the model's own modules count too.
-  for (const m of allModules(spec.model)) {
+/** A regularizer's node if it is a scalar; otherwise E0402 and undefined. */
+function scalarTerm(ctx: StepContext, node: number, at: Location): number | undefined {
+  if (ctx.b.shape(node).length === 0) return node;
+  ctx.r.diagnostics.push(
+    error("E0402", "a regularizer must be a scalar", at, {
+      help: "reduce it, e.g. with `sum(…)`",
+    }),
+  );
+  return undefined;
+}
+
+/** `regularize` members of the model's own modules, each added to the loss. */
+function addModelRegularizers(ctx: StepContext, loss: number): number {
+  const { r, b, L } = ctx;
+  for (const m of allModules(ctx.spec.model)) {
     for (const reg of m.regularizers) {
       const term = r.attempt(() => L.expr(reg.value, L.frameFor(m)));
       if (!term) continue;
-      const node = L.asNode(term, L.frameFor(m), reg.value);
-      if (b.shape(node).length !== 0) {
-        r.diagnostics.push(
-          error(
-            "E0402",
-            "a regularizer must be a scalar",
-            { file: m.module.file, span: reg.value.span },
-            { help: "reduce it, e.g. with `sum(…)`" },
-          ),
-        );
-        continue;
-      }
-      loss = b.add(loss, node);
+      const node = scalarTerm(ctx, L.asNode(term, L.frameFor(m), reg.value), {
+        file: m.module.file,
+        span: reg.value.span,
+      });
+      if (node !== undefined) loss = b.add(loss, node);
     }
   }
+  return loss;
+}
 
-  // Regularizers of every wrapper, summed into the loss.
+/** Regularizers of every wrapper (quantizers first), each added to the loss. */
+function addWrapperRegularizers(ctx: StepContext, loss: number): number {
+  const { r, b, L, placement } = ctx;
+  // `instances`: how many wrappers share the definition.
   const byDef = new Map<A.Definition, number>();
   for (const a of [...placement.adapters, ...placement.quantizers])
     byDef.set(a.config.def, (byDef.get(a.config.def) ?? 0) + 1);
@@ -200,36 +363,29 @@ export function buildStep(
       ]);
       const term = r.attempt(() => L.expr(reg.value, L.frameFor(a.instance, locals)));
       if (!term) continue;
+      const at = { file: a.instance.module.file, span: reg.value.span };
       if (term.kind !== "tensor" && term.kind !== "number") {
         r.diagnostics.push(
-          error("E0402", `a regularizer must be a scalar, not ${describeValue(term)}`, {
-            file: a.instance.module.file,
-            span: reg.value.span,
-          }),
+          error("E0402", `a regularizer must be a scalar, not ${describeValue(term)}`, at),
         );
         continue;
       }
-      const node = L.asNode(term, L.frameFor(a.instance), reg.value);
-      if (b.shape(node).length !== 0) {
-        r.diagnostics.push(
-          error(
-            "E0402",
-            "a regularizer must be a scalar",
-            { file: a.instance.module.file, span: reg.value.span },
-            { help: "reduce it, e.g. with `sum(…)`" },
-          ),
-        );
-        continue;
-      }
-      loss = b.add(loss, node);
+      const node = scalarTerm(ctx, L.asNode(term, L.frameFor(a.instance), reg.value), at);
+      if (node !== undefined) loss = b.add(loss, node);
     }
   }
-  if (failed()) return undefined;
+  return loss;
+}
 
-  // ---------------------------------------------------------------- gradients
-  const trainable = placement.params.filter((p) => p.trainable);
-  const wrt = trainable.map((p) => paramNode(p.param));
-  const grads = gradients(b, loss, wrt, { stop: L.stopped });
+/** Gradients of the loss for the trainable tensors (keyed by param node), clipped when asked. */
+function lowerGradients(
+  ctx: StepContext,
+  loss: number,
+  trainable: readonly PlacedParam[],
+): Map<number, number> {
+  const { b, spec } = ctx;
+  const wrt = trainable.map((p) => ctx.paramNode(p.param));
+  const grads = gradients(b, loss, wrt, { stop: ctx.L.stopped });
   if (spec.clip !== undefined && wrt.length > 0) {
     // Global-norm clipping, as torch.nn.utils.clip_grad_norm_: g *= min(1, clip / (‖g‖ + 1e-6)).
     let squares = b.constant(0);
@@ -243,238 +399,104 @@ export function buildStep(
     );
     for (const w of wrt) grads.set(w, b.mul(grads.get(w)!, factor));
   }
+  return grads;
+}
 
-  // ---------------------------------------------------------------- optimizer updates
-  const states: StateInfo[] = [];
-  const periods = new Set<number>();
-  // First pass: lower every update once per refresh choice; collect the periods in use.
-  type Lowered = { outputs: Output[] };
-  const lowerAll = (due: ReadonlySet<number>): Lowered | undefined => {
-    const outputs: Output[] = [];
-    for (const p of trainable) {
-      const grad = grads.get(paramNode(p.param))!;
-      const result = r.attempt(() =>
-        lowerOptimizer(
-          p.optimizer!.config,
-          p.optimizer!.bindings,
-          `${p.param.path}`,
-          L.tensor(paramNode(p.param)),
-          L.tensor(grad),
-          due,
-        ),
-      );
-      if (!result) return undefined;
-      outputs.push({ name: `param:${p.param.path}`, node: result.param }, ...result.states);
-    }
-    return { outputs };
-  };
-
-  const stateSeen = new Set<string>();
-  const lowerOptimizer = (
-    config: Config,
-    bindings: Map<string, Value>,
-    prefix: string,
-    param: Tensor,
-    grad: Tensor,
-    due: ReadonlySet<number>,
-  ): { param: number; states: Output[]; delta?: number } => {
-    const opt = instantiate(r, config, `${prefix}:${config.def.name.name}`, bindings);
-    const action = opt.actions[0];
-    if (action) {
-      r.report(
-        error(
-          "E0206",
-          `\`at ${action.trigger}\` actions are not run by this version of lrkc`,
-          { file: opt.module.file, span: action.span },
-          {
-            help: "write periodic state changes as a `state … refresh every N` for now",
-          },
-        ),
-      );
-    }
-    const frame = L.frameFor(opt);
-    const locals = new Map<string, Value>([
-      ["param", param],
-      ["grad", grad],
-      ["step", L.tensor(stepNode)],
-    ]);
-    const lr = config.args.get("lr");
-    if (lr?.kind === "number") locals.set("lr", L.tensor(b.mul(b.constant(lr.value), lrScale)));
-    const stateOutputs: Output[] = [];
-    const stateNames: string[] = [];
-    for (const s of opt.states) {
-      const name = `${prefix}:${s.name.name}`;
-      const initFrame: Frame = { ...frame, locals: new Map(locals) };
-      const initial = L.expr(s.init, initFrame);
-      if (initial.kind !== "tensor") {
-        r.report(
-          error("E0402", `a state must be a tensor, not ${describeValue(initial)}`, {
-            file: opt.module.file,
-            span: s.init.span,
-          }),
-        );
-      }
-      if (s.type?.dims)
-        L.bindDims(
-          s.type,
-          initial,
-          initFrame,
-          { file: opt.module.file, span: s.type.span },
-          `state \`${s.name.name}\``,
-        );
-      let period: number | undefined;
-      if (s.refreshEvery) {
-        const v = L.expr(s.refreshEvery, frame);
-        if (v.kind !== "number" || !Number.isInteger(v.value) || v.value <= 0) {
-          r.report(
-            error("E0402", "`refresh every` needs a positive integer known while compiling", {
-              file: opt.module.file,
-              span: s.refreshEvery.span,
-            }),
-          );
-        }
-        period = v.value;
-        periods.add(period);
-      }
-      const stored = input(`state:${name}`, "state", initial.shape);
-      if (!stateSeen.has(name)) {
-        stateSeen.add(name);
-        // A refreshed state is recomputed before its first use, so its stored start is zeros.
-        states.push({
-          name,
-          shape: initial.shape,
-          init: period ? b.constant(0, initial.shape) : initial.node,
-          period,
-        });
-      }
-      locals.set(
-        s.name.name,
-        L.tensor(period !== undefined && due.has(period) ? initial.node : stored),
-      );
-      stateNames.push(s.name.name);
-    }
-    // `inner.update(x)`: the inner optimizer on a virtual zero parameter shaped like x.
-    const hooks = L.hooks;
-    const saved = { innerUpdate: hooks.innerUpdate, configMember: hooks.configMember };
-    hooks.innerUpdate = (inner, x) => {
-      const zero = L.tensor(b.constant(0, x.shape));
-      const result = lowerOptimizer(inner, new Map(), `${prefix}:inner`, zero, x, due);
-      stateOutputs.push(...result.states);
-      return L.tensor(b.neg(result.param));
-    };
-    hooks.configMember = (c, name) => {
-      const v = c.args.get(name);
-      if (name === "lr" && v?.kind === "number")
-        return L.tensor(b.mul(b.constant(v.value), lrScale));
-      if (name === "update" && c.def.sort === "optimizer") {
-        return {
-          kind: "bound",
-          what: `\`${c.def.name.name}.update\``,
-          call: (args, where) => hooks.innerUpdate!(c, args[0]!.value as Tensor, where),
-        };
-      }
-      return v;
-    };
-    try {
-      const update = opt.scope.get("update");
-      if (update?.kind !== "function") {
-        r.report(
-          error("E0207", `optimizer \`${config.def.name.name}\` has no \`update(g)\` function`, {
-            file: config.module.file,
-            span: config.def.name.span,
-          }),
-        );
-      }
-      L.callFunction(update.fn, opt, [{ value: grad, at: config.at }], config.at, locals);
-    } finally {
-      hooks.innerUpdate = saved.innerUpdate;
-      hooks.configMember = saved.configMember;
-    }
-    const newParam = L.asNode(locals.get("param")!, frame, config.def.name);
-    for (const n of stateNames)
-      stateOutputs.push({
-        name: `state:${prefix}:${n}`,
-        node: L.asNode(locals.get(n)!, frame, config.def.name),
-      });
-    return { param: newParam, states: stateOutputs };
-  };
-
-  // Budget controllers observe after every optimizer step, in every variant.
-  const budgetCtx = {
+/** The rank budgets' controllers: they observe after every optimizer step, in every variant. */
+function prepareControllers(
+  ctx: StepContext,
+  trainable: readonly PlacedParam[],
+  grads: ReadonlyMap<number, number>,
+): Budget {
+  const { r, placement } = ctx;
+  const budgetCtx: BudgetContext = {
     r,
-    b,
-    L,
-    spec,
-    input: (name: string, role: InputRole, shape: readonly number[]) => input(name, role, shape),
-    paramNode: (path: string) => {
+    b: ctx.b,
+    L: ctx.L,
+    spec: ctx.spec,
+    input: (name, role, shape) => ctx.input(name, role, shape),
+    paramNode: (path) => {
       const placed = placement.params.find((p) => p.param.path === path)!;
-      return paramNode(placed.param);
+      return ctx.paramNode(placed.param);
     },
-    stepNode,
+    stepNode: ctx.stepNode,
   };
   const controllers = r.attempt(() => prepareBudgets(budgetCtx, placement.budgets)) ?? [];
-  const gradByPath = new Map(trainable.map((p) => [p.param.path, grads.get(paramNode(p.param))!]));
-  const withObserve = (lowered: Lowered | undefined): Lowered | undefined => {
-    if (!lowered || controllers.length === 0) return lowered;
-    const updated = new Map<string, number>();
-    for (const o of lowered.outputs)
-      if (o.name.startsWith("param:")) updated.set(o.name.slice(6), o.node);
-    const observed = r.attempt(() => lowerObserve(budgetCtx, controllers, updated, gradByPath));
-    if (!observed) return undefined;
-    const replaced = new Set(observed.map((o) => o.name));
-    return { outputs: [...lowered.outputs.filter((o) => !replaced.has(o.name)), ...observed] };
-  };
+  const gradByPath = new Map(
+    trainable.map((p) => [p.param.path, grads.get(ctx.paramNode(p.param))!]),
+  );
+  return { ctx: budgetCtx, controllers, gradByPath };
+}
 
-  const plain = withObserve(lowerAll(new Set()));
-  if (!plain || failed()) return undefined;
+/** The controllers' observations replace the outputs they update. */
+function withObserve(
+  ctx: StepContext,
+  budget: Budget,
+  outputs: Output[] | undefined,
+): Output[] | undefined {
+  if (!outputs || budget.controllers.length === 0) return outputs;
+  const updated = new Map<string, number>();
+  for (const o of outputs) if (o.name.startsWith("param:")) updated.set(o.name.slice(6), o.node);
+  const observed = ctx.r.attempt(() =>
+    lowerObserve(budget.ctx, budget.controllers, updated, budget.gradByPath),
+  );
+  if (!observed) return undefined;
+  const replaced = new Set(observed.map((o) => o.name));
+  return [...outputs.filter((o) => !replaced.has(o.name)), ...observed];
+}
+
+/**
+ * `step`, then `step+refresh<key>` for every non-empty combination of the refresh periods met
+ * while lowering it (with one or two periods in practice, this is small). Fills `states`.
+ */
+function lowerUpdateVariants(
+  ctx: StepContext,
+  loss: number,
+  trainable: readonly PlacedParam[],
+  grads: ReadonlyMap<number, number>,
+  budget: Budget,
+  states: StateInfo[],
+): Map<string, Entry> | undefined {
+  const updates: UpdateContext = {
+    r: ctx.r,
+    b: ctx.b,
+    L: ctx.L,
+    input: (name, role, shape) => ctx.input(name, role, shape),
+    paramNode: ctx.paramNode,
+    stepNode: ctx.stepNode,
+    lrScale: ctx.lrScale,
+    states,
+    periods: new Set(),
+  };
+  const variant = (due: ReadonlySet<number>) =>
+    withObserve(ctx, budget, lowerUpdates(updates, trainable, grads, due));
+  const plain = variant(new Set());
+  if (!plain || ctx.failed()) return undefined;
   const variants = new Map<string, Entry>();
   const lossOutput: Output = { name: "loss", node: loss };
-  variants.set("", { name: "step", outputs: [lossOutput, ...plain.outputs] });
-  // Every non-empty combination of periods that can be due together (with one or two periods in
-  // practice, this is small).
-  const list = [...periods].sort((a, c) => a - c);
+  variants.set("", { name: "step", outputs: [lossOutput, ...plain] });
+  const list = [...updates.periods].sort((a, c) => a - c);
   for (let mask = 1; mask < 1 << list.length; mask++) {
     const due = new Set(list.filter((_, i) => mask & (1 << i)));
-    const lowered = withObserve(lowerAll(due));
-    if (!lowered) return undefined;
+    const outputs = variant(due);
+    if (!outputs) return undefined;
     const key = [...due].join("+");
-    variants.set(key, { name: `step+refresh${key}`, outputs: [lossOutput, ...lowered.outputs] });
+    variants.set(key, { name: `step+refresh${key}`, outputs: [lossOutput, ...outputs] });
   }
-  for (const st of r.attempt(() => budgetStates(budgetCtx, controllers)) ?? []) {
+  return variants;
+}
+
+/** The controllers' states (appended to `states`) and their `score` / `prune` entries. */
+function lowerControllerEntries(
+  ctx: StepContext,
+  budget: Budget,
+  states: StateInfo[],
+): BudgetSchedule[] | undefined {
+  const { r } = ctx;
+  for (const st of r.attempt(() => budgetStates(budget.ctx, budget.controllers)) ?? []) {
     states.push({ name: st.name, shape: st.shape, init: st.init });
   }
-  const budgets = r.attempt(() => lowerControllers(budgetCtx, controllers));
-  if (!budgets || failed()) return undefined;
-  const evaluate: Entry = {
-    name: "evaluate",
-    outputs: evalLoss?.kind === "tensor" ? [{ name: "loss", node: evalLoss.node }] : [],
-  };
-  const predict: Entry | undefined =
-    logits?.kind === "tensor"
-      ? { name: "predict", outputs: [{ name: "logits", node: logits.node }] }
-      : undefined;
-  const stateInit: Entry = {
-    name: "state_init",
-    outputs: states.map((s) => ({ name: `state:${s.name}`, node: s.init })),
-  };
-  return {
-    evaluate,
-    predict,
-    budgets,
-    gradients: gradByPath,
-    graph: b.graph,
-    inputs: [...inputs.values()],
-    entries: [
-      ...variants.values(),
-      evaluate,
-      ...(predict ? [predict] : []),
-      stateInit,
-      ...budgets.flatMap((bp) => [bp.score, bp.prune]),
-    ],
-    loss,
-    variants,
-    states,
-    stateInit,
-    trainable: trainable.map((p) => p.param.path),
-  };
+  const budgets = r.attempt(() => lowerControllers(budget.ctx, budget.controllers));
+  if (!budgets || ctx.failed()) return undefined;
+  return budgets;
 }

@@ -1,0 +1,271 @@
+// Optimizer updates as IR: one optimizer instance per trainable tensor, its states as graph inputs
+// (each declared once, with its initial value for `state_init`), its `update(g)` lowered into the
+// new parameter and new states. `refresh every N` states are recomputed from their initializer in
+// the variants where N is due. `inner.update(x)` (an optimizer argument that holds an optimizer)
+// is lowered by a callback the caller passes: by default the inner optimizer on a virtual zero
+// parameter shaped like x, whose states are its outer optimizer's `…:inner:…` states.
+import type * as A from "../language/ast.js";
+import { error } from "../language/diagnostics.js";
+import type { Builder } from "./builder.js";
+import { instantiate } from "./instantiate.js";
+import type { InputRole, Shape } from "./ir.js";
+import type { Frame, Lowerer, Tensor } from "./lower.js";
+import type { PlacedParam } from "./place.js";
+import type { Output, StateInfo } from "./program.js";
+import type { Resolver } from "./resolve.js";
+import { describeValue, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
+
+type Config = Extract<Value, { kind: "config" }>;
+
+export interface UpdateContext {
+  readonly r: Resolver;
+  readonly b: Builder;
+  /** The step's lowerer (no optimizer in scope). */
+  readonly L: Lowerer;
+  /** A graph input by name, registered once. */
+  input(name: string, role: InputRole, shape: Shape): number;
+  paramNode(p: ParamInfo): number;
+  readonly stepNode: number;
+  /** The schedule's factor on every `lr`. */
+  readonly lrScale: number;
+  /** Every optimizer state, each once across the variants, in declaration order. */
+  readonly states: StateInfo[];
+  /** The `refresh every` periods met so far. */
+  readonly periods: Set<number>;
+}
+
+/** One optimizer applied to one tensor: its states are named `${prefix}:${state}`. */
+export interface OptimizerCall {
+  config: Config;
+  bindings: Map<string, Value>;
+  prefix: string;
+  param: Tensor;
+  grad: Tensor;
+  /** The refresh periods due in this variant. */
+  due: ReadonlySet<number>;
+}
+
+export interface LoweredOptimizer {
+  /** The updated parameter. */
+  param: number;
+  /** The updated states, inner optimizers' first. */
+  states: Output[];
+}
+
+/**
+ * `inner.update(x)` inside the optimizer `outer`: the amount the inner optimizer subtracts, and the
+ * outputs of the states it updates. `lowerer` is the one lowering the outer optimizer's update.
+ */
+export type InnerUpdate = (
+  inner: Config,
+  x: Tensor,
+  outer: { ctx: UpdateContext; call: OptimizerCall; lowerer: Lowerer },
+) => { delta: Tensor; states: Output[] };
+
+/** The new value of every trainable tensor and of its optimizer's states, for one variant. */
+export function lowerUpdates(
+  ctx: UpdateContext,
+  trainable: readonly PlacedParam[],
+  grads: ReadonlyMap<number, number>,
+  due: ReadonlySet<number>,
+): Output[] | undefined {
+  const outputs: Output[] = [];
+  for (const p of trainable) {
+    const grad = grads.get(ctx.paramNode(p.param))!;
+    const result = ctx.r.attempt(() =>
+      lowerOptimizer(ctx, {
+        config: p.optimizer!.config,
+        bindings: p.optimizer!.bindings,
+        prefix: `${p.param.path}`,
+        param: ctx.L.tensor(ctx.paramNode(p.param)),
+        grad: ctx.L.tensor(grad),
+        due,
+      }),
+    );
+    if (!result) return undefined;
+    outputs.push({ name: `param:${p.param.path}`, node: result.param }, ...result.states);
+  }
+  return outputs;
+}
+
+/** The inner optimizer on a virtual zero parameter shaped like x; its states are `…:inner:…`. */
+export const lowerInnerOptimizer: InnerUpdate = (inner, x, { ctx, call, lowerer }) => {
+  const zero = lowerer.tensor(lowerer.b.constant(0, x.shape));
+  const result = lowerOptimizer(
+    ctx,
+    {
+      config: inner,
+      bindings: new Map(),
+      prefix: `${call.prefix}:inner`,
+      param: zero,
+      grad: x,
+      due: call.due,
+    },
+    lowerInnerOptimizer,
+    lowerer,
+  );
+  return { delta: lowerer.tensor(lowerer.b.neg(result.param)), states: result.states };
+};
+
+/**
+ * One optimizer's update of one tensor. `lowerer` lowers the optimizer's state initializers (the
+ * step's lowerer, or for an inner optimizer the one lowering its outer update); `innerUpdate`
+ * lowers `inner.update(x)` in its update.
+ */
+export function lowerOptimizer(
+  ctx: UpdateContext,
+  call: OptimizerCall,
+  innerUpdate: InnerUpdate = lowerInnerOptimizer,
+  lowerer: Lowerer = ctx.L,
+): LoweredOptimizer {
+  const r: Resolver = ctx.r;
+  const { config } = call;
+  const opt = instantiate(r, config, `${call.prefix}:${config.def.name.name}`, call.bindings);
+  const action = opt.actions[0];
+  if (action) {
+    r.report(
+      error(
+        "E0206",
+        `\`at ${action.trigger}\` actions are not run by this version of lrkc`,
+        { file: opt.module.file, span: action.span },
+        {
+          help: "write periodic state changes as a `state … refresh every N` for now",
+        },
+      ),
+    );
+  }
+  const frame = lowerer.frameFor(opt);
+  const locals = new Map<string, Value>([
+    ["param", call.param],
+    ["grad", call.grad],
+    ["step", lowerer.tensor(ctx.stepNode)],
+  ]);
+  const lr = config.args.get("lr");
+  if (lr?.kind === "number") locals.set("lr", scaledLr(ctx, lowerer, lr.value));
+  const stateNames: string[] = [];
+  for (const s of opt.states) {
+    locals.set(s.name.name, lowerState(ctx, call, lowerer, opt, s, frame, locals));
+    stateNames.push(s.name.name);
+  }
+  const stateOutputs: Output[] = [];
+  const update = opt.scope.get("update");
+  if (update?.kind !== "function") {
+    r.report(
+      error("E0207", `optimizer \`${config.def.name.name}\` has no \`update(g)\` function`, {
+        file: config.module.file,
+        span: config.def.name.span,
+      }),
+    );
+  }
+  updateLowerer(ctx, call, lowerer, innerUpdate, stateOutputs).callFunction(
+    update.fn,
+    opt,
+    [{ value: call.grad, at: config.at }],
+    config.at,
+    locals,
+  );
+  const newParam = lowerer.asNode(locals.get("param")!, frame, config.def.name);
+  for (const n of stateNames)
+    stateOutputs.push({
+      name: `state:${call.prefix}:${n}`,
+      node: lowerer.asNode(locals.get(n)!, frame, config.def.name),
+    });
+  return { param: newParam, states: stateOutputs };
+}
+
+/** `lr` times the schedule's factor. */
+function scaledLr(ctx: UpdateContext, lowerer: Lowerer, lr: number): Tensor {
+  return lowerer.tensor(ctx.b.mul(ctx.b.constant(lr), ctx.lrScale));
+}
+
+/**
+ * A state's value as the update reads it: its stored input, or its initializer where it is
+ * refreshed in this variant. Declares the state (once) and its refresh period.
+ */
+function lowerState(
+  ctx: UpdateContext,
+  call: OptimizerCall,
+  lowerer: Lowerer,
+  opt: ModuleInstance,
+  s: A.StateMember,
+  frame: Frame,
+  locals: ReadonlyMap<string, Value>,
+): Tensor {
+  const r: Resolver = ctx.r;
+  const name = `${call.prefix}:${s.name.name}`;
+  const initFrame: Frame = { ...frame, locals: new Map(locals) };
+  const initial = lowerer.expr(s.init, initFrame);
+  if (initial.kind !== "tensor") {
+    r.report(
+      error("E0402", `a state must be a tensor, not ${describeValue(initial)}`, {
+        file: opt.module.file,
+        span: s.init.span,
+      }),
+    );
+  }
+  if (s.type?.dims)
+    lowerer.bindDims(
+      s.type,
+      initial,
+      initFrame,
+      { file: opt.module.file, span: s.type.span },
+      `state \`${s.name.name}\``,
+    );
+  let period: number | undefined;
+  if (s.refreshEvery) {
+    const v = lowerer.expr(s.refreshEvery, frame);
+    if (v.kind !== "number" || !Number.isInteger(v.value) || v.value <= 0) {
+      r.report(
+        error("E0402", "`refresh every` needs a positive integer known while compiling", {
+          file: opt.module.file,
+          span: s.refreshEvery.span,
+        }),
+      );
+    }
+    period = v.value;
+    ctx.periods.add(period);
+  }
+  const stored = ctx.input(`state:${name}`, "state", initial.shape);
+  if (!ctx.states.some((st) => st.name === name)) {
+    // A refreshed state is recomputed before its first use, so its stored start is zeros.
+    ctx.states.push({
+      name,
+      shape: initial.shape,
+      init: period ? ctx.b.constant(0, initial.shape) : initial.node,
+      period,
+    });
+  }
+  return lowerer.tensor(period !== undefined && call.due.has(period) ? initial.node : stored);
+}
+
+/**
+ * The lowerer for an optimizer's update body: `c.lr` is the scheduled lr and `c.update(x)` runs
+ * `innerUpdate` (its states' outputs go to `stateOutputs`) for an optimizer configuration `c`.
+ */
+function updateLowerer(
+  ctx: UpdateContext,
+  call: OptimizerCall,
+  lowerer: Lowerer,
+  innerUpdate: InnerUpdate,
+  stateOutputs: Output[],
+): Lowerer {
+  const body: Lowerer = lowerer.withHooks({
+    configMember: (c, member) => {
+      const v = c.args.get(member);
+      if (member === "lr" && v?.kind === "number") return scaledLr(ctx, lowerer, v.value);
+      if (member === "update" && c.def.sort === "optimizer") {
+        return {
+          kind: "bound",
+          what: `\`${c.def.name.name}.update\``,
+          call: (args) => {
+            const inner = innerUpdate(c, args[0]!.value as Tensor, { ctx, call, lowerer: body });
+            stateOutputs.push(...inner.states);
+            return inner.delta;
+          },
+        };
+      }
+      return v;
+    },
+  });
+  return body;
+}
