@@ -1,7 +1,7 @@
 // map f32[128, 4] %165 %173 %212 %225 %233 %272
 // computes:
-//   %150 = permute [1,0] %149 : f32[128, 4]  // stdlib/adapters.lrk:38
-//   %152 = permute [1,0] %151 : f32[4, 128]  // stdlib/adapters.lrk:38
+//   %150 = permute [1,0] %149 : f32[128, 4]  // stdlib/adapters.lrk:39
+//   %152 = permute [1,0] %151 : f32[4, 128]  // stdlib/adapters.lrk:39
 //   %153 = const 0.01 : f32[]
 //   %154 = mul %153, %1 : f32[]
 //   %160 = const 0.9 : f32[4, 128]  // stdlib/optim.lrk:51
@@ -78,7 +78,7 @@
 //   %270 = expand %269 : f32[128, 4]  // stdlib/optim.lrk:55
 //   %271 = mul %270, %268 : f32[128, 4]  // stdlib/optim.lrk:55
 //   %272 = sub %22, %271 : f32[128, 4]
-// from: stdlib/adapters.lrk:38, stdlib/optim.lrk:51, stdlib/optim.lrk:52, stdlib/optim.lrk:53, stdlib/optim.lrk:54, stdlib/optim.lrk:55
+// from: stdlib/adapters.lrk:39, stdlib/optim.lrk:51, stdlib/optim.lrk:52, stdlib/optim.lrk:53, stdlib/optim.lrk:54, stdlib/optim.lrk:55
 @group(0) @binding(0) var<storage, read_write> out0: array<f32>;  // %165
 @group(0) @binding(1) var<storage, read_write> out1: array<f32>;  // %173
 @group(0) @binding(2) var<storage, read_write> out2: array<f32>;  // %212
