@@ -27,6 +27,11 @@ function viewChain(
   return { chain, src };
 }
 
+/** Every view node `viewChain` may walk through from `id`, whatever has a buffer. */
+export function viewNodes(graph: Graph, id: number): number[] {
+  return viewChain(graph, id, () => false).chain.map((n) => n.id);
+}
+
 /**
  * Shape and strides of a view chain (applied bottom-up) relative to its source's contiguous
  * buffer; undefined when a reshape of a non-contiguous view cannot be expressed by strides.
