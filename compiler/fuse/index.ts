@@ -37,12 +37,12 @@
 // allows is split by materializing the inlined node that gathers the most of them.
 //
 // The steps, in order (`analyze` once per call, the others in `fuseOnce`), one file each:
-//   analyze        needed nodes, their consumers, inline costs and chain anchors      context.ts
-//   selectLowRank  low-rank branches, and the epilogue chains built around them     low-rank.ts
-//   materialize    which nodes get a buffer; how each matmul reads its operands     materialize.ts
+//   analyze        needed nodes, their consumers, inline costs, chain anchors      context.ts
+//   selectLowRank  low-rank branches, and the epilogue chains built around them    low-rank.ts
+//   materialize    which nodes get a buffer; how each matmul reads its operands    materialize.ts
 //   buildGroups    one group per materialized node: anchor, epilogue, inlined nodes groups.ts
-//   mergeMaps      consecutive map groups of one element count → one kernel         merge-maps.ts
-//   fuseRows       row reductions and the groups near them → row kernels, in order  rows.ts
+//   mergeMaps      consecutive map groups of one element count → one kernel        merge-maps.ts
+//   fuseRows       row reductions and the groups near them → row kernels, in order rows.ts
 // and while a group binds more storage buffers than the device allows, `fuse` forces the node
 // `splitPoint` picks to be materialized and runs the steps again (split.ts). Beside them: the op
 // table (ops.ts), matmul operand views (operand.ts), epilogue chains (chains.ts), the row kernel
