@@ -6,7 +6,7 @@
 import { numel, type Node } from "../ir.js";
 import type { FuseContext } from "./context.js";
 import { keepsElement } from "./ops.js";
-import { operandView } from "./operand.js";
+import { operandView, viewNodes } from "./operand.js";
 import type { MatmulOperand } from "./types.js";
 
 export interface Chains {
@@ -94,4 +94,52 @@ function foldedSum(
   const va = operandView(graph, n.inputs[0]!, n.op.transA, false, hasBuffer);
   const vb = operandView(graph, n.inputs[1]!, n.op.transB, false, hasBuffer);
   return va?.trans && vb && !vb.trans ? { sum: r, operands: [va, vb] } : undefined;
+}
+
+/**
+ * Which chain anchors can affect each other's chains: `buildChains` for one anchor reads only the
+ * nodes its walk reaches through single consumers (elementwise, reshape or a batch sum, from a
+ * node that is not an output), and, to fold a batch sum, whether the views a matmul reads its
+ * operands through end chains. Nodes joined by those links form components; an anchor's chain
+ * depends only on the anchors (and skips) of its component, in the same order, and so does
+ * `lowRankTarget`, whose walk follows the same links. Returns: node → the chain anchors of its
+ * component, increasing. More outputs only cut links: the components of fewer outputs are unions
+ * of these, and serve as well.
+ */
+export function chainComponents(
+  ctx: Pick<FuseContext, "graph" | "needed" | "consumers" | "chainAnchors">,
+  isOutput: ReadonlySet<number>,
+): (id: number) => readonly number[] {
+  const { graph } = ctx;
+  const parent = new Int32Array(graph.nodes.length).map((_, i) => i);
+  const find = (x: number): number => {
+    while (parent[x] !== x) {
+      parent[x] = parent[parent[x]!]!;
+      x = parent[x]!;
+    }
+    return x;
+  };
+  const union = (x: number, y: number) => {
+    const [rx, ry] = [find(x), find(y)];
+    if (rx !== ry) parent[Math.max(rx, ry)] = Math.min(rx, ry);
+  };
+  for (const id of ctx.needed) {
+    const cs = ctx.consumers.get(id)!;
+    if (isOutput.has(id) || cs.length !== 1) continue;
+    const c = graph.node(cs[0]!);
+    if (keepsElement(c.op.kind) || c.op.kind === "reduce") union(id, c.id);
+  }
+  for (const id of ctx.chainAnchors) {
+    const n = graph.node(id);
+    if (n.op.kind !== "matmul") continue;
+    for (const operand of n.inputs) for (const v of viewNodes(graph, operand)) union(id, v);
+  }
+  const anchorsOf = new Map<number, number[]>();
+  for (const id of ctx.chainAnchors) {
+    const root = find(id);
+    const list = anchorsOf.get(root);
+    if (list) list.push(id);
+    else anchorsOf.set(root, [id]);
+  }
+  return (id) => anchorsOf.get(find(id)) ?? [];
 }

@@ -1,6 +1,7 @@
 // What every fusion attempt reads about the graph, computed once per `fuse` call (the attempts
 // differ only in the nodes they force to be materialized).
 import { dependencies, type Graph } from "../ir.js";
+import { chainComponents } from "./chains.js";
 import { costs, roleOf } from "./ops.js";
 
 export interface FuseContext {
@@ -14,6 +15,11 @@ export interface FuseContext {
   cost: ReadonlyMap<number, number>;
   /** The reduces and matmuls (nodes that may start an epilogue chain), increasing. */
   chainAnchors: number[];
+  /**
+   * node → the chain anchors whose chains can affect its own or each other's, increasing (see
+   * `chainComponents`; found with the entry's outputs, and valid with more nodes forced).
+   */
+  anchorsNear: (id: number) => readonly number[];
 }
 
 export function analyze(graph: Graph, outputs: readonly number[]): FuseContext {
@@ -25,6 +31,7 @@ export function analyze(graph: Graph, outputs: readonly number[]): FuseContext {
     const role = roleOf(graph.node(id).op.kind);
     return role === "reduce" || role === "matmul";
   });
+  const anchorsNear = chainComponents({ graph, needed, consumers, chainAnchors }, new Set(outputs));
   return {
     graph,
     needed,
@@ -32,5 +39,6 @@ export function analyze(graph: Graph, outputs: readonly number[]): FuseContext {
     consumers,
     cost: costs(graph, needed),
     chainAnchors,
+    anchorsNear,
   };
 }

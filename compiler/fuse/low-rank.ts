@@ -11,7 +11,6 @@ import { numel, type Graph } from "../ir.js";
 import { buildChains, type Chains } from "./chains.js";
 import type { FuseContext } from "./context.js";
 import { keepsElement } from "./ops.js";
-import { viewNodes } from "./operand.js";
 
 /** Inner dims up to this make a matmul a low-rank branch, recomputed inside an epilogue. */
 export const LOW_RANK_MAX = 64;
@@ -81,19 +80,17 @@ function wideTarget(
 /**
  * The low-rank branches, and the epilogue chains built without them. The answer for one candidate
  * depends only on the chains of the anchors near it, so each trial rebuilds only those (see
- * `chainComponents`) instead of every chain of the graph.
+ * `FuseContext.anchorsNear`) instead of every chain of the graph.
  */
 export function selectLowRank(
   ctx: FuseContext,
   isOutput: ReadonlySet<number>,
 ): { lowRank: Set<number>; chains: Chains } {
   let lowRank = new Set<number>();
-  let anchorsNear: ((id: number) => readonly number[]) | undefined;
   for (const id of ctx.chainAnchors) {
     if (!isCandidate(ctx, isOutput, id)) continue;
-    anchorsNear ??= chainComponents(ctx, isOutput);
     const skip = (x: number) => x === id || lowRank.has(x);
-    const local = buildChains(ctx, isOutput, anchorsNear(id), skip);
+    const local = buildChains(ctx, isOutput, ctx.anchorsNear(id), skip);
     if (wideTarget(ctx, id, isOutput, local) !== undefined) lowRank.add(id);
   }
   let chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
@@ -106,51 +103,4 @@ export function selectLowRank(
     chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
   }
   return { lowRank, chains };
-}
-
-/**
- * Which chain anchors can affect each other's chains: `buildChains` for one anchor reads only the
- * nodes its walk reaches through single consumers (elementwise, reshape or a batch sum, from a
- * node that is not an output), and, to fold a batch sum, whether the views a matmul reads its
- * operands through end chains. Nodes joined by those links form components; an anchor's chain
- * depends only on the anchors (and skips) of its component, in the same order, and so does
- * `lowRankTarget`, whose walk follows the same links. Returns: node → the chain anchors of its
- * component, increasing.
- */
-function chainComponents(
-  ctx: FuseContext,
-  isOutput: ReadonlySet<number>,
-): (id: number) => readonly number[] {
-  const { graph } = ctx;
-  const parent = new Int32Array(graph.nodes.length).map((_, i) => i);
-  const find = (x: number): number => {
-    while (parent[x] !== x) {
-      parent[x] = parent[parent[x]!]!;
-      x = parent[x]!;
-    }
-    return x;
-  };
-  const union = (x: number, y: number) => {
-    const [rx, ry] = [find(x), find(y)];
-    if (rx !== ry) parent[Math.max(rx, ry)] = Math.min(rx, ry);
-  };
-  for (const id of ctx.needed) {
-    const cs = ctx.consumers.get(id)!;
-    if (isOutput.has(id) || cs.length !== 1) continue;
-    const c = graph.node(cs[0]!);
-    if (keepsElement(c.op.kind) || c.op.kind === "reduce") union(id, c.id);
-  }
-  for (const id of ctx.chainAnchors) {
-    const n = graph.node(id);
-    if (n.op.kind !== "matmul") continue;
-    for (const operand of n.inputs) for (const v of viewNodes(graph, operand)) union(id, v);
-  }
-  const anchorsOf = new Map<number, number[]>();
-  for (const id of ctx.chainAnchors) {
-    const root = find(id);
-    const list = anchorsOf.get(root);
-    if (list) list.push(id);
-    else anchorsOf.set(root, [id]);
-  }
-  return (id) => anchorsOf.get(find(id)) ?? [];
 }
