@@ -24,7 +24,7 @@ export class UnitGraph {
     this.unit = groups.map((_, i) => i);
     groups.forEach((_, i) => this.members.set(i, [i]));
     const order = this.topologicalOrder((u) => u);
-    if (!order) throw new Error("fuse: a cycle among kernel groups");
+    if (!order) throw new Error("fuse: a cycle among row kernels");
     this.at = order;
     this.pos = new Array<number>(groups.length);
     order.forEach((u, p) => (this.pos[u] = p));
