@@ -12,7 +12,7 @@
 //
 // Entries share the input buffers and the pool of activation/scratch buffers (entries never run
 // at the same time); each entry's outputs have buffers of their own, so they survive the run.
-import { fuse, type KernelGroup } from "./fuse.js";
+import { fuse, type KernelGroup } from "./fuse/index.js";
 import { numel, type DType, type Graph } from "./ir.js";
 import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
-import { fuse, type Fusion } from "../compiler/fuse.js";
+import { fuse, type Fusion } from "../compiler/fuse/index.js";
 import type { Graph } from "../compiler/ir.js";
 import { BufferLimitError, planMemory } from "../compiler/memory-plan.js";
 import { planProgram } from "./program-helpers.js";

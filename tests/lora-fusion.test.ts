@@ -6,7 +6,7 @@
 // backward's dx = dy·W + (s·dy·B)·A included).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
-import { fuse } from "../compiler/fuse.js";
+import { fuse } from "../compiler/fuse/index.js";
 import type { Graph } from "../compiler/ir.js";
 import { planProgram } from "./program-helpers.js";
 import type { Entry } from "../compiler/program.js";

@@ -29,7 +29,7 @@ import type {
   MatmulParams,
   MatmulShape,
 } from "../compiler/kernels/types.js";
-import { fuse } from "../compiler/fuse.js";
+import { fuse } from "../compiler/fuse/index.js";
 import { numel } from "../compiler/ir.js";
 import { groupKernels, matmulTemplate } from "../compiler/plan.js";
 import {

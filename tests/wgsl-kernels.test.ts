@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
-import { fuse } from "../compiler/fuse.js";
+import { fuse } from "../compiler/fuse/index.js";
 import { evaluate, type Tensor } from "../runtime/interpreter.js";
 import type { BinaryFn, DType, UnaryFn } from "../compiler/ir.js";
 import type { ProgramInput } from "../compiler/program.js";

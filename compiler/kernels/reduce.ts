@@ -8,7 +8,7 @@
 // after them (softmax, layer norm, cross-entropy: see `fuseRows` in fuse.ts) in one kernel.
 // `contractionKernel` is the generic matmul (a sum over k of a product of two operand
 // expressions): for what the matmul template does not take (i32 matmuls).
-import type { RowInfo } from "../fuse.js";
+import type { RowInfo } from "../fuse/index.js";
 import type { Graph } from "../ir.js";
 import { numel, strides } from "../ir.js";
 import {

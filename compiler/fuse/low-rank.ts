@@ -1,0 +1,106 @@
+// Low-rank branches: a matmul with a small inner dim whose value reaches another matmul's epilogue
+// chain through single-consumer elementwise nodes (add(x·W, s·(t·U)), a LoRA branch) is no kernel
+// of its own: the chain recomputes it as a short loop over the inner dim per output element. It
+// builds no chain of its own, so the base matmul's chain can reach the add; a candidate whose path
+// ends elsewhere is dropped and the chains are rebuilt.
+//
+// Candidates are taken one at a time, in order: accepted when, with it (and those accepted before)
+// building no chain, its value reaches the chain of a matmul with a larger inner dim. Then the
+// accepted set is checked as a whole (dropping one lets it build a chain again) until it is stable.
+import { numel, type Graph } from "../ir.js";
+import { buildChains, type Chains } from "./chains.js";
+import type { FuseContext } from "./context.js";
+import { keepsElement } from "./ops.js";
+
+/** Inner dims up to this make a matmul a low-rank branch, recomputed inside an epilogue. */
+export const LOW_RANK_MAX = 64;
+/** Elementwise nodes allowed between a low-rank matmul and the epilogue chain that reads it. */
+const LOW_RANK_PATH = 4;
+
+/** The inner (summed) dim of matmul `id`. */
+export function innerDim(graph: Graph, id: number): number {
+  const n = graph.node(id);
+  const a = graph.node(n.inputs[0]!);
+  const r = a.shape.length;
+  return (n.op as { transA: boolean }).transA ? a.shape[r - 2]! : a.shape[r - 1]!;
+}
+
+/** An f32 matmul whose inner dim is at most LOW_RANK_MAX. */
+function lowRankShape(graph: Graph, id: number): boolean {
+  const n = graph.node(id);
+  return n.op.kind === "matmul" && n.dtype === "f32" && innerDim(graph, id) <= LOW_RANK_MAX;
+}
+
+/** A low-rank matmul, not an output, read once by an elementwise node (or a reshape). */
+function isCandidate(ctx: FuseContext, isOutput: ReadonlySet<number>, id: number): boolean {
+  if (!lowRankShape(ctx.graph, id) || isOutput.has(id)) return false;
+  const cs = ctx.consumers.get(id)!;
+  return cs.length === 1 && keepsElement(ctx.graph.node(cs[0]!).op.kind);
+}
+
+/**
+ * The matmul whose epilogue chain reads low-rank candidate `id`: `id`'s value must reach a node
+ * of that chain through single-consumer elementwise nodes (or reshapes) of the same element count
+ * that are not outputs. Undefined if there is none.
+ */
+function lowRankTarget(
+  ctx: FuseContext,
+  id: number,
+  isOutput: ReadonlySet<number>,
+  chains: Chains,
+): number | undefined {
+  const { graph } = ctx;
+  const count = numel(graph.shape(id));
+  let cur = id;
+  for (let step = 0; step <= LOW_RANK_PATH; step++) {
+    const cs = ctx.consumers.get(cur)!;
+    if (cs.length !== 1) return undefined;
+    const c = graph.node(cs[0]!);
+    if (numel(c.shape) !== count || c.dtype !== "f32") return undefined;
+    const anchor = chains.inChain.get(c.id);
+    if (anchor !== undefined)
+      return graph.node(anchor).op.kind === "matmul" && anchor !== id ? anchor : undefined;
+    if (!keepsElement(c.op.kind) || isOutput.has(c.id)) return undefined;
+    cur = c.id;
+  }
+  return undefined;
+}
+
+/** `lowRankTarget`, when that matmul's inner dim is larger than the candidate's. */
+function wideTarget(
+  ctx: FuseContext,
+  id: number,
+  isOutput: ReadonlySet<number>,
+  chains: Chains,
+): number | undefined {
+  const m = lowRankTarget(ctx, id, isOutput, chains);
+  return m !== undefined && innerDim(ctx.graph, m) > innerDim(ctx.graph, id) ? m : undefined;
+}
+
+/**
+ * The low-rank branches, and the epilogue chains built without them. The answer for one candidate
+ * depends only on the chains of the anchors near it, so each trial rebuilds only those (see
+ * `FuseContext.anchorsNear`) instead of every chain of the graph.
+ */
+export function selectLowRank(
+  ctx: FuseContext,
+  isOutput: ReadonlySet<number>,
+): { lowRank: Set<number>; chains: Chains } {
+  let lowRank = new Set<number>();
+  for (const id of ctx.chainAnchors) {
+    if (!isCandidate(ctx, isOutput, id)) continue;
+    const skip = (x: number) => x === id || lowRank.has(x);
+    const local = buildChains(ctx, isOutput, ctx.anchorsNear(id), skip);
+    if (wideTarget(ctx, id, isOutput, local) !== undefined) lowRank.add(id);
+  }
+  let chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
+  for (;;) {
+    const keep = new Set(
+      [...lowRank].filter((id) => wideTarget(ctx, id, isOutput, chains) !== undefined),
+    );
+    if (keep.size === lowRank.size) break;
+    lowRank = keep;
+    chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
+  }
+  return { lowRank, chains };
+}
