@@ -2,13 +2,20 @@
 // argument against a matrix whose singular subspaces are known by construction; the optimizers'
 // step-only scalars (bias corrections) computed on the host in float64; and a cpu64 run that
 // stops and resumes from its checkpoint equal to the uninterrupted run bit for bit.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Builder } from "../../compiler/builder.js";
 import type { Tensor } from "../../compiler/program.js";
 import { evaluate } from "../../runtime/interpreter.js";
 import { WebGpuDevice } from "../../runtime/webgpu-device.js";
 import { CpuDevice } from "../../runtime/device.js";
-import { initialize, train } from "../../runtime/trainer.js";
+import { lrFactor } from "../../runtime/schedule.js";
+import { RunFolder } from "../../runtime/run-folder.js";
+import { readSafetensors } from "../../runtime/safetensors.js";
+import { initialize, stepScalars, train } from "../../runtime/trainer.js";
 import { compile, lossAndGradients, runGraph, type Store } from "../program-helpers.js";
 
 /** A deterministic generator (mulberry32) for test inputs. */
@@ -240,4 +247,101 @@ train adam {
     expect(exact).toBeGreaterThan(0);
     expect(lrk).toBeLessThanOrEqual(3 * exact);
   });
+});
+
+describe("--device cpu64 is float64 everywhere", () => {
+  const program = `import std.nn.{Linear}
+import std.optim.{adamw}
+
+data moons = std.data.two_moons(n: 256, seed: 3)
+
+model Net {
+  l1 = Linear(2, 8)
+  l2 = Linear(8, 2)
+
+  forward(x: f32[B, 2]) -> f32[B, 2] = l2(gelu(l1(x)))
+}
+
+train adam {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with adamw(lr: 0.01, beta2: 0.9999)
+  schedule cosine(warmup: 2, min_ratio: 0.1)
+  steps 8
+  batch 8
+  seed 4
+}
+`;
+
+  it("feeds step, lr_scale and the host scalars as unrounded Float64Array", () => {
+    const run = compile(program);
+    const lr = lrFactor(run.program.schedule, 3, 8);
+    expect(Math.fround(lr)).not.toBe(lr);
+    const f64 = stepScalars(run.step, 3, lr, true);
+    for (const t of f64.values()) expect(t.data).toBeInstanceOf(Float64Array);
+    expect(f64.get("lr_scale")!.data[0]).toBe(lr);
+    // every scalar is the float64 value of its subgraph: 1 - 0.9999^3 among them, unrounded
+    const host = [...f64.get("host_scalars")!.data];
+    expect(host).toContain(1 - 0.9999 ** 3);
+    const f32 = stepScalars(run.step, 3, lr, false);
+    expect([...f32.get("host_scalars")!.data]).toEqual(host.map(Math.fround));
+  });
+
+  it("a run stopped after step 3 and resumed from its checkpoint equals the uninterrupted run bit for bit", async () => {
+    const run = compile(program);
+    const device = new CpuDevice({ float64: true });
+    const whole = await train(run, device);
+    const dir = mkdtempSync(join(tmpdir(), "lrk-cpu64-"));
+    try {
+      const folder = new RunFolder(dir);
+      // as `lrkc train` saves it on a float64 device (cli/train.ts)
+      let steps = 0;
+      const stopped = await train(run, device, {
+        shouldStop: () => ++steps === 3,
+        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { dtype: "F64" }),
+      });
+      expect(stopped.step).toBe(3);
+      const names = [...whole.store.keys()];
+      const { step, store } = folder.loadCheckpoint(names);
+      const resumed = await train(run, device, { resume: { step, store } });
+      expect(resumed.losses).toEqual(whole.losses.slice(3));
+      for (const name of names) {
+        const a = resumed.store.get(name)!.data;
+        expect(a, name).toBeInstanceOf(Float64Array);
+        expect(Array.from(a), name).toEqual(Array.from(whole.store.get(name)!.data));
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("through the CLI: `--device cpu64` writes F64 checkpoints, and `--resume` continues exactly", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-cpu64-cli-"));
+    try {
+      // a constant schedule: `--steps 3` does not change the learning rate of steps 1–3
+      writeFileSync(join(dir, "a.lrk"), program.replace(/ {2}schedule .*\n/, ""));
+      const lrkc = (...args: string[]) => {
+        const r = spawnSync(
+          process.execPath,
+          [join(process.cwd(), "bin", "lrkc.js"), "train", "a.lrk", "--device", "cpu64", ...args],
+          { cwd: dir, encoding: "utf8" },
+        );
+        expect(r.status, r.stderr).toBe(0);
+      };
+      lrkc("--out", "whole");
+      lrkc("--out", "parts", "--steps", "3");
+      lrkc("--out", "parts", "--resume");
+      const whole = readSafetensors(join(dir, "whole", "checkpoint.safetensors"));
+      const parts = readSafetensors(join(dir, "parts", "checkpoint.safetensors"));
+      expect(parts.metadata["step"]).toBe("8");
+      expect([...parts.tensors.keys()].sort()).toEqual([...whole.tensors.keys()].sort());
+      for (const [name, t] of whole.tensors) {
+        expect(t.data, name).toBeInstanceOf(Float64Array);
+        expect(Array.from(parts.tensors.get(name)!.data), name).toEqual(Array.from(t.data));
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
