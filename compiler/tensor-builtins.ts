@@ -437,6 +437,13 @@ function singularVectors(side: "left" | "right"): Rule {
     args.done();
     if (g.shape.length !== 2)
       L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(g.shape, g.dtype)}`);
+    // The device's svd kernels hold rank + oversample columns in one workgroup.
+    const columns = Math.min(rank + accuracy.oversample, g.shape[0]!, g.shape[1]!);
+    if (columns > MAX_PANEL)
+      L.fail(
+        args.argAt(-1, "oversample"),
+        `\`${name}\` takes at most ${MAX_PANEL} columns (rank + oversample), not ${columns}`,
+      );
     return tensor(b.svd(g.node, side, rank, { ...accuracy, seed: L.nextSeed() }));
   };
 }
