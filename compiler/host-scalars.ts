@@ -109,8 +109,8 @@ function hostProgram(
 
 /**
  * The step program with its step-only scalars computed on the host: the graph is rebuilt with
- * the packed input first and each boundary read from it (every node id moves, so every id the
- * program holds is mapped). Unchanged when there is nothing to move.
+ * the packed input and each boundary read from it (node ids after the first boundary move, so
+ * every id the program holds is mapped). Unchanged when there is nothing to move.
  */
 export function hostScalars(step: StepProgram): StepProgram {
   const { graph } = step;

@@ -16,7 +16,7 @@ import { lrFactor } from "../../runtime/schedule.js";
 import { RunFolder } from "../../runtime/run-folder.js";
 import { readSafetensors } from "../../runtime/safetensors.js";
 import { initialize, stepScalars, train } from "../../runtime/trainer.js";
-import { compile, lossAndGradients, runGraph, type Store } from "../program-helpers.js";
+import { compile, loadOnGpu, lossAndGradients, runGraph, type Store } from "../program-helpers.js";
 
 /** A deterministic generator (mulberry32) for test inputs. */
 function rng(seed: number): () => number {
@@ -249,7 +249,17 @@ train adam {
     // Measured: equal (4.5e-7); computing 1 - β^t on the device in f32 made lrk's 8.1e-5.
     expect(exact).toBeGreaterThan(0);
     expect(lrk).toBeLessThanOrEqual(3 * exact);
-  });
+
+    // The same on WebGPU: its kernels read the host scalars too (measured: 4.0e-7).
+    const gpu = await WebGpuDevice.open();
+    try {
+      await loadOnGpu(gpu, run);
+      const onGpu = await train(run, gpu, { steps, resume });
+      expect(distance(onGpu.store, f64.store)).toBeLessThanOrEqual(3 * exact);
+    } finally {
+      gpu.destroy();
+    }
+  }, 60_000);
 });
 
 describe("--device cpu64 is float64 everywhere", () => {
