@@ -11,7 +11,7 @@ import { Builder } from "../../compiler/builder.js";
 import type { Tensor } from "../../compiler/program.js";
 import { evaluate } from "../../runtime/interpreter.js";
 import { WebGpuDevice } from "../../runtime/webgpu-device.js";
-import { CpuDevice } from "../../runtime/device.js";
+import { CpuDevice, type Device } from "../../runtime/device.js";
 import { lrFactor } from "../../runtime/schedule.js";
 import { RunFolder } from "../../runtime/run-folder.js";
 import { readSafetensors } from "../../runtime/safetensors.js";
@@ -299,6 +299,29 @@ train adam {
     expect(host).toContain(1 - 0.9999 ** 3);
     const f32 = stepScalars(run.step, 3, lr, false);
     expect([...f32.get("host_scalars")!.data]).toEqual(host.map(Math.fround));
+  });
+
+  it("train() on a float64 device feeds every step's scalars as Float64Array", async () => {
+    const run = compile(program);
+    const cpu64 = new CpuDevice({ float64: true });
+    const seen = new Map<string, string>();
+    const recording: Device = {
+      name: "recording",
+      float64: true,
+      run: (graph, entry, feeds) => {
+        for (const name of ["step", "lr_scale", "host_scalars"]) {
+          const t = feeds.get(name);
+          if (t) seen.set(name, t.data.constructor.name);
+        }
+        return cpu64.run(graph, entry, feeds);
+      },
+    };
+    await train(run, recording, { steps: 2 });
+    expect(Object.fromEntries(seen)).toEqual({
+      step: "Float64Array",
+      lr_scale: "Float64Array",
+      host_scalars: "Float64Array",
+    });
   });
 
   it("a run stopped after step 3 and resumed from its checkpoint equals the uninterrupted run bit for bit", async () => {
