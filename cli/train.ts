@@ -214,7 +214,9 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
           examples: e.examples,
         });
       },
-      onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, meta),
+      // A float64 run (cpu64) keeps its checkpoint in float64, so that it resumes exactly.
+      onCheckpoint: (s, store) =>
+        folder.saveCheckpoint(s, store, meta, { dtype: device.float64 ? "F64" : "F32" }),
       shouldStop: () => interrupted,
     });
   } catch (e) {

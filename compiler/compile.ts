@@ -4,6 +4,7 @@
 // first phase that found an error. Nothing here reads data or touches a device.
 import { Log, type Diagnostic, type Location } from "../language/diagnostics.js";
 import type { SourceFile } from "../language/source.js";
+import { hostScalars } from "./host-scalars.js";
 import { buildInit } from "./init.js";
 import { ModuleLoader, type Module } from "./modules.js";
 import { place, type Placement } from "./place.js";
@@ -55,8 +56,9 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
   if (!settings || log.hasErrors()) return done();
   const init = buildInit(resolver, spec, placement); //               initializers → init graph
   if (!init) return done();
-  const step = buildStep(resolver, spec, placement, settings.data.fields, init.buffers); // step graph
-  if (!step) return done();
+  const built = buildStep(resolver, spec, placement, settings.data.fields, init.buffers); // step graph
+  if (!built) return done();
+  const step = hostScalars(built); //                                 step-only scalars → host f64
   return done({ spec, placement, program: trainProgram(spec, placement, settings, init, step) });
 }
 

@@ -84,6 +84,20 @@ export interface StepProgram extends GraphProgram {
   evaluate: Entry;
   /** `model(batch.input)` without dropout, when the batch has an `input`: for accuracy. */
   predict?: Entry;
+  /** Step-only scalars the runtime computes on the host (compiler/host-scalars.ts). */
+  hostScalars?: HostScalars;
+}
+
+/**
+ * Scalars that depend only on `step`, `lr_scale` and constants (bias corrections, scheduled
+ * learning rates), computed on the host: before each run of the step program the runtime
+ * evaluates `program` (inputs `step` and `lr_scale`) in float64 and feeds its one entry's outputs,
+ * in order, as the f32 vector `input` (rounded once per value; a float64 device takes them as
+ * they are). Every entry of the step program that reads them reads them from `input`.
+ */
+export interface HostScalars {
+  input: string;
+  program: GraphProgram;
 }
 
 /** Initial values: `model` from initializers, `quantize` the quantizers' stored buffers, `adapters`. */

@@ -6,6 +6,7 @@ import type { Frame, Lowerer, Tensor } from "./lower.js";
 import { shapeText } from "./lower.js";
 import type { Builder } from "./builder.js";
 import type { UnaryFn } from "./ir.js";
+import { MAX_PANEL } from "./kernels/special.js";
 import { describeValue, num, type Value } from "./values.js";
 
 type Arg = { name?: string; value: Value; at: Location };
@@ -432,9 +433,44 @@ function singularVectors(side: "left" | "right"): Rule {
   return ({ L, b, name, at, args, tensor }) => {
     const g = args.tensor(0);
     const rank = args.number(1, "rank");
+    const accuracy = svdAccuracy(L, args);
+    args.done();
     if (g.shape.length !== 2)
       L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(g.shape, g.dtype)}`);
-    return tensor(b.svd(g.node, side, rank, { seed: L.nextSeed() }));
+    // The device's svd kernels hold rank + oversample columns in one workgroup.
+    const columns = Math.min(rank + accuracy.oversample, g.shape[0]!, g.shape[1]!);
+    if (columns > MAX_PANEL)
+      L.fail(
+        args.argAt(-1, "oversample"),
+        `\`${name}\` takes at most ${MAX_PANEL} columns (rank + oversample), not ${columns}`,
+      );
+    return tensor(b.svd(g.node, side, rank, { ...accuracy, seed: L.nextSeed() }));
+  };
+}
+
+/**
+ * `iterations:` and `oversample:` of the randomized SVD (defaults 2 and 4): each iteration
+ * multiplies the error of the subspace by about (σ_{l+1} / σ_rank)², so a small spectral gap
+ * needs more of them.
+ */
+function svdAccuracy(L: Lowerer, args: Args): { iterations: number; oversample: number } {
+  const count = (name: string, fallback: number, most: number): number => {
+    const v = args.number(-1, name, fallback);
+    if (!Number.isInteger(v) || v < 0 || v > most) {
+      L.r.report(
+        error(
+          "E0402",
+          `\`${name}\` must be an integer from 0 to ${most}, not ${v}`,
+          args.argAt(-1, name),
+        ),
+      );
+      return fallback;
+    }
+    return v;
+  };
+  return {
+    iterations: count("iterations", 2, 1000),
+    oversample: count("oversample", 4, MAX_PANEL),
   };
 }
 

@@ -16,6 +16,8 @@ export interface RunOptions {
 
 export interface Device {
   readonly name: string;
+  /** Computes in float64 (`--device cpu64`): scalars are fed, and checkpoints kept, in float64. */
+  readonly float64?: boolean;
   /** Runs `entry` of `program` (on WebGPU: of the plan loaded for it) on named inputs. */
   run(
     program: GraphProgram,
@@ -30,7 +32,11 @@ export interface Device {
 export class CpuDevice implements Device {
   readonly name = "cpu (reference interpreter)";
 
-  constructor(private readonly options: { float64?: boolean } = {}) {}
+  readonly float64: boolean;
+
+  constructor(private readonly options: { float64?: boolean } = {}) {
+    this.float64 = options.float64 ?? false;
+  }
 
   async run(
     program: GraphProgram,

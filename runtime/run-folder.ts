@@ -15,7 +15,12 @@ import { join } from "node:path";
 import type { Tensor } from "../compiler/program.js";
 import type { Plan } from "../compiler/program.js";
 import { lineChart } from "./plot.js";
-import { CheckpointError, readSafetensors, writeSafetensors } from "./safetensors.js";
+import {
+  CheckpointError,
+  readSafetensors,
+  writeSafetensors,
+  type WriteOptions,
+} from "./safetensors.js";
 
 export interface Metric {
   step: number;
@@ -41,11 +46,13 @@ export class RunFolder {
     step: number,
     store: ReadonlyMap<string, Tensor>,
     meta: Record<string, string>,
+    options: WriteOptions = {},
   ): void {
     writeSafetensors(
       this.checkpointPath,
       new Map([...store].filter(([name]) => !name.startsWith("batch."))),
       { ...meta, step: String(step) },
+      options,
     );
   }
 

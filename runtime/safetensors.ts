@@ -22,21 +22,27 @@ export class CheckpointError extends Error {
   }
 }
 
-const dtypeNames = { f32: "F32", i32: "I32" } as const;
+export interface WriteOptions {
+  /** How float tensors are stored: F32 (the default) or F64 (a float64 run's exact state). */
+  dtype?: "F32" | "F64";
+}
 
 export function writeSafetensors(
   path: string,
   tensors: ReadonlyMap<string, Tensor>,
   metadata: Record<string, string> = {},
+  options: WriteOptions = {},
 ): void {
+  const floats = options.dtype ?? "F32";
+  const stored = (t: Tensor) => (t.data instanceof Int32Array ? "I32" : floats);
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   const names = [...tensors.keys()].sort();
   for (const name of names) {
     const t = tensors.get(name)!;
-    const bytes = t.data.length * 4;
+    const bytes = t.data.length * (stored(t) === "F64" ? 8 : 4);
     header[name] = {
-      dtype: t.data instanceof Int32Array ? dtypeNames.i32 : dtypeNames.f32,
+      dtype: stored(t),
       shape: t.shape,
       data_offsets: [offset, offset + bytes],
     };
@@ -55,7 +61,12 @@ export function writeSafetensors(
     writeSync(fd, headerBytes);
     for (const name of names) {
       const t = tensors.get(name)!;
-      const data = t.data instanceof Float64Array ? Float32Array.from(t.data) : t.data;
+      const data =
+        stored(t) === "F64"
+          ? Float64Array.from(t.data)
+          : t.data instanceof Float64Array
+            ? Float32Array.from(t.data)
+            : t.data;
       writeSync(fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
     }
     fsyncSync(fd);
@@ -112,22 +123,28 @@ export function readSafetensors(path: string): Loaded {
     if (
       !Array.isArray(e.shape) ||
       !Array.isArray(e.data_offsets) ||
-      (e.dtype !== "F32" && e.dtype !== "I32")
+      (e.dtype !== "F32" && e.dtype !== "I32" && e.dtype !== "F64")
     ) {
       throw corrupt(
-        `tensor \`${name}\` has an unsupported entry (dtype ${e.dtype}; lrk reads F32 and I32)`,
+        `tensor \`${name}\` has an unsupported entry (dtype ${e.dtype}; lrk reads F32, F64 and I32)`,
       );
     }
     const [begin, end] = e.data_offsets;
     const count = e.shape.reduce((a, b) => a * b, 1);
-    if (end - begin !== count * 4 || base + end > bytes.length || begin < 0)
+    const width = e.dtype === "F64" ? 8 : 4;
+    if (end - begin !== count * width || base + end > bytes.length || begin < 0)
       throw corrupt(`tensor \`${name}\`'s data is cut off or mis-sized`);
     const slice = bytes.subarray(base + begin, base + end);
     const copy = new ArrayBuffer(slice.length);
     new Uint8Array(copy).set(slice);
     tensors.set(name, {
       shape: e.shape,
-      data: e.dtype === "F32" ? new Float32Array(copy) : new Int32Array(copy),
+      data:
+        e.dtype === "F32"
+          ? new Float32Array(copy)
+          : e.dtype === "F64"
+            ? new Float64Array(copy)
+            : new Int32Array(copy),
     });
   }
   const metadata = (header["__metadata__"] as Record<string, string> | undefined) ?? {};

@@ -7,6 +7,7 @@ import {
   type DataSpec,
   type Entry,
   type GraphProgram,
+  type StepProgram,
   type Tensor,
   type TrainProgram,
 } from "../compiler/program.js";
@@ -20,6 +21,7 @@ import {
   type Split,
 } from "./data.js";
 import type { Device } from "./device.js";
+import { evaluate as evaluateGraph } from "./interpreter.js";
 import { CheckpointError, readSafetensors } from "./safetensors.js";
 import { lrFactor } from "./schedule.js";
 
@@ -187,9 +189,45 @@ export async function initialize(
   return store;
 }
 
-function withStep(store: ReadonlyMap<string, Tensor>, step: number): Map<string, Tensor> {
+/**
+ * The scalars of one step: `step`, `lr_scale` and the program's host scalars, computed from
+ * them in float64 (compiler/host-scalars.ts) and rounded once to f32, or, for a float64 device,
+ * fed unrounded as Float64Array.
+ */
+export function stepScalars(
+  program: StepProgram,
+  step: number,
+  lr: number,
+  float64: boolean,
+): Map<string, Tensor> {
+  const float = float64 ? Float64Array : Float32Array;
+  const feeds = new Map<string, Tensor>();
+  feeds.set("step", { shape: [], data: float.of(step) });
+  feeds.set("lr_scale", { shape: [], data: float.of(lr) });
+  const host = program.hostScalars;
+  if (host) {
+    const { graph, entries } = host.program;
+    const scalar = (v: number): Tensor => ({ shape: [], data: Float64Array.of(v) });
+    const inputs = new Map(
+      host.program.inputs.map((i) => [i.node, scalar(i.name === "step" ? step : lr)]),
+    );
+    const outputs = entries[0]!.outputs.map((o) => o.node);
+    const values = evaluateGraph(graph, inputs, outputs, { float64: true });
+    const data = float.from(outputs.map((node) => values.get(node)!.data[0]!));
+    feeds.set(host.input, { shape: [outputs.length], data });
+  }
+  return feeds;
+}
+
+function withStep(
+  run: Run,
+  store: ReadonlyMap<string, Tensor>,
+  step: number,
+  lr: number,
+  float64: boolean,
+): Map<string, Tensor> {
   const feeds = new Map(store);
-  feeds.set("step", { shape: [], data: Float32Array.of(step) });
+  for (const [name, t] of stepScalars(run.program.step, step, lr, float64)) feeds.set(name, t);
   return feeds;
 }
 
@@ -202,12 +240,12 @@ export function batchFeeds(
   step: number,
   lr = 1,
   data: OpenedSource = run.data,
+  float64 = false,
 ): Map<string, Tensor> {
-  const feeds = withStep(store, step);
+  const feeds = withStep(run, store, step, lr, float64);
   const batch = data.batch(split, index, run.program.batch);
   for (const [field, f] of Object.entries(batch.fields))
     feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
-  feeds.set("lr_scale", { shape: [], data: Float32Array.of(lr) });
   return feeds;
 }
 
@@ -235,7 +273,7 @@ export async function evaluate(
   const count = Math.max(0, Math.min(maxBatches, Math.floor(size / batch)));
   let total = 0;
   for (let i = 0; i < count; i++) {
-    const feeds = batchFeeds(run, store, split, i, step, 1, data);
+    const feeds = batchFeeds(run, store, split, i, step, 1, data, device.float64);
     const out = await device.run(program, program.evaluate, feeds);
     total += out.get("loss")!.data[0]!;
   }
@@ -282,7 +320,7 @@ async function trainStep(
   const out = await device.run(
     step,
     stepEntry(step, s),
-    batchFeeds(run, store, "train", s - 1, s, lr),
+    batchFeeds(run, store, "train", s - 1, s, lr, run.data, device.float64),
     { read: LOSS_ONLY },
   );
   const loss = out.get("loss")!.data[0]!;
@@ -300,18 +338,20 @@ async function runBudgets(
   device: Device,
   store: Map<string, Tensor>,
   s: number,
+  lr: number,
 ): Promise<void> {
   const step = run.program.step;
   for (const budget of step.budgets) {
     if (!budget.pruneAt(s)) continue;
-    const scored = await device.run(step, budget.score, withStep(store, s), {
+    const scalars = () => withStep(run, store, s, lr, device.float64 ?? false);
+    const scored = await device.run(step, budget.score, scalars(), {
       read: new Set(budget.modules.map((m) => `score:${m}`)),
     });
     const all = Float64Array.from(
       budget.modules.flatMap((m) => [...scored.get(`score:${m}`)!.data]),
     );
     const kept = keptUnits(all, budget.keep(s));
-    const feeds = withStep(store, s);
+    const feeds = scalars();
     let offset = 0;
     budget.modules.forEach((m, i) => {
       feeds.set(`kept:${m}`, {
@@ -354,7 +394,7 @@ export async function train(
     const lr = lrFactor(program.schedule, s, steps);
     const loss = await trainStep(run, device, store, s, lr);
     losses.push(loss);
-    await runBudgets(run, device, store, s);
+    await runBudgets(run, device, store, s, lr);
     last = s;
     options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started, tokens });
     if (evalEvery && (s % evalEvery === 0 || s === steps)) await evaluateAt(s);

@@ -383,7 +383,8 @@ describe("the training step of examples/tiny_lm_pretrain.lrk", () => {
   // gradient clip's sums of squares of equal-length gradients, joined through their sum (5).
   it(`is ${tinyLm.total} kernels, ${tinyLm.rows.length} of them row kernels (302 kernels without row kernels)`, () => {
     expect(tinyLm.rows).toHaveLength(20);
-    expect(tinyLm.total).toBe(250);
+    // 250 before the step-only scalars (Adam's bias corrections) moved to the host
+    expect(tinyLm.total).toBe(214);
     // every row kernel opens with a comment naming its IR nodes (and their .lrk lines)
     for (const k of tinyLm.rows) expect(k.wgsl).toMatch(/^\/\/ row .*\n\/\/ computes:\n/);
   });

@@ -22,7 +22,7 @@ import { runOrDiagnostic } from "../cli/train.js";
 import type { Diagnostic } from "../language/diagnostics.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice, type Device, type RunOptions } from "../runtime/device.js";
-import { initialize, type Run } from "../runtime/trainer.js";
+import { initialize, stepScalars, type Run } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 
 export type Store = Map<string, Tensor>;
@@ -143,7 +143,7 @@ export function roundToF32(store: ReadonlyMap<string, Tensor>): Store {
   return out;
 }
 
-/** Feeds for one step: the store, train batch `step - 1`, `step` and `lr_scale`. */
+/** Feeds for one step: the store, train batch `step - 1`, `step`, `lr_scale`, host scalars. */
 export function feedsFor(
   run: TestRun,
   store: ReadonlyMap<string, Tensor>,
@@ -154,8 +154,8 @@ export function feedsFor(
   const batch = run.data.batch("train", step - 1, run.batch);
   for (const [field, f] of Object.entries(batch.fields))
     feeds.set(`batch.${field}`, { shape: [...f.shape], data: f.data });
-  feeds.set("step", { shape: [], data: Float64Array.of(step) });
-  feeds.set("lr_scale", { shape: [], data: Float64Array.of(lrScale) });
+  // float64 values: an f32 interpreter rounds them once as it reads its inputs
+  for (const [name, t] of stepScalars(run.step, step, lrScale, true)) feeds.set(name, t);
   return feeds;
 }
 

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { batchFeeds, initialize, train } from "../runtime/trainer.js";
+import { batchFeeds, initialize, stepScalars, train } from "../runtime/trainer.js";
 import type { TestRun as Run } from "./program-helpers.js";
 import { loadOnGpu, prepare } from "./program-helpers.js";
 import { DeviceTensor, WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -87,8 +87,7 @@ describe("training on WebGPU matches the CPU interpreter", () => {
       const batch = run.data.batch("train", 2, run.batch);
       for (const [field, f] of Object.entries(batch.fields))
         feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
-      feeds.set("step", { shape: [], data: Float32Array.of(3) });
-      feeds.set("lr_scale", { shape: [], data: Float32Array.of(1) });
+      for (const [k, t] of stepScalars(run.step, 3, 1, false)) feeds.set(k, t);
       return feeds;
     };
     const entry = run.step.variants.get("")!;

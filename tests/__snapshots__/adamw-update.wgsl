@@ -1,187 +1,85 @@
-// map f32[128, 4] %165 %173 %212 %225 %233 %272
+// map f32[128, 4] %167 %175 %218 %231 %239 %282
 // computes:
-//   %150 = permute [1,0] %149 : f32[128, 4]  // stdlib/adapters.lrk:39
-//   %152 = permute [1,0] %151 : f32[4, 128]  // stdlib/adapters.lrk:39
-//   %153 = const 0.01 : f32[]
-//   %154 = mul %153, %1 : f32[]
-//   %160 = const 0.9 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %161 = mul %160, %156 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %163 = const 0.09999999999999998 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %164 = mul %163, %152 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %165 = add %161, %164 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %167 = const 0.999 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %168 = mul %167, %158 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %170 = const 0.0010000000000000009 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %171 = mul %170, %152 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %172 = mul %171, %152 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %173 = add %168, %172 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %174 = const 0.9 : f32[]  // stdlib/optim.lrk:53
-//   %175 = pow %174, %0 : f32[]  // stdlib/optim.lrk:53
-//   %176 = const 1 : f32[]  // stdlib/optim.lrk:53
-//   %177 = sub %176, %175 : f32[]  // stdlib/optim.lrk:53
-//   %178 = reshape %177 : f32[1, 1]  // stdlib/optim.lrk:53
-//   %179 = expand %178 : f32[4, 128]  // stdlib/optim.lrk:53
-//   %180 = div %165, %179 : f32[4, 128]  // stdlib/optim.lrk:53
-//   %181 = const 0.999 : f32[]  // stdlib/optim.lrk:54
-//   %182 = pow %181, %0 : f32[]  // stdlib/optim.lrk:54
-//   %183 = const 1 : f32[]  // stdlib/optim.lrk:54
-//   %184 = sub %183, %182 : f32[]  // stdlib/optim.lrk:54
-//   %185 = reshape %184 : f32[1, 1]  // stdlib/optim.lrk:54
-//   %186 = expand %185 : f32[4, 128]  // stdlib/optim.lrk:54
-//   %187 = div %173, %186 : f32[4, 128]  // stdlib/optim.lrk:54
-//   %200 = sqrt %187 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %202 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %203 = add %200, %202 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %204 = div %180, %203 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %206 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %207 = mul %206, %19 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %208 = add %204, %207 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %209 = reshape %154 : f32[1, 1]  // stdlib/optim.lrk:55
-//   %210 = expand %209 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %211 = mul %210, %208 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %212 = sub %19, %211 : f32[4, 128]
-//   %213 = const 0.01 : f32[]
-//   %214 = mul %213, %1 : f32[]
-//   %220 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %221 = mul %220, %216 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %223 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %224 = mul %223, %150 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %225 = add %221, %224 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %227 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %228 = mul %227, %218 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %230 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %231 = mul %230, %150 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %232 = mul %231, %150 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %233 = add %228, %232 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %234 = const 0.9 : f32[]  // stdlib/optim.lrk:53
-//   %235 = pow %234, %0 : f32[]  // stdlib/optim.lrk:53
-//   %236 = const 1 : f32[]  // stdlib/optim.lrk:53
-//   %237 = sub %236, %235 : f32[]  // stdlib/optim.lrk:53
-//   %238 = reshape %237 : f32[1, 1]  // stdlib/optim.lrk:53
-//   %239 = expand %238 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %240 = div %225, %239 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %241 = const 0.999 : f32[]  // stdlib/optim.lrk:54
-//   %242 = pow %241, %0 : f32[]  // stdlib/optim.lrk:54
-//   %243 = const 1 : f32[]  // stdlib/optim.lrk:54
-//   %244 = sub %243, %242 : f32[]  // stdlib/optim.lrk:54
-//   %245 = reshape %244 : f32[1, 1]  // stdlib/optim.lrk:54
-//   %246 = expand %245 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %247 = div %233, %246 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %260 = sqrt %247 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %262 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %263 = add %260, %262 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %264 = div %240, %263 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %266 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %267 = mul %266, %22 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %268 = add %264, %267 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %269 = reshape %214 : f32[1, 1]  // stdlib/optim.lrk:55
-//   %270 = expand %269 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %271 = mul %270, %268 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %272 = sub %22, %271 : f32[128, 4]
+//   %152 = permute [1,0] %151 : f32[128, 4]  // stdlib/adapters.lrk:39
+//   %154 = permute [1,0] %153 : f32[4, 128]  // stdlib/adapters.lrk:39
+//   %162 = const 0.9 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %163 = mul %162, %158 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %165 = const 0.09999999999999998 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %166 = mul %165, %154 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %167 = add %163, %166 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %169 = const 0.999 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %170 = mul %169, %160 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %172 = const 0.0010000000000000009 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %173 = mul %172, %154 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %174 = mul %173, %154 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %175 = add %170, %174 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %180 = slice starts=[1] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:53
+//   %181 = reshape %180 : f32[1, 1]  // stdlib/optim.lrk:53
+//   %182 = expand %181 : f32[4, 128]  // stdlib/optim.lrk:53
+//   %183 = div %167, %182 : f32[4, 128]  // stdlib/optim.lrk:53
+//   %188 = slice starts=[2] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:54
+//   %189 = reshape %188 : f32[1, 1]  // stdlib/optim.lrk:54
+//   %190 = expand %189 : f32[4, 128]  // stdlib/optim.lrk:54
+//   %191 = div %175, %190 : f32[4, 128]  // stdlib/optim.lrk:54
+//   %205 = sqrt %191 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %207 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %208 = add %205, %207 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %209 = div %183, %208 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %211 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %212 = mul %211, %19 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %213 = add %209, %212 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %214 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
+//   %215 = reshape %214 : f32[1, 1]  // stdlib/optim.lrk:55
+//   %216 = expand %215 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %217 = mul %216, %213 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %218 = sub %19, %217 : f32[4, 128]
+//   %226 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %227 = mul %226, %222 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %229 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %230 = mul %229, %152 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %231 = add %227, %230 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %233 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %234 = mul %233, %224 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %236 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %237 = mul %236, %152 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %238 = mul %237, %152 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %239 = add %234, %238 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %244 = slice starts=[1] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:53
+//   %245 = reshape %244 : f32[1, 1]  // stdlib/optim.lrk:53
+//   %246 = expand %245 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %247 = div %231, %246 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %252 = slice starts=[2] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:54
+//   %253 = reshape %252 : f32[1, 1]  // stdlib/optim.lrk:54
+//   %254 = expand %253 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %255 = div %239, %254 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %269 = sqrt %255 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %271 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %272 = add %269, %271 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %273 = div %247, %272 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %275 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %276 = mul %275, %22 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %277 = add %273, %276 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %278 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
+//   %279 = reshape %278 : f32[1, 1]  // stdlib/optim.lrk:55
+//   %280 = expand %279 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %281 = mul %280, %277 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %282 = sub %22, %281 : f32[128, 4]
 // from: stdlib/adapters.lrk:39, stdlib/optim.lrk:51, stdlib/optim.lrk:52, stdlib/optim.lrk:53, stdlib/optim.lrk:54, stdlib/optim.lrk:55
-@group(0) @binding(0) var<storage, read_write> out0: array<f32>;  // %165
-@group(0) @binding(1) var<storage, read_write> out1: array<f32>;  // %173
-@group(0) @binding(2) var<storage, read_write> out2: array<f32>;  // %212
-@group(0) @binding(3) var<storage, read_write> out3: array<f32>;  // %225
-@group(0) @binding(4) var<storage, read_write> out4: array<f32>;  // %233
-@group(0) @binding(5) var<storage, read_write> out5: array<f32>;  // %272
-@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %156 state:mix.lora.A:m
-@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %151
-@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %158 state:mix.lora.A:v
+@group(0) @binding(0) var<storage, read_write> out0: array<f32>;  // %167
+@group(0) @binding(1) var<storage, read_write> out1: array<f32>;  // %175
+@group(0) @binding(2) var<storage, read_write> out2: array<f32>;  // %218
+@group(0) @binding(3) var<storage, read_write> out3: array<f32>;  // %231
+@group(0) @binding(4) var<storage, read_write> out4: array<f32>;  // %239
+@group(0) @binding(5) var<storage, read_write> out5: array<f32>;  // %282
+@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %158 state:mix.lora.A:m
+@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %153
+@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %160 state:mix.lora.A:v
 @group(0) @binding(9) var<storage, read> in3: array<f32>;  // %19 param:mix.lora.A
-@group(0) @binding(10) var<storage, read> in4: array<f32>;  // %1 lr_scale
-@group(0) @binding(11) var<storage, read> in5: array<f32>;  // %0 step
-@group(0) @binding(12) var<storage, read> in6: array<f32>;  // %216 state:mix.lora.B:m
-@group(0) @binding(13) var<storage, read> in7: array<f32>;  // %149
-@group(0) @binding(14) var<storage, read> in8: array<f32>;  // %218 state:mix.lora.B:v
-@group(0) @binding(15) var<storage, read> in9: array<f32>;  // %22 param:mix.lora.B
-fn lrk_nan() -> f32 {
-  var bits = 0x7fc00000u;
-  return bitcast<f32>(bits);
-}
-
-// 32×32 → 64-bit product, as (high word, low word).
-fn lrk_mul64(a: u32, b: u32) -> vec2<u32> {
-  let a0 = a & 0xffffu;
-  let a1 = a >> 16u;
-  let b0 = b & 0xffffu;
-  let b1 = b >> 16u;
-  let p01 = a0 * b1;
-  let p10 = a1 * b0;
-  let p00 = a0 * b0;
-  let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
-  return vec2<u32>(a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u), (mid << 16u) | (p00 & 0xffffu));
-}
-// Product of two numbers m·2^(e−63) with 64-bit mantissas m = (hi, lo), hi ≥ 2^31: the top 64
-// bits of the 128-bit product (truncated: relative error < 2^-62).
-fn lrk_xmul(x: vec3<u32>, y: vec3<u32>) -> vec3<u32> {
-  let hh = lrk_mul64(x.x, y.x);
-  let hl = lrk_mul64(x.x, y.y);
-  let lh = lrk_mul64(x.y, y.x);
-  let ll = lrk_mul64(x.y, y.y);
-  var w1 = ll.x + hl.y;
-  var c2 = select(0u, 1u, w1 < ll.x);
-  let w1b = w1 + lh.y;
-  c2 += select(0u, 1u, w1b < w1);
-  w1 = w1b;
-  var w2 = hh.y + hl.x;
-  var c3 = select(0u, 1u, w2 < hh.y);
-  var w2b = w2 + lh.x;
-  c3 += select(0u, 1u, w2b < w2);
-  w2 = w2b + c2;
-  c3 += select(0u, 1u, w2 < w2b);
-  let w3 = hh.x + c3;
-  let e = bitcast<i32>(x.z) + bitcast<i32>(y.z);
-  if ((w3 & 0x80000000u) != 0u) {
-    return vec3<u32>(w3, w2, bitcast<u32>(e + 1));
-  }
-  return vec3<u32>((w3 << 1u) | (w2 >> 31u), (w2 << 1u) | (w1 >> 31u), bitcast<u32>(e));
-}
-// Math.pow. An integer exponent (|b| ≤ 2^24) is done by squaring with 64-bit mantissas in
-// integer arithmetic, then rounded once to f32: the same f32 as the interpreter's f64 pow gives
-// (so Adam's 1 − β^t matches it), where exp2(b·log2 a) is off by an ulp or more. A negative base
-// needs an integer exponent.
-fn lrk_pow(a: f32, b: f32) -> f32 {
-  if (b == 0.0) {
-    return 1.0;
-  }
-  let integer = floor(b) == b;
-  if (a < 0.0 && !integer) {
-    return lrk_nan();
-  }
-  var r = pow(abs(a), b);
-  let bits = bitcast<u32>(abs(a));
-  let biased = (bits >> 23u) & 0xffu;
-  if (integer && abs(b) <= 16777216.0 && biased != 0u && biased != 0xffu) {
-    var acc = vec3<u32>(0x80000000u, 0u, 0u);
-    var base = vec3<u32>(((bits & 0x7fffffu) | 0x800000u) << 8u, 0u, bitcast<u32>(i32(biased) - 127));
-    var k = u32(abs(b));
-    loop {
-      if ((k & 1u) == 1u) {
-        acc = lrk_xmul(acc, base);
-      }
-      k = k >> 1u;
-      if (k == 0u) {
-        break;
-      }
-      base = lrk_xmul(base, base);
-    }
-    // round the 64-bit mantissa to 24 bits, to nearest, ties to even
-    var m = acc.x >> 8u;
-    let rest = acc.x & 0xffu;
-    if (rest > 0x80u || (rest == 0x80u && (acc.y != 0u || (m & 1u) == 1u))) {
-      m += 1u;
-    }
-    r = ldexp(f32(m), bitcast<i32>(acc.z) - 23);
-    if (b < 0.0) {
-      r = 1.0 / r;
-    }
-  }
-  if (a < 0.0 && abs(b - 2.0 * floor(0.5 * b)) == 1.0) {
-    return -r;
-  }
-  return r;
-}
+@group(0) @binding(10) var<storage, read> in4: array<f32>;  // %127 host_scalars
+@group(0) @binding(11) var<storage, read> in5: array<f32>;  // %222 state:mix.lora.B:m
+@group(0) @binding(12) var<storage, read> in6: array<f32>;  // %151
+@group(0) @binding(13) var<storage, read> in7: array<f32>;  // %224 state:mix.lora.B:v
+@group(0) @binding(14) var<storage, read> in8: array<f32>;  // %22 param:mix.lora.B
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let t = gid.x + gid.y * 512u;
@@ -207,68 +105,65 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let v14 = in3[gi];
     let c15 = (gi / 128);
     let c16 = (gi % 128);
-    let v17 = in4[0];
-    let v18 = 0.01f * v17;
+    let v17 = in4[3];
+    let v18 = v17;
     let v19 = v18;
     let v20 = v19;
-    let v21 = in5[0];
-    let v22 = lrk_pow(0.9f, v21);
-    let v23 = 1.0f - v22;
+    let v21 = in4[1];
+    let v22 = v21;
+    let v23 = v22;
     let v24 = v23;
-    let v25 = v24;
-    let v26 = v8 / v25;
-    let v27 = lrk_pow(0.999f, v21);
-    let v28 = 1.0f - v27;
+    let v25 = v8 / v24;
+    let v26 = in4[2];
+    let v27 = v26;
+    let v28 = v27;
     let v29 = v28;
-    let v30 = v29;
-    let v31 = v13 / v30;
-    let v32 = sqrt(v31);
-    let v33 = v32 + 1e-8f;
-    let v34 = v26 / v33;
-    let v35 = 0.01f * v14;
-    let v36 = v34 + v35;
-    let v37 = v20 * v36;
-    let v38 = v14 - v37;
-    out2[i] = v38;
-    let v39 = in6[gi];
-    let v40 = 0.9f * v39;
-    let c41 = (gi / 4);
-    let c42 = (gi % 4);
-    let f43 = ((c42 * 128) + c41);
-    let v44 = in7[f43];
-    let v45 = v44;
-    let v46 = 0.1f * v45;
-    let v47 = v40 + v46;
-    out3[i] = v47;
-    let v48 = in8[gi];
-    let v49 = 0.999f * v48;
-    let v50 = 0.001f * v45;
-    let v51 = v50 * v45;
-    let v52 = v49 + v51;
-    out4[i] = v52;
-    let v53 = in9[gi];
-    let c54 = (gi / 4);
-    let c55 = (gi % 4);
-    let v56 = 0.01f * v17;
+    let v30 = v13 / v29;
+    let v31 = sqrt(v30);
+    let v32 = v31 + 1e-8f;
+    let v33 = v25 / v32;
+    let v34 = 0.01f * v14;
+    let v35 = v33 + v34;
+    let v36 = v20 * v35;
+    let v37 = v14 - v36;
+    out2[i] = v37;
+    let v38 = in5[gi];
+    let v39 = 0.9f * v38;
+    let c40 = (gi / 4);
+    let c41 = (gi % 4);
+    let f42 = ((c41 * 128) + c40);
+    let v43 = in6[f42];
+    let v44 = v43;
+    let v45 = 0.1f * v44;
+    let v46 = v39 + v45;
+    out3[i] = v46;
+    let v47 = in7[gi];
+    let v48 = 0.999f * v47;
+    let v49 = 0.001f * v44;
+    let v50 = v49 * v44;
+    let v51 = v48 + v50;
+    out4[i] = v51;
+    let v52 = in8[gi];
+    let c53 = (gi / 4);
+    let c54 = (gi % 4);
+    let v55 = v17;
+    let v56 = v55;
     let v57 = v56;
-    let v58 = v57;
-    let v59 = lrk_pow(0.9f, v21);
-    let v60 = 1.0f - v59;
-    let v61 = v60;
-    let v62 = v61;
-    let v63 = v47 / v62;
-    let v64 = lrk_pow(0.999f, v21);
-    let v65 = 1.0f - v64;
-    let v66 = v65;
-    let v67 = v66;
-    let v68 = v52 / v67;
-    let v69 = sqrt(v68);
-    let v70 = v69 + 1e-8f;
-    let v71 = v63 / v70;
-    let v72 = 0.01f * v53;
-    let v73 = v71 + v72;
-    let v74 = v58 * v73;
-    let v75 = v53 - v74;
-    out5[i] = v75;
+    let v58 = v21;
+    let v59 = v58;
+    let v60 = v59;
+    let v61 = v46 / v60;
+    let v62 = v26;
+    let v63 = v62;
+    let v64 = v63;
+    let v65 = v51 / v64;
+    let v66 = sqrt(v65);
+    let v67 = v66 + 1e-8f;
+    let v68 = v61 / v67;
+    let v69 = 0.01f * v52;
+    let v70 = v68 + v69;
+    let v71 = v57 * v70;
+    let v72 = v52 - v71;
+    out5[i] = v72;
   }
 }
