@@ -3,7 +3,9 @@
 // curves.svg. Nothing here is lost to a crash: every file is replaced by rename, and metrics
 // lines past a resumed checkpoint are dropped so the log matches the weights.
 import {
+  accessSync,
   appendFileSync,
+  constants,
   closeSync,
   existsSync,
   mkdirSync,
@@ -16,7 +18,7 @@ import {
   writeFileSync,
   writeSync,
 } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { Tensor } from "../compiler/program.js";
 import type { Plan } from "../compiler/program.js";
 import { lineChart } from "./plot.js";
@@ -101,6 +103,21 @@ function guarded<T>(path: string, action: () => T): T {
   }
 }
 
+/**
+ * Why `dir` cannot be created, when mkdir's ENOENT hides it: Node's recursive mkdir reports a
+ * read-only or unwritable parent as ENOENT, so ask the nearest existing folder on the path.
+ */
+function whyNoFolder(dir: string): unknown {
+  let parent = resolve(dir);
+  while (!existsSync(parent) && dirname(parent) !== parent) parent = dirname(parent);
+  try {
+    accessSync(parent, constants.W_OK);
+    return undefined;
+  } catch (e) {
+    return e;
+  }
+}
+
 /** Whether process `pid` exists (a process we may not signal still exists). */
 function alive(pid: number): boolean {
   try {
@@ -125,7 +142,11 @@ export class RunFolder {
   constructor(readonly dir: string) {
     if (dir === "")
       throw new RunFolderError("the run folder (--out) is empty", "pass a folder name with --out");
-    guarded(dir, () => mkdirSync(dir, { recursive: true }));
+    try {
+      mkdirSync(dir, { recursive: true });
+    } catch (e) {
+      throw runFolderFailure(whyNoFolder(dir) ?? e, dir);
+    }
     if (!guarded(dir, () => statSync(dir)).isDirectory())
       throw runFolderFailure(Object.assign(new Error(), { code: "EEXIST" }), dir);
     this.metricsPath = join(dir, "metrics.jsonl");
