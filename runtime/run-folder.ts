@@ -172,8 +172,14 @@ export class RunFolder {
         process.on("exit", this.releaseAtExit);
         return;
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0)
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST")
           throw runFolderFailure(e, this.lockPath);
+        // another process took over the same stale lock first
+        if (attempt > 0)
+          throw new RunFolderBusy(
+            `the run folder \`${this.dir}\` is in use by another \`lrkc train\``,
+            "wait for it to finish (or stop it), or pass another --out",
+          );
       }
       let owner = NaN;
       try {
