@@ -15,7 +15,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { progressLine } from "../../cli/train.js";
+import { progressLine, resumeCommand } from "../../cli/train.js";
 import { RunFolder, RunFolderError } from "../../runtime/run-folder.js";
 import { readSafetensors, writeSafetensors } from "../../runtime/safetensors.js";
 import { root } from "../helpers.js";
@@ -168,6 +168,33 @@ describe("a stopped run resumes exactly from the command it prints", () => {
       expectSameWeights(whole.out, cut.out);
     });
   }
+});
+
+describe("the printed resume command", () => {
+  it("repeats every option of the run, quoted for the shell", () => {
+    const command = resumeCommand(
+      "my programs/run.lrk",
+      {
+        train: "run",
+        steps: "400",
+        batch: "8",
+        device: "cpu",
+        init: "it's.safetensors",
+        autotune: false,
+      },
+      "runs/x y",
+    );
+    expect(command).toBe(
+      "lrkc train 'my programs/run.lrk' --train run --steps 400 --batch 8 --device cpu --init 'it'\\''s.safetensors' --out 'runs/x y' --no-autotune --resume",
+    );
+  });
+
+  it("--force and --resume together are a usage error", () => {
+    const run = setup();
+    const r = lrkcTrain([run.file, "--out", run.out, "--force", "--resume"], run.dir);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("--force (start over) and --resume (continue) contradict");
+  });
 });
 
 describe("--resume continues only the run the folder records", () => {
