@@ -6,6 +6,7 @@ import { BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js"
 import type { TrainProgram } from "../compiler/program.js";
 import { DataError } from "../runtime/data.js";
 import { NoAdapterError } from "../runtime/gpu.js";
+import { RunFolderBusy, RunFolderError } from "../runtime/run-folder.js";
 import { CheckpointError } from "../runtime/safetensors.js";
 import { NonFiniteLoss } from "../runtime/trainer.js";
 import { PipelineError } from "../runtime/webgpu-device.js";
@@ -29,6 +30,8 @@ export function failureDiagnostic(
     const at = context.checkpointFromCommandLine ? undefined : program?.init?.at;
     return error("E0502", e.message, at, { help: e.help });
   }
+  if (e instanceof RunFolderError) return error("E0504", e.message, undefined, { help: e.help });
+  if (e instanceof RunFolderBusy) return error("E0505", e.message, undefined, { help: e.help });
   if (e instanceof NoAdapterError) return error("E0601", e.message, undefined, { help: e.help });
   if (e instanceof BufferLimitError)
     return error("E0602", e.message, program?.at, {

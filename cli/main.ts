@@ -112,6 +112,7 @@ function program(setCode: (code: number) => void): Command {
     )
     .option("--resume", "continue from the run folder's checkpoint, exactly as if never stopped")
     .option("--init <file>", "start from these weights (safetensors) instead of the block's `init`")
+    .option("--force", "replace the run the run folder holds (without it, training there refuses)")
     .option(
       "--no-autotune",
       "use default matmul parameters instead of timing candidates (choices are cached in ~/.cache/lrk)",
@@ -131,6 +132,7 @@ function program(setCode: (code: number) => void): Command {
           device: string;
           out?: string;
           init?: string;
+          force?: boolean;
           json?: boolean;
         },
       ) => {

@@ -1,13 +1,16 @@
 // `lrkc train FILE`: compile a train block and run it: progress on the terminal, metrics,
 // held-out evaluation, atomic checkpoints, `--resume`, a clean stop on Ctrl-C, and a run folder
 // with the final weights and a plot of the curves.
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { compile, type CompileOptions } from "../compiler/compile.js";
 import type { SourceFile } from "../language/source.js";
 import type { Tensor, TrainProgram } from "../compiler/program.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import type { Device } from "../runtime/device.js";
-import { RunFolder } from "../runtime/run-folder.js";
+import { RunFolder, RunFolderBusy, type RunRecord } from "../runtime/run-folder.js";
+import { CheckpointError } from "../runtime/safetensors.js";
 import { openRun, train, type EvalEvent, type Run, type StepEvent } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
@@ -25,6 +28,8 @@ export interface TrainCommandOptions extends ReportOptions {
   init?: string;
   /** commander's negated `--no-autotune` */
   autotune?: boolean;
+  /** Replace the run the folder holds (a fresh run refuses to, without it). */
+  force?: boolean;
 }
 
 export const devices = deviceChoices;
@@ -59,9 +64,8 @@ class Progress {
     const eta = ((e.steps - e.step) * millis) / steps / 1000;
     const text = `step ${String(e.step).padStart(String(e.steps).length)}/${e.steps}  loss ${e.loss.toFixed(4)}  lr×${e.lr.toFixed(3)}  ${formatRate(rate)} tok/s  ETA ${formatDuration(eta)}`;
     if (this.tty) {
-      const width = 24;
-      const done = Math.round((width * e.step) / e.steps);
-      process.stderr.write(`\r[${"#".repeat(done)}${".".repeat(width - done)}] ${text}\x1b[K`);
+      const line = progressLine(text, e.step, e.steps, process.stderr.columns);
+      process.stderr.write(`\r${line}\x1b[K`);
       if (e.step === e.steps) process.stderr.write("\n");
       return;
     }
@@ -83,6 +87,22 @@ class Progress {
   line(text: string): void {
     process.stderr.write(`${this.tty ? "\r\x1b[K" : ""}${text}\n`);
   }
+}
+
+/**
+ * The terminal's progress line: bar and text, fitted to `columns` (the bar goes first, then the
+ * text's end) so it never wraps: a wrapped line is not rewritten by `\r`, and would print a new
+ * line per step.
+ */
+export function progressLine(text: string, step: number, steps: number, columns?: number): string {
+  const width = 24;
+  const done = Math.round((width * step) / steps);
+  const line = `[${"#".repeat(done)}${".".repeat(width - done)}] ${text}`;
+  if (columns === undefined || !(columns > 0)) return line;
+  // one column spare: a character in the last column wraps on some terminals
+  const room = Math.max(1, columns - 1);
+  if (line.length <= room) return line;
+  return text.slice(0, room);
 }
 
 function formatRate(rate: number): string {
@@ -116,6 +136,12 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     );
     return 1;
   }
+  if (options.force && options.resume) {
+    process.stderr.write("error: --force (start over) and --resume (continue) contradict\n");
+    return 1;
+  }
+  const gone = deletedWorkingDirectory();
+  if (gone) return report([gone], options);
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
   // --init replaces the block's `init` (a path relative to the working directory, not the file)
@@ -132,55 +158,81 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const run = runOrDiagnostic(program);
   if ("severity" in run) return report([run], options);
 
-  const device = await openDeviceOrDiagnostic(options.device);
-  if ("severity" in device) return report([device], options);
+  const dir = options.out ?? join("runs", program.name);
+  const record: RunRecord = {
+    program: path,
+    source_sha256: createHash("sha256").update(read.file.text).digest("hex"),
+    train: program.name,
+    steps: program.steps,
+    batch: program.batch,
+    device: options.device,
+    init: program.init?.path ?? null,
+    autotune: options.autotune !== false,
+    resume: resumeCommand(path, options, dir),
+  };
+  let folder: RunFolder | undefined;
+  // a checkpoint problem before training is the run folder's (--resume), after it the `init`'s
+  let training = false;
+  try {
+    folder = new RunFolder(dir);
+    folder.lock();
+    folder.removeTemporaries();
+    const resume = options.resume
+      ? resumePoint(folder, program, record)
+      : freshStart(folder, options.force === true);
+    const device = await openDeviceOrDiagnostic(options.device);
+    if ("severity" in device) return report([device], options);
+    if (resume) folder.truncateMetricsAfter(resume.step);
+    else folder.startFresh();
+    folder.writeRecord(record);
+    training = true;
+    return await runTraining(run, device, folder, resume, record, options);
+  } catch (e) {
+    const kept = folder?.hasCheckpoint()
+      ? `the last good checkpoint is kept in ${folder.checkpointPath}`
+      : "no checkpoint was written yet";
+    const failure = failureDiagnostic(e, {
+      program,
+      kept,
+      checkpointFromCommandLine: !training,
+    });
+    if (failure) return report([failure], options);
+    throw e;
+  } finally {
+    folder?.unlock();
+  }
+}
+
+/** The signals that stop a run cleanly: Ctrl-C, `kill`, and the terminal closing. */
+const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+/** Trains in a prepared (locked) run folder: progress, metrics, checkpoints, final weights. */
+async function runTraining(
+  run: Run,
+  device: Device,
+  folder: RunFolder,
+  resume: Resume | undefined,
+  record: RunRecord,
+  options: TrainCommandOptions,
+): Promise<number> {
+  const { program } = run;
   const total = program.steps;
   const name = program.name;
-  const folder = new RunFolder(options.out ?? join("runs", name));
-  const meta = { train: name, program: path, steps: String(total) };
-
-  let resume: { step: number; store: Map<string, Tensor> } | undefined;
-  if (options.resume) {
-    if (!folder.hasCheckpoint()) {
-      return report(
-        [
-          error("E0502", `there is no checkpoint to resume in \`${folder.dir}\``, undefined, {
-            help: "run without --resume first, or pass the run's folder with --out",
-          }),
-        ],
-        options,
-      );
-    }
-    try {
-      resume = folder.loadCheckpoint(
-        program.step.inputs
-          .filter((i) => i.role === "param" || i.role === "state")
-          .map((i) => i.name),
-      );
-    } catch (e) {
-      const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
-      if (failure) return report([failure], options);
-      throw e;
-    }
-    folder.truncateMetricsAfter(resume.step);
-  } else {
-    folder.startFresh();
-  }
-
+  const meta = { train: name, program: record.program, steps: String(total) };
   const progress = new Progress(total);
   progress.firstStep = (resume?.step ?? 0) + 1;
   progress.line(
     `training \`${name}\` for ${total} steps (batch ${program.batch}) on ${device.name}${resume ? `, resuming after step ${resume.step}` : ""}; run folder ${folder.dir}`,
   );
   let interrupted = false;
-  const onSigint = () => {
+  const onSignal = (signal: NodeJS.Signals) => {
     if (interrupted) process.exit(130);
     interrupted = true;
     progress.line(
-      "interrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit at once)",
+      `${signal === "SIGINT" ? "interrupted" : `received ${signal}`}: finishing this step and saving a checkpoint (${signal === "SIGINT" ? "Ctrl-C" : "the signal"} again to quit at once)`,
     );
   };
-  process.on("SIGINT", onSigint);
+  for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
   const started = performance.now();
   let result;
   try {
@@ -214,28 +266,22 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
           examples: e.examples,
         });
       },
+      onNote: (text) => progress.line(`note: ${text}`),
       // A float64 run (cpu64) keeps its checkpoint in float64, so that it resumes exactly.
       onCheckpoint: (s, store) =>
         folder.saveCheckpoint(s, store, meta, { dtype: device.float64 ? "F64" : "F32" }),
       shouldStop: () => interrupted,
     });
-  } catch (e) {
-    const kept = folder.hasCheckpoint()
-      ? `the last good checkpoint is kept in ${folder.checkpointPath}`
-      : "no checkpoint was written yet";
-    const failure = failureDiagnostic(e, { program, kept });
-    if (failure) return report([failure], options);
-    throw e;
   } finally {
-    process.off("SIGINT", onSigint);
+    for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
     (device as { destroy?: () => void }).destroy?.();
   }
   const params = new Map<string, Tensor>();
   for (const [key, t] of result.store) if (key.startsWith("param:")) params.set(key.slice(6), t);
-  const curves = folder.writeCurves(`${name} (${path})`);
+  const curves = folder.writeCurves(`${name} (${record.program})`);
   if (result.stopped) {
     progress.line(
-      `stopped after step ${result.step}; checkpoint saved: resume with \`lrkc train ${path} --resume${options.out ? ` --out ${options.out}` : ""}\``,
+      `stopped after step ${result.step}; checkpoint saved: resume with \`${record.resume}\``,
     );
     return 130;
   }
@@ -244,7 +290,9 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const seconds = (performance.now() - started) / 1000;
   progress.line(
     [
-      `done in ${formatDuration(seconds)}: loss ${losses[0]?.toFixed(4) ?? "?"} → ${losses[losses.length - 1]?.toFixed(4) ?? "?"}`,
+      losses.length > 0
+        ? `done in ${formatDuration(seconds)}: loss ${losses[0]!.toFixed(4)} → ${losses[losses.length - 1]!.toFixed(4)}`
+        : `done: no steps were left to run after step ${result.step}`,
       ...(result.evals.length
         ? [`  last ${evalText(result.evals[result.evals.length - 1]!)}`]
         : []),
@@ -254,6 +302,110 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     ].join("\n"),
   );
   return 0;
+}
+
+type Resume = { step: number; store: Map<string, Tensor> };
+
+/** E0504 when the working directory was deleted (paths relative to it cannot be resolved). */
+function deletedWorkingDirectory(): Diagnostic | undefined {
+  try {
+    process.cwd();
+    return undefined;
+  } catch {
+    return error(
+      "E0504",
+      "cannot write the run folder: the working directory no longer exists (it was deleted)",
+      undefined,
+      { help: "`cd` into an existing folder and run the command again" },
+    );
+  }
+}
+
+/** A word of the command line as the shell reads it back. */
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/** The command that continues this run: the same file, block, options and folder. */
+export function resumeCommand(path: string, options: TrainCommandOptions, dir: string): string {
+  const words = ["lrkc", "train", path];
+  if (options.train !== undefined) words.push("--train", options.train);
+  if (options.steps !== undefined) words.push("--steps", options.steps);
+  if (options.batch !== undefined) words.push("--batch", options.batch);
+  words.push("--device", options.device);
+  if (options.init !== undefined) words.push("--init", options.init);
+  words.push("--out", dir);
+  if (options.autotune === false) words.push("--no-autotune");
+  words.push("--resume");
+  return words.map(shellWord).join(" ");
+}
+
+/** A fresh run may replace what the folder holds only with --force. */
+function freshStart(folder: RunFolder, force: boolean): undefined {
+  if (force || !folder.holdsRun()) return undefined;
+  const previous = folder.readRecord();
+  const finished = existsSync(join(folder.dir, "final.safetensors"));
+  const what = previous?.train ? `a run of \`${previous.train}\`` : "a run";
+  throw new RunFolderBusy(
+    `the run folder \`${folder.dir}\` already holds ${what}${finished ? " that finished" : " that did not finish"}`,
+    finished
+      ? "pass --force to replace it, or another --out to keep it"
+      : `pass --force to replace it, ${previous?.resume ? `\`${previous.resume}\`` : "--resume"} to continue it, or another --out`,
+  );
+}
+
+/**
+ * The checkpoint to continue from, when it is this run's: the folder's run.json must record the
+ * same source text, train block, options and length, and the checkpoint a step within it.
+ */
+function resumePoint(folder: RunFolder, program: TrainProgram, record: RunRecord): Resume {
+  if (!folder.hasCheckpoint())
+    throw new CheckpointError(
+      `there is no checkpoint to resume in \`${folder.dir}\``,
+      "run without --resume first, or pass the run's folder with --out",
+    );
+  const resume = folder.loadCheckpoint(
+    program.step.inputs.filter((i) => i.role === "param" || i.role === "state").map((i) => i.name),
+  );
+  const recorded = folder.readRecord();
+  if (!recorded)
+    throw new CheckpointError(
+      `\`${folder.dir}\` has no run.json saying which run its checkpoint belongs to`,
+      "it was not written by this version of `lrkc train`; start over with --force (or another --out)",
+    );
+  const differences = runDifferences(recorded, record);
+  if (differences.length > 0)
+    throw new CheckpointError(
+      `the checkpoint in \`${folder.dir}\` belongs to another run: ${differences.join("; ")}`,
+      `continue that run with \`${recorded.resume}\`, or start over with --force (or another --out)`,
+    );
+  if (resume.meta["train"] !== record.train || resume.step > record.steps)
+    throw new CheckpointError(
+      `\`${folder.checkpointPath}\` was saved at step ${resume.step} of \`${resume.meta["train"] ?? "?"}\`, which is not this run of \`${record.train}\` (${record.steps} steps)`,
+      "start over with --force (or another --out)",
+    );
+  if (resume.step === record.steps && existsSync(join(folder.dir, "final.safetensors")))
+    throw new CheckpointError(
+      `the run in \`${folder.dir}\` already finished all ${record.steps} steps; there is nothing to resume`,
+      "its weights are in final.safetensors; to train more steps, start a run with --init from them",
+    );
+  return resume;
+}
+
+/** How a recorded run differs from the one asked for, in words; none when it is the same. */
+function runDifferences(recorded: RunRecord, asked: RunRecord): string[] {
+  const out: string[] = [];
+  if (recorded.source_sha256 !== asked.source_sha256)
+    out.push(
+      `the program's text changed since (\`${recorded.program}\` was hashed when the run started)`,
+    );
+  const fields = ["train", "steps", "batch", "device", "init", "autotune"] as const;
+  for (const field of fields)
+    if (recorded[field] !== asked[field])
+      out.push(
+        `${field} is ${JSON.stringify(recorded[field])} in the run, ${JSON.stringify(asked[field])} now`,
+      );
+  return out;
 }
 
 /**

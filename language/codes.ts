@@ -43,6 +43,8 @@ export const codeTitles = {
   E0501: "data set cannot be used",
   E0502: "checkpoint cannot be used",
   E0503: "loss is not finite",
+  E0504: "run folder cannot be written",
+  E0505: "run folder holds another run",
   E0601: "no GPU adapter",
   E0602: "plan exceeds a device limit",
   E0603: "kernel rejected by the GPU driver",

@@ -3,15 +3,22 @@
 // curves.svg. Nothing here is lost to a crash: every file is replaced by rename, and metrics
 // lines past a resumed checkpoint are dropped so the log matches the weights.
 import {
+  accessSync,
   appendFileSync,
+  constants,
+  closeSync,
   existsSync,
   mkdirSync,
+  openSync,
+  readdirSync,
   readFileSync,
-  writeFileSync,
   renameSync,
   rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
 } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { Tensor } from "../compiler/program.js";
 import type { Plan } from "../compiler/program.js";
 import { lineChart } from "./plot.js";
@@ -27,14 +34,221 @@ export interface Metric {
   [key: string]: number | string | undefined;
 }
 
+/**
+ * What a run is, recorded in run.json when it starts: `--resume` continues only the same run
+ * (same source text, train block, options and length), since anything else would not be the
+ * exact continuation it promises.
+ */
+export interface RunRecord {
+  /** The .lrk file as given on the command line. */
+  program: string;
+  /** sha256 of the file's text. */
+  source_sha256: string;
+  train: string;
+  steps: number;
+  batch: number;
+  device: string;
+  /** The resolved `init` checkpoint, or null. */
+  init: string | null;
+  autotune: boolean;
+  /** The command line that continues this run (what a stopped run prints). */
+  resume: string;
+}
+
+/**
+ * The run folder cannot be written or read for a reason outside lrkc: a full disk, a read-only
+ * folder, a path that is a file. The path and the system's reason go to the user (E0504).
+ */
+export class RunFolderError extends Error {
+  constructor(
+    message: string,
+    readonly help: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The run folder already holds a run, or another process is training into it (E0505). */
+export class RunFolderBusy extends Error {
+  constructor(
+    message: string,
+    readonly help: string,
+  ) {
+    super(message);
+  }
+}
+
+const SYSTEM_REASONS: Record<string, [string, string]> = {
+  ENOSPC: ["the disk is full", "free some space (or pass another --out), then run again"],
+  EDQUOT: ["the disk quota is exceeded", "free some space (or pass another --out), then run again"],
+  EROFS: ["the file system is read-only", "pass an --out folder on a writable disk"],
+  EACCES: ["permission denied", "pass an --out folder you can write to, or fix its permissions"],
+  EPERM: ["permission denied", "pass an --out folder you can write to, or fix its permissions"],
+  ENOTDIR: ["a part of the path is a file, not a folder", "pass an --out path that is a folder"],
+  EEXIST: ["it exists and is not a folder", "pass an --out path that is a folder"],
+  EISDIR: ["it is a folder where lrkc writes a file", "remove that folder, or pass another --out"],
+  ENOENT: ["a folder on the path does not exist (was it deleted?)", "check the --out path"],
+  EIO: ["an input/output error", "check the disk, or pass another --out"],
+  EMFILE: ["too many open files", "close other programs, or raise the open-file limit"],
+};
+
+/** A file-system failure as a RunFolderError that says what and where; anything else rethrown. */
+export function runFolderFailure(e: unknown, path: string): unknown {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  const reason = code !== undefined ? SYSTEM_REASONS[code] : undefined;
+  if (!reason) return e;
+  return new RunFolderError(`cannot write the run folder: \`${path}\`: ${reason[0]}`, reason[1]);
+}
+
+function guarded<T>(path: string, action: () => T): T {
+  try {
+    return action();
+  } catch (e) {
+    throw runFolderFailure(e, path);
+  }
+}
+
+/**
+ * Why `dir` cannot be created, when mkdir's ENOENT hides it: Node's recursive mkdir reports a
+ * read-only or unwritable parent as ENOENT, so ask the nearest existing folder on the path.
+ */
+function whyNoFolder(dir: string): unknown {
+  let parent = resolve(dir);
+  while (!existsSync(parent) && dirname(parent) !== parent) parent = dirname(parent);
+  try {
+    accessSync(parent, constants.W_OK);
+    return undefined;
+  } catch (e) {
+    return e;
+  }
+}
+
+/** Whether process `pid` exists (a process we may not signal still exists). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Files a run writes: a folder holding any of them holds a run. */
+const RUN_FILES = ["run.json", "metrics.jsonl", "checkpoint.safetensors", "final.safetensors"];
+
 export class RunFolder {
   readonly metricsPath: string;
   readonly checkpointPath: string;
+  readonly recordPath: string;
+  readonly lockPath: string;
+  private locked = false;
+  private readonly releaseAtExit = () => this.unlock();
 
   constructor(readonly dir: string) {
-    mkdirSync(dir, { recursive: true });
+    if (dir === "")
+      throw new RunFolderError("the run folder (--out) is empty", "pass a folder name with --out");
+    try {
+      mkdirSync(dir, { recursive: true });
+    } catch (e) {
+      throw runFolderFailure(whyNoFolder(dir) ?? e, dir);
+    }
+    if (!guarded(dir, () => statSync(dir)).isDirectory())
+      throw runFolderFailure(Object.assign(new Error(), { code: "EEXIST" }), dir);
     this.metricsPath = join(dir, "metrics.jsonl");
     this.checkpointPath = join(dir, "checkpoint.safetensors");
+    this.recordPath = join(dir, "run.json");
+    this.lockPath = join(dir, "run.lock");
+  }
+
+  /**
+   * Takes the folder for this process: run.lock, created exclusively, holds our pid. A lock whose
+   * process is gone (killed) is taken over; a live one is another run training here.
+   */
+  lock(): void {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const fd = openSync(this.lockPath, "wx");
+        try {
+          writeSync(fd, `${process.pid}\n`);
+        } finally {
+          closeSync(fd);
+        }
+        this.locked = true;
+        process.on("exit", this.releaseAtExit);
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST")
+          throw runFolderFailure(e, this.lockPath);
+        // another process took over the same stale lock first
+        if (attempt > 0)
+          throw new RunFolderBusy(
+            `the run folder \`${this.dir}\` is in use by another \`lrkc train\``,
+            "wait for it to finish (or stop it), or pass another --out",
+          );
+      }
+      let owner = NaN;
+      try {
+        owner = Number.parseInt(readFileSync(this.lockPath, "utf8"), 10);
+      } catch {
+        // vanished or unreadable: treat as stale
+      }
+      if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && alive(owner))
+        throw new RunFolderBusy(
+          `the run folder \`${this.dir}\` is in use by another \`lrkc train\` (process ${owner})`,
+          "wait for it to finish (or stop it), or pass another --out",
+        );
+      guarded(this.lockPath, () => rmSync(this.lockPath, { force: true }));
+    }
+  }
+
+  /** Releases run.lock (at the end of the run, and at exit however it comes). */
+  unlock(): void {
+    if (!this.locked) return;
+    this.locked = false;
+    process.off("exit", this.releaseAtExit);
+    try {
+      rmSync(this.lockPath, { force: true });
+    } catch {
+      // the folder went away: nothing left to release
+    }
+  }
+
+  /** Temporary files of writes that never finished (a failed write, a kill -9): never valid. */
+  removeTemporaries(): void {
+    const names = guarded(this.dir, () => readdirSync(this.dir));
+    for (const name of names)
+      if (/\.tmp(-\d+)?$/.test(name))
+        guarded(this.dir, () => rmSync(join(this.dir, name), { force: true }));
+  }
+
+  /** Whether the folder holds (part of) a run that a fresh start would replace. */
+  holdsRun(): boolean {
+    return RUN_FILES.some((name) => existsSync(join(this.dir, name)));
+  }
+
+  /** run.json, or undefined when the folder has none (or an unreadable one). */
+  readRecord(): RunRecord | undefined {
+    if (!existsSync(this.recordPath)) return undefined;
+    try {
+      return JSON.parse(readFileSync(this.recordPath, "utf8")) as RunRecord;
+    } catch {
+      return undefined;
+    }
+  }
+
+  writeRecord(record: RunRecord): void {
+    this.writeAtomically(this.recordPath, JSON.stringify(record, null, 2) + "\n");
+  }
+
+  private writeAtomically(path: string, text: string): void {
+    const temporary = `${path}.tmp-${process.pid}`;
+    try {
+      writeFileSync(temporary, text);
+      renameSync(temporary, path);
+    } catch (e) {
+      rmSync(temporary, { force: true });
+      throw runFolderFailure(e, path);
+    }
   }
 
   hasCheckpoint(): boolean {
@@ -48,12 +262,27 @@ export class RunFolder {
     meta: Record<string, string>,
     options: WriteOptions = {},
   ): void {
-    writeSafetensors(
+    this.writeTensors(
       this.checkpointPath,
       new Map([...store].filter(([name]) => !name.startsWith("batch."))),
       { ...meta, step: String(step) },
       options,
     );
+  }
+
+  /** writeSafetensors, leaving no temporary file behind when the write fails. */
+  private writeTensors(
+    path: string,
+    tensors: ReadonlyMap<string, Tensor>,
+    meta: Record<string, string>,
+    options: WriteOptions = {},
+  ): void {
+    try {
+      writeSafetensors(path, tensors, meta, options);
+    } catch (e) {
+      rmSync(`${path}.tmp-${process.pid}`, { force: true });
+      throw runFolderFailure(e, path);
+    }
   }
 
   loadCheckpoint(expected: readonly string[]): {
@@ -62,10 +291,12 @@ export class RunFolder {
     meta: Record<string, string>;
   } {
     const { tensors, metadata } = readSafetensors(this.checkpointPath);
-    const step = Number(metadata["step"]);
-    if (!Number.isInteger(step) || step < 0)
+    // Number("") is 0: only digits are a step, or a checkpoint without one would restart at 0
+    const written = metadata["step"];
+    const step = typeof written === "string" && /^\d+$/.test(written) ? Number(written) : NaN;
+    if (!Number.isSafeInteger(step))
       throw new CheckpointError(
-        `\`${this.checkpointPath}\` does not say which step it was saved at`,
+        `\`${this.checkpointPath}\` does not say which step it was saved at (its \`step\` is ${JSON.stringify(written ?? null)})`,
         "it was not written by `lrkc train`; start without --resume",
       );
     const missing = expected.filter((name) => !tensors.has(name));
@@ -83,7 +314,9 @@ export class RunFolder {
 
   /** Appends metric lines; on resume, first drops lines after the resumed step. */
   log(metric: Metric): void {
-    appendFileSync(this.metricsPath, JSON.stringify(metric) + "\n");
+    guarded(this.metricsPath, () =>
+      appendFileSync(this.metricsPath, JSON.stringify(metric) + "\n"),
+    );
   }
 
   truncateMetricsAfter(step: number): void {
@@ -98,13 +331,14 @@ export class RunFolder {
           return false;
         }
       });
-    const temporary = `${this.metricsPath}.tmp`;
-    writeFileSync(temporary, kept.map((l) => l + "\n").join(""));
-    renameSync(temporary, this.metricsPath);
+    this.writeAtomically(this.metricsPath, kept.map((l) => l + "\n").join(""));
   }
 
+  /** A new run: what a previous one left (replaced only with --force) is removed first. */
   startFresh(): void {
-    writeFileSync(this.metricsPath, "");
+    for (const name of [...RUN_FILES, "curves.svg"])
+      guarded(this.dir, () => rmSync(join(this.dir, name), { force: true }));
+    this.writeAtomically(this.metricsPath, "");
   }
 
   /**
@@ -113,16 +347,21 @@ export class RunFolder {
    */
   writePlan(plan: Plan): string {
     const kernels = join(this.dir, "kernels");
-    rmSync(kernels, { recursive: true, force: true });
-    mkdirSync(kernels, { recursive: true });
-    writeFileSync(join(this.dir, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
-    for (const k of plan.kernels) writeFileSync(join(kernels, kernelFileName(k)), k.wgsl);
+    guarded(kernels, () => {
+      rmSync(kernels, { recursive: true, force: true });
+      mkdirSync(kernels, { recursive: true });
+    });
+    this.writeAtomically(join(this.dir, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
+    for (const k of plan.kernels) {
+      const path = join(kernels, kernelFileName(k));
+      guarded(path, () => writeFileSync(path, k.wgsl));
+    }
     return join(this.dir, "plan.json");
   }
 
   writeFinal(params: ReadonlyMap<string, Tensor>, meta: Record<string, string>): string {
     const path = join(this.dir, "final.safetensors");
-    writeSafetensors(path, params, meta);
+    this.writeTensors(path, params, meta);
     return path;
   }
 
@@ -162,7 +401,7 @@ export class RunFolder {
         : []),
     ];
     const path = join(this.dir, "curves.svg");
-    writeFileSync(path, lineChart(title, series));
+    this.writeAtomically(path, lineChart(title, series));
     return path;
   }
 }

@@ -7,6 +7,7 @@ import {
   openSync,
   readFileSync,
   renameSync,
+  rmSync,
   writeSync,
   mkdirSync,
 } from "node:fs";
@@ -57,8 +58,8 @@ export function writeSafetensors(
   const temporary = `${path}.tmp-${process.pid}`;
   const fd = openSync(temporary, "w");
   try {
-    writeSync(fd, prefix);
-    writeSync(fd, headerBytes);
+    writeAll(fd, prefix);
+    writeAll(fd, headerBytes);
     for (const name of names) {
       const t = tensors.get(name)!;
       const data =
@@ -67,13 +68,28 @@ export function writeSafetensors(
           : t.data instanceof Float64Array
             ? Float32Array.from(t.data)
             : t.data;
-      writeSync(fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+      writeAll(fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
     }
     fsyncSync(fd);
-  } finally {
+  } catch (e) {
     closeSync(fd);
+    rmSync(temporary, { force: true });
+    throw e;
   }
+  closeSync(fd);
   renameSync(temporary, path);
+}
+
+/**
+ * All of `bytes`: writeSync may write part of them (a disk filling up) and say so only in its
+ * return value; writing the rest then fails with ENOSPC instead of renaming a torn file in place.
+ */
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.length;) {
+    const written = writeSync(fd, bytes, done, bytes.length - done);
+    if (written <= 0) throw Object.assign(new Error("a write made no progress"), { code: "EIO" });
+    done += written;
+  }
 }
 
 export interface Loaded {

@@ -97,6 +97,8 @@ export interface TrainOptions {
   shouldStop?: () => boolean;
   /** Held-out batches per evaluation (default 8). */
   evalBatches?: number;
+  /** Something the user should know about the run (an evaluation that cannot run). */
+  onNote?: (text: string) => void;
 }
 
 export interface TrainResult {
@@ -296,6 +298,19 @@ export async function evaluate(
   return event;
 }
 
+/**
+ * Why held-out evaluation cannot run, if it cannot: the program's batch size is fixed when it is
+ * compiled, so a split with fewer examples than one batch has no batch to evaluate (averaging
+ * over none would be NaN).
+ */
+export function evaluationSkipped(run: Run): string | undefined {
+  const { evalData: data, evalSplit: split } = run;
+  const size = split === "train" ? data.trainSize : data.validSize;
+  const batch = run.program.batch;
+  if (size >= batch) return undefined;
+  return `held-out evaluation skipped: the \`${split}\` split has ${size} example${size === 1 ? "" : "s"}, fewer than one batch of ${batch}; lower --batch to ${Math.max(1, size)} or less, or use more data`;
+}
+
 /** The first parameter or state that holds a NaN or an infinity, if any. */
 function firstNonFinite(tensors: ReadonlyMap<string, Tensor>): string | undefined {
   for (const [name, t] of tensors) {
@@ -381,7 +396,10 @@ export async function train(
   const checkpointEvery = program.checkpointEvery;
   let last = first - 1;
   let stopped = false;
+  const skipEvaluation = evalEvery ? evaluationSkipped(run) : undefined;
+  if (skipEvaluation) options.onNote?.(skipEvaluation);
   const evaluateAt = async (s: number) => {
+    if (skipEvaluation) return;
     const e = await evaluate(run, device, store, s, options.evalBatches);
     evals.push(e);
     options.onEval?.(e);
@@ -398,6 +416,9 @@ export async function train(
     last = s;
     options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started, tokens });
     if (evalEvery && (s % evalEvery === 0 || s === steps)) await evaluateAt(s);
+    // Let the event loop run between steps: on the CPU nothing else awaits, and a signal handler
+    // (Ctrl-C, SIGTERM, SIGHUP) only runs when the loop yields.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     stopped = options.shouldStop?.() ?? false;
     if ((checkpointEvery && s % checkpointEvery === 0) || s === steps || stopped) {
       await device.sync?.(store.values());

@@ -130,14 +130,24 @@ if (
   say(`1/2 pretraining: reusing ${runs.pretrain}/final.safetensors (--skip-pretrain)`);
 } else {
   say(`1/2 pretrain the tiny LM on 2-digit addition (${PRETRAIN}), every weight trained`);
-  await lrkc("train", PRETRAIN, "--out", runs.pretrain, "--device", device, ...overrides);
+  // --force: the main job starts its runs over each time (lrkc train refuses to replace a run)
+  await lrkc(
+    "train",
+    PRETRAIN,
+    "--force",
+    "--out",
+    runs.pretrain,
+    "--device",
+    device,
+    ...overrides,
+  );
 }
 say(`2/2 LoRA fine-tune on 2-digit subtraction (${FINETUNE}), the base frozen`);
 await lrkc(
   "train",
   FINETUNE,
   ...["--init", join(runs.pretrain, "final.safetensors")],
-  ...["--out", runs.finetune, "--device", device, ...overrides],
+  ...["--force", "--out", runs.finetune, "--device", device, ...overrides],
 );
 
 // What the adapters did to the pretraining task (the frozen base itself is unchanged).
