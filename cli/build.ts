@@ -1,5 +1,4 @@
 // `lrkc build FILE --emit …`: show what the compiler makes of a program.
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { compile, planStep, type Compiled } from "../compiler/compile.js";
 import { printGraph } from "../compiler/ir.js";
@@ -12,7 +11,7 @@ import { selectorListText } from "../language/format.js";
 import { parse } from "../language/parse.js";
 import { kernelFileName } from "../runtime/run-folder.js";
 import { failureDiagnostic } from "./failures.js";
-import { isFileSystemError, writeFileAtomic } from "../runtime/atomic.js";
+import { isFileSystemError, makeFolder, writeFileAtomic } from "../runtime/atomic.js";
 import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 import { buildTarget, portableTarget } from "./target.js";
@@ -136,7 +135,7 @@ async function emitPlan({ program }: Compiled, options: BuildOptions): Promise<n
 function writePlan(plan: Plan, out: string, target: string, options: BuildOptions): number {
   let current = out;
   try {
-    mkdirSync(out, { recursive: true });
+    makeFolder(out);
     current = join(out, "plan.json");
     writeFileAtomic(current, JSON.stringify(plan, null, 2) + "\n");
     for (const k of plan.kernels) {

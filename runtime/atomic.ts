@@ -2,9 +2,12 @@
 // same folder (so the rename cannot cross file systems), is fsynced, and only then renamed over
 // the target. A full disk, a read-only folder or a crash mid-write leaves the old file as it was.
 import {
+  accessSync,
   closeSync,
+  constants,
   fchmodSync,
   fsyncSync,
+  mkdirSync,
   openSync,
   realpathSync,
   renameSync,
@@ -12,7 +15,7 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, isAbsolute, join } from "node:path";
 
 /**
  * Replaces `path` with `data` atomically, keeping an existing file's permission bits (a new file
@@ -27,6 +30,8 @@ export function writeFileAtomic(
 ): void {
   const target = existingTarget(path);
   const keepMode = target.mode;
+  // A rename would replace even a file the user made read-only: refuse as a plain write would.
+  if (keepMode !== undefined) accessSync(target.path, constants.W_OK);
   const tmp = join(
     dirname(target.path),
     `.${basename(target.path)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`,
@@ -52,6 +57,27 @@ export function writeFileAtomic(
     throw e;
   }
   syncFolder(dirname(target.path));
+}
+
+/**
+ * `mkdir -p`. Node's recursive mkdirSync loops forever on a relative path of two or more parts
+ * when the working directory was deleted (it climbs to "." and retries), so that case throws
+ * ENOENT first.
+ */
+export function makeFolder(path: string): void {
+  if (!isAbsolute(path)) {
+    try {
+      process.cwd();
+    } catch (e) {
+      throw Object.assign(new Error(`the working directory no longer exists (making ${path})`), {
+        code: "ENOENT",
+        syscall: "mkdir",
+        path,
+        cause: e,
+      });
+    }
+  }
+  mkdirSync(path, { recursive: true });
 }
 
 /** The file to replace (a link's target) and its permission bits, if it exists. */

@@ -273,15 +273,33 @@ describe("a deleted working directory", () => {
         lrkc,
         ...args,
       ],
-      { encoding: "utf8", env: { ...process.env, NO_COLOR: "1" } },
+      { encoding: "utf8", timeout: 60_000, env: { ...process.env, NO_COLOR: "1" } },
     );
-    return { code: r.status, stderr: r.stderr };
+    return { code: r.status, stderr: r.stderr, signal: r.signal };
   }
 
   it("reports a relative path as unreadable, saying why", () => {
     const r = runInDeleted(["check", "model.lrk"]);
     expect(r.code, r.stderr).toBe(1);
     expect(r.stderr).toContain("the working directory no longer exists");
+  });
+
+  it("reports build --out into a relative folder instead of hanging in mkdir", () => {
+    const r = runInDeleted([
+      "build",
+      join(root, "examples", "mlp.lrk"),
+      "--emit",
+      "plan",
+      "--device",
+      "portable",
+      "--out",
+      "plan/sub",
+    ]);
+    expect(r.signal, "lrkc hung").toBeNull();
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain(
+      "error[E0003]: cannot write `plan/sub`: the working directory no longer exists",
+    );
   });
 
   it("checks a program with imports given by absolute path", () => {
