@@ -95,7 +95,8 @@ export function readSourceFile(path: string, options: ReadOptions = {}): ReadRes
       const again = refuseKind(fstatSync(fd), name, options);
       if (again) return again;
       const read = readAtMost(fd, maxSourceBytes + 1);
-      if (read.length > maxSourceBytes) return tooLarge(read.length, name, options, "over");
+      if (read.length > maxSourceBytes)
+        return tooLarge(`over ${megabytes(maxSourceBytes)}`, name, options);
       bytes = read;
     } finally {
       closeSync(fd);
@@ -148,23 +149,25 @@ function refuseKind(stats: Stats, name: string, options: ReadOptions): ReadResul
           ? "a block device"
           : stats.isSocket()
             ? "a socket"
-            : "not a regular file";
+            : "something other than a file";
     return {
       diagnostic: error("E0001", `\`${name}\` is ${kind}, not a regular .lrk file`, at, {
         help: "lrk reads programs only from regular files: save the program to a file and pass that",
       }),
     };
   }
-  if (stats.size > maxSourceBytes) return tooLarge(stats.size, name, options, "");
+  if (stats.size > maxSourceBytes) return tooLarge(megabytes(stats.size), name, options);
   return undefined;
 }
 
-function tooLarge(size: number, name: string, options: ReadOptions, over: string): ReadResult {
-  const mb = (n: number) => `${(n / (1024 * 1024)).toFixed(1)} MB`;
+const megabytes = (n: number) => `${(n / (1024 * 1024)).toFixed(1)} MB`;
+
+/** `size`: what the file is, as words (`20.0 MB`; `over 16.0 MB` when it grew while read). */
+function tooLarge(size: string, name: string, options: ReadOptions): ReadResult {
   return {
     diagnostic: error(
       "E0001",
-      `\`${name}\` is ${over ? "over " + mb(maxSourceBytes) : mb(size)}: too large for a source file (the limit is ${mb(maxSourceBytes)})`,
+      `\`${name}\` is ${size}: too large for a source file (the limit is ${megabytes(maxSourceBytes)})`,
       options.at,
       { help: "a .lrk program is a small text file; check that this is the file you meant" },
     ),
