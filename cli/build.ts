@@ -1,5 +1,4 @@
 // `lrkc build FILE --emit …`: show what the compiler makes of a program.
-import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { compile, planStep, type Compiled } from "../compiler/compile.js";
 import { printGraph } from "../compiler/ir.js";
@@ -7,12 +6,13 @@ import { formatBytes, memoryReport } from "../compiler/memory.js";
 import type { Placement, PlacedParam } from "../compiler/place.js";
 import type { Plan } from "../compiler/program.js";
 import type { TrainSpec } from "../compiler/train.js";
-import { hasErrors } from "../language/diagnostics.js";
+import { error, hasErrors } from "../language/diagnostics.js";
 import { selectorListText } from "../language/format.js";
 import { parse } from "../language/parse.js";
 import { kernelFileName } from "../runtime/run-folder.js";
 import { failureDiagnostic } from "./failures.js";
-import { readSource } from "./files.js";
+import { isFileSystemError, makeFolder, writeFileAtomic } from "../runtime/atomic.js";
+import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 import { buildTarget, portableTarget } from "./target.js";
 
@@ -33,6 +33,20 @@ export interface BuildOptions extends ReportOptions {
 }
 
 export async function buildCommand(path: string, options: BuildOptions): Promise<number> {
+  if (options.out !== undefined && options.out.trim() === "")
+    return report(
+      [
+        error(
+          "E0003",
+          "`--out` is empty: it needs a folder to write plan.json and the kernels into",
+          undefined,
+          {
+            help: "pass a folder, such as `--out plan/`, or leave `--out` out to print to stdout",
+          },
+        ),
+      ],
+      options,
+    );
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
   if (options.emit === "ast") {
@@ -94,15 +108,7 @@ async function emitPlan({ program }: Compiled, options: BuildOptions): Promise<n
   } finally {
     close();
   }
-  if (options.out) {
-    mkdirSync(options.out, { recursive: true });
-    writeFileSync(join(options.out, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
-    plan.kernels.forEach((k) => writeFileSync(join(options.out!, kernelFileName(k)), k.wgsl));
-    process.stderr.write(
-      `wrote ${join(options.out, "plan.json")} and ${plan.kernels.length} .wgsl files (for ${name})\n`,
-    );
-    return 0;
-  }
+  if (options.out) return writePlan(plan, options.out, name, options);
   if (options.emit === "wgsl") {
     process.stdout.write(
       plan.kernels.map((k) => `// ---- kernel ${k.id}: ${k.name}\n${k.wgsl}`).join("\n") + "\n",
@@ -122,6 +128,38 @@ async function emitPlan({ program }: Compiled, options: BuildOptions): Promise<n
     }
   }
   process.stdout.write(lines.join("\n") + "\n");
+  return 0;
+}
+
+/** `--out`: plan.json and one .wgsl per kernel, each written atomically; a failure is E0003. */
+function writePlan(plan: Plan, out: string, target: string, options: BuildOptions): number {
+  let current = out;
+  try {
+    makeFolder(out);
+    current = join(out, "plan.json");
+    writeFileAtomic(current, JSON.stringify(plan, null, 2) + "\n");
+    for (const k of plan.kernels) {
+      current = join(out, kernelFileName(k));
+      writeFileAtomic(current, k.wgsl);
+    }
+  } catch (e) {
+    if (!isFileSystemError(e)) throw e;
+    const code = e.code;
+    const diagnostic =
+      current === out && code === "EEXIST"
+        ? error("E0003", `cannot write into \`${out}\`: it is a file, not a folder`, undefined, {
+            help: "pass a folder to `--out` (it is created if missing)",
+          })
+        : cannotWrite(
+            current,
+            e,
+            code === "ENOTDIR" ? "`--out` must be a folder, not a path inside a file" : undefined,
+          );
+    return report([diagnostic], options);
+  }
+  process.stderr.write(
+    `wrote ${join(out, "plan.json")} and ${plan.kernels.length} .wgsl files (for ${target})\n`,
+  );
   return 0;
 }
 

@@ -1,45 +1,37 @@
-// Reading source files for the CLI: every way a path can fail becomes a diagnostic.
-import { readFileSync, statSync } from "node:fs";
+// Files for the CLI: every way a path can fail, reading or writing, becomes a diagnostic.
 import { error, type Diagnostic } from "../language/diagnostics.js";
-import { SourceFile } from "../language/source.js";
+import { isAbsolute } from "node:path";
+import { readSourceFile, workingDirectory, type ReadResult } from "../compiler/modules.js";
+import { writeErrorReason } from "../runtime/atomic.js";
 
-export type ReadResult = { file: SourceFile } | { diagnostic: Diagnostic };
+export type { ReadResult };
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
-
+/** A source file named on the command line (E0001, E0002). */
 export function readSource(path: string): ReadResult {
-  try {
-    if (statSync(path).isDirectory()) {
-      return {
-        diagnostic: error("E0001", `\`${path}\` is a directory, not a .lrk file`, undefined, {
-          help: `to check every file in it, pass \`${path}/*.lrk\``,
-        }),
-      };
-    }
-    const bytes = readFileSync(path);
-    let text: string;
-    try {
-      text = utf8.decode(bytes);
-    } catch {
-      return {
-        diagnostic: error("E0002", `\`${path}\` is not UTF-8 text`, undefined, {
-          help: "lrk source files must be saved as UTF-8",
-        }),
-      };
-    }
-    return { file: new SourceFile(path, text) };
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const reason =
-      code === "ENOENT"
-        ? "no such file"
-        : code === "EACCES"
-          ? "permission denied"
-          : ((e as Error).message ?? String(e));
-    return {
-      diagnostic: error("E0001", `cannot read \`${path}\`: ${reason}`, undefined, {
-        help: code === "ENOENT" ? "check the path" : undefined,
-      }),
-    };
-  }
+  return readSourceFile(path, {
+    directoryHelp: `to check every file in it, pass \`${path}/*.lrk\``,
+  });
+}
+
+/** E0003: `what` (a file or folder lrkc writes for the user) could not be written. */
+export function cannotWrite(path: string, e: unknown, help?: string): Diagnostic {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code === "ENOENT" && !isAbsolute(path) && workingDirectory() === undefined)
+    return error(
+      "E0003",
+      `cannot write \`${path}\`: the working directory no longer exists`,
+      undefined,
+      {
+        help: "change to an existing directory (`cd`), or pass an absolute path",
+      },
+    );
+  return error("E0003", `cannot write \`${path}\`: ${writeErrorReason(e)}`, undefined, {
+    help:
+      help ??
+      (code === "ENOSPC" || code === "EDQUOT"
+        ? "free some space on that disk, or write elsewhere"
+        : code === "EROFS" || code === "EACCES" || code === "EPERM"
+          ? "write to a folder you can write to"
+          : undefined),
+  });
 }

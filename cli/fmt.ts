@@ -1,9 +1,9 @@
 // `lrkc fmt`: print, rewrite (--write) or verify (--check) the canonical formatting of files.
-import { writeFileSync } from "node:fs";
 import { format } from "../language/format.js";
 import { parse } from "../language/parse.js";
 import { hasErrors, type Diagnostic } from "../language/diagnostics.js";
-import { readSource } from "./files.js";
+import { isFileSystemError, writeFileAtomic } from "../runtime/atomic.js";
+import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 
 export interface FmtOptions extends ReportOptions {
@@ -29,7 +29,21 @@ export function fmtCommand(paths: string[], options: FmtOptions): number {
     if (options.check) {
       if (formatted !== read.file.text) unformatted.push(path);
     } else if (options.write) {
-      if (formatted !== read.file.text) writeFileSync(path, formatted);
+      if (formatted !== read.file.text) {
+        // Through a temporary file and a rename: a full disk must never truncate the source.
+        try {
+          writeFileAtomic(path, formatted);
+        } catch (e) {
+          if (!isFileSystemError(e)) throw e;
+          diagnostics.push(
+            cannotWrite(
+              path,
+              e,
+              "the file is unchanged; free some space or fix the permissions and run again",
+            ),
+          );
+        }
+      }
     } else if (options.json) {
       formattedFiles.push({ path, formatted });
     } else {

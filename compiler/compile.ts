@@ -105,6 +105,9 @@ export function analyze(
 /** Every module of the program resolved (so that problems in unused definitions are found too). */
 function resolveModules(loader: ModuleLoader, entry: Module): Resolver {
   const resolver = new Resolver(loader);
+  // Imported modules first: each scope then finds its imports' scopes made, so an import chain
+  // thousands of files deep is resolved without recursing through it.
+  for (const module of loader.loaded) resolver.scopeOf(module);
   resolver.scopeOf(entry);
   for (const module of loader.modules.values()) resolver.scopeOf(module);
   return resolver;

@@ -15,6 +15,7 @@
 export const codeTitles = {
   E0001: "file cannot be read",
   E0002: "file is not valid text",
+  E0003: "file cannot be written",
   E0101: "unexpected token",
   E0102: "unterminated string",
   E0103: "unterminated block comment",

@@ -78,7 +78,7 @@ const paint = (on: boolean, code: string, text: string) =>
 function header(d: Diagnostic, color: boolean): string {
   const where = d.at ? locationText(d.at) + ": " : "";
   const sev = paint(color, d.severity === "error" ? "1;31" : "1;33", `${d.severity}[${d.code}]`);
-  return `${where}${sev}: ${paint(color, "1", d.message)}`;
+  return `${visible(where)}${sev}: ${paint(color, "1", visible(d.message))}`;
 }
 
 export function locationText(at: Location): string {
@@ -96,21 +96,50 @@ function codeFrame(at: Location, label: string | undefined, color: boolean): str
   const pad = " ".repeat(gutterWidth);
   const lines: string[] = [`${pad} |`];
   for (let line = start.line; line <= lastLine; line++) {
-    const text = visible(file.lineText(line));
+    const raw = file.lineText(line);
+    const { text, columns } = visibleLine(raw);
     lines.push(`${String(line).padStart(gutterWidth)} | ${text}`);
-    const from = line === start.line ? start.column - 1 : leadingSpace(text);
-    const to = line === end.line ? end.column : text.length;
+    // Carets go under the characters as shown, escapes included.
+    const shown = (offset: number) => columns[Math.max(0, Math.min(offset, raw.length))]!;
+    const from = line === start.line ? shown(start.column - 1) : leadingSpace(text);
+    const to = line === end.line ? shown(end.column) : text.length;
     const width = Math.max(1, to - from);
     const carets = paint(color, "1;31", "^".repeat(width));
-    const tail = line === lastLine && label ? " " + paint(color, "1;31", label) : "";
+    const tail = line === lastLine && label ? " " + paint(color, "1;31", visible(label)) : "";
     lines.push(`${pad} | ${" ".repeat(Math.max(0, from))}${carets}${tail}`);
   }
   return lines;
 }
 
-// Tabs and control characters would misalign the caret; show them as single visible characters.
-function visible(text: string): string {
-  return text.replace(/[\t]/g, " ").replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "\u00b7");
+// Characters a terminal does not show as themselves: C0 and C1 controls, bidirectional controls
+// (U+202E and its kin reorder the line as displayed: the "Trojan source" attack), zero-width and
+// other format characters, line and paragraph separators. Diagnostics show them as `\u{202E}`.
+const invisible = /^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]$/u;
+
+function escaped(char: string): string {
+  return `\\u{${char.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}}`;
+}
+
+/**
+ * A source line as a code frame shows it: a tab as one space (so carets line up), invisible
+ * characters escaped. `columns[i]` is where the line's UTF-16 offset `i` is shown.
+ */
+export function visibleLine(line: string): { text: string; columns: number[] } {
+  const columns: number[] = [];
+  let text = "";
+  for (const char of line) {
+    for (let unit = 0; unit < char.length; unit++) columns.push(text.length);
+    text += char === "\t" ? " " : invisible.test(char) ? escaped(char) : char;
+  }
+  columns.push(text.length);
+  return { text, columns };
+}
+
+/** A message, label, note or help with invisible characters escaped (line breaks kept). */
+export function visible(text: string): string {
+  let out = "";
+  for (const char of text) out += char !== "\n" && invisible.test(char) ? escaped(char) : char;
+  return out;
 }
 
 function leadingSpace(text: string): number {
@@ -122,9 +151,10 @@ export function renderDiagnostic(d: Diagnostic, options: RenderOptions = {}): st
   const out = [header(d, color)];
   if (d.at) out.push(...codeFrame(d.at, d.label, color));
   for (const note of d.notes) {
-    out.push(`   = note: ${note.message}${note.at ? ` (${locationText(note.at)})` : ""}`);
+    const where = note.at ? ` (${locationText(note.at)})` : "";
+    out.push(visible(`   = note: ${note.message}${where}`));
   }
-  if (d.help) out.push(`   = help: ${d.help}`);
+  if (d.help) out.push(visible(`   = help: ${d.help}`));
   return out.join("\n");
 }
 

@@ -1,8 +1,21 @@
 // Hostile and unusual inputs: each gets a clear diagnostic or parses, never a crash.
 import { describe, expect, it } from "vitest";
 import type * as A from "../language/ast.js";
+import { analyze } from "../compiler/compile.js";
+import {
+  error,
+  renderDiagnostic,
+  renderDiagnostics,
+  type Diagnostic,
+} from "../language/diagnostics.js";
 import { format } from "../language/format.js";
+import { SourceFile } from "../language/source.js";
 import { parseText, withoutSpans } from "./helpers.js";
+
+/** All diagnostics of a program: syntax and names. */
+function compileText(text: string): Diagnostic[] {
+  return analyze(new SourceFile("m.lrk", text)).diagnostics;
+}
 
 const program = `model M(d: int) {
   l = Linear(d, d)
@@ -108,5 +121,57 @@ describe("unusual input", () => {
       Object.values(value).forEach(check);
     };
     check(r.program);
+  });
+});
+
+// Bidirectional controls (U+202E reorders what a terminal shows: "Trojan source") and other
+// invisible characters must never reach the terminal raw from a diagnostic.
+describe("invisible characters in diagnostics", () => {
+  const raw =
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/;
+
+  /** The frame's caret column and the column where `needle` is shown in the source line. */
+  function caretAndTarget(rendered: string, needle: string): [number, number] {
+    const lines = rendered.split("\n");
+    const source = lines.findIndex((l) => /^ *\d+ \| /.test(l));
+    return [lines[source + 1]!.indexOf("^"), lines[source]!.lastIndexOf(needle)];
+  }
+
+  it("escapes U+202E in a code frame and keeps the caret under the error", () => {
+    const r = compileText(`const s = "a\u202Eb" + x\n`);
+    const rendered = renderDiagnostics(r);
+    expect(rendered).not.toMatch(raw);
+    expect(rendered).toContain(`const s = "a\\u{202E}b" + x`);
+    const [caret, target] = caretAndTarget(rendered, "x");
+    expect(caret).toBe(target);
+  });
+
+  it("keeps carets right after several escapes and a tab, and covers an escaped character", () => {
+    const names = renderDiagnostics(compileText(`const s = "\u2066\u200b\u2069"\t+ y\n`));
+    expect(names).not.toMatch(raw);
+    expect(names).toContain(`const s = "\\u{2066}\\u{200B}\\u{2069}" + y`);
+    const [caret, target] = caretAndTarget(names, "y");
+    expect(caret).toBe(target);
+    // An unexpected U+202E: carets under all of `\u{202E}`.
+    const syntax = renderDiagnostics(compileText(`const t = 1 \u202e+ 2\n`));
+    expect(syntax).not.toMatch(raw);
+    expect(syntax).toContain("unexpected character `\\u{202E}`");
+    expect(syntax).toContain(" | const t = 1 \\u{202E}+ 2\n   |             ^^^^^^^^\n");
+  });
+
+  it("escapes them in messages, labels, notes and help", () => {
+    const file = new SourceFile("m.lrk", "const x = 1\n");
+    const d = error(
+      "E0201",
+      "cannot find `./\u202Egnp.lrk`",
+      { file, span: { start: 6, end: 7 } },
+      { label: "here\u200b", notes: [{ message: "note \u2066" }], help: "try \u0007 `x`\nnext" },
+    );
+    const rendered = renderDiagnostic(d);
+    expect(rendered).not.toMatch(raw);
+    expect(rendered).toContain("cannot find `./\\u{202E}gnp.lrk`");
+    expect(rendered).toContain("^ here\\u{200B}");
+    expect(rendered).toContain("note \\u{2066}");
+    expect(rendered).toContain("try \\u{0007} `x`\nnext");
   });
 });
