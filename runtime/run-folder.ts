@@ -8,7 +8,6 @@ import {
   constants,
   closeSync,
   existsSync,
-  mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -21,6 +20,7 @@ import {
 import { dirname, join, resolve } from "node:path";
 import type { Tensor } from "../compiler/program.js";
 import type { Plan } from "../compiler/program.js";
+import { makeFolder } from "./atomic.js";
 import { lineChart } from "./plot.js";
 import {
   CheckpointError,
@@ -148,7 +148,7 @@ export class RunFolder {
     if (dir === "")
       throw new RunFolderError("the run folder (--out) is empty", "pass a folder name with --out");
     try {
-      mkdirSync(dir, { recursive: true });
+      makeFolder(dir);
     } catch (e) {
       throw runFolderFailure(whyNoFolder(dir) ?? e, dir);
     }
@@ -349,7 +349,7 @@ export class RunFolder {
     const kernels = join(this.dir, "kernels");
     guarded(kernels, () => {
       rmSync(kernels, { recursive: true, force: true });
-      mkdirSync(kernels, { recursive: true });
+      makeFolder(kernels);
     });
     this.writeAtomically(join(this.dir, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
     for (const k of plan.kernels) {
