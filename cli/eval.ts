@@ -6,7 +6,7 @@ import { compile } from "../compiler/compile.js";
 import type { Tensor } from "../compiler/program.js";
 import { error } from "../language/diagnostics.js";
 import { readSafetensors } from "../runtime/safetensors.js";
-import { evaluate, initialize } from "../runtime/trainer.js";
+import { evaluate, evaluationSkipped, initialize } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -54,6 +54,18 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   const program = compiled.program;
   const run = runOrDiagnostic(program);
   if ("severity" in run) return report([run], options);
+  const skipped = evaluationSkipped(run);
+  if (skipped)
+    return report(
+      [
+        error(
+          "E0501",
+          skipped.replace(/^held-out evaluation skipped: /, "nothing to evaluate: "),
+          program.eval.data.at,
+        ),
+      ],
+      options,
+    );
 
   let weights: Map<string, Tensor> | undefined;
   if (options.weights !== undefined) {
