@@ -286,6 +286,11 @@ fn lrk_pow(a: f32, b: f32) -> f32 {
   },
 };
 
+/** The helpers a literal from `f32Lit` calls (`lrk_inf`, `lrk_nan`): none for a finite value. */
+export function literalHelpers(text: string): string[] {
+  return ["lrk_inf", "lrk_nan"].filter((name) => text.includes(`${name}()`));
+}
+
 /** The helpers' code, dependencies first. */
 export function helperCode(names: Iterable<string>): string {
   const out: string[] = [];
@@ -436,8 +441,13 @@ export class Emitter {
     switch (op.kind) {
       case "input":
         throw new Error(`wgsl: input %${node.id} has no buffer`);
-      case "const":
-        return lit(op.value, node.dtype);
+      case "const": {
+        // ±inf and NaN (and values that round to ±inf in f32) are calls of helpers: a WGSL
+        // const-expression may not be infinite or NaN.
+        const text = lit(op.value, node.dtype);
+        for (const helper of literalHelpers(text)) this.helper(helper);
+        return text;
+      }
       case "iota": {
         const c = idx.coords()[op.axis]!;
         return int ? c : `f32(${c})`;
