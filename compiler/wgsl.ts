@@ -8,8 +8,24 @@
 // Indices are i32. An Index knows its flat (row-major) offset, its coordinates, or both, and
 // derives the other lazily, so a chain of same-shape elementwise ops reads `x[i]` directly and a
 // reshape costs nothing while the flat offset is known.
-import { numel, printGraph, strides, type DType, type Graph, type Node, type Shape } from "./ir.js";
+import {
+  numel,
+  printGraph,
+  strides,
+  valueRange,
+  type DType,
+  type Graph,
+  type Node,
+  type Shape,
+} from "./ir.js";
 import type { KernelBuffer } from "./kernels/types.js";
+
+/**
+ * The error flag of out-of-range gathers: a kernel that gathers with ids not known to be in range
+ * writes [gather node + 1, the id] to it when an id is outside; renderKernel declares its binding
+ * (after the others) and the device reads it after each run.
+ */
+export const GATHER_FLAG = "lrk_gather_flag";
 
 // ---------------------------------------------------------------------------- literals
 
@@ -524,7 +540,19 @@ export class Emitter {
         const c = idx.coords();
         const s = ids.shape.length;
         const id = this.value(ids.id, this.index(ids.shape, { coords: c.slice(0, s) }));
-        const row = this.let(`clamp(${id}, 0, ${Math.max(0, table.shape[0]! - 1)})`, "r");
+        const rows = table.shape[0]!;
+        const known = valueRange(g, ids.id);
+        // Never a read outside the table: the row is clamped. Where the ids are not known to be
+        // in range (they are for data fields and positions: compiler/lower.ts checks those), an
+        // id outside also sets the error flag the device reads after the run (IndexOutOfRange).
+        if (!known || known.min < 0 || known.max >= rows)
+          this.lines.push(
+            `if (${id} < 0i || ${id} >= ${rows}i) {`,
+            `  ${GATHER_FLAG}[0] = ${node.id + 1}i;`,
+            `  ${GATHER_FLAG}[1] = ${id};`,
+            `}`,
+          );
+        const row = this.let(`clamp(${id}, 0, ${Math.max(0, rows - 1)})`, "r");
         return this.value(table.id, this.index(table.shape, { coords: [row, ...c.slice(s)] }));
       }
       case "matmul": {

@@ -6,7 +6,7 @@
 //
 // Also here, the two pieces of WGSL several templates share: the opaque zero (`lrk_zero`) and
 // the tree reduction over workgroup memory (`workgroupReduce`).
-import { helperCode, literalHelpers } from "../wgsl.js";
+import { GATHER_FLAG, helperCode, literalHelpers } from "../wgsl.js";
 import type { KernelBinding, KernelBuffer, ParamKernelSource } from "./types.js";
 
 /** The entry point's builtin inputs a template may ask for. */
@@ -93,6 +93,12 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     (name) => !given.some((d) => d.includes(`fn ${name}(`)),
   );
   const declarations = missing.length ? [...given, helperCode(missing)] : given;
+  // the gather error flag (compiler/wgsl.ts): bound after the storage buffers and the uniform
+  const usesFlag = [...declarations, ...body].some((l) => l.includes(GATHER_FLAG));
+  const flagBinding = spec.buffers.length + (uniforms.length ? 1 : 0);
+  const flag = usesFlag
+    ? `@group(0) @binding(${flagBinding}) var<storage, read_write> ${GATHER_FLAG}: array<i32>;`
+    : "";
   const usesZero = [...declarations, ...body].some((l) => l.includes("lrk_opaque_zero()"));
   if (usesZero && !named.length) throw new Error(`${spec.name}: an opaque zero needs a binding`);
   const zero = usesZero ? opaqueZeroFunction(named[0]!.name) : "";
@@ -107,6 +113,7 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     ...(spec.directives ?? []),
     ...bindings,
     ...uniform,
+    flag,
     zero,
     ...declarations,
     `@compute @workgroup_size(${typeof wg === "number" ? wg : size.join(", ")})`,
@@ -125,6 +132,7 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     bindings: spec.buffers.map((b) => ({ buffer: b.buffer, access: b.access })),
     features: [...(spec.features ?? [])],
     ...(uniforms.length ? { params } : {}),
+    ...(usesFlag ? { gatherFlag: flagBinding } : {}),
   };
 }
 
