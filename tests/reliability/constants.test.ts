@@ -3,7 +3,12 @@
 // literals are helper calls (`lrk_inf()`, `lrk_nan()`), and every emission path must declare the
 // helpers it calls (issue 10: `-1/0` as an attention mask fused into a matmul emitted an
 // undefined `lrk_inf()`).
+import { spawnSync } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { failureDiagnostic } from "../../cli/failures.js";
 import { Builder } from "../../compiler/builder.js";
 import { planStep } from "../../compiler/compile.js";
 import { fuse } from "../../compiler/fuse.js";
@@ -11,7 +16,8 @@ import type { GraphProgram, ProgramInput } from "../../compiler/program.js";
 import { renderKernel } from "../../compiler/kernels/render.js";
 import { deviceTarget } from "../../cli/target.js";
 import { evaluate, type Tensor } from "../../runtime/interpreter.js";
-import { WebGpuDevice } from "../../runtime/webgpu-device.js";
+import { PipelineError, WebGpuDevice } from "../../runtime/webgpu-device.js";
+import { root } from "../helpers.js";
 
 let device: WebGpuDevice;
 
@@ -147,5 +153,91 @@ describe("a template's own infinite literal", () => {
     });
     expect(k.wgsl).toMatch(/fn lrk_inf\(\)/);
     expect(k.wgsl).toMatch(/fn lrk_nan\(\)/);
+  });
+});
+
+describe("a kernel the driver rejects", () => {
+  it("is a PipelineError (E0603) from run, never an unhandled rejection or a stack", async () => {
+    const c = new Case();
+    const x = c.input("x", [4]);
+    const program: GraphProgram = {
+      graph: c.b.graph,
+      inputs: c.inputs,
+      entries: [{ name: "entry", outputs: [{ name: "y", node: c.b.exp(x) }] }],
+    };
+    const plan = planStep(program, await deviceTarget(device, [program], { autotune: false }));
+    for (const k of plan.kernels) k.wgsl = k.wgsl.replace("exp(", "lrk_undefined_function(");
+    device.load(program, plan);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const failure = await device.run(program, program.entries[0]!, c.feeds).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(failure).toBeInstanceOf(PipelineError);
+      const d = failureDiagnostic(failure);
+      expect(d?.code).toBe("E0603");
+      expect(d?.message).toContain("the GPU driver rejected a kernel");
+    }
+    // the device still runs good plans afterwards
+    const ok = new Case();
+    const y = ok.input("y", [4]);
+    await ok.check({ y: ok.b.exp(y) });
+  });
+});
+
+/**
+ * Runs node with `args`, stderr into a file: Dawn's stderr can be filtered where it is a terminal,
+ * a file or a pipe, not a socket (what spawn's "pipe" gives), which cannot be reopened.
+ */
+function nodeWithStderrFile(args: string[]): { status: number | null; stderr: string } {
+  const dir = mkdtempSync(join(tmpdir(), "lrk-noise-"));
+  try {
+    const file = join(dir, "stderr");
+    const fd = openSync(file, "w");
+    const r = spawnSync(process.execPath, args, { cwd: root, stdio: ["ignore", "ignore", fd] });
+    closeSync(fd);
+    return { status: r.status, stderr: readFileSync(file, "utf8") };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe("Dawn's notes on lavapipe's limits", () => {
+  it("are filtered out of stderr; anything else printed meanwhile still gets through", () => {
+    const script = `
+      import { writeSync } from "node:fs";
+      import { withoutDawnNoise, requestAdapter } from "./dist/runtime/gpu.js";
+      await withoutDawnNoise(async () => {
+        writeSync(2, "Warning: maxDynamicUniformBuffersPerPipelineLayout artificially reduced from 1000000 to 16 to fit dynamic offset allocation limit.\\n");
+        writeSync(2, "a real driver error\\n");
+      });
+      await requestAdapter();
+      process.stderr.write("stderr works after\\n");
+    `;
+    const r = nodeWithStderrFile(["--input-type=module", "-e", script]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).not.toMatch(/artificially reduced/);
+    expect(r.stderr).toContain("a real driver error");
+    expect(r.stderr).toContain("stderr works after");
+  });
+
+  it("do not reach the user from a train run", () => {
+    const out = mkdtempSync(join(tmpdir(), "lrk-noise-run-"));
+    const r = nodeWithStderrFile([
+      join(root, "bin/lrkc.js"),
+      "train",
+      "examples/mlp.lrk",
+      "--device",
+      "webgpu",
+      "--steps",
+      "1",
+      "--no-autotune",
+      "--out",
+      out,
+    ]);
+    rmSync(out, { recursive: true, force: true });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain("step 1/1");
+    expect(r.stderr).not.toMatch(/artificially reduced/);
   });
 });
