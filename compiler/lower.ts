@@ -456,7 +456,7 @@ export class Lowerer {
     const needed = range.max + 1;
     const why = range.what ?? `the indices can be as large as ${range.max}`;
     const help = range.what?.startsWith("the data's vocabulary")
-      ? `make ${name} as large as the vocabulary: at least ${needed} rows (pass the data's \`vocab\`, e.g. \`vocab: arith.vocab\`)`
+      ? `make ${name} as large as the vocabulary, at least ${needed} rows: size it with the data declaration's \`vocab\` (e.g. \`vocab: arith.vocab\` for \`data arith = …\`)`
       : range.what?.startsWith("the positions")
         ? `give ${name} at least ${needed} rows (a longer context), or make the data's sequences shorter`
         : `give ${name} at least ${needed} rows`;
