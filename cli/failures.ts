@@ -7,6 +7,7 @@ import type { TrainProgram } from "../compiler/program.js";
 import { DataError } from "../runtime/data.js";
 import { NoAdapterError } from "../runtime/gpu.js";
 import { RunFolderBusy, RunFolderError } from "../runtime/run-folder.js";
+import { IndexOutOfRange } from "../runtime/interpreter.js";
 import { CheckpointError } from "../runtime/safetensors.js";
 import { NonFiniteLoss } from "../runtime/trainer.js";
 import { PipelineError } from "../runtime/webgpu-device.js";
@@ -32,6 +33,15 @@ export function failureDiagnostic(
   }
   if (e instanceof RunFolderError) return error("E0504", e.message, undefined, { help: e.help });
   if (e instanceof RunFolderBusy) return error("E0505", e.message, undefined, { help: e.help });
+  if (e instanceof IndexOutOfRange)
+    return error(
+      "E0510",
+      `${e.step !== undefined ? `at step ${e.step}, ` : ""}${e.message}; the run stopped`,
+      program?.at,
+      {
+        help: "the ids come from a computation whose values the compiler cannot bound: clamp them into the table (`min(max(ids, 0), rows - 1)`) or make the table larger",
+      },
+    );
   if (e instanceof NoAdapterError) return error("E0601", e.message, undefined, { help: e.help });
   if (e instanceof BufferLimitError)
     return error("E0602", e.message, program?.at, {

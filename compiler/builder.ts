@@ -14,6 +14,7 @@ import {
   type Shape,
   type SourceRef,
   type UnaryFn,
+  type ValueRange,
 } from "./ir.js";
 
 /** One axis or several; negative axes count from the end. */
@@ -91,8 +92,20 @@ export class Builder {
 
   // ------------------------------------------------------------------------ leaves
 
-  input(role: InputRole, name: string, shape: Shape, dtype: DType = "f32"): number {
-    return this.emit({ kind: "input", role, name }, [], shape, dtype, name);
+  /** `range`: the bounds of an i32 input's values, where they are known (a data field's). */
+  input(
+    role: InputRole,
+    name: string,
+    shape: Shape,
+    dtype: DType = "f32",
+    range?: ValueRange,
+  ): number {
+    const op: Op = { kind: "input", role, name };
+    return this.graph.add(op, [], shape, dtype, {
+      name,
+      source: this.source,
+      ...(range ? { range } : {}),
+    });
   }
 
   constant(value: number, shape: Shape = [], dtype: DType = "f32"): number {

@@ -25,11 +25,16 @@ function wholeNumber(name: string, v: unknown, min: number, max: number): number
   return `\`${name}\` must be a whole number ${range}, not ${String(v)}`;
 }
 
-/** Both splits' tokens: an example's last token is predicted, never read. */
-function tokenFields(batch: number, length: number): Record<string, FieldShape> {
+/**
+ * Both splits' tokens: an example's last token is predicted, never read. Their ranges let the
+ * compiler check an embedding table against the vocabulary; a target is -1 where there is nothing
+ * to predict.
+ */
+function tokenFields(batch: number, length: number, vocab: number): Record<string, FieldShape> {
+  const what = `the data's vocabulary is ${vocab}`;
   return {
-    input: { shape: [batch, length], dtype: "i32" },
-    target: { shape: [batch, length], dtype: "i32" },
+    input: { shape: [batch, length], dtype: "i32", range: { min: 0, max: vocab - 1, what } },
+    target: { shape: [batch, length], dtype: "i32", range: { min: -1, max: vocab - 1, what } },
   };
 }
 
@@ -59,7 +64,8 @@ export const dataSources: Record<string, SourceSpec> = {
       const ops = String(args["ops"]);
       if (ops.length === 0 || [...ops].some((op) => !"+-*".includes(op)))
         return `\`ops\` must be made of \`+\`, \`-\` and \`*\`, not "${ops}"`;
-      return tokenFields(batch, arithmeticSequenceLength(ops, digits) - 1);
+      const length = arithmeticSequenceLength(ops, digits) - 1;
+      return tokenFields(batch, length, arithmeticAlphabet.length);
     },
     help: 'std.data.arithmetic(ops: "+-", digits: 3, seed: 7)',
   },
@@ -73,7 +79,11 @@ export const dataSources: Record<string, SourceSpec> = {
     vocab: () => 2,
     fields: (_, batch) => ({
       x: { shape: [batch, 2], dtype: "f32" },
-      y: { shape: [batch], dtype: "i32" },
+      y: {
+        shape: [batch],
+        dtype: "i32",
+        range: { min: 0, max: 1, what: "the data has 2 classes" },
+      },
     }),
     help: "std.data.two_moons(n: 1000, seed: 1)",
   },
@@ -86,7 +96,7 @@ export const dataSources: Record<string, SourceSpec> = {
     vocab: () => 256,
     fields: (args, batch) => {
       const context = wholeNumber("context", args["context"], 1, 1 << 20);
-      return typeof context === "string" ? context : tokenFields(batch, context);
+      return typeof context === "string" ? context : tokenFields(batch, context, 256);
     },
     help: 'std.data.text("corpus.txt", context: 128, tokenizer: bytes)',
   },

@@ -104,6 +104,17 @@ export interface SourceRef {
   line: number;
 }
 
+/**
+ * What an i32 node's elements are known to lie in, both ends included: a batch field of token ids
+ * is in [0, vocab − 1], an `iota` along an axis of n in [0, n − 1]. `what` says where the bound
+ * comes from, for messages ("the data's vocabulary is 16").
+ */
+export interface ValueRange {
+  min: number;
+  max: number;
+  what?: string;
+}
+
 export interface Node {
   readonly id: number;
   readonly op: Op;
@@ -113,6 +124,8 @@ export interface Node {
   /** A human name for printing (`blocks.0.attn.q.weight`, `loss`). */
   readonly name?: string;
   readonly source?: SourceRef;
+  /** Known bounds of an input's values (data fields); `valueRange` derives the others'. */
+  readonly range?: ValueRange;
 }
 
 export class Graph {
@@ -123,7 +136,7 @@ export class Graph {
     inputs: readonly number[],
     shape: Shape,
     dtype: DType = "f32",
-    extra: { name?: string; source?: SourceRef } = {},
+    extra: { name?: string; source?: SourceRef; range?: ValueRange } = {},
   ): number {
     for (const i of inputs) {
       if (i < 0 || i >= this.nodes.length) throw new Error(`IR: input ${i} does not exist`);
@@ -178,6 +191,96 @@ export function dependencies(graph: Graph, wanted: readonly number[]): number[] 
     stack.push(...graph.node(id).inputs);
   }
   return [...seen].sort((a, b) => a - b);
+}
+
+// ---------------------------------------------------------------------------- value ranges
+
+const rangeCache = new WeakMap<Graph, Map<number, ValueRange | undefined>>();
+
+/**
+ * The bounds of an i32 node's values, where they follow from its inputs' known bounds through
+ * simple ops (movement, where, min/max, add/sub/mul by bounded values, comparisons, a gather from
+ * a bounded table): undefined where nothing is known. A gather checks its ids against the table's
+ * rows with it (compiler/lower.ts).
+ */
+export function valueRange(graph: Graph, id: number): ValueRange | undefined {
+  let cache = rangeCache.get(graph);
+  if (!cache) rangeCache.set(graph, (cache = new Map()));
+  if (cache.has(id)) return cache.get(id);
+  const r = computeRange(graph, graph.node(id));
+  cache.set(id, r);
+  return r;
+}
+
+function computeRange(graph: Graph, node: Node): ValueRange | undefined {
+  if (node.dtype !== "i32") return undefined;
+  const op = node.op;
+  const input = (i: number) => valueRange(graph, node.inputs[i]!);
+  const span = (min: number, max: number): ValueRange | undefined =>
+    Number.isFinite(min) && Number.isFinite(max) ? { min, max } : undefined;
+  switch (op.kind) {
+    case "input":
+      return node.range;
+    case "const":
+      return Number.isInteger(op.value) ? { min: op.value, max: op.value } : undefined;
+    case "iota": {
+      const n = node.shape[op.axis]!;
+      return { min: 0, max: n - 1, what: `the positions go up to ${n - 1}` };
+    }
+    case "reshape":
+    case "permute":
+    case "expand":
+    case "slice":
+      return input(0);
+    case "pad": {
+      const x = input(0);
+      return x && span(Math.min(x.min, 0), Math.max(x.max, 0));
+    }
+    case "where": {
+      const [a, b] = [input(1), input(2)];
+      return a && b && span(Math.min(a.min, b.min), Math.max(a.max, b.max));
+    }
+    case "gather":
+      return input(0);
+    case "reduce":
+      return op.fn === "max" ? input(0) : undefined;
+    case "unary": {
+      const x = input(0);
+      if (op.fn === "not") return { min: 0, max: 1 };
+      if (!x) return undefined;
+      if (op.fn === "neg") return span(-x.max, -x.min);
+      if (op.fn === "relu") return span(Math.max(0, x.min), Math.max(0, x.max));
+      if (op.fn === "floor") return x;
+      return undefined;
+    }
+    case "binary": {
+      if (["lt", "le", "gt", "ge", "eq", "ne", "and", "or"].includes(op.fn))
+        return { min: 0, max: 1 };
+      const [a, b] = [input(0), input(1)];
+      if (!a || !b) return undefined;
+      switch (op.fn) {
+        case "add":
+          return span(a.min + b.min, a.max + b.max);
+        case "sub":
+          return span(a.min - b.max, a.max - b.min);
+        case "mul": {
+          const p = [a.min * b.min, a.min * b.max, a.max * b.min, a.max * b.max];
+          return span(Math.min(...p), Math.max(...p));
+        }
+        case "max":
+          return span(Math.max(a.min, b.min), Math.max(a.max, b.max));
+        case "min":
+          return span(Math.min(a.min, b.min), Math.min(a.max, b.max));
+        case "mod":
+          // the sign of the divisor (lrk_imod, the interpreter's floored modulo)
+          if (b.min > 0) return span(0, b.max - 1);
+          return undefined;
+      }
+      return undefined;
+    }
+    default:
+      return undefined;
+  }
 }
 
 // ---------------------------------------------------------------------------- printing

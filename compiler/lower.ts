@@ -5,7 +5,7 @@
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import { Builder, broadcastShapes } from "./builder.js";
-import type { DType, Shape } from "./ir.js";
+import { valueRange, type DType, type Shape } from "./ir.js";
 import type { Module } from "./modules.js";
 import type { Applied } from "./place.js";
 import { chain, Reported, type Resolver, type Scope } from "./resolve.js";
@@ -57,6 +57,12 @@ export class Lowerer {
   stepNode?: number;
   /** Symbolic names of a node's dims (`B`, `T`), where known, for diagnostics in the user's terms. */
   private readonly dimNames = new Map<number, (string | undefined)[]>();
+  /**
+   * The module calls being lowered, innermost last: where each was called from, whether from a
+   * user's file (not `std.*`), and the instance called. An error found inside a library module
+   * (an embedding's gather) points at the user's call.
+   */
+  private readonly calls: { at: Location; user: boolean; instance: ModuleInstance }[] = [];
 
   /** `f32[B, T, 128]`: a node's type with the symbolic names of its dims where they are known. */
   typeText(node: number): string {
@@ -420,6 +426,43 @@ export class Lowerer {
     return this.r.member(object, e.name, frame.module);
   }
 
+  /**
+   * A gather whose ids are known to reach outside the table's rows (token ids from a vocabulary
+   * larger than the embedding, positions past a positional table) is an error where the user
+   * called the module that gathers: on a GPU it would read other memory and train on nonsense.
+   */
+  private checkGatherRange(table: number, ids: number, frame: Frame, e: A.Index): void {
+    const range = valueRange(this.b.graph, ids);
+    const rows = this.b.shape(table)[0]!;
+    if (!range || (range.min >= 0 && range.max < rows)) return;
+    const inLibrary = frame.module.name.startsWith("std.");
+    const caller = inLibrary ? [...this.calls].reverse().find((c) => c.user) : undefined;
+    const at = caller?.at ?? this.at(frame, e);
+    const param = this.b.graph.node(table).name?.match(/^param:(.*)$/)?.[1];
+    const owner = inLibrary ? this.calls.at(-1)?.instance.path : undefined;
+    const name = owner ? `\`${owner}\`` : param ? `\`${param}\`` : "the table";
+    const rowsText = `${rows} row${rows === 1 ? "" : "s"}`;
+    if (range.min < 0)
+      this.r.report(
+        error(
+          "E0410",
+          `${name} is indexed by values as low as ${range.min}, but rows are numbered from 0`,
+          at,
+          {
+            help: "only index a table with ids that are 0 or more (a target's -1 marks a position with nothing to predict)",
+          },
+        ),
+      );
+    const needed = range.max + 1;
+    const why = range.what ?? `the indices can be as large as ${range.max}`;
+    const help = range.what?.startsWith("the data's vocabulary")
+      ? `make ${name} as large as the vocabulary, at least ${needed} rows: size it with the data declaration's \`vocab\` (e.g. \`vocab: arith.vocab\` for \`data arith = …\`)`
+      : range.what?.startsWith("the positions")
+        ? `give ${name} at least ${needed} rows (a longer context), or make the data's sequences shorter`
+        : `give ${name} at least ${needed} rows`;
+    this.r.report(error("E0410", `${why} but ${name} has ${rowsText}`, at, { help }));
+  }
+
   private index(e: A.Index, frame: Frame): Value {
     const object = this.expr(e.object, frame);
     if (
@@ -452,6 +495,7 @@ export class Lowerer {
             this.at(frame, e.items[0]!),
             `indices must be i32, found ${shapeText(idx.shape, idx.dtype)}`,
           );
+        this.checkGatherRange(x, idx.node, frame, e);
         return this.tensor(this.b.gather(x, idx.node));
       }
     }
@@ -527,7 +571,13 @@ export class Lowerer {
   callModule(instance: ModuleInstance, e: A.Call, frame: Frame, skipWrappers = 0): Value {
     const wrappers = this.wrappers.get(instance) ?? [];
     const args = this.args(e, frame);
-    return this.forward(instance, args, this.at(frame, e), wrappers.length - skipWrappers);
+    const at = this.at(frame, e);
+    this.calls.push({ at, user: !frame.module.name.startsWith("std."), instance });
+    try {
+      return this.forward(instance, args, at, wrappers.length - skipWrappers);
+    } finally {
+      this.calls.pop();
+    }
   }
 
   /** Runs `forward` of the outermost of the first `depth` wrappers, or the module's own. */

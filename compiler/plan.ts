@@ -59,6 +59,8 @@ export interface PlanKernel {
    * `bindings.length`): sizes a shader reads at run time, so one shader serves many sizes.
    */
   params?: number[];
+  /** The gather error flag's binding, if the kernel has one (KernelSource.gatherFlag). */
+  gatherFlag?: number;
 }
 
 export interface PlanTensor {
@@ -330,6 +332,7 @@ function planKernel(graph: Graph, id: number, g: KernelGroup, k: KernelSource): 
     sourceLines: sourceLines(graph, g.nodes),
     kind: g.kind,
     ...(params ? { params } : {}),
+    ...(k.gatherFlag !== undefined ? { gatherFlag: k.gatherFlag } : {}),
   };
 }
 

@@ -121,6 +121,8 @@ export function stepEntry(step: StepProgram, at: number): Entry {
 export interface FieldShape {
   shape: number[];
   dtype: "f32" | "i32";
+  /** The values an i32 field holds, both ends included, where the source knows them (token ids). */
+  range?: { min: number; max: number; what: string };
 }
 
 /** A data declaration, resolved: its source, its arguments with defaults applied, its split. */

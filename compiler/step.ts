@@ -33,7 +33,7 @@ import {
 } from "./budget.js";
 import { Builder } from "./builder.js";
 import { allModules } from "./instantiate.js";
-import type { DType, InputRole, Shape } from "./ir.js";
+import type { DType, InputRole, Shape, ValueRange } from "./ir.js";
 import { Lowerer, type Frame } from "./lower.js";
 import type { Placement, PlacedParam } from "./place.js";
 import type {
@@ -59,7 +59,7 @@ interface StepContext {
   /** Graph inputs by name, in the order they were made. */
   readonly inputs: Map<string, ProgramInput>;
   /** The graph input `name`, made on first use. */
-  input(name: string, role: InputRole, shape: Shape, dtype?: DType): number;
+  input(name: string, role: InputRole, shape: Shape, dtype?: DType, range?: ValueRange): number;
   paramNode(p: ParamInfo): number;
   readonly stepNode: number;
   readonly lrScale: number;
@@ -88,7 +88,7 @@ export function buildStep(
   r: Resolver,
   spec: TrainSpec,
   placement: Placement,
-  batchFields: Record<string, { shape: Shape; dtype: DType }>,
+  batchFields: Record<string, { shape: Shape; dtype: DType; range?: ValueRange }>,
   buffers: ReadonlyMap<string, Value> = new Map(),
 ): StepProgram | undefined {
   const ctx = stepContext(r, spec, placement, buffers);
@@ -140,10 +140,16 @@ function stepContext(
 ): StepContext {
   const b = new Builder();
   const inputs = new Map<string, ProgramInput>();
-  const input = (name: string, role: InputRole, shape: Shape, dtype: DType = "f32"): number => {
+  const input = (
+    name: string,
+    role: InputRole,
+    shape: Shape,
+    dtype: DType = "f32",
+    range?: ValueRange,
+  ): number => {
     const existing = inputs.get(name);
     if (existing) return existing.node;
-    const node = b.input(role, name, shape, dtype);
+    const node = b.input(role, name, shape, dtype, range);
     inputs.set(name, { name, node, role, shape: [...shape], dtype });
     return node;
   };
@@ -251,7 +257,7 @@ function rejectUnsupported(ctx: StepContext): boolean {
 /** The batch as `batch.<field>` inputs, and the train block's `loss` on it: a scalar. */
 function lowerLoss(
   ctx: StepContext,
-  batchFields: Record<string, { shape: Shape; dtype: DType }>,
+  batchFields: Record<string, { shape: Shape; dtype: DType; range?: ValueRange }>,
 ): Objective | undefined {
   const { r, spec, L } = ctx;
   if (!spec.loss) {
@@ -267,7 +273,7 @@ function lowerLoss(
   }
   const batch = new Map<string, Value>();
   for (const [field, f] of Object.entries(batchFields))
-    batch.set(field, L.tensor(ctx.input(`batch.${field}`, "data", f.shape, f.dtype)));
+    batch.set(field, L.tensor(ctx.input(`batch.${field}`, "data", f.shape, f.dtype, f.range)));
   const frame: Frame = {
     module: spec.module,
     locals: new Map<string, Value>([

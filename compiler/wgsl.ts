@@ -8,8 +8,24 @@
 // Indices are i32. An Index knows its flat (row-major) offset, its coordinates, or both, and
 // derives the other lazily, so a chain of same-shape elementwise ops reads `x[i]` directly and a
 // reshape costs nothing while the flat offset is known.
-import { numel, printGraph, strides, type DType, type Graph, type Node, type Shape } from "./ir.js";
+import {
+  numel,
+  printGraph,
+  strides,
+  valueRange,
+  type DType,
+  type Graph,
+  type Node,
+  type Shape,
+} from "./ir.js";
 import type { KernelBuffer } from "./kernels/types.js";
+
+/**
+ * The error flag of out-of-range gathers: a kernel that gathers with ids not known to be in range
+ * writes [gather node + 1, the id] to it when an id is outside; renderKernel declares its binding
+ * (after the others) and the device reads it after each run.
+ */
+export const GATHER_FLAG = "lrk_gather_flag";
 
 // ---------------------------------------------------------------------------- literals
 
@@ -286,6 +302,11 @@ fn lrk_pow(a: f32, b: f32) -> f32 {
   },
 };
 
+/** The helpers a literal from `f32Lit` calls (`lrk_inf`, `lrk_nan`): none for a finite value. */
+export function literalHelpers(text: string): string[] {
+  return ["lrk_inf", "lrk_nan"].filter((name) => text.includes(`${name}()`));
+}
+
 /** The helpers' code, dependencies first. */
 export function helperCode(names: Iterable<string>): string {
   const out: string[] = [];
@@ -436,8 +457,13 @@ export class Emitter {
     switch (op.kind) {
       case "input":
         throw new Error(`wgsl: input %${node.id} has no buffer`);
-      case "const":
-        return lit(op.value, node.dtype);
+      case "const": {
+        // ±inf and NaN (and values that round to ±inf in f32) are calls of helpers: a WGSL
+        // const-expression may not be infinite or NaN.
+        const text = lit(op.value, node.dtype);
+        for (const helper of literalHelpers(text)) this.helper(helper);
+        return text;
+      }
       case "iota": {
         const c = idx.coords()[op.axis]!;
         return int ? c : `f32(${c})`;
@@ -514,7 +540,19 @@ export class Emitter {
         const c = idx.coords();
         const s = ids.shape.length;
         const id = this.value(ids.id, this.index(ids.shape, { coords: c.slice(0, s) }));
-        const row = this.let(`clamp(${id}, 0, ${Math.max(0, table.shape[0]! - 1)})`, "r");
+        const rows = table.shape[0]!;
+        const known = valueRange(g, ids.id);
+        // Never a read outside the table: the row is clamped. Where the ids are not known to be
+        // in range (they are for data fields and positions: compiler/lower.ts checks those), an
+        // id outside also sets the error flag the device reads after the run (IndexOutOfRange).
+        if (!known || known.min < 0 || known.max >= rows)
+          this.lines.push(
+            `if (${id} < 0i || ${id} >= ${rows}i) {`,
+            `  ${GATHER_FLAG}[0] = ${node.id + 1}i;`,
+            `  ${GATHER_FLAG}[1] = ${id};`,
+            `}`,
+          );
+        const row = this.let(`clamp(${id}, 0, ${Math.max(0, rows - 1)})`, "r");
         return this.value(table.id, this.index(table.shape, { coords: [row, ...c.slice(s)] }));
       }
       case "matmul": {

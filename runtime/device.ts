@@ -1,6 +1,6 @@
 // What the training loop needs from a device: run one entry of a graph on named inputs.
 // The CPU device is the reference interpreter; the WebGPU device executes compiled kernel plans.
-import { evaluate } from "./interpreter.js";
+import { evaluate, IndexOutOfRange } from "./interpreter.js";
 import type { Entry, GraphProgram, Tensor } from "../compiler/program.js";
 
 export type { Tensor };
@@ -49,12 +49,17 @@ export class CpuDevice implements Device {
       const value = feeds.get(input.name);
       if (value) byNode.set(input.node, value);
     }
-    const values = evaluate(
-      graph,
-      byNode,
-      entry.outputs.map((o) => o.node),
-      this.options,
-    );
+    let values: Map<number, Tensor>;
+    try {
+      values = evaluate(
+        graph,
+        byNode,
+        entry.outputs.map((o) => o.node),
+        this.options,
+      );
+    } catch (e) {
+      throw e instanceof IndexOutOfRange ? e.atStep(feeds) : e;
+    }
     return new Map(entry.outputs.map((o) => [o.name, values.get(o.node)!]));
   }
 }

@@ -4,7 +4,7 @@
 //    async Dawn call crashes it: it is kept in a module-level variable;
 //  - a pending Dawn promise busy-polls a whole core, so waiting for the GPU first sleeps for most
 //    of the expected time (learned from earlier waits) and only then awaits.
-import { mkdirSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -52,8 +52,63 @@ export async function gpu(): Promise<GPU> {
   return instance;
 }
 
+/**
+ * Dawn's notes on lavapipe's limits ("maxDynamicUniformBuffersPerPipelineLayout artificially
+ * reduced from 1000000 to 16 …"), printed with fprintf(stderr) the first time it enumerates
+ * adapters: harmless, and noise on every run.
+ */
+const DAWN_NOISE = /^Warning: maxDynamic\w+ artificially reduced.*\n?/gm;
+let adapterEnumerated = false;
+
+/**
+ * Runs `enumerate` (the first requestAdapter) with file descriptor 2 pointing at a temporary
+ * file, then writes what was printed there back to stderr without DAWN_NOISE: other messages
+ * (a driver's real errors) still reach the user. Dawn writes from native code, so only the
+ * descriptor itself can be redirected: closing 2 and opening a file takes the lowest free
+ * descriptor, 2. Where that is not possible (stderr closed or a socket, not Linux), or anything is
+ * unexpected, it runs unfiltered.
+ */
+export async function withoutDawnNoise<T>(enumerate: () => Promise<T>): Promise<T> {
+  if (process.platform !== "linux") return enumerate();
+  let saved: number;
+  let dir: string;
+  try {
+    saved = openSync("/proc/self/fd/2", "a");
+    dir = mkdtempSync(join(tmpdir(), "lrk-dawn-"));
+  } catch {
+    return enumerate();
+  }
+  const captured = join(dir, "stderr");
+  closeSync(2);
+  const fd = openSync(captured, "w+");
+  const restore = () => {
+    closeSync(fd);
+    const back = openSync(`/proc/self/fd/${saved}`, "a");
+    closeSync(saved);
+    if (back !== 2) process.emitWarning(`lrk: stderr was reopened as descriptor ${back}`);
+  };
+  if (fd !== 2) {
+    // another thread took descriptor 2 meanwhile: put stderr back, unfiltered
+    restore();
+    rmSync(dir, { recursive: true, force: true });
+    return enumerate();
+  }
+  try {
+    return await enumerate();
+  } finally {
+    restore();
+    const text = readFileSync(captured, "utf8").replace(DAWN_NOISE, "");
+    rmSync(dir, { recursive: true, force: true });
+    if (text) process.stderr.write(text);
+  }
+}
+
 export async function requestAdapter(): Promise<GPUAdapter> {
-  const adapter = await (await gpu()).requestAdapter({ powerPreference: "high-performance" });
+  const instance = await gpu();
+  const enumerate = () => instance.requestAdapter({ powerPreference: "high-performance" });
+  const first = !adapterEnumerated;
+  adapterEnumerated = true;
+  const adapter = await (first ? withoutDawnNoise(enumerate) : enumerate());
   if (!adapter) throw new NoAdapterError();
   return adapter;
 }

@@ -349,12 +349,40 @@ function evaluateMatmul({ node, op, ins, out, n, int, f64 }: OpCall<OpOf<"matmul
   }
 }
 
-function evaluateGather({ ins, out }: OpCall<OpOf<"gather">>) {
+/**
+ * A gather met an id outside its table's rows (ids computed at run time; those from the data and
+ * positions are checked when compiling). Both devices report it: the interpreter at once, the
+ * WebGPU device from the kernels' error flag after the run (they clamp the row meanwhile).
+ * `step` is the training step, when the run had one; cli/failures.ts makes it a diagnostic.
+ */
+export class IndexOutOfRange extends Error {
+  step?: number;
+  constructor(
+    readonly id: number,
+    readonly rows: number,
+    /** The gather node's source line, `file:line`, when known. */
+    readonly source: string | undefined,
+  ) {
+    super(
+      `an index was outside its table: ${id} for a table of ${rows} rows${source ? ` (the gather at ${source})` : ""}`,
+    );
+  }
+
+  /** The error with the step of the run that met it: the feed `step`, if there was one. */
+  atStep(feeds: ReadonlyMap<string, Tensor>): this {
+    const step = feeds.get("step")?.data[0];
+    if (step !== undefined) this.step = step;
+    return this;
+  }
+}
+
+function evaluateGather({ node, ins, out }: OpCall<OpOf<"gather">>) {
   const [table, ids] = ins as [Tensor, Tensor];
   const rows = table.shape[0]!;
   const row = numel(table.shape.slice(1));
+  const source = node.source ? `${node.source.file}:${node.source.line}` : undefined;
   ids.data.forEach((id, r) => {
-    if (id < 0 || id >= rows) throw new Error(`interpreter: gather id ${id} outside [0, ${rows})`);
+    if (id < 0 || id >= rows) throw new IndexOutOfRange(id, rows, source);
     for (let j = 0; j < row; j++) out[r * row + j] = table.data[id * row + j]!;
   });
 }

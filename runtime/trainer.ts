@@ -59,9 +59,15 @@ export function openRun(program: TrainProgram): Run {
     [evalData, on],
   ] as const) {
     const shapes = JSON.stringify(d.fieldShapes(program.batch));
-    if (shapes !== JSON.stringify(spec.fields))
+    // the shapes and dtypes only: a field's known range is for the compiler's checks
+    const compiled = JSON.stringify(
+      Object.fromEntries(
+        Object.entries(spec.fields).map(([k, f]) => [k, { shape: f.shape, dtype: f.dtype }]),
+      ),
+    );
+    if (shapes !== compiled)
       throw new Error(
-        `runtime: the data source \`${spec.source}\` makes batches ${shapes}, the program was compiled for ${JSON.stringify(spec.fields)}`,
+        `runtime: the data source \`${spec.source}\` makes batches ${shapes}, the program was compiled for ${compiled}`,
       );
   }
   return { program, data, evalData, evalSplit: on.split ?? "valid" };

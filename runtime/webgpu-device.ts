@@ -17,12 +17,15 @@ import { numel } from "../compiler/ir.js";
 import type { Entry, GraphProgram, Plan, Tensor } from "../compiler/program.js";
 import type { Device, RunOptions } from "./device.js";
 import { GpuWaiter, requestAdapter, requestDevice, summarize, type AdapterSummary } from "./gpu.js";
+import { IndexOutOfRange } from "./interpreter.js";
 
 /** A loaded plan: its buffers (made at load), and each entry's pipelines (made at first use). */
 interface Loaded {
   plan: Plan;
   buffers: GPUBuffer[];
   entries: Map<string, LoadedEntry>;
+  /** The gather error flag (2 i32s), made when a kernel first needs it. */
+  gatherFlag?: GPUBuffer;
 }
 
 interface LoadedEntry {
@@ -42,6 +45,8 @@ interface LoadedEntry {
    */
   waiter: GpuWaiter;
   runs: number;
+  /** Where the gather error flag is read back after each run, if a kernel of the entry sets it. */
+  flagStaging?: GPUBuffer;
 }
 
 /** A plan kernel that WebGPU rejected: names the kernel; the caller makes it a diagnostic. */
@@ -137,8 +142,15 @@ export class WebGpuDevice implements Device {
     await e.ready;
     const pe = loaded.plan.entries[entry.name]!;
     const gpu = this.device;
+    // a command the driver rejects at run time (not at pipeline creation) fails the run too
+    gpu.pushErrorScope("validation");
     const encoder = gpu.createCommandEncoder();
-    this.upload(encoder, loaded, pe.inputs, feeds);
+    try {
+      this.upload(encoder, loaded, pe.inputs, feeds);
+    } catch (error) {
+      void gpu.popErrorScope().catch(() => undefined);
+      throw error;
+    }
     const pass = encoder.beginComputePass();
     for (const k of pe.dispatches) {
       const [x, y, z] = loaded.plan.kernels[k]!.dispatch;
@@ -148,6 +160,7 @@ export class WebGpuDevice implements Device {
       pass.dispatchWorkgroups(x, y, z);
     }
     pass.end();
+    if (e.flagStaging) encoder.copyBufferToBuffer(loaded.gatherFlag!, 0, e.flagStaging, 0, 8);
     // Outputs the caller did not ask for stay on the GPU as DeviceTensors (read on `sync`).
     const read = options.read;
     const wanted = read ? pe.outputs.filter((o) => read.has(o.name)) : pe.outputs;
@@ -162,8 +175,34 @@ export class WebGpuDevice implements Device {
           loaded.plan.buffers[buffer]!.bytes,
         );
     gpu.queue.submit([encoder.finish()]);
+    const scope = gpu.popErrorScope();
     await (e.runs++ === 0 ? new GpuWaiter() : e.waiter).wait(gpu);
-    return this.outputs(loaded, e, pe.outputs, readBuffers);
+    const invalid = await scope;
+    if (invalid) throw new PipelineError([`entry "${entry.name}"`], invalid.message);
+    const out = await this.outputs(loaded, e, pe.outputs, readBuffers);
+    if (e.flagStaging) await this.checkGatherFlag(program, loaded, e.flagStaging, feeds);
+    return out;
+  }
+
+  /**
+   * Throws IndexOutOfRange when a gather of the run met an id outside its table (the kernel
+   * clamped the row and set the flag: compiler/wgsl.ts), after clearing the flag.
+   */
+  private async checkGatherFlag(
+    program: GraphProgram,
+    loaded: Loaded,
+    staging: GPUBuffer,
+    feeds: ReadonlyMap<string, Tensor>,
+  ): Promise<void> {
+    await staging.mapAsync(GPUMapMode.READ);
+    const [gather, id] = new Int32Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    if (!gather) return;
+    this.device.queue.writeBuffer(loaded.gatherFlag!, 0, new Int32Array(2));
+    const node = program.graph.nodes[gather - 1];
+    const rows = node ? program.graph.node(node.inputs[0]!).shape[0]! : 0;
+    const source = node?.source ? `${node.source.file}:${node.source.line}` : undefined;
+    throw new IndexOutOfRange(id!, rows, source).atStep(feeds);
   }
 
   /** Copies the feeds an entry reads into their input buffers, unless they are there already. */
@@ -375,8 +414,11 @@ export class WebGpuDevice implements Device {
     const bindGroups: GPUBindGroup[] = [];
     const uniforms: GPUBuffer[] = [];
     const checks: Promise<string | undefined>[] = [];
+    let flagged = false;
     for (const id of pe.dispatches) {
       const k = plan.kernels[id]!;
+      // WGSL errors are caught by the scope too (not printed by Dawn as uncaptured errors)
+      gpu.pushErrorScope("validation");
       let module = this.modules.get(k.wgsl);
       if (!module) {
         module = gpu.createShaderModule({ code: k.wgsl, label: k.name });
@@ -402,8 +444,20 @@ export class WebGpuDevice implements Device {
         });
         entries.push({ binding, resource: { buffer: uniform } });
       }
+      if (k.gatherFlag !== undefined) {
+        flagged = true;
+        loaded.gatherFlag ??= gpu.createBuffer({
+          size: 8,
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+        });
+        layoutEntries.push({
+          binding: k.gatherFlag,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: "storage" },
+        });
+        entries.push({ binding: k.gatherFlag, resource: { buffer: loaded.gatherFlag } });
+      }
       const layout = gpu.createBindGroupLayout({ entries: layoutEntries });
-      gpu.pushErrorScope("validation");
       pipelines[id] = gpu.createComputePipeline({
         label: k.name,
         layout: gpu.createPipelineLayout({ bindGroupLayouts: [layout] }),
@@ -413,7 +467,7 @@ export class WebGpuDevice implements Device {
       checks.push(
         gpu.popErrorScope().then(async (error) => {
           if (!error) return undefined;
-          const info = await module.getCompilationInfo();
+          const info = await module.getCompilationInfo().catch(() => ({ messages: [] }));
           const lines = info.messages.map((m) => `  ${m.lineNum}:${m.linePos} ${m.message}`);
           return `kernel "${k.name}": ${error.message}\n${lines.join("\n")}\n${k.wgsl}`;
         }),
@@ -441,6 +495,9 @@ export class WebGpuDevice implements Device {
           bad.join("\n"),
         );
     });
+    // Awaited by every run; marked handled here so that a rejection before the first await
+    // (or with no run left to await it) is never an unhandled rejection that kills the process.
+    ready.catch(() => {});
     const e: LoadedEntry = {
       name,
       pipelines,
@@ -451,6 +508,14 @@ export class WebGpuDevice implements Device {
       ready,
       waiter: new GpuWaiter(),
       runs: 0,
+      ...(flagged
+        ? {
+            flagStaging: gpu.createBuffer({
+              size: 8,
+              usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+            }),
+          }
+        : {}),
     };
     loaded.entries.set(name, e);
     return e;
@@ -475,9 +540,11 @@ export class WebGpuDevice implements Device {
     this.destroyed = true;
     for (const loaded of this.all) {
       for (const b of loaded.buffers) b.destroy();
+      loaded.gatherFlag?.destroy();
       for (const e of loaded.entries.values()) {
         for (const u of e.uniforms) u.destroy();
         e.staging?.destroy();
+        e.flagStaging?.destroy();
       }
     }
     this.device.destroy();

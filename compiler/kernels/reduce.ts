@@ -108,7 +108,7 @@ export function reduceKernel(k: ReduceKernelInput, params?: ReduceParams): Kerne
   outIndex.coords(); // hoisted out of the loop: em.lines holds the statements before it
   const loopBody = em.scope(() => {
     const idx = inputIndex(em, input.shape, op.axes, () => outIndex.coords(), "o", "r");
-    em.lines.push(`acc = ${combine(op.fn, "acc", em.value(input.id, idx))};`);
+    em.lines.push(`acc = ${combine(op.fn, "acc", em.value(input.id, idx), ty)};`);
   });
   const epilogue = em.scope(() => {
     const v = em.value(k.output, em.index(out.shape, { flat: "o" }));

@@ -6,6 +6,7 @@
 //
 // Also here, the two pieces of WGSL several templates share: the opaque zero (`lrk_zero`) and
 // the tree reduction over workgroup memory (`workgroupReduce`).
+import { GATHER_FLAG, helperCode, literalHelpers } from "../wgsl.js";
 import type { KernelBinding, KernelBuffer, ParamKernelSource } from "./types.js";
 
 /** The entry point's builtin inputs a template may ask for. */
@@ -85,7 +86,19 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     ...uniforms.map((u, i) => `let ${u.name} = dims.v${i};`),
     ...spec.body,
   ];
-  const declarations = spec.declarations ?? [];
+  // A template that writes an infinite or NaN literal itself (a max's start, a mask) without
+  // asking for its helper still gets it: an undefined `lrk_inf()` would fail the whole plan.
+  const given = spec.declarations ?? [];
+  const missing = literalHelpers([...given, ...body].join("\n")).filter(
+    (name) => !given.some((d) => d.includes(`fn ${name}(`)),
+  );
+  const declarations = missing.length ? [...given, helperCode(missing)] : given;
+  // the gather error flag (compiler/wgsl.ts): bound after the storage buffers and the uniform
+  const usesFlag = [...declarations, ...body].some((l) => l.includes(GATHER_FLAG));
+  const flagBinding = spec.buffers.length + (uniforms.length ? 1 : 0);
+  const flag = usesFlag
+    ? `@group(0) @binding(${flagBinding}) var<storage, read_write> ${GATHER_FLAG}: array<i32>;`
+    : "";
   const usesZero = [...declarations, ...body].some((l) => l.includes("lrk_opaque_zero()"));
   if (usesZero && !named.length) throw new Error(`${spec.name}: an opaque zero needs a binding`);
   const zero = usesZero ? opaqueZeroFunction(named[0]!.name) : "";
@@ -100,6 +113,7 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     ...(spec.directives ?? []),
     ...bindings,
     ...uniform,
+    flag,
     zero,
     ...declarations,
     `@compute @workgroup_size(${typeof wg === "number" ? wg : size.join(", ")})`,
@@ -118,6 +132,7 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     bindings: spec.buffers.map((b) => ({ buffer: b.buffer, access: b.access })),
     features: [...(spec.features ?? [])],
     ...(uniforms.length ? { params } : {}),
+    ...(usesFlag ? { gatherFlag: flagBinding } : {}),
   };
 }
 
@@ -156,9 +171,14 @@ function opaqueZeroFunction(binding: string): string {
 
 export type Combine = "sum" | "max";
 
-/** a ⊕ b; max propagates NaN, as the interpreter's does. */
-export function combine(fn: Combine, a: string, b: string): string {
-  return fn === "max" ? `select(${a}, ${b}, ${b} > ${a} || ${b} != ${b})` : `${a} + ${b}`;
+/**
+ * a ⊕ b; max propagates NaN, as the interpreter's does. NaN is tested on the bits: lavapipe's
+ * LLVM folds `b != b` to false (measured: a max over a NaN gave the largest number).
+ */
+export function combine(fn: Combine, a: string, b: string, type = "f32"): string {
+  if (fn !== "max") return `${a} + ${b}`;
+  const nan = type === "f32" ? ` || (bitcast<u32>(${b}) & 0x7fffffffu) > 0x7f800000u` : "";
+  return `select(${a}, ${b}, ${b} > ${a}${nan})`;
 }
 
 /**
@@ -182,7 +202,7 @@ export function workgroupReduce(type: string, size: number, fns: Iterable<Combin
         `    if (lane < s) {`,
         `      let a = lrk_wg[lid];`,
         `      let b = lrk_wg[lid + s];`,
-        `      lrk_wg[lid] = ${combine(fn, "a", "b")};`,
+        `      lrk_wg[lid] = ${combine(fn, "a", "b", type)};`,
         `    }`,
         `    workgroupBarrier();`,
         `  }`,

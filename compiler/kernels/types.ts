@@ -33,6 +33,11 @@ export interface KernelSource {
   bindings: KernelBinding[];
   /** Optional device features the WGSL needs (`subgroups`, `shader-f16`). */
   features: string[];
+  /**
+   * The binding of the gather error flag (`array<i32>`, 2 elements: the gather node + 1 and the
+   * id) when the kernel gathers with ids not known to be in range; after the others.
+   */
+  gatherFlag?: number;
 }
 
 /**

@@ -32,7 +32,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var e = lane; e < 128 + i32(lrk_zero); e += 1) {
     let f0 = row * 128 + e;
     let v1 = in0[f0];
-    lrk_a0 = select(lrk_a0, v1, v1 > lrk_a0 || v1 != v1);
+    lrk_a0 = select(lrk_a0, v1, v1 > lrk_a0 || (bitcast<u32>(v1) & 0x7fffffffu) > 0x7f800000u);
   }
   let lrk_s0 = lrk_a0;
   var lrk_a1: f32 = 0.0;
