@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { failureDiagnostic } from "../../cli/failures.js";
 import { Builder } from "../../compiler/builder.js";
 import { planStep } from "../../compiler/compile.js";
-import { fuse } from "../../compiler/fuse.js";
+import { fuse } from "../../compiler/fuse/index.js";
 import type { GraphProgram, ProgramInput } from "../../compiler/program.js";
 import { renderKernel } from "../../compiler/kernels/render.js";
 import { deviceTarget } from "../../cli/target.js";
