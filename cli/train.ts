@@ -152,11 +152,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
       );
     }
     try {
-      resume = folder.loadCheckpoint(
-        program.step.inputs
-          .filter((i) => i.role === "param" || i.role === "state")
-          .map((i) => i.name),
-      );
+      resume = folder.loadCheckpoint(program);
     } catch (e) {
       const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
       if (failure) return report([failure], options);

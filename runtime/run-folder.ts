@@ -15,7 +15,9 @@ import { join } from "node:path";
 import type { Tensor } from "../compiler/program.js";
 import type { Plan } from "../compiler/program.js";
 import { lineChart } from "./plot.js";
-import { CheckpointError, readSafetensors, writeSafetensors } from "./safetensors.js";
+import { CheckpointError, writeSafetensors } from "./safetensors.js";
+import type { TrainProgram } from "../compiler/program.js";
+import { checkpointUses, loadCheckpoint } from "./checkpoint.js";
 
 export interface Metric {
   step: number;
@@ -49,29 +51,20 @@ export class RunFolder {
     );
   }
 
-  loadCheckpoint(expected: readonly string[]): {
+  /** The checkpoint to resume `program` from: every parameter and state it reads, checked. */
+  loadCheckpoint(program: TrainProgram): {
     step: number;
     store: Map<string, Tensor>;
     meta: Record<string, string>;
   } {
-    const { tensors, metadata } = readSafetensors(this.checkpointPath);
-    const step = Number(metadata["step"]);
+    const loaded = loadCheckpoint(this.checkpointPath, program, checkpointUses.resume);
+    const step = Number(loaded.metadata["step"]);
     if (!Number.isInteger(step) || step < 0)
       throw new CheckpointError(
         `\`${this.checkpointPath}\` does not say which step it was saved at`,
         "it was not written by `lrkc train`; start without --resume",
       );
-    const missing = expected.filter((name) => !tensors.has(name));
-    if (missing.length > 0) {
-      throw new CheckpointError(
-        `\`${this.checkpointPath}\` lacks ${missing
-          .slice(0, 3)
-          .map((n) => `\`${n}\``)
-          .join(", ")}${missing.length > 3 ? ` and ${missing.length - 3} more` : ""}`,
-        "the program changed since the checkpoint was written; start without --resume (or with another --out)",
-      );
-    }
-    return { step, store: tensors, meta: metadata };
+    return { step, store: loaded.tensors, meta: loaded.metadata };
   }
 
   /** Appends metric lines; on resume, first drops lines after the resumed step. */
