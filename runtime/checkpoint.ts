@@ -8,7 +8,7 @@
 // read by every caller.
 import type { DType } from "../compiler/ir.js";
 import type { Tensor, TrainProgram } from "../compiler/program.js";
-import { CheckpointError, readSafetensors, type ReadTensor } from "./safetensors.js";
+import { CheckpointError, readSafetensors, type FileDType } from "./safetensors.js";
 
 export interface CheckpointOptions {
   /** Which caller reads the file: it picks the help texts. */
@@ -89,30 +89,43 @@ export function loadCheckpoint(
   const expected = expectedTensors(program);
   let elements = 0;
   for (const e of expected.values()) elements += count(e.shape);
-  const { tensors: file, metadata } = readSafetensors(path, {
+  const {
+    tensors: file,
+    dtypes,
+    metadata,
+  } = readSafetensors(path, {
     maxBytes: HEADER_ROOM + SIZE_ROOM * elements,
   });
-  const byStoreName = new Map<string, { key: string; tensor: ReadTensor }>();
-  for (const [key, tensor] of file) byStoreName.set(storeName(key), { key, tensor });
+  const byStoreName = new Map<string, { key: string; tensor: Tensor; dtype: FileDType }>();
+  for (const [key, tensor] of file) {
+    const name = storeName(key);
+    const twice = byStoreName.get(name);
+    if (twice)
+      throw new CheckpointError(
+        `\`${path}\` holds \`${label(name)}\` twice, as \`${twice.key}\` and as \`${key}\``,
+        "keep one of them",
+      );
+    byStoreName.set(name, { key, tensor, dtype: dtypes.get(key)! });
+  }
 
   const tensors = new Map<string, Tensor>();
   const extra: string[] = [];
   const unused: string[] = [];
   const modules = modulePaths(program);
-  for (const [name, { key, tensor }] of byStoreName) {
+  for (const [name, { key, tensor, dtype }] of byStoreName) {
     const want = expected.get(name);
     if (!want) {
       if (!name.startsWith("param:") && !options.states) continue;
-      if (options.extra === "keep") tensors.set(name, plain(tensor));
+      if (options.extra === "keep") tensors.set(name, tensor);
       else if (options.extra === "refuse") extra.push(key);
       else if (options.extra === "adapters" && !isAdapterOf(modules, name)) extra.push(key);
       else if (options.extra === "ignore") unused.push(key);
       continue;
     }
     if (want.kind === "step" && !options.states) continue;
-    check(path, key, tensor, want, help[options.use].mismatch);
+    check(path, key, tensor, dtype, want, help[options.use].mismatch);
     if (want.kind === "adapter" && !options.adapters) continue;
-    tensors.set(name, plain(tensor));
+    tensors.set(name, tensor);
   }
   const requiredNames = [...expected]
     .filter(([, e]) =>
@@ -197,7 +210,14 @@ function isAdapterOf(modules: ReadonlySet<string>, name: string): boolean {
 }
 
 /** The tensor's shape and dtype against the program's, compared and printed as numbers. */
-function check(path: string, key: string, t: ReadTensor, want: Expected, mismatch: string): void {
+function check(
+  path: string,
+  key: string,
+  t: Tensor,
+  dtype: FileDType,
+  want: Expected,
+  mismatch: string,
+): void {
   const whose = want.kind === "step" ? "the program's" : "the model's";
   const shape = want.shape.map(Number);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
@@ -205,18 +225,15 @@ function check(path: string, key: string, t: ReadTensor, want: Expected, mismatc
       `\`${label(storeName(key))}\` in \`${path}\` is [${t.shape.join(", ")}], but ${whose} is [${shape.join(", ")}]`,
       mismatch,
     );
-  const float = t.fileDType !== "I32";
+  const float = dtype !== "I32";
   if (float !== (want.dtype === "f32"))
     throw new CheckpointError(
-      `\`${label(storeName(key))}\` in \`${path}\` holds ${t.fileDType} values, but ${whose} is ${want.dtype}`,
+      `\`${label(storeName(key))}\` in \`${path}\` holds ${dtype} values, but ${whose} is ${want.dtype}`,
       want.dtype === "f32"
         ? "store it as F32 (or F64, F16, BF16): integers are not read as weights"
         : "store it as I32",
     );
 }
-
-/** The tensor without the file's dtype, as the store keeps it. */
-const plain = (t: ReadTensor): Tensor => ({ shape: t.shape, data: t.data });
 
 const count = (shape: readonly number[]) => shape.reduce((a, b) => a * Number(b), 1);
 

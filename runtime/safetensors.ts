@@ -85,7 +85,9 @@ export function writeSafetensors(
 }
 
 export interface Loaded {
-  tensors: Map<string, ReadTensor>;
+  tensors: Map<string, Tensor>;
+  /** Each tensor's dtype in the file (F16 and BF16 tensors are read as f32, F64 as float64). */
+  dtypes: Map<string, FileDType>;
   metadata: Record<string, string>;
 }
 
@@ -97,11 +99,6 @@ export interface ReadOptions {
 /** The dtypes lrk reads, with their element sizes. Floats become f32 (F64 stays float64). */
 const elementBytes: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I32: 4 };
 export type FileDType = "F64" | "F32" | "F16" | "BF16" | "I32";
-
-/** A tensor as read, with the dtype it had in the file (for checks against the program). */
-export interface ReadTensor extends Tensor {
-  fileDType: FileDType;
-}
 
 /** safetensors' own limit on the JSON header; a larger one is not a safetensors file. */
 const MAX_HEADER_BYTES = 100_000_000;
@@ -129,15 +126,17 @@ export function readSafetensors(path: string, options: ReadOptions = {}): Loaded
   if (!isObject(header)) throw corrupt(`its header is ${describeJson(header)}, not a JSON object`);
   const dataLength = bytes.length - base;
   const ranges: { name: string; begin: number; end: number }[] = [];
-  const tensors = new Map<string, ReadTensor>();
+  const tensors = new Map<string, Tensor>();
+  const dtypes = new Map<string, FileDType>();
   for (const [name, entry] of Object.entries(header)) {
     if (name === "__metadata__") continue;
     const e = checkedEntry(name, entry, dataLength, corrupt, path);
     ranges.push({ name, begin: e.begin, end: e.end });
+    dtypes.set(name, e.dtype);
     tensors.set(name, decode(bytes.subarray(base + e.begin, base + e.end), e.dtype, e.shape));
   }
   checkCoverage(ranges, dataLength, corrupt);
-  return { tensors, metadata: metadataOf(header["__metadata__"], corrupt) };
+  return { tensors, dtypes, metadata: metadataOf(header["__metadata__"], corrupt) };
 }
 
 /**
@@ -286,10 +285,10 @@ function metadataOf(
 }
 
 /** Little-endian values as a tensor: F16 and BF16 widen to f32 exactly, F64 stays float64. */
-function decode(slice: Buffer, dtype: FileDType, shape: number[]): ReadTensor {
+function decode(slice: Buffer, dtype: FileDType, shape: number[]): Tensor {
   const copy = new ArrayBuffer(slice.length);
   new Uint8Array(copy).set(slice);
-  const tensor = (data: Tensor["data"]): ReadTensor => ({ shape, data, fileDType: dtype });
+  const tensor = (data: Tensor["data"]): Tensor => ({ shape, data });
   switch (dtype) {
     case "F64":
       return tensor(new Float64Array(copy));
