@@ -188,7 +188,7 @@ function unreadable(path: string, e: unknown): CheckpointError {
   if (code === "ENOENT")
     return new CheckpointError(
       `checkpoint \`${path}\` does not exist`,
-      "check the path; it is relative to the directory lrkc runs in",
+      'check the path: `init "…"` is relative to the program\'s folder, a path on the command line to the directory lrkc runs in',
     );
   if (code === "EISDIR") return new CheckpointError(`\`${path}\` is a directory, not a checkpoint`);
   return new CheckpointError(
