@@ -72,6 +72,12 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     const store = await initialize(program, device, { fromInit: !weights });
     if (weights) {
       for (const [name, t] of weights.tensors) store.set(name, t);
+      // Quantized buffers and adapters are initialized from the model's weights: recompute them
+      // from the loaded ones (not the random ones `initialize` drew), then the file's adapters win.
+      const init = program.initProgram;
+      for (const entry of [init.quantize, init.adapters])
+        for (const [name, t] of await device.run(init, entry, store)) store.set(name, t);
+      for (const [name, t] of weights.tensors) store.set(name, t);
       const { missing, unused } = weights;
       if (unused.length > 0 && !options.json)
         process.stderr.write(

@@ -449,6 +449,68 @@ describe("the CLI (issue 10, items 1, 6, 8)", () => {
     );
   });
 
+  it("eval --weights of a quantized fine-tune quantizes the loaded weights, not random ones", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-ckpt-cli-"));
+    const file = join(dir, "q.lrk");
+    writeFileSync(
+      file,
+      `import std.nn.{Linear}
+import std.optim.{adamw}
+import std.adapters.{lora}
+import std.quant.{svdquant}
+
+data moons = std.data.two_moons(n: 64)
+
+model Net {
+  up = Linear(2, 32)
+  mid = Linear(32, 24)
+  head = Linear(24, 2)
+  forward(x: f32[B, 2]) -> f32[B, 2] = head(gelu(mid(gelu(up(x)))))
+}
+
+train pre {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with adamw(lr: 1e-2)
+  steps 6
+  batch 8
+}
+
+train q {
+  model Net()
+  data moons
+  init "pre/final.safetensors"
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  quantize mid with svdquant(bits: 4, group: 8, rank: 4)
+  adapt mid with lora(rank: 2)
+  optimize adapters with adamw(lr: 1e-3)
+  steps 6
+  batch 8
+  eval every 3
+}
+`,
+    );
+    const trainBlock = (block: string) =>
+      lrk(["train", file, "--train", block, "--out", join(dir, block), "--device", "cpu"], dir);
+    expect(trainBlock("pre").code).toBe(0);
+    expect(trainBlock("q").code).toBe(0);
+    const last = readFileSync(join(dir, "q", "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { kind: string; loss: number })
+      .filter((m) => m.kind === "eval")
+      .pop()!;
+    const weights = join(dir, "q", "final.safetensors");
+    const r = lrk(
+      ["eval", file, "--train", "q", "--weights", weights, "--json", "--device", "cpu"],
+      dir,
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { result: { loss: number } }).result.loss).toBe(last.loss);
+  });
+
   it('a FIFO or /dev/zero as --init, init "…" or --weights is refused at once', () => {
     const s = setup();
     const fifo = join(s.dir, "pipe.safetensors");
