@@ -333,6 +333,12 @@ describe("one loader for init, --resume and --weights (issue 10, item 6)", () =>
     ]);
   });
 
+  it("--weights notes a LoRA run's adapters it does not use instead of dropping them silently", () => {
+    const loaded = loadCheckpoint(saved(finalOf(ft)), run, checkpointUses.weights);
+    expect(loaded.unused.sort()).toEqual(["l1.lora.A", "l1.lora.B"]);
+    expect(loaded.missing).toEqual([]);
+  });
+
   it("init still refuses a tensor that is no parameter nor an adapter of one", () => {
     const tensors = finalOf(run);
     tensors.set("l3.weight", { shape: [2], data: new Float32Array(2) });
