@@ -3,9 +3,8 @@
 // the file: how well a fine-tune does, or what it forgot of the task it started from.
 import { resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
-import type { Tensor } from "../compiler/program.js";
 import { error } from "../language/diagnostics.js";
-import { readSafetensors } from "../runtime/safetensors.js";
+import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import { evaluate, evaluationSkipped, initialize } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
@@ -67,10 +66,11 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
       options,
     );
 
-  let weights: Map<string, Tensor> | undefined;
+  // Read (and checked against the program) before the device opens: a bad file fails fast.
+  let weights: LoadedCheckpoint | undefined;
   if (options.weights !== undefined) {
     try {
-      weights = readSafetensors(resolve(options.weights)).tensors;
+      weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
     } catch (e) {
       const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
       if (failure) return report([failure], options);
@@ -84,42 +84,17 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     // the weights replace the block's `init`: no need to read that file too
     const store = await initialize(program, device, { fromInit: !weights });
     if (weights) {
-      const params = program.step.inputs.filter((i) => i.role === "param");
-      const missing: string[] = [];
-      for (const p of params) {
-        const path = p.name.slice("param:".length);
-        const t = weights.get(path);
-        if (!t) {
-          missing.push(path);
-          continue;
-        }
-        if (t.shape.join(",") !== p.shape.join(","))
-          return report(
-            [
-              error(
-                "E0502",
-                `\`${path}\` in \`${options.weights}\` is [${t.shape.join(", ")}], but the model's is [${p.shape.join(", ")}]`,
-                undefined,
-                { help: "evaluate with weights written by this program (or its train block)" },
-              ),
-            ],
-            options,
-          );
-        store.set(p.name, t);
-      }
-      if (missing.length === params.length)
-        return report(
-          [
-            error(
-              "E0502",
-              `\`${options.weights}\` has none of this model's parameters`,
-              undefined,
-              {
-                help: "pass a run's final.safetensors or checkpoint.safetensors",
-              },
-            ),
-          ],
-          options,
+      for (const [name, t] of weights.tensors) store.set(name, t);
+      // Quantized buffers and adapters are initialized from the model's weights: recompute them
+      // from the loaded ones (not the random ones `initialize` drew), then the file's adapters win.
+      const init = program.initProgram;
+      for (const entry of [init.quantize, init.adapters])
+        for (const [name, t] of await device.run(init, entry, store)) store.set(name, t);
+      for (const [name, t] of weights.tensors) store.set(name, t);
+      const { missing, unused } = weights;
+      if (unused.length > 0 && !options.json)
+        process.stderr.write(
+          `note: ${unused.length} tensor${unused.length === 1 ? "" : "s"} in ${options.weights} ${unused.length === 1 ? "is" : "are"} not this model's and ${unused.length === 1 ? "is" : "are"} not used (${unused.slice(0, 3).join(", ")}${unused.length > 3 ? ", …" : ""})\n`,
         );
       if (missing.length > 0 && !options.json)
         process.stderr.write(

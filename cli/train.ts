@@ -269,7 +269,7 @@ async function runTraining(
       onNote: (text) => progress.line(`note: ${text}`),
       // A float64 run (cpu64) keeps its checkpoint in float64, so that it resumes exactly.
       onCheckpoint: (s, store) =>
-        folder.saveCheckpoint(s, store, meta, { dtype: device.float64 ? "F64" : "F32" }),
+        folder.saveCheckpoint(s, store, meta, { floats: device.float64 ? "F64" : "F32" }),
       shouldStop: () => interrupted,
     });
   } finally {
@@ -364,9 +364,7 @@ function resumePoint(folder: RunFolder, program: TrainProgram, record: RunRecord
       `there is no checkpoint to resume in \`${folder.dir}\``,
       "run without --resume first, or pass the run's folder with --out",
     );
-  const resume = folder.loadCheckpoint(
-    program.step.inputs.filter((i) => i.role === "param" || i.role === "state").map((i) => i.name),
-  );
+  const resume = folder.loadCheckpoint(program);
   const recorded = folder.readRecord();
   if (!recorded)
     throw new CheckpointError(

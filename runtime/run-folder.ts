@@ -22,12 +22,9 @@ import type { Tensor } from "../compiler/program.js";
 import type { Plan } from "../compiler/program.js";
 import { makeFolder } from "./atomic.js";
 import { lineChart } from "./plot.js";
-import {
-  CheckpointError,
-  readSafetensors,
-  writeSafetensors,
-  type WriteOptions,
-} from "./safetensors.js";
+import { CheckpointError, writeSafetensors, type WriteOptions } from "./safetensors.js";
+import type { TrainProgram } from "../compiler/program.js";
+import { checkpointUses, loadCheckpoint } from "./checkpoint.js";
 
 export interface Metric {
   step: number;
@@ -285,31 +282,22 @@ export class RunFolder {
     }
   }
 
-  loadCheckpoint(expected: readonly string[]): {
+  /** The checkpoint to resume `program` from: every parameter and state it reads, checked. */
+  loadCheckpoint(program: TrainProgram): {
     step: number;
     store: Map<string, Tensor>;
     meta: Record<string, string>;
   } {
-    const { tensors, metadata } = readSafetensors(this.checkpointPath);
+    const loaded = loadCheckpoint(this.checkpointPath, program, checkpointUses.resume);
     // Number("") is 0: only digits are a step, or a checkpoint without one would restart at 0
-    const written = metadata["step"];
+    const written = loaded.metadata["step"];
     const step = typeof written === "string" && /^\d+$/.test(written) ? Number(written) : NaN;
     if (!Number.isSafeInteger(step))
       throw new CheckpointError(
         `\`${this.checkpointPath}\` does not say which step it was saved at (its \`step\` is ${JSON.stringify(written ?? null)})`,
         "it was not written by `lrkc train`; start without --resume",
       );
-    const missing = expected.filter((name) => !tensors.has(name));
-    if (missing.length > 0) {
-      throw new CheckpointError(
-        `\`${this.checkpointPath}\` lacks ${missing
-          .slice(0, 3)
-          .map((n) => `\`${n}\``)
-          .join(", ")}${missing.length > 3 ? ` and ${missing.length - 3} more` : ""}`,
-        "the program changed since the checkpoint was written; start without --resume (or with another --out)",
-      );
-    }
-    return { step, store: tensors, meta: metadata };
+    return { step, store: loaded.tensors, meta: loaded.metadata };
   }
 
   /** Appends metric lines; on resume, first drops lines after the resumed step. */

@@ -3,13 +3,16 @@
 // file is written and fsynced, then renamed over the target, so a crash never leaves a torn file.
 import {
   closeSync,
+  constants,
+  fstatSync,
   fsyncSync,
+  mkdirSync,
   openSync,
-  readFileSync,
+  readSync,
   renameSync,
   rmSync,
   writeSync,
-  mkdirSync,
+  type Stats,
 } from "node:fs";
 import { dirname } from "node:path";
 import type { Tensor } from "../compiler/program.js";
@@ -24,8 +27,8 @@ export class CheckpointError extends Error {
 }
 
 export interface WriteOptions {
-  /** How float tensors are stored: F32 (the default) or F64 (a float64 run's exact state). */
-  dtype?: "F32" | "F64";
+  /** How floats are stored: F32 (the default), or F64 for a float64 run (`--device cpu64`). */
+  floats?: "F32" | "F64";
 }
 
 export function writeSafetensors(
@@ -34,24 +37,36 @@ export function writeSafetensors(
   metadata: Record<string, string> = {},
   options: WriteOptions = {},
 ): void {
-  const floats = options.dtype ?? "F32";
-  const stored = (t: Tensor) => (t.data instanceof Int32Array ? "I32" : floats);
+  const floats = options.floats ?? "F32";
+  const stored = (t: Tensor) =>
+    t.data instanceof Int32Array
+      ? t.data
+      : floats === "F64"
+        ? t.data instanceof Float64Array
+          ? t.data
+          : Float64Array.from(t.data)
+        : t.data instanceof Float32Array
+          ? t.data
+          : Float32Array.from(t.data);
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   const names = [...tensors.keys()].sort();
-  for (const name of names) {
+  const datas = names.map((name) => stored(tensors.get(name)!));
+  for (const [i, name] of names.entries()) {
     const t = tensors.get(name)!;
-    const bytes = t.data.length * (stored(t) === "F64" ? 8 : 4);
+    const data = datas[i]!;
+    const bytes = data.byteLength;
     header[name] = {
-      dtype: stored(t),
+      dtype: data instanceof Int32Array ? "I32" : data instanceof Float64Array ? "F64" : "F32",
       shape: t.shape,
       data_offsets: [offset, offset + bytes],
     };
     offset += bytes;
   }
-  let json = JSON.stringify(header);
-  json += " ".repeat((8 - (json.length % 8)) % 8); // keep the data 8-byte aligned
-  const headerBytes = Buffer.from(json, "utf8");
+  const json = JSON.stringify(header);
+  const length = Buffer.byteLength(json, "utf8");
+  // keep the data 8-byte aligned
+  const headerBytes = Buffer.from(json + " ".repeat((8 - (length % 8)) % 8), "utf8");
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(headerBytes.length));
   mkdirSync(dirname(path), { recursive: true });
@@ -60,16 +75,8 @@ export function writeSafetensors(
   try {
     writeAll(fd, prefix);
     writeAll(fd, headerBytes);
-    for (const name of names) {
-      const t = tensors.get(name)!;
-      const data =
-        stored(t) === "F64"
-          ? Float64Array.from(t.data)
-          : t.data instanceof Float64Array
-            ? Float32Array.from(t.data)
-            : t.data;
+    for (const data of datas)
       writeAll(fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
-    }
     fsyncSync(fd);
   } catch (e) {
     closeSync(fd);
@@ -94,75 +101,237 @@ function writeAll(fd: number, bytes: Uint8Array): void {
 
 export interface Loaded {
   tensors: Map<string, Tensor>;
+  /** Each tensor's dtype in the file (F16 and BF16 tensors are read as f32, F64 as float64). */
+  dtypes: Map<string, FileDType>;
   metadata: Record<string, string>;
 }
 
-export function readSafetensors(path: string): Loaded {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new CheckpointError(
-      code === "ENOENT"
-        ? `checkpoint \`${path}\` does not exist`
-        : code === "EISDIR"
-          ? `\`${path}\` is a directory, not a checkpoint`
-          : `cannot read \`${path}\`: ${(e as Error).message}`,
-      code === "ENOENT"
-        ? "check the path; it is relative to the directory lrkc runs in"
-        : undefined,
-    );
-  }
+export interface ReadOptions {
+  /** Refuse a file larger than this many bytes (what the program could hold, with room). */
+  maxBytes?: number;
+}
+
+/** The dtypes lrk reads, with their element sizes. Floats become f32 (F64 stays float64). */
+const elementBytes: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I32: 4 };
+export type FileDType = "F64" | "F32" | "F16" | "BF16" | "I32";
+
+/** safetensors' own limit on the JSON header; a larger one is not a safetensors file. */
+const MAX_HEADER_BYTES = 100_000_000;
+
+export function readSafetensors(path: string, options: ReadOptions = {}): Loaded {
+  const bytes = readRegularFile(path, options.maxBytes);
   const corrupt = (why: string) =>
     new CheckpointError(
       `\`${path}\` is not a valid safetensors file: ${why}`,
       "the file may be truncated or corrupt; use an earlier checkpoint",
     );
   if (bytes.length < 8) throw corrupt("it is shorter than its 8-byte header length");
-  const headerLength = Number(bytes.readBigUInt64LE(0));
-  if (headerLength > bytes.length - 8) throw corrupt("its header runs past the end of the file");
-  let header: Record<
-    string,
-    { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>
-  >;
+  const headerLength = bytes.readBigUInt64LE(0);
+  if (headerLength > BigInt(Math.min(bytes.length - 8, MAX_HEADER_BYTES)))
+    throw corrupt(
+      `its header length (${headerLength} bytes) runs past the end of the file (${bytes.length} bytes)`,
+    );
+  const base = 8 + Number(headerLength);
+  let header: unknown;
   try {
-    header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString("utf8"));
+    header = JSON.parse(bytes.subarray(8, base).toString("utf8"));
   } catch {
     throw corrupt("its header is not JSON");
   }
-  const base = 8 + headerLength;
+  if (!isObject(header)) throw corrupt(`its header is ${describeJson(header)}, not a JSON object`);
+  const dataLength = bytes.length - base;
+  const ranges: { name: string; begin: number; end: number }[] = [];
   const tensors = new Map<string, Tensor>();
+  const dtypes = new Map<string, FileDType>();
   for (const [name, entry] of Object.entries(header)) {
     if (name === "__metadata__") continue;
-    const e = entry as { dtype: string; shape: number[]; data_offsets: [number, number] };
-    if (
-      !Array.isArray(e.shape) ||
-      !Array.isArray(e.data_offsets) ||
-      (e.dtype !== "F32" && e.dtype !== "I32" && e.dtype !== "F64")
-    ) {
-      throw corrupt(
-        `tensor \`${name}\` has an unsupported entry (dtype ${e.dtype}; lrk reads F32, F64 and I32)`,
-      );
-    }
-    const [begin, end] = e.data_offsets;
-    const count = e.shape.reduce((a, b) => a * b, 1);
-    const width = e.dtype === "F64" ? 8 : 4;
-    if (end - begin !== count * width || base + end > bytes.length || begin < 0)
-      throw corrupt(`tensor \`${name}\`'s data is cut off or mis-sized`);
-    const slice = bytes.subarray(base + begin, base + end);
-    const copy = new ArrayBuffer(slice.length);
-    new Uint8Array(copy).set(slice);
-    tensors.set(name, {
-      shape: e.shape,
-      data:
-        e.dtype === "F32"
-          ? new Float32Array(copy)
-          : e.dtype === "F64"
-            ? new Float64Array(copy)
-            : new Int32Array(copy),
-    });
+    const e = checkedEntry(name, entry, dataLength, corrupt, path);
+    ranges.push({ name, begin: e.begin, end: e.end });
+    dtypes.set(name, e.dtype);
+    tensors.set(name, decode(bytes.subarray(base + e.begin, base + e.end), e.dtype, e.shape));
   }
-  const metadata = (header["__metadata__"] as Record<string, string> | undefined) ?? {};
-  return { tensors, metadata };
+  checkCoverage(ranges, dataLength, corrupt);
+  return { tensors, dtypes, metadata: metadataOf(header["__metadata__"], corrupt) };
+}
+
+/**
+ * The whole file, if it is a regular file of at most `maxBytes`: a FIFO or a device would block
+ * or never end, so it is opened without blocking and refused after fstat.
+ */
+function readRegularFile(path: string, maxBytes = Infinity): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw unreadable(path, e);
+  }
+  try {
+    const stat = fstatSync(fd);
+    if (stat.isDirectory())
+      throw new CheckpointError(
+        `\`${path}\` is a directory, not a checkpoint`,
+        "pass a .safetensors file inside it (a run folder holds final.safetensors and checkpoint.safetensors)",
+      );
+    if (!stat.isFile())
+      throw new CheckpointError(
+        `\`${path}\` is ${fileKind(stat)}, not a regular file: lrk reads checkpoints only from files`,
+        "save the checkpoint to a file and pass its path",
+      );
+    if (stat.size > maxBytes)
+      throw new CheckpointError(
+        `\`${path}\` is ${stat.size} bytes, more than this program's parameters and states could take (at most ${maxBytes} bytes)`,
+        "is it the checkpoint of another, larger model? pass one written for this program",
+      );
+    const bytes = Buffer.alloc(stat.size);
+    let done = 0;
+    while (done < bytes.length) {
+      const n = readSync(fd, bytes, done, bytes.length - done, done);
+      if (n === 0) break; // the file shrank while being read: what was read is checked as is
+      done += n;
+    }
+    return bytes.subarray(0, done);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    throw unreadable(path, e);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function unreadable(path: string, e: unknown): CheckpointError {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === "ENOENT")
+    return new CheckpointError(
+      `checkpoint \`${path}\` does not exist`,
+      'check the path: `init "…"` is relative to the program\'s folder, a path on the command line to the directory lrkc runs in',
+    );
+  if (code === "EISDIR") return new CheckpointError(`\`${path}\` is a directory, not a checkpoint`);
+  return new CheckpointError(
+    `cannot read \`${path}\`: ${(e as Error).message}`,
+    code === "EACCES" ? "check the file's permissions" : undefined,
+  );
+}
+
+function fileKind(stat: Stats): string {
+  if (stat.isFIFO()) return "a FIFO (named pipe)";
+  if (stat.isCharacterDevice()) return "a character device";
+  if (stat.isBlockDevice()) return "a block device";
+  if (stat.isSocket()) return "a socket";
+  return "not a regular file";
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
+
+const describeJson = (v: unknown) =>
+  v === null ? "null" : Array.isArray(v) ? "an array" : `a ${typeof v}`;
+
+const isCount = (v: unknown): v is number =>
+  typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+/** One header entry, checked: a known dtype, a shape of counts, a byte range that fits both. */
+function checkedEntry(
+  name: string,
+  entry: unknown,
+  dataLength: number,
+  corrupt: (why: string) => CheckpointError,
+  path: string,
+): { dtype: FileDType; shape: number[]; begin: number; end: number } {
+  if (!isObject(entry))
+    throw corrupt(
+      `tensor \`${name}\`'s entry is ${describeJson(entry)}, not an object with dtype, shape and data_offsets`,
+    );
+  const { dtype, shape, data_offsets: offsets } = entry;
+  if (typeof dtype !== "string" || !(dtype in elementBytes))
+    throw new CheckpointError(
+      `tensor \`${name}\` in \`${path}\` has dtype ${JSON.stringify(dtype)}; lrk reads F64, F32, F16, BF16 and I32`,
+      "convert the tensor to F32 when saving it",
+    );
+  if (!Array.isArray(shape) || !shape.every(isCount))
+    throw corrupt(
+      `tensor \`${name}\`'s shape ${JSON.stringify(shape)} is not a list of non-negative integers`,
+    );
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount))
+    throw corrupt(
+      `tensor \`${name}\`'s data_offsets ${JSON.stringify(offsets)} are not two non-negative integers`,
+    );
+  const [begin, end] = offsets as [number, number];
+  const count = shape.reduce((a: number, b: number) => a * b, 1);
+  const size = count * elementBytes[dtype]!;
+  if (begin > end || end > dataLength)
+    throw corrupt(
+      `tensor \`${name}\`'s data_offsets [${begin}, ${end}] lie outside its ${dataLength}-byte data section`,
+    );
+  if (end - begin !== size)
+    throw corrupt(
+      `tensor \`${name}\` is ${dtype} [${shape.join(", ")}] (${size} bytes), but its data_offsets [${begin}, ${end}] hold ${end - begin} bytes`,
+    );
+  return { dtype: dtype as FileDType, shape: shape as number[], begin, end };
+}
+
+/** The tensors' byte ranges tile the data section: no overlap, no gap, nothing after. */
+function checkCoverage(
+  ranges: { name: string; begin: number; end: number }[],
+  dataLength: number,
+  corrupt: (why: string) => CheckpointError,
+): void {
+  ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
+  for (const r of ranges) {
+    if (r.begin < at) throw corrupt(`tensor \`${r.name}\`'s data overlaps the tensor before it`);
+    if (r.begin > at) throw corrupt(`bytes ${at} to ${r.begin} of its data belong to no tensor`);
+    at = r.end;
+  }
+  if (at !== dataLength)
+    throw corrupt(
+      `its data section is ${dataLength} bytes, but its tensors cover ${at}: the header does not match the data`,
+    );
+}
+
+function metadataOf(
+  value: unknown,
+  corrupt: (why: string) => CheckpointError,
+): Record<string, string> {
+  if (value === undefined) return {};
+  if (!isObject(value)) throw corrupt(`its __metadata__ is ${describeJson(value)}, not an object`);
+  const metadata: Record<string, string> = {};
+  for (const [k, v] of Object.entries(value)) if (typeof v === "string") metadata[k] = v;
+  return metadata;
+}
+
+/** Little-endian values as a tensor: F16 and BF16 widen to f32 exactly, F64 stays float64. */
+function decode(slice: Buffer, dtype: FileDType, shape: number[]): Tensor {
+  const copy = new ArrayBuffer(slice.length);
+  new Uint8Array(copy).set(slice);
+  const tensor = (data: Tensor["data"]): Tensor => ({ shape, data });
+  switch (dtype) {
+    case "F64":
+      return tensor(new Float64Array(copy));
+    case "F32":
+      return tensor(new Float32Array(copy));
+    case "I32":
+      return tensor(new Int32Array(copy));
+    case "BF16": {
+      const halves = new Uint16Array(copy);
+      const bits = new Uint32Array(halves.length);
+      for (let i = 0; i < halves.length; i++) bits[i] = halves[i]! << 16;
+      return tensor(new Float32Array(bits.buffer));
+    }
+    case "F16": {
+      const halves = new Uint16Array(copy);
+      const out = new Float32Array(halves.length);
+      for (let i = 0; i < halves.length; i++) out[i] = halfToNumber(halves[i]!);
+      return tensor(out);
+    }
+  }
+}
+
+/** An IEEE 754 half's value (every half is exactly an f32). */
+export function halfToNumber(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const mantissa = h & 0x3ff;
+  if (exponent === 0) return sign * mantissa * 2 ** -24;
+  if (exponent === 0x1f) return mantissa ? NaN : sign * Infinity;
+  return sign * (1024 + mantissa) * 2 ** (exponent - 25);
 }

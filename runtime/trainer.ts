@@ -12,6 +12,7 @@ import {
   type TrainProgram,
 } from "../compiler/program.js";
 import { keptUnits } from "./budget.js";
+import { checkpointUses, loadCheckpoint } from "./checkpoint.js";
 import {
   arithmeticAccuracy,
   DataError,
@@ -22,7 +23,6 @@ import {
 } from "./data.js";
 import type { Device } from "./device.js";
 import { evaluate as evaluateGraph } from "./interpreter.js";
-import { CheckpointError, readSafetensors } from "./safetensors.js";
 import { lrFactor } from "./schedule.js";
 
 /** A compiled training run with its data opened. */
@@ -130,42 +130,10 @@ export class NonFiniteLoss extends Error {
 
 /** Model parameters from the `init` checkpoint, checked against the program's parameters. */
 function loadInit(program: TrainProgram, store: Map<string, Tensor>): void {
-  const init = program.init;
-  if (!init) return;
-  const loaded = readSafetensors(init.path).tensors;
-  const expected = program.params.filter((p) => p.origin === "model");
-  const missing = expected.filter((p) => !loaded.has(p.path)).map((p) => p.path);
-  if (missing.length > 0) {
-    throw new CheckpointError(
-      `\`${init.path}\` has no tensor for ${listed(missing)}`,
-      "was it saved from a different model or with different arguments?",
-    );
-  }
-  for (const p of expected) {
-    const t = loaded.get(p.path)!;
-    if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
-      throw new CheckpointError(
-        `\`${p.path}\` in \`${init.path}\` is [${t.shape.join(", ")}], but the model's is [${p.shape.join(", ")}]`,
-        "the checkpoint was saved from a model with other dimensions",
-      );
-    }
-    store.set(`param:${p.path}`, t);
-  }
-  const known = new Set(program.params.map((p) => p.path));
-  const extra = [...loaded.keys()].filter((k) => !known.has(k) && !k.startsWith("state:"));
-  if (extra.length > 0) {
-    throw new CheckpointError(
-      `\`${init.path}\` has tensors the model does not: ${listed(extra)}`,
-      "was it saved from a different model?",
-    );
-  }
+  if (!program.init) return;
+  const loaded = loadCheckpoint(program.init.path, program, checkpointUses.init);
+  for (const [name, t] of loaded.tensors) store.set(name, t);
 }
-
-const listed = (names: string[]) =>
-  `${names
-    .slice(0, 3)
-    .map((m) => `\`${m}\``)
-    .join(", ")}${names.length > 3 ? ` and ${names.length - 3} more` : ""}`;
 
 /** Runs one entry of a program and keeps its outputs in `store`. */
 async function runInto(

@@ -335,11 +335,11 @@ train adam {
       let steps = 0;
       const stopped = await train(run, device, {
         shouldStop: () => ++steps === 3,
-        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { dtype: "F64" }),
+        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
       });
       expect(stopped.step).toBe(3);
       const names = [...whole.store.keys()];
-      const { step, store } = folder.loadCheckpoint(names);
+      const { step, store } = folder.loadCheckpoint(run.program);
       const resumed = await train(run, device, { resume: { step, store } });
       expect(resumed.losses).toEqual(whole.losses.slice(3));
       for (const name of names) {
