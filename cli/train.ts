@@ -364,7 +364,8 @@ function resumePoint(folder: RunFolder, program: TrainProgram, record: RunRecord
       `there is no checkpoint to resume in \`${folder.dir}\``,
       "run without --resume first, or pass the run's folder with --out",
     );
-  const resume = folder.loadCheckpoint(program);
+  // Which run the folder holds is decided first: a checkpoint of another run says so, not that
+  // its tensors have other shapes.
   const recorded = folder.readRecord();
   if (!recorded)
     throw new CheckpointError(
@@ -377,6 +378,7 @@ function resumePoint(folder: RunFolder, program: TrainProgram, record: RunRecord
       `the checkpoint in \`${folder.dir}\` belongs to another run: ${differences.join("; ")}`,
       `continue that run with \`${recorded.resume}\`, or start over with --force (or another --out)`,
     );
+  const resume = folder.loadCheckpoint(program);
   if (resume.meta["train"] !== record.train || resume.step > record.steps)
     throw new CheckpointError(
       `\`${folder.checkpointPath}\` was saved at step ${resume.step} of \`${resume.meta["train"] ?? "?"}\`, which is not this run of \`${record.train}\` (${record.steps} steps)`,

@@ -321,8 +321,10 @@ function opText(op: Op): string {
 /** One line per node: `%7 = matmul Bᵀ %3, %5 : f32[32, 64]  // blocks.0.attn.q (tiny.lrk:12)`. */
 export function printGraph(graph: Graph, only?: ReadonlySet<number>): string {
   const lines: string[] = [];
-  for (const n of graph.nodes) {
-    if (only && !only.has(n.id)) continue;
+  // A kernel header prints a few nodes of a large graph: visit those, in node order.
+  const ids = only ? [...only].sort((a, b) => a - b) : graph.nodes.map((n) => n.id);
+  for (const id of ids) {
+    const n = graph.node(id);
     const args = n.inputs.map((i) => `%${i}`).join(", ");
     const note = [n.name, n.source ? `${n.source.file}:${n.source.line}` : undefined]
       .filter(Boolean)

@@ -131,7 +131,8 @@ function alive(pid: number): boolean {
 }
 
 /** Files a run writes: a folder holding any of them holds a run. */
-const RUN_FILES = ["run.json", "metrics.jsonl", "checkpoint.safetensors", "final.safetensors"];
+/** What a fresh run would lose: a folder holding either is not replaced without --force. */
+const RUN_FILES = ["checkpoint.safetensors", "final.safetensors"];
 
 export class RunFolder {
   readonly metricsPath: string;

@@ -425,8 +425,6 @@ describe("the CLI (issue 10, items 1, 6, 8)", () => {
         "--out",
         s.out,
         "--resume",
-        "--steps",
-        "6",
         "--device",
         "cpu",
       ],

@@ -352,29 +352,30 @@ train adam {
     }
   });
 
-  it("through the CLI: `--device cpu64` writes F64 checkpoints, and `--resume` continues exactly", () => {
+  it("through the CLI: `--device cpu64` writes F64 checkpoints", () => {
+    // (resuming it exactly is the test above; stopping a CLI run midway is tests/reliability/runs)
     const dir = mkdtempSync(join(tmpdir(), "lrk-cpu64-cli-"));
     try {
-      // a constant schedule: `--steps 3` does not change the learning rate of steps 1–3
-      writeFileSync(join(dir, "a.lrk"), program.replace(/ {2}schedule .*\n/, ""));
-      const lrkc = (...args: string[]) => {
-        const r = spawnSync(
-          process.execPath,
-          [join(process.cwd(), "bin", "lrkc.js"), "train", "a.lrk", "--device", "cpu64", ...args],
-          { cwd: dir, encoding: "utf8" },
-        );
-        expect(r.status, r.stderr).toBe(0);
-      };
-      lrkc("--out", "whole");
-      lrkc("--out", "parts", "--steps", "3");
-      lrkc("--out", "parts", "--resume");
+      writeFileSync(join(dir, "a.lrk"), program);
+      const r = spawnSync(
+        process.execPath,
+        [
+          join(process.cwd(), "bin", "lrkc.js"),
+          "train",
+          "a.lrk",
+          "--device",
+          "cpu64",
+          "--out",
+          "whole",
+        ],
+        { cwd: dir, encoding: "utf8" },
+      );
+      expect(r.status, r.stderr).toBe(0);
       const whole = readSafetensors(join(dir, "whole", "checkpoint.safetensors"));
-      const parts = readSafetensors(join(dir, "parts", "checkpoint.safetensors"));
-      expect(parts.metadata["step"]).toBe("8");
-      expect([...parts.tensors.keys()].sort()).toEqual([...whole.tensors.keys()].sort());
+      expect(whole.metadata["step"]).toBe("8");
       for (const [name, t] of whole.tensors) {
-        expect(t.data, name).toBeInstanceOf(Float64Array);
-        expect(Array.from(parts.tensors.get(name)!.data), name).toEqual(Array.from(t.data));
+        expect(whole.dtypes.get(name), name).toBe(t.data instanceof Int32Array ? "I32" : "F64");
+        if (!(t.data instanceof Int32Array)) expect(t.data, name).toBeInstanceOf(Float64Array);
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
