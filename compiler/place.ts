@@ -204,6 +204,7 @@ class Placer {
         isAdaptersGroup(s) ? adapterParams.has(path) : matches(s, path, "prefix"),
       );
     let owned = 0;
+    let rankWarned = false;
     const misfits: string[] = [];
     for (const [path, entry] of this.placed) {
       if (
@@ -220,6 +221,10 @@ class Placer {
       }
       entry.optimizer = { config, rule, bindings };
       owned++;
+      if (entry.param.shape.length === 2 && !rankWarned) {
+        const [m, n] = entry.param.shape as [number, number];
+        rankWarned = this.warnRank(config, rule, [m, n], `\`${path}\` (${m}×${n})`);
+      }
     }
     if (misfits.length > 0) {
       this.reportMisfits(rule, config, misfits);
@@ -333,6 +338,33 @@ class Placer {
       }
       this.budgets.push({ rule, config, total, adapted: targets });
     }
+  }
+
+  /** Rules already warned about (W0302): once per rule, not once per matrix it covers. */
+  private readonly warnedRules = new Set<A.Rule>();
+
+  /**
+   * W0302 when a low-rank method's `rank` (or `init_rank`) exceeds min(rows, cols) of a matrix it
+   * covers: the factors then hold more numbers than the matrix (or its full optimizer state).
+   * True if it warned.
+   */
+  private warnRank(config: Config, rule: A.Rule, dims: [number, number], what: string): boolean {
+    const arg = config.args.get("rank") ?? config.args.get("init_rank");
+    const full = Math.min(...dims);
+    if (arg?.kind !== "number" || arg.value <= full) return false;
+    const name = config.args.has("rank") ? "rank" : "init_rank";
+    this.r.diagnostics.push({
+      ...error(
+        "W0302",
+        `\`${config.def.name.name}\`'s ${name} ${arg.value} is larger than min(rows, cols) = ${full} of ${what}`,
+        config.at,
+        {
+          help: `a rank above ${full} adds no expressiveness and costs more memory than the full-rank method; use ${name}: ${full} or less`,
+        },
+      ),
+      severity: "warning",
+    });
+    return true;
   }
 
   private report(d: Diagnostic): void {
@@ -462,6 +494,12 @@ class Placer {
       if (value) extra.set(name.name, value);
     });
     const instance = instantiate(this.r, config, `${target.path}.${config.def.name.name}`, extra);
+    const dims = (on.args ?? []).map((name) => extra.get(name.name));
+    if (dims.length === 2 && dims.every((d) => d?.kind === "number")) {
+      const [a, b] = dims.map((d) => (d as { value: number }).value) as [number, number];
+      if (!this.warnedRules.has(rule) && this.warnRank(config, rule, [a, b], `\`${target.path}\``))
+        this.warnedRules.add(rule);
+    }
     return { module: target, config, rule, instance };
   }
 }
