@@ -40,7 +40,25 @@ export function instantiate(
   r.fromUserSite(config.at, () =>
     addMembers(r, instance, config.def.members, chain(vars, instance.lookup)),
   );
+  if (path === "") checkModelSize(r, instance);
   return instance;
+}
+
+/**
+ * The whole model within 2^31 - 1 parameter elements (8 GiB of f32, before optimizer state):
+ * beyond that no device lrk runs on can hold it, and the init program would only fail later.
+ */
+function checkModelSize(r: Resolver, root: ModuleInstance): void {
+  const total = allParams(root).reduce((sum, p) => sum + numel(p.shape), 0);
+  if (total > maxElements)
+    r.diagnostics.push(
+      error(
+        "E0401",
+        `this model has ${total.toExponential(2)} parameter elements, more than lrk can hold (2^31 - 1)`,
+        root.at,
+        { help: "make it smaller: fewer or narrower layers" },
+      ),
+    );
 }
 
 function join(path: string, name: string): string {
@@ -170,7 +188,14 @@ function addMember(
       return;
     }
     case "Let": {
-      const value = r.speculate(() => r.evaluate(member.value, scope, module));
+      const checks =
+        member.value.kind === "Call" &&
+        member.value.callee.kind === "NameExpr" &&
+        member.value.callee.name === "require";
+      // A `require` check is evaluated now and reports; other values may wait for tensors.
+      const value = checks
+        ? r.evaluate(member.value, scope, module)
+        : r.speculate(() => r.evaluate(member.value, scope, module));
       const deferred = (name: string, index?: number): Value => ({
         kind: "deferred",
         expr: member.value,

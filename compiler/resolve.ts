@@ -694,8 +694,36 @@ export class Resolver {
   }
 
   /** Built-ins that make sense on compile-time numbers; tensor built-ins are lowered elsewhere. */
+  /**
+   * `require(condition, "message")`: a definition's check of its arguments, evaluated when it is
+   * instantiated. `{name}` in the message is replaced by that name's value. A failure inside the
+   * standard library is reported at the user's call (see `anchored`).
+   */
+  private require(e: A.Call, scope: Scope, module: Module): Value {
+    const [condition, message] = e.args;
+    if (e.args.length !== 2 || !message || message.value.kind !== "String" || message.name)
+      return this.report(
+        error("E0205", "`require` takes a condition and a message string", this.at(module, e)),
+      );
+    const holds = this.truthy(
+      this.evaluate(condition!.value, scope, module),
+      condition!.value,
+      module,
+    );
+    if (holds) return { kind: "bool", value: true };
+    const text = message.value.value.replace(
+      /\{([A-Za-z_][A-Za-z0-9_]*)\}/g,
+      (whole, name: string) => {
+        const v = scope.lookup(name);
+        return v?.kind === "number" || v?.kind === "bool" ? String(v.value) : whole;
+      },
+    );
+    return this.report(error("E0205", text, this.at(module, e)));
+  }
+
   private builtinCall(name: string, e: A.Call, scope: Scope, module: Module): Value {
     if (name in schedules) return this.schedule(name, e, scope, module);
+    if (name === "require") return this.require(e, scope, module);
     const args = e.args.map((a) =>
       this.number(this.evaluate(a.value, scope, module), a.value, module),
     );

@@ -318,6 +318,8 @@ const builtinRules = {
     return tensor(b.topkMask(scores.node, k.node));
   },
   kthvalue: noLowering, // reserved
+  // a definition's check of its arguments, as a member `const` (resolve.ts)
+  require: noLowering,
 } satisfies Record<string, Rule>;
 
 type BuiltinName = keyof typeof builtinRules;

@@ -188,6 +188,40 @@ const cases: Case[] = [
     at: "Linear(65536, 65536)",
   },
   {
+    name: "16: a model of more than 2^31 parameter elements in all",
+    program:
+      header +
+      `model M() {
+  blocks[200] {
+    l = Linear(4096, 4096)
+  }
+  forward(x: f32[B, 2]) -> f32[B, 2] = x
+}
+` +
+      trainBlock(),
+    code: "E0401",
+    message: "this model has 3.36e+9 parameter elements, more than lrk can hold (2^31 - 1)",
+    at: "M()\n",
+  },
+  {
+    name: "8: heads not dividing d in the tiny transformer, at the user's `model` line",
+    program: `import std.optim.{adamw}
+import "./tiny_lm.lrk".{TinyLM}
+data arith = std.data.arithmetic(ops: "+", digits: 2, seed: 7)
+train t {
+  model TinyLM(vocab: arith.vocab, d: 64, heads: 5)
+  data arith
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-2)
+  steps 5
+  batch 8
+}
+`,
+    code: "E0205",
+    message: "d (64) must be divisible by heads (5)",
+    at: "TinyLM(vocab",
+  },
+  {
     name: "9: an adapter param initialized from another adapter param",
     program:
       header +
