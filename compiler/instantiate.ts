@@ -358,6 +358,13 @@ function defineValue(
   ) {
     // `head = Linaer(2, 2)` would otherwise be a value deferred to a forward that may never
     // read it: the module would silently have no `head`.
+    const home = stdModuleDeclaring(r, e.callee.name);
+    if (home)
+      r.report(
+        error("E0204", `\`${e.callee.name}\` is not defined`, r.at(module, e.callee), {
+          help: `it is in ${home}: add \`import ${home}.{${e.callee.name}}\``,
+        }),
+      );
     r.lookup(e.callee, scope, module);
   }
   const value = r.speculate(() => r.evaluate(e, scope, module));
@@ -365,6 +372,15 @@ function defineValue(
     r.report(error("E0206", `${describeValue(value)} needs arguments here`, r.at(module, e)));
   }
   return value ?? { kind: "deferred", expr: e, self: instance };
+}
+
+/** The standard-library module that defines `name` (for an import it lacks), if one does. */
+function stdModuleDeclaring(r: Resolver, name: string): string | undefined {
+  for (const std of ["std.nn", "std.adapters", "std.optim", "std.quant"]) {
+    const items = r.loader.std(std)?.program.items ?? [];
+    if (items.some((i) => i.kind === "Definition" && i.name.name === name)) return std;
+  }
+  return undefined;
 }
 
 /** Whether some member of a definition (in any `if` branch or repeated block) declares `name`. */

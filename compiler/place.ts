@@ -278,10 +278,13 @@ class Placer {
     this.report(
       error(
         "E0303",
-        `optimizer \`${config.def.name.name}\` applies to \`${typeText(config.def.on?.type)}\` tensors, but \`${first.path}\` is f32[${first.shape.join(", ")}]${more}`,
+        `optimizer \`${config.def.name.name}\` applies to \`${typeText(config.def.on?.type)}\` tensors, but \`${first.path}\` is ${first.dtype}[${first.shape.join(", ")}]${more}`,
         this.at(rule.target),
         {
-          help: "narrow the selector, e.g. with `.weight` or `where ndim == 2`, and optimize the rest with a later rule",
+          help:
+            first.dtype === "f32"
+              ? "narrow the selector, e.g. with `.weight` or `where ndim == 2`, and optimize the rest with a later rule"
+              : "gradients train f32 tensors only: declare it `f32[…]`, or `freeze` it",
         },
       ),
     );
@@ -393,7 +396,9 @@ class Placer {
           label: suggestion ? `did you mean \`${suggestion}\`?` : undefined,
           help: suggestion
             ? undefined
-            : `${what}s here include ${paths.slice(0, 4).join(", ")}${paths.length > 4 ? ", …" : ""}`,
+            : paths.length === 0
+              ? `there is no ${what} here`
+              : `${what}s here include ${paths.slice(0, 4).join(", ")}${paths.length > 4 ? ", …" : ""}`,
         }),
       );
     }
@@ -517,6 +522,9 @@ function isAdaptersGroup(s: A.Selector): boolean {
 /** Binds `on param: f32[m, n]` against a tensor's shape; undefined if the rank differs. */
 function bindOn(config: Config, param: ParamInfo): Map<string, Value> | undefined {
   const bindings = new Map<string, Value>();
+  // An optimizer steps f32 tensors (`on param: f32[...]`): an i32 one would be trained wrong.
+  const dtype = config.def.on?.type?.name.name;
+  if ((dtype ?? "f32") !== param.dtype) return undefined;
   const dims = config.def.on?.type?.dims;
   if (!dims) return bindings;
   const hasEllipsis = dims.some((d) => d.kind === "Ellipsis");

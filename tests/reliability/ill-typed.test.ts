@@ -85,10 +85,21 @@ const cases: Case[] = [
   },
   {
     name: "3: an i32 parameter in a matmul",
-    program: header + modelWith("x @ w", "param w: i32[2, 2] = zeros") + trainBlock(),
+    // frozen, so that the optimizer rule (E0303 below) does not reject it first
+    program:
+      header +
+      modelWith("x @ w", "param w: i32[2, 2] = zeros") +
+      trainBlock(undefined, "freeze w\n  optimize ** with adamw(lr: 1e-2)"),
     code: "E0402",
     message: "`@` needs f32 tensors, found i32[2, 2]",
     at: "w\n}",
+  },
+  {
+    name: "3: an i32 parameter given to an optimizer",
+    program: header + modelWith("x * w", "param w: i32[2] = zeros") + trainBlock(),
+    code: "E0303",
+    message: "optimizer `adamw` applies to `f32[...]` tensors, but `w` is i32[2]",
+    at: "** with",
   },
   {
     name: "4: a reshape to negative dims",
@@ -145,6 +156,13 @@ const cases: Case[] = [
     code: "E0204",
     message: "`Linaer` is not defined",
     at: "Linaer",
+  },
+  {
+    name: "13: an un-imported model used as a submodule",
+    program: header + modelWith("head(x)", "head = Attention(2, 2)") + trainBlock(),
+    code: "E0204",
+    message: "add `import std.nn.{Attention}`",
+    at: "Attention",
   },
   {
     name: "15: a model member defined twice",
