@@ -94,8 +94,10 @@ export class Builder {
     dtype: DType = "f32",
     name?: string,
   ): number {
-    if (shape.some((d) => !Number.isInteger(d) || d < 1))
-      fail(`a tensor of shape ${fmt(shape)}: every dim must be a positive integer`);
+    // Empty tensors (an empty Python slice) are representable; the lowerer refuses them in
+    // user programs, where no device kernel could run them.
+    if (shape.some((d) => !Number.isInteger(d) || d < 0))
+      fail(`a tensor of shape ${fmt(shape)}: every dim must be a non-negative integer`);
     if (numel(shape) > maxElements)
       fail(`a tensor of shape ${fmt(shape)} has more than 2^31 - 1 elements`);
     return this.graph.add(op, inputs, shape, dtype, { name, source: this.source });

@@ -510,6 +510,12 @@ export class Lowerer {
     }
     void ellipsis;
     let out = this.b.slice(x, starts, stops, steps);
+    if (this.b.shape(out).includes(0))
+      this.fail(
+        this.at(frame, e),
+        `this slice of ${this.typeText(x)} is empty (${shapeText(this.b.shape(out), this.b.dtype(out))})`,
+        { help: "a tensor needs at least one element in every dim: check the slice bounds" },
+      );
     if (drop.length > 0)
       out = this.b.reshape(
         out,

@@ -500,7 +500,8 @@ class Placer {
     });
     const instance = instantiate(this.r, config, `${target.path}.${config.def.name.name}`, extra);
     const dims = (on.args ?? []).map((name) => extra.get(name.name));
-    if (dims.length === 2 && dims.every((d) => d?.kind === "number")) {
+    // Adapters only: a quantizer's low-rank branch is capped at min(in, out) and costs nothing more.
+    if (rule.verb === "adapt" && dims.length === 2 && dims.every((d) => d?.kind === "number")) {
       const [a, b] = dims.map((d) => (d as { value: number }).value) as [number, number];
       if (!this.warnedRules.has(rule) && this.warnRank(config, rule, [a, b], `\`${target.path}\``))
         this.warnedRules.add(rule);

@@ -70,6 +70,13 @@ const cases: Case[] = [
     at: "Linear(2, 0)",
   },
   {
+    name: "1: an empty slice",
+    program: header + modelWith("head(x)[1:1, :]") + trainBlock(),
+    code: "E0401",
+    message: "this slice of f32[B, 2] is empty (f32[0, 2])",
+    at: "head(x)[1:1, :]",
+  },
+  {
     name: "2: svdquant rank 0",
     program:
       "import std.quant.{svdquant}\n" +
