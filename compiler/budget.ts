@@ -192,7 +192,14 @@ export function lowerControllers(ctx: BudgetContext, controllers: Controller[]):
       }
       const locals = current(m);
       const frame = { ...L.frameFor(m.instance), locals };
-      const score = scoreValue.kind === "deferred" ? L.expr(scoreValue.expr, frame) : scoreValue;
+      // `score = E` names a parameter: it was resolved when the budget was built, and is read here
+      // as this graph's tensor, like `score = E * 1`.
+      const score =
+        scoreValue.kind === "deferred"
+          ? L.expr(scoreValue.expr, frame)
+          : scoreValue.kind === "param"
+            ? L.tensor(L.hooks.param(scoreValue.param))
+            : scoreValue;
       if (score.kind !== "tensor" || score.shape.length !== 1) {
         r.report(
           error(

@@ -1,7 +1,9 @@
 // Builds IR graphs: one method per primitive, each computing its result shape, plus the NumPy
 // conveniences (broadcasting, negative axes, Python slices, matmul promotion) lowered to explicit
 // primitives, and a few composites (softmax, cross-entropy, layer norm) made only of primitives.
-// Shape errors here are internal errors: the checker reports user mistakes before lowering.
+// The checker reports user mistakes before lowering with messages in the user's terms; a shape
+// error that still reaches the builder is a `ShapeError`, which the lowerer reports at the
+// expression being lowered (never an internal error).
 
 import {
   Graph,
@@ -24,8 +26,14 @@ export type Bound = number | null | undefined;
 
 const fmt = (s: Shape) => `[${s.join(", ")}]`;
 
+/** A shape or dtype the builder cannot represent; `Lowerer.expr` reports it at the expression. */
+export class ShapeError extends Error {}
+
+/** The most elements one tensor may have: buffer sizes and indices are 32-bit on every device. */
+export const maxElements = 2 ** 31 - 1;
+
 function fail(message: string): never {
-  throw new Error(`builder: ${message}`);
+  throw new ShapeError(message);
 }
 
 /** The NumPy broadcast of several shapes. */
@@ -87,6 +95,12 @@ export class Builder {
     dtype: DType = "f32",
     name?: string,
   ): number {
+    // Empty tensors (an empty Python slice) are representable; the lowerer refuses them in
+    // user programs, where no device kernel could run them.
+    if (shape.some((d) => !Number.isInteger(d) || d < 0))
+      fail(`a tensor of shape ${fmt(shape)}: every dim must be a non-negative integer`);
+    if (numel(shape) > maxElements)
+      fail(`a tensor of shape ${fmt(shape)} has more than 2^31 - 1 elements`);
     return this.graph.add(op, inputs, shape, dtype, { name, source: this.source });
   }
 

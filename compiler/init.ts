@@ -147,8 +147,11 @@ export function buildInit(
   for (const q of placement.quantizers) {
     for (const [name, v] of q.instance.scope) {
       if (v.kind !== "deferred" || !v.constant) continue;
+      // A mistake found in the quantizer's code is reported at the train block's rule.
       const value = r.attempt(() =>
-        L.expr({ kind: "NameExpr", name, span: v.expr.span }, L.frameFor(q.instance)),
+        r.fromUserSite(q.config.at, () =>
+          L.expr({ kind: "NameExpr", name, span: v.expr.span }, L.frameFor(q.instance)),
+        ),
       );
       if (!value) continue;
       const key = `${q.instance.path}.${name}`;

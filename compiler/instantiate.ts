@@ -2,12 +2,19 @@
 // parameter has a path (`blocks.3.attn.q.weight`) and a concrete shape.
 import type * as A from "../language/ast.js";
 import { error } from "../language/diagnostics.js";
-import type { DType } from "./ir.js";
+import { maxElements } from "./builder.js";
+import { numel, type DType } from "./ir.js";
 import type { Module } from "./modules.js";
 import { chain, Reported, type Resolver, type Scope } from "./resolve.js";
 import { describeValue, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
 const dtypes: Record<string, DType> = { f32: "f32", i32: "i32" };
+
+/**
+ * The most copies of a repeated block: far beyond any real model, low enough that instantiating
+ * the copies cannot exhaust memory before the parameter count is checked.
+ */
+const maxRepeats = 65536;
 
 export function instantiate(
   r: Resolver,
@@ -30,12 +37,69 @@ export function instantiate(
     actions: [],
     at: config.at,
   };
-  addMembers(r, instance, config.def.members, chain(vars, instance.lookup));
+  r.fromUserSite(config.at, () =>
+    addMembers(r, instance, config.def.members, chain(vars, instance.lookup)),
+  );
+  if (path === "") checkModelSize(r, instance);
   return instance;
+}
+
+/**
+ * The whole model within 2^31 - 1 parameter elements (8 GiB of f32, before optimizer state):
+ * beyond that no device lrk runs on can hold it, and the init program would only fail later.
+ */
+function checkModelSize(r: Resolver, root: ModuleInstance): void {
+  const total = allParams(root).reduce((sum, p) => sum + numel(p.shape), 0);
+  if (total > maxElements)
+    r.diagnostics.push(
+      error(
+        "E0401",
+        `this model has ${total.toExponential(2)} parameter elements, more than lrk can hold (2^31 - 1)`,
+        root.at,
+        { help: "make it smaller: fewer or narrower layers" },
+      ),
+    );
 }
 
 function join(path: string, name: string): string {
   return path ? `${path}.${name}` : name;
+}
+
+/** The names each instance's members declared so far (an `if` member's taken branch included). */
+const declaredMembers = new WeakMap<ModuleInstance, Map<string, A.Name>>();
+
+/** The names a member declares. */
+function memberNames(member: A.Member): A.Name[] {
+  switch (member.kind) {
+    case "ParamMember":
+    case "Define":
+    case "Repeat":
+    case "Function":
+    case "StateMember":
+      return [member.name];
+    case "Let":
+      return member.target.kind === "Name" ? [member.target] : member.target.names;
+    default:
+      return [];
+  }
+}
+
+/** E0202 for a member name declared twice in one definition: the second would silently win. */
+function declareMember(r: Resolver, instance: ModuleInstance, member: A.Member): void {
+  let declared = declaredMembers.get(instance);
+  if (!declared) declaredMembers.set(instance, (declared = new Map()));
+  for (const name of memberNames(member)) {
+    const previous = declared.get(name.name);
+    if (previous) {
+      r.report(
+        error("E0202", `\`${name.name}\` is defined twice`, r.at(instance.module, name), {
+          notes: [{ message: "first defined here", at: r.at(instance.module, previous) }],
+          help: "rename one of them",
+        }),
+      );
+    }
+    declared.set(name.name, name);
+  }
 }
 
 function addMembers(
@@ -46,7 +110,10 @@ function addMembers(
 ): void {
   const module = instance.module;
   for (const member of members) {
-    r.attempt(() => addMember(r, instance, member, scope, module));
+    r.attempt(() => {
+      declareMember(r, instance, member);
+      addMember(r, instance, member, scope, module);
+    });
   }
 }
 
@@ -60,6 +127,7 @@ function addMember(
   const vars = instance.scope;
   switch (member.kind) {
     case "ParamMember": {
+      if (instance.def.sort === "adapter") checkAdapterInit(r, instance, member);
       const param = paramInfo(r, instance, member, scope, module);
       instance.params.push(param);
       vars.set(member.name.name, { kind: "param", param });
@@ -72,9 +140,11 @@ function addMember(
     }
     case "Repeat": {
       const count = r.integer(member.count, scope, module, "the number of repeated blocks");
-      if (count < 0)
+      if (count < 0 || count > maxRepeats)
         r.report(
-          error("E0402", `a block cannot repeat ${count} times`, r.at(module, member.count)),
+          error("E0402", `a block cannot repeat ${count} times`, r.at(module, member.count), {
+            help: `a block repeats from 0 to ${maxRepeats} times`,
+          }),
         );
       const blocks: Value[] = [];
       for (let i = 0; i < count; i++) {
@@ -118,7 +188,14 @@ function addMember(
       return;
     }
     case "Let": {
-      const value = r.speculate(() => r.evaluate(member.value, scope, module));
+      const checks =
+        member.value.kind === "Call" &&
+        member.value.callee.kind === "NameExpr" &&
+        member.value.callee.name === "require";
+      // A `require` check is evaluated now and reports; other values may wait for tensors.
+      const value = checks
+        ? r.evaluate(member.value, scope, module)
+        : r.speculate(() => r.evaluate(member.value, scope, module));
       const deferred = (name: string, index?: number): Value => ({
         kind: "deferred",
         expr: member.value,
@@ -146,6 +223,36 @@ function addMember(
       return;
     case "Error":
       throw new Reported();
+  }
+}
+
+/**
+ * Adapters are initialized after the model, each param on its own (init.ts): an initializer that
+ * reads another of the adapter's params would have no value to read.
+ */
+function checkAdapterInit(r: Resolver, instance: ModuleInstance, member: A.ParamMember): void {
+  if (!member.init) return;
+  const names: A.NameExpr[] = [];
+  const walk = (node: unknown): void => {
+    if (Array.isArray(node)) node.forEach(walk);
+    else if (node && typeof node === "object") {
+      if ((node as A.Expr).kind === "NameExpr") names.push(node as A.NameExpr);
+      else for (const [key, v] of Object.entries(node)) if (key !== "span") walk(v);
+    }
+  };
+  walk(member.init);
+  for (const n of names) {
+    if (instance.scope.get(n.name)?.kind !== "param") continue;
+    r.report(
+      error(
+        "E0206",
+        `\`${member.name.name}\`'s initializer cannot read \`${n.name}\`, another param of this adapter`,
+        r.at(instance.module, n),
+        {
+          help: "initialize it from the arguments or `base.weight` (e.g. `zeros`), or compute the value in `forward`",
+        },
+      ),
+    );
   }
 }
 
@@ -181,9 +288,21 @@ function paramInfo(
       );
     }
     const n = r.integer(d, scope, module, "a dimension");
-    if (n < 0) r.report(error("E0402", `a dimension cannot be negative (${n})`, r.at(module, d)));
+    if (n < 1)
+      r.report(
+        error("E0402", `a dimension must be at least 1, but this one is ${n}`, r.at(module, d)),
+      );
     return n;
   });
+  if (numel(shape) > maxElements) {
+    r.report(
+      error(
+        "E0401",
+        `parameter \`${member.name.name}\` of shape [${shape.join(", ")}] has ${numel(shape)} elements, more than one tensor can hold (2^31 - 1)`,
+        r.at(module, type),
+      ),
+    );
+  }
   return {
     path: join(owner.path, member.name.name),
     name: member.name.name,
@@ -231,11 +350,54 @@ function defineValue(
       return { kind: "instance", instance: child };
     }
   }
+  if (
+    e.kind === "Call" &&
+    e.callee.kind === "NameExpr" &&
+    scope.lookup(e.callee.name) === undefined &&
+    !declaresName(instance.def.members, e.callee.name)
+  ) {
+    // `head = Linaer(2, 2)` would otherwise be a value deferred to a forward that may never
+    // read it: the module would silently have no `head`.
+    const home = stdModuleDeclaring(r, e.callee.name);
+    if (home)
+      r.report(
+        error("E0204", `\`${e.callee.name}\` is not defined`, r.at(module, e.callee), {
+          help: `it is in ${home}: add \`import ${home}.{${e.callee.name}}\``,
+        }),
+      );
+    r.lookup(e.callee, scope, module);
+  }
   const value = r.speculate(() => r.evaluate(e, scope, module));
   if (value && value.kind === "definition") {
     r.report(error("E0206", `${describeValue(value)} needs arguments here`, r.at(module, e)));
   }
   return value ?? { kind: "deferred", expr: e, self: instance };
+}
+
+/** The standard-library module that defines `name` (for an import it lacks), if one does. */
+function stdModuleDeclaring(r: Resolver, name: string): string | undefined {
+  for (const std of ["std.nn", "std.adapters", "std.optim", "std.quant"]) {
+    const items = r.loader.std(std)?.program.items ?? [];
+    if (items.some((i) => i.kind === "Definition" && i.name.name === name)) return std;
+  }
+  return undefined;
+}
+
+/** Whether some member of a definition (in any `if` branch or repeated block) declares `name`. */
+function declaresName(members: A.Member[], name: string): boolean {
+  return members.some((m) => {
+    if (memberNames(m).some((n) => n.name === name)) return true;
+    if (m.kind === "Repeat") return declaresName(m.members, name);
+    if (m.kind === "IfMember") {
+      let branch: A.IfMember | A.Member[] | undefined = m;
+      while (branch && !Array.isArray(branch)) {
+        if (declaresName(branch.then, name)) return true;
+        branch = branch.else;
+      }
+      return branch !== undefined && declaresName(branch, name);
+    }
+    return false;
+  });
 }
 
 /** Every parameter of the tree, in definition order. */

@@ -4,7 +4,7 @@
 // Shapes are checked here, against the user's expressions, before the builder sees them.
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
-import { Builder, broadcastShapes } from "./builder.js";
+import { Builder, broadcastShapes, ShapeError } from "./builder.js";
 import { valueRange, type DType, type Shape } from "./ir.js";
 import type { Module } from "./modules.js";
 import type { Applied } from "./place.js";
@@ -212,6 +212,11 @@ export class Lowerer {
     };
     try {
       return this.exprAt(e, frame);
+    } catch (err) {
+      // A shape the checks above did not catch: reported at the innermost expression that made
+      // it (the enclosing ones then see `Reported`), never an internal error.
+      if (err instanceof ShapeError) this.fail(this.at(frame, e), err.message);
+      throw err;
     } finally {
       this.b.source = previous;
     }
@@ -307,6 +312,22 @@ export class Lowerer {
     const sa = this.b.shape(a);
     const sb = this.b.shape(b);
     if (e.op === "@") {
+      for (const [x, side] of [
+        [a, e.left],
+        [b, e.right],
+      ] as const) {
+        if (this.b.dtype(x) !== "f32")
+          this.r.report(
+            error(
+              "E0402",
+              `\`@\` needs f32 tensors, found ${this.typeText(x)}`,
+              this.at(frame, side),
+              {
+                help: "declare it `f32[…]`: a matrix product of integers is not supported",
+              },
+            ),
+          );
+      }
       if (sa.length === 0 || sb.length === 0)
         this.fail(
           this.at(frame, e),
@@ -471,11 +492,7 @@ export class Lowerer {
       e.items[0]!.kind !== "Slice" &&
       e.items[0]!.kind !== "Ellipsis"
     ) {
-      const i = this.r.number(
-        this.expr(e.items[0] as A.Expr, frame),
-        e.items[0] as A.Expr,
-        frame.module,
-      ).value;
+      const i = this.wholeNumber(e.items[0] as A.Expr, frame, "an index");
       const item = object.items[i < 0 ? object.items.length + i : i];
       if (!item)
         this.fail(
@@ -517,7 +534,7 @@ export class Lowerer {
         continue;
       }
       const value = (x: A.Expr | undefined) =>
-        x ? this.r.number(this.expr(x, frame), x, frame.module).value : undefined;
+        x ? this.wholeNumber(x, frame, "an index") : undefined;
       if (item.kind === "Slice") {
         starts.push(value(item.start));
         stops.push(value(item.stop));
@@ -537,12 +554,26 @@ export class Lowerer {
     }
     void ellipsis;
     let out = this.b.slice(x, starts, stops, steps);
+    if (this.b.shape(out).includes(0))
+      this.fail(
+        this.at(frame, e),
+        `this slice of ${this.typeText(x)} is empty (${shapeText(this.b.shape(out), this.b.dtype(out))})`,
+        { help: "a tensor needs at least one element in every dim: check the slice bounds" },
+      );
     if (drop.length > 0)
       out = this.b.reshape(
         out,
         this.b.shape(out).filter((_, i) => !drop.includes(i)),
       );
     return this.tensor(out);
+  }
+
+  /** A compile-time integer (an index, a slice bound). */
+  private wholeNumber(x: A.Expr, frame: Frame, what: string): number {
+    const { value } = this.r.number(this.expr(x, frame), x, frame.module);
+    if (!Number.isInteger(value))
+      this.r.report(error("E0402", `${what} must be an integer, not ${value}`, this.at(frame, x)));
+    return value;
   }
 
   // ------------------------------------------------------------------------ calls
@@ -582,6 +613,15 @@ export class Lowerer {
 
   /** Runs `forward` of the outermost of the first `depth` wrappers, or the module's own. */
   forward(
+    instance: ModuleInstance,
+    args: { name?: string; value: Value; at: Location }[],
+    at: Location,
+    depth?: number,
+  ): Value {
+    return this.r.fromUserSite(at, () => this.forwardAt(instance, args, at, depth));
+  }
+
+  private forwardAt(
     instance: ModuleInstance,
     args: { name?: string; value: Value; at: Location }[],
     at: Location,

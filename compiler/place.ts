@@ -204,6 +204,7 @@ class Placer {
         isAdaptersGroup(s) ? adapterParams.has(path) : matches(s, path, "prefix"),
       );
     let owned = 0;
+    let rankWarned = false;
     const misfits: string[] = [];
     for (const [path, entry] of this.placed) {
       if (
@@ -220,6 +221,10 @@ class Placer {
       }
       entry.optimizer = { config, rule, bindings };
       owned++;
+      if (entry.param.shape.length === 2 && !rankWarned) {
+        const [m, n] = entry.param.shape as [number, number];
+        rankWarned = this.warnRank(config, rule, [m, n], `\`${path}\` (${m}×${n})`);
+      }
     }
     if (misfits.length > 0) {
       this.reportMisfits(rule, config, misfits);
@@ -273,10 +278,13 @@ class Placer {
     this.report(
       error(
         "E0303",
-        `optimizer \`${config.def.name.name}\` applies to \`${typeText(config.def.on?.type)}\` tensors, but \`${first.path}\` is f32[${first.shape.join(", ")}]${more}`,
+        `optimizer \`${config.def.name.name}\` applies to \`${typeText(config.def.on?.type)}\` tensors, but \`${first.path}\` is ${first.dtype}[${first.shape.join(", ")}]${more}`,
         this.at(rule.target),
         {
-          help: "narrow the selector, e.g. with `.weight` or `where ndim == 2`, and optimize the rest with a later rule",
+          help:
+            first.dtype === "f32"
+              ? "narrow the selector, e.g. with `.weight` or `where ndim == 2`, and optimize the rest with a later rule"
+              : "gradients train f32 tensors only: declare it `f32[…]`, or `freeze` it",
         },
       ),
     );
@@ -335,6 +343,33 @@ class Placer {
     }
   }
 
+  /** Rules already warned about (W0302): once per rule, not once per matrix it covers. */
+  private readonly warnedRules = new Set<A.Rule>();
+
+  /**
+   * W0302 when a low-rank method's `rank` (or `init_rank`) exceeds min(rows, cols) of a matrix it
+   * covers: the factors then hold more numbers than the matrix (or its full optimizer state).
+   * True if it warned.
+   */
+  private warnRank(config: Config, rule: A.Rule, dims: [number, number], what: string): boolean {
+    const arg = config.args.get("rank") ?? config.args.get("init_rank");
+    const full = Math.min(...dims);
+    if (arg?.kind !== "number" || arg.value <= full) return false;
+    const name = config.args.has("rank") ? "rank" : "init_rank";
+    this.r.diagnostics.push({
+      ...error(
+        "W0302",
+        `\`${config.def.name.name}\`'s ${name} ${arg.value} is larger than min(rows, cols) = ${full} of ${what}`,
+        config.at,
+        {
+          help: `a rank above ${full} adds no expressiveness and costs more memory than the full-rank method; use ${name}: ${full} or less`,
+        },
+      ),
+      severity: "warning",
+    });
+    return true;
+  }
+
   private report(d: Diagnostic): void {
     this.r.diagnostics.push(d);
   }
@@ -361,7 +396,9 @@ class Placer {
           label: suggestion ? `did you mean \`${suggestion}\`?` : undefined,
           help: suggestion
             ? undefined
-            : `${what}s here include ${paths.slice(0, 4).join(", ")}${paths.length > 4 ? ", …" : ""}`,
+            : paths.length === 0
+              ? `there is no ${what} here`
+              : `${what}s here include ${paths.slice(0, 4).join(", ")}${paths.length > 4 ? ", …" : ""}`,
         }),
       );
     }
@@ -462,6 +499,13 @@ class Placer {
       if (value) extra.set(name.name, value);
     });
     const instance = instantiate(this.r, config, `${target.path}.${config.def.name.name}`, extra);
+    const dims = (on.args ?? []).map((name) => extra.get(name.name));
+    // Adapters only: a quantizer's low-rank branch is capped at min(in, out) and costs nothing more.
+    if (rule.verb === "adapt" && dims.length === 2 && dims.every((d) => d?.kind === "number")) {
+      const [a, b] = dims.map((d) => (d as { value: number }).value) as [number, number];
+      if (!this.warnedRules.has(rule) && this.warnRank(config, rule, [a, b], `\`${target.path}\``))
+        this.warnedRules.add(rule);
+    }
     return { module: target, config, rule, instance };
   }
 }
@@ -479,6 +523,9 @@ function isAdaptersGroup(s: A.Selector): boolean {
 /** Binds `on param: f32[m, n]` against a tensor's shape; undefined if the rank differs. */
 function bindOn(config: Config, param: ParamInfo): Map<string, Value> | undefined {
   const bindings = new Map<string, Value>();
+  // An optimizer steps f32 tensors (`on param: f32[...]`): an i32 one would be trained wrong.
+  const dtype = config.def.on?.type?.name.name;
+  if ((dtype ?? "f32") !== param.dtype) return undefined;
   const dims = config.def.on?.type?.dims;
   if (!dims) return bindings;
   const hasEllipsis = dims.some((d) => d.kind === "Ellipsis");

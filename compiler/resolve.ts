@@ -1,6 +1,7 @@
 // Names and compile-time values: the scope of each module (its declarations and imports, the
 // `std` namespace, built-ins), and evaluation of the expressions that must be known while
 // compiling — arguments, dims, constants, method configurations like `lora(rank: 8)`.
+import { resolve as resolvePath, sep } from "node:path";
 import type * as A from "../language/ast.js";
 import { error, type Diagnostic, type Location } from "../language/diagnostics.js";
 import { builtinNames } from "./builtins.js";
@@ -51,8 +52,53 @@ export class Resolver {
   }
 
   report(d: Diagnostic): never {
-    this.diagnostics.push(d);
+    this.diagnostics.push(this.anchored(d));
     throw new Reported();
+  }
+
+  /**
+   * Where user code is constructing or calling standard-library code, outermost first: a mistake
+   * found inside the library (a bad argument reaching `Linear`'s shape) is the user's, and is
+   * reported at their line.
+   */
+  private readonly userSites: Location[] = [];
+
+  isStdFile(file: Location["file"]): boolean {
+    return resolvePath(file.path).startsWith(this.loader.stdlibDir + sep);
+  }
+
+  /** Runs `f` with `at` as the user's site for diagnostics inside the standard library. */
+  fromUserSite<T>(at: Location, f: () => T): T {
+    if (this.isStdFile(at.file)) return f();
+    this.userSites.push(at);
+    try {
+      return f();
+    } finally {
+      this.userSites.pop();
+    }
+  }
+
+  /**
+   * A diagnostic located in the standard library moves to the deepest user site in the file of the
+   * outermost one (the program being compiled: `model TinyLM(heads: 5)` rather than a line of an
+   * imported model file), with the sites in between and the library's line as notes.
+   */
+  private anchored(d: Diagnostic): Diagnostic {
+    if (!d.at || !this.isStdFile(d.at.file) || this.userSites.length === 0) return d;
+    const file = this.userSites[0]!.file;
+    let deepest = 0;
+    this.userSites.forEach((site, i) => {
+      if (site.file === file) deepest = i;
+    });
+    const through = this.userSites
+      .slice(deepest + 1)
+      .map((at) => ({ message: "through this call", at }));
+    return {
+      ...d,
+      at: this.userSites[deepest],
+      label: undefined,
+      notes: [...through, { message: "found in the standard library here", at: d.at }, ...d.notes],
+    };
   }
 
   /** Runs `f`, turning an abandoned evaluation into `undefined`. */
@@ -648,8 +694,36 @@ export class Resolver {
   }
 
   /** Built-ins that make sense on compile-time numbers; tensor built-ins are lowered elsewhere. */
+  /**
+   * `require(condition, "message")`: a definition's check of its arguments, evaluated when it is
+   * instantiated. `{name}` in the message is replaced by that name's value. A failure inside the
+   * standard library is reported at the user's call (see `anchored`).
+   */
+  private require(e: A.Call, scope: Scope, module: Module): Value {
+    const [condition, message] = e.args;
+    if (e.args.length !== 2 || !message || message.value.kind !== "String" || message.name)
+      return this.report(
+        error("E0205", "`require` takes a condition and a message string", this.at(module, e)),
+      );
+    const holds = this.truthy(
+      this.evaluate(condition!.value, scope, module),
+      condition!.value,
+      module,
+    );
+    if (holds) return { kind: "bool", value: true };
+    const text = message.value.value.replace(
+      /\{([A-Za-z_][A-Za-z0-9_]*)\}/g,
+      (whole, name: string) => {
+        const v = scope.lookup(name);
+        return v?.kind === "number" || v?.kind === "bool" ? String(v.value) : whole;
+      },
+    );
+    return this.report(error("E0205", text, this.at(module, e)));
+  }
+
   private builtinCall(name: string, e: A.Call, scope: Scope, module: Module): Value {
     if (name in schedules) return this.schedule(name, e, scope, module);
+    if (name === "require") return this.require(e, scope, module);
     const args = e.args.map((a) =>
       this.number(this.evaluate(a.value, scope, module), a.value, module),
     );

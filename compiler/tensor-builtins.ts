@@ -4,7 +4,7 @@ import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
 import { shapeText } from "./lower.js";
-import type { Builder } from "./builder.js";
+import { broadcastShapes, type Builder } from "./builder.js";
 import type { UnaryFn } from "./ir.js";
 import { MAX_PANEL } from "./kernels/special.js";
 import { describeValue, num, type Value } from "./values.js";
@@ -62,6 +62,22 @@ class Args {
         this.argAt(i, name),
       ),
     );
+  }
+
+  /** A compile-time integer of at least `min` (a dim, a rank, a count). */
+  integer(i: number, name?: string, fallback?: number, min = -Infinity): number {
+    const v = this.number(i, name, fallback);
+    if (!Number.isInteger(v) || v < min) {
+      const what = `\`${this.fn}\`'s ${name ?? `argument ${i + 1}`}`;
+      this.L.r.report(
+        error(
+          "E0402",
+          `${what} must be ${min === 1 ? "a positive integer" : min === 0 ? "a non-negative integer" : "an integer"}, not ${v}`,
+          this.argAt(i, name),
+        ),
+      );
+    }
+    return v;
   }
 
   bool(name: string, fallback: boolean): boolean {
@@ -168,10 +184,19 @@ const builtinRules = {
   round: noLowering,
   min: extremum("min"),
   max: extremum("max"),
-  where: ({ b, args, tensor }) => {
+  where: ({ L, b, at, args, tensor }) => {
     const c = args.tensor(0).node;
     const x = args.tensor(1).node;
     const y = args.tensor(2).node;
+    try {
+      broadcastShapes(b.shape(c), b.shape(x), b.shape(y));
+    } catch {
+      L.fail(
+        at,
+        `\`where\` of ${L.typeText(c)}, ${L.typeText(x)} and ${L.typeText(y)}: the shapes do not broadcast`,
+        { help: "shapes must match from the last dim, or be 1 where they broadcast" },
+      );
+    }
     return tensor(b.where(c, b.cast(x, "f32"), b.cast(y, "f32")));
   },
   stop_grad: ({ L, b, args, tensor }) => {
@@ -212,25 +237,45 @@ const builtinRules = {
   reshape,
   transpose,
   concat: noLowering, // reserved
-  arange: ({ b, args, tensor }) => tensor(b.iota([args.number(0)], 0, "i32")),
+  arange: ({ b, args, tensor }) =>
+    tensor(b.iota([args.integer(0, undefined, undefined, 1)], 0, "i32")),
   eye: ({ b, args, tensor }) => {
-    const n = args.number(0);
+    const n = args.integer(0, undefined, undefined, 1);
     return tensor(b.cast(b.eq(b.iota([n, n], 0, "i32"), b.iota([n, n], 1, "i32")), "f32"));
   },
   tril: triangle((b, rows, cols) => b.le(cols, rows)),
   triu: triangle((b, rows, cols) => b.ge(cols, rows)),
   one_hot: ({ b, args, tensor }) => {
     const ids = args.tensor(0);
-    const n = args.number(1);
+    const n = args.integer(1, undefined, undefined, 1);
     const shape = [...ids.shape, n];
+    // Compared in the ids' dtype: arithmetic on i32 tensors (`arange(n) % k`) gives f32 ids,
+    // whose whole values are exact up to 2^24.
     const expanded = b.broadcastTo(b.reshape(ids.node, [...ids.shape, 1]), shape);
-    return tensor(b.cast(b.eq(expanded, b.iota(shape, ids.shape.length, "i32")), "f32"));
+    const classes = b.iota(shape, ids.shape.length, "i32");
+    return tensor(b.cast(b.eq(expanded, b.cast(classes, ids.dtype)), "f32"));
   },
   // losses and regularization
   cross_entropy: ({ L, at, args }) => crossEntropy(L, args.tensor(0), args.tensor(1), at),
-  mse: ({ b, args, tensor }) => {
+  mse: ({ L, b, at, args, tensor }) => {
     const a = args.tensor(0);
     const c = args.tensor(1);
+    for (const [x, i] of [
+      [a, 0],
+      [c, 1],
+    ] as const) {
+      if (x.dtype !== "f32")
+        L.r.report(
+          error("E0402", `\`mse\` needs f32 values, found ${L.typeText(x.node)}`, args.argAt(i), {
+            help: "for class ids use `cross_entropy(logits, ids)`",
+          }),
+        );
+    }
+    // torch broadcasts mismatched shapes with only a warning; that trains the wrong loss.
+    if (a.shape.length !== c.shape.length || a.shape.some((d, i) => d !== c.shape[i]))
+      L.fail(at, `\`mse\` of ${L.typeText(a.node)} and ${L.typeText(c.node)}: the shapes differ`, {
+        help: "reshape one of them so that both have the same shape",
+      });
     const d = b.sub(a.node, c.node);
     return tensor(b.mean(b.mul(d, d)));
   },
@@ -260,12 +305,22 @@ const builtinRules = {
     const w = dequantize(L, args.need(1), at);
     return tensor(b.matmul(x.node, w, { transB: true }));
   },
-  topk_mask: ({ b, args, tensor }) => {
+  topk_mask: ({ L, b, args, tensor }) => {
     const scores = args.tensor(0);
     const k = args.tensor(1);
+    if (scores.shape.length !== 1)
+      L.fail(
+        args.argAt(0),
+        `\`topk_mask\` needs a vector of scores, found ${L.typeText(scores.node)}`,
+        { help: "flatten it first: `reshape(x, [-1])`" },
+      );
+    if (k.shape.length !== 0)
+      L.fail(args.argAt(1), `\`topk_mask\`'s k must be a number, found ${L.typeText(k.node)}`);
     return tensor(b.topkMask(scores.node, k.node));
   },
   kthvalue: noLowering, // reserved
+  // a definition's check of its arguments, as a member `const` (resolve.ts)
+  require: noLowering,
 } satisfies Record<string, Rule>;
 
 type BuiltinName = keyof typeof builtinRules;
@@ -296,7 +351,7 @@ function notAvailable(L: Lowerer, name: string, at: Location): never {
   return L.r.report(
     error("E0206", `\`${name}\` is not available here`, at, {
       help: ["normal", "uniform", "kaiming_uniform"].includes(name)
-        ? "initializers belong after `=` in a `param` or `state`"
+        ? "random initializers fill a model's or adapter's `param` (`param w: f32[n] = normal(std: 0.02)`); an optimizer's or budget's `state` starts from a tensor expression such as `zeros_like(param)`"
         : undefined,
     }),
   );
@@ -359,10 +414,20 @@ function reshape({ L, b, at, args, tensor }: Call): Value {
       error("E0402", "`reshape` needs a list of dims, like `[B, T, d]`", args.argAt(1, "shape")),
     );
   const shape = dims.items.map((d) => {
-    if (d.kind !== "number" || !Number.isInteger(d.value))
-      return L.r.report(error("E0402", "reshape dims must be integers", args.argAt(1, "shape")));
+    if (d.kind !== "number" || !Number.isInteger(d.value) || (d.value < 1 && d.value !== -1))
+      return L.r.report(
+        error(
+          "E0402",
+          `reshape dims must be positive integers (or one -1 for the rest), not ${d.kind === "number" ? d.value : describeValue(d)}`,
+          args.argAt(1, "shape"),
+        ),
+      );
     return d.value;
   });
+  if (shape.filter((d) => d === -1).length > 1)
+    L.r.report(
+      error("E0402", "reshape can infer only one dim: use -1 once", args.argAt(1, "shape")),
+    );
   const known = shape.filter((d) => d !== -1).reduce((a, c) => a * c, 1);
   const total = x.shape.reduce((a, c) => a * c, 1);
   if (shape.includes(-1) ? total % known !== 0 : known !== total) {
@@ -377,8 +442,8 @@ function reshape({ L, b, at, args, tensor }: Call): Value {
 function transpose({ L, b, at, args, tensor }: Call): Value {
   const x = args.tensor(0);
   const rank = x.shape.length;
-  const i = args.number(1, undefined, rank - 2);
-  const j = args.number(2, undefined, rank - 1);
+  const i = args.integer(1, undefined, rank - 2);
+  const j = args.integer(2, undefined, rank - 1);
   const perm = x.shape.map((_, k) => k);
   const a = i < 0 ? i + rank : i;
   const c = j < 0 ? j + rank : j;
@@ -406,7 +471,7 @@ function filled({ b, name, e, args, tensor }: Call): Value {
   const dims = e.args.filter((a) => !a.name).length;
   const shape: number[] = [];
   const count = name === "full" ? dims - 1 : dims;
-  for (let i = 0; i < count; i++) shape.push(args.number(i));
+  for (let i = 0; i < count; i++) shape.push(args.integer(i, undefined, undefined, 1));
   const value = name === "full" ? args.number(count, "value") : name === "ones" ? 1 : 0;
   return tensor(b.constant(value, shape));
 }
@@ -432,7 +497,7 @@ function dropout({ L, b, args, tensor }: Call): Value {
 function singularVectors(side: "left" | "right"): Rule {
   return ({ L, b, name, at, args, tensor }) => {
     const g = args.tensor(0);
-    const rank = args.number(1, "rank");
+    const rank = args.integer(1, "rank", undefined, 1);
     const accuracy = svdAccuracy(L, args);
     args.done();
     if (g.shape.length !== 2)
@@ -479,7 +544,7 @@ function svdAccuracy(L: Lowerer, args: Args): { iterations: number; oversample: 
  */
 function svdSplit({ L, b, at, args, tensor }: Call): Value {
   const w = args.tensor(0);
-  const rank = args.number(1, "rank");
+  const rank = args.integer(1, "rank", undefined, 1);
   if (w.shape.length !== 2)
     L.fail(at, `\`svd_split\` needs a matrix, found ${shapeText(w.shape, w.dtype)}`);
   const r = Math.min(rank, w.shape[0]!, w.shape[1]!);
@@ -493,7 +558,7 @@ function svdSplit({ L, b, at, args, tensor }: Call): Value {
 function quantize({ L, b, at, args, tensor }: Call): Value {
   const x = args.tensor(0);
   const bits = args.number(1, "bits");
-  const group = args.number(2, "group");
+  const group = args.integer(2, "group", undefined, 1);
   if (x.shape.length !== 2)
     L.fail(at, `\`quantize\` needs a matrix, found ${shapeText(x.shape, x.dtype)}`);
   if (x.shape[1]! % group !== 0) {

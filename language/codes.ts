@@ -53,6 +53,7 @@ export const codeTitles = {
   E0603: "kernel rejected by the GPU driver",
   W0101: "statement has no effect",
   W0301: "rule has no effect",
+  W0302: "rank larger than the matrix",
 } as const;
 
 export type DiagnosticCode = keyof typeof codeTitles;
