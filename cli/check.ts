@@ -1,8 +1,12 @@
 // `lrkc check`: every check lrkc can make without running anything.
 import { check } from "../compiler/compile.js";
+import { memoryReport, MemoryLimitError } from "../compiler/memory.js";
+import type { TrainProgram } from "../compiler/program.js";
 import { normalize, type Diagnostic } from "../language/diagnostics.js";
+import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
+import { hostMemory } from "./target.js";
 import { runOrDiagnostic } from "./train.js";
 
 export function checkCommand(paths: string[], options: ReportOptions): number {
@@ -19,6 +23,8 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
     const checked = check(read.file);
     diagnostics.push(...checked.diagnostics);
     for (const { program } of checked.compiled) {
+      const tooLarge = memoryProblem(program);
+      if (tooLarge) diagnostics.push(tooLarge);
       const run = runOrDiagnostic(program);
       if ("severity" in run) diagnostics.push(run);
     }
@@ -33,4 +39,23 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
     );
   }
   return code;
+}
+
+/**
+ * E0604 when even the memory report's total (weights, gradients, optimizer state and saved
+ * activations: less than any device keeps) exceeds this machine's memory: a cheap estimate
+ * without planning, so `check` finds what `train` would refuse.
+ */
+function memoryProblem(program: TrainProgram): Diagnostic | undefined {
+  const needed = memoryReport(program.step).total;
+  const { total } = hostMemory();
+  if (needed <= total) return undefined;
+  const e = new MemoryLimitError(
+    needed,
+    total,
+    "its weights, gradients, optimizer state and saved activations, at least",
+    "memory this machine has",
+    "lower the batch size (`--batch`) or the model's dimensions, or train only adapters; or check and train it on a machine with more memory",
+  );
+  return failureDiagnostic(e, { program });
 }

@@ -3,6 +3,7 @@
 // driver rejects) become what the user reads. Anything else is a bug and keeps its stack.
 import { error, type Diagnostic, type Note } from "../language/diagnostics.js";
 import { BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js";
+import { MemoryLimitError } from "../compiler/memory.js";
 import type { TrainProgram } from "../compiler/program.js";
 import { DataError } from "../runtime/data.js";
 import { NoAdapterError } from "../runtime/gpu.js";
@@ -52,6 +53,8 @@ export function failureDiagnostic(
       notes: lines(e.sourceLines),
       help: "split the computation at these lines into smaller steps (fewer tensors in one expression), or run on a device with more storage buffers per shader stage",
     });
+  if (e instanceof MemoryLimitError)
+    return error("E0604", e.message, program?.at, { help: e.help });
   if (e instanceof PipelineError)
     return error(
       "E0603",

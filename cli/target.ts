@@ -2,7 +2,9 @@
 // features and tuned matmuls, or WebGPU's portable defaults), and loading the plans of a training
 // run into the device that runs them. `lrkc build --emit plan` and `lrkc train` both plan here,
 // so the plan shown is the plan run.
+import { totalmem, freemem } from "node:os";
 import { planStep } from "../compiler/compile.js";
+import { formatBytes, interpreterBytes, MemoryLimitError, storeBytes } from "../compiler/memory.js";
 import {
   fuseEntries,
   isSmallMatmul,
@@ -87,17 +89,98 @@ export async function deviceTarget(
 /**
  * Plans a training run's programs for `device` and loads them into it. Returns the step's plan:
  * on WebGPU the one the device runs, on the CPU the one a portable WebGPU target would run.
+ * A run that cannot fit the machine's memory is refused first (MemoryLimitError), before any of
+ * its buffers is allocated.
  */
 export async function loadPlans(
   device: Device,
   program: TrainProgram,
   options: TargetOptions,
 ): Promise<Plan> {
-  if (!(device instanceof WebGpuDevice)) return planStep(program.step, portableTarget);
   const programs = [program.initProgram, program.step];
-  const target = await deviceTarget(device, programs, options);
-  for (const p of programs) device.load(p, planStep(p, target));
+  if (!(device instanceof WebGpuDevice)) {
+    const needed = interpreterBytes(programs, device.float64 === true);
+    checkMemory(needed, CPU_COUNTED, CPU_HELP, options.log);
+    return planStep(program.step, portableTarget);
+  }
+  // Untuned plans are checked first: tuning runs kernels on buffers of the program's sizes.
+  const untuned = await deviceTarget(device, programs, { ...options, autotune: false });
+  let plans = programs.map((p) => planStep(p, untuned));
+  checkGpuMemory(device, programs, plans, options.log);
+  if (options.autotune) {
+    const tuned = await deviceTarget(device, programs, options);
+    plans = programs.map((p) => planStep(p, tuned));
+    checkGpuMemory(device, programs, plans); // tuned matmuls may add scratch
+  }
+  programs.forEach((p, i) => device.load(p, plans[i]!));
   return device.plan(program.step);
+}
+
+const CPU_COUNTED =
+  "its parameters, optimizer states and the step's intermediate values on the CPU interpreter";
+const CPU_HELP =
+  "lower the batch size (`--batch`) or the model's dimensions, or train with `--device webgpu` on a GPU with enough memory";
+
+/** The memory this process may use: the machine's, or its container's limit when lower. */
+export function hostMemory(): { total: number; free: number } {
+  const constrained = process.constrainedMemory?.() ?? 0;
+  const total = constrained > 0 ? Math.min(totalmem(), constrained) : totalmem();
+  const available = process.availableMemory?.() ?? freemem();
+  return { total, free: Math.min(total, available) };
+}
+
+/** Refuses `needed` bytes over this machine's memory; warns (through `log`) over its free memory. */
+export function checkMemory(
+  needed: number,
+  counted: string,
+  help: string,
+  log?: (line: string) => void,
+  memory = "memory this machine has",
+): void {
+  const host = hostMemory();
+  if (needed > host.total) throw new MemoryLimitError(needed, host.total, counted, memory, help);
+  if (needed > host.free)
+    log?.(
+      `warning: this program needs about ${formatBytes(needed)} (${counted}), more than the ${formatBytes(host.free)} of memory free now: the system may swap, or stop the run when memory runs out`,
+    );
+}
+
+/**
+ * WebGPU reports no memory size. A software adapter (lavapipe) keeps its buffers in this
+ * machine's memory, beside the host copies of the parameters and states read back for
+ * checkpoints; a GPU's own memory is not larger than the host's on the machines lrk runs on, so
+ * the host's is the bound there too.
+ */
+function checkGpuMemory(
+  device: WebGpuDevice,
+  programs: readonly GraphProgram[],
+  plans: readonly Plan[],
+  log?: (line: string) => void,
+): void {
+  const buffers = plans.reduce((sum, plan) => sum + plan.peakBytes, 0);
+  const { summary } = device;
+  const software =
+    summary.fallback ||
+    summary.architecture === "software" ||
+    /llvmpipe|lavapipe/i.test(summary.description);
+  const help =
+    "lower the batch size (`--batch`) or the model's dimensions, or train on a GPU with more memory";
+  if (software)
+    checkMemory(
+      buffers + storeBytes(programs),
+      "the buffers of its step and init plans, `peakBytes` in plan.json, and the host copies of its parameters and states",
+      help,
+      log,
+      `memory this machine has (${summary.description} keeps GPU buffers in it)`,
+    );
+  else
+    checkMemory(
+      buffers,
+      "the buffers of its step and init plans, `peakBytes` in plan.json",
+      help,
+      undefined, // the host's free memory is not the GPU's
+      "memory this machine has (WebGPU does not report a GPU's memory; the host's is taken as its bound)",
+    );
 }
 
 /** The target `lrkc build` plans for: `portable`, or a device's (as `lrkc train` would). */

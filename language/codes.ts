@@ -51,6 +51,7 @@ export const codeTitles = {
   E0601: "no GPU adapter",
   E0602: "plan exceeds a device limit",
   E0603: "kernel rejected by the GPU driver",
+  E0604: "program too large for this machine's memory",
   W0101: "statement has no effect",
   W0301: "rule has no effect",
   W0302: "rank larger than the matrix",
