@@ -4,6 +4,7 @@
 // so the plan shown is the plan run.
 import { totalmem, freemem } from "node:os";
 import { planStep } from "../compiler/compile.js";
+import { BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js";
 import { formatBytes, interpreterBytes, MemoryLimitError, storeBytes } from "../compiler/memory.js";
 import {
   fuseEntries,
@@ -88,7 +89,8 @@ export async function deviceTarget(
 
 /**
  * Plans a training run's programs for `device` and loads them into it. Returns the step's plan:
- * on WebGPU the one the device runs, on the CPU the one a portable WebGPU target would run.
+ * on WebGPU the one the device runs, on the CPU the one a portable WebGPU target would run (none
+ * when the program exceeds WebGPU's default limits).
  * A run that cannot fit the machine's memory is refused first (MemoryLimitError), before any of
  * its buffers is allocated.
  */
@@ -96,12 +98,18 @@ export async function loadPlans(
   device: Device,
   program: TrainProgram,
   options: TargetOptions,
-): Promise<Plan> {
+): Promise<Plan | undefined> {
   const programs = [program.initProgram, program.step];
   if (!(device instanceof WebGpuDevice)) {
     const needed = interpreterBytes(programs, device.float64 === true);
     checkMemory(needed, CPU_COUNTED, CPU_HELP, options.log);
-    return planStep(program.step, portableTarget);
+    try {
+      return planStep(program.step, portableTarget);
+    } catch (e) {
+      // WebGPU's limits are not the CPU's: a program over them still trains here, without a plan
+      if (e instanceof BufferLimitError || e instanceof BindingLimitError) return undefined;
+      throw e;
+    }
   }
   // Untuned plans are checked first: tuning runs kernels on buffers of the program's sizes.
   const untuned = await deviceTarget(device, programs, { ...options, autotune: false });

@@ -235,13 +235,17 @@ async function runTraining(
   for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
   const started = performance.now();
   let result;
+  let plan;
   try {
-    folder.writePlan(
-      await loadPlans(device, program, {
-        autotune: options.autotune !== false,
-        log: (line) => progress.line(line),
-      }),
-    );
+    plan = await loadPlans(device, program, {
+      autotune: options.autotune !== false,
+      log: (line) => progress.line(line),
+    });
+    if (plan) folder.writePlan(plan);
+    else
+      progress.line(
+        "note: no plan.json: a tensor of this program exceeds WebGPU's default limits (it trains on the CPU, or on an adapter with larger limits)",
+      );
     result = await train(run, device, {
       steps: total,
       resume,
@@ -298,7 +302,9 @@ async function runTraining(
         : []),
       `  weights: ${file}`,
       `  metrics: ${folder.metricsPath}, curves: ${curves}`,
-      `  kernels: ${join(folder.dir, "plan.json")}, ${join(folder.dir, "kernels")}/`,
+      ...(plan
+        ? [`  kernels: ${join(folder.dir, "plan.json")}, ${join(folder.dir, "kernels")}/`]
+        : []),
     ].join("\n"),
   );
   return 0;

@@ -8,7 +8,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { checkMemory, hostMemory } from "../../cli/target.js";
+import { checkMemory, hostMemory, loadPlans } from "../../cli/target.js";
+import { CpuDevice } from "../../runtime/device.js";
 import { interpreterBytes, MemoryLimitError } from "../../compiler/memory.js";
 import { compile } from "../../compiler/compile.js";
 import { SourceFile } from "../../language/source.js";
@@ -136,6 +137,21 @@ describe("a program that fits", () => {
       const programs = [compiled!.program.initProgram, compiled!.program.step];
       expect(interpreterBytes(programs, true), name).toBeLessThan(2 ** 30);
     }
+  });
+});
+
+describe("a CPU run", () => {
+  it("is not refused for a tensor over WebGPU's default buffer limits (it has no plan.json)", async () => {
+    // one 5800 × 5800 weight is 134.6 MB, over the portable 128 MiB binding: planned for WebGPU
+    // this was E0602 on `--device cpu`, whose memory holds it easily
+    const text = program(1, { width: 5800, batch: 4 });
+    const { compiled } = compile(new SourceFile("wide.lrk", text));
+    await expect(
+      loadPlans(new CpuDevice(), compiled!.program, { autotune: false }),
+    ).resolves.toBeUndefined();
+    const narrow = compile(new SourceFile("narrow.lrk", program(1, { width: 64, batch: 4 })));
+    const plan = await loadPlans(new CpuDevice(), narrow.compiled!.program, { autotune: false });
+    expect(plan?.peakBytes).toBeGreaterThan(0);
   });
 });
 
