@@ -1,12 +1,13 @@
 // `lrkc check`: every check lrkc can make without running anything.
-import { check } from "../compiler/compile.js";
+import { check, planStep } from "../compiler/compile.js";
+import { BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js";
 import { memoryReport, MemoryLimitError } from "../compiler/memory.js";
 import type { TrainProgram } from "../compiler/program.js";
 import { normalize, type Diagnostic } from "../language/diagnostics.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
-import { hostMemory } from "./target.js";
+import { hostMemory, portableTarget } from "./target.js";
 import { runOrDiagnostic } from "./train.js";
 
 export function checkCommand(paths: string[], options: ReportOptions): number {
@@ -42,20 +43,35 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
 }
 
 /**
- * E0604 when even the memory report's total (weights, gradients, optimizer state and saved
- * activations: less than any device keeps) exceeds this machine's memory: a cheap estimate
- * without planning, so `check` finds what `train` would refuse.
+ * E0604 when even the buffers of the step's plan for a portable WebGPU target (what any device
+ * keeps at once: the CPU interpreter keeps more) exceed this machine's memory; when a tensor is
+ * over WebGPU's default limits, its weights and optimizer state. (The memory report's total
+ * counts every saved activation apart, several times what a plan needs: not a lower bound.)
  */
 function memoryProblem(program: TrainProgram): Diagnostic | undefined {
-  const needed = memoryReport(program.step).total;
+  const needed = leastBytes(program);
   const { total } = hostMemory();
-  if (needed <= total) return undefined;
+  if (needed.bytes <= total) return undefined;
   const e = new MemoryLimitError(
-    needed,
+    needed.bytes,
     total,
-    "its weights, gradients, optimizer state and saved activations, at least",
+    needed.counted,
     "memory this machine has",
     "lower the batch size (`--batch`) or the model's dimensions, or train only adapters; or check and train it on a machine with more memory",
   );
   return failureDiagnostic(e, { program });
+}
+
+function leastBytes(program: TrainProgram): { bytes: number; counted: string } {
+  try {
+    const plan = planStep(program.step, portableTarget);
+    return { bytes: plan.peakBytes, counted: "the buffers of its training step, at least" };
+  } catch (e) {
+    if (!(e instanceof BufferLimitError || e instanceof BindingLimitError)) throw e;
+    const r = memoryReport(program.step);
+    return {
+      bytes: r.frozen + r.trainable + r.optimizerState,
+      counted: "its weights and optimizer state, at least",
+    };
+  }
 }

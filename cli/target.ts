@@ -124,6 +124,27 @@ export async function loadPlans(
   return device.plan(program.step);
 }
 
+/**
+ * loadPlans's memory check alone (untuned plans on WebGPU): `lrkc train` makes it before it
+ * touches the run folder, so that a run refused for its size does not replace (`--force`) the run
+ * the folder held.
+ */
+export async function refuseTooLarge(device: Device, program: TrainProgram): Promise<void> {
+  const programs = [program.initProgram, program.step];
+  if (!(device instanceof WebGpuDevice)) {
+    checkMemory(interpreterBytes(programs, device.float64 === true), CPU_COUNTED, CPU_HELP);
+    return;
+  }
+  const untuned = await deviceTarget(device, programs, { autotune: false });
+  checkGpuMemory(
+    device,
+    programs,
+    programs.map((p) => planStep(p, untuned)),
+  );
+}
+
+const GPU_HELP =
+  "lower the batch size (`--batch`) or the model's dimensions, or train on a GPU with more memory";
 const CPU_COUNTED =
   "its parameters, optimizer states and the step's intermediate values on the CPU interpreter";
 const CPU_HELP =
@@ -171,13 +192,11 @@ function checkGpuMemory(
     summary.fallback ||
     summary.architecture === "software" ||
     /llvmpipe|lavapipe/i.test(summary.description);
-  const help =
-    "lower the batch size (`--batch`) or the model's dimensions, or train on a GPU with more memory";
   if (software)
     checkMemory(
       buffers + storeBytes(programs),
       "the buffers of its step and init plans, `peakBytes` in plan.json, and the host copies of its parameters and states",
-      help,
+      GPU_HELP,
       log,
       `memory this machine has (${summary.description} keeps GPU buffers in it)`,
     );
@@ -185,7 +204,7 @@ function checkGpuMemory(
     checkMemory(
       buffers,
       "the buffers of its step and init plans, `peakBytes` in plan.json",
-      help,
+      GPU_HELP,
       undefined, // the host's free memory is not the GPU's
       "memory this machine has (WebGPU does not report a GPU's memory; the host's is taken as its bound)",
     );

@@ -15,7 +15,7 @@ import { openRun, train, type EvalEvent, type Run, type StepEvent } from "../run
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
-import { deviceChoices, loadPlans, openDevice } from "./target.js";
+import { deviceChoices, loadPlans, openDevice, refuseTooLarge } from "./target.js";
 
 export interface TrainCommandOptions extends ReportOptions {
   train?: string;
@@ -182,6 +182,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
       : freshStart(folder, options.force === true);
     const device = await openDeviceOrDiagnostic(options.device);
     if ("severity" in device) return report([device], options);
+    await refuseTooLarge(device, program);
     if (resume) folder.truncateMetricsAfter(resume.step);
     else folder.startFresh();
     folder.writeRecord(record);

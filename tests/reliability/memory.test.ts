@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { checkMemory, hostMemory, loadPlans } from "../../cli/target.js";
 import { CpuDevice } from "../../runtime/device.js";
+import { WebGpuDevice } from "../../runtime/webgpu-device.js";
 import { interpreterBytes, MemoryLimitError } from "../../compiler/memory.js";
 import { compile } from "../../compiler/compile.js";
 import { SourceFile } from "../../language/source.js";
@@ -108,10 +109,37 @@ describe("a program too large for this machine", () => {
   it("is refused by `lrkc train --device webgpu` before loading its plans", () => {
     const result = lrk(["train", huge, "--device", "webgpu", "--out", join(dir, "gpu")]);
     expectRefused(result);
-    expect(result.stderr).toMatch(/peakBytes/);
     // checked before autotuning too, which runs kernels on buffers of the program's sizes
     expect(result.stderr).not.toMatch(/tuning \d+ matmul/);
   });
+
+  it("is refused before the run folder is touched: --force does not lose the run it held", () => {
+    const out = join(dir, "kept");
+    const first = lrk(["train", small, "--device", "cpu", "--out", out]);
+    expect(first.status, first.stderr).toBe(0);
+    for (const device of ["cpu", "webgpu"]) {
+      const result = lrk(["train", huge, "--device", device, "--out", out, "--force"]);
+      expectRefused(result);
+      expect(existsSync(join(out, "final.safetensors")), device).toBe(true);
+      expect(existsSync(join(out, "metrics.jsonl")), device).toBe(true);
+    }
+  });
+
+  it("is refused by loadPlans on WebGPU from its plans' peakBytes, before any buffer exists", async () => {
+    // (`lrkc train` refuses this one earlier, from the cheaper lower bound that `check` uses)
+    const device = await WebGpuDevice.open();
+    try {
+      const { compiled } = compile(new SourceFile(huge, program(hugeLayers)));
+      const loading = loadPlans(device, compiled!.program, { autotune: true });
+      await expect(loading).rejects.toThrow(MemoryLimitError);
+      await expect(loading).rejects.toThrow(
+        /`peakBytes` in plan\.json.*GiB of memory this machine has/,
+      );
+      expect(() => device.plan(compiled!.program.step)).toThrow(/no plan was loaded/);
+    } finally {
+      device.destroy();
+    }
+  }, 120_000);
 
   it("is refused by `lrkc eval --device cpu`", () => {
     expectRefused(lrk(["eval", huge, "--device", "cpu"]));
