@@ -1,7 +1,7 @@
 // `lrkc check`: every check lrkc can make without running anything.
 import { check, planStep } from "../compiler/compile.js";
 import { BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js";
-import { memoryReport, MemoryLimitError } from "../compiler/memory.js";
+import { interpreterBytes, memoryReport, MemoryLimitError } from "../compiler/memory.js";
 import type { TrainProgram } from "../compiler/program.js";
 import { normalize, type Diagnostic } from "../language/diagnostics.js";
 import { failureDiagnostic } from "./failures.js";
@@ -49,8 +49,11 @@ export function checkCommand(paths: string[], options: ReportOptions): number {
  * counts every saved activation apart, several times what a plan needs: not a lower bound.)
  */
 function memoryProblem(program: TrainProgram): Diagnostic | undefined {
-  const needed = leastBytes(program);
   const { total } = hostMemory();
+  // Planning costs as much as compiling: skipped when every value of the step at once (more than
+  // a plan's buffers, which hold each tensor once at most; halved for kernels' scratch) fits.
+  if (2 * interpreterBytes([program.step], false) <= total) return undefined;
+  const needed = leastBytes(program);
   if (needed.bytes <= total) return undefined;
   const e = new MemoryLimitError(
     needed.bytes,
