@@ -18,7 +18,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
-import { compile, planStep } from "../compiler/compile.js";
+import { analyze, compile, planStep } from "../compiler/compile.js";
+import { allParams } from "../compiler/instantiate.js";
 import { packageRoot } from "../compiler/modules.js";
 import { failureDiagnostic } from "../cli/failures.js";
 import { portableTarget } from "../cli/target.js";
@@ -229,27 +230,47 @@ export type Outcome =
   | { kind: "diagnostics"; codes: string[] }
   | { kind: "internal"; phase: string; stack: string }
   | { kind: "badSpan"; message: string }
-  | { kind: "noBuild" };
+  | { kind: "noBuild" }
+  /** The model has more parameter tensors than the limit: not compiled. */
+  | { kind: "large"; params: number };
 
 /**
  * One mutant through the compiler, in a folder holding copies of examples/ and stdlib/ (the
  * mutated file written over its copy, and restored afterwards).
  */
-export function runMutant(root: string, original: string, mutant: Mutant): Outcome {
+export function runMutant(
+  root: string,
+  original: string,
+  mutant: Mutant,
+  paramLimit = Infinity,
+): Outcome {
   writeFileSync(join(root, mutant.path), mutant.text);
   try {
-    return compileAndPlan(root, mutant.path === mutant.entry ? mutant.text : undefined, mutant);
+    const entryText = mutant.path === mutant.entry ? mutant.text : undefined;
+    return compileAndPlan(root, entryText, mutant, paramLimit);
   } finally {
     writeFileSync(join(root, mutant.path), original);
   }
 }
 
-function compileAndPlan(root: string, entryText: string | undefined, mutant: Mutant): Outcome {
-  let phase = "compile";
+function compileAndPlan(
+  root: string,
+  entryText: string | undefined,
+  mutant: Mutant,
+  paramLimit: number,
+): Outcome {
+  let phase = "analyze";
   try {
     const text = entryText ?? readFileSync(join(root, mutant.entry), "utf8");
     const file = new SourceFile(join(root, mutant.entry), text);
-    const { compiled, diagnostics } = compile(file, { stdlibDir: join(root, "stdlib") });
+    const stdlibDir = join(root, "stdlib");
+    // Compile time grows with the model (32 layers of the tiny LM take about 15 s): a mutant that
+    // turns `layers` into 128 is a valid program too large for the time bound, not a hang.
+    const model = analyze(file, { requireTrain: true, stdlibDir }).trains[0]?.spec.model;
+    const params = model ? allParams(model).length : 0;
+    if (params > paramLimit) return { kind: "large", params };
+    phase = "compile";
+    const { compiled, diagnostics } = compile(file, { stdlibDir });
     phase = "render";
     const bad = badSpan(diagnostics);
     if (bad) return { kind: "badSpan", message: bad };
@@ -310,6 +331,8 @@ export interface FuzzReport {
   mutants: number;
   built: number;
   diagnostics: number;
+  /** Valid programs whose model grew past the limit (`layers: 128`): analyzed, not compiled. */
+  large: number;
   findings: Finding[];
   seconds: number;
   slowestMs: number;
@@ -339,6 +362,7 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzReport> {
     mutants: 0,
     built: 0,
     diagnostics: 0,
+    large: 0,
     findings: [],
     seconds: 0,
     slowestMs: 0,
@@ -396,6 +420,9 @@ function classify(
     case "diagnostics":
       report.diagnostics++;
       return undefined;
+    case "large":
+      report.large++;
+      return undefined;
     case "internal":
       return { kind: "internal", detail: `in ${outcome.phase}: ${outcome.stack}` };
     case "badSpan":
@@ -451,9 +478,22 @@ function workerMain(root: string): void {
   const corpus = loadCorpus();
   // A worker cut off by a hang may have left its mutant in place.
   for (const [path, text] of corpus.files) writeFileSync(join(root, path), text);
+  const paramLimit = largeModelLimit(root, corpus);
   parentPort!.on("message", (mutant: Mutant) => {
-    parentPort!.postMessage(runMutant(root, corpus.files.get(mutant.path)!, mutant));
+    parentPort!.postMessage(runMutant(root, corpus.files.get(mutant.path)!, mutant, paramLimit));
   });
+}
+
+/** Models with more parameter tensors than 4 times the largest example's are not compiled. */
+export function largeModelLimit(root: string, corpus: Corpus): number {
+  let most = 0;
+  for (const entry of corpus.entries) {
+    const file = new SourceFile(join(root, entry), corpus.files.get(entry)!);
+    const model = analyze(file, { requireTrain: true, stdlibDir: join(root, "stdlib") }).trains[0]
+      ?.spec.model;
+    if (model) most = Math.max(most, allParams(model).length);
+  }
+  return 4 * most;
 }
 
 async function main(): Promise<void> {
@@ -484,7 +524,7 @@ async function main(): Promise<void> {
     );
   }
   console.log(
-    `${report.mutants} mutants (seed ${seed}): ${report.built} built, ${report.diagnostics} ended in diagnostics, ${report.findings.length} findings; ${report.seconds.toFixed(1)} s, slowest ${(report.slowestMs / 1000).toFixed(2)} s (#${report.slowest?.index})`,
+    `${report.mutants} mutants (seed ${seed}): ${report.built} built, ${report.diagnostics} ended in diagnostics, ${report.large} too large to compile (over 4 times the largest example's parameter tensors), ${report.findings.length} findings; ${report.seconds.toFixed(1)} s, slowest ${(report.slowestMs / 1000).toFixed(2)} s (#${report.slowest?.index})`,
   );
   process.exitCode = report.findings.length > 0 ? 1 : 0;
 }
