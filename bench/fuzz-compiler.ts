@@ -373,7 +373,8 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzReport> {
   const startWorker = () =>
     new Worker(workerScript(), {
       workerData: { fuzzWorker: true, root },
-      resourceLimits: { maxOldGenerationSizeMb: 3072, stackSizeMb: 8 },
+      // About the stack of the main thread, where `lrkc` compiles: a deeper recursion overflows there.
+      resourceLimits: { maxOldGenerationSizeMb: 3072, stackSizeMb: 1 },
     });
   try {
     for (let i = 0; i < mutants; i++) {

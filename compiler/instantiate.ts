@@ -1,7 +1,7 @@
 // Instantiation: a model applied to concrete arguments becomes a module tree in which every
 // parameter has a path (`blocks.3.attn.q.weight`) and a concrete shape.
 import type * as A from "../language/ast.js";
-import { error, type Location } from "../language/diagnostics.js";
+import { error } from "../language/diagnostics.js";
 import { maxElements } from "./builder.js";
 import { numel, type DType } from "./ir.js";
 import type { Module } from "./modules.js";
@@ -19,7 +19,7 @@ const maxRepeats = 65536;
 /** Modules nested in modules: real models nest a few deep; a model that contains itself never ends. */
 export const maxModuleDepth = 100;
 /** The models being instantiated now, outermost first. */
-const nesting: A.Definition[] = [];
+const nesting: Extract<Value, { kind: "config" }>[] = [];
 /** Set when the nesting went too deep: every instantiation below fails at once (no retrying each). */
 let tooDeep = false;
 
@@ -32,7 +32,8 @@ export function instantiate(
   if (tooDeep) throw new Reported();
   if (nesting.length >= maxModuleDepth) {
     tooDeep = true;
-    const looping = nesting.find((d, i) => nesting.indexOf(d, i + 1) > i) ?? config.def;
+    const defs = nesting.map((c) => c.def);
+    const looping = defs.find((d, i) => defs.indexOf(d, i + 1) > i) ?? config.def;
     const name = `\`${looping.name.name}\``;
     r.report(
       error(
@@ -43,7 +44,7 @@ export function instantiate(
       ),
     );
   }
-  nesting.push(config.def);
+  nesting.push(config);
   try {
     return instantiateMembers(r, config, path, extra);
   } finally {
@@ -97,15 +98,19 @@ function checkModelSize(r: Resolver, root: ModuleInstance): void {
     );
 }
 
-/** `count` copies of `block` within the parameter elements lrk can hold (see checkModelSize). */
-function checkRepeatSize(r: Resolver, block: ModuleInstance, count: number, at: Location): void {
+/**
+ * `count` copies of `block` within the parameter elements lrk can hold, checked before the copies
+ * are made: reported as checkModelSize reports the whole model (at its `model` line), with the
+ * copies' elements as the model's (a lower bound of its total).
+ */
+function checkRepeatSize(r: Resolver, block: ModuleInstance, count: number): void {
   const total = count * allParams(block).reduce((sum, p) => sum + numel(p.shape), 0);
   if (total > maxElements)
     r.report(
       error(
         "E0401",
-        `${count} copies of this block have ${total.toExponential(2)} parameter elements, more than lrk can hold (2^31 - 1)`,
-        at,
+        `this model has ${total.toExponential(2)} parameter elements, more than lrk can hold (2^31 - 1)`,
+        nesting[0]!.at,
         { help: "make it smaller: fewer or narrower layers" },
       ),
     );
@@ -217,7 +222,7 @@ function addMember(
         instance.children.push(block);
         blocks.push({ kind: "instance", instance: block });
         // The copies are alike: refuse a model too large to hold before making 65536 of them.
-        if (i === 0) checkRepeatSize(r, block, count, r.at(module, member.count));
+        if (i === 0) checkRepeatSize(r, block, count);
       }
       vars.set(member.name.name, { kind: "list", items: blocks });
       return;
