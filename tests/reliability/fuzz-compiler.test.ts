@@ -166,12 +166,14 @@ describe("definitions that refer to themselves (found by the fuzz)", () => {
 describe("models too large to hold (found by the fuzz)", () => {
   it("a block repeated 65536 times is E0401 at the model line at once (took 23 s to instantiate)", () => {
     // The fuzz's mutant: tiny_lm.lrk with `layers: int = 65536`.
-    const text = program("blocks[65536] {\n    up = Linear(128, 512)\n  }");
+    const block = ["a = Linear(128, 512)", "b = Linear(512, 128)", "c = Linear(128, 128)"];
+    const text = program(`blocks[65536] {\n    ${block.join("\n    ")}\n  }`);
     const started = performance.now();
     expect(errorsOf(text)).toEqual([
-      "E0401 12: this model has 4.33e+9 parameter elements, more than lrk can hold (2^31 - 1)",
+      "E0401 14: this model has 9.71e+9 parameter elements, more than lrk can hold (2^31 - 1)",
     ]);
-    expect(performance.now() - started).toBeLessThan(5_000);
+    // Making the 65536 copies before counting took 7.5 s here (23 s for the tiny LM's blocks).
+    expect(performance.now() - started).toBeLessThan(2_000);
     // Below the limit, a repeat stays valid.
     expect(errorsOf(program("blocks[3] {\n    up = Linear(2, 2)\n  }"))).toEqual([]);
   });
