@@ -4,7 +4,10 @@
 // the portable target, as `lrkc build --emit plan --device portable` runs them. Every mutant must
 // end in diagnostics or in a plan: an exception that is not one of the runtime's limit errors
 // (cli/failures.ts) is an internal error, a mutant that runs past the time bound is a hang, and a
-// diagnostic whose span lies outside its file is a bad span. Each is a finding.
+// diagnostic whose span lies outside its file is a bad span. Each is a finding. A mutant whose
+// model has more than 4 times the parameter tensors of the largest example (`layers: 2` become
+// `layers: 128`) is a valid program too big for the time bound: it is analyzed (instantiated and
+// placed) but not compiled, and counted as large.
 //
 //   npm run build && node dist/bench/fuzz-compiler.js [MUTANTS] [--seed N] [--timeout SECONDS] [--json]
 //
