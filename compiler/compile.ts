@@ -27,6 +27,8 @@ export interface CompileOptions extends TrainOverrides {
   train?: string;
   /** Evaluate on this `data` declaration of the file (its valid split) instead of `eval … on`. */
   evalData?: string;
+  /** The folder `std.x` imports are read from (default: this package's stdlib/). */
+  stdlibDir?: string;
 }
 
 /** The compiled train block: the compiler's view (for reports) and the runtime's contract. */
@@ -76,7 +78,7 @@ export interface Analysis {
  */
 export function analyze(
   file: SourceFile,
-  options: TrainOverrides & { train?: string; requireTrain?: boolean } = {},
+  options: TrainOverrides & { train?: string; requireTrain?: boolean; stdlibDir?: string } = {},
 ): Analysis {
   const log = new Log();
   const trains: Analysis["trains"] = [];
@@ -86,7 +88,7 @@ export function analyze(
     trains,
     resolver,
   });
-  const loader = new ModuleLoader(undefined, log);
+  const loader = new ModuleLoader(options.stdlibDir, log);
   const entry = loader.loadEntry(file); //                            parse + imports
   // Syntax errors stop here; a missing import is reported and resolution goes on without it.
   if (log.diagnostics.some((d) => d.code.startsWith("E01"))) return done();

@@ -16,11 +16,48 @@ const dtypes: Record<string, DType> = { f32: "f32", i32: "i32" };
  */
 const maxRepeats = 65536;
 
+/** Modules nested in modules: real models nest a few deep; a model that contains itself never ends. */
+export const maxModuleDepth = 100;
+/** The models being instantiated now, outermost first. */
+const nesting: Extract<Value, { kind: "config" }>[] = [];
+/** Set when the nesting went too deep: every instantiation below fails at once (no retrying each). */
+let tooDeep = false;
+
 export function instantiate(
   r: Resolver,
   config: Extract<Value, { kind: "config" }>,
   path: string,
   extra: ReadonlyMap<string, Value> = new Map(),
+): ModuleInstance {
+  if (tooDeep) throw new Reported();
+  if (nesting.length >= maxModuleDepth) {
+    tooDeep = true;
+    const defs = nesting.map((c) => c.def);
+    const looping = defs.find((d, i) => defs.indexOf(d, i + 1) > i) ?? config.def;
+    const name = `\`${looping.name.name}\``;
+    r.report(
+      error(
+        "E0210",
+        `${name} contains itself: modules nest more than ${maxModuleDepth} deep (${name} → … → ${name} → …)`,
+        config.at,
+        { help: "a model cannot contain itself, directly or through its submodules" },
+      ),
+    );
+  }
+  nesting.push(config);
+  try {
+    return instantiateMembers(r, config, path, extra);
+  } finally {
+    nesting.pop();
+    if (nesting.length === 0) tooDeep = false;
+  }
+}
+
+function instantiateMembers(
+  r: Resolver,
+  config: Extract<Value, { kind: "config" }>,
+  path: string,
+  extra: ReadonlyMap<string, Value>,
 ): ModuleInstance {
   const vars = new Map<string, Value>([...config.args, ...extra]);
   const instance: ModuleInstance = {
@@ -56,6 +93,24 @@ function checkModelSize(r: Resolver, root: ModuleInstance): void {
         "E0401",
         `this model has ${total.toExponential(2)} parameter elements, more than lrk can hold (2^31 - 1)`,
         root.at,
+        { help: "make it smaller: fewer or narrower layers" },
+      ),
+    );
+}
+
+/**
+ * `count` copies of `block` within the parameter elements lrk can hold, checked before the copies
+ * are made: reported as checkModelSize reports the whole model (at its `model` line), with the
+ * copies' elements as the model's (a lower bound of its total).
+ */
+function checkRepeatSize(r: Resolver, block: ModuleInstance, count: number): void {
+  const total = count * allParams(block).reduce((sum, p) => sum + numel(p.shape), 0);
+  if (total > maxElements)
+    r.report(
+      error(
+        "E0401",
+        `this model has ${total.toExponential(2)} parameter elements, more than lrk can hold (2^31 - 1)`,
+        nesting[0]!.at,
         { help: "make it smaller: fewer or narrower layers" },
       ),
     );
@@ -166,6 +221,8 @@ function addMember(
         addMembers(r, block, member.members, chain(blockVars, scope));
         instance.children.push(block);
         blocks.push({ kind: "instance", instance: block });
+        // The copies are alike: refuse a model too large to hold before making 65536 of them.
+        if (i === 0) checkRepeatSize(r, block, count);
       }
       vars.set(member.name.name, { kind: "list", items: blocks });
       return;
@@ -371,7 +428,7 @@ function defineValue(
   if (value && value.kind === "definition") {
     r.report(error("E0206", `${describeValue(value)} needs arguments here`, r.at(module, e)));
   }
-  return value ?? { kind: "deferred", expr: e, self: instance };
+  return value ?? { kind: "deferred", expr: e, self: instance, name: member.name.name };
 }
 
 /** The standard-library module that defines `name` (for an import it lacks), if one does. */

@@ -15,6 +15,9 @@ import { describeValue, num, type ModuleInstance, type ParamInfo, type Value } f
 
 export type Tensor = Extract<Value, { kind: "tensor" }>;
 
+/** Nested function calls (forwards included) allowed: real models nest about ten deep. */
+export const maxCallDepth = 200;
+
 /** Where an expression is being evaluated. */
 export interface Frame {
   module: Module;
@@ -51,6 +54,10 @@ export class Lowerer {
   training = true;
   /** Boxed, so that a lowerer made by `withHooks` draws from the same sequence. */
   private readonly seeds = { next: 0 };
+  /** Member expressions being evaluated now (a member that needs itself is a cycle). */
+  private readonly evaluating = new Map<ModuleInstance, Set<A.Expr>>();
+  /** Functions being inlined now, outermost first: recursion deeper than maxCallDepth is refused. */
+  private callDepth = 0;
   /** Member values already lowered into this graph, per instance and expression. */
   private readonly memberValues = new Map<ModuleInstance, Map<A.Expr, Map<string, Value>>>();
   /** The step counter node, for randomness that changes every step (dropout). */
@@ -181,7 +188,22 @@ export class Lowerer {
       if (!byExpr) this.memberValues.set(v.self, (byExpr = new Map()));
       let cached = byExpr.get(v.expr)?.get(key);
       if (!cached) {
-        cached = this.expr(v.expr, this.frameFor(v.self));
+        // `a = b + 1` with `b = a * 2`: the member needs its own value, which never comes.
+        let evaluating = this.evaluating.get(v.self);
+        if (!evaluating) this.evaluating.set(v.self, (evaluating = new Set()));
+        if (evaluating.has(v.expr))
+          return this.r.report(
+            error("E0210", `\`${v.name}\` is defined in terms of itself`, {
+              file: v.self.module.file,
+              span: v.expr.span,
+            }),
+          );
+        evaluating.add(v.expr);
+        try {
+          cached = this.expr(v.expr, this.frameFor(v.self));
+        } finally {
+          evaluating.delete(v.expr);
+        }
         if (!byExpr.has(v.expr)) byExpr.set(v.expr, new Map());
         byExpr.get(v.expr)!.set(key, cached);
       }
@@ -673,6 +695,31 @@ export class Lowerer {
    * values: that is how an optimizer's `update` hands back `param` and its states.
    */
   callFunction(
+    fn: A.FunctionDef,
+    self: ModuleInstance,
+    args: { name?: string; value: Value; at: Location }[],
+    at: Location,
+    locals?: Map<string, Value>,
+  ): Value {
+    // Functions are inlined: a call that never stops recursing would overflow the stack.
+    if (this.callDepth >= maxCallDepth)
+      return this.r.report(
+        error(
+          "E0210",
+          `\`${fn.name.name}\` is called ${maxCallDepth} calls deep: a recursion that does not end`,
+          at,
+          { help: "stop the recursion with an `if` on a number that changes with each call" },
+        ),
+      );
+    this.callDepth++;
+    try {
+      return this.inline(fn, self, args, at, locals);
+    } finally {
+      this.callDepth--;
+    }
+  }
+
+  private inline(
     fn: A.FunctionDef,
     self: ModuleInstance,
     args: { name?: string; value: Value; at: Location }[],

@@ -33,6 +33,7 @@ export const codeTitles = {
   E0207: "member not found",
   E0208: "train block incomplete",
   E0209: "no such train block",
+  E0210: "definition refers to itself",
   E0301: "selector matches nothing",
   E0302: "rule cannot apply to this module",
   E0303: "optimizer cannot apply to this tensor",

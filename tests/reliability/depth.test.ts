@@ -1,0 +1,47 @@
+// Compile time against depth: LoRA on every linear of the tiny LM (examples/lora_finetune.lrk) at
+// 32 layers must compile and plan (step and init, portable target, as `lrkc build --emit plan
+// --device portable`) within a generous bound. It took about 15 s on a 2-core machine; fusion
+// that was super-linear in the graph took 170 s. This guards against that coming back; it is not
+// a speed target (bench/fuse-depth.ts measures). CPU time, as the bench measures it.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { portableTarget } from "../../cli/target.js";
+import { compile, planStep } from "../../compiler/compile.js";
+import { packageRoot } from "../../compiler/modules.js";
+import { SourceFile } from "../../language/source.js";
+
+const layers = 32;
+const boundSeconds = 120;
+
+/** CPU seconds of this process: other work on a shared machine does not count. */
+const cpuSeconds = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+};
+
+describe("compile time against depth", () => {
+  it(`a LoRA tiny LM of ${layers} layers compiles and plans within ${boundSeconds} s`, () => {
+    const path = join(packageRoot(), "examples/lora_finetune.lrk");
+    const text = readFileSync(path, "utf8");
+    const deep = text.replace(
+      "model TinyLM(vocab: sub.vocab)",
+      `model TinyLM(vocab: sub.vocab, layers: ${layers})`,
+    );
+    expect(deep).not.toBe(text);
+    const started = cpuSeconds();
+    const { compiled, diagnostics } = compile(new SourceFile(path, deep));
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    const program = compiled!.program;
+    const stepPlan = planStep(program.step, portableTarget);
+    const initPlan = planStep(program.initProgram, portableTarget);
+    const seconds = cpuSeconds() - started;
+    // The depth is real: every layer has its adapters, and the step runs kernels for all of them.
+    const adapted = program.params.filter((p) => p.origin === "adapter").map((p) => p.path);
+    expect(adapted.some((p) => p.startsWith(`blocks.${layers - 1}.`))).toBe(true);
+    expect(adapted.length).toBe(layers * 6 * 2);
+    expect(stepPlan.kernels.length).toBeGreaterThan(layers * 20);
+    expect(initPlan.kernels.length).toBeGreaterThan(0);
+    expect(seconds).toBeLessThan(boundSeconds);
+  }, 300_000);
+});
