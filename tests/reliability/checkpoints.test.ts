@@ -417,17 +417,7 @@ describe("the CLI (issue 10, items 1, 6, 8)", () => {
     edited.set("param:l1.weight", { shape: [2, 16], data: w.data });
     writeSafetensors(path, edited, metadata);
     const r = lrk(
-      [
-        "train",
-        s.file,
-        "--train",
-        "run",
-        "--out",
-        s.out,
-        "--resume",
-        "--device",
-        "cpu",
-      ],
+      ["train", s.file, "--train", "run", "--out", s.out, "--resume", "--device", "cpu"],
       s.dir,
     );
     expect(r.code, r.stderr).toBe(1);
