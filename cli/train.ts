@@ -171,6 +171,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     resume: resumeCommand(path, options, dir),
   };
   let folder: RunFolder | undefined;
+  let device: Device | Diagnostic | undefined;
   // a checkpoint problem before training is the run folder's (--resume), after it the `init`'s
   let training = false;
   try {
@@ -180,7 +181,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     const resume = options.resume
       ? resumePoint(folder, program, record)
       : freshStart(folder, options.force === true);
-    const device = await openDeviceOrDiagnostic(options.device);
+    device = await openDeviceOrDiagnostic(options.device);
     if ("severity" in device) return report([device], options);
     await refuseTooLarge(device, program);
     if (resume) folder.truncateMetricsAfter(resume.step);
@@ -200,6 +201,8 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     if (failure) return report([failure], options);
     throw e;
   } finally {
+    // (a refusal after the device opened must release it too: Dawn keeps the process alive)
+    if (device && !("severity" in device)) (device as { destroy?: () => void }).destroy?.();
     folder?.unlock();
   }
 }
@@ -279,7 +282,6 @@ async function runTraining(
     });
   } finally {
     for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
-    (device as { destroy?: () => void }).destroy?.();
   }
   const params = new Map<string, Tensor>();
   for (const [key, t] of result.store) if (key.startsWith("param:")) params.set(key.slice(6), t);
