@@ -10,6 +10,7 @@ import type { Tensor, TrainProgram } from "../compiler/program.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import type { Device } from "../runtime/device.js";
 import { RunFolder, RunFolderBusy, type RunRecord } from "../runtime/run-folder.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { CheckpointError } from "../runtime/safetensors.js";
 import { openRun, train, type EvalEvent, type Run, type StepEvent } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
@@ -246,7 +247,13 @@ async function runTraining(
       log: (line) => progress.line(line),
     });
     if (plan) folder.writePlan(plan);
-    else
+    // Without this the first step looks like a hang: lavapipe compiles each shader at its first
+    // dispatch (seconds for a small transformer's step); later steps reuse them.
+    if (plan && device instanceof WebGpuDevice)
+      progress.line(
+        `compiling ${plan.kernels.length} kernels as they are first used: the first step and evaluation take longer`,
+      );
+    else if (!plan)
       progress.line(
         "note: no plan.json: a tensor of this program exceeds WebGPU's default limits (it trains on the CPU, or on an adapter with larger limits)",
       );
