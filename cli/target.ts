@@ -53,6 +53,8 @@ export interface TargetOptions {
   autotune: boolean;
   /** Where progress goes (a line before the first tuning, one per candidate when verbose). */
   log?: (line: string) => void;
+  /** The untuned plans `refuseTooLarge` already made and checked (not made again). */
+  untuned?: Plan[];
 }
 
 /**
@@ -112,8 +114,7 @@ export async function loadPlans(
     }
   }
   // Untuned plans are checked first: tuning runs kernels on buffers of the program's sizes.
-  const untuned = await deviceTarget(device, programs, { ...options, autotune: false });
-  let plans = programs.map((p) => planStep(p, untuned));
+  let plans = options.untuned ?? (await untunedPlans(device, programs));
   checkGpuMemory(device, programs, plans, options.log);
   if (options.autotune) {
     const tuned = await deviceTarget(device, programs, options);
@@ -129,18 +130,24 @@ export async function loadPlans(
  * touches the run folder, so that a run refused for its size does not replace (`--force`) the run
  * the folder held.
  */
-export async function refuseTooLarge(device: Device, program: TrainProgram): Promise<void> {
+export async function refuseTooLarge(
+  device: Device,
+  program: TrainProgram,
+): Promise<Plan[] | undefined> {
   const programs = [program.initProgram, program.step];
   if (!(device instanceof WebGpuDevice)) {
     checkMemory(interpreterBytes(programs, device.float64 === true), CPU_COUNTED, CPU_HELP);
-    return;
+    return undefined;
   }
+  const plans = await untunedPlans(device, programs);
+  checkGpuMemory(device, programs, plans);
+  return plans;
+}
+
+/** The programs' plans for `device` with the template's default matmuls. */
+async function untunedPlans(device: WebGpuDevice, programs: GraphProgram[]): Promise<Plan[]> {
   const untuned = await deviceTarget(device, programs, { autotune: false });
-  checkGpuMemory(
-    device,
-    programs,
-    programs.map((p) => planStep(p, untuned)),
-  );
+  return programs.map((p) => planStep(p, untuned));
 }
 
 const GPU_HELP =

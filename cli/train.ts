@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { compile, type CompileOptions } from "../compiler/compile.js";
 import type { SourceFile } from "../language/source.js";
-import type { Tensor, TrainProgram } from "../compiler/program.js";
+import type { Plan, Tensor, TrainProgram } from "../compiler/program.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import type { Device } from "../runtime/device.js";
 import { RunFolder, RunFolderBusy, type RunRecord } from "../runtime/run-folder.js";
@@ -184,12 +184,12 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
       : freshStart(folder, options.force === true);
     device = await openDeviceOrDiagnostic(options.device);
     if ("severity" in device) return report([device], options);
-    await refuseTooLarge(device, program);
+    const untuned = await refuseTooLarge(device, program);
     if (resume) folder.truncateMetricsAfter(resume.step);
     else folder.startFresh();
     folder.writeRecord(record);
     training = true;
-    return await runTraining(run, device, folder, resume, record, options);
+    return await runTraining(run, device, folder, resume, record, { ...options, untuned });
   } catch (e) {
     const kept = folder?.hasCheckpoint()
       ? `the last good checkpoint is kept in ${folder.checkpointPath}`
@@ -218,7 +218,7 @@ async function runTraining(
   folder: RunFolder,
   resume: Resume | undefined,
   record: RunRecord,
-  options: TrainCommandOptions,
+  options: TrainCommandOptions & { untuned?: Plan[] },
 ): Promise<number> {
   const { program } = run;
   const total = program.steps;
@@ -243,6 +243,7 @@ async function runTraining(
   let plan;
   try {
     plan = await loadPlans(device, program, {
+      untuned: options.untuned,
       autotune: options.autotune !== false,
       log: (line) => progress.line(line),
     });
