@@ -43,8 +43,8 @@
 //   buildGroups    one group per materialized node: anchor, epilogue, inlined nodes groups.ts
 //   mergeMaps      consecutive map groups of one element count → one kernel        merge-maps.ts
 //   fuseRows       row reductions and the groups near them → row kernels, in order rows.ts
-// and while a group binds more storage buffers than the device allows, `fuse` forces the node
-// `splitPoint` picks to be materialized and runs the steps again (split.ts). Beside them: the op
+// and while groups bind more storage buffers than the device allows, `fuse` forces the nodes
+// `splitPoints` picks for each of them to be materialized and runs the steps again (split.ts). Beside them: the op
 // table (ops.ts), matmul operand views (operand.ts), epilogue chains (chains.ts), the row kernel
 // check (row-structure.ts), the graph of groups row kernels contract (unit-graph.ts), the types
 // (types.ts).
@@ -55,7 +55,7 @@ import { selectLowRank } from "./low-rank.js";
 import { materialize } from "./materialize.js";
 import { mergeMaps } from "./merge-maps.js";
 import { fuseRows } from "./rows.js";
-import { overBindings, splitPoint } from "./split.js";
+import { overBindings, splitPoints } from "./split.js";
 import type { Fusion, FuseOptions } from "./types.js";
 
 export type {
@@ -74,11 +74,11 @@ export function fuse(graph: Graph, outputs: readonly number[], options: FuseOpti
   const max = options.maxBindings ?? Infinity;
   const ctx = analyze(graph, outputs);
   const forced = new Set<number>();
-  for (;;) {
+  for (let passes = 1; ; passes++) {
     const f = fuseOnce(ctx, outputs, forced, options);
     const over = overBindings(f, max);
-    if (!over) return f;
-    forced.add(splitPoint(graph, f, over, max));
+    if (over.length === 0) return { ...f, passes };
+    for (const g of over) for (const x of splitPoints(graph, f, g, max)) forced.add(x);
   }
 }
 
@@ -88,7 +88,7 @@ function fuseOnce(
   outputs: readonly number[],
   forced: ReadonlySet<number>,
   options: FuseOptions,
-): Fusion {
+): Omit<Fusion, "passes"> {
   const max = options.maxBindings ?? Infinity;
   const isOutput = new Set([...outputs, ...forced]);
   const { lowRank, chains } = selectLowRank(ctx, isOutput);

@@ -1,5 +1,8 @@
-// Kernels that bind more storage buffers than the device allows: the first such group is split by
-// materializing the inlined node below it that gathers the most of its buffers and still fits.
+// Kernels that bind more storage buffers than the device allows: each such group is split by
+// materializing inlined nodes below it, the one that gathers the most of its buffers (and still
+// fits in a kernel) first, until the group fits. Every over-limit group of a fusion is split at
+// once, from its own nodes alone, so fusion runs again once or twice per entry rather than once
+// per split: a gradient-norm reduce over a deep model's gradients needs a split per few layers.
 import type { Graph } from "../ir.js";
 import { BindingLimitError } from "../memory-plan.js";
 import { sourceLines } from "../wgsl.js";
@@ -11,45 +14,66 @@ function bindingCount(g: KernelGroup): number {
   return g.reads.length + g.outputs.length;
 }
 
-/** The first group (special kernels aside) binding more than `max` buffers. */
-export function overBindings(f: Fusion, max: number): KernelGroup | undefined {
-  return f.groups.find((g) => g.kind !== "special" && bindingCount(g) > max);
+/** The groups (special kernels aside) binding more than `max` buffers. */
+export function overBindings(f: Pick<Fusion, "groups">, max: number): KernelGroup[] {
+  return f.groups.filter((g) => g.kind !== "special" && bindingCount(g) > max);
 }
 
 /**
- * The node of group `over` to materialize: the map or elementwise node (not the output, the anchor
- * or a buffer) whose inlined subgraph reads the most buffers, at most `max - 1`, more than one; the
- * first in node order on ties. Throws a BindingLimitError if there is none.
+ * The nodes of group `over` to materialize so that it binds at most `max` buffers: map or
+ * elementwise nodes (not the output, the anchor or a buffer), each time the one whose inlined
+ * subgraph reads the most buffers, at most `max - 1` and more than one; the first in node order on
+ * ties. Throws a BindingLimitError if no node can be split off at all.
  */
-export function splitPoint(graph: Graph, f: Fusion, over: KernelGroup, max: number): number {
-  const below = new Map<number, Set<number>>();
-  const leaves = (x: number): Set<number> => {
-    const known = below.get(x);
-    if (known) return known;
-    const out = new Set<number>();
-    for (const i of graph.node(x).inputs) {
-      if (f.materialized.has(i)) out.add(i);
-      else for (const l of leaves(i)) out.add(l);
+export function splitPoints(
+  graph: Graph,
+  f: Pick<Fusion, "materialized">,
+  over: KernelGroup,
+  max: number,
+): number[] {
+  const members = new Set(over.nodes);
+  // The nodes whose values the kernel computes in order rather than inline: after an epilogue node
+  // is materialized, the rest of the chain is a map kernel reading it, with only `output` on top.
+  let tops = new Set([over.output, over.anchor, ...over.epilogue]);
+  const chosen = new Set<number>();
+  const isBuffer = (x: number) => f.materialized.has(x) || chosen.has(x) || !members.has(x);
+  for (;;) {
+    // The buffers read below each node the kernel still computes (down to buffers).
+    const memo = new Map<number, Set<number>>();
+    const leaves = (x: number): Set<number> => {
+      const known = memo.get(x);
+      if (known) return known;
+      const out = new Set<number>();
+      for (const i of graph.node(x).inputs) {
+        if (isBuffer(i)) out.add(i);
+        else for (const l of leaves(i)) out.add(l);
+      }
+      memo.set(x, out);
+      return out;
+    };
+    const reads = new Set<number>();
+    for (const t of tops) for (const l of leaves(t)) if (!tops.has(l)) reads.add(l);
+    if (reads.size + over.outputs.length <= max) break;
+    let best: number | undefined;
+    let bestSize = 1;
+    for (const x of over.nodes) {
+      if (x === over.output || x === over.anchor || isBuffer(x) || !memo.has(x)) continue;
+      if (!isMap(graph.node(x)) && !isElementwise(graph.node(x).op.kind)) continue;
+      const size = leaves(x).size;
+      if (size + 1 <= max && size > bestSize) [best, bestSize] = [x, size];
     }
-    below.set(x, out);
-    return out;
-  };
-  let best: number | undefined;
-  let bestSize = 1;
-  for (const x of over.nodes) {
-    if (x === over.output || x === over.anchor || f.materialized.has(x)) continue;
-    if (!isMap(graph.node(x)) && !isElementwise(graph.node(x).op.kind)) continue;
-    const size = leaves(x).size;
-    if (size + 1 <= max && size > bestSize) [best, bestSize] = [x, size];
+    if (best === undefined) break;
+    chosen.add(best);
+    if (tops.has(best)) tops = new Set([over.output]);
   }
   // A program can ask for this (one expression over more tensors than a kernel may bind): the
   // caller reports it at the user's lines.
-  if (best === undefined)
+  if (chosen.size === 0)
     throw new BindingLimitError(
       `kernel for %${over.output}`,
       bindingCount(over),
       max,
       sourceLines(graph, over.nodes),
     );
-  return best;
+  return [...chosen];
 }

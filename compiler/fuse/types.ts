@@ -71,6 +71,11 @@ export interface Fusion {
   materialized: Set<number>;
   /** Every node the outputs depend on. */
   needed: number[];
+  /**
+   * How many times the fusion steps ran: once, plus once per round of splitting groups over the
+   * binding limit (every such group is split in the same round). It does not grow with depth.
+   */
+  passes: number;
 }
 
 export interface FuseOptions {
