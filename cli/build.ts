@@ -164,27 +164,44 @@ function writePlan(plan: Plan, out: string, target: string, options: BuildOption
 }
 
 /** Peak bytes of the step's kernel plan for a portable WebGPU target (NaN: over its limits). */
-function plannedBytes({ program }: Compiled): number {
+/** The fused step's plan for the portable target, or undefined when it is over WebGPU's limits. */
+function portablePlan({ program }: Compiled): Plan | undefined {
   try {
-    return planStep(program.step, portableTarget).peakBytes;
+    return planStep(program.step, portableTarget);
   } catch (e) {
-    if (failureDiagnostic(e)) return NaN;
+    if (failureDiagnostic(e)) return undefined;
     throw e;
   }
+}
+
+/** The plan's buffers by what they hold (every buffer exists while the plan runs). */
+function plannedRows(plan: Plan | undefined): [string, number][] {
+  if (!plan) return [["total", NaN]];
+  const sum = (...roles: string[]) =>
+    plan.buffers.filter((b) => roles.includes(b.role)).reduce((a, b) => a + b.bytes, 0);
+  return [
+    ["parameters", sum("param")],
+    ["optimizer state", sum("state")],
+    ["step outputs (updated values, loss)", sum("output")],
+    ["activations and scratch (pooled, reused)", sum("activation", "scratch")],
+    ["batch and scalars", sum("data", "scalar")],
+  ];
 }
 
 function memoryTable(compiled: Compiled): string {
   const { program } = compiled;
   const m = memoryReport(program.step);
+  const plan = portablePlan(compiled);
   const rows: [string, number][] = [
     ["frozen weights", m.frozen],
     ["trainable parameters", m.trainable],
     ["gradients", m.gradients],
     ["optimizer state", m.optimizerState],
-    [`activations (batch ${program.batch}, estimate)`, m.activations],
+    [`activations (batch ${program.batch}, every saved value)`, m.activations],
   ];
+  const planned = plannedRows(plan);
   const width = Math.max(
-    ...rows.map((r) => r[0].length),
+    ...[...rows, ...planned].map((r) => r[0].length),
     "full fine-tuning with AdamW (same)".length,
   );
   const line = (label: string, n: number) =>
@@ -195,15 +212,17 @@ function memoryTable(compiled: Compiled): string {
     [
       `memory of train \`${program.name}\` (${program.file}), float32`,
       "",
+      "before fusion (every intermediate the backward pass reads is kept):",
       ...rows.map(([label, n]) => line(label, n)),
       "-".repeat(width + 30),
-      line("total (unfused estimate)", m.total),
+      line("total", m.total),
       line("full fine-tuning with AdamW (same)", m.fullAdamW),
-      line("planned GPU buffers (fused step, portable)", plannedBytes(compiled)),
+      `this step needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory, before fusion`,
       "",
-      // Both totals are unfused estimates (every intermediate kept): comparable with each other,
-      // not with the planned bytes, which count buffers after fusion and reuse.
-      `before fusion, this step needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory (estimates above)`,
+      "planned GPU buffers (the fused step, portable target; `--emit plan` lists them):",
+      ...planned.map(([label, n]) => line(label, n)),
+      "-".repeat(width + 30),
+      line("total", plan ? plan.peakBytes : NaN),
       "",
       "optimizer state by tensor:",
       ...stateLines(compiled),

@@ -80,6 +80,47 @@ describe("lrkc build --emit memory", () => {
   });
 });
 
+describe("lrkc build --emit memory: the planned buffers", () => {
+  it("are the plan's buffers by role, summing to the plan's peak (`--emit plan --device portable`)", () => {
+    const memory = lrkc("build", "examples/lora_finetune.lrk", "--emit", "memory");
+    const plan = lrkc(
+      "build",
+      "examples/lora_finetune.lrk",
+      "--emit",
+      "plan",
+      "--device",
+      "portable",
+    );
+    expect(memory.code).toBe(0);
+    expect(plan.code).toBe(0);
+    const planned = memory.stdout.slice(memory.stdout.indexOf("planned GPU buffers"));
+    const bytes = (label: string) =>
+      Number(
+        planned
+          .match(new RegExp(`^${label}[^\\n]*?\\s{2,}\\S+ \\S+\\s+([\\d,]+) B`, "m"))![1]!
+          .replace(/,/g, ""),
+      );
+    const parts = [
+      "parameters",
+      "optimizer state",
+      "step outputs",
+      "activations and scratch",
+      "batch and scalars",
+    ];
+    const total = bytes("total");
+    expect(parts.reduce((a, p) => a + bytes(p), 0)).toBe(total);
+    // the same figure as the plan's header ("peak 14.56 MiB")
+    const peak = plan.stdout.match(/peak (\S+ \S+)/)![1];
+    expect(planned).toMatch(new RegExp(`^total\\s+${peak!.replace(".", "\\.")}`, "m"));
+    // the unfused estimate is labelled as such, and is larger than the fused plan
+    const unfused = Number(
+      memory.stdout.match(/^total\s+\S+ \S+\s+([\d,]+) B/m)![1]!.replace(/,/g, ""),
+    );
+    expect(memory.stdout).toContain("before fusion");
+    expect(unfused).toBeGreaterThan(total);
+  });
+});
+
 describe("lrkc build --emit ir", () => {
   it("prints the training step's graph and its entries", () => {
     const r = lrkc("build", "examples/mlp.lrk", "--emit", "ir");
