@@ -31,18 +31,7 @@ import { tokenMatcher } from "chevrotain";
 import { lex } from "../language/lexer.js";
 import { Identifier } from "../language/tokens.js";
 import { SourceFile } from "../language/source.js";
-
-/** mulberry32: a tiny seeded PRNG, so every run fuzzes the same inputs. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as rng } from "../runtime/rng.js";
 
 const pick = <T>(items: readonly T[], random: () => number): T =>
   items[Math.floor(random() * items.length)]!;

@@ -33,6 +33,26 @@ export function mixSeed(...values: number[]): number {
   return h;
 }
 
+/** mulberry32's output for state `a` (after the state's increment). */
+function mulberry(a: number): number {
+  let t = a;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return (t ^ (t >>> 14)) >>> 0;
+}
+
+/**
+ * Plain mulberry32 from a raw 32-bit seed (no mixing), as uniforms in [0, 1) with 32 bits: a
+ * tiny reproducible generator for tests and benchmarks that pick inputs from a seed.
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    return mulberry(a) / TWO_32;
+  };
+}
+
 export class Rng {
   private a: number;
   /** The second Box–Muller value, when one is waiting. */
@@ -46,10 +66,7 @@ export class Rng {
   /** A uniform unsigned 32-bit integer. */
   nextU32(): number {
     this.a = (this.a + 0x6d2b79f5) >>> 0;
-    let t = this.a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
+    return mulberry(this.a);
   }
 
   /** Uniform in [0, 1) with 53 random bits. */

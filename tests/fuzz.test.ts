@@ -8,18 +8,6 @@ import { lex } from "../language/lexer.js";
 import { SourceFile } from "../language/source.js";
 import { lrkFiles, parseText, readRepoFile, withoutSpans } from "./helpers.js";
 
-/** mulberry32: a tiny seeded PRNG, so every run fuzzes the same inputs. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const builtIn = `import std.nn.{Linear, LayerNorm}
 import std.adapters.{lora}
 /* a block comment */
@@ -54,6 +42,7 @@ train t {
   eval every 10 on arith.valid
 }
 `;
+import { mulberry32 as rng } from "../runtime/rng.js";
 
 function corpus(): string[] {
   return [builtIn, ...lrkFiles().map(readRepoFile)];

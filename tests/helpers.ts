@@ -1,5 +1,6 @@
 // Shared test helpers: parsing text, comparing ASTs without spans, finding the .lrk files.
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Tensor } from "../runtime/interpreter.js";
@@ -89,4 +90,59 @@ train ${train} {
   seed 1
 }
 `;
+}
+
+/** bin/lrkc.js, for tests that run the command line. */
+export const lrkcBin = join(root, "bin", "lrkc.js");
+
+export interface MoonsOptions {
+  /** Examples in the two-moons data set. */
+  n?: number;
+  steps?: number;
+  lr?: string;
+  checkpointEvery?: number;
+  /** Lines added at the end of the train block. */
+  extra?: string;
+  /** Import lines added after the optimizer's (each ending in a newline). */
+  imports?: string;
+}
+
+/**
+ * The runs tests train: a two-layer classifier on two moons, train block `run` (batch 16, AdamW),
+ * checkpointing every few steps. Small enough for the CPU interpreter in a fraction of a second.
+ */
+export function moonsProgram(o: MoonsOptions = {}): string {
+  return `import std.nn.{Linear}
+import std.optim.{adamw}
+${o.imports ?? ""}
+data moons = std.data.two_moons(n: ${o.n ?? 400}, seed: 3)
+
+model Net(hidden: int = 16) {
+  l1 = Linear(2, hidden)
+  l2 = Linear(hidden, 2)
+  forward(x: f32[B, 2]) -> f32[B, 2] = l2(gelu(l1(x)))
+}
+
+train run {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with adamw(lr: ${o.lr ?? "1e-2"})
+  steps ${o.steps ?? 40}
+  batch 16
+  checkpoint every ${o.checkpointEvery ?? 5}
+  ${o.extra ?? ""}
+}
+`;
+}
+
+/** A fresh folder holding `text` as run.lrk, and the run folder `out` a run there would use. */
+export function runSetup(
+  text: string,
+  prefix = "lrk-run-",
+): { dir: string; file: string; out: string } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const file = join(dir, "run.lrk");
+  writeFileSync(file, text);
+  return { dir, file, out: join(dir, "out") };
 }

@@ -7,41 +7,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readSafetensors, writeSafetensors } from "../runtime/safetensors.js";
-import { root } from "./helpers.js";
+import { lrkcBin, moonsProgram, root, runSetup } from "./helpers.js";
 
-const lrkc = join(root, "bin", "lrkc.js");
+const lrkc = lrkcBin;
 
-function program(extra = "", lr = "1e-2"): string {
-  return `import std.nn.{Linear}
-import std.optim.{adamw}
+const program = (extra = "", lr = "1e-2") => moonsProgram({ extra, lr });
 
-data moons = std.data.two_moons(n: 400, seed: 3)
-
-model Net(hidden: int = 16) {
-  l1 = Linear(2, hidden)
-  l2 = Linear(hidden, 2)
-  forward(x: f32[B, 2]) -> f32[B, 2] = l2(gelu(l1(x)))
-}
-
-train run {
-  model Net()
-  data moons
-  loss cross_entropy(model(batch.x), batch.y)
-  optimize ** with adamw(lr: ${lr})
-  steps 40
-  batch 16
-  checkpoint every 5
-  ${extra}
-}
-`;
-}
-
-function setup(text = program()) {
-  const dir = mkdtempSync(join(tmpdir(), "lrk-run-"));
-  const file = join(dir, "run.lrk");
-  writeFileSync(file, text);
-  return { dir, file, out: join(dir, "out") };
-}
+const setup = (text = program()) => runSetup(text);
 
 function train(args: string[], cwd: string) {
   const r = spawnSync(process.execPath, [lrkc, "train", ...args], { cwd, encoding: "utf8" });

@@ -13,6 +13,7 @@ import type { BinaryFn, DType, UnaryFn } from "../compiler/ir.js";
 import type { ProgramInput } from "../compiler/program.js";
 import { runGraph } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { mulberry32 as rng } from "../runtime/rng.js";
 
 let device: WebGpuDevice;
 
@@ -27,18 +28,6 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(() => device?.destroy());
-
-/** A deterministic generator (mulberry32) for test inputs. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class Case {
   readonly b = new Builder();

@@ -12,34 +12,13 @@ import type { Tensor, TrainProgram } from "../../compiler/program.js";
 import { SourceFile } from "../../language/source.js";
 import { checkpointUses, loadCheckpoint } from "../../runtime/checkpoint.js";
 import { CheckpointError, readSafetensors, writeSafetensors } from "../../runtime/safetensors.js";
-import { root } from "../helpers.js";
+import { lrkcBin, moonsProgram, runSetup } from "../helpers.js";
 
-const lrkc = join(root, "bin", "lrkc.js");
+const lrkc = lrkcBin;
 
 function source(extra = ""): string {
-  return `import std.nn.{Linear}
-import std.optim.{adamw}
-import std.adapters.{lora}
-
-data moons = std.data.two_moons(n: 400, seed: 3)
-
-model Net(hidden: int = 16) {
-  l1 = Linear(2, hidden)
-  l2 = Linear(hidden, 2)
-  forward(x: f32[B, 2]) -> f32[B, 2] = l2(gelu(l1(x)))
-}
-
-train run {
-  model Net()
-  data moons
-  loss cross_entropy(model(batch.x), batch.y)
-  optimize ** with adamw(lr: 1e-2)
-  steps 4
-  batch 16
-  checkpoint every 2
-  ${extra}
-}
-
+  const lora = "import std.adapters.{lora}\n";
+  return `${moonsProgram({ steps: 4, checkpointEvery: 2, extra, imports: lora })}
 train ft {
   model Net()
   data moons
@@ -398,12 +377,7 @@ describe("the CLI (issue 10, items 1, 6, 8)", () => {
     return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
   }
 
-  function setup(extra = "") {
-    const dir = mkdtempSync(join(tmpdir(), "lrk-ckpt-cli-"));
-    const file = join(dir, "run.lrk");
-    writeFileSync(file, source(extra));
-    return { dir, file, out: join(dir, "out") };
-  }
+  const setup = (extra = "") => runSetup(source(extra), "lrk-ckpt-cli-");
 
   it("--resume with a transposed parameter is E0502 (exit 1), not a crash", () => {
     const s = setup();

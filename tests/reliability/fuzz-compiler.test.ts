@@ -13,9 +13,9 @@ import {
   makeMutant,
   mutations,
   oddNumbers,
-  rng,
   runFuzz,
 } from "../../bench/fuzz-compiler.js";
+import { mulberry32 as rng } from "../../runtime/rng.js";
 
 const mutants = Number(process.env.FUZZ_COMPILER_MUTANTS ?? 200);
 

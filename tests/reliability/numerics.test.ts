@@ -17,18 +17,7 @@ import { RunFolder } from "../../runtime/run-folder.js";
 import { readSafetensors } from "../../runtime/safetensors.js";
 import { initialize, stepScalars, train } from "../../runtime/trainer.js";
 import { compile, loadOnGpu, lossAndGradients, runGraph, type Store } from "../program-helpers.js";
-
-/** A deterministic generator (mulberry32) for test inputs. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as rng } from "../../runtime/rng.js";
 
 /** `cols` orthonormal columns of length `rows` (Gram–Schmidt twice, float64), column-major. */
 function orthonormal(rows: number, cols: number, random: () => number): Float64Array[] {

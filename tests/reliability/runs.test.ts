@@ -18,34 +18,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { progressLine, resumeCommand } from "../../cli/train.js";
 import { RunFolder, RunFolderError } from "../../runtime/run-folder.js";
 import { readSafetensors, writeSafetensors } from "../../runtime/safetensors.js";
-import { root } from "../helpers.js";
+import { lrkcBin, moonsProgram, runSetup } from "../helpers.js";
 
-const lrkc = join(root, "bin", "lrkc.js");
+const lrkc = lrkcBin;
 
-function program(options: { n?: number; extra?: string; steps?: number } = {}): string {
-  return `import std.nn.{Linear}
-import std.optim.{adamw}
-
-data moons = std.data.two_moons(n: ${options.n ?? 400}, seed: 3)
-
-model Net(hidden: int = 16) {
-  l1 = Linear(2, hidden)
-  l2 = Linear(hidden, 2)
-  forward(x: f32[B, 2]) -> f32[B, 2] = l2(gelu(l1(x)))
-}
-
-train run {
-  model Net()
-  data moons
-  loss cross_entropy(model(batch.x), batch.y)
-  optimize ** with adamw(lr: 1e-2)
-  steps ${options.steps ?? 40}
-  batch 16
-  checkpoint every 5
-  ${options.extra ?? ""}
-}
-`;
-}
+const program = (options: { n?: number; extra?: string; steps?: number } = {}) =>
+  moonsProgram(options);
 
 /** The same file with a second train block (`other`, a smaller model). */
 const withOther = (text: string) =>
@@ -63,12 +41,7 @@ train other {
 `,
   );
 
-function setup(text = program()) {
-  const dir = mkdtempSync(join(tmpdir(), "lrk-reliability-"));
-  const file = join(dir, "run.lrk");
-  writeFileSync(file, text);
-  return { dir, file, out: join(dir, "out") };
-}
+const setup = (text = program()) => runSetup(text, "lrk-reliability-");
 
 function lrkcTrain(args: string[], cwd: string) {
   const r = spawnSync(process.execPath, [lrkc, "train", ...args], { cwd, encoding: "utf8" });
