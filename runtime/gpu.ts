@@ -4,7 +4,17 @@
 //    async Dawn call crashes it: it is kept in a module-level variable;
 //  - a pending Dawn promise busy-polls a whole core, so waiting for the GPU first sleeps for most
 //    of the expected time (learned from earlier waits) and only then awaits.
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, mkdtempSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -65,8 +75,10 @@ let adapterEnumerated = false;
  * file, then writes what was printed there back to stderr without DAWN_NOISE: other messages
  * (a driver's real errors) still reach the user. Dawn writes from native code, so only the
  * descriptor itself can be redirected: closing 2 and opening a file takes the lowest free
- * descriptor, 2. Where that is not possible (stderr closed or a socket, not Linux), or anything is
- * unexpected, it runs unfiltered.
+ * descriptor, 2. A socket (what Node's `child_process` gives a child for "pipe") cannot be
+ * reopened from /proc, so there stderr is routed through a filter process for the rest of the
+ * run instead (`filterSocketStderr`). Where neither is possible (stderr closed, not Linux), or
+ * anything is unexpected, it runs unfiltered.
  */
 export async function withoutDawnNoise<T>(enumerate: () => Promise<T>): Promise<T> {
   if (process.platform !== "linux") return enumerate();
@@ -76,6 +88,7 @@ export async function withoutDawnNoise<T>(enumerate: () => Promise<T>): Promise<
     saved = openSync("/proc/self/fd/2", "a");
     dir = mkdtempSync(join(tmpdir(), "lrk-dawn-"));
   } catch {
+    filterSocketStderr();
     return enumerate();
   }
   const captured = join(dir, "stderr");
@@ -100,6 +113,56 @@ export async function withoutDawnNoise<T>(enumerate: () => Promise<T>): Promise<
     const text = readFileSync(captured, "utf8").replace(DAWN_NOISE, "");
     rmSync(dir, { recursive: true, force: true });
     if (text) process.stderr.write(text);
+  }
+}
+
+/**
+ * When stderr is a socket: a `grep` that drops DAWN_NOISE's lines holds the socket (inherited as
+ * its stdout) and reads a FIFO that becomes this process's descriptor 2. It ignores SIGINT,
+ * SIGTERM and SIGHUP, so that what lrk prints when it stops on a signal still gets through, and
+ * it ends when this process does (end of file on the FIFO), however that ends. Best effort: on any
+ * failure stderr stays as it was.
+ */
+function filterSocketStderr(): void {
+  let dir: string | undefined;
+  try {
+    if (!fstatSync(2).isSocket()) return;
+    dir = mkdtempSync(join(tmpdir(), "lrk-stderr-"));
+    const fifo = join(dir, "stderr");
+    execFileSync("mkfifo", ["-m", "600", fifo], { stdio: "ignore" });
+    const filter = spawn(
+      "sh",
+      [
+        "-c",
+        `trap '' INT TERM HUP; exec grep -v --line-buffered -E '^Warning: maxDynamic[A-Za-z]+ artificially reduced' < "$0"`,
+        fifo,
+      ],
+      { stdio: ["ignore", 2, 2] },
+    );
+    filter.on("error", () => {}); // no `sh` or `grep`: the open below times out, unfiltered
+    filter.unref();
+    if (filter.pid === undefined) return;
+    // The writer's open fails (ENXIO) until the filter has the FIFO open for reading.
+    let writer = -1;
+    for (let waited = 0; writer < 0 && waited < 3000; waited += 5) {
+      try {
+        writer = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+      } catch {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+      }
+    }
+    if (writer < 0) {
+      filter.kill("SIGKILL");
+      return;
+    }
+    closeSync(2);
+    const fd = openSync(`/proc/self/fd/${writer}`, "w"); // takes 2, the lowest free descriptor
+    closeSync(writer);
+    if (fd !== 2) process.emitWarning(`lrk: stderr was reopened as descriptor ${fd}`);
+  } catch {
+    // stderr stays unfiltered
+  } finally {
+    if (dir) rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -3,7 +3,7 @@
 // literals are helper calls (`lrk_inf()`, `lrk_nan()`), and every emission path must declare the
 // helpers it calls (issue 10: `-1/0` as an attention mask fused into a matmul emitted an
 // undefined `lrk_inf()`).
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -240,4 +240,28 @@ describe("Dawn's notes on lavapipe's limits", () => {
     expect(r.stderr).toContain("step 1/1");
     expect(r.stderr).not.toMatch(/artificially reduced/);
   });
+
+  it('are filtered when stderr is a socket (Node\'s "pipe"), and a run stopped by SIGINT still reports', async () => {
+    const out = mkdtempSync(join(tmpdir(), "lrk-noise-socket-"));
+    const args = [join(root, "bin/lrkc.js"), "train", "examples/mlp.lrk", "--device", "webgpu"];
+    const child = spawn(
+      process.execPath,
+      [...args, "--steps", "100000", "--no-autotune", "--out", out],
+      { cwd: root, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let stderr = "";
+    const closed = new Promise<number | null>((resolve) => {
+      child.stderr!.on("data", (chunk: Buffer) => {
+        stderr += chunk.toString();
+        if (/step\s+\d+\/100000/.test(stderr) && !child.killed) child.kill("SIGINT");
+      });
+      // 'close': the stderr socket too, which the filter holds until lrkc has exited
+      child.on("close", (code) => resolve(code));
+    });
+    const code = await closed;
+    rmSync(out, { recursive: true, force: true });
+    expect(stderr).not.toMatch(/artificially reduced/);
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(/stopped after step \d+; checkpoint saved/);
+  }, 120_000);
 });
