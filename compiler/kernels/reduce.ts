@@ -37,16 +37,42 @@ export function defaultReduceParams(outputs: number, reduced: number): ReducePar
   return { variant: "serial", workgroupSize: 64 };
 }
 
+/** A kernel accumulating over a loop (a reduce, or a matmul as a contraction) with its epilogue. */
 export interface ReduceKernelInput {
   graph: Graph;
-  /** The reduce node. */
+  /** The reduce or matmul node: `acc` in the epilogue's expressions. */
   anchor: number;
-  /** The node written: the last of the epilogue chain, or the reduce itself. */
+  /** The node written: the last of the epilogue chain, or the anchor itself. */
   output: number;
   epilogue: readonly number[];
   nodes: readonly number[];
   isBuffer: (node: number) => boolean;
   bufferOf: (node: number) => number;
+}
+
+export type ContractionKernelInput = ReduceKernelInput;
+
+/** The binding table and emitter of an accumulating kernel: the anchor's value is `acc`. */
+function accumulating(k: ReduceKernelInput): { table: BindingTable; em: Emitter } {
+  const table = new BindingTable(k.graph, k.bufferOf);
+  const inEpilogue = new Set(k.epilogue);
+  const em = new Emitter(k.graph, {
+    isBuffer: (id) => id !== k.anchor && !inEpilogue.has(id) && k.isBuffer(id),
+    bufferName: (id) => table.name(id),
+    leaves: new Map([[k.anchor, "acc"]]),
+  });
+  return { table, em };
+}
+
+/** One invocation per output element `o` (of `outputs`), in workgroups of `W`: its first lines. */
+function perElement(dispatch: readonly number[], W: number, outputs: number): string[] {
+  return [
+    `let t = gid.x + gid.y * ${dispatch[0]! * W}u;`,
+    `if (t >= ${outputs}u) {`,
+    `  return;`,
+    `}`,
+    `let o = i32(t);`,
+  ];
 }
 
 /** Input coordinates of reduced element `r` of output element (coords `oc`). */
@@ -90,13 +116,7 @@ export function reduceKernel(k: ReduceKernelInput, params?: ReduceParams): Kerne
   const outputs = numel(red.shape);
   const R = op.axes.reduce((s, a) => s * input.shape[a]!, 1);
   const p = params ?? defaultReduceParams(outputs, R);
-  const table = new BindingTable(g, k.bufferOf);
-  const inEpilogue = new Set(k.epilogue);
-  const em = new Emitter(g, {
-    isBuffer: (id) => id !== k.anchor && !inEpilogue.has(id) && k.isBuffer(id),
-    bufferName: (id) => table.name(id),
-    leaves: new Map([[k.anchor, "acc"]]),
-  });
+  const { table, em } = accumulating(k);
   const int = red.dtype === "i32";
   const ty = wgslType(red.dtype);
   const isMax = op.fn === "max";
@@ -120,11 +140,7 @@ export function reduceKernel(k: ReduceKernelInput, params?: ReduceParams): Kerne
   const dispatch = serial ? grid(Math.ceil(outputs / W)) : grid(outputs);
   const body = serial
     ? [
-        `let t = gid.x + gid.y * ${dispatch[0] * W}u;`,
-        `if (t >= ${outputs}u) {`,
-        `  return;`,
-        `}`,
-        `let o = i32(t);`,
+        ...perElement(dispatch, W, outputs),
         ...em.lines,
         `var acc: ${ty} = ${init};`,
         `for (var r = 0; r < ${R} + i32(lrk_zero); r++) {`,
@@ -158,17 +174,6 @@ export function reduceKernel(k: ReduceKernelInput, params?: ReduceParams): Kerne
   });
 }
 
-export interface ContractionKernelInput {
-  graph: Graph;
-  /** The matmul node. */
-  anchor: number;
-  output: number;
-  epilogue: readonly number[];
-  nodes: readonly number[];
-  isBuffer: (node: number) => boolean;
-  bufferOf: (node: number) => number;
-}
-
 /** A matmul as a serial sum over k of operand expressions (any dtype, any operand view). */
 export function contractionKernel(k: ContractionKernelInput): KernelSource {
   const g = k.graph;
@@ -180,13 +185,7 @@ export function contractionKernel(k: ContractionKernelInput): KernelSource {
   const out = g.node(k.output);
   const r = mm.shape.length;
   const K = transA ? a.shape[r - 2]! : a.shape[r - 1]!;
-  const table = new BindingTable(g, k.bufferOf);
-  const inEpilogue = new Set(k.epilogue);
-  const em = new Emitter(g, {
-    isBuffer: (id) => id !== k.anchor && !inEpilogue.has(id) && k.isBuffer(id),
-    bufferName: (id) => table.name(id),
-    leaves: new Map([[k.anchor, "acc"]]),
-  });
+  const { table, em } = accumulating(k);
   const outputs = numel(mm.shape);
   const W = 64;
   const dispatch = grid(Math.ceil(outputs / W));
@@ -213,11 +212,7 @@ export function contractionKernel(k: ContractionKernelInput): KernelSource {
     workgroupSize: W,
     builtins: { gid: "global_invocation_id" },
     body: [
-      `let t = gid.x + gid.y * ${dispatch[0] * W}u;`,
-      `if (t >= ${outputs}u) {`,
-      `  return;`,
-      `}`,
-      `let o = i32(t);`,
+      ...perElement(dispatch, W, outputs),
       ...em.lines,
       `var acc: ${ty} = ${mm.dtype === "i32" ? "0i" : "0.0"};`,
       `for (var l = 0; l < ${K} + i32(lrk_zero); l++) {`,
