@@ -2,7 +2,7 @@
 // their gradients, optimizer state and saved activations at the declared batch, beside what full
 // fine-tuning with AdamW of the same model would need.
 import { numel } from "./ir.js";
-import type { Entry, GraphProgram, StepProgram } from "./program.js";
+import { storedBytes, type Entry, type GraphProgram, type StepProgram } from "./program.js";
 
 export interface MemoryReport {
   frozen: number;
@@ -26,7 +26,7 @@ export function memoryReport(step: StepProgram): MemoryReport {
   for (const input of step.inputs) {
     if (input.role !== "param") continue;
     if (trainablePaths.has(input.name.slice("param:".length))) trainable += bytes(input.shape);
-    else frozen += Math.ceil((bytes(input.shape) * (input.bits ?? 32)) / 32);
+    else frozen += storedBytes(input, numel(input.shape)); // packed as the device stores it
   }
   const statesByParam = new Map<string, number>();
   let optimizerState = 0;

@@ -36,8 +36,9 @@ import {
   type PlannedBuffer,
   type TensorNeed,
 } from "./memory-plan.js";
+import { packedBits, storedBytes } from "./program.js";
 import type { Entry, GraphProgram, MatmulTemplate } from "./program.js";
-import { header, matmulFusionCode, sourceLines } from "./wgsl.js";
+import { header, matmulFusionCode, sourceLines, type PackedOf } from "./wgsl.js";
 
 export interface PlanKernel {
   id: number;
@@ -68,6 +69,8 @@ export interface PlanTensor {
   buffer: number;
   shape: number[];
   dtype: DType;
+  /** Stored packed with this many bits per element (`packedBits` in program.ts). */
+  packed?: number;
 }
 
 export interface PlanEntry {
@@ -212,7 +215,7 @@ export function planBuffers(
       if (!inputs.has(name))
         inputs.set(name, {
           key: `in:${name}`,
-          bytes: bytesOf(input.node),
+          bytes: storedBytes(input, numel(graph.shape(input.node))),
           role: input.role,
           name,
         });
@@ -270,6 +273,8 @@ export function emitKernels(
     target.matmulParams ??
     ((shape: MatmulShape) => planMatmulParams(shape, featureSet, target.adapter));
   const maxBindings = target.limits.maxStorageBuffersPerShaderStage ?? 8;
+  const packed = new Map(program.inputs.map((i) => [i.node, packedBits(i)]));
+  const packedOf: PackedOf = (node) => packed.get(node);
   const kernels: PlanKernel[] = [];
   const entries: Record<string, PlanEntry> = {};
   for (const { entry, groups, inputs } of fused) {
@@ -291,7 +296,8 @@ export function emitKernels(
     );
     const dispatches: number[] = [];
     for (const g of groups) {
-      for (const k of groupKernels(graph, g, isBuffer, bufferOf, scratch, chooseMatmul)) {
+      const made = groupKernels(graph, g, isBuffer, bufferOf, scratch, chooseMatmul, packedOf);
+      for (const k of made) {
         if (k.bindings.length > maxBindings)
           throw new BindingLimitError(
             k.name,
@@ -350,6 +356,7 @@ export function assemblePlan(
       shape: [...i.shape],
       dtype: i.dtype,
       role: i.role as BufferRole,
+      ...(packedBits(i) ? { packed: packedBits(i) } : {}),
     }));
   return {
     buffers: buffers.buffers,
@@ -379,8 +386,15 @@ export function groupKernels(
   bufferOf: (node: number) => number,
   scratch: Map<number, number[]>,
   chooseMatmul: (shape: MatmulShape) => MatmulParams,
+  packedOf: PackedOf = () => undefined,
 ): KernelSource[] {
-  const common = { graph, output: g.output, nodes: g.nodes, isBuffer, bufferOf };
+  const common = { graph, output: g.output, nodes: g.nodes, isBuffer, bufferOf, packedOf };
+  // Packed buffers are read through an emitter's loads (BindingTable.load), which unpack them;
+  // the matmul template's own operand loads and special kernels read 32-bit elements.
+  const direct = (node: number, what: string) => {
+    if (isBuffer(node) && packedOf(node))
+      throw new Error(`plan: ${what} reads the packed buffer %${node} directly`);
+  };
   switch (g.kind) {
     case "map":
       return [mapKernel({ ...common, outputs: g.outputs })];
@@ -393,6 +407,8 @@ export function groupKernels(
       if (!shape || !g.a || !g.b)
         return [contractionKernel({ ...common, anchor: g.anchor, epilogue: g.epilogue })];
       // Operands without a buffer are prologues, computed at each load.
+      direct(g.a.node, `the matmul %${g.anchor}`);
+      direct(g.b.node, `the matmul %${g.anchor}`);
       const prologue = {
         ...(isBuffer(g.a.node) ? {} : { a: g.a.node }),
         ...(isBuffer(g.b.node) ? {} : { b: g.b.node }),
@@ -408,6 +424,7 @@ export function groupKernels(
               3,
               g.foldBatch ?? false,
               prologue,
+              packedOf,
             )
           : undefined;
       // A prologue's binding holds a buffer it reads (or, if it reads none, the other operand's).
@@ -425,6 +442,8 @@ export function groupKernels(
       return [{ ...kernel, wgsl: `${header(graph, kernel.name, g.nodes)}\n${kernel.wgsl}` }];
     }
     case "special":
+      for (const i of graph.node(g.anchor).inputs)
+        direct(i, `the ${graph.node(g.anchor).op.kind} kernel`);
       return specialKernels(
         graph,
         g.anchor,

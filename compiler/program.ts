@@ -20,8 +20,25 @@ export interface ProgramInput {
   role: InputRole;
   shape: Shape;
   dtype: DType;
-  /** Stored with this many bits per element (quantized buffers); 32 otherwise. */
+  /** Holds integers of this many bits (quantized values); stored packed (`packedBits`). */
   bits?: number;
+}
+
+/**
+ * The field width an input of `bits`-bit integers is stored with on a device: 2, 4 or 8 bits, in
+ * two's complement, packed 16, 8 or 4 to a u32 word, element i in word i / (32 / width) from the
+ * low bits up; undefined (one 32-bit element each) for other inputs.
+ */
+export function packedBits(input: Pick<ProgramInput, "bits">): number | undefined {
+  const bits = input.bits;
+  if (bits === undefined || bits > 8) return undefined;
+  return bits <= 2 ? 2 : bits <= 4 ? 4 : 8;
+}
+
+/** Bytes of an input's elements as a device stores them (packed or 4 each). */
+export function storedBytes(input: Pick<ProgramInput, "bits">, elements: number): number {
+  const width = packedBits(input);
+  return width ? 4 * Math.ceil((elements * width) / 32) : 4 * elements;
 }
 
 export interface Output {

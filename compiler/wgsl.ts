@@ -375,8 +375,11 @@ export class Index {
 export interface EmitterOptions {
   /** Whether a node is read from a buffer (materialized, and not computed by this kernel). */
   isBuffer: (node: number) => boolean;
-  /** The WGSL array a buffer node is read from (the kernel declares the binding). */
-  bufferName: (node: number) => string;
+  /**
+   * The WGSL expression reading buffer node `node` at flat index `flat` (an i32 expression): the
+   * kernel declares the binding (`BindingTable.load`).
+   */
+  load: (node: number, flat: string) => string;
   /** Nodes whose value is a WGSL expression already (a matmul's accumulator). */
   leaves?: Map<number, string>;
   /**
@@ -441,7 +444,7 @@ export class Emitter {
     if (known) return known;
     const node = this.graph.node(id);
     const expr = this.options.isBuffer(id)
-      ? `${this.options.bufferName(id)}[${idx.flat()}]`
+      ? this.options.load(id, idx.flat())
       : this.compute(node, idx);
     const name = node.op.kind === "const" ? expr : this.let(expr);
     this.cse.set(key, name);
@@ -692,14 +695,28 @@ export class Emitter {
 // ---------------------------------------------------------------------------- bindings
 
 /** The read bindings of the buffers an emitter asks for, in the order it asks. */
+/**
+ * Which buffer nodes are stored packed, and with how many bits per element: integer values in
+ * 2-, 4- or 8-bit two's complement fields of u32 words, element i in word i / (32 / bits) from
+ * the low bits up (`packedBits` in compiler/program.ts).
+ */
+export type PackedOf = (node: number) => number | undefined;
+
 export class BindingTable {
-  readonly entries: { node: number; name: string; buffer: number; dtype: DType }[] = [];
-  private byBuffer = new Map<number, string>();
+  readonly entries: {
+    node: number;
+    name: string;
+    buffer: number;
+    dtype: DType;
+    packed?: number;
+  }[] = [];
+  private byBuffer = new Map<string, string>();
 
   constructor(
     private readonly graph: Graph,
     private readonly bufferOf: (node: number) => number,
     private readonly prefix = "in",
+    private readonly packedOf: PackedOf = () => undefined,
   ) {}
 
   /**
@@ -711,18 +728,30 @@ export class BindingTable {
   name(node: number): string {
     const buffer = this.bufferOf(node);
     const dtype = this.graph.node(node).dtype;
-    const key = buffer * 2 + (dtype === "i32" ? 1 : 0);
+    const packed = this.packedOf(node);
+    const key = `${buffer}:${packed ? `u${packed}` : dtype}`;
     const known = this.byBuffer.get(key);
     if (known) return known;
-    if (this.claim && this.claim.buffer === undefined && dtype === "f32") {
+    if (this.claim && this.claim.buffer === undefined && dtype === "f32" && !packed) {
       this.claim.buffer = buffer;
       this.byBuffer.set(key, this.claim.name);
       return this.claim.name;
     }
     const name = `${this.prefix}${this.entries.length}`;
     this.byBuffer.set(key, name);
-    this.entries.push({ node, name, buffer, dtype });
+    this.entries.push({ node, name, buffer, dtype, ...(packed ? { packed } : {}) });
     return name;
+  }
+
+  /** Buffer node `node` at flat index `flat` (i32), unpacked to its dtype where it is packed. */
+  load(node: number, flat: string): string {
+    const array = this.name(node);
+    const bits = this.packedOf(node);
+    if (!bits) return `${array}[${flat}]`;
+    const perWord = 32 / bits;
+    const word = `${array}[u32(${flat}) / ${perWord}u]`;
+    const field = `extractBits(bitcast<i32>(${word}), (u32(${flat}) % ${perWord}u) * ${bits}u, ${bits}u)`;
+    return this.graph.node(node).dtype === "i32" ? field : `f32(${field})`;
   }
 
   /** The bindings, after the template's own (renderKernel numbers them). */
@@ -733,8 +762,8 @@ export class BindingTable {
         buffer: e.buffer,
         access: "read" as const,
         name: e.name,
-        type: wgslType(e.dtype),
-        note: `%${e.node}${name ? ` ${name}` : ""}`,
+        type: e.packed ? "u32" : wgslType(e.dtype),
+        note: `%${e.node}${name ? ` ${name}` : ""}${e.packed ? ` (packed, ${e.packed} bits)` : ""}`,
       };
     });
   }
@@ -816,6 +845,7 @@ export function matmulFusionCode(
   /** The chain's first node sums the batch that the kernel folded into k: its value is acc too. */
   foldBatch = false,
   prologue: { a?: number; b?: number } = {},
+  packedOf: PackedOf = () => undefined,
 ): {
   epilogue: {
     expression: string;
@@ -830,7 +860,7 @@ export function matmulFusionCode(
   const r = mm.shape.length;
   const [m, n] = [mm.shape[r - 2]!, mm.shape[r - 1]!];
   const inChain = new Set(chain);
-  const table = new BindingTable(graph, bufferOf, "ep");
+  const table = new BindingTable(graph, bufferOf, "ep", packedOf);
   const helpers = new Set<string>();
   const functions: string[] = [];
   const out: { a?: string; b?: string } = {};
@@ -840,7 +870,7 @@ export function matmulFusionCode(
     if (node === undefined) continue;
     const em = new Emitter(graph, {
       isBuffer: (id) => id !== node && isBuffer(id),
-      bufferName: (id) => table.name(id),
+      load: (id, f) => table.load(id, f),
       loopZero: "i32(lrk_opaque_zero())",
     });
     table.claim = { name: `mm_${side}` };
@@ -864,7 +894,7 @@ export function matmulFusionCode(
   if (chain.length) {
     const em = new Emitter(graph, {
       isBuffer: (id) => id !== anchor && !inChain.has(id) && isBuffer(id),
-      bufferName: (id) => table.name(id),
+      load: (id, f) => table.load(id, f),
       leaves: new Map([[anchor, "acc"], ...(foldBatch ? [[chain[0]!, "acc"] as const] : [])]),
       loopZero: "i32(lrk_opaque_zero())",
     });

@@ -142,6 +142,9 @@ export class WebGpuDevice implements Device {
     await e.ready;
     const pe = loaded.plan.entries[entry.name]!;
     const gpu = this.device;
+    // Packed inputs are packed on the host: their feeds must be there.
+    const packed = loaded.plan.inputs.filter((i) => i.packed && pe.inputs.includes(i.name));
+    await this.sync(packed.flatMap((i) => (feeds.has(i.name) ? [feeds.get(i.name)!] : [])));
     // a command the driver rejects at run time (not at pipeline creation) fails the run too
     gpu.pushErrorScope("validation");
     const encoder = gpu.createCommandEncoder();
@@ -223,6 +226,13 @@ export class WebGpuDevice implements Device {
         throw new Error(`webgpu: the feed for "${name}" has ${count} values, needs ${n}`);
       const dst = loaded.buffers[input.buffer]!;
       if (this.contents.get(dst)?.deref() === t) continue;
+      if (input.packed) {
+        // packed on the host (the tensor was synced by `run`); the buffer holds no Tensor's layout
+        const words = packIntegers(t.data, input.packed);
+        this.device.queue.writeBuffer(dst, 0, words.buffer, 0, words.byteLength);
+        this.contents.set(dst, new WeakRef(t));
+        continue;
+      }
       const src = this.resident.get(t);
       if (src && src !== dst && this.contents.get(src)?.deref() === t) {
         encoder.copyBufferToBuffer(src, 0, dst, 0, 4 * n);
@@ -555,6 +565,25 @@ export class WebGpuDevice implements Device {
  * An output that stayed in its GPU buffer: its `data` is readable once the device's `sync` has
  * read it back. Feeding it to the device that made it needs no upload.
  */
+/**
+ * Integers packed `bits` (2, 4 or 8) to a field, 32 / bits to a u32 word, element i in word
+ * i / (32 / bits) from the low bits up, in two's complement: the layout kernels unpack
+ * (compiler/wgsl.ts `BindingTable.load`). Values must be integers that fit the field.
+ */
+export function packIntegers(values: ArrayLike<number>, bits: number): Uint32Array {
+  const perWord = 32 / bits;
+  const words = new Uint32Array(Math.max(1, Math.ceil(values.length / perWord)));
+  const mask = 2 ** bits - 1;
+  const [lo, hi] = [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1];
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    if (!Number.isInteger(v) || v < lo || v > hi)
+      throw new Error(`webgpu: ${v} at ${i} does not fit a packed ${bits}-bit integer`);
+    words[Math.floor(i / perWord)]! |= (v & mask) << ((i % perWord) * bits);
+  }
+  return words;
+}
+
 export class DeviceTensor {
   private host: Float32Array | Int32Array | undefined;
 

@@ -6,6 +6,7 @@ import type { Graph } from "../ir.js";
 import { numel } from "../ir.js";
 import {
   BindingTable,
+  type PackedOf,
   Emitter,
   grid,
   header,
@@ -35,6 +36,7 @@ export interface MapKernelInput {
   nodes: readonly number[];
   isBuffer: (node: number) => boolean;
   bufferOf: (node: number) => number;
+  packedOf?: PackedOf;
   title?: string;
 }
 
@@ -43,11 +45,11 @@ export function mapKernel(k: MapKernelInput, params?: MapParams): KernelSource {
   const outputs = k.outputs ?? [k.output];
   const n = numel(out.shape);
   const p = params ?? defaultMapParams(n);
-  const table = new BindingTable(k.graph, k.bufferOf);
+  const table = new BindingTable(k.graph, k.bufferOf, "in", k.packedOf);
   const written = new Set(outputs);
   const em = new Emitter(k.graph, {
     isBuffer: (id) => !written.has(id) && k.isBuffer(id),
-    bufferName: (id) => table.name(id),
+    load: (id, f) => table.load(id, f),
   });
   const groups = Math.ceil(n / (p.workgroupSize * p.perInvocation));
   const dispatch = grid(groups);

@@ -13,6 +13,7 @@ import type { Graph } from "../ir.js";
 import { numel, strides } from "../ir.js";
 import {
   BindingTable,
+  type PackedOf,
   Emitter,
   grid,
   header,
@@ -48,17 +49,18 @@ export interface ReduceKernelInput {
   nodes: readonly number[];
   isBuffer: (node: number) => boolean;
   bufferOf: (node: number) => number;
+  packedOf?: PackedOf;
 }
 
 export type ContractionKernelInput = ReduceKernelInput;
 
 /** The binding table and emitter of an accumulating kernel: the anchor's value is `acc`. */
 function accumulating(k: ReduceKernelInput): { table: BindingTable; em: Emitter } {
-  const table = new BindingTable(k.graph, k.bufferOf);
+  const table = new BindingTable(k.graph, k.bufferOf, "in", k.packedOf);
   const inEpilogue = new Set(k.epilogue);
   const em = new Emitter(k.graph, {
     isBuffer: (id) => id !== k.anchor && !inEpilogue.has(id) && k.isBuffer(id),
-    bufferName: (id) => table.name(id),
+    load: (id, f) => table.load(id, f),
     leaves: new Map([[k.anchor, "acc"]]),
   });
   return { table, em };
@@ -249,6 +251,7 @@ export interface RowKernelInput {
   nodes: readonly number[];
   isBuffer: (node: number) => boolean;
   bufferOf: (node: number) => number;
+  packedOf?: PackedOf;
 }
 
 /**
@@ -268,13 +271,13 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
   const perGroup = W / L;
   const dispatch: [number, number, number] = total ? [1, 1, 1] : grid(Math.ceil(rows / perGroup));
   const written = new Set(k.outputs);
-  const table = new BindingTable(g, k.bufferOf);
+  const table = new BindingTable(g, k.bufferOf, "in", k.packedOf);
   const leaves = new Map<number, string>();
   reduces.forEach((r, i) => leaves.set(r, `lrk_s${i}`));
   totals.forEach((r, i) => leaves.set(r, `lrk_t${i}`));
   const em = new Emitter(g, {
     isBuffer: (id) => !written.has(id) && k.isBuffer(id),
-    bufferName: (id) => table.name(id),
+    load: (id, f) => table.load(id, f),
     leaves,
   });
   const fnOf = (r: number) => {

@@ -1,0 +1,161 @@
+// Quantized values are stored packed on the device: 2-, 4- or 8-bit two's complement fields of
+// u32 words (compiler/program.ts `packedBits`), packed on upload (runtime/webgpu-device.ts
+// `packIntegers`) and unpacked where kernels load them (compiler/wgsl.ts `BindingTable.load`).
+// Checked: the layout by hand, kernels reading packed inputs against the interpreter for every
+// width, and an SVDQuant program whose plan, device allocation and `--emit memory` estimate all
+// count 4 bits per quantized value.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Builder } from "../compiler/builder.js";
+import { packedBits, storedBytes, type ProgramInput, type Tensor } from "../compiler/program.js";
+import { planStep } from "../compiler/compile.js";
+import { memoryReport } from "../compiler/memory.js";
+import { portableTarget } from "../cli/target.js";
+import { SourceFile } from "../language/source.js";
+import { evaluate } from "../runtime/interpreter.js";
+import { packIntegers, WebGpuDevice } from "../runtime/webgpu-device.js";
+import { loadOnGpu, prepare, runGraph } from "./program-helpers.js";
+
+describe("packed integers", () => {
+  it("lay out element i in word i / (32 / bits), from the low bits up, two's complement", () => {
+    expect([...packIntegers([1, -1, 7, -8, 0, 2, 3, -2], 4)]).toEqual([0xe32087f1]);
+    expect([...packIntegers([1, -2, 1], 2)]).toEqual([0b011001]);
+    expect([...packIntegers([-128, 127, 5, -1, 9], 8)]).toEqual([0xff057f80, 9]);
+    expect(() => packIntegers([8], 4)).toThrow(/does not fit/);
+    expect(() => packIntegers([0.5], 8)).toThrow(/does not fit/);
+  });
+
+  it("use the narrowest of 2, 4 and 8 bits that holds the values, and count their bytes", () => {
+    expect([2, 3, 4, 5, 8, 9].map((bits) => packedBits({ bits }))).toEqual([
+      2,
+      4,
+      4,
+      8,
+      8,
+      undefined,
+    ]);
+    expect(packedBits({})).toBeUndefined();
+    expect(storedBytes({ bits: 4 }, 1000)).toBe(500);
+    expect(storedBytes({ bits: 3 }, 9)).toBe(8); // 9 nibbles: two words
+    expect(storedBytes({}, 10)).toBe(40);
+  });
+});
+
+describe("kernels reading packed inputs on WebGPU", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  });
+  afterAll(() => device?.destroy());
+
+  for (const bits of [2, 3, 4, 8]) {
+    it(`unpack ${bits}-bit values as the interpreter reads them (elementwise, reduce, matmul prologue)`, async () => {
+      const [rows, cols] = [5, 12]; // 60 values: the last word is partly used
+      const max = 2 ** (bits - 1) - 1;
+      const values = Float32Array.from(
+        { length: rows * cols },
+        (_, i) => ((i * 7) % (2 * max + 1)) - max,
+      );
+      const b = new Builder();
+      const q = b.input("param", "q", [rows, cols]);
+      const scale = b.input("param", "scale", [rows, 1]);
+      const x = b.input("data", "x", [3, cols]);
+      const w = b.binary("mul", q, b.expand(scale, [rows, cols]));
+      const shifted = b.binary("add", q, b.constant(0.5, [rows, cols]));
+      const rowSum = b.sum(q, [1]);
+      const y = b.matmul(x, w, { transB: true });
+      const inputs: ProgramInput[] = [
+        { name: "q", node: q, role: "param", shape: [rows, cols], dtype: "f32", bits },
+        { name: "scale", node: scale, role: "param", shape: [rows, 1], dtype: "f32" },
+        { name: "x", node: x, role: "data", shape: [3, cols], dtype: "f32" },
+      ];
+      const outputs = [
+        { name: "shifted", node: shifted },
+        { name: "rowSum", node: rowSum },
+        { name: "y", node: y },
+      ];
+      const feeds = new Map<string, Tensor>([
+        ["q", { shape: [rows, cols], data: values }],
+        ["scale", { shape: [rows, 1], data: Float32Array.from([0.5, -1, 2, 0.25, 3]) }],
+        [
+          "x",
+          {
+            shape: [3, cols],
+            data: Float32Array.from({ length: 3 * cols }, (_, i) => Math.sin(i)),
+          },
+        ],
+      ]);
+      const got = await runGraph(device, b.graph, inputs, outputs, feeds);
+      const byNode = new Map(inputs.map((i) => [i.node, feeds.get(i.name)!]));
+      const want = evaluate(
+        b.graph,
+        byNode,
+        outputs.map((o) => o.node),
+      );
+      outputs.forEach((o) => {
+        const g = got.get(o.name)!.data;
+        const e = want.get(o.node)!.data;
+        expect(g.length).toBe(e.length);
+        for (let j = 0; j < e.length; j++) expect(g[j]!, `${o.name}[${j}]`).toBeCloseTo(e[j]!, 4);
+      });
+    });
+  }
+});
+
+const svdquant = `import std.nn.{Linear}
+import std.quant.{svdquant}
+import std.adapters.{lora}
+import std.optim.{adamw}
+
+data moons = std.data.two_moons(n: 64)
+
+model Net {
+  up = Linear(2, 64)
+  mid = Linear(64, 64)
+  head = Linear(64, 2)
+  forward(x: f32[B, 2]) -> f32[B, 2] = head(gelu(mid(gelu(up(x)))))
+}
+
+train q {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  quantize mid with svdquant(bits: 4, group: 16, rank: 4)
+  adapt mid with lora(rank: 2)
+  optimize adapters with adamw(lr: 1e-3)
+}
+`;
+
+describe("an SVDQuant program's quantized values", () => {
+  it("take 4 bits each in the plan, on the device and in `--emit memory`'s estimate", async () => {
+    const { run, diagnostics } = prepare(new SourceFile("q.lrk", svdquant), { batch: 4 });
+    expect(diagnostics).toEqual([]);
+    const step = run!.program.step;
+    const values = step.inputs.find((i) => i.name === "buffer:mid.svdquant.q.values")!;
+    expect(values.bits).toBe(4);
+    const plan = planStep(step, portableTarget);
+    const planned = plan.inputs.find((i) => i.name === values.name)!;
+    expect(planned.packed).toBe(4);
+    expect(plan.buffers[planned.buffer]!.bytes).toBe((64 * 64) / 2);
+    // the estimate's frozen bytes: the float weights and the packed values
+    const frozen = step.inputs
+      .filter((i) => i.role === "param" && !step.trainable.includes(i.name.slice(6)))
+      .reduce(
+        (sum, i) => sum + (i === values ? (64 * 64) / 2 : 4 * i.shape.reduce((a, d) => a * d, 1)),
+        0,
+      );
+    expect(memoryReport(step).frozen).toBe(frozen);
+    // the device allocates what the plan says
+    const device = await WebGpuDevice.open();
+    try {
+      await loadOnGpu(device, run!);
+      const gpuPlan = device.plan(step)!;
+      const onDevice = gpuPlan.inputs.find((i) => i.name === values.name)!;
+      expect(onDevice.packed).toBe(4);
+      expect(device.allocatedBytes(step)).toBe(gpuPlan.buffers.reduce((a, b) => a + b.bytes, 0));
+      expect(gpuPlan.buffers[onDevice.buffer]!.bytes).toBe((64 * 64) / 2);
+    } finally {
+      device.destroy();
+    }
+  });
+});
