@@ -323,6 +323,18 @@ export function helperCode(names: Iterable<string>): string {
 
 // ---------------------------------------------------------------------------- indices
 
+/** `origin`'s coordinates for `shape` when the two shapes differ only in size-1 axes. */
+function sameCoords(
+  origin: { shape: Shape; coords: string[] },
+  shape: Shape,
+): string[] | undefined {
+  const kept = origin.shape.flatMap((d, k) => (d === 1 ? [] : [{ d, c: origin.coords[k]! }]));
+  const wanted = shape.filter((d) => d !== 1);
+  if (kept.length !== wanted.length || kept.some((x, k) => x.d !== wanted[k])) return undefined;
+  let next = 0;
+  return shape.map((d) => (d === 1 ? "0" : kept[next++]!.c));
+}
+
 export class Index {
   private flatExpr?: string;
   private coordExprs?: string[];
@@ -335,6 +347,8 @@ export class Index {
     this.flatExpr = at.flat;
     this.coordExprs = at.coords;
     if (shape.length === 0) this.flatExpr = "0";
+    else if (at.flat !== undefined && at.coords !== undefined && !em.flatOrigins.has(at.flat))
+      em.flatOrigins.set(at.flat, { shape, coords: at.coords });
   }
 
   flat(): string {
@@ -345,11 +359,18 @@ export class Index {
         if (this.shape[k] !== 1) e = iadd(e, imul(c, st[k]!));
       });
       this.flatExpr = isInt(e) || /^[\w]+$/.test(e) ? e : this.em.let(e, "f");
+      this.em.flatOrigins.set(this.flatExpr, { shape: this.shape, coords: this.coordExprs! });
     }
     return this.flatExpr;
   }
 
   coords(): string[] {
+    if (this.coordExprs === undefined) {
+      // A flat index made from coordinates of the same shape (size-1 axes aside) gives them back
+      // without a division: a view read back through a permute or reshape of a matmul operand.
+      const origin = this.em.flatOrigins.get(this.flat());
+      if (origin) this.coordExprs = sameCoords(origin, this.shape);
+    }
     if (this.coordExprs === undefined) {
       const f = this.flat();
       const st = strides(this.shape);
@@ -393,6 +414,8 @@ export interface EmitterOptions {
 export class Emitter {
   lines: string[] = [];
   readonly helpers = new Set<string>();
+  /** Flat-index variables made from coordinates (`Index.flat`), with those coordinates. */
+  readonly flatOrigins = new Map<string, { shape: Shape; coords: string[] }>();
   private cse = new Map<string, string>();
   private counter = 0;
 

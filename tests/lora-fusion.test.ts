@@ -161,6 +161,29 @@ const base1 = counts(compile(withoutAdapters(oneLayer), 4));
 const lora2 = counts(compile(twoLayers, 4));
 const base2 = counts(compile(withoutAdapters(twoLayers), 4));
 
+describe("the low-rank term of a fused LoRA epilogue", () => {
+  it("indexes its operands without an integer division or remainder per rank iteration", () => {
+    const run = compile(oneLayer, 4);
+    const plan = planProgram(
+      run.step.graph,
+      run.step.inputs,
+      { step: run.step.variants.get("")! },
+      limits,
+      [],
+    );
+    const loops = plan.kernels.flatMap((k) => {
+      const at = k.wgsl.indexOf("// low-rank");
+      if (at < 0) return [];
+      const body = k.wgsl.slice(at, k.wgsl.indexOf("lr", k.wgsl.indexOf("+=", at)));
+      return [body];
+    });
+    expect(loops.length).toBeGreaterThan(0);
+    // the operand U is read through a transposing view: its index comes back from the flat
+    // index of (rank, column) without a division (the Emitter remembers how it made the flat)
+    for (const loop of loops) expect(loop).not.toMatch(/ [/%] /);
+  });
+});
+
 describe("TinyLM with LoRA on q and v", () => {
   // Per adapted linear, a training step runs 5 kernels of its own:
   //  - forward: the down projection t = x·Aᵀ (the up projection t·Bᵀ, its scale and the add run
