@@ -47,6 +47,7 @@ const OPS: Record<OpKind, OpClass> = {
   matmul: { role: "matmul", cost: "free" },
   scatterAdd: { role: "special", cost: "free" },
   svd: { role: "special", cost: "free" },
+  qr: { role: "special", cost: "free" },
   topkMask: { role: "special", cost: "free" },
   quantize: { role: "special", cost: "free" },
   quantScale: { role: "special", cost: "free" },
