@@ -20,7 +20,7 @@ const LR = 0.5;
 
 function program(method: string, extra = ""): string {
   return `import std.nn.{Linear}
-import std.adapters.{pissa, olora, lora_xs, randlora}
+import std.adapters.{pissa, olora, lora_xs, randlora, bone, pela}
 import std.optim.{sgd}
 
 data moons = std.data.two_moons(n: 64)
@@ -122,6 +122,8 @@ interface Method {
   weight(store: Store): Matrix;
   /** The trainable tensors' gradients from G = ∂loss/∂W_eff, by the chain rule. */
   grads(store: Store, g: Matrix): Map<string, Matrix>;
+  /** A `regularize` term on W_eff: its value and its gradient. */
+  regularizer?(store: Store, wEff: Matrix): { value: number; g: Matrix };
 }
 
 /** Two SGD steps: loss and gradients by hand, and the update param -= lr · grad. */
@@ -130,7 +132,13 @@ async function checkTwoSteps(method: Method): Promise<{ run: TestRun; store: Sto
   const store = await init(run, true);
   const start = new Map(store);
   for (let step = 1; step <= 2; step++) {
-    const { loss, g } = forwardByHand(run, store, step, method.weight(store));
+    const wEff = method.weight(store);
+    let { loss, g } = forwardByHand(run, store, step, wEff);
+    const extra = method.regularizer?.(store, wEff);
+    if (extra) {
+      loss += extra.value;
+      g = add(g, extra.g);
+    }
     const expected = method.grads(store, g);
     const before = new Map(store);
     const result = await trainStep(run, store, step, true);
@@ -351,6 +359,60 @@ describe("frozen buffers in adapters", () => {
       expect(result.grads.get(`${layer}.randlora.gamma`)!.some((x) => x !== 0)).toBe(true);
     });
   }
+
+  it("Bone: ΔW repeats the trainable block D along the input dim (a cut-short last block), two steps", async () => {
+    // in 8 = 3 + 3 + 2: fold[j][i] = 1 where i mod 3 = j
+    const fold = [0, 1, 2].map((j) => [0, 1, 2, 3, 4, 5, 6, 7].map((i) => (i % 3 === j ? 1 : 0)));
+    const method: Method = {
+      call: "bone(rank: 3)",
+      weight: (st) => add(get(st, "param:mid.weight"), mm(T(get(st, P("bone.D"))), fold)),
+      grads: (st, g) => new Map([["mid.bone.D", T(mm(g, T(fold)))]]),
+    };
+    const { run, store } = await checkTwoSteps(method);
+    expect(
+      get(store, P("bone.D"))
+        .flat()
+        .every((x) => x === 0),
+    ).toBe(true);
+    // r·out trainable numbers (PEFT's count for Bone).
+    expect(store.get(P("bone.D"))!.data.length).toBe(3 * 6);
+    expect(run.step.trainable).toEqual(["mid.bone.D"]);
+  });
+
+  it("PELA: L, R from the SVD with √S split evenly, k = ⌊mn / (c(m+n))⌋, the ‖LR − W‖_max term", async () => {
+    const method: Method = {
+      call: "pela(ratio: 1, inf_norm_weight: 0.5, inf_norm_eps: 0.01)",
+      weight: (st) => mm(get(st, P("pela.L")), get(st, P("pela.R"))),
+      grads: (st, g) =>
+        new Map([
+          ["mid.pela.L", mm(g, T(get(st, P("pela.R"))))],
+          ["mid.pela.R", mm(T(get(st, P("pela.L"))), g)],
+        ]),
+      regularizer: (st, wEff) => {
+        // 0.5 (max |LR - W| - 0.01)²: the gradient flows to the largest entry only.
+        const e = add(wEff, get(st, "param:mid.weight"), -1);
+        let [p, q] = [0, 0];
+        e.forEach((row, i) =>
+          row.forEach((x, j) => Math.abs(x) > Math.abs(e[p]![q]!) && ([p, q] = [i, j])),
+        );
+        const m = Math.abs(e[p]![q]!);
+        const g = zerosM(6, 8);
+        g[p]![q] = 2 * 0.5 * (m - 0.01) * Math.sign(e[p]![q]!);
+        return { value: 0.5 * (m - 0.01) ** 2, g };
+      },
+    };
+    const { run, store } = await checkTwoSteps(method);
+    const k = Math.floor((6 * 8) / (1 * (6 + 8))); // 3
+    const l = get(store, P("pela.L"));
+    const r = get(store, P("pela.R"));
+    expect([l[0]!.length, r.length]).toEqual([k, k]);
+    const sigma = singularValues(get(store, "param:mid.weight"));
+    const diag = (v: number[]) => v.map((x, i) => v.map((_, j) => (i === j ? x : 0)));
+    expectClose(mm(T(l), l), diag(sigma.slice(0, k)), 1e-10, "Lᵀ L = S_k");
+    expectClose(mm(r, T(r)), diag(sigma.slice(0, k)), 1e-10, "R Rᵀ = S_k");
+    // The step reads W only for the regularizer's teacher term.
+    expect(run.step.inputs.map((i) => i.name)).toContain("param:mid.weight");
+  });
 
   it("a const that reads the adapter's own param is refused (E0206)", () => {
     const text = program("bad").replace(

@@ -1,4 +1,4 @@
-// The adapters built on frozen buffers (PiSSA, OLoRA, LoRA-XS, RandLoRA), trained on the WebGPU
+// The adapters built on frozen buffers (PiSSA, OLoRA, LoRA-XS, RandLoRA, Bone, PELA), trained on the WebGPU
 // device and on the CPU reference interpreter (f32): the buffers are computed by the init
 // program's svd and qr kernels on each device, and the losses, parameters and buffers after a few
 // steps agree within 1e-3 relative to each tensor's largest magnitude. Needs a WebGPU adapter
@@ -29,7 +29,7 @@ afterAll(() => device?.destroy());
 
 function compile(adapt: string, steps = 3): TestRun {
   const text = `${tinyLmSource()}
-import std.adapters.{pissa, olora, lora_xs, randlora}
+import std.adapters.{pissa, olora, lora_xs, randlora, bone, pela}
 import std.optim.{adamw}
 
 data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 5)
@@ -80,6 +80,15 @@ describe("adapters on frozen buffers on WebGPU match the interpreter", () => {
 
   it("LoRA-XS", async () => {
     await compare(compile("adapt blocks.*.attn.{q, v} with lora_xs(rank: 2)"), 3);
+  }, 300_000);
+
+  it("Bone and PELA", async () => {
+    await compare(
+      compile(
+        "adapt blocks.*.attn.{q, v} with bone(rank: 3)\n  adapt blocks.*.mlp.{up, down} with pela(ratio: 2)",
+      ),
+      3,
+    );
   }, 300_000);
 
   it("RandLoRA, both orientations", async () => {
