@@ -4,7 +4,7 @@
 // Random initializers use the counter-based generator with a seed derived from the train seed and
 // the parameter's path, so a parameter's initial value does not depend on what else is in the model.
 import type * as A from "../language/ast.js";
-import { error } from "../language/diagnostics.js";
+import { error, type Location } from "../language/diagnostics.js";
 import { Builder } from "./builder.js";
 import type { Graph, InputRole } from "./ir.js";
 import { Lowerer } from "./lower.js";
@@ -44,6 +44,8 @@ export function buildInit(
   const adapterParams = new Set(
     placement.params.filter((p) => p.origin === "adapter").map((p) => p.param),
   );
+  /** The buffer being computed, for a mistake found in its expression. */
+  let computing: { name: string; at: Location } | undefined;
   const L = new Lowerer(r, b, {
     param: (p) => {
       // An adapter's buffers are computed before its params exist (its params may read them).
@@ -51,8 +53,8 @@ export function buildInit(
         return r.report(
           error(
             "E0206",
-            `a \`const\` of an adapter is computed once, before the adapter's params exist: it cannot read \`${p.name}\``,
-            { file: p.owner.module.file, span: p.decl.span },
+            `a \`const\` of an adapter is computed once, before the adapter's params exist: \`${computing?.name ?? "it"}\` cannot read \`${p.name}\``,
+            computing?.at ?? { file: p.owner.module.file, span: p.decl.span },
             {
               help: "make it a `let` (recomputed every step) or a function member, or compute it from `base` and the arguments only",
             },
@@ -166,6 +168,7 @@ export function buildInit(
   for (const applied of [...placement.quantizers, ...placement.adapters]) {
     for (const [name, v] of applied.instance.scope) {
       if (v.kind !== "deferred" || !v.constant) continue;
+      computing = { name, at: { file: applied.instance.module.file, span: v.expr.span } };
       // A mistake found in the definition's code is reported at the train block's rule.
       const value = r.attempt(() =>
         r.fromUserSite(applied.config.at, () =>

@@ -1,5 +1,5 @@
 // Adapters' frozen buffers (tensor `const`s computed once when training starts) and the stdlib
-// methods built on them: PiSSA, OLoRA, LoRA-XS and RandLoRA. Each method's initial values follow
+// methods built on them: PiSSA, OLoRA, LoRA-XS, RandLoRA, Bone and PELA. Each method's initial values follow
 // its paper's formula (checked with float64 loops written here, independent of the compiler), and
 // two SGD steps match a hand computation of the loss and of the gradients by the chain rule.
 import { mkdtempSync } from "node:fs";
@@ -14,7 +14,16 @@ import { checkpointUses, loadCheckpoint } from "../runtime/checkpoint.js";
 import { erf } from "../runtime/linalg.js";
 import { writeSafetensors } from "../runtime/safetensors.js";
 import { train } from "../runtime/trainer.js";
-import { compile, cpu, init, trainStep, type Store, type TestRun } from "./program-helpers.js";
+import { SourceFile } from "../language/source.js";
+import {
+  compile,
+  cpu,
+  init,
+  prepare,
+  trainStep,
+  type Store,
+  type TestRun,
+} from "./program-helpers.js";
 
 const LR = 0.5;
 
@@ -425,9 +434,10 @@ describe("frozen buffers in adapters", () => {
 
 train t {`,
     );
-    expect(() => compile(text, { batch: 4 })).toThrow(
-      /E0206: a `const` of an adapter is computed once/,
-    );
+    const { diagnostics } = prepare(new SourceFile("bad.lrk", text), { batch: 4 });
+    const found = diagnostics.find((d) => d.code === "E0206")!;
+    expect(found.message).toMatch(/before the adapter's params exist: `frozen` cannot read `A`/);
+    expect(text.slice(found.at!.span.start, found.at!.span.end)).toBe("A * 2");
   });
 
   it("`--emit memory` counts the buffers the step reads as frozen, and the plan has no svd kernel", () => {
