@@ -202,6 +202,8 @@ describe("frozen buffers in adapters", () => {
     expect(inputs).not.toContain("param:mid.weight");
     expect(run.step.graph.nodes.some((n) => n.op.kind === "svd")).toBe(false);
     expect(run.init.graph.nodes.some((n) => n.op.kind === "svd")).toBe(true);
+    // LoRA's count: r·(out + in) trainable numbers.
+    expect(a.flat().length + b.flat().length).toBe(2 * (6 + 8));
   });
 
   it("OLoRA: A = R[:r], B = Q[:, :r] of W's QR (Gram–Schmidt by hand, LAPACK's signs), two steps", async () => {
@@ -239,6 +241,7 @@ describe("frozen buffers in adapters", () => {
     expectClose(a, mm(T(b), w), 1e-12, "A = R[:r]");
     expect(Math.abs(a[1]![0]!)).toBeLessThan(1e-12); // R is upper triangular
     expectClose(method.weight(store), w, 1e-12, "W_res + s B A");
+    expect(a.flat().length + b.flat().length).toBe(2 * (6 + 8));
   });
 
   it("LoRA-XS: frozen B = U_r, A = diag(S_r) Vh_r, a trainable rank×rank R ~ N(0, 1e-5²), two steps", async () => {
@@ -445,8 +448,19 @@ train t {`,
     const m = memoryReport(run.step);
     // feat's weight and bias, mid's bias, and PiSSA's residual [6, 8]: W itself is not read.
     expect(m.frozen).toBe(4 * (16 + 8 + 6 + 48));
-    const plan = planStep(run.step, portableTarget);
-    expect(plan.kernels.some((k) => /svd|qr/.test(k.name))).toBe(false);
+    for (const method of ["pissa(rank: 2)", "lora_xs(rank: 2)", "olora(rank: 2)", "pela()"]) {
+      const planned = compile(program(method), { batch: 4 });
+      const kernels = planStep(planned.step, portableTarget).kernels.map((k) => k.name);
+      expect(
+        kernels.filter((k) => /svd|qr/.test(k)),
+        method,
+      ).toEqual([]);
+      const init = planStep(planned.init, portableTarget).kernels.map((k) => k.name);
+      expect(
+        init.some((k) => /svd|qr/.test(k)),
+        method,
+      ).toBe(true);
+    }
   });
 
   it("buffers are saved in the checkpoint: a run resumed from it gives the uninterrupted losses", async () => {
