@@ -111,6 +111,7 @@ export function seededRandom(dist: "normal" | "uniform") {
           help: `as a \`param\`'s initializer, write \`${dist}(${dist === "normal" ? "std: 0.02" : "lo, hi"})\` alone`,
         },
       );
+    args.need(-1, "seed"); // a fixed tensor needs its seed said: `seed: 0`
     const seed = args.integer(-1, "seed", undefined, 0);
     const u = b.random(dist, shape, seed >>> 0);
     if (dist === "normal") {

@@ -208,6 +208,12 @@ describe("seeded random values", () => {
     ]);
   });
 
+  it("without a seed, `normal` as a value asks for one", () => {
+    expect(() =>
+      compile(program(`  const a = normal([3, in])\n  param pa: f32[3, in] = a`)),
+    ).toThrow(/E0205: `normal` needs `seed`/);
+  });
+
   it("without a shape, `normal` as a value says what it needs", () => {
     expect(() =>
       compile(program(`  const a = normal(3, seed: 1)\n  param pa: f32[3] = a`)),
