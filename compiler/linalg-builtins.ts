@@ -99,9 +99,16 @@ export function qrTuple({ L, b, at, args, tensor }: Call): Value {
  * it). Equal seeds give equal numbers: tensors meant to be independent need different seeds.
  */
 export function seededRandom(dist: "normal" | "uniform") {
-  return ({ L, b, args, tensor }: Call): Value => {
-    const shapeArg = args.need(0);
-    const items = shapeArg.kind === "list" || shapeArg.kind === "tuple" ? shapeArg.items : [];
+  return ({ L, b, at, args, tensor }: Call): Value => {
+    const shapeArg = args.get(0);
+    // `normal(std: 0.02)` outside a `param`'s whole initializer: no shape, so no value to make.
+    if (shapeArg?.kind !== "list" && shapeArg?.kind !== "tuple")
+      return L.r.report(
+        error("E0206", `\`${dist}\` is not available here`, at, {
+          help: `random initializers fill a model's or adapter's \`param\` (\`param w: f32[n] = ${dist}(${dist === "normal" ? "std: 0.02" : "-0.1, 0.1"})\`); an optimizer's or budget's \`state\` starts from a tensor expression such as \`zeros_like(param)\`; a fixed random tensor needs a shape and a seed: \`${dist}([rows, cols], seed: 0)\``,
+        }),
+      );
+    const items = shapeArg.items;
     const shape = items.map((d) => (d.kind === "number" ? d.value : NaN));
     if (items.length === 0 || shape.some((d) => !Number.isInteger(d) || d < 1))
       L.fail(

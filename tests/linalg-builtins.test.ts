@@ -217,6 +217,6 @@ describe("seeded random values", () => {
   it("without a shape, `normal` as a value says what it needs", () => {
     expect(() =>
       compile(program(`  const a = normal(3, seed: 1)\n  param pa: f32[3] = a`)),
-    ).toThrow(/needs a shape/);
+    ).toThrow(/`normal` is not available here/);
   });
 });
