@@ -97,6 +97,7 @@ export function qrTuple({ L, b, at, args, tensor }: Call): Value {
  * random tensor, the same on every device (the counter-based generator) and in every run, since it
  * depends on `seed` alone (as PEFT's `projection_prng_key`: the train block's seed does not change
  * it). Equal seeds give equal numbers: tensors meant to be independent need different seeds.
+ * `key:` (a scalar, such as `step`) mixes a value known only at run time into the seed.
  */
 export function seededRandom(dist: "normal" | "uniform") {
   return ({ L, b, at, args, tensor }: Call): Value => {
@@ -120,7 +121,18 @@ export function seededRandom(dist: "normal" | "uniform") {
       );
     args.need(-1, "seed"); // a fixed tensor needs its seed said: `seed: 0`
     const seed = args.integer(-1, "seed", undefined, 0);
-    const u = b.random(dist, shape, seed >>> 0);
+    // `key: step` gives new numbers at every step: the seed becomes hash32(seed, key).
+    const keyArg = args.get(-1, "key");
+    let key: number | undefined;
+    if (keyArg !== undefined) {
+      key = args.tensor(-1, "key").node;
+      if (b.shape(key).length !== 0)
+        L.fail(
+          args.argAt(-1, "key"),
+          `\`${dist}\`'s key must be one number, found ${L.typeText(key)}`,
+        );
+    }
+    const u = b.random(dist, shape, seed >>> 0, key);
     if (dist === "normal") {
       const std = args.number(-1, "std", 1);
       const mean = args.number(-1, "mean", 0);

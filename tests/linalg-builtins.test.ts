@@ -4,8 +4,8 @@
 // orthonormality, reconstruction, Gram–Schmidt for the QR, and the eigenvalues of W Wᵀ.
 import { describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
-import { normalAt, uniformAt } from "../runtime/random.js";
-import { compile, init } from "./program-helpers.js";
+import { hash32, normalAt, uniformAt } from "../runtime/random.js";
+import { compile, init, trainStep } from "./program-helpers.js";
 
 function program(members: string, rule = "adapt mid with probe"): string {
   return `import std.nn.{Linear}
@@ -206,6 +206,44 @@ describe("seeded random values", () => {
     expect([...other.get("param:mid.weight")!.data]).not.toEqual([
       ...one.get("param:mid.weight")!.data,
     ]);
+  });
+
+  it("with `key: step`, new numbers at every step: the seed is hash32(seed, step)", async () => {
+    const run = compile(
+      `import std.nn.{Linear}
+import std.optim.{sgd}
+
+data moons = std.data.two_moons(n: 64)
+
+model Net {
+  l = Linear(2, 3)
+  forward(x: f32[B, 2]) -> f32[B, 3] = l(x)
+}
+
+optimizer noisy(lr: float, noise: float) on param: f32[m, n] {
+  update(g) {
+    param -= lr * g + noise * normal([m, n], seed: 3, key: step)
+  }
+}
+
+train t {
+  model Net()
+  data moons
+  loss mean(model(batch.x) ^ 2)
+  optimize l.weight with noisy(lr: 0, noise: 0.5)
+  optimize ** with sgd(lr: 0)
+}
+`,
+      { batch: 4 },
+    );
+    const store = await init(run, true);
+    const w = Float64Array.from(store.get("param:l.weight")!.data);
+    for (let step = 1; step <= 2; step++) {
+      await trainStep(run, store, step, true);
+      for (let i = 0; i < 6; i++) w[i] = w[i]! - 0.5 * normalAt(hash32(3, step), i);
+      const now = store.get("param:l.weight")!.data;
+      for (let i = 0; i < 6; i++) expect(now[i]).toBeCloseTo(w[i]!, 12);
+    }
   });
 
   it("without a seed, `normal` as a value asks for one", () => {
