@@ -131,6 +131,21 @@ describe("svd", () => {
     expectClose(get("s2"), [sigma.slice(0, 2)], 1e-6);
   });
 
+  it("of a rank-1 matrix asked for rank 2: S = [1, 0] and a zero row of Vh, not NaN", async () => {
+    const run = compile(
+      program(`  const D = eye(4) * where(arange(4) == 2, 1, 0)
+  const (U, S, Vh) = svd(D, 2, exact: true)
+  param s: f32[2] = S
+  param vh: f32[2, 4] = Vh`),
+      { batch: 4 },
+    );
+    const store = await init(run, true);
+    const near = (got: ArrayLike<number>, want: number[]) =>
+      want.forEach((w, i) => expect(Math.abs(got[i]! - w)).toBeLessThan(1e-12));
+    near(store.get("param:mid.probe.s")!.data, [1, 0]);
+    near(store.get("param:mid.probe.vh")!.data, [0, 0, 1, 0, 0, 0, 0, 0]);
+  });
+
   it("refuses a rank above min(rows, cols)", () => {
     expect(() =>
       compile(program(`  const (U, S, Vh) = svd(base.weight, 6)\n  param s: f32[6] = S`)),
