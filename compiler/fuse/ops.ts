@@ -9,7 +9,7 @@ type OpKind = Op["kind"];
  * - map: computed per output element, inlined into the kernels that read it or materialized by a
  *   map kernel of its own;
  * - reduce, matmul: the anchor of a kernel with an epilogue chain;
- * - special: a kernel of its own reading buffers (scatterAdd, svd, topkMask, quantize, quantScale).
+ * - special: a kernel of its own reading buffers (scatterAdd, svd, qr, topkMask, quantize, quantScale).
  */
 export type OpRole = "input" | "map" | "reduce" | "matmul" | "special";
 

@@ -1,4 +1,4 @@
-// Kernels of the ops that are not elementwise, reductions or matmuls: scatterAdd, topkMask,
+// Kernels of the ops that are not elementwise, reductions or matmuls: scatterAdd, topkMask, qr,
 // quantize/quantScale and the randomized truncated SVD. Each reads its inputs from buffers and
 // may need scratch buffers, which `specialScratch` lists before the memory plan runs.
 //
@@ -11,6 +11,8 @@
 //    the counter-based normal generator, products with the matmul template, Householder QR of the
 //    (rank + oversample)-wide panels in one workgroup, one-sided Jacobi on Bᵀ = Aᵀ Q in one
 //    workgroup, then U = Q·U_B with the interpreter's column order and signs.
+//  - qr: the svd's one-workgroup Householder kernel on a copy of the input (it overwrites its
+//    panel with R).
 import type { Graph, Node } from "../ir.js";
 import { numel } from "../ir.js";
 import { grid, header, helperCode, shapeText } from "../wgsl.js";
