@@ -426,6 +426,14 @@ describe("frozen buffers in adapters", () => {
     expect(run.step.inputs.map((i) => i.name)).toContain("param:mid.weight");
   });
 
+  it("PELA on a layer too small for any rank says so at the user's rule", () => {
+    const text = program("pela(ratio: 8)");
+    const { diagnostics } = prepare(new SourceFile("small.lrk", text), { batch: 4 });
+    const found = diagnostics.find((d) => d.code === "E0205")!;
+    expect(found.message).toMatch(/⌊in·out \/ \(ratio·\(in \+ out\)\)⌋ = 0 ranks/);
+    expect(text.slice(found.at!.span.start, found.at!.span.end)).toBe("pela(ratio: 8)");
+  });
+
   it("a const that reads the adapter's own param is refused (E0206)", () => {
     const text = program("bad").replace(
       "train t {",
