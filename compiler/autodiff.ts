@@ -3,7 +3,7 @@
 // work, so frozen weights cost nothing beyond the chain that passes through them.
 //
 // No gradient flows through: comparisons, logic, sign, floor, not, iota, random, constants,
-// inputs, i32 values, and the intrinsics svd, topkMask, quantize and quantScale (their
+// inputs, i32 values, and the intrinsics svd, qr, topkMask, quantize and quantScale (their
 // outputs are treated as constants: a stop-gradient, as the methods that use them intend —
 // a GaLore projector or a quantized base weight is not trained through). Nodes in `stop` and in
 // the builder's `detached` set are treated as constants too.

@@ -477,6 +477,13 @@ export class Builder {
     return this.emit(op, [g], side === "left" ? [m, rank] : [rank, n]);
   }
 
+  /** The thin Householder Q [m, k] of x [m, k], m ≥ k (the IR's `qr`). */
+  qr(x: number): number {
+    const s = this.shape(x);
+    if (s.length !== 2 || s[0]! < s[1]!) fail(`qr of ${fmt(s)}: needs a matrix with rows ≥ cols`);
+    return this.emit({ kind: "qr" }, [x], s);
+  }
+
   /** 1 at the `k` largest of `scores` [n] (k a scalar node), else 0; ties go to the lower index. */
   topkMask(scores: number, k: number): number {
     if (this.shape(scores).length !== 1) fail(`topkMask of ${fmt(this.shape(scores))}`);

@@ -4,7 +4,7 @@
 // Random initializers use the counter-based generator with a seed derived from the train seed and
 // the parameter's path, so a parameter's initial value does not depend on what else is in the model.
 import type * as A from "../language/ast.js";
-import { error } from "../language/diagnostics.js";
+import { error, type Location } from "../language/diagnostics.js";
 import { Builder } from "./builder.js";
 import type { Graph, InputRole } from "./ir.js";
 import { Lowerer } from "./lower.js";
@@ -40,9 +40,26 @@ export function buildInit(
   const inputs: ProgramInput[] = [];
   const modelValue = new Map<ParamInfo, number>();
   const inputFor = new Map<ParamInfo, number>();
-  let phase: "model" | "adapters" = "model";
+  let phase: "model" | "buffers" | "adapters" = "model";
+  const adapterParams = new Set(
+    placement.params.filter((p) => p.origin === "adapter").map((p) => p.param),
+  );
+  /** The buffer being computed, for a mistake found in its expression. */
+  let computing: { name: string; at: Location } | undefined;
   const L = new Lowerer(r, b, {
     param: (p) => {
+      // An adapter's buffers are computed before its params exist (its params may read them).
+      if (phase === "buffers" && adapterParams.has(p))
+        return r.report(
+          error(
+            "E0206",
+            `a \`const\` of an adapter is computed once, before the adapter's params exist: \`${computing?.name ?? "it"}\` cannot read \`${p.name}\``,
+            computing?.at ?? { file: p.owner.module.file, span: p.decl.span },
+            {
+              help: "make it a `let` (recomputed every step) or a function member, or compute it from `base` and the arguments only",
+            },
+          ),
+        );
       if (phase === "model") {
         const v = modelValue.get(p);
         if (v === undefined) {
@@ -105,6 +122,8 @@ export function buildInit(
     if (e.kind !== "Call" || e.callee.kind !== "NameExpr") return undefined;
     const name = e.callee.name;
     if (!["normal", "uniform", "kaiming_uniform"].includes(name)) return undefined;
+    // `normal([r, n], seed: 7)` is a seeded value (linalg-builtins.ts), not a fill.
+    if (e.args[0] && !e.args[0].name && e.args[0].value.kind === "List") return undefined;
     const arg = (i: number, key: string, fallback: number): number => {
       const a = e.args.find((x) => x.name?.name === key) ?? e.args.filter((x) => !x.name)[i];
       if (!a) return fallback;
@@ -140,21 +159,24 @@ export function buildInit(
     modelValue.set(placed.param, node);
     model.outputs.push({ name: `param:${placed.param.path}`, node });
   }
-  phase = "adapters";
-  // Quantizers: every tensor `const` of the instance becomes a buffer (the step reads the ones it uses).
+  phase = "buffers";
+  // Quantizers, then adapters: every tensor `const` of the instance becomes a buffer, computed
+  // once from the loaded weights (the step reads the ones it uses; an adapter's params may read
+  // them in their initializers, which recompute them in the `adapters` entry).
   const quantize: Entry = { name: "quantize", outputs: [] };
   const buffers = new Map<string, Value>();
-  for (const q of placement.quantizers) {
-    for (const [name, v] of q.instance.scope) {
+  for (const applied of [...placement.quantizers, ...placement.adapters]) {
+    for (const [name, v] of applied.instance.scope) {
       if (v.kind !== "deferred" || !v.constant) continue;
-      // A mistake found in the quantizer's code is reported at the train block's rule.
+      computing = { name, at: { file: applied.instance.module.file, span: v.expr.span } };
+      // A mistake found in the definition's code is reported at the train block's rule.
       const value = r.attempt(() =>
-        r.fromUserSite(q.config.at, () =>
-          L.expr({ kind: "NameExpr", name, span: v.expr.span }, L.frameFor(q.instance)),
+        r.fromUserSite(applied.config.at, () =>
+          L.expr({ kind: "NameExpr", name, span: v.expr.span }, L.frameFor(applied.instance)),
         ),
       );
       if (!value) continue;
-      const key = `${q.instance.path}.${name}`;
+      const key = `${applied.instance.path}.${name}`;
       if (value.kind === "tensor")
         quantize.outputs.push({ name: `buffer:${key}`, node: value.node });
       else if (value.kind === "struct") {
@@ -165,6 +187,7 @@ export function buildInit(
       buffers.set(key, value);
     }
   }
+  phase = "adapters";
   const adapters: Entry = { name: "adapters", outputs: [] };
   for (const placed of placement.params) {
     if (placed.origin !== "adapter") continue;

@@ -91,6 +91,11 @@ export type Op =
       oversample: number;
       seed: number;
     }
+  /**
+   * inputs [x [m, k]], m ≥ k: the thin Q [m, k] of x's Householder QR, with LAPACK's signs (as
+   * runtime/linalg.ts householderQ); a zero column gets no reflection.
+   */
+  | { kind: "qr" }
   /** inputs [scores [n]]: 1 for the `k` largest entries (k is input 1, a scalar), else 0. */
   | { kind: "topkMask" }
   /** inputs [w [out, in]]: w rounded to `bits`-bit integers per group of `group` along the last axis (values, as f32). */

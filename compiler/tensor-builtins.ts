@@ -7,11 +7,12 @@ import { shapeText } from "./lower.js";
 import { broadcastShapes, type Builder } from "./builder.js";
 import type { UnaryFn } from "./ir.js";
 import { MAX_PANEL } from "./kernels/special.js";
+import { qrTuple, seededRandom, svdTuple } from "./linalg-builtins.js";
 import { describeValue, num, type Value } from "./values.js";
 
 type Arg = { name?: string; value: Value; at: Location };
 
-class Args {
+export class Args {
   private used = new Set<Arg>();
   constructor(
     private readonly L: Lowerer,
@@ -145,7 +146,7 @@ function axisOf(L: Lowerer, args: Args, rank: number, fallback?: number): number
 }
 
 /** One call of a built-in being lowered. */
-interface Call {
+export interface Call {
   readonly L: Lowerer;
   readonly b: Builder;
   readonly name: string;
@@ -286,8 +287,9 @@ const builtinRules = {
   full: filled,
   zeros_like: ({ b, args, tensor }) => tensor(b.constant(0, args.tensor(0).shape)),
   ones_like: ({ b, args, tensor }) => tensor(b.constant(1, args.tensor(0).shape)),
-  normal: noLowering, // only as a `param`'s or `state`'s initializer (init.ts)
-  uniform: noLowering,
+  // a `param`'s whole initializer without a shape (init.ts); given a shape, a seeded value
+  normal: seededRandom("normal"),
+  uniform: seededRandom("uniform"),
   kaiming_uniform: noLowering,
   // learning-rate schedules: only in a `schedule` item (resolve.ts)
   constant: noLowering,
@@ -297,6 +299,8 @@ const builtinRules = {
   svd_left: singularVectors("left"),
   svd_right: singularVectors("right"),
   svd_split: svdSplit,
+  svd: svdTuple,
+  qr: qrTuple,
   quantize,
   dequantize: ({ L, at, args, tensor }) => tensor(dequantize(L, args.need(0), at)),
   dequant_matmul: ({ L, b, at, args, tensor }) => {

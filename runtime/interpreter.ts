@@ -15,7 +15,14 @@ import {
   type UnaryFn,
   type BinaryFn,
 } from "../compiler/ir.js";
-import { erf, erfc, mat, randomizedLeftSingularVectors, transpose } from "./linalg.js";
+import {
+  erf,
+  erfc,
+  householderQ,
+  mat,
+  randomizedLeftSingularVectors,
+  transpose,
+} from "./linalg.js";
 import { hash32, normalAt, uniformAt } from "./random.js";
 
 import type { Tensor } from "../compiler/program.js";
@@ -277,6 +284,11 @@ const opEvaluators: { [K in Op["kind"]]: OpEvaluator<K> } = {
     let u = randomizedLeftSingularVectors(a, op.rank, op.iterations, op.oversample, op.seed);
     if (op.side === "right") u = transpose(u);
     out.set(u.data);
+  },
+  qr: ({ ins, out }) => {
+    const x = ins[0]!;
+    const [m, k] = x.shape as [number, number];
+    out.set(householderQ(mat(m, k, x.data)).data);
   },
   topkMask: evaluateTopkMask,
   quantize: evaluateQuantize,

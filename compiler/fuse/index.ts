@@ -21,7 +21,7 @@
 //    through single-consumer elementwise nodes (a LoRA branch: x·Wᵀ + s·(t·Uᵀ)) is computed in
 //    that chain (a short loop per element), and an elementwise operand of a matmul narrow on the
 //    other side is a prologue, computed where it is loaded (a dropout mask, a scale);
-//  - special: scatterAdd, svd, topkMask, quantize, quantScale, reading buffers;
+//  - special: scatterAdd, svd, qr, topkMask, quantize, quantScale, reading buffers;
 //  - row: after the groups above are formed, a reduce over the trailing axes of contiguous rows
 //    joins the reduce and map groups near it that read it or that it reads, when each row
 //    reduce is read only at its own row (elementwise ops, reshapes, the expand of its size-1

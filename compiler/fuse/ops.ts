@@ -9,7 +9,7 @@ type OpKind = Op["kind"];
  * - map: computed per output element, inlined into the kernels that read it or materialized by a
  *   map kernel of its own;
  * - reduce, matmul: the anchor of a kernel with an epilogue chain;
- * - special: a kernel of its own reading buffers (scatterAdd, svd, topkMask, quantize, quantScale).
+ * - special: a kernel of its own reading buffers (scatterAdd, svd, qr, topkMask, quantize, quantScale).
  */
 export type OpRole = "input" | "map" | "reduce" | "matmul" | "special";
 
@@ -47,6 +47,7 @@ const OPS: Record<OpKind, OpClass> = {
   matmul: { role: "matmul", cost: "free" },
   scatterAdd: { role: "special", cost: "free" },
   svd: { role: "special", cost: "free" },
+  qr: { role: "special", cost: "free" },
   topkMask: { role: "special", cost: "free" },
   quantize: { role: "special", cost: "free" },
   quantScale: { role: "special", cost: "free" },

@@ -1,4 +1,4 @@
-// Kernels of the ops that are not elementwise, reductions or matmuls: scatterAdd, topkMask,
+// Kernels of the ops that are not elementwise, reductions or matmuls: scatterAdd, topkMask, qr,
 // quantize/quantScale and the randomized truncated SVD. Each reads its inputs from buffers and
 // may need scratch buffers, which `specialScratch` lists before the memory plan runs.
 //
@@ -11,6 +11,8 @@
 //    the counter-based normal generator, products with the matmul template, Householder QR of the
 //    (rank + oversample)-wide panels in one workgroup, one-sided Jacobi on Bᵀ = Aᵀ Q in one
 //    workgroup, then U = Q·U_B with the interpreter's column order and signs.
+//  - qr: the svd's one-workgroup Householder kernel on a copy of the input (it overwrites its
+//    panel with R).
 import type { Graph, Node } from "../ir.js";
 import { numel } from "../ir.js";
 import { grid, header, helperCode, shapeText } from "../wgsl.js";
@@ -73,6 +75,13 @@ export function specialScratch(graph: Graph, id: number): ScratchNeed[] {
         { name: "jacobi", bytes: 4 * (l * l + l) },
       ];
     }
+    case "qr": {
+      const [m, k] = node.shape as [number, number];
+      return [
+        { name: "r", bytes: 4 * m * k },
+        { name: "reflectors", bytes: 4 * m * k },
+      ];
+    }
     default:
       return [];
   }
@@ -107,6 +116,8 @@ export function specialKernels(
       return [quantize(graph, node, io, head)];
     case "svd":
       return svd(graph, node, io, head, matmulParams);
+    case "qr":
+      return qr(node, io, head);
     default:
       throw new Error(`specialKernels: %${id} is ${node.op.kind}`);
   }
@@ -564,4 +575,42 @@ function svd(
     }),
   );
   return out;
+}
+
+// ---------------------------------------------------------------------------- qr
+
+/**
+ * The thin Householder Q of x [m, k] (m ≥ k, k ≤ MAX_PANEL): x is copied to scratch (the panel
+ * kernel overwrites its input with R), then the svd's one-workgroup Householder kernel writes Q.
+ */
+function qr(node: Node, io: SpecialIO, head: string): ParamKernelSource[] {
+  const [m, k] = node.shape as [number, number];
+  if (k > MAX_PANEL)
+    throw new Error(`qr %${node.id}: ${k} columns is over the ${MAX_PANEL} supported`);
+  const [r, reflectors] = io.scratch as [number, number];
+  const W1 = 64;
+  const dispatch = grid(Math.ceil((m * k) / W1));
+  const copy = renderKernel({
+    name: `qr copy [${m}, ${k}] %${node.id}`,
+    header: `${head}\n// the panel the Householder kernel overwrites with R`,
+    buffers: [buf("x", io.inputs[0]!, "read"), buf("r", r, "read_write")],
+    declarations: [],
+    workgroupSize: W1,
+    builtins: { gid: "global_invocation_id" },
+    body: [
+      `let i = gid.x + gid.y * ${dispatch[0] * W1}u;`,
+      `if (i < ${m * k}u) {`,
+      `  r[i] = x[i];`,
+      `}`,
+    ],
+    dispatch,
+  });
+  return [
+    copy,
+    householderKernel(`qr [${m}, ${k}] %${node.id}`, head, m, k, {
+      x: r,
+      reflectors,
+      q: io.out,
+    }),
+  ];
 }
