@@ -552,6 +552,14 @@ function svdSplit({ L, b, at, args, tensor }: Call): Value {
   if (w.shape.length !== 2)
     L.fail(at, `\`svd_split\` needs a matrix, found ${shapeText(w.shape, w.dtype)}`);
   const r = Math.min(rank, w.shape[0]!, w.shape[1]!);
+  // The device's svd kernels hold rank + oversample (4) columns in one workgroup.
+  const columns = Math.min(r + 4, w.shape[0]!, w.shape[1]!);
+  if (columns > MAX_PANEL)
+    L.fail(
+      args.argAt(1, "rank"),
+      `\`svd_split\` takes a rank of at most ${MAX_PANEL - 4} (its SVD holds rank + 4 columns, at most ${MAX_PANEL}), not ${rank}`,
+      { help: `lower the rank to ${MAX_PANEL - 4} or less` },
+    );
   const l2 = b.svd(w.node, "right", r, { seed: L.nextSeed() });
   const l1 = b.matmul(w.node, l2, { transB: true });
   const residual = b.sub(w.node, b.matmul(l1, l2));

@@ -313,6 +313,23 @@ train t {
     at: "lora(rank: 4)",
     status: 0,
   },
+  {
+    name: "18: an SVDQuant rank over what the device's SVD holds (was an internal error on WebGPU)",
+    program:
+      "import std.quant.{svdquant}\nimport std.adapters.{lora}\n" +
+      header +
+      modelWith(
+        "head(mid(up(x)))",
+        "up = Linear(2, 300)\n  mid = Linear(300, 300)\n  head = Linear(300, 2)",
+      ) +
+      trainBlock(
+        undefined,
+        "freeze **\n  quantize mid with svdquant(rank: 260, group: 60)\n  adapt mid with lora(rank: 2)\n  optimize adapters with adamw(lr: 1e-2)",
+      ),
+    code: "E0401",
+    message: "`svd_split` takes a rank of at most 252",
+    at: "svdquant(rank: 260, group: 60)",
+  },
 ];
 
 /** Programs that were refused or crashed although they are well-typed: they must check and build. */
