@@ -36,6 +36,7 @@ import {
   type PlannedBuffer,
   type TensorNeed,
 } from "./memory-plan.js";
+import { inPlaceOutputs } from "./in-place.js";
 import { packedBits, storedBytes } from "./program.js";
 import type { Entry, GraphProgram, MatmulTemplate } from "./program.js";
 import { header, matmulFusionCode, sourceLines, type PackedOf } from "./wgsl.js";
@@ -209,17 +210,20 @@ export function planBuffers(
   const steps: MemoryStep[] = [];
   const keyOf = new Map<string, (node: number) => string>();
   const scratchOf = new Map<string, Map<number, string[]>>();
+  const inPlace = inPlaceOutputs(program, fused);
+  const inputNeed = (name: string): TensorNeed => {
+    const input = byName.get(name)!;
+    const need = inputs.get(name) ?? {
+      key: `in:${name}`,
+      bytes: storedBytes(input, numel(graph.shape(input.node))),
+      role: input.role,
+      name,
+    };
+    inputs.set(name, need);
+    return need;
+  };
   for (const { entry, groups, inputs: read } of fused) {
-    for (const name of read) {
-      const input = byName.get(name)!;
-      if (!inputs.has(name))
-        inputs.set(name, {
-          key: `in:${name}`,
-          bytes: storedBytes(input, numel(graph.shape(input.node))),
-          role: input.role,
-          name,
-        });
-    }
+    for (const name of read) inputNeed(name);
     const outputNames = new Map<number, string[]>();
     for (const o of entry.outputs)
       outputNames.set(o.node, [...(outputNames.get(o.node) ?? []), o.name]);
@@ -227,11 +231,14 @@ export function planBuffers(
       const input = inputByNode.get(node);
       if (input) return `in:${input.name}`;
       const names = outputNames.get(node);
+      // a new value written over the old one (compiler/in-place.ts): the input's buffer
+      if (names?.length === 1 && inPlace.has(names[0]!)) return inputNeed(names[0]!).key;
       return names ? `out:${names.join(", ")}` : `n:${entry.name}:${node}`;
     };
     keyOf.set(entry.name, key);
     for (const [node, names] of outputNames) {
       if (inputByNode.has(node)) continue; // an input passed through: its own buffer
+      if (key(node).startsWith("in:")) continue; // written in place
       const need = outputs.get(key(node));
       const bytes = Math.max(need?.bytes ?? 0, bytesOf(node));
       outputs.set(key(node), { key: key(node), bytes, role: "output", name: names.join(", ") });

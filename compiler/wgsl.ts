@@ -766,6 +766,11 @@ export class BindingTable {
     return name;
   }
 
+  /** Reads of `node`'s buffer (as its dtype) go through the kernel's own binding `name`. */
+  alias(node: number, name: string): void {
+    this.byBuffer.set(`${this.bufferOf(node)}:${this.graph.node(node).dtype}`, name);
+  }
+
   /** Buffer node `node` at flat index `flat` (i32), unpacked to its dtype where it is packed. */
   load(node: number, flat: string): string {
     const array = this.name(node);

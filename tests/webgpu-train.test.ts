@@ -124,15 +124,20 @@ describe("training on WebGPU matches the CPU interpreter", () => {
     const weight = out.get("param:l1.weight")!;
     expect(weight).toBeInstanceOf(DeviceTensor);
     expect(() => weight.data).toThrow(/still on the GPU/);
-    // fed back, it needs no host data; synced, it has the interpreter's values
-    const next = await device.run(
-      run.step,
-      entry,
-      new Map([...feeds, ...[...out].filter(([k]) => k !== "loss")]),
-      { read: new Set(["loss"]) },
-    );
-    expect(Number.isFinite(next.get("loss")!.data[0]!)).toBe(true);
+    // synced, it has the interpreter's values
+    const bias = out.get("param:l1.bias")!;
     await device.sync([weight]);
     expect(relativeDiff(weight, reference.get("param:l1.weight")!)).toBeLessThan(TOLERANCE);
+    // fed back, it needs no host data; the step updates the parameters in place
+    // (compiler/in-place.ts), so a device tensor it consumed cannot be read back afterwards
+    const fedBack = new Map([...feeds, ...[...out].filter(([k]) => k !== "loss")]);
+    const next = await device.run(run.step, entry, fedBack, { read: new Set(["loss"]) });
+    expect(Number.isFinite(next.get("loss")!.data[0]!)).toBe(true);
+    await expect(device.sync([bias])).rejects.toThrow(/overwritten/);
+    const twice = await new CpuDevice().run(run.step, entry, new Map([...feeds, ...reference]));
+    await device.sync([next.get("param:l1.bias")!]);
+    expect(relativeDiff(next.get("param:l1.bias")!, twice.get("param:l1.bias")!)).toBeLessThan(
+      TOLERANCE,
+    );
   });
 });

@@ -47,6 +47,9 @@ export function mapKernel(k: MapKernelInput, params?: MapParams): KernelSource {
   const p = params ?? defaultMapParams(n);
   const table = new BindingTable(k.graph, k.bufferOf, "in", k.packedOf);
   const written = new Set(outputs);
+  // An output written over an input it reads (compiler/in-place.ts) is read through its own
+  // binding: one buffer may not be bound twice when one binding is writable.
+  outputs.forEach((id, j) => table.alias(id, `out${j}`));
   const em = new Emitter(k.graph, {
     isBuffer: (id) => !written.has(id) && k.isBuffer(id),
     load: (id, f) => table.load(id, f),
@@ -54,11 +57,11 @@ export function mapKernel(k: MapKernelInput, params?: MapParams): KernelSource {
   const groups = Math.ceil(n / (p.workgroupSize * p.perInvocation));
   const dispatch = grid(groups);
   const stride = dispatch[0] * dispatch[1] * p.workgroupSize;
+  // Every value is computed (its loads done) before any store: an in-place output must not
+  // overwrite an element another output still reads.
   const body = em.scope(() => {
-    outputs.forEach((id, j) => {
-      const v = em.value(id, em.index(k.graph.shape(id), { flat: "gi" }));
-      em.lines.push(`out${j}[i] = ${v};`);
-    });
+    const values = outputs.map((id) => em.value(id, em.index(k.graph.shape(id), { flat: "gi" })));
+    values.forEach((v, j) => em.lines.push(`out${j}[i] = ${v};`));
   });
   const name =
     k.title ?? `map ${shapeText(out.dtype, out.shape)} ${outputs.map((o) => `%${o}`).join(" ")}`;

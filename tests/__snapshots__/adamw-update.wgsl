@@ -71,50 +71,42 @@
 @group(0) @binding(3) var<storage, read_write> out3: array<f32>;  // %231
 @group(0) @binding(4) var<storage, read_write> out4: array<f32>;  // %239
 @group(0) @binding(5) var<storage, read_write> out5: array<f32>;  // %282
-@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %158 state:mix.lora.A:m
-@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %153
-@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %160 state:mix.lora.A:v
-@group(0) @binding(9) var<storage, read> in3: array<f32>;  // %19 param:mix.lora.A
-@group(0) @binding(10) var<storage, read> in4: array<f32>;  // %127 host_scalars
-@group(0) @binding(11) var<storage, read> in5: array<f32>;  // %222 state:mix.lora.B:m
-@group(0) @binding(12) var<storage, read> in6: array<f32>;  // %151
-@group(0) @binding(13) var<storage, read> in7: array<f32>;  // %224 state:mix.lora.B:v
-@group(0) @binding(14) var<storage, read> in8: array<f32>;  // %22 param:mix.lora.B
+@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %153
+@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %127 host_scalars
+@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %151
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let t = gid.x + gid.y * 512u;
   let i = t;
   if (i < 512u) {
     let gi = i32(i);
-    let v0 = in0[gi];
+    let v0 = out0[gi];
     let v1 = 0.9f * v0;
     let c2 = (gi / 128);
     let c3 = (gi % 128);
     let f4 = ((c3 * 4) + c2);
-    let v5 = in1[f4];
+    let v5 = in0[f4];
     let v6 = v5;
     let v7 = 0.1f * v6;
     let v8 = v1 + v7;
-    out0[i] = v8;
-    let v9 = in2[gi];
+    let v9 = out1[gi];
     let v10 = 0.999f * v9;
     let v11 = 0.001f * v6;
     let v12 = v11 * v6;
     let v13 = v10 + v12;
-    out1[i] = v13;
-    let v14 = in3[gi];
+    let v14 = out2[gi];
     let c15 = (gi / 128);
     let c16 = (gi % 128);
-    let v17 = in4[3];
+    let v17 = in1[3];
     let v18 = v17;
     let v19 = v18;
     let v20 = v19;
-    let v21 = in4[1];
+    let v21 = in1[1];
     let v22 = v21;
     let v23 = v22;
     let v24 = v23;
     let v25 = v8 / v24;
-    let v26 = in4[2];
+    let v26 = in1[2];
     let v27 = v26;
     let v28 = v27;
     let v29 = v28;
@@ -126,24 +118,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let v35 = v33 + v34;
     let v36 = v20 * v35;
     let v37 = v14 - v36;
-    out2[i] = v37;
-    let v38 = in5[gi];
+    let v38 = out3[gi];
     let v39 = 0.9f * v38;
     let c40 = (gi / 4);
     let c41 = (gi % 4);
     let f42 = ((c41 * 128) + c40);
-    let v43 = in6[f42];
+    let v43 = in2[f42];
     let v44 = v43;
     let v45 = 0.1f * v44;
     let v46 = v39 + v45;
-    out3[i] = v46;
-    let v47 = in7[gi];
+    let v47 = out4[gi];
     let v48 = 0.999f * v47;
     let v49 = 0.001f * v44;
     let v50 = v49 * v44;
     let v51 = v48 + v50;
-    out4[i] = v51;
-    let v52 = in8[gi];
+    let v52 = out5[gi];
     let c53 = (gi / 4);
     let c54 = (gi % 4);
     let v55 = v17;
@@ -164,6 +153,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let v70 = v68 + v69;
     let v71 = v57 * v70;
     let v72 = v52 - v71;
+    out0[i] = v8;
+    out1[i] = v13;
+    out2[i] = v37;
+    out3[i] = v46;
+    out4[i] = v51;
     out5[i] = v72;
   }
 }
