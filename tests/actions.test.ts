@@ -1,0 +1,314 @@
+// `at step N` / `at every N` actions (spec §6.10, §13.8; compiler/actions.ts): each schedule is an
+// entry of the step program that the host runs after the update of a due step. Checked here
+// against values computed in the test from the stores before the action (float64 interpreter), a
+// resumed run equal to the uninterrupted one bit for bit across an action, the diagnostics for
+// what an action cannot assign, and the WebGPU device agreeing with the interpreter across one.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Tensor } from "../compiler/program.js";
+import { paramSeed } from "../compiler/init.js";
+import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import { hash32, uniformAt } from "../runtime/random.js";
+import { RunFolder } from "../runtime/run-folder.js";
+import { train } from "../runtime/trainer.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { relativeDiff } from "./helpers.js";
+import { compile, loadOnGpu, prepare, type Store } from "./program-helpers.js";
+
+const cpu64 = () => new CpuDevice({ float64: true });
+
+/** A tiny classifier with a ReLoRA-style adapter and an optimizer that resets its moments. */
+function program(options: { period?: number; trainActions?: string; steps?: number } = {}): string {
+  const period = options.period ?? 3;
+  return `import std.nn.{Linear}
+
+data moons = std.data.two_moons(n: 64, seed: 2)
+
+adapter merging(rank: int, period: int, alpha: float = 2) on Linear(in, out) {
+  param A: f32[rank, in] = kaiming_uniform(a: sqrt(5))
+  param B: f32[out, rank] = normal(std: 0.1)
+  const scale = alpha / rank
+  forward(x) = base(x) + scale * ((x @ A^T) @ B^T)
+  merged = base.weight + scale * (B @ A)
+  at every period {
+    base.weight = merged
+    A = kaiming_uniform(a: sqrt(5))
+    B = zeros
+  }
+}
+
+optimizer adam_reset(lr: float, period: int) on param: f32[...] {
+  state m = zeros_like(param)
+  state v = zeros_like(param)
+  update(g) {
+    m = 0.9 * m + 0.1 * g
+    v = 0.99 * v + 0.01 * g * g
+    param -= lr * m / (sqrt(v) + 1e-8)
+  }
+  at every period {
+    m = where(abs(m) > 0.01, m, 0)
+    v *= 0.5
+  }
+}
+
+model Net {
+  l1 = Linear(2, 8)
+  head = Linear(8, 2)
+  forward(x: f32[B, 2]) = head(relu(l1(x)))
+}
+
+train t {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  adapt l1, head with merging(rank: 2, period: ${period})
+  optimize adapters with adam_reset(lr: 0.01, period: ${period})
+  steps ${options.steps ?? 7}
+  batch 8
+  seed 4
+${options.trainActions ?? ""}
+}
+`;
+}
+
+function values(store: Store, name: string): Float64Array {
+  const t = store.get(name);
+  if (!t) throw new Error(`no ${name} in the store`);
+  return Float64Array.from(t.data);
+}
+
+/** a f32[m, k] @ b f32[k, n], row-major, in float64. */
+function matmul(a: Float64Array, b: Float64Array, m: number, k: number, n: number): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s += a[i * k + p]! * b[p * n + j]!;
+      out[i * n + j] = s;
+    }
+  return out;
+}
+
+function expectClose(actual: Float64Array, want: Float64Array, what: string): void {
+  expect(actual.length, what).toBe(want.length);
+  for (let i = 0; i < want.length; i++)
+    expect(actual[i], `${what}[${i}]`).toBeCloseTo(want[i]!, 12);
+}
+
+describe("adapter and optimizer actions", () => {
+  it("compile into one entry per schedule, with the tensors they assign as outputs", () => {
+    const run = compile(program());
+    expect(run.step.actions.map((a) => [a.entry.name, a.trigger, a.count])).toEqual([
+      ["action:every3", "every", 3],
+    ]);
+    expect(run.step.entries.map((e) => e.name)).toContain("action:every3");
+    expect(run.step.actions[0]!.entry.outputs.map((o) => o.name).sort()).toEqual(
+      [
+        "param:l1.weight",
+        "param:l1.merging.A",
+        "param:l1.merging.B",
+        "param:head.weight",
+        "param:head.merging.A",
+        "param:head.merging.B",
+        ...["l1", "head"].flatMap((m) =>
+          ["A", "B"].flatMap((p) => ["m", "v"].map((s) => `state:${m}.merging.${p}:${s}`)),
+        ),
+      ].sort(),
+    );
+  });
+
+  it("after step 3: base += s·B·A, A redrawn (Kaiming, seeded by seed, path and step), B = 0, moments reset", async () => {
+    // The same run without the action (period 1000) holds the values just before it.
+    const before = (await train(compile(program({ period: 1000 })), cpu64(), { steps: 3 })).store;
+    const after = (await train(compile(program()), cpu64(), { steps: 3 })).store;
+    const scale = 2 / 2;
+    for (const [module, out, inp] of [
+      ["l1", 8, 2],
+      ["head", 2, 8],
+    ] as const) {
+      const A = values(before, `param:${module}.merging.A`);
+      const B = values(before, `param:${module}.merging.B`);
+      const W = values(before, `param:${module}.weight`);
+      const BA = matmul(B, A, out, 2, inp);
+      expectClose(
+        values(after, `param:${module}.weight`),
+        W.map((w, i) => w + scale * BA[i]!),
+        `${module}.weight`,
+      );
+      expect([...values(after, `param:${module}.merging.B`)]).toEqual(new Array(out * 2).fill(0));
+      // kaiming_uniform(a: sqrt(5)) on f32[2, in]: U(-b, b), b = sqrt(6 / (6 · in)) = 1/sqrt(in)
+      const bound = 1 / Math.sqrt(inp);
+      const seed = hash32(paramSeed(4, `${module}.merging.A`), 3);
+      const drawn = values(after, `param:${module}.merging.A`);
+      drawn.forEach((a, i) =>
+        expect(a, `A[${i}]`).toBeCloseTo(uniformAt(seed, i) * 2 * bound - bound, 12),
+      );
+      // the optimizer's action: small first moments pruned, second moments halved
+      for (const p of ["A", "B"]) {
+        const m = values(before, `state:${module}.merging.${p}:m`);
+        const v = values(before, `state:${module}.merging.${p}:v`);
+        expect([...values(after, `state:${module}.merging.${p}:m`)]).toEqual([
+          ...m.map((x) => (Math.abs(x) > 0.01 ? x : 0)),
+        ]);
+        expectClose(
+          values(after, `state:${module}.merging.${p}:v`),
+          v.map((x) => x * 0.5),
+          "v",
+        );
+      }
+    }
+    // The biases are not assigned: the action leaves them as they were.
+    expect([...values(after, "param:l1.bias")]).toEqual([...values(before, "param:l1.bias")]);
+  });
+
+  it("the merge keeps the function: the loss of step 4 is the same as without merging B·A", async () => {
+    // With B = 0 after the action, the model computes base' x = (W + s B A) x: the same outputs as
+    // just before it, so step 4 starts from the same loss as a run whose action only merged a
+    // copy. Compared against the run without the action at step 4's forward.
+    const merged = await train(compile(program()), cpu64(), { steps: 4 });
+    const plain = await train(compile(program({ period: 1000 })), cpu64(), { steps: 4 });
+    expect(merged.losses.slice(0, 3)).toEqual(plain.losses.slice(0, 3));
+    expect(merged.losses[3]).toBeCloseTo(plain.losses[3]!, 12);
+  });
+
+  it("draws fresh numbers at each action: A after step 6 differs from A after step 3", async () => {
+    const run = compile(program());
+    const at3 = (await train(run, cpu64(), { steps: 3 })).store;
+    const at6 = (await train(run, cpu64(), { steps: 6 })).store;
+    const a3 = values(at3, "param:l1.merging.A");
+    const a6 = values(at6, "param:l1.merging.A");
+    const seed6 = hash32(paramSeed(4, "l1.merging.A"), 6);
+    // no update happened between the draw at 6 and the end of step 6
+    a6.forEach((a, i) =>
+      expect(a).toBeCloseTo(uniformAt(seed6, i) * 2 * Math.SQRT1_2 - Math.SQRT1_2, 12),
+    );
+    expect([...a6]).not.toEqual([...a3]);
+  });
+
+  it("a run stopped right after an action step and resumed equals the uninterrupted run bit for bit", async () => {
+    const run = compile(program());
+    const device = cpu64();
+    const whole = await train(run, device);
+    const dir = mkdtempSync(join(tmpdir(), "lrk-actions-"));
+    try {
+      const folder = new RunFolder(dir);
+      let steps = 0;
+      const stopped = await train(run, device, {
+        shouldStop: () => ++steps === 3,
+        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
+      });
+      expect(stopped.step).toBe(3);
+      const { step, store } = folder.loadCheckpoint(run.program);
+      const resumed = await train(run, device, { resume: { step, store } });
+      expect(resumed.losses).toEqual(whole.losses.slice(3));
+      for (const [name, t] of whole.store)
+        expect(Array.from(resumed.store.get(name)!.data), name).toEqual(Array.from(t.data));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("train-block and model actions", () => {
+  it("a train block's `at step` assigns the model's parameters through `model`", async () => {
+    const run = compile(
+      program({
+        period: 1000,
+        trainActions: "  at step 2 {\n    model.head.bias = model.head.bias + 1\n  }",
+      }),
+    );
+    const action = run.step.actions.find((a) => a.entry.name === "action:step2");
+    expect(action?.entry.outputs.map((o) => o.name)).toEqual(["param:head.bias"]);
+    const plain = compile(program({ period: 1000 }));
+    const two = (await train(plain, cpu64(), { steps: 2 })).store;
+    const moved = (await train(run, cpu64(), { steps: 2 })).store;
+    expectClose(
+      values(moved, "param:head.bias"),
+      values(two, "param:head.bias").map((x) => x + 1),
+      "head.bias",
+    );
+    // once: not again at step 4
+    const four = (await train(run, cpu64(), { steps: 4 })).store;
+    expect(values(four, "param:head.bias")[0]).toBeCloseTo(
+      values(moved, "param:head.bias")[0]!,
+      12,
+    );
+  });
+
+  it("a model's action assigns its parameters; a member read after an assignment sees the new value", async () => {
+    const text = program({ period: 1000 }).replace(
+      "model Net {",
+      `model Net {
+  doubled = head.bias * 2
+  at step 1 {
+    head.bias = ones
+    l1.bias = ones
+    head.bias = doubled
+  }`,
+    );
+    const store = (await train(compile(text), cpu64(), { steps: 1 })).store;
+    expect([...values(store, "param:l1.bias")]).toEqual(new Array(8).fill(1));
+    expect([...values(store, "param:head.bias")]).toEqual([2, 2]);
+  });
+});
+
+function diagnosticsOf(text: string) {
+  return prepare(new SourceFile("test.lrk", text)).diagnostics.filter(
+    (d) => d.severity === "error",
+  );
+}
+
+describe("what actions cannot say", () => {
+  it("assigning something that is not stored is E0206 at its line, with what can be assigned", () => {
+    const text = program().replace("    B = zeros\n", "    B = zeros\n    scale = 3\n");
+    const [d, ...rest] = diagnosticsOf(text);
+    expect(rest).toEqual([]);
+    expect(d?.code).toBe("E0206");
+    expect(d?.message).toBe("`scale` cannot be assigned in an action");
+    // at the target, on its line
+    expect(text.slice(d!.at!.span.start, d!.at!.span.end)).toBe("scale");
+    expect(text.slice(0, d!.at!.span.start).split("\n").length).toBe(
+      text.split("\n").indexOf("    scale = 3") + 1,
+    );
+    expect(d?.help).toContain("wrapped module's (`base.weight`)");
+  });
+
+  it("a schedule that is not a positive integer is E0402", () => {
+    const [d] = diagnosticsOf(program({ period: 0 }));
+    expect(d?.code).toBe("E0402");
+    expect(d?.message).toContain("positive integer");
+  });
+
+  it("a shape that does not fit the assigned tensor is E0401", () => {
+    const text = program().replace("    B = zeros\n", "    B = A\n");
+    const [d] = diagnosticsOf(text);
+    expect(d?.code).toBe("E0401");
+    expect(d?.message).toContain("f32[8, 2]");
+  });
+});
+
+describe("on WebGPU", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  }, 60_000);
+  afterAll(() => device?.destroy());
+
+  it("the action entries compile under Dawn and agree with the interpreter across two actions", async () => {
+    const run = compile(program());
+    await loadOnGpu(device, run);
+    const gpu = await train(run, device, { steps: 7 });
+    const cpu = await train(run, new CpuDevice(), { steps: 7 });
+    gpu.losses.forEach((l, i) =>
+      expect(Math.abs(l - cpu.losses[i]!) / Math.abs(cpu.losses[i]!), `loss ${i + 1}`).toBeLessThan(
+        1e-3,
+      ),
+    );
+    for (const [name, want] of cpu.store)
+      expect(relativeDiff(gpu.store.get(name) as Tensor, want), name).toBeLessThan(1e-3);
+  });
+});
