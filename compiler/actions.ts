@@ -1,12 +1,13 @@
 // `at step N { … }` and `at every N { … }` actions, lowered into entries of the step program.
 //
-// Every action with the same schedule (`step 500`, `every 100`) becomes part of one entry,
-// `action:step500` / `action:every100`, in a fixed order: the model's (module tree order), the
-// adapters' (placement order), the optimizers' (parameter order), the train block's. Inside an
-// entry the statements run in sequence: a tensor an action assigns is read with its new value by
-// the statements after it, in that action and in the later ones. The entry's outputs are the
-// tensors that were assigned, `param:<path>` and `state:<name>`; the host runs the due entries
-// after the step's update (runtime/trainer.ts) and writes the outputs back.
+// The actions run in a fixed order: the model's (module tree order), the adapters' (placement
+// order), the optimizers' (parameter order), the train block's. Consecutive actions with the same
+// schedule (`step 500`, `every 100`) share one entry, `action:step500` / `action:every100` (a later
+// run of the same schedule is `action:every100.2`). Inside an entry the statements run in
+// sequence: a tensor an action assigns is read with its new value by the statements after it, in
+// that action and in the later ones. The entry's outputs are the tensors that were assigned,
+// `param:<path>` and `state:<name>`; the host runs the due entries in order after the step's
+// update (runtime/trainer.ts) and writes the outputs back, so the next entry reads them.
 //
 // What an action may assign:
 // - in a model, the model's parameters (its own and its submodules', `fc.weight`);
@@ -69,20 +70,28 @@ interface Assigned {
 /** Lowers every action; undefined after a diagnostic. */
 export function lowerActions(ctx: ActionContext): ActionSchedule[] | undefined {
   const items = collectActions(ctx);
-  const groups = new Map<
-    string,
-    { trigger: "step" | "every"; count: number; items: ActionItem[] }
-  >();
+  // Consecutive items with the same schedule share an entry; the runs keep the items' order, so
+  // actions due at the same step run in that order whatever their schedules.
+  const groups: { key: string; trigger: "step" | "every"; count: number; items: ActionItem[] }[] =
+    [];
+  const seen = new Map<string, number>();
   for (const item of items) {
     const count = ctx.r.attempt(() => scheduleCount(ctx, item));
     if (count === undefined) continue;
-    const key = `${item.at.trigger}${count}`;
-    let group = groups.get(key);
-    if (!group) groups.set(key, (group = { trigger: item.at.trigger, count, items: [] }));
-    group.items.push(item);
+    const schedule = `${item.at.trigger}${count}`;
+    const last = groups[groups.length - 1];
+    if (last && last.trigger === item.at.trigger && last.count === count) {
+      last.items.push(item);
+      continue;
+    }
+    const n = (seen.get(schedule) ?? 0) + 1;
+    seen.set(schedule, n);
+    const key = n === 1 ? schedule : `${schedule}.${n}`;
+    groups.push({ key, trigger: item.at.trigger, count, items: [item] });
   }
   const schedules: ActionSchedule[] = [];
-  for (const [key, group] of groups) {
+  for (const group of groups) {
+    const { key } = group;
     const assigned: Assigned = { params: new Map(), states: new Map() };
     group.items.forEach((item, index) =>
       ctx.r.attempt(() => lowerItem(ctx, item, assigned, `${key}.${index}`)),

@@ -245,14 +245,50 @@ describe("train-block and model actions", () => {
       `model Net {
   doubled = head.bias * 2
   at step 1 {
+    let first = doubled
     head.bias = ones
     l1.bias = ones
-    head.bias = doubled
+    head.bias = doubled + first
   }`,
     );
+    const initial = (await train(compile(program({ period: 1000 })), cpu64(), { steps: 1 })).store;
     const store = (await train(compile(text), cpu64(), { steps: 1 })).store;
     expect([...values(store, "param:l1.bias")]).toEqual(new Array(8).fill(1));
-    expect([...values(store, "param:head.bias")]).toEqual([2, 2]);
+    // `doubled` read again after `head.bias = ones` is 2, not its value from before (cached)
+    expectClose(
+      values(store, "param:head.bias"),
+      values(initial, "param:head.bias").map((b) => 2 + 2 * b),
+      "head.bias",
+    );
+  });
+});
+
+describe("actions due at the same step", () => {
+  it("run in the documented order whatever their schedules: model, adapters, optimizers, train block in order", async () => {
+    const text = program({
+      period: 3,
+      trainActions: [
+        "  at step 3 {",
+        "    model.head.bias = model.head.bias * 2",
+        "  }",
+        "  at every 3 {",
+        "    model.head.bias = model.head.bias + 10",
+        "  }",
+      ].join("\n"),
+    }).replace("model Net {", "model Net {\n  at every 3 {\n    head.bias = head.bias + 1\n  }");
+    const run = compile(text);
+    expect(run.step.actions.map((a) => a.entry.name)).toEqual([
+      "action:every3",
+      "action:step3",
+      "action:every3.2",
+    ]);
+    const before = (await train(compile(program({ period: 1000 })), cpu64(), { steps: 3 })).store;
+    const after = (await train(run, cpu64(), { steps: 3 })).store;
+    expectClose(
+      values(after, "param:head.bias"),
+      values(before, "param:head.bias").map((b) => (b + 1) * 2 + 10),
+      "head.bias",
+    );
   });
 });
 
