@@ -334,8 +334,8 @@ describe("on WebGPU", () => {
   }, 60_000);
   afterAll(() => device?.destroy());
 
-  it("the action entries compile under Dawn and agree with the interpreter across two actions", async () => {
-    const run = compile(program());
+  async function compareOnGpu(text: string): Promise<void> {
+    const run = compile(text);
     await loadOnGpu(device, run);
     const gpu = await train(run, device, { steps: 7 });
     const cpu = await train(run, new CpuDevice(), { steps: 7 });
@@ -346,5 +346,182 @@ describe("on WebGPU", () => {
     );
     for (const [name, want] of cpu.store)
       expect(relativeDiff(gpu.store.get(name) as Tensor, want), name).toBeLessThan(1e-3);
+  }
+
+  it("the action entries compile under Dawn and agree with the interpreter across two actions", async () => {
+    await compareOnGpu(program());
+  });
+
+  it("ReLoRA with magnitude pruning and a restart warm-up agrees with the interpreter across two merges", async () => {
+    await compareOnGpu(
+      reloraProgram("relora_adamw(lr: 0.01, period: 3, prune: 0.5, restart_warmup: 2)"),
+    );
+  });
+});
+
+// ------------------------------------------------------------------------------------ ReLoRA
+
+/** The moons Net with std's ReLoRA on both layers, its optimizer on the adapters. */
+function reloraProgram(optimizer: string, period = 3): string {
+  return `import std.nn.{Linear}
+import std.adapters.{relora}
+import std.optim.{relora_adamw}
+
+data moons = std.data.two_moons(n: 64, seed: 2)
+
+model Net {
+  l1 = Linear(2, 8)
+  head = Linear(8, 2)
+  forward(x: f32[B, 2]) = head(relu(l1(x)))
+}
+
+train t {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  adapt l1, head with relora(rank: 2, period: ${period}, alpha: 4, dropout: 0)
+  optimize adapters with ${optimizer}
+  steps 7
+  batch 8
+  seed 4
+}
+`;
+}
+
+/** torch.quantile-style magnitude pruning: keep the N - 1 - floor(p (N - 1)) largest |x|. */
+function magnitudePruned(x: Float64Array, p: number): number[] {
+  const n = x.length;
+  const keep = n - 1 - Math.floor(p * (n - 1));
+  const order = [...x.keys()].sort((i, j) => Math.abs(x[j]!) - Math.abs(x[i]!) || i - j);
+  const kept = new Set(order.slice(0, keep));
+  return [...x].map((v, i) => (kept.has(i) ? v : 0));
+}
+
+describe("ReLoRA (std.adapters.relora + std.optim.relora_adamw)", () => {
+  const modules = [
+    ["l1", 8, 2],
+    ["head", 2, 8],
+  ] as const;
+
+  it("after step `period`: W += (alpha/rank)·B·A, A redrawn Kaiming (bound 1/sqrt(in)), B = 0, moments zeroed", async () => {
+    const before = (
+      await train(compile(reloraProgram("relora_adamw(lr: 0.01, period: 1000)", 1000)), cpu64(), {
+        steps: 3,
+      })
+    ).store;
+    const after = (
+      await train(compile(reloraProgram("relora_adamw(lr: 0.01, period: 3)")), cpu64(), {
+        steps: 3,
+      })
+    ).store;
+    for (const [module, out, inp] of modules) {
+      const A = values(before, `param:${module}.relora.A`);
+      const B = values(before, `param:${module}.relora.B`);
+      expect(
+        B.some((b) => b !== 0),
+        "B trained away from 0",
+      ).toBe(true);
+      const BA = matmul(B, A, out, 2, inp);
+      expectClose(
+        values(after, `param:${module}.weight`),
+        values(before, `param:${module}.weight`).map((w, i) => w + (4 / 2) * BA[i]!),
+        `${module}.weight`,
+      );
+      const seed = hash32(paramSeed(4, `${module}.relora.A`), 3);
+      const bound = 1 / Math.sqrt(inp);
+      values(after, `param:${module}.relora.A`).forEach((a, i) =>
+        expect(a).toBeCloseTo(uniformAt(seed, i) * 2 * bound - bound, 12),
+      );
+      expect([...values(after, `param:${module}.relora.B`)]).toEqual(new Array(out * 2).fill(0));
+      for (const p of ["A", "B"])
+        for (const s of ["exp_avg", "exp_avg_sq"])
+          expect([...values(after, `state:${module}.relora.${p}:${s}`)]).toEqual(
+            new Array(p === "A" ? 2 * inp : out * 2).fill(0),
+          );
+    }
+  });
+
+  it("prune: 0.5 keeps the largest half of each moment by magnitude (torch.quantile's rule)", async () => {
+    const before = (
+      await train(
+        compile(reloraProgram("relora_adamw(lr: 0.01, period: 1000, prune: 0.5)", 1000)),
+        cpu64(),
+        { steps: 3 },
+      )
+    ).store;
+    const after = (
+      await train(
+        compile(reloraProgram("relora_adamw(lr: 0.01, period: 3, prune: 0.5)")),
+        cpu64(),
+        {
+          steps: 3,
+        },
+      )
+    ).store;
+    for (const [module] of modules)
+      for (const p of ["A", "B"])
+        for (const s of ["exp_avg", "exp_avg_sq"]) {
+          const name = `state:${module}.relora.${p}:${s}`;
+          const want = magnitudePruned(values(before, name), 0.5);
+          // (a pruned entry may be -0: x times a 0 of the mask)
+          expect(
+            [...values(after, name)].map((x) => x + 0),
+            name,
+          ).toEqual(want);
+          // 16 entries: 16 - 1 - floor(7.5) = 8 kept (fewer where moments are 0)
+          expect(want.filter((x) => x !== 0).length).toBeLessThanOrEqual(
+            values(before, name).length / 2,
+          );
+        }
+  });
+
+  it("restart warm-up: the first step after a restart takes lr · 1/restart_warmup", async () => {
+    const run = compile(reloraProgram("relora_adamw(lr: 0.01, period: 3, restart_warmup: 4)"));
+    const at3 = (await train(run, cpu64(), { steps: 3 })).store;
+    const at4 = (await train(run, cpu64(), { steps: 4 })).store;
+    const [b1, b2, eps, t] = [0.9, 0.999, 1e-8, 4];
+    for (const [module] of modules) {
+      const name = `${module}.relora.A`;
+      // moments were reset after step 3: m4 = (1 - β1) g, v4 = (1 - β2) g²
+      const m = values(at4, `state:${name}:exp_avg`);
+      const v = values(at4, `state:${name}:exp_avg_sq`);
+      const g = m.map((x) => x / (1 - b1));
+      expectClose(
+        v,
+        g.map((x) => (1 - b2) * x * x),
+        "v",
+      );
+      const size = 0.01 * ((((t - 1) % 3) + 1) / 4);
+      const want = values(at3, `param:${name}`).map(
+        (p, i) => p - (size * (m[i]! / (1 - b1 ** t))) / (Math.sqrt(v[i]! / (1 - b2 ** t)) + eps),
+      );
+      expectClose(values(at4, `param:${name}`), want, name);
+    }
+  });
+
+  it("a ReLoRA run stopped right after a merge and resumed reproduces the uninterrupted run bit for bit", async () => {
+    const run = compile(
+      reloraProgram("relora_adamw(lr: 0.01, period: 3, prune: 0.5, restart_warmup: 2)"),
+    );
+    const device = cpu64();
+    const whole = await train(run, device);
+    const dir = mkdtempSync(join(tmpdir(), "lrk-relora-"));
+    try {
+      const folder = new RunFolder(dir);
+      let steps = 0;
+      await train(run, device, {
+        shouldStop: () => ++steps === 6,
+        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
+      });
+      const { step, store } = folder.loadCheckpoint(run.program);
+      expect(step).toBe(6);
+      const resumed = await train(run, device, { resume: { step, store } });
+      expect(resumed.losses).toEqual(whole.losses.slice(6));
+      for (const [name, t] of whole.store)
+        expect(Array.from(resumed.store.get(name)!.data), name).toEqual(Array.from(t.data));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
