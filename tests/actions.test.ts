@@ -3,20 +3,21 @@
 // against values computed in the test from the stores before the action (float64 interpreter), a
 // resumed run equal to the uninterrupted one bit for bit across an action, the diagnostics for
 // what an action cannot assign, and the WebGPU device agreeing with the interpreter across one.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { paramSeed } from "../compiler/init.js";
+import { memoryReport } from "../compiler/memory.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { hash32, uniformAt } from "../runtime/random.js";
 import { RunFolder } from "../runtime/run-folder.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { relativeDiff } from "./helpers.js";
-import { compile, loadOnGpu, prepare, type Store } from "./program-helpers.js";
+import { relativeDiff, root } from "./helpers.js";
+import { compile, loadOnGpu, prepare, type Store, type TestRun } from "./program-helpers.js";
 
 const cpu64 = () => new CpuDevice({ float64: true });
 
@@ -664,4 +665,74 @@ describe("weight refactorization + optimizer restarts (std.adapters.lowrank_refa
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+// ----------------------------------------------------------------- the examples, and their counts
+
+function example(name: string, options: { steps?: number; batch?: number } = {}): TestRun {
+  const path = join(root, "examples", name);
+  const { run, diagnostics } = prepare(new SourceFile(path, readFileSync(path, "utf8")), {
+    batch: options.batch ?? 2,
+    steps: options.steps,
+  });
+  if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
+  return run;
+}
+
+describe("the ReLoRA and low-rank restarts examples", () => {
+  const matrices = (run: TestRun) =>
+    run.program.params.filter((p) => p.origin === "adapter" && p.path.endsWith(".A"));
+
+  for (const [name, adapter, rank, perTensor] of [
+    ["relora_pretrain.lrk", "relora", 16, 0],
+    ["lowrank_restarts.lrk", "lowrank_refactor", 32, 1],
+  ] as const) {
+    it(`${name}: r·(m + n) trainable per adapted matrix, optimizer state 2·r·(m + n)${perTensor ? " + a step count per factor" : ""}`, () => {
+      const run = example(name);
+      const report = memoryReport(run.step);
+      const adapted = matrices(run);
+      expect(adapted.length).toBe(12); // 2 blocks × (q, k, v, o, up, down)
+      for (const a of adapted) {
+        const module = a.path.slice(0, -`.${adapter}.A`.length);
+        const [r, inp] = a.shape as [number, number];
+        const b = run.program.params.find((p) => p.path === `${module}.${adapter}.B`)!;
+        const out = b.shape[0]!;
+        expect(r).toBe(rank);
+        expect(b.shape).toEqual([out, rank]);
+        const state =
+          report.statesByParam.get(`${module}.${adapter}.A`)! +
+          report.statesByParam.get(`${module}.${adapter}.B`)!;
+        expect(state, module).toBe(4 * (2 * rank * (inp + out) + 2 * perTensor));
+      }
+      expect(run.step.actions.map((x) => [x.trigger, x.count])).toEqual([["every", 100]]);
+    });
+  }
+
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  }, 60_000);
+  afterAll(() => device?.destroy());
+
+  for (const name of ["relora_pretrain.lrk", "lowrank_restarts.lrk"]) {
+    it(`${name} trains 3 steps across an action (period 2) with equal losses on CPU and WebGPU`, async () => {
+      const path = join(root, "examples", name);
+      // one small layer (d 16, rank 4): the kernels are the same as at full size
+      const text = readFileSync(path, "utf8")
+        .replace(/period: 100/g, "period: 2")
+        .replace(/rank: \d+/, "rank: 4")
+        .replace(
+          "TinyLM(vocab: arith.vocab)",
+          "TinyLM(vocab: arith.vocab, d: 16, layers: 1, heads: 2)",
+        );
+      const { run } = prepare(new SourceFile(path, text), { batch: 2, steps: 3 });
+      await loadOnGpu(device, run!);
+      const gpu = await train(run!, device, { steps: 3 });
+      const cpu = await train(run!, new CpuDevice(), { steps: 3 });
+      expect(cpu.losses.every(Number.isFinite)).toBe(true);
+      gpu.losses.forEach((l, i) =>
+        expect(Math.abs(l - cpu.losses[i]!) / cpu.losses[i]!, `loss ${i + 1}`).toBeLessThan(1e-4),
+      );
+    }, 120_000);
+  }
 });
