@@ -14,7 +14,7 @@ import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { hash32, uniformAt } from "../runtime/random.js";
 import { RunFolder } from "../runtime/run-folder.js";
-import { train } from "../runtime/trainer.js";
+import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { relativeDiff, root } from "./helpers.js";
 import { compile, loadOnGpu, prepare, type Store, type TestRun } from "./program-helpers.js";
@@ -351,6 +351,10 @@ describe("on WebGPU", () => {
 
   it("the action entries compile under Dawn and agree with the interpreter across two actions", async () => {
     await compareOnGpu(program());
+  });
+
+  it("TRP's truncation agrees with the interpreter across three truncations", async () => {
+    await compareOnGpu(trpProgram(2));
   });
 
   it("the weight refactorization (an SVD in an action) and optimizer restarts agree with the interpreter", async () => {
@@ -735,4 +739,125 @@ describe("the ReLoRA and low-rank restarts examples", () => {
       );
     }, 120_000);
   }
+});
+
+// -------------------------------------------------------------------------------------- TRP
+
+function trpProgram(period: number, nuclear = 3e-4): string {
+  return `import std.nn.{Linear}
+import std.optim.{trp, sgd}
+
+data moons = std.data.two_moons(n: 64, seed: 2)
+
+model Net {
+  l1 = Linear(2, 8)
+  head = Linear(8, 2)
+  forward(x: f32[B, 2]) = head(relu(l1(x)))
+}
+
+train t {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize l1.weight, head.weight with trp(lr: 0.1, period: ${period}, energy: 0.6, nuclear: ${nuclear})
+  optimize ** with sgd(lr: 0.1)
+  steps 6
+  batch 8
+  seed 4
+}
+`;
+}
+
+/**
+ * The energy truncation of a matrix with 2 columns (or 2 rows) and its U_k V_kᵀ, from the
+ * eigenvectors of the 2×2 Gram matrix: σ_i² its eigenvalues, W = Σ σ_i u_i v_iᵀ.
+ */
+function energyTruncation(
+  w: Float64Array,
+  rows: number,
+  cols: number,
+  energy: number,
+): { truncated: Float64Array; sub: Float64Array; kept: number } {
+  if (rows === 2 && cols !== 2) {
+    const t = new Float64Array(rows * cols);
+    for (let i = 0; i < rows; i++)
+      for (let j = 0; j < cols; j++) t[j * rows + i] = w[i * cols + j]!;
+    const r = energyTruncation(t, cols, rows, energy);
+    const back = (x: Float64Array) => {
+      const out = new Float64Array(rows * cols);
+      for (let i = 0; i < rows; i++)
+        for (let j = 0; j < cols; j++) out[i * cols + j] = x[j * rows + i]!;
+      return out;
+    };
+    return { truncated: back(r.truncated), sub: back(r.sub), kept: r.kept };
+  }
+  // W [rows, 2]: G = WᵀW = [[a, b], [b, c]]
+  let [a, b, c] = [0, 0, 0];
+  for (let i = 0; i < rows; i++) {
+    const [x, y] = [w[i * 2]!, w[i * 2 + 1]!];
+    a += x * x;
+    b += x * y;
+    c += y * y;
+  }
+  const mid = (a + c) / 2;
+  const spread = Math.sqrt(((a - c) / 2) ** 2 + b * b);
+  const lambdas = [mid + spread, mid - spread];
+  const vectors = lambdas.map((l) => {
+    const v = Math.abs(b) > 1e-300 ? [b, l - a] : l === a ? [1, 0] : [0, 1];
+    const norm = Math.hypot(v[0]!, v[1]!);
+    return [v[0]! / norm, v[1]! / norm] as const;
+  });
+  const total = a + c;
+  const kept = lambdas[0]! >= energy * total ? 1 : 2;
+  const truncated = new Float64Array(rows * 2);
+  const sub = new Float64Array(rows * 2);
+  for (let k = 0; k < kept; k++) {
+    const v = vectors[k]!;
+    const sigma = Math.sqrt(lambdas[k]!);
+    for (let i = 0; i < rows; i++) {
+      const wv = w[i * 2]! * v[0] + w[i * 2 + 1]! * v[1]; // σ u_i
+      for (let j = 0; j < 2; j++) {
+        truncated[i * 2 + j]! += wv * v[j]!;
+        sub[i * 2 + j]! += (wv / sigma) * v[j]!;
+      }
+    }
+  }
+  return { truncated, sub, kept };
+}
+
+describe("TRP (std.optim.trp)", () => {
+  const weights = [
+    ["l1.weight", 8, 2],
+    ["head.weight", 2, 8],
+  ] as const;
+
+  it("after step `period`: W is its energy truncation U_k Σ_k V_kᵀ, and U_k V_kᵀ is kept for the next step", async () => {
+    const before = (await train(compile(trpProgram(1000)), cpu64(), { steps: 2 })).store;
+    const after = (await train(compile(trpProgram(2)), cpu64(), { steps: 2 })).store;
+    const kept: number[] = [];
+    for (const [path, rows, cols] of weights) {
+      const want = energyTruncation(values(before, `param:${path}`), rows, cols, 0.6);
+      kept.push(want.kept);
+      expectClose(values(after, `param:${path}`), want.truncated, path);
+      expectClose(values(after, `state:${path}:sub`), want.sub, `${path} sub`);
+    }
+    expect(kept).toContain(1); // a rank was pruned
+  });
+
+  it("step 1 adds nuclear · U_k V_kᵀ of the initial W to the gradient", async () => {
+    const withNuclear = compile(trpProgram(2, 0.01));
+    const initial = await initialize(withNuclear.program, cpu64());
+    const a = (await train(withNuclear, cpu64(), { steps: 1 })).store;
+    const b = (await train(compile(trpProgram(2, 0)), cpu64(), { steps: 1 })).store;
+    for (const [path, rows, cols] of weights) {
+      const sub0 = energyTruncation(values(initial, `param:${path}`), rows, cols, 0.6).sub;
+      const pa = values(a, `param:${path}`);
+      const pb = values(b, `param:${path}`);
+      expectClose(
+        pa.map((x, i) => x - pb[i]!),
+        sub0.map((s) => -0.1 * 0.01 * s),
+        path,
+      );
+    }
+  });
 });
