@@ -217,10 +217,12 @@ function lowerItem(ctx: ActionContext, item: ActionItem, assigned: Assigned, key
   const current = (p: ParamInfo): number => assigned.params.get(p.path)?.node ?? ctx.paramNode(p);
   const stateValue = (name: string, shape: Shape): number =>
     assigned.states.get(name) ?? ctx.stateNode(name, shape);
+  // The action's own frame and the locals it was given (`base`, `step`, `model`): set below.
+  const top: Top = { locals: new Map(), given: new Map() };
   const L: Lowerer = ctx.L.withHooks({
     param: current,
     assign: (s, frame) => {
-      const done = assign(ctx, L, item, s, frame, assigned);
+      const done = assign(ctx, L, item, s, frame, assigned, top);
       if (done) L.memberKey = `:${key}.${++assignments}`;
       return done;
     },
@@ -241,7 +243,11 @@ function lowerItem(ctx: ActionContext, item: ActionItem, assigned: Assigned, key
     }
   }
   if (item.instance) frame.locals.set("step", L.tensor(ctx.stepNode));
+  top.locals = frame.locals;
+  for (const name of ["base", "step", "model"])
+    if (frame.locals.has(name)) top.given.set(name, frame.locals.get(name)!);
   const before = new Map(frame.locals);
+  rejectReturn(ctx, item, item.at.body);
   L.block(item.at.body, frame);
   // The stored locals that changed are outputs.
   for (const [local, { name }] of item.stored) {
@@ -256,6 +262,40 @@ function lowerItem(ctx: ActionContext, item: ActionItem, assigned: Assigned, key
   }
   void b;
   void r;
+}
+
+/** What an assignment needs to know about the action it is in. */
+interface Top {
+  /** The action's own locals: a parameter is assigned only by its own statements. */
+  locals: Map<string, Value>;
+  /** The names the action was given, which are not variables. */
+  given: Map<string, Value>;
+}
+
+/** `return` has nothing to return to in an action: E0206 at the first one. */
+function rejectReturn(ctx: ActionContext, item: ActionItem, stmts: readonly A.Stmt[]): void {
+  for (const s of stmts) {
+    if (s.kind === "Return")
+      ctx.r.report(
+        error(
+          "E0206",
+          "`return` cannot be used in an action",
+          { file: item.file, span: s.span },
+          {
+            help: "an action's statements run to the end; put the rest under an `if`",
+          },
+        ),
+      );
+    if (s.kind === "If") {
+      let branch: A.If | A.Stmt[] | undefined = s;
+      while (branch && !Array.isArray(branch)) {
+        rejectReturn(ctx, item, branch.then);
+        branch = branch.else;
+      }
+      if (branch) rejectReturn(ctx, item, branch);
+    }
+    if (s.kind === "For") rejectReturn(ctx, item, s.body);
+  }
 }
 
 /** A value broadcast to a stored tensor's shape (a scalar `0` fills it). */
@@ -293,10 +333,17 @@ function assign(
   s: A.Assign,
   frame: Frame,
   assigned: Assigned,
+  top: Top,
 ): boolean {
   const at = { file: frame.module.file, span: s.target.span };
   if (s.target.kind === "NameExpr" && frame.locals.has(s.target.name)) {
     const old = frame.locals.get(s.target.name)!;
+    if (top.given.get(s.target.name) === old)
+      return ctx.r.report(
+        error("E0206", `\`${s.target.name}\` cannot be assigned in an action`, at, {
+          help: `${item.writable}; a \`let\` variable holds an intermediate value`,
+        }),
+      );
     const seedName = item.stored.get(s.target.name)?.seedName;
     if (old.kind !== "tensor" || seedName === undefined) return false;
     const fill = bareInitializer(ctx, L, s.value, frame, old.shape, seedName);
@@ -315,6 +362,14 @@ function assign(
       }),
     );
   }
+  if (frame.locals !== top.locals)
+    // Inside an `if` on a tensor the branches' assignments are merged with `where`, name by
+    // name; a parameter is not a name of the branch, and would be assigned unconditionally.
+    return ctx.r.report(
+      error("E0206", `\`${param.path}\` can only be assigned by the action's own statements`, at, {
+        help: "not inside an `if` on a tensor (write `A = where(condition, new, A)`) or a function the action calls",
+      }),
+    );
   const placed = ctx.placement.params.find((p) => p.param === param);
   if (placed?.quantizedBy) {
     return ctx.r.report(
@@ -396,8 +451,26 @@ function bareInitializer(
   if (e.kind !== "Call" || e.callee.kind !== "NameExpr") return undefined;
   const name = e.callee.name;
   if (!["normal", "uniform", "kaiming_uniform"].includes(name)) return undefined;
+  const names = { normal: ["std", "mean"], uniform: ["lo", "hi"], kaiming_uniform: ["a"] }[
+    name as "normal"
+  ];
+  const positional = e.args.filter((x) => !x.name);
+  for (const a of e.args) {
+    const unknown = a.name && !names.includes(a.name.name);
+    if (unknown || (!a.name && positional.indexOf(a) >= names.length))
+      ctx.r.report(
+        error(
+          "E0205",
+          unknown
+            ? `\`${name}\` has no parameter \`${a.name!.name}\``
+            : `\`${name}\` takes ${names.length} argument${names.length === 1 ? "" : "s"}`,
+          { file: frame.module.file, span: (a.name ?? a.value).span },
+          { help: `its parameters are ${names.map((n) => `\`${n}\``).join(", ")}` },
+        ),
+      );
+  }
   const arg = (i: number, key: string, fallback: number): number => {
-    const a = e.args.find((x) => x.name?.name === key) ?? e.args.filter((x) => !x.name)[i];
+    const a = e.args.find((x) => x.name?.name === key) ?? positional[i];
     if (!a) return fallback;
     return ctx.r.number(L.expr(a.value, frame), a.value, frame.module).value;
   };

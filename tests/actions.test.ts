@@ -314,6 +314,37 @@ describe("what actions cannot say", () => {
     expect(d?.help).toContain("wrapped module's (`base.weight`)");
   });
 
+  for (const [what, statement, code, message] of [
+    ["`return`", "    return 1\n", "E0206", "`return` cannot be used in an action"],
+    [
+      "a name the action was given",
+      "    step = 3\n",
+      "E0206",
+      "`step` cannot be assigned in an action",
+    ],
+    [
+      "a parameter inside an `if` on a tensor (it would be assigned whatever the condition)",
+      "    if sum(A) > 0 {\n      B = zeros\n    }\n",
+      "E0206",
+      "`l1.merging.B` can only be assigned by the action's own statements",
+    ],
+    [
+      "an initializer's unknown argument",
+      "    A = normal(sd: 1)\n",
+      "E0205",
+      "`normal` has no parameter `sd`",
+    ],
+  ] as const) {
+    it(`${what} is ${code}`, () => {
+      const [d, ...rest] = diagnosticsOf(
+        program().replace("    B = zeros\n", `    B = zeros\n${statement}`),
+      );
+      expect([d?.code, d?.message]).toEqual([code, message]);
+      // (the same again for the adapter's other module, `head`)
+      expect(rest.map((r) => r.code)).toEqual(rest.length ? [code] : []);
+    });
+  }
+
   it("a schedule that is not a positive integer is E0402", () => {
     const [d] = diagnosticsOf(program({ period: 0 }));
     expect(d?.code).toBe("E0402");
