@@ -3,7 +3,8 @@
 // against values computed in the test from the stores before the action (float64 interpreter), a
 // resumed run equal to the uninterrupted one bit for bit across an action, the diagnostics for
 // what an action cannot assign, and the WebGPU device agreeing with the interpreter across one.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -261,6 +262,30 @@ describe("train-block and model actions", () => {
       values(initial, "param:head.bias").map((b) => 2 + 2 * b),
       "head.bias",
     );
+  });
+});
+
+describe("lrkc build --emit ir", () => {
+  it("lists each action entry with its schedule and outputs", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-actions-ir-"));
+    try {
+      writeFileSync(join(dir, "a.lrk"), program());
+      const r = spawnSync(
+        process.execPath,
+        [join(root, "bin", "lrkc.js"), "build", "a.lrk", "--emit", "ir"],
+        {
+          cwd: dir,
+          encoding: "utf8",
+        },
+      );
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toContain(
+        "// entry action:every3: the `at` actions after steps 3, 6, …: 14 outputs",
+      );
+      expect(r.stdout).toMatch(/\/\/ {3}param:l1\.weight = %\d+/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
