@@ -3,7 +3,7 @@
 // against values computed in the test from the stores before the action (float64 interpreter), a
 // resumed run equal to the uninterrupted one bit for bit across an action, the diagnostics for
 // what an action cannot assign, and the WebGPU device agreeing with the interpreter across one.
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,7 @@ import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { hash32, uniformAt } from "../runtime/random.js";
 import { RunFolder } from "../runtime/run-folder.js";
+import { readSafetensors } from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { relativeDiff, root } from "./helpers.js";
@@ -287,6 +288,64 @@ describe("lrkc build --emit ir", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe("through the CLI (--device cpu64)", () => {
+  const lrkc = join(root, "bin", "lrkc.js");
+  // checkpoints every 3 steps: each one right after the action of `at every 3`
+  const text = program({ steps: 300 }).replace("  seed 4\n", "  seed 4\n  checkpoint every 3\n");
+  const args = ["train", "a.lrk", "--device", "cpu64", "--out", "out"];
+
+  function stepLosses(out: string): Map<number, number> {
+    const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").split("\n").filter(Boolean);
+    return new Map(
+      lines
+        .map((l) => JSON.parse(l) as { kind: string; step: number; loss: number })
+        .filter((m) => m.kind === "step")
+        .map((m) => [m.step, m.loss]),
+    );
+  }
+
+  it("a run killed mid-way resumes from its last checkpoint (after an action) and ends bit for bit as the uninterrupted run", async () => {
+    const whole = mkdtempSync(join(tmpdir(), "lrk-actions-cli-"));
+    const cut = mkdtempSync(join(tmpdir(), "lrk-actions-cli-"));
+    try {
+      for (const dir of [whole, cut]) writeFileSync(join(dir, "a.lrk"), text);
+      const r = spawnSync(process.execPath, [lrkc, ...args], { cwd: whole, encoding: "utf8" });
+      expect(r.status, r.stderr).toBe(0);
+      // killed without warning once step 20 is logged: no checkpoint of its own, the last one stays
+      await new Promise<void>((resolve, reject) => {
+        const child = spawn(process.execPath, [lrkc, ...args], { cwd: cut });
+        const timer = setInterval(() => {
+          try {
+            if (stepLosses(join(cut, "out")).has(20)) child.kill("SIGKILL");
+          } catch {
+            // no metrics yet
+          }
+        }, 5);
+        child.on("error", reject);
+        child.on("close", () => {
+          clearInterval(timer);
+          resolve();
+        });
+      });
+      const resumed = spawnSync(process.execPath, [lrkc, ...args, "--resume"], {
+        cwd: cut,
+        encoding: "utf8",
+      });
+      expect(resumed.status, resumed.stderr).toBe(0);
+      const after = Number(/resuming after step (\d+)/.exec(resumed.stderr)?.[1]);
+      expect(after % 3, resumed.stderr).toBe(0);
+      expect(after).toBeGreaterThanOrEqual(18);
+      expect([...stepLosses(join(cut, "out"))]).toEqual([...stepLosses(join(whole, "out"))]);
+      const a = readSafetensors(join(whole, "out", "final.safetensors")).tensors;
+      const b = readSafetensors(join(cut, "out", "final.safetensors")).tensors;
+      for (const [name, t] of a) expect([...b.get(name)!.data], name).toEqual([...t.data]);
+    } finally {
+      rmSync(whole, { recursive: true, force: true });
+      rmSync(cut, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
 
 describe("actions due at the same step", () => {
