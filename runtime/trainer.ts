@@ -375,6 +375,16 @@ async function runActions(
   }
 }
 
+/** The actions a run of `steps` steps never reaches (`--steps` may shorten a run), as notes. */
+export function actionsNeverDue(step: StepProgram, steps: number): string[] {
+  return step.actions
+    .filter((a) => a.count > steps)
+    .map(
+      (a) =>
+        `the \`at ${a.trigger} ${a.count}\` actions never run: the run has ${steps} step${steps === 1 ? "" : "s"}`,
+    );
+}
+
 export async function train(
   run: Run,
   device: Device,
@@ -393,6 +403,7 @@ export async function train(
   let stopped = false;
   const skipEvaluation = evalEvery ? evaluationSkipped(run) : undefined;
   if (skipEvaluation) options.onNote?.(skipEvaluation);
+  for (const note of actionsNeverDue(program.step, steps)) options.onNote?.(note);
   const evaluateAt = async (s: number) => {
     if (skipEvaluation) return;
     const e = await evaluate(run, device, store, s, options.evalBatches);

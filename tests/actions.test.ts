@@ -216,6 +216,20 @@ describe("adapter and optimizer actions", () => {
   });
 });
 
+describe("schedules", () => {
+  it("a run too short for an action says so in a note, and trains without it", async () => {
+    const notes: string[] = [];
+    const run = compile(
+      program({ trainActions: "  at step 50 {\n    model.head.bias = zeros\n  }" }),
+    );
+    await train(run, cpu64(), { steps: 2, onNote: (n) => notes.push(n) });
+    expect(notes).toEqual([
+      "the `at every 3` actions never run: the run has 2 steps",
+      "the `at step 50` actions never run: the run has 2 steps",
+    ]);
+  });
+});
+
 describe("train-block and model actions", () => {
   it("a train block's `at step` assigns the model's parameters through `model`", async () => {
     const run = compile(
