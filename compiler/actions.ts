@@ -154,9 +154,27 @@ function collectActions(ctx: ActionContext): ActionItem[] {
         writable:
           "an adapter's action assigns its own parameters and the wrapped module's (`base.weight`)",
       });
+  const innerReported = new Set<A.At>();
   for (const p of placement.params) {
     if (!p.trainable || !p.optimizer) continue;
     const { config, bindings } = p.optimizer;
+    // An inner optimizer (`inner = …`) runs only through its outer one's `update`: its actions
+    // would never run, so they are refused rather than skipped.
+    for (const inner of config.args.values()) {
+      if (inner.kind !== "config" || inner.def.sort !== "optimizer") continue;
+      for (const at of actionMembers(inner.def.members)) {
+        if (innerReported.has(at)) continue;
+        innerReported.add(at);
+        r.diagnostics.push(
+          error(
+            "E0206",
+            `the \`at\` actions of \`${inner.def.name.name}\` do not run when it is another optimizer's \`${[...config.args].find(([, v]) => v === inner)![0]}\``,
+            { file: inner.module.file, span: at.span },
+            { help: "write the action in the outer optimizer, or use this one directly" },
+          ),
+        );
+      }
+    }
     const prefix = `${p.param.path}:${config.def.name.name}`;
     const opt = r.attempt(() => instantiate(r, config, prefix, bindings));
     if (!opt || opt.actions.length === 0) continue;
@@ -191,6 +209,20 @@ function collectActions(ctx: ActionContext): ActionItem[] {
     });
   void L;
   return items;
+}
+
+/** The `at` members of a definition, on every branch of its member-level `if`s. */
+function actionMembers(members: readonly A.Member[]): A.At[] {
+  const out: A.At[] = [];
+  for (const m of members) {
+    if (m.kind === "At") out.push(m);
+    if (m.kind === "IfMember") {
+      out.push(...actionMembers(m.then));
+      if (Array.isArray(m.else)) out.push(...actionMembers(m.else));
+      else if (m.else) out.push(...actionMembers([m.else]));
+    }
+  }
+  return out;
 }
 
 /** `N` of `at step N` / `at every N`: a positive integer known while compiling. */

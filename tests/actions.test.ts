@@ -443,6 +443,22 @@ describe("what actions cannot say", () => {
     });
   }
 
+  it("an inner optimizer's actions (which would never run) are E0206 at the action", () => {
+    const text = trpProgram(2).replace(
+      "optimize l1.weight, head.weight with trp(lr: 0.1, period: 2, energy: 0.6, nuclear: 0.0003)",
+      "optimize l1.weight, head.weight with std.optim.galore(rank: 1, inner: std.optim.relora_adamw(lr: 0.01, period: 2))",
+    );
+    expect(text).toContain("galore");
+    const errors = diagnosticsOf(text);
+    expect(errors.map((d) => [d.code, d.message])).toEqual([
+      [
+        "E0206",
+        "the `at` actions of `relora_adamw` do not run when it is another optimizer's `inner`",
+      ],
+    ]);
+    expect(errors[0]!.at!.file.path).toContain("stdlib/optim.lrk");
+  });
+
   it("a schedule that is not a positive integer is E0402", () => {
     const [d] = diagnosticsOf(program({ period: 0 }));
     expect(d?.code).toBe("E0402");
