@@ -115,7 +115,7 @@ export function lowerActions(ctx: ActionContext): ActionSchedule[] | undefined {
 
 /** The `at` items of the model, the adapters, the optimizers and the train block, in that order. */
 function collectActions(ctx: ActionContext): ActionItem[] {
-  const { r, spec, placement, L } = ctx;
+  const { r, spec, placement } = ctx;
   const items: ActionItem[] = [];
   for (const m of allModules(spec.model))
     for (const at of m.actions)
@@ -207,7 +207,6 @@ function collectActions(ctx: ActionContext): ActionItem[] {
       stored: new Map(),
       writable: "a train block's action assigns the model's parameters, as `model.<path>`",
     });
-  void L;
   return items;
 }
 
@@ -244,7 +243,6 @@ function scheduleCount(ctx: ActionContext, item: ActionItem): number {
 
 /** One item's statements, reading and extending `assigned`. */
 function lowerItem(ctx: ActionContext, item: ActionItem, assigned: Assigned, key: string): void {
-  const { b, r } = ctx;
   let assignments = 0;
   const current = (p: ParamInfo): number => assigned.params.get(p.path)?.node ?? ctx.paramNode(p);
   const stateValue = (name: string, shape: Shape): number =>
@@ -292,8 +290,6 @@ function lowerItem(ctx: ActionContext, item: ActionItem, assigned: Assigned, key
     } else
       assigned.states.set(name.slice(6), fitShape(ctx, node, stateShapes.get(name)!, item, local));
   }
-  void b;
-  void r;
 }
 
 /** What an assignment needs to know about the action it is in. */
