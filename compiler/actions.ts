@@ -43,6 +43,8 @@ export interface ActionContext {
   /** The stored value of a state: the graph input `state:<name>`. */
   stateNode(name: string, shape: Shape): number;
   readonly stepNode: number;
+  /** The schedule's factor on every `lr` (the `lr_scale` input). */
+  readonly lrScale: number;
   /** Every state of the step program (the optimizers' are declared by the update). */
   readonly states: readonly StateInfo[];
 }
@@ -188,7 +190,14 @@ function collectActions(ctx: ActionContext): ActionItem[] {
         at,
         instance: opt,
         file: opt.module.file,
-        frame: (lowerer) => lowerer.frameFor(opt),
+        frame: (lowerer) => {
+          // `lr` as the update reads it: times the schedule's factor at this step
+          const lr = config.args.get("lr");
+          const locals = new Map<string, Value>();
+          if (lr?.kind === "number")
+            locals.set("lr", lowerer.tensor(ctx.b.mul(ctx.b.constant(lr.value), ctx.lrScale)));
+          return lowerer.frameFor(opt, locals);
+        },
         stored,
         writable: "an optimizer's action assigns `param` and the optimizer's states",
       });
@@ -274,7 +283,7 @@ function lowerItem(ctx: ActionContext, item: ActionItem, assigned: Assigned, key
   }
   if (item.instance) frame.locals.set("step", L.tensor(ctx.stepNode));
   top.locals = frame.locals;
-  for (const name of ["base", "step", "model"])
+  for (const name of ["base", "step", "model", "lr"])
     if (frame.locals.has(name)) top.given.set(name, frame.locals.get(name)!);
   const before = new Map(frame.locals);
   rejectReturn(ctx, item, item.at.body);

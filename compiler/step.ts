@@ -118,6 +118,7 @@ export function buildStep(
     paramNode: ctx.paramNode,
     stateNode: (name, shape) => ctx.input(`state:${name}`, "state", shape),
     stepNode: ctx.stepNode,
+    lrScale: ctx.lrScale,
     states,
   });
   if (!actions) return undefined;

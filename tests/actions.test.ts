@@ -16,7 +16,7 @@ import { CpuDevice } from "../runtime/device.js";
 import { hash32, uniformAt } from "../runtime/random.js";
 import { RunFolder } from "../runtime/run-folder.js";
 import { readSafetensors } from "../runtime/safetensors.js";
-import { initialize, train } from "../runtime/trainer.js";
+import { initialize, stepScalars, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { relativeDiff, root } from "./helpers.js";
 import { compile, loadOnGpu, prepare, type Store, type TestRun } from "./program-helpers.js";
@@ -227,6 +227,23 @@ describe("schedules", () => {
       "the `at every 3` actions never run: the run has 2 steps",
       "the `at step 50` actions never run: the run has 2 steps",
     ]);
+  });
+});
+
+describe("an optimizer's action", () => {
+  it("reads `lr` scheduled as its update does (times `lr_scale`)", async () => {
+    const text = program().replace("    v *= 0.5\n", "    v = zeros_like(v) + lr\n");
+    const run = compile(text);
+    const device = cpu64();
+    const store = (await train(run, device, { steps: 1 })).store;
+    const feeds = new Map(store);
+    for (const [name, t] of stepScalars(run.step, 3, 0.25, true)) feeds.set(name, t);
+    const out = await device.run(run.step, run.step.actions[0]!.entry, feeds);
+    for (const name of ["state:l1.merging.A:v", "state:head.merging.B:v"])
+      expect(
+        [...out.get(name)!.data].every((x) => x === 0.01 * 0.25),
+        name,
+      ).toBe(true);
   });
 });
 
