@@ -94,7 +94,10 @@ export interface StepProgram extends GraphProgram {
   /** Paths of the trainable parameters. */
   trainable: string[];
   budgets: BudgetSchedule[];
-  /** The `at` actions, one entry per distinct schedule, in the order they run when due together. */
+  /**
+   * The `at` actions, an entry per run of consecutive actions with the same schedule
+   * (compiler/actions.ts), in the order they run when due together.
+   */
   actions: ActionSchedule[];
   /** The (clipped) gradient node of each trainable parameter, by path: for inspection and tests. */
   gradients: Map<string, number>;

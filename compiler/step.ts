@@ -18,8 +18,8 @@
 //   - `predict`: `logits` = `model(batch.input)` without dropout, when the batch has an `input`;
 //   - `state_init`: every state's initial `state:<name>` (refreshed states start at zeros);
 //   - `budget<i>.score` and `budget<i>.prune` for each rank budget (compiler/budget.ts);
-//   - `action:step<N>` / `action:every<N>` for the `at` actions of each schedule
-//     (compiler/actions.ts): the `param:` and `state:` tensors they assign.
+//   - `action:step<N>` / `action:every<N>` (`….2`, … for later runs of the same schedule) for
+//     the `at` actions (compiler/actions.ts): the `param:` and `state:` tensors they assign.
 // Phases, in order (node numbering follows it): reject unsupported constructs, the loss, the
 // evaluation variant, the regularizers, gradients and clipping, the budget controllers, the
 // update variants (compiler/update.ts), the controllers' states and entries, the actions.
