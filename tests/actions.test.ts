@@ -1006,6 +1006,12 @@ describe("TRP (std.optim.trp)", () => {
     expect(kept).toContain(1); // a rank was pruned
   });
 
+  it("keeps momentum and the sub-gradient: 2·m·n optimizer state per matrix (as torch SGD + the reference's `sub`)", () => {
+    const report = memoryReport(compile(trpProgram(2)).step);
+    for (const [path, rows, cols] of weights)
+      expect(report.statesByParam.get(path), path).toBe(4 * 2 * rows * cols);
+  });
+
   it("step 1 adds nuclear · U_k V_kᵀ of the initial W to the gradient", async () => {
     const withNuclear = compile(trpProgram(2, 0.01));
     const initial = await initialize(withNuclear.program, cpu64());
