@@ -92,6 +92,13 @@ function irText({ program }: Compiled): string {
     );
     for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
   }
+  for (const { entry, trigger, count } of step.actions) {
+    const when = trigger === "step" ? `step ${count}` : `steps ${count}, ${2 * count}, …`;
+    out.push(
+      `\n// entry ${entry.name}: the \`at\` actions after ${when}: ${entry.outputs.length} outputs`,
+    );
+    for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
+  }
   return out.join("\n") + "\n";
 }
 

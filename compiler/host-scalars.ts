@@ -159,6 +159,7 @@ export function hostScalars(step: StepProgram): StepProgram {
     states: step.states.map((s) => ({ ...s, init: at(s.init) })),
     stateInit: entry(step.stateInit),
     budgets: step.budgets.map((b) => ({ ...b, score: entry(b.score), prune: entry(b.prune) })),
+    actions: step.actions.map((a) => ({ ...a, entry: entry(a.entry) })),
     gradients: new Map([...step.gradients].map(([k, g]) => [k, at(g)])),
     evaluate: entry(step.evaluate),
     predict: step.predict && entry(step.predict),

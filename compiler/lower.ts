@@ -43,6 +43,11 @@ export interface LowerHooks {
    * optimizer's update (see `withHooks`).
    */
   configMember?(config: Extract<Value, { kind: "config" }>, name: string): Value | undefined;
+  /**
+   * An assignment in an `at` action (compiler/actions.ts): true when the hook performed it
+   * (a parameter such as `base.weight`, or a bare initializer); false for the ordinary path.
+   */
+  assign?(s: A.Assign, frame: Frame): boolean;
 }
 
 export class Lowerer {
@@ -62,6 +67,11 @@ export class Lowerer {
   private readonly memberValues = new Map<ModuleInstance, Map<A.Expr, Map<string, Value>>>();
   /** The step counter node, for randomness that changes every step (dropout). */
   stepNode?: number;
+  /**
+   * Part of the key of cached member values: an action that has assigned a parameter sets its own
+   * key, so that a member read afterwards (`merged`) is computed again from the new values.
+   */
+  memberKey = "";
   /** Symbolic names of a node's dims (`B`, `T`), where known, for diagnostics in the user's terms. */
   private readonly dimNames = new Map<number, (string | undefined)[]>();
   /**
@@ -183,7 +193,7 @@ export class Lowerer {
       if (stored) return stored;
       // A member is evaluated once per graph: `const (L1, L2, R) = svd_split(…)` is one SVD, not
       // one per name, and `training` (dropout) is part of the key.
-      const key = `${this.training}`;
+      const key = `${this.training}${this.memberKey}`;
       let byExpr = this.memberValues.get(v.self);
       if (!byExpr) this.memberValues.set(v.self, (byExpr = new Map()));
       let cached = byExpr.get(v.expr)?.get(key);
@@ -847,6 +857,7 @@ export class Lowerer {
         return;
       }
       case "Assign": {
+        if (this.hooks.assign?.(s, frame)) return;
         if (s.target.kind !== "NameExpr")
           this.r.report(error("E0206", "only names can be assigned", this.at(frame, s.target)));
         const name = s.target.name;

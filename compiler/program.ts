@@ -84,6 +84,22 @@ export interface BudgetSchedule {
   keep(step: number): number;
 }
 
+/**
+ * An `at step N` / `at every N` action's entry in the step program and its schedule: the host runs
+ * `entry` after the update of step N (`step`), or of steps N, 2N, … (`every`), and writes its
+ * outputs (`param:<path>`, `state:<name>`) back before the next step.
+ */
+export interface ActionSchedule {
+  entry: Entry;
+  trigger: "step" | "every";
+  count: number;
+}
+
+/** Is the action due after this 1-based step? */
+export function actionDue(action: ActionSchedule, step: number): boolean {
+  return action.trigger === "step" ? step === action.count : step % action.count === 0;
+}
+
 /** The training step: forward, loss, gradients and updates, with an entry per way to run it. */
 export interface StepProgram extends GraphProgram {
   loss: number;
@@ -95,6 +111,11 @@ export interface StepProgram extends GraphProgram {
   /** Paths of the trainable parameters. */
   trainable: string[];
   budgets: BudgetSchedule[];
+  /**
+   * The `at` actions, an entry per run of consecutive actions with the same schedule
+   * (compiler/actions.ts), in the order they run when due together.
+   */
+  actions: ActionSchedule[];
   /** The (clipped) gradient node of each trainable parameter, by path: for inspection and tests. */
   gradients: Map<string, number>;
   /** The loss without dropout and without updates: held-out evaluation. */

@@ -17,12 +17,15 @@
 //   - `evaluate`: `loss` without dropout and without regularizers or updates;
 //   - `predict`: `logits` = `model(batch.input)` without dropout, when the batch has an `input`;
 //   - `state_init`: every state's initial `state:<name>` (refreshed states start at zeros);
-//   - `budget<i>.score` and `budget<i>.prune` for each rank budget (compiler/budget.ts).
+//   - `budget<i>.score` and `budget<i>.prune` for each rank budget (compiler/budget.ts);
+//   - `action:step<N>` / `action:every<N>` (`….2`, … for later runs of the same schedule) for
+//     the `at` actions (compiler/actions.ts): the `param:` and `state:` tensors they assign.
 // Phases, in order (node numbering follows it): reject unsupported constructs, the loss, the
 // evaluation variant, the regularizers, gradients and clipping, the budget controllers, the
-// update variants (compiler/update.ts), the controllers' states and entries.
+// update variants (compiler/update.ts), the controllers' states and entries, the actions.
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
+import { lowerActions } from "./actions.js";
 import { gradients } from "./autodiff.js";
 import {
   budgetStates,
@@ -106,6 +109,19 @@ export function buildStep(
   if (!variants) return undefined;
   const budgets = lowerControllerEntries(ctx, budget, states);
   if (!budgets) return undefined;
+  const actions = lowerActions({
+    r,
+    spec,
+    placement,
+    b: ctx.b,
+    L: ctx.L,
+    paramNode: ctx.paramNode,
+    stateNode: (name, shape) => ctx.input(`state:${name}`, "state", shape),
+    stepNode: ctx.stepNode,
+    lrScale: ctx.lrScale,
+    states,
+  });
+  if (!actions) return undefined;
   const stateInit: Entry = {
     name: "state_init",
     outputs: states.map((s) => ({ name: `state:${s.name}`, node: s.init })),
@@ -122,7 +138,9 @@ export function buildStep(
       ...(evaluation.predict ? [evaluation.predict] : []),
       stateInit,
       ...budgets.flatMap((bp) => [bp.score, bp.prune]),
+      ...actions.map((a) => a.entry),
     ],
+    actions,
     loss,
     variants,
     states,
@@ -207,9 +225,8 @@ function stepContext(
 }
 
 /**
- * `state` in a model or a wrapper, and `at step` / `at every` actions anywhere (they parse and
- * resolve, but no stage runs them yet: say so rather than train without them) → E0206. False when
- * the step cannot be built.
+ * `state` in a model or a wrapper (no stage keeps it yet: say so rather than train without it) →
+ * E0206. False when the step cannot be built.
  */
 function rejectUnsupported(ctx: StepContext): boolean {
   const { r, spec, placement } = ctx;
@@ -232,26 +249,7 @@ function rejectUnsupported(ctx: StepContext): boolean {
       );
     }
   }
-  const actions = [
-    ...spec.actions.map((a) => ({ a, file: spec.module.file })),
-    ...allModules(spec.model).flatMap((m) => m.actions.map((a) => ({ a, file: m.module.file }))),
-    ...[...placement.adapters, ...placement.quantizers].flatMap((w) =>
-      w.instance.actions.map((a) => ({ a, file: w.instance.module.file })),
-    ),
-  ];
-  for (const { a, file } of actions) {
-    r.diagnostics.push(
-      error(
-        "E0206",
-        `\`at ${a.trigger}\` actions are not run by this version of lrkc`,
-        { file, span: a.span },
-        {
-          help: "remove the action; periodic state changes can be written as a `state … refresh every N` for now",
-        },
-      ),
-    );
-  }
-  return actions.length === 0 && !ctx.failed();
+  return !ctx.failed();
 }
 
 /** The batch as `batch.<field>` inputs, and the train block's `loss` on it: a scalar. */

@@ -121,19 +121,6 @@ export function lowerOptimizer(
   const r: Resolver = ctx.r;
   const { config } = call;
   const opt = instantiate(r, config, `${call.prefix}:${config.def.name.name}`, call.bindings);
-  const action = opt.actions[0];
-  if (action) {
-    r.report(
-      error(
-        "E0206",
-        `\`at ${action.trigger}\` actions are not run by this version of lrkc`,
-        { file: opt.module.file, span: action.span },
-        {
-          help: "write periodic state changes as a `state … refresh every N` for now",
-        },
-      ),
-    );
-  }
   const frame = lowerer.frameFor(opt);
   const locals = new Map<string, Value>([
     ["param", call.param],

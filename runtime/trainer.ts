@@ -3,6 +3,7 @@
 // writing the updated ones back. The compiler made the programs (compiler/compile.ts); this file
 // only runs them.
 import {
+  actionDue,
   stepEntry,
   type DataSpec,
   type Entry,
@@ -354,6 +355,36 @@ async function runBudgets(
   }
 }
 
+/**
+ * The `at` actions due after step `s`, in the program's order: each entry reads the store as the
+ * previous one left it, and its outputs (the tensors it assigned) are written back.
+ */
+async function runActions(
+  run: Run,
+  device: Device,
+  store: Map<string, Tensor>,
+  s: number,
+  lr: number,
+): Promise<void> {
+  const step = run.program.step;
+  for (const action of step.actions) {
+    if (!actionDue(action, s)) continue;
+    const feeds = withStep(run, store, s, lr, device.float64 ?? false);
+    for (const [name, t] of await device.run(step, action.entry, feeds, { read: new Set() }))
+      store.set(name, t);
+  }
+}
+
+/** The actions a run of `steps` steps never reaches (`--steps` may shorten a run), as notes. */
+export function actionsNeverDue(step: StepProgram, steps: number): string[] {
+  return step.actions
+    .filter((a) => a.count > steps)
+    .map(
+      (a) =>
+        `the \`at ${a.trigger} ${a.count}\` actions never run: the run has ${steps} step${steps === 1 ? "" : "s"}`,
+    );
+}
+
 export async function train(
   run: Run,
   device: Device,
@@ -372,6 +403,7 @@ export async function train(
   let stopped = false;
   const skipEvaluation = evalEvery ? evaluationSkipped(run) : undefined;
   if (skipEvaluation) options.onNote?.(skipEvaluation);
+  for (const note of actionsNeverDue(program.step, steps)) options.onNote?.(note);
   const evaluateAt = async (s: number) => {
     if (skipEvaluation) return;
     const e = await evaluate(run, device, store, s, options.evalBatches);
@@ -387,6 +419,7 @@ export async function train(
     const loss = await trainStep(run, device, store, s, lr);
     losses.push(loss);
     await runBudgets(run, device, store, s, lr);
+    await runActions(run, device, store, s, lr);
     last = s;
     options.onStep?.({ step: s, steps, loss, lr, millis: performance.now() - started, tokens });
     if (evalEvery && (s % evalEvery === 0 || s === steps)) await evaluateAt(s);

@@ -348,7 +348,7 @@ train t {
     ]);
   });
 
-  it("E0206: `at` actions are reported, not silently skipped", async () => {
+  it("E0206: an `at` action that assigns what it cannot is reported, not silently skipped", async () => {
     const { prepare } = await import("./program-helpers.js");
     const text =
       header +
@@ -365,7 +365,7 @@ train t {
 `;
     const { diagnostics } = prepare(new SourceFile("at.lrk", text));
     expect(diagnostics.map((d) => [d.code, d.message])).toEqual([
-      ["E0206", "`at every` actions are not run by this version of lrkc"],
+      ["E0206", "`x` cannot be assigned in an action"],
     ]);
   });
 });

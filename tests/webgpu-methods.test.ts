@@ -166,6 +166,7 @@ describe("every example's WGSL compiles under Dawn", () => {
       run!.step.budgets.forEach((b, i) =>
         Object.assign(entries, { [`score${i}`]: b.score, [`prune${i}`]: b.prune }),
       );
+      for (const a of run!.step.actions) entries[a.entry.name] = a.entry;
       const plans = [
         planProgram(run!.step.graph, run!.step.inputs, entries, limits, features),
         planProgram(
