@@ -22,6 +22,7 @@ import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import type { Builder } from "./builder.js";
 import { paramSeed } from "./init.js";
+import { bareInitializer } from "./initializers.js";
 import { allModules, instantiate } from "./instantiate.js";
 import type { Shape } from "./ir.js";
 import type { Frame, Lowerer } from "./lower.js";
@@ -383,7 +384,7 @@ function assign(
       );
     const seedName = item.stored.get(s.target.name)?.seedName;
     if (old.kind !== "tensor" || seedName === undefined) return false;
-    const fill = bareInitializer(ctx, L, s.value, frame, old.shape, seedName);
+    const fill = reinitialize(ctx, L, s.value, frame, old.shape, seedName);
     if (fill === undefined) return false;
     if (s.op !== "=")
       return ctx.r.report(error("E0206", `use \`=\` to fill with an initializer`, at));
@@ -415,7 +416,7 @@ function assign(
       }),
     );
   }
-  let node = bareInitializer(ctx, L, s.value, frame, param.shape, param.path);
+  let node = reinitialize(ctx, L, s.value, frame, param.shape, param.path);
   if (node !== undefined && s.op !== "=")
     return ctx.r.report(error("E0206", `use \`=\` to fill with an initializer`, at));
   if (node === undefined) {
@@ -470,11 +471,10 @@ function targetParam(L: Lowerer, target: A.Expr, frame: Frame): ParamInfo | unde
 }
 
 /**
- * `zeros`, `ones`, `normal(std, mean)`, `uniform(lo, hi)`, `kaiming_uniform(a)` as the whole
- * right-hand side: a fill of `shape`, random ones seeded by the train seed, `seedName` and the
- * step. Undefined for any other expression.
+ * A bare initializer as an assignment's whole right-hand side: a fill of `shape`, random ones
+ * seeded by the train seed and `seedName` (as the initial value) and keyed by the step.
  */
-function bareInitializer(
+function reinitialize(
   ctx: ActionContext,
   L: Lowerer,
   e: A.Expr,
@@ -482,59 +482,6 @@ function bareInitializer(
   shape: Shape,
   seedName: string,
 ): number | undefined {
-  const { b } = ctx;
-  if (e.kind === "NameExpr" && (e.name === "zeros" || e.name === "ones"))
-    return b.constant(e.name === "ones" ? 1 : 0, shape);
-  if (e.kind !== "Call" || e.callee.kind !== "NameExpr") return undefined;
-  const name = e.callee.name;
-  if (!["normal", "uniform", "kaiming_uniform"].includes(name)) return undefined;
-  const names = { normal: ["std", "mean"], uniform: ["lo", "hi"], kaiming_uniform: ["a"] }[
-    name as "normal"
-  ];
-  const positional = e.args.filter((x) => !x.name);
-  for (const a of e.args) {
-    const unknown = a.name && !names.includes(a.name.name);
-    if (unknown || (!a.name && positional.indexOf(a) >= names.length))
-      ctx.r.report(
-        error(
-          "E0205",
-          unknown
-            ? `\`${name}\` has no parameter \`${a.name!.name}\``
-            : `\`${name}\` takes ${names.length} argument${names.length === 1 ? "" : "s"}`,
-          { file: frame.module.file, span: (a.name ?? a.value).span },
-          { help: `its parameters are ${names.map((n) => `\`${n}\``).join(", ")}` },
-        ),
-      );
-  }
-  const arg = (i: number, key: string, fallback: number): number => {
-    const a = e.args.find((x) => x.name?.name === key) ?? positional[i];
-    if (!a) return fallback;
-    return ctx.r.number(L.expr(a.value, frame), a.value, frame.module).value;
-  };
-  // The same generator as the initial values (compiler/init.ts), mixed with the step.
   const seed = paramSeed(ctx.spec.seed, seedName);
-  if (name === "normal") {
-    const std = arg(0, "std", 1);
-    const mean = arg(1, "mean", 0);
-    return b.add(
-      b.mul(b.random("normal", shape, seed, ctx.stepNode), b.constant(std)),
-      b.constant(mean),
-    );
-  }
-  let lo: number;
-  let hi: number;
-  if (name === "uniform") {
-    lo = arg(0, "lo", 0);
-    hi = arg(1, "hi", 1);
-  } else {
-    // As the initializer: bound = sqrt(6 / ((1 + a²) fan_in)), fan_in = the dims after the first.
-    const a = arg(0, "a", 0);
-    const fanIn = shape.length > 1 ? shape.slice(1).reduce((x, y) => x * y, 1) : (shape[0] ?? 1);
-    hi = Math.sqrt(6 / ((1 + a * a) * fanIn));
-    lo = -hi;
-  }
-  return b.add(
-    b.mul(b.random("uniform", shape, seed, ctx.stepNode), b.constant(hi - lo)),
-    b.constant(lo),
-  );
+  return bareInitializer({ L, r: ctx.r, b: ctx.b }, e, frame, shape, seed, ctx.stepNode);
 }

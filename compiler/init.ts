@@ -6,6 +6,7 @@
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import { Builder } from "./builder.js";
+import { bareInitializer } from "./initializers.js";
 import type { Graph, InputRole } from "./ir.js";
 import { Lowerer } from "./lower.js";
 import type { Placement } from "./place.js";
@@ -90,7 +91,7 @@ export function buildInit(
       const at = { file: p.owner.module.file, span: (p.init ?? p.decl).span };
       const e = p.init;
       if (!e) return b.constant(0, p.shape);
-      const fill = initializer(e, p, seed);
+      const fill = bareInitializer({ L, r, b }, e, L.frameFor(p.owner), p.shape, seed);
       if (fill !== undefined) return fill;
       const frame = L.frameFor(p.owner);
       const v: Value = L.expr(e, frame);
@@ -113,43 +114,6 @@ export function buildInit(
       );
       return v.node;
     });
-
-  /** `zeros`, `ones`, `normal(std: s)`, `uniform(lo, hi)`, `kaiming_uniform(a: …)` fill the declared shape. */
-  const initializer = (e: A.Expr, p: ParamInfo, seed: number): number | undefined => {
-    const frame = L.frameFor(p.owner);
-    if (e.kind === "NameExpr" && (e.name === "zeros" || e.name === "ones"))
-      return b.constant(e.name === "ones" ? 1 : 0, p.shape);
-    if (e.kind !== "Call" || e.callee.kind !== "NameExpr") return undefined;
-    const name = e.callee.name;
-    if (!["normal", "uniform", "kaiming_uniform"].includes(name)) return undefined;
-    // `normal([r, n], seed: 7)` is a seeded value (linalg-builtins.ts), not a fill.
-    if (e.args[0] && !e.args[0].name && e.args[0].value.kind === "List") return undefined;
-    const arg = (i: number, key: string, fallback: number): number => {
-      const a = e.args.find((x) => x.name?.name === key) ?? e.args.filter((x) => !x.name)[i];
-      if (!a) return fallback;
-      const v = L.expr(a.value, frame);
-      return r.number(v, a.value, p.owner.module).value;
-    };
-    if (name === "normal") {
-      const std = arg(0, "std", 1);
-      const mean = arg(1, "mean", 0);
-      return b.add(b.mul(b.random("normal", p.shape, seed), b.constant(std)), b.constant(mean));
-    }
-    let lo: number;
-    let hi: number;
-    if (name === "uniform") {
-      lo = arg(0, "lo", 0);
-      hi = arg(1, "hi", 1);
-    } else {
-      // torch.nn.init.kaiming_uniform_ with leaky_relu gain: bound = sqrt(6 / ((1 + a²) fan_in)).
-      const a = arg(0, "a", 0);
-      const fanIn =
-        p.shape.length > 1 ? p.shape.slice(1).reduce((x, y) => x * y, 1) : (p.shape[0] ?? 1);
-      hi = Math.sqrt(6 / ((1 + a * a) * fanIn));
-      lo = -hi;
-    }
-    return b.add(b.mul(b.random("uniform", p.shape, seed), b.constant(hi - lo)), b.constant(lo));
-  };
 
   const model: Entry = { name: "model", outputs: [] };
   for (const placed of placement.params) {

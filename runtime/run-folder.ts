@@ -120,13 +120,22 @@ function whyNoFolder(dir: string): unknown {
   }
 }
 
-/** Whether process `pid` exists (a process we may not signal still exists). */
+/**
+ * Whether process `pid` still runs (a process we may not signal still does). A zombie — killed,
+ * not yet reaped by its parent — holds no lock: right after `kill -9` a run must be resumable.
+ */
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+  try {
+    // /proc/PID/stat: "pid (comm) state …"; comm may hold spaces and parentheses
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return true; // no /proc (not Linux): kill(pid, 0) is all there is
   }
 }
 

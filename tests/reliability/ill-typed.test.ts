@@ -330,6 +330,16 @@ train t {
     message: "`svd_split` takes a rank of at most 252",
     at: "svdquant(rank: 260, group: 60)",
   },
+  {
+    name: "19: an initializer argument it does not take (was ignored: `sd` drew std 1)",
+    program:
+      header +
+      modelWith("x @ w^T + head(x)", "head = Linear(2, 2)\n  param w: f32[2, 2] = normal(sd: 5)") +
+      trainBlock(),
+    code: "E0205",
+    message: "`normal` has no parameter `sd`",
+    at: "sd",
+  },
 ];
 
 /** Programs that were refused or crashed although they are well-typed: they must check and build. */

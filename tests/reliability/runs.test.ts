@@ -317,6 +317,31 @@ describe("the run folder belongs to one run", () => {
     expect(existsSync(join(run.out, "run.lock"))).toBe(false);
   });
 
+  it("a killed lrkc train not yet reaped (a zombie) holds no lock", async () => {
+    const run = setup();
+    mkdirSync(run.out);
+    // `sleep 0 &` exits at once; its parent then becomes `sleep 30`, which never reaps it
+    const parent = spawn("sh", ["-c", "sleep 0 & echo $!; exec sleep 30"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    try {
+      const zombie = Number(
+        await new Promise<string>((resolve) => parent.stdout!.once("data", (d) => resolve(`${d}`))),
+      );
+      // wait until it has exited (state Z)
+      for (let i = 0; i < 100; i++) {
+        const stat = readFileSync(`/proc/${zombie}/stat`, "utf8");
+        if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) break;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      writeFileSync(join(run.out, "run.lock"), `${zombie}\n`);
+      const r = lrkcTrain([run.file, "--device", "cpu", "--steps", "2", "--out", run.out], run.dir);
+      expect(r.code, r.stderr).toBe(0);
+    } finally {
+      parent.kill("SIGKILL");
+    }
+  });
+
   it("two lrkc train processes on one --out: the second is refused while the first runs", async () => {
     const run = setup();
     const first = spawn(
