@@ -29,10 +29,23 @@ export function inPlaceOutputs(program: GraphProgram, fused: readonly FusedEntry
   const inputs = new Map(program.inputs.map((i) => [i.name, i]));
   const verdict = new Map<string, boolean>();
   for (const { entry, groups } of fused) {
+    // the last kernel reading each buffer, and the kernel writing each node
+    const lastReader = new Map<number, number>();
+    const writer = new Map<number, number>();
+    groups.forEach((g, i) => {
+      for (const r of g.reads) lastReader.set(r, i);
+      for (const o of g.outputs) writer.set(o, i);
+    });
+    const order = {
+      groups,
+      lastReader,
+      writer,
+      outputs: new Set(entry.outputs.map((o) => o.node)),
+    };
     for (const o of entry.outputs) {
       const input = inputs.get(o.name);
       if (!input || verdict.get(o.name) === false) continue;
-      const ok = o.node !== input.node && writableOver(graph, entry, groups, o.node, input.node);
+      const ok = o.node !== input.node && writableOver(graph, order, o.node, input.node);
       verdict.set(o.name, ok);
     }
   }
@@ -41,8 +54,12 @@ export function inPlaceOutputs(program: GraphProgram, fused: readonly FusedEntry
 
 function writableOver(
   graph: Graph,
-  entry: Entry,
-  groups: readonly KernelGroup[],
+  order: {
+    groups: readonly KernelGroup[];
+    lastReader: ReadonlyMap<number, number>;
+    writer: ReadonlyMap<number, number>;
+    outputs: ReadonlySet<number>;
+  },
   output: number,
   input: number,
 ): boolean {
@@ -50,12 +67,12 @@ function writableOver(
     a.length === b.length && a.every((d, i) => d === b[i]);
   const [out, old] = [graph.node(output), graph.node(input)];
   if (out.dtype !== old.dtype || !same(out.shape, old.shape)) return false;
-  if (entry.outputs.some((o) => o.node === input)) return false;
-  const at = groups.findIndex((g) => g.outputs.includes(output));
-  if (at < 0) return false;
-  const writer = groups[at]!;
+  if (order.outputs.has(input)) return false; // passed through as well
+  const at = order.writer.get(output);
+  if (at === undefined) return false;
+  const writer = order.groups[at]!;
   if (writer.kind !== "map") return false;
-  if (groups.slice(at + 1).some((g) => g.reads.includes(input))) return false;
+  if ((order.lastReader.get(input) ?? -1) > at) return false;
   // Every node of the writer that depends on the input reads it at its own element.
   const dependent = new Set<number>([input]);
   for (const id of writer.nodes) {
