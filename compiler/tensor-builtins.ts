@@ -8,10 +8,11 @@ import { broadcastShapes, type Builder } from "./builder.js";
 import type { UnaryFn } from "./ir.js";
 import { MAX_PANEL } from "./kernels/special.js";
 import { describeValue, num, type Value } from "./values.js";
+import { argmax, cast, concat, cumsum } from "./axis-builtins.js";
 
 type Arg = { name?: string; value: Value; at: Location };
 
-class Args {
+export class Args {
   private used = new Set<Arg>();
   constructor(
     private readonly L: Lowerer,
@@ -122,6 +123,8 @@ const numeric: Record<string, (x: number) => number> = {
   abs: Math.abs,
   sign: Math.sign,
   tanh: Math.tanh,
+  sin: Math.sin,
+  cos: Math.cos,
   sigmoid: (x) => 1 / (1 + Math.exp(-x)),
   relu: (x) => Math.max(0, x),
   floor: Math.floor,
@@ -145,7 +148,7 @@ function axisOf(L: Lowerer, args: Args, rank: number, fallback?: number): number
 }
 
 /** One call of a built-in being lowered. */
-interface Call {
+export interface Call {
   readonly L: Lowerer;
   readonly b: Builder;
   readonly name: string;
@@ -158,7 +161,7 @@ interface Call {
 }
 
 /** Lowers one built-in call; the driver checks afterwards that every argument was used. */
-type Rule = (c: Call) => Value;
+export type Rule = (c: Call) => Value;
 
 /**
  * Every built-in name, in the order scopes list them (`builtinNames` is this table's keys), with
@@ -179,6 +182,8 @@ const builtinRules = {
   gelu: elementwise("gelu"),
   silu: elementwise("silu"),
   erf: elementwise("erf"),
+  sin: elementwise("sin"),
+  cos: elementwise("cos"),
   floor: elementwise("floor"),
   ceil: noLowering, // on numbers only
   round: noLowering,
@@ -236,7 +241,11 @@ const builtinRules = {
   // shapes
   reshape,
   transpose,
-  concat: noLowering, // reserved
+  concat,
+  cumsum,
+  argmax,
+  i32: cast("i32"),
+  f32: cast("f32"),
   arange: ({ b, args, tensor }) =>
     tensor(b.iota([args.integer(0, undefined, undefined, 1)], 0, "i32")),
   eye: ({ b, args, tensor }) => {

@@ -1,0 +1,230 @@
+// The small language features of issue 11 (item 5), each checked by its behaviour on a compiled
+// program and by its diagnostics: the built-ins `sin`, `cos`, `cumsum`, `concat`, `argmax`,
+// `i32`, `f32` (values against plain TypeScript loops, gradients against finite differences).
+import { describe, expect, it } from "vitest";
+import { SourceFile } from "../language/source.js";
+import {
+  compile,
+  finiteDifferences,
+  init,
+  lossAndGradients,
+  param,
+  prepare,
+  relErr,
+  roundToF32,
+  trainStep,
+} from "./program-helpers.js";
+
+const moons = `data moons = std.data.two_moons(n: 64, seed: 2)`;
+
+/**
+ * A program whose optimizer replaces every weight matrix (l1.weight f32[4, 2], l2.weight
+ * f32[3, 4]) by `expr` of it in one step: the step's result is the expression's value.
+ */
+function probe(expr: string, members = ""): string {
+  return `import std.nn.{Linear}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 4)
+  l2 = Linear(4, 3)
+
+  forward(x: f32[B, 2]) -> f32[B, 3] = l2(gelu(l1(x)))
+}
+
+optimizer probe() on param: f32[m, n] {
+${members}
+  update(g) {
+    param = ${expr}
+  }
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **.bias
+  optimize ** with probe()
+  steps 1
+  batch 8
+}
+`;
+}
+
+/** Each weight matrix before and after one probe step, in f64. */
+async function probeStep(
+  expr: string,
+  members = "",
+): Promise<
+  { path: string; rows: number; cols: number; before: Float64Array; after: Float64Array }[]
+> {
+  const run = compile(probe(expr, members));
+  const store = await init(run, true);
+  const shapes = { "l1.weight": [4, 2], "l2.weight": [3, 4] } as const;
+  const before = Object.keys(shapes).map((p) => param(store, p));
+  await trainStep(run, store, 1, true);
+  return Object.entries(shapes).map(([path, [rows, cols]], i) => ({
+    path,
+    rows,
+    cols,
+    before: before[i]!,
+    after: param(store, path),
+  }));
+}
+
+function diagnosticsOf(text: string): { code: string; message: string; text: string }[] {
+  const file = new SourceFile("test.lrk", text);
+  return prepare(file).diagnostics.map((d) => ({
+    code: d.code,
+    message: d.message,
+    text: d.at ? text.slice(d.at.span.start, d.at.span.end) : "",
+  }));
+}
+
+function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, tol = 1e-12): void {
+  expect(got.length).toBe(want.length);
+  for (let i = 0; i < want.length; i++)
+    expect(Math.abs(got[i]! - want[i]!), `element ${i}: ${got[i]} vs ${want[i]}`).toBeLessThan(
+      tol * Math.max(1, Math.abs(want[i]!)),
+    );
+}
+
+describe("built-ins sin, cos, cumsum, concat, argmax, i32, f32", () => {
+  it("sin and cos are elementwise", async () => {
+    for (const { before, after } of await probeStep("sin(param) + 2 * cos(param)"))
+      expectClose(
+        after,
+        before.map((x) => Math.sin(x) + 2 * Math.cos(x)),
+      );
+  });
+
+  it("cumsum is the inclusive running sum along its axis (the last by default)", async () => {
+    for (const axis of ["axis: 0", "axis: -2", "", "axis: 1"]) {
+      const rowsAxis = axis === "axis: 0" || axis === "axis: -2";
+      for (const { rows, cols, before, after } of await probeStep(
+        `cumsum(param${axis ? `, ${axis}` : ""})`,
+      )) {
+        const want = new Float64Array(rows * cols);
+        for (let i = 0; i < rows; i++)
+          for (let j = 0; j < cols; j++) {
+            const prev = rowsAxis
+              ? i > 0
+                ? want[(i - 1) * cols + j]!
+                : 0
+              : j > 0
+                ? want[i * cols + j - 1]!
+                : 0;
+            want[i * cols + j] = prev + before[i * cols + j]!;
+          }
+        expectClose(after, want);
+      }
+    }
+  });
+
+  it("concat joins along an axis: a rotation of the columns, and of the rows", async () => {
+    for (const { rows, cols, before, after } of await probeStep(
+      "concat([param[:, 1:], param[:, :1]], axis: 1)",
+    )) {
+      const want = Float64Array.from({ length: rows * cols }, (_, k) => {
+        const i = Math.floor(k / cols);
+        const j = k % cols;
+        return before[i * cols + ((j + 1) % cols)]!;
+      });
+      expectClose(after, want);
+    }
+    for (const { rows, cols, before, after } of await probeStep(
+      "concat((param[-1:], param[:-1]), axis: -2)",
+    )) {
+      const want = Float64Array.from({ length: rows * cols }, (_, k) => {
+        const i = Math.floor(k / cols);
+        const j = k % cols;
+        return before[((i + rows - 1) % rows) * cols + j]!;
+      });
+      expectClose(after, want);
+    }
+  });
+
+  it("argmax gives the first largest index along an axis, as i32; over all with no axis", async () => {
+    const rowsMax = await probeStep(
+      "zeros_like(param) + reshape(f32(argmax(param, axis: 1)), [m, 1])",
+    );
+    for (const { rows, cols, before, after } of rowsMax) {
+      for (let i = 0; i < rows; i++) {
+        let best = 0;
+        for (let j = 1; j < cols; j++)
+          if (before[i * cols + j]! > before[i * cols + best]!) best = j;
+        for (let j = 0; j < cols; j++) expect(after[i * cols + j]).toBe(best);
+      }
+    }
+    // ties: the first index wins
+    for (const { after } of await probeStep(
+      "zeros_like(param) + f32(argmax(zeros_like(param), axis: 0))",
+    ))
+      expect([...after].every((x) => x === 0)).toBe(true);
+    for (const { before, after } of await probeStep("zeros_like(param) + f32(argmax(param))")) {
+      let best = 0;
+      before.forEach((x, k) => {
+        if (x > before[best]!) best = k;
+      });
+      expect([...after].every((x) => x === best)).toBe(true);
+    }
+  });
+
+  it("i32 truncates toward zero and f32 converts back; on numbers both are numbers", async () => {
+    for (const { before, after } of await probeStep("f32(i32(param * 10)) + i32(-2.7) + f32(3)"))
+      expectClose(
+        after,
+        before.map((x) => Math.trunc(Math.fround(Math.fround(x) * 10)) - 2 + 3),
+      );
+  });
+
+  it("gradients flow through sin, cos, cumsum and concat (finite differences)", async () => {
+    const run = compile(`import std.nn.{Linear}
+import std.optim.{sgd}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 4)
+  l2 = Linear(4, 3)
+
+  forward(x: f32[B, 2]) -> f32[B, 3] {
+    let h = l1(x)
+    let mixed = concat([sin(h[:, :2]), cos(h[:, 2:])], axis: 1)
+    return l2(cumsum(mixed, axis: 1) * 0.5)
+  }
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with sgd(lr: 0.1)
+  steps 1
+  batch 8
+}
+`);
+    const store = roundToF32(await init(run, true));
+    const { grads } = await lossAndGradients(run, store, 1, true);
+    for (const path of run.step.trainable) {
+      const fd = await finiteDifferences(run, store, path, 1);
+      expect(relErr(grads.get(path)!, fd), path).toBeLessThan(1e-6);
+    }
+  });
+
+  it("reports misuse: a scalar to concat, mismatched dims, a list axis", () => {
+    const concatScalars = diagnosticsOf(probe("param + concat([param[0, 0], 1.0])[0]"));
+    expect(concatScalars.map((d) => d.code)).toEqual(["E0401"]);
+    expect(concatScalars[0]!.message).toMatch(/not scalars/);
+    const mismatch = diagnosticsOf(probe("concat([param, param[:, :1]], axis: 0)"));
+    expect(mismatch.map((d) => d.code)).toContain("E0401");
+    expect(mismatch[0]!.message).toMatch(/other dims differ/);
+    const listAxis = diagnosticsOf(probe("cumsum(param, axis: [0, 1])"));
+    expect(listAxis.map((d) => d.code)).toEqual(["E0402"]);
+    expect(listAxis[0]!.text).toBe("[0, 1]");
+    const notList = diagnosticsOf(probe("concat(param, axis: 0)"));
+    expect(notList.map((d) => d.code)).toEqual(["E0402"]);
+    expect(notList[0]!.message).toMatch(/needs a list of tensors/);
+  });
+});
