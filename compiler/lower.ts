@@ -43,6 +43,11 @@ export interface LowerHooks {
    * optimizer's update (see `withHooks`).
    */
   configMember?(config: Extract<Value, { kind: "config" }>, name: string): Value | undefined;
+  /**
+   * The per-tensor names of an optimizer instance being lowered (`param`, `grad`, `step`, `lr`,
+   * its states) with their current values, which its helper functions read like members.
+   */
+  liveMembers?(self: ModuleInstance): Scope | undefined;
 }
 
 export class Lowerer {
@@ -727,6 +732,15 @@ export class Lowerer {
     locals?: Map<string, Value>,
   ): Value {
     const frame = this.frameFor(self, locals ?? new Map());
+    const live = locals ? undefined : this.hooks.liveMembers?.(self);
+    if (live) {
+      // read as members, before the instance's own (whose `param` is the declaration, not a value)
+      const members = frame.scope;
+      frame.scope = {
+        lookup: (n) => live.lookup(n) ?? members.lookup(n),
+        names: () => [...live.names(), ...members.names()],
+      };
+    }
     const bound = new Map<string, Value>();
     let positional = 0;
     for (const arg of args) {

@@ -12,7 +12,7 @@ import type { InputRole, Shape } from "./ir.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
 import type { PlacedParam } from "./place.js";
 import type { Output, StateInfo } from "./program.js";
-import type { Resolver } from "./resolve.js";
+import type { Resolver, Scope } from "./resolve.js";
 import { describeValue, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
 type Config = Extract<Value, { kind: "config" }>;
@@ -134,7 +134,6 @@ export function lowerOptimizer(
       ),
     );
   }
-  const frame = lowerer.frameFor(opt);
   const locals = new Map<string, Value>([
     ["param", call.param],
     ["grad", call.grad],
@@ -143,6 +142,18 @@ export function lowerOptimizer(
   const lr = config.args.get("lr");
   if (lr?.kind === "number") locals.set("lr", scaledLr(ctx, lowerer, lr.value));
   const stateNames: string[] = [];
+  // Helper functions read these names' current values (spec §6.7); `update`'s own `let`s stay
+  // its own.
+  const perTensor = new Set(["param", "grad", "step", "lr", ...opt.states.map((s) => s.name.name)]);
+  const outer = lowerer.hooks.liveMembers;
+  const live: Scope = {
+    lookup: (n) => (perTensor.has(n) ? locals.get(n) : undefined),
+    names: () => [...perTensor].filter((n) => locals.has(n)),
+  };
+  lowerer = lowerer.withHooks({
+    liveMembers: (self) => (self === opt ? live : outer?.(self)),
+  });
+  const frame = lowerer.frameFor(opt);
   for (const s of opt.states) {
     locals.set(s.name.name, lowerState(ctx, call, lowerer, opt, s, frame, locals));
     stateNames.push(s.name.name);

@@ -228,3 +228,62 @@ train t {
     expect(notList[0]!.message).toMatch(/needs a list of tensors/);
   });
 });
+
+describe("optimizer helper functions", () => {
+  const program = (rule: string, members = "") => `import std.nn.{Linear}
+import std.optim.{sgd}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 4)
+  l2 = Linear(4, 3)
+
+  forward(x: f32[B, 2]) -> f32[B, 3] = l2(gelu(l1(x)))
+}
+
+optimizer helped(lr: float, beta: float = 0.9) on param: f32[...] {
+  state m = zeros_like(param)
+  ${members}
+  // reads the state as it is at the call, and lr, step and param
+  direction(g) = beta * m + g
+  scaled() = lr * m + 0 * step + 0 * param
+  update(g) {
+    m = direction(g)
+    param -= scaled()
+  }
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with ${rule}
+  steps 3
+  batch 8
+}
+`;
+
+  it("read the optimizer's state, lr, step and param as they are at the call", async () => {
+    const helped = compile(program("helped(lr: 0.1, beta: 0.8)"));
+    const reference = compile(program("sgd(lr: 0.1, momentum: 0.8)"));
+    const a = await init(helped, true);
+    const b = await init(reference, true);
+    for (let t = 1; t <= 3; t++) {
+      await trainStep(helped, a, t, true);
+      await trainStep(reference, b, t, true);
+    }
+    for (const path of helped.step.trainable) expectClose(param(a, path), param(b, path), 1e-15);
+  });
+
+  it("still cannot assign the state (only `update` does)", () => {
+    const d = diagnosticsOf(
+      program("helped(lr: 0.1)", "reset() {\n    m = zeros_like(param)\n    return 0\n  }").replace(
+        "param -= scaled()",
+        "param -= scaled() + reset()",
+      ),
+    );
+    expect(d.map((x) => x.code)).toEqual(["E0206"]);
+    expect(d[0]!.text).toBe("m");
+  });
+});
