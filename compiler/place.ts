@@ -219,6 +219,10 @@ class Placer {
         misfits.push(path);
         continue;
       }
+      // the run's total steps (for schedules inside an optimizer), unless a parameter of the
+      // optimizer or a dim of its `on` clause is named so
+      if (!bindings.has("steps") && !config.def.params.some((p) => p.name.name === "steps"))
+        bindings.set("steps", num(this.spec.steps, true));
       entry.optimizer = { config, rule, bindings };
       owned++;
       if (entry.param.shape.length === 2 && !rankWarned) {

@@ -95,7 +95,12 @@ export const lowerInnerOptimizer: InnerUpdate = (inner, x, { ctx, call, lowerer 
     ctx,
     {
       config: inner,
-      bindings: new Map(),
+      // the run's total steps, as the outer optimizer sees them (place.ts)
+      bindings: new Map(
+        call.bindings.has("steps") && !inner.def.params.some((p) => p.name.name === "steps")
+          ? [["steps", call.bindings.get("steps")!]]
+          : [],
+      ),
       prefix: `${call.prefix}:inner`,
       param: zero,
       grad: x,

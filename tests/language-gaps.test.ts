@@ -287,3 +287,74 @@ train t {
     expect(d[0]!.text).toBe("m");
   });
 });
+
+describe("`steps` in optimizers", () => {
+  const program = (optimizer: string, rule: string) => `import std.nn.{Linear}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 4)
+  l2 = Linear(4, 3)
+
+  forward(x: f32[B, 2]) -> f32[B, 3] = l2(gelu(l1(x)))
+}
+
+${optimizer}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with ${rule}
+  steps 4
+  batch 8
+}
+`;
+  const decaying = `optimizer decaying(lr: float) on param: f32[...] {
+  const half = steps / 2
+  update(g) {
+    param -= lr * (1 - step / steps) * g + 0 * half
+  }
+}`;
+
+  it("is the run's total: a linear decay to 0 over the run, hand-computed", async () => {
+    const run = compile(program(decaying, "decaying(lr: 0.1)"));
+    const store = await init(run, true);
+    for (let t = 1; t <= 3; t++) {
+      const before = run.step.trainable.map((p) => param(store, p));
+      const { grads } = await trainStep(run, store, t, true);
+      run.step.trainable.forEach((p, i) => {
+        const g = grads.get(p)!;
+        const want = before[i]!.map((w, k) => w - 0.1 * (1 - t / 4) * g[k]!);
+        expectClose(param(store, p), want, 1e-12);
+      });
+    }
+  });
+
+  it("reaches an inner optimizer, and an optimizer's own parameter named `steps` wins", async () => {
+    const own = `optimizer own(lr: float, steps: int = 2) on param: f32[...] {
+  update(g) {
+    param -= lr * steps * g
+  }
+}
+optimizer outer(inner = own(lr: 0.1)) on param: f32[...] {
+  update(g) {
+    param -= inner.update(g) * steps
+  }
+}`;
+    const run = compile(program(own, "outer()"));
+    const store = await init(run, true);
+    const before = run.step.trainable.map((p) => param(store, p));
+    const { grads } = await trainStep(run, store, 1, true);
+    run.step.trainable.forEach((p, i) => {
+      const g = grads.get(p)!;
+      // inner: 0.1 · 2 · g (its own `steps` = 2); outer: times the run's 4 steps
+      expectClose(
+        param(store, p),
+        before[i]!.map((w, k) => w - 0.1 * 2 * g[k]! * 4),
+        1e-12,
+      );
+    });
+  });
+});
