@@ -10,6 +10,7 @@ import type { Module } from "./modules.js";
 import type { Applied } from "./place.js";
 import { chain, Reported, type Resolver, type Scope } from "./resolve.js";
 import { closest } from "./suggest.js";
+import { itemAt, sliceOf } from "./sequences.js";
 import { tensorBuiltin } from "./tensor-builtins.js";
 import { describeValue, num, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
@@ -513,21 +514,7 @@ export class Lowerer {
 
   private index(e: A.Index, frame: Frame): Value {
     const object = this.expr(e.object, frame);
-    if (
-      object.kind === "list" &&
-      e.items.length === 1 &&
-      e.items[0]!.kind !== "Slice" &&
-      e.items[0]!.kind !== "Ellipsis"
-    ) {
-      const i = this.wholeNumber(e.items[0] as A.Expr, frame, "an index");
-      const item = object.items[i < 0 ? object.items.length + i : i];
-      if (!item)
-        this.fail(
-          this.at(frame, e),
-          `index ${i} is out of range for a list of ${object.items.length}`,
-        );
-      return item;
-    }
+    if (object.kind === "list" || object.kind === "tuple") return this.listItem(object, e, frame);
     const x = this.asNode(object, frame, e.object);
     const shape = this.b.shape(x);
     // `table[ids]` with an integer tensor: a gather (embedding lookup).
@@ -593,6 +580,36 @@ export class Lowerer {
         this.b.shape(out).filter((_, i) => !drop.includes(i)),
       );
     return this.tensor(out);
+  }
+
+  /** `xs[i]` or `xs[a:b:c]` of a list or tuple, with Python's rules (sequences.ts). */
+  private listItem(
+    object: Extract<Value, { kind: "list" | "tuple" }>,
+    e: A.Index,
+    frame: Frame,
+  ): Value {
+    const item = e.items[0];
+    const what = object.kind === "list" ? "a list" : "a tuple";
+    if (e.items.length !== 1 || !item || item.kind === "Ellipsis")
+      return this.r.report(
+        error("E0402", `${what} takes one index or one slice`, this.at(frame, e), {
+          help: "write e.g. `xs[0]`, `xs[-1]` or `xs[1:]`",
+        }),
+      );
+    if (item.kind === "Slice") {
+      const bound = (x: A.Expr | undefined) =>
+        x ? this.wholeNumber(x, frame, "a slice bound") : undefined;
+      const items = sliceOf(object.items, bound(item.start), bound(item.stop), bound(item.step));
+      if (typeof items === "string")
+        return this.r.report(error("E0402", items, this.at(frame, item)));
+      return { kind: object.kind, items };
+    }
+    const found = itemAt(object.items, this.wholeNumber(item, frame, "an index"));
+    if (typeof found === "string")
+      return this.r.report(
+        error("E0402", `${found}, in ${describeValue(object)}`, this.at(frame, item)),
+      );
+    return found;
   }
 
   /** A compile-time integer (an index, a slice bound). */

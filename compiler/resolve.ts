@@ -9,6 +9,7 @@ import { dataModule, dataSources } from "./data.js";
 import { ModuleLoader, nativeModules, type Module } from "./modules.js";
 import { closest } from "./suggest.js";
 import { describeValue, num, type Value } from "./values.js";
+import { itemAt, rangeItems, sliceOf } from "./sequences.js";
 
 /** Learning-rate schedules and their parameters' defaults. */
 const schedules: Record<string, Record<string, number>> = {
@@ -308,7 +309,7 @@ export class Resolver {
       case "Index": {
         const object = this.evaluate(e.object, scope, module);
         if (object.kind === "list" || object.kind === "tuple")
-          return this.listItem(object.items, e, scope, module);
+          return this.listItem(object, e, scope, module);
         return this.needsTensors(e, module);
       }
       case "Transpose":
@@ -331,29 +332,41 @@ export class Resolver {
     );
   }
 
-  /** `list[i]` of a compile-time list (a negative index counts from the end). */
-  private listItem(items: readonly Value[], e: A.Index, scope: Scope, module: Module): Value {
+  /**
+   * `xs[i]` or `xs[a:b:c]` of a compile-time list or tuple, with Python's rules (sequences.ts): a
+   * negative index counts from the end, a slice is clipped and keeps the sequence's kind.
+   */
+  private listItem(
+    object: Extract<Value, { kind: "list" | "tuple" }>,
+    e: A.Index,
+    scope: Scope,
+    module: Module,
+  ): Value {
     const item = e.items[0];
-    if (e.items.length !== 1 || !item || item.kind === "Slice" || item.kind === "Ellipsis")
+    const what = object.kind === "list" ? "a list" : "a tuple";
+    if (e.items.length !== 1 || !item || item.kind === "Ellipsis")
       return this.report(
-        error("E0402", "a list takes one index, a whole number", this.at(module, e), {
-          help: "write e.g. `shape[0]` or `shape[-1]`",
+        error("E0402", `${what} takes one index or one slice`, this.at(module, e), {
+          help: "write e.g. `shape[0]`, `shape[-1]` or `shape[1:]`",
         }),
       );
-    const i = this.integer(item, scope, module, "a list index");
-    const at = i < 0 ? items.length + i : i;
-    if (at < 0 || at >= items.length)
+    if (item.kind === "Slice") {
+      const bound = (x: A.Expr | undefined) =>
+        x ? this.integer(x, scope, module, "a slice bound") : undefined;
+      const items = sliceOf(object.items, bound(item.start), bound(item.stop), bound(item.step));
+      if (typeof items === "string")
+        return this.report(error("E0402", items, this.at(module, item)));
+      return { kind: object.kind, items };
+    }
+    const i = this.integer(item, scope, module, `${what} index`);
+    const found = itemAt(object.items, i);
+    if (typeof found === "string")
       return this.report(
-        error(
-          "E0402",
-          `index ${i} is out of range for ${describeValue({ kind: "list", items: [...items] })}`,
-          this.at(module, item),
-          {
-            help: "guard it, e.g. `ndim == 2 and shape[1] == 64` (`and` stops at the first false)",
-          },
-        ),
+        error("E0402", `${found}, in ${describeValue(object)}`, this.at(module, item), {
+          help: "guard it, e.g. `ndim == 2 and shape[1] == 64` (`and` stops at the first false)",
+        }),
       );
-    return items[at]!;
+    return found;
   }
 
   truthy(v: Value, e: A.Expr, module: Module): boolean {
@@ -721,9 +734,21 @@ export class Resolver {
     return this.report(error("E0205", text, this.at(module, e)));
   }
 
+  /** `range(n)`, `range(start, stop, step)`: a list of integers known while compiling. */
+  range(e: A.Call, scope: Scope, module: Module): Value {
+    const named = e.args.find((a) => a.name);
+    if (named)
+      this.report(error("E0205", "`range` takes its integers by position", this.at(module, named)));
+    const args = e.args.map((a) => this.integer(a.value, scope, module, "a `range` bound"));
+    const list = rangeItems(args);
+    if (typeof list === "string") return this.report(error("E0402", list, this.at(module, e)));
+    return list;
+  }
+
   private builtinCall(name: string, e: A.Call, scope: Scope, module: Module): Value {
     if (name in schedules) return this.schedule(name, e, scope, module);
     if (name === "require") return this.require(e, scope, module);
+    if (name === "range") return this.range(e, scope, module);
     const args = e.args.map((a) =>
       this.number(this.evaluate(a.value, scope, module), a.value, module),
     );
@@ -743,6 +768,10 @@ export class Resolver {
         return one(Math.abs, args[0]?.integer ?? false);
       case "floor":
         return one(Math.floor, true);
+      case "sin":
+        return one(Math.sin);
+      case "cos":
+        return one(Math.cos);
       case "ceil":
         return one(Math.ceil, true);
       case "round":

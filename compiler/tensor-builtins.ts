@@ -9,6 +9,7 @@ import type { UnaryFn } from "./ir.js";
 import { MAX_PANEL } from "./kernels/special.js";
 import { describeValue, num, type Value } from "./values.js";
 import { argmax, cast, concat, cumsum } from "./axis-builtins.js";
+import { rangeItems } from "./sequences.js";
 
 type Arg = { name?: string; value: Value; at: Location };
 
@@ -244,6 +245,12 @@ const builtinRules = {
   concat,
   cumsum,
   argmax,
+  range: ({ L, e, at, args }) => {
+    const bounds = e.args.map((_, i) => args.integer(i));
+    const list = rangeItems(bounds);
+    if (typeof list === "string") return L.r.report(error("E0402", list, at));
+    return list;
+  },
   i32: cast("i32"),
   f32: cast("f32"),
   arange: ({ b, args, tensor }) =>

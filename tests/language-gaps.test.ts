@@ -358,3 +358,118 @@ optimizer outer(inner = own(lr: 0.1)) on param: f32[...] {
     });
   });
 });
+
+describe("range, loops over it, and indexing and slicing of lists and tuples", () => {
+  /** The number `expr` computes, as a top-level `const` (the resolver) and inside `update`. */
+  async function valueOf(expr: string, consts = ""): Promise<{ top: number; inside: number }> {
+    const text = probe("zeros_like(param) + inside() + 1000 * top").replace(
+      "optimizer probe",
+      `${consts}\nconst top = ${expr}\n\noptimizer probe`,
+    );
+    const run = compile(
+      text.replace(
+        "  update(g) {",
+        `  inside() {\n${consts.replace(/^const /gm, "    let ")}\n    return ${expr}\n  }\n  update(g) {`,
+      ),
+    );
+    const store = await init(run, true);
+    await trainStep(run, store, 1, true);
+    const v = param(store, "l1.weight")[0]!;
+    // both the same: v = inside + 1000 · top
+    return { top: (v - (v % 1000)) / 1000, inside: v % 1000 };
+  }
+
+  it("computes the same values at the top level and inside functions", async () => {
+    const consts = "const xs = [3, 5, 7, 9]\nconst t = (10, 20, 30)";
+    const cases: [string, number][] = [
+      ["xs[0]", 3],
+      ["xs[-1]", 9],
+      ["xs[1:][0]", 5],
+      ["xs[:-1][-1]", 7],
+      ["xs[::2][1]", 7],
+      ["xs[::-1][0]", 9],
+      ["xs[-2::-2][1]", 3],
+      ["t[1]", 20],
+      ["t[-3]", 10],
+      ["t[1:][1]", 30],
+      ["range(5)[-1]", 4],
+      ["range(2, 11, 3)[2]", 8],
+      ["range(5, 0, -2)[1]", 3],
+      ["xs[range(4)[-1]]", 9],
+    ];
+    for (const [expr, want] of cases) {
+      const got = await valueOf(expr, consts);
+      expect(got, expr).toEqual({ top: want, inside: want });
+    }
+  });
+
+  it("`for i in range(n)` unrolls with i a compile-time integer (it can index a list)", async () => {
+    const run = compile(
+      probe(
+        "param * total()",
+        `  total() {
+    let s = 0
+    let ws = [1, 10, 100, 1000]
+    for i in range(m) {
+      s = s + ws[i] * i
+    }
+    return s
+  }`,
+      ),
+    );
+    const store = await init(run, true);
+    const w1 = param(store, "l1.weight"); // m = 4: 0 + 10 + 200 + 3000
+    const w2 = param(store, "l2.weight"); // m = 3: 0 + 10 + 200
+    await trainStep(run, store, 1, true);
+    expectClose(
+      param(store, "l1.weight"),
+      w1.map((x) => x * 3210),
+    );
+    expectClose(
+      param(store, "l2.weight"),
+      w2.map((x) => x * 210),
+    );
+  });
+
+  it("reports an index out of range, a bad range and a bad slice, with the place", () => {
+    const check = (expr: string) => {
+      const top = diagnosticsOf(
+        probe("param").replace("optimizer probe", `const c = ${expr}\n\noptimizer probe`),
+      );
+      const inside = diagnosticsOf(probe(`param + 0 * (${expr})`));
+      return { top, inside };
+    };
+    for (const [expr, code, message, text] of [
+      [
+        "[1, 2, 3][3]",
+        "E0402",
+        "index 3 is out of range for 3 items (valid: -3 to 2), in a list",
+        "3",
+      ],
+      [
+        "(1, 2)[-3]",
+        "E0402",
+        "index -3 is out of range for 2 items (valid: -2 to 1), in a tuple",
+        "-3",
+      ],
+      ["[1, 2][::0][0]", "E0402", "a slice's step must not be 0", "::0"],
+      ["range(2.5)[0]", "E0402", "2.5", "2.5"],
+      ["range(1, 2, 0)[0]", "E0402", "`range`'s step must not be 0", "range(1, 2, 0)"],
+      ["range(100000)[0]", "E0402", "at most 4096", "range(100000)"],
+      ["[1, 2][0, 1]", "E0402", "a list takes one index or one slice", "[1, 2][0, 1]"],
+    ] as const) {
+      const { top, inside } = check(expr);
+      for (const [where, d] of [
+        ["top", top],
+        ["inside", inside],
+      ] as const) {
+        expect(
+          d.map((x) => x.code),
+          `${expr} (${where})`,
+        ).toEqual([code]);
+        expect(d[0]!.message, `${expr} (${where})`).toContain(message);
+        expect(d[0]!.text, `${expr} (${where})`).toBe(text);
+      }
+    }
+  });
+});
