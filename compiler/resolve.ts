@@ -8,7 +8,7 @@ import { builtinNames } from "./builtins.js";
 import { dataModule, dataSources } from "./data.js";
 import { ModuleLoader, nativeModules, type Module } from "./modules.js";
 import { closest } from "./suggest.js";
-import { describeValue, num, type Value } from "./values.js";
+import { describeValue, num, type ModuleInstance, type Value } from "./values.js";
 import { itemAt, rangeItems, sliceOf } from "./sequences.js";
 
 /** Learning-rate schedules and their parameters' defaults. */
@@ -24,6 +24,36 @@ export function chain(vars: Map<string, Value>, parent?: Scope): Scope {
   return {
     lookup: (name) => vars.get(name) ?? parent?.lookup(name),
     names: () => [...vars.keys(), ...(parent ? parent.names() : [])],
+  };
+}
+
+/**
+ * What a top-level function runs in: an instance with no members of its own, seeing the file's
+ * top level (its declarations, imports and constants), so its body is lowered like a member
+ * function's, without any definition's members or per-tensor names.
+ */
+function topLevel(module: Module, scope: Scope, first: A.FunctionDef): ModuleInstance {
+  const at = { file: module.file, span: first.span };
+  return {
+    def: {
+      kind: "Definition",
+      sort: "model",
+      name: { kind: "Name", name: "(top level)", span: first.span },
+      params: [],
+      members: [],
+      span: first.span,
+    },
+    typeName: "(top level)",
+    module,
+    path: "",
+    scope: new Map(),
+    lookup: scope,
+    params: [],
+    children: [],
+    states: [],
+    regularizers: [],
+    actions: [],
+    at,
   };
 }
 
@@ -145,7 +175,12 @@ export class Resolver {
 
   private *declaredNames(module: Module): Iterable<string> {
     for (const item of module.program.items) {
-      if (item.kind === "Definition" || item.kind === "Const" || item.kind === "Data")
+      if (
+        item.kind === "Definition" ||
+        item.kind === "Const" ||
+        item.kind === "Data" ||
+        item.kind === "Function"
+      )
         yield item.name.name;
     }
   }
@@ -172,8 +207,15 @@ export class Resolver {
       declared.set(name.name, name);
       vars.set(name.name, value);
     };
+    let self: ModuleInstance | undefined;
     for (const item of module.program.items) {
       if (item.kind === "Definition") declare(item.name, { kind: "definition", def: item, module });
+      if (item.kind === "Function")
+        declare(item.name, {
+          kind: "function",
+          fn: item,
+          self: (self ??= topLevel(module, scope, item)),
+        });
     }
     for (const item of module.program.items) {
       if (item.kind !== "Import") continue;

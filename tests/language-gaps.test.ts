@@ -1,7 +1,12 @@
 // The small language features of issue 11 (item 5), each checked by its behaviour on a compiled
 // program and by its diagnostics: the built-ins `sin`, `cos`, `cumsum`, `concat`, `argmax`,
 // `i32`, `f32` (values against plain TypeScript loops, gradients against finite differences).
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { format } from "../language/format.js";
+import { parseText } from "./helpers.js";
 import { SourceFile } from "../language/source.js";
 import {
   compile,
@@ -471,5 +476,55 @@ describe("range, loops over it, and indexing and slicing of lists and tuples", (
         expect(d[0]!.text, `${expr} (${where})`).toBe(text);
       }
     }
+  });
+});
+
+describe("top-level functions", () => {
+  const lib = `const factor = 3
+
+// a top-level function sees its own file's top level (factor), not the caller's
+scaled(x) = x * factor
+
+clipped(x, hi: float = 1.0) {
+  if hi <= 0 {
+    return x
+  }
+  return min(x, hi)
+}
+`;
+
+  it("are called from members and imported like definitions (by name and through an alias)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-topfn-"));
+    writeFileSync(join(dir, "lib.lrk"), lib);
+    const text = probe("clipped(scaled(twice(param)), hi: 0.5) + helpers.scaled(param)").replace(
+      "optimizer probe",
+      `import "./lib.lrk".{scaled, clipped}\nimport "./lib.lrk" as helpers\n\nconst factor = 100\n\ntwice(x) = 2 * x\n\noptimizer probe`,
+    );
+    const run = compile(text, { path: join(dir, "main.lrk") });
+    const store = await init(run, true);
+    const before = param(store, "l1.weight");
+    await trainStep(run, store, 1, true);
+    expectClose(
+      param(store, "l1.weight"),
+      before.map((x) => Math.min(2 * x * 3, 0.5) + x * 3),
+    );
+  });
+
+  it("do not see an optimizer's per-tensor names, and clash with a definition of the same name", () => {
+    const unbound = diagnosticsOf(
+      probe("param + leak()").replace("optimizer probe", "leak() = grad\n\noptimizer probe"),
+    );
+    expect(unbound.map((d) => d.code)).toEqual(["E0204"]);
+    expect(unbound[0]!.text).toBe("grad");
+    const twice = diagnosticsOf(
+      probe("param").replace("optimizer probe", "Net(x) = x\n\noptimizer probe"),
+    );
+    expect(twice.map((d) => d.code)).toContain("E0202");
+  });
+
+  it("format as written (the expression form on one line, the block form set apart)", () => {
+    const text = `double(x) = 2 * x\n\nclipped(x, hi: float = 1.0) {\n  return min(x, hi)\n}\n`;
+    const parsed = parseText(text);
+    expect(format(parsed.program, parsed.file)).toBe(text);
   });
 });
