@@ -63,7 +63,8 @@ export class LrkGrammar extends CstParser {
       const token = this.LA(k) as LrkToken;
       const found = follows.find((type) => tokenMatcher(token, type));
       if (found === undefined) continue;
-      if (found === t.Identifier && !(token.startsLine === true && token.startColumn === 1)) continue;
+      if (found === t.Identifier && !(token.startsLine === true && token.startColumn === 1))
+        continue;
       return found;
     }
   }
