@@ -6,7 +6,16 @@
 // reads the projection the optimizer stored and checks that it is the top singular subspace
 // (σ₁ by power iteration), then uses it.
 import { describe, expect, it } from "vitest";
-import { compile, init, param, trainStep, type Store, type TestRun } from "./program-helpers.js";
+import { SourceFile } from "../language/source.js";
+import {
+  compile,
+  init,
+  param,
+  prepare,
+  trainStep,
+  type Store,
+  type TestRun,
+} from "./program-helpers.js";
 
 /** |a_i − b_i| <= tol · max(1, |b_i|) for every i, with the worst offender in the message. */
 function expectAllClose(
@@ -102,6 +111,62 @@ function topSingularValue(a: Mat): number {
     v = w.scale(1 / w.fro());
   }
   return a.mul(v).fro();
+}
+
+/** Columns of X made orthonormal (modified Gram–Schmidt). */
+function orthonormalColumns(x: Mat): Mat {
+  const cols = Array.from({ length: x.cols }, (_, j) =>
+    Array.from({ length: x.rows }, (_, i) => x.at(i, j)),
+  );
+  for (let j = 0; j < cols.length; j++) {
+    for (let k = 0; k < j; k++) {
+      const d = cols[j]!.reduce((s, v, i) => s + v * cols[k]![i]!, 0);
+      cols[j] = cols[j]!.map((v, i) => v - d * cols[k]![i]!);
+    }
+    const n = Math.hypot(...cols[j]!);
+    cols[j] = cols[j]!.map((v) => v / n);
+  }
+  return new Mat(x.rows, x.cols).map((_, i, j) => cols[j]![i]!);
+}
+
+/**
+ * Checks that the columns of `basis` are orthonormal singular vectors of G for its `basis.cols`
+ * largest singular values: left ones (of G Gᵀ) or right ones (of Gᵀ G), against float64
+ * subspace iteration here.
+ */
+function expectTopSingularVectors(G: Mat, basis: Mat, left: boolean, what: string): void {
+  const A = left ? G.mul(G.t) : G.t.mul(G);
+  const r = basis.cols;
+  const gram = basis.t.mul(basis);
+  expectAllClose(
+    gram.data,
+    new Mat(r, r).map((_, i, j) => (i === j ? 1 : 0)).data,
+    1e-9,
+    `${what}: orthonormal`,
+  );
+  const scale = A.fro();
+  for (let j = 0; j < r; j++) {
+    const b = basis.map((_, i) => basis.at(i, j)).map((x, i, k) => (k === 0 ? x : 0));
+    const v = new Mat(basis.rows, 1).map((_, i) => basis.at(i, j));
+    const Av = A.mul(v);
+    const lambda = v.t.mul(Av).at(0, 0);
+    void b;
+    expect(
+      Av.minus(v.scale(lambda)).fro() / scale,
+      `${what}: vector ${j} is singular`,
+    ).toBeLessThan(1e-9);
+  }
+  let x = new Mat(A.rows, r).map((_, i, j) => Math.cos(1 + i * (j + 1)));
+  for (let k = 0; k < 3000; k++) x = orthonormalColumns(A.mul(x));
+  const top = x.t.mul(A).mul(x);
+  const chosen = basis.t.mul(A).mul(basis);
+  let sumTop = 0;
+  let sumChosen = 0;
+  for (let j = 0; j < r; j++) {
+    sumTop += top.at(j, j);
+    sumChosen += chosen.at(j, j);
+  }
+  expect(Math.abs(sumTop - sumChosen) / scale, `${what}: the top ${r}`).toBeLessThan(1e-9);
 }
 
 function stored(store: Store, name: string, rows: number, cols: number): Mat {
@@ -221,5 +286,60 @@ describe("Fira", () => {
     });
     // the limiter acted on some step (else its branch would be untested)
     expect(limited).toBeGreaterThan(0);
+  });
+});
+
+// -------------------------------------------------------------------------------------- FRUGAL
+
+describe("FRUGAL (SVD)", () => {
+  it("three steps across a refresh: Adam in the subspace (restarted), signSGD on the rest", async () => {
+    const h = { lr: 0.05, beta1: 0.8, beta2: 0.9, eps: 1e-8, wd: 0.1, sp: 0.5, si: 0.2, period: 2 };
+    const run = compile(
+      program(
+        "import std.optim.{frugal}",
+        `frugal(lr: ${h.lr}, density: 0.5, period: ${h.period}, beta1: ${h.beta1}, beta2: ${h.beta2}, weight_decay: ${h.wd}, proj_lr_scale: ${h.sp}, inactive_lr_scale: ${h.si})`,
+      ),
+    );
+    // ranks: round(0.5 · 3) = 2 (1.5 to even), round(0.5 · 2) = 1
+    const ranks: Record<string, number> = { "l2.weight": 2, "l3.weight": 1 };
+    const moments = new Map<string, { M: Mat; V: Mat }>();
+    await checkSteps(run, 3, (t, { path, m, n }, W, G, after) => {
+      const left = m < n;
+      const r = ranks[path]!;
+      const B = left
+        ? stored(after, `state:${path}:P`, m, r)
+        : stored(after, `state:${path}:Q`, r, n);
+      const refresh = (t - 1) % h.period === 0;
+      if (refresh) expectTopSingularVectors(G, left ? B : B.t, left, `${path} at step ${t}`);
+      const R = left ? B.t.mul(G) : G.mul(B.t);
+      const back = (X: Mat) => (left ? B.mul(X) : X.mul(B));
+      const k = ((t - 1) % h.period) + 1;
+      const s = refresh
+        ? { M: new Mat(R.rows, R.cols), V: new Mat(R.rows, R.cols) }
+        : moments.get(path)!;
+      s.M = s.M.scale(h.beta1).plus(R.scale(1 - h.beta1));
+      s.V = s.V.scale(h.beta2).plus(R.map((x) => x * x).scale(1 - h.beta2));
+      moments.set(path, s);
+      const size = (h.lr * h.sp) / (1 - h.beta1 ** k);
+      const U = s.M.zip(
+        s.V,
+        (mm, v) => -size * (mm / (Math.sqrt(v) / Math.sqrt(1 - h.beta2 ** k) + h.eps)),
+      );
+      const decayed = W.scale(1 - h.lr * h.wd);
+      const rest = G.minus(back(R)).map((x) => -h.lr * h.sp * h.si * Math.sign(x));
+      return decayed.plus(back(U)).plus(rest);
+    });
+  });
+
+  it("refuses a density that leaves no dimension to Adam", () => {
+    const { diagnostics } = prepare(
+      new SourceFile(
+        "test.lrk",
+        program("import std.optim.{frugal}", "frugal(lr: 0.1, density: 0.2)"),
+      ),
+    );
+    const errors = diagnostics.filter((d) => d.severity === "error");
+    expect(errors.map((d) => d.code)).toEqual(["E0205"]);
+    expect(errors[0]!.message).toContain("density 0.2 gives no dimension of a");
   });
 });

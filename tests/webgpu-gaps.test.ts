@@ -119,4 +119,14 @@ describe("issue 11 optimizers on WebGPU match the interpreter", () => {
     expect([...run.step.variants.keys()].sort()).toEqual(["", "2"]);
     await compare(run, 3);
   }, 120_000);
+
+  it("FRUGAL (SVD) across a refresh", async () => {
+    const run = compile(
+      lm(
+        `${rest}  optimize blocks.*.mlp.*.weight with frugal(lr: 1e-2, density: 0.25, period: 2)\n  optimize ** with adamw(lr: 1e-2)`,
+        "import std.optim.{adamw, frugal}",
+      ),
+    );
+    await compare(run, 3);
+  }, 120_000);
 });
