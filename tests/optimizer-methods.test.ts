@@ -343,3 +343,75 @@ describe("FRUGAL (SVD)", () => {
     expect(errors[0]!.message).toContain("density 0.2 gives no dimension of a");
   });
 });
+
+// ----------------------------------------------------------------------------------- DCT-AdamW
+
+/** The orthogonal DCT matrix of the reference: D[i, j] = sqrt(2/d) cos(π i (2j+1) / 2d), row 0 · √½. */
+function dctMatrix(d: number): Mat {
+  return new Mat(d, d).map(
+    (_, i, j) =>
+      Math.sqrt(2 / d) *
+      (i === 0 ? Math.SQRT1_2 : 1) *
+      Math.cos((Math.PI * i * (2 * j + 1)) / (2 * d)),
+  );
+}
+
+describe("DCT-AdamW (GaLore with a DCT basis)", () => {
+  it.each([1, 2])(
+    "three steps of rank %i, choosing columns at steps 1 and 2 (period 2), keeping them at 3",
+    async (rank) => {
+      // a large lr, so that the chosen columns change between steps 1 and 2
+      const h = { lr: 2.0, beta1: 0.8, beta2: 0.9, eps: 1e-8, wd: 0.1, rank, period: 2 };
+      const run = compile(
+        program(
+          "import std.optim.{dct_adamw}",
+          `dct_adamw(lr: ${h.lr}, rank: ${h.rank}, period: ${h.period}, beta1: ${h.beta1}, beta2: ${h.beta2}, weight_decay: ${h.wd})`,
+        ),
+      );
+      const kept = new Map<string, { idx: number[]; M: Mat; V: Mat }>();
+      const chosenAt: string[] = [];
+      await checkSteps(run, 3, (t, { path, m, n }, W, G) => {
+        const right = m >= n;
+        const d = Math.min(m, n);
+        const D = dctMatrix(d);
+        const r = Math.min(h.rank, d);
+        const s = kept.get(path) ?? {
+          idx: [],
+          M: right ? new Mat(m, r) : new Mat(r, n),
+          V: right ? new Mat(m, r) : new Mat(r, n),
+        };
+        if (t === 1 || t % h.period === 0) {
+          const S = right ? G.mul(D) : D.t.mul(G);
+          const l1 = right
+            ? Array.from({ length: d }, (_, j) =>
+                Array.from({ length: m }, (_, i) => Math.abs(S.at(i, j))).reduce((a, b) => a + b),
+              )
+            : Array.from({ length: d }, (_, i) =>
+                Array.from({ length: n }, (_, j) => Math.abs(S.at(i, j))).reduce((a, b) => a + b),
+              );
+          const order = l1.map((v, k) => [v, k] as const).sort((a, b) => b[0] - a[0]);
+          s.idx = order
+            .slice(0, r)
+            .map(([, k]) => k)
+            .sort((a, b) => a - b);
+          chosenAt.push(`${path}@${t}: ${s.idx.join(",")}`);
+        }
+        const B = new Mat(d, r).map((_, i, k) => D.at(i, s.idx[k]!));
+        const a = right ? G.mul(B) : B.t.mul(G);
+        s.M = s.M.scale(h.beta1).plus(a.scale(1 - h.beta1));
+        s.V = s.V.scale(h.beta2).plus(a.map((x) => x * x).scale(1 - h.beta2));
+        kept.set(path, s);
+        const corrected = Math.sqrt(1 - h.beta2 ** t);
+        const u = s.M.zip(s.V, (mm, v) => mm / (h.eps * corrected + Math.sqrt(v)));
+        const step = (right ? u.mul(B.t) : B.mul(u)).scale((h.lr * corrected) / (1 - h.beta1 ** t));
+        return W.scale(1 - h.lr * h.wd).minus(step);
+      });
+      expect(chosenAt).toHaveLength(4); // both tensors, at steps 1 and 2 only
+      // the choice is not trivial: some tensor changes its columns between steps 1 and 2
+      const [a1, a2, b1, b2] = [chosenAt[0], chosenAt[2], chosenAt[1], chosenAt[3]].map(
+        (c) => c!.split(": ")[1],
+      );
+      if (rank === 1) expect(a1 !== a2 || b1 !== b2, chosenAt.join("; ")).toBe(true);
+    },
+  );
+});

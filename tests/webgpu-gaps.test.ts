@@ -129,4 +129,14 @@ describe("issue 11 optimizers on WebGPU match the interpreter", () => {
     );
     await compare(run, 3);
   }, 120_000);
+
+  it("DCT-AdamW choosing columns every step", async () => {
+    const run = compile(
+      lm(
+        `${rest}  optimize blocks.*.mlp.*.weight with dct_adamw(lr: 1e-2, rank: 2)\n  optimize ** with adamw(lr: 1e-2)`,
+        "import std.optim.{adamw, dct_adamw}",
+      ),
+    );
+    await compare(run, 3);
+  }, 120_000);
 });
