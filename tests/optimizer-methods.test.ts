@@ -415,3 +415,60 @@ describe("DCT-AdamW (GaLore with a DCT basis)", () => {
     },
   );
 });
+
+// --------------------------------------------------------------------------------- GradNormLoRP
+
+describe("GradNormLoRP", () => {
+  it("three rank-1 steps: weight-normalized gradients, projected Adam on V, Adam on g", async () => {
+    const h = { lr: 0.05, beta1: 0.8, beta2: 0.9, eps: 1e-6, scale: 0.25, period: 100 };
+    const run = compile(
+      program(
+        "import std.optim.{grad_norm_lorp}",
+        `grad_norm_lorp(lr: ${h.lr}, rank: 1, period: ${h.period}, scale: ${h.scale}, beta1: ${h.beta1}, beta2: ${h.beta2})`,
+      ),
+    );
+    type Kept = { V: Mat; g: number[]; M: Mat; Vr: Mat; gm: number[]; gv: number[] };
+    const kept = new Map<string, Kept>();
+    await checkSteps(run, 3, (t, { path, m, n }, W, G, after) => {
+      const left = m < n;
+      // V = W₀ and g = ‖W₀‖_row before the first step
+      const s: Kept = kept.get(path) ?? {
+        V: W,
+        g: W.rowNorms(),
+        M: left ? new Mat(1, n) : new Mat(m, 1),
+        Vr: left ? new Mat(1, n) : new Mat(m, 1),
+        gm: new Array<number>(m).fill(0),
+        gv: new Array<number>(m).fill(0),
+      };
+      const norms = s.V.rowNorms();
+      const unit = s.V.map((x, i) => x / norms[i]!);
+      const gradGain = Array.from({ length: m }, (_, i) =>
+        Array.from({ length: n }, (_, j) => G.at(i, j) * unit.at(i, j)).reduce((a, b) => a + b),
+      );
+      const gradV = G.map((x, i, j) => (s.g[i]! / norms[i]!) * (x - unit.at(i, j) * gradGain[i]!));
+      const B = left
+        ? stored(after, `state:${path}:P`, m, 1)
+        : stored(after, `state:${path}:Q`, 1, n);
+      if (t === 1)
+        expectTopSingularVectors(gradV, left ? B : B.t, left, `${path}: ∇V's projection`);
+      const R = left ? B.t.mul(gradV) : gradV.mul(B.t);
+      s.M = s.M.scale(h.beta1).plus(R.scale(1 - h.beta1));
+      s.Vr = s.Vr.scale(h.beta2).plus(R.map((x) => x * x).scale(1 - h.beta2));
+      const N = s.M.zip(s.Vr, (mm, v) => mm / (Math.sqrt(v) + h.eps));
+      const size = (h.lr * Math.sqrt(1 - h.beta2 ** t)) / (1 - h.beta1 ** t);
+      s.V = s.V.minus((left ? B.mul(N) : N.mul(B)).scale(size * h.scale));
+      s.gm = s.gm.map((x, i) => h.beta1 * x + (1 - h.beta1) * gradGain[i]!);
+      s.gv = s.gv.map((x, i) => h.beta2 * x + (1 - h.beta2) * gradGain[i]! ** 2);
+      s.g = s.g.map((x, i) => x - (size * s.gm[i]!) / (Math.sqrt(s.gv[i]!) + h.eps));
+      kept.set(path, s);
+      expectAllClose(
+        stored(after, `state:${path}:direction`, m, n).data,
+        s.V.data,
+        1e-9,
+        `${path}: V`,
+      );
+      const newNorms = s.V.rowNorms();
+      return s.V.map((x, i) => (s.g[i]! * x) / newNorms[i]!);
+    });
+  });
+});

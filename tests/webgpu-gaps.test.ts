@@ -139,4 +139,14 @@ describe("issue 11 optimizers on WebGPU match the interpreter", () => {
     );
     await compare(run, 3);
   }, 120_000);
+
+  it("GradNormLoRP across a projection refresh", async () => {
+    const run = compile(
+      lm(
+        `${rest}  optimize blocks.*.mlp.*.weight with grad_norm_lorp(lr: 1e-2, rank: 2, period: 2)\n  optimize ** with adamw(lr: 1e-2)`,
+        "import std.optim.{adamw, grad_norm_lorp}",
+      ),
+    );
+    await compare(run, 3);
+  }, 120_000);
 });
