@@ -57,6 +57,13 @@ function topLevel(module: Module, scope: Scope, first: A.FunctionDef): ModuleIns
   };
 }
 
+/** `schedule:` given to an optimizer that does not declare a parameter of that name. */
+function isOwnSchedule(def: A.Definition, name: string): boolean {
+  return (
+    def.sort === "optimizer" && name === "schedule" && !def.params.some((p) => p.name.name === name)
+  );
+}
+
 /** Thrown to abandon evaluating one expression after its diagnostic is recorded. */
 export class Reported extends Error {
   constructor() {
@@ -589,6 +596,10 @@ export class Resolver {
         );
         continue;
       }
+      if (isOwnSchedule(def, arg.name.name)) {
+        bound.set("schedule", this.ownSchedule(def, arg.value, scope, module));
+        continue;
+      }
       const param = params.find((p) => p.name.name === arg.name!.name);
       if (!param) {
         const guess = closest(
@@ -634,6 +645,33 @@ export class Resolver {
       bound.set(param.name.name, this.evaluate(param.default, defScope, defModule));
     }
     return bound;
+  }
+
+  /**
+   * An optimizer's own learning-rate schedule, `adamw(lr: 1e-3, schedule: cosine(warmup: 10))`
+   * (spec §11): it replaces the train block's schedule for that optimizer's `lr`.
+   */
+  private ownSchedule(def: A.Definition, e: A.Expr, scope: Scope, module: Module): Value {
+    const value = this.evaluate(e, scope, module);
+    if (value.kind !== "schedule")
+      return this.report(
+        error(
+          "E0402",
+          `an optimizer's \`schedule\` must be a learning-rate schedule, not ${describeValue(value)}`,
+          this.at(module, e),
+          { help: "use `constant(…)`, `linear(…)` or `cosine(warmup: 100, min_ratio: 0.1)`" },
+        ),
+      );
+    if (!def.params.some((p) => p.name.name === "lr"))
+      return this.report(
+        error(
+          "E0205",
+          `\`${def.name.name}\` has no \`lr\` for a \`schedule\` to scale`,
+          this.at(module, e),
+          { help: "a schedule multiplies the optimizer's `lr` parameter at every step" },
+        ),
+      );
+    return value;
   }
 
   /** Checks an argument against its parameter's declared scalar type (`int`, `float`, `bool`, `str`). */

@@ -145,7 +145,8 @@ export function lowerOptimizer(
     ["step", lowerer.tensor(ctx.stepNode)],
   ]);
   const lr = config.args.get("lr");
-  if (lr?.kind === "number") locals.set("lr", scaledLr(ctx, lowerer, lr.value));
+  if (lr?.kind === "number")
+    locals.set("lr", scaledLr(ctx, lowerer, lr.value, config.args.get("schedule"), call.bindings));
   const stateNames: string[] = [];
   // Helper functions read these names' current values (spec §6.7); `update`'s own `let`s stay
   // its own.
@@ -189,9 +190,48 @@ export function lowerOptimizer(
   return { param: newParam, states: stateOutputs };
 }
 
-/** `lr` times the schedule's factor. */
-function scaledLr(ctx: UpdateContext, lowerer: Lowerer, lr: number): Tensor {
-  return lowerer.tensor(ctx.b.mul(ctx.b.constant(lr), ctx.lrScale));
+/**
+ * `lr` times the schedule's factor: the train block's (`lr_scale`, fed by the runtime), or the
+ * optimizer's own `schedule:`, which replaces it (computed from `step`; host-scalars.ts
+ * evaluates it on the host in float64, like the runtime's factor).
+ */
+function scaledLr(
+  ctx: UpdateContext,
+  lowerer: Lowerer,
+  lr: number,
+  schedule?: Value,
+  bindings?: ReadonlyMap<string, Value>,
+): Tensor {
+  const b = ctx.b;
+  if (schedule?.kind !== "schedule") return lowerer.tensor(b.mul(b.constant(lr), ctx.lrScale));
+  const steps = bindings?.get("steps");
+  const total = steps?.kind === "number" ? steps.value : 1;
+  return lowerer.tensor(b.mul(b.constant(lr), scheduleFactor(b, ctx.stepNode, schedule, total)));
+}
+
+/** runtime/schedule.ts's `lrFactor` as IR on the step scalar (the same formula, in float64 on the host). */
+function scheduleFactor(
+  b: Builder,
+  step: number,
+  schedule: Extract<Value, { kind: "schedule" }>,
+  steps: number,
+): number {
+  const warmup = schedule.args.get("warmup") ?? 0;
+  const minRatio = schedule.args.get("min_ratio") ?? 0;
+  const c = (v: number) => b.constant(v);
+  const progress =
+    steps > warmup ? b.minimum(c(1), b.div(b.sub(step, c(warmup)), c(steps - warmup))) : c(1);
+  let main: number;
+  if (schedule.name === "cosine")
+    main = b.add(
+      c(minRatio),
+      b.mul(c((1 - minRatio) * 0.5), b.add(c(1), b.unary("cos", b.mul(c(Math.PI), progress)))),
+    );
+  else if (schedule.name === "linear")
+    main = b.add(c(minRatio), b.mul(c(1 - minRatio), b.sub(c(1), progress)));
+  else main = c(1);
+  if (warmup <= 0) return main;
+  return b.where(b.le(step, c(warmup)), b.div(step, c(warmup)), main);
 }
 
 /**
@@ -268,7 +308,8 @@ function updateLowerer(
   const body: Lowerer = lowerer.withHooks({
     configMember: (c, member) => {
       const v = c.args.get(member);
-      if (member === "lr" && v?.kind === "number") return scaledLr(ctx, lowerer, v.value);
+      if (member === "lr" && v?.kind === "number")
+        return scaledLr(ctx, lowerer, v.value, c.args.get("schedule"), call.bindings);
       if (member === "update" && c.def.sort === "optimizer") {
         return {
           kind: "bound",

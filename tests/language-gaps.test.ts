@@ -16,6 +16,9 @@ import {
   param,
   prepare,
   relErr,
+  runEntry,
+  feedsFor,
+  variantAt,
   roundToF32,
   trainStep,
 } from "./program-helpers.js";
@@ -526,5 +529,98 @@ clipped(x, hi: float = 1.0) {
     const text = `double(x) = 2 * x\n\nclipped(x, hi: float = 1.0) {\n  return min(x, hi)\n}\n`;
     const parsed = parseText(text);
     expect(format(parsed.program, parsed.file)).toBe(text);
+  });
+});
+
+describe("an optimizer's own learning-rate schedule", () => {
+  const program = (rule: string, setting = "") => `import std.nn.{Linear}
+import std.optim.{sgd, galore, adamw_hf}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 4)
+  l2 = Linear(4, 3)
+
+  forward(x: f32[B, 2]) -> f32[B, 3] = l2(gelu(l1(x)))
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize l1.weight with ${rule}
+  optimize ** with sgd(lr: 0.1)
+  ${setting}
+  steps 6
+  batch 8
+}
+`;
+  /** runtime/schedule.ts's formula, written again: warmup, then linear or cosine decay to min_ratio. */
+  const factor = (kind: string, warmup: number, minRatio: number, t: number, steps: number) => {
+    if (warmup > 0 && t <= warmup) return t / warmup;
+    const p = Math.min(1, (t - warmup) / (steps - warmup));
+    return kind === "cosine"
+      ? minRatio + (1 - minRatio) * 0.5 * (1 + Math.cos(Math.PI * p))
+      : minRatio + (1 - minRatio) * (1 - p);
+  };
+
+  it("scales that optimizer's lr by its schedule, replacing the train block's", async () => {
+    for (const kind of ["linear", "cosine"]) {
+      const run = compile(
+        program(`sgd(lr: 0.2, schedule: ${kind}(warmup: 2, min_ratio: 0.1))`, "schedule cosine()"),
+      );
+      let store = await init(run, true);
+      for (let t = 1; t <= 6; t++) {
+        const w1 = param(store, "l1.weight");
+        const b1 = param(store, "l1.bias");
+        const { grads } = await lossAndGradients(run, store, t, true);
+        // the train block's factor as the runtime would feed it: 0.5 here, at every step
+        const entry = { name: "step+grads", outputs: [...variantAt(run, t).outputs] };
+        const out = await runEntry(run, entry, feedsFor(run, store, t, 0.5), true);
+        store = new Map([...store, ...[...out].filter(([k]) => k !== "loss")]);
+        const g = grads.get("l1.weight")!;
+        const f = factor(kind, 2, 0.1, t, 6);
+        expectClose(
+          param(store, "l1.weight"),
+          w1.map((x, k) => x - 0.2 * f * g[k]!),
+          1e-12,
+        );
+        // the other rule keeps the train block's factor
+        const gb = grads.get("l1.bias")!;
+        expectClose(
+          param(store, "l1.bias"),
+          b1.map((x, k) => x - 0.1 * 0.5 * gb[k]!),
+          1e-12,
+        );
+      }
+    }
+  });
+
+  it("is computed on the host: no cosine in the step's kernels", () => {
+    const run = compile(program("sgd(lr: 0.2, schedule: cosine())"));
+    const scalars = run.step.hostScalars;
+    expect(scalars, "host scalars").toBeDefined();
+    const cos = (nodes: readonly { op: { kind: string; fn?: string } }[]) =>
+      nodes.filter((n) => n.op.kind === "unary" && n.op.fn === "cos").length;
+    expect(cos(scalars!.program.graph.nodes)).toBe(1);
+    // the step's own entries read the packed host value instead
+    const live = new Set<number>();
+    const visit = (id: number) => {
+      if (live.has(id)) return;
+      live.add(id);
+      run.step.graph.node(id).inputs.forEach(visit);
+    };
+    for (const entry of run.step.variants.values()) entry.outputs.forEach((o) => visit(o.node));
+    expect(cos([...live].map((id) => run.step.graph.node(id)))).toBe(0);
+  });
+
+  it("reports a schedule that is not one, and an optimizer without lr", () => {
+    const bad = diagnosticsOf(program("sgd(lr: 0.2, schedule: 3)"));
+    expect(bad.map((d) => d.code)).toEqual(["E0402"]);
+    expect(bad[0]!.text).toBe("3");
+    const noLr = diagnosticsOf(program("galore(rank: 1, schedule: linear())"));
+    expect(noLr.map((d) => d.code)).toEqual(["E0205"]);
+    expect(noLr[0]!.message).toBe("`galore` has no `lr` for a `schedule` to scale");
   });
 });
