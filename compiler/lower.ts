@@ -49,6 +49,11 @@ export interface LowerHooks {
    * its states) with their current values, which its helper functions read like members.
    */
   liveMembers?(self: ModuleInstance): Scope | undefined;
+  /**
+   * For an `if` on a tensor condition: the branch to lower alone when the condition depends only
+   * on the step (decided on the host, one step variant per outcome), else undefined.
+   */
+  stepCondition?(node: number): boolean | undefined;
 }
 
 export class Lowerer {
@@ -959,6 +964,14 @@ export class Lowerer {
       return;
     }
     const c = this.asNode(condition, frame, s.condition);
+    const decided = this.hooks.stepCondition?.(c);
+    if (decided !== undefined) {
+      // known on the host at each step: the variant for this outcome holds only its branch
+      if (decided) this.block(s.then, frame);
+      else if (Array.isArray(s.else)) this.block(s.else, frame);
+      else if (s.else) this.ifStatement(s.else, frame);
+      return;
+    }
     const before = new Map(frame.locals);
     const run = (body: A.Stmt[] | A.If | undefined): Map<string, Value> => {
       const branch: Frame = { ...frame, locals: new Map(before) };

@@ -32,6 +32,8 @@ export interface UpdateContext {
   readonly states: StateInfo[];
   /** The `refresh every` periods met so far. */
   readonly periods: Set<number>;
+  /** The branch of an `if` on `step` alone in the variant being lowered (step-conditions.ts). */
+  decide?(node: number): boolean | undefined;
 }
 
 /** One optimizer applied to one tensor: its states are named `${prefix}:${state}`. */
@@ -158,6 +160,7 @@ export function lowerOptimizer(
   };
   lowerer = lowerer.withHooks({
     liveMembers: (self) => (self === opt ? live : outer?.(self)),
+    stepCondition: (node) => ctx.decide?.(node),
   });
   const frame = lowerer.frameFor(opt);
   for (const s of opt.states) {

@@ -624,3 +624,105 @@ train t {
     expect(noLr[0]!.message).toBe("`galore` has no `lr` for a `schedule` to scale");
   });
 });
+
+describe("an `if` on the step alone, in an optimizer's update", () => {
+  const program = (body: string, steps = 4) => `import std.nn.{Linear}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 4)
+  l2 = Linear(4, 3)
+
+  forward(x: f32[B, 2]) -> f32[B, 3] = l2(gelu(l1(x)))
+}
+
+optimizer alternating(lr: float) on param: f32[...] {
+  update(g) {
+${body}
+  }
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with alternating(lr: 0.1)
+  steps ${steps}
+  batch 8
+}
+`;
+  const alternating = program(`    if step % 2 == 0 {
+      param -= lr * cos(g)
+    } else {
+      param -= lr * g
+    }`);
+
+  /** The unary functions an entry computes (every node its outputs depend on). */
+  function unaries(run: ReturnType<typeof compile>, key: string): Set<string> {
+    const live = new Set<number>();
+    const visit = (id: number) => {
+      if (live.has(id)) return;
+      live.add(id);
+      run.step.graph.node(id).inputs.forEach(visit);
+    };
+    run.step.variants.get(key)!.outputs.forEach((o) => visit(o.node));
+    const fns = new Set<string>();
+    for (const id of live) {
+      const op = run.step.graph.node(id).op;
+      if (op.kind === "unary") fns.add(op.fn);
+    }
+    return fns;
+  }
+
+  it("is decided on the host: one variant per outcome, each computing only its branch", async () => {
+    const run = compile(alternating);
+    expect([...run.step.variants.keys()].sort()).toEqual(["|0", "|1"]);
+    expect(unaries(run, "|1").has("cos")).toBe(true);
+    expect(unaries(run, "|0").has("cos")).toBe(false);
+    const store = await init(run, true);
+    for (let t = 1; t <= 4; t++) {
+      const before = run.step.trainable.map((p) => param(store, p));
+      const { grads } = await trainStep(run, store, t, true);
+      run.step.trainable.forEach((p, i) => {
+        const g = grads.get(p)!;
+        const step = (x: number) => (t % 2 === 0 ? Math.cos(x) : x);
+        expectClose(
+          param(store, p),
+          before[i]!.map((w, k) => w - 0.1 * step(g[k]!)),
+          1e-12,
+        );
+      });
+    }
+  });
+
+  it("finds a condition inside a branch, and keeps a condition on a tensor a select", async () => {
+    const run = compile(
+      program(`    if step > 2 {
+      if step % 3 == 0 {
+        param -= lr * g
+      }
+    }
+    if sum(g) > 0 {
+      param -= lr * sign(g)
+    }`),
+    );
+    // step > 2, then step % 3 == 0: two conditions, four variants; sum(g) > 0 is per step on the device
+    expect([...run.step.variants.keys()].sort()).toEqual(["|00", "|01", "|10", "|11"]);
+    expect(run.step.conditions!.map((c) => [1, 2, 3, 4, 6].map((s) => c.holds(s)))).toEqual([
+      [false, false, true, true, true],
+      [false, false, true, false, true],
+    ]);
+    expect(unaries(run, "|00").has("sign")).toBe(true);
+  });
+
+  it("refuses more than 6 conditions on the step (the variants would double with each)", () => {
+    const body = Array.from(
+      { length: 7 },
+      (_, i) => `    if step % ${i + 2} == 0 {\n      param -= lr * g\n    }`,
+    ).join("\n");
+    const d = diagnosticsOf(program(body));
+    expect(d.map((x) => x.code)).toEqual(["E0206"]);
+    expect(d[0]!.message).toContain("7 conditions on `step`: at most 6");
+  });
+});
