@@ -472,3 +472,48 @@ describe("GradNormLoRP", () => {
     });
   });
 });
+
+// -------------------------------------------------------------------------- optimizer memory
+
+describe("optimizer state of each method, as its paper counts it", () => {
+  /** Elements of optimizer state per optimized tensor (what `lrkc build --emit memory` lists). */
+  function stateElements(rule: string, imports: string): Map<string, number> {
+    const run = compile(program(imports, rule));
+    const out = new Map<string, number>();
+    for (const s of run.step.states) {
+      const path = s.name.split(":")[0]!;
+      out.set(path, (out.get(path) ?? 0) + s.shape.reduce((a, d) => a * d, 1));
+    }
+    return out;
+  }
+  const shapes = layers.map((l) => ({ ...l, lo: Math.min(l.m, l.n), hi: Math.max(l.m, l.n) }));
+
+  it("Fira: GaLore's min(m,n)·r + 2·max(m,n)·r, plus one scalar for the limiter", () => {
+    const got = stateElements("fira(lr: 0.1, rank: 2)", "import std.optim.{fira}");
+    for (const { path, lo, hi } of shapes) {
+      const r = Math.min(2, lo);
+      expect(got.get(path), path).toBe(lo * r + 2 * hi * r + 1);
+    }
+  });
+
+  it("FRUGAL (SVD): the projector and Adam's two moments on r = round(ρ·min(m,n)); none for the rest", () => {
+    const got = stateElements("frugal(lr: 0.1, density: 0.5)", "import std.optim.{frugal}");
+    const rank = { "l2.weight": 2, "l3.weight": 1 } as Record<string, number>;
+    for (const { path, lo, hi } of shapes)
+      expect(got.get(path), path).toBe(lo * rank[path]! + 2 * hi * rank[path]!);
+  });
+
+  it("DCT-AdamW: 2·max(m,n)·r moments and r indices, no projection matrix", () => {
+    const got = stateElements("dct_adamw(lr: 0.1, rank: 1)", "import std.optim.{dct_adamw}");
+    for (const { path, hi } of shapes) expect(got.get(path), path).toBe(2 * hi * 1 + 1);
+  });
+
+  it("GradNormLoRP: GaLore's state for V, V itself (m·n here: the model holds W), 3m for g", () => {
+    const got = stateElements(
+      "grad_norm_lorp(lr: 0.1, rank: 1)",
+      "import std.optim.{grad_norm_lorp}",
+    );
+    for (const { path, m, n, lo, hi } of shapes)
+      expect(got.get(path), path).toBe(lo * 1 + 2 * hi * 1 + m * n + 3 * m);
+  });
+});
