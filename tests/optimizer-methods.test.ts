@@ -517,3 +517,102 @@ describe("optimizer state of each method, as its paper counts it", () => {
       expect(got.get(path), path).toBe(lo * 1 + 2 * hi * 1 + m * n + 3 * m);
   });
 });
+
+// ----------------------------------------------------------------------------------------- SoRA
+
+describe("SoRA: the gated adapter and its proximal gate optimizer", () => {
+  const soraProgram = (gate: string) => `import std.nn.{Linear}
+import std.adapters.{sora}
+import std.optim.{adamw, sora_gate}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 3)
+  l2 = Linear(3, 4)
+  l3 = Linear(4, 2)
+
+  forward(x: f32[B, 2]) -> f32[B, 2] = l3(gelu(l2(gelu(l1(x)))))
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  adapt l2, l3 with sora(rank: 3, sparsity: 0.01)
+  optimize **.gate with ${gate}
+  optimize adapters with adamw(lr: 0.05)
+  steps 10
+  batch 8
+  seed 3
+}
+`;
+
+  it.each([false, true])(
+    "three gate steps: transformers AdamW, then the soft threshold (sequential masking: %s)",
+    async (sequential) => {
+      const h = { lr: 0.3, beta1: 0.8, beta2: 0.9, eps: 1e-6, xi: 0.4 };
+      const run = compile(
+        soraProgram(
+          `sora_gate(lr: ${h.lr}, threshold: ${h.xi}, beta1: ${h.beta1}, beta2: ${h.beta2}, sequential: ${sequential})`,
+        ),
+      );
+      const gates = ["l2.sora.gate", "l3.sora.gate"];
+      for (const g of gates) expect(run.step.trainable).toContain(g);
+      const store = await init(run, true);
+      const moments = new Map(gates.map((g) => [g, { m: [0, 0, 0], v: [0, 0, 0] }]));
+      let zeros = 0;
+      let betweenXiAnd2Xi = 0;
+      for (let t = 1; t <= 3; t++) {
+        const before = new Map(gates.map((g) => [g, param(store, g)]));
+        const { grads } = await trainStep(run, store, t, true);
+        for (const g of gates) {
+          const s = moments.get(g)!;
+          const size = (h.lr * Math.sqrt(1 - h.beta2 ** t)) / (1 - h.beta1 ** t);
+          const want = Array.from(before.get(g)!, (p, i) => {
+            const d = grads.get(g)![i]!;
+            s.m[i] = h.beta1 * s.m[i]! + (1 - h.beta1) * d;
+            s.v[i] = h.beta2 * s.v[i]! + (1 - h.beta2) * d * d;
+            let q = p - (size * s.m[i]!) / (Math.sqrt(s.v[i]!) + h.eps);
+            if (Math.abs(q) > h.xi && Math.abs(q) < 2 * h.xi) betweenXiAnd2Xi++;
+            if (sequential) {
+              if (q > h.xi) q -= h.xi;
+              if (q < -h.xi) q += h.xi;
+              if (Math.abs(q) < h.xi) q = 0;
+            } else q = Math.sign(q) * Math.max(Math.abs(q) - h.xi, 0);
+            if (q === 0) zeros++;
+            return q;
+          });
+          expectAllClose(param(store, g), want, 1e-9, `${g} after step ${t}`);
+        }
+      }
+      expect(zeros, "gates the threshold zeroed").toBeGreaterThan(0);
+      // the case where the two maskings differ happened
+      expect(betweenXiAnd2Xi).toBeGreaterThan(0);
+    },
+  );
+
+  it("has r·(in + out) + r trainable numbers per adapted Linear, and adds sparsity · mean |g| to the loss", async () => {
+    const run = compile(soraProgram("sora_gate(lr: 0.1)"));
+    const sizes = new Map(run.placement.params.map((p) => [p.param.path, p.param.shape]));
+    const count = (prefix: string) =>
+      run.step.trainable
+        .filter((p) => p.startsWith(prefix))
+        .reduce((a, p) => a + sizes.get(p)!.reduce((x, d) => x * d, 1), 0);
+    expect(count("l2.sora.")).toBe(3 * (3 + 4) + 3);
+    expect(count("l3.sora.")).toBe(3 * (4 + 2) + 3);
+    // B = 0 at the start: the adapted net computes the base net, and the loss differs by the
+    // regularizer alone, 0.01 · (Σ |g| over both gates) / (3 · 2)
+    const store = await init(run, true);
+    const gateSum = ["l2.sora.gate", "l3.sora.gate"]
+      .flatMap((g) => Array.from(param(store, g)))
+      .reduce((a, x) => a + Math.abs(x), 0);
+    const withGates = (await trainStep(run, new Map(store), 1, true)).loss;
+    const zeroed = new Map(store);
+    for (const g of ["l2.sora.gate", "l3.sora.gate"])
+      zeroed.set(`param:${g}`, { shape: [3], data: new Float64Array(3) });
+    const withoutRegularizer = (await trainStep(run, zeroed, 1, true)).loss;
+    expect(withGates - withoutRegularizer).toBeCloseTo((0.01 * gateSum) / 6, 12);
+  });
+});

@@ -150,4 +150,14 @@ describe("issue 11 optimizers on WebGPU match the interpreter", () => {
     );
     await compare(run, 3);
   }, 120_000);
+
+  it("SoRA with its proximal gate optimizer", async () => {
+    const run = compile(
+      lm(
+        "  freeze **\n  adapt blocks.*.attn.{q, v} with sora(rank: 2)\n  optimize **.gate with sora_gate(lr: 0.1, threshold: 0.05)\n  optimize adapters with adamw(lr: 1e-2)",
+        "import std.adapters.{sora}\nimport std.optim.{adamw, sora_gate}",
+      ),
+    );
+    await compare(run, 3);
+  }, 120_000);
 });
