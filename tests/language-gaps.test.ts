@@ -726,3 +726,29 @@ train t {
     expect(d[0]!.message).toContain("7 conditions on `step`: at most 6");
   });
 });
+
+describe("what an optimizer reads of its tensor: shape, numel, module", () => {
+  it("reads the tensor's shape and size and its module's constructor arguments", async () => {
+    const run = compile(
+      probe(
+        "param * 0 + (100 * module.out + module.in) + 0.001 * numel + 0.0001 * shape[-1]",
+      ).replace("optimizer probe() on param: f32[m, n]", "optimizer probe() on param: f32[...]"),
+    );
+    const store = await init(run, true);
+    await trainStep(run, store, 1, true);
+    // l1 = Linear(2, 4): weight f32[4, 2]; l2 = Linear(4, 3): weight f32[3, 4]
+    expectClose(param(store, "l1.weight"), new Array(8).fill(402 + 0.008 + 0.0002), 1e-6);
+    expectClose(param(store, "l2.weight"), new Array(12).fill(304 + 0.012 + 0.0004), 1e-6);
+  });
+
+  it("an optimizer's own parameter or dim of that name wins", async () => {
+    const run = compile(
+      probe("param * 0 + shape + numel")
+        .replace("optimizer probe()", "optimizer probe(shape: float = 0.5)")
+        .replace("on param: f32[m, n]", "on param: f32[numel, n]"),
+    );
+    const store = await init(run, true);
+    await trainStep(run, store, 1, true);
+    expectClose(param(store, "l1.weight"), new Array(8).fill(4.5));
+  });
+});
