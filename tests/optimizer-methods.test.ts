@@ -508,6 +508,11 @@ describe("optimizer state of each method, as its paper counts it", () => {
     for (const { path, hi } of shapes) expect(got.get(path), path).toBe(2 * hi * 1 + 1);
   });
 
+  it("TRP: SGD's momentum m·n, and m·n for U_k V_kᵀ kept from the truncation to the next step", () => {
+    const got = stateElements("trp(lr: 0.1)", "import std.optim.{trp}");
+    for (const { path, m, n } of shapes) expect(got.get(path), path).toBe(2 * m * n);
+  });
+
   it("GradNormLoRP: GaLore's state for V, V itself (m·n here: the model holds W), 3m for g", () => {
     const got = stateElements(
       "grad_norm_lorp(lr: 0.1, rank: 1)",
@@ -614,5 +619,98 @@ train t {
       zeroed.set(`param:${g}`, { shape: [3], data: new Float64Array(3) });
     const withoutRegularizer = (await trainStep(run, zeroed, 1, true)).loss;
     expect(withGates - withoutRegularizer).toBeCloseTo((0.01 * gateSum) / 6, 12);
+  });
+});
+
+// ------------------------------------------------------------------------------------------ TRP
+
+/**
+ * The SVD of A [m, n] by one-sided (Hestenes) Jacobi: rotations of column pairs of A V until its
+ * columns are orthogonal. Returns V's columns v_j with σ_j = ‖A v_j‖, sorted by σ descending.
+ */
+function jacobiSvd(a: Mat): { s: number[]; v: number[][]; av: number[][] } {
+  const { rows: m, cols: n } = a;
+  const U = a.t.data.slice(); // column j of A V as row j of U (so rotations touch rows)
+  const V = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) V[i * n + i] = 1;
+  const dot = (M: Float64Array, len: number, p: number, q: number) => {
+    let s = 0;
+    for (let i = 0; i < len; i++) s += M[p * len + i]! * M[q * len + i]!;
+    return s;
+  };
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let rotated = false;
+    for (let p = 0; p < n - 1; p++)
+      for (let q = p + 1; q < n; q++) {
+        const alpha = dot(U, m, p, p);
+        const beta = dot(U, m, q, q);
+        const gamma = dot(U, m, p, q);
+        if (Math.abs(gamma) <= 1e-300 || Math.abs(gamma) <= 1e-15 * Math.sqrt(alpha * beta))
+          continue;
+        rotated = true;
+        const zeta = (beta - alpha) / (2 * gamma);
+        const t = (zeta >= 0 ? 1 : -1) / (Math.abs(zeta) + Math.sqrt(1 + zeta * zeta));
+        const c = 1 / Math.sqrt(1 + t * t);
+        const s = c * t;
+        for (const [M, len] of [
+          [U, m],
+          [V, n],
+        ] as const)
+          for (let i = 0; i < len; i++) {
+            const x = M[p * len + i]!;
+            const y = M[q * len + i]!;
+            M[p * len + i] = c * x - s * y;
+            M[q * len + i] = s * x + c * y;
+          }
+      }
+    if (!rotated) break;
+  }
+  const order = Array.from({ length: n }, (_, j) => j)
+    .map((j) => ({ j, s: Math.sqrt(dot(U, m, j, j)) }))
+    .sort((x, y) => y.s - x.s);
+  return {
+    s: order.map((o) => o.s),
+    v: order.map((o) => Array.from(V.subarray(o.j * n, (o.j + 1) * n))),
+    av: order.map((o) => Array.from(U.subarray(o.j * m, (o.j + 1) * m))),
+  };
+}
+
+describe("TRP", () => {
+  it("three SGD steps, truncating by energy after steps 2 (period 2) and regularizing step 3", async () => {
+    const h = { lr: 0.5, mu: 0.9, wd: 0.01, lambda: 0.05, energy: 0.8, period: 2 };
+    const run = compile(
+      program(
+        "import std.optim.{trp}",
+        `trp(lr: ${h.lr}, momentum: ${h.mu}, weight_decay: ${h.wd}, nuclear_weight: ${h.lambda}, energy: ${h.energy}, period: ${h.period})`,
+      ),
+    );
+    const kept = new Map<string, { buf: Mat; sub: Mat }>();
+    let dropped = 0;
+    await checkSteps(run, 3, (t, { path, m, n }, W, G) => {
+      const s = kept.get(path) ?? { buf: new Mat(m, n), sub: new Mat(m, n) };
+      let d = G.plus(W.scale(h.wd));
+      if (t > 1 && (t - 1) % h.period === 0) d = d.plus(s.sub.scale(h.lambda));
+      s.buf = s.buf.scale(h.mu).plus(d);
+      let next = W.minus(s.buf.scale(h.lr));
+      if (t % h.period === 0) {
+        const { s: sigma, v, av } = jacobiSvd(next);
+        const total = sigma.reduce((a, x) => a + x * x, 0);
+        let before = 0;
+        let truncated = new Mat(m, n);
+        let sub = new Mat(m, n);
+        sigma.slice(0, Math.min(m, n)).forEach((sj, j) => {
+          if (!(before < h.energy * total)) return;
+          before += sj * sj;
+          truncated = truncated.plus(new Mat(m, n).map((_, i, c) => av[j]![i]! * v[j]![c]!));
+          sub = sub.plus(new Mat(m, n).map((_, i, c) => (av[j]![i]! / sj) * v[j]![c]!));
+        });
+        if (before < total * (1 - 1e-12)) dropped++;
+        next = truncated;
+        s.sub = sub;
+      }
+      kept.set(path, s);
+      return next;
+    });
+    expect(dropped, "truncations that dropped a singular value").toBeGreaterThan(0);
   });
 });

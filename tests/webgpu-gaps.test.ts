@@ -160,4 +160,14 @@ describe("issue 11 optimizers on WebGPU match the interpreter", () => {
     );
     await compare(run, 3);
   }, 120_000);
+
+  it("TRP across truncations", async () => {
+    const run = compile(
+      lm(
+        `${rest}  optimize blocks.*.mlp.*.weight with trp(lr: 1e-2, energy: 0.9, period: 2)\n  optimize ** with adamw(lr: 1e-2)`,
+        "import std.optim.{adamw, trp}",
+      ),
+    );
+    await compare(run, 3);
+  }, 120_000);
 });
