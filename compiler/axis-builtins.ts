@@ -107,7 +107,8 @@ export function cumsum(c: Call): Value {
 
 /**
  * `argmax(x, axis:)`: the index (i32) of the largest entry along `axis`, that axis removed; the
- * first one on ties and the first NaN where there is one (as torch.argmax). Without `axis`, the
+ * first one on ties. The interpreter also picks the first NaN (as torch.argmax); WGSL may assume
+ * there are no NaNs, so a NaN row is unspecified there. Without `axis`, the
  * index into the flattened tensor. No gradient flows through it.
  */
 export function argmax(c: Call): Value {
