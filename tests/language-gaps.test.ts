@@ -741,6 +741,13 @@ describe("what an optimizer reads of its tensor: shape, numel, module", () => {
     expectClose(param(store, "l2.weight"), new Array(12).fill(304 + 0.012 + 0.0004), 1e-6);
   });
 
+  it("names the module's arguments when one is misspelled", () => {
+    const d = diagnosticsOf(probe("param * module.width"));
+    expect(d.map((x) => x.code)).toEqual(["E0207"]);
+    expect(d[0]!.message).toBe("the module `Linear` at `l1` has no field `width`");
+    expect(d[0]!.text).toBe("width");
+  });
+
   it("an optimizer's own parameter or dim of that name wins", async () => {
     const run = compile(
       probe("param * 0 + shape + numel")
