@@ -485,7 +485,7 @@ function lowerUpdateVariants(
     const outputs = withObserve(ctx, budget, lowerUpdates(updates, trainable, grads, due));
     return ctx.failed() ? undefined : outputs;
   };
-  const variants = ctx.r.attempt(() =>
+  return ctx.r.attempt(() =>
     updateVariants(updates.periods, conditions, { name: "loss", node: loss }, variant, (n) =>
       ctx.r.report(
         error(
@@ -499,7 +499,6 @@ function lowerUpdateVariants(
       ),
     ),
   );
-  return variants ?? undefined;
 }
 
 /** The controllers' states (appended to `states`) and their `score` / `prune` entries. */
