@@ -8,6 +8,8 @@ import { describe, expect, it } from "vitest";
 import { format } from "../language/format.js";
 import { parseText } from "./helpers.js";
 import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import { train } from "../runtime/trainer.js";
 import {
   compile,
   finiteDifferences,
@@ -757,5 +759,50 @@ describe("what an optimizer reads of its tensor: shape, numel, module", () => {
     const store = await init(run, true);
     await trainStep(run, store, 1, true);
     expectClose(param(store, "l1.weight"), new Array(8).fill(4.5));
+  });
+});
+
+describe("step variants across a resume", () => {
+  it("a run stopped after step 2 and resumed gives the uninterrupted run's losses and weights (TRP, period 2)", async () => {
+    const run = compile(`import std.nn.{Linear}
+import std.optim.{trp}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 4)
+  l2 = Linear(4, 3)
+
+  forward(x: f32[B, 2]) -> f32[B, 3] = l2(gelu(l1(x)))
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize **.weight with trp(lr: 0.2, energy: 0.8, period: 2)
+  optimize ** with trp_free_sgd()
+  steps 5
+  batch 8
+}
+
+optimizer trp_free_sgd(lr: float = 0.1) on param: f32[...] {
+  update(g) {
+    if step % 3 == 0 {
+      param -= lr * g
+    }
+  }
+}
+`);
+    // TRP's two (regularize, truncate) and `step % 3 == 0`: eight variants, picked by the step
+    expect(run.step.conditions!.length).toBe(3);
+    const device = new CpuDevice({ float64: true });
+    const whole = await train(run, device, { steps: 5 });
+    const first = await train(run, device, { steps: 2 });
+    const rest = await train(run, device, { steps: 5, resume: { step: 2, store: first.store } });
+    expect([...first.losses, ...rest.losses]).toEqual(whole.losses);
+    for (const [name, t] of whole.store)
+      if (!name.startsWith("batch."))
+        expect(Array.from(rest.store.get(name)!.data), name).toEqual(Array.from(t.data));
   });
 });
