@@ -27,6 +27,9 @@ export function chain(vars: Map<string, Value>, parent?: Scope): Scope {
   };
 }
 
+/** The type name of the instance top-level functions run in. */
+const TOP_LEVEL = "(top level)";
+
 /**
  * What a top-level function runs in: an instance with no members of its own, seeing the file's
  * top level (its declarations, imports and constants), so its body is lowered like a member
@@ -43,7 +46,7 @@ function topLevel(module: Module, scope: Scope, first: A.FunctionDef): ModuleIns
       members: [],
       span: first.span,
     },
-    typeName: "(top level)",
+    typeName: TOP_LEVEL,
     module,
     path: "",
     scope: new Map(),
@@ -72,6 +75,8 @@ export class Reported extends Error {
 }
 
 export class Resolver {
+  /** Top-level functions being evaluated while compiling, outermost first (recursion guard). */
+  private compileTimeCalls = 0;
   /** Where resolution and every later compiler phase report: the loader's log, shared. */
   get diagnostics(): Diagnostic[] {
     return this.loader.log.diagnostics;
@@ -550,6 +555,8 @@ export class Resolver {
     if (callee.kind === "builtin" && callee.name.startsWith("std.data."))
       return this.dataSource(callee.name.slice(9), e, scope, module);
     if (callee.kind === "builtin") return this.builtinCall(callee.name, e, scope, module);
+    if (callee.kind === "function" && callee.self.typeName === TOP_LEVEL)
+      return this.topLevelCall(callee.fn, callee.self, e, scope, module);
     if (callee.kind === "namespace" && callee.name === "std.data") {
       return this.report(
         error(
@@ -562,6 +569,76 @@ export class Resolver {
     return this.report(
       error("E0206", `${describeValue(callee)} cannot be called`, this.at(module, e.callee)),
     );
+  }
+
+  /**
+   * A top-level function called where values are known while compiling (a `const`): its one
+   * expression evaluated with the arguments bound, in its own file's scope. A block body, or one
+   * that needs tensors, is `E0206`: those run inside functions.
+   */
+  private topLevelCall(
+    fn: A.FunctionDef,
+    self: ModuleInstance,
+    e: A.Call,
+    scope: Scope,
+    module: Module,
+  ): Value {
+    if (fn.body.kind !== "Expr")
+      return this.report(
+        error(
+          "E0206",
+          `\`${fn.name.name}\` has a block body: it runs inside functions, not while compiling`,
+          this.at(module, e),
+          {
+            help: `write it as one expression, \`${fn.name.name}(…) = …\`, to use it in a \`const\``,
+          },
+        ),
+      );
+    if (this.compileTimeCalls >= 64)
+      return this.report(
+        error(
+          "E0210",
+          `\`${fn.name.name}\` is called 64 calls deep: a recursion that does not end`,
+          this.at(module, e),
+        ),
+      );
+    const bound = new Map<string, Value>();
+    let positional = 0;
+    for (const arg of e.args) {
+      const param = arg.name
+        ? fn.params.find((p) => p.name.name === arg.name!.name)
+        : fn.params[positional++];
+      if (!param)
+        return this.report(
+          error(
+            "E0205",
+            arg.name
+              ? `\`${fn.name.name}\` has no parameter \`${arg.name.name}\``
+              : `\`${fn.name.name}\` takes ${fn.params.length} argument${fn.params.length === 1 ? "" : "s"}`,
+            this.at(module, arg),
+          ),
+        );
+      bound.set(param.name.name, this.evaluate(arg.value, scope, module));
+    }
+    const inner = chain(bound, self.lookup);
+    for (const p of fn.params) {
+      if (bound.has(p.name.name)) continue;
+      if (!p.default)
+        return this.report(
+          error(
+            "E0205",
+            `\`${fn.name.name}\` needs the argument \`${p.name.name}\``,
+            this.at(module, e),
+          ),
+        );
+      bound.set(p.name.name, this.evaluate(p.default, inner, self.module));
+    }
+    this.compileTimeCalls++;
+    try {
+      return this.evaluate(fn.body.value, inner, self.module);
+    } finally {
+      this.compileTimeCalls--;
+    }
   }
 
   /**

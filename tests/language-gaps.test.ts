@@ -527,6 +527,35 @@ clipped(x, hi: float = 1.0) {
     expect(twice.map((d) => d.code)).toContain("E0202");
   });
 
+  it("give values while compiling in a `const` (the expression form), and the same inside functions", async () => {
+    const fns =
+      "half(x) = x / 2\n\ntwice(x: int, by: int = 2) = x * by\n\nconst r = half(8) + twice(3) + twice(3, by: 3)\n\n";
+    const run = compile(
+      probe(
+        "param * 0 + r + inside()",
+        "  inside() = half(8) + twice(3) + twice(3, by: 3)",
+      ).replace("optimizer probe", `${fns}optimizer probe`),
+    );
+    const store = await init(run, true);
+    await trainStep(run, store, 1, true);
+    expectClose(param(store, "l1.weight"), new Array(8).fill(38)); // 4 + 6 + 9, twice
+  });
+
+  it("refuse a block body and an endless recursion while compiling", () => {
+    const at = (fns: string, expr: string) =>
+      diagnosticsOf(
+        probe("param").replace("optimizer probe", `${fns}\n\nconst c = ${expr}\n\noptimizer probe`),
+      );
+    const block = at("blocky(x) {\n  return x\n}", "blocky(1)");
+    expect(block.map((d) => d.code)).toEqual(["E0206"]);
+    expect(block[0]!.message).toBe(
+      "`blocky` has a block body: it runs inside functions, not while compiling",
+    );
+    const endless = at("forever(n) = forever(n + 1)", "forever(1)");
+    expect(endless.map((d) => d.code)).toEqual(["E0210"]);
+    expect(endless[0]!.message).toContain("64 calls deep");
+  });
+
   it("format as written (the expression form on one line, the block form set apart)", () => {
     const text = `double(x) = 2 * x\n\nclipped(x, hi: float = 1.0) {\n  return min(x, hi)\n}\n`;
     const parsed = parseText(text);
