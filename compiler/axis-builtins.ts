@@ -8,6 +8,9 @@ import { shapeText } from "./lower.js";
 import type { Call, Rule } from "./tensor-builtins.js";
 import { describeValue, num, type Value } from "./values.js";
 
+/** The longest axis `cumsum` takes: its triangle of ones has n² entries (256 MiB of f32 here). */
+export const MAX_CUMSUM = 8192;
+
 /** The one `axis:` (or 2nd positional) argument as a non-negative axis of a rank-`rank` tensor. */
 function oneAxis(c: Call, rank: number, fallback: number | undefined, position = 1): number {
   const v = c.args.get(position, "axis");
@@ -98,6 +101,10 @@ export function cumsum(c: Call): Value {
   if (x.shape.length === 0) L.fail(args.argAt(0), "`cumsum` of a scalar: it needs an axis");
   const axis = oneAxis(c, x.shape.length, x.shape.length - 1);
   const n = x.shape[axis]!;
+  if (n > MAX_CUMSUM)
+    L.fail(args.argAt(0), `\`cumsum\` along an axis of ${n}: at most ${MAX_CUMSUM}`, {
+      help: `it is a product with an ${n} × ${n} triangle of ones; sum blocks of the axis separately`,
+    });
   const { node, back } = axisLast(b, b.cast(x.node, "f32"), axis);
   // ones[k, i] = 1 where k <= i: column i sums x[0..i]
   const ones = b.cast(b.le(b.iota([n, n], 0, "i32"), b.iota([n, n], 1, "i32")), "f32");

@@ -233,6 +233,9 @@ train t {
     const listAxis = diagnosticsOf(probe("cumsum(param, axis: [0, 1])"));
     expect(listAxis.map((d) => d.code)).toEqual(["E0402"]);
     expect(listAxis[0]!.text).toBe("[0, 1]");
+    const long = diagnosticsOf(probe("param + sum(cumsum(zeros(9000)))"));
+    expect(long.map((d) => d.code)).toEqual(["E0401"]);
+    expect(long[0]!.message).toBe("`cumsum` along an axis of 9000: at most 8192");
     const notList = diagnosticsOf(probe("concat(param, axis: 0)"));
     expect(notList.map((d) => d.code)).toEqual(["E0402"]);
     expect(notList[0]!.message).toMatch(/needs a list of tensors/);
