@@ -23,6 +23,22 @@ const KINDS = new Set([
   "permute",
 ]);
 
+/** The unary functions `holds` evaluates (the rest keep their `if` a select on the device). */
+const UNARY = new Set([
+  "neg",
+  "abs",
+  "floor",
+  "sign",
+  "not",
+  "sqrt",
+  "exp",
+  "log",
+  "sin",
+  "cos",
+  "square",
+  "recip",
+]);
+
 /** Whether `node` is a scalar computed from the `step` input and constants only. */
 export function stepOnly(graph: Graph, node: number): boolean {
   const seen = new Map<number, boolean>();
@@ -33,6 +49,8 @@ export function stepOnly(graph: Graph, node: number): boolean {
     const scalar = n.shape.reduce((a, d) => a * d, 1) === 1;
     let ok: boolean;
     if (n.op.kind === "input") ok = scalar && n.op.role === "scalar" && n.op.name === "step";
+    else if (n.op.kind === "unary" && !UNARY.has(n.op.fn))
+      ok = false; // selected per element
     else ok = scalar && KINDS.has(n.op.kind) && n.inputs.every(visit);
     seen.set(id, ok);
     return ok;

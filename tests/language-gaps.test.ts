@@ -750,6 +750,21 @@ train t {
     expect(unaries(run, "|00").has("sign")).toBe(true);
   });
 
+  it("keeps a step condition it cannot evaluate on the host a select (tanh)", async () => {
+    const run = compile(
+      program(`    if tanh(step) > 0.9 {
+      param -= lr * g
+    }`),
+    );
+    expect(run.step.conditions).toBeUndefined();
+    expect([...run.step.variants.keys()]).toEqual([""]);
+    const store = await init(run, true);
+    const before = run.step.trainable.map((p) => param(store, p));
+    const { grads } = await trainStep(run, store, 1, true); // tanh(1) = 0.76: no step
+    run.step.trainable.forEach((p, i) => expectClose(param(store, p), before[i]!));
+    void grads;
+  });
+
   it("refuses more than 6 conditions on the step (the variants would double with each)", () => {
     const body = Array.from(
       { length: 7 },
