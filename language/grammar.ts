@@ -99,7 +99,8 @@ export class LrkGrammar extends CstParser {
       {
         // only `NAME(` at the start of a line: elsewhere an identifier is not a declaration, so
         // recovery from an error inside a definition does not stop at one
-        GATE: () => this.is(t.Identifier) && this.is(t.LParen, 2) && this.startsLine(),
+        GATE: () =>
+          tokenMatcher(this.LA(1), t.Identifier) && this.is(t.LParen, 2) && this.startsLine(),
         ALT: () => this.SUBRULE(this.functionDef),
       },
     ]);
