@@ -46,6 +46,8 @@ const unaryRules: Record<
     return b.mul(g, b.mul(s, b.add(c(b, 1), b.mul(x, b.sub(c(b, 1), s)))));
   },
   erf: (b, x, _y, g) => b.mul(g, b.mul(b.exp(b.neg(b.square(x))), c(b, 2 / Math.sqrt(Math.PI)))),
+  sin: (b, x, _y, g) => b.mul(g, b.unary("cos", x)),
+  cos: (b, x, _y, g) => b.neg(b.mul(g, b.unary("sin", x))),
   recip: (b, _x, y, g) => b.neg(b.mul(g, b.square(y))),
   square: (b, x, _y, g) => b.mul(g, b.mul(x, c(b, 2))),
 };

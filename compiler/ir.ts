@@ -24,6 +24,8 @@ export type UnaryFn =
   | "gelu"
   | "silu"
   | "erf"
+  | "sin"
+  | "cos"
   | "floor"
   | "recip"
   | "square"

@@ -10,6 +10,7 @@ import type { Module } from "./modules.js";
 import type { Applied } from "./place.js";
 import { chain, Reported, type Resolver, type Scope } from "./resolve.js";
 import { closest } from "./suggest.js";
+import { itemAt, sliceOf } from "./sequences.js";
 import { tensorBuiltin } from "./tensor-builtins.js";
 import { describeValue, num, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
@@ -48,6 +49,16 @@ export interface LowerHooks {
    * (a parameter such as `base.weight`, or a bare initializer); false for the ordinary path.
    */
   assign?(s: A.Assign, frame: Frame): boolean;
+  /**
+   * The per-tensor names of an optimizer instance being lowered (`param`, `grad`, `step`, `lr`,
+   * its states) with their current values, which its helper functions read like members.
+   */
+  liveMembers?(self: ModuleInstance): Scope | undefined;
+  /**
+   * For an `if` on a tensor condition: the branch to lower alone when the condition depends only
+   * on the step (decided on the host, one step variant per outcome), else undefined.
+   */
+  stepCondition?(node: number): boolean | undefined;
 }
 
 export class Lowerer {
@@ -518,21 +529,7 @@ export class Lowerer {
 
   private index(e: A.Index, frame: Frame): Value {
     const object = this.expr(e.object, frame);
-    if (
-      object.kind === "list" &&
-      e.items.length === 1 &&
-      e.items[0]!.kind !== "Slice" &&
-      e.items[0]!.kind !== "Ellipsis"
-    ) {
-      const i = this.wholeNumber(e.items[0] as A.Expr, frame, "an index");
-      const item = object.items[i < 0 ? object.items.length + i : i];
-      if (!item)
-        this.fail(
-          this.at(frame, e),
-          `index ${i} is out of range for a list of ${object.items.length}`,
-        );
-      return item;
-    }
+    if (object.kind === "list" || object.kind === "tuple") return this.listItem(object, e, frame);
     const x = this.asNode(object, frame, e.object);
     const shape = this.b.shape(x);
     // `table[ids]` with an integer tensor: a gather (embedding lookup).
@@ -598,6 +595,36 @@ export class Lowerer {
         this.b.shape(out).filter((_, i) => !drop.includes(i)),
       );
     return this.tensor(out);
+  }
+
+  /** `xs[i]` or `xs[a:b:c]` of a list or tuple, with Python's rules (sequences.ts). */
+  private listItem(
+    object: Extract<Value, { kind: "list" | "tuple" }>,
+    e: A.Index,
+    frame: Frame,
+  ): Value {
+    const item = e.items[0];
+    const what = object.kind === "list" ? "a list" : "a tuple";
+    if (e.items.length !== 1 || !item || item.kind === "Ellipsis")
+      return this.r.report(
+        error("E0402", `${what} takes one index or one slice`, this.at(frame, e), {
+          help: "write e.g. `xs[0]`, `xs[-1]` or `xs[1:]`",
+        }),
+      );
+    if (item.kind === "Slice") {
+      const bound = (x: A.Expr | undefined) =>
+        x ? this.wholeNumber(x, frame, "a slice bound") : undefined;
+      const items = sliceOf(object.items, bound(item.start), bound(item.stop), bound(item.step));
+      if (typeof items === "string")
+        return this.r.report(error("E0402", items, this.at(frame, item)));
+      return { kind: object.kind, items };
+    }
+    const found = itemAt(object.items, this.wholeNumber(item, frame, "an index"));
+    if (typeof found === "string")
+      return this.r.report(
+        error("E0402", `${found}, in ${describeValue(object)}`, this.at(frame, item)),
+      );
+    return found;
   }
 
   /** A compile-time integer (an index, a slice bound). */
@@ -737,6 +764,15 @@ export class Lowerer {
     locals?: Map<string, Value>,
   ): Value {
     const frame = this.frameFor(self, locals ?? new Map());
+    const live = locals ? undefined : this.hooks.liveMembers?.(self);
+    if (live) {
+      // read as members, before the instance's own (whose `param` is the declaration, not a value)
+      const members = frame.scope;
+      frame.scope = {
+        lookup: (n) => live.lookup(n) ?? members.lookup(n),
+        names: () => [...live.names(), ...members.names()],
+      };
+    }
     const bound = new Map<string, Value>();
     let positional = 0;
     for (const arg of args) {
@@ -939,6 +975,14 @@ export class Lowerer {
       return;
     }
     const c = this.asNode(condition, frame, s.condition);
+    const decided = this.hooks.stepCondition?.(c);
+    if (decided !== undefined) {
+      // known on the host at each step: the variant for this outcome holds only its branch
+      if (decided) this.block(s.then, frame);
+      else if (Array.isArray(s.else)) this.block(s.else, frame);
+      else if (s.else) this.ifStatement(s.else, frame);
+      return;
+    }
     const before = new Map(frame.locals);
     const run = (body: A.Stmt[] | A.If | undefined): Map<string, Value> => {
       const branch: Frame = { ...frame, locals: new Map(before) };

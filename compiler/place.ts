@@ -194,6 +194,12 @@ class Placer {
     if (!failed) this.reportUncovered();
   }
 
+  /** The module or adapter instance that declares `param`. */
+  private ownerOf(param: ParamInfo): ModuleInstance | undefined {
+    const instances = [...this.modules, ...this.adapters.map((a) => a.instance)];
+    return instances.find((i) => i.params.includes(param));
+  }
+
   /** Gives `rule` the trainable tensors no earlier rule owns; false where it failed. */
   private optimizeRule(rule: A.Rule, adapterParams: Set<string>): boolean {
     const unmatched = this.checkOptimizeSelectors(rule, adapterParams);
@@ -219,6 +225,25 @@ class Placer {
         misfits.push(path);
         continue;
       }
+      // what an optimizer may read besides its arguments (spec §11): the run's total steps, the
+      // tensor's shape and size, and its module's constructor arguments; a parameter of the
+      // optimizer or a dim of its `on` clause with one of these names wins
+      const given = (name: string) =>
+        bindings.has(name) || config.def.params.some((p) => p.name.name === name);
+      const implicit: [string, Value][] = [
+        ["steps", num(this.spec.steps, true)],
+        ["shape", { kind: "list", items: entry.param.shape.map((d) => num(d, true)) }],
+        [
+          "numel",
+          num(
+            entry.param.shape.reduce((a, d) => a * d, 1),
+            true,
+          ),
+        ],
+      ];
+      const owner = this.ownerOf(entry.param);
+      if (owner) implicit.push(["module", constructorArgs(owner)]);
+      for (const [name, value] of implicit) if (!given(name)) bindings.set(name, value);
       entry.optimizer = { config, rule, bindings };
       owned++;
       if (entry.param.shape.length === 2 && !rankWarned) {
@@ -567,4 +592,14 @@ function suggestSelector(
   const fixed = fix(s);
   if (!changed || !paths.some((p) => matches(fixed, p, mode))) return undefined;
   return selectorListText({ kind: "SelectorList", selectors: [fixed], span: s.span });
+}
+
+/** `module.NAME` in an optimizer: the arguments the tensor's module was made with (`Linear(in, out)`). */
+function constructorArgs(owner: ModuleInstance): Value {
+  const fields = new Map<string, Value>();
+  for (const p of owner.def.params) {
+    const v = owner.scope.get(p.name.name);
+    if (v) fields.set(p.name.name, v);
+  }
+  return { kind: "struct", what: `the module \`${owner.typeName}\` at \`${owner.path}\``, fields };
 }

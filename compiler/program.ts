@@ -103,8 +103,13 @@ export function actionDue(action: ActionSchedule, step: number): boolean {
 /** The training step: forward, loss, gradients and updates, with an entry per way to run it. */
 export interface StepProgram extends GraphProgram {
   loss: number;
-  /** Keyed by the refresh periods due at a step, joined with `+` (`""` when none is due). */
+  /**
+   * Keyed by the refresh periods due at a step, joined with `+` (`""` when none is due), then,
+   * when the updates branch on step conditions, `|` and each condition's outcome as 0 or 1.
+   */
   variants: Map<string, Entry>;
+  /** `if`s on the step alone in optimizer updates, decided on the host (compiler/step-conditions.ts). */
+  conditions?: StepCondition[];
   states: StateInfo[];
   /** Computes every state's initial value. */
   stateInit: Entry;
@@ -145,6 +150,13 @@ export interface InitProgram extends GraphProgram {
   adapters: Entry;
 }
 
+/** A condition on the 1-based step number that picks the step's variant. */
+export interface StepCondition {
+  /** Identifies the condition (its expression); equal conditions are one. */
+  key: string;
+  holds(step: number): boolean;
+}
+
 /** Which refresh periods are due at a 1-based step: periods N with (step - 1) % N == 0. */
 export function variantKey(periods: readonly number[], step: number): string {
   return periods.filter((p) => (step - 1) % p === 0).join("+");
@@ -153,7 +165,9 @@ export function variantKey(periods: readonly number[], step: number): string {
 /** The entry of the step that runs at a 1-based step. */
 export function stepEntry(step: StepProgram, at: number): Entry {
   const periods = [...new Set(step.states.flatMap((s) => (s.period ? [s.period] : [])))];
-  return step.variants.get(variantKey(periods, at))!;
+  const outcomes = (step.conditions ?? []).map((c) => (c.holds(at) ? 1 : 0));
+  const suffix = outcomes.length ? `|${outcomes.join("")}` : "";
+  return step.variants.get(variantKey(periods, at) + suffix)!;
 }
 
 export interface FieldShape {

@@ -8,7 +8,8 @@ import { builtinNames } from "./builtins.js";
 import { dataModule, dataSources } from "./data.js";
 import { ModuleLoader, nativeModules, type Module } from "./modules.js";
 import { closest } from "./suggest.js";
-import { describeValue, num, type Value } from "./values.js";
+import { describeValue, num, type ModuleInstance, type Value } from "./values.js";
+import { itemAt, rangeItems, sliceOf } from "./sequences.js";
 
 /** Learning-rate schedules and their parameters' defaults. */
 const schedules: Record<string, Record<string, number>> = {
@@ -26,6 +27,46 @@ export function chain(vars: Map<string, Value>, parent?: Scope): Scope {
   };
 }
 
+/** The type name of the instance top-level functions run in. */
+const TOP_LEVEL = "(top level)";
+
+/**
+ * What a top-level function runs in: an instance with no members of its own, seeing the file's
+ * top level (its declarations, imports and constants), so its body is lowered like a member
+ * function's, without any definition's members or per-tensor names.
+ */
+function topLevel(module: Module, scope: Scope, first: A.FunctionDef): ModuleInstance {
+  const at = { file: module.file, span: first.span };
+  return {
+    def: {
+      kind: "Definition",
+      sort: "model",
+      name: { kind: "Name", name: "(top level)", span: first.span },
+      params: [],
+      members: [],
+      span: first.span,
+    },
+    typeName: TOP_LEVEL,
+    module,
+    path: "",
+    scope: new Map(),
+    lookup: scope,
+    params: [],
+    children: [],
+    states: [],
+    regularizers: [],
+    actions: [],
+    at,
+  };
+}
+
+/** `schedule:` given to an optimizer that does not declare a parameter of that name. */
+function isOwnSchedule(def: A.Definition, name: string): boolean {
+  return (
+    def.sort === "optimizer" && name === "schedule" && !def.params.some((p) => p.name.name === name)
+  );
+}
+
 /** Thrown to abandon evaluating one expression after its diagnostic is recorded. */
 export class Reported extends Error {
   constructor() {
@@ -34,6 +75,8 @@ export class Reported extends Error {
 }
 
 export class Resolver {
+  /** Top-level functions being evaluated while compiling, outermost first (recursion guard). */
+  private compileTimeCalls = 0;
   /** Where resolution and every later compiler phase report: the loader's log, shared. */
   get diagnostics(): Diagnostic[] {
     return this.loader.log.diagnostics;
@@ -144,7 +187,12 @@ export class Resolver {
 
   private *declaredNames(module: Module): Iterable<string> {
     for (const item of module.program.items) {
-      if (item.kind === "Definition" || item.kind === "Const" || item.kind === "Data")
+      if (
+        item.kind === "Definition" ||
+        item.kind === "Const" ||
+        item.kind === "Data" ||
+        item.kind === "Function"
+      )
         yield item.name.name;
     }
   }
@@ -171,8 +219,15 @@ export class Resolver {
       declared.set(name.name, name);
       vars.set(name.name, value);
     };
+    let self: ModuleInstance | undefined;
     for (const item of module.program.items) {
       if (item.kind === "Definition") declare(item.name, { kind: "definition", def: item, module });
+      if (item.kind === "Function")
+        declare(item.name, {
+          kind: "function",
+          fn: item,
+          self: (self ??= topLevel(module, scope, item)),
+        });
     }
     for (const item of module.program.items) {
       if (item.kind !== "Import") continue;
@@ -308,7 +363,7 @@ export class Resolver {
       case "Index": {
         const object = this.evaluate(e.object, scope, module);
         if (object.kind === "list" || object.kind === "tuple")
-          return this.listItem(object.items, e, scope, module);
+          return this.listItem(object, e, scope, module);
         return this.needsTensors(e, module);
       }
       case "Transpose":
@@ -331,29 +386,41 @@ export class Resolver {
     );
   }
 
-  /** `list[i]` of a compile-time list (a negative index counts from the end). */
-  private listItem(items: readonly Value[], e: A.Index, scope: Scope, module: Module): Value {
+  /**
+   * `xs[i]` or `xs[a:b:c]` of a compile-time list or tuple, with Python's rules (sequences.ts): a
+   * negative index counts from the end, a slice is clipped and keeps the sequence's kind.
+   */
+  private listItem(
+    object: Extract<Value, { kind: "list" | "tuple" }>,
+    e: A.Index,
+    scope: Scope,
+    module: Module,
+  ): Value {
     const item = e.items[0];
-    if (e.items.length !== 1 || !item || item.kind === "Slice" || item.kind === "Ellipsis")
+    const what = object.kind === "list" ? "a list" : "a tuple";
+    if (e.items.length !== 1 || !item || item.kind === "Ellipsis")
       return this.report(
-        error("E0402", "a list takes one index, a whole number", this.at(module, e), {
-          help: "write e.g. `shape[0]` or `shape[-1]`",
+        error("E0402", `${what} takes one index or one slice`, this.at(module, e), {
+          help: "write e.g. `shape[0]`, `shape[-1]` or `shape[1:]`",
         }),
       );
-    const i = this.integer(item, scope, module, "a list index");
-    const at = i < 0 ? items.length + i : i;
-    if (at < 0 || at >= items.length)
+    if (item.kind === "Slice") {
+      const bound = (x: A.Expr | undefined) =>
+        x ? this.integer(x, scope, module, "a slice bound") : undefined;
+      const items = sliceOf(object.items, bound(item.start), bound(item.stop), bound(item.step));
+      if (typeof items === "string")
+        return this.report(error("E0402", items, this.at(module, item)));
+      return { kind: object.kind, items };
+    }
+    const i = this.integer(item, scope, module, `${what} index`);
+    const found = itemAt(object.items, i);
+    if (typeof found === "string")
       return this.report(
-        error(
-          "E0402",
-          `index ${i} is out of range for ${describeValue({ kind: "list", items: [...items] })}`,
-          this.at(module, item),
-          {
-            help: "guard it, e.g. `ndim == 2 and shape[1] == 64` (`and` stops at the first false)",
-          },
-        ),
+        error("E0402", `${found}, in ${describeValue(object)}`, this.at(module, item), {
+          help: "guard it, e.g. `ndim == 2 and shape[1] == 64` (`and` stops at the first false)",
+        }),
       );
-    return items[at]!;
+    return found;
   }
 
   truthy(v: Value, e: A.Expr, module: Module): boolean {
@@ -488,6 +555,8 @@ export class Resolver {
     if (callee.kind === "builtin" && callee.name.startsWith("std.data."))
       return this.dataSource(callee.name.slice(9), e, scope, module);
     if (callee.kind === "builtin") return this.builtinCall(callee.name, e, scope, module);
+    if (callee.kind === "function" && callee.self.typeName === TOP_LEVEL)
+      return this.topLevelCall(callee.fn, callee.self, e, scope, module);
     if (callee.kind === "namespace" && callee.name === "std.data") {
       return this.report(
         error(
@@ -500,6 +569,76 @@ export class Resolver {
     return this.report(
       error("E0206", `${describeValue(callee)} cannot be called`, this.at(module, e.callee)),
     );
+  }
+
+  /**
+   * A top-level function called where values are known while compiling (a `const`): its one
+   * expression evaluated with the arguments bound, in its own file's scope. A block body, or one
+   * that needs tensors, is `E0206`: those run inside functions.
+   */
+  private topLevelCall(
+    fn: A.FunctionDef,
+    self: ModuleInstance,
+    e: A.Call,
+    scope: Scope,
+    module: Module,
+  ): Value {
+    if (fn.body.kind !== "Expr")
+      return this.report(
+        error(
+          "E0206",
+          `\`${fn.name.name}\` has a block body: it runs inside functions, not while compiling`,
+          this.at(module, e),
+          {
+            help: `write it as one expression, \`${fn.name.name}(…) = …\`, to use it in a \`const\``,
+          },
+        ),
+      );
+    if (this.compileTimeCalls >= 64)
+      return this.report(
+        error(
+          "E0210",
+          `\`${fn.name.name}\` is called 64 calls deep: a recursion that does not end`,
+          this.at(module, e),
+        ),
+      );
+    const bound = new Map<string, Value>();
+    let positional = 0;
+    for (const arg of e.args) {
+      const param = arg.name
+        ? fn.params.find((p) => p.name.name === arg.name!.name)
+        : fn.params[positional++];
+      if (!param)
+        return this.report(
+          error(
+            "E0205",
+            arg.name
+              ? `\`${fn.name.name}\` has no parameter \`${arg.name.name}\``
+              : `\`${fn.name.name}\` takes ${fn.params.length} argument${fn.params.length === 1 ? "" : "s"}`,
+            this.at(module, arg),
+          ),
+        );
+      bound.set(param.name.name, this.evaluate(arg.value, scope, module));
+    }
+    const inner = chain(bound, self.lookup);
+    for (const p of fn.params) {
+      if (bound.has(p.name.name)) continue;
+      if (!p.default)
+        return this.report(
+          error(
+            "E0205",
+            `\`${fn.name.name}\` needs the argument \`${p.name.name}\``,
+            this.at(module, e),
+          ),
+        );
+      bound.set(p.name.name, this.evaluate(p.default, inner, self.module));
+    }
+    this.compileTimeCalls++;
+    try {
+      return this.evaluate(fn.body.value, inner, self.module);
+    } finally {
+      this.compileTimeCalls--;
+    }
   }
 
   /**
@@ -532,6 +671,10 @@ export class Resolver {
           param.name.name,
           this.checkType(param, this.evaluate(arg.value, scope, module), arg.value, module),
         );
+        continue;
+      }
+      if (isOwnSchedule(def, arg.name.name)) {
+        bound.set("schedule", this.ownSchedule(def, arg.value, scope, module));
         continue;
       }
       const param = params.find((p) => p.name.name === arg.name!.name);
@@ -579,6 +722,33 @@ export class Resolver {
       bound.set(param.name.name, this.evaluate(param.default, defScope, defModule));
     }
     return bound;
+  }
+
+  /**
+   * An optimizer's own learning-rate schedule, `adamw(lr: 1e-3, schedule: cosine(warmup: 10))`
+   * (spec §11): it replaces the train block's schedule for that optimizer's `lr`.
+   */
+  private ownSchedule(def: A.Definition, e: A.Expr, scope: Scope, module: Module): Value {
+    const value = this.evaluate(e, scope, module);
+    if (value.kind !== "schedule")
+      return this.report(
+        error(
+          "E0402",
+          `an optimizer's \`schedule\` must be a learning-rate schedule, not ${describeValue(value)}`,
+          this.at(module, e),
+          { help: "use `constant(…)`, `linear(…)` or `cosine(warmup: 100, min_ratio: 0.1)`" },
+        ),
+      );
+    if (!def.params.some((p) => p.name.name === "lr"))
+      return this.report(
+        error(
+          "E0205",
+          `\`${def.name.name}\` has no \`lr\` for a \`schedule\` to scale`,
+          this.at(module, e),
+          { help: "a schedule multiplies the optimizer's `lr` parameter at every step" },
+        ),
+      );
+    return value;
   }
 
   /** Checks an argument against its parameter's declared scalar type (`int`, `float`, `bool`, `str`). */
@@ -721,9 +891,21 @@ export class Resolver {
     return this.report(error("E0205", text, this.at(module, e)));
   }
 
+  /** `range(n)`, `range(start, stop, step)`: a list of integers known while compiling. */
+  range(e: A.Call, scope: Scope, module: Module): Value {
+    const named = e.args.find((a) => a.name);
+    if (named)
+      this.report(error("E0205", "`range` takes its integers by position", this.at(module, named)));
+    const args = e.args.map((a) => this.integer(a.value, scope, module, "a `range` bound"));
+    const list = rangeItems(args);
+    if (typeof list === "string") return this.report(error("E0402", list, this.at(module, e)));
+    return list;
+  }
+
   private builtinCall(name: string, e: A.Call, scope: Scope, module: Module): Value {
     if (name in schedules) return this.schedule(name, e, scope, module);
     if (name === "require") return this.require(e, scope, module);
+    if (name === "range") return this.range(e, scope, module);
     const args = e.args.map((a) =>
       this.number(this.evaluate(a.value, scope, module), a.value, module),
     );
@@ -743,6 +925,10 @@ export class Resolver {
         return one(Math.abs, args[0]?.integer ?? false);
       case "floor":
         return one(Math.floor, true);
+      case "sin":
+        return one(Math.sin);
+      case "cos":
+        return one(Math.cos);
       case "ceil":
         return one(Math.ceil, true);
       case "round":

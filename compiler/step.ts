@@ -50,6 +50,7 @@ import type {
 import type { Resolver } from "./resolve.js";
 import type { TrainSpec } from "./train.js";
 import { lowerUpdates, type UpdateContext } from "./update.js";
+import { MAX_STEP_CONDITIONS, StepConditions, updateVariants } from "./step-conditions.js";
 import { describeValue, num, type ParamInfo, type Value } from "./values.js";
 
 /** What the phases share: the graph being built, its inputs, and the lowerer. */
@@ -105,7 +106,8 @@ export function buildStep(
   const grads = lowerGradients(ctx, loss, trainable);
   const budget = prepareControllers(ctx, trainable, grads);
   const states: StateInfo[] = [];
-  const variants = lowerUpdateVariants(ctx, loss, trainable, grads, budget, states);
+  const conditions = new StepConditions();
+  const variants = lowerUpdateVariants(ctx, loss, trainable, grads, budget, states, conditions);
   if (!variants) return undefined;
   const budgets = lowerControllerEntries(ctx, budget, states);
   if (!budgets) return undefined;
@@ -143,6 +145,7 @@ export function buildStep(
     actions,
     loss,
     variants,
+    ...(conditions.found.length ? { conditions: conditions.found } : {}),
     states,
     stateInit,
     trainable: trainable.map((p) => p.param.path),
@@ -460,6 +463,7 @@ function lowerUpdateVariants(
   grads: ReadonlyMap<number, number>,
   budget: Budget,
   states: StateInfo[],
+  conditions: StepConditions,
 ): Map<string, Entry> | undefined {
   const updates: UpdateContext = {
     r: ctx.r,
@@ -471,23 +475,28 @@ function lowerUpdateVariants(
     lrScale: ctx.lrScale,
     states,
     periods: new Set(),
+    decide: (node) => conditions.decide(ctx.b.graph, node),
   };
-  const variant = (due: ReadonlySet<number>) =>
-    withObserve(ctx, budget, lowerUpdates(updates, trainable, grads, due));
-  const plain = variant(new Set());
-  if (!plain || ctx.failed()) return undefined;
-  const variants = new Map<string, Entry>();
-  const lossOutput: Output = { name: "loss", node: loss };
-  variants.set("", { name: "step", outputs: [lossOutput, ...plain] });
-  const list = [...updates.periods].sort((a, c) => a - c);
-  for (let mask = 1; mask < 1 << list.length; mask++) {
-    const due = new Set(list.filter((_, i) => mask & (1 << i)));
-    const outputs = variant(due);
-    if (!outputs) return undefined;
-    const key = [...due].join("+");
-    variants.set(key, { name: `step+refresh${key}`, outputs: [lossOutput, ...outputs] });
-  }
-  return variants;
+  // one variant per combination of due refresh periods and step conditions (step-conditions.ts)
+  const variant = (due: ReadonlySet<number>, outcomes: readonly boolean[]) => {
+    conditions.decisions = new Map(conditions.found.map((c, i) => [c.key, outcomes[i] ?? false]));
+    const outputs = withObserve(ctx, budget, lowerUpdates(updates, trainable, grads, due));
+    return ctx.failed() ? undefined : outputs;
+  };
+  return ctx.r.attempt(() =>
+    updateVariants(updates.periods, conditions, { name: "loss", node: loss }, variant, (n) =>
+      ctx.r.report(
+        error(
+          "E0206",
+          `the optimizers branch on ${n} conditions on \`step\`: at most ${MAX_STEP_CONDITIONS}`,
+          undefined,
+          {
+            help: "each doubles the step's variants; combine them, or select with `where` instead",
+          },
+        ),
+      ),
+    ),
+  );
 }
 
 /** The controllers' states (appended to `states`) and their `score` / `prune` entries. */

@@ -9,6 +9,8 @@ import type { UnaryFn } from "./ir.js";
 import { MAX_PANEL } from "./kernels/special.js";
 import { qrTuple, seededRandom, svdTuple } from "./linalg-builtins.js";
 import { describeValue, num, type Value } from "./values.js";
+import { argmax, cast, concat, cumsum } from "./axis-builtins.js";
+import { rangeItems } from "./sequences.js";
 
 type Arg = { name?: string; value: Value; at: Location };
 
@@ -123,6 +125,8 @@ const numeric: Record<string, (x: number) => number> = {
   abs: Math.abs,
   sign: Math.sign,
   tanh: Math.tanh,
+  sin: Math.sin,
+  cos: Math.cos,
   sigmoid: (x) => 1 / (1 + Math.exp(-x)),
   relu: (x) => Math.max(0, x),
   floor: Math.floor,
@@ -159,7 +163,7 @@ export interface Call {
 }
 
 /** Lowers one built-in call; the driver checks afterwards that every argument was used. */
-type Rule = (c: Call) => Value;
+export type Rule = (c: Call) => Value;
 
 /**
  * Every built-in name, in the order scopes list them (`builtinNames` is this table's keys), with
@@ -180,6 +184,8 @@ const builtinRules = {
   gelu: elementwise("gelu"),
   silu: elementwise("silu"),
   erf: elementwise("erf"),
+  sin: elementwise("sin"),
+  cos: elementwise("cos"),
   floor: elementwise("floor"),
   ceil: noLowering, // on numbers only
   round: noLowering,
@@ -237,7 +243,17 @@ const builtinRules = {
   // shapes
   reshape,
   transpose,
-  concat: noLowering, // reserved
+  concat,
+  cumsum,
+  argmax,
+  range: ({ L, e, at, args }) => {
+    const bounds = e.args.map((_, i) => args.integer(i));
+    const list = rangeItems(bounds);
+    if (typeof list === "string") return L.r.report(error("E0402", list, at));
+    return list;
+  },
+  i32: cast("i32"),
+  f32: cast("f32"),
   arange: ({ b, args, tensor }) =>
     tensor(b.iota([args.integer(0, undefined, undefined, 1)], 0, "i32")),
   eye: ({ b, args, tensor }) => {

@@ -12,7 +12,7 @@ import type { InputRole, Shape } from "./ir.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
 import type { PlacedParam } from "./place.js";
 import type { Output, StateInfo } from "./program.js";
-import type { Resolver } from "./resolve.js";
+import type { Resolver, Scope } from "./resolve.js";
 import { describeValue, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
 type Config = Extract<Value, { kind: "config" }>;
@@ -32,6 +32,8 @@ export interface UpdateContext {
   readonly states: StateInfo[];
   /** The `refresh every` periods met so far. */
   readonly periods: Set<number>;
+  /** The branch of an `if` on `step` alone in the variant being lowered (step-conditions.ts). */
+  decide?(node: number): boolean | undefined;
 }
 
 /** One optimizer applied to one tensor: its states are named `${prefix}:${state}`. */
@@ -95,7 +97,12 @@ export const lowerInnerOptimizer: InnerUpdate = (inner, x, { ctx, call, lowerer 
     ctx,
     {
       config: inner,
-      bindings: new Map(),
+      // the run's total steps, as the outer optimizer sees them (place.ts)
+      bindings: new Map(
+        call.bindings.has("steps") && !inner.def.params.some((p) => p.name.name === "steps")
+          ? [["steps", call.bindings.get("steps")!]]
+          : [],
+      ),
       prefix: `${call.prefix}:inner`,
       param: zero,
       grad: x,
@@ -121,15 +128,28 @@ export function lowerOptimizer(
   const r: Resolver = ctx.r;
   const { config } = call;
   const opt = instantiate(r, config, `${call.prefix}:${config.def.name.name}`, call.bindings);
-  const frame = lowerer.frameFor(opt);
   const locals = new Map<string, Value>([
     ["param", call.param],
     ["grad", call.grad],
     ["step", lowerer.tensor(ctx.stepNode)],
   ]);
   const lr = config.args.get("lr");
-  if (lr?.kind === "number") locals.set("lr", scaledLr(ctx, lowerer, lr.value));
+  if (lr?.kind === "number")
+    locals.set("lr", scaledLr(ctx, lowerer, lr.value, config.args.get("schedule"), call.bindings));
   const stateNames: string[] = [];
+  // Helper functions read these names' current values (spec §6.7); `update`'s own `let`s stay
+  // its own.
+  const perTensor = new Set(["param", "grad", "step", "lr", ...opt.states.map((s) => s.name.name)]);
+  const outer = lowerer.hooks.liveMembers;
+  const live: Scope = {
+    lookup: (n) => (perTensor.has(n) ? locals.get(n) : undefined),
+    names: () => [...perTensor].filter((n) => locals.has(n)),
+  };
+  lowerer = lowerer.withHooks({
+    liveMembers: (self) => (self === opt ? live : outer?.(self)),
+    stepCondition: (node) => ctx.decide?.(node),
+  });
+  const frame = lowerer.frameFor(opt);
   for (const s of opt.states) {
     locals.set(s.name.name, lowerState(ctx, call, lowerer, opt, s, frame, locals));
     stateNames.push(s.name.name);
@@ -160,9 +180,48 @@ export function lowerOptimizer(
   return { param: newParam, states: stateOutputs };
 }
 
-/** `lr` times the schedule's factor. */
-function scaledLr(ctx: UpdateContext, lowerer: Lowerer, lr: number): Tensor {
-  return lowerer.tensor(ctx.b.mul(ctx.b.constant(lr), ctx.lrScale));
+/**
+ * `lr` times the schedule's factor: the train block's (`lr_scale`, fed by the runtime), or the
+ * optimizer's own `schedule:`, which replaces it (computed from `step`; host-scalars.ts
+ * evaluates it on the host in float64, like the runtime's factor).
+ */
+function scaledLr(
+  ctx: UpdateContext,
+  lowerer: Lowerer,
+  lr: number,
+  schedule?: Value,
+  bindings?: ReadonlyMap<string, Value>,
+): Tensor {
+  const b = ctx.b;
+  if (schedule?.kind !== "schedule") return lowerer.tensor(b.mul(b.constant(lr), ctx.lrScale));
+  const steps = bindings?.get("steps");
+  const total = steps?.kind === "number" ? steps.value : 1;
+  return lowerer.tensor(b.mul(b.constant(lr), scheduleFactor(b, ctx.stepNode, schedule, total)));
+}
+
+/** runtime/schedule.ts's `lrFactor` as IR on the step scalar (the same formula, in float64 on the host). */
+function scheduleFactor(
+  b: Builder,
+  step: number,
+  schedule: Extract<Value, { kind: "schedule" }>,
+  steps: number,
+): number {
+  const warmup = schedule.args.get("warmup") ?? 0;
+  const minRatio = schedule.args.get("min_ratio") ?? 0;
+  const c = (v: number) => b.constant(v);
+  const progress =
+    steps > warmup ? b.minimum(c(1), b.div(b.sub(step, c(warmup)), c(steps - warmup))) : c(1);
+  let main: number;
+  if (schedule.name === "cosine")
+    main = b.add(
+      c(minRatio),
+      b.mul(c((1 - minRatio) * 0.5), b.add(c(1), b.unary("cos", b.mul(c(Math.PI), progress)))),
+    );
+  else if (schedule.name === "linear")
+    main = b.add(c(minRatio), b.mul(c(1 - minRatio), b.sub(c(1), progress)));
+  else main = c(1);
+  if (warmup <= 0) return main;
+  return b.where(b.le(step, c(warmup)), b.div(step, c(warmup)), main);
 }
 
 /**
@@ -239,7 +298,8 @@ function updateLowerer(
   const body: Lowerer = lowerer.withHooks({
     configMember: (c, member) => {
       const v = c.args.get(member);
-      if (member === "lr" && v?.kind === "number") return scaledLr(ctx, lowerer, v.value);
+      if (member === "lr" && v?.kind === "number")
+        return scaledLr(ctx, lowerer, v.value, c.args.get("schedule"), call.bindings);
       if (member === "update" && c.def.sort === "optimizer") {
         return {
           kind: "bound",

@@ -627,6 +627,8 @@ export class Emitter {
       case "abs":
       case "sign":
       case "floor":
+      case "sin":
+      case "cos":
         return `${fn}(${x})`;
       case "rsqrt":
         return `1.0 / sqrt(${x})`;

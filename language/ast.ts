@@ -28,7 +28,8 @@ export interface Program extends Node {
   comments: Comment[];
 }
 
-export type TopItem = Import | ConstDecl | DataDecl | Definition | TrainDecl | ErrorNode;
+export type TopItem =
+  Import | ConstDecl | DataDecl | Definition | TrainDecl | FunctionDef | ErrorNode;
 
 // ---------------------------------------------------------------------------- declarations
 

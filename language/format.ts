@@ -126,7 +126,10 @@ class Printer {
       items,
       "",
       (item, indent) => this.topItem(item, indent),
-      (item) => item.kind === "Definition" || item.kind === "Train",
+      (item) =>
+        item.kind === "Definition" ||
+        item.kind === "Train" ||
+        (item.kind === "Function" && item.body.kind === "Block"),
     );
     this.lastEnd = -1;
     this.leadingComments(Infinity, "");
@@ -146,6 +149,8 @@ class Printer {
         return this.definition(item, indent);
       case "Train":
         return this.train(item, indent);
+      case "Function":
+        return this.member(item, indent);
       case "Error":
         return [indent + "/* error */"];
     }

@@ -4,7 +4,7 @@
 // Newlines: the lexer marks tokens that start a line outside () and []. A binary operator, a call
 // `(` or an index `[` on such a token does not continue the expression before it, so statements
 // need no separators while expressions still wrap freely inside brackets (or after an operator).
-import { CstParser, EOF, type IToken, type TokenType } from "chevrotain";
+import { CstParser, EOF, tokenMatcher, type IToken, type TokenType } from "chevrotain";
 import * as t from "./tokens.js";
 import type { LrkToken } from "./lexer.js";
 import { errorMessages } from "./parse-errors.js";
@@ -51,6 +51,24 @@ export class LrkGrammar extends CstParser {
     this.performSelfAnalysis();
   }
 
+  /**
+   * Recovery skips to a token that can follow a rule on the stack. Top-level functions made a
+   * name a possible start of a declaration, so after an error inside a definition a name there
+   * (`Linear(d d)`, a member `forward(x) = …`) would end the whole definition: a name counts as a
+   * resync point only at the start of an unindented line, where top-level declarations are.
+   */
+  findReSyncTokenType(): TokenType {
+    const follows = (this as unknown as { flattenFollowSet(): TokenType[] }).flattenFollowSet();
+    for (let k = 1; ; k++) {
+      const token = this.LA(k) as LrkToken;
+      const found = follows.find((type) => tokenMatcher(token, type));
+      if (found === undefined) continue;
+      if (found === t.Identifier && !(token.startsLine === true && token.startColumn === 1))
+        continue;
+      return found;
+    }
+  }
+
   private startsLine(): boolean {
     return (this.LA(1) as LrkToken).startsLine === true;
   }
@@ -77,6 +95,14 @@ export class LrkGrammar extends CstParser {
       { ALT: () => this.SUBRULE(this.dataDecl) },
       { ALT: () => this.SUBRULE(this.definition) },
       { ALT: () => this.SUBRULE(this.trainDecl) },
+      // a top-level function, `NAME(PARAMS) = EXPR` or with a block (spec §3.4)
+      {
+        // only `NAME(` at the start of a line: elsewhere an identifier is not a declaration, so
+        // recovery from an error inside a definition does not stop at one
+        GATE: () =>
+          tokenMatcher(this.LA(1), t.Identifier) && this.is(t.LParen, 2) && this.startsLine(),
+        ALT: () => this.SUBRULE(this.functionDef),
+      },
     ]);
   });
 

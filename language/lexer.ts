@@ -120,7 +120,8 @@ function markLinesAndNesting(
   const stack: (typeof t.LParen)[] = [];
   let prevEnd = 0;
   for (const tok of tokens) {
-    const newline = hasLineBreak(text, prevEnd, tok.startOffset);
+    // the first token starts the first line (a top-level function may open the file)
+    const newline = tok === tokens[0] || hasLineBreak(text, prevEnd, tok.startOffset);
     const top = stack[stack.length - 1];
     tok.startsLine = newline && (top === undefined || top === t.LCurly);
     prevEnd = tok.endOffset! + 1;

@@ -6,7 +6,7 @@ import { EOF, type IParserErrorMessageProvider, type IToken, type TokenType } fr
 const ruleDescriptions: Record<string, string> = {
   program: "a declaration",
   topItem:
-    "a declaration (`import`, `const`, `data`, `model`, `adapter`, `optimizer`, `quantizer`, `budget` or `train`)",
+    "a declaration (`import`, `const`, `data`, `model`, `adapter`, `optimizer`, `quantizer`, `budget`, `train` or a function)",
   importDecl: "a module path or a file name",
   definition: "`model`, `adapter`, `optimizer`, `quantizer` or `budget`",
   onClause: "`(` or `:` after the `on` target",

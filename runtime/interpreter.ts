@@ -60,6 +60,10 @@ function unaryFn(fn: UnaryFn): (x: number) => number {
       return (x) => x * (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
     case "erf":
       return erf;
+    case "sin":
+      return Math.sin;
+    case "cos":
+      return Math.cos;
     case "floor":
       return Math.floor;
     case "recip":

@@ -6,7 +6,7 @@ import type { Graph } from "../compiler/ir.js";
 import type { PlanTarget } from "../compiler/plan.js";
 import type { Placement } from "../compiler/place.js";
 import {
-  variantKey,
+  stepEntry,
   type Entry,
   type GraphProgram,
   type InitProgram,
@@ -282,7 +282,7 @@ export function periodsOf(run: TestRun): number[] {
 
 /** The step variant `train` runs at a 1-based step. */
 export function variantAt(run: TestRun, step: number): Entry {
-  return run.step.variants.get(variantKey(periodsOf(run), step))!;
+  return stepEntry(run.step, step);
 }
 
 /**

@@ -116,6 +116,8 @@ const unaryDomains: Record<UnaryFn, [number, number]> = {
   gelu: [-6, 6],
   silu: [-20, 20],
   erf: [-4, 4],
+  sin: [-3, 3],
+  cos: [-3, 3],
   floor: [-10, 10],
   recip: [0.1, 10],
   square: [-5, 5],
