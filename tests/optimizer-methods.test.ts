@@ -621,3 +621,106 @@ train t {
     expect(withGates - withoutRegularizer).toBeCloseTo((0.01 * gateSum) / 6, 12);
   });
 });
+
+describe("CoDyRA: the gated adapter and its growing threshold", () => {
+  const program = (gate: string) => `import std.nn.{Linear}
+import std.adapters.{codyra}
+import std.optim.{adamw, codyra_gate}
+
+${moons}
+
+model Net {
+  l1 = Linear(2, 3)
+  l2 = Linear(3, 4)
+  l3 = Linear(4, 2)
+
+  forward(x: f32[B, 2]) -> f32[B, 2] = l3(gelu(l2(gelu(l1(x)))))
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  adapt l2, l3 with codyra(rank: 3)
+  optimize **.gate with ${gate}
+  optimize adapters with adamw(lr: 0.05)
+  steps 12
+  batch 8
+  seed 3
+}
+`;
+
+  it("12 gate steps as the reference's loop: torch AdamW, then κ from linspace(0, max, levels) after the dense part", async () => {
+    const h = {
+      lr: 0.2,
+      beta1: 0.9,
+      beta2: 0.9999,
+      eps: 1e-8,
+      wd: 0.1,
+      max: 0.4,
+      dense: 0.25,
+      levels: 4,
+    };
+    const run = compile(
+      program(
+        `codyra_gate(lr: ${h.lr}, max_kappa: ${h.max}, dense: ${h.dense}, levels: ${h.levels}, weight_decay: ${h.wd})`,
+      ),
+    );
+    const gates = ["l2.codyra.gate", "l3.codyra.gate"];
+    const store = await init(run, true);
+    const moments = new Map(gates.map((g) => [g, { m: [0, 0, 0], v: [0, 0, 0] }]));
+    // the reference's schedule, literally (models/codyra.py train_model)
+    const T = 12;
+    const lambdas = Array.from({ length: h.levels }, (_, i) => (h.max * i) / (h.levels - 1));
+    const denseIters = h.dense * T;
+    const stepIters = Math.floor((T - denseIters) / h.levels);
+    let thresholdId = 0;
+    let threshold = lambdas[0]!;
+    let pruned = 0;
+    for (let it = 0; it < T; it++) {
+      if (stepIters > 0 && it >= denseIters && it % stepIters === 0) {
+        thresholdId += 1;
+        threshold = lambdas[Math.min(lambdas.length - 1, thresholdId)]!;
+      }
+      const t = it + 1;
+      const before = new Map(gates.map((g) => [g, param(store, g)]));
+      const { grads } = await trainStep(run, store, t, true);
+      for (const g of gates) {
+        const s = moments.get(g)!;
+        const want = Array.from(before.get(g)!, (p, i) => {
+          const d = grads.get(g)![i]!;
+          let q = p * (1 - h.lr * h.wd);
+          s.m[i] = h.beta1 * s.m[i]! + (1 - h.beta1) * d;
+          s.v[i] = h.beta2 * s.v[i]! + (1 - h.beta2) * d * d;
+          const mhat = s.m[i]! / (1 - h.beta1 ** t);
+          const vhat = s.v[i]! / (1 - h.beta2 ** t);
+          q -= (h.lr * mhat) / (Math.sqrt(vhat) + h.eps);
+          if (it > denseIters) {
+            if (q > threshold) q -= threshold;
+            if (q < -threshold) q += threshold;
+            if (Math.abs(q) < threshold) q = 0;
+            if (q === 0) pruned++;
+          }
+          return q;
+        });
+        expectAllClose(param(store, g), want, 1e-9, `${g} after step ${t}`);
+      }
+    }
+    expect(threshold).toBeCloseTo(h.max, 12); // the schedule reached its end
+    expect(pruned, "gates the threshold zeroed").toBeGreaterThan(0);
+  });
+
+  it("has r·(in + out) + r trainable numbers per adapted Linear and starts as the base model", async () => {
+    const run = compile(program("codyra_gate(lr: 0.1)"));
+    const sizes = new Map(run.placement.params.map((p) => [p.param.path, p.param.shape]));
+    const count = (prefix: string) =>
+      run.step.trainable
+        .filter((p) => p.startsWith(prefix))
+        .reduce((a, p) => a + sizes.get(p)!.reduce((x, d) => x * d, 1), 0);
+    expect(count("l2.codyra.")).toBe(3 * (3 + 4) + 3);
+    const store = await init(run, true);
+    for (const g of ["l2.codyra.B", "l3.codyra.B"])
+      expect([...param(store, g)].every((x) => x === 0)).toBe(true);
+  });
+});

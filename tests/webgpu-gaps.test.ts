@@ -162,6 +162,16 @@ describe("issue 11 optimizers on WebGPU match the interpreter", () => {
     await compare(run, 3);
   }, 120_000);
 
+  it("CoDyRA with its growing threshold on the gates", async () => {
+    const run = compile(
+      lm(
+        "  freeze **\n  adapt blocks.*.attn.{q, v} with codyra(rank: 2)\n  optimize **.gate with codyra_gate(lr: 0.1, max_kappa: 0.2, dense: 0, levels: 2)\n  optimize adapters with adamw(lr: 1e-2)",
+        "import std.adapters.{codyra}\nimport std.optim.{adamw, codyra_gate}",
+      ),
+    );
+    await compare(run, 3);
+  }, 120_000);
+
   it("TRP across truncations", async () => {
     const run = compile(
       lm(
