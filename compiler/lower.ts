@@ -28,6 +28,11 @@ export interface Frame {
   scope: Scope;
   /** Symbolic dims bound by typed parameters (`B`, `T`). */
   dims: Map<string, number>;
+  /**
+   * Locals given by the definition that cannot be assigned (an optimizer's `step`, `grad`, `lr`):
+   * a `let` of the same name shadows them and may be.
+   */
+  readOnly?: Set<string>;
 }
 
 class ReturnSignal {
@@ -737,6 +742,7 @@ export class Lowerer {
     args: { name?: string; value: Value; at: Location }[],
     at: Location,
     locals?: Map<string, Value>,
+    readOnly?: Iterable<string>,
   ): Value {
     // Functions are inlined: a call that never stops recursing would overflow the stack.
     if (this.callDepth >= maxCallDepth)
@@ -750,7 +756,7 @@ export class Lowerer {
       );
     this.callDepth++;
     try {
-      return this.inline(fn, self, args, at, locals);
+      return this.inline(fn, self, args, at, locals, readOnly);
     } finally {
       this.callDepth--;
     }
@@ -762,8 +768,10 @@ export class Lowerer {
     args: { name?: string; value: Value; at: Location }[],
     at: Location,
     locals?: Map<string, Value>,
+    readOnly?: Iterable<string>,
   ): Value {
     const frame = this.frameFor(self, locals ?? new Map());
+    if (readOnly) frame.readOnly = new Set(readOnly);
     const live = locals ? undefined : this.hooks.liveMembers?.(self);
     if (live) {
       // read as members, before the instance's own (whose `param` is the declaration, not a value)
@@ -877,8 +885,10 @@ export class Lowerer {
         const value = this.expr(s.value, frame);
         if (s.type?.dims && value.kind === "tensor")
           this.bindDims(s.type, value, frame, this.at(frame, s.value), "this value");
-        if (s.target.kind === "Name") frame.locals.set(s.target.name, value);
-        else {
+        if (s.target.kind === "Name") {
+          frame.locals.set(s.target.name, value);
+          frame.readOnly?.delete(s.target.name);
+        } else {
           if (value.kind !== "tuple" || value.items.length !== s.target.names.length) {
             this.r.report(
               error(
@@ -911,7 +921,7 @@ export class Lowerer {
             frame,
           );
         }
-        if (!frame.locals.has(name)) {
+        if (!frame.locals.has(name) || frame.readOnly?.has(name)) {
           this.r.report(
             error("E0206", `\`${name}\` cannot be assigned here`, this.at(frame, s.target), {
               help: "assign `let` variables, and in optimizers and budgets `param`, states and the adapter's tensors",

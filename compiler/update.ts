@@ -170,6 +170,7 @@ export function lowerOptimizer(
     [{ value: call.grad, at: config.at }],
     config.at,
     locals,
+    ["step", "grad", "lr"], // given, not assigned: `step = 5` would only rebind a name
   );
   const newParam = lowerer.asNode(locals.get("param")!, frame, config.def.name);
   for (const n of stateNames)

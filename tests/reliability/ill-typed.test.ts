@@ -340,6 +340,17 @@ train t {
     message: "`normal` has no parameter `sd`",
     at: "sd",
   },
+  {
+    name: "20: assigning an optimizer's `step` (was a silent rebinding of a name)",
+    program:
+      header +
+      "optimizer weird(lr: float) on param: f32[...] {\n  update(g) {\n    step = 5\n    param -= lr * g * step\n  }\n}\n" +
+      modelWith("head(x)") +
+      trainBlock(undefined, "optimize ** with weird(lr: 0.1)"),
+    code: "E0206",
+    message: "`step` cannot be assigned here",
+    at: "step = 5",
+  },
 ];
 
 /** Programs that were refused or crashed although they are well-typed: they must check and build. */
