@@ -2,6 +2,7 @@
 // (timestamp queries around each dispatch), summed by kernel kind and listed from the slowest.
 //
 //   npm run bench:profile -- FILE [--train NAME] [--batch N] [--top N] [--no-autotune]
+//                              [--low-rank-max R]  (fuse LoRA branches up to rank R; 0: never)
 //
 // The step is run as `lrkc train` runs it (initialized weights, the first training batch), then
 // timed five more times; each kernel's figure is its median. The sum of kernel times beside the
@@ -33,7 +34,11 @@ async function main(file: string): Promise<void> {
   }
   const { program } = run;
   const device = await WebGpuDevice.open();
-  await loadPlans(device, program, { autotune: !args.includes("--no-autotune") });
+  const lowRankMax = option("--low-rank-max");
+  await loadPlans(device, program, {
+    autotune: !args.includes("--no-autotune"),
+    ...(lowRankMax !== undefined ? { lowRankMax: Number(lowRankMax) } : {}),
+  });
   // the init checkpoint does not matter for timing: start from the program's initializers
   const store = await initialize(program, device, { fromInit: false });
   const step = program.step;

@@ -55,6 +55,8 @@ export interface TargetOptions {
   log?: (line: string) => void;
   /** The untuned plans `refuseTooLarge` already made and checked (not made again). */
   untuned?: Plan[];
+  /** Fuse low-rank branches up to this inner dim (benchmarks compare; default LOW_RANK_MAX). */
+  lowRankMax?: number;
 }
 
 /**
@@ -66,7 +68,12 @@ export async function deviceTarget(
   programs: readonly GraphProgram[],
   options: TargetOptions,
 ): Promise<PlanTarget> {
-  const base = { limits: device.limits(), features: device.features, adapter: device.summary };
+  const base: PlanTarget = {
+    limits: device.limits(),
+    features: device.features,
+    adapter: device.summary,
+    ...(options.lowRankMax !== undefined ? { lowRankMax: options.lowRankMax } : {}),
+  };
   if (!options.autotune) return base;
   const features = new Set(device.features);
   const tuner = new Autotuner(device.device, device.summary, matmulTemplate);
@@ -114,7 +121,7 @@ export async function loadPlans(
     }
   }
   // Untuned plans are checked first: tuning runs kernels on buffers of the program's sizes.
-  let plans = options.untuned ?? (await untunedPlans(device, programs));
+  let plans = options.untuned ?? (await untunedPlans(device, programs, options.lowRankMax));
   checkGpuMemory(device, programs, plans, options.log);
   if (options.autotune) {
     const tuned = await deviceTarget(device, programs, options);
@@ -145,8 +152,15 @@ export async function refuseTooLarge(
 }
 
 /** The programs' plans for `device` with the template's default matmuls. */
-async function untunedPlans(device: WebGpuDevice, programs: GraphProgram[]): Promise<Plan[]> {
-  const untuned = await deviceTarget(device, programs, { autotune: false });
+async function untunedPlans(
+  device: WebGpuDevice,
+  programs: GraphProgram[],
+  lowRankMax?: number,
+): Promise<Plan[]> {
+  const untuned = await deviceTarget(device, programs, {
+    autotune: false,
+    ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+  });
   return programs.map((p) => planStep(p, untuned));
 }
 

@@ -135,7 +135,7 @@ export function check(file: SourceFile): { compiled: Compiled[]; diagnostics: Di
  * target.
  */
 export function planStep(program: GraphProgram, target: PlanTarget): Plan {
-  const fused = fuseEntries(program, target.limits); //            kernel groups per entry
+  const fused = fuseEntries(program, target.limits, target.lowRankMax); //            kernel groups per entry
   const buffers = planBuffers(program, fused, target.limits); //   liveness, reuse, limits
   const kernels = emitKernels(program, fused, buffers, target); // WGSL per group
   return assemblePlan(program, buffers, kernels);

@@ -132,6 +132,8 @@ export interface PlanTarget {
   adapter?: MatmulAdapterKind;
   /** Matmul parameters per shape (an autotuner's choices); default: the template's defaults. */
   matmulParams?: (shape: MatmulShape) => MatmulParams;
+  /** Fuse low-rank branches up to this inner dim into epilogues (default LOW_RANK_MAX). */
+  lowRankMax?: number;
 }
 
 /** One entry's kernel groups, and what it reads. */
@@ -148,9 +150,13 @@ const fusionCache = new WeakMap<Graph, Map<string, EntryFusion[]>>();
  * Fusion of every entry of a program (memoized per graph and binding limit: tuning and planning
  * both need it, and it is the costly part of planning).
  */
-export function fuseEntries(program: GraphProgram, limits: PlanLimits): EntryFusion[] {
+export function fuseEntries(
+  program: GraphProgram,
+  limits: PlanLimits,
+  lowRankMax?: number,
+): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
-  const key = `${maxBindings}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const key = `${maxBindings}|${lowRankMax}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
@@ -160,7 +166,7 @@ export function fuseEntries(program: GraphProgram, limits: PlanLimits): EntryFus
     const fusion = fuse(
       program.graph,
       entry.outputs.map((o) => o.node),
-      { maxBindings },
+      { maxBindings, ...(lowRankMax !== undefined ? { lowRankMax } : {}) },
     );
     const inputs: string[] = [];
     for (const id of fusion.needed) {

@@ -25,15 +25,20 @@ export function innerDim(graph: Graph, id: number): number {
   return (n.op as { transA: boolean }).transA ? a.shape[r - 2]! : a.shape[r - 1]!;
 }
 
-/** An f32 matmul whose inner dim is at most LOW_RANK_MAX. */
-function lowRankShape(graph: Graph, id: number): boolean {
+/** An f32 matmul whose inner dim is at most `max`. */
+function lowRankShape(graph: Graph, id: number, max: number): boolean {
   const n = graph.node(id);
-  return n.op.kind === "matmul" && n.dtype === "f32" && innerDim(graph, id) <= LOW_RANK_MAX;
+  return n.op.kind === "matmul" && n.dtype === "f32" && innerDim(graph, id) <= max;
 }
 
 /** A low-rank matmul, not an output, read once by an elementwise node (or a reshape). */
-function isCandidate(ctx: FuseContext, isOutput: ReadonlySet<number>, id: number): boolean {
-  if (!lowRankShape(ctx.graph, id) || isOutput.has(id)) return false;
+function isCandidate(
+  ctx: FuseContext,
+  isOutput: ReadonlySet<number>,
+  id: number,
+  max: number,
+): boolean {
+  if (!lowRankShape(ctx.graph, id, max) || isOutput.has(id)) return false;
   const cs = ctx.consumers.get(id)!;
   return cs.length === 1 && keepsElement(ctx.graph.node(cs[0]!).op.kind);
 }
@@ -85,10 +90,11 @@ function wideTarget(
 export function selectLowRank(
   ctx: FuseContext,
   isOutput: ReadonlySet<number>,
+  max = LOW_RANK_MAX,
 ): { lowRank: Set<number>; chains: Chains } {
   let lowRank = new Set<number>();
   for (const id of ctx.chainAnchors) {
-    if (!isCandidate(ctx, isOutput, id)) continue;
+    if (!isCandidate(ctx, isOutput, id, max)) continue;
     const skip = (x: number) => x === id || lowRank.has(x);
     const local = buildChains(ctx, isOutput, ctx.anchorsNear(id), skip);
     if (wideTarget(ctx, id, isOutput, local) !== undefined) lowRank.add(id);

@@ -88,4 +88,6 @@ export interface FuseOptions {
   broadcast?: "any" | "fold";
   /** Storage buffers one kernel may bind: bigger groups are split by materializing a node. */
   maxBindings?: number;
+  /** Inner dims up to this make a matmul a low-rank branch of an epilogue (LOW_RANK_MAX; 0: none). */
+  lowRankMax?: number;
 }
