@@ -27,7 +27,16 @@ export interface PlacedParam {
   frozenBy?: A.Freeze;
   quantizedBy?: Applied;
   /** The optimize rule that owns it (trainable tensors only). */
-  optimizer?: { config: Config; rule: A.Rule; bindings: Map<string, Value> };
+  optimizer?: {
+    config: Config;
+    rule: A.Rule;
+    bindings: Map<string, Value>;
+    /**
+     * A joint optimizer (`optimizer o(…) on ADAPTER`) updates every tensor of one adapted module
+     * at once: the adapter instance, whose params (in declaration order) it updates together.
+     */
+    joint?: ModuleInstance;
+  };
 }
 
 export interface Applied {
@@ -205,6 +214,8 @@ class Placer {
     const unmatched = this.checkOptimizeSelectors(rule, adapterParams);
     const config = this.methodConfig(rule.method, "optimizer", "optimize");
     if (!config) return false;
+    const jointOn = jointTarget(config);
+    if (jointOn) return this.optimizeJoint(rule, config, jointOn, adapterParams, unmatched);
     const selects = (path: string) =>
       rule.target.selectors.some((s) =>
         isAdaptersGroup(s) ? adapterParams.has(path) : matches(s, path, "prefix"),
@@ -268,6 +279,73 @@ class Placer {
         severity: "warning",
       });
     }
+    return true;
+  }
+
+  /**
+   * An `optimize` rule with a joint optimizer (`on ADAPTER`): each module adapted with that adapter
+   * whose tensors the rule selects gets one instance, owning all of them. A selected tensor of
+   * another kind, or an instance only partly selected (or partly frozen), is E0303.
+   */
+  private optimizeJoint(
+    rule: A.Rule,
+    config: Config,
+    adapter: string,
+    adapterParams: Set<string>,
+    unmatched: boolean,
+  ): boolean {
+    const selects = (path: string) =>
+      rule.target.selectors.some((s) =>
+        isAdaptersGroup(s) ? adapterParams.has(path) : matches(s, path, "prefix"),
+      );
+    const chosen = (path: string, e: PlacedParam) =>
+      !e.optimizer && selects(path) && this.passes(rule.target, e.param, path);
+    const misfit = (message: string, help: string) => {
+      this.report(error("E0303", message, this.at(rule.target), { help }));
+      return false;
+    };
+    const instances = this.adapters.filter((a) => a.config.def.name.name === adapter);
+    const inInstance = new Set(instances.flatMap((a) => a.instance.params.map((p) => p.path)));
+    for (const [path, e] of this.placed)
+      if (e.trainable && chosen(path, e) && !inInstance.has(path))
+        return misfit(
+          `optimizer \`${config.def.name.name}\` updates the tensors of \`${adapter}\` adapters together, but \`${path}\` is not one`,
+          `narrow the selector to the adapted modules' \`${adapter}\` tensors, and optimize the rest with another rule`,
+        );
+    if (config.def.members.some((m) => m.kind === "At"))
+      return misfit(
+        `optimizer \`${config.def.name.name}\` updates several tensors at once: its \`at\` actions are not run by this version of lrkc`,
+        "move the action into the adapter, which can assign its own tensors",
+      );
+    let owned = 0;
+    for (const a of instances) {
+      const entries = a.instance.params.map((p) => this.placed.get(p.path)!);
+      const taken = entries.filter((e) => e.trainable && chosen(e.param.path, e));
+      if (taken.length === 0) continue;
+      const left = entries.find((e) => !taken.includes(e));
+      if (left)
+        return misfit(
+          `optimizer \`${config.def.name.name}\` updates all of \`${a.instance.path}\`'s tensors at once, but \`${left.param.path}\` is ${left.trainable ? (left.optimizer ? "owned by an earlier rule" : "not selected") : "frozen"}`,
+          "select every tensor of the adapter (the `adapters` group does), and freeze none of them",
+        );
+      const bindings = new Map<string, Value>([["steps", num(this.spec.steps, true)]]);
+      if (!config.def.params.some((p) => p.name.name === "module"))
+        bindings.set("module", constructorArgs(a.module));
+      for (const e of taken) e.optimizer = { config, rule, bindings, joint: a.instance };
+      owned++;
+    }
+    if (owned === 0 && !unmatched)
+      this.r.diagnostics.push({
+        ...error(
+          "W0301",
+          `this \`optimize\` rule covers no trainable tensor`,
+          this.at(rule.target),
+          {
+            help: `a joint optimizer takes the tensors of modules adapted with \`${adapter}\``,
+          },
+        ),
+        severity: "warning",
+      });
     return true;
   }
 
@@ -543,6 +621,15 @@ function isAdaptersGroup(s: A.Selector): boolean {
     s.segments[0]!.pattern === "adapters" &&
     !s.segments[0]!.index
   );
+}
+
+/**
+ * The adapter a joint optimizer updates (`optimizer o(…) on lora`): an `on` clause naming a
+ * definition, with no type pattern and no constructor arguments.
+ */
+export function jointTarget(config: Config): string | undefined {
+  const on = config.def.on;
+  return on && !on.type && !on.args && on.name.name !== "param" ? on.name.name : undefined;
 }
 
 /** Binds `on param: f32[m, n]` against a tensor's shape; undefined if the rank differs. */

@@ -45,11 +45,18 @@ export interface OptimizerCall {
   grad: Tensor;
   /** The refresh periods due in this variant. */
   due: ReadonlySet<number>;
+  /**
+   * A joint optimizer's tensors (`on ADAPTER`), by the adapter's names, in declaration order:
+   * they replace `param` and `grad`, and `update` takes one gradient for each.
+   */
+  joint?: { name: string; param: Tensor; grad: Tensor }[];
 }
 
 export interface LoweredOptimizer {
-  /** The updated parameter. */
+  /** The updated parameter (a joint optimizer's first). */
   param: number;
+  /** A joint optimizer's updated tensors, by the adapter's names. */
+  joint?: Map<string, number>;
   /** The updated states, inner optimizers' first. */
   states: Output[];
 }
@@ -72,7 +79,34 @@ export function lowerUpdates(
   due: ReadonlySet<number>,
 ): Output[] | undefined {
   const outputs: Output[] = [];
+  const jointDone = new Set<ModuleInstance>();
   for (const p of trainable) {
+    const joint = p.optimizer!.joint;
+    if (joint) {
+      if (jointDone.has(joint)) continue;
+      jointDone.add(joint);
+      const tensors = joint.params.map((q) => ({
+        name: q.name,
+        param: ctx.L.tensor(ctx.paramNode(q)),
+        grad: ctx.L.tensor(grads.get(ctx.paramNode(q))!),
+      }));
+      const result = ctx.r.attempt(() =>
+        lowerOptimizer(ctx, {
+          config: p.optimizer!.config,
+          bindings: p.optimizer!.bindings,
+          prefix: joint.path,
+          param: tensors[0]!.param,
+          grad: tensors[0]!.grad,
+          due,
+          joint: tensors,
+        }),
+      );
+      if (!result) return undefined;
+      for (const q of joint.params)
+        outputs.push({ name: `param:${q.path}`, node: result.joint!.get(q.name)! });
+      outputs.push(...result.states);
+      continue;
+    }
     const grad = grads.get(ctx.paramNode(p.param))!;
     const result = ctx.r.attempt(() =>
       lowerOptimizer(ctx, {
@@ -128,18 +162,26 @@ export function lowerOptimizer(
   const r: Resolver = ctx.r;
   const { config } = call;
   const opt = instantiate(r, config, `${call.prefix}:${config.def.name.name}`, call.bindings);
-  const locals = new Map<string, Value>([
-    ["param", call.param],
-    ["grad", call.grad],
-    ["step", lowerer.tensor(ctx.stepNode)],
-  ]);
+  // A joint optimizer reads and assigns the adapter's tensors by their names.
+  const given: [string, Value][] = call.joint
+    ? call.joint.map((t) => [t.name, t.param])
+    : [
+        ["param", call.param],
+        ["grad", call.grad],
+      ];
+  const locals = new Map<string, Value>([...given, ["step", lowerer.tensor(ctx.stepNode)]]);
   const lr = config.args.get("lr");
   if (lr?.kind === "number")
     locals.set("lr", scaledLr(ctx, lowerer, lr.value, config.args.get("schedule"), call.bindings));
   const stateNames: string[] = [];
   // Helper functions read these names' current values (spec §6.7); `update`'s own `let`s stay
   // its own.
-  const perTensor = new Set(["param", "grad", "step", "lr", ...opt.states.map((s) => s.name.name)]);
+  const perTensor = new Set([
+    ...given.map(([n]) => n),
+    "step",
+    "lr",
+    ...opt.states.map((s) => s.name.name),
+  ]);
   const outer = lowerer.hooks.liveMembers;
   const live: Scope = {
     lookup: (n) => (perTensor.has(n) ? locals.get(n) : undefined),
@@ -164,14 +206,26 @@ export function lowerOptimizer(
       }),
     );
   }
+  const grads = call.joint ? call.joint.map((t) => t.grad) : [call.grad];
   updateLowerer(ctx, call, lowerer, innerUpdate, stateOutputs).callFunction(
     update.fn,
     opt,
-    [{ value: call.grad, at: config.at }],
+    grads.map((g) => ({ value: g, at: config.at })),
     config.at,
     locals,
     ["step", "grad", "lr"], // given, not assigned: `step = 5` would only rebind a name
   );
+  if (call.joint) {
+    const joint = new Map(
+      call.joint.map((t) => [t.name, lowerer.asNode(locals.get(t.name)!, frame, config.def.name)]),
+    );
+    for (const n of stateNames)
+      stateOutputs.push({
+        name: `state:${call.prefix}:${n}`,
+        node: lowerer.asNode(locals.get(n)!, frame, config.def.name),
+      });
+    return { param: joint.get(call.joint[0]!.name)!, joint, states: stateOutputs };
+  }
   const newParam = lowerer.asNode(locals.get("param")!, frame, config.def.name);
   for (const n of stateNames)
     stateOutputs.push({
