@@ -197,7 +197,10 @@ function plannedRows(plan: Plan | undefined): [string, number][] {
 
 function memoryTable(compiled: Compiled): string {
   const { program } = compiled;
-  const m = memoryReport(program.step);
+  const m = memoryReport(
+    program.step,
+    program.params.filter((p) => p.origin === "model"),
+  );
   const plan = portablePlan(compiled);
   const rows: [string, number][] = [
     ["frozen weights", m.frozen],

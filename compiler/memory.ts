@@ -19,7 +19,15 @@ export interface MemoryReport {
 
 const bytes = (shape: readonly number[]) => 4 * numel(shape);
 
-export function memoryReport(step: StepProgram): MemoryReport {
+/**
+ * `modelParams`, when given, are the model's own parameters at their full shapes (a quantized
+ * weight as the dense matrix it replaced): what full fine-tuning would train. Without them the
+ * step's parameter inputs stand for them (adapters' tensors and frozen buffers included).
+ */
+export function memoryReport(
+  step: StepProgram,
+  modelParams?: readonly { shape: readonly number[] }[],
+): MemoryReport {
   let frozen = 0;
   let trainable = 0;
   const trainablePaths = new Set(step.trainable);
@@ -50,7 +58,9 @@ export function memoryReport(step: StepProgram): MemoryReport {
   let activations = 0;
   for (const id of saved) activations += bytes(graph.node(id).shape);
   const gradients = trainable;
-  const all = frozen + trainable;
+  const all = modelParams
+    ? modelParams.reduce((sum, p) => sum + bytes(p.shape), 0)
+    : frozen + trainable;
   return {
     frozen,
     trainable,

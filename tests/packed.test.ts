@@ -145,6 +145,13 @@ describe("an SVDQuant program's quantized values", () => {
         0,
       );
     expect(memoryReport(step).frozen).toBe(frozen);
+    // full fine-tuning trains the dense weights the quantizer replaced, with AdamW's two moments
+    // (not the packed values, the low-rank buffers or the adapters)
+    const model = run!.program.params.filter((p) => p.origin === "model");
+    const report = memoryReport(step, model);
+    const dense = model.reduce((a, p) => a + 4 * p.shape.reduce((x, d) => x * d, 1), 0);
+    expect(model.some((p) => p.path === "mid.weight")).toBe(true);
+    expect(report.fullAdamW - report.activations).toBe(4 * dense);
     // the device allocates what the plan says
     const device = await WebGpuDevice.open();
     try {
