@@ -11,7 +11,7 @@
 //
 // What an action may assign:
 // - in a model, the model's parameters (its own and its submodules', `fc.weight`);
-// - in an adapter, its parameters (`A`, `B`) and the wrapped module's (`base.weight`);
+// - in an adapter, its parameters (`A`, `B`), its states and the wrapped module's (`base.weight`);
 // - in an optimizer, `param` and its states (`m`, `v`);
 // - in a train block, the model's parameters through `model` (`model.head.weight`).
 // `let` variables work as in a function body. A bare initializer on the right (`zeros`, `ones`,
@@ -105,7 +105,7 @@ export function lowerActions(ctx: ActionContext): ActionSchedule[] | undefined {
         node: p.node,
       })),
       ...[...assigned.states].map(([name, node]) => ({ name: `state:${name}`, node })),
-    ];
+    ].map((o) => ({ ...o, node: ownValue(ctx, o.name, o.node) }));
     schedules.push({
       entry: { name: `action:${key}`, outputs },
       trigger: group.trigger,
@@ -153,9 +153,14 @@ function collectActions(ctx: ActionContext): ActionItem[] {
             a.instance,
             new Map([["base", { kind: "instance", instance: a.module }]]),
           ),
-        stored: new Map(),
+        stored: new Map(
+          a.instance.states.map((st) => {
+            const name = `state:${a.instance.path}:${st.name.name}`;
+            return [st.name.name, { name, seedName: name }];
+          }),
+        ),
         writable:
-          "an adapter's action assigns its own parameters and the wrapped module's (`base.weight`)",
+          "an adapter's action assigns its own parameters and states and the wrapped module's (`base.weight`)",
       });
   const innerReported = new Set<A.At>();
   for (const p of placement.params) {
@@ -484,4 +489,15 @@ function reinitialize(
 ): number | undefined {
   const seed = paramSeed(ctx.spec.seed, seedName);
   return bareInitializer({ L, r: ctx.r, b: ctx.b }, e, frame, shape, seed, ctx.stepNode);
+}
+
+/**
+ * An output that is another stored tensor's value unchanged (`A = pool`, a swap) as a value of its
+ * own (an exact copy, -(-x)): as the other input itself it would share that input's buffer, and
+ * the next run writing that input would overwrite it.
+ */
+function ownValue(ctx: ActionContext, name: string, node: number): number {
+  const op = ctx.b.graph.node(node).op;
+  if (op.kind !== "input" || op.name === name) return node;
+  return ctx.b.unary("neg", ctx.b.unary("neg", node));
 }

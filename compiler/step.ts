@@ -25,6 +25,7 @@
 // update variants (compiler/update.ts), the controllers' states and entries, the actions.
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
+import { adapterStates } from "./adapter-states.js";
 import { lowerActions } from "./actions.js";
 import { gradients } from "./autodiff.js";
 import {
@@ -97,6 +98,11 @@ export function buildStep(
 ): StepProgram | undefined {
   const ctx = stepContext(r, spec, placement, buffers);
   if (!rejectUnsupported(ctx)) return undefined;
+  // adapters' states first: the forward pass reads them
+  const states: StateInfo[] = adapterStates(r, ctx.L, placement.adapters, (name, shape) =>
+    ctx.input(`state:${name}`, "state", shape),
+  );
+  if (ctx.failed()) return undefined;
   const objective = lowerLoss(ctx, batchFields);
   if (!objective) return undefined;
   const evaluation = lowerEvaluation(ctx, objective);
@@ -105,7 +111,6 @@ export function buildStep(
   const trainable = placement.params.filter((p) => p.trainable);
   const grads = lowerGradients(ctx, loss, trainable);
   const budget = prepareControllers(ctx, trainable, grads);
-  const states: StateInfo[] = [];
   const conditions = new StepConditions();
   const variants = lowerUpdateVariants(ctx, loss, trainable, grads, budget, states, conditions);
   if (!variants) return undefined;
@@ -228,17 +233,13 @@ function stepContext(
 }
 
 /**
- * `state` in a model or a wrapper (no stage keeps it yet: say so rather than train without it) →
- * E0206. False when the step cannot be built.
+ * `state` in a model or a quantizer (no stage keeps it: say so rather than train without it) →
+ * E0206. False when the step cannot be built. (An adapter's states are compiler/adapter-states.ts.)
  */
 function rejectUnsupported(ctx: StepContext): boolean {
   const { r, spec, placement } = ctx;
-  // `state` belongs to optimizers and budgets.
-  for (const m of [
-    ...allModules(spec.model),
-    ...placement.adapters.map((a) => a.instance),
-    ...placement.quantizers.map((q) => q.instance),
-  ]) {
+  // `state` belongs to optimizers, budgets and adapters.
+  for (const m of [...allModules(spec.model), ...placement.quantizers.map((q) => q.instance)]) {
     for (const st of m.states) {
       r.diagnostics.push(
         error(
@@ -246,7 +247,7 @@ function rejectUnsupported(ctx: StepContext): boolean {
           `\`state\` is not allowed in ${m.def.sort === "model" ? "a model" : `${m.def.sort === "adapter" ? "an" : "a"} ${m.def.sort}`}`,
           { file: m.module.file, span: st.span },
           {
-            help: "optimizer and budget definitions hold state; a model holds `param`s and `const`s",
+            help: "optimizer, budget and adapter definitions hold state; a model holds `param`s and `const`s",
           },
         ),
       );

@@ -148,8 +148,9 @@ export class WebGpuDevice implements Device {
     // a command the driver rejects at run time (not at pipeline creation) fails the run too
     gpu.pushErrorScope("validation");
     const encoder = gpu.createCommandEncoder();
+    let temporaries: GPUBuffer[] = [];
     try {
-      this.upload(encoder, loaded, pe.inputs, feeds);
+      temporaries = this.upload(encoder, loaded, pe.inputs, feeds);
     } catch (error) {
       void gpu.popErrorScope().catch(() => undefined);
       throw error;
@@ -180,6 +181,7 @@ export class WebGpuDevice implements Device {
     gpu.queue.submit([encoder.finish()]);
     const scope = gpu.popErrorScope();
     await (e.runs++ === 0 ? new GpuWaiter() : e.waiter).wait(gpu);
+    for (const t of temporaries) t.destroy();
     const invalid = await scope;
     if (invalid) throw new PipelineError([`entry "${entry.name}"`], invalid.message);
     const out = await this.outputs(loaded, e, pe.outputs, readBuffers);
@@ -208,14 +210,23 @@ export class WebGpuDevice implements Device {
     throw new IndexOutOfRange(id!, rows, source).atStep(feeds);
   }
 
-  /** Copies the feeds an entry reads into their input buffers, unless they are there already. */
+  /**
+   * Copies the feeds an entry reads into their input buffers, unless they are there already. A
+   * feed on the GPU is copied from the buffer holding it; when that buffer is itself the
+   * destination of another feed of this run (an action that swaps two tensors: each new value
+   * lives in the other's input buffer), every such copy goes through a temporary buffer first, so
+   * no copy reads a buffer another has overwritten. Returns the temporaries, to destroy after the
+   * run.
+   */
   private upload(
     encoder: GPUCommandEncoder,
     loaded: Loaded,
     names: readonly string[],
     feeds: ReadonlyMap<string, Tensor>,
-  ): void {
+  ): GPUBuffer[] {
     const byName = new Map(loaded.plan.inputs.map((i) => [i.name, i]));
+    const moves: { dst: GPUBuffer; t: Tensor; bytes: number; packed?: number; src?: GPUBuffer }[] =
+      [];
     for (const name of names) {
       const input = byName.get(name)!;
       const t = feeds.get(name);
@@ -226,29 +237,48 @@ export class WebGpuDevice implements Device {
         throw new Error(`webgpu: the feed for "${name}" has ${count} values, needs ${n}`);
       const dst = loaded.buffers[input.buffer]!;
       if (this.contents.get(dst)?.deref() === t) continue;
+      // packed on the host (the tensor was synced by `run`): the buffer holds no Tensor's layout
       if (input.packed) {
-        // packed on the host (the tensor was synced by `run`); the buffer holds no Tensor's layout
-        const words = packIntegers(t.data, input.packed);
-        this.device.queue.writeBuffer(dst, 0, words.buffer, 0, words.byteLength);
-        this.contents.set(dst, new WeakRef(t));
+        moves.push({ dst, t, bytes: 0, packed: input.packed });
         continue;
       }
       const src = this.resident.get(t);
-      if (src && src !== dst && this.contents.get(src)?.deref() === t) {
-        encoder.copyBufferToBuffer(src, 0, dst, 0, 4 * n);
-      } else if (n > 0) {
-        const data =
-          input.dtype === "i32"
-            ? t.data instanceof Int32Array
-              ? t.data
-              : Int32Array.from(t.data, Math.trunc)
-            : t.data instanceof Float32Array
-              ? t.data
-              : Float32Array.from(t.data);
-        this.device.queue.writeBuffer(dst, 0, data.buffer, data.byteOffset, 4 * n);
-      }
-      this.hold(dst, t);
+      const onGpu = src && src !== dst && this.contents.get(src)?.deref() === t;
+      moves.push({ dst, t, bytes: 4 * n, ...(onGpu ? { src } : {}) });
     }
+    const targets = new Set(moves.map((m) => m.dst));
+    const temporaries: GPUBuffer[] = [];
+    if (moves.some((m) => m.src && targets.has(m.src))) {
+      const first = this.device.createCommandEncoder();
+      for (const m of moves) {
+        if (!m.src || m.bytes === 0) continue;
+        const temp = this.device.createBuffer({
+          size: m.bytes,
+          usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+        });
+        first.copyBufferToBuffer(m.src, 0, temp, 0, m.bytes);
+        temporaries.push(temp);
+        m.src = temp;
+      }
+      this.device.queue.submit([first.finish()]); // before the host writes below overwrite a source
+    }
+    for (const m of moves) {
+      if (m.packed) {
+        const words = packIntegers(m.t.data, m.packed);
+        this.device.queue.writeBuffer(m.dst, 0, words.buffer, 0, words.byteLength);
+      } else if (m.src) {
+        if (m.bytes > 0) encoder.copyBufferToBuffer(m.src, 0, m.dst, 0, m.bytes);
+      } else if (m.bytes > 0) {
+        const t = m.t;
+        const int = t.data instanceof Int32Array;
+        const data = int || t.data instanceof Float32Array ? t.data : Float32Array.from(t.data);
+        this.device.queue.writeBuffer(m.dst, 0, data.buffer, data.byteOffset, m.bytes);
+      }
+    }
+    for (const m of moves)
+      if (m.packed) this.contents.set(m.dst, new WeakRef(m.t));
+      else this.hold(m.dst, m.t);
+    return temporaries;
   }
 
   /** An entry's outputs: read back those in `readBuffers`, DeviceTensors for the others. */

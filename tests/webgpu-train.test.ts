@@ -6,11 +6,12 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
+import { Builder } from "../compiler/builder.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { batchFeeds, initialize, stepScalars, train } from "../runtime/trainer.js";
 import type { TestRun as Run } from "./program-helpers.js";
-import { loadOnGpu, prepare } from "./program-helpers.js";
+import { loadOnGpu, prepare, runGraph } from "./program-helpers.js";
 import { DeviceTensor, WebGpuDevice } from "../runtime/webgpu-device.js";
 import { loraTinyLmProgram, relativeDiff, root } from "./helpers.js";
 
@@ -108,6 +109,34 @@ describe("training on WebGPU matches the CPU interpreter", () => {
     );
     expect(relativeDiff(out2.get("loss")!, reference.get("loss")!)).toBeLessThan(TOLERANCE);
   }, 120_000);
+
+  it("feeds tensors that live in each other's input buffers (a swap) without losing either", async () => {
+    // outputs that are the other input unchanged share that input's buffer: fed back swapped,
+    // each copy would read a buffer the other has just overwritten
+    const b = new Builder();
+    const x = b.input("param", "x", [3]);
+    const y = b.input("param", "y", [3]);
+    const inputs = [
+      { name: "x", node: x, role: "param" as const, shape: [3], dtype: "f32" as const },
+      { name: "y", node: y, role: "param" as const, shape: [3], dtype: "f32" as const },
+    ];
+    const outputs = [
+      { name: "x", node: y },
+      { name: "y", node: x },
+    ];
+    let feeds = new Map<string, Tensor>([
+      ["x", { shape: [3], data: Float32Array.of(1, 2, 3) }],
+      ["y", { shape: [3], data: Float32Array.of(4, 5, 6) }],
+    ]);
+    for (let run = 1; run <= 3; run++) {
+      const out = await runGraph(device, b.graph, inputs, outputs, feeds, { read: new Set() });
+      feeds = new Map([...out]);
+    }
+    await device.sync(feeds.values());
+    // three swaps: x and y exchanged
+    expect([...feeds.get("x")!.data]).toEqual([4, 5, 6]);
+    expect([...feeds.get("y")!.data]).toEqual([1, 2, 3]);
+  });
 
   it("reads back only what is asked: a step's parameters stay on the GPU until synced", async () => {
     const path = join(root, "examples", "mlp.lrk");
