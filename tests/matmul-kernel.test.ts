@@ -382,6 +382,63 @@ describe(`matmul template on ${adapter.description}`, () => {
     });
   }
 
+  it("register and subgroup tiles store vec4s of 4 columns where n is a multiple of 4", async () => {
+    const outDecl = (s: MatmulShape, p: MatmulParams) =>
+      matmulKernel(s, p, { a: 0, b: 1, out: 2 })
+        .wgsl.split("\n")
+        .find((l) => l.includes("var<storage, read_write> mm_out"));
+    const tiles: MatmulParams[] = [
+      {
+        variant: "register",
+        rowsPerThread: 4,
+        colsPerThread: 4,
+        workgroupX: 16,
+        workgroupY: 16,
+        tileK: 0,
+        vectorWidth: 4,
+      },
+      {
+        variant: "register",
+        rowsPerThread: 2,
+        colsPerThread: 8,
+        workgroupX: 8,
+        workgroupY: 4,
+        tileK: 0,
+        vectorWidth: 4,
+      },
+    ];
+    if (features.has("subgroups")) tiles.push(defaultMatmulParams(square(256), features, adapter));
+    for (const p of tiles) {
+      // n a multiple of 4 but not of the tile; rows past m; batched; with the bias epilogue
+      const s: MatmulShape = { batch: 2, m: 13, n: 36, k: 9, transA: false, transB: true };
+      expect(outDecl(s, p), describeMatmulParams(p)).toContain("array<vec4<f32>>");
+      await check(s, p, true);
+      // n not a multiple of 4: scalar stores
+      const odd = { ...s, n: 35 };
+      expect(outDecl(odd, p), describeMatmulParams(p)).toContain("array<f32>");
+      await check(odd, p, true);
+    }
+    // scalar variants keep scalar stores
+    const naive = defaultMatmulParams(square(64), features, { fallback: false });
+    expect(outDecl(square(64), naive)).toContain("array<f32>");
+  });
+
+  it("the default subgroup tile on a software adapter: 4 rows for A stored transposed and for narrow products, else 2", () => {
+    if (!features.has("subgroups")) return;
+    const software = { fallback: true, architecture: "software" };
+    const rows = (m: number, n: number, k: number, transA: boolean, transB: boolean) => {
+      const p = defaultMatmulParams({ batch: 1, m, n, k, transA, transB }, features, software);
+      expect(p.variant).toBe("subgroup");
+      return `${p.rowsPerThread}x${p.colsPerThread}`;
+    };
+    // a LoRA step's products (lora_finetune.lrk: 576 tokens, d 128, MLP 512, rank 8)
+    expect(rows(576, 512, 128, false, false)).toBe("2x32");
+    expect(rows(576, 512, 128, false, true)).toBe("2x32");
+    expect(rows(128, 128, 576, true, false)).toBe("4x32");
+    expect(rows(576, 8, 512, false, true)).toBe("4x16");
+    expect(rows(512, 8, 576, true, false)).toBe("4x16");
+  });
+
   it("edge shapes with the default parameters", async () => {
     const edges: [number, number, number, number][] = [
       [1, 1, 1, 1],

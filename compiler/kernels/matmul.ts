@@ -32,7 +32,7 @@ import { renderKernel, type Builtin } from "./render.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
 /** Bumped whenever the template changes in a way that may change which parameters are fastest. */
-export const MATMUL_TEMPLATE_VERSION = 2;
+export const MATMUL_TEMPLATE_VERSION = 3;
 
 /**
  * What the default choice needs to know about the adapter; `AdapterSummary` (runtime/gpu.ts)
@@ -195,6 +195,18 @@ export function matmulCandidates(
 }
 
 /**
+ * Rows per invocation of the default subgroup tile. 4 where that makes A's loads vec4s (A stored
+ * transposed: 4 rows are contiguous) or where the tile is only 16 columns wide (the rank-r
+ * products: m × r × k with r ≤ 16), 2 elsewhere. Measured on lavapipe with
+ * bench/matmul-shapes.ts (CPU time, same process): 128×128×576 TN 4 rows 1.00 vs 2 rows 1.22;
+ * 576×8×512 NT 1.00 vs 1.28, 512×8×576 TN 1.00 vs 1.48; NT products 2 rows 1.00 vs 4 rows
+ * 1.13–1.23; NN within noise of each other.
+ */
+function subgroupDefaultRows(c: MatmulShapeClass): number {
+  return c.transA || subgroupCols(c) === 16 ? 4 : 2;
+}
+
+/**
  * The choice without autotuning (`--no-autotune`): on a CPU/software adapter (lavapipe), where
  * barriers are coroutine switches and per-lane loads are what costs, subgroup register tiles in
  * workgroups of 8 if the device has subgroups, else plain register tiles; on GPUs the classic
@@ -209,7 +221,8 @@ export function defaultMatmulParams(
   const software = adapter
     ? adapter.fallback || adapter.architecture === "software" || adapter.architecture === "cpu"
     : false;
-  if (software && features.has("subgroups")) return params("subgroup", 2, subgroupCols(c), 1, 8);
+  if (software && features.has("subgroups"))
+    return params("subgroup", subgroupDefaultRows(c), subgroupCols(c), 1, 8);
   if (software) return registerParams(c);
   return params("shared", 4, 4, 16, 16, 16);
 }
@@ -246,6 +259,8 @@ interface Ctx {
   M: number;
   N: number;
   K: number;
+  /** mm_out is an array of vec4 (n % 4 == 0) written through mm_store4. */
+  outVec: boolean;
 }
 
 /** Scalar element index of A(row, l) / B(l, col) within the batch at aOff / bOff. */
@@ -322,7 +337,11 @@ export function matmulKernel(
   }
   const aVec = aMode !== "scalar" || sharedAVec;
   const bVec = bMode !== "scalar" || sharedBVec;
-  const c: Ctx = { shape, p, M: m, N: n, K: k };
+  // Register tiles store a vec4 of 4 columns at once where n allows (one per-lane store loop on
+  // lavapipe instead of four: ~10% of a 576×512×128 product).
+  const outVec =
+    v4 && (p.variant === "register" || p.variant === "subgroup") && C % 4 === 0 && n % 4 === 0;
+  const c: Ctx = { shape, p, M: m, N: n, K: k, outVec };
 
   const epilogue = fusion?.epilogue;
   const layout = `${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}`;
@@ -338,11 +357,27 @@ export function matmulKernel(
     `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32) -> f32 {`,
     `  return ${epilogue?.expression ?? "acc"};`,
     `}`,
-    `fn mm_store(batch: u32, row: u32, col: u32, acc: f32) {`,
-    `  if (row < ${u(m)} && col < ${u(n)}) {`,
-    `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch);`,
-    `  }`,
-    `}`,
+    ...(outVec
+      ? [
+          `/** Columns col..col+3 (col a multiple of 4, n of 4: all inside or all outside). */`,
+          `fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>) {`,
+          `  if (row < ${u(m)} && col < ${u(n)}) {`,
+          `    mm_out[(batch * ${u(m * n)} + row * ${u(n)} + col) >> 2u] = vec4<f32>(`,
+          ...[0, 1, 2, 3].map(
+            (j) =>
+              `      mm_epilogue(acc.${LANE[j]}, row, col${j ? ` + ${u(j)}` : ""}, batch)${j < 3 ? "," : ""}`,
+          ),
+          `    );`,
+          `  }`,
+          `}`,
+        ]
+      : [
+          `fn mm_store(batch: u32, row: u32, col: u32, acc: f32) {`,
+          `  if (row < ${u(m)} && col < ${u(n)}) {`,
+          `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch);`,
+          `  }`,
+          `}`,
+        ]),
     `/** One output the plain way: the naive variant, and the subgroup variant's fallback. */`,
     `fn mm_dot(batch: u32, row: u32, col: u32) -> f32 {`,
     `  let aOff = batch * ${u(m * k)};`,
@@ -394,7 +429,7 @@ export function matmulKernel(
     buffers: [
       { name: "mm_a", type: vec(aVec), buffer: bindings.a, access: "read" },
       { name: "mm_b", type: vec(bVec), buffer: bindings.b, access: "read" },
-      { name: "mm_out", type: "f32", buffer: bindings.out, access: "read_write" },
+      { name: "mm_out", type: vec(outVec), buffer: bindings.out, access: "read_write" },
       ...(epilogue?.bindings ?? []),
     ],
     declarations: [epilogue?.declarations ?? "", functions, ...(entry.declarations ?? [])],
@@ -438,18 +473,34 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
   if (sg) Object.assign(builtins, { lane: "subgroup_invocation_id", sg_size: "subgroup_size" });
   L.push(`let batch = wg.z;`);
-  L.push(`let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`);
+  // A workgroup one invocation tall reads the same A elements in every invocation: written
+  // without lid.y, the shader compiler sees those loads as uniform (one load for all SIMD lanes
+  // on lavapipe, instead of a per-lane loop).
+  L.push(
+    p.workgroupY === 1
+      ? `let row0 = wg.y * ${u(R)};`
+      : `let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`,
+  );
   L.push(`let col0 = (wg.x * ${u(p.workgroupX)} + lid.x) * ${u(C)};`);
   if (sg && G > 4) {
     // WebGPU promises subgroups of at least 4 lanes; a tile of more than 4 lanes' vec4s needs a
     // wider subgroup (lavapipe: 8 lanes with AVX2, 4 with SSE only). On a narrower one compute
     // the tile the plain way: correct everywhere, fast where it matters, and little code.
     L.push(`if (sg_size < ${u(G)}) {`);
-    L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
-    L.push(`    let row = row0 + i / ${u(C)};`);
-    L.push(`    let col = col0 + i % ${u(C)};`);
-    L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
-    L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
+    if (c.outVec) {
+      L.push(`  for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
+      L.push(`    let row = row0 + i / ${u(G)};`);
+      L.push(`    let col = col0 + (i % ${u(G)}) * 4u;`);
+      L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
+      const dots = [0, 1, 2, 3].map((j) => `mm_dot(batch, row, col + ${u(j)})`);
+      L.push(`      mm_store4(batch, row, col, vec4<f32>(${dots.join(", ")}));`);
+    } else {
+      L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
+      L.push(`    let row = row0 + i / ${u(C)};`);
+      L.push(`    let col = col0 + i % ${u(C)};`);
+      L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
+      L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
+    }
     L.push(`    }`);
     L.push(`  }`);
     L.push(`  return;`);
@@ -580,7 +631,9 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   L.push(`  let row = row0 + i / ${u(G)};`);
   L.push(`  let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
   L.push(...pick("v", accs, "  "));
-  if (cw === 4) {
+  if (c.outVec) {
+    L.push(`  mm_store4(batch, row, col, v);`);
+  } else if (cw === 4) {
     for (let j = 0; j < 4; j++) L.push(`  mm_store(batch, row, col + ${u(j)}, v.${LANE[j]});`);
   } else {
     L.push(`  mm_store(batch, row, col, v);`);
