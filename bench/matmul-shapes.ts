@@ -18,7 +18,6 @@
 // matmul.js, e.g. the previous commit's `dist`), marked "base", in the same rounds: before/after
 // figures measured side by side.
 
-import { readdirSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { describeMatmulParams, matmulKernel } from "../compiler/kernels/matmul.js";
@@ -26,14 +25,15 @@ import { defaultMatmulParams, matmulCandidates } from "../compiler/kernels/matmu
 import type { MatmulParams, MatmulShape } from "../compiler/kernels/types.js";
 import { dispatchKernel, kernelBindGroup, kernelPipeline } from "../runtime/autotune.js";
 import { requestAdapter, requestDevice, summarize } from "../runtime/gpu.js";
+import { workerCpuNs } from "./cpu-time.js";
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const rounds = Number(option("--rounds") ?? 7);
 const only = option("--only");
 
-const shape = (m: number, n: number, k: number, layout: string): MatmulShape => ({
-  batch: 1,
+const shape = (m: number, n: number, k: number, layout: string, batch = 1): MatmulShape => ({
+  batch,
   m,
   n,
   k,
@@ -51,6 +51,10 @@ const SHAPES: MatmulShape[] = [
   shape(128, 128, 576, "TN"),
   shape(576, 8, 512, "NT"),
   shape(512, 8, 576, "TN"),
+  shape(576, 8, 128, "NT"),
+  shape(8, 128, 576, "TN"),
+  shape(128, 8, 576, "TN"),
+  shape(9, 9, 32, "NN", 256), // attention scores: batch·heads, 9 tokens, head dim 32
   shape(1024, 1024, 1024, "NN"),
 ];
 
@@ -73,24 +77,6 @@ const p = (
 
 /** Parameterizations outside the candidate lists, for exploring (--all). */
 const EXTRA: MatmulParams[] = [p("subgroup", 3, 32, 1, 8), p("subgroup", 8, 16, 1, 8)];
-
-/**
- * CPU time (ns) of this process's threads other than the main one: on lavapipe, where a kernel
- * runs on the process's own worker threads, the work a dispatch took whatever else the machine
- * was doing (device time on a shared machine grows with other processes' load).
- */
-function workerCpuNs(): number {
-  let ns = 0;
-  for (const tid of readdirSync("/proc/self/task")) {
-    if (tid === String(process.pid)) continue;
-    try {
-      ns += Number(readFileSync(`/proc/self/task/${tid}/schedstat`, "utf8").split(" ")[0]);
-    } catch {
-      // the thread ended
-    }
-  }
-  return ns;
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const median = (xs: number[]) => {
@@ -116,7 +102,7 @@ async function main(): Promise<void> {
   const features = new Set([...device.features]);
   console.log(`adapter: ${adapter.description}; median of ${rounds} rounds, device-timed`);
   const label = (s: MatmulShape) =>
-    `${s.m}x${s.n}x${s.k} ${s.transA ? "T" : "N"}${s.transB ? "T" : "N"}`;
+    `${s.batch > 1 ? `${s.batch}x` : ""}${s.m}x${s.n}x${s.k} ${s.transA ? "T" : "N"}${s.transB ? "T" : "N"}`;
 
   for (const s of SHAPES) {
     if (only && !label(s).includes(only)) continue;
@@ -142,9 +128,9 @@ async function main(): Promise<void> {
       if (args.includes("--all"))
         for (const c of baseline.matmulCandidates(s, features)) add("base", baseline, c);
     }
-    const buffers = [s.m * s.k, s.k * s.n, s.m * s.n].map((count) =>
-      device.createBuffer({ size: count * 4, usage: GPUBufferUsage.STORAGE }),
-    );
+    const buffers = [s.m * s.k, s.k * s.n, s.m * s.n]
+      .map((count) => s.batch * count)
+      .map((count) => device.createBuffer({ size: count * 4, usage: GPUBufferUsage.STORAGE }));
     const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
     const resolveBuffer = device.createBuffer({
       size: 16,
@@ -196,7 +182,7 @@ async function main(): Promise<void> {
       r.cpu.length = 0;
     }
     for (let i = 0; i < rounds; i++) for (const r of runs) r.ms.push(await r.run());
-    const flop = 2 * s.m * s.n * s.k;
+    const flop = 2 * s.batch * s.m * s.n * s.k;
     console.log(`\n${label(s)}  (${(flop / 1e6).toFixed(1)} MFLOP)`);
     const best = Math.min(...runs.map((r) => median(r.cpu)));
     for (const r of runs) {

@@ -423,7 +423,7 @@ describe(`matmul template on ${adapter.description}`, () => {
     expect(outDecl(square(64), naive)).toContain("array<f32>");
   });
 
-  it("the default subgroup tile on a software adapter: 4 rows for A stored transposed and for narrow products, else 2", () => {
+  it("the default subgroup tile on a software adapter: 4 rows for A stored transposed and for narrow products, else 2, at most m/8", () => {
     if (!features.has("subgroups")) return;
     const software = { fallback: true, architecture: "software" };
     const rows = (m: number, n: number, k: number, transA: boolean, transB: boolean) => {
@@ -437,6 +437,9 @@ describe(`matmul template on ${adapter.description}`, () => {
     expect(rows(128, 128, 576, true, false)).toBe("4x32");
     expect(rows(576, 8, 512, false, true)).toBe("4x16");
     expect(rows(512, 8, 576, true, false)).toBe("4x16");
+    // few rows: no more rows per invocation than the 8 invocations of a workgroup can use
+    expect(rows(8, 128, 576, true, false)).toBe("1x32");
+    expect(rows(9, 9, 32, false, false)).toBe("2x16");
   });
 
   it("edge shapes with the default parameters", async () => {

@@ -197,13 +197,16 @@ export function matmulCandidates(
 /**
  * Rows per invocation of the default subgroup tile. 4 where that makes A's loads vec4s (A stored
  * transposed: 4 rows are contiguous) or where the tile is only 16 columns wide (the rank-r
- * products: m × r × k with r ≤ 16), 2 elsewhere. Measured on lavapipe with
- * bench/matmul-shapes.ts (CPU time, same process): 128×128×576 TN 4 rows 1.00 vs 2 rows 1.22;
- * 576×8×512 NT 1.00 vs 1.28, 512×8×576 TN 1.00 vs 1.48; NT products 2 rows 1.00 vs 4 rows
- * 1.13–1.23; NN within noise of each other.
+ * products: m × r × k with r ≤ 16), 2 elsewhere; but no more than the class has rows for the
+ * workgroup's 8 invocations (a rank-r gradient r × n × k, attention's 9 × 9 scores). Measured on
+ * lavapipe with bench/matmul-shapes.ts (CPU time, same process, relative to the best):
+ * 128×128×576 TN 4 rows 1.00 vs 2 rows 1.22–1.35; 576×8×512 NT 1.00 vs 1.28; NT products 2 rows
+ * 1.00 vs 4 rows 1.13–1.23; NN within noise of each other; 8×128×576 TN 1 row 1.00 vs 4 rows
+ * 1.34; 256 × 9×9×32 2 rows 1.02 vs 4 rows 1.29.
  */
 function subgroupDefaultRows(c: MatmulShapeClass): number {
-  return c.transA || subgroupCols(c) === 16 ? 4 : 2;
+  const rows = c.transA || subgroupCols(c) === 16 ? 4 : 2;
+  return Math.min(rows, Math.max(1, c.m / 8));
 }
 
 /**
