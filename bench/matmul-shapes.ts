@@ -52,6 +52,7 @@ const SHAPES: MatmulShape[] = [
   shape(576, 8, 512, "NT"),
   shape(512, 8, 576, "TN"),
   shape(576, 8, 128, "NT"),
+  shape(576, 8, 128, "NN"),
   shape(8, 128, 576, "TN"),
   shape(128, 8, 576, "TN"),
   shape(9, 9, 32, "NN", 256), // attention scores: batch·heads, 9 tokens, head dim 32
@@ -76,7 +77,11 @@ const p = (
 });
 
 /** Parameterizations outside the candidate lists, for exploring (--all). */
-const EXTRA: MatmulParams[] = [p("subgroup", 3, 32, 1, 8), p("subgroup", 8, 16, 1, 8)];
+const EXTRA: MatmulParams[] = [
+  p("subgroup", 3, 32, 1, 8),
+  p("subgroup", 8, 16, 1, 8),
+  p("subgroup", 8, 8, 1, 8),
+];
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const median = (xs: number[]) => {

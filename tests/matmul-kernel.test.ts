@@ -324,6 +324,10 @@ const CLASS_SHAPES: MatmulShape[] = [
   { batch: 256, m: 9, n: 9, k: 32, transA: false, transB: true },
   { batch: 256, m: 9, n: 32, k: 9, transA: false, transB: false },
   { batch: 1, m: 8, n: 512, k: 576, transA: true, transB: false },
+  // rank-8 products (a LoRA step's x·Aᵀ and its gradient): 8-column subgroup tiles, B's loads
+  // spread over steps of k
+  { batch: 1, m: 576, n: 8, k: 512, transA: false, transB: true },
+  { batch: 1, m: 512, n: 8, k: 576, transA: true, transB: false },
 ];
 
 /** Every candidate (with and without subgroups) and every default, once each. */
@@ -435,8 +439,9 @@ describe(`matmul template on ${adapter.description}`, () => {
     expect(rows(576, 512, 128, false, false)).toBe("2x32");
     expect(rows(576, 512, 128, false, true)).toBe("2x32");
     expect(rows(128, 128, 576, true, false)).toBe("4x32");
-    expect(rows(576, 8, 512, false, true)).toBe("4x16");
-    expect(rows(512, 8, 576, true, false)).toBe("4x16");
+    expect(rows(576, 8, 512, false, true)).toBe("4x8");
+    expect(rows(512, 8, 576, true, false)).toBe("4x8");
+    expect(rows(576, 16, 128, false, true)).toBe("4x16");
     // few rows: no more rows per invocation than the 8 invocations of a workgroup can use
     expect(rows(8, 128, 576, true, false)).toBe("1x32");
     expect(rows(9, 9, 32, false, false)).toBe("2x16");

@@ -121,8 +121,9 @@ export function validateMatmulParams(p: MatmulParams): void {
       if (p.colsPerThread % 4 !== 0) bad("subgroup needs colsPerThread a multiple of 4");
       if (p.colsPerThread > 64) bad("subgroup shares at most 64 columns (16 lanes)");
       if (p.workgroupX !== 1) bad("subgroup tiles put the whole workgroup along m: workgroupX = 1");
-      // The lanes that load B's column groups must exist: at least one invocation per group.
-      if (p.workgroupY < p.colsPerThread / 4) bad("subgroup needs workgroupY ≥ colsPerThread/4");
+      // The 8 lanes that load B (column groups × steps of k) must exist.
+      if (p.workgroupY < 8) bad("subgroup needs workgroupY ≥ 8");
+      if (8 % (p.colsPerThread / 4) !== 0) bad("subgroup needs colsPerThread 4, 8, 16 or 32");
       break;
     case "shared": {
       if (!Number.isInteger(p.tileK) || p.tileK < 1) bad("shared needs tileK ≥ 1");
@@ -137,9 +138,13 @@ export function validateMatmulParams(p: MatmulParams): void {
   }
 }
 
-/** Columns per subgroup tile: 32 (8 lanes' vec4s) unless the matrix is narrower. */
+/**
+ * Columns per subgroup tile: 32 (8 lanes' vec4s) unless the matrix is narrower: 16, or 8 for a
+ * rank-r product with r ≤ 8 (its B loads spread over 4 steps of k where B is stored k-major: see
+ * tiledBody).
+ */
 function subgroupCols(c: MatmulShapeClass): number {
-  return c.n >= 32 ? 32 : 16;
+  return c.n >= 32 ? 32 : c.n >= 16 ? 16 : 8;
 }
 
 /** Register tiles without subgroups: spread invocations along n, or along m when n is small. */
@@ -184,6 +189,7 @@ export function matmulCandidates(
     add(params("subgroup", 4, cols, 1, 8));
     add(params("subgroup", 1, cols, 1, 8));
     if (cols > 16) add(params("subgroup", 4, 16, 1, 8));
+    if (cols === 8) add(params("subgroup", 8, 8, 1, 8));
     add(params("subgroup", 2, cols, 1, subgroupRowsPerWorkgroup(c, 2, 64)));
     add(params("subgroup", 1, cols, 1, subgroupRowsPerWorkgroup(c, 1, 64)));
   }
@@ -205,7 +211,7 @@ export function matmulCandidates(
  * 1.34; 256 × 9×9×32 2 rows 1.02 vs 4 rows 1.29.
  */
 function subgroupDefaultRows(c: MatmulShapeClass): number {
-  const rows = c.transA || subgroupCols(c) === 16 ? 4 : 2;
+  const rows = c.transA || subgroupCols(c) < 32 ? 4 : 2;
   return Math.min(rows, Math.max(1, c.m / 8));
 }
 
@@ -471,7 +477,16 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   // Unroll k by 4 where a vec4 along k is loaded (B stored transposed); elsewhere it only
   // lengthens compiles (and measured slower on lavapipe).
   const KU = aMode === "k4" || bMode === "k4" ? 4 : 1;
-  const kMain = K - (K % KU); // always K today (k4 needs K % 4 == 0); kept general
+  // A subgroup tile narrower than 8 lanes' vec4s (G < 8 column groups) spreads its B loads over
+  // k: lane q loads the 4 columns of group q % G at k step q / G, so each per-lane load of an
+  // 8-lane subgroup is a distinct, used vec4, and one loop iteration covers S·KU steps of k. (Lanes
+  // past G used to load duplicates: 16-column tiles, the rank-r products', wasted half of B's
+  // loads.)
+  // Only where B's loads step k by 1 (B stored k-major): with B stored transposed (vec4s along k,
+  // KU = 4) the spread measured slower on lavapipe (576×8×512 NT: 1.42 vs 1.00), its unrolled
+  // body 4× longer.
+  const S = sg && KU === 1 ? 8 / G : 1;
+  const kMain = K - (K % (KU * S));
   const L: string[] = [];
   const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
   if (sg) Object.assign(builtins, { lane: "subgroup_invocation_id", sg_size: "subgroup_size" });
@@ -485,11 +500,11 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
       : `let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`,
   );
   L.push(`let col0 = (wg.x * ${u(p.workgroupX)} + lid.x) * ${u(C)};`);
-  if (sg && G > 4) {
-    // WebGPU promises subgroups of at least 4 lanes; a tile of more than 4 lanes' vec4s needs a
-    // wider subgroup (lavapipe: 8 lanes with AVX2, 4 with SSE only). On a narrower one compute
-    // the tile the plain way: correct everywhere, fast where it matters, and little code.
-    L.push(`if (sg_size < ${u(G)}) {`);
+  if (sg) {
+    // WebGPU promises subgroups of at least 4 lanes; the tile's loads take 8 (lavapipe: 8 lanes
+    // with AVX2, 4 with SSE only). On a narrower subgroup compute the tile the plain way: correct
+    // everywhere, fast where it matters, and little code.
+    L.push(`if (sg_size < ${u(G * S)}) {`);
     if (c.outVec) {
       L.push(`  for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
       L.push(`    let row = row0 + i / ${u(G)};`);
@@ -517,35 +532,37 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   for (let r = 0; r < R; r++)
     for (let g = 0; g < G; g++) L.push(`var acc${r}_${g}: ${vt} = ${vt}();`);
 
-  // A(row r, k0 + kk): emits the loads, returns the expression.
-  const loadA = (out: string[], ind: string): ((r: number, kk: number) => string) => {
+  // A(row r, kb + kk): emits the loads (names ending in `t`), returns the expression.
+  const loadA = (out: string[], ind: string, kb: string, t: string) => {
     if (aMode === "k4") {
       for (let r = 0; r < R; r++)
-        out.push(`${ind}let va${r} = mm_a[(aOff + rr${r} * ${u(K)} + k0) >> 2u];`);
-      return (r, kk) => `va${r}.${LANE[kk]}`;
+        out.push(`${ind}let va${r}${t} = mm_a[(aOff + rr${r} * ${u(K)} + ${kb}) >> 2u];`);
+      return (r: number, kk: number) => `va${r}${t}.${LANE[kk]}`;
     }
     if (aMode === "m4") {
       for (let kk = 0; kk < KU; kk++)
         for (let g = 0; g < R / 4; g++)
           out.push(
-            `${ind}let va${g}_${kk} = mm_a[(aOff + (k0 + ${u(kk)}) * ${u(M)} + ` +
+            `${ind}let va${g}_${kk}${t} = mm_a[(aOff + (${kb} + ${u(kk)}) * ${u(M)} + ` +
               `min(row0 + ${u(4 * g)}, ${u(M - 4)})) >> 2u];`,
           );
-      return (r, kk) => `va${Math.floor(r / 4)}_${kk}.${LANE[r % 4]}`;
+      return (r: number, kk: number) => `va${Math.floor(r / 4)}_${kk}${t}.${LANE[r % 4]}`;
     }
     for (let r = 0; r < R; r++)
       for (let kk = 0; kk < KU; kk++)
-        out.push(`${ind}let a${r}_${kk} = mm_a_at(${aIndex(c, `rr${r}`, `k0 + ${u(kk)}`)});`);
-    return (r, kk) => `a${r}_${kk}`;
+        out.push(
+          `${ind}let a${r}_${kk}${t} = mm_a_at(${aIndex(c, `rr${r}`, `${kb} + ${u(kk)}`)});`,
+        );
+    return (r: number, kk: number) => `a${r}_${kk}${t}`;
   };
 
-  // B for the 4 columns from `base` (a multiple of 4 past col0), one vec4 per kk.
-  const loadB4 = (out: string[], ind: string, base: string, tag: string): string[] => {
+  // B for the 4 columns from `base` (a multiple of 4 past col0), one vec4 per kk of kb + kk.
+  const loadB4 = (out: string[], ind: string, base: string, tag: string, kb = "k0"): string[] => {
     const names = [...Array(KU).keys()].map((kk) => `b${tag}_${kk}`);
     if (bMode === "n4") {
       names.forEach((name, kk) =>
         out.push(
-          `${ind}let ${name} = mm_b[(bOff + (k0 + ${u(kk)}) * ${u(N)} + ` +
+          `${ind}let ${name} = mm_b[(bOff + (${kb} + ${u(kk)}) * ${u(N)} + ` +
             `min(${base}, ${u(N - 4)})) >> 2u];`,
         ),
       );
@@ -554,7 +571,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     const cols = [0, 1, 2, 3].map((i) => `min(${base} + ${u(i)}, ${u(N - 1)})`);
     if (bMode === "k4") {
       cols.forEach((col, i) =>
-        out.push(`${ind}let vb${tag}_${i} = mm_b[(bOff + ${col} * ${u(K)} + k0) >> 2u];`),
+        out.push(`${ind}let vb${tag}_${i} = mm_b[(bOff + ${col} * ${u(K)} + ${kb}) >> 2u];`),
       );
       names.forEach((name, kk) =>
         out.push(
@@ -567,21 +584,26 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     names.forEach((name, kk) =>
       out.push(
         `${ind}let ${name} = vec4<f32>(` +
-          `${cols.map((col) => `mm_b_at(${bIndex(c, `k0 + ${u(kk)}`, col)})`).join(", ")});`,
+          `${cols.map((col) => `mm_b_at(${bIndex(c, `${kb} + ${u(kk)}`, col)})`).join(", ")});`,
       ),
     );
     return names;
   };
 
-  // B(k0 + kk, column group g): emits the loads, returns the expression.
+  // B(k0 + kk, column group g), kk < KU·S: emits the loads, returns the expression.
   const loadB = (out: string[], ind: string): ((kk: number, g: number) => string) => {
     if (sg) {
-      // Lane q loads columns 4q..4q+3 once for the whole subgroup; every lane takes each group
-      // from the lane that loaded it. Lanes past G load a duplicate (cheap, keeps them in step).
-      const vals = loadB4(out, ind, `col0 + 4u * (lane % ${u(G)})`, "l");
-      for (let kk = 0; kk < KU; kk++)
-        for (let g = 0; g < G; g++)
-          out.push(`${ind}let b${kk}_${g} = subgroupBroadcast(${vals[kk]}, ${u(g)});`);
+      // Lane q loads the columns of group q % G at step q / G once for the whole subgroup;
+      // every lane takes each (step, group) from the lane that loaded it. Lanes past the first 8
+      // load duplicates (cheap, keeps them in step).
+      const kb = S > 1 ? `k0 + ${u(KU)} * ((lane % ${u(G * S)}) / ${u(G)})` : "k0";
+      const vals = loadB4(out, ind, `col0 + 4u * (lane % ${u(G)})`, "l", kb);
+      for (let s = 0; s < S; s++)
+        for (let kk = 0; kk < KU; kk++)
+          for (let g = 0; g < G; g++)
+            out.push(
+              `${ind}let b${s * KU + kk}_${g} = subgroupBroadcast(${vals[kk]}, ${u(s * G + g)});`,
+            );
       return (kk, g) => `b${kk}_${g}`;
     }
     if (cw === 4) {
@@ -603,12 +625,16 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   };
 
   if (kMain > 0) {
-    L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU)}) {`);
-    const a = loadA(L, "  ");
+    L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU * S)}) {`);
+    const a = [...Array(S).keys()].map((s) =>
+      loadA(L, "  ", s ? `k0 + ${u(s * KU)}` : "k0", S > 1 ? `s${s}` : ""),
+    );
     const b = loadB(L, "  ");
-    for (let kk = 0; kk < KU; kk++)
-      for (let r = 0; r < R; r++)
-        for (let g = 0; g < G; g++) L.push(`  acc${r}_${g} += ${b(kk, g)} * ${a(r, kk)};`);
+    for (let s = 0; s < S; s++)
+      for (let kk = 0; kk < KU; kk++)
+        for (let r = 0; r < R; r++)
+          for (let g = 0; g < G; g++)
+            L.push(`  acc${r}_${g} += ${b(s * KU + kk, g)} * ${a[s]!(r, kk)};`);
     L.push(`}`);
   }
   if (kMain < K) {
