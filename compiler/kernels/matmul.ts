@@ -10,8 +10,10 @@
 //  - subgroup: register tiles where the B tile a workgroup needs is loaded once per subgroup
 //              (lane q loads columns 4q..4q+3, one vec4) and handed to every lane with
 //              `subgroupBroadcast`. Every invocation of a workgroup shares the same columns, so it
-//              does not matter how the driver groups invocations into subgroups. On a subgroup
-//              narrower than colsPerThread/4 lanes (WebGPU promises only 4) the kernel computes its
+//              does not matter how the driver groups invocations into subgroups. A tile of fewer
+//              than 8 column groups (16 or 8 columns) spreads the loads over steps of k (lane q:
+//              group q % G at step q / G) where B is k-major, so no lane loads a duplicate. On a
+//              subgroup narrower than 8 lanes (WebGPU promises only 4) the kernel computes its
 //              tile the plain way instead: correct everywhere. Fast on lavapipe, where each
 //              per-lane load is a scalar loop and FMAs are nearly free.
 //  - shared:   the classic workgroup-shared-memory tiling: (workgroupY·rowsPerThread) ×
@@ -20,7 +22,15 @@
 //              discrete GPUs.
 // Sizes are baked into the WGSL as constants. Edges: loads clamp their row/column into the matrix
 // (no branches in the inner loop), stores check bounds. vec4 loads are used along an operand's
-// contiguous axis when that extent is a multiple of 4 (vectorWidth 4), scalar loads otherwise.
+// contiguous axis when that extent is a multiple of 4 (vectorWidth 4), scalar loads otherwise;
+// register and subgroup tiles store vec4s of 4 columns when n is a multiple of 4.
+//
+// Where a matmul's time goes on lavapipe (576×512×128 NN, subgroup 2×32, measured by removing
+// each part from the kernel): B's loads ~1/3, A's ~1/6, the broadcasts ~1/12, the stores ~1/10,
+// the FMAs with accumulators spilled (2×32 is 64 8-wide registers) the rest. Each per-lane load
+// costs a few cycles per value whatever its width; a load whose address is the same in every
+// lane measured no cheaper. bench/matmul-shapes.ts compares parameterizations on a LoRA step's
+// shapes.
 //
 // Measured on lavapipe (which compiles at first dispatch, with compile time growing with every
 // per-lane load or store in the code): short loops are kept from being unrolled whole, results
@@ -491,39 +501,9 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
   if (sg) Object.assign(builtins, { lane: "subgroup_invocation_id", sg_size: "subgroup_size" });
   L.push(`let batch = wg.z;`);
-  // A workgroup one invocation tall reads the same A elements in every invocation: written
-  // without lid.y, the shader compiler sees those loads as uniform (one load for all SIMD lanes
-  // on lavapipe, instead of a per-lane loop).
-  L.push(
-    p.workgroupY === 1
-      ? `let row0 = wg.y * ${u(R)};`
-      : `let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`,
-  );
+  L.push(`let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`);
   L.push(`let col0 = (wg.x * ${u(p.workgroupX)} + lid.x) * ${u(C)};`);
-  if (sg) {
-    // WebGPU promises subgroups of at least 4 lanes; the tile's loads take 8 (lavapipe: 8 lanes
-    // with AVX2, 4 with SSE only). On a narrower subgroup compute the tile the plain way: correct
-    // everywhere, fast where it matters, and little code.
-    L.push(`if (sg_size < ${u(G * S)}) {`);
-    if (c.outVec) {
-      L.push(`  for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
-      L.push(`    let row = row0 + i / ${u(G)};`);
-      L.push(`    let col = col0 + (i % ${u(G)}) * 4u;`);
-      L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
-      const dots = [0, 1, 2, 3].map((j) => `mm_dot(batch, row, col + ${u(j)})`);
-      L.push(`      mm_store4(batch, row, col, vec4<f32>(${dots.join(", ")}));`);
-    } else {
-      L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
-      L.push(`    let row = row0 + i / ${u(C)};`);
-      L.push(`    let col = col0 + i % ${u(C)};`);
-      L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
-      L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
-    }
-    L.push(`    }`);
-    L.push(`  }`);
-    L.push(`  return;`);
-    L.push(`}`);
-  }
+  if (sg) L.push(...subgroupFallback(c, G * S));
   L.push(`let aOff = batch * ${u(M * K)};`);
   L.push(`let bOff = batch * ${u(K * N)};`);
   // Clamped rows and columns: loads never leave the operand, stores are bounds-checked.
@@ -669,6 +649,39 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   }
   L.push(`}`);
   return { builtins, body: L };
+}
+
+/**
+ * WebGPU promises subgroups of at least 4 lanes; the subgroup tile's loads take `lanes` (8;
+ * lavapipe: 8 lanes with AVX2, 4 with SSE only). On a narrower subgroup compute the tile the
+ * plain way: correct everywhere, fast where it matters, and little code.
+ */
+function subgroupFallback(c: Ctx, lanes: number): string[] {
+  const { M, N, p } = c;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  const G = C / 4;
+  const L: string[] = [];
+  L.push(`if (sg_size < ${u(lanes)}) {`);
+  if (c.outVec) {
+    L.push(`  for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
+    L.push(`    let row = row0 + i / ${u(G)};`);
+    L.push(`    let col = col0 + (i % ${u(G)}) * 4u;`);
+    L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
+    const dots = [0, 1, 2, 3].map((j) => `mm_dot(batch, row, col + ${u(j)})`);
+    L.push(`      mm_store4(batch, row, col, vec4<f32>(${dots.join(", ")}));`);
+  } else {
+    L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
+    L.push(`    let row = row0 + i / ${u(C)};`);
+    L.push(`    let col = col0 + i % ${u(C)};`);
+    L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
+    L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
+  }
+  L.push(`    }`);
+  L.push(`  }`);
+  L.push(`  return;`);
+  L.push(`}`);
+  return L;
 }
 
 /**
