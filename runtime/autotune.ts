@@ -142,9 +142,9 @@ export interface KernelTiming {
 
 /**
  * Times `kernel` on `buffers`: a one-workgroup warm-up dispatch (lavapipe compiles the shader at
- * its first dispatch), one probe run awaited at once (its wall time sizes the sleeps; when it is
- * already above `pruneAbove` ms the kernel is not worth more runs), then `runs` timed runs, each its
- * own submit. With timestamp queries each run is timed on the device and we sleep past its expected
+ * its first dispatch), one probe run awaited at once (its wall time sizes the sleeps), then `runs`
+ * timed runs, each its own submit; when the first is above `pruneAbove` ms the kernel is not
+ * worth more runs. With timestamp queries each run is timed on the device and we sleep past its expected
  * end before awaiting, so Dawn's busy-polling (a whole core) does not slow the run being timed;
  * without them, wall time with GpuWaiter (sleep for most of the expected time, then await).
  */
@@ -170,8 +170,9 @@ export async function timeMatmulKernel(
   dispatchKernel(device, pipeline, bindGroup, kernel.dispatch);
   await waiter.wait(device); // first wait: no estimate yet, so no sleep; teaches the waiter
   const probe = performance.now() - started;
-  if (probe > pruneAbove || runs < 1)
-    return { ms: probe, samples: [], compileMs, runs: 0, timer: "wall" };
+  // The probe only sizes the sleeps: awaited at once, it busy-polls a core and on a loaded
+  // machine measured up to 100× a kernel's time. Pruning waits for the first timed run.
+  if (runs < 1) return { ms: probe, samples: [], compileMs, runs: 0, timer: "wall" };
 
   if (!device.features.has("timestamp-query")) {
     const wall: number[] = [];
@@ -180,8 +181,9 @@ export async function timeMatmulKernel(
       dispatchKernel(device, pipeline, bindGroup, kernel.dispatch);
       await waiter.wait(device);
       wall.push(performance.now() - started);
+      if (wall[0]! > pruneAbove) break; // not worth more runs
     }
-    return { ms: Math.min(...wall), samples: wall, compileMs, runs, timer: "wall" };
+    return { ms: Math.min(...wall), samples: wall, compileMs, runs: wall.length, timer: "wall" };
   }
 
   const querySet = device.createQuerySet({ type: "timestamp", count: 2 * runs });
@@ -193,6 +195,19 @@ export async function timeMatmulKernel(
     size: 16 * runs,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
+  // The device times of the first `count` runs.
+  const stamps = async (count: number): Promise<number[]> => {
+    const encoder = device.createCommandEncoder();
+    encoder.resolveQuerySet(querySet, 0, 2 * count, resolve, 0);
+    encoder.copyBufferToBuffer(resolve, 0, read, 0, 16 * count);
+    device.queue.submit([encoder.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(read.getMappedRange().slice(0));
+    read.unmap();
+    const ms: number[] = [];
+    for (let i = 0; i < count; i++) ms.push(Number(t[2 * i + 1]! - t[2 * i]!) / 1e6);
+    return ms;
+  };
   try {
     const wall: number[] = [];
     let expected = probe;
@@ -207,20 +222,18 @@ export async function timeMatmulKernel(
       await device.queue.onSubmittedWorkDone();
       wall.push(performance.now() - started);
       expected = Math.min(expected, wall[i]!);
+      if (i === 0 && Number.isFinite(pruneAbove)) {
+        const [first] = await stamps(1);
+        if (first! > pruneAbove) break; // not worth more runs
+        expected = Math.min(expected, first! + 1);
+      }
     }
-    const encoder = device.createCommandEncoder();
-    encoder.resolveQuerySet(querySet, 0, 2 * runs, resolve, 0);
-    encoder.copyBufferToBuffer(resolve, 0, read, 0, 16 * runs);
-    device.queue.submit([encoder.finish()]);
-    await read.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(read.getMappedRange().slice(0));
-    read.unmap();
-    const ms: number[] = [];
-    for (let i = 0; i < runs; i++) ms.push(Number(t[2 * i + 1]! - t[2 * i]!) / 1e6);
+    const ms = await stamps(wall.length);
+    const done = wall.length;
     // Some drivers quantize or zero timestamps; trust them only when they look like durations.
     if (ms.every((x) => x > 0 && Number.isFinite(x)))
-      return { ms: Math.min(...ms), samples: ms, compileMs, runs, timer: "timestamp" };
-    return { ms: Math.min(...wall), samples: wall, compileMs, runs, timer: "wall" };
+      return { ms: Math.min(...ms), samples: ms, compileMs, runs: done, timer: "timestamp" };
+    return { ms: Math.min(...wall), samples: wall, compileMs, runs: done, timer: "wall" };
   } finally {
     querySet.destroy();
     resolve.destroy();

@@ -504,7 +504,7 @@ describe("Autotuner", () => {
     expect(second.measurements).toBe(0);
   });
 
-  it("a candidate's time is its fastest timed run (other work only ever slows a run down)", async () => {
+  it("a candidate's time is its fastest timed run (other work only ever slows a run down); pruning follows a timed run", async () => {
     const params = defaultMatmulParams(shape, features, adapter);
     const kernel = matmulKernel(shape, params, { a: 0, b: 1, out: 2 });
     const buffers = [
@@ -513,10 +513,15 @@ describe("Autotuner", () => {
       storage(new Float32Array(shape.m * shape.n)),
     ];
     const timing = await timeMatmulKernel(device, kernel, buffers, 5);
+    // above the pruning bound after its first timed run (not after the probe, which busy-polls
+    // a core and on a loaded machine measured up to 100× a kernel's time): no more runs
+    const pruned = await timeMatmulKernel(device, kernel, buffers, 5, -1);
     for (const b of buffers) b.destroy();
     expect(timing.runs).toBe(5);
     expect(timing.samples).toHaveLength(5);
     expect(timing.ms).toBe(Math.min(...timing.samples));
+    expect(pruned.runs).toBe(1);
+    expect(pruned.samples).toHaveLength(1);
   });
 
   it("picks the fastest by the clock it is given, and enabled: false times nothing", async () => {
