@@ -438,7 +438,8 @@ describe(`matmul template on ${adapter.description}`, () => {
     };
     // a LoRA step's products (lora_finetune.lrk: 576 tokens, d 128, MLP 512, rank 8)
     expect(rows(576, 512, 128, false, false)).toBe("2x32");
-    expect(rows(576, 512, 128, false, true)).toBe("2x32");
+    expect(rows(576, 512, 128, false, true)).toBe("4x16");
+    expect(rows(576, 128, 128, false, true)).toBe("4x16");
     expect(rows(128, 128, 576, true, false)).toBe("4x32");
     expect(rows(576, 8, 512, false, true)).toBe("4x8");
     expect(rows(512, 8, 576, true, false)).toBe("4x8");
