@@ -12,7 +12,8 @@
 //              `subgroupBroadcast`. Every invocation of a workgroup shares the same columns, so it
 //              does not matter how the driver groups invocations into subgroups. A tile of fewer
 //              than 8 column groups (16 or 8 columns) spreads the loads over steps of k (lane q:
-//              group q % G at step q / G) where B is k-major, so no lane loads a duplicate. On a
+//              group q % G at step q / G) where B is k-major, and where B is stored transposed
+//              lane q loads column q (q + 8, ...) as a vec4 along k, so no lane loads a duplicate. On a
 //              subgroup narrower than 8 lanes (WebGPU promises only 4) the kernel computes its
 //              tile the plain way instead: correct everywhere. Fast on lavapipe, where each
 //              per-lane load is a scalar loop and FMAs are nearly free.
