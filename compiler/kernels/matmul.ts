@@ -657,7 +657,17 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     L.push(`}`);
   }
 
-  // Stores through a small loop: one bounds check and epilogue in the code, not R·C copies.
+  L.push(...tiledStores(c, G, cw));
+  return { builtins, body: L };
+}
+
+/**
+ * The register and subgroup tiles' stores, through a small loop: one bounds check and epilogue in
+ * the code, not R·C copies. Accumulator acc{r}_{g} holds row r, columns g·cw.. of the tile.
+ */
+function tiledStores(c: Ctx, G: number, cw: number): string[] {
+  const R = c.p.rowsPerThread;
+  const L: string[] = [];
   const accs: string[] = [];
   for (let r = 0; r < R; r++) for (let g = 0; g < G; g++) accs.push(`acc${r}_${g}`);
   L.push(`for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
@@ -672,7 +682,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     L.push(`  mm_store(batch, row, col, v);`);
   }
   L.push(`}`);
-  return { builtins, body: L };
+  return L;
 }
 
 /**
