@@ -219,10 +219,12 @@ export function matmulCandidates(
  * lavapipe with bench/matmul-shapes.ts (CPU time, same process, relative to the best):
  * 128×128×576 TN 4 rows 1.00 vs 2 rows 1.22–1.35; 576×8×512 NT 1.00 vs 1.28; NT products 2 rows
  * 1.00 vs 4 rows 1.13–1.23; NN within noise of each other; 8×128×576 TN 1 row 1.00 vs 4 rows
- * 1.34; 256 × 9×9×32 2 rows 1.02 vs 4 rows 1.29.
+ * 1.34; 256 × 9×9×32 2 rows 1.02 vs 4 rows 1.29; NN with n ≥ 512 (576×512×128, 1024²) 4 rows
+ * 1.00 vs 2 rows 1.15–1.23, while 576×128×512 NN is even (2 rows 1.00, 4 rows 1.04–1.12).
  */
 function subgroupDefaultRows(c: MatmulShapeClass, cols: number): number {
-  const rows = c.transA || cols < 32 ? 4 : 2;
+  const wideNN = !c.transA && !c.transB && c.n >= 512;
+  const rows = c.transA || cols < 32 || wideNN ? 4 : 2;
   return Math.min(rows, Math.max(1, c.m / 8));
 }
 
