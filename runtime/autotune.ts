@@ -25,7 +25,7 @@ export interface AutotuneOptions {
   cacheFile?: string;
   /** false: return the default parameters, time nothing, read and write no cache. */
   enabled?: boolean;
-  /** Timed runs per candidate after the warm-up (default 3). */
+  /** Timed runs per candidate after the warm-up (default 5). */
   runs?: number;
   /**
    * Replaces timing a candidate on the device (tests): returns milliseconds. The default
@@ -38,7 +38,7 @@ export interface AutotuneOptions {
 
 export interface AutotuneEntry {
   params: MatmulParams;
-  /** Median milliseconds of the chosen candidate when it was tuned. */
+  /** Milliseconds of the chosen candidate's fastest run when it was tuned. */
   ms: number;
   /** The shape it was tuned at (a member of the class). */
   shape: MatmulShape;
@@ -84,12 +84,6 @@ function writeCacheEntry(file: string, adapter: string, key: string, entry: Auto
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
-}
-
 /** A compute pipeline for `kernel` (auto layout). */
 export function kernelPipeline(device: GPUDevice, kernel: KernelSource): GPUComputePipeline {
   const module = device.createShaderModule({ code: kernel.wgsl, label: kernel.name });
@@ -130,8 +124,15 @@ export function dispatchKernel(
 }
 
 export interface KernelTiming {
-  /** Median milliseconds of the timed runs (or the probe's, when it was cut short). */
+  /**
+   * Milliseconds of the fastest timed run (or the probe's, when it was cut short): on a machine
+   * shared with other work, interference only ever slows a run down, so the fastest is the
+   * kernel's own time, while a median of a few runs moved with the machine's load (on lavapipe
+   * the tuned choices for a LoRA step cost 5–13% more CPU than the untuned defaults).
+   */
   ms: number;
+  /** Every timed run's milliseconds (empty: only the probe ran). */
+  samples: number[];
   /** The warm-up: creating the pipeline and a one-workgroup dispatch (lavapipe compiles here). */
   compileMs: number;
   /** Timed runs behind `ms` (0: only the probe ran). */
@@ -141,9 +142,9 @@ export interface KernelTiming {
 
 /**
  * Times `kernel` on `buffers`: a one-workgroup warm-up dispatch (lavapipe compiles the shader at
- * its first dispatch), one probe run awaited at once (its wall time sizes the sleeps; when it is
- * already above `pruneAbove` ms the kernel is not worth more runs), then `runs` timed runs, each its
- * own submit. With timestamp queries each run is timed on the device and we sleep past its expected
+ * its first dispatch), one probe run awaited at once (its wall time sizes the sleeps), then `runs`
+ * timed runs, each its own submit; when the first is above `pruneAbove` ms the kernel is not
+ * worth more runs. With timestamp queries each run is timed on the device and we sleep past its expected
  * end before awaiting, so Dawn's busy-polling (a whole core) does not slow the run being timed;
  * without them, wall time with GpuWaiter (sleep for most of the expected time, then await).
  */
@@ -169,7 +170,9 @@ export async function timeMatmulKernel(
   dispatchKernel(device, pipeline, bindGroup, kernel.dispatch);
   await waiter.wait(device); // first wait: no estimate yet, so no sleep; teaches the waiter
   const probe = performance.now() - started;
-  if (probe > pruneAbove || runs < 1) return { ms: probe, compileMs, runs: 0, timer: "wall" };
+  // The probe only sizes the sleeps: awaited at once, it busy-polls a core and on a loaded
+  // machine measured up to 100× a kernel's time. Pruning waits for the first timed run.
+  if (runs < 1) return { ms: probe, samples: [], compileMs, runs: 0, timer: "wall" };
 
   if (!device.features.has("timestamp-query")) {
     const wall: number[] = [];
@@ -178,8 +181,9 @@ export async function timeMatmulKernel(
       dispatchKernel(device, pipeline, bindGroup, kernel.dispatch);
       await waiter.wait(device);
       wall.push(performance.now() - started);
+      if (wall[0]! > pruneAbove) break; // not worth more runs
     }
-    return { ms: median(wall), compileMs, runs, timer: "wall" };
+    return { ms: Math.min(...wall), samples: wall, compileMs, runs: wall.length, timer: "wall" };
   }
 
   const querySet = device.createQuerySet({ type: "timestamp", count: 2 * runs });
@@ -191,6 +195,19 @@ export async function timeMatmulKernel(
     size: 16 * runs,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
+  // The device times of the first `count` runs.
+  const stamps = async (count: number): Promise<number[]> => {
+    const encoder = device.createCommandEncoder();
+    encoder.resolveQuerySet(querySet, 0, 2 * count, resolve, 0);
+    encoder.copyBufferToBuffer(resolve, 0, read, 0, 16 * count);
+    device.queue.submit([encoder.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(read.getMappedRange().slice(0));
+    read.unmap();
+    const ms: number[] = [];
+    for (let i = 0; i < count; i++) ms.push(Number(t[2 * i + 1]! - t[2 * i]!) / 1e6);
+    return ms;
+  };
   try {
     const wall: number[] = [];
     let expected = probe;
@@ -205,20 +222,18 @@ export async function timeMatmulKernel(
       await device.queue.onSubmittedWorkDone();
       wall.push(performance.now() - started);
       expected = Math.min(expected, wall[i]!);
+      if (i === 0 && Number.isFinite(pruneAbove)) {
+        const [first] = await stamps(1);
+        if (first! > pruneAbove) break; // not worth more runs
+        expected = Math.min(expected, first! + 1);
+      }
     }
-    const encoder = device.createCommandEncoder();
-    encoder.resolveQuerySet(querySet, 0, 2 * runs, resolve, 0);
-    encoder.copyBufferToBuffer(resolve, 0, read, 0, 16 * runs);
-    device.queue.submit([encoder.finish()]);
-    await read.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(read.getMappedRange().slice(0));
-    read.unmap();
-    const ms: number[] = [];
-    for (let i = 0; i < runs; i++) ms.push(Number(t[2 * i + 1]! - t[2 * i]!) / 1e6);
+    const ms = await stamps(wall.length);
+    const done = wall.length;
     // Some drivers quantize or zero timestamps; trust them only when they look like durations.
     if (ms.every((x) => x > 0 && Number.isFinite(x)))
-      return { ms: median(ms), compileMs, runs, timer: "timestamp" };
-    return { ms: median(wall), compileMs, runs, timer: "wall" };
+      return { ms: Math.min(...ms), samples: ms, compileMs, runs: done, timer: "timestamp" };
+    return { ms: Math.min(...wall), samples: wall, compileMs, runs: done, timer: "wall" };
   } finally {
     querySet.destroy();
     resolve.destroy();
@@ -282,7 +297,7 @@ export class Autotuner {
     const hit = this.cached(shape);
     if (hit) return hit.params;
     const log = this.options.log ?? (() => {});
-    const runs = this.options.runs ?? 3;
+    const runs = this.options.runs ?? 5;
     const candidates = this.template.candidates(shape, this.features);
     // Time the expected winner first so slow candidates can be cut short.
     const first = this.template.defaults(shape, this.features, this.adapter);
@@ -312,7 +327,7 @@ export class Autotuner {
             ms = t.ms;
             log(
               `autotune ${key}: ${this.template.describe(params)} ${ms.toFixed(3)} ms ` +
-                `(${t.runs ? `${t.timer}, median of ${t.runs}` : "probe only"}, ` +
+                `(${t.runs ? `${t.timer}, fastest of ${t.runs}` : "probe only"}, ` +
                 `warm-up ${t.compileMs.toFixed(0)} ms)`,
             );
           }

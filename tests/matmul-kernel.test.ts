@@ -38,6 +38,7 @@ import {
   dispatchKernel,
   kernelBindGroup,
   kernelPipeline,
+  timeMatmulKernel,
 } from "../runtime/autotune.js";
 import { requestAdapter, requestDevice, summarize } from "../runtime/gpu.js";
 
@@ -324,6 +325,10 @@ const CLASS_SHAPES: MatmulShape[] = [
   { batch: 256, m: 9, n: 9, k: 32, transA: false, transB: true },
   { batch: 256, m: 9, n: 32, k: 9, transA: false, transB: false },
   { batch: 1, m: 8, n: 512, k: 576, transA: true, transB: false },
+  // rank-8 products (a LoRA step's x·Aᵀ and its gradient): 8-column subgroup tiles, B's loads
+  // spread over steps of k
+  { batch: 1, m: 576, n: 8, k: 512, transA: false, transB: true },
+  { batch: 1, m: 512, n: 8, k: 576, transA: true, transB: false },
 ];
 
 /** Every candidate (with and without subgroups) and every default, once each. */
@@ -382,6 +387,69 @@ describe(`matmul template on ${adapter.description}`, () => {
     });
   }
 
+  it("register and subgroup tiles store vec4s of 4 columns where n is a multiple of 4", async () => {
+    const outDecl = (s: MatmulShape, p: MatmulParams) =>
+      matmulKernel(s, p, { a: 0, b: 1, out: 2 })
+        .wgsl.split("\n")
+        .find((l) => l.includes("var<storage, read_write> mm_out"));
+    const tiles: MatmulParams[] = [
+      {
+        variant: "register",
+        rowsPerThread: 4,
+        colsPerThread: 4,
+        workgroupX: 16,
+        workgroupY: 16,
+        tileK: 0,
+        vectorWidth: 4,
+      },
+      {
+        variant: "register",
+        rowsPerThread: 2,
+        colsPerThread: 8,
+        workgroupX: 8,
+        workgroupY: 4,
+        tileK: 0,
+        vectorWidth: 4,
+      },
+    ];
+    if (features.has("subgroups")) tiles.push(defaultMatmulParams(square(256), features, adapter));
+    for (const p of tiles) {
+      // n a multiple of 4 but not of the tile; rows past m; batched; with the bias epilogue
+      const s: MatmulShape = { batch: 2, m: 13, n: 36, k: 9, transA: false, transB: true };
+      expect(outDecl(s, p), describeMatmulParams(p)).toContain("array<vec4<f32>>");
+      await check(s, p, true);
+      // n not a multiple of 4: scalar stores
+      const odd = { ...s, n: 35 };
+      expect(outDecl(odd, p), describeMatmulParams(p)).toContain("array<f32>");
+      await check(odd, p, true);
+    }
+    // scalar variants keep scalar stores
+    const naive = defaultMatmulParams(square(64), features, { fallback: false });
+    expect(outDecl(square(64), naive)).toContain("array<f32>");
+  });
+
+  it("the default subgroup tile on a software adapter: 4 rows for A stored transposed and for narrow products, else 2, at most m/8", () => {
+    if (!features.has("subgroups")) return;
+    const software = { fallback: true, architecture: "software" };
+    const rows = (m: number, n: number, k: number, transA: boolean, transB: boolean) => {
+      const p = defaultMatmulParams({ batch: 1, m, n, k, transA, transB }, features, software);
+      expect(p.variant).toBe("subgroup");
+      return `${p.rowsPerThread}x${p.colsPerThread}`;
+    };
+    // a LoRA step's products (lora_finetune.lrk: 576 tokens, d 128, MLP 512, rank 8)
+    expect(rows(576, 512, 128, false, false)).toBe("4x32");
+    expect(rows(576, 128, 512, false, false)).toBe("2x32");
+    expect(rows(576, 512, 128, false, true)).toBe("4x16");
+    expect(rows(576, 128, 128, false, true)).toBe("4x16");
+    expect(rows(128, 128, 576, true, false)).toBe("4x32");
+    expect(rows(576, 8, 512, false, true)).toBe("4x8");
+    expect(rows(512, 8, 576, true, false)).toBe("4x8");
+    expect(rows(576, 16, 128, false, true)).toBe("4x16");
+    // few rows: no more rows per invocation than the 8 invocations of a workgroup can use
+    expect(rows(8, 128, 576, true, false)).toBe("1x32");
+    expect(rows(9, 9, 32, false, false)).toBe("2x16");
+  });
+
   it("edge shapes with the default parameters", async () => {
     const edges: [number, number, number, number][] = [
       [1, 1, 1, 1],
@@ -436,6 +504,26 @@ describe("Autotuner", () => {
     });
     expect(await second.matmul(shape)).toEqual(choice);
     expect(second.measurements).toBe(0);
+  });
+
+  it("a candidate's time is its fastest timed run (other work only ever slows a run down); pruning follows a timed run", async () => {
+    const params = defaultMatmulParams(shape, features, adapter);
+    const kernel = matmulKernel(shape, params, { a: 0, b: 1, out: 2 });
+    const buffers = [
+      storage(random(shape.m * shape.k, 1)),
+      storage(random(shape.k * shape.n, 2)),
+      storage(new Float32Array(shape.m * shape.n)),
+    ];
+    const timing = await timeMatmulKernel(device, kernel, buffers, 5);
+    // above the pruning bound after its first timed run (not after the probe, which busy-polls
+    // a core and on a loaded machine measured up to 100× a kernel's time): no more runs
+    const pruned = await timeMatmulKernel(device, kernel, buffers, 5, -1);
+    for (const b of buffers) b.destroy();
+    expect(timing.runs).toBe(5);
+    expect(timing.samples).toHaveLength(5);
+    expect(timing.ms).toBe(Math.min(...timing.samples));
+    expect(pruned.runs).toBe(1);
+    expect(pruned.samples).toHaveLength(1);
   });
 
   it("picks the fastest by the clock it is given, and enabled: false times nothing", async () => {

@@ -10,8 +10,11 @@
 //  - subgroup: register tiles where the B tile a workgroup needs is loaded once per subgroup
 //              (lane q loads columns 4q..4q+3, one vec4) and handed to every lane with
 //              `subgroupBroadcast`. Every invocation of a workgroup shares the same columns, so it
-//              does not matter how the driver groups invocations into subgroups. On a subgroup
-//              narrower than colsPerThread/4 lanes (WebGPU promises only 4) the kernel computes its
+//              does not matter how the driver groups invocations into subgroups. A tile of fewer
+//              than 8 column groups (16 or 8 columns) spreads the loads over steps of k (lane q:
+//              group q % G at step q / G) where B is k-major, and where B is stored transposed
+//              lane q loads column q (q + 8, ...) as a vec4 along k, so no lane loads a duplicate. On a
+//              subgroup narrower than 8 lanes (WebGPU promises only 4) the kernel computes its
 //              tile the plain way instead: correct everywhere. Fast on lavapipe, where each
 //              per-lane load is a scalar loop and FMAs are nearly free.
 //  - shared:   the classic workgroup-shared-memory tiling: (workgroupY·rowsPerThread) ×
@@ -20,7 +23,15 @@
 //              discrete GPUs.
 // Sizes are baked into the WGSL as constants. Edges: loads clamp their row/column into the matrix
 // (no branches in the inner loop), stores check bounds. vec4 loads are used along an operand's
-// contiguous axis when that extent is a multiple of 4 (vectorWidth 4), scalar loads otherwise.
+// contiguous axis when that extent is a multiple of 4 (vectorWidth 4), scalar loads otherwise;
+// register and subgroup tiles store vec4s of 4 columns when n is a multiple of 4.
+//
+// Where a matmul's time goes on lavapipe (576×512×128 NN, subgroup 2×32, measured by removing
+// each part from the kernel): B's loads ~1/3, A's ~1/6, the broadcasts ~1/12, the stores ~1/10,
+// the FMAs with accumulators spilled (2×32 is 64 8-wide registers) the rest. Each per-lane load
+// costs a few cycles per value whatever its width; a load whose address is the same in every
+// lane measured no cheaper. bench/matmul-shapes.ts compares parameterizations on a LoRA step's
+// shapes.
 //
 // Measured on lavapipe (which compiles at first dispatch, with compile time growing with every
 // per-lane load or store in the code): short loops are kept from being unrolled whole, results
@@ -32,7 +43,7 @@ import { renderKernel, type Builtin } from "./render.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
 /** Bumped whenever the template changes in a way that may change which parameters are fastest. */
-export const MATMUL_TEMPLATE_VERSION = 2;
+export const MATMUL_TEMPLATE_VERSION = 3;
 
 /**
  * What the default choice needs to know about the adapter; `AdapterSummary` (runtime/gpu.ts)
@@ -121,8 +132,9 @@ export function validateMatmulParams(p: MatmulParams): void {
       if (p.colsPerThread % 4 !== 0) bad("subgroup needs colsPerThread a multiple of 4");
       if (p.colsPerThread > 64) bad("subgroup shares at most 64 columns (16 lanes)");
       if (p.workgroupX !== 1) bad("subgroup tiles put the whole workgroup along m: workgroupX = 1");
-      // The lanes that load B's column groups must exist: at least one invocation per group.
-      if (p.workgroupY < p.colsPerThread / 4) bad("subgroup needs workgroupY ≥ colsPerThread/4");
+      // The 8 lanes that load B (column groups × steps of k) must exist.
+      if (p.workgroupY < 8) bad("subgroup needs workgroupY ≥ 8");
+      if (8 % (p.colsPerThread / 4) !== 0) bad("subgroup needs colsPerThread 4, 8, 16 or 32");
       break;
     case "shared": {
       if (!Number.isInteger(p.tileK) || p.tileK < 1) bad("shared needs tileK ≥ 1");
@@ -137,9 +149,13 @@ export function validateMatmulParams(p: MatmulParams): void {
   }
 }
 
-/** Columns per subgroup tile: 32 (8 lanes' vec4s) unless the matrix is narrower. */
+/**
+ * Columns per subgroup tile: 32 (8 lanes' vec4s) unless the matrix is narrower: 16, or 8 for a
+ * rank-r product with r ≤ 8 (its B loads spread over 4 steps of k where B is stored k-major: see
+ * tiledBody).
+ */
 function subgroupCols(c: MatmulShapeClass): number {
-  return c.n >= 32 ? 32 : 16;
+  return c.n >= 32 ? 32 : c.n >= 16 ? 16 : 8;
 }
 
 /** Register tiles without subgroups: spread invocations along n, or along m when n is small. */
@@ -184,6 +200,7 @@ export function matmulCandidates(
     add(params("subgroup", 4, cols, 1, 8));
     add(params("subgroup", 1, cols, 1, 8));
     if (cols > 16) add(params("subgroup", 4, 16, 1, 8));
+    if (cols === 8) add(params("subgroup", 8, 8, 1, 8));
     add(params("subgroup", 2, cols, 1, subgroupRowsPerWorkgroup(c, 2, 64)));
     add(params("subgroup", 1, cols, 1, subgroupRowsPerWorkgroup(c, 1, 64)));
   }
@@ -192,6 +209,23 @@ export function matmulCandidates(
   if (c.m >= 128 && c.n >= 128) add(params("shared", 8, 8, 16, 16, 8));
   if (c.m * c.n <= 4096) add(params("naive", 1, 1, 16, 16));
   return out;
+}
+
+/**
+ * Rows per invocation of the default subgroup tile. 4 where that makes A's loads vec4s (A stored
+ * transposed: 4 rows are contiguous) or where the tile is only 16 columns wide (the rank-r
+ * products: m × r × k with r ≤ 16), 2 elsewhere; but no more than the class has rows for the
+ * workgroup's 8 invocations (a rank-r gradient r × n × k, attention's 9 × 9 scores). Measured on
+ * lavapipe with bench/matmul-shapes.ts (CPU time, same process, relative to the best):
+ * 128×128×576 TN 4 rows 1.00 vs 2 rows 1.22–1.35; 576×8×512 NT 1.00 vs 1.28; NT products 2 rows
+ * 1.00 vs 4 rows 1.13–1.23; NN within noise of each other; 8×128×576 TN 1 row 1.00 vs 4 rows
+ * 1.34; 256 × 9×9×32 2 rows 1.02 vs 4 rows 1.29; NN with n ≥ 512 (576×512×128, 1024²) 4 rows
+ * 1.00 vs 2 rows 1.15–1.23, while 576×128×512 NN is even (2 rows 1.00, 4 rows 1.04–1.12).
+ */
+function subgroupDefaultRows(c: MatmulShapeClass, cols: number): number {
+  const wideNN = !c.transA && !c.transB && c.n >= 512;
+  const rows = c.transA || cols < 32 || wideNN ? 4 : 2;
+  return Math.min(rows, Math.max(1, c.m / 8));
 }
 
 /**
@@ -209,7 +243,13 @@ export function defaultMatmulParams(
   const software = adapter
     ? adapter.fallback || adapter.architecture === "software" || adapter.architecture === "cpu"
     : false;
-  if (software && features.has("subgroups")) return params("subgroup", 2, subgroupCols(c), 1, 8);
+  if (software && features.has("subgroups")) {
+    // B stored transposed: 16 columns (each of the 8 lanes loads 2 columns' vec4s along k) with 4
+    // rows measured 1.10–1.14× faster than 2 × 32 on a LoRA step's NT products.
+    const wide = subgroupCols(c);
+    const cols = c.transB && !c.transA && wide === 32 && c.m >= 32 ? 16 : wide;
+    return params("subgroup", subgroupDefaultRows(c, cols), cols, 1, 8);
+  }
   if (software) return registerParams(c);
   return params("shared", 4, 4, 16, 16, 16);
 }
@@ -246,6 +286,8 @@ interface Ctx {
   M: number;
   N: number;
   K: number;
+  /** mm_out is an array of vec4 (n % 4 == 0) written through mm_store4. */
+  outVec: boolean;
 }
 
 /** Scalar element index of A(row, l) / B(l, col) within the batch at aOff / bOff. */
@@ -322,7 +364,11 @@ export function matmulKernel(
   }
   const aVec = aMode !== "scalar" || sharedAVec;
   const bVec = bMode !== "scalar" || sharedBVec;
-  const c: Ctx = { shape, p, M: m, N: n, K: k };
+  // Register tiles store a vec4 of 4 columns at once where n allows (one per-lane store loop on
+  // lavapipe instead of four: ~10% of a 576×512×128 product).
+  const outVec =
+    v4 && (p.variant === "register" || p.variant === "subgroup") && C % 4 === 0 && n % 4 === 0;
+  const c: Ctx = { shape, p, M: m, N: n, K: k, outVec };
 
   const epilogue = fusion?.epilogue;
   const layout = `${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}`;
@@ -338,11 +384,27 @@ export function matmulKernel(
     `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32) -> f32 {`,
     `  return ${epilogue?.expression ?? "acc"};`,
     `}`,
-    `fn mm_store(batch: u32, row: u32, col: u32, acc: f32) {`,
-    `  if (row < ${u(m)} && col < ${u(n)}) {`,
-    `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch);`,
-    `  }`,
-    `}`,
+    ...(outVec
+      ? [
+          `/** Columns col..col+3 (col a multiple of 4, n of 4: all inside or all outside). */`,
+          `fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>) {`,
+          `  if (row < ${u(m)} && col < ${u(n)}) {`,
+          `    mm_out[(batch * ${u(m * n)} + row * ${u(n)} + col) >> 2u] = vec4<f32>(`,
+          ...[0, 1, 2, 3].map(
+            (j) =>
+              `      mm_epilogue(acc.${LANE[j]}, row, col${j ? ` + ${u(j)}` : ""}, batch)${j < 3 ? "," : ""}`,
+          ),
+          `    );`,
+          `  }`,
+          `}`,
+        ]
+      : [
+          `fn mm_store(batch: u32, row: u32, col: u32, acc: f32) {`,
+          `  if (row < ${u(m)} && col < ${u(n)}) {`,
+          `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch);`,
+          `  }`,
+          `}`,
+        ]),
     `/** One output the plain way: the naive variant, and the subgroup variant's fallback. */`,
     `fn mm_dot(batch: u32, row: u32, col: u32) -> f32 {`,
     `  let aOff = batch * ${u(m * k)};`,
@@ -394,7 +456,7 @@ export function matmulKernel(
     buffers: [
       { name: "mm_a", type: vec(aVec), buffer: bindings.a, access: "read" },
       { name: "mm_b", type: vec(bVec), buffer: bindings.b, access: "read" },
-      { name: "mm_out", type: "f32", buffer: bindings.out, access: "read_write" },
+      { name: "mm_out", type: vec(outVec), buffer: bindings.out, access: "read_write" },
       ...(epilogue?.bindings ?? []),
     ],
     declarations: [epilogue?.declarations ?? "", functions, ...(entry.declarations ?? [])],
@@ -433,28 +495,23 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   // Unroll k by 4 where a vec4 along k is loaded (B stored transposed); elsewhere it only
   // lengthens compiles (and measured slower on lavapipe).
   const KU = aMode === "k4" || bMode === "k4" ? 4 : 1;
-  const kMain = K - (K % KU); // always K today (k4 needs K % 4 == 0); kept general
+  // A subgroup tile narrower than 8 lanes' vec4s (G < 8 column groups) spreads its B loads over
+  // k: lane q loads the 4 columns of group q % G at k step q / G, so each per-lane load of an
+  // 8-lane subgroup is a distinct, used vec4, and one loop iteration covers S·KU steps of k. (Lanes
+  // past G used to load duplicates: 16-column tiles, the rank-r products', wasted half of B's
+  // loads.)
+  // Only where B's loads step k by 1 (B stored k-major): with B stored transposed (vec4s along k,
+  // KU = 4) the spread measured slower on lavapipe (576×8×512 NT: 1.42 vs 1.00), its unrolled
+  // body 4× longer.
+  const S = sg && KU === 1 ? 8 / G : 1;
+  const kMain = K - (K % (KU * S));
   const L: string[] = [];
   const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
   if (sg) Object.assign(builtins, { lane: "subgroup_invocation_id", sg_size: "subgroup_size" });
   L.push(`let batch = wg.z;`);
   L.push(`let row0 = (wg.y * ${u(p.workgroupY)} + lid.y) * ${u(R)};`);
   L.push(`let col0 = (wg.x * ${u(p.workgroupX)} + lid.x) * ${u(C)};`);
-  if (sg && G > 4) {
-    // WebGPU promises subgroups of at least 4 lanes; a tile of more than 4 lanes' vec4s needs a
-    // wider subgroup (lavapipe: 8 lanes with AVX2, 4 with SSE only). On a narrower one compute
-    // the tile the plain way: correct everywhere, fast where it matters, and little code.
-    L.push(`if (sg_size < ${u(G)}) {`);
-    L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
-    L.push(`    let row = row0 + i / ${u(C)};`);
-    L.push(`    let col = col0 + i % ${u(C)};`);
-    L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
-    L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
-    L.push(`    }`);
-    L.push(`  }`);
-    L.push(`  return;`);
-    L.push(`}`);
-  }
+  if (sg) L.push(...subgroupFallback(c, 8));
   L.push(`let aOff = batch * ${u(M * K)};`);
   L.push(`let bOff = batch * ${u(K * N)};`);
   // Clamped rows and columns: loads never leave the operand, stores are bounds-checked.
@@ -463,35 +520,37 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   for (let r = 0; r < R; r++)
     for (let g = 0; g < G; g++) L.push(`var acc${r}_${g}: ${vt} = ${vt}();`);
 
-  // A(row r, k0 + kk): emits the loads, returns the expression.
-  const loadA = (out: string[], ind: string): ((r: number, kk: number) => string) => {
+  // A(row r, kb + kk): emits the loads (names ending in `t`), returns the expression.
+  const loadA = (out: string[], ind: string, kb: string, t: string) => {
     if (aMode === "k4") {
       for (let r = 0; r < R; r++)
-        out.push(`${ind}let va${r} = mm_a[(aOff + rr${r} * ${u(K)} + k0) >> 2u];`);
-      return (r, kk) => `va${r}.${LANE[kk]}`;
+        out.push(`${ind}let va${r}${t} = mm_a[(aOff + rr${r} * ${u(K)} + ${kb}) >> 2u];`);
+      return (r: number, kk: number) => `va${r}${t}.${LANE[kk]}`;
     }
     if (aMode === "m4") {
       for (let kk = 0; kk < KU; kk++)
         for (let g = 0; g < R / 4; g++)
           out.push(
-            `${ind}let va${g}_${kk} = mm_a[(aOff + (k0 + ${u(kk)}) * ${u(M)} + ` +
+            `${ind}let va${g}_${kk}${t} = mm_a[(aOff + (${kb} + ${u(kk)}) * ${u(M)} + ` +
               `min(row0 + ${u(4 * g)}, ${u(M - 4)})) >> 2u];`,
           );
-      return (r, kk) => `va${Math.floor(r / 4)}_${kk}.${LANE[r % 4]}`;
+      return (r: number, kk: number) => `va${Math.floor(r / 4)}_${kk}${t}.${LANE[r % 4]}`;
     }
     for (let r = 0; r < R; r++)
       for (let kk = 0; kk < KU; kk++)
-        out.push(`${ind}let a${r}_${kk} = mm_a_at(${aIndex(c, `rr${r}`, `k0 + ${u(kk)}`)});`);
-    return (r, kk) => `a${r}_${kk}`;
+        out.push(
+          `${ind}let a${r}_${kk}${t} = mm_a_at(${aIndex(c, `rr${r}`, `${kb} + ${u(kk)}`)});`,
+        );
+    return (r: number, kk: number) => `a${r}_${kk}${t}`;
   };
 
-  // B for the 4 columns from `base` (a multiple of 4 past col0), one vec4 per kk.
-  const loadB4 = (out: string[], ind: string, base: string, tag: string): string[] => {
+  // B for the 4 columns from `base` (a multiple of 4 past col0), one vec4 per kk of kb + kk.
+  const loadB4 = (out: string[], ind: string, base: string, tag: string, kb = "k0"): string[] => {
     const names = [...Array(KU).keys()].map((kk) => `b${tag}_${kk}`);
     if (bMode === "n4") {
       names.forEach((name, kk) =>
         out.push(
-          `${ind}let ${name} = mm_b[(bOff + (k0 + ${u(kk)}) * ${u(N)} + ` +
+          `${ind}let ${name} = mm_b[(bOff + (${kb} + ${u(kk)}) * ${u(N)} + ` +
             `min(${base}, ${u(N - 4)})) >> 2u];`,
         ),
       );
@@ -500,7 +559,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     const cols = [0, 1, 2, 3].map((i) => `min(${base} + ${u(i)}, ${u(N - 1)})`);
     if (bMode === "k4") {
       cols.forEach((col, i) =>
-        out.push(`${ind}let vb${tag}_${i} = mm_b[(bOff + ${col} * ${u(K)} + k0) >> 2u];`),
+        out.push(`${ind}let vb${tag}_${i} = mm_b[(bOff + ${col} * ${u(K)} + ${kb}) >> 2u];`),
       );
       names.forEach((name, kk) =>
         out.push(
@@ -513,21 +572,44 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     names.forEach((name, kk) =>
       out.push(
         `${ind}let ${name} = vec4<f32>(` +
-          `${cols.map((col) => `mm_b_at(${bIndex(c, `k0 + ${u(kk)}`, col)})`).join(", ")});`,
+          `${cols.map((col) => `mm_b_at(${bIndex(c, `${kb} + ${u(kk)}`, col)})`).join(", ")});`,
       ),
     );
     return names;
   };
 
-  // B(k0 + kk, column group g): emits the loads, returns the expression.
+  // B(k0 + kk, column group g), kk < KU·S: emits the loads, returns the expression.
   const loadB = (out: string[], ind: string): ((kk: number, g: number) => string) => {
-    if (sg) {
-      // Lane q loads columns 4q..4q+3 once for the whole subgroup; every lane takes each group
-      // from the lane that loaded it. Lanes past G load a duplicate (cheap, keeps them in step).
-      const vals = loadB4(out, ind, `col0 + 4u * (lane % ${u(G)})`, "l");
+    if (sg && bMode === "k4" && C % 8 === 0) {
+      // B stored transposed: lane q loads column q (and q + 8, ...) as a vec4 along k, so each
+      // of the 8 lanes' loads is a distinct column (with 4 columns per lane, 16- and 8-column
+      // tiles left lanes loading duplicates); every lane takes column j from lane j % 8.
+      for (let h = 0; h < C / 8; h++)
+        out.push(
+          `${ind}let vbl${h} = mm_b[(bOff + min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)}) * ` +
+            `${u(K)} + k0) >> 2u];`,
+        );
+      for (let j = 0; j < C; j++)
+        out.push(`${ind}let bc${j} = subgroupBroadcast(vbl${j >> 3}, ${u(j % 8)});`);
       for (let kk = 0; kk < KU; kk++)
-        for (let g = 0; g < G; g++)
-          out.push(`${ind}let b${kk}_${g} = subgroupBroadcast(${vals[kk]}, ${u(g)});`);
+        for (let g = 0; g < G; g++) {
+          const parts = [0, 1, 2, 3].map((i) => `bc${4 * g + i}.${LANE[kk]}`);
+          out.push(`${ind}let b${kk}_${g} = vec4<f32>(${parts.join(", ")});`);
+        }
+      return (kk, g) => `b${kk}_${g}`;
+    }
+    if (sg) {
+      // Lane q loads the columns of group q % G at step q / G once for the whole subgroup;
+      // every lane takes each (step, group) from the lane that loaded it. Lanes past the first 8
+      // load duplicates (cheap, keeps them in step).
+      const kb = S > 1 ? `k0 + ${u(KU)} * ((lane % ${u(G * S)}) / ${u(G)})` : "k0";
+      const vals = loadB4(out, ind, `col0 + 4u * (lane % ${u(G)})`, "l", kb);
+      for (let s = 0; s < S; s++)
+        for (let kk = 0; kk < KU; kk++)
+          for (let g = 0; g < G; g++)
+            out.push(
+              `${ind}let b${s * KU + kk}_${g} = subgroupBroadcast(${vals[kk]}, ${u(s * G + g)});`,
+            );
       return (kk, g) => `b${kk}_${g}`;
     }
     if (cw === 4) {
@@ -549,12 +631,16 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   };
 
   if (kMain > 0) {
-    L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU)}) {`);
-    const a = loadA(L, "  ");
+    L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU * S)}) {`);
+    const a = [...Array(S).keys()].map((s) =>
+      loadA(L, "  ", s ? `k0 + ${u(s * KU)}` : "k0", S > 1 ? `s${s}` : ""),
+    );
     const b = loadB(L, "  ");
-    for (let kk = 0; kk < KU; kk++)
-      for (let r = 0; r < R; r++)
-        for (let g = 0; g < G; g++) L.push(`  acc${r}_${g} += ${b(kk, g)} * ${a(r, kk)};`);
+    for (let s = 0; s < S; s++)
+      for (let kk = 0; kk < KU; kk++)
+        for (let r = 0; r < R; r++)
+          for (let g = 0; g < G; g++)
+            L.push(`  acc${r}_${g} += ${b(s * KU + kk, g)} * ${a[s]!(r, kk)};`);
     L.push(`}`);
   }
   if (kMain < K) {
@@ -573,20 +659,65 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     L.push(`}`);
   }
 
-  // Stores through a small loop: one bounds check and epilogue in the code, not R·C copies.
+  L.push(...tiledStores(c, G, cw));
+  return { builtins, body: L };
+}
+
+/**
+ * The register and subgroup tiles' stores, through a small loop: one bounds check and epilogue in
+ * the code, not R·C copies. Accumulator acc{r}_{g} holds row r, columns g·cw.. of the tile.
+ */
+function tiledStores(c: Ctx, G: number, cw: number): string[] {
+  const R = c.p.rowsPerThread;
+  const L: string[] = [];
   const accs: string[] = [];
   for (let r = 0; r < R; r++) for (let g = 0; g < G; g++) accs.push(`acc${r}_${g}`);
   L.push(`for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
   L.push(`  let row = row0 + i / ${u(G)};`);
   L.push(`  let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
   L.push(...pick("v", accs, "  "));
-  if (cw === 4) {
+  if (c.outVec) {
+    L.push(`  mm_store4(batch, row, col, v);`);
+  } else if (cw === 4) {
     for (let j = 0; j < 4; j++) L.push(`  mm_store(batch, row, col + ${u(j)}, v.${LANE[j]});`);
   } else {
     L.push(`  mm_store(batch, row, col, v);`);
   }
   L.push(`}`);
-  return { builtins, body: L };
+  return L;
+}
+
+/**
+ * WebGPU promises subgroups of at least 4 lanes; the subgroup tile's loads take `lanes` (8;
+ * lavapipe: 8 lanes with AVX2, 4 with SSE only). On a narrower subgroup compute the tile the
+ * plain way: correct everywhere, fast where it matters, and little code.
+ */
+function subgroupFallback(c: Ctx, lanes: number): string[] {
+  const { M, N, p } = c;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  const G = C / 4;
+  const L: string[] = [];
+  L.push(`if (sg_size < ${u(lanes)}) {`);
+  if (c.outVec) {
+    L.push(`  for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
+    L.push(`    let row = row0 + i / ${u(G)};`);
+    L.push(`    let col = col0 + (i % ${u(G)}) * 4u;`);
+    L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
+    const dots = [0, 1, 2, 3].map((j) => `mm_dot(batch, row, col + ${u(j)})`);
+    L.push(`      mm_store4(batch, row, col, vec4<f32>(${dots.join(", ")}));`);
+  } else {
+    L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
+    L.push(`    let row = row0 + i / ${u(C)};`);
+    L.push(`    let col = col0 + i % ${u(C)};`);
+    L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
+    L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
+  }
+  L.push(`    }`);
+  L.push(`  }`);
+  L.push(`  return;`);
+  L.push(`}`);
+  return L;
 }
 
 /**
