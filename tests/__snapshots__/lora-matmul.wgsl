@@ -1,4 +1,4 @@
-// matmul 32x128x128 NT (subgroup 2x32 wg 1x8 v4)
+// matmul 32x128x128 NT (subgroup 4x16 wg 1x8 v4)
 // computes:
 //   %13 = permute [1,0] %12 : f32[128, 128]  // stdlib/nn.lrk:29
 //   %14 = matmul %11, %13 : f32[32, 128]  // stdlib/nn.lrk:29
@@ -11,12 +11,12 @@
 //   %27 = mul %26, %24 : f32[32, 128]  // stdlib/adapters.lrk:39
 //   %28 = add %18, %27 : f32[32, 128]  // stdlib/adapters.lrk:39
 // from: stdlib/nn.lrk:29, stdlib/adapters.lrk:39
-// matmul 1x32x128x128 NT, subgroup 2x32 wg 1x8 v4: A [b,m,k] vec4, B [b,n,k] vec4
+// matmul 1x32x128x128 NT, subgroup 4x16 wg 1x8 v4: A [b,m,k] vec4, B [b,n,k] vec4
 enable subgroups;
 diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> mm_a: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> mm_b: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> mm_out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mm_out: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> ep0: array<f32>;  // %15 param:mix.bias
 @group(0) @binding(4) var<storage, read> ep1: array<f32>;  // %21
 @group(0) @binding(5) var<storage, read> ep2: array<f32>;  // %22 param:mix.lora.B
@@ -52,9 +52,15 @@ fn mm_b_at(i: u32) -> f32 { return mm_b[i >> 2u][i & 3u]; }
 fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32) -> f32 {
   return lrk_epilogue(acc, batch, row, col);
 }
-fn mm_store(batch: u32, row: u32, col: u32, acc: f32) {
+/** Columns col..col+3 (col a multiple of 4, n of 4: all inside or all outside). */
+fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>) {
   if (row < 32u && col < 128u) {
-    mm_out[batch * 4096u + row * 128u + col] = mm_epilogue(acc, row, col, batch);
+    mm_out[(batch * 4096u + row * 128u + col) >> 2u] = vec4<f32>(
+      mm_epilogue(acc.x, row, col, batch),
+      mm_epilogue(acc.y, row, col + 1u, batch),
+      mm_epilogue(acc.z, row, col + 2u, batch),
+      mm_epilogue(acc.w, row, col + 3u, batch)
+    );
   }
 }
 /** One output the plain way: the naive variant, and the subgroup variant's fallback. */
@@ -71,14 +77,14 @@ fn mm_dot(batch: u32, row: u32, col: u32) -> f32 {
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg_size: u32) {
   let lrk_zero = lrk_opaque_zero(); // 0, unknown to the shader compiler
   let batch = wg.z;
-  let row0 = (wg.y * 8u + lid.y) * 2u;
-  let col0 = (wg.x * 1u + lid.x) * 32u;
+  let row0 = (wg.y * 8u + lid.y) * 4u;
+  let col0 = (wg.x * 1u + lid.x) * 16u;
   if (sg_size < 8u) {
-    for (var i = lrk_zero; i < 64u; i++) {
-      let row = row0 + i / 32u;
-      let col = col0 + i % 32u;
+    for (var i = lrk_zero; i < 16u; i++) {
+      let row = row0 + i / 4u;
+      let col = col0 + (i % 4u) * 4u;
       if (row < 32u && col < 128u) {
-        mm_store(batch, row, col, mm_dot(batch, row, col));
+        mm_store4(batch, row, col, vec4<f32>(mm_dot(batch, row, col + 0u), mm_dot(batch, row, col + 1u), mm_dot(batch, row, col + 2u), mm_dot(batch, row, col + 3u)));
       }
     }
     return;
@@ -87,6 +93,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let bOff = batch * 16384u;
   let rr0 = min(row0 + 0u, 31u);
   let rr1 = min(row0 + 1u, 31u);
+  let rr2 = min(row0 + 2u, 31u);
+  let rr3 = min(row0 + 3u, 31u);
   let cc0 = min(col0 + 0u, 127u);
   let cc1 = min(col0 + 1u, 127u);
   let cc2 = min(col0 + 2u, 127u);
@@ -103,168 +111,145 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let cc13 = min(col0 + 13u, 127u);
   let cc14 = min(col0 + 14u, 127u);
   let cc15 = min(col0 + 15u, 127u);
-  let cc16 = min(col0 + 16u, 127u);
-  let cc17 = min(col0 + 17u, 127u);
-  let cc18 = min(col0 + 18u, 127u);
-  let cc19 = min(col0 + 19u, 127u);
-  let cc20 = min(col0 + 20u, 127u);
-  let cc21 = min(col0 + 21u, 127u);
-  let cc22 = min(col0 + 22u, 127u);
-  let cc23 = min(col0 + 23u, 127u);
-  let cc24 = min(col0 + 24u, 127u);
-  let cc25 = min(col0 + 25u, 127u);
-  let cc26 = min(col0 + 26u, 127u);
-  let cc27 = min(col0 + 27u, 127u);
-  let cc28 = min(col0 + 28u, 127u);
-  let cc29 = min(col0 + 29u, 127u);
-  let cc30 = min(col0 + 30u, 127u);
-  let cc31 = min(col0 + 31u, 127u);
   var acc0_0: vec4<f32> = vec4<f32>();
   var acc0_1: vec4<f32> = vec4<f32>();
   var acc0_2: vec4<f32> = vec4<f32>();
   var acc0_3: vec4<f32> = vec4<f32>();
-  var acc0_4: vec4<f32> = vec4<f32>();
-  var acc0_5: vec4<f32> = vec4<f32>();
-  var acc0_6: vec4<f32> = vec4<f32>();
-  var acc0_7: vec4<f32> = vec4<f32>();
   var acc1_0: vec4<f32> = vec4<f32>();
   var acc1_1: vec4<f32> = vec4<f32>();
   var acc1_2: vec4<f32> = vec4<f32>();
   var acc1_3: vec4<f32> = vec4<f32>();
-  var acc1_4: vec4<f32> = vec4<f32>();
-  var acc1_5: vec4<f32> = vec4<f32>();
-  var acc1_6: vec4<f32> = vec4<f32>();
-  var acc1_7: vec4<f32> = vec4<f32>();
+  var acc2_0: vec4<f32> = vec4<f32>();
+  var acc2_1: vec4<f32> = vec4<f32>();
+  var acc2_2: vec4<f32> = vec4<f32>();
+  var acc2_3: vec4<f32> = vec4<f32>();
+  var acc3_0: vec4<f32> = vec4<f32>();
+  var acc3_1: vec4<f32> = vec4<f32>();
+  var acc3_2: vec4<f32> = vec4<f32>();
+  var acc3_3: vec4<f32> = vec4<f32>();
   for (var k0 = lrk_zero; k0 < 128u; k0 += 4u) {
     let va0 = mm_a[(aOff + rr0 * 128u + k0) >> 2u];
     let va1 = mm_a[(aOff + rr1 * 128u + k0) >> 2u];
-    let vbl_0 = mm_b[(bOff + min(col0 + 4u * (lane % 8u) + 0u, 127u) * 128u + k0) >> 2u];
-    let vbl_1 = mm_b[(bOff + min(col0 + 4u * (lane % 8u) + 1u, 127u) * 128u + k0) >> 2u];
-    let vbl_2 = mm_b[(bOff + min(col0 + 4u * (lane % 8u) + 2u, 127u) * 128u + k0) >> 2u];
-    let vbl_3 = mm_b[(bOff + min(col0 + 4u * (lane % 8u) + 3u, 127u) * 128u + k0) >> 2u];
-    let bl_0 = vec4<f32>(vbl_0.x, vbl_1.x, vbl_2.x, vbl_3.x);
-    let bl_1 = vec4<f32>(vbl_0.y, vbl_1.y, vbl_2.y, vbl_3.y);
-    let bl_2 = vec4<f32>(vbl_0.z, vbl_1.z, vbl_2.z, vbl_3.z);
-    let bl_3 = vec4<f32>(vbl_0.w, vbl_1.w, vbl_2.w, vbl_3.w);
-    let b0_0 = subgroupBroadcast(bl_0, 0u);
-    let b0_1 = subgroupBroadcast(bl_0, 1u);
-    let b0_2 = subgroupBroadcast(bl_0, 2u);
-    let b0_3 = subgroupBroadcast(bl_0, 3u);
-    let b0_4 = subgroupBroadcast(bl_0, 4u);
-    let b0_5 = subgroupBroadcast(bl_0, 5u);
-    let b0_6 = subgroupBroadcast(bl_0, 6u);
-    let b0_7 = subgroupBroadcast(bl_0, 7u);
-    let b1_0 = subgroupBroadcast(bl_1, 0u);
-    let b1_1 = subgroupBroadcast(bl_1, 1u);
-    let b1_2 = subgroupBroadcast(bl_1, 2u);
-    let b1_3 = subgroupBroadcast(bl_1, 3u);
-    let b1_4 = subgroupBroadcast(bl_1, 4u);
-    let b1_5 = subgroupBroadcast(bl_1, 5u);
-    let b1_6 = subgroupBroadcast(bl_1, 6u);
-    let b1_7 = subgroupBroadcast(bl_1, 7u);
-    let b2_0 = subgroupBroadcast(bl_2, 0u);
-    let b2_1 = subgroupBroadcast(bl_2, 1u);
-    let b2_2 = subgroupBroadcast(bl_2, 2u);
-    let b2_3 = subgroupBroadcast(bl_2, 3u);
-    let b2_4 = subgroupBroadcast(bl_2, 4u);
-    let b2_5 = subgroupBroadcast(bl_2, 5u);
-    let b2_6 = subgroupBroadcast(bl_2, 6u);
-    let b2_7 = subgroupBroadcast(bl_2, 7u);
-    let b3_0 = subgroupBroadcast(bl_3, 0u);
-    let b3_1 = subgroupBroadcast(bl_3, 1u);
-    let b3_2 = subgroupBroadcast(bl_3, 2u);
-    let b3_3 = subgroupBroadcast(bl_3, 3u);
-    let b3_4 = subgroupBroadcast(bl_3, 4u);
-    let b3_5 = subgroupBroadcast(bl_3, 5u);
-    let b3_6 = subgroupBroadcast(bl_3, 6u);
-    let b3_7 = subgroupBroadcast(bl_3, 7u);
+    let va2 = mm_a[(aOff + rr2 * 128u + k0) >> 2u];
+    let va3 = mm_a[(aOff + rr3 * 128u + k0) >> 2u];
+    let vbl0 = mm_b[(bOff + min(col0 + 0u + lane % 8u, 127u) * 128u + k0) >> 2u];
+    let vbl1 = mm_b[(bOff + min(col0 + 8u + lane % 8u, 127u) * 128u + k0) >> 2u];
+    let bc0 = subgroupBroadcast(vbl0, 0u);
+    let bc1 = subgroupBroadcast(vbl0, 1u);
+    let bc2 = subgroupBroadcast(vbl0, 2u);
+    let bc3 = subgroupBroadcast(vbl0, 3u);
+    let bc4 = subgroupBroadcast(vbl0, 4u);
+    let bc5 = subgroupBroadcast(vbl0, 5u);
+    let bc6 = subgroupBroadcast(vbl0, 6u);
+    let bc7 = subgroupBroadcast(vbl0, 7u);
+    let bc8 = subgroupBroadcast(vbl1, 0u);
+    let bc9 = subgroupBroadcast(vbl1, 1u);
+    let bc10 = subgroupBroadcast(vbl1, 2u);
+    let bc11 = subgroupBroadcast(vbl1, 3u);
+    let bc12 = subgroupBroadcast(vbl1, 4u);
+    let bc13 = subgroupBroadcast(vbl1, 5u);
+    let bc14 = subgroupBroadcast(vbl1, 6u);
+    let bc15 = subgroupBroadcast(vbl1, 7u);
+    let b0_0 = vec4<f32>(bc0.x, bc1.x, bc2.x, bc3.x);
+    let b0_1 = vec4<f32>(bc4.x, bc5.x, bc6.x, bc7.x);
+    let b0_2 = vec4<f32>(bc8.x, bc9.x, bc10.x, bc11.x);
+    let b0_3 = vec4<f32>(bc12.x, bc13.x, bc14.x, bc15.x);
+    let b1_0 = vec4<f32>(bc0.y, bc1.y, bc2.y, bc3.y);
+    let b1_1 = vec4<f32>(bc4.y, bc5.y, bc6.y, bc7.y);
+    let b1_2 = vec4<f32>(bc8.y, bc9.y, bc10.y, bc11.y);
+    let b1_3 = vec4<f32>(bc12.y, bc13.y, bc14.y, bc15.y);
+    let b2_0 = vec4<f32>(bc0.z, bc1.z, bc2.z, bc3.z);
+    let b2_1 = vec4<f32>(bc4.z, bc5.z, bc6.z, bc7.z);
+    let b2_2 = vec4<f32>(bc8.z, bc9.z, bc10.z, bc11.z);
+    let b2_3 = vec4<f32>(bc12.z, bc13.z, bc14.z, bc15.z);
+    let b3_0 = vec4<f32>(bc0.w, bc1.w, bc2.w, bc3.w);
+    let b3_1 = vec4<f32>(bc4.w, bc5.w, bc6.w, bc7.w);
+    let b3_2 = vec4<f32>(bc8.w, bc9.w, bc10.w, bc11.w);
+    let b3_3 = vec4<f32>(bc12.w, bc13.w, bc14.w, bc15.w);
     acc0_0 += b0_0 * va0.x;
     acc0_1 += b0_1 * va0.x;
     acc0_2 += b0_2 * va0.x;
     acc0_3 += b0_3 * va0.x;
-    acc0_4 += b0_4 * va0.x;
-    acc0_5 += b0_5 * va0.x;
-    acc0_6 += b0_6 * va0.x;
-    acc0_7 += b0_7 * va0.x;
     acc1_0 += b0_0 * va1.x;
     acc1_1 += b0_1 * va1.x;
     acc1_2 += b0_2 * va1.x;
     acc1_3 += b0_3 * va1.x;
-    acc1_4 += b0_4 * va1.x;
-    acc1_5 += b0_5 * va1.x;
-    acc1_6 += b0_6 * va1.x;
-    acc1_7 += b0_7 * va1.x;
+    acc2_0 += b0_0 * va2.x;
+    acc2_1 += b0_1 * va2.x;
+    acc2_2 += b0_2 * va2.x;
+    acc2_3 += b0_3 * va2.x;
+    acc3_0 += b0_0 * va3.x;
+    acc3_1 += b0_1 * va3.x;
+    acc3_2 += b0_2 * va3.x;
+    acc3_3 += b0_3 * va3.x;
     acc0_0 += b1_0 * va0.y;
     acc0_1 += b1_1 * va0.y;
     acc0_2 += b1_2 * va0.y;
     acc0_3 += b1_3 * va0.y;
-    acc0_4 += b1_4 * va0.y;
-    acc0_5 += b1_5 * va0.y;
-    acc0_6 += b1_6 * va0.y;
-    acc0_7 += b1_7 * va0.y;
     acc1_0 += b1_0 * va1.y;
     acc1_1 += b1_1 * va1.y;
     acc1_2 += b1_2 * va1.y;
     acc1_3 += b1_3 * va1.y;
-    acc1_4 += b1_4 * va1.y;
-    acc1_5 += b1_5 * va1.y;
-    acc1_6 += b1_6 * va1.y;
-    acc1_7 += b1_7 * va1.y;
+    acc2_0 += b1_0 * va2.y;
+    acc2_1 += b1_1 * va2.y;
+    acc2_2 += b1_2 * va2.y;
+    acc2_3 += b1_3 * va2.y;
+    acc3_0 += b1_0 * va3.y;
+    acc3_1 += b1_1 * va3.y;
+    acc3_2 += b1_2 * va3.y;
+    acc3_3 += b1_3 * va3.y;
     acc0_0 += b2_0 * va0.z;
     acc0_1 += b2_1 * va0.z;
     acc0_2 += b2_2 * va0.z;
     acc0_3 += b2_3 * va0.z;
-    acc0_4 += b2_4 * va0.z;
-    acc0_5 += b2_5 * va0.z;
-    acc0_6 += b2_6 * va0.z;
-    acc0_7 += b2_7 * va0.z;
     acc1_0 += b2_0 * va1.z;
     acc1_1 += b2_1 * va1.z;
     acc1_2 += b2_2 * va1.z;
     acc1_3 += b2_3 * va1.z;
-    acc1_4 += b2_4 * va1.z;
-    acc1_5 += b2_5 * va1.z;
-    acc1_6 += b2_6 * va1.z;
-    acc1_7 += b2_7 * va1.z;
+    acc2_0 += b2_0 * va2.z;
+    acc2_1 += b2_1 * va2.z;
+    acc2_2 += b2_2 * va2.z;
+    acc2_3 += b2_3 * va2.z;
+    acc3_0 += b2_0 * va3.z;
+    acc3_1 += b2_1 * va3.z;
+    acc3_2 += b2_2 * va3.z;
+    acc3_3 += b2_3 * va3.z;
     acc0_0 += b3_0 * va0.w;
     acc0_1 += b3_1 * va0.w;
     acc0_2 += b3_2 * va0.w;
     acc0_3 += b3_3 * va0.w;
-    acc0_4 += b3_4 * va0.w;
-    acc0_5 += b3_5 * va0.w;
-    acc0_6 += b3_6 * va0.w;
-    acc0_7 += b3_7 * va0.w;
     acc1_0 += b3_0 * va1.w;
     acc1_1 += b3_1 * va1.w;
     acc1_2 += b3_2 * va1.w;
     acc1_3 += b3_3 * va1.w;
-    acc1_4 += b3_4 * va1.w;
-    acc1_5 += b3_5 * va1.w;
-    acc1_6 += b3_6 * va1.w;
-    acc1_7 += b3_7 * va1.w;
+    acc2_0 += b3_0 * va2.w;
+    acc2_1 += b3_1 * va2.w;
+    acc2_2 += b3_2 * va2.w;
+    acc2_3 += b3_3 * va2.w;
+    acc3_0 += b3_0 * va3.w;
+    acc3_1 += b3_1 * va3.w;
+    acc3_2 += b3_2 * va3.w;
+    acc3_3 += b3_3 * va3.w;
   }
   for (var i = lrk_zero; i < 16u; i++) {
-    let row = row0 + i / 8u;
-    let col = col0 + (i % 8u) * 4u;
+    let row = row0 + i / 4u;
+    let col = col0 + (i % 4u) * 4u;
     var v = acc0_0;
     v = select(v, acc0_1, i == 1u);
     v = select(v, acc0_2, i == 2u);
     v = select(v, acc0_3, i == 3u);
-    v = select(v, acc0_4, i == 4u);
-    v = select(v, acc0_5, i == 5u);
-    v = select(v, acc0_6, i == 6u);
-    v = select(v, acc0_7, i == 7u);
-    v = select(v, acc1_0, i == 8u);
-    v = select(v, acc1_1, i == 9u);
-    v = select(v, acc1_2, i == 10u);
-    v = select(v, acc1_3, i == 11u);
-    v = select(v, acc1_4, i == 12u);
-    v = select(v, acc1_5, i == 13u);
-    v = select(v, acc1_6, i == 14u);
-    v = select(v, acc1_7, i == 15u);
-    mm_store(batch, row, col + 0u, v.x);
-    mm_store(batch, row, col + 1u, v.y);
-    mm_store(batch, row, col + 2u, v.z);
-    mm_store(batch, row, col + 3u, v.w);
+    v = select(v, acc1_0, i == 4u);
+    v = select(v, acc1_1, i == 5u);
+    v = select(v, acc1_2, i == 6u);
+    v = select(v, acc1_3, i == 7u);
+    v = select(v, acc2_0, i == 8u);
+    v = select(v, acc2_1, i == 9u);
+    v = select(v, acc2_2, i == 10u);
+    v = select(v, acc2_3, i == 11u);
+    v = select(v, acc3_0, i == 12u);
+    v = select(v, acc3_1, i == 13u);
+    v = select(v, acc3_2, i == 14u);
+    v = select(v, acc3_3, i == 15u);
+    mm_store4(batch, row, col, v);
   }
 }
