@@ -3,6 +3,7 @@
 // machine runs, so two builds can be compared in separate processes.
 //
 //   npm run build && node dist/bench/step-cpu.js FILE [--train NAME] [--steps N] [--no-autotune]
+//                                                [--low-rank-max R]  (fuse LoRA branches up to rank R)
 //
 // The step is run as `lrkc train` runs it (bench/profile.ts does the same), twice to warm up
 // (lavapipe compiles at first dispatch), then N times (default 9); printed: the median CPU time of
@@ -34,7 +35,11 @@ async function main(file: string): Promise<void> {
   }
   const { program } = run;
   const device = await WebGpuDevice.open();
-  await loadPlans(device, program, { autotune: !args.includes("--no-autotune") });
+  const lowRankMax = option("--low-rank-max");
+  await loadPlans(device, program, {
+    autotune: !args.includes("--no-autotune"),
+    ...(lowRankMax !== undefined ? { lowRankMax: Number(lowRankMax) } : {}),
+  });
   const store = await initialize(program, device, { fromInit: false });
   const entry = program.step.variants.get("")!;
   const feeds = batchFeeds(run, store, "train", 0, 1);

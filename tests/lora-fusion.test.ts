@@ -17,6 +17,8 @@ import type { TestRun as Run } from "./program-helpers.js";
 import { loadOnGpu, prepare } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { loraTinyLmProgram, relativeDiff } from "./helpers.js";
+import { deviceTarget, portableTarget } from "../cli/target.js";
+import { planStep } from "../compiler/compile.js";
 
 // 16 storage buffers per kernel, as lavapipe (and most GPUs) allow
 const limits = {
@@ -160,6 +162,26 @@ const lora1 = counts(compile(oneLayer, 4));
 const base1 = counts(compile(withoutAdapters(oneLayer), 4));
 const lora2 = counts(compile(twoLayers, 4));
 const base2 = counts(compile(withoutAdapters(twoLayers), 4));
+
+describe("on a software adapter (lavapipe)", () => {
+  it("LoRA branches run as kernels of their own, not in the base matmul's epilogue (measured cheaper)", async () => {
+    const device = await WebGpuDevice.open();
+    try {
+      const run = compile(oneLayer, 4);
+      const target = await deviceTarget(device, [run.step], { autotune: false });
+      expect(device.summary.description).toMatch(/llvmpipe|lavapipe/i);
+      expect(target.lowRankMax).toBe(0);
+      const plan = planStep(run.step, target);
+      expect(plan.kernels.some((k) => k.wgsl.includes("// low-rank"))).toBe(false);
+      // the portable target (no adapter to measure) keeps the fusion
+      expect(
+        planStep(run.step, portableTarget).kernels.some((k) => k.wgsl.includes("// low-rank")),
+      ).toBe(true);
+    } finally {
+      device.destroy();
+    }
+  });
+});
 
 describe("the low-rank term of a fused LoRA epilogue", () => {
   it("indexes its operands without an integer division or remainder per rank iteration", () => {
