@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Tensor } from "../runtime/interpreter.js";
+import { expect } from "vitest";
 import { parse, type ParseResult } from "../language/parse.js";
 import { SourceFile } from "../language/source.js";
 
@@ -145,4 +146,27 @@ export function runSetup(
   const file = join(dir, "run.lrk");
   writeFileSync(file, text);
   return { dir, file, out: join(dir, "out") };
+}
+
+/** |a_i − b_i| <= tol · max(1, |b_i|) for every i, with the worst offender in the message. */
+export function expectAllClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  what: string,
+): void {
+  expect(actual.length, `${what}: length`).toBe(expected.length);
+  let worst = 0;
+  let at = -1;
+  for (let i = 0; i < expected.length; i++) {
+    const e = Math.abs(actual[i]! - expected[i]!) / Math.max(1, Math.abs(expected[i]!));
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+    }
+  }
+  expect(
+    worst,
+    `${what}: element ${at}: ${actual[at]} vs ${expected[at]} (relative error ${worst})`,
+  ).toBeLessThanOrEqual(tol);
 }

@@ -14,29 +14,7 @@ import {
   trainStep,
   type Store,
 } from "./program-helpers.js";
-
-/** |a_i − b_i| <= tol · max(1, |b_i|) for every i, with the worst offender in the message. */
-function expectAllClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  what: string,
-): void {
-  expect(actual.length, `${what}: length`).toBe(expected.length);
-  let worst = 0;
-  let at = -1;
-  for (let i = 0; i < expected.length; i++) {
-    const e = Math.abs(actual[i]! - expected[i]!) / Math.max(1, Math.abs(expected[i]!));
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-    }
-  }
-  expect(
-    worst,
-    `${what}: element ${at}: ${actual[at]} vs ${expected[at]} (relative error ${worst})`,
-  ).toBeLessThanOrEqual(tol);
-}
+import { expectAllClose } from "./helpers.js";
 
 /** The stored tensors of a store, compared with another's, exactly. */
 function expectSameStores(a: ReadonlyMap<string, Tensor>, b: ReadonlyMap<string, Tensor>): void {
