@@ -225,8 +225,14 @@ export class WebGpuDevice implements Device {
     feeds: ReadonlyMap<string, Tensor>,
   ): GPUBuffer[] {
     const byName = new Map(loaded.plan.inputs.map((i) => [i.name, i]));
-    const moves: { dst: GPUBuffer; t: Tensor; bytes: number; packed?: number; src?: GPUBuffer }[] =
-      [];
+    const moves: {
+      dst: GPUBuffer;
+      t: Tensor;
+      dtype: string;
+      bytes: number;
+      packed?: number;
+      src?: GPUBuffer;
+    }[] = [];
     for (const name of names) {
       const input = byName.get(name)!;
       const t = feeds.get(name);
@@ -239,12 +245,12 @@ export class WebGpuDevice implements Device {
       if (this.contents.get(dst)?.deref() === t) continue;
       // packed on the host (the tensor was synced by `run`): the buffer holds no Tensor's layout
       if (input.packed) {
-        moves.push({ dst, t, bytes: 0, packed: input.packed });
+        moves.push({ dst, t, dtype: input.dtype, bytes: 0, packed: input.packed });
         continue;
       }
       const src = this.resident.get(t);
       const onGpu = src && src !== dst && this.contents.get(src)?.deref() === t;
-      moves.push({ dst, t, bytes: 4 * n, ...(onGpu ? { src } : {}) });
+      moves.push({ dst, t, dtype: input.dtype, bytes: 4 * n, ...(onGpu ? { src } : {}) });
     }
     const targets = new Set(moves.map((m) => m.dst));
     const temporaries: GPUBuffer[] = [];
@@ -270,8 +276,15 @@ export class WebGpuDevice implements Device {
         if (m.bytes > 0) encoder.copyBufferToBuffer(m.src, 0, m.dst, 0, m.bytes);
       } else if (m.bytes > 0) {
         const t = m.t;
-        const int = t.data instanceof Int32Array;
-        const data = int || t.data instanceof Float32Array ? t.data : Float32Array.from(t.data);
+        // in the input's dtype: ids held as floats are truncated, f64 values rounded to f32
+        const data =
+          m.dtype === "i32"
+            ? t.data instanceof Int32Array
+              ? t.data
+              : Int32Array.from(t.data, Math.trunc)
+            : t.data instanceof Float32Array
+              ? t.data
+              : Float32Array.from(t.data);
         this.device.queue.writeBuffer(m.dst, 0, data.buffer, data.byteOffset, m.bytes);
       }
     }

@@ -110,6 +110,23 @@ describe("training on WebGPU matches the CPU interpreter", () => {
     expect(relativeDiff(out2.get("loss")!, reference.get("loss")!)).toBeLessThan(TOLERANCE);
   }, 120_000);
 
+  it("uploads an i32 input given as floats as integers (a float64 store's ids)", async () => {
+    const b = new Builder();
+    const table = b.input("param", "table", [3, 2]);
+    const ids = b.input("data", "ids", [4], "i32");
+    const picked = b.gather(table, ids);
+    const inputs = [
+      { name: "table", node: table, role: "param" as const, shape: [3, 2], dtype: "f32" as const },
+      { name: "ids", node: ids, role: "data" as const, shape: [4], dtype: "i32" as const },
+    ];
+    const feeds = new Map<string, Tensor>([
+      ["table", { shape: [3, 2], data: Float32Array.of(1, 2, 3, 4, 5, 6) }],
+      ["ids", { shape: [4], data: Float64Array.of(2, 0, 1, 2) }],
+    ]);
+    const out = await runGraph(device, b.graph, inputs, [{ name: "picked", node: picked }], feeds);
+    expect([...out.get("picked")!.data]).toEqual([5, 6, 1, 2, 3, 4, 5, 6]);
+  });
+
   it("feeds tensors that live in each other's input buffers (a swap) without losing either", async () => {
     // outputs that are the other input unchanged share that input's buffer: fed back swapped,
     // each copy would read a buffer the other has just overwritten
