@@ -15,6 +15,7 @@ import {
   type PlanTarget,
 } from "../compiler/plan.js";
 import type { GraphProgram, MatmulParams, Plan, TrainProgram } from "../compiler/program.js";
+import { isSoftwareAdapter } from "../compiler/kernels/matmul.js";
 import { Autotuner } from "../runtime/autotune.js";
 import { CpuDevice, type Device } from "../runtime/device.js";
 import { NoAdapterError } from "../runtime/gpu.js";
@@ -72,7 +73,7 @@ export async function deviceTarget(
   // output element) costs more than the kernel it saves: `node dist/bench/step-cpu.js
   // examples/lora_finetune.lrk --low-rank-max 64 | 0` measured 110 vs 89 ms of worker CPU per
   // step on lavapipe. GPUs keep the fusion (not measured here).
-  const lowRankMax = options.lowRankMax ?? (softwareAdapter(device.summary) ? 0 : undefined);
+  const lowRankMax = options.lowRankMax ?? (isSoftwareAdapter(device.summary) ? 0 : undefined);
   const base: PlanTarget = {
     limits: device.limits(),
     features: device.features,
@@ -214,7 +215,7 @@ function checkGpuMemory(
 ): void {
   const buffers = plans.reduce((sum, plan) => sum + plan.peakBytes, 0);
   const { summary } = device;
-  if (softwareAdapter(summary))
+  if (isSoftwareAdapter(summary))
     checkMemory(
       buffers + storeBytes(programs),
       "the buffers of its step and init plans, `peakBytes` in plan.json, and the host copies of its parameters and states",
@@ -247,13 +248,4 @@ export async function buildTarget(
     name: device.name,
     close: () => device.destroy(),
   };
-}
-
-/** A CPU implementation of WebGPU (lavapipe, SwiftShader): its buffers live in host memory. */
-function softwareAdapter(summary: WebGpuDevice["summary"]): boolean {
-  return (
-    summary.fallback ||
-    summary.architecture === "software" ||
-    /llvmpipe|lavapipe|swiftshader/i.test(summary.description)
-  );
 }

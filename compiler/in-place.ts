@@ -17,14 +17,13 @@
 import type { Graph } from "./ir.js";
 import { isElementwise } from "./fuse/ops.js";
 import type { KernelGroup } from "./fuse/index.js";
-import type { Entry, GraphProgram } from "./program.js";
+import type { EntryFusion } from "./plan.js";
+import type { GraphProgram } from "./program.js";
 
-export interface FusedEntry {
-  entry: Entry;
-  groups: KernelGroup[];
-}
-
-export function inPlaceOutputs(program: GraphProgram, fused: readonly FusedEntry[]): Set<string> {
+export function inPlaceOutputs(
+  program: GraphProgram,
+  fused: readonly Pick<EntryFusion, "entry" | "groups">[],
+): Set<string> {
   const { graph } = program;
   const inputs = new Map(program.inputs.map((i) => [i.name, i]));
   const verdict = new Map<string, boolean>();

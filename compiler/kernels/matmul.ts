@@ -52,6 +52,20 @@ export const MATMUL_TEMPLATE_VERSION = 3;
 export interface MatmulAdapterKind {
   fallback: boolean;
   architecture?: string;
+  description?: string;
+}
+
+/**
+ * A CPU implementation of WebGPU (lavapipe, SwiftShader): barriers are coroutine switches,
+ * per-lane loads cost most, and its buffers live in host memory.
+ */
+export function isSoftwareAdapter(adapter: MatmulAdapterKind): boolean {
+  return (
+    adapter.fallback ||
+    adapter.architecture === "software" ||
+    adapter.architecture === "cpu" ||
+    /llvmpipe|lavapipe|swiftshader/i.test(adapter.description ?? "")
+  );
 }
 
 const MAX_WORKGROUPS_PER_DIMENSION = 65535;
@@ -240,9 +254,7 @@ export function defaultMatmulParams(
   adapter?: MatmulAdapterKind,
 ): MatmulParams {
   const c = matmulShapeClass(shape);
-  const software = adapter
-    ? adapter.fallback || adapter.architecture === "software" || adapter.architecture === "cpu"
-    : false;
+  const software = adapter ? isSoftwareAdapter(adapter) : false;
   if (software && features.has("subgroups")) {
     // B stored transposed: 16 columns (each of the 8 lanes loads 2 columns' vec4s along k) with 4
     // rows measured 1.10–1.14× faster than 2 × 32 on a LoRA step's NT products.
