@@ -22,7 +22,9 @@ import { runOrDiagnostic } from "../cli/train.js";
 import type { Diagnostic } from "../language/diagnostics.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice, type Device, type RunOptions } from "../runtime/device.js";
-import { initialize, stepScalars, type Run } from "../runtime/trainer.js";
+import { initialize, stepScalars, train, type Run } from "../runtime/trainer.js";
+import { expect } from "vitest";
+import { relativeDiff } from "./helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 
 export type Store = Map<string, Tensor>;
@@ -336,4 +338,31 @@ export function planProgram(
     },
     { limits, features, ...options },
   );
+}
+
+/**
+ * `run` trained `steps` steps on `device` (a WebGPU device) and on the CPU interpreter: every
+ * loss, and every parameter, state and buffer at the end, within `tolerance` (relative). Returns
+ * the interpreter's final store.
+ */
+export async function expectTrainsAlike(
+  device: WebGpuDevice,
+  run: TestRun,
+  steps: number,
+  tolerance: number,
+): Promise<Store> {
+  await loadOnGpu(device, run);
+  const gpu = await train(run, device, { steps });
+  const cpu = await train(run, new CpuDevice(), { steps });
+  gpu.losses.forEach((l, i) =>
+    expect(
+      Math.abs(l - cpu.losses[i]!) / Math.abs(cpu.losses[i]!),
+      `loss at step ${i + 1}`,
+    ).toBeLessThan(tolerance),
+  );
+  for (const [name, want] of cpu.store) {
+    if (name.startsWith("batch.")) continue;
+    expect(relativeDiff(gpu.store.get(name)!, want), name).toBeLessThan(tolerance);
+  }
+  return cpu.store;
 }

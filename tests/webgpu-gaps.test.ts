@@ -10,8 +10,9 @@ import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { relativeDiff, root, tinyLmSource } from "./helpers.js";
+import { root, tinyLmSource } from "./helpers.js";
 import { loadOnGpu, prepare, type TestRun as Run } from "./program-helpers.js";
+import { expectTrainsAlike } from "./program-helpers.js";
 
 const TOLERANCE = 1e-3;
 let device: WebGpuDevice;
@@ -34,21 +35,7 @@ function compile(text: string): Run {
   return run;
 }
 
-async function compare(run: Run, steps: number): Promise<void> {
-  await loadOnGpu(device, run);
-  const gpu = await train(run, device, { steps });
-  const cpu = await train(run, new CpuDevice(), { steps });
-  gpu.losses.forEach((l, i) =>
-    expect(
-      Math.abs(l - cpu.losses[i]!) / Math.abs(cpu.losses[i]!),
-      `loss at step ${i + 1}`,
-    ).toBeLessThan(TOLERANCE),
-  );
-  for (const [name, want] of cpu.store) {
-    if (name.startsWith("batch.")) continue;
-    expect(relativeDiff(gpu.store.get(name)!, want), name).toBeLessThan(TOLERANCE);
-  }
-}
+const compare = (run: Run, steps: number) => expectTrainsAlike(device, run, steps, TOLERANCE);
 
 function lm(rules: string, imports: string, steps = 3): string {
   return `${tinyLmSource()}

@@ -8,15 +8,14 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { planProgram } from "./program-helpers.js";
+import { expectTrainsAlike } from "./program-helpers.js";
 import type { Entry } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
-import { CpuDevice } from "../runtime/device.js";
 import { requestAdapter, requestDevice } from "../runtime/gpu.js";
-import { train } from "../runtime/trainer.js";
 import type { TestRun as Run } from "./program-helpers.js";
-import { loadOnGpu, prepare } from "./program-helpers.js";
+import { prepare } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { relativeDiff, root, tinyLmSource } from "./helpers.js";
+import { root, tinyLmSource } from "./helpers.js";
 
 const TOLERANCE = 1e-3;
 let device: WebGpuDevice;
@@ -58,21 +57,7 @@ function compile(text: string): Run {
   return run;
 }
 
-async function compare(run: Run, steps: number): Promise<void> {
-  await loadOnGpu(device, run);
-  const gpu = await train(run, device, { steps });
-  const cpu = await train(run, new CpuDevice(), { steps });
-  gpu.losses.forEach((l, i) =>
-    expect(
-      Math.abs(l - cpu.losses[i]!) / Math.abs(cpu.losses[i]!),
-      `loss at step ${i + 1}`,
-    ).toBeLessThan(TOLERANCE),
-  );
-  for (const [name, want] of cpu.store) {
-    if (name.startsWith("batch.")) continue;
-    expect(relativeDiff(gpu.store.get(name)!, want), name).toBeLessThan(TOLERANCE);
-  }
-}
+const compare = (run: Run, steps: number) => expectTrainsAlike(device, run, steps, TOLERANCE);
 
 describe("stdlib methods on WebGPU match the interpreter", () => {
   it("LoRA", async () => {
