@@ -45,6 +45,8 @@ interface LoadedEntry {
    */
   waiter: GpuWaiter;
   runs: number;
+  /** The packed inputs this entry reads (packed on the host: their feeds must be there). */
+  packedInputs: string[];
   /** Where the gather error flag is read back after each run, if a kernel of the entry sets it. */
   flagStaging?: GPUBuffer;
 }
@@ -143,8 +145,7 @@ export class WebGpuDevice implements Device {
     const pe = loaded.plan.entries[entry.name]!;
     const gpu = this.device;
     // Packed inputs are packed on the host: their feeds must be there.
-    const packed = loaded.plan.inputs.filter((i) => i.packed && pe.inputs.includes(i.name));
-    await this.sync(packed.flatMap((i) => (feeds.has(i.name) ? [feeds.get(i.name)!] : [])));
+    await this.sync(e.packedInputs.flatMap((n) => (feeds.has(n) ? [feeds.get(n)!] : [])));
     // a command the driver rejects at run time (not at pipeline creation) fails the run too
     gpu.pushErrorScope("validation");
     const encoder = gpu.createCommandEncoder();
@@ -561,6 +562,9 @@ export class WebGpuDevice implements Device {
       ready,
       waiter: new GpuWaiter(),
       runs: 0,
+      packedInputs: plan.inputs
+        .filter((i) => i.packed && pe.inputs.includes(i.name))
+        .map((i) => i.name),
       ...(flagged
         ? {
             flagStaging: gpu.createBuffer({
