@@ -215,24 +215,17 @@ export function lowerOptimizer(
     locals,
     ["step", "grad", "lr"], // given, not assigned: `step = 5` would only rebind a name
   );
-  if (call.joint) {
-    const joint = new Map(
-      call.joint.map((t) => [t.name, lowerer.asNode(locals.get(t.name)!, frame, config.def.name)]),
-    );
-    for (const n of stateNames)
-      stateOutputs.push({
-        name: `state:${call.prefix}:${n}`,
-        node: lowerer.asNode(locals.get(n)!, frame, config.def.name),
-      });
-    return { param: joint.get(call.joint[0]!.name)!, joint, states: stateOutputs };
-  }
-  const newParam = lowerer.asNode(locals.get("param")!, frame, config.def.name);
+  // the updated tensors (`param`, or a joint optimizer's by name), then the states
+  const node = (n: string) => lowerer.asNode(locals.get(n)!, frame, config.def.name);
+  const updated = call.joint ? call.joint.map((t) => t.name) : ["param"];
+  const values = new Map(updated.map((n) => [n, node(n)]));
   for (const n of stateNames)
-    stateOutputs.push({
-      name: `state:${call.prefix}:${n}`,
-      node: lowerer.asNode(locals.get(n)!, frame, config.def.name),
-    });
-  return { param: newParam, states: stateOutputs };
+    stateOutputs.push({ name: `state:${call.prefix}:${n}`, node: node(n) });
+  return {
+    param: values.get(updated[0]!)!,
+    ...(call.joint ? { joint: values } : {}),
+    states: stateOutputs,
+  };
 }
 
 /**
