@@ -305,6 +305,11 @@ class Placer {
       return false;
     };
     const instances = this.adapters.filter((a) => a.config.def.name.name === adapter);
+    if (instances.length === 0)
+      return misfit(
+        `optimizer \`${config.def.name.name}\` updates the tensors of modules adapted with \`${adapter}\`, and no module is`,
+        `adapt modules with \`${adapter}\` first, or correct the adapter its \`on\` clause names`,
+      );
     const inInstance = new Set(instances.flatMap((a) => a.instance.params.map((p) => p.path)));
     for (const [path, e] of this.placed)
       if (e.trainable && chosen(path, e) && !inInstance.has(path))

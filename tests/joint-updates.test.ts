@@ -98,6 +98,14 @@ describe("joint updates", () => {
     expect(split.map((d) => d.message).join("\n")).toContain(
       "updates all of `l1.lora`'s tensors at once, but `l1.lora.B` is owned by an earlier rule",
     );
+    expect(diagnostics(both)).toEqual([]); // the valid program
+    const noAdapter = prepare(
+      new SourceFile("joint.lrk", program(both).replace("on lora {", "on lorra {")),
+      { batch: 8 },
+    ).diagnostics;
+    expect(noAdapter.map((d) => d.message).join("\n")).toContain(
+      "updates the tensors of modules adapted with `lorra`, and no module is",
+    );
     const wrongArity = prepare(
       new SourceFile("joint.lrk", program(both).replace("update(gA, gB)", "update(g)")),
       { batch: 8 },
