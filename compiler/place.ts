@@ -220,7 +220,7 @@ class Placer {
       rule.target.selectors.some((s) =>
         isAdaptersGroup(s) ? adapterParams.has(path) : matches(s, path, "prefix"),
       );
-    let owned = 0;
+    const owned: Map<string, Value>[] = [];
     let rankWarned = false;
     const misfits: string[] = [];
     for (const [path, entry] of this.placed) {
@@ -256,7 +256,7 @@ class Placer {
       if (owner) implicit.push(["module", constructorArgs(owner)]);
       for (const [name, value] of implicit) if (!given(name)) bindings.set(name, value);
       entry.optimizer = { config, rule, bindings };
-      owned++;
+      owned.push(bindings);
       if (entry.param.shape.length === 2 && !rankWarned) {
         const [m, n] = entry.param.shape as [number, number];
         rankWarned = this.warnRank(config, rule, [m, n], `\`${path}\` (${m}×${n})`);
@@ -266,7 +266,8 @@ class Placer {
       this.reportMisfits(rule, config, misfits);
       return false;
     }
-    if (owned === 0 && !unmatched) {
+    setGroups(config, owned);
+    if (owned.length === 0 && !unmatched) {
       this.r.diagnostics.push({
         ...error(
           "W0301",
@@ -322,7 +323,7 @@ class Placer {
         `optimizer \`${config.def.name.name}\` updates several tensors at once: its \`at\` actions are not run by this version of lrkc`,
         "move the action into the adapter, which can assign its own tensors",
       );
-    let owned = 0;
+    const owned: Map<string, Value>[] = [];
     for (const a of instances) {
       const entries = a.instance.params.map((p) => this.placed.get(p.path)!);
       const taken = entries.filter((e) => e.trainable && chosen(e.param.path, e));
@@ -337,9 +338,10 @@ class Placer {
       if (!config.def.params.some((p) => p.name.name === "module"))
         bindings.set("module", constructorArgs(a.module));
       for (const e of taken) e.optimizer = { config, rule, bindings, joint: a.instance };
-      owned++;
+      owned.push(bindings);
     }
-    if (owned === 0 && !unmatched)
+    setGroups(config, owned);
+    if (owned.length === 0 && !unmatched)
       this.r.diagnostics.push({
         ...error(
           "W0301",
@@ -687,6 +689,24 @@ function suggestSelector(
 }
 
 /** `module.NAME` in an optimizer: the arguments the tensor's module was made with (`Linear(in, out)`). */
+/**
+ * `group` in an optimizer (spec §11): where this instance stands among those one `optimize` rule
+ * made, `group.index` from 0 in the model's order and `group.size` of them, so that a layer-wise
+ * schedule (FRUGAL's blocks, BAdam) can be written per tensor.
+ */
+function setGroups(config: Config, instances: Map<string, Value>[]): void {
+  // a parameter of the optimizer, or a dim of its `on` clause, named `group` wins
+  if (config.def.params.some((p) => p.name.name === "group")) return;
+  instances.forEach((bindings, i) => {
+    if (bindings.has("group")) return;
+    const fields = new Map<string, Value>([
+      ["index", num(i, true)],
+      ["size", num(instances.length, true)],
+    ]);
+    bindings.set("group", { kind: "struct", what: "the optimizer's group", fields });
+  });
+}
+
 function constructorArgs(owner: ModuleInstance): Value {
   const fields = new Map<string, Value>();
   for (const p of owner.def.params) {

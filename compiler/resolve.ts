@@ -525,6 +525,10 @@ export class Resolver {
     } else if (object.kind === "config") {
       found = object.args.get(name.name);
       names = object.args.keys();
+    } else if (object.kind === "struct") {
+      // an optimizer's `module` and `group`, read while compiling (`const n = group.size`)
+      found = object.fields.get(name.name);
+      names = object.fields.keys();
     }
     if (found) return found;
     const guess = closest(name.name, names);
@@ -885,7 +889,9 @@ export class Resolver {
       /\{([A-Za-z_][A-Za-z0-9_]*)\}/g,
       (whole, name: string) => {
         const v = scope.lookup(name);
-        return v?.kind === "number" || v?.kind === "bool" ? String(v.value) : whole;
+        return v?.kind === "number" || v?.kind === "bool" || v?.kind === "string"
+          ? String(v.value)
+          : whole;
       },
     );
     return this.report(error("E0205", text, this.at(module, e)));

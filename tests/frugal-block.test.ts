@@ -1,0 +1,163 @@
+// FRUGAL's block variant (std.optim.frugal_block) and the `group` an optimizer reads (its place
+// among the tensors of one `optimize` rule), against a float64 TypeScript reference written here
+// from the paper's update and the reference code's order of operations: five steps across three
+// windows, for each block order, on the CPU interpreter. The random order's draw is recomputed
+// here from the generator's definition (runtime/random.ts: hash32, uniformAt).
+import { describe, expect, it } from "vitest";
+import { SourceFile } from "../language/source.js";
+import { hash32, uniformAt } from "../runtime/random.js";
+import { compile, init, param, prepare, trainStep } from "./program-helpers.js";
+import { expectAllClose } from "./helpers.js";
+
+const layers = [
+  { path: "l1.weight", numel: 3 * 2 },
+  { path: "l2.weight", numel: 4 * 3 },
+  { path: "l3.weight", numel: 2 * 4 },
+] as const;
+
+function program(rule: string, imports = "import std.optim.{frugal_block}"): string {
+  return `import std.nn.{Linear}
+${imports}
+
+data moons = std.data.two_moons(n: 64, seed: 2)
+
+model Net {
+  l1 = Linear(2, 3)
+  l2 = Linear(3, 4)
+  l3 = Linear(4, 2)
+
+  forward(x: f32[B, 2]) -> f32[B, 2] = l3(gelu(l2(gelu(l1(x)))))
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **.bias
+  optimize l1.weight, l2.weight, l3.weight with ${rule}
+  steps 10
+  batch 8
+  seed 5
+}
+`;
+}
+
+/** The indices active in window `w` (from 0) of N tensors with k active, as the header says. */
+function activeSet(order: string, w: number, N: number, k: number, seed: number): Set<number> {
+  if (order === "random") {
+    const s = hash32(seed, w);
+    const u = Array.from({ length: N }, (_, i) => uniformAt(s, i));
+    const ranked = u.map((x, i) => [x, i] as const).sort((a, b) => b[0] - a[0]);
+    return new Set(ranked.slice(0, k).map(([, i]) => i));
+  }
+  const set = new Set<number>();
+  for (let i = 0; i < N; i++) {
+    const position = order === "descending" ? N - 1 - i : i;
+    const offset = (((position - w * k) % N) + N) % N;
+    if (offset < k) set.add(i);
+  }
+  return set;
+}
+
+describe("FRUGAL (blocks)", () => {
+  const h = { lr: 0.05, beta1: 0.8, beta2: 0.9, eps: 1e-8, wd: 0.1, sp: 0.5, si: 0.2, period: 2 };
+  // round(0.5 · 3) = 2 (1.5, to even)
+  const k = 2;
+
+  for (const order of ["ascending", "descending", "random"]) {
+    it(`five steps across three windows, order ${order}: AdamW (restarted) on the active, signSGD on the rest`, async () => {
+      const seed = 11;
+      const run = compile(
+        program(
+          `frugal_block(lr: ${h.lr}, density: 0.5, period: ${h.period}, order: "${order}", seed: ${seed}, beta1: ${h.beta1}, beta2: ${h.beta2}, weight_decay: ${h.wd}, proj_lr_scale: ${h.sp}, inactive_lr_scale: ${h.si})`,
+        ),
+      );
+      expect(run.step.trainable).toEqual(layers.map((l) => l.path));
+      const store = await init(run, true);
+      const moments = layers.map((l) => ({
+        M: new Float64Array(l.numel),
+        V: new Float64Array(l.numel),
+      }));
+      const seen = new Set<string>();
+      for (let t = 1; t <= 5; t++) {
+        const w = Math.floor((t - 1) / h.period);
+        const active = activeSet(order, w, layers.length, k, seed);
+        expect(active.size).toBe(k);
+        seen.add([...active].sort().join(","));
+        const before = layers.map((l) => param(store, l.path));
+        const { grads } = await trainStep(run, store, t, true);
+        layers.forEach((l, i) => {
+          const G = grads.get(l.path)!;
+          const W = before[i]!;
+          const j = ((t - 1) % h.period) + 1;
+          const s = moments[i]!;
+          if (j === 1) {
+            s.M.fill(0);
+            s.V.fill(0);
+          }
+          const want = new Float64Array(l.numel);
+          for (let e = 0; e < l.numel; e++) {
+            const g = G[e]!;
+            s.M[e] = h.beta1 * s.M[e]! + (1 - h.beta1) * g;
+            s.V[e] = h.beta2 * s.V[e]! + (1 - h.beta2) * g * g;
+            const decayed = W[e]! * (1 - h.lr * h.wd);
+            const size = (h.lr * h.sp) / (1 - h.beta1 ** j);
+            const adam =
+              (size * s.M[e]!) / (Math.sqrt(s.V[e]!) / Math.sqrt(1 - h.beta2 ** j) + h.eps);
+            const signed = h.lr * h.sp * h.si * Math.sign(g);
+            want[e] = decayed - (active.has(i) ? adam : signed);
+          }
+          expectAllClose(
+            param(store, l.path),
+            want,
+            1e-9,
+            `${l.path} after step ${t} (${active.has(i) ? "active" : "inactive"})`,
+          );
+        });
+      }
+      // the windows activated different sets (else the order would be untested)
+      expect(seen.size).toBeGreaterThan(1);
+    });
+  }
+
+  it("keeps Adam's two moments for every tensor (2 · Σ numel): states have static shapes", () => {
+    const run = compile(program("frugal_block(lr: 0.1)"));
+    const got = new Map<string, number>();
+    for (const s of run.step.states) {
+      const path = s.name.split(":")[0]!;
+      got.set(path, (got.get(path) ?? 0) + s.shape.reduce((a, d) => a * d, 1));
+    }
+    for (const l of layers) expect(got.get(l.path), l.path).toBe(2 * l.numel);
+  });
+
+  it("refuses an order it does not know, at the user's call", () => {
+    const { diagnostics } = prepare(
+      new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, order: "mirror")`)),
+    );
+    const errors = diagnostics.filter((d) => d.severity === "error");
+    expect(errors.map((d) => d.code)).toEqual(["E0205"]);
+    expect(errors[0]!.message).toContain('not "mirror"');
+  });
+});
+
+describe("an optimizer's group", () => {
+  it("is its tensor's index among the rule's tensors, in the model's order, and their number", async () => {
+    const text = program(
+      "ranked(lr: 0.1)",
+      `optimizer ranked(lr: float) on param: f32[...] {
+  update(g) {
+    param -= lr * (group.index + 1) / group.size * g
+  }
+}`,
+    );
+    const run = compile(text);
+    const store = await init(run, true);
+    const before = layers.map((l) => param(store, l.path));
+    const { grads } = await trainStep(run, store, 1, true);
+    layers.forEach((l, i) => {
+      const G = grads.get(l.path)!;
+      const want = before[i]!.map((x, e) => x - ((0.1 * (i + 1)) / 3) * G[e]!);
+      expectAllClose(param(store, l.path), want, 1e-12, l.path);
+    });
+  });
+});

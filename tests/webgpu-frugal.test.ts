@@ -1,0 +1,59 @@
+// The methods of issue 11's FRUGAL slice (FRUGAL's block variant, CoSO, rich/lazy init) trained
+// on the WebGPU device and on the CPU interpreter: same losses, parameters and states after the
+// run (expectTrainsAlike, within 1e-3). Needs a WebGPU adapter (lavapipe in CI).
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, it } from "vitest";
+import { SourceFile } from "../language/source.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { expectTrainsAlike, prepare, type TestRun } from "./program-helpers.js";
+import { root, tinyLmSource } from "./helpers.js";
+
+const TOLERANCE = 1e-3;
+let device: WebGpuDevice;
+
+beforeAll(async () => {
+  device = await WebGpuDevice.open();
+}, 60_000);
+
+afterAll(() => device?.destroy());
+
+function program(rules: string, imports: string, steps: number): string {
+  return `${tinyLmSource()}
+${imports}
+
+data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 5)
+
+train t {
+  model TinyLM(vocab: arith.vocab, d: 8, layers: 1, heads: 2, ctx: 16)
+  data arith
+  loss cross_entropy(model(batch.input), batch.target)
+${rules}
+  steps ${steps}
+  batch 4
+}
+`;
+}
+
+function compile(text: string): TestRun {
+  const { run, diagnostics } = prepare(new SourceFile(join(root, "examples", "methods.lrk"), text));
+  if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
+  return run;
+}
+
+describe("FRUGAL slice methods on WebGPU match the interpreter", () => {
+  // The keys' bias has an exactly zero gradient, whose Adam step is rounding noise: frozen (as
+  // webgpu-methods.test.ts does).
+  const rest = "  freeze blocks.*.attn.k.bias\n";
+
+  it("FRUGAL (blocks), random order, across two windows", async () => {
+    const run = compile(
+      program(
+        rest +
+          '  optimize blocks.*.{attn, mlp}.*.weight with frugal_block(lr: 1e-2, density: 0.5, period: 2, order: "random", seed: 3)\n  optimize ** with adamw(lr: 1e-2)',
+        "import std.optim.{adamw, frugal_block}",
+        4,
+      ),
+    );
+    await expectTrainsAlike(device, run, 4, TOLERANCE);
+  }, 120_000);
+});
