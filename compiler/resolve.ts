@@ -908,10 +908,23 @@ export class Resolver {
     return list;
   }
 
+  /** `len(xs)`: the number of items of a list or tuple known while compiling. */
+  length(e: A.Call, scope: Scope, module: Module): Value {
+    const only = e.args.length === 1 && !e.args[0]!.name ? e.args[0]!.value : undefined;
+    const v = only ? this.evaluate(only, scope, module) : undefined;
+    if (v?.kind === "list" || v?.kind === "tuple") return num(v.items.length, true);
+    return this.report(
+      error("E0205", "`len` takes one list or tuple known while compiling", this.at(module, e), {
+        help: "a tensor's sizes are in `shape` (an optimizer's tensor) or its type's dims",
+      }),
+    );
+  }
+
   private builtinCall(name: string, e: A.Call, scope: Scope, module: Module): Value {
     if (name in schedules) return this.schedule(name, e, scope, module);
     if (name === "require") return this.require(e, scope, module);
     if (name === "range") return this.range(e, scope, module);
+    if (name === "len") return this.length(e, scope, module);
     const args = e.args.map((a) =>
       this.number(this.evaluate(a.value, scope, module), a.value, module),
     );

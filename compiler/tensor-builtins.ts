@@ -252,6 +252,11 @@ const builtinRules = {
     if (typeof list === "string") return L.r.report(error("E0402", list, at));
     return list;
   },
+  len: ({ L, at, args }) => {
+    const v = args.get(0);
+    if (v?.kind === "list" || v?.kind === "tuple") return num(v.items.length, true);
+    return L.r.report(error("E0205", "`len` takes one list or tuple known while compiling", at));
+  },
   i32: cast("i32"),
   f32: cast("f32"),
   arange: ({ b, args, tensor }) =>

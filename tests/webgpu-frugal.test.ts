@@ -2,7 +2,7 @@
 // on the WebGPU device and on the CPU interpreter: same losses, parameters and states after the
 // run (expectTrainsAlike, within 1e-3). Needs a WebGPU adapter (lavapipe in CI).
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { expectTrainsAlike, prepare, type TestRun } from "./program-helpers.js";
@@ -55,5 +55,18 @@ describe("FRUGAL slice methods on WebGPU match the interpreter", () => {
       ),
     );
     await expectTrainsAlike(device, run, 4, TOLERANCE);
+  }, 120_000);
+
+  it("CoSO across a task boundary (the history grows) and a projection refresh", async () => {
+    const run = compile(
+      program(
+        rest +
+          "  optimize blocks.*.mlp.*.weight with coso(lr: 1e-2, proj_rank: 2, rank: 3, threshold: 0.99, boundaries: [2], period: 2)\n  optimize ** with adamw(lr: 1e-2)",
+        "import std.optim.{adamw, coso}",
+        4,
+      ),
+    );
+    const store = await expectTrainsAlike(device, run, 4, TOLERANCE);
+    expect(store.get("state:blocks.0.mlp.up.weight:used")!.data[0]).toBeGreaterThan(0);
   }, 120_000);
 });
