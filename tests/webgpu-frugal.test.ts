@@ -69,4 +69,15 @@ describe("FRUGAL slice methods on WebGPU match the interpreter", () => {
     const store = await expectTrainsAlike(device, run, 4, TOLERANCE);
     expect(store.get("state:blocks.0.mlp.up.weight:used")!.data[0]).toBeGreaterThan(0);
   }, 120_000);
+
+  it("λ-balanced LoRA (lambda_lora), its initial product subtracted", async () => {
+    const run = compile(
+      program(
+        "  freeze **\n  adapt blocks.*.attn.{q, v} with lambda_lora(rank: 2, lambda: 0.5, sigma: 0.5)\n  optimize adapters with adamw(lr: 1e-2)",
+        "import std.adapters.{lambda_lora}\nimport std.optim.{adamw}",
+        4,
+      ),
+    );
+    await expectTrainsAlike(device, run, 4, TOLERANCE);
+  }, 120_000);
 });

@@ -9,7 +9,7 @@ import type { Chains } from "./chains.js";
 import { isChainEnd } from "./chains.js";
 import type { FuseContext } from "./context.js";
 import { LOW_RANK_MAX } from "./low-rank.js";
-import { isAnchor, isElementwise, isMovement } from "./ops.js";
+import { isAnchor, isElementwise, isMovement, roleOf } from "./ops.js";
 import { operandView } from "./operand.js";
 import type { FuseOptions, MatmulOperand } from "./types.js";
 
@@ -170,7 +170,26 @@ function decideMatmulOperands(at: Inputs, s: State, id: number): void {
   if (at.broadcast === "fold" && va?.broadcast) va = undefined;
   const pa = pick(n.inputs[0]!, op.transA, 0, va);
   if (at.broadcast === "fold" && vb?.broadcast && (pa.trans || pa.broadcast)) vb = undefined;
-  s.operands.set(id, [pa, pick(n.inputs[1]!, op.transB, 1, vb)]);
+  const pb = pick(n.inputs[1]!, op.transB, 1, vb);
+  s.operands.set(id, [pa, pb]);
+  // Two prologues computed from seeded random values and constants alone (`normal([…], seed:) @
+  // normal([…], seed:)`) would leave the kernel no buffer to read, which its bindings need: B
+  // gets one.
+  const inlined = (v: MatmulOperand) => s.prologueReaders.get(v.node)?.has(id) === true;
+  if (inlined(pa) && inlined(pb) && !readsBuffer(graph, pa.node) && !readsBuffer(graph, pb.node)) {
+    s.prologueReaders.get(pb.node)!.delete(id);
+    s.demanded.add(pb.node);
+  }
+}
+
+/**
+ * Whether an expression of map nodes reads a buffer anywhere: an input, a kernel's output, a
+ * gather's table; its leaves may instead be constants, iotas and unkeyed random values.
+ */
+function readsBuffer(graph: Inputs["ctx"]["graph"], node: number): boolean {
+  const n = graph.node(node);
+  if (roleOf(n.op.kind) !== "map" || n.op.kind === "gather") return true;
+  return n.inputs.some((i) => readsBuffer(graph, i));
 }
 
 /**
