@@ -121,7 +121,7 @@ function stored(store: Store, name: string, rows: number, cols: number): Mat {
   return mat(rows, cols, Float64Array.from(v.data));
 }
 
-function program(rule: string): string {
+function program(rule: string, targets = "l2.weight"): string {
   return `import std.nn.{Linear}
 import std.optim.{coso}
 
@@ -140,7 +140,7 @@ train t {
   data moons
   loss cross_entropy(model(batch.x), batch.y)
   freeze l1, l3, **.bias
-  optimize l2.weight with ${rule}
+  optimize ${targets} with ${rule}
   steps 10
   batch 8
   seed 5
@@ -299,5 +299,16 @@ describe("CoSO", () => {
     expect(errors.map((d) => d.message)).toContain(
       "`len` takes one list or tuple known while compiling",
     );
+  });
+
+  it("decides task starts and refreshes on the host, once for all its tensors", () => {
+    const run = compile(
+      program(
+        "coso(lr: 0.1, proj_rank: 1, rank: 1, threshold: 0.9, boundaries: [3, 5], period: 2)",
+        "l2.weight, l3.weight",
+      ),
+    );
+    // two conditions (a task starts; a projection is due), the same in both tensors' updates
+    expect(run.step.variants.size).toBe(4);
   });
 });

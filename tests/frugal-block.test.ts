@@ -130,6 +130,12 @@ describe("FRUGAL (blocks)", () => {
     for (const l of layers) expect(got.get(l.path), l.path).toBe(2 * l.numel);
   });
 
+  it("selects the active tensors with a mask: no step variant per tensor's activity", () => {
+    const run = compile(program('frugal_block(lr: 0.1, period: 2, order: "ascending")'));
+    // one variant per due refresh of the moments (steps 1, 3, …) and one for the other steps
+    expect([...run.step.variants.keys()].sort()).toEqual(["", "2"]);
+  });
+
   it("refuses an order it does not know, at the user's call", () => {
     const { diagnostics } = prepare(
       new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, order: "mirror")`)),
