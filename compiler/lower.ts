@@ -64,6 +64,12 @@ export interface LowerHooks {
    * on the step (decided on the host, one step variant per outcome), else undefined.
    */
   stepCondition?(node: number): boolean | undefined;
+  /**
+   * `init_gradient(w, …)` (compiler/init-gradient.ts): the node of the accumulated gradient of
+   * the base parameter that `w` reads; absent where no such value exists (everywhere but an
+   * adapter's `const`s while the init program is built).
+   */
+  initGradient?(w: number, request: { batches: number; batch?: number }, at: Location): number;
 }
 
 export class Lowerer {
