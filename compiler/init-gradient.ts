@@ -25,10 +25,6 @@ const HELP =
 
 /** The `init_gradient` built-in: checks its arguments and asks the lowerer's hook for the sum. */
 export function initGradientCall({ L, at, args, tensor }: Call): Value {
-  const w = args.tensor(0);
-  const batches = args.integer(-1, "batches", 1, 1);
-  const batch = args.get(-1, "batch") === undefined ? undefined : args.integer(-1, "batch", 1, 1);
-  args.done();
   const hook = L.hooks.initGradient;
   if (!hook)
     return L.r.report(
@@ -39,7 +35,12 @@ export function initGradientCall({ L, at, args, tensor }: Call): Value {
         { help: HELP },
       ),
     );
-  return tensor(hook(w.node, { batches, batch }, at));
+  const sum = hook(at); // where it is called first: the arguments may not exist there
+  const w = args.tensor(0);
+  const batches = args.integer(-1, "batches", 1, 1);
+  const batch = args.get(-1, "batch") === undefined ? undefined : args.integer(-1, "batch", 1, 1);
+  args.done();
+  return tensor(sum(w.node, { batches, batch }));
 }
 
 interface Request {

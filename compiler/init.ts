@@ -11,7 +11,7 @@ import { bareInitializer } from "./initializers.js";
 import type { Graph, InputRole } from "./ir.js";
 import { Lowerer } from "./lower.js";
 import type { Placement } from "./place.js";
-import type { Resolver } from "./resolve.js";
+import { Reported, type Resolver } from "./resolve.js";
 import type { Entry, InitProgram, ProgramInput } from "./program.js";
 import type { TrainSpec } from "./train.js";
 import { describeValue, type ParamInfo, type Value } from "./values.js";
@@ -47,7 +47,7 @@ export function buildInit(
     placement.params.filter((p) => p.origin === "adapter").map((p) => p.param),
   );
   /** The buffer being computed, for a mistake found in its expression. */
-  let computing: { name: string; at: Location; adapter: boolean } | undefined;
+  let computing: { name: string; at: Location; adapter: boolean; rule: Location } | undefined;
   /** The model parameters as inputs (read from the store: initialized or loaded). */
   const paramInput = (p: ParamInfo): number => {
     let node = inputFor.get(p);
@@ -60,6 +60,7 @@ export function buildInit(
     return node;
   };
   const gradients = new InitGradients(b, inputs);
+  const refused = new Set<string>();
   const L = new Lowerer(r, b, {
     param: (p) => {
       // An adapter's buffers are computed before its params exist (its params may read them).
@@ -88,7 +89,12 @@ export function buildInit(
       }
       return paramInput(p);
     },
-    initGradient: (w, request, at) => {
+    initGradient: (at) => {
+      // A call already refused is refused once: a `param` initializer reading the failed `const`
+      // evaluates it again.
+      const site = `${at.file.path}:${at.span.start}`;
+      if (refused.has(site)) throw new Reported();
+      refused.add(site);
       if (phase !== "buffers" || !computing?.adapter)
         return r.report(
           error(
@@ -100,19 +106,25 @@ export function buildInit(
             },
           ),
         );
-      const param = [...inputFor].find(([, node]) => node === w)?.[0];
-      if (!param || adapterParams.has(param))
-        return r.report(
-          error(
-            "E0206",
-            "`init_gradient` takes a parameter of the base model, such as `base.weight`",
-            at,
-            {
-              help: "the gradient is taken with respect to one of the model's own tensors: pass it as it is (`base.weight`), not an expression of it",
-            },
-          ),
-        );
-      return gradients.accumulator(param, request.batches, request.batch ?? spec.batch, at);
+      return (w, request) => {
+        const param = [...inputFor].find(([, node]) => node === w)?.[0];
+        if (!param || adapterParams.has(param))
+          return r.report(
+            error(
+              "E0206",
+              "`init_gradient` takes a parameter of the base model, such as `base.weight`",
+              at,
+              {
+                help: "the gradient is taken with respect to one of the model's own tensors: pass it as it is (`base.weight`), not an expression of it",
+              },
+            ),
+          );
+        refused.delete(site);
+        // a problem with the data is reported at the user's line: the call or, inside the
+        // standard library, the rule that applied the adapter
+        const user = r.isStdFile(at.file) ? computing!.rule : at;
+        return gradients.accumulator(param, request.batches, request.batch ?? spec.batch, user);
+      };
     },
   });
   L.training = false;
@@ -168,6 +180,7 @@ export function buildInit(
         name,
         at: { file: applied.instance.module.file, span: v.expr.span },
         adapter: applied.config.def.sort === "adapter",
+        rule: applied.config.at,
       };
       // A mistake found in the definition's code is reported at the train block's rule.
       const value = r.attempt(() =>

@@ -65,11 +65,11 @@ export interface LowerHooks {
    */
   stepCondition?(node: number): boolean | undefined;
   /**
-   * `init_gradient(w, …)` (compiler/init-gradient.ts): the node of the accumulated gradient of
-   * the base parameter that `w` reads; absent where no such value exists (everywhere but an
-   * adapter's `const`s while the init program is built).
+   * `init_gradient(w, …)` at `at` (compiler/init-gradient.ts): checks where it is called (before
+   * its arguments are lowered), then gives the node of the summed gradient of the base parameter
+   * `w` reads. Absent where no such value exists (everywhere but the init program).
    */
-  initGradient?(w: number, request: { batches: number; batch?: number }, at: Location): number;
+  initGradient?(at: Location): (w: number, request: { batches: number; batch?: number }) => number;
 }
 
 export class Lowerer {

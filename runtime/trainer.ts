@@ -202,7 +202,7 @@ async function sumGradients(
   if (data.trainSize < pass.batch) {
     const error = new DataError(
       `\`init_gradient\` takes batches of ${pass.batch} training examples, but the training split has ${data.trainSize}`,
-      "use more training data, or a smaller `batch:`",
+      "use more training data, or take the gradient on smaller batches",
     );
     error.at = pass.at;
     throw error;

@@ -3,8 +3,8 @@
 // initialization (B, A orthonormal, R = diag(S), B R A the best rank-r approximation of
 // ΔŴ = -η sign(G)) and one AdamW step on R by hand, its parameter and optimizer-state counts, the
 // misuse diagnostics, resuming, and the example program.
-import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -300,5 +300,129 @@ describe("lora_sb", () => {
     const report = memoryReport(run.step);
     expect(report.statesByParam.get("l2.lora_sb.R")).toBe(4 * 2 * 2 * 2);
     expect(report.trainable).toBe(4 * 2 * 2 * 2);
+  });
+});
+
+describe("init_gradient misuse", () => {
+  /** The error diagnostics of a program whose adapter `bad` is applied to `l2`. */
+  function errors(adapter: string, extra = ""): { code: string; message: string; text?: string }[] {
+    const text = `${HEAD}
+${adapter}
+${extra}
+train t {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  adapt l2 with bad
+  optimize adapters with sgd(lr: 0.1)
+}
+`;
+    const { diagnostics } = prepare(new SourceFile(join(root, "examples", "bad.lrk"), text));
+    return diagnostics
+      .filter((d) => d.severity === "error")
+      .map((d) => ({
+        code: d.code,
+        message: d.message,
+        text: d.at ? text.slice(d.at.span.start, d.at.span.end) : undefined,
+      }));
+  }
+  const notHere =
+    /`init_gradient` is computed once, before training starts: it can only be an adapter's `const`/;
+
+  it("outside an adapter's `const` (forward, `let`, `param` initializer, model, quantizer) is E0206 at the call", () => {
+    const cases = [
+      "adapter bad on Linear(in, out) {\n  param s: f32[out] = zeros\n  forward(x: f32[..., in]) -> f32[..., out] = base(x) + s * sum(init_gradient(base.weight), axis: 1)\n}",
+      "adapter bad on Linear(in, out) {\n  param s: f32[out] = zeros\n  let G = init_gradient(base.weight)\n  forward(x: f32[..., in]) -> f32[..., out] = base(x) + s * sum(G, axis: 1)\n}",
+      "adapter bad on Linear(in, out) {\n  param D: f32[out, in] = init_gradient(base.weight)\n  forward(x: f32[..., in]) -> f32[..., out] = base(x) + x @ D^T\n}",
+    ];
+    for (const adapter of cases) {
+      const found = errors(adapter);
+      expect(
+        found.map((d) => d.code),
+        adapter,
+      ).toEqual(["E0206"]);
+      expect(found[0]!.message).toMatch(notHere);
+      expect(found[0]!.text).toMatch(/^init_gradient\(base\.weight\)/);
+    }
+    // a model's `param` initializer, and a quantizer's `const`
+    const model = `import std.nn.{Linear}
+import std.optim.{sgd}
+
+data moons = std.data.two_moons(n: 64)
+
+model Net {
+  l = Linear(2, 2)
+  param v: f32[2, 2] = zeros
+  param w: f32[2, 2] = init_gradient(v)
+  forward(x: f32[B, 2]) -> f32[B, 2] = l(x) @ (v + w)
+}
+
+quantizer bad on Linear(in, out) {
+  const G = init_gradient(base.weight)
+  forward(x: f32[..., in]) -> f32[..., out] = base(x) + x @ G^T
+}
+
+train t {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  RULE
+  optimize ** with sgd(lr: 0.1)
+}
+`;
+    for (const [rule, call] of [
+      ["", "init_gradient(v)"],
+      ["quantize l with bad", "init_gradient(base.weight)"],
+    ] as const) {
+      const text = rule ? model.replace("init_gradient(v)", "v") : model;
+      const file = new SourceFile(join(root, "examples", "bad.lrk"), text.replace("RULE", rule));
+      const found = prepare(file).diagnostics.filter((d) => d.severity === "error");
+      expect(
+        found.map((d) => d.code),
+        rule,
+      ).toEqual(["E0206"]);
+      expect(found[0]!.message).toMatch(notHere);
+      expect(file.text.slice(found[0]!.at!.span.start, found[0]!.at!.span.end)).toBe(call);
+    }
+  });
+
+  it("on something that is not a base parameter as it stands is E0206; a misspelled argument E0205", () => {
+    const scaled = errors(
+      "adapter bad on Linear(in, out) {\n  const G = init_gradient(base.weight * 2)\n  param D: f32[out, in] = G\n  forward(x: f32[..., in]) -> f32[..., out] = base(x) + x @ D^T\n}",
+    );
+    expect(scaled.map((d) => d.code)).toEqual(["E0206"]);
+    expect(scaled[0]!.message).toMatch(
+      /takes a parameter of the base model, such as `base.weight`/,
+    );
+    const own = errors(
+      "adapter bad on Linear(in, out) {\n  param D: f32[out, in] = zeros\n  const G = init_gradient(D)\n  forward(x: f32[..., in]) -> f32[..., out] = base(x) + x @ (D + G)^T\n}",
+    );
+    expect(own.map((d) => d.code)).toEqual(["E0206"]);
+    const misspelled = errors(
+      "adapter bad on Linear(in, out) {\n  const G = init_gradient(base.weight, batchs: 3)\n  param D: f32[out, in] = G\n  forward(x: f32[..., in]) -> f32[..., out] = base(x) + x @ D^T\n}",
+    );
+    expect(misspelled.map((d) => d.code)).toEqual(["E0205"]);
+    expect(misspelled[0]!.message).toMatch(/`init_gradient` has no parameter `batchs`/);
+  });
+
+  it("a training split smaller than one gradient batch is E0501 at the call when training starts, not a crash", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-lorasb-"));
+    const path = join(dir, "small.lrk");
+    const text = program(
+      "adapt l2 with lora_sb(rank: 2, gradient_batch: 100000)\n  optimize adapters with adamw(lr: 0.01)",
+    );
+    writeFileSync(path, text);
+    const result = spawnSync(process.execPath, [lrkcBin, "train", path, "--device", "cpu"], {
+      cwd: dir,
+      encoding: "utf8",
+    });
+    expect(result.status, result.stderr).toBe(1);
+    expect(result.stderr).toMatch(/error\[E0501\]/);
+    expect(result.stderr).toMatch(/`init_gradient` takes batches of 100000 training examples/);
+    // the call is in std.adapters: reported at the user's rule that applied the adapter
+    const line = text.split("\n").findIndex((l) => l.includes("gradient_batch: 100000")) + 1;
+    expect(result.stderr).toContain(`small.lrk:${line}:`);
+    expect(result.stderr).not.toMatch(/a bug in lrkc/);
   });
 });
