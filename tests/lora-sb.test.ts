@@ -425,4 +425,26 @@ train t {
     expect(result.stderr).toContain(`small.lrk:${line}:`);
     expect(result.stderr).not.toMatch(/a bug in lrkc/);
   });
+
+  it("`lrkc eval --weights` takes the gradients again from the weights file's model (the file's buffers win)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-lorasb-"));
+    const path = join(dir, "sb.lrk");
+    writeFileSync(
+      path,
+      program(
+        "adapt l2 with lora_sb(rank: 2, lr: 0.05, warmup: 2, gradient_batches: 2, gradient_batch: 4)\n  optimize adapters with adamw(lr: 0.05)",
+        2,
+      ),
+    );
+    const lrkc = (...args: string[]) =>
+      spawnSync(process.execPath, [lrkcBin, ...args, "--device", "cpu"], {
+        cwd: dir,
+        encoding: "utf8",
+      });
+    const trained = lrkc("train", path);
+    expect(trained.status, trained.stderr).toBe(0);
+    const evaluated = lrkc("eval", path, "--weights", join(dir, "runs", "t", "final.safetensors"));
+    expect(evaluated.status, evaluated.stderr).toBe(0);
+    expect(evaluated.stdout).toMatch(/held-out loss \d+\.\d+/);
+  });
 });
