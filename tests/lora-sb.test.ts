@@ -4,7 +4,7 @@
 // ΔŴ = -η sign(G)) and one AdamW step on R by hand, its parameter and optimizer-state counts, the
 // misuse diagnostics, resuming, and the example program.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -300,6 +300,25 @@ describe("lora_sb", () => {
     const report = memoryReport(run.step);
     expect(report.statesByParam.get("l2.lora_sb.R")).toBe(4 * 2 * 2 * 2);
     expect(report.trainable).toBe(4 * 2 * 2 * 2);
+  });
+});
+
+describe("examples/lorasb_finetune.lrk", () => {
+  it("adapts 12 matrices with rank² = 1024 trainable numbers each and 2·rank² AdamW state; its gradient pass is 17 batches of 3", () => {
+    const path = join(root, "examples", "lorasb_finetune.lrk");
+    const { run, diagnostics } = prepare(new SourceFile(path, readFileSync(path, "utf8")));
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    const trainable = run!.program.params.filter((p) => p.trainable);
+    expect(trainable).toHaveLength(12); // 2 blocks × (q, k, v, o, up, down)
+    const report = memoryReport(run!.step);
+    for (const p of trainable) {
+      expect(p.path).toMatch(/\.lora_sb\.R$/);
+      expect(p.shape).toEqual([32, 32]);
+      expect(report.statesByParam.get(p.path), p.path).toBe(4 * 2 * 32 * 32);
+    }
+    expect(run!.init.gradients.map((g) => [g.batches, g.batch, g.entry.outputs.length])).toEqual([
+      [17, 3, 12],
+    ]);
   });
 });
 
