@@ -5,7 +5,7 @@ import { resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
 import { error } from "../language/diagnostics.js";
 import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
-import { evaluate, evaluationSkipped, initialize } from "../runtime/trainer.js";
+import { evaluate, evaluationSkipped, initialize, initializeAdapters } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -82,14 +82,12 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   try {
     await loadPlans(device, program, { autotune: options.autotune !== false });
     // the weights replace the block's `init`: no need to read that file too
-    const store = await initialize(program, device, { fromInit: !weights });
+    const store = await initialize(program, device, { fromInit: !weights, data: run.data });
     if (weights) {
       for (const [name, t] of weights.tensors) store.set(name, t);
       // Quantized buffers and adapters are initialized from the model's weights: recompute them
       // from the loaded ones (not the random ones `initialize` drew), then the file's adapters win.
-      const init = program.initProgram;
-      for (const entry of [init.quantize, init.adapters])
-        for (const [name, t] of await device.run(init, entry, store)) store.set(name, t);
+      await initializeAdapters(program, device, store, run.data);
       for (const [name, t] of weights.tensors) store.set(name, t);
       const { missing, unused } = weights;
       if (unused.length > 0 && !options.json)

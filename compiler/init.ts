@@ -6,11 +6,12 @@
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import { Builder } from "./builder.js";
+import { InitGradients } from "./init-gradient.js";
 import { bareInitializer } from "./initializers.js";
 import type { Graph, InputRole } from "./ir.js";
 import { Lowerer } from "./lower.js";
 import type { Placement } from "./place.js";
-import type { Resolver } from "./resolve.js";
+import { Reported, type Resolver } from "./resolve.js";
 import type { Entry, InitProgram, ProgramInput } from "./program.js";
 import type { TrainSpec } from "./train.js";
 import { describeValue, type ParamInfo, type Value } from "./values.js";
@@ -46,7 +47,20 @@ export function buildInit(
     placement.params.filter((p) => p.origin === "adapter").map((p) => p.param),
   );
   /** The buffer being computed, for a mistake found in its expression. */
-  let computing: { name: string; at: Location } | undefined;
+  let computing: { name: string; at: Location; adapter: boolean; rule: Location } | undefined;
+  /** The model parameters as inputs (read from the store: initialized or loaded). */
+  const paramInput = (p: ParamInfo): number => {
+    let node = inputFor.get(p);
+    if (node === undefined) {
+      const role: InputRole = "param";
+      node = b.input(role, `param:${p.path}`, p.shape, p.dtype);
+      inputs.push({ name: `param:${p.path}`, node, role, shape: p.shape, dtype: p.dtype });
+      inputFor.set(p, node);
+    }
+    return node;
+  };
+  const gradients = new InitGradients(b, inputs);
+  const refused = new Set<string>();
   const L = new Lowerer(r, b, {
     param: (p) => {
       // An adapter's buffers are computed before its params exist (its params may read them).
@@ -73,14 +87,44 @@ export function buildInit(
         }
         return v;
       }
-      let node = inputFor.get(p);
-      if (node === undefined) {
-        const role: InputRole = "param";
-        node = b.input(role, `param:${p.path}`, p.shape, p.dtype);
-        inputs.push({ name: `param:${p.path}`, node, role, shape: p.shape, dtype: p.dtype });
-        inputFor.set(p, node);
-      }
-      return node;
+      return paramInput(p);
+    },
+    initGradient: (at) => {
+      // A call already refused is refused once: a `param` initializer reading the failed `const`
+      // evaluates it again.
+      const site = `${at.file.path}:${at.span.start}`;
+      if (refused.has(site)) throw new Reported();
+      refused.add(site);
+      if (phase !== "buffers" || !computing?.adapter)
+        return r.report(
+          error(
+            "E0206",
+            "`init_gradient` is computed once, before training starts: it can only be an adapter's `const`",
+            at,
+            {
+              help: "make it an adapter's `const` (a frozen buffer), e.g. `const G = init_gradient(base.weight, batches: 17, batch: 3)`; a `param` initializer may read that const",
+            },
+          ),
+        );
+      return (w, request) => {
+        const param = [...inputFor].find(([, node]) => node === w)?.[0];
+        if (!param || adapterParams.has(param))
+          return r.report(
+            error(
+              "E0206",
+              "`init_gradient` takes a parameter of the base model, such as `base.weight`",
+              at,
+              {
+                help: "the gradient is taken with respect to one of the model's own tensors: pass it as it is (`base.weight`), not an expression of it",
+              },
+            ),
+          );
+        refused.delete(site);
+        // a problem with the data is reported at the user's line: the call or, inside the
+        // standard library, the rule that applied the adapter
+        const user = r.isStdFile(at.file) ? computing!.rule : at;
+        return gradients.accumulator(param, request.batches, request.batch ?? spec.batch, user);
+      };
     },
   });
   L.training = false;
@@ -132,7 +176,12 @@ export function buildInit(
   for (const applied of [...placement.quantizers, ...placement.adapters]) {
     for (const [name, v] of applied.instance.scope) {
       if (v.kind !== "deferred" || !v.constant) continue;
-      computing = { name, at: { file: applied.instance.module.file, span: v.expr.span } };
+      computing = {
+        name,
+        at: { file: applied.instance.module.file, span: v.expr.span },
+        adapter: applied.config.def.sort === "adapter",
+        rule: applied.config.at,
+      };
       // A mistake found in the definition's code is reported at the train block's rule.
       const value = r.attempt(() =>
         r.fromUserSite(applied.config.at, () =>
@@ -159,14 +208,18 @@ export function buildInit(
     if (node !== undefined) adapters.outputs.push({ name: `param:${placed.param.path}`, node });
   }
   if (r.diagnostics.some((d) => d.severity === "error")) return undefined;
+  // the forward and backward passes `init_gradient` sums: after every request is known
+  const passes = gradients.lower(r, spec, paramInput);
+  if (!passes || r.diagnostics.some((d) => d.severity === "error")) return undefined;
   return {
     program: {
       graph: b.graph,
       inputs,
-      entries: [model, quantize, adapters],
+      entries: [model, quantize, adapters, ...passes.map((p) => p.entry)],
       model,
       quantize,
       adapters,
+      gradients: passes,
     },
     buffers,
   };

@@ -64,6 +64,12 @@ export interface LowerHooks {
    * on the step (decided on the host, one step variant per outcome), else undefined.
    */
   stepCondition?(node: number): boolean | undefined;
+  /**
+   * `init_gradient(w, …)` at `at` (compiler/init-gradient.ts): checks where it is called (before
+   * its arguments are lowered), then gives the node of the summed gradient of the base parameter
+   * `w` reads. Absent where no such value exists (everywhere but the init program).
+   */
+  initGradient?(at: Location): (w: number, request: { batches: number; batch?: number }) => number;
 }
 
 export class Lowerer {

@@ -143,11 +143,32 @@ export interface HostScalars {
   program: GraphProgram;
 }
 
-/** Initial values: `model` from initializers, `quantize` the quantizers' stored buffers, `adapters`. */
+/**
+ * Initial values: `model` from initializers, `quantize` the quantizers' and adapters' stored
+ * buffers, `adapters` the adapters' parameters, and the `init_gradient` passes the buffers read.
+ */
 export interface InitProgram extends GraphProgram {
   model: Entry;
   quantize: Entry;
   adapters: Entry;
+  /** Run after `model` and before `quantize` (compiler/init-gradient.ts); empty when unused. */
+  gradients: InitGradientPass[];
+}
+
+/**
+ * An `init_gradient` pass: each output of `entry` (`init_gradient:<path>:<batches>x<batch>`) is
+ * also an input of the same name, the sum so far, to which the run adds the gradient of the loss
+ * on one batch. The host feeds zeros, runs the entry on train batches 0 … batches - 1 of `batch`
+ * examples (fields fed as `<prefix><field>`), feeding each run's outputs to the next; `quantize`
+ * and `adapters` read the sums, which are dropped afterwards (never checkpointed).
+ */
+export interface InitGradientPass {
+  entry: Entry;
+  batches: number;
+  batch: number;
+  prefix: string;
+  /** The `init_gradient` call, for a data problem found at run time. */
+  at: Location;
 }
 
 /** A condition on the 1-based step number that picks the step's variant. */

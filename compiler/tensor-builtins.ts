@@ -7,6 +7,7 @@ import { shapeText } from "./lower.js";
 import { broadcastShapes, type Builder } from "./builder.js";
 import type { UnaryFn } from "./ir.js";
 import { MAX_PANEL } from "./kernels/special.js";
+import { initGradientCall } from "./init-gradient.js";
 import { qrTuple, seededRandom, svdTuple } from "./linalg-builtins.js";
 import { describeValue, num, type Value } from "./values.js";
 import { argmax, cast, concat, cumsum } from "./axis-builtins.js";
@@ -346,6 +347,8 @@ const builtinRules = {
   kthvalue: noLowering, // reserved
   // a definition's check of its arguments, as a member `const` (resolve.ts)
   require: noLowering,
+  // the gradient of a base weight over training batches, before training (compiler/init-gradient.ts)
+  init_gradient: initGradientCall,
 } satisfies Record<string, Rule>;
 
 type BuiltinName = keyof typeof builtinRules;

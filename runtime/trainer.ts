@@ -8,6 +8,7 @@ import {
   type DataSpec,
   type Entry,
   type GraphProgram,
+  type InitGradientPass,
   type StepProgram,
   type Tensor,
   type TrainProgram,
@@ -148,22 +149,76 @@ async function runInto(
 
 /**
  * Initial parameters and states: the model's from its initializers (or from the `init`
- * checkpoint, unless `fromInit` is false), the quantizers' buffers computed from those, then the
- * adapters' and the optimizer states'.
+ * checkpoint, unless `fromInit` is false), the quantizers' and adapters' buffers computed from
+ * those, then the adapters' parameters and the optimizer states. `data` is the training data the
+ * `init_gradient` passes read (opened here when not given and a pass needs it).
  */
 export async function initialize(
   program: TrainProgram,
   device: Device,
-  options: { fromInit?: boolean } = {},
+  options: { fromInit?: boolean; data?: OpenedSource } = {},
 ): Promise<Map<string, Tensor>> {
   const store = new Map<string, Tensor>();
   const { initProgram: init, step } = program;
   if (program.init && options.fromInit !== false) loadInit(program, store);
   else await runInto(device, init, init.model, store);
-  await runInto(device, init, init.quantize, store);
-  await runInto(device, init, init.adapters, store);
+  await initializeAdapters(program, device, store, options.data);
   await runInto(device, step, step.stateInit, store);
   return store;
+}
+
+/**
+ * The buffers and the adapters' parameters, from the model's parameters in `store`: the
+ * `init_gradient` sums first (they read training data), then `quantize` and `adapters`; the sums
+ * are dropped afterwards (the buffers made from them are what checkpoints keep).
+ */
+export async function initializeAdapters(
+  program: TrainProgram,
+  device: Device,
+  store: Map<string, Tensor>,
+  data?: OpenedSource,
+): Promise<void> {
+  const init = program.initProgram;
+  const sums: string[] = [];
+  for (const pass of init.gradients) {
+    data ??= openRun(program).data;
+    await sumGradients(program, device, store, pass, data);
+    sums.push(...pass.entry.outputs.map((o) => o.name));
+  }
+  await runInto(device, init, init.quantize, store);
+  await runInto(device, init, init.adapters, store);
+  for (const name of sums) store.delete(name);
+}
+
+/** One `init_gradient` pass: zeros, then one run per training batch, each adding its gradient. */
+async function sumGradients(
+  program: TrainProgram,
+  device: Device,
+  store: Map<string, Tensor>,
+  pass: InitGradientPass,
+  data: OpenedSource,
+): Promise<void> {
+  const init = program.initProgram;
+  if (data.trainSize < pass.batch) {
+    const error = new DataError(
+      `\`init_gradient\` takes batches of ${pass.batch} training examples, but the training split has ${data.trainSize}`,
+      "use more training data, or take the gradient on smaller batches",
+    );
+    error.at = pass.at;
+    throw error;
+  }
+  const float = device.float64 ? Float64Array : Float32Array;
+  for (const { name } of pass.entry.outputs) {
+    const shape = init.inputs.find((i) => i.name === name)!.shape as number[];
+    store.set(name, { shape, data: new float(shape.reduce((a, d) => a * d, 1)) });
+  }
+  for (let i = 0; i < pass.batches; i++) {
+    const feeds = new Map(store);
+    const batch = data.batch("train", i, pass.batch);
+    for (const [field, f] of Object.entries(batch.fields))
+      feeds.set(`${pass.prefix}${field}`, { shape: f.shape, data: f.data });
+    for (const [name, t] of await device.run(init, pass.entry, feeds)) store.set(name, t);
+  }
 }
 
 /**
@@ -392,7 +447,9 @@ export async function train(
 ): Promise<TrainResult> {
   const { program } = run;
   const steps = options.steps ?? program.steps;
-  const store = options.resume ? new Map(options.resume.store) : await initialize(program, device);
+  const store = options.resume
+    ? new Map(options.resume.store)
+    : await initialize(program, device, { data: run.data });
   const first = (options.resume?.step ?? 0) + 1;
   const losses: number[] = [];
   const evals: EvalEvent[] = [];
