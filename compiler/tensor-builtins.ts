@@ -341,6 +341,8 @@ const builtinRules = {
   kthvalue: noLowering, // reserved
   // a definition's check of its arguments, as a member `const` (resolve.ts)
   require: noLowering,
+  // a Hugging Face config.json read while compiling (resolve.ts, hf-config.ts)
+  hf_config: noLowering,
 } satisfies Record<string, Rule>;
 
 type BuiltinName = keyof typeof builtinRules;

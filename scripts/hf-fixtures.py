@@ -100,8 +100,9 @@ def gpt2_weights(c, g):
         w[p + "attn.c_proj.bias"] = rnd(d, std=0.1)
         w[p + "ln_2.weight"] = 1 + rnd(d, std=0.1)
         w[p + "ln_2.bias"] = rnd(d, std=0.1)
-        w[p + "mlp.c_fc.weight"] = rnd(d, inner, std=1 / math.sqrt(d))
-        w[p + "mlp.c_fc.bias"] = rnd(inner, std=0.1)
+        # Pre-activations of a few units, where gelu_new and the exact GELU differ by ~1e-3.
+        w[p + "mlp.c_fc.weight"] = rnd(d, inner, std=2.5 / math.sqrt(d))
+        w[p + "mlp.c_fc.bias"] = rnd(inner, std=0.5)
         w[p + "mlp.c_proj.weight"] = rnd(inner, d, std=1 / math.sqrt(inner))
         w[p + "mlp.c_proj.bias"] = rnd(d, std=0.1)
     w["transformer.ln_f.weight"] = 1 + rnd(d, std=0.1)

@@ -1,0 +1,278 @@
+// std.models' GPT-2 and Llama against Hugging Face-layout fixtures (issue 13, items 1–2): each
+// checkpoint folder of tests/fixtures/hf (written by scripts/hf-fixtures.py: single file, sharded,
+// F16, BF16) is loaded by `init "folder"` into a model configured by `hf_config("folder")`, and
+// its logits and greedy tokens are compared with the ones an independent PyTorch implementation
+// computed (reference.json). The F16 and BF16 references were computed from the rounded weights,
+// so every variant is held to the same bound: max |lrk - ref| ≤ 1e-5 · max |ref| (f32 against a
+// float64 reference; measured about 5e-7, and 1e-4 is what issue 13 asks; exact GELU in place of
+// GPT-2's tanh form is 2e-4). Also: the loader's diagnostics for broken folders.
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Tensor } from "../compiler/program.js";
+import { SourceFile } from "../language/source.js";
+import { CheckpointError } from "../runtime/safetensors.js";
+import { CpuDevice, type Device } from "../runtime/device.js";
+import { initialize } from "../runtime/trainer.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { root } from "./helpers.js";
+import { loadOnGpu, prepare, type TestRun } from "./program-helpers.js";
+
+const fixtures = join(root, "tests", "fixtures", "hf");
+const TOLERANCE = 1e-5;
+
+interface Reference {
+  sequences: number[][];
+  logits: number[][][];
+  prompt: number[];
+  greedy: number[];
+}
+
+const reference = (folder: string): Reference =>
+  JSON.parse(readFileSync(join(fixtures, folder, "reference.json"), "utf8")) as Reference;
+
+/**
+ * A program training `Model` from `folder`, compiled as if it were a file in `dir`. Its data fixes
+ * the batch input's shape: arithmetic `-` problems of up to 3 digits are `i32[B, 11]`, room for
+ * the 8-token sequences and for a 4-token prompt with 8 greedy tokens (11 positions read).
+ */
+function program(model: "GPT2" | "Llama", folder: string, dir = fixtures): TestRun {
+  const text = `import std.models.{${model}}
+import std.optim.{adamw}
+
+data sub = std.data.arithmetic(ops: "-", digits: 3, negative: false)
+
+train hf {
+  model ${model}(hf_config("${folder}"))
+  data sub
+  init "${folder}"
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-4)
+  batch 2
+}
+`;
+  const { run, diagnostics } = prepare(new SourceFile(join(dir, "main.lrk"), text));
+  if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
+  return run;
+}
+
+/** The batch input's length T (fixed by the data). */
+const inputLength = (run: TestRun) =>
+  Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[1]);
+
+/** Logits [2, T, vocab] of two token rows (each padded with 0 to T: the model is causal). */
+async function logitsOf(
+  device: Device,
+  run: TestRun,
+  store: ReadonlyMap<string, Tensor>,
+  rows: number[][],
+): Promise<{ data: ArrayLike<number>; T: number; vocab: number }> {
+  const T = inputLength(run);
+  const input = new Int32Array(2 * T);
+  rows.forEach((row, b) => input.set(row.slice(0, T), b * T));
+  const feeds = new Map(store);
+  feeds.set("batch.input", { shape: [2, T], data: input });
+  const predict = run.step.predict!;
+  const out = (await device.run(run.step, predict, feeds)).get("logits")!;
+  return { data: out.data, T, vocab: Number(out.shape[2]) };
+}
+
+/** max |a - ref| / max |ref| over the reference's positions. */
+function logitsError(got: { data: ArrayLike<number>; T: number; vocab: number }, ref: Reference) {
+  let diff = 0;
+  let scale = 0;
+  ref.logits.forEach((seq, b) =>
+    seq.forEach((row, t) =>
+      row.forEach((want, v) => {
+        const have = got.data[(b * got.T + t) * got.vocab + v]!;
+        diff = Math.max(diff, Math.abs(have - want));
+        scale = Math.max(scale, Math.abs(want));
+      }),
+    ),
+  );
+  return diff / scale;
+}
+
+/** Greedy decoding by recomputing the whole prefix (no KV cache yet). */
+async function greedy(
+  device: Device,
+  run: TestRun,
+  store: ReadonlyMap<string, Tensor>,
+  prompt: number[],
+  count: number,
+): Promise<number[]> {
+  const tokens = [...prompt];
+  for (let i = 0; i < count; i++) {
+    const { data, T, vocab } = await logitsOf(device, run, store, [tokens, tokens]);
+    expect(tokens.length).toBeLessThanOrEqual(T);
+    const at = (tokens.length - 1) * vocab;
+    let best = 0;
+    for (let v = 1; v < vocab; v++) if (data[at + v]! > data[at + best]!) best = v;
+    tokens.push(best);
+  }
+  return tokens.slice(prompt.length);
+}
+
+async function expectMatches(device: Device, run: TestRun, folder: string) {
+  const ref = reference(folder);
+  const store = await initialize(run.program, device);
+  const err = logitsError(await logitsOf(device, run, store, ref.sequences), ref);
+  expect(err).toBeLessThan(
+    TOLERANCE,
+  );
+  expect(await greedy(device, run, store, ref.prompt, ref.greedy.length)).toEqual(ref.greedy);
+}
+
+const variants = ["", "-sharded", "-f16", "-bf16"];
+
+describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interpreter, f32)", () => {
+  const cpu = new CpuDevice({ float64: false });
+  for (const variant of variants) {
+    it(`GPT-2${variant}: logits and greedy tokens`, () =>
+      expectMatches(cpu, program("GPT2", `gpt2${variant}`), `gpt2${variant}`));
+    it(`Llama${variant}: logits and greedy tokens`, () =>
+      expectMatches(cpu, program("Llama", `llama${variant}`), `llama${variant}`));
+  }
+
+  it("parameter paths are Hugging Face's", () => {
+    const gpt2 = program("GPT2", "gpt2").program.params.map((p) => p.path);
+    expect(gpt2).toContain("transformer.h.0.attn.c_attn.weight");
+    expect(gpt2).toContain("transformer.h.1.mlp.c_proj.bias");
+    expect(gpt2).not.toContain("lm_head.weight"); // tied
+    const llama = program("Llama", "llama").program.params.map((p) => p.path);
+    expect(llama).toContain("model.layers.0.self_attn.q_proj.weight");
+    expect(llama).toContain("model.layers.1.mlp.gate_proj.weight");
+    expect(llama).toContain("lm_head.weight");
+  });
+
+  it("GPT-2's attention masks in the checkpoint are left out, with a note naming them", async () => {
+    const run = program("GPT2", "gpt2");
+    const notes: string[] = [];
+    const store = await initialize(run.program, cpu, { onNote: (n) => notes.push(n) });
+    expect(notes).toHaveLength(1);
+    expect(notes[0]).toContain("holds 4 tensors the model does not use, left out");
+    expect(notes[0]).toContain("`transformer.h.0.attn.bias`");
+    expect(store.has("param:transformer.h.0.attn.bias")).toBe(false);
+  });
+});
+
+describe("std.models on WebGPU match PyTorch", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    try {
+      device = await WebGpuDevice.open();
+    } catch (e) {
+      throw new Error(
+        `these tests need a WebGPU adapter (bash scripts/setup.sh installs lavapipe): ${(e as Error).message}`,
+      );
+    }
+  }, 60_000);
+  afterAll(() => device?.destroy());
+
+  for (const [model, folder] of [
+    ["GPT2", "gpt2"],
+    ["Llama", "llama"],
+  ] as const)
+    it(`${model}: logits and greedy tokens`, async () => {
+      const run = program(model, folder);
+      await loadOnGpu(device, run);
+      await expectMatches(device, run, folder);
+    }, 120_000);
+});
+
+describe("broken checkpoint folders are diagnostics naming the file and the fix", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** A copy of a fixture folder, changed by `edit`. */
+  function broken(from: string, edit: (folder: string) => void): string {
+    const name = `${from}-${Math.random().toString(36).slice(2, 8)}`;
+    cpSync(join(fixtures, from), join(dir, name), { recursive: true });
+    edit(join(dir, name));
+    return name;
+  }
+
+  async function refusal(model: "GPT2" | "Llama", folder: string): Promise<CheckpointError> {
+    const run = program(model, folder, dir);
+    try {
+      await initialize(run.program, new CpuDevice({ float64: false }));
+    } catch (e) {
+      if (e instanceof CheckpointError) return e;
+      throw e;
+    }
+    throw new Error("the checkpoint was accepted");
+  }
+
+  const editJson = (path: string, edit: (v: Record<string, unknown>) => void) => {
+    const value = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+    edit(value);
+    writeFileSync(path, JSON.stringify(value));
+  };
+
+  it("a tensor missing from the index and its shard is named", async () => {
+    // The config says 3 layers; the checkpoint has 2.
+    const folder = broken("llama-sharded", (f) =>
+      editJson(join(f, "config.json"), (c) => (c["num_hidden_layers"] = 3)),
+    );
+    const e = await refusal("Llama", folder);
+    expect(e.message).toContain("has no tensor for `model.layers.2.");
+    expect(e.help).toContain("config.json");
+  });
+
+  it("a shape that disagrees with config.json names the tensor and its file", async () => {
+    const folder = broken("gpt2", (f) =>
+      editJson(join(f, "config.json"), (c) => (c["n_inner"] = 128)),
+    );
+    const e = await refusal("GPT2", folder);
+    expect(e.message).toMatch(
+      /`transformer\.h\.0\.mlp\.c_fc\.(weight|bias)` in `.*model\.safetensors` is \[\d+(, \d+)?\], but the model's is/,
+    );
+    expect(e.help).toContain("config.json");
+  });
+
+  it("an index that is not JSON, lacks weight_map, or maps outside the folder is refused", async () => {
+    const index = "model.safetensors.index.json";
+    const cases: [(f: string) => void, string][] = [
+      [(f) => writeFileSync(join(f, index), "{ not json"), "is not valid JSON"],
+      [(f) => writeFileSync(join(f, index), "{}"), "has no `weight_map` object"],
+      [
+        (f) =>
+          editJson(join(f, index), (v) => {
+            (v["weight_map"] as Record<string, string>)["lm_head.weight"] = "../model.safetensors";
+          }),
+        "maps `lm_head.weight` to `../model.safetensors`, which is not a file name in the folder",
+      ],
+      [
+        (f) =>
+          editJson(join(f, index), (v) => {
+            const map = v["weight_map"] as Record<string, string>;
+            map["model.norm.weight"] =
+              map["model.norm.weight"] === "model-00001-of-00002.safetensors"
+                ? "model-00002-of-00002.safetensors"
+                : "model-00001-of-00002.safetensors";
+          }),
+        "maps `model.norm.weight` to",
+      ],
+      [
+        (f) => rmSync(join(f, "model-00002-of-00002.safetensors")),
+        "lacks `model-00002-of-00002.safetensors`",
+      ],
+    ];
+    for (const [edit, message] of cases) {
+      const e = await refusal("Llama", broken("llama-sharded", edit));
+      expect(e.message).toContain(message);
+    }
+  });
+
+  it("a folder without model.safetensors or an index says what it should hold", async () => {
+    const folder = broken("gpt2", (f) => rmSync(join(f, "model.safetensors")));
+    const e = await refusal("GPT2", folder);
+    expect(e.message).toContain(
+      "is a folder without model.safetensors or model.safetensors.index.json",
+    );
+  });
+});
