@@ -106,7 +106,14 @@ export function loadCheckpoint(
   const files = folder ? openFolder(path, maxBytes) : [SafetensorsFile.open(path, { maxBytes })];
   try {
     return folder
-      ? loadFrom(path, files, expected, program, { ...options, extra: "ignore" }, folderHelp)
+      ? loadFrom(
+          path,
+          files,
+          expected,
+          program,
+          { ...options, extra: "ignore", basePrefix: true },
+          folderHelp,
+        )
       : loadFrom(path, files, expected, program, options, help[options.use]);
   } finally {
     for (const file of files) file.close();
@@ -125,7 +132,7 @@ function loadFrom(
   files: readonly SafetensorsFile[],
   expected: ReadonlyMap<string, Expected>,
   program: TrainProgram,
-  options: CheckpointOptions,
+  options: CheckpointOptions & { basePrefix?: boolean },
   helps: { missing: string; mismatch: string },
 ): LoadedCheckpoint {
   const byStoreName = new Map<string, Source>();
@@ -142,6 +149,8 @@ function loadFrom(
         );
       byStoreName.set(name, { key, file, entry });
     }
+
+  if (options.basePrefix) addBasePrefix(byStoreName, expected);
 
   const tensors = new Map<string, Tensor>();
   const extra: string[] = [];
@@ -188,6 +197,34 @@ function loadFrom(
       "was it saved from a different model?",
     );
   return { tensors, metadata, missing, unused };
+}
+
+/**
+ * A checkpoint saved from a Hugging Face base model (GPT2Model rather than GPT2LMHeadModel, as
+ * the original `gpt2` files are) names its tensors without the base model's prefix: `wte.weight`
+ * for `transformer.wte.weight`. As Hugging Face's loader does, when the file holds no tensor under
+ * a prefix the model's paths start with, the model's `prefix.rest` is read from the file's `rest`.
+ */
+function addBasePrefix(
+  byStoreName: Map<string, Source>,
+  expected: ReadonlyMap<string, Expected>,
+): void {
+  const prefixes = new Set<string>();
+  for (const [name, e] of expected)
+    if (e.kind === "model" && name.startsWith("param:") && name.includes("."))
+      prefixes.add(name.slice("param:".length, name.indexOf(".")));
+  for (const prefix of prefixes) {
+    const under = `param:${prefix}.`;
+    if ([...byStoreName.keys()].some((n) => n.startsWith(under))) continue;
+    for (const name of expected.keys()) {
+      if (!name.startsWith(under)) continue;
+      const bare = `param:${name.slice(under.length)}`;
+      const source = byStoreName.get(bare);
+      if (!source || expected.has(bare)) continue;
+      byStoreName.delete(bare);
+      byStoreName.set(name, source);
+    }
+  }
 }
 
 /** The note for tensors a checkpoint holds that the model does not use. */

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
-import { CheckpointError } from "../runtime/safetensors.js";
+import { CheckpointError, readSafetensors, writeSafetensors } from "../runtime/safetensors.js";
 import { CpuDevice, type Device } from "../runtime/device.js";
 import { initialize } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -143,6 +143,22 @@ describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interp
     expect(llama).toContain("model.layers.0.self_attn.q_proj.weight");
     expect(llama).toContain("model.layers.1.mlp.gate_proj.weight");
     expect(llama).toContain("lm_head.weight");
+  });
+
+  it("a checkpoint saved from the base model (no `transformer.` prefix, as the hub's gpt2) loads the same", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-base-"));
+    try {
+      const whole = readSafetensors(join(fixtures, "gpt2", "model.safetensors")).tensors;
+      const base = new Map(
+        [...whole].map(([key, t]) => [key.replace(/^transformer\./, ""), t] as const),
+      );
+      expect(base.has("wte.weight")).toBe(true);
+      cpSync(join(fixtures, "gpt2", "config.json"), join(dir, "gpt2", "config.json"));
+      writeSafetensors(join(dir, "gpt2", "model.safetensors"), base);
+      await expectMatches(cpu, program("GPT2", "gpt2", dir), "gpt2");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("GPT-2's attention masks in the checkpoint are left out, with a note naming them", async () => {
