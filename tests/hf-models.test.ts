@@ -342,6 +342,31 @@ train t {
     expect(fc.shape.map(Number)).toEqual([32, 128]);
   });
 
+  it("a Llama with tie_word_embeddings has no lm_head: its logits come from embed_tokens", async () => {
+    const folder = mkdtempSync(join(dir, "tied-"));
+    cpSync(join(fixtures, "llama"), folder, { recursive: true });
+    const config = join(folder, "config.json");
+    const value = JSON.parse(readFileSync(config, "utf8")) as Record<string, unknown>;
+    writeFileSync(config, JSON.stringify({ ...value, tie_word_embeddings: true }));
+    const run = program("Llama", folder, dir);
+    const paths = run.program.params.map((p) => p.path);
+    expect(paths).not.toContain("lm_head.weight");
+    const notes: string[] = [];
+    const store = await initialize(run.program, new CpuDevice({ float64: false }), {
+      onNote: (n) => notes.push(n),
+    });
+    expect(notes.join("\n")).toContain("`lm_head.weight`");
+    // The same as the untied model whose lm_head is a copy of the embedding.
+    const cpu = new CpuDevice({ float64: false });
+    const rows = reference("llama").sequences;
+    const tied = await logitsOf(cpu, run, store, rows);
+    const untied = program("Llama", "llama");
+    const copied = await initialize(untied.program, cpu);
+    copied.set("param:lm_head.weight", copied.get("param:model.embed_tokens.weight")!);
+    const want = await logitsOf(cpu, untied, copied, rows);
+    expect(Array.from(tied.data)).toEqual(Array.from(want.data));
+  });
+
   it("a field the model needs and the file lacks is E0207 naming the config", () => {
     const config = gpt2Config();
     delete config["n_embd"];
