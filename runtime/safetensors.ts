@@ -112,15 +112,40 @@ export interface ReadOptions {
 }
 
 /** The dtypes lrk reads, with their element sizes. Floats become f32 (F64 stays float64). */
-const elementBytes: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I32: 4 };
-export type FileDType = "F64" | "F32" | "F16" | "BF16" | "I32";
+const readableBytes = { F64: 8, F32: 4, F16: 2, BF16: 2, I32: 4 } as const;
+export type FileDType = keyof typeof readableBytes;
+/**
+ * safetensors' other dtypes: a file may hold them (a Hugging Face checkpoint's BOOL attention
+ * masks, I64 position ids) as long as nothing reads them; reading one is refused.
+ */
+const otherBytes = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+  I16: 2,
+  U16: 2,
+  U32: 4,
+  I64: 8,
+  U64: 8,
+} as const;
+export type StoredDType = FileDType | keyof typeof otherBytes;
+const elementBytes: Record<string, number> = { ...readableBytes, ...otherBytes };
+const isReadable = (dtype: StoredDType): dtype is FileDType => dtype in readableBytes;
+
+const unreadableDType = (name: string, path: string, dtype: unknown) =>
+  new CheckpointError(
+    `tensor \`${name}\` in \`${path}\` has dtype ${JSON.stringify(dtype)}; lrk reads F64, F32, F16, BF16 and I32`,
+    "convert the tensor to F32 when saving it",
+  );
 
 /** safetensors' own limit on the JSON header; a larger one is not a safetensors file. */
 const MAX_HEADER_BYTES = 100_000_000;
 
 /** One tensor's entry in a file's header: its dtype, shape and byte range in the data section. */
 export interface SafetensorsEntry {
-  dtype: FileDType;
+  dtype: StoredDType;
   shape: number[];
   begin: number;
   end: number;
@@ -187,6 +212,7 @@ export class SafetensorsFile {
     const e = this.entries.get(name);
     if (!e) throw new CheckpointError(`\`${this.path}\` holds no tensor \`${name}\``);
     if (this.fd === undefined) throw new Error(`\`${this.path}\` is closed`);
+    if (!isReadable(e.dtype)) throw unreadableDType(name, this.path, e.dtype);
     return decode(
       readAt(this.fd, this.path, this.base + e.begin, e.end - e.begin),
       e.dtype,
@@ -206,8 +232,8 @@ export function readSafetensors(path: string, options: ReadOptions = {}): Loaded
     const tensors = new Map<string, Tensor>();
     const dtypes = new Map<string, FileDType>();
     for (const [name, e] of file.entries) {
-      dtypes.set(name, e.dtype);
-      tensors.set(name, file.read(name));
+      tensors.set(name, file.read(name)); // refuses a dtype lrk does not read
+      dtypes.set(name, e.dtype as FileDType);
     }
     return { tensors, dtypes, metadata: file.metadata };
   } finally {
@@ -313,17 +339,14 @@ function checkedEntry(
   dataLength: number,
   corrupt: (why: string) => CheckpointError,
   path: string,
-): { dtype: FileDType; shape: number[]; begin: number; end: number } {
+): SafetensorsEntry {
   if (!isObject(entry))
     throw corrupt(
       `tensor \`${name}\`'s entry is ${describeJson(entry)}, not an object with dtype, shape and data_offsets`,
     );
   const { dtype, shape, data_offsets: offsets } = entry;
   if (typeof dtype !== "string" || !(dtype in elementBytes))
-    throw new CheckpointError(
-      `tensor \`${name}\` in \`${path}\` has dtype ${JSON.stringify(dtype)}; lrk reads F64, F32, F16, BF16 and I32`,
-      "convert the tensor to F32 when saving it",
-    );
+    throw unreadableDType(name, path, dtype);
   if (!Array.isArray(shape) || !shape.every(isCount))
     throw corrupt(
       `tensor \`${name}\`'s shape ${JSON.stringify(shape)} is not a list of non-negative integers`,
@@ -343,7 +366,7 @@ function checkedEntry(
     throw corrupt(
       `tensor \`${name}\` is ${dtype} [${shape.join(", ")}] (${size} bytes), but its data_offsets [${begin}, ${end}] hold ${end - begin} bytes`,
     );
-  return { dtype: dtype as FileDType, shape: shape as number[], begin, end };
+  return { dtype: dtype as StoredDType, shape: shape as number[], begin, end };
 }
 
 /** The tensors' byte ranges tile the data section: no overlap, no gap, nothing after. */
