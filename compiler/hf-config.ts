@@ -77,31 +77,32 @@ export function readHfConfig(
   });
   const resolved = resolvePath(dirname(from), path);
   let file = resolved;
+  // How messages name the file: as the program does, with `config.json` added for a folder.
+  const shown = () => (file === resolved ? path : join(path, "config.json"));
   let text: string;
   try {
     text = readSmallFile(file, () => (file = join(file, "config.json")));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    const shown = file === resolved ? path : join(path, "config.json");
     if (code === "ENOENT")
       return fail(
-        `cannot read \`${shown}\`: no such file`,
+        `cannot read \`${shown()}\`: no such file`,
         "pass a Hugging Face checkpoint folder, or its config.json, relative to this file",
       );
-    return fail(`cannot read \`${shown}\`: ${(e as Error).message}`);
+    return fail(`cannot read \`${shown()}\`: ${(e as Error).message}`);
   }
   let parsed: Json;
   try {
     parsed = JSON.parse(text) as Json;
   } catch (e) {
     return fail(
-      `\`${file}\` is not valid JSON: ${(e as Error).message}`,
+      `\`${shown()}\` is not valid JSON: ${(e as Error).message}`,
       "a Hugging Face config.json is one JSON object",
     );
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
     return fail(
-      `\`${file}\` holds ${Array.isArray(parsed) ? "a list" : "no object"}, not a config`,
+      `\`${shown()}\` holds ${Array.isArray(parsed) ? "a list" : "no object"}, not a config`,
     );
   const filled: Record<string, Json> = { ...parsed };
   for (const [key, value] of Object.entries(defaults(parsed)))
@@ -111,7 +112,7 @@ export function readHfConfig(
     const value = filled[key] ?? null;
     if (JSON.stringify(value) !== JSON.stringify(supported))
       return fail(
-        `\`${file}\` sets \`${key}\` to ${JSON.stringify(value)}; std.models supports only ${JSON.stringify(supported)}`,
+        `\`${shown()}\` sets \`${key}\` to ${JSON.stringify(value)}; std.models supports only ${JSON.stringify(supported)}`,
         "this checkpoint needs a feature lrk does not implement yet",
       );
   }
