@@ -5,7 +5,9 @@
 //
 // A file names parameters by path (`l1.weight`, a run's final.safetensors) or by store name
 // (`param:l1.weight`, `state:l1.weight:m`, `buffer:…`, a run's checkpoint.safetensors); both are
-// read by every caller.
+// read by every caller. `init` and `--weights` may also name a Hugging Face checkpoint folder
+// (hf-folder.ts): its tensors are named by the model's paths, and those the model does not use
+// are left out with a note. Headers are checked first; then only the tensors used are read.
 import type { DType } from "../compiler/ir.js";
 import type { Tensor, TrainProgram } from "../compiler/program.js";
 import { statSync } from "node:fs";
