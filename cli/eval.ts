@@ -82,7 +82,13 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   try {
     await loadPlans(device, program, { autotune: options.autotune !== false });
     // the weights replace the block's `init`: no need to read that file too
-    const store = await initialize(program, device, { fromInit: !weights, data: run.data });
+    const store = await initialize(program, device, {
+      fromInit: !weights,
+      data: run.data,
+      onNote: (text) => {
+        if (!options.json) process.stderr.write(`note: ${text}\n`);
+      },
+    });
     if (weights) {
       for (const [name, t] of weights.tensors) store.set(name, t);
       // Quantized buffers and adapters are initialized from the model's weights: recompute them

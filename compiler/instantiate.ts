@@ -433,7 +433,7 @@ function defineValue(
 
 /** The standard-library module that defines `name` (for an import it lacks), if one does. */
 function stdModuleDeclaring(r: Resolver, name: string): string | undefined {
-  for (const std of ["std.nn", "std.adapters", "std.optim", "std.quant"]) {
+  for (const std of ["std.nn", "std.adapters", "std.optim", "std.quant", "std.models"]) {
     const items = r.loader.std(std)?.program.items ?? [];
     if (items.some((i) => i.kind === "Definition" && i.name.name === name)) return std;
   }

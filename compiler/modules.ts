@@ -285,7 +285,7 @@ export class ModuleLoader {
   }
 
   stdModuleNames(): string[] {
-    return ["std.nn", "std.adapters", "std.optim", "std.quant", "std.data"];
+    return ["std.nn", "std.adapters", "std.optim", "std.quant", "std.models", "std.data"];
   }
 
   /**

@@ -6,6 +6,7 @@ import type * as A from "../language/ast.js";
 import { error, type Diagnostic, type Location } from "../language/diagnostics.js";
 import { builtinNames } from "./builtins.js";
 import { dataModule, dataSources } from "./data.js";
+import { readHfConfig } from "./hf-config.js";
 import { ModuleLoader, nativeModules, type Module } from "./modules.js";
 import { closest } from "./suggest.js";
 import { describeValue, num, type ModuleInstance, type Value } from "./values.js";
@@ -169,7 +170,7 @@ export class Resolver {
   private namespace(name: string): Value {
     if (name === "std.data") return dataModule(name);
     const module = name === "std" ? undefined : this.loader.std(name);
-    const children = ["std.nn", "std.adapters", "std.optim", "std.quant", "std.data"];
+    const children = ["std.nn", "std.adapters", "std.optim", "std.quant", "std.models", "std.data"];
     return {
       kind: "namespace",
       name,
@@ -526,7 +527,7 @@ export class Resolver {
       found = object.args.get(name.name);
       names = object.args.keys();
     } else if (object.kind === "struct") {
-      // an optimizer's `module` and `group`, read while compiling (`const n = group.size`)
+      // an optimizer's `module` and `group` (`const n = group.size`), an `hf_config`: read while compiling
       found = object.fields.get(name.name);
       names = object.fields.keys();
     }
@@ -920,11 +921,27 @@ export class Resolver {
     );
   }
 
+  /** `hf_config("ckpt")`: the folder's config.json as a struct (hf-config.ts). */
+  private hfConfig(e: A.Call, scope: Scope, module: Module): Value {
+    const arg = e.args[0];
+    const path = arg && e.args.length === 1 ? this.evaluate(arg.value, scope, module) : undefined;
+    if (path?.kind !== "string")
+      return this.report(
+        error("E0205", "`hf_config` takes one path, a string", this.at(module, e), {
+          help: 'hf_config("checkpoint-folder")',
+        }),
+      );
+    const read = readHfConfig(path.value, module.file.path, this.at(module, e));
+    if ("diagnostic" in read) return this.report(read.diagnostic);
+    return read.value;
+  }
+
   private builtinCall(name: string, e: A.Call, scope: Scope, module: Module): Value {
     if (name in schedules) return this.schedule(name, e, scope, module);
     if (name === "require") return this.require(e, scope, module);
     if (name === "range") return this.range(e, scope, module);
     if (name === "len") return this.length(e, scope, module);
+    if (name === "hf_config") return this.hfConfig(e, scope, module);
     const args = e.args.map((a) =>
       this.number(this.evaluate(a.value, scope, module), a.value, module),
     );

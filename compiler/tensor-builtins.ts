@@ -349,6 +349,8 @@ const builtinRules = {
   require: noLowering,
   // the gradient of a base weight over training batches, before training (compiler/init-gradient.ts)
   init_gradient: initGradientCall,
+  // a Hugging Face config.json read while compiling (resolve.ts, hf-config.ts)
+  hf_config: noLowering,
 } satisfies Record<string, Rule>;
 
 type BuiltinName = keyof typeof builtinRules;

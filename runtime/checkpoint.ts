@@ -5,10 +5,14 @@
 //
 // A file names parameters by path (`l1.weight`, a run's final.safetensors) or by store name
 // (`param:l1.weight`, `state:l1.weight:m`, `buffer:…`, a run's checkpoint.safetensors); both are
-// read by every caller.
+// read by every caller. `init` and `--weights` may also name a Hugging Face checkpoint folder
+// (hf-folder.ts): its tensors are named by the model's paths, and those the model does not use
+// are left out with a note. Headers are checked first; then only the tensors used are read.
 import type { DType } from "../compiler/ir.js";
 import type { Tensor, TrainProgram } from "../compiler/program.js";
-import { CheckpointError, readSafetensors, type FileDType } from "./safetensors.js";
+import { statSync } from "node:fs";
+import { openFolder } from "./hf-folder.js";
+import { CheckpointError, SafetensorsFile, type SafetensorsEntry } from "./safetensors.js";
 
 export interface CheckpointOptions {
   /** Which caller reads the file: it picks the help texts. */
@@ -77,6 +81,14 @@ const help = {
   },
 } as const;
 
+/** A Hugging Face folder is read by the model's paths, which come from its config. */
+const folderHelp = {
+  missing:
+    'configure the model from this folder\'s own config.json (`hf_config("…")`), and check that the folder holds the model it says',
+  mismatch:
+    'configure the model from this folder\'s own config.json (`hf_config("…")`): the checkpoint was saved from a model with other dimensions',
+};
+
 /** Bytes per element at most (F64), times room for a checkpoint's copies, plus the header. */
 const SIZE_ROOM = 8 * 4;
 const HEADER_ROOM = 64 << 20;
@@ -89,44 +101,79 @@ export function loadCheckpoint(
   const expected = expectedTensors(program);
   let elements = 0;
   for (const e of expected.values()) elements += count(e.shape);
-  const {
-    tensors: file,
-    dtypes,
-    metadata,
-  } = readSafetensors(path, {
-    maxBytes: HEADER_ROOM + SIZE_ROOM * elements,
-  });
-  const byStoreName = new Map<string, { key: string; tensor: Tensor; dtype: FileDType }>();
-  for (const [key, tensor] of file) {
-    const name = storeName(key);
-    const twice = byStoreName.get(name);
-    if (twice)
-      throw new CheckpointError(
-        `\`${path}\` holds \`${label(name)}\` twice, as \`${twice.key}\` and as \`${key}\``,
-        "keep one of them",
-      );
-    byStoreName.set(name, { key, tensor, dtype: dtypes.get(key)! });
+  const maxBytes = HEADER_ROOM + SIZE_ROOM * elements;
+  // A Hugging Face folder carries buffers no lrk model has (GPT-2's attention masks, rotary
+  // tables): they are left out with a note, wherever the folder is read from.
+  const folder = isFolder(path);
+  const files = folder ? openFolder(path, maxBytes) : [SafetensorsFile.open(path, { maxBytes })];
+  try {
+    return folder
+      ? loadFrom(
+          path,
+          files,
+          expected,
+          program,
+          { ...options, extra: "ignore", basePrefix: true },
+          folderHelp,
+        )
+      : loadFrom(path, files, expected, program, options, help[options.use]);
+  } finally {
+    for (const file of files) file.close();
   }
+}
+
+/** Which tensor of which file a store name is read from. */
+interface Source {
+  key: string;
+  file: SafetensorsFile;
+  entry: SafetensorsEntry;
+}
+
+function loadFrom(
+  path: string,
+  files: readonly SafetensorsFile[],
+  expected: ReadonlyMap<string, Expected>,
+  program: TrainProgram,
+  options: CheckpointOptions & { basePrefix?: boolean },
+  helps: { missing: string; mismatch: string },
+): LoadedCheckpoint {
+  const byStoreName = new Map<string, Source>();
+  for (const file of files)
+    for (const [key, entry] of file.entries) {
+      const name = storeName(key);
+      const twice = byStoreName.get(name);
+      if (twice)
+        throw new CheckpointError(
+          twice.file === file
+            ? `\`${path}\` holds \`${label(name)}\` twice, as \`${twice.key}\` and as \`${key}\``
+            : `\`${label(name)}\` is in both \`${twice.file.path}\` and \`${file.path}\``,
+          "keep one of them",
+        );
+      byStoreName.set(name, { key, file, entry });
+    }
+
+  if (options.basePrefix) addBasePrefix(byStoreName, expected);
 
   const tensors = new Map<string, Tensor>();
   const extra: string[] = [];
   const unused: string[] = [];
   const modules = modulePaths(program);
-  for (const [name, { key, tensor, dtype }] of byStoreName) {
+  for (const [name, { key, file, entry }] of byStoreName) {
     const want = expected.get(name);
     if (!want) {
       if (!name.startsWith("param:") && !options.states) continue;
-      if (options.extra === "keep") tensors.set(name, tensor);
+      if (options.extra === "keep") tensors.set(name, file.read(key));
       else if (options.extra === "refuse") extra.push(key);
       else if (options.extra === "adapters" && !isAdapterOf(modules, name)) extra.push(key);
       else if (options.extra === "ignore") unused.push(key);
       continue;
     }
     if (want.kind === "step" && !options.states) continue;
-    check(path, key, tensor, dtype, want, help[options.use].mismatch);
+    check(file.path, key, entry, want, helps.mismatch);
     if (want.kind === "adapter" && !options.adapters) continue;
-    tensors.set(name, tensor);
+    tensors.set(name, file.read(key));
   }
+  const metadata = files.length === 1 ? files[0]!.metadata : {};
   const requiredNames = [...expected]
     .filter(([, e]) =>
       options.required === "model"
@@ -140,21 +187,61 @@ export function loadCheckpoint(
   if (missingRequired.length > 0)
     throw new CheckpointError(
       `\`${path}\` has no tensor for ${listed(missingRequired.map(label))}`,
-      help[options.use].missing,
+      helps.missing,
     );
   const params = [...expected.keys()].filter((n) => n.startsWith("param:"));
   const missing = params.filter((n) => !byStoreName.has(n)).map(label);
   if (options.required === "some" && missing.length === params.length)
-    throw new CheckpointError(
-      `\`${path}\` has none of this model's parameters`,
-      help[options.use].missing,
-    );
+    throw new CheckpointError(`\`${path}\` has none of this model's parameters`, helps.missing);
   if (extra.length > 0)
     throw new CheckpointError(
       `\`${path}\` has tensors the model does not: ${listed(extra)}`,
       "was it saved from a different model?",
     );
   return { tensors, metadata, missing, unused };
+}
+
+/**
+ * A checkpoint saved from a Hugging Face base model (GPT2Model rather than GPT2LMHeadModel, as
+ * the original `gpt2` files are) names its tensors without the base model's prefix: `wte.weight`
+ * for `transformer.wte.weight`. As Hugging Face's loader does, when the file holds no tensor under
+ * a prefix the model's paths start with, the model's `prefix.rest` is read from the file's `rest`.
+ */
+function addBasePrefix(
+  byStoreName: Map<string, Source>,
+  expected: ReadonlyMap<string, Expected>,
+): void {
+  const prefixes = new Set<string>();
+  for (const [name, e] of expected)
+    if (e.kind === "model" && name.startsWith("param:") && name.includes("."))
+      prefixes.add(name.slice("param:".length, name.indexOf(".")));
+  for (const prefix of prefixes) {
+    const under = `param:${prefix}.`;
+    if ([...byStoreName.keys()].some((n) => n.startsWith(under))) continue;
+    for (const name of expected.keys()) {
+      if (!name.startsWith(under)) continue;
+      const bare = `param:${name.slice(under.length)}`;
+      const source = byStoreName.get(bare);
+      if (!source || expected.has(bare)) continue;
+      byStoreName.delete(bare);
+      byStoreName.set(name, source);
+    }
+  }
+}
+
+/** The note for tensors a checkpoint holds that the model does not use. */
+export function unusedNote(path: string, unused: readonly string[]): string | undefined {
+  if (unused.length === 0) return undefined;
+  const n = unused.length;
+  return `\`${path}\` holds ${n} tensor${n === 1 ? "" : "s"} the model does not use, left out: ${listed([...unused].sort())}`;
+}
+
+function isFolder(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false; // opening it says why
+  }
 }
 
 /**
@@ -213,11 +300,11 @@ function isAdapterOf(modules: ReadonlySet<string>, name: string): boolean {
 function check(
   path: string,
   key: string,
-  t: Tensor,
-  dtype: FileDType,
+  t: SafetensorsEntry,
   want: Expected,
   mismatch: string,
 ): void {
+  const dtype = t.dtype;
   const whose = want.kind === "step" ? "the program's" : "the model's";
   const shape = want.shape.map(Number);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))

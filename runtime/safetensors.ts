@@ -112,53 +112,146 @@ export interface ReadOptions {
 }
 
 /** The dtypes lrk reads, with their element sizes. Floats become f32 (F64 stays float64). */
-const elementBytes: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I32: 4 };
-export type FileDType = "F64" | "F32" | "F16" | "BF16" | "I32";
+const readableBytes = { F64: 8, F32: 4, F16: 2, BF16: 2, I32: 4 } as const;
+export type FileDType = keyof typeof readableBytes;
+/**
+ * safetensors' other dtypes: a file may hold them (a Hugging Face checkpoint's BOOL attention
+ * masks, I64 position ids) as long as nothing reads them; reading one is refused.
+ */
+const otherBytes = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+  I16: 2,
+  U16: 2,
+  U32: 4,
+  I64: 8,
+  U64: 8,
+} as const;
+export type StoredDType = FileDType | keyof typeof otherBytes;
+const elementBytes: Record<string, number> = { ...readableBytes, ...otherBytes };
+const isReadable = (dtype: StoredDType): dtype is FileDType => dtype in readableBytes;
+
+const unreadableDType = (name: string, path: string, dtype: unknown) =>
+  new CheckpointError(
+    `tensor \`${name}\` in \`${path}\` has dtype ${JSON.stringify(dtype)}; lrk reads F64, F32, F16, BF16 and I32`,
+    "convert the tensor to F32 when saving it",
+  );
 
 /** safetensors' own limit on the JSON header; a larger one is not a safetensors file. */
 const MAX_HEADER_BYTES = 100_000_000;
 
-export function readSafetensors(path: string, options: ReadOptions = {}): Loaded {
-  const bytes = readRegularFile(path, options.maxBytes);
-  const corrupt = (why: string) =>
-    new CheckpointError(
-      `\`${path}\` is not a valid safetensors file: ${why}`,
-      "the file may be truncated or corrupt; use an earlier checkpoint",
-    );
-  if (bytes.length < 8) throw corrupt("it is shorter than its 8-byte header length");
-  const headerLength = bytes.readBigUInt64LE(0);
-  if (headerLength > BigInt(Math.min(bytes.length - 8, MAX_HEADER_BYTES)))
-    throw corrupt(
-      `its header length (${headerLength} bytes) runs past the end of the file (${bytes.length} bytes)`,
-    );
-  const base = 8 + Number(headerLength);
-  let header: unknown;
-  try {
-    header = JSON.parse(bytes.subarray(8, base).toString("utf8"));
-  } catch {
-    throw corrupt("its header is not JSON");
-  }
-  if (!isObject(header)) throw corrupt(`its header is ${describeJson(header)}, not a JSON object`);
-  const dataLength = bytes.length - base;
-  const ranges: { name: string; begin: number; end: number }[] = [];
-  const tensors = new Map<string, Tensor>();
-  const dtypes = new Map<string, FileDType>();
-  for (const [name, entry] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const e = checkedEntry(name, entry, dataLength, corrupt, path);
-    ranges.push({ name, begin: e.begin, end: e.end });
-    dtypes.set(name, e.dtype);
-    tensors.set(name, decode(bytes.subarray(base + e.begin, base + e.end), e.dtype, e.shape));
-  }
-  checkCoverage(ranges, dataLength, corrupt);
-  return { tensors, dtypes, metadata: metadataOf(header["__metadata__"], corrupt) };
+/** One tensor's entry in a file's header: its dtype, shape and byte range in the data section. */
+export interface SafetensorsEntry {
+  dtype: StoredDType;
+  shape: number[];
+  begin: number;
+  end: number;
 }
 
 /**
- * The whole file, if it is a regular file of at most `maxBytes`: a FIFO or a device would block
- * or never end, so it is opened without blocking and refused after fstat.
+ * An open safetensors file whose header has been read and checked (every entry, and that the
+ * entries tile the data section); tensors are read one at a time, on demand, so that a checkpoint
+ * is never held in memory twice (raw bytes and values) and tensors nobody uses are never read.
  */
-function readRegularFile(path: string, maxBytes = Infinity): Buffer {
+export class SafetensorsFile {
+  private constructor(
+    readonly path: string,
+    private fd: number | undefined,
+    readonly entries: ReadonlyMap<string, SafetensorsEntry>,
+    readonly metadata: Record<string, string>,
+    /** Where the data section starts: after the 8-byte length and the header. */
+    private readonly base: number,
+  ) {}
+
+  /** Opens `path` and reads its header; the caller closes it. */
+  static open(path: string, options: ReadOptions = {}): SafetensorsFile {
+    const fd = openRegularFile(path, options.maxBytes);
+    try {
+      const size = fstatSync(fd).size;
+      const corrupt = corruptError(path);
+      if (size < 8) throw corrupt("it is shorter than its 8-byte header length");
+      const headerLength = readAt(fd, path, 0, 8).readBigUInt64LE(0);
+      if (headerLength > BigInt(Math.min(size - 8, MAX_HEADER_BYTES)))
+        throw corrupt(
+          `its header length (${headerLength} bytes) runs past the end of the file (${size} bytes)`,
+        );
+      const base = 8 + Number(headerLength);
+      let header: unknown;
+      try {
+        header = JSON.parse(readAt(fd, path, 8, Number(headerLength)).toString("utf8"));
+      } catch (e) {
+        if (e instanceof CheckpointError) throw e;
+        throw corrupt("its header is not JSON");
+      }
+      if (!isObject(header))
+        throw corrupt(`its header is ${describeJson(header)}, not a JSON object`);
+      const dataLength = size - base;
+      const entries = new Map<string, SafetensorsEntry>();
+      for (const [name, entry] of Object.entries(header)) {
+        if (name === "__metadata__") continue;
+        entries.set(name, checkedEntry(name, entry, dataLength, corrupt, path));
+      }
+      checkCoverage(
+        [...entries].map(([name, e]) => ({ name, begin: e.begin, end: e.end })),
+        dataLength,
+        corrupt,
+      );
+      const metadata = metadataOf(header["__metadata__"], corrupt);
+      return new SafetensorsFile(path, fd, entries, metadata, base);
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** The tensor `name` (F16 and BF16 widened to f32, F64 kept as float64). */
+  read(name: string): Tensor {
+    const e = this.entries.get(name);
+    if (!e) throw new CheckpointError(`\`${this.path}\` holds no tensor \`${name}\``);
+    if (this.fd === undefined) throw new Error(`\`${this.path}\` is closed`);
+    if (!isReadable(e.dtype)) throw unreadableDType(name, this.path, e.dtype);
+    return decode(
+      readAt(this.fd, this.path, this.base + e.begin, e.end - e.begin),
+      e.dtype,
+      e.shape,
+    );
+  }
+
+  close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
+}
+
+export function readSafetensors(path: string, options: ReadOptions = {}): Loaded {
+  const file = SafetensorsFile.open(path, options);
+  try {
+    const tensors = new Map<string, Tensor>();
+    const dtypes = new Map<string, FileDType>();
+    for (const [name, e] of file.entries) {
+      tensors.set(name, file.read(name)); // refuses a dtype lrk does not read
+      dtypes.set(name, e.dtype as FileDType);
+    }
+    return { tensors, dtypes, metadata: file.metadata };
+  } finally {
+    file.close();
+  }
+}
+
+const corruptError = (path: string) => (why: string) =>
+  new CheckpointError(
+    `\`${path}\` is not a valid safetensors file: ${why}`,
+    "the file may be truncated or corrupt; use an earlier checkpoint",
+  );
+
+/**
+ * A descriptor of `path`, if it is a regular file of at most `maxBytes`: a FIFO or a device would
+ * block or never end, so it is opened without blocking and refused after fstat.
+ */
+function openRegularFile(path: string, maxBytes = Infinity): number {
   let fd: number;
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
@@ -170,7 +263,7 @@ function readRegularFile(path: string, maxBytes = Infinity): Buffer {
     if (stat.isDirectory())
       throw new CheckpointError(
         `\`${path}\` is a directory, not a checkpoint`,
-        "pass a .safetensors file inside it (a run folder holds final.safetensors and checkpoint.safetensors)",
+        "pass a .safetensors file inside it (a run folder holds final.safetensors and checkpoint.safetensors), or a Hugging Face checkpoint folder",
       );
     if (!stat.isFile())
       throw new CheckpointError(
@@ -182,20 +275,30 @@ function readRegularFile(path: string, maxBytes = Infinity): Buffer {
         `\`${path}\` is ${stat.size} bytes, more than this program's parameters and states could take (at most ${maxBytes} bytes)`,
         "is it the checkpoint of another, larger model? pass one written for this program",
       );
-    const bytes = Buffer.alloc(stat.size);
-    let done = 0;
-    while (done < bytes.length) {
-      const n = readSync(fd, bytes, done, bytes.length - done, done);
-      if (n === 0) break; // the file shrank while being read: what was read is checked as is
-      done += n;
-    }
-    return bytes.subarray(0, done);
+    return fd;
   } catch (e) {
+    closeSync(fd);
     if (e instanceof CheckpointError) throw e;
     throw unreadable(path, e);
-  } finally {
-    closeSync(fd);
   }
+}
+
+/** `length` bytes at `position`; a file that shrank since its header was read is corrupt. */
+function readAt(fd: number, path: string, position: number, length: number): Buffer {
+  const bytes = Buffer.alloc(length);
+  let done = 0;
+  try {
+    while (done < length) {
+      const n = readSync(fd, bytes, done, length - done, position + done);
+      if (n === 0) break;
+      done += n;
+    }
+  } catch (e) {
+    throw unreadable(path, e);
+  }
+  if (done < length)
+    throw corruptError(path)(`it ends at byte ${position + done}, inside the data of a tensor`);
+  return bytes;
 }
 
 function unreadable(path: string, e: unknown): CheckpointError {
@@ -236,17 +339,14 @@ function checkedEntry(
   dataLength: number,
   corrupt: (why: string) => CheckpointError,
   path: string,
-): { dtype: FileDType; shape: number[]; begin: number; end: number } {
+): SafetensorsEntry {
   if (!isObject(entry))
     throw corrupt(
       `tensor \`${name}\`'s entry is ${describeJson(entry)}, not an object with dtype, shape and data_offsets`,
     );
   const { dtype, shape, data_offsets: offsets } = entry;
   if (typeof dtype !== "string" || !(dtype in elementBytes))
-    throw new CheckpointError(
-      `tensor \`${name}\` in \`${path}\` has dtype ${JSON.stringify(dtype)}; lrk reads F64, F32, F16, BF16 and I32`,
-      "convert the tensor to F32 when saving it",
-    );
+    throw unreadableDType(name, path, dtype);
   if (!Array.isArray(shape) || !shape.every(isCount))
     throw corrupt(
       `tensor \`${name}\`'s shape ${JSON.stringify(shape)} is not a list of non-negative integers`,
@@ -266,7 +366,7 @@ function checkedEntry(
     throw corrupt(
       `tensor \`${name}\` is ${dtype} [${shape.join(", ")}] (${size} bytes), but its data_offsets [${begin}, ${end}] hold ${end - begin} bytes`,
     );
-  return { dtype: dtype as FileDType, shape: shape as number[], begin, end };
+  return { dtype: dtype as StoredDType, shape: shape as number[], begin, end };
 }
 
 /** The tensors' byte ranges tile the data section: no overlap, no gap, nothing after. */
@@ -301,8 +401,12 @@ function metadataOf(
 
 /** Little-endian values as a tensor: F16 and BF16 widen to f32 exactly, F64 stays float64. */
 function decode(slice: Buffer, dtype: FileDType, shape: number[]): Tensor {
-  const copy = new ArrayBuffer(slice.length);
-  new Uint8Array(copy).set(slice);
+  // `slice` is this tensor's own allocation (Buffer.alloc never pools): its bytes are reused as
+  // the values, with no copy, unless it is a view into something larger
+  const copy =
+    slice.byteOffset === 0 && slice.byteLength === slice.buffer.byteLength
+      ? (slice.buffer as ArrayBuffer)
+      : new Uint8Array(slice).buffer;
   const tensor = (data: Tensor["data"]): Tensor => ({ shape, data });
   switch (dtype) {
     case "F64":

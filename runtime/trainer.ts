@@ -14,7 +14,7 @@ import {
   type TrainProgram,
 } from "../compiler/program.js";
 import { keptUnits } from "./budget.js";
-import { checkpointUses, loadCheckpoint } from "./checkpoint.js";
+import { checkpointUses, loadCheckpoint, unusedNote } from "./checkpoint.js";
 import {
   arithmeticAccuracy,
   DataError,
@@ -131,10 +131,16 @@ export class NonFiniteLoss extends Error {
 }
 
 /** Model parameters from the `init` checkpoint, checked against the program's parameters. */
-function loadInit(program: TrainProgram, store: Map<string, Tensor>): void {
+function loadInit(
+  program: TrainProgram,
+  store: Map<string, Tensor>,
+  onNote?: (text: string) => void,
+): void {
   if (!program.init) return;
   const loaded = loadCheckpoint(program.init.path, program, checkpointUses.init);
   for (const [name, t] of loaded.tensors) store.set(name, t);
+  const note = unusedNote(program.init.path, loaded.unused);
+  if (note) onNote?.(note);
 }
 
 /** Runs one entry of a program and keeps its outputs in `store`. */
@@ -156,11 +162,11 @@ async function runInto(
 export async function initialize(
   program: TrainProgram,
   device: Device,
-  options: { fromInit?: boolean; data?: OpenedSource } = {},
+  options: { fromInit?: boolean; data?: OpenedSource; onNote?: (text: string) => void } = {},
 ): Promise<Map<string, Tensor>> {
   const store = new Map<string, Tensor>();
   const { initProgram: init, step } = program;
-  if (program.init && options.fromInit !== false) loadInit(program, store);
+  if (program.init && options.fromInit !== false) loadInit(program, store, options.onNote);
   else await runInto(device, init, init.model, store);
   await initializeAdapters(program, device, store, options.data);
   await runInto(device, step, step.stateInit, store);
@@ -449,7 +455,7 @@ export async function train(
   const steps = options.steps ?? program.steps;
   const store = options.resume
     ? new Map(options.resume.store)
-    : await initialize(program, device, { data: run.data });
+    : await initialize(program, device, { data: run.data, onNote: options.onNote });
   const first = (options.resume?.step ?? 0) + 1;
   const losses: number[] = [];
   const evals: EvalEvent[] = [];

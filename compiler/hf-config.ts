@@ -1,0 +1,160 @@
+// `hf_config(path)`: a Hugging Face `config.json` read while compiling, as a struct whose fields
+// are the file's (`config.n_embd`, `config.num_key_value_heads`). std.models' GPT2 and Llama take
+// one. Fields HF fills in when a file leaves them out (or sets them to null) are filled in here
+// with HF's defaults for the file's `model_type`, so the models read every field they use; the
+// features those models do not implement are refused here, naming the field, rather than trained
+// wrong in silence.
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import { dirname, join, resolve as resolvePath } from "node:path";
+import { error, type Location } from "../language/diagnostics.js";
+import type { Diagnostic } from "../language/diagnostics.js";
+import type { Value } from "./values.js";
+
+/** No config.json is this large; a bigger file is a wrong path (a checkpoint, a data set). */
+const MAX_CONFIG_BYTES = 1 << 20;
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** HF's defaults (configuration_gpt2.py, configuration_llama.py) for fields a file may omit. */
+function defaults(config: Record<string, Json>): Record<string, Json> {
+  switch (config["model_type"]) {
+    case "gpt2": {
+      const d = config["n_embd"];
+      return {
+        n_inner: typeof d === "number" ? 4 * d : null,
+        layer_norm_epsilon: 1e-5,
+        activation_function: "gelu_new",
+        n_positions: 1024,
+        tie_word_embeddings: true,
+        scale_attn_weights: true,
+        scale_attn_by_inverse_layer_idx: false,
+        reorder_and_upcast_attn: false,
+      };
+    }
+    case "llama": {
+      const hidden = config["hidden_size"];
+      const heads = config["num_attention_heads"];
+      return {
+        num_key_value_heads: heads ?? null,
+        head_dim:
+          typeof hidden === "number" && typeof heads === "number" && heads > 0
+            ? Math.floor(hidden / heads)
+            : null,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000,
+        hidden_act: "silu",
+        tie_word_embeddings: false,
+        attention_bias: false,
+        mlp_bias: false,
+      };
+    }
+    default:
+      return {};
+  }
+}
+
+/** Settings std.models does not implement, with the value that is supported. */
+const unsupported: Record<string, Record<string, Json>> = {
+  gpt2: {
+    scale_attn_weights: true,
+    scale_attn_by_inverse_layer_idx: false,
+    reorder_and_upcast_attn: false,
+  },
+  llama: { rope_scaling: null },
+};
+
+/**
+ * The config at `path` (a config.json, or a folder holding one), relative to the file `from`.
+ * Problems are E0502 at `at`: the file belongs to a checkpoint that cannot be used.
+ */
+export function readHfConfig(
+  path: string,
+  from: string,
+  at: Location,
+): { value: Value } | { diagnostic: Diagnostic } {
+  const fail = (message: string, help?: string) => ({
+    diagnostic: error("E0502", message, at, help ? { help } : {}),
+  });
+  const resolved = resolvePath(dirname(from), path);
+  let file = resolved;
+  // How messages name the file: as the program does, with `config.json` added for a folder.
+  const shown = () => (file === resolved ? path : join(path, "config.json"));
+  let text: string;
+  try {
+    text = readSmallFile(file, () => (file = join(file, "config.json")));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT")
+      return fail(
+        `cannot read \`${shown()}\`: no such file`,
+        "pass a Hugging Face checkpoint folder, or its config.json, relative to this file",
+      );
+    return fail(`cannot read \`${shown()}\`: ${(e as Error).message}`);
+  }
+  let parsed: Json;
+  try {
+    parsed = JSON.parse(text) as Json;
+  } catch (e) {
+    return fail(
+      `\`${shown()}\` is not valid JSON: ${(e as Error).message}`,
+      "a Hugging Face config.json is one JSON object",
+    );
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+    return fail(
+      `\`${shown()}\` holds ${Array.isArray(parsed) ? "a list" : "no object"}, not a config`,
+    );
+  const filled: Record<string, Json> = { ...parsed };
+  for (const [key, value] of Object.entries(defaults(parsed)))
+    if (filled[key] === undefined || filled[key] === null) filled[key] = value;
+  const modelType = typeof parsed["model_type"] === "string" ? parsed["model_type"] : "";
+  for (const [key, supported] of Object.entries(unsupported[modelType] ?? {})) {
+    const value = filled[key] ?? null;
+    if (JSON.stringify(value) !== JSON.stringify(supported))
+      return fail(
+        `\`${shown()}\` sets \`${key}\` to ${JSON.stringify(value)}; std.models supports only ${JSON.stringify(supported)}`,
+        "this checkpoint needs a feature lrk does not implement yet",
+      );
+  }
+  return { value: toValue(filled, `the config \`${path}\``) };
+}
+
+/** A JSON value as a compile-time value; nulls are left out (reading one is E0207). */
+function toValue(json: Json, what: string): Value {
+  if (typeof json === "number")
+    return { kind: "number", value: json, integer: Number.isInteger(json) };
+  if (typeof json === "boolean") return { kind: "bool", value: json };
+  if (typeof json === "string") return { kind: "string", value: json };
+  if (Array.isArray(json))
+    return { kind: "list", items: json.filter((x) => x !== null).map((x) => toValue(x, what)) };
+  const fields = new Map<string, Value>();
+  for (const [key, value] of Object.entries(json ?? {}))
+    if (value !== null) fields.set(key, toValue(value, `${what}'s \`${key}\``));
+  return { kind: "struct", what, fields };
+}
+
+/** A regular file of at most MAX_CONFIG_BYTES; `intoFolder` gives the path to read in a folder. */
+function readSmallFile(path: string, intoFolder: () => string): string {
+  let fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    let stat = fstatSync(fd);
+    if (stat.isDirectory()) {
+      closeSync(fd);
+      fd = openSync(intoFolder(), constants.O_RDONLY | constants.O_NONBLOCK);
+      stat = fstatSync(fd);
+    }
+    if (!stat.isFile()) throw new Error("not a regular file");
+    if (stat.size > MAX_CONFIG_BYTES)
+      throw new Error(`it is ${stat.size} bytes, too large for a config.json`);
+    const bytes = Buffer.alloc(stat.size);
+    let done = 0;
+    while (done < bytes.length) {
+      const n = readSync(fd, bytes, done, bytes.length - done, done);
+      if (n === 0) break;
+      done += n;
+    }
+    return bytes.subarray(0, done).toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -1,0 +1,106 @@
+// A Hugging Face checkpoint folder: `model.safetensors`, or shards listed by
+// `model.safetensors.index.json` (`{"metadata": {"total_size": …}, "weight_map": {tensor: file}}`).
+// Every file is opened and its header checked before any tensor is read, and the index is checked
+// against the shards' headers, so a broken download is refused before loading starts.
+import { closeSync, constants, existsSync, fstatSync, openSync, readSync } from "node:fs";
+import { join } from "node:path";
+import { CheckpointError, SafetensorsFile } from "./safetensors.js";
+
+export const SINGLE_FILE = "model.safetensors";
+export const INDEX_FILE = "model.safetensors.index.json";
+
+/** No index is this large (a model with a million tensors); a larger one is not an index. */
+const MAX_INDEX_BYTES = 64 << 20;
+
+/** The folder's safetensors files, open, with headers checked; the caller closes them. */
+export function openFolder(folder: string, maxBytes: number): SafetensorsFile[] {
+  const index = join(folder, INDEX_FILE);
+  if (existsSync(index)) return openShards(folder, index, maxBytes);
+  const single = join(folder, SINGLE_FILE);
+  if (existsSync(single)) return [SafetensorsFile.open(single, { maxBytes })];
+  const other = existsSync(join(folder, "pytorch_model.bin"))
+    ? "it holds pytorch_model.bin, which lrk does not read (a pickle); save the model with safe_serialization=True, or convert it with Hugging Face's convert script"
+    : `a Hugging Face checkpoint folder holds ${SINGLE_FILE}, or shards with ${INDEX_FILE}; a run folder holds final.safetensors`;
+  throw new CheckpointError(
+    `\`${folder}\` is a folder without ${SINGLE_FILE} or ${INDEX_FILE}`,
+    other,
+  );
+}
+
+function openShards(folder: string, index: string, maxBytes: number): SafetensorsFile[] {
+  const bad = (why: string, help = "the index is damaged: download it again") =>
+    new CheckpointError(`\`${index}\` ${why}`, help);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readSmall(index));
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    throw bad(`is not valid JSON: ${(e as Error).message}`);
+  }
+  const weightMap = isObject(parsed) ? parsed["weight_map"] : undefined;
+  if (!isObject(weightMap)) throw bad("has no `weight_map` object (tensor name → shard file)");
+  const metadata = isObject(parsed) ? parsed["metadata"] : undefined;
+  if (metadata !== undefined && !isObject(metadata))
+    throw bad("has a `metadata` that is not an object");
+  const shardOf = new Map<string, string>();
+  for (const [tensor, file] of Object.entries(weightMap)) {
+    if (typeof file !== "string")
+      throw bad(`maps \`${tensor}\` to ${JSON.stringify(file)}, not a file name`);
+    // Shards lie in the folder itself: a path would read files outside the checkpoint.
+    if (file === "" || file.includes("/") || file.includes("\\") || file === "." || file === "..")
+      throw bad(`maps \`${tensor}\` to \`${file}\`, which is not a file name in the folder`);
+    shardOf.set(tensor, file);
+  }
+  const names = [...new Set(shardOf.values())].sort();
+  if (names.length === 0) throw bad("lists no tensors in its `weight_map`");
+  for (const name of names)
+    if (!existsSync(join(folder, name)))
+      throw new CheckpointError(
+        `\`${folder}\` lacks \`${name}\`, a shard its ${INDEX_FILE} lists`,
+        "the download is incomplete: fetch the missing shard",
+      );
+  const files: SafetensorsFile[] = [];
+  try {
+    for (const name of names) files.push(SafetensorsFile.open(join(folder, name), { maxBytes }));
+    const byName = new Map(names.map((name, i) => [name, files[i]!]));
+    for (const [tensor, name] of shardOf)
+      if (!byName.get(name)!.entries.has(tensor))
+        throw bad(
+          `maps \`${tensor}\` to \`${name}\`, which does not hold it`,
+          "the index and the shards come from different checkpoints: download them again together",
+        );
+    return files;
+  } catch (e) {
+    for (const file of files) file.close();
+    throw e;
+  }
+}
+
+/** A regular file of at most MAX_INDEX_BYTES, as text. */
+function readSmall(path: string): string {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new CheckpointError(`cannot read \`${path}\`: ${(e as Error).message}`);
+  }
+  try {
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw new CheckpointError(`\`${path}\` is not a regular file`);
+    if (stat.size > MAX_INDEX_BYTES)
+      throw new CheckpointError(`\`${path}\` is ${stat.size} bytes, too large for an index`);
+    const bytes = Buffer.alloc(stat.size);
+    let done = 0;
+    while (done < bytes.length) {
+      const n = readSync(fd, bytes, done, bytes.length - done, done);
+      if (n === 0) break;
+      done += n;
+    }
+    return bytes.subarray(0, done).toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);

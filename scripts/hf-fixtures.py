@@ -1,0 +1,341 @@
+#!/usr/bin/python3
+"""Tiny random Hugging Face checkpoints, with reference logits, for tests/hf-models.test.ts.
+
+Writes tests/fixtures/hf/<name>/ for GPT-2 and Llama, each in four variants: a single F32
+`model.safetensors`, the same weights sharded in two files with `model.safetensors.index.json`,
+and single-file F16 and BF16 copies. Every folder holds HF's `config.json` and a `reference.json`:
+logits of fixed token sequences and greedy generations, computed by the plain-PyTorch
+implementations below (written here from modeling_gpt2.py / modeling_llama.py's semantics, not
+imported: `transformers` is not installed, and an independent implementation is the point).
+
+The F16 and BF16 references are computed in float64 from the rounded weights, so a loader that
+converts them exactly matches them as tightly as the F32 one.
+
+Run with Debian's torch (python3-torch): /usr/bin/python3 scripts/hf-fixtures.py
+Needs no network; the output is deterministic (seeded) and small (a few hundred KiB).
+"""
+import json
+import math
+import os
+import struct
+import sys
+
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
+
+# Token sequences the references are computed for: two of length 8 (one batch, B = 2, T = 8).
+SEQUENCES = [[1, 7, 12, 3, 50, 9, 33, 2], [60, 5, 5, 18, 27, 40, 11, 0]]
+# Greedy generation: this prompt, then NEW_TOKENS tokens, each the argmax of the last logits.
+PROMPT = [3, 14, 15, 9]
+NEW_TOKENS = 8
+
+GPT2_CONFIG = {
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "activation_function": "gelu_new",
+    "vocab_size": 64,
+    "n_positions": 32,
+    "n_embd": 32,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_inner": 64,
+    "layer_norm_epsilon": 1e-5,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+    "scale_attn_weights": True,
+    "tie_word_embeddings": True,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "torch_dtype": "float32",
+}
+
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_act": "silu",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 500.0,
+    "rope_scaling": None,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights, named and laid out as Hugging Face saves them.
+
+
+def gpt2_weights(c, g):
+    """GPT2LMHeadModel's state dict: Conv1D weights are [in, out]; lm_head is tied (not saved)."""
+    d, inner, P = c["n_embd"], c["n_inner"] or 4 * c["n_embd"], c["n_positions"]
+    w = {}
+    rnd = lambda *shape, std=0.3: torch.randn(*shape, generator=g) * std
+    # Rows of one norm, so that no token wins every greedy step through the tied head.
+    wte = rnd(c["vocab_size"], d)
+    w["transformer.wte.weight"] = wte / wte.norm(dim=1, keepdim=True) * 2
+    w["transformer.wpe.weight"] = rnd(P, d, std=0.5)
+    for i in range(c["n_layer"]):
+        p = f"transformer.h.{i}."
+        w[p + "ln_1.weight"] = 1 + rnd(d, std=0.1)
+        w[p + "ln_1.bias"] = rnd(d, std=0.1)
+        # The causal mask buffers older checkpoints carry; the model does not use them.
+        w[p + "attn.bias"] = torch.tril(torch.ones(P, P)).view(1, 1, P, P)
+        w[p + "attn.masked_bias"] = torch.tensor(-1e4)
+        w[p + "attn.c_attn.weight"] = rnd(d, 3 * d, std=1 / math.sqrt(d))
+        w[p + "attn.c_attn.bias"] = rnd(3 * d, std=0.1)
+        w[p + "attn.c_proj.weight"] = rnd(d, d, std=1 / math.sqrt(d))
+        w[p + "attn.c_proj.bias"] = rnd(d, std=0.1)
+        w[p + "ln_2.weight"] = 1 + rnd(d, std=0.1)
+        w[p + "ln_2.bias"] = rnd(d, std=0.1)
+        # Pre-activations of a few units, where gelu_new and the exact GELU differ by ~1e-3.
+        w[p + "mlp.c_fc.weight"] = rnd(d, inner, std=2.5 / math.sqrt(d))
+        w[p + "mlp.c_fc.bias"] = rnd(inner, std=0.5)
+        w[p + "mlp.c_proj.weight"] = rnd(inner, d, std=1 / math.sqrt(inner))
+        w[p + "mlp.c_proj.bias"] = rnd(d, std=0.1)
+    w["transformer.ln_f.weight"] = 1 + rnd(d, std=0.1)
+    w["transformer.ln_f.bias"] = rnd(d, std=0.1)
+    return w
+
+
+def llama_weights(c, g):
+    """LlamaForCausalLM's state dict: nn.Linear weights are [out, in]; lm_head is its own."""
+    H, I = c["hidden_size"], c["intermediate_size"]
+    heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
+    hd = H // heads
+    w = {}
+    rnd = lambda *shape, std=0.3: torch.randn(*shape, generator=g) * std
+    w["model.embed_tokens.weight"] = rnd(c["vocab_size"], H, std=0.5)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "self_attn.q_proj.weight"] = rnd(heads * hd, H, std=1 / math.sqrt(H))
+        w[p + "self_attn.k_proj.weight"] = rnd(kv * hd, H, std=1 / math.sqrt(H))
+        w[p + "self_attn.v_proj.weight"] = rnd(kv * hd, H, std=1 / math.sqrt(H))
+        w[p + "self_attn.o_proj.weight"] = rnd(H, heads * hd, std=1 / math.sqrt(H))
+        w[p + "mlp.gate_proj.weight"] = rnd(I, H, std=1 / math.sqrt(H))
+        w[p + "mlp.up_proj.weight"] = rnd(I, H, std=1 / math.sqrt(H))
+        w[p + "mlp.down_proj.weight"] = rnd(H, I, std=1 / math.sqrt(I))
+        w[p + "input_layernorm.weight"] = 1 + rnd(H, std=0.1)
+        w[p + "post_attention_layernorm.weight"] = 1 + rnd(H, std=0.1)
+    w["model.norm.weight"] = 1 + rnd(H, std=0.1)
+    w["lm_head.weight"] = rnd(c["vocab_size"], H, std=1 / math.sqrt(H))
+    return w
+
+
+# ----------------------------------------------------------------------------------------------
+# The two architectures in plain PyTorch (float64 for the references), as HF computes them.
+
+
+def layer_norm(x, weight, bias, eps):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # biased, as torch.nn.LayerNorm
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def gelu_new(x):
+    """GPT-2's activation: the tanh approximation of GELU."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def conv1d(x, weight, bias):
+    """HF's Conv1D: y = x W + b with W stored [in, out]."""
+    return x @ weight + bias
+
+
+def gpt2_logits(c, w, ids):
+    B, T = ids.shape
+    d, heads = c["n_embd"], c["n_head"]
+    hd = d // heads
+    eps = c["layer_norm_epsilon"]
+    h = w["transformer.wte.weight"][ids] + w["transformer.wpe.weight"][torch.arange(T)]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for i in range(c["n_layer"]):
+        p = f"transformer.h.{i}."
+        x = layer_norm(h, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)
+        qkv = conv1d(x, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"])
+        q, k, v = qkv.split(d, dim=2)
+        split = lambda t: t.view(B, T, heads, hd).transpose(1, 2)
+        q, k, v = split(q), split(k), split(v)
+        s = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        s = torch.where(causal, s, torch.tensor(torch.finfo(s.dtype).min, dtype=s.dtype))
+        a = torch.softmax(s, dim=-1) @ v
+        a = a.transpose(1, 2).reshape(B, T, d)
+        h = h + conv1d(a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"])
+        x = layer_norm(h, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
+        x = gelu_new(conv1d(x, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]))
+        h = h + conv1d(x, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"])
+    h = layer_norm(h, w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], eps)
+    return h @ w["transformer.wte.weight"].T  # the tied head
+
+
+def rms_norm(x, weight, eps):
+    """LlamaRMSNorm: in float32 (here float64), x / sqrt(mean(x²) + eps), then the weight."""
+    var = (x * x).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(var + eps))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary(T, hd, theta, dtype):
+    """cos and sin [T, hd] of LlamaRotaryEmbedding (default rope): the frequencies repeated twice."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).to(dtype) / hd))
+    freqs = torch.arange(T, dtype=dtype)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def llama_logits(c, w, ids):
+    B, T = ids.shape
+    H, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = H // heads
+    eps = c["rms_norm_eps"]
+    cos, sin = rotary(T, hd, c["rope_theta"], w["model.norm.weight"].dtype)
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    h = w["model.embed_tokens.weight"][ids]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
+        q = (x @ w[p + "self_attn.q_proj.weight"].T).view(B, T, heads, hd).transpose(1, 2)
+        k = (x @ w[p + "self_attn.k_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
+        v = (x @ w[p + "self_attn.v_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        # repeat_kv: key/value head j serves query heads j * groups ... (j + 1) * groups - 1
+        groups = heads // kv
+        k = k[:, :, None].expand(B, kv, groups, T, hd).reshape(B, heads, T, hd)
+        v = v[:, :, None].expand(B, kv, groups, T, hd).reshape(B, heads, T, hd)
+        s = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        s = torch.where(causal, s, torch.tensor(torch.finfo(s.dtype).min, dtype=s.dtype))
+        a = (torch.softmax(s, dim=-1) @ v).transpose(1, 2).reshape(B, T, heads * hd)
+        h = h + a @ w[p + "self_attn.o_proj.weight"].T
+        x = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
+        gate = x @ w[p + "mlp.gate_proj.weight"].T
+        up = x @ w[p + "mlp.up_proj.weight"].T
+        h = h + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+    h = rms_norm(h, w["model.norm.weight"], eps)
+    return h @ w["lm_head.weight"].T
+
+
+# ----------------------------------------------------------------------------------------------
+# safetensors, written by hand: 8-byte little-endian header length, JSON header, raw data.
+
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def tensor_bytes(t, dtype):
+    t = t.to(DTYPES[dtype]).contiguous()
+    if dtype == "BF16":  # numpy has no bfloat16: reinterpret the bits
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def write_safetensors(path, tensors, dtype):
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name in sorted(tensors):
+        data = tensor_bytes(tensors[name], dtype)
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(tensors[name].shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path + ".tmp", "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
+    os.replace(path + ".tmp", path)
+    return offset
+
+
+def write_json(path, value, indent=2):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=indent)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def rounded(weights, dtype):
+    """The weights as the file holds them, widened to float64 (what a loader should compute with)."""
+    return {k: v.to(DTYPES[dtype]).to(torch.float64) for k, v in weights.items()}
+
+
+def reference(logits_fn, config, weights):
+    logits = logits_fn(config, weights, torch.tensor(SEQUENCES))
+    tokens, margins = list(PROMPT), []
+    for _ in range(NEW_TOKENS):
+        last = logits_fn(config, weights, torch.tensor([tokens]))[0, -1]
+        top = torch.topk(last, 2).values
+        margins.append(float(top[0] - top[1]))
+        tokens.append(int(last.argmax()))
+    # A greedy step decided by less than this could flip with f32 rounding: pick another seed.
+    if min(margins) < 1e-3:
+        sys.exit(f"greedy margin {min(margins):.2e} is too small: change the seed")
+    return {
+        "sequences": SEQUENCES,
+        "logits": [[[float(f"{x:.9g}") for x in row] for row in seq] for seq in logits.tolist()],
+        "prompt": PROMPT,
+        "greedy": tokens[len(PROMPT):],
+        "greedy_margin": float(f"{min(margins):.4g}"),
+    }
+
+
+def write_variants(name, config, weights, logits_fn):
+    for variant, dtype, shards in [
+        ("", "F32", 1),
+        ("-sharded", "F32", 2),
+        ("-f16", "F16", 1),
+        ("-bf16", "BF16", 1),
+    ]:
+        folder = os.path.join(ROOT, name + variant)
+        os.makedirs(folder, exist_ok=True)
+        for old in os.listdir(folder):
+            os.remove(os.path.join(folder, old))
+        write_json(os.path.join(folder, "config.json"), {**config, "torch_dtype": {
+            "F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype]})
+        if shards == 1:
+            write_safetensors(os.path.join(folder, "model.safetensors"), weights, dtype)
+        else:
+            names = sorted(weights)
+            half = len(names) // 2
+            weight_map, total = {}, 0
+            for i, part in enumerate([names[:half], names[half:]]):
+                file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+                total += write_safetensors(
+                    os.path.join(folder, file), {k: weights[k] for k in part}, dtype)
+                weight_map.update({k: file for k in part})
+            write_json(os.path.join(folder, "model.safetensors.index.json"), {
+                "metadata": {"total_size": total}, "weight_map": weight_map})
+        write_json(os.path.join(folder, "reference.json"),
+                   reference(logits_fn, config, rounded(weights, dtype)), indent=None)
+
+
+def main():
+    g = torch.Generator().manual_seed(13)
+    write_variants("gpt2", GPT2_CONFIG, gpt2_weights(GPT2_CONFIG, g), gpt2_logits)
+    write_variants("llama", LLAMA_CONFIG, llama_weights(LLAMA_CONFIG, g), llama_logits)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+// std.models' GPT-2 and Llama against Hugging Face-layout fixtures (issue 13, items 1–2): each
+// checkpoint folder of tests/fixtures/hf (written by scripts/hf-fixtures.py: single file, sharded,
+// F16, BF16) is loaded by `init "folder"` into a model configured by `hf_config("folder")`, and
+// its logits and greedy tokens are compared with the ones an independent PyTorch implementation
+// computed (reference.json). The F16 and BF16 references were computed from the rounded weights,
+// so every variant is held to the same bound: max |lrk - ref| ≤ 1e-5 · max |ref| (f32 against a
+// float64 reference; measured about 5e-7, and 1e-4 is what issue 13 asks; exact GELU in place of
+// GPT-2's tanh form is 2e-4). Also: the loader's diagnostics for broken folders.
+import { spawnSync } from "node:child_process";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Tensor } from "../compiler/program.js";
+import { SourceFile } from "../language/source.js";
+import { CheckpointError, readSafetensors, writeSafetensors } from "../runtime/safetensors.js";
+import { CpuDevice, type Device } from "../runtime/device.js";
+import { initialize } from "../runtime/trainer.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { lrkcBin, root } from "./helpers.js";
+import { loadOnGpu, prepare, type TestRun } from "./program-helpers.js";
+
+const fixtures = join(root, "tests", "fixtures", "hf");
+const TOLERANCE = 1e-5;
+
+interface Reference {
+  sequences: number[][];
+  logits: number[][][];
+  prompt: number[];
+  greedy: number[];
+}
+
+const reference = (folder: string): Reference =>
+  JSON.parse(readFileSync(join(fixtures, folder, "reference.json"), "utf8")) as Reference;
+
+/**
+ * A program training `Model` from `folder`, compiled as if it were a file in `dir`. Its data fixes
+ * the batch input's shape: arithmetic `-` problems of up to 3 digits are `i32[B, 11]`, room for
+ * the 8-token sequences and for a 4-token prompt with 8 greedy tokens (11 positions read).
+ */
+function program(model: "GPT2" | "Llama", folder: string, dir = fixtures): TestRun {
+  const text = `import std.models.{${model}}
+import std.optim.{adamw}
+
+data sub = std.data.arithmetic(ops: "-", digits: 3, negative: false)
+
+train hf {
+  model ${model}(hf_config("${folder}"))
+  data sub
+  init "${folder}"
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-4)
+  batch 2
+}
+`;
+  const { run, diagnostics } = prepare(new SourceFile(join(dir, "main.lrk"), text));
+  if (!run) throw new Error(diagnostics.map((d) => `${d.code}: ${d.message}`).join("\n"));
+  return run;
+}
+
+/** The batch input's length T (fixed by the data). */
+const inputLength = (run: TestRun) =>
+  Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[1]);
+
+/** Logits [2, T, vocab] of two token rows (each padded with 0 to T: the model is causal). */
+async function logitsOf(
+  device: Device,
+  run: TestRun,
+  store: ReadonlyMap<string, Tensor>,
+  rows: number[][],
+): Promise<{ data: ArrayLike<number>; T: number; vocab: number }> {
+  const T = inputLength(run);
+  const input = new Int32Array(2 * T);
+  rows.forEach((row, b) => input.set(row.slice(0, T), b * T));
+  const feeds = new Map(store);
+  feeds.set("batch.input", { shape: [2, T], data: input });
+  const predict = run.step.predict!;
+  const out = (await device.run(run.step, predict, feeds)).get("logits")!;
+  return { data: out.data, T, vocab: Number(out.shape[2]) };
+}
+
+/** max |a - ref| / max |ref| over the reference's positions. */
+function logitsError(got: { data: ArrayLike<number>; T: number; vocab: number }, ref: Reference) {
+  let diff = 0;
+  let scale = 0;
+  ref.logits.forEach((seq, b) =>
+    seq.forEach((row, t) =>
+      row.forEach((want, v) => {
+        const have = got.data[(b * got.T + t) * got.vocab + v]!;
+        diff = Math.max(diff, Math.abs(have - want));
+        scale = Math.max(scale, Math.abs(want));
+      }),
+    ),
+  );
+  return diff / scale;
+}
+
+/** Greedy decoding by recomputing the whole prefix (no KV cache yet). */
+async function greedy(
+  device: Device,
+  run: TestRun,
+  store: ReadonlyMap<string, Tensor>,
+  prompt: number[],
+  count: number,
+): Promise<number[]> {
+  const tokens = [...prompt];
+  for (let i = 0; i < count; i++) {
+    const { data, T, vocab } = await logitsOf(device, run, store, [tokens, tokens]);
+    expect(tokens.length).toBeLessThanOrEqual(T);
+    const at = (tokens.length - 1) * vocab;
+    let best = 0;
+    for (let v = 1; v < vocab; v++) if (data[at + v]! > data[at + best]!) best = v;
+    tokens.push(best);
+  }
+  return tokens.slice(prompt.length);
+}
+
+async function expectMatches(device: Device, run: TestRun, folder: string) {
+  const ref = reference(folder);
+  const store = await initialize(run.program, device);
+  const err = logitsError(await logitsOf(device, run, store, ref.sequences), ref);
+  expect(err).toBeLessThan(TOLERANCE);
+  expect(await greedy(device, run, store, ref.prompt, ref.greedy.length)).toEqual(ref.greedy);
+}
+
+const variants = ["", "-sharded", "-f16", "-bf16"];
+
+describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interpreter, f32)", () => {
+  const cpu = new CpuDevice({ float64: false });
+  for (const variant of variants) {
+    it(`GPT-2${variant}: logits and greedy tokens`, () =>
+      expectMatches(cpu, program("GPT2", `gpt2${variant}`), `gpt2${variant}`));
+    it(`Llama${variant}: logits and greedy tokens`, () =>
+      expectMatches(cpu, program("Llama", `llama${variant}`), `llama${variant}`));
+  }
+
+  it("parameter paths are Hugging Face's", () => {
+    const gpt2 = program("GPT2", "gpt2").program.params.map((p) => p.path);
+    expect(gpt2).toContain("transformer.h.0.attn.c_attn.weight");
+    expect(gpt2).toContain("transformer.h.1.mlp.c_proj.bias");
+    expect(gpt2).not.toContain("lm_head.weight"); // tied
+    const llama = program("Llama", "llama").program.params.map((p) => p.path);
+    expect(llama).toContain("model.layers.0.self_attn.q_proj.weight");
+    expect(llama).toContain("model.layers.1.mlp.gate_proj.weight");
+    expect(llama).toContain("lm_head.weight");
+  });
+
+  it("a checkpoint saved from the base model (no `transformer.` prefix, as the hub's gpt2) loads the same", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-base-"));
+    try {
+      const whole = readSafetensors(join(fixtures, "gpt2", "model.safetensors")).tensors;
+      const base = new Map(
+        [...whole].map(([key, t]) => [key.replace(/^transformer\./, ""), t] as const),
+      );
+      expect(base.has("wte.weight")).toBe(true);
+      cpSync(join(fixtures, "gpt2", "config.json"), join(dir, "gpt2", "config.json"));
+      writeSafetensors(join(dir, "gpt2", "model.safetensors"), base);
+      await expectMatches(cpu, program("GPT2", "gpt2", dir), "gpt2");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("tensors of dtypes lrk does not read (BOOL masks) are fine where the model does not use them", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-bool-"));
+    try {
+      // GPT-2's masks as BOOL (as torch.bool buffers are saved), every other tensor F32.
+      const tensors = readSafetensors(join(fixtures, "gpt2", "model.safetensors")).tensors;
+      const header: Record<string, unknown> = {};
+      const blobs: Buffer[] = [];
+      let offset = 0;
+      for (const [name, t] of [...tensors].sort(([a], [b]) => (a < b ? -1 : 1))) {
+        const mask = name.endsWith(".attn.bias");
+        const bytes = mask
+          ? Buffer.from(Uint8Array.from(t.data, (x) => (x ? 1 : 0)))
+          : Buffer.from(Float32Array.from(t.data).buffer);
+        header[name] = {
+          dtype: mask ? "BOOL" : "F32",
+          shape: t.shape,
+          data_offsets: [offset, offset + bytes.length],
+        };
+        blobs.push(bytes);
+        offset += bytes.length;
+      }
+      const json = Buffer.from(JSON.stringify(header));
+      const length = Buffer.alloc(8);
+      length.writeBigUInt64LE(BigInt(json.length));
+      mkdirSync(join(dir, "gpt2"));
+      writeFileSync(
+        join(dir, "gpt2", "model.safetensors"),
+        Buffer.concat([length, json, ...blobs]),
+      );
+      cpSync(join(fixtures, "gpt2", "config.json"), join(dir, "gpt2", "config.json"));
+      await expectMatches(cpu, program("GPT2", "gpt2", dir), "gpt2");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("GPT-2's attention masks in the checkpoint are left out, with a note naming them", async () => {
+    const run = program("GPT2", "gpt2");
+    const notes: string[] = [];
+    const store = await initialize(run.program, cpu, { onNote: (n) => notes.push(n) });
+    expect(notes).toHaveLength(1);
+    expect(notes[0]).toContain("holds 4 tensors the model does not use, left out");
+    expect(notes[0]).toContain("`transformer.h.0.attn.bias`");
+    expect(store.has("param:transformer.h.0.attn.bias")).toBe(false);
+  });
+});
+
+describe("std.models on WebGPU match PyTorch", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    try {
+      device = await WebGpuDevice.open();
+    } catch (e) {
+      throw new Error(
+        `these tests need a WebGPU adapter (bash scripts/setup.sh installs lavapipe): ${(e as Error).message}`,
+      );
+    }
+  }, 60_000);
+  afterAll(() => device?.destroy());
+
+  for (const [model, folder] of [
+    ["GPT2", "gpt2"],
+    ["Llama", "llama"],
+  ] as const)
+    it(`${model}: logits and greedy tokens`, async () => {
+      const run = program(model, folder);
+      await loadOnGpu(device, run);
+      await expectMatches(device, run, folder);
+    }, 120_000);
+});
+
+describe("broken checkpoint folders are diagnostics naming the file and the fix", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** A copy of a fixture folder, changed by `edit`. */
+  function broken(from: string, edit: (folder: string) => void): string {
+    const name = `${from}-${Math.random().toString(36).slice(2, 8)}`;
+    cpSync(join(fixtures, from), join(dir, name), { recursive: true });
+    edit(join(dir, name));
+    return name;
+  }
+
+  async function refusal(model: "GPT2" | "Llama", folder: string): Promise<CheckpointError> {
+    const run = program(model, folder, dir);
+    try {
+      await initialize(run.program, new CpuDevice({ float64: false }));
+    } catch (e) {
+      if (e instanceof CheckpointError) return e;
+      throw e;
+    }
+    throw new Error("the checkpoint was accepted");
+  }
+
+  const editJson = (path: string, edit: (v: Record<string, unknown>) => void) => {
+    const value = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+    edit(value);
+    writeFileSync(path, JSON.stringify(value));
+  };
+
+  it("a tensor missing from the index and its shard is named", async () => {
+    // The config says 3 layers; the checkpoint has 2.
+    const folder = broken("llama-sharded", (f) =>
+      editJson(join(f, "config.json"), (c) => (c["num_hidden_layers"] = 3)),
+    );
+    const e = await refusal("Llama", folder);
+    expect(e.message).toContain("has no tensor for `model.layers.2.");
+    expect(e.help).toContain("config.json");
+  });
+
+  it("a shape that disagrees with config.json names the tensor and its file", async () => {
+    const folder = broken("gpt2", (f) =>
+      editJson(join(f, "config.json"), (c) => (c["n_inner"] = 128)),
+    );
+    const e = await refusal("GPT2", folder);
+    expect(e.message).toMatch(
+      /`transformer\.h\.0\.mlp\.c_fc\.(weight|bias)` in `.*model\.safetensors` is \[\d+(, \d+)?\], but the model's is/,
+    );
+    expect(e.help).toContain("config.json");
+  });
+
+  it("an index that is not JSON, lacks weight_map, or maps outside the folder is refused", async () => {
+    const index = "model.safetensors.index.json";
+    const cases: [(f: string) => void, string][] = [
+      [(f) => writeFileSync(join(f, index), "{ not json"), "is not valid JSON"],
+      [(f) => writeFileSync(join(f, index), "{}"), "has no `weight_map` object"],
+      [
+        (f) =>
+          editJson(join(f, index), (v) => {
+            (v["weight_map"] as Record<string, string>)["lm_head.weight"] = "../model.safetensors";
+          }),
+        "maps `lm_head.weight` to `../model.safetensors`, which is not a file name in the folder",
+      ],
+      [
+        (f) =>
+          editJson(join(f, index), (v) => {
+            const map = v["weight_map"] as Record<string, string>;
+            map["model.norm.weight"] =
+              map["model.norm.weight"] === "model-00001-of-00002.safetensors"
+                ? "model-00002-of-00002.safetensors"
+                : "model-00001-of-00002.safetensors";
+          }),
+        "maps `model.norm.weight` to",
+      ],
+      [
+        (f) => rmSync(join(f, "model-00002-of-00002.safetensors")),
+        "lacks `model-00002-of-00002.safetensors`",
+      ],
+    ];
+    for (const [edit, message] of cases) {
+      const e = await refusal("Llama", broken("llama-sharded", edit));
+      expect(e.message).toContain(message);
+    }
+  });
+
+  it("a folder without model.safetensors or an index says what it should hold", async () => {
+    const folder = broken("gpt2", (f) => rmSync(join(f, "model.safetensors")));
+    const e = await refusal("GPT2", folder);
+    expect(e.message).toContain(
+      "is a folder without model.safetensors or model.safetensors.index.json",
+    );
+  });
+});
+
+describe("hf_config: a config.json read while compiling", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-config-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** The diagnostics of compiling a GPT-2 program whose config.json is `config` (text). */
+  function diagnosticsWith(config: string, model: "GPT2" | "Llama" = "GPT2") {
+    const folder = mkdtempSync(join(dir, "ckpt-"));
+    writeFileSync(join(folder, "config.json"), config);
+    const text = `import std.models.{${model}}
+train t {
+  model ${model}(hf_config("${folder}"))
+  data std.data.arithmetic(ops: "-", digits: 3, negative: false)
+  loss cross_entropy(model(batch.input), batch.target)
+}
+`;
+    return prepare(new SourceFile(join(dir, "main.lrk"), text)).diagnostics.filter(
+      (d) => d.severity === "error",
+    );
+  }
+
+  const gpt2Config = () =>
+    JSON.parse(readFileSync(join(fixtures, "gpt2", "config.json"), "utf8")) as Record<
+      string,
+      unknown
+    >;
+
+  it("fills in HF's defaults: a GPT-2 config without n_inner has a 4·n_embd MLP", () => {
+    const config = gpt2Config();
+    delete config["n_inner"];
+    delete config["layer_norm_epsilon"];
+    const folder = mkdtempSync(join(dir, "defaults-"));
+    writeFileSync(join(folder, "config.json"), JSON.stringify(config));
+    const text = `import std.models.{GPT2}
+const c = hf_config("${folder}/config.json")
+train t {
+  model GPT2(c)
+  data std.data.arithmetic(ops: "-", digits: 3, negative: false)
+  loss cross_entropy(model(batch.input), batch.target)
+  freeze **
+}
+`;
+    const { run, diagnostics } = prepare(new SourceFile(join(dir, "main.lrk"), text));
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    const fc = run!.program.params.find((p) => p.path === "transformer.h.0.mlp.c_fc.weight")!;
+    expect(fc.shape.map(Number)).toEqual([32, 128]);
+  });
+
+  it("a Llama with tie_word_embeddings has no lm_head: its logits come from embed_tokens", async () => {
+    const folder = mkdtempSync(join(dir, "tied-"));
+    cpSync(join(fixtures, "llama"), folder, { recursive: true });
+    const config = join(folder, "config.json");
+    const value = JSON.parse(readFileSync(config, "utf8")) as Record<string, unknown>;
+    writeFileSync(config, JSON.stringify({ ...value, tie_word_embeddings: true }));
+    const run = program("Llama", folder, dir);
+    const paths = run.program.params.map((p) => p.path);
+    expect(paths).not.toContain("lm_head.weight");
+    const notes: string[] = [];
+    const store = await initialize(run.program, new CpuDevice({ float64: false }), {
+      onNote: (n) => notes.push(n),
+    });
+    expect(notes.join("\n")).toContain("`lm_head.weight`");
+    // The same as the untied model whose lm_head is a copy of the embedding.
+    const cpu = new CpuDevice({ float64: false });
+    const rows = reference("llama").sequences;
+    const tied = await logitsOf(cpu, run, store, rows);
+    const untied = program("Llama", "llama");
+    const copied = await initialize(untied.program, cpu);
+    copied.set("param:lm_head.weight", copied.get("param:model.embed_tokens.weight")!);
+    const want = await logitsOf(cpu, untied, copied, rows);
+    expect(Array.from(tied.data)).toEqual(Array.from(want.data));
+  });
+
+  it("a field the model needs and the file lacks is E0207 naming the config", () => {
+    const config = gpt2Config();
+    delete config["n_embd"];
+    const [d] = diagnosticsWith(JSON.stringify(config));
+    expect(d?.code).toBe("E0207");
+    expect(d?.message).toContain("n_embd");
+  });
+
+  it("a file that is not JSON is E0502 at the call, naming the file", () => {
+    const [d] = diagnosticsWith("{ oops");
+    expect(d?.code).toBe("E0502");
+    expect(d?.message).toMatch(/config\.json` is not valid JSON/);
+    expect(d?.at?.file.path).toBe(join(dir, "main.lrk"));
+  });
+
+  it("a setting std.models does not implement is refused, not ignored", () => {
+    const llama = JSON.parse(
+      readFileSync(join(fixtures, "llama", "config.json"), "utf8"),
+    ) as Record<string, unknown>;
+    llama["rope_scaling"] = { rope_type: "linear", factor: 2 };
+    const [d] = diagnosticsWith(JSON.stringify(llama), "Llama");
+    expect(d?.code).toBe("E0502");
+    expect(d?.message).toContain("sets `rope_scaling` to");
+    expect(d?.help).toContain("does not implement");
+  });
+});
+
+describe("lrkc train with a broken Hugging Face folder", () => {
+  it("is E0502 at the `init` line, with the fix, and exit 1", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-cli-"));
+    try {
+      cpSync(join(fixtures, "llama-sharded"), join(dir, "ckpt"), { recursive: true });
+      rmSync(join(dir, "ckpt", "model-00002-of-00002.safetensors"));
+      writeFileSync(
+        join(dir, "main.lrk"),
+        `import std.models.{Llama}
+import std.optim.{adamw}
+
+train t {
+  model Llama(hf_config("ckpt"))
+  data std.data.arithmetic(ops: "-", digits: 3, negative: false)
+  init "ckpt"
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-4)
+  steps 1
+  batch 2
+}
+`,
+      );
+      const r = spawnSync(
+        process.execPath,
+        [lrkcBin, "train", "main.lrk", "--device", "cpu", "--out", "run"],
+        { cwd: dir, encoding: "utf8", timeout: 60_000 },
+      );
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain("main.lrk:7:8: error[E0502]");
+      expect(r.stderr).toContain("lacks `model-00002-of-00002.safetensors`");
+      expect(r.stderr).toContain("fetch the missing shard");
+      expect(r.stderr).not.toContain("a bug in lrkc");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
