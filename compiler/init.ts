@@ -41,6 +41,12 @@ export function buildInit(
   const b = new Builder();
   const inputs: ProgramInput[] = [];
   const modelValue = new Map<ParamInfo, number>();
+  const modelParams = new Set(
+    placement.params.filter((p) => p.origin === "model").map((p) => p.param),
+  );
+  /** The model parameters whose initial values are being computed, outermost first. */
+  const initializing = new Set<ParamInfo>();
+  const failed = new Set<ParamInfo>();
   const inputFor = new Map<ParamInfo, number>();
   let phase: "model" | "buffers" | "adapters" = "model";
   const adapterParams = new Set(
@@ -76,16 +82,34 @@ export function buildInit(
           ),
         );
       if (phase === "model") {
+        // a parameter read by another's initial value is initialized first, whatever the order
+        // of the model's members (`param w = l.weight * 2` before or after `l`)
         const v = modelValue.get(p);
-        if (v === undefined) {
+        if (v !== undefined) return v;
+        if (failed.has(p)) throw new Reported(); // already reported
+        if (!modelParams.has(p))
           return r.report(
             error("E0206", `\`${p.path}\` is used before it is initialized`, {
               file: p.owner.module.file,
               span: p.decl.span,
             }),
           );
+        if (!initializing.has(p)) {
+          const node = initModelParam(p);
+          if (node === undefined) throw new Reported();
+          return node;
         }
-        return v;
+        const chain = [...initializing];
+        const cycle = [...chain.slice(chain.indexOf(p)), p].map((q) => `\`${q.path}\``);
+        const reader = chain[chain.length - 1]!;
+        return r.report(
+          error(
+            "E0206",
+            `the initial values of ${cycle.slice(0, -1).join(", ")} read each other (${cycle.join(" → ")})`,
+            { file: reader.owner.module.file, span: (reader.init ?? reader.decl).span },
+            { help: "give one of them an initial value that does not read the others" },
+          ),
+        );
       }
       return paramInput(p);
     },
@@ -159,12 +183,22 @@ export function buildInit(
       return v.node;
     });
 
+  /** A model parameter's initial value, computed once (on first read, or in model order). */
+  function initModelParam(p: ParamInfo): number | undefined {
+    if (!modelParams.has(p)) return undefined;
+    initializing.add(p);
+    const node = initValue(p);
+    initializing.delete(p);
+    if (node !== undefined) modelValue.set(p, node);
+    else failed.add(p);
+    return node;
+  }
+
   const model: Entry = { name: "model", outputs: [] };
   for (const placed of placement.params) {
     if (placed.origin !== "model") continue;
-    const node = initValue(placed.param);
+    const node = modelValue.get(placed.param) ?? initModelParam(placed.param);
     if (node === undefined) continue;
-    modelValue.set(placed.param, node);
     model.outputs.push({ name: `param:${placed.param.path}`, node });
   }
   phase = "buffers";

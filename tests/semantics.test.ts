@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { analyze } from "../compiler/compile.js";
 import { SourceFile } from "../language/source.js";
+import { compile, init, param, prepare } from "./program-helpers.js";
 
 const header = `import std.nn.{Linear, LayerNorm}
 import std.adapters.{lora, adalora, adalora_budget}
@@ -367,5 +368,46 @@ train t {
     expect(diagnostics.map((d) => [d.code, d.message])).toEqual([
       ["E0206", "`x` cannot be assigned in an action"],
     ]);
+  });
+});
+
+describe("initial values that read other parameters", () => {
+  const program = (members: string) => `import std.nn.{Linear}
+import std.optim.{sgd}
+
+model Net() {
+${members}
+  forward(x: f32[B, 2]) -> f32[B, 2] = x @ w
+}
+
+train t {
+  model Net()
+  data std.data.two_moons(n: 64)
+  loss mean(model(batch.x) ^ 2)
+  optimize ** with sgd(lr: 0.1)
+}
+`;
+
+  it("a parameter read before its submodule is declared is initialized first", async () => {
+    // `w` is placed before `l.weight`: it used to be E0206 at std.nn's `weight` line
+    const run = compile(
+      program("  param w: f32[2, 2] = l.weight[0:2, 0:2] * 2\n  l = Linear(2, 4)"),
+    );
+    const store = await init(run, true);
+    const weight = param(store, "l.weight");
+    expect([...param(store, "w")]).toEqual([...weight.slice(0, 4)].map((v) => v * 2));
+  });
+
+  it("E0206 at the initial value that closes a cycle, once", () => {
+    const r = prepare(
+      new SourceFile(
+        "test.lrk",
+        program("  param w: f32[2, 2] = v * 2\n  param v: f32[2, 2] = w + 1"),
+      ),
+    );
+    expect(r.diagnostics.map((d) => [d.code, d.message])).toEqual([
+      ["E0206", "the initial values of `w`, `v` read each other (`w` → `v` → `w`)"],
+    ]);
+    expect(r.diagnostics[0]!.at?.span.start).toBeGreaterThan(0);
   });
 });
