@@ -486,12 +486,13 @@ function withObserve(
   ctx: StepContext,
   budget: Budget,
   outputs: Output[] | undefined,
+  decide: (node: number) => boolean | undefined,
 ): Output[] | undefined {
   if (!outputs || budget.controllers.length === 0) return outputs;
   const updated = new Map<string, number>();
   for (const o of outputs) if (o.name.startsWith("param:")) updated.set(o.name.slice(6), o.node);
   const observed = ctx.r.attempt(() =>
-    lowerObserve(budget.ctx, budget.controllers, updated, budget.gradByPath),
+    lowerObserve({ ...budget.ctx, decide }, budget.controllers, updated, budget.gradByPath),
   );
   if (!observed) return undefined;
   const replaced = new Set(observed.map((o) => o.name));
@@ -526,7 +527,12 @@ function lowerUpdateVariants(
   // one variant per combination of due refresh periods and step conditions (step-conditions.ts)
   const variant = (due: ReadonlySet<number>, outcomes: readonly boolean[]) => {
     conditions.decisions = new Map(conditions.found.map((c, i) => [c.key, outcomes[i] ?? false]));
-    const outputs = withObserve(ctx, budget, lowerUpdates(updates, trainable, grads, due));
+    const outputs = withObserve(
+      ctx,
+      budget,
+      lowerUpdates(updates, trainable, grads, due),
+      updates.decide!,
+    );
     return ctx.failed() ? undefined : outputs;
   };
   return ctx.r.attempt(() =>
