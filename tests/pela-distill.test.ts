@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { memoryReport } from "../compiler/memory.js";
 import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
@@ -179,6 +180,8 @@ describe("PELA's distillation from frozen(model)", () => {
         (p) => `buffer:frozen:${p}`,
       ),
     );
+    // `--emit memory`: the copies (26 numbers) and the shared frozen l2.weight (16) are frozen
+    expect(memoryReport(run.step).frozen).toBe(4 * (26 + 16));
     const device = new CpuDevice({ float64: true });
     const first = await init(run, true);
     const done = await train(run, device, { steps: 3 });
@@ -186,6 +189,20 @@ describe("PELA's distillation from frozen(model)", () => {
       expect(values(done.store, `buffer:frozen:${p}`)).toEqual(values(first, `param:${p}`));
       expect(values(done.store, `param:${p}`)).not.toEqual(values(first, `param:${p}`));
     }
+  });
+
+  it("copies a frozen weight that an action assigns (ReLoRA's merge): the teacher stays as loaded", async () => {
+    const text = program(
+      "cross_entropy(model(batch.x), batch.y) + mse(model(batch.x), frozen(model)(batch.x))",
+    )
+      .replace("import std.adapters.{pela, pela_loss}", "import std.adapters.{relora}")
+      .replace(/adapt l2 with pela\(.*\)/, "adapt l2 with relora(rank: 2, period: 2, dropout: 0)");
+    const run = compile(text);
+    expect(run.step.inputs.some((i) => i.name === "buffer:frozen:l2.weight")).toBe(true);
+    const first = await init(run, true);
+    const { store } = await train(run, new CpuDevice({ float64: true }), { steps: 2 });
+    expect(values(store, "param:l2.weight")).not.toEqual(values(first, "param:l2.weight"));
+    expect(values(store, "buffer:frozen:l2.weight")).toEqual(values(first, "param:l2.weight"));
   });
 
   it("keeps the teacher in the checkpoint: a run stopped and resumed is exact", async () => {
