@@ -2,11 +2,14 @@
 // global and local LoRA deltas every `period` steps, with the factor trajectory, in adapter
 // states; `next_extrapolate` rebuilds θ_T + c · σ̂ û v̂ᵀ. Both checked by hand in float64 (a power
 // iteration written here), and the recording on WebGPU.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { CpuDevice } from "../runtime/device.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { root } from "./helpers.js";
 import { compile, expectTrainsAlike, init, param, type Store } from "./program-helpers.js";
 
 const OUT = 3;
@@ -196,6 +199,14 @@ describe("next_lora on WebGPU", () => {
   it("records as the interpreter does", async () => {
     await expectTrainsAlike(device, compile(program()), 6, 1e-3);
   }, 60_000);
+  it("trains examples/next_lora_finetune.lrk (at d 16) as the interpreter does", async () => {
+    const path = join(root, "examples", "next_lora_finetune.lrk");
+    const text = readFileSync(path, "utf8")
+      .replace(/\n\s*init "[^"]*".*/, "")
+      .replace("TinyLM(vocab: sub.vocab)", "TinyLM(vocab: sub.vocab, d: 16, heads: 2)");
+    expect(text).toContain("d: 16");
+    await expectTrainsAlike(device, compile(text, { path, batch: 2 }), 2, 1e-3);
+  }, 300_000);
 });
 
 describe("next_lora's size", () => {
