@@ -843,6 +843,16 @@ export class Lowerer {
     }
     if (fn.returns?.dims && result.kind === "tensor")
       this.bindDims(fn.returns, result, frame, this.at(frame, fn.returns), "the result");
+    else if (fn.returns?.dims && result.kind !== "number")
+      // a tensor promised and a tuple or list returned (a forward with `features: true`)
+      this.r.report(
+        error(
+          "E0402",
+          `\`${fn.name.name}\` is declared to return a tensor, but returns ${describeValue(result)}`,
+          this.at(frame, fn.returns),
+          { help: "drop the declared result type where the function returns other values too" },
+        ),
+      );
     return result;
   }
 

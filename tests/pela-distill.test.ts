@@ -227,6 +227,20 @@ describe("PELA's distillation from frozen(model)", () => {
     }
   });
 
+  it("a forward declared to return a tensor that returns its features is E0402", () => {
+    const text = program().replace(
+      "forward(x: f32[B, 2], features: bool = false) {",
+      "forward(x: f32[B, 2], features: bool = false) -> f32[B, 2] {",
+    );
+    expect(text).toContain("-> f32[B, 2] {");
+    const errors = prepare(new SourceFile("t.lrk", text)).diagnostics.filter(
+      (d) => d.severity === "error",
+    );
+    expect(errors.map((d) => [d.code, d.message])).toEqual([
+      ["E0402", "`forward` is declared to return a tensor, but returns a tuple"],
+    ]);
+  });
+
   it("takes a module: anything else is E0402", () => {
     const { diagnostics } = prepare(
       new SourceFile("t.lrk", program("cross_entropy(frozen(batch.x)(batch.x), batch.y)")),
