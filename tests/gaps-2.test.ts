@@ -5,7 +5,8 @@
 import { describe, expect, it } from "vitest";
 import { CpuDevice } from "../runtime/device.js";
 import { train } from "../runtime/trainer.js";
-import { compile, init, lossAndGradients, param } from "./program-helpers.js";
+import { SourceFile } from "../language/source.js";
+import { compile, init, lossAndGradients, param, prepare } from "./program-helpers.js";
 
 const program = (budget: string, rules: string, extra = "") => `import std.nn.{Linear}
 import std.optim.{sgd}
@@ -102,5 +103,31 @@ optimizer per_dim(lr: float) {
       const g = grads.get(path)!;
       now.forEach((v, i) => expect(v).toBeCloseTo(before[i]! - 0.001 * g[i]! * factor, 12));
     }
+  });
+});
+
+describe("a definition's failed `require`", () => {
+  it("is the only error of its instance (no follow-on error from the members after it)", () => {
+    const text = `import std.nn.{Linear}
+import std.optim.{sgd}
+import std.adapters.{pela}
+
+data moons = std.data.two_moons(n: 64, seed: 3)
+
+model Net {
+  l1 = Linear(2, 4)
+  forward(x: f32[B, 2]) -> f32[B, 4] = l1(x)
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  adapt l1 with pela(ratio: 2)
+  optimize ** with sgd(lr: 0.1)
+}
+`;
+    const { diagnostics } = prepare(new SourceFile("t.lrk", text));
+    expect(diagnostics.filter((d) => d.severity === "error").map((d) => d.code)).toEqual(["E0205"]);
   });
 });
