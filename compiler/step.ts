@@ -6,7 +6,8 @@
 //
 // Contract of `buildStep` (a StepProgram, or undefined after diagnostics):
 // - Inputs: `param:<path>` (every parameter the step reads; quantizers' stored consts as
-//   `buffer:<name>`, role param, with their bit width), `state:<name>` (optimizer and budget
+//   `buffer:<name>`, role param, with their bit width; `frozen(model)`'s copies of the
+//   parameters that change as `buffer:frozen:<path>`), `state:<name>` (optimizer and budget
 //   states), `batch.<field>` (data), and the scalars `step` (1-based) and `lr_scale` (the
 //   schedule's factor on every `lr`).
 // - Entries, in this order:
