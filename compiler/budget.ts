@@ -29,6 +29,11 @@ export interface BudgetContext {
   ): number;
   paramNode(path: string): number;
   stepNode: number;
+  /**
+   * In `observe`: the branch to lower alone for an `if` whose condition depends only on the step
+   * (decided on the host, one step variant per outcome, as in optimizers: step-conditions.ts).
+   */
+  decide?(node: number): boolean | undefined;
 }
 
 interface Controller {
@@ -99,7 +104,7 @@ export function lowerObserve(
   updated: Map<string, number>,
   grads: Map<string, number>,
 ): Output[] {
-  const { L } = ctx;
+  const L = ctx.decide ? ctx.L.withHooks({ stepCondition: ctx.decide }) : ctx.L;
   const r: Resolver = ctx.r;
   const outputs: Output[] = [];
   for (const c of controllers) {

@@ -234,6 +234,15 @@ export function buildInit(
       buffers.set(key, value);
     }
   }
+  // `frozen(model)` in the loss reads copies of the model's parameters as loaded (step.ts says
+  // which); a copy is a new tensor, so that updating the parameter leaves it as it was.
+  if (spec.loss && mentions(spec.loss, "frozen"))
+    for (const placed of placement.params) {
+      if (placed.origin !== "model") continue;
+      const p = placed.param;
+      const node = b.mul(L.hooks.param(p), b.constant(1, [], p.dtype));
+      quantize.outputs.push({ name: `buffer:frozen:${p.path}`, node });
+    }
   phase = "adapters";
   const adapters: Entry = { name: "adapters", outputs: [] };
   for (const placed of placement.params) {
@@ -257,4 +266,12 @@ export function buildInit(
     },
     buffers,
   };
+}
+
+/** Whether an expression names `name` anywhere (a walk over its syntax tree). */
+function mentions(node: unknown, name: string): boolean {
+  if (typeof node !== "object" || node === null) return false;
+  const n = node as { kind?: unknown; name?: unknown };
+  if (n.kind === "NameExpr" && n.name === name) return true;
+  return Object.values(node).some((child) => mentions(child, name));
 }

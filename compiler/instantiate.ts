@@ -165,11 +165,24 @@ function addMembers(
 ): void {
   const module = instance.module;
   for (const member of members) {
-    r.attempt(() => {
+    const added = r.attempt(() => {
       declareMember(r, instance, member);
       addMember(r, instance, member, scope, module);
+      return true;
     });
+    // A failed `require` says the arguments are wrong: the members after it would only report
+    // what follows from that (a `param` with a dim of 0), at the same call.
+    if (!added && isRequire(member)) return;
   }
+}
+
+function isRequire(member: A.Member): boolean {
+  return (
+    member.kind === "Let" &&
+    member.value.kind === "Call" &&
+    member.value.callee.kind === "NameExpr" &&
+    member.value.callee.name === "require"
+  );
 }
 
 function addMember(
@@ -245,10 +258,7 @@ function addMember(
       return;
     }
     case "Let": {
-      const checks =
-        member.value.kind === "Call" &&
-        member.value.callee.kind === "NameExpr" &&
-        member.value.callee.name === "require";
+      const checks = isRequire(member);
       // A `require` check is evaluated now and reports; other values may wait for tensors.
       const value = checks
         ? r.evaluate(member.value, scope, module)

@@ -153,6 +153,20 @@ export class Lowerer {
     return Object.create(this, { hooks: { value: { ...this.hooks, ...hooks } } }) as Lowerer;
   }
 
+  /**
+   * A lowerer into the same graph that runs every module without its wrappers (adapters,
+   * quantizers), with dropout off, reading parameters through `param`: the frozen teacher of
+   * `frozen(model)`. Member values it computes are cached apart from this lowerer's.
+   */
+  unwrapped(param: (p: ParamInfo) => number): Lowerer {
+    return Object.create(this, {
+      hooks: { value: { ...this.hooks, param } },
+      wrappers: { value: new Map<ModuleInstance, Applied[]>() },
+      training: { value: false, writable: true },
+      memberKey: { value: `${this.memberKey}:frozen`, writable: true },
+    }) as Lowerer;
+  }
+
   fail(at: Location, message: string, extra: { help?: string; label?: string } = {}): never {
     return this.r.report(error("E0401", message, at, extra));
   }
@@ -334,6 +348,9 @@ export class Lowerer {
   private binary(e: A.Binary, frame: Frame): Value {
     const l = this.expr(e.left, frame);
     const r = this.expr(e.right, frame);
+    // `xs + [x]`: lists join (a model collecting its blocks' outputs in a loop)
+    if (e.op === "+" && l.kind === "list" && r.kind === "list")
+      return { kind: "list", items: [...l.items, ...r.items] };
     const compileTime = (v: Value) =>
       v.kind === "number" || v.kind === "bool" || v.kind === "string";
     if (compileTime(l) && compileTime(r)) {
@@ -832,6 +849,16 @@ export class Lowerer {
     }
     if (fn.returns?.dims && result.kind === "tensor")
       this.bindDims(fn.returns, result, frame, this.at(frame, fn.returns), "the result");
+    else if (fn.returns?.dims && result.kind !== "number")
+      // a tensor promised and a tuple or list returned (a forward with `features: true`)
+      this.r.report(
+        error(
+          "E0402",
+          `\`${fn.name.name}\` is declared to return a tensor, but returns ${describeValue(result)}`,
+          this.at(frame, fn.returns),
+          { help: "drop the declared result type where the function returns other values too" },
+        ),
+      );
     return result;
   }
 

@@ -713,5 +713,10 @@ function constructorArgs(owner: ModuleInstance): Value {
     const v = owner.scope.get(p.name.name);
     if (v) fields.set(p.name.name, v);
   }
+  // an adapter's tensor: also the wrapped module's arguments its `on` clause names (`in`, `out`)
+  for (const name of owner.def.sort === "adapter" ? (owner.def.on?.args ?? []) : []) {
+    const v = owner.scope.get(name.name);
+    if (v && !fields.has(name.name)) fields.set(name.name, v);
+  }
   return { kind: "struct", what: `the module \`${owner.typeName}\` at \`${owner.path}\``, fields };
 }

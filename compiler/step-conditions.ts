@@ -1,10 +1,10 @@
-// `if` statements in an optimizer's update whose condition depends only on the step number (and
-// constants): `if step % 10 == 0 { … }`. Selecting per element would compute both branches every
-// step; instead the condition is decided on the host before each step, and the step program has
-// one variant per outcome (as it has one per combination of due refresh periods), lowered with
-// only the taken branch. The runtime picks the variant with `stepEntry` (program.ts), which
-// calls each condition's `holds(step)`: a float64 evaluation of the condition's IR here,
-// with the interpreter's arithmetic.
+// `if` statements in an optimizer's update or a budget's `observe` whose condition depends only on
+// the step number (and constants): `if step % 10 == 0 { … }`. Selecting per element would compute
+// both branches every step; instead the condition is decided on the host before each step, and
+// the step program has one variant per outcome (as it has one per combination of due refresh
+// periods), lowered with only the taken branch. The runtime picks the variant with `stepEntry`
+// (program.ts), which calls each condition's `holds(step)`: a float64 evaluation of the
+// condition's IR here, with the interpreter's arithmetic.
 import type { Graph, Node } from "./ir.js";
 import type { Entry, Output, StepCondition } from "./program.js";
 

@@ -6,7 +6,8 @@
 //
 // Contract of `buildStep` (a StepProgram, or undefined after diagnostics):
 // - Inputs: `param:<path>` (every parameter the step reads; quantizers' stored consts as
-//   `buffer:<name>`, role param, with their bit width), `state:<name>` (optimizer and budget
+//   `buffer:<name>`, role param, with their bit width; `frozen(model)`'s copies of the
+//   parameters that change as `buffer:frozen:<path>`), `state:<name>` (optimizer and budget
 //   states), `batch.<field>` (data), and the scalars `step` (1-based) and `lr_scale` (the
 //   schedule's factor on every `lr`).
 // - Entries, in this order:
@@ -281,6 +282,7 @@ function lowerLoss(
     locals: new Map<string, Value>([
       ["model", { kind: "instance", instance: spec.model }],
       ["batch", { kind: "struct", what: "the batch", fields: batch }],
+      ["frozen", frozenModels(ctx)],
     ]),
     scope: r.scopeOf(spec.module),
     dims: new Map(),
@@ -299,6 +301,50 @@ function lowerLoss(
     return undefined;
   }
   return { loss: lossValue.node, frame, modelInput: batch.get("input") };
+}
+
+/**
+ * `frozen(model)` in the loss: the model as it was when training started (after `init`), without
+ * its adapters and quantizers, dropout off, never trained: a distillation teacher. Calling it runs
+ * the module's own `forward`; no gradient reaches anything through it. A parameter that may change
+ * during the run (trainable, assigned by an action, or replaced by a quantizer) is read from a
+ * copy taken at the start (`buffer:frozen:<path>`, computed by the init program, checkpointed);
+ * the others (an adapted layer's frozen base weight) are shared with the model.
+ */
+function frozenModels(ctx: StepContext): Value {
+  const { spec, placement } = ctx;
+  const trainable = new Set(placement.params.filter((p) => p.trainable).map((p) => p.param));
+  const quantized = new Set(placement.quantizers.map((q) => q.module));
+  const actions =
+    spec.actions.length > 0 ||
+    allModules(spec.model).some((m) => m.actions.length > 0) ||
+    placement.adapters.some((a) => a.instance.actions.length > 0);
+  const param = (p: ParamInfo): number =>
+    trainable.has(p) || actions || quantized.has(p.owner)
+      ? ctx.input(`buffer:frozen:${p.path}`, "param", p.shape, p.dtype)
+      : ctx.paramNode(p);
+  const teacher = ctx.L.unwrapped(param);
+  return {
+    kind: "bound",
+    what: "`frozen`",
+    call: (args, at) => {
+      const module = args.length === 1 && !args[0]!.name ? args[0]!.value : undefined;
+      if (module?.kind !== "instance")
+        return ctx.r.report(
+          error(
+            "E0402",
+            `\`frozen\` takes one module, the train block's \`model\` or one of its submodules${module ? `, not ${describeValue(module)}` : ""}`,
+            args[0]?.at ?? at,
+            { help: "e.g. `frozen(model)(batch.x)`" },
+          ),
+        );
+      return {
+        kind: "bound",
+        what: `the frozen \`${module.instance.path || "model"}\``,
+        call: (inputs, callAt) => teacher.forward(module.instance, inputs, callAt),
+      };
+    },
+  };
 }
 
 /** `evaluate` and `predict`: the same loss and the model's output, lowered again with dropout off. */
@@ -441,12 +487,13 @@ function withObserve(
   ctx: StepContext,
   budget: Budget,
   outputs: Output[] | undefined,
+  decide: (node: number) => boolean | undefined,
 ): Output[] | undefined {
   if (!outputs || budget.controllers.length === 0) return outputs;
   const updated = new Map<string, number>();
   for (const o of outputs) if (o.name.startsWith("param:")) updated.set(o.name.slice(6), o.node);
   const observed = ctx.r.attempt(() =>
-    lowerObserve(budget.ctx, budget.controllers, updated, budget.gradByPath),
+    lowerObserve({ ...budget.ctx, decide }, budget.controllers, updated, budget.gradByPath),
   );
   if (!observed) return undefined;
   const replaced = new Set(observed.map((o) => o.name));
@@ -481,7 +528,12 @@ function lowerUpdateVariants(
   // one variant per combination of due refresh periods and step conditions (step-conditions.ts)
   const variant = (due: ReadonlySet<number>, outcomes: readonly boolean[]) => {
     conditions.decisions = new Map(conditions.found.map((c, i) => [c.key, outcomes[i] ?? false]));
-    const outputs = withObserve(ctx, budget, lowerUpdates(updates, trainable, grads, due));
+    const outputs = withObserve(
+      ctx,
+      budget,
+      lowerUpdates(updates, trainable, grads, due),
+      updates.decide!,
+    );
     return ctx.failed() ? undefined : outputs;
   };
   return ctx.r.attempt(() =>
