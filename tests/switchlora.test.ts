@@ -418,3 +418,99 @@ describe("SwitchLoRA on WebGPU", () => {
     expect(switched.length).toBeGreaterThan(0);
   }, 120_000);
 });
+
+describe("what a joint optimizer may assign, and `at step 0`", () => {
+  const diagnosticsOf = (text: string) =>
+    prepare(new SourceFile("a.lrk", text), { batch: 4 }).diagnostics.filter(
+      (d) => d.severity === "error",
+    );
+  const withOptimizer = (update: string, extra = "") =>
+    program()
+      .replace(
+        "import std.optim.{switchlora_adamw, adamw}\n",
+        `import std.optim.{switchlora_adamw, adamw}
+
+optimizer trial(lr: float) on switchlora {
+  update(gA, gB) {
+${update}
+    A -= lr * gA
+    B -= lr * gB
+  }
+}
+${extra}`,
+      )
+      .replace(/switchlora_adamw\(lr: [^\n]*\)\n/, "trial(lr: 0.1)\n");
+
+  it("assigns base.weight and the adapter's states, and reads the adapter's members", async () => {
+    const run = compile(
+      withOptimizer(`    base.weight = base.weight * 0.5
+    pool_A = pool_A + adapter.scale`),
+    );
+    const store = await init(run, true);
+    const W = param(store, "l2.weight");
+    const pool = Float64Array.from(store.get("state:l2.switchlora:pool_A")!.data);
+    await trainStep(run, store, 1, true);
+    param(store, "l2.weight").forEach((w, i) => expect(w).toBe(W[i]! * 0.5));
+    [...store.get("state:l2.switchlora:pool_A")!.data].forEach((p, i) =>
+      expect(p).toBeCloseTo(pool[i]! + 1 / RANK, 12),
+    );
+  });
+
+  it("base.weight inside an `if` on a tensor, another member, or a quantized weight is E0206", () => {
+    const inIf = diagnosticsOf(
+      withOptimizer(`    if fro(gA) > 1 {
+      base.weight = base.weight * 0.5
+    }`),
+    );
+    expect(inIf.map((d) => d.code)).toEqual(["E0206"]);
+    expect(inIf[0]!.message).toBe("`l2.weight` can only be assigned by `update`'s own statements");
+    const other = diagnosticsOf(withOptimizer("    adapter.scale = 2"));
+    expect(other.map((d) => [d.code, d.message])).toEqual([
+      ["E0206", "this cannot be assigned in an optimizer"],
+    ]);
+    const quantized = diagnosticsOf(
+      withOptimizer("    base.weight = base.weight * 0.5").replace(
+        "  adapt l2 with",
+        "  quantize l2 with std.quant.svdquant(rank: 2, group: 4)\n  adapt l2 with",
+      ),
+    );
+    expect(quantized.map((d) => [d.code, d.message])).toEqual([
+      ["E0206", "`l2.weight` is quantized: an optimizer cannot assign it"],
+    ]);
+  });
+
+  it("`at step N` takes N >= 0, `at every N` N >= 1 (E0402)", () => {
+    const at = (when: string) =>
+      diagnosticsOf(
+        program()
+          .replace("  at step 0 {", `  at ${when} {`)
+          .replace(
+            "import std.adapters.{switchlora}\n",
+            `import std.adapters.{switchlora}
+
+adapter shifted(rank: int) on Linear(in, out) {
+  param A: f32[rank, in] = zeros
+  param B: f32[out, rank] = zeros
+  forward(x) = base(x) + (x @ A^T) @ B^T
+  at ${when} {
+    base.weight = base.weight * 2
+  }
+}
+`,
+          )
+          .replace(
+            "adapt l2 with switchlora(rank: 4)",
+            "adapt l1 with shifted(rank: 2)\n  adapt l2 with switchlora(rank: 4)\n  optimize l1.** with adamw(lr: 0.01)",
+          ),
+      );
+    expect(at("step 0")).toEqual([]);
+    expect(at("step -1").map((d) => [d.code, d.message])).toEqual([
+      [
+        "E0402",
+        "`at step` needs a non-negative integer known while compiling, not an integer (-1)",
+      ],
+    ]);
+    expect(at("every 0").map((d) => d.code)).toEqual(["E0402"]);
+    expect(at("every 0")[0]!.message).toContain("positive integer");
+  });
+});
