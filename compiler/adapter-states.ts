@@ -1,6 +1,7 @@
 // An adapter's `state` members: tensors it keeps from step to step without training them (a pool
 // of candidate vectors, counters, masks), readable in its `forward` and its other members, and
-// changed only by its `at` actions (compiler/actions.ts). Each is a state of the step program,
+// changed only by its `at` actions (compiler/actions.ts) and by the update of a joint optimizer
+// on the adapter (compiler/update.ts). Each is a state of the step program,
 // `state:<adapter path>:<name>` (saved in checkpoints like an optimizer's), whose initial value the
 // `state_init` entry computes from the initial parameters, as an optimizer state's is. A state
 // with a declared type may start from a bare initializer, as a `param` does
