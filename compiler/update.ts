@@ -185,11 +185,14 @@ export function lowerOptimizer(
         ["param", call.param],
         ["grad", call.grad],
       ];
-  // ... and the adapter's states by theirs (a pool of candidates, counters)
-  const adapterStates = (call.adapter?.states ?? []).map((st) => {
-    const name = `${call.adapter!.path}:${st.name.name}`;
-    return { local: st.name.name, name, value: call.adapter!.scope.get(st.name.name) };
-  });
+  // ... and the adapter's states by theirs (a pool of candidates, counters), unless a state of the
+  // optimizer's own has that name and hides it
+  const adapterStates = (call.adapter?.states ?? [])
+    .filter((st) => !opt.states.some((own) => own.name.name === st.name.name))
+    .map((st) => {
+      const name = `${call.adapter!.path}:${st.name.name}`;
+      return { local: st.name.name, name, value: call.adapter!.scope.get(st.name.name) };
+    });
   for (const st of adapterStates) if (st.value?.kind === "tensor") given.push([st.local, st.value]);
   const locals = new Map<string, Value>([...given, ["step", lowerer.tensor(ctx.stepNode)]]);
   const givenNames = ["step", "grad", "lr"];
@@ -209,6 +212,7 @@ export function lowerOptimizer(
     "step",
     "lr",
     ...opt.states.map((s) => s.name.name),
+    ...(locals.has("base") ? ["base", "adapter"] : []),
   ]);
   const outer = lowerer.hooks.liveMembers;
   const live: Scope = {

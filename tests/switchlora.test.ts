@@ -443,8 +443,11 @@ ${extra}`,
 
   it("assigns base.weight and the adapter's states, and reads the adapter's members", async () => {
     const run = compile(
-      withOptimizer(`    base.weight = base.weight * 0.5
-    pool_A = pool_A + adapter.scale`),
+      withOptimizer(`    base.weight = halved()
+    pool_A = pool_A + adapter.scale`).replace(
+        "  update(gA, gB) {\n",
+        "  halved() = base.weight * 0.5 // a helper reads \`base\` too\n  update(gA, gB) {\n",
+      ),
     );
     const store = await init(run, true);
     const W = param(store, "l2.weight");
