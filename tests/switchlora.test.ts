@@ -292,6 +292,41 @@ describe("SwitchLoRA on the CPU interpreter, against a float64 reference", () =>
   });
 });
 
+describe("lrkc build --emit memory on switchlora_pretrain.lrk", () => {
+  it("lists each adapted module's states: c(m + n) candidates + 2r(m + n) moments + 4r + 1", () => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        join(root, "bin", "lrkc.js"),
+        "build",
+        "examples/switchlora_pretrain.lrk",
+        "--emit",
+        "memory",
+      ],
+      { cwd: root, encoding: "utf8" },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    // TinyLM d 128: q, k, v, o are [128, 128], up [512, 128], down [128, 512]; rank 16
+    const modules = [...r.stdout.matchAll(/^ {2}(\S+\.switchlora): .* = ([\d,]+) elements$/gm)];
+    expect(modules.length).toBe(12);
+    for (const [, path, count] of modules) {
+      const [m, n] = /mlp\.up/.test(path!)
+        ? [512, 128]
+        : /mlp\.down/.test(path!)
+          ? [128, 512]
+          : [128, 128];
+      const c = Math.min(m, n);
+      const rank = 16;
+      expect(Number(count!.replace(/,/g, "")), path).toBe(
+        c * (m + n) + 2 * rank * (m + n) + 4 * rank + 1,
+      );
+    }
+    expect(r.stdout).toContain(
+      "blocks.0.attn.q.switchlora.A [16, 128]  switchlora_adamw: its states are kept per module, under blocks.0.attn.q.switchlora below",
+    );
+  });
+});
+
 describe("a SwitchLoRA run stopped and resumed", () => {
   it("in process: stopped after a switching step, resumed from its checkpoint, equals the uninterrupted run bit for bit", async () => {
     const run = compile(program({ steps: 8 }));
