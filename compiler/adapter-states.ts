@@ -11,6 +11,7 @@
 //   input:  the adapters placed on the model, the step's lowerer and graph inputs
 //   output: their states (StateInfo, in placement and declaration order); each name in the
 //           adapter's scope is bound to its stored value
+import type * as A from "../language/ast.js";
 import { error } from "../language/diagnostics.js";
 import { paramSeed } from "./init.js";
 import { bareInitializer } from "./initializers.js";
@@ -45,7 +46,7 @@ export function adapterStates(
         new Map([["base", { kind: "instance", instance: a.module }]]),
       );
       const name = `${a.instance.path}:${s.name.name}`;
-      const fill = r.attempt(() => filled(r, L, s, frame, paramSeed(seed, `state:${name}`)));
+      const fill = r.attempt(() => stateFill(r, L, s, frame, paramSeed(seed, `state:${name}`)));
       const initial = fill ? L.tensor(fill) : r.attempt(() => L.expr(s.init, frame));
       if (!initial) continue;
       if (initial.kind !== "tensor") {
@@ -61,11 +62,14 @@ export function adapterStates(
   return states;
 }
 
-/** A typed state's bare initializer (`uniform(lo: …, hi: …)`) as a fill of its declared shape. */
-function filled(
+/**
+ * A typed state's bare initializer (`uniform(lo: …, hi: …)`) as a fill of its declared shape, for
+ * an adapter's states and an optimizer's; undefined when it is not one.
+ */
+export function stateFill(
   r: Resolver,
   L: Lowerer,
-  s: Applied["instance"]["states"][number],
+  s: A.StateMember,
   frame: ReturnType<Lowerer["frameFor"]>,
   seed: number,
 ): number | undefined {

@@ -481,6 +481,7 @@ function lowerUpdateVariants(
     states,
     periods: new Set(),
     decide: (node) => conditions.decide(ctx.b.graph, node),
+    seed: ctx.spec.seed,
     quantized: new Set(ctx.placement.params.filter((p) => p.quantizedBy).map((p) => p.param.path)),
   };
   // one variant per combination of due refresh periods and step conditions (step-conditions.ts)

@@ -6,7 +6,9 @@
 // parameter shaped like x, whose states are its outer optimizer's `…:inner:…` states.
 import type * as A from "../language/ast.js";
 import { error } from "../language/diagnostics.js";
+import { stateFill } from "./adapter-states.js";
 import type { Builder } from "./builder.js";
+import { paramSeed } from "./init.js";
 import { instantiate } from "./instantiate.js";
 import type { InputRole, Shape } from "./ir.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
@@ -34,6 +36,8 @@ export interface UpdateContext {
   readonly periods: Set<number>;
   /** The branch of an `if` on `step` alone in the variant being lowered (step-conditions.ts). */
   decide?(node: number): boolean | undefined;
+  /** The train block's seed: a typed state's bare initializer is drawn from it and its name. */
+  readonly seed?: number;
   /** The paths of quantized tensors, which a joint optimizer cannot assign through `base`. */
   readonly quantized?: ReadonlySet<string>;
 }
@@ -425,7 +429,12 @@ function lowerState(
   const r: Resolver = ctx.r;
   const name = `${call.prefix}:${s.name.name}`;
   const initFrame: Frame = { ...frame, locals: new Map(locals) };
-  const initial = lowerer.expr(s.init, initFrame);
+  // a typed state may start from a bare initializer, drawn per state (adapter-states.ts)
+  const fill =
+    ctx.seed === undefined
+      ? undefined
+      : stateFill(r, lowerer, s, initFrame, paramSeed(ctx.seed, `state:${name}`));
+  const initial = fill !== undefined ? lowerer.tensor(fill) : lowerer.expr(s.init, initFrame);
   if (initial.kind !== "tensor") {
     r.report(
       error("E0402", `a state must be a tensor, not ${describeValue(initial)}`, {

@@ -89,7 +89,7 @@ function reference(before: Store, gA: Float64Array, gB: Float64Array, t: number)
   // replace_num = stochastic_round(r / interval(t)), capped by the free slots
   const decay = 0.3 ** (1 / (DESCENT * STEPS));
   const wanted = (RANK * Math.max(decay ** t, 1e-8)) / INTERVAL;
-  const u = uniformAt(hash32(0, t), 0);
+  const u = uniformAt(hash32(0, t), Math.floor(st("draw")[0]!));
   let n = Math.floor(wanted) + (u < wanted - Math.floor(wanted) ? 1 : 0);
   const fa = frozenA.filter((x) => x > 0).length;
   const fb = frozenB.filter((x) => x > 0).length;
@@ -198,6 +198,7 @@ function reference(before: Store, gA: Float64Array, gB: Float64Array, t: number)
       ["state:l2.switchlora:frozen_A", frozenA],
       ["state:l2.switchlora:frozen_B", frozenB],
       ["state:l2.switchlora:switched", Float64Array.of((k + n) % (RANK * Math.min(IN, OUT)))],
+      ["state:l2.switchlora:draw", st("draw")],
     ]),
   };
 }
@@ -268,7 +269,7 @@ describe("SwitchLoRA on the CPU interpreter, against a float64 reference", () =>
     expect(frozenSeen).toBeGreaterThan(0);
   });
 
-  it("counts r(m + n) trainable parameters, 2r(m + n) + 4r + 1 optimizer states and c(m + n) candidates", () => {
+  it("counts r(m + n) trainable parameters, 2r(m + n) + 4r + 2 optimizer states and c(m + n) candidates", () => {
     const run = compile(program());
     const trainable = run.step.trainable.filter((p) => p.includes("switchlora"));
     const sizes = trainable.map((p) =>
@@ -282,18 +283,18 @@ describe("SwitchLoRA on the CPU interpreter, against a float64 reference", () =>
         .filter((s) => names(s.name.split(":")[1]!))
         .reduce((a, s) => a + s.shape.reduce((x, d) => x * d, 1), 0);
     expect(elements((n) => n.startsWith("pool_"))).toBe(c * (IN + OUT));
-    expect(elements((n) => !n.startsWith("pool_"))).toBe(2 * RANK * (IN + OUT) + 4 * RANK + 1);
+    expect(elements((n) => !n.startsWith("pool_"))).toBe(2 * RANK * (IN + OUT) + 4 * RANK + 2);
     // `lrkc build --emit memory` adds both to the optimizer state (4-byte floats), beside AdamW's
     // two moments of the rest: l1's weight and bias, l2's bias, l3's weight and bias
     const rest = 2 * IN + IN + OUT + OUT * 2 + 2;
     expect(memoryReport(run.step).optimizerState).toBe(
-      4 * (c * (IN + OUT) + 2 * RANK * (IN + OUT) + 4 * RANK + 1) + 4 * 2 * rest,
+      4 * (c * (IN + OUT) + 2 * RANK * (IN + OUT) + 4 * RANK + 2) + 4 * 2 * rest,
     );
   });
 });
 
 describe("lrkc build --emit memory on switchlora_pretrain.lrk", () => {
-  it("lists each adapted module's states: c(m + n) candidates + 2r(m + n) moments + 4r + 1", () => {
+  it("lists each adapted module's states: c(m + n) candidates + 2r(m + n) moments + 4r + 2", () => {
     const r = spawnSync(
       process.execPath,
       [
@@ -318,7 +319,7 @@ describe("lrkc build --emit memory on switchlora_pretrain.lrk", () => {
       const c = Math.min(m, n);
       const rank = 16;
       expect(Number(count!.replace(/,/g, "")), path).toBe(
-        c * (m + n) + 2 * rank * (m + n) + 4 * rank + 1,
+        c * (m + n) + 2 * rank * (m + n) + 4 * rank + 2,
       );
     }
     expect(r.stdout).toContain(
@@ -451,6 +452,10 @@ describe("SwitchLoRA on WebGPU", () => {
     );
     const switched = [...cpu.store].filter(([k, t]) => k.endsWith(":switched") && t.data[0]! > 0);
     expect(switched.length).toBeGreaterThan(0);
+    // each module reads its own element of the step's random draw
+    const draws = [...cpu.store].filter(([k]) => k.endsWith(":draw")).map(([, t]) => t.data[0]!);
+    expect(draws.length).toBe(6);
+    expect(new Set(draws.map(Math.floor)).size).toBe(6);
   }, 120_000);
 });
 
