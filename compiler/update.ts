@@ -366,6 +366,8 @@ function assignBase(
     }
   }
   baseValues.set(param, node);
+  // members read after this (`adapter.merged`) are computed again, from the new value
+  L.memberKey = `:update:${call.prefix}:${param.path}:${baseValues.size}:${s.span.start}`;
   return true;
 }
 

@@ -499,6 +499,18 @@ ${extra}`,
     );
   });
 
+  it("a member read after base.weight is assigned (adapter.merged) is computed from the new value", async () => {
+    const run = compile(
+      withOptimizer(`    let unused = adapter.merged
+    base.weight = base.weight * 0.5
+    base.weight = adapter.merged - adapter.scale * (B @ A)`),
+    );
+    const store = await init(run, true);
+    const W = param(store, "l2.weight");
+    await trainStep(run, store, 1, true);
+    param(store, "l2.weight").forEach((w, i) => expect(w).toBeCloseTo(W[i]! * 0.5, 12));
+  });
+
   it("base.weight inside an `if` on a tensor, another member, or a quantized weight is E0206", () => {
     const inIf = diagnosticsOf(
       withOptimizer(`    if fro(gA) > 1 {
