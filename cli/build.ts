@@ -93,9 +93,14 @@ function irText({ program }: Compiled): string {
     for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
   }
   for (const { entry, trigger, count } of step.actions) {
-    const when = trigger === "step" ? `step ${count}` : `steps ${count}, ${2 * count}, …`;
+    const when =
+      trigger === "every"
+        ? `after steps ${count}, ${2 * count}, …`
+        : count === 0
+          ? "when the run starts, before step 1"
+          : `after step ${count}`;
     out.push(
-      `\n// entry ${entry.name}: the \`at\` actions after ${when}: ${entry.outputs.length} outputs`,
+      `\n// entry ${entry.name}: the \`at\` actions ${when}: ${entry.outputs.length} outputs`,
     );
     for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
   }

@@ -326,6 +326,19 @@ describe("lrkc build --emit memory on switchlora_pretrain.lrk", () => {
       "blocks.0.attn.q.switchlora.A [16, 128]  switchlora_adamw: its states are kept per module, under blocks.0.attn.q.switchlora below",
     );
   });
+
+  it("--emit ir lists the `at step 0` entry that folds s·B A out of the 12 weights", () => {
+    const r = spawnSync(
+      process.execPath,
+      [join(root, "bin", "lrkc.js"), "build", "examples/switchlora_pretrain.lrk", "--emit", "ir"],
+      { cwd: root, encoding: "utf8" },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain(
+      "// entry action:step0: the `at` actions when the run starts, before step 1: 12 outputs",
+    );
+    expect(r.stdout).toMatch(/\/\/ {3}param:blocks\.0\.attn\.q\.weight = %\d+/);
+  });
 });
 
 describe("a SwitchLoRA run stopped and resumed", () => {
