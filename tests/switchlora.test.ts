@@ -547,6 +547,16 @@ ${extra}`,
     ]);
   });
 
+  it("an interval under 2 · warm_steps is refused, as the reference raises (E0205)", () => {
+    const errors = diagnosticsOf(program().replace("interval: 4,", "interval: 3,"));
+    expect(errors.map((d) => [d.code, d.message])).toEqual([
+      [
+        "E0205",
+        "switchlora_adamw needs warm_steps >= 1 and interval >= 2 * warm_steps (interval is 3, warm_steps 2)",
+      ],
+    ]);
+  });
+
   it("`at step N` takes N >= 0, `at every N` N >= 1 (E0402)", () => {
     const at = (when: string) =>
       diagnosticsOf(
