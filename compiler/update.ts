@@ -189,14 +189,22 @@ export function lowerOptimizer(
         ["param", call.param],
         ["grad", call.grad],
       ];
-  // ... and the adapter's states by theirs (a pool of candidates, counters), unless a state of the
-  // optimizer's own has that name and hides it
-  const adapterStates = (call.adapter?.states ?? [])
-    .filter((st) => !opt.states.some((own) => own.name.name === st.name.name))
-    .map((st) => {
-      const name = `${call.adapter!.path}:${st.name.name}`;
-      return { local: st.name.name, name, value: call.adapter!.scope.get(st.name.name) };
-    });
+  // ... and the adapter's states by theirs (a pool of candidates, counters); the optimizer's own
+  // states are stored under the adapter's path too, so a name both declare would be one tensor
+  const adapterStates = (call.adapter?.states ?? []).map((st) => {
+    const name = `${call.adapter!.path}:${st.name.name}`;
+    const own = opt.states.find((s) => s.name.name === st.name.name);
+    if (own)
+      r.report(
+        error(
+          "E0202",
+          `\`${st.name.name}\` is a state of the adapter \`${call.adapter!.def.name.name}\` too: both would be stored as \`state:${name}\``,
+          { file: opt.module.file, span: own.name.span },
+          { help: "give the optimizer's state another name" },
+        ),
+      );
+    return { local: st.name.name, name, value: call.adapter!.scope.get(st.name.name) };
+  });
   for (const st of adapterStates) if (st.value?.kind === "tensor") given.push([st.local, st.value]);
   const locals = new Map<string, Value>([...given, ["step", lowerer.tensor(ctx.stepNode)]]);
   const givenNames = ["step", "grad", "lr"];

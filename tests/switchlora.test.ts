@@ -512,6 +512,21 @@ ${extra}`,
     );
   });
 
+  it("a state of the optimizer's own with an adapter state's name is E0202 (one stored name)", () => {
+    const errors = diagnosticsOf(
+      withOptimizer("    pool_A = pool_A + 1").replace(
+        "  update(gA, gB) {\n",
+        "  state pool_A = zeros(2)\n  update(gA, gB) {\n",
+      ),
+    );
+    expect(errors.map((d) => [d.code, d.message])).toEqual([
+      [
+        "E0202",
+        "`pool_A` is a state of the adapter `switchlora` too: both would be stored as `state:l2.switchlora:pool_A`",
+      ],
+    ]);
+  });
+
   it("a member read after base.weight is assigned (adapter.merged) is computed from the new value", async () => {
     const run = compile(
       withOptimizer(`    let unused = adapter.merged
