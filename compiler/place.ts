@@ -36,6 +36,8 @@ export interface PlacedParam {
      * at once: the adapter instance, whose params (in declaration order) it updates together.
      */
     joint?: ModuleInstance;
+    /** A joint optimizer's wrapped module (`base` in its update, which may assign its tensors). */
+    base?: ModuleInstance;
   };
 }
 
@@ -337,7 +339,8 @@ class Placer {
       const bindings = new Map<string, Value>([["steps", num(this.spec.steps, true)]]);
       if (!config.def.params.some((p) => p.name.name === "module"))
         bindings.set("module", constructorArgs(a.module));
-      for (const e of taken) e.optimizer = { config, rule, bindings, joint: a.instance };
+      for (const e of taken)
+        e.optimizer = { config, rule, bindings, joint: a.instance, base: a.module };
       owned.push(bindings);
     }
     setGroups(config, owned);
