@@ -1,0 +1,141 @@
+// The SVDQuant W4 LoRA step against the f32 LoRA step on the same model: time per step and the
+// bytes the quantized weights take in the plan and on the device.
+//
+//   npm run bench:quant [-- FILE] [--steps N] [--no-autotune] [--batch N]
+//
+// FILE (default examples/svdquant_lora.lrk) trains LoRA on a model whose weights a `quantize`
+// line makes 4-bit; the f32 program is the same file without its `quantize` lines (same model,
+// same adapters, same shapes: the quantized matrices stay f32 and frozen). Both are planned for
+// this machine's WebGPU adapter as `lrkc train` plans them and loaded into one device; their
+// steps then run alternately (two warm-up runs each, then N each, default 9), timed by the CPU
+// time of the worker threads (lavapipe runs kernels there: steady on a shared machine, see
+// bench/step-cpu.ts) and by wall time. Printed: medians and their ratio, then the quantized
+// weights' bytes (packed values and group scales; the f32 low-rank branch SVDQuant keeps beside
+// them separately) in the device's plan against the same matrices' f32 bytes, and the whole
+// plans' allocated bytes. Where the time goes: `npm run bench:profile -- FILE`.
+import { readFileSync } from "node:fs";
+import { SourceFile } from "../language/source.js";
+import { loadPlans } from "../cli/target.js";
+import { compileRun } from "../cli/train.js";
+import { batchFeeds, initialize, type Run } from "../runtime/trainer.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import type { GraphProgram, Plan, Tensor } from "../compiler/program.js";
+import { workerCpuNs } from "./cpu-time.js";
+
+const args = process.argv.slice(2);
+const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
+const file =
+  args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--")) ??
+  "examples/svdquant_lora.lrk";
+const steps = Number(option("--steps") ?? 9);
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(3)} MiB`;
+
+/** The source without its `quantize` lines: the same LoRA fine-tune on f32 weights. */
+function unquantized(text: string): string {
+  const lines = text.split("\n");
+  const kept = lines.filter((l) => !/^\s*quantize\s/.test(l));
+  if (kept.length === lines.length) throw new Error(`${file} has no \`quantize\` line`);
+  return kept.join("\n");
+}
+
+function compileOrExit(source: SourceFile): Run {
+  const batch = option("--batch") ? Number(option("--batch")) : undefined;
+  const { run, diagnostics } = compileRun(source, { batch });
+  if (!run) {
+    for (const d of diagnostics) process.stderr.write(`${source.path}: ${d.code}: ${d.message}\n`);
+    process.exit(1);
+  }
+  return run;
+}
+
+interface Timed {
+  run: Run;
+  entry: Parameters<WebGpuDevice["run"]>[1];
+  feeds: Map<string, Tensor>;
+  cpu: number[];
+  wall: number[];
+}
+
+async function prepareStep(device: WebGpuDevice, run: Run): Promise<Timed> {
+  await loadPlans(device, run.program, { autotune: !args.includes("--no-autotune") });
+  // the init checkpoint does not matter for timing: start from the program's initializers
+  const store = await initialize(run.program, device, { fromInit: false });
+  const entry = run.program.step.variants.get("")!;
+  return { run, entry, feeds: batchFeeds(run, store, "train", 0, 1), cpu: [], wall: [] };
+}
+
+async function timeStep(device: WebGpuDevice, t: Timed, record: boolean): Promise<void> {
+  const cpu0 = workerCpuNs();
+  const started = performance.now();
+  await device.run(t.run.program.step, t.entry, t.feeds);
+  if (!record) return;
+  t.wall.push(performance.now() - started);
+  t.cpu.push((workerCpuNs() - cpu0) / 1e6);
+}
+
+/** Bytes of the plan's buffers holding the named inputs (each input its own buffer). */
+function inputBytes(plan: Plan, names: (name: string) => boolean): number {
+  return plan.inputs
+    .filter((i) => names(i.name))
+    .reduce((sum, i) => sum + plan.buffers[i.buffer]!.bytes, 0);
+}
+
+/** The modules a quantizer replaced: `buffer:<module>.<quantizer>.q.values` → `<module>`. */
+function quantizedModules(step: GraphProgram): string[] {
+  return step.inputs
+    .filter((i) => i.bits !== undefined)
+    .map((i) => i.name.replace(/^buffer:/, "").replace(/\.[^.]+\.q\.values$/, ""));
+}
+
+async function main(): Promise<void> {
+  const text = readFileSync(file, "utf8");
+  const quantRun = compileOrExit(new SourceFile(file, text));
+  // the same path: relative imports and `init` resolve alike
+  const f32Run = compileOrExit(new SourceFile(file, unquantized(text)));
+  const device = await WebGpuDevice.open();
+  const quant = await prepareStep(device, quantRun);
+  const f32 = await prepareStep(device, f32Run);
+  for (let i = 0; i < 2; i++) for (const t of [quant, f32]) await timeStep(device, t, false);
+  for (let i = 0; i < steps; i++) for (const t of [quant, f32]) await timeStep(device, t, true);
+
+  const qStep = quantRun.program.step;
+  const fStep = f32Run.program.step;
+  const qPlan = device.plan(qStep);
+  const fPlan = device.plan(fStep);
+  const modules = quantizedModules(qStep);
+  const ofModules = (suffixes: string[]) => (name: string) =>
+    modules.some((m) => suffixes.some((s) => name === `${m}${s}` || name.endsWith(`${m}${s}`)));
+  const packed = inputBytes(qPlan, (n) =>
+    modules.some((m) => n.startsWith(`buffer:${m}.`) && /\.q\.(values|scales)$/.test(n)),
+  );
+  const lowRank = inputBytes(qPlan, (n) =>
+    modules.some((m) => n.startsWith(`buffer:${m}.`) && /\.(L1|L2)$/.test(n)),
+  );
+  const dense = inputBytes(fPlan, ofModules([".weight"]));
+  const q = { cpu: median(quant.cpu), wall: median(quant.wall) };
+  const f = { cpu: median(f32.cpu), wall: median(f32.wall) };
+  const lines = [
+    `${file}: LoRA step, SVDQuant W4 (${modules.length} quantized matrices) vs f32 weights, batch ${quantRun.program.batch}, on ${device.name}`,
+    `medians of ${steps} steps each, run alternately`,
+    "",
+    "                 W4 step    f32 step    ratio",
+    `worker CPU  ${q.cpu.toFixed(1).padStart(10)} ms ${f.cpu.toFixed(1).padStart(8)} ms ${(q.cpu / f.cpu).toFixed(2).padStart(7)}×`,
+    `wall        ${q.wall.toFixed(1).padStart(10)} ms ${f.wall.toFixed(1).padStart(8)} ms ${(q.wall / f.wall).toFixed(2).padStart(7)}×`,
+    "",
+    `quantized weights (packed values + group scales): ${mib(packed)} vs ${mib(dense)} as f32 = 1/${(dense / packed).toFixed(2)}`,
+    `  with the f32 low-rank branch (L1, L2):          ${mib(packed + lowRank)} = 1/${(dense / (packed + lowRank)).toFixed(2)}`,
+    `whole step allocated on the device: ${mib(device.allocatedBytes(qStep))} (W4) vs ${mib(device.allocatedBytes(fStep))} (f32); planned peak ${mib(qPlan.peakBytes)} vs ${mib(fPlan.peakBytes)}`,
+  ];
+  process.stdout.write(lines.join("\n") + "\n");
+  device.destroy();
+}
+
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exit(2);
+  },
+);
