@@ -9,7 +9,7 @@
 // this machine's WebGPU adapter as `lrkc train` plans them and loaded into one device; their
 // steps then run alternately (two warm-up runs each, then N each, default 9), timed by the CPU
 // time of the worker threads (lavapipe runs kernels there: steady on a shared machine, see
-// bench/step-cpu.ts) and by wall time. Printed: medians and their ratio, then the quantized
+// bench/step-cpu.ts), of the main thread (recording and submitting the step) and by wall time. Printed: medians and their ratio, then the quantized
 // weights' bytes (packed values and group scales; the f32 low-rank branch SVDQuant keeps beside
 // them separately) in the device's plan against the same matrices' f32 bytes, and the whole
 // plans' allocated bytes. Where the time goes: `npm run bench:profile -- FILE`.
@@ -20,7 +20,7 @@ import { compileRun } from "../cli/train.js";
 import { batchFeeds, initialize, type Run } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import type { GraphProgram, Plan, Tensor } from "../compiler/program.js";
-import { workerCpuNs } from "./cpu-time.js";
+import { mainCpuNs, workerCpuNs } from "./cpu-time.js";
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -55,6 +55,7 @@ interface Timed {
   entry: Parameters<WebGpuDevice["run"]>[1];
   feeds: Map<string, Tensor>;
   cpu: number[];
+  main: number[];
   wall: number[];
 }
 
@@ -63,16 +64,18 @@ async function prepareStep(device: WebGpuDevice, run: Run): Promise<Timed> {
   // the init checkpoint does not matter for timing: start from the program's initializers
   const store = await initialize(run.program, device, { fromInit: false });
   const entry = run.program.step.variants.get("")!;
-  return { run, entry, feeds: batchFeeds(run, store, "train", 0, 1), cpu: [], wall: [] };
+  return { run, entry, feeds: batchFeeds(run, store, "train", 0, 1), cpu: [], main: [], wall: [] };
 }
 
 async function timeStep(device: WebGpuDevice, t: Timed, record: boolean): Promise<void> {
   const cpu0 = workerCpuNs();
+  const main0 = mainCpuNs();
   const started = performance.now();
   await device.run(t.run.program.step, t.entry, t.feeds);
   if (!record) return;
   t.wall.push(performance.now() - started);
   t.cpu.push((workerCpuNs() - cpu0) / 1e6);
+  t.main.push((mainCpuNs() - main0) / 1e6);
 }
 
 /** Bytes of the plan's buffers holding the named inputs (each input its own buffer). */
@@ -114,14 +117,15 @@ async function main(): Promise<void> {
     modules.some((m) => n.startsWith(`buffer:${m}.`) && /\.(L1|L2)$/.test(n)),
   );
   const dense = inputBytes(fPlan, ofModules([".weight"]));
-  const q = { cpu: median(quant.cpu), wall: median(quant.wall) };
-  const f = { cpu: median(f32.cpu), wall: median(f32.wall) };
+  const q = { cpu: median(quant.cpu), main: median(quant.main), wall: median(quant.wall) };
+  const f = { cpu: median(f32.cpu), main: median(f32.main), wall: median(f32.wall) };
   const lines = [
     `${file}: LoRA step, SVDQuant W4 (${modules.length} quantized matrices) vs f32 weights, batch ${quantRun.program.batch}, on ${device.name}`,
     `medians of ${steps} steps each, run alternately`,
     "",
     "                 W4 step    f32 step    ratio",
     `worker CPU  ${q.cpu.toFixed(1).padStart(10)} ms ${f.cpu.toFixed(1).padStart(8)} ms ${(q.cpu / f.cpu).toFixed(2).padStart(7)}×`,
+    `main thread ${q.main.toFixed(1).padStart(10)} ms ${f.main.toFixed(1).padStart(8)} ms ${(q.main / f.main).toFixed(2).padStart(7)}×`,
     `wall        ${q.wall.toFixed(1).padStart(10)} ms ${f.wall.toFixed(1).padStart(8)} ms ${(q.wall / f.wall).toFixed(2).padStart(7)}×`,
     "",
     `quantized weights (packed values + group scales): ${mib(packed)} vs ${mib(dense)} as f32 = 1/${(dense / packed).toFixed(2)}`,
