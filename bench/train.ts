@@ -2,6 +2,7 @@
 // written in tfjs (bench/tiny-lm-tfjs.ts) on tfjs-webgpu, on the same Dawn adapter.
 //
 //   npm run bench:train [-- --runs N] [--warmup N] [--no-autotune] [--tfjs-submit-batch N]
+//                          [--no-torch]
 //
 // --tfjs-submit-batch sets tfjs's WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE (default 15: tfjs submits
 // every 15 dispatches; one submit per step measured no faster on lavapipe).
@@ -22,6 +23,11 @@
 // compilation, the autotuner, the waiters learning) are excluded; figures are medians over runs
 // that alternate lrk and tfjs, so drift in the machine's speed hits both alike.
 //
+// PyTorch column (when a python3 with torch is present, and not --no-torch): the same step written
+// in torch (bench/tiny_lm_torch.py) on the CPU, from the same initialized weights on the same
+// batches, run after the lrk/tfjs timing (alone, so that it and lavapipe do not share the cores)
+// with OMP_WAIT_POLICY=PASSIVE; its first steps' losses must equal lrk's, as tfjs's must.
+//
 // Dispatches per step count compute dispatches: lrk's from its kernel plan, tfjs's by wrapping
 // its backend's recordAndSubmit. "Bytes bound" sums, over a step's dispatches, the size of every
 // tensor a dispatch reads or writes, each once per dispatch (not the memory traffic a kernel
@@ -41,6 +47,7 @@ import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { countDispatches, flush, tfjsWebGpu } from "./tfjs-webgpu.js";
 import { tinyLmLoraTfjs } from "./tiny-lm-tfjs.js";
+import { torchSteps } from "./torch.js";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(name);
@@ -184,6 +191,11 @@ async function main(): Promise<void> {
   const started = performance.now();
   let store: Map<string, Tensor> = await initialize(program, device);
   await syncStore(device, store.values());
+  const initialParams = new Map(
+    [...store]
+      .filter(([name]) => name.startsWith("param:"))
+      .map(([name, t]) => [name, { shape: [...t.shape], data: Float32Array.from(t.data) }]),
+  );
   const model = tinyLmLoraTfjs(tf, store, {
     heads,
     scale: alpha / rank,
@@ -306,6 +318,40 @@ async function main(): Promise<void> {
     `${warmups} warm-up and ${runs} timed steps each; loss at step ${step}: lrk ${last[0].toFixed(5)}, tfjs ${last[1].toFixed(5)}`,
   );
 
+  const torch = flag("--no-torch")
+    ? undefined
+    : torchSteps({
+        script: join(root, "bench", "tiny_lm_torch.py"),
+        params: initialParams,
+        batch: (i) => {
+          const f = run.data.batch("train", i, program.batch).fields;
+          return { input: f["input"]!.data as Int32Array, target: f["target"]!.data as Int32Array };
+        },
+        batchShape: [B, T],
+        lrScale: (i) => lrFactor(program.schedule, i + 1, steps),
+        config: {
+          heads,
+          scale: alpha / rank,
+          lr: opt.lr,
+          weightDecay: opt.weightDecay,
+          clip: program.clip,
+        },
+        check: CHECK_STEPS,
+        warmup: warmups,
+        runs: Math.min(runs, 25),
+      });
+  if (torch) {
+    const diff = Math.max(...torch.losses.map((l, i) => Math.abs(l - losses[i]![0]) / Math.abs(l)));
+    console.log(
+      `PyTorch ${torch.torch} (${torch.python}, ${torch.threads} threads), losses steps 1..${CHECK_STEPS}: ${torch.losses.map((l) => l.toFixed(6)).join(", ")} (differ from lrk's by ${diff.toExponential(2)} relative)`,
+    );
+    if (!(diff <= LOSS_TOLERANCE))
+      throw new Error(
+        "lrk and PyTorch do not compute the same step: the comparison would be wrong",
+      );
+  } else if (!flag("--no-torch"))
+    console.log("PyTorch: no python3 with torch found; its column is left out");
+
   const plan = device.plan(program.step);
   const ours = planTraffic(program.step.graph, plan, stepEntry(program.step, step).name, stepReads);
   const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
@@ -313,10 +359,18 @@ async function main(): Promise<void> {
   const lrk = median(lrkMs);
   const tfj = median(tfMs);
   const rows: string[][] = [
-    ["ms/step, median", lrk.toFixed(1), tfj.toFixed(1)],
-    ["ms/step, fastest", Math.min(...lrkMs).toFixed(1), Math.min(...tfMs).toFixed(1)],
+    ["ms/step, median", lrk.toFixed(1), tfj.toFixed(1), torch?.medianMs.toFixed(1) ?? ""],
+    [
+      "ms/step, fastest",
+      Math.min(...lrkMs).toFixed(1),
+      Math.min(...tfMs).toFixed(1),
+      torch?.fastestMs.toFixed(1) ?? "",
+    ],
     ["tfjs: JS recording the step, median", "", median(tfRecordMs).toFixed(1)],
     ["lrk speed-up (median)", `${(tfj / lrk).toFixed(2)}×`, ""],
+    ...(torch
+      ? [["lrk time / PyTorch time (median)", `${(lrk / torch.medianMs).toFixed(2)}×`]]
+      : []),
     ["dispatches/step", String(ours.dispatches), String(tfDispatches)],
     ["queue submits/step", "1", String(tfSubmits)],
     ["bytes bound by dispatches/step", mb(ours.bytes), mb(tfBytes)],
@@ -328,9 +382,16 @@ async function main(): Promise<void> {
         : `${kb(ours.down)} (${stepReads ? [...stepReads].join(", ") : "all outputs"})`,
       "4 B (loss)",
     ],
-    ["loss at step 1", losses[0]![0].toFixed(6), losses[0]![1].toFixed(6)],
+    [
+      "loss at step 1",
+      losses[0]![0].toFixed(6),
+      losses[0]![1].toFixed(6),
+      torch?.losses[0]!.toFixed(6) ?? "",
+    ],
   ];
-  const header = ["per training step", "lrk", "tfjs-webgpu"];
+  const header = ["per training step", "lrk", "tfjs-webgpu", ...(torch ? ["PyTorch CPU"] : [])];
+  for (const row of rows) row.length = header.length;
+  for (const row of rows) for (let i = 0; i < row.length; i++) row[i] ??= "";
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) =>
     `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`;
