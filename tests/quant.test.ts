@@ -5,7 +5,8 @@ import { describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { initialize } from "../runtime/trainer.js";
-import { prepare } from "./program-helpers.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { compile, expectTrainsAlike, prepare } from "./program-helpers.js";
 
 const program = `import std.nn.{Linear}
 import std.quant.{svdquant}
@@ -65,4 +66,48 @@ describe("svdquant", () => {
     expect(names).toContain("buffer:mid.svdquant.q.values");
     expect(run!.step.inputs.find((i) => i.name === "buffer:mid.svdquant.q.values")!.bits).toBe(4);
   });
+});
+
+// Large enough for the tiled matmuls (above the naive kernel's 2^18 multiply-adds), with LoRA
+// on `up` too, so that the step computes mid's input gradient: both products read the packed
+// weight word by word (compiler/kernels/matmul.ts `packedBMode`) on a device with subgroups.
+const packedProgram = `import std.nn.{Linear}
+import std.quant.{svdquant}
+import std.adapters.{lora}
+import std.optim.{adamw}
+
+data moons = std.data.two_moons(n: 256)
+
+model Net {
+  up = Linear(2, 128)
+  mid = Linear(128, 128)
+  head = Linear(128, 2)
+  forward(x: f32[B, 2]) -> f32[B, 2] = head(gelu(mid(gelu(up(x)))))
+}
+
+train q {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  quantize mid with svdquant(bits: 4, group: 32, rank: 4)
+  adapt up, mid with lora(rank: 2)
+  optimize adapters with adamw(lr: 1e-2)
+}
+`;
+
+describe("svdquant on WebGPU", () => {
+  it("trains LoRA on a 4-bit base read word by word as the interpreter does", async () => {
+    const run = compile(packedProgram, { batch: 64 });
+    const device = await WebGpuDevice.open();
+    try {
+      await expectTrainsAlike(device, run, 3, 1e-3);
+      if (!device.features.includes("subgroups")) return;
+      const wgsl = device.plan(run.step).kernels.map((k) => k.wgsl);
+      expect(wgsl.some((w) => w.includes("packed 4-bit words along k, group 32"))).toBe(true);
+      expect(wgsl.some((w) => w.includes("packed 4-bit words along n, group 32"))).toBe(true);
+    } finally {
+      device.destroy();
+    }
+  }, 120_000);
 });
