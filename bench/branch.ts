@@ -7,33 +7,11 @@
 // time, medians of `runs` after two warm-ups, the variants of one shape alternating. Printed: the
 // overhead over the base GEMM beside the branch's FLOP share (2·rank / 1024).
 import { Builder } from "../compiler/builder.js";
-import { planStep } from "../compiler/compile.js";
 import type { GraphProgram, ProgramInput, Tensor } from "../compiler/program.js";
-import { deviceTarget } from "../cli/target.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { workerCpuNs } from "./cpu-time.js";
+import { random, timePrograms, type ProgramTimes } from "./programs.js";
 
 const D = 1024;
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-
-function random(count: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(count);
-  for (let i = 0; i < count; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 31 - 1) * 0.05;
-  }
-  return out;
-}
-
-interface Variant {
-  label: string;
-  program: GraphProgram;
-  kernels: number;
-  cpu: number[];
-  wall: number[];
-}
 
 /** y = x·Wᵀ (+ 2·((x·Aᵀ)·Bᵀ) with rank > 0), as a one-entry program, and its feeds. */
 function branchProgram(tokens: number, rank: number) {
@@ -74,53 +52,25 @@ export async function branchOverheadTable(runs = 5, tokenCounts = [576, 4096]): 
   ];
   try {
     for (const tokens of tokenCounts) {
-      const feedsOf = new Map<Variant, Map<string, Tensor>>();
-      const variants: Variant[] = [];
-      for (const rank of [0, 8, 16, 64])
-        for (const fused of rank ? [true, false] : [true]) {
-          const { program, feeds } = branchProgram(tokens, rank);
-          const target = await deviceTarget(device, [program], {
-            autotune: false,
-            lowRankMax: fused ? 64 : 0,
-          });
-          const plan = planStep(program, target);
-          device.load(program, plan);
-          const v: Variant = {
-            label: rank ? `${rank} ${fused ? "fused" : "unfused"}` : "base",
-            program,
-            kernels: plan.entries["entry"]!.dispatches.length,
-            cpu: [],
-            wall: [],
-          };
-          variants.push(v);
-          feedsOf.set(v, feeds);
-        }
-      const once = async (v: Variant) => {
-        const cpu0 = workerCpuNs();
-        const t0 = performance.now();
-        await device.run(v.program, v.program.entries[0]!, feedsOf.get(v)!, { read: new Set() });
-        return { cpu: (workerCpuNs() - cpu0) / 1e6, wall: performance.now() - t0 };
-      };
-      for (let i = 0; i < 2; i++) for (const v of variants) await once(v);
-      for (let i = 0; i < runs; i++)
-        for (const v of variants) {
-          const t = await once(v);
-          v.cpu.push(t.cpu);
-          v.wall.push(t.wall);
-        }
-      const base = variants[0]!;
-      const overhead = (v: Variant) =>
-        `${v.kernels}, ${pct(median(v.cpu) / median(base.cpu) - 1)} (${pct(median(v.wall) / median(base.wall) - 1)})`;
+      const ranks = [8, 16, 64];
+      // the base, then per rank fused and unfused
+      const variants = [
+        { ...branchProgram(tokens, 0) },
+        ...ranks.flatMap((rank) =>
+          [64, 0].map((lowRankMax) => ({ ...branchProgram(tokens, rank), lowRankMax })),
+        ),
+      ];
+      const [base, ...withBranch] = await timePrograms(device, variants, runs);
+      const overhead = (t: ProgramTimes) =>
+        `${t.kernels}, ${pct(t.cpu / base!.cpu - 1)} (${pct(t.wall / base!.wall - 1)})`;
       lines.push(
-        `| ${tokens} | 0 | – | ${base.kernels}, ${median(base.cpu).toFixed(1)} ms (${median(base.wall).toFixed(1)} ms) | |`,
+        `| ${tokens} | 0 | – | ${base!.kernels}, ${base!.cpu.toFixed(1)} ms (${base!.wall.toFixed(1)} ms) | |`,
       );
-      for (const rank of [8, 16, 64]) {
-        const fused = variants.find((v) => v.label === `${rank} fused`)!;
-        const unfused = variants.find((v) => v.label === `${rank} unfused`)!;
+      ranks.forEach((rank, i) =>
         lines.push(
-          `| ${tokens} | ${rank} | ${pct((2 * rank) / D)} | ${overhead(fused)} | ${overhead(unfused)} |`,
-        );
-      }
+          `| ${tokens} | ${rank} | ${pct((2 * rank) / D)} | ${overhead(withBranch[2 * i]!)} | ${overhead(withBranch[2 * i + 1]!)} |`,
+        ),
+      );
     }
   } finally {
     device.destroy();
