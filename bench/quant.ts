@@ -12,15 +12,20 @@
 // bench/step-cpu.ts), of the main thread (recording and submitting the step) and by wall time. Printed: medians and their ratio, then the quantized
 // weights' bytes (packed values and group scales; the f32 low-rank branch SVDQuant keeps beside
 // them separately) in the device's plan against the same matrices' f32 bytes, and the whole
-// plans' allocated bytes. Where the time goes: `npm run bench:profile -- FILE`.
+// plans' allocated bytes. Then the products that read a quantized weight, each alone (a program
+// of one matmul, bench/programs.ts), packed against f32: the forward x·Wᵀ and the input gradient
+// dy·W at the step's shapes (x [batch, T, in]). Where the rest of the time goes:
+// `npm run bench:profile -- FILE`.
 import { readFileSync } from "node:fs";
 import { SourceFile } from "../language/source.js";
 import { loadPlans } from "../cli/target.js";
 import { compileRun } from "../cli/train.js";
 import { batchFeeds, initialize, type Run } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import type { GraphProgram, Plan, Tensor } from "../compiler/program.js";
+import type { GraphProgram, Plan, ProgramInput, Tensor } from "../compiler/program.js";
 import { mainCpuNs, workerCpuNs } from "./cpu-time.js";
+import { Builder } from "../compiler/builder.js";
+import { random, timePrograms, type TimedProgram } from "./programs.js";
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -132,8 +137,102 @@ async function main(): Promise<void> {
     `  with the f32 low-rank branch (L1, L2):          ${mib(packed + lowRank)} = 1/${(dense / (packed + lowRank)).toFixed(2)}`,
     `whole step allocated on the device: ${mib(device.allocatedBytes(qStep))} (W4) vs ${mib(device.allocatedBytes(fStep))} (f32); planned peak ${mib(qPlan.peakBytes)} vs ${mib(fPlan.peakBytes)}`,
   ];
+  lines.push(
+    "",
+    ...(await productLines(device, qStep, quantRun.program.data.fields["input"]!.shape)),
+  );
   process.stdout.write(lines.join("\n") + "\n");
   device.destroy();
+}
+
+/**
+ * One product y = x·Wᵀ (forward) or dx = dy·W (input gradient) with x [batch, T, ·], W [out, in]
+ * stored f32 or as `bits`-bit packed values times one scale per `group` of a row (as
+ * `dequantize(q)` builds it), as a one-matmul program.
+ */
+function product(
+  forward: boolean,
+  batch: [number, number],
+  [out, inWidth]: [number, number],
+  packed?: { bits: number; group: number },
+): TimedProgram {
+  const b = new Builder();
+  const inputs: ProgramInput[] = [];
+  const feeds = new Map<string, Tensor>();
+  const input = (name: string, shape: number[], data: Float32Array, bits?: number) => {
+    const role = name === "x" ? "data" : "param";
+    const node = b.input(role, name, shape);
+    inputs.push({ name, node, role, shape, dtype: "f32", ...(bits ? { bits } : {}) });
+    feeds.set(name, { shape, data });
+    return node;
+  };
+  let w: number;
+  if (packed) {
+    const groups = inWidth / packed.group;
+    const max = 2 ** (packed.bits - 1) - 1;
+    const values = Float32Array.from(
+      { length: out * inWidth },
+      (_, i) => (i % (2 * max + 1)) - max,
+    );
+    const q = input("q", [out, inWidth], values, packed.bits);
+    const scales = input("scales", [out, groups], random(out * groups, 2));
+    const spread = b.expand(b.reshape(scales, [out, groups, 1]), [out, groups, packed.group]);
+    w = b.binary("mul", q, b.reshape(spread, [out, inWidth]));
+  } else w = input("w", [out, inWidth], random(out * inWidth, 2));
+  const width = forward ? inWidth : out;
+  const x = input("x", [...batch, width], random(batch[0] * batch[1] * width, 1));
+  const y = b.matmul(x, w, { transB: forward });
+  return {
+    program: {
+      graph: b.graph,
+      inputs,
+      entries: [{ name: "entry", outputs: [{ name: "y", node: y }] }],
+    },
+    feeds,
+  };
+}
+
+/** The products reading each distinct quantized weight shape, packed against f32. */
+async function productLines(
+  device: WebGpuDevice,
+  step: GraphProgram,
+  batchShape: readonly number[],
+): Promise<string[]> {
+  const batch: [number, number] = [batchShape[0]!, batchShape[1]!];
+  const cases = new Map<string, { shape: [number, number]; bits: number; group: number }>();
+  for (const values of step.inputs.filter((i) => i.bits !== undefined)) {
+    const scales = step.inputs.find((i) => i.name === values.name.replace(/values$/, "scales"));
+    if (!scales) continue;
+    const [out, inWidth] = values.shape as [number, number];
+    const group = inWidth / scales.shape[1]!;
+    cases.set(`${out}x${inWidth}/${values.bits}/${group}`, {
+      shape: [out, inWidth],
+      bits: values.bits!,
+      group,
+    });
+  }
+  const runs = 9;
+  const lines = [
+    `each product alone, packed weight vs f32 weight (worker CPU, medians of ${runs}, alternating):`,
+  ];
+  for (const { shape, bits, group } of cases.values())
+    for (const forward of [true, false]) {
+      const [q, f] = await timePrograms(
+        device,
+        [product(forward, batch, shape, { bits, group }), product(forward, batch, shape)],
+        runs,
+      );
+      const [out, inWidth] = shape;
+      const [m, n, k] = forward
+        ? [batch[0] * batch[1], out, inWidth]
+        : [batch[0] * batch[1], inWidth, out];
+      const path = q!.wgsl.some((w) => w.includes("packed")) ? "word by word" : "per element";
+      lines.push(
+        `  ${forward ? "x·Wᵀ " : "dy·W "} ${m}×${n}×${k}, W ${out}×${inWidth} ${bits}-bit group ${group} (${path}): ` +
+          `${q!.cpu.toFixed(2)} vs ${f!.cpu.toFixed(2)} ms = ${(q!.cpu / f!.cpu).toFixed(2)}×`,
+      );
+    }
+  return lines;
 }
 
 main().then(
