@@ -740,9 +740,15 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   return { builtins, body: L };
 }
 
-/** f32 of field i of the packed word `word` (an i32), sign-extended. */
-const field = (word: string, i: number, bits: number) =>
-  `f32(extractBits(${word}, ${u(i * bits)}, ${u(bits)}))`;
+/**
+ * Fields first .. first + 3 of the packed word `word` (an i32) as a vec4<f32>, sign-extended:
+ * each shifted to the top, then arithmetically back down, in one vector operation each way
+ * (extractBits is polyfilled with clamps for variable offsets: measured slower on lavapipe).
+ */
+function fields4(word: string, first: number, bits: number): string {
+  const up = [0, 1, 2, 3].map((i) => u(32 - bits * (first + i + 1)));
+  return `vec4<f32>((vec4<i32>(${word}) << vec4<u32>(${up.join(", ")})) >> vec4<u32>(${u(32 - bits)}))`;
+}
 
 /**
  * The subgroup tile's B from a dequantized packed weight (packedBMode): each lane loads one u32
@@ -763,19 +769,15 @@ function loadPackedB(
   const perWord = 32 / dq.bits;
   const V = perWord / 4; // vec4s per word
   const unpack = (word: string, name: (v: number) => string, scale: string) => {
-    for (let v = 0; v < V; v++) {
-      const parts = [0, 1, 2, 3].map((i) => field(word, 4 * v + i, dq.bits));
-      out.push(`${ind}let ${name(v)} = vec4<f32>(${parts.join(", ")}) * ${scale};`);
-    }
+    for (let v = 0; v < V; v++)
+      out.push(`${ind}let ${name(v)} = ${fields4(word, 4 * v, dq.bits)} * ${scale};`);
   };
   if (bMode === "packedK") {
     // lane q: column q (q + 8, …); its word wl{h} and scale sl{h} are loaded (tiledBody), the
     // loop index v picks the word's 4 fields for steps k0 .. k0 + 3
     for (let h = 0; h < C / 8; h++) {
-      const parts = [0, 1, 2, 3].map(
-        (i) => `f32(extractBits(wl${h}, v * ${u(4 * dq.bits)} + ${u(i * dq.bits)}, ${u(dq.bits)}))`,
-      );
-      out.push(`${ind}let dq${h} = vec4<f32>(${parts.join(", ")}) * sl${h};`);
+      const word = V > 1 ? `(wl${h} >> (v * ${u(4 * dq.bits)}))` : `wl${h}`;
+      out.push(`${ind}let dq${h} = ${fields4(word, 0, dq.bits)} * sl${h};`);
     }
     for (let j = 0; j < C; j++)
       out.push(`${ind}let bc${j} = subgroupBroadcast(dq${j >> 3}, ${u(j % 8)});`);
