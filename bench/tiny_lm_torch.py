@@ -12,9 +12,10 @@
 # Run with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads then sleep instead of spinning, which on a
 # shared machine takes the cores the timed threads need).
 #
-# Prints one JSON line: the losses of the first `check` steps (compared with lrk's by the caller,
-# before the timing counts), the median and fastest milliseconds of the timed steps, the thread
-# count and torch's version.
+# Runs the first `check` steps and prints one JSON line: their losses (compared with lrk's by the
+# caller before the timing counts), the thread count and torch's version. Then it times one step
+# per line it reads ("I": the step of batch I), answering each with its milliseconds, so that the
+# caller alternates them with its own steps; "quit" (or the end of stdin) ends it.
 import json
 import math
 import os
@@ -124,26 +125,25 @@ def main(folder):
 
     check = spec["check"]
     losses = [step(i, i + 1) for i in range(check)]
-    warmup, runs = spec["warmup"], spec["runs"]
-    for i in range(check, check + warmup):
-        step(i, i + 1)
-    times = []
-    for i in range(check + warmup, check + warmup + runs):
-        t0 = time.perf_counter()
-        step(i, i + 1)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
     print(
         json.dumps(
             {
                 "losses": losses,
-                "medianMs": times[len(times) // 2],
-                "fastestMs": times[0],
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
             }
-        )
+        ),
+        flush=True,
     )
+    # then one timed step per line "I" (batch I, optimizer step I + 1), answered with its
+    # milliseconds, so that the caller can alternate it with its own steps; "quit" ends
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        i = int(line)
+        t0 = time.perf_counter()
+        step(i, i + 1)
+        print((time.perf_counter() - t0) * 1000, flush=True)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@
 //
 // PyTorch column (when a python3 with torch is present, and not --no-torch): the same step written
 // in torch (bench/tiny_lm_torch.py) on the CPU, from the same initialized weights on the same
-// batches, run after the lrk/tfjs timing (alone, so that it and lavapipe do not share the cores)
-// with OMP_WAIT_POLICY=PASSIVE; its first steps' losses must equal lrk's, as tfjs's must.
+// batches, with OMP_WAIT_POLICY=PASSIVE and as many threads as cores, in a subprocess that times
+// one step per request: its steps alternate with lrk's and tfjs's (each runs alone, and drift in
+// the machine's speed hits all three alike); its first steps' losses must equal lrk's, as
+// tfjs's must.
 //
 // Dispatches per step count compute dispatches: lrk's from its kernel plan, tfjs's by wrapping
 // its backend's recordAndSubmit. "Bytes bound" sums, over a step's dispatches, the size of every
@@ -47,7 +49,7 @@ import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { countDispatches, flush, tfjsWebGpu } from "./tfjs-webgpu.js";
 import { tinyLmLoraTfjs } from "./tiny-lm-tfjs.js";
-import { torchSteps } from "./torch.js";
+import { startTorch } from "./torch.js";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(name);
@@ -290,37 +292,10 @@ async function main(): Promise<void> {
   // Warm-up, excluded: alternating steps until both waiters have learned how long to sleep.
   const probe = Math.max((await lrkStep(++step)).ms, (await tfStep(step)).ms);
   const warmups = numberArg("--warmup") ?? Math.max(5, Math.min(15, Math.round(2000 / probe)));
-  for (let i = 0; i < warmups; i++) {
-    step++;
-    await lrkStep(step);
-    await tfStep(step);
-  }
-  if (tf.memory().numTensors !== tfTensors)
-    throw new Error(
-      `tfjs leaks tensors: ${tfTensors} after the first steps, ${tf.memory().numTensors} now`,
-    );
-
   const runs = numberArg("--runs") ?? Math.max(25, Math.min(60, Math.round(15000 / probe)));
-  const lrkMs: number[] = [];
-  const tfMs: number[] = [];
-  const tfRecordMs: number[] = [];
-  let last: [number, number] = [NaN, NaN];
-  for (let r = 0; r < runs; r++) {
-    step++;
-    const ours = await lrkStep(step);
-    const theirs = await tfStep(step);
-    lrkMs.push(ours.ms);
-    tfMs.push(theirs.ms);
-    tfRecordMs.push(theirs.recordMs);
-    last = [ours.loss, theirs.loss];
-  }
-  console.log(
-    `${warmups} warm-up and ${runs} timed steps each; loss at step ${step}: lrk ${last[0].toFixed(5)}, tfjs ${last[1].toFixed(5)}`,
-  );
-
   const torch = flag("--no-torch")
     ? undefined
-    : torchSteps({
+    : await startTorch({
         script: join(root, "bench", "tiny_lm_torch.py"),
         params: initialParams,
         batch: (i) => {
@@ -337,40 +312,70 @@ async function main(): Promise<void> {
           clip: program.clip,
         },
         check: CHECK_STEPS,
-        warmup: warmups,
-        runs: Math.min(runs, 25),
+        steps: step + warmups + runs,
       });
   if (torch) {
     const diff = Math.max(...torch.losses.map((l, i) => Math.abs(l - losses[i]![0]) / Math.abs(l)));
     console.log(
       `PyTorch ${torch.torch} (${torch.python}, ${torch.threads} threads), losses steps 1..${CHECK_STEPS}: ${torch.losses.map((l) => l.toFixed(6)).join(", ")} (differ from lrk's by ${diff.toExponential(2)} relative)`,
     );
-    if (!(diff <= LOSS_TOLERANCE))
+    if (!(diff <= LOSS_TOLERANCE)) {
+      torch.close();
       throw new Error(
         "lrk and PyTorch do not compute the same step: the comparison would be wrong",
       );
+    }
   } else if (!flag("--no-torch"))
     console.log("PyTorch: no python3 with torch found; its column is left out");
+  for (let i = 0; i < warmups; i++) {
+    step++;
+    await lrkStep(step);
+    await tfStep(step);
+    await torch?.step(step - 1);
+  }
+  if (tf.memory().numTensors !== tfTensors)
+    throw new Error(
+      `tfjs leaks tensors: ${tfTensors} after the first steps, ${tf.memory().numTensors} now`,
+    );
+
+  const lrkMs: number[] = [];
+  const tfMs: number[] = [];
+  const tfRecordMs: number[] = [];
+  const torchMs: number[] = [];
+  let last: [number, number] = [NaN, NaN];
+  for (let r = 0; r < runs; r++) {
+    step++;
+    const ours = await lrkStep(step);
+    const theirs = await tfStep(step);
+    lrkMs.push(ours.ms);
+    tfMs.push(theirs.ms);
+    if (torch) torchMs.push(await torch.step(step - 1));
+    tfRecordMs.push(theirs.recordMs);
+    last = [ours.loss, theirs.loss];
+  }
+  console.log(
+    `${warmups} warm-up and ${runs} timed steps each; loss at step ${step}: lrk ${last[0].toFixed(5)}, tfjs ${last[1].toFixed(5)}`,
+  );
 
   const plan = device.plan(program.step);
   const ours = planTraffic(program.step.graph, plan, stepEntry(program.step, step).name, stepReads);
   const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
   const kb = (n: number) => `${(n / 1e3).toFixed(1)} kB`;
+  torch?.close();
   const lrk = median(lrkMs);
   const tfj = median(tfMs);
+  const pt = torch ? median(torchMs) : undefined;
   const rows: string[][] = [
-    ["ms/step, median", lrk.toFixed(1), tfj.toFixed(1), torch?.medianMs.toFixed(1) ?? ""],
+    ["ms/step, median", lrk.toFixed(1), tfj.toFixed(1), pt?.toFixed(1) ?? ""],
     [
       "ms/step, fastest",
       Math.min(...lrkMs).toFixed(1),
       Math.min(...tfMs).toFixed(1),
-      torch?.fastestMs.toFixed(1) ?? "",
+      torch ? Math.min(...torchMs).toFixed(1) : "",
     ],
     ["tfjs: JS recording the step, median", "", median(tfRecordMs).toFixed(1)],
     ["lrk speed-up (median)", `${(tfj / lrk).toFixed(2)}×`, ""],
-    ...(torch
-      ? [["lrk time / PyTorch time (median)", `${(lrk / torch.medianMs).toFixed(2)}×`]]
-      : []),
+    ...(torch ? [["lrk time / PyTorch time (median)", `${(lrk / pt!).toFixed(2)}×`]] : []),
     ["dispatches/step", String(ours.dispatches), String(tfDispatches)],
     ["queue submits/step", "1", String(tfSubmits)],
     ["bytes bound by dispatches/step", mb(ours.bytes), mb(tfBytes)],
