@@ -386,6 +386,7 @@ export function matmulKernel(
   let bMode: BMode = "scalar";
   const proA = fusion?.prologue?.a;
   const proB = fusion?.prologue?.b;
+  const dequantB = proB ? fusion?.prologue?.dequantB : undefined;
   if (v4 && (p.variant === "register" || p.variant === "subgroup")) {
     // A subgroup lane loads 4 columns; a register invocation loads its C columns.
     const laneCols = p.variant === "subgroup" ? 4 : C;
@@ -396,8 +397,7 @@ export function matmulKernel(
     if (!shape.transA && k % 4 === 0 && bMode === "k4") aMode = "k4";
     else if (shape.transA && m % 4 === 0 && R % 4 === 0) aMode = "m4";
     if (proA) aMode = "scalar";
-    const dq = proB && fusion?.prologue?.dequantB;
-    if (proB) bMode = (dq && packedBMode(shape, p, dq)) || "scalar";
+    if (proB) bMode = (dequantB && packedBMode(shape, p, dequantB)) || "scalar";
   }
   let sharedAVec = false;
   let sharedBVec = false;
@@ -475,7 +475,7 @@ export function matmulKernel(
       break;
     case "register":
     case "subgroup":
-      entry = tiledBody(c, aMode, bMode, fusion?.prologue?.dequantB);
+      entry = tiledBody(c, aMode, bMode, dequantB);
       dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
       break;
     case "shared":
@@ -497,8 +497,8 @@ export function matmulKernel(
       `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
       `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}${proA ? " (prologue)" : ""}, ` +
       `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}` +
-      (bMode === "packedK" || bMode === "packedN"
-        ? `, packed ${fusion!.prologue!.dequantB!.bits}-bit words along ${bMode === "packedK" ? "k" : "n"}, group ${fusion!.prologue!.dequantB!.group}`
+      (dequantB && (bMode === "packedK" || bMode === "packedN")
+        ? `, packed ${dequantB.bits}-bit words along ${bMode === "packedK" ? "k" : "n"}, group ${dequantB.group}`
         : ""),
     // Every subgroup operation sits in control flow that is uniform in practice (the branch on
     // subgroup_size), which the uniformity analysis cannot prove.
@@ -544,9 +544,9 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   const vt = cw === 4 ? "vec4<f32>" : "f32";
   // Unroll k by 4 where a vec4 along k is loaded (B stored transposed); elsewhere it only
   // lengthens compiles (and measured slower on lavapipe).
-  // A packed word along k (packedK) is 32 / bits steps of k.
-  const perWord = dq ? 32 / dq.bits : 1;
+  // (packedK: a loop over each packed word's vec4s steps k by 4 too)
   const KU = aMode === "k4" || bMode === "k4" || bMode === "packedK" ? 4 : 1;
+  const perWord = dq ? 32 / dq.bits : 1; // fields per packed word
   // A subgroup tile narrower than 8 lanes' vec4s (G < 8 column groups) spreads its B loads over
   // k: lane q loads the 4 columns of group q % G at k step q / G, so each per-lane load of an
   // 8-lane subgroup is a distinct, used vec4, and one loop iteration covers S·KU steps of k. (Lanes
@@ -576,14 +576,9 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   // A(row r, kb + kk): emits the loads (names ending in `t`), returns the expression.
   const loadA = (out: string[], ind: string, kb: string, t: string) => {
     if (aMode === "k4") {
-      // KU / 4 vec4s per row (KU = 4 but where packed words step k by more)
-      const name = (r: number, v: number) => `va${r}${v ? `_${v}` : ""}${t}`;
       for (let r = 0; r < R; r++)
-        for (let v = 0; v < KU / 4; v++)
-          out.push(
-            `${ind}let ${name(r, v)} = mm_a[(aOff + rr${r} * ${u(K)} + ${kb}${v ? ` + ${u(4 * v)}` : ""}) >> 2u];`,
-          );
-      return (r: number, kk: number) => `${name(r, kk >> 2)}.${LANE[kk & 3]}`;
+        out.push(`${ind}let va${r}${t} = mm_a[(aOff + rr${r} * ${u(K)} + ${kb}) >> 2u];`);
+      return (r: number, kk: number) => `va${r}${t}.${LANE[kk]}`;
     }
     if (aMode === "m4") {
       for (let kk = 0; kk < KU; kk++)
