@@ -113,15 +113,14 @@ async function main(): Promise<void> {
   const qPlan = device.plan(qStep);
   const fPlan = device.plan(fStep);
   const modules = quantizedModules(qStep);
-  const ofModules = (suffixes: string[]) => (name: string) =>
-    modules.some((m) => suffixes.some((s) => name === `${m}${s}` || name.endsWith(`${m}${s}`)));
   const packed = inputBytes(qPlan, (n) =>
     modules.some((m) => n.startsWith(`buffer:${m}.`) && /\.q\.(values|scales)$/.test(n)),
   );
   const lowRank = inputBytes(qPlan, (n) =>
     modules.some((m) => n.startsWith(`buffer:${m}.`) && /\.(L1|L2)$/.test(n)),
   );
-  const dense = inputBytes(fPlan, ofModules([".weight"]));
+  // the same matrices in the f32 program: the modules' weights
+  const dense = inputBytes(fPlan, (n) => modules.some((m) => n === `param:${m}.weight`));
   const q = { cpu: median(quant.cpu), main: median(quant.main), wall: median(quant.wall) };
   const f = { cpu: median(f32.cpu), main: median(f32.main), wall: median(f32.wall) };
   const lines = [
