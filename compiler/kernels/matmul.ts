@@ -320,8 +320,9 @@ type BMode = "n4" | "k4" | "scalar" | "packedK" | "packedN";
  * index into the stored operand, as the template computes it for `transA`/`transB`) giving the
  * operand's element, in place of a buffer read. Declarations (the functions the expressions call)
  * come in `epilogue.declarations`. An operand with a prologue is loaded one scalar at a time (no
- * vec4 loads); its binding (0 or 1) must still hold some buffer (the prologue may read it as
- * `mm_a` / `mm_b`).
+ * vec4 loads), except a B prologue that is a dequantization (`dequantB`: the names of its packed
+ * values' and scales' bindings), which the subgroup tile reads word by word (packedBMode); its
+ * binding (0 or 1) must still hold some buffer (the prologue may read it as `mm_a` / `mm_b`).
  */
 export interface MatmulKernelFusion extends MatmulFusion {
   prologue?: { a?: string; b?: string; dequantB?: PackedOperandCode };
