@@ -156,7 +156,8 @@ export function fuseEntries(
   lowRankMax?: number,
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
-  const key = `${maxBindings}|${lowRankMax}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
+  const key = `${maxBindings}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
@@ -166,7 +167,11 @@ export function fuseEntries(
     const fusion = fuse(
       program.graph,
       entry.outputs.map((o) => o.node),
-      { maxBindings, ...(lowRankMax !== undefined ? { lowRankMax } : {}) },
+      {
+        maxBindings,
+        ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+        ...(packed.size ? { packed } : {}),
+      },
     );
     const inputs: string[] = [];
     for (const id of fusion.needed) {

@@ -19,6 +19,7 @@ import {
   type Shape,
 } from "./ir.js";
 import type { KernelBuffer } from "./kernels/types.js";
+import { dequantOperand, type PackedOperandCode } from "./kernels/dequant.js";
 
 /**
  * The error flag of out-of-range gathers: a kernel that gathers with ids not known to be in range
@@ -882,7 +883,8 @@ export function matmulFusionCode(
     declarations: string;
     bindings: KernelBuffer[];
   };
-  prologue: { a?: string; b?: string };
+  /** `dequantB`: B is a dequantized packed weight, which the template may read word by word. */
+  prologue: { a?: string; b?: string; dequantB?: PackedOperandCode };
   /** The buffer each prologue's operand binding (0 for A, 1 for B) holds. */
   operandBuffers: { a?: number; b?: number };
 } {
@@ -893,7 +895,7 @@ export function matmulFusionCode(
   const table = new BindingTable(graph, bufferOf, "ep", packedOf);
   const helpers = new Set<string>();
   const functions: string[] = [];
-  const out: { a?: string; b?: string } = {};
+  const out: { a?: string; b?: string; dequantB?: PackedOperandCode } = {};
   const operandBuffers: { a?: number; b?: number } = {};
   for (const side of ["a", "b"] as const) {
     const node = prologue[side];
@@ -919,6 +921,15 @@ export function matmulFusionCode(
       `}`,
     );
     out[side] = `lrk_prologue_${side}(i)`;
+    const dq = side === "b" ? dequantOperand(graph, node, isBuffer, packedOf) : undefined;
+    // the names the prologue's loads gave the values and scales (BindingTable keeps one per buffer)
+    if (dq)
+      out.dequantB = {
+        values: table.name(dq.values),
+        scales: table.name(dq.scales),
+        bits: dq.bits,
+        group: dq.group,
+      };
   }
   let expression = "acc";
   if (chain.length) {
