@@ -14,7 +14,7 @@ import type { InputRole, Shape } from "./ir.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
 import type { PlacedParam } from "./place.js";
 import type { Output, StateInfo } from "./program.js";
-import type { Resolver, Scope } from "./resolve.js";
+import { Reported, type Resolver, type Scope } from "./resolve.js";
 import { describeValue, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
 type Config = Extract<Value, { kind: "config" }>;
@@ -243,6 +243,7 @@ export function lowerOptimizer(
   const stateOutputs: Output[] = [];
   const update = opt.scope.get("update");
   if (update?.kind !== "function") {
+    if (opt.failed) throw new Reported(); // its `require` said what is wrong
     r.report(
       error("E0207", `optimizer \`${config.def.name.name}\` has no \`update(g)\` function`, {
         file: config.module.file,
