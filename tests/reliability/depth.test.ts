@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { portableTarget } from "../../cli/target.js";
-import { compile, planStep } from "../../compiler/compile.js";
+import { compile, planStep, type Compiled } from "../../compiler/compile.js";
 import { fuse } from "../../compiler/fuse/index.js";
 import { packageRoot } from "../../compiler/modules.js";
 import { stepEntry } from "../../compiler/program.js";
@@ -32,10 +32,17 @@ function loraLm(layers: number): SourceFile {
   return new SourceFile(path, deep);
 }
 
+const compiledLms = new Map<number, Compiled>();
+/** The LoRA tiny LM at `layers`, compiled once for the tests that only read it. */
+function compileLm(layers: number): Compiled {
+  let known = compiledLms.get(layers);
+  if (!known) compiledLms.set(layers, (known = compile(loraLm(layers)).compiled!));
+  return known;
+}
+
 /** Fusion passes of the first step's entry at `layers`, with 8 storage buffers per kernel. */
 function fusionPasses(layers: number): number {
-  const { compiled } = compile(loraLm(layers));
-  const step = compiled!.program.step;
+  const step = compileLm(layers).program.step;
   const outputs = stepEntry(step, 1).outputs.map((o) => o.node);
   return fuse(step.graph, outputs, {
     maxBindings: portableTarget.limits.maxStorageBuffersPerShaderStage,
@@ -73,5 +80,39 @@ describe("compile time against depth", () => {
     expect(deep).toBeGreaterThan(1);
     // …and a split round per few layers (what it was: 95 passes at 32 layers) is gone.
     expect(deep).toBeLessThanOrEqual(Math.max(shallow, 3));
+  }, 120_000);
+
+  // Counted, not timed: fusion's insertions into sets and maps, a measure of its work, must grow
+  // with the graph, not faster. Splitting the clip's gradient-norm reduction (its epilogue a chain
+  // of additions as long as the model) grew sets of every gradient under each node, split round
+  // after split round: 10× the work at 4× the depth.
+  it("fusion's work grows linearly with depth (the gradient-norm split included)", () => {
+    const work = (layers: number) => {
+      const step = compileLm(layers).program.step;
+      const outputs = stepEntry(step, 1).outputs.map((o) => o.node);
+      let inserted = 0;
+      const { add } = Set.prototype;
+      const { set } = Map.prototype;
+      Set.prototype.add = function (this: Set<unknown>, value: unknown) {
+        inserted++;
+        return add.call(this, value);
+      };
+      Map.prototype.set = function (this: Map<unknown, unknown>, key: unknown, value: unknown) {
+        inserted++;
+        return set.call(this, key, value);
+      };
+      try {
+        fuse(step.graph, outputs, { maxBindings: 8 });
+      } finally {
+        Set.prototype.add = add;
+        Map.prototype.set = set;
+      }
+      return { inserted, nodes: step.graph.nodes.length };
+    };
+    const shallow = work(8);
+    const deep = work(layers);
+    const growth = deep.nodes / shallow.nodes;
+    expect(growth).toBeGreaterThan(3.5);
+    expect(deep.inserted / shallow.inserted).toBeLessThan(growth * 1.25);
   }, 120_000);
 });
