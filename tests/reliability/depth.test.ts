@@ -14,6 +14,7 @@ import { describe, expect, it } from "vitest";
 import { portableTarget } from "../../cli/target.js";
 import { compile, planStep, type Compiled } from "../../compiler/compile.js";
 import { fuse } from "../../compiler/fuse/index.js";
+import { matmulCodeStats } from "../../compiler/kernels/matmul.js";
 import { packageRoot } from "../../compiler/modules.js";
 import { stepEntry } from "../../compiler/program.js";
 import { SourceFile } from "../../language/source.js";
@@ -114,5 +115,18 @@ describe("compile time against depth", () => {
     const growth = deep.nodes / shallow.nodes;
     expect(growth).toBeGreaterThan(3.5);
     expect(deep.inserted / shallow.inserted).toBeLessThan(growth * 1.25);
+  }, 120_000);
+
+  // Counted, not timed: a deep model runs the same few products in every layer, and the matmul
+  // template's code (hundreds of lines a kernel) is generated once per distinct product.
+  it("plans the matmuls of more layers without generating more matmul code", () => {
+    planStep(compileLm(8).program.step, portableTarget);
+    const before = matmulCodeStats();
+    const plan = planStep(compileLm(layers).program.step, portableTarget);
+    const after = matmulCodeStats();
+    const matmuls = plan.kernels.filter((k) => k.kind === "matmul").length;
+    expect(matmuls).toBeGreaterThan(layers * 20);
+    expect(after.generated - before.generated).toBe(0);
+    expect(after.reused - before.reused).toBeGreaterThanOrEqual(matmuls);
   }, 120_000);
 });
