@@ -15,6 +15,7 @@ import { portableTarget } from "../../cli/target.js";
 import { compile, planStep, type Compiled } from "../../compiler/compile.js";
 import { fuse } from "../../compiler/fuse/index.js";
 import { matmulCodeStats } from "../../compiler/kernels/matmul.js";
+import { planMemory, type MemoryStep, type TensorNeed } from "../../compiler/memory-plan.js";
 import { packageRoot } from "../../compiler/modules.js";
 import { stepEntry } from "../../compiler/program.js";
 import { SourceFile } from "../../language/source.js";
@@ -129,4 +130,106 @@ describe("compile time against depth", () => {
     expect(after.generated - before.generated).toBe(0);
     expect(after.reused - before.reused).toBeGreaterThanOrEqual(matmuls);
   }, 120_000);
+});
+
+describe("memory planning against depth", () => {
+  const limits = { maxStorageBufferBindingSize: 2 ** 40, maxBufferSize: 2 ** 40 };
+  const activation = (key: string, bytes: number): TensorNeed => ({
+    key,
+    bytes,
+    role: "activation",
+    name: key,
+  });
+
+  // What the pool did before it kept its free buffers in a tree: first fit over the free buffers
+  // in id order, else the largest one (least id) grown. The plans must not change.
+  function firstFitByScanning(tensors: TensorNeed[], steps: MemoryStep[]): Map<string, number> {
+    const bytes: number[] = [];
+    const assignment = new Map<string, number>();
+    const last = new Map<string, number>();
+    steps.forEach((s, i) => [...s.reads, ...s.writes].forEach((k) => last.set(k, i)));
+    const byKey = new Map(tensors.map((t) => [t.key, t]));
+    const free: number[] = [];
+    steps.forEach((s, i) => {
+      for (const k of s.writes) {
+        if (assignment.has(k)) continue;
+        const need = Math.max(4, Math.ceil(byKey.get(k)!.bytes / 4) * 4);
+        let pick = free.findIndex((b) => bytes[b]! >= need);
+        if (pick < 0 && free.length)
+          pick = free.reduce((best, b, j) => (bytes[b]! > bytes[free[best]!]! ? j : best), 0);
+        if (pick >= 0) {
+          const id = free.splice(pick, 1)[0]!;
+          bytes[id] = Math.max(bytes[id]!, need);
+          assignment.set(k, id);
+        } else {
+          assignment.set(k, bytes.length);
+          bytes.push(need);
+        }
+      }
+      for (const k of new Set([...s.reads, ...s.writes]))
+        if (last.get(k) === i) free.push(assignment.get(k)!);
+      free.sort((a, b) => a - b);
+    });
+    return assignment;
+  }
+
+  it("assigns pooled buffers as first fit over the free buffers did", () => {
+    let seed = 7;
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let trial = 0; trial < 20; trial++) {
+      const tensors: TensorNeed[] = [];
+      const steps: MemoryStep[] = [];
+      for (let i = 0; i < 300; i++) {
+        const key = `t${i}`;
+        tensors.push(activation(key, 1 + Math.floor(random() * 4000)));
+        const reads = tensors
+          .slice(0, i)
+          .filter(() => random() < 0.02)
+          .map((t) => t.key);
+        steps.push({ reads, writes: [key] });
+      }
+      const plan = planMemory(tensors, steps, limits);
+      expect(plan.assignment).toEqual(firstFitByScanning(tensors, steps));
+    }
+  });
+
+  // A deep model's step keeps every layer's activations for the backward pass, which frees them
+  // one layer after another while it allocates gradients: scanning (and sorting) the list of free
+  // buffers at each of those was quadratic in depth. Counted, not timed: the elements array
+  // searches and sorts go through while planning must grow with the tensors, not with their square.
+  it("plans the activations of a deep backward pass without scanning the free buffers each time", () => {
+    const n = 4_000;
+    const tensors: TensorNeed[] = [];
+    const steps: MemoryStep[] = [];
+    for (let i = 0; i < n; i++) {
+      tensors.push(activation(`a${i}`, 4 * (i + 1)));
+      steps.push({ reads: [], writes: [`a${i}`] });
+    }
+    steps.push({ reads: tensors.map((t) => t.key), writes: [] }); // frees them all
+    for (let i = 0; i < n; i++) {
+      // bigger than every free buffer: the largest one is grown
+      tensors.push(activation(`g${i}`, 4 * (n + 1)));
+      steps.push({ reads: [], writes: [`g${i}`] });
+    }
+    const searches = ["find", "findIndex", "indexOf", "includes", "filter", "some", "every"];
+    const methods = [...searches, "reduce", "sort", "splice"] as const;
+    const array = Array.prototype as unknown as Record<string, (...args: unknown[]) => unknown>;
+    const originals = methods.map((m) => array[m]!);
+    let scanned = 0;
+    methods.forEach((m, i) => {
+      array[m] = function (this: unknown[], ...args: unknown[]) {
+        scanned += this.length;
+        return originals[i]!.apply(this, args);
+      };
+    });
+    let plan: ReturnType<typeof planMemory>;
+    try {
+      plan = planMemory(tensors, steps, limits);
+    } finally {
+      methods.forEach((m, i) => (array[m] = originals[i]!));
+    }
+    expect(plan.buffers.length).toBe(n);
+    expect(plan.assignment.get("g0")).toBe(n - 1);
+    expect(scanned).toBeLessThan(4 * tensors.length);
+  });
 });
