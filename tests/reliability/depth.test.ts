@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { portableTarget } from "../../cli/target.js";
-import { compile, planStep, type Compiled } from "../../compiler/compile.js";
+import { analyze, compile, planStep, type Compiled } from "../../compiler/compile.js";
 import { fuse } from "../../compiler/fuse/index.js";
 import { matmulCodeStats } from "../../compiler/kernels/matmul.js";
 import { planMemory, type MemoryStep, type TensorNeed } from "../../compiler/memory-plan.js";
@@ -57,6 +57,45 @@ const cpuSeconds = () => {
   return (user + system) / 1e6;
 };
 
+/**
+ * A clock-free measure of the work `run` does, with what it returns: elements added to sets and
+ * maps, and elements array searches, folds and sorts go through. Work that grows with the square
+ * of the depth shows in it whichever machine runs the test, however loaded.
+ */
+function workOf<T>(run: () => T): { result: T; work: number } {
+  const methods = ["find", "findIndex", "indexOf", "includes", "filter", "some", "every"].concat([
+    "reduce",
+    "sort",
+    "splice",
+  ]);
+  const array = Array.prototype as unknown as Record<string, (...args: unknown[]) => unknown>;
+  const originals = methods.map((m) => array[m]!);
+  const { add } = Set.prototype;
+  const { set } = Map.prototype;
+  let work = 0;
+  methods.forEach((m, i) => {
+    array[m] = function (this: unknown[], ...args: unknown[]) {
+      work += this.length;
+      return originals[i]!.apply(this, args);
+    };
+  });
+  Set.prototype.add = function (this: Set<unknown>, value: unknown) {
+    work++;
+    return add.call(this, value);
+  };
+  Map.prototype.set = function (this: Map<unknown, unknown>, key: unknown, value: unknown) {
+    work++;
+    return set.call(this, key, value);
+  };
+  try {
+    return { result: run(), work };
+  } finally {
+    methods.forEach((m, i) => (array[m] = originals[i]!));
+    Set.prototype.add = add;
+    Map.prototype.set = set;
+  }
+}
+
 describe("compile time against depth", () => {
   it(`a LoRA tiny LM of ${layers} layers compiles and plans within ${boundSeconds} s`, () => {
     const started = cpuSeconds();
@@ -84,38 +123,33 @@ describe("compile time against depth", () => {
     expect(deep).toBeLessThanOrEqual(Math.max(shallow, 3));
   }, 120_000);
 
-  // Counted, not timed: fusion's insertions into sets and maps, a measure of its work, must grow
-  // with the graph, not faster. Splitting the clip's gradient-norm reduction (its epilogue a chain
+  // Counted, not timed (workOf): fusion's work must grow with the graph, not faster. Splitting the clip's gradient-norm reduction (its epilogue a chain
   // of additions as long as the model) grew sets of every gradient under each node, split round
   // after split round: 10× the work at 4× the depth.
   it("fusion's work grows linearly with depth (the gradient-norm split included)", () => {
     const work = (layers: number) => {
       const step = compileLm(layers).program.step;
       const outputs = stepEntry(step, 1).outputs.map((o) => o.node);
-      let inserted = 0;
-      const { add } = Set.prototype;
-      const { set } = Map.prototype;
-      Set.prototype.add = function (this: Set<unknown>, value: unknown) {
-        inserted++;
-        return add.call(this, value);
-      };
-      Map.prototype.set = function (this: Map<unknown, unknown>, key: unknown, value: unknown) {
-        inserted++;
-        return set.call(this, key, value);
-      };
-      try {
-        fuse(step.graph, outputs, { maxBindings: 8 });
-      } finally {
-        Set.prototype.add = add;
-        Map.prototype.set = set;
-      }
-      return { inserted, nodes: step.graph.nodes.length };
+      const { work } = workOf(() => fuse(step.graph, outputs, { maxBindings: 8 }));
+      return { work, nodes: step.graph.nodes.length };
     };
     const shallow = work(8);
     const deep = work(layers);
     const growth = deep.nodes / shallow.nodes;
     expect(growth).toBeGreaterThan(3.5);
-    expect(deep.inserted / shallow.inserted).toBeLessThan(growth * 1.25);
+    expect(deep.work / shallow.work).toBeLessThan(growth * 1.25);
+  }, 120_000);
+
+  // Counted, not timed (workOf): the front end up to placement (parse, resolve, the train block,
+  // adapt/freeze/optimize rules) works in proportion to the model. Placing the optimizer found each
+  // parameter's module by searching every module's parameters: 13× the work at 4× the depth.
+  it("the front end's work grows linearly with depth (placement included)", () => {
+    const work = (layers: number) => {
+      const { result, work } = workOf(() => analyze(loraLm(layers), { requireTrain: true }));
+      expect(result.trains[0]!.placement.adapters.length).toBe(layers * 6);
+      return work;
+    };
+    expect(work(layers) / work(8)).toBeLessThan(layers / 8);
   }, 120_000);
 
   // Counted, not timed: a deep model runs the same few products in every layer, and the matmul
@@ -195,8 +229,8 @@ describe("memory planning against depth", () => {
 
   // A deep model's step keeps every layer's activations for the backward pass, which frees them
   // one layer after another while it allocates gradients: scanning (and sorting) the list of free
-  // buffers at each of those was quadratic in depth. Counted, not timed: the elements array
-  // searches and sorts go through while planning must grow with the tensors, not with their square.
+  // buffers at each of those was quadratic in depth. Counted, not timed (workOf): planning's work
+  // must grow with the tensors, not with their square.
   it("plans the activations of a deep backward pass without scanning the free buffers each time", () => {
     const n = 4_000;
     const tensors: TensorNeed[] = [];
@@ -211,25 +245,9 @@ describe("memory planning against depth", () => {
       tensors.push(activation(`g${i}`, 4 * (n + 1)));
       steps.push({ reads: [], writes: [`g${i}`] });
     }
-    const searches = ["find", "findIndex", "indexOf", "includes", "filter", "some", "every"];
-    const methods = [...searches, "reduce", "sort", "splice"] as const;
-    const array = Array.prototype as unknown as Record<string, (...args: unknown[]) => unknown>;
-    const originals = methods.map((m) => array[m]!);
-    let scanned = 0;
-    methods.forEach((m, i) => {
-      array[m] = function (this: unknown[], ...args: unknown[]) {
-        scanned += this.length;
-        return originals[i]!.apply(this, args);
-      };
-    });
-    let plan: ReturnType<typeof planMemory>;
-    try {
-      plan = planMemory(tensors, steps, limits);
-    } finally {
-      methods.forEach((m, i) => (array[m] = originals[i]!));
-    }
+    const { result: plan, work } = workOf(() => planMemory(tensors, steps, limits));
     expect(plan.buffers.length).toBe(n);
     expect(plan.assignment.get("g0")).toBe(n - 1);
-    expect(scanned).toBeLessThan(4 * tensors.length);
+    expect(work).toBeLessThan(8 * tensors.length);
   });
 });
