@@ -1,7 +1,7 @@
 // CST → AST. Kept apart from the grammar (Chevrotain's visitor, checked by validateVisitor), and
 // written to survive error recovery: any child may be missing, in which case an Error node stands
 // in its place and the parser has already reported why.
-import type { CstNode, IToken } from "chevrotain";
+import type { CstNode, IToken } from "./chevrotain.js";
 import type * as A from "./ast.js";
 import { LrkGrammar } from "./grammar.js";
 import { error, type Diagnostic } from "./diagnostics.js";

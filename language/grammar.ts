@@ -4,7 +4,7 @@
 // Newlines: the lexer marks tokens that start a line outside () and []. A binary operator, a call
 // `(` or an index `[` on such a token does not continue the expression before it, so statements
 // need no separators while expressions still wrap freely inside brackets (or after an operator).
-import { CstParser, EOF, tokenMatcher, type IToken, type TokenType } from "chevrotain";
+import { CstParser, EOF, tokenMatcher, type IToken, type TokenType } from "./chevrotain.js";
 import * as t from "./tokens.js";
 import type { LrkToken } from "./lexer.js";
 import { errorMessages } from "./parse-errors.js";
