@@ -1,7 +1,8 @@
 // Compile time against model depth: a LoRA tiny LM at several depths, timing (CPU seconds of this
 // process, so that other work on the machine does not count) the front end (`compile`), fusion
-// alone (`fuse` of every entry) and the kernel plan (`planStep`, fusion included) as
-// `lrkc build --emit plan --device portable` makes it (8 storage buffers per kernel). The model is
+// alone (`fuse` of every entry, the first run: cold), and planStep's phases one by one as
+// `lrkc build --emit plan --device portable` runs them (8 storage buffers per kernel): fusion again
+// (warm), the memory plan, the kernels' WGSL. Run one depth per process to compare cold times. The model is
 // examples/lora_finetune.lrk (TinyLM at d 128, LoRA rank 8 on every linear) with `layers: N`, or
 // with --small the LoRA fine-tune of the tests (TinyLM at d 16, LoRA rank 4 on q and v).
 //
