@@ -89,7 +89,7 @@ function codeFacts(text: string): CodeFacts {
  * kernel was most of rendering. Bounded: a long-lived process plans many programs.
  */
 const factsOfText = new Map<string, CodeFacts>();
-const FACTS_KEPT = 4096;
+const FACTS_KEPT = 1024;
 
 function cachedFacts(text: string): CodeFacts {
   let facts = factsOfText.get(text);
