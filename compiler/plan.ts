@@ -297,9 +297,14 @@ export function emitKernels(
   const entries: Record<string, PlanEntry> = {};
   for (const { entry, groups, inputs } of fused) {
     const keyOf = buffers.keyOf.get(entry.name)!;
+    // Kernels ask for the buffers they read many times over; a node's key is a string made anew.
+    const bufferByNode = new Map<number, number>();
     const bufferOf = (node: number) => {
-      const b = buffers.assignment.get(keyOf(node));
+      let b = bufferByNode.get(node);
+      if (b !== undefined) return b;
+      b = buffers.assignment.get(keyOf(node));
       if (b === undefined) throw new Error(`plan: %${node} has no buffer`);
+      bufferByNode.set(node, b);
       return b;
     };
     const materialized = new Set<number>();

@@ -477,7 +477,7 @@ function lowerState(
     ctx.periods.add(period);
   }
   const stored = ctx.input(`state:${name}`, "state", initial.shape);
-  if (!ctx.states.some((st) => st.name === name)) {
+  if (!hasState(ctx.states, name)) {
     // A refreshed state is recomputed before its first use, so its stored start is zeros.
     ctx.states.push({
       name,
@@ -520,4 +520,17 @@ function updateLowerer(
     },
   });
   return body;
+}
+
+/**
+ * The names in each states list, kept up with it as it grows (states are only ever appended): a
+ * deep model's optimizer states, each looked for in the whole list, were quadratic in depth.
+ */
+const stateNames = new WeakMap<readonly StateInfo[], { names: Set<string>; seen: number }>();
+
+function hasState(states: readonly StateInfo[], name: string): boolean {
+  let known = stateNames.get(states);
+  if (!known) stateNames.set(states, (known = { names: new Set(), seen: 0 }));
+  for (; known.seen < states.length; known.seen++) known.names.add(states[known.seen]!.name);
+  return known.names.has(name);
 }

@@ -818,14 +818,26 @@ export function outputBuffers(
 
 // ---------------------------------------------------------------------------- comments
 
+/**
+ * Source lines found before, per graph and node list: a plan asks for a kernel group's twice (its
+ * WGSL header and the plan's `sourceLines`).
+ */
+const sourceLinesOf = new WeakMap<Graph, WeakMap<readonly number[], readonly string[]>>();
+
 /** The `.lrk` lines the nodes came from (`file:line`), in order of first appearance. */
 export function sourceLines(graph: Graph, nodes: readonly number[]): string[] {
+  let known = sourceLinesOf.get(graph);
+  if (!known) sourceLinesOf.set(graph, (known = new WeakMap()));
+  const lines = known.get(nodes);
+  if (lines) return [...lines];
   const out = new Set<string>();
   for (const id of nodes) {
     const s = graph.node(id).source;
     if (s) out.add(`${s.file}:${s.line}`);
   }
-  return [...out];
+  const found = [...out];
+  known.set(nodes, found);
+  return [...found];
 }
 
 /** The comment a kernel opens with: its title, the IR nodes it computes, their source lines. */

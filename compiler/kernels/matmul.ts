@@ -39,7 +39,7 @@
 // k only when B's layout already unrolls k by 4. That brought a cold compile from 1–6 s to
 // 0.1–0.5 s per kernel without slowing the large shapes.
 
-import { renderKernel, type Builtin } from "./render.js";
+import { renderKernel, type Builtin, type KernelSpec } from "./render.js";
 import type { PackedOperandCode } from "./dequant.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
@@ -373,6 +373,68 @@ export function matmulKernel(
   bindings: { a: number; b: number; out: number },
   fusion?: MatmulKernelFusion,
 ): KernelSource {
+  const epilogue = fusion?.epilogue;
+  const code = cachedMatmulCode(shape, p, fusion?.prologue, epilogue?.expression);
+  return renderKernel({
+    ...code.spec,
+    dispatch: [...code.spec.dispatch],
+    buffers: [
+      { name: "mm_a", type: code.types.a, buffer: bindings.a, access: "read" },
+      { name: "mm_b", type: code.types.b, buffer: bindings.b, access: "read" },
+      { name: "mm_out", type: code.types.out, buffer: bindings.out, access: "read_write" },
+      ...(epilogue?.bindings ?? []),
+    ],
+    declarations: [epilogue?.declarations ?? "", ...code.spec.declarations],
+  });
+}
+
+/** A matmul kernel's code but for its bindings and its epilogue's declarations. */
+interface MatmulCode {
+  spec: KernelSpec & { declarations: readonly string[] };
+  /** The element types of the A, B and out bindings. */
+  types: { a: string; b: string; out: string };
+}
+
+/**
+ * The code of every matmul kernel made, by everything it depends on: a deep model runs the same
+ * few products in every layer (841 matmul kernels, 37 distinct, at 12 layers), each a few
+ * hundred lines to generate. The code is shared, never changed: renderKernel only reads a spec.
+ */
+const matmulCodes = new Map<string, MatmulCode>();
+const MATMUL_CODES_KEPT = 512;
+const matmulCodeCounts = { generated: 0, reused: 0 };
+
+/** How many matmul kernels' code was generated, and how many reused it (for tests). */
+export function matmulCodeStats(): { generated: number; reused: number } {
+  return { ...matmulCodeCounts };
+}
+
+function cachedMatmulCode(
+  shape: MatmulShape,
+  p: MatmulParams,
+  prologue: MatmulKernelFusion["prologue"],
+  expression: string | undefined,
+): MatmulCode {
+  const key = JSON.stringify([shape, p, prologue?.a, prologue?.b, prologue?.dequantB, expression]);
+  let code = matmulCodes.get(key);
+  if (code) matmulCodeCounts.reused++;
+  else {
+    matmulCodeCounts.generated++;
+    if (matmulCodes.size >= MATMUL_CODES_KEPT) matmulCodes.clear();
+    code = matmulCode(shape, p, {
+      ...(prologue ? { prologue } : {}),
+      ...(expression !== undefined ? { epilogue: { expression } } : {}),
+    });
+    matmulCodes.set(key, code);
+  }
+  return code;
+}
+
+function matmulCode(
+  shape: MatmulShape,
+  p: MatmulParams,
+  fusion: { prologue?: MatmulKernelFusion["prologue"]; epilogue?: { expression: string } },
+): MatmulCode {
   const { batch, m, n, k } = shape;
   for (const [name, v] of Object.entries({ batch, m, n, k }))
     if (!Number.isInteger(v) || v < 1) throw new Error(`matmul ${name} must be ≥ 1, got ${v}`);
@@ -492,7 +554,7 @@ export function matmulKernel(
 
   const sg = p.variant === "subgroup";
   const vec = (v: boolean) => (v ? "vec4<f32>" : "f32");
-  return renderKernel({
+  const spec = {
     name: `matmul ${batch > 1 ? `${batch}x` : ""}${m}x${n}x${k} ${layout} (${describeMatmulParams(p)})`,
     header:
       `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
@@ -504,19 +566,15 @@ export function matmulKernel(
     // Every subgroup operation sits in control flow that is uniform in practice (the branch on
     // subgroup_size), which the uniformity analysis cannot prove.
     directives: sg ? ["enable subgroups;", "diagnostic(off, subgroup_uniformity);"] : [],
-    buffers: [
-      { name: "mm_a", type: vec(aVec), buffer: bindings.a, access: "read" },
-      { name: "mm_b", type: vec(bVec), buffer: bindings.b, access: "read" },
-      { name: "mm_out", type: vec(outVec), buffer: bindings.out, access: "read_write" },
-      ...(epilogue?.bindings ?? []),
-    ],
-    declarations: [epilogue?.declarations ?? "", functions, ...(entry.declarations ?? [])],
-    workgroupSize: [wgx, wgy, 1],
+    buffers: [],
+    declarations: [functions, ...(entry.declarations ?? [])],
+    workgroupSize: [wgx, wgy, 1] as [number, number, number],
     builtins: entry.builtins,
     body: entry.body,
     dispatch,
     features: sg ? ["subgroups"] : [],
-  });
+  };
+  return { spec, types: { a: vec(aVec), b: vec(bVec), out: vec(outVec) } };
 }
 
 function naiveBody(c: Ctx): Entry {
