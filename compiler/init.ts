@@ -53,7 +53,7 @@ export function buildInit(
     placement.params.filter((p) => p.origin === "adapter").map((p) => p.param),
   );
   /** The buffer being computed, for a mistake found in its expression. */
-  let computing: { name: string; at: Location; adapter: boolean; rule: Location } | undefined;
+  let computing: Computing | undefined;
   /** The model parameters as inputs (read from the store: initialized or loaded). */
   const paramInput = (p: ParamInfo): number => {
     let node = inputFor.get(p);
@@ -202,47 +202,9 @@ export function buildInit(
     model.outputs.push({ name: `param:${placed.param.path}`, node });
   }
   phase = "buffers";
-  // Quantizers, then adapters: every tensor `const` of the instance becomes a buffer, computed
-  // once from the loaded weights (the step reads the ones it uses; an adapter's params may read
-  // them in their initializers, which recompute them in the `adapters` entry).
   const quantize: Entry = { name: "quantize", outputs: [] };
-  const buffers = new Map<string, Value>();
-  for (const applied of [...placement.quantizers, ...placement.adapters]) {
-    for (const [name, v] of applied.instance.scope) {
-      if (v.kind !== "deferred" || !v.constant) continue;
-      computing = {
-        name,
-        at: { file: applied.instance.module.file, span: v.expr.span },
-        adapter: applied.config.def.sort === "adapter",
-        rule: applied.config.at,
-      };
-      // A mistake found in the definition's code is reported at the train block's rule.
-      const value = r.attempt(() =>
-        r.fromUserSite(applied.config.at, () =>
-          L.expr({ kind: "NameExpr", name, span: v.expr.span }, L.frameFor(applied.instance)),
-        ),
-      );
-      if (!value) continue;
-      const key = `${applied.instance.path}.${name}`;
-      if (value.kind === "tensor")
-        quantize.outputs.push({ name: `buffer:${key}`, node: value.node });
-      else if (value.kind === "struct") {
-        for (const [field, f] of value.fields)
-          if (f.kind === "tensor")
-            quantize.outputs.push({ name: `buffer:${key}.${field}`, node: f.node });
-      } else continue;
-      buffers.set(key, value);
-    }
-  }
-  // `frozen(model)` in the loss reads copies of the model's parameters as loaded (step.ts says
-  // which); a copy is a new tensor, so that updating the parameter leaves it as it was.
-  if (spec.loss && mentions(spec.loss, "frozen"))
-    for (const placed of placement.params) {
-      if (placed.origin !== "model") continue;
-      const p = placed.param;
-      const node = b.mul(L.hooks.param(p), b.constant(1, [], p.dtype));
-      quantize.outputs.push({ name: `buffer:frozen:${p.path}`, node });
-    }
+  const buffers = constBuffers(r, L, placement, quantize, (c) => (computing = c));
+  if (spec.loss && mentions(spec.loss, "frozen")) frozenCopies(b, L, placement, quantize);
   phase = "adapters";
   const adapters: Entry = { name: "adapters", outputs: [] };
   for (const placed of placement.params) {
@@ -266,6 +228,70 @@ export function buildInit(
     },
     buffers,
   };
+}
+
+/** What a buffer's expression is, for a mistake found in it. */
+interface Computing {
+  name: string;
+  at: Location;
+  adapter: boolean;
+  rule: Location;
+}
+
+/**
+ * Quantizers', then adapters' tensor `const`s as outputs of the `quantize` entry: each becomes a
+ * buffer, computed once from the loaded weights (the step reads the ones it uses; an adapter's
+ * params may read them in their initializers, which recompute them in the `adapters` entry).
+ */
+function constBuffers(
+  r: Resolver,
+  L: Lowerer,
+  placement: Placement,
+  quantize: Entry,
+  computing: (c: Computing) => void,
+): Map<string, Value> {
+  const buffers = new Map<string, Value>();
+  for (const applied of [...placement.quantizers, ...placement.adapters]) {
+    for (const [name, v] of applied.instance.scope) {
+      if (v.kind !== "deferred" || !v.constant) continue;
+      computing({
+        name,
+        at: { file: applied.instance.module.file, span: v.expr.span },
+        adapter: applied.config.def.sort === "adapter",
+        rule: applied.config.at,
+      });
+      // A mistake found in the definition's code is reported at the train block's rule.
+      const value = r.attempt(() =>
+        r.fromUserSite(applied.config.at, () =>
+          L.expr({ kind: "NameExpr", name, span: v.expr.span }, L.frameFor(applied.instance)),
+        ),
+      );
+      if (!value) continue;
+      const key = `${applied.instance.path}.${name}`;
+      if (value.kind === "tensor")
+        quantize.outputs.push({ name: `buffer:${key}`, node: value.node });
+      else if (value.kind === "struct") {
+        for (const [field, f] of value.fields)
+          if (f.kind === "tensor")
+            quantize.outputs.push({ name: `buffer:${key}.${field}`, node: f.node });
+      } else continue;
+      buffers.set(key, value);
+    }
+  }
+  return buffers;
+}
+
+/**
+ * `frozen(model)` in the loss reads copies of the model's parameters as loaded (step.ts says
+ * which); a copy is a new tensor, so that updating the parameter leaves it as it was.
+ */
+function frozenCopies(b: Builder, L: Lowerer, placement: Placement, quantize: Entry): void {
+  for (const placed of placement.params) {
+    if (placed.origin !== "model") continue;
+    const p = placed.param;
+    const node = b.mul(L.hooks.param(p), b.constant(1, [], p.dtype));
+    quantize.outputs.push({ name: `buffer:frozen:${p.path}`, node });
+  }
 }
 
 /** Whether an expression names `name` anywhere (a walk over its syntax tree). */
