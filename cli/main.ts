@@ -12,6 +12,7 @@ import { checkCommand } from "./check.js";
 import { devicesCommand } from "./devices.js";
 import { fmtCommand } from "./fmt.js";
 import { evalCommand, type EvalCommandOptions } from "./eval.js";
+import { exportCommand, type ExportCommandOptions } from "./export.js";
 import { devices, trainCommand } from "./train.js";
 
 function program(setCode: (code: number) => void): Command {
@@ -160,6 +161,28 @@ function program(setCode: (code: number) => void): Command {
     )
     .action(async (file: string, opts: EvalCommandOptions) => {
       setCode(await evalCommand(file, opts));
+    });
+
+  cli
+    .command("export")
+    .description(
+      "write a run's adapters as a Hugging Face PEFT adapter folder, or its model merged as a Hugging Face checkpoint folder",
+    )
+    .argument("<run-or-weights>", "a run folder (runs/NAME) or its final.safetensors")
+    .option(
+      "--peft <dir>",
+      "write adapter_config.json + adapter_model.safetensors (LoRA, DoRA, AdaLoRA)",
+    )
+    .option("--merged <dir>", "write config.json + model.safetensors with every adapter merged")
+    .option("--program <file>", "the .lrk program (default: the one the run recorded)")
+    .option("--train <name>", "which train block (default: the one the run recorded)")
+    .option("--json", "print diagnostics as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ lrkc export runs/tune --peft out/adapter\n  $ lrkc export runs/tune/final.safetensors --merged out/merged",
+    )
+    .action(async (input: string, opts: ExportCommandOptions) => {
+      setCode(await exportCommand(input, opts));
     });
 
   cli

@@ -2,24 +2,30 @@
 // [in, out], PEFT's fan_in_fan_out), `lrkc export --peft` / `--merged`, and PEFT adapter folders
 // loaded back as adapter initial values. The GPT-2 fixture is tests/fixtures/hf/gpt2
 // (scripts/hf-fixtures.py).
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
+import { readPeftFolder } from "../runtime/peft.js";
+import { readSafetensors } from "../runtime/safetensors.js";
 import { initialize } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { root } from "./helpers.js";
+import { lrkcBin, root } from "./helpers.js";
 import { expectTrainsAlike, prepare, type TestRun } from "./program-helpers.js";
 
 const fixtures = join(root, "tests", "fixtures", "hf");
 const gpt2 = join(fixtures, "gpt2");
 
 /** The GPT-2 fixture with `adapt` rules, frozen base, trained on arithmetic (i32[B, 11] inputs). */
-function gpt2Source(adapts: string, steps = 4): string {
+function gpt2Source(adapts: string, steps = 4, definitions = ""): string {
   return `import std.models.{GPT2}
 import std.optim.{adamw}
-import std.adapters.{lora, dora, adalora, sora}
-
+import std.adapters.{lora, dora, adalora}
+${definitions}
 data sub = std.data.arithmetic(ops: "-", digits: 3, negative: false)
 
 train tune {
@@ -94,4 +100,205 @@ describe("LoRA and DoRA on GPT-2's Conv1D layers", () => {
       expect(Array.from(b.data).some((v) => v !== 0)).toBe(true);
     }, 120_000);
   });
+});
+
+const lrkc = (...args: string[]) =>
+  spawnSync(process.execPath, [lrkcBin, ...args], { encoding: "utf8", timeout: 120_000 });
+
+/** Logits [2, T, vocab] of the model with `store`, on two fixed token rows. */
+async function logits(run: TestRun, store: ReadonlyMap<string, Tensor>): Promise<Float32Array> {
+  const T = Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[1]);
+  const input = new Int32Array(2 * T);
+  [
+    [1, 5, 9, 2, 7, 3, 3, 8],
+    [4, 4, 0, 6, 2, 1, 9, 5],
+  ].forEach((row, b) => input.set(row.slice(0, T), b * T));
+  const feeds = new Map(store);
+  feeds.set("batch.input", { shape: [2, T], data: input });
+  const out = await new CpuDevice({ float64: false }).run(run.step, run.step.predict!, feeds);
+  return Float32Array.from(out.get("logits")!.data);
+}
+
+/** The fine-tuned model's store: its program initialized, then the run's final weights over it. */
+async function fineTuned(run: TestRun, weights: string): Promise<Map<string, Tensor>> {
+  const store = await initialize(run.program, new CpuDevice({ float64: false }));
+  for (const [name, t] of readSafetensors(weights).tensors)
+    store.set(name.includes(":") ? name : `param:${name}`, t);
+  return store;
+}
+
+function maxRelDiff(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  a.forEach((v, i) => {
+    diff = Math.max(diff, Math.abs(v - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  });
+  return diff / scale;
+}
+
+/** GPT-2 without adapters, its weights from the checkpoint folder `init`. */
+function plainSource(init: string): string {
+  return gpt2Source("")
+    .replace(/import std\.adapters[^\n]*\n/, "")
+    .replace(`init "${gpt2}"`, `init "${init}"`)
+    .replace("freeze transformer.**\n  optimize adapters", "optimize **");
+}
+
+const LORA_ONLY = `  adapt transformer.h.*.attn.c_attn with lora(rank: 4, alpha: 8)
+  adapt transformer.h.*.mlp.c_proj with lora(rank: 4, alpha: 8)`;
+
+describe("lrkc export", () => {
+  let dir: string;
+  /** A LoRA fine-tune of the GPT-2 fixture (c_attn and mlp.c_proj, 4 steps, CPU). */
+  const trained = (name: string, adapts: string) => {
+    const program = join(dir, `${name}.lrk`);
+    writeFileSync(program, gpt2Source(adapts));
+    const r = lrkc("train", program, "--device", "cpu", "--out", join(dir, name));
+    expect(r.status, r.stderr).toBe(0);
+    return { program, run: join(dir, name) };
+  };
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-export-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("--merged: a plain GPT-2 loading the folder gives the fine-tuned model's logits", async () => {
+    const { program, run } = trained("mixed", LORA_AND_DORA);
+    const out = join(dir, "merged");
+    const r = lrkc("export", run, "--merged", out);
+    expect(r.status, r.stderr).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(["config.json", "model.safetensors"]);
+    expect(readFileSync(join(out, "config.json"), "utf8")).toBe(
+      readFileSync(join(gpt2, "config.json"), "utf8"),
+    );
+    const file = readSafetensors(join(out, "model.safetensors"));
+    expect([...file.tensors.keys()].some((k) => k.includes("lora") || k.includes("dora"))).toBe(
+      false,
+    );
+    expect(file.tensors.get("transformer.h.0.attn.c_attn.weight")!.shape).toEqual([32, 96]);
+    const tuned = compileRun(readFileSync(program, "utf8"), program);
+    const want = await logits(tuned, await fineTuned(tuned, join(run, "final.safetensors")));
+    const plain = compileRun(plainSource(out), join(dir, "plain.lrk"));
+    const cpu = new CpuDevice({ float64: false });
+    const got = await logits(plain, await initialize(plain.program, cpu));
+    expect(maxRelDiff(got, want)).toBeLessThan(1e-5);
+    // and the merge did change the model (the fine-tune moved the adapters)
+    const base = compileRun(plainSource(gpt2), join(dir, "base.lrk"));
+    expect(
+      maxRelDiff(await logits(base, await initialize(base.program, cpu)), want),
+    ).toBeGreaterThan(1e-3);
+  }, 120_000);
+
+  it("--peft: PEFT's key names and config fields, and the folder loads back to the same logits", async () => {
+    const { program, run } = trained("lora", LORA_ONLY);
+    const out = join(dir, "peft");
+    const r = lrkc("export", run, "--peft", out);
+    expect(r.status, r.stderr).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors"]);
+    const file = readSafetensors(join(out, "adapter_model.safetensors"));
+    expect(file.metadata).toEqual({ format: "pt" });
+    const keys = [...file.tensors.keys()].sort();
+    expect(keys).toHaveLength(8);
+    expect(keys.slice(0, 4)).toEqual([
+      "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight",
+      "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight",
+      "base_model.model.transformer.h.0.mlp.c_proj.lora_A.weight",
+      "base_model.model.transformer.h.0.mlp.c_proj.lora_B.weight",
+    ]);
+    expect(file.tensors.get(keys[0]!)!.shape).toEqual([4, 32]); // [r, in]
+    expect(file.tensors.get(keys[1]!)!.shape).toEqual([96, 4]); // [out, r]
+    expect(file.tensors.get(keys[2]!)!.shape).toEqual([4, 64]);
+    expect(file.tensors.get(keys[3]!)!.shape).toEqual([32, 4]);
+    const config = JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8"));
+    expect(config).toEqual({
+      peft_type: "LORA",
+      task_type: "CAUSAL_LM",
+      base_model_name_or_path: gpt2,
+      revision: null,
+      inference_mode: true,
+      r: 4,
+      // `c_proj` also names attn.c_proj, which is not adapted: so full paths
+      target_modules: [
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.0.mlp.c_proj",
+        "transformer.h.1.attn.c_attn",
+        "transformer.h.1.mlp.c_proj",
+      ],
+      lora_alpha: 8,
+      lora_dropout: 0,
+      fan_in_fan_out: true,
+      bias: "none",
+      use_rslora: false,
+      modules_to_save: null,
+      init_lora_weights: true,
+      layers_to_transform: null,
+      layers_pattern: null,
+      rank_pattern: {},
+      alpha_pattern: {},
+      use_dora: false,
+    });
+    // back in: the folder's tensors as the program's adapters give the fine-tuned logits
+    const tuned = compileRun(readFileSync(program, "utf8"), program);
+    const want = await logits(tuned, await fineTuned(tuned, join(run, "final.safetensors")));
+    const store = await initialize(tuned.program, new CpuDevice({ float64: false }));
+    const loaded = readPeftFolder(out, tuned.program.params, (p) =>
+      JSON.parse(readFileSync(p, "utf8")),
+    );
+    for (const [name, t] of loaded.tensors) store.set(name, t);
+    expect(maxRelDiff(await logits(tuned, store), want)).toBeLessThan(1e-6);
+  }, 120_000);
+
+  it("--peft: short target_modules when the last names select exactly the adapted modules", () => {
+    const { run } = trained("attn", "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)");
+    const out = join(dir, "peft-attn");
+    expect(lrkc("export", run, "--peft", out).status).toBe(0);
+    const config = JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8"));
+    expect(config.target_modules).toEqual(["c_attn"]);
+    expect(config.r).toBe(2);
+    expect(config.lora_alpha).toBe(2);
+  }, 120_000);
+
+  it("--peft refuses an adapter PEFT does not have (E0506), writing nothing", () => {
+    // a per-output gain: an adapter of the program's own, with a `merged` but no PEFT form
+    const gain = `
+adapter gain on Linear(in, out) or Conv1D(in, out) {
+  param g: f32[out] = zeros
+  forward(x: f32[..., in]) -> f32[..., out] = base(x) * (1 + g)
+  if base.fan_in_fan_out {
+    merged = base.weight * reshape(1 + g, [1, out])
+  } else {
+    merged = base.weight * reshape(1 + g, [out, 1])
+  }
+}
+`;
+    const program = join(dir, "gain.lrk");
+    writeFileSync(program, gpt2Source("  adapt transformer.h.*.attn.c_attn with gain", 4, gain));
+    expect(lrkc("train", program, "--device", "cpu", "--out", join(dir, "gain")).status).toBe(0);
+    const run = join(dir, "gain");
+    const out = join(dir, "peft-gain");
+    const r = lrkc("export", run, "--peft", out);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("error[E0506]: `gain` has no PEFT form");
+    expect(r.stderr).toContain("--merged DIR");
+    expect(r.stderr).not.toContain("bug in lrkc");
+    expect(existsSync(join(out, "adapter_config.json"))).toBe(false);
+    // the same run exports merged
+    expect(lrkc("export", run, "--merged", join(dir, "merged-gain")).status).toBe(0);
+  }, 120_000);
+
+  it("an export folder that cannot be written is a diagnostic (E0003), and leaves no temporary file", () => {
+    const { run } = trained("lora2", "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)");
+    const blocker = join(dir, "a-file");
+    writeFileSync(blocker, "not a folder");
+    const r = lrkc("export", run, "--merged", join(blocker, "out"));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("error[E0003]: cannot write");
+    expect(r.stderr).not.toContain("bug in lrkc");
+    // an existing export is replaced whole: an interrupted write never leaves a partial file
+    const out = join(dir, "merged-again");
+    expect(lrkc("export", run, "--merged", out).status).toBe(0);
+    expect(lrkc("export", run, "--merged", out).status).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(["config.json", "model.safetensors"]);
+  }, 120_000);
 });
