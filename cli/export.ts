@@ -13,8 +13,8 @@ import { error, type Diagnostic } from "../language/diagnostics.js";
 import { isFileSystemError, makeFolder, writeFileAtomic } from "../runtime/atomic.js";
 import { checkpointUses, loadCheckpoint } from "../runtime/checkpoint.js";
 import { CpuDevice } from "../runtime/device.js";
-import { PeftError, toPeft, type AdaptedModule } from "../runtime/peft.js";
-import { SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
+import { PeftError, readPeftFolder, toPeft, type AdaptedModule } from "../runtime/peft.js";
+import { CheckpointError, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
 import { initialize, initializeAdapters } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { cannotWrite, readSource } from "./files.js";
@@ -227,4 +227,75 @@ function baseConfig(init: string | undefined): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * `--init-adapters PATH` (train, eval): the adapters' starting values, from a PEFT adapter folder
+ * (adapter_config.json + adapter_model.safetensors) or a safetensors file naming adapter
+ * parameters by path (a run's adapters.safetensors or final.safetensors). Every adapter parameter
+ * of the program must be there; a PEFT config whose rank, alpha or rslora differ from the
+ * program's adapters is refused (the same tensors would compute another function). Throws
+ * CheckpointError (E0502).
+ */
+export function loadInitAdapters(path: string, compiled: Compiled): Map<string, Tensor> {
+  const { program, placement } = compiled;
+  const adapterParams = program.params.filter((p) => p.origin === "adapter");
+  if (adapterParams.length === 0)
+    throw new CheckpointError(
+      `--init-adapters ${path}: the program adapts no module`,
+      "add the `adapt` rules the adapter was trained with",
+    );
+  if (existsSync(join(path, "adapter_config.json"))) {
+    const { tensors, config } = readPeftFolder(path, program.params, (p) => {
+      const json = readJson(p);
+      if (!json)
+        throw new CheckpointError(`${p} is not a JSON object`, "pass a PEFT adapter folder");
+      return json;
+    });
+    for (const a of placement.adapters) checkPeftSettings(path, a, config);
+    return tensors;
+  }
+  const loaded = loadCheckpoint(resolve(path), program, checkpointUses.weights);
+  const tensors = new Map<string, Tensor>();
+  for (const p of adapterParams) {
+    const t = loaded.tensors.get(`param:${p.path}`);
+    if (!t)
+      throw new CheckpointError(
+        `${path} has no \`${p.path}\``,
+        "pass the adapters.safetensors (or final.safetensors) of a run with the same `adapt` rules",
+      );
+    tensors.set(`param:${p.path}`, t);
+  }
+  return tensors;
+}
+
+/** The PEFT config's rank, alpha and rslora for this module, against the adapter's arguments. */
+function checkPeftSettings(
+  path: string,
+  a: Compiled["placement"]["adapters"][number],
+  config: Record<string, unknown>,
+): void {
+  const name = a.config.def.name.name;
+  const arg = (k: string) => plainValue(a.config.args.get(k));
+  const pattern = (field: string) => {
+    const entries = Object.entries((config[field] as Record<string, number> | null) ?? {});
+    return entries.find(([k]) => a.module.path === k || a.module.path.endsWith(`.${k}`))?.[1];
+  };
+  const wants: [string, unknown, unknown][] =
+    name === "adalora"
+      ? [
+          ["init_rank", arg("init_rank"), config["init_r"]],
+          ["alpha", arg("alpha"), config["lora_alpha"]],
+        ]
+      : [
+          ["rank", arg("rank"), pattern("rank_pattern") ?? config["r"]],
+          ["alpha", arg("alpha"), pattern("alpha_pattern") ?? config["lora_alpha"]],
+          ["rslora", arg("rslora") ?? false, config["use_rslora"] ?? false],
+        ];
+  for (const [k, mine, theirs] of wants)
+    if (theirs !== undefined && mine !== theirs)
+      throw new CheckpointError(
+        `\`${a.module.path}\` is adapted with \`${name}(${k}: ${String(mine)})\`, but the PEFT adapter in ${path} was trained with ${k} ${String(theirs)}`,
+        `adapt it with \`${name}(…, ${k}: ${String(theirs)})\`, as the adapter was trained`,
+      );
 }

@@ -113,6 +113,10 @@ function program(setCode: (code: number) => void): Command {
     )
     .option("--resume", "continue from the run folder's checkpoint, exactly as if never stopped")
     .option("--init <file>", "start from these weights (safetensors) instead of the block's `init`")
+    .option(
+      "--init-adapters <path>",
+      "start the adapters from a PEFT adapter folder or an adapters.safetensors",
+    )
     .option("--force", "replace the run the run folder holds (without it, training there refuses)")
     .option(
       "--no-autotune",
@@ -133,6 +137,7 @@ function program(setCode: (code: number) => void): Command {
           device: string;
           out?: string;
           init?: string;
+          initAdapters?: string;
           force?: boolean;
           json?: boolean;
         },
@@ -150,6 +155,10 @@ function program(setCode: (code: number) => void): Command {
     .option("--train <name>", "which train block, when the file has several")
     .option("--weights <file>", "parameters by path (a run's final.safetensors or checkpoint)")
     .option("--data <name>", "a `data` declaration of the file to evaluate on (its valid split)")
+    .option(
+      "--init-adapters <path>",
+      "the adapters' values: a PEFT adapter folder or an adapters.safetensors",
+    )
     .option("--batch <n>", "override the batch size")
     .option("--batches <n>", "full batches to evaluate", "8")
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")

@@ -246,6 +246,7 @@ export function readPeftFolder(
       `${dir} holds ${kind} adapters, but the program has no \`${kind}\` adapter`,
       `adapt the modules with \`${kind}(…)\` as the adapter was trained`,
     );
+  const used = new Set<string>();
   for (const p of mine) {
     const parts = p.path.split(".");
     const name = parts.at(-1)!;
@@ -264,6 +265,14 @@ export function readPeftFolder(
         "give the adapter the rank it was trained with (adapter_config.json's `r`)",
       );
     tensors.set(`param:${p.path}`, { ...t, shape: [...p.shape] });
+    used.add(key);
   }
+  // a module the adapter was trained on that the program does not adapt would be dropped
+  const unused = [...file.keys()].filter((k) => !used.has(k));
+  if (unused.length > 0)
+    throw new CheckpointError(
+      `${dir} also adapts modules this program does not: \`${unused[0]}\`${unused.length > 1 ? ` and ${unused.length - 1} more tensors` : ""}`,
+      "adapt every module the adapter's target_modules names",
+    );
   return { tensors, config };
 }

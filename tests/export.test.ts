@@ -12,7 +12,7 @@ import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { readPeftFolder } from "../runtime/peft.js";
 import { readSafetensors } from "../runtime/safetensors.js";
-import { initialize } from "../runtime/trainer.js";
+import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { lrkcBin, root } from "./helpers.js";
 import { expectTrainsAlike, prepare, type TestRun } from "./program-helpers.js";
@@ -300,5 +300,69 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
     expect(lrkc("export", run, "--merged", out).status).toBe(0);
     expect(lrkc("export", run, "--merged", out).status).toBe(0);
     expect(readdirSync(out).sort()).toEqual(["config.json", "model.safetensors"]);
+  }, 120_000);
+
+  it("back in: training writes adapters.safetensors, and a PEFT folder or it starts the adapters", async () => {
+    const { program, run } = trained("back", LORA_ONLY);
+    const adapters = readSafetensors(join(run, "adapters.safetensors"));
+    expect([...adapters.tensors.keys()].sort()).toEqual([
+      "transformer.h.0.attn.c_attn.lora.A",
+      "transformer.h.0.attn.c_attn.lora.B",
+      "transformer.h.0.mlp.c_proj.lora.A",
+      "transformer.h.0.mlp.c_proj.lora.B",
+      "transformer.h.1.attn.c_attn.lora.A",
+      "transformer.h.1.attn.c_attn.lora.B",
+      "transformer.h.1.mlp.c_proj.lora.A",
+      "transformer.h.1.mlp.c_proj.lora.B",
+    ]);
+    const peft = join(dir, "peft-back");
+    expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+    // train from them: the first step's loss is the fine-tuned model's, not the base's
+    const first = (out: string, ...args: string[]) => {
+      const r = lrkc("train", program, "--device", "cpu", "--steps", "1", "--out", out, ...args);
+      expect(r.status, r.stderr).toBe(0);
+      return JSON.parse(readFileSync(join(out, "metrics.jsonl"), "utf8").split("\n")[0]!)
+        .loss as number;
+    };
+    const fresh = first(join(dir, "fresh"));
+    const fromPeft = first(join(dir, "from-peft"), "--init-adapters", peft);
+    expect(Math.abs(fromPeft - fresh)).toBeGreaterThan(1e-4);
+    expect(
+      first(join(dir, "from-file"), "--init-adapters", join(run, "adapters.safetensors")),
+    ).toBe(fromPeft);
+    // the same as starting in-process from the run's final adapters
+    const tuned = compileRun(readFileSync(program, "utf8"), program);
+    const final = new Map(
+      [...readSafetensors(join(run, "final.safetensors")).tensors]
+        .filter(([name]) => name.includes(".lora."))
+        .map(([name, t]) => [`param:${name}`, t] as const),
+    );
+    const result = await train(tuned, new CpuDevice({ float64: false }), {
+      steps: 1,
+      adapters: final,
+    });
+    expect(Math.abs(result.losses[0]! - fromPeft) / fromPeft).toBeLessThan(1e-6);
+  }, 240_000);
+
+  it("--init-adapters refuses a PEFT adapter trained with another alpha or on other modules (E0502)", () => {
+    const { run } = trained("refused", LORA_ONLY);
+    const peft = join(dir, "peft-refused");
+    expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+    const otherAlpha = join(dir, "other-alpha.lrk");
+    writeFileSync(otherAlpha, gpt2Source(LORA_ONLY.replaceAll("alpha: 8", "alpha: 16")));
+    let r = lrkc("eval", otherAlpha, "--device", "cpu", "--init-adapters", peft);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(
+      "error[E0502]: `transformer.h.0.attn.c_attn` is adapted with `lora(alpha: 16)`, but the PEFT adapter in",
+    );
+    const fewer = join(dir, "fewer.lrk");
+    writeFileSync(
+      fewer,
+      gpt2Source("  adapt transformer.h.*.attn.c_attn with lora(rank: 4, alpha: 8)"),
+    );
+    r = lrkc("eval", fewer, "--device", "cpu", "--init-adapters", peft);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("also adapts modules this program does not");
+    expect(r.stderr).not.toContain("bug in lrkc");
   }, 120_000);
 });
