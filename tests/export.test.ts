@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { readPeftFolder } from "../runtime/peft.js";
+import { PeftError, readPeftFolder, toPeft } from "../runtime/peft.js";
 import { readSafetensors } from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -365,4 +365,106 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
     expect(r.stderr).toContain("also adapts modules this program does not");
     expect(r.stderr).not.toContain("bug in lrkc");
   }, 120_000);
+});
+
+describe("PEFT names for DoRA and AdaLoRA (runtime/peft.ts)", () => {
+  const t = (...shape: number[]): Tensor => ({
+    shape,
+    data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(0.5),
+  });
+  const context = {
+    modules: ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"],
+    baseModel: "meta-llama/Llama-3.2-1B",
+    taskType: "CAUSAL_LM",
+    steps: 100,
+  };
+
+  it("DoRA: lora_A/lora_B .weight and lora_magnitude_vector (no .weight), use_dora", () => {
+    const weights = new Map([
+      ["model.layers.0.self_attn.q_proj.dora.A", t(4, 16)],
+      ["model.layers.0.self_attn.q_proj.dora.B", t(16, 4)],
+      ["model.layers.0.self_attn.q_proj.dora.magnitude", t(16)],
+    ]);
+    const { config, tensors } = toPeft(
+      [
+        {
+          module: "model.layers.0.self_attn.q_proj",
+          adapter: "dora",
+          args: { rank: 4, alpha: 4, dropout: 0.05 },
+          fanInFanOut: false,
+        },
+      ],
+      weights,
+      context,
+    );
+    expect([...tensors.keys()].sort()).toEqual([
+      "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+      "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+      "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
+    ]);
+    expect(config).toMatchObject({
+      peft_type: "LORA",
+      use_dora: true,
+      r: 4,
+      lora_alpha: 4,
+      lora_dropout: 0.05,
+      fan_in_fan_out: false,
+      target_modules: ["q_proj"],
+      base_model_name_or_path: "meta-llama/Llama-3.2-1B",
+    });
+  });
+
+  it("AdaLoRA: lora_A, lora_B, lora_E [r, 1] without .weight; ADALORA config with init_r and total_step", () => {
+    const weights = new Map([
+      ["model.layers.0.self_attn.k_proj.adalora.Q", t(6, 16)],
+      ["model.layers.0.self_attn.k_proj.adalora.P", t(8, 6)],
+      ["model.layers.0.self_attn.k_proj.adalora.E", t(6)],
+    ]);
+    const { config, tensors } = toPeft(
+      [
+        {
+          module: "model.layers.0.self_attn.k_proj",
+          adapter: "adalora",
+          args: { init_rank: 6, alpha: 8, orth_reg: 0.5, dropout: 0 },
+          fanInFanOut: false,
+        },
+      ],
+      weights,
+      { ...context, budgetTotal: 4 },
+    );
+    const key = "base_model.model.model.layers.0.self_attn.k_proj.";
+    expect([...tensors.keys()].sort()).toEqual([`${key}lora_A`, `${key}lora_B`, `${key}lora_E`]);
+    expect(tensors.get(`${key}lora_E`)!.shape).toEqual([6, 1]);
+    expect(tensors.get(`${key}lora_A`)!.shape).toEqual([6, 16]);
+    expect(tensors.get(`${key}lora_B`)!.shape).toEqual([8, 6]);
+    expect(config).toMatchObject({
+      peft_type: "ADALORA",
+      init_r: 6,
+      target_r: 4,
+      lora_alpha: 8,
+      orth_reg_weight: 0.5,
+      total_step: 100,
+      rank_pattern: null,
+      target_modules: ["k_proj"],
+    });
+  });
+
+  it("mixed adapter kinds in one folder are refused", () => {
+    const mk = (module: string, adapter: string) => ({
+      module,
+      adapter,
+      args: { rank: 2, alpha: 2 },
+      fanInFanOut: false,
+    });
+    expect(() =>
+      toPeft(
+        [
+          mk("model.layers.0.self_attn.q_proj", "lora"),
+          mk("model.layers.0.self_attn.k_proj", "dora"),
+        ],
+        new Map(),
+        context,
+      ),
+    ).toThrow(PeftError);
+  });
 });
