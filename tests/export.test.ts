@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
+import { compileMerge } from "../compiler/merge.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { PeftError, readPeftFolder, toPeft } from "../runtime/peft.js";
@@ -466,5 +467,69 @@ describe("PEFT names for DoRA and AdaLoRA (runtime/peft.ts)", () => {
         context,
       ),
     ).toThrow(PeftError);
+  });
+});
+
+describe("PEFT LoRA on GPT-2 against PyTorch (scripts/hf-fixtures.py: gpt2-lora-peft)", () => {
+  const folder = join(fixtures, "gpt2-lora-peft");
+  const reference = JSON.parse(readFileSync(join(folder, "reference.json"), "utf8")) as {
+    sequences: number[][];
+    logits: number[][][];
+  };
+  const adapts = `  adapt transformer.h.*.attn.c_attn with lora(rank: 4, alpha: 8)
+  adapt transformer.h.*.mlp.c_fc with lora(rank: 4, alpha: 8)`;
+
+  /** max |got - ref| / max |ref| over the reference's 8 positions of both sequences. */
+  async function error(run: TestRun, store: ReadonlyMap<string, Tensor>): Promise<number> {
+    const T = Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[1]);
+    const input = new Int32Array(2 * T);
+    reference.sequences.forEach((row, b) => input.set(row, b * T));
+    const feeds = new Map(store);
+    feeds.set("batch.input", { shape: [2, T], data: input });
+    const out = await new CpuDevice({ float64: false }).run(run.step, run.step.predict!, feeds);
+    const y = out.get("logits")!;
+    const V = Number(y.shape[2]);
+    let diff = 0;
+    let scale = 0;
+    reference.logits.forEach((seq, b) =>
+      seq.forEach((row, t) =>
+        row.forEach((want, v) => {
+          diff = Math.max(diff, Math.abs(Number(y.data[(b * T + t) * V + v]) - want));
+          scale = Math.max(scale, Math.abs(want));
+        }),
+      ),
+    );
+    return diff / scale;
+  }
+
+  it("the PEFT folder loaded into lrk's lora on Conv1D gives PEFT's merged logits", async () => {
+    const run = compileRun(gpt2Source(adapts));
+    const store = await initialize(run.program, new CpuDevice({ float64: false }));
+    const { tensors } = readPeftFolder(folder, run.program.params, (p) =>
+      JSON.parse(readFileSync(p, "utf8")),
+    );
+    expect(tensors.size).toBe(8);
+    for (const [name, t] of tensors) store.set(name, t);
+    expect(await error(run, store)).toBeLessThan(1e-5);
+  });
+
+  it("lrk's merge of it (compiler/merge.ts) is PEFT's W + s·(B A)^T: a plain GPT-2 gives the same logits", async () => {
+    const path = join(root, "tests", "export-main.lrk");
+    const file = new SourceFile(path, gpt2Source(adapts));
+    const run = compileRun(file.text, path);
+    const cpu = new CpuDevice({ float64: false });
+    const store = await initialize(run.program, cpu);
+    const { tensors } = readPeftFolder(folder, run.program.params, (p) =>
+      JSON.parse(readFileSync(p, "utf8")),
+    );
+    for (const [name, t] of tensors) store.set(name, t);
+    const { merge, diagnostics } = compileMerge(file);
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    expect(merge!.weights.map((w) => w.weight)).toContain("transformer.h.1.mlp.c_fc.weight");
+    const merged = await cpu.run(merge!, merge!.entry, store);
+    const plain = compileRun(plainSource(gpt2), join(root, "tests", "export-plain.lrk"));
+    const base = await initialize(plain.program, cpu);
+    for (const w of merge!.weights) base.set(`param:${w.weight}`, merged.get(w.output)!);
+    expect(await error(plain, base)).toBeLessThan(1e-5);
   });
 });
