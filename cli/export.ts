@@ -79,15 +79,25 @@ export async function exportCommand(input: string, options: ExportCommandOptions
       if (p.origin === "model") out.set(p.path, store.get(`param:${p.path}`)!);
     for (const w of merge.merge.weights) out.set(w.weight, merged.get(w.output)!);
     const dir = options.merged!;
+    const config = baseConfig(program.init?.path);
+    // the source's dtype (config.json's torch_dtype), as a Hugging Face folder of it would be
+    let floats = sourceFloats(config);
     const written = writeFolder(dir, (folder) => {
-      writeSafetensors(join(folder, "model.safetensors"), out, { format: "pt" });
-      const config = baseConfig(program.init?.path);
+      const path = join(folder, "model.safetensors");
+      try {
+        writeSafetensors(path, out, { format: "pt" }, { floats });
+      } catch (e) {
+        // a merged value beyond F16's range: F32 rather than an infinity
+        if (!(e instanceof RangeError) || floats !== "F16") throw e;
+        floats = "F32";
+        writeSafetensors(path, out, { format: "pt" }, { floats });
+      }
       if (config) writeFileAtomic(join(folder, "config.json"), config);
     });
     if (written) return report([...diagnostics, written], options);
     if (!options.json)
       process.stderr.write(
-        `wrote ${dir}: ${out.size} tensors, ${merge.merge.weights.length} merged (${[...new Set(merge.merge.weights.map((w) => w.adapter))].join(", ")})\n`,
+        `wrote ${dir}: ${out.size} tensors (${floats}), ${merge.merge.weights.length} merged (${[...new Set(merge.merge.weights.map((w) => w.adapter))].join(", ")})\n`,
       );
     return report(diagnostics, options);
   } catch (e) {
@@ -217,6 +227,17 @@ function readJson(path: string): Record<string, unknown> | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** F16 or BF16 when config.json's torch_dtype says so, else F32. */
+function sourceFloats(config: string | undefined): "F32" | "F16" | "BF16" {
+  let dtype: unknown;
+  try {
+    dtype = config ? (JSON.parse(config) as Record<string, unknown>)["torch_dtype"] : undefined;
+  } catch {
+    dtype = undefined;
+  }
+  return dtype === "float16" ? "F16" : dtype === "bfloat16" ? "BF16" : "F32";
 }
 
 /** The base model's config.json (from the `init` folder), as it is, for the merged folder. */

@@ -12,7 +12,13 @@ import { compileMerge } from "../compiler/merge.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { PeftError, readPeftFolder, toPeft } from "../runtime/peft.js";
-import { readSafetensors } from "../runtime/safetensors.js";
+import {
+  halfToNumber,
+  numberToBfloat16,
+  numberToHalf,
+  readSafetensors,
+  SafetensorsFile,
+} from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { lrkcBin, root } from "./helpers.js";
@@ -532,4 +538,61 @@ describe("PEFT LoRA on GPT-2 against PyTorch (scripts/hf-fixtures.py: gpt2-lora-
     for (const w of merge!.weights) base.set(`param:${w.weight}`, merged.get(w.output)!);
     expect(await error(plain, base)).toBeLessThan(1e-5);
   });
+});
+
+describe("--merged in the source's dtype", () => {
+  it("F16 and BF16 are rounded to nearest, ties to even", () => {
+    expect(numberToHalf(1)).toBe(0x3c00);
+    expect(numberToHalf(-2)).toBe(0xc000);
+    expect(numberToHalf(65504)).toBe(0x7bff);
+    expect(numberToHalf(0.1)).toBe(0x2e66);
+    expect(numberToHalf(2 ** -24)).toBe(0x0001); // the smallest subnormal
+    expect(numberToHalf(2 ** -26)).toBe(0); // below half of it
+    expect(numberToHalf(1 + 2 ** -11)).toBe(0x3c00); // a tie: to the even neighbour
+    expect(numberToHalf(1 + 3 * 2 ** -11)).toBe(0x3c02);
+    for (const x of [0.3, -1.7e-3, 1234.5, 3e-6]) {
+      const h = halfToNumber(numberToHalf(x));
+      expect(Math.abs(h - x)).toBeLessThanOrEqual(Math.abs(x) * 2 ** -11 + 2 ** -25);
+    }
+    expect(numberToBfloat16(1)).toBe(0x3f80);
+    expect(numberToBfloat16(-3.140625)).toBe(0xc049);
+    expect(numberToBfloat16(1 + 2 ** -8)).toBe(0x3f80); // a tie: to even
+    expect(numberToBfloat16(1 + 3 * 2 ** -8)).toBe(0x3f82);
+  });
+
+  it("a fine-tune of the BF16 fixture exports merged as BF16, with its config.json", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-export-bf16-"));
+    try {
+      const bf16 = join(fixtures, "gpt2-bf16");
+      const program = join(dir, "bf16.lrk");
+      writeFileSync(program, gpt2Source(LORA_ONLY).replaceAll(`"${gpt2}"`, `"${bf16}"`));
+      const trainRun = lrkc("train", program, "--device", "cpu", "--out", join(dir, "run"));
+      expect(trainRun.status, trainRun.stderr).toBe(0);
+      const out = join(dir, "merged");
+      const r = lrkc("export", join(dir, "run"), "--merged", out);
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stderr).toContain("(BF16)");
+      const file = SafetensorsFile.open(join(out, "model.safetensors"));
+      const dtypes = new Set([...file.entries.values()].map((e) => e.dtype));
+      file.close();
+      expect(dtypes).toEqual(new Set(["BF16"]));
+      expect(JSON.parse(readFileSync(join(out, "config.json"), "utf8")).torch_dtype).toBe(
+        "bfloat16",
+      );
+      // a plain GPT-2 from it is the fine-tuned model, to BF16's precision
+      const tuned = compileRun(readFileSync(program, "utf8"), program);
+      const want = await logits(
+        tuned,
+        await fineTuned(tuned, join(dir, "run", "final.safetensors")),
+      );
+      const plain = compileRun(plainSource(out), join(dir, "plain.lrk"));
+      const got = await logits(
+        plain,
+        await initialize(plain.program, new CpuDevice({ float64: false })),
+      );
+      expect(maxRelDiff(got, want)).toBeLessThan(3e-2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
