@@ -21,7 +21,7 @@ import {
 } from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { lrkcBin, root } from "./helpers.js";
+import { loraTinyLmProgram, lrkcBin, root } from "./helpers.js";
 import { expectTrainsAlike, prepare, type TestRun } from "./program-helpers.js";
 
 const fixtures = join(root, "tests", "fixtures", "hf");
@@ -592,6 +592,35 @@ describe("--merged in the source's dtype", () => {
         await initialize(plain.program, new CpuDevice({ float64: false })),
       );
       expect(maxRelDiff(got, want)).toBeLessThan(3e-2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
+describe("lrkc eval --init-adapters (Linear layers: TinyLM on arithmetic)", () => {
+  it("a PEFT export or adapters.safetensors evaluates as the run's final weights do", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-export-eval-"));
+    try {
+      const program = join(dir, "tiny.lrk");
+      writeFileSync(program, loraTinyLmProgram("tiny", 20));
+      const run = join(dir, "run");
+      const t = lrkc("train", program, "--device", "cpu", "--out", run);
+      expect(t.status, t.stderr).toBe(0);
+      const peft = join(dir, "peft");
+      expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+      const config = JSON.parse(readFileSync(join(peft, "adapter_config.json"), "utf8"));
+      expect(config.fan_in_fan_out).toBe(false);
+      expect(config.target_modules).toEqual(["q", "v"]);
+      const loss = (...args: string[]) => {
+        const r = lrkc("eval", program, "--device", "cpu", "--batches", "2", "--json", ...args);
+        expect(r.status, r.stderr).toBe(0);
+        return JSON.parse(r.stdout).result.loss as number;
+      };
+      const tuned = loss("--weights", join(run, "final.safetensors"));
+      expect(Math.abs(tuned - loss())).toBeGreaterThan(1e-3); // the adapters matter
+      expect(loss("--init-adapters", peft)).toBeCloseTo(tuned, 6);
+      expect(loss("--init-adapters", join(run, "adapters.safetensors"))).toBeCloseTo(tuned, 6);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
