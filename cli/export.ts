@@ -66,10 +66,12 @@ export async function exportCommand(input: string, options: ExportCommandOptions
     if (options.peft) return exportPeft(compiled, byPath, options.peft, diagnostics, options);
     const merge = compileMerge(read.file, { train });
     if (!merge.merge) return report([...diagnostics, ...merge.diagnostics], options) || 1;
-    // the base from the block's `init`, the run's weights over it, then the adapters' stored
-    // buffers recomputed from those (as `lrkc eval --weights` does)
+    // the base, the run's weights over it, then the adapters' stored buffers recomputed from
+    // those (as `lrkc eval --weights` does)
     const device = new CpuDevice({ float64: false });
-    const store = await initialize(program, device);
+    // (the `init` folder is read only when the weights lack some of the model: a run's final
+    // weights hold all of it, so the export works after the base folder moved)
+    const store = await initialize(program, device, { fromInit: weights.missing.length > 0 });
     for (const [name, t] of weights.tensors) store.set(name, t);
     await initializeAdapters(program, device, store);
     for (const [name, t] of weights.tensors) store.set(name, t);
@@ -98,6 +100,10 @@ export async function exportCommand(input: string, options: ExportCommandOptions
     if (!options.json)
       process.stderr.write(
         `wrote ${dir}: ${out.size} tensors (${floats}), ${merge.merge.weights.length} merged (${[...new Set(merge.merge.weights.map((w) => w.adapter))].join(", ")})\n`,
+      );
+    if (!config && !options.json)
+      process.stderr.write(
+        `note: no config.json written: the train block's \`init\` ${program.init ? `(${program.init.path}) holds none` : "is not a Hugging Face folder"}; copy the base model's config.json into ${dir}\n`,
       );
     return report(diagnostics, options);
   } catch (e) {

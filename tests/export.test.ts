@@ -3,7 +3,15 @@
 // loaded back as adapter initial values. The GPT-2 fixture is tests/fixtures/hf/gpt2
 // (scripts/hf-fixtures.py).
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -196,6 +204,26 @@ describe("lrkc export", () => {
     expect(
       maxRelDiff(await logits(base, await initialize(base.program, cpu)), want),
     ).toBeGreaterThan(1e-3);
+  }, 120_000);
+
+  it("--merged does not reread the base's weights: the run's final weights hold the whole model", () => {
+    const base = join(dir, "base-copy");
+    cpSync(gpt2, base, { recursive: true });
+    const program = join(dir, "moved.lrk");
+    writeFileSync(
+      program,
+      gpt2Source("  adapt transformer.h.*.attn.c_attn with lora(rank: 2)", 1).replaceAll(
+        `"${gpt2}"`,
+        `"${base}"`,
+      ),
+    );
+    const t = lrkc("train", program, "--device", "cpu", "--out", join(dir, "moved"));
+    expect(t.status, t.stderr).toBe(0);
+    rmSync(join(base, "model.safetensors")); // the base's weights moved away; config.json stays
+    const out = join(dir, "merged-moved");
+    const r = lrkc("export", join(dir, "moved"), "--merged", out);
+    expect(r.status, r.stderr).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(["config.json", "model.safetensors"]);
   }, 120_000);
 
   it("--peft: PEFT's key names and config fields, and the folder loads back to the same logits", async () => {
