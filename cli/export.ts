@@ -3,6 +3,7 @@
 // DoRA, AdaLoRA), `--merged` a Hugging Face checkpoint folder of the model with every adapter
 // merged into its layer (each adapter's `merged` member, compiler/merge.ts). The program and train
 // block are the ones the run recorded (run.json, or the weights file's metadata) unless given.
+import { createHash } from "node:crypto";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { compile, type Compiled } from "../compiler/compile.js";
@@ -33,6 +34,8 @@ interface Source {
   weights: string;
   program?: string;
   train?: string;
+  /** The program text's SHA-256 the run recorded (run.json). */
+  sourceSha256?: string;
 }
 
 export async function exportCommand(input: string, options: ExportCommandOptions): Promise<number> {
@@ -54,6 +57,23 @@ export async function exportCommand(input: string, options: ExportCommandOptions
     );
   const read = readSource(programPath);
   if ("diagnostic" in read) return report([read.diagnostic], options);
+  // the adapters' settings (alpha, rank) come from the program: an edited one would export the
+  // run's tensors with other settings
+  const sha = createHash("sha256").update(read.file.text).digest("hex");
+  if (!options.program && source.sourceSha256 && source.sourceSha256 !== sha)
+    return report(
+      [
+        error(
+          "E0506",
+          `${programPath} changed since the run in \`${input}\` trained it`,
+          undefined,
+          {
+            help: "restore the program as it was, or pass it explicitly with --program FILE.lrk if its adapters are unchanged",
+          },
+        ),
+      ],
+      options,
+    );
   const train = options.train ?? source.train;
   const { compiled, diagnostics } = compile(read.file, { train });
   if (!compiled) return report(diagnostics, options) || 1;
@@ -212,6 +232,7 @@ function sourceOf(input: string): Source | Diagnostic {
       weights,
       program: record?.["program"] as string | undefined,
       train: record?.["train"] as string | undefined,
+      sourceSha256: record?.["source_sha256"] as string | undefined,
     };
   }
   // final.safetensors says which program and block wrote it

@@ -323,6 +323,26 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
     expect(lrkc("export", run, "--merged", join(dir, "merged-gain")).status).toBe(0);
   }, 120_000);
 
+  it("a program edited since the run is refused (E0506) unless passed with --program", () => {
+    const { program, run } = trained(
+      "edited",
+      "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)",
+    );
+    writeFileSync(
+      program,
+      readFileSync(program, "utf8").replace("lora(rank: 2)", "lora(rank: 2, alpha: 4)"),
+    );
+    const r = lrkc("export", run, "--peft", join(dir, "peft-edited"));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("changed since the run");
+    expect(existsSync(join(dir, "peft-edited"))).toBe(false);
+    const forced = lrkc("export", run, "--peft", join(dir, "peft-edited"), "--program", program);
+    expect(forced.status, forced.stderr).toBe(0);
+    expect(
+      JSON.parse(readFileSync(join(dir, "peft-edited", "adapter_config.json"), "utf8")).lora_alpha,
+    ).toBe(4);
+  }, 120_000);
+
   it("an export folder that cannot be written is a diagnostic (E0003), and leaves no temporary file", () => {
     const { run } = trained("lora2", "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)");
     const blocker = join(dir, "a-file");
