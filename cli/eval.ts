@@ -6,6 +6,8 @@ import { compile } from "../compiler/compile.js";
 import { error } from "../language/diagnostics.js";
 import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import { evaluate, evaluationSkipped, initialize, initializeAdapters } from "../runtime/trainer.js";
+import type { Tensor } from "../compiler/program.js";
+import { loadInitAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -24,6 +26,8 @@ export interface EvalCommandOptions extends ReportOptions {
   batches?: string;
   /** commander's negated `--no-autotune` */
   autotune?: boolean;
+  /** The adapters' values: a PEFT adapter folder or an adapters.safetensors (over --weights). */
+  initAdapters?: string;
 }
 
 export async function evalCommand(path: string, options: EvalCommandOptions): Promise<number> {
@@ -68,9 +72,13 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
 
   // Read (and checked against the program) before the device opens: a bad file fails fast.
   let weights: LoadedCheckpoint | undefined;
-  if (options.weights !== undefined) {
+  let adapters: Map<string, Tensor> | undefined;
+  if (options.weights !== undefined || options.initAdapters !== undefined) {
     try {
-      weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
+      if (options.weights !== undefined)
+        weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
+      if (options.initAdapters !== undefined)
+        adapters = loadInitAdapters(options.initAdapters, compiled);
     } catch (e) {
       const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
       if (failure) return report([failure], options);
@@ -85,6 +93,7 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     const store = await initialize(program, device, {
       fromInit: !weights,
       data: run.data,
+      adapters,
       onNote: (text) => {
         if (!options.json) process.stderr.write(`note: ${text}\n`);
       },
@@ -95,6 +104,7 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
       // from the loaded ones (not the random ones `initialize` drew), then the file's adapters win.
       await initializeAdapters(program, device, store, run.data);
       for (const [name, t] of weights.tensors) store.set(name, t);
+      for (const [name, t] of adapters ?? []) store.set(name, t);
       const { missing, unused } = weights;
       if (unused.length > 0 && !options.json)
         process.stderr.write(

@@ -12,6 +12,7 @@ import { checkCommand } from "./check.js";
 import { devicesCommand } from "./devices.js";
 import { fmtCommand } from "./fmt.js";
 import { evalCommand, type EvalCommandOptions } from "./eval.js";
+import { exportCommand, type ExportCommandOptions } from "./export.js";
 import { devices, trainCommand } from "./train.js";
 
 function program(setCode: (code: number) => void): Command {
@@ -112,6 +113,10 @@ function program(setCode: (code: number) => void): Command {
     )
     .option("--resume", "continue from the run folder's checkpoint, exactly as if never stopped")
     .option("--init <file>", "start from these weights (safetensors) instead of the block's `init`")
+    .option(
+      "--init-adapters <path>",
+      "start the adapters from a PEFT adapter folder or an adapters.safetensors",
+    )
     .option("--force", "replace the run the run folder holds (without it, training there refuses)")
     .option(
       "--no-autotune",
@@ -132,6 +137,7 @@ function program(setCode: (code: number) => void): Command {
           device: string;
           out?: string;
           init?: string;
+          initAdapters?: string;
           force?: boolean;
           json?: boolean;
         },
@@ -149,6 +155,10 @@ function program(setCode: (code: number) => void): Command {
     .option("--train <name>", "which train block, when the file has several")
     .option("--weights <file>", "parameters by path (a run's final.safetensors or checkpoint)")
     .option("--data <name>", "a `data` declaration of the file to evaluate on (its valid split)")
+    .option(
+      "--init-adapters <path>",
+      "the adapters' values: a PEFT adapter folder or an adapters.safetensors",
+    )
     .option("--batch <n>", "override the batch size")
     .option("--batches <n>", "full batches to evaluate", "8")
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
@@ -160,6 +170,28 @@ function program(setCode: (code: number) => void): Command {
     )
     .action(async (file: string, opts: EvalCommandOptions) => {
       setCode(await evalCommand(file, opts));
+    });
+
+  cli
+    .command("export")
+    .description(
+      "write a run's adapters as a Hugging Face PEFT adapter folder, or its model merged as a Hugging Face checkpoint folder",
+    )
+    .argument("<run-or-weights>", "a run folder (runs/NAME) or its final.safetensors")
+    .option(
+      "--peft <dir>",
+      "write adapter_config.json + adapter_model.safetensors (LoRA, DoRA, AdaLoRA)",
+    )
+    .option("--merged <dir>", "write config.json + model.safetensors with every adapter merged")
+    .option("--program <file>", "the .lrk program (default: the one the run recorded)")
+    .option("--train <name>", "which train block (default: the one the run recorded)")
+    .option("--json", "print diagnostics as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ lrkc export runs/tune --peft out/adapter\n  $ lrkc export runs/tune/final.safetensors --merged out/merged",
+    )
+    .action(async (input: string, opts: ExportCommandOptions) => {
+      setCode(await exportCommand(input, opts));
     });
 
   cli

@@ -13,6 +13,7 @@ import { RunFolder, RunFolderBusy, type RunRecord } from "../runtime/run-folder.
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { CheckpointError } from "../runtime/safetensors.js";
 import { openRun, train, type EvalEvent, type Run, type StepEvent } from "../runtime/trainer.js";
+import { loadInitAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -31,6 +32,8 @@ export interface TrainCommandOptions extends ReportOptions {
   autotune?: boolean;
   /** Replace the run the folder holds (a fresh run refuses to, without it). */
   force?: boolean;
+  /** The adapters' starting values: a PEFT adapter folder or an adapters.safetensors. */
+  initAdapters?: string;
 }
 
 export const devices = deviceChoices;
@@ -141,6 +144,12 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     process.stderr.write("error: --force (start over) and --resume (continue) contradict\n");
     return 1;
   }
+  if (options.initAdapters !== undefined && options.resume) {
+    process.stderr.write(
+      "error: --init-adapters (start from these adapters) and --resume (continue) contradict\n",
+    );
+    return 1;
+  }
   const gone = deletedWorkingDirectory();
   if (gone) return report([gone], options);
   const read = readSource(path);
@@ -158,6 +167,15 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const program = compiled.program;
   const run = runOrDiagnostic(program);
   if ("severity" in run) return report([run], options);
+  let adapters: Map<string, Tensor> | undefined;
+  try {
+    if (options.initAdapters !== undefined)
+      adapters = loadInitAdapters(options.initAdapters, compiled);
+  } catch (e) {
+    const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
+    if (failure) return report([failure], options);
+    throw e;
+  }
 
   const dir = options.out ?? join("runs", program.name);
   const record: RunRecord = {
@@ -189,7 +207,11 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     else folder.startFresh();
     folder.writeRecord(record);
     training = true;
-    return await runTraining(run, device, folder, resume, record, { ...options, untuned });
+    return await runTraining(run, device, folder, resume, record, {
+      ...options,
+      untuned,
+      adapters,
+    });
   } catch (e) {
     const kept = folder?.hasCheckpoint()
       ? `the last good checkpoint is kept in ${folder.checkpointPath}`
@@ -218,7 +240,7 @@ async function runTraining(
   folder: RunFolder,
   resume: Resume | undefined,
   record: RunRecord,
-  options: TrainCommandOptions & { untuned?: Plan[] },
+  options: TrainCommandOptions & { untuned?: Plan[]; adapters?: Map<string, Tensor> },
 ): Promise<number> {
   const { program } = run;
   const total = program.steps;
@@ -287,6 +309,7 @@ async function runTraining(
       onCheckpoint: (s, store) =>
         folder.saveCheckpoint(s, store, meta, { floats: device.float64 ? "F64" : "F32" }),
       shouldStop: () => interrupted,
+      adapters: options.adapters,
     });
   } finally {
     for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
@@ -301,6 +324,11 @@ async function runTraining(
     return 130;
   }
   const file = folder.writeFinal(params, meta);
+  // the adapters alone beside the whole model: the fine-tune without its base
+  const adapterPaths = program.params.filter((p) => p.origin === "adapter").map((p) => p.path);
+  const adapterFile = adapterPaths.length
+    ? folder.writeAdapters(new Map(adapterPaths.map((p) => [p, params.get(p)!])), meta)
+    : undefined;
   const losses = result.losses;
   const seconds = (performance.now() - started) / 1000;
   progress.line(
@@ -312,6 +340,7 @@ async function runTraining(
         ? [`  last ${evalText(result.evals[result.evals.length - 1]!)}`]
         : []),
       `  weights: ${file}`,
+      ...(adapterFile ? [`  adapters: ${adapterFile}`] : []),
       `  metrics: ${folder.metricsPath}, curves: ${curves}`,
       ...(plan
         ? [`  kernels: ${join(folder.dir, "plan.json")}, ${join(folder.dir, "kernels")}/`]

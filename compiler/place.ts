@@ -607,25 +607,31 @@ class Placer {
       );
       return undefined;
     }
-    if (on.name.name !== target.typeName) {
+    // `on Linear(in, out) or Conv1D(in, out)`: the alternative naming the target's type binds
+    const choices = [on, ...(on.alternatives ?? [])];
+    const chosen = choices.find((c) => c.name.name === target.typeName);
+    if (!chosen) {
+      const types = choices.map((c) => `\`${c.name.name}\``).join(" or ");
       this.report(
         error(
           "E0302",
-          `${config.def.sort} \`${config.def.name.name}\` applies to \`${on.name.name}\` modules, but \`${target.path}\` is ${/^[AEIOU]/.test(target.typeName) ? "an" : "a"} \`${target.typeName}\``,
+          `${config.def.sort} \`${config.def.name.name}\` applies to ${types} modules, but \`${target.path}\` is ${/^[AEIOU]/.test(target.typeName) ? "an" : "a"} \`${target.typeName}\``,
           this.at(rule.target),
-          { help: `narrow the selector to ${on.name.name} modules` },
+          {
+            help: `narrow the selector to ${choices.map((c) => c.name.name).join(" or ")} modules`,
+          },
         ),
       );
       return undefined;
     }
     const extra = new Map<string, Value>([["base", { kind: "instance", instance: target }]]);
-    (on.args ?? []).forEach((name, i) => {
+    (chosen.args ?? []).forEach((name, i) => {
       const targetParam = target.def.params[i];
       const value = targetParam ? target.scope.get(targetParam.name.name) : undefined;
       if (value) extra.set(name.name, value);
     });
     const instance = instantiate(this.r, config, `${target.path}.${config.def.name.name}`, extra);
-    const dims = (on.args ?? []).map((name) => extra.get(name.name));
+    const dims = (chosen.args ?? []).map((name) => extra.get(name.name));
     // Adapters only: a quantizer's low-rank branch is capped at min(in, out) and costs nothing more.
     if (rule.verb === "adapt" && dims.length === 2 && dims.every((d) => d?.kind === "number")) {
       const [a, b] = dims.map((d) => (d as { value: number }).value) as [number, number];

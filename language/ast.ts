@@ -86,6 +86,8 @@ export interface OnClause extends Node {
   args?: Name[];
   /** A type pattern binding the target's dims. */
   type?: TypeExpr;
+  /** Further module types after `or` (`on Linear(in, out) or Conv1D(in, out)`). */
+  alternatives?: OnClause[];
 }
 
 export interface Param extends Node {

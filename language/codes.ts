@@ -48,6 +48,7 @@ export const codeTitles = {
   E0503: "loss is not finite",
   E0504: "run folder cannot be written",
   E0505: "run folder holds another run",
+  E0506: "cannot export",
   E0510: "index outside a table at run time",
   E0601: "no GPU adapter",
   E0602: "plan exceeds a device limit",

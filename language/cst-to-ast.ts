@@ -248,8 +248,17 @@ export class AstBuilder extends BaseVisitor {
       name: nameOr(tok(ctx, "name"), span),
       args,
       type: this.optionalType(ctx),
+      ...(ctx["alternative"]
+        ? { alternatives: nodes(ctx, "alternative").map((n) => this.visit(n) as A.OnClause) }
+        : {}),
       span,
     };
+  }
+
+  onAlternative(ctx: Children, cst: CstNode): A.OnClause {
+    const span = cstSpan(cst);
+    const args = toks(ctx, "arg").map((t) => nameOf(t)!);
+    return { kind: "On", name: nameOr(tok(ctx, "name"), span), args, span };
   }
 
   paramList(ctx: Children): A.Param[] {

@@ -446,7 +446,9 @@ function paramText(p: A.Param): string {
 
 function onText(on: A.OnClause): string {
   const args = on.args ? `(${on.args.map((a) => a.name).join(", ")})` : "";
-  return `on ${on.name.name}${args}${on.type ? `: ${typeText(on.type)}` : ""}`;
+  const head = `${on.name.name}${args}${on.type ? `: ${typeText(on.type)}` : ""}`;
+  const rest = (on.alternatives ?? []).map((alt) => ` or ${onText(alt).slice("on ".length)}`);
+  return `on ${head}${rest.join("")}`;
 }
 
 function importText(i: A.Import): string {

@@ -219,6 +219,24 @@ export class LrkGrammar extends CstParser {
         },
       ]),
     );
+    // `on Linear(in, out) or Conv1D(in, out)`: an adapter written for several layer types
+    this.MANY2(() => {
+      this.CONSUME(t.Or);
+      this.SUBRULE(this.onAlternative, { LABEL: "alternative" });
+    });
+  });
+
+  onAlternative = this.RULE("onAlternative", () => {
+    this.CONSUME(t.Identifier, { LABEL: "name" });
+    this.CONSUME(t.LParen);
+    this.OPTION(() => {
+      this.CONSUME2(t.Identifier, { LABEL: "arg" });
+      this.MANY(() => {
+        this.CONSUME(t.Comma);
+        this.CONSUME3(t.Identifier, { LABEL: "arg" });
+      });
+    });
+    this.CONSUME(t.RParen);
   });
 
   paramList = this.RULE("paramList", () => {

@@ -334,7 +334,7 @@ export class RunFolder {
 
   /** A new run: what a previous one left (replaced only with --force) is removed first. */
   startFresh(): void {
-    for (const name of [...RUN_FILES, "curves.svg"])
+    for (const name of [...RUN_FILES, "adapters.safetensors", "curves.svg"])
       guarded(this.dir, () => rmSync(join(this.dir, name), { force: true }));
     this.writeAtomically(this.metricsPath, "");
   }
@@ -359,6 +359,16 @@ export class RunFolder {
 
   writeFinal(params: ReadonlyMap<string, Tensor>, meta: Record<string, string>): string {
     const path = join(this.dir, "final.safetensors");
+    this.writeTensors(path, params, meta);
+    return path;
+  }
+
+  /**
+   * adapters.safetensors: the adapters' parameters alone, by path (`l1.lora.A`), as final.safetensors
+   * names them: the fine-tune without its base, for `--init-adapters` (or `lrkc export --peft`).
+   */
+  writeAdapters(params: ReadonlyMap<string, Tensor>, meta: Record<string, string>): string {
+    const path = join(this.dir, "adapters.safetensors");
     this.writeTensors(path, params, meta);
     return path;
   }

@@ -27,8 +27,12 @@ export class CheckpointError extends Error {
 }
 
 export interface WriteOptions {
-  /** How floats are stored: F32 (the default), or F64 for a float64 run (`--device cpu64`). */
-  floats?: "F32" | "F64";
+  /**
+   * How floats are stored: F32 (the default), F64 for a float64 run (`--device cpu64`), or F16 /
+   * BF16 (rounded to nearest even; a merged export in its source's dtype). F16 refuses a value
+   * beyond its range (RangeError) rather than store an infinity.
+   */
+  floats?: "F32" | "F64" | "F16" | "BF16";
 }
 
 export function writeSafetensors(
@@ -41,13 +45,15 @@ export function writeSafetensors(
   const stored = (t: Tensor) =>
     t.data instanceof Int32Array
       ? t.data
-      : floats === "F64"
-        ? t.data instanceof Float64Array
-          ? t.data
-          : Float64Array.from(t.data)
-        : t.data instanceof Float32Array
-          ? t.data
-          : Float32Array.from(t.data);
+      : floats === "F16" || floats === "BF16"
+        ? narrowed(t.data, floats)
+        : floats === "F64"
+          ? t.data instanceof Float64Array
+            ? t.data
+            : Float64Array.from(t.data)
+          : t.data instanceof Float32Array
+            ? t.data
+            : Float32Array.from(t.data);
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   const names = [...tensors.keys()].sort();
@@ -57,7 +63,14 @@ export function writeSafetensors(
     const data = datas[i]!;
     const bytes = data.byteLength;
     header[name] = {
-      dtype: data instanceof Int32Array ? "I32" : data instanceof Float64Array ? "F64" : "F32",
+      dtype:
+        data instanceof Int32Array
+          ? "I32"
+          : data instanceof Float64Array
+            ? "F64"
+            : data instanceof Uint16Array
+              ? floats
+              : "F32",
       shape: t.shape,
       data_offsets: [offset, offset + bytes],
     };
@@ -438,4 +451,53 @@ export function halfToNumber(h: number): number {
   if (exponent === 0) return sign * mantissa * 2 ** -24;
   if (exponent === 0x1f) return mantissa ? NaN : sign * Infinity;
   return sign * (1024 + mantissa) * 2 ** (exponent - 25);
+}
+
+const f32Scratch = new Float32Array(1);
+const f32Bits = new Uint32Array(f32Scratch.buffer);
+
+/** Floats as F16 or BF16 bit patterns, each rounded to the nearest (ties to even). */
+function narrowed(data: ArrayLike<number>, dtype: "F16" | "BF16"): Uint16Array {
+  const out = new Uint16Array(data.length);
+  for (let i = 0; i < data.length; i++) {
+    const x = data[i]!;
+    out[i] = dtype === "F16" ? numberToHalf(x) : numberToBfloat16(x);
+    if (dtype === "F16" && Number.isFinite(x) && (out[i]! & 0x7c00) === 0x7c00)
+      throw new RangeError(`${x} is beyond F16's range (±65504)`);
+  }
+  return out;
+}
+
+/** The F16 nearest to x (ties to even): its bit pattern. */
+export function numberToHalf(x: number): number {
+  f32Scratch[0] = x;
+  const b = f32Bits[0]!;
+  const sign = (b >>> 16) & 0x8000;
+  const exponent = (b >>> 23) & 0xff;
+  let mantissa = b & 0x7fffff;
+  if (exponent === 0xff) return sign | 0x7c00 | (mantissa ? 0x200 : 0);
+  const e = exponent - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  let shift = 13;
+  let h: number;
+  if (e <= 0) {
+    // a subnormal half: the implicit bit joins the mantissa, shifted further
+    if (e < -10) return sign;
+    mantissa |= 0x800000;
+    shift = 14 - e;
+    h = mantissa >>> shift;
+  } else h = (e << 10) | (mantissa >>> shift);
+  const rest = mantissa & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  // a carry out of the mantissa rounds up into the exponent, as it should
+  if (rest > half || (rest === half && h & 1)) h++;
+  return sign | h;
+}
+
+/** The BF16 nearest to x (ties to even): its bit pattern. */
+export function numberToBfloat16(x: number): number {
+  f32Scratch[0] = x;
+  const b = f32Bits[0]!;
+  if (Number.isNaN(x)) return ((b >>> 16) & 0x8000) | 0x7fc0;
+  return Math.floor((b + 0x7fff + ((b >>> 16) & 1)) / 0x10000) & 0xffff;
 }

@@ -107,6 +107,8 @@ export interface TrainOptions {
   evalBatches?: number;
   /** Something the user should know about the run (an evaluation that cannot run). */
   onNote?: (text: string) => void;
+  /** Adapter parameters (`param:<path>`) that replace the adapters' initializers (`--init-adapters`). */
+  adapters?: ReadonlyMap<string, Tensor>;
 }
 
 export interface TrainResult {
@@ -162,13 +164,20 @@ async function runInto(
 export async function initialize(
   program: TrainProgram,
   device: Device,
-  options: { fromInit?: boolean; data?: OpenedSource; onNote?: (text: string) => void } = {},
+  options: {
+    fromInit?: boolean;
+    data?: OpenedSource;
+    onNote?: (text: string) => void;
+    /** Adapter parameters to start from (`--init-adapters`): before the optimizer states are made. */
+    adapters?: ReadonlyMap<string, Tensor>;
+  } = {},
 ): Promise<Map<string, Tensor>> {
   const store = new Map<string, Tensor>();
   const { initProgram: init, step } = program;
   if (program.init && options.fromInit !== false) loadInit(program, store, options.onNote);
   else await runInto(device, init, init.model, store);
   await initializeAdapters(program, device, store, options.data);
+  for (const [name, t] of options.adapters ?? []) store.set(name, t);
   await runInto(device, step, step.stateInit, store);
   // `at step 0` actions finish the initialization (SwitchLoRA's `W -= s·B A`): a resumed run's
   // checkpoint already holds what they wrote, so only a fresh start runs them.
@@ -465,7 +474,11 @@ export async function train(
   const steps = options.steps ?? program.steps;
   const store = options.resume
     ? new Map(options.resume.store)
-    : await initialize(program, device, { data: run.data, onNote: options.onNote });
+    : await initialize(program, device, {
+        data: run.data,
+        onNote: options.onNote,
+        adapters: options.adapters,
+      });
   const first = (options.resume?.step ?? 0) + 1;
   const losses: number[] = [];
   const evals: EvalEvent[] = [];

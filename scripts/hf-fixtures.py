@@ -13,6 +13,9 @@ converts them exactly matches them as tightly as the F32 one.
 
 Run with Debian's torch (python3-torch): /usr/bin/python3 scripts/hf-fixtures.py
 Needs no network; the output is deterministic (seeded) and small (a few hundred KiB).
+
+Also writes tests/fixtures/hf/gpt2-lora-peft/: a PEFT LoRA adapter folder for the GPT-2 fixture
+and the logits of its merge, computed here (tests/export.test.ts).
 """
 import json
 import math
@@ -331,10 +334,53 @@ def write_variants(name, config, weights, logits_fn):
                    reference(logits_fn, config, rounded(weights, dtype)), indent=None)
 
 
+# ----------------------------------------------------------------------------------------------
+# A PEFT LoRA adapter for the GPT-2 fixture (tests/export.test.ts): what PEFT's save_pretrained
+# writes for LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True)
+# on GPT2LMHeadModel, with random (nonzero) A and B, and the logits of the base model with PEFT's
+# merge W + (alpha / r) · (B A)^T (transposed: Conv1D stores W as [in, out]).
+
+LORA_R, LORA_ALPHA, LORA_TARGETS = 4, 8, ["attn.c_attn", "mlp.c_fc"]
+
+
+def write_gpt2_lora(config, weights):
+    g = torch.Generator().manual_seed(1313)
+    base = rounded(weights, "F32")
+    merged, adapter = dict(base), {}
+    for i in range(config["n_layer"]):
+        for target in LORA_TARGETS:
+            path = f"transformer.h.{i}.{target}"
+            W = base[path + ".weight"]  # [in, out]
+            A = (torch.randn(LORA_R, W.shape[0], generator=g) * 0.3).to(torch.float32)
+            B = (torch.randn(W.shape[1], LORA_R, generator=g) * 0.3).to(torch.float32)
+            adapter[f"base_model.model.{path}.lora_A.weight"] = A
+            adapter[f"base_model.model.{path}.lora_B.weight"] = B
+            delta = (B.to(torch.float64) @ A.to(torch.float64)).T * (LORA_ALPHA / LORA_R)
+            merged[path + ".weight"] = W + delta
+    folder = os.path.join(ROOT, "gpt2-lora-peft")
+    os.makedirs(folder, exist_ok=True)
+    write_safetensors(os.path.join(folder, "adapter_model.safetensors"), adapter, "F32")
+    write_json(os.path.join(folder, "adapter_config.json"), {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "gpt2",
+        "revision": None, "inference_mode": True, "r": LORA_R,
+        "target_modules": sorted(t.split(".")[-1] for t in LORA_TARGETS),
+        "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0, "fan_in_fan_out": True, "bias": "none",
+        "use_rslora": False, "modules_to_save": None, "init_lora_weights": True,
+        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
+        "alpha_pattern": {}, "use_dora": False})
+    logits = gpt2_logits(config, merged, torch.tensor(SEQUENCES))
+    write_json(os.path.join(folder, "reference.json"), {
+        "sequences": SEQUENCES,
+        "logits": [[[float(f"{x:.9g}") for x in row] for row in seq] for seq in logits.tolist()],
+    }, indent=None)
+
+
 def main():
     g = torch.Generator().manual_seed(13)
-    write_variants("gpt2", GPT2_CONFIG, gpt2_weights(GPT2_CONFIG, g), gpt2_logits)
+    gpt2 = gpt2_weights(GPT2_CONFIG, g)
+    write_variants("gpt2", GPT2_CONFIG, gpt2, gpt2_logits)
     write_variants("llama", LLAMA_CONFIG, llama_weights(LLAMA_CONFIG, g), llama_logits)
+    write_gpt2_lora(GPT2_CONFIG, gpt2)
 
 
 if __name__ == "__main__":

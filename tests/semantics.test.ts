@@ -173,7 +173,7 @@ describe("semantic errors", () => {
 }`);
     expect(d.code).toBe("E0302");
     expect(d.message).toBe(
-      "adapter `lora` applies to `Linear` modules, but `blocks.0.ln` is a `LayerNorm`",
+      "adapter `lora` applies to `Linear` or `Conv1D` modules, but `blocks.0.ln` is a `LayerNorm`",
     );
     expect(at).toBe("blocks.0.ln");
   });
