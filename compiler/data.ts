@@ -5,6 +5,8 @@
 import type { DataSpec, FieldShape } from "./program.js";
 import { ARITHMETIC_ALPHABET, arithmeticSequenceLength } from "./program.js";
 import type { DataSet, Value } from "./values.js";
+import { dirname } from "node:path";
+import { selectTensors } from "./tensor-files.js";
 
 export const arithmeticAlphabet = ARITHMETIC_ALPHABET;
 
@@ -13,8 +15,11 @@ type PlainArgs = DataSpec["args"];
 interface SourceSpec {
   params: { name: string; kind: "number" | "string" | "bool" | "name"; default?: Value }[];
   vocab: (args: Map<string, Value>) => number;
-  /** The batch fields at a batch size; a string is what is wrong with the arguments. */
-  fields: (args: PlainArgs, batch: number) => Record<string, FieldShape> | string;
+  /**
+   * The batch fields at a batch size (`dir`: the folder of the declaring file); a string is what
+   * is wrong with the arguments.
+   */
+  fields: (args: PlainArgs, batch: number, dir: string) => Record<string, FieldShape> | string;
   help: string;
 }
 
@@ -100,7 +105,42 @@ export const dataSources: Record<string, SourceSpec> = {
     },
     help: 'std.data.text("corpus.txt", context: 128, tokenizer: bytes)',
   },
+  tensors: tensorsSource(),
 };
+
+/**
+ * Rows of tensors in safetensors files as examples: `input` and `target` name the tensors (a `*`
+ * matches any part of a name, and pairs an input with its target); the widths come from the
+ * files' headers, read now.
+ */
+function tensorsSource(): SourceSpec {
+  return {
+    params: [
+      { name: "path", kind: "string" },
+      { name: "input", kind: "string" },
+      { name: "target", kind: "string" },
+      { name: "valid", kind: "number", default: { kind: "number", value: 0, integer: true } },
+      { name: "skip_empty", kind: "bool", default: { kind: "bool", value: false } },
+      { name: "seed", kind: "number", default: { kind: "number", value: 0, integer: true } },
+    ],
+    vocab: () => 0,
+    fields: (args, batch, dir) => {
+      const valid = wholeNumber("valid", args["valid"], 0, 2 ** 31 - 1);
+      if (typeof valid === "string") return valid;
+      const s = tensorSelection(args, dir);
+      if (typeof s === "string") return s;
+      return {
+        input: { shape: [batch, s.inputWidth], dtype: "f32" },
+        target: { shape: [batch, s.targetWidth], dtype: "f32" },
+      };
+    },
+    help: 'std.data.tensors("../runs/next/final.safetensors", input: "state:*:pairs_input", target: "state:*:pairs_target")',
+  };
+}
+
+function tensorSelection(args: PlainArgs, dir: string) {
+  return selectTensors(dir, String(args["path"]), String(args["input"]), String(args["target"]));
+}
 
 /** The `std.data` namespace value. */
 export function dataModule(name: string): Value {
@@ -139,8 +179,10 @@ export function dataSpec(
   const source = dataSources[name]!;
   const args: PlainArgs = {};
   for (const [key, value] of dataset.args) args[key] = plain(value);
-  const fields = source.fields(args, batch);
+  const dir = dirname(dataset.at.file.path);
+  const fields = source.fields(args, batch, dir);
   if (typeof fields === "string") return { problem: fields, help: `for example: ${source.help}` };
+  const selection = name === "tensors" ? tensorSelection(args, dir) : undefined;
   return {
     source: name,
     args,
@@ -149,5 +191,6 @@ export function dataSpec(
     fields,
     help: `for example: ${source.help}`,
     at: dataset.at,
+    ...(selection && typeof selection !== "string" ? { tensors: selection.pairs } : {}),
   };
 }

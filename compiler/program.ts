@@ -153,6 +153,18 @@ export interface InitProgram extends GraphProgram {
   adapters: Entry;
   /** Run after `model` and before `quantize` (compiler/init-gradient.ts); empty when unused. */
   gradients: InitGradientPass[];
+  /** Inputs read from files (`load`, compiler/load.ts): the host fills them before any entry. */
+  files?: LoadedTensor[];
+}
+
+/** A `load(path, tensor)`: the input `name` is the tensor `tensor` of the file `path`. */
+export interface LoadedTensor {
+  name: string;
+  path: string;
+  tensor: string;
+  shape: number[];
+  dtype: DType;
+  at: Location;
 }
 
 /**
@@ -212,6 +224,17 @@ export interface DataSpec {
   /** An example declaration, for messages about the arguments. */
   help: string;
   at: Location;
+  /** `tensors`: the tensor pairs to read, chosen while compiling from the files' headers. */
+  tensors?: TensorPair[];
+}
+
+/** One (input, target) pair of tensors of a safetensors file whose rows are examples. */
+export interface TensorPair {
+  /** The absolute path of the file. */
+  file: string;
+  input: string;
+  target: string;
+  rows: number;
 }
 
 /**
