@@ -12,7 +12,9 @@ import type { Graph, InputRole } from "./ir.js";
 import { Lowerer } from "./lower.js";
 import type { Placement } from "./place.js";
 import { Reported, type Resolver } from "./resolve.js";
-import type { Entry, InitProgram, ProgramInput } from "./program.js";
+import type { Entry, InitProgram, LoadedTensor, ProgramInput } from "./program.js";
+import { loadInputName } from "./load.js";
+import { dirname } from "node:path";
 import type { TrainSpec } from "./train.js";
 import { describeValue, type ParamInfo, type Value } from "./values.js";
 
@@ -66,6 +68,9 @@ export function buildInit(
     return node;
   };
   const gradients = new InitGradients(b, inputs);
+  /** `load`s: one input per (file, tensor), however many initializers read it. */
+  const files: LoadedTensor[] = [];
+  const fileInput = new Map<string, number>();
   const refused = new Set<string>();
   const L = new Lowerer(r, b, {
     param: (p) => {
@@ -112,6 +117,20 @@ export function buildInit(
         );
       }
       return paramInput(p);
+    },
+    load: {
+      dir: dirname(spec.module.file.path),
+      input: (path, tensor, shape, dtype, at) => {
+        const name = loadInputName(path, tensor);
+        let node = fileInput.get(name);
+        if (node === undefined) {
+          node = b.input("state", name, shape, dtype);
+          inputs.push({ name, node, role: "state", shape, dtype });
+          files.push({ name, path, tensor, shape, dtype, at });
+          fileInput.set(name, node);
+        }
+        return node;
+      },
     },
     initGradient: (at) => {
       // A call already refused is refused once: a `param` initializer reading the failed `const`
@@ -263,6 +282,7 @@ export function buildInit(
       quantize,
       adapters,
       gradients: passes,
+      ...(files.length > 0 ? { files } : {}),
     },
     buffers,
   };

@@ -26,6 +26,7 @@ import {
 import type { Device } from "./device.js";
 import { evaluate as evaluateGraph } from "./interpreter.js";
 import { lrFactor } from "./schedule.js";
+import { CheckpointError, SafetensorsFile } from "./safetensors.js";
 
 /** A compiled training run with its data opened. */
 export interface Run {
@@ -167,7 +168,10 @@ export async function initialize(
   const store = new Map<string, Tensor>();
   const { initProgram: init, step } = program;
   if (program.init && options.fromInit !== false) loadInit(program, store, options.onNote);
-  else await runInto(device, init, init.model, store);
+  else {
+    loadFiles(program, store, device.float64 === true);
+    await runInto(device, init, init.model, store);
+  }
   await initializeAdapters(program, device, store, options.data);
   await runInto(device, step, step.stateInit, store);
   return store;
@@ -185,6 +189,7 @@ export async function initializeAdapters(
   data?: OpenedSource,
 ): Promise<void> {
   const init = program.initProgram;
+  loadFiles(program, store, device.float64 === true);
   const sums: string[] = [];
   for (const pass of init.gradients) {
     data ??= openRun(program).data;
@@ -194,6 +199,48 @@ export async function initializeAdapters(
   await runInto(device, init, init.quantize, store);
   await runInto(device, init, init.adapters, store);
   for (const name of sums) store.delete(name);
+  for (const file of init.files ?? []) store.delete(file.name);
+}
+
+/**
+ * The tensors `load` reads (compiler/load.ts), into `store` under their input names; dropped once
+ * the init program has run (the values made from them are what checkpoints keep).
+ */
+function loadFiles(program: TrainProgram, store: Map<string, Tensor>, float64: boolean): void {
+  for (const f of program.initProgram.files ?? []) {
+    if (store.has(f.name)) continue;
+    const fail = (why: string, help?: string) =>
+      Object.assign(
+        new CheckpointError(`\`load\` cannot read \`${f.tensor}\` of "${f.path}": ${why}`, help),
+        {
+          at: f.at,
+        },
+      );
+    let file: SafetensorsFile;
+    try {
+      file = SafetensorsFile.open(f.path);
+    } catch (e) {
+      if (e instanceof CheckpointError) throw fail(e.message, e.help);
+      throw e;
+    }
+    try {
+      if (!file.entries.has(f.tensor))
+        throw fail("the file no longer holds it", "compile and run again");
+      const t = file.read(f.tensor);
+      if (t.shape.join(",") !== f.shape.join(","))
+        throw fail(
+          `it is [${t.shape.join(", ")}] now, [${f.shape.join(", ")}] when the program was compiled`,
+          "compile and run again",
+        );
+      const data =
+        f.dtype === "i32" || float64 || t.data instanceof Float32Array
+          ? t.data
+          : Float32Array.from(t.data);
+      store.set(f.name, { shape: t.shape, data });
+    } finally {
+      file.close();
+    }
+  }
 }
 
 /** One `init_gradient` pass: zeros, then one run per training batch, each adding its gradient. */

@@ -10,6 +10,7 @@ import type { Tensor } from "../compiler/program.js";
 import { openDataSet } from "../runtime/data.js";
 import { writeSafetensors } from "../runtime/safetensors.js";
 import { train } from "../runtime/trainer.js";
+import { CpuDevice } from "../runtime/device.js";
 import { compile, init, param } from "./program-helpers.js";
 import { SourceFile } from "../language/source.js";
 import { prepare } from "./program-helpers.js";
@@ -139,6 +140,75 @@ describe("std.data.tensors", () => {
       errors(regression('std.data.tensors("a.safetensors", input: "nothing*", target: "y*")')),
     ).toEqual([
       expect.stringMatching(/^E0501 4: .*no tensor of "a.safetensors" matches `nothing\*`/),
+    ]);
+  });
+});
+
+describe("load(path, tensor)", () => {
+  save("weights.safetensors", {
+    "param:w": f32([2, 3], [1, 2, 3, 4, 5, 6]),
+    "param:l.lift.A": f32([1, 3], [0.5, -1, 2]),
+  });
+  const program = (member: string, rules = "") => `import std.nn.{Linear}
+import std.optim.{sgd}
+
+data moons = std.data.two_moons(n: 16)
+
+adapter lift on Linear(in, out) {
+  const A = load("weights.safetensors", "param:" + base.path + ".lift.A")
+  param s: f32[out] = zeros
+  forward(x: f32[..., in]) -> f32[..., out] = base(x) + s * (x @ A^T)
+}
+
+model Net {
+  l = Linear(3, 2)
+  ${member}
+  forward(x: f32[B, 2]) -> f32[B, 2] = l(concat([x, x[:, :1]], axis: 1))
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  ${rules || "optimize ** with sgd(lr: 0.1)"}
+  steps 1
+  batch 4
+}
+`;
+
+  it("reads a tensor of a file into a param's initial value and an adapter's const", async () => {
+    const run = compile(
+      program(
+        'param w: f32[2, 3] = load("weights.safetensors", "param:w")',
+        "adapt l with lift\n  optimize ** with sgd(lr: 0.1)",
+      ),
+      { path: join(folder, "load.lrk") },
+    );
+    const store = await init(run, true);
+    expect(Array.from(param(store, "w"))).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(Array.from(store.get("buffer:l.lift.A")!.data)).toEqual([0.5, -1, 2]);
+    // the file's tensors are not kept: checkpoints keep what was made of them
+    expect([...store.keys()].filter((k) => k.startsWith("load:"))).toEqual([]);
+    const trained = await train(run, new CpuDevice({ float64: true }), { steps: 1 });
+    expect(Number.isFinite(trained.losses[0])).toBe(true);
+  });
+
+  it("reports a missing file or tensor at the call, and a load outside an initial value", () => {
+    expect(errors(program('param w: f32[2, 3] = load("missing.safetensors", "param:w")'))).toEqual([
+      expect.stringMatching(/^E0502 14: `load` cannot read "missing.safetensors"/),
+    ]);
+    expect(errors(program('param w: f32[2, 3] = load("weights.safetensors", "param:v")'))).toEqual([
+      expect.stringMatching(/^E0502 14: "weights.safetensors" holds no tensor `param:v`/),
+    ]);
+    expect(errors(program('param w: f32[3, 2] = load("weights.safetensors", "param:w")'))).toEqual([
+      "E0401 14: the initial value of `w` should be f32[3, 2], but it is f32[2, 3]: dim 3 is 3, not 2",
+    ]);
+    const inForward = program("param w: f32[2, 3] = zeros").replace(
+      "l(concat",
+      'load("weights.safetensors", "param:w")[0, 0] * l(concat',
+    );
+    expect(errors(inForward)).toEqual([
+      "E0206 15: `load` reads a file once, when training starts: it can only be a `param`'s initial value or an adapter's `const`",
     ]);
   });
 });
