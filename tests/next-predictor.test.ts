@@ -212,3 +212,185 @@ train t {
     ]);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// NExt end to end on a tiny case: record, train the predictor one step, extrapolate.
+
+const OUT = 3;
+const IN = 4;
+const RANK = 2;
+const SCALE = 1.5; // alpha 3 / rank 2
+const TRIPLE = OUT + 1 + IN;
+const HIDDEN = 5;
+
+const recording = `import std.nn.{Linear}
+import std.optim.{sgd}
+import std.adapters.{next_lora}
+
+data moons = std.data.two_moons(n: 64, seed: 3)
+
+model Net {
+  l1 = Linear(2, ${IN})
+  l2 = Linear(${IN}, ${OUT})
+  forward(x: f32[B, 2]) -> f32[B, ${OUT}] = l2(tanh(l1(x)))
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  adapt l2 with next_lora(rank: ${RANK}, alpha: 3, period: 1, records: 4, horizon: 2)
+  optimize adapters with sgd(lr: 0.5)
+  steps 5
+  batch 8
+}
+`;
+
+const predictorProgram = (path: string) => `import std.adapters.{NextPredictor}
+import std.optim.{adamw}
+
+data pairs = std.data.tensors(
+  "${path}",
+  input: "state:*.next_lora:pairs_input",
+  target: "state:*.next_lora:pairs_target",
+  skip_empty: true,
+)
+
+train predictor {
+  model NextPredictor(dim: ${TRIPLE}, hidden: ${HIDDEN})
+  data pairs
+  loss mean(abs(model(batch.input) - batch.target))
+  optimize ** with adamw(lr: 2e-5, weight_decay: 0.01)
+  steps 2
+  batch 3
+  seed 4
+}
+`;
+
+const extrapolation = (run: string, predictor: string) =>
+  recording
+    .replace("import std.adapters.{next_lora}", "import std.adapters.{next_extrapolated}")
+    .replace(
+      /adapt l2 with next_lora\(.*\)/,
+      `adapt l2 with next_extrapolated(run: "${run}", predictor: "${predictor}", c: 2, scale: ${SCALE}, hidden: ${HIDDEN})`,
+    )
+    .replace("optimize adapters", "optimize l1")
+    .replace("freeze **", "freeze l2");
+
+/** σ₁ u₁ v₁ᵀ of a [rows][cols] matrix by power iteration on DᵀD (float64). */
+function topProduct(d: number[][]): number[][] {
+  const cols = d[0]!.length;
+  let v = Array.from({ length: cols }, (_, i) => 1 + i);
+  for (let k = 0; k < 500; k++) {
+    const dv = d.map((row) => row.reduce((s, x, i) => s + x * v[i]!, 0));
+    const next = v.map((_, i) => d.reduce((s, row, o) => s + row[i]! * dv[o]!, 0));
+    const n = Math.hypot(...next);
+    v = next.map((x) => x / n);
+  }
+  const dv = d.map((row) => row.reduce((s, x, i) => s + x * v[i]!, 0));
+  return dv.map((x) => v.map((y) => x * y));
+}
+
+/** σ u vᵀ of a recorded [u, σ, v]. */
+const tripleProduct = (t: number[]): number[][] =>
+  t.slice(0, OUT).map((u) => t.slice(OUT + 1).map((v) => t[OUT]! * u * v));
+
+/** s · B A from flattened factors [B (out·rank), A (rank·in)]. */
+function deltaOf(factors: number[]): number[][] {
+  const B = factors.slice(0, OUT * RANK);
+  const A = factors.slice(OUT * RANK);
+  return range(OUT).map((o) =>
+    range(IN).map(
+      (i) => SCALE * range(RANK).reduce((s, r) => s + B[o * RANK + r]! * A[r * IN + i]!, 0),
+    ),
+  );
+}
+
+/** x @ Wᵀ + b for the predictor's Linear `name` (float64). */
+function linear(p: (name: string) => number[], name: string, x: number[]): number[] {
+  const w = p(`${name}.weight`);
+  const b = p(`${name}.bias`);
+  return b.map((bias, o) => bias + x.reduce((s, xi, i) => s + xi * w[o * x.length + i]!, 0));
+}
+
+/** NextPredictor's forward on one row (float64). */
+function predictRow(p: (name: string) => number[], x: number[]): number[] {
+  const relu = (v: number[]) => v.map((y) => Math.max(0, y));
+  const branch = (k: string, h: number[]) =>
+    linear(p, `${k}4`, linear(p, `${k}3`, relu(linear(p, `${k}2`, linear(p, `${k}1`, h)))));
+  const g = branch("g", x.slice(0, TRIPLE));
+  const l = branch("l", x.slice(TRIPLE));
+  return linear(p, "c2", relu(linear(p, "c1", [...g, ...l])));
+}
+
+const flat = (t: Tensor | undefined): number[] => Array.from(t!.data);
+
+describe("NExt end to end", () => {
+  it("records pairs, trains the predictor on them and extrapolates with it", async () => {
+    const device = new CpuDevice({ float64: true });
+    // 1. the recording run: 5 records (period 1), the last 4 kept, horizon 2
+    const recorded = (await train(compile(recording), device, { steps: 5 })).store;
+    const state = (name: string) => flat(recorded.get(`state:l2.next_lora:${name}`));
+    const features = state("features");
+    const trajectory = state("trajectory");
+    const inputs = state("pairs_input");
+    const targets = state("pairs_target");
+    const width = RANK * (OUT + IN);
+    // records 1..5 are kept as rows -,2,3,4,5 of features; the pairs are (1→3), (2→4), (3→5):
+    // the last pair's input is record 3's features (row 1) and its target the delta from
+    // record 3 to record 5 (trajectory rows 1 and 3)
+    expect(inputs.slice(0, 2 * TRIPLE).every((x) => x === 0)).toBe(true);
+    expect(inputs.slice(3 * 2 * TRIPLE)).toEqual(features.slice(2 * TRIPLE, 2 * 2 * TRIPLE));
+    const d5 = deltaOf(trajectory.slice(3 * width, 4 * width));
+    const d3 = deltaOf(trajectory.slice(1 * width, 2 * width));
+    const want = topProduct(d5.map((row, o) => row.map((x, i) => x - d3[o]![i]!)));
+    tripleProduct(targets.slice(3 * TRIPLE)).forEach((row, o) =>
+      row.forEach((x, i) => expect(x).toBeCloseTo(want[o]![i]!, 8)),
+    );
+    const runFile = save("next-run.safetensors", Object.fromEntries(recorded));
+
+    // 2. the predictor: its first loss by hand (L1 over the 3 pairs that exist)
+    const predictorRun = compile(predictorProgram(runFile), { path: join(folder, "p.lrk") });
+    const data = openDataSet(predictorRun.program.data);
+    expect(data.trainSize).toBe(3);
+    const start = await init(predictorRun, true);
+    const p = (name: string) => Array.from(param(start, name));
+    const batch = data.batch("train", 0, 3);
+    const x = flat(batch.fields["input"] as Tensor);
+    const y = flat(batch.fields["target"] as Tensor);
+    let l1 = 0;
+    for (let r = 0; r < 3; r++) {
+      const out = predictRow(p, x.slice(r * 2 * TRIPLE, (r + 1) * 2 * TRIPLE));
+      out.forEach((v, j) => (l1 += Math.abs(v - y[r * TRIPLE + j]!)));
+    }
+    const trained = await train(predictorRun, device, { steps: 2 });
+    // the loss is reported as an f32
+    expect(trained.losses[0]).toBeCloseTo(l1 / (3 * TRIPLE), 6);
+    const predictorFile = save("next-predictor.safetensors", Object.fromEntries(trained.store));
+
+    // 3. the extrapolation: θ_T + c · σ̂ ûv̂ᵀ from the predictor's output on the last features
+    const extrapolated = compile(extrapolation(runFile, predictorFile), {
+      path: join(folder, "x.lrk"),
+    });
+    const weights = await init(extrapolated, true);
+    const q = (name: string) => Array.from(param(trained.store, name));
+    const predicted = predictRow(q, features.slice(3 * 2 * TRIPLE));
+    const u = predicted.slice(0, OUT);
+    const v = predicted.slice(OUT + 1);
+    const [nu, nv] = [Math.hypot(...u), Math.hypot(...v)];
+    const theta = deltaOf([
+      ...flat(recorded.get("param:l2.next_lora.B")),
+      ...flat(recorded.get("param:l2.next_lora.A")),
+    ]);
+    const W = Array.from(param(recorded, "l2.weight"));
+    // the files hold f32s, the reference reads the float64 stores
+    const got = flat(weights.get("buffer:l2.next_extrapolated.weight"));
+    for (let o = 0; o < OUT; o++)
+      for (let i = 0; i < IN; i++)
+        expect(got[o * IN + i]).toBeCloseTo(
+          W[o * IN + i]! + theta[o]![i]! + 2 * predicted[OUT]! * (u[o]! / nu) * (v[i]! / nv),
+          6,
+        );
+  });
+});
