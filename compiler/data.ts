@@ -181,7 +181,14 @@ export function dataSpec(
   for (const [key, value] of dataset.args) args[key] = plain(value);
   const dir = dirname(dataset.at.file.path);
   const fields = source.fields(args, batch, dir);
-  if (typeof fields === "string") return { problem: fields, help: `for example: ${source.help}` };
+  if (typeof fields === "string")
+    return {
+      problem: fields,
+      help:
+        name === "tensors" && /^cannot find|^no file/.test(fields)
+          ? "a relative path is relative to this .lrk file: run the program that writes the file first, or point `path` at it"
+          : `for example: ${source.help}`,
+    };
   const selection = name === "tensors" ? tensorSelection(args, dir) : undefined;
   return {
     source: name,

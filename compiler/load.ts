@@ -60,7 +60,7 @@ export function loadCall({ L, at, args, tensor }: Call): Value {
     return L.r.report(
       error(
         "E0502",
-        `\`load\` cannot read "${path}": ${header} (looked for ${full})`,
+        `\`load\` cannot read "${path}" (looked for ${full}): ${header}`,
         args.argAt(0),
         {
           help: "a relative path is relative to the .lrk file of the train block; train the program that writes it first",

@@ -54,8 +54,11 @@ export function readTensorHeader(path: string): Map<string, Entry> | string {
   let fd: number;
   try {
     fd = openSync(path, "r");
-  } catch {
-    return `cannot open "${path}"`;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === "ENOENT"
+      ? "there is no such file"
+      : `it cannot be opened (${code ?? String(e)})`;
   }
   try {
     const prefix = Buffer.alloc(8);
@@ -117,7 +120,7 @@ export function selectTensors(
   };
   for (const file of files) {
     const header = readTensorHeader(file);
-    if (typeof header === "string") return header;
+    if (typeof header === "string") return `"${file}": ${header}`;
     for (const [name, e] of [...header].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       const m = inputRe.exec(name);
       if (!m) continue;

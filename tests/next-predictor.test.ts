@@ -5,13 +5,14 @@
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { openDataSet } from "../runtime/data.js";
 import { writeSafetensors } from "../runtime/safetensors.js";
 import { train } from "../runtime/trainer.js";
 import { CpuDevice } from "../runtime/device.js";
-import { compile, init, param } from "./program-helpers.js";
+import { compile, expectTrainsAlike, init, param } from "./program-helpers.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { SourceFile } from "../language/source.js";
 import { prepare } from "./program-helpers.js";
 
@@ -393,4 +394,25 @@ describe("NExt end to end", () => {
           6,
         );
   });
+});
+
+describe("NExt on WebGPU", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  }, 60_000);
+  afterAll(() => device?.destroy());
+
+  it("trains the predictor on recorded pairs, and extrapolates, as the interpreter does", async () => {
+    const recorded = (await train(compile(recording), new CpuDevice(), { steps: 5 })).store;
+    const runFile = save("gpu-run.safetensors", Object.fromEntries(recorded));
+    const predictorRun = compile(predictorProgram(runFile), { path: join(folder, "gp.lrk") });
+    const trained = await expectTrainsAlike(device, predictorRun, 2, 1e-3);
+    const predictorFile = save("gpu-predictor.safetensors", Object.fromEntries(trained));
+    // the extrapolated weight is computed by the init program on the device, from the loaded files
+    const extrapolated = compile(extrapolation(runFile, predictorFile), {
+      path: join(folder, "gx.lrk"),
+    });
+    await expectTrainsAlike(device, extrapolated, 2, 1e-3);
+  }, 120_000);
 });
