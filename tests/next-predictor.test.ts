@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { openDataSet } from "../runtime/data.js";
-import { writeSafetensors } from "../runtime/safetensors.js";
+import { CheckpointError, writeSafetensors } from "../runtime/safetensors.js";
 import { train } from "../runtime/trainer.js";
 import { CpuDevice } from "../runtime/device.js";
 import { compile, expectTrainsAlike, init, param } from "./program-helpers.js";
@@ -374,6 +374,8 @@ describe("NExt end to end", () => {
     const extrapolated = compile(extrapolation(runFile, predictorFile), {
       path: join(folder, "x.lrk"),
     });
+    // the extrapolation trains nothing of its own
+    expect(extrapolated.placement.params.filter((p) => p.origin === "adapter")).toEqual([]);
     const weights = await init(extrapolated, true);
     const q = (name: string) => Array.from(param(trained.store, name));
     const predicted = predictRow(q, features.slice(3 * 2 * TRIPLE));
@@ -415,4 +417,58 @@ describe("NExt on WebGPU", () => {
     });
     await expectTrainsAlike(device, extrapolated, 2, 1e-3);
   }, 120_000);
+});
+
+describe("NExt's sizes", () => {
+  it("NextPredictor has the reference's parameters: two 4-layer branches and a 2-layer combine", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-next-sizes-"));
+    const file = join(dir, "pairs.safetensors");
+    writeSafetensors(
+      file,
+      new Map([
+        ["state:l.next_lora:pairs_input", f32([2, 2 * TRIPLE], range(4 * TRIPLE))],
+        ["state:l.next_lora:pairs_target", f32([2, TRIPLE], range(2 * TRIPLE))],
+      ]),
+    );
+    const run = compile(predictorProgram(file), { path: join(dir, "p.lrk") });
+    const count = run.placement.params
+      .filter((p) => p.trainable)
+      .reduce((n, p) => n + p.param.shape.reduce((a, d) => a * d, 1), 0);
+    const linear = (i: number, o: number) => i * o + o;
+    const branch = 2 * linear(TRIPLE, HIDDEN) + 2 * linear(HIDDEN, TRIPLE);
+    expect(count).toBe(2 * branch + linear(2 * TRIPLE, HIDDEN) + linear(HIDDEN, TRIPLE));
+  });
+
+  it("reports a loaded file that changed shape since compiling (E0502 at the call)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-next-changed-"));
+    const text = `import std.nn.{Linear}
+import std.optim.{sgd}
+
+data moons = std.data.two_moons(n: 16)
+
+model Net {
+  l = Linear(2, 2)
+  param w: f32[2] = load("w.safetensors", "w")
+  forward(x: f32[B, 2]) -> f32[B, 2] = l(x) * w
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with sgd(lr: 0.1)
+}
+`;
+    writeSafetensors(join(dir, "w.safetensors"), new Map([["w", f32([2], [1, 2])]]));
+    const run = compile(text, { path: join(dir, "t.lrk") });
+    writeSafetensors(join(dir, "w.safetensors"), new Map([["w", f32([3], [1, 2, 3])]]));
+    const failure = await init(run, false).catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(CheckpointError);
+    expect((failure as Error).message).toMatch(
+      /`load` cannot read `w` of ".*w.safetensors": it is \[3\] now, \[2\] when the program was compiled/,
+    );
+    const { failureDiagnostic } = await import("../cli/failures.js");
+    const d = failureDiagnostic(failure, { program: run.program })!;
+    expect([d.code, d.at?.file.position(d.at.span.start).line]).toEqual(["E0502", 8]);
+  });
 });
