@@ -9,7 +9,7 @@ import { Builder } from "./builder.js";
 import { InitGradients } from "./init-gradient.js";
 import { bareInitializer } from "./initializers.js";
 import type { Graph, InputRole } from "./ir.js";
-import { Lowerer } from "./lower.js";
+import { Lowerer, type LowerHooks } from "./lower.js";
 import type { Placement } from "./place.js";
 import { Reported, type Resolver } from "./resolve.js";
 import type { Entry, InitProgram, LoadedTensor, ProgramInput } from "./program.js";
@@ -68,9 +68,7 @@ export function buildInit(
     return node;
   };
   const gradients = new InitGradients(b, inputs);
-  /** `load`s: one input per (file, tensor), however many initializers read it. */
   const files: LoadedTensor[] = [];
-  const fileInput = new Map<string, number>();
   const refused = new Set<string>();
   const L = new Lowerer(r, b, {
     param: (p) => {
@@ -118,20 +116,7 @@ export function buildInit(
       }
       return paramInput(p);
     },
-    load: {
-      dir: dirname(spec.module.file.path),
-      input: (path, tensor, shape, dtype, at) => {
-        const name = loadInputName(path, tensor);
-        let node = fileInput.get(name);
-        if (node === undefined) {
-          node = b.input("state", name, shape, dtype);
-          inputs.push({ name, node, role: "state", shape, dtype });
-          files.push({ name, path, tensor, shape, dtype, at });
-          fileInput.set(name, node);
-        }
-        return node;
-      },
-    },
+    load: fileLoads(b, inputs, files, dirname(spec.module.file.path)),
     initGradient: (at) => {
       // A call already refused is refused once: a `param` initializer reading the failed `const`
       // evaluates it again.
@@ -285,6 +270,33 @@ export function buildInit(
       ...(files.length > 0 ? { files } : {}),
     },
     buffers,
+  };
+}
+
+/**
+ * The `load` hook: one input per (file, tensor), however many initializers read it, listed in
+ * `files` for the host to fill.
+ */
+function fileLoads(
+  b: Builder,
+  inputs: ProgramInput[],
+  files: LoadedTensor[],
+  dir: string,
+): NonNullable<LowerHooks["load"]> {
+  const fileInput = new Map<string, number>();
+  return {
+    dir,
+    input: (path, tensor, shape, dtype, at) => {
+      const name = loadInputName(path, tensor);
+      let node = fileInput.get(name);
+      if (node === undefined) {
+        node = b.input("state", name, shape, dtype);
+        inputs.push({ name, node, role: "state", shape, dtype });
+        files.push({ name, path, tensor, shape, dtype, at });
+        fileInput.set(name, node);
+      }
+      return node;
+    },
   };
 }
 
