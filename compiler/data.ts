@@ -5,8 +5,6 @@
 import type { DataSpec, FieldShape } from "./program.js";
 import { ARITHMETIC_ALPHABET, arithmeticSequenceLength } from "./program.js";
 import type { DataSet, Value } from "./values.js";
-import { dirname } from "node:path";
-import { selectTensors } from "./tensor-files.js";
 
 export const arithmeticAlphabet = ARITHMETIC_ALPHABET;
 
@@ -15,11 +13,8 @@ type PlainArgs = DataSpec["args"];
 interface SourceSpec {
   params: { name: string; kind: "number" | "string" | "bool" | "name"; default?: Value }[];
   vocab: (args: Map<string, Value>) => number;
-  /**
-   * The batch fields at a batch size (`dir`: the folder of the declaring file); a string is what
-   * is wrong with the arguments.
-   */
-  fields: (args: PlainArgs, batch: number, dir: string) => Record<string, FieldShape> | string;
+  /** The batch fields at a batch size; a string is what is wrong with the arguments. */
+  fields: (args: PlainArgs, batch: number) => Record<string, FieldShape> | string;
   help: string;
 }
 
@@ -110,8 +105,8 @@ export const dataSources: Record<string, SourceSpec> = {
 
 /**
  * Rows of tensors in safetensors files as examples: `input` and `target` name the tensors (a `*`
- * matches any part of a name, and pairs an input with its target); the widths come from the
- * files' headers, read now.
+ * matches any part of a name, and pairs an input with its target). The program states the rows'
+ * widths: the files are often a run's output not written yet when it is compiled or checked.
  */
 function tensorsSource(): SourceSpec {
   return {
@@ -119,27 +114,26 @@ function tensorsSource(): SourceSpec {
       { name: "path", kind: "string" },
       { name: "input", kind: "string" },
       { name: "target", kind: "string" },
+      { name: "input_width", kind: "number" },
+      { name: "target_width", kind: "number" },
       { name: "valid", kind: "number", default: { kind: "number", value: 0, integer: true } },
       { name: "skip_empty", kind: "bool", default: { kind: "bool", value: false } },
       { name: "seed", kind: "number", default: { kind: "number", value: 0, integer: true } },
     ],
     vocab: () => 0,
-    fields: (args, batch, dir) => {
-      const valid = wholeNumber("valid", args["valid"], 0, 2 ** 31 - 1);
-      if (typeof valid === "string") return valid;
-      const s = tensorSelection(args, dir);
-      if (typeof s === "string") return s;
+    fields: (args, batch) => {
+      const widths = ["input_width", "target_width", "valid"].map((name) =>
+        wholeNumber(name, args[name], name === "valid" ? 0 : 1, 2 ** 31 - 1),
+      );
+      const problem = widths.find((w) => typeof w === "string");
+      if (problem !== undefined) return problem;
       return {
-        input: { shape: [batch, s.inputWidth], dtype: "f32" },
-        target: { shape: [batch, s.targetWidth], dtype: "f32" },
+        input: { shape: [batch, widths[0] as number], dtype: "f32" },
+        target: { shape: [batch, widths[1] as number], dtype: "f32" },
       };
     },
-    help: 'std.data.tensors("../runs/next/final.safetensors", input: "state:*:pairs_input", target: "state:*:pairs_target")',
+    help: 'std.data.tensors("../runs/next/final.safetensors", input: "state:*:pairs_input", target: "state:*:pairs_target", input_width: 514, target_width: 257)',
   };
-}
-
-function tensorSelection(args: PlainArgs, dir: string) {
-  return selectTensors(dir, String(args["path"]), String(args["input"]), String(args["target"]));
 }
 
 /** The `std.data` namespace value. */
@@ -179,17 +173,8 @@ export function dataSpec(
   const source = dataSources[name]!;
   const args: PlainArgs = {};
   for (const [key, value] of dataset.args) args[key] = plain(value);
-  const dir = dirname(dataset.at.file.path);
-  const fields = source.fields(args, batch, dir);
-  if (typeof fields === "string")
-    return {
-      problem: fields,
-      help:
-        name === "tensors" && /^cannot find|^no file/.test(fields)
-          ? "a relative path is relative to this .lrk file: run the program that writes the file first, or point `path` at it"
-          : `for example: ${source.help}`,
-    };
-  const selection = name === "tensors" ? tensorSelection(args, dir) : undefined;
+  const fields = source.fields(args, batch);
+  if (typeof fields === "string") return { problem: fields, help: `for example: ${source.help}` };
   return {
     source: name,
     args,
@@ -198,6 +183,5 @@ export function dataSpec(
     fields,
     help: `for example: ${source.help}`,
     at: dataset.at,
-    ...(selection && typeof selection !== "string" ? { tensors: selection.pairs } : {}),
   };
 }

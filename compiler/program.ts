@@ -224,17 +224,6 @@ export interface DataSpec {
   /** An example declaration, for messages about the arguments. */
   help: string;
   at: Location;
-  /** `tensors`: the tensor pairs to read, chosen while compiling from the files' headers. */
-  tensors?: TensorPair[];
-}
-
-/** One (input, target) pair of tensors of a safetensors file whose rows are examples. */
-export interface TensorPair {
-  /** The absolute path of the file. */
-  file: string;
-  input: string;
-  target: string;
-  rows: number;
 }
 
 /**

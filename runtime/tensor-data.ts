@@ -2,9 +2,11 @@
 // files' headers) become examples, `input` and `target` f32 rows. Rows are gathered in the
 // program's order (files sorted by name, tensors by name within a file, rows in order), the last
 // `valid` of them held out; train batches walk the per-epoch shuffled order of the other sources.
-import type { DataSpec, TensorPair } from "../compiler/program.js";
+import { dirname } from "node:path";
+import type { DataSpec } from "../compiler/program.js";
 import { DataError, EpochOrder, type Batch, type DataSource, type Split } from "./data.js";
 import { CheckpointError, SafetensorsFile } from "./safetensors.js";
+import { selectTensors, type TensorPair } from "./tensor-files.js";
 
 export interface TensorsSource extends DataSource {
   readonly kind: "tensors";
@@ -125,12 +127,72 @@ export function tensorRows(params: TensorsParams): TensorsSource {
   };
 }
 
-/** Opens a `tensors` declaration as the compiler resolved it. */
+/**
+ * A `tensors` declaration, opened lazily: the files are found, paired and read when the first
+ * size or batch is asked for (by training, not by `lrkc check`: they are often the output of a
+ * run not made yet, like an `init` checkpoint). Problems are DataErrors at the declaration.
+ */
 export function openTensors(
   spec: DataSpec,
   args: { valid: number; skipEmpty: boolean; seed: number },
-) {
-  if (!spec.tensors)
-    throw new DataError("`tensors` was compiled without its tensor list", spec.help);
-  return tensorRows({ pairs: spec.tensors, ...args, help: spec.help });
+): TensorsSource {
+  const widths = {
+    input: spec.fields["input"]!.shape[1]!,
+    target: spec.fields["target"]!.shape[1]!,
+  };
+  let opened: TensorsSource | undefined;
+  const open = (): TensorsSource => {
+    if (opened) return opened;
+    const fail = (message: string, help?: string): never => {
+      const error = new DataError(message, help);
+      error.at = spec.at;
+      throw error;
+    };
+    const path = String(spec.args["path"]);
+    const selection = selectTensors(
+      dirname(spec.at.file.path),
+      path,
+      String(spec.args["input"]),
+      String(spec.args["target"]),
+    );
+    if (typeof selection === "string")
+      return fail(
+        selection,
+        "a relative path is relative to the .lrk file that declares the data: train the program that writes the file first, or point `path` at it",
+      );
+    for (const field of ["input", "target"] as const) {
+      const found = field === "input" ? selection.inputWidth : selection.targetWidth;
+      if (found !== widths[field])
+        fail(
+          `the ${field} tensors are ${found} wide, but the declaration says \`${field}_width: ${widths[field]}\``,
+          `write \`${field}_width: ${found}\`, or narrow \`${field}\` to tensors of width ${widths[field]}`,
+        );
+    }
+    try {
+      opened = tensorRows({ pairs: selection.pairs, ...args, help: spec.help });
+    } catch (e) {
+      if (e instanceof DataError) e.at ??= spec.at;
+      throw e;
+    }
+    return opened;
+  };
+  return {
+    kind: "tensors",
+    vocab: 0,
+    get trainSize() {
+      return open().trainSize;
+    },
+    get validSize() {
+      return open().validSize;
+    },
+    inputWidth: widths.input,
+    targetWidth: widths.target,
+    fieldShapes: (batch) => ({
+      input: { shape: [batch, widths.input], dtype: "f32" },
+      target: { shape: [batch, widths.target], dtype: "f32" },
+    }),
+    batch: (split, index, batchSize) => open().batch(split, index, batchSize),
+    batchCount: (split, batchSize) => open().batchCount(split, batchSize),
+    trainPosition: (index, batchSize) => open().trainPosition(index, batchSize),
+  };
 }

@@ -224,18 +224,25 @@ function loadFiles(program: TrainProgram, store: Map<string, Tensor>, float64: b
       throw e;
     }
     try {
-      if (!file.entries.has(f.tensor))
-        throw fail("the file no longer holds it", "compile and run again");
+      if (!file.entries.has(f.tensor)) {
+        const names = [...file.entries.keys()].sort();
+        throw fail(
+          "the file holds no such tensor",
+          names.length > 0
+            ? `it holds ${names
+                .slice(0, 8)
+                .map((n) => `\`${n}\``)
+                .join(", ")}${names.length > 8 ? `, … (${names.length})` : ""}`
+            : "the file holds no tensors",
+        );
+      }
       const t = file.read(f.tensor);
       if (t.shape.join(",") !== f.shape.join(","))
         throw fail(
-          `it is [${t.shape.join(", ")}] now, [${f.shape.join(", ")}] when the program was compiled`,
-          "compile and run again",
+          `it is [${t.shape.join(", ")}], not the [${f.shape.join(", ")}] the program says`,
+          `write its shape [${t.shape.join(", ")}] in the \`load\` call, or load another tensor`,
         );
-      const data =
-        f.dtype === "i32" || float64 || t.data instanceof Float32Array
-          ? t.data
-          : Float32Array.from(t.data);
+      const data = float64 || t.data instanceof Float32Array ? t.data : Float32Array.from(t.data);
       store.set(f.name, { shape: t.shape, data });
     } finally {
       file.close();

@@ -92,7 +92,10 @@ describe("examples", () => {
     writeSafetensors(predictor, trained.store);
     // the extrapolation loads the run as its `init` too
     const extrapolated = await runExample("next_extrapolate.lrk", 1, (text) =>
-      paths(text.replace(/init "[^"]*"/, `init ${JSON.stringify(run)}`)),
+      paths(text.replace(/init "[^"]*"/, `init ${JSON.stringify(run)}`)).replace(
+        "alpha: 16,",
+        "alpha: 16,\n    records: 4,",
+      ),
     );
     expect(extrapolated.losses.every(Number.isFinite)).toBe(true);
   });

@@ -11,6 +11,7 @@ import { openDataSet } from "../runtime/data.js";
 import { CheckpointError, writeSafetensors } from "../runtime/safetensors.js";
 import { train } from "../runtime/trainer.js";
 import { CpuDevice } from "../runtime/device.js";
+import { failureDiagnostic } from "../cli/failures.js";
 import { compile, expectTrainsAlike, init, param } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { SourceFile } from "../language/source.js";
@@ -81,18 +82,13 @@ describe("std.data.tensors", () => {
   it("gathers the rows of every matching tensor of every file, paired by the `*` part", () => {
     const run = compile(
       regression(
-        'std.data.tensors("*.safetensors", input: "state:*.rec:x", target: "state:*.rec:y", valid: 1)',
+        'std.data.tensors("*.safetensors", input: "state:*.rec:x", target: "state:*.rec:y", input_width: 3, target_width: 2, valid: 1)',
       ),
       { path: join(folder, "t.lrk") },
     );
     const spec = run.program.data;
     expect(spec.fields["input"]!.shape).toEqual([2, 3]);
     expect(spec.fields["target"]!.shape).toEqual([2, 2]);
-    expect(spec.tensors!.map((p) => [p.input, p.target, p.rows])).toEqual([
-      ["state:l1.rec:x", "state:l1.rec:y", 2],
-      ["state:l2.rec:x", "state:l2.rec:y", 1],
-      ["state:l3.rec:x", "state:l3.rec:y", 1],
-    ]);
     const data = openDataSet(spec);
     // rows in order: l1's two, l2's, l3's; the last held out for valid
     expect([data.trainSize, data.validSize]).toEqual([3, 1]);
@@ -111,7 +107,7 @@ describe("std.data.tensors", () => {
   it("skips rows whose input is all zeros with skip_empty", () => {
     const run = compile(
       regression(
-        'std.data.tensors("a.safetensors", input: "state:*.rec:x", target: "state:*.rec:y", skip_empty: true)',
+        'std.data.tensors("a.safetensors", input: "state:*.rec:x", target: "state:*.rec:y", input_width: 3, target_width: 2, skip_empty: true)',
       ),
       { path: join(folder, "t.lrk") },
     );
@@ -119,29 +115,42 @@ describe("std.data.tensors", () => {
     expect(data.trainSize).toBe(2);
   });
 
+  /** The E0501 opening the data gives: "line: message" (the files are read on first use). */
+  const openProblem = (data: string, model?: string): string => {
+    const run = compile(regression(data, model), { path: join(folder, "t.lrk") });
+    // compiling and opening (what `lrkc check` does) read no file
+    const source = openDataSet(run.program.data);
+    try {
+      void source.trainSize;
+    } catch (e) {
+      const d = failureDiagnostic(e, { program: run.program })!;
+      return `${d.code} ${d.at!.file.position(d.at!.span.start).line}: ${d.message}`;
+    }
+    return "no problem";
+  };
+  const widths = "input_width: 3, target_width: 2";
+
   it("reports a missing file, a missing target and widths that differ at the declaration", () => {
     expect(
-      errors(regression('std.data.tensors("nope.safetensors", input: "x", target: "y")')),
-    ).toEqual([expect.stringMatching(/^E0501 4: .*cannot find the file "nope.safetensors"/)]);
+      openProblem(`std.data.tensors("nope.safetensors", input: "x", target: "y", ${widths})`),
+    ).toMatch(/^E0501 4: cannot find the file "nope.safetensors"/);
     expect(
-      errors(
-        regression(
-          'std.data.tensors("a.safetensors", input: "state:*.rec:x", target: "state:*.rec:z")',
-        ),
+      openProblem(
+        `std.data.tensors("a.safetensors", input: "state:*.rec:x", target: "state:*.rec:z", ${widths})`,
       ),
-    ).toEqual([expect.stringMatching(/^E0501 4: .*no target `state:l1.rec:z`/)]);
+    ).toMatch(/^E0501 4: .*no target `state:l1.rec:z`/);
     expect(
-      errors(regression('std.data.tensors("widths.safetensors", input: "*:x", target: "*:y")')),
-    ).toEqual([
-      expect.stringMatching(
-        /^E0501 4: .*the input tensors have different widths: `l1:x` has 3, `l2:x` 4/,
+      openProblem(`std.data.tensors("widths.safetensors", input: "*:x", target: "*:y", ${widths})`),
+    ).toMatch(/^E0501 4: the input tensors have different widths: `l1:x` has 3, `l2:x` 4/);
+    expect(
+      openProblem(`std.data.tensors("a.safetensors", input: "nothing*", target: "y*", ${widths})`),
+    ).toMatch(/^E0501 4: no tensor of "a.safetensors" matches `nothing\*`/);
+    expect(
+      openProblem(
+        'std.data.tensors("a.safetensors", input: "state:*.rec:x", target: "state:*.rec:y", input_width: 3, target_width: 5)',
+        "Linear(3, 5)",
       ),
-    ]);
-    expect(
-      errors(regression('std.data.tensors("a.safetensors", input: "nothing*", target: "y*")')),
-    ).toEqual([
-      expect.stringMatching(/^E0501 4: .*no tensor of "a.safetensors" matches `nothing\*`/),
-    ]);
+    ).toBe("E0501 4: the target tensors are 2 wide, but the declaration says `target_width: 5`");
   });
 });
 
@@ -156,7 +165,7 @@ import std.optim.{sgd}
 data moons = std.data.two_moons(n: 16)
 
 adapter lift on Linear(in, out) {
-  const A = load("weights.safetensors", "param:" + base.path + ".lift.A")
+  const A = load("weights.safetensors", "param:" + base.path + ".lift.A", [1, 3])
   param s: f32[out] = zeros
   forward(x: f32[..., in]) -> f32[..., out] = base(x) + s * (x @ A^T)
 }
@@ -180,7 +189,7 @@ train t {
   it("reads a tensor of a file into a param's initial value and an adapter's const", async () => {
     const run = compile(
       program(
-        'param w: f32[2, 3] = load("weights.safetensors", "param:w")',
+        'param w: f32[2, 3] = load("weights.safetensors", "param:w", [2, 3])',
         "adapt l with lift\n  optimize ** with sgd(lr: 0.1)",
       ),
       { path: join(folder, "load.lrk") },
@@ -194,19 +203,35 @@ train t {
     expect(Number.isFinite(trained.losses[0])).toBe(true);
   });
 
-  it("reports a missing file or tensor at the call, and a load outside an initial value", () => {
-    expect(errors(program('param w: f32[2, 3] = load("missing.safetensors", "param:w")'))).toEqual([
-      expect.stringMatching(/^E0502 14: `load` cannot read "missing.safetensors"/),
-    ]);
-    expect(errors(program('param w: f32[2, 3] = load("weights.safetensors", "param:v")'))).toEqual([
-      expect.stringMatching(/^E0502 14: "weights.safetensors" holds no tensor `param:v`/),
-    ]);
-    expect(errors(program('param w: f32[3, 2] = load("weights.safetensors", "param:w")'))).toEqual([
+  it("reports a missing file or tensor at the call, and a load outside an initial value", async () => {
+    for (const [tensor, file, want] of [
+      [
+        "param:w",
+        "missing.safetensors",
+        /`load` cannot read `param:w` of ".*missing.safetensors": .*does not exist|no such file/,
+      ],
+      [
+        "param:v",
+        "weights.safetensors",
+        /`load` cannot read `param:v` of ".*weights.safetensors": the file holds no such tensor/,
+      ],
+    ] as const) {
+      const run = compile(program(`param w: f32[2, 3] = load("${file}", "${tensor}", [2, 3])`), {
+        path: join(folder, "load.lrk"),
+      });
+      const failure = await init(run, false).catch((e: unknown) => e);
+      const d = failureDiagnostic(failure, { program: run.program })!;
+      expect(d.message).toMatch(want);
+      expect([d.code, d.at!.file.position(d.at!.span.start).line]).toEqual(["E0502", 14]);
+    }
+    expect(
+      errors(program('param w: f32[3, 2] = load("weights.safetensors", "param:w", [2, 3])')),
+    ).toEqual([
       "E0401 14: the initial value of `w` should be f32[3, 2], but it is f32[2, 3]: dim 3 is 3, not 2",
     ]);
     const inForward = program("param w: f32[2, 3] = zeros").replace(
       "l(concat",
-      'load("weights.safetensors", "param:w")[0, 0] * l(concat',
+      'load("weights.safetensors", "param:w", [2, 3])[0, 0] * l(concat',
     );
     expect(errors(inForward)).toEqual([
       "E0206 15: `load` reads a file once, when training starts: it can only be a `param`'s initial value or an adapter's `const`",
@@ -255,6 +280,8 @@ data pairs = std.data.tensors(
   "${path}",
   input: "state:*.next_lora:pairs_input",
   target: "state:*.next_lora:pairs_target",
+  input_width: ${2 * TRIPLE},
+  target_width: ${TRIPLE},
   skip_empty: true,
 )
 
@@ -274,7 +301,7 @@ const extrapolation = (run: string, predictor: string) =>
     .replace("import std.adapters.{next_lora}", "import std.adapters.{next_extrapolated}")
     .replace(
       /adapt l2 with next_lora\(.*\)/,
-      `adapt l2 with next_extrapolated(run: "${run}", predictor: "${predictor}", c: 2, scale: ${SCALE}, hidden: ${HIDDEN})`,
+      `adapt l2 with next_extrapolated(run: "${run}", predictor: "${predictor}", c: 2, rank: ${RANK}, alpha: 3, records: 4, hidden: ${HIDDEN})`,
     )
     .replace("optimize adapters", "optimize l1")
     .replace("freeze **", "freeze l2");
@@ -448,7 +475,7 @@ data moons = std.data.two_moons(n: 16)
 
 model Net {
   l = Linear(2, 2)
-  param w: f32[2] = load("w.safetensors", "w")
+  param w: f32[2] = load("w.safetensors", "w", [2])
   forward(x: f32[B, 2]) -> f32[B, 2] = l(x) * w
 }
 
@@ -465,9 +492,8 @@ train t {
     const failure = await init(run, false).catch((e: unknown) => e);
     expect(failure).toBeInstanceOf(CheckpointError);
     expect((failure as Error).message).toMatch(
-      /`load` cannot read `w` of ".*w.safetensors": it is \[3\] now, \[2\] when the program was compiled/,
+      /`load` cannot read `w` of ".*w.safetensors": it is \[3\], not the \[2\] the program says/,
     );
-    const { failureDiagnostic } = await import("../cli/failures.js");
     const d = failureDiagnostic(failure, { program: run.program })!;
     expect([d.code, d.at?.file.position(d.at.span.start).line]).toEqual(["E0502", 8]);
   });

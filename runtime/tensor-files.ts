@@ -1,13 +1,21 @@
-// `std.data.tensors`: which tensors of which safetensors files a data set reads, decided while
-// compiling from the files' headers only (no tensor data is read), so the batch fields have
-// their widths before the step is built. The runtime (runtime/tensor-data.ts) then reads exactly
-// the pairs listed in the program. A `*` in the file name matches any files of a folder and a
+// `std.data.tensors`: which tensors of which safetensors files a data set reads, from the files'
+// headers, when the data is opened (runtime/tensor-data.ts). A `*` in the file name matches any
+// files of a folder and a
 // `*` in a tensor name any part of it; an input tensor is paired with the target tensor whose
 // name has the same `*` part (`state:*.next_lora:pairs_input` with `state:*.next_lora:pairs_target`
 // pairs each module's two records).
-import { closeSync, openSync, readdirSync, readSync, statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
-import type { TensorPair } from "./program.js";
+import { CheckpointError, SafetensorsFile } from "./safetensors.js";
+
+/** One (input, target) pair of tensors of a safetensors file whose rows are examples. */
+export interface TensorPair {
+  /** The absolute path of the file. */
+  file: string;
+  input: string;
+  target: string;
+  rows: number;
+}
 
 /** What a header says of a tensor. */
 interface Entry {
@@ -49,35 +57,19 @@ function expandFiles(dir: string, path: string): string[] | string {
   return files.length > 0 ? files : `no file matches "${path}" (looked in ${folder})`;
 }
 
-/** A safetensors header (8-byte length, then JSON); a string is what is wrong with the file. */
-export function readTensorHeader(path: string): Map<string, Entry> | string {
-  let fd: number;
+/** A safetensors file's header; a string is what is wrong with the file. */
+function readTensorHeader(path: string): Map<string, Entry> | string {
+  let file: SafetensorsFile;
   try {
-    fd = openSync(path, "r");
+    file = SafetensorsFile.open(path);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    return code === "ENOENT"
-      ? "there is no such file"
-      : `it cannot be opened (${code ?? String(e)})`;
+    if (e instanceof CheckpointError) return e.message;
+    throw e;
   }
-  try {
-    const prefix = Buffer.alloc(8);
-    if (readSync(fd, prefix, 0, 8, 0) < 8) return `"${path}" is not a safetensors file`;
-    const length = Number(prefix.readBigUInt64LE(0));
-    if (length > Math.min(statSync(path).size - 8, 100_000_000))
-      return `"${path}" is not a safetensors file (its header length runs past its end)`;
-    const json = Buffer.alloc(length);
-    readSync(fd, json, 0, length, 8);
-    const header = JSON.parse(json.toString("utf8")) as Record<string, Entry>;
-    const entries = new Map<string, Entry>();
-    for (const [name, e] of Object.entries(header))
-      if (name !== "__metadata__") entries.set(name, { dtype: e.dtype, shape: e.shape });
-    return entries;
-  } catch {
-    return `"${path}" is not a safetensors file (its header is not JSON)`;
-  } finally {
-    closeSync(fd);
-  }
+  const entries = new Map<string, Entry>();
+  for (const [name, e] of file.entries) entries.set(name, { dtype: e.dtype, shape: e.shape });
+  file.close();
+  return entries;
 }
 
 /** Rows and width of a tensor used as examples: [n, w] is n rows, [w] one row. */
@@ -120,7 +112,7 @@ export function selectTensors(
   };
   for (const file of files) {
     const header = readTensorHeader(file);
-    if (typeof header === "string") return `"${file}": ${header}`;
+    if (typeof header === "string") return header;
     for (const [name, e] of [...header].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       const m = inputRe.exec(name);
       if (!m) continue;
