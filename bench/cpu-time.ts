@@ -17,3 +17,9 @@ export function workerCpuNs(): number {
   }
   return ns;
 }
+
+/** CPU time (ns) of this process's main thread (recording commands, packing uploads). */
+export function mainCpuNs(): number {
+  const stat = readFileSync(`/proc/self/task/${process.pid}/schedstat`, "utf8");
+  return Number(stat.split(" ")[0]);
+}

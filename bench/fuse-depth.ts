@@ -1,7 +1,8 @@
 // Compile time against model depth: a LoRA tiny LM at several depths, timing (CPU seconds of this
 // process, so that other work on the machine does not count) the front end (`compile`), fusion
-// alone (`fuse` of every entry) and the kernel plan (`planStep`, fusion included) as
-// `lrkc build --emit plan --device portable` makes it (8 storage buffers per kernel). The model is
+// alone (`fuse` of every entry, the first run: cold), and planStep's phases one by one as
+// `lrkc build --emit plan --device portable` runs them (8 storage buffers per kernel): fusion again
+// (warm), the memory plan, the kernels' WGSL. Run one depth per process to compare cold times. The model is
 // examples/lora_finetune.lrk (TinyLM at d 128, LoRA rank 8 on every linear) with `layers: N`, or
 // with --small the LoRA fine-tune of the tests (TinyLM at d 16, LoRA rank 4 on q and v).
 //
@@ -10,7 +11,8 @@
 // Run it from the repository root. --dump writes every entry's fusion (groups, materialized and
 // needed nodes) as JSON, to compare the fusion of two builds.
 import { readFileSync, writeFileSync } from "node:fs";
-import { compile, planStep } from "../compiler/compile.js";
+import { compile } from "../compiler/compile.js";
+import { assemblePlan, emitKernels, fuseEntries, planBuffers } from "../compiler/plan.js";
 import { fuse } from "../compiler/fuse/index.js";
 import { SourceFile } from "../language/source.js";
 
@@ -91,11 +93,20 @@ for (const layers of depths.length ? depths : [8, 16, 32]) {
       };
   }
   const tFuse = seconds(t0);
+  // planStep's phases one by one, as it runs them (its fusion is a fresh one: fuseEntries
+  // memoizes per graph, and the loop above did not go through it).
   t0 = cpu();
-  const plan = planStep(step, { limits, features: [] });
-  const tPlan = seconds(t0);
+  const fused = fuseEntries(step, limits);
+  const tPlanFuse = seconds(t0);
+  t0 = cpu();
+  const buffers = planBuffers(step, fused, limits);
+  const tBuffers = seconds(t0);
+  t0 = cpu();
+  const emitted = emitKernels(step, fused, buffers, { limits, features: [] });
+  const tEmit = seconds(t0);
+  const plan = assemblePlan(step, buffers, emitted);
   console.log(
-    `${layers} layers: ${graph.nodes.length} nodes, ${groups} groups; compile ${tPrepare} s, fuse ${tFuse} s, planStep ${tPlan} s (${plan.kernels.length} kernels)`,
+    `${layers} layers: ${graph.nodes.length} nodes, ${groups} groups; compile ${tPrepare} s, fuse ${tFuse} s; planStep: fuse ${tPlanFuse} s, buffers ${tBuffers} s, kernels ${tEmit} s (${plan.kernels.length} kernels)`,
   );
 }
 if (dump) writeFileSync(dump, JSON.stringify(dumped));

@@ -1,8 +1,9 @@
 // Matmul throughput on the current WebGPU adapter: lrk's autotuned kernel beside tfjs-webgpu on
 // the same Dawn adapter, square m = n = k of 256..2048 and the skinny LoRA shape
-// 1024×1024 · 1024×16.
+// 1024×1024 · 1024×16; and, when a Python with numpy is present, OpenBLAS's sgemm on the CPU
+// (bench/python.ts; run first, alone, so that it does not compete with lavapipe's threads).
 //
-//   npm run bench:matmul [-- --retune | --no-autotune | --runs N]
+//   npm run bench:matmul [-- --retune | --no-autotune | --runs N | --no-branch]
 //
 // Both are timed the same way, as a training step would wait for them: one submit per run, then
 // sleep for most of the expected time before awaiting (GpuWaiter; a pending Dawn promise
@@ -10,6 +11,10 @@
 // runs are excluded; each figure is the median of several runs, lrk and tfjs alternating so that
 // drift in the machine's speed hits both alike. lrk's device time (timestamp queries) is shown
 // too. The outputs of the two are compared once per shape.
+//
+// Then (unless --no-branch) the fused-branch overhead table: the base GEMM tokens × 1024 × 1024
+// alone and with a rank-8/16/64 low-rank branch fused or unfused, at 576 and 4096 tokens
+// (bench/branch.ts).
 
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,6 +25,8 @@ import { matmulTemplate } from "../compiler/plan.js";
 import { Autotuner, dispatchKernel, kernelBindGroup, kernelPipeline } from "../runtime/autotune.js";
 import { GpuWaiter, requestAdapter, requestDevice, summarize } from "../runtime/gpu.js";
 import { flush, tfjsWebGpu } from "./tfjs-webgpu.js";
+import { openblasGflops } from "./python.js";
+import { branchOverheadTable } from "./branch.js";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(name);
@@ -71,6 +78,12 @@ async function main(): Promise<void> {
 
   console.log(`adapter: ${adapter.description} (${adapter.vendor}, ${adapter.architecture})`);
   console.log(`autotune cache: ${flag("--no-autotune") ? "off (defaults)" : tuner.cacheFile}`);
+  const blas = openblasGflops(SHAPES.map((s) => s.shape));
+  console.log(
+    blas
+      ? `OpenBLAS: ${blas.blas} (${blas.python})`
+      : "OpenBLAS: no python3 with numpy found; its column is left out",
+  );
   const rows: string[][] = [];
 
   for (const { label, shape } of SHAPES) {
@@ -205,6 +218,7 @@ async function main(): Promise<void> {
     const gf = (ms: number) => flop / ms / 1e6;
     const lrk = gf(median(lrkMs));
     const tfj = gf(median(tfMs));
+    const blasGf = blas?.gflops[SHAPES.findIndex((s) => s.label === label)];
     rows.push([
       label,
       describeMatmulParams(params),
@@ -212,6 +226,7 @@ async function main(): Promise<void> {
       tfj.toFixed(1),
       `${(lrk / tfj).toFixed(2)}×`,
       deviceMs.length ? gf(median(deviceMs)).toFixed(1) : "–",
+      ...(blasGf !== undefined ? [blasGf.toFixed(1), `${(lrk / blasGf).toFixed(2)}×`] : []),
       String(runs),
     ]);
     console.log(`  ${label}: lrk ${lrk.toFixed(1)}, tfjs ${tfj.toFixed(1)} GFLOP/s`);
@@ -229,6 +244,7 @@ async function main(): Promise<void> {
     "tfjs-webgpu GFLOP/s",
     "lrk/tfjs",
     "lrk device-timed",
+    ...(blas ? ["OpenBLAS GFLOP/s", "lrk/OpenBLAS"] : []),
     "runs",
   ];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -243,6 +259,9 @@ async function main(): Promise<void> {
     `|${widths.map((w, i) => (i < 2 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`,
   );
   for (const row of rows) console.log(line(row));
+  if (flag("--no-branch")) return;
+  console.log();
+  for (const l of await branchOverheadTable(runsArg ?? 5)) console.log(l);
 }
 
 main().then(

@@ -2,6 +2,7 @@
 // written in tfjs (bench/tiny-lm-tfjs.ts) on tfjs-webgpu, on the same Dawn adapter.
 //
 //   npm run bench:train [-- --runs N] [--warmup N] [--no-autotune] [--tfjs-submit-batch N]
+//                          [--no-torch]
 //
 // --tfjs-submit-batch sets tfjs's WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE (default 15: tfjs submits
 // every 15 dispatches; one submit per step measured no faster on lavapipe).
@@ -22,6 +23,13 @@
 // compilation, the autotuner, the waiters learning) are excluded; figures are medians over runs
 // that alternate lrk and tfjs, so drift in the machine's speed hits both alike.
 //
+// PyTorch column (when a python3 with torch is present, and not --no-torch): the same step written
+// in torch (bench/tiny_lm_torch.py) on the CPU, from the same initialized weights on the same
+// batches, with OMP_WAIT_POLICY=PASSIVE and as many threads as cores, in a subprocess that times
+// one step per request: its steps alternate with lrk's and tfjs's (each runs alone, and drift in
+// the machine's speed hits all three alike); its first steps' losses must equal lrk's, as
+// tfjs's must.
+//
 // Dispatches per step count compute dispatches: lrk's from its kernel plan, tfjs's by wrapping
 // its backend's recordAndSubmit. "Bytes bound" sums, over a step's dispatches, the size of every
 // tensor a dispatch reads or writes, each once per dispatch (not the memory traffic a kernel
@@ -41,6 +49,7 @@ import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { countDispatches, flush, tfjsWebGpu } from "./tfjs-webgpu.js";
 import { tinyLmLoraTfjs } from "./tiny-lm-tfjs.js";
+import { startTorch } from "./torch.js";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(name);
@@ -184,6 +193,11 @@ async function main(): Promise<void> {
   const started = performance.now();
   let store: Map<string, Tensor> = await initialize(program, device);
   await syncStore(device, store.values());
+  const initialParams = new Map(
+    [...store]
+      .filter(([name]) => name.startsWith("param:"))
+      .map(([name, t]) => [name, { shape: [...t.shape], data: Float32Array.from(t.data) }]),
+  );
   const model = tinyLmLoraTfjs(tf, store, {
     heads,
     scale: alpha / rank,
@@ -278,20 +292,56 @@ async function main(): Promise<void> {
   // Warm-up, excluded: alternating steps until both waiters have learned how long to sleep.
   const probe = Math.max((await lrkStep(++step)).ms, (await tfStep(step)).ms);
   const warmups = numberArg("--warmup") ?? Math.max(5, Math.min(15, Math.round(2000 / probe)));
+  const runs = numberArg("--runs") ?? Math.max(25, Math.min(60, Math.round(15000 / probe)));
+  const torch = flag("--no-torch")
+    ? undefined
+    : await startTorch({
+        script: join(root, "bench", "tiny_lm_torch.py"),
+        params: initialParams,
+        batch: (i) => {
+          const f = run.data.batch("train", i, program.batch).fields;
+          return { input: f["input"]!.data as Int32Array, target: f["target"]!.data as Int32Array };
+        },
+        batchShape: [B, T],
+        lrScale: (i) => lrFactor(program.schedule, i + 1, steps),
+        config: {
+          heads,
+          scale: alpha / rank,
+          lr: opt.lr,
+          weightDecay: opt.weightDecay,
+          clip: program.clip,
+        },
+        check: CHECK_STEPS,
+        steps: step + warmups + runs,
+      });
+  if (torch) {
+    const diff = Math.max(...torch.losses.map((l, i) => Math.abs(l - losses[i]![0]) / Math.abs(l)));
+    console.log(
+      `PyTorch ${torch.torch} (${torch.python}, ${torch.threads} threads), losses steps 1..${CHECK_STEPS}: ${torch.losses.map((l) => l.toFixed(6)).join(", ")} (differ from lrk's by ${diff.toExponential(2)} relative)`,
+    );
+    if (!(diff <= LOSS_TOLERANCE)) {
+      torch.close();
+      throw new Error(
+        "lrk and PyTorch do not compute the same step: the comparison would be wrong",
+      );
+    }
+  } else if (!flag("--no-torch"))
+    console.log("PyTorch: no python3 with torch found; its column is left out");
   for (let i = 0; i < warmups; i++) {
     step++;
     await lrkStep(step);
     await tfStep(step);
+    await torch?.step(step - 1);
   }
   if (tf.memory().numTensors !== tfTensors)
     throw new Error(
       `tfjs leaks tensors: ${tfTensors} after the first steps, ${tf.memory().numTensors} now`,
     );
 
-  const runs = numberArg("--runs") ?? Math.max(25, Math.min(60, Math.round(15000 / probe)));
   const lrkMs: number[] = [];
   const tfMs: number[] = [];
   const tfRecordMs: number[] = [];
+  const torchMs: number[] = [];
   let last: [number, number] = [NaN, NaN];
   for (let r = 0; r < runs; r++) {
     step++;
@@ -299,6 +349,7 @@ async function main(): Promise<void> {
     const theirs = await tfStep(step);
     lrkMs.push(ours.ms);
     tfMs.push(theirs.ms);
+    if (torch) torchMs.push(await torch.step(step - 1));
     tfRecordMs.push(theirs.recordMs);
     last = [ours.loss, theirs.loss];
   }
@@ -310,13 +361,21 @@ async function main(): Promise<void> {
   const ours = planTraffic(program.step.graph, plan, stepEntry(program.step, step).name, stepReads);
   const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
   const kb = (n: number) => `${(n / 1e3).toFixed(1)} kB`;
+  torch?.close();
   const lrk = median(lrkMs);
   const tfj = median(tfMs);
+  const pt = torch ? median(torchMs) : undefined;
   const rows: string[][] = [
-    ["ms/step, median", lrk.toFixed(1), tfj.toFixed(1)],
-    ["ms/step, fastest", Math.min(...lrkMs).toFixed(1), Math.min(...tfMs).toFixed(1)],
+    ["ms/step, median", lrk.toFixed(1), tfj.toFixed(1), pt?.toFixed(1) ?? ""],
+    [
+      "ms/step, fastest",
+      Math.min(...lrkMs).toFixed(1),
+      Math.min(...tfMs).toFixed(1),
+      torch ? Math.min(...torchMs).toFixed(1) : "",
+    ],
     ["tfjs: JS recording the step, median", "", median(tfRecordMs).toFixed(1)],
     ["lrk speed-up (median)", `${(tfj / lrk).toFixed(2)}×`, ""],
+    ...(torch ? [["lrk time / PyTorch time (median)", `${(lrk / pt!).toFixed(2)}×`]] : []),
     ["dispatches/step", String(ours.dispatches), String(tfDispatches)],
     ["queue submits/step", "1", String(tfSubmits)],
     ["bytes bound by dispatches/step", mb(ours.bytes), mb(tfBytes)],
@@ -328,9 +387,16 @@ async function main(): Promise<void> {
         : `${kb(ours.down)} (${stepReads ? [...stepReads].join(", ") : "all outputs"})`,
       "4 B (loss)",
     ],
-    ["loss at step 1", losses[0]![0].toFixed(6), losses[0]![1].toFixed(6)],
+    [
+      "loss at step 1",
+      losses[0]![0].toFixed(6),
+      losses[0]![1].toFixed(6),
+      torch?.losses[0]!.toFixed(6) ?? "",
+    ],
   ];
-  const header = ["per training step", "lrk", "tfjs-webgpu"];
+  const header = ["per training step", "lrk", "tfjs-webgpu", ...(torch ? ["PyTorch CPU"] : [])];
+  for (const row of rows) row.length = header.length;
+  for (const row of rows) for (let i = 0; i < row.length; i++) row[i] ??= "";
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) =>
     `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`;

@@ -93,9 +93,14 @@ function irText({ program }: Compiled): string {
     for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
   }
   for (const { entry, trigger, count } of step.actions) {
-    const when = trigger === "step" ? `step ${count}` : `steps ${count}, ${2 * count}, …`;
+    const when =
+      trigger === "every"
+        ? `after steps ${count}, ${2 * count}, …`
+        : count === 0
+          ? "when the run starts, before step 1"
+          : `after step ${count}`;
     out.push(
-      `\n// entry ${entry.name}: the \`at\` actions after ${when}: ${entry.outputs.length} outputs`,
+      `\n// entry ${entry.name}: the \`at\` actions ${when}: ${entry.outputs.length} outputs`,
     );
     for (const o of entry.outputs) out.push(`//   ${o.name} = %${o.node}`);
   }
@@ -250,7 +255,17 @@ function stateLines({ program, placement }: Compiled): string[] {
     byParam.set(owner!, list);
   }
   const lines: string[] = [];
+  const elementsOf = (states: { shape: readonly number[] }[]) =>
+    states.reduce((a, st) => a + st.shape.reduce((x, y) => x * y, 1), 0).toLocaleString("en-US");
   for (const p of placement.params.filter((q) => q.trainable)) {
+    const joint = p.optimizer!.joint;
+    if (joint) {
+      // a joint optimizer keeps one set of states per adapted module, listed under its path
+      lines.push(
+        `  ${p.param.path} [${p.param.shape.join(", ")}]  ${p.optimizer!.config.def.name.name}: its states are kept per module, under ${joint.path} below`,
+      );
+      continue;
+    }
     const states = byParam.get(p.param.path) ?? [];
     const elements = states.reduce((a, st) => a + st.shape.reduce((x, y) => x * y, 1), 0);
     const parts = states.map((st) => `${st.name} [${st.shape.join(", ")}]`).join(" + ") || "none";
@@ -261,7 +276,7 @@ function stateLines({ program, placement }: Compiled): string[] {
   for (const [owner, states] of byParam) {
     if (program.step.trainable.includes(owner)) continue;
     lines.push(
-      `  ${owner}: ${states.map((st) => `${st.name} [${st.shape.join(", ")}]`).join(" + ")}`,
+      `  ${owner}: ${states.map((st) => `${st.name} [${st.shape.join(", ")}]`).join(" + ")} = ${elementsOf(states)} elements`,
     );
   }
   return lines;

@@ -239,15 +239,19 @@ function actionMembers(members: readonly A.Member[]): A.At[] {
   return out;
 }
 
-/** `N` of `at step N` / `at every N`: a positive integer known while compiling. */
+/**
+ * `N` of `at step N` / `at every N`: an integer known while compiling, positive for `every`;
+ * `at step 0` runs once when a run starts, after initialization (runtime/trainer.ts).
+ */
 function scheduleCount(ctx: ActionContext, item: ActionItem): number {
   const frame = item.frame(ctx.L);
   const v = ctx.L.expr(item.at.when, frame);
-  if (v.kind !== "number" || !Number.isInteger(v.value) || v.value <= 0) {
+  const least = item.at.trigger === "step" ? 0 : 1;
+  if (v.kind !== "number" || !Number.isInteger(v.value) || v.value < least) {
     return ctx.r.report(
       error(
         "E0402",
-        `\`at ${item.at.trigger}\` needs a positive integer known while compiling, not ${describeValue(v)}${v.kind === "number" ? ` (${v.value})` : ""}`,
+        `\`at ${item.at.trigger}\` needs a ${least === 0 ? "non-negative" : "positive"} integer known while compiling, not ${describeValue(v)}${v.kind === "number" ? ` (${v.value})` : ""}`,
         { file: frame.module.file, span: item.at.when.span },
         { help: "write a number, or a definition argument such as `period`" },
       ),

@@ -172,7 +172,10 @@ function addMembers(
     });
     // A failed `require` says the arguments are wrong: the members after it would only report
     // what follows from that (a `param` with a dim of 0), at the same call.
-    if (!added && isRequire(member)) return;
+    if (!added && isRequire(member)) {
+      instance.failed = true;
+      return;
+    }
   }
 }
 

@@ -110,23 +110,20 @@ export function planMemory(
   steps.forEach((s, i) => {
     for (const k of [...s.reads, ...s.writes]) if (byKey.has(k)) last.set(k, i);
   });
-  const free: number[] = []; // buffer ids, in creation order
+  const free = new FreeBuffers(tensors.length);
   steps.forEach((s, i) => {
     for (const k of s.writes) {
       const t = byKey.get(k);
       if (!t || !pooled(t) || assignment.has(k)) continue;
       const need = bufferBytes(t.bytes);
-      let pick = free.findIndex((b) => buffers[b]!.bytes >= need);
-      if (pick < 0 && free.length > 0) {
+      let id = free.firstAtLeast(need);
+      if (id === undefined) {
         // Grow the largest free buffer rather than add one.
-        pick = free.reduce(
-          (best, b, j) => (buffers[b]!.bytes > buffers[free[best]!]!.bytes ? j : best),
-          0,
-        );
-        buffers[free[pick]!]!.bytes = need;
+        id = free.largest();
+        if (id !== undefined) buffers[id]!.bytes = need;
       }
-      if (pick >= 0) {
-        const id = free.splice(pick, 1)[0]!;
+      if (id !== undefined) {
+        free.take(id);
         assignment.set(k, id);
         buffers[id]!.names.push(t.name);
         if (t.role === "activation" && buffers[id]!.role === "scratch")
@@ -137,12 +134,60 @@ export function planMemory(
     for (const k of new Set([...s.reads, ...s.writes])) {
       const t = byKey.get(k);
       if (t && pooled(t) && last.get(k) === i && assignment.has(k)) {
-        free.push(assignment.get(k)!);
-        free.sort((a, b) => a - b);
+        const id = assignment.get(k)!;
+        free.put(id, buffers[id]!.bytes);
       }
     }
   });
   for (const t of tensors)
     if (!assignment.has(t.key)) throw new Error(`memory plan: ${t.name} is never written`);
   return { buffers, assignment, peakBytes: buffers.reduce((s, b) => s + b.bytes, 0) };
+}
+
+/**
+ * The free pooled buffers, by id, for first-fit: the free buffer of least id that holds `need`
+ * bytes, or else the largest (least id among equals). A tree of the largest free size under each
+ * range of ids answers both in O(log n); scanning a list of free buffers (and sorting it at each
+ * release) was quadratic in depth, as a deep model's backward pass frees one layer's activations
+ * after another.
+ */
+class FreeBuffers {
+  private readonly leaves: number;
+  /** Node 1 is the root; node n's children are 2n and 2n + 1; leaf `leaves + id` is buffer id. */
+  private readonly most: number[];
+
+  constructor(capacity: number) {
+    let leaves = 1;
+    while (leaves < capacity) leaves *= 2;
+    this.leaves = leaves;
+    this.most = new Array<number>(2 * leaves).fill(-1);
+  }
+
+  put(id: number, bytes: number): void {
+    this.set(id, bytes);
+  }
+
+  take(id: number): void {
+    this.set(id, -1);
+  }
+
+  /** The free buffer of least id with at least `need` bytes. */
+  firstAtLeast(need: number): number | undefined {
+    if (this.most[1]! < need) return undefined;
+    let n = 1;
+    while (n < this.leaves) n = this.most[2 * n]! >= need ? 2 * n : 2 * n + 1;
+    return n - this.leaves;
+  }
+
+  /** The largest free buffer (least id among equals). */
+  largest(): number | undefined {
+    return this.most[1]! < 0 ? undefined : this.firstAtLeast(this.most[1]!);
+  }
+
+  private set(id: number, bytes: number): void {
+    let n = this.leaves + id;
+    this.most[n] = bytes;
+    for (n >>= 1; n >= 1; n >>= 1)
+      this.most[n] = Math.max(this.most[2 * n]!, this.most[2 * n + 1]!);
+  }
 }

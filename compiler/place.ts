@@ -36,6 +36,8 @@ export interface PlacedParam {
      * at once: the adapter instance, whose params (in declaration order) it updates together.
      */
     joint?: ModuleInstance;
+    /** A joint optimizer's wrapped module (`base` in its update, which may assign its tensors). */
+    base?: ModuleInstance;
   };
 }
 
@@ -81,6 +83,9 @@ class Placer {
   private readonly placed: Map<string, PlacedParam>;
   private readonly adapters: Applied[] = [];
   private readonly quantizers: Applied[] = [];
+  /** The wrapped modules, for finding one wrapped twice without searching the lists. */
+  private readonly adapted = new Map<ModuleInstance, Applied>();
+  private readonly quantized = new Map<ModuleInstance, Applied>();
   private readonly budgets: BudgetPlacement[] = [];
   /** Paths of every module but the root. */
   private readonly modulePaths: string[];
@@ -139,7 +144,8 @@ class Placer {
     target: ModuleInstance,
   ): void {
     const list = verb === "adapt" ? this.adapters : this.quantizers;
-    const existing = list.find((a) => a.module === target);
+    const wrapped = verb === "adapt" ? this.adapted : this.quantized;
+    const existing = wrapped.get(target);
     if (existing) {
       const done = verb === "adapt" ? "adapted" : "quantized";
       this.report(
@@ -158,6 +164,7 @@ class Placer {
     const applied = this.wrap(config, target, rule);
     if (!applied) return;
     list.push(applied);
+    wrapped.set(target, applied);
     if (verb === "quantize") {
       for (const p of target.params) {
         if (p.name !== "weight") continue;
@@ -203,10 +210,18 @@ class Placer {
     if (!failed) this.reportUncovered();
   }
 
-  /** The module or adapter instance that declares `param`. */
+  /** Each parameter's declaring instance, indexed once the adapters are placed (`optimize`). */
+  private owners?: Map<ParamInfo, ModuleInstance>;
+
+  /** The module or adapter instance that declares `param` (the first, modules before adapters). */
   private ownerOf(param: ParamInfo): ModuleInstance | undefined {
-    const instances = [...this.modules, ...this.adapters.map((a) => a.instance)];
-    return instances.find((i) => i.params.includes(param));
+    // Searching every instance's params for each parameter was quadratic in the model's depth.
+    if (!this.owners) {
+      this.owners = new Map();
+      for (const i of [...this.modules, ...this.adapters.map((a) => a.instance)])
+        for (const p of i.params) if (!this.owners.has(p)) this.owners.set(p, i);
+    }
+    return this.owners.get(param);
   }
 
   /** Gives `rule` the trainable tensors no earlier rule owns; false where it failed. */
@@ -337,7 +352,8 @@ class Placer {
       const bindings = new Map<string, Value>([["steps", num(this.spec.steps, true)]]);
       if (!config.def.params.some((p) => p.name.name === "module"))
         bindings.set("module", constructorArgs(a.module));
-      for (const e of taken) e.optimizer = { config, rule, bindings, joint: a.instance };
+      for (const e of taken)
+        e.optimizer = { config, rule, bindings, joint: a.instance, base: a.module };
       owned.push(bindings);
     }
     setGroups(config, owned);

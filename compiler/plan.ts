@@ -156,7 +156,8 @@ export function fuseEntries(
   lowRankMax?: number,
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
-  const key = `${maxBindings}|${lowRankMax}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
+  const key = `${maxBindings}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
@@ -166,7 +167,11 @@ export function fuseEntries(
     const fusion = fuse(
       program.graph,
       entry.outputs.map((o) => o.node),
-      { maxBindings, ...(lowRankMax !== undefined ? { lowRankMax } : {}) },
+      {
+        maxBindings,
+        ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+        ...(packed.size ? { packed } : {}),
+      },
     );
     const inputs: string[] = [];
     for (const id of fusion.needed) {
@@ -292,9 +297,14 @@ export function emitKernels(
   const entries: Record<string, PlanEntry> = {};
   for (const { entry, groups, inputs } of fused) {
     const keyOf = buffers.keyOf.get(entry.name)!;
+    // Kernels ask for the buffers they read many times over; a node's key is a string made anew.
+    const bufferByNode = new Map<number, number>();
     const bufferOf = (node: number) => {
-      const b = buffers.assignment.get(keyOf(node));
+      let b = bufferByNode.get(node);
+      if (b !== undefined) return b;
+      b = buffers.assignment.get(keyOf(node));
       if (b === undefined) throw new Error(`plan: %${node} has no buffer`);
+      bufferByNode.set(node, b);
       return b;
     };
     const materialized = new Set<number>();

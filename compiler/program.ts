@@ -95,9 +95,9 @@ export interface ActionSchedule {
   count: number;
 }
 
-/** Is the action due after this 1-based step? */
+/** Is the action due after this 1-based step (0: when the run starts, after initialization)? */
 export function actionDue(action: ActionSchedule, step: number): boolean {
-  return action.trigger === "step" ? step === action.count : step % action.count === 0;
+  return action.trigger === "step" ? step === action.count : step > 0 && step % action.count === 0;
 }
 
 /** The training step: forward, loss, gradients and updates, with an entry per way to run it. */

@@ -100,8 +100,12 @@ export function buildStep(
   const ctx = stepContext(r, spec, placement, buffers);
   if (!rejectUnsupported(ctx)) return undefined;
   // adapters' states first: the forward pass reads them
-  const states: StateInfo[] = adapterStates(r, ctx.L, placement.adapters, (name, shape) =>
-    ctx.input(`state:${name}`, "state", shape),
+  const states: StateInfo[] = adapterStates(
+    r,
+    ctx.L,
+    placement.adapters,
+    (name, shape) => ctx.input(`state:${name}`, "state", shape),
+    spec.seed,
   );
   if (ctx.failed()) return undefined;
   const objective = lowerLoss(ctx, batchFields);
@@ -524,6 +528,8 @@ function lowerUpdateVariants(
     states,
     periods: new Set(),
     decide: (node) => conditions.decide(ctx.b.graph, node),
+    seed: ctx.spec.seed,
+    quantized: new Set(ctx.placement.params.filter((p) => p.quantizedBy).map((p) => p.param.path)),
   };
   // one variant per combination of due refresh periods and step conditions (step-conditions.ts)
   const variant = (due: ReadonlySet<number>, outcomes: readonly boolean[]) => {

@@ -6,13 +6,15 @@
 // parameter shaped like x, whose states are its outer optimizer's `…:inner:…` states.
 import type * as A from "../language/ast.js";
 import { error } from "../language/diagnostics.js";
+import { stateFill } from "./adapter-states.js";
 import type { Builder } from "./builder.js";
+import { paramSeed } from "./init.js";
 import { instantiate } from "./instantiate.js";
 import type { InputRole, Shape } from "./ir.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
 import type { PlacedParam } from "./place.js";
 import type { Output, StateInfo } from "./program.js";
-import type { Resolver, Scope } from "./resolve.js";
+import { Reported, type Resolver, type Scope } from "./resolve.js";
 import { describeValue, type ModuleInstance, type ParamInfo, type Value } from "./values.js";
 
 type Config = Extract<Value, { kind: "config" }>;
@@ -34,6 +36,10 @@ export interface UpdateContext {
   readonly periods: Set<number>;
   /** The branch of an `if` on `step` alone in the variant being lowered (step-conditions.ts). */
   decide?(node: number): boolean | undefined;
+  /** The train block's seed: a typed state's bare initializer is drawn from it and its name. */
+  readonly seed?: number;
+  /** The paths of quantized tensors, which a joint optimizer cannot assign through `base`. */
+  readonly quantized?: ReadonlySet<string>;
 }
 
 /** One optimizer applied to one tensor: its states are named `${prefix}:${state}`. */
@@ -50,6 +56,13 @@ export interface OptimizerCall {
    * they replace `param` and `grad`, and `update` takes one gradient for each.
    */
   joint?: { name: string; param: Tensor; grad: Tensor }[];
+  /**
+   * A joint optimizer's adapter instance: its states are read and assigned by their names too,
+   * and `adapter.NAME` reads its other members.
+   */
+  adapter?: ModuleInstance;
+  /** A joint optimizer's wrapped module, `base`, whose tensors its `update` may assign. */
+  base?: ModuleInstance;
 }
 
 export interface LoweredOptimizer {
@@ -59,6 +72,11 @@ export interface LoweredOptimizer {
   joint?: Map<string, number>;
   /** The updated states, inner optimizers' first. */
   states: Output[];
+  /**
+   * A joint optimizer's other assigned tensors: the adapter's states (`state:<adapter path>:…`)
+   * and the wrapped module's tensors (`param:<path>`).
+   */
+  assigned?: Output[];
 }
 
 /**
@@ -99,12 +117,14 @@ export function lowerUpdates(
           grad: tensors[0]!.grad,
           due,
           joint: tensors,
+          adapter: joint,
+          base: p.optimizer!.base,
         }),
       );
       if (!result) return undefined;
       for (const q of joint.params)
         outputs.push({ name: `param:${q.path}`, node: result.joint!.get(q.name)! });
-      outputs.push(...result.states);
+      outputs.push(...result.assigned!, ...result.states);
       continue;
     }
     const grad = grads.get(ctx.paramNode(p.param))!;
@@ -169,7 +189,30 @@ export function lowerOptimizer(
         ["param", call.param],
         ["grad", call.grad],
       ];
+  // ... and the adapter's states by theirs (a pool of candidates, counters); the optimizer's own
+  // states are stored under the adapter's path too, so a name both declare would be one tensor
+  const adapterStates = (call.adapter?.states ?? []).map((st) => {
+    const name = `${call.adapter!.path}:${st.name.name}`;
+    const own = opt.states.find((s) => s.name.name === st.name.name);
+    if (own)
+      r.report(
+        error(
+          "E0202",
+          `\`${st.name.name}\` is a state of the adapter \`${call.adapter!.def.name.name}\` too: both would be stored as \`state:${name}\``,
+          { file: opt.module.file, span: own.name.span },
+          { help: "give the optimizer's state another name" },
+        ),
+      );
+    return { local: st.name.name, name, value: call.adapter!.scope.get(st.name.name) };
+  });
+  for (const st of adapterStates) if (st.value?.kind === "tensor") given.push([st.local, st.value]);
   const locals = new Map<string, Value>([...given, ["step", lowerer.tensor(ctx.stepNode)]]);
+  const givenNames = ["step", "grad", "lr"];
+  if (call.adapter && call.base) {
+    locals.set("base", { kind: "instance", instance: call.base });
+    locals.set("adapter", { kind: "instance", instance: call.adapter });
+    givenNames.push("base", "adapter");
+  }
   const lr = config.args.get("lr");
   if (lr?.kind === "number")
     locals.set("lr", scaledLr(ctx, lowerer, lr.value, config.args.get("schedule"), call.bindings));
@@ -181,6 +224,7 @@ export function lowerOptimizer(
     "step",
     "lr",
     ...opt.states.map((s) => s.name.name),
+    ...(locals.has("base") ? ["base", "adapter"] : []),
   ]);
   const outer = lowerer.hooks.liveMembers;
   const live: Scope = {
@@ -199,6 +243,7 @@ export function lowerOptimizer(
   const stateOutputs: Output[] = [];
   const update = opt.scope.get("update");
   if (update?.kind !== "function") {
+    if (opt.failed) throw new Reported(); // its `require` said what is wrong
     r.report(
       error("E0207", `optimizer \`${config.def.name.name}\` has no \`update(g)\` function`, {
         file: config.module.file,
@@ -207,13 +252,26 @@ export function lowerOptimizer(
     );
   }
   const grads = call.joint ? call.joint.map((t) => t.grad) : [call.grad];
-  updateLowerer(ctx, call, lowerer, innerUpdate, stateOutputs).callFunction(
+  // `base.weight = …` in a joint optimizer's update: the wrapped module's new tensors, read back
+  // by the statements after the assignment
+  const baseValues = new Map<ParamInfo, number>();
+  if (call.base) {
+    const outerParam = lowerer.hooks.param;
+    const body = (): Lowerer => bodyLowerer;
+    lowerer = lowerer.withHooks({
+      param: (p) => baseValues.get(p) ?? outerParam(p),
+      assign: (s, frame) =>
+        assignBase(ctx, body(), call, s, frame, frame.locals === locals, baseValues),
+    });
+  }
+  const bodyLowerer = updateLowerer(ctx, call, lowerer, innerUpdate, stateOutputs);
+  bodyLowerer.callFunction(
     update.fn,
     opt,
     grads.map((g) => ({ value: g, at: config.at })),
     config.at,
     locals,
-    ["step", "grad", "lr"], // given, not assigned: `step = 5` would only rebind a name
+    givenNames, // given, not assigned: `step = 5` would only rebind a name
   );
   // the updated tensors (`param`, or a joint optimizer's by name), then the states
   const node = (n: string) => lowerer.asNode(locals.get(n)!, frame, config.def.name);
@@ -221,11 +279,105 @@ export function lowerOptimizer(
   const values = new Map(updated.map((n) => [n, node(n)]));
   for (const n of stateNames)
     stateOutputs.push({ name: `state:${call.prefix}:${n}`, node: node(n) });
+  const assigned: Output[] = [];
+  for (const st of adapterStates) {
+    const v = locals.get(st.local);
+    if (v === undefined || v === st.value) continue;
+    assigned.push({
+      name: `state:${st.name}`,
+      node: ownValue(ctx, `state:${st.name}`, node(st.local)),
+    });
+  }
+  for (const [p, n] of baseValues)
+    assigned.push({ name: `param:${p.path}`, node: ownValue(ctx, `param:${p.path}`, n) });
   return {
     param: values.get(updated[0]!)!,
-    ...(call.joint ? { joint: values } : {}),
+    ...(call.joint ? { joint: values, assigned } : {}),
     states: stateOutputs,
   };
+}
+
+/**
+ * An output that is another stored tensor's value unchanged (`pool = B`) as a value of its own
+ * (an exact copy, -(-x)): as the other input itself it would share that input's buffer.
+ */
+function ownValue(ctx: UpdateContext, name: string, node: number): number {
+  const op = ctx.b.graph.node(node).op;
+  if (op.kind !== "input" || op.name === name) return node;
+  return ctx.b.unary("neg", ctx.b.unary("neg", node));
+}
+
+/**
+ * `base.NAME = …` (or `+=`, …) in a joint optimizer's update: a tensor of the wrapped module,
+ * assigned by the update's own statements (not inside an `if` on a tensor, whose branches both
+ * run, nor in a helper function). False for any other target: the ordinary path reports it.
+ */
+function assignBase(
+  ctx: UpdateContext,
+  L: Lowerer,
+  call: OptimizerCall,
+  s: A.Assign,
+  frame: Frame,
+  topLevel: boolean,
+  baseValues: Map<ParamInfo, number>,
+): boolean {
+  if (s.target.kind !== "Member") return false;
+  const object = L.expr(s.target.object, frame);
+  const at = { file: frame.module.file, span: s.target.span };
+  const member =
+    object.kind === "instance" ? object.instance.scope.get(s.target.name.name) : undefined;
+  if (object.kind !== "instance" || object.instance !== call.base || member?.kind !== "param")
+    return ctx.r.report(
+      error("E0206", "this cannot be assigned in an optimizer", at, {
+        help: "a joint optimizer assigns its adapter's tensors and states, its own states and the wrapped module's tensors (`base.weight`)",
+      }),
+    );
+  const param = member.param;
+  if (!topLevel)
+    return ctx.r.report(
+      error("E0206", `\`${param.path}\` can only be assigned by \`update\`'s own statements`, at, {
+        help: "not inside an `if` on a tensor (write `base.weight = where(condition, new, base.weight)`) or a function `update` calls",
+      }),
+    );
+  if (ctx.quantized?.has(param.path))
+    return ctx.r.report(
+      error("E0206", `\`${param.path}\` is quantized: an optimizer cannot assign it`, at, {
+        help: "adapt the module without quantizing it",
+      }),
+    );
+  const value =
+    s.op === "="
+      ? L.expr(s.value, frame)
+      : L.expr(
+          {
+            kind: "Binary",
+            op: s.op[0] as A.BinaryOp,
+            left: s.target,
+            right: { kind: "Paren", expr: s.value, span: s.value.span },
+            span: s.span,
+          },
+          frame,
+        );
+  if (value.kind !== "tensor" && value.kind !== "number")
+    return ctx.r.report(
+      error("E0402", `\`${param.path}\` needs a tensor, not ${describeValue(value)}`, at),
+    );
+  let node = L.asNode(value, frame, s.value);
+  const have = ctx.b.shape(node);
+  if (!(have.length === param.shape.length && have.every((d, i) => d === param.shape[i]))) {
+    try {
+      node = ctx.b.broadcastTo(node, param.shape);
+    } catch {
+      return L.fail(
+        at,
+        `\`${param.path}\` is f32[${param.shape.join(", ")}] but the new value is f32[${have.join(", ")}]`,
+      );
+    }
+  }
+  baseValues.set(param, node);
+  // members read after this (`adapter.merged`) are computed again, from the new value
+  L.memberKey = `:update:${call.prefix}:${param.path}:${baseValues.size}:${s.span.start}`;
+  return true;
 }
 
 /**
@@ -288,7 +440,12 @@ function lowerState(
   const r: Resolver = ctx.r;
   const name = `${call.prefix}:${s.name.name}`;
   const initFrame: Frame = { ...frame, locals: new Map(locals) };
-  const initial = lowerer.expr(s.init, initFrame);
+  // a typed state may start from a bare initializer, drawn per state (adapter-states.ts)
+  const fill =
+    ctx.seed === undefined
+      ? undefined
+      : stateFill(r, lowerer, s, initFrame, paramSeed(ctx.seed, `state:${name}`));
+  const initial = fill !== undefined ? lowerer.tensor(fill) : lowerer.expr(s.init, initFrame);
   if (initial.kind !== "tensor") {
     r.report(
       error("E0402", `a state must be a tensor, not ${describeValue(initial)}`, {
@@ -320,7 +477,7 @@ function lowerState(
     ctx.periods.add(period);
   }
   const stored = ctx.input(`state:${name}`, "state", initial.shape);
-  if (!ctx.states.some((st) => st.name === name)) {
+  if (!hasState(ctx.states, name)) {
     // A refreshed state is recomputed before its first use, so its stored start is zeros.
     ctx.states.push({
       name,
@@ -363,4 +520,17 @@ function updateLowerer(
     },
   });
   return body;
+}
+
+/**
+ * The names in each states list, kept up with it as it grows (states are only ever appended): a
+ * deep model's optimizer states, each looked for in the whole list, were quadratic in depth.
+ */
+const stateNames = new WeakMap<readonly StateInfo[], { names: Set<string>; seen: number }>();
+
+function hasState(states: readonly StateInfo[], name: string): boolean {
+  let known = stateNames.get(states);
+  if (!known) stateNames.set(states, (known = { names: new Set(), seen: 0 }));
+  for (; known.seen < states.length; known.seen++) known.names.add(states[known.seen]!.name);
+  return known.names.has(name);
 }

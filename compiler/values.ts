@@ -94,6 +94,8 @@ export interface ModuleInstance {
   actions: A.At[];
   /** Where this instance was created (the call). */
   at: Location;
+  /** A `require` failed: the members after it were not added (their absence is not a new error). */
+  failed?: boolean;
 }
 
 export function describeValue(v: Value): string {

@@ -19,6 +19,7 @@ import {
   type Shape,
 } from "./ir.js";
 import type { KernelBuffer } from "./kernels/types.js";
+import { dequantOperand, type PackedOperandCode } from "./kernels/dequant.js";
 
 /**
  * The error flag of out-of-range gathers: a kernel that gathers with ids not known to be in range
@@ -817,14 +818,26 @@ export function outputBuffers(
 
 // ---------------------------------------------------------------------------- comments
 
+/**
+ * Source lines found before, per graph and node list: a plan asks for a kernel group's twice (its
+ * WGSL header and the plan's `sourceLines`).
+ */
+const sourceLinesOf = new WeakMap<Graph, WeakMap<readonly number[], readonly string[]>>();
+
 /** The `.lrk` lines the nodes came from (`file:line`), in order of first appearance. */
 export function sourceLines(graph: Graph, nodes: readonly number[]): string[] {
+  let known = sourceLinesOf.get(graph);
+  if (!known) sourceLinesOf.set(graph, (known = new WeakMap()));
+  const lines = known.get(nodes);
+  if (lines) return [...lines];
   const out = new Set<string>();
   for (const id of nodes) {
     const s = graph.node(id).source;
     if (s) out.add(`${s.file}:${s.line}`);
   }
-  return [...out];
+  const found = [...out];
+  known.set(nodes, found);
+  return [...found];
 }
 
 /** The comment a kernel opens with: its title, the IR nodes it computes, their source lines. */
@@ -882,7 +895,8 @@ export function matmulFusionCode(
     declarations: string;
     bindings: KernelBuffer[];
   };
-  prologue: { a?: string; b?: string };
+  /** `dequantB`: B is a dequantized packed weight, which the template may read word by word. */
+  prologue: { a?: string; b?: string; dequantB?: PackedOperandCode };
   /** The buffer each prologue's operand binding (0 for A, 1 for B) holds. */
   operandBuffers: { a?: number; b?: number };
 } {
@@ -893,7 +907,7 @@ export function matmulFusionCode(
   const table = new BindingTable(graph, bufferOf, "ep", packedOf);
   const helpers = new Set<string>();
   const functions: string[] = [];
-  const out: { a?: string; b?: string } = {};
+  const out: { a?: string; b?: string; dequantB?: PackedOperandCode } = {};
   const operandBuffers: { a?: number; b?: number } = {};
   for (const side of ["a", "b"] as const) {
     const node = prologue[side];
@@ -919,6 +933,15 @@ export function matmulFusionCode(
       `}`,
     );
     out[side] = `lrk_prologue_${side}(i)`;
+    const dq = side === "b" ? dequantOperand(graph, node, isBuffer, packedOf) : undefined;
+    // the names the prologue's loads gave the values and scales (BindingTable keeps one per buffer)
+    if (dq)
+      out.dequantB = {
+        values: table.name(dq.values),
+        scales: table.name(dq.scales),
+        bits: dq.bits,
+        group: dq.group,
+      };
   }
   let expression = "acc";
   if (chain.length) {

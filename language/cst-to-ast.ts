@@ -1,7 +1,7 @@
 // CST → AST. Kept apart from the grammar (Chevrotain's visitor, checked by validateVisitor), and
 // written to survive error recovery: any child may be missing, in which case an Error node stands
 // in its place and the parser has already reported why.
-import type { CstNode, IToken } from "chevrotain";
+import type { CstNode, IToken } from "./chevrotain.js";
 import type * as A from "./ast.js";
 import { LrkGrammar } from "./grammar.js";
 import { error, type Diagnostic } from "./diagnostics.js";
@@ -63,17 +63,31 @@ function allTokens(e: CstNode | IToken, out: IToken[] = []): IToken[] {
   return out;
 }
 
+/**
+ * Spans of CST nodes, computed once each, bottom-up: every rule asks for its own node's span, so
+ * walking each node's tokens anew took time proportional to the tree's size times its depth.
+ */
+const SPAN = Symbol("span");
+type SpannedCst = CstNode & { [SPAN]?: Span };
+
 function cstSpan(e: CstNode | IToken | undefined): Span {
   if (!e) return noSpan;
-  const list = allTokens(e);
-  if (list.length === 0) return noSpan;
+  if (isToken(e)) return tokenSpan(e);
+  const known = (e as SpannedCst)[SPAN];
+  if (known) return known;
   let start = Infinity;
   let end = -Infinity;
-  for (const t of list) {
-    start = Math.min(start, t.startOffset);
-    end = Math.max(end, (t.endOffset ?? t.startOffset) + 1);
-  }
-  return { start, end };
+  const children = e.children;
+  for (const key in children)
+    for (const child of children[key]!) {
+      const s = cstSpan(child);
+      if (Number.isNaN(s.start)) continue;
+      if (s.start < start) start = s.start;
+      if (s.end > end) end = s.end;
+    }
+  const span = start === Infinity ? noSpan : { start, end };
+  (e as SpannedCst)[SPAN] = span;
+  return span;
 }
 
 const errorNode = (span: Span = noSpan): A.ErrorNode => ({ kind: "Error", span });

@@ -4,7 +4,7 @@
 //  - marks which tokens start a new line outside parentheses and brackets: a newline ends a
 //    statement there, so `f\n(x)` is two statements and not a call, with no separators needed,
 //  - refuses pathological nesting before the recursive-descent parser could overflow the stack.
-import { Lexer, tokenMatcher, type IToken } from "chevrotain";
+import { Lexer, tokenMatcher, type IToken } from "./chevrotain.js";
 import * as t from "./tokens.js";
 import { error, type Diagnostic } from "./diagnostics.js";
 import type { SourceFile } from "./source.js";

@@ -1,6 +1,6 @@
 // Syntax error messages in the user's terms: "expected `)` but found `with`", never Chevrotain's
 // token-type names or its list of every path it tried.
-import { EOF, type IParserErrorMessageProvider, type IToken, type TokenType } from "chevrotain";
+import { EOF, type IParserErrorMessageProvider, type IToken, type TokenType } from "./chevrotain.js";
 
 /** What each grammar rule is, said as the thing the user should have written. */
 const ruleDescriptions: Record<string, string> = {

@@ -1,6 +1,6 @@
 // Text to AST: lex, parse with recovery, build the AST. Never throws on any input: every problem
 // becomes a diagnostic, and the AST is always returned (with Error nodes where recovery cut).
-import { EOF, type IRecognitionException } from "chevrotain";
+import { EOF, type IRecognitionException } from "./chevrotain.js";
 import type * as A from "./ast.js";
 import { AstBuilder, grammar, repairSpans } from "./cst-to-ast.js";
 import { error, normalize, type Diagnostic } from "./diagnostics.js";

@@ -1,6 +1,6 @@
 // The token vocabulary of .lrk. The parser, the TextMate grammar generator and the formatter all
 // read these definitions, so the highlighter cannot drift from the parser.
-import { createToken, Lexer, type TokenType } from "chevrotain";
+import { createToken, Lexer, type TokenType } from "./chevrotain.js";
 
 export const Identifier = createToken({
   name: "Identifier",

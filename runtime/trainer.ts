@@ -174,6 +174,16 @@ export async function initialize(
   }
   await initializeAdapters(program, device, store, options.data);
   await runInto(device, step, step.stateInit, store);
+  // `at step 0` actions finish the initialization (SwitchLoRA's `W -= s·B A`): a resumed run's
+  // checkpoint already holds what they wrote, so only a fresh start runs them.
+  for (const action of step.actions) {
+    if (!actionDue(action, 0)) continue;
+    const feeds = new Map(store);
+    const lr = lrFactor(program.schedule, 0, program.steps);
+    for (const [name, t] of stepScalars(step, 0, lr, device.float64 ?? false)) feeds.set(name, t);
+    for (const [name, t] of await device.run(step, action.entry, feeds, { read: new Set() }))
+      store.set(name, t);
+  }
   return store;
 }
 

@@ -9,7 +9,9 @@ import { Builder } from "../compiler/builder.js";
 import { packedBits, storedBytes, type ProgramInput, type Tensor } from "../compiler/program.js";
 import { planStep } from "../compiler/compile.js";
 import { memoryReport } from "../compiler/memory.js";
-import { portableTarget } from "../cli/target.js";
+import { deviceTarget, portableTarget } from "../cli/target.js";
+import { matmulCandidates } from "../compiler/kernels/matmul.js";
+import type { MatmulParams } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { packIntegers, WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -99,6 +101,133 @@ describe("kernels reading packed inputs on WebGPU", () => {
       });
     });
   }
+});
+
+/**
+ * A packed weight w = dequantize(q) [out, inWidth] (values packed along inWidth, one scale per
+ * `group` of them, as std.quant builds it) in the two products of a training step: y = x·wᵀ
+ * (forward; B packed along k) and dx = dy·w (input gradient; B packed along n), with A stored
+ * either way (transposed, the batches are not folded: the prologue's per-element path). Sizes:
+ * above the naive kernel's limit, out odd (partial tiles along n, and a k tail for dy·w), rows odd.
+ */
+function dequantProducts(bits: number, group: number, transA: boolean) {
+  // x [batches, rows, inWidth]: the matmul folds the batches into its rows (7 · 9 = 63); per batch
+  // it is narrow (9 rows), which is when fusion reads the dequantized weight as a prologue
+  const [batches, rows, out, inWidth] = [7, 9, 99, 128];
+  const max = 2 ** (bits - 1) - 1;
+  const b = new Builder();
+  const q = b.input("param", "q", [out, inWidth]);
+  const scales = b.input("param", "scales", [out, inWidth / group]);
+  // one dequantization per product, as the step's graph has (a weight read twice is materialized)
+  const dequantize = () =>
+    b.binary(
+      "mul",
+      q,
+      b.reshape(
+        b.expand(b.reshape(scales, [out, inWidth / group, 1]), [out, inWidth / group, group]),
+        [out, inWidth],
+      ),
+    );
+  const x = b.input("data", "x", transA ? [batches, inWidth, rows] : [batches, rows, inWidth]);
+  const dy = b.input("data", "dy", transA ? [batches, out, rows] : [batches, rows, out]);
+  const y = b.matmul(x, dequantize(), { transA, transB: true });
+  const dx = b.matmul(dy, dequantize(), { transA, transB: false });
+  const inputs: ProgramInput[] = [
+    { name: "q", node: q, role: "param", shape: [out, inWidth], dtype: "f32", bits },
+    { name: "scales", node: scales, role: "param", shape: [out, inWidth / group], dtype: "f32" },
+    { name: "x", node: x, role: "data", shape: b.graph.node(x).shape, dtype: "f32" },
+    { name: "dy", node: dy, role: "data", shape: b.graph.node(dy).shape, dtype: "f32" },
+  ];
+  const wave = (n: number, f: number) =>
+    Float32Array.from({ length: n }, (_, i) => Math.sin(i * f));
+  const feeds = new Map<string, Tensor>([
+    [
+      "q",
+      {
+        shape: [out, inWidth],
+        data: Float32Array.from(
+          { length: out * inWidth },
+          (_, i) => ((i * 7) % (2 * max + 1)) - max,
+        ),
+      },
+    ],
+    ["scales", { shape: [out, inWidth / group], data: wave((out * inWidth) / group, 0.37) }],
+    ["x", { shape: [...b.graph.node(x).shape], data: wave(batches * rows * inWidth, 0.11) }],
+    ["dy", { shape: [...b.graph.node(dy).shape], data: wave(batches * rows * out, 0.23) }],
+  ]);
+  const outputs = [
+    { name: "y", node: y },
+    { name: "dx", node: dx },
+  ];
+  return { graph: b.graph, inputs, outputs, feeds };
+}
+
+describe("the matmul reading a packed weight word by word (dequantized in registers)", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  });
+  afterAll(() => device?.destroy());
+
+  /** Runs the products with `params` (the device's defaults if none), checks them, returns the WGSL. */
+  async function check(
+    bits: number,
+    group: number,
+    transA: boolean,
+    params?: MatmulParams,
+  ): Promise<string> {
+    const { graph, inputs, outputs, feeds } = dequantProducts(bits, group, transA);
+    const program = { graph, inputs, entries: [{ name: "entry", outputs }] };
+    const target = await deviceTarget(device, [program], { autotune: false });
+    const plan = planStep(program, params ? { ...target, matmulParams: () => params } : target);
+    device.load(program, plan);
+    const got = await device.run(program, program.entries[0]!, feeds);
+    const byNode = new Map(inputs.map((i) => [i.node, feeds.get(i.name)!]));
+    const want = evaluate(
+      graph,
+      byNode,
+      outputs.map((o) => o.node),
+    );
+    for (const o of outputs) {
+      const g = got.get(o.name)!.data;
+      const e = want.get(o.node)!.data;
+      expect(g.length).toBe(e.length);
+      for (let j = 0; j < e.length; j++)
+        expect(Math.abs(g[j]! - e[j]!), `${o.name}[${j}]`).toBeLessThan(
+          1e-3 * (1 + Math.abs(e[j]!)),
+        );
+    }
+    return plan.kernels.map((k) => k.wgsl).join("\n");
+  }
+
+  for (const [bits, group] of [
+    [4, 32],
+    [2, 64],
+    [8, 32],
+  ] as const) {
+    for (const transA of [false, true]) {
+      it(`${bits}-bit, group ${group}, A ${transA ? "transposed" : "row-major"}: the defaults, as the interpreter`, async () => {
+        const wgsl = await check(bits, group, transA);
+        if (!device.features.includes("subgroups") || transA) return;
+        // both products take the packed path on a device with subgroups
+        expect(wgsl).toContain(`packed ${bits}-bit words along k, group ${group}`);
+        expect(wgsl).toContain(`packed ${bits}-bit words along n, group ${group}`);
+      });
+    }
+  }
+
+  it("every subgroup candidate of both products (4-bit, group 32), as the interpreter", async () => {
+    if (!device.features.includes("subgroups")) return;
+    const shapes = [
+      { batch: 1, m: 63, n: 99, k: 128, transA: false, transB: true },
+      { batch: 1, m: 63, n: 128, k: 99, transA: false, transB: false },
+    ];
+    const candidates = new Map<string, MatmulParams>();
+    for (const shape of shapes)
+      for (const p of matmulCandidates(shape, new Set(device.features)))
+        if (p.variant === "subgroup") candidates.set(JSON.stringify(p), p);
+    for (const p of candidates.values()) await check(4, 32, false, p);
+  }, 300_000); // lavapipe compiles each candidate's two kernels (about a second each)
 });
 
 const svdquant = `import std.nn.{Linear}

@@ -3,6 +3,10 @@ import { describe, expect, it } from "vitest";
 import type * as A from "../language/ast.js";
 import { expr } from "../language/format.js";
 import { parseText } from "./helpers.js";
+import type { CstNode } from "chevrotain";
+import { AstBuilder, grammar } from "../language/cst-to-ast.js";
+import { lex } from "../language/lexer.js";
+import { SourceFile } from "../language/source.js";
 
 function parseOk(text: string): A.Program {
   const r = parseText(text);
@@ -324,5 +328,37 @@ describe("spans", () => {
     expect(text.slice(value.left.span.start, value.left.span.end)).toBe("foo(a, b: 2)");
     expect(text.slice(value.right.span.start, value.right.span.end)).toBe("w^T");
     expect(text.slice(item.name.span.start, item.name.span.end)).toBe("x");
+  });
+
+  // A rule's span covers its tokens; finding them anew under every node made building the AST
+  // take time proportional to the tree's size times its depth. Counted, not timed: how often the
+  // AST builder reads a CST node's children must not grow with how deep the node sits.
+  it("are found reading each CST node's children a bounded number of times, at any depth", () => {
+    const readsPerNode = (depth: number) => {
+      const text = `const x = ${"(".repeat(depth)}a + 1${")".repeat(depth)}`;
+      grammar.input = lex(new SourceFile("deep.lrk", text)).tokens;
+      const cst = grammar.program();
+      expect(grammar.errors).toEqual([]);
+      let nodes = 0;
+      let reads = 0;
+      const count = (n: CstNode) => {
+        nodes++;
+        const children = n.children;
+        Object.defineProperty(n, "children", {
+          get: () => (reads++, children),
+        });
+        for (const list of Object.values(children))
+          for (const c of list) if ("children" in c) count(c);
+      };
+      count(cst);
+      reads = 0;
+      const program = new AstBuilder(new SourceFile("deep.lrk", text)).visit(cst) as A.Program;
+      const value = (program.items[0] as A.ConstDecl).value;
+      expect(text.slice(value.span.start, value.span.end)).toBe(text.slice(10));
+      return reads / nodes;
+    };
+    const shallow = readsPerNode(2);
+    const deep = readsPerNode(60);
+    expect(deep).toBeLessThanOrEqual(shallow + 1);
   });
 });

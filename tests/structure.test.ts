@@ -1,7 +1,7 @@
 // The shape of the codebase the spine promises: the runtime sees the compiler only through its
 // contract (compiler/program.ts) and the IR; no function in compiler/ or runtime/ is over 200
 // lines; compiler/compile.ts names every phase.
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
@@ -36,6 +36,31 @@ describe("the spine", () => {
       }
     }
     expect(found).toEqual([]);
+  });
+
+  // chevrotain's package entry is hundreds of modules (a third of a 12-layer build's start-up);
+  // language/chevrotain.ts loads its one-file bundle, and two copies would not know each other's
+  // token types.
+  it("imports chevrotain's code only through language/chevrotain.ts", async () => {
+    const found: string[] = [];
+    for (const dir of ["language", "compiler", "runtime", "cli"])
+      for (const path of sources(dir)) {
+        if (path === join("language", "chevrotain.ts")) continue;
+        for (const statement of parsed(path).statements)
+          if (
+            ts.isImportDeclaration(statement) &&
+            ts.isStringLiteral(statement.moduleSpecifier) &&
+            statement.moduleSpecifier.text.startsWith("chevrotain") &&
+            !statement.importClause?.isTypeOnly
+          )
+            found.push(path);
+      }
+    expect(found).toEqual([]);
+    const { Lexer } = await import("../language/chevrotain.js");
+    const { createRequire } = await import("node:module");
+    const entry = createRequire(import.meta.url).resolve("chevrotain");
+    expect(existsSync(join(entry, "../../chevrotain.mjs"))).toBe(true); // the bundle is used
+    expect(Lexer).not.toBe((await import("chevrotain")).Lexer);
   });
 
   it("has no function longer than 200 lines in compiler/ or runtime/", () => {

@@ -42,6 +42,7 @@ interface Inputs {
   lowRank: ReadonlySet<number>;
   chains: Chains;
   broadcast: NonNullable<FuseOptions["broadcast"]>;
+  packed: ReadonlySet<number>;
 }
 
 export function materialize(
@@ -51,7 +52,14 @@ export function materialize(
   chains: Chains,
   options: FuseOptions,
 ): Materialization {
-  const at: Inputs = { ctx, isOutput, lowRank, chains, broadcast: options.broadcast ?? "fold" };
+  const at: Inputs = {
+    ctx,
+    isOutput,
+    lowRank,
+    chains,
+    broadcast: options.broadcast ?? "fold",
+    packed: options.packed ?? new Set(),
+  };
   const s: State = {
     materialized: new Set(),
     operands: new Map(),
@@ -123,7 +131,8 @@ function decideAnchor(at: Inputs, s: State, id: number): void {
  * A matmul operand read from `v.node`: an operand that is a cheap elementwise expression (not a
  * view of a buffer) is read as a prologue when the matmul is narrow on the other side (n for A, m
  * for B): each element is recomputed at most LOW_RANK_MAX times, and no kernel writes it (a
- * dropout mask or a scale on a low-rank branch's input). Any other operand needs a buffer.
+ * dropout mask or a scale on a low-rank branch's input); so is a B that dequantizes a packed input,
+ * however wide the matmul (FuseOptions.packed). Any other operand needs a buffer.
  */
 function useOperand(at: Inputs, s: State, id: number, v: MatmulOperand, side: 0 | 1): void {
   const { graph } = at.ctx;
@@ -132,8 +141,13 @@ function useOperand(at: Inputs, s: State, id: number, v: MatmulOperand, side: 0 
   const other = [n.shape[r - 1]!, n.shape[r - 2]!];
   const src = graph.node(v.node);
   if (src.op.kind === "input") return;
+  const dequantizes =
+    side === 1 &&
+    src.op.kind === "binary" &&
+    src.op.fn === "mul" &&
+    src.inputs.some((i) => at.packed.has(i));
   if (
-    other[side]! <= LOW_RANK_MAX &&
+    (other[side]! <= LOW_RANK_MAX || dequantizes) &&
     isElementwise(src.op.kind) &&
     src.dtype === "f32" &&
     !at.isOutput.has(src.id) &&

@@ -37,29 +37,42 @@ export function splitPoints(
   let tops = new Set([over.output, over.anchor, ...over.epilogue]);
   const chosen = new Set<number>();
   const isBuffer = (x: number) => f.materialized.has(x) || chosen.has(x) || !members.has(x);
+  // Counting past `cap` buffers tells nothing more: a node reading that many is too big to split
+  // off, and a top reading that many (less the tops themselves) keeps the group over the limit.
+  // So a set stops growing there (`undefined`: too many), and the rounds of splitting a reduction
+  // over every gradient of a deep model (a chain of n additions) cost n·cap each, not n².
   for (;;) {
-    // The buffers read below each node the kernel still computes (down to buffers).
-    const memo = new Map<number, Set<number>>();
-    const leaves = (x: number): Set<number> => {
-      const known = memo.get(x);
-      if (known) return known;
-      const out = new Set<number>();
+    const cap = max + tops.size;
+    // The buffers read below each node the kernel still computes (down to buffers), up to `cap`.
+    // Every node below a top is visited, even under a set already too big: the candidates are the
+    // nodes visited.
+    const memo = new Map<number, Set<number> | undefined>();
+    const leaves = (x: number): Set<number> | undefined => {
+      if (memo.has(x)) return memo.get(x);
+      let out: Set<number> | undefined = new Set<number>();
       for (const i of graph.node(x).inputs) {
-        if (isBuffer(i)) out.add(i);
-        else for (const l of leaves(i)) out.add(l);
+        const below = isBuffer(i) ? [i] : leaves(i);
+        if (!out) continue;
+        if (!below) out = undefined;
+        else for (const l of below) out.add(l);
+        if (out && out.size > cap) out = undefined;
       }
       memo.set(x, out);
       return out;
     };
-    const reads = new Set<number>();
-    for (const t of tops) for (const l of leaves(t)) if (!tops.has(l)) reads.add(l);
-    if (reads.size + over.outputs.length <= max) break;
+    let reads: Set<number> | undefined = new Set<number>();
+    for (const t of tops) {
+      const below = leaves(t);
+      if (!below) reads = undefined;
+      else if (reads) for (const l of below) if (!tops.has(l)) reads.add(l);
+    }
+    if (reads && reads.size + over.outputs.length <= max) break;
     let best: number | undefined;
     let bestSize = 1;
     for (const x of over.nodes) {
       if (x === over.output || x === over.anchor || isBuffer(x) || !memo.has(x)) continue;
       if (!isMap(graph.node(x)) && !isElementwise(graph.node(x).op.kind)) continue;
-      const size = leaves(x).size;
+      const size = leaves(x)?.size ?? Infinity;
       if (size + 1 <= max && size > bestSize) [best, bestSize] = [x, size];
     }
     if (best === undefined) break;

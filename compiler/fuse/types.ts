@@ -90,4 +90,10 @@ export interface FuseOptions {
   maxBindings?: number;
   /** Inner dims up to this make a matmul a low-rank branch of an epilogue (LOW_RANK_MAX; 0: none). */
   lowRankMax?: number;
+  /**
+   * Input nodes stored packed (quantized values, `packedBits`): a matmul's B that multiplies one
+   * (a dequantization) is read as a prologue however wide the matmul, since the template unpacks
+   * it in registers (compiler/kernels/dequant.ts) rather than reading an f32 copy.
+   */
+  packed?: ReadonlySet<number>;
 }

@@ -39,7 +39,8 @@
 // k only when B's layout already unrolls k by 4. That brought a cold compile from 1–6 s to
 // 0.1–0.5 s per kernel without slowing the large shapes.
 
-import { renderKernel, type Builtin } from "./render.js";
+import { renderKernel, type Builtin, type KernelSpec } from "./render.js";
+import type { PackedOperandCode } from "./dequant.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
 /** Bumped whenever the template changes in a way that may change which parameters are fastest. */
@@ -311,18 +312,52 @@ function bIndex(c: Ctx, l: string, col: string): string {
 }
 
 type AMode = "k4" | "m4" | "scalar";
-type BMode = "n4" | "k4" | "scalar";
+/** packedK / packedN: B is a dequantized packed weight, packed along k / n (see packedBMode). */
+type BMode = "n4" | "k4" | "scalar" | "packedK" | "packedN";
 
 /**
  * Fusion around the matmul: the epilogue, and prologues: a WGSL expression of `i: u32` (the flat
  * index into the stored operand, as the template computes it for `transA`/`transB`) giving the
  * operand's element, in place of a buffer read. Declarations (the functions the expressions call)
  * come in `epilogue.declarations`. An operand with a prologue is loaded one scalar at a time (no
- * vec4 loads); its binding (0 or 1) must still hold some buffer (the prologue may read it as
- * `mm_a` / `mm_b`).
+ * vec4 loads), except a B prologue that is a dequantization (`dequantB`: the names of its packed
+ * values' and scales' bindings), which the subgroup tile reads word by word (packedBMode); its
+ * binding (0 or 1) must still hold some buffer (the prologue may read it as `mm_a` / `mm_b`).
  */
 export interface MatmulKernelFusion extends MatmulFusion {
-  prologue?: { a?: string; b?: string };
+  prologue?: { a?: string; b?: string; dequantB?: PackedOperandCode };
+}
+
+/**
+ * How the subgroup tile reads a B that is a dequantized packed weight (`dequantB`: values packed
+ * 32 / bits to a u32 word along the stored rows, one scale per `group` of them), or undefined
+ * where it reads it through the prologue, one unpacked element per load. Each lane loads a whole
+ * word and unpacks it in registers; the scales are loaded once per group (packedK) or once per k
+ * row for the whole tile (packedN):
+ *  - packedK (B stored transposed [n, k], the forward x·Wᵀ): lane q owns column q (q + 8, …) of
+ *    the tile, loads its word of 32 / bits values along k and its column's scale once per group,
+ *    and hands the dequantized values to the others (subgroupBroadcast), as the f32 path hands
+ *    vec4s along k; the k loop runs per group, a word per step.
+ *  - packedN (B stored [k, n], the input gradient dy·W): the tile's C columns are C·bits/32 words
+ *    of one k row, all in one group (group a multiple of C); the 8 lanes load the words of
+ *    8 / words rows of k at once, each with its row's scale.
+ */
+function packedBMode(
+  shape: MatmulShape,
+  p: MatmulParams,
+  dq: PackedOperandCode,
+): BMode | undefined {
+  const perWord = 32 / dq.bits;
+  const C = p.colsPerThread;
+  if (p.variant !== "subgroup" || p.vectorWidth !== 4 || shape.batch !== 1) return undefined;
+  if (shape.transB)
+    return shape.k % perWord === 0 && dq.group % perWord === 0 && C % 8 === 0
+      ? "packedK"
+      : undefined;
+  const words = C / perWord;
+  return shape.n % perWord === 0 && C % perWord === 0 && dq.group % C === 0 && 8 % words === 0
+    ? "packedN"
+    : undefined;
 }
 
 /**
@@ -338,6 +373,68 @@ export function matmulKernel(
   bindings: { a: number; b: number; out: number },
   fusion?: MatmulKernelFusion,
 ): KernelSource {
+  const epilogue = fusion?.epilogue;
+  const code = cachedMatmulCode(shape, p, fusion?.prologue, epilogue?.expression);
+  return renderKernel({
+    ...code.spec,
+    dispatch: [...code.spec.dispatch],
+    buffers: [
+      { name: "mm_a", type: code.types.a, buffer: bindings.a, access: "read" },
+      { name: "mm_b", type: code.types.b, buffer: bindings.b, access: "read" },
+      { name: "mm_out", type: code.types.out, buffer: bindings.out, access: "read_write" },
+      ...(epilogue?.bindings ?? []),
+    ],
+    declarations: [epilogue?.declarations ?? "", ...code.spec.declarations],
+  });
+}
+
+/** A matmul kernel's code but for its bindings and its epilogue's declarations. */
+interface MatmulCode {
+  spec: KernelSpec & { declarations: readonly string[] };
+  /** The element types of the A, B and out bindings. */
+  types: { a: string; b: string; out: string };
+}
+
+/**
+ * The code of every matmul kernel made, by everything it depends on: a deep model runs the same
+ * few products in every layer (841 matmul kernels, 37 distinct, at 12 layers), each a few
+ * hundred lines to generate. The code is shared, never changed: renderKernel only reads a spec.
+ */
+const matmulCodes = new Map<string, MatmulCode>();
+const MATMUL_CODES_KEPT = 512;
+const matmulCodeCounts = { generated: 0, reused: 0 };
+
+/** How many matmul kernels' code was generated, and how many reused it (for tests). */
+export function matmulCodeStats(): { generated: number; reused: number } {
+  return { ...matmulCodeCounts };
+}
+
+function cachedMatmulCode(
+  shape: MatmulShape,
+  p: MatmulParams,
+  prologue: MatmulKernelFusion["prologue"],
+  expression: string | undefined,
+): MatmulCode {
+  const key = JSON.stringify([shape, p, prologue?.a, prologue?.b, prologue?.dequantB, expression]);
+  let code = matmulCodes.get(key);
+  if (code) matmulCodeCounts.reused++;
+  else {
+    matmulCodeCounts.generated++;
+    if (matmulCodes.size >= MATMUL_CODES_KEPT) matmulCodes.clear();
+    code = matmulCode(shape, p, {
+      ...(prologue ? { prologue } : {}),
+      ...(expression !== undefined ? { epilogue: { expression } } : {}),
+    });
+    matmulCodes.set(key, code);
+  }
+  return code;
+}
+
+function matmulCode(
+  shape: MatmulShape,
+  p: MatmulParams,
+  fusion: { prologue?: MatmulKernelFusion["prologue"]; epilogue?: { expression: string } },
+): MatmulCode {
   const { batch, m, n, k } = shape;
   for (const [name, v] of Object.entries({ batch, m, n, k }))
     if (!Number.isInteger(v) || v < 1) throw new Error(`matmul ${name} must be ≥ 1, got ${v}`);
@@ -352,6 +449,7 @@ export function matmulKernel(
   let bMode: BMode = "scalar";
   const proA = fusion?.prologue?.a;
   const proB = fusion?.prologue?.b;
+  const dequantB = proB ? fusion?.prologue?.dequantB : undefined;
   if (v4 && (p.variant === "register" || p.variant === "subgroup")) {
     // A subgroup lane loads 4 columns; a register invocation loads its C columns.
     const laneCols = p.variant === "subgroup" ? 4 : C;
@@ -362,7 +460,7 @@ export function matmulKernel(
     if (!shape.transA && k % 4 === 0 && bMode === "k4") aMode = "k4";
     else if (shape.transA && m % 4 === 0 && R % 4 === 0) aMode = "m4";
     if (proA) aMode = "scalar";
-    if (proB) bMode = "scalar";
+    if (proB) bMode = (dequantB && packedBMode(shape, p, dequantB)) || "scalar";
   }
   let sharedAVec = false;
   let sharedBVec = false;
@@ -375,7 +473,7 @@ export function matmulKernel(
     if (proB) sharedBVec = false;
   }
   const aVec = aMode !== "scalar" || sharedAVec;
-  const bVec = bMode !== "scalar" || sharedBVec;
+  const bVec = bMode === "n4" || bMode === "k4" || sharedBVec;
   // Register tiles store a vec4 of 4 columns at once where n allows (one per-lane store loop on
   // lavapipe instead of four: ~10% of a 576×512×128 product).
   const outVec =
@@ -440,7 +538,7 @@ export function matmulKernel(
       break;
     case "register":
     case "subgroup":
-      entry = tiledBody(c, aMode, bMode);
+      entry = tiledBody(c, aMode, bMode, dequantB);
       dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
       break;
     case "shared":
@@ -456,28 +554,27 @@ export function matmulKernel(
 
   const sg = p.variant === "subgroup";
   const vec = (v: boolean) => (v ? "vec4<f32>" : "f32");
-  return renderKernel({
+  const spec = {
     name: `matmul ${batch > 1 ? `${batch}x` : ""}${m}x${n}x${k} ${layout} (${describeMatmulParams(p)})`,
     header:
       `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
       `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}${proA ? " (prologue)" : ""}, ` +
-      `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}`,
+      `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}` +
+      (dequantB && (bMode === "packedK" || bMode === "packedN")
+        ? `, packed ${dequantB.bits}-bit words along ${bMode === "packedK" ? "k" : "n"}, group ${dequantB.group}`
+        : ""),
     // Every subgroup operation sits in control flow that is uniform in practice (the branch on
     // subgroup_size), which the uniformity analysis cannot prove.
     directives: sg ? ["enable subgroups;", "diagnostic(off, subgroup_uniformity);"] : [],
-    buffers: [
-      { name: "mm_a", type: vec(aVec), buffer: bindings.a, access: "read" },
-      { name: "mm_b", type: vec(bVec), buffer: bindings.b, access: "read" },
-      { name: "mm_out", type: vec(outVec), buffer: bindings.out, access: "read_write" },
-      ...(epilogue?.bindings ?? []),
-    ],
-    declarations: [epilogue?.declarations ?? "", functions, ...(entry.declarations ?? [])],
-    workgroupSize: [wgx, wgy, 1],
+    buffers: [],
+    declarations: [functions, ...(entry.declarations ?? [])],
+    workgroupSize: [wgx, wgy, 1] as [number, number, number],
     builtins: entry.builtins,
     body: entry.body,
     dispatch,
     features: sg ? ["subgroups"] : [],
-  });
+  };
+  return { spec, types: { a: vec(aVec), b: vec(bVec), out: vec(outVec) } };
 }
 
 function naiveBody(c: Ctx): Entry {
@@ -496,7 +593,7 @@ function naiveBody(c: Ctx): Entry {
  * col0..col0+C-1 (accumulators acc{r}_{g}: vec4 per group of 4 columns when C % 4 == 0).
  * Loads clamp their row/column into the matrix (branch-free); only stores check bounds.
  */
-function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
+function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): Entry {
   const { M, N, K, p } = c;
   const R = p.rowsPerThread;
   const C = p.colsPerThread;
@@ -506,7 +603,9 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   const vt = cw === 4 ? "vec4<f32>" : "f32";
   // Unroll k by 4 where a vec4 along k is loaded (B stored transposed); elsewhere it only
   // lengthens compiles (and measured slower on lavapipe).
-  const KU = aMode === "k4" || bMode === "k4" ? 4 : 1;
+  // (packedK: a loop over each packed word's vec4s steps k by 4 too)
+  const KU = aMode === "k4" || bMode === "k4" || bMode === "packedK" ? 4 : 1;
+  const perWord = dq ? 32 / dq.bits : 1; // fields per packed word
   // A subgroup tile narrower than 8 lanes' vec4s (G < 8 column groups) spreads its B loads over
   // k: lane q loads the 4 columns of group q % G at k step q / G, so each per-lane load of an
   // 8-lane subgroup is a distinct, used vec4, and one loop iteration covers S·KU steps of k. (Lanes
@@ -515,7 +614,8 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
   // Only where B's loads step k by 1 (B stored k-major): with B stored transposed (vec4s along k,
   // KU = 4) the spread measured slower on lavapipe (576×8×512 NT: 1.42 vs 1.00), its unrolled
   // body 4× longer.
-  const S = sg && KU === 1 ? 8 / G : 1;
+  // packedN: the tile's columns are C / perWord words of one k row; the 8 lanes load 8 / words rows.
+  const S = bMode === "packedN" ? (8 * perWord) / C : sg && KU === 1 ? 8 / G : 1;
   const kMain = K - (K % (KU * S));
   const L: string[] = [];
   const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
@@ -592,6 +692,8 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
 
   // B(k0 + kk, column group g), kk < KU·S: emits the loads, returns the expression.
   const loadB = (out: string[], ind: string): ((kk: number, g: number) => string) => {
+    if (dq && (bMode === "packedK" || bMode === "packedN"))
+      return loadPackedB(c, dq, bMode, S, out, ind);
     if (sg && bMode === "k4" && C % 8 === 0) {
       // B stored transposed: lane q loads column q (and q + 8, ...) as a vec4 along k, so each
       // of the 8 lanes' loads is a distinct column (with 4 columns per lane, 16- and 8-column
@@ -642,8 +744,24 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
     return (kk, g) => `b${kk}_${g}`;
   };
 
+  if (kMain > 0 && dq && bMode === "packedK") {
+    // Per group of k, each lane loads its columns' scales; per word, its columns' words, which
+    // the innermost loop unpacks 4 steps of k at a time (see loadPackedB). Looping over the
+    // word's vec4s rather than unrolling them keeps the body the f32 path's size: lavapipe's
+    // compile time grows with it (unrolled, a 2-bit kernel took 15 s to compile).
+    L.push(`for (var g0 = lrk_zero; g0 < ${u(K)}; g0 += ${u(dq.group)}) {`);
+    for (let h = 0; h < C / 8; h++) {
+      const col = `min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)})`;
+      L.push(`let pc${h} = ${col};`);
+      L.push(`let sl${h} = ${dq.scales}[pc${h} * ${u(K / dq.group)} + g0 / ${u(dq.group)}];`);
+    }
+    L.push(`for (var kw = g0 + lrk_zero; kw < g0 + ${u(dq.group)}; kw += ${u(perWord)}) {`);
+    for (let h = 0; h < C / 8; h++)
+      L.push(`let wl${h} = bitcast<i32>(${dq.values}[(pc${h} * ${u(K)} + kw) / ${u(perWord)}]);`);
+    L.push(`for (var v = lrk_zero; v < ${u(perWord / 4)}; v++) {`);
+    L.push(`let k0 = kw + 4u * v;`);
+  } else if (kMain > 0) L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU * S)}) {`);
   if (kMain > 0) {
-    L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU * S)}) {`);
     const a = [...Array(S).keys()].map((s) =>
       loadA(L, "  ", s ? `k0 + ${u(s * KU)}` : "k0", S > 1 ? `s${s}` : ""),
     );
@@ -654,6 +772,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
           for (let g = 0; g < G; g++)
             L.push(`  acc${r}_${g} += ${b(s * KU + kk, g)} * ${a[s]!(r, kk)};`);
     L.push(`}`);
+    if (bMode === "packedK") L.push(`}`, `}`);
   }
   if (kMain < K) {
     // The k tail (K not a multiple of the unroll): scalar loads, each invocation its own.
@@ -673,6 +792,71 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode): Entry {
 
   L.push(...tiledStores(c, G, cw));
   return { builtins, body: L };
+}
+
+/**
+ * Fields first .. first + 3 of the packed word `word` (an i32) as a vec4<f32>, sign-extended:
+ * each shifted to the top, then arithmetically back down, in one vector operation each way
+ * (extractBits is polyfilled with clamps for variable offsets: measured slower on lavapipe).
+ */
+function fields4(word: string, first: number, bits: number): string {
+  const up = [0, 1, 2, 3].map((i) => u(32 - bits * (first + i + 1)));
+  return `vec4<f32>((vec4<i32>(${word}) << vec4<u32>(${up.join(", ")})) >> vec4<u32>(${u(32 - bits)}))`;
+}
+
+/**
+ * The subgroup tile's B from a dequantized packed weight (packedBMode): each lane loads one u32
+ * word, unpacks it into vec4s times its scale, and the tile takes each vec4 from the lane that
+ * loaded it. Returns B(k0 + kk, column group g) as loadB does.
+ */
+function loadPackedB(
+  c: Ctx,
+  dq: PackedOperandCode,
+  bMode: "packedK" | "packedN",
+  S: number,
+  out: string[],
+  ind: string,
+): (kk: number, g: number) => string {
+  const { N, p } = c;
+  const C = p.colsPerThread;
+  const G = C / 4;
+  const perWord = 32 / dq.bits;
+  const V = perWord / 4; // vec4s per word
+  const unpack = (word: string, name: (v: number) => string, scale: string) => {
+    for (let v = 0; v < V; v++)
+      out.push(`${ind}let ${name(v)} = ${fields4(word, 4 * v, dq.bits)} * ${scale};`);
+  };
+  if (bMode === "packedK") {
+    // lane q: column q (q + 8, …); its word wl{h} and scale sl{h} are loaded (tiledBody), the
+    // loop index v picks the word's 4 fields for steps k0 .. k0 + 3
+    for (let h = 0; h < C / 8; h++) {
+      const word = V > 1 ? `(wl${h} >> (v * ${u(4 * dq.bits)}))` : `wl${h}`;
+      out.push(`${ind}let dq${h} = ${fields4(word, 0, dq.bits)} * sl${h};`);
+    }
+    for (let j = 0; j < C; j++)
+      out.push(`${ind}let bc${j} = subgroupBroadcast(dq${j >> 3}, ${u(j % 8)});`);
+    for (let kk = 0; kk < 4; kk++)
+      for (let g = 0; g < G; g++) {
+        const parts = [0, 1, 2, 3].map((i) => `bc${4 * g + i}.${LANE[kk]}`);
+        out.push(`${ind}let b${kk}_${g} = vec4<f32>(${parts.join(", ")});`);
+      }
+    return (kk, g) => `b${kk}_${g}`;
+  }
+  // packedN: lane q loads word q % W of k row k0 + q / W, with that row's scale
+  const W = C / perWord;
+  out.push(`${ind}let pk = k0 + (lane % 8u) / ${u(W)};`);
+  out.push(
+    `${ind}let pw = bitcast<i32>(${dq.values}[(pk * ${u(N)} + ` +
+      `min(col0 + ${u(perWord)} * (lane % ${u(W)}), ${u(N - perWord)})) / ${u(perWord)}]);`,
+  );
+  out.push(`${ind}let ps = ${dq.scales}[pk * ${u(N / dq.group)} + col0 / ${u(dq.group)}];`);
+  unpack("pw", (v) => `pv${v}`, "ps");
+  for (let s = 0; s < S; s++)
+    for (let g = 0; g < G; g++)
+      out.push(
+        `${ind}let b${s}_${g} = subgroupBroadcast(pv${g % V}, ${u(s * W + Math.floor(g / V))});`,
+      );
+  return (kk, g) => `b${kk}_${g}`;
 }
 
 /**

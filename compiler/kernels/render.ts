@@ -59,6 +59,66 @@ export interface KernelSpec {
 
 const declared = (b: KernelBuffer | KernelBinding): b is KernelBuffer => "name" in b;
 
+/** What renderKernel looks for in a piece of code: the helpers and bindings it uses. */
+interface CodeFacts {
+  /** Calls `lrk_inf()` / `lrk_nan()`. */
+  inf: boolean;
+  nan: boolean;
+  /** Declares `fn lrk_inf(` / `fn lrk_nan(` itself. */
+  declaresInf: boolean;
+  declaresNan: boolean;
+  gatherFlag: boolean;
+  opaqueZero: boolean;
+}
+
+function codeFacts(text: string): CodeFacts {
+  const [inf, nan] = ["lrk_inf", "lrk_nan"].map((name) => literalHelpers(text).includes(name));
+  return {
+    inf: inf!,
+    nan: nan!,
+    declaresInf: text.includes("fn lrk_inf("),
+    declaresNan: text.includes("fn lrk_nan("),
+    gatherFlag: text.includes(GATHER_FLAG),
+    opaqueZero: text.includes("lrk_opaque_zero()"),
+  };
+}
+
+/**
+ * Facts of the declarations and bodies rendered before: a deep model's kernels repeat the same
+ * code (a template's cached code, the same helpers) in every layer, and reading it again for each
+ * kernel was most of rendering. Bounded: a long-lived process plans many programs.
+ */
+const factsOfText = new Map<string, CodeFacts>();
+const FACTS_KEPT = 1024;
+
+function cachedFacts(text: string): CodeFacts {
+  let facts = factsOfText.get(text);
+  if (!facts) {
+    if (factsOfText.size >= FACTS_KEPT) factsOfText.clear();
+    factsOfText.set(text, (facts = codeFacts(text)));
+  }
+  return facts;
+}
+
+/** A body's lines, indented and joined, with its facts; per body array (a cached template's). */
+interface BodyCode {
+  text: string;
+  facts: CodeFacts;
+  /** Reads `main`'s `lrk_zero`. */
+  usesZero: boolean;
+}
+const bodyCodes = new WeakMap<readonly string[], BodyCode>();
+
+function bodyCode(body: readonly string[]): BodyCode {
+  let code = bodyCodes.get(body);
+  if (!code) {
+    const text = indent(body).join("\n");
+    code = { text, facts: codeFacts(text), usesZero: body.some((l) => /\blrk_zero\b/.test(l)) };
+    bodyCodes.set(body, code);
+  }
+  return code;
+}
+
 /** The WGSL module of a kernel and the KernelSource the plan and executor consume. */
 export function renderKernel(spec: KernelSpec): ParamKernelSource {
   const named = spec.buffers.filter(declared);
@@ -79,27 +139,33 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
         `@group(0) @binding(${spec.buffers.length}) var<uniform> dims: Dims;`,
       ]
     : [];
-  const body = [
-    ...(spec.body.some((l) => /\blrk_zero\b/.test(l))
+  const body = bodyCode(spec.body);
+  const opening = [
+    ...(body.usesZero
       ? ["let lrk_zero = lrk_opaque_zero(); // 0, unknown to the shader compiler"]
       : []),
     ...uniforms.map((u, i) => `let ${u.name} = dims.v${i};`),
-    ...spec.body,
   ];
+  const pieces = [...opening.map(codeFacts), body.facts];
   // A template that writes an infinite or NaN literal itself (a max's start, a mask) without
   // asking for its helper still gets it: an undefined `lrk_inf()` would fail the whole plan.
   const given = spec.declarations ?? [];
-  const missing = literalHelpers([...given, ...body].join("\n")).filter(
-    (name) => !given.some((d) => d.includes(`fn ${name}(`)),
-  );
-  const declarations = missing.length ? [...given, helperCode(missing)] : given;
+  const givenFacts = given.map(cachedFacts);
+  const used = [...givenFacts, ...pieces];
+  const missing = [
+    ...(used.some((f) => f.inf) && !givenFacts.some((f) => f.declaresInf) ? ["lrk_inf"] : []),
+    ...(used.some((f) => f.nan) && !givenFacts.some((f) => f.declaresNan) ? ["lrk_nan"] : []),
+  ];
+  const helpers = missing.length ? helperCode(missing) : undefined;
+  const declarations = helpers !== undefined ? [...given, helpers] : given;
+  const all = helpers !== undefined ? [...used, cachedFacts(helpers)] : used;
   // the gather error flag (compiler/wgsl.ts): bound after the storage buffers and the uniform
-  const usesFlag = [...declarations, ...body].some((l) => l.includes(GATHER_FLAG));
+  const usesFlag = all.some((f) => f.gatherFlag);
   const flagBinding = spec.buffers.length + (uniforms.length ? 1 : 0);
   const flag = usesFlag
     ? `@group(0) @binding(${flagBinding}) var<storage, read_write> ${GATHER_FLAG}: array<i32>;`
     : "";
-  const usesZero = [...declarations, ...body].some((l) => l.includes("lrk_opaque_zero()"));
+  const usesZero = all.some((f) => f.opaqueZero);
   if (usesZero && !named.length) throw new Error(`${spec.name}: an opaque zero needs a binding`);
   const zero = usesZero ? opaqueZeroFunction(named[0]!.name) : "";
   const wg = spec.workgroupSize;
@@ -118,7 +184,8 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     ...declarations,
     `@compute @workgroup_size(${typeof wg === "number" ? wg : size.join(", ")})`,
     `fn main(${inputs.join(", ")}) {`,
-    ...indent(body),
+    ...indent(opening),
+    body.text,
     `}`,
   ]
     .filter((s) => s !== "")

@@ -1,0 +1,70 @@
+// Compile time of `lrkc build` against model depth: the LoRA fine-tune of the tiny LM
+// (examples/lora_finetune.lrk, TinyLM at d 128, LoRA rank 8 on every linear) with `layers: N`,
+// built as a user builds it (`lrkc build FILE --emit plan --device portable`, a fresh process:
+// Node's start-up included), timed as CPU seconds of that process (user + system: steady on a
+// shared machine) and wall seconds.
+//
+//   npm run bench:compile [-- LAYERS...] [--repeat N]     (default 2 4 12, medians of 3)
+//
+// Run it from the repository root. Where the time goes inside the compiler:
+// bench/fuse-depth.ts (front end, fusion and planStep separately) or `node --cpu-prof`.
+import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const args = process.argv.slice(2);
+const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
+const depths = args.filter((a, i) => /^\d+$/.test(a) && args[i - 1] !== "--repeat").map(Number);
+const repeat = Number(option("--repeat") ?? 3);
+const lrkc = resolve("bin/lrkc.js");
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+
+/** examples/lora_finetune.lrk at `layers` layers, in `dir` beside the tiny LM it imports. */
+function writeProgram(dir: string, layers: number): string {
+  const text = readFileSync("examples/lora_finetune.lrk", "utf8");
+  const deep = text.replace(
+    "model TinyLM(vocab: sub.vocab)",
+    `model TinyLM(vocab: sub.vocab, layers: ${layers})`,
+  );
+  if (deep === text) throw new Error("examples/lora_finetune.lrk changed its model line");
+  const file = join(dir, `lora_finetune_${layers}.lrk`);
+  writeFileSync(file, deep);
+  return file;
+}
+
+/** CPU (user + system) and wall seconds of one `lrkc build`, from bash's `time`. */
+function build(file: string, out: string): { cpu: number; wall: number } {
+  const command = `TIMEFORMAT='%U %S %R'; time node "${lrkc}" build "${file}" --emit plan --device portable --out "${out}" > /dev/null`;
+  const r = spawnSync("bash", ["-c", command], { encoding: "utf8" });
+  const last = r.stderr.trim().split("\n").at(-1) ?? "";
+  const times = last.split(" ").map(Number);
+  if (r.status !== 0 || times.length !== 3 || times.some(Number.isNaN))
+    throw new Error(`lrkc build ${file} failed (exit ${r.status}):\n${r.stderr}`);
+  return { cpu: times[0]! + times[1]!, wall: times[2]! };
+}
+
+const dir = mkdtempSync(join(tmpdir(), "lrk-bench-compile-"));
+try {
+  copyFileSync("examples/tiny_lm.lrk", join(dir, "tiny_lm.lrk"));
+  const rows: string[] = [];
+  for (const layers of depths.length ? depths : [2, 4, 12]) {
+    const file = writeProgram(dir, layers);
+    const runs = Array.from({ length: repeat }, () => build(file, join(dir, `out${layers}`)));
+    const cpu = median(runs.map((r) => r.cpu));
+    const wall = median(runs.map((r) => r.wall));
+    rows.push(
+      `${String(layers).padStart(6)} ${cpu.toFixed(2).padStart(8)} s ${wall.toFixed(2).padStart(8)} s`,
+    );
+  }
+  process.stdout.write(
+    [
+      `lrkc build --emit plan --device portable of examples/lora_finetune.lrk at several depths (medians of ${repeat})`,
+      "layers      CPU       wall",
+      ...rows,
+    ].join("\n") + "\n",
+  );
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
