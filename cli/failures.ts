@@ -1,7 +1,7 @@
 // Every failure of a run that is not a bug in lrkc, as a diagnostic: the one place where the
 // runtime's errors (data, checkpoints, device limits, a non-finite loss, no adapter, a kernel the
 // driver rejects) become what the user reads. Anything else is a bug and keeps its stack.
-import { error, type Diagnostic, type Note } from "../language/diagnostics.js";
+import { error, type Diagnostic, type Location, type Note } from "../language/diagnostics.js";
 import { BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js";
 import { MemoryLimitError } from "../compiler/memory.js";
 import type { TrainProgram } from "../compiler/program.js";
@@ -29,7 +29,9 @@ export function failureDiagnostic(
   if (e instanceof DataError)
     return error("E0501", e.message, e.at ?? program?.data.at, { help: e.help });
   if (e instanceof CheckpointError) {
-    const at = context.checkpointFromCommandLine ? undefined : program?.init?.at;
+    // a `load` call's file is reported at the call (runtime/trainer.ts sets `at`)
+    const loadAt = (e as { at?: Location }).at;
+    const at = loadAt ?? (context.checkpointFromCommandLine ? undefined : program?.init?.at);
     return error("E0502", e.message, at, { help: e.help });
   }
   if (e instanceof RunFolderError) return error("E0504", e.message, undefined, { help: e.help });

@@ -100,7 +100,41 @@ export const dataSources: Record<string, SourceSpec> = {
     },
     help: 'std.data.text("corpus.txt", context: 128, tokenizer: bytes)',
   },
+  tensors: tensorsSource(),
 };
+
+/**
+ * Rows of tensors in safetensors files as examples: `input` and `target` name the tensors (a `*`
+ * matches any part of a name, and pairs an input with its target). The program states the rows'
+ * widths: the files are often a run's output not written yet when it is compiled or checked.
+ */
+function tensorsSource(): SourceSpec {
+  return {
+    params: [
+      { name: "path", kind: "string" },
+      { name: "input", kind: "string" },
+      { name: "target", kind: "string" },
+      { name: "input_width", kind: "number" },
+      { name: "target_width", kind: "number" },
+      { name: "valid", kind: "number", default: { kind: "number", value: 0, integer: true } },
+      { name: "skip_empty", kind: "bool", default: { kind: "bool", value: false } },
+      { name: "seed", kind: "number", default: { kind: "number", value: 0, integer: true } },
+    ],
+    vocab: () => 0,
+    fields: (args, batch) => {
+      const widths = ["input_width", "target_width", "valid"].map((name) =>
+        wholeNumber(name, args[name], name === "valid" ? 0 : 1, 2 ** 31 - 1),
+      );
+      const problem = widths.find((w) => typeof w === "string");
+      if (problem !== undefined) return problem;
+      return {
+        input: { shape: [batch, widths[0] as number], dtype: "f32" },
+        target: { shape: [batch, widths[1] as number], dtype: "f32" },
+      };
+    },
+    help: 'std.data.tensors("../runs/next/final.safetensors", input: "state:*:pairs_input", target: "state:*:pairs_target", input_width: 514, target_width: 257)',
+  };
+}
 
 /** The `std.data` namespace value. */
 export function dataModule(name: string): Value {

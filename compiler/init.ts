@@ -9,10 +9,12 @@ import { Builder } from "./builder.js";
 import { InitGradients } from "./init-gradient.js";
 import { bareInitializer } from "./initializers.js";
 import type { Graph, InputRole } from "./ir.js";
-import { Lowerer } from "./lower.js";
+import { Lowerer, type LowerHooks } from "./lower.js";
 import type { Placement } from "./place.js";
 import { Reported, type Resolver } from "./resolve.js";
-import type { Entry, InitProgram, ProgramInput } from "./program.js";
+import type { Entry, InitProgram, LoadedTensor, ProgramInput } from "./program.js";
+import { loadInputName } from "./load.js";
+import { dirname } from "node:path";
 import type { TrainSpec } from "./train.js";
 import { describeValue, type ParamInfo, type Value } from "./values.js";
 
@@ -66,6 +68,7 @@ export function buildInit(
     return node;
   };
   const gradients = new InitGradients(b, inputs);
+  const files: LoadedTensor[] = [];
   const refused = new Set<string>();
   const L = new Lowerer(r, b, {
     param: (p) => {
@@ -113,6 +116,7 @@ export function buildInit(
       }
       return paramInput(p);
     },
+    load: fileLoads(b, inputs, files, dirname(spec.module.file.path)),
     initGradient: (at) => {
       // A call already refused is refused once: a `param` initializer reading the failed `const`
       // evaluates it again.
@@ -225,6 +229,7 @@ export function buildInit(
       quantize,
       adapters,
       gradients: passes,
+      ...(files.length > 0 ? { files } : {}),
     },
     buffers,
   };
@@ -292,6 +297,33 @@ function frozenCopies(b: Builder, L: Lowerer, placement: Placement, quantize: En
     const node = b.mul(L.hooks.param(p), b.constant(1, [], p.dtype));
     quantize.outputs.push({ name: `buffer:frozen:${p.path}`, node });
   }
+}
+
+/**
+ * The `load` hook: one input per (file, tensor), however many initializers read it, listed in
+ * `files` for the host to fill.
+ */
+function fileLoads(
+  b: Builder,
+  inputs: ProgramInput[],
+  files: LoadedTensor[],
+  dir: string,
+): NonNullable<LowerHooks["load"]> {
+  const fileInput = new Map<string, number>();
+  return {
+    dir,
+    input: (path, tensor, shape, dtype, at) => {
+      const name = loadInputName(path, tensor);
+      let node = fileInput.get(name);
+      if (node === undefined) {
+        node = b.input("state", name, shape, dtype);
+        inputs.push({ name, node, role: "state", shape, dtype });
+        files.push({ name, path, tensor, shape, dtype, at });
+        fileInput.set(name, node);
+      }
+      return node;
+    },
+  };
 }
 
 /** Whether an expression names `name` anywhere (a walk over its syntax tree). */

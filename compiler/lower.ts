@@ -70,6 +70,15 @@ export interface LowerHooks {
    * `w` reads. Absent where no such value exists (everywhere but the init program).
    */
   initGradient?(at: Location): (w: number, request: { batches: number; batch?: number }) => number;
+  /**
+   * `load(path, tensor)` (compiler/load.ts): the node of a tensor read from a file when training
+   * starts. Absent where no such value exists (everywhere but the init program).
+   */
+  load?: {
+    /** The folder relative paths start from: the train block's file's. */
+    dir: string;
+    input(path: string, tensor: string, shape: number[], dtype: DType, at: Location): number;
+  };
 }
 
 export class Lowerer {

@@ -153,6 +153,18 @@ export interface InitProgram extends GraphProgram {
   adapters: Entry;
   /** Run after `model` and before `quantize` (compiler/init-gradient.ts); empty when unused. */
   gradients: InitGradientPass[];
+  /** Inputs read from files (`load`, compiler/load.ts): the host fills them before any entry. */
+  files?: LoadedTensor[];
+}
+
+/** A `load(path, tensor)`: the input `name` is the tensor `tensor` of the file `path`. */
+export interface LoadedTensor {
+  name: string;
+  path: string;
+  tensor: string;
+  shape: number[];
+  dtype: DType;
+  at: Location;
 }
 
 /**

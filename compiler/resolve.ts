@@ -462,6 +462,9 @@ export class Resolver {
     }
     const l = this.evaluate(e.left, scope, module);
     const r = this.evaluate(e.right, scope, module);
+    // `"state:" + base.path`: strings join (a tensor name for `load`)
+    if (e.op === "+" && l.kind === "string" && r.kind === "string")
+      return { kind: "string", value: l.value + r.value };
     if ((e.op === "==" || e.op === "!=") && (l.kind !== "number" || r.kind !== "number")) {
       const same = sameValue(l, r);
       if (same !== undefined) return { kind: "bool", value: same === (e.op === "==") };
@@ -522,6 +525,8 @@ export class Resolver {
       names = Object.keys(fields);
     } else if (object.kind === "instance") {
       found = object.instance.scope.get(name.name);
+      // a module's path in the model (`base.path` in an adapter: "blocks.0.attn.q"), a string
+      if (!found && name.name === "path") found = { kind: "string", value: object.instance.path };
       names = object.instance.scope.keys();
     } else if (object.kind === "config") {
       found = object.args.get(name.name);

@@ -8,6 +8,7 @@ import { broadcastShapes, type Builder } from "./builder.js";
 import type { UnaryFn } from "./ir.js";
 import { MAX_PANEL } from "./kernels/special.js";
 import { initGradientCall } from "./init-gradient.js";
+import { loadCall } from "./load.js";
 import { qrTuple, seededRandom, svdTuple } from "./linalg-builtins.js";
 import { describeValue, num, type Value } from "./values.js";
 import { argmax, cast, concat, cumsum } from "./axis-builtins.js";
@@ -349,6 +350,8 @@ const builtinRules = {
   require: noLowering,
   // the gradient of a base weight over training batches, before training (compiler/init-gradient.ts)
   init_gradient: initGradientCall,
+  // a tensor of a safetensors file, read when training starts (compiler/load.ts)
+  load: loadCall,
   // a Hugging Face config.json read while compiling (resolve.ts, hf-config.ts)
   hf_config: noLowering,
 } satisfies Record<string, Rule>;

@@ -18,6 +18,7 @@ import {
 
 export { arithmeticSequenceLength };
 import { mixSeed, Rng } from "./rng.js";
+import { openTensors, type TensorsSource } from "./tensor-data.js";
 
 /** A user-facing problem with a data set; reported at `at`, the declaration, once known. */
 export class DataError extends Error {
@@ -48,7 +49,7 @@ export interface Batch {
 }
 
 export interface DataSource {
-  readonly kind: "arithmetic" | "two_moons" | "text";
+  readonly kind: "arithmetic" | "two_moons" | "text" | "tensors";
   /** Token count (arithmetic 16, text 256) or class count (two_moons 2). */
   readonly vocab: number;
   /** Examples in the train split (for `text`: possible window start offsets). */
@@ -109,7 +110,7 @@ export interface TextSource extends DataSource {
   readonly validStart: number;
 }
 
-export type OpenedSource = ArithmeticSource | TwoMoonsSource | TextSource;
+export type OpenedSource = ArithmeticSource | TwoMoonsSource | TextSource | TensorsSource;
 
 export interface OpenOptions {
   /** Directory that `text` paths are relative to; default: the directory of `dataset.at.file`. */
@@ -145,10 +146,16 @@ export function openDataSet(spec: DataSpec, options: OpenOptions = {}): OpenedSo
         baseDir: options.baseDir ?? dirname(spec.at.file.path),
         seed: options.seed ?? 0,
       });
+    case "tensors":
+      return openTensors(spec, {
+        valid: args.integer("valid"),
+        skipEmpty: args.bool("skip_empty"),
+        seed: args.integer("seed"),
+      });
     default:
       throw new DataError(
         `\`std.data\` has no data source \`${spec.source}\``,
-        "the data sources are arithmetic, two_moons, text",
+        "the data sources are arithmetic, two_moons, text, tensors",
       );
   }
 }
@@ -223,7 +230,7 @@ const STREAM_MOONS = 3;
 const STREAM_TEXT = 4;
 
 /** The endless train stream: every example once per epoch, in an order seeded by (seed, epoch). */
-class EpochOrder {
+export class EpochOrder {
   private cache = new Map<number, Int32Array>();
 
   constructor(

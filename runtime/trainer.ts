@@ -26,6 +26,7 @@ import {
 import type { Device } from "./device.js";
 import { evaluate as evaluateGraph } from "./interpreter.js";
 import { lrFactor } from "./schedule.js";
+import { CheckpointError, SafetensorsFile } from "./safetensors.js";
 
 /** A compiled training run with its data opened. */
 export interface Run {
@@ -175,7 +176,10 @@ export async function initialize(
   const store = new Map<string, Tensor>();
   const { initProgram: init, step } = program;
   if (program.init && options.fromInit !== false) loadInit(program, store, options.onNote);
-  else await runInto(device, init, init.model, store);
+  else {
+    loadFiles(program, store, device.float64 === true);
+    await runInto(device, init, init.model, store);
+  }
   await initializeAdapters(program, device, store, options.data);
   for (const [name, t] of options.adapters ?? []) store.set(name, t);
   await runInto(device, step, step.stateInit, store);
@@ -204,6 +208,7 @@ export async function initializeAdapters(
   data?: OpenedSource,
 ): Promise<void> {
   const init = program.initProgram;
+  loadFiles(program, store, device.float64 === true);
   const sums: string[] = [];
   for (const pass of init.gradients) {
     data ??= openRun(program).data;
@@ -213,6 +218,55 @@ export async function initializeAdapters(
   await runInto(device, init, init.quantize, store);
   await runInto(device, init, init.adapters, store);
   for (const name of sums) store.delete(name);
+  for (const file of init.files ?? []) store.delete(file.name);
+}
+
+/**
+ * The tensors `load` reads (compiler/load.ts), into `store` under their input names; dropped once
+ * the init program has run (the values made from them are what checkpoints keep).
+ */
+function loadFiles(program: TrainProgram, store: Map<string, Tensor>, float64: boolean): void {
+  for (const f of program.initProgram.files ?? []) {
+    if (store.has(f.name)) continue;
+    const fail = (why: string, help?: string) =>
+      Object.assign(
+        new CheckpointError(`\`load\` cannot read \`${f.tensor}\` of "${f.path}": ${why}`, help),
+        {
+          at: f.at,
+        },
+      );
+    let file: SafetensorsFile;
+    try {
+      file = SafetensorsFile.open(f.path);
+    } catch (e) {
+      if (e instanceof CheckpointError) throw fail(e.message, e.help);
+      throw e;
+    }
+    try {
+      if (!file.entries.has(f.tensor)) {
+        const names = [...file.entries.keys()].sort();
+        throw fail(
+          "the file holds no such tensor",
+          names.length > 0
+            ? `it holds ${names
+                .slice(0, 8)
+                .map((n) => `\`${n}\``)
+                .join(", ")}${names.length > 8 ? `, … (${names.length})` : ""}`
+            : "the file holds no tensors",
+        );
+      }
+      const t = file.read(f.tensor);
+      if (t.shape.join(",") !== f.shape.join(","))
+        throw fail(
+          `it is [${t.shape.join(", ")}], not the [${f.shape.join(", ")}] the program says`,
+          `write its shape [${t.shape.join(", ")}] in the \`load\` call, or load another tensor`,
+        );
+      const data = float64 || t.data instanceof Float32Array ? t.data : Float32Array.from(t.data);
+      store.set(f.name, { shape: t.shape, data });
+    } finally {
+      file.close();
+    }
+  }
 }
 
 /** One `init_gradient` pass: zeros, then one run per training batch, each adding its gradient. */

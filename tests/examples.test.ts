@@ -19,16 +19,18 @@ const runnable = examples.filter((f) =>
 );
 const dir = mkdtempSync(join(tmpdir(), "lrk-examples-"));
 const pretrained = join(dir, "pretrain.safetensors");
+/** NExt's three programs, each reading the files the one before writes (run in order below). */
+const nextChain = ["next_lora_finetune.lrk", "next_predictor.lrk", "next_extrapolate.lrk"];
 
 async function runExample(
   name: string,
   steps: number,
+  edit: (text: string) => string = (text) => text,
 ): Promise<{ losses: number[]; store: Map<string, Tensor> }> {
   const path = join(root, "examples", name);
   // The fine-tunes load the pretraining example's weights; here, the ones this test wrote.
-  const text = readFileSync(path, "utf8").replace(
-    /init "[^"]*"/,
-    `init ${JSON.stringify(pretrained)}`,
+  const text = edit(
+    readFileSync(path, "utf8").replace(/init "[^"]*"/, `init ${JSON.stringify(pretrained)}`),
   );
   const { run, diagnostics } = prepare(new SourceFile(path, text), { batch: 2, steps });
   expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
@@ -62,11 +64,39 @@ describe("examples", () => {
     writeSafetensors(pretrained, params);
   });
 
-  for (const name of runnable.filter((n) => n !== "tiny_lm_pretrain.lrk")) {
+  for (const name of runnable.filter(
+    (n) => n !== "tiny_lm_pretrain.lrk" && !nextChain.includes(n),
+  )) {
     it(`${name} runs two steps`, async () => {
       const { losses } = await runExample(name, 2);
       expect(losses).toHaveLength(2);
       expect(losses.every(Number.isFinite), String(losses)).toBe(true);
     });
   }
+
+  it("NExt's next_lora_finetune → next_predictor → next_extrapolate run, each on the last's files", async () => {
+    const run = join(dir, "next-run.safetensors");
+    const predictor = join(dir, "next-predictor.safetensors");
+    const paths = (text: string) =>
+      text
+        .replaceAll('"../runs/next_lora_finetune/final.safetensors"', JSON.stringify(run))
+        .replaceAll('"../runs/next_predictor/final.safetensors"', JSON.stringify(predictor));
+    // a record every step and a horizon of 2, so that 4 steps make pairs
+    const recorded = await runExample("next_lora_finetune.lrk", 4, (text) =>
+      text.replace("alpha: 16)", "alpha: 16, period: 1, records: 4, horizon: 2)"),
+    );
+    expect(recorded.losses.every(Number.isFinite)).toBe(true);
+    writeSafetensors(run, recorded.store);
+    const trained = await runExample("next_predictor.lrk", 2, paths);
+    expect(trained.losses.every(Number.isFinite), String(trained.losses)).toBe(true);
+    writeSafetensors(predictor, trained.store);
+    // the extrapolation loads the run as its `init` too
+    const extrapolated = await runExample("next_extrapolate.lrk", 1, (text) =>
+      paths(text.replace(/init "[^"]*"/, `init ${JSON.stringify(run)}`)).replace(
+        "alpha: 16,",
+        "alpha: 16,\n    records: 4,",
+      ),
+    );
+    expect(extrapolated.losses.every(Number.isFinite)).toBe(true);
+  });
 });

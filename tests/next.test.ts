@@ -36,7 +36,7 @@ train t {
   freeze **
 ${
   rules ||
-  `  adapt l2 with next_lora(rank: ${RANK}, alpha: ${ALPHA}, period: 2, records: 3)
+  `  adapt l2 with next_lora(rank: ${RANK}, alpha: ${ALPHA}, period: 2, records: 3, horizon: 1)
   optimize adapters with sgd(lr: 0.5)`
 }
   steps 6
@@ -224,7 +224,7 @@ describe("next_lora with a zero delta", () => {
     const run = compile(
       program(
         "",
-        `  adapt l2 with next_lora(rank: 2, period: 2, records: 3)
+        `  adapt l2 with next_lora(rank: 2, period: 2, records: 3, horizon: 1)
   optimize adapters with sgd(lr: 0)`,
       ),
     );
