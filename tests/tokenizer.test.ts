@@ -1,0 +1,59 @@
+// Hugging Face tokenizers (issue 13, item 3): runtime/tokenizer.ts against the ids that
+// scripts/hf-fixtures.py computed with its own, independent encoders (GPT-2's byte-level BPE
+// with its pre-tokenizing regex, and Llama's SentencePiece-BPE with byte fallback), for the
+// tokenizer.json files it wrote into tests/fixtures/hf/{gpt2,llama}.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parseTokenizer, readTokenizer, TokenizerError } from "../runtime/tokenizer.js";
+import { root } from "./helpers.js";
+
+const fixtures = join(root, "tests", "fixtures", "hf");
+const references = (model: string) =>
+  JSON.parse(readFileSync(join(fixtures, model, "tokenizer-reference.json"), "utf8")) as {
+    text: string;
+    ids: number[];
+  }[];
+
+describe("tokenizer.json", () => {
+  for (const model of ["gpt2", "llama"]) {
+    const tokenizer = readTokenizer(join(fixtures, model));
+    for (const { text, ids } of references(model)) {
+      it(`${model}: ${JSON.stringify(text)} encodes as the reference and decodes back`, () => {
+        expect(tokenizer.encode(text)).toEqual(ids);
+        // Llama's unknown characters (p, f) do not come back; everything else does.
+        const back = tokenizer.decode(ids, { skipSpecial: model === "llama" });
+        if (!ids.includes(0) || model === "gpt2") expect(back).toBe(text);
+      });
+    }
+  }
+
+  it("the vocabulary fits the fixture models, and bos/eos come from tokenizer_config.json", () => {
+    const gpt2 = readTokenizer(join(fixtures, "gpt2"));
+    expect(gpt2.vocabSize).toBe(64);
+    expect(gpt2.eosId).toBe(0);
+    const llama = readTokenizer(join(fixtures, "llama"));
+    expect(llama.vocabSize).toBe(64);
+    expect([llama.bosId, llama.eosId]).toEqual([1, 2]);
+    expect(llama.chatTemplate).toContain("[INST]");
+    expect(llama.encode("hello", { special: false })[0]).not.toBe(1);
+  });
+
+  it("a tokenizer file given directly reads the same as its folder", () => {
+    const direct = readTokenizer(join(fixtures, "gpt2", "tokenizer.json"));
+    expect(direct.encode("hello world")).toEqual(references("gpt2")[0]!.ids);
+  });
+
+  it("refuses what it cannot encode exactly, by name", () => {
+    const json = JSON.parse(readFileSync(join(fixtures, "gpt2", "tokenizer.json"), "utf8"));
+    expect(() => parseTokenizer({ ...json, model: { ...json.model, type: "WordPiece" } })).toThrow(
+      /model `WordPiece` is not supported/,
+    );
+    expect(() => parseTokenizer({ ...json, normalizer: { type: "BertNormalizer" } })).toThrow(
+      TokenizerError,
+    );
+    // GPT-2's fixture vocabulary has no "z" and no unknown token.
+    expect(() => readTokenizer(join(fixtures, "gpt2")).encode("zoo")).toThrow(/no token for "z"/);
+    expect(() => readTokenizer(join(fixtures, "nowhere"))).toThrow(/cannot find tokenizer.json/);
+  });
+});
