@@ -1,0 +1,183 @@
+// Issue 13, items 3 and 5: instruction data (`std.data.jsonl`, prompt masked out of the loss),
+// `std.data.text` with a Hugging Face tokenizer, and `lrkc generate` (greedy = the fixtures'
+// reference tokens on the CPU interpreter and WebGPU; seeded sampling reproducible).
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import type { JsonlSource } from "../runtime/jsonl-data.js";
+import { readTokenizer } from "../runtime/tokenizer.js";
+import { batchFeeds, initialize } from "../runtime/trainer.js";
+import { lrkcBin, root } from "./helpers.js";
+import { prepare } from "./program-helpers.js";
+
+const fixtures = join(root, "tests", "fixtures", "hf");
+const dir = mkdtempSync(join(tmpdir(), "lrk-generate-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function write(name: string, text: string): string {
+  writeFileSync(join(dir, name), text);
+  return join(dir, name);
+}
+
+/** A GPT-2 fixture program's text over `data` (a `std.data…` call). */
+function gpt2Text(data: string, model = "gpt2") {
+  const folder = join(fixtures, model);
+  return `import std.models.{GPT2}
+import std.optim.{adamw}
+
+data d = ${data}
+
+train tune {
+  model GPT2(hf_config("${folder}"))
+  data d
+  init "${folder}"
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-4)
+  batch 2
+}
+`;
+}
+
+/** The GPT-2 fixture program over `data`, compiled as a file in `dir`. */
+const gpt2Program = (data: string) =>
+  prepare(new SourceFile(join(dir, "main.lrk"), gpt2Text(data)));
+
+describe("std.data.text with a tokenizer", () => {
+  it("windows are token ids of the Hugging Face tokenizer, and data.vocab is its size", () => {
+    write("corpus.txt", "the cat sat on the mat. the dog sat on the log. ".repeat(8));
+    const { run, diagnostics } = gpt2Program(
+      `std.data.text("corpus.txt", context: 6, tokenizer: "${join(fixtures, "gpt2")}")`,
+    );
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    expect(run!.program.data.vocab).toBe(64);
+    const ids = readTokenizer(join(fixtures, "gpt2")).encode(
+      "the cat sat on the mat. the dog sat on the log. ".repeat(8),
+    );
+    const batch = run!.data.batch("valid", 0, 1);
+    const input = [...batch.fields["input"]!.data];
+    const at = ids.findIndex((_, i) => input.every((x, k) => ids[i + k] === x));
+    expect(at).toBeGreaterThanOrEqual(0);
+    expect([...batch.fields["target"]!.data]).toEqual(ids.slice(at + 1, at + 7));
+  });
+
+  it("a missing tokenizer folder is an E0501 at the declaration", () => {
+    const { diagnostics } = gpt2Program(
+      `std.data.text("corpus.txt", context: 6, tokenizer: "no-such-folder")`,
+    );
+    const e = diagnostics.find((d) => d.code === "E0501");
+    expect(e?.message).toMatch(/cannot find the tokenizer "no-such-folder"/);
+    const named = gpt2Program(`std.data.text("corpus.txt", context: 6, tokenizer: bpe)`);
+    expect(named.diagnostics.find((d) => d.code === "E0501")?.message).toMatch(
+      /no tokenizer `bpe`: use `bytes` or the folder/,
+    );
+  });
+});
+
+describe("std.data.jsonl", () => {
+  const lines = [
+    { prompt: "the cat", completion: " sat on the mat." },
+    { prompt: "hello", completion: " world" },
+    { prompt: "it's a", completion: " dog's life" },
+  ];
+  write("chat.jsonl", lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
+  const tokenizer = readTokenizer(join(fixtures, "gpt2"));
+
+  it("targets are the completion's tokens and eos; the prompt's are -1", () => {
+    const { run, diagnostics } = gpt2Program(
+      `std.data.jsonl("chat.jsonl", tokenizer: "${join(fixtures, "gpt2")}", context: 12)`,
+    );
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    const data = run!.data as JsonlSource;
+    expect([data.trainSize, data.validSize]).toEqual([2, 1]);
+    const { input, target } = data.example("train", 1);
+    const prompt = tokenizer.encode("hello");
+    const completion = [...tokenizer.encode(" world"), 0];
+    const ids = [...prompt, ...completion];
+    expect([...input.slice(0, ids.length - 1)]).toEqual(ids.slice(0, -1));
+    expect([...target]).toEqual([
+      ...prompt.slice(1).map(() => -1),
+      ...completion,
+      ...new Array(12 - (ids.length - 1)).fill(-1),
+    ]);
+  });
+
+  it("the loss is the mean cross-entropy over completion tokens only (a hand computation)", async () => {
+    const { run } = gpt2Program(
+      `std.data.jsonl("chat.jsonl", tokenizer: "${join(fixtures, "gpt2")}", context: 12)`,
+    );
+    const cpu = new CpuDevice({ float64: false });
+    const store = await initialize(run!.program, cpu);
+    const feeds = batchFeeds(run!, store, "train", 0, 1);
+    const step = run!.step;
+    const loss = (await cpu.run(step, step.evaluate, feeds)).get("loss")!.data[0]!;
+    const logits = (await cpu.run(step, step.predict!, feeds)).get("logits")!.data;
+    const target = feeds.get("batch.target")!.data;
+    const vocab = 64;
+    let sum = 0;
+    let count = 0;
+    for (let p = 0; p < target.length; p++) {
+      const t = target[p]!;
+      if (t < 0) continue;
+      const row = Array.from({ length: vocab }, (_, v) => logits[p * vocab + v]!);
+      const max = Math.max(...row);
+      const lse = max + Math.log(row.reduce((a, x) => a + Math.exp(x - max), 0));
+      sum += lse - row[t]!;
+      count++;
+    }
+    expect(count).toBeGreaterThan(0);
+    expect(count).toBeLessThan(target.length);
+    expect(Math.abs(loss - sum / count)).toBeLessThan(1e-5 * Math.abs(sum / count));
+  });
+
+  it("a malformed line is an E0501 with file:line", () => {
+    write("bad.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "a"\n');
+    const main = write(
+      "bad.lrk",
+      gpt2Text(`std.data.jsonl("bad.jsonl", tokenizer: "${join(fixtures, "gpt2")}", context: 8)`),
+    );
+    const r = spawnSync(process.execPath, [lrkcBin, "check", main], { encoding: "utf8" });
+    expect(r.stderr).toMatch(/E0501/);
+    expect(r.stderr).toMatch(/bad\.jsonl:2: not valid JSON/);
+    write("bad.jsonl", '\n{"prompt": "a", "answer": "b"}\n');
+    const again = spawnSync(process.execPath, [lrkcBin, "check", main], { encoding: "utf8" });
+    expect(again.stderr).toMatch(/bad\.jsonl:2: an example needs "prompt" and "completion"/);
+  });
+
+  it("messages are rendered with the chat template; only the assistant's tokens are targets", async () => {
+    const { openDataSet } = await import("../runtime/data.js");
+    write(
+      "conv.jsonl",
+      JSON.stringify({
+        messages: [
+          { role: "user", content: "hello" },
+          { role: "assistant", content: "world" },
+        ],
+      }) + "\n",
+    );
+    const llama = readTokenizer(join(fixtures, "llama"));
+    const data = openDataSet(
+      {
+        source: "jsonl",
+        args: { path: "conv.jsonl", tokenizer: join(fixtures, "llama"), context: 24, seed: 0 },
+        vocab: 64,
+        fields: {},
+        help: "",
+        at: { file: new SourceFile(join(dir, "x.lrk"), "") } as never,
+      },
+      { baseDir: dir },
+    ) as JsonlSource;
+    const user = llama.encode("<s>[INST] hello [/INST]", { special: false });
+    const assistant = llama.encode(" world </s>", { special: false });
+    const { input, target } = data.example("train", 0);
+    const ids = [...user, ...assistant];
+    expect([...input.slice(0, ids.length - 1)]).toEqual(ids.slice(0, -1));
+    expect([...target.slice(0, ids.length - 1)]).toEqual([
+      ...user.slice(1).map(() => -1),
+      ...assistant,
+    ]);
+  });
+});
