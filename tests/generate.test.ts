@@ -2,7 +2,7 @@
 // `std.data.text` with a Hugging Face tokenizer, and `lrkc generate` (greedy = the fixtures'
 // reference tokens on the CPU interpreter and WebGPU; seeded sampling reproducible).
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -179,5 +179,173 @@ describe("std.data.jsonl", () => {
       ...user.slice(1).map(() => -1),
       ...assistant,
     ]);
+  });
+});
+
+/** A program in `dir` that generates with fixture `model` (text data fixes T = 12). */
+function generateProgram(model: "gpt2" | "llama"): string {
+  const folder = join(fixtures, model);
+  write("corpus.txt", "the cat sat on the mat. the dog sat on the log. ".repeat(10));
+  const name = model === "gpt2" ? "GPT2" : "Llama";
+  return write(
+    `${model}-generate.lrk`,
+    `import std.models.{${name}}
+import std.optim.{adamw}
+
+data d = std.data.text("corpus.txt", context: 12, tokenizer: "${folder}")
+
+train tune {
+  model ${name}(hf_config("${folder}"))
+  data d
+  init "${folder}"
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-4)
+  batch 1
+}
+`,
+  );
+}
+
+function lrkcGenerate(args: string[]): {
+  code: number | null;
+  json?: GenerateResult;
+  stderr: string;
+} {
+  const r = spawnSync(process.execPath, [lrkcBin, "generate", ...args, "--json"], {
+    encoding: "utf8",
+  });
+  let json: GenerateResult | undefined;
+  try {
+    json = (JSON.parse(r.stdout) as { result?: GenerateResult }).result;
+  } catch {
+    // Not JSON: the test's expectations say what went wrong.
+  }
+  return { code: r.status, ...(json ? { json } : {}), stderr: r.stderr + r.stdout };
+}
+
+interface GenerateResult {
+  prompt: number[];
+  tokens: number[];
+  text?: string;
+  stopped: string;
+}
+
+describe("lrkc generate", () => {
+  for (const device of ["cpu", "webgpu"]) {
+    for (const model of ["gpt2", "llama"] as const) {
+      it(`--temperature 0 reproduces ${model}'s reference greedy tokens (${device})`, () => {
+        const ref = JSON.parse(readFileSync(join(fixtures, model, "reference.json"), "utf8")) as {
+          prompt: number[];
+          greedy: number[];
+        };
+        const r = lrkcGenerate([
+          generateProgram(model),
+          "--ids",
+          ref.prompt.join(","),
+          "--max-tokens",
+          String(ref.greedy.length),
+          "--device",
+          device,
+        ]);
+        expect(r.stderr).not.toMatch(/error\[|error:/);
+        expect(r.code).toBe(0);
+        expect(r.json!.tokens).toEqual(ref.greedy);
+      });
+    }
+  }
+
+  it("--prompt is read with the model's tokenizer, and the text is decoded", () => {
+    const tokenizer = readTokenizer(join(fixtures, "gpt2"));
+    const r = lrkcGenerate([
+      generateProgram("gpt2"),
+      "--prompt",
+      "the cat",
+      "--max-tokens",
+      "4",
+      "--device",
+      "cpu",
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.json!.prompt).toEqual(tokenizer.encode("the cat"));
+    expect(r.json!.text).toBe(tokenizer.decode(r.json!.tokens));
+  });
+
+  it("seeded sampling is reproducible, and another seed draws differently", () => {
+    const program = generateProgram("gpt2");
+    const run = (seed: string) =>
+      lrkcGenerate([
+        program,
+        "--ids",
+        "3,14,15,9",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "2",
+        "--top-p",
+        "0.95",
+        "--seed",
+        seed,
+        "--device",
+        "cpu",
+      ]).json!.tokens;
+    const a = run("1");
+    expect(run("1")).toEqual(a);
+    expect([run("2"), run("3")]).not.toEqual([a, a]);
+  });
+
+  it("stops when the model's input is full, and says so", () => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        lrkcBin,
+        "generate",
+        generateProgram("gpt2"),
+        "--ids",
+        "3,14,15,9",
+        "--max-tokens",
+        "20",
+        "--device",
+        "cpu",
+      ],
+      { encoding: "utf8" },
+    );
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/stopped after 9 tokens: the model's input holds 12/);
+  });
+
+  it("diagnostics: both or neither of --prompt/--ids, a prompt longer than the input, bad flags", () => {
+    const program = generateProgram("gpt2");
+    expect(lrkcGenerate([program]).stderr).toMatch(/--prompt TEXT or as token ids with --ids/);
+    const long = lrkcGenerate([program, "--ids", Array(13).fill(3).join(","), "--device", "cpu"]);
+    expect(long.code).toBe(1);
+    expect(long.stderr).toMatch(/13 tokens, more than the model's input length of 12/);
+    expect(lrkcGenerate([program, "--ids", "3", "--top-p", "0"]).stderr).toMatch(/--top-p must be/);
+    expect(lrkcGenerate([program, "--ids", "64"]).stderr).toMatch(
+      /--ids must be token ids from 0 to 63/,
+    );
+  });
+});
+
+describe("pickToken", () => {
+  it("temperature 0 is the argmax; a tiny top-p is the argmax too; draws follow the softmax", async () => {
+    const { pickToken } = await import("../cli/generate.js");
+    const { Rng } = await import("../runtime/rng.js");
+    const logits = new Float32Array([0.5, 2, 1, -1]);
+    const rng = new Rng(7);
+    expect(pickToken(logits, { maxTokens: 1, temperature: 0, topP: 1, seed: 0 }, rng)).toBe(1);
+    expect(pickToken(logits, { maxTokens: 1, temperature: 1, topP: 1e-6, seed: 0 }, rng)).toBe(1);
+    const counts = [0, 0, 0, 0];
+    const n = 20000;
+    for (let i = 0; i < n; i++)
+      counts[pickToken(logits, { maxTokens: 1, temperature: 1, topP: 1, seed: 0 }, rng)]!++;
+    const z = [...logits].reduce((a, x) => a + Math.exp(x), 0);
+    counts.forEach((c, v) =>
+      expect(Math.abs(c / n - Math.exp(logits[v]!) / z)).toBeLessThan(0.015),
+    );
+    // top-p 0.7: only the two most likely tokens (0.61 + 0.22 ≥ 0.7) are ever drawn.
+    for (let i = 0; i < 2000; i++)
+      expect([1, 2]).toContain(
+        pickToken(logits, { maxTokens: 1, temperature: 1, topP: 0.7, seed: 0 }, rng),
+      );
   });
 });

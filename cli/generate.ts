@@ -1,0 +1,269 @@
+// `lrkc generate FILE --prompt TEXT`: text from a train block's model, token by token. Each step
+// runs the model's `predict` entry (`model(batch.input)`, dropout off) on the tokens so far and
+// picks the next token from the last position's logits: the argmax at `--temperature 0` (greedy,
+// deterministic), else a draw from softmax(logits / T) cut to the smallest set of tokens whose
+// probability reaches `--top-p`, seeded by `--seed`. There is no KV cache yet: every step
+// recomputes the whole prefix (correct, O(T²) work), and the batch input's length T (fixed by the
+// block's data) bounds prompt + generated tokens.
+import { statSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { compile } from "../compiler/compile.js";
+import type { Tensor, TrainProgram } from "../compiler/program.js";
+import { error, type Diagnostic } from "../language/diagnostics.js";
+import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
+import type { Device } from "../runtime/device.js";
+import { Rng } from "../runtime/rng.js";
+import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
+import { initialize, initializeAdapters, type Run } from "../runtime/trainer.js";
+import { failureDiagnostic } from "./failures.js";
+import { readSource } from "./files.js";
+import { report, type ReportOptions } from "./report.js";
+import { loadPlans } from "./target.js";
+import { devices, openDeviceOrDiagnostic, runOrDiagnostic } from "./train.js";
+
+export interface GenerateCommandOptions extends ReportOptions {
+  train?: string;
+  device: string;
+  /** safetensors with parameters by path; without it, the block's `init` (or its initializers). */
+  weights?: string;
+  prompt?: string;
+  /** Raw prompt token ids, comma- or space-separated, in place of --prompt. */
+  ids?: string;
+  /** A Hugging Face tokenizer folder; default: the data's tokenizer, else the `init` folder's. */
+  tokenizer?: string;
+  maxTokens: string;
+  temperature: string;
+  topP: string;
+  seed: string;
+  /** commander's negated `--no-autotune` */
+  autotune?: boolean;
+}
+
+interface Sampling {
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  seed: number;
+}
+
+/** The numeric flags, or the message of the first bad one. */
+function samplingOf(options: GenerateCommandOptions): Sampling | string {
+  const maxTokens = Number(options.maxTokens);
+  const temperature = Number(options.temperature);
+  const topP = Number(options.topP);
+  const seed = Number(options.seed);
+  if (!Number.isInteger(maxTokens) || maxTokens < 1)
+    return "--max-tokens must be a positive integer";
+  if (!Number.isFinite(temperature) || temperature < 0)
+    return "--temperature must be a number ≥ 0 (0 is greedy)";
+  if (!Number.isFinite(topP) || topP <= 0 || topP > 1) return "--top-p must be a number in (0, 1]";
+  if (!Number.isInteger(seed) || seed < 0) return "--seed must be a whole number ≥ 0";
+  return { maxTokens, temperature, topP, seed };
+}
+
+/**
+ * The next token from one row of logits: argmax at temperature 0 (the lowest id on a tie), else a
+ * seeded draw from the top-p nucleus of softmax(logits / temperature).
+ */
+export function pickToken(logits: ArrayLike<number>, sampling: Sampling, rng: Rng): number {
+  const n = logits.length;
+  if (sampling.temperature === 0) {
+    let best = 0;
+    for (let v = 1; v < n; v++) if (logits[v]! > logits[best]!) best = v;
+    return best;
+  }
+  let max = -Infinity;
+  for (let v = 0; v < n; v++) max = Math.max(max, logits[v]!);
+  const p = Array.from({ length: n }, (_, v) =>
+    Math.exp((logits[v]! - max) / sampling.temperature),
+  );
+  const total = p.reduce((a, b) => a + b, 0);
+  const order = Array.from({ length: n }, (_, v) => v).sort((a, b) => p[b]! - p[a]! || a - b);
+  const nucleus: number[] = [];
+  let mass = 0;
+  for (const v of order) {
+    nucleus.push(v);
+    mass += p[v]! / total;
+    if (mass >= sampling.topP) break;
+  }
+  let draw = rng.float() * nucleus.reduce((a, v) => a + p[v]!, 0);
+  for (const v of nucleus) {
+    draw -= p[v]!;
+    if (draw < 0) return v;
+  }
+  return nucleus[nucleus.length - 1]!;
+}
+
+/** The tokenizer to use: --tokenizer, the data's, or the `init` folder's (if it has one). */
+function findTokenizer(
+  run: Run,
+  program: TrainProgram,
+  flag: string | undefined,
+): Tokenizer | undefined {
+  if (flag !== undefined) return readTokenizer(resolve(flag));
+  const data = run.data as { tokenizer?: Tokenizer };
+  if (data.tokenizer) return data.tokenizer;
+  const init = program.init?.path;
+  if (init === undefined) return undefined;
+  const folder = isFolder(init) ? init : dirname(init);
+  return isFile(join(folder, "tokenizer.json")) ? readTokenizer(folder) : undefined;
+}
+
+const isFolder = (p: string) => {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+};
+const isFile = (p: string) => {
+  try {
+    return statSync(p).isFile();
+  } catch {
+    return false;
+  }
+};
+
+/** The tokens after `prompt`, stopping at max tokens, the end-of-sequence token or the context. */
+export async function generateTokens(
+  device: Device,
+  program: TrainProgram,
+  store: ReadonlyMap<string, Tensor>,
+  prompt: readonly number[],
+  sampling: Sampling,
+  eos?: number,
+): Promise<{ tokens: number[]; stopped: "max-tokens" | "eos" | "context" }> {
+  const step = program.step;
+  const predict = step.predict!;
+  const input = step.inputs.find((i) => i.name === "batch.input")!;
+  const [rows, T] = [Number(input.shape[0]), Number(input.shape[1])];
+  const rng = new Rng(sampling.seed);
+  const tokens = [...prompt];
+  const feeds = new Map(store);
+  const data = new Int32Array(rows * T);
+  for (let i = 0; i < sampling.maxTokens; i++) {
+    // Position T - 1 is the last the input holds: its logits give token T, and then it is full.
+    if (tokens.length > T) return { tokens: tokens.slice(prompt.length), stopped: "context" };
+    // Row 0 holds the tokens (the model is causal: what follows them does not change them).
+    data.fill(0);
+    data.set(tokens);
+    feeds.set("batch.input", { shape: [rows, T], data });
+    const logits = (await device.run(step, predict, feeds)).get("logits")!;
+    const vocab = Number(logits.shape[logits.shape.length - 1]);
+    const at = (tokens.length - 1) * vocab;
+    const next = pickToken(logits.data.subarray(at, at + vocab), sampling, rng);
+    tokens.push(next);
+    if (next === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
+  }
+  return { tokens: tokens.slice(prompt.length), stopped: "max-tokens" };
+}
+
+export async function generateCommand(
+  path: string,
+  options: GenerateCommandOptions,
+): Promise<number> {
+  const sampling = samplingOf(options);
+  const usage = (message: string) => {
+    process.stderr.write(`error: ${message}\n`);
+    return 1;
+  };
+  if (typeof sampling === "string") return usage(sampling);
+  if ((options.prompt === undefined) === (options.ids === undefined))
+    return usage("give the prompt as --prompt TEXT or as token ids with --ids, not both");
+  if (!(devices as readonly string[]).includes(options.device))
+    return usage(`unknown device \`${options.device}\` (${devices.join(", ")})`);
+  const read = readSource(path);
+  if ("diagnostic" in read) return report([read.diagnostic], options);
+  const { compiled, diagnostics } = compile(read.file, { train: options.train });
+  if (!compiled) return report(diagnostics, options) || 1;
+  const program = compiled.program;
+  const run = runOrDiagnostic(program);
+  if ("severity" in run) return report([run], options);
+  const fail = (message: string, help: string): number =>
+    report([...diagnostics, error("E0501", message, program.data.at, { help })], options);
+  const input = program.step.inputs.find((i) => i.name === "batch.input");
+  if (!program.step.predict || !input || input.shape.length !== 2)
+    return fail(
+      "`lrkc generate` needs a language model: the block's data has no token `input` [B, T]",
+      "generate from a block whose data is token sequences (std.data.text, std.data.jsonl)",
+    );
+  const T = Number(input.shape[1]);
+
+  let tokenizer: Tokenizer | undefined;
+  let prompt: number[];
+  try {
+    tokenizer = findTokenizer(run, program, options.tokenizer);
+    if (options.ids !== undefined) {
+      prompt = options.ids
+        .split(/[\s,]+/)
+        .filter((s) => s !== "")
+        .map(Number);
+      if (prompt.some((id) => !Number.isInteger(id) || id < 0 || id >= program.data.vocab))
+        return usage(`--ids must be token ids from 0 to ${program.data.vocab - 1}`);
+    } else {
+      if (!tokenizer)
+        return fail(
+          "there is no tokenizer to read --prompt with",
+          "give --tokenizer FOLDER (a Hugging Face folder with tokenizer.json), or token ids with --ids",
+        );
+      prompt = tokenizer.encode(options.prompt!);
+    }
+  } catch (e) {
+    if (e instanceof TokenizerError) return fail(e.message, e.help ?? "check the tokenizer folder");
+    throw e;
+  }
+  if (prompt.length === 0) return usage("the prompt has no tokens");
+  if (prompt.length > T)
+    return fail(
+      `the prompt has ${prompt.length} tokens, more than the model's input length of ${T}`,
+      "use a shorter prompt, or a data `context` at least as long as prompt and generation",
+    );
+  if (prompt.some((id) => id >= program.data.vocab))
+    return fail(
+      `the tokenizer's ids reach ${Math.max(...prompt)}, past the model's vocabulary of ${program.data.vocab}`,
+      "use the tokenizer of this model",
+    );
+
+  let weights: LoadedCheckpoint | undefined;
+  if (options.weights !== undefined) {
+    try {
+      weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
+    } catch (e) {
+      const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
+      if (failure) return report([failure], options);
+      throw e;
+    }
+  }
+  const device = await openDeviceOrDiagnostic(options.device);
+  if ("severity" in device) return report([device], options);
+  try {
+    await loadPlans(device, program, { autotune: options.autotune !== false });
+    const store = await initialize(program, device, { fromInit: !weights, data: run.data });
+    if (weights) {
+      for (const [name, t] of weights.tensors) store.set(name, t);
+      await initializeAdapters(program, device, store, run.data);
+      for (const [name, t] of weights.tensors) store.set(name, t);
+    }
+    const eos = tokenizer?.eosId;
+    const { tokens, stopped } = await generateTokens(device, program, store, prompt, sampling, eos);
+    const text = tokenizer?.decode(tokens, { skipSpecial: true });
+    const notes: Diagnostic[] = [];
+    if (stopped === "context" && !options.json)
+      process.stderr.write(
+        `note: stopped after ${tokens.length} tokens: the model's input holds ${T} (the data's context)\n`,
+      );
+    if (options.json)
+      return report([...diagnostics, ...notes], options, {
+        result: { prompt: prompt, tokens, ...(text !== undefined ? { text } : {}), stopped },
+      });
+    report(diagnostics, options);
+    process.stdout.write(text !== undefined ? `${text}\n` : `${tokens.join(" ")}\n`);
+    return 0;
+  } catch (e) {
+    const failure = failureDiagnostic(e, { program });
+    if (failure) return report([failure], options);
+    throw e;
+  } finally {
+    (device as { destroy?: () => void }).destroy?.();
+  }
+}
