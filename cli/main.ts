@@ -152,6 +152,7 @@ function program(setCode: (code: number) => void): Command {
     .option("--data <name>", "a `data` declaration of the file to evaluate on (its valid split)")
     .option("--batch <n>", "override the batch size")
     .option("--batches <n>", "full batches to evaluate", "8")
+    .option("--show <n>", "print n held-out predictions beside their targets")
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
     .option("--no-autotune", "use default matmul parameters instead of timing candidates")
     .option("--json", "print the result (and diagnostics) as JSON on stdout")

@@ -109,6 +109,8 @@ export interface TextSource extends DataSource {
   /** Bytes [0, trainEnd) are train; valid is bytes [validStart, end of file). */
   readonly trainEnd: number;
   readonly validStart: number;
+  /** The Hugging Face tokenizer of `tokenizer: "folder"`; absent for bytes. */
+  readonly tokenizer?: Tokenizer;
 }
 
 export type OpenedSource = ArithmeticSource | TwoMoonsSource | TextSource | JsonlSource;
@@ -794,6 +796,7 @@ export function text(params: TextParams): TextSource {
     ...(note !== undefined ? { note } : {}),
     context,
     path: full,
+    ...(tokenizer ? { tokenizer } : {}),
     trainEnd,
     validStart,
     fieldShapes: (batch) => ({

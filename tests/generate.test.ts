@@ -349,3 +349,50 @@ describe("pickToken", () => {
       );
   });
 });
+
+describe("lrkc eval --show", () => {
+  it("prints held-out predictions beside their targets (only the completion's tokens for jsonl)", () => {
+    const folder = join(fixtures, "gpt2");
+    write(
+      "show.jsonl",
+      [
+        { prompt: "the cat", completion: " sat on the mat." },
+        { prompt: "hello", completion: " world" },
+        { prompt: "the dog", completion: " sat on the log." },
+      ]
+        .map((l) => JSON.stringify(l))
+        .join("\n"),
+    );
+    const program = write(
+      "show.lrk",
+      gpt2Text(`std.data.jsonl("show.jsonl", tokenizer: "${folder}", context: 12)`).replace(
+        "batch 2",
+        "batch 1",
+      ),
+    );
+    const text = spawnSync(
+      process.execPath,
+      [lrkcBin, "eval", program, "--show", "1", "--device", "cpu"],
+      {
+        encoding: "utf8",
+      },
+    );
+    expect(text.status).toBe(0);
+    expect(text.stdout).toMatch(
+      /example 1\n {2}input: {5}"the dog sat on the log\."\n {2}target: {4}" sat on the log\.<\|endoftext\|>"\n {2}predicted: "/,
+    );
+    const json = spawnSync(
+      process.execPath,
+      [lrkcBin, "eval", program, "--show", "1", "--device", "cpu", "--json"],
+      { encoding: "utf8" },
+    );
+    const shown = (
+      JSON.parse(json.stdout) as {
+        result: { shown: { targetIds: number[]; predictedIds: number[] }[] };
+      }
+    ).result.shown;
+    const tokenizer = readTokenizer(folder);
+    expect(shown[0]!.targetIds).toEqual([...tokenizer.encode(" sat on the log."), 0]);
+    expect(shown[0]!.predictedIds).toHaveLength(shown[0]!.targetIds.length);
+  });
+});
