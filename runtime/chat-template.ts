@@ -38,7 +38,8 @@ function lex(src: string): { kind: "text" | "out" | "stmt"; s: string }[] {
     if (trimNext) text = text.replace(/^\s+/, "");
     const block = m[1] !== "{";
     if (m[2] === "-") text = text.replace(/\s+$/, "");
-    else if (block) text = text.replace(/(^|\n)[ \t]+$/, "$1"); // lstrip_blocks
+    else if (block && (text.includes("\n") || last === 0 || src[last - 1] === "\n"))
+      text = text.replace(/(^|\n)[ \t]+$/, "$1"); // lstrip_blocks: only before a tag that starts its line
     out.push({ kind: "text", s: text });
     if (m[1] === "{") out.push({ kind: "out", s: m[3]! });
     else if (m[1] === "%") out.push({ kind: "stmt", s: m[3]!.trim() });

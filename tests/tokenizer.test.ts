@@ -57,3 +57,59 @@ describe("tokenizer.json", () => {
     expect(() => readTokenizer(join(fixtures, "nowhere"))).toThrow(/cannot find tokenizer.json/);
   });
 });
+
+describe("chat templates (a Jinja subset, rendered as apply_chat_template does)", () => {
+  const base = readTokenizer(join(fixtures, "llama"));
+  const withTemplate = (chatTemplate: string) => ({ ...base, chatTemplate });
+  const conversation = [
+    { role: "user", content: "hello" },
+    { role: "assistant", content: "hi" },
+  ];
+
+  it("ChatML, with a generation prompt", async () => {
+    const { renderChat } = await import("../runtime/chat-template.js");
+    const chatml =
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    expect(renderChat(withTemplate(chatml), conversation.slice(0, 1), true)).toBe(
+      "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+    );
+  });
+
+  it("Mistral's template: bos, loop.index0, raise_exception, eos", async () => {
+    const { renderChat, TemplateError } = await import("../runtime/chat-template.js");
+    const mistral =
+      "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% endif %}{% endfor %}";
+    expect(renderChat(withTemplate(mistral), conversation)).toBe("<s>[INST] hello [/INST]hi</s>");
+    expect(() => renderChat(withTemplate(mistral), [...conversation].reverse())).toThrow(
+      TemplateError,
+    );
+  });
+
+  it("trim_blocks, lstrip_blocks and `-` whitespace control", async () => {
+    const { renderChat } = await import("../runtime/chat-template.js");
+    const template = [
+      "{% for m in messages %}",
+      "  {%- if m.role == 'user' %}",
+      "U: {{ m.content | trim }}",
+      "  {% else %}",
+      "A: {{ m.content }}",
+      "  {% endif %}",
+      "{% endfor %}",
+      "",
+    ].join("\n");
+    expect(renderChat(withTemplate(template), conversation)).toBe("U: hello\nA: hi\n");
+  });
+
+  it("refuses what it does not render, naming it", async () => {
+    const { renderChat } = await import("../runtime/chat-template.js");
+    expect(() =>
+      renderChat(withTemplate("{{ messages[0]['content'].strip() }}"), conversation),
+    ).toThrow(/uses `.strip\(\)`/);
+    expect(() => renderChat(withTemplate("{% macro f() %}{% endmacro %}"), conversation)).toThrow(
+      /uses \{% macro %\}/,
+    );
+    expect(() => renderChat(withTemplate("{{ x | tojson }}"), conversation)).toThrow(
+      /uses `\| tojson`/,
+    );
+  });
+});
