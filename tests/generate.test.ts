@@ -396,3 +396,44 @@ describe("lrkc eval --show", () => {
     expect(shown[0]!.predictedIds).toHaveLength(shown[0]!.targetIds.length);
   });
 });
+
+describe("fine-tune on instruction data, then generate (WebGPU)", () => {
+  it("a GPT-2 fine-tune on prompt/completion lines learns the completions, which generate writes back", () => {
+    const folder = join(fixtures, "gpt2");
+    const lines = [
+      ...Array.from({ length: 10 }, () => ({ prompt: "the cat", completion: " sat on the mat." })),
+      ...Array.from({ length: 10 }, () => ({ prompt: "hello", completion: " world" })),
+    ];
+    write("tune.jsonl", lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
+    const program = write(
+      "tune.lrk",
+      gpt2Text(`std.data.jsonl("tune.jsonl", tokenizer: "${folder}", context: 12)`)
+        .replace("lr: 1e-4", "lr: 3e-3")
+        .replace("batch 2", "batch 2\n  steps 40"),
+    );
+    const out = join(dir, "tune-run");
+    const train = spawnSync(
+      process.execPath,
+      [lrkcBin, "train", program, "--device", "webgpu", "--out", out],
+      { encoding: "utf8" },
+    );
+    expect(train.stderr).not.toMatch(/error\[|error:/);
+    expect(train.status).toBe(0);
+    const weights = join(out, "final.safetensors");
+    for (const [prompt, completion] of [
+      ["the cat", " sat on the mat."],
+      ["hello", " world"],
+    ] as const) {
+      const r = lrkcGenerate([
+        program,
+        "--weights",
+        weights,
+        "--prompt",
+        prompt,
+        "--device",
+        "webgpu",
+      ]);
+      expect(r.json).toMatchObject({ text: completion, stopped: "eos" });
+    }
+  });
+});
