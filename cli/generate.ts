@@ -1,24 +1,27 @@
 // `lrkc generate FILE --prompt TEXT`: text from a train block's model, token by token. Each step
-// runs the model's `predict` entry (`model(batch.input)`, dropout off) on the tokens so far and
-// picks the next token from the last position's logits: the argmax at `--temperature 0` (greedy,
+// runs the model's `predict` entry (`model(batch.input)`, dropout off) on the tokens so far, and
+// the sampler (compiler/sampler.ts) picks the next token from the last position's logits on the
+// same device, so only the token id comes back: the argmax at `--temperature 0` (greedy,
 // deterministic), else a draw from softmax(logits / T) cut to the smallest set of tokens whose
-// probability reaches `--top-p`, seeded by `--seed`. There is no KV cache yet: every step
-// recomputes the whole prefix (correct, O(T²) work), and the batch input's length T (fixed by the
-// block's data) bounds prompt + generated tokens.
+// probability reaches `--top-p`, seeded by `--seed` (the same draws on every device). There is
+// no KV cache yet: every step recomputes the whole prefix (correct, O(T²) work), and the batch
+// input's length T (fixed by the block's data) bounds prompt + generated tokens.
 import { statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
-import type { Tensor, TrainProgram } from "../compiler/program.js";
+import { planStep } from "../compiler/compile.js";
+import type { GraphProgram, Tensor, TrainProgram } from "../compiler/program.js";
+import { samplerProgram } from "../compiler/sampler.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import type { Device } from "../runtime/device.js";
-import { Rng } from "../runtime/rng.js";
 import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
 import { initialize, initializeAdapters, type Run } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
-import { loadPlans } from "./target.js";
+import { deviceTarget, loadPlans } from "./target.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { devices, openDeviceOrDiagnostic, runOrDiagnostic } from "./train.js";
 
 export interface GenerateCommandOptions extends ReportOptions {
@@ -39,7 +42,7 @@ export interface GenerateCommandOptions extends ReportOptions {
   autotune?: boolean;
 }
 
-interface Sampling {
+export interface Sampling {
   maxTokens: number;
   temperature: number;
   topP: number;
@@ -59,39 +62,6 @@ function samplingOf(options: GenerateCommandOptions): Sampling | string {
   if (!Number.isFinite(topP) || topP <= 0 || topP > 1) return "--top-p must be a number in (0, 1]";
   if (!Number.isInteger(seed) || seed < 0) return "--seed must be a whole number ≥ 0";
   return { maxTokens, temperature, topP, seed };
-}
-
-/**
- * The next token from one row of logits: argmax at temperature 0 (the lowest id on a tie), else a
- * seeded draw from the top-p nucleus of softmax(logits / temperature).
- */
-export function pickToken(logits: ArrayLike<number>, sampling: Sampling, rng: Rng): number {
-  const n = logits.length;
-  if (sampling.temperature === 0) {
-    let best = 0;
-    for (let v = 1; v < n; v++) if (logits[v]! > logits[best]!) best = v;
-    return best;
-  }
-  let max = -Infinity;
-  for (let v = 0; v < n; v++) max = Math.max(max, logits[v]!);
-  const p = Array.from({ length: n }, (_, v) =>
-    Math.exp((logits[v]! - max) / sampling.temperature),
-  );
-  const total = p.reduce((a, b) => a + b, 0);
-  const order = Array.from({ length: n }, (_, v) => v).sort((a, b) => p[b]! - p[a]! || a - b);
-  const nucleus: number[] = [];
-  let mass = 0;
-  for (const v of order) {
-    nucleus.push(v);
-    mass += p[v]! / total;
-    if (mass >= sampling.topP) break;
-  }
-  let draw = rng.float() * nucleus.reduce((a, v) => a + p[v]!, 0);
-  for (const v of nucleus) {
-    draw -= p[v]!;
-    if (draw < 0) return v;
-  }
-  return nucleus[nucleus.length - 1]!;
 }
 
 /** The tokenizer to use: --tokenizer, the data's, or the `init` folder's (if it has one). */
@@ -124,6 +94,23 @@ const isFile = (p: string) => {
   }
 };
 
+/** Loads the sampler for the model's logits on `device` (planned as kernels on WebGPU). */
+export async function loadSampler(
+  device: Device,
+  program: TrainProgram,
+  sampling: Sampling,
+): Promise<GraphProgram> {
+  const step = program.step;
+  const logits = step.predict!.outputs.find((o) => o.name === "logits")!;
+  const sampler = samplerProgram({ ...sampling, logits: step.graph.shape(logits.node) });
+  if (device instanceof WebGpuDevice)
+    device.load(
+      sampler,
+      planStep(sampler, await deviceTarget(device, [sampler], { autotune: false })),
+    );
+  return sampler;
+}
+
 /** The tokens after `prompt`, stopping at max tokens, the end-of-sequence token or the context. */
 export async function generateTokens(
   device: Device,
@@ -137,10 +124,12 @@ export async function generateTokens(
   const predict = step.predict!;
   const input = step.inputs.find((i) => i.name === "batch.input")!;
   const [rows, T] = [Number(input.shape[0]), Number(input.shape[1])];
-  const rng = new Rng(sampling.seed);
+  const sampler = await loadSampler(device, program, sampling);
   const tokens = [...prompt];
   const feeds = new Map(store);
   const data = new Int32Array(rows * T);
+  // The logits stay on the device: only the sampler's one token id is read.
+  const keep = { read: new Set<string>() };
   for (let i = 0; i < sampling.maxTokens; i++) {
     // Position T - 1 is the last the input holds: its logits give token T, and then it is full.
     if (tokens.length > T) return { tokens: tokens.slice(prompt.length), stopped: "context" };
@@ -148,10 +137,17 @@ export async function generateTokens(
     data.fill(0);
     data.set(tokens);
     feeds.set("batch.input", { shape: [rows, T], data });
-    const logits = (await device.run(step, predict, feeds)).get("logits")!;
-    const vocab = Number(logits.shape[logits.shape.length - 1]);
-    const at = (tokens.length - 1) * vocab;
-    const next = pickToken(logits.data.subarray(at, at + vocab), sampling, rng);
+    const logits = (await device.run(step, predict, feeds, keep)).get("logits")!;
+    const out = await device.run(
+      sampler,
+      sampler.entries[0]!,
+      new Map<string, Tensor>([
+        ["logits", logits],
+        ["position", { shape: [1], data: new Int32Array([tokens.length - 1]) }],
+        ["draw", { shape: [1], data: new Int32Array([i]) }],
+      ]),
+    );
+    const next = Math.round(out.get("token")!.data[0]!);
     tokens.push(next);
     if (next === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
   }

@@ -9,6 +9,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import type { JsonlSource } from "../runtime/jsonl-data.js";
+import type { Tensor } from "../compiler/program.js";
+import { samplerProgram } from "../compiler/sampler.js";
 import { readTokenizer } from "../runtime/tokenizer.js";
 import { batchFeeds, initialize } from "../runtime/trainer.js";
 import { lrkcBin, root } from "./helpers.js";
@@ -270,6 +272,29 @@ describe("lrkc generate", () => {
     expect(r.json!.text).toBe(tokenizer.decode(r.json!.tokens));
   });
 
+  it("seeded sampling draws the same tokens on the CPU interpreter and on WebGPU", () => {
+    const program = generateProgram("llama");
+    const run = (device: string) =>
+      lrkcGenerate([
+        program,
+        "--ids",
+        "3,14,15,9",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "1.5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "11",
+        "--device",
+        device,
+      ]).json!.tokens;
+    const cpu = run("cpu");
+    expect(cpu).toHaveLength(8);
+    expect(run("webgpu")).toEqual(cpu);
+  });
+
   it("seeded sampling is reproducible, and another seed draws differently", () => {
     const program = generateProgram("gpt2");
     const run = (seed: string) =>
@@ -326,27 +351,50 @@ describe("lrkc generate", () => {
   });
 });
 
-describe("pickToken", () => {
-  it("temperature 0 is the argmax; a tiny top-p is the argmax too; draws follow the softmax", async () => {
-    const { pickToken } = await import("../cli/generate.js");
-    const { Rng } = await import("../runtime/rng.js");
-    const logits = new Float32Array([0.5, 2, 1, -1]);
-    const rng = new Rng(7);
-    expect(pickToken(logits, { maxTokens: 1, temperature: 0, topP: 1, seed: 0 }, rng)).toBe(1);
-    expect(pickToken(logits, { maxTokens: 1, temperature: 1, topP: 1e-6, seed: 0 }, rng)).toBe(1);
-    const counts = [0, 0, 0, 0];
-    const n = 20000;
-    for (let i = 0; i < n; i++)
-      counts[pickToken(logits, { maxTokens: 1, temperature: 1, topP: 1, seed: 0 }, rng)]!++;
-    const z = [...logits].reduce((a, x) => a + Math.exp(x), 0);
-    counts.forEach((c, v) =>
-      expect(Math.abs(c / n - Math.exp(logits[v]!) / z)).toBeLessThan(0.015),
-    );
-    // top-p 0.7: only the two most likely tokens (0.61 + 0.22 ≥ 0.7) are ever drawn.
-    for (let i = 0; i < 2000; i++)
-      expect([1, 2]).toContain(
-        pickToken(logits, { maxTokens: 1, temperature: 1, topP: 0.7, seed: 0 }, rng),
-      );
+describe("the sampler graph (compiler/sampler.ts) on the CPU interpreter", () => {
+  const cpu = new CpuDevice({ float64: false });
+  // Logits [B = 1, T = 2, V = 4]; position 1 is the row sampled (position 0 is a decoy).
+  const row = [0.5, 2, 1, -1];
+  const logits = { shape: [1, 2, 4], data: new Float32Array([9, 0, 0, 0, ...row]) };
+  async function draws(temperature: number, topP: number, count: number): Promise<number[]> {
+    const sampler = samplerProgram({ logits: [1, 2, 4], temperature, topP, seed: 5 });
+    const out: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const feeds = new Map<string, Tensor>([
+        ["logits", logits],
+        ["position", { shape: [1], data: new Int32Array([1]) }],
+        ["draw", { shape: [1], data: new Int32Array([i]) }],
+      ]);
+      out.push((await cpu.run(sampler, sampler.entries[0]!, feeds)).get("token")!.data[0]!);
+    }
+    return out;
+  }
+
+  it("temperature 0 is the argmax of the row at the position (the lowest id on a tie)", async () => {
+    expect(await draws(0, 1, 1)).toEqual([1]);
+    const tie = samplerProgram({ logits: [1, 1, 3], temperature: 0, topP: 1, seed: 0 });
+    const feeds = new Map<string, Tensor>([
+      ["logits", { shape: [1, 1, 3], data: new Float32Array([1, 3, 3]) }],
+      ["position", { shape: [1], data: new Int32Array([0]) }],
+      ["draw", { shape: [1], data: new Int32Array([0]) }],
+    ]);
+    expect((await cpu.run(tie, tie.entries[0]!, feeds)).get("token")!.data[0]).toBe(1);
+  });
+
+  it("draws follow softmax(logits / T); top-p keeps the smallest set reaching p", async () => {
+    const n = 3000;
+    for (const temperature of [1, 2]) {
+      const counts = [0, 0, 0, 0];
+      for (const t of await draws(temperature, 1, n)) counts[t]!++;
+      const w = row.map((x) => Math.exp(x / temperature));
+      const z = w.reduce((a, b) => a + b, 0);
+      counts.forEach((c, v) => expect(Math.abs(c / n - w[v]! / z)).toBeLessThan(0.03));
+    }
+    // p = 0.61, 0.22, 0.14, 0.03: top-p 0.7 keeps ids 1 and 2, in the ratio 0.61 : 0.22.
+    const nucleus = await draws(1, 0.7, 1000);
+    expect(new Set(nucleus)).toEqual(new Set([1, 2]));
+    expect(nucleus.filter((t) => t === 1).length / 1000).toBeCloseTo(0.61 / 0.83, 1);
+    expect(new Set(await draws(1, 0.5, 50))).toEqual(new Set([1]));
   });
 });
 
