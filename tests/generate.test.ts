@@ -2,7 +2,7 @@
 // `std.data.text` with a Hugging Face tokenizer, and `lrkc generate` (greedy = the fixtures'
 // reference tokens on the CPU interpreter and WebGPU; seeded sampling reproducible).
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -348,6 +348,31 @@ describe("lrkc generate", () => {
     expect(lrkcGenerate([program, "--ids", "64"]).stderr).toMatch(
       /--ids must be token ids from 0 to 63/,
     );
+    // A model that is no language model, and a tokenizer whose ids the model has no row for.
+    const moons = lrkcGenerate([
+      join(root, "examples", "mlp.lrk"),
+      "--ids",
+      "1",
+      "--device",
+      "cpu",
+    ]);
+    expect(moons.code).toBe(1);
+    expect(moons.stderr).toMatch(/E0501[\s\S]*needs a language model/);
+    const big = JSON.parse(readFileSync(join(fixtures, "gpt2", "tokenizer.json"), "utf8"));
+    big.added_tokens.push({ id: 99, content: "<|big|>", special: true });
+    mkdirSync(join(dir, "big"), { recursive: true });
+    writeFileSync(join(dir, "big", "tokenizer.json"), JSON.stringify(big));
+    const mismatch = lrkcGenerate([
+      program,
+      "--prompt",
+      "<|big|>",
+      "--tokenizer",
+      join(dir, "big"),
+      "--device",
+      "cpu",
+    ]);
+    expect(mismatch.code).toBe(1);
+    expect(mismatch.stderr).toMatch(/ids reach 99, past the model's vocabulary of 64/);
   });
 });
 
