@@ -15,6 +15,7 @@ import { samplerProgram } from "../compiler/sampler.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import type { Device } from "../runtime/device.js";
+import { renderChat, TemplateError } from "../runtime/chat-template.js";
 import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
 import { initialize, initializeAdapters, type Run } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
@@ -30,6 +31,8 @@ export interface GenerateCommandOptions extends ReportOptions {
   /** safetensors with parameters by path; without it, the block's `init` (or its initializers). */
   weights?: string;
   prompt?: string;
+  /** Wrap --prompt as a user message in the tokenizer's chat template. */
+  chat?: boolean;
   /** Raw prompt token ids, comma- or space-separated, in place of --prompt. */
   ids?: string;
   /** A Hugging Face tokenizer folder; default: the data's tokenizer, else the `init` folder's. */
@@ -202,10 +205,17 @@ export async function generateCommand(
           "there is no tokenizer to read --prompt with",
           "give --tokenizer FOLDER (a Hugging Face folder with tokenizer.json), or token ids with --ids",
         );
-      prompt = tokenizer.encode(options.prompt!);
+      // A chat template writes the special tokens itself (as apply_chat_template's tokenizing).
+      prompt = options.chat
+        ? tokenizer.encode(
+            renderChat(tokenizer, [{ role: "user", content: options.prompt! }], true),
+            { special: false },
+          )
+        : tokenizer.encode(options.prompt!);
     }
   } catch (e) {
-    if (e instanceof TokenizerError) return fail(e.message, e.help ?? "check the tokenizer folder");
+    if (e instanceof TokenizerError || e instanceof TemplateError)
+      return fail(e.message, e.help ?? "check the tokenizer folder");
     throw e;
   }
   if (prompt.length === 0) return usage("the prompt has no tokens");

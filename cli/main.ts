@@ -172,6 +172,7 @@ function program(setCode: (code: number) => void): Command {
     .option("--weights <file>", "parameters by path (default: the block's `init`)")
     .option("--prompt <text>", "the text to continue (read with the model's tokenizer)")
     .option("--ids <ids>", "the prompt as token ids, in place of --prompt (`3,14,15`)")
+    .option("--chat", "send --prompt as a user message through the tokenizer's chat template")
     .option(
       "--tokenizer <folder>",
       "a Hugging Face tokenizer folder (default: the data's or init's)",

@@ -272,6 +272,32 @@ describe("lrkc generate", () => {
     expect(r.json!.text).toBe(tokenizer.decode(r.json!.tokens));
   });
 
+  it("--chat sends the prompt through the chat template, as a user message", () => {
+    const tokenizer = readTokenizer(join(fixtures, "llama"));
+    const r = lrkcGenerate([
+      generateProgram("llama"),
+      "--prompt",
+      "hello",
+      "--chat",
+      "--max-tokens",
+      "1",
+      "--device",
+      "cpu",
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.json!.prompt).toEqual(tokenizer.encode("<s>[INST] hello [/INST]", { special: false }));
+    const none = lrkcGenerate([
+      generateProgram("gpt2"),
+      "--prompt",
+      "hello",
+      "--chat",
+      "--device",
+      "cpu",
+    ]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/E0501[\s\S]*has no chat template/);
+  });
+
   it("seeded sampling draws the same tokens on the CPU interpreter and on WebGPU", () => {
     const program = generateProgram("llama");
     const run = (device: string) =>
