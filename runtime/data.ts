@@ -679,6 +679,18 @@ export function openTokenizer(path: string, baseDir: string): Tokenizer {
   }
 }
 
+/** A file's text as token ids (a leading byte-order mark dropped); problems as DataErrors. */
+function encodeFile(tokenizer: Tokenizer, raw: Uint8Array, path: string): number[] {
+  try {
+    return tokenizer.encode(new TextDecoder().decode(raw).replace(/^\uFEFF/, ""), {
+      special: false,
+    });
+  } catch (e) {
+    if (e instanceof TokenizerError) throw new DataError(`"${path}": ${e.message}`, e.help);
+    throw e;
+  }
+}
+
 const TEXT_HELP = 'for example: std.data.text("corpus.txt", context: 128, tokenizer: bytes)';
 
 export interface TextParams {
@@ -740,9 +752,7 @@ export function text(params: TextParams): TextSource {
       : openTokenizer(params.tokenizer, params.baseDir);
   const raw = readBytes(path, full);
   // With a tokenizer, the windows are of token ids (and the messages below count tokens).
-  const bytes: ArrayLike<number> = tokenizer
-    ? tokenizer.encode(new TextDecoder().decode(raw), { special: false })
-    : raw;
+  const bytes: ArrayLike<number> = tokenizer ? encodeFile(tokenizer, raw, path) : raw;
   const n = bytes.length;
   const unit = tokenizer ? "token" : "byte";
   if (n === 0) throw new DataError(`"${path}" is empty`, "text needs a file with some text in it");

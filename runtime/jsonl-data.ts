@@ -109,7 +109,10 @@ export function jsonl(params: JsonlParams): JsonlSource {
   checkInteger("context", context, 1, 2 ** 31 - 1, HELP);
   const tokenizer = openTokenizer(params.tokenizer, params.baseDir);
   const full = resolve(params.baseDir, path);
-  const lines = new TextDecoder().decode(readBytes(path, full)).split("\n");
+  const lines = new TextDecoder()
+    .decode(readBytes(path, full))
+    .replace(/^\uFEFF/, "")
+    .split("\n");
 
   const rows: { input: Int32Array; target: Int32Array }[] = [];
   let truncated = 0;

@@ -66,6 +66,24 @@ describe("std.data.text with a tokenizer", () => {
     expect([...batch.fields["target"]!.data]).toEqual(ids.slice(at + 1, at + 7));
   });
 
+  it("text the tokenizer cannot encode is an E0501 naming the file, not a crash", () => {
+    write("zoo.txt", "zoo ".repeat(40));
+    const r = spawnSync(
+      process.execPath,
+      [
+        lrkcBin,
+        "check",
+        write(
+          "zoo.lrk",
+          gpt2Text(`std.data.text("zoo.txt", context: 6, tokenizer: "${join(fixtures, "gpt2")}")`),
+        ),
+      ],
+      { encoding: "utf8" },
+    );
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/E0501[\s\S]*"zoo.txt": the tokenizer has no token for "z"/);
+  });
+
   it("a missing tokenizer folder is an E0501 at the declaration", () => {
     const { diagnostics } = gpt2Program(
       `std.data.text("corpus.txt", context: 6, tokenizer: "no-such-folder")`,
@@ -133,6 +151,18 @@ describe("std.data.jsonl", () => {
     expect(count).toBeGreaterThan(0);
     expect(count).toBeLessThan(target.length);
     expect(Math.abs(loss - sum / count)).toBeLessThan(1e-5 * Math.abs(sum / count));
+  });
+
+  it("a byte-order mark and CRLF line ends are read", () => {
+    write(
+      "bom.jsonl",
+      '\uFEFF{"prompt": "hello", "completion": " world"}\r\n{"prompt": "the", "completion": " cat"}\r\n',
+    );
+    const { run, diagnostics } = gpt2Program(
+      `std.data.jsonl("bom.jsonl", tokenizer: "${join(fixtures, "gpt2")}", context: 8)`,
+    );
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    expect(run!.data.trainSize + run!.data.validSize).toBe(2);
   });
 
   it("a malformed line is an E0501 with file:line", () => {
