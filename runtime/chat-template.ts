@@ -3,7 +3,7 @@
 // `messages`, `bos_token`, `eos_token`, `add_generation_prompt`; `raise_exception(msg)`).
 // Supported: text, {{ expr }}, {% for x in expr %}…{% endfor %} (with `loop.index`, `index0`,
 // `first`, `last`, `length`), {% if %}/{% elif %}/{% else %}/{% endif %}, {% set x = expr %},
-// {# comments #} and `-` whitespace control; expressions with literals, names, `.attr`,
+// {# comments #} and `-` whitespace control; expressions with literals, names, `.attr`, `a if c else b`,
 // `[index]`, `[a:b]` slices, `+ - * / % ~`, comparisons, `in`, `and or not`, `is [not]
 // defined|none|string`, and the filters trim, length, upper, lower. Anything else is a
 // TemplateError that names it, so a template is rendered exactly or not at all.
@@ -286,7 +286,14 @@ function evaluate(e: string, scope: Map<string, V>): V {
     }
     return v;
   }
-  const v = or();
+  // `a if condition else b` (both sides are evaluated: a template's branches have no effects).
+  let v = or();
+  if (peek() === "if") {
+    take();
+    const condition = or();
+    const otherwise = peek() === "else" ? (take(), or()) : undefined;
+    v = truthy(condition) ? v : otherwise;
+  }
   if (p < toks.length) return unsupportedName(toks.slice(p).join(" "));
   return v;
 }
@@ -353,5 +360,11 @@ export function renderChat(
     ["eos_token", tokenizer.eosToken ?? ""],
     ["add_generation_prompt", addGenerationPrompt],
   ]);
-  return render(nodes, scope);
+  try {
+    return render(nodes, scope);
+  } catch (e) {
+    if (e instanceof TemplateError) throw e;
+    // A value of the wrong kind met an operation (a filter on a missing field, …).
+    throw new TemplateError(`the chat template cannot be rendered: ${(e as Error).message}`);
+  }
 }

@@ -100,6 +100,22 @@ describe("chat templates (a Jinja subset, rendered as apply_chat_template does)"
     expect(renderChat(withTemplate(template), conversation)).toBe("U: hello\nA: hi\n");
   });
 
+  it("Llama 3's template: set, filters inside +, loop.index0, a conditional expression", async () => {
+    const { renderChat } = await import("../runtime/chat-template.js");
+    const llama3 =
+      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' if add_generation_prompt else '' }}";
+    expect(renderChat(withTemplate(llama3), [{ role: "user", content: " hello " }], true)).toBe(
+      "<s><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    );
+  });
+
+  it("a template that fails on the data is a TemplateError, not a crash", async () => {
+    const { renderChat, TemplateError } = await import("../runtime/chat-template.js");
+    expect(() =>
+      renderChat(withTemplate("{{ messages[0]['nothing'] | length }}"), conversation),
+    ).toThrow(TemplateError);
+  });
+
   it("refuses what it does not render, naming it", async () => {
     const { renderChat } = await import("../runtime/chat-template.js");
     expect(() =>
