@@ -129,3 +129,67 @@ describe("chat templates (a Jinja subset, rendered as apply_chat_template does)"
     );
   });
 });
+
+describe("Llama 3's tokenizer.json layout (Split regex, then ByteLevel without its regex)", () => {
+  const LLAMA3_SPLIT =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+  // Every byte's character (the id of a byte is the byte), then two words and two merges; `d'`
+  // would merge across "world's" if the regex did not split `'s` off.
+  const vocab: Record<string, number> = {};
+  const table = (() => {
+    const bs: number[] = [];
+    for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
+    for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
+    for (let b = 0xae; b <= 0xff; b++) bs.push(b);
+    const cs = [...bs];
+    let n = 0;
+    for (let b = 0; b < 256; b++)
+      if (!bs.includes(b)) {
+        bs.push(b);
+        cs.push(256 + n++);
+      }
+    return new Map(bs.map((b, i) => [b, String.fromCodePoint(cs[i]!)]));
+  })();
+  for (let b = 0; b < 256; b++) vocab[table.get(b)!] = b;
+  Object.assign(vocab, { Ġworld: 256, Hello: 257, He: 258 });
+  const json = (ignoreMerges: boolean) => ({
+    added_tokens: [],
+    normalizer: null,
+    pre_tokenizer: {
+      type: "Sequence",
+      pretokenizers: [
+        { type: "Split", pattern: { Regex: LLAMA3_SPLIT }, behavior: "Isolated", invert: false },
+        { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
+      ],
+    },
+    post_processor: null,
+    decoder: { type: "ByteLevel" },
+    model: {
+      type: "BPE",
+      vocab,
+      merges: [
+        ["H", "e"],
+        ["d", "'"],
+      ],
+      ignore_merges: ignoreMerges,
+    },
+  });
+
+  it("splits as Llama 3's regex does and, with ignore_merges, takes whole words from the vocab", () => {
+    const t = parseTokenizer(json(true));
+    expect(t.encode("Hello world")).toEqual([257, 256]);
+    expect(t.encode("world's 12345")).toEqual([
+      ..."world".split("").map((c) => c.charCodeAt(0)),
+      39,
+      115, // 's (its own piece)
+      32, // the space before the digits (\s+)
+      49,
+      50,
+      51,
+      52,
+      53, // \p{N}{1,3}: 123, 45 (no merges between them either way)
+    ]);
+    expect(t.decode(t.encode("Hello world's 12345"))).toBe("Hello world's 12345");
+    expect(parseTokenizer(json(false)).encode("Hello")).toEqual([258, 108, 108, 111]);
+  });
+});
