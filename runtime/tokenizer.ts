@@ -73,7 +73,8 @@ const BYTES = byteTable();
 const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 
 /** A pre-tokenizer: pieces of one piece, in order. */
-type PreTokenizer = (piece: string) => string[];
+/** `atStart`: the piece begins the text (Metaspace's prepend_scheme "first" needs to know). */
+type PreTokenizer = (piece: string, atStart: boolean) => string[];
 type Normalizer = (text: string) => string;
 type Decoder = (tokens: string[]) => string[];
 
@@ -157,7 +158,11 @@ function preTokenizer(p: Json | undefined): PreTokenizer {
   switch (p["type"]) {
     case "Sequence": {
       const parts = (p["pretokenizers"] as Json[]).map(preTokenizer);
-      return (s) => parts.reduce<string[]>((pieces, f) => pieces.flatMap(f), [s]);
+      return (s, atStart) =>
+        parts.reduce<string[]>(
+          (pieces, f) => pieces.flatMap((piece, i) => f(piece, atStart && i === 0)),
+          [s],
+        );
     }
     case "ByteLevel": {
       const prefix = p["add_prefix_space"] === true;
@@ -179,9 +184,10 @@ function preTokenizer(p: Json | undefined): PreTokenizer {
         p["prepend_scheme"] ?? (p["add_prefix_space"] === false ? "never" : "always"),
       );
       const split = p["split"] !== false;
-      return (s) => {
+      return (s, atStart) => {
         let t = s.replaceAll(" ", replacement);
-        if (scheme !== "never" && !t.startsWith(replacement)) t = replacement + t;
+        const prepend = scheme === "always" || (scheme === "first" && atStart);
+        if (prepend && !t.startsWith(replacement)) t = replacement + t;
         return split ? isolateBefore(t, replacement) : [t];
       };
     }
@@ -418,9 +424,9 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
   const bosToken = tokenName(cfg["bos_token"]);
   const eosToken = tokenName(cfg["eos_token"]);
 
-  const encodeText = (text: string): number[] => {
+  const encodeText = (text: string, atStart: boolean): number[] => {
     const ids: number[] = [];
-    for (const piece of preTokenize(normalize(text))) ids.push(...model.encode(piece));
+    for (const piece of preTokenize(normalize(text), atStart)) ids.push(...model.encode(piece));
     return ids;
   };
 
@@ -439,11 +445,11 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
       // Added tokens are matched first, anywhere; the text between them is encoded normally.
       const ids: number[] = [];
       const pieces = addedPattern ? isolate(text, addedPattern) : [text];
-      for (const piece of pieces) {
+      pieces.forEach((piece, i) => {
         const hit = addedIds.get(piece);
         if (hit !== undefined) ids.push(hit);
-        else ids.push(...encodeText(piece));
-      }
+        else ids.push(...encodeText(piece, i === 0));
+      });
       return options.special === false ? ids : [...wrap.before, ...ids, ...wrap.after];
     },
     decode(ids, options = {}) {

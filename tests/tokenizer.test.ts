@@ -193,3 +193,21 @@ describe("Llama 3's tokenizer.json layout (Split regex, then ByteLevel without i
     expect(parseTokenizer(json(false)).encode("Hello")).toEqual([258, 108, 108, 111]);
   });
 });
+
+describe("Metaspace (SentencePiece's pre-tokenizer in newer tokenizer.json files)", () => {
+  const vocab: Record<string, number> = { "<s>": 0, "▁": 1, a: 2, b: 3, "▁a": 4 };
+  const json = (scheme: string) => ({
+    added_tokens: [{ id: 0, content: "<s>", special: true }],
+    normalizer: null,
+    pre_tokenizer: { type: "Metaspace", replacement: "▁", prepend_scheme: scheme, split: true },
+    decoder: { type: "Metaspace", replacement: "▁", prepend_scheme: scheme, split: true },
+    model: { type: "BPE", vocab, merges: ["▁ a"] },
+  });
+
+  it('prepend_scheme "first" prefixes only the text\'s start; "always" every piece', () => {
+    expect(parseTokenizer(json("first")).encode("a b<s>a")).toEqual([4, 1, 3, 0, 2]);
+    expect(parseTokenizer(json("always")).encode("a b<s>a")).toEqual([4, 1, 3, 0, 4]);
+    expect(parseTokenizer(json("never")).encode("a")).toEqual([2]);
+    expect(parseTokenizer(json("first")).decode([4, 1, 3])).toBe("a b");
+  });
+});
