@@ -128,6 +128,10 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
         `${program.name} on ${on} (${run.evalSplit} split): held-out loss ${e.loss.toFixed(4)}${e.accuracy !== undefined ? `, exact-match accuracy ${(100 * e.accuracy).toFixed(1)}%` : ""} (${e.examples} examples)\n`,
       );
       if (shown) process.stdout.write(formatShown(shown));
+      if (shown?.length === 0)
+        process.stderr.write(
+          "note: --show prints token predictions: this block's data has no `input` tokens (or no full batch) to show\n",
+        );
     }
     return 0;
   } catch (e) {
