@@ -4,10 +4,9 @@
 // target: completion tokens, or the assistant turns of a conversation; every other position's
 // target is -1, which cross_entropy skips (it averages over the targets ≥ 0 only).
 //
-// An example is prompt ids (with the tokenizer's special tokens, Llama's `<s>`) followed by the
-// completion's ids and the end-of-sequence token (so the model learns to stop), cut into input =
+// An example is the ids of prompt + completion (with the tokenizer's special tokens, Llama's
+// `<s>`) and the end-of-sequence token (so the model learns to stop), cut into input =
 // ids[0..L-1] and target = ids[1..L], right-padded to `context` (input: eos or 0, target: -1).
-// The prompt and completion are tokenized separately so that the boundary between them is exact.
 // The last 10% of the examples (at least 1) are the valid split.
 import { resolve } from "node:path";
 import {
@@ -58,13 +57,16 @@ function tokensOf(record: unknown, tokenizer: Tokenizer): Tokens | string {
   if ("messages" in r) return conversation(r["messages"], tokenizer);
   if (typeof r["prompt"] !== "string" || typeof r["completion"] !== "string")
     return 'an example needs "prompt" and "completion" strings, or "messages"';
+  // The text is tokenized whole, as the model will read it (tokenizing the completion alone
+  // would add SentencePiece's word-start mark to it); the targets start where the ids stop
+  // agreeing with the prompt's own ids (at a token spanning the boundary, that token).
   const prompt = tokenizer.encode(r["prompt"]);
-  const completion = tokenizer.encode(r["completion"], { special: false });
-  if (tokenizer.eosId !== undefined) completion.push(tokenizer.eosId);
-  return {
-    ids: [...prompt, ...completion],
-    learn: [...prompt.map(() => false), ...completion.map(() => true)],
-  };
+  const ids = tokenizer.encode(r["prompt"] + r["completion"]);
+  let start = 0;
+  while (start < prompt.length && start < ids.length && prompt[start] === ids[start]) start++;
+  if (tokenizer.eosId !== undefined && ids[ids.length - 1] !== tokenizer.eosId)
+    ids.push(tokenizer.eosId);
+  return { ids, learn: ids.map((_, i) => i >= start) };
 }
 
 /**

@@ -125,6 +125,34 @@ describe("std.data.jsonl", () => {
     ]);
   });
 
+  it("prompt and completion are tokenized whole: no word-start mark is added to a Llama completion", async () => {
+    const { openDataSet } = await import("../runtime/data.js");
+    write("llama.jsonl", JSON.stringify({ prompt: "hello", completion: " world" }) + "\n");
+    const llama = readTokenizer(join(fixtures, "llama"));
+    const data = openDataSet(
+      {
+        source: "jsonl",
+        args: { path: "llama.jsonl", tokenizer: join(fixtures, "llama"), context: 16, seed: 0 },
+        vocab: 64,
+        fields: {},
+        help: "",
+        at: { file: new SourceFile(join(dir, "x.lrk"), "") } as never,
+      },
+      { baseDir: dir },
+    ) as JsonlSource;
+    const ids = [...llama.encode("hello world"), 2];
+    const prompt = llama.encode("hello");
+    expect(ids.slice(0, prompt.length)).toEqual(prompt);
+    // Tokenizing " world" alone would start with an extra "▁".
+    expect(llama.encode(" world", { special: false })).not.toEqual(ids.slice(prompt.length, -1));
+    const { input, target } = data.example("train", 0);
+    expect([...input.slice(0, ids.length - 1)]).toEqual(ids.slice(0, -1));
+    expect([...target.slice(0, ids.length - 1)]).toEqual([
+      ...prompt.slice(1).map(() => -1),
+      ...ids.slice(prompt.length),
+    ]);
+  });
+
   it("the loss is the mean cross-entropy over completion tokens only (a hand computation)", async () => {
     const { run } = gpt2Program(
       `std.data.jsonl("chat.jsonl", tokenizer: "${join(fixtures, "gpt2")}", context: 12)`,
