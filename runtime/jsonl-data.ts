@@ -71,7 +71,7 @@ function tokensOf(record: unknown, tokenizer: Tokenizer): Tokens | string {
 
 /**
  * A conversation rendered with the chat template: the text of messages [0, k] extends that of
- * [0, k-1], so each message's tokens are the difference; an assistant's are targets.
+ * [0, k-1], so each message's tokens are where the two differ; an assistant's are targets.
  */
 function conversation(messages: unknown, tokenizer: Tokenizer): Tokens | string {
   if (!Array.isArray(messages) || messages.length === 0)
@@ -86,7 +86,9 @@ function conversation(messages: unknown, tokenizer: Tokenizer): Tokens | string 
       return 'each message must be {"role": "…", "content": "…"} with string values';
   if (tokenizer.chatTemplate === undefined)
     return 'the tokenizer has no chat template (tokenizer_config.json\'s chat_template) for "messages"';
-  const ids: number[] = [];
+  // Each rendering is tokenized whole, as for prompt/completion: message k's tokens are those
+  // from the first id that differs from the rendering of messages [0, k-1].
+  let ids: number[] = [];
   const learn: boolean[] = [];
   let before = "";
   for (let k = 0; k < messages.length; k++) {
@@ -96,10 +98,13 @@ function conversation(messages: unknown, tokenizer: Tokenizer): Tokens | string 
     );
     if (!text.startsWith(before))
       return `the chat template renders message ${k + 1} by changing the text before it, so its tokens cannot be told apart`;
+    const all = tokenizer.encode(text, { special: false });
+    let start = 0;
+    while (start < ids.length && start < all.length && ids[start] === all[start]) start++;
     const role = (messages[k] as { role: string }).role;
-    const part = tokenizer.encode(text.slice(before.length), { special: false });
-    ids.push(...part);
-    learn.push(...part.map(() => role === "assistant"));
+    learn.length = start;
+    learn.push(...all.slice(start).map(() => role === "assistant"));
+    ids = all;
     before = text;
   }
   return { ids, learn };

@@ -230,14 +230,16 @@ describe("std.data.jsonl", () => {
       },
       { baseDir: dir },
     ) as JsonlSource;
+    const full = llama.encode("<s>[INST] hello [/INST] world </s>", { special: false });
     const user = llama.encode("<s>[INST] hello [/INST]", { special: false });
-    const assistant = llama.encode(" world </s>", { special: false });
+    let start = 0;
+    while (user[start] === full[start]) start++;
+    expect(start).toBeGreaterThan(1);
     const { input, target } = data.example("train", 0);
-    const ids = [...user, ...assistant];
-    expect([...input.slice(0, ids.length - 1)]).toEqual(ids.slice(0, -1));
-    expect([...target.slice(0, ids.length - 1)]).toEqual([
-      ...user.slice(1).map(() => -1),
-      ...assistant,
+    expect([...input.slice(0, full.length - 1)]).toEqual(full.slice(0, -1));
+    expect([...target.slice(0, full.length - 1)]).toEqual([
+      ...full.slice(1, start).map(() => -1),
+      ...full.slice(start),
     ]);
   });
 });
