@@ -11,6 +11,7 @@ import { loadInitAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
+import { formatShown, showExamples } from "./show.js";
 import { loadPlans } from "./target.js";
 import { devices, openDeviceOrDiagnostic, runOrDiagnostic } from "./train.js";
 
@@ -28,14 +29,18 @@ export interface EvalCommandOptions extends ReportOptions {
   autotune?: boolean;
   /** The adapters' values: a PEFT adapter folder or an adapters.safetensors (over --weights). */
   initAdapters?: string;
+  /** Held-out examples to print with the model's predictions beside their targets. */
+  show?: string;
 }
 
 export async function evalCommand(path: string, options: EvalCommandOptions): Promise<number> {
   const batch = options.batch === undefined ? undefined : Number(options.batch);
   const batches = options.batches === undefined ? 8 : Number(options.batches);
+  const show = options.show === undefined ? undefined : Number(options.show);
   for (const [flag, n] of [
     ["--batch", batch],
     ["--batches", batches],
+    ["--show", show],
   ] as const) {
     if (n !== undefined && (!Number.isInteger(n) || n <= 0)) {
       process.stderr.write(`error: ${flag} must be a positive integer\n`);
@@ -116,15 +121,27 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
         );
     }
     const e = await evaluate(run, device, store, 0, batches);
+    const shown = show ? await showExamples(run, device, store, show) : undefined;
     const on = options.data ?? "its eval data";
     if (options.json) {
-      const result = { data: on, loss: e.loss, accuracy: e.accuracy, examples: e.examples };
+      const result = {
+        data: on,
+        loss: e.loss,
+        accuracy: e.accuracy,
+        examples: e.examples,
+        ...(shown ? { shown } : {}),
+      };
       return report(diagnostics, options, { result });
     } else {
       report(diagnostics, options);
       process.stdout.write(
         `${program.name} on ${on} (${run.evalSplit} split): held-out loss ${e.loss.toFixed(4)}${e.accuracy !== undefined ? `, exact-match accuracy ${(100 * e.accuracy).toFixed(1)}%` : ""} (${e.examples} examples)\n`,
       );
+      if (shown) process.stdout.write(formatShown(shown));
+      if (shown?.length === 0)
+        process.stderr.write(
+          "note: --show prints token predictions: this block's data has no `input` tokens (or no full batch) to show\n",
+        );
     }
     return 0;
   } catch (e) {

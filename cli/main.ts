@@ -13,6 +13,7 @@ import { devicesCommand } from "./devices.js";
 import { fmtCommand } from "./fmt.js";
 import { evalCommand, type EvalCommandOptions } from "./eval.js";
 import { exportCommand, type ExportCommandOptions } from "./export.js";
+import { generateCommand, type GenerateCommandOptions } from "./generate.js";
 import { devices, trainCommand } from "./train.js";
 
 function program(setCode: (code: number) => void): Command {
@@ -161,6 +162,7 @@ function program(setCode: (code: number) => void): Command {
     )
     .option("--batch <n>", "override the batch size")
     .option("--batches <n>", "full batches to evaluate", "8")
+    .option("--show <n>", "print n held-out predictions beside their targets")
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
     .option("--no-autotune", "use default matmul parameters instead of timing candidates")
     .option("--json", "print the result (and diagnostics) as JSON on stdout")
@@ -192,6 +194,34 @@ function program(setCode: (code: number) => void): Command {
     )
     .action(async (input: string, opts: ExportCommandOptions) => {
       setCode(await exportCommand(input, opts));
+    });
+
+  cli
+    .command("generate")
+    .description("generate text from a train block's model (greedy at --temperature 0)")
+    .argument("<file>", "the .lrk program")
+    .option("--train <name>", "which train block, when the file has several")
+    .option("--weights <file>", "parameters by path (default: the block's `init`)")
+    .option("--prompt <text>", "the text to continue (read with the model's tokenizer)")
+    .option("--ids <ids>", "the prompt as token ids, in place of --prompt (`3,14,15`)")
+    .option("--chat", "send --prompt as a user message through the tokenizer's chat template")
+    .option(
+      "--tokenizer <folder>",
+      "a Hugging Face tokenizer folder (default: the data's or init's)",
+    )
+    .option("--max-tokens <n>", "tokens to generate at most", "32")
+    .option("--temperature <t>", "0 is greedy; higher is more random", "0")
+    .option("--top-p <p>", "sample from the smallest set of tokens with this probability", "1")
+    .option("--seed <n>", "seed of the draws", "0")
+    .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
+    .option("--no-autotune", "use default matmul parameters instead of timing candidates")
+    .option("--json", "print the result (and diagnostics) as JSON on stdout")
+    .addHelpText(
+      "after",
+      '\nExamples:\n  $ lrkc generate tune.lrk --weights runs/tune/final.safetensors --prompt "Once upon a time"\n  $ lrkc generate tune.lrk --ids 3,14,15,9 --max-tokens 8 --device cpu',
+    )
+    .action(async (file: string, opts: GenerateCommandOptions) => {
+      setCode(await generateCommand(file, opts));
     });
 
   cli

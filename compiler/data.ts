@@ -4,6 +4,7 @@
 // than `lrkc check` or `lrkc train` opens them.
 import type { DataSpec, FieldShape } from "./program.js";
 import { ARITHMETIC_ALPHABET, arithmeticSequenceLength } from "./program.js";
+import { tokenizerVocab } from "./tokenizer-vocab.js";
 import type { DataSet, Value } from "./values.js";
 
 export const arithmeticAlphabet = ARITHMETIC_ALPHABET;
@@ -11,10 +12,16 @@ export const arithmeticAlphabet = ARITHMETIC_ALPHABET;
 type PlainArgs = DataSpec["args"];
 
 interface SourceSpec {
-  params: { name: string; kind: "number" | "string" | "bool" | "name"; default?: Value }[];
-  vocab: (args: Map<string, Value>) => number;
+  /** `tokenizer`: a name (`bytes`) or a string (a Hugging Face tokenizer folder). */
+  params: {
+    name: string;
+    kind: "number" | "string" | "bool" | "name" | "tokenizer";
+    default?: Value;
+  }[];
+  /** The token count; `from` is the program file (paths are relative to it). */
+  vocab: (args: Map<string, Value>, from: string) => number | string;
   /** The batch fields at a batch size; a string is what is wrong with the arguments. */
-  fields: (args: PlainArgs, batch: number) => Record<string, FieldShape> | string;
+  fields: (args: PlainArgs, batch: number, from: string) => Record<string, FieldShape> | string;
   help: string;
 }
 
@@ -91,17 +98,48 @@ export const dataSources: Record<string, SourceSpec> = {
     params: [
       { name: "path", kind: "string" },
       { name: "context", kind: "number" },
-      { name: "tokenizer", kind: "name", default: { kind: "builtin", name: "bytes" } },
+      { name: "tokenizer", kind: "tokenizer", default: { kind: "builtin", name: "bytes" } },
     ],
-    vocab: () => 256,
-    fields: (args, batch) => {
+    vocab: (args, from) => textVocab(args.get("tokenizer"), from),
+    fields: (args, batch, from) => {
       const context = wholeNumber("context", args["context"], 1, 1 << 20);
-      return typeof context === "string" ? context : tokenFields(batch, context, 256);
+      if (typeof context === "string") return context;
+      const tokenizer = args["tokenizer"];
+      const vocab = typeof tokenizer === "string" ? tokenizerVocab(tokenizer, from) : 256;
+      return typeof vocab === "string" ? vocab : tokenFields(batch, context, vocab);
     },
     help: 'std.data.text("corpus.txt", context: 128, tokenizer: bytes)',
   },
+  /**
+   * Instruction data, one JSON object a line: `{"prompt", "completion"}` or `{"messages": […]}`,
+   * tokenized with a Hugging Face tokenizer; only completion (assistant) tokens are targets.
+   */
+  jsonl: {
+    params: [
+      { name: "path", kind: "string" },
+      { name: "tokenizer", kind: "string" },
+      { name: "context", kind: "number" },
+      { name: "seed", kind: "number", default: { kind: "number", value: 0, integer: true } },
+    ],
+    vocab: (args, from) => textVocab(args.get("tokenizer"), from),
+    fields: (args, batch, from) => {
+      const context = wholeNumber("context", args["context"], 1, 1 << 20);
+      if (typeof context === "string") return context;
+      const vocab = tokenizerVocab(String(args["tokenizer"]), from);
+      return typeof vocab === "string" ? vocab : tokenFields(batch, context, vocab);
+    },
+    help: 'std.data.jsonl("train.jsonl", tokenizer: "models/gpt2", context: 256)',
+  },
   tensors: tensorsSource(),
 };
+
+/** Token count of `tokenizer: bytes` (256) or of a tokenizer folder; a string is a problem. */
+function textVocab(tokenizer: Value | undefined, from: string): number | string {
+  if (tokenizer?.kind === "string") return tokenizerVocab(tokenizer.value, from);
+  if (tokenizer?.kind === "builtin" && tokenizer.name !== "bytes")
+    return `\`text\` has no tokenizer \`${tokenizer.name}\`: use \`bytes\` or the folder of a Hugging Face tokenizer (a string)`;
+  return 256;
+}
 
 /**
  * Rows of tensors in safetensors files as examples: `input` and `target` name the tensors (a `*`
@@ -173,7 +211,7 @@ export function dataSpec(
   const source = dataSources[name]!;
   const args: PlainArgs = {};
   for (const [key, value] of dataset.args) args[key] = plain(value);
-  const fields = source.fields(args, batch);
+  const fields = source.fields(args, batch, dataset.at.file.path);
   if (typeof fields === "string") return { problem: fields, help: `for example: ${source.help}` };
   return {
     source: name,

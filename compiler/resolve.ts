@@ -842,15 +842,20 @@ export class Resolver {
       }
       // `tokenizer: bytes` names a tokenizer rather than referring to a value.
       const value: Value =
-        param.kind === "name" && arg.value.kind === "NameExpr"
+        (param.kind === "name" || param.kind === "tokenizer") && arg.value.kind === "NameExpr"
           ? { kind: "builtin", name: arg.value.name }
           : this.evaluate(arg.value, scope, module);
-      const ok = param.kind === "name" ? value.kind === "builtin" : value.kind === param.kind;
+      const ok =
+        param.kind === "name"
+          ? value.kind === "builtin"
+          : param.kind === "tokenizer"
+            ? value.kind === "builtin" || value.kind === "string"
+            : value.kind === param.kind;
       if (!ok) {
         this.report(
           error(
             "E0402",
-            `\`${param.name}\` must be ${{ string: "a string", number: "a number", bool: "true or false", name: "a name" }[param.kind]}, not ${describeValue(value)}`,
+            `\`${param.name}\` must be ${{ string: "a string", number: "a number", bool: "true or false", name: "a name", tokenizer: "`bytes` or a tokenizer folder" }[param.kind]}, not ${describeValue(value)}`,
             this.at(module, arg.value),
           ),
         );
@@ -867,10 +872,13 @@ export class Resolver {
         );
       args.set(p.name, p.default);
     }
-    return {
-      kind: "dataset",
-      dataset: { source, args, vocab: spec.vocab(args), at: this.at(module, e) },
-    };
+    const at = this.at(module, e);
+    let vocab = spec.vocab(args, at.file.path);
+    if (typeof vocab === "string") {
+      this.report(error("E0501", vocab, at, { help: `for example: ${spec.help}` }));
+      vocab = 0;
+    }
+    return { kind: "dataset", dataset: { source, args, vocab, at } };
   }
 
   /** Built-ins that make sense on compile-time numbers; tensor built-ins are lowered elsewhere. */

@@ -19,6 +19,8 @@ import {
 export { arithmeticSequenceLength };
 import { mixSeed, Rng } from "./rng.js";
 import { openTensors, type TensorsSource } from "./tensor-data.js";
+import { jsonl, type JsonlSource } from "./jsonl-data.js";
+import { readTokenizer, TokenizerError, type Tokenizer } from "./tokenizer.js";
 
 /** A user-facing problem with a data set; reported at `at`, the declaration, once known. */
 export class DataError extends Error {
@@ -49,7 +51,7 @@ export interface Batch {
 }
 
 export interface DataSource {
-  readonly kind: "arithmetic" | "two_moons" | "text" | "tensors";
+  readonly kind: "arithmetic" | "two_moons" | "text" | "tensors" | "jsonl";
   /** Token count (arithmetic 16, text 256) or class count (two_moons 2). */
   readonly vocab: number;
   /** Examples in the train split (for `text`: possible window start offsets). */
@@ -108,9 +110,12 @@ export interface TextSource extends DataSource {
   /** Bytes [0, trainEnd) are train; valid is bytes [validStart, end of file). */
   readonly trainEnd: number;
   readonly validStart: number;
+  /** The Hugging Face tokenizer of `tokenizer: "folder"`; absent for bytes. */
+  readonly tokenizer?: Tokenizer;
 }
 
-export type OpenedSource = ArithmeticSource | TwoMoonsSource | TextSource | TensorsSource;
+export type OpenedSource =
+  ArithmeticSource | TwoMoonsSource | TextSource | TensorsSource | JsonlSource;
 
 export interface OpenOptions {
   /** Directory that `text` paths are relative to; default: the directory of `dataset.at.file`. */
@@ -152,10 +157,18 @@ export function openDataSet(spec: DataSpec, options: OpenOptions = {}): OpenedSo
         skipEmpty: args.bool("skip_empty"),
         seed: args.integer("seed"),
       });
+    case "jsonl":
+      return jsonl({
+        path: args.string("path"),
+        tokenizer: args.string("tokenizer"),
+        context: args.integer("context"),
+        seed: args.integer("seed"),
+        baseDir: options.baseDir ?? dirname(spec.at.file.path),
+      });
     default:
       throw new DataError(
         `\`std.data\` has no data source \`${spec.source}\``,
-        "the data sources are arithmetic, two_moons, text, tensors",
+        "the data sources are arithmetic, two_moons, text, tensors, jsonl",
       );
   }
 }
@@ -197,7 +210,7 @@ class Args {
   }
 }
 
-function checkInteger(name: string, value: number, min: number, max: number, help?: string) {
+export function checkInteger(name: string, value: number, min: number, max: number, help?: string) {
   if (!Number.isInteger(value) || value < min || value > max) {
     const range =
       max === Infinity ? `at least ${min}` : `from ${min} to ${max.toLocaleString("en-US")}`;
@@ -205,7 +218,7 @@ function checkInteger(name: string, value: number, min: number, max: number, hel
   }
 }
 
-function checkBatchArgs(index: number, batchSize: number): void {
+export function checkBatchArgs(index: number, batchSize: number): void {
   if (!Number.isInteger(index) || index < 0)
     throw new RangeError(`batch index must be a non-negative integer, not ${index}`);
   if (!Number.isInteger(batchSize) || batchSize < 1)
@@ -213,7 +226,7 @@ function checkBatchArgs(index: number, batchSize: number): void {
 }
 
 /** The in-order range of valid (or in-order train) batch `index`: [start, start + count). */
-function inOrder(split: Split, size: number, index: number, batchSize: number) {
+export function inOrder(split: Split, size: number, index: number, batchSize: number) {
   checkBatchArgs(index, batchSize);
   const start = index * batchSize;
   if (start >= size)
@@ -664,6 +677,28 @@ export function twoMoons(params: { n: number; noise: number; seed: number }): Tw
 // ---------------------------------------------------------------------------------------------
 // text
 
+/** A Hugging Face tokenizer folder (relative to `baseDir`), its problems as DataErrors. */
+export function openTokenizer(path: string, baseDir: string): Tokenizer {
+  try {
+    return readTokenizer(resolve(baseDir, path));
+  } catch (e) {
+    if (e instanceof TokenizerError) throw new DataError(e.message, e.help);
+    throw e;
+  }
+}
+
+/** A file's text as token ids (a leading byte-order mark dropped); problems as DataErrors. */
+function encodeFile(tokenizer: Tokenizer, raw: Uint8Array, path: string): number[] {
+  try {
+    return tokenizer.encode(new TextDecoder().decode(raw).replace(/^\uFEFF/, ""), {
+      special: false,
+    });
+  } catch (e) {
+    if (e instanceof TokenizerError) throw new DataError(`"${path}": ${e.message}`, e.help);
+    throw e;
+  }
+}
+
 const TEXT_HELP = 'for example: std.data.text("corpus.txt", context: 128, tokenizer: bytes)';
 
 export interface TextParams {
@@ -676,7 +711,7 @@ export interface TextParams {
   seed?: number;
 }
 
-function readBytes(path: string, full: string): Uint8Array {
+export function readBytes(path: string, full: string): Uint8Array {
   const fail = (e: unknown): never => {
     const code = (e as NodeJS.ErrnoException | undefined)?.code;
     if (code === "ENOENT" || code === "ENOTDIR")
@@ -716,21 +751,25 @@ function readBytes(path: string, full: string): Uint8Array {
  */
 export function text(params: TextParams): TextSource {
   const { path, context } = params;
-  const tokenizer = params.tokenizer ?? "bytes";
-  if (tokenizer !== "bytes")
-    throw new DataError(`\`text\` has no tokenizer \`${tokenizer}\``, "the tokenizer is `bytes`");
   if (path === "") throw new DataError("`path` is empty", TEXT_HELP);
   checkInteger("context", context, 1, 2 ** 31 - 1, TEXT_HELP);
   const full = resolve(params.baseDir, path);
-  const bytes = readBytes(path, full);
+  const tokenizer =
+    params.tokenizer === undefined || params.tokenizer === "bytes"
+      ? undefined
+      : openTokenizer(params.tokenizer, params.baseDir);
+  const raw = readBytes(path, full);
+  // With a tokenizer, the windows are of token ids (and the messages below count tokens).
+  const bytes: ArrayLike<number> = tokenizer ? encodeFile(tokenizer, raw, path) : raw;
   const n = bytes.length;
+  const unit = tokenizer ? "token" : "byte";
   if (n === 0) throw new DataError(`"${path}" is empty`, "text needs a file with some text in it");
   if (n < context + 1)
     throw new DataError(
-      `"${path}" has ${n} byte${n === 1 ? "" : "s"}, fewer than context + 1 = ${context + 1}`,
+      `"${path}" has ${n} ${unit}${n === 1 ? "" : "s"}, fewer than context + 1 = ${context + 1}`,
       n >= 2
         ? `use a context of at most ${n - 1}, or a longer file`
-        : "text needs a file of at least 2 bytes",
+        : `text needs a file of at least 2 ${unit}s`,
     );
 
   let trainEnd = Math.floor(0.9 * n);
@@ -740,8 +779,8 @@ export function text(params: TextParams): TextSource {
     trainEnd = n;
     validStart = n - (context + 1);
     note =
-      `"${path}" is short for context ${context}: its last 10% is under ${context + 1} bytes, ` +
-      `so train is the whole file and valid its last ${context + 1} bytes (they overlap)`;
+      `"${path}" is short for context ${context}: its last 10% is under ${context + 1} ${unit}s, ` +
+      `so train is the whole file and valid its last ${context + 1} ${unit}s (they overlap)`;
   }
   const trainWindows = trainEnd - context;
   const validWindows = Math.floor((n - validStart - 1) / context);
@@ -769,12 +808,13 @@ export function text(params: TextParams): TextSource {
 
   return {
     kind: "text",
-    vocab: 256,
+    vocab: tokenizer?.vocabSize ?? 256,
     trainSize: trainWindows,
     validSize: validWindows,
     ...(note !== undefined ? { note } : {}),
     context,
     path: full,
+    ...(tokenizer ? { tokenizer } : {}),
     trainEnd,
     validStart,
     fieldShapes: (batch) => ({

@@ -20,6 +20,7 @@ and the logits of its merge, computed here (tests/export.test.ts).
 import json
 import math
 import os
+import re
 import struct
 import sys
 
@@ -375,12 +376,287 @@ def write_gpt2_lora(config, weights):
     }, indent=None)
 
 
+# Tokenizers: tiny `tokenizer.json` files in Hugging Face's format, with the ids of a few strings
+# as HF's `tokenizers` would encode them. That package is not installed, so the encoders below
+# are written by hand from its semantics (GPT-2's bytes_to_unicode and pre-tokenizing regex,
+# BPE's lowest-rank-first merge loop; Llama's SentencePiece-BPE with byte fallback) and are
+# independent of runtime/tokenizer.ts. The merges are learnt from CORPUS by a plain BPE trainer,
+# so that the vocabularies fit the fixture models (64 tokens).
+
+import unicodedata
+
+CORPUS = (
+    "the cat sat on the mat. the dog sat on the log, and the cat saw the dog! "
+    "she said it's a dog's life; 10 cats and 12 dogs were there.\n"
+    "hello world, hello there. the rest is silence? well, we will see."
+)
+
+
+def bytes_to_unicode():
+    """GPT-2's table: printable bytes map to themselves, the others to chars from U+0100 up."""
+
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1))
+          + list(range(0xAE, 0xFF + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+BYTE_CHAR = bytes_to_unicode()
+
+
+def gpt2_pretokenize(text):
+    """GPT-2's regex, 's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+,
+    by hand (Python's `re` has no \\p{…})."""
+    kind = lambda c: ("L" if unicodedata.category(c)[0] == "L" else
+                      "N" if unicodedata.category(c)[0] == "N" else
+                      "S" if c.isspace() else "P")
+    out, i, n = [], 0, len(text)
+    while i < n:
+        for suffix in ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d"):
+            if text.startswith(suffix, i):
+                out.append(suffix)
+                i += len(suffix)
+                break
+        else:
+            start = i
+            j = i + 1 if text[i] == " " and i + 1 < n and kind(text[i + 1]) != "S" else i
+            k = kind(text[j])
+            if k in "LNP":
+                j += 1
+                while j < n and kind(text[j]) == k:
+                    j += 1
+                out.append(text[start:j])
+                i = j
+                continue
+            # Whitespace: a run, less its last char when a non-space follows (\\s+(?!\\S)).
+            j = i
+            while j < n and kind(text[j]) == "S":
+                j += 1
+            if j < n and j - i > 1:
+                j -= 1
+            out.append(text[i:j])
+            i = j
+    return out
+
+
+def bpe(symbols, ranks):
+    """The merge loop: merge the adjacent pair of lowest rank (every occurrence, left to right)."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        rank, _ = min(pairs)
+        if rank == 1 << 30:
+            break
+        a, b = [p for p in ranks if ranks[p] == rank][0]
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+                merged.append(a + b)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+def train_merges(words, count):
+    """Plain BPE training: the most frequent adjacent pair first (ties: the smallest pair)."""
+    words = [list(w) for w in words]
+    merges = []
+    for _ in range(count):
+        freq = {}
+        for w in words:
+            for pair in zip(w, w[1:]):
+                freq[pair] = freq.get(pair, 0) + 1
+        if not freq:
+            break
+        best = min(freq, key=lambda p: (-freq[p], p))
+        merges.append(best)
+        words = [bpe(w, {best: 0}) for w in words]
+    return merges
+
+
+def split_specials(text, specials):
+    """Text split around special tokens (HF matches added tokens before anything else)."""
+    parts, i = [], 0
+    while i < len(text):
+        hits = [(text.find(s, i), s) for s in specials if text.find(s, i) >= 0]
+        if not hits:
+            parts.append(text[i:])
+            break
+        at, s = min(hits)
+        if at > i:
+            parts.append(text[i:at])
+        parts.append((s,))
+        i = at + len(s)
+    return parts
+
+
+GPT2_STRINGS = [
+    "hello world",
+    "the cat sat on the mat.",
+    "it's a dog's life",
+    "  two  spaces   and trailing  ",
+    "lines\n\nof text\n",
+    "10 cats, 1234 dogs!",
+    "<|endoftext|>the end<|endoftext|>",
+    "",
+]
+
+
+def write_gpt2_tokenizer(folder):
+    specials = ["<|endoftext|>"]
+    base = " \n.,'!?;" + "abcdefghiklmnoprstuwxy" + "0123456789"
+    alphabet = sorted({BYTE_CHAR[b] for b in base.encode()})
+    words = [w.encode() for w in gpt2_pretokenize(CORPUS)]
+    words = ["".join(BYTE_CHAR[b] for b in w) for w in words]
+    merges = train_merges(words, GPT2_CONFIG["vocab_size"] - len(specials) - len(alphabet))
+    vocab = {s: i for i, s in enumerate(specials)}
+    for tok in alphabet + [a + b for a, b in merges]:
+        vocab.setdefault(tok, len(vocab))
+    assert len(vocab) == GPT2_CONFIG["vocab_size"], len(vocab)
+    ranks = {m: i for i, m in enumerate(merges)}
+
+    def encode(text):
+        ids = []
+        for part in split_specials(text, specials):
+            if isinstance(part, tuple):
+                ids.append(vocab[part[0]])
+                continue
+            for word in gpt2_pretokenize(part):
+                ids += [vocab[s] for s in bpe("".join(BYTE_CHAR[b] for b in word.encode()), ranks)]
+        return ids
+
+    write_json(os.path.join(folder, "tokenizer.json"), {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": False,
+                          "lstrip": False, "rstrip": False, "normalized": True, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                          "use_regex": True},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                           "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
+                  "byte_fallback": False, "ignore_merges": False, "vocab": vocab,
+                  "merges": [f"{a} {b}" for a, b in merges]},
+    })
+    write_json(os.path.join(folder, "vocab.json"), vocab, indent=None)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    write_json(os.path.join(folder, "tokenizer_config.json"), {
+        "tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "add_prefix_space": False,
+        "model_max_length": GPT2_CONFIG["n_positions"]})
+    write_json(os.path.join(folder, "tokenizer-reference.json"),
+               [{"text": t, "ids": encode(t)} for t in GPT2_STRINGS])
+
+
+LLAMA_STRINGS = [
+    "hello world",
+    "the cat sat on the mat.",
+    " leading space",
+    "café!",
+    "two\nlines?",
+    "",
+]
+
+
+def write_llama_tokenizer(folder):
+    specials = ["<unk>", "<s>", "</s>"]
+    # Byte-fallback tokens for the bytes of "\n", "!", "?" and "é" (C3 A9); other characters
+    # outside the vocabulary become <unk>.
+    byte_tokens = [f"<0x{b:02X}>" for b in (0x0A, 0x21, 0x3F, 0xA9, 0xC3)]
+    alphabet = sorted(set("▁abcdeghilmnorstwy.,'"))
+    normalized = "▁" + CORPUS.replace(" ", "▁")
+    # SentencePiece splits before each ▁, so no merge crosses a word boundary.
+    pieces = [p for p in re.split("(?=▁)", normalized.replace("\n", "")) if p]
+    merges = train_merges(pieces, LLAMA_CONFIG["vocab_size"] - 3 - len(byte_tokens) - len(alphabet))
+    vocab = {}
+    for tok in specials + byte_tokens + alphabet + [a + b for a, b in merges]:
+        vocab.setdefault(tok, len(vocab))
+    assert len(vocab) == LLAMA_CONFIG["vocab_size"], len(vocab)
+    ranks = {m: i for i, m in enumerate(merges)}
+
+    def encode(text):
+        if text == "":
+            return [1]
+        symbols = []
+        for c in "▁" + text.replace(" ", "▁"):
+            if c in vocab:
+                symbols.append(c)
+            elif all(f"<0x{b:02X}>" in vocab for b in c.encode()):
+                symbols += [f"<0x{b:02X}>" for b in c.encode()]
+            elif not symbols or symbols[-1] != "<unk>":  # fuse_unk
+                symbols.append("<unk>")
+        # Byte and unk tokens never merge: none of the merges names them.
+        return [1] + [vocab[s] for s in bpe(symbols, ranks)]
+
+    write_json(os.path.join(folder, "tokenizer.json"), {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}
+                         for i, s in enumerate(specials)],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": None,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "<s>", "type_id": 1}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>",
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]},
+    })
+    write_json(os.path.join(folder, "tokenizer_config.json"), {
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
+        "model_max_length": LLAMA_CONFIG["max_position_embeddings"],
+        # Llama 2's template, shortened (no system prompt).
+        "chat_template": (
+            "{% for message in messages %}{% if message['role'] == 'user' %}"
+            "{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}"
+            "{% elif message['role'] == 'assistant' %}"
+            "{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")})
+    write_json(os.path.join(folder, "tokenizer-reference.json"),
+               [{"text": t, "ids": encode(t)} for t in LLAMA_STRINGS])
+
+
 def main():
     g = torch.Generator().manual_seed(13)
     gpt2 = gpt2_weights(GPT2_CONFIG, g)
     write_variants("gpt2", GPT2_CONFIG, gpt2, gpt2_logits)
     write_variants("llama", LLAMA_CONFIG, llama_weights(LLAMA_CONFIG, g), llama_logits)
     write_gpt2_lora(GPT2_CONFIG, gpt2)
+
+
+    write_gpt2_tokenizer(os.path.join(ROOT, "gpt2"))
+    write_llama_tokenizer(os.path.join(ROOT, "llama"))
 
 
 if __name__ == "__main__":

@@ -480,8 +480,9 @@ describe("text", () => {
     expect(long.help).toMatch(/at most 19/);
     expectDataError(() => open({ path: "corpus.txt", context: 0 }), /`context` must be .*not 0/);
     expectDataError(
+      // A name other than `bytes` is refused while compiling; here it is a folder without one.
       () => open({ path: "corpus.txt", context: 8, tokenizer: { name: "bpe" } }),
-      /no tokenizer `bpe`/,
+      /cannot find tokenizer.json in "bpe"/,
     );
   });
 });
