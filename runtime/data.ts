@@ -506,7 +506,6 @@ export async function greedyAnswers(
 ): Promise<(string | null)[]> {
   const B = prompts.length;
   const T = source.sequenceLength - 1;
-  const V = source.vocab;
   const input = new Int32Array(B * T).fill(PAD);
   const len = new Int32Array(B);
   const out: (string | null)[] = new Array<string | null>(B).fill(null);
@@ -522,9 +521,11 @@ export async function greedyAnswers(
   const done = new Uint8Array(B);
   while (open > 0) {
     const y = await logits(input, B, T);
-    if (y.length !== B * T * V)
+    // a model's vocabulary may be larger than the alphabet's (a pretrained model on arithmetic)
+    const V = y.length / (B * T);
+    if (!Number.isInteger(V) || V < source.vocab)
       throw new RangeError(
-        `the logits have ${y.length} values, not batch·length·vocab = ${B}·${T}·${V}`,
+        `the logits have ${y.length} values, not batch·length·vocab = ${B}·${T}·(${source.vocab} or more)`,
       );
     for (let r = 0; r < B; r++) {
       if (done[r]) continue;
@@ -535,8 +536,9 @@ export async function greedyAnswers(
         out[r] = text[r]!;
         done[r] = 1;
         open--;
-      } else if (len[r] === T) {
-        done[r] = 1; // no room left and no `.`: unterminated, counts as wrong
+      } else if (len[r] === T || best >= source.vocab) {
+        // no room left and no `.` (unterminated), or a token outside the alphabet: wrong
+        done[r] = 1;
         open--;
       } else {
         text[r] += arithmeticAlphabet[best]!;

@@ -321,6 +321,20 @@ describe("arithmetic", () => {
     expect(await greedyAnswers(s, prompts.slice(0, 2), stop)).toEqual(["", ""]);
     expect(await greedyAnswers(s, prompts.slice(0, 2), never)).toEqual([null, null]);
     expect((await arithmeticAccuracy(s, stop, { limit: 10 })).total).toBe(10);
+    // a model whose vocabulary is larger than the alphabet's (a pretrained LM on arithmetic):
+    // the oracle's answers read the same, and a token outside the alphabet makes the answer wrong
+    const wide = 64;
+    const widened: LogitsFn = async (input, b, l) => {
+      const narrow = await oracle(input, b, l);
+      const out = new Float32Array(b * l * wide);
+      for (let i = 0; i < b * l; i++)
+        for (let v = 0; v < V; v++) out[i * wide + v] = narrow[i * V + v]!;
+      return out;
+    };
+    expect(await greedyAnswers(s, prompts, widened)).toEqual(answers);
+    const outside: LogitsFn = (_, b, l) =>
+      new Float32Array(b * l * wide).map((_, i) => (i % wide === 40 ? 1 : 0));
+    expect(await greedyAnswers(s, prompts.slice(0, 2), outside)).toEqual([null, null]);
     expect(exactMatch(["12", null, "3"], ["12", "4", "4"])).toEqual({
       correct: 1,
       total: 3,
