@@ -285,6 +285,57 @@ describe("lrkc export", () => {
     expect(maxRelDiff(await logits(tuned, store), want)).toBeLessThan(1e-6);
   }, 120_000);
 
+  it("the whole path: LoRA on JSONL (prompt masked) on WebGPU, then --merged and --peft give its logits", async () => {
+    // issue 13's path as a user runs it: instruction data, a LoRA fine-tune on the GPU, exports
+    const lines = [
+      ...Array.from({ length: 8 }, () => ({ prompt: "the cat", completion: " sat on the mat." })),
+      ...Array.from({ length: 8 }, () => ({ prompt: "hello", completion: " world" })),
+    ];
+    writeFileSync(join(dir, "tune.jsonl"), lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
+    const program = join(dir, "jsonl.lrk");
+    writeFileSync(
+      program,
+      gpt2Source(LORA_ONLY, 12).replace(
+        'std.data.arithmetic(ops: "-", digits: 3, negative: false)',
+        `std.data.jsonl("tune.jsonl", tokenizer: "${gpt2}", context: 12)`,
+      ),
+    );
+    const run = join(dir, "jsonl");
+    const t = lrkc("train", program, "--device", "webgpu", "--out", run);
+    expect(t.status, t.stderr).toBe(0);
+    const losses = readFileSync(join(run, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { loss?: number })
+      .flatMap((m) => (m.loss === undefined ? [] : [m.loss]));
+    expect(losses.length).toBeGreaterThanOrEqual(12);
+    expect(losses.at(-1)!).toBeLessThan(losses[0]!); // it learnt the completions
+    const tuned = compileRun(readFileSync(program, "utf8"), program);
+    const want = await logits(tuned, await fineTuned(tuned, join(run, "final.safetensors")));
+    const cpu = new CpuDevice({ float64: false });
+    // --merged: a plain GPT-2 from the folder is the fine-tuned model
+    const merged = join(dir, "jsonl-merged");
+    expect(lrkc("export", run, "--merged", merged).status).toBe(0);
+    const plain = compileRun(plainSource(merged), join(dir, "plain-jsonl.lrk"));
+    expect(
+      maxRelDiff(await logits(plain, await initialize(plain.program, cpu)), want),
+    ).toBeLessThan(1e-5);
+    // --peft: the folder loads back as the program's adapters to the same logits
+    const peft = join(dir, "jsonl-peft");
+    expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+    const store = await initialize(tuned.program, cpu);
+    const loaded = readPeftFolder(peft, tuned.program.params, (p) =>
+      JSON.parse(readFileSync(p, "utf8")),
+    );
+    for (const [name, tensor] of loaded.tensors) store.set(name, tensor);
+    expect(maxRelDiff(await logits(tuned, store), want)).toBeLessThan(1e-6);
+    // and the fine-tune moved the model away from the base
+    const base = compileRun(plainSource(gpt2), join(dir, "base-jsonl.lrk"));
+    expect(
+      maxRelDiff(await logits(base, await initialize(base.program, cpu)), want),
+    ).toBeGreaterThan(1e-3);
+  }, 240_000);
+
   it("--peft: short target_modules when the last names select exactly the adapted modules", () => {
     const { run } = trained("attn", "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)");
     const out = join(dir, "peft-attn");
