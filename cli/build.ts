@@ -30,6 +30,8 @@ export interface BuildOptions extends ReportOptions {
   device?: string;
   /** commander's negated `--no-autotune` */
   autotune?: boolean;
+  /** Store frozen tensors as f16 (compiler/half-storage.ts). */
+  frozenF16?: boolean;
 }
 
 export async function buildCommand(path: string, options: BuildOptions): Promise<number> {
@@ -55,7 +57,10 @@ export async function buildCommand(path: string, options: BuildOptions): Promise
     process.stdout.write(JSON.stringify(parsed.program, null, 2) + "\n");
     return 0;
   }
-  const { compiled, diagnostics } = compile(read.file, { train: options.train });
+  const { compiled, diagnostics } = compile(read.file, {
+    train: options.train,
+    ...(options.frozenF16 ? { frozenF16: true } : {}),
+  });
   const code = report(diagnostics, options);
   if (!compiled || code !== 0) return code || 1;
   try {

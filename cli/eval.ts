@@ -24,6 +24,8 @@ export interface EvalCommandOptions extends ReportOptions {
   batches?: string;
   /** commander's negated `--no-autotune` */
   autotune?: boolean;
+  /** Store frozen tensors as f16 (compiler/half-storage.ts). */
+  frozenF16?: boolean;
 }
 
 export async function evalCommand(path: string, options: EvalCommandOptions): Promise<number> {
@@ -48,6 +50,7 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     train: options.train,
     batch,
     evalData: options.data,
+    ...(options.frozenF16 ? { frozenF16: true } : {}),
   });
   if (!compiled) return report(diagnostics, options) || 1;
   const program = compiled.program;

@@ -71,6 +71,10 @@ function program(setCode: (code: number) => void): Command {
       "--no-autotune",
       "with --emit plan or wgsl: default matmul parameters (as `lrkc train --no-autotune`)",
     )
+    .option(
+      "--frozen-f16",
+      "store frozen weights as f16 (as `lrkc train --frozen-f16`): --emit memory and plan count 2 bytes each",
+    )
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",
@@ -114,6 +118,10 @@ function program(setCode: (code: number) => void): Command {
     .option("--init <file>", "start from these weights (safetensors) instead of the block's `init`")
     .option("--force", "replace the run the run folder holds (without it, training there refuses)")
     .option(
+      "--frozen-f16",
+      "store frozen weights as f16 on the device (half their memory; each value rounded once) where it has shader-f16",
+    )
+    .option(
       "--no-autotune",
       "use default matmul parameters instead of timing candidates (choices are cached in ~/.cache/lrk)",
     )
@@ -133,6 +141,7 @@ function program(setCode: (code: number) => void): Command {
           out?: string;
           init?: string;
           force?: boolean;
+          frozenF16?: boolean;
           json?: boolean;
         },
       ) => {
@@ -151,6 +160,10 @@ function program(setCode: (code: number) => void): Command {
     .option("--data <name>", "a `data` declaration of the file to evaluate on (its valid split)")
     .option("--batch <n>", "override the batch size")
     .option("--batches <n>", "full batches to evaluate", "8")
+    .option(
+      "--frozen-f16",
+      "store frozen weights as f16 on the device (half their memory; each value rounded once) where it has shader-f16",
+    )
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
     .option("--no-autotune", "use default matmul parameters instead of timing candidates")
     .option("--json", "print the result (and diagnostics) as JSON on stdout")

@@ -31,6 +31,8 @@ export interface TrainCommandOptions extends ReportOptions {
   autotune?: boolean;
   /** Replace the run the folder holds (a fresh run refuses to, without it). */
   force?: boolean;
+  /** Store frozen tensors as f16 (compiler/half-storage.ts). */
+  frozenF16?: boolean;
 }
 
 export const devices = deviceChoices;
@@ -152,6 +154,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     batch,
     steps,
     init,
+    ...(options.frozenF16 ? { frozenF16: true } : {}),
   });
   const code = report(diagnostics, options);
   if (!compiled || code !== 0) return code || 1;

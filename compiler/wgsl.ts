@@ -724,9 +724,13 @@ export class Emitter {
 /**
  * Which buffer nodes are stored packed, and with how many bits per element: integer values in
  * 2-, 4- or 8-bit two's complement fields of u32 words, element i in word i / (32 / bits) from
- * the low bits up (`packedBits` in compiler/program.ts).
+ * the low bits up (`packedBits` in compiler/program.ts); or 16: f16 floats (`shader-f16`), each
+ * converted to f32 as it is loaded (`storedWidth`).
  */
 export type PackedOf = (node: number) => number | undefined;
+
+/** The function converting an f16 element to f32 (declared by renderKernel where needed). */
+export const HALF_LOAD = "lrk_half";
 
 export class BindingTable {
   readonly entries: {
@@ -779,6 +783,8 @@ export class BindingTable {
     const array = this.name(node);
     const bits = this.packedOf(node);
     if (!bits) return `${array}[${flat}]`;
+    // a module-scope function (compiler/kernels/render.ts): an emitter's local may be named `f32`
+    if (bits === 16) return `${HALF_LOAD}(${array}[${flat}])`;
     const perWord = 32 / bits;
     const word = `${array}[u32(${flat}) / ${perWord}u]`;
     const field = `extractBits(bitcast<i32>(${word}), (u32(${flat}) % ${perWord}u) * ${bits}u, ${bits}u)`;
@@ -793,8 +799,10 @@ export class BindingTable {
         buffer: e.buffer,
         access: "read" as const,
         name: e.name,
-        type: e.packed ? "u32" : wgslType(e.dtype),
-        note: `%${e.node}${name ? ` ${name}` : ""}${e.packed ? ` (packed, ${e.packed} bits)` : ""}`,
+        type: e.packed === 16 ? "f16" : e.packed ? "u32" : wgslType(e.dtype),
+        note:
+          `%${e.node}${name ? ` ${name}` : ""}` +
+          (e.packed === 16 ? " (f16)" : e.packed ? ` (packed, ${e.packed} bits)` : ""),
       };
     });
   }
