@@ -5,6 +5,10 @@
 // values to f16 once (runtime/device.ts), so WebGPU is checked against it. Checked: the rounding
 // by hand, kernels reading f16 against the interpreter (tight enough that unrounded values fail),
 // a LoRA step, and the bytes of the plan, the device and `--emit memory`'s estimate.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
 import { planStep } from "../compiler/compile.js";
@@ -26,7 +30,7 @@ import { halfBits, halfValue, roundToHalf } from "../runtime/half.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { loraTinyLmProgram } from "./helpers.js";
+import { loraTinyLmProgram, lrkcBin } from "./helpers.js";
 import { expectTrainsAlike, loadOnGpu, prepare } from "./program-helpers.js";
 
 describe("f16 rounding", () => {
@@ -284,4 +288,47 @@ describe("a LoRA step with its frozen weights stored as f16", () => {
       device.destroy();
     }
   }, 120_000);
+});
+
+describe("lrkc train --frozen-f16", () => {
+  it("records the choice in run.json, resumes with it, and refuses to resume without it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-f16-"));
+    writeFileSync(join(dir, "lora.lrk"), loraTinyLmProgram("lora", 2));
+    const train = (...args: string[]) =>
+      spawnSync(process.execPath, [lrkcBin, "train", "lora.lrk", "--device", "cpu", ...args], {
+        cwd: dir,
+        encoding: "utf8",
+      });
+    const first = train("--frozen-f16", "--out", "run");
+    expect(first.status, first.stderr).toBe(0);
+    const record = JSON.parse(readFileSync(join(dir, "run", "run.json"), "utf8")) as {
+      frozen_f16?: boolean;
+      resume: string;
+    };
+    expect(record.frozen_f16).toBe(true);
+    expect(record.resume).toContain("--frozen-f16");
+    const without = train("--out", "run", "--resume");
+    expect(without.status).toBe(1);
+    expect(without.stderr).toContain("--frozen-f16 is on in the run, off now");
+  }, 60_000);
+
+  it("`lrkc build --emit memory` counts the frozen weights at 2 bytes, estimated and planned", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-f16-"));
+    writeFileSync(join(dir, "lora.lrk"), loraTinyLmProgram("lora", 2));
+    const bytes = (...args: string[]) => {
+      const r = spawnSync(
+        process.execPath,
+        [lrkcBin, "build", "lora.lrk", "--emit", "memory", ...args],
+        { cwd: dir, encoding: "utf8" },
+      );
+      expect(r.status, r.stderr).toBe(0);
+      const count = (label: string) =>
+        Number(new RegExp(`^${label} .* ([\\d,]+) B$`, "m").exec(r.stdout)![1]!.replace(/,/g, ""));
+      return { frozen: count("frozen weights"), parameters: count("parameters") };
+    };
+    const plain = bytes();
+    const half = bytes("--frozen-f16");
+    expect(half.frozen * 2).toBe(plain.frozen);
+    expect(plain.parameters - half.parameters).toBe(plain.frozen / 2);
+  }, 60_000);
 });
