@@ -290,6 +290,49 @@ describe("a LoRA step with its frozen weights stored as f16", () => {
   }, 120_000);
 });
 
+/** The tiny LM of loraTinyLmProgram with other adapters. */
+function adapted(rules: string, steps: number): SourceFile {
+  const text = loraTinyLmProgram("t", steps)
+    .replace("import std.adapters.{lora}", "import std.adapters.{lora, dora, pissa, relora}")
+    .replace("adapt blocks.*.attn.{q, v} with lora(rank: 4, alpha: 8)", rules);
+  return new SourceFile("adapted.lrk", text);
+}
+
+describe("f16 storage with other adapters", () => {
+  it("keeps a frozen weight that an action rewrites (ReLoRA's merge) in f32", () => {
+    const { run } = prepare(
+      adapted("adapt blocks.*.attn.{q, v} with relora(rank: 2, period: 2)", 4),
+      { frozenF16: true },
+    );
+    const step = run!.program.step;
+    const storage = (name: string) => step.inputs.find((i) => i.name === name)?.storage;
+    expect(storage("param:blocks.0.attn.q.weight")).toBeUndefined(); // merged into every 2 steps
+    expect(storage("param:blocks.0.attn.k.weight")).toBe("f16");
+  });
+
+  it("DoRA and PiSSA (a frozen residual the init program computes) train alike on WebGPU", async () => {
+    const device = await WebGpuDevice.open();
+    try {
+      if (!device.features.includes("shader-f16")) return;
+      const { run, diagnostics } = prepare(
+        adapted(
+          "adapt blocks.*.attn.{q, v} with dora(rank: 2)\n  adapt blocks.*.mlp.up with pissa(rank: 2)",
+          2,
+        ),
+        { frozenF16: true },
+      );
+      expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+      const step = run!.program.step;
+      expect(step.inputs.filter((i) => i.storage === "f16").map((i) => i.name)).toContain(
+        "buffer:blocks.0.mlp.up.pissa.residual",
+      );
+      await expectTrainsAlike(device, run!, 2, 1e-3);
+    } finally {
+      device.destroy();
+    }
+  }, 180_000);
+});
+
 describe("lrkc train --frozen-f16", () => {
   it("records the choice in run.json, resumes with it, and refuses to resume without it", () => {
     const dir = mkdtempSync(join(tmpdir(), "lrk-f16-"));
