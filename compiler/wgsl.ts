@@ -412,6 +412,9 @@ export interface EmitterOptions {
   loopZero?: string;
 }
 
+/** Names a kernel's locals must not take: the scalar types whose constructors convert values. */
+const WGSL_TYPE_NAMES = new Set(["f16", "f32", "i32", "u32"]);
+
 export class Emitter {
   lines: string[] = [];
   readonly helpers = new Set<string>();
@@ -426,7 +429,10 @@ export class Emitter {
   ) {}
 
   fresh(prefix: string): string {
-    return `${prefix}${this.counter++}`;
+    let name = `${prefix}${this.counter++}`;
+    // a local named like a WGSL type (`let f32 = …`) would shadow its conversion, `f32(x)`
+    while (WGSL_TYPE_NAMES.has(name)) name = `${prefix}${this.counter++}`;
+    return name;
   }
 
   /** `let <fresh> = expr;`, returning the name. */

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
 import { planStep } from "../compiler/compile.js";
 import { frozenInputs } from "../compiler/half-storage.js";
+import { Emitter } from "../compiler/wgsl.js";
 import { halfReads, matmulCandidates } from "../compiler/kernels/matmul.js";
 import { memoryReport } from "../compiler/memory.js";
 import {
@@ -53,6 +54,14 @@ describe("f16 rounding", () => {
       1000.5,
       -7,
     ]);
+  });
+
+  it("kernel locals never take a WGSL type's name (which would shadow its conversion)", () => {
+    const em = new Emitter(new Builder().graph, { isBuffer: () => true, load: (_, f) => f });
+    const names = Array.from({ length: 40 }, () => em.fresh("f"));
+    expect(names).not.toContain("f32");
+    expect(names).not.toContain("f16");
+    expect(new Set(names).size).toBe(40);
   });
 
   it("an f16 input takes 2 bytes an element, whole 4-byte words", () => {
