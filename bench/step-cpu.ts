@@ -4,6 +4,7 @@
 //
 //   npm run build && node dist/bench/step-cpu.js FILE [--train NAME] [--steps N] [--no-autotune]
 //                                                [--low-rank-max R]  (fuse LoRA branches up to rank R)
+//                                                [--frozen-f16]  (frozen weights stored as f16)
 //
 // The step is run as `lrkc train` runs it (bench/profile.ts does the same), twice to warm up
 // (lavapipe compiles at first dispatch), then N times (default 9); printed: the median CPU time of
@@ -28,7 +29,10 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 async function main(file: string): Promise<void> {
   const source = new SourceFile(file, readFileSync(file, "utf8"));
-  const { run, diagnostics } = compileRun(source, { train: option("--train") });
+  const { run, diagnostics } = compileRun(source, {
+    train: option("--train"),
+    ...(args.includes("--frozen-f16") ? { frozenF16: true } : {}),
+  });
   if (!run) {
     for (const d of diagnostics) process.stderr.write(`${d.code}: ${d.message}\n`);
     process.exit(1);

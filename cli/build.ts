@@ -1,10 +1,10 @@
 // `lrkc build FILE --emit …`: show what the compiler makes of a program.
 import { join } from "node:path";
-import { compile, planStep, type Compiled } from "../compiler/compile.js";
+import { compile, planStep, type Compiled, type PlanTarget } from "../compiler/compile.js";
 import { printGraph } from "../compiler/ir.js";
 import { formatBytes, memoryReport } from "../compiler/memory.js";
 import type { Placement, PlacedParam } from "../compiler/place.js";
-import type { Plan } from "../compiler/program.js";
+import type { GraphProgram, Plan } from "../compiler/program.js";
 import type { TrainSpec } from "../compiler/train.js";
 import { error, hasErrors } from "../language/diagnostics.js";
 import { selectorListText } from "../language/format.js";
@@ -30,6 +30,8 @@ export interface BuildOptions extends ReportOptions {
   device?: string;
   /** commander's negated `--no-autotune` */
   autotune?: boolean;
+  /** Store frozen tensors as f16 (compiler/half-storage.ts). */
+  frozenF16?: boolean;
 }
 
 export async function buildCommand(path: string, options: BuildOptions): Promise<number> {
@@ -55,7 +57,10 @@ export async function buildCommand(path: string, options: BuildOptions): Promise
     process.stdout.write(JSON.stringify(parsed.program, null, 2) + "\n");
     return 0;
   }
-  const { compiled, diagnostics } = compile(read.file, { train: options.train });
+  const { compiled, diagnostics } = compile(read.file, {
+    train: options.train,
+    ...(options.frozenF16 ? { frozenF16: true } : {}),
+  });
   const code = report(diagnostics, options);
   if (!compiled || code !== 0) return code || 1;
   try {
@@ -175,11 +180,21 @@ function writePlan(plan: Plan, out: string, target: string, options: BuildOption
   return 0;
 }
 
+const halfStored = (step: GraphProgram) => step.inputs.some((i) => i.storage === "f16");
+
+/**
+ * The target `--emit memory` plans for: the portable one, with `shader-f16` when frozen weights
+ * are stored as f16 (`--frozen-f16`), so that its planned buffers count them at 2 bytes.
+ */
+function memoryTarget(step: GraphProgram): PlanTarget {
+  return halfStored(step) ? { ...portableTarget, features: ["shader-f16"] } : portableTarget;
+}
+
 /** Peak bytes of the step's kernel plan for a portable WebGPU target (NaN: over its limits). */
 /** The fused step's plan for the portable target, or undefined when it is over WebGPU's limits. */
 function portablePlan({ program }: Compiled): Plan | undefined {
   try {
-    return planStep(program.step, portableTarget);
+    return planStep(program.step, memoryTarget(program.step));
   } catch (e) {
     if (failureDiagnostic(e)) return undefined;
     throw e;
@@ -234,7 +249,7 @@ function memoryTable(compiled: Compiled): string {
       line("full fine-tuning with AdamW (same)", m.fullAdamW),
       `this step needs ${((100 * m.total) / m.fullAdamW).toFixed(1)}% of full fine-tuning's memory, before fusion`,
       "",
-      "planned GPU buffers (the fused step, portable target; `--emit plan` lists them):",
+      `planned GPU buffers (the fused step, portable target${halfStored(compiled.program.step) ? " with shader-f16" : ""}; \`--emit plan\` lists them):`,
       ...planned.map(([label, n]) => line(label, n)),
       "-".repeat(width + 30),
       line("total", plan ? plan.peakBytes : NaN),

@@ -31,6 +31,8 @@ export interface EvalCommandOptions extends ReportOptions {
   initAdapters?: string;
   /** Held-out examples to print with the model's predictions beside their targets. */
   show?: string;
+  /** Store frozen tensors as f16 (compiler/half-storage.ts). */
+  frozenF16?: boolean;
 }
 
 export async function evalCommand(path: string, options: EvalCommandOptions): Promise<number> {
@@ -57,6 +59,7 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     train: options.train,
     batch,
     evalData: options.data,
+    ...(options.frozenF16 ? { frozenF16: true } : {}),
   });
   if (!compiled) return report(diagnostics, options) || 1;
   const program = compiled.program;

@@ -73,6 +73,10 @@ function program(setCode: (code: number) => void): Command {
       "--no-autotune",
       "with --emit plan or wgsl: default matmul parameters (as `lrkc train --no-autotune`)",
     )
+    .option(
+      "--frozen-f16",
+      "store frozen weights as f16 (as `lrkc train --frozen-f16`): --emit memory and plan count 2 bytes each",
+    )
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",
@@ -120,6 +124,10 @@ function program(setCode: (code: number) => void): Command {
     )
     .option("--force", "replace the run the run folder holds (without it, training there refuses)")
     .option(
+      "--frozen-f16",
+      "store frozen weights as f16 on the device (half their memory; each value rounded once) where it has shader-f16",
+    )
+    .option(
       "--no-autotune",
       "use default matmul parameters instead of timing candidates (choices are cached in ~/.cache/lrk)",
     )
@@ -140,6 +148,7 @@ function program(setCode: (code: number) => void): Command {
           init?: string;
           initAdapters?: string;
           force?: boolean;
+          frozenF16?: boolean;
           json?: boolean;
         },
       ) => {
@@ -163,6 +172,10 @@ function program(setCode: (code: number) => void): Command {
     .option("--batch <n>", "override the batch size")
     .option("--batches <n>", "full batches to evaluate", "8")
     .option("--show <n>", "print n held-out predictions beside their targets")
+    .option(
+      "--frozen-f16",
+      "store frozen weights as f16 on the device (half their memory; each value rounded once) where it has shader-f16",
+    )
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
     .option("--no-autotune", "use default matmul parameters instead of timing candidates")
     .option("--json", "print the result (and diagnostics) as JSON on stdout")

@@ -126,6 +126,13 @@ export async function loadPlans(
       throw e;
     }
   }
+  if (
+    !device.features.includes("shader-f16") &&
+    program.step.inputs.some((i) => i.storage === "f16")
+  )
+    (options.log ?? ((line) => process.stderr.write(`${line}\n`)))(
+      "note: this adapter has no shader-f16: frozen weights stay f32 on it (--frozen-f16 still rounds their values to f16)",
+    );
   // Untuned plans are checked first: tuning runs kernels on buffers of the program's sizes.
   let plans = options.untuned ?? (await untunedPlans(device, programs, options.lowRankMax));
   checkGpuMemory(device, programs, plans, options.log);

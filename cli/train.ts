@@ -34,6 +34,8 @@ export interface TrainCommandOptions extends ReportOptions {
   force?: boolean;
   /** The adapters' starting values: a PEFT adapter folder or an adapters.safetensors. */
   initAdapters?: string;
+  /** Store frozen tensors as f16 (compiler/half-storage.ts). */
+  frozenF16?: boolean;
 }
 
 export const devices = deviceChoices;
@@ -161,6 +163,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     batch,
     steps,
     init,
+    ...(options.frozenF16 ? { frozenF16: true } : {}),
   });
   const code = report(diagnostics, options);
   if (!compiled || code !== 0) return code || 1;
@@ -187,6 +190,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     device: options.device,
     init: program.init?.path ?? null,
     autotune: options.autotune !== false,
+    ...(options.frozenF16 ? { frozen_f16: true } : {}),
     resume: resumeCommand(path, options, dir),
   };
   let folder: RunFolder | undefined;
@@ -382,6 +386,7 @@ export function resumeCommand(path: string, options: TrainCommandOptions, dir: s
   if (options.init !== undefined) words.push("--init", options.init);
   words.push("--out", dir);
   if (options.autotune === false) words.push("--no-autotune");
+  if (options.frozenF16) words.push("--frozen-f16");
   words.push("--resume");
   return words.map(shellWord).join(" ");
 }
@@ -451,6 +456,10 @@ function runDifferences(recorded: RunRecord, asked: RunRecord): string[] {
       out.push(
         `${field} is ${JSON.stringify(recorded[field])} in the run, ${JSON.stringify(asked[field])} now`,
       );
+  // (a run recorded before the flag existed stored its frozen weights as f32)
+  const half = [recorded.frozen_f16 === true, asked.frozen_f16 === true];
+  if (half[0] !== half[1])
+    out.push(`--frozen-f16 is ${half[0] ? "on" : "off"} in the run, ${half[1] ? "on" : "off"} now`);
   return out;
 }
 

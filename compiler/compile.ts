@@ -16,6 +16,7 @@ import {
   type Plan,
   type PlanTarget,
 } from "./plan.js";
+import { storeFrozenAsF16, withoutHalfStorage } from "./half-storage.js";
 import type { GraphProgram, TrainProgram } from "./program.js";
 import { Resolver } from "./resolve.js";
 import { buildStep } from "./step.js";
@@ -29,6 +30,8 @@ export interface CompileOptions extends TrainOverrides {
   evalData?: string;
   /** The folder `std.x` imports are read from (default: this package's stdlib/). */
   stdlibDir?: string;
+  /** Store the step's frozen tensors as f16 (`--frozen-f16`, compiler/half-storage.ts). */
+  frozenF16?: boolean;
 }
 
 /** The compiled train block: the compiler's view (for reports) and the runtime's contract. */
@@ -60,7 +63,8 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
   if (!init) return done();
   const built = buildStep(resolver, spec, placement, settings.data.fields, init.buffers); // step graph
   if (!built) return done();
-  const step = hostScalars(built); //                                 step-only scalars → host f64
+  const scalars = hostScalars(built); //                              step-only scalars → host f64
+  const step = options.frozenF16 ? storeFrozenAsF16(scalars) : scalars; // frozen tensors as f16
   return done({ spec, placement, program: trainProgram(spec, placement, settings, init, step) });
 }
 
@@ -134,7 +138,9 @@ export function check(file: SourceFile): { compiled: Compiled[]; diagnostics: Di
  * made: `lrkc build --emit plan` and the device show and run what this returns for the same
  * target.
  */
-export function planStep(program: GraphProgram, target: PlanTarget): Plan {
+export function planStep(given: GraphProgram, target: PlanTarget): Plan {
+  // f16 storage needs `shader-f16`: without it the frozen tensors stay f32 (the CLI says so)
+  const program = target.features.includes("shader-f16") ? given : withoutHalfStorage(given);
   const fused = fuseEntries(program, target.limits, target.lowRankMax); //            kernel groups per entry
   const buffers = planBuffers(program, fused, target.limits); //   liveness, reuse, limits
   const kernels = emitKernels(program, fused, buffers, target); // WGSL per group

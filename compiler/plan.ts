@@ -37,7 +37,7 @@ import {
   type TensorNeed,
 } from "./memory-plan.js";
 import { inPlaceOutputs } from "./in-place.js";
-import { packedBits, storedBytes } from "./program.js";
+import { packedBits, storedBytes, storedWidth } from "./program.js";
 import type { Entry, GraphProgram, MatmulTemplate } from "./program.js";
 import { header, matmulFusionCode, sourceLines, type PackedOf } from "./wgsl.js";
 
@@ -70,7 +70,10 @@ export interface PlanTensor {
   buffer: number;
   shape: number[];
   dtype: DType;
-  /** Stored packed with this many bits per element (`packedBits` in program.ts). */
+  /**
+   * Stored with this many bits per element (`storedWidth` in program.ts): 2, 4 or 8 packed
+   * integers, or 16: f16 floats (the host converts f32 values at upload).
+   */
   packed?: number;
 }
 
@@ -291,7 +294,7 @@ export function emitKernels(
     target.matmulParams ??
     ((shape: MatmulShape) => planMatmulParams(shape, featureSet, target.adapter));
   const maxBindings = target.limits.maxStorageBuffersPerShaderStage ?? 8;
-  const packed = new Map(program.inputs.map((i) => [i.node, packedBits(i)]));
+  const packed = new Map(program.inputs.map((i) => [i.node, storedWidth(i)]));
   const packedOf: PackedOf = (node) => packed.get(node);
   const kernels: PlanKernel[] = [];
   const entries: Record<string, PlanEntry> = {};
@@ -379,7 +382,7 @@ export function assemblePlan(
       shape: [...i.shape],
       dtype: i.dtype,
       role: i.role as BufferRole,
-      ...(packedBits(i) ? { packed: packedBits(i) } : {}),
+      ...(storedWidth(i) ? { packed: storedWidth(i) } : {}),
     }));
   return {
     buffers: buffers.buffers,
@@ -414,8 +417,9 @@ export function groupKernels(
   const common = { graph, output: g.output, nodes: g.nodes, isBuffer, bufferOf, packedOf };
   // Packed buffers are read through an emitter's loads (BindingTable.load), which unpack them;
   // the matmul template's own operand loads and special kernels read 32-bit elements.
-  const direct = (node: number, what: string) => {
-    if (isBuffer(node) && packedOf(node))
+  // (The template reads an f16 operand through an f16 binding: `halfOk`.)
+  const direct = (node: number, what: string, halfOk = false) => {
+    if (isBuffer(node) && packedOf(node) && !(halfOk && packedOf(node) === 16))
       throw new Error(`plan: ${what} reads the packed buffer %${node} directly`);
   };
   switch (g.kind) {
@@ -430,8 +434,8 @@ export function groupKernels(
       if (!shape || !g.a || !g.b)
         return [contractionKernel({ ...common, anchor: g.anchor, epilogue: g.epilogue })];
       // Operands without a buffer are prologues, computed at each load.
-      direct(g.a.node, `the matmul %${g.anchor}`);
-      direct(g.b.node, `the matmul %${g.anchor}`);
+      direct(g.a.node, `the matmul %${g.anchor}`, true);
+      direct(g.b.node, `the matmul %${g.anchor}`, true);
       const prologue = {
         ...(isBuffer(g.a.node) ? {} : { a: g.a.node }),
         ...(isBuffer(g.b.node) ? {} : { b: g.b.node }),
@@ -456,11 +460,14 @@ export function groupKernels(
       const anyBuffer = bufA ?? bufB ?? fused?.epilogue.bindings[0]?.buffer;
       if (anyBuffer === undefined)
         throw new Error(`plan: the matmul %${g.anchor} reads no buffer at all`);
+      // an operand stored as f16 is read through an f16 binding (each load converted to f32)
+      const half = (node: number) => isBuffer(node) && packedOf(node) === 16;
       const kernel = matmulKernel(
         shape,
         chooseMatmul(shape),
         { a: bufA ?? anyBuffer, b: bufB ?? anyBuffer, out: bufferOf(g.output) },
         fused && { epilogue: fused.epilogue, prologue: fused.prologue },
+        { a: half(g.a.node), b: half(g.b.node) },
       );
       return [{ ...kernel, wgsl: `${header(graph, kernel.name, g.nodes)}\n${kernel.wgsl}` }];
     }

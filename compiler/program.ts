@@ -22,6 +22,12 @@ export interface ProgramInput {
   dtype: DType;
   /** Holds integers of this many bits (quantized values); stored packed (`packedBits`). */
   bits?: number;
+  /**
+   * Stored on the device as IEEE half floats (`shader-f16`; `--frozen-f16`, compiler/half-storage.ts):
+   * a frozen f32 tensor whose values are rounded to f16 once where it is fed (the interpreter
+   * models the rounding), read as f16 and computed with in f32.
+   */
+  storage?: "f16";
 }
 
 /**
@@ -35,9 +41,20 @@ export function packedBits(input: Pick<ProgramInput, "bits">): number | undefine
   return bits <= 2 ? 2 : bits <= 4 ? 4 : 8;
 }
 
-/** Bytes of an input's elements as a device stores them (packed or 4 each). */
-export function storedBytes(input: Pick<ProgramInput, "bits">, elements: number): number {
-  const width = packedBits(input);
+/**
+ * Bits per element of an input as a device stores it where it is not 32: 2, 4 or 8 (packed
+ * integers, `packedBits`) or 16 (an f16 float, `storage: "f16"`).
+ */
+export function storedWidth(input: Pick<ProgramInput, "bits" | "storage">): number | undefined {
+  return packedBits(input) ?? (input.storage === "f16" ? 16 : undefined);
+}
+
+/** Bytes of an input's elements as a device stores them (packed, 2 each as f16, or 4 each). */
+export function storedBytes(
+  input: Pick<ProgramInput, "bits" | "storage">,
+  elements: number,
+): number {
+  const width = storedWidth(input);
   return width ? 4 * Math.ceil((elements * width) / 32) : 4 * elements;
 }
 

@@ -412,6 +412,9 @@ export interface EmitterOptions {
   loopZero?: string;
 }
 
+/** Names a kernel's locals must not take: the scalar types whose constructors convert values. */
+const WGSL_TYPE_NAMES = new Set(["f16", "f32", "i32", "u32"]);
+
 export class Emitter {
   lines: string[] = [];
   readonly helpers = new Set<string>();
@@ -426,7 +429,10 @@ export class Emitter {
   ) {}
 
   fresh(prefix: string): string {
-    return `${prefix}${this.counter++}`;
+    let name = `${prefix}${this.counter++}`;
+    // a local named like a WGSL type (`let f32 = …`) would shadow its conversion, `f32(x)`
+    while (WGSL_TYPE_NAMES.has(name)) name = `${prefix}${this.counter++}`;
+    return name;
   }
 
   /** `let <fresh> = expr;`, returning the name. */
@@ -724,9 +730,13 @@ export class Emitter {
 /**
  * Which buffer nodes are stored packed, and with how many bits per element: integer values in
  * 2-, 4- or 8-bit two's complement fields of u32 words, element i in word i / (32 / bits) from
- * the low bits up (`packedBits` in compiler/program.ts).
+ * the low bits up (`packedBits` in compiler/program.ts); or 16: f16 floats (`shader-f16`), each
+ * converted to f32 as it is loaded (`storedWidth`).
  */
 export type PackedOf = (node: number) => number | undefined;
+
+/** The function converting an f16 element to f32 (declared by renderKernel where needed). */
+export const HALF_LOAD = "lrk_half";
 
 export class BindingTable {
   readonly entries: {
@@ -779,6 +789,8 @@ export class BindingTable {
     const array = this.name(node);
     const bits = this.packedOf(node);
     if (!bits) return `${array}[${flat}]`;
+    // a module-scope function (compiler/kernels/render.ts): an emitter's local may be named `f32`
+    if (bits === 16) return `${HALF_LOAD}(${array}[${flat}])`;
     const perWord = 32 / bits;
     const word = `${array}[u32(${flat}) / ${perWord}u]`;
     const field = `extractBits(bitcast<i32>(${word}), (u32(${flat}) % ${perWord}u) * ${bits}u, ${bits}u)`;
@@ -793,8 +805,10 @@ export class BindingTable {
         buffer: e.buffer,
         access: "read" as const,
         name: e.name,
-        type: e.packed ? "u32" : wgslType(e.dtype),
-        note: `%${e.node}${name ? ` ${name}` : ""}${e.packed ? ` (packed, ${e.packed} bits)` : ""}`,
+        type: e.packed === 16 ? "f16" : e.packed ? "u32" : wgslType(e.dtype),
+        note:
+          `%${e.node}${name ? ` ${name}` : ""}` +
+          (e.packed === 16 ? " (f16)" : e.packed ? ` (packed, ${e.packed} bits)` : ""),
       };
     });
   }

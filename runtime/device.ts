@@ -1,5 +1,6 @@
 // What the training loop needs from a device: run one entry of a graph on named inputs.
 // The CPU device is the reference interpreter; the WebGPU device executes compiled kernel plans.
+import { roundToHalf } from "./half.js";
 import { evaluate, IndexOutOfRange } from "./interpreter.js";
 import type { Entry, GraphProgram, Tensor } from "../compiler/program.js";
 
@@ -47,7 +48,7 @@ export class CpuDevice implements Device {
     const byNode = new Map<number, Tensor>();
     for (const input of program.inputs) {
       const value = feeds.get(input.name);
-      if (value) byNode.set(input.node, value);
+      if (value) byNode.set(input.node, input.storage === "f16" ? this.asHalf(value) : value);
     }
     let values: Map<number, Tensor>;
     try {
@@ -61,5 +62,21 @@ export class CpuDevice implements Device {
       throw e instanceof IndexOutOfRange ? e.atStep(feeds) : e;
     }
     return new Map(entry.outputs.map((o) => [o.name, values.get(o.node)!]));
+  }
+
+  private readonly halves = new WeakMap<Tensor, Tensor>();
+
+  /**
+   * A frozen tensor stored as f16 (compiler/half-storage.ts) as the WebGPU device holds it: its
+   * values rounded to f16 once (per tensor fed: tensors are immutable once fed).
+   */
+  private asHalf(t: Tensor): Tensor {
+    let half = this.halves.get(t);
+    if (!half) {
+      if (t.data instanceof Int32Array) return t;
+      half = { shape: t.shape, data: roundToHalf(t.data) };
+      this.halves.set(t, half);
+    }
+    return half;
   }
 }

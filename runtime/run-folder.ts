@@ -48,6 +48,8 @@ export interface RunRecord {
   /** The resolved `init` checkpoint, or null. */
   init: string | null;
   autotune: boolean;
+  /** `--frozen-f16`: frozen weights rounded to f16 (absent: off). */
+  frozen_f16?: boolean;
   /** The command line that continues this run (what a stopped run prints). */
   resume: string;
 }

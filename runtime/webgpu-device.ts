@@ -17,6 +17,7 @@ import { numel } from "../compiler/ir.js";
 import type { Entry, GraphProgram, Plan, Tensor } from "../compiler/program.js";
 import type { Device, RunOptions } from "./device.js";
 import { GpuWaiter, requestAdapter, requestDevice, summarize, type AdapterSummary } from "./gpu.js";
+import { toHalfBits } from "./half.js";
 import { IndexOutOfRange } from "./interpreter.js";
 
 /** A loaded plan: its buffers (made at load), and each entry's pipelines (made at first use). */
@@ -244,7 +245,8 @@ export class WebGpuDevice implements Device {
         throw new Error(`webgpu: the feed for "${name}" has ${count} values, needs ${n}`);
       const dst = loaded.buffers[input.buffer]!;
       if (this.contents.get(dst)?.deref() === t) continue;
-      // packed on the host (the tensor was synced by `run`): the buffer holds no Tensor's layout
+      // packed (or converted to f16) on the host (the tensor was synced by `run`): the buffer
+      // holds no Tensor's layout
       if (input.packed) {
         moves.push({ dst, t, dtype: input.dtype, bytes: 0, packed: input.packed });
         continue;
@@ -271,7 +273,7 @@ export class WebGpuDevice implements Device {
     }
     for (const m of moves) {
       if (m.packed) {
-        const words = packIntegers(m.t.data, m.packed);
+        const words = m.packed === 16 ? halfWords(m.t.data) : packIntegers(m.t.data, m.packed);
         this.device.queue.writeBuffer(m.dst, 0, words.buffer, 0, words.byteLength);
       } else if (m.src) {
         if (m.bytes > 0) encoder.copyBufferToBuffer(m.src, 0, m.dst, 0, m.bytes);
@@ -612,6 +614,18 @@ export class WebGpuDevice implements Device {
  * An output that stayed in its GPU buffer: its `data` is readable once the device's `sync` has
  * read it back. Feeding it to the device that made it needs no upload.
  */
+/**
+ * Values as f16 bits (an input stored as f16: `storage` in compiler/program.ts), padded to whole
+ * 4-byte words (what a buffer write takes).
+ */
+function halfWords(values: ArrayLike<number>): Uint16Array {
+  const bits = toHalfBits(values);
+  if (bits.length % 2 === 0) return bits;
+  const padded = new Uint16Array(bits.length + 1);
+  padded.set(bits);
+  return padded;
+}
+
 /**
  * Integers packed `bits` (2, 4 or 8) to a field, 32 / bits to a u32 word, element i in word
  * i / (32 / bits) from the low bits up, in two's complement: the layout kernels unpack

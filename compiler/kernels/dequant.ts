@@ -35,7 +35,8 @@ export function dequantOperand(
   const [rows, cols] = n.shape as [number, number];
   for (const [v, s] of [n.inputs, [...n.inputs].reverse()] as [number, number][]) {
     const bits = isBuffer(v) ? packedOf(v) : undefined;
-    if (!bits || graph.node(v).dtype !== "f32") continue;
+    // (16: f16 floats, not packed integers)
+    if (!bits || bits > 8 || graph.node(v).dtype !== "f32") continue;
     const scales = groupScales(graph, graph.node(s), rows, cols, isBuffer);
     if (scales && !packedOf(scales.node))
       return { values: v, scales: scales.node, bits, group: cols / scales.groups };

@@ -372,9 +372,11 @@ export function matmulKernel(
   p: MatmulParams,
   bindings: { a: number; b: number; out: number },
   fusion?: MatmulKernelFusion,
+  /** Operands stored as f16 (frozen tensors, `shader-f16`): bound as f16, loaded as f32. */
+  half: { a?: boolean; b?: boolean } = {},
 ): KernelSource {
   const epilogue = fusion?.epilogue;
-  const code = cachedMatmulCode(shape, p, fusion?.prologue, epilogue?.expression);
+  const code = cachedMatmulCode(shape, p, fusion?.prologue, epilogue?.expression, half);
   return renderKernel({
     ...code.spec,
     dispatch: [...code.spec.dispatch],
@@ -414,17 +416,32 @@ function cachedMatmulCode(
   p: MatmulParams,
   prologue: MatmulKernelFusion["prologue"],
   expression: string | undefined,
+  half: { a?: boolean; b?: boolean },
 ): MatmulCode {
-  const key = JSON.stringify([shape, p, prologue?.a, prologue?.b, prologue?.dequantB, expression]);
+  const key = JSON.stringify([
+    shape,
+    p,
+    prologue?.a,
+    prologue?.b,
+    prologue?.dequantB,
+    expression,
+    !!half.a,
+    !!half.b,
+  ]);
   let code = matmulCodes.get(key);
   if (code) matmulCodeCounts.reused++;
   else {
     matmulCodeCounts.generated++;
     if (matmulCodes.size >= MATMUL_CODES_KEPT) matmulCodes.clear();
-    code = matmulCode(shape, p, {
-      ...(prologue ? { prologue } : {}),
-      ...(expression !== undefined ? { epilogue: { expression } } : {}),
-    });
+    code = matmulCode(
+      shape,
+      p,
+      {
+        ...(prologue ? { prologue } : {}),
+        ...(expression !== undefined ? { epilogue: { expression } } : {}),
+      },
+      half,
+    );
     matmulCodes.set(key, code);
   }
   return code;
@@ -434,6 +451,7 @@ function matmulCode(
   shape: MatmulShape,
   p: MatmulParams,
   fusion: { prologue?: MatmulKernelFusion["prologue"]; epilogue?: { expression: string } },
+  half: { a?: boolean; b?: boolean },
 ): MatmulCode {
   const { batch, m, n, k } = shape;
   for (const [name, v] of Object.entries({ batch, m, n, k }))
@@ -554,12 +572,28 @@ function matmulCode(
 
   const sg = p.variant === "subgroup";
   const vec = (v: boolean) => (v ? "vec4<f32>" : "f32");
+  const stored = (v: boolean, f16?: boolean) => (f16 ? (v ? "vec4<f16>" : "f16") : vec(v));
+  let declarations = [functions, ...(entry.declarations ?? [])];
+  let body = entry.body;
+  for (const [side, isVec] of [
+    ["a", aVec],
+    ["b", bVec],
+  ] as const) {
+    if (!half[side]) continue;
+    const name = `mm_${side}`;
+    declarations = declarations.map((d) => halfReads(d, name));
+    body = body.map((l) => halfReads(l, name));
+    declarations.unshift(
+      `fn ${name}_load(i: u32) -> ${vec(isVec)} { return ${vec(isVec)}(${name}[i]); }`,
+    );
+  }
   const spec = {
     name: `matmul ${batch > 1 ? `${batch}x` : ""}${m}x${n}x${k} ${layout} (${describeMatmulParams(p)})`,
     header:
       `// matmul ${batch}x${m}x${n}x${k} ${layout}, ${describeMatmulParams(p)}: ` +
       `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}${proA ? " (prologue)" : ""}, ` +
       `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}` +
+      `${half.a ? ", A f16" : ""}${half.b ? ", B f16" : ""}` +
       (dequantB && (bMode === "packedK" || bMode === "packedN")
         ? `, packed ${dequantB.bits}-bit words along ${bMode === "packedK" ? "k" : "n"}, group ${dequantB.group}`
         : ""),
@@ -567,14 +601,41 @@ function matmulCode(
     // subgroup_size), which the uniformity analysis cannot prove.
     directives: sg ? ["enable subgroups;", "diagnostic(off, subgroup_uniformity);"] : [],
     buffers: [],
-    declarations: [functions, ...(entry.declarations ?? [])],
+    declarations,
     workgroupSize: [wgx, wgy, 1] as [number, number, number],
     builtins: entry.builtins,
-    body: entry.body,
+    body,
     dispatch,
     features: sg ? ["subgroups"] : [],
   };
-  return { spec, types: { a: vec(aVec), b: vec(bVec), out: vec(outVec) } };
+  return {
+    spec,
+    types: { a: stored(aVec, half.a), b: stored(bVec, half.b), out: vec(outVec) },
+  };
+}
+
+/**
+ * `text` with every element read of the binding `name` (`name[i]`) made a call of `name_load(i)`,
+ * which converts the f16 element (or vec4) read to f32: the template writes its reads for f32
+ * bindings, and an f16 operand differs only in these reads.
+ */
+export function halfReads(text: string, name: string): string {
+  const open = new RegExp(`\\b${name}\\[`, "g");
+  let out = "";
+  let from = 0;
+  for (let match = open.exec(text); match; match = open.exec(text)) {
+    let depth = 1;
+    let i = match.index + name.length + 1;
+    for (; i < text.length && depth > 0; i++)
+      if (text[i] === "[") depth++;
+      else if (text[i] === "]") depth--;
+    if (depth !== 0) throw new Error(`matmul: unbalanced read of ${name} in ${text}`);
+    const index = text.slice(match.index + name.length + 1, i - 1);
+    out += `${text.slice(from, match.index)}${name}_load(${halfReads(index, name)})`;
+    from = i;
+    open.lastIndex = i;
+  }
+  return out + text.slice(from);
 }
 
 function naiveBody(c: Ctx): Entry {

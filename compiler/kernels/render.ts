@@ -6,7 +6,7 @@
 //
 // Also here, the two pieces of WGSL several templates share: the opaque zero (`lrk_zero`) and
 // the tree reduction over workgroup memory (`workgroupReduce`).
-import { GATHER_FLAG, helperCode, literalHelpers } from "../wgsl.js";
+import { GATHER_FLAG, HALF_LOAD, helperCode, literalHelpers } from "../wgsl.js";
 import type { KernelBinding, KernelBuffer, ParamKernelSource } from "./types.js";
 
 /** The entry point's builtin inputs a template may ask for. */
@@ -174,13 +174,17 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
   const inputs = Object.entries(spec.builtins).map(
     ([name, b]) => `@builtin(${b}) ${name}: ${BUILTIN_TYPE[b]}`,
   );
+  // A binding of f16 values (a frozen tensor stored as f16) needs the extension and the feature.
+  const half = named.some((b) => /\bf16\b/.test(b.type));
   const wgsl = [
     spec.header ?? "",
+    ...(half ? ["enable f16;"] : []),
     ...(spec.directives ?? []),
     ...bindings,
     ...uniform,
     flag,
     zero,
+    half ? `fn ${HALF_LOAD}(x: f16) -> f32 { return f32(x); }` : "",
     ...declarations,
     `@compute @workgroup_size(${typeof wg === "number" ? wg : size.join(", ")})`,
     `fn main(${inputs.join(", ")}) {`,
@@ -197,7 +201,7 @@ export function renderKernel(spec: KernelSpec): ParamKernelSource {
     workgroupSize: size,
     dispatch: spec.dispatch,
     bindings: spec.buffers.map((b) => ({ buffer: b.buffer, access: b.access })),
-    features: [...(spec.features ?? [])],
+    features: [...(spec.features ?? []), ...(half ? ["shader-f16"] : [])],
     ...(uniforms.length ? { params } : {}),
     ...(usesFlag ? { gatherFlag: flagBinding } : {}),
   };
