@@ -1,16 +1,16 @@
 // matmul 32x128x128 NT (subgroup 4x16 wg 1x8 v4)
 // computes:
-//   %13 = permute [1,0] %12 : f32[128, 128]  // stdlib/nn.lrk:29
-//   %14 = matmul %11, %13 : f32[32, 128]  // stdlib/nn.lrk:29
-//   %16 = reshape %15 : f32[1, 128]  // stdlib/nn.lrk:29
-//   %17 = expand %16 : f32[32, 128]  // stdlib/nn.lrk:29
-//   %18 = add %14, %17 : f32[32, 128]  // stdlib/nn.lrk:29
+//   %13 = permute [1,0] %12 : f32[128, 128]  // stdlib/nn.lrk:31
+//   %14 = matmul %11, %13 : f32[32, 128]  // stdlib/nn.lrk:31
+//   %16 = reshape %15 : f32[1, 128]  // stdlib/nn.lrk:31
+//   %17 = expand %16 : f32[32, 128]  // stdlib/nn.lrk:31
+//   %18 = add %14, %17 : f32[32, 128]  // stdlib/nn.lrk:31
 //   %23 = permute [1,0] %22 : f32[4, 128]  // stdlib/adapters.lrk:39
 //   %24 = matmul %21, %23 : f32[32, 128]  // stdlib/adapters.lrk:39
 //   %26 = const 2 : f32[32, 128]  // stdlib/adapters.lrk:39
 //   %27 = mul %26, %24 : f32[32, 128]  // stdlib/adapters.lrk:39
 //   %28 = add %18, %27 : f32[32, 128]  // stdlib/adapters.lrk:39
-// from: stdlib/nn.lrk:29, stdlib/adapters.lrk:39
+// from: stdlib/nn.lrk:31, stdlib/adapters.lrk:39
 // matmul 1x32x128x128 NT, subgroup 4x16 wg 1x8 v4: A [b,m,k] vec4, B [b,n,k] vec4
 enable subgroups;
 diagnostic(off, subgroup_uniformity);
