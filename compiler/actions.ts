@@ -429,19 +429,7 @@ function assign(
   if (node !== undefined && s.op !== "=")
     return ctx.r.report(error("E0206", `use \`=\` to fill with an initializer`, at));
   if (node === undefined) {
-    const value =
-      s.op === "="
-        ? L.expr(s.value, frame)
-        : L.expr(
-            {
-              kind: "Binary",
-              op: s.op[0] as A.BinaryOp,
-              left: s.target,
-              right: { kind: "Paren", expr: s.value, span: s.value.span },
-              span: s.span,
-            },
-            frame,
-          );
+    const value = L.assigned(s, frame);
     if (value.kind !== "tensor" && value.kind !== "number")
       return ctx.r.report(
         error("E0402", `\`${param.path}\` needs a tensor, not ${describeValue(value)}`, at),

@@ -281,6 +281,14 @@ export class Lowerer {
   // ------------------------------------------------------------------------ expressions
 
   /** Evaluates an expression; the IR nodes it makes remember its .lrk file and line. */
+  /** The value an assignment stores: `value` for `=`, `target OP (value)` for `OP=`. */
+  assigned(s: A.Assign, frame: Frame): Value {
+    if (s.op === "=") return this.expr(s.value, frame);
+    const right: A.Expr = { kind: "Paren", expr: s.value, span: s.value.span };
+    const op = s.op[0] as A.BinaryOp;
+    return this.binary({ kind: "Binary", op, left: s.target, right, span: s.span }, frame);
+  }
+
   expr(e: A.Expr, frame: Frame): Value {
     const previous = this.b.source;
     this.b.source = {
@@ -949,20 +957,7 @@ export class Lowerer {
         if (s.target.kind !== "NameExpr")
           this.r.report(error("E0206", "only names can be assigned", this.at(frame, s.target)));
         const name = s.target.name;
-        let value = this.expr(s.value, frame);
-        if (s.op !== "=") {
-          const op = s.op[0] as A.BinaryOp;
-          value = this.binary(
-            {
-              kind: "Binary",
-              op,
-              left: s.target,
-              right: { kind: "Paren", expr: s.value, span: s.value.span },
-              span: s.span,
-            },
-            frame,
-          );
-        }
+        let value = this.assigned(s, frame);
         if (!frame.locals.has(name) || frame.readOnly?.has(name)) {
           this.r.report(
             error("E0206", `\`${name}\` cannot be assigned here`, this.at(frame, s.target), {

@@ -345,19 +345,7 @@ function assignBase(
         help: "adapt the module without quantizing it",
       }),
     );
-  const value =
-    s.op === "="
-      ? L.expr(s.value, frame)
-      : L.expr(
-          {
-            kind: "Binary",
-            op: s.op[0] as A.BinaryOp,
-            left: s.target,
-            right: { kind: "Paren", expr: s.value, span: s.value.span },
-            span: s.span,
-          },
-          frame,
-        );
+  const value = L.assigned(s, frame);
   if (value.kind !== "tensor" && value.kind !== "number")
     return ctx.r.report(
       error("E0402", `\`${param.path}\` needs a tensor, not ${describeValue(value)}`, at),
