@@ -104,8 +104,10 @@ export const dataSources: Record<string, SourceSpec> = {
     fields: (args, batch, from) => {
       const context = wholeNumber("context", args["context"], 1, 1 << 20);
       if (typeof context === "string") return context;
+      // `bytes` (the default) arrives as its name, as the runtime reads it (runtime/data.ts)
       const tokenizer = args["tokenizer"];
-      const vocab = typeof tokenizer === "string" ? tokenizerVocab(tokenizer, from) : 256;
+      const folder = typeof tokenizer === "string" && tokenizer !== "bytes";
+      const vocab = folder ? tokenizerVocab(tokenizer, from) : 256;
       return typeof vocab === "string" ? vocab : tokenFields(batch, context, vocab);
     },
     help: 'std.data.text("corpus.txt", context: 128, tokenizer: bytes)',
