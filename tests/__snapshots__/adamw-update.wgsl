@@ -1,4 +1,4 @@
-// map f32[128, 4] %167 %175 %218 %231 %239 %282
+// map f32[128, 4] %167 %175 %205 %218 %226 %256
 // computes:
 //   %152 = permute [1,0] %151 : f32[128, 4]  // stdlib/adapters.lrk:39
 //   %154 = permute [1,0] %153 : f32[4, 128]  // stdlib/adapters.lrk:39
@@ -21,56 +21,56 @@
 //   %189 = reshape %188 : f32[1, 1]  // stdlib/optim.lrk:54
 //   %190 = expand %189 : f32[4, 128]  // stdlib/optim.lrk:54
 //   %191 = div %175, %190 : f32[4, 128]  // stdlib/optim.lrk:54
-//   %205 = sqrt %191 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %207 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %208 = add %205, %207 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %209 = div %183, %208 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %211 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %212 = mul %211, %19 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %213 = add %209, %212 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %214 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
-//   %215 = reshape %214 : f32[1, 1]  // stdlib/optim.lrk:55
-//   %216 = expand %215 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %217 = mul %216, %213 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %218 = sub %19, %217 : f32[4, 128]
-//   %226 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %227 = mul %226, %222 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %229 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %230 = mul %229, %152 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %231 = add %227, %230 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %233 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %234 = mul %233, %224 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %236 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %237 = mul %236, %152 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %238 = mul %237, %152 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %239 = add %234, %238 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %244 = slice starts=[1] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:53
-//   %245 = reshape %244 : f32[1, 1]  // stdlib/optim.lrk:53
-//   %246 = expand %245 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %247 = div %231, %246 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %252 = slice starts=[2] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:54
-//   %253 = reshape %252 : f32[1, 1]  // stdlib/optim.lrk:54
-//   %254 = expand %253 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %255 = div %239, %254 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %269 = sqrt %255 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %271 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %272 = add %269, %271 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %273 = div %247, %272 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %275 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %276 = mul %275, %22 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %277 = add %273, %276 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %278 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
-//   %279 = reshape %278 : f32[1, 1]  // stdlib/optim.lrk:55
-//   %280 = expand %279 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %281 = mul %280, %277 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %282 = sub %22, %281 : f32[128, 4]
+//   %192 = sqrt %191 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %194 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %195 = add %192, %194 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %196 = div %183, %195 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %198 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %199 = mul %198, %19 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %200 = add %196, %199 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %201 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
+//   %202 = reshape %201 : f32[1, 1]  // stdlib/optim.lrk:55
+//   %203 = expand %202 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %204 = mul %203, %200 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %205 = sub %19, %204 : f32[4, 128]
+//   %213 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %214 = mul %213, %209 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %216 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %217 = mul %216, %152 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %218 = add %214, %217 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %220 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %221 = mul %220, %211 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %223 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %224 = mul %223, %152 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %225 = mul %224, %152 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %226 = add %221, %225 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %231 = slice starts=[1] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:53
+//   %232 = reshape %231 : f32[1, 1]  // stdlib/optim.lrk:53
+//   %233 = expand %232 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %234 = div %218, %233 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %239 = slice starts=[2] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:54
+//   %240 = reshape %239 : f32[1, 1]  // stdlib/optim.lrk:54
+//   %241 = expand %240 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %242 = div %226, %241 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %243 = sqrt %242 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %245 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %246 = add %243, %245 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %247 = div %234, %246 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %249 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %250 = mul %249, %22 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %251 = add %247, %250 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %252 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
+//   %253 = reshape %252 : f32[1, 1]  // stdlib/optim.lrk:55
+//   %254 = expand %253 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %255 = mul %254, %251 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %256 = sub %22, %255 : f32[128, 4]
 // from: stdlib/adapters.lrk:39, stdlib/optim.lrk:51, stdlib/optim.lrk:52, stdlib/optim.lrk:53, stdlib/optim.lrk:54, stdlib/optim.lrk:55
 @group(0) @binding(0) var<storage, read_write> out0: array<f32>;  // %167
 @group(0) @binding(1) var<storage, read_write> out1: array<f32>;  // %175
-@group(0) @binding(2) var<storage, read_write> out2: array<f32>;  // %218
-@group(0) @binding(3) var<storage, read_write> out3: array<f32>;  // %231
-@group(0) @binding(4) var<storage, read_write> out4: array<f32>;  // %239
-@group(0) @binding(5) var<storage, read_write> out5: array<f32>;  // %282
+@group(0) @binding(2) var<storage, read_write> out2: array<f32>;  // %205
+@group(0) @binding(3) var<storage, read_write> out3: array<f32>;  // %218
+@group(0) @binding(4) var<storage, read_write> out4: array<f32>;  // %226
+@group(0) @binding(5) var<storage, read_write> out5: array<f32>;  // %256
 @group(0) @binding(6) var<storage, read> in0: array<f32>;  // %153
 @group(0) @binding(7) var<storage, read> in1: array<f32>;  // %127 host_scalars
 @group(0) @binding(8) var<storage, read> in2: array<f32>;  // %151
