@@ -5,7 +5,7 @@ import { resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
 import { error } from "../language/diagnostics.js";
 import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
-import { evaluate, evaluationSkipped, initialize, initializeAdapters } from "../runtime/trainer.js";
+import { evaluate, evaluationSkipped, initializeWithWeights } from "../runtime/trainer.js";
 import type { Tensor } from "../compiler/program.js";
 import { loadInitAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
@@ -98,8 +98,7 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   try {
     await loadPlans(device, program, { autotune: options.autotune !== false });
     // the weights replace the block's `init`: no need to read that file too
-    const store = await initialize(program, device, {
-      fromInit: !weights,
+    const store = await initializeWithWeights(program, device, weights?.tensors, {
       data: run.data,
       adapters,
       onNote: (text) => {
@@ -107,12 +106,6 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
       },
     });
     if (weights) {
-      for (const [name, t] of weights.tensors) store.set(name, t);
-      // Quantized buffers and adapters are initialized from the model's weights: recompute them
-      // from the loaded ones (not the random ones `initialize` drew), then the file's adapters win.
-      await initializeAdapters(program, device, store, run.data);
-      for (const [name, t] of weights.tensors) store.set(name, t);
-      for (const [name, t] of adapters ?? []) store.set(name, t);
       const { missing, unused } = weights;
       if (unused.length > 0 && !options.json)
         process.stderr.write(

@@ -16,7 +16,7 @@ import { checkpointUses, loadCheckpoint } from "../runtime/checkpoint.js";
 import { CpuDevice } from "../runtime/device.js";
 import { PeftError, readPeftFolder, toPeft, type AdaptedModule } from "../runtime/peft.js";
 import { CheckpointError, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
-import { initialize, initializeAdapters } from "../runtime/trainer.js";
+import { initializeWithWeights } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -91,10 +91,9 @@ export async function exportCommand(input: string, options: ExportCommandOptions
     const device = new CpuDevice({ float64: false });
     // (the `init` folder is read only when the weights lack some of the model: a run's final
     // weights hold all of it, so the export works after the base folder moved)
-    const store = await initialize(program, device, { fromInit: weights.missing.length > 0 });
-    for (const [name, t] of weights.tensors) store.set(name, t);
-    await initializeAdapters(program, device, store);
-    for (const [name, t] of weights.tensors) store.set(name, t);
+    const store = await initializeWithWeights(program, device, weights.tensors, {
+      fromInit: weights.missing.length > 0,
+    });
     const merged = await device.run(merge.merge, merge.merge.entry, store);
     const out = new Map<string, Tensor>();
     for (const p of program.params)

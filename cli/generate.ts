@@ -17,7 +17,7 @@ import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtim
 import type { Device } from "../runtime/device.js";
 import { renderChat, TemplateError } from "../runtime/chat-template.js";
 import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
-import { initialize, initializeAdapters, type Run } from "../runtime/trainer.js";
+import { initializeWithWeights, type Run } from "../runtime/trainer.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -244,12 +244,9 @@ export async function generateCommand(
   if ("severity" in device) return report([device], options);
   try {
     await loadPlans(device, program, { autotune: options.autotune !== false });
-    const store = await initialize(program, device, { fromInit: !weights, data: run.data });
-    if (weights) {
-      for (const [name, t] of weights.tensors) store.set(name, t);
-      await initializeAdapters(program, device, store, run.data);
-      for (const [name, t] of weights.tensors) store.set(name, t);
-    }
+    const store = await initializeWithWeights(program, device, weights?.tensors, {
+      data: run.data,
+    });
     const eos = tokenizer?.eosId;
     const { tokens, stopped } = await generateTokens(device, program, store, prompt, sampling, eos);
     const text = tokenizer?.decode(tokens, { skipSpecial: true });

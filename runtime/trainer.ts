@@ -157,6 +157,30 @@ async function runInto(
 }
 
 /**
+ * A store for running a program with a weights file (`--weights`, an export): `initialize`
+ * (reading `init` only where `fromInit`, by default when there are no weights), the file's tensors
+ * over it, the quantizers' and adapters' buffers recomputed from those (not from the values
+ * `initialize` drew), then the file's tensors and `adapters` again: they win over recomputed ones.
+ */
+export async function initializeWithWeights(
+  program: TrainProgram,
+  device: Device,
+  weights: ReadonlyMap<string, Tensor> | undefined,
+  options: Parameters<typeof initialize>[2] = {},
+): Promise<Map<string, Tensor>> {
+  const store = await initialize(program, device, {
+    ...options,
+    fromInit: options.fromInit ?? !weights,
+  });
+  if (!weights) return store;
+  for (const [name, t] of weights) store.set(name, t);
+  await initializeAdapters(program, device, store, options.data);
+  for (const [name, t] of weights) store.set(name, t);
+  for (const [name, t] of options.adapters ?? []) store.set(name, t);
+  return store;
+}
+
+/**
  * Initial parameters and states: the model's from its initializers (or from the `init`
  * checkpoint, unless `fromInit` is false), the quantizers' and adapters' buffers computed from
  * those, then the adapters' parameters and the optimizer states. `data` is the training data the
