@@ -436,17 +436,7 @@ function assign(
       );
     node = L.asNode(value, frame, s.value);
   }
-  const have = ctx.b.shape(node);
-  if (!(have.length === param.shape.length && have.every((d, i) => d === param.shape[i]))) {
-    try {
-      node = ctx.b.broadcastTo(node, param.shape);
-    } catch {
-      return L.fail(
-        at,
-        `\`${param.path}\` is f32[${param.shape.join(", ")}] but the new value is f32[${have.join(", ")}]`,
-      );
-    }
-  }
+  node = L.fitTo(node, param.shape, at, param.path);
   assigned.params.set(param.path, { param, node });
   return true;
 }

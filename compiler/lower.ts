@@ -180,6 +180,23 @@ export class Lowerer {
     return this.r.report(error("E0401", message, at, extra));
   }
 
+  /**
+   * `node` broadcast to the shape of the stored tensor `name` it is assigned to (a parameter or
+   * state keeps its shape), or E0401 at `at`.
+   */
+  fitTo(node: number, shape: Shape, at: Location, name: string): number {
+    const have = this.b.shape(node);
+    if (sameShape(have, shape)) return node;
+    try {
+      return this.b.broadcastTo(node, shape);
+    } catch {
+      return this.fail(
+        at,
+        `\`${name}\` is ${shapeText(shape)} but the new value is ${shapeText(have)}`,
+      );
+    }
+  }
+
   at(frame: Frame, node: { span: A.Program["span"] }): Location {
     return { file: frame.module.file, span: node.span };
   }

@@ -351,17 +351,7 @@ function assignBase(
       error("E0402", `\`${param.path}\` needs a tensor, not ${describeValue(value)}`, at),
     );
   let node = L.asNode(value, frame, s.value);
-  const have = ctx.b.shape(node);
-  if (!(have.length === param.shape.length && have.every((d, i) => d === param.shape[i]))) {
-    try {
-      node = ctx.b.broadcastTo(node, param.shape);
-    } catch {
-      return L.fail(
-        at,
-        `\`${param.path}\` is f32[${param.shape.join(", ")}] but the new value is f32[${have.join(", ")}]`,
-      );
-    }
-  }
+  node = L.fitTo(node, param.shape, at, param.path);
   baseValues.set(param, node);
   // members read after this (`adapter.merged`) are computed again, from the new value
   L.memberKey = `:update:${call.prefix}:${param.path}:${baseValues.size}:${s.span.start}`;
