@@ -5,6 +5,7 @@ import {
   accessSync,
   closeSync,
   constants,
+  existsSync,
   fchmodSync,
   fsyncSync,
   mkdirSync,
@@ -15,7 +16,7 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
-import { basename, dirname, isAbsolute, join } from "node:path";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 
 /**
  * Replaces `path` with `data` atomically, keeping an existing file's permission bits (a new file
@@ -60,9 +61,10 @@ export function writeFileAtomic(
 }
 
 /**
- * `mkdir -p`. Node's recursive mkdirSync loops forever on a relative path of two or more parts
- * when the working directory was deleted (it climbs to "." and retries), so that case throws
- * ENOENT first.
+ * `mkdir -p`, one folder at a time from the nearest one that exists. Node's recursive mkdirSync
+ * loops forever where mkdir says ENOENT under a parent that exists (`/proc/x`: it climbs and
+ * retries), and on a relative path of two or more parts when the working directory was deleted
+ * (it climbs to "."), so that case throws ENOENT first.
  */
 export function makeFolder(path: string): void {
   if (!isAbsolute(path)) {
@@ -77,7 +79,21 @@ export function makeFolder(path: string): void {
       });
     }
   }
-  mkdirSync(path, { recursive: true });
+  const missing: string[] = [];
+  let folder = resolve(path);
+  while (!existsSync(folder) && dirname(folder) !== folder) {
+    missing.push(folder);
+    folder = dirname(folder);
+  }
+  // nothing missing: a folder is done, anything else is EEXIST from mkdir, as `mkdir -p` says
+  if (missing.length === 0 && !statSync(folder).isDirectory()) mkdirSync(folder);
+  for (const dir of missing.reverse()) {
+    try {
+      mkdirSync(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e; // made meanwhile: fine
+    }
+  }
 }
 
 /** The file to replace (a link's target) and its permission bits, if it exists. */

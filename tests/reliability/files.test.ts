@@ -302,6 +302,27 @@ describe("a deleted working directory", () => {
     );
   });
 
+  it("reports --out under a folder where mkdir says ENOENT (/proc) instead of hanging in mkdir", () => {
+    // Node's recursive mkdirSync climbs and retries forever there
+    const r = run(
+      [
+        "build",
+        join(root, "examples", "mlp.lrk"),
+        "--emit",
+        "plan",
+        "--device",
+        "portable",
+        "--out",
+        "/proc/lrk-out/sub",
+      ],
+      root,
+      20_000,
+    );
+    expect(r.signal, "lrkc hung").toBeNull();
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain("error[E0003]: cannot write `/proc/lrk-out/sub`");
+  });
+
   it("checks a program with imports given by absolute path", () => {
     const dir = tempDir();
     writeFileSync(join(dir, "lib.lrk"), "const x = 1\n");
