@@ -26,6 +26,26 @@ import numpy as np
 import torch
 
 
+def blas_library():
+    """The BLAS this process loaded, from its memory map: Debian's torch calls whatever
+    libblas.so.3 points at, and the reference BLAS (package libblas3, the default when no
+    optimized one is installed) makes its matmuls ~15x slower than OpenBLAS."""
+    torch.ones(8, 8) @ torch.ones(8, 8)
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "blas" in line.lower() and "/" in line}
+    except OSError:
+        return "unknown"
+    names = sorted(os.path.realpath(p) for p in paths)
+    if any("openblas" in n for n in names):
+        return "OpenBLAS"
+    if any("mkl" in n for n in names):
+        return "MKL"
+    if any("/blas/libblas" in n for n in names):
+        return "reference BLAS"
+    return ", ".join(os.path.basename(n) for n in names) or "none found"
+
+
 def main(folder):
     # as many threads as this process may run on (lavapipe's workers use them all too); this
     # torch build's OpenMP otherwise starts with 1 here
@@ -131,6 +151,7 @@ def main(folder):
                 "losses": losses,
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
+                "blas": blas_library(),
             }
         ),
         flush=True,

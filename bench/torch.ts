@@ -24,6 +24,8 @@ export interface TorchSession {
   python: string;
   torch: string;
   threads: number;
+  /** The BLAS torch's matmuls run on ("OpenBLAS", "MKL", "reference BLAS", …). */
+  blas: string;
   /** The losses of the first `check` steps. */
   losses: number[];
   /** Runs the step of batch i (optimizer step i + 1); resolves to its milliseconds. */
@@ -64,7 +66,12 @@ export async function startTorch(options: {
       if (r.done) throw new Error(`${python} ${options.script} ended:\n${stderr}`);
       return r.value;
     };
-    const first = JSON.parse(await next()) as { losses: number[]; threads: number; torch: string };
+    const first = JSON.parse(await next()) as {
+      losses: number[];
+      threads: number;
+      torch: string;
+      blas: string;
+    };
     return {
       python,
       ...first,

@@ -317,8 +317,13 @@ async function main(): Promise<void> {
   if (torch) {
     const diff = Math.max(...torch.losses.map((l, i) => Math.abs(l - losses[i]![0]) / Math.abs(l)));
     console.log(
-      `PyTorch ${torch.torch} (${torch.python}, ${torch.threads} threads), losses steps 1..${CHECK_STEPS}: ${torch.losses.map((l) => l.toFixed(6)).join(", ")} (differ from lrk's by ${diff.toExponential(2)} relative)`,
+      `PyTorch ${torch.torch} (${torch.python}, ${torch.threads} threads, ${torch.blas}), losses steps 1..${CHECK_STEPS}: ${torch.losses.map((l) => l.toFixed(6)).join(", ")} (differ from lrk's by ${diff.toExponential(2)} relative)`,
     );
+    if (torch.blas === "reference BLAS")
+      console.log(
+        "  warning: this torch runs on the reference BLAS (libblas3), ~15× slower than an optimized one; " +
+          "install one (Debian: apt-get install libopenblas0-pthread) for a fair PyTorch column",
+      );
     if (!(diff <= LOSS_TOLERANCE)) {
       torch.close();
       throw new Error(
