@@ -105,7 +105,7 @@ export function lowerActions(ctx: ActionContext): ActionSchedule[] | undefined {
         node: p.node,
       })),
       ...[...assigned.states].map(([name, node]) => ({ name: `state:${name}`, node })),
-    ].map((o) => ({ ...o, node: ownValue(ctx, o.name, o.node) }));
+    ].map((o) => ({ ...o, node: ctx.b.ownValue(o.name, o.node) }));
     schedules.push({
       entry: { name: `action:${key}`, outputs },
       trigger: group.trigger,
@@ -471,15 +471,4 @@ function reinitialize(
 ): number | undefined {
   const seed = paramSeed(ctx.spec.seed, seedName);
   return bareInitializer({ L, r: ctx.r, b: ctx.b }, e, frame, shape, seed, ctx.stepNode);
-}
-
-/**
- * An output that is another stored tensor's value unchanged (`A = pool`, a swap) as a value of its
- * own (an exact copy, -(-x)): as the other input itself it would share that input's buffer, and
- * the next run writing that input would overwrite it.
- */
-function ownValue(ctx: ActionContext, name: string, node: number): number {
-  const op = ctx.b.graph.node(node).op;
-  if (op.kind !== "input" || op.name === name) return node;
-  return ctx.b.unary("neg", ctx.b.unary("neg", node));
 }

@@ -137,6 +137,17 @@ export class Builder {
 
   // ------------------------------------------------------------------------ elementwise
 
+  /**
+   * A stored output's value as a node of its own: `node` itself unless it is another stored
+   * tensor's input (`A = pool`, a swap), which becomes an exact copy, -(-x). As the other input
+   * it would share that input's buffer, and the next run writing that input would overwrite it.
+   */
+  ownValue(output: string, node: number): number {
+    const op = this.graph.node(node).op;
+    if (op.kind !== "input" || op.name === output) return node;
+    return this.unary("neg", this.unary("neg", node));
+  }
+
   unary(fn: UnaryFn, x: number): number {
     return this.emit({ kind: "unary", fn }, [x], this.shape(x), this.dtype(x));
   }

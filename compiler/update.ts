@@ -285,26 +285,16 @@ export function lowerOptimizer(
     if (v === undefined || v === st.value) continue;
     assigned.push({
       name: `state:${st.name}`,
-      node: ownValue(ctx, `state:${st.name}`, node(st.local)),
+      node: ctx.b.ownValue(`state:${st.name}`, node(st.local)),
     });
   }
   for (const [p, n] of baseValues)
-    assigned.push({ name: `param:${p.path}`, node: ownValue(ctx, `param:${p.path}`, n) });
+    assigned.push({ name: `param:${p.path}`, node: ctx.b.ownValue(`param:${p.path}`, n) });
   return {
     param: values.get(updated[0]!)!,
     ...(call.joint ? { joint: values, assigned } : {}),
     states: stateOutputs,
   };
-}
-
-/**
- * An output that is another stored tensor's value unchanged (`pool = B`) as a value of its own
- * (an exact copy, -(-x)): as the other input itself it would share that input's buffer.
- */
-function ownValue(ctx: UpdateContext, name: string, node: number): number {
-  const op = ctx.b.graph.node(node).op;
-  if (op.kind !== "input" || op.name === name) return node;
-  return ctx.b.unary("neg", ctx.b.unary("neg", node));
 }
 
 /**
