@@ -15,7 +15,10 @@ const MAX_CONFIG_BYTES = 1 << 20;
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
-/** HF's defaults (configuration_gpt2.py, configuration_llama.py) for fields a file may omit. */
+/**
+ * HF's defaults (configuration_gpt2.py, configuration_llama.py, configuration_mistral.py,
+ * configuration_qwen2.py) for fields a file may omit.
+ */
 function defaults(config: Record<string, Json>): Record<string, Json> {
   switch (config["model_type"]) {
     case "gpt2": {
@@ -31,7 +34,10 @@ function defaults(config: Record<string, Json>): Record<string, Json> {
         reorder_and_upcast_attn: false,
       };
     }
-    case "llama": {
+    case "llama":
+    case "mistral":
+    case "qwen2": {
+      const type = config["model_type"];
       const hidden = config["hidden_size"];
       const heads = config["num_attention_heads"];
       return {
@@ -44,8 +50,11 @@ function defaults(config: Record<string, Json>): Record<string, Json> {
         rope_theta: 10000,
         hidden_act: "silu",
         tie_word_embeddings: false,
+        // Llama's switches; Qwen2 always has biases on q, k, v (not o), Mistral none
         attention_bias: false,
         mlp_bias: false,
+        ...(type === "mistral" ? { sliding_window: 4096 } : {}),
+        ...(type === "qwen2" ? { use_sliding_window: false, sliding_window: 4096 } : {}),
       };
     }
     default:
@@ -61,6 +70,18 @@ const unsupported: Record<string, Record<string, Json>> = {
     reorder_and_upcast_attn: false,
   },
   llama: { rope_scaling: null },
+  mistral: { rope_scaling: null },
+  // Qwen2's sliding window applies only with use_sliding_window, to layers past max_window_layers
+  qwen2: { rope_scaling: null, use_sliding_window: false },
+};
+
+/**
+ * Fields where an explicit `null` means something other than "HF's default": Mistral's
+ * `"sliding_window": null` turns the window off (absent, the default 4096 applies). Read as 0.
+ */
+const nullMeans: Record<string, Record<string, Json>> = {
+  mistral: { sliding_window: 0 },
+  qwen2: { sliding_window: 0 },
 };
 
 /**
@@ -105,10 +126,12 @@ export function readHfConfig(
       `\`${shown()}\` holds ${Array.isArray(parsed) ? "a list" : "no object"}, not a config`,
     );
   const filled: Record<string, Json> = { ...parsed };
+  const type = typeof parsed["model_type"] === "string" ? parsed["model_type"] : "";
+  for (const [key, value] of Object.entries(nullMeans[type] ?? {}))
+    if (filled[key] === null) filled[key] = value;
   for (const [key, value] of Object.entries(defaults(parsed)))
     if (filled[key] === undefined || filled[key] === null) filled[key] = value;
-  const modelType = typeof parsed["model_type"] === "string" ? parsed["model_type"] : "";
-  for (const [key, supported] of Object.entries(unsupported[modelType] ?? {})) {
+  for (const [key, supported] of Object.entries(unsupported[type] ?? {})) {
     const value = filled[key] ?? null;
     if (JSON.stringify(value) !== JSON.stringify(supported))
       return fail(

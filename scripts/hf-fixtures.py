@@ -77,6 +77,53 @@ LLAMA_CONFIG = {
     "torch_dtype": "float32",
 }
 
+# Qwen2ForCausalLM (Qwen2.5-0.5B's shape of config: tied head, rope_theta 1e6, biases on q, k, v
+# but not o) and MistralForCausalLM with a sliding window shorter than the sequences.
+QWEN2_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_act": "silu",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "max_window_layers": 2,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "sliding_window": 64,
+    "use_sliding_window": False,
+    "tie_word_embeddings": True,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+}
+
+MISTRAL_CONFIG = {
+    "architectures": ["MistralForCausalLM"],
+    "model_type": "mistral",
+    "hidden_act": "silu",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "sliding_window": 3,
+    "tie_word_embeddings": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+}
+
 
 # ----------------------------------------------------------------------------------------------
 # Weights, named and laid out as Hugging Face saves them.
@@ -118,7 +165,7 @@ def llama_weights(c, g):
     """LlamaForCausalLM's state dict: nn.Linear weights are [out, in]; lm_head is its own."""
     H, I = c["hidden_size"], c["intermediate_size"]
     heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
-    hd = H // heads
+    hd = c.get("head_dim") or H // heads
     w = {}
     rnd = lambda *shape, std=0.3: torch.randn(*shape, generator=g) * std
     w["model.embed_tokens.weight"] = rnd(c["vocab_size"], H, std=0.5)
@@ -134,7 +181,14 @@ def llama_weights(c, g):
         w[p + "input_layernorm.weight"] = 1 + rnd(H, std=0.1)
         w[p + "post_attention_layernorm.weight"] = 1 + rnd(H, std=0.1)
     w["model.norm.weight"] = 1 + rnd(H, std=0.1)
-    w["lm_head.weight"] = rnd(c["vocab_size"], H, std=1 / math.sqrt(H))
+    if not c["tie_word_embeddings"]:
+        w["lm_head.weight"] = rnd(c["vocab_size"], H, std=1 / math.sqrt(H))
+    if c["model_type"] == "qwen2":  # Qwen2Attention: bias on q, k and v, none on o
+        for i in range(c["num_hidden_layers"]):
+            p = f"model.layers.{i}.self_attn."
+            w[p + "q_proj.bias"] = rnd(heads * hd, std=0.3)
+            w[p + "k_proj.bias"] = rnd(kv * hd, std=0.3)
+            w[p + "v_proj.bias"] = rnd(kv * hd, std=0.3)
     return w
 
 
@@ -204,19 +258,25 @@ def rotary(T, hd, theta, dtype):
 
 
 def llama_logits(c, w, ids):
+    """Llama, and Qwen2 and Mistral, which differ from it only in what the weights and the config
+    hold: biases on q, k, v (Qwen2), a sliding window (Mistral: query i sees keys j with
+    i - window < j <= i, transformers' masking_utils), a tied head."""
     B, T = ids.shape
     H, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
-    hd = H // heads
+    hd = c.get("head_dim") or H // heads
     eps = c["rms_norm_eps"]
     cos, sin = rotary(T, hd, c["rope_theta"], w["model.norm.weight"].dtype)
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    if c["model_type"] == "mistral" and c.get("sliding_window"):
+        causal = causal & ~torch.tril(torch.ones(T, T, dtype=torch.bool), -c["sliding_window"])
     h = w["model.embed_tokens.weight"][ids]
+    proj = lambda x, name: x @ w[name + ".weight"].T + w.get(name + ".bias", 0)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
-        q = (x @ w[p + "self_attn.q_proj.weight"].T).view(B, T, heads, hd).transpose(1, 2)
-        k = (x @ w[p + "self_attn.k_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
-        v = (x @ w[p + "self_attn.v_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
+        q = proj(x, p + "self_attn.q_proj").view(B, T, heads, hd).transpose(1, 2)
+        k = proj(x, p + "self_attn.k_proj").view(B, T, kv, hd).transpose(1, 2)
+        v = proj(x, p + "self_attn.v_proj").view(B, T, kv, hd).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         # repeat_kv: key/value head j serves query heads j * groups ... (j + 1) * groups - 1
@@ -232,7 +292,7 @@ def llama_logits(c, w, ids):
         up = x @ w[p + "mlp.up_proj.weight"].T
         h = h + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
     h = rms_norm(h, w["model.norm.weight"], eps)
-    return h @ w["lm_head.weight"].T
+    return h @ w["lm_head.weight" if "lm_head.weight" in w else "model.embed_tokens.weight"].T
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,13 +365,11 @@ def reference(logits_fn, config, weights):
     }
 
 
-def write_variants(name, config, weights, logits_fn):
-    for variant, dtype, shards in [
-        ("", "F32", 1),
-        ("-sharded", "F32", 2),
-        ("-f16", "F16", 1),
-        ("-bf16", "BF16", 1),
-    ]:
+ALL_VARIANTS = [("", "F32", 1), ("-sharded", "F32", 2), ("-f16", "F16", 1), ("-bf16", "BF16", 1)]
+
+
+def write_variants(name, config, weights, logits_fn, variants=ALL_VARIANTS):
+    for variant, dtype, shards in variants:
         folder = os.path.join(ROOT, name + variant)
         os.makedirs(folder, exist_ok=True)
         for old in os.listdir(folder):
@@ -653,6 +711,10 @@ def main():
     write_variants("gpt2", GPT2_CONFIG, gpt2, gpt2_logits)
     write_variants("llama", LLAMA_CONFIG, llama_weights(LLAMA_CONFIG, g), llama_logits)
     write_gpt2_lora(GPT2_CONFIG, gpt2)
+    # Generators of their own, so that the fixtures above stay as they were.
+    for name, config, seed in [("qwen2", QWEN2_CONFIG, 17), ("mistral", MISTRAL_CONFIG, 19)]:
+        weights = llama_weights(config, torch.Generator().manual_seed(seed))
+        write_variants(name, config, weights, llama_logits, ALL_VARIANTS[:1])
 
 
     write_gpt2_tokenizer(os.path.join(ROOT, "gpt2"))

@@ -38,7 +38,11 @@ const reference = (folder: string): Reference =>
  * the batch input's shape: arithmetic `-` problems of up to 3 digits are `i32[B, 11]`, room for
  * the 8-token sequences and for a 4-token prompt with 8 greedy tokens (11 positions read).
  */
-function program(model: "GPT2" | "Llama", folder: string, dir = fixtures): TestRun {
+function program(
+  model: "GPT2" | "Llama" | "Qwen2" | "Mistral",
+  folder: string,
+  dir = fixtures,
+): TestRun {
   const text = `import std.models.{${model}}
 import std.optim.{adamw}
 
@@ -133,6 +137,12 @@ describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interp
     it(`Llama${variant}: logits and greedy tokens`, () =>
       expectMatches(cpu, program("Llama", `llama${variant}`), `llama${variant}`));
   }
+  // Qwen2: biases on q, k, v but not o, a tied head, rope_theta 1e6. Mistral: a sliding window
+  // of 3 tokens, shorter than the 8-token sequences and the 12-token greedy prefix.
+  it("Qwen2: logits and greedy tokens", () =>
+    expectMatches(cpu, program("Qwen2", "qwen2"), "qwen2"));
+  it("Mistral with a sliding window: logits and greedy tokens", () =>
+    expectMatches(cpu, program("Mistral", "mistral"), "mistral"));
 
   it("parameter paths are Hugging Face's", () => {
     const gpt2 = program("GPT2", "gpt2").program.params.map((p) => p.path);
@@ -224,6 +234,8 @@ describe("std.models on WebGPU match PyTorch", () => {
   for (const [model, folder] of [
     ["GPT2", "gpt2"],
     ["Llama", "llama"],
+    ["Qwen2", "qwen2"],
+    ["Mistral", "mistral"],
   ] as const)
     it(`${model}: logits and greedy tokens`, async () => {
       const run = program(model, folder);
@@ -336,7 +348,7 @@ describe("hf_config: a config.json read while compiling", () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   /** The diagnostics of compiling a GPT-2 program whose config.json is `config` (text). */
-  function diagnosticsWith(config: string, model: "GPT2" | "Llama" = "GPT2") {
+  function diagnosticsWith(config: string, model: "GPT2" | "Llama" | "Qwen2" | "Mistral" = "GPT2") {
     const folder = mkdtempSync(join(dir, "ckpt-"));
     writeFileSync(join(folder, "config.json"), config);
     const text = `import std.models.{${model}}
@@ -427,6 +439,40 @@ train t {
     expect(d?.code).toBe("E0502");
     expect(d?.message).toContain("sets `rope_scaling` to");
     expect(d?.help).toContain("does not implement");
+  });
+
+  const configOf = (folder: string) =>
+    JSON.parse(readFileSync(join(fixtures, folder, "config.json"), "utf8")) as Record<
+      string,
+      unknown
+    >;
+
+  it("a Qwen2 or Mistral config given to Llama is refused, naming the model to use", () => {
+    const [d] = diagnosticsWith(JSON.stringify(configOf("qwen2")), "Llama");
+    expect(d?.message).toContain('std.models.Llama reads a "llama" config, not "qwen2"');
+    expect(d?.message).toContain("std.models.Qwen2");
+    // (this program has no optimizer: that is its one error)
+    const mistral = diagnosticsWith(JSON.stringify(configOf("mistral")), "Mistral");
+    expect(mistral.map((d) => d.code)).toEqual(["E0305"]);
+  });
+
+  it("Qwen2's sliding window (use_sliding_window) is refused; Mistral's null window is none", () => {
+    const qwen2 = { ...configOf("qwen2"), use_sliding_window: true };
+    const [d] = diagnosticsWith(JSON.stringify(qwen2), "Qwen2");
+    expect(d?.message).toContain("sets `use_sliding_window` to true");
+    const run = (config: Record<string, unknown>) => {
+      const folder = mkdtempSync(join(dir, "ckpt-"));
+      writeFileSync(join(folder, "config.json"), JSON.stringify(config));
+      return program("Mistral", folder, dir);
+    };
+    // null: no window, so the step's graph differs from the 3-token window's
+    const none = run({ ...configOf("mistral"), sliding_window: null });
+    const windowed = run(configOf("mistral"));
+    const absent = configOf("mistral");
+    delete absent["sliding_window"]; // HF's default, 4096: longer than any sequence here
+    const wide = run(absent);
+    expect(none.step.graph.nodes.length).toBeLessThan(windowed.step.graph.nodes.length);
+    expect(wide.step.graph.nodes.length).toBe(windowed.step.graph.nodes.length);
   });
 });
 
