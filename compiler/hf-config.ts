@@ -69,11 +69,39 @@ const unsupported: Record<string, Record<string, Json>> = {
     scale_attn_by_inverse_layer_idx: false,
     reorder_and_upcast_attn: false,
   },
-  llama: { rope_scaling: null },
-  mistral: { rope_scaling: null },
   // Qwen2's sliding window applies only with use_sliding_window, to layers past max_window_layers
-  qwen2: { rope_scaling: null, use_sliding_window: false },
+  qwen2: { use_sliding_window: false },
 };
+
+/** The `rope_scaling` kinds std.nn.Rotary implements (`"default"`: none). */
+const ROPE_TYPES = ["default", "linear", "llama3"];
+
+/**
+ * `rope_scaling` as the models read it: `{"rope_type": "default"}` for none (null or absent),
+ * `rope_type` from the older `type` key (as transformers' rope_config_validation does), and
+ * neutral values for the fields its kind does not use. Undefined for a kind Rotary does not
+ * implement.
+ */
+function ropeScaling(value: Json | undefined, positions: Json | undefined): Json | undefined {
+  // inert where a kind does not use them, so that a model can read every field
+  const inert = {
+    factor: 1,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position_embeddings: positions ?? 8192,
+  };
+  if (value === null || value === undefined) return { ...inert, rope_type: "default" };
+  if (typeof value !== "object" || Array.isArray(value)) return undefined;
+  const type = value["rope_type"] ?? value["type"];
+  if (typeof type !== "string" || !ROPE_TYPES.includes(type)) return undefined;
+  const given = Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null));
+  // llama3 must give its four fields, linear its factor (HF's validation): reading a missing
+  // one is E0207 naming the config
+  const unused =
+    type === "llama3" ? {} : type === "linear" ? { ...inert, factor: undefined } : inert;
+  const filled = Object.fromEntries(Object.entries(unused).filter(([, v]) => v !== undefined));
+  return { ...filled, ...given, rope_type: type } as Json;
+}
 
 /**
  * Fields where an explicit `null` means something other than "HF's default": Mistral's
@@ -131,6 +159,15 @@ export function readHfConfig(
     if (filled[key] === null) filled[key] = value;
   for (const [key, value] of Object.entries(defaults(parsed)))
     if (filled[key] === undefined || filled[key] === null) filled[key] = value;
+  if (["llama", "mistral", "qwen2"].includes(type)) {
+    const rope = ropeScaling(filled["rope_scaling"], filled["max_position_embeddings"]);
+    if (rope === undefined)
+      return fail(
+        `\`${shown()}\` sets \`rope_scaling\` to ${JSON.stringify(filled["rope_scaling"])}; std.models implements rope_type ${ROPE_TYPES.map((t) => `"${t}"`).join(", ")}`,
+        "this checkpoint needs a feature lrk does not implement yet",
+      );
+    filled["rope_scaling"] = rope;
+  }
   for (const [key, supported] of Object.entries(unsupported[type] ?? {})) {
     const value = filled[key] ?? null;
     if (JSON.stringify(value) !== JSON.stringify(supported))

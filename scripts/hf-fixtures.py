@@ -124,6 +124,19 @@ MISTRAL_CONFIG = {
     "torch_dtype": "float32",
 }
 
+# Llama 3's rope scaling, with wavelengths on all three sides of its two thresholds (head_dim 8,
+# theta 500: wavelengths 6.3, 29.8, 140 and 664 against 32 / 4 = 8 and 32 / 1 = 32).
+LLAMA3_CONFIG = {
+    **LLAMA_CONFIG,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
+}
+
 
 # ----------------------------------------------------------------------------------------------
 # Weights, named and laid out as Hugging Face saves them.
@@ -249,9 +262,25 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rotary(T, hd, theta, dtype):
-    """cos and sin [T, hd] of LlamaRotaryEmbedding (default rope): the frequencies repeated twice."""
+def rotary(T, hd, theta, dtype, scaling=None):
+    """cos and sin [T, hd] of LlamaRotaryEmbedding: the frequencies repeated twice. `scaling` is
+    config.json's rope_scaling: None (default), "linear", or "llama3" as
+    modeling_rope_utils._compute_llama3_parameters computes it."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).to(dtype) / hd))
+    # transformers reads the older key "type" as "rope_type"
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor, old = scaling["factor"], scaling["original_max_position_embeddings"]
+        low_ff, high_ff = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        low_wavelen, high_wavelen = old / low_ff, old / high_ff
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low_ff) / (high_ff - low_ff)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
     freqs = torch.arange(T, dtype=dtype)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
@@ -265,7 +294,7 @@ def llama_logits(c, w, ids):
     H, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or H // heads
     eps = c["rms_norm_eps"]
-    cos, sin = rotary(T, hd, c["rope_theta"], w["model.norm.weight"].dtype)
+    cos, sin = rotary(T, hd, c["rope_theta"], w["model.norm.weight"].dtype, c.get("rope_scaling"))
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
     if c["model_type"] == "mistral" and c.get("sliding_window"):
         causal = causal & ~torch.tril(torch.ones(T, T, dtype=torch.bool), -c["sliding_window"])
@@ -712,7 +741,12 @@ def main():
     write_variants("llama", LLAMA_CONFIG, llama_weights(LLAMA_CONFIG, g), llama_logits)
     write_gpt2_lora(GPT2_CONFIG, gpt2)
     # Generators of their own, so that the fixtures above stay as they were.
-    for name, config, seed in [("qwen2", QWEN2_CONFIG, 17), ("mistral", MISTRAL_CONFIG, 19)]:
+    for name, config, seed in [
+        ("qwen2", QWEN2_CONFIG, 17),
+        ("mistral", MISTRAL_CONFIG, 19),
+        ("llama3-rope", LLAMA3_CONFIG, 23),
+        ("llama-rope-linear", {**LLAMA_CONFIG, "rope_scaling": {"type": "linear", "factor": 4.0}}, 29),
+    ]:
         weights = llama_weights(config, torch.Generator().manual_seed(seed))
         write_variants(name, config, weights, llama_logits, ALL_VARIANTS[:1])
 

@@ -143,6 +143,11 @@ describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interp
     expectMatches(cpu, program("Qwen2", "qwen2"), "qwen2"));
   it("Mistral with a sliding window: logits and greedy tokens", () =>
     expectMatches(cpu, program("Mistral", "mistral"), "mistral"));
+  // Llama 3's rope_scaling (every frequency band), and the older {"type": "linear"} form.
+  it("Llama with llama3 rope scaling: logits and greedy tokens", () =>
+    expectMatches(cpu, program("Llama", "llama3-rope"), "llama3-rope"));
+  it("Llama with linear rope scaling: logits and greedy tokens", () =>
+    expectMatches(cpu, program("Llama", "llama-rope-linear"), "llama-rope-linear"));
 
   it("parameter paths are Hugging Face's", () => {
     const gpt2 = program("GPT2", "gpt2").program.params.map((p) => p.path);
@@ -434,7 +439,7 @@ train t {
     const llama = JSON.parse(
       readFileSync(join(fixtures, "llama", "config.json"), "utf8"),
     ) as Record<string, unknown>;
-    llama["rope_scaling"] = { rope_type: "linear", factor: 2 };
+    llama["rope_scaling"] = { rope_type: "yarn", factor: 2 };
     const [d] = diagnosticsWith(JSON.stringify(llama), "Llama");
     expect(d?.code).toBe("E0502");
     expect(d?.message).toContain("sets `rope_scaling` to");
