@@ -29,6 +29,9 @@ function defaults(config: Record<string, Json>): Record<string, Json> {
         scale_attn_weights: true,
         scale_attn_by_inverse_layer_idx: false,
         reorder_and_upcast_attn: false,
+        resid_pdrop: 0.1,
+        embd_pdrop: 0.1,
+        attn_pdrop: 0.1,
       };
     }
     case "llama": {
@@ -46,6 +49,7 @@ function defaults(config: Record<string, Json>): Record<string, Json> {
         tie_word_embeddings: false,
         attention_bias: false,
         mlp_bias: false,
+        attention_dropout: 0,
       };
     }
     default:
