@@ -440,14 +440,14 @@ export function readPeftFolder(
         ? config["use_dora"] === true
           ? "dora"
           : "lora"
-        : type === "BONE" && config["init_weights"] !== "bat"
+        : (type === "BONE" || type === "MISS") && (config["init_weights"] ?? true) === true
           ? "bone"
           : type === "RANDLORA" && !config["sparse"] && !config["very_sparse"]
             ? "randlora"
             : undefined;
   if (!kind)
     throw new CheckpointError(
-      `${dir}/adapter_config.json is a PEFT \`${String(type)}\` adapter${type === "BONE" || type === "RANDLORA" ? " of a variant lrk does not have (Bone's `init_weights: \"bat\"`, RandLoRA's sparse bases)" : ""}; lrk reads LORA (with or without DoRA), ADALORA, BONE and RANDLORA`,
+      `${dir}/adapter_config.json is a PEFT \`${String(type)}\` adapter${["BONE", "MISS", "RANDLORA"].includes(String(type)) ? ` of a variant lrk does not have (Bone's or MiSS's \`init_weights\` "bat" or "mini", RandLoRA's sparse bases)` : ""}; lrk reads LORA (with or without DoRA), ADALORA, BONE (and MiSS's default, its successor) and RANDLORA`,
       "load an adapter of a kind lrk has",
     );
   if (kind === "randlora" && config["save_projection"] === false)
@@ -456,7 +456,9 @@ export function readPeftFolder(
       "save the adapter from PEFT with `save_projection=True`",
     );
   const file = readSafetensors(`${dir}/adapter_model.safetensors`).tensors;
-  const byKey = new Map(TENSOR_NAMES[kind]!.map(([lrk, peft]) => [lrk, peft]));
+  // PEFT 0.17 renamed Bone MiSS: the same block under `miss_block`
+  const names = type === "MISS" ? [["D", "miss_block"] as const] : TENSOR_NAMES[kind]!;
+  const byKey = new Map(names.map(([lrk, peft]) => [lrk, peft]));
   const tensors = new Map<string, Tensor>();
   const adapterParams = params.filter((p) => p.origin === "adapter");
   const mine = adapterParams.filter((p) => p.path.split(".").at(-2) === kind);

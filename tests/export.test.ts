@@ -6,6 +6,7 @@ import { spawnSync } from "node:child_process";
 import {
   cpSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -26,6 +27,7 @@ import {
   numberToHalf,
   readSafetensors,
   SafetensorsFile,
+  writeSafetensors,
 } from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -857,6 +859,27 @@ ${adapts}
     });
     const { got } = await loadedBack(out, adapts, "bone-back");
     expect(maxRelDiff(got, want)).toBeLessThan(1e-6);
+    // PEFT 0.17's MiSS (Bone renamed; its default is Bone's update): `miss_block`, peft_type MISS
+    const miss = join(dir, "miss");
+    mkdirSync(miss);
+    writeSafetensors(
+      join(miss, "adapter_model.safetensors"),
+      new Map([...file.tensors].map(([k, t]) => [k.replace(/bone_block$/, "miss_block"), t])),
+      { format: "pt" },
+    );
+    writeFileSync(
+      join(miss, "adapter_config.json"),
+      JSON.stringify({ ...config, peft_type: "MISS", miss_dropout: 0, mini_r: 1 }),
+    );
+    expect(maxRelDiff((await loadedBack(miss, adapts, "miss-back")).got, want)).toBeLessThan(1e-6);
+    // its "bat" variant computes another update: refused
+    writeFileSync(
+      join(miss, "adapter_config.json"),
+      JSON.stringify({ ...config, peft_type: "MISS", init_weights: "bat" }),
+    );
+    await expect(loadedBack(miss, adapts, "bat-back")).rejects.toThrow(
+      /is a PEFT `MISS` adapter of a variant lrk does not have/,
+    );
     const fresh = compileRun(llamaSource(adapts), join(dir, "bone-fresh.lrk"));
     const before = await logits(
       fresh,
@@ -961,7 +984,6 @@ ${adapts}
     const file = readSafetensors(join(out, "adapter_model.safetensors"));
     const A3 = file.tensors.get("base_model.randlora_A")!;
     (A3.data as Float32Array)[3] = Number(A3.data[3]) + 0.5;
-    const { writeSafetensors } = await import("../runtime/safetensors.js");
     writeSafetensors(join(out, "adapter_model.safetensors"), file.tensors, { format: "pt" });
     const program = join(dir, "randlora-other.lrk");
     const r = lrkc("eval", program, "--device", "cpu", "--batches", "1", "--init-adapters", out);
