@@ -1009,3 +1009,91 @@ ${adapts}
     expect(existsSync(join(dir, "mixed-peft"))).toBe(false);
   }, 120_000);
 });
+
+describe("PEFT RandLoRA on Llama against PyTorch (scripts/hf-fixtures.py: llama-randlora-peft)", () => {
+  const folder = join(fixtures, "llama-randlora-peft");
+  const llama = join(fixtures, "llama");
+  const adapts =
+    "  adapt model.layers.*.self_attn.{q_proj, v_proj} with randlora(rank: 4, alpha: 8)";
+  const text = `import std.models.{Llama}
+import std.optim.{adamw}
+import std.adapters.{randlora}
+
+train tune {
+  model Llama(hf_config("${llama}"))
+  data std.data.arithmetic(ops: "-", digits: 3, negative: false)
+  init "${llama}"
+  loss cross_entropy(model(batch.input), batch.target)
+${adapts}
+  freeze model.**
+  freeze lm_head.*
+  optimize adapters with adamw(lr: 1e-2)
+  steps 1
+  batch 2
+}
+`;
+
+  it("its bases (F16, shared, sliced per layer: q_proj [32, 32], v_proj [16, 32]) map to lrk's layout: PEFT's merged logits", async () => {
+    const run = compileRun(text, join(root, "tests", "randlora-peft.lrk"));
+    const { tensors } = readPeftFolder(folder, run.program.params, (p) =>
+      JSON.parse(readFileSync(p, "utf8")),
+    );
+    expect(tensors.get("buffer:model.layers.0.self_attn.v_proj.randlora.B")!.shape).toEqual([
+      32, 16,
+    ]);
+    // the bases set directly (as a program drawing exactly these would have them)
+    const store = await initialize(run.program, new CpuDevice({ float64: false }));
+    const reference = JSON.parse(readFileSync(join(folder, "reference.json"), "utf8")) as {
+      sequences: number[][];
+      logits: number[][][];
+    };
+    const T = Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[1]);
+    const input = new Int32Array(2 * T);
+    reference.sequences.forEach((row, b) => input.set(row, b * T));
+    /** max |logits - reference| / max |reference| */
+    const error = async () => {
+      const feeds = new Map(store);
+      feeds.set("batch.input", { shape: [2, T], data: input });
+      const device = new CpuDevice({ float64: false });
+      const y = (await device.run(run.step, run.step.predict!, feeds)).get("logits")!;
+      const V = Number(y.shape[2]);
+      let diff = 0;
+      let scale = 0;
+      reference.logits.forEach((seq, b) =>
+        seq.forEach((row, t) =>
+          row.forEach((want, v) => {
+            diff = Math.max(diff, Math.abs(Number(y.data[(b * T + t) * V + v]) - want));
+            scale = Math.max(scale, Math.abs(want));
+          }),
+        ),
+      );
+      return diff / scale;
+    };
+    expect(await error()).toBeGreaterThan(1e-2); // the adapter matters (λ starts at 0)
+    for (const [name, t] of tensors) store.set(name, t);
+    expect(await error()).toBeLessThan(1e-4);
+  }, 120_000);
+
+  it("as --init-adapters it is refused: PEFT drew its bases with torch's generator (E0502)", () => {
+    const program = join(tmpdir(), `lrk-randlora-peft-${process.pid}.lrk`);
+    writeFileSync(program, text);
+    try {
+      const r = lrkc(
+        "eval",
+        program,
+        "--device",
+        "cpu",
+        "--batches",
+        "1",
+        "--init-adapters",
+        folder,
+      );
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain("error[E0502]: the adapter's fixed `model.layers.0.self_attn.");
+      expect(r.stderr).toContain("is not the one this program computes");
+      expect(r.stderr).not.toContain("bug in lrkc");
+    } finally {
+      rmSync(program, { force: true });
+    }
+  }, 120_000);
+});
