@@ -140,6 +140,13 @@ export function toPeft(
       const path = (name: string) => `${a.module}.${kind}.${name}`;
       const [A, B] = [get(weights, path("A")), get(weights, path("B"))];
       const [A0, B0] = [get(context.initial, path("A")), get(context.initial, path("B"))];
+      checkResidual(
+        a,
+        get(weights, `${a.module}.weight`),
+        A0,
+        B0,
+        context.buffers?.get(path("residual")),
+      );
       tensors.set(`${PREFIX}${a.module}.lora_A.weight`, concatRows(A, A0, 1));
       tensors.set(`${PREFIX}${a.module}.lora_B.weight`, concatColumns(B, B0, -1));
     }
@@ -162,6 +169,39 @@ export function toPeft(
         ? randloraConfig(adapted, context)
         : peftConfig(kind, adapted, context);
   return { config, tensors };
+}
+
+/**
+ * PEFT's conversion holds when the layer computed W − s·B0 A0 as its frozen residual: a base
+ * weight that changed since the residual was taken (trained with weight decay, or another base)
+ * would export another function, so that is a PeftError.
+ */
+function checkResidual(
+  a: AdaptedModule,
+  W: Tensor,
+  A0: Tensor,
+  B0: Tensor,
+  residual: Tensor | undefined,
+): void {
+  if (!residual) return;
+  const [out, r] = [B0.shape[0]!, B0.shape[1]!];
+  const inn = A0.shape[1]!;
+  const s = Number(a.args["alpha"]) / Number(a.args["rank"]);
+  let diff = 0;
+  let scale = 0;
+  for (let o = 0; o < out; o++)
+    for (let i = 0; i < inn; i++) {
+      let ba = 0;
+      for (let k = 0; k < r; k++) ba += Number(B0.data[o * r + k]) * Number(A0.data[k * inn + i]);
+      const w = Number(W.data[o * inn + i]);
+      diff = Math.max(diff, Math.abs(w - s * ba - Number(residual.data[o * inn + i])));
+      scale = Math.max(scale, Math.abs(w));
+    }
+  if (diff > 1e-4 * scale)
+    throw new PeftError(
+      `\`${a.module}\`'s ${a.adapter} residual is not its weight minus the adapter's initial product (they differ by ${diff.toPrecision(3)}): PEFT's form, a LoRA on the original weight, would compute another layer`,
+      "freeze the adapted layers' weights when training PiSSA or OLoRA, or export it merged (`--merged DIR`)",
+    );
 }
 
 /** [a; b·sign]: a [r, n] over b [r', n]. */

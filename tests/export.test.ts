@@ -488,6 +488,41 @@ describe("PEFT names for DoRA and AdaLoRA (runtime/peft.ts)", () => {
     steps: 100,
   };
 
+  it("PiSSA: [A; A0] and [B, -B0]; a residual that is not W - s·B0 A0 (the base changed) is refused", () => {
+    const module = "model.layers.0.self_attn.q_proj";
+    const weights = new Map([
+      [`${module}.weight`, t(16, 16)],
+      [`${module}.pissa.A`, { shape: [2, 16], data: new Float32Array(32).fill(0.25) }],
+      [`${module}.pissa.B`, { shape: [16, 2], data: new Float32Array(32).fill(0.75) }],
+    ]);
+    const initial = new Map([
+      [`${module}.pissa.A`, t(2, 16)],
+      [`${module}.pissa.B`, t(16, 2)],
+    ]);
+    // s = alpha / rank = 1: W - s·B0 A0 = 0.5 - 2·0.25 = 0
+    const residual = (v: number) =>
+      new Map([
+        [`${module}.pissa.residual`, { shape: [16, 16], data: new Float32Array(256).fill(v) }],
+      ]);
+    const adapted = [{ module, adapter: "pissa", args: { rank: 2, alpha: 2 }, fanInFanOut: false }];
+    const { config, tensors } = toPeft(adapted, weights, {
+      ...context,
+      initial,
+      buffers: residual(0),
+    });
+    expect(config["r"]).toBe(4);
+    expect(config["lora_alpha"]).toBe(4);
+    const A = tensors.get(`base_model.model.${module}.lora_A.weight`)!;
+    const B = tensors.get(`base_model.model.${module}.lora_B.weight`)!;
+    expect(A.shape).toEqual([4, 16]);
+    expect([A.data[0], A.data[16 * 2]]).toEqual([0.25, 0.5]);
+    expect(B.shape).toEqual([16, 4]);
+    expect(Array.from(B.data.slice(0, 4))).toEqual([0.75, 0.75, -0.5, -0.5]);
+    expect(() => toPeft(adapted, weights, { ...context, initial, buffers: residual(0.1) })).toThrow(
+      /`model.layers.0.self_attn.q_proj`'s pissa residual is not its weight minus the adapter's initial product/,
+    );
+  });
+
   it("DoRA: lora_A/lora_B .weight and lora_magnitude_vector (no .weight), use_dora", () => {
     const weights = new Map([
       ["model.layers.0.self_attn.q_proj.dora.A", t(4, 16)],
