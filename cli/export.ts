@@ -1,6 +1,6 @@
 // `lrkc export RUN_OR_WEIGHTS --peft DIR | --merged DIR`: a trained run's adapters for the rest
 // of the ecosystem. `--peft` writes a Hugging Face PEFT adapter folder (runtime/peft.ts; LoRA,
-// DoRA, AdaLoRA), `--merged` a Hugging Face checkpoint folder of the model with every adapter
+// DoRA, AdaLoRA, PiSSA and OLoRA as LoRA, Bone, RandLoRA), `--merged` a Hugging Face checkpoint folder of the model with every adapter
 // merged into its layer (each adapter's `merged` member, compiler/merge.ts). The program and train
 // block are the ones the run recorded (run.json, or the weights file's metadata) unless given.
 import { createHash } from "node:crypto";
@@ -83,7 +83,10 @@ export async function exportCommand(input: string, options: ExportCommandOptions
     const byPath = new Map<string, Tensor>();
     for (const [name, t] of weights.tensors)
       if (name.startsWith("param:")) byPath.set(name.slice("param:".length), t);
-    if (options.peft) return exportPeft(compiled, byPath, options.peft, diagnostics, options);
+    if (options.peft) {
+      const stored = await storedValues(compiled, weights.tensors, weights.missing.length > 0);
+      return exportPeft(compiled, byPath, stored, options.peft, diagnostics, options);
+    }
     const merge = compileMerge(read.file, { train });
     if (!merge.merge) return report([...diagnostics, ...merge.diagnostics], options) || 1;
     // the base, the run's weights over it, then the adapters' stored buffers recomputed from
@@ -132,9 +135,39 @@ export async function exportCommand(input: string, options: ExportCommandOptions
   }
 }
 
+/**
+ * What RandLoRA's, PiSSA's and OLoRA's PEFT forms need beyond the run's parameters, computed on
+ * the CPU interpreter as `--merged` does: the adapters' stored buffers (RandLoRA's bases) from the
+ * run's weights, and the adapters' initial values (PiSSA's and OLoRA's A0, B0) from the same base
+ * weights without the run's adapters. Both by path; empty for the other adapters.
+ */
+async function storedValues(
+  compiled: Compiled,
+  tensors: ReadonlyMap<string, Tensor>,
+  fromInit: boolean,
+): Promise<{ buffers: Map<string, Tensor>; initial: Map<string, Tensor> }> {
+  const { program, placement } = compiled;
+  const kinds = new Set(placement.adapters.map((a) => a.config.def.name.name));
+  const buffers = new Map<string, Tensor>();
+  const initial = new Map<string, Tensor>();
+  if (!["randlora", "pissa", "olora"].some((k) => kinds.has(k))) return { buffers, initial };
+  const device = new CpuDevice({ float64: false });
+  const store = await initializeWithWeights(program, device, tensors, { fromInit });
+  for (const [name, t] of store)
+    if (name.startsWith("buffer:")) buffers.set(name.slice("buffer:".length), t);
+  const adapterParams = new Set(
+    program.params.filter((p) => p.origin === "adapter").map((p) => `param:${p.path}`),
+  );
+  const base = new Map([...tensors].filter(([name]) => !adapterParams.has(name)));
+  const fresh = await initializeWithWeights(program, device, base, { fromInit });
+  for (const name of adapterParams) initial.set(name.slice("param:".length), fresh.get(name)!);
+  return { buffers, initial };
+}
+
 function exportPeft(
   compiled: Compiled,
   weights: ReadonlyMap<string, Tensor>,
+  stored: { buffers: Map<string, Tensor>; initial: Map<string, Tensor> },
   dir: string,
   diagnostics: Diagnostic[],
   options: ExportCommandOptions,
@@ -169,6 +202,7 @@ function exportPeft(
       taskType: architectures.some((a) => /ForCausalLM$|LMHeadModel$/.test(a)) ? "CAUSAL_LM" : null,
       steps: program.steps,
       budgetTotal: placement.budgets[0]?.total,
+      ...stored,
     });
   } catch (e) {
     if (!(e instanceof PeftError)) throw e;
@@ -336,7 +370,11 @@ function checkPeftSettings(
         ]
       : [
           ["rank", arg("rank"), pattern("rank_pattern") ?? config["r"]],
-          ["alpha", arg("alpha"), pattern("alpha_pattern") ?? config["lora_alpha"]],
+          [
+            "alpha",
+            arg("alpha"),
+            pattern("alpha_pattern") ?? config["lora_alpha"] ?? config["randlora_alpha"],
+          ],
           ["rslora", arg("rslora") ?? false, config["use_rslora"] ?? false],
         ];
   for (const [k, mine, theirs] of wants)

@@ -32,6 +32,9 @@ function defaults(config: Record<string, Json>): Record<string, Json> {
         scale_attn_weights: true,
         scale_attn_by_inverse_layer_idx: false,
         reorder_and_upcast_attn: false,
+        resid_pdrop: 0.1,
+        embd_pdrop: 0.1,
+        attn_pdrop: 0.1,
       };
     }
     case "llama":
@@ -55,6 +58,7 @@ function defaults(config: Record<string, Json>): Record<string, Json> {
         mlp_bias: false,
         ...(type === "mistral" ? { sliding_window: 4096 } : {}),
         ...(type === "qwen2" ? { use_sliding_window: false, sliding_window: 4096 } : {}),
+        attention_dropout: 0,
       };
     }
     default:

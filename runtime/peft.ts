@@ -5,7 +5,13 @@
 // dropped, keys are `base_model.model.<module path>.<tensor>`, LoRA's are `lora_A.weight` [r, in]
 // and `lora_B.weight` [out, r] (nn.Linear submodules), DoRA's magnitude `lora_magnitude_vector`
 // [out] (".weight" removed by PEFT), AdaLoRA's `lora_A` [r, in], `lora_B` [out, r], `lora_E`
-// [r, 1] (ParameterDicts: no ".weight"; `ranknum` is not saved).
+// [r, 1] (ParameterDicts: no ".weight"; `ranknum` is not saved). PiSSA and OLoRA are saved as
+// PEFT saves them with `path_initial_model_for_weight_conversion` (peft_model.py): a plain LoRA of
+// rank 2r on the *original* weight, A' = [A; A0], B' = [B, -B0], alpha 2·alpha. Bone is BoneConfig's
+// `bone_block` [r, out] (tuners/bone); RandLoRA is RandLoraConfig's `randlora_lambda` [r, N] and
+// `randlora_gamma` [N, min] per layer and the shared bases `base_model.randlora_A` [r, 1, min] and
+// `base_model.randlora_B` [max, N, r] (`save_projection: true`: lrk's bases come from its own
+// seeded generator, not torch's, so they must travel with the adapter).
 import type { ParamSpec, Tensor } from "../compiler/program.js";
 import { CheckpointError, readSafetensors } from "./safetensors.js";
 
@@ -32,10 +38,14 @@ export class PeftError extends Error {
 }
 
 /** The stdlib adapters PEFT also has, by PEFT's peft_type. */
-const PEFT_FORMS: Record<string, "LORA" | "ADALORA"> = {
+const PEFT_FORMS: Record<string, "LORA" | "ADALORA" | "BONE" | "RANDLORA"> = {
   lora: "LORA",
   dora: "LORA",
   adalora: "ADALORA",
+  pissa: "LORA",
+  olora: "LORA",
+  bone: "BONE",
+  randlora: "RANDLORA",
 };
 
 const PREFIX = "base_model.model.";
@@ -56,6 +66,11 @@ const TENSOR_NAMES: Record<string, [lrk: string, peft: string][]> = {
     ["P", "lora_B"],
     ["E", "lora_E"],
   ],
+  bone: [["D", "bone_block"]],
+  randlora: [
+    ["lam", "randlora_lambda"],
+    ["gamma", "randlora_gamma"],
+  ],
 };
 
 export interface PeftExport {
@@ -74,6 +89,12 @@ export interface PeftContext {
   steps: number;
   /** AdaLoRA's budget total (b_T), when a budget rule controls the adapters. */
   budgetTotal?: number;
+  /**
+   * The adapters' stored buffers by path (`<module>.randlora.A`), and, for PiSSA and OLoRA, their
+   * parameters' initial values (`<module>.pissa.A`) computed from the same base weights.
+   */
+  buffers?: ReadonlyMap<string, Tensor>;
+  initial?: ReadonlyMap<string, Tensor>;
 }
 
 /**
@@ -104,22 +125,253 @@ export function toPeft(
       "adapt every module with the same adapter to export it for PEFT, or export it merged (`--merged DIR`)",
     );
   const kind = adapted[0]!.adapter;
+  const get = (from: ReadonlyMap<string, Tensor> | undefined, path: string) => {
+    const t = from?.get(path);
+    if (!t)
+      throw new PeftError(
+        `the weights hold no \`${path}\``,
+        "export a run's final.safetensors or checkpoint.safetensors written by this program",
+      );
+    return t;
+  };
   const tensors = new Map<string, Tensor>();
-  for (const a of adapted) {
-    for (const [lrk, peft] of TENSOR_NAMES[kind]!) {
-      const path = `${a.module}.${a.adapter}.${lrk}`;
-      const t = weights.get(path);
-      if (!t)
-        throw new PeftError(
-          `the weights hold no \`${path}\``,
-          "export a run's final.safetensors or checkpoint.safetensors written by this program",
-        );
-      // PEFT stores AdaLoRA's E as [r, 1]
-      const shaped = kind === "adalora" && lrk === "E" ? { ...t, shape: [t.shape[0]!, 1] } : t;
-      tensors.set(`${PREFIX}${a.module}.${peft}`, shaped);
+  if (kind === "pissa" || kind === "olora") {
+    for (const a of adapted) {
+      const path = (name: string) => `${a.module}.${kind}.${name}`;
+      const [A, B] = [get(weights, path("A")), get(weights, path("B"))];
+      const [A0, B0] = [get(context.initial, path("A")), get(context.initial, path("B"))];
+      checkResidual(
+        a,
+        get(weights, `${a.module}.weight`),
+        A0,
+        B0,
+        context.buffers?.get(path("residual")),
+      );
+      tensors.set(`${PREFIX}${a.module}.lora_A.weight`, concatRows(A, A0, 1));
+      tensors.set(`${PREFIX}${a.module}.lora_B.weight`, concatColumns(B, B0, -1));
+    }
+  } else if (kind === "randlora") {
+    randloraTensors(adapted, weights, context, get, tensors);
+  } else {
+    for (const a of adapted) {
+      for (const [lrk, peft] of TENSOR_NAMES[kind]!) {
+        const t = get(weights, `${a.module}.${a.adapter}.${lrk}`);
+        // PEFT stores AdaLoRA's E as [r, 1]
+        const shaped = kind === "adalora" && lrk === "E" ? { ...t, shape: [t.shape[0]!, 1] } : t;
+        tensors.set(`${PREFIX}${a.module}.${peft}`, shaped);
+      }
     }
   }
-  return { config: peftConfig(kind, adapted, context), tensors };
+  const config =
+    kind === "bone"
+      ? boneConfig(adapted, context)
+      : kind === "randlora"
+        ? randloraConfig(adapted, context)
+        : peftConfig(kind, adapted, context);
+  return { config, tensors };
+}
+
+/**
+ * PEFT's conversion holds when the layer computed W − s·B0 A0 as its frozen residual: a base
+ * weight that changed since the residual was taken (trained with weight decay, or another base)
+ * would export another function, so that is a PeftError.
+ */
+function checkResidual(
+  a: AdaptedModule,
+  W: Tensor,
+  A0: Tensor,
+  B0: Tensor,
+  residual: Tensor | undefined,
+): void {
+  if (!residual) return;
+  const [out, r] = [B0.shape[0]!, B0.shape[1]!];
+  const inn = A0.shape[1]!;
+  const s = Number(a.args["alpha"]) / Number(a.args["rank"]);
+  let diff = 0;
+  let scale = 0;
+  for (let o = 0; o < out; o++)
+    for (let i = 0; i < inn; i++) {
+      let ba = 0;
+      for (let k = 0; k < r; k++) ba += Number(B0.data[o * r + k]) * Number(A0.data[k * inn + i]);
+      const w = Number(W.data[o * inn + i]);
+      diff = Math.max(diff, Math.abs(w - s * ba - Number(residual.data[o * inn + i])));
+      scale = Math.max(scale, Math.abs(w));
+    }
+  if (diff > 1e-4 * scale)
+    throw new PeftError(
+      `\`${a.module}\`'s ${a.adapter} residual is not its weight minus the adapter's initial product (they differ by ${diff.toPrecision(3)}): PEFT's form, a LoRA on the original weight, would compute another layer`,
+      "freeze the adapted layers' weights when training PiSSA or OLoRA, or export it merged (`--merged DIR`)",
+    );
+}
+
+/** [a; b·sign]: a [r, n] over b [r', n]. */
+function concatRows(a: Tensor, b: Tensor, sign: number): Tensor {
+  const data = new Float32Array(a.data.length + b.data.length);
+  data.set(Float32Array.from(a.data, Number));
+  data.set(
+    Float32Array.from(b.data, (v) => sign * Number(v)),
+    a.data.length,
+  );
+  return { shape: [a.shape[0]! + b.shape[0]!, a.shape[1]!], data };
+}
+
+/** [a, b·sign]: a [m, r] beside b [m, r']. */
+function concatColumns(a: Tensor, b: Tensor, sign: number): Tensor {
+  const [m, r] = [a.shape[0]!, a.shape[1]!];
+  const r2 = b.shape[1]!;
+  const data = new Float32Array(m * (r + r2));
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < r; j++) data[i * (r + r2) + j] = Number(a.data[i * r + j]);
+    for (let j = 0; j < r2; j++) data[i * (r + r2) + r + j] = sign * Number(b.data[i * r2 + j]);
+  }
+  return { shape: [m, r + r2], data };
+}
+
+/** One value every adapted module shares, or PeftError naming the PEFT field that holds one. */
+function shared(
+  adapted: readonly AdaptedModule[],
+  arg: string,
+  field: string,
+  fallback: number | boolean | string,
+): number | boolean | string {
+  const values = new Set(adapted.map((a) => a.args[arg] ?? fallback));
+  if (values.size > 1)
+    throw new PeftError(
+      `the adapters have different \`${arg}\`s, but PEFT's ${adapted[0]!.adapter === "bone" ? "BoneConfig" : "RandLoraConfig"} holds one \`${field}\` (no rank or alpha pattern)`,
+      `give every adapted module the same \`${arg}\`, or export it merged (\`--merged DIR\`)`,
+    );
+  return [...values][0]!;
+}
+
+/** The fields every PEFT config has, as PeftConfig writes them. */
+function commonFields(
+  kind: string,
+  adapted: readonly AdaptedModule[],
+  context: PeftContext,
+): Record<string, unknown> {
+  return {
+    peft_type: PEFT_FORMS[kind],
+    task_type: context.taskType,
+    base_model_name_or_path: context.baseModel,
+    revision: null,
+    inference_mode: true,
+    target_modules: targetModules(adapted, context.modules),
+  };
+}
+
+/** BoneConfig's fields (peft/tuners/bone/config.py): `init_weights: true` is Bone's own update. */
+function boneConfig(
+  adapted: readonly AdaptedModule[],
+  context: PeftContext,
+): Record<string, unknown> {
+  return {
+    ...commonFields("bone", adapted, context),
+    r: shared(adapted, "rank", "r", 64),
+    exclude_modules: null,
+    init_weights: true,
+    layers_to_transform: null,
+    layers_pattern: null,
+    bias: "none",
+    modules_to_save: null,
+  };
+}
+
+/** RandLoraConfig's fields (peft/tuners/randlora/config.py). */
+function randloraConfig(
+  adapted: readonly AdaptedModule[],
+  context: PeftContext,
+): Record<string, unknown> {
+  const rank = shared(adapted, "rank", "r", 32);
+  return {
+    ...commonFields("randlora", adapted, context),
+    r: rank,
+    // lrk's seed, for the record: PEFT regenerates bases from it with torch's generator only
+    // when they are not saved, and they are
+    projection_prng_key: shared(adapted, "seed", "projection_prng_key", 0),
+    save_projection: true,
+    sparse: false,
+    very_sparse: false,
+    randlora_dropout: shared(adapted, "dropout", "randlora_dropout", 0),
+    fan_in_fan_out: adapted.some((a) => a.fanInFanOut),
+    randlora_alpha: shared(adapted, "alpha", "randlora_alpha", 20 * Number(rank)),
+    bias: "none",
+    modules_to_save: null,
+    init_weights: true,
+    layers_to_transform: null,
+    layers_pattern: null,
+  };
+}
+
+/**
+ * RandLoRA's per-layer λᵀ [r, N] and γ [N, min], and PEFT's one pair of bases shared by every
+ * layer: randlora_A [r, 1, minG], randlora_B [maxG, NG, r] for the largest (out, in) among the
+ * adapted layers (RandLoraModel._find_dim), each layer using A[:, :, :min], B[:max, :N, :].
+ * PEFT pairs row i·N + k of (λ A γ) with column m of B[:max, :N, :] flattened (m = k'·r + j), so
+ * lrk's B column k·r + i goes to flat column i·N + k. Layers whose lrk bases would need different
+ * values in the shared ones (other shapes drawing other numbers) are E0506.
+ */
+function randloraTensors(
+  adapted: readonly AdaptedModule[],
+  weights: ReadonlyMap<string, Tensor>,
+  context: PeftContext,
+  get: (from: ReadonlyMap<string, Tensor> | undefined, path: string) => Tensor,
+  tensors: Map<string, Tensor>,
+): void {
+  const r = Number(shared(adapted, "rank", "r", 32));
+  const layers = adapted.map((a) => {
+    const lam = get(weights, `${a.module}.randlora.lam`); // [N, r]
+    const gamma = get(weights, `${a.module}.randlora.gamma`); // [N, min]
+    const A = get(context.buffers, `${a.module}.randlora.A`); // [r, min]
+    const B = get(context.buffers, `${a.module}.randlora.B`); // [max, N·r]
+    return { a, lam, gamma, A, B, N: lam.shape[0]!, min: A.shape[1]!, max: B.shape[0]! };
+  });
+  // PEFT sizes the bases by the largest (out, in), taken per side over the layers
+  const sides = adapted.map((a) => {
+    const w = get(weights, `${a.module}.weight`).shape; // Linear [out, in], Conv1D [in, out]
+    return a.fanInFanOut ? { out: w[1]!, in: w[0]! } : { out: w[0]!, in: w[1]! };
+  });
+  const [outG, inG] = [Math.max(...sides.map((s) => s.out)), Math.max(...sides.map((s) => s.in))];
+  const minG = Math.min(outG, inG);
+  const maxG = Math.max(outG, inG);
+  const NG = Math.ceil(minG / r);
+  const A3 = new Float32Array(r * minG);
+  const B3 = new Float32Array(maxG * NG * r);
+  const setA = new Uint8Array(A3.length);
+  const setB = new Uint8Array(B3.length);
+  const put = (to: Float32Array, filled: Uint8Array, at: number, v: number, module: string) => {
+    if (filled[at] && to[at] !== v)
+      throw new PeftError(
+        `PEFT's RandLoRA shares one pair of random bases among all adapted layers, but lrk's \`${module}\` drew other bases than the layers before it (layers of other shapes draw their own numbers from the seed)`,
+        "adapt layers of one shape (or export it merged, `--merged DIR`)",
+      );
+    to[at] = v;
+    filled[at] = 1;
+  };
+  for (const l of layers) {
+    for (let i = 0; i < r; i++)
+      for (let c = 0; c < l.min; c++)
+        put(A3, setA, i * minG + c, Number(l.A.data[i * l.min + c]), l.a.module);
+    for (let k = 0; k < l.N; k++)
+      for (let i = 0; i < r; i++) {
+        const m = i * l.N + k;
+        const [kk, j] = [Math.floor(m / r), m % r];
+        for (let row = 0; row < l.max; row++)
+          put(
+            B3,
+            setB,
+            (row * NG + kk) * r + j,
+            Number(l.B.data[row * l.N * r + k * r + i]),
+            l.a.module,
+          );
+      }
+    const lamT = new Float32Array(r * l.N);
+    for (let k = 0; k < l.N; k++)
+      for (let i = 0; i < r; i++) lamT[i * l.N + k] = Number(l.lam.data[k * r + i]);
+    tensors.set(`${PREFIX}${l.a.module}.randlora_lambda`, { shape: [r, l.N], data: lamT });
+    tensors.set(`${PREFIX}${l.a.module}.randlora_gamma`, l.gamma);
+  }
+  tensors.set("base_model.randlora_A", { shape: [r, 1, minG], data: A3 });
+  tensors.set("base_model.randlora_B", { shape: [maxG, NG, r], data: B3 });
 }
 
 /** `adapter_config.json`: LoraConfig's (or AdaLoraConfig's) fields, as PEFT writes them. */
@@ -129,8 +381,10 @@ function peftConfig(
   context: PeftContext,
 ): Record<string, unknown> {
   const rankArg = kind === "adalora" ? "init_rank" : "rank";
-  const rank = (a: AdaptedModule) => Number(a.args[rankArg]);
-  const alpha = (a: AdaptedModule) => Number(a.args["alpha"]);
+  // PiSSA and OLoRA's conversion to LoRA doubles the rank and alpha (the scale stays alpha / rank)
+  const factor = kind === "pissa" || kind === "olora" ? 2 : 1;
+  const rank = (a: AdaptedModule) => factor * Number(a.args[rankArg]);
+  const alpha = (a: AdaptedModule) => factor * Number(a.args["alpha"]);
   const dropout = (a: AdaptedModule) => Number(a.args["dropout"] ?? 0);
   const first = adapted[0]!;
   const dropouts = new Set(adapted.map(dropout));
@@ -154,13 +408,8 @@ function peftConfig(
     if (alpha(a) !== alpha(first)) alphaPattern[a.module] = alpha(a);
   }
   const common = {
-    peft_type: PEFT_FORMS[kind],
-    task_type: context.taskType,
-    base_model_name_or_path: context.baseModel,
-    revision: null,
-    inference_mode: true,
+    ...commonFields(kind, adapted, context),
     r: kind === "adalora" ? 8 : rank(first),
-    target_modules: targetModules(adapted, context.modules),
     lora_alpha: alpha(first),
     lora_dropout: dropout(first),
     // PEFT sets it for Conv1D layers itself, with a warning when the config says otherwise
@@ -223,21 +472,33 @@ export function readPeftFolder(
   readConfig: (path: string) => Record<string, unknown>,
 ): { tensors: Map<string, Tensor>; config: Record<string, unknown> } {
   const config = readConfig(`${dir}/adapter_config.json`);
+  const type = config["peft_type"];
   const kind =
-    config["peft_type"] === "ADALORA"
+    type === "ADALORA"
       ? "adalora"
-      : config["peft_type"] === "LORA"
+      : type === "LORA"
         ? config["use_dora"] === true
           ? "dora"
           : "lora"
-        : undefined;
+        : (type === "BONE" || type === "MISS") && (config["init_weights"] ?? true) === true
+          ? "bone"
+          : type === "RANDLORA" && !config["sparse"] && !config["very_sparse"]
+            ? "randlora"
+            : undefined;
   if (!kind)
     throw new CheckpointError(
-      `${dir}/adapter_config.json is a PEFT \`${String(config["peft_type"])}\` adapter; lrk reads LORA (with or without DoRA) and ADALORA`,
+      `${dir}/adapter_config.json is a PEFT \`${String(type)}\` adapter${["BONE", "MISS", "RANDLORA"].includes(String(type)) ? ` of a variant lrk does not have (Bone's or MiSS's \`init_weights\` "bat" or "mini", RandLoRA's sparse bases)` : ""}; lrk reads LORA (with or without DoRA), ADALORA, BONE (and MiSS's default, its successor) and RANDLORA`,
       "load an adapter of a kind lrk has",
     );
+  if (kind === "randlora" && config["save_projection"] === false)
+    throw new CheckpointError(
+      `${dir} holds a RandLoRA adapter without its random bases (\`save_projection: false\`): PEFT regenerates them with torch's generator, which lrk does not have`,
+      "save the adapter from PEFT with `save_projection=True`",
+    );
   const file = readSafetensors(`${dir}/adapter_model.safetensors`).tensors;
-  const byKey = new Map(TENSOR_NAMES[kind]!.map(([lrk, peft]) => [lrk, peft]));
+  // PEFT 0.17 renamed Bone MiSS: the same block under `miss_block`
+  const names = type === "MISS" ? [["D", "miss_block"] as const] : TENSOR_NAMES[kind]!;
+  const byKey = new Map(names.map(([lrk, peft]) => [lrk, peft]));
   const tensors = new Map<string, Tensor>();
   const adapterParams = params.filter((p) => p.origin === "adapter");
   const mine = adapterParams.filter((p) => p.path.split(".").at(-2) === kind);
@@ -259,13 +520,34 @@ export function readPeftFolder(
         "the adapter was trained on other modules: adapt the modules its target_modules names",
       );
     const count = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-    if (count(t.shape) !== count(p.shape) || t.shape[0] !== p.shape[0])
+    // PEFT's RandLoRA λ is λᵀ [r, N] (put back in lrk's order below)
+    const want = kind === "randlora" && name === "lam" ? [p.shape[1]!, p.shape[0]!] : p.shape;
+    if (count(t.shape) !== count(want) || t.shape[0] !== want[0])
       throw new CheckpointError(
         `\`${key}\` is [${t.shape.join(", ")}] in ${dir}, but \`${p.path}\` is [${p.shape.join(", ")}]`,
         "give the adapter the rank it was trained with (adapter_config.json's `r`)",
       );
     tensors.set(`param:${p.path}`, { ...t, shape: [...p.shape] });
     used.add(key);
+  }
+  if (kind === "randlora") {
+    const layers = mine.filter((p) => p.path.endsWith(".lam"));
+    for (const p of layers) {
+      const module = p.path.slice(0, -".randlora.lam".length);
+      const lamT = file.get(`${PREFIX}${module}.randlora_lambda`)!; // [r, N]
+      const [N, r] = [p.shape[0]!, p.shape[1]!];
+      const lam = new Float32Array(N * r);
+      for (let k = 0; k < N; k++)
+        for (let i = 0; i < r; i++) lam[k * r + i] = Number(lamT.data[i * N + k]);
+      tensors.set(`param:${p.path}`, { shape: [N, r], data: lam });
+      const min = params.find((q) => q.path === `${module}.randlora.gamma`)!.shape[1]!;
+      const weight = params.find((q) => q.path === `${module}.weight`)?.shape ?? [min, min];
+      const max = Math.max(...weight);
+      Object.entries(randloraBases(dir, file, module, { r, N, min, max })).forEach(([n, t]) =>
+        tensors.set(`buffer:${module}.randlora.${n}`, t),
+      );
+    }
+    used.add("base_model.randlora_A").add("base_model.randlora_B");
   }
   // a module the adapter was trained on that the program does not adapt would be dropped
   const unused = [...file.keys()].filter((k) => !used.has(k));
@@ -275,4 +557,47 @@ export function readPeftFolder(
       "adapt every module the adapter's target_modules names",
     );
   return { tensors, config };
+}
+
+/**
+ * One layer's RandLoRA bases in lrk's layout (A [r, min], B [max, N·r]) from PEFT's shared ones
+ * (the inverse of the export's mapping, `randloraTensors`).
+ */
+function randloraBases(
+  dir: string,
+  file: ReadonlyMap<string, Tensor>,
+  module: string,
+  { r, N, min, max }: { r: number; N: number; min: number; max: number },
+): { A: Tensor; B: Tensor } {
+  const A3 = file.get("base_model.randlora_A");
+  const B3 = file.get("base_model.randlora_B");
+  const [, , minG] = A3?.shape ?? [];
+  const [maxG, NG] = B3?.shape ?? [];
+  if (
+    !A3 ||
+    !B3 ||
+    A3.shape.length !== 3 ||
+    B3.shape.length !== 3 ||
+    A3.shape[0] !== r ||
+    B3.shape[2] !== r ||
+    minG! < min ||
+    maxG! < max ||
+    NG! < N
+  )
+    throw new CheckpointError(
+      `${dir}/adapter_model.safetensors has no RandLoRA bases \`base_model.randlora_A\` [${r}, 1, ≥${min}] and \`base_model.randlora_B\` [≥${max}, ≥${N}, ${r}] for \`${module}\``,
+      "save the adapter from PEFT with `save_projection=True`, for the rank the program gives",
+    );
+  const A = new Float32Array(r * min);
+  for (let i = 0; i < r; i++)
+    for (let c = 0; c < min; c++) A[i * min + c] = Number(A3.data[i * minG! + c]);
+  const B = new Float32Array(max * N * r);
+  for (let k = 0; k < N; k++)
+    for (let i = 0; i < r; i++) {
+      const m = i * N + k;
+      const [kk, j] = [Math.floor(m / r), m % r];
+      for (let row = 0; row < max; row++)
+        B[row * N * r + k * r + i] = Number(B3.data[(row * NG! + kk) * r + j]);
+    }
+  return { A: { shape: [r, min], data: A }, B: { shape: [max, N * r], data: B } };
 }

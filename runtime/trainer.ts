@@ -205,7 +205,10 @@ export async function initialize(
     await runInto(device, init, init.model, store);
   }
   await initializeAdapters(program, device, store, options.data);
-  for (const [name, t] of options.adapters ?? []) store.set(name, t);
+  for (const [name, t] of options.adapters ?? []) {
+    if (name.startsWith("buffer:")) checkSameBuffer(name, t, store.get(name));
+    store.set(name, t);
+  }
   await runInto(device, step, step.stateInit, store);
   // `at step 0` actions finish the initialization (SwitchLoRA's `W -= s·B A`): a resumed run's
   // checkpoint already holds what they wrote, so only a fresh start runs them.
@@ -218,6 +221,27 @@ export async function initialize(
       store.set(name, t);
   }
   return store;
+}
+
+/**
+ * An adapter's fixed buffer that came with its starting values (`--init-adapters`: RandLoRA's
+ * bases in a PEFT folder) must be the one the program computes: the adapter trained with those,
+ * and a checkpoint or an export recomputes them from the program (its seed), so other values
+ * would train or export another function. CheckpointError (E0502) otherwise.
+ */
+function checkSameBuffer(name: string, given: Tensor, computed: Tensor | undefined): void {
+  let scale = 0;
+  let diff = computed && computed.data.length === given.data.length ? 0 : Infinity;
+  if (computed)
+    for (let i = 0; i < given.data.length && diff < Infinity; i++) {
+      scale = Math.max(scale, Math.abs(Number(computed.data[i])));
+      diff = Math.max(diff, Math.abs(Number(given.data[i]) - Number(computed.data[i])));
+    }
+  if (diff > 1e-6 * Math.max(scale, 1e-30))
+    throw new CheckpointError(
+      `the adapter's fixed \`${name.slice("buffer:".length)}\` is not the one this program computes: lrk draws it from the adapter's \`seed\` with its own generator (a PEFT RandLoRA adapter's bases come from torch's)`,
+      "start from an adapter exported by lrkc with the same seed, or fine-tune it in PEFT",
+    );
 }
 
 /**

@@ -14,8 +14,9 @@ converts them exactly matches them as tightly as the F32 one.
 Run with Debian's torch (python3-torch): /usr/bin/python3 scripts/hf-fixtures.py
 Needs no network; the output is deterministic (seeded) and small (a few hundred KiB).
 
-Also writes tests/fixtures/hf/gpt2-lora-peft/: a PEFT LoRA adapter folder for the GPT-2 fixture
-and the logits of its merge, computed here (tests/export.test.ts).
+Also writes tests/fixtures/hf/gpt2-lora-peft/ and llama-randlora-peft/: PEFT LoRA and RandLoRA
+adapter folders for the GPT-2 and Llama fixtures and the logits of their merges, computed here
+(tests/export.test.ts).
 """
 import json
 import math
@@ -338,11 +339,13 @@ def tensor_bytes(t, dtype):
 
 
 def write_safetensors(path, tensors, dtype):
+    """`dtype`: one for all tensors, or a dict by name."""
     header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
     for name in sorted(tensors):
-        data = tensor_bytes(tensors[name], dtype)
+        kind = dtype[name] if isinstance(dtype, dict) else dtype
+        data = tensor_bytes(tensors[name], kind)
         header[name] = {
-            "dtype": dtype,
+            "dtype": kind,
             "shape": list(tensors[name].shape),
             "data_offsets": [offset, offset + len(data)],
         }
@@ -457,6 +460,79 @@ def write_gpt2_lora(config, weights):
         "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
         "alpha_pattern": {}, "use_dora": False})
     logits = gpt2_logits(config, merged, torch.tensor(SEQUENCES))
+    write_json(os.path.join(folder, "reference.json"), {
+        "sequences": SEQUENCES,
+        "logits": [[[float(f"{x:.9g}") for x in row] for row in seq] for seq in logits.tolist()],
+    }, indent=None)
+
+
+# A PEFT RandLoRA adapter for the Llama fixture (tests/export.test.ts), as PEFT's save_pretrained
+# writes RandLoraConfig(r=4, randlora_alpha=8, target_modules=["q_proj", "v_proj"],
+# save_projection=True) on LlamaForCausalLM (peft/tuners/randlora): per layer `randlora_lambda`
+# [r, N] and `randlora_gamma` [N, min]; one pair of bases for all layers, `base_model.randlora_A`
+# [r, 1, min] and `base_model.randlora_B` [max, N, r] for the largest (out, in) over the targets,
+# drawn Kaiming-uniform (a = sqrt(5)) in float16 (PEFT's `_kaiming_init` on a CPU) and divided by
+# their std. lambda and gamma are random here (trained-looking); the reference logits are the base
+# model's with PEFT's merge W + get_delta_weight(), computed below from PEFT's formulas
+# (get_scaled_bases: A[:, :N, :min], B[:max, :N, :], lambda[:, :, None] * A * gamma[None]).
+
+RANDLORA_R, RANDLORA_ALPHA, RANDLORA_TARGETS = 4, 8, ["self_attn.q_proj", "self_attn.v_proj"]
+
+
+def kaiming_uniform_sqrt5(shape, g):
+    fan_in = shape[1] * (math.prod(shape[2:]) if len(shape) > 2 else 1)
+    bound = 1 / math.sqrt(fan_in)  # gain sqrt(2 / (1 + 5)) * sqrt(3 / fan_in)
+    return ((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound).to(torch.float16)
+
+
+def write_llama_randlora(config, weights):
+    g = torch.Generator().manual_seed(2718)
+    base = rounded(weights, "F32")
+    shapes = {t: tuple(base[f"model.layers.0.{t}.weight"].shape) for t in RANDLORA_TARGETS}
+    out_g = max(s[0] for s in shapes.values())
+    in_g = max(s[1] for s in shapes.values())
+    r = RANDLORA_R
+    min_g, max_g = min(out_g, in_g), max(out_g, in_g)
+    n_g = math.ceil(min_g / r)
+    A = kaiming_uniform_sqrt5((r, 1, min_g), g)
+    B = torch.cat([kaiming_uniform_sqrt5((max_g, 1, r), g) for _ in range(n_g)], dim=1)
+    A = (A / A.std()).to(torch.float16)
+    B = (B / B.std()).to(torch.float16)
+    adapter = {"base_model.randlora_A": A, "base_model.randlora_B": B}
+    dtypes = {"base_model.randlora_A": "F16", "base_model.randlora_B": "F16"}
+    merged = dict(base)
+    for i in range(config["num_hidden_layers"]):
+        for target in RANDLORA_TARGETS:
+            path = f"model.layers.{i}.{target}"
+            W = base[path + ".weight"]  # [out, in]
+            out, inp = W.shape
+            lo, hi = min(out, inp), max(out, inp)
+            n = math.ceil(lo / r)
+            lam = (torch.randn(r, n, generator=g) * 0.5).to(torch.float32)
+            gamma = (torch.rand(n, lo, generator=g) + 0.5).to(torch.float32)
+            adapter[f"base_model.model.{path}.randlora_lambda"] = lam
+            adapter[f"base_model.model.{path}.randlora_gamma"] = gamma
+            dtypes[f"base_model.model.{path}.randlora_lambda"] = "F32"
+            dtypes[f"base_model.model.{path}.randlora_gamma"] = "F32"
+            a = A.to(torch.float64)[:, :n, :lo]
+            b = B.to(torch.float64)[:hi, :n, :]
+            scaled = (lam.to(torch.float64)[:, :, None] * a * gamma.to(torch.float64)[None]).flatten(0, 1)
+            b = b.flatten(1)  # [hi, n * r]
+            # in <= out: x -> scaled (on in) -> b (to out); else x -> b^T (on in) -> scaled^T
+            delta = b @ scaled if inp == lo else (b @ scaled).T
+            merged[path + ".weight"] = W + delta * (RANDLORA_ALPHA / r)
+    folder = os.path.join(ROOT, "llama-randlora-peft")
+    os.makedirs(folder, exist_ok=True)
+    write_safetensors(os.path.join(folder, "adapter_model.safetensors"), adapter, dtypes)
+    write_json(os.path.join(folder, "adapter_config.json"), {
+        "peft_type": "RANDLORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "llama",
+        "revision": None, "inference_mode": True, "r": r,
+        "target_modules": sorted(t.split(".")[-1] for t in RANDLORA_TARGETS),
+        "projection_prng_key": 0, "save_projection": True, "sparse": False,
+        "very_sparse": False, "randlora_dropout": 0.0, "fan_in_fan_out": False,
+        "randlora_alpha": RANDLORA_ALPHA, "bias": "none", "modules_to_save": None,
+        "init_weights": True, "layers_to_transform": None, "layers_pattern": None})
+    logits = llama_logits(config, merged, torch.tensor(SEQUENCES))
     write_json(os.path.join(folder, "reference.json"), {
         "sequences": SEQUENCES,
         "logits": [[[float(f"{x:.9g}") for x in row] for row in seq] for seq in logits.tolist()],
@@ -738,7 +814,8 @@ def main():
     g = torch.Generator().manual_seed(13)
     gpt2 = gpt2_weights(GPT2_CONFIG, g)
     write_variants("gpt2", GPT2_CONFIG, gpt2, gpt2_logits)
-    write_variants("llama", LLAMA_CONFIG, llama_weights(LLAMA_CONFIG, g), llama_logits)
+    llama = llama_weights(LLAMA_CONFIG, g)
+    write_variants("llama", LLAMA_CONFIG, llama, llama_logits)
     write_gpt2_lora(GPT2_CONFIG, gpt2)
     # Generators of their own, so that the fixtures above stay as they were.
     for name, config, seed in [
@@ -749,6 +826,7 @@ def main():
     ]:
         weights = llama_weights(config, torch.Generator().manual_seed(seed))
         write_variants(name, config, weights, llama_logits, ALL_VARIANTS[:1])
+    write_llama_randlora(LLAMA_CONFIG, llama)
 
 
     write_gpt2_tokenizer(os.path.join(ROOT, "gpt2"))

@@ -6,6 +6,7 @@ import { spawnSync } from "node:child_process";
 import {
   cpSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -26,6 +27,7 @@ import {
   numberToHalf,
   readSafetensors,
   SafetensorsFile,
+  writeSafetensors,
 } from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -486,6 +488,41 @@ describe("PEFT names for DoRA and AdaLoRA (runtime/peft.ts)", () => {
     steps: 100,
   };
 
+  it("PiSSA: [A; A0] and [B, -B0]; a residual that is not W - s·B0 A0 (the base changed) is refused", () => {
+    const module = "model.layers.0.self_attn.q_proj";
+    const weights = new Map([
+      [`${module}.weight`, t(16, 16)],
+      [`${module}.pissa.A`, { shape: [2, 16], data: new Float32Array(32).fill(0.25) }],
+      [`${module}.pissa.B`, { shape: [16, 2], data: new Float32Array(32).fill(0.75) }],
+    ]);
+    const initial = new Map([
+      [`${module}.pissa.A`, t(2, 16)],
+      [`${module}.pissa.B`, t(16, 2)],
+    ]);
+    // s = alpha / rank = 1: W - s·B0 A0 = 0.5 - 2·0.25 = 0
+    const residual = (v: number) =>
+      new Map([
+        [`${module}.pissa.residual`, { shape: [16, 16], data: new Float32Array(256).fill(v) }],
+      ]);
+    const adapted = [{ module, adapter: "pissa", args: { rank: 2, alpha: 2 }, fanInFanOut: false }];
+    const { config, tensors } = toPeft(adapted, weights, {
+      ...context,
+      initial,
+      buffers: residual(0),
+    });
+    expect(config["r"]).toBe(4);
+    expect(config["lora_alpha"]).toBe(4);
+    const A = tensors.get(`base_model.model.${module}.lora_A.weight`)!;
+    const B = tensors.get(`base_model.model.${module}.lora_B.weight`)!;
+    expect(A.shape).toEqual([4, 16]);
+    expect([A.data[0], A.data[16 * 2]]).toEqual([0.25, 0.5]);
+    expect(B.shape).toEqual([16, 4]);
+    expect(Array.from(B.data.slice(0, 4))).toEqual([0.75, 0.75, -0.5, -0.5]);
+    expect(() => toPeft(adapted, weights, { ...context, initial, buffers: residual(0.1) })).toThrow(
+      /`model.layers.0.self_attn.q_proj`'s pissa residual is not its weight minus the adapter's initial product/,
+    );
+  });
+
   it("DoRA: lora_A/lora_B .weight and lora_magnitude_vector (no .weight), use_dora", () => {
     const weights = new Map([
       ["model.layers.0.self_attn.q_proj.dora.A", t(4, 16)],
@@ -722,6 +759,376 @@ describe("lrkc eval --init-adapters (Linear layers: TinyLM on arithmetic)", () =
       expect(loss("--init-adapters", join(run, "adapters.safetensors"))).toBeCloseTo(tuned, 6);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
+// Issue 13: PiSSA and OLoRA (as LoRA of rank 2r on the original weight), Bone and RandLoRA in
+// PEFT's format, on the Llama fixture's nn.Linear layers (PEFT's Bone wraps nn.Linear only).
+describe("PEFT forms of PiSSA, OLoRA, Bone and RandLoRA (Llama fixture)", () => {
+  const llama = join(fixtures, "llama");
+  const llamaSource = (adapts: string, steps = 3) => `import std.models.{Llama}
+import std.optim.{adamw}
+import std.adapters.{lora, pissa, olora, bone, randlora}
+
+train tune {
+  model Llama(hf_config("${llama}"))
+  data std.data.arithmetic(ops: "-", digits: 3, negative: false)
+  init "${llama}"
+  loss cross_entropy(model(batch.input), batch.target)
+${adapts}
+  freeze model.**
+  freeze lm_head.*
+  optimize adapters with adamw(lr: 1e-2)
+  steps ${steps}
+  batch 2
+}
+`;
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-export-forms-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** Trains `adapts` 3 steps on the CPU, exports it with --peft: the folder and the run's logits. */
+  async function exported(name: string, adapts: string) {
+    const program = join(dir, `${name}.lrk`);
+    writeFileSync(program, llamaSource(adapts));
+    const t = lrkc("train", program, "--device", "cpu", "--out", join(dir, name));
+    expect(t.status, t.stderr).toBe(0);
+    const out = join(dir, `${name}-peft`);
+    const r = lrkc("export", join(dir, name), "--peft", out);
+    expect(r.status, r.stderr).toBe(0);
+    const run = compileRun(readFileSync(program, "utf8"), program);
+    const want = await logits(run, await fineTuned(run, join(dir, name, "final.safetensors")));
+    const file = readSafetensors(join(out, "adapter_model.safetensors"));
+    const config = JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8"));
+    return { out, run, want, file, config };
+  }
+
+  /** The logits of `adapts` with the PEFT folder's tensors as its adapters' starting values. */
+  async function loadedBack(out: string, adapts: string, name: string) {
+    const path = join(dir, `${name}.lrk`);
+    const run = compileRun(llamaSource(adapts), path);
+    const { tensors } = readPeftFolder(out, run.program.params, (p) =>
+      JSON.parse(readFileSync(p, "utf8")),
+    );
+    const store = await initialize(run.program, new CpuDevice({ float64: false }), {
+      adapters: tensors,
+    });
+    return { got: await logits(run, store), tensors };
+  }
+
+  const common = {
+    task_type: "CAUSAL_LM",
+    base_model_name_or_path: llama,
+    revision: null,
+    inference_mode: true,
+  };
+
+  for (const kind of ["pissa", "olora"])
+    it(`${kind}: a LoRA of rank 2r, alpha 2α on the original weight ([A; A0], [B, -B0]) with the run's logits`, async () => {
+      const adapts = `  adapt model.layers.*.self_attn.{q_proj, v_proj} with ${kind}(rank: 2, alpha: 4)`;
+      const { out, want, file, config } = await exported(kind, adapts);
+      expect([...file.tensors.keys()].sort().slice(0, 2)).toEqual([
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+      ]);
+      expect(file.tensors.size).toBe(8);
+      const A = file.tensors.get("base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight")!;
+      const B = file.tensors.get("base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight")!;
+      expect(A.shape).toEqual([4, 32]); // [2r, in]
+      expect(B.shape).toEqual([16, 4]); // [out, 2r]
+      expect(config).toEqual({
+        peft_type: "LORA",
+        ...common,
+        r: 4,
+        target_modules: ["q_proj", "v_proj"],
+        lora_alpha: 8,
+        lora_dropout: 0,
+        fan_in_fan_out: false,
+        bias: "none",
+        use_rslora: false,
+        modules_to_save: null,
+        init_lora_weights: true,
+        layers_to_transform: null,
+        layers_pattern: null,
+        rank_pattern: {},
+        alpha_pattern: {},
+        use_dora: false,
+      });
+      // a plain LoRA of PEFT's rank and alpha on the original base is the fine-tuned model
+      const lora = `  adapt model.layers.*.self_attn.{q_proj, v_proj} with lora(rank: 4, alpha: 8)`;
+      const { got } = await loadedBack(out, lora, `${kind}-as-lora`);
+      expect(maxRelDiff(got, want)).toBeLessThan(1e-5);
+      // and the fine-tune moved it away from the base (where PiSSA and OLoRA start)
+      const plain = compileRun(llamaSource(adapts), join(dir, `${kind}-fresh.lrk`));
+      const cpu = new CpuDevice({ float64: false });
+      const before = await logits(plain, await initialize(plain.program, cpu));
+      expect(maxRelDiff(before, want)).toBeGreaterThan(1e-4);
+    }, 120_000);
+
+  it("bone: bone_block [r, out], BoneConfig's fields, and the folder loads back to the run's logits", async () => {
+    const adapts = "  adapt model.layers.*.mlp.{up_proj, down_proj} with bone(rank: 8)";
+    const { out, want, file, config } = await exported("bone", adapts);
+    expect([...file.tensors.keys()].sort()).toEqual([
+      "base_model.model.model.layers.0.mlp.down_proj.bone_block",
+      "base_model.model.model.layers.0.mlp.up_proj.bone_block",
+      "base_model.model.model.layers.1.mlp.down_proj.bone_block",
+      "base_model.model.model.layers.1.mlp.up_proj.bone_block",
+    ]);
+    expect(
+      file.tensors.get("base_model.model.model.layers.0.mlp.up_proj.bone_block")!.shape,
+    ).toEqual([8, 64]);
+    expect(config).toEqual({
+      peft_type: "BONE",
+      ...common,
+      r: 8,
+      target_modules: ["down_proj", "up_proj"],
+      exclude_modules: null,
+      init_weights: true,
+      layers_to_transform: null,
+      layers_pattern: null,
+      bias: "none",
+      modules_to_save: null,
+    });
+    const { got } = await loadedBack(out, adapts, "bone-back");
+    expect(maxRelDiff(got, want)).toBeLessThan(1e-6);
+    // PEFT 0.17's MiSS (Bone renamed; its default is Bone's update): `miss_block`, peft_type MISS
+    const miss = join(dir, "miss");
+    mkdirSync(miss);
+    writeSafetensors(
+      join(miss, "adapter_model.safetensors"),
+      new Map([...file.tensors].map(([k, t]) => [k.replace(/bone_block$/, "miss_block"), t])),
+      { format: "pt" },
+    );
+    writeFileSync(
+      join(miss, "adapter_config.json"),
+      JSON.stringify({ ...config, peft_type: "MISS", miss_dropout: 0, mini_r: 1 }),
+    );
+    expect(maxRelDiff((await loadedBack(miss, adapts, "miss-back")).got, want)).toBeLessThan(1e-6);
+    // its "bat" variant computes another update: refused
+    writeFileSync(
+      join(miss, "adapter_config.json"),
+      JSON.stringify({ ...config, peft_type: "MISS", init_weights: "bat" }),
+    );
+    await expect(loadedBack(miss, adapts, "bat-back")).rejects.toThrow(
+      /is a PEFT `MISS` adapter of a variant lrk does not have/,
+    );
+    const fresh = compileRun(llamaSource(adapts), join(dir, "bone-fresh.lrk"));
+    const before = await logits(
+      fresh,
+      await initialize(fresh.program, new CpuDevice({ float64: false })),
+    );
+    expect(maxRelDiff(before, want)).toBeGreaterThan(1e-4); // the blocks moved
+  }, 120_000);
+
+  it("randlora: λᵀ, γ and the shared bases (save_projection), RandLoraConfig's fields, loaded back", async () => {
+    const adapts =
+      "  adapt model.layers.*.self_attn.{q_proj, o_proj} with randlora(rank: 4, alpha: 8, seed: 3)";
+    const { out, run, want, file, config } = await exported("randlora", adapts);
+    const keys = [...file.tensors.keys()].sort();
+    expect(keys.slice(0, 4)).toEqual([
+      "base_model.model.model.layers.0.self_attn.o_proj.randlora_gamma",
+      "base_model.model.model.layers.0.self_attn.o_proj.randlora_lambda",
+      "base_model.model.model.layers.0.self_attn.q_proj.randlora_gamma",
+      "base_model.model.model.layers.0.self_attn.q_proj.randlora_lambda",
+    ]);
+    expect(keys.slice(-2)).toEqual(["base_model.randlora_A", "base_model.randlora_B"]);
+    expect(keys).toHaveLength(10);
+    const shape = (k: string) => file.tensors.get(k)!.shape;
+    expect(shape("base_model.model.model.layers.0.self_attn.q_proj.randlora_lambda")).toEqual([
+      4, 8,
+    ]);
+    expect(shape("base_model.model.model.layers.0.self_attn.q_proj.randlora_gamma")).toEqual([
+      8, 32,
+    ]);
+    expect(shape("base_model.randlora_A")).toEqual([4, 1, 32]);
+    expect(shape("base_model.randlora_B")).toEqual([32, 8, 4]);
+    expect(config).toEqual({
+      peft_type: "RANDLORA",
+      ...common,
+      r: 4,
+      target_modules: ["o_proj", "q_proj"],
+      projection_prng_key: 3,
+      save_projection: true,
+      sparse: false,
+      very_sparse: false,
+      randlora_dropout: 0,
+      fan_in_fan_out: false,
+      randlora_alpha: 8,
+      bias: "none",
+      modules_to_save: null,
+      init_weights: true,
+      layers_to_transform: null,
+      layers_pattern: null,
+    });
+    // PEFT's update from the file, computed as PEFT's get_delta_weight does, is lrk's merged delta
+    const lamT = file.tensors.get(
+      "base_model.model.model.layers.1.self_attn.o_proj.randlora_lambda",
+    )!;
+    const gamma = file.tensors.get(
+      "base_model.model.model.layers.1.self_attn.o_proj.randlora_gamma",
+    )!;
+    const A3 = file.tensors.get("base_model.randlora_A")!;
+    const B3 = file.tensors.get("base_model.randlora_B")!;
+    const [r, N, n] = [4, 8, 32];
+    const peftDelta = new Float64Array(n * n); // [out, in]; in == out == min == max
+    for (let m = 0; m < r * N; m++) {
+      const [i, k] = [Math.floor(m / N), m % N];
+      const [kk, j] = [Math.floor(m / r), m % r];
+      for (let o = 0; o < n; o++)
+        for (let c = 0; c < n; c++)
+          peftDelta[o * n + c]! +=
+            Number(B3.data[(o * N + kk) * r + j]) *
+            Number(lamT.data[i * N + k]) *
+            Number(A3.data[i * n + c]) *
+            Number(gamma.data[k * n + c]) *
+            (8 / 4);
+    }
+    const store = await fineTuned(run, join(dir, "randlora", "final.safetensors"));
+    const merge = compileMerge(new SourceFile(join(dir, "randlora.lrk"), llamaSource(adapts)), {});
+    const merged = await new CpuDevice({ float64: false }).run(
+      merge.merge!,
+      merge.merge!.entry,
+      store,
+    );
+    const w = merge.merge!.weights.find(
+      (x) => x.weight === "model.layers.1.self_attn.o_proj.weight",
+    )!;
+    const lrkMerged = merged.get(w.output)!;
+    const base = store.get("param:model.layers.1.self_attn.o_proj.weight")!;
+    let diff = 0;
+    let scale = 0;
+    peftDelta.forEach((v, idx) => {
+      const lrkDelta = Number(lrkMerged.data[idx]) - Number(base.data[idx]);
+      diff = Math.max(diff, Math.abs(v - lrkDelta));
+      scale = Math.max(scale, Math.abs(lrkDelta));
+    });
+    expect(scale).toBeGreaterThan(0);
+    expect(diff / scale).toBeLessThan(1e-4);
+    // back in: the bases come back as the program's (checked), λ and γ as its parameters
+    const { got, tensors } = await loadedBack(out, adapts, "randlora-back");
+    expect(tensors.has("buffer:model.layers.0.self_attn.q_proj.randlora.B")).toBe(true);
+    expect(maxRelDiff(got, want)).toBeLessThan(1e-6);
+  }, 120_000);
+
+  it("randlora: bases other than the program's (PEFT's torch generator) are refused on the way in (E0502)", async () => {
+    const adapts = "  adapt model.layers.*.self_attn.q_proj with randlora(rank: 4, seed: 5)";
+    const { out } = await exported("randlora-other", adapts);
+    const file = readSafetensors(join(out, "adapter_model.safetensors"));
+    const A3 = file.tensors.get("base_model.randlora_A")!;
+    (A3.data as Float32Array)[3] = Number(A3.data[3]) + 0.5;
+    writeSafetensors(join(out, "adapter_model.safetensors"), file.tensors, { format: "pt" });
+    const program = join(dir, "randlora-other.lrk");
+    const r = lrkc("eval", program, "--device", "cpu", "--batches", "1", "--init-adapters", out);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(
+      "error[E0502]: the adapter's fixed `model.layers.0.self_attn.q_proj.randlora.A` is not the one this program computes",
+    );
+    expect(r.stderr).not.toContain("bug in lrkc");
+  }, 120_000);
+
+  it("randlora on layers of other shapes, whose bases PEFT's one shared pair cannot hold, is E0506", async () => {
+    const program = join(dir, "randlora-mixed.lrk");
+    writeFileSync(
+      program,
+      llamaSource("  adapt model.layers.*.self_attn.{q_proj, k_proj} with randlora(rank: 4)", 1),
+    );
+    expect(lrkc("train", program, "--device", "cpu", "--out", join(dir, "mixed")).status).toBe(0);
+    const r = lrkc("export", join(dir, "mixed"), "--peft", join(dir, "mixed-peft"));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(
+      "error[E0506]: PEFT's RandLoRA shares one pair of random bases among all adapted layers",
+    );
+    expect(existsSync(join(dir, "mixed-peft"))).toBe(false);
+  }, 120_000);
+});
+
+describe("PEFT RandLoRA on Llama against PyTorch (scripts/hf-fixtures.py: llama-randlora-peft)", () => {
+  const folder = join(fixtures, "llama-randlora-peft");
+  const llama = join(fixtures, "llama");
+  const adapts =
+    "  adapt model.layers.*.self_attn.{q_proj, v_proj} with randlora(rank: 4, alpha: 8)";
+  const text = `import std.models.{Llama}
+import std.optim.{adamw}
+import std.adapters.{randlora}
+
+train tune {
+  model Llama(hf_config("${llama}"))
+  data std.data.arithmetic(ops: "-", digits: 3, negative: false)
+  init "${llama}"
+  loss cross_entropy(model(batch.input), batch.target)
+${adapts}
+  freeze model.**
+  freeze lm_head.*
+  optimize adapters with adamw(lr: 1e-2)
+  steps 1
+  batch 2
+}
+`;
+
+  it("its bases (F16, shared, sliced per layer: q_proj [32, 32], v_proj [16, 32]) map to lrk's layout: PEFT's merged logits", async () => {
+    const run = compileRun(text, join(root, "tests", "randlora-peft.lrk"));
+    const { tensors } = readPeftFolder(folder, run.program.params, (p) =>
+      JSON.parse(readFileSync(p, "utf8")),
+    );
+    expect(tensors.get("buffer:model.layers.0.self_attn.v_proj.randlora.B")!.shape).toEqual([
+      32, 16,
+    ]);
+    // the bases set directly (as a program drawing exactly these would have them)
+    const store = await initialize(run.program, new CpuDevice({ float64: false }));
+    const reference = JSON.parse(readFileSync(join(folder, "reference.json"), "utf8")) as {
+      sequences: number[][];
+      logits: number[][][];
+    };
+    const T = Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[1]);
+    const input = new Int32Array(2 * T);
+    reference.sequences.forEach((row, b) => input.set(row, b * T));
+    /** max |logits - reference| / max |reference| */
+    const error = async () => {
+      const feeds = new Map(store);
+      feeds.set("batch.input", { shape: [2, T], data: input });
+      const device = new CpuDevice({ float64: false });
+      const y = (await device.run(run.step, run.step.predict!, feeds)).get("logits")!;
+      const V = Number(y.shape[2]);
+      let diff = 0;
+      let scale = 0;
+      reference.logits.forEach((seq, b) =>
+        seq.forEach((row, t) =>
+          row.forEach((want, v) => {
+            diff = Math.max(diff, Math.abs(Number(y.data[(b * T + t) * V + v]) - want));
+            scale = Math.max(scale, Math.abs(want));
+          }),
+        ),
+      );
+      return diff / scale;
+    };
+    expect(await error()).toBeGreaterThan(1e-2); // the adapter matters (λ starts at 0)
+    for (const [name, t] of tensors) store.set(name, t);
+    expect(await error()).toBeLessThan(1e-4);
+  }, 120_000);
+
+  it("as --init-adapters it is refused: PEFT drew its bases with torch's generator (E0502)", () => {
+    const program = join(tmpdir(), `lrk-randlora-peft-${process.pid}.lrk`);
+    writeFileSync(program, text);
+    try {
+      const r = lrkc(
+        "eval",
+        program,
+        "--device",
+        "cpu",
+        "--batches",
+        "1",
+        "--init-adapters",
+        folder,
+      );
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain("error[E0502]: the adapter's fixed `model.layers.0.self_attn.");
+      expect(r.stderr).toContain("is not the one this program computes");
+      expect(r.stderr).not.toContain("bug in lrkc");
+    } finally {
+      rmSync(program, { force: true });
     }
   }, 120_000);
 });
