@@ -40,6 +40,7 @@ import { inPlaceOutputs } from "./in-place.js";
 import { packedBits, storedBytes, storedWidth } from "./program.js";
 import type { Entry, GraphProgram, MatmulTemplate } from "./program.js";
 import { header, matmulFusionCode, sourceLines, type PackedOf } from "./wgsl.js";
+import { matmulStorage, storedMatmulBindingBytes, storedMatmulKernel } from "./kernels/dequant.js";
 
 export interface PlanKernel {
   id: number;
@@ -396,11 +397,22 @@ export function assemblePlan(
 /** The matmul problems a fused program runs through the matmul template (what tuning needs). */
 export function matmulShapes(program: GraphProgram, fused: readonly EntryFusion[]): MatmulShape[] {
   const shapes = new Map<string, MatmulShape>();
-  for (const { groups } of fused)
+  const { graph } = program;
+  const packed = new Map(program.inputs.map((i) => [i.node, storedWidth(i)]));
+  for (const { groups } of fused) {
+    // as emitKernels sees the entry's buffers (its operands' storage is part of the shape)
+    const materialized = new Set(groups.flatMap((g) => g.outputs));
+    const isBuffer = (node: number) =>
+      materialized.has(node) || graph.node(node).op.kind === "input";
     for (const g of groups) {
-      const shape = g.kind === "matmul" ? templateShape(program.graph, g) : undefined;
-      if (shape) shapes.set(JSON.stringify(shape), shape);
+      const shape = g.kind === "matmul" ? templateShape(graph, g) : undefined;
+      if (!shape) continue;
+      const operands = { a: g.a!.node, b: g.b!.node };
+      const storage = matmulStorage(graph, operands, isBuffer, (node) => packed.get(node));
+      const stored = storage ? { ...shape, storage } : shape;
+      shapes.set(JSON.stringify(stored), stored);
     }
+  }
   return [...shapes.values()];
 }
 
@@ -462,9 +474,10 @@ export function groupKernels(
         throw new Error(`plan: the matmul %${g.anchor} reads no buffer at all`);
       // an operand stored as f16 is read through an f16 binding (each load converted to f32)
       const half = (node: number) => isBuffer(node) && packedOf(node) === 16;
+      const storage = matmulStorage(graph, { a: g.a.node, b: g.b.node }, isBuffer, packedOf);
       const kernel = matmulKernel(
         shape,
-        chooseMatmul(shape),
+        chooseMatmul(storage ? { ...shape, storage } : shape),
         { a: bufA ?? anyBuffer, b: bufB ?? anyBuffer, out: bufferOf(g.output) },
         fused && { epilogue: fused.epilogue, prologue: fused.prologue },
         { a: half(g.a.node), b: half(g.b.node) },
@@ -516,7 +529,8 @@ export function templateShape(graph: Graph, g: KernelGroup): MatmulShape | undef
 export const matmulTemplate: MatmulTemplate = {
   candidates: matmulCandidates,
   defaults: defaultMatmulParams,
-  kernel: (shape, params) => matmulKernel(shape, params, { a: 0, b: 1, out: 2 }),
+  kernel: storedMatmulKernel,
   classKey: matmulShapeClassKey,
   describe: describeMatmulParams,
+  bindingBytes: storedMatmulBindingBytes,
 };

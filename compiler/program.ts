@@ -316,4 +316,6 @@ export interface MatmulTemplate {
   /** Shapes of one class share a tuned choice. */
   classKey(shape: MatmulShape): string;
   describe(params: MatmulParams): string;
+  /** Bytes of each binding `kernel` reads and writes (default: A, B and out in f32). */
+  bindingBytes?(shape: MatmulShape): number[];
 }

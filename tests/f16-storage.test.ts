@@ -14,7 +14,9 @@ import { Builder } from "../compiler/builder.js";
 import { planStep } from "../compiler/compile.js";
 import { frozenInputs } from "../compiler/half-storage.js";
 import { Emitter } from "../compiler/wgsl.js";
-import { halfReads, matmulCandidates } from "../compiler/kernels/matmul.js";
+import { halfReads, matmulCandidates, matmulShapeClassKey } from "../compiler/kernels/matmul.js";
+import { fuseEntries, matmulShapes, matmulTemplate } from "../compiler/plan.js";
+import { Autotuner } from "../runtime/autotune.js";
 import { memoryReport } from "../compiler/memory.js";
 import {
   storedBytes,
@@ -24,7 +26,7 @@ import {
   type ProgramInput,
   type Tensor,
 } from "../compiler/program.js";
-import { deviceTarget, portableTarget } from "../cli/target.js";
+import { defaultLimits, deviceTarget, portableTarget } from "../cli/target.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { halfBits, halfValue, roundToHalf } from "../runtime/half.js";
@@ -222,6 +224,59 @@ describe("kernels reading f16 inputs on WebGPU", () => {
       expect(wgsl).toMatch(/B f16/);
       expect(wgsl).toMatch(/A f16/);
     });
+
+  it("the autotuner times the f16 kernels, keys them apart from f32, and its choice is right", async () => {
+    if (!device.features.includes("shader-f16")) return;
+    const program = products(true, [63, 68, 99]);
+    const shapes = matmulShapes(program, fuseEntries(program, defaultLimits));
+    expect(shapes.map((s) => s.storage)).toEqual([{ b: "f16" }, { a: "f16" }]);
+    expect(matmulShapeClassKey(shapes[0]!)).toMatch(/ B f16$/);
+    expect(matmulShapeClassKey(shapes[1]!)).toMatch(/ A f16$/);
+    const cacheFile = join(mkdtempSync(join(tmpdir(), "lrk-tune-")), "autotune.json");
+    const lines: string[] = [];
+    const tuner = new Autotuner(device.device, device.summary, matmulTemplate, {
+      cacheFile,
+      runs: 1,
+      log: (line) => lines.push(line),
+    });
+    const chosen = new Map<string, MatmulParams>();
+    for (const shape of shapes) chosen.set(matmulShapeClassKey(shape), await tuner.matmul(shape));
+    // every candidate ran on f16 bindings (none failed), one timing line each
+    expect(lines.filter((l) => l.includes("failed"))).toEqual([]);
+    for (const shape of shapes)
+      expect(lines.filter((l) => l.includes(matmulShapeClassKey(shape)))).toHaveLength(
+        matmulCandidates(shape, new Set(device.features)).length,
+      );
+    const cached = JSON.parse(readFileSync(cacheFile, "utf8")) as {
+      adapters: Record<string, Record<string, unknown>>;
+    };
+    expect(Object.keys(Object.values(cached.adapters)[0]!).sort()).toEqual(
+      [...chosen.keys()].sort(),
+    );
+    // the kernel timed is the kernel planned: f16 bindings
+    const timed = matmulTemplate.kernel(shapes[0]!, chosen.get(matmulShapeClassKey(shapes[0]!))!);
+    expect(timed.wgsl).toContain("B f16");
+    expect(timed.wgsl).toContain("f16>");
+    const target = await deviceTarget(device, [program], { autotune: false });
+    const plan = planStep(program, {
+      ...target,
+      matmulParams: (shape) => chosen.get(matmulShapeClassKey(shape))!,
+    });
+    device.load(program, plan);
+    const feeds = feedsOf(program);
+    const got = await device.run(program, program.entries[0]!, feeds);
+    const want = await new CpuDevice().run(program, program.entries[0]!, feeds);
+    const byNode = new Map(program.inputs.map((i) => [i.node, feeds.get(i.name)!]));
+    const values = evaluate(
+      program.graph,
+      byNode,
+      program.entries[0]!.outputs.map((o) => o.node),
+    );
+    const unrounded = new Map(
+      program.entries[0]!.outputs.map((o) => [o.name, values.get(o.node)!]),
+    );
+    expectMatches(got, want, unrounded, ["y", "g"]);
+  }, 120_000);
 
   it("every matmul candidate reading f16 operands, as the interpreter", async () => {
     if (!device.features.includes("shader-f16")) return;
