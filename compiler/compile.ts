@@ -64,7 +64,9 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
   const built = buildStep(resolver, spec, placement, settings.data.fields, init.buffers); // step graph
   if (!built) return done();
   const scalars = hostScalars(built); //                              step-only scalars → host f64
-  const step = options.frozenF16 ? storeFrozenAsF16(scalars) : scalars; // frozen tensors as f16
+  // frozen tensors as f16: `--frozen-f16` turns it on whatever the block's `frozen_storage` says
+  const frozenF16 = options.frozenF16 || spec.frozenStorage === "f16";
+  const step = frozenF16 ? storeFrozenAsF16(scalars) : scalars;
   return done({ spec, placement, program: trainProgram(spec, placement, settings, init, step) });
 }
 
