@@ -323,18 +323,24 @@ export class Autotuner {
       let best = Infinity;
       for (const params of candidates) {
         const kernel = this.template.kernel(shape, params);
+        // a split-k candidate's time is its passes' together
+        const passes = this.template.passes?.(shape, params) ?? [kernel];
         let ms: number;
         try {
           if (this.options.measure) {
             ms = await this.options.measure(kernel, params, shape);
           } else {
-            const t = await timeMatmulKernel(this.device, kernel, buffers, runs, 3 * best);
-            ms = t.ms;
-            log(
-              `autotune ${key}: ${this.template.describe(params)} ${ms.toFixed(3)} ms ` +
-                `(${t.runs ? `${t.timer}, fastest of ${t.runs}` : "probe only"}, ` +
-                `warm-up ${t.compileMs.toFixed(0)} ms)`,
-            );
+            ms = 0;
+            for (const pass of passes) {
+              const bound = pass.bindings.map((b) => buffers[b.buffer]!);
+              const t = await timeMatmulKernel(this.device, pass, bound, runs, 3 * best - ms);
+              ms += t.ms;
+              log(
+                `autotune ${key}: ${this.template.describe(params)}${passes.length > 1 ? ` (${pass.name})` : ""} ${t.ms.toFixed(3)} ms ` +
+                  `(${t.runs ? `${t.timer}, fastest of ${t.runs}` : "probe only"}, ` +
+                  `warm-up ${t.compileMs.toFixed(0)} ms)`,
+              );
+            }
           }
         } catch (e) {
           log(`autotune ${key}: ${this.template.describe(params)} failed: ${(e as Error).message}`);

@@ -852,24 +852,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   };
 
   if (kMain > 0 && dq && bMode === "packedK") {
-    // Per group of k, each lane loads its columns' scales; per word, its columns' words, which
-    // the innermost loop unpacks 4 steps of k at a time (see loadPackedB). Looping over the
-    // word's vec4s rather than unrolling them keeps the body the f32 path's size: lavapipe's
-    // compile time grows with it (unrolled, a 2-bit kernel took 15 s to compile).
-    L.push(`for (var g0 = lrk_zero; g0 < ${u(K)}; g0 += ${u(dq.group)}) {`);
-    // subgroup: lane q's columns q, q + 8, …; register: the invocation's own C columns
-    const owned = sg
-      ? [...Array(C / 8).keys()].map((h) => `min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)})`)
-      : [...Array(C).keys()].map((j) => `cc${j}`);
-    owned.forEach((col, h) => {
-      L.push(`let pc${h} = ${col};`);
-      L.push(`let sl${h} = ${dq.scales}[pc${h} * ${u(K / dq.group)} + g0 / ${u(dq.group)}];`);
-    });
-    L.push(`for (var kw = g0 + lrk_zero; kw < g0 + ${u(dq.group)}; kw += ${u(perWord)}) {`);
-    for (let h = 0; h < owned.length; h++)
-      L.push(`let wl${h} = bitcast<i32>(${dq.values}[(pc${h} * ${u(K)} + kw) / ${u(perWord)}]);`);
-    L.push(`for (var v = lrk_zero; v < ${u(perWord / 4)}; v++) {`);
-    L.push(`let k0 = kw + 4u * v;`);
+    L.push(...packedKLoops(c, dq, sg));
   } else if (kMain > 0) L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU * S)}) {`);
   if (kMain > 0) {
     const a = [...Array(S).keys()].map((s) =>
@@ -902,6 +885,35 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
 
   L.push(...tiledStores(c, G, cw));
   return { builtins, body: L };
+}
+
+/**
+ * The k loops of a B packed along k (packedK): per group of k, each lane (subgroup: columns q,
+ * q + 8, …) or invocation (register: its C columns) loads its columns' scales; per word, its
+ * columns' words, which the innermost loop unpacks 4 steps of k at a time (loadPackedB,
+ * packedRegisterB). Looping over the word's vec4s rather than unrolling them keeps the body the
+ * f32 path's size: lavapipe's compile time grows with it (unrolled, a 2-bit kernel took 15 s to
+ * compile). Opens three loops; the caller closes them.
+ */
+function packedKLoops(c: Ctx, dq: PackedOperandCode, sg: boolean): string[] {
+  const { N, K, p } = c;
+  const C = p.colsPerThread;
+  const perWord = 32 / dq.bits;
+  const L: string[] = [];
+  L.push(`for (var g0 = lrk_zero; g0 < ${u(K)}; g0 += ${u(dq.group)}) {`);
+  const owned = sg
+    ? [...Array(C / 8).keys()].map((h) => `min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)})`)
+    : [...Array(C).keys()].map((j) => `cc${j}`);
+  owned.forEach((col, h) => {
+    L.push(`let pc${h} = ${col};`);
+    L.push(`let sl${h} = ${dq.scales}[pc${h} * ${u(K / dq.group)} + g0 / ${u(dq.group)}];`);
+  });
+  L.push(`for (var kw = g0 + lrk_zero; kw < g0 + ${u(dq.group)}; kw += ${u(perWord)}) {`);
+  for (let h = 0; h < owned.length; h++)
+    L.push(`let wl${h} = bitcast<i32>(${dq.values}[(pc${h} * ${u(K)} + kw) / ${u(perWord)}]);`);
+  L.push(`for (var v = lrk_zero; v < ${u(perWord / 4)}; v++) {`);
+  L.push(`let k0 = kw + 4u * v;`);
+  return L;
 }
 
 /**

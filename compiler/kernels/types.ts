@@ -84,6 +84,11 @@ export interface MatmulParams {
   tileK: number;
   /** vec4 loads where the layout allows. */
   vectorWidth: 1 | 4;
+  /**
+   * Split k into this many chunks (compiler/kernels/split-k.ts): the template with the other
+   * parameters runs the chunks, a second kernel sums them. Only the autotuner offers it.
+   */
+  splitK?: number;
 }
 
 /**
