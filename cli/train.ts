@@ -168,6 +168,8 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const code = report(diagnostics, options);
   if (!compiled || code !== 0) return code || 1;
   const program = compiled.program;
+  // the flag, or the block's `frozen_storage f16`: what run.json records and --resume compares
+  const frozenF16 = options.frozenF16 === true || compiled.spec.frozenStorage === "f16";
   const run = runOrDiagnostic(program);
   if ("severity" in run) return report([run], options);
   let adapters: Map<string, Tensor> | undefined;
@@ -190,7 +192,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     device: options.device,
     init: program.init?.path ?? null,
     autotune: options.autotune !== false,
-    ...(options.frozenF16 ? { frozen_f16: true } : {}),
+    ...(frozenF16 ? { frozen_f16: true } : {}),
     resume: resumeCommand(path, options, dir),
   };
   let folder: RunFolder | undefined;
@@ -459,7 +461,9 @@ function runDifferences(recorded: RunRecord, asked: RunRecord): string[] {
   // (a run recorded before the flag existed stored its frozen weights as f32)
   const half = [recorded.frozen_f16 === true, asked.frozen_f16 === true];
   if (half[0] !== half[1])
-    out.push(`--frozen-f16 is ${half[0] ? "on" : "off"} in the run, ${half[1] ? "on" : "off"} now`);
+    out.push(
+      `f16 storage of frozen weights (--frozen-f16, \`frozen_storage f16\`) is ${half[0] ? "on" : "off"} in the run, ${half[1] ? "on" : "off"} now`,
+    );
   return out;
 }
 

@@ -13,6 +13,7 @@ import {
   emitKernels,
   fuseEntries,
   planBuffers,
+  matmulChooser,
   type Plan,
   type PlanTarget,
 } from "./plan.js";
@@ -64,7 +65,9 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
   const built = buildStep(resolver, spec, placement, settings.data.fields, init.buffers); // step graph
   if (!built) return done();
   const scalars = hostScalars(built); //                              step-only scalars → host f64
-  const step = options.frozenF16 ? storeFrozenAsF16(scalars) : scalars; // frozen tensors as f16
+  // frozen tensors as f16: `--frozen-f16` turns it on whatever the block's `frozen_storage` says
+  const frozenF16 = options.frozenF16 || spec.frozenStorage === "f16";
+  const step = frozenF16 ? storeFrozenAsF16(scalars) : scalars;
   return done({ spec, placement, program: trainProgram(spec, placement, settings, init, step) });
 }
 
@@ -142,7 +145,7 @@ export function planStep(given: GraphProgram, target: PlanTarget): Plan {
   // f16 storage needs `shader-f16`: without it the frozen tensors stay f32 (the CLI says so)
   const program = target.features.includes("shader-f16") ? given : withoutHalfStorage(given);
   const fused = fuseEntries(program, target.limits, target.lowRankMax); //            kernel groups per entry
-  const buffers = planBuffers(program, fused, target.limits); //   liveness, reuse, limits
+  const buffers = planBuffers(program, fused, target.limits, matmulChooser(target)); // liveness, reuse, limits
   const kernels = emitKernels(program, fused, buffers, target); // WGSL per group
   return assemblePlan(program, buffers, kernels);
 }

@@ -40,6 +40,14 @@ import { inPlaceOutputs } from "./in-place.js";
 import { packedBits, storedBytes, storedWidth } from "./program.js";
 import type { Entry, GraphProgram, MatmulTemplate } from "./program.js";
 import { header, matmulFusionCode, sourceLines, type PackedOf } from "./wgsl.js";
+import { matmulStorage, storedMatmulBindingBytes, storedMatmulKernel } from "./kernels/dequant.js";
+import {
+  canSplitK,
+  SPLIT_K_CHOICES,
+  splitKCandidates,
+  splitKKernels,
+  splitKScratchBytes,
+} from "./kernels/split-k.js";
 
 export interface PlanKernel {
   id: number;
@@ -213,6 +221,8 @@ export function planBuffers(
   program: GraphProgram,
   fused: readonly EntryFusion[],
   limits: PlanLimits,
+  /** The plan's matmul choices: a split-k matmul needs scratch for its partial products. */
+  chooseMatmul?: (shape: MatmulShape) => MatmulParams,
 ): BufferPlan {
   const { graph } = program;
   const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
@@ -258,8 +268,23 @@ export function planBuffers(
       outputs.set(key(node), { key: key(node), bytes, role: "output", name: names.join(", ") });
     }
     const scratch = new Map<number, string[]>();
+    const materialized = new Set(groups.flatMap((g) => g.outputs));
+    const isBuffer = (node: number) => materialized.has(node) || inputByNode.has(node);
+    const packedOf = (node: number) => {
+      const input = inputByNode.get(node);
+      return input && storedWidth(input);
+    };
     for (const g of groups) {
       const writes = g.outputs.map(key);
+      const splits = chooseMatmul && splitKOf(graph, g, isBuffer, packedOf, chooseMatmul);
+      if (splits) {
+        const k = `s:${entry.name}:${g.anchor}:partials`;
+        const shape = templateShape(graph, g)!;
+        const bytes = splitKScratchBytes(shape, splits);
+        work.push({ key: k, bytes, role: "scratch", name: `%${g.anchor} split-k partials` });
+        scratch.set(g.anchor, [k]);
+        writes.push(k);
+      }
       for (const o of g.outputs)
         if (!outputNames.has(o))
           work.push({ key: key(o), bytes: bytesOf(o), role: "activation", name: `%${o}` });
@@ -289,10 +314,7 @@ export function emitKernels(
   target: PlanTarget,
 ): { kernels: PlanKernel[]; entries: Record<string, PlanEntry> } {
   const { graph } = program;
-  const featureSet = new Set(target.features);
-  const chooseMatmul =
-    target.matmulParams ??
-    ((shape: MatmulShape) => planMatmulParams(shape, featureSet, target.adapter));
+  const chooseMatmul = matmulChooser(target);
   const maxBindings = target.limits.maxStorageBuffersPerShaderStage ?? 8;
   const packed = new Map(program.inputs.map((i) => [i.node, storedWidth(i)]));
   const packedOf: PackedOf = (node) => packed.get(node);
@@ -396,11 +418,22 @@ export function assemblePlan(
 /** The matmul problems a fused program runs through the matmul template (what tuning needs). */
 export function matmulShapes(program: GraphProgram, fused: readonly EntryFusion[]): MatmulShape[] {
   const shapes = new Map<string, MatmulShape>();
-  for (const { groups } of fused)
+  const { graph } = program;
+  const packed = new Map(program.inputs.map((i) => [i.node, storedWidth(i)]));
+  for (const { groups } of fused) {
+    // as emitKernels sees the entry's buffers (its operands' storage is part of the shape)
+    const materialized = new Set(groups.flatMap((g) => g.outputs));
+    const isBuffer = (node: number) =>
+      materialized.has(node) || graph.node(node).op.kind === "input";
     for (const g of groups) {
-      const shape = g.kind === "matmul" ? templateShape(program.graph, g) : undefined;
-      if (shape) shapes.set(JSON.stringify(shape), shape);
+      const shape = g.kind === "matmul" ? templateShape(graph, g) : undefined;
+      if (!shape) continue;
+      const operands = { a: g.a!.node, b: g.b!.node };
+      const storage = matmulStorage(graph, operands, isBuffer, (node) => packed.get(node));
+      const stored = storage ? { ...shape, storage } : shape;
+      shapes.set(JSON.stringify(stored), stored);
     }
+  }
   return [...shapes.values()];
 }
 
@@ -462,9 +495,23 @@ export function groupKernels(
         throw new Error(`plan: the matmul %${g.anchor} reads no buffer at all`);
       // an operand stored as f16 is read through an f16 binding (each load converted to f32)
       const half = (node: number) => isBuffer(node) && packedOf(node) === 16;
+      const storage = matmulStorage(graph, { a: g.a.node, b: g.b.node }, isBuffer, packedOf);
+      const params = chooseMatmul(storage ? { ...shape, storage } : shape);
+      // split-k where the memory plan gave the group scratch for it (splitKOf)
+      const partials = scratch.get(g.anchor);
+      if (params.splitK && partials?.length === 1 && bufA !== undefined && bufB !== undefined) {
+        const passes = splitKKernels(
+          shape,
+          params.splitK,
+          params,
+          { a: bufA, b: bufB, partials: partials[0]!, out: bufferOf(g.output) },
+          fused?.epilogue,
+        );
+        return passes.map((k) => ({ ...k, wgsl: `${header(graph, k.name, g.nodes)}\n${k.wgsl}` }));
+      }
       const kernel = matmulKernel(
         shape,
-        chooseMatmul(shape),
+        params,
         { a: bufA ?? anyBuffer, b: bufB ?? anyBuffer, out: bufferOf(g.output) },
         fused && { epilogue: fused.epilogue, prologue: fused.prologue },
         { a: half(g.a.node), b: half(g.b.node) },
@@ -514,9 +561,52 @@ export function templateShape(graph: Graph, g: KernelGroup): MatmulShape | undef
 
 /** The matmul template for the autotuner: candidates, defaults, kernels, shape classes. */
 export const matmulTemplate: MatmulTemplate = {
-  candidates: matmulCandidates,
+  // split-k where the output is small and k long: chosen only where timed faster
+  candidates: (shape, features) => [
+    ...matmulCandidates(shape, features),
+    ...splitKCandidates(shape, features),
+  ],
   defaults: defaultMatmulParams,
-  kernel: (shape, params) => matmulKernel(shape, params, { a: 0, b: 1, out: 2 }),
-  classKey: matmulShapeClassKey,
-  describe: describeMatmulParams,
+  kernel: (shape, params) => matmulTemplate.passes!(shape, params)[0]!,
+  // a class split-k may serve is its own (a choice cached before split-k was a candidate never
+  // timed it)
+  classKey: (shape) =>
+    `${matmulShapeClassKey(shape)}${splitKCandidates(shape, new Set()).length ? " split-k" : ""}`,
+  describe: (p) => `${describeMatmulParams(p)}${p.splitK ? ` split-k ${p.splitK}` : ""}`,
+  // a split-k's partial products after the operands and out (binding 3)
+  bindingBytes: (shape) => [
+    ...storedMatmulBindingBytes(shape),
+    ...(splitKCandidates(shape, new Set(["subgroups"])).length
+      ? [splitKScratchBytes(shape, Math.max(...SPLIT_K_CHOICES))]
+      : []),
+  ],
+  passes: (shape, params) =>
+    params.splitK
+      ? splitKKernels(shape, params.splitK, params, { a: 0, b: 1, out: 2, partials: 3 })
+      : [storedMatmulKernel(shape, params)],
 };
+
+/** The parameters a target's plan gives each matmul shape. */
+export function matmulChooser(target: PlanTarget): (shape: MatmulShape) => MatmulParams {
+  const features = new Set(target.features);
+  return target.matmulParams ?? ((shape) => planMatmulParams(shape, features, target.adapter));
+}
+
+/**
+ * The chunks a matmul group runs split-k in (its chosen parameters' splitK, where the template
+ * reads both operands from buffers as f32), or undefined: planBuffers gives it scratch for the
+ * partial products and groupKernels plans its two kernels.
+ */
+function splitKOf(
+  graph: Graph,
+  g: KernelGroup,
+  isBuffer: (node: number) => boolean,
+  packedOf: PackedOf,
+  chooseMatmul: (shape: MatmulShape) => MatmulParams,
+): number | undefined {
+  const shape = g.kind === "matmul" ? templateShape(graph, g) : undefined;
+  if (!shape || !g.a || !g.b || !isBuffer(g.a.node) || !isBuffer(g.b.node)) return undefined;
+  if (packedOf(g.a.node) || packedOf(g.b.node)) return undefined;
+  const splits = chooseMatmul(shape).splitK;
+  return splits && canSplitK(shape, splits) ? splits : undefined;
+}

@@ -316,4 +316,11 @@ export interface MatmulTemplate {
   /** Shapes of one class share a tuned choice. */
   classKey(shape: MatmulShape): string;
   describe(params: MatmulParams): string;
+  /**
+   * Bytes of each buffer `kernel` and `passes` bind, by binding number (default: A, B and out in
+   * f32); a kernel binds those its `bindings` name.
+   */
+  bindingBytes?(shape: MatmulShape): number[];
+  /** Every kernel the parameters run, in order, where they are more than `kernel` (split-k). */
+  passes?(shape: MatmulShape, params: MatmulParams): KernelSource[];
 }

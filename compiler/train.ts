@@ -23,6 +23,11 @@ export interface TrainSpec {
   /** `eval every N on DATA`; `onAt` is where DATA is written. */
   eval?: { every: number; on?: DataSet; onAt?: Location };
   checkpointEvery?: number;
+  /**
+   * `frozen_storage f16 | f32`: how the step stores its frozen f32 weights (f16: as
+   * `--frozen-f16`, compiler/half-storage.ts; the flag turns it on whatever the block says).
+   */
+  frozenStorage?: "f16" | "f32";
   /** freeze / adapt / optimize / quantize / budget items, in order. */
   rules: (A.Freeze | A.Rule | A.BudgetRule)[];
   actions: A.At[];
@@ -236,6 +241,7 @@ export function resolveTrain(
     decl,
     module,
     model,
+    ...frozenStorage(r, module, settings.get("frozen_storage")),
     data: dataset(settings.get("data")?.value),
     init: overrides.init !== undefined ? { path: overrides.init } : initPath,
     loss: settings.get("loss")?.value,
@@ -257,4 +263,22 @@ export function resolveTrain(
     rules,
     actions,
   };
+}
+
+/** `frozen_storage f16` or `f32`: a storage type written as a bare name, not a value. */
+function frozenStorage(
+  r: Resolver,
+  module: Module,
+  setting: A.Setting | undefined,
+): Pick<TrainSpec, "frozenStorage"> {
+  if (!setting) return {};
+  const value = setting.value;
+  if (value.kind === "NameExpr" && (value.name === "f16" || value.name === "f32"))
+    return { frozenStorage: value.name };
+  r.diagnostics.push(
+    error("E0402", "`frozen_storage` takes `f16` or `f32`", r.at(module, value), {
+      help: "`frozen_storage f16` stores the frozen weights as half floats (as `--frozen-f16`); f32 is the default",
+    }),
+  );
+  return {};
 }

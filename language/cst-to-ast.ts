@@ -131,6 +131,7 @@ const settingKeys = new Set<A.SettingKey>([
   "schedule",
   "seed",
   "clip",
+  "frozen_storage",
 ]);
 
 export class AstBuilder extends BaseVisitor {

@@ -37,6 +37,7 @@ const settingKeywords = [
   t.Schedule,
   t.Seed,
   t.Clip,
+  t.FrozenStorage,
 ];
 const selectorTerminators = [t.With, t.By, t.Where];
 const assignOperators = [t.Equals, t.PlusAssign, t.MinusAssign, t.StarAssign, t.SlashAssign];

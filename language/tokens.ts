@@ -85,6 +85,7 @@ export const Batch = soft("batch");
 export const Schedule = soft("schedule");
 export const Seed = soft("seed");
 export const Clip = soft("clip");
+export const FrozenStorage = soft("frozen_storage");
 export const Eval = soft("eval");
 export const Checkpoint = soft("checkpoint");
 
@@ -114,6 +115,7 @@ export const trainKeywords = [
   Schedule,
   Seed,
   Clip,
+  FrozenStorage,
   Eval,
   Checkpoint,
 ];

@@ -6,7 +6,8 @@
 // wall time with GpuWaiter without them; never a busy-polling await during a timed run). The
 // fastest is kept in memory and in a JSON file keyed by adapter (vendor, architecture,
 // description) and shape class (m, n, k rounded up to powers of two, transA/transB, batched or
-// not), written atomically (temporary file + rename) so concurrent processes never see half a
+// not, and operands stored as f16 or as packed low-bit words: those are timed with the kernel the
+// plan runs for them, on bindings of their stored sizes, never as their f32 twins), written atomically (temporary file + rename) so concurrent processes never see half a
 // file. A second process reads the choice instead of timing again.
 
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
@@ -305,11 +306,15 @@ export class Autotuner {
     candidates.sort((a, b) => isFirst(b) - isFirst(a));
 
     const { batch, m, n, k } = shape;
+    // The template's kernel for a shape with f16 or packed operands binds them as the plan does.
+    const bytes =
+      this.template.bindingBytes?.(shape) ??
+      [batch * m * k, batch * k * n, batch * m * n].map((count) => count * 4);
     const buffers = this.options.measure
       ? []
-      : [batch * m * k, batch * k * n, batch * m * n].map((count) =>
+      : bytes.map((size) =>
           this.device.createBuffer({
-            size: Math.max(16, Math.ceil((count * 4) / 16) * 16),
+            size: Math.max(16, Math.ceil(size / 16) * 16),
             usage: GPUBufferUsage.STORAGE,
           }),
         );
@@ -318,18 +323,24 @@ export class Autotuner {
       let best = Infinity;
       for (const params of candidates) {
         const kernel = this.template.kernel(shape, params);
+        // a split-k candidate's time is its passes' together
+        const passes = this.template.passes?.(shape, params) ?? [kernel];
         let ms: number;
         try {
           if (this.options.measure) {
             ms = await this.options.measure(kernel, params, shape);
           } else {
-            const t = await timeMatmulKernel(this.device, kernel, buffers, runs, 3 * best);
-            ms = t.ms;
-            log(
-              `autotune ${key}: ${this.template.describe(params)} ${ms.toFixed(3)} ms ` +
-                `(${t.runs ? `${t.timer}, fastest of ${t.runs}` : "probe only"}, ` +
-                `warm-up ${t.compileMs.toFixed(0)} ms)`,
-            );
+            ms = 0;
+            for (const pass of passes) {
+              const bound = pass.bindings.map((b) => buffers[b.buffer]!);
+              const t = await timeMatmulKernel(this.device, pass, bound, runs, 3 * best - ms);
+              ms += t.ms;
+              log(
+                `autotune ${key}: ${this.template.describe(params)}${passes.length > 1 ? ` (${pass.name})` : ""} ${t.ms.toFixed(3)} ms ` +
+                  `(${t.runs ? `${t.timer}, fastest of ${t.runs}` : "probe only"}, ` +
+                  `warm-up ${t.compileMs.toFixed(0)} ms)`,
+              );
+            }
           }
         } catch (e) {
           log(`autotune ${key}: ${this.template.describe(params)} failed: ${(e as Error).message}`);

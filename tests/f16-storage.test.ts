@@ -14,7 +14,9 @@ import { Builder } from "../compiler/builder.js";
 import { planStep } from "../compiler/compile.js";
 import { frozenInputs } from "../compiler/half-storage.js";
 import { Emitter } from "../compiler/wgsl.js";
-import { halfReads, matmulCandidates } from "../compiler/kernels/matmul.js";
+import { halfReads, matmulCandidates, matmulShapeClassKey } from "../compiler/kernels/matmul.js";
+import { fuseEntries, matmulShapes, matmulTemplate } from "../compiler/plan.js";
+import { Autotuner } from "../runtime/autotune.js";
 import { memoryReport } from "../compiler/memory.js";
 import {
   storedBytes,
@@ -24,8 +26,9 @@ import {
   type ProgramInput,
   type Tensor,
 } from "../compiler/program.js";
-import { deviceTarget, portableTarget } from "../cli/target.js";
+import { defaultLimits, deviceTarget, portableTarget } from "../cli/target.js";
 import { SourceFile } from "../language/source.js";
+import { locationText } from "../language/diagnostics.js";
 import { CpuDevice } from "../runtime/device.js";
 import { halfBits, halfValue, roundToHalf } from "../runtime/half.js";
 import { evaluate } from "../runtime/interpreter.js";
@@ -223,6 +226,59 @@ describe("kernels reading f16 inputs on WebGPU", () => {
       expect(wgsl).toMatch(/A f16/);
     });
 
+  it("the autotuner times the f16 kernels, keys them apart from f32, and its choice is right", async () => {
+    if (!device.features.includes("shader-f16")) return;
+    const program = products(true, [63, 68, 99]);
+    const shapes = matmulShapes(program, fuseEntries(program, defaultLimits));
+    expect(shapes.map((s) => s.storage)).toEqual([{ b: "f16" }, { a: "f16" }]);
+    expect(matmulShapeClassKey(shapes[0]!)).toMatch(/ B f16$/);
+    expect(matmulShapeClassKey(shapes[1]!)).toMatch(/ A f16$/);
+    const cacheFile = join(mkdtempSync(join(tmpdir(), "lrk-tune-")), "autotune.json");
+    const lines: string[] = [];
+    const tuner = new Autotuner(device.device, device.summary, matmulTemplate, {
+      cacheFile,
+      runs: 1,
+      log: (line) => lines.push(line),
+    });
+    const chosen = new Map<string, MatmulParams>();
+    for (const shape of shapes) chosen.set(matmulShapeClassKey(shape), await tuner.matmul(shape));
+    // every candidate ran on f16 bindings (none failed), one timing line each
+    expect(lines.filter((l) => l.includes("failed"))).toEqual([]);
+    for (const shape of shapes)
+      expect(lines.filter((l) => l.includes(matmulShapeClassKey(shape)))).toHaveLength(
+        matmulCandidates(shape, new Set(device.features)).length,
+      );
+    const cached = JSON.parse(readFileSync(cacheFile, "utf8")) as {
+      adapters: Record<string, Record<string, unknown>>;
+    };
+    expect(Object.keys(Object.values(cached.adapters)[0]!).sort()).toEqual(
+      [...chosen.keys()].sort(),
+    );
+    // the kernel timed is the kernel planned: f16 bindings
+    const timed = matmulTemplate.kernel(shapes[0]!, chosen.get(matmulShapeClassKey(shapes[0]!))!);
+    expect(timed.wgsl).toContain("B f16");
+    expect(timed.wgsl).toContain("f16>");
+    const target = await deviceTarget(device, [program], { autotune: false });
+    const plan = planStep(program, {
+      ...target,
+      matmulParams: (shape) => chosen.get(matmulShapeClassKey(shape))!,
+    });
+    device.load(program, plan);
+    const feeds = feedsOf(program);
+    const got = await device.run(program, program.entries[0]!, feeds);
+    const want = await new CpuDevice().run(program, program.entries[0]!, feeds);
+    const byNode = new Map(program.inputs.map((i) => [i.node, feeds.get(i.name)!]));
+    const values = evaluate(
+      program.graph,
+      byNode,
+      program.entries[0]!.outputs.map((o) => o.node),
+    );
+    const unrounded = new Map(
+      program.entries[0]!.outputs.map((o) => [o.name, values.get(o.node)!]),
+    );
+    expectMatches(got, want, unrounded, ["y", "g"]);
+  }, 120_000);
+
   it("every matmul candidate reading f16 operands, as the interpreter", async () => {
     if (!device.features.includes("shader-f16")) return;
     const sizes: [number, number, number] = [37, 64, 44];
@@ -342,6 +398,70 @@ describe("f16 storage with other adapters", () => {
   }, 180_000);
 });
 
+/** The tiny LM LoRA program with `frozen_storage VALUE` in its train block. */
+function withFrozenStorage(value: string, steps = 2): string {
+  return loraTinyLmProgram("lora", steps).replace(
+    "  batch 16\n",
+    `  batch 16\n  frozen_storage ${value}\n`,
+  );
+}
+
+describe("the train block's `frozen_storage`", () => {
+  it("`frozen_storage f16` is `--frozen-f16`: the same inputs stored as f16, the same plan", () => {
+    const flag = prepare(new SourceFile("a.lrk", loraTinyLmProgram("lora", 2)), {
+      frozenF16: true,
+    });
+    const block = prepare(new SourceFile("a.lrk", withFrozenStorage("f16")));
+    const both = prepare(new SourceFile("a.lrk", withFrozenStorage("f16")), { frozenF16: true });
+    const f32 = prepare(new SourceFile("a.lrk", withFrozenStorage("f32")));
+    for (const r of [flag, block, both, f32]) expect(r.diagnostics).toEqual([]);
+    const stored = (r: typeof flag) =>
+      r.run!.step.inputs.filter((i) => i.storage === "f16").map((i) => i.name);
+    expect(stored(flag).length).toBeGreaterThan(0);
+    expect(stored(block)).toEqual(stored(flag));
+    expect(stored(both)).toEqual(stored(flag));
+    expect(stored(f32)).toEqual([]);
+    expect(planStep(block.run!.step, portableTarget)).toEqual(
+      planStep(flag.run!.step, portableTarget),
+    );
+    // the flag wins over the block (as --steps does): f32 in the block, f16 asked for
+    const override = prepare(new SourceFile("a.lrk", withFrozenStorage("f32")), {
+      frozenF16: true,
+    });
+    expect(stored(override)).toEqual(stored(flag));
+  });
+
+  it("takes f16 or f32, anything else E0402 at the value", () => {
+    const { diagnostics } = prepare(new SourceFile("a.lrk", withFrozenStorage("f8")));
+    expect(diagnostics.map((d) => d.code)).toEqual(["E0402"]);
+    expect(diagnostics[0]!.message).toBe("`frozen_storage` takes `f16` or `f32`");
+    const text = withFrozenStorage("f8");
+    const line = text.split("\n").findIndex((l) => l.includes("frozen_storage")) + 1;
+    expect(locationText(diagnostics[0]!.at!)).toBe(`a.lrk:${line}:18`);
+  });
+
+  it("`lrkc train` records it in run.json as the flag does; with the flag too it is the same run", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-f16-"));
+    writeFileSync(join(dir, "lora.lrk"), withFrozenStorage("f16", 2));
+    const train = (...args: string[]) =>
+      spawnSync(process.execPath, [lrkcBin, "train", "lora.lrk", "--device", "cpu", ...args], {
+        cwd: dir,
+        encoding: "utf8",
+      });
+    const first = train("--out", "run", "--steps", "1");
+    expect(first.status, first.stderr).toBe(0);
+    const record = JSON.parse(readFileSync(join(dir, "run", "run.json"), "utf8")) as {
+      frozen_f16?: boolean;
+    };
+    expect(record.frozen_f16).toBe(true);
+    // the flag asks for what the block already says: the same run
+    const resumed = train("--out", "run", "--steps", "1", "--frozen-f16", "--resume");
+    // (run.json's comparison passed: what stops it is that the run is done)
+    expect(resumed.stderr).not.toContain("f16 storage of frozen weights");
+    expect(resumed.stderr).toContain("already finished all 1 steps");
+  }, 60_000);
+});
+
 describe("lrkc train --frozen-f16", () => {
   it("records the choice in run.json, resumes with it, and refuses to resume without it", () => {
     const dir = mkdtempSync(join(tmpdir(), "lrk-f16-"));
@@ -361,7 +481,9 @@ describe("lrkc train --frozen-f16", () => {
     expect(record.resume).toContain("--frozen-f16");
     const without = train("--out", "run", "--resume");
     expect(without.status).toBe(1);
-    expect(without.stderr).toContain("--frozen-f16 is on in the run, off now");
+    expect(without.stderr).toContain(
+      "f16 storage of frozen weights (--frozen-f16, `frozen_storage f16`) is on in the run, off now",
+    );
   }, 60_000);
 
   it("`lrkc build --emit memory` counts the frozen weights at 2 bytes, estimated and planned", () => {

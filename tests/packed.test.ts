@@ -9,9 +9,14 @@ import { Builder } from "../compiler/builder.js";
 import { packedBits, storedBytes, type ProgramInput, type Tensor } from "../compiler/program.js";
 import { planStep } from "../compiler/compile.js";
 import { memoryReport } from "../compiler/memory.js";
-import { deviceTarget, portableTarget } from "../cli/target.js";
-import { matmulCandidates } from "../compiler/kernels/matmul.js";
-import type { MatmulParams } from "../compiler/program.js";
+import { defaultLimits, deviceTarget, portableTarget } from "../cli/target.js";
+import { matmulCandidates, matmulShapeClassKey } from "../compiler/kernels/matmul.js";
+import { fuseEntries, matmulShapes, matmulTemplate } from "../compiler/plan.js";
+import { Autotuner } from "../runtime/autotune.js";
+import type { KernelSource, MatmulParams } from "../compiler/program.js";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { SourceFile } from "../language/source.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { packIntegers, WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -216,19 +221,132 @@ describe("the matmul reading a packed weight word by word (dequantized in regist
     }
   }
 
-  it("every subgroup candidate of both products (4-bit, group 32), as the interpreter", async () => {
-    if (!device.features.includes("subgroups")) return;
+  /** Every candidate of both products (the packed words read by all but naive), checked. */
+  async function checkCandidates(bits: number, group: number, variants: string[]) {
     const shapes = [
       { batch: 1, m: 63, n: 99, k: 128, transA: false, transB: true },
       { batch: 1, m: 63, n: 128, k: 99, transA: false, transB: false },
     ];
+    // the shared tiles' slabs and the register tiles as a GPU without subgroups has them
+    const features = new Set([...device.features, "subgroups"]);
     const candidates = new Map<string, MatmulParams>();
     for (const shape of shapes)
-      for (const p of matmulCandidates(shape, new Set(device.features)))
-        if (p.variant === "subgroup") candidates.set(JSON.stringify(p), p);
-    for (const p of candidates.values()) await check(4, 32, false, p);
+      for (const p of matmulCandidates(shape, features))
+        if (
+          variants.includes(p.variant) &&
+          (p.variant !== "subgroup" || device.features.includes("subgroups"))
+        )
+          candidates.set(JSON.stringify(p), p);
+    expect(candidates.size).toBeGreaterThan(0);
+    for (const p of candidates.values()) {
+      const wgsl = await check(bits, group, false, p);
+      if (p.variant !== "naive" && (p.variant !== "subgroup" || p.colsPerThread % 8 === 0))
+        expect(wgsl, describeParams(p)).toContain(`packed ${bits}-bit words along k`);
+      if (p.variant === "register" || p.variant === "shared")
+        expect(wgsl, describeParams(p)).toContain(`packed ${bits}-bit words along n`);
+    }
+  }
+
+  it("every subgroup candidate of both products (4-bit, group 32), as the interpreter", async () => {
+    await checkCandidates(4, 32, ["subgroup"]);
   }, 300_000); // lavapipe compiles each candidate's two kernels (about a second each)
+
+  for (const [bits, group] of [
+    [4, 32],
+    [2, 64],
+    [8, 32],
+  ] as const)
+    it(`every register, shared and naive candidate (${bits}-bit, group ${group}), as the interpreter`, async () => {
+      await checkCandidates(bits, group, ["register", "shared", "naive"]);
+    }, 300_000);
 });
+
+describe("the autotuner on packed products", () => {
+  const dequant = dequantProducts(4, 32, false);
+  const program = {
+    graph: dequant.graph,
+    inputs: dequant.inputs,
+    entries: [{ name: "entry", outputs: dequant.outputs }],
+  };
+  const shapes = matmulShapes(program, fuseEntries(program, defaultLimits));
+
+  it("sees the products' packed B in the shapes it tunes, and keys its cache on it", () => {
+    const packed = shapes.filter((s) => s.storage?.b);
+    // y = x·wᵀ (B packed along k) and dx = dy·w (along n)
+    expect(packed.map((s) => [s.transB, s.storage])).toEqual([
+      [true, { b: { bits: 4, group: 32 } }],
+      [false, { b: { bits: 4, group: 32 } }],
+    ]);
+    const f32 = { ...packed[0]!, storage: undefined };
+    expect(matmulShapeClassKey(packed[0]!)).toBe(`${matmulShapeClassKey(f32)} B packed4 g32`);
+  });
+
+  it("times the kernel that runs: the packed words read by every variant that can, 5 bindings", async () => {
+    const cacheFile = join(mkdtempSync(join(tmpdir(), "lrk-tune-")), "autotune.json");
+    const timed: { kernel: KernelSource; params: MatmulParams }[] = [];
+    const features = new Set(["subgroups"]);
+    const fakeDevice = { features } as unknown as GPUDevice;
+    const adapter = { vendor: "v", architecture: "a", description: "d", fallback: false };
+    const tuner = new Autotuner(fakeDevice, adapter as never, matmulTemplate, {
+      cacheFile,
+      measure: async (kernel, params) => {
+        timed.push({ kernel, params });
+        return timed.length; // the first timed wins
+      },
+    });
+    const forward = shapes.find((s) => s.storage?.b && s.transB)!;
+    const chosen = await tuner.matmul(forward);
+    const candidates = matmulCandidates(forward, features);
+    expect(timed.map((t) => t.params)).toEqual(expect.arrayContaining(candidates));
+    expect(timed).toHaveLength(candidates.length);
+    expect(candidates.map((c) => c.variant)).toEqual(
+      expect.arrayContaining(["subgroup", "register", "shared"]),
+    );
+    for (const { kernel, params } of timed) {
+      expect(kernel.bindings.map((b) => b.buffer)).toEqual([0, 1, 2, 3, 4]);
+      if (params.variant !== "naive")
+        expect(kernel.wgsl, describeParams(params)).toContain("packed 4-bit words along k");
+    }
+    const cached = JSON.parse(readFileSync(cacheFile, "utf8")) as {
+      adapters: Record<string, Record<string, { params: MatmulParams }>>;
+    };
+    const keys = Object.keys(Object.values(cached.adapters)[0]!);
+    expect(keys).toEqual([matmulShapeClassKey(forward)]);
+    expect(keys[0]).toContain("B packed4 g32");
+    expect(chosen).toEqual(timed[0]!.params);
+  });
+});
+
+describe("the autotuner on a packed product, on WebGPU", () => {
+  it("runs every candidate's kernel on the packed values and scales it binds", async () => {
+    const dequant = dequantProducts(8, 32, false);
+    const program = {
+      graph: dequant.graph,
+      inputs: dequant.inputs,
+      entries: [{ name: "entry", outputs: dequant.outputs }],
+    };
+    const shape = matmulShapes(program, fuseEntries(program, defaultLimits)).find(
+      (s) => s.storage?.b && !s.transB,
+    )!;
+    const device = await WebGpuDevice.open();
+    try {
+      const lines: string[] = [];
+      const cacheFile = join(mkdtempSync(join(tmpdir(), "lrk-tune-")), "autotune.json");
+      const tuner = new Autotuner(device.device, device.summary, matmulTemplate, {
+        cacheFile,
+        runs: 1,
+        log: (line) => lines.push(line),
+      });
+      await tuner.matmul(shape);
+      expect(lines.filter((l) => l.includes("failed"))).toEqual([]);
+      expect(tuner.measurements).toBe(matmulCandidates(shape, new Set(device.features)).length);
+    } finally {
+      device.destroy();
+    }
+  }, 120_000);
+});
+
+const describeParams = (p: MatmulParams) => matmulTemplate.describe(p);
 
 const svdquant = `import std.nn.{Linear}
 import std.quant.{svdquant}

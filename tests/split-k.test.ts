@@ -8,12 +8,23 @@ import { defaultMatmulParams, matmulCandidates } from "../compiler/kernels/matmu
 import {
   canSplitK,
   SPLIT_K_CHOICES,
+  splitKCandidates,
   splitKChunkShape,
   splitKKernels,
 } from "../compiler/kernels/split-k.js";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { planStep } from "../compiler/compile.js";
+import { matmulTemplate } from "../compiler/plan.js";
+import type { GraphProgram, ProgramInput } from "../compiler/program.js";
+import { deviceTarget } from "../cli/target.js";
+import { Autotuner } from "../runtime/autotune.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import type { KernelSource, MatmulShape } from "../compiler/kernels/types.js";
 import { evaluate, type Tensor } from "../runtime/interpreter.js";
 import { dispatchKernel, kernelBindGroup, kernelPipeline } from "../runtime/autotune.js";
+
 import { requestAdapter, requestDevice, summarize } from "../runtime/gpu.js";
 
 const gpuAdapter = await requestAdapter();
@@ -142,4 +153,114 @@ describe("split-k matmuls as the interpreter", () => {
           }
       }
     }, 300_000);
+});
+
+/** g = 2·(xᵀ·dy) + bias: a weight gradient's product (TN, k = tokens) with an epilogue. */
+function gradientProgram(tokens: number, m: number, n: number): GraphProgram {
+  const b = new Builder();
+  const x = b.input("data", "x", [tokens, m]);
+  const dy = b.input("data", "dy", [tokens, n]);
+  const bias = b.input("param", "bias", [n]);
+  const g = b.add(b.mul(b.matmul(x, dy, { transA: true }), b.constant(2)), bias);
+  const inputs: ProgramInput[] = [
+    { name: "x", node: x, role: "data", shape: [tokens, m], dtype: "f32" },
+    { name: "dy", node: dy, role: "data", shape: [tokens, n], dtype: "f32" },
+    { name: "bias", node: bias, role: "param", shape: [n], dtype: "f32" },
+  ];
+  return {
+    graph: b.graph,
+    inputs,
+    entries: [{ name: "entry", outputs: [{ name: "g", node: g }] }],
+  };
+}
+
+describe("split-k planned where the autotuner chose it", () => {
+  const shape: MatmulShape = { batch: 1, m: 8, n: 128, k: 2048, transA: true, transB: false };
+
+  it("is offered for small outputs with long k (TN, f32) and nowhere else", () => {
+    expect(splitKCandidates(shape, features).map((p) => p.splitK)).toEqual([4, 8, 16]);
+    expect(splitKCandidates({ ...shape, k: 576 }, features).map((p) => p.splitK)).toEqual([4, 8]);
+    expect(splitKCandidates({ ...shape, transA: false }, features)).toEqual([]);
+    expect(splitKCandidates({ ...shape, m: 512, n: 512 }, features)).toEqual([]);
+    expect(splitKCandidates({ ...shape, storage: { a: "f16" } }, features)).toEqual([]);
+    // the autotuner's list: the template's own, then the split-k ones, described apart
+    const all = matmulTemplate.candidates(shape, features);
+    expect(all.filter((p) => p.splitK).length).toBe(3);
+    const names = all.map((p) => matmulTemplate.describe(p));
+    expect(new Set(names).size).toBe(names.length);
+    expect(names.filter((d) => d.includes("split-k"))).toHaveLength(3);
+    // its class is keyed apart: a choice cached before split-k was offered is timed again
+    expect(matmulTemplate.classKey(shape)).toMatch(/ split-k$/);
+    expect(matmulTemplate.classKey({ ...shape, transA: false })).not.toMatch(/split-k/);
+  });
+
+  it("the autotuner keeps split-k only where it measured faster", async () => {
+    const cacheFile = join(mkdtempSync(join(tmpdir(), "lrk-tune-")), "autotune.json");
+    const tune = async (splitFaster: boolean) => {
+      const tuner = new Autotuner(device, adapter, matmulTemplate, {
+        cacheFile: `${cacheFile}.${splitFaster}`,
+        measure: async (_kernel, params) => (!!params.splitK === splitFaster ? 1 : 2),
+      });
+      return tuner.matmul(shape);
+    };
+    expect((await tune(true)).splitK).toBeGreaterThan(0);
+    expect((await tune(false)).splitK).toBeUndefined();
+  });
+
+  it("times both passes on the device (partials bound as binding 3)", async () => {
+    const lines: string[] = [];
+    const cacheFile = join(mkdtempSync(join(tmpdir(), "lrk-tune-")), "autotune.json");
+    const tuner = new Autotuner(device, adapter, matmulTemplate, {
+      cacheFile,
+      runs: 1,
+      log: (line) => lines.push(line),
+    });
+    await tuner.matmul(shape);
+    expect(lines.filter((l) => l.includes("failed"))).toEqual([]);
+    expect(lines.filter((l) => l.includes("split-k sum"))).toHaveLength(3);
+  }, 120_000);
+
+  it("a plan with split-k chosen: two kernels, scratch for the partials, as the interpreter, deterministic", async () => {
+    const gpu = await WebGpuDevice.open();
+    try {
+      const program = gradientProgram(2048, 8, 128);
+      const base = await deviceTarget(gpu, [program], { autotune: false });
+      const split = (splits: number) => (s: MatmulShape) => ({
+        ...matmulCandidates(splitKChunkShape(s, splits), features)[0]!,
+        splitK: splits,
+      });
+      const feeds = new Map<string, Tensor>([
+        ["x", { shape: [2048, 8], data: wave(2048 * 8, 0.37) }],
+        ["dy", { shape: [2048, 128], data: wave(2048 * 128, 0.11) }],
+        ["bias", { shape: [128], data: wave(128, 0.7) }],
+      ]);
+      const byNode = new Map(program.inputs.map((i) => [i.node, feeds.get(i.name)!]));
+      const out = program.entries[0]!.outputs[0]!.node;
+      const want = evaluate(program.graph, byNode, [out]).get(out)!.data;
+      for (const splits of [4, 16]) {
+        const fresh = gradientProgram(2048, 8, 128); // a device loads a program once
+        const plan = planStep(fresh, { ...base, matmulParams: split(splits) });
+        const names = plan.kernels.map((k) => k.name);
+        expect(names.some((n) => n.includes(`(split-k ${splits})`))).toBe(true);
+        expect(names.some((n) => n.startsWith(`split-k sum ${splits}x8x128`))).toBe(true);
+        expect(
+          plan.buffers.some((b) => b.role === "scratch" && b.bytes === 4 * splits * 8 * 128),
+        ).toBe(true);
+        gpu.load(fresh, plan);
+        const first = (await gpu.run(fresh, fresh.entries[0]!, feeds)).get("g")!.data;
+        const again = (await gpu.run(fresh, fresh.entries[0]!, feeds)).get("g")!.data;
+        expect(Array.from(again)).toEqual(Array.from(first));
+        let worst = 0;
+        for (let i = 0; i < want.length; i++)
+          worst = Math.max(worst, Math.abs(first[i]! - want[i]!) / (1 + Math.abs(want[i]!)));
+        expect(worst).toBeLessThan(1e-4);
+      }
+      // the untuned plan never splits
+      const plain = planStep(program, base);
+      expect(plain.kernels.some((k) => k.name.includes("split-k"))).toBe(false);
+      expect(plain.buffers.some((b) => b.role === "scratch")).toBe(false);
+    } finally {
+      gpu.destroy();
+    }
+  }, 120_000);
 });

@@ -4,6 +4,14 @@
 // When a matmul's prologue computes exactly this, the template (compiler/kernels/matmul.ts) loads
 // whole packed words and each group's scale once instead of unpacking one element per load.
 import type { Graph, Node } from "../ir.js";
+import { matmulKernel, type MatmulKernelFusion } from "./matmul.js";
+import type {
+  KernelBuffer,
+  KernelSource,
+  MatmulParams,
+  MatmulShape,
+  MatmulStorage,
+} from "./types.js";
 
 /** A matmul operand stored [rows, cols] as values (packed along cols) times per-group scales. */
 export interface DequantOperand {
@@ -79,4 +87,90 @@ export interface PackedOperandCode {
   scales: string;
   bits: number;
   group: number;
+}
+
+/**
+ * How a matmul's operands are stored where not plain f32: an operand bound as f16 (a frozen
+ * tensor stored as half floats: `packedOf` 16), or a B computed by a prologue that is a
+ * dequantized packed weight. Undefined when both are f32. The plan passes it in the shape it
+ * asks parameters for, so that the autotuner times (and caches) the kernel that really runs.
+ */
+export function matmulStorage(
+  graph: Graph,
+  operands: { a: number; b: number },
+  isBuffer: (node: number) => boolean,
+  packedOf: (node: number) => number | undefined,
+): MatmulStorage | undefined {
+  const half = (node: number) => isBuffer(node) && packedOf(node) === 16;
+  const dq = isBuffer(operands.b)
+    ? undefined
+    : dequantOperand(graph, operands.b, isBuffer, packedOf);
+  const storage: MatmulStorage = {
+    ...(half(operands.a) ? { a: "f16" as const } : {}),
+    ...(half(operands.b)
+      ? { b: "f16" as const }
+      : dq
+        ? { b: { bits: dq.bits, group: dq.group } }
+        : {}),
+  };
+  return storage.a || storage.b ? storage : undefined;
+}
+
+/** The shape's B as a packed weight, if it is one. */
+export function packedStorage(shape: MatmulShape): { bits: number; group: number } | undefined {
+  const b = shape.storage?.b;
+  return typeof b === "object" ? b : undefined;
+}
+
+/**
+ * The kernel a plan runs for `shape` with its operand storage, on bindings A = 0, B = 1, out = 2
+ * and, for a packed B, its values (3, u32 words) and scales (4): what the autotuner times. A packed
+ * B is read as the plan's prologue reads it (element i of B as stored is field i of the values
+ * times scale i / group: a row of B holds whole groups), and word by word where the variant can.
+ */
+export function storedMatmulKernel(shape: MatmulShape, params: MatmulParams): KernelSource {
+  const half = { a: shape.storage?.a === "f16", b: shape.storage?.b === "f16" };
+  const packed = packedStorage(shape);
+  if (!packed) return matmulKernel(shape, params, { a: 0, b: 1, out: 2 }, undefined, half);
+  const perWord = 32 / packed.bits;
+  const buffers: KernelBuffer[] = [
+    { name: "dq_values", type: "u32", buffer: 3, access: "read" },
+    { name: "dq_scales", type: "f32", buffer: 4, access: "read" },
+  ];
+  const fusion: MatmulKernelFusion = {
+    epilogue: {
+      expression: "acc",
+      bindings: buffers,
+      declarations: [
+        `fn dq_element(i: u32) -> f32 {`,
+        `  let field = extractBits(bitcast<i32>(dq_values[i / ${perWord}u]), (i % ${perWord}u) * ${packed.bits}u, ${packed.bits}u);`,
+        `  return f32(field) * dq_scales[i / ${packed.group}u];`,
+        `}`,
+      ].join("\n"),
+    },
+    prologue: {
+      b: "dq_element(i)",
+      dequantB: {
+        values: "dq_values",
+        scales: "dq_scales",
+        bits: packed.bits,
+        group: packed.group,
+      },
+    },
+  };
+  return matmulKernel(shape, params, { a: 0, b: 1, out: 2 }, fusion, half);
+}
+
+/** Bytes of each binding of `storedMatmulKernel(shape, …)`, in binding order. */
+export function storedMatmulBindingBytes(shape: MatmulShape): number[] {
+  const { batch, m, n, k } = shape;
+  const width = (side: "a" | "b") => (shape.storage?.[side] === "f16" ? 2 : 4);
+  const packed = packedStorage(shape);
+  const bytes = [
+    batch * m * k * width("a"),
+    packed ? 16 : batch * k * n * width("b"),
+    batch * m * n * 4,
+    ...(packed ? [4 * Math.ceil((k * n * packed.bits) / 32), (4 * k * n) / packed.group] : []),
+  ];
+  return bytes.map((b) => Math.max(16, Math.ceil(b / 16) * 16));
 }

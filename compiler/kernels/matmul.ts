@@ -21,6 +21,10 @@
 //              (workgroupX·colsPerThread) output tiles, tileK-deep A and B slabs staged in
 //              workgroup memory; each invocation owns a strided rows × cols sub-tile. Wins on
 //              discrete GPUs.
+// A B that is a dequantized packed weight (compiler/kernels/dequant.ts) is read as whole u32 words
+// unpacked with vector shifts in every variant but naive: the subgroup tile shares each lane's
+// word, the register tile loads its own columns' words, the shared tile stages its slab of B
+// from words (packedBMode).
 // Sizes are baked into the WGSL as constants. Edges: loads clamp their row/column into the matrix
 // (no branches in the inner loop), stores check bounds. vec4 loads are used along an operand's
 // contiguous axis when that extent is a multiple of 4 (vectorWidth 4), scalar loads otherwise;
@@ -104,7 +108,21 @@ export function matmulShapeClass(shape: MatmulShape): MatmulShapeClass {
 export function matmulShapeClassKey(shape: MatmulShape): string {
   const c = matmulShapeClass(shape);
   const layout = `${c.transA ? "T" : "N"}${c.transB ? "T" : "N"}`;
-  return `matmul/v${MATMUL_TEMPLATE_VERSION} m${c.m} n${c.n} k${c.k} ${layout} ${c.batched ? "batched" : "single"}`;
+  return (
+    `matmul/v${MATMUL_TEMPLATE_VERSION} m${c.m} n${c.n} k${c.k} ${layout} ${c.batched ? "batched" : "single"}` +
+    matmulStorageKey(shape)
+  );
+}
+
+/**
+ * The class key's part for operands not stored as f32 (empty for f32): an f16 or packed operand
+ * runs other code, so its tuned choice is its own (` A f16`, ` B packed4 g64`).
+ */
+export function matmulStorageKey(shape: MatmulShape): string {
+  const { a, b } = shape.storage ?? {};
+  return (
+    (a ? ` A ${a}` : "") + (b === "f16" ? " B f16" : b ? ` B packed${b.bits} g${b.group}` : "")
+  );
 }
 
 export function describeMatmulParams(p: MatmulParams): string {
@@ -346,10 +364,23 @@ function packedBMode(
   shape: MatmulShape,
   p: MatmulParams,
   dq: PackedOperandCode,
-): BMode | undefined {
+): "packedK" | "packedN" | undefined {
   const perWord = 32 / dq.bits;
   const C = p.colsPerThread;
-  if (p.variant !== "subgroup" || p.vectorWidth !== 4 || shape.batch !== 1) return undefined;
+  if (p.vectorWidth !== 4 || shape.batch !== 1 || p.variant === "naive") return undefined;
+  if (p.variant !== "subgroup") {
+    // register and shared (packedRegisterB, packedSharedB): along k a whole word per column and
+    // step of the word loop (k, the group and shared's slab a multiple of a word); along n one
+    // word per 4 columns (n, the group and the tile's columns multiples of 4: the 4 are in one
+    // word and one group)
+    const cols = p.variant === "shared" ? p.workgroupX * C : C;
+    const depth = p.variant === "shared" ? p.tileK : perWord;
+    if (shape.transB)
+      return shape.k % perWord === 0 && dq.group % perWord === 0 && depth % perWord === 0
+        ? "packedK"
+        : undefined;
+    return shape.n % 4 === 0 && dq.group % 4 === 0 && cols % 4 === 0 ? "packedN" : undefined;
+  }
   if (shape.transB)
     return shape.k % perWord === 0 && dq.group % perWord === 0 && C % 8 === 0
       ? "packedK"
@@ -479,6 +510,9 @@ function matmulCode(
     else if (shape.transA && m % 4 === 0 && R % 4 === 0) aMode = "m4";
     if (proA) aMode = "scalar";
     if (proB) bMode = (dequantB && packedBMode(shape, p, dequantB)) || "scalar";
+    // register tiles read packed words into vec4 accumulators' columns
+    if ((bMode === "packedK" || bMode === "packedN") && p.variant === "register" && C % 4 !== 0)
+      bMode = "scalar";
   }
   let sharedAVec = false;
   let sharedBVec = false;
@@ -490,6 +524,11 @@ function matmulCode(
     if (proA) sharedAVec = false;
     if (proB) sharedBVec = false;
   }
+  // shared: the slab of B staged from packed words (packedSharedB)
+  const sharedPacked =
+    v4 && p.variant === "shared" && dequantB ? packedBMode(shape, p, dequantB) : undefined;
+  const packedMode =
+    sharedPacked ?? (bMode === "packedK" || bMode === "packedN" ? bMode : undefined);
   const aVec = aMode !== "scalar" || sharedAVec;
   const bVec = bMode === "n4" || bMode === "k4" || sharedBVec;
   // Register tiles store a vec4 of 4 columns at once where n allows (one per-lane store loop on
@@ -560,7 +599,12 @@ function matmulCode(
       dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
       break;
     case "shared":
-      entry = sharedBody(c, sharedAVec, sharedBVec);
+      entry = sharedBody(
+        c,
+        sharedAVec,
+        sharedBVec,
+        sharedPacked && dequantB && { mode: sharedPacked, dq: dequantB },
+      );
       dispatch = [Math.ceil(n / (wgx * C)), Math.ceil(m / (wgy * R)), batch];
       break;
   }
@@ -574,7 +618,9 @@ function matmulCode(
   const vec = (v: boolean) => (v ? "vec4<f32>" : "f32");
   const stored = (v: boolean, f16?: boolean) => (f16 ? (v ? "vec4<f16>" : "f16") : vec(v));
   let declarations = [functions, ...(entry.declarations ?? [])];
-  let body = entry.body;
+  // B read only from its packed words: its binding stays statically used, so that an automatic
+  // pipeline layout keeps it (the subgroup tile's fallback reads it through mm_dot)
+  let body = packedMode && !sg ? ["_ = &mm_b;", ...entry.body] : entry.body;
   for (const [side, isVec] of [
     ["a", aVec],
     ["b", bVec],
@@ -594,8 +640,8 @@ function matmulCode(
       `A ${shape.transA ? "[b,k,m]" : "[b,m,k]"}${aVec ? " vec4" : ""}${proA ? " (prologue)" : ""}, ` +
       `B ${shape.transB ? "[b,n,k]" : "[b,k,n]"}${bVec ? " vec4" : ""}${proB ? " (prologue)" : ""}` +
       `${half.a ? ", A f16" : ""}${half.b ? ", B f16" : ""}` +
-      (dequantB && (bMode === "packedK" || bMode === "packedN")
-        ? `, packed ${dequantB.bits}-bit words along ${bMode === "packedK" ? "k" : "n"}, group ${dequantB.group}`
+      (dequantB && packedMode
+        ? `, packed ${dequantB.bits}-bit words along ${packedMode === "packedK" ? "k" : "n"}, group ${dequantB.group}`
         : ""),
     // Every subgroup operation sits in control flow that is uniform in practice (the branch on
     // subgroup_size), which the uniformity analysis cannot prove.
@@ -676,7 +722,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   // KU = 4) the spread measured slower on lavapipe (576×8×512 NT: 1.42 vs 1.00), its unrolled
   // body 4× longer.
   // packedN: the tile's columns are C / perWord words of one k row; the 8 lanes load 8 / words rows.
-  const S = bMode === "packedN" ? (8 * perWord) / C : sg && KU === 1 ? 8 / G : 1;
+  const S = bMode === "packedN" && sg ? (8 * perWord) / C : sg && KU === 1 ? 8 / G : 1;
   const kMain = K - (K % (KU * S));
   const L: string[] = [];
   const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
@@ -754,7 +800,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   // B(k0 + kk, column group g), kk < KU·S: emits the loads, returns the expression.
   const loadB = (out: string[], ind: string): ((kk: number, g: number) => string) => {
     if (dq && (bMode === "packedK" || bMode === "packedN"))
-      return loadPackedB(c, dq, bMode, S, out, ind);
+      return sg ? loadPackedB(c, dq, bMode, S, out, ind) : packedRegisterB(c, dq, bMode, out, ind);
     if (sg && bMode === "k4" && C % 8 === 0) {
       // B stored transposed: lane q loads column q (and q + 8, ...) as a vec4 along k, so each
       // of the 8 lanes' loads is a distinct column (with 4 columns per lane, 16- and 8-column
@@ -806,21 +852,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   };
 
   if (kMain > 0 && dq && bMode === "packedK") {
-    // Per group of k, each lane loads its columns' scales; per word, its columns' words, which
-    // the innermost loop unpacks 4 steps of k at a time (see loadPackedB). Looping over the
-    // word's vec4s rather than unrolling them keeps the body the f32 path's size: lavapipe's
-    // compile time grows with it (unrolled, a 2-bit kernel took 15 s to compile).
-    L.push(`for (var g0 = lrk_zero; g0 < ${u(K)}; g0 += ${u(dq.group)}) {`);
-    for (let h = 0; h < C / 8; h++) {
-      const col = `min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)})`;
-      L.push(`let pc${h} = ${col};`);
-      L.push(`let sl${h} = ${dq.scales}[pc${h} * ${u(K / dq.group)} + g0 / ${u(dq.group)}];`);
-    }
-    L.push(`for (var kw = g0 + lrk_zero; kw < g0 + ${u(dq.group)}; kw += ${u(perWord)}) {`);
-    for (let h = 0; h < C / 8; h++)
-      L.push(`let wl${h} = bitcast<i32>(${dq.values}[(pc${h} * ${u(K)} + kw) / ${u(perWord)}]);`);
-    L.push(`for (var v = lrk_zero; v < ${u(perWord / 4)}; v++) {`);
-    L.push(`let k0 = kw + 4u * v;`);
+    L.push(...packedKLoops(c, dq, sg));
   } else if (kMain > 0) L.push(`for (var k0 = lrk_zero; k0 < ${u(kMain)}; k0 += ${u(KU * S)}) {`);
   if (kMain > 0) {
     const a = [...Array(S).keys()].map((s) =>
@@ -853,6 +885,35 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
 
   L.push(...tiledStores(c, G, cw));
   return { builtins, body: L };
+}
+
+/**
+ * The k loops of a B packed along k (packedK): per group of k, each lane (subgroup: columns q,
+ * q + 8, …) or invocation (register: its C columns) loads its columns' scales; per word, its
+ * columns' words, which the innermost loop unpacks 4 steps of k at a time (loadPackedB,
+ * packedRegisterB). Looping over the word's vec4s rather than unrolling them keeps the body the
+ * f32 path's size: lavapipe's compile time grows with it (unrolled, a 2-bit kernel took 15 s to
+ * compile). Opens three loops; the caller closes them.
+ */
+function packedKLoops(c: Ctx, dq: PackedOperandCode, sg: boolean): string[] {
+  const { N, K, p } = c;
+  const C = p.colsPerThread;
+  const perWord = 32 / dq.bits;
+  const L: string[] = [];
+  L.push(`for (var g0 = lrk_zero; g0 < ${u(K)}; g0 += ${u(dq.group)}) {`);
+  const owned = sg
+    ? [...Array(C / 8).keys()].map((h) => `min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)})`)
+    : [...Array(C).keys()].map((j) => `cc${j}`);
+  owned.forEach((col, h) => {
+    L.push(`let pc${h} = ${col};`);
+    L.push(`let sl${h} = ${dq.scales}[pc${h} * ${u(K / dq.group)} + g0 / ${u(dq.group)}];`);
+  });
+  L.push(`for (var kw = g0 + lrk_zero; kw < g0 + ${u(dq.group)}; kw += ${u(perWord)}) {`);
+  for (let h = 0; h < owned.length; h++)
+    L.push(`let wl${h} = bitcast<i32>(${dq.values}[(pc${h} * ${u(K)} + kw) / ${u(perWord)}]);`);
+  L.push(`for (var v = lrk_zero; v < ${u(perWord / 4)}; v++) {`);
+  L.push(`let k0 = kw + 4u * v;`);
+  return L;
 }
 
 /**
@@ -921,6 +982,104 @@ function loadPackedB(
 }
 
 /**
+ * The register tile's B from a dequantized packed weight (packedBMode), its own columns' words
+ * unpacked in registers. packedK: column j's word wl{j} and scale sl{j} are loaded per word and
+ * group (tiledBody); the loop index v picks the word's 4 fields for steps k0 .. k0 + 3. packedN:
+ * per step of k, one word per group of 4 columns (col a multiple of 4, n of 4: the 4 fields lie in
+ * one word and one group), shifted down to them, and that group's scale.
+ */
+function packedRegisterB(
+  c: Ctx,
+  dq: PackedOperandCode,
+  bMode: "packedK" | "packedN",
+  out: string[],
+  ind: string,
+): (kk: number, g: number) => string {
+  const { N, p } = c;
+  const C = p.colsPerThread;
+  const G = C / 4;
+  const perWord = 32 / dq.bits;
+  if (bMode === "packedK") {
+    for (let j = 0; j < C; j++) {
+      const word = perWord > 4 ? `(wl${j} >> (v * ${u(4 * dq.bits)}))` : `wl${j}`;
+      out.push(`${ind}let dq${j} = ${fields4(word, 0, dq.bits)} * sl${j};`);
+    }
+    for (let kk = 0; kk < 4; kk++)
+      for (let g = 0; g < G; g++) {
+        const parts = [0, 1, 2, 3].map((i) => `dq${4 * g + i}.${LANE[kk]}`);
+        out.push(`${ind}let b${kk}_${g} = vec4<f32>(${parts.join(", ")});`);
+      }
+    return (kk, g) => `b${kk}_${g}`;
+  }
+  for (let g = 0; g < G; g++) {
+    out.push(`${ind}let pi${g} = k0 * ${u(N)} + min(col0 + ${u(4 * g)}, ${u(N - 4)});`);
+    out.push(
+      `${ind}let pw${g} = bitcast<i32>(${dq.values}[pi${g} / ${u(perWord)}]) >> ` +
+        `((pi${g} % ${u(perWord)}) * ${u(dq.bits)});`,
+    );
+    out.push(
+      `${ind}let b0_${g} = ${fields4(`pw${g}`, 0, dq.bits)} * ${dq.scales}[pi${g} / ${u(dq.group)}];`,
+    );
+  }
+  return (_kk, g) => `b0_${g}`;
+}
+
+/**
+ * The shared variant's slab of B staged from a dequantized packed weight (packedBMode): each
+ * invocation loads whole u32 words, unpacks them with vector shifts, scales them and writes the
+ * values to the slab (zero outside the matrix). packedK (B stored [n, k]): a word is 32 / bits
+ * steps of k of one column; packedN (B stored [k, n]): a word's 4 fields from a multiple of 4 are
+ * 4 columns of one k row.
+ */
+function packedSharedB(
+  c: Ctx,
+  dq: PackedOperandCode,
+  mode: "packedK" | "packedN",
+  TN: number,
+  NT: number,
+): string[] {
+  const { N, K, p } = c;
+  const TK = p.tileK;
+  const perWord = 32 / dq.bits;
+  const L: string[] = [];
+  const unpack = (word: string, count: number, scale: string, ok: string) => {
+    for (let v = 0; v < count; v++)
+      L.push(
+        `    let d${v} = select(vec4<f32>(), ${fields4(word, 4 * v, dq.bits)} * ${scale}, ${ok});`,
+      );
+  };
+  if (mode === "packedK") {
+    const words = TK / perWord; // per column of the slab
+    L.push(`  for (var i = lidx; i < ${u(TN * words)}; i += ${u(NT)}) {`);
+    L.push(`    let x = i / ${u(words)};`);
+    L.push(`    let kk = (i % ${u(words)}) * ${u(perWord)};`);
+    L.push(`    let ok = tileCol + x < ${u(N)} && k0 + kk < ${u(K)};`);
+    L.push(
+      `    let pi = min(tileCol + x, ${u(N - 1)}) * ${u(K)} + min(k0 + kk, ${u(K - perWord)});`,
+    );
+    L.push(`    let pw = bitcast<i32>(${dq.values}[pi / ${u(perWord)}]);`);
+    unpack("pw", perWord / 4, `${dq.scales}[pi / ${u(dq.group)}]`, "ok");
+    for (let f = 0; f < perWord; f++)
+      L.push(`    mm_tile_b[(kk + ${u(f)}) * ${u(TN)} + x] = d${f >> 2}.${LANE[f % 4]};`);
+  } else {
+    L.push(`  for (var i = lidx; i < ${u((TK * TN) / 4)}; i += ${u(NT)}) {`);
+    L.push(`    let x = (i % ${u(TN / 4)}) * 4u;`);
+    L.push(`    let kk = i / ${u(TN / 4)};`);
+    L.push(`    let ok = tileCol + x < ${u(N)} && k0 + kk < ${u(K)};`);
+    L.push(`    let pi = min(k0 + kk, ${u(K - 1)}) * ${u(N)} + min(tileCol + x, ${u(N - 4)});`);
+    L.push(
+      `    let pw = bitcast<i32>(${dq.values}[pi / ${u(perWord)}]) >> ` +
+        `((pi % ${u(perWord)}) * ${u(dq.bits)});`,
+    );
+    unpack("pw", 1, `${dq.scales}[pi / ${u(dq.group)}]`, "ok");
+    for (let j = 0; j < 4; j++)
+      L.push(`    mm_tile_b[kk * ${u(TN)} + x + ${u(j)}] = d0.${LANE[j]};`);
+  }
+  L.push(`  }`);
+  return L;
+}
+
+/**
  * The register and subgroup tiles' stores, through a small loop: one bounds check and epilogue in
  * the code, not R·C copies. Accumulator acc{r}_{g} holds row r, columns g·cw.. of the tile.
  */
@@ -983,7 +1142,12 @@ function subgroupFallback(c: Ctx, lanes: number): string[] {
  * matrices), then each invocation accumulates rows lid.y + r·workgroupY and columns
  * lid.x + j·workgroupX (strided, so neighbouring invocations read neighbouring words).
  */
-function sharedBody(c: Ctx, aVec: boolean, bVec: boolean): Entry {
+function sharedBody(
+  c: Ctx,
+  aVec: boolean,
+  bVec: boolean,
+  packedB?: { mode: "packedK" | "packedN"; dq: PackedOperandCode },
+): Entry {
   const { M, N, K, p } = c;
   const R = p.rowsPerThread;
   const C = p.colsPerThread;
@@ -1059,7 +1223,8 @@ function sharedBody(c: Ctx, aVec: boolean, bVec: boolean): Entry {
     L.push(`  }`);
   };
   coop("a", aVec, !c.shape.transA, TM, M);
-  coop("b", bVec, c.shape.transB, TN, N);
+  if (packedB) L.push(...packedSharedB(c, packedB.dq, packedB.mode, TN, NT));
+  else coop("b", bVec, c.shape.transB, TN, N);
   L.push(`  workgroupBarrier();`);
   L.push(`  for (var kk = lrk_zero; kk < ${u(TK)}; kk += ${u(U)}) {`);
   for (let s = 0; s < U; s++) {

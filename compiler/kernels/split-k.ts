@@ -10,9 +10,43 @@
 // folded into k), chunk s of k is rows s·k/S … of both operands, contiguous, exactly the template's
 // batch s of a batched product with k/S; its output batch s is partial s. So every template
 // variant (and the autotuner's tuned parameters for the chunk's shape) serves as the first pass.
-import { matmulKernel } from "./matmul.js";
+//
+// Planned only where the autotuner measured it faster (splitKCandidates; MatmulParams.splitK): on
+// lavapipe it measured 0.33–1.07× of the best single kernel (bench/split-k.ts), so there it is
+// rarely chosen; on a GPU with many cores it may be. Either way the result is deterministic: the
+// chunks' order of summation is fixed.
+import { matmulCandidates, matmulKernel } from "./matmul.js";
 import { renderKernel } from "./render.js";
 import type { KernelBuffer, KernelSource, MatmulParams, MatmulShape } from "./types.js";
+
+/** Outputs of at most this many elements count as small (a few tiles: most cores idle). */
+const SMALL_OUTPUT = 128 * 128;
+/** Chunks of k shorter than this are not offered (the sum costs more than it saves). */
+const MIN_CHUNK = 64;
+
+/**
+ * The split-k parameterizations worth timing for `shape`: a small output (≤ 128² elements) with a
+ * long k, stored TN (the weight gradients), f32 operands; S chunks of at least 64 each, the
+ * chunks run with the template's first candidate for the chunk's shape. None otherwise.
+ */
+export function splitKCandidates(
+  shape: MatmulShape,
+  features: ReadonlySet<string>,
+): MatmulParams[] {
+  if (shape.storage || shape.m * shape.n > SMALL_OUTPUT) return [];
+  const out: MatmulParams[] = [];
+  for (const splits of [4, 8, 16]) {
+    if (!canSplitK(shape, splits) || shape.k / splits < MIN_CHUNK) continue;
+    const chunk = matmulCandidates(splitKChunkShape(shape, splits), features)[0]!;
+    out.push({ ...chunk, splitK: splits });
+  }
+  return out;
+}
+
+/** Bytes of the partial products of a split-k of `shape` in `splits` chunks. */
+export function splitKScratchBytes(shape: MatmulShape, splits: number): number {
+  return 4 * splits * shape.m * shape.n;
+}
 
 /** Chunks of k a split-k matmul may use (S, each dividing k into whole chunks). */
 export const SPLIT_K_CHOICES = [2, 4, 8, 16] as const;
@@ -55,7 +89,8 @@ export function splitKKernels(
     throw new Error(
       `split-k: ${shape.m}x${shape.n}x${shape.k} (${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}) cannot be split in ${splits}`,
     );
-  const chunks = matmulKernel(splitKChunkShape(shape, splits), params, {
+  const { splitK: _splitK, ...chunkParams } = params;
+  const chunks = matmulKernel(splitKChunkShape(shape, splits), chunkParams, {
     a: bindings.a,
     b: bindings.b,
     out: bindings.partials,

@@ -54,6 +54,21 @@ export interface MatmulShape {
   k: number;
   transA: boolean;
   transB: boolean;
+  /**
+   * How an operand is stored where it is not plain f32 (absent: both f32): the autotuner times
+   * the kernel the plan runs, and keys its choice on it.
+   */
+  storage?: MatmulStorage;
+}
+
+/**
+ * Operand storage of a matmul: `f16` (a frozen tensor, `--frozen-f16`, read through an f16
+ * binding), or for B a dequantized packed weight (values of `bits` bits packed into u32 words
+ * along B's stored rows, one f32 scale per `group` consecutive elements: compiler/kernels/dequant.ts).
+ */
+export interface MatmulStorage {
+  a?: "f16";
+  b?: "f16" | { bits: number; group: number };
 }
 
 /** Parameters of the matmul template, chosen per (shape class, adapter) by the autotuner. */
@@ -69,6 +84,11 @@ export interface MatmulParams {
   tileK: number;
   /** vec4 loads where the layout allows. */
   vectorWidth: 1 | 4;
+  /**
+   * Split k into this many chunks (compiler/kernels/split-k.ts): the template with the other
+   * parameters runs the chunks, a second kernel sums them. Only the autotuner offers it.
+   */
+  splitK?: number;
 }
 
 /**
