@@ -64,6 +64,16 @@ export interface TargetOptions {
  * The target of `device` for these programs: its limits and features, and with `autotune` the
  * tuned parameters of every large matmul the programs run (tuned now when not cached).
  */
+/**
+ * The matmuls worth tuning for `programs` planned for `target`: those of the fusion the plan will
+ * make (with the target's low-rank limit: on lavapipe the LoRA branches are matmuls of their own).
+ */
+export function tuningShapes(programs: readonly GraphProgram[], target: PlanTarget) {
+  return programs
+    .flatMap((p) => matmulShapes(p, fuseEntries(p, target.limits, target.lowRankMax)))
+    .filter((shape) => !isSmallMatmul(shape));
+}
+
 export async function deviceTarget(
   device: WebGpuDevice,
   programs: readonly GraphProgram[],
@@ -83,9 +93,7 @@ export async function deviceTarget(
   if (!options.autotune) return base;
   const features = new Set(device.features);
   const tuner = new Autotuner(device.device, device.summary, matmulTemplate);
-  const shapes = programs
-    .flatMap((p) => matmulShapes(p, fuseEntries(p, base.limits)))
-    .filter((shape) => !isSmallMatmul(shape));
+  const shapes = tuningShapes(programs, base);
   const classes = new Map(shapes.map((s) => [matmulTemplate.classKey(s), s]));
   const untuned = [...classes.values()].filter((s) => !tuner.cached(s)).length;
   if (untuned > 0)

@@ -9,7 +9,7 @@ import { Builder } from "../compiler/builder.js";
 import { tensor } from "../runtime/interpreter.js";
 import type { ProgramInput } from "../compiler/program.js";
 import { planStep } from "../compiler/compile.js";
-import { deviceTarget, loadPlans } from "../cli/target.js";
+import { defaultLimits, deviceTarget, loadPlans, tuningShapes } from "../cli/target.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { SourceFile } from "../language/source.js";
 import { batchFeeds, initialize } from "../runtime/trainer.js";
@@ -100,5 +100,23 @@ describe("autotuned plans", () => {
     expect(times!.map((t) => t.kernel)).toEqual(dispatched);
     for (const t of times!) expect(t.ms).toBeGreaterThanOrEqual(0);
     expect(times!.some((t) => t.ms > 0)).toBe(true);
+  });
+});
+
+describe("the shapes the autotuner times", () => {
+  it("come from the fusion the plan makes: with no low-rank fusion, LoRA's products are tuned", () => {
+    const path = join(root, "examples", "lora_finetune.lrk");
+    const { run } = prepare(new SourceFile(path, readFileSync(path, "utf8")));
+    const rank8 = (shapes: ReturnType<typeof tuningShapes>) =>
+      shapes.filter((s) => s.n === 8 || s.k === 8).length;
+    const unfused = tuningShapes([run!.step], {
+      limits: defaultLimits,
+      features: [],
+      lowRankMax: 0,
+    });
+    const fused = tuningShapes([run!.step], { limits: defaultLimits, features: [] });
+    // lavapipe plans LoRA's x·Aᵀ and (x·Aᵀ)·Bᵀ as matmuls of their own (lowRankMax 0): tuning
+    // the fused plan's shapes instead left them on the defaults
+    expect(rank8(unfused)).toBeGreaterThan(rank8(fused));
   });
 });
