@@ -51,6 +51,16 @@ function activeSet(order: string, w: number, N: number, k: number, seed: number)
     return new Set(ranked.slice(0, k).map(([, i]) => i));
   }
   const set = new Set<number>();
+  if (order === "mirror") {
+    // the reference's loop: idx from (w · k/2) mod H on, k/2 of them, each with its mirror image
+    const H = Math.floor(N / 2);
+    const start = (w * (k / 2)) % H;
+    for (let idx = start; idx < start + k / 2; idx++) {
+      set.add(idx % H);
+      set.add(N - 1 - (idx % H));
+    }
+    return set;
+  }
   for (let i = 0; i < N; i++) {
     const position = order === "descending" ? N - 1 - i : i;
     const offset = (((position - w * k) % N) + N) % N;
@@ -64,7 +74,7 @@ describe("FRUGAL (blocks)", () => {
   // round(0.5 · 3) = 2 (1.5, to even)
   const k = 2;
 
-  for (const order of ["ascending", "descending", "random"]) {
+  for (const order of ["ascending", "descending", "random", "mirror"]) {
     it(`five steps across three windows, order ${order}: AdamW (restarted) on the active, signSGD on the rest`, async () => {
       const seed = 11;
       const run = compile(
@@ -115,8 +125,9 @@ describe("FRUGAL (blocks)", () => {
           );
         });
       }
-      // the windows activated different sets (else the order would be untested)
-      expect(seen.size).toBeGreaterThan(1);
+      // the windows activated different sets (else the order would be untested); of three
+      // tensors, mirror can only pair the first and the last (its six-tensor test moves them)
+      if (order !== "mirror") expect(seen.size).toBeGreaterThan(1);
     });
   }
 
@@ -138,11 +149,55 @@ describe("FRUGAL (blocks)", () => {
 
   it("refuses an order it does not know, at the user's call", () => {
     const { diagnostics } = prepare(
-      new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, order: "mirror")`)),
+      new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, order: "spiral")`)),
     );
     const errors = diagnostics.filter((d) => d.severity === "error");
     expect(errors.map((d) => d.code)).toEqual(["E0205"]);
-    expect(errors[0]!.message).toContain('not "mirror"');
+    expect(errors[0]!.message).toContain('not "spiral"');
+  });
+
+  it("refuses the mirror order with an odd number of active tensors (they come in pairs)", () => {
+    // round(0.3 · 3) = 1
+    const { diagnostics } = prepare(
+      new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, density: 0.3, order: "mirror")`)),
+    );
+    const errors = diagnostics.filter((d) => d.severity === "error");
+    expect(errors.map((d) => d.code)).toEqual(["E0205"]);
+    expect(errors[0]!.message).toContain("= 1 is odd");
+  });
+
+  it("mirror order: tensor pairs i and N − 1 − i, moving as the reference's loop, over six tensors", async () => {
+    // weights and biases of three layers: N = 6, k = round(0.66 · 6) = 4, H = 3, two pairs a window
+    const text = program(
+      'frugal_block(lr: 0.01, density: 0.66, period: 2, order: "mirror", weight_decay: 0, inactive_lr_scale: 0.2)',
+    )
+      .replace("freeze **.bias\n", "")
+      .replace("optimize l1.weight, l2.weight, l3.weight", "optimize **");
+    const run = compile(text);
+    const paths = run.step.trainable;
+    expect(paths).toEqual(["l1.weight", "l1.bias", "l2.weight", "l2.bias", "l3.weight", "l3.bias"]);
+    const store = await init(run, true);
+    const windows: number[][] = [];
+    for (let t = 1; t <= 7; t++) {
+      const before = paths.map((p) => param(store, p));
+      await trainStep(run, store, t, true);
+      if (t % 2 === 0) continue;
+      // an inactive tensor moved by exactly 0.2 · lr per element; an active one by about lr
+      const active = paths.flatMap((p, i) => {
+        const moved = param(store, p).map((x, e) => Math.abs(x - before[i]![e]!));
+        return moved.some((d) => Math.abs(d - 0.002) > 1e-9) ? [i] : [];
+      });
+      windows.push(active);
+    }
+    const reference = [0, 1, 2, 3].map((w) => [...activeSet("mirror", w, 6, 4, 0)].sort());
+    // starts 0, 2, 1, 0: {0, 1} and {4, 5}; {2, 0} and {3, 5}; {1, 2} and {4, 3}; again the first
+    expect(reference).toEqual([
+      [0, 1, 4, 5],
+      [0, 2, 3, 5],
+      [1, 2, 3, 4],
+      [0, 1, 4, 5],
+    ]);
+    expect(windows).toEqual(reference);
   });
 });
 
