@@ -65,7 +65,8 @@ export function stepOnly(graph: Graph, node: number): boolean {
     const n = graph.node(id);
     const small = numel(n.shape) <= MAX_DRAW;
     let ok: boolean;
-    if (n.op.kind === "input") ok = numel(n.shape) === 1 && n.op.role === "scalar" && n.op.name === "step";
+    if (n.op.kind === "input")
+      ok = numel(n.shape) === 1 && n.op.role === "scalar" && n.op.name === "step";
     else if (n.op.kind === "unary" && !UNARY.has(n.op.fn))
       ok = false; // selected per element
     // normal draws go through log and cos, which devices compute only approximately
