@@ -3,8 +3,14 @@
 // from the paper's update and the reference code's order of operations: five steps across three
 // windows, for each block order, on the CPU interpreter. The random order's draw is recomputed
 // here from the generator's definition (runtime/random.ts: hash32, uniformAt).
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import { RunFolder } from "../runtime/run-folder.js";
+import { train } from "../runtime/trainer.js";
 import { hash32, uniformAt } from "../runtime/random.js";
 import { compile, init, param, prepare, trainStep } from "./program-helpers.js";
 import { expectAllClose } from "./helpers.js";
@@ -146,6 +152,33 @@ describe("FRUGAL (blocks)", () => {
     // one variant per due refresh of the moments (steps 1, 3, …) and one for the other steps
     expect([...run.step.variants.keys()].sort()).toEqual(["", "2"]);
   });
+
+  for (const stop of [3, 5]) {
+    it(`resumed from a checkpoint after step ${stop} (${stop === 3 ? "the next step starts a window" : "mid-window"}), equals the uninterrupted run`, async () => {
+      const run = compile(
+        program('frugal_block(lr: 0.05, density: 0.5, period: 3, order: "random")'),
+      );
+      const device = new CpuDevice({ float64: true });
+      const whole = await train(run, device);
+      const dir = mkdtempSync(join(tmpdir(), "lrk-frugal-block-"));
+      try {
+        const folder = new RunFolder(dir);
+        let steps = 0;
+        await train(run, device, {
+          shouldStop: () => ++steps === stop,
+          onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
+        });
+        const { step, store } = folder.loadCheckpoint(run.program);
+        expect(step).toBe(stop);
+        const resumed = await train(run, device, { resume: { step, store } });
+        expect(resumed.losses).toEqual(whole.losses.slice(stop));
+        for (const [name, t] of whole.store)
+          expect([...resumed.store.get(name)!.data], name).toEqual([...t.data]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
 
   it("refuses an order it does not know, at the user's call", () => {
     const { diagnostics } = prepare(
