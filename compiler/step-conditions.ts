@@ -91,7 +91,7 @@ function draws(graph: Graph, node: number): boolean {
 }
 
 /** A text that two structurally equal conditions share (the same `if` in every tensor's update). */
-function fingerprint(graph: Graph, node: number): string {
+export function fingerprint(graph: Graph, node: number): string {
   const memo = new Map<number, string>();
   const text = (id: number): string => {
     const cached = memo.get(id);
@@ -282,7 +282,7 @@ function evaluateNode(
 }
 
 /** The condition as a function of the step, evaluated in float64 (i32 nodes truncated). */
-function compileCondition(graph: Graph, node: number): (step: number) => boolean {
+export function compileCondition(graph: Graph, node: number): (step: number) => boolean {
   return (step) => {
     const values = new Map<number, number[]>();
     const value = (id: number): number[] => {
