@@ -3,10 +3,16 @@
 // proves every read is selected by that condition, that a tensor becomes active only where its
 // state restarts, and sizes the pool the run needs at once (FRUGAL's block variant: 2 · Σ_active
 // numel, the k largest tensors).
-import { describe, expect, it } from "vitest";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { alignedBytes, pooledBytes } from "../compiler/pooled-states.js";
-import { compile, prepare } from "./program-helpers.js";
+import { RunFolder } from "../runtime/run-folder.js";
+import { train } from "../runtime/trainer.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { compile, expectTrainsAlike, loadOnGpu, prepare } from "./program-helpers.js";
 
 /** A net of Linear layers of the given sizes, its weights trained by `rule`. */
 function program(rule: string, optimizer = "", sizes = [8, 8, 8, 8, 8]): string {
@@ -148,4 +154,53 @@ describe("pooled states", () => {
     expect(b.map((e) => e.code)).toEqual(["E0402"]);
     expect(b[0]!.message).toContain("needs `refresh every N`");
   });
+});
+
+describe("pooled states on WebGPU", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  }, 60_000);
+  afterAll(() => device?.destroy());
+
+  const frugal = () =>
+    compile(program('frugal_block(lr: 0.01, density: 0.5, period: 2, order: "random", seed: 3)'));
+
+  it("allocates the active tensors' moments only (2 · ρ · Σ numel), and trains as the interpreter", async () => {
+    const run = frugal();
+    await expectTrainsAlike(device, run, 3, 1e-3);
+    const plan = device.plan(run.program.step);
+    const pooled = new Set(run.step.states.filter((s) => s.pooled).map((s) => `state:${s.name}`));
+    const full = plan.buffers
+      .filter((b) => b.names.some((n) => pooled.has(n)))
+      .reduce((sum, b) => sum + b.bytes, 0);
+    expect(full).toBe(8 * 256); // the plan's buffers, were every state kept: 2 · Σ numel
+    // after step 3: two of four tensors active, their M and V allocated; 4-byte placeholders
+    // for the other four states
+    const active = pooledBytes(run.step.states, 12).bytes;
+    expect(active).toBe(4 * 256);
+    expect(device.allocatedBytes(run.program.step)).toBe(plan.peakBytes - full + active + 4 * 4);
+  }, 120_000);
+
+  it("resumed from a checkpoint mid-window, equals the uninterrupted run", async () => {
+    const run = frugal();
+    await loadOnGpu(device, run);
+    const whole = await train(run, device, { steps: 6 });
+    const dir = mkdtempSync(join(tmpdir(), "lrk-pool-"));
+    try {
+      const folder = new RunFolder(dir);
+      let steps = 0;
+      await train(run, device, {
+        steps: 6,
+        shouldStop: () => ++steps === 3,
+        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}),
+      });
+      const { step, store } = folder.loadCheckpoint(run.program);
+      expect(step).toBe(3);
+      const resumed = await train(run, device, { steps: 6, resume: { step, store } });
+      expect(resumed.losses).toEqual(whole.losses.slice(3));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
