@@ -7,8 +7,9 @@
 // may change only there (checked over the run's steps while compiling). Nothing may read a
 // pooled state where its tensor is inactive: every use reaches the rest of the step only through
 // the taken branch of a selection on the same condition (`if active { … }` or `where(active, …)`),
-// which `checkPooledReads` proves on the step graph. A device may then keep the state only while
-// its tensor is active: together the pooled states of a run need at most `pooledBytes` at once.
+// which `unguardedRead` proves on the step graph. A device may then keep the state only while
+// its tensor is active (the WebGPU device does: runtime/webgpu-device.ts): together the pooled
+// states of a run need at most `pooledBytes` at once.
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import type { SourceFile } from "../language/source.js";
@@ -17,9 +18,6 @@ import type { Frame, Lowerer } from "./lower.js";
 import type { StateInfo, StepCondition, StepProgram } from "./program.js";
 import type { Resolver } from "./resolve.js";
 import { compileCondition, fingerprint, stepOnly } from "./step-conditions.js";
-
-/** WebGPU's storage binding offsets are multiples of this (minStorageBufferOffsetAlignment). */
-export const POOL_ALIGNMENT = 256;
 
 /** `pooled(init, active)` written as a state's initializer: its two arguments. */
 export function pooledInit(e: A.Expr): { init: A.Expr; active: A.Expr } | undefined {
@@ -193,8 +191,8 @@ export function unguardedRead(step: StepProgram): { state: StateInfo; output: st
 }
 
 /**
- * The most bytes the pooled states hold at once over steps 1 … `steps` (each rounded up to the
- * binding alignment), and the first step where a tensor becomes active without a refresh of its
+ * The most bytes the pooled states hold at once over steps 1 … `steps` (f32 elements, each
+ * state in a buffer of its own while held), and the first step where a tensor becomes active without a refresh of its
  * state (its contents would be lost), if any.
  */
 export function pooledBytes(
@@ -213,14 +211,32 @@ export function pooledBytes(
       if (now && !was[k] && !refreshed)
         return { bytes: most, unrefreshed: { state: s.name, step: t } };
       was[k] = now;
-      if (now) bytes += alignedBytes(s);
+      if (now) bytes += stateBytes(s);
     }
     most = Math.max(most, bytes);
   }
   return { bytes: most };
 }
 
-/** A pooled state's bytes in the pool: f32 elements, rounded up to the binding alignment. */
-export function alignedBytes(s: Pick<StateInfo, "shape">): number {
-  return Math.ceil((4 * numel(s.shape)) / POOL_ALIGNMENT) * POOL_ALIGNMENT;
+/** A pooled state's bytes while it is held: its f32 elements (a buffer is at least a word). */
+export function stateBytes(s: Pick<StateInfo, "shape">): number {
+  return Math.max(4, 4 * numel(s.shape));
+}
+
+/**
+ * What a plan's buffers hold for pooled states: `full` bytes were every state kept, `held` the
+ * most held at once over the run's steps (the WebGPU device keeps a 4-byte placeholder for each
+ * of the others); undefined when the step has no pooled state.
+ */
+export function pooledPlanBytes(
+  step: StepProgram,
+  buffers: readonly { bytes: number; names: readonly string[] }[],
+  steps: number,
+): { full: number; held: number; states: number } | undefined {
+  const names = new Set(step.states.filter((s) => s.pooled).map((s) => `state:${s.name}`));
+  if (names.size === 0) return undefined;
+  const full = buffers
+    .filter((b) => b.names.some((n) => names.has(n)))
+    .reduce((sum, b) => sum + b.bytes, 0);
+  return { full, held: pooledBytes(step.states, steps).bytes, states: names.size };
 }

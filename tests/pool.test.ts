@@ -3,16 +3,18 @@
 // proves every read is selected by that condition, that a tensor becomes active only where its
 // state restarts, and sizes the pool the run needs at once (FRUGAL's block variant: 2 · Σ_active
 // numel, the k largest tensors).
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
-import { alignedBytes, pooledBytes } from "../compiler/pooled-states.js";
+import { pooledBytes, stateBytes } from "../compiler/pooled-states.js";
 import { RunFolder } from "../runtime/run-folder.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { compile, expectTrainsAlike, loadOnGpu, prepare } from "./program-helpers.js";
+import { lrkcBin, root } from "./helpers.js";
 
 /** A net of Linear layers of the given sizes, its weights trained by `rule`. */
 function program(rule: string, optimizer = "", sizes = [8, 8, 8, 8, 8]): string {
@@ -78,8 +80,8 @@ describe("pooled states", () => {
         [4, 8, 16, 4],
       ),
     );
-    const sizes = run.step.states.filter((s) => s.pooled).map(alignedBytes);
-    expect(sizes).toEqual([256, 256, 512, 512, 256, 256]);
+    const sizes = run.step.states.filter((s) => s.pooled).map(stateBytes);
+    expect(sizes).toEqual([128, 128, 512, 512, 256, 256]);
     // steps 1–12 visit every tensor: the largest pair of moments
     expect(pooledBytes(run.step.states, 12).bytes).toBe(2 * 512);
   });
@@ -153,6 +155,44 @@ describe("pooled states", () => {
     const b = errorsOf(program("kept(lr: 0.1)", noRefresh));
     expect(b.map((e) => e.code)).toEqual(["E0402"]);
     expect(b[0]!.message).toContain("needs `refresh every N`");
+  });
+});
+
+describe("lrkc build --emit memory with pooled states", () => {
+  it("counts FRUGAL's moments as the active tensors' (2 · Σ_active numel), the most held at once", () => {
+    const r = spawnSync(
+      process.execPath,
+      [lrkcBin, "build", "examples/frugal_block_pretrain.lrk", "--emit", "memory"],
+      { cwd: root, encoding: "utf8" },
+    );
+    expect(r.status).toBe(0);
+    const planned = r.stdout.slice(r.stdout.indexOf("planned GPU buffers"));
+    const bytes = (label: string) =>
+      Number(
+        planned
+          .match(new RegExp(`^${label}[^\\n]*?\\s{2,}\\S+ \\S+\\s+([\\d,]+) B`, "m"))![1]!
+          .replace(/,/g, ""),
+      );
+    // 2 layers × (q, k, v, o: 128×128; up, down: 512×128); density 0.25: 3 of 12 active, in
+    // descending order {o, up, down} of a layer at most: 2 · 4 · (16,384 + 2 · 65,536) bytes
+    const held = 2 * 4 * (16_384 + 2 * 65_536);
+    const full = 2 * 4 * 2 * (4 * 16_384 + 2 * 65_536);
+    expect(planned).toContain(
+      `the most the run's active tensors hold at once, 1.13 MiB, of 3.00 MiB`,
+    );
+    // AdamW's moments of the rest (embeddings, norms, biases), as the plan has them
+    const adamw = bytes("optimizer state") - held;
+    expect(adamw).toBeGreaterThan(0);
+    expect(adamw).toBeLessThan(full / 10);
+    const parts = [
+      "parameters",
+      "optimizer state",
+      "step outputs",
+      "activations and scratch",
+      "batch and scalars",
+    ];
+    expect(parts.reduce((a, p) => a + bytes(p), 0)).toBe(bytes("total"));
+    expect(r.stdout).toMatch(/blocks\.0\.attn\.q\.weight \[128, 128\]  frugal_block: M \(pooled\)/);
   });
 });
 
