@@ -31,7 +31,9 @@ interface Loaded {
    * writable bindings of one range in a dispatch). An inactive tensor's kernels still run on the
    * placeholder (robust buffer access keeps them inside it) and their values are never selected.
    */
-  pooled?: Map<number, { holds: (step: number) => boolean; active: boolean }>;
+  pooled?: Map<number, PooledBuffer>;
+  /** The step `prepareStep` last saw (a resumed run starts anywhere). */
+  lastStep?: number;
   /** The gather error flag (2 i32s), made when a kernel first needs it. */
   gatherFlag?: GPUBuffer;
 }
@@ -124,8 +126,7 @@ export class WebGpuDevice implements Device {
       this.device.createBuffer({ size: pooled.has(b.id) ? 4 : b.bytes, usage: storageUsage() }),
     );
     const loaded: Loaded = { plan, buffers, entries: new Map() };
-    if (pooled.size)
-      loaded.pooled = new Map([...pooled].map(([id, holds]) => [id, { holds, active: false }]));
+    if (pooled.size) loaded.pooled = pooled;
     this.loaded.set(program, loaded);
     this.all.push(loaded);
   }
@@ -138,9 +139,17 @@ export class WebGpuDevice implements Device {
     const loaded = this.loaded.get(program);
     if (!loaded?.pooled) return;
     let changed = false;
+    const next = loaded.lastStep !== undefined && step === loaded.lastStep + 1;
+    loaded.lastStep = step;
     for (const [id, p] of loaded.pooled) {
       const active = p.holds(step);
       if (active === p.active) continue;
+      // the compiler checked the run's own steps (compiler/pooled-states.ts); a run made longer
+      // must not activate a state mid-period, whose fresh buffer would lose what it held
+      if (active && next && p.period !== undefined && (step - 1) % p.period !== 0)
+        throw new Error(
+          `webgpu: the pooled state ${p.name} becomes active at step ${step}, between its refreshes`,
+        );
       const old = loaded.buffers[id]!;
       const held = this.contents.get(old)?.deref();
       if (p.active && held) await this.sync([held]);
@@ -737,17 +746,24 @@ const storageUsage = () =>
  * The buffers that hold pooled states in a step program's plan (its inputs and outputs named
  * `state:<name>`), with each state's condition.
  */
-function pooledBuffers(program: GraphProgram, plan: Plan): Map<number, (step: number) => boolean> {
-  const out = new Map<number, (step: number) => boolean>();
+function pooledBuffers(program: GraphProgram, plan: Plan): Map<number, PooledBuffer> {
+  const out = new Map<number, PooledBuffer>();
   const states = (program as Partial<StepProgram>).states ?? [];
-  const holds = new Map(
-    states.flatMap((s) => (s.pooled ? [[`state:${s.name}`, s.pooled.holds]] : [])),
-  );
-  if (holds.size === 0) return out;
+  const byName = new Map(states.flatMap((s) => (s.pooled ? [[`state:${s.name}`, s]] : [])));
+  if (byName.size === 0) return out;
   const tensors = [...plan.inputs, ...Object.values(plan.entries).flatMap((e) => e.outputs)];
   for (const t of tensors) {
-    const condition = holds.get(t.name);
-    if (condition) out.set(t.buffer, condition);
+    const s = byName.get(t.name);
+    if (s && !out.has(t.buffer))
+      out.set(t.buffer, { name: s.name, holds: s.pooled!.holds, period: s.period, active: false });
   }
   return out;
+}
+
+/** A pooled state's buffer: whether its tensor is active now, and when it may become so. */
+interface PooledBuffer {
+  name: string;
+  holds: (step: number) => boolean;
+  period?: number;
+  active: boolean;
 }

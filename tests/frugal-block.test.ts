@@ -137,7 +137,7 @@ describe("FRUGAL (blocks)", () => {
     });
   }
 
-  it("keeps Adam's two moments for every tensor (2 · Σ numel): states have static shapes", () => {
+  it("declares Adam's two moments per tensor at full shape (2 · Σ numel in the IR; pooled: tests/pool.test.ts)", () => {
     const run = compile(program("frugal_block(lr: 0.1)"));
     const got = new Map<string, number>();
     for (const s of run.step.states) {
@@ -147,7 +147,7 @@ describe("FRUGAL (blocks)", () => {
     for (const l of layers) expect(got.get(l.path), l.path).toBe(2 * l.numel);
   });
 
-  it("selects the active tensors with a mask: no step variant per tensor's activity", () => {
+  it("selects per tensor: no step variant per tensor's activity", () => {
     const run = compile(program('frugal_block(lr: 0.1, period: 2, order: "ascending")'));
     // one variant per due refresh of the moments (steps 1, 3, …) and one for the other steps
     expect([...run.step.variants.keys()].sort()).toEqual(["", "2"]);

@@ -222,6 +222,26 @@ describe("pooled states on WebGPU", () => {
     expect(device.allocatedBytes(run.program.step)).toBe(plan.peakBytes - full + active + 4 * 4);
   }, 120_000);
 
+  it("refuses a run longer than compiled whose tensor becomes active between refreshes", async () => {
+    // compiled for 12 steps (checked there); the state turns on at step 13, mid-period
+    const optimizer = `optimizer late(lr: float) on param: f32[...] {
+  state M = pooled(zeros_like(param), step > 12) refresh every 5
+  update(g) {
+    if step > 12 {
+      M = 0.9 * M + g
+      param -= lr * M
+    } else {
+      param -= lr * g
+    }
+  }
+}`;
+    const run = compile(program("late(lr: 0.01)", optimizer));
+    await loadOnGpu(device, run);
+    await expect(train(run, device, { steps: 14 })).rejects.toThrow(
+      "becomes active at step 13, between its refreshes",
+    );
+  }, 120_000);
+
   it("resumed from a checkpoint mid-window, equals the uninterrupted run", async () => {
     const run = frugal();
     await loadOnGpu(device, run);
