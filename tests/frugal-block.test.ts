@@ -3,7 +3,7 @@
 // from the paper's update and the reference code's order of operations: five steps across three
 // windows, for each block order, on the CPU interpreter. The random order's draw is recomputed
 // here from the generator's definition (runtime/random.ts: hash32, uniformAt).
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -13,7 +13,7 @@ import { RunFolder } from "../runtime/run-folder.js";
 import { train } from "../runtime/trainer.js";
 import { hash32, uniformAt } from "../runtime/random.js";
 import { compile, init, param, prepare, trainStep } from "./program-helpers.js";
-import { expectAllClose } from "./helpers.js";
+import { expectAllClose, root } from "./helpers.js";
 
 const layers = [
   { path: "l1.weight", numel: 3 * 2 },
@@ -179,6 +179,25 @@ describe("FRUGAL (blocks)", () => {
       }
     });
   }
+
+  for (const float64 of [true, false])
+    it(`trains bit-identically to its mask formulation before pooling (${float64 ? "float64" : "f32"}, every order)`, async () => {
+      const mask = readFileSync(join(root, "tests", "fixtures", "frugal-block-mask.lrk"), "utf8");
+      for (const order of ["ascending", "descending", "random", "mirror"]) {
+        const args = `lr: 0.05, density: 0.5, period: 2, order: "${order}", seed: 4, weight_decay: 0.1`;
+        const stores = [];
+        for (const rule of [`frugal_block(${args})`, `frugal_block_mask(${args})`]) {
+          const run = compile(program(rule, `import std.optim.{frugal_block}\n${mask}`));
+          const store = await init(run, float64);
+          for (let t = 1; t <= 5; t++) await trainStep(run, store, t, float64);
+          stores.push(store);
+        }
+        for (const l of layers)
+          expect([...param(stores[0]!, l.path)], `${order} ${l.path}`).toEqual([
+            ...param(stores[1]!, l.path),
+          ]);
+      }
+    });
 
   it("refuses an order it does not know, at the user's call", () => {
     const { diagnostics } = prepare(
