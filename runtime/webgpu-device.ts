@@ -293,8 +293,15 @@ export class WebGpuDevice implements Device {
       const count = t instanceof DeviceTensor ? numel(t.shape) : t.data.length;
       if (count !== n)
         throw new Error(`webgpu: the feed for "${name}" has ${count} values, needs ${n}`);
-      // an inactive tensor's pooled state: nothing reads it
-      if (this.placeholder(loaded, input.buffer)) continue;
+      // an inactive tensor's pooled state: nothing reads it. Which tensors are active is known
+      // only from `prepareStep`: a step run without it would read placeholders as states.
+      if (this.placeholder(loaded, input.buffer)) {
+        if (loaded.lastStep === undefined)
+          throw new Error(
+            `webgpu: "${name}" is a pooled state: call prepareStep before running the step program`,
+          );
+        continue;
+      }
       const dst = loaded.buffers[input.buffer]!;
       if (this.contents.get(dst)?.deref() === t) continue;
       // packed (or converted to f16) on the host (the tensor was synced by `run`): the buffer
