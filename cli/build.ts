@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { compile, planStep, type Compiled, type PlanTarget } from "../compiler/compile.js";
 import { printGraph } from "../compiler/ir.js";
 import { formatBytes, memoryReport } from "../compiler/memory.js";
+import { pooledPlanBytes } from "../compiler/pooled-states.js";
 import type { Placement, PlacedParam } from "../compiler/place.js";
 import type { GraphProgram, Plan } from "../compiler/program.js";
 import type { TrainSpec } from "../compiler/train.js";
@@ -201,14 +202,20 @@ function portablePlan({ program }: Compiled): Plan | undefined {
   }
 }
 
-/** The plan's buffers by what they hold (every buffer exists while the plan runs). */
-function plannedRows(plan: Plan | undefined): [string, number][] {
+/**
+ * The plan's buffers by what they hold (every buffer exists while the plan runs); pooled states
+ * (compiler/pooled-states.ts) count the most they hold at once, `pooled.held`, for their `full`.
+ */
+function plannedRows(
+  plan: Plan | undefined,
+  pooled?: { full: number; held: number },
+): [string, number][] {
   if (!plan) return [["total", NaN]];
   const sum = (...roles: string[]) =>
     plan.buffers.filter((b) => roles.includes(b.role)).reduce((a, b) => a + b.bytes, 0);
   return [
     ["parameters", sum("param")],
-    ["optimizer state", sum("state")],
+    ["optimizer state", sum("state") - (pooled ? pooled.full - pooled.held : 0)],
     ["step outputs (updated values, loss)", sum("output")],
     ["activations and scratch (pooled, reused)", sum("activation", "scratch")],
     ["batch and scalars", sum("data", "scalar")],
@@ -229,7 +236,9 @@ function memoryTable(compiled: Compiled): string {
     ["optimizer state", m.optimizerState],
     [`activations (batch ${program.batch}, every saved value)`, m.activations],
   ];
-  const planned = plannedRows(plan);
+  const pooled = plan && pooledPlanBytes(program.step, plan.buffers, program.steps);
+  const planned = plannedRows(plan, pooled);
+  const plannedTotal = plan ? plan.peakBytes - (pooled ? pooled.full - pooled.held : 0) : NaN;
   const width = Math.max(
     ...[...rows, ...planned].map((r) => r[0].length),
     "full fine-tuning with AdamW (same)".length,
@@ -252,7 +261,12 @@ function memoryTable(compiled: Compiled): string {
       `planned GPU buffers (the fused step, portable target${halfStored(compiled.program.step) ? " with shader-f16" : ""}; \`--emit plan\` lists them):`,
       ...planned.map(([label, n]) => line(label, n)),
       "-".repeat(width + 30),
-      line("total", plan ? plan.peakBytes : NaN),
+      line("total", plannedTotal),
+      ...(pooled
+        ? [
+            `(pooled optimizer states: the most the run's active tensors hold at once, ${formatBytes(pooled.held)}, of ${formatBytes(pooled.full)} were every tensor to keep them, plus a 4-byte placeholder per state not held; \`--emit plan\` lists every state's buffer)`,
+          ]
+        : []),
       "",
       "optimizer state by tensor:",
       ...stateLines(compiled),
@@ -266,7 +280,8 @@ function stateLines({ program, placement }: Compiled): string[] {
   for (const s of program.step.states) {
     const [owner, ...rest] = s.name.split(":");
     const list = byParam.get(owner!) ?? [];
-    list.push({ name: rest.join("."), shape: s.shape });
+    // a pooled state is held only while its tensor is active (compiler/pooled-states.ts)
+    list.push({ name: rest.join(".") + (s.pooled ? " (pooled)" : ""), shape: s.shape });
     byParam.set(owner!, list);
   }
   const lines: string[] = [];

@@ -4,6 +4,7 @@
 // first phase that found an error. Nothing here reads data or touches a device.
 import { Log, type Diagnostic, type Location } from "../language/diagnostics.js";
 import type { SourceFile } from "../language/source.js";
+import { checkPooledStates } from "./pooled-states.js";
 import { hostScalars } from "./host-scalars.js";
 import { buildInit } from "./init.js";
 import { ModuleLoader, type Module } from "./modules.js";
@@ -63,7 +64,8 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
   const init = buildInit(resolver, spec, placement); //               initializers → init graph
   if (!init) return done();
   const built = buildStep(resolver, spec, placement, settings.data.fields, init.buffers); // step graph
-  if (!built) return done();
+  if (!built || !resolver.attempt(() => checkPooledStates(resolver, built, spec.steps)))
+    return done();
   const scalars = hostScalars(built); //                              step-only scalars → host f64
   // frozen tensors as f16: `--frozen-f16` turns it on whatever the block's `frozen_storage` says
   const frozenF16 = options.frozenF16 || spec.frozenStorage === "f16";

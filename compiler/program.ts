@@ -84,6 +84,12 @@ export interface StateInfo {
   init: number;
   /** Refreshed every `period` steps (at steps 1, period + 1, …), or never. */
   period?: number;
+  /**
+   * `pooled(init, active)` (compiler/pooled-states.ts): the state holds a value only at the steps
+   * where `active` holds (decided on the host, per tensor); at other steps its contents are
+   * undefined and nothing reads them, so a device may keep it only while it is active.
+   */
+  pooled?: StepCondition & { at?: Location };
 }
 
 /** A rank-budget controller's host-side schedule and its entries in the step program. */

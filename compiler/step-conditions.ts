@@ -5,8 +5,15 @@
 // periods), lowered with only the taken branch. The runtime picks the variant with `stepEntry`
 // (program.ts), which calls each condition's `holds(step)`: a float64 evaluation of the
 // condition's IR here, with the interpreter's arithmetic.
-import type { Graph, Node } from "./ir.js";
+//
+// A condition may also read seeded uniform draws (`uniform([n], seed:, key: f(step))`), pick from
+// them with `topk_mask` and index them (`[i]`): small vectors (at most MAX_DRAW elements) computed
+// from the step, such as FRUGAL's random choice of active tensors. The host draws them with the
+// interpreter's generator (runtime/random.ts), which the device's kernels reproduce bit-exactly;
+// since the device then runs only the branch the host took, the two can never disagree.
+import { numel, type Graph, type Node, type Shape } from "./ir.js";
 import type { Entry, Output, StepCondition } from "./program.js";
+import { hash32, uniformAt } from "../runtime/random.js";
 
 /** The most step conditions one program may branch on: its variants double with each. */
 export const MAX_STEP_CONDITIONS = 6;
@@ -22,6 +29,12 @@ const KINDS = new Set([
   "expand",
   "permute",
 ]);
+
+/** Ops of the small vectors a condition may compute on the way to its scalar (seeded draws). */
+const VECTOR_KINDS = new Set([...KINDS, "random", "topkMask", "slice", "iota"]);
+
+/** The most elements a vector in a step condition may have (the host computes it every step). */
+export const MAX_DRAW = 4096;
 
 /** The unary functions `holds` evaluates (the rest keep their `if` a select on the device). */
 const UNARY = new Set([
@@ -39,27 +52,46 @@ const UNARY = new Set([
   "recip",
 ]);
 
-/** Whether `node` is a scalar computed from the `step` input and constants only. */
+/**
+ * Whether `node` is a scalar computed from the `step` input and constants only, possibly through
+ * small vectors of seeded uniform draws (`VECTOR_KINDS`).
+ */
 export function stepOnly(graph: Graph, node: number): boolean {
+  if (numel(graph.shape(node)) !== 1) return false;
   const seen = new Map<number, boolean>();
   const visit = (id: number): boolean => {
     const known = seen.get(id);
     if (known !== undefined) return known;
     const n = graph.node(id);
-    const scalar = n.shape.reduce((a, d) => a * d, 1) === 1;
+    const small = numel(n.shape) <= MAX_DRAW;
     let ok: boolean;
-    if (n.op.kind === "input") ok = scalar && n.op.role === "scalar" && n.op.name === "step";
+    if (n.op.kind === "input")
+      ok = numel(n.shape) === 1 && n.op.role === "scalar" && n.op.name === "step";
     else if (n.op.kind === "unary" && !UNARY.has(n.op.fn))
       ok = false; // selected per element
-    else ok = scalar && KINDS.has(n.op.kind) && n.inputs.every(visit);
+    // normal draws go through log and cos, which devices compute only approximately
+    else if (n.op.kind === "random") ok = small && n.op.dist === "uniform" && n.inputs.every(visit);
+    else ok = small && VECTOR_KINDS.has(n.op.kind) && n.inputs.every(visit);
     seen.set(id, ok);
     return ok;
   };
   return visit(node);
 }
 
+/** Whether a condition reads a seeded draw. */
+function draws(graph: Graph, node: number): boolean {
+  const seen = new Set<number>();
+  const visit = (id: number): boolean => {
+    if (seen.has(id)) return false;
+    seen.add(id);
+    const n = graph.node(id);
+    return n.op.kind === "random" || n.inputs.some(visit);
+  };
+  return visit(node);
+}
+
 /** A text that two structurally equal conditions share (the same `if` in every tensor's update). */
-function fingerprint(graph: Graph, node: number): string {
+export function fingerprint(graph: Graph, node: number): string {
   const memo = new Map<number, string>();
   const text = (id: number): string => {
     const cached = memo.get(id);
@@ -73,8 +105,12 @@ function fingerprint(graph: Graph, node: number): string {
           ? `${op.value}`
           : op.kind === "unary" || op.kind === "binary"
             ? op.fn
-            : `${op.kind}:${n.dtype}`;
-    const out = n.inputs.length ? `${head}(${n.inputs.map(text).join(",")})` : head;
+            : op.kind === "random" || op.kind === "slice" || op.kind === "iota"
+              ? `${op.kind}:${JSON.stringify(op)}`
+              : `${op.kind}:${n.dtype}`;
+    // a vector's shape tells apart draws of different sizes (scalars keep their old keys)
+    const shaped = numel(n.shape) === 1 ? head : `${head}[${n.shape.join(",")}]`;
+    const out = n.inputs.length ? `${shaped}(${n.inputs.map(text).join(",")})` : shaped;
     memo.set(id, out);
     return out;
   };
@@ -149,41 +185,122 @@ function binary(fn: string, a: number, b: number, int: boolean): number {
   throw new Error(`step condition: binary ${fn}`);
 }
 
+/** Row-major strides of a shape. */
+function stridesOf(shape: Shape): number[] {
+  const st = new Array<number>(shape.length).fill(1);
+  for (let k = shape.length - 2; k >= 0; k--) st[k] = st[k + 1]! * shape[k + 1]!;
+  return st;
+}
+
+/** The flat input index of each output element, for an output of `shape` read with `st` from `base`. */
+function gatherIndices(shape: Shape, st: readonly number[], base: number): number[] {
+  const out: number[] = [];
+  const walk = (axis: number, at: number) => {
+    if (axis === shape.length) return void out.push(at);
+    for (let i = 0; i < shape[axis]!; i++) walk(axis + 1, at + i * st[axis]!);
+  };
+  walk(0, base);
+  return out;
+}
+
+/** One op of a step condition on float64 values (the interpreter's semantics, runtime/interpreter.ts). */
+function evaluateNode(
+  n: Node,
+  ins: readonly number[][],
+  step: number,
+  inShapes: Shape[],
+): number[] {
+  const int = n.dtype === "i32";
+  const size = numel(n.shape);
+  const each = (f: (i: number) => number) => Array.from({ length: size }, (_, i) => f(i));
+  const at = (x: readonly number[], i: number) => (x.length === 1 ? x[0]! : x[i]!);
+  switch (n.op.kind) {
+    case "input":
+      return [step];
+    case "const":
+      return each(() => (n.op as { value: number }).value);
+    case "unary": {
+      const fn = n.op.fn;
+      return ins[0]!.map((x) => unary(fn, x));
+    }
+    case "binary": {
+      const fn = n.op.fn;
+      return each((i) => binary(fn, at(ins[0]!, i), at(ins[1]!, i), int));
+    }
+    case "where":
+      return each((i) => (at(ins[0]!, i) !== 0 ? at(ins[1]!, i) : at(ins[2]!, i)));
+    case "random": {
+      const seed = ins.length === 1 ? hash32(n.op.seed, ins[0]![0]! >>> 0) : n.op.seed;
+      return each((i) => uniformAt(seed, i));
+    }
+    case "topkMask": {
+      // the k largest, ties to the lower index (as the interpreter and the kernels)
+      const scores = ins[0]!;
+      const k = Math.max(0, Math.min(size, Math.round(ins[1]![0]!)));
+      const order = [...scores.keys()].sort((i, j) => {
+        const d = scores[j]! - scores[i]!;
+        return d !== 0 && !Number.isNaN(d) ? d : i - j;
+      });
+      const out = new Array<number>(size).fill(0);
+      for (const i of order.slice(0, k)) out[i] = 1;
+      return out;
+    }
+    case "iota": {
+      const st = stridesOf(n.shape);
+      const axis = n.op.axis;
+      return each((i) => Math.floor(i / st[axis]!) % n.shape[axis]!);
+    }
+    case "slice": {
+      const st = stridesOf(inShapes[0]!);
+      const { starts, steps } = n.op;
+      const base = starts.reduce((acc, s0, k) => acc + s0 * st[k]!, 0);
+      return gatherIndices(
+        n.shape,
+        st.map((s, k) => s * steps[k]!),
+        base,
+      ).map((i) => ins[0]![i]!);
+    }
+    case "expand": {
+      const from = inShapes[0]!;
+      const padded = [...new Array<number>(n.shape.length - from.length).fill(1), ...from];
+      const st = stridesOf(padded).map((s, k) => (padded[k] === 1 ? 0 : s));
+      return gatherIndices(n.shape, st, 0).map((i) => ins[0]![i]!);
+    }
+    case "permute": {
+      const from = inShapes[0]!;
+      const st = stridesOf(from);
+      const perm = n.op.perm;
+      return gatherIndices(
+        n.shape,
+        perm.map((p) => st[p]!),
+        0,
+      ).map((i) => ins[0]![i]!);
+    }
+    default: // cast, reshape: the same values
+      return ins[0]!;
+  }
+}
+
 /** The condition as a function of the step, evaluated in float64 (i32 nodes truncated). */
-function compileCondition(graph: Graph, node: number): (step: number) => boolean {
+export function compileCondition(graph: Graph, node: number): (step: number) => boolean {
   return (step) => {
-    const values = new Map<number, number>();
-    const value = (id: number): number => {
+    const values = new Map<number, number[]>();
+    const value = (id: number): number[] => {
       const known = values.get(id);
       if (known !== undefined) return known;
       const n: Node = graph.node(id);
       const ins = n.inputs.map(value);
-      const int = n.dtype === "i32";
-      let v: number;
-      switch (n.op.kind) {
-        case "input":
-          v = step;
-          break;
-        case "const":
-          v = n.op.value;
-          break;
-        case "unary":
-          v = unary(n.op.fn, ins[0]!);
-          break;
-        case "binary":
-          v = binary(n.op.fn, ins[0]!, ins[1]!, int);
-          break;
-        case "where":
-          v = ins[0] !== 0 ? ins[1]! : ins[2]!;
-          break;
-        default: // cast, reshape, expand, permute of a scalar
-          v = ins[0]!;
-      }
-      if (int) v = Math.trunc(v);
+      let v = evaluateNode(
+        n,
+        ins,
+        step,
+        n.inputs.map((i) => graph.shape(i)),
+      );
+      if (n.dtype === "i32") v = v.map(Math.trunc);
       values.set(id, v);
       return v;
     };
-    return value(node) !== 0;
+    return value(node)[0] !== 0;
   };
 }
 
@@ -199,8 +316,13 @@ export class StepConditions {
   decide(graph: Graph, node: number): boolean | undefined {
     if (!stepOnly(graph, node)) return undefined;
     const key = fingerprint(graph, node);
-    if (!this.found.some((c) => c.key === key))
+    if (!this.found.some((c) => c.key === key)) {
+      // a condition on draws was selected per element before the host could draw: past the
+      // limit it still is (a per-tensor draw over many tensors compiles as it did), where a
+      // condition on the step alone over the limit is refused (`updateVariants`)
+      if (this.found.length >= MAX_STEP_CONDITIONS && draws(graph, node)) return undefined;
       this.found.push({ key, holds: compileCondition(graph, node) });
+    }
     return this.decisions.get(key) ?? false;
   }
 

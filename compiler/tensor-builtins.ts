@@ -348,6 +348,9 @@ const builtinRules = {
   kthvalue: noLowering, // reserved
   // a definition's check of its arguments, as a member `const` (resolve.ts)
   require: noLowering,
+  // a state's initializer only: `state M = pooled(zeros_like(param), active) refresh every N`
+  // (compiler/update.ts, pooled-states.ts)
+  pooled: noLowering,
   // the gradient of a base weight over training batches, before training (compiler/init-gradient.ts)
   init_gradient: initGradientCall,
   // a tensor of a safetensors file, read when training starts (compiler/load.ts)

@@ -9,6 +9,8 @@ import { error } from "../language/diagnostics.js";
 import { stateFill } from "./adapter-states.js";
 import type { Builder } from "./builder.js";
 import { paramSeed } from "./init.js";
+import { pooledCondition, pooledInit } from "./pooled-states.js";
+import { fingerprint } from "./step-conditions.js";
 import { instantiate } from "./instantiate.js";
 import type { InputRole, Shape } from "./ir.js";
 import type { Frame, Lowerer, Tensor } from "./lower.js";
@@ -231,13 +233,22 @@ export function lowerOptimizer(
     lookup: (n) => (perTensor.has(n) ? locals.get(n) : undefined),
     names: () => [...perTensor].filter((n) => locals.has(n)),
   };
+  // an `if` on a pooled state's condition selects per tensor (pooled-states.ts): deciding it as
+  // a step condition would make a variant per tensor's outcome
+  const pooledKeys = new Set<string>();
   lowerer = lowerer.withHooks({
     liveMembers: (self) => (self === opt ? live : outer?.(self)),
-    stepCondition: (node) => ctx.decide?.(node),
+    stepCondition: (node) =>
+      pooledKeys.size && pooledKeys.has(fingerprint(ctx.b.graph, node))
+        ? undefined
+        : ctx.decide?.(node),
   });
   const frame = lowerer.frameFor(opt);
   for (const s of opt.states) {
-    locals.set(s.name.name, lowerState(ctx, call, lowerer, opt, s, frame, locals));
+    const state = lowerState(ctx, call, lowerer, opt, s, frame, locals);
+    const pooled = ctx.states.find((x) => x.name === `${call.prefix}:${s.name.name}`)?.pooled;
+    if (pooled) pooledKeys.add(pooled.key);
+    locals.set(s.name.name, state);
     stateNames.push(s.name.name);
   }
   const stateOutputs: Output[] = [];
@@ -413,7 +424,9 @@ function lowerState(
     ctx.seed === undefined
       ? undefined
       : stateFill(r, lowerer, s, initFrame, paramSeed(ctx.seed, `state:${name}`));
-  const initial = fill !== undefined ? lowerer.tensor(fill) : lowerer.expr(s.init, initFrame);
+  const pooled = pooledInit(s.init);
+  const initial =
+    fill !== undefined ? lowerer.tensor(fill) : lowerer.expr(pooled?.init ?? s.init, initFrame);
   if (initial.kind !== "tensor") {
     r.report(
       error("E0402", `a state must be a tensor, not ${describeValue(initial)}`, {
@@ -446,12 +459,14 @@ function lowerState(
   }
   const stored = ctx.input(`state:${name}`, "state", initial.shape);
   if (!hasState(ctx.states, name)) {
+    const condition = pooled && pooledCondition(r, lowerer, pooled, initFrame, s, opt.module.file);
     // A refreshed state is recomputed before its first use, so its stored start is zeros.
     ctx.states.push({
       name,
       shape: initial.shape,
       init: period ? ctx.b.constant(0, initial.shape) : initial.node,
       period,
+      ...(condition ? { pooled: condition } : {}),
     });
   }
   return lowerer.tensor(period !== undefined && call.due.has(period) ? initial.node : stored);

@@ -28,6 +28,11 @@ export interface Device {
   ): Promise<Map<string, Tensor>>;
   /** Makes the `data` of these tensors readable on the host (a no-op for host tensors). */
   sync?(tensors: Iterable<Tensor>): Promise<void>;
+  /**
+   * Before the step program runs at a 1-based step: a device that keeps pooled states only while
+   * their tensors are active (StateInfo.pooled) allocates and frees them here.
+   */
+  prepareStep?(program: GraphProgram, step: number): Promise<void>;
 }
 
 export class CpuDevice implements Device {

@@ -488,6 +488,7 @@ async function trainStep(
   lr: number,
 ): Promise<number> {
   const step = run.program.step;
+  await device.prepareStep?.(step, s);
   // Parameters and states stay on the device until a checkpoint (or the end) needs them.
   const out = await device.run(
     step,

@@ -14,7 +14,7 @@
 // is copied on the GPU. Tensors are treated as immutable: a tensor whose `data` is changed in
 // place after it was fed or returned must be fed as a new object.
 import { numel } from "../compiler/ir.js";
-import type { Entry, GraphProgram, Plan, Tensor } from "../compiler/program.js";
+import type { Entry, GraphProgram, Plan, StepProgram, Tensor } from "../compiler/program.js";
 import type { Device, RunOptions } from "./device.js";
 import { GpuWaiter, requestAdapter, requestDevice, summarize, type AdapterSummary } from "./gpu.js";
 import { toHalfBits } from "./half.js";
@@ -25,6 +25,15 @@ interface Loaded {
   plan: Plan;
   buffers: GPUBuffer[];
   entries: Map<string, LoadedEntry>;
+  /**
+   * The buffers of pooled states (StateInfo.pooled), by buffer id: a full buffer while the
+   * state's tensor is active, else a 4-byte placeholder (distinct per buffer: WebGPU refuses two
+   * writable bindings of one range in a dispatch). An inactive tensor's kernels still run on the
+   * placeholder (robust buffer access keeps them inside it) and their values are never selected.
+   */
+  pooled?: Map<number, PooledBuffer>;
+  /** The step `prepareStep` last saw (a resumed run starts anywhere). */
+  lastStep?: number;
   /** The gather error flag (2 i32s), made when a kernel first needs it. */
   gatherFlag?: GPUBuffer;
 }
@@ -33,6 +42,8 @@ interface LoadedEntry {
   name: string;
   pipelines: GPUComputePipeline[];
   bindGroups: GPUBindGroup[];
+  /** Makes the bind groups again from the loaded buffers (a pooled state's buffer changed). */
+  rebind: () => void;
   uniforms: GPUBuffer[];
   /** One staging buffer for all outputs, and where each output buffer lands in it. */
   staging?: GPUBuffer;
@@ -110,11 +121,50 @@ export class WebGpuDevice implements Device {
    */
   load(program: GraphProgram, plan: Plan): void {
     if (this.loaded.has(program)) throw new Error("webgpu: this program already has a plan");
-    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-    const buffers = plan.buffers.map((b) => this.device.createBuffer({ size: b.bytes, usage }));
+    const pooled = pooledBuffers(program, plan);
+    const buffers = plan.buffers.map((b) =>
+      this.device.createBuffer({ size: pooled.has(b.id) ? 4 : b.bytes, usage: storageUsage() }),
+    );
     const loaded: Loaded = { plan, buffers, entries: new Map() };
+    if (pooled.size) loaded.pooled = pooled;
     this.loaded.set(program, loaded);
     this.all.push(loaded);
+  }
+
+  /**
+   * Allocates the pooled states whose tensors are active at `step` and frees the others (their
+   * last values read back to the host first, for a DeviceTensor the caller still holds).
+   */
+  async prepareStep(program: GraphProgram, step: number): Promise<void> {
+    const loaded = this.loaded.get(program);
+    if (!loaded?.pooled) return;
+    let changed = false;
+    const next = loaded.lastStep !== undefined && step === loaded.lastStep + 1;
+    loaded.lastStep = step;
+    for (const [id, p] of loaded.pooled) {
+      const active = p.holds(step);
+      if (active === p.active) continue;
+      // the compiler checked the run's own steps (compiler/pooled-states.ts); a run made longer
+      // must not activate a state mid-period, whose fresh buffer would lose what it held
+      if (active && next && p.period !== undefined && (step - 1) % p.period !== 0)
+        throw new Error(
+          `webgpu: the pooled state ${p.name} becomes active at step ${step}, between its refreshes`,
+        );
+      const old = loaded.buffers[id]!;
+      const held = this.contents.get(old)?.deref();
+      if (p.active && held) await this.sync([held]);
+      p.active = active;
+      changed = true;
+      const size = active ? loaded.plan.buffers[id]!.bytes : 4;
+      loaded.buffers[id] = this.device.createBuffer({ size, usage: storageUsage() });
+      old.destroy();
+    }
+    if (changed) for (const e of loaded.entries.values()) e.rebind();
+  }
+
+  /** Whether buffer `id` is a pooled state's placeholder now (its tensor inactive). */
+  private placeholder(loaded: Loaded, id: number): boolean {
+    return loaded.pooled?.get(id)?.active === false;
   }
 
   /** The plan this device runs for `program`. */
@@ -172,7 +222,7 @@ export class WebGpuDevice implements Device {
     const wanted = read ? pe.outputs.filter((o) => read.has(o.name)) : pe.outputs;
     const readBuffers = new Set(wanted.map((o) => o.buffer));
     for (const [buffer, at] of e.stagingAt)
-      if (readBuffers.has(buffer))
+      if (readBuffers.has(buffer) && !this.placeholder(loaded, buffer))
         encoder.copyBufferToBuffer(
           loaded.buffers[buffer]!,
           0,
@@ -243,6 +293,15 @@ export class WebGpuDevice implements Device {
       const count = t instanceof DeviceTensor ? numel(t.shape) : t.data.length;
       if (count !== n)
         throw new Error(`webgpu: the feed for "${name}" has ${count} values, needs ${n}`);
+      // an inactive tensor's pooled state: nothing reads it. Which tensors are active is known
+      // only from `prepareStep`: a step run without it would read placeholders as states.
+      if (this.placeholder(loaded, input.buffer)) {
+        if (loaded.lastStep === undefined)
+          throw new Error(
+            `webgpu: "${name}" is a pooled state: call prepareStep before running the step program`,
+          );
+        continue;
+      }
       const dst = loaded.buffers[input.buffer]!;
       if (this.contents.get(dst)?.deref() === t) continue;
       // packed (or converted to f16) on the host (the tensor was synced by `run`): the buffer
@@ -307,6 +366,15 @@ export class WebGpuDevice implements Device {
     const out = new Map<string, Tensor>();
     const made = new Map<string, Tensor>();
     for (const o of outputs) {
+      // an inactive tensor's pooled state holds nothing: zeros, as it restarts
+      if (this.placeholder(loaded, o.buffer)) {
+        const n = numel(o.shape);
+        out.set(o.name, {
+          shape: [...o.shape],
+          data: o.dtype === "i32" ? new Int32Array(n) : new Float32Array(n),
+        });
+        continue;
+      }
       if (readBuffers.has(o.buffer)) continue;
       const key = `${o.buffer}:${o.dtype}`;
       let t = made.get(key);
@@ -321,7 +389,7 @@ export class WebGpuDevice implements Device {
     await e.staging.mapAsync(GPUMapMode.READ);
     const bytes = e.staging.getMappedRange();
     for (const o of outputs) {
-      if (!readBuffers.has(o.buffer)) continue;
+      if (!readBuffers.has(o.buffer) || this.placeholder(loaded, o.buffer)) continue;
       const n = numel(o.shape);
       const at = e.stagingAt.get(o.buffer)!;
       const key = `${o.buffer}:${o.dtype}`;
@@ -468,6 +536,7 @@ export class WebGpuDevice implements Device {
     const gpu = this.device;
     const pipelines: GPUComputePipeline[] = [];
     const bindGroups: GPUBindGroup[] = [];
+    const binders: (() => void)[] = [];
     const uniforms: GPUBuffer[] = [];
     const checks: Promise<string | undefined>[] = [];
     let flagged = false;
@@ -485,10 +554,7 @@ export class WebGpuDevice implements Device {
         visibility: GPUShaderStage.COMPUTE,
         buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
       }));
-      const entries: GPUBindGroupEntry[] = k.bindings.map((b, i) => ({
-        binding: i,
-        resource: { buffer: buffers[b.buffer]! },
-      }));
+      const entries: GPUBindGroupEntry[] = [];
       if (k.params) {
         const uniform = this.uniform(k.params);
         uniforms.push(uniform);
@@ -519,7 +585,17 @@ export class WebGpuDevice implements Device {
         layout: gpu.createPipelineLayout({ bindGroupLayouts: [layout] }),
         compute: { module, entryPoint: k.entryPoint },
       });
-      bindGroups[id] = gpu.createBindGroup({ layout, entries });
+      // the storage bindings from the loaded buffers as they are now (pooled states change)
+      const bind = () =>
+        (bindGroups[id] = gpu.createBindGroup({
+          layout,
+          entries: [
+            ...k.bindings.map((b, i) => ({ binding: i, resource: { buffer: buffers[b.buffer]! } })),
+            ...entries,
+          ],
+        }));
+      bind();
+      binders.push(bind);
       checks.push(
         gpu.popErrorScope().then(async (error) => {
           if (!error) return undefined;
@@ -558,6 +634,7 @@ export class WebGpuDevice implements Device {
       name,
       pipelines,
       bindGroups,
+      rebind: () => binders.forEach((bind) => bind()),
       uniforms,
       staging,
       stagingAt,
@@ -666,4 +743,34 @@ export class DeviceTensor {
   settle(data: Float32Array | Int32Array): void {
     this.host = data;
   }
+}
+
+/** Storage buffers' usage (a function: Dawn defines GPUBufferUsage once it is loaded). */
+const storageUsage = () =>
+  GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+/**
+ * The buffers that hold pooled states in a step program's plan (its inputs and outputs named
+ * `state:<name>`), with each state's condition.
+ */
+function pooledBuffers(program: GraphProgram, plan: Plan): Map<number, PooledBuffer> {
+  const out = new Map<number, PooledBuffer>();
+  const states = (program as Partial<StepProgram>).states ?? [];
+  const byName = new Map(states.flatMap((s) => (s.pooled ? [[`state:${s.name}`, s]] : [])));
+  if (byName.size === 0) return out;
+  const tensors = [...plan.inputs, ...Object.values(plan.entries).flatMap((e) => e.outputs)];
+  for (const t of tensors) {
+    const s = byName.get(t.name);
+    if (s && !out.has(t.buffer))
+      out.set(t.buffer, { name: s.name, holds: s.pooled!.holds, period: s.period, active: false });
+  }
+  return out;
+}
+
+/** A pooled state's buffer: whether its tensor is active now, and when it may become so. */
+interface PooledBuffer {
+  name: string;
+  holds: (step: number) => boolean;
+  period?: number;
+  active: boolean;
 }

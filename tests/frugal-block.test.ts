@@ -3,11 +3,17 @@
 // from the paper's update and the reference code's order of operations: five steps across three
 // windows, for each block order, on the CPU interpreter. The random order's draw is recomputed
 // here from the generator's definition (runtime/random.ts: hash32, uniformAt).
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
+import { CpuDevice } from "../runtime/device.js";
+import { RunFolder } from "../runtime/run-folder.js";
+import { train } from "../runtime/trainer.js";
 import { hash32, uniformAt } from "../runtime/random.js";
 import { compile, init, param, prepare, trainStep } from "./program-helpers.js";
-import { expectAllClose } from "./helpers.js";
+import { expectAllClose, root } from "./helpers.js";
 
 const layers = [
   { path: "l1.weight", numel: 3 * 2 },
@@ -51,6 +57,16 @@ function activeSet(order: string, w: number, N: number, k: number, seed: number)
     return new Set(ranked.slice(0, k).map(([, i]) => i));
   }
   const set = new Set<number>();
+  if (order === "mirror") {
+    // the reference's loop: idx from (w · k/2) mod H on, k/2 of them, each with its mirror image
+    const H = Math.floor(N / 2);
+    const start = (w * (k / 2)) % H;
+    for (let idx = start; idx < start + k / 2; idx++) {
+      set.add(idx % H);
+      set.add(N - 1 - (idx % H));
+    }
+    return set;
+  }
   for (let i = 0; i < N; i++) {
     const position = order === "descending" ? N - 1 - i : i;
     const offset = (((position - w * k) % N) + N) % N;
@@ -64,7 +80,7 @@ describe("FRUGAL (blocks)", () => {
   // round(0.5 · 3) = 2 (1.5, to even)
   const k = 2;
 
-  for (const order of ["ascending", "descending", "random"]) {
+  for (const order of ["ascending", "descending", "random", "mirror"]) {
     it(`five steps across three windows, order ${order}: AdamW (restarted) on the active, signSGD on the rest`, async () => {
       const seed = 11;
       const run = compile(
@@ -115,12 +131,13 @@ describe("FRUGAL (blocks)", () => {
           );
         });
       }
-      // the windows activated different sets (else the order would be untested)
-      expect(seen.size).toBeGreaterThan(1);
+      // the windows activated different sets (else the order would be untested); of three
+      // tensors, mirror can only pair the first and the last (its six-tensor test moves them)
+      if (order !== "mirror") expect(seen.size).toBeGreaterThan(1);
     });
   }
 
-  it("keeps Adam's two moments for every tensor (2 · Σ numel): states have static shapes", () => {
+  it("declares Adam's two moments per tensor at full shape (2 · Σ numel in the IR; pooled: tests/pool.test.ts)", () => {
     const run = compile(program("frugal_block(lr: 0.1)"));
     const got = new Map<string, number>();
     for (const s of run.step.states) {
@@ -130,19 +147,109 @@ describe("FRUGAL (blocks)", () => {
     for (const l of layers) expect(got.get(l.path), l.path).toBe(2 * l.numel);
   });
 
-  it("selects the active tensors with a mask: no step variant per tensor's activity", () => {
+  it("selects per tensor: no step variant per tensor's activity", () => {
     const run = compile(program('frugal_block(lr: 0.1, period: 2, order: "ascending")'));
     // one variant per due refresh of the moments (steps 1, 3, …) and one for the other steps
     expect([...run.step.variants.keys()].sort()).toEqual(["", "2"]);
   });
 
+  for (const stop of [3, 5]) {
+    it(`resumed from a checkpoint after step ${stop} (${stop === 3 ? "the next step starts a window" : "mid-window"}), equals the uninterrupted run`, async () => {
+      const run = compile(
+        program('frugal_block(lr: 0.05, density: 0.5, period: 3, order: "random")'),
+      );
+      const device = new CpuDevice({ float64: true });
+      const whole = await train(run, device);
+      const dir = mkdtempSync(join(tmpdir(), "lrk-frugal-block-"));
+      try {
+        const folder = new RunFolder(dir);
+        let steps = 0;
+        await train(run, device, {
+          shouldStop: () => ++steps === stop,
+          onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
+        });
+        const { step, store } = folder.loadCheckpoint(run.program);
+        expect(step).toBe(stop);
+        const resumed = await train(run, device, { resume: { step, store } });
+        expect(resumed.losses).toEqual(whole.losses.slice(stop));
+        for (const [name, t] of whole.store)
+          expect([...resumed.store.get(name)!.data], name).toEqual([...t.data]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+
+  for (const float64 of [true, false])
+    it(`trains bit-identically to its mask formulation before pooling (${float64 ? "float64" : "f32"}, every order)`, async () => {
+      const mask = readFileSync(join(root, "tests", "fixtures", "frugal-block-mask.lrk"), "utf8");
+      for (const order of ["ascending", "descending", "random", "mirror"]) {
+        const args = `lr: 0.05, density: 0.5, period: 2, order: "${order}", seed: 4, weight_decay: 0.1`;
+        const stores = [];
+        for (const rule of [`frugal_block(${args})`, `frugal_block_mask(${args})`]) {
+          const run = compile(program(rule, `import std.optim.{frugal_block}\n${mask}`));
+          const store = await init(run, float64);
+          for (let t = 1; t <= 5; t++) await trainStep(run, store, t, float64);
+          stores.push(store);
+        }
+        for (const l of layers)
+          expect([...param(stores[0]!, l.path)], `${order} ${l.path}`).toEqual([
+            ...param(stores[1]!, l.path),
+          ]);
+      }
+    });
+
   it("refuses an order it does not know, at the user's call", () => {
     const { diagnostics } = prepare(
-      new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, order: "mirror")`)),
+      new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, order: "spiral")`)),
     );
     const errors = diagnostics.filter((d) => d.severity === "error");
     expect(errors.map((d) => d.code)).toEqual(["E0205"]);
-    expect(errors[0]!.message).toContain('not "mirror"');
+    expect(errors[0]!.message).toContain('not "spiral"');
+  });
+
+  it("refuses the mirror order with an odd number of active tensors (they come in pairs)", () => {
+    // round(0.3 · 3) = 1
+    const { diagnostics } = prepare(
+      new SourceFile("test.lrk", program(`frugal_block(lr: 0.1, density: 0.3, order: "mirror")`)),
+    );
+    const errors = diagnostics.filter((d) => d.severity === "error");
+    expect(errors.map((d) => d.code)).toEqual(["E0205"]);
+    expect(errors[0]!.message).toContain("= 1 is odd");
+  });
+
+  it("mirror order: tensor pairs i and N − 1 − i, moving as the reference's loop, over six tensors", async () => {
+    // weights and biases of three layers: N = 6, k = round(0.66 · 6) = 4, H = 3, two pairs a window
+    const text = program(
+      'frugal_block(lr: 0.01, density: 0.66, period: 2, order: "mirror", weight_decay: 0, inactive_lr_scale: 0.2)',
+    )
+      .replace("freeze **.bias\n", "")
+      .replace("optimize l1.weight, l2.weight, l3.weight", "optimize **");
+    const run = compile(text);
+    const paths = run.step.trainable;
+    expect(paths).toEqual(["l1.weight", "l1.bias", "l2.weight", "l2.bias", "l3.weight", "l3.bias"]);
+    const store = await init(run, true);
+    const windows: number[][] = [];
+    for (let t = 1; t <= 7; t++) {
+      const before = paths.map((p) => param(store, p));
+      await trainStep(run, store, t, true);
+      if (t % 2 === 0) continue;
+      // an inactive tensor moved by exactly 0.2 · lr per element; an active one by about lr
+      const active = paths.flatMap((p, i) => {
+        const moved = param(store, p).map((x, e) => Math.abs(x - before[i]![e]!));
+        return moved.some((d) => Math.abs(d - 0.002) > 1e-9) ? [i] : [];
+      });
+      windows.push(active);
+    }
+    const reference = [0, 1, 2, 3].map((w) => [...activeSet("mirror", w, 6, 4, 0)].sort());
+    // starts 0, 2, 1, 0: {0, 1} and {4, 5}; {2, 0} and {3, 5}; {1, 2} and {4, 3}; again the first
+    expect(reference).toEqual([
+      [0, 1, 4, 5],
+      [0, 2, 3, 5],
+      [1, 2, 3, 4],
+      [0, 1, 4, 5],
+    ]);
+    expect(windows).toEqual(reference);
   });
 });
 

@@ -57,6 +57,43 @@ describe("FRUGAL slice methods on WebGPU match the interpreter", () => {
     await expectTrainsAlike(device, run, 4, TOLERANCE);
   }, 120_000);
 
+  it("FRUGAL (blocks), mirror order (pairs i and N − 1 − i), across two windows", async () => {
+    // six weights, four active: the pairs move by two every window
+    const run = compile(
+      program(
+        rest +
+          '  optimize blocks.*.{attn, mlp}.*.weight with frugal_block(lr: 1e-2, density: 0.66, period: 2, order: "mirror")\n  optimize ** with adamw(lr: 1e-2)',
+        "import std.optim.{adamw, frugal_block}",
+        4,
+      ),
+    );
+    await expectTrainsAlike(device, run, 4, TOLERANCE);
+  }, 120_000);
+
+  it("a per-tensor condition on a seeded draw, decided on the host (step-conditions.ts)", async () => {
+    // FRUGAL's random choice written as an `if`: two of the four attention weights a window
+    const picked = `optimizer picked(lr: float) on param: f32[...] {
+  update(g) {
+    let window = floor((step - 1) / 2)
+    if topk_mask(uniform([group.size], seed: 7, key: window), 2)[group.index] == 1 {
+      param -= lr * g
+    } else {
+      param -= lr * sign(g)
+    }
+  }
+}`;
+    const run = compile(
+      program(
+        rest +
+          "  optimize blocks.*.attn.*.weight with picked(lr: 1e-2)\n  optimize ** with adamw(lr: 1e-2)",
+        `import std.optim.{adamw}\n${picked}`,
+        4,
+      ),
+    );
+    expect(run.step.variants.size).toBe(16);
+    await expectTrainsAlike(device, run, 4, TOLERANCE);
+  }, 120_000);
+
   it("CoSO across a task boundary (the history grows) and a projection refresh", async () => {
     const run = compile(
       program(
