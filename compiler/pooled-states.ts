@@ -45,7 +45,7 @@ export function pooledCondition(
   const value = lowerer.expr(pooled.active, frame);
   if (!s.refreshEvery) {
     r.report(
-      error("E0402", `the pooled state \`${s.name.name}\` needs \`refresh every N\``, at, {
+      error("E0211", `the pooled state \`${s.name.name}\` needs \`refresh every N\``, at, {
         help: "a pooled state's tensor may become active only where its contents restart: add `refresh every period` after the initializer",
       }),
     );
@@ -54,7 +54,7 @@ export function pooledCondition(
   if (value.kind !== "tensor" || numel(value.shape) !== 1) {
     r.report(
       error(
-        "E0402",
+        "E0211",
         `\`pooled\`'s second argument is whether this tensor holds the state at a step: a condition on \`step\`, found ${value.kind === "tensor" ? "a tensor of many elements" : "a value known while compiling"}`,
         at,
         {
@@ -68,7 +68,7 @@ export function pooledCondition(
   if (!stepOnly(graph, value.node)) {
     r.report(
       error(
-        "E0402",
+        "E0211",
         `whether the pooled state \`${s.name.name}\` is held must be decided on the host, before each step`,
         at,
         {
@@ -95,7 +95,7 @@ export function checkPooledStates(r: Resolver, step: StepProgram, steps: number)
     const [owner, name] = read.state.name.split(":");
     r.report(
       error(
-        "E0402",
+        "E0211",
         `the pooled state \`${name}\` of ${owner} is read where its tensor may be inactive (by \`${read.output}\`)`,
         read.state.pooled!.at,
         {
@@ -117,7 +117,7 @@ export function checkPooledStates(r: Resolver, step: StepProgram, steps: number)
     const [owner, name] = s.name.split(":");
     r.report(
       error(
-        "E0402",
+        "E0211",
         `the pooled state \`${name}\` of ${owner} becomes active at step ${unrefreshed.step}, which is not one of its refresh steps`,
         s.pooled!.at,
         {

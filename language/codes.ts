@@ -34,6 +34,7 @@ export const codeTitles = {
   E0208: "train block incomplete",
   E0209: "no such train block",
   E0210: "definition refers to itself",
+  E0211: "pooled state misused",
   E0301: "selector matches nothing",
   E0302: "rule cannot apply to this module",
   E0303: "optimizer cannot apply to this tensor",

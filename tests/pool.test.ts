@@ -95,7 +95,7 @@ describe("pooled states", () => {
   }
 }`;
     const errors = errorsOf(program("leaky(lr: 0.1)", optimizer));
-    expect(errors.map((e) => e.code)).toEqual(["E0402"]);
+    expect(errors.map((e) => e.code)).toEqual(["E0211"]);
     expect(errors[0]!.message).toContain("is read where its tensor may be inactive");
     expect(errors[0]!.help).toContain("if ACTIVE");
   });
@@ -130,7 +130,7 @@ describe("pooled states", () => {
   }
 }`;
     const errors = errorsOf(program("drifting(lr: 0.1)", optimizer));
-    expect(errors.map((e) => e.code)).toEqual(["E0402"]);
+    expect(errors.map((e) => e.code)).toEqual(["E0211"]);
     expect(errors[0]!.message).toContain(
       "becomes active at step 2, which is not one of its refresh steps",
     );
@@ -144,7 +144,7 @@ describe("pooled states", () => {
   }
 }`;
     const a = errorsOf(program("greedy(lr: 0.1)", onGradient));
-    expect(a.map((e) => e.code)).toEqual(["E0402"]);
+    expect(a.map((e) => e.code)).toEqual(["E0211"]);
     expect(a[0]!.message).toContain("must be decided on the host");
     const noRefresh = `optimizer kept(lr: float) on param: f32[...] {
   state M = pooled(zeros_like(param), step > 1)
@@ -153,7 +153,7 @@ describe("pooled states", () => {
   }
 }`;
     const b = errorsOf(program("kept(lr: 0.1)", noRefresh));
-    expect(b.map((e) => e.code)).toEqual(["E0402"]);
+    expect(b.map((e) => e.code)).toEqual(["E0211"]);
     expect(b[0]!.message).toContain("needs `refresh every N`");
   });
 });
