@@ -289,3 +289,17 @@ describe("the lexer's first-character table", () => {
       expect(plain(fast.tokenize(text))).toEqual(plain(safe.tokenize(text)));
   });
 });
+
+// `lrkc build` loads what building needs: each command's module (the trainer, data loaders,
+// tokenizers, export) is imported when its command runs, not at every start of lrkc.
+describe("lrkc's start-up", () => {
+  it("cli/main.ts imports no command's module up front but build's", () => {
+    const text = readFileSync(join(packageRoot(), "cli/main.ts"), "utf8");
+    const upFront = [...text.matchAll(/^import (?!type )[^;]*?from "([^"]+)";/gms)].map(
+      (m) => m[1],
+    );
+    expect(upFront.sort()).toEqual(["./build.js", "./target.js", "commander"]);
+    for (const command of ["check", "fmt", "train", "eval", "export", "generate", "devices"])
+      expect(text).toContain(`await import("./${command}.js")`);
+  });
+});
