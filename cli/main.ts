@@ -1,20 +1,13 @@
 // lrkc's command line. Exit codes: 0 success, 1 a problem in the user's input (reported as
 // diagnostics), 2 an internal error (a bug in lrkc).
 import { Command, CommanderError } from "commander";
-import {
-  buildCommand,
-  buildDevices,
-  emitKinds,
-  type BuildOptions,
-  type EmitKind,
-} from "./build.js";
-import { checkCommand } from "./check.js";
-import { devicesCommand } from "./devices.js";
-import { fmtCommand } from "./fmt.js";
-import { evalCommand, type EvalCommandOptions } from "./eval.js";
-import { exportCommand, type ExportCommandOptions } from "./export.js";
-import { generateCommand, type GenerateCommandOptions } from "./generate.js";
-import { devices, trainCommand } from "./train.js";
+// Each command's module is imported when the command runs: `lrkc build` need not load the trainer,
+// the data loaders, tokenizers or export (their start-up is part of every build's time).
+import { buildDevices, emitKinds, type BuildOptions, type EmitKind } from "./build.js";
+import { deviceChoices as devices } from "./target.js";
+import type { EvalCommandOptions } from "./eval.js";
+import type { ExportCommandOptions } from "./export.js";
+import type { GenerateCommandOptions } from "./generate.js";
 
 function program(setCode: (code: number) => void): Command {
   const cli = new Command("lrkc")
@@ -32,7 +25,9 @@ function program(setCode: (code: number) => void): Command {
       "after",
       "\nExamples:\n  $ lrkc check examples/lora_finetune.lrk\n  $ lrkc check --json examples/*.lrk stdlib/*.lrk",
     )
-    .action((files: string[], opts: { json?: boolean }) => setCode(checkCommand(files, opts)));
+    .action(async (files: string[], opts: { json?: boolean }) =>
+      setCode((await import("./check.js")).checkCommand(files, opts)),
+    );
 
   cli
     .command("fmt")
@@ -45,13 +40,13 @@ function program(setCode: (code: number) => void): Command {
       "after",
       "\nExamples:\n  $ lrkc fmt examples/mlp.lrk            # print the formatted file\n  $ lrkc fmt --write examples/*.lrk       # format in place\n  $ lrkc fmt --check examples/*.lrk       # for CI: fail if anything would change",
     )
-    .action((files: string[], opts: { write?: boolean; check?: boolean; json?: boolean }) => {
+    .action(async (files: string[], opts: { write?: boolean; check?: boolean; json?: boolean }) => {
       if (opts.write && opts.check) {
         process.stderr.write("error: --write and --check cannot be used together\n");
         setCode(1);
         return;
       }
-      setCode(fmtCommand(files, opts));
+      setCode((await import("./fmt.js")).fmtCommand(files, opts));
     });
 
   cli
@@ -97,7 +92,11 @@ function program(setCode: (code: number) => void): Command {
         setCode(1);
         return;
       }
-      setCode(await buildCommand(file, { ...opts, emit: opts.emit as EmitKind }));
+      setCode(
+        await (
+          await import("./build.js")
+        ).buildCommand(file, { ...opts, emit: opts.emit as EmitKind }),
+      );
     });
 
   cli
@@ -152,7 +151,7 @@ function program(setCode: (code: number) => void): Command {
           json?: boolean;
         },
       ) => {
-        setCode(await trainCommand(file, opts));
+        setCode(await (await import("./train.js")).trainCommand(file, opts));
       },
     );
 
@@ -184,7 +183,7 @@ function program(setCode: (code: number) => void): Command {
       "\nExamples:\n  $ lrkc eval examples/lora_finetune.lrk --weights runs/lora_finetune/final.safetensors\n  $ lrkc eval examples/lora_finetune.lrk --weights runs/lora_finetune/final.safetensors --data add   # what the fine-tune forgot",
     )
     .action(async (file: string, opts: EvalCommandOptions) => {
-      setCode(await evalCommand(file, opts));
+      setCode(await (await import("./eval.js")).evalCommand(file, opts));
     });
 
   cli
@@ -206,7 +205,7 @@ function program(setCode: (code: number) => void): Command {
       "\nExamples:\n  $ lrkc export runs/tune --peft out/adapter\n  $ lrkc export runs/tune/final.safetensors --merged out/merged",
     )
     .action(async (input: string, opts: ExportCommandOptions) => {
-      setCode(await exportCommand(input, opts));
+      setCode(await (await import("./export.js")).exportCommand(input, opts));
     });
 
   cli
@@ -234,7 +233,7 @@ function program(setCode: (code: number) => void): Command {
       '\nExamples:\n  $ lrkc generate tune.lrk --weights runs/tune/final.safetensors --prompt "Once upon a time"\n  $ lrkc generate tune.lrk --ids 3,14,15,9 --max-tokens 8 --device cpu',
     )
     .action(async (file: string, opts: GenerateCommandOptions) => {
-      setCode(await generateCommand(file, opts));
+      setCode(await (await import("./generate.js")).generateCommand(file, opts));
     });
 
   cli
@@ -244,7 +243,9 @@ function program(setCode: (code: number) => void): Command {
     )
     .option("--json", "print as JSON")
     .addHelpText("after", "\nExamples:\n  $ lrkc devices\n  $ lrkc devices --json")
-    .action(async (opts: { json?: boolean }) => setCode(await devicesCommand(opts)));
+    .action(async (opts: { json?: boolean }) =>
+      setCode(await (await import("./devices.js")).devicesCommand(opts)),
+    );
 
   cli.addHelpText(
     "after",

@@ -27,7 +27,12 @@ export interface LexResult {
 
 const chevrotainLexer = new Lexer(t.allTokens, {
   positionTracking: "full",
+  // Not `true`: a token Chevrotain cannot optimize would stop lrkc from starting at all; the test
+  // that the first-character table covers every token is tests/reliability/depth.test.ts.
   ensureOptimizations: false,
+  // The token definitions' own checks find nothing new in definitions that do not change between
+  // runs (as the grammar's, in grammar.ts): the tests run them.
+  skipValidations: !process.env["VITEST"],
 });
 
 const opening = new Set([t.LParen, t.LBracket, t.LCurly]);

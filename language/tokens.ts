@@ -251,10 +251,22 @@ export const RCurly = punct("RCurly", "}");
 export const Comma = punct("Comma", ",");
 export const Semicolon = punct("Semicolon", ";");
 export const Colon = punct("Colon", ":");
-/** Any other character: lexed so that the parser reports it in place rather than the lexer dropping it. */
+/**
+ * Any other character: lexed so that the parser reports it in place rather than the lexer dropping it.
+ * Its start characters are given as a hint: Chevrotain cannot analyze a complement set (`[^\s]`)
+ * for its first-character table, and without the table the lexer tried every pattern at every
+ * character (a sixth of `lrkc build`'s CPU). With it, a character tries only the patterns that can
+ * start with it, Unknown still last. The table has an entry per code unit below 256 and one per
+ * run of 255 above (Chevrotain's `charCodeToOptimizedIndex`): every code unit below 256 and every
+ * 128th above reach every entry (tests/reliability/depth.test.ts lexes every code unit both ways).
+ */
+const everyTableEntry = Array.from({ length: 256 + (0x10000 - 256) / 128 }, (_, k) =>
+  k < 256 ? k : 256 + (k - 256) * 128,
+);
 export const Unknown = createToken({
   name: "Unknown",
   pattern: /[^\s]/,
+  start_chars_hint: everyTableEntry,
   label: "an unexpected character",
 });
 

@@ -82,12 +82,12 @@ function foldedSum(
     return undefined;
   const cs = ctx.consumers.get(n.id)!;
   const r = cs.length === 1 ? graph.node(cs[0]!) : undefined;
-  const batchAxes = n.shape.slice(0, -2).map((_, i) => i);
+  // a sum over exactly the batch axes: 0, 1, …, rank - 3
   if (
     r?.op.kind !== "reduce" ||
     r.op.fn !== "sum" ||
-    r.op.axes.length !== batchAxes.length ||
-    !r.op.axes.every((a, i) => a === batchAxes[i])
+    r.op.axes.length !== n.shape.length - 2 ||
+    !r.op.axes.every((a, i) => a === i)
   )
     return undefined;
   const hasBuffer = (x: number) => isChainEnd(chains, x);

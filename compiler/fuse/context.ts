@@ -24,9 +24,15 @@ export interface FuseContext {
 
 export function analyze(graph: Graph, outputs: readonly number[]): FuseContext {
   const needed = dependencies(graph, outputs);
-  const consumers = new Map<number, number[]>(needed.map((id) => [id, []]));
+  const consumers = new Map<number, number[]>();
+  for (const id of needed) consumers.set(id, []);
+  // A node reading one input twice (x * x) is its consumer once. Needed nodes come in increasing
+  // order, so a repeat is the list's last entry: no set per node.
   for (const id of needed)
-    for (const i of new Set(graph.node(id).inputs)) consumers.get(i)!.push(id);
+    for (const i of graph.node(id).inputs) {
+      const list = consumers.get(i)!;
+      if (list[list.length - 1] !== id) list.push(id);
+    }
   const chainAnchors = needed.filter((id) => {
     const role = roleOf(graph.node(id).op.kind);
     return role === "reduce" || role === "matmul";

@@ -74,6 +74,8 @@ function growCluster(rc: RowContext, units: UnitGraph, i: number): RowGroup | un
   const { groups } = rc;
   const n = groups.length;
   let cluster = [i];
+  // The outputs of the cluster's groups, kept as it grows: `connected` asks for each candidate.
+  const outs = new Set(groups[i]!.outputs);
   let merged: RowGroup | undefined;
   for (let changed = true; changed;) {
     changed = false;
@@ -83,7 +85,7 @@ function growCluster(rc: RowContext, units: UnitGraph, i: number): RowGroup | un
       if (cluster.includes(j) || units.unitOf(j) !== j || units.membersOf(j).length !== 1) continue;
       const h = groups[j]!;
       if (h.kind !== "map" && h.kind !== "reduce") continue;
-      if (!connected(groups, cluster, h)) continue;
+      if (!connected(groups, cluster, outs, h)) continue;
       // No cycle: no path between the cluster and h through another unit.
       if (units.longPath(i, j) || units.longPath(j, i)) continue;
       const trial = mergeRow(
@@ -92,6 +94,7 @@ function growCluster(rc: RowContext, units: UnitGraph, i: number): RowGroup | un
       );
       if (!trial) continue;
       cluster = [...cluster, j].sort((p, q) => p - q);
+      for (const o of h.outputs) outs.add(o);
       merged = trial;
       units.contract(i, j, cluster);
       changed = true;
@@ -100,13 +103,13 @@ function growCluster(rc: RowContext, units: UnitGraph, i: number): RowGroup | un
   return cluster.length < 2 ? undefined : merged;
 }
 
-/** Whether group `h` reads an output of the cluster or a member reads one of `h`'s. */
+/** Whether group `h` reads an output of the cluster (`outs`) or a member reads one of `h`'s. */
 function connected(
   groups: readonly KernelGroup[],
   cluster: readonly number[],
+  outs: ReadonlySet<number>,
   h: KernelGroup,
 ): boolean {
-  const outs = new Set(cluster.flatMap((c) => groups[c]!.outputs));
   return (
     h.reads.some((r) => outs.has(r)) ||
     cluster.some((c) => groups[c]!.reads.some((r) => h.outputs.includes(r)))

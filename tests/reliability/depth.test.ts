@@ -8,7 +8,7 @@
 // kernel over the binding limit, and a deep model's gradient-norm reduction needs a split per
 // few layers. Every over-limit group is now split in one round, so the number of fusion passes
 // must not grow with depth.
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { portableTarget } from "../../cli/target.js";
@@ -18,7 +18,10 @@ import { matmulCodeStats } from "../../compiler/kernels/matmul.js";
 import { planMemory, type MemoryStep, type TensorNeed } from "../../compiler/memory-plan.js";
 import { packageRoot } from "../../compiler/modules.js";
 import { stepEntry } from "../../compiler/program.js";
+import type { ILexingResult } from "chevrotain";
+import { Lexer } from "../../language/chevrotain.js";
 import { SourceFile } from "../../language/source.js";
+import { allTokens } from "../../language/tokens.js";
 
 const layers = 32;
 const boundSeconds = 120;
@@ -250,5 +253,53 @@ describe("memory planning against depth", () => {
     expect(plan.buffers.length).toBe(n);
     expect(plan.assignment.get("g0")).toBe(n - 1);
     expect(work).toBeLessThan(8 * tensors.length);
+  });
+});
+
+// Start-up and front-end work that does not grow with depth but is paid on every build.
+describe("the lexer's first-character table", () => {
+  const plain = (r: ILexingResult) => ({
+    tokens: r.tokens.map((t) => `${t.tokenType.name}@${t.startOffset}:${t.image}`),
+    groups: Object.entries(r.groups).map(([g, ts]) => [g, ts.map((t) => t.startOffset)]),
+    errors: r.errors.map((e) => `${e.offset}+${e.length}`),
+  });
+
+  // The catch-all Unknown token (`[^\s]`) is a complement set Chevrotain cannot analyze; it
+  // turned the table off, and the lexer tried every pattern at every character. Its start
+  // characters are a hint now (language/tokens.ts).
+  it("covers every token: Chevrotain builds it (it throws where it cannot)", () => {
+    expect(
+      () => new Lexer(allTokens, { positionTracking: "full", ensureOptimizations: true }),
+    ).not.toThrow();
+  });
+
+  it("lexes every code unit, the standard library and the examples as the lexer without it does", () => {
+    const fast = new Lexer(allTokens, { positionTracking: "full" });
+    const safe = new Lexer(allTokens, { positionTracking: "full", safeMode: true });
+    const root = packageRoot();
+    const texts = ["stdlib", "examples"].flatMap((dir) =>
+      (readdirSync(join(root, dir), { recursive: true }) as string[])
+        .filter((f) => f.endsWith(".lrk"))
+        .map((f) => readFileSync(join(root, dir, f), "utf8")),
+    );
+    expect(texts.length).toBeGreaterThan(20);
+    const every = Array.from({ length: 0x10000 }, (_, c) => String.fromCharCode(c));
+    texts.push(every.join(""), every.join(" "), every.join("a"));
+    for (const text of texts)
+      expect(plain(fast.tokenize(text))).toEqual(plain(safe.tokenize(text)));
+  });
+});
+
+// `lrkc build` loads what building needs: each command's module (the trainer, data loaders,
+// tokenizers, export) is imported when its command runs, not at every start of lrkc.
+describe("lrkc's start-up", () => {
+  it("cli/main.ts imports no command's module up front but build's", () => {
+    const text = readFileSync(join(packageRoot(), "cli/main.ts"), "utf8");
+    const upFront = [...text.matchAll(/^import (?!type )[^;]*?from "([^"]+)";/gms)].map(
+      (m) => m[1],
+    );
+    expect(upFront.sort()).toEqual(["./build.js", "./target.js", "commander"]);
+    for (const command of ["check", "fmt", "train", "eval", "export", "generate", "devices"])
+      expect(text).toContain(`await import("./${command}.js")`);
   });
 });
