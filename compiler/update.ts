@@ -246,7 +246,7 @@ export function lowerOptimizer(
   const frame = lowerer.frameFor(opt);
   for (const s of opt.states) {
     const state = lowerState(ctx, call, lowerer, opt, s, frame, locals);
-    const pooled = ctx.states.find((x) => x.name === `${call.prefix}:${s.name.name}`)?.pooled;
+    const pooled = stateNamed(ctx.states, `${call.prefix}:${s.name.name}`)?.pooled;
     if (pooled) pooledKeys.add(pooled.key);
     locals.set(s.name.name, state);
     stateNames.push(s.name.name);
@@ -458,7 +458,7 @@ function lowerState(
     ctx.periods.add(period);
   }
   const stored = ctx.input(`state:${name}`, "state", initial.shape);
-  if (!hasState(ctx.states, name)) {
+  if (!stateNamed(ctx.states, name)) {
     const condition = pooled && pooledCondition(r, lowerer, pooled, initFrame, s, opt.module.file);
     // A refreshed state is recomputed before its first use, so its stored start is zeros.
     ctx.states.push({
@@ -506,14 +506,20 @@ function updateLowerer(
 }
 
 /**
- * The names in each states list, kept up with it as it grows (states are only ever appended): a
- * deep model's optimizer states, each looked for in the whole list, were quadratic in depth.
+ * Each states list by name, kept up with it as it grows (states are only ever appended): a deep
+ * model's optimizer states, each looked for in the whole list, were quadratic in depth.
  */
-const stateNames = new WeakMap<readonly StateInfo[], { names: Set<string>; seen: number }>();
+const statesByName = new WeakMap<
+  readonly StateInfo[],
+  { byName: Map<string, StateInfo>; seen: number }
+>();
 
-function hasState(states: readonly StateInfo[], name: string): boolean {
-  let known = stateNames.get(states);
-  if (!known) stateNames.set(states, (known = { names: new Set(), seen: 0 }));
-  for (; known.seen < states.length; known.seen++) known.names.add(states[known.seen]!.name);
-  return known.names.has(name);
+function stateNamed(states: readonly StateInfo[], name: string): StateInfo | undefined {
+  let known = statesByName.get(states);
+  if (!known) statesByName.set(states, (known = { byName: new Map(), seen: 0 }));
+  for (; known.seen < states.length; known.seen++) {
+    const state = states[known.seen]!;
+    known.byName.set(state.name, state);
+  }
+  return known.byName.get(name);
 }
