@@ -2,6 +2,14 @@
 // (they live across runs); activations and scratch live from the step that writes them first to
 // the last step that reads them, and reuse freed buffers (first fit; else the largest free buffer
 // grows; else a new one). Every tensor is checked against the device's buffer limits.
+//
+// A tensor larger than one storage binding (maxStorageBufferBindingSize) but within one buffer
+// (maxBufferSize) is split: its buffer is bound as several chunks, views of it at offsets that
+// are multiples of 256 bytes (minStorageBufferOffsetAlignment, and a whole number of every
+// element type a kernel reads: f16, f32, vec4<f32>, packed words), each at most the binding
+// limit. Kernels read and write it through an accessor that picks the chunk
+// (compiler/kernels/render.ts `splitBindings`). Such a buffer holds that tensor alone: pooled
+// buffers stay within one binding, whatever tensors they hold in turn.
 
 export type BufferRole =
   "param" | "state" | "data" | "scalar" | "activation" | "scratch" | "output";
@@ -26,6 +34,30 @@ export interface PlannedBuffer {
   bytes: number;
   role: BufferRole;
   names: string[];
+  /** A buffer over one storage binding: the views kernels bind, in order (see the top). */
+  chunks?: BufferChunk[];
+}
+
+/** One binding's view of a split buffer. */
+export interface BufferChunk {
+  offset: number;
+  bytes: number;
+}
+
+/** WebGPU's minStorageBufferOffsetAlignment (its default, and the most an adapter may ask). */
+export const BINDING_ALIGNMENT = 256;
+
+/**
+ * The chunks of a buffer of `bytes` bound `limit` bytes at most at a time: whole multiples of
+ * BINDING_ALIGNMENT but the last.
+ */
+export function bufferChunks(bytes: number, limit: number): BufferChunk[] {
+  const size = Math.floor(limit / BINDING_ALIGNMENT) * BINDING_ALIGNMENT;
+  if (size <= 0) throw new Error(`a storage binding limit of ${limit} bytes holds no chunk`);
+  const chunks: BufferChunk[] = [];
+  for (let offset = 0; offset < bytes; offset += size)
+    chunks.push({ offset, bytes: Math.min(size, bytes - offset) });
+  return chunks;
 }
 
 export interface MemoryPlan {
@@ -64,9 +96,11 @@ export class BindingLimitError extends Error {
     readonly limit: number,
     /** `file:line` of the .lrk code the kernel computes. */
     readonly sourceLines: readonly string[],
+    /** Of `bindings`, those that are chunks of tensors over one storage binding. */
+    readonly chunkBindings = 0,
   ) {
     super(
-      `the kernel "${kernel}" binds ${bindings} storage buffers; the device allows ${limit} per kernel`,
+      `the kernel "${kernel}" binds ${bindings} storage buffers${chunkBindings ? ` (${chunkBindings} of them chunks of tensors larger than one binding)` : ""}; the device allows ${limit} per kernel`,
     );
   }
 }
@@ -83,26 +117,24 @@ export function planMemory(
 ): MemoryPlan {
   const byKey = new Map(tensors.map((t) => [t.key, t]));
   for (const t of tensors) {
-    if (t.bytes > limits.maxStorageBufferBindingSize)
-      throw new BufferLimitError(
-        t.name,
-        t.bytes,
-        limits.maxStorageBufferBindingSize,
-        "maxStorageBufferBindingSize",
-      );
     if (t.bytes > limits.maxBufferSize)
       throw new BufferLimitError(t.name, t.bytes, limits.maxBufferSize, "maxBufferSize");
   }
   const buffers: PlannedBuffer[] = [];
   const assignment = new Map<string, number>();
+  const split = (t: TensorNeed) => bufferBytes(t.bytes) > limits.maxStorageBufferBindingSize;
   const make = (t: TensorNeed, role: BufferRole): number => {
     const id = buffers.length;
-    buffers.push({ id, bytes: bufferBytes(t.bytes), role, names: [t.name] });
+    const bytes = bufferBytes(t.bytes);
+    const chunks = split(t) ? bufferChunks(bytes, limits.maxStorageBufferBindingSize) : undefined;
+    buffers.push({ id, bytes, role, names: [t.name], ...(chunks ? { chunks } : {}) });
     assignment.set(t.key, id);
     return id;
   };
-  // Dedicated buffers first: inputs in the order given, then outputs.
-  const pooled = (t: TensorNeed) => t.role === "activation" || t.role === "scratch";
+  // Dedicated buffers first: inputs in the order given, then outputs; a split activation or
+  // scratch tensor has one too, for the whole run.
+  const pooled = (t: TensorNeed) =>
+    (t.role === "activation" || t.role === "scratch") && !split(t);
   for (const t of tensors) if (!pooled(t)) make(t, t.role);
 
   // Liveness of pooled tensors: last step touching each.

@@ -12,7 +12,7 @@
 //
 // Entries share the input buffers and the pool of activation/scratch buffers (entries never run
 // at the same time); each entry's outputs have buffers of their own, so they survive the run.
-import { fuse, type KernelGroup } from "./fuse/index.js";
+import { fuse, type Fusion, type KernelGroup } from "./fuse/index.js";
 import { numel, type DType, type Graph } from "./ir.js";
 import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";
@@ -25,9 +25,12 @@ import {
   type MatmulAdapterKind,
 } from "./kernels/matmul.js";
 import { specialKernels, specialScratch, type ParamKernelSource } from "./kernels/special.js";
+import { splitBindings } from "./kernels/render.js";
 import type { KernelBinding, KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
 import {
   BindingLimitError,
+  bufferBytes,
+  bufferChunks,
   planMemory,
   type BufferLimits,
   type BufferRole,
@@ -160,21 +163,24 @@ export function fuseEntries(
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
   const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
-  const key = `${maxBindings}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
   if (known) return known;
   const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
+  const bindingsOf = splitBindingCounter(program, limits);
   const fused = program.entries.map((entry) => {
-    const fusion = fuse(
-      program.graph,
-      entry.outputs.map((o) => o.node),
-      {
-        maxBindings,
-        ...(lowRankMax !== undefined ? { lowRankMax } : {}),
-        ...(packed.size ? { packed } : {}),
-      },
+    const fusion = fuseWithin(maxBindings, bindingsOf, (max) =>
+      fuse(
+        program.graph,
+        entry.outputs.map((o) => o.node),
+        {
+          maxBindings: max,
+          ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+          ...(packed.size ? { packed } : {}),
+        },
+      ),
     );
     const inputs: string[] = [];
     for (const id of fusion.needed) {
@@ -189,6 +195,57 @@ export function fuseEntries(
   });
   perGraph.set(key, fused);
   return fused;
+}
+
+/**
+ * The storage bindings a node's buffer takes in a kernel: one, or its chunks when it is larger
+ * than one binding (compiler/memory-plan.ts); undefined when no tensor of the program is.
+ */
+function splitBindingCounter(
+  program: GraphProgram,
+  limits: PlanLimits,
+): ((node: number) => number) | undefined {
+  const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
+  const limit = limits.maxStorageBufferBindingSize;
+  const count = (node: number) => {
+    const n = numel(program.graph.shape(node));
+    const input = inputByNode.get(node);
+    const bytes = bufferBytes(input ? storedBytes(input, n) : 4 * n);
+    return bytes > limit ? bufferChunks(bytes, limit).length : 1;
+  };
+  return program.graph.nodes.some((_, id) => count(id) > 1) ? count : undefined;
+}
+
+/**
+ * A fusion whose kernels fit `maxBindings` with split tensors counted as their chunks. The fuser
+ * counts one binding a buffer; where a group binds chunks past the limit, fusion runs again with
+ * the limit lowered by the worst excess (every kernel of the entry then binds fewer buffers: a
+ * split tensor is rare, and a group that still does not fit is refused at emit, E0602).
+ */
+function fuseWithin(
+  maxBindings: number,
+  bindingsOf: ((node: number) => number) | undefined,
+  fuseAt: (max: number) => Fusion,
+): Fusion {
+  let fusion = fuseAt(maxBindings);
+  for (let max = maxBindings; bindingsOf; ) {
+    let excess = 0;
+    for (const g of fusion.groups) {
+      if (g.kind === "special") continue;
+      const used = [...new Set([...g.reads, ...g.outputs])].reduce((s, n) => s + bindingsOf(n), 0);
+      excess = Math.max(excess, used - maxBindings);
+    }
+    if (excess <= 0 || max - excess < 2) return fusion;
+    max -= excess;
+    try {
+      fusion = fuseAt(max);
+    } catch (e) {
+      // a kernel the lower limit cannot split: keep the fusion before (refused at emit)
+      if (e instanceof BindingLimitError) return fusion;
+      throw e;
+    }
+  }
+  return fusion;
 }
 
 function entryKey(e: Entry): string {
@@ -298,6 +355,7 @@ export function emitKernels(
   const packedOf: PackedOf = (node) => packed.get(node);
   const kernels: PlanKernel[] = [];
   const entries: Record<string, PlanEntry> = {};
+  const chunksOf = (buffer: number) => buffers.buffers[buffer]?.chunks;
   for (const { entry, groups, inputs } of fused) {
     const keyOf = buffers.keyOf.get(entry.name)!;
     // Kernels ask for the buffers they read many times over; a node's key is a string made anew.
@@ -323,13 +381,14 @@ export function emitKernels(
     const dispatches: number[] = [];
     for (const g of groups) {
       const made = groupKernels(graph, g, isBuffer, bufferOf, scratch, chooseMatmul, packedOf);
-      for (const k of made) {
+      for (const k of made.map((k) => splitBindings(k, chunksOf))) {
         if (k.bindings.length > maxBindings)
           throw new BindingLimitError(
             k.name,
             k.bindings.length,
             maxBindings,
             sourceLines(graph, g.nodes),
+            splitCount(k.bindings),
           );
         dispatches.push(kernels.length);
         kernels.push(planKernel(graph, kernels.length, g, k));
@@ -347,6 +406,11 @@ export function emitKernels(
     };
   }
   return { kernels, entries };
+}
+
+/** Bindings that are chunks of split buffers (beyond one binding per buffer). */
+function splitCount(bindings: readonly KernelBinding[]): number {
+  return bindings.filter((b) => b.offset !== undefined).length;
 }
 
 function planKernel(graph: Graph, id: number, g: KernelGroup, k: KernelSource): PlanKernel {

@@ -64,7 +64,15 @@ export class PipelineError extends Error {
 
 export interface WebGpuDeviceOptions {
   adapter?: GPUAdapter;
+  /**
+   * Plan for storage bindings of at most this many bytes, under the adapter's own limit
+   * (`--max-binding`: a smaller device's, or tests of tensors split across bindings).
+   */
+  maxBinding?: number;
 }
+
+/** Bytes of one host-to-device write (a multiple of 4, as writeBuffer requires). */
+const WRITE_CHUNK = 16 * 2 ** 20;
 
 export class WebGpuDevice implements Device {
   readonly name: string;
@@ -79,6 +87,7 @@ export class WebGpuDevice implements Device {
   private constructor(
     readonly device: GPUDevice,
     readonly adapter: GPUAdapter,
+    private readonly maxBinding?: number,
   ) {
     this.summary = summarize(adapter);
     this.name = `webgpu (${this.summary.description})`;
@@ -87,14 +96,17 @@ export class WebGpuDevice implements Device {
   static async open(options: WebGpuDeviceOptions = {}): Promise<WebGpuDevice> {
     const adapter = options.adapter ?? (await requestAdapter());
     const device = await requestDevice(adapter);
-    return new WebGpuDevice(device, adapter);
+    return new WebGpuDevice(device, adapter, options.maxBinding);
   }
 
   /** The limits a plan for this device must fit. */
   limits() {
     const limits = this.device.limits;
     return {
-      maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
+      maxStorageBufferBindingSize: Math.min(
+        limits.maxStorageBufferBindingSize,
+        this.maxBinding ?? Infinity,
+      ),
       maxBufferSize: limits.maxBufferSize,
       maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
     };
@@ -274,7 +286,7 @@ export class WebGpuDevice implements Device {
     for (const m of moves) {
       if (m.packed) {
         const words = m.packed === 16 ? halfWords(m.t.data) : packIntegers(m.t.data, m.packed);
-        this.device.queue.writeBuffer(m.dst, 0, words.buffer, 0, words.byteLength);
+        this.write(m.dst, words, words.byteLength);
       } else if (m.src) {
         if (m.bytes > 0) encoder.copyBufferToBuffer(m.src, 0, m.dst, 0, m.bytes);
       } else if (m.bytes > 0) {
@@ -288,13 +300,29 @@ export class WebGpuDevice implements Device {
             : t.data instanceof Float32Array
               ? t.data
               : Float32Array.from(t.data);
-        this.device.queue.writeBuffer(m.dst, 0, data.buffer, data.byteOffset, m.bytes);
+        this.write(m.dst, data, m.bytes);
       }
     }
     for (const m of moves)
       if (m.packed) this.contents.set(m.dst, new WeakRef(m.t));
       else this.hold(m.dst, m.t);
     return temporaries;
+  }
+
+  /**
+   * Writes the first `bytes` of `data` to the start of `dst`, WRITE_CHUNK bytes at a time: the
+   * queue copies what it is given into a staging area of its own, so a tensor of hundreds of MiB
+   * written at once was held twice more; a chunk at a time it is held once, plus a chunk.
+   */
+  private write(dst: GPUBuffer, data: ArrayBufferView, bytes: number): void {
+    for (let at = 0; at < bytes; at += WRITE_CHUNK)
+      this.device.queue.writeBuffer(
+        dst,
+        at,
+        data.buffer,
+        data.byteOffset + at,
+        Math.min(WRITE_CHUNK, bytes - at),
+      );
   }
 
   /** An entry's outputs: read back those in `readBuffers`, DeviceTensors for the others. */
@@ -485,9 +513,13 @@ export class WebGpuDevice implements Device {
         visibility: GPUShaderStage.COMPUTE,
         buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
       }));
+      // a chunk of a buffer over one storage binding is a view of it (compiler/memory-plan.ts)
       const entries: GPUBindGroupEntry[] = k.bindings.map((b, i) => ({
         binding: i,
-        resource: { buffer: buffers[b.buffer]! },
+        resource:
+          b.offset !== undefined
+            ? { buffer: buffers[b.buffer]!, offset: b.offset, size: b.size! }
+            : { buffer: buffers[b.buffer]! },
       }));
       if (k.params) {
         const uniform = this.uniform(k.params);
