@@ -133,8 +133,7 @@ export function planMemory(
   };
   // Dedicated buffers first: inputs in the order given, then outputs; a split activation or
   // scratch tensor has one too, for the whole run.
-  const pooled = (t: TensorNeed) =>
-    (t.role === "activation" || t.role === "scratch") && !split(t);
+  const pooled = (t: TensorNeed) => (t.role === "activation" || t.role === "scratch") && !split(t);
   for (const t of tensors) if (!pooled(t)) make(t, t.role);
 
   // Liveness of pooled tensors: last step touching each.

@@ -12,7 +12,7 @@
 //
 // Entries share the input buffers and the pool of activation/scratch buffers (entries never run
 // at the same time); each entry's outputs have buffers of their own, so they survive the run.
-import { fuse, type Fusion, type KernelGroup } from "./fuse/index.js";
+import { fuse, type KernelGroup } from "./fuse/index.js";
 import { numel, type DType, type Graph } from "./ir.js";
 import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";
@@ -171,16 +171,15 @@ export function fuseEntries(
   const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
   const bindingsOf = splitBindingCounter(program, limits);
   const fused = program.entries.map((entry) => {
-    const fusion = fuseWithin(maxBindings, bindingsOf, (max) =>
-      fuse(
-        program.graph,
-        entry.outputs.map((o) => o.node),
-        {
-          maxBindings: max,
-          ...(lowRankMax !== undefined ? { lowRankMax } : {}),
-          ...(packed.size ? { packed } : {}),
-        },
-      ),
+    const fusion = fuse(
+      program.graph,
+      entry.outputs.map((o) => o.node),
+      {
+        maxBindings,
+        ...(bindingsOf ? { bindingsOf } : {}),
+        ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+        ...(packed.size ? { packed } : {}),
+      },
     );
     const inputs: string[] = [];
     for (const id of fusion.needed) {
@@ -214,38 +213,6 @@ function splitBindingCounter(
     return bytes > limit ? bufferChunks(bytes, limit).length : 1;
   };
   return program.graph.nodes.some((_, id) => count(id) > 1) ? count : undefined;
-}
-
-/**
- * A fusion whose kernels fit `maxBindings` with split tensors counted as their chunks. The fuser
- * counts one binding a buffer; where a group binds chunks past the limit, fusion runs again with
- * the limit lowered by the worst excess (every kernel of the entry then binds fewer buffers: a
- * split tensor is rare, and a group that still does not fit is refused at emit, E0602).
- */
-function fuseWithin(
-  maxBindings: number,
-  bindingsOf: ((node: number) => number) | undefined,
-  fuseAt: (max: number) => Fusion,
-): Fusion {
-  let fusion = fuseAt(maxBindings);
-  for (let max = maxBindings; bindingsOf; ) {
-    let excess = 0;
-    for (const g of fusion.groups) {
-      if (g.kind === "special") continue;
-      const used = [...new Set([...g.reads, ...g.outputs])].reduce((s, n) => s + bindingsOf(n), 0);
-      excess = Math.max(excess, used - maxBindings);
-    }
-    if (excess <= 0 || max - excess < 2) return fusion;
-    max -= excess;
-    try {
-      fusion = fuseAt(max);
-    } catch (e) {
-      // a kernel the lower limit cannot split: keep the fusion before (refused at emit)
-      if (e instanceof BindingLimitError) return fusion;
-      throw e;
-    }
-  }
-  return fusion;
 }
 
 function entryKey(e: Entry): string {

@@ -332,9 +332,16 @@ export function splitBindings(kernel: ParamKernelSource, chunksOf: ChunksOf): Pa
   const split: { name: string; type: string; writable: boolean }[] = [];
   const lines = kernel.wgsl.split("\n").flatMap((line) => {
     const m = STORAGE_DECLARATION.exec(line);
-    if (!m) return [line.replace(/@group\(0\) @binding\((\d+)\)/g, (_, n) => `@group(0) @binding(${renumber(Number(n))})`)];
+    if (!m)
+      return [
+        line.replace(
+          /@group\(0\) @binding\((\d+)\)/g,
+          (_, n) => `@group(0) @binding(${renumber(Number(n))})`,
+        ),
+      ];
     const old = Number(m[1]);
-    const chunks = old < kernel.bindings.length ? chunksOf(kernel.bindings[old]!.buffer) : undefined;
+    const chunks =
+      old < kernel.bindings.length ? chunksOf(kernel.bindings[old]!.buffer) : undefined;
     if (!chunks) return [line.replace(`@binding(${old})`, `@binding(${renumber(old)})`)];
     const [, , access, name, type, note] = m as unknown as string[];
     split.push({ name: name!, type: type!, writable: access === "read_write" });
@@ -350,7 +357,12 @@ export function splitBindings(kernel: ParamKernelSource, chunksOf: ChunksOf): Pa
   // use after them is rewritten.
   let wgsl = lines.join("\n");
   for (const s of split) wgsl = chunkedUses(wgsl, s.name);
-  return { ...kernel, wgsl, bindings, ...(kernel.gatherFlag !== undefined ? { gatherFlag: renumber(kernel.gatherFlag) } : {}) };
+  return {
+    ...kernel,
+    wgsl,
+    bindings,
+    ...(kernel.gatherFlag !== undefined ? { gatherFlag: renumber(kernel.gatherFlag) } : {}),
+  };
 }
 
 /** `NAME_get(i)` and, when writable, `NAME_set(i, v)`: element i of the chunked array NAME. */
@@ -379,7 +391,9 @@ function chunkAccessors(
   return [
     ...get,
     `fn ${name}_set(i: u32, v: ${type}) {`,
-    ...pick((j, local) => `${name}_c${j}[${local}] = v;${j === chunks.length - 1 ? "" : " return;"}`),
+    ...pick(
+      (j, local) => `${name}_c${j}[${local}] = v;${j === chunks.length - 1 ? "" : " return;"}`,
+    ),
     `}`,
   ];
 }
@@ -411,14 +425,15 @@ const ASSIGNMENT = /^\s*(<<|>>|[-+*/%&|^])?=(?!=)/;
 
 /**
  * `code` with every access of the array `name` made an accessor call (see splitBindings).
- * Comments are left as they are; the chunk declarations (`name_c0`) and `arrayLength(&name)`
- * (the opaque zero's: any chunk is as non-empty) are kept apart.
+ * Comments are left as they are. A pointer to the whole array (`arrayLength(&name)`, the opaque
+ * zero's; `_ = &name`, a prologue keeping its binding used) takes the first chunk: any chunk is
+ * as non-empty, and a binding a shader leaves unused is allowed by the explicit layout.
  */
 function chunkedUses(code: string, name: string): string {
   const comments: string[] = [];
   const hidden = code
     .replace(/\/\/[^\n]*/g, (c) => `\u0000${comments.push(c) - 1}\u0000`)
-    .replace(new RegExp(`arrayLength\\(&${name}\\)`, "g"), `arrayLength(&${name}_c0)`);
+    .replace(new RegExp(`&${name}\\b(?!\\s*\\[)`, "g"), `&${name}_c0`);
   const rewrite = (text: string): string => {
     const open = new RegExp(`(?<![\\w.&])${name}\\[`, "g");
     let out = "";
