@@ -8,8 +8,8 @@
 // are multiples of 256 bytes (minStorageBufferOffsetAlignment, and a whole number of every
 // element type a kernel reads: f16, f32, vec4<f32>, packed words), each at most the binding
 // limit. Kernels read and write it through an accessor that picks the chunk
-// (compiler/kernels/render.ts `splitBindings`). Such a buffer holds that tensor alone: pooled
-// buffers stay within one binding, whatever tensors they hold in turn.
+// (compiler/kernels/render.ts `splitBindings`). Pooled buffers are reused only by tensors of as
+// many chunks (a buffer within one binding stays so), so a kernel binds what fusion counted.
 
 export type BufferRole =
   "param" | "state" | "data" | "scalar" | "activation" | "scratch" | "output";
@@ -122,18 +122,18 @@ export function planMemory(
   }
   const buffers: PlannedBuffer[] = [];
   const assignment = new Map<string, number>();
-  const split = (t: TensorNeed) => bufferBytes(t.bytes) > limits.maxStorageBufferBindingSize;
+  const limit = limits.maxStorageBufferBindingSize;
+  /** The bindings a tensor's buffer takes: 1, or its chunks' count. */
+  const bindingsOf = (bytes: number) =>
+    bytes > limit ? bufferChunks(bufferBytes(bytes), limit).length : 1;
   const make = (t: TensorNeed, role: BufferRole): number => {
     const id = buffers.length;
-    const bytes = bufferBytes(t.bytes);
-    const chunks = split(t) ? bufferChunks(bytes, limits.maxStorageBufferBindingSize) : undefined;
-    buffers.push({ id, bytes, role, names: [t.name], ...(chunks ? { chunks } : {}) });
+    buffers.push({ id, bytes: bufferBytes(t.bytes), role, names: [t.name] });
     assignment.set(t.key, id);
     return id;
   };
-  // Dedicated buffers first: inputs in the order given, then outputs; a split activation or
-  // scratch tensor has one too, for the whole run.
-  const pooled = (t: TensorNeed) => (t.role === "activation" || t.role === "scratch") && !split(t);
+  // Dedicated buffers first: inputs in the order given, then outputs.
+  const pooled = (t: TensorNeed) => t.role === "activation" || t.role === "scratch";
   for (const t of tensors) if (!pooled(t)) make(t, t.role);
 
   // Liveness of pooled tensors: last step touching each.
@@ -141,12 +141,22 @@ export function planMemory(
   steps.forEach((s, i) => {
     for (const k of [...s.reads, ...s.writes]) if (byKey.has(k)) last.set(k, i);
   });
-  const free = new FreeBuffers(tensors.length);
+  // One pool per binding count: a tensor reuses a buffer bound as many chunks as its own (what
+  // fusion counted for its kernels), so a small tensor never lands in a split buffer, nor a split
+  // tensor in a buffer of more chunks.
+  const pools = new Map<number, FreeBuffers>();
+  const poolOf = (bytes: number) => {
+    const n = bindingsOf(bytes);
+    let pool = pools.get(n);
+    if (!pool) pools.set(n, (pool = new FreeBuffers(tensors.length)));
+    return pool;
+  };
   steps.forEach((s, i) => {
     for (const k of s.writes) {
       const t = byKey.get(k);
       if (!t || !pooled(t) || assignment.has(k)) continue;
       const need = bufferBytes(t.bytes);
+      const free = poolOf(t.bytes);
       let id = free.firstAtLeast(need);
       if (id === undefined) {
         // Grow the largest free buffer rather than add one.
@@ -166,12 +176,13 @@ export function planMemory(
       const t = byKey.get(k);
       if (t && pooled(t) && last.get(k) === i && assignment.has(k)) {
         const id = assignment.get(k)!;
-        free.put(id, buffers[id]!.bytes);
+        poolOf(t.bytes).put(id, buffers[id]!.bytes);
       }
     }
   });
   for (const t of tensors)
     if (!assignment.has(t.key)) throw new Error(`memory plan: ${t.name} is never written`);
+  for (const b of buffers) if (b.bytes > limit) b.chunks = bufferChunks(b.bytes, limit);
   return { buffers, assignment, peakBytes: buffers.reduce((s, b) => s + b.bytes, 0) };
 }
 

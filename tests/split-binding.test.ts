@@ -45,24 +45,30 @@ describe("chunks of a tensor over one binding", () => {
     expect(() => bufferChunks(4000, 100)).toThrow(/holds no chunk/);
   });
 
-  it("get a buffer of their own; pooled buffers stay within one binding", () => {
+  it("are pooled only with tensors of as many chunks: buffers within one binding stay so", () => {
     const limits = { maxStorageBufferBindingSize: 1024, maxBufferSize: 1 << 20 };
     const tensors: TensorNeed[] = [
       { key: "a", bytes: 512, role: "activation", name: "%1" },
       { key: "big", bytes: 3000, role: "activation", name: "%2" },
       { key: "b", bytes: 1000, role: "activation", name: "%3" },
+      { key: "big2", bytes: 2900, role: "activation", name: "%4" },
+      { key: "huge", bytes: 5000, role: "activation", name: "%5" },
     ];
     const steps = [
       { reads: [], writes: ["a"] },
       { reads: ["a"], writes: ["big"] },
       { reads: ["big"], writes: ["b"] },
+      { reads: ["b"], writes: ["big2"] },
+      { reads: ["big2"], writes: ["huge"] },
     ];
     const plan = planMemory(tensors, steps, limits);
-    const big = plan.buffers[plan.assignment.get("big")!]!;
-    expect(big.chunks?.map((c) => c.bytes)).toEqual([1024, 1024, 952]);
-    expect(big.names).toEqual(["%2"]);
-    // %3 reuses %1's buffer (grown), never the split one
-    expect(plan.assignment.get("b")).toBe(plan.assignment.get("a"));
+    const bufferOf = (k: string) => plan.buffers[plan.assignment.get(k)!]!;
+    expect(bufferOf("big").chunks?.map((c) => c.bytes)).toEqual([1024, 1024, 952]);
+    // %3 reuses %1's buffer (grown), never the split one; %4 (three chunks) reuses %2's
+    expect(bufferOf("b")).toBe(bufferOf("a"));
+    expect(bufferOf("big2")).toBe(bufferOf("big"));
+    expect(bufferOf("huge")).not.toBe(bufferOf("big"));
+    expect(bufferOf("huge").chunks).toHaveLength(5);
     for (const b of plan.buffers) if (!b.chunks) expect(b.bytes).toBeLessThanOrEqual(1024);
     // over maxBufferSize it is still refused (E0602)
     expect(() =>
