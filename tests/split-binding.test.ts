@@ -4,6 +4,7 @@
 // WebGPU with the binding limit lowered (`maxBinding`, as `--max-binding` does): every kernel
 // family against the interpreter, a training run against the unsplit run, and E0602 where
 // splitting cannot help.
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -29,7 +30,7 @@ import { deviceTarget, loadPlans } from "../cli/target.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { train, type TrainResult } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { tinyLmSource } from "./helpers.js";
+import { lrkcBin, root, tinyLmSource } from "./helpers.js";
 import { compile } from "./program-helpers.js";
 
 describe("chunks of a tensor over one binding", () => {
@@ -424,5 +425,60 @@ train split {
           tolerance * (1 + Math.abs(t.data[j]!)),
         );
     }
+  });
+});
+
+describe("--max-binding", () => {
+  const lrkc = (...args: string[]) =>
+    spawnSync(process.execPath, [lrkcBin, ...args], { encoding: "utf8", cwd: root });
+  const example = "examples/tiny_lm_pretrain.lrk";
+
+  it("lrkc build --emit plan and --emit memory list each split buffer and its chunks", () => {
+    const plan = lrkc(
+      "build",
+      example,
+      "--emit",
+      "plan",
+      "--device",
+      "portable",
+      "--max-binding",
+      "1MiB",
+    );
+    expect(plan.status, plan.stderr).toBe(0);
+    expect(plan.stdout).toMatch(
+      /split across storage bindings \(1\.00 MiB a binding at most\): \d+ buffers/,
+    );
+    expect(plan.stdout).toMatch(
+      /4\.00 MiB in 4 bindings, bytes \[0, 1048576\) \[1048576, 2097152\)/,
+    );
+    const memory = lrkc("build", example, "--emit", "memory", "--max-binding", "1048576");
+    expect(memory.status, memory.stderr).toBe(0);
+    expect(memory.stdout).toMatch(/split across storage bindings/);
+    // without it nothing of this model is split
+    const whole = lrkc("build", example, "--emit", "memory");
+    expect(whole.stdout).not.toMatch(/split across/);
+  });
+
+  it("is checked, and E0602 says when chunks are what does not fit", () => {
+    const bad = lrkc("build", example, "--emit", "plan", "--max-binding", "12");
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/--max-binding must be a whole number of bytes, at least 256/);
+    const train = lrkc("train", example, "--max-binding", "lots", "--device", "cpu");
+    expect(train.status).toBe(1);
+    expect(train.stderr).toMatch(/--max-binding must be/);
+    const over = lrkc(
+      "build",
+      example,
+      "--emit",
+      "plan",
+      "--device",
+      "portable",
+      "--max-binding",
+      "64KiB",
+    );
+    expect(over.status).toBe(1);
+    expect(over.stderr).toMatch(/error\[E0602\].*chunks of tensors larger than one binding/);
+    expect(over.stderr).toMatch(/help: .*--max-binding/);
+    expect(over.stderr).not.toMatch(/bug in lrkc|at .*\.js:\d+/);
   });
 });
