@@ -73,6 +73,12 @@ export interface WebGpuDeviceOptions {
 
 /** Bytes of one host-to-device write (a multiple of 4, as writeBuffer requires). */
 const WRITE_CHUNK = 16 * 2 ** 20;
+/**
+ * Outputs over this many bytes are read back through a staging buffer of this size, a piece at a
+ * time, straight into the tensor's array: a whole staging copy beside it would hold the tensor
+ * twice (a split embedding or its logits are hundreds of MiB).
+ */
+const READ_CHUNK = 16 * 2 ** 20;
 
 export class WebGpuDevice implements Device {
   readonly name: string;
@@ -335,6 +341,21 @@ export class WebGpuDevice implements Device {
     const out = new Map<string, Tensor>();
     const made = new Map<string, Tensor>();
     for (const o of outputs) {
+      if (!readBuffers.has(o.buffer) || e.stagingAt.has(o.buffer)) continue;
+      const key = `${o.buffer}:${o.dtype}`;
+      let t = made.get(key);
+      if (!t) {
+        const bytes = await this.readBack(loaded.buffers[o.buffer]!, 4 * numel(o.shape));
+        t = {
+          shape: [...o.shape],
+          data: o.dtype === "i32" ? new Int32Array(bytes) : new Float32Array(bytes),
+        };
+        made.set(key, t);
+        this.hold(loaded.buffers[o.buffer]!, t);
+      }
+      out.set(o.name, t);
+    }
+    for (const o of outputs) {
       if (readBuffers.has(o.buffer)) continue;
       const key = `${o.buffer}:${o.dtype}`;
       let t = made.get(key);
@@ -349,7 +370,7 @@ export class WebGpuDevice implements Device {
     await e.staging.mapAsync(GPUMapMode.READ);
     const bytes = e.staging.getMappedRange();
     for (const o of outputs) {
-      if (!readBuffers.has(o.buffer)) continue;
+      if (!readBuffers.has(o.buffer) || !e.stagingAt.has(o.buffer)) continue;
       const n = numel(o.shape);
       const at = e.stagingAt.get(o.buffer)!;
       const key = `${o.buffer}:${o.dtype}`;
@@ -441,9 +462,18 @@ export class WebGpuDevice implements Device {
    * keeps one that long).
    */
   async sync(tensors: Iterable<Tensor>): Promise<void> {
-    const pending = [...new Set(tensors)].filter(
+    const all = [...new Set(tensors)].filter(
       (t): t is DeviceTensor => t instanceof DeviceTensor && !t.onHost,
     );
+    const large = all.filter((t) => 4 * numel(t.shape) > READ_CHUNK);
+    for (const t of large) {
+      const buffer = this.resident.get(t);
+      if (!buffer || this.contents.get(buffer)?.deref() !== t)
+        throw new Error("webgpu: a device tensor was overwritten before it was read back");
+      const bytes = await this.readBack(buffer, 4 * numel(t.shape));
+      t.settle(t.dtype === "i32" ? new Int32Array(bytes) : new Float32Array(bytes));
+    }
+    const pending = all.filter((t) => 4 * numel(t.shape) <= READ_CHUNK);
     if (pending.length === 0) return;
     const gpu = this.device;
     const encoder = gpu.createCommandEncoder();
@@ -476,6 +506,30 @@ export class WebGpuDevice implements Device {
     } finally {
       staging.destroy();
     }
+  }
+
+  /** The first `bytes` of `src`, read READ_CHUNK bytes at a time (see READ_CHUNK). */
+  private async readBack(src: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+    const out = new ArrayBuffer(bytes);
+    const gpu = this.device;
+    const staging = gpu.createBuffer({
+      size: Math.max(4, Math.min(READ_CHUNK, bytes)),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    try {
+      for (let at = 0; at < bytes; at += READ_CHUNK) {
+        const n = Math.min(READ_CHUNK, bytes - at);
+        const encoder = gpu.createCommandEncoder();
+        encoder.copyBufferToBuffer(src, at, staging, 0, n);
+        gpu.queue.submit([encoder.finish()]);
+        await staging.mapAsync(GPUMapMode.READ, 0, n);
+        new Uint8Array(out, at, n).set(new Uint8Array(staging.getMappedRange(0, n)));
+        staging.unmap();
+      }
+    } finally {
+      staging.destroy();
+    }
+    return out;
   }
 
   /** Records that `buffer` now holds `t` (and no longer what it held before). */
@@ -565,6 +619,7 @@ export class WebGpuDevice implements Device {
     let total = 0;
     for (const o of pe.outputs) {
       if (stagingAt.has(o.buffer)) continue;
+      if (plan.buffers[o.buffer]!.bytes > READ_CHUNK) continue; // read back piece by piece
       stagingAt.set(o.buffer, total);
       total += plan.buffers[o.buffer]!.bytes;
     }

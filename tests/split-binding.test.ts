@@ -337,6 +337,39 @@ describe("kernels on split bindings, as the interpreter", () => {
   });
 });
 
+describe("a tensor over 16 MiB on the host side", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open({ maxBinding: 8 * 2 ** 20 });
+  });
+  afterAll(() => device?.destroy());
+
+  it("is written and read back piece by piece, whole and as a device tensor synced later", async () => {
+    const n = 5_000_000; // 20 MB: three 8 MiB chunks, two 16 MiB pieces each way
+    const b = new Builder();
+    const x = input(b, "x", [n]);
+    const y = b.add(b.mul(x.node, b.constant(2, [n])), b.constant(1, [n]));
+    const p = program(b, [x.input], { y });
+    const plan = planStep(p, await deviceTarget(device, [p], { autotune: false }));
+    expect(plan.buffers.find((buf) => buf.names.includes("x"))?.chunks).toHaveLength(3);
+    device.load(p, plan);
+    const data = Float32Array.from({ length: n }, (_, i) => (i % 1000) - 500);
+    const feeds = new Map([["x", { shape: [n], data }]]);
+    const check = (got: ArrayLike<number>) => {
+      expect(got.length).toBe(n);
+      for (const i of [0, 1, 2 ** 21 - 1, 2 ** 21, 4 * 2 ** 20, n - 1])
+        expect(got[i], `y[${i}]`).toBe(2 * data[i]! + 1);
+      let bad = 0;
+      for (let i = 0; i < n; i++) if (got[i] !== 2 * data[i]! + 1) bad++;
+      expect(bad).toBe(0);
+    };
+    check((await device.run(p, p.entries[0]!, feeds)).get("y")!.data);
+    const later = (await device.run(p, p.entries[0]!, feeds, { read: new Set() })).get("y")!;
+    await device.sync([later]);
+    check(later.data);
+  }, 60_000);
+});
+
 describe("training with split tensors", () => {
   // bytes (vocabulary 256) at d 32: the tied embedding / output head [256, 32] is 32 KiB, the
   // logits [4, 16, 256] 64 KiB
