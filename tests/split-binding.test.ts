@@ -27,6 +27,7 @@ import type {
   Tensor,
 } from "../compiler/program.js";
 import { deviceTarget, loadPlans } from "../cli/target.js";
+import { roundToHalf } from "../runtime/half.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { train, type TrainResult } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -269,7 +270,18 @@ describe("kernels on split bindings, as the interpreter", () => {
       if (!known || (p.vectorWidth > known.vectorWidth && known.vectorWidth === 1))
         chosen.set(p.variant, p);
     }
-    expect(chosen.size).toBeGreaterThan(1);
+    // the naive variant too (small products take it), with scalar loads
+    chosen.set("naive", {
+      variant: "naive",
+      rowsPerThread: 1,
+      colsPerThread: 1,
+      workgroupX: 8,
+      workgroupY: 8,
+      tileK: 0,
+      vectorWidth: 1,
+    });
+    expect(chosen.has("register")).toBe(true);
+    if (device.features.includes("subgroups")) expect(chosen.has("subgroup")).toBe(true);
     for (const p of chosen.values()) {
       const plan = await check(product(), p, 12 * 1024);
       if (p.vectorWidth === 4)
@@ -316,6 +328,29 @@ describe("kernels on split bindings, as the interpreter", () => {
     const packed = plan.inputs.find((i) => i.name === "q")!;
     expect(plan.buffers[packed.buffer]!.chunks?.length).toBe(2);
   }, 60_000);
+
+  it("f16 storage (a frozen weight read as f16, elementwise and as a matmul operand)", async () => {
+    if (!device.features.includes("shader-f16")) return;
+    const b = new Builder();
+    const w = input(b, "w", [16, 64]); // 2048 bytes as f16: two chunks of 512 halves
+    w.input.storage = "f16";
+    const x = input(b, "x", [8, 64]);
+    const scaled = b.mul(w.node, b.constant(3, [16, 64]));
+    const y = b.matmul(x.node, w.node, { transB: true });
+    // the values are f16 already: the upload's rounding leaves them as the interpreter reads them
+    const plan = await check(
+      {
+        program: program(b, [w.input, x.input], { scaled, y }),
+        feeds: new Map([
+          ["w", { shape: [16, 64], data: roundToHalf(wave(16 * 64, 0.21)) }],
+          ["x", { shape: [8, 64], data: wave(8 * 64, 0.05) }],
+        ]),
+      },
+      undefined,
+      SMALL,
+    );
+    expect(plan.kernels.some((k) => /_c0: array<f16>/.test(k.wgsl))).toBe(true);
+  });
 
   it("E0602 where splitting cannot help: a kernel binding more chunks than the device allows", async () => {
     const b = new Builder();
