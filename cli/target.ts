@@ -14,7 +14,13 @@ import {
   planMatmulParams,
   type PlanTarget,
 } from "../compiler/plan.js";
-import type { GraphProgram, MatmulParams, Plan, TrainProgram } from "../compiler/program.js";
+import type {
+  GraphProgram,
+  MatmulParams,
+  MatmulShape,
+  Plan,
+  TrainProgram,
+} from "../compiler/program.js";
 import { isSoftwareAdapter } from "../compiler/kernels/matmul.js";
 import { Autotuner } from "../runtime/autotune.js";
 import { CpuDevice, type Device } from "../runtime/device.js";
@@ -114,7 +120,7 @@ export async function deviceTarget(
   const tuner = new Autotuner(device.device, device.summary, matmulTemplate);
   const shapes = programs
     .flatMap((p) => matmulShapes(p, fuseEntries(p, base.limits)))
-    .filter((shape) => !isSmallMatmul(shape));
+    .filter((shape) => !isSmallMatmul(shape) && tunable(shape, base.limits));
   const classes = new Map(shapes.map((s) => [matmulTemplate.classKey(s), s]));
   const untuned = [...classes.values()].filter((s) => !tuner.cached(s)).length;
   if (untuned > 0)
@@ -129,6 +135,16 @@ export async function deviceTarget(
       (!isSmallMatmul(shape) && tuned.get(matmulTemplate.classKey(shape))) ||
       planMatmulParams(shape, features, device.summary),
   };
+}
+
+/**
+ * Whether the autotuner can time a matmul: it binds each operand whole, so one over a storage
+ * binding (split in the plan) cannot; its shape class keeps the template's defaults.
+ */
+function tunable(shape: MatmulShape, limits: PlanTarget["limits"]): boolean {
+  const { batch, m, n, k } = shape;
+  const limit = limits.maxStorageBufferBindingSize;
+  return [batch * m * k, batch * k * n, batch * m * n].every((count) => 4 * count <= limit);
 }
 
 /**

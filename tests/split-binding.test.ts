@@ -352,6 +352,23 @@ describe("kernels on split bindings, as the interpreter", () => {
     expect(plan.kernels.some((k) => /_c0: array<f16>/.test(k.wgsl))).toBe(true);
   });
 
+  it("the autotuner leaves a matmul with a split operand at its defaults (it binds operands whole)", async () => {
+    const c = product();
+    const lines: string[] = [];
+    const twelve = await WebGpuDevice.open({ maxBinding: 12 * 1024 });
+    try {
+      const target = await deviceTarget(twelve, [c.program], {
+        autotune: true,
+        log: (line) => lines.push(line),
+      });
+      expect(lines.join("\n")).not.toMatch(/tuning/);
+      const plan = planStep(c.program, target);
+      expect(plan.kernels.filter((k) => k.kind === "matmul").length).toBe(2);
+    } finally {
+      twelve.destroy();
+    }
+  });
+
   it("E0602 where splitting cannot help: a kernel binding more chunks than the device allows", async () => {
     const b = new Builder();
     const x = input(b, "x", [64, 96]);
