@@ -1,9 +1,12 @@
 // Tensors larger than one storage binding (compiler/memory-plan.ts `bufferChunks`, compiler/
 // kernels/render.ts `splitBindings`): such a buffer is bound as 256-byte-aligned chunks, views of
-// one GPUBuffer, and kernels reach its elements through accessors that pick the chunk. Checked on
-// WebGPU with the binding limit lowered (`maxBinding`, as `--max-binding` does): every kernel
-// family against the interpreter, a training run against the unsplit run, and E0602 where
-// splitting cannot help.
+// one GPUBuffer, and kernels reach its elements through accessors that pick the chunk. Checked:
+// the chunks and the pooling; the accessor rewrite by hand; on WebGPU with the binding limit
+// lowered (`maxBinding`, as `--max-binding` does) every kernel family against the interpreter
+// (map, reductions and row kernels, gather and scatter-add, the special kernels, every matmul
+// variant with vec4 loads, a packed 4-bit weight, f16 storage); the autotuner leaving split
+// operands alone; E0602 where chunks do not fit a kernel; host reads and writes over 16 MiB; a
+// TinyLM trained with split tensors against the unsplit run; and the CLI's `--max-binding`.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -236,6 +239,23 @@ describe("kernels on split bindings, as the interpreter", () => {
       feeds: new Map([
         ["table", { shape: [50, 12], data: wave(600, 0.11) }],
         ["ids", { shape: [30], data: Int32Array.from({ length: 30 }, (_, i) => (i * 17) % 50) }],
+      ]),
+    });
+  });
+
+  it("special kernels: QR and a top-k mask of split tensors", async () => {
+    const b = new Builder();
+    const x = input(b, "x", [64, 12]); // 3072 bytes: three chunks
+    const s = input(b, "s", [320]); // 1280 bytes: two chunks
+    const q = b.qr(x.node);
+    const mask = b.topkMask(s.node, b.constant(17, [], "i32"));
+    // full rank (a wave along the flat index would span two dimensions: Q ill-defined past them)
+    const full = Float32Array.from({ length: 64 * 12 }, (_, i) => Math.sin(i * i * 0.37 + i));
+    await check({
+      program: program(b, [x.input, s.input], { q, mask }),
+      feeds: new Map([
+        ["x", { shape: [64, 12], data: full }],
+        ["s", { shape: [320], data: wave(320, 1.37) }],
       ]),
     });
   });
