@@ -8,7 +8,7 @@
 // operands alone; E0602 where chunks do not fit a kernel; host reads and writes over 16 MiB; a
 // TinyLM trained with split tensors against the unsplit run; and the CLI's `--max-binding`.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -442,10 +442,11 @@ describe("a tensor over 16 MiB on the host side", () => {
   }, 60_000);
 });
 
-describe("training with split tensors", () => {
-  // bytes (vocabulary 256) at d 32: the tied embedding / output head [256, 32] is 32 KiB, the
-  // logits [4, 16, 256] 64 KiB
-  const program = `${tinyLmSource()}
+/**
+ * TinyLM over bytes (vocabulary 256) at d 32: the tied embedding / output head [256, 32] is 32
+ * KiB, the logits [4, 16, 256] 64 KiB.
+ */
+const trainingProgram = `${tinyLmSource()}
 import std.optim.{adamw}
 
 data corpus = std.data.text("corpus.txt", context: 16)
@@ -460,6 +461,8 @@ train split {
   seed 1
 }
 `;
+
+describe("training with split tensors", () => {
   let folder = "";
   const devices: WebGpuDevice[] = [];
   const results = new Map<number | undefined, { plan: Plan; result: TrainResult }>();
@@ -474,7 +477,7 @@ train split {
     for (const limit of [undefined, 48 * 1024, 24 * 1024]) {
       const device = await WebGpuDevice.open(limit ? { maxBinding: limit } : {});
       devices.push(device);
-      const run = compile(program, { path: join(folder, "split.lrk") });
+      const run = compile(trainingProgram, { path: join(folder, "split.lrk") });
       await loadPlans(device, run.program, { autotune: false });
       const result = await train(run, device, { steps: 3 });
       results.set(limit, { plan: device.plan(run.program.step), result });
@@ -563,6 +566,31 @@ describe("--max-binding", () => {
     const whole = lrkc("build", example, "--emit", "memory");
     expect(whole.stdout).not.toMatch(/split across/);
   });
+
+  it("lrkc train --max-binding trains on WebGPU with split tensors", () => {
+    const folder = mkdtempSync(join(tmpdir(), "lrk-split-train-"));
+    try {
+      writeFileSync(join(folder, "corpus.txt"), "a tiny corpus of bytes. ".repeat(50));
+      writeFileSync(join(folder, "split.lrk"), trainingProgram);
+      const run = lrkc(
+        "train",
+        join(folder, "split.lrk"),
+        "--device",
+        "webgpu",
+        "--max-binding",
+        "24KiB",
+        "--steps",
+        "2",
+        "--no-autotune",
+        "--out",
+        join(folder, "run"),
+      );
+      expect(run.status, run.stderr).toBe(0);
+      expect(existsSync(join(folder, "run", "final.safetensors"))).toBe(true);
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   it("is checked, and E0602 says when chunks are what does not fit", () => {
     const bad = lrkc("build", example, "--emit", "plan", "--max-binding", "12");
