@@ -357,9 +357,7 @@ describe("memory plan", () => {
     } catch (e) {
       expect((e as BufferLimitError).tensor).toBe("x");
       expect((e as BufferLimitError).bytes).toBe(4 * 2 ** 20);
-      expect((e as Error).message).toMatch(
-        /x needs a buffer of 4194304 bytes .* maxBufferSize/,
-      );
+      expect((e as Error).message).toMatch(/x needs a buffer of 4194304 bytes .* maxBufferSize/);
     }
   });
 });
