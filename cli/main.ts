@@ -115,11 +115,13 @@ function program(setCode: (code: number) => void): Command {
         setCode(1);
         return;
       }
+      // commander's text is replaced by the checked number (or left out)
+      const { maxBinding: _text, ...rest } = opts;
       setCode(
         await buildCommand(file, {
-          ...opts,
+          ...rest,
           emit: opts.emit as EmitKind,
-          ...(maxBinding !== undefined ? { maxBinding } : { maxBinding: undefined }),
+          ...(maxBinding !== undefined ? { maxBinding } : {}),
         }),
       );
     });
