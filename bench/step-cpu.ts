@@ -5,6 +5,7 @@
 //   npm run build && node dist/bench/step-cpu.js FILE [--train NAME] [--steps N] [--no-autotune]
 //                                                [--low-rank-max R]  (fuse LoRA branches up to rank R)
 //                                                [--frozen-f16]  (frozen weights stored as f16)
+//                                                [--max-binding BYTES]  (larger tensors bound in chunks)
 //
 // The step is run as `lrkc train` runs it (bench/profile.ts does the same), twice to warm up
 // (lavapipe compiles at first dispatch), then N times (default 9); printed: the median CPU time of
@@ -38,7 +39,10 @@ async function main(file: string): Promise<void> {
     process.exit(1);
   }
   const { program } = run;
-  const device = await WebGpuDevice.open();
+  const maxBinding = option("--max-binding");
+  const device = await WebGpuDevice.open(
+    maxBinding !== undefined ? { maxBinding: Number(maxBinding) } : {},
+  );
   const lowRankMax = option("--low-rank-max");
   await loadPlans(device, program, {
     autotune: !args.includes("--no-autotune"),

@@ -15,7 +15,7 @@ import { failureDiagnostic } from "./failures.js";
 import { isFileSystemError, makeFolder, writeFileAtomic } from "../runtime/atomic.js";
 import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
-import { buildTarget, portableTarget } from "./target.js";
+import { buildTarget, portableTarget, withMaxBinding } from "./target.js";
 
 export const emitKinds = ["ast", "params", "ir", "memory", "plan", "wgsl"] as const;
 export type EmitKind = (typeof emitKinds)[number];
@@ -33,6 +33,8 @@ export interface BuildOptions extends ReportOptions {
   autotune?: boolean;
   /** Store frozen tensors as f16 (compiler/half-storage.ts). */
   frozenF16?: boolean;
+  /** `--max-binding`: plan storage bindings of at most this many bytes (parsed). */
+  maxBinding?: number;
 }
 
 export async function buildCommand(path: string, options: BuildOptions): Promise<number> {
@@ -76,7 +78,7 @@ export async function buildCommand(path: string, options: BuildOptions): Promise
         process.stdout.write(irText(compiled));
         return 0;
       case "memory":
-        process.stdout.write(memoryTable(compiled));
+        process.stdout.write(memoryTable(compiled, options.maxBinding));
         return 0;
     }
   } catch (e) {
@@ -118,7 +120,11 @@ async function emitPlan({ program }: Compiled, options: BuildOptions): Promise<n
   const { target, name, close } = await buildTarget(
     options.device ?? "auto",
     [program.initProgram, program.step],
-    { autotune: options.autotune !== false, log: (line) => process.stderr.write(`${line}\n`) },
+    {
+      autotune: options.autotune !== false,
+      log: (line) => process.stderr.write(`${line}\n`),
+      ...(options.maxBinding !== undefined ? { maxBinding: options.maxBinding } : {}),
+    },
   );
   let plan: Plan;
   try {
@@ -145,8 +151,27 @@ async function emitPlan({ program }: Compiled, options: BuildOptions): Promise<n
       );
     }
   }
+  const split = splitLines(plan);
+  if (split.length) lines.push("", ...split);
   process.stdout.write(lines.join("\n") + "\n");
   return 0;
+}
+
+/**
+ * The plan's buffers over one storage binding, each with its chunks (the views kernels bind:
+ * compiler/memory-plan.ts); none when every tensor fits a binding.
+ */
+export function splitLines(plan: Plan): string[] {
+  const split = plan.buffers.filter((b) => b.chunks);
+  if (!split.length) return [];
+  const limit = Math.max(...split.map((b) => b.chunks![0]!.bytes));
+  return [
+    `split across storage bindings (${formatBytes(limit)} a binding at most): ${split.length} buffer${split.length === 1 ? "" : "s"}`,
+    ...split.map(
+      (b) =>
+        `  buffer ${b.id} ${b.role} ${b.names.join(", ")}: ${formatBytes(b.bytes)} in ${b.chunks!.length} bindings, bytes ${b.chunks!.map((c) => `[${c.offset}, ${c.offset + c.bytes})`).join(" ")}`,
+    ),
+  ];
 }
 
 /** `--out`: plan.json and one .wgsl per kernel, each written atomically; a failure is E0003. */
@@ -187,15 +212,16 @@ const halfStored = (step: GraphProgram) => step.inputs.some((i) => i.storage ===
  * The target `--emit memory` plans for: the portable one, with `shader-f16` when frozen weights
  * are stored as f16 (`--frozen-f16`), so that its planned buffers count them at 2 bytes.
  */
-function memoryTarget(step: GraphProgram): PlanTarget {
-  return halfStored(step) ? { ...portableTarget, features: ["shader-f16"] } : portableTarget;
+function memoryTarget(step: GraphProgram, maxBinding?: number): PlanTarget {
+  const target = withMaxBinding(portableTarget, maxBinding);
+  return halfStored(step) ? { ...target, features: ["shader-f16"] } : target;
 }
 
 /** Peak bytes of the step's kernel plan for a portable WebGPU target (NaN: over its limits). */
 /** The fused step's plan for the portable target, or undefined when it is over WebGPU's limits. */
-function portablePlan({ program }: Compiled): Plan | undefined {
+function portablePlan({ program }: Compiled, maxBinding?: number): Plan | undefined {
   try {
-    return planStep(program.step, memoryTarget(program.step));
+    return planStep(program.step, memoryTarget(program.step, maxBinding));
   } catch (e) {
     if (failureDiagnostic(e)) return undefined;
     throw e;
@@ -222,13 +248,14 @@ function plannedRows(
   ];
 }
 
-function memoryTable(compiled: Compiled): string {
+function memoryTable(compiled: Compiled, maxBinding?: number): string {
   const { program } = compiled;
   const m = memoryReport(
     program.step,
     program.params.filter((p) => p.origin === "model"),
   );
-  const plan = portablePlan(compiled);
+  const plan = portablePlan(compiled, maxBinding);
+  const split = plan ? splitLines(plan) : [];
   const rows: [string, number][] = [
     ["frozen weights", m.frozen],
     ["trainable parameters", m.trainable],
@@ -267,6 +294,7 @@ function memoryTable(compiled: Compiled): string {
             `(pooled optimizer states: the most the run's active tensors hold at once, ${formatBytes(pooled.held)}, of ${formatBytes(pooled.full)} were every tensor to keep them, plus a 4-byte placeholder per state not held; \`--emit plan\` lists every state's buffer)`,
           ]
         : []),
+      ...(split.length ? ["", ...split] : []),
       "",
       "optimizer state by tensor:",
       ...stateLines(compiled),

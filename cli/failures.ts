@@ -53,7 +53,9 @@ export function failureDiagnostic(
   if (e instanceof BindingLimitError)
     return error("E0602", e.message, program?.at, {
       notes: lines(e.sourceLines),
-      help: "split the computation at these lines into smaller steps (fewer tensors in one expression), or run on a device with more storage buffers per shader stage",
+      help: e.chunkBindings
+        ? "a tensor larger than one storage binding is bound in chunks, one binding each: lower the batch size (`--batch`) or the dimensions of the largest tensors here, or plan for a larger binding (`--max-binding`, up to the device's maxStorageBufferBindingSize)"
+        : "split the computation at these lines into smaller steps (fewer tensors in one expression), or run on a device with more storage buffers per shader stage",
     });
   if (e instanceof MemoryLimitError)
     return error("E0604", e.message, program?.at, { help: e.help });

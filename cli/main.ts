@@ -4,10 +4,16 @@ import { Command, CommanderError } from "commander";
 // Each command's module is imported when the command runs: `lrkc build` need not load the trainer,
 // the data loaders, tokenizers or export (their start-up is part of every build's time).
 import { buildDevices, emitKinds, type BuildOptions, type EmitKind } from "./build.js";
-import { deviceChoices as devices } from "./target.js";
+import { deviceChoices as devices, parseMaxBinding } from "./target.js";
 import type { EvalCommandOptions } from "./eval.js";
 import type { ExportCommandOptions } from "./export.js";
 import type { GenerateCommandOptions } from "./generate.js";
+
+/** `lrkc build`'s options as commander gives them (strings, before they are checked). */
+type BuildArguments = Omit<BuildOptions, "emit" | "maxBinding"> & {
+  emit: string;
+  maxBinding?: string;
+};
 
 function program(setCode: (code: number) => void): Command {
   const cli = new Command("lrkc")
@@ -72,12 +78,16 @@ function program(setCode: (code: number) => void): Command {
       "--frozen-f16",
       "store frozen weights as f16 (as `lrkc train --frozen-f16`): --emit memory and plan count 2 bytes each",
     )
+    .option(
+      "--max-binding <bytes>",
+      "with --emit memory, plan or wgsl: plan for storage bindings of at most this many bytes (`64MiB`; as `lrkc train --max-binding`): larger tensors are bound in chunks",
+    )
     .option("--json", "print diagnostics as JSON on stdout")
     .addHelpText(
       "after",
       "\nExamples:\n  $ lrkc build examples/mlp.lrk --emit plan                # the kernels of a training step, in dispatch order\n  $ lrkc build examples/mlp.lrk --emit wgsl --out plan/    # plan.json and the WGSL of every kernel\n  $ lrkc build examples/lora_finetune.lrk --emit params   # every parameter: shape, trainable or frozen, which rule placed it\n  $ lrkc build examples/galore_pretrain.lrk --emit memory  # bytes of weights, gradients, optimizer state, activations\n  $ lrkc build examples/mlp.lrk --emit ir                 # the training step as tensor IR\n  $ lrkc build examples/tiny_lm_pretrain.lrk --emit ast",
     )
-    .action(async (file: string, opts: Omit<BuildOptions, "emit"> & { emit: string }) => {
+    .action(async (file: string, opts: BuildArguments) => {
       if (!(emitKinds as readonly string[]).includes(opts.emit)) {
         process.stderr.write(
           `error: --emit must be one of ${emitKinds.join(", ")} (got \`${opts.emit}\`)\n`,
@@ -92,10 +102,23 @@ function program(setCode: (code: number) => void): Command {
         setCode(1);
         return;
       }
+      const maxBinding =
+        opts.maxBinding !== undefined ? parseMaxBinding(opts.maxBinding) : undefined;
+      if (typeof maxBinding === "object") {
+        process.stderr.write(`error: ${maxBinding.error}\n`);
+        setCode(1);
+        return;
+      }
+      // commander's text is replaced by the checked number (or left out)
+      const { maxBinding: _text, ...rest } = opts;
       setCode(
         await (
           await import("./build.js")
-        ).buildCommand(file, { ...opts, emit: opts.emit as EmitKind }),
+        ).buildCommand(file, {
+          ...rest,
+          emit: opts.emit as EmitKind,
+          ...(maxBinding !== undefined ? { maxBinding } : {}),
+        }),
       );
     });
 
@@ -127,6 +150,10 @@ function program(setCode: (code: number) => void): Command {
       "store frozen weights as f16 on the device (half their memory; each value rounded once) where it has shader-f16",
     )
     .option(
+      "--max-binding <bytes>",
+      "plan for storage bindings of at most this many bytes (`64MiB`: a smaller device's maxStorageBufferBindingSize); larger tensors are bound in chunks",
+    )
+    .option(
       "--no-autotune",
       "use default matmul parameters instead of timing candidates (choices are cached in ~/.cache/lrk)",
     )
@@ -148,6 +175,7 @@ function program(setCode: (code: number) => void): Command {
           initAdapters?: string;
           force?: boolean;
           frozenF16?: boolean;
+          maxBinding?: string;
           json?: boolean;
         },
       ) => {

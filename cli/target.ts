@@ -4,7 +4,7 @@
 // so the plan shown is the plan run.
 import { totalmem, freemem } from "node:os";
 import { planStep } from "../compiler/compile.js";
-import { BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js";
+import { BINDING_ALIGNMENT, BindingLimitError, BufferLimitError } from "../compiler/memory-plan.js";
 import { formatBytes, interpreterBytes, MemoryLimitError, storeBytes } from "../compiler/memory.js";
 import {
   fuseEntries,
@@ -14,7 +14,13 @@ import {
   planMatmulParams,
   type PlanTarget,
 } from "../compiler/plan.js";
-import type { GraphProgram, MatmulParams, Plan, TrainProgram } from "../compiler/program.js";
+import type {
+  GraphProgram,
+  MatmulParams,
+  MatmulShape,
+  Plan,
+  TrainProgram,
+} from "../compiler/program.js";
 import { isSoftwareAdapter } from "../compiler/kernels/matmul.js";
 import { Autotuner } from "../runtime/autotune.js";
 import { CpuDevice, type Device } from "../runtime/device.js";
@@ -33,11 +39,38 @@ export const portableTarget: PlanTarget = { limits: defaultLimits, features: [] 
 
 export const deviceChoices = ["auto", "webgpu", "cpu", "cpu64"] as const;
 
+/**
+ * `--max-binding BYTES`: the bytes one storage binding may hold (a smaller device's
+ * maxStorageBufferBindingSize); a tensor over it is bound in chunks (compiler/memory-plan.ts).
+ * Plain bytes, or with a KiB, MiB or GiB suffix; at least 256 (one chunk's alignment). Returns
+ * the number, or what is wrong with the text.
+ */
+export function parseMaxBinding(text: string): number | { error: string } {
+  const m = /^\s*(\d+)\s*(KiB|MiB|GiB)?\s*$/.exec(text);
+  const scale = { KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30 } as const;
+  const bytes = m ? Number(m[1]) * (m[2] ? scale[m[2] as keyof typeof scale] : 1) : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < BINDING_ALIGNMENT)
+    return {
+      error: `--max-binding must be a whole number of bytes, at least ${BINDING_ALIGNMENT} (such as \`65536\` or \`64MiB\`); got \`${text}\``,
+    };
+  return bytes;
+}
+
+/** `target` planning for storage bindings of at most `maxBinding` bytes (`--max-binding`). */
+export function withMaxBinding(target: PlanTarget, maxBinding: number | undefined): PlanTarget {
+  if (maxBinding === undefined) return target;
+  const limit = Math.min(target.limits.maxStorageBufferBindingSize, maxBinding);
+  return { ...target, limits: { ...target.limits, maxStorageBufferBindingSize: limit } };
+}
+
 /** `auto`: the WebGPU adapter if there is one, else the CPU reference interpreter. */
-export async function openDevice(choice: string): Promise<Device> {
+export async function openDevice(
+  choice: string,
+  options: { maxBinding?: number } = {},
+): Promise<Device> {
   if (choice === "cpu" || choice === "cpu64") return new CpuDevice({ float64: choice === "cpu64" });
   try {
-    return await WebGpuDevice.open();
+    return await WebGpuDevice.open(options);
   } catch (e) {
     if (choice === "auto" && e instanceof NoAdapterError) {
       process.stderr.write(
@@ -58,6 +91,8 @@ export interface TargetOptions {
   untuned?: Plan[];
   /** Fuse low-rank branches up to this inner dim (benchmarks compare; default LOW_RANK_MAX). */
   lowRankMax?: number;
+  /** `--max-binding`: plan storage bindings of at most this many bytes. */
+  maxBinding?: number;
 }
 
 /**
@@ -71,7 +106,7 @@ export interface TargetOptions {
 export function tuningShapes(programs: readonly GraphProgram[], target: PlanTarget) {
   return programs
     .flatMap((p) => matmulShapes(p, fuseEntries(p, target.limits, target.lowRankMax)))
-    .filter((shape) => !isSmallMatmul(shape));
+    .filter((shape) => !isSmallMatmul(shape) && tunable(shape, target.limits));
 }
 
 export async function deviceTarget(
@@ -108,6 +143,16 @@ export async function deviceTarget(
       (!isSmallMatmul(shape) && tuned.get(matmulTemplate.classKey(shape))) ||
       planMatmulParams(shape, features, device.summary),
   };
+}
+
+/**
+ * Whether the autotuner can time a matmul: it binds each operand whole, so one over a storage
+ * binding (split in the plan) cannot; its shape class keeps the template's defaults.
+ */
+function tunable(shape: MatmulShape, limits: PlanTarget["limits"]): boolean {
+  const { batch, m, n, k } = shape;
+  const limit = limits.maxStorageBufferBindingSize;
+  return [batch * m * k, batch * k * n, batch * m * n].every((count) => 4 * count <= limit);
 }
 
 /**
@@ -254,10 +299,14 @@ export async function buildTarget(
   programs: readonly GraphProgram[],
   options: TargetOptions,
 ): Promise<{ target: PlanTarget; name: string; close(): void }> {
-  if (choice === "portable") return { target: portableTarget, name: "portable", close() {} };
-  const device = await openDevice(choice);
+  const portable = withMaxBinding(portableTarget, options.maxBinding);
+  if (choice === "portable") return { target: portable, name: "portable", close() {} };
+  const device = await openDevice(
+    choice,
+    options.maxBinding !== undefined ? { maxBinding: options.maxBinding } : {},
+  );
   if (!(device instanceof WebGpuDevice))
-    return { target: portableTarget, name: "portable (no WebGPU adapter)", close() {} };
+    return { target: portable, name: "portable (no WebGPU adapter)", close() {} };
   return {
     target: await deviceTarget(device, programs, options),
     name: device.name,

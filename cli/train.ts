@@ -17,7 +17,7 @@ import { loadInitAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
-import { deviceChoices, loadPlans, openDevice, refuseTooLarge } from "./target.js";
+import { deviceChoices, loadPlans, openDevice, parseMaxBinding, refuseTooLarge } from "./target.js";
 
 export interface TrainCommandOptions extends ReportOptions {
   train?: string;
@@ -36,6 +36,8 @@ export interface TrainCommandOptions extends ReportOptions {
   initAdapters?: string;
   /** Store frozen tensors as f16 (compiler/half-storage.ts). */
   frozenF16?: boolean;
+  /** `--max-binding`: bytes one storage binding may hold (cli/target.ts `parseMaxBinding`). */
+  maxBinding?: string;
 }
 
 export const devices = deviceChoices;
@@ -136,6 +138,12 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const steps = positive(options.steps, "--steps");
   const batch = positive(options.batch, "--batch");
   if (steps === "bad" || batch === "bad") return 1;
+  const maxBinding =
+    options.maxBinding !== undefined ? parseMaxBinding(options.maxBinding) : undefined;
+  if (typeof maxBinding === "object") {
+    process.stderr.write(`error: ${maxBinding.error}\n`);
+    return 1;
+  }
   if (!(devices as readonly string[]).includes(options.device)) {
     process.stderr.write(
       `error: unknown device \`${options.device}\`; this version runs on: ${devices.join(", ")}\n`,
@@ -206,7 +214,10 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     const resume = options.resume
       ? resumePoint(folder, program, record)
       : freshStart(folder, options.force === true);
-    device = await openDeviceOrDiagnostic(options.device);
+    device = await openDeviceOrDiagnostic(
+      options.device,
+      maxBinding !== undefined ? { maxBinding } : {},
+    );
     if ("severity" in device) return report([device], options);
     const untuned = await refuseTooLarge(device, program);
     if (resume) folder.truncateMetricsAfter(resume.step);
@@ -493,9 +504,12 @@ export function runOrDiagnostic(program: TrainProgram): Run | Diagnostic {
 }
 
 /** openDevice, with "no adapter" as the E0601 diagnostic that says what to install. */
-export async function openDeviceOrDiagnostic(choice: string): Promise<Device | Diagnostic> {
+export async function openDeviceOrDiagnostic(
+  choice: string,
+  options: { maxBinding?: number } = {},
+): Promise<Device | Diagnostic> {
   try {
-    return await openDevice(choice);
+    return await openDevice(choice, options);
   } catch (e) {
     const failure = failureDiagnostic(e);
     if (failure) return failure;

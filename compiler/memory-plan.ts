@@ -2,6 +2,14 @@
 // (they live across runs); activations and scratch live from the step that writes them first to
 // the last step that reads them, and reuse freed buffers (first fit; else the largest free buffer
 // grows; else a new one). Every tensor is checked against the device's buffer limits.
+//
+// A tensor larger than one storage binding (maxStorageBufferBindingSize) but within one buffer
+// (maxBufferSize) is split: its buffer is bound as several chunks, views of it at offsets that
+// are multiples of 256 bytes (minStorageBufferOffsetAlignment, and a whole number of every
+// element type a kernel reads: f16, f32, vec4<f32>, packed words), each at most the binding
+// limit. Kernels read and write it through an accessor that picks the chunk
+// (compiler/kernels/render.ts `splitBindings`). Pooled buffers are reused only by tensors of as
+// many chunks (a buffer within one binding stays so), so a kernel binds what fusion counted.
 
 export type BufferRole =
   "param" | "state" | "data" | "scalar" | "activation" | "scratch" | "output";
@@ -26,6 +34,30 @@ export interface PlannedBuffer {
   bytes: number;
   role: BufferRole;
   names: string[];
+  /** A buffer over one storage binding: the views kernels bind, in order (see the top). */
+  chunks?: BufferChunk[];
+}
+
+/** One binding's view of a split buffer. */
+export interface BufferChunk {
+  offset: number;
+  bytes: number;
+}
+
+/** WebGPU's minStorageBufferOffsetAlignment (its default, and the most an adapter may ask). */
+export const BINDING_ALIGNMENT = 256;
+
+/**
+ * The chunks of a buffer of `bytes` bound `limit` bytes at most at a time: whole multiples of
+ * BINDING_ALIGNMENT but the last.
+ */
+export function bufferChunks(bytes: number, limit: number): BufferChunk[] {
+  const size = Math.floor(limit / BINDING_ALIGNMENT) * BINDING_ALIGNMENT;
+  if (size <= 0) throw new Error(`a storage binding limit of ${limit} bytes holds no chunk`);
+  const chunks: BufferChunk[] = [];
+  for (let offset = 0; offset < bytes; offset += size)
+    chunks.push({ offset, bytes: Math.min(size, bytes - offset) });
+  return chunks;
 }
 
 export interface MemoryPlan {
@@ -64,9 +96,11 @@ export class BindingLimitError extends Error {
     readonly limit: number,
     /** `file:line` of the .lrk code the kernel computes. */
     readonly sourceLines: readonly string[],
+    /** Of `bindings`, those that are chunks of tensors over one storage binding. */
+    readonly chunkBindings = 0,
   ) {
     super(
-      `the kernel "${kernel}" binds ${bindings} storage buffers; the device allows ${limit} per kernel`,
+      `the kernel "${kernel}" binds ${bindings} storage buffers${chunkBindings ? ` (${chunkBindings} of them chunks of tensors larger than one binding)` : ""}; the device allows ${limit} per kernel`,
     );
   }
 }
@@ -83,18 +117,15 @@ export function planMemory(
 ): MemoryPlan {
   const byKey = new Map(tensors.map((t) => [t.key, t]));
   for (const t of tensors) {
-    if (t.bytes > limits.maxStorageBufferBindingSize)
-      throw new BufferLimitError(
-        t.name,
-        t.bytes,
-        limits.maxStorageBufferBindingSize,
-        "maxStorageBufferBindingSize",
-      );
     if (t.bytes > limits.maxBufferSize)
       throw new BufferLimitError(t.name, t.bytes, limits.maxBufferSize, "maxBufferSize");
   }
   const buffers: PlannedBuffer[] = [];
   const assignment = new Map<string, number>();
+  const limit = limits.maxStorageBufferBindingSize;
+  /** The bindings a tensor's buffer takes: 1, or its chunks' count. */
+  const bindingsOf = (bytes: number) =>
+    bytes > limit ? bufferChunks(bufferBytes(bytes), limit).length : 1;
   const make = (t: TensorNeed, role: BufferRole): number => {
     const id = buffers.length;
     buffers.push({ id, bytes: bufferBytes(t.bytes), role, names: [t.name] });
@@ -110,12 +141,22 @@ export function planMemory(
   steps.forEach((s, i) => {
     for (const k of [...s.reads, ...s.writes]) if (byKey.has(k)) last.set(k, i);
   });
-  const free = new FreeBuffers(tensors.length);
+  // One pool per binding count: a tensor reuses a buffer bound as many chunks as its own (what
+  // fusion counted for its kernels), so a small tensor never lands in a split buffer, nor a split
+  // tensor in a buffer of more chunks.
+  const pools = new Map<number, FreeBuffers>();
+  const poolOf = (bytes: number) => {
+    const n = bindingsOf(bytes);
+    let pool = pools.get(n);
+    if (!pool) pools.set(n, (pool = new FreeBuffers(tensors.length)));
+    return pool;
+  };
   steps.forEach((s, i) => {
     for (const k of s.writes) {
       const t = byKey.get(k);
       if (!t || !pooled(t) || assignment.has(k)) continue;
       const need = bufferBytes(t.bytes);
+      const free = poolOf(t.bytes);
       let id = free.firstAtLeast(need);
       if (id === undefined) {
         // Grow the largest free buffer rather than add one.
@@ -135,12 +176,13 @@ export function planMemory(
       const t = byKey.get(k);
       if (t && pooled(t) && last.get(k) === i && assignment.has(k)) {
         const id = assignment.get(k)!;
-        free.put(id, buffers[id]!.bytes);
+        poolOf(t.bytes).put(id, buffers[id]!.bytes);
       }
     }
   });
   for (const t of tensors)
     if (!assignment.has(t.key)) throw new Error(`memory plan: ${t.name} is never written`);
+  for (const b of buffers) if (b.bytes > limit) b.chunks = bufferChunks(b.bytes, limit);
   return { buffers, assignment, peakBytes: buffers.reduce((s, b) => s + b.bytes, 0) };
 }
 

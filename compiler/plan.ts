@@ -25,9 +25,12 @@ import {
   type MatmulAdapterKind,
 } from "./kernels/matmul.js";
 import { specialKernels, specialScratch, type ParamKernelSource } from "./kernels/special.js";
+import { splitBindings } from "./kernels/render.js";
 import type { KernelBinding, KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
 import {
   BindingLimitError,
+  bufferBytes,
+  bufferChunks,
   planMemory,
   type BufferLimits,
   type BufferRole,
@@ -168,18 +171,20 @@ export function fuseEntries(
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
   const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
-  const key = `${maxBindings}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
   if (known) return known;
   const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
+  const bindingsOf = splitBindingCounter(program, limits);
   const fused = program.entries.map((entry) => {
     const fusion = fuse(
       program.graph,
       entry.outputs.map((o) => o.node),
       {
         maxBindings,
+        ...(bindingsOf ? { bindingsOf } : {}),
         ...(lowRankMax !== undefined ? { lowRankMax } : {}),
         ...(packed.size ? { packed } : {}),
       },
@@ -197,6 +202,25 @@ export function fuseEntries(
   });
   perGraph.set(key, fused);
   return fused;
+}
+
+/**
+ * The storage bindings a node's buffer takes in a kernel: one, or its chunks when it is larger
+ * than one binding (compiler/memory-plan.ts); undefined when no tensor of the program is.
+ */
+function splitBindingCounter(
+  program: GraphProgram,
+  limits: PlanLimits,
+): ((node: number) => number) | undefined {
+  const inputByNode = new Map(program.inputs.map((i) => [i.node, i]));
+  const limit = limits.maxStorageBufferBindingSize;
+  const count = (node: number) => {
+    const n = numel(program.graph.shape(node));
+    const input = inputByNode.get(node);
+    const bytes = bufferBytes(input ? storedBytes(input, n) : 4 * n);
+    return bytes > limit ? bufferChunks(bytes, limit).length : 1;
+  };
+  return program.graph.nodes.some((_, id) => count(id) > 1) ? count : undefined;
 }
 
 function entryKey(e: Entry): string {
@@ -320,6 +344,7 @@ export function emitKernels(
   const packedOf: PackedOf = (node) => packed.get(node);
   const kernels: PlanKernel[] = [];
   const entries: Record<string, PlanEntry> = {};
+  const chunksOf = (buffer: number) => buffers.buffers[buffer]?.chunks;
   for (const { entry, groups, inputs } of fused) {
     const keyOf = buffers.keyOf.get(entry.name)!;
     // Kernels ask for the buffers they read many times over; a node's key is a string made anew.
@@ -345,13 +370,14 @@ export function emitKernels(
     const dispatches: number[] = [];
     for (const g of groups) {
       const made = groupKernels(graph, g, isBuffer, bufferOf, scratch, chooseMatmul, packedOf);
-      for (const k of made) {
+      for (const k of made.map((k) => splitBindings(k, chunksOf))) {
         if (k.bindings.length > maxBindings)
           throw new BindingLimitError(
             k.name,
             k.bindings.length,
             maxBindings,
             sourceLines(graph, g.nodes),
+            splitCount(k.bindings),
           );
         dispatches.push(kernels.length);
         kernels.push(planKernel(graph, kernels.length, g, k));
@@ -369,6 +395,11 @@ export function emitKernels(
     };
   }
   return { kernels, entries };
+}
+
+/** Bindings that are chunks of split buffers (beyond one binding per buffer). */
+function splitCount(bindings: readonly KernelBinding[]): number {
+  return bindings.filter((b) => b.offset !== undefined).length;
 }
 
 function planKernel(graph: Graph, id: number, g: KernelGroup, k: KernelSource): PlanKernel {

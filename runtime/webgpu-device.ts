@@ -75,7 +75,21 @@ export class PipelineError extends Error {
 
 export interface WebGpuDeviceOptions {
   adapter?: GPUAdapter;
+  /**
+   * Plan for storage bindings of at most this many bytes, under the adapter's own limit
+   * (`--max-binding`: a smaller device's, or tests of tensors split across bindings).
+   */
+  maxBinding?: number;
 }
+
+/** Bytes of one host-to-device write (a multiple of 4, as writeBuffer requires). */
+const WRITE_CHUNK = 16 * 2 ** 20;
+/**
+ * Outputs over this many bytes are read back through a staging buffer of this size, a piece at a
+ * time, straight into the tensor's array: a whole staging copy beside it would hold the tensor
+ * twice (a split embedding or its logits are hundreds of MiB).
+ */
+const READ_CHUNK = 16 * 2 ** 20;
 
 export class WebGpuDevice implements Device {
   readonly name: string;
@@ -90,6 +104,7 @@ export class WebGpuDevice implements Device {
   private constructor(
     readonly device: GPUDevice,
     readonly adapter: GPUAdapter,
+    private readonly maxBinding?: number,
   ) {
     this.summary = summarize(adapter);
     this.name = `webgpu (${this.summary.description})`;
@@ -98,14 +113,17 @@ export class WebGpuDevice implements Device {
   static async open(options: WebGpuDeviceOptions = {}): Promise<WebGpuDevice> {
     const adapter = options.adapter ?? (await requestAdapter());
     const device = await requestDevice(adapter);
-    return new WebGpuDevice(device, adapter);
+    return new WebGpuDevice(device, adapter, options.maxBinding);
   }
 
   /** The limits a plan for this device must fit. */
   limits() {
     const limits = this.device.limits;
     return {
-      maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
+      maxStorageBufferBindingSize: Math.min(
+        limits.maxStorageBufferBindingSize,
+        this.maxBinding ?? Infinity,
+      ),
       maxBufferSize: limits.maxBufferSize,
       maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
     };
@@ -333,7 +351,7 @@ export class WebGpuDevice implements Device {
     for (const m of moves) {
       if (m.packed) {
         const words = m.packed === 16 ? halfWords(m.t.data) : packIntegers(m.t.data, m.packed);
-        this.device.queue.writeBuffer(m.dst, 0, words.buffer, 0, words.byteLength);
+        this.write(m.dst, words, words.byteLength);
       } else if (m.src) {
         if (m.bytes > 0) encoder.copyBufferToBuffer(m.src, 0, m.dst, 0, m.bytes);
       } else if (m.bytes > 0) {
@@ -347,13 +365,29 @@ export class WebGpuDevice implements Device {
             : t.data instanceof Float32Array
               ? t.data
               : Float32Array.from(t.data);
-        this.device.queue.writeBuffer(m.dst, 0, data.buffer, data.byteOffset, m.bytes);
+        this.write(m.dst, data, m.bytes);
       }
     }
     for (const m of moves)
       if (m.packed) this.contents.set(m.dst, new WeakRef(m.t));
       else this.hold(m.dst, m.t);
     return temporaries;
+  }
+
+  /**
+   * Writes the first `bytes` of `data` to the start of `dst`, WRITE_CHUNK bytes at a time: the
+   * queue copies what it is given into a staging area of its own, so a tensor of hundreds of MiB
+   * written at once was held twice more; a chunk at a time it is held once, plus a chunk.
+   */
+  private write(dst: GPUBuffer, data: ArrayBufferView, bytes: number): void {
+    for (let at = 0; at < bytes; at += WRITE_CHUNK)
+      this.device.queue.writeBuffer(
+        dst,
+        at,
+        data.buffer,
+        data.byteOffset + at,
+        Math.min(WRITE_CHUNK, bytes - at),
+      );
   }
 
   /** An entry's outputs: read back those in `readBuffers`, DeviceTensors for the others. */
@@ -375,6 +409,22 @@ export class WebGpuDevice implements Device {
         });
         continue;
       }
+      if (!readBuffers.has(o.buffer) || e.stagingAt.has(o.buffer)) continue;
+      const key = `${o.buffer}:${o.dtype}`;
+      let t = made.get(key);
+      if (!t) {
+        const bytes = await this.readBack(loaded.buffers[o.buffer]!, 4 * numel(o.shape));
+        t = {
+          shape: [...o.shape],
+          data: o.dtype === "i32" ? new Int32Array(bytes) : new Float32Array(bytes),
+        };
+        made.set(key, t);
+        this.hold(loaded.buffers[o.buffer]!, t);
+      }
+      out.set(o.name, t);
+    }
+    for (const o of outputs) {
+      if (this.placeholder(loaded, o.buffer)) continue;
       if (readBuffers.has(o.buffer)) continue;
       const key = `${o.buffer}:${o.dtype}`;
       let t = made.get(key);
@@ -389,7 +439,12 @@ export class WebGpuDevice implements Device {
     await e.staging.mapAsync(GPUMapMode.READ);
     const bytes = e.staging.getMappedRange();
     for (const o of outputs) {
-      if (!readBuffers.has(o.buffer) || this.placeholder(loaded, o.buffer)) continue;
+      if (
+        !readBuffers.has(o.buffer) ||
+        !e.stagingAt.has(o.buffer) ||
+        this.placeholder(loaded, o.buffer)
+      )
+        continue;
       const n = numel(o.shape);
       const at = e.stagingAt.get(o.buffer)!;
       const key = `${o.buffer}:${o.dtype}`;
@@ -481,9 +536,18 @@ export class WebGpuDevice implements Device {
    * keeps one that long).
    */
   async sync(tensors: Iterable<Tensor>): Promise<void> {
-    const pending = [...new Set(tensors)].filter(
+    const all = [...new Set(tensors)].filter(
       (t): t is DeviceTensor => t instanceof DeviceTensor && !t.onHost,
     );
+    const large = all.filter((t) => 4 * numel(t.shape) > READ_CHUNK);
+    for (const t of large) {
+      const buffer = this.resident.get(t);
+      if (!buffer || this.contents.get(buffer)?.deref() !== t)
+        throw new Error("webgpu: a device tensor was overwritten before it was read back");
+      const bytes = await this.readBack(buffer, 4 * numel(t.shape));
+      t.settle(t.dtype === "i32" ? new Int32Array(bytes) : new Float32Array(bytes));
+    }
+    const pending = all.filter((t) => 4 * numel(t.shape) <= READ_CHUNK);
     if (pending.length === 0) return;
     const gpu = this.device;
     const encoder = gpu.createCommandEncoder();
@@ -516,6 +580,30 @@ export class WebGpuDevice implements Device {
     } finally {
       staging.destroy();
     }
+  }
+
+  /** The first `bytes` of `src`, read READ_CHUNK bytes at a time (see READ_CHUNK). */
+  private async readBack(src: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+    const out = new ArrayBuffer(bytes);
+    const gpu = this.device;
+    const staging = gpu.createBuffer({
+      size: Math.max(4, Math.min(READ_CHUNK, bytes)),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    try {
+      for (let at = 0; at < bytes; at += READ_CHUNK) {
+        const n = Math.min(READ_CHUNK, bytes - at);
+        const encoder = gpu.createCommandEncoder();
+        encoder.copyBufferToBuffer(src, at, staging, 0, n);
+        gpu.queue.submit([encoder.finish()]);
+        await staging.mapAsync(GPUMapMode.READ, 0, n);
+        new Uint8Array(out, at, n).set(new Uint8Array(staging.getMappedRange(0, n)));
+        staging.unmap();
+      }
+    } finally {
+      staging.destroy();
+    }
+    return out;
   }
 
   /** Records that `buffer` now holds `t` (and no longer what it held before). */
@@ -590,7 +678,15 @@ export class WebGpuDevice implements Device {
         (bindGroups[id] = gpu.createBindGroup({
           layout,
           entries: [
-            ...k.bindings.map((b, i) => ({ binding: i, resource: { buffer: buffers[b.buffer]! } })),
+            // a chunk of a buffer over one storage binding is a view of it (memory-plan.ts); a
+            // pooled state's 4-byte placeholder is bound whole
+            ...k.bindings.map((b, i) => ({
+              binding: i,
+              resource:
+                b.offset !== undefined && !this.placeholder(loaded, b.buffer)
+                  ? { buffer: buffers[b.buffer]!, offset: b.offset, size: b.size! }
+                  : { buffer: buffers[b.buffer]! },
+            })),
             ...entries,
           ],
         }));
@@ -609,6 +705,7 @@ export class WebGpuDevice implements Device {
     let total = 0;
     for (const o of pe.outputs) {
       if (stagingAt.has(o.buffer)) continue;
+      if (plan.buffers[o.buffer]!.bytes > READ_CHUNK) continue; // read back piece by piece
       stagingAt.set(o.buffer, total);
       total += plan.buffers[o.buffer]!.bytes;
     }

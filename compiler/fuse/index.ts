@@ -76,9 +76,10 @@ export function fuse(graph: Graph, outputs: readonly number[], options: FuseOpti
   const forced = new Set<number>();
   for (let passes = 1; ; passes++) {
     const f = fuseOnce(ctx, outputs, forced, options);
-    const over = overBindings(f, max);
+    const over = overBindings(f, max, options.bindingsOf);
     if (over.length === 0) return { ...f, passes };
-    for (const g of over) for (const x of splitPoints(graph, f, g, max)) forced.add(x);
+    for (const g of over)
+      for (const x of splitPoints(graph, f, g, max, options.bindingsOf)) forced.add(x);
   }
 }
 
@@ -94,7 +95,14 @@ function fuseOnce(
   const { lowRank, chains } = selectLowRank(ctx, isOutput, options.lowRankMax);
   const decided = materialize(ctx, isOutput, lowRank, chains, options);
   const groups = buildGroups(ctx, chains, lowRank, decided);
-  const merged = mergeMaps(ctx.graph, groups, decided.materialized, max);
-  const ordered = fuseRows(ctx.graph, merged, decided.materialized, isOutput, max);
+  const merged = mergeMaps(ctx.graph, groups, decided.materialized, max, options.bindingsOf);
+  const ordered = fuseRows(
+    ctx.graph,
+    merged,
+    decided.materialized,
+    isOutput,
+    max,
+    options.bindingsOf,
+  );
   return { groups: ordered, materialized: decided.materialized, needed: ctx.needed };
 }

@@ -3,6 +3,7 @@
 // and states), as long as it binds no more storage buffers than the device allows.
 import { numel, type Graph } from "../ir.js";
 import { keepsElement } from "./ops.js";
+import { bindingsOfAll, oneBinding, type BindingsOf } from "./split.js";
 import type { KernelGroup } from "./types.js";
 
 /**
@@ -15,6 +16,7 @@ export function mergeMaps(
   groups: readonly KernelGroup[],
   materialized: ReadonlySet<number>,
   max: number,
+  bindingsOf: BindingsOf = oneBinding,
 ): KernelGroup[] {
   const out: KernelGroup[] = [];
   for (const g of groups) {
@@ -27,7 +29,7 @@ export function mergeMaps(
       const produced = new Set(last.outputs);
       const reads = [...new Set([...last.reads, ...g.reads])].filter((r) => !produced.has(r));
       if (
-        reads.length + last.outputs.length + 1 <= max &&
+        bindingsOfAll([...reads, ...last.outputs, g.output], bindingsOf) <= max &&
         readsAtSameElement(graph, g, produced, materialized)
       ) {
         out[out.length - 1] = {

@@ -8,6 +8,7 @@
 // writes only the values read outside it (or wanted by the entry); the others stay in registers.
 import type { Graph } from "../ir.js";
 import { rowShape, rowStructure } from "./row-structure.js";
+import { bindingsOfAll, oneBinding, type BindingsOf } from "./split.js";
 import type { KernelGroup } from "./types.js";
 import { UnitGraph } from "./unit-graph.js";
 
@@ -23,6 +24,7 @@ interface RowContext {
   readers: ReadonlyMap<number, number[]>;
   isOutput: ReadonlySet<number>;
   max: number;
+  bindingsOf: BindingsOf;
 }
 
 /** A row kernel, and the outputs of its members it keeps in registers. */
@@ -42,6 +44,7 @@ export function fuseRows(
   materialized: Set<number>,
   isOutput: ReadonlySet<number>,
   max: number,
+  bindingsOf: BindingsOf = oneBinding,
 ): KernelGroup[] {
   const readers = new Map<number, number[]>();
   groups.forEach((g, j) => {
@@ -51,7 +54,7 @@ export function fuseRows(
       else readers.set(r, [j]);
     }
   });
-  const rc: RowContext = { graph, groups, readers, isOutput, max };
+  const rc: RowContext = { graph, groups, readers, isOutput, max, bindingsOf };
   const units = new UnitGraph(groups, readers);
   const rowGroups = new Map<number, KernelGroup>(); // unit → its merged group
   for (let i = 0; i < groups.length; i++) {
@@ -140,7 +143,8 @@ function mergeRow(rc: RowContext, idx: readonly number[]): RowGroup | undefined 
     }
   const reads = new Set<number>();
   for (const g of gs) for (const r of g.reads) if (!produced.has(r)) reads.add(r);
-  if (outputs.length === 0 || outputs.length + reads.size > rc.max) return undefined;
+  if (outputs.length === 0 || bindingsOfAll([...outputs, ...reads], rc.bindingsOf) > rc.max)
+    return undefined;
   outputs.sort((p, q) => p - q);
   const nodes = new Set<number>();
   for (const g of gs) for (const x of g.nodes) nodes.add(x);

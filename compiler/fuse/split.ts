@@ -9,14 +9,29 @@ import { sourceLines } from "../wgsl.js";
 import { isElementwise, isMap } from "./ops.js";
 import type { Fusion, KernelGroup } from "./types.js";
 
+/** The bindings a node's buffer takes (FuseOptions.bindingsOf). */
+export type BindingsOf = (node: number) => number;
+export const oneBinding: BindingsOf = () => 1;
+
+/** The bindings the buffers of `nodes` take together. */
+export function bindingsOfAll(nodes: Iterable<number>, bindingsOf: BindingsOf): number {
+  let n = 0;
+  for (const x of nodes) n += bindingsOf(x);
+  return n;
+}
+
 /** Storage buffers a group's kernel binds (its outputs, the buffers it reads). */
-function bindingCount(g: KernelGroup): number {
-  return g.reads.length + g.outputs.length;
+function bindingCount(g: KernelGroup, bindingsOf: BindingsOf): number {
+  return bindingsOfAll(g.reads, bindingsOf) + bindingsOfAll(g.outputs, bindingsOf);
 }
 
 /** The groups (special kernels aside) binding more than `max` buffers. */
-export function overBindings(f: Pick<Fusion, "groups">, max: number): KernelGroup[] {
-  return f.groups.filter((g) => g.kind !== "special" && bindingCount(g) > max);
+export function overBindings(
+  f: Pick<Fusion, "groups">,
+  max: number,
+  bindingsOf: BindingsOf = oneBinding,
+): KernelGroup[] {
+  return f.groups.filter((g) => g.kind !== "special" && bindingCount(g, bindingsOf) > max);
 }
 
 /**
@@ -30,6 +45,7 @@ export function splitPoints(
   f: Pick<Fusion, "materialized">,
   over: KernelGroup,
   max: number,
+  bindingsOf: BindingsOf = oneBinding,
 ): number[] {
   const members = new Set(over.nodes);
   // The nodes whose values the kernel computes in order rather than inline: after an epilogue node
@@ -66,14 +82,16 @@ export function splitPoints(
       if (!below) reads = undefined;
       else if (reads) for (const l of below) if (!tops.has(l)) reads.add(l);
     }
-    if (reads && reads.size + over.outputs.length <= max) break;
+    if (reads && bindingsOfAll(reads, bindingsOf) + bindingsOfAll(over.outputs, bindingsOf) <= max)
+      break;
     let best: number | undefined;
     let bestSize = 1;
     for (const x of over.nodes) {
       if (x === over.output || x === over.anchor || isBuffer(x) || !memo.has(x)) continue;
       if (!isMap(graph.node(x)) && !isElementwise(graph.node(x).op.kind)) continue;
-      const size = leaves(x)?.size ?? Infinity;
-      if (size + 1 <= max && size > bestSize) [best, bestSize] = [x, size];
+      const below = leaves(x);
+      const size = below ? bindingsOfAll(below, bindingsOf) : Infinity;
+      if (size + bindingsOf(x) <= max && size > bestSize) [best, bestSize] = [x, size];
     }
     if (best === undefined) break;
     chosen.add(best);
@@ -84,9 +102,13 @@ export function splitPoints(
   if (chosen.size === 0)
     throw new BindingLimitError(
       `kernel for %${over.output}`,
-      bindingCount(over),
+      bindingCount(over, bindingsOf),
       max,
       sourceLines(graph, over.nodes),
+      bindingsOfAll(
+        [...over.reads, ...over.outputs].filter((x) => bindingsOf(x) > 1),
+        bindingsOf,
+      ),
     );
   return [...chosen];
 }

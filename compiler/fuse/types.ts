@@ -88,6 +88,11 @@ export interface FuseOptions {
   broadcast?: "any" | "fold";
   /** Storage buffers one kernel may bind: bigger groups are split by materializing a node. */
   maxBindings?: number;
+  /**
+   * The bindings a node's buffer takes (default 1): a tensor over one storage binding is bound as
+   * its chunks (compiler/memory-plan.ts), and counts as many.
+   */
+  bindingsOf?: (node: number) => number;
   /** Inner dims up to this make a matmul a low-rank branch of an epilogue (LOW_RANK_MAX; 0: none). */
   lowRankMax?: number;
   /**

@@ -7,6 +7,7 @@
 // Also here, the two pieces of WGSL several templates share: the opaque zero (`lrk_zero`) and
 // the tree reduction over workgroup memory (`workgroupReduce`).
 import { GATHER_FLAG, HALF_LOAD, helperCode, literalHelpers } from "../wgsl.js";
+import type { BufferChunk } from "../memory-plan.js";
 import type { KernelBinding, KernelBuffer, ParamKernelSource } from "./types.js";
 
 /** The entry point's builtin inputs a template may ask for. */
@@ -285,4 +286,182 @@ export function workgroupReduce(type: string, size: number, fns: Iterable<Combin
       ].join("\n"),
     );
   return out;
+}
+
+// ---------------------------------------------------------------------------- split bindings
+
+/** Where a split buffer's chunks lie (PlannedBuffer.chunks, compiler/memory-plan.ts). */
+export type ChunksOf = (buffer: number) => readonly BufferChunk[] | undefined;
+
+/** Bytes of one element of a storage array's element type. */
+function elementBytes(type: string): number {
+  const scalar: Record<string, number> = { f32: 4, i32: 4, u32: 4, f16: 2 };
+  if (type in scalar) return scalar[type]!;
+  const vector = /^vec([234])<(\w+)>$/.exec(type);
+  if (vector && vector[2]! in scalar) return Number(vector[1]) * scalar[vector[2]!]!;
+  throw new Error(`split binding: no element size for array<${type}>`);
+}
+
+const STORAGE_DECLARATION =
+  /^@group\(0\) @binding\((\d+)\) var<storage, (read|read_write)> (\w+): array<(.+?)>;(.*)$/;
+
+/**
+ * `kernel` with every storage binding of a split buffer (one larger than a storage binding may
+ * be) bound as its chunks, `NAME_c0`, `NAME_c1`, …, and every element access `NAME[i]` made a
+ * call of an accessor that picks the chunk: `NAME_get(u32(i))`, and for stores
+ * `NAME_set(u32(i), v)` (a compound `NAME[i] += v` reads and writes). Templates are unchanged:
+ * this rewrites the rendered module, for every template alike (vec4 and packed-word arrays
+ * included: chunks are multiples of 256 bytes, whole elements of any type). The other bindings
+ * are renumbered after the chunks, the uniform and the gather flag with them. A kernel with no
+ * split buffer is returned as it is, so plans without one are unchanged to the byte.
+ */
+export function splitBindings(kernel: ParamKernelSource, chunksOf: ChunksOf): ParamKernelSource {
+  if (!kernel.bindings.some((b) => chunksOf(b.buffer))) return kernel;
+  const bindings: KernelBinding[] = [];
+  const first: number[] = []; // old binding → its first new binding
+  kernel.bindings.forEach((b, i) => {
+    first[i] = bindings.length;
+    const chunks = chunksOf(b.buffer);
+    if (!chunks) bindings.push(b);
+    else
+      for (const c of chunks)
+        bindings.push({ buffer: b.buffer, access: b.access, offset: c.offset, size: c.bytes });
+  });
+  const shift = bindings.length - kernel.bindings.length;
+  const renumber = (n: number) => (n < kernel.bindings.length ? first[n]! : n + shift);
+  const split: { name: string; type: string; writable: boolean }[] = [];
+  const lines = kernel.wgsl.split("\n").flatMap((line) => {
+    const m = STORAGE_DECLARATION.exec(line);
+    if (!m)
+      return [
+        line.replace(
+          /@group\(0\) @binding\((\d+)\)/g,
+          (_, n) => `@group(0) @binding(${renumber(Number(n))})`,
+        ),
+      ];
+    const old = Number(m[1]);
+    const chunks =
+      old < kernel.bindings.length ? chunksOf(kernel.bindings[old]!.buffer) : undefined;
+    if (!chunks) return [line.replace(`@binding(${old})`, `@binding(${renumber(old)})`)];
+    const [, , access, name, type, note] = m as unknown as string[];
+    split.push({ name: name!, type: type!, writable: access === "read_write" });
+    return [
+      ...chunks.map(
+        (c, j) =>
+          `@group(0) @binding(${first[old]! + j}) var<storage, ${access}> ${name}_c${j}: array<${type}>;${j === 0 ? note : ""}  // bytes ${c.offset}..${c.offset + c.bytes}`,
+      ),
+      ...chunkAccessors(name!, type!, chunks, access === "read_write"),
+    ];
+  });
+  // Module directives (`enable …;`) come first; the accessors follow the declarations, and every
+  // use after them is rewritten.
+  let wgsl = lines.join("\n");
+  for (const s of split) wgsl = chunkedUses(wgsl, s.name);
+  return {
+    ...kernel,
+    wgsl,
+    bindings,
+    ...(kernel.gatherFlag !== undefined ? { gatherFlag: renumber(kernel.gatherFlag) } : {}),
+  };
+}
+
+/** `NAME_get(i)` and, when writable, `NAME_set(i, v)`: element i of the chunked array NAME. */
+function chunkAccessors(
+  name: string,
+  type: string,
+  chunks: readonly BufferChunk[],
+  writable: boolean,
+): string[] {
+  const size = elementBytes(type);
+  const starts = chunks.map((c) => c.offset / size);
+  // chunk j holds elements starts[j] .. starts[j + 1] - 1; the last takes whatever is past it
+  const pick = (action: (j: number, local: string) => string) =>
+    chunks.map((_, j) => {
+      const local = j === 0 ? "i" : `i - ${starts[j]}u`;
+      if (j === chunks.length - 1) return `  ${action(j, local)}`;
+      return `  if (i < ${starts[j + 1]}u) { ${action(j, local)} }`;
+    });
+  const get = [
+    `// ${name}: ${chunks.length} bindings of one buffer (over the device's storage binding size)`,
+    `fn ${name}_get(i: u32) -> ${type} {`,
+    ...pick((j, local) => `return ${name}_c${j}[${local}];`),
+    `}`,
+  ];
+  if (!writable) return get;
+  return [
+    ...get,
+    `fn ${name}_set(i: u32, v: ${type}) {`,
+    ...pick(
+      (j, local) => `${name}_c${j}[${local}] = v;${j === chunks.length - 1 ? "" : " return;"}`,
+    ),
+    `}`,
+  ];
+}
+
+/** The offset just past the bracket that closes the one before `from`. */
+function closing(text: string, from: number, open: string, close: string): number {
+  let depth = 1;
+  let i = from;
+  for (; i < text.length && depth > 0; i++)
+    if (text[i] === open) depth++;
+    else if (text[i] === close) depth--;
+  if (depth !== 0) throw new Error(`split binding: unbalanced ${open}${close} in ${text}`);
+  return i;
+}
+
+/** The offset of the `;` ending the statement from `from` (outside any brackets). */
+function statementEnd(text: string, from: number): number {
+  let depth = 0;
+  for (let i = from; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === "(" || c === "[" || c === "{") depth++;
+    else if (c === ")" || c === "]" || c === "}") depth--;
+    else if (c === ";" && depth === 0) return i;
+  }
+  throw new Error(`split binding: a statement without its ';' in ${text}`);
+}
+
+const ASSIGNMENT = /^\s*(<<|>>|[-+*/%&|^])?=(?!=)/;
+
+/**
+ * `code` with every access of the array `name` made an accessor call (see splitBindings).
+ * Comments are left as they are. A pointer to the whole array (`arrayLength(&name)`, the opaque
+ * zero's; `_ = &name`, a prologue keeping its binding used) takes the first chunk: any chunk is
+ * as non-empty, and a binding a shader leaves unused is allowed by the explicit layout.
+ */
+function chunkedUses(code: string, name: string): string {
+  const comments: string[] = [];
+  const hidden = code
+    .replace(/\/\/[^\n]*/g, (c) => `\u0000${comments.push(c) - 1}\u0000`)
+    .replace(new RegExp(`&${name}\\b(?!\\s*\\[)`, "g"), `&${name}_c0`);
+  const rewrite = (text: string): string => {
+    const open = new RegExp(`(?<![\\w.&])${name}\\[`, "g");
+    let out = "";
+    let from = 0;
+    for (let m = open.exec(text); m; m = open.exec(text)) {
+      const start = m.index + name.length + 1;
+      const end = closing(text, start, "[", "]");
+      const index = `u32(${rewrite(text.slice(start, end - 1))})`;
+      const assigned = ASSIGNMENT.exec(text.slice(end));
+      out += text.slice(from, m.index);
+      if (!assigned) {
+        out += `${name}_get(${index})`;
+        from = end;
+      } else {
+        const valueStart = end + assigned[0].length;
+        const semicolon = statementEnd(text, valueStart);
+        const value = rewrite(text.slice(valueStart, semicolon)).trim();
+        const op = assigned[1];
+        out += op
+          ? `${name}_set(${index}, ${name}_get(${index}) ${op} (${value}))`
+          : `${name}_set(${index}, ${value})`;
+        from = semicolon;
+      }
+      open.lastIndex = from;
+    }
+    return out + text.slice(from);
+  };
+  if (new RegExp(`&${name}\\[`).test(hidden))
+    throw new Error(`split binding: a pointer into ${name} (atomics are not split)`);
+  return rewrite(hidden).replace(/\u0000(\d+)\u0000/g, (_, n) => comments[Number(n)]!);
 }

@@ -7,6 +7,12 @@ export interface KernelBinding {
   /** The plan buffer bound here. */
   buffer: number;
   access: "read" | "read_write";
+  /**
+   * A view of the buffer, in bytes (a chunk of a buffer over one storage binding: compiler/
+   * kernels/render.ts `splitBindings`); the whole buffer when absent.
+   */
+  offset?: number;
+  size?: number;
 }
 
 /**
