@@ -294,6 +294,11 @@ export interface TrainProgram {
   eval: { every?: number; data: DataSpec };
   /** The checkpoint to start from (an absolute path), and the `init` line when written there. */
   init?: { path: string; at?: Location };
+  /**
+   * The block's `init_adapters` (an absolute path) and its line: where the adapters start
+   * (`--init-adapters` replaces it).
+   */
+  initAdapters?: { path: string; at: Location };
   /** The `loss` expression, for reports about it. */
   lossAt?: Location;
   params: ParamSpec[];

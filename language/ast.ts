@@ -366,7 +366,16 @@ export interface TrainDecl extends Node {
 export type TrainItem = Setting | Freeze | Rule | BudgetRule | Eval | Checkpoint | At | ErrorNode;
 
 export type SettingKey =
-  "model" | "data" | "init" | "loss" | "steps" | "batch" | "schedule" | "seed" | "clip";
+  | "model"
+  | "data"
+  | "init"
+  | "init_adapters"
+  | "loss"
+  | "steps"
+  | "batch"
+  | "schedule"
+  | "seed"
+  | "clip";
 
 /** `steps 1000`, `model TinyLM(vocab: 64)`, `loss cross_entropy(next_token)`, … */
 export interface Setting extends Node {
