@@ -228,6 +228,10 @@ function program(setCode: (code: number) => void): Command {
     .option("--seed <n>", "seed of the draws", "0")
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
     .option("--no-autotune", "use default matmul parameters instead of timing candidates")
+    .option(
+      "--no-kv-cache",
+      "recompute the whole prefix for every token instead of keeping keys and values (slower; for comparison)",
+    )
     .option("--json", "print the result (and diagnostics) as JSON on stdout")
     .addHelpText(
       "after",

@@ -20,6 +20,7 @@ import { storeFrozenAsF16, withoutHalfStorage } from "./half-storage.js";
 import type { GraphProgram, TrainProgram } from "./program.js";
 import { Resolver } from "./resolve.js";
 import { buildStep } from "./step.js";
+import { buildGeneration } from "./generation.js";
 import { resolveTrain, selectTrain, type TrainOverrides, type TrainSpec } from "./train.js";
 import { runSettings, trainProgram } from "./train-program.js";
 
@@ -32,6 +33,8 @@ export interface CompileOptions extends TrainOverrides {
   stdlibDir?: string;
   /** Store the step's frozen tensors as f16 (`--frozen-f16`, compiler/half-storage.ts). */
   frozenF16?: boolean;
+  /** Also build `lrkc generate`'s program with a KV cache (compiler/generation.ts). */
+  generation?: boolean;
 }
 
 /** The compiled train block: the compiler's view (for reports) and the runtime's contract. */
@@ -65,7 +68,21 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
   if (!built) return done();
   const scalars = hostScalars(built); //                              step-only scalars → host f64
   const step = options.frozenF16 ? storeFrozenAsF16(scalars) : scalars; // frozen tensors as f16
-  return done({ spec, placement, program: trainProgram(spec, placement, settings, init, step) });
+  const program = trainProgram(spec, placement, settings, init, step);
+  const input = settings.data.fields["input"];
+  if (options.generation && step.predict && input?.shape.length === 2 && spec.loss) {
+    const generation = buildGeneration(
+      resolver,
+      spec,
+      placement,
+      init.buffers,
+      { capacity: input.shape[1]!, ...(input.range ? { range: input.range } : {}) },
+      { file, span: spec.loss.span },
+    );
+    if (!generation) return done();
+    program.generation = generation;
+  }
+  return done({ spec, placement, program });
 }
 
 export interface Analysis {
