@@ -1,11 +1,14 @@
-// `lrkc generate FILE --prompt TEXT`: text from a train block's model, token by token. Each step
-// runs the model's `predict` entry (`model(batch.input)`, dropout off) on the tokens so far, and
-// the sampler (compiler/sampler.ts) picks the next token from the last position's logits on the
-// same device, so only the token id comes back: the argmax at `--temperature 0` (greedy,
-// deterministic), else a draw from softmax(logits / T) cut to the smallest set of tokens whose
-// probability reaches `--top-p`, seeded by `--seed` (the same draws on every device). There is
-// no KV cache yet: every step recomputes the whole prefix (correct, O(T²) work), and the batch
-// input's length T (fixed by the block's data) bounds prompt + generated tokens.
+// `lrkc generate FILE --prompt TEXT`: text from a train block's model, token by token. With a KV
+// cache (compiler/generation.ts: the model's attention keeps its keys and values with `kv_cache`,
+// as std.models' GPT-2 and Llama do) the prompt runs once (prefill) and then each new token alone
+// (decode), reading the cached keys and values, which stay on the device; a model without one
+// (or `--no-kv-cache`) runs its `predict` entry (`model(batch.input)`, dropout off) on all the
+// tokens so far for each new one (O(T²) work). The sampler (compiler/sampler.ts) picks the next
+// token from the last position's logits on the same device, so only the token id comes back: the
+// argmax at `--temperature 0` (greedy, deterministic), else a draw from softmax(logits / T) cut to
+// the smallest set of tokens whose probability reaches `--top-p`, seeded by `--seed` (the same
+// draws on every device, with or without the cache). The batch input's length T (fixed by the
+// block's data) is the cache's capacity and bounds prompt + generated tokens.
 import { statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
@@ -334,6 +337,7 @@ export async function generateCommand(
       process.stderr.write(
         `note: no KV cache: ${generation.reason}; every token recomputes the prefix\n`,
       );
+    const started = performance.now();
     const { tokens, stopped } =
       generation && !("reason" in generation)
         ? await generateCached(device, generation, store, prompt, sampling, eos)
@@ -346,7 +350,15 @@ export async function generateCommand(
       );
     if (options.json)
       return report([...diagnostics, ...notes], options, {
-        result: { prompt: prompt, tokens, ...(text !== undefined ? { text } : {}), stopped },
+        result: {
+          prompt: prompt,
+          tokens,
+          ...(text !== undefined ? { text } : {}),
+          stopped,
+          kv_cache: generation !== undefined && !("reason" in generation),
+          // prefill and every token, kernels' first-use compilation included
+          tokens_per_s: tokens.length / ((performance.now() - started) / 1000),
+        },
       });
     report(diagnostics, options);
     process.stdout.write(text !== undefined ? `${text}\n` : `${tokens.join(" ")}\n`);
