@@ -27,6 +27,7 @@ import type { Device } from "../runtime/device.js";
 import { renderChat, TemplateError } from "../runtime/chat-template.js";
 import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
 import { initializeWithWeights, type Run } from "../runtime/trainer.js";
+import { initialAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -315,9 +316,13 @@ export async function generateCommand(
     );
 
   let weights: LoadedCheckpoint | undefined;
-  if (options.weights !== undefined) {
+  let adapters: Map<string, Tensor> | undefined;
+  // --weights replaces the block's starting point, its `init_adapters` included (as for eval)
+  if (options.weights !== undefined || program.initAdapters !== undefined) {
     try {
-      weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
+      if (options.weights !== undefined)
+        weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
+      else adapters = initialAdapters(undefined, compiled, () => undefined);
     } catch (e) {
       const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
       if (failure) return report([failure], options);
@@ -330,6 +335,7 @@ export async function generateCommand(
     await loadPlans(device, program, { autotune: options.autotune !== false });
     const store = await initializeWithWeights(program, device, weights?.tensors, {
       data: run.data,
+      ...(adapters ? { adapters } : {}),
     });
     const eos = tokenizer?.eosId;
     const generation = program.generation;

@@ -68,6 +68,34 @@ describe("init_adapters (train-block setting)", () => {
     expect(setting.stderr).not.toContain("replaces");
   }, 240_000);
 
+  it("lrkc generate starts from it too (as from the run's final weights)", () => {
+    const fromPeft = join(dir, "gen-peft.lrk");
+    writeFileSync(fromPeft, withSetting('init_adapters "peft"'));
+    const tokens = (program: string, ...args: string[]) => {
+      const r = lrkc(
+        "generate",
+        program,
+        "--ids",
+        "1,10,2",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "1",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--json",
+        ...args,
+      );
+      expect(r.status, r.stderr).toBe(0);
+      return JSON.parse(r.stdout).result.tokens as number[];
+    };
+    const tuned = tokens(join(dir, "tiny.lrk"), "--weights", join(run, "final.safetensors"));
+    expect(tokens(fromPeft)).toEqual(tuned);
+    expect(tokens(join(dir, "tiny.lrk"))).not.toEqual(tuned); // the adapters change the draws
+  }, 120_000);
+
   it("--init-adapters replaces the setting, with a note", () => {
     const other = join(dir, "other.lrk");
     // the setting names a file that does not exist: the flag's replaces it, so it is never read
