@@ -79,7 +79,6 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
       { capacity: input.shape[1]!, ...(input.range ? { range: input.range } : {}) },
       { file, span: spec.loss.span },
     );
-    if (!generation) return done();
     program.generation = generation;
   }
   return done({ spec, placement, program });

@@ -573,6 +573,55 @@ train t {
     expect(r.stderr).toContain("note: no KV cache: the model's forward keeps no `kv_cache`");
   });
 
+  it("a model that cannot run one token at a time (kv_cache on the wrong axis) is recomputed, with the reason", () => {
+    const bad = write(
+      "bad-cache.lrk",
+      `import std.nn.{Embedding}
+import std.optim.{adamw}
+
+model Bad(vocab: int) {
+  emb = Embedding(vocab, 8)
+
+  forward(ids: i32[B, T]) -> f32[B, T, vocab] {
+    let x = emb(ids) + reshape(f32(token_positions(T)), [1, T, 1])
+    return kv_cache(x, axis: 0) @ emb.weight^T
+  }
+}
+
+train t {
+  model Bad(vocab: 16)
+  data std.data.arithmetic(ops: "+", digits: 1)
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-3)
+  batch 1
+}
+`,
+    );
+    const generate = (...flags: string[]) =>
+      spawnSync(
+        process.execPath,
+        [
+          lrkcBin,
+          "generate",
+          bad,
+          "--ids",
+          "1,10,2",
+          "--max-tokens",
+          "3",
+          "--device",
+          "cpu",
+          ...flags,
+        ],
+        { encoding: "utf8" },
+      );
+    const r = generate();
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain(
+      "note: no KV cache: the model cannot run one token at a time: `kv_cache` of f32[1, 6, 8]: its axis 0 must run over the 6 positions being computed",
+    );
+    expect(r.stdout).toBe(generate("--no-kv-cache").stdout);
+  });
+
   it("sampling with the cache draws what recomputation draws (seeded, CPU and WebGPU)", () => {
     const program = generateProgram("gpt2");
     const run = (device: string, ...flags: string[]) =>
