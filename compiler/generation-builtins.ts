@@ -46,7 +46,8 @@ function kvCache(c: Call): Value {
   const gen = L.generation;
   if (!gen) return x;
   const path = L.modulePath();
-  const name = `cache:${path ? `${path}.` : ""}${gen.caches.filter((k) => k.name.startsWith(`cache:${path}`)).length}`;
+  const n = gen.caches.filter((k) => k.module === path).length;
+  const name = `cache:${path ? `${path}.` : ""}${n}`;
   const shape = x.shape.map((d, i) => (i === axis ? gen.capacity : d));
   const length = gen.position === undefined ? gen.capacity : 1;
   if (x.shape[axis] !== length)
@@ -73,7 +74,7 @@ function kvCache(c: Call): Value {
     const here = b.eq(b.iota(shape, axis, "i32"), where);
     node = b.where(here, b.broadcastTo(x.node, shape), cache);
   }
-  gen.caches.push({ name, shape, output: node });
+  gen.caches.push({ name, module: path, shape, output: node });
   return tensor(node);
 }
 

@@ -35,7 +35,7 @@ export interface GenerationLowering {
   /** The i32[1] input holding the token's position (decode); undefined in prefill (position 0). */
   position?: number;
   /** Caches made so far in this lowering, in order: `cache:<module path>.<n>`. */
-  caches: { name: string; shape: number[]; output: number }[];
+  caches: { name: string; module: string; shape: number[]; output: number }[];
   /** The graph input holding cache `name` (decode), made on first use. */
   cacheInput(name: string, shape: number[]): number;
   /** Calls that make a cached program right or wrong. */
@@ -100,6 +100,10 @@ export function buildGeneration(
       reason:
         "the model computes positions without `token_positions(T)` or masks with `tril`/`triu`: one token at a time it would be wrong",
     };
+  // decode reads what prefill wrote: the same caches, in the same order (one forward, lowered twice)
+  const names = (caches: GenerationLowering["caches"]) => caches.map((c) => c.name).join(",");
+  if (names(prefill.gen.caches) !== names(gen.caches))
+    return { reason: "the model keeps other caches for the prompt than for one token" };
   const entry = (name: string, logits: number, caches: GenerationLowering["caches"]): Entry => ({
     name,
     outputs: [
