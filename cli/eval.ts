@@ -7,7 +7,7 @@ import { error } from "../language/diagnostics.js";
 import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import { evaluate, evaluationSkipped, initializeWithWeights } from "../runtime/trainer.js";
 import type { Tensor } from "../compiler/program.js";
-import { loadInitAdapters } from "./export.js";
+import { initialAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -81,12 +81,17 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   // Read (and checked against the program) before the device opens: a bad file fails fast.
   let weights: LoadedCheckpoint | undefined;
   let adapters: Map<string, Tensor> | undefined;
-  if (options.weights !== undefined || options.initAdapters !== undefined) {
+  // --weights replaces the block's starting point, `init_adapters` included (its adapters are in
+  // the file); --init-adapters still replaces the adapters of either.
+  const adapterSetting = options.weights === undefined && program.initAdapters !== undefined;
+  if (options.weights !== undefined || options.initAdapters !== undefined || adapterSetting) {
     try {
       if (options.weights !== undefined)
         weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
-      if (options.initAdapters !== undefined)
-        adapters = loadInitAdapters(options.initAdapters, compiled);
+      if (options.initAdapters !== undefined || adapterSetting)
+        adapters = initialAdapters(options.initAdapters, compiled, (text) => {
+          if (!options.json) process.stderr.write(`note: ${text}\n`);
+        });
     } catch (e) {
       const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
       if (failure) return report([failure], options);

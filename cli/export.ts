@@ -318,12 +318,16 @@ function baseConfig(init: string | undefined): string | undefined {
  * program's adapters is refused (the same tensors would compute another function). Throws
  * CheckpointError (E0502).
  */
-export function loadInitAdapters(path: string, compiled: Compiled): Map<string, Tensor> {
+export function loadInitAdapters(
+  path: string,
+  compiled: Compiled,
+  given = `--init-adapters ${path}`,
+): Map<string, Tensor> {
   const { program, placement } = compiled;
   const adapterParams = program.params.filter((p) => p.origin === "adapter");
   if (adapterParams.length === 0)
     throw new CheckpointError(
-      `--init-adapters ${path}: the program adapts no module`,
+      `${given}: the program adapts no module`,
       "add the `adapt` rules the adapter was trained with",
     );
   if (existsSync(join(path, "adapter_config.json"))) {
@@ -348,6 +352,33 @@ export function loadInitAdapters(path: string, compiled: Compiled): Map<string, 
     tensors.set(`param:${p.path}`, t);
   }
   return tensors;
+}
+
+/**
+ * The adapters to start from: `--init-adapters` (`flag`, relative to the working directory), else
+ * the block's `init_adapters` (relative to the program; its errors are reported at that line),
+ * else none. The flag replaces the setting as `--init` replaces `init`, with a note saying so.
+ */
+export function initialAdapters(
+  flag: string | undefined,
+  compiled: Compiled,
+  note: (text: string) => void,
+): Map<string, Tensor> | undefined {
+  const setting = compiled.program.initAdapters;
+  if (flag !== undefined) {
+    if (setting)
+      note(`--init-adapters ${flag} replaces the block's \`init_adapters\` (${setting.path})`);
+    return loadInitAdapters(flag, compiled);
+  }
+  if (!setting) return undefined;
+  try {
+    return loadInitAdapters(setting.path, compiled, `\`init_adapters "${setting.path}"\``);
+  } catch (e) {
+    // reported at the setting, as a `load` call's file is at the call (cli/failures.ts)
+    if (e instanceof CheckpointError && (e as { at?: unknown }).at === undefined)
+      Object.assign(e, { at: setting.at });
+    throw e;
+  }
 }
 
 /** The PEFT config's rank, alpha and rslora for this module, against the adapter's arguments. */

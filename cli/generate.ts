@@ -1,16 +1,25 @@
-// `lrkc generate FILE --prompt TEXT`: text from a train block's model, token by token. Each step
-// runs the model's `predict` entry (`model(batch.input)`, dropout off) on the tokens so far, and
-// the sampler (compiler/sampler.ts) picks the next token from the last position's logits on the
-// same device, so only the token id comes back: the argmax at `--temperature 0` (greedy,
-// deterministic), else a draw from softmax(logits / T) cut to the smallest set of tokens whose
-// probability reaches `--top-p`, seeded by `--seed` (the same draws on every device). There is
-// no KV cache yet: every step recomputes the whole prefix (correct, O(T²) work), and the batch
-// input's length T (fixed by the block's data) bounds prompt + generated tokens.
+// `lrkc generate FILE --prompt TEXT`: text from a train block's model, token by token. With a KV
+// cache (compiler/generation.ts: the model's attention keeps its keys and values with `kv_cache`,
+// as std.models' GPT-2 and Llama do) the prompt runs once (prefill) and then each new token alone
+// (decode), reading the cached keys and values, which stay on the device; a model without one
+// (or `--no-kv-cache`) runs its `predict` entry (`model(batch.input)`, dropout off) on all the
+// tokens so far for each new one (O(T²) work). The sampler (compiler/sampler.ts) picks the next
+// token from the last position's logits on the same device, so only the token id comes back: the
+// argmax at `--temperature 0` (greedy, deterministic), else a draw from softmax(logits / T) cut to
+// the smallest set of tokens whose probability reaches `--top-p`, seeded by `--seed` (the same
+// draws on every device, with or without the cache). The batch input's length T (fixed by the
+// block's data) is the cache's capacity and bounds prompt + generated tokens.
 import { statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
 import { planStep } from "../compiler/compile.js";
-import type { GraphProgram, Tensor, TrainProgram } from "../compiler/program.js";
+import type {
+  Entry,
+  GenerationProgram,
+  GraphProgram,
+  Tensor,
+  TrainProgram,
+} from "../compiler/program.js";
 import { samplerProgram } from "../compiler/sampler.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
@@ -18,6 +27,7 @@ import type { Device } from "../runtime/device.js";
 import { renderChat, TemplateError } from "../runtime/chat-template.js";
 import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
 import { initializeWithWeights, type Run } from "../runtime/trainer.js";
+import { initialAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -43,6 +53,8 @@ export interface GenerateCommandOptions extends ReportOptions {
   seed: string;
   /** commander's negated `--no-autotune` */
   autotune?: boolean;
+  /** commander's negated `--no-kv-cache`: recompute the prefix for every token */
+  kvCache?: boolean;
 }
 
 export interface Sampling {
@@ -97,21 +109,99 @@ const isFile = (p: string) => {
   }
 };
 
-/** Loads the sampler for the model's logits on `device` (planned as kernels on WebGPU). */
+/** Loads the sampler for logits of this shape [B, T, V] on `device` (kernels on WebGPU). */
 export async function loadSampler(
   device: Device,
-  program: TrainProgram,
+  logits: readonly number[],
   sampling: Sampling,
 ): Promise<GraphProgram> {
-  const step = program.step;
-  const logits = step.predict!.outputs.find((o) => o.name === "logits")!;
-  const sampler = samplerProgram({ ...sampling, logits: step.graph.shape(logits.node) });
+  const sampler = samplerProgram({ ...sampling, logits });
+  await loadProgram(device, sampler);
+  return sampler;
+}
+
+/** Plans `program` for a WebGPU device and loads it (the interpreter needs nothing). */
+async function loadProgram(device: Device, program: GraphProgram): Promise<void> {
   if (device instanceof WebGpuDevice)
     device.load(
-      sampler,
-      planStep(sampler, await deviceTarget(device, [sampler], { autotune: false })),
+      program,
+      planStep(program, await deviceTarget(device, [program], { autotune: false })),
     );
-  return sampler;
+}
+
+/** The shape of an entry's `logits` output. */
+function logitsShape(program: GraphProgram, entry: Entry): number[] {
+  return [...program.graph.shape(entry.outputs.find((o) => o.name === "logits")!.node)];
+}
+
+export type Stopped = "max-tokens" | "eos" | "context";
+
+/** Runs the sampler on `logits` at `position` for draw `draw`: the token id. */
+async function sample(
+  device: Device,
+  sampler: GraphProgram,
+  logits: Tensor,
+  position: number,
+  draw: number,
+): Promise<number> {
+  const out = await device.run(
+    sampler,
+    sampler.entries[0]!,
+    new Map<string, Tensor>([
+      ["logits", logits],
+      ["position", { shape: [1], data: new Int32Array([position]) }],
+      ["draw", { shape: [1], data: new Int32Array([draw]) }],
+    ]),
+  );
+  return Math.round(out.get("token")!.data[0]!);
+}
+
+/**
+ * The tokens after `prompt` with a KV cache (compiler/generation.ts): the prompt runs once
+ * (prefill), then each token alone (decode), reading and extending every attention layer's cached
+ * keys and values, which stay on the device. Stops as `generateTokens` does.
+ */
+export async function generateCached(
+  device: Device,
+  generation: GenerationProgram,
+  store: ReadonlyMap<string, Tensor>,
+  prompt: readonly number[],
+  sampling: Sampling,
+  eos?: number,
+): Promise<{ tokens: number[]; stopped: Stopped }> {
+  const [prefill, decode] = generation.entries as [Entry, Entry];
+  const C = generation.capacity;
+  await loadProgram(device, generation);
+  const first = await loadSampler(device, logitsShape(generation, prefill), sampling);
+  const next = await loadSampler(device, logitsShape(generation, decode), sampling);
+  const tokens = [...prompt];
+  const feeds = new Map(store);
+  const ids = new Int32Array(C);
+  ids.set(tokens);
+  feeds.set("prefill.ids", { shape: [1, C], data: ids });
+  // Only the sampler's token comes back: the logits and caches stay where they were computed.
+  const keep = { read: new Set<string>() };
+  let out = await device.run(generation, prefill, feeds, keep);
+  feeds.delete("prefill.ids");
+  for (let i = 0; i < sampling.maxTokens; i++) {
+    const position = tokens.length - 1; // of the last token, whose logits give the next
+    const token = await sample(
+      device,
+      i === 0 ? first : next,
+      out.get("logits")!,
+      i === 0 ? position : 0,
+      i,
+    );
+    tokens.push(token);
+    if (token === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
+    if (i + 1 === sampling.maxTokens) break;
+    if (tokens.length > C) return { tokens: tokens.slice(prompt.length), stopped: "context" };
+    for (const { name } of generation.caches) feeds.set(name, out.get(name)!);
+    feeds.set("decode.ids", { shape: [1, 1], data: new Int32Array([token]) });
+    feeds.set("position", { shape: [1], data: new Int32Array([tokens.length - 1]) });
+    out = await device.run(generation, decode, feeds, keep);
+  }
+  return { tokens: tokens.slice(prompt.length), stopped: "max-tokens" };
 }
 
 /** The tokens after `prompt`, stopping at max tokens, the end-of-sequence token or the context. */
@@ -122,12 +212,12 @@ export async function generateTokens(
   prompt: readonly number[],
   sampling: Sampling,
   eos?: number,
-): Promise<{ tokens: number[]; stopped: "max-tokens" | "eos" | "context" }> {
+): Promise<{ tokens: number[]; stopped: Stopped }> {
   const step = program.step;
   const predict = step.predict!;
   const input = step.inputs.find((i) => i.name === "batch.input")!;
   const [rows, T] = [Number(input.shape[0]), Number(input.shape[1])];
-  const sampler = await loadSampler(device, program, sampling);
+  const sampler = await loadSampler(device, logitsShape(step, predict), sampling);
   const tokens = [...prompt];
   const feeds = new Map(store);
   const data = new Int32Array(rows * T);
@@ -141,16 +231,7 @@ export async function generateTokens(
     data.set(tokens);
     feeds.set("batch.input", { shape: [rows, T], data });
     const logits = (await device.run(step, predict, feeds, keep)).get("logits")!;
-    const out = await device.run(
-      sampler,
-      sampler.entries[0]!,
-      new Map<string, Tensor>([
-        ["logits", logits],
-        ["position", { shape: [1], data: new Int32Array([tokens.length - 1]) }],
-        ["draw", { shape: [1], data: new Int32Array([i]) }],
-      ]),
-    );
-    const next = Math.round(out.get("token")!.data[0]!);
+    const next = await sample(device, sampler, logits, tokens.length - 1, i);
     tokens.push(next);
     if (next === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
   }
@@ -173,7 +254,11 @@ export async function generateCommand(
     return usage(`unknown device \`${options.device}\` (${devices.join(", ")})`);
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
-  const { compiled, diagnostics } = compile(read.file, { train: options.train });
+  const cached = options.kvCache !== false;
+  const { compiled, diagnostics } = compile(read.file, {
+    train: options.train,
+    ...(cached ? { generation: true } : {}),
+  });
   if (!compiled) return report(diagnostics, options) || 1;
   const program = compiled.program;
   const run = runOrDiagnostic(program);
@@ -231,9 +316,13 @@ export async function generateCommand(
     );
 
   let weights: LoadedCheckpoint | undefined;
-  if (options.weights !== undefined) {
+  let adapters: Map<string, Tensor> | undefined;
+  // --weights replaces the block's starting point, its `init_adapters` included (as for eval)
+  if (options.weights !== undefined || program.initAdapters !== undefined) {
     try {
-      weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
+      if (options.weights !== undefined)
+        weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
+      else adapters = initialAdapters(undefined, compiled, () => undefined);
     } catch (e) {
       const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
       if (failure) return report([failure], options);
@@ -246,9 +335,19 @@ export async function generateCommand(
     await loadPlans(device, program, { autotune: options.autotune !== false });
     const store = await initializeWithWeights(program, device, weights?.tensors, {
       data: run.data,
+      ...(adapters ? { adapters } : {}),
     });
     const eos = tokenizer?.eosId;
-    const { tokens, stopped } = await generateTokens(device, program, store, prompt, sampling, eos);
+    const generation = program.generation;
+    if (generation && "reason" in generation && !options.json)
+      process.stderr.write(
+        `note: no KV cache: ${generation.reason}; every token recomputes the prefix\n`,
+      );
+    const started = performance.now();
+    const { tokens, stopped } =
+      generation && !("reason" in generation)
+        ? await generateCached(device, generation, store, prompt, sampling, eos)
+        : await generateTokens(device, program, store, prompt, sampling, eos);
     const text = tokenizer?.decode(tokens, { skipSpecial: true });
     const notes: Diagnostic[] = [];
     if (stopped === "context" && !options.json)
@@ -257,7 +356,15 @@ export async function generateCommand(
       );
     if (options.json)
       return report([...diagnostics, ...notes], options, {
-        result: { prompt: prompt, tokens, ...(text !== undefined ? { text } : {}), stopped },
+        result: {
+          prompt: prompt,
+          tokens,
+          ...(text !== undefined ? { text } : {}),
+          stopped,
+          kv_cache: generation !== undefined && !("reason" in generation),
+          // prefill and every token, kernels' first-use compilation included
+          tokens_per_s: tokens.length / ((performance.now() - started) / 1000),
+        },
       });
     report(diagnostics, options);
     process.stdout.write(text !== undefined ? `${text}\n` : `${tokens.join(" ")}\n`);

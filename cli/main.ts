@@ -142,7 +142,7 @@ function program(setCode: (code: number) => void): Command {
     .option("--init <file>", "start from these weights (safetensors) instead of the block's `init`")
     .option(
       "--init-adapters <path>",
-      "start the adapters from a PEFT adapter folder or an adapters.safetensors",
+      "start the adapters from a PEFT adapter folder or an adapters.safetensors (instead of the block's `init_adapters`)",
     )
     .option("--force", "replace the run the run folder holds (without it, training there refuses)")
     .option(
@@ -194,7 +194,7 @@ function program(setCode: (code: number) => void): Command {
     .option("--data <name>", "a `data` declaration of the file to evaluate on (its valid split)")
     .option(
       "--init-adapters <path>",
-      "the adapters' values: a PEFT adapter folder or an adapters.safetensors",
+      "the adapters' values: a PEFT adapter folder or an adapters.safetensors (instead of the block's `init_adapters`)",
     )
     .option("--batch <n>", "override the batch size")
     .option("--batches <n>", "full batches to evaluate", "8")
@@ -255,6 +255,10 @@ function program(setCode: (code: number) => void): Command {
     .option("--seed <n>", "seed of the draws", "0")
     .option("--device <device>", `where to run: ${devices.join(", ")}`, "auto")
     .option("--no-autotune", "use default matmul parameters instead of timing candidates")
+    .option(
+      "--no-kv-cache",
+      "recompute the whole prefix for every token instead of keeping keys and values (slower; for comparison)",
+    )
     .option("--json", "print the result (and diagnostics) as JSON on stdout")
     .addHelpText(
       "after",

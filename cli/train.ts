@@ -13,7 +13,7 @@ import { RunFolder, RunFolderBusy, type RunRecord } from "../runtime/run-folder.
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { CheckpointError } from "../runtime/safetensors.js";
 import { openRun, train, type EvalEvent, type Run, type StepEvent } from "../runtime/trainer.js";
-import { loadInitAdapters } from "./export.js";
+import { initialAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -182,8 +182,11 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   if ("severity" in run) return report([run], options);
   let adapters: Map<string, Tensor> | undefined;
   try {
-    if (options.initAdapters !== undefined)
-      adapters = loadInitAdapters(options.initAdapters, compiled);
+    // on --resume the checkpoint holds the adapters: the block's `init_adapters` is not read
+    if (!options.resume)
+      adapters = initialAdapters(options.initAdapters, compiled, (text) => {
+        if (!options.json) process.stderr.write(`note: ${text}\n`);
+      });
   } catch (e) {
     const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
     if (failure) return report([failure], options);

@@ -12,7 +12,7 @@ import { describeValue, num, type Value } from "./values.js";
 export const MAX_CUMSUM = 8192;
 
 /** The one `axis:` (or 2nd positional) argument as a non-negative axis of a rank-`rank` tensor. */
-function oneAxis(c: Call, rank: number, fallback: number | undefined, position = 1): number {
+export function oneAxis(c: Call, rank: number, fallback: number | undefined, position = 1): number {
   const v = c.args.get(position, "axis");
   if (v === undefined && fallback !== undefined) return fallback;
   if (v === undefined) return c.L.r.report(error("E0205", `\`${c.name}\` needs \`axis\``, c.at));

@@ -22,6 +22,7 @@ import { storeFrozenAsF16, withoutHalfStorage } from "./half-storage.js";
 import type { GraphProgram, TrainProgram } from "./program.js";
 import { Resolver } from "./resolve.js";
 import { buildStep } from "./step.js";
+import { buildGeneration } from "./generation.js";
 import { resolveTrain, selectTrain, type TrainOverrides, type TrainSpec } from "./train.js";
 import { runSettings, trainProgram } from "./train-program.js";
 
@@ -34,6 +35,8 @@ export interface CompileOptions extends TrainOverrides {
   stdlibDir?: string;
   /** Store the step's frozen tensors as f16 (`--frozen-f16`, compiler/half-storage.ts). */
   frozenF16?: boolean;
+  /** Also build `lrkc generate`'s program with a KV cache (compiler/generation.ts). */
+  generation?: boolean;
 }
 
 /** The compiled train block: the compiler's view (for reports) and the runtime's contract. */
@@ -70,7 +73,20 @@ export function compile(file: SourceFile, options: CompileOptions = {}): Compile
   // frozen tensors as f16: `--frozen-f16` turns it on whatever the block's `frozen_storage` says
   const frozenF16 = options.frozenF16 || spec.frozenStorage === "f16";
   const step = frozenF16 ? storeFrozenAsF16(scalars) : scalars;
-  return done({ spec, placement, program: trainProgram(spec, placement, settings, init, step) });
+  const program = trainProgram(spec, placement, settings, init, step);
+  const input = settings.data.fields["input"];
+  if (options.generation && step.predict && input?.shape.length === 2 && spec.loss) {
+    const generation = buildGeneration(
+      resolver,
+      spec,
+      placement,
+      init.buffers,
+      { capacity: input.shape[1]!, ...(input.range ? { range: input.range } : {}) },
+      { file, span: spec.loss.span },
+    );
+    program.generation = generation;
+  }
+  return done({ spec, placement, program });
 }
 
 export interface Analysis {

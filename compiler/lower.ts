@@ -2,6 +2,7 @@
 // (forward functions, losses, optimizer updates, budget controllers). Compile-time values
 // (numbers, modules, configurations) are computed on the spot; tensor values become IR nodes.
 // Shapes are checked here, against the user's expressions, before the builder sees them.
+import type { GenerationLowering } from "./generation.js";
 import type * as A from "../language/ast.js";
 import { error, type Location } from "../language/diagnostics.js";
 import { Builder, broadcastShapes, ShapeError } from "./builder.js";
@@ -88,6 +89,12 @@ export class Lowerer {
   readonly wrappers = new Map<ModuleInstance, Applied[]>();
   /** `training` is false while evaluating: dropout is the identity. */
   training = true;
+  /**
+   * Set while lowering `lrkc generate`'s program (compiler/generation.ts): where `positions`,
+   * `causal_mask` and `kv_cache` read the token's position and keep the caches. Unset, they are
+   * `arange`, `tril(ones(…))` and the identity.
+   */
+  generation?: GenerationLowering;
   /** Boxed, so that a lowerer made by `withHooks` draws from the same sequence. */
   private readonly seeds = { next: 0 };
   /** Member expressions being evaluated now (a member that needs itself is a cycle). */
@@ -717,6 +724,11 @@ export class Lowerer {
       value: this.expr(a.value, frame),
       at: this.at(frame, a.value),
     }));
+  }
+
+  /** The path of the module whose code is being lowered (`transformer.h.0.attn`), or "". */
+  modulePath(): string {
+    return this.calls.at(-1)?.instance.path ?? "";
   }
 
   /** Calling a module runs its forward, or the forward of the wrapper placed on it. */

@@ -56,7 +56,7 @@ import { MAX_STEP_CONDITIONS, StepConditions, updateVariants } from "./step-cond
 import { describeValue, num, type ParamInfo, type Value } from "./values.js";
 
 /** What the phases share: the graph being built, its inputs, and the lowerer. */
-interface StepContext {
+export interface StepContext {
   readonly r: Resolver;
   readonly spec: TrainSpec;
   readonly placement: Placement;
@@ -163,7 +163,7 @@ export function buildStep(
 }
 
 /** The builder, the `step` and `lr_scale` inputs, and a lowerer with every wrapper in place. */
-function stepContext(
+export function stepContext(
   r: Resolver,
   spec: TrainSpec,
   placement: Placement,

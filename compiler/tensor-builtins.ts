@@ -13,6 +13,7 @@ import { qrTuple, seededRandom, svdTuple } from "./linalg-builtins.js";
 import { describeValue, num, type Value } from "./values.js";
 import { argmax, cast, concat, cumsum } from "./axis-builtins.js";
 import { rangeItems } from "./sequences.js";
+import { generationRules } from "./generation-builtins.js";
 
 type Arg = { name?: string; value: Value; at: Location };
 
@@ -357,6 +358,8 @@ const builtinRules = {
   load: loadCall,
   // a Hugging Face config.json read while compiling (resolve.ts, hf-config.ts)
   hf_config: noLowering,
+  // generation one token at a time (compiler/generation-builtins.ts)
+  ...generationRules,
 } satisfies Record<string, Rule>;
 
 type BuiltinName = keyof typeof builtinRules;
@@ -494,6 +497,8 @@ function triangle(keep: (b: Builder, rows: number, cols: number) => number): Rul
   return ({ L, b, name, at, args, tensor }) => {
     const x = args.tensor(0);
     const s = x.shape;
+    // one token at a time, a triangle is no causal mask: compiler/generation.ts refuses the model
+    if (L.generation) L.generation.used.triangles++;
     if (s.length < 2) L.fail(at, `\`${name}\` needs a matrix, found ${shapeText(s, x.dtype)}`);
     const rows = b.iota(s.slice(-2), 0, "i32");
     const cols = b.iota(s.slice(-2), 1, "i32");

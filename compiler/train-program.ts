@@ -135,6 +135,14 @@ export function trainProgram(
           },
         }
       : {}),
+    ...(spec.initAdapters
+      ? {
+          initAdapters: {
+            path: resolvePath(dirname(file.path), spec.initAdapters.path),
+            at: { file, span: spec.initAdapters.at.span },
+          },
+        }
+      : {}),
     ...(spec.loss ? { lossAt: { file, span: spec.loss.span } } : {}),
     params: placement.params.map((p) => ({
       path: p.param.path,

@@ -14,6 +14,8 @@ export interface TrainSpec {
   data?: DataSet;
   /** The checkpoint to start from; `at` is the `init` line (absent when given by `--init`). */
   init?: { path: string; at?: A.Expr };
+  /** The adapters' starting values (`init_adapters`): a PEFT folder or a safetensors file. */
+  initAdapters?: { path: string; at: A.Expr };
   loss?: A.Expr;
   steps: number;
   batch: number;
@@ -193,20 +195,22 @@ export function resolveTrain(
     return v.dataset;
   };
 
-  const init = settings.get("init");
-  let initPath: TrainSpec["init"];
-  if (init) {
-    const v = r.attempt(() => r.evaluate(init.value, scope, module));
+  const path = (key: "init" | "init_adapters"): { path: string; at: A.Expr } | undefined => {
+    const setting = settings.get(key);
+    if (!setting) return undefined;
+    const v = r.attempt(() => r.evaluate(setting.value, scope, module));
     if (v && v.kind !== "string")
       r.diagnostics.push(
         error(
           "E0402",
-          `\`init\` takes a file name, not ${describeValue(v)}`,
-          r.at(module, init.value),
+          `\`${key}\` takes a ${key === "init" ? "file" : "folder or file"} name, not ${describeValue(v)}`,
+          r.at(module, setting.value),
         ),
       );
-    else if (v) initPath = { path: v.value, at: init.value };
-  }
+    else if (v) return { path: v.value, at: setting.value };
+    return undefined;
+  };
+  const initPath: TrainSpec["init"] = path("init");
   const clip = settings.get("clip");
   const clipValue = clip
     ? r.attempt(() => r.number(r.evaluate(clip.value, scope, module), clip.value, module).value)
@@ -244,6 +248,7 @@ export function resolveTrain(
     ...frozenStorage(r, module, settings.get("frozen_storage")),
     data: dataset(settings.get("data")?.value),
     init: overrides.init !== undefined ? { path: overrides.init } : initPath,
+    initAdapters: path("init_adapters"),
     loss: settings.get("loss")?.value,
     steps: overrides.steps ?? integer("steps", defaults.steps),
     batch: overrides.batch ?? integer("batch", defaults.batch),

@@ -369,6 +369,7 @@ export type SettingKey =
   | "model"
   | "data"
   | "init"
+  | "init_adapters"
   | "loss"
   | "steps"
   | "batch"

@@ -125,6 +125,7 @@ const settingKeys = new Set<A.SettingKey>([
   "model",
   "data",
   "init",
+  "init_adapters",
   "loss",
   "steps",
   "batch",

@@ -31,6 +31,7 @@ const settingKeywords = [
   t.Model,
   t.Data,
   t.Init,
+  t.InitAdapters,
   t.Loss,
   t.Steps,
   t.Batch,

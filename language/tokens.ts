@@ -75,6 +75,7 @@ export const At = soft("at");
 export const Step = soft("step");
 // Soft keywords: train-block settings.
 export const Init = soft("init");
+export const InitAdapters = soft("init_adapters");
 export const Loss = soft("loss");
 export const Freeze = soft("freeze");
 export const Adapt = soft("adapt");
@@ -105,6 +106,7 @@ export const declarationKeywords = [
 export const clauseKeywords = [As, In, On, With, Over, By, Where, Refresh, Every, At, Step];
 export const trainKeywords = [
   Init,
+  InitAdapters,
   Loss,
   Freeze,
   Adapt,

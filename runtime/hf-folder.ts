@@ -69,11 +69,43 @@ function openShards(folder: string, index: string, maxBytes: number): Safetensor
           `maps \`${tensor}\` to \`${name}\`, which does not hold it`,
           "the index and the shards come from different checkpoints: download them again together",
         );
+    checkTotalSize(metadata, shardOf, byName, bad);
     return files;
   } catch (e) {
     for (const file of files) file.close();
     throw e;
   }
+}
+
+/**
+ * `metadata.total_size`, where the index has one, is the bytes of every tensor it lists (as
+ * Hugging Face's sharding writes it: each tensor's data once). A shard replaced by one of another
+ * checkpoint or dtype, or truncated and re-saved, can still hold every listed name; the sum is
+ * what catches it before a model trains on the wrong weights.
+ */
+function checkTotalSize(
+  metadata: Record<string, unknown> | undefined,
+  shardOf: ReadonlyMap<string, string>,
+  byName: ReadonlyMap<string, SafetensorsFile>,
+  bad: (why: string, help?: string) => CheckpointError,
+): void {
+  const declared = metadata?.["total_size"];
+  if (declared === undefined) return;
+  if (typeof declared !== "number" || !Number.isInteger(declared) || declared < 0)
+    throw bad(
+      `has a \`metadata.total_size\` of ${JSON.stringify(declared)}, not a whole number of bytes`,
+      "the index is damaged: download it again (or delete its `metadata` if you wrote it yourself)",
+    );
+  let total = 0;
+  for (const [tensor, name] of shardOf) {
+    const entry = byName.get(name)!.entries.get(tensor)!;
+    total += entry.end - entry.begin;
+  }
+  if (total !== declared)
+    throw bad(
+      `says \`metadata.total_size\` is ${declared} bytes, but the ${shardOf.size} tensors it lists hold ${total} bytes in its shards`,
+      "the index and the shards come from different checkpoints (or a shard was re-saved): download them again together; if you re-saved the shards yourself, write the new total_size (or delete `metadata`)",
+    );
 }
 
 /** A regular file of at most MAX_INDEX_BYTES, as text. */

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import type { JsonlSource } from "../runtime/jsonl-data.js";
-import type { Tensor } from "../compiler/program.js";
+import type { Entry, GenerationProgram, GraphProgram, Tensor } from "../compiler/program.js";
 import { samplerProgram } from "../compiler/sampler.js";
 import { readTokenizer } from "../runtime/tokenizer.js";
 import { batchFeeds, initialize } from "../runtime/trainer.js";
@@ -461,6 +461,245 @@ describe("lrkc generate", () => {
     expect(mismatch.stderr).toMatch(/ids reach 99, past the model's vocabulary of 64/);
   });
 });
+
+describe("the KV cache (compiler/generation.ts)", () => {
+  /** The generate program of fixture `model`, compiled with its cached generation program. */
+  function cachedRun(model: "gpt2" | "llama") {
+    const path = generateProgram(model);
+    const { run, diagnostics } = prepare(new SourceFile(path, readFileSync(path, "utf8")), {
+      generation: true,
+    });
+    expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    const generation = run!.program.generation as GenerationProgram;
+    expect(generation.entries.map((e) => e.name)).toEqual(["prefill", "decode"]);
+    return { run: run!, generation };
+  }
+
+  for (const model of ["gpt2", "llama"] as const) {
+    it(`${model}: decode's logits at every position are the full recomputation's`, async () => {
+      const { run, generation } = cachedRun(model);
+      const cpu = new CpuDevice({ float64: false });
+      const store = await initialize(run.program, cpu);
+      const C = generation.capacity;
+      expect(C).toBe(12);
+      // the whole sequence at once (the step's predict entry, row 0), as before the cache
+      const sequence = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 32];
+      const feeds = new Map(store);
+      const rows = Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[0]);
+      const full = new Int32Array(rows * C);
+      full.set(sequence);
+      feeds.set("batch.input", { shape: [rows, C], data: full });
+      const want = (await cpu.run(run.step, run.step.predict!, feeds)).get("logits")!.data;
+      const V = run.program.data.vocab;
+      const [prefill, decode] = generation.entries as [Entry, Entry];
+      const prompt = 4;
+      const ids = new Int32Array(C);
+      ids.set(sequence.slice(0, prompt));
+      feeds.set("prefill.ids", { shape: [1, C], data: ids });
+      let out = await cpu.run(generation, prefill, feeds);
+      const scale = Math.max(...[...want].map(Math.abs));
+      const worst = (got: ArrayLike<number>, at: number, position: number) => {
+        let max = 0;
+        for (let v = 0; v < V; v++)
+          max = Math.max(max, Math.abs(got[at * V + v]! - want[position * V + v]!));
+        return max / scale;
+      };
+      for (let p = 0; p < prompt; p++)
+        expect(worst(out.get("logits")!.data, p, p)).toBeLessThan(1e-5);
+      for (let p = prompt; p < C; p++) {
+        for (const { name } of generation.caches) feeds.set(name, out.get(name)!);
+        feeds.set("decode.ids", { shape: [1, 1], data: new Int32Array([sequence[p]!]) });
+        feeds.set("position", { shape: [1], data: new Int32Array([p]) });
+        out = await cpu.run(generation, decode, feeds);
+        expect(worst(out.get("logits")!.data, 0, p), `position ${p}`).toBeLessThan(1e-5);
+      }
+    });
+  }
+
+  it("caches each attention layer's keys and values (Llama's per key/value head, before repeat_kv)", () => {
+    const gpt2 = cachedRun("gpt2").generation;
+    const llama = cachedRun("llama").generation;
+    const config = JSON.parse(readFileSync(join(fixtures, "llama", "config.json"), "utf8"));
+    expect(gpt2.caches.map((c) => c.name)).toEqual([
+      "cache:transformer.h.0.attn.0",
+      "cache:transformer.h.0.attn.1",
+      "cache:transformer.h.1.attn.0",
+      "cache:transformer.h.1.attn.1",
+    ]);
+    const kv = config.num_key_value_heads;
+    const width = config.head_dim ?? config.hidden_size / config.num_attention_heads;
+    expect(kv).toBeLessThan(config.num_attention_heads);
+    expect(llama.caches[0]).toEqual({
+      name: "cache:model.layers.0.self_attn.0",
+      shape: [1, kv, 12, width],
+    });
+  });
+
+  it("decode's work per token does not grow with the prefix: a fixed graph, 1/T of the recomputation's matmuls", () => {
+    const { run, generation } = cachedRun("gpt2");
+    const [prefill, decode] = generation.entries as [Entry, Entry];
+    const perToken = matmulFlops(generation, decode);
+    // one graph for every position: the position is an input, not a shape
+    expect(generation.inputs.find((i) => i.name === "position")!.shape).toEqual([1]);
+    expect(generation.inputs.find((i) => i.name === "decode.ids")!.shape).toEqual([1, 1]);
+    // recomputing (the step's predict, one row of T = 12) costs about T times as much per token
+    const rows = Number(run.step.inputs.find((i) => i.name === "batch.input")!.shape[0]);
+    const recompute = matmulFlops(run.step, run.step.predict!) / rows;
+    expect(matmulFlops(generation, prefill)).toBe(recompute);
+    expect(perToken * 6).toBeLessThan(recompute);
+  });
+
+  it("outside generation, token_positions/causal_mask/kv_cache are arange/tril(ones)/the identity, node for node", () => {
+    const source = (pos: string, mask: string, cache: string) => `import std.nn.{Embedding}
+import std.optim.{adamw}
+
+model M(vocab: int) {
+  emb = Embedding(vocab, 8)
+
+  forward(ids: i32[B, T]) -> f32[B, T, vocab] {
+    let x = emb(ids) + reshape(f32(${pos}), [1, T, 1])
+    let k = ${cache}
+    let s = where(${mask} > 0, x @ k^T, -1e9)
+    return (softmax(s, axis: -1) @ x) @ emb.weight^T
+  }
+}
+
+train t {
+  model M(vocab: 16)
+  data std.data.arithmetic(ops: "+", digits: 1)
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-3)
+  batch 2
+}
+`;
+    const graph = (text: string) => {
+      const { run, diagnostics } = prepare(new SourceFile(join(dir, "same.lrk"), text));
+      expect(diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+      return run!.step.graph.nodes.map((n) => JSON.stringify([n.op, n.inputs, n.shape, n.dtype]));
+    };
+    const cached = graph(source("token_positions(T)", "causal_mask(T, T)", "kv_cache(x, axis: 1)"));
+    const plain = graph(source("arange(T)", "tril(ones(T, T))", "x"));
+    expect(cached.length).toBeGreaterThan(50);
+    expect(cached).toEqual(plain);
+  });
+
+  it("a model without kv_cache is generated by recomputation, with a note", () => {
+    const tiny = write(
+      "tiny-generate.lrk",
+      `${readFileSync(join(root, "examples", "tiny_lm.lrk"), "utf8")}
+import std.optim.{adamw}
+
+train t {
+  model TinyLM(vocab: 16, d: 16, layers: 1, heads: 2, ctx: 16)
+  data std.data.arithmetic(ops: "+", digits: 1)
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-3)
+  batch 1
+}
+`,
+    );
+    const r = spawnSync(
+      process.execPath,
+      [lrkcBin, "generate", tiny, "--ids", "1,10,2", "--max-tokens", "3", "--device", "cpu"],
+      { encoding: "utf8" },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain("note: no KV cache: the model's forward keeps no `kv_cache`");
+  });
+
+  it("a model that cannot run one token at a time (kv_cache on the wrong axis) is recomputed, with the reason", () => {
+    const bad = write(
+      "bad-cache.lrk",
+      `import std.nn.{Embedding}
+import std.optim.{adamw}
+
+model Bad(vocab: int) {
+  emb = Embedding(vocab, 8)
+
+  forward(ids: i32[B, T]) -> f32[B, T, vocab] {
+    let x = emb(ids) + reshape(f32(token_positions(T)), [1, T, 1])
+    return kv_cache(x, axis: 0) @ emb.weight^T
+  }
+}
+
+train t {
+  model Bad(vocab: 16)
+  data std.data.arithmetic(ops: "+", digits: 1)
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with adamw(lr: 1e-3)
+  batch 1
+}
+`,
+    );
+    const generate = (...flags: string[]) =>
+      spawnSync(
+        process.execPath,
+        [
+          lrkcBin,
+          "generate",
+          bad,
+          "--ids",
+          "1,10,2",
+          "--max-tokens",
+          "3",
+          "--device",
+          "cpu",
+          ...flags,
+        ],
+        { encoding: "utf8" },
+      );
+    const r = generate();
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain(
+      "note: no KV cache: the model cannot run one token at a time: `kv_cache` of f32[1, 6, 8]: its axis 0 must run over the 6 positions being computed",
+    );
+    expect(r.stdout).toBe(generate("--no-kv-cache").stdout);
+  });
+
+  it("sampling with the cache draws what recomputation draws (seeded, CPU and WebGPU)", () => {
+    const program = generateProgram("gpt2");
+    const run = (device: string, ...flags: string[]) =>
+      lrkcGenerate([
+        program,
+        "--ids",
+        "3,14,15,9",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "1.5",
+        "--seed",
+        "7",
+        "--device",
+        device,
+        ...flags,
+      ]).json!.tokens;
+    const recomputed = run("cpu", "--no-kv-cache");
+    expect(recomputed).toHaveLength(8);
+    expect(run("cpu")).toEqual(recomputed);
+    expect(run("webgpu")).toEqual(recomputed);
+  });
+});
+
+/** 2·M·N·K of every matmul an entry computes. */
+function matmulFlops(program: GraphProgram, entry: Entry): number {
+  const graph = program.graph;
+  const seen = new Set<number>();
+  const stack = entry.outputs.map((o) => o.node);
+  let flops = 0;
+  while (stack.length) {
+    const id = stack.pop()!;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    const node = graph.node(id);
+    if (node.op.kind === "matmul") {
+      const a = graph.shape(node.inputs[0]!);
+      const k = node.op.transA ? a.at(-2)! : a.at(-1)!;
+      flops += 2 * node.shape.reduce((x, y) => x * y, 1) * k;
+    }
+    stack.push(...node.inputs);
+  }
+  return flops;
+}
 
 describe("the sampler graph (compiler/sampler.ts) on the CPU interpreter", () => {
   const cpu = new CpuDevice({ float64: false });

@@ -329,6 +329,18 @@ describe("broken checkpoint folders are diagnostics naming the file and the fix"
         (f) => rmSync(join(f, "model-00002-of-00002.safetensors")),
         "lacks `model-00002-of-00002.safetensors`",
       ],
+      [
+        (f) =>
+          editJson(join(f, index), (v) => {
+            const metadata = v["metadata"] as { total_size: number };
+            metadata.total_size += 4;
+          }),
+        "says `metadata.total_size` is 90756 bytes, but the 21 tensors it lists hold 90752 bytes",
+      ],
+      [
+        (f) => editJson(join(f, index), (v) => (v["metadata"] = { total_size: "90752" })),
+        'has a `metadata.total_size` of "90752", not a whole number of bytes',
+      ],
     ];
     for (const [edit, message] of cases) {
       const e = await refusal("Llama", broken("llama-sharded", edit));
@@ -482,11 +494,12 @@ train t {
 });
 
 describe("lrkc train with a broken Hugging Face folder", () => {
-  it("is E0502 at the `init` line, with the fix, and exit 1", () => {
+  /** `lrkc train` of the Llama fixture's sharded folder after `damage`: its exit and stderr. */
+  function trainWith(damage: (ckpt: string) => void) {
     const dir = mkdtempSync(join(tmpdir(), "lrk-hf-cli-"));
     try {
       cpSync(join(fixtures, "llama-sharded"), join(dir, "ckpt"), { recursive: true });
-      rmSync(join(dir, "ckpt", "model-00002-of-00002.safetensors"));
+      damage(join(dir, "ckpt"));
       writeFileSync(
         join(dir, "main.lrk"),
         `import std.models.{Llama}
@@ -503,18 +516,38 @@ train t {
 }
 `,
       );
-      const r = spawnSync(
+      return spawnSync(
         process.execPath,
         [lrkcBin, "train", "main.lrk", "--device", "cpu", "--out", "run"],
         { cwd: dir, encoding: "utf8", timeout: 60_000 },
       );
-      expect(r.status).toBe(1);
-      expect(r.stderr).toContain("main.lrk:7:8: error[E0502]");
-      expect(r.stderr).toContain("lacks `model-00002-of-00002.safetensors`");
-      expect(r.stderr).toContain("fetch the missing shard");
-      expect(r.stderr).not.toContain("a bug in lrkc");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  }
+
+  it("is E0502 at the `init` line, with the fix, and exit 1", () => {
+    const r = trainWith((ckpt) => rmSync(join(ckpt, "model-00002-of-00002.safetensors")));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("main.lrk:7:8: error[E0502]");
+    expect(r.stderr).toContain("lacks `model-00002-of-00002.safetensors`");
+    expect(r.stderr).toContain("fetch the missing shard");
+    expect(r.stderr).not.toContain("a bug in lrkc");
+  });
+
+  it("an index whose metadata.total_size disagrees with its shards is E0502 naming the index", () => {
+    const r = trainWith((ckpt) => {
+      const index = join(ckpt, "model.safetensors.index.json");
+      const value = JSON.parse(readFileSync(index, "utf8")) as { metadata: { total_size: number } };
+      value.metadata.total_size *= 2;
+      writeFileSync(index, JSON.stringify(value));
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("main.lrk:7:8: error[E0502]");
+    expect(r.stderr).toMatch(
+      /`.*ckpt\/model\.safetensors\.index\.json` says `metadata\.total_size` is 181504 bytes, but the 21 tensors it lists hold 90752 bytes/,
+    );
+    expect(r.stderr).toContain("download them again together");
+    expect(r.stderr).not.toContain("a bug in lrkc");
   });
 });
