@@ -245,16 +245,26 @@ describe("std.data.jsonl", () => {
 });
 
 /** A program in `dir` that generates with fixture `model` (text data fixes T = 12). */
-function generateProgram(model: "gpt2" | "llama"): string {
+type Fixture = "gpt2" | "llama" | "qwen2" | "mistral";
+const modelNames: Record<Fixture, string> = {
+  gpt2: "GPT2",
+  llama: "Llama",
+  qwen2: "Qwen2",
+  mistral: "Mistral",
+};
+
+function generateProgram(model: Fixture): string {
   const folder = join(fixtures, model);
   write("corpus.txt", "the cat sat on the mat. the dog sat on the log. ".repeat(10));
-  const name = model === "gpt2" ? "GPT2" : "Llama";
+  const name = modelNames[model];
+  // the Qwen2 and Mistral fixtures (vocab 64, as Llama's) have no tokenizer of their own
+  const tokenizer = model === "qwen2" || model === "mistral" ? join(fixtures, "llama") : folder;
   return write(
     `${model}-generate.lrk`,
     `import std.models.{${name}}
 import std.optim.{adamw}
 
-data d = std.data.text("corpus.txt", context: 12, tokenizer: "${folder}")
+data d = std.data.text("corpus.txt", context: 12, tokenizer: "${tokenizer}")
 
 train tune {
   model ${name}(hf_config("${folder}"))
@@ -294,7 +304,7 @@ interface GenerateResult {
 
 describe("lrkc generate", () => {
   for (const device of ["cpu", "webgpu"]) {
-    for (const model of ["gpt2", "llama"] as const) {
+    for (const model of ["gpt2", "llama", "mistral"] as const) {
       it(`--temperature 0 reproduces ${model}'s reference greedy tokens (${device})`, () => {
         const ref = JSON.parse(readFileSync(join(fixtures, model, "reference.json"), "utf8")) as {
           prompt: number[];
@@ -464,7 +474,7 @@ describe("lrkc generate", () => {
 
 describe("the KV cache (compiler/generation.ts)", () => {
   /** The generate program of fixture `model`, compiled with its cached generation program. */
-  function cachedRun(model: "gpt2" | "llama") {
+  function cachedRun(model: Fixture) {
     const path = generateProgram(model);
     const { run, diagnostics } = prepare(new SourceFile(path, readFileSync(path, "utf8")), {
       generation: true,
@@ -475,7 +485,8 @@ describe("the KV cache (compiler/generation.ts)", () => {
     return { run: run!, generation };
   }
 
-  for (const model of ["gpt2", "llama"] as const) {
+  // Qwen2: biases on q, k, v; Mistral: a 3-token sliding window, read at the token's position
+  for (const model of ["gpt2", "llama", "qwen2", "mistral"] as const) {
     it(`${model}: decode's logits at every position are the full recomputation's`, async () => {
       const { run, generation } = cachedRun(model);
       const cpu = new CpuDevice({ float64: false });
