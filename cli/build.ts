@@ -253,6 +253,7 @@ function memoryTable(compiled: Compiled, maxBinding?: number): string {
   const m = memoryReport(
     program.step,
     program.params.filter((p) => p.origin === "model"),
+    program.steps,
   );
   const plan = portablePlan(compiled, maxBinding);
   const split = plan ? splitLines(plan) : [];

@@ -71,7 +71,7 @@ function leastBytes(program: TrainProgram): { bytes: number; counted: string } {
     return { bytes: plan.peakBytes, counted: "the buffers of its training step, at least" };
   } catch (e) {
     if (!(e instanceof BufferLimitError || e instanceof BindingLimitError)) throw e;
-    const r = memoryReport(program.step);
+    const r = memoryReport(program.step, undefined, program.steps);
     return {
       bytes: r.frozen + r.trainable + r.optimizerState,
       counted: "its weights and optimizer state, at least",

@@ -2,6 +2,7 @@
 // their gradients, optimizer state and saved activations at the declared batch, beside what full
 // fine-tuning with AdamW of the same model would need.
 import { numel } from "./ir.js";
+import { pooledBytes } from "./pooled-states.js";
 import { storedBytes, type Entry, type GraphProgram, type StepProgram } from "./program.js";
 
 export interface MemoryReport {
@@ -22,11 +23,13 @@ const bytes = (shape: readonly number[]) => 4 * numel(shape);
 /**
  * `modelParams`, when given, are the model's own parameters at their full shapes (a quantized
  * weight as the dense matrix it replaced): what full fine-tuning would train. Without them the
- * step's parameter inputs stand for them (adapters' tensors and frozen buffers included).
+ * step's parameter inputs stand for them (adapters' tensors and frozen buffers included). With
+ * the run's `steps`, pooled optimizer states count the most they hold at once.
  */
 export function memoryReport(
   step: StepProgram,
   modelParams?: readonly { shape: readonly number[] }[],
+  steps?: number,
 ): MemoryReport {
   let frozen = 0;
   let trainable = 0;
@@ -44,6 +47,11 @@ export function memoryReport(
     const owner = s.name.split(":")[0]!;
     statesByParam.set(owner, (statesByParam.get(owner) ?? 0) + size);
   }
+  // pooled states (pooled-states.ts) count the most the run's `steps` hold at once
+  const pooled = step.states.filter((s) => s.pooled);
+  if (steps !== undefined && pooled.length > 0)
+    optimizerState +=
+      pooledBytes(step.states, steps).bytes - pooled.reduce((n, s) => n + bytes(s.shape), 0);
   // Saved activations: forward values (computed before the loss) that the backward pass or the
   // updates read again.
   const graph = step.graph;

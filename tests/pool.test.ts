@@ -192,6 +192,10 @@ describe("lrkc build --emit memory with pooled states", () => {
       "batch and scalars",
     ];
     expect(parts.reduce((a, p) => a + bytes(p), 0)).toBe(bytes("total"));
+    // the estimate before fusion counts the pooled states the same way
+    const before = r.stdout.slice(0, r.stdout.indexOf("planned GPU buffers"));
+    const stateRow = before.match(/^optimizer state\s+\S+ \S+\s+([\d,]+) B/m)![1]!;
+    expect(Number(stateRow.replace(/,/g, ""))).toBe(bytes("optimizer state"));
     expect(r.stdout).toMatch(/blocks\.0\.attn\.q\.weight \[128, 128\]  frugal_block: M \(pooled\)/);
   });
 });
