@@ -13,6 +13,7 @@
 // Entries share the input buffers and the pool of activation/scratch buffers (entries never run
 // at the same time); each entry's outputs have buffers of their own, so they survive the run.
 import { fuse, type KernelGroup } from "./fuse/index.js";
+import { tileBranch, type TileBranch } from "./fuse/low-rank.js";
 import { numel, type DType, type Graph } from "./ir.js";
 import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";
@@ -440,6 +441,12 @@ export function groupKernels(
         ...(isBuffer(g.a.node) ? {} : { a: g.a.node }),
         ...(isBuffer(g.b.node) ? {} : { b: g.b.node }),
       };
+      // Low-rank branches the kernel's tile computes (the rest loop per element in the epilogue).
+      const branches = g.foldBatch
+        ? []
+        : (g.lowRank ?? [])
+            .map((id) => tileBranch(graph, id, shape, isBuffer, packedOf))
+            .filter((b): b is TileBranch => b !== undefined);
       const fused =
         g.epilogue.length || prologue.a !== undefined || prologue.b !== undefined
           ? matmulFusionCode(
@@ -452,6 +459,7 @@ export function groupKernels(
               g.foldBatch ?? false,
               prologue,
               packedOf,
+              branches.map((b) => b.node),
             )
           : undefined;
       // A prologue's binding holds a buffer it reads (or, if it reads none, the other operand's).
@@ -466,7 +474,20 @@ export function groupKernels(
         shape,
         chooseMatmul(shape),
         { a: bufA ?? anyBuffer, b: bufB ?? anyBuffer, out: bufferOf(g.output) },
-        fused && { epilogue: fused.epilogue, prologue: fused.prologue },
+        fused && {
+          epilogue: fused.epilogue,
+          prologue: fused.prologue,
+          ...(branches.length
+            ? {
+                branches: branches.map((b) => ({
+                  rank: b.rank,
+                  upTrans: b.upTrans,
+                  down: bufferOf(b.down),
+                  up: bufferOf(b.up),
+                })),
+              }
+            : {}),
+        },
         { a: half(g.a.node), b: half(g.b.node) },
       );
       return [{ ...kernel, wgsl: `${header(graph, kernel.name, g.nodes)}\n${kernel.wgsl}` }];

@@ -110,3 +110,53 @@ export function selectLowRank(
   }
   return { lowRank, chains };
 }
+
+/**
+ * A fused low-rank branch as the matmul kernel computes it in its tile (MatmulBranch in
+ * compiler/kernels/matmul.ts): `down` [m, rank] row-major and `up` [n, rank] (`upTrans`) or
+ * [rank, n], both plain f32 buffers (through reshapes, which keep the layout).
+ */
+export interface TileBranch {
+  node: number;
+  down: number;
+  up: number;
+  rank: number;
+  upTrans: boolean;
+}
+
+/**
+ * Low-rank branch `id` of a matmul group whose template product is m × n (batch 1), as a tile
+ * branch; undefined where the epilogue keeps computing it per element (operands that are views,
+ * packed or f16 storage, a batched up-projection, transposed down-projection, a reshape that
+ * changes the rows). The branch reaches the epilogue through elementwise nodes and reshapes of its
+ * element count (lowRankTarget), so its element at the product's (row, col) is its flat element
+ * row·n + col when its last dim is n.
+ */
+export function tileBranch(
+  graph: Graph,
+  id: number,
+  product: { m: number; n: number },
+  isBuffer: (node: number) => boolean,
+  packedOf: (node: number) => number | undefined,
+): TileBranch | undefined {
+  const node = graph.node(id);
+  if (node.op.kind !== "matmul" || node.dtype !== "f32") return undefined;
+  const { transA, transB } = node.op as { transA: boolean; transB: boolean };
+  const { m, n } = product;
+  const rank = innerDim(graph, id);
+  if (transA || node.shape[node.shape.length - 1] !== n || numel(node.shape) !== m * n)
+    return undefined;
+  const buffer = (x: number): number | undefined => {
+    while (!isBuffer(x) && graph.node(x).op.kind === "reshape") x = graph.node(x).inputs[0]!;
+    return isBuffer(x) && !packedOf(x) && graph.node(x).dtype === "f32" ? x : undefined;
+  };
+  const down = buffer(node.inputs[0]!);
+  const upNode = graph.node(node.inputs[1]!);
+  const up = buffer(upNode.id);
+  // up shared by every row: [n, rank] or [rank, n] behind leading 1s
+  const upShape = upNode.shape.filter((d, i) => d !== 1 || i >= upNode.shape.length - 2);
+  const upOk =
+    upShape.length === 2 && upShape[transB ? 0 : 1] === n && upShape[transB ? 1 : 0] === rank;
+  if (down === undefined || up === undefined || !upOk) return undefined;
+  return { node: id, down, up, rank, upTrans: transB };
+}
