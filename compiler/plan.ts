@@ -138,6 +138,14 @@ export interface PlanTarget {
   matmulParams?: (shape: MatmulShape) => MatmulParams;
   /** Fuse low-rank branches up to this inner dim into epilogues (default LOW_RANK_MAX). */
   lowRankMax?: number;
+  /**
+   * Fused low-rank branches run in the matmul's tile (MatmulBranch) where their operands allow
+   * (default); false: as a loop per output element in the epilogue (the old form, for
+   * bench/branch.ts's comparison).
+   */
+  lowRankTile?: boolean;
+  /** Fuse branches the tile cannot compute, as a per-element loop, up to this inner dim. */
+  lowRankLoopMax?: number;
 }
 
 /** One entry's kernel groups, and what it reads. */
@@ -158,10 +166,11 @@ export function fuseEntries(
   program: GraphProgram,
   limits: PlanLimits,
   lowRankMax?: number,
+  lowRankLoopMax?: number,
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
   const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
-  const key = `${maxBindings}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const key = `${maxBindings}|${lowRankMax}|${lowRankLoopMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
@@ -174,6 +183,7 @@ export function fuseEntries(
       {
         maxBindings,
         ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+        ...(lowRankLoopMax !== undefined ? { lowRankLoopMax } : {}),
         ...(packed.size ? { packed } : {}),
       },
     );
@@ -323,7 +333,16 @@ export function emitKernels(
     );
     const dispatches: number[] = [];
     for (const g of groups) {
-      const made = groupKernels(graph, g, isBuffer, bufferOf, scratch, chooseMatmul, packedOf);
+      const made = groupKernels(
+        graph,
+        g,
+        isBuffer,
+        bufferOf,
+        scratch,
+        chooseMatmul,
+        packedOf,
+        target.lowRankTile ?? true,
+      );
       for (const k of made) {
         if (k.bindings.length > maxBindings)
           throw new BindingLimitError(
@@ -414,6 +433,7 @@ export function groupKernels(
   scratch: Map<number, number[]>,
   chooseMatmul: (shape: MatmulShape) => MatmulParams,
   packedOf: PackedOf = () => undefined,
+  lowRankTile = true,
 ): KernelSource[] {
   const common = { graph, output: g.output, nodes: g.nodes, isBuffer, bufferOf, packedOf };
   // Packed buffers are read through an emitter's loads (BindingTable.load), which unpack them;
@@ -442,11 +462,12 @@ export function groupKernels(
         ...(isBuffer(g.b.node) ? {} : { b: g.b.node }),
       };
       // Low-rank branches the kernel's tile computes (the rest loop per element in the epilogue).
-      const branches = g.foldBatch
-        ? []
-        : (g.lowRank ?? [])
-            .map((id) => tileBranch(graph, id, shape, isBuffer, packedOf))
-            .filter((b): b is TileBranch => b !== undefined);
+      const branches =
+        g.foldBatch || !lowRankTile
+          ? []
+          : (g.lowRank ?? [])
+              .map((id) => tileBranch(graph, id, shape, isBuffer, packedOf))
+              .filter((b): b is TileBranch => b !== undefined);
       const fused =
         g.epilogue.length || prologue.a !== undefined || prologue.b !== undefined
           ? matmulFusionCode(

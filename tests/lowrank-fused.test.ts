@@ -8,6 +8,7 @@ import type { GraphProgram, MatmulParams, ProgramInput, Tensor } from "../compil
 import { planStep } from "../compiler/compile.js";
 import { deviceTarget } from "../cli/target.js";
 import { matmulCandidates } from "../compiler/kernels/matmul.js";
+import { fuse } from "../compiler/fuse/index.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 
@@ -117,4 +118,41 @@ describe("the low-rank branch in the matmul's tile", () => {
     for (const p of matmulCandidates(shape, new Set(device.features)))
       await check(67, 96, 52, 8, p);
   }, 600_000); // lavapipe compiles each candidate's kernels (a fraction of a second each)
+});
+
+/** y = x·Wᵀ + 2·(x·Aᵀ)·Bᵀ, B's transpose a flag of the matmul or (`view`) a transpose node. */
+function branchGraph(rank: number, view: boolean) {
+  const b = new Builder();
+  const x = b.input("data", "x", [64, 96]);
+  const w = b.input("param", "w", [52, 96]);
+  const a = b.input("param", "a", [rank, 96]);
+  const up = b.input("param", "b", [52, rank]);
+  const down = b.matmul(x, a, { transB: true });
+  const branch = view ? b.matmul(down, b.transpose(up)) : b.matmul(down, up, { transB: true });
+  const y = b.binary(
+    "add",
+    b.matmul(x, w, { transB: true }),
+    b.binary("mul", branch, b.constant(2)),
+  );
+  return { graph: b.graph, y };
+}
+
+describe("fused or unfused: the low-rank cost model", () => {
+  const kernels = (rank: number, view: boolean, lowRankLoopMax?: number) => {
+    const { graph, y } = branchGraph(rank, view);
+    const options = lowRankLoopMax === undefined ? {} : { lowRankLoopMax };
+    return fuse(graph, [y], options).groups.length;
+  };
+
+  it("fuses a branch the tile computes at every rank up to 64, even where the per-element loop is off (lavapipe)", () => {
+    for (const rank of [1, 8, 16, 64]) expect(kernels(rank, false, 0)).toBe(2);
+    expect(kernels(65, false)).toBe(3); // over LOW_RANK_MAX: a kernel of its own
+  });
+
+  it("fuses a branch the tile cannot compute (an operand that is a view) only up to the loop's cap", () => {
+    expect(kernels(8, true)).toBe(2); // default: the loop's cap is LOW_RANK_MAX
+    expect(kernels(8, true, 0)).toBe(3); // lavapipe: the loop costs more than the kernel it saves
+    expect(kernels(8, true, 8)).toBe(2);
+    expect(kernels(16, true, 8)).toBe(3);
+  });
 });
