@@ -98,7 +98,9 @@ function branchOperands(
   const up = storedOperand(graph, node.inputs[1]!, stored);
   if (!down || down.flipped || !up) return undefined;
   const downShape = graph.node(down.node).shape;
-  const upShape = core(graph.node(up.node).shape);
+  // the stored up's last two dims, behind leading 1s only (its rank dim may be 1 itself)
+  const upStored = graph.node(up.node).shape;
+  const upShape = upStored.slice(0, -2).every((d) => d === 1) ? upStored.slice(-2) : [];
   const upTrans = (node.op as { transB: boolean }).transB !== up.flipped;
   const upOk =
     upShape.length === 2 && upShape[upTrans ? 0 : 1] === n && upShape[upTrans ? 1 : 0] === rank;
