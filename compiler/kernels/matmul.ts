@@ -322,6 +322,13 @@ function branchMode(shape: MatmulShape, p: MatmulParams, br: BranchForm): Branch
   return shape.n % 4 === 0 && p.colsPerThread % 4 === 0 ? "n4" : "scalar";
 }
 
+/** `, lr0: type, …`: the branches' values as parameters of the store and epilogue functions. */
+const lrParams = (branches: readonly BranchForm[], type: string) =>
+  branches.map((_, i) => `, lr${i}: ${type}`).join("");
+/** `, lr0.x, …`: those parameters passed on (one lane of each with `lane`). */
+const lrArgs = (branches: readonly BranchForm[], lane: string) =>
+  branches.map((_, i) => `, lr${i}${lane}`).join("");
+
 /** `, mm_branch0(row, col), …`: the branches' values at one element, computed the plain way. */
 function branchCalls(c: Ctx, row: string, col: string): string {
   return c.branches.map((_, i) => `, mm_branch${i}(${row}, ${col})`).join("");
@@ -478,6 +485,8 @@ function cachedMatmulCode(
   half: { a?: boolean; b?: boolean },
   branches: readonly MatmulBranch[],
 ): MatmulCode {
+  if (branches.length && shape.batch !== 1)
+    throw new Error("matmul: low-rank branches need batch 1");
   const forms = branches.map((br) => ({ rank: br.rank, upTrans: br.upTrans }));
   const key = JSON.stringify([
     shape,
@@ -518,7 +527,6 @@ function matmulCode(
   branches: readonly BranchForm[] = [],
 ): MatmulCode {
   const { batch, m, n, k } = shape;
-  if (branches.length && batch !== 1) throw new Error("matmul: low-rank branches need batch 1");
   for (const [name, v] of Object.entries({ batch, m, n, k }))
     if (!Number.isInteger(v) || v < 1) throw new Error(`matmul ${name} must be ≥ 1, got ${v}`);
   validateMatmulParams(p);
@@ -563,8 +571,6 @@ function matmulCode(
     v4 && (p.variant === "register" || p.variant === "subgroup") && C % 4 === 0 && n % 4 === 0;
   const branchModes = branches.map((br) => branchMode(shape, p, br));
   const c: Ctx = { shape, p, M: m, N: n, K: k, outVec, branches, branchModes };
-  const lrParams = (type: string) => branches.map((_, i) => `, lr${i}: ${type}`).join("");
-  const lrArgs = (lane: string) => branches.map((_, i) => `, lr${i}${lane}`).join("");
 
   const epilogue = fusion?.epilogue;
   const layout = `${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}`;
@@ -578,27 +584,27 @@ function matmulCode(
       ? `fn mm_b_at(i: u32) -> f32 { _ = &mm_b; return ${proB}; }`
       : `fn mm_b_at(i: u32) -> f32 { return ${bVec ? "mm_b[i >> 2u][i & 3u]" : "mm_b[i]"}; }`,
     ...branchFunctions(c),
-    `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32${lrParams("f32")}) -> f32 {`,
+    `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32${lrParams(branches, "f32")}) -> f32 {`,
     `  return ${epilogue?.expression ?? "acc"};`,
     `}`,
     ...(outVec
       ? [
           `/** Columns col..col+3 (col a multiple of 4, n of 4: all inside or all outside). */`,
-          `fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>${lrParams("vec4<f32>")}) {`,
+          `fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>${lrParams(branches, "vec4<f32>")}) {`,
           `  if (row < ${u(m)} && col < ${u(n)}) {`,
           `    mm_out[(batch * ${u(m * n)} + row * ${u(n)} + col) >> 2u] = vec4<f32>(`,
           ...[0, 1, 2, 3].map(
             (j) =>
-              `      mm_epilogue(acc.${LANE[j]}, row, col${j ? ` + ${u(j)}` : ""}, batch${lrArgs(`.${LANE[j]}`)})${j < 3 ? "," : ""}`,
+              `      mm_epilogue(acc.${LANE[j]}, row, col${j ? ` + ${u(j)}` : ""}, batch${lrArgs(branches, `.${LANE[j]}`)})${j < 3 ? "," : ""}`,
           ),
           `    );`,
           `  }`,
           `}`,
         ]
       : [
-          `fn mm_store(batch: u32, row: u32, col: u32, acc: f32${lrParams("f32")}) {`,
+          `fn mm_store(batch: u32, row: u32, col: u32, acc: f32${lrParams(branches, "f32")}) {`,
           `  if (row < ${u(m)} && col < ${u(n)}) {`,
-          `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch${lrArgs("")});`,
+          `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch${lrArgs(branches, "")});`,
           `  }`,
           `}`,
         ]),
@@ -925,7 +931,6 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
     L.push(`}`);
   }
 
-  c.branches.forEach((_, i) => L.push(...branchLoop(c, i, G, cw)));
   L.push(...tiledStores(c, G, cw));
   return { builtins, body: L };
 }
@@ -996,12 +1001,14 @@ function loadPackedB(
 }
 
 /**
- * The register and subgroup tiles' stores, through a small loop: one bounds check and epilogue in
- * the code, not R·C copies. Accumulator acc{r}_{g} holds row r, columns g·cw.. of the tile.
+ * The register and subgroup tiles' low-rank branch steps (branchLoop), then their stores, through
+ * a small loop: one bounds check and epilogue in the code, not R·C copies. Accumulator acc{r}_{g}
+ * holds row r, columns g·cw.. of the tile (lb{i}_{r}_{g} branch i's).
  */
 function tiledStores(c: Ctx, G: number, cw: number): string[] {
   const R = c.p.rowsPerThread;
-  const L: string[] = [];
+  // first the low-rank branches' steps, whose accumulators the stores hand to the epilogue
+  const L: string[] = c.branches.flatMap((_, i) => branchLoop(c, i, G, cw));
   const accs: string[] = [];
   for (let r = 0; r < R; r++) for (let g = 0; g < G; g++) accs.push(`acc${r}_${g}`);
   L.push(`for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
