@@ -13,8 +13,8 @@
 // too. The outputs of the two are compared once per shape.
 //
 // Then (unless --no-branch) the fused-branch overhead table: the base GEMM tokens × 1024 × 1024
-// alone and with a rank-8/16/64 low-rank branch fused or unfused, at 576 and 4096 tokens
-// (bench/branch.ts).
+// alone and with a rank-8/16/64 low-rank branch fused in the matmul's tile, fused as the old
+// per-element loop, or unfused, at 576 and 4096 tokens (bench/branch.ts).
 
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";

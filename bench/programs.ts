@@ -13,6 +13,8 @@ export interface TimedProgram {
   program: GraphProgram;
   feeds: ReadonlyMap<string, Tensor>;
   lowRankMax?: number;
+  /** false: fused low-rank branches as the epilogue's per-element loop (PlanTarget.lowRankTile). */
+  lowRankTile?: boolean;
 }
 
 export interface ProgramTimes {
@@ -50,7 +52,10 @@ export async function timePrograms(
       autotune: false,
       ...(p.lowRankMax !== undefined ? { lowRankMax: p.lowRankMax } : {}),
     });
-    const plan = planStep(p.program, target);
+    const plan = planStep(p.program, {
+      ...target,
+      ...(p.lowRankTile === false ? { lowRankTile: false } : {}),
+    });
     device.load(p.program, plan);
     loaded.push({ ...p, plan, cpu: [], wall: [] });
   }

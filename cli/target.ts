@@ -96,34 +96,40 @@ export interface TargetOptions {
 }
 
 /**
- * The target of `device` for these programs: its limits and features, and with `autotune` the
- * tuned parameters of every large matmul the programs run (tuned now when not cached).
- */
-/**
  * The matmuls worth tuning for `programs` planned for `target`: those of the fusion the plan will
- * make (with the target's low-rank limit: on lavapipe the LoRA branches are matmuls of their own).
+ * make (with the target's low-rank limits: a branch left unfused is a matmul of its own).
  */
 export function tuningShapes(programs: readonly GraphProgram[], target: PlanTarget) {
   return programs
-    .flatMap((p) => matmulShapes(p, fuseEntries(p, target.limits, target.lowRankMax)))
+    .flatMap((p) =>
+      matmulShapes(p, fuseEntries(p, target.limits, target.lowRankMax, target.lowRankLoopMax)),
+    )
     .filter((shape) => !isSmallMatmul(shape) && tunable(shape, target.limits));
 }
 
+/**
+ * The target of `device` for these programs: its limits and features, and with `autotune` the
+ * tuned parameters of every large matmul the programs run (tuned now when not cached).
+ */
 export async function deviceTarget(
   device: WebGpuDevice,
   programs: readonly GraphProgram[],
   options: TargetOptions,
 ): Promise<PlanTarget> {
-  // On a software adapter the LoRA branch fused into the base matmul's epilogue (a short loop per
-  // output element) costs more than the kernel it saves: `node dist/bench/step-cpu.js
-  // examples/lora_finetune.lrk --low-rank-max 64 | 0` measured 110 vs 89 ms of worker CPU per
-  // step on lavapipe. GPUs keep the fusion (not measured here).
-  const lowRankMax = options.lowRankMax ?? (isSoftwareAdapter(device.summary) ? 0 : undefined);
+  // On a software adapter a LoRA branch fused as the epilogue's per-element loop over the rank costs
+  // more than the kernel it saves (`node dist/bench/step-cpu.js examples/lora_finetune.lrk
+  // --low-rank-max 64 | 0` measured 110 vs 89 ms of worker CPU per step on lavapipe), while the
+  // branch fused in the matmul's tile costs about its FLOP share (bench/branch.ts): there only
+  // branches the tile computes are fused (compiler/fuse/low-rank.ts). GPUs keep both (not
+  // measured here).
+  const lowRankMax = options.lowRankMax;
+  const lowRankLoopMax = isSoftwareAdapter(device.summary) ? 0 : undefined;
   const base: PlanTarget = {
     limits: device.limits(),
     features: device.features,
     adapter: device.summary,
     ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+    ...(lowRankLoopMax !== undefined ? { lowRankLoopMax } : {}),
   };
   if (!options.autotune) return base;
   const features = new Set(device.features);

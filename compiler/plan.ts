@@ -13,6 +13,7 @@
 // Entries share the input buffers and the pool of activation/scratch buffers (entries never run
 // at the same time); each entry's outputs have buffers of their own, so they survive the run.
 import { fuse, type KernelGroup } from "./fuse/index.js";
+import { tileBranch, type TileBranch } from "./fuse/low-rank.js";
 import { numel, type DType, type Graph } from "./ir.js";
 import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";
@@ -148,6 +149,14 @@ export interface PlanTarget {
   matmulParams?: (shape: MatmulShape) => MatmulParams;
   /** Fuse low-rank branches up to this inner dim into epilogues (default LOW_RANK_MAX). */
   lowRankMax?: number;
+  /**
+   * Fused low-rank branches run in the matmul's tile (MatmulBranch) where their operands allow
+   * (default); false: as a loop per output element in the epilogue (the old form, for
+   * bench/branch.ts's comparison).
+   */
+  lowRankTile?: boolean;
+  /** Fuse branches the tile cannot compute, as a per-element loop, up to this inner dim. */
+  lowRankLoopMax?: number;
 }
 
 /** One entry's kernel groups, and what it reads. */
@@ -168,10 +177,11 @@ export function fuseEntries(
   program: GraphProgram,
   limits: PlanLimits,
   lowRankMax?: number,
+  lowRankLoopMax?: number,
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
   const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
-  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${lowRankLoopMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
@@ -186,6 +196,7 @@ export function fuseEntries(
         maxBindings,
         ...(bindingsOf ? { bindingsOf } : {}),
         ...(lowRankMax !== undefined ? { lowRankMax } : {}),
+        ...(lowRankLoopMax !== undefined ? { lowRankLoopMax } : {}),
         ...(packed.size ? { packed } : {}),
       },
     );
@@ -369,7 +380,16 @@ export function emitKernels(
     );
     const dispatches: number[] = [];
     for (const g of groups) {
-      const made = groupKernels(graph, g, isBuffer, bufferOf, scratch, chooseMatmul, packedOf);
+      const made = groupKernels(
+        graph,
+        g,
+        isBuffer,
+        bufferOf,
+        scratch,
+        chooseMatmul,
+        packedOf,
+        target.lowRankTile ?? true,
+      );
       for (const k of made.map((k) => splitBindings(k, chunksOf))) {
         if (k.bindings.length > maxBindings)
           throw new BindingLimitError(
@@ -477,6 +497,7 @@ export function groupKernels(
   scratch: Map<number, number[]>,
   chooseMatmul: (shape: MatmulShape) => MatmulParams,
   packedOf: PackedOf = () => undefined,
+  lowRankTile = true,
 ): KernelSource[] {
   const common = { graph, output: g.output, nodes: g.nodes, isBuffer, bufferOf, packedOf };
   // Packed buffers are read through an emitter's loads (BindingTable.load), which unpack them;
@@ -504,6 +525,13 @@ export function groupKernels(
         ...(isBuffer(g.a.node) ? {} : { a: g.a.node }),
         ...(isBuffer(g.b.node) ? {} : { b: g.b.node }),
       };
+      // Low-rank branches the kernel's tile computes (the rest loop per element in the epilogue).
+      const branches =
+        g.foldBatch || !lowRankTile
+          ? []
+          : (g.lowRank ?? [])
+              .map((id) => tileBranch(graph, id, shape, isBuffer, packedOf))
+              .filter((b): b is TileBranch => b !== undefined);
       const fused =
         g.epilogue.length || prologue.a !== undefined || prologue.b !== undefined
           ? matmulFusionCode(
@@ -516,6 +544,7 @@ export function groupKernels(
               g.foldBatch ?? false,
               prologue,
               packedOf,
+              branches.map((b) => b.node),
             )
           : undefined;
       // A prologue's binding holds a buffer it reads (or, if it reads none, the other operand's).
@@ -544,7 +573,20 @@ export function groupKernels(
         shape,
         params,
         { a: bufA ?? anyBuffer, b: bufB ?? anyBuffer, out: bufferOf(g.output) },
-        fused && { epilogue: fused.epilogue, prologue: fused.prologue },
+        fused && {
+          epilogue: fused.epilogue,
+          prologue: fused.prologue,
+          ...(branches.length
+            ? {
+                branches: branches.map((b) => ({
+                  rank: b.rank,
+                  upTrans: b.upTrans,
+                  down: bufferOf(b.down),
+                  up: bufferOf(b.up),
+                })),
+              }
+            : {}),
+        },
         { a: half(g.a.node), b: half(g.b.node) },
       );
       return [{ ...kernel, wgsl: `${header(graph, kernel.name, g.nodes)}\n${kernel.wgsl}` }];

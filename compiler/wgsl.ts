@@ -903,6 +903,8 @@ export function matmulFusionCode(
   foldBatch = false,
   prologue: { a?: number; b?: number } = {},
   packedOf: PackedOf = () => undefined,
+  /** Low-rank branches of the chain the template's tile computes: their values are `lr0`, …. */
+  tileBranches: readonly number[] = [],
 ): {
   epilogue: {
     expression: string;
@@ -958,11 +960,16 @@ export function matmulFusionCode(
       };
   }
   let expression = "acc";
+  const lrs = tileBranches.map((_, i) => `lr${i}`);
   if (chain.length) {
     const em = new Emitter(graph, {
       isBuffer: (id) => id !== anchor && !inChain.has(id) && isBuffer(id),
       load: (id, f) => table.load(id, f),
-      leaves: new Map([[anchor, "acc"], ...(foldBatch ? [[chain[0]!, "acc"] as const] : [])]),
+      leaves: new Map([
+        [anchor, "acc"],
+        ...(foldBatch ? [[chain[0]!, "acc"] as const] : []),
+        ...tileBranches.map((id, i) => [id, `lr${i}`] as const),
+      ]),
       loopZero: "i32(lrk_opaque_zero())",
     });
     const last = graph.node(chain[chain.length - 1]!);
@@ -973,11 +980,11 @@ export function matmulFusionCode(
     for (const h of em.helpers) helpers.add(h);
     functions.push(
       `// epilogue: ${chain.map((c) => `%${c}`).join(", ")}`,
-      `fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {`,
+      `fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32${lrs.map((l) => `, ${l}: f32`).join("")}) -> f32 {`,
       ...body.map((l) => `  ${l}`),
       `}`,
     );
-    expression = "lrk_epilogue(acc, batch, row, col)";
+    expression = `lrk_epilogue(acc, batch, row, col${lrs.map((l) => `, ${l}`).join("")})`;
   }
   const declarations = [helperCode(helpers), ...functions].filter((s) => s !== "").join("\n");
   return {

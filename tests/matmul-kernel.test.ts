@@ -230,7 +230,10 @@ async function checkLowRank(
   expect(kernels).toHaveLength(1);
   const kernel = kernels[0]!;
   expect(kernel.name, name).toContain(describeMatmulParams(params));
-  expect(kernel.wgsl).toContain(`low-rank %${group.lowRank![0]} = matmul`);
+  // the kernel computes the branch: in its tile (MatmulBranch, bindings mm_ld0 / mm_lu0) where
+  // the operands are stored matrices, else as the epilogue's per-element loop
+  const id = group.lowRank![0]!;
+  expect(kernel.wgsl).toMatch(new RegExp(`low-rank %${id} = matmul|fn mm_branch0\\(`));
   const outCount = numel(graph.shape(out));
   const feeds = new Map<number, Tensor>();
   for (const n of graph.nodes)

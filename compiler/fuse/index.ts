@@ -92,7 +92,10 @@ function fuseOnce(
 ): Omit<Fusion, "passes"> {
   const max = options.maxBindings ?? Infinity;
   const isOutput = new Set([...outputs, ...forced]);
-  const { lowRank, chains } = selectLowRank(ctx, isOutput, options.lowRankMax);
+  const { lowRank, chains } = selectLowRank(ctx, isOutput, options.lowRankMax, {
+    ...(options.lowRankLoopMax !== undefined ? { loopMax: options.lowRankLoopMax } : {}),
+    ...(options.packed ? { packed: options.packed } : {}),
+  });
   const decided = materialize(ctx, isOutput, lowRank, chains, options);
   const groups = buildGroups(ctx, chains, lowRank, decided);
   const merged = mergeMaps(ctx.graph, groups, decided.materialized, max, options.bindingsOf);

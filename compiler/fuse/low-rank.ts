@@ -31,14 +31,122 @@ function lowRankShape(graph: Graph, id: number, max: number): boolean {
   return n.op.kind === "matmul" && n.dtype === "f32" && innerDim(graph, id) <= max;
 }
 
-/** A low-rank matmul, not an output, read once by an elementwise node (or a reshape). */
+/** Shape without its leading 1s. */
+const core = (shape: readonly number[]) => {
+  const first = shape.findIndex((d) => d !== 1);
+  return first < 0 ? [] : shape.slice(first);
+};
+
+/**
+ * The tensor a low-rank matmul's operand `id` reads, through the views that keep it one matrix
+ * for every row of the product: reshapes that add or drop leading 1s, an expand over leading
+ * (batch) dims, and a swap of the last two dims (`flipped`: the stored matrix is the transpose of
+ * the logical one). `stored` says where the walk stops (a buffer); undefined when a view of another
+ * kind comes first.
+ */
+function storedOperand(
+  graph: Graph,
+  id: number,
+  stored: (node: number) => boolean,
+): { node: number; flipped: boolean } | undefined {
+  let x = id;
+  let flipped = false;
+  for (let step = 0; !stored(x); step++) {
+    const node = graph.node(x);
+    const input = node.inputs[0];
+    if (step > 8 || input === undefined) return undefined;
+    const from = graph.node(input).shape;
+    const r = node.shape.length;
+    switch (node.op.kind) {
+      case "reshape":
+        if (core(from).join() !== core(node.shape).join()) return undefined;
+        break;
+      case "expand":
+        if (from.length < 2 || from.slice(-2).join() !== node.shape.slice(-2).join())
+          return undefined;
+        break;
+      case "permute": {
+        const perm = (node.op as { perm: readonly number[] }).perm;
+        const swap = perm.every((p, i) => p === (i < r - 2 ? i : i === r - 2 ? r - 1 : r - 2));
+        if (r < 2 || !swap) return undefined;
+        flipped = !flipped;
+        break;
+      }
+      default:
+        return undefined;
+    }
+    x = input;
+  }
+  return { node: x, flipped };
+}
+
+/**
+ * Low-rank matmul `id`'s operands as the tile reads them: down [rows, rank] row-major and up
+ * stored [n, rank] (`upTrans`) or [rank, n], read through `storedOperand`; undefined where they
+ * are laid out otherwise.
+ */
+function branchOperands(
+  graph: Graph,
+  id: number,
+  stored: (node: number) => boolean,
+): { down: number; up: number; upTrans: boolean } | undefined {
+  const node = graph.node(id);
+  if (node.op.kind !== "matmul" || (node.op as { transA: boolean }).transA) return undefined;
+  const rank = innerDim(graph, id);
+  const n = node.shape[node.shape.length - 1]!;
+  const down = storedOperand(graph, node.inputs[0]!, stored);
+  const up = storedOperand(graph, node.inputs[1]!, stored);
+  if (!down || down.flipped || !up) return undefined;
+  const downShape = graph.node(down.node).shape;
+  // the stored up's last two dims, behind leading 1s only (its rank dim may be 1 itself)
+  const upStored = graph.node(up.node).shape;
+  const upShape = upStored.slice(0, -2).every((d) => d === 1) ? upStored.slice(-2) : [];
+  const upTrans = (node.op as { transB: boolean }).transB !== up.flipped;
+  const upOk =
+    upShape.length === 2 && upShape[upTrans ? 0 : 1] === n && upShape[upTrans ? 1 : 0] === rank;
+  if (!upOk || downShape[downShape.length - 1] !== rank) return undefined;
+  return { down: down.node, up: up.node, upTrans };
+}
+
+/**
+ * Whether the matmul kernel can compute low-rank matmul `id` in its tile (tileBranch, at plan
+ * time), as far as fusion can tell: its operands a matmul's output or an input (not packed),
+ * through the views `storedOperand` follows. (At plan time an f16-stored operand, a view that was
+ * not materialized, or a product the template runs batched still falls back to the per-element
+ * loop.)
+ */
+export function mayTile(graph: Graph, id: number, packed?: ReadonlySet<number>): boolean {
+  const stored = (x: number) => {
+    const kind = graph.node(x).op.kind;
+    return (kind === "input" || kind === "matmul") && !packed?.has(x);
+  };
+  return branchOperands(graph, id, stored) !== undefined;
+}
+
+/** The cost model's side of a candidate: where to fuse, and what the per-element loop may take. */
+export interface LowRankCosts {
+  /** Inner dims up to this fuse as the per-element loop where the tile cannot (default: max). */
+  loopMax?: number;
+  packed?: ReadonlySet<number>;
+}
+
+/**
+ * A low-rank matmul, not an output, read once by an elementwise node (or a reshape), whose fused
+ * form pays: the tile's (rank more k-steps of the base product: it saves the unfused form's
+ * m × n × rank product and the m × n values written and read back, so it never costs more), or
+ * the per-element loop's up to `loopMax` (2 scalar loads per FMA: on lavapipe +8 / +21 / +92 %
+ * over the base GEMM at ranks 8 / 16 / 64 where unfused costs +0.3 / +5 / +11 %, bench/branch.ts).
+ */
 function isCandidate(
   ctx: FuseContext,
   isOutput: ReadonlySet<number>,
   id: number,
   max: number,
+  costs: LowRankCosts,
 ): boolean {
   if (!lowRankShape(ctx.graph, id, max) || isOutput.has(id)) return false;
+  if (innerDim(ctx.graph, id) > (costs.loopMax ?? max) && !mayTile(ctx.graph, id, costs.packed))
+    return false;
   const cs = ctx.consumers.get(id)!;
   return cs.length === 1 && keepsElement(ctx.graph.node(cs[0]!).op.kind);
 }
@@ -91,10 +199,11 @@ export function selectLowRank(
   ctx: FuseContext,
   isOutput: ReadonlySet<number>,
   max = LOW_RANK_MAX,
+  costs: LowRankCosts = {},
 ): { lowRank: Set<number>; chains: Chains } {
   let lowRank = new Set<number>();
   for (const id of ctx.chainAnchors) {
-    if (!isCandidate(ctx, isOutput, id, max)) continue;
+    if (!isCandidate(ctx, isOutput, id, max, costs)) continue;
     const skip = (x: number) => x === id || lowRank.has(x);
     const local = buildChains(ctx, isOutput, ctx.anchorsNear(id), skip);
     if (wideTarget(ctx, id, isOutput, local) !== undefined) lowRank.add(id);
@@ -109,4 +218,46 @@ export function selectLowRank(
     chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
   }
   return { lowRank, chains };
+}
+
+/**
+ * A fused low-rank branch as the matmul kernel computes it in its tile (MatmulBranch in
+ * compiler/kernels/matmul.ts): `down` [m, rank] row-major and `up` [n, rank] (`upTrans`) or
+ * [rank, n], both plain f32 buffers (through reshapes, which keep the layout).
+ */
+export interface TileBranch {
+  node: number;
+  down: number;
+  up: number;
+  rank: number;
+  upTrans: boolean;
+}
+
+/**
+ * Low-rank branch `id` of a matmul group whose template product is m × n (batch 1), as a tile
+ * branch; undefined where the epilogue keeps computing it per element (operands that are views,
+ * packed or f16 storage, a batched up-projection, transposed down-projection, a reshape that
+ * changes the rows). The branch reaches the epilogue through elementwise nodes and reshapes of its
+ * element count (lowRankTarget), so its element at the product's (row, col) is its flat element
+ * row·n + col when its last dim is n.
+ */
+export function tileBranch(
+  graph: Graph,
+  id: number,
+  product: { m: number; n: number },
+  isBuffer: (node: number) => boolean,
+  packedOf: (node: number) => number | undefined,
+): TileBranch | undefined {
+  const node = graph.node(id);
+  const { m, n } = product;
+  if (node.dtype !== "f32" || node.shape[node.shape.length - 1] !== n) return undefined;
+  if (numel(node.shape) !== m * n) return undefined;
+  const stored = (x: number) => isBuffer(x);
+  const operands = branchOperands(graph, id, stored);
+  if (!operands) return undefined;
+  const rank = innerDim(graph, id);
+  const plain = (x: number) => !packedOf(x) && graph.node(x).dtype === "f32";
+  const { down, up, upTrans } = operands;
+  if (!plain(down) || !plain(up) || numel(graph.node(down).shape) !== m * rank) return undefined;
+  return { node: id, down, up, rank, upTrans };
 }

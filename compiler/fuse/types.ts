@@ -96,6 +96,11 @@ export interface FuseOptions {
   /** Inner dims up to this make a matmul a low-rank branch of an epilogue (LOW_RANK_MAX; 0: none). */
   lowRankMax?: number;
   /**
+   * A branch the matmul's tile cannot compute (`mayTile`: its operands are views or packed) is
+   * fused, as the epilogue's per-element loop, only up to this inner dim (default lowRankMax).
+   */
+  lowRankLoopMax?: number;
+  /**
    * Input nodes stored packed (quantized values, `packedBits`): a matmul's B that multiplies one
    * (a dequantization) is read as a prologue however wide the matmul, since the template unpacks
    * it in registers (compiler/kernels/dequant.ts) rather than reading an f32 copy.

@@ -319,6 +319,37 @@ interface Ctx {
   K: number;
   /** mm_out is an array of vec4 (n % 4 == 0) written through mm_store4. */
   outVec: boolean;
+  /** The low-rank branches the kernel computes (MatmulBranch), and how each is loaded. */
+  branches: readonly BranchForm[];
+  branchModes: readonly BranchMode[];
+}
+
+/** What a branch's code depends on (its buffers do not change it). */
+type BranchForm = Pick<MatmulBranch, "rank" | "upTrans">;
+/**
+ * How a tile loads a branch: k4, vec4s along the rank of both down and up ([n, rank]); n4, down
+ * along the rank and up ([rank, n]) along n; scalar otherwise (and in the naive and shared variants,
+ * which loop per element: mm_branch).
+ */
+type BranchMode = "k4" | "n4" | "scalar";
+
+function branchMode(shape: MatmulShape, p: MatmulParams, br: BranchForm): BranchMode {
+  const tiled = p.variant === "register" || p.variant === "subgroup";
+  if (!tiled || p.vectorWidth !== 4 || br.rank % 4 !== 0) return "scalar";
+  if (br.upTrans) return "k4";
+  return shape.n % 4 === 0 && p.colsPerThread % 4 === 0 ? "n4" : "scalar";
+}
+
+/** `, lr0: type, …`: the branches' values as parameters of the store and epilogue functions. */
+const lrParams = (branches: readonly BranchForm[], type: string) =>
+  branches.map((_, i) => `, lr${i}: ${type}`).join("");
+/** `, lr0.x, …`: those parameters passed on (one lane of each with `lane`). */
+const lrArgs = (branches: readonly BranchForm[], lane: string) =>
+  branches.map((_, i) => `, lr${i}${lane}`).join("");
+
+/** `, mm_branch0(row, col), …`: the branches' values at one element, computed the plain way. */
+function branchCalls(c: Ctx, row: string, col: string): string {
+  return c.branches.map((_, i) => `, mm_branch${i}(${row}, ${col})`).join("");
 }
 
 /** Scalar element index of A(row, l) / B(l, col) within the batch at aOff / bOff. */
@@ -344,6 +375,26 @@ type BMode = "n4" | "k4" | "scalar" | "packedK" | "packedN";
  */
 export interface MatmulKernelFusion extends MatmulFusion {
   prologue?: { a?: string; b?: string; dequantB?: PackedOperandCode };
+  /** Low-rank branches the tile computes beside its product (see MatmulBranch). */
+  branches?: readonly MatmulBranch[];
+}
+
+/**
+ * A low-rank branch computed by the matmul kernel itself: value(row, col) = Σ_l down[row·rank + l]
+ * · up(l, col), `down` a [m, rank] buffer (the down-projection X·L2ᵀ, computed once by a kernel of
+ * its own), `up` stored [n, rank] (`upTrans`, LoRA's L1) or [rank, n]. Register and subgroup tiles
+ * run it as `rank` more steps of their k-loop on accumulators of their own (the tile's register
+ * blocking, vec4 loads and broadcasts: per step R + C/8 loads for R·C FMAs, where the epilogue's
+ * per-element loop made 2 scalar loads per FMA); the other variants loop per element. Branch i's
+ * value reaches the epilogue expression as `lr{i}` (`lrk_epilogue(…, lr0)`): whatever lies
+ * between the branch and the sum (a scale, a mask) stays in the epilogue.
+ */
+export interface MatmulBranch {
+  rank: number;
+  upTrans: boolean;
+  /** The plan buffers of `down` and `up`. */
+  down: number;
+  up: number;
 }
 
 /**
@@ -407,7 +458,8 @@ export function matmulKernel(
   half: { a?: boolean; b?: boolean } = {},
 ): KernelSource {
   const epilogue = fusion?.epilogue;
-  const code = cachedMatmulCode(shape, p, fusion?.prologue, epilogue?.expression, half);
+  const branches = fusion?.branches ?? [];
+  const code = cachedMatmulCode(shape, p, fusion?.prologue, epilogue?.expression, half, branches);
   return renderKernel({
     ...code.spec,
     dispatch: [...code.spec.dispatch],
@@ -415,6 +467,20 @@ export function matmulKernel(
       { name: "mm_a", type: code.types.a, buffer: bindings.a, access: "read" },
       { name: "mm_b", type: code.types.b, buffer: bindings.b, access: "read" },
       { name: "mm_out", type: code.types.out, buffer: bindings.out, access: "read_write" },
+      ...branches.flatMap((br, i) => [
+        {
+          name: `mm_ld${i}`,
+          type: code.types.branches[i]!,
+          buffer: br.down,
+          access: "read" as const,
+        },
+        {
+          name: `mm_lu${i}`,
+          type: code.types.branches[i]!,
+          buffer: br.up,
+          access: "read" as const,
+        },
+      ]),
       ...(epilogue?.bindings ?? []),
     ],
     declarations: [epilogue?.declarations ?? "", ...code.spec.declarations],
@@ -424,8 +490,8 @@ export function matmulKernel(
 /** A matmul kernel's code but for its bindings and its epilogue's declarations. */
 interface MatmulCode {
   spec: KernelSpec & { declarations: readonly string[] };
-  /** The element types of the A, B and out bindings. */
-  types: { a: string; b: string; out: string };
+  /** The element types of the A, B and out bindings, and of each branch's two. */
+  types: { a: string; b: string; out: string; branches: string[] };
 }
 
 /**
@@ -448,7 +514,11 @@ function cachedMatmulCode(
   prologue: MatmulKernelFusion["prologue"],
   expression: string | undefined,
   half: { a?: boolean; b?: boolean },
+  branches: readonly MatmulBranch[],
 ): MatmulCode {
+  if (branches.length && shape.batch !== 1)
+    throw new Error("matmul: low-rank branches need batch 1");
+  const forms = branches.map((br) => ({ rank: br.rank, upTrans: br.upTrans }));
   const key = JSON.stringify([
     shape,
     p,
@@ -458,6 +528,7 @@ function cachedMatmulCode(
     expression,
     !!half.a,
     !!half.b,
+    forms,
   ]);
   let code = matmulCodes.get(key);
   if (code) matmulCodeCounts.reused++;
@@ -472,6 +543,7 @@ function cachedMatmulCode(
         ...(expression !== undefined ? { epilogue: { expression } } : {}),
       },
       half,
+      forms,
     );
     matmulCodes.set(key, code);
   }
@@ -483,6 +555,7 @@ function matmulCode(
   p: MatmulParams,
   fusion: { prologue?: MatmulKernelFusion["prologue"]; epilogue?: { expression: string } },
   half: { a?: boolean; b?: boolean },
+  branches: readonly BranchForm[] = [],
 ): MatmulCode {
   const { batch, m, n, k } = shape;
   for (const [name, v] of Object.entries({ batch, m, n, k }))
@@ -535,7 +608,8 @@ function matmulCode(
   // lavapipe instead of four: ~10% of a 576×512×128 product).
   const outVec =
     v4 && (p.variant === "register" || p.variant === "subgroup") && C % 4 === 0 && n % 4 === 0;
-  const c: Ctx = { shape, p, M: m, N: n, K: k, outVec };
+  const branchModes = branches.map((br) => branchMode(shape, p, br));
+  const c: Ctx = { shape, p, M: m, N: n, K: k, outVec, branches, branchModes };
 
   const epilogue = fusion?.epilogue;
   const layout = `${shape.transA ? "T" : "N"}${shape.transB ? "T" : "N"}`;
@@ -548,27 +622,28 @@ function matmulCode(
     proB
       ? `fn mm_b_at(i: u32) -> f32 { _ = &mm_b; return ${proB}; }`
       : `fn mm_b_at(i: u32) -> f32 { return ${bVec ? "mm_b[i >> 2u][i & 3u]" : "mm_b[i]"}; }`,
-    `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32) -> f32 {`,
+    ...branchFunctions(c),
+    `fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32${lrParams(branches, "f32")}) -> f32 {`,
     `  return ${epilogue?.expression ?? "acc"};`,
     `}`,
     ...(outVec
       ? [
           `/** Columns col..col+3 (col a multiple of 4, n of 4: all inside or all outside). */`,
-          `fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>) {`,
+          `fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>${lrParams(branches, "vec4<f32>")}) {`,
           `  if (row < ${u(m)} && col < ${u(n)}) {`,
           `    mm_out[(batch * ${u(m * n)} + row * ${u(n)} + col) >> 2u] = vec4<f32>(`,
           ...[0, 1, 2, 3].map(
             (j) =>
-              `      mm_epilogue(acc.${LANE[j]}, row, col${j ? ` + ${u(j)}` : ""}, batch)${j < 3 ? "," : ""}`,
+              `      mm_epilogue(acc.${LANE[j]}, row, col${j ? ` + ${u(j)}` : ""}, batch${lrArgs(branches, `.${LANE[j]}`)})${j < 3 ? "," : ""}`,
           ),
           `    );`,
           `  }`,
           `}`,
         ]
       : [
-          `fn mm_store(batch: u32, row: u32, col: u32, acc: f32) {`,
+          `fn mm_store(batch: u32, row: u32, col: u32, acc: f32${lrParams(branches, "f32")}) {`,
           `  if (row < ${u(m)} && col < ${u(n)}) {`,
-          `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch);`,
+          `    mm_out[batch * ${u(m * n)} + row * ${u(n)} + col] = mm_epilogue(acc, row, col, batch${lrArgs(branches, "")});`,
           `  }`,
           `}`,
         ]),
@@ -656,7 +731,12 @@ function matmulCode(
   };
   return {
     spec,
-    types: { a: stored(aVec, half.a), b: stored(bVec, half.b), out: vec(outVec) },
+    types: {
+      a: stored(aVec, half.a),
+      b: stored(bVec, half.b),
+      out: vec(outVec),
+      branches: branchModes.map((mode) => vec(mode !== "scalar")),
+    },
   };
 }
 
@@ -689,7 +769,7 @@ function naiveBody(c: Ctx): Entry {
     builtins: { gid: "global_invocation_id" },
     body: [
       `if (gid.y < ${u(c.M)} && gid.x < ${u(c.N)}) {`,
-      `  mm_store(gid.z, gid.y, gid.x, mm_dot(gid.z, gid.y, gid.x));`,
+      `  mm_store(gid.z, gid.y, gid.x, mm_dot(gid.z, gid.y, gid.x)${branchCalls(c, "gid.y", "gid.x")});`,
       `}`,
     ],
   };
@@ -1080,24 +1160,37 @@ function packedSharedB(
 }
 
 /**
- * The register and subgroup tiles' stores, through a small loop: one bounds check and epilogue in
- * the code, not R·C copies. Accumulator acc{r}_{g} holds row r, columns g·cw.. of the tile.
+ * The register and subgroup tiles' low-rank branch steps (branchLoop), then their stores, through
+ * a small loop: one bounds check and epilogue in the code, not R·C copies. Accumulator acc{r}_{g}
+ * holds row r, columns g·cw.. of the tile (lb{i}_{r}_{g} branch i's).
  */
 function tiledStores(c: Ctx, G: number, cw: number): string[] {
   const R = c.p.rowsPerThread;
-  const L: string[] = [];
+  // first the low-rank branches' steps, whose accumulators the stores hand to the epilogue
+  const L: string[] = c.branches.flatMap((_, i) => branchLoop(c, i, G, cw));
   const accs: string[] = [];
   for (let r = 0; r < R; r++) for (let g = 0; g < G; g++) accs.push(`acc${r}_${g}`);
   L.push(`for (var i = lrk_zero; i < ${u(R * G)}; i++) {`);
   L.push(`  let row = row0 + i / ${u(G)};`);
   L.push(`  let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
   L.push(...pick("v", accs, "  "));
+  c.branches.forEach((_, b) =>
+    L.push(
+      ...pick(
+        `w${b}`,
+        accs.map((a) => `lb${b}_${a.slice(3)}`),
+        "  ",
+      ),
+    ),
+  );
+  const ws = (lane: string) => c.branches.map((_, b) => `, w${b}${lane}`).join("");
   if (c.outVec) {
-    L.push(`  mm_store4(batch, row, col, v);`);
+    L.push(`  mm_store4(batch, row, col, v${ws("")});`);
   } else if (cw === 4) {
-    for (let j = 0; j < 4; j++) L.push(`  mm_store(batch, row, col + ${u(j)}, v.${LANE[j]});`);
+    for (let j = 0; j < 4; j++)
+      L.push(`  mm_store(batch, row, col + ${u(j)}, v.${LANE[j]}${ws(`.${LANE[j]}`)});`);
   } else {
-    L.push(`  mm_store(batch, row, col, v);`);
+    L.push(`  mm_store(batch, row, col, v${ws("")});`);
   }
   L.push(`}`);
   return L;
@@ -1121,13 +1214,16 @@ function subgroupFallback(c: Ctx, lanes: number): string[] {
     L.push(`    let col = col0 + (i % ${u(G)}) * 4u;`);
     L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
     const dots = [0, 1, 2, 3].map((j) => `mm_dot(batch, row, col + ${u(j)})`);
-    L.push(`      mm_store4(batch, row, col, vec4<f32>(${dots.join(", ")}));`);
+    const lrs = c.branches.map((_, b) => `, mm_branch4_${b}(row, col)`);
+    L.push(`      mm_store4(batch, row, col, vec4<f32>(${dots.join(", ")})${lrs.join("")});`);
   } else {
     L.push(`  for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
     L.push(`    let row = row0 + i / ${u(C)};`);
     L.push(`    let col = col0 + i % ${u(C)};`);
     L.push(`    if (row < ${u(M)} && col < ${u(N)}) {`);
-    L.push(`      mm_store(batch, row, col, mm_dot(batch, row, col));`);
+    L.push(
+      `      mm_store(batch, row, col, mm_dot(batch, row, col)${branchCalls(c, "row", "col")});`,
+    );
   }
   L.push(`    }`);
   L.push(`  }`);
@@ -1245,7 +1341,7 @@ function sharedBody(
   L.push(`  let row = tileRow + lid.y + (i / ${u(C)}) * ${u(WY)};`);
   L.push(`  let col = tileCol + lid.x + (i % ${u(C)}) * ${u(WX)};`);
   L.push(...pick("v", accs, "  "));
-  L.push(`  mm_store(batch, row, col, v);`);
+  L.push(`  mm_store(batch, row, col, v${branchCalls(c, "row", "col")});`);
   L.push(`}`);
   return {
     builtins: { wg: "workgroup_id", lid: "local_invocation_id", lidx: "local_invocation_index" },
@@ -1255,4 +1351,132 @@ function sharedBody(
       `var<workgroup> mm_tile_b: array<f32, ${TK * TN}>; // [kk][col]`,
     ],
   };
+}
+
+/**
+ * Branch i's loads (`mm_ld{i}_at`, `mm_lu{i}_at`: one element at a flat index) and its value at
+ * one element the plain way (`mm_branch{i}`, row and column clamped into the matrix), for the
+ * variants that loop per element and the subgroup tile's fallback.
+ */
+function branchFunctions(c: Ctx): string[] {
+  const { M, N } = c;
+  return c.branches.flatMap(({ rank, upTrans }, i) => {
+    const vec = c.branchModes[i] !== "scalar";
+    const at = (name: string) =>
+      `fn ${name}_at(i: u32) -> f32 { return ${vec ? `${name}[i >> 2u][i & 3u]` : `${name}[i]`}; }`;
+    const up = upTrans ? `c * ${u(rank)} + l` : `l * ${u(N)} + c`;
+    const up4 = [0, 1, 2, 3].map((j) =>
+      upTrans ? `(c + ${u(j)}) * ${u(rank)} + l` : `l * ${u(N)} + c + ${u(j)}`,
+    );
+    return [
+      at(`mm_ld${i}`),
+      at(`mm_lu${i}`),
+      `/** Low-rank branch ${i} at one element: Σ_l down[row, l]·up(l, col), rank ${rank}. */`,
+      `fn mm_branch${i}(row: u32, col: u32) -> f32 {`,
+      `  let r = min(row, ${u(M - 1)});`,
+      `  let c = min(col, ${u(N - 1)});`,
+      `  var s = 0.0;`,
+      `  for (var l = lrk_opaque_zero(); l < ${u(rank)}; l++) {`,
+      `    s += mm_ld${i}_at(r * ${u(rank)} + l) * mm_lu${i}_at(${up});`,
+      `  }`,
+      `  return s;`,
+      `}`,
+      ...(c.outVec
+        ? [
+            `/** mm_branch${i} at columns col..col+3 (n a multiple of 4), in one loop. */`,
+            `fn mm_branch4_${i}(row: u32, col: u32) -> vec4<f32> {`,
+            `  let r = min(row, ${u(M - 1)});`,
+            `  let c = min(col, ${u(N - 4)});`,
+            `  var s = vec4<f32>();`,
+            `  for (var l = lrk_opaque_zero(); l < ${u(rank)}; l++) {`,
+            `    let d = mm_ld${i}_at(r * ${u(rank)} + l);`,
+            `    s += d * vec4<f32>(${up4.map((x) => `mm_lu${i}_at(${x})`).join(", ")});`,
+            `  }`,
+            `  return s;`,
+            `}`,
+          ]
+        : []),
+    ];
+  });
+}
+
+/**
+ * The register and subgroup tiles' loop over branch i's rank: the same tile as the product's
+ * (rows rr{r}, columns cc{j}), on accumulators lb{i}_{r}_{g} of its own. Down's rows are loaded as
+ * vec4s along the rank; up's columns as vec4s along the rank (k4: in a subgroup each of 8 lanes
+ * loads distinct columns and broadcasts them, as the product's B stored transposed) or along n
+ * (n4: in a subgroup lane q loads column group q % G and broadcasts it). The 4 steps of each vec4
+ * are unrolled (blocks with a constant `kk`): a loop indexing the vectors measured +17.8 % over
+ * the base GEMM vs +14.5 % unrolled (576 × 1024 × 1024, rank 64, lavapipe), though unrolled the
+ * kernel's cold compile takes longer (lavapipe's compile time grows with the code).
+ */
+function branchLoop(c: Ctx, i: number, G: number, cw: number): string[] {
+  const { N, p } = c;
+  const { rank, upTrans } = c.branches[i]!;
+  const mode = c.branchModes[i]!;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  const sg = p.variant === "subgroup";
+  const vt = cw === 4 ? "vec4<f32>" : "f32";
+  const [ld, lu] = [`mm_ld${i}`, `mm_lu${i}`];
+  const L: string[] = [];
+  for (let r = 0; r < R; r++)
+    for (let g = 0; g < G; g++) L.push(`var lb${i}_${r}_${g}: ${vt} = ${vt}();`);
+  L.push(`for (var l0 = lrk_zero; l0 < ${u(rank)}; l0 += ${u(mode === "scalar" ? 1 : 4)}) {`);
+  const fmas = (ind: string, up: (g: number) => string, down: (r: number) => string) => {
+    for (let r = 0; r < R; r++)
+      for (let g = 0; g < G; g++) L.push(`${ind}lb${i}_${r}_${g} += ${up(g)} * ${down(r)};`);
+  };
+  /** Column j's vec4 `name(j)` at step kk, gathered 4 (or 1) columns per accumulator group. */
+  const columns = (name: (j: number) => string) => (g: number) =>
+    cw === 4
+      ? `vec4<f32>(${[0, 1, 2, 3].map((j) => `${name(4 * g + j)}[kk]`).join(", ")})`
+      : `${name(g)}[kk]`;
+  if (mode === "scalar") {
+    for (let r = 0; r < R; r++) L.push(`  let ld${r} = ${ld}_at(rr${r} * ${u(rank)} + l0);`);
+    for (let j = 0; j < C; j++)
+      L.push(
+        `  let lv${j} = ${lu}_at(${upTrans ? `cc${j} * ${u(rank)} + l0` : `l0 * ${u(N)} + cc${j}`});`,
+      );
+    const up = (g: number) =>
+      cw === 4 ? `vec4<f32>(${[0, 1, 2, 3].map((j) => `lv${4 * g + j}`).join(", ")})` : `lv${g}`;
+    fmas("  ", up, (r) => `ld${r}`);
+    L.push(`}`);
+    return L;
+  }
+  for (let r = 0; r < R; r++) L.push(`  let ld${r} = ${ld}[(rr${r} * ${u(rank)} + l0) >> 2u];`);
+  let up: (g: number) => string;
+  const inner: string[] = [];
+  if (mode === "k4" && sg && C % 8 === 0) {
+    for (let h = 0; h < C / 8; h++)
+      L.push(
+        `  let lv${h} = ${lu}[(min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)}) * ${u(rank)} + l0) >> 2u];`,
+      );
+    for (let j = 0; j < C; j++)
+      L.push(`  let lc${j} = subgroupBroadcast(lv${j >> 3}, ${u(j % 8)});`);
+    up = columns((j) => `lc${j}`);
+  } else if (mode === "k4") {
+    for (let j = 0; j < C; j++) L.push(`  let lv${j} = ${lu}[(cc${j} * ${u(rank)} + l0) >> 2u];`);
+    up = columns((j) => `lv${j}`);
+  } else if (sg) {
+    // n4 (cw 4): lane q loads group q % G of row l0 + kk; lanes past G load duplicates
+    inner.push(
+      `    let lq = ${lu}[((l0 + kk) * ${u(N)} + min(col0 + 4u * (lane % ${u(G)}), ${u(N - 4)})) >> 2u];`,
+    );
+    for (let g = 0; g < G; g++) inner.push(`    let lg${g} = subgroupBroadcast(lq, ${u(g)});`);
+    up = (g) => `lg${g}`;
+  } else {
+    for (let g = 0; g < G; g++)
+      inner.push(
+        `    let lg${g} = ${lu}[((l0 + kk) * ${u(N)} + min(col0 + ${u(4 * g)}, ${u(N - 4)})) >> 2u];`,
+      );
+    up = (g) => `lg${g}`;
+  }
+  for (let kk = 0; kk < 4; kk++) {
+    L.push(`  {`, `    let kk = ${u(kk)};`, ...inner);
+    fmas("    ", up, (r) => `ld${r}[kk]`);
+    L.push(`  }`);
+  }
+  L.push(`}`);
+  return L;
 }

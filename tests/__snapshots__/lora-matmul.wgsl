@@ -17,15 +17,15 @@ diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> mm_a: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> mm_b: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> mm_out: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> ep0: array<f32>;  // %15 param:mix.bias
-@group(0) @binding(4) var<storage, read> ep1: array<f32>;  // %21
-@group(0) @binding(5) var<storage, read> ep2: array<f32>;  // %22 param:mix.lora.B
+@group(0) @binding(3) var<storage, read> mm_ld0: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> mm_lu0: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> ep0: array<f32>;  // %15 param:mix.bias
 // 0 at run time, unknown to the shader compiler: loops bounded with it are not unrolled
 fn lrk_opaque_zero() -> u32 {
   return u32(arrayLength(&mm_a) == 0u);
 }
 // epilogue: %18, %28
-fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {
+fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32, lr0: f32) -> f32 {
   let f = i32((batch * 32u + row) * 128u + col);
   let c0 = (f / 128);
   let c1 = (f % 128);
@@ -33,33 +33,46 @@ fn lrk_epilogue(acc: f32, batch: u32, row: u32, col: u32) -> f32 {
   let v3 = v2;
   let v4 = v3;
   let v5 = acc + v4;
-  var lr6 = 0.0; // low-rank %24 = matmul %21, %23 : f32[32, 128]
-  for (var l7 = i32(lrk_opaque_zero()); l7 < 4i; l7++) {
-    let f8 = ((c0 * 4) + l7);
-    let v9 = ep1[f8];
-    let f10 = ((c1 * 4) + l7);
-    let v11 = ep2[f10];
-    let v12 = v11;
-    lr6 += v9 * v12;
-  }
-  let v13 = lr6;
-  let v14 = 2.0f * v13;
-  let v15 = v5 + v14;
-  return v15;
+  let v6 = 2.0f * lr0;
+  let v7 = v5 + v6;
+  return v7;
 }
 fn mm_a_at(i: u32) -> f32 { return mm_a[i >> 2u][i & 3u]; }
 fn mm_b_at(i: u32) -> f32 { return mm_b[i >> 2u][i & 3u]; }
-fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32) -> f32 {
-  return lrk_epilogue(acc, batch, row, col);
+fn mm_ld0_at(i: u32) -> f32 { return mm_ld0[i >> 2u][i & 3u]; }
+fn mm_lu0_at(i: u32) -> f32 { return mm_lu0[i >> 2u][i & 3u]; }
+/** Low-rank branch 0 at one element: Σ_l down[row, l]·up(l, col), rank 4. */
+fn mm_branch0(row: u32, col: u32) -> f32 {
+  let r = min(row, 31u);
+  let c = min(col, 127u);
+  var s = 0.0;
+  for (var l = lrk_opaque_zero(); l < 4u; l++) {
+    s += mm_ld0_at(r * 4u + l) * mm_lu0_at(c * 4u + l);
+  }
+  return s;
+}
+/** mm_branch0 at columns col..col+3 (n a multiple of 4), in one loop. */
+fn mm_branch4_0(row: u32, col: u32) -> vec4<f32> {
+  let r = min(row, 31u);
+  let c = min(col, 124u);
+  var s = vec4<f32>();
+  for (var l = lrk_opaque_zero(); l < 4u; l++) {
+    let d = mm_ld0_at(r * 4u + l);
+    s += d * vec4<f32>(mm_lu0_at((c + 0u) * 4u + l), mm_lu0_at((c + 1u) * 4u + l), mm_lu0_at((c + 2u) * 4u + l), mm_lu0_at((c + 3u) * 4u + l));
+  }
+  return s;
+}
+fn mm_epilogue(acc: f32, row: u32, col: u32, batch: u32, lr0: f32) -> f32 {
+  return lrk_epilogue(acc, batch, row, col, lr0);
 }
 /** Columns col..col+3 (col a multiple of 4, n of 4: all inside or all outside). */
-fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>) {
+fn mm_store4(batch: u32, row: u32, col: u32, acc: vec4<f32>, lr0: vec4<f32>) {
   if (row < 32u && col < 128u) {
     mm_out[(batch * 4096u + row * 128u + col) >> 2u] = vec4<f32>(
-      mm_epilogue(acc.x, row, col, batch),
-      mm_epilogue(acc.y, row, col + 1u, batch),
-      mm_epilogue(acc.z, row, col + 2u, batch),
-      mm_epilogue(acc.w, row, col + 3u, batch)
+      mm_epilogue(acc.x, row, col, batch, lr0.x),
+      mm_epilogue(acc.y, row, col + 1u, batch, lr0.y),
+      mm_epilogue(acc.z, row, col + 2u, batch, lr0.z),
+      mm_epilogue(acc.w, row, col + 3u, batch, lr0.w)
     );
   }
 }
@@ -84,7 +97,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       let row = row0 + i / 4u;
       let col = col0 + (i % 4u) * 4u;
       if (row < 32u && col < 128u) {
-        mm_store4(batch, row, col, vec4<f32>(mm_dot(batch, row, col + 0u), mm_dot(batch, row, col + 1u), mm_dot(batch, row, col + 2u), mm_dot(batch, row, col + 3u)));
+        mm_store4(batch, row, col, vec4<f32>(mm_dot(batch, row, col + 0u), mm_dot(batch, row, col + 1u), mm_dot(batch, row, col + 2u), mm_dot(batch, row, col + 3u)), mm_branch4_0(row, col));
       }
     }
     return;
@@ -231,6 +244,122 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     acc3_2 += b3_2 * va3.w;
     acc3_3 += b3_3 * va3.w;
   }
+  var lb0_0_0: vec4<f32> = vec4<f32>();
+  var lb0_0_1: vec4<f32> = vec4<f32>();
+  var lb0_0_2: vec4<f32> = vec4<f32>();
+  var lb0_0_3: vec4<f32> = vec4<f32>();
+  var lb0_1_0: vec4<f32> = vec4<f32>();
+  var lb0_1_1: vec4<f32> = vec4<f32>();
+  var lb0_1_2: vec4<f32> = vec4<f32>();
+  var lb0_1_3: vec4<f32> = vec4<f32>();
+  var lb0_2_0: vec4<f32> = vec4<f32>();
+  var lb0_2_1: vec4<f32> = vec4<f32>();
+  var lb0_2_2: vec4<f32> = vec4<f32>();
+  var lb0_2_3: vec4<f32> = vec4<f32>();
+  var lb0_3_0: vec4<f32> = vec4<f32>();
+  var lb0_3_1: vec4<f32> = vec4<f32>();
+  var lb0_3_2: vec4<f32> = vec4<f32>();
+  var lb0_3_3: vec4<f32> = vec4<f32>();
+  for (var l0 = lrk_zero; l0 < 4u; l0 += 4u) {
+    let ld0 = mm_ld0[(rr0 * 4u + l0) >> 2u];
+    let ld1 = mm_ld0[(rr1 * 4u + l0) >> 2u];
+    let ld2 = mm_ld0[(rr2 * 4u + l0) >> 2u];
+    let ld3 = mm_ld0[(rr3 * 4u + l0) >> 2u];
+    let lv0 = mm_lu0[(min(col0 + 0u + lane % 8u, 127u) * 4u + l0) >> 2u];
+    let lv1 = mm_lu0[(min(col0 + 8u + lane % 8u, 127u) * 4u + l0) >> 2u];
+    let lc0 = subgroupBroadcast(lv0, 0u);
+    let lc1 = subgroupBroadcast(lv0, 1u);
+    let lc2 = subgroupBroadcast(lv0, 2u);
+    let lc3 = subgroupBroadcast(lv0, 3u);
+    let lc4 = subgroupBroadcast(lv0, 4u);
+    let lc5 = subgroupBroadcast(lv0, 5u);
+    let lc6 = subgroupBroadcast(lv0, 6u);
+    let lc7 = subgroupBroadcast(lv0, 7u);
+    let lc8 = subgroupBroadcast(lv1, 0u);
+    let lc9 = subgroupBroadcast(lv1, 1u);
+    let lc10 = subgroupBroadcast(lv1, 2u);
+    let lc11 = subgroupBroadcast(lv1, 3u);
+    let lc12 = subgroupBroadcast(lv1, 4u);
+    let lc13 = subgroupBroadcast(lv1, 5u);
+    let lc14 = subgroupBroadcast(lv1, 6u);
+    let lc15 = subgroupBroadcast(lv1, 7u);
+    {
+      let kk = 0u;
+      lb0_0_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld0[kk];
+      lb0_0_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld0[kk];
+      lb0_0_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld0[kk];
+      lb0_0_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld0[kk];
+      lb0_1_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld1[kk];
+      lb0_1_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld1[kk];
+      lb0_1_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld1[kk];
+      lb0_1_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld1[kk];
+      lb0_2_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld2[kk];
+      lb0_2_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld2[kk];
+      lb0_2_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld2[kk];
+      lb0_2_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld2[kk];
+      lb0_3_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld3[kk];
+      lb0_3_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld3[kk];
+      lb0_3_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld3[kk];
+      lb0_3_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld3[kk];
+    }
+    {
+      let kk = 1u;
+      lb0_0_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld0[kk];
+      lb0_0_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld0[kk];
+      lb0_0_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld0[kk];
+      lb0_0_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld0[kk];
+      lb0_1_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld1[kk];
+      lb0_1_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld1[kk];
+      lb0_1_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld1[kk];
+      lb0_1_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld1[kk];
+      lb0_2_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld2[kk];
+      lb0_2_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld2[kk];
+      lb0_2_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld2[kk];
+      lb0_2_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld2[kk];
+      lb0_3_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld3[kk];
+      lb0_3_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld3[kk];
+      lb0_3_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld3[kk];
+      lb0_3_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld3[kk];
+    }
+    {
+      let kk = 2u;
+      lb0_0_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld0[kk];
+      lb0_0_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld0[kk];
+      lb0_0_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld0[kk];
+      lb0_0_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld0[kk];
+      lb0_1_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld1[kk];
+      lb0_1_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld1[kk];
+      lb0_1_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld1[kk];
+      lb0_1_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld1[kk];
+      lb0_2_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld2[kk];
+      lb0_2_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld2[kk];
+      lb0_2_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld2[kk];
+      lb0_2_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld2[kk];
+      lb0_3_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld3[kk];
+      lb0_3_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld3[kk];
+      lb0_3_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld3[kk];
+      lb0_3_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld3[kk];
+    }
+    {
+      let kk = 3u;
+      lb0_0_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld0[kk];
+      lb0_0_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld0[kk];
+      lb0_0_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld0[kk];
+      lb0_0_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld0[kk];
+      lb0_1_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld1[kk];
+      lb0_1_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld1[kk];
+      lb0_1_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld1[kk];
+      lb0_1_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld1[kk];
+      lb0_2_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld2[kk];
+      lb0_2_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld2[kk];
+      lb0_2_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld2[kk];
+      lb0_2_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld2[kk];
+      lb0_3_0 += vec4<f32>(lc0[kk], lc1[kk], lc2[kk], lc3[kk]) * ld3[kk];
+      lb0_3_1 += vec4<f32>(lc4[kk], lc5[kk], lc6[kk], lc7[kk]) * ld3[kk];
+      lb0_3_2 += vec4<f32>(lc8[kk], lc9[kk], lc10[kk], lc11[kk]) * ld3[kk];
+      lb0_3_3 += vec4<f32>(lc12[kk], lc13[kk], lc14[kk], lc15[kk]) * ld3[kk];
+    }
+  }
   for (var i = lrk_zero; i < 16u; i++) {
     let row = row0 + i / 4u;
     let col = col0 + (i % 4u) * 4u;
@@ -250,6 +379,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     v = select(v, acc3_1, i == 13u);
     v = select(v, acc3_2, i == 14u);
     v = select(v, acc3_3, i == 15u);
-    mm_store4(batch, row, col, v);
+    var w0 = lb0_0_0;
+    w0 = select(w0, lb0_0_1, i == 1u);
+    w0 = select(w0, lb0_0_2, i == 2u);
+    w0 = select(w0, lb0_0_3, i == 3u);
+    w0 = select(w0, lb0_1_0, i == 4u);
+    w0 = select(w0, lb0_1_1, i == 5u);
+    w0 = select(w0, lb0_1_2, i == 6u);
+    w0 = select(w0, lb0_1_3, i == 7u);
+    w0 = select(w0, lb0_2_0, i == 8u);
+    w0 = select(w0, lb0_2_1, i == 9u);
+    w0 = select(w0, lb0_2_2, i == 10u);
+    w0 = select(w0, lb0_2_3, i == 11u);
+    w0 = select(w0, lb0_3_0, i == 12u);
+    w0 = select(w0, lb0_3_1, i == 13u);
+    w0 = select(w0, lb0_3_2, i == 14u);
+    w0 = select(w0, lb0_3_3, i == 15u);
+    mm_store4(batch, row, col, v, w0);
   }
 }

@@ -1,0 +1,162 @@
+// The low-rank branch computed in the base matmul's tile (MatmulBranch, compiler/kernels/matmul.ts):
+// y = x·Wᵀ + 2·((x·Aᵀ)·Bᵀ) (up stored [n, rank]: LoRA's forward) and dx = dy·W + (dy·B)·A (up
+// stored [rank, n]: its input gradient), run on WebGPU with every matmul candidate against the
+// interpreter, at odd sizes and ranks 1, 8, 13 (not a multiple of 4: scalar loads), 16 and 64.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Builder } from "../compiler/builder.js";
+import type { GraphProgram, MatmulParams, ProgramInput, Tensor } from "../compiler/program.js";
+import { planStep } from "../compiler/compile.js";
+import { deviceTarget } from "../cli/target.js";
+import { matmulCandidates } from "../compiler/kernels/matmul.js";
+import { fuse } from "../compiler/fuse/index.js";
+import { evaluate } from "../runtime/interpreter.js";
+import { WebGpuDevice } from "../runtime/webgpu-device.js";
+
+/** Deterministic values in [-0.5, 0.5). */
+function values(count: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 32 - 0.5;
+  }
+  return out;
+}
+
+/** The forward and the input gradient of a LoRA linear, m tokens, k in, n out. */
+function loraProducts(m: number, k: number, n: number, rank: number) {
+  const b = new Builder();
+  const inputs: ProgramInput[] = [];
+  const feeds = new Map<string, Tensor>();
+  const input = (name: string, shape: number[]) => {
+    const node = b.input("param", name, shape);
+    inputs.push({ name, node, role: "param", shape, dtype: "f32" });
+    feeds.set(name, { shape, data: values(shape[0]! * shape[1]!, inputs.length) });
+    return node;
+  };
+  const x = input("x", [m, k]);
+  const w = input("w", [n, k]);
+  const a = input("a", [rank, k]);
+  const up = input("b", [n, rank]);
+  const dy = input("dy", [m, n]);
+  const down = b.matmul(x, a, { transB: true });
+  const y = b.binary(
+    "add",
+    b.matmul(x, w, { transB: true }),
+    b.binary("mul", b.matmul(down, up, { transB: true }), b.constant(2, [m, n])),
+  );
+  const dx = b.binary("add", b.matmul(dy, w), b.matmul(b.matmul(dy, up), a));
+  const program: GraphProgram = {
+    graph: b.graph,
+    inputs,
+    entries: [
+      {
+        name: "entry",
+        outputs: [
+          { name: "y", node: y },
+          { name: "dx", node: dx },
+        ],
+      },
+    ],
+  };
+  return { program, feeds };
+}
+
+describe("the low-rank branch in the matmul's tile", () => {
+  let device: WebGpuDevice;
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  });
+  afterAll(() => device?.destroy());
+
+  /** Runs both products (the device's default tiles, or `params`), checks them, returns the WGSL. */
+  async function check(
+    m: number,
+    k: number,
+    n: number,
+    rank: number,
+    params?: MatmulParams,
+  ): Promise<string> {
+    const { program, feeds } = loraProducts(m, k, n, rank);
+    const target = await deviceTarget(device, [program], { autotune: false, lowRankMax: 64 });
+    const plan = planStep(program, params ? { ...target, matmulParams: () => params } : target);
+    device.load(program, plan);
+    const got = await device.run(program, program.entries[0]!, feeds);
+    const byNode = new Map(program.inputs.map((i) => [i.node, feeds.get(i.name)!]));
+    const outputs = program.entries[0]!.outputs;
+    const want = evaluate(
+      program.graph,
+      byNode,
+      outputs.map((o) => o.node),
+    );
+    for (const o of outputs) {
+      const g = got.get(o.name)!.data;
+      const e = want.get(o.node)!.data;
+      expect(g.length).toBe(e.length);
+      let worst = 0;
+      for (let j = 0; j < e.length; j++)
+        worst = Math.max(worst, Math.abs(g[j]! - e[j]!) / (1 + Math.abs(e[j]!)));
+      expect(worst, `${o.name}, rank ${rank}, ${JSON.stringify(params)}`).toBeLessThan(1e-4);
+    }
+    // 4 kernels: the two down-projections (x·Aᵀ, dy·B) and the two base products with the
+    // up-projection, its scale and the add fused in
+    expect(plan.entries.entry!.dispatches.length).toBe(4);
+    return plan.kernels.map((kernel) => kernel.wgsl).join("\n");
+  }
+
+  for (const rank of [1, 8, 13, 16, 64])
+    it(`rank ${rank}, 67 tokens × 96 → 52 (and 50, n not a multiple of 4): the defaults, as the interpreter`, async () => {
+      const wgsl = await check(67, 96, 52, rank);
+      // the tiles run the branch as rank more k-steps (no per-element loop over the rank)
+      expect(wgsl).toContain("lb0_0_0");
+      expect(wgsl).not.toContain("// low-rank");
+      await check(67, 96, 50, rank);
+    }, 180_000); // cold, lavapipe compiles each kernel in seconds on a loaded machine
+
+  it("every candidate of the products at rank 8, as the interpreter", async () => {
+    const shape = { batch: 1, m: 67, n: 52, k: 96, transA: false, transB: true };
+    for (const p of matmulCandidates(shape, new Set(device.features)))
+      await check(67, 96, 52, 8, p);
+  }, 600_000); // lavapipe compiles each candidate's kernels (a fraction of a second each)
+});
+
+/**
+ * y = x·Wᵀ + 2·(x·Aᵀ)·Bᵀ; with `transposedDown` the down-projection is stored transposed (A·xᵀ,
+ * read with transA), a layout the tile does not read.
+ */
+function branchGraph(rank: number, transposedDown: boolean) {
+  const b = new Builder();
+  const x = b.input("data", "x", [64, 96]);
+  const w = b.input("param", "w", [52, 96]);
+  const a = b.input("param", "a", [rank, 96]);
+  const up = b.input("param", "b", [52, rank]);
+  const branch = transposedDown
+    ? b.matmul(b.matmul(a, x, { transB: true }), up, { transA: true, transB: true })
+    : b.matmul(b.matmul(x, a, { transB: true }), up, { transB: true });
+  const y = b.binary(
+    "add",
+    b.matmul(x, w, { transB: true }),
+    b.binary("mul", branch, b.constant(2)),
+  );
+  return { graph: b.graph, y };
+}
+
+describe("fused or unfused: the low-rank cost model", () => {
+  const kernels = (rank: number, transposedDown: boolean, lowRankLoopMax?: number) => {
+    const { graph, y } = branchGraph(rank, transposedDown);
+    const options = lowRankLoopMax === undefined ? {} : { lowRankLoopMax };
+    return fuse(graph, [y], options).groups.length;
+  };
+
+  it("fuses a branch the tile computes at every rank up to 64, even where the per-element loop is off (lavapipe)", () => {
+    for (const rank of [1, 8, 16, 64]) expect(kernels(rank, false, 0)).toBe(2);
+    expect(kernels(65, false)).toBe(3); // over LOW_RANK_MAX: a kernel of its own
+  });
+
+  it("fuses a branch the tile cannot compute (down stored transposed) only up to the loop's cap", () => {
+    expect(kernels(8, true)).toBe(2); // default: the loop's cap is LOW_RANK_MAX
+    expect(kernels(8, true, 0)).toBe(3); // lavapipe: the loop costs more than the kernel it saves
+    expect(kernels(8, true, 8)).toBe(2);
+    expect(kernels(16, true, 8)).toBe(3);
+  });
+});
