@@ -143,6 +143,11 @@ export function trainProgram(
           },
         }
       : {}),
+    ...(spec.initRename
+      ? {
+          initRename: { rules: spec.initRename.rules, at: { file, span: spec.initRename.at.span } },
+        }
+      : {}),
     ...(spec.loss ? { lossAt: { file, span: spec.loss.span } } : {}),
     params: placement.params.map((p) => ({
       path: p.param.path,

@@ -5,6 +5,7 @@ import { instantiate } from "./instantiate.js";
 import type { Module } from "./modules.js";
 import type { Resolver } from "./resolve.js";
 import { closest } from "./suggest.js";
+import type { RenameRule } from "./program.js";
 import { describeValue, type DataSet, type ModuleInstance, type Value } from "./values.js";
 
 export interface TrainSpec {
@@ -16,6 +17,8 @@ export interface TrainSpec {
   init?: { path: string; at?: A.Expr };
   /** The adapters' starting values (`init_adapters`): a PEFT folder or a safetensors file. */
   initAdapters?: { path: string; at: A.Expr };
+  /** `init_rename`: rules renaming the `init` checkpoint's tensors (program.ts `renamed`). */
+  initRename?: { rules: RenameRule[]; at: A.Expr };
   loss?: A.Expr;
   steps: number;
   batch: number;
@@ -211,6 +214,8 @@ export function resolveTrain(
     return undefined;
   };
   const initPath: TrainSpec["init"] = path("init");
+  const renameSetting = settings.get("init_rename");
+  const initRename = renameSetting && renameRules(r, module, renameSetting.value, scope);
   const clip = settings.get("clip");
   const clipValue = clip
     ? r.attempt(() => r.number(r.evaluate(clip.value, scope, module), clip.value, module).value)
@@ -249,6 +254,7 @@ export function resolveTrain(
     data: dataset(settings.get("data")?.value),
     init: overrides.init !== undefined ? { path: overrides.init } : initPath,
     initAdapters: path("init_adapters"),
+    ...(initRename ? { initRename: { rules: initRename, at: renameSetting!.value } } : {}),
     loss: settings.get("loss")?.value,
     steps: overrides.steps ?? integer("steps", defaults.steps),
     batch: overrides.batch ?? integer("batch", defaults.batch),
@@ -286,4 +292,43 @@ function frozenStorage(
     }),
   );
   return {};
+}
+
+/**
+ * `init_rename [("from", "to"), …]`: each rule two dotted paths, `*` one segment, `to` using no
+ * more `*`s than `from` matches. Undefined (with a diagnostic) when the value is not that.
+ */
+function renameRules(
+  r: Resolver,
+  module: Module,
+  e: A.Expr,
+  scope: Parameters<Resolver["evaluate"]>[1],
+): RenameRule[] | undefined {
+  const v = r.attempt(() => r.evaluate(e, scope, module));
+  if (v === undefined) return undefined;
+  const wrong = (message: string) => {
+    r.diagnostics.push(
+      error("E0402", message, r.at(module, e), {
+        help: 'write `init_rename [("h.*.attn", "transformer.h.*.attn"), ("", "model.")]`: pairs of dotted paths, `*` one segment',
+      }),
+    );
+    return undefined;
+  };
+  const items = v.kind === "list" ? v.items : v.kind === "tuple" ? [v] : undefined;
+  if (!items)
+    return wrong(`\`init_rename\` takes a list of (from, to) pairs, not ${describeValue(v)}`);
+  const rules: RenameRule[] = [];
+  for (const item of items) {
+    const pair = item.kind === "tuple" ? item.items : [];
+    const [from, to] = pair;
+    if (pair.length !== 2 || from?.kind !== "string" || to?.kind !== "string")
+      return wrong(`each \`init_rename\` rule is a pair of strings, not ${describeValue(item)}`);
+    const stars = (p: string) => p.split(".").filter((x) => x === "*").length;
+    if (stars(to.value) > stars(from.value))
+      return wrong(
+        `the rule ("${from.value}", "${to.value}") uses more \`*\` in its new name than its old name matches`,
+      );
+    rules.push({ from: from.value, to: to.value });
+  }
+  return rules;
 }

@@ -370,6 +370,7 @@ export type SettingKey =
   | "data"
   | "init"
   | "init_adapters"
+  | "init_rename"
   | "loss"
   | "steps"
   | "batch"

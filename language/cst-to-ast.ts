@@ -126,6 +126,7 @@ const settingKeys = new Set<A.SettingKey>([
   "data",
   "init",
   "init_adapters",
+  "init_rename",
   "loss",
   "steps",
   "batch",

@@ -370,12 +370,19 @@ function commentLines(c: A.Comment, indent: string): string[] {
 
 // ---------------------------------------------------------------------------- expressions
 
-/** Print on one line if it fits; otherwise break the outermost call's arguments one per line. */
+/**
+ * Print on one line if it fits; otherwise break the outermost call's arguments (or a list's
+ * items) one per line.
+ */
 function wrapped(e: A.Expr, indent: string, column: number, suffixLength: number): string {
   const flat = expr(e);
-  if (column + flat.length + suffixLength <= lineWidth || e.kind !== "Call" || e.args.length === 0)
-    return flat;
+  if (column + flat.length + suffixLength <= lineWidth) return flat;
   const inner = indent + indentUnit;
+  if (e.kind === "List" && e.items.length > 0) {
+    const items = e.items.map((i) => inner + wrapped(i, inner, inner.length, 1) + ",");
+    return `[\n${items.join("\n")}\n${indent}]`;
+  }
+  if (e.kind !== "Call" || e.args.length === 0) return flat;
   const args = e.args.map(
     (a) =>
       inner +

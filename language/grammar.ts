@@ -32,6 +32,7 @@ const settingKeywords = [
   t.Data,
   t.Init,
   t.InitAdapters,
+  t.InitRename,
   t.Loss,
   t.Steps,
   t.Batch,

@@ -76,6 +76,7 @@ export const Step = soft("step");
 // Soft keywords: train-block settings.
 export const Init = soft("init");
 export const InitAdapters = soft("init_adapters");
+export const InitRename = soft("init_rename");
 export const Loss = soft("loss");
 export const Freeze = soft("freeze");
 export const Adapt = soft("adapt");
@@ -107,6 +108,7 @@ export const clauseKeywords = [As, In, On, With, Over, By, Where, Refresh, Every
 export const trainKeywords = [
   Init,
   InitAdapters,
+  InitRename,
   Loss,
   Freeze,
   Adapt,

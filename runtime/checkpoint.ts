@@ -9,7 +9,7 @@
 // (hf-folder.ts): its tensors are named by the model's paths, and those the model does not use
 // are left out with a note. Headers are checked first; then only the tensors used are read.
 import type { DType } from "../compiler/ir.js";
-import type { Tensor, TrainProgram } from "../compiler/program.js";
+import { renamed, type RenameRule, type Tensor, type TrainProgram } from "../compiler/program.js";
 import { statSync } from "node:fs";
 import { openFolder } from "./hf-folder.js";
 import { CheckpointError, SafetensorsFile, type SafetensorsEntry } from "./safetensors.js";
@@ -106,6 +106,9 @@ export function loadCheckpoint(
   // tables): they are left out with a note, wherever the folder is read from.
   const folder = isFolder(path);
   const files = folder ? openFolder(path, maxBytes) : [SafetensorsFile.open(path, { maxBytes })];
+  // the block's `init_rename` rules read the `init` checkpoint's names as the model's
+  const rename = options.use === "init" ? program.initRename?.rules : undefined;
+  const read = { ...options, ...(rename ? { rename } : {}) };
   try {
     return folder
       ? loadFrom(
@@ -113,10 +116,10 @@ export function loadCheckpoint(
           files,
           expected,
           program,
-          { ...options, extra: "ignore", basePrefix: true },
+          { ...read, extra: "ignore", basePrefix: true },
           folderHelp,
         )
-      : loadFrom(path, files, expected, program, options, help[options.use]);
+      : loadFrom(path, files, expected, program, read, help[options.use]);
   } finally {
     for (const file of files) file.close();
   }
@@ -134,20 +137,22 @@ function loadFrom(
   files: readonly SafetensorsFile[],
   expected: ReadonlyMap<string, Expected>,
   program: TrainProgram,
-  options: CheckpointOptions & { basePrefix?: boolean },
+  options: CheckpointOptions & { basePrefix?: boolean; rename?: readonly RenameRule[] },
   helps: { missing: string; mismatch: string },
 ): LoadedCheckpoint {
   const byStoreName = new Map<string, Source>();
   for (const file of files)
     for (const [key, entry] of file.entries) {
-      const name = storeName(key);
+      const name = storeName(options.rename ? renamed(options.rename, key) : key);
       const twice = byStoreName.get(name);
       if (twice)
         throw new CheckpointError(
           twice.file === file
             ? `\`${path}\` holds \`${label(name)}\` twice, as \`${twice.key}\` and as \`${key}\``
             : `\`${label(name)}\` is in both \`${twice.file.path}\` and \`${file.path}\``,
-          "keep one of them",
+          options.rename
+            ? "two of its names are one after `init_rename`: make the rules tell them apart"
+            : "keep one of them",
         );
       byStoreName.set(name, { key, file, entry });
     }

@@ -98,4 +98,22 @@ describe("comment placement", () => {
     expect(out.split("\n")[1]).toBe("  argument_0,");
     expect(Math.max(...out.split("\n").map((l) => l.length))).toBeLessThanOrEqual(100);
   });
+
+  it("wraps a long list's items one per line, a list inside a call too", () => {
+    const pairs = Array.from({ length: 6 }, (_, i) => `("layers.*.w${i}", "model.layers.*.q${i}")`);
+    for (const line of [
+      `const rules = [${pairs.join(", ")}]`,
+      `const y = g([${pairs.join(", ")}])`,
+    ]) {
+      const r = parseText(line + "\n");
+      const out = format(r.program, r.file);
+      const lines = out.split("\n");
+      expect(lines.some((l) => l.trim() === '("layers.*.w0", "model.layers.*.q0"),')).toBe(true);
+      expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(100);
+      const again = parseText(out);
+      expect(again.diagnostics).toEqual([]);
+      expect(format(again.program, again.file)).toBe(out);
+      expect(withoutSpans(again.program.items)).toEqual(withoutSpans(r.program.items));
+    }
+  });
 });

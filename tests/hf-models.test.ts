@@ -42,6 +42,7 @@ function program(
   model: "GPT2" | "Llama" | "Qwen2" | "Mistral",
   folder: string,
   dir = fixtures,
+  settings = "",
 ): TestRun {
   const text = `import std.models.{${model}}
 import std.optim.{adamw}
@@ -54,7 +55,7 @@ train hf {
   init "${folder}"
   loss cross_entropy(model(batch.input), batch.target)
   optimize ** with adamw(lr: 1e-4)
-  batch 2
+  batch 2${settings ? `\n  ${settings}` : ""}
 }
 `;
   const { run, diagnostics } = prepare(new SourceFile(join(dir, "main.lrk"), text));
@@ -174,6 +175,61 @@ describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interp
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("init_rename reads a checkpoint of another layout: Meta-style Llama names, `*` segments", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-rename-"));
+    try {
+      // Meta's layout for the names (the values are the fixture's, so the logits must be too)
+      const meta: [RegExp, string][] = [
+        [/^model\.layers\.(\d+)\.self_attn\.q_proj/, "layers.$1.attention.wq"],
+        [/^model\.layers\.(\d+)\.self_attn\.k_proj/, "layers.$1.attention.wk"],
+        [/^model\.layers\.(\d+)\.self_attn\.v_proj/, "layers.$1.attention.wv"],
+        [/^model\.layers\.(\d+)\.self_attn\.o_proj/, "layers.$1.attention.wo"],
+        [/^model\.embed_tokens/, "tok_embeddings"],
+        [/^lm_head/, "output"],
+      ];
+      const whole = readSafetensors(join(fixtures, "llama", "model.safetensors")).tensors;
+      const renamedTensors = new Map(
+        [...whole].map(([key, t]) => [meta.reduce((k, [re, to]) => k.replace(re, to), key), t]),
+      );
+      expect(renamedTensors.has("layers.1.attention.wq.weight")).toBe(true);
+      cpSync(join(fixtures, "llama", "config.json"), join(dir, "llama", "config.json"));
+      writeSafetensors(join(dir, "llama", "model.safetensors"), renamedTensors);
+      const rules = `init_rename [
+    ("layers.*.attention.wq", "model.layers.*.self_attn.q_proj"),
+    ("layers.*.attention.wk", "model.layers.*.self_attn.k_proj"),
+    ("layers.*.attention.wv", "model.layers.*.self_attn.v_proj"),
+    ("layers.*.attention.wo", "model.layers.*.self_attn.o_proj"),
+    ("tok_embeddings", "model.embed_tokens"),
+    ("output", "lm_head"),
+  ]`;
+      await expectMatches(cpu, program("Llama", "llama", dir, rules), "llama");
+      // without the rules the folder has none of the attention's weights
+      const bare = program("Llama", "llama", dir);
+      await expect(initialize(bare.program, cpu)).rejects.toThrow(
+        /no tensor for `model\.embed_tokens\.weight`/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("init_rename: a value that is not (from, to) pairs is E0402 with the form to write", () => {
+    expect(() => program("GPT2", "gpt2", fixtures, 'init_rename "gpt"')).toThrow(
+      /E0402: `init_rename` takes a list of \(from, to\) pairs, not a string/,
+    );
+    expect(() => program("GPT2", "gpt2", fixtures, 'init_rename [("h", "h.*")]')).toThrow(
+      /E0402: the rule \("h", "h\.\*"\) uses more `\*` in its new name than its old name matches/,
+    );
+  });
+
+  it("init_rename: rules that make two names one are refused, naming both", async () => {
+    const run = program("GPT2", "gpt2", fixtures, 'init_rename [("transformer.h.*", "x.y")]');
+    const e = await initialize(run.program, cpu).catch((e: Error) => e);
+    expect(e).toBeInstanceOf(CheckpointError);
+    expect((e as CheckpointError).message).toMatch(/holds `x\.y\..*` twice, as `transformer\.h\./);
+    expect((e as CheckpointError).help).toContain("init_rename");
   });
 
   it("tensors of dtypes lrk does not read (BOOL masks) are fine where the model does not use them", async () => {
