@@ -181,7 +181,8 @@ export function fuseEntries(
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
   const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
-  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${lowRankLoopMax}|${[...packed].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const half = new Set(program.inputs.filter((i) => i.storage === "f16").map((i) => i.node));
+  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${lowRankLoopMax}|${[...packed].join(",")}|${[...half].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
@@ -198,6 +199,7 @@ export function fuseEntries(
         ...(lowRankMax !== undefined ? { lowRankMax } : {}),
         ...(lowRankLoopMax !== undefined ? { lowRankLoopMax } : {}),
         ...(packed.size ? { packed } : {}),
+        ...(half.size ? { half } : {}),
       },
     );
     const inputs: string[] = [];

@@ -138,7 +138,7 @@ function branchGraph(rank: number, transposedDown: boolean) {
     b.matmul(x, w, { transB: true }),
     b.binary("mul", branch, b.constant(2)),
   );
-  return { graph: b.graph, y };
+  return { graph: b.graph, y, up };
 }
 
 describe("fused or unfused: the low-rank cost model", () => {
@@ -158,5 +158,13 @@ describe("fused or unfused: the low-rank cost model", () => {
     expect(kernels(8, true, 0)).toBe(3); // lavapipe: the loop costs more than the kernel it saves
     expect(kernels(8, true, 8)).toBe(2);
     expect(kernels(16, true, 8)).toBe(3);
+  });
+
+  it("a branch factor stored as f16 (--frozen-f16) is not for the tile: fused only as the loop", () => {
+    const { graph, y, up } = branchGraph(8, false);
+    const half = new Set([up]);
+    expect(fuse(graph, [y], { lowRankLoopMax: 0, half }).groups.length).toBe(3);
+    expect(fuse(graph, [y], { lowRankLoopMax: 8, half }).groups.length).toBe(2);
+    expect(fuse(graph, [y], { lowRankLoopMax: 0 }).groups.length).toBe(2);
   });
 });

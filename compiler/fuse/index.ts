@@ -94,7 +94,9 @@ function fuseOnce(
   const isOutput = new Set([...outputs, ...forced]);
   const { lowRank, chains } = selectLowRank(ctx, isOutput, options.lowRankMax, {
     ...(options.lowRankLoopMax !== undefined ? { loopMax: options.lowRankLoopMax } : {}),
-    ...(options.packed ? { packed: options.packed } : {}),
+    ...(options.packed || options.half
+      ? { packed: new Set([...(options.packed ?? []), ...(options.half ?? [])]) }
+      : {}),
   });
   const decided = materialize(ctx, isOutput, lowRank, chains, options);
   const groups = buildGroups(ctx, chains, lowRank, decided);

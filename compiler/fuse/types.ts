@@ -106,4 +106,9 @@ export interface FuseOptions {
    * it in registers (compiler/kernels/dequant.ts) rather than reading an f32 copy.
    */
   packed?: ReadonlySet<number>;
+  /**
+   * Input nodes stored as f16 (`storage: "f16"`): read through f16 bindings, which the matmul's
+   * tile does not take for a low-rank branch's operands (`mayTile`).
+   */
+  half?: ReadonlySet<number>;
 }
