@@ -111,7 +111,19 @@ export function checkPooledStates(r: Resolver, step: StepProgram, steps: number)
     );
     return false;
   }
-  const { unrefreshed } = pooledBytes(step.states, steps);
+  const { unrefreshed, tooLong } = pooledBytes(step.states, steps);
+  if (tooLong) {
+    const first = step.states.find((x) => x.pooled)!;
+    r.report(
+      error(
+        "E0211",
+        `a run of ${steps} steps is too long to check its pooled states step by step (at most ${MAX_CHECKED.toLocaleString("en-US")} steps × pooled states)`,
+        first.pooled!.at,
+        { help: "train with fewer `steps` (or fewer pooled states)" },
+      ),
+    );
+    return false;
+  }
   if (unrefreshed) {
     const s = step.states.find((x) => x.name === unrefreshed.state)!;
     const [owner, name] = s.name.split(":");
@@ -190,6 +202,9 @@ export function unguardedRead(step: StepProgram): { state: StateInfo; output: st
   return undefined;
 }
 
+/** The most (step, pooled state) pairs `pooledBytes` evaluates: a few seconds' work. */
+export const MAX_CHECKED = 50_000_000;
+
 /**
  * The most bytes the pooled states hold at once over steps 1 … `steps` (f32 elements, each
  * state in a buffer of its own while held), and the first step where a tensor becomes active without a refresh of its
@@ -198,8 +213,11 @@ export function unguardedRead(step: StepProgram): { state: StateInfo; output: st
 export function pooledBytes(
   states: readonly StateInfo[],
   steps: number,
-): { bytes: number; unrefreshed?: { state: string; step: number } } {
+): { bytes: number; unrefreshed?: { state: string; step: number }; tooLong?: true } {
   const pooled = states.filter((s) => s.pooled);
+  if (pooled.length === 0) return { bytes: 0 };
+  // every tensor's condition at every step: beyond this many, compiling would seem to hang
+  if (steps * pooled.length > MAX_CHECKED) return { bytes: 0, tooLong: true };
   let most = 0;
   const was = pooled.map(() => false);
   for (let t = 1; t <= steps; t++) {

@@ -158,6 +158,21 @@ describe("pooled states", () => {
   });
 });
 
+describe("the pooled-state check's length", () => {
+  it("a run too long to check step by step is E0211 at once, not a hang; a run without pools compiles", () => {
+    const long = program('frugal_block(lr: 0.1, period: 2, order: "ascending")').replace(
+      "steps 12",
+      "steps 99999999999999999999999",
+    );
+    const errors = errorsOf(long);
+    expect(errors.map((e) => e.code)).toEqual(["E0211"]);
+    expect(errors[0]!.message).toContain("too long to check its pooled states step by step");
+    // the same length without a pooled state: nothing to check (this hung, steps × nothing)
+    const plain = long.replace(/optimize l0\.weight[^\n]*\n/, "");
+    expect(errorsOf(plain)).toEqual([]);
+  });
+});
+
 describe("lrkc build --emit memory with pooled states", () => {
   it("counts FRUGAL's moments as the active tensors' (2 · Σ_active numel), the most held at once", () => {
     const r = spawnSync(
