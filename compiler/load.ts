@@ -6,6 +6,8 @@
 // that the host fills from the file, checking the shape (runtime/trainer.ts).
 import { resolve } from "node:path";
 import { error } from "../language/diagnostics.js";
+import { maxElements } from "./builder.js";
+import { numel } from "./ir.js";
 import type { Call } from "./tensor-builtins.js";
 import { describeValue, type Value } from "./values.js";
 
@@ -46,6 +48,15 @@ export function loadCall({ L, at, args, tensor }: Call): Value {
             { help: HELP },
           ),
         );
+  if (Array.isArray(shape) && numel(shape) > maxElements)
+    return L.r.report(
+      error(
+        "E0401",
+        `\`load\`'s shape [${shape.join(", ")}] has ${numel(shape).toExponential(2)} elements, more than one tensor can hold (2^31 - 1)`,
+        args.argAt(2, "shape"),
+        { help: HELP },
+      ),
+    );
   const hook = L.hooks.load;
   if (!hook)
     return L.r.report(

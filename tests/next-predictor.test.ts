@@ -236,6 +236,12 @@ train t {
     expect(errors(inForward)).toEqual([
       "E0206 15: `load` reads a file once, when training starts: it can only be a `param`'s initial value or an adapter's `const`",
     ]);
+    // a shape too large for one tensor is refused while compiling (planning it ran out of memory)
+    expect(
+      errors(program('param w: f32[2, 3] = load("weights.safetensors", "param:w", [1e23, 3])')),
+    ).toEqual([
+      "E0401 14: `load`'s shape [1e+23, 3] has 3.00e+23 elements, more than one tensor can hold (2^31 - 1)",
+    ]);
   });
 });
 
