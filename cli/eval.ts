@@ -1,13 +1,10 @@
 // `lrkc eval FILE`: the held-out loss (and, for arithmetic data, exact-match accuracy) of a train
 // block's model with given weights, on the block's eval data or on another `data` declaration of
 // the file: how well a fine-tune does, or what it forgot of the task it started from.
-import { resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
 import { error } from "../language/diagnostics.js";
-import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import { evaluate, evaluationSkipped, initializeWithWeights } from "../runtime/trainer.js";
-import type { Tensor } from "../compiler/program.js";
-import { initialAdapters } from "./export.js";
+import { startingPoint } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -79,25 +76,17 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
     );
 
   // Read (and checked against the program) before the device opens: a bad file fails fast.
-  let weights: LoadedCheckpoint | undefined;
-  let adapters: Map<string, Tensor> | undefined;
-  // --weights replaces the block's starting point, `init_adapters` included (its adapters are in
-  // the file); --init-adapters still replaces the adapters of either.
-  const adapterSetting = options.weights === undefined && program.initAdapters !== undefined;
-  if (options.weights !== undefined || options.initAdapters !== undefined || adapterSetting) {
-    try {
-      if (options.weights !== undefined)
-        weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
-      if (options.initAdapters !== undefined || adapterSetting)
-        adapters = initialAdapters(options.initAdapters, compiled, (text) => {
-          if (!options.json) process.stderr.write(`note: ${text}\n`);
-        });
-    } catch (e) {
-      const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
-      if (failure) return report([failure], options);
-      throw e;
-    }
+  let start: ReturnType<typeof startingPoint>;
+  try {
+    start = startingPoint(compiled, options.weights, options.initAdapters, (text) => {
+      if (!options.json) process.stderr.write(`note: ${text}\n`);
+    });
+  } catch (e) {
+    const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
+    if (failure) return report([failure], options);
+    throw e;
   }
+  const { weights, adapters } = start;
   const device = await openDeviceOrDiagnostic(options.device);
   if ("severity" in device) return report([device], options);
   try {

@@ -12,7 +12,7 @@ import type { Tensor } from "../compiler/program.js";
 import type { Value } from "../compiler/values.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import { isFileSystemError, makeFolder, writeFileAtomic } from "../runtime/atomic.js";
-import { checkpointUses, loadCheckpoint } from "../runtime/checkpoint.js";
+import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import { CpuDevice } from "../runtime/device.js";
 import { PeftError, readPeftFolder, toPeft, type AdaptedModule } from "../runtime/peft.js";
 import { CheckpointError, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
@@ -379,6 +379,31 @@ export function initialAdapters(
       Object.assign(e, { at: setting.at });
     throw e;
   }
+}
+
+/**
+ * What `lrkc eval` and `generate` start from, read before the device opens (a bad file fails
+ * fast): `--weights` (`weights`, relative to the working directory), which replaces the block's
+ * starting point, its `init_adapters` included (the file holds the adapters); and the adapters of
+ * `--init-adapters` (`flag`) or, without `--weights`, the block's setting. Throws what
+ * `failureDiagnostic` reports.
+ */
+export function startingPoint(
+  compiled: Compiled,
+  weights: string | undefined,
+  flag: string | undefined,
+  note: (text: string) => void,
+): { weights?: LoadedCheckpoint; adapters?: Map<string, Tensor> } {
+  const { program } = compiled;
+  const loaded =
+    weights !== undefined
+      ? loadCheckpoint(resolve(weights), program, checkpointUses.weights)
+      : undefined;
+  const adapters =
+    flag !== undefined || (weights === undefined && program.initAdapters !== undefined)
+      ? initialAdapters(flag, compiled, note)
+      : undefined;
+  return { ...(loaded ? { weights: loaded } : {}), ...(adapters ? { adapters } : {}) };
 }
 
 /** The PEFT config's rank, alpha and rslora for this module, against the adapter's arguments. */

@@ -22,12 +22,11 @@ import type {
 } from "../compiler/program.js";
 import { samplerProgram } from "../compiler/sampler.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
-import { checkpointUses, loadCheckpoint, type LoadedCheckpoint } from "../runtime/checkpoint.js";
 import type { Device } from "../runtime/device.js";
 import { renderChat, TemplateError } from "../runtime/chat-template.js";
 import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
 import { initializeWithWeights, type Run } from "../runtime/trainer.js";
-import { initialAdapters } from "./export.js";
+import { startingPoint } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -315,20 +314,16 @@ export async function generateCommand(
       "use the tokenizer of this model",
     );
 
-  let weights: LoadedCheckpoint | undefined;
-  let adapters: Map<string, Tensor> | undefined;
-  // --weights replaces the block's starting point, its `init_adapters` included (as for eval)
-  if (options.weights !== undefined || program.initAdapters !== undefined) {
-    try {
-      if (options.weights !== undefined)
-        weights = loadCheckpoint(resolve(options.weights), program, checkpointUses.weights);
-      else adapters = initialAdapters(undefined, compiled, () => undefined);
-    } catch (e) {
-      const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
-      if (failure) return report([failure], options);
-      throw e;
-    }
+  let start: ReturnType<typeof startingPoint>;
+  try {
+    // generate has no --init-adapters: only the block's setting, which --weights replaces
+    start = startingPoint(compiled, options.weights, undefined, () => undefined);
+  } catch (e) {
+    const failure = failureDiagnostic(e, { program, checkpointFromCommandLine: true });
+    if (failure) return report([failure], options);
+    throw e;
   }
+  const { weights, adapters } = start;
   const device = await openDeviceOrDiagnostic(options.device);
   if ("severity" in device) return report([device], options);
   try {
