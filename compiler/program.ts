@@ -245,12 +245,16 @@ export interface RenameRule {
 export function renamed(rules: readonly RenameRule[], name: string): string {
   const segments = name.split(".");
   for (const { from, to } of rules) {
-    const pattern = from === "" ? [] : from.split(".");
+    // empty segments dropped: `"transformer."` is the prefix `"transformer"`
+    const pattern = from.split(".").filter((p) => p !== "");
     if (pattern.length > segments.length) continue;
     const caught: string[] = [];
     if (!pattern.every((p, i) => (p === "*" ? caught.push(segments[i]!) > 0 : p === segments[i])))
       continue;
-    const head = to === "" ? [] : to.split(".").map((p) => (p === "*" ? caught.shift()! : p));
+    const head = to
+      .split(".")
+      .filter((p) => p !== "")
+      .map((p) => (p === "*" ? caught.shift()! : p));
     return [...head, ...segments.slice(pattern.length)].join(".");
   }
   return name;

@@ -309,7 +309,7 @@ function renameRules(
   const wrong = (message: string) => {
     r.diagnostics.push(
       error("E0402", message, r.at(module, e), {
-        help: 'write `init_rename [("h.*.attn", "transformer.h.*.attn"), ("", "model.")]`: pairs of dotted paths, `*` one segment',
+        help: 'write `init_rename [("h.*.attn", "transformer.h.*.attn"), ("", "model")]`: pairs of dotted paths, `*` one segment',
       }),
     );
     return undefined;

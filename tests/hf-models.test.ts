@@ -11,7 +11,7 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Tensor } from "../compiler/program.js";
+import { renamed, type Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CheckpointError, readSafetensors, writeSafetensors } from "../runtime/safetensors.js";
 import { CpuDevice, type Device } from "../runtime/device.js";
@@ -213,6 +213,20 @@ describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interp
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("init_rename's rules: prefixes with or without a trailing dot, `*` segments in order", () => {
+    expect(renamed([{ from: "", to: "model." }], "layers.0.w")).toBe("model.layers.0.w");
+    expect(renamed([{ from: "", to: "model" }], "layers.0.w")).toBe("model.layers.0.w");
+    expect(renamed([{ from: "transformer.", to: "" }], "transformer.h.0.w")).toBe("h.0.w");
+    const swap = [{ from: "h.*.*.w", to: "x.*.y.*" }];
+    expect(renamed(swap, "h.1.attn.w.weight")).toBe("x.1.y.attn.weight");
+    expect(renamed(swap, "h.1.w")).toBe("h.1.w"); // shorter than the pattern: unchanged
+    const first = [
+      { from: "a", to: "b" },
+      { from: "a", to: "c" },
+    ];
+    expect(renamed(first, "a.z")).toBe("b.z");
   });
 
   it("init_rename: a value that is not (from, to) pairs is E0402 with the form to write", () => {
