@@ -12,7 +12,12 @@ import { selectorListText } from "../language/format.js";
 import { parse } from "../language/parse.js";
 import { kernelFileName } from "../runtime/run-folder.js";
 import { failureDiagnostic } from "./failures.js";
-import { isFileSystemError, makeFolder, writeFileAtomic } from "../runtime/atomic.js";
+import {
+  isFileSystemError,
+  makeFolder,
+  writeFileAtomic,
+  writeFilesAtomic,
+} from "../runtime/atomic.js";
 import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 import { buildTarget, portableTarget, withMaxBinding } from "./target.js";
@@ -132,7 +137,7 @@ async function emitPlan({ program }: Compiled, options: BuildOptions): Promise<n
   } finally {
     close();
   }
-  if (options.out) return writePlan(plan, options.out, name, options);
+  if (options.out) return await writePlan(plan, options.out, name, options);
   if (options.emit === "wgsl") {
     process.stdout.write(
       plan.kernels.map((k) => `// ---- kernel ${k.id}: ${k.name}\n${k.wgsl}`).join("\n") + "\n",
@@ -174,17 +179,28 @@ export function splitLines(plan: Plan): string[] {
   ];
 }
 
-/** `--out`: plan.json and one .wgsl per kernel, each written atomically; a failure is E0003. */
-function writePlan(plan: Plan, out: string, target: string, options: BuildOptions): number {
+/**
+ * `--out`: one .wgsl per kernel, then plan.json, each written atomically (the kernels several at
+ * a time: writeFilesAtomic); a failure is E0003. plan.json comes last, so that a plan on disk
+ * never names kernels that are not written yet.
+ */
+async function writePlan(
+  plan: Plan,
+  out: string,
+  target: string,
+  options: BuildOptions,
+): Promise<number> {
   let current = out;
   try {
     makeFolder(out);
+    const kernels = plan.kernels.map((k) => ({ path: join(out, kernelFileName(k)), data: k.wgsl }));
+    const failed = await writeFilesAtomic(kernels);
+    if (failed) {
+      current = failed.path;
+      throw failed.error;
+    }
     current = join(out, "plan.json");
     writeFileAtomic(current, JSON.stringify(plan, null, 2) + "\n");
-    for (const k of plan.kernels) {
-      current = join(out, kernelFileName(k));
-      writeFileAtomic(current, k.wgsl);
-    }
   } catch (e) {
     if (!isFileSystemError(e)) throw e;
     const code = e.code;

@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { root } from "../helpers.js";
-import { writeFileAtomic } from "../../runtime/atomic.js";
+import { writeFileAtomic, writeFilesAtomic } from "../../runtime/atomic.js";
 
 const lrkc = join(root, "bin", "lrkc.js");
 
@@ -192,6 +192,35 @@ describe("lrkc build --out", () => {
     expectE0003(buildPlan(disk.dir), "no space left on device");
     expect(readFileSync(join(disk.dir, "plan.json"), "utf8")).toBe("old plan\n");
     expect(tempFiles(disk.dir)).toEqual([]);
+  });
+});
+
+describe("writeFilesAtomic (build --out's kernels, several at a time)", () => {
+  it("writes every file, keeps an existing file's mode, and leaves no temporary files", async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "k0.wgsl"), "old");
+    chmodSync(join(dir, "k0.wgsl"), 0o600);
+    const files = Array.from({ length: 40 }, (_, i) => ({
+      path: join(dir, `k${i}.wgsl`),
+      data: `kernel ${i}`,
+    }));
+    expect(await writeFilesAtomic(files, 4)).toBeUndefined();
+    for (let i = 0; i < 40; i++) expect(readFileSync(files[i]!.path, "utf8")).toBe(`kernel ${i}`);
+    expect(statSync(join(dir, "k0.wgsl")).mode & 0o777).toBe(0o600);
+    expect(tempFiles(dir)).toEqual([]);
+  });
+
+  it("stops at a failure, names its file, and leaves the rest and no temporary files", async () => {
+    const dir = tempDir();
+    const files = Array.from({ length: 40 }, (_, i) => ({
+      // the second file's folder is missing: its temporary file cannot be made
+      path: join(dir, i === 1 ? "missing" : "", `k${i}.wgsl`),
+      data: `kernel ${i}`,
+    }));
+    const failed = await writeFilesAtomic(files, 1);
+    expect(failed?.path).toBe(files[1]!.path);
+    expect((failed?.error as NodeJS.ErrnoException).code).toBe("ENOENT");
+    expect(readdirSync(dir)).toEqual(["k0.wgsl"]);
   });
 });
 
