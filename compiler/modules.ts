@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url";
 import type * as A from "../language/ast.js";
 import { error, Log, type Diagnostic, type Location } from "../language/diagnostics.js";
 import { parse } from "../language/parse.js";
+import { parseStdModule } from "../language/parse-cache.js";
 import { SourceFile } from "../language/source.js";
 
 export interface Module {
@@ -329,7 +330,12 @@ export class ModuleLoader {
       }
       source = read.file;
     }
-    const parsed = parse(source);
+    // the std modules' trees come from the parse cache when this text was parsed before
+    const std = relative(this.stdlibDir, path);
+    const parsed =
+      !std.startsWith("..") && !isAbsolute(std)
+        ? parseStdModule(source, std.replace(/\.lrk$/, ""))
+        : parse(source);
     this.diagnostics.push(...parsed.diagnostics);
     const module: Module = { name, file: source, program: parsed.program };
     this.modules.set(path, module);

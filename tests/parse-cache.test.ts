@@ -1,0 +1,94 @@
+// The parse cache of std modules (language/parse-cache.ts): a tree read back is the tree parsing
+// gives, a changed text or a damaged file is parsed again, and a cache that cannot be written
+// changes nothing but speed.
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { parseCacheFolder, parseStdModule } from "../language/parse-cache.js";
+import { parse } from "../language/parse.js";
+import { SourceFile } from "../language/source.js";
+import { root } from "./helpers.js";
+
+const stdModules = ["nn", "models", "adapters", "optim", "quant"];
+const stdFile = (m: string) =>
+  new SourceFile(`stdlib/${m}.lrk`, readFileSync(join(root, "stdlib", `${m}.lrk`), "utf8"));
+/** The tree as JSON keeps it (undefined fields left out): what both paths must agree on. */
+const plain = (x: unknown) => JSON.parse(JSON.stringify(x)) as unknown;
+
+let saved: string | undefined;
+beforeEach(() => {
+  saved = process.env["XDG_CACHE_HOME"];
+  process.env["XDG_CACHE_HOME"] = mkdtempSync(join(tmpdir(), "lrk-parse-cache-"));
+});
+afterEach(() => {
+  if (saved === undefined) delete process.env["XDG_CACHE_HOME"];
+  else process.env["XDG_CACHE_HOME"] = saved;
+});
+
+describe("parse cache of std modules", () => {
+  it("reads back, for every std module, the tree that parsing gives", () => {
+    for (const m of stdModules) {
+      const file = stdFile(m);
+      const first = parseStdModule(file, m); // parsed, and stored
+      const second = parseStdModule(file, m); // read back
+      expect(first.diagnostics).toEqual([]);
+      expect(second.diagnostics).toEqual([]);
+      expect(second.program).not.toBe(first.program);
+      expect(plain(second.program)).toEqual(plain(parse(file).program));
+    }
+    const stored = readdirSync(parseCacheFolder()).map((f) =>
+      f.replace(/-[0-9a-f]{32}\.json$/, ""),
+    );
+    expect(stored.sort()).toEqual([...stdModules].sort());
+  });
+
+  it("uses the stored tree, and only for the same text", () => {
+    const file = stdFile("quant");
+    parseStdModule(file, "quant");
+    const [name] = readdirSync(parseCacheFolder());
+    const path = join(parseCacheFolder(), name!);
+    // a stored tree with one item less: what is read back is the file's, not a new parse
+    const stored = JSON.parse(readFileSync(path, "utf8")) as { program: { items: unknown[] } };
+    const items = stored.program.items.length;
+    stored.program.items.pop();
+    writeFileSync(path, JSON.stringify(stored));
+    expect(parseStdModule(file, "quant").program.items.length).toBe(items - 1);
+    // an edited module is parsed again
+    const edited = new SourceFile(file.path, `${file.text}\nfn extra(x) = x\n`);
+    expect(parseStdModule(edited, "quant").program.items.length).toBe(items + 1);
+  });
+
+  it("parses again over a damaged file, and keeps a few trees per module", () => {
+    const file = stdFile("quant");
+    parseStdModule(file, "quant");
+    const [name] = readdirSync(parseCacheFolder());
+    writeFileSync(join(parseCacheFolder(), name!), '{"format": 1, "key": "'); // cut short
+    expect(plain(parseStdModule(file, "quant").program)).toEqual(plain(parse(file).program));
+    for (let i = 0; i < 6; i++)
+      parseStdModule(new SourceFile(file.path, `${file.text}\n// edit ${i}\n`), "quant");
+    expect(readdirSync(parseCacheFolder()).length).toBe(4);
+  });
+
+  it("parses as usual where the cache folder cannot be written", (ctx) => {
+    if (process.getuid?.() === 0) return ctx.skip("root writes anywhere");
+    const base = process.env["XDG_CACHE_HOME"]!;
+    chmodSync(base, 0o500);
+    try {
+      const file = stdFile("nn");
+      expect(plain(parseStdModule(file, "nn").program)).toEqual(plain(parse(file).program));
+    } finally {
+      chmodSync(base, 0o700);
+    }
+  });
+
+  it("parses as usual where the cache folder is a file", () => {
+    const base = join(process.env["XDG_CACHE_HOME"]!, "file");
+    writeFileSync(base, "not a folder");
+    process.env["XDG_CACHE_HOME"] = base;
+    const file = stdFile("nn");
+    const r = parseStdModule(file, "nn");
+    expect(r.diagnostics).toEqual([]);
+    expect(plain(r.program)).toEqual(plain(parse(file).program));
+  });
+});
