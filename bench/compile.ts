@@ -8,14 +8,23 @@
 //
 // Default: 2 4 12 layers, medians of 3. --against DIR: another built checkout of lrk (its
 // bin/lrkc.js), run alternately with this one, each depth's medians side by side with their
-// ratio (this / other), so that a loaded machine slows both alike.
+// ratio (this / other), so that a loaded machine slows both alike; and each depth's plan.json and
+// kernel files from the two are compared (each built from its own root, where kernel headers name
+// the std module files alike): a difference is printed and the exit status is 1.
 //
 // Run it from the repository root. Where the time goes inside the compiler:
 // bench/fuse-depth.ts (front end, fusion and planStep separately) or `node --cpu-prof`.
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -45,12 +54,28 @@ function writeProgram(dir: string, layers: number): string {
 /** CPU (user + system) and wall seconds of one `lrkc build`, from bash's `time`. */
 function build(file: string, out: string, cli = lrkc): { cpu: number; wall: number } {
   const command = `TIMEFORMAT='%U %S %R'; time node "${cli}" build "${file}" --emit plan --device portable --out "${out}" > /dev/null`;
-  const r = spawnSync("bash", ["-c", command], { encoding: "utf8" });
+  // run from the checkout's root, as for this one: kernel headers name std files relative to it
+  const r = spawnSync("bash", ["-c", command], { encoding: "utf8", cwd: dirname(dirname(cli)) });
   const last = r.stderr.trim().split("\n").at(-1) ?? "";
   const times = last.split(" ").map(Number);
   if (r.status !== 0 || times.length !== 3 || times.some(Number.isNaN))
     throw new Error(`lrkc build ${file} failed (exit ${r.status}):\n${r.stderr}`);
   return { cpu: times[0]! + times[1]!, wall: times[2]! };
+}
+
+/**
+ * The first difference between two `--out` folders (file names, then contents), or undefined
+ * when they hold the same plan and kernels.
+ */
+function firstDifference(mine: string, theirs: string): string | undefined {
+  const names = readdirSync(mine).sort();
+  const otherNames = readdirSync(theirs).sort();
+  if (names.join("\n") !== otherNames.join("\n"))
+    return `the file lists differ (${names.length} files here, ${otherNames.length} there)`;
+  for (const name of names)
+    if (!readFileSync(join(mine, name)).equals(readFileSync(join(theirs, name))))
+      return `${name} differs`;
+  return undefined;
 }
 
 const dir = mkdtempSync(join(tmpdir(), "lrk-bench-compile-"));
@@ -61,11 +86,12 @@ try {
   for (const layers of depths.length ? depths : [2, 4, 12]) {
     const file = writeProgram(dir, layers);
     const out = join(dir, `out${layers}`);
+    const otherOut = join(dir, `other${layers}`);
     const runs: { cpu: number; wall: number }[] = [];
     const others: { cpu: number; wall: number }[] = [];
     for (let i = 0; i < repeat; i++) {
       runs.push(build(file, out));
-      if (other) others.push(build(file, out, other));
+      if (other) others.push(build(file, otherOut, other));
     }
     const cpu = median(runs.map((r) => r.cpu));
     const wall = median(runs.map((r) => r.wall));
@@ -74,6 +100,9 @@ try {
       const cpuOther = median(others.map((r) => r.cpu));
       const wallOther = median(others.map((r) => r.wall));
       row += ` ${seconds(cpuOther)} ${seconds(wallOther)} ${(cpu / cpuOther).toFixed(2).padStart(8)}× ${(wall / wallOther).toFixed(2).padStart(8)}×`;
+      const difference = firstDifference(out, otherOut);
+      row += difference ? `  DIFFERENT PLAN: ${difference}` : "  same plan";
+      if (difference) process.exitCode = 1;
     }
     rows.push(row);
   }
@@ -81,7 +110,7 @@ try {
     [
       `lrkc build --emit plan --device portable of examples/lora_finetune.lrk at several depths (medians of ${repeat}${other ? `, alternating with ${against}` : ""})`,
       other
-        ? "layers      CPU       wall   CPU other  wall other  CPU ratio wall ratio"
+        ? "layers      CPU       wall   CPU other  wall other  CPU ratio wall ratio  plan.json and kernels"
         : "layers      CPU       wall",
       ...rows,
     ].join("\n") + "\n",
