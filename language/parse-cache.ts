@@ -36,14 +36,20 @@ import { parse, type ParseResult } from "./parse.js";
 import type { SourceFile } from "./source.js";
 
 /** The stored file's layout; a change of it changes every key. */
-const FORMAT = 1;
+const FORMAT = 2;
 /** Trees kept per module name (older ones are removed when a new one is written). */
 const KEPT_PER_MODULE = 4;
 
 interface Stored {
   format: number;
   key: string;
+  /** sha256 of `JSON.stringify(program)`: a flipped bit inside the tree is caught too. */
+  sum: string;
   program: A.Program;
+}
+
+function checksum(program: unknown): string {
+  return createHash("sha256").update(JSON.stringify(program)).digest("hex");
 }
 
 let frontEndHash: string | undefined;
@@ -76,7 +82,7 @@ export function parseStdModule(file: SourceFile, module: string): ParseResult {
   const path = join(folder, `${safeName}-${key.slice(0, 32)}.json`);
   try {
     const stored = JSON.parse(readFileSync(path, "utf8")) as Stored;
-    if (stored.format === FORMAT && stored.key === key)
+    if (stored.format === FORMAT && stored.key === key && stored.sum === checksum(stored.program))
       return { program: stored.program, diagnostics: [] };
   } catch {
     // no tree yet, or one that cannot be used: parse
@@ -89,7 +95,8 @@ export function parseStdModule(file: SourceFile, module: string): ParseResult {
 /** Writes a tree that reads back exactly; any failure leaves the cache as it was. */
 function store(folder: string, path: string, module: string, key: string, program: A.Program) {
   try {
-    const json = JSON.stringify({ format: FORMAT, key, program } satisfies Stored);
+    const sum = checksum(program);
+    const json = JSON.stringify({ format: FORMAT, key, sum, program } satisfies Stored);
     if (!sameTree((JSON.parse(json) as Stored).program, program)) return;
     mkdirSync(folder, { recursive: true });
     const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;

@@ -351,11 +351,9 @@ export class RunFolder {
       rmSync(kernels, { recursive: true, force: true });
       makeFolder(kernels);
     });
+    // Kernels first, plan.json last: a plan.json on disk never names a kernel not yet written.
+    for (const k of plan.kernels) this.writeAtomically(join(kernels, kernelFileName(k)), k.wgsl);
     this.writeAtomically(join(this.dir, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
-    for (const k of plan.kernels) {
-      const path = join(kernels, kernelFileName(k));
-      guarded(path, () => writeFileSync(path, k.wgsl));
-    }
     return join(this.dir, "plan.json");
   }
 

@@ -1,6 +1,7 @@
 // The parse cache of std modules (language/parse-cache.ts): a tree read back is the tree parsing
 // gives, a changed text or a damaged file is parsed again, and a cache that cannot be written
 // changes nothing but speed.
+import { createHash } from "node:crypto";
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -49,9 +50,13 @@ describe("parse cache of std modules", () => {
     const [name] = readdirSync(parseCacheFolder());
     const path = join(parseCacheFolder(), name!);
     // a stored tree with one item less: what is read back is the file's, not a new parse
-    const stored = JSON.parse(readFileSync(path, "utf8")) as { program: { items: unknown[] } };
+    const stored = JSON.parse(readFileSync(path, "utf8")) as {
+      sum: string;
+      program: { items: unknown[] };
+    };
     const items = stored.program.items.length;
     stored.program.items.pop();
+    stored.sum = createHash("sha256").update(JSON.stringify(stored.program)).digest("hex");
     writeFileSync(path, JSON.stringify(stored));
     expect(parseStdModule(file, "quant").program.items.length).toBe(items - 1);
     // an edited module is parsed again
@@ -63,7 +68,17 @@ describe("parse cache of std modules", () => {
     const file = stdFile("quant");
     parseStdModule(file, "quant");
     const [name] = readdirSync(parseCacheFolder());
-    writeFileSync(join(parseCacheFolder(), name!), '{"format": 1, "key": "'); // cut short
+    const path = join(parseCacheFolder(), name!);
+    const whole = readFileSync(path, "utf8");
+    writeFileSync(path, whole.slice(0, 40)); // cut short
+    expect(plain(parseStdModule(file, "quant").program)).toEqual(plain(parse(file).program));
+    // a flipped character inside the tree that leaves valid JSON (a name changed): the checksum
+    const flipped = whole.replace(
+      /"name":"([a-z])/,
+      (_m, c: string) => `"name":"${c === "q" ? "r" : "q"}`,
+    );
+    expect(flipped).not.toBe(whole);
+    writeFileSync(path, flipped);
     expect(plain(parseStdModule(file, "quant").program)).toEqual(plain(parse(file).program));
     for (let i = 0; i < 6; i++)
       parseStdModule(new SourceFile(file.path, `${file.text}\n// edit ${i}\n`), "quant");
