@@ -1,13 +1,20 @@
 // The low-rank branch computed in the base matmul's tile (MatmulBranch, compiler/kernels/matmul.ts):
 // y = x·Wᵀ + 2·((x·Aᵀ)·Bᵀ) (up stored [n, rank]: LoRA's forward) and dx = dy·W + (dy·B)·A (up
 // stored [rank, n]: its input gradient), run on WebGPU with every matmul candidate against the
-// interpreter, at odd sizes and ranks 1, 8, 13 (not a multiple of 4: scalar loads), 16 and 64.
+// interpreter, at odd sizes and ranks 1, 8, 13 (not a multiple of 4: scalar loads), 16 and 64,
+// with the device's default tile and the shared-memory tile (sharedBranchSteps).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
-import type { GraphProgram, MatmulParams, ProgramInput, Tensor } from "../compiler/program.js";
+import type {
+  GraphProgram,
+  MatmulParams,
+  MatmulShape,
+  ProgramInput,
+  Tensor,
+} from "../compiler/program.js";
 import { planStep } from "../compiler/compile.js";
 import { deviceTarget } from "../cli/target.js";
-import { matmulCandidates } from "../compiler/kernels/matmul.js";
+import { defaultMatmulParams, matmulCandidates } from "../compiler/kernels/matmul.js";
 import { fuse } from "../compiler/fuse/index.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
@@ -76,10 +83,16 @@ describe("the low-rank branch in the matmul's tile", () => {
     n: number,
     rank: number,
     params?: MatmulParams,
+    baseOnly = false,
   ): Promise<string> {
     const { program, feeds } = loraProducts(m, k, n, rank);
     const target = await deviceTarget(device, [program], { autotune: false, lowRankMax: 64 });
-    const plan = planStep(program, params ? { ...target, matmulParams: () => params } : target);
+    // `params` for the two base products (n is not the rank), or for every product
+    const chosen = (shape: MatmulShape) =>
+      !params || (baseOnly && shape.n === rank) ? defaultParams(shape) : params;
+    const defaultParams = (shape: MatmulShape) =>
+      defaultMatmulParams(shape, new Set(device.features), device.summary);
+    const plan = planStep(program, params ? { ...target, matmulParams: chosen } : target);
     device.load(program, plan);
     const got = await device.run(program, program.entries[0]!, feeds);
     const byNode = new Map(program.inputs.map((i) => [i.node, feeds.get(i.name)!]));
@@ -112,6 +125,30 @@ describe("the low-rank branch in the matmul's tile", () => {
       expect(wgsl).not.toContain("// low-rank");
       await check(67, 96, 50, rank);
     }, 180_000); // cold, lavapipe compiles each kernel in seconds on a loaded machine
+
+  // the shared-memory tile (the GPU default): the branch staged in slabs of min(tileK, rank) steps
+  const shared = (rows: number, tileK: number, vectorWidth: 1 | 4 = 4): MatmulParams => ({
+    variant: "shared",
+    rowsPerThread: rows,
+    colsPerThread: rows,
+    workgroupX: 4,
+    workgroupY: 4,
+    tileK,
+    vectorWidth,
+  });
+  for (const rank of [1, 8, 13, 16, 64])
+    it(`rank ${rank}, the shared-memory tile runs the branch as staged k-steps, as the interpreter`, async () => {
+      const wgsl = await check(67, 96, 52, rank, shared(4, 16), true);
+      expect(wgsl).toContain("lb0_3_3");
+      // no per-element loop over the rank: mm_branch0 is defined but not called
+      expect(wgsl).not.toContain("mm_branch0(row, col)");
+      expect(wgsl).not.toContain("// low-rank");
+    }, 180_000);
+
+  it("the shared-memory tile with a slab shallower than the rank (a partial last slab), n odd, scalar loads", async () => {
+    await check(67, 96, 50, 13, shared(4, 8), true);
+    await check(37, 52, 29, 13, shared(2, 4, 1), true);
+  }, 180_000);
 
   it("every candidate of the products at rank 8, as the interpreter", async () => {
     const shape = { batch: 1, m: 67, n: 52, k: 96, transA: false, transB: true };
