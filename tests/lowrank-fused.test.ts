@@ -3,17 +3,28 @@
 // stored [rank, n]: its input gradient), run on WebGPU with every matmul candidate against the
 // interpreter, at odd sizes and ranks 1, 8, 13 (not a multiple of 4: scalar loads), 16 and 64,
 // with the device's default tile and the shared-memory tile (sharedBranchSteps).
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Builder } from "../compiler/builder.js";
 import type {
   GraphProgram,
+  LowRankBranchForm,
   MatmulParams,
   MatmulShape,
   ProgramInput,
   Tensor,
 } from "../compiler/program.js";
 import { planStep } from "../compiler/compile.js";
-import { deviceTarget } from "../cli/target.js";
+import {
+  deviceTarget,
+  LOW_RANK_TIMED_ROWS,
+  lowRankChoices,
+  portableTarget,
+} from "../cli/target.js";
+import { matmulTemplate, type PlanTarget } from "../compiler/plan.js";
+import { Autotuner } from "../runtime/autotune.js";
 import { defaultMatmulParams, matmulCandidates } from "../compiler/kernels/matmul.js";
 import { fuse } from "../compiler/fuse/index.js";
 import { evaluate } from "../runtime/interpreter.js";
@@ -175,7 +186,7 @@ function branchGraph(rank: number, transposedDown: boolean) {
     b.matmul(x, w, { transB: true }),
     b.binary("mul", branch, b.constant(2)),
   );
-  return { graph: b.graph, y, up };
+  return { graph: b.graph, y, up, w };
 }
 
 describe("fused or unfused: the low-rank cost model", () => {
@@ -203,5 +214,121 @@ describe("fused or unfused: the low-rank cost model", () => {
     expect(fuse(graph, [y], { lowRankLoopMax: 0, half }).groups.length).toBe(3);
     expect(fuse(graph, [y], { lowRankLoopMax: 8, half }).groups.length).toBe(2);
     expect(fuse(graph, [y], { lowRankLoopMax: 0 }).groups.length).toBe(2);
+  });
+});
+
+describe("fused or unfused, timed where the cost model is unsure", () => {
+  it("a branch the tile computes is left unfused where the autotuner's choice says so, and the choice is asked with the product's shape and the branch's form", () => {
+    const { graph, y } = branchGraph(8, false);
+    const asked: string[] = [];
+    const fuses = (answer: boolean) => (base: MatmulShape, branch: LowRankBranchForm) => {
+      asked.push(
+        `${base.batch} ${base.m}x${base.n}x${base.k} ${base.transB} r${branch.rank} ${branch.upTrans}`,
+      );
+      return answer;
+    };
+    expect(
+      fuse(graph, [y], { lowRankLoopMax: 0, lowRankTileFuses: fuses(false) }).groups.length,
+    ).toBe(3);
+    expect(
+      fuse(graph, [y], { lowRankLoopMax: 0, lowRankTileFuses: fuses(true) }).groups.length,
+    ).toBe(2);
+    expect(asked).toEqual(["1 64x52x96 true r8 true", "1 64x52x96 true r8 true"]);
+    // a branch the tile cannot compute keeps the loop's rule; one beside an f16 B is not asked
+    asked.length = 0;
+    const transposed = branchGraph(8, true);
+    fuse(transposed.graph, [transposed.y], { lowRankTileFuses: fuses(false) });
+    const half = branchGraph(8, false);
+    const options = { lowRankLoopMax: 0, half: new Set([half.w]), lowRankTileFuses: fuses(false) };
+    expect(fuse(half.graph, [half.y], options).groups.length).toBe(2);
+    expect(asked).toEqual([]);
+  });
+
+  it("lowRankChoices: the plan leaves unfused exactly the branches decided so, on products up to LOW_RANK_TIMED_ROWS rows", async () => {
+    const small = loraProducts(67, 96, 52, 8).program;
+    const large = loraProducts(LOW_RANK_TIMED_ROWS + 1, 96, 52, 8).program;
+    const target = { ...portableTarget, lowRankLoopMax: 0 };
+    const asked: string[] = [];
+    const decide = async (shape: MatmulShape, branch: LowRankBranchForm) => {
+      asked.push(
+        `${shape.m}x${shape.n}x${shape.k} r${branch.rank} ${branch.upTrans ? "upT" : "up"}`,
+      );
+      return !branch.upTrans; // the forward (up stored [n, rank]) unfused, the input gradient fused
+    };
+    const choices = await lowRankChoices([small], target, decide);
+    // the forward x·Wᵀ and the input gradient dy·W
+    expect(asked.sort()).toEqual(["67x52x96 r8 upT", "67x96x52 r8 up"]);
+    const dispatches = (p: typeof small, t: PlanTarget) =>
+      planStep(p, t).entries.entry!.dispatches.length;
+    expect(dispatches(small, target)).toBe(4);
+    expect(dispatches(small, { ...target, lowRankChoices: choices! })).toBe(5);
+    // every branch fused: nothing to carry
+    expect(await lowRankChoices([small], target, async () => true)).toBeUndefined();
+    // larger products keep the structural choice (fused), unasked
+    asked.length = 0;
+    expect(await lowRankChoices([large], target, decide)).toBeUndefined();
+    expect(asked).toEqual([]);
+  });
+});
+
+describe("the autotuner's fused-or-unfused timing", () => {
+  let device: WebGpuDevice;
+  const dir = mkdtempSync(join(tmpdir(), "lrk-lowrank-"));
+  const cacheFile = join(dir, "autotune.json");
+  beforeAll(async () => {
+    device = await WebGpuDevice.open();
+  });
+  afterAll(() => {
+    device?.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const shape: MatmulShape = { batch: 1, m: 67, n: 52, k: 96, transA: false, transB: true };
+  const params = () => defaultMatmulParams(shape, new Set(device.features), device.summary);
+
+  it("times both forms on the device, caches the choice under the product's class, parameters, rank and layout; a second tuner reads it", async () => {
+    const lines: string[] = [];
+    const tuner = new Autotuner(device.device, device.summary, matmulTemplate, {
+      cacheFile,
+      runs: 2,
+      log: (line) => lines.push(line),
+    });
+    const fused = await tuner.lowRankFused(shape, { rank: 8, upTrans: true }, params());
+    expect(tuner.measurements).toBe(6); // 3 rounds of each form
+    const cache = JSON.parse(readFileSync(cacheFile, "utf8")) as {
+      lowRank: Record<
+        string,
+        Record<string, { fused: boolean; fusedMs: number; unfusedMs: number }>
+      >;
+    };
+    const [key, entry] = Object.entries(Object.values(cache.lowRank)[0]!)[0]!;
+    expect(key).toContain(matmulTemplate.classKey(shape));
+    expect(key).toMatch(/ r8 upT$/);
+    expect(entry.fused).toBe(fused);
+    expect(entry.fusedMs).toBeGreaterThan(0);
+    expect(entry.unfusedMs).toBeGreaterThan(0);
+    expect(lines.join("\n")).toMatch(/fused .* ms, unfused .* ms/);
+
+    const second = new Autotuner(device.device, device.summary, matmulTemplate, {
+      cacheFile,
+      measure: async () => {
+        throw new Error("the second autotuner must not time anything");
+      },
+    });
+    expect(await second.lowRankFused(shape, { rank: 8, upTrans: true }, params())).toBe(fused);
+    expect(second.measurements).toBe(0);
+  }, 120_000);
+
+  it("keeps the branch fused unless unfused is faster by more than the margin", async () => {
+    const choose = async (fusedMs: number, unfusedMs: number, rank: number) => {
+      const tuner = new Autotuner(device.device, device.summary, matmulTemplate, {
+        cacheFile: join(dir, `t${rank}.json`),
+        // the unfused form's two kernels share its time
+        measure: async (kernel) => (kernel.wgsl.includes("lb0_") ? fusedMs : unfusedMs / 2),
+      });
+      return tuner.lowRankFused(shape, { rank, upTrans: false }, params());
+    };
+    expect(await choose(10, 9, 1)).toBe(false);
+    expect(await choose(10, 9.9, 2)).toBe(true); // within the margin: fused (it saves memory)
+    expect(await choose(10, 12, 3)).toBe(true);
   });
 });

@@ -1551,3 +1551,38 @@ function sharedBranchSteps(c: Ctx, i: number, unroll: number): string[] {
   L.push(`}`);
   return L;
 }
+
+/**
+ * A product with a low-rank branch added, out = A·B + down·up, in the two forms the autotuner
+ * times where fusing is a close call (runtime/autotune.ts `lowRankFused`): `fused`, the branch as
+ * k-steps of the product's tile (MatmulBranch); `unfused`, the up-projection a kernel of its own
+ * (`upParams`, writing the branch's value) whose value the product's epilogue adds, as a plan
+ * that leaves the branch unfused runs it. Bindings: 0 A, 1 B, 2 out, 3 down [m, rank], 4 up
+ * ([n, rank] with upTrans, else [rank, n]), 5 the branch's value [m, n]; `bytes` sizes them.
+ */
+export function lowRankBranchForms(
+  shape: MatmulShape,
+  branch: { rank: number; upTrans: boolean },
+  params: MatmulParams,
+  upParams: MatmulParams,
+): { fused: KernelSource[]; unfused: KernelSource[]; bytes: number[] } {
+  const { m, n, k } = shape;
+  const { rank, upTrans } = branch;
+  const out = { a: 0, b: 1, out: 2 };
+  const fused = matmulKernel(shape, params, out, {
+    epilogue: { expression: "acc + lr0", bindings: [], declarations: "" },
+    branches: [{ rank, upTrans, down: 3, up: 4 }],
+  });
+  const upShape = { batch: 1, m, n, k: rank, transA: false, transB: upTrans };
+  const up = matmulKernel(upShape, upParams, { a: 3, b: 4, out: 5 });
+  const value = { name: "lr_value", type: "f32", buffer: 5, access: "read" as const };
+  const added = matmulKernel(shape, params, out, {
+    epilogue: {
+      expression: `acc + lr_value[row * ${u(n)} + col]`,
+      bindings: [value],
+      declarations: "",
+    },
+  });
+  const bytes = [m * k, k * n, m * n, m * rank, rank * n, m * n].map((count) => 4 * count);
+  return { fused: [fused], unfused: [up, added], bytes };
+}
