@@ -16,7 +16,8 @@ import type {
   ProgramInput,
   Tensor,
 } from "../compiler/program.js";
-import { planStep } from "../compiler/compile.js";
+import { compile, planStep } from "../compiler/compile.js";
+import { SourceFile } from "../language/source.js";
 import {
   deviceTarget,
   LOW_RANK_TIMED_ROWS,
@@ -330,5 +331,98 @@ describe("the autotuner's fused-or-unfused timing", () => {
     expect(await choose(10, 9, 1)).toBe(false);
     expect(await choose(10, 9.9, 2)).toBe(true); // within the margin: fused (it saves memory)
     expect(await choose(10, 12, 3)).toBe(true);
+  });
+});
+
+describe("SVDQuant's and DoRA's branches take the tile path too", () => {
+  // an SVDQuant-quantized Linear with LoRA on top (two branches: SVDQuant's rank-32 L1·L2 and
+  // LoRA's rank 8, beside the packed 4-bit residual) and a DoRA Linear
+  const source = `import std.nn.{Linear}
+import std.adapters.{lora, dora}
+import std.quant.{svdquant}
+import std.optim.{adamw}
+
+data moons = std.data.two_moons(n: 256, seed: 1)
+
+model Net(hidden: int = 128) {
+  embed = Linear(2, hidden)
+  mix = Linear(hidden, hidden)
+  mid = Linear(hidden, hidden)
+  head = Linear(hidden, 2)
+
+  forward(x: f32[B, 2]) -> f32[B, 2] = head(relu(mid(relu(mix(relu(embed(x)))))))
+}
+
+train t {
+  model Net()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  freeze **
+  quantize mix with svdquant(bits: 4, group: 64, rank: 32)
+  adapt mix with lora(rank: 8, alpha: 16)
+  adapt mid with dora(rank: 8, alpha: 16)
+  optimize adapters with adamw(lr: 1e-2)
+  steps 1
+  batch 32
+  seed 1
+}
+`;
+  const limits = {
+    maxStorageBufferBindingSize: 2 ** 27,
+    maxBufferSize: 2 ** 32,
+    maxStorageBuffersPerShaderStage: 16,
+  };
+  /** The matmul kernels of each entry of the step that compute a low-rank branch. */
+  function branchKernels(target: PlanTarget): Map<string, string[]> {
+    const { compiled, diagnostics } = compile(new SourceFile("methods.lrk", source));
+    if (!compiled) throw new Error(diagnostics.map((d) => d.message).join("\n"));
+    const plan = planStep(compiled.program.step, target);
+    const out = new Map<string, string[]>();
+    for (const [name, entry] of Object.entries(plan.entries)) {
+      const kernels = entry.dispatches.map((id) => plan.kernels[id]!);
+      for (const k of kernels.filter((k) => k.kind === "matmul" && /lb0_0_0/.test(k.wgsl))) {
+        // no per-element loop over a rank anywhere
+        expect(k.wgsl).not.toContain("mm_branch0(row, col)");
+        expect(k.wgsl).not.toContain("// low-rank");
+        // each branch's rank: its loop (register/subgroup tiles) or its staging's bound (shared)
+        const steps = /l0 < (\d+)u; l0|tileRow \+ x < \d+u && l0 \+ kk < (\d+)u/g;
+        const ranks = [...k.wgsl.matchAll(steps)].map((m) => m[1] ?? m[2]);
+        const packed = k.wgsl.includes("packed 4-bit") ? " packed" : "";
+        out.set(name, [...(out.get(name) ?? []), `${k.name.split(" (")[0]}${packed} ${ranks}`]);
+      }
+    }
+    return out;
+  }
+
+  it("lavapipe's subgroup tile: SVDQuant's packed product runs its rank-32 branch and LoRA's rank-8 one in the tile; DoRA's product its rank-8 branch", () => {
+    const found = branchKernels({
+      limits,
+      features: ["subgroups"],
+      adapter: { fallback: true },
+      lowRankLoopMax: 0,
+    });
+    // training: the packed forward with both branches; DoRA's input gradient (its forward's
+    // branch value is also read by the magnitude's gradient, so the step stores it: a kernel)
+    expect(found.get("step")).toEqual([
+      "matmul 32x128x128 NT packed 32,8",
+      "matmul 32x128x128 NN 8",
+    ]);
+    // evaluation: both forwards
+    expect(found.get("evaluate")).toEqual([
+      "matmul 32x128x128 NT packed 32,8",
+      "matmul 32x128x128 NT 8",
+    ]);
+  });
+
+  it("a GPU's shared-memory tile: the same branches as staged k-steps", () => {
+    const found = branchKernels({ limits, features: [], adapter: { fallback: false } });
+    expect(found.get("step")).toEqual([
+      "matmul 32x128x128 NT packed 32,8",
+      "matmul 32x128x128 NN 8",
+    ]);
+    expect(found.get("evaluate")).toEqual([
+      "matmul 32x128x128 NT packed 32,8",
+      "matmul 32x128x128 NT 8",
+    ]);
   });
 });
