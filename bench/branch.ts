@@ -12,7 +12,8 @@
 // beside the branch's FLOP share (2·rank / 1024: the down- and up-projection's FLOPs over the
 // base's), as the median of the per-round ratios (each variant over the base run of its own
 // round, so that the machine's drift cancels) with their interquartile range: a single median of
-// each side moved by ±20 % between runs at 576 tokens on a shared machine.
+// each side moved by ±20 % between runs at 576 tokens on a shared machine. The base runs twice;
+// the second's row (A/A) is the measurement's own spread.
 //
 //   node dist/bench/branch.js [--runs N] [--tokens 576,4096] [--ranks 8,16,64] [--no-device-time]
 import { pathToFileURL } from "node:url";
@@ -88,13 +89,17 @@ export async function branchOverheadTable(
     for (const tokens of tokenCounts) {
       // the base, then per rank: in the tile, the per-element loop, unfused
       const forms = [{ lowRankMax: 64 }, { lowRankMax: 64, lowRankTile: false }, { lowRankMax: 0 }];
+      // the base twice: the second one's "overhead" is the measurement's own spread (A/A)
       const variants = [
+        { ...branchProgram(tokens, 0) },
         { ...branchProgram(tokens, 0) },
         ...ranks.flatMap((rank) =>
           forms.map((form) => ({ ...branchProgram(tokens, rank), ...form })),
         ),
       ];
-      const [base, ...withBranch] = await timePrograms(device, variants, runs, { deviceTimed });
+      const [base, again, ...withBranch] = await timePrograms(device, variants, runs, {
+        deviceTimed,
+      });
       const overhead = (t: ProgramTimes) => {
         const cpu = spread(pairedOverhead(t.cpuRuns, base!.cpuRuns));
         const gpu = t.deviceRuns.length
@@ -108,6 +113,7 @@ export async function branchOverheadTable(
       lines.push(
         `| ${tokens} | 0 | – | ${base!.kernels}, ${base!.cpu.toFixed(1)} ms (wall ${base!.wall.toFixed(1)} ms)${baseDevice} | | |`,
       );
+      lines.push(`| ${tokens} | 0 | – | the base again (A/A): ${overhead(again!)} | | |`);
       ranks.forEach((rank, i) => {
         const [tile, loop, unfused] = withBranch.slice(3 * i, 3 * i + 3);
         lines.push(
