@@ -245,6 +245,25 @@ describe("fused or unfused, timed where the cost model is unsure", () => {
     expect(asked).toEqual([]);
   });
 
+  it("the product's layout is the one the template runs: an operand read through a transpose counts as transposed", () => {
+    const b = new Builder();
+    const x = b.input("data", "x", [64, 96]);
+    const w = b.input("param", "w", [52, 96]);
+    const a = b.input("param", "a", [8, 96]);
+    const up = b.input("param", "b", [52, 8]);
+    const branch = b.matmul(b.matmul(x, a, { transB: true }), b.transpose(up));
+    const y = b.binary("add", b.matmul(x, b.transpose(w)), branch);
+    const asked: string[] = [];
+    fuse(b.graph, [y], {
+      lowRankLoopMax: 0,
+      lowRankTileFuses: (base, form) => {
+        asked.push(`${base.transA} ${base.transB} ${form.upTrans}`);
+        return true;
+      },
+    });
+    expect(asked).toEqual(["false true true"]);
+  });
+
   it("lowRankChoices: the plan leaves unfused exactly the branches decided so, on products up to LOW_RANK_TIMED_ROWS rows", async () => {
     const small = loraProducts(67, 96, 52, 8).program;
     const large = loraProducts(LOW_RANK_TIMED_ROWS + 1, 96, 52, 8).program;

@@ -149,14 +149,19 @@ function plainB(graph: Graph, id: number, packed?: ReadonlySet<number>): boolean
 
 /**
  * Matmul `id`'s product as the template runs it with a tile branch: batch folded into the rows
- * (a tile branch needs batch 1, `tileBranch`).
+ * (a tile branch needs batch 1, `tileBranch`), operands read through transposes.
  */
 function foldedShape(graph: Graph, id: number): MatmulShape {
   const node = graph.node(id);
   const op = node.op as { transA: boolean; transB: boolean };
   const n = node.shape[node.shape.length - 1]!;
   const m = numel(node.shape) / n;
-  return { batch: 1, m, n, k: innerDim(graph, id), transA: op.transA, transB: op.transB };
+  // the template reads an operand through a transpose in place (the layout it runs)
+  const view = (x: number) => ["reshape", "expand", "permute"].includes(graph.node(x).op.kind);
+  const flipped = (x: number) => storedOperand(graph, x, (y) => !view(y))?.flipped ?? false;
+  const transA = op.transA !== flipped(node.inputs[0]!);
+  const transB = op.transB !== flipped(node.inputs[1]!);
+  return { batch: 1, m, n, k: innerDim(graph, id), transA, transB };
 }
 
 /** The cost model's side of a candidate: where to fuse, and what the per-element loop may take. */
