@@ -120,31 +120,29 @@ export function mayTile(graph: Graph, id: number, packed?: ReadonlySet<number>):
   return tileForm(graph, id, packed) !== undefined;
 }
 
+/** As fusion can tell, a plain f32 buffer: an input neither `packed` nor f16, or a matmul's output. */
+const plainBuffer = (graph: Graph, packed?: ReadonlySet<number>) => (x: number) => {
+  const kind = graph.node(x).op.kind;
+  return (kind === "input" || kind === "matmul") && !packed?.has(x);
+};
+
 /** Low-rank matmul `id` as the tile would compute it (`mayTile`), or undefined. */
 function tileForm(
   graph: Graph,
   id: number,
   packed?: ReadonlySet<number>,
 ): LowRankBranchForm | undefined {
-  const stored = (x: number) => {
-    const kind = graph.node(x).op.kind;
-    return (kind === "input" || kind === "matmul") && !packed?.has(x);
-  };
-  const operands = branchOperands(graph, id, stored);
+  const operands = branchOperands(graph, id, plainBuffer(graph, packed));
   return operands && { rank: innerDim(graph, id), upTrans: operands.upTrans };
 }
 
 /**
- * Whether matmul `id`'s B is a plain f32 buffer (an input neither packed nor f16, or a matmul's
- * output, through views): the products whose fused-or-unfused choice the autotuner times (a
- * dequantized or f16 B keeps the structural choice: fused).
+ * Whether matmul `id`'s B is a plain f32 buffer read through views: the products whose
+ * fused-or-unfused choice the autotuner times (a dequantized or f16 B keeps the structural
+ * choice: fused).
  */
 function plainB(graph: Graph, id: number, packed?: ReadonlySet<number>): boolean {
-  const stored = (x: number) => {
-    const kind = graph.node(x).op.kind;
-    return (kind === "input" || kind === "matmul") && !packed?.has(x);
-  };
-  return storedOperand(graph, graph.node(id).inputs[1]!, stored) !== undefined;
+  return storedOperand(graph, graph.node(id).inputs[1]!, plainBuffer(graph, packed)) !== undefined;
 }
 
 /**
