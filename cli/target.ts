@@ -157,9 +157,17 @@ export async function deviceTarget(
   const matmulParams = (shape: MatmulShape) =>
     (!isSmallMatmul(shape) && tuned.get(matmulTemplate.classKey(shape))) ||
     planMatmulParams(shape, features, device.summary);
-  const choices = await lowRankChoices(programs, base, (shape, branch) =>
-    tuner.lowRankFused(shape, branch, matmulParams(shape)),
-  );
+  let told = false;
+  const choices = await lowRankChoices(programs, base, (shape, branch) => {
+    const params = matmulParams(shape);
+    if (!told && !tuner.lowRankCached(shape, branch, params)) {
+      told = true;
+      options.log?.(
+        `timing low-rank branches fused and unfused on products of up to ${LOW_RANK_TIMED_ROWS} rows (once: the choices are cached; --no-autotune skips this)`,
+      );
+    }
+    return tuner.lowRankFused(shape, branch, params);
+  });
   const target: PlanTarget = {
     ...base,
     matmulParams,

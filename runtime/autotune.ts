@@ -417,11 +417,8 @@ export class Autotuner {
     branch: LowRankBranchForm,
     params: MatmulParams,
   ): Promise<boolean> {
-    const forms = this.template.lowRankForms;
-    if (!this.enabled || !forms) return true;
-    const key =
-      `lowrank ${this.template.classKey(shape)} ${this.template.describe(params)} ` +
-      `r${branch.rank}${branch.upTrans ? " upT" : ""}`;
+    if (!this.enabled || !this.template.lowRankForms) return true;
+    const key = this.lowRankKey(shape, branch, params);
     let choice = this.lowRankMemo.get(key);
     if (!choice) {
       choice = this.queue.then(() => this.tuneLowRank(shape, branch, params, key));
@@ -430,6 +427,21 @@ export class Autotuner {
       choice.catch(() => this.lowRankMemo.delete(key));
     }
     return await choice;
+  }
+
+  /** Whether `lowRankFused` would answer from the cache (or without timing) rather than time. */
+  lowRankCached(shape: MatmulShape, branch: LowRankBranchForm, params: MatmulParams): boolean {
+    if (!this.enabled || !this.template.lowRankForms) return true;
+    const key = this.lowRankKey(shape, branch, params);
+    this.disk ??= readCache(this.cacheFile);
+    return this.lowRankMemo.has(key) || this.disk.lowRank?.[this.adapterKey]?.[key] !== undefined;
+  }
+
+  private lowRankKey(shape: MatmulShape, branch: LowRankBranchForm, params: MatmulParams) {
+    return (
+      `lowrank ${this.template.classKey(shape)} ${this.template.describe(params)} ` +
+      `r${branch.rank}${branch.upTrans ? " upT" : ""}`
+    );
   }
 
   private async tuneLowRank(

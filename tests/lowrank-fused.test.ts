@@ -334,6 +334,8 @@ describe("the autotuner's fused-or-unfused timing", () => {
         throw new Error("the second autotuner must not time anything");
       },
     });
+    expect(second.lowRankCached(shape, { rank: 8, upTrans: true }, params())).toBe(true);
+    expect(second.lowRankCached(shape, { rank: 8, upTrans: false }, params())).toBe(false);
     expect(await second.lowRankFused(shape, { rank: 8, upTrans: true }, params())).toBe(fused);
     expect(second.measurements).toBe(0);
   }, 120_000);
