@@ -13,7 +13,11 @@
 // base's), as the median of the per-round ratios (each variant over the base run of its own
 // round, so that the machine's drift cancels) with their interquartile range: a single median of
 // each side moved by ±20 % between runs at 576 tokens on a shared machine. The base runs twice;
-// the second's row (A/A) is the measurement's own spread.
+// the second's row (A/A) is the measurement's own spread within one process. Between processes
+// a kernel's speed itself can shift (at 576 tokens the base GEMM alone measured 62.6 ms in one
+// run and 75.9 ms in the next, while the forms with a branch measured the same ms in both; the
+// A/A pair, one shader on two sets of buffers, agreed within each run): compare the ms of
+// several runs, not one run's ratios.
 //
 //   node dist/bench/branch.js [--runs N] [--tokens 576,4096] [--ranks 8,16,64] [--no-device-time]
 import { pathToFileURL } from "node:url";
@@ -105,7 +109,8 @@ export async function branchOverheadTable(
         const gpu = t.deviceRuns.length
           ? `; device ${spread(pairedOverhead(t.deviceRuns, base!.deviceRuns))}`
           : "";
-        return `${t.kernels}, ${cpu}${gpu}`;
+        // the median's own ms too: a whole kernel's speed can differ between processes (below)
+        return `${t.kernels}, ${cpu} (${t.cpu.toFixed(1)} ms)${gpu}`;
       };
       const baseDevice = base!.deviceRuns.length
         ? `; device ${median(base!.deviceRuns).toFixed(1)} ms`
