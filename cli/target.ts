@@ -194,7 +194,8 @@ let lowRankProbes = 0;
 
 /**
  * Where the cost model is unsure (products of at most LOW_RANK_TIMED_ROWS rows, with a plain f32
- * B the autotuner can bind whole), whether each tile-able low-rank branch is fused, as `decide`
+ * B the autotuner can bind whole, and not so small that they run the naive kernel, which computes
+ * a branch per element either way), whether each tile-able low-rank branch is fused, as `decide`
  * answers (the autotuner times both forms); undefined when there is nothing to decide. The
  * branches are found by a fusion of each program that records what it is asked (under a key of
  * its own, so that fusion's memo does not answer it from an earlier fusion).
@@ -210,7 +211,8 @@ export async function lowRankChoices(
   const probe: LowRankChoices = {
     key: `probe ${++lowRankProbes}`,
     fuses: (shape, branch) => {
-      if (shape.m <= LOW_RANK_TIMED_ROWS && tunable(shape, target.limits))
+      const timed = !isSmallMatmul(shape) && tunable(shape, target.limits);
+      if (shape.m <= LOW_RANK_TIMED_ROWS && timed)
         cases.set(caseKey(shape, branch), { shape, branch });
       return true;
     },

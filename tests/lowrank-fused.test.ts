@@ -264,7 +264,7 @@ describe("fused or unfused, timed where the cost model is unsure", () => {
     expect(asked).toEqual(["false true true"]);
   });
 
-  it("lowRankChoices: the plan leaves unfused exactly the branches decided so, on products up to LOW_RANK_TIMED_ROWS rows", async () => {
+  it("lowRankChoices: the plan leaves unfused exactly the branches decided so, on products up to LOW_RANK_TIMED_ROWS rows (not the naive kernel's)", async () => {
     const small = loraProducts(67, 96, 52, 8).program;
     const large = loraProducts(LOW_RANK_TIMED_ROWS + 1, 96, 52, 8).program;
     const target = { ...portableTarget, lowRankLoopMax: 0 };
@@ -287,6 +287,9 @@ describe("fused or unfused, timed where the cost model is unsure", () => {
     // larger products keep the structural choice (fused), unasked
     asked.length = 0;
     expect(await lowRankChoices([large], target, decide)).toBeUndefined();
+    // and products small enough for the naive kernel (which loops per element anyway)
+    const tiny = loraProducts(16, 32, 24, 8).program;
+    expect(await lowRankChoices([tiny], target, decide)).toBeUndefined();
     expect(asked).toEqual([]);
   });
 });
