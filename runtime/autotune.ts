@@ -409,8 +409,9 @@ export class Autotuner {
    * the product's epilogue adds: both forms timed on the device (`MatmulTemplate.lowRankForms`),
    * alternating for `LOW_RANK_ROUNDS` rounds, each form's time the sum of its kernels' fastest
    * runs, the faster round kept (interference only ever slows a run). Fused unless unfused is
-   * faster by more than `LOW_RANK_MARGIN` (fused also saves the branch's m × n values). Cached
-   * under the product's class, its parameters and the branch's rank and layout.
+   * faster by more than `LOW_RANK_MARGIN` (fused also saves the branch's m × n values; and a sum
+   * of two kernels' fastest runs leans a little towards the unfused form). Cached under the
+   * product's class, its parameters and the branch's rank and layout.
    */
   async lowRankFused(
     shape: MatmulShape,
