@@ -6,17 +6,25 @@
 // left as kernels of its own (lowRankMax 0), at 576 and 4096 tokens. The down-projection x·Aᵀ is
 // a kernel of its own in every form. Each program is planned by the compiler for this adapter
 // (untuned: the template's defaults) and run through the device as a training step is; timed by
-// the worker threads' CPU time (steady on a shared machine: bench/cpu-time.ts) and wall time,
-// medians of `runs` after two warm-ups, the variants of one shape alternating. Printed: the
-// overhead over the base GEMM beside the branch's FLOP share (2·rank / 1024: the down- and
-// up-projection's FLOPs over the base's).
+// the worker threads' CPU time (steady on a shared machine: bench/cpu-time.ts) and, unless
+// --no-device-time, by the device's timestamps around each kernel (summed), `runs` rounds after
+// two warm-ups, the variants of one shape alternating. Printed: the overhead over the base GEMM
+// beside the branch's FLOP share (2·rank / 1024: the down- and up-projection's FLOPs over the
+// base's), as the median of the per-round ratios (each variant over the base run of its own
+// round, so that the machine's drift cancels) with their interquartile range: a single median of
+// each side moved by ±20 % between runs at 576 tokens on a shared machine. The base runs twice;
+// the second's row (A/A) is the measurement's own spread within one process. Between processes
+// a kernel's speed itself can shift (at 576 tokens the base GEMM alone measured 62.6 ms in one
+// run and 75.9 ms in the next, while the forms with a branch measured the same ms in both; the
+// A/A pair, one shader on two sets of buffers, agreed within each run): compare the ms of
+// several runs, not one run's ratios.
 //
-//   node dist/bench/branch.js [--runs N] [--tokens 576,4096] [--ranks 8,16,64]
+//   node dist/bench/branch.js [--runs N] [--tokens 576,4096] [--ranks 8,16,64] [--no-device-time]
 import { pathToFileURL } from "node:url";
 import { Builder } from "../compiler/builder.js";
 import type { GraphProgram, ProgramInput, Tensor } from "../compiler/program.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { random, timePrograms, type ProgramTimes } from "./programs.js";
+import { median, random, timePrograms, type ProgramTimes } from "./programs.js";
 
 const D = 1024;
 
@@ -50,14 +58,34 @@ function branchProgram(tokens: number, rank: number) {
   return { program, feeds };
 }
 
+/**
+ * A variant's overhead over the base, from runs paired by alternation round (round i of both ran
+ * back to back, so drift in the machine's speed cancels): the median of the per-round ratios
+ * and their interquartile range.
+ */
+function pairedOverhead(
+  runs: number[],
+  base: number[],
+): { median: number; q1: number; q3: number } {
+  const ratios = runs.map((t, i) => t / base[i]! - 1).sort((a, b) => a - b);
+  const at = (q: number) => ratios[Math.min(ratios.length - 1, Math.floor(q * ratios.length))]!;
+  return { median: at(0.5), q1: at(0.25), q3: at(0.75) };
+}
+
+const spread = (o: { median: number; q1: number; q3: number }) =>
+  `${pct(o.median)} [${pct(o.q1)}, ${pct(o.q3)}]`;
+
 export async function branchOverheadTable(
-  runs = 5,
+  runs = 9,
   tokenCounts = [576, 4096],
   ranks = [8, 16, 64],
+  deviceTimed = true,
 ): Promise<string[]> {
   const device = await WebGpuDevice.open();
   const lines: string[] = [
-    `low-rank branch overhead over the base GEMM tokens × ${D} × ${D}, ${device.name}; worker CPU (wall), medians of ${runs} alternating runs`,
+    `low-rank branch overhead over the base GEMM tokens × ${D} × ${D}, ${device.name}: per form, ` +
+      `the median of ${runs} per-round ratios to the base run beside it [interquartile range], ` +
+      `worker CPU${deviceTimed ? "; then device-timed (timestamp queries, kernels summed)" : ""}`,
     "| tokens | rank | FLOP share | fused in the tile: kernels, overhead | fused, per-element loop (old) | unfused |",
     "|-------:|-----:|-----------:|-------------------------------------:|------------------------------:|--------:|",
   ];
@@ -65,18 +93,32 @@ export async function branchOverheadTable(
     for (const tokens of tokenCounts) {
       // the base, then per rank: in the tile, the per-element loop, unfused
       const forms = [{ lowRankMax: 64 }, { lowRankMax: 64, lowRankTile: false }, { lowRankMax: 0 }];
+      // the base twice: the second one's "overhead" is the measurement's own spread (A/A)
       const variants = [
+        { ...branchProgram(tokens, 0) },
         { ...branchProgram(tokens, 0) },
         ...ranks.flatMap((rank) =>
           forms.map((form) => ({ ...branchProgram(tokens, rank), ...form })),
         ),
       ];
-      const [base, ...withBranch] = await timePrograms(device, variants, runs);
-      const overhead = (t: ProgramTimes) =>
-        `${t.kernels}, ${pct(t.cpu / base!.cpu - 1)} (${pct(t.wall / base!.wall - 1)})`;
+      const [base, again, ...withBranch] = await timePrograms(device, variants, runs, {
+        deviceTimed,
+      });
+      const overhead = (t: ProgramTimes) => {
+        const cpu = spread(pairedOverhead(t.cpuRuns, base!.cpuRuns));
+        const gpu = t.deviceRuns.length
+          ? `; device ${spread(pairedOverhead(t.deviceRuns, base!.deviceRuns))}`
+          : "";
+        // the median's own ms too: a whole kernel's speed can differ between processes (below)
+        return `${t.kernels}, ${cpu} (${t.cpu.toFixed(1)} ms)${gpu}`;
+      };
+      const baseDevice = base!.deviceRuns.length
+        ? `; device ${median(base!.deviceRuns).toFixed(1)} ms`
+        : "";
       lines.push(
-        `| ${tokens} | 0 | – | ${base!.kernels}, ${base!.cpu.toFixed(1)} ms (${base!.wall.toFixed(1)} ms) | | |`,
+        `| ${tokens} | 0 | – | ${base!.kernels}, ${base!.cpu.toFixed(1)} ms (wall ${base!.wall.toFixed(1)} ms)${baseDevice} | | |`,
       );
+      lines.push(`| ${tokens} | 0 | – | the base again (A/A): ${overhead(again!)} | | |`);
       ranks.forEach((rank, i) => {
         const [tile, loop, unfused] = withBranch.slice(3 * i, 3 * i + 3);
         lines.push(
@@ -99,9 +141,10 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   };
   const list = (text: string | undefined) => text?.split(",").map(Number);
   const lines = await branchOverheadTable(
-    Number(option("--runs") ?? 5),
+    Number(option("--runs") ?? 9),
     list(option("--tokens")),
     list(option("--ranks")),
+    !process.argv.includes("--no-device-time"),
   );
   for (const line of lines) console.log(line);
 }

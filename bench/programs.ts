@@ -23,6 +23,11 @@ export interface ProgramTimes {
   /** Medians, ms. */
   cpu: number;
   wall: number;
+  /** Every timed run, ms, in the order of the alternation rounds (run i of every program is round i). */
+  cpuRuns: number[];
+  wallRuns: number[];
+  /** With `deviceTimed`: the entry's kernels timed on the device (timestamp queries), summed per round. */
+  deviceRuns: number[];
   /** The kernels' WGSL. */
   wgsl: string[];
 }
@@ -44,8 +49,9 @@ export async function timePrograms(
   device: WebGpuDevice,
   programs: readonly TimedProgram[],
   runs: number,
+  options: { deviceTimed?: boolean } = {},
 ): Promise<ProgramTimes[]> {
-  type Loaded = TimedProgram & { plan: Plan; cpu: number[]; wall: number[] };
+  type Loaded = TimedProgram & { plan: Plan; cpu: number[]; wall: number[]; gpu: number[] };
   const loaded: Loaded[] = [];
   for (const p of programs) {
     const target = await deviceTarget(device, [p.program], {
@@ -57,7 +63,7 @@ export async function timePrograms(
       ...(p.lowRankTile === false ? { lowRankTile: false } : {}),
     });
     device.load(p.program, plan);
-    loaded.push({ ...p, plan, cpu: [], wall: [] });
+    loaded.push({ ...p, plan, cpu: [], wall: [], gpu: [] });
   }
   const once = async (p: Loaded, record: boolean) => {
     const cpu0 = workerCpuNs();
@@ -69,11 +75,23 @@ export async function timePrograms(
     p.wall.push(performance.now() - t0);
   };
   for (let i = 0; i < 2; i++) for (const p of loaded) await once(p, false);
-  for (let i = 0; i < runs; i++) for (const p of loaded) await once(p, true);
+  // device time: each dispatch in a pass of its own between timestamps (bench/profile.ts)
+  const timed = async (p: Loaded) => {
+    const times = await device.profile(p.program, p.program.entries[0]!, p.feeds, 1);
+    if (times) p.gpu.push(times.reduce((sum, t) => sum + t.ms, 0));
+  };
+  for (let i = 0; i < runs; i++)
+    for (const p of loaded) {
+      await once(p, true);
+      if (options.deviceTimed) await timed(p);
+    }
   return loaded.map((p) => ({
     kernels: p.plan.entries[p.program.entries[0]!.name]!.dispatches.length,
     cpu: median(p.cpu),
     wall: median(p.wall),
+    cpuRuns: p.cpu,
+    wallRuns: p.wall,
+    deviceRuns: p.gpu,
     wgsl: p.plan.kernels.map((k) => k.wgsl),
   }));
 }

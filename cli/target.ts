@@ -12,10 +12,12 @@ import {
   matmulShapes,
   matmulTemplate,
   planMatmulParams,
+  type LowRankChoices,
   type PlanTarget,
 } from "../compiler/plan.js";
 import type {
   GraphProgram,
+  LowRankBranchForm,
   MatmulParams,
   MatmulShape,
   Plan,
@@ -102,7 +104,16 @@ export interface TargetOptions {
 export function tuningShapes(programs: readonly GraphProgram[], target: PlanTarget) {
   return programs
     .flatMap((p) =>
-      matmulShapes(p, fuseEntries(p, target.limits, target.lowRankMax, target.lowRankLoopMax)),
+      matmulShapes(
+        p,
+        fuseEntries(
+          p,
+          target.limits,
+          target.lowRankMax,
+          target.lowRankLoopMax,
+          target.lowRankChoices,
+        ),
+      ),
     )
     .filter((shape) => !isSmallMatmul(shape) && tunable(shape, target.limits));
 }
@@ -143,11 +154,79 @@ export async function deviceTarget(
     );
   const tuned = new Map<string, MatmulParams>();
   for (const [key, shape] of classes) tuned.set(key, await tuner.matmul(shape));
-  return {
+  const matmulParams = (shape: MatmulShape) =>
+    (!isSmallMatmul(shape) && tuned.get(matmulTemplate.classKey(shape))) ||
+    planMatmulParams(shape, features, device.summary);
+  let told = false;
+  const choices = await lowRankChoices(programs, base, (shape, branch) => {
+    const params = matmulParams(shape);
+    if (!told && !tuner.lowRankCached(shape, branch, params)) {
+      told = true;
+      options.log?.(
+        `timing low-rank branches fused and unfused on products of up to ${LOW_RANK_TIMED_ROWS} rows (once: the choices are cached; --no-autotune skips this)`,
+      );
+    }
+    return tuner.lowRankFused(shape, branch, params);
+  });
+  const target: PlanTarget = {
     ...base,
-    matmulParams: (shape) =>
-      (!isSmallMatmul(shape) && tuned.get(matmulTemplate.classKey(shape))) ||
-      planMatmulParams(shape, features, device.summary),
+    matmulParams,
+    ...(choices ? { lowRankChoices: choices } : {}),
+  };
+  // the products a branch left unfused adds (its up-projection) are tuned too
+  for (const shape of choices ? tuningShapes(programs, target) : []) {
+    const key = matmulTemplate.classKey(shape);
+    if (!tuned.has(key)) tuned.set(key, await tuner.matmul(shape));
+  }
+  return target;
+}
+
+/**
+ * Products of at most this many rows have their tile-able low-rank branches' fused-or-unfused
+ * choice timed (`lowRankChoices`): at 576 tokens × 1024 × 1024 the tile form's overhead over the
+ * base GEMM measured within its target (FLOP share + 5 %) in one quiet run and +23 / +40 % at
+ * ranks 16 / 64 in another, the unfused form's moving as much (bench/branch.ts, lavapipe), while
+ * at 4096 tokens the tile form was within target in every run.
+ */
+export const LOW_RANK_TIMED_ROWS = 1024;
+
+let lowRankProbes = 0;
+
+/**
+ * Where the cost model is unsure (products of at most LOW_RANK_TIMED_ROWS rows, with a plain f32
+ * B the autotuner can bind whole, and not so small that they run the naive kernel, which computes
+ * a branch per element either way), whether each tile-able low-rank branch is fused, as `decide`
+ * answers (the autotuner times both forms); undefined when there is nothing to decide. The
+ * branches are found by a fusion of each program that records what it is asked (under a key of
+ * its own, so that fusion's memo does not answer it from an earlier fusion).
+ */
+export async function lowRankChoices(
+  programs: readonly GraphProgram[],
+  target: PlanTarget,
+  decide: (shape: MatmulShape, branch: LowRankBranchForm) => Promise<boolean>,
+): Promise<LowRankChoices | undefined> {
+  const caseKey = (s: MatmulShape, b: LowRankBranchForm) =>
+    `${s.m}x${s.n}x${s.k} ${s.transA ? "T" : "N"}${s.transB ? "T" : "N"} r${b.rank}${b.upTrans ? " upT" : ""}`;
+  const cases = new Map<string, { shape: MatmulShape; branch: LowRankBranchForm }>();
+  const probe: LowRankChoices = {
+    key: `probe ${++lowRankProbes}`,
+    fuses: (shape, branch) => {
+      const timed = !isSmallMatmul(shape) && tunable(shape, target.limits);
+      if (shape.m <= LOW_RANK_TIMED_ROWS && timed)
+        cases.set(caseKey(shape, branch), { shape, branch });
+      return true;
+    },
+  };
+  for (const p of programs)
+    fuseEntries(p, target.limits, target.lowRankMax, target.lowRankLoopMax, probe);
+  if (cases.size === 0) return undefined;
+  const unfused = new Set<string>();
+  for (const [key, { shape, branch }] of cases)
+    if (!(await decide(shape, branch))) unfused.add(key);
+  if (unfused.size === 0) return undefined; // every branch fused: the default
+  return {
+    key: `unfused: ${[...unfused].sort().join("; ")}`,
+    fuses: (shape, branch) => !unfused.has(caseKey(shape, branch)),
   };
 }
 

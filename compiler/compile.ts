@@ -162,7 +162,14 @@ export function check(file: SourceFile): { compiled: Compiled[]; diagnostics: Di
 export function planStep(given: GraphProgram, target: PlanTarget): Plan {
   // f16 storage needs `shader-f16`: without it the frozen tensors stay f32 (the CLI says so)
   const program = target.features.includes("shader-f16") ? given : withoutHalfStorage(given);
-  const fused = fuseEntries(program, target.limits, target.lowRankMax, target.lowRankLoopMax); // kernel groups per entry
+  // kernel groups per entry
+  const fused = fuseEntries(
+    program,
+    target.limits,
+    target.lowRankMax,
+    target.lowRankLoopMax,
+    target.lowRankChoices,
+  );
   const buffers = planBuffers(program, fused, target.limits, matmulChooser(target)); // liveness, reuse, limits
   const kernels = emitKernels(program, fused, buffers, target); // WGSL per group
   return assemblePlan(program, buffers, kernels);

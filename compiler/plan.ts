@@ -19,6 +19,7 @@ import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js"
 import { mapKernel } from "./kernels/elementwise.js";
 import {
   defaultMatmulParams,
+  lowRankBranchForms,
   describeMatmulParams,
   matmulCandidates,
   matmulKernel,
@@ -27,7 +28,13 @@ import {
 } from "./kernels/matmul.js";
 import { specialKernels, specialScratch, type ParamKernelSource } from "./kernels/special.js";
 import { splitBindings } from "./kernels/render.js";
-import type { KernelBinding, KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
+import type {
+  KernelBinding,
+  KernelSource,
+  LowRankBranchForm,
+  MatmulParams,
+  MatmulShape,
+} from "./kernels/types.js";
 import {
   BindingLimitError,
   bufferBytes,
@@ -157,6 +164,18 @@ export interface PlanTarget {
   lowRankTile?: boolean;
   /** Fuse branches the tile cannot compute, as a per-element loop, up to this inner dim. */
   lowRankLoopMax?: number;
+  /**
+   * The autotuner's fused-or-unfused choices for branches the tile computes (FuseOptions
+   * .lowRankTileFuses), `key` naming them for fusion's memo; absent: every such branch fused.
+   */
+  lowRankChoices?: LowRankChoices;
+}
+
+/** Which tile-able low-rank branches are fused, as timed (cli/target.ts `lowRankChoices`). */
+export interface LowRankChoices {
+  /** Says which choices differ from the default (fused): the same key, the same answers. */
+  key: string;
+  fuses: (base: MatmulShape, branch: LowRankBranchForm) => boolean;
 }
 
 /** One entry's kernel groups, and what it reads. */
@@ -178,11 +197,12 @@ export function fuseEntries(
   limits: PlanLimits,
   lowRankMax?: number,
   lowRankLoopMax?: number,
+  lowRankChoices?: LowRankChoices,
 ): EntryFusion[] {
   const maxBindings = limits.maxStorageBuffersPerShaderStage ?? 8;
   const packed = new Set(program.inputs.filter((i) => packedBits(i)).map((i) => i.node));
   const half = new Set(program.inputs.filter((i) => i.storage === "f16").map((i) => i.node));
-  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${lowRankLoopMax}|${[...packed].join(",")}|${[...half].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
+  const key = `${maxBindings}|${limits.maxStorageBufferBindingSize}|${lowRankMax}|${lowRankLoopMax}|${lowRankChoices?.key ?? ""}|${[...packed].join(",")}|${[...half].join(",")}|${program.entries.map((e) => entryKey(e)).join(";")}`;
   let perGraph = fusionCache.get(program.graph);
   if (!perGraph) fusionCache.set(program.graph, (perGraph = new Map()));
   const known = perGraph.get(key);
@@ -198,6 +218,7 @@ export function fuseEntries(
         ...(bindingsOf ? { bindingsOf } : {}),
         ...(lowRankMax !== undefined ? { lowRankMax } : {}),
         ...(lowRankLoopMax !== undefined ? { lowRankLoopMax } : {}),
+        ...(lowRankChoices ? { lowRankTileFuses: lowRankChoices.fuses } : {}),
         ...(packed.size ? { packed } : {}),
         ...(half.size ? { half } : {}),
       },
@@ -655,6 +676,7 @@ export const matmulTemplate: MatmulTemplate = {
       ? [splitKScratchBytes(shape, Math.max(...SPLIT_K_CHOICES))]
       : []),
   ],
+  lowRankForms: lowRankBranchForms,
   passes: (shape, params) =>
     params.splitK
       ? splitKKernels(shape, params.splitK, params, { a: 0, b: 1, out: 2, partials: 3 })

@@ -5,9 +5,20 @@
 import type { Location } from "../language/diagnostics.js";
 import type { DType, Graph, InputRole, Shape } from "./ir.js";
 
-export type { KernelBinding, KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
+export type {
+  KernelBinding,
+  KernelSource,
+  LowRankBranchForm,
+  MatmulParams,
+  MatmulShape,
+} from "./kernels/types.js";
 export type { Plan, PlanEntry, PlanKernel, PlanTensor } from "./plan.js";
-import type { KernelSource, MatmulParams, MatmulShape } from "./kernels/types.js";
+import type {
+  KernelSource,
+  LowRankBranchForm,
+  MatmulParams,
+  MatmulShape,
+} from "./kernels/types.js";
 import type { MatmulAdapterKind } from "./kernels/matmul.js";
 export type { BufferRole, PlannedBuffer } from "./memory-plan.js";
 
@@ -383,4 +394,15 @@ export interface MatmulTemplate {
   bindingBytes?(shape: MatmulShape): number[];
   /** Every kernel the parameters run, in order, where they are more than `kernel` (split-k). */
   passes?(shape: MatmulShape, params: MatmulParams): KernelSource[];
+  /**
+   * A product with a low-rank branch added, fused in its tile or with the up-projection a kernel of
+   * its own (`upParams`): the kernels of each form on shared bindings, and their bytes
+   * (compiler/kernels/matmul.ts `lowRankBranchForms`).
+   */
+  lowRankForms?(
+    shape: MatmulShape,
+    branch: LowRankBranchForm,
+    params: MatmulParams,
+    upParams: MatmulParams,
+  ): { fused: KernelSource[]; unfused: KernelSource[]; bytes: number[] };
 }

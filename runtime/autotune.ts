@@ -9,12 +9,18 @@
 // not, and operands stored as f16 or as packed low-bit words: those are timed with the kernel the
 // plan runs for them, on bindings of their stored sizes, never as their f32 twins), written atomically (temporary file + rename) so concurrent processes never see half a
 // file. A second process reads the choice instead of timing again.
+//
+// Where the compiler's cost model cannot tell whether a low-rank branch is cheaper fused in a
+// product's tile or left as kernels of its own (cli/target.ts `lowRankChoices`), both forms are
+// timed the same way (Autotuner.lowRankFused) and the choice is cached beside the parameters, its
+// key naming the product's class, its parameters and the branch's rank and layout.
 
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import type {
   KernelSource,
+  LowRankBranchForm,
   MatmulParams,
   MatmulShape,
   MatmulTemplate,
@@ -48,9 +54,22 @@ export interface AutotuneEntry {
   tunedAt: string;
 }
 
+/** A timed choice between a low-rank branch fused in a product's tile and left unfused. */
+export interface LowRankEntry {
+  fused: boolean;
+  /** Each form's time, ms: the fastest round of its kernels' fastest runs, summed. */
+  fusedMs: number;
+  unfusedMs: number;
+  shape: MatmulShape;
+  branch: LowRankBranchForm;
+  tunedAt: string;
+}
+
 interface CacheFile {
   version: 1;
   adapters: Record<string, Record<string, AutotuneEntry>>;
+  /** Fused-or-unfused choices (Autotuner.lowRankFused), by adapter and key. */
+  lowRank?: Record<string, Record<string, LowRankEntry>>;
 }
 
 export function defaultAutotuneCacheFile(): string {
@@ -74,14 +93,25 @@ function readCache(file: string): CacheFile {
 }
 
 /** Merges one entry into the file on disk: re-read, update, write a temporary file, rename. */
-function writeCacheEntry(file: string, adapter: string, key: string, entry: AutotuneEntry): void {
+function writeCacheEntry(
+  file: string,
+  adapter: string,
+  key: string,
+  entry: AutotuneEntry | LowRankEntry,
+): void {
   const cache = readCache(file);
-  (cache.adapters[adapter] ??= {})[key] = entry;
+  if ("fused" in entry) ((cache.lowRank ??= {})[adapter] ??= {})[key] = entry;
+  else (cache.adapters[adapter] ??= {})[key] = entry;
   mkdirSync(dirname(file), { recursive: true });
   const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   writeFileSync(tmp, JSON.stringify(cache, null, 2) + "\n");
   renameSync(tmp, file);
 }
+
+/** Rounds of the fused-or-unfused timing (Autotuner.lowRankFused), each form once per round. */
+const LOW_RANK_ROUNDS = 3;
+/** Unfused wins only when faster by more than this fraction of the fused form's time. */
+const LOW_RANK_MARGIN = 0.02;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -251,6 +281,7 @@ export class Autotuner {
   private readonly adapterKey: string;
   private disk: CacheFile | undefined;
   private readonly memo = new Map<string, Promise<MatmulParams>>();
+  private readonly lowRankMemo = new Map<string, Promise<boolean>>();
   /** Tunings run one at a time: two timed at once on one device would disturb each other. */
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -370,5 +401,118 @@ export class Autotuner {
       log(`autotune: could not write ${this.cacheFile}: ${(e as Error).message}`);
     }
     return winner.params;
+  }
+
+  /**
+   * Whether a low-rank branch runs faster fused in the tile of product `shape` (run with
+   * `params`) than as an up-projection kernel of its own (the template's defaults) whose value
+   * the product's epilogue adds: both forms timed on the device (`MatmulTemplate.lowRankForms`),
+   * alternating for `LOW_RANK_ROUNDS` rounds, each form's time the sum of its kernels' fastest
+   * runs, the faster round kept (interference only ever slows a run). Fused unless unfused is
+   * faster by more than `LOW_RANK_MARGIN` (fused also saves the branch's m × n values; and a sum
+   * of two kernels' fastest runs leans a little towards the unfused form). Cached under the
+   * product's class, its parameters and the branch's rank and layout.
+   */
+  async lowRankFused(
+    shape: MatmulShape,
+    branch: LowRankBranchForm,
+    params: MatmulParams,
+  ): Promise<boolean> {
+    if (!this.enabled || !this.template.lowRankForms) return true;
+    const key = this.lowRankKey(shape, branch, params);
+    let choice = this.lowRankMemo.get(key);
+    if (!choice) {
+      choice = this.queue.then(() => this.tuneLowRank(shape, branch, params, key));
+      this.queue = choice.catch(() => undefined);
+      this.lowRankMemo.set(key, choice);
+      choice.catch(() => this.lowRankMemo.delete(key));
+    }
+    return await choice;
+  }
+
+  /** Whether `lowRankFused` would answer from the cache (or without timing) rather than time. */
+  lowRankCached(shape: MatmulShape, branch: LowRankBranchForm, params: MatmulParams): boolean {
+    if (!this.enabled || !this.template.lowRankForms) return true;
+    const key = this.lowRankKey(shape, branch, params);
+    this.disk ??= readCache(this.cacheFile);
+    return this.lowRankMemo.has(key) || this.disk.lowRank?.[this.adapterKey]?.[key] !== undefined;
+  }
+
+  private lowRankKey(shape: MatmulShape, branch: LowRankBranchForm, params: MatmulParams) {
+    return (
+      `lowrank ${this.template.classKey(shape)} ${this.template.describe(params)} ` +
+      `r${branch.rank}${branch.upTrans ? " upT" : ""}`
+    );
+  }
+
+  private async tuneLowRank(
+    shape: MatmulShape,
+    branch: LowRankBranchForm,
+    params: MatmulParams,
+    key: string,
+  ): Promise<boolean> {
+    this.disk ??= readCache(this.cacheFile);
+    const hit = this.disk.lowRank?.[this.adapterKey]?.[key];
+    if (hit) return hit.fused;
+    const log = this.options.log ?? (() => {});
+    const runs = this.options.runs ?? 5;
+    const upShape = {
+      batch: 1,
+      m: shape.m,
+      n: shape.n,
+      k: branch.rank,
+      transA: false,
+      transB: branch.upTrans,
+    };
+    const upParams = this.template.defaults(upShape, this.features, this.adapter);
+    const { fused, unfused, bytes } = this.template.lowRankForms!(shape, branch, params, upParams);
+    const buffers = this.options.measure
+      ? []
+      : bytes.map((size) =>
+          this.device.createBuffer({
+            size: Math.max(16, Math.ceil(size / 16) * 16),
+            usage: GPUBufferUsage.STORAGE,
+          }),
+        );
+    const time = async (kernels: KernelSource[]) => {
+      let ms = 0;
+      for (const kernel of kernels) {
+        if (this.options.measure) ms += await this.options.measure(kernel, params, shape);
+        else {
+          const bound = kernel.bindings.map((b) => buffers[b.buffer]!);
+          ms += (await timeMatmulKernel(this.device, kernel, bound, runs)).ms;
+        }
+      }
+      this.measurements++;
+      return ms;
+    };
+    let fusedMs = Infinity;
+    let unfusedMs = Infinity;
+    try {
+      for (let round = 0; round < LOW_RANK_ROUNDS; round++) {
+        fusedMs = Math.min(fusedMs, await time(fused));
+        unfusedMs = Math.min(unfusedMs, await time(unfused));
+      }
+    } finally {
+      for (const b of buffers) b.destroy();
+    }
+    const entry: LowRankEntry = {
+      fused: unfusedMs >= fusedMs * (1 - LOW_RANK_MARGIN),
+      fusedMs,
+      unfusedMs,
+      shape: { ...shape },
+      branch: { ...branch },
+      tunedAt: new Date().toISOString(),
+    };
+    log(
+      `autotune ${key}: fused ${fusedMs.toFixed(3)} ms, unfused ${unfusedMs.toFixed(3)} ms: ${entry.fused ? "fused" : "unfused"}`,
+    );
+    ((this.disk.lowRank ??= {})[this.adapterKey] ??= {})[key] = entry;
+    try {
+      writeCacheEntry(this.cacheFile, this.adapterKey, key, entry);
+    } catch (e) {
+      log(`autotune: could not write ${this.cacheFile}: ${(e as Error).message}`);
+    }
+    return entry.fused;
   }
 }

@@ -94,6 +94,7 @@ function fuseOnce(
   const isOutput = new Set([...outputs, ...forced]);
   const { lowRank, chains } = selectLowRank(ctx, isOutput, options.lowRankMax, {
     ...(options.lowRankLoopMax !== undefined ? { loopMax: options.lowRankLoopMax } : {}),
+    ...(options.lowRankTileFuses ? { tileFuses: options.lowRankTileFuses } : {}),
     ...(options.packed || options.half
       ? { packed: new Set([...(options.packed ?? []), ...(options.half ?? [])]) }
       : {}),

@@ -8,6 +8,7 @@
 // building no chain, its value reaches the chain of a matmul with a larger inner dim. Then the
 // accepted set is checked as a whole (dropping one lets it build a chain again) until it is stable.
 import { numel, type Graph } from "../ir.js";
+import type { LowRankBranchForm, MatmulShape } from "../kernels/types.js";
 import { buildChains, type Chains } from "./chains.js";
 import type { FuseContext } from "./context.js";
 import { keepsElement } from "./ops.js";
@@ -116,11 +117,49 @@ function branchOperands(
  * loop.)
  */
 export function mayTile(graph: Graph, id: number, packed?: ReadonlySet<number>): boolean {
-  const stored = (x: number) => {
-    const kind = graph.node(x).op.kind;
-    return (kind === "input" || kind === "matmul") && !packed?.has(x);
-  };
-  return branchOperands(graph, id, stored) !== undefined;
+  return tileForm(graph, id, packed) !== undefined;
+}
+
+/** As fusion can tell, a plain f32 buffer: an input neither `packed` nor f16, or a matmul's output. */
+const plainBuffer = (graph: Graph, packed?: ReadonlySet<number>) => (x: number) => {
+  const kind = graph.node(x).op.kind;
+  return (kind === "input" || kind === "matmul") && !packed?.has(x);
+};
+
+/** Low-rank matmul `id` as the tile would compute it (`mayTile`), or undefined. */
+function tileForm(
+  graph: Graph,
+  id: number,
+  packed?: ReadonlySet<number>,
+): LowRankBranchForm | undefined {
+  const operands = branchOperands(graph, id, plainBuffer(graph, packed));
+  return operands && { rank: innerDim(graph, id), upTrans: operands.upTrans };
+}
+
+/**
+ * Whether matmul `id`'s B is a plain f32 buffer read through views: the products whose
+ * fused-or-unfused choice the autotuner times (a dequantized or f16 B keeps the structural
+ * choice: fused).
+ */
+function plainB(graph: Graph, id: number, packed?: ReadonlySet<number>): boolean {
+  return storedOperand(graph, graph.node(id).inputs[1]!, plainBuffer(graph, packed)) !== undefined;
+}
+
+/**
+ * Matmul `id`'s product as the template runs it with a tile branch: batch folded into the rows
+ * (a tile branch needs batch 1, `tileBranch`), operands read through transposes.
+ */
+function foldedShape(graph: Graph, id: number): MatmulShape {
+  const node = graph.node(id);
+  const op = node.op as { transA: boolean; transB: boolean };
+  const n = node.shape[node.shape.length - 1]!;
+  const m = numel(node.shape) / n;
+  // the template reads an operand through a transpose in place (the layout it runs)
+  const view = (x: number) => ["reshape", "expand", "permute"].includes(graph.node(x).op.kind);
+  const flipped = (x: number) => storedOperand(graph, x, (y) => !view(y))?.flipped ?? false;
+  const transA = op.transA !== flipped(node.inputs[0]!);
+  const transB = op.transB !== flipped(node.inputs[1]!);
+  return { batch: 1, m, n, k: innerDim(graph, id), transA, transB };
 }
 
 /** The cost model's side of a candidate: where to fuse, and what the per-element loop may take. */
@@ -128,6 +167,8 @@ export interface LowRankCosts {
   /** Inner dims up to this fuse as the per-element loop where the tile cannot (default: max). */
   loopMax?: number;
   packed?: ReadonlySet<number>;
+  /** Whether a branch the tile computes is fused into product `base` (FuseOptions.lowRankTileFuses). */
+  tileFuses?: (base: MatmulShape, branch: LowRankBranchForm) => boolean;
 }
 
 /**
@@ -206,7 +247,13 @@ export function selectLowRank(
     if (!isCandidate(ctx, isOutput, id, max, costs)) continue;
     const skip = (x: number) => x === id || lowRank.has(x);
     const local = buildChains(ctx, isOutput, ctx.anchorsNear(id), skip);
-    if (wideTarget(ctx, id, isOutput, local) !== undefined) lowRank.add(id);
+    const target = wideTarget(ctx, id, isOutput, local);
+    if (target === undefined) continue;
+    // where the tile computes it, the autotuner may have timed the branch unfused faster
+    const form = costs.tileFuses && tileForm(ctx.graph, id, costs.packed);
+    const timed = form && plainB(ctx.graph, target, costs.packed);
+    if (timed && !costs.tileFuses!(foldedShape(ctx.graph, target), form)) continue;
+    lowRank.add(id);
   }
   let chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
   for (;;) {

@@ -1,4 +1,5 @@
 // The data fusion hands to the kernel generators and the plan: kernel groups and their operands.
+import type { LowRankBranchForm, MatmulShape } from "../kernels/types.js";
 
 export type GroupKind = "map" | "reduce" | "matmul" | "special" | "row";
 
@@ -100,6 +101,12 @@ export interface FuseOptions {
    * fused, as the epilogue's per-element loop, only up to this inner dim (default lowRankMax).
    */
   lowRankLoopMax?: number;
+  /**
+   * Whether a branch the matmul's tile computes (`mayTile`) is fused into the product `base` (its
+   * template shape, batch folded into m) or left as kernels of its own: the autotuner's choice
+   * where the cost model is unsure (cli/target.ts `lowRankChoices`); default: always fused.
+   */
+  lowRankTileFuses?: (base: MatmulShape, branch: LowRankBranchForm) => boolean;
   /**
    * Input nodes stored packed (quantized values, `packedBits`): a matmul's B that multiplies one
    * (a dequantization) is read as a prologue however wide the matmul, since the template unpacks

@@ -328,8 +328,8 @@ interface Ctx {
 type BranchForm = Pick<MatmulBranch, "rank" | "upTrans">;
 /**
  * How a tile loads a branch: k4, vec4s along the rank of both down and up ([n, rank]); n4, down
- * along the rank and up ([rank, n]) along n; scalar otherwise (and in the naive and shared variants,
- * which loop per element: mm_branch).
+ * along the rank and up ([rank, n]) along n; scalar otherwise (and in the naive variant, which
+ * loops per element: mm_branch, and the shared one, which stages scalars: sharedBranchSteps).
  */
 type BranchMode = "k4" | "n4" | "scalar";
 
@@ -385,8 +385,9 @@ export interface MatmulKernelFusion extends MatmulFusion {
  * its own), `up` stored [n, rank] (`upTrans`, LoRA's L1) or [rank, n]. Register and subgroup tiles
  * run it as `rank` more steps of their k-loop on accumulators of their own (the tile's register
  * blocking, vec4 loads and broadcasts: per step R + C/8 loads for R·C FMAs, where the epilogue's
- * per-element loop made 2 scalar loads per FMA); the other variants loop per element. Branch i's
- * value reaches the epilogue expression as `lr{i}` (`lrk_epilogue(…, lr0)`): whatever lies
+ * per-element loop made 2 scalar loads per FMA); the shared-memory tile likewise stages slabs of
+ * down and up in workgroup memory (sharedBranchSteps); the naive variant loops per element. Branch
+ * i's value reaches the epilogue expression as `lr{i}` (`lrk_epilogue(…, lr0)`): whatever lies
  * between the branch and the sum (a scale, a mask) stays in the epilogue.
  */
 export interface MatmulBranch {
@@ -1335,13 +1336,24 @@ function sharedBody(
   L.push(`  }`);
   L.push(`  workgroupBarrier();`);
   L.push(`}`);
+  L.push(...c.branches.flatMap((_, i) => sharedBranchSteps(c, i, U)));
   const accs: string[] = [];
   for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) accs.push(`acc${r}_${j}`);
   L.push(`for (var i = lrk_zero; i < ${u(R * C)}; i++) {`);
   L.push(`  let row = tileRow + lid.y + (i / ${u(C)}) * ${u(WY)};`);
   L.push(`  let col = tileCol + lid.x + (i % ${u(C)}) * ${u(WX)};`);
   L.push(...pick("v", accs, "  "));
-  L.push(`  mm_store(batch, row, col, v${branchCalls(c, "row", "col")});`);
+  const ws = c.branches.map((_, b) => {
+    L.push(
+      ...pick(
+        `w${b}`,
+        accs.map((a) => `lb${b}_${a.slice(3)}`),
+        "  ",
+      ),
+    );
+    return `, w${b}`;
+  });
+  L.push(`  mm_store(batch, row, col, v${ws.join("")});`);
   L.push(`}`);
   return {
     builtins: { wg: "workgroup_id", lid: "local_invocation_id", lidx: "local_invocation_index" },
@@ -1479,4 +1491,98 @@ function branchLoop(c: Ctx, i: number, G: number, cw: number): string[] {
   }
   L.push(`}`);
   return L;
+}
+
+/**
+ * The shared-memory tile's steps over branch i's rank, after the product's k slabs: the same
+ * staging and inner loop as the product's, with down's rows (tileRow.., [m, rank] row-major) in
+ * mm_tile_a and up's columns (tileCol.., [n, rank] with upTrans, else [rank, n]) in mm_tile_b, in
+ * slabs of min(tileK, rank) steps, on accumulators lb{i}_{r}_{j} of their own (the epilogue gets
+ * the branch apart from the product: a scale or mask may lie between them). Per slab each
+ * invocation stages (TM + TN)·depth / NT values and does R·C FMAs per step, where the
+ * per-element loop (mm_branch) made 2 scalar global loads per FMA. Loads are scalar and clamped
+ * into the matrices, zero outside; the product's last slab ended with a barrier, so the tiles are
+ * free.
+ */
+function sharedBranchSteps(c: Ctx, i: number, unroll: number): string[] {
+  const { M, N, p } = c;
+  const { rank, upTrans } = c.branches[i]!;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  const [WX, WY] = [p.workgroupX, p.workgroupY];
+  const [TM, TN, NT] = [WY * R, WX * C, WX * WY];
+  const D = Math.min(p.tileK, rank); // slab depth
+  const U = D % unroll === 0 ? unroll : 1;
+  const L: string[] = [];
+  for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) L.push(`var lb${i}_${r}_${j} = 0.0;`);
+  L.push(`for (var t = lrk_zero; t < ${u(Math.ceil(rank / D))}; t++) {`);
+  L.push(`  let l0 = t * ${u(D)};`);
+  // down: element (row x, l) at x·rank + l, staged [l][row] (consecutive invocations along l)
+  L.push(`  for (var i = lidx; i < ${u(TM * D)}; i += ${u(NT)}) {`);
+  L.push(`    let x = i / ${u(D)};`);
+  L.push(`    let kk = i % ${u(D)};`);
+  L.push(`    let ok = tileRow + x < ${u(M)} && l0 + kk < ${u(rank)};`);
+  L.push(`    let at = min(tileRow + x, ${u(M - 1)}) * ${u(rank)} + min(l0 + kk, ${u(rank - 1)});`);
+  L.push(`    mm_tile_a[kk * ${u(TM)} + x] = select(0.0, mm_ld${i}_at(at), ok);`);
+  L.push(`  }`);
+  // up: element (l, col x) at x·rank + l (upTrans) or l·n + x, staged [l][col]
+  L.push(`  for (var i = lidx; i < ${u(TN * D)}; i += ${u(NT)}) {`);
+  L.push(`    let x = ${upTrans ? `i / ${u(D)}` : `i % ${u(TN)}`};`);
+  L.push(`    let kk = ${upTrans ? `i % ${u(D)}` : `i / ${u(TN)}`};`);
+  L.push(`    let ok = tileCol + x < ${u(N)} && l0 + kk < ${u(rank)};`);
+  L.push(`    let xc = min(tileCol + x, ${u(N - 1)});`);
+  L.push(`    let lc = min(l0 + kk, ${u(rank - 1)});`);
+  L.push(`    let at = ${upTrans ? `xc * ${u(rank)} + lc` : `lc * ${u(N)} + xc`};`);
+  L.push(`    mm_tile_b[kk * ${u(TN)} + x] = select(0.0, mm_lu${i}_at(at), ok);`);
+  L.push(`  }`);
+  L.push(`  workgroupBarrier();`);
+  L.push(`  for (var kk = lrk_zero; kk < ${u(D)}; kk += ${u(U)}) {`);
+  for (let s = 0; s < U; s++) {
+    const kk = s === 0 ? "kk" : `(kk + ${u(s)})`;
+    for (let r = 0; r < R; r++)
+      L.push(`    let a${r}_${s} = mm_tile_a[${kk} * ${u(TM)} + lid.y + ${u(r * WY)}];`);
+    for (let j = 0; j < C; j++)
+      L.push(`    let b${j}_${s} = mm_tile_b[${kk} * ${u(TN)} + lid.x + ${u(j * WX)}];`);
+    for (let r = 0; r < R; r++)
+      for (let j = 0; j < C; j++) L.push(`    lb${i}_${r}_${j} += a${r}_${s} * b${j}_${s};`);
+  }
+  L.push(`  }`);
+  L.push(`  workgroupBarrier();`);
+  L.push(`}`);
+  return L;
+}
+
+/**
+ * A product with a low-rank branch added, out = A·B + down·up, in the two forms the autotuner
+ * times where fusing is a close call (runtime/autotune.ts `lowRankFused`): `fused`, the branch as
+ * k-steps of the product's tile (MatmulBranch); `unfused`, the up-projection a kernel of its own
+ * (`upParams`, writing the branch's value) whose value the product's epilogue adds, as a plan
+ * that leaves the branch unfused runs it. Bindings: 0 A, 1 B, 2 out, 3 down [m, rank], 4 up
+ * ([n, rank] with upTrans, else [rank, n]), 5 the branch's value [m, n]; `bytes` sizes them.
+ */
+export function lowRankBranchForms(
+  shape: MatmulShape,
+  branch: { rank: number; upTrans: boolean },
+  params: MatmulParams,
+  upParams: MatmulParams,
+): { fused: KernelSource[]; unfused: KernelSource[]; bytes: number[] } {
+  const { m, n, k } = shape;
+  const { rank, upTrans } = branch;
+  const out = { a: 0, b: 1, out: 2 };
+  const fused = matmulKernel(shape, params, out, {
+    epilogue: { expression: "acc + lr0", bindings: [], declarations: "" },
+    branches: [{ rank, upTrans, down: 3, up: 4 }],
+  });
+  const upShape = { batch: 1, m, n, k: rank, transA: false, transB: upTrans };
+  const up = matmulKernel(upShape, upParams, { a: 3, b: 4, out: 5 });
+  const value = { name: "lr_value", type: "f32", buffer: 5, access: "read" as const };
+  const added = matmulKernel(shape, params, out, {
+    epilogue: {
+      expression: `acc + lr_value[row * ${u(n)} + col]`,
+      bindings: [value],
+      declarations: "",
+    },
+  });
+  const bytes = [m * k, k * n, m * n, m * rank, rank * n, m * n].map((count) => 4 * count);
+  return { fused: [fused], unfused: [up, added], bytes };
 }

@@ -53,6 +53,15 @@ export interface KernelSource {
 export type ParamKernelSource = KernelSource & { params?: number[] };
 
 /** Matmul problem: out[b, m, n] = Σ_k A[b, m, k]·B[b, k, n], each operand maybe stored transposed. */
+/**
+ * A low-rank branch as the matmul tile computes it (MatmulBranch): its rank, and whether up is
+ * stored [n, rank] (upTrans, LoRA's forward) or [rank, n] (its input gradient).
+ */
+export interface LowRankBranchForm {
+  rank: number;
+  upTrans: boolean;
+}
+
 export interface MatmulShape {
   batch: number;
   m: number;
