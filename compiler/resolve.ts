@@ -471,8 +471,34 @@ export class Resolver {
     }
     const a = this.number(l, e.left, module);
     const b = this.number(r, e.right, module);
+    const result = this.arithmetic(e.op, a, b, module, e);
+    if (result.kind === "number" && !Number.isFinite(result.value)) {
+      const why =
+        (e.op === "/" || e.op === "%") && b.value === 0
+          ? e.op === "/"
+            ? "a division by zero"
+            : "a remainder by zero"
+          : Number.isNaN(result.value)
+            ? "not a number"
+            : "too large for a 64-bit float";
+      this.report(
+        error("E0402", `this \`${e.op}\` gives ${result.value} (${why})`, this.at(module, e), {
+          help: "a value computed while compiling must be a finite number: check the operands",
+        }),
+      );
+    }
+    return result;
+  }
+
+  private arithmetic(
+    op: Exclude<A.BinaryOp, "and" | "or">,
+    a: { value: number; integer: boolean },
+    b: { value: number; integer: boolean },
+    module: Module,
+    e: A.Binary,
+  ): Value {
     const integer = a.integer && b.integer;
-    switch (e.op) {
+    switch (op) {
       case "+":
         return num(a.value + b.value, integer);
       case "-":
@@ -804,10 +830,22 @@ export class Resolver {
           ),
         );
       }
-      args.set(
-        arg.name.name,
-        this.number(this.evaluate(arg.value, scope, module), arg.value, module).value,
-      );
+      const value = this.number(this.evaluate(arg.value, scope, module), arg.value, module).value;
+      // A negative warmup, or a final rate outside 0–1 of the base rate, would scale `lr` up or
+      // flip its sign in silence.
+      const range: [number, number] = arg.name.name === "warmup" ? [0, Infinity] : [0, 1];
+      if (value < range[0] || value > range[1])
+        this.report(
+          error(
+            "E0402",
+            arg.name.name === "warmup"
+              ? `\`warmup\` must be a number of steps, 0 or more, not ${value}`
+              : `\`min_ratio\` must be from 0 to 1 (the final rate's fraction of \`lr\`), not ${value}`,
+            this.at(module, arg.value),
+            { help: `e.g. \`${name}(warmup: 100, min_ratio: 0.1)\`` },
+          ),
+        );
+      args.set(arg.name.name, value);
     }
     return { kind: "schedule", name, args };
   }
@@ -961,7 +999,19 @@ export class Resolver {
     const one = (f: (x: number) => number, integer = false) => {
       if (args.length !== 1)
         this.report(error("E0205", `\`${name}\` takes one argument`, this.at(module, e)));
-      return num(f(args[0]!.value), integer);
+      const value = f(args[0]!.value);
+      if (!Number.isFinite(value))
+        this.report(
+          error(
+            "E0402",
+            `\`${name}(${args[0]!.value})\` is ${value}, not a finite number`,
+            this.at(module, e),
+            {
+              help: "a value computed while compiling must be a finite number: check the argument",
+            },
+          ),
+        );
+      return num(value, integer);
     };
     switch (name) {
       case "sqrt":

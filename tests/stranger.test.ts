@@ -1,0 +1,87 @@
+// Programs written from spec/language.md alone, by someone who never saw the tests: each case is
+// a place where the compiler accepted what it should refuse (and would have trained wrong in
+// silence), or refused what the spec allows.
+import { describe, expect, it } from "vitest";
+import { locationText } from "../language/diagnostics.js";
+import { SourceFile } from "../language/source.js";
+import { prepare } from "./program-helpers.js";
+
+/** A two_moons program with `extra` train items and `top` declarations before it. */
+function program(o: { top?: string; items?: string; lr?: string } = {}): string {
+  return `import std.nn.{Linear}
+import std.optim.{sgd}
+
+data moons = std.data.two_moons(n: 64)
+${o.top ?? ""}
+
+model Net {
+  l = Linear(2, 2)
+  forward(x: f32[B, 2]) -> f32[B, 2] = l(x)
+}
+
+train t {
+  model Net
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with sgd(lr: ${o.lr ?? "0.1"})
+  steps 3
+${o.items ?? ""}
+}
+`;
+}
+
+function errorsOf(text: string) {
+  return prepare(new SourceFile("test.lrk", text)).diagnostics.filter(
+    (d) => d.severity === "error",
+  );
+}
+
+describe("values computed while compiling are finite numbers", () => {
+  it("the program itself compiles", () => {
+    expect(errorsOf(program())).toEqual([]);
+  });
+
+  for (const [top, lr, message] of [
+    ["const lr = 1 / 0", "lr", "this `/` gives Infinity (a division by zero)"],
+    ["const lr = 5 % 0", "lr", "this `%` gives NaN (a remainder by zero)"],
+    ["const lr = 2 ^ 1024", "lr", "this `^` gives Infinity (too large for a 64-bit float)"],
+    ["", "sqrt(-1)", "`sqrt(-1)` is NaN, not a finite number"],
+    ["", "log(0)", "`log(0)` is -Infinity, not a finite number"],
+  ]) {
+    it(`${top || lr} is E0402 where it is computed`, () => {
+      const [d, ...rest] = errorsOf(program({ top, lr }));
+      expect(rest).toEqual([]);
+      expect(d?.code).toBe("E0402");
+      expect(d?.message).toBe(message);
+      const line = program({ top, lr })
+        .split("\n")
+        .findIndex((l) => l.includes(top || `lr: ${lr}`));
+      expect(d?.at && locationText(d.at)).toMatch(new RegExp(`^test\\.lrk:${line + 1}:`));
+    });
+  }
+});
+
+describe("train-block settings that would never act, or act backwards", () => {
+  for (const [item, message] of [
+    ["eval every 0", "`eval every` must be a positive number of steps, not 0"],
+    ["checkpoint every -2", "`checkpoint every` must be a positive number of steps, not -2"],
+    ["schedule cosine(warmup: -3)", "`warmup` must be a number of steps, 0 or more, not -3"],
+    [
+      "schedule linear(min_ratio: 2)",
+      "`min_ratio` must be from 0 to 1 (the final rate's fraction of `lr`), not 2",
+    ],
+  ]) {
+    it(`\`${item}\` is E0402 at its value`, () => {
+      const [d, ...rest] = errorsOf(program({ items: `  ${item}` }));
+      expect(rest).toEqual([]);
+      expect(d?.code).toBe("E0402");
+      expect(d?.message).toBe(message);
+    });
+  }
+
+  it("the edges the spec allows still compile", () => {
+    const items =
+      "  eval every 1\n  checkpoint every 1\n  schedule cosine(warmup: 0, min_ratio: 1)";
+    expect(errorsOf(program({ items }))).toEqual([]);
+  });
+});
