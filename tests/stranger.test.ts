@@ -1,9 +1,15 @@
 // Programs written from spec/language.md alone, by someone who never saw the tests: each case is
 // a place where the compiler accepted what it should refuse (and would have trained wrong in
 // silence), or refused what the spec allows.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { locationText } from "../language/diagnostics.js";
 import { SourceFile } from "../language/source.js";
+import { readSafetensors } from "../runtime/safetensors.js";
+import { root } from "./helpers.js";
 import { prepare } from "./program-helpers.js";
 
 /** A two_moons program with `extra` train items and `top` declarations before it. */
@@ -83,5 +89,66 @@ describe("train-block settings that would never act, or act backwards", () => {
     const items =
       "  eval every 1\n  checkpoint every 1\n  schedule cosine(warmup: 0, min_ratio: 1)";
     expect(errorsOf(program({ items }))).toEqual([]);
+  });
+});
+
+describe("what opening the data finds is said, not kept quiet", () => {
+  it("a text file too short for a separate valid split says they overlap (train and eval)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-stranger-"));
+    writeFileSync(join(dir, "tiny.txt"), "abcde");
+    writeFileSync(
+      join(dir, "p.lrk"),
+      `import std.nn.{Embedding}
+import std.optim.{sgd}
+
+data notes = std.data.text("tiny.txt", context: 4)
+
+model Bigram(vocab: int) {
+  e = Embedding(vocab, vocab)
+  forward(ids: i32[B, T]) -> f32[B, T, vocab] = e(ids)
+}
+
+train t {
+  model Bigram(vocab: notes.vocab)
+  data notes
+  loss cross_entropy(model(batch.input), batch.target)
+  optimize ** with sgd(lr: 0.1)
+  steps 1
+  batch 1
+}
+`,
+    );
+    const note =
+      'note: "tiny.txt" is short for context 4: its last 10% is under 5 bytes, so train is the whole file and valid its last 5 bytes (they overlap)';
+    for (const args of [
+      ["train", "p.lrk", "--device", "cpu", "--out", "run"],
+      ["eval", "p.lrk", "--device", "cpu"],
+    ]) {
+      const r = spawnSync(process.execPath, [join(root, "bin", "lrkc.js"), ...args], {
+        cwd: dir,
+        encoding: "utf8",
+      });
+      expect(r.stderr).toContain(note);
+      expect(r.status).toBe(0);
+    }
+  });
+});
+
+describe("a damaged safetensors header", () => {
+  it("an entry without a dtype (a flipped bit in `__metadata__`) is a damaged file, not a dtype to convert", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-stranger-"));
+    const header = Buffer.from(
+      JSON.stringify({
+        "__-etadata__": { format: "pt" },
+        w: { dtype: "F32", shape: [1], data_offsets: [0, 4] },
+      }),
+    );
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(header.length));
+    const path = join(dir, "flipped.safetensors");
+    writeFileSync(path, Buffer.concat([length, header, Buffer.alloc(4)]));
+    expect(() => readSafetensors(path)).toThrow(
+      /is not a valid safetensors file: tensor `__-etadata__`'s entry has no dtype/,
+    );
   });
 });
