@@ -965,7 +965,8 @@ export class Lowerer {
         if (s.type?.dims && value.kind === "tensor")
           this.bindDims(s.type, value, frame, this.at(frame, s.value), "this value");
         if (s.target.kind === "Name") {
-          frame.locals.set(s.target.name, value);
+          const at = this.at(frame, s.value);
+          frame.locals.set(s.target.name, this.r.typedValue(s.target, s.type, value, at));
           frame.readOnly?.delete(s.target.name);
         } else {
           if (value.kind !== "tuple" || value.items.length !== s.target.names.length) {

@@ -302,9 +302,32 @@ export class Resolver {
         this.poisoned.add(item.name.name);
         continue;
       }
-      declare(item.name, value);
+      const typed = item.kind === "Const" ? this.constType(item, value, module) : value;
+      if (typed === undefined) {
+        this.poisoned.add(item.name.name);
+        continue;
+      }
+      declare(item.name, typed);
     }
     return scope;
+  }
+
+  /** `const d: int = …`: the value must be of the declared type (`float` makes it a float). */
+  private constType(item: A.ConstDecl, value: Value, module: Module): Value | undefined {
+    if (!item.type) return value;
+    if (item.type.dims !== undefined) {
+      this.diagnostics.push(
+        error(
+          "E0402",
+          `a constant is known while compiling and is never a tensor: \`${item.name.name}\` cannot be of type ${item.type.name.name}[…]`,
+          this.at(module, item.type),
+          { help: "leave the type out, or write `int`, `float`, `bool` or `str`" },
+        ),
+      );
+      return undefined;
+    }
+    const asParam = { kind: "Param", name: item.name, type: item.type, span: item.span };
+    return this.attempt(() => this.checkType(asParam as A.Param, value, item.value, module));
   }
 
   private moduleValue(module: Module): Value {
@@ -789,7 +812,25 @@ export class Resolver {
 
   /** Checks an argument against its parameter's declared scalar type (`int`, `float`, `bool`, `str`). */
   private checkType(param: A.Param, value: Value, e: A.Expr, module: Module): Value {
-    const type = param.type?.dims === undefined ? param.type?.name.name : undefined;
+    return this.checkTypeAt(param.name, param.type, value, this.at(module, e));
+  }
+
+  /**
+   * A typed `let` or `const` (`let k: int = rank`) whose value is known while compiling: checked
+   * against its scalar type as an argument is. Tensors are checked by their shapes instead.
+   */
+  typedValue(name: A.Name, type: A.TypeExpr | undefined, value: Value, at: Location): Value {
+    if (!type || value.kind === "tensor" || value.kind === "deferred") return value;
+    return this.checkTypeAt(name, type, value, at);
+  }
+
+  private checkTypeAt(
+    name: A.Name,
+    declared: A.TypeExpr | undefined,
+    value: Value,
+    at: Location,
+  ): Value {
+    const type = declared?.dims === undefined ? declared?.name.name : undefined;
     const ok =
       type === "int"
         ? value.kind === "number" && Number.isInteger(value.value)
@@ -805,8 +846,8 @@ export class Resolver {
     return this.report(
       error(
         "E0402",
-        `\`${param.name.name}\` must be ${type === "int" ? "an integer" : type === "float" ? "a number" : `a ${type}`}, but ${shown} was given`,
-        this.at(module, e),
+        `\`${name.name}\` must be ${type === "int" ? "an integer" : type === "float" ? "a number" : type === "str" ? "a string" : `a ${type}`}, but ${shown} was given`,
+        at,
       ),
     );
   }

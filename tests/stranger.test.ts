@@ -13,7 +13,9 @@ import { root } from "./helpers.js";
 import { prepare } from "./program-helpers.js";
 
 /** A two_moons program with `extra` train items and `top` declarations before it. */
-function program(o: { top?: string; items?: string; lr?: string } = {}): string {
+function program(
+  o: { top?: string; items?: string; lr?: string; members?: string; forward?: string } = {},
+): string {
   return `import std.nn.{Linear}
 import std.optim.{sgd}
 
@@ -22,7 +24,8 @@ ${o.top ?? ""}
 
 model Net {
   l = Linear(2, 2)
-  forward(x: f32[B, 2]) -> f32[B, 2] = l(x)
+${o.members ?? ""}
+  forward(x: f32[B, 2]) -> f32[B, 2] = ${o.forward ?? "l(x)"}
 }
 
 train t {
@@ -150,5 +153,63 @@ describe("a damaged safetensors header", () => {
     expect(() => readSafetensors(path)).toThrow(
       /is not a valid safetensors file: tensor `__-etadata__`'s entry has no dtype/,
     );
+  });
+});
+
+describe("declared types and names are checked, not ignored", () => {
+  for (const [name, top, code, message] of [
+    [
+      "a constant's scalar type",
+      "const width: int = 1.5",
+      "E0402",
+      "`width` must be an integer, but `1.5` was given",
+    ],
+    [
+      "a constant's str type",
+      "const tag: str = 3",
+      "E0402",
+      "`tag` must be a string, but `3` was given",
+    ],
+    [
+      "a constant typed as a tensor",
+      "const t: f32[2] = 1",
+      "E0402",
+      "a constant is known while compiling and is never a tensor: `t` cannot be of type f32[…]",
+    ],
+    [
+      "a member's `let` type",
+      { members: "  let k: int = 2.5" },
+      "E0402",
+      "`k` must be an integer, but `2.5` was given",
+    ],
+    [
+      "a function's `let` type",
+      { members: "  helper(x) {\n    let n: bool = 2\n    return x\n  }", forward: "helper(l(x))" },
+      "E0402",
+      "`n` must be a bool, but `2` was given",
+    ],
+    [
+      "a parameter declared twice",
+      "model Twice(a: int, a: int) {}",
+      "E0202",
+      "parameter `a` is declared twice",
+    ],
+    [
+      "an escape past the last code point",
+      'const s = "\\u{110000}"',
+      "E0108",
+      "`\\u{110000}` is not a Unicode code point: they go up to 10FFFF",
+    ],
+  ]) {
+    it(`${name}: ${code}`, () => {
+      const errors = errorsOf(program(typeof top === "string" ? { top } : top));
+      expect(errors.map((d) => [d.code, d.message])).toContainEqual([code, message]);
+    });
+  }
+
+  it("values of their declared types still compile (`float` takes an integer)", () => {
+    const top =
+      'const d: int = 128 / 2\nconst lr: float = 1\nconst on: bool = true\nconst tag: str = "x"';
+    expect(errorsOf(program({ top, lr: "lr" }))).toEqual([]);
   });
 });
