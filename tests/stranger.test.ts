@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { locationText } from "../language/diagnostics.js";
 import { SourceFile } from "../language/source.js";
+import { cannotWrite } from "../cli/files.js";
 import { readSafetensors } from "../runtime/safetensors.js";
 import { root } from "./helpers.js";
 import { prepare } from "./program-helpers.js";
@@ -211,5 +212,16 @@ describe("declared types and names are checked, not ignored", () => {
     const top =
       'const d: int = 128 / 2\nconst lr: float = 1\nconst on: bool = true\nconst tag: str = "x"';
     expect(errorsOf(program({ top, lr: "lr" }))).toEqual([]);
+  });
+});
+
+describe("writing where a file is in the way", () => {
+  it("says how to get out of the way, not only what happened", () => {
+    const e = Object.assign(new Error("EEXIST"), { code: "EEXIST", syscall: "mkdir" });
+    const d = cannotWrite("/tmp/x/peft", e);
+    expect(d.message).toBe("cannot write `/tmp/x/peft`: a file of that name is in the way");
+    expect(d.help).toBe(
+      "a file stands where lrkc writes a folder: pass another path, or move the file away",
+    );
   });
 });
