@@ -621,6 +621,11 @@ export class Lowerer {
     const drop: number[] = [];
     const ellipsis = e.items.findIndex((i) => i.kind === "Ellipsis");
     const explicit = e.items.filter((i) => i.kind !== "Ellipsis").length;
+    if (e.items.filter((i) => i.kind === "Ellipsis").length > 1)
+      this.fail(
+        this.at(frame, e),
+        "`...` may appear once in an index: it stands for all the axes not otherwise named",
+      );
     if (explicit > shape.length)
       this.fail(this.at(frame, e), `${explicit} indices for a tensor of ${shape.length} dims`);
     let axis = 0;

@@ -225,3 +225,12 @@ describe("writing where a file is in the way", () => {
     );
   });
 });
+
+describe("indexing", () => {
+  it("two `...` in one index say so (it read: a slice with more bounds than axes)", () => {
+    const errors = errorsOf(program({ forward: "l(x)[..., ...]" }));
+    expect(errors.map((d) => d.message)).toEqual([
+      "`...` may appear once in an index: it stands for all the axes not otherwise named",
+    ]);
+  });
+});
