@@ -2,7 +2,7 @@
 // a place where the compiler accepted what it should refuse (and would have trained wrong in
 // silence), or refused what the spec allows.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -10,7 +10,7 @@ import { locationText } from "../language/diagnostics.js";
 import { SourceFile } from "../language/source.js";
 import { cannotWrite } from "../cli/files.js";
 import { readSafetensors } from "../runtime/safetensors.js";
-import { root } from "./helpers.js";
+import { parseText, root } from "./helpers.js";
 import { prepare } from "./program-helpers.js";
 
 /** A two_moons program with `extra` train items and `top` declarations before it. */
@@ -232,5 +232,45 @@ describe("indexing", () => {
     expect(errors.map((d) => d.message)).toEqual([
       "`...` may appear once in an index: it stands for all the axes not otherwise named",
     ]);
+  });
+});
+
+describe("the spec's examples call the standard library as it is", () => {
+  it("every named argument of a std definition in a spec example is one of its parameters", () => {
+    const std = new Map<string, string[]>();
+    for (const f of readdirSync(join(root, "stdlib")).filter((f) => f.endsWith(".lrk"))) {
+      const p = parseText(readFileSync(join(root, "stdlib", f), "utf8"), f);
+      for (const item of p.program.items)
+        if (item.kind === "Definition" || item.kind === "Function")
+          // every optimizer with an `lr` also takes `schedule:` (spec §11)
+          std.set(item.name.name, [...item.params.map((x) => x.name.name), "schedule"]);
+    }
+    const wrong: string[] = [];
+    for (const doc of ["spec/language.md", "spec/diagnostics.md", "README.md"]) {
+      const text = readFileSync(join(root, doc), "utf8");
+      for (const block of text.matchAll(/```lrk\n([\s\S]*?)```/g)) {
+        const p = parseText(block[1]!);
+        // a block that declares a name of its own (§12.2's sketch of adalora_budget) uses that
+        const own = new Set(p.program.items.flatMap((i) => ("name" in i ? [i.name.name] : [])));
+        const walk = (n: unknown): void => {
+          if (!n || typeof n !== "object") return;
+          if (Array.isArray(n)) return n.forEach(walk);
+          const node = n as {
+            kind?: string;
+            callee?: { kind: string; name: string };
+            args?: { name?: { name: string } }[];
+          };
+          const callee =
+            node.kind === "Call" && node.callee?.kind === "NameExpr" ? node.callee.name : undefined;
+          if (callee && std.has(callee) && !own.has(callee))
+            for (const a of node.args ?? [])
+              if (a.name && !std.get(callee)!.includes(a.name.name))
+                wrong.push(`${doc}: ${callee}(${a.name.name}: …)`);
+          for (const [k, v] of Object.entries(n)) if (k !== "span") walk(v);
+        };
+        walk(p.program.items);
+      }
+    }
+    expect(wrong).toEqual([]);
   });
 });
