@@ -121,7 +121,16 @@ class Printer {
       inside.push(this.comments[this.next++]!);
     this.inside = inside;
     this.placed.clear();
-    const printed = print(item, indent);
+    let printed = print(item, indent);
+    // The comments that move before the line must come before those kept inside it, or their
+    // order would change: then all of them move (printed again without placing any).
+    const kept = inside.filter((c) => this.placed.has(c));
+    const moved = inside.filter((c) => !this.placed.has(c));
+    if (kept.length > 0 && moved.some((c) => c.span.start > kept[0]!.span.start)) {
+      this.inside = [];
+      this.placed.clear();
+      printed = print(item, indent);
+    }
     for (const c of inside) if (!this.placed.has(c)) this.lines.push(...commentLines(c, indent));
     this.inside = [];
     this.lines.push(...printed);
@@ -187,23 +196,61 @@ class Printer {
     const on = def.on ? " " + onText(def.on) : "";
     const params =
       def.params.length > 0
-        ? this.paramList(def.params, indent, indent.length + head.length, on.length + 2)
+        ? this.paramList(
+            def.params,
+            indent,
+            indent.length + head.length,
+            on.length + 2,
+            def.name.span.end,
+          )
         : "";
     this.lines.push(`${indent}${head}${params}${on} {`);
     this.body(def.members, def, indent, (m, i) => this.member(m, i));
     return [];
   }
 
+  /**
+   * `(a: int, b = 2)`, or one parameter per line when it does not fit or holds comments, which
+   * then stay between the same tokens (as a call's arguments do). `nameEnd` is where the `(` may
+   * start: the end of the definition's or function's name.
+   */
   private paramList(
     params: A.Param[],
     indent: string,
     column: number,
     suffixLength: number,
+    nameEnd: number,
   ): string {
     const flat = `(${params.map((p) => paramText(p)).join(", ")})`;
-    if (column + flat.length + suffixLength <= lineWidth) return flat;
+    const close = params.length > 0 ? this.closingParen(params[params.length - 1]!.span.end) : -1;
+    const comments = close < 0 ? [] : this.commentsBetween(nameEnd, close);
+    if (comments.length === 0 && column + flat.length + suffixLength <= lineWidth) return flat;
     const inner = indent + indentUnit;
-    return `(\n${params.map((p) => inner + paramText(p) + ",").join("\n")}\n${indent})`;
+    const items = params.map((p) => ({ span: p.span, text: () => paramText(p) }));
+    const lines = this.brokenItems(items, nameEnd, close, inner, comments);
+    return `(\n${lines.join("\n")}\n${indent})`;
+  }
+
+  /** The offset of the first `)` at or after `from` outside comments (-1 if there is none). */
+  private closingParen(from: number): number {
+    for (let i = from; i < this.text.length; i++) {
+      const c = this.comments.find((x) => x.span.start === i);
+      if (c) i = c.span.end - 1;
+      else if (this.text[i] === ")") return i;
+    }
+    return -1;
+  }
+
+  /**
+   * The comments not yet printed that start in [from, to): from the line-level node being
+   * printed, or the next ones in order (a definition's parameter list, before its body's).
+   */
+  private commentsBetween(from: number, to: number): A.Comment[] {
+    const within = (c: A.Comment) => c.span.start >= from && c.span.start < to;
+    const found = this.inside.filter((c) => !this.placed.has(c) && within(c));
+    while (this.next < this.comments.length && within(this.comments[this.next]!))
+      found.push(this.comments[this.next++]!);
+    return found;
   }
 
   // ------------------------------------------------------------------------ members
@@ -243,6 +290,7 @@ class Printer {
           indent,
           indent.length + head.length,
           returns.length + 2,
+          m.name.span.end,
         );
         if (m.body.kind === "Expr")
           return [this.line(indent, `${head}${params}${returns} = `, m.body.value)];
@@ -375,6 +423,52 @@ class Printer {
   }
 
   /**
+   * The lines of a list broken one item per line (`inner` + item + `,`), with the `comments`
+   * found between `from` and `to` kept between the same tokens: on their own line before an item
+   * (or before the closing bracket), at the end of an item's line when they were on its line
+   * (before its comma if written there), or, inside an item printed on one line, just before it.
+   */
+  private brokenItems(
+    items: { span: A.Program["span"]; text: () => string }[],
+    from: number,
+    to: number,
+    inner: string,
+    comments: A.Comment[],
+  ): string[] {
+    const lines: string[] = [];
+    const take = (lo: number, hi: number) =>
+      comments.filter((c) => c.span.start >= lo && c.span.start < hi && !this.placed.has(c));
+    const gap = (lo: number, hi: number, previousEnd: number | undefined) => {
+      for (const c of take(lo, hi)) {
+        this.placed.add(c);
+        const sameLine =
+          previousEnd !== undefined &&
+          lines.length > 0 &&
+          !hasLineBreak(this.text, previousEnd, c.span.start) &&
+          !c.text.includes("\n");
+        if (!sameLine) lines.push(...commentLines(c, inner));
+        else if (c.block && !this.text.slice(previousEnd, c.span.start).includes(","))
+          lines[lines.length - 1] = lines[lines.length - 1]!.replace(/,$/, ` ${c.text},`);
+        else lines[lines.length - 1] += " " + c.text;
+      }
+    };
+    items.forEach((item, i) => {
+      const previousEnd = i > 0 ? items[i - 1]!.span.end : undefined;
+      gap(previousEnd ?? from, item.span.start, previousEnd);
+      const text = item.text();
+      // Comments inside an item printed on one line go on their own lines just before it.
+      for (const c of take(item.span.start, item.span.end)) {
+        this.placed.add(c);
+        lines.push(...commentLines(c, inner));
+      }
+      lines.push(inner + text + ",");
+    });
+    const last = items[items.length - 1]!;
+    gap(last.span.end, to, last.span.end);
+    return lines;
+  }
+
+  /**
    * Print on one line if it fits; otherwise break the outermost call's arguments (or a list's
    * items) one per line. A call or list with a comment inside is always broken, so that its
    * comments stay between the same tokens: on their own line before an item, at the end of an
@@ -395,42 +489,20 @@ class Printer {
     const listed = mine.filter((c) => c.span.start >= calleeEnd);
     if (listed.length === 0 && column + flat.length + suffixLength <= lineWidth) return flat;
     const inner = indent + indentUnit;
-    const lines: string[] = [];
-    const gap = (from: number, to: number, previousEnd: number | undefined) => {
-      for (const c of listed) {
-        if (c.span.start < from || c.span.start >= to || this.placed.has(c)) continue;
-        this.placed.add(c);
-        const sameLine =
-          previousEnd !== undefined &&
-          lines.length > 0 &&
-          !hasLineBreak(this.text, previousEnd, c.span.start) &&
-          !c.text.includes("\n");
-        if (!sameLine) lines.push(...commentLines(c, inner));
-        else if (c.block && !this.text.slice(previousEnd, c.span.start).includes(","))
-          lines[lines.length - 1] = lines[lines.length - 1]!.replace(/,$/, ` ${c.text},`);
-        else lines[lines.length - 1] += " " + c.text;
-      }
-    };
-    items.forEach((item, i) => {
-      const previousEnd = i > 0 ? items[i - 1]!.span.end : undefined;
-      gap(i > 0 ? previousEnd! : calleeEnd, item.span.start, previousEnd);
-      const name = item.kind === "Arg" && item.name ? `${item.name.name}: ` : "";
-      const value = item.kind === "Arg" ? item.value : item;
-      const text = this.wrapped(value, inner, inner.length + name.length, 1);
-      // Comments inside an item printed on one line go on their own lines just before it.
-      for (const c of listed)
-        if (
-          !this.placed.has(c) &&
-          c.span.start >= item.span.start &&
-          c.span.start < item.span.end
-        ) {
-          this.placed.add(c);
-          lines.push(...commentLines(c, inner));
-        }
-      lines.push(inner + name + text + ",");
-    });
-    const last = items[items.length - 1]!;
-    gap(last.span.end, e.span.end, last.span.end);
+    const lines = this.brokenItems(
+      items.map((item) => {
+        const name = item.kind === "Arg" && item.name ? `${item.name.name}: ` : "";
+        const value = item.kind === "Arg" ? item.value : item;
+        return {
+          span: item.span,
+          text: () => name + this.wrapped(value, inner, inner.length + name.length, 1),
+        };
+      }),
+      calleeEnd,
+      e.span.end,
+      inner,
+      listed,
+    );
     return `${open}\n${lines.join("\n")}\n${indent}${close}`;
   }
 }

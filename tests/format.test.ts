@@ -113,6 +113,26 @@ describe("comment placement", () => {
       ].join("\n"),
     ],
     ["a block comment before a comma", "const x = g(\n  a /* why */,\n  b,\n)\n"],
+    [
+      "comments among a definition's and a function's parameters",
+      [
+        "model M(",
+        "  d: int, // width",
+        "  // the depth",
+        "  depth: int = 2 /* blocks */,",
+        ") {",
+        "  f(",
+        "    x, // the input",
+        "  ) = x",
+        "  g(",
+        "    x /* in */,",
+        "  ) {",
+        "    return x",
+        "  }",
+        "}",
+        "",
+      ].join("\n"),
+    ],
   ];
   for (const [name, text] of stable) {
     it(`keeps ${name} in place`, () => {
@@ -126,6 +146,16 @@ describe("comment placement", () => {
     const r = parseText("const x = f(\n  a + /* why */ b,\n  c,\n)\n");
     const out = format(r.program, r.file);
     expect(out).toBe("const x = f(\n  /* why */\n  a + b,\n  c,\n)\n");
+    const again = parseText(out);
+    expect(format(again.program, again.file)).toBe(out);
+  });
+
+  it("keeps comments in order: when one must move before the line, they all do", () => {
+    // `/* b */` sits in the return type, printed on one line: it moves before the member, so
+    // `/* a */`, before it in the source, cannot stay in the parameter list after it.
+    const r = parseText("model M {\n  f(x /* a */) -> f32[/* b */ B] = x\n}\n");
+    const out = format(r.program, r.file);
+    expect(out).toBe("model M {\n  /* a */\n  /* b */\n  f(x) -> f32[B] = x\n}\n");
     const again = parseText(out);
     expect(format(again.program, again.file)).toBe(out);
   });
