@@ -10,7 +10,7 @@ import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 import { formatShown, showExamples } from "./show.js";
 import { loadPlans } from "./target.js";
-import { devices, openDeviceOrDiagnostic, runOrDiagnostic } from "./train.js";
+import { dataNotes, devices, openDeviceOrDiagnostic, runOrDiagnostic } from "./train.js";
 
 export interface EvalCommandOptions extends ReportOptions {
   train?: string;
@@ -62,6 +62,7 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   const program = compiled.program;
   const run = runOrDiagnostic(program);
   if ("severity" in run) return report([run], options);
+  if (!options.json) for (const note of dataNotes(run)) process.stderr.write(`note: ${note}\n`);
   const skipped = evaluationSkipped(run);
   if (skipped)
     return report(

@@ -32,6 +32,8 @@ export function cannotWrite(path: string, e: unknown, help?: string): Diagnostic
         ? "free some space on that disk, or write elsewhere"
         : code === "EROFS" || code === "EACCES" || code === "EPERM"
           ? "write to a folder you can write to"
-          : undefined),
+          : code === "EEXIST" || code === "ENOTDIR"
+            ? "a file stands where lrkc writes a folder: pass another path, or move the file away"
+            : undefined),
   });
 }

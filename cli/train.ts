@@ -180,6 +180,7 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   const frozenF16 = options.frozenF16 === true || compiled.spec.frozenStorage === "f16";
   const run = runOrDiagnostic(program);
   if ("severity" in run) return report([run], options);
+  if (!options.json) for (const note of dataNotes(run)) process.stderr.write(`note: ${note}\n`);
   let adapters: Map<string, Tensor> | undefined;
   try {
     // on --resume the checkpoint holds the adapters: the block's `init_adapters` is not read
@@ -493,6 +494,15 @@ export function compileRun(
   if (!compiled) return { diagnostics };
   const run = runOrDiagnostic(compiled.program);
   return "severity" in run ? { diagnostics: [...diagnostics, run] } : { run, diagnostics };
+}
+
+/**
+ * What opening the data found worth saying (a split shrunk or overlapping, examples cut or left
+ * out), once per data set: the run trains on something other than the user may think.
+ */
+export function dataNotes(run: Run): string[] {
+  const notes = [run.data.note, run.evalData === run.data ? undefined : run.evalData.note];
+  return notes.filter((n): n is string => n !== undefined);
 }
 
 /** The program with its data opened, or the data's problem as a diagnostic. */

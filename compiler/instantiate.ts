@@ -275,7 +275,12 @@ function addMember(
         constant: member.constant,
       });
       if (member.target.kind === "Name")
-        vars.set(member.target.name, value ?? deferred(member.target.name));
+        vars.set(
+          member.target.name,
+          value
+            ? r.typedValue(member.target, member.type, value, r.at(module, member.value))
+            : deferred(member.target.name),
+        );
       else member.target.names.forEach((n, i) => vars.set(n.name, deferred(n.name, i)));
       return;
     }

@@ -621,6 +621,11 @@ export class Lowerer {
     const drop: number[] = [];
     const ellipsis = e.items.findIndex((i) => i.kind === "Ellipsis");
     const explicit = e.items.filter((i) => i.kind !== "Ellipsis").length;
+    if (e.items.filter((i) => i.kind === "Ellipsis").length > 1)
+      this.fail(
+        this.at(frame, e),
+        "`...` may appear once in an index: it stands for all the axes not otherwise named",
+      );
     if (explicit > shape.length)
       this.fail(this.at(frame, e), `${explicit} indices for a tensor of ${shape.length} dims`);
     let axis = 0;
@@ -965,7 +970,8 @@ export class Lowerer {
         if (s.type?.dims && value.kind === "tensor")
           this.bindDims(s.type, value, frame, this.at(frame, s.value), "this value");
         if (s.target.kind === "Name") {
-          frame.locals.set(s.target.name, value);
+          const at = this.at(frame, s.value);
+          frame.locals.set(s.target.name, this.r.typedValue(s.target, s.type, value, at));
           frame.readOnly?.delete(s.target.name);
         } else {
           if (value.kind !== "tuple" || value.items.length !== s.target.names.length) {

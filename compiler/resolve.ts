@@ -302,9 +302,32 @@ export class Resolver {
         this.poisoned.add(item.name.name);
         continue;
       }
-      declare(item.name, value);
+      const typed = item.kind === "Const" ? this.constType(item, value, module) : value;
+      if (typed === undefined) {
+        this.poisoned.add(item.name.name);
+        continue;
+      }
+      declare(item.name, typed);
     }
     return scope;
+  }
+
+  /** `const d: int = …`: the value must be of the declared type (`float` makes it a float). */
+  private constType(item: A.ConstDecl, value: Value, module: Module): Value | undefined {
+    if (!item.type) return value;
+    if (item.type.dims !== undefined) {
+      this.diagnostics.push(
+        error(
+          "E0402",
+          `a constant is known while compiling and is never a tensor: \`${item.name.name}\` cannot be of type ${item.type.name.name}[…]`,
+          this.at(module, item.type),
+          { help: "leave the type out, or write `int`, `float`, `bool` or `str`" },
+        ),
+      );
+      return undefined;
+    }
+    const asParam = { kind: "Param", name: item.name, type: item.type, span: item.span };
+    return this.attempt(() => this.checkType(asParam as A.Param, value, item.value, module));
   }
 
   private moduleValue(module: Module): Value {
@@ -471,8 +494,34 @@ export class Resolver {
     }
     const a = this.number(l, e.left, module);
     const b = this.number(r, e.right, module);
+    const result = this.arithmetic(e.op, a, b, module, e);
+    if (result.kind === "number" && !Number.isFinite(result.value)) {
+      const why =
+        (e.op === "/" || e.op === "%") && b.value === 0
+          ? e.op === "/"
+            ? "a division by zero"
+            : "a remainder by zero"
+          : Number.isNaN(result.value)
+            ? "not a number"
+            : "too large for a 64-bit float";
+      this.report(
+        error("E0402", `this \`${e.op}\` gives ${result.value} (${why})`, this.at(module, e), {
+          help: "a value computed while compiling must be a finite number: check the operands",
+        }),
+      );
+    }
+    return result;
+  }
+
+  private arithmetic(
+    op: Exclude<A.BinaryOp, "and" | "or">,
+    a: { value: number; integer: boolean },
+    b: { value: number; integer: boolean },
+    module: Module,
+    e: A.Binary,
+  ): Value {
     const integer = a.integer && b.integer;
-    switch (e.op) {
+    switch (op) {
       case "+":
         return num(a.value + b.value, integer);
       case "-":
@@ -763,7 +812,25 @@ export class Resolver {
 
   /** Checks an argument against its parameter's declared scalar type (`int`, `float`, `bool`, `str`). */
   private checkType(param: A.Param, value: Value, e: A.Expr, module: Module): Value {
-    const type = param.type?.dims === undefined ? param.type?.name.name : undefined;
+    return this.checkTypeAt(param.name, param.type, value, this.at(module, e));
+  }
+
+  /**
+   * A typed `let` or `const` (`let k: int = rank`) whose value is known while compiling: checked
+   * against its scalar type as an argument is. Tensors are checked by their shapes instead.
+   */
+  typedValue(name: A.Name, type: A.TypeExpr | undefined, value: Value, at: Location): Value {
+    if (!type || value.kind === "tensor" || value.kind === "deferred") return value;
+    return this.checkTypeAt(name, type, value, at);
+  }
+
+  private checkTypeAt(
+    name: A.Name,
+    declared: A.TypeExpr | undefined,
+    value: Value,
+    at: Location,
+  ): Value {
+    const type = declared?.dims === undefined ? declared?.name.name : undefined;
     const ok =
       type === "int"
         ? value.kind === "number" && Number.isInteger(value.value)
@@ -779,8 +846,8 @@ export class Resolver {
     return this.report(
       error(
         "E0402",
-        `\`${param.name.name}\` must be ${type === "int" ? "an integer" : type === "float" ? "a number" : `a ${type}`}, but ${shown} was given`,
-        this.at(module, e),
+        `\`${name.name}\` must be ${type === "int" ? "an integer" : type === "float" ? "a number" : type === "str" ? "a string" : `a ${type}`}, but ${shown} was given`,
+        at,
       ),
     );
   }
@@ -804,10 +871,22 @@ export class Resolver {
           ),
         );
       }
-      args.set(
-        arg.name.name,
-        this.number(this.evaluate(arg.value, scope, module), arg.value, module).value,
-      );
+      const value = this.number(this.evaluate(arg.value, scope, module), arg.value, module).value;
+      // A negative warmup, or a final rate outside 0–1 of the base rate, would scale `lr` up or
+      // flip its sign in silence.
+      const range: [number, number] = arg.name.name === "warmup" ? [0, Infinity] : [0, 1];
+      if (value < range[0] || value > range[1])
+        this.report(
+          error(
+            "E0402",
+            arg.name.name === "warmup"
+              ? `\`warmup\` must be a number of steps, 0 or more, not ${value}`
+              : `\`min_ratio\` must be from 0 to 1 (the final rate's fraction of \`lr\`), not ${value}`,
+            this.at(module, arg.value),
+            { help: `e.g. \`${name}(warmup: 100, min_ratio: 0.1)\`` },
+          ),
+        );
+      args.set(arg.name.name, value);
     }
     return { kind: "schedule", name, args };
   }
@@ -961,7 +1040,19 @@ export class Resolver {
     const one = (f: (x: number) => number, integer = false) => {
       if (args.length !== 1)
         this.report(error("E0205", `\`${name}\` takes one argument`, this.at(module, e)));
-      return num(f(args[0]!.value), integer);
+      const value = f(args[0]!.value);
+      if (!Number.isFinite(value))
+        this.report(
+          error(
+            "E0402",
+            `\`${name}(${args[0]!.value})\` is ${value}, not a finite number`,
+            this.at(module, e),
+            {
+              help: "a value computed while compiling must be a finite number: check the argument",
+            },
+          ),
+        );
+      return num(value, integer);
     };
     switch (name) {
       case "sqrt":

@@ -230,6 +230,19 @@ export function resolveTrain(
       ),
     );
   }
+  // `eval every N`, `checkpoint every N`: a number of steps, at least 1 (0 would never come).
+  const period = (e: A.Expr, what: string): number | undefined => {
+    const n = r.attempt(() => r.integer(e, scope, module, what));
+    if (n !== undefined && n <= 0) {
+      r.diagnostics.push(
+        error("E0402", `${what} must be a positive number of steps, not ${n}`, r.at(module, e), {
+          help: `e.g. \`${what.slice(1, -1)} 100\``,
+        }),
+      );
+      return undefined;
+    }
+    return n;
+  };
   const scheduleSetting = settings.get("schedule");
   const schedule = scheduleSetting
     ? r.attempt(() => r.evaluate(scheduleSetting.value, scope, module))
@@ -263,14 +276,12 @@ export function resolveTrain(
     schedule,
     eval: evalItem
       ? {
-          every: r.attempt(() => r.integer(evalItem!.every, scope, module, "`eval every`")) ?? 100,
+          every: period(evalItem.every, "`eval every`") ?? 100,
           on: dataset(evalItem.on),
           onAt: evalItem.on ? r.at(module, evalItem.on) : undefined,
         }
       : undefined,
-    checkpointEvery: checkpoint
-      ? r.attempt(() => r.integer(checkpoint!.every, scope, module, "`checkpoint every`"))
-      : undefined,
+    checkpointEvery: checkpoint ? period(checkpoint.every, "`checkpoint every`") : undefined,
     rules,
     actions,
   };

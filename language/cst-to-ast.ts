@@ -265,7 +265,19 @@ export class AstBuilder extends BaseVisitor {
   }
 
   paramList(ctx: Children): A.Param[] {
-    return nodes(ctx, "param").map((n) => this.visit(n) as A.Param);
+    const params = nodes(ctx, "param").map((n) => this.visit(n) as A.Param);
+    // A second parameter of the same name would silently take the first one's argument.
+    params.forEach((p, i) => {
+      const first = params.slice(0, i).find((q) => q.name.name === p.name.name);
+      if (first)
+        this.diagnostics.push(
+          error("E0202", `parameter \`${p.name.name}\` is declared twice`, this.at(p.name.span), {
+            notes: [{ message: "first declared here", at: this.at(first.name.span) }],
+            help: "rename one of them",
+          }),
+        );
+    });
+    return params;
   }
 
   param(ctx: Children, cst: CstNode): A.Param {
@@ -818,12 +830,22 @@ export class AstBuilder extends BaseVisitor {
     const body = raw.endsWith('"') && raw.length >= 2 ? raw.slice(1, -1) : raw.slice(1);
     const span = tokenSpan(t);
     const value = body.replace(/\\(u\{[0-9a-fA-F]+\}|.)/g, (_, e: string, offset: number) => {
-      if (e.startsWith("u{"))
-        return String.fromCodePoint(Math.min(parseInt(e.slice(2, -1), 16), 0x10ffff));
+      const start = span.start + 1 + offset;
+      if (e.startsWith("u{")) {
+        const code = parseInt(e.slice(2, -1), 16);
+        if (code <= 0x10ffff) return String.fromCodePoint(code);
+        this.diagnostics.push(
+          error(
+            "E0108",
+            `\`\\${e}\` is not a Unicode code point: they go up to 10FFFF`,
+            this.at({ start, end: start + 1 + e.length }),
+          ),
+        );
+        return e;
+      }
       const known = ESCAPES[e];
       if (known !== undefined) return known;
       // the escape's span: after the opening quote, at the backslash
-      const start = span.start + 1 + offset;
       this.diagnostics.push(
         error(
           "E0108",

@@ -2,10 +2,12 @@
 //
 // Comments are not in the AST's nodes; they are placed by position. Before each line-level node
 // (declaration, member, statement, train item) go the comments that start before it; a comment on
-// the same line after a node stays at the end of that line; comments left inside a node that is
-// printed on one line (inside an argument list, say) move to just before the next line-level node
-// or the closing `}`. Placement depends only on the tree and comment order, so formatting is
-// idempotent, and parse(format(x)) equals parse(x) apart from spans.
+// the same line after a node stays at the end of that line; a call or list at the end of a line
+// with comments among its items is broken one item per line and keeps them between the same
+// tokens; comments left inside a part printed on one line (an operand, a callee) move to their own
+// lines just before the line-level node. Placement depends only on the tree, the comments and
+// whether a line break separates them from the items, so formatting is idempotent, and
+// parse(format(x)) equals parse(x) apart from spans.
 import type * as A from "./ast.js";
 import type { SourceFile } from "./source.js";
 
@@ -25,6 +27,9 @@ class Printer {
   private next = 0;
   /** End offset of the last thing printed in the current list, for blank-line preservation. */
   private lastEnd = -1;
+  /** The comments inside the line-level node being printed, and those already placed in it. */
+  private inside: A.Comment[] = [];
+  private readonly placed = new Set<A.Comment>();
 
   constructor(
     private readonly comments: A.Comment[],
@@ -91,14 +96,44 @@ class Printer {
       const wanted = blankAround?.(item) ?? false;
       if (i > 0 && (wanted || previousWanted) && this.lines[this.lines.length - 1] !== "")
         this.lines.push("");
-      // A node printed on one line also takes the comments from inside it, just before it.
-      this.leadingComments(isContainer(item) ? item.span.start : item.span.end, indent);
+      this.leadingComments(item.span.start, indent);
       this.emitBlankIfSource(item.span.start);
-      this.lines.push(...print(item, indent));
+      if (isContainer(item)) this.lines.push(...print(item, indent));
+      else this.lineItem(item, indent, print);
       this.lastEnd = item.span.end;
       this.trailingComments(item.span.end);
       previousWanted = wanted;
     });
+  }
+
+  /**
+   * A node printed on one line (or with its last call's arguments wrapped). The comments inside it
+   * that a wrapped call or list places (between its items, after an argument) stay there; the
+   * others, inside a part printed on one line, move to their own lines just before it.
+   */
+  private lineItem<T extends LineNode>(
+    item: T,
+    indent: string,
+    print: (item: T, indent: string) => string[],
+  ): void {
+    const inside: A.Comment[] = [];
+    while (this.next < this.comments.length && this.comments[this.next]!.span.start < item.span.end)
+      inside.push(this.comments[this.next++]!);
+    this.inside = inside;
+    this.placed.clear();
+    let printed = print(item, indent);
+    // The comments that move before the line must come before those kept inside it, or their
+    // order would change: then all of them move (printed again without placing any).
+    const kept = inside.filter((c) => this.placed.has(c));
+    const moved = inside.filter((c) => !this.placed.has(c));
+    if (kept.length > 0 && moved.some((c) => c.span.start > kept[0]!.span.start)) {
+      this.inside = [];
+      this.placed.clear();
+      printed = print(item, indent);
+    }
+    for (const c of inside) if (!this.placed.has(c)) this.lines.push(...commentLines(c, indent));
+    this.inside = [];
+    this.lines.push(...printed);
   }
 
   /** `{`, the body, dangling comments, `}`: the header line is already in `lines`. */
@@ -161,23 +196,61 @@ class Printer {
     const on = def.on ? " " + onText(def.on) : "";
     const params =
       def.params.length > 0
-        ? this.paramList(def.params, indent, indent.length + head.length, on.length + 2)
+        ? this.paramList(
+            def.params,
+            indent,
+            indent.length + head.length,
+            on.length + 2,
+            def.name.span.end,
+          )
         : "";
     this.lines.push(`${indent}${head}${params}${on} {`);
     this.body(def.members, def, indent, (m, i) => this.member(m, i));
     return [];
   }
 
+  /**
+   * `(a: int, b = 2)`, or one parameter per line when it does not fit or holds comments, which
+   * then stay between the same tokens (as a call's arguments do). `nameEnd` is where the `(` may
+   * start: the end of the definition's or function's name.
+   */
   private paramList(
     params: A.Param[],
     indent: string,
     column: number,
     suffixLength: number,
+    nameEnd: number,
   ): string {
     const flat = `(${params.map((p) => paramText(p)).join(", ")})`;
-    if (column + flat.length + suffixLength <= lineWidth) return flat;
+    const close = params.length > 0 ? this.closingParen(params[params.length - 1]!.span.end) : -1;
+    const comments = close < 0 ? [] : this.commentsBetween(nameEnd, close);
+    if (comments.length === 0 && column + flat.length + suffixLength <= lineWidth) return flat;
     const inner = indent + indentUnit;
-    return `(\n${params.map((p) => inner + paramText(p) + ",").join("\n")}\n${indent})`;
+    const items = params.map((p) => ({ span: p.span, text: () => paramText(p) }));
+    const lines = this.brokenItems(items, nameEnd, close, inner, comments);
+    return `(\n${lines.join("\n")}\n${indent})`;
+  }
+
+  /** The offset of the first `)` at or after `from` outside comments (-1 if there is none). */
+  private closingParen(from: number): number {
+    for (let i = from; i < this.text.length; i++) {
+      const c = this.comments.find((x) => x.span.start === i);
+      if (c) i = c.span.end - 1;
+      else if (this.text[i] === ")") return i;
+    }
+    return -1;
+  }
+
+  /**
+   * The comments not yet printed that start in [from, to): from the line-level node being
+   * printed, or the next ones in order (a definition's parameter list, before its body's).
+   */
+  private commentsBetween(from: number, to: number): A.Comment[] {
+    const within = (c: A.Comment) => c.span.start >= from && c.span.start < to;
+    const found = this.inside.filter((c) => !this.placed.has(c) && within(c));
+    while (this.next < this.comments.length && within(this.comments[this.next]!))
+      found.push(this.comments[this.next++]!);
+    return found;
   }
 
   // ------------------------------------------------------------------------ members
@@ -217,6 +290,7 @@ class Printer {
           indent,
           indent.length + head.length,
           returns.length + 2,
+          m.name.span.end,
         );
         if (m.body.kind === "Expr")
           return [this.line(indent, `${head}${params}${returns} = `, m.body.value)];
@@ -343,10 +417,101 @@ class Printer {
     return (
       indent +
       prefix +
-      wrapped(value, indent, indent.length + prefix.length, suffix.length) +
+      this.wrapped(value, indent, indent.length + prefix.length, suffix.length) +
       suffix
     );
   }
+
+  /**
+   * The lines of a list broken one item per line (`inner` + item + `,`), with the `comments`
+   * found between `from` and `to` kept between the same tokens: on their own line before an item
+   * (or before the closing bracket), at the end of an item's line when they were on its line
+   * (before its comma if written there), or, inside an item printed on one line, just before it.
+   */
+  private brokenItems(
+    items: { span: A.Program["span"]; text: () => string }[],
+    from: number,
+    to: number,
+    inner: string,
+    comments: A.Comment[],
+  ): string[] {
+    const lines: string[] = [];
+    const take = (lo: number, hi: number) =>
+      comments.filter((c) => c.span.start >= lo && c.span.start < hi && !this.placed.has(c));
+    const gap = (lo: number, hi: number, previousEnd: number | undefined) => {
+      for (const c of take(lo, hi)) {
+        this.placed.add(c);
+        const sameLine =
+          previousEnd !== undefined &&
+          lines.length > 0 &&
+          !hasLineBreak(this.text, previousEnd, c.span.start) &&
+          !c.text.includes("\n");
+        if (!sameLine) lines.push(...commentLines(c, inner));
+        else if (c.block && !this.text.slice(previousEnd, c.span.start).includes(","))
+          lines[lines.length - 1] = lines[lines.length - 1]!.replace(/,$/, ` ${c.text},`);
+        else lines[lines.length - 1] += " " + c.text;
+      }
+    };
+    items.forEach((item, i) => {
+      const previousEnd = i > 0 ? items[i - 1]!.span.end : undefined;
+      gap(previousEnd ?? from, item.span.start, previousEnd);
+      const text = item.text();
+      // Comments inside an item printed on one line go on their own lines just before it.
+      for (const c of take(item.span.start, item.span.end)) {
+        this.placed.add(c);
+        lines.push(...commentLines(c, inner));
+      }
+      lines.push(inner + text + ",");
+    });
+    const last = items[items.length - 1]!;
+    gap(last.span.end, to, last.span.end);
+    return lines;
+  }
+
+  /**
+   * Print on one line if it fits; otherwise break the outermost call's arguments (or a list's
+   * items) one per line. A call or list with a comment inside is always broken, so that its
+   * comments stay between the same tokens: on their own line before an item, at the end of an
+   * item's line (after its comma, or before it for a block comment written there), or on their
+   * own line before the closing bracket.
+   */
+  private wrapped(e: A.Expr, indent: string, column: number, suffixLength: number): string {
+    const items = wrappableItems(e);
+    const mine = this.inside.filter(
+      (c) => !this.placed.has(c) && c.span.start >= e.span.start && c.span.start < e.span.end,
+    );
+    const flat = expr(e);
+    if (items.length === 0) return flat;
+    const open = e.kind === "Call" ? expr(e.callee) + "(" : "[";
+    const close = e.kind === "Call" ? ")" : "]";
+    const calleeEnd = e.kind === "Call" ? e.callee.span.end : e.span.start;
+    // Comments inside the callee are not this list's: they stay for the line's leading comments.
+    const listed = mine.filter((c) => c.span.start >= calleeEnd);
+    if (listed.length === 0 && column + flat.length + suffixLength <= lineWidth) return flat;
+    const inner = indent + indentUnit;
+    const lines = this.brokenItems(
+      items.map((item) => {
+        const name = item.kind === "Arg" && item.name ? `${item.name.name}: ` : "";
+        const value = item.kind === "Arg" ? item.value : item;
+        return {
+          span: item.span,
+          text: () => name + this.wrapped(value, inner, inner.length + name.length, 1),
+        };
+      }),
+      calleeEnd,
+      e.span.end,
+      inner,
+      listed,
+    );
+    return `${open}\n${lines.join("\n")}\n${indent}${close}`;
+  }
+}
+
+/** The items a call or list breaks one per line; none for other expressions. */
+function wrappableItems(e: A.Expr): (A.Arg | A.Expr)[] {
+  if (e.kind === "List") return e.items;
+  if (e.kind === "Call") return e.args;
+  return [];
 }
 
 /** Nodes printed with a `{ … }` body of their own, whose inner comments stay inside. */
@@ -369,29 +534,6 @@ function commentLines(c: A.Comment, indent: string): string[] {
 }
 
 // ---------------------------------------------------------------------------- expressions
-
-/**
- * Print on one line if it fits; otherwise break the outermost call's arguments (or a list's
- * items) one per line.
- */
-function wrapped(e: A.Expr, indent: string, column: number, suffixLength: number): string {
-  const flat = expr(e);
-  if (column + flat.length + suffixLength <= lineWidth) return flat;
-  const inner = indent + indentUnit;
-  if (e.kind === "List" && e.items.length > 0) {
-    const items = e.items.map((i) => inner + wrapped(i, inner, inner.length, 1) + ",");
-    return `[\n${items.join("\n")}\n${indent}]`;
-  }
-  if (e.kind !== "Call" || e.args.length === 0) return flat;
-  const args = e.args.map(
-    (a) =>
-      inner +
-      (a.name ? `${a.name.name}: ` : "") +
-      wrapped(a.value, inner, inner.length + (a.name ? a.name.name.length + 2 : 0), 1) +
-      ",",
-  );
-  return `${expr(e.callee)}(\n${args.join("\n")}\n${indent})`;
-}
 
 export function expr(e: A.Expr): string {
   switch (e.kind) {

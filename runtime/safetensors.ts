@@ -358,8 +358,12 @@ function checkedEntry(
       `tensor \`${name}\`'s entry is ${describeJson(entry)}, not an object with dtype, shape and data_offsets`,
     );
   const { dtype, shape, data_offsets: offsets } = entry;
-  if (typeof dtype !== "string" || !(dtype in elementBytes))
-    throw unreadableDType(name, path, dtype);
+  // No dtype at all is a damaged header (a flipped bit in `__metadata__`), not a dtype to convert.
+  if (typeof dtype !== "string")
+    throw corrupt(
+      `tensor \`${name}\`'s entry has ${dtype === undefined ? "no dtype" : `dtype ${JSON.stringify(dtype)}, not a string`}`,
+    );
+  if (!(dtype in elementBytes)) throw unreadableDType(name, path, dtype);
   if (!Array.isArray(shape) || !shape.every(isCount))
     throw corrupt(
       `tensor \`${name}\`'s shape ${JSON.stringify(shape)} is not a list of non-negative integers`,

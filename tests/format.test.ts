@@ -79,9 +79,94 @@ describe("comment placement", () => {
     });
   }
 
-  it("moves an inner comment before the statement and keeps a trailing one", () => {
+  it("keeps a comment between arguments there, breaking the call, and keeps a trailing one", () => {
     const r = parseText("const x = f(a, /* why */ b) // trailing\n");
-    expect(format(r.program, r.file)).toBe("/* why */\nconst x = f(a, b) // trailing\n");
+    expect(format(r.program, r.file)).toBe("const x = f(\n  a, /* why */\n  b,\n) // trailing\n");
+  });
+
+  // Each of these is already in the layout fmt prints: comments inside a wrapped call or list
+  // stay where they are (they used to move before the statement).
+  const stable: [string, string][] = [
+    [
+      "a comment between the items of a wrapped list",
+      "const ranks = [\n  4,\n  // the middle one\n  8,\n  16,\n]\n",
+    ],
+    [
+      "a comment after an argument",
+      "train t {\n  optimize ** with adamw(\n    lr: 3e-3, // tuned on arith\n    weight_decay: 0.01,\n  )\n}\n",
+    ],
+    [
+      "comments in a nested call, before the first item and before the closing bracket",
+      [
+        "model M {",
+        "  w = f(",
+        "    // first",
+        "    a,",
+        "    g(",
+        "      b, /* inner */",
+        "      c,",
+        "      // last of g",
+        "    ),",
+        "  ) // after",
+        "}",
+        "",
+      ].join("\n"),
+    ],
+    ["a block comment before a comma", "const x = g(\n  a /* why */,\n  b,\n)\n"],
+    [
+      "comments among a definition's and a function's parameters",
+      [
+        "model M(",
+        "  d: int, // width",
+        "  // the depth",
+        "  depth: int = 2 /* blocks */,",
+        ") {",
+        "  f(",
+        "    x, // the input",
+        "  ) = x",
+        "  g(",
+        "    x /* in */,",
+        "  ) {",
+        "    return x",
+        "  }",
+        "}",
+        "",
+      ].join("\n"),
+    ],
+  ];
+  for (const [name, text] of stable) {
+    it(`keeps ${name} in place`, () => {
+      const r = parseText(text);
+      expect(r.diagnostics).toEqual([]);
+      expect(format(r.program, r.file)).toBe(text);
+    });
+  }
+
+  it("a comment inside an argument printed on one line goes just before that argument", () => {
+    const r = parseText("const x = f(\n  a + /* why */ b,\n  c,\n)\n");
+    const out = format(r.program, r.file);
+    expect(out).toBe("const x = f(\n  /* why */\n  a + b,\n  c,\n)\n");
+    const again = parseText(out);
+    expect(format(again.program, again.file)).toBe(out);
+  });
+
+  it("keeps comments in order: when one must move before the line, they all do", () => {
+    // `/* b */` sits in the return type, printed on one line: it moves before the member, so
+    // `/* a */`, before it in the source, cannot stay in the parameter list after it.
+    const r = parseText("model M {\n  f(x /* a */) -> f32[/* b */ B] = x\n}\n");
+    const out = format(r.program, r.file);
+    expect(out).toBe("model M {\n  /* a */\n  /* b */\n  f(x) -> f32[B] = x\n}\n");
+    const again = parseText(out);
+    expect(format(again.program, again.file)).toBe(out);
+  });
+
+  it("breaks a one-line list whose items have a comment among them", () => {
+    const r = parseText("const xs = [1, // one\n  2]\n");
+    const out = format(r.program, r.file);
+    expect(out).toBe("const xs = [\n  1, // one\n  2,\n]\n");
+    const again = parseText(out);
+    expect(withoutSpans(again.program.items)).toEqual(withoutSpans(r.program.items));
+    expect(format(again.program, again.file)).toBe(out);
   });
 
   it("collapses runs of blank lines to one", () => {
