@@ -270,7 +270,7 @@ async function runTraining(
   const progress = new Progress(total);
   progress.firstStep = (resume?.step ?? 0) + 1;
   progress.line(
-    `training \`${name}\` for ${total} steps (batch ${program.batch}) on ${device.name}${resume ? `, resuming after step ${resume.step}` : ""}; run folder ${folder.dir}`,
+    `training \`${name}\` for ${total} step${total === 1 ? "" : "s"} (batch ${program.batch}) on ${device.name}${resume ? `, resuming after step ${resume.step}` : ""}; run folder ${folder.dir}`,
   );
   let interrupted = false;
   const onSignal = (signal: NodeJS.Signals) => {
