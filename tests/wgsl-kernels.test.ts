@@ -9,6 +9,7 @@ import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
 import { fuse } from "../compiler/fuse/index.js";
 import { mapKernel } from "../compiler/kernels/elementwise.js";
+import { defaultRowParams } from "../compiler/kernels/reduce.js";
 import { evaluate, type Tensor } from "../runtime/interpreter.js";
 import type { BinaryFn, DType, UnaryFn } from "../compiler/ir.js";
 import type { ProgramInput } from "../compiler/program.js";
@@ -380,8 +381,9 @@ describe("reduce kernels", () => {
 });
 
 describe("row kernels", () => {
-  // Rows of 1 to 2500 elements (one invocation per row up to 2047; from 2048, 256 invocations per
-  // row, each looping), 1 to 7 rows (not a multiple of the rows a workgroup takes).
+  // Rows of 1 to 2500 elements (one invocation per row up to 2047, but 64 for 8 rows or fewer from
+  // 256; from 2048, 256 invocations per row, each looping), 1 to 7 rows (not a multiple of the rows
+  // a workgroup takes).
   const lens = [1, 3, 33, 257, 1000, 2500];
   const rowCounts = [1, 3, 7];
   /** Row kernels among the kernels of `outs` (at least one, or the test checks nothing new). */
@@ -417,6 +419,14 @@ describe("row kernels", () => {
           await c.check(outs, 1e-4, 1e-5);
         }
     });
+
+  it("a few long rows (a gradient norm's one row) are shared by 64 invocations each", () => {
+    expect(defaultRowParams(1, 1024, false).lanes).toBe(64);
+    expect(defaultRowParams(8, 256, false).lanes).toBe(64);
+    // many rows keep one invocation each: the workgroups fill the device
+    expect(defaultRowParams(576, 128, false).lanes).toBe(1);
+    expect(defaultRowParams(9, 1000, false).lanes).toBe(1);
+  });
 
   it("two row reductions feeding a total, with per-row and per-element outputs", async () => {
     const c = new Case(40);
