@@ -9,7 +9,7 @@ import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
 import { fuse } from "../compiler/fuse/index.js";
 import { mapKernel } from "../compiler/kernels/elementwise.js";
-import { defaultRowParams } from "../compiler/kernels/reduce.js";
+import { defaultRowParams, rowKernel } from "../compiler/kernels/reduce.js";
 import { evaluate, type Tensor } from "../runtime/interpreter.js";
 import type { BinaryFn, DType, UnaryFn } from "../compiler/ir.js";
 import type { ProgramInput } from "../compiler/program.js";
@@ -382,13 +382,31 @@ describe("reduce kernels", () => {
 
 describe("row kernels", () => {
   // Rows of 1 to 2500 elements (one invocation per row up to 2047, but 64 for 8 rows or fewer from
-  // 256; from 2048, 256 invocations per row, each looping), 1 to 7 rows (not a multiple of the rows
-  // a workgroup takes).
-  const lens = [1, 3, 33, 257, 1000, 2500];
+  // 256; from 2048, 256 invocations per row, each looping; vec4 loads for 128 and 1000), 1 to 7
+  // rows (not a multiple of the rows a workgroup takes).
+  const lens = [1, 3, 33, 128, 257, 1000, 2500];
   const rowCounts = [1, 3, 7];
   /** Row kernels among the kernels of `outs` (at least one, or the test checks nothing new). */
   const rowKernels = (c: Case, outs: number[]) =>
     fuse(c.b.graph, outs).groups.filter((g) => g.kind === "row").length;
+  /** The names of the row kernels of `outs`. */
+  const rowNames = (c: Case, outs: number[]) => {
+    const fused = fuse(c.b.graph, outs);
+    return fused.groups
+      .filter((g) => g.kind === "row")
+      .map(
+        (g) =>
+          rowKernel({
+            graph: c.b.graph,
+            row: g.row!,
+            outputs: g.outputs,
+            nodes: g.nodes,
+            isBuffer: (id) => fused.materialized.has(id),
+            bufferOf: (id) => id,
+          }).name,
+      )
+      .join("; ");
+  };
 
   for (const pattern of ["softmax", "layer norm", "cross-entropy"] as const)
     it(`${pattern}, forward and backward (x's gradient), each row length and count`, async () => {
@@ -416,6 +434,7 @@ describe("row kernels", () => {
           // (reductions over one element are no reductions)
           if (len > 1)
             expect(rowKernels(c, Object.values(outs)), `${rows}×${len}`).toBeGreaterThan(0);
+          if (len % 4 === 0) expect(rowNames(c, Object.values(outs))).toMatch(/vec4/);
           await c.check(outs, 1e-4, 1e-5);
         }
     });
