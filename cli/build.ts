@@ -308,7 +308,7 @@ function memoryTable(compiled: Compiled, maxBinding?: number): string {
       line("total", plannedTotal),
       ...(pooled
         ? [
-            `(pooled optimizer states: the most the run's active tensors hold at once, ${formatBytes(pooled.held)}, of ${formatBytes(pooled.full)} were every tensor to keep them, plus a 4-byte placeholder per state not held; \`--emit plan\` lists every state's buffer)`,
+            `(pooled optimizer states: the most the run's active tensors hold at once, ${formatBytes(pooled.held)}, of ${formatBytes(pooled.full)} were every tensor to keep them, plus a 16-byte placeholder per state not held; \`--emit plan\` lists every state's buffer)`,
           ]
         : []),
       ...(split.length ? ["", ...split] : []),

@@ -243,7 +243,7 @@ export function stateBytes(s: Pick<StateInfo, "shape">): number {
 
 /**
  * What a plan's buffers hold for pooled states: `full` bytes were every state kept, `held` the
- * most held at once over the run's steps (the WebGPU device keeps a 4-byte placeholder for each
+ * most held at once over the run's steps (the WebGPU device keeps a 16-byte placeholder for each
  * of the others); undefined when the step has no pooled state.
  */
 export function pooledPlanBytes(

@@ -27,7 +27,7 @@ interface Loaded {
   entries: Map<string, LoadedEntry>;
   /**
    * The buffers of pooled states (StateInfo.pooled), by buffer id: a full buffer while the
-   * state's tensor is active, else a 4-byte placeholder (distinct per buffer: WebGPU refuses two
+   * state's tensor is active, else a PLACEHOLDER_BYTES placeholder (distinct per buffer: WebGPU refuses two
    * writable bindings of one range in a dispatch). An inactive tensor's kernels still run on the
    * placeholder (robust buffer access keeps them inside it) and their values are never selected.
    */
@@ -81,6 +81,12 @@ export interface WebGpuDeviceOptions {
    */
   maxBinding?: number;
 }
+
+/**
+ * Bytes of an inactive pooled state's placeholder buffer: one vec4, the smallest binding a kernel
+ * reading it as vec4s (compiler/kernels/vector.ts) accepts.
+ */
+export const PLACEHOLDER_BYTES = 16;
 
 /** Bytes of one host-to-device write (a multiple of 4, as writeBuffer requires). */
 const WRITE_CHUNK = 16 * 2 ** 20;
@@ -141,7 +147,10 @@ export class WebGpuDevice implements Device {
     if (this.loaded.has(program)) throw new Error("webgpu: this program already has a plan");
     const pooled = pooledBuffers(program, plan);
     const buffers = plan.buffers.map((b) =>
-      this.device.createBuffer({ size: pooled.has(b.id) ? 4 : b.bytes, usage: storageUsage() }),
+      this.device.createBuffer({
+        size: pooled.has(b.id) ? PLACEHOLDER_BYTES : b.bytes,
+        usage: storageUsage(),
+      }),
     );
     const loaded: Loaded = { plan, buffers, entries: new Map() };
     if (pooled.size) loaded.pooled = pooled;
@@ -173,7 +182,7 @@ export class WebGpuDevice implements Device {
       if (p.active && held) await this.sync([held]);
       p.active = active;
       changed = true;
-      const size = active ? loaded.plan.buffers[id]!.bytes : 4;
+      const size = active ? loaded.plan.buffers[id]!.bytes : PLACEHOLDER_BYTES;
       loaded.buffers[id] = this.device.createBuffer({ size, usage: storageUsage() });
       old.destroy();
     }
@@ -679,7 +688,7 @@ export class WebGpuDevice implements Device {
           layout,
           entries: [
             // a chunk of a buffer over one storage binding is a view of it (memory-plan.ts); a
-            // pooled state's 4-byte placeholder is bound whole
+            // pooled state's placeholder is bound whole
             ...k.bindings.map((b, i) => ({
               binding: i,
               resource:

@@ -12,7 +12,7 @@ import { SourceFile } from "../language/source.js";
 import { pooledBytes, stateBytes } from "../compiler/pooled-states.js";
 import { RunFolder } from "../runtime/run-folder.js";
 import { train } from "../runtime/trainer.js";
-import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { PLACEHOLDER_BYTES, WebGpuDevice } from "../runtime/webgpu-device.js";
 import { compile, expectTrainsAlike, loadOnGpu, prepare } from "./program-helpers.js";
 import { lrkcBin, root } from "./helpers.js";
 
@@ -234,11 +234,13 @@ describe("pooled states on WebGPU", () => {
       .filter((b) => b.names.some((n) => pooled.has(n)))
       .reduce((sum, b) => sum + b.bytes, 0);
     expect(full).toBe(8 * 256); // the plan's buffers, were every state kept: 2 · Σ numel
-    // after step 3: two of four tensors active, their M and V allocated; 4-byte placeholders
-    // for the other four states
+    // after step 3: two of four tensors active, their M and V allocated; 16-byte placeholders
+    // (one vec4: kernels read states as vec4s) for the other four states
     const active = pooledBytes(run.step.states, 12).bytes;
     expect(active).toBe(4 * 256);
-    expect(device.allocatedBytes(run.program.step)).toBe(plan.peakBytes - full + active + 4 * 4);
+    expect(device.allocatedBytes(run.program.step)).toBe(
+      plan.peakBytes - full + active + 4 * PLACEHOLDER_BYTES,
+    );
   }, 120_000);
 
   it("refuses a run longer than compiled whose tensor becomes active between refreshes", async () => {

@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { gradients } from "../compiler/autodiff.js";
 import { Builder } from "../compiler/builder.js";
 import { fuse } from "../compiler/fuse/index.js";
+import { mapKernel } from "../compiler/kernels/elementwise.js";
+import { defaultRowParams, rowKernel } from "../compiler/kernels/reduce.js";
 import { evaluate, type Tensor } from "../runtime/interpreter.js";
 import type { BinaryFn, DType, UnaryFn } from "../compiler/ir.js";
 import type { ProgramInput } from "../compiler/program.js";
@@ -274,6 +276,58 @@ describe("map kernels", () => {
     );
   });
 
+  it("vec4 kernels (rows of 4k elements): every movement op, reads by vec4, by element and shared", async () => {
+    const c = new Case(21);
+    const b = c.b;
+    const x = c.uniform("x", [4, 4, 8]);
+    const v = c.uniform("v", [1, 4, 1]);
+    const w = c.uniform("w", [4, 1, 8]);
+    const y = c.uniform("y", [4, 8, 4]);
+    const z = c.uniform("z", [6, 10]);
+    const table = c.uniform("table", [11, 8]);
+    const ids = c.ints("ids", [3, 4], 0, 11);
+    const step = c.input("step", [], [5]);
+    const outs = {
+      same_shape: b.mul(b.square(x), b.neg(x)),
+      // x twice, at two different vec4s of it
+      permute_kept: b.add(x, b.permute(x, [1, 0, 2])),
+      permute_moved: b.permute(y, [2, 1, 0]),
+      expand_last: b.add(x, b.expand(v, [4, 4, 8])),
+      expand_other: b.sub(b.expand(w, [4, 4, 8]), x),
+      reshape_rows: b.reshape(x, [8, 16]),
+      reshape_odd: b.reshape(z, [15, 4]),
+      slice_aligned: b.slice(x, [0, 1, 4], [4, 4, 8]),
+      slice_unaligned: b.slice(x, [0, 0, 2], [4, 4, 6]),
+      slice_reversed: b.slice(x, [3, null, 4], [null, null, 8], [-1, 1, 1]),
+      pad_rows: b.pad(x, [1, 0, 0], [6, 5, 8]),
+      pad_last: b.pad(x, [0, 0, 2], [4, 4, 12]),
+      gather: b.mul(b.gather(table, ids), b.constant(3, [3, 4, 8])),
+      iota_random: b.add(b.iota([4, 8], 1, "f32"), b.random("uniform", [4, 8], 3, step)),
+      // one kernel, two outputs of one element count and different shapes
+      first: b.add(x, b.constant(1, [4, 4, 8])),
+      second: b.mul(b.reshape(x, [2, 8, 8]), b.constant(2, [2, 8, 8])),
+    };
+    const fused = fuse(b.graph, Object.values(outs));
+    const maps = fused.groups.filter((g) => g.kind === "map");
+    const kernels = maps.map((g) =>
+      mapKernel({
+        graph: b.graph,
+        output: g.output,
+        outputs: g.outputs,
+        nodes: g.nodes,
+        isBuffer: (id) => fused.materialized.has(id),
+        bufferOf: (id) => id,
+      }),
+    );
+    // every kernel computes 4 elements at a time (reshape_odd's reads its rows of 4 from rows of
+    // 10 element by element, permute_moved's from columns)
+    expect(kernels.every((k) => k.name.endsWith("(vec4)"))).toBe(true);
+    const text = kernels.map((k) => k.wgsl).join("\n");
+    expect(text).toMatch(/array<vec4<f32>>/);
+    expect(text).toMatch(/var<storage, read> \w+: array<vec4<f32>>/); // inputs read by vec4
+    await c.check(outs, 0, 0);
+  });
+
   it("gather rows of a table by i32 ids, inside a fused expression", async () => {
     const c = new Case(8);
     const table = c.uniform("table", [11, 6]);
@@ -327,13 +381,32 @@ describe("reduce kernels", () => {
 });
 
 describe("row kernels", () => {
-  // Rows of 1 to 2500 elements (one invocation per row up to 2047; from 2048, 256 invocations per
-  // row, each looping), 1 to 7 rows (not a multiple of the rows a workgroup takes).
-  const lens = [1, 3, 33, 257, 1000, 2500];
+  // Rows of 1 to 2500 elements (one invocation per row up to 2047, but 64 for 8 rows or fewer from
+  // 256; from 2048, 256 invocations per row, each looping; vec4 loads for 128 and 1000), 1 to 7
+  // rows (not a multiple of the rows a workgroup takes).
+  const lens = [1, 3, 33, 128, 257, 1000, 2500];
   const rowCounts = [1, 3, 7];
   /** Row kernels among the kernels of `outs` (at least one, or the test checks nothing new). */
   const rowKernels = (c: Case, outs: number[]) =>
     fuse(c.b.graph, outs).groups.filter((g) => g.kind === "row").length;
+  /** The names of the row kernels of `outs`. */
+  const rowNames = (c: Case, outs: number[]) => {
+    const fused = fuse(c.b.graph, outs);
+    return fused.groups
+      .filter((g) => g.kind === "row")
+      .map(
+        (g) =>
+          rowKernel({
+            graph: c.b.graph,
+            row: g.row!,
+            outputs: g.outputs,
+            nodes: g.nodes,
+            isBuffer: (id) => fused.materialized.has(id),
+            bufferOf: (id) => id,
+          }).name,
+      )
+      .join("; ");
+  };
 
   for (const pattern of ["softmax", "layer norm", "cross-entropy"] as const)
     it(`${pattern}, forward and backward (x's gradient), each row length and count`, async () => {
@@ -361,9 +434,18 @@ describe("row kernels", () => {
           // (reductions over one element are no reductions)
           if (len > 1)
             expect(rowKernels(c, Object.values(outs)), `${rows}×${len}`).toBeGreaterThan(0);
+          if (len % 4 === 0) expect(rowNames(c, Object.values(outs))).toMatch(/vec4/);
           await c.check(outs, 1e-4, 1e-5);
         }
     });
+
+  it("a few long rows (a gradient norm's one row) are shared by 64 invocations each", () => {
+    expect(defaultRowParams(1, 1024, false).lanes).toBe(64);
+    expect(defaultRowParams(8, 256, false).lanes).toBe(64);
+    // many rows keep one invocation each: the workgroups fill the device
+    expect(defaultRowParams(576, 128, false).lanes).toBe(1);
+    expect(defaultRowParams(9, 1000, false).lanes).toBe(1);
+  });
 
   it("two row reductions feeding a total, with per-row and per-element outputs", async () => {
     const c = new Case(40);

@@ -27,6 +27,7 @@ import {
 } from "../wgsl.js";
 import { combine, indent, renderKernel, workgroupReduce } from "./render.js";
 import type { KernelSource } from "./types.js";
+import { VectorLoads, vectorReads, vectorRows, WIDTH } from "./vector.js";
 
 export interface ReduceParams {
   variant: "serial" | "workgroup";
@@ -226,6 +227,42 @@ export function contractionKernel(k: ContractionKernelInput): KernelSource {
   });
 }
 
+/**
+ * A vec4 row kernel's loop over a row's elements: each invocation takes groups of WIDTH
+ * neighbours, emits each element in turn (`body` given its flat index returns the values to store
+ * there in the arrays `stores`), and stores each array's group as one vec4.
+ */
+function vectorRowLoop(
+  em: Emitter,
+  loads: VectorLoads,
+  len: number,
+  L: number,
+  body: (f: string) => string[],
+  stores: readonly string[],
+): string[] {
+  const inner = em.scope(() => {
+    const values: string[][] = stores.map(() => []);
+    let first = "";
+    loads.group();
+    for (let j = 0; j < WIDTH; j++) {
+      loads.element(j);
+      const f = em.let(`row * ${len} + e + ${j}`, "f");
+      if (j === 0) first = f;
+      // each element in a scope of its own: common subexpressions are per element
+      em.lines.push(...em.scope(() => body(f).forEach((v, o) => values[o]!.push(v))));
+    }
+    loads.element(undefined);
+    values.forEach((v, o) =>
+      em.lines.push(`${stores[o]}[u32(${first}) / ${WIDTH}u] = vec4<f32>(${v.join(", ")});`),
+    );
+  });
+  return [
+    `for (var e = lane * ${WIDTH}; e < ${len} + i32(lrk_zero); e += ${WIDTH * L}) {`,
+    ...indent(inner),
+    `}`,
+  ];
+}
+
 export interface RowParams {
   /** Invocations per workgroup. */
   workgroupSize: number;
@@ -240,8 +277,14 @@ export interface RowParams {
 export function defaultRowParams(rows: number, len: number, total: boolean): RowParams {
   let lanes = 1;
   if (len >= 2048 && rows <= 2048) while (lanes < len && lanes < 256) lanes *= 2;
+  // A few rows of hundreds of elements (a gradient norm: one row of a whole tensor) would run on
+  // as many invocations: one lane of one SIMD group did 15 sums of 1024 in 1 ms on lavapipe.
+  else if (rows <= FEW_ROWS && len >= 256) lanes = 64;
   return { workgroupSize: total ? 256 : Math.max(64, lanes), lanes };
 }
+
+/** Rows this few get `lanes` invocations each (defaultRowParams). */
+const FEW_ROWS = 8;
 
 export interface RowKernelInput {
   graph: Graph;
@@ -261,7 +304,7 @@ export interface RowKernelInput {
  * and the row's elements. With totals (reductions over every row), one workgroup walks all rows,
  * each invocation accumulating its share, and reduces the shares at the end.
  */
-export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
+export function rowKernel(k: RowKernelInput, params?: RowParams, vec4 = true): KernelSource {
   const g = k.graph;
   const { rows, len, reduces, totals } = k.row;
   const total = totals.length > 0;
@@ -275,9 +318,37 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
   const leaves = new Map<number, string>();
   reduces.forEach((r, i) => leaves.set(r, `lrk_s${i}`));
   totals.forEach((r, i) => leaves.set(r, `lrk_t${i}`));
-  const em = new Emitter(g, {
-    isBuffer: (id) => !written.has(id) && k.isBuffer(id),
-    load: (id, f) => table.load(id, f),
+  const isBuffer = (id: number) => !written.has(id) && k.isBuffer(id);
+  // What the row loops compute at each element: reductions' inputs, per-element outputs.
+  const perRow = k.outputs.filter((o) => numel(g.shape(o)) === rows && !totalOut(o));
+  const perElement = k.outputs.filter(
+    (o) => numel(g.shape(o)) === rows * len && !totalOut(o) && !perRow.includes(o),
+  );
+  const inputOf = (r: number) => g.node(r).inputs[0]!;
+  const elementwise = [
+    ...reduces.map(inputOf),
+    ...perElement,
+    ...totals.map(inputOf).filter((i) => numel(g.shape(i)) === rows * len),
+  ];
+  // vec4 loads (compiler/kernels/vector.ts) where the rows are whole groups of 4
+  const vector =
+    vec4 &&
+    len % WIDTH === 0 &&
+    elementwise.every((id) => vectorRows(g.shape(id))) &&
+    perElement.every((o) => g.node(o).dtype === "f32");
+  const elementOut = new Set(perElement.map((o) => `out${k.outputs.indexOf(o)}`));
+  const loads = new VectorLoads(
+    g,
+    table,
+    vector ? vectorReads(g, elementwise, isBuffer, new Set(leaves.keys())) : new Map(),
+    isBuffer,
+    k.bufferOf,
+    k.packedOf,
+    (name) => vector && elementOut.has(name),
+  );
+  const em: Emitter = new Emitter(g, {
+    isBuffer,
+    load: (id, f) => (vector ? loads.load(em, id, f) : table.load(id, f)),
     leaves,
   });
   const fnOf = (r: number) => {
@@ -291,10 +362,20 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
     return "-lrk_inf()";
   };
   const acc = (r: number, a: string, v: string) => `${a} = ${combine(fnOf(r), a, v)};`;
-  /** A loop over the row's elements (this invocation's share), `body` given the flat index. */
-  const overRow = (body: (f: string) => void): string[] => {
-    const inner = em.scope(() => body(em.let(`row * ${len} + e`, "f")));
-    return [`for (var e = lane; e < ${len} + i32(lrk_zero); e += ${L}) {`, ...indent(inner), `}`];
+  /**
+   * A loop over the row's elements (this invocation's share): `body`, given an element's flat
+   * index, returns the values to store there in the arrays `stores`. A vec4 kernel's invocations
+   * take groups of 4 neighbours, each element emitted in turn, and store each array's by vec4.
+   */
+  const overRow = (body: (f: string) => string[], stores: readonly string[] = []): string[] => {
+    if (!vector) {
+      const inner = em.scope(() => {
+        const f = em.let(`row * ${len} + e`, "f");
+        body(f).forEach((v, o) => em.lines.push(`${stores[o]}[${f}] = ${v};`));
+      });
+      return [`for (var e = lane; e < ${len} + i32(lrk_zero); e += ${L}) {`, ...indent(inner), `}`];
+    }
+    return vectorRowLoop(em, loads, len, L, body, stores);
   };
   // The tree reductions across invocations: a row's lanes, and (totals) the whole workgroup.
   const shared = [...(L > 1 ? reduces : []), ...totals].map(fnOf);
@@ -305,9 +386,10 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
       const shape = g.shape(input);
       em.lines.push(`var lrk_a${i}: f32 = ${init(r)};`);
       em.lines.push(
-        ...overRow((f) =>
-          em.lines.push(acc(r, `lrk_a${i}`, em.value(input, em.index(shape, { flat: f })))),
-        ),
+        ...overRow((f) => {
+          em.lines.push(acc(r, `lrk_a${i}`, em.value(input, em.index(shape, { flat: f }))));
+          return [];
+        }),
       );
       em.lines.push(
         L === 1
@@ -316,10 +398,6 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
       );
     });
     // Per-row values, then the row's elements.
-    const perRow = k.outputs.filter((o) => numel(g.shape(o)) === rows && !totalOut(o));
-    const perElement = k.outputs.filter(
-      (o) => numel(g.shape(o)) === rows * len && !totalOut(o) && !perRow.includes(o),
-    );
     if (perRow.length) {
       const lines = em.scope(() => {
         for (const o of perRow)
@@ -332,12 +410,10 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
     if (perElement.length) {
       const lines = em.scope(() => {
         em.lines.push(
-          ...overRow((f) => {
-            for (const o of perElement)
-              em.lines.push(
-                `out${outIndex(o)}[${f}] = ${em.value(o, em.index(g.shape(o), { flat: f }))};`,
-              );
-          }),
+          ...overRow(
+            (f) => perElement.map((o) => em.value(o, em.index(g.shape(o), { flat: f }))),
+            perElement.map((o) => `out${outIndex(o)}`),
+          ),
         );
       });
       em.lines.push(`if (valid) {`, ...indent(lines), `}`);
@@ -349,9 +425,10 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
       const lines = em.scope(() => {
         if (numel(shape) === rows * len)
           em.lines.push(
-            ...overRow((f) =>
-              em.lines.push(acc(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: f })))),
-            ),
+            ...overRow((f) => {
+              em.lines.push(acc(r, `lrk_t${i}`, em.value(input, em.index(shape, { flat: f }))));
+              return [];
+            }),
           );
         else
           em.lines.push(
@@ -400,11 +477,13 @@ export function rowKernel(k: RowKernelInput, params?: RowParams): KernelSource {
       ]
     : [...rowSetup(`i32((wid.x + wid.y * ${dispatch[0]}u) * ${perGroup}u + seg)`), ...rowBody];
   const first = g.node(reduces[0]!);
-  const name = `row ${shapeText(first.dtype, g.shape(first.inputs[0]!))} ×${reduces.length}${total ? ` +${totals.length} total` : ""} ${k.outputs.map((o) => `%${o}`).join(" ")} (${L} lanes)`;
+  if (!loads.matched) return rowKernel(k, p, false);
+  const name = `row ${shapeText(first.dtype, g.shape(first.inputs[0]!))} ×${reduces.length}${total ? ` +${totals.length} total` : ""} ${k.outputs.map((o) => `%${o}`).join(" ")} (${L} lanes${vector ? ", vec4" : ""})`;
+  const buffers = [...outputBuffers(g, k.outputs, k.bufferOf), ...table.buffers()];
   return renderKernel({
     name,
     header: header(g, name, k.nodes),
-    buffers: [...outputBuffers(g, k.outputs, k.bufferOf), ...table.buffers()],
+    buffers: vector ? loads.declare(buffers, (b) => elementOut.has(b.name)) : buffers,
     declarations: [...workgroupReduce("f32", W, shared), helperCode(em.helpers)],
     workgroupSize: W,
     builtins: { wid: "workgroup_id", lid: "local_invocation_index" },
