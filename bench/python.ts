@@ -15,6 +15,16 @@ export function pythonWith(module: string): string | undefined {
 }
 
 /**
+ * This process's environment for a yardstick subprocess, less `OPENBLAS_CORETYPE`: a core type
+ * forced below the machine's (Haswell on an AVX-512 machine) runs OpenBLAS at about half speed,
+ * which would flatter lrk in every comparison.
+ */
+export function yardstickEnvironment(): NodeJS.ProcessEnv {
+  const { OPENBLAS_CORETYPE: _forced, ...rest } = process.env;
+  return rest;
+}
+
+/**
  * Runs `script` with `python`, passing `input` as JSON on stdin, and parses the JSON its stdout
  * ends with. `env` adds to the environment (OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads
  * from spinning, which on a shared machine steals the cores the timed threads need).
@@ -28,7 +38,7 @@ export function runPython<T>(
   const r = spawnSync(python, ["-c", script], {
     input: JSON.stringify(input),
     encoding: "utf8",
-    env: { ...process.env, ...env },
+    env: { ...yardstickEnvironment(), ...env },
     maxBuffer: 64 * 2 ** 20,
   });
   if (r.status !== 0) throw new Error(`${python} failed (exit ${r.status}):\n${r.stderr}`);

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import type { Tensor } from "../compiler/program.js";
-import { pythonWith } from "./python.js";
+import { pythonWith, yardstickEnvironment } from "./python.js";
 
 export interface TorchStepConfig {
   heads: number;
@@ -55,7 +55,7 @@ export async function startTorch(options: {
   try {
     writeInputs(dir, options);
     const child = spawn(python, [options.script, dir], {
-      env: { ...process.env, OMP_WAIT_POLICY: "PASSIVE" },
+      env: { ...yardstickEnvironment(), OMP_WAIT_POLICY: "PASSIVE" },
       stdio: ["pipe", "pipe", "pipe"],
     });
     let stderr = "";
