@@ -15,8 +15,7 @@ import { dirname, isAbsolute, join, relative, resolve as resolvePath } from "nod
 import { fileURLToPath } from "node:url";
 import type * as A from "../language/ast.js";
 import { error, Log, type Diagnostic, type Location } from "../language/diagnostics.js";
-import { parse } from "../language/parse.js";
-import { parseStdModule } from "../language/parse-cache.js";
+import { parseStdModule, parseUserFile } from "../language/parse-cache.js";
 import { SourceFile } from "../language/source.js";
 
 export interface Module {
@@ -330,12 +329,12 @@ export class ModuleLoader {
       }
       source = read.file;
     }
-    // the std modules' trees come from the parse cache when this text was parsed before
+    // trees come from the parse cache when this text was parsed before
     const std = relative(this.stdlibDir, path);
     const parsed =
       !std.startsWith("..") && !isAbsolute(std)
         ? parseStdModule(source, std.replace(/\.lrk$/, ""))
-        : parse(source);
+        : parseUserFile(source);
     this.diagnostics.push(...parsed.diagnostics);
     const module: Module = { name, file: source, program: parsed.program };
     this.modules.set(path, module);

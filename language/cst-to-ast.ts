@@ -9,8 +9,41 @@ import type { SourceFile, Span } from "./source.js";
 
 type Children = Record<string, (CstNode | IToken)[] | undefined>;
 
-export const grammar = new LrkGrammar();
-const BaseVisitor = grammar.getBaseCstVisitorConstructorWithDefaults();
+let built: LrkGrammar | undefined;
+
+/**
+ * The parser, built on first use: building it (Chevrotain's analysis of every rule) costs about
+ * 70 ms, which a run whose files all come from the parse cache (language/parse-cache.ts) skips.
+ */
+export function grammar(): LrkGrammar {
+  if (built === undefined) {
+    built = new LrkGrammar();
+    Object.setPrototypeOf(
+      VisitorBase.prototype,
+      built.getBaseCstVisitorConstructorWithDefaults().prototype,
+    );
+  }
+  return built;
+}
+
+/** Whether this process built the parser (tests: a run whose trees were all cached does not). */
+export function grammarBuilt(): boolean {
+  return built !== undefined;
+}
+
+/**
+ * AstBuilder's base: stands for Chevrotain's visitor class with defaults, which exists only once
+ * the grammar is built. Its constructor builds the grammar, which links this prototype to that
+ * class's (whose own constructor does nothing), so every builder finds its methods.
+ */
+class VisitorBase {
+  constructor() {
+    grammar();
+  }
+}
+const BaseVisitor = VisitorBase as unknown as ReturnType<
+  LrkGrammar["getBaseCstVisitorConstructorWithDefaults"]
+>;
 
 const noSpan: Span = { start: NaN, end: NaN };
 

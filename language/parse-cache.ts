@@ -1,13 +1,13 @@
-// Parsed standard-library modules, kept on disk between runs. Every `lrkc build` or `train` of a
-// program parses the std modules it imports (≈ 115 kB of .lrk: about 0.4 s of CPU in a fresh
-// process, the largest part of the front end), while reading the same trees back as JSON takes
-// ≈ 20 ms. Only the package's own std modules are kept: they change when lrk does, whereas a
-// user's files change at every edit.
+// Parsed .lrk files, kept on disk between runs. Every `lrkc build` or `train` of a program parses
+// the std modules it imports (≈ 115 kB of .lrk: about 0.4 s of CPU in a fresh process, the
+// largest part of the front end), while reading the same trees back as JSON takes ≈ 20 ms. A
+// user's own files are kept too: a file that did not change since the last run (the imported
+// model, a program built then trained) is read back, and when every file of a run is, the parser
+// itself is never built (≈ 70 ms: language/cst-to-ast.ts builds it on first use).
 //
 // Safe because a tree is used only where it is exactly what parsing would give now:
-// - the key is a hash of the module's text and of every file of this front end (this folder: the
-//   lexer, the grammar, the AST builder), so an edited std module or parser never meets an old
-//   tree;
+// - the key is a hash of the file's text and of every file of this front end (this folder: the
+//   lexer, the grammar, the AST builder), so an edited file or parser never meets an old tree;
 // - a tree is stored only when parsing found no problem and its JSON reads back deep-equal to it
 //   (no non-finite numbers, plain objects and arrays only; a field whose value is undefined, which
 //   JSON leaves out, counts as absent: the compiler reads AST fields and walks their values, and a
@@ -16,8 +16,8 @@
 //   rewritten); files are written through a temporary file and a rename, so a reader never sees
 //   half of one. Nothing fails for want of a cache: a folder that cannot be made or written just
 //   means parsing every time.
-// Where: `$XDG_CACHE_HOME/lrk/parsed/` (default `~/.cache/lrk/parsed/`), a few files per module;
-// deleting it is always safe.
+// Where: `$XDG_CACHE_HOME/lrk/parsed/` (default `~/.cache/lrk/parsed/`), a few files per std
+// module or user file name (`user-NAME-…` for NAME.lrk); deleting it is always safe.
 import { createHash } from "node:crypto";
 import {
   mkdirSync,
@@ -76,8 +76,21 @@ export function parseCacheFolder(): string {
  * before by this front end. `module` names the file in the cache (`nn` for std.nn).
  */
 export function parseStdModule(file: SourceFile, module: string): ParseResult {
+  return parseCached(file, module);
+}
+
+/**
+ * `parse(file)` for a user's file, read from the cache when this text was parsed before by this
+ * front end. Files of one name (in any folder) share their few places in the cache.
+ */
+export function parseUserFile(file: SourceFile): ParseResult {
+  return parseCached(file, `user-${basename(file.path).replace(/\.lrk$/, "")}`);
+}
+
+/** `parse(file)`, or the tree stored under `name` for this text and front end. */
+function parseCached(file: SourceFile, name: string): ParseResult {
   const folder = parseCacheFolder();
-  const safeName = module.replace(/[^A-Za-z0-9_-]/g, "_");
+  const safeName = name.replace(/[^A-Za-z0-9_-]/g, "_");
   const key = createHash("sha256").update(frontEnd()).update("\n").update(file.text).digest("hex");
   const path = join(folder, `${safeName}-${key.slice(0, 32)}.json`);
   try {

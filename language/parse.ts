@@ -30,11 +30,12 @@ export function parse(file: SourceFile): ParseResult {
     };
   }
 
-  grammar.input = lexed.tokens;
-  const cst = grammar.program();
+  const parser = grammar();
+  parser.input = lexed.tokens;
+  const cst = parser.program();
   // Recovery can fail several rules at the same token; the first error there is the real one.
   const reportedAt = new Set<number>();
-  for (const e of grammar.errors) {
+  for (const e of parser.errors) {
     const d = syntaxDiagnostic(file, e, lexed.tokens);
     if (reportedAt.has(d.at!.span.start)) continue;
     reportedAt.add(d.at!.span.start);

@@ -1,12 +1,13 @@
-// The parse cache of std modules (language/parse-cache.ts): a tree read back is the tree parsing
-// gives, a changed text or a damaged file is parsed again, and a cache that cannot be written
-// changes nothing but speed.
+// The parse cache of std modules and user files (language/parse-cache.ts): a tree read back is the
+// tree parsing gives, a changed text or a damaged file is parsed again, a cache that cannot be
+// written changes nothing but speed, and a run whose files are all cached never builds the parser.
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { parseCacheFolder, parseStdModule } from "../language/parse-cache.js";
+import { parseCacheFolder, parseStdModule, parseUserFile } from "../language/parse-cache.js";
 import { parse } from "../language/parse.js";
 import { SourceFile } from "../language/source.js";
 import { root } from "./helpers.js";
@@ -105,5 +106,48 @@ describe("parse cache of std modules", () => {
     const r = parseStdModule(file, "nn");
     expect(r.diagnostics).toEqual([]);
     expect(plain(r.program)).toEqual(plain(parse(file).program));
+  });
+});
+
+describe("parse cache of user files", () => {
+  it("reads back the tree parsing gives; a file with a syntax error is not kept", () => {
+    const text = readFileSync(join(root, "examples", "tiny_lm.lrk"), "utf8");
+    const file = new SourceFile("models/tiny_lm.lrk", text);
+    expect(plain(parseUserFile(file).program)).toEqual(plain(parse(file).program));
+    expect(readdirSync(parseCacheFolder())).toEqual([
+      expect.stringMatching(/^user-tiny_lm-[0-9a-f]{32}\.json$/),
+    ]);
+    expect(plain(parseUserFile(file).program)).toEqual(plain(parse(file).program));
+    const broken = new SourceFile("broken.lrk", "model M( {");
+    expect(parseUserFile(broken).diagnostics.length).toBeGreaterThan(0);
+    expect(readdirSync(parseCacheFolder()).length).toBe(1);
+  });
+
+  it("a compile whose files are all cached never builds the parser", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-parse-cache-user-"));
+    writeFileSync(join(dir, "tiny_lm.lrk"), readFileSync(join(root, "examples", "tiny_lm.lrk")));
+    writeFileSync(
+      join(dir, "main.lrk"),
+      readFileSync(join(root, "examples", "lora_finetune.lrk"), "utf8"),
+    );
+    // a fresh process each time, as lrkc runs: the first parses (and stores), the second reads
+    const script = `
+      const { compile } = await import(${JSON.stringify(join(root, "dist/compiler/compile.js"))});
+      const { SourceFile } = await import(${JSON.stringify(join(root, "dist/language/source.js"))});
+      const { grammarBuilt } = await import(${JSON.stringify(join(root, "dist/language/cst-to-ast.js"))});
+      const { readFileSync } = await import("node:fs");
+      const path = ${JSON.stringify(join(dir, "main.lrk"))};
+      const { compiled } = compile(new SourceFile(path, readFileSync(path, "utf8")));
+      console.log(JSON.stringify({ ok: compiled !== undefined, built: grammarBuilt() }));`;
+    const run = () => {
+      const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+        encoding: "utf8",
+        env: { ...process.env, VITEST: "" },
+      });
+      expect(r.stderr).toBe("");
+      return JSON.parse(r.stdout) as { ok: boolean; built: boolean };
+    };
+    expect(run()).toEqual({ ok: true, built: true });
+    expect(run()).toEqual({ ok: true, built: false });
   });
 });

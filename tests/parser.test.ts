@@ -336,9 +336,10 @@ describe("spans", () => {
   it("are found reading each CST node's children a bounded number of times, at any depth", () => {
     const readsPerNode = (depth: number) => {
       const text = `const x = ${"(".repeat(depth)}a + 1${")".repeat(depth)}`;
-      grammar.input = lex(new SourceFile("deep.lrk", text)).tokens;
-      const cst = grammar.program();
-      expect(grammar.errors).toEqual([]);
+      const parser = grammar();
+      parser.input = lex(new SourceFile("deep.lrk", text)).tokens;
+      const cst = parser.program();
+      expect(parser.errors).toEqual([]);
       let nodes = 0;
       let reads = 0;
       const count = (n: CstNode) => {

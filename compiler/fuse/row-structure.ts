@@ -163,13 +163,17 @@ function expandMode(
   len: number,
 ): RowMode {
   if (numel(a) === 1) return mode === "T" ? "T" : "S";
-  let next: RowMode = "X";
-  if (mode === "E") {
-    for (let cut = 0; cut <= b.length; cut++) {
-      if (numel(b.slice(cut)) !== len) continue;
-      if (a.slice(cut).every((d) => d === 1) && a.slice(0, cut).every((d, i) => d === b[i]))
-        next = "R";
-    }
+  if (mode !== "E") return "X";
+  // the row is b's axes from `cut` on: a is 1 there and b before it (no slices: a row kernel's
+  // check asks this of every expand it reads, once per candidate group)
+  let rowCount = 1; // numel(b.slice(cut))
+  for (let cut = b.length; cut >= 0; cut--) {
+    if (cut < b.length) rowCount *= b[cut]!;
+    if (rowCount !== len) continue;
+    let fits = true;
+    for (let i = cut; i < a.length && fits; i++) fits = a[i] === 1;
+    for (let i = 0; i < Math.min(cut, a.length) && fits; i++) fits = a[i] === b[i];
+    if (fits) return "R";
   }
-  return next;
+  return "X";
 }
