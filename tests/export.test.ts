@@ -2,7 +2,6 @@
 // [in, out], PEFT's fan_in_fan_out), `lrkc export --peft` / `--merged`, and PEFT adapter folders
 // loaded back as adapter initial values. The GPT-2 fixture is tests/fixtures/hf/gpt2
 // (scripts/hf-fixtures.py).
-import { spawnSync } from "node:child_process";
 import {
   cpSync,
   existsSync,
@@ -31,32 +30,25 @@ import {
 } from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { loraTinyLmProgram, lrkcBin, root } from "./helpers.js";
+import {
+  gpt2FixtureProgram,
+  hfFixtures as fixtures,
+  loraTinyLmProgram,
+  lrkc as runLrkc,
+  root,
+} from "./helpers.js";
 import { expectTrainsAlike, prepare, type TestRun } from "./program-helpers.js";
 
-const fixtures = join(root, "tests", "fixtures", "hf");
 const gpt2 = join(fixtures, "gpt2");
 
 /** The GPT-2 fixture with `adapt` rules, frozen base, trained on arithmetic (i32[B, 11] inputs). */
 function gpt2Source(adapts: string, steps = 4, definitions = ""): string {
-  return `import std.models.{GPT2}
-import std.optim.{adamw}
-import std.adapters.{lora, dora, adalora}
-${definitions}
-data sub = std.data.arithmetic(ops: "-", digits: 3, negative: false)
-
-train tune {
-  model GPT2(hf_config("${gpt2}"))
-  data sub
-  init "${gpt2}"
-  loss cross_entropy(model(batch.input), batch.target)
-${adapts}
-  freeze transformer.**
-  optimize adapters with adamw(lr: 1e-2)
-  steps ${steps}
-  batch 2
-}
-`;
+  return gpt2FixtureProgram({
+    imports: `import std.adapters.{lora, dora, adalora}\n${definitions}`,
+    data: `std.data.arithmetic(ops: "-", digits: 3, negative: false)`,
+    dataName: "sub",
+    rules: `${adapts}\n  freeze transformer.**\n  optimize adapters with adamw(lr: 1e-2)\n  steps ${steps}`,
+  });
 }
 
 function compileRun(text: string, path = join(root, "tests", "export-main.lrk")): TestRun {
@@ -119,8 +111,7 @@ describe("LoRA and DoRA on GPT-2's Conv1D layers", () => {
   });
 });
 
-const lrkc = (...args: string[]) =>
-  spawnSync(process.execPath, [lrkcBin, ...args], { encoding: "utf8", timeout: 120_000 });
+const lrkc = (...args: string[]) => runLrkc(args, { timeout: 120_000 });
 
 /** Logits [2, T, vocab] of the model with `store`, on two fixed token rows. */
 async function logits(run: TestRun, store: ReadonlyMap<string, Tensor>): Promise<Float32Array> {

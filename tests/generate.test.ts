@@ -1,7 +1,6 @@
 // Issue 13, items 3 and 5: instruction data (`std.data.jsonl`, prompt masked out of the loss),
 // `std.data.text` with a Hugging Face tokenizer, and `lrkc generate` (greedy = the fixtures'
 // reference tokens on the CPU interpreter and WebGPU; seeded sampling reproducible).
-import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,10 +12,9 @@ import type { Entry, GenerationProgram, GraphProgram, Tensor } from "../compiler
 import { samplerProgram } from "../compiler/sampler.js";
 import { readTokenizer } from "../runtime/tokenizer.js";
 import { batchFeeds, initialize } from "../runtime/trainer.js";
-import { lrkcBin, root } from "./helpers.js";
+import { gpt2FixtureProgram, hfFixtures as fixtures, lrkc, root } from "./helpers.js";
 import { prepare } from "./program-helpers.js";
 
-const fixtures = join(root, "tests", "fixtures", "hf");
 const dir = mkdtempSync(join(tmpdir(), "lrk-generate-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -26,23 +24,8 @@ function write(name: string, text: string): string {
 }
 
 /** A GPT-2 fixture program's text over `data` (a `std.data…` call). */
-function gpt2Text(data: string, model = "gpt2") {
-  const folder = join(fixtures, model);
-  return `import std.models.{GPT2}
-import std.optim.{adamw}
-
-data d = ${data}
-
-train tune {
-  model GPT2(hf_config("${folder}"))
-  data d
-  init "${folder}"
-  loss cross_entropy(model(batch.input), batch.target)
-  optimize ** with adamw(lr: 1e-4)
-  batch 2
-}
-`;
-}
+const gpt2Text = (data: string) =>
+  gpt2FixtureProgram({ data, dataName: "d", rules: "  optimize ** with adamw(lr: 1e-4)" });
 
 /** The GPT-2 fixture program over `data`, compiled as a file in `dir`. */
 const gpt2Program = (data: string) =>
@@ -68,18 +51,13 @@ describe("std.data.text with a tokenizer", () => {
 
   it("text the tokenizer cannot encode is an E0501 naming the file, not a crash", () => {
     write("zoo.txt", "zoo ".repeat(40));
-    const r = spawnSync(
-      process.execPath,
-      [
-        lrkcBin,
-        "check",
-        write(
-          "zoo.lrk",
-          gpt2Text(`std.data.text("zoo.txt", context: 6, tokenizer: "${join(fixtures, "gpt2")}")`),
-        ),
-      ],
-      { encoding: "utf8" },
-    );
+    const r = lrkc([
+      "check",
+      write(
+        "zoo.lrk",
+        gpt2Text(`std.data.text("zoo.txt", context: 6, tokenizer: "${join(fixtures, "gpt2")}")`),
+      ),
+    ]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/E0501[\s\S]*"zoo.txt": the tokenizer has no token for "z"/);
   });
@@ -199,11 +177,11 @@ describe("std.data.jsonl", () => {
       "bad.lrk",
       gpt2Text(`std.data.jsonl("bad.jsonl", tokenizer: "${join(fixtures, "gpt2")}", context: 8)`),
     );
-    const r = spawnSync(process.execPath, [lrkcBin, "check", main], { encoding: "utf8" });
+    const r = lrkc(["check", main]);
     expect(r.stderr).toMatch(/E0501/);
     expect(r.stderr).toMatch(/bad\.jsonl:2: not valid JSON/);
     write("bad.jsonl", '\n{"prompt": "a", "answer": "b"}\n');
-    const again = spawnSync(process.execPath, [lrkcBin, "check", main], { encoding: "utf8" });
+    const again = lrkc(["check", main]);
     expect(again.stderr).toMatch(/bad\.jsonl:2: an example needs "prompt" and "completion"/);
   });
 
@@ -283,9 +261,7 @@ function lrkcGenerate(args: string[]): {
   json?: GenerateResult;
   stderr: string;
 } {
-  const r = spawnSync(process.execPath, [lrkcBin, "generate", ...args, "--json"], {
-    encoding: "utf8",
-  });
+  const r = lrkc(["generate", ...args, "--json"]);
   let json: GenerateResult | undefined;
   try {
     json = (JSON.parse(r.stdout) as { result?: GenerateResult }).result;
@@ -415,21 +391,16 @@ describe("lrkc generate", () => {
   });
 
   it("stops when the model's input is full, and says so", () => {
-    const r = spawnSync(
-      process.execPath,
-      [
-        lrkcBin,
-        "generate",
-        generateProgram("gpt2"),
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "20",
-        "--device",
-        "cpu",
-      ],
-      { encoding: "utf8" },
-    );
+    const r = lrkc([
+      "generate",
+      generateProgram("gpt2"),
+      "--ids",
+      "3,14,15,9",
+      "--max-tokens",
+      "20",
+      "--device",
+      "cpu",
+    ]);
     expect(r.status).toBe(0);
     expect(r.stderr).toMatch(/stopped after 9 tokens: the model's input holds 12/);
   });
@@ -609,11 +580,7 @@ train t {
 }
 `,
     );
-    const r = spawnSync(
-      process.execPath,
-      [lrkcBin, "generate", tiny, "--ids", "1,10,2", "--max-tokens", "3", "--device", "cpu"],
-      { encoding: "utf8" },
-    );
+    const r = lrkc(["generate", tiny, "--ids", "1,10,2", "--max-tokens", "3", "--device", "cpu"]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain("note: no KV cache: the model's forward keeps no `kv_cache`");
   });
@@ -643,22 +610,7 @@ train t {
 `,
     );
     const generate = (...flags: string[]) =>
-      spawnSync(
-        process.execPath,
-        [
-          lrkcBin,
-          "generate",
-          bad,
-          "--ids",
-          "1,10,2",
-          "--max-tokens",
-          "3",
-          "--device",
-          "cpu",
-          ...flags,
-        ],
-        { encoding: "utf8" },
-      );
+      lrkc(["generate", bad, "--ids", "1,10,2", "--max-tokens", "3", "--device", "cpu", ...flags]);
     const r = generate();
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain(
@@ -779,22 +731,12 @@ describe("lrkc eval --show", () => {
         "batch 1",
       ),
     );
-    const text = spawnSync(
-      process.execPath,
-      [lrkcBin, "eval", program, "--show", "1", "--device", "cpu"],
-      {
-        encoding: "utf8",
-      },
-    );
+    const text = lrkc(["eval", program, "--show", "1", "--device", "cpu"]);
     expect(text.status).toBe(0);
     expect(text.stdout).toMatch(
       /example 1\n {2}input: {5}"the dog sat on the log\."\n {2}target: {4}" sat on the log\.<\|endoftext\|>"\n {2}predicted: "/,
     );
-    const json = spawnSync(
-      process.execPath,
-      [lrkcBin, "eval", program, "--show", "1", "--device", "cpu", "--json"],
-      { encoding: "utf8" },
-    );
+    const json = lrkc(["eval", program, "--show", "1", "--device", "cpu", "--json"]);
     const shown = (
       JSON.parse(json.stdout) as {
         result: { shown: { targetIds: number[]; predictedIds: number[] }[] };
@@ -821,11 +763,7 @@ describe("fine-tune on instruction data, then generate (WebGPU)", () => {
         .replace("batch 2", "batch 2\n  steps 40"),
     );
     const out = join(dir, "tune-run");
-    const train = spawnSync(
-      process.execPath,
-      [lrkcBin, "train", program, "--device", "webgpu", "--out", out],
-      { encoding: "utf8" },
-    );
+    const train = lrkc(["train", program, "--device", "webgpu", "--out", out]);
     expect(train.stderr).not.toMatch(/error\[|error:/);
     expect(train.status).toBe(0);
     const weights = join(out, "final.safetensors");
