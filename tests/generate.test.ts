@@ -13,6 +13,7 @@ import { samplerProgram } from "../compiler/sampler.js";
 import { readTokenizer } from "../runtime/tokenizer.js";
 import { batchFeeds, initialize } from "../runtime/trainer.js";
 import { gpt2FixtureProgram, hfFixtures as fixtures, lrkc, root } from "./helpers.js";
+import { lrkcInProcess } from "./cli-in-process.js";
 import { prepare } from "./program-helpers.js";
 
 const dir = mkdtempSync(join(tmpdir(), "lrk-generate-"));
@@ -256,12 +257,13 @@ train tune {
   );
 }
 
-function lrkcGenerate(args: string[]): {
+/** `lrkc generate <args> --json`, in process (tests/cli-in-process.ts): its result and output. */
+async function lrkcGenerate(args: string[]): Promise<{
   code: number | null;
   json?: GenerateResult;
   stderr: string;
-} {
-  const r = lrkc(["generate", ...args, "--json"]);
+}> {
+  const r = await lrkcInProcess(["generate", ...args, "--json"], process.cwd());
   let json: GenerateResult | undefined;
   try {
     json = (JSON.parse(r.stdout) as { result?: GenerateResult }).result;
@@ -281,12 +283,12 @@ interface GenerateResult {
 describe("lrkc generate", () => {
   for (const device of ["cpu", "webgpu"]) {
     for (const model of ["gpt2", "llama", "mistral"] as const) {
-      it(`--temperature 0 reproduces ${model}'s reference greedy tokens (${device})`, () => {
+      it(`--temperature 0 reproduces ${model}'s reference greedy tokens (${device})`, async () => {
         const ref = JSON.parse(readFileSync(join(fixtures, model, "reference.json"), "utf8")) as {
           prompt: number[];
           greedy: number[];
         };
-        const r = lrkcGenerate([
+        const r = await lrkcGenerate([
           generateProgram(model),
           "--ids",
           ref.prompt.join(","),
@@ -302,9 +304,9 @@ describe("lrkc generate", () => {
     }
   }
 
-  it("--prompt is read with the model's tokenizer, and the text is decoded", () => {
+  it("--prompt is read with the model's tokenizer, and the text is decoded", async () => {
     const tokenizer = readTokenizer(join(fixtures, "gpt2"));
-    const r = lrkcGenerate([
+    const r = await lrkcGenerate([
       generateProgram("gpt2"),
       "--prompt",
       "the cat",
@@ -318,9 +320,9 @@ describe("lrkc generate", () => {
     expect(r.json!.text).toBe(tokenizer.decode(r.json!.tokens));
   });
 
-  it("--chat sends the prompt through the chat template, as a user message", () => {
+  it("--chat sends the prompt through the chat template, as a user message", async () => {
     const tokenizer = readTokenizer(join(fixtures, "llama"));
-    const r = lrkcGenerate([
+    const r = await lrkcGenerate([
       generateProgram("llama"),
       "--prompt",
       "hello",
@@ -332,7 +334,7 @@ describe("lrkc generate", () => {
     ]);
     expect(r.code).toBe(0);
     expect(r.json!.prompt).toEqual(tokenizer.encode("<s>[INST] hello [/INST]", { special: false }));
-    const none = lrkcGenerate([
+    const none = await lrkcGenerate([
       generateProgram("gpt2"),
       "--prompt",
       "hello",
@@ -344,50 +346,54 @@ describe("lrkc generate", () => {
     expect(none.stderr).toMatch(/E0501[\s\S]*has no chat template/);
   });
 
-  it("seeded sampling draws the same tokens on the CPU interpreter and on WebGPU", () => {
+  it("seeded sampling draws the same tokens on the CPU interpreter and on WebGPU", async () => {
     const program = generateProgram("llama");
-    const run = (device: string) =>
-      lrkcGenerate([
-        program,
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "1.5",
-        "--top-p",
-        "0.9",
-        "--seed",
-        "11",
-        "--device",
-        device,
-      ]).json!.tokens;
-    const cpu = run("cpu");
+    const run = async (device: string) =>
+      (
+        await lrkcGenerate([
+          program,
+          "--ids",
+          "3,14,15,9",
+          "--max-tokens",
+          "8",
+          "--temperature",
+          "1.5",
+          "--top-p",
+          "0.9",
+          "--seed",
+          "11",
+          "--device",
+          device,
+        ])
+      ).json!.tokens;
+    const cpu = await run("cpu");
     expect(cpu).toHaveLength(8);
-    expect(run("webgpu")).toEqual(cpu);
+    expect(await run("webgpu")).toEqual(cpu);
   });
 
-  it("seeded sampling is reproducible, and another seed draws differently", () => {
+  it("seeded sampling is reproducible, and another seed draws differently", async () => {
     const program = generateProgram("gpt2");
-    const run = (seed: string) =>
-      lrkcGenerate([
-        program,
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "2",
-        "--top-p",
-        "0.95",
-        "--seed",
-        seed,
-        "--device",
-        "cpu",
-      ]).json!.tokens;
-    const a = run("1");
-    expect(run("1")).toEqual(a);
-    expect([run("2"), run("3")]).not.toEqual([a, a]);
+    const run = async (seed: string) =>
+      (
+        await lrkcGenerate([
+          program,
+          "--ids",
+          "3,14,15,9",
+          "--max-tokens",
+          "8",
+          "--temperature",
+          "2",
+          "--top-p",
+          "0.95",
+          "--seed",
+          seed,
+          "--device",
+          "cpu",
+        ])
+      ).json!.tokens;
+    const a = await run("1");
+    expect(await run("1")).toEqual(a);
+    expect([await run("2"), await run("3")]).not.toEqual([a, a]);
   });
 
   it("stops when the model's input is full, and says so", () => {
@@ -405,18 +411,28 @@ describe("lrkc generate", () => {
     expect(r.stderr).toMatch(/stopped after 9 tokens: the model's input holds 12/);
   });
 
-  it("diagnostics: both or neither of --prompt/--ids, a prompt longer than the input, bad flags", () => {
+  it("diagnostics: both or neither of --prompt/--ids, a prompt longer than the input, bad flags", async () => {
     const program = generateProgram("gpt2");
-    expect(lrkcGenerate([program]).stderr).toMatch(/--prompt TEXT or as token ids with --ids/);
-    const long = lrkcGenerate([program, "--ids", Array(13).fill(3).join(","), "--device", "cpu"]);
+    expect((await lrkcGenerate([program])).stderr).toMatch(
+      /--prompt TEXT or as token ids with --ids/,
+    );
+    const long = await lrkcGenerate([
+      program,
+      "--ids",
+      Array(13).fill(3).join(","),
+      "--device",
+      "cpu",
+    ]);
     expect(long.code).toBe(1);
     expect(long.stderr).toMatch(/13 tokens, more than the model's input length of 12/);
-    expect(lrkcGenerate([program, "--ids", "3", "--top-p", "0"]).stderr).toMatch(/--top-p must be/);
-    expect(lrkcGenerate([program, "--ids", "64"]).stderr).toMatch(
+    expect((await lrkcGenerate([program, "--ids", "3", "--top-p", "0"])).stderr).toMatch(
+      /--top-p must be/,
+    );
+    expect((await lrkcGenerate([program, "--ids", "64"])).stderr).toMatch(
       /--ids must be token ids from 0 to 63/,
     );
     // A model that is no language model, and a tokenizer whose ids the model has no row for.
-    const moons = lrkcGenerate([
+    const moons = await lrkcGenerate([
       join(root, "examples", "mlp.lrk"),
       "--ids",
       "1",
@@ -429,7 +445,7 @@ describe("lrkc generate", () => {
     big.added_tokens.push({ id: 99, content: "<|big|>", special: true });
     mkdirSync(join(dir, "big"), { recursive: true });
     writeFileSync(join(dir, "big", "tokenizer.json"), JSON.stringify(big));
-    const mismatch = lrkcGenerate([
+    const mismatch = await lrkcGenerate([
       program,
       "--prompt",
       "<|big|>",
@@ -619,27 +635,29 @@ train t {
     expect(r.stdout).toBe(generate("--no-kv-cache").stdout);
   });
 
-  it("sampling with the cache draws what recomputation draws (seeded, CPU and WebGPU)", () => {
+  it("sampling with the cache draws what recomputation draws (seeded, CPU and WebGPU)", async () => {
     const program = generateProgram("gpt2");
-    const run = (device: string, ...flags: string[]) =>
-      lrkcGenerate([
-        program,
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "1.5",
-        "--seed",
-        "7",
-        "--device",
-        device,
-        ...flags,
-      ]).json!.tokens;
-    const recomputed = run("cpu", "--no-kv-cache");
+    const run = async (device: string, ...flags: string[]) =>
+      (
+        await lrkcGenerate([
+          program,
+          "--ids",
+          "3,14,15,9",
+          "--max-tokens",
+          "8",
+          "--temperature",
+          "1.5",
+          "--seed",
+          "7",
+          "--device",
+          device,
+          ...flags,
+        ])
+      ).json!.tokens;
+    const recomputed = await run("cpu", "--no-kv-cache");
     expect(recomputed).toHaveLength(8);
-    expect(run("cpu")).toEqual(recomputed);
-    expect(run("webgpu")).toEqual(recomputed);
+    expect(await run("cpu")).toEqual(recomputed);
+    expect(await run("webgpu")).toEqual(recomputed);
   });
 });
 
@@ -749,7 +767,7 @@ describe("lrkc eval --show", () => {
 });
 
 describe("fine-tune on instruction data, then generate (WebGPU)", () => {
-  it("a GPT-2 fine-tune on prompt/completion lines learns the completions, which generate writes back", () => {
+  it("a GPT-2 fine-tune on prompt/completion lines learns the completions, which generate writes back", async () => {
     const folder = join(fixtures, "gpt2");
     const lines = [
       ...Array.from({ length: 10 }, () => ({ prompt: "the cat", completion: " sat on the mat." })),
@@ -771,7 +789,7 @@ describe("fine-tune on instruction data, then generate (WebGPU)", () => {
       ["the cat", " sat on the mat."],
       ["hello", " world"],
     ] as const) {
-      const r = lrkcGenerate([
+      const r = await lrkcGenerate([
         program,
         "--weights",
         weights,
