@@ -3,7 +3,7 @@
 // against values computed in the test from the stores before the action (float64 interpreter), a
 // resumed run equal to the uninterrupted one bit for bit across an action, the diagnostics for
 // what an action cannot assign, and the WebGPU device agreeing with the interpreter across one.
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,11 +14,10 @@ import { memoryReport } from "../compiler/memory.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { hash32, uniformAt } from "../runtime/random.js";
-import { RunFolder } from "../runtime/run-folder.js";
-import { readSafetensors } from "../runtime/safetensors.js";
 import { initialize, stepScalars, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { relativeDiff, root } from "./helpers.js";
+import { expectSameTensors, killAndResume, stopAndResume } from "./resume-helpers.js";
 import { compile, loadOnGpu, prepare, type Store, type TestRun } from "./program-helpers.js";
 
 const cpu64 = () => new CpuDevice({ float64: true });
@@ -193,26 +192,11 @@ describe("adapter and optimizer actions", () => {
   });
 
   it("a run stopped right after an action step and resumed equals the uninterrupted run bit for bit", async () => {
-    const run = compile(program());
-    const device = cpu64();
-    const whole = await train(run, device);
-    const dir = mkdtempSync(join(tmpdir(), "lrk-actions-"));
-    try {
-      const folder = new RunFolder(dir);
-      let steps = 0;
-      const stopped = await train(run, device, {
-        shouldStop: () => ++steps === 3,
-        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
-      });
-      expect(stopped.step).toBe(3);
-      const { step, store } = folder.loadCheckpoint(run.program);
-      const resumed = await train(run, device, { resume: { step, store } });
-      expect(resumed.losses).toEqual(whole.losses.slice(3));
-      for (const [name, t] of whole.store)
-        expect(Array.from(resumed.store.get(name)!.data), name).toEqual(Array.from(t.data));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    // stopped after step 3 (the checkpoint read back is step 3's), the action's step
+    const { whole, resumed } = await stopAndResume(compile(program()), cpu64(), 3, {
+      floats: "F64",
+    });
+    expectSameTensors(resumed.store, whole.store);
   });
 });
 
@@ -322,60 +306,14 @@ describe("lrkc build --emit ir", () => {
 });
 
 describe("through the CLI (--device cpu64)", () => {
-  const lrkc = join(root, "bin", "lrkc.js");
   // checkpoints every 3 steps: each one right after the action of `at every 3`
   const text = program({ steps: 300 }).replace("  seed 4\n", "  seed 4\n  checkpoint every 3\n");
-  const args = ["train", "a.lrk", "--device", "cpu64", "--out", "out"];
-
-  function stepLosses(out: string): Map<number, number> {
-    const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").split("\n").filter(Boolean);
-    return new Map(
-      lines
-        .map((l) => JSON.parse(l) as { kind: string; step: number; loss: number })
-        .filter((m) => m.kind === "step")
-        .map((m) => [m.step, m.loss]),
-    );
-  }
 
   it("a run killed mid-way resumes from its last checkpoint (after an action) and ends bit for bit as the uninterrupted run", async () => {
-    const whole = mkdtempSync(join(tmpdir(), "lrk-actions-cli-"));
-    const cut = mkdtempSync(join(tmpdir(), "lrk-actions-cli-"));
-    try {
-      for (const dir of [whole, cut]) writeFileSync(join(dir, "a.lrk"), text);
-      const r = spawnSync(process.execPath, [lrkc, ...args], { cwd: whole, encoding: "utf8" });
-      expect(r.status, r.stderr).toBe(0);
-      // killed without warning once step 20 is logged: no checkpoint of its own, the last one stays
-      await new Promise<void>((resolve, reject) => {
-        const child = spawn(process.execPath, [lrkc, ...args], { cwd: cut });
-        const timer = setInterval(() => {
-          try {
-            if (stepLosses(join(cut, "out")).has(20)) child.kill("SIGKILL");
-          } catch {
-            // no metrics yet
-          }
-        }, 5);
-        child.on("error", reject);
-        child.on("close", () => {
-          clearInterval(timer);
-          resolve();
-        });
-      });
-      const resumed = spawnSync(process.execPath, [lrkc, ...args, "--resume"], {
-        cwd: cut,
-        encoding: "utf8",
-      });
-      expect(resumed.status, resumed.stderr).toBe(0);
-      const after = Number(/resuming after step (\d+)/.exec(resumed.stderr)?.[1]);
-      expect(after % 3, resumed.stderr).toBe(0);
-      expect(after).toBeGreaterThanOrEqual(18);
-      expect([...stepLosses(join(cut, "out"))]).toEqual([...stepLosses(join(whole, "out"))]);
-      const a = readSafetensors(join(whole, "out", "final.safetensors")).tensors;
-      const b = readSafetensors(join(cut, "out", "final.safetensors")).tensors;
-      for (const [name, t] of a) expect([...b.get(name)!.data], name).toEqual([...t.data]);
-    } finally {
-      rmSync(whole, { recursive: true, force: true });
-      rmSync(cut, { recursive: true, force: true });
-    }
+    // killed without warning once step 20 is logged: no checkpoint of its own, the last one stays
+    const { after, resumed } = await killAndResume(text, "cpu64", 20);
+    expect(after % 3, resumed.stderr).toBe(0);
+    expect(after).toBeGreaterThanOrEqual(18);
   }, 60_000);
 });
 
@@ -677,25 +615,8 @@ describe("ReLoRA (std.adapters.relora + std.optim.relora_adamw)", () => {
     const run = compile(
       reloraProgram("relora_adamw(lr: 0.01, period: 3, prune: 0.5, restart_warmup: 2)"),
     );
-    const device = cpu64();
-    const whole = await train(run, device);
-    const dir = mkdtempSync(join(tmpdir(), "lrk-relora-"));
-    try {
-      const folder = new RunFolder(dir);
-      let steps = 0;
-      await train(run, device, {
-        shouldStop: () => ++steps === 6,
-        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
-      });
-      const { step, store } = folder.loadCheckpoint(run.program);
-      expect(step).toBe(6);
-      const resumed = await train(run, device, { resume: { step, store } });
-      expect(resumed.losses).toEqual(whole.losses.slice(6));
-      for (const [name, t] of whole.store)
-        expect(Array.from(resumed.store.get(name)!.data), name).toEqual(Array.from(t.data));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const { whole, resumed } = await stopAndResume(run, cpu64(), 6, { floats: "F64" });
+    expectSameTensors(resumed.store, whole.store);
   });
 });
 
@@ -812,24 +733,8 @@ describe("weight refactorization + optimizer restarts (std.adapters.lowrank_refa
 
   it("a run stopped right after a restart and resumed reproduces the uninterrupted run bit for bit", async () => {
     const run = compile(refactorProgram(3));
-    const device = cpu64();
-    const whole = await train(run, device);
-    const dir = mkdtempSync(join(tmpdir(), "lrk-refactor-"));
-    try {
-      const folder = new RunFolder(dir);
-      let steps = 0;
-      await train(run, device, {
-        shouldStop: () => ++steps === 3,
-        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
-      });
-      const { step, store } = folder.loadCheckpoint(run.program);
-      const resumed = await train(run, device, { resume: { step, store } });
-      expect(resumed.losses).toEqual(whole.losses.slice(3));
-      for (const [name, t] of whole.store)
-        expect(Array.from(resumed.store.get(name)!.data), name).toEqual(Array.from(t.data));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const { whole, resumed } = await stopAndResume(run, cpu64(), 3, { floats: "F64" });
+    expectSameTensors(resumed.store, whole.store);
   });
 });
 

@@ -1,16 +1,13 @@
 // An adapter's `state` (compiler/adapter-states.ts): a tensor it keeps between steps without
 // training it, read by its members, changed by its `at` actions, saved in checkpoints. Checked by
 // hand across an action, through a checkpoint and resume, for its diagnostics, and on WebGPU.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { RunFolder } from "../runtime/run-folder.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { relativeDiff } from "./helpers.js";
+import { expectSameTensors, stopAndResume } from "./resume-helpers.js";
 import { compile, loadOnGpu, prepare } from "./program-helpers.js";
 
 const adapter = `
@@ -78,27 +75,12 @@ describe("an adapter's state", () => {
   });
 
   it("is saved in the checkpoint: a run stopped after the action and resumed is exact", async () => {
-    const run = compile(program());
     const device = new CpuDevice({ float64: true });
-    const whole = await train(run, device);
-    const dir = mkdtempSync(join(tmpdir(), "lrk-adapter-state-"));
-    try {
-      const folder = new RunFolder(dir);
-      let steps = 0;
-      await train(run, device, {
-        shouldStop: () => ++steps === 2,
-        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
-      });
-      const { step, store } = folder.loadCheckpoint(run.program);
-      expect(step).toBe(2);
-      expect(data(store.get("state:l2.pooled:swaps")!)).toEqual([1]);
-      const resumed = await train(run, device, { resume: { step, store } });
-      expect(resumed.losses).toEqual(whole.losses.slice(2));
-      for (const [name, t] of whole.store)
-        expect(data(resumed.store.get(name)!), name).toEqual(data(t));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const { whole, checkpoint, resumed } = await stopAndResume(compile(program()), device, 2, {
+      floats: "F64",
+    });
+    expect(data(checkpoint.store.get("state:l2.pooled:swaps")!)).toEqual([1]);
+    expectSameTensors(resumed.store, whole.store);
   });
 
   it("is not refreshed by `refresh every` (E0206); a model's state is still refused", () => {

@@ -1,5 +1,6 @@
 // lrkc build: --emit params shows adapters exactly where the selectors say; --emit memory reports
 // optimizer state by the method cards' formulas; --emit ir prints the step; shape errors are E0401.
+// `lrkc build` runs in process (tests/cli-in-process.ts); `lrkc train` in a child process.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -8,8 +9,13 @@ import { describe, expect, it } from "vitest";
 import { prepare } from "./program-helpers.js";
 import { SourceFile } from "../language/source.js";
 import { root } from "./helpers.js";
+import { lrkcInProcess } from "./cli-in-process.js";
+import { CpuDevice } from "../runtime/device.js";
+import { writeSafetensors } from "../runtime/safetensors.js";
+import { initialize } from "../runtime/trainer.js";
 
-function lrkc(...args: string[]) {
+/** `lrkc <args>` in a child process, in the repository's root. */
+function lrkcProcess(...args: string[]) {
   const r = spawnSync(process.execPath, [join(root, "bin", "lrkc.js"), ...args], {
     cwd: root,
     encoding: "utf8",
@@ -17,9 +23,15 @@ function lrkc(...args: string[]) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** `lrkc <args>` in process, in the repository's root (what `build` prints and writes is checked). */
+async function lrkc(...args: string[]) {
+  const r = await lrkcInProcess(args, root);
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
 describe("lrkc build --emit params", () => {
-  it("puts LoRA adapters exactly on the selected modules", () => {
-    const r = lrkc("build", "examples/lora_finetune.lrk", "--emit", "params");
+  it("puts LoRA adapters exactly on the selected modules", async () => {
+    const r = await lrkc("build", "examples/lora_finetune.lrk", "--emit", "params");
     expect(r.code).toBe(0);
     const rows = r.stdout.split("\n").filter((l) => /^\S+\s+f32\[/.test(l));
     const adapted = [
@@ -47,8 +59,8 @@ describe("lrkc build --emit params", () => {
 });
 
 describe("lrkc build --emit memory", () => {
-  it("shows GaLore's optimizer state as the card's formula: projector min(m,n)·r + moments 2·max(m,n)·r", () => {
-    const r = lrkc("build", "examples/galore_pretrain.lrk", "--emit", "memory");
+  it("shows GaLore's optimizer state as the card's formula: projector min(m,n)·r + moments 2·max(m,n)·r", async () => {
+    const r = await lrkc("build", "examples/galore_pretrain.lrk", "--emit", "memory");
     expect(r.code).toBe(0);
     const galore = r.stdout.split("\n").filter((l) => l.includes(" galore: "));
     expect(galore.length).toBe(12); // 2 blocks × (q, k, v, o, up, down)
@@ -68,8 +80,8 @@ describe("lrkc build --emit memory", () => {
     expect(r.stdout).toContain("full fine-tuning with AdamW");
   });
 
-  it("counts a LoRA fine-tune's trainable bytes as r·(m + n) per adapted matrix", () => {
-    const r = lrkc("build", "examples/lora_finetune.lrk", "--emit", "memory");
+  it("counts a LoRA fine-tune's trainable bytes as r·(m + n) per adapted matrix", async () => {
+    const r = await lrkc("build", "examples/lora_finetune.lrk", "--emit", "memory");
     expect(r.code).toBe(0);
     const trainable = Number(
       r.stdout.match(/trainable parameters\s+\S+ \S+\s+([\d,]+) B/)![1]!.replace(/,/g, ""),
@@ -81,9 +93,9 @@ describe("lrkc build --emit memory", () => {
 });
 
 describe("lrkc build --emit memory: the planned buffers", () => {
-  it("are the plan's buffers by role, summing to the plan's peak (`--emit plan --device portable`)", () => {
-    const memory = lrkc("build", "examples/lora_finetune.lrk", "--emit", "memory");
-    const plan = lrkc(
+  it("are the plan's buffers by role, summing to the plan's peak (`--emit plan --device portable`)", async () => {
+    const memory = await lrkc("build", "examples/lora_finetune.lrk", "--emit", "memory");
+    const plan = await lrkc(
       "build",
       "examples/lora_finetune.lrk",
       "--emit",
@@ -122,8 +134,8 @@ describe("lrkc build --emit memory: the planned buffers", () => {
 });
 
 describe("lrkc build --emit ir", () => {
-  it("prints the training step's graph and its entries", () => {
-    const r = lrkc("build", "examples/mlp.lrk", "--emit", "ir");
+  it("prints the training step's graph and its entries", async () => {
+    const r = await lrkc("build", "examples/mlp.lrk", "--emit", "ir");
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/%\d+ = matmul/);
     expect(r.stdout).toContain('input.param "param:l1.weight"');
@@ -132,14 +144,14 @@ describe("lrkc build --emit ir", () => {
 });
 
 describe("lrkc build --emit plan|wgsl", () => {
-  it("lists the kernels in dispatch order and writes plan.json and one .wgsl file per kernel", () => {
-    const plan = lrkc("build", "examples/mlp.lrk", "--emit", "plan", "--device", "portable");
+  it("lists the kernels in dispatch order and writes plan.json and one .wgsl file per kernel", async () => {
+    const plan = await lrkc("build", "examples/mlp.lrk", "--emit", "plan", "--device", "portable");
     expect(plan.code).toBe(0);
     const count = Number(plan.stdout.match(/: (\d+) kernels/)![1]);
     expect(count).toBeGreaterThan(0);
     expect(plan.stdout).toMatch(/entry step: \d+ dispatches/);
     const out = mkdtempSync(join(tmpdir(), "lrk-plan-"));
-    const r = lrkc(
+    const r = await lrkc(
       "build",
       "examples/mlp.lrk",
       "--emit",
@@ -165,9 +177,9 @@ describe("lrkc build --emit plan|wgsl", () => {
 });
 
 describe("lrkc build --emit plan shows the plan the device runs", () => {
-  it("equals the plan `lrkc train` wrote to its run folder, kernel for kernel (WebGPU, untuned)", () => {
+  it("equals the plan `lrkc train` wrote to its run folder, kernel for kernel (WebGPU, untuned)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "lrk-same-plan-"));
-    const built = lrkc(
+    const built = await lrkc(
       "build",
       "examples/lora_finetune.lrk",
       "--emit",
@@ -177,19 +189,18 @@ describe("lrkc build --emit plan shows the plan the device runs", () => {
       join(dir, "built"),
     );
     expect(built.code, built.stderr).toBe(0);
-    const trained = lrkc(
-      "train",
-      "examples/tiny_lm_pretrain.lrk",
-      "--device",
-      "webgpu",
-      "--no-autotune",
-      "--steps",
-      "1",
-      "--out",
-      join(dir, "pre"),
+    // The fine-tune's `init`: the pretraining example's initial weights (their values do not
+    // matter here, and writing them in process saves a WebGPU training run with two evaluations).
+    const pretrain = join(root, "examples", "tiny_lm_pretrain.lrk");
+    const { run: pre } = prepare(new SourceFile(pretrain, readFileSync(pretrain, "utf8")));
+    const initial = await initialize(pre!.program, new CpuDevice());
+    writeSafetensors(
+      join(dir, "pre.safetensors"),
+      new Map(
+        [...initial].filter(([k]) => k.startsWith("param:")).map(([k, t]) => [k.slice(6), t]),
+      ),
     );
-    expect(trained.code, trained.stderr).toBe(0);
-    const run = lrkc(
+    const run = lrkcProcess(
       "train",
       "examples/lora_finetune.lrk",
       "--device",
@@ -198,7 +209,7 @@ describe("lrkc build --emit plan shows the plan the device runs", () => {
       "--steps",
       "1",
       "--init",
-      join(dir, "pre", "final.safetensors"),
+      join(dir, "pre.safetensors"),
       "--out",
       join(dir, "run"),
     );
@@ -209,7 +220,7 @@ describe("lrkc build --emit plan shows the plan the device runs", () => {
     expect(Object.keys(plan.entries)).toContain("step");
     expect(read("run")).toBe(read("built"));
     // the portable target is another plan: no subgroups, WebGPU's default limits
-    const portable = lrkc(
+    const portable = await lrkc(
       "build",
       "examples/lora_finetune.lrk",
       "--emit",

@@ -2,7 +2,6 @@
 // [in, out], PEFT's fan_in_fan_out), `lrkc export --peft` / `--merged`, and PEFT adapter folders
 // loaded back as adapter initial values. The GPT-2 fixture is tests/fixtures/hf/gpt2
 // (scripts/hf-fixtures.py).
-import { spawnSync } from "node:child_process";
 import {
   cpSync,
   existsSync,
@@ -31,32 +30,26 @@ import {
 } from "../runtime/safetensors.js";
 import { initialize, train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { loraTinyLmProgram, lrkcBin, root } from "./helpers.js";
+import {
+  gpt2FixtureProgram,
+  hfFixtures as fixtures,
+  loraTinyLmProgram,
+  lrkc as runLrkc,
+  root,
+} from "./helpers.js";
 import { expectTrainsAlike, prepare, type TestRun } from "./program-helpers.js";
+import { lrkcInProcess } from "./cli-in-process.js";
 
-const fixtures = join(root, "tests", "fixtures", "hf");
 const gpt2 = join(fixtures, "gpt2");
 
 /** The GPT-2 fixture with `adapt` rules, frozen base, trained on arithmetic (i32[B, 11] inputs). */
 function gpt2Source(adapts: string, steps = 4, definitions = ""): string {
-  return `import std.models.{GPT2}
-import std.optim.{adamw}
-import std.adapters.{lora, dora, adalora}
-${definitions}
-data sub = std.data.arithmetic(ops: "-", digits: 3, negative: false)
-
-train tune {
-  model GPT2(hf_config("${gpt2}"))
-  data sub
-  init "${gpt2}"
-  loss cross_entropy(model(batch.input), batch.target)
-${adapts}
-  freeze transformer.**
-  optimize adapters with adamw(lr: 1e-2)
-  steps ${steps}
-  batch 2
-}
-`;
+  return gpt2FixtureProgram({
+    imports: `import std.adapters.{lora, dora, adalora}\n${definitions}`,
+    data: `std.data.arithmetic(ops: "-", digits: 3, negative: false)`,
+    dataName: "sub",
+    rules: `${adapts}\n  freeze transformer.**\n  optimize adapters with adamw(lr: 1e-2)\n  steps ${steps}`,
+  });
 }
 
 function compileRun(text: string, path = join(root, "tests", "export-main.lrk")): TestRun {
@@ -119,8 +112,9 @@ describe("LoRA and DoRA on GPT-2's Conv1D layers", () => {
   });
 });
 
-const lrkc = (...args: string[]) =>
-  spawnSync(process.execPath, [lrkcBin, ...args], { encoding: "utf8", timeout: 120_000 });
+const lrkc = (...args: string[]) => runLrkc(args, { timeout: 120_000 });
+/** `lrkc export` and `lrkc eval` in process (tests/cli-in-process.ts): their output is checked. */
+const lrkcHere = (...args: string[]) => lrkcInProcess(args, process.cwd());
 
 /** Logits [2, T, vocab] of the model with `store`, on two fixed token rows. */
 async function logits(run: TestRun, store: ReadonlyMap<string, Tensor>): Promise<Float32Array> {
@@ -186,7 +180,7 @@ describe("lrkc export", () => {
       `${LORA_AND_DORA}\n  adapt transformer.h.*.attn.c_proj with adalora(init_rank: 3)`,
     );
     const out = join(dir, "merged");
-    const r = lrkc("export", run, "--merged", out);
+    const r = await lrkcHere("export", run, "--merged", out);
     expect(r.status, r.stderr).toBe(0);
     expect(readdirSync(out).sort()).toEqual(["config.json", "model.safetensors"]);
     expect(readFileSync(join(out, "config.json"), "utf8")).toBe(
@@ -208,7 +202,7 @@ describe("lrkc export", () => {
     ).toBeGreaterThan(1e-3);
   }, 120_000);
 
-  it("--merged does not reread the base's weights: the run's final weights hold the whole model", () => {
+  it("--merged does not reread the base's weights: the run's final weights hold the whole model", async () => {
     const base = join(dir, "base-copy");
     cpSync(gpt2, base, { recursive: true });
     const program = join(dir, "moved.lrk");
@@ -223,7 +217,7 @@ describe("lrkc export", () => {
     expect(t.status, t.stderr).toBe(0);
     rmSync(join(base, "model.safetensors")); // the base's weights moved away; config.json stays
     const out = join(dir, "merged-moved");
-    const r = lrkc("export", join(dir, "moved"), "--merged", out);
+    const r = await lrkcHere("export", join(dir, "moved"), "--merged", out);
     expect(r.status, r.stderr).toBe(0);
     expect(readdirSync(out).sort()).toEqual(["config.json", "model.safetensors"]);
   }, 120_000);
@@ -231,7 +225,7 @@ describe("lrkc export", () => {
   it("--peft: PEFT's key names and config fields, and the folder loads back to the same logits", async () => {
     const { program, run } = trained("lora", LORA_ONLY);
     const out = join(dir, "peft");
-    const r = lrkc("export", run, "--peft", out);
+    const r = await lrkcHere("export", run, "--peft", out);
     expect(r.status, r.stderr).toBe(0);
     expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors"]);
     const file = readSafetensors(join(out, "adapter_model.safetensors"));
@@ -317,14 +311,14 @@ describe("lrkc export", () => {
     const cpu = new CpuDevice({ float64: false });
     // --merged: a plain GPT-2 from the folder is the fine-tuned model
     const merged = join(dir, "jsonl-merged");
-    expect(lrkc("export", run, "--merged", merged).status).toBe(0);
+    expect((await lrkcHere("export", run, "--merged", merged)).status).toBe(0);
     const plain = compileRun(plainSource(merged), join(dir, "plain-jsonl.lrk"));
     expect(
       maxRelDiff(await logits(plain, await initialize(plain.program, cpu)), want),
     ).toBeLessThan(1e-5);
     // --peft: the folder loads back as the program's adapters to the same logits
     const peft = join(dir, "jsonl-peft");
-    expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+    expect((await lrkcHere("export", run, "--peft", peft)).status).toBe(0);
     const store = await initialize(tuned.program, cpu);
     const loaded = readPeftFolder(peft, tuned.program.params, (p) =>
       JSON.parse(readFileSync(p, "utf8")),
@@ -338,17 +332,17 @@ describe("lrkc export", () => {
     ).toBeGreaterThan(1e-3);
   }, 240_000);
 
-  it("--peft: short target_modules when the last names select exactly the adapted modules", () => {
+  it("--peft: short target_modules when the last names select exactly the adapted modules", async () => {
     const { run } = trained("attn", "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)");
     const out = join(dir, "peft-attn");
-    expect(lrkc("export", run, "--peft", out).status).toBe(0);
+    expect((await lrkcHere("export", run, "--peft", out)).status).toBe(0);
     const config = JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8"));
     expect(config.target_modules).toEqual(["c_attn"]);
     expect(config.r).toBe(2);
     expect(config.lora_alpha).toBe(2);
   }, 120_000);
 
-  it("--peft refuses an adapter PEFT does not have (E0506), writing nothing", () => {
+  it("--peft refuses an adapter PEFT does not have (E0506), writing nothing", async () => {
     // a per-output gain: an adapter of the program's own, with a `merged` but no PEFT form
     const gain = `
 adapter gain on Linear(in, out) or Conv1D(in, out) {
@@ -366,17 +360,17 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
     expect(lrkc("train", program, "--device", "cpu", "--out", join(dir, "gain")).status).toBe(0);
     const run = join(dir, "gain");
     const out = join(dir, "peft-gain");
-    const r = lrkc("export", run, "--peft", out);
+    const r = await lrkcHere("export", run, "--peft", out);
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("error[E0506]: `gain` has no PEFT form");
     expect(r.stderr).toContain("--merged DIR");
     expect(r.stderr).not.toContain("bug in lrkc");
     expect(existsSync(join(out, "adapter_config.json"))).toBe(false);
     // the same run exports merged
-    expect(lrkc("export", run, "--merged", join(dir, "merged-gain")).status).toBe(0);
+    expect((await lrkcHere("export", run, "--merged", join(dir, "merged-gain"))).status).toBe(0);
   }, 120_000);
 
-  it("a program edited since the run is refused (E0506) unless passed with --program", () => {
+  it("a program edited since the run is refused (E0506) unless passed with --program", async () => {
     const { program, run } = trained(
       "edited",
       "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)",
@@ -385,29 +379,36 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
       program,
       readFileSync(program, "utf8").replace("lora(rank: 2)", "lora(rank: 2, alpha: 4)"),
     );
-    const r = lrkc("export", run, "--peft", join(dir, "peft-edited"));
+    const r = await lrkcHere("export", run, "--peft", join(dir, "peft-edited"));
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("changed since the run");
     expect(existsSync(join(dir, "peft-edited"))).toBe(false);
-    const forced = lrkc("export", run, "--peft", join(dir, "peft-edited"), "--program", program);
+    const forced = await lrkcHere(
+      "export",
+      run,
+      "--peft",
+      join(dir, "peft-edited"),
+      "--program",
+      program,
+    );
     expect(forced.status, forced.stderr).toBe(0);
     expect(
       JSON.parse(readFileSync(join(dir, "peft-edited", "adapter_config.json"), "utf8")).lora_alpha,
     ).toBe(4);
   }, 120_000);
 
-  it("an export folder that cannot be written is a diagnostic (E0003), and leaves no temporary file", () => {
+  it("an export folder that cannot be written is a diagnostic (E0003), and leaves no temporary file", async () => {
     const { run } = trained("lora2", "  adapt transformer.h.*.attn.c_attn with lora(rank: 2)");
     const blocker = join(dir, "a-file");
     writeFileSync(blocker, "not a folder");
-    const r = lrkc("export", run, "--merged", join(blocker, "out"));
+    const r = await lrkcHere("export", run, "--merged", join(blocker, "out"));
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("error[E0003]: cannot write");
     expect(r.stderr).not.toContain("bug in lrkc");
     // an existing export is replaced whole: an interrupted write never leaves a partial file
     const out = join(dir, "merged-again");
-    expect(lrkc("export", run, "--merged", out).status).toBe(0);
-    expect(lrkc("export", run, "--merged", out).status).toBe(0);
+    expect((await lrkcHere("export", run, "--merged", out)).status).toBe(0);
+    expect((await lrkcHere("export", run, "--merged", out)).status).toBe(0);
     expect(readdirSync(out).sort()).toEqual(["config.json", "model.safetensors"]);
   }, 120_000);
 
@@ -425,7 +426,7 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
       "transformer.h.1.mlp.c_proj.lora.B",
     ]);
     const peft = join(dir, "peft-back");
-    expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+    expect((await lrkcHere("export", run, "--peft", peft)).status).toBe(0);
     // train from them: the first step's loss is the fine-tuned model's, not the base's
     const first = (out: string, ...args: string[]) => {
       const r = lrkc("train", program, "--device", "cpu", "--steps", "1", "--out", out, ...args);
@@ -453,13 +454,13 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
     expect(Math.abs(result.losses[0]! - fromPeft) / fromPeft).toBeLessThan(1e-6);
   }, 240_000);
 
-  it("--init-adapters refuses a PEFT adapter trained with another alpha or on other modules (E0502)", () => {
+  it("--init-adapters refuses a PEFT adapter trained with another alpha or on other modules (E0502)", async () => {
     const { run } = trained("refused", LORA_ONLY);
     const peft = join(dir, "peft-refused");
-    expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+    expect((await lrkcHere("export", run, "--peft", peft)).status).toBe(0);
     const otherAlpha = join(dir, "other-alpha.lrk");
     writeFileSync(otherAlpha, gpt2Source(LORA_ONLY.replaceAll("alpha: 8", "alpha: 16")));
-    let r = lrkc("eval", otherAlpha, "--device", "cpu", "--init-adapters", peft);
+    let r = await lrkcHere("eval", otherAlpha, "--device", "cpu", "--init-adapters", peft);
     expect(r.status).toBe(1);
     expect(r.stderr).toContain(
       "error[E0502]: `transformer.h.0.attn.c_attn` is adapted with `lora(alpha: 16)`, but the PEFT adapter in",
@@ -469,7 +470,7 @@ adapter gain on Linear(in, out) or Conv1D(in, out) {
       fewer,
       gpt2Source("  adapt transformer.h.*.attn.c_attn with lora(rank: 4, alpha: 8)"),
     );
-    r = lrkc("eval", fewer, "--device", "cpu", "--init-adapters", peft);
+    r = await lrkcHere("eval", fewer, "--device", "cpu", "--init-adapters", peft);
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("also adapts modules this program does not");
     expect(r.stderr).not.toContain("bug in lrkc");
@@ -706,7 +707,7 @@ describe("--merged in the source's dtype", () => {
       const trainRun = lrkc("train", program, "--device", "cpu", "--out", join(dir, "run"));
       expect(trainRun.status, trainRun.stderr).toBe(0);
       const out = join(dir, "merged");
-      const r = lrkc("export", join(dir, "run"), "--merged", out);
+      const r = await lrkcHere("export", join(dir, "run"), "--merged", out);
       expect(r.status, r.stderr).toBe(0);
       expect(r.stderr).toContain("(BF16)");
       const file = SafetensorsFile.open(join(out, "model.safetensors"));
@@ -735,7 +736,7 @@ describe("--merged in the source's dtype", () => {
 });
 
 describe("lrkc eval --init-adapters (Linear layers: TinyLM on arithmetic)", () => {
-  it("a PEFT export or adapters.safetensors evaluates as the run's final weights do", () => {
+  it("a PEFT export or adapters.safetensors evaluates as the run's final weights do", async () => {
     const dir = mkdtempSync(join(tmpdir(), "lrk-export-eval-"));
     try {
       const program = join(dir, "tiny.lrk");
@@ -744,19 +745,31 @@ describe("lrkc eval --init-adapters (Linear layers: TinyLM on arithmetic)", () =
       const t = lrkc("train", program, "--device", "cpu", "--out", run);
       expect(t.status, t.stderr).toBe(0);
       const peft = join(dir, "peft");
-      expect(lrkc("export", run, "--peft", peft).status).toBe(0);
+      expect((await lrkcHere("export", run, "--peft", peft)).status).toBe(0);
       const config = JSON.parse(readFileSync(join(peft, "adapter_config.json"), "utf8"));
       expect(config.fan_in_fan_out).toBe(false);
       expect(config.target_modules).toEqual(["q", "v"]);
-      const loss = (...args: string[]) => {
-        const r = lrkc("eval", program, "--device", "cpu", "--batches", "2", "--json", ...args);
+      const loss = async (...args: string[]) => {
+        const r = await lrkcHere(
+          "eval",
+          program,
+          "--device",
+          "cpu",
+          "--batches",
+          "2",
+          "--json",
+          ...args,
+        );
         expect(r.status, r.stderr).toBe(0);
         return JSON.parse(r.stdout).result.loss as number;
       };
-      const tuned = loss("--weights", join(run, "final.safetensors"));
-      expect(Math.abs(tuned - loss())).toBeGreaterThan(1e-3); // the adapters matter
-      expect(loss("--init-adapters", peft)).toBeCloseTo(tuned, 6);
-      expect(loss("--init-adapters", join(run, "adapters.safetensors"))).toBeCloseTo(tuned, 6);
+      const tuned = await loss("--weights", join(run, "final.safetensors"));
+      expect(Math.abs(tuned - (await loss()))).toBeGreaterThan(1e-3); // the adapters matter
+      expect(await loss("--init-adapters", peft)).toBeCloseTo(tuned, 6);
+      expect(await loss("--init-adapters", join(run, "adapters.safetensors"))).toBeCloseTo(
+        tuned,
+        6,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -797,7 +810,7 @@ ${adapts}
     const t = lrkc("train", program, "--device", "cpu", "--out", join(dir, name));
     expect(t.status, t.stderr).toBe(0);
     const out = join(dir, `${name}-peft`);
-    const r = lrkc("export", join(dir, name), "--peft", out);
+    const r = await lrkcHere("export", join(dir, name), "--peft", out);
     expect(r.status, r.stderr).toBe(0);
     const run = compileRun(readFileSync(program, "utf8"), program);
     const want = await logits(run, await fineTuned(run, join(dir, name, "final.safetensors")));
@@ -1021,7 +1034,16 @@ ${adapts}
     (A3.data as Float32Array)[3] = Number(A3.data[3]) + 0.5;
     writeSafetensors(join(out, "adapter_model.safetensors"), file.tensors, { format: "pt" });
     const program = join(dir, "randlora-other.lrk");
-    const r = lrkc("eval", program, "--device", "cpu", "--batches", "1", "--init-adapters", out);
+    const r = await lrkcHere(
+      "eval",
+      program,
+      "--device",
+      "cpu",
+      "--batches",
+      "1",
+      "--init-adapters",
+      out,
+    );
     expect(r.status).toBe(1);
     expect(r.stderr).toContain(
       "error[E0502]: the adapter's fixed `model.layers.0.self_attn.q_proj.randlora.A` is not the one this program computes",
@@ -1036,7 +1058,7 @@ ${adapts}
       llamaSource("  adapt model.layers.*.self_attn.{q_proj, k_proj} with randlora(rank: 4)", 1),
     );
     expect(lrkc("train", program, "--device", "cpu", "--out", join(dir, "mixed")).status).toBe(0);
-    const r = lrkc("export", join(dir, "mixed"), "--peft", join(dir, "mixed-peft"));
+    const r = await lrkcHere("export", join(dir, "mixed"), "--peft", join(dir, "mixed-peft"));
     expect(r.status).toBe(1);
     expect(r.stderr).toContain(
       "error[E0506]: PEFT's RandLoRA shares one pair of random bases among all adapted layers",
@@ -1109,11 +1131,11 @@ ${adapts}
     expect(await error()).toBeLessThan(1e-4);
   }, 120_000);
 
-  it("as --init-adapters it is refused: PEFT drew its bases with torch's generator (E0502)", () => {
+  it("as --init-adapters it is refused: PEFT drew its bases with torch's generator (E0502)", async () => {
     const program = join(tmpdir(), `lrk-randlora-peft-${process.pid}.lrk`);
     writeFileSync(program, text);
     try {
-      const r = lrkc(
+      const r = await lrkcHere(
         "eval",
         program,
         "--device",

@@ -1,7 +1,6 @@
 // Issue 13, items 3 and 5: instruction data (`std.data.jsonl`, prompt masked out of the loss),
 // `std.data.text` with a Hugging Face tokenizer, and `lrkc generate` (greedy = the fixtures'
 // reference tokens on the CPU interpreter and WebGPU; seeded sampling reproducible).
-import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,10 +12,10 @@ import type { Entry, GenerationProgram, GraphProgram, Tensor } from "../compiler
 import { samplerProgram } from "../compiler/sampler.js";
 import { readTokenizer } from "../runtime/tokenizer.js";
 import { batchFeeds, initialize } from "../runtime/trainer.js";
-import { lrkcBin, root } from "./helpers.js";
+import { gpt2FixtureProgram, hfFixtures as fixtures, lrkc, root } from "./helpers.js";
+import { lrkcInProcess } from "./cli-in-process.js";
 import { prepare } from "./program-helpers.js";
 
-const fixtures = join(root, "tests", "fixtures", "hf");
 const dir = mkdtempSync(join(tmpdir(), "lrk-generate-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -26,23 +25,8 @@ function write(name: string, text: string): string {
 }
 
 /** A GPT-2 fixture program's text over `data` (a `std.data…` call). */
-function gpt2Text(data: string, model = "gpt2") {
-  const folder = join(fixtures, model);
-  return `import std.models.{GPT2}
-import std.optim.{adamw}
-
-data d = ${data}
-
-train tune {
-  model GPT2(hf_config("${folder}"))
-  data d
-  init "${folder}"
-  loss cross_entropy(model(batch.input), batch.target)
-  optimize ** with adamw(lr: 1e-4)
-  batch 2
-}
-`;
-}
+const gpt2Text = (data: string) =>
+  gpt2FixtureProgram({ data, dataName: "d", rules: "  optimize ** with adamw(lr: 1e-4)" });
 
 /** The GPT-2 fixture program over `data`, compiled as a file in `dir`. */
 const gpt2Program = (data: string) =>
@@ -68,18 +52,13 @@ describe("std.data.text with a tokenizer", () => {
 
   it("text the tokenizer cannot encode is an E0501 naming the file, not a crash", () => {
     write("zoo.txt", "zoo ".repeat(40));
-    const r = spawnSync(
-      process.execPath,
-      [
-        lrkcBin,
-        "check",
-        write(
-          "zoo.lrk",
-          gpt2Text(`std.data.text("zoo.txt", context: 6, tokenizer: "${join(fixtures, "gpt2")}")`),
-        ),
-      ],
-      { encoding: "utf8" },
-    );
+    const r = lrkc([
+      "check",
+      write(
+        "zoo.lrk",
+        gpt2Text(`std.data.text("zoo.txt", context: 6, tokenizer: "${join(fixtures, "gpt2")}")`),
+      ),
+    ]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/E0501[\s\S]*"zoo.txt": the tokenizer has no token for "z"/);
   });
@@ -199,11 +178,11 @@ describe("std.data.jsonl", () => {
       "bad.lrk",
       gpt2Text(`std.data.jsonl("bad.jsonl", tokenizer: "${join(fixtures, "gpt2")}", context: 8)`),
     );
-    const r = spawnSync(process.execPath, [lrkcBin, "check", main], { encoding: "utf8" });
+    const r = lrkc(["check", main]);
     expect(r.stderr).toMatch(/E0501/);
     expect(r.stderr).toMatch(/bad\.jsonl:2: not valid JSON/);
     write("bad.jsonl", '\n{"prompt": "a", "answer": "b"}\n');
-    const again = spawnSync(process.execPath, [lrkcBin, "check", main], { encoding: "utf8" });
+    const again = lrkc(["check", main]);
     expect(again.stderr).toMatch(/bad\.jsonl:2: an example needs "prompt" and "completion"/);
   });
 
@@ -278,14 +257,13 @@ train tune {
   );
 }
 
-function lrkcGenerate(args: string[]): {
+/** `lrkc generate <args> --json`, in process (tests/cli-in-process.ts): its result and output. */
+async function lrkcGenerate(args: string[]): Promise<{
   code: number | null;
   json?: GenerateResult;
   stderr: string;
-} {
-  const r = spawnSync(process.execPath, [lrkcBin, "generate", ...args, "--json"], {
-    encoding: "utf8",
-  });
+}> {
+  const r = await lrkcInProcess(["generate", ...args, "--json"], process.cwd());
   let json: GenerateResult | undefined;
   try {
     json = (JSON.parse(r.stdout) as { result?: GenerateResult }).result;
@@ -305,12 +283,12 @@ interface GenerateResult {
 describe("lrkc generate", () => {
   for (const device of ["cpu", "webgpu"]) {
     for (const model of ["gpt2", "llama", "mistral"] as const) {
-      it(`--temperature 0 reproduces ${model}'s reference greedy tokens (${device})`, () => {
+      it(`--temperature 0 reproduces ${model}'s reference greedy tokens (${device})`, async () => {
         const ref = JSON.parse(readFileSync(join(fixtures, model, "reference.json"), "utf8")) as {
           prompt: number[];
           greedy: number[];
         };
-        const r = lrkcGenerate([
+        const r = await lrkcGenerate([
           generateProgram(model),
           "--ids",
           ref.prompt.join(","),
@@ -326,9 +304,9 @@ describe("lrkc generate", () => {
     }
   }
 
-  it("--prompt is read with the model's tokenizer, and the text is decoded", () => {
+  it("--prompt is read with the model's tokenizer, and the text is decoded", async () => {
     const tokenizer = readTokenizer(join(fixtures, "gpt2"));
-    const r = lrkcGenerate([
+    const r = await lrkcGenerate([
       generateProgram("gpt2"),
       "--prompt",
       "the cat",
@@ -342,9 +320,9 @@ describe("lrkc generate", () => {
     expect(r.json!.text).toBe(tokenizer.decode(r.json!.tokens));
   });
 
-  it("--chat sends the prompt through the chat template, as a user message", () => {
+  it("--chat sends the prompt through the chat template, as a user message", async () => {
     const tokenizer = readTokenizer(join(fixtures, "llama"));
-    const r = lrkcGenerate([
+    const r = await lrkcGenerate([
       generateProgram("llama"),
       "--prompt",
       "hello",
@@ -356,7 +334,7 @@ describe("lrkc generate", () => {
     ]);
     expect(r.code).toBe(0);
     expect(r.json!.prompt).toEqual(tokenizer.encode("<s>[INST] hello [/INST]", { special: false }));
-    const none = lrkcGenerate([
+    const none = await lrkcGenerate([
       generateProgram("gpt2"),
       "--prompt",
       "hello",
@@ -368,84 +346,93 @@ describe("lrkc generate", () => {
     expect(none.stderr).toMatch(/E0501[\s\S]*has no chat template/);
   });
 
-  it("seeded sampling draws the same tokens on the CPU interpreter and on WebGPU", () => {
+  it("seeded sampling draws the same tokens on the CPU interpreter and on WebGPU", async () => {
     const program = generateProgram("llama");
-    const run = (device: string) =>
-      lrkcGenerate([
-        program,
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "1.5",
-        "--top-p",
-        "0.9",
-        "--seed",
-        "11",
-        "--device",
-        device,
-      ]).json!.tokens;
-    const cpu = run("cpu");
+    const run = async (device: string) =>
+      (
+        await lrkcGenerate([
+          program,
+          "--ids",
+          "3,14,15,9",
+          "--max-tokens",
+          "8",
+          "--temperature",
+          "1.5",
+          "--top-p",
+          "0.9",
+          "--seed",
+          "11",
+          "--device",
+          device,
+        ])
+      ).json!.tokens;
+    const cpu = await run("cpu");
     expect(cpu).toHaveLength(8);
-    expect(run("webgpu")).toEqual(cpu);
+    expect(await run("webgpu")).toEqual(cpu);
   });
 
-  it("seeded sampling is reproducible, and another seed draws differently", () => {
+  it("seeded sampling is reproducible, and another seed draws differently", async () => {
     const program = generateProgram("gpt2");
-    const run = (seed: string) =>
-      lrkcGenerate([
-        program,
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "2",
-        "--top-p",
-        "0.95",
-        "--seed",
-        seed,
-        "--device",
-        "cpu",
-      ]).json!.tokens;
-    const a = run("1");
-    expect(run("1")).toEqual(a);
-    expect([run("2"), run("3")]).not.toEqual([a, a]);
+    const run = async (seed: string) =>
+      (
+        await lrkcGenerate([
+          program,
+          "--ids",
+          "3,14,15,9",
+          "--max-tokens",
+          "8",
+          "--temperature",
+          "2",
+          "--top-p",
+          "0.95",
+          "--seed",
+          seed,
+          "--device",
+          "cpu",
+        ])
+      ).json!.tokens;
+    const a = await run("1");
+    expect(await run("1")).toEqual(a);
+    expect([await run("2"), await run("3")]).not.toEqual([a, a]);
   });
 
   it("stops when the model's input is full, and says so", () => {
-    const r = spawnSync(
-      process.execPath,
-      [
-        lrkcBin,
-        "generate",
-        generateProgram("gpt2"),
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "20",
-        "--device",
-        "cpu",
-      ],
-      { encoding: "utf8" },
-    );
+    const r = lrkc([
+      "generate",
+      generateProgram("gpt2"),
+      "--ids",
+      "3,14,15,9",
+      "--max-tokens",
+      "20",
+      "--device",
+      "cpu",
+    ]);
     expect(r.status).toBe(0);
     expect(r.stderr).toMatch(/stopped after 9 tokens: the model's input holds 12/);
   });
 
-  it("diagnostics: both or neither of --prompt/--ids, a prompt longer than the input, bad flags", () => {
+  it("diagnostics: both or neither of --prompt/--ids, a prompt longer than the input, bad flags", async () => {
     const program = generateProgram("gpt2");
-    expect(lrkcGenerate([program]).stderr).toMatch(/--prompt TEXT or as token ids with --ids/);
-    const long = lrkcGenerate([program, "--ids", Array(13).fill(3).join(","), "--device", "cpu"]);
+    expect((await lrkcGenerate([program])).stderr).toMatch(
+      /--prompt TEXT or as token ids with --ids/,
+    );
+    const long = await lrkcGenerate([
+      program,
+      "--ids",
+      Array(13).fill(3).join(","),
+      "--device",
+      "cpu",
+    ]);
     expect(long.code).toBe(1);
     expect(long.stderr).toMatch(/13 tokens, more than the model's input length of 12/);
-    expect(lrkcGenerate([program, "--ids", "3", "--top-p", "0"]).stderr).toMatch(/--top-p must be/);
-    expect(lrkcGenerate([program, "--ids", "64"]).stderr).toMatch(
+    expect((await lrkcGenerate([program, "--ids", "3", "--top-p", "0"])).stderr).toMatch(
+      /--top-p must be/,
+    );
+    expect((await lrkcGenerate([program, "--ids", "64"])).stderr).toMatch(
       /--ids must be token ids from 0 to 63/,
     );
     // A model that is no language model, and a tokenizer whose ids the model has no row for.
-    const moons = lrkcGenerate([
+    const moons = await lrkcGenerate([
       join(root, "examples", "mlp.lrk"),
       "--ids",
       "1",
@@ -458,7 +445,7 @@ describe("lrkc generate", () => {
     big.added_tokens.push({ id: 99, content: "<|big|>", special: true });
     mkdirSync(join(dir, "big"), { recursive: true });
     writeFileSync(join(dir, "big", "tokenizer.json"), JSON.stringify(big));
-    const mismatch = lrkcGenerate([
+    const mismatch = await lrkcGenerate([
       program,
       "--prompt",
       "<|big|>",
@@ -609,11 +596,7 @@ train t {
 }
 `,
     );
-    const r = spawnSync(
-      process.execPath,
-      [lrkcBin, "generate", tiny, "--ids", "1,10,2", "--max-tokens", "3", "--device", "cpu"],
-      { encoding: "utf8" },
-    );
+    const r = lrkc(["generate", tiny, "--ids", "1,10,2", "--max-tokens", "3", "--device", "cpu"]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain("note: no KV cache: the model's forward keeps no `kv_cache`");
   });
@@ -643,22 +626,7 @@ train t {
 `,
     );
     const generate = (...flags: string[]) =>
-      spawnSync(
-        process.execPath,
-        [
-          lrkcBin,
-          "generate",
-          bad,
-          "--ids",
-          "1,10,2",
-          "--max-tokens",
-          "3",
-          "--device",
-          "cpu",
-          ...flags,
-        ],
-        { encoding: "utf8" },
-      );
+      lrkc(["generate", bad, "--ids", "1,10,2", "--max-tokens", "3", "--device", "cpu", ...flags]);
     const r = generate();
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain(
@@ -667,27 +635,29 @@ train t {
     expect(r.stdout).toBe(generate("--no-kv-cache").stdout);
   });
 
-  it("sampling with the cache draws what recomputation draws (seeded, CPU and WebGPU)", () => {
+  it("sampling with the cache draws what recomputation draws (seeded, CPU and WebGPU)", async () => {
     const program = generateProgram("gpt2");
-    const run = (device: string, ...flags: string[]) =>
-      lrkcGenerate([
-        program,
-        "--ids",
-        "3,14,15,9",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "1.5",
-        "--seed",
-        "7",
-        "--device",
-        device,
-        ...flags,
-      ]).json!.tokens;
-    const recomputed = run("cpu", "--no-kv-cache");
+    const run = async (device: string, ...flags: string[]) =>
+      (
+        await lrkcGenerate([
+          program,
+          "--ids",
+          "3,14,15,9",
+          "--max-tokens",
+          "8",
+          "--temperature",
+          "1.5",
+          "--seed",
+          "7",
+          "--device",
+          device,
+          ...flags,
+        ])
+      ).json!.tokens;
+    const recomputed = await run("cpu", "--no-kv-cache");
     expect(recomputed).toHaveLength(8);
-    expect(run("cpu")).toEqual(recomputed);
-    expect(run("webgpu")).toEqual(recomputed);
+    expect(await run("cpu")).toEqual(recomputed);
+    expect(await run("webgpu")).toEqual(recomputed);
   });
 });
 
@@ -779,22 +749,12 @@ describe("lrkc eval --show", () => {
         "batch 1",
       ),
     );
-    const text = spawnSync(
-      process.execPath,
-      [lrkcBin, "eval", program, "--show", "1", "--device", "cpu"],
-      {
-        encoding: "utf8",
-      },
-    );
+    const text = lrkc(["eval", program, "--show", "1", "--device", "cpu"]);
     expect(text.status).toBe(0);
     expect(text.stdout).toMatch(
       /example 1\n {2}input: {5}"the dog sat on the log\."\n {2}target: {4}" sat on the log\.<\|endoftext\|>"\n {2}predicted: "/,
     );
-    const json = spawnSync(
-      process.execPath,
-      [lrkcBin, "eval", program, "--show", "1", "--device", "cpu", "--json"],
-      { encoding: "utf8" },
-    );
+    const json = lrkc(["eval", program, "--show", "1", "--device", "cpu", "--json"]);
     const shown = (
       JSON.parse(json.stdout) as {
         result: { shown: { targetIds: number[]; predictedIds: number[] }[] };
@@ -807,7 +767,7 @@ describe("lrkc eval --show", () => {
 });
 
 describe("fine-tune on instruction data, then generate (WebGPU)", () => {
-  it("a GPT-2 fine-tune on prompt/completion lines learns the completions, which generate writes back", () => {
+  it("a GPT-2 fine-tune on prompt/completion lines learns the completions, which generate writes back", async () => {
     const folder = join(fixtures, "gpt2");
     const lines = [
       ...Array.from({ length: 10 }, () => ({ prompt: "the cat", completion: " sat on the mat." })),
@@ -821,11 +781,7 @@ describe("fine-tune on instruction data, then generate (WebGPU)", () => {
         .replace("batch 2", "batch 2\n  steps 40"),
     );
     const out = join(dir, "tune-run");
-    const train = spawnSync(
-      process.execPath,
-      [lrkcBin, "train", program, "--device", "webgpu", "--out", out],
-      { encoding: "utf8" },
-    );
+    const train = lrkc(["train", program, "--device", "webgpu", "--out", out]);
     expect(train.stderr).not.toMatch(/error\[|error:/);
     expect(train.status).toBe(0);
     const weights = join(out, "final.safetensors");
@@ -833,7 +789,7 @@ describe("fine-tune on instruction data, then generate (WebGPU)", () => {
       ["the cat", " sat on the mat."],
       ["hello", " world"],
     ] as const) {
-      const r = lrkcGenerate([
+      const r = await lrkcGenerate([
         program,
         "--weights",
         weights,

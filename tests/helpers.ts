@@ -1,4 +1,6 @@
-// Shared test helpers: parsing text, comparing ASTs without spans, finding the .lrk files.
+// Shared test helpers: parsing text, comparing ASTs without spans, finding the .lrk files, the
+// programs several test files train, running `lrkc`.
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -169,4 +171,42 @@ export function expectAllClose(
     worst,
     `${what}: element ${at}: ${actual[at]} vs ${expected[at]} (relative error ${worst})`,
   ).toBeLessThanOrEqual(tol);
+}
+
+/** `lrkc <args>` in a child process: its exit status and output. */
+export function lrkc(args: string[], options: { cwd?: string; timeout?: number } = {}) {
+  return spawnSync(process.execPath, [lrkcBin, ...args], { encoding: "utf8", ...options });
+}
+
+/** The Hugging Face fixtures (scripts/hf-fixtures.py): tests/fixtures/hf/<model>. */
+export const hfFixtures = join(root, "tests", "fixtures", "hf");
+
+/**
+ * A train block `tune` fine-tuning the GPT-2 fixture (`hf_config` and `init` from its folder) on
+ * `data` (a `std.data…` call, declared as `dataName`) at batch 2. `imports` are lines after the
+ * optimizer's import (each ending in a newline); `rules` are the block's lines between its loss and
+ * its batch (adapt, freeze, optimize, steps).
+ */
+export function gpt2FixtureProgram(o: {
+  data: string;
+  dataName: string;
+  rules: string;
+  imports?: string;
+  model?: string;
+}): string {
+  const folder = join(hfFixtures, o.model ?? "gpt2");
+  return `import std.models.{GPT2}
+import std.optim.{adamw}
+${o.imports ?? ""}
+data ${o.dataName} = ${o.data}
+
+train tune {
+  model GPT2(hf_config("${folder}"))
+  data ${o.dataName}
+  init "${folder}"
+  loss cross_entropy(model(batch.input), batch.target)
+${o.rules}
+  batch 2
+}
+`;
 }

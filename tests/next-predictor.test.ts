@@ -16,6 +16,7 @@ import { compile, expectTrainsAlike, init, param } from "./program-helpers.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { SourceFile } from "../language/source.js";
 import { prepare } from "./program-helpers.js";
+import { lowRankDelta, topTriple, tripleProduct } from "./next-helpers.js";
 
 const folder = mkdtempSync(join(tmpdir(), "lrk-next-predictor-"));
 
@@ -312,34 +313,14 @@ const extrapolation = (run: string, predictor: string) =>
     .replace("optimize adapters", "optimize l1")
     .replace("freeze **", "freeze l2");
 
-/** σ₁ u₁ v₁ᵀ of a [rows][cols] matrix by power iteration on DᵀD (float64). */
-function topProduct(d: number[][]): number[][] {
-  const cols = d[0]!.length;
-  let v = Array.from({ length: cols }, (_, i) => 1 + i);
-  for (let k = 0; k < 500; k++) {
-    const dv = d.map((row) => row.reduce((s, x, i) => s + x * v[i]!, 0));
-    const next = v.map((_, i) => d.reduce((s, row, o) => s + row[i]! * dv[o]!, 0));
-    const n = Math.hypot(...next);
-    v = next.map((x) => x / n);
-  }
-  const dv = d.map((row) => row.reduce((s, x, i) => s + x * v[i]!, 0));
-  return dv.map((x) => v.map((y) => x * y));
-}
-
-/** σ u vᵀ of a recorded [u, σ, v]. */
-const tripleProduct = (t: number[]): number[][] =>
-  t.slice(0, OUT).map((u) => t.slice(OUT + 1).map((v) => t[OUT]! * u * v));
-
 /** s · B A from flattened factors [B (out·rank), A (rank·in)]. */
-function deltaOf(factors: number[]): number[][] {
-  const B = factors.slice(0, OUT * RANK);
-  const A = factors.slice(OUT * RANK);
-  return range(OUT).map((o) =>
-    range(IN).map(
-      (i) => SCALE * range(RANK).reduce((s, r) => s + B[o * RANK + r]! * A[r * IN + i]!, 0),
-    ),
-  );
-}
+const deltaOf = (factors: number[]): number[][] =>
+  lowRankDelta(factors.slice(0, OUT * RANK), factors.slice(OUT * RANK), {
+    out: OUT,
+    rank: RANK,
+    in: IN,
+    scale: SCALE,
+  });
 
 /** x @ Wᵀ + b for the predictor's Linear `name` (float64). */
 function linear(p: (name: string) => number[], name: string, x: number[]): number[] {
@@ -378,8 +359,8 @@ describe("NExt end to end", () => {
     expect(inputs.slice(3 * 2 * TRIPLE)).toEqual(features.slice(2 * TRIPLE, 2 * 2 * TRIPLE));
     const d5 = deltaOf(trajectory.slice(3 * width, 4 * width));
     const d3 = deltaOf(trajectory.slice(1 * width, 2 * width));
-    const want = topProduct(d5.map((row, o) => row.map((x, i) => x - d3[o]![i]!)));
-    tripleProduct(targets.slice(3 * TRIPLE)).forEach((row, o) =>
+    const want = topTriple(d5.map((row, o) => row.map((x, i) => x - d3[o]![i]!))).product;
+    tripleProduct(targets.slice(3 * TRIPLE), OUT).product.forEach((row, o) =>
       row.forEach((x, i) => expect(x).toBeCloseTo(want[o]![i]!, 8)),
     );
     const runFile = save("next-run.safetensors", Object.fromEntries(recorded));

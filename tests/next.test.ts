@@ -10,6 +10,7 @@ import { CpuDevice } from "../runtime/device.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { root } from "./helpers.js";
+import { lowRankDelta, topTriple, tripleProduct } from "./next-helpers.js";
 import { compile, expectTrainsAlike, init, param, type Store } from "./program-helpers.js";
 
 const OUT = 3;
@@ -51,39 +52,19 @@ const values = (store: ReadonlyMap<string, Tensor>, name: string): number[] => {
 };
 
 /** s · B A, [OUT][IN]. */
-function delta(store: Store): number[][] {
-  const A = param(store, "l2.next_lora.A");
-  const B = param(store, "l2.next_lora.B");
-  return Array.from({ length: OUT }, (_, o) =>
-    Array.from({ length: IN }, (_, i) => {
-      let s = 0;
-      for (let r = 0; r < RANK; r++) s += B[o * RANK + r]! * A[r * IN + i]!;
-      return (ALPHA / RANK) * s;
-    }),
-  );
-}
+const delta = (store: Store): number[][] =>
+  lowRankDelta(param(store, "l2.next_lora.B"), param(store, "l2.next_lora.A"), {
+    out: OUT,
+    rank: RANK,
+    in: IN,
+    scale: ALPHA / RANK,
+  });
 
-/** σ₁ u₁ v₁ᵀ by power iteration on DᵀD (float64), and σ₁. */
-function topTriple(d: number[][]): { sigma: number; product: number[][] } {
-  let v = Array.from({ length: IN }, (_, i) => 1 + i);
-  for (let k = 0; k < 500; k++) {
-    const dv = d.map((row) => row.reduce((s, x, i) => s + x * v[i]!, 0));
-    const next = v.map((_, i) => d.reduce((s, row, o) => s + row[i]! * dv[o]!, 0));
-    const n = Math.hypot(...next);
-    v = next.map((x) => x / n);
-  }
-  const dv = d.map((row) => row.reduce((s, x, i) => s + x * v[i]!, 0));
-  const sigma = Math.hypot(...dv);
-  return { sigma, product: dv.map((x) => v.map((y) => x * y)) };
-}
-
-/** The recorded [u, σ, v] as σ u vᵀ (the product does not depend on the signs SVD picks). */
+/** The recorded [u, σ, v] as σ u vᵀ. */
 function recordedProduct(triple: number[]): { sigma: number; product: number[][] } {
-  const u = triple.slice(0, OUT);
-  const sigma = triple[OUT]!;
-  const v = triple.slice(OUT + 1);
+  const { sigma, v, product } = tripleProduct(triple, OUT);
   expect(v).toHaveLength(IN);
-  return { sigma, product: u.map((x) => v.map((y) => sigma * x * y)) };
+  return { sigma, product };
 }
 
 function expectSameTriple(recorded: number[], d: number[][]): void {

@@ -3,8 +3,6 @@
 // `pela_loss`. Checked against a float64 reference written here with plain loops (loss and every
 // gradient at step 2, after the student has moved away from the teacher), for what the teacher
 // copies and shares, for its diagnostics, through a checkpoint, and on WebGPU.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,10 +10,10 @@ import { memoryReport } from "../compiler/memory.js";
 import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
-import { RunFolder } from "../runtime/run-folder.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { root, tinyLmSource } from "./helpers.js";
+import { stopAndResume } from "./resume-helpers.js";
 import {
   compile,
   expectTrainsAlike,
@@ -207,24 +205,9 @@ describe("PELA's distillation from frozen(model)", () => {
   });
 
   it("keeps the teacher in the checkpoint: a run stopped and resumed is exact", async () => {
-    const run = compile(program());
     const device = new CpuDevice({ float64: true });
-    const whole = await train(run, device);
-    const dir = mkdtempSync(join(tmpdir(), "lrk-pela-"));
-    try {
-      const folder = new RunFolder(dir);
-      let steps = 0;
-      await train(run, device, {
-        shouldStop: () => ++steps === 2,
-        onCheckpoint: (s, store) => folder.saveCheckpoint(s, store, {}, { floats: "F64" }),
-      });
-      const { step, store } = folder.loadCheckpoint(run.program);
-      expect(store.has("buffer:frozen:head.weight")).toBe(true);
-      const resumed = await train(run, device, { resume: { step, store } });
-      expect(resumed.losses).toEqual(whole.losses.slice(2));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const { checkpoint } = await stopAndResume(compile(program()), device, 2, { floats: "F64" });
+    expect(checkpoint.store.has("buffer:frozen:head.weight")).toBe(true);
   });
 
   it("a forward declared to return a tensor that returns its features is E0402", () => {

@@ -3,20 +3,18 @@
 // here with plain loops after the official code's order (the W compensation at the start, the
 // swap with the candidate pools, the frozen counterparts, the per-row and per-column Adam steps);
 // the parameter and state counts; a run stopped after a switching step and resumed; WebGPU.
-import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { memoryReport } from "../compiler/memory.js";
 import { SourceFile } from "../language/source.js";
 import { CpuDevice } from "../runtime/device.js";
 import { hash32, uniformAt } from "../runtime/random.js";
-import { RunFolder } from "../runtime/run-folder.js";
-import { readSafetensors } from "../runtime/safetensors.js";
 import { train } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { root } from "./helpers.js";
+import { expectSameTensors, killAndResume, stopAndResume } from "./resume-helpers.js";
 import {
   compile,
   copyStore,
@@ -343,89 +341,35 @@ describe("lrkc build --emit memory on switchlora_pretrain.lrk", () => {
 
 describe("a SwitchLoRA run stopped and resumed", () => {
   it("in process: stopped after a switching step, resumed from its checkpoint, equals the uninterrupted run bit for bit", async () => {
-    const run = compile(program({ steps: 8 }));
-    const device = new CpuDevice();
-    const whole = await train(run, device);
-    const dir = mkdtempSync(join(tmpdir(), "lrk-switchlora-"));
-    try {
-      const folder = new RunFolder(dir);
-      let steps = 0;
-      let switchedAtStop = 0;
-      await train(run, device, {
-        shouldStop: () => ++steps === 4,
-        onCheckpoint: (s, store) => {
+    let switchedAtStop = 0;
+    const { whole, resumed } = await stopAndResume(
+      compile(program({ steps: 8 })),
+      new CpuDevice(),
+      4,
+      {
+        onCheckpoint: (_, store) => {
           switchedAtStop = store.get("state:l2.switchlora:switched")!.data[0]!;
-          folder.saveCheckpoint(s, store, {});
         },
-      });
-      expect(switchedAtStop).toBeGreaterThan(0);
-      const { step, store } = folder.loadCheckpoint(run.program);
-      expect(step).toBe(4);
-      const resumed = await train(run, device, { resume: { step, store } });
-      expect(resumed.losses).toEqual(whole.losses.slice(4));
-      // it switched again after the resume
-      expect(resumed.store.get("state:l2.switchlora:switched")!.data[0]).toBeGreaterThan(
-        switchedAtStop,
-      );
-      for (const [name, t] of whole.store)
-        expect(Array.from(resumed.store.get(name)!.data), name).toEqual(Array.from(t.data));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+      },
+    );
+    expect(switchedAtStop).toBeGreaterThan(0);
+    // it switched again after the resume
+    expect(resumed.store.get("state:l2.switchlora:switched")!.data[0]).toBeGreaterThan(
+      switchedAtStop,
+    );
+    expectSameTensors(resumed.store, whole.store);
   });
 
   it("through the CLI: killed mid-way, `--resume` ends bit for bit as the uninterrupted run", async () => {
-    const lrkc = join(root, "bin", "lrkc.js");
-    const text = program({ steps: 60, extra: "  checkpoint every 4\n" });
-    const args = ["train", "a.lrk", "--device", "cpu", "--out", "out"];
-    const stepLosses = (out: string) =>
-      new Map(
-        readFileSync(join(out, "metrics.jsonl"), "utf8")
-          .split("\n")
-          .filter(Boolean)
-          .map((l) => JSON.parse(l) as { kind: string; step: number; loss: number })
-          .filter((m) => m.kind === "step")
-          .map((m) => [m.step, m.loss]),
-      );
-    const whole = mkdtempSync(join(tmpdir(), "lrk-switchlora-cli-"));
-    const cut = mkdtempSync(join(tmpdir(), "lrk-switchlora-cli-"));
-    try {
-      for (const dir of [whole, cut]) writeFileSync(join(dir, "a.lrk"), text);
-      const r = spawnSync(process.execPath, [lrkc, ...args], { cwd: whole, encoding: "utf8" });
-      expect(r.status, r.stderr).toBe(0);
-      // killed without warning once step 10 is logged: the checkpoint of step 8 or later stays
-      await new Promise<void>((resolve, reject) => {
-        const child = spawn(process.execPath, [lrkc, ...args], { cwd: cut });
-        const timer = setInterval(() => {
-          try {
-            if (stepLosses(join(cut, "out")).has(10)) child.kill("SIGKILL");
-          } catch {
-            // no metrics yet
-          }
-        }, 5);
-        child.on("error", reject);
-        child.on("close", () => {
-          clearInterval(timer);
-          resolve();
-        });
-      });
-      const resumed = spawnSync(process.execPath, [lrkc, ...args, "--resume"], {
-        cwd: cut,
-        encoding: "utf8",
-      });
-      expect(resumed.status, resumed.stderr).toBe(0);
-      const after = Number(/resuming after step (\d+)/.exec(resumed.stderr)?.[1]);
-      expect(after).toBeGreaterThanOrEqual(8);
-      expect(after).toBeLessThan(60);
-      expect([...stepLosses(join(cut, "out"))]).toEqual([...stepLosses(join(whole, "out"))]);
-      const a = readSafetensors(join(whole, "out", "final.safetensors")).tensors;
-      const b = readSafetensors(join(cut, "out", "final.safetensors")).tensors;
-      expect(a.has("param:l2.weight") || a.has("l2.weight")).toBe(true);
-      for (const [name, t] of a) expect([...b.get(name)!.data], name).toEqual([...t.data]);
-    } finally {
-      rmSync(whole, { recursive: true, force: true });
-      rmSync(cut, { recursive: true, force: true });
-    }
+    // killed without warning once step 10 is logged: the checkpoint of step 8 or later stays
+    const { after, final } = await killAndResume(
+      program({ steps: 60, extra: "  checkpoint every 4\n" }),
+      "cpu",
+      10,
+    );
+    expect(after).toBeGreaterThanOrEqual(8);
+    expect(after).toBeLessThan(60);
+    expect(final.has("param:l2.weight") || final.has("l2.weight")).toBe(true);
   }, 60_000);
 });
 

@@ -1,13 +1,12 @@
 // Ill-typed programs found by outside testing: each must get a diagnostic at the user's line from
-// both `lrkc check` and `lrkc build`, never exit 2 ("a bug in lrkc") and never be accepted.
-import { spawnSync } from "node:child_process";
+// both `lrkc check` and `lrkc build` (run in process: tests/cli-in-process.ts), never exit 2
+// ("a bug in lrkc") and never be accepted.
 import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { lrkcInProcess } from "../cli-in-process.js";
 import { root } from "../helpers.js";
-
-const lrkc = join(root, "bin", "lrkc.js");
 
 const header = `import std.nn.{Linear}
 import std.optim.{adamw}
@@ -55,8 +54,9 @@ function lineCol(text: string, snippet: string): string {
   return `${before.length}:${before[before.length - 1]!.length + 1}`;
 }
 
-function run(args: string[], cwd: string) {
-  const r = spawnSync(process.execPath, [lrkc, ...args], { cwd, encoding: "utf8" });
+/** `lrkc <args>` in `cwd`, in process (what is checked is the commands' output and status). */
+async function run(args: string[], cwd: string) {
+  const r = await lrkcInProcess(args, cwd);
   return { status: r.status, output: r.stdout + r.stderr };
 }
 
@@ -390,14 +390,14 @@ train t {
 
 describe("well-typed programs that used to fail", () => {
   for (const c of accepted) {
-    it(c.name, () => {
+    it(c.name, async () => {
       const dir = mkdtempSync(join(tmpdir(), "lrk-ok-"));
       copyFileSync(join(root, "examples", "tiny_lm.lrk"), join(dir, "tiny_lm.lrk"));
       writeFileSync(join(dir, "p.lrk"), c.program);
-      const check = run(["check", "p.lrk"], dir);
+      const check = await run(["check", "p.lrk"], dir);
       expect(check.status, check.output).toBe(0);
       expect(check.output).toContain("no problems");
-      const build = run(["build", "p.lrk", "--emit", "ir", "--device", "portable"], dir);
+      const build = await run(["build", "p.lrk", "--emit", "ir", "--device", "portable"], dir);
       expect(build.status, build.output).toBe(0);
     });
   }
@@ -405,7 +405,7 @@ describe("well-typed programs that used to fail", () => {
 
 describe("ill-typed programs get a diagnostic at the user's line", () => {
   for (const c of cases) {
-    it(c.name, () => {
+    it(c.name, async () => {
       const dir = mkdtempSync(join(tmpdir(), "lrk-ill-"));
       copyFileSync(join(root, "examples", "tiny_lm.lrk"), join(dir, "tiny_lm.lrk"));
       writeFileSync(join(dir, "p.lrk"), c.program);
@@ -414,7 +414,7 @@ describe("ill-typed programs get a diagnostic at the user's line", () => {
         ["check", "p.lrk"],
         ["build", "p.lrk", "--emit", "ir", "--device", "portable"],
       ]) {
-        const r = run(args, dir);
+        const r = await run(args, dir);
         expect(r.output).not.toContain("bug in lrkc");
         expect(r.status, r.output).toBe(c.status ?? 1);
         const severity = (c.status ?? 1) === 0 ? "warning" : "error";
