@@ -1,0 +1,213 @@
+// Hugging Face checkpoint folders in the layouts real ones come in, made from the fixtures of
+// tests/fixtures/hf by rewriting their files here (each a few KB, in a temporary folder): every
+// float dtype and mixes of them in one file, integer and BOOL buffers the model never reads,
+// safetensors metadata, a tied head saved anyway, pickled checkpoints. Each either matches the
+// fixture's PyTorch reference (the same bound as tests/hf-models.test.ts) or is refused with a
+// diagnostic that says what is wrong and how to fix it.
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Tensor } from "../compiler/program.js";
+import { CpuDevice } from "../runtime/device.js";
+import {
+  CheckpointError,
+  numberToBfloat16,
+  numberToHalf,
+  readSafetensors,
+} from "../runtime/safetensors.js";
+import { initialize } from "../runtime/trainer.js";
+import { expectMatches, fixtures, program } from "./hf-helpers.js";
+
+type Stored = "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "BOOL";
+
+/** A raw tensor as a checkpoint stores it: dtype, shape and the values to encode. */
+interface Raw {
+  dtype: Stored;
+  shape: number[];
+  values: ArrayLike<number>;
+}
+
+function encode({ dtype, values }: Raw): Buffer {
+  const n = values.length;
+  switch (dtype) {
+    case "F64":
+      return Buffer.from(Float64Array.from(values).buffer);
+    case "F32":
+      return Buffer.from(Float32Array.from(values).buffer);
+    case "F16":
+      return Buffer.from(Uint16Array.from(values, numberToHalf).buffer);
+    case "BF16":
+      return Buffer.from(Uint16Array.from(values, numberToBfloat16).buffer);
+    case "I64":
+      return Buffer.from(BigInt64Array.from({ length: n }, (_, i) => BigInt(values[i]!)).buffer);
+    case "I32":
+      return Buffer.from(Int32Array.from(values).buffer);
+    case "BOOL":
+      return Buffer.from(Uint8Array.from(values, (x) => (x ? 1 : 0)));
+  }
+}
+
+/** A safetensors file written byte by byte, as torch's safetensors writes one. */
+function writeRaw(
+  path: string,
+  tensors: ReadonlyMap<string, Raw>,
+  metadata?: Record<string, string>,
+): void {
+  const header: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
+  const blobs: Buffer[] = [];
+  let offset = 0;
+  for (const [name, raw] of [...tensors].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const bytes = encode(raw);
+    header[name] = {
+      dtype: raw.dtype,
+      shape: raw.shape,
+      data_offsets: [offset, offset + bytes.length],
+    };
+    blobs.push(bytes);
+    offset += bytes.length;
+  }
+  const json = Buffer.from(JSON.stringify(header));
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(json.length));
+  writeFileSync(path, Buffer.concat([length, json, ...blobs]));
+}
+
+/** A fixture's tensors, each to be stored as `dtypeOf` says. */
+function fixtureRaw(folder: string, dtypeOf: (name: string) => Stored): Map<string, Raw> {
+  const tensors: Map<string, Tensor> = readSafetensors(
+    join(fixtures, folder, "model.safetensors"),
+  ).tensors;
+  return new Map(
+    [...tensors].map(([name, t]) => [
+      name,
+      { dtype: dtypeOf(name), shape: [...t.shape].map(Number), values: t.data },
+    ]),
+  );
+}
+
+const cpu = new CpuDevice({ float64: false });
+
+describe("Hugging Face folders as they come: dtypes, buffers, metadata", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-layouts-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** A folder `name` in `dir` with `from`'s config.json and the given model.safetensors. */
+  function folder(
+    name: string,
+    from: string,
+    tensors: ReadonlyMap<string, Raw>,
+    metadata?: Record<string, string>,
+  ): string {
+    mkdirSync(join(dir, name));
+    cpSync(join(fixtures, from, "config.json"), join(dir, name, "config.json"));
+    writeRaw(join(dir, name, "model.safetensors"), tensors, metadata);
+    return name;
+  }
+
+  it("F64 weights (a float64 save) load and match", async () => {
+    const name = folder(
+      "gpt2-f64",
+      "gpt2",
+      fixtureRaw("gpt2", () => "F64"),
+    );
+    await expectMatches(cpu, program("GPT2", name, dir), "gpt2");
+  });
+
+  it("one file mixing BF16, F16, F32 and F64, with {format: pt} metadata, matches", async () => {
+    // the bf16 fixture's values are BF16-exact; those that are also F16-exact are stored as F16
+    let i = 0;
+    const mix: Stored[] = ["BF16", "F32", "F64", "BF16"];
+    const raw = fixtureRaw("llama-bf16", () => mix[i++ % mix.length]!);
+    const norm = raw.get("model.norm.weight")!;
+    raw.set("model.norm.weight", { ...norm, dtype: "F16" });
+    const name = folder("llama-mixed", "llama-bf16", raw, { format: "pt" });
+    await expectMatches(cpu, program("Llama", name, dir), "llama-bf16");
+  });
+
+  it("integer and BOOL buffers (masked_bias, position ids, inv_freq) are left out with a note", async () => {
+    const raw = fixtureRaw("llama", () => "F32");
+    raw.set("model.layers.0.self_attn.rotary_emb.inv_freq", {
+      dtype: "F32",
+      shape: [4],
+      values: [1, 0.1, 0.01, 0.001],
+    });
+    raw.set("model.position_ids", { dtype: "I64", shape: [1, 4], values: [0, 1, 2, 3] });
+    raw.set("model.layers.1.self_attn.mask", {
+      dtype: "BOOL",
+      shape: [2, 2],
+      values: [1, 0, 1, 1],
+    });
+    raw.set("model.layers.1.self_attn.count", { dtype: "I32", shape: [1], values: [7] });
+    const name = folder("llama-buffers", "llama", raw);
+    const run = program("Llama", name, dir);
+    const notes: string[] = [];
+    await initialize(run.program, cpu, { onNote: (n) => notes.push(n) });
+    expect(notes.join("\n")).toContain("holds 4 tensors the model does not use, left out");
+    expect(notes.join("\n")).toContain("`model.layers.0.self_attn.rotary_emb.inv_freq`");
+    await expectMatches(cpu, run, "llama");
+  });
+
+  it("a tied head saved anyway (lm_head.weight beside wte) loads, with a note", async () => {
+    const raw = fixtureRaw("gpt2", () => "F32");
+    raw.set("lm_head.weight", { ...raw.get("transformer.wte.weight")! });
+    const name = folder("gpt2-head", "gpt2", raw);
+    const run = program("GPT2", name, dir);
+    const notes: string[] = [];
+    await initialize(run.program, cpu, { onNote: (n) => notes.push(n) });
+    expect(notes.join("\n")).toContain("`lm_head.weight`");
+    await expectMatches(cpu, run, "gpt2");
+  });
+});
+
+describe("pickled and adapter folders are refused, saying how to convert", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-pickle-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  async function refusal(name: string, files: string[]): Promise<CheckpointError> {
+    mkdirSync(join(dir, name));
+    cpSync(join(fixtures, "gpt2", "config.json"), join(dir, name, "config.json"));
+    for (const file of files) writeFileSync(join(dir, name, file), "PK\u0003\u0004 not read");
+    try {
+      await initialize(program("GPT2", name, dir).program, cpu);
+    } catch (e) {
+      if (e instanceof CheckpointError) return e;
+      throw e;
+    }
+    throw new Error("the folder was accepted");
+  }
+
+  it("pytorch_model.bin only", async () => {
+    const e = await refusal("bin", ["pytorch_model.bin"]);
+    expect(e.message).toContain("without model.safetensors");
+    expect(e.help).toContain("pytorch_model.bin");
+    expect(e.help).toContain("safe_serialization=True");
+  });
+
+  it("sharded pytorch_model-0000x-of-0000y.bin with their index", async () => {
+    const e = await refusal("bin-sharded", [
+      "pytorch_model.bin.index.json",
+      "pytorch_model-00001-of-00002.bin",
+      "pytorch_model-00002-of-00002.bin",
+    ]);
+    expect(e.help).toContain("pytorch_model.bin.index.json");
+    expect(e.help).toContain("safe_serialization=True");
+  });
+
+  it("a PEFT adapter folder given as the base model points at its base and init_adapters", async () => {
+    const e = await refusal("adapter", ["adapter_model.safetensors", "adapter_config.json"]);
+    expect(e.help).toContain("base_model_name_or_path");
+    expect(e.help).toContain("init_adapters");
+  });
+
+  it("a safetensors file of another name is named, with the fix", async () => {
+    const e = await refusal("other", ["consolidated.safetensors"]);
+    expect(e.help).toContain("`consolidated.safetensors`: pass the file itself, or rename it");
+  });
+});
