@@ -10,7 +10,7 @@
 // draws on every device, with or without the cache). The batch input's length T (fixed by the
 // block's data) is the cache's capacity and bounds prompt + generated tokens.
 import { statSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
 import { planStep } from "../compiler/compile.js";
 import type {
@@ -24,7 +24,12 @@ import { samplerProgram } from "../compiler/sampler.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import type { Device } from "../runtime/device.js";
 import { renderChat, TemplateError } from "../runtime/chat-template.js";
-import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
+import {
+  hasTokenizer,
+  readTokenizer,
+  TokenizerError,
+  type Tokenizer,
+} from "../runtime/tokenizer.js";
 import { initializeWithWeights, type Run } from "../runtime/trainer.js";
 import { startingPoint } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
@@ -90,19 +95,12 @@ function findTokenizer(
   const init = program.init?.path;
   if (init === undefined) return undefined;
   const folder = isFolder(init) ? init : dirname(init);
-  return isFile(join(folder, "tokenizer.json")) ? readTokenizer(folder) : undefined;
+  return hasTokenizer(folder) ? readTokenizer(folder) : undefined;
 }
 
 const isFolder = (p: string) => {
   try {
     return statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
-};
-const isFile = (p: string) => {
-  try {
-    return statSync(p).isFile();
   } catch {
     return false;
   }

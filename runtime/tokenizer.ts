@@ -500,9 +500,30 @@ function readJson(path: string, what: string): unknown {
   }
 }
 
+/** The files of GPT-2's original (slow) tokenizer, which older folders hold instead. */
+const VOCAB_FILE = "vocab.json";
+const MERGES_FILE = "merges.txt";
+
+const isFile = (path: string) => {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+};
+
+/** The folder has a tokenizer lrk reads: tokenizer.json, or vocab.json with merges.txt. */
+export function hasTokenizer(folder: string): boolean {
+  return (
+    isFile(join(folder, "tokenizer.json")) ||
+    (isFile(join(folder, VOCAB_FILE)) && isFile(join(folder, MERGES_FILE)))
+  );
+}
+
 /**
  * The tokenizer of a Hugging Face folder (its tokenizer.json, with tokenizer_config.json when
- * present), or of a tokenizer.json file given directly.
+ * present; without tokenizer.json, GPT-2's vocab.json and merges.txt), or of a tokenizer.json
+ * file given directly.
  */
 export function readTokenizer(path: string): Tokenizer {
   let folder = path;
@@ -515,12 +536,80 @@ export function readTokenizer(path: string): Tokenizer {
   } catch {
     // A missing path is reported by readJson, naming the file looked for.
   }
-  const json = readJson(file, `tokenizer.json in "${basename(path)}"`);
   let config: unknown = {};
   try {
     config = JSON.parse(readFileSync(join(folder, "tokenizer_config.json"), "utf8"));
   } catch {
     // tokenizer_config.json is optional: without it there is no chat template or bos/eos name.
   }
-  return parseTokenizer(json, config);
+  if (!isFile(file) && isFile(join(folder, VOCAB_FILE)) && isFile(join(folder, MERGES_FILE)))
+    return parseTokenizer(slowGpt2Tokenizer(folder, config), withSpecialTokensMap(folder, config));
+  const json = readJson(file, `tokenizer.json in "${basename(path)}"`);
+  return parseTokenizer(json, withSpecialTokensMap(folder, config));
+}
+
+/**
+ * tokenizer_config.json with the bos and eos names of special_tokens_map.json where it names none
+ * (older folders keep them only there), as transformers merges the two.
+ */
+function withSpecialTokensMap(folder: string, config: unknown): unknown {
+  const path = join(folder, "special_tokens_map.json");
+  if (!isFile(path)) return config;
+  const map = readJson(path, "special_tokens_map.json");
+  if (!isObj(map as Json)) return config;
+  const merged: Obj = { ...(isObj(config as Json) ? (config as Obj) : {}) };
+  for (const key of ["bos_token", "eos_token", "unk_token", "pad_token"])
+    if (merged[key] === undefined || merged[key] === null)
+      if ((map as Obj)[key] !== undefined) merged[key] = (map as Obj)[key]!;
+  return merged;
+}
+
+/**
+ * The tokenizer.json that GPT-2's fast tokenizer is converted to from vocab.json and merges.txt
+ * (transformers' GPT2Converter): byte-level BPE with GPT-2's regex, no bos, ByteLevel decoding.
+ * Special tokens (tokenizer_config.json's bos/eos/unk/pad and added_tokens_decoder, and
+ * added_tokens.json) are matched before BPE, as the slow tokenizer splits on them.
+ */
+function slowGpt2Tokenizer(folder: string, config: unknown): Obj {
+  const vocabPath = join(folder, VOCAB_FILE);
+  const vocab = readJson(vocabPath, VOCAB_FILE);
+  if (!isObj(vocab as Json) || !Object.values(vocab as Obj).every((v) => Number.isInteger(v)))
+    throw new TokenizerError(`${vocabPath} is not an object of tokens and their ids`);
+  const merges = readFileSync(join(folder, MERGES_FILE), "utf8")
+    .split("\n")
+    .map((line) => line.replace(/\r$/, ""))
+    // the first line is `#version: 0.2`; HF skips it and blank lines
+    .filter((line, i) => line !== "" && !(i === 0 && line.startsWith("#version")));
+  for (const line of merges)
+    if (line.split(" ").length !== 2)
+      throw new TokenizerError(
+        `${join(folder, MERGES_FILE)} has a line that is not two tokens: ${JSON.stringify(line)}`,
+      );
+  const cfg = (isObj(config as Json) ? config : {}) as Obj;
+  const added = new Map<string, { id: number; special: boolean }>();
+  const decoderEntries = isObj(cfg["added_tokens_decoder"]) ? cfg["added_tokens_decoder"] : {};
+  for (const [id, entry] of Object.entries(decoderEntries))
+    if (isObj(entry) && typeof entry["content"] === "string")
+      added.set(entry["content"], { id: Number(id), special: entry["special"] === true });
+  const addedFile = join(folder, "added_tokens.json");
+  const extra = isFile(addedFile) ? readJson(addedFile, "added_tokens.json") : {};
+  for (const [content, id] of Object.entries(isObj(extra as Json) ? (extra as Obj) : {}))
+    if (Number.isInteger(id) && !added.has(content))
+      added.set(content, { id: Number(id), special: false });
+  for (const key of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
+    const v = cfg[key];
+    const name = typeof v === "string" ? v : isObj(v) ? v["content"] : undefined;
+    const id = typeof name === "string" ? (vocab as Obj)[name] : undefined;
+    if (typeof name === "string" && typeof id === "number" && !added.has(name))
+      added.set(name, { id, special: true });
+  }
+  const prefixSpace = cfg["add_prefix_space"] === true;
+  return {
+    added_tokens: [...added].map(([content, { id, special }]) => ({ id, content, special })),
+    normalizer: null,
+    pre_tokenizer: { type: "ByteLevel", add_prefix_space: prefixSpace, use_regex: true },
+    post_processor: { type: "ByteLevel" },
+    decoder: { type: "ByteLevel" },
+    model: { type: "BPE", vocab: vocab as Obj, merges },
+  };
 }

@@ -4,11 +4,12 @@
 // safetensors metadata, a tied head saved anyway, pickled checkpoints. Each either matches the
 // fixture's PyTorch reference (the same bound as tests/hf-models.test.ts) or is refused with a
 // diagnostic that says what is wrong and how to fix it.
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
+import { tokenizerVocab } from "../compiler/tokenizer-vocab.js";
 import { CpuDevice } from "../runtime/device.js";
 import {
   CheckpointError,
@@ -16,6 +17,7 @@ import {
   numberToHalf,
   readSafetensors,
 } from "../runtime/safetensors.js";
+import { hasTokenizer, readTokenizer } from "../runtime/tokenizer.js";
 import { initialize } from "../runtime/trainer.js";
 import { expectMatches, fixtures, program } from "./hf-helpers.js";
 
@@ -209,5 +211,66 @@ describe("pickled and adapter folders are refused, saying how to convert", () =>
   it("a safetensors file of another name is named, with the fix", async () => {
     const e = await refusal("other", ["consolidated.safetensors"]);
     expect(e.help).toContain("`consolidated.safetensors`: pass the file itself, or rename it");
+  });
+});
+
+describe("tokenizer folders as they come", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-tokenizer-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  const references = (model: string) =>
+    JSON.parse(readFileSync(join(fixtures, model, "tokenizer-reference.json"), "utf8")) as {
+      text: string;
+      ids: number[];
+    }[];
+
+  it("GPT-2's vocab.json and merges.txt without tokenizer.json encode as the reference", () => {
+    const folder = join(dir, "gpt2-slow");
+    mkdirSync(folder);
+    for (const file of ["vocab.json", "merges.txt", "tokenizer_config.json"])
+      cpSync(join(fixtures, "gpt2", file), join(folder, file));
+    expect(hasTokenizer(folder)).toBe(true);
+    const slow = readTokenizer(folder);
+    for (const { text, ids } of references("gpt2")) {
+      expect(slow.encode(text)).toEqual(ids);
+      expect(slow.decode(ids)).toBe(text);
+    }
+    expect([slow.vocabSize, slow.eosId]).toEqual([64, 0]);
+    // the end-of-text token is matched whole, before BPE, as the slow tokenizer splits on it
+    expect(slow.encode("hello<|endoftext|>")).toEqual([...slow.encode("hello"), 0]);
+  });
+
+  it("bos and eos named only in special_tokens_map.json are read from it", () => {
+    const folder = join(dir, "llama-map");
+    mkdirSync(folder);
+    cpSync(join(fixtures, "llama", "tokenizer.json"), join(folder, "tokenizer.json"));
+    const config = JSON.parse(
+      readFileSync(join(fixtures, "llama", "tokenizer_config.json"), "utf8"),
+    ) as Record<string, unknown>;
+    const map = { bos_token: config["bos_token"], eos_token: config["eos_token"] };
+    delete config["bos_token"];
+    delete config["eos_token"];
+    writeFileSync(join(folder, "tokenizer_config.json"), JSON.stringify(config));
+    writeFileSync(join(folder, "special_tokens_map.json"), JSON.stringify(map));
+    const tokenizer = readTokenizer(folder);
+    expect([tokenizer.bosId, tokenizer.eosId]).toEqual([1, 2]);
+  });
+});
+
+describe("a data source's tokenizer folder with vocab.json and merges.txt", () => {
+  it("has the vocabulary size the tokenizer reads", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-vocab-"));
+    try {
+      for (const file of ["vocab.json", "merges.txt", "tokenizer_config.json"])
+        cpSync(join(fixtures, "gpt2", file), join(dir, file));
+      expect(tokenizerVocab(".", join(dir, "main.lrk"))).toBe(64);
+      rmSync(join(dir, "merges.txt"));
+      expect(tokenizerVocab(".", join(dir, "main.lrk"))).toMatch(/cannot find the tokenizer/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
