@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { tokenizerVocab } from "../compiler/tokenizer-vocab.js";
 import { CpuDevice } from "../runtime/device.js";
+import { readPeftFolder } from "../runtime/peft.js";
 import {
   CheckpointError,
   numberToBfloat16,
@@ -272,5 +273,54 @@ describe("a data source's tokenizer folder with vocab.json and merges.txt", () =
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("PEFT folders lrk cannot read as adapters are refused, saying how to merge them", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-peft-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** The GPT-2 LoRA fixture with its config changed by `edit`, read by PEFT's rules. */
+  function refusal(name: string, edit: (config: Record<string, unknown>) => void): CheckpointError {
+    const folder = join(dir, name);
+    cpSync(join(fixtures, "gpt2-lora-peft"), folder, { recursive: true });
+    const config = JSON.parse(readFileSync(join(folder, "adapter_config.json"), "utf8")) as Record<
+      string,
+      unknown
+    >;
+    edit(config);
+    writeFileSync(join(folder, "adapter_config.json"), JSON.stringify(config));
+    if (name === "bin") rmSync(join(folder, "adapter_model.safetensors"));
+    if (name === "bin") writeFileSync(join(folder, "adapter_model.bin"), "PK");
+    try {
+      readPeftFolder(folder, [], (p) => JSON.parse(readFileSync(p, "utf8")));
+    } catch (e) {
+      if (e instanceof CheckpointError) return e;
+      throw e;
+    }
+    throw new Error("the adapter was accepted");
+  }
+
+  it('bias "all" or "lora_only": the base model\'s biases were trained too', () => {
+    for (const bias of ["all", "lora_only"]) {
+      const e = refusal(`bias-${bias}`, (c) => (c["bias"] = bias));
+      expect(e.message).toContain(`\`bias: "${bias}"\``);
+      expect(e.help).toContain("merge_and_unload()");
+    }
+  });
+
+  it("modules_to_save: whole trained modules", () => {
+    const e = refusal("saved", (c) => (c["modules_to_save"] = ["lm_head"]));
+    expect(e.message).toContain('`modules_to_save: ["lm_head"]`');
+    expect(e.help).toContain("merge_and_unload()");
+  });
+
+  it("adapter_model.bin only: a pickle", () => {
+    const e = refusal("bin", () => {});
+    expect(e.message).toContain("holds adapter_model.bin, a pickle");
+    expect(e.help).toContain("safe_serialization=True");
   });
 });
