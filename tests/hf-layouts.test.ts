@@ -166,6 +166,14 @@ describe("Hugging Face folders as they come: dtypes, buffers, metadata", () => {
   });
 });
 
+describe("config.json variants against PyTorch (scripts/hf-fixtures.py)", () => {
+  it("head_dim other than hidden_size / num_attention_heads (as Qwen3's and Gemma's)", () =>
+    expectMatches(cpu, program("Llama", "llama-head-dim"), "llama-head-dim"));
+
+  it("a config with only the required fields gets LlamaConfig's defaults (MHA, eps, theta, untied)", () =>
+    expectMatches(cpu, program("Llama", "llama-minimal-config"), "llama-minimal-config"));
+});
+
 describe("pickled and adapter folders are refused, saying how to convert", () => {
   let dir: string;
   beforeAll(() => {
