@@ -174,6 +174,71 @@ describe("config.json variants against PyTorch (scripts/hf-fixtures.py)", () => 
     expectMatches(cpu, program("Llama", "llama-minimal-config"), "llama-minimal-config"));
 });
 
+describe("config.json as transformers 5 saves it: `rope_parameters` in place of rope_theta and rope_scaling", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "lrk-hf-rope-"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** `from`'s folder with its config's rope fields moved into `rope_parameters`. */
+  function v5(from: string): string {
+    const name = `${from}-v5`;
+    cpSync(join(fixtures, from), join(dir, name), { recursive: true });
+    const path = join(dir, name, "config.json");
+    const config = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+    const scaling = (config["rope_scaling"] ?? { rope_type: "default" }) as Record<string, unknown>;
+    config["rope_parameters"] = { ...scaling, rope_theta: config["rope_theta"] };
+    delete config["rope_theta"];
+    delete config["rope_scaling"];
+    writeFileSync(path, JSON.stringify(config));
+    return name;
+  }
+
+  it("Llama 3's scaling and theta 500 from rope_parameters", () =>
+    expectMatches(cpu, program("Llama", v5("llama3-rope"), dir), "llama3-rope"));
+
+  it("Qwen2's theta 1e6 from rope_parameters (rope_type default)", () =>
+    expectMatches(cpu, program("Qwen2", v5("qwen2"), dir), "qwen2"));
+
+  it("rope_parameters for each kind of layer is refused, naming them", () => {
+    const name = v5("llama");
+    const path = join(dir, name, "config.json");
+    const config = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+    config["rope_parameters"] = { full_attention: config["rope_parameters"] };
+    writeFileSync(path, JSON.stringify(config));
+    expect(() => program("Llama", name, dir)).toThrow(
+      /E0502: .*`rope_parameters` holds parameters for each kind of layer \(full_attention\)/,
+    );
+  });
+});
+
+describe("num_key_value_heads left out of a config.json", () => {
+  it("is MistralConfig's default 8 (null is multi-head attention), as transformers reads it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-kv-"));
+    try {
+      const kvRows = (value: "absent" | null) => {
+        const name = `mistral-${String(value)}`;
+        mkdirSync(join(dir, name));
+        const config = JSON.parse(
+          readFileSync(join(fixtures, "mistral", "config.json"), "utf8"),
+        ) as Record<string, unknown>;
+        // 16 heads of 2 on a hidden size of 32: 8 key/value heads are 16 rows, 16 are 32
+        Object.assign(config, { num_attention_heads: 16, head_dim: 2 });
+        if (value === "absent") delete config["num_key_value_heads"];
+        else config["num_key_value_heads"] = null;
+        writeFileSync(join(dir, name, "config.json"), JSON.stringify(config));
+        const params = program("Mistral", name, dir).program.params;
+        return params.find((p) => p.path === "model.layers.0.self_attn.k_proj.weight")!.shape[0];
+      };
+      expect(kvRows("absent")).toBe(16);
+      expect(kvRows(null)).toBe(32);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("pickled and adapter folders are refused, saying how to convert", () => {
   let dir: string;
   beforeAll(() => {
