@@ -3,7 +3,8 @@
 // `@huggingface/tokenizers` is a native binding; lrk only needs the BPE models the decoder LLMs it
 // loads use, and an exact, dependency-free implementation runs the same on every machine.
 //
-// What is read: added (special) tokens, matched before anything else; the normalizers Prepend,
+// What is read: added (special) tokens, matched before anything else (with their `lstrip` and
+// `rstrip`; `single_word` is refused); the normalizers Prepend,
 // Replace, NFC/NFKC and Sequence; the pre-tokenizers ByteLevel (GPT-2's regex or none), Split
 // (a regex, as Llama 3 uses before ByteLevel), Metaspace and Sequence; the BPE model (vocab,
 // merges as "a b" or ["a", "b"], byte_fallback, unk_token, fuse_unk, ignore_merges); the post-
@@ -389,7 +390,14 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
   const decode = decoder(t["decoder"]);
   const idToToken = new Map<number, string>();
   for (const [token, id] of model.vocab) idToToken.set(id, token);
-  const added: { content: string; id: number; special: boolean; normalized: boolean }[] = [];
+  const added: {
+    content: string;
+    id: number;
+    special: boolean;
+    normalized: boolean;
+    lstrip: boolean;
+    rstrip: boolean;
+  }[] = [];
   for (const a of Array.isArray(t["added_tokens"]) ? t["added_tokens"] : []) {
     if (!isObj(a)) continue;
     const entry = {
@@ -397,7 +405,14 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
       id: Number(a["id"]),
       special: a["special"] === true,
       normalized: a["normalized"] === true,
+      lstrip: a["lstrip"] === true,
+      rstrip: a["rstrip"] === true,
     };
+    if (a["single_word"] === true)
+      throw new TokenizerError(
+        `tokenizer.json's added token ${JSON.stringify(entry.content)} is \`single_word\`, which lrk does not implement`,
+        "lrk reads BPE tokenizers (GPT-2 and Llama families); see spec/language.md §18",
+      );
     added.push(entry);
     idToToken.set(entry.id, entry.content);
     model.vocab.set(entry.content, entry.id);
@@ -405,13 +420,33 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
   const wrap = template(t["post_processor"], model.vocab);
   // Longest first, so that `<|end|>` never shadows `<|endoftext|>`.
   const byLength = [...added].sort((a, b) => b.content.length - a.content.length);
-  const addedIds = new Map(added.map((a) => [a.content, a.id]));
+  // One group per token, so that a match names its token; `lstrip` and `rstrip` tokens take the
+  // whitespace beside them into the match, as HF's added-token splitting strips it.
   const addedPattern = byLength.length
     ? new RegExp(
-        byLength.map((a) => a.content.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"),
+        byLength
+          .map((a) => {
+            const literal = a.content.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+            return `(${a.lstrip ? "\\s*" : ""}${literal}${a.rstrip ? "\\s*" : ""})`;
+          })
+          .join("|"),
         "gu",
       )
     : undefined;
+  /** Text and added tokens' ids, in order: the added tokens are matched first, anywhere. */
+  const splitAdded = (text: string): (string | number)[] => {
+    if (!addedPattern) return [text];
+    const out: (string | number)[] = [];
+    let last = 0;
+    for (const m of text.matchAll(addedPattern)) {
+      if (m[0] === "") continue;
+      if (m.index > last) out.push(text.slice(last, m.index));
+      out.push(byLength[m.slice(1).findIndex((g) => g !== undefined)]!.id);
+      last = m.index + m[0].length;
+    }
+    if (last < text.length) out.push(text.slice(last));
+    return out;
+  };
   const specialIds = new Set(added.filter((a) => a.special).map((a) => a.id));
 
   const cfg = (isObj(config as Json) ? config : {}) as Obj;
@@ -444,10 +479,8 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
     encode(text, options = {}) {
       // Added tokens are matched first, anywhere; the text between them is encoded normally.
       const ids: number[] = [];
-      const pieces = addedPattern ? isolate(text, addedPattern) : [text];
-      pieces.forEach((piece, i) => {
-        const hit = addedIds.get(piece);
-        if (hit !== undefined) ids.push(hit);
+      splitAdded(text).forEach((piece, i) => {
+        if (typeof piece === "number") ids.push(piece);
         else ids.push(...encodeText(piece, i === 0));
       });
       return options.special === false ? ids : [...wrap.before, ...ids, ...wrap.after];

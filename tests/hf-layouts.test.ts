@@ -19,7 +19,7 @@ import {
   numberToHalf,
   readSafetensors,
 } from "../runtime/safetensors.js";
-import { hasTokenizer, readTokenizer } from "../runtime/tokenizer.js";
+import { hasTokenizer, parseTokenizer, readTokenizer } from "../runtime/tokenizer.js";
 import { initialize } from "../runtime/trainer.js";
 import { expectMatches, fixtures, program } from "./hf-helpers.js";
 
@@ -471,5 +471,33 @@ describe("Qwen2.5's chat template (tools, tool_calls, tojson, loop.last)", () =>
     expect(renderChat(tokenizer, system)).toBe(
       "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nhi<|im_end|>\n",
     );
+  });
+});
+
+describe("added tokens' lstrip and rstrip (as RoBERTa-style <mask> tokens are saved)", () => {
+  const gpt2 = () =>
+    JSON.parse(readFileSync(join(fixtures, "gpt2", "tokenizer.json"), "utf8")) as {
+      added_tokens: Record<string, unknown>[];
+    };
+  const withMask = (flags: Record<string, boolean>) => {
+    const json = gpt2();
+    json.added_tokens.push({ id: 64, content: "<mask>", special: true, ...flags });
+    return parseTokenizer(json);
+  };
+
+  it("take the whitespace beside the token into it", () => {
+    const plain = withMask({});
+    const hello = plain.encode("hello");
+    expect(plain.encode("hello <mask>")).toEqual([...plain.encode("hello "), 64]);
+    expect(withMask({ lstrip: true }).encode("hello  <mask>")).toEqual([...hello, 64]);
+    expect(withMask({ rstrip: true }).encode("<mask> hello")).toEqual([64, ...hello]);
+    expect(withMask({ lstrip: true, rstrip: false }).encode("<mask> hello")).toEqual([
+      64,
+      ...plain.encode(" hello"),
+    ]);
+  });
+
+  it("single_word is refused by name, not ignored", () => {
+    expect(() => withMask({ single_word: true })).toThrow(/`single_word`, which lrk does not/);
   });
 });
