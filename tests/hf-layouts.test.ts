@@ -501,3 +501,29 @@ describe("added tokens' lstrip and rstrip (as RoBERTa-style <mask> tokens are sa
     expect(() => withMask({ single_word: true })).toThrow(/`single_word`, which lrk does not/);
   });
 });
+
+describe("GPT-2 config.json variants", () => {
+  it("`n_inner: null` is 4 · n_embd; gelu_pytorch_tanh is gelu_new; exact gelu is refused", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-gpt2-config-"));
+    try {
+      const compiled = (edit: Record<string, unknown>) => {
+        const name = `gpt2-${Math.random().toString(36).slice(2, 8)}`;
+        mkdirSync(join(dir, name));
+        const config = JSON.parse(
+          readFileSync(join(fixtures, "gpt2", "config.json"), "utf8"),
+        ) as Record<string, unknown>;
+        writeFileSync(join(dir, name, "config.json"), JSON.stringify({ ...config, ...edit }));
+        return program("GPT2", name, dir).program.params;
+      };
+      const fc = compiled({ n_inner: null, activation_function: "gelu_pytorch_tanh" }).find(
+        (p) => p.path === "transformer.h.0.mlp.c_fc.weight",
+      )!;
+      expect(fc.shape).toEqual([32, 128]);
+      expect(() => compiled({ activation_function: "gelu" })).toThrow(
+        /implements activation_function "gelu_new" only/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
