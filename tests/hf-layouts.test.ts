@@ -527,3 +527,29 @@ describe("GPT-2 config.json variants", () => {
     }
   });
 });
+
+describe("a Llama folder saved without its head", () => {
+  it("(LlamaModel: no `model.` prefix, no lm_head) is refused, saying so", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lrk-hf-headless-"));
+    try {
+      mkdirSync(join(dir, "llama"));
+      cpSync(join(fixtures, "llama", "config.json"), join(dir, "llama", "config.json"));
+      const raw = fixtureRaw("llama", () => "F32");
+      const base = new Map(
+        [...raw]
+          .filter(([name]) => name !== "lm_head.weight")
+          .map(([name, t]) => [name.replace(/^model\./, ""), t] as const),
+      );
+      writeRaw(join(dir, "llama", "model.safetensors"), base);
+      const e = await initialize(program("Llama", "llama", dir).program, cpu).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(e).toBeInstanceOf(CheckpointError);
+      expect((e as CheckpointError).message).toContain("has no tensor for `lm_head.weight`");
+      expect((e as CheckpointError).help).toContain("without its language-model head");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
