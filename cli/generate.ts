@@ -164,7 +164,7 @@ export async function generateCached(
   store: ReadonlyMap<string, Tensor>,
   prompt: readonly number[],
   sampling: Sampling,
-  eos?: number,
+  stop: ReadonlySet<number> = new Set(),
 ): Promise<{ tokens: number[]; stopped: Stopped }> {
   const [prefill, decode] = generation.entries as [Entry, Entry];
   const C = generation.capacity;
@@ -190,7 +190,7 @@ export async function generateCached(
       i,
     );
     tokens.push(token);
-    if (token === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
+    if (stop.has(token)) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
     if (i + 1 === sampling.maxTokens) break;
     if (tokens.length > C) return { tokens: tokens.slice(prompt.length), stopped: "context" };
     for (const { name } of generation.caches) feeds.set(name, out.get(name)!);
@@ -201,14 +201,14 @@ export async function generateCached(
   return { tokens: tokens.slice(prompt.length), stopped: "max-tokens" };
 }
 
-/** The tokens after `prompt`, stopping at max tokens, the end-of-sequence token or the context. */
+/** The tokens after `prompt`, stopping at max tokens, a token of `stop` (end of sequence) or the context. */
 export async function generateTokens(
   device: Device,
   program: TrainProgram,
   store: ReadonlyMap<string, Tensor>,
   prompt: readonly number[],
   sampling: Sampling,
-  eos?: number,
+  stop: ReadonlySet<number> = new Set(),
 ): Promise<{ tokens: number[]; stopped: Stopped }> {
   const step = program.step;
   const predict = step.predict!;
@@ -230,7 +230,7 @@ export async function generateTokens(
     const logits = (await device.run(step, predict, feeds, keep)).get("logits")!;
     const next = await sample(device, sampler, logits, tokens.length - 1, i);
     tokens.push(next);
-    if (next === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
+    if (stop.has(next)) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
   }
   return { tokens: tokens.slice(prompt.length), stopped: "max-tokens" };
 }
@@ -330,7 +330,11 @@ export async function generateCommand(
       data: run.data,
       ...(adapters ? { adapters } : {}),
     });
-    const eos = tokenizer?.eosId;
+    // the tokenizer's eos, and generation_config.json's, as transformers' generate stops at any
+    const eos = new Set([
+      ...(tokenizer?.eosId !== undefined ? [tokenizer.eosId] : []),
+      ...(tokenizer?.stopIds ?? []),
+    ]);
     const generation = program.generation;
     if (generation && "reason" in generation && !options.json)
       process.stderr.write(

@@ -33,6 +33,11 @@ export interface Tokenizer {
   readonly eosId?: number;
   readonly bosToken?: string;
   readonly eosToken?: string;
+  /**
+   * Ids that end a generation besides `eosId`: generation_config.json's `eos_token_id` (one id or
+   * a list, as Llama 3's and Qwen2's instruct models end a turn), when the folder has one.
+   */
+  readonly stopIds?: readonly number[];
   /** tokenizer_config.json's `chat_template`, when it has one (a string). */
   readonly chatTemplate?: string;
   /** Ids of `text`; `special` adds the post-processor's tokens (Llama's `<s>`). */
@@ -575,10 +580,29 @@ export function readTokenizer(path: string): Tokenizer {
   } catch {
     // tokenizer_config.json is optional: without it there is no chat template or bos/eos name.
   }
-  if (!isFile(file) && isFile(join(folder, VOCAB_FILE)) && isFile(join(folder, MERGES_FILE)))
-    return parseTokenizer(slowGpt2Tokenizer(folder, config), withSpecialTokensMap(folder, config));
-  const json = readJson(file, `tokenizer.json in "${basename(path)}"`);
-  return parseTokenizer(json, withSpecialTokensMap(folder, config));
+  const tokenizer =
+    !isFile(file) && isFile(join(folder, VOCAB_FILE)) && isFile(join(folder, MERGES_FILE))
+      ? parseTokenizer(slowGpt2Tokenizer(folder, config), withSpecialTokensMap(folder, config))
+      : parseTokenizer(
+          readJson(file, `tokenizer.json in "${basename(path)}"`),
+          withSpecialTokensMap(folder, config),
+        );
+  const stopIds = generationStopIds(folder);
+  return stopIds.length > 0 ? { ...tokenizer, stopIds } : tokenizer;
+}
+
+/** generation_config.json's `eos_token_id`s (none where the folder has no such file). */
+function generationStopIds(folder: string): number[] {
+  const path = join(folder, "generation_config.json");
+  if (!isFile(path)) return [];
+  const json = readJson(path, "generation_config.json");
+  const eos = isObj(json as Json) ? (json as Obj)["eos_token_id"] : undefined;
+  const ids = Array.isArray(eos) ? eos : eos === undefined || eos === null ? [] : [eos];
+  if (!ids.every((id) => Number.isInteger(id) && (id as number) >= 0))
+    throw new TokenizerError(
+      `${path} has an \`eos_token_id\` of ${JSON.stringify(eos)}, not a token id or a list of them`,
+    );
+  return ids as number[];
 }
 
 /**

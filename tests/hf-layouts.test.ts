@@ -318,6 +318,18 @@ describe("tokenizer folders as they come", () => {
     expect(slow.encode("hello<|endoftext|>")).toEqual([...slow.encode("hello"), 0]);
   });
 
+  it("generation_config.json's eos_token_id (an id or a list) are stop ids", () => {
+    const folder = join(dir, "llama-generation");
+    cpSync(join(fixtures, "llama"), folder, { recursive: true });
+    expect(readTokenizer(folder).stopIds).toBeUndefined();
+    writeFileSync(join(folder, "generation_config.json"), JSON.stringify({ eos_token_id: [2, 5] }));
+    expect(readTokenizer(folder).stopIds).toEqual([2, 5]);
+    writeFileSync(join(folder, "generation_config.json"), JSON.stringify({ eos_token_id: 7 }));
+    expect(readTokenizer(folder).stopIds).toEqual([7]);
+    writeFileSync(join(folder, "generation_config.json"), JSON.stringify({ eos_token_id: "x" }));
+    expect(() => readTokenizer(folder)).toThrow(/`eos_token_id` of "x", not a token id/);
+  });
+
   it("bos and eos named only in special_tokens_map.json are read from it", () => {
     const folder = join(dir, "llama-map");
     mkdirSync(folder);
