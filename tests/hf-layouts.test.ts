@@ -330,6 +330,27 @@ describe("tokenizer folders as they come", () => {
     expect(() => readTokenizer(folder)).toThrow(/`eos_token_id` of "x", not a token id/);
   });
 
+  it("Qwen2's layout (NFC, its Split regex, ByteLevel without regex) reads and encodes", () => {
+    // Qwen2's regex splits as GPT-2's on these texts (they differ on digits, case and newlines),
+    // so the fixture's GPT-2 reference ids hold for its vocabulary in Qwen2's layout
+    const json = JSON.parse(readFileSync(join(fixtures, "gpt2", "tokenizer.json"), "utf8"));
+    const regex =
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    const qwen2 = parseTokenizer({
+      ...json,
+      normalizer: { type: "NFC" },
+      pre_tokenizer: {
+        type: "Sequence",
+        pretokenizers: [
+          { type: "Split", pattern: { Regex: regex }, behavior: "Isolated", invert: false },
+          { type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: false },
+        ],
+      },
+    });
+    for (const { text, ids } of references("gpt2").filter((r) => !/[\d\n]/.test(r.text)))
+      expect(qwen2.encode(text)).toEqual(ids);
+  });
+
   it("bos and eos named only in special_tokens_map.json are read from it", () => {
     const folder = join(dir, "llama-map");
     mkdirSync(folder);
