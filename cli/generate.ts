@@ -10,7 +10,7 @@
 // draws on every device, with or without the cache). The batch input's length T (fixed by the
 // block's data) is the cache's capacity and bounds prompt + generated tokens.
 import { statSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { compile } from "../compiler/compile.js";
 import { planStep } from "../compiler/compile.js";
 import type {
@@ -24,7 +24,12 @@ import { samplerProgram } from "../compiler/sampler.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import type { Device } from "../runtime/device.js";
 import { renderChat, TemplateError } from "../runtime/chat-template.js";
-import { readTokenizer, TokenizerError, type Tokenizer } from "../runtime/tokenizer.js";
+import {
+  hasTokenizer,
+  readTokenizer,
+  TokenizerError,
+  type Tokenizer,
+} from "../runtime/tokenizer.js";
 import { initializeWithWeights, type Run } from "../runtime/trainer.js";
 import { startingPoint } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
@@ -90,19 +95,12 @@ function findTokenizer(
   const init = program.init?.path;
   if (init === undefined) return undefined;
   const folder = isFolder(init) ? init : dirname(init);
-  return isFile(join(folder, "tokenizer.json")) ? readTokenizer(folder) : undefined;
+  return hasTokenizer(folder) ? readTokenizer(folder) : undefined;
 }
 
 const isFolder = (p: string) => {
   try {
     return statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
-};
-const isFile = (p: string) => {
-  try {
-    return statSync(p).isFile();
   } catch {
     return false;
   }
@@ -166,7 +164,7 @@ export async function generateCached(
   store: ReadonlyMap<string, Tensor>,
   prompt: readonly number[],
   sampling: Sampling,
-  eos?: number,
+  stop: ReadonlySet<number> = new Set(),
 ): Promise<{ tokens: number[]; stopped: Stopped }> {
   const [prefill, decode] = generation.entries as [Entry, Entry];
   const C = generation.capacity;
@@ -192,7 +190,7 @@ export async function generateCached(
       i,
     );
     tokens.push(token);
-    if (token === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
+    if (stop.has(token)) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
     if (i + 1 === sampling.maxTokens) break;
     if (tokens.length > C) return { tokens: tokens.slice(prompt.length), stopped: "context" };
     for (const { name } of generation.caches) feeds.set(name, out.get(name)!);
@@ -203,14 +201,14 @@ export async function generateCached(
   return { tokens: tokens.slice(prompt.length), stopped: "max-tokens" };
 }
 
-/** The tokens after `prompt`, stopping at max tokens, the end-of-sequence token or the context. */
+/** The tokens after `prompt`, stopping at max tokens, a token of `stop` (end of sequence) or the context. */
 export async function generateTokens(
   device: Device,
   program: TrainProgram,
   store: ReadonlyMap<string, Tensor>,
   prompt: readonly number[],
   sampling: Sampling,
-  eos?: number,
+  stop: ReadonlySet<number> = new Set(),
 ): Promise<{ tokens: number[]; stopped: Stopped }> {
   const step = program.step;
   const predict = step.predict!;
@@ -232,7 +230,7 @@ export async function generateTokens(
     const logits = (await device.run(step, predict, feeds, keep)).get("logits")!;
     const next = await sample(device, sampler, logits, tokens.length - 1, i);
     tokens.push(next);
-    if (next === eos) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
+    if (stop.has(next)) return { tokens: tokens.slice(prompt.length), stopped: "eos" };
   }
   return { tokens: tokens.slice(prompt.length), stopped: "max-tokens" };
 }
@@ -332,7 +330,11 @@ export async function generateCommand(
       data: run.data,
       ...(adapters ? { adapters } : {}),
     });
-    const eos = tokenizer?.eosId;
+    // the tokenizer's eos, and generation_config.json's, as transformers' generate stops at any
+    const eos = new Set([
+      ...(tokenizer?.eosId !== undefined ? [tokenizer.eosId] : []),
+      ...(tokenizer?.stopIds ?? []),
+    ]);
     const generation = program.generation;
     if (generation && "reason" in generation && !options.json)
       process.stderr.write(

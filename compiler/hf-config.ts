@@ -117,6 +117,37 @@ const nullMeans: Record<string, Record<string, Json>> = {
 };
 
 /**
+ * Fields whose default, when the file leaves them out, is not what an explicit `null` means:
+ * MistralConfig's `num_key_value_heads` is 8 and Qwen2Config's 32 when absent, while `null` is
+ * multi-head attention (their `__post_init__`), as Llama's absent or null is.
+ */
+const absentMeans: Record<string, Record<string, Json>> = {
+  mistral: { num_key_value_heads: 8 },
+  qwen2: { num_key_value_heads: 32 },
+};
+
+/**
+ * transformers 5 saves a config's rotary settings as one `rope_parameters` object (`rope_theta`,
+ * `rope_type` and the scaling's fields) in place of `rope_theta` and `rope_scaling`; read as its
+ * RotaryEmbeddingConfigMixin does: `rope_scaling`, where given, is the scaling, else
+ * `rope_parameters`; the theta is `rope_parameters.rope_theta`, else the top-level `rope_theta`.
+ * Sets `filled`'s `rope_theta` and `rope_scaling` from it; a message for per-layer parameters
+ * (a dict of dicts, as models with several attention kinds save), which std.models has no use for.
+ */
+function ropeParameters(filled: Record<string, Json>): string | undefined {
+  const params = filled["rope_parameters"];
+  if (params === undefined || params === null) return undefined;
+  if (typeof params !== "object" || Array.isArray(params))
+    return `\`rope_parameters\` is ${JSON.stringify(params)}, not an object`;
+  if (Object.values(params).some((v) => typeof v === "object" && v !== null))
+    return `\`rope_parameters\` holds parameters for each kind of layer (${Object.keys(params).join(", ")}); std.models' attention has one kind`;
+  if (typeof params["rope_theta"] === "number") filled["rope_theta"] = params["rope_theta"];
+  if (filled["rope_scaling"] === undefined || filled["rope_scaling"] === null)
+    filled["rope_scaling"] = params;
+  return undefined;
+}
+
+/**
  * The config at `path` (a config.json, or a folder holding one), relative to the file `from`.
  * Problems are E0502 at `at`: the file belongs to a checkpoint that cannot be used.
  */
@@ -161,16 +192,24 @@ export function readHfConfig(
   const type = typeof parsed["model_type"] === "string" ? parsed["model_type"] : "";
   for (const [key, value] of Object.entries(nullMeans[type] ?? {}))
     if (filled[key] === null) filled[key] = value;
+  for (const [key, value] of Object.entries(absentMeans[type] ?? {}))
+    if (filled[key] === undefined) filled[key] = value;
+  const rope = ropeParameters(filled);
+  if (typeof rope === "string")
+    return fail(
+      `\`${shown()}\`: ${rope}`,
+      "this checkpoint needs a feature lrk does not implement yet",
+    );
   for (const [key, value] of Object.entries(defaults(parsed)))
     if (filled[key] === undefined || filled[key] === null) filled[key] = value;
   if (["llama", "mistral", "qwen2"].includes(type)) {
-    const rope = ropeScaling(filled["rope_scaling"], filled["max_position_embeddings"]);
-    if (rope === undefined)
+    const scaling = ropeScaling(filled["rope_scaling"], filled["max_position_embeddings"]);
+    if (scaling === undefined)
       return fail(
         `\`${shown()}\` sets \`rope_scaling\` to ${JSON.stringify(filled["rope_scaling"])}; std.models implements rope_type ${ROPE_TYPES.map((t) => `"${t}"`).join(", ")}`,
         "this checkpoint needs a feature lrk does not implement yet",
       );
-    filled["rope_scaling"] = rope;
+    filled["rope_scaling"] = scaling;
   }
   for (const [key, supported] of Object.entries(unsupported[type] ?? {})) {
     const value = filled[key] ?? null;

@@ -89,6 +89,13 @@ const folderHelp = {
     'configure the model from this folder\'s own config.json (`hf_config("…")`): the checkpoint was saved from a model with other dimensions',
 };
 
+/**
+ * A Hugging Face folder with every weight but the language-model head was saved from the base
+ * model (LlamaModel) or from another head (…ForSequenceClassification's `score`).
+ */
+const HEADLESS_HELP =
+  "the folder holds the model without its language-model head (saved from the base model, e.g. LlamaModel, or with another head, e.g. …ForSequenceClassification: see config.json's `architectures`); load a checkpoint saved from …ForCausalLM";
+
 /** Bytes per element at most (F64), times room for a checkpoint's copies, plus the header. */
 const SIZE_ROOM = 8 * 4;
 const HEADER_ROOM = 64 << 20;
@@ -192,7 +199,9 @@ function loadFrom(
   if (missingRequired.length > 0)
     throw new CheckpointError(
       `\`${path}\` has no tensor for ${listed(missingRequired.map(label))}`,
-      helps.missing,
+      options.basePrefix && missingRequired.every((n) => n.startsWith("param:lm_head."))
+        ? HEADLESS_HELP
+        : helps.missing,
     );
   const params = [...expected.keys()].filter((n) => n.startsWith("param:"));
   const missing = params.filter((n) => !byStoreName.has(n)).map(label);

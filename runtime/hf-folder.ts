@@ -2,7 +2,15 @@
 // `model.safetensors.index.json` (`{"metadata": {"total_size": …}, "weight_map": {tensor: file}}`).
 // Every file is opened and its header checked before any tensor is read, and the index is checked
 // against the shards' headers, so a broken download is refused before loading starts.
-import { closeSync, constants, existsSync, fstatSync, openSync, readSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  existsSync,
+  fstatSync,
+  openSync,
+  readdirSync,
+  readSync,
+} from "node:fs";
 import { join } from "node:path";
 import { CheckpointError, SafetensorsFile } from "./safetensors.js";
 
@@ -18,14 +26,48 @@ export function openFolder(folder: string, maxBytes: number): SafetensorsFile[] 
   if (existsSync(index)) return openShards(folder, index, maxBytes);
   const single = join(folder, SINGLE_FILE);
   if (existsSync(single)) return [SafetensorsFile.open(single, { maxBytes })];
-  const other = existsSync(join(folder, "pytorch_model.bin"))
-    ? "it holds pytorch_model.bin, which lrk does not read (a pickle); save the model with safe_serialization=True, or convert it with Hugging Face's convert script"
-    : `a Hugging Face checkpoint folder holds ${SINGLE_FILE}, or shards with ${INDEX_FILE}; a run folder holds final.safetensors`;
   throw new CheckpointError(
     `\`${folder}\` is a folder without ${SINGLE_FILE} or ${INDEX_FILE}`,
-    other,
+    whatFolderHolds(folder),
   );
 }
+
+/** Adapter folders PEFT writes: their weights apply to a base model, which `init` loads. */
+const ADAPTER_FILES = ["adapter_model.safetensors", "adapter_model.bin"];
+
+/**
+ * The help for a folder lrk cannot read as a checkpoint, from what it does hold: PyTorch's pickled
+ * weights (one file or shards with their index) are refused with the command that converts them,
+ * a PEFT adapter is pointed at its base model, and other safetensors files are named.
+ */
+function whatFolderHolds(folder: string): string {
+  let names: string[];
+  try {
+    names = readdirSync(folder).sort();
+  } catch {
+    names = [];
+  }
+  const pickles = names.filter((n) => /^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$/.test(n));
+  const convert =
+    "lrk does not read pickles (they can run code when loaded): load the model in Python with transformers and save it again with `model.save_pretrained(folder, safe_serialization=True)`, which writes model.safetensors";
+  if (pickles.length > 0)
+    return `it holds ${listNames(pickles)}, PyTorch's pickled weights; ${convert}`;
+  const adapter = names.find((n) => ADAPTER_FILES.includes(n));
+  if (adapter)
+    return `it holds ${adapter}, a PEFT adapter: \`init\` the base model it was trained on (adapter_config.json's base_model_name_or_path) and name this folder in \`init_adapters\` (or \`--init-adapters\`)`;
+  const tensors = names.filter((n) => n.endsWith(".safetensors"));
+  if (tensors.length > 0)
+    return `it holds ${listNames(tensors)}: pass the file itself, or rename it to ${SINGLE_FILE}`;
+  return `a Hugging Face checkpoint folder holds ${SINGLE_FILE}, or shards with ${INDEX_FILE}; a run folder holds final.safetensors`;
+}
+
+const listNames = (names: readonly string[]) =>
+  names.length <= 3
+    ? names.map((n) => `\`${n}\``).join(", ")
+    : `${names
+        .slice(0, 3)
+        .map((n) => `\`${n}\``)
+        .join(", ")} and ${names.length - 3} more`;
 
 function openShards(folder: string, index: string, maxBytes: number): SafetensorsFile[] {
   const bad = (why: string, help = "the index is damaged: download it again") =>

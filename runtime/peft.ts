@@ -12,6 +12,7 @@
 // `randlora_gamma` [N, min] per layer and the shared bases `base_model.randlora_A` [r, 1, min] and
 // `base_model.randlora_B` [max, N, r] (`save_projection: true`: lrk's bases come from its own
 // seeded generator, not torch's, so they must travel with the adapter).
+import { existsSync } from "node:fs";
 import type { ParamSpec, Tensor } from "../compiler/program.js";
 import { CheckpointError, readSafetensors } from "./safetensors.js";
 
@@ -495,6 +496,7 @@ export function readPeftFolder(
       `${dir} holds a RandLoRA adapter without its random bases (\`save_projection: false\`): PEFT regenerates them with torch's generator, which lrk does not have`,
       "save the adapter from PEFT with `save_projection=True`",
     );
+  checkAdapterOnly(dir, config);
   const file = readSafetensors(`${dir}/adapter_model.safetensors`).tensors;
   // PEFT 0.17 renamed Bone MiSS: the same block under `miss_block`
   const names = type === "MISS" ? [["D", "miss_block"] as const] : TENSOR_NAMES[kind]!;
@@ -557,6 +559,36 @@ export function readPeftFolder(
       "adapt every module the adapter's target_modules names",
     );
   return { tensors, config };
+}
+
+/** How to turn a PEFT folder lrk cannot read as adapters into a base checkpoint it can. */
+const MERGE_HELP =
+  "merge it into its base model with PEFT (`PeftModel.from_pretrained(base, dir).merge_and_unload().save_pretrained(out, safe_serialization=True)`) and `init` from that folder";
+
+/**
+ * A PEFT folder whose tensors are adapters only, as safetensors: with `bias` other than "none"
+ * PEFT also trained (and saved) the base model's biases, and `modules_to_save` saves whole
+ * trained modules (a classifier head); lrk's adapters hold neither, and leaving them out would
+ * give another model in silence. An adapter_model.bin is a pickle, which lrk never reads.
+ */
+function checkAdapterOnly(dir: string, config: Record<string, unknown>): void {
+  const bias = config["bias"] ?? "none";
+  if (bias !== "none")
+    throw new CheckpointError(
+      `${dir}/adapter_config.json has \`bias: ${JSON.stringify(bias)}\`: the adapter trained the base model's biases too, which lrk's adapters do not hold`,
+      MERGE_HELP,
+    );
+  const saved = config["modules_to_save"];
+  if (Array.isArray(saved) ? saved.length > 0 : saved !== null && saved !== undefined)
+    throw new CheckpointError(
+      `${dir}/adapter_config.json has \`modules_to_save: ${JSON.stringify(saved)}\`: the adapter saves whole trained modules besides its adapters, which lrk does not read into a base model`,
+      MERGE_HELP,
+    );
+  if (!existsSync(`${dir}/adapter_model.safetensors`) && existsSync(`${dir}/adapter_model.bin`))
+    throw new CheckpointError(
+      `${dir} holds adapter_model.bin, a pickle, which lrk does not read (loading one can run code)`,
+      "save the adapter again from PEFT as safetensors: `PeftModel.from_pretrained(base, dir).save_pretrained(out, safe_serialization=True)`",
+    );
 }
 
 /**

@@ -3,7 +3,8 @@
 // `@huggingface/tokenizers` is a native binding; lrk only needs the BPE models the decoder LLMs it
 // loads use, and an exact, dependency-free implementation runs the same on every machine.
 //
-// What is read: added (special) tokens, matched before anything else; the normalizers Prepend,
+// What is read: added (special) tokens, matched before anything else (with their `lstrip` and
+// `rstrip`; `single_word` is refused); the normalizers Prepend,
 // Replace, NFC/NFKC and Sequence; the pre-tokenizers ByteLevel (GPT-2's regex or none), Split
 // (a regex, as Llama 3 uses before ByteLevel), Metaspace and Sequence; the BPE model (vocab,
 // merges as "a b" or ["a", "b"], byte_fallback, unk_token, fuse_unk, ignore_merges); the post-
@@ -32,6 +33,11 @@ export interface Tokenizer {
   readonly eosId?: number;
   readonly bosToken?: string;
   readonly eosToken?: string;
+  /**
+   * Ids that end a generation besides `eosId`: generation_config.json's `eos_token_id` (one id or
+   * a list, as Llama 3's and Qwen2's instruct models end a turn), when the folder has one.
+   */
+  readonly stopIds?: readonly number[];
   /** tokenizer_config.json's `chat_template`, when it has one (a string). */
   readonly chatTemplate?: string;
   /** Ids of `text`; `special` adds the post-processor's tokens (Llama's `<s>`). */
@@ -389,7 +395,14 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
   const decode = decoder(t["decoder"]);
   const idToToken = new Map<number, string>();
   for (const [token, id] of model.vocab) idToToken.set(id, token);
-  const added: { content: string; id: number; special: boolean; normalized: boolean }[] = [];
+  const added: {
+    content: string;
+    id: number;
+    special: boolean;
+    normalized: boolean;
+    lstrip: boolean;
+    rstrip: boolean;
+  }[] = [];
   for (const a of Array.isArray(t["added_tokens"]) ? t["added_tokens"] : []) {
     if (!isObj(a)) continue;
     const entry = {
@@ -397,7 +410,14 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
       id: Number(a["id"]),
       special: a["special"] === true,
       normalized: a["normalized"] === true,
+      lstrip: a["lstrip"] === true,
+      rstrip: a["rstrip"] === true,
     };
+    if (a["single_word"] === true)
+      throw new TokenizerError(
+        `tokenizer.json's added token ${JSON.stringify(entry.content)} is \`single_word\`, which lrk does not implement`,
+        "lrk reads BPE tokenizers (GPT-2 and Llama families); see spec/language.md §18",
+      );
     added.push(entry);
     idToToken.set(entry.id, entry.content);
     model.vocab.set(entry.content, entry.id);
@@ -405,13 +425,33 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
   const wrap = template(t["post_processor"], model.vocab);
   // Longest first, so that `<|end|>` never shadows `<|endoftext|>`.
   const byLength = [...added].sort((a, b) => b.content.length - a.content.length);
-  const addedIds = new Map(added.map((a) => [a.content, a.id]));
+  // One group per token, so that a match names its token; `lstrip` and `rstrip` tokens take the
+  // whitespace beside them into the match, as HF's added-token splitting strips it.
   const addedPattern = byLength.length
     ? new RegExp(
-        byLength.map((a) => a.content.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"),
+        byLength
+          .map((a) => {
+            const literal = a.content.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+            return `(${a.lstrip ? "\\s*" : ""}${literal}${a.rstrip ? "\\s*" : ""})`;
+          })
+          .join("|"),
         "gu",
       )
     : undefined;
+  /** Text and added tokens' ids, in order: the added tokens are matched first, anywhere. */
+  const splitAdded = (text: string): (string | number)[] => {
+    if (!addedPattern) return [text];
+    const out: (string | number)[] = [];
+    let last = 0;
+    for (const m of text.matchAll(addedPattern)) {
+      if (m[0] === "") continue;
+      if (m.index > last) out.push(text.slice(last, m.index));
+      out.push(byLength[m.slice(1).findIndex((g) => g !== undefined)]!.id);
+      last = m.index + m[0].length;
+    }
+    if (last < text.length) out.push(text.slice(last));
+    return out;
+  };
   const specialIds = new Set(added.filter((a) => a.special).map((a) => a.id));
 
   const cfg = (isObj(config as Json) ? config : {}) as Obj;
@@ -444,10 +484,8 @@ export function parseTokenizer(json: unknown, config: unknown = {}): Tokenizer {
     encode(text, options = {}) {
       // Added tokens are matched first, anywhere; the text between them is encoded normally.
       const ids: number[] = [];
-      const pieces = addedPattern ? isolate(text, addedPattern) : [text];
-      pieces.forEach((piece, i) => {
-        const hit = addedIds.get(piece);
-        if (hit !== undefined) ids.push(hit);
+      splitAdded(text).forEach((piece, i) => {
+        if (typeof piece === "number") ids.push(piece);
         else ids.push(...encodeText(piece, i === 0));
       });
       return options.special === false ? ids : [...wrap.before, ...ids, ...wrap.after];
@@ -500,9 +538,30 @@ function readJson(path: string, what: string): unknown {
   }
 }
 
+/** The files of GPT-2's original (slow) tokenizer, which older folders hold instead. */
+const VOCAB_FILE = "vocab.json";
+const MERGES_FILE = "merges.txt";
+
+const isFile = (path: string) => {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+};
+
+/** The folder has a tokenizer lrk reads: tokenizer.json, or vocab.json with merges.txt. */
+export function hasTokenizer(folder: string): boolean {
+  return (
+    isFile(join(folder, "tokenizer.json")) ||
+    (isFile(join(folder, VOCAB_FILE)) && isFile(join(folder, MERGES_FILE)))
+  );
+}
+
 /**
  * The tokenizer of a Hugging Face folder (its tokenizer.json, with tokenizer_config.json when
- * present), or of a tokenizer.json file given directly.
+ * present; without tokenizer.json, GPT-2's vocab.json and merges.txt), or of a tokenizer.json
+ * file given directly.
  */
 export function readTokenizer(path: string): Tokenizer {
   let folder = path;
@@ -515,12 +574,99 @@ export function readTokenizer(path: string): Tokenizer {
   } catch {
     // A missing path is reported by readJson, naming the file looked for.
   }
-  const json = readJson(file, `tokenizer.json in "${basename(path)}"`);
   let config: unknown = {};
   try {
     config = JSON.parse(readFileSync(join(folder, "tokenizer_config.json"), "utf8"));
   } catch {
     // tokenizer_config.json is optional: without it there is no chat template or bos/eos name.
   }
-  return parseTokenizer(json, config);
+  const tokenizer =
+    !isFile(file) && isFile(join(folder, VOCAB_FILE)) && isFile(join(folder, MERGES_FILE))
+      ? parseTokenizer(slowGpt2Tokenizer(folder, config), withSpecialTokensMap(folder, config))
+      : parseTokenizer(
+          readJson(file, `tokenizer.json in "${basename(path)}"`),
+          withSpecialTokensMap(folder, config),
+        );
+  const stopIds = generationStopIds(folder);
+  return stopIds.length > 0 ? { ...tokenizer, stopIds } : tokenizer;
+}
+
+/** generation_config.json's `eos_token_id`s (none where the folder has no such file). */
+function generationStopIds(folder: string): number[] {
+  const path = join(folder, "generation_config.json");
+  if (!isFile(path)) return [];
+  const json = readJson(path, "generation_config.json");
+  const eos = isObj(json as Json) ? (json as Obj)["eos_token_id"] : undefined;
+  const ids = Array.isArray(eos) ? eos : eos === undefined || eos === null ? [] : [eos];
+  if (!ids.every((id) => Number.isInteger(id) && (id as number) >= 0))
+    throw new TokenizerError(
+      `${path} has an \`eos_token_id\` of ${JSON.stringify(eos)}, not a token id or a list of them`,
+    );
+  return ids as number[];
+}
+
+/**
+ * tokenizer_config.json with the bos and eos names of special_tokens_map.json where it names none
+ * (older folders keep them only there), as transformers merges the two.
+ */
+function withSpecialTokensMap(folder: string, config: unknown): unknown {
+  const path = join(folder, "special_tokens_map.json");
+  if (!isFile(path)) return config;
+  const map = readJson(path, "special_tokens_map.json");
+  if (!isObj(map as Json)) return config;
+  const merged: Obj = { ...(isObj(config as Json) ? (config as Obj) : {}) };
+  for (const key of ["bos_token", "eos_token", "unk_token", "pad_token"])
+    if (merged[key] === undefined || merged[key] === null)
+      if ((map as Obj)[key] !== undefined) merged[key] = (map as Obj)[key]!;
+  return merged;
+}
+
+/**
+ * The tokenizer.json that GPT-2's fast tokenizer is converted to from vocab.json and merges.txt
+ * (transformers' GPT2Converter): byte-level BPE with GPT-2's regex, no bos, ByteLevel decoding.
+ * Special tokens (tokenizer_config.json's bos/eos/unk/pad and added_tokens_decoder, and
+ * added_tokens.json) are matched before BPE, as the slow tokenizer splits on them.
+ */
+function slowGpt2Tokenizer(folder: string, config: unknown): Obj {
+  const vocabPath = join(folder, VOCAB_FILE);
+  const vocab = readJson(vocabPath, VOCAB_FILE);
+  if (!isObj(vocab as Json) || !Object.values(vocab as Obj).every((v) => Number.isInteger(v)))
+    throw new TokenizerError(`${vocabPath} is not an object of tokens and their ids`);
+  const merges = readFileSync(join(folder, MERGES_FILE), "utf8")
+    .split("\n")
+    .map((line) => line.replace(/\r$/, ""))
+    // the first line is `#version: 0.2`; HF skips it and blank lines
+    .filter((line, i) => line !== "" && !(i === 0 && line.startsWith("#version")));
+  for (const line of merges)
+    if (line.split(" ").length !== 2)
+      throw new TokenizerError(
+        `${join(folder, MERGES_FILE)} has a line that is not two tokens: ${JSON.stringify(line)}`,
+      );
+  const cfg = (isObj(config as Json) ? config : {}) as Obj;
+  const added = new Map<string, { id: number; special: boolean }>();
+  const decoderEntries = isObj(cfg["added_tokens_decoder"]) ? cfg["added_tokens_decoder"] : {};
+  for (const [id, entry] of Object.entries(decoderEntries))
+    if (isObj(entry) && typeof entry["content"] === "string")
+      added.set(entry["content"], { id: Number(id), special: entry["special"] === true });
+  const addedFile = join(folder, "added_tokens.json");
+  const extra = isFile(addedFile) ? readJson(addedFile, "added_tokens.json") : {};
+  for (const [content, id] of Object.entries(isObj(extra as Json) ? (extra as Obj) : {}))
+    if (Number.isInteger(id) && !added.has(content))
+      added.set(content, { id: Number(id), special: false });
+  for (const key of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
+    const v = cfg[key];
+    const name = typeof v === "string" ? v : isObj(v) ? v["content"] : undefined;
+    const id = typeof name === "string" ? (vocab as Obj)[name] : undefined;
+    if (typeof name === "string" && typeof id === "number" && !added.has(name))
+      added.set(name, { id, special: true });
+  }
+  const prefixSpace = cfg["add_prefix_space"] === true;
+  return {
+    added_tokens: [...added].map(([content, { id, special }]) => ({ id, content, special })),
+    normalizer: null,
+    pre_tokenizer: { type: "ByteLevel", add_prefix_space: prefixSpace, use_regex: true },
+    post_processor: { type: "ByteLevel" },
+    decoder: { type: "ByteLevel" },
+    model: { type: "BPE", vocab: vocab as Obj, merges },
+  };
 }

@@ -125,6 +125,34 @@ MISTRAL_CONFIG = {
     "torch_dtype": "float32",
 }
 
+# A head_dim other than hidden_size / num_attention_heads (12, not 8), as Qwen3 and Gemma have:
+# q_proj is [heads · head_dim, hidden], o_proj [hidden, heads · head_dim].
+LLAMA_HEAD_DIM_CONFIG = {**LLAMA_CONFIG, "head_dim": 12}
+
+# A hand-written Llama config.json with only the fields LlamaConfig has no default for: what the
+# reference computes with is LlamaConfig's defaults (configuration_llama.py): no
+# num_key_value_heads is multi-head attention, rms_norm_eps 1e-6, rope_theta 10000, no rope
+# scaling, an untied head, silu.
+LLAMA_MINIMAL_FILE = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 64,
+}
+LLAMA_MINIMAL_CONFIG = {
+    **LLAMA_MINIMAL_FILE,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "rope_scaling": None,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+}
+
 # Llama 3's rope scaling, with wavelengths on all three sides of its two thresholds (head_dim 8,
 # theta 500: wavelengths 6.3, 29.8, 140 and 664 against 32 / 4 = 8 and 32 / 1 = 32).
 LLAMA3_CONFIG = {
@@ -400,13 +428,15 @@ def reference(logits_fn, config, weights):
 ALL_VARIANTS = [("", "F32", 1), ("-sharded", "F32", 2), ("-f16", "F16", 1), ("-bf16", "BF16", 1)]
 
 
-def write_variants(name, config, weights, logits_fn, variants=ALL_VARIANTS):
+def write_variants(name, config, weights, logits_fn, variants=ALL_VARIANTS, file_config=None):
+    """`file_config`: the config.json to write when it leaves out fields that `config` (what the
+    reference computes with) fills in with Hugging Face's defaults."""
     for variant, dtype, shards in variants:
         folder = os.path.join(ROOT, name + variant)
         os.makedirs(folder, exist_ok=True)
         for old in os.listdir(folder):
             os.remove(os.path.join(folder, old))
-        write_json(os.path.join(folder, "config.json"), {**config, "torch_dtype": {
+        write_json(os.path.join(folder, "config.json"), {**(file_config or config), "torch_dtype": {
             "F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype]})
         if shards == 1:
             write_safetensors(os.path.join(folder, "model.safetensors"), weights, dtype)
@@ -827,6 +857,13 @@ def main():
         weights = llama_weights(config, torch.Generator().manual_seed(seed))
         write_variants(name, config, weights, llama_logits, ALL_VARIANTS[:1])
     write_llama_randlora(LLAMA_CONFIG, llama)
+    # Config variants, stored as BF16 (as most real checkpoints are) to keep them small.
+    for name, config, file_config, seed in [
+        ("llama-head-dim", LLAMA_HEAD_DIM_CONFIG, None, 31),
+        ("llama-minimal-config", LLAMA_MINIMAL_CONFIG, LLAMA_MINIMAL_FILE, 37),
+    ]:
+        weights = llama_weights(config, torch.Generator().manual_seed(seed))
+        write_variants(name, config, weights, llama_logits, [("", "BF16", 1)], file_config)
 
 
     write_gpt2_tokenizer(os.path.join(ROOT, "gpt2"))
