@@ -350,11 +350,11 @@ function allParams(): MatmulParams[] {
 }
 
 describe(`matmul template on ${adapter.description}`, () => {
-  it("candidates are 4–9 valid parameterizations and include the default", () => {
+  it("candidates are 4–11 valid parameterizations and include the default", () => {
     for (const s of CLASS_SHAPES) {
       const candidates = matmulCandidates(s, features);
       expect(candidates.length).toBeGreaterThanOrEqual(4);
-      expect(candidates.length).toBeLessThanOrEqual(9);
+      expect(candidates.length).toBeLessThanOrEqual(11);
       const keys = candidates.map((p) => `${describeMatmulParams(p)} tk${p.tileK}`);
       expect(new Set(keys).size, "no duplicates").toBe(keys.length);
       for (const p of candidates) validateMatmulParams(p);
@@ -440,7 +440,7 @@ describe(`matmul template on ${adapter.description}`, () => {
       return `${p.rowsPerThread}x${p.colsPerThread}`;
     };
     // a LoRA step's products (lora_finetune.lrk: 576 tokens, d 128, MLP 512, rank 8)
-    expect(rows(576, 512, 128, false, false)).toBe("4x32");
+    expect(rows(576, 512, 128, false, false)).toBe("2x32"); // stepping k by 4: 2 rows
     expect(rows(576, 128, 512, false, false)).toBe("2x32");
     expect(rows(576, 512, 128, false, true)).toBe("4x16");
     expect(rows(576, 128, 128, false, true)).toBe("4x16");
@@ -451,6 +451,58 @@ describe(`matmul template on ${adapter.description}`, () => {
     // few rows: no more rows per invocation than the 8 invocations of a workgroup can use
     expect(rows(8, 128, 576, true, false)).toBe("1x32");
     expect(rows(9, 9, 32, false, false)).toBe("2x16");
+  });
+
+  it("kUnroll: B stored k-major steps k by kUnroll (· the spread) per iteration, each accumulator written once; checked against the interpreter", async () => {
+    const tile = (
+      variant: "register" | "subgroup",
+      r: number,
+      c: number,
+      y: number,
+      kUnroll: number,
+    ): MatmulParams => ({
+      variant,
+      rowsPerThread: r,
+      colsPerThread: c,
+      workgroupX: variant === "register" ? 4 : 1,
+      workgroupY: y,
+      tileK: 0,
+      vectorWidth: 4,
+      kUnroll,
+    });
+    const wide: MatmulShape = { batch: 1, m: 64, n: 64, k: 64, transA: false, transB: false };
+    const loop = (p: MatmulParams) => {
+      const wgsl = matmulKernel(wide, p, { a: 0, b: 1, out: 2 }).wgsl;
+      const start = wgsl.indexOf("for (var k0");
+      const body = wgsl.slice(start, wgsl.indexOf("for (var i = lrk_zero", start));
+      return { step: /k0 \+= (\d+)u/.exec(body)?.[1], writes: body.split("acc0_0 +=").length - 1 };
+    };
+    if (features.has("subgroups")) {
+      // 32 columns: 4 steps of k, A loaded as vec4s along k; one write per iteration
+      expect(loop(tile("subgroup", 4, 32, 8, 4))).toEqual({ step: "4", writes: 1 });
+      expect(loop(tile("subgroup", 4, 32, 8, 1))).toEqual({ step: "1", writes: 1 });
+      // 16 columns spread their B loads over 2 lanes' steps: 2 × 4 steps
+      expect(loop(tile("subgroup", 2, 16, 8, 4))).toEqual({ step: "8", writes: 1 });
+      // the software default for a wide NN product takes kUnroll 4; B stored transposed steps
+      // k by 4 anyway
+      const soft = { fallback: true, architecture: "software" };
+      expect(defaultMatmulParams(wide, features, soft).kUnroll).toBe(4);
+      expect(defaultMatmulParams({ ...wide, transB: true }, features, soft).kUnroll).toBe(
+        undefined,
+      );
+    }
+    expect(loop(tile("register", 4, 4, 16, 4))).toEqual({ step: "4", writes: 1 });
+    expect(() => validateMatmulParams({ ...tile("register", 4, 4, 16, 9) })).toThrow(/kUnroll/);
+    const shared = { ...defaultMatmulParams(wide, features, { fallback: false }), kUnroll: 4 };
+    expect(() => validateMatmulParams(shared)).toThrow(/kUnroll/);
+    // (the candidates' kUnroll tiles run the whole grid above; these add a register tile with
+    // scalar columns and a subgroup tile with kUnroll 2 and a spread)
+    const tiles = [tile("register", 2, 3, 16, 2)];
+    if (features.has("subgroups")) tiles.push(tile("subgroup", 2, 16, 8, 2));
+    for (const p of tiles)
+      for (const [transA, transB] of LAYOUTS)
+        // k not a multiple of the step (a tail), odd m and n
+        await check({ batch: 2, m: 17, n: 65, k: 38, transA, transB }, p, transA);
   });
 
   it("edge shapes with the default parameters", async () => {

@@ -37,6 +37,12 @@
 // lane measured no cheaper. bench/matmul-shapes.ts compares parameterizations on a LoRA step's
 // shapes.
 //
+// kUnroll (register and subgroup tiles, B stored k-major): the k loop steps k by kUnroll (4: A
+// loaded as vec4s along k) and writes each accumulator once per iteration, the sum of its
+// products. lavapipe blends every write of a loop-carried variable with the loop's execution
+// mask and spills a large tile's accumulators, so one write per step of k cost about as much as
+// the multiply-adds (4 × 32 at 1024²: 1217 instructions per step of k, 631 stepping by 4).
+//
 // Measured on lavapipe (which compiles at first dispatch, with compile time growing with every
 // per-lane load or store in the code): short loops are kept from being unrolled whole, results
 // are stored through one small loop rather than R·C inlined stores, and A is loaded as vec4 along
@@ -48,7 +54,7 @@ import type { PackedOperandCode } from "./dequant.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
 /** Bumped whenever the template changes in a way that may change which parameters are fastest. */
-export const MATMUL_TEMPLATE_VERSION = 3;
+export const MATMUL_TEMPLATE_VERSION = 4;
 
 /**
  * What the default choice needs to know about the adapter; `AdapterSummary` (runtime/gpu.ts)
@@ -129,7 +135,8 @@ export function describeMatmulParams(p: MatmulParams): string {
   const tile = `${p.rowsPerThread}x${p.colsPerThread}`;
   const wg = `wg ${p.workgroupX}x${p.workgroupY}`;
   const tk = p.variant === "shared" ? ` tk${p.tileK}` : "";
-  return `${p.variant} ${tile} ${wg}${tk} v${p.vectorWidth}`;
+  const unroll = (p.kUnroll ?? 1) > 1 ? ` u${p.kUnroll}` : "";
+  return `${p.variant} ${tile} ${wg}${tk} v${p.vectorWidth}${unroll}`;
 }
 
 function params(
@@ -155,6 +162,11 @@ export function validateMatmulParams(p: MatmulParams): void {
   if (p.workgroupX * p.workgroupY > MAX_INVOCATIONS)
     bad(`more than ${MAX_INVOCATIONS} invocations per workgroup`);
   if (p.rowsPerThread * p.colsPerThread > 128) bad("more than 128 accumulators per invocation");
+  if (p.kUnroll !== undefined) {
+    if (!Number.isInteger(p.kUnroll) || p.kUnroll < 1 || p.kUnroll > 8) bad("kUnroll must be 1..8");
+    if (p.kUnroll > 1 && p.variant !== "register" && p.variant !== "subgroup")
+      bad("kUnroll is for register and subgroup tiles");
+  }
   switch (p.variant) {
     case "naive":
       if (p.rowsPerThread !== 1 || p.colsPerThread !== 1) bad("naive computes one output each");
@@ -207,7 +219,7 @@ function subgroupRowsPerWorkgroup(c: MatmulShapeClass, rows: number, cap: number
 }
 
 /**
- * A handful (at most 9) of sensible parameterizations for the autotuner. They depend only on
+ * A handful (at most 11) of sensible parameterizations for the autotuner. They depend only on
  * the shape class (every shape of a class gets the same list) and on the device features:
  * subgroup register tiles (the lavapipe winners: 2, 4 or 1 rows × 32 columns, in workgroups of 8
  * invocations — one lavapipe SIMD row; measured up to 2× faster than 64 at 1024² and 10× on
@@ -229,13 +241,18 @@ export function matmulCandidates(
   };
   if (features.has("subgroups")) {
     const cols = subgroupCols(c);
-    add(params("subgroup", 2, cols, 1, 8));
-    add(params("subgroup", 4, cols, 1, 8));
-    add(params("subgroup", 1, cols, 1, 8));
-    if (cols > 16) add(params("subgroup", 4, 16, 1, 8));
-    if (cols === 8) add(params("subgroup", 8, 8, 1, 8));
-    add(params("subgroup", 2, cols, 1, subgroupRowsPerWorkgroup(c, 2, 64)));
-    add(params("subgroup", 1, cols, 1, subgroupRowsPerWorkgroup(c, 1, 64)));
+    const u4 = (p: MatmulParams) => subgroupUnrolled(c, p);
+    add(u4(params("subgroup", 2, cols, 1, 8)));
+    add(u4(params("subgroup", 4, cols, 1, 8)));
+    add(u4(params("subgroup", 1, cols, 1, 8)));
+    if (cols > 16) add(u4(params("subgroup", 4, 16, 1, 8)));
+    // 4 × 32 stepping k by 2 (A's loads scalar): 576×128×512 NN 1.18× faster than 2 × 32 by 4
+    if (cols > 16 && !c.transB) add({ ...params("subgroup", 4, cols, 1, 8), kUnroll: 2 });
+    if (cols === 8) add(u4(params("subgroup", 8, 8, 1, 8)));
+    add(u4(params("subgroup", 2, cols, 1, subgroupRowsPerWorkgroup(c, 2, 64))));
+    add(u4(params("subgroup", 1, cols, 1, subgroupRowsPerWorkgroup(c, 1, 64))));
+    // the software default before kUnroll, where it differs (one write per step of k)
+    add(defaultSubgroupTile(c));
   }
   add(registerParams(c));
   add(params("shared", 4, 4, 16, 16, 16));
@@ -261,6 +278,27 @@ function subgroupDefaultRows(c: MatmulShapeClass, cols: number): number {
   return Math.min(rows, Math.max(1, c.m / 8));
 }
 
+/** The software adapter's default subgroup tile, one write of each accumulator per step of k. */
+function defaultSubgroupTile(c: MatmulShapeClass): MatmulParams {
+  // B stored transposed: 16 columns (each of the 8 lanes loads 2 columns' vec4s along k) with 4
+  // rows measured 1.10–1.14× faster than 2 × 32 on a LoRA step's NT products.
+  const wide = subgroupCols(c);
+  const cols = c.transB && !c.transA && wide === 32 && c.m >= 32 ? 16 : wide;
+  return params("subgroup", subgroupDefaultRows(c, cols), cols, 1, 8);
+}
+
+/**
+ * `p` stepping k by 4 per loop iteration where B is stored k-major (transposed, its vec4s along k
+ * step k by 4 already): on lavapipe each accumulator is then written once per 4 (·spread) steps
+ * of k instead of every step. Measured with the CPU time of lavapipe's threads (1024² NN, 4 × 32):
+ * 1.25–1.7× the throughput of one step per iteration.
+ */
+function subgroupUnrolled(c: MatmulShapeClass, p: MatmulParams): MatmulParams {
+  // Not for 8-column tiles, whose B loads already spread over 4 steps of k (16 steps per
+  // iteration unrolled: lavapipe took over a minute to compile a 4 × 8 tile).
+  return c.transB || p.colsPerThread < 16 ? p : { ...p, kUnroll: 4 };
+}
+
 /**
  * The choice without autotuning (`--no-autotune`): on a CPU/software adapter (lavapipe), where
  * barriers are coroutine switches and per-lane loads are what costs, subgroup register tiles in
@@ -275,11 +313,12 @@ export function defaultMatmulParams(
   const c = matmulShapeClass(shape);
   const software = adapter ? isSoftwareAdapter(adapter) : false;
   if (software && features.has("subgroups")) {
-    // B stored transposed: 16 columns (each of the 8 lanes loads 2 columns' vec4s along k) with 4
-    // rows measured 1.10–1.14× faster than 2 × 32 on a LoRA step's NT products.
-    const wide = subgroupCols(c);
-    const cols = c.transB && !c.transA && wide === 32 && c.m >= 32 ? 16 : wide;
-    return params("subgroup", subgroupDefaultRows(c, cols), cols, 1, 8);
+    const tile = subgroupUnrolled(c, defaultSubgroupTile(c));
+    // Stepping k by 4, a 32-column tile takes 2 rows where A is k-major (its loads are vec4s
+    // along k then): at 1024² NN 2 × 32 measured 18–20 GFLOP/s per core in every run, 4 × 32
+    // 14–22 from one process to the next; at 576×512×128 and 576×128×512 the two were even.
+    const twoRows = tile.kUnroll && !c.transA && tile.colsPerThread >= 32;
+    return twoRows ? { ...tile, rowsPerThread: Math.min(2, tile.rowsPerThread) } : tile;
   }
   if (software) return registerParams(c);
   return params("shared", 4, 4, 16, 16, 16);
@@ -580,7 +619,9 @@ function matmulCode(
     else if (shape.transB && k % 4 === 0) bMode = "k4";
     // A along k only when B's vec4s along k unroll k by 4 anyway: on lavapipe (1024³, NN)
     // scalar A loads stepping k by 1 measured ~25% faster than vec4 A loads stepping by 4.
-    if (!shape.transA && k % 4 === 0 && bMode === "k4") aMode = "k4";
+    // (or where kUnroll steps k by 4, each accumulator written once per iteration: tiledBody).
+    const kSteps4 = bMode === "k4" || (p.kUnroll === 4 && !proB);
+    if (!shape.transA && k % 4 === 0 && kSteps4) aMode = "k4";
     else if (shape.transA && m % 4 === 0 && R % 4 === 0) aMode = "m4";
     if (proA) aMode = "scalar";
     if (proB) bMode = (dequantB && packedBMode(shape, p, dequantB)) || "scalar";
@@ -792,7 +833,10 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   // Unroll k by 4 where a vec4 along k is loaded (B stored transposed); elsewhere it only
   // lengthens compiles (and measured slower on lavapipe).
   // (packedK: a loop over each packed word's vec4s steps k by 4 too)
-  const KU = aMode === "k4" || bMode === "k4" || bMode === "packedK" ? 4 : 1;
+  // Where B is k-major (n4, scalar), MatmulParams.kUnroll steps of k per iteration (absent: 1).
+  const kMajorB = bMode === "n4" || bMode === "scalar";
+  const fourK = aMode === "k4" || bMode === "k4" || bMode === "packedK";
+  const KU = fourK ? 4 : kMajorB ? (p.kUnroll ?? 1) : 1;
   const perWord = dq ? 32 / dq.bits : 1; // fields per packed word
   // A subgroup tile narrower than 8 lanes' vec4s (G < 8 column groups) spreads its B loads over
   // k: lane q loads the 4 columns of group q % G at k step q / G, so each per-lane load of an
@@ -803,7 +847,9 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
   // KU = 4) the spread measured slower on lavapipe (576×8×512 NT: 1.42 vs 1.00), its unrolled
   // body 4× longer.
   // packedN: the tile's columns are C / perWord words of one k row; the 8 lanes load 8 / words rows.
-  const S = bMode === "packedN" && sg ? (8 * perWord) / C : sg && KU === 1 ? 8 / G : 1;
+  // With kUnroll, each of the S spread steps is KU steps of k (lane q loads rows
+  // k0 + KU·(q / G) .. + KU - 1 of its group).
+  const S = bMode === "packedN" && sg ? (8 * perWord) / C : sg && kMajorB ? 8 / G : 1;
   const kMain = K - (K % (KU * S));
   const L: string[] = [];
   const builtins: Record<string, Builtin> = { wg: "workgroup_id", lid: "local_invocation_id" };
@@ -940,32 +986,58 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
       loadA(L, "  ", s ? `k0 + ${u(s * KU)}` : "k0", S > 1 ? `s${s}` : ""),
     );
     const b = loadB(L, "  ");
-    for (let s = 0; s < S; s++)
-      for (let kk = 0; kk < KU; kk++)
-        for (let r = 0; r < R; r++)
-          for (let g = 0; g < G; g++)
-            L.push(`  acc${r}_${g} += ${b(s * KU + kk, g)} * ${a[s]!(r, kk)};`);
+    // With kUnroll, each accumulator once per iteration, the sum of its S·KU products, column
+    // group by column group (a group's B values live only while used): on lavapipe every write
+    // of a loop-carried variable is a blend with the execution mask and, for a tile of more
+    // accumulators than registers, a spill load and store; one write per iteration pays them
+    // once per S·KU steps of k (1024² NN, 4×32 with 4 steps: 1.25–1.7× the CPU throughput of
+    // one write per step). Tiles without kUnroll keep one statement per product (their code as
+    // measured and tuned before; summed, the 8-column tiles' 4 spread steps took lavapipe
+    // 10–40 s to compile).
+    if ((p.kUnroll ?? 1) > 1) {
+      for (let g = 0; g < G; g++)
+        for (let r = 0; r < R; r++) {
+          const terms: string[] = [];
+          for (let s = 0; s < S; s++)
+            for (let kk = 0; kk < KU; kk++) terms.push(`${b(s * KU + kk, g)} * ${a[s]!(r, kk)}`);
+          L.push(`  acc${r}_${g} += ${terms.join(" + ")};`);
+        }
+    } else {
+      for (let s = 0; s < S; s++)
+        for (let kk = 0; kk < KU; kk++)
+          for (let r = 0; r < R; r++)
+            for (let g = 0; g < G; g++)
+              L.push(`  acc${r}_${g} += ${b(s * KU + kk, g)} * ${a[s]!(r, kk)};`);
+    }
     L.push(`}`);
     if (bMode === "packedK") L.push(`}`, `}`);
   }
-  if (kMain < K) {
-    // The k tail (K not a multiple of the unroll): scalar loads, each invocation its own.
-    L.push(`for (var l = ${u(kMain)} + lrk_zero; l < ${u(K)}; l++) {`);
-    for (let r = 0; r < R; r++) L.push(`  let ta${r} = mm_a_at(${aIndex(c, `rr${r}`, "l")});`);
-    for (let j = 0; j < C; j++) L.push(`  let tb${j} = mm_b_at(${bIndex(c, "l", `cc${j}`)});`);
-    for (let r = 0; r < R; r++)
-      for (let g = 0; g < G; g++) {
-        const bv =
-          cw === 4
-            ? `vec4<f32>(${[0, 1, 2, 3].map((i) => `tb${4 * g + i}`).join(", ")})`
-            : `tb${g}`;
-        L.push(`  acc${r}_${g} += ${bv} * ta${r};`);
-      }
-    L.push(`}`);
-  }
+  if (kMain < K) L.push(...tiledKTail(c, kMain, G, cw));
 
   L.push(...tiledStores(c, G, cw));
   return { builtins, body: L };
+}
+
+/**
+ * The k tail of a register or subgroup tile (K not a multiple of the loop's step), from kMain:
+ * scalar loads, each invocation its own.
+ */
+function tiledKTail(c: Ctx, kMain: number, G: number, cw: number): string[] {
+  const { K, p } = c;
+  const R = p.rowsPerThread;
+  const C = p.colsPerThread;
+  const L: string[] = [];
+  L.push(`for (var l = ${u(kMain)} + lrk_zero; l < ${u(K)}; l++) {`);
+  for (let r = 0; r < R; r++) L.push(`  let ta${r} = mm_a_at(${aIndex(c, `rr${r}`, "l")});`);
+  for (let j = 0; j < C; j++) L.push(`  let tb${j} = mm_b_at(${bIndex(c, "l", `cc${j}`)});`);
+  for (let r = 0; r < R; r++)
+    for (let g = 0; g < G; g++) {
+      const bv =
+        cw === 4 ? `vec4<f32>(${[0, 1, 2, 3].map((i) => `tb${4 * g + i}`).join(", ")})` : `tb${g}`;
+      L.push(`  acc${r}_${g} += ${bv} * ta${r};`);
+    }
+  L.push(`}`);
+  return L;
 }
 
 /**

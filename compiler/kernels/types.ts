@@ -100,6 +100,13 @@ export interface MatmulParams {
   /** vec4 loads where the layout allows. */
   vectorWidth: 1 | 4;
   /**
+   * register and subgroup tiles: the k loop's body repeated this many times per iteration
+   * (absent: 1). On lavapipe every write of an accumulator that crosses a loop iteration is a
+   * blend with the execution mask plus, for a large tile, a spill load and store: repeating the
+   * body pays those once per kUnroll steps of k (compiler/kernels/matmul.ts).
+   */
+  kUnroll?: number;
+  /**
    * Split k into this many chunks (compiler/kernels/split-k.ts): the template with the other
    * parameters runs the chunks, a second kernel sums them. Only the autotuner offers it.
    */
