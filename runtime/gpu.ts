@@ -226,13 +226,17 @@ export class GpuWaiter {
   async wait(device: GPUDevice): Promise<void> {
     const started = performance.now();
     if (this.estimate > 2) await new Promise((resolve) => setTimeout(resolve, this.estimate * 0.8));
-    let done = false;
-    const work = device.queue.onSubmittedWorkDone().finally(() => (done = true));
-    while (!done) {
+    // handled at once: a rejection left pending over the turns below would be an unhandled one
+    let outcome: { error?: unknown } | undefined;
+    device.queue.onSubmittedWorkDone().then(
+      () => (outcome = {}),
+      (error: unknown) => (outcome = { error }),
+    );
+    while (!outcome) {
       Atomics.wait(pollBlocker, 0, 0, POLL_BLOCK_MS);
       await new Promise((resolve) => setImmediate(resolve));
     }
-    await work;
+    if ("error" in outcome) throw outcome.error;
     const took = performance.now() - started;
     this.estimate = this.estimate === 0 ? took : 0.7 * this.estimate + 0.3 * took;
   }
