@@ -9,14 +9,15 @@
 //
 // The step is run as `lrkc train` runs it (bench/profile.ts does the same), twice to warm up
 // (lavapipe compiles at first dispatch), then N times (default 9); printed: the median CPU time of
-// the worker threads per step and the median wall time.
+// the worker threads per step, of the main thread (recording commands, waiting) and the median
+// wall time.
 import { readFileSync } from "node:fs";
 import { SourceFile } from "../language/source.js";
 import { loadPlans } from "../cli/target.js";
 import { compileRun } from "../cli/train.js";
 import { batchFeeds, initialize } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-import { workerCpuNs } from "./cpu-time.js";
+import { mainCpuNs, workerCpuNs } from "./cpu-time.js";
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -54,15 +55,18 @@ async function main(file: string): Promise<void> {
   for (let i = 0; i < 2; i++) await device.run(program.step, entry, feeds);
   const cpu: number[] = [];
   const wall: number[] = [];
+  const main: number[] = [];
   for (let i = 0; i < Number(option("--steps") ?? 9); i++) {
     const cpu0 = workerCpuNs();
+    const main0 = mainCpuNs();
     const started = performance.now();
     await device.run(program.step, entry, feeds);
     wall.push(performance.now() - started);
     cpu.push((workerCpuNs() - cpu0) / 1e6);
+    main.push((mainCpuNs() - main0) / 1e6);
   }
   process.stdout.write(
-    `${file}: step CPU ${median(cpu).toFixed(1)} ms (worker threads), wall ${median(wall).toFixed(1)} ms, medians of ${cpu.length}\n`,
+    `${file}: step CPU ${median(cpu).toFixed(1)} ms (worker threads), ${median(main).toFixed(1)} ms (main thread: recording, waiting), wall ${median(wall).toFixed(1)} ms, medians of ${cpu.length}\n`,
   );
   device.destroy();
 }

@@ -209,9 +209,16 @@ export async function requestDevice(adapter: GPUAdapter): Promise<GPUDevice> {
   });
 }
 
+/** How long each turn of the event loop blocks while a wait is pending (ms). */
+const POLL_BLOCK_MS = 0.2;
+const pollBlocker = new Int32Array(new SharedArrayBuffer(4));
+
 /**
  * Waits for submitted work without spinning the JavaScript thread: sleep for most of the time the
- * last waits took, then await (the await itself busy-polls, so keep it short).
+ * last waits took, then await. While the promise is pending Dawn's bindings poll its events from
+ * the event loop, turn after turn (a whole core, which lavapipe's workers need on 2 cores), so each
+ * turn also blocks the thread POLL_BLOCK_MS (Atomics.wait: asleep, not spinning): the poll runs a
+ * few thousand times a second instead of as fast as it can, and notices the end as soon.
  */
 export class GpuWaiter {
   private estimate = 0;
@@ -219,7 +226,17 @@ export class GpuWaiter {
   async wait(device: GPUDevice): Promise<void> {
     const started = performance.now();
     if (this.estimate > 2) await new Promise((resolve) => setTimeout(resolve, this.estimate * 0.8));
-    await device.queue.onSubmittedWorkDone();
+    // handled at once: a rejection left pending over the turns below would be an unhandled one
+    let outcome: { error?: unknown } | undefined;
+    device.queue.onSubmittedWorkDone().then(
+      () => (outcome = {}),
+      (error: unknown) => (outcome = { error }),
+    );
+    while (!outcome) {
+      Atomics.wait(pollBlocker, 0, 0, POLL_BLOCK_MS);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    if ("error" in outcome) throw outcome.error;
     const took = performance.now() - started;
     this.estimate = this.estimate === 0 ? took : 0.7 * this.estimate + 0.3 * took;
   }

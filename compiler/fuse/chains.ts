@@ -2,7 +2,9 @@
 // a reshape) with the same element order and the anchor's value feeds it only through the chain.
 // A batched Aᵀ·B summed over its batch (a weight's gradient when the weight is broadcast over the
 // batch) folds the sum into the matmul: one matmul with the batch folded into k,
-// [b·k, m]ᵀ @ [b·k, n], the sum being the chain's first node.
+// [b·k, m]ᵀ @ [b·k, n], the sum being the chain's first node. Whether an operand is read in place
+// may depend on a node that only `materialize` gives a buffer (heads joined back: a copy that
+// other matmuls demand); `buffered` names such nodes for a second build (see `missesFold`).
 import { numel, type Node } from "../ir.js";
 import type { FuseContext } from "./context.js";
 import { keepsElement } from "./ops.js";
@@ -27,13 +29,14 @@ export function isChainEnd(chains: Chains, x: number): boolean {
 /**
  * The chains of `anchors` (reduces and matmuls, increasing), skipping those `skip` says (low-rank
  * branches, computed in another matmul's epilogue). An anchor takes the nodes no earlier anchor's
- * chain took.
+ * chain took. Nodes of `buffered` count as having buffers when a batch sum is folded.
  */
 export function buildChains(
   ctx: FuseContext,
   isOutput: ReadonlySet<number>,
   anchors: readonly number[],
   skip: (id: number) => boolean,
+  buffered?: ReadonlySet<number>,
 ): Chains {
   const chains: Chains = { chainOf: new Map(), inChain: new Map(), foldK: new Map() };
   for (const id of anchors) {
@@ -41,7 +44,7 @@ export function buildChains(
     if (skip(id)) continue;
     const n = ctx.graph.node(id);
     const chain: number[] = [];
-    const fold = foldedSum(ctx, isOutput, chains, n);
+    const fold = foldedSum(ctx, isOutput, chains, n, buffered);
     let cur = id;
     let count = numel(n.shape);
     if (fold) {
@@ -76,6 +79,7 @@ function foldedSum(
   isOutput: ReadonlySet<number>,
   chains: Chains,
   n: Node,
+  buffered?: ReadonlySet<number>,
 ): { sum: Node; operands: [MatmulOperand, MatmulOperand] } | undefined {
   const { graph } = ctx;
   if (n.op.kind !== "matmul" || n.dtype !== "f32" || n.shape.length < 3 || isOutput.has(n.id))
@@ -90,10 +94,27 @@ function foldedSum(
     !r.op.axes.every((a, i) => a === i)
   )
     return undefined;
-  const hasBuffer = (x: number) => isChainEnd(chains, x);
+  const hasBuffer = (x: number) => isChainEnd(chains, x) || buffered?.has(x) === true;
   const va = operandView(graph, n.inputs[0]!, n.op.transA, false, hasBuffer);
   const vb = operandView(graph, n.inputs[1]!, n.op.transB, false, hasBuffer);
   return va?.trans && vb && !vb.trans ? { sum: r, operands: [va, vb] } : undefined;
+}
+
+/**
+ * Whether a matmul of `chains` would fold its batch sum were the `materialized` nodes known to have
+ * buffers: then chains built with them as `buffered` save a kernel (the sum) and a buffer.
+ */
+export function missesFold(
+  ctx: FuseContext,
+  isOutput: ReadonlySet<number>,
+  chains: Chains,
+  materialized: ReadonlySet<number>,
+): boolean {
+  for (const anchor of chains.chainOf.keys()) {
+    if (chains.foldK.has(anchor)) continue;
+    if (foldedSum(ctx, isOutput, chains, ctx.graph.node(anchor), materialized)) return true;
+  }
+  return false;
 }
 
 /**

@@ -53,6 +53,7 @@ import { analyze, type FuseContext } from "./context.js";
 import { buildGroups } from "./groups.js";
 import { selectLowRank } from "./low-rank.js";
 import { materialize } from "./materialize.js";
+import { missesFold } from "./chains.js";
 import { mergeMaps } from "./merge-maps.js";
 import { fuseRows } from "./rows.js";
 import { overBindings, splitPoints } from "./split.js";
@@ -92,14 +93,28 @@ function fuseOnce(
 ): Omit<Fusion, "passes"> {
   const max = options.maxBindings ?? Infinity;
   const isOutput = new Set([...outputs, ...forced]);
-  const { lowRank, chains } = selectLowRank(ctx, isOutput, options.lowRankMax, {
+  const lowRankCosts = {
     ...(options.lowRankLoopMax !== undefined ? { loopMax: options.lowRankLoopMax } : {}),
     ...(options.lowRankTileFuses ? { tileFuses: options.lowRankTileFuses } : {}),
     ...(options.packed || options.half
       ? { packed: new Set([...(options.packed ?? []), ...(options.half ?? [])]) }
       : {}),
-  });
-  const decided = materialize(ctx, isOutput, lowRank, chains, options);
+  };
+  let { lowRank, chains } = selectLowRank(ctx, isOutput, options.lowRankMax, lowRankCosts);
+  let decided = materialize(ctx, isOutput, lowRank, chains, options);
+  // A batch sum that did not fold because its operand only got a buffer in `materialize` (heads
+  // joined back, copied for the forward matmuls) folds in a second decision that knows the buffer.
+  if (missesFold(ctx, isOutput, chains, decided.materialized)) {
+    const buffered = decided.materialized;
+    ({ lowRank, chains } = selectLowRank(
+      ctx,
+      isOutput,
+      options.lowRankMax,
+      lowRankCosts,
+      buffered,
+    ));
+    decided = materialize(ctx, isOutput, lowRank, chains, options);
+  }
   const groups = buildGroups(ctx, chains, lowRank, decided);
   const merged = mergeMaps(ctx.graph, groups, decided.materialized, max, options.bindingsOf);
   const ordered = fuseRows(

@@ -234,19 +234,20 @@ function wideTarget(
 /**
  * The low-rank branches, and the epilogue chains built without them. The answer for one candidate
  * depends only on the chains of the anchors near it, so each trial rebuilds only those (see
- * `FuseContext.anchorsNear`) instead of every chain of the graph.
+ * `FuseContext.anchorsNear`) instead of every chain of the graph. `buffered`: see `buildChains`.
  */
 export function selectLowRank(
   ctx: FuseContext,
   isOutput: ReadonlySet<number>,
   max = LOW_RANK_MAX,
   costs: LowRankCosts = {},
+  buffered?: ReadonlySet<number>,
 ): { lowRank: Set<number>; chains: Chains } {
   let lowRank = new Set<number>();
   for (const id of ctx.chainAnchors) {
     if (!isCandidate(ctx, isOutput, id, max, costs)) continue;
     const skip = (x: number) => x === id || lowRank.has(x);
-    const local = buildChains(ctx, isOutput, ctx.anchorsNear(id), skip);
+    const local = buildChains(ctx, isOutput, ctx.anchorsNear(id), skip, buffered);
     const target = wideTarget(ctx, id, isOutput, local);
     if (target === undefined) continue;
     // where the tile computes it, the autotuner may have timed the branch unfused faster
@@ -255,14 +256,14 @@ export function selectLowRank(
     if (timed && !costs.tileFuses!(foldedShape(ctx.graph, target), form)) continue;
     lowRank.add(id);
   }
-  let chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
+  let chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x), buffered);
   for (;;) {
     const keep = new Set(
       [...lowRank].filter((id) => wideTarget(ctx, id, isOutput, chains) !== undefined),
     );
     if (keep.size === lowRank.size) break;
     lowRank = keep;
-    chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x));
+    chains = buildChains(ctx, isOutput, ctx.chainAnchors, (x) => lowRank.has(x), buffered);
   }
   return { lowRank, chains };
 }
