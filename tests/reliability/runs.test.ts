@@ -3,7 +3,7 @@
 // records; a finished or busy folder is not overwritten; temporary files of dead writes are
 // cleaned up; environment problems are diagnostics; a held-out split smaller than a batch is
 // skipped, never NaN; the progress line fits the terminal.
-import { spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
   existsSync,
   mkdirSync,
@@ -320,20 +320,8 @@ describe("the run folder belongs to one run", () => {
   it("a killed lrkc train not yet reaped (a zombie) holds no lock", async () => {
     const run = setup();
     mkdirSync(run.out);
-    // `sleep 0 &` exits at once; its parent then becomes `sleep 30`, which never reaps it
-    const parent = spawn("sh", ["-c", "sleep 0 & echo $!; exec sleep 30"], {
-      stdio: ["ignore", "pipe", "ignore"],
-    });
+    const { parent, zombie } = await makeZombie();
     try {
-      const zombie = Number(
-        await new Promise<string>((resolve) => parent.stdout!.once("data", (d) => resolve(`${d}`))),
-      );
-      // wait until it has exited (state Z)
-      for (let i = 0; i < 100; i++) {
-        const stat = readFileSync(`/proc/${zombie}/stat`, "utf8");
-        if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) break;
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
       writeFileSync(join(run.out, "run.lock"), `${zombie}\n`);
       const r = lrkcTrain([run.file, "--device", "cpu", "--steps", "2", "--out", run.out], run.dir);
       expect(r.code, r.stderr).toBe(0);
@@ -518,3 +506,32 @@ describe("evaluation and progress", () => {
     expect(progressLine(text, 3, 400, undefined)).toContain(text);
   });
 });
+
+/**
+ * A process that has exited and is not reaped (state Z): `sleep 0 &` exits at once and its parent
+ * then becomes `sleep 30`, which never reaps it. The shell may still reap it before its `exec`
+ * when the child exits that early (seen on a loaded machine), so this tries again until /proc
+ * shows the zombie.
+ */
+async function makeZombie(): Promise<{ parent: ChildProcess; zombie: number }> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const parent = spawn("sh", ["-c", "sleep 0 & echo $!; exec sleep 30"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    const zombie = Number(
+      await new Promise<string>((resolve) => parent.stdout!.once("data", (d) => resolve(`${d}`))),
+    );
+    for (let i = 0; i < 100; i++) {
+      let stat: string;
+      try {
+        stat = readFileSync(`/proc/${zombie}/stat`, "utf8");
+      } catch {
+        break; // reaped by the shell: try again
+      }
+      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) return { parent, zombie };
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    parent.kill("SIGKILL");
+  }
+  throw new Error("could not make a zombie process in 10 attempts");
+}
