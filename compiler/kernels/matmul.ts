@@ -1395,17 +1395,7 @@ function sharedBody(
   if (packedB) L.push(...packedSharedB(c, packedB.dq, packedB.mode, TN, NT));
   else coop("b", bVec, c.shape.transB, TN, N);
   L.push(`  workgroupBarrier();`);
-  L.push(`  for (var kk = lrk_zero; kk < ${u(TK)}; kk += ${u(U)}) {`);
-  for (let s = 0; s < U; s++) {
-    const kk = s === 0 ? "kk" : `(kk + ${u(s)})`;
-    for (let r = 0; r < R; r++)
-      L.push(`    let a${r}_${s} = mm_tile_a[${kk} * ${u(TM)} + lid.y + ${u(r * WY)}];`);
-    for (let j = 0; j < C; j++)
-      L.push(`    let b${j}_${s} = mm_tile_b[${kk} * ${u(TN)} + lid.x + ${u(j * WX)}];`);
-    for (let r = 0; r < R; r++)
-      for (let j = 0; j < C; j++) L.push(`    acc${r}_${j} += a${r}_${s} * b${j}_${s};`);
-  }
-  L.push(`  }`);
+  L.push(...sharedTileProducts(TK, U, R, C, TM, TN, WY, WX, "acc"));
   L.push(`  workgroupBarrier();`);
   L.push(`}`);
   L.push(...c.branches.flatMap((_, i) => sharedBranchSteps(c, i, U)));
@@ -1608,17 +1598,7 @@ function sharedBranchSteps(c: Ctx, i: number, unroll: number): string[] {
   L.push(`    mm_tile_b[kk * ${u(TN)} + x] = select(0.0, mm_lu${i}_at(at), ok);`);
   L.push(`  }`);
   L.push(`  workgroupBarrier();`);
-  L.push(`  for (var kk = lrk_zero; kk < ${u(D)}; kk += ${u(U)}) {`);
-  for (let s = 0; s < U; s++) {
-    const kk = s === 0 ? "kk" : `(kk + ${u(s)})`;
-    for (let r = 0; r < R; r++)
-      L.push(`    let a${r}_${s} = mm_tile_a[${kk} * ${u(TM)} + lid.y + ${u(r * WY)}];`);
-    for (let j = 0; j < C; j++)
-      L.push(`    let b${j}_${s} = mm_tile_b[${kk} * ${u(TN)} + lid.x + ${u(j * WX)}];`);
-    for (let r = 0; r < R; r++)
-      for (let j = 0; j < C; j++) L.push(`    lb${i}_${r}_${j} += a${r}_${s} * b${j}_${s};`);
-  }
-  L.push(`  }`);
+  L.push(...sharedTileProducts(D, U, R, C, TM, TN, WY, WX, `lb${i}_`));
   L.push(`  workgroupBarrier();`);
   L.push(`}`);
   return L;
@@ -1657,4 +1637,34 @@ export function lowRankBranchForms(
   });
   const bytes = [m * k, k * n, m * n, m * rank, rank * n, m * n].map((count) => 4 * count);
   return { fused: [fused], unfused: [up, added], bytes };
+}
+
+/**
+ * The shared-memory tile's inner loop over `depth` staged steps of k, `unroll` per iteration:
+ * each invocation's R × C products of the staged A and B tiles added to `${acc}${r}_${j}` (the
+ * product's own accumulators, or a low-rank branch's).
+ */
+function sharedTileProducts(
+  depth: number,
+  unroll: number,
+  R: number,
+  C: number,
+  TM: number,
+  TN: number,
+  WY: number,
+  WX: number,
+  acc: string,
+): string[] {
+  const L = [`  for (var kk = lrk_zero; kk < ${u(depth)}; kk += ${u(unroll)}) {`];
+  for (let s = 0; s < unroll; s++) {
+    const kk = s === 0 ? "kk" : `(kk + ${u(s)})`;
+    for (let r = 0; r < R; r++)
+      L.push(`    let a${r}_${s} = mm_tile_a[${kk} * ${u(TM)} + lid.y + ${u(r * WY)}];`);
+    for (let j = 0; j < C; j++)
+      L.push(`    let b${j}_${s} = mm_tile_b[${kk} * ${u(TN)} + lid.x + ${u(j * WX)}];`);
+    for (let r = 0; r < R; r++)
+      for (let j = 0; j < C; j++) L.push(`    ${acc}${r}_${j} += a${r}_${s} * b${j}_${s};`);
+  }
+  L.push(`  }`);
+  return L;
 }
