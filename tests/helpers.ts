@@ -210,3 +210,14 @@ ${o.rules}
 }
 `;
 }
+
+/** Deterministic values in [-0.5, 0.5) from a fixed-seed LCG. */
+export function values(count: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 32 - 0.5;
+  }
+  return out;
+}

@@ -30,17 +30,7 @@ import { defaultMatmulParams, matmulCandidates } from "../compiler/kernels/matmu
 import { fuse } from "../compiler/fuse/index.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-
-/** Deterministic values in [-0.5, 0.5). */
-function values(count: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(count);
-  for (let i = 0; i < count; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 32 - 0.5;
-  }
-  return out;
-}
+import { values } from "./helpers.js";
 
 /** The forward and the input gradient of a LoRA linear, m tokens, k in, n out. */
 function loraProducts(m: number, k: number, n: number, rank: number) {

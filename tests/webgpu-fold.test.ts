@@ -8,16 +8,7 @@ import type { GraphProgram, ProgramInput } from "../compiler/program.js";
 import { deviceTarget } from "../cli/target.js";
 import { evaluate, type Tensor } from "../runtime/interpreter.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
-
-function values(count: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(count);
-  for (let i = 0; i < count; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 32 - 0.5;
-  }
-  return out;
-}
+import { values } from "./helpers.js";
 
 /** batch × heads × tokens × head size heads joined back, times dy [batch, tokens, n], summed over the batch. */
 function joinedWeightGrad(batch: number, heads: number, tokens: number, size: number, n: number) {
