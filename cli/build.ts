@@ -10,14 +10,9 @@ import type { TrainSpec } from "../compiler/train.js";
 import { error, hasErrors } from "../language/diagnostics.js";
 import { selectorListText } from "../language/format.js";
 import { parse } from "../language/parse.js";
-import { kernelFileName } from "../runtime/run-folder.js";
+import { kernelFileName, planJson } from "../runtime/run-folder.js";
 import { failureDiagnostic } from "./failures.js";
-import {
-  isFileSystemError,
-  makeFolder,
-  writeFileAtomic,
-  writeFilesAtomic,
-} from "../runtime/atomic.js";
+import { isFileSystemError, makeFolder, writeFilesAtomic } from "../runtime/atomic.js";
 import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
 import { buildTarget, portableTarget, withMaxBinding } from "./target.js";
@@ -180,9 +175,9 @@ export function splitLines(plan: Plan): string[] {
 }
 
 /**
- * `--out`: one .wgsl per kernel, then plan.json, each written atomically (the kernels several at
- * a time: writeFilesAtomic); a failure is E0003. plan.json comes last, so that a plan on disk
- * never names kernels that are not written yet.
+ * `--out`: one .wgsl per kernel, then plan.json (naming each kernel's file), written together by
+ * writeFilesAtomic; a failure is E0003 and changes no file. plan.json is renamed into place last,
+ * so that a plan on disk never names kernels that are not written yet.
  */
 async function writePlan(
   plan: Plan,
@@ -193,14 +188,13 @@ async function writePlan(
   let current = out;
   try {
     makeFolder(out);
-    const kernels = plan.kernels.map((k) => ({ path: join(out, kernelFileName(k)), data: k.wgsl }));
-    const failed = await writeFilesAtomic(kernels);
+    const files = plan.kernels.map((k) => ({ path: join(out, kernelFileName(k)), data: k.wgsl }));
+    files.push({ path: join(out, "plan.json"), data: planJson(plan) });
+    const failed = writeFilesAtomic(files);
     if (failed) {
       current = failed.path;
       throw failed.error;
     }
-    current = join(out, "plan.json");
-    writeFileAtomic(current, JSON.stringify(plan, null, 2) + "\n");
   } catch (e) {
     if (!isFileSystemError(e)) throw e;
     const code = e.code;

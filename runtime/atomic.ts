@@ -16,7 +16,7 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
-import { open as openFile, realpath, rename, stat, access, unlink } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 
 /**
@@ -34,10 +34,7 @@ export function writeFileAtomic(
   const keepMode = target.mode;
   // A rename would replace even a file the user made read-only: refuse as a plain write would.
   if (keepMode !== undefined) accessSync(target.path, constants.W_OK);
-  const tmp = join(
-    dirname(target.path),
-    `.${basename(target.path)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`,
-  );
+  const tmp = temporaryPath(target.path);
   const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
   const fd = openSync(tmp, "wx", options.mode ?? 0o644);
   try {
@@ -62,65 +59,108 @@ export function writeFileAtomic(
 }
 
 /**
- * Writes many files, each as `writeFileAtomic` does (temporary file, fsync, rename; an existing
- * file keeps its permission bits), several at a time: each fsync waits for the disk, and ext4
- * commits concurrent ones together (1,506 kernel files: 8 s one by one on a loaded machine, 2.5 s
- * four at a time). Each folder is synced once, at the end. Resolves to undefined when every file
- * is written, or to the first failure's path and system error: files not yet started are left
- * alone, those under way finish (or fail) first, and no temporary file is left behind.
+ * Writes many files, each through a temporary file and a rename as `writeFileAtomic` does (an
+ * existing file keeps its permission bits), with one flush for all of them instead of one fsync
+ * each (ext4 takes ≈ 0.35 ms a fsync: 0.5 s for a 12-layer model's 1,494 kernels, against 25 ms
+ * for one `syncfs`). All temporary files are written first: when one fails (a full disk, a missing
+ * folder) the others are removed and no target has changed. Then they are flushed together, then
+ * renamed, then each folder is synced. Returns undefined when every file is written, or the first
+ * failure's path and system error.
  */
-export async function writeFilesAtomic(
+export function writeFilesAtomic(
   files: readonly { path: string; data: string | Uint8Array }[],
-  concurrency = 8,
-): Promise<{ path: string; error: unknown } | undefined> {
-  let next = 0;
-  let failed: { path: string; error: unknown } | undefined;
-  const worker = async () => {
-    while (failed === undefined && next < files.length) {
-      const { path, data } = files[next++]!;
+): { path: string; error: unknown } | undefined {
+  const staged: { tmp: string; target: string }[] = [];
+  const removeStaged = () => {
+    for (const { tmp } of staged)
       try {
-        await writeOneAtomic(path, data);
-      } catch (error) {
-        failed ??= { path, error };
+        unlinkSync(tmp);
+      } catch {
+        // already gone: nothing to clean
       }
-    }
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, worker));
-  if (failed) return failed;
-  for (const dir of new Set(files.map((f) => dirname(resolve(f.path))))) syncFolder(dir);
+  for (const { path, data } of files) {
+    try {
+      staged.push(stageFile(path, data));
+    } catch (error) {
+      removeStaged();
+      return { path, error };
+    }
+  }
+  flushFiles(staged.map((s) => s.tmp));
+  for (let i = 0; i < staged.length; i++) {
+    try {
+      renameSync(staged[i]!.tmp, staged[i]!.target);
+    } catch (error) {
+      staged.splice(0, i);
+      removeStaged();
+      return { path: files[i]!.path, error };
+    }
+  }
+  for (const dir of new Set(staged.map((s) => dirname(s.target)))) syncFolder(dir);
   return undefined;
 }
 
-/** One file of writeFilesAtomic: writeFileAtomic's steps, asynchronous, without the folder sync. */
-async function writeOneAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  let target: { path: string; mode?: number } = { path };
+/** writeFilesAtomic's first step for one file: its content in a temporary file beside the target. */
+function stageFile(path: string, data: string | Uint8Array): { tmp: string; target: string } {
+  const target = existingTarget(path);
+  if (target.mode !== undefined) accessSync(target.path, constants.W_OK);
+  const tmp = temporaryPath(target.path);
+  const fd = openSync(tmp, "wx", 0o644);
   try {
-    const real = await realpath(path);
-    target = { path: real, mode: (await stat(real)).mode & 0o7777 };
-  } catch {
-    // a new file (or a dangling link: written as a plain write would, at the link's own path)
-  }
-  if (target.mode !== undefined) await access(target.path, constants.W_OK);
-  const tmp = join(
-    dirname(target.path),
-    `.${basename(target.path)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`,
-  );
-  const handle = await openFile(tmp, "wx", 0o644);
-  try {
-    try {
-      await handle.writeFile(data);
-      if (target.mode !== undefined) await handle.chmod(target.mode);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, target.path);
+    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+    for (let done = 0; done < bytes.length;)
+      done += writeSync(fd, bytes, done, bytes.length - done);
+    if (target.mode !== undefined) fchmodSync(fd, target.mode);
   } catch (e) {
-    await unlink(tmp).catch(() => {
-      // already gone, or the folder refuses even that: the error below says why
-    });
+    closeSync(fd);
+    unlinkSync(tmp);
     throw e;
   }
+  closeSync(fd);
+  return { tmp, target: target.path };
+}
+
+/**
+ * Makes the files' contents durable: a folder's few files are fsynced one by one, its many with
+ * one `syncfs` of its file system (coreutils' `sync --file-system`), or one by one where that
+ * command is missing or fails. Best effort, like syncFolder: a file system that refuses to sync
+ * leaves the files written, only less durable.
+ */
+function flushFiles(paths: readonly string[]): void {
+  const byFolder = new Map<string, string[]>();
+  for (const path of paths) {
+    const folder = byFolder.get(dirname(path)) ?? [];
+    byFolder.set(dirname(path), folder);
+    folder.push(path);
+  }
+  for (const inFolder of byFolder.values()) {
+    if (inFolder.length >= 16 && process.platform === "linux") {
+      const r = spawnSync("sync", ["--file-system", inFolder[0]!], { stdio: "ignore" });
+      if (r.status === 0) continue;
+    }
+    for (const path of inFolder) fsyncPath(path);
+  }
+}
+
+function fsyncPath(path: string): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, "r");
+    fsyncSync(fd);
+  } catch {
+    // see flushFiles: durability is best effort
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** A fresh temporary file's path in the folder of `path` (so the rename cannot cross file systems). */
+function temporaryPath(path: string): string {
+  return join(
+    dirname(path),
+    `.${basename(path)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`,
+  );
 }
 
 /**

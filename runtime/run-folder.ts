@@ -353,7 +353,7 @@ export class RunFolder {
     });
     // Kernels first, plan.json last: a plan.json on disk never names a kernel not yet written.
     for (const k of plan.kernels) this.writeAtomically(join(kernels, kernelFileName(k)), k.wgsl);
-    this.writeAtomically(join(this.dir, "plan.json"), JSON.stringify(plan, null, 2) + "\n");
+    this.writeAtomically(join(this.dir, "plan.json"), planJson(plan));
     return join(this.dir, "plan.json");
   }
 
@@ -412,6 +412,16 @@ export class RunFolder {
     this.writeAtomically(path, lineChart(title, series));
     return path;
   }
+}
+
+/**
+ * plan.json's text: the plan with each kernel's WGSL replaced by `file`, the name of its .wgsl
+ * file (beside plan.json from `lrkc build --out`, in `kernels/` of a run folder): the text is in
+ * that file, and writing it twice made a 12-layer model's plan.json 13.6 MB.
+ */
+export function planJson(plan: Plan): string {
+  const kernels = plan.kernels.map(({ wgsl: _, ...k }) => ({ ...k, file: kernelFileName(k) }));
+  return JSON.stringify({ ...plan, kernels }, null, 2) + "\n";
 }
 
 /** `007-matmul_gelu.wgsl`: the kernel's id, then its name made safe for a file name. */

@@ -163,11 +163,14 @@ describe("lrkc build --emit plan|wgsl", () => {
     );
     expect(r.code).toBe(0);
     const written = JSON.parse(readFileSync(join(out, "plan.json"), "utf8")) as {
-      kernels: { wgsl: string }[];
+      kernels: { file: string; wgsl?: string }[];
     };
     expect(written.kernels).toHaveLength(count);
     const files = readdirSync(out).filter((f) => f.endsWith(".wgsl"));
     expect(files).toHaveLength(count);
+    // plan.json names each kernel's file rather than repeating its text
+    expect(written.kernels.map((k) => k.file).sort()).toEqual([...files].sort());
+    expect(written.kernels.every((k) => k.wgsl === undefined)).toBe(true);
     const first = readFileSync(join(out, files.sort()[0]!), "utf8");
     expect(files[0]).toMatch(/^000-matmul/);
     // every kernel opens with the IR nodes and the .lrk lines it computes

@@ -195,8 +195,8 @@ describe("lrkc build --out", () => {
   });
 });
 
-describe("writeFilesAtomic (build --out's kernels, several at a time)", () => {
-  it("writes every file, keeps an existing file's mode, and leaves no temporary files", async () => {
+describe("writeFilesAtomic (build --out's kernels and plan.json, flushed together)", () => {
+  it("writes every file, keeps an existing file's mode, and leaves no temporary files", () => {
     const dir = tempDir();
     writeFileSync(join(dir, "k0.wgsl"), "old");
     chmodSync(join(dir, "k0.wgsl"), 0o600);
@@ -204,23 +204,25 @@ describe("writeFilesAtomic (build --out's kernels, several at a time)", () => {
       path: join(dir, `k${i}.wgsl`),
       data: `kernel ${i}`,
     }));
-    expect(await writeFilesAtomic(files, 4)).toBeUndefined();
+    expect(writeFilesAtomic(files)).toBeUndefined();
     for (let i = 0; i < 40; i++) expect(readFileSync(files[i]!.path, "utf8")).toBe(`kernel ${i}`);
     expect(statSync(join(dir, "k0.wgsl")).mode & 0o777).toBe(0o600);
     expect(tempFiles(dir)).toEqual([]);
   });
 
-  it("stops at a failure, names its file, and leaves the rest and no temporary files", async () => {
+  it("stops at a failure, names its file, and changes no file and leaves no temporary files", () => {
     const dir = tempDir();
+    writeFileSync(join(dir, "k0.wgsl"), "old");
     const files = Array.from({ length: 40 }, (_, i) => ({
       // the second file's folder is missing: its temporary file cannot be made
       path: join(dir, i === 1 ? "missing" : "", `k${i}.wgsl`),
       data: `kernel ${i}`,
     }));
-    const failed = await writeFilesAtomic(files, 1);
+    const failed = writeFilesAtomic(files);
     expect(failed?.path).toBe(files[1]!.path);
     expect((failed?.error as NodeJS.ErrnoException).code).toBe("ENOENT");
     expect(readdirSync(dir)).toEqual(["k0.wgsl"]);
+    expect(readFileSync(join(dir, "k0.wgsl"), "utf8")).toBe("old");
   });
 });
 
