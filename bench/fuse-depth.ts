@@ -103,10 +103,11 @@ for (const layers of depths.length ? depths : [8, 16, 32]) {
   const tBuffers = seconds(t0);
   t0 = cpu();
   const emitted = emitKernels(step, fused, buffers, { limits, features: [] });
+  const shared = emitted.shared;
   const tEmit = seconds(t0);
   const plan = assemblePlan(step, buffers, emitted);
   console.log(
-    `${layers} layers: ${graph.nodes.length} nodes, ${groups} groups; compile ${tPrepare} s; planStep: fuse ${tFuse} s, buffers ${tBuffers} s, kernels ${tEmit} s (${plan.kernels.length} kernels)`,
+    `${layers} layers: ${graph.nodes.length} nodes, ${groups} groups; compile ${tPrepare} s; planStep: fuse ${tFuse} s, buffers ${tBuffers} s, kernels ${tEmit} s (${plan.kernels.length} kernels, ${shared} from another group's)`,
   );
 }
 if (dump) writeFileSync(dump, JSON.stringify(dumped));

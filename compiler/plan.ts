@@ -48,6 +48,7 @@ import {
   type TensorNeed,
 } from "./memory-plan.js";
 import { inPlaceOutputs } from "./in-place.js";
+import { KernelMemo } from "./kernel-memo.js";
 import { packedBits, storedBytes, storedWidth } from "./program.js";
 import type { Entry, GraphProgram, MatmulTemplate } from "./program.js";
 import { header, matmulFusionCode, sourceLines, type PackedOf } from "./wgsl.js";
@@ -169,6 +170,11 @@ export interface PlanTarget {
    * .lowRankTileFuses), `key` naming them for fusion's memo; absent: every such branch fused.
    */
   lowRankChoices?: LowRankChoices;
+  /**
+   * Groups alike share their kernels' emission (compiler/kernel-memo.ts; default); false: every
+   * group is emitted from the whole graph (what the memo must equal, for its tests).
+   */
+  shareKernels?: boolean;
 }
 
 /** Which tile-able low-rank branches are fused, as timed (cli/target.ts `lowRankChoices`). */
@@ -370,7 +376,7 @@ export function emitKernels(
   fused: readonly EntryFusion[],
   buffers: BufferPlan,
   target: PlanTarget,
-): { kernels: PlanKernel[]; entries: Record<string, PlanEntry> } {
+): { kernels: PlanKernel[]; entries: Record<string, PlanEntry>; shared: number } {
   const { graph } = program;
   const chooseMatmul = matmulChooser(target);
   const maxBindings = target.limits.maxStorageBuffersPerShaderStage ?? 8;
@@ -379,6 +385,21 @@ export function emitKernels(
   const kernels: PlanKernel[] = [];
   const entries: Record<string, PlanEntry> = {};
   const chunksOf = (buffer: number) => buffers.buffers[buffer]?.chunks;
+  // each layer's kernels are the first layer's on other nodes and buffers: emitted once
+  const lowRankTile = target.lowRankTile ?? true;
+  const memo = new KernelMemo((g, c) =>
+    groupKernels(
+      c.graph,
+      g,
+      c.isBuffer,
+      c.bufferOf,
+      c.scratch,
+      chooseMatmul,
+      c.packedOf,
+      lowRankTile,
+    ).map((k) => splitBindings(k, c.chunksOf)),
+  );
+  const share = target.shareKernels ?? true;
   for (const { entry, groups, inputs } of fused) {
     const keyOf = buffers.keyOf.get(entry.name)!;
     // Kernels ask for the buffers they read many times over; a node's key is a string made anew.
@@ -402,18 +423,9 @@ export function emitKernels(
       ]),
     );
     const dispatches: number[] = [];
+    const context = { graph, isBuffer, bufferOf, packedOf, chunksOf, scratch };
     for (const g of groups) {
-      const made = groupKernels(
-        graph,
-        g,
-        isBuffer,
-        bufferOf,
-        scratch,
-        chooseMatmul,
-        packedOf,
-        target.lowRankTile ?? true,
-      );
-      for (const k of made.map((k) => splitBindings(k, chunksOf))) {
+      for (const k of share ? memo.kernels(g, context) : memo.emit(g, context)) {
         if (k.bindings.length > maxBindings)
           throw new BindingLimitError(
             k.name,
@@ -437,7 +449,7 @@ export function emitKernels(
       })),
     };
   }
-  return { kernels, entries };
+  return { kernels, entries, shared: memo.hits };
 }
 
 /** Bindings that are chunks of split buffers (beyond one binding per buffer). */
@@ -517,7 +529,7 @@ export function groupKernels(
   g: KernelGroup,
   isBuffer: (node: number) => boolean,
   bufferOf: (node: number) => number,
-  scratch: Map<number, number[]>,
+  scratch: ReadonlyMap<number, readonly number[]>,
   chooseMatmul: (shape: MatmulShape) => MatmulParams,
   packedOf: PackedOf = () => undefined,
   lowRankTile = true,
@@ -623,7 +635,7 @@ export function groupKernels(
         {
           inputs: graph.node(g.anchor).inputs.map(bufferOf),
           out: bufferOf(g.output),
-          scratch: scratch.get(g.anchor) ?? [],
+          scratch: [...(scratch.get(g.anchor) ?? [])],
         },
         chooseMatmul,
       );

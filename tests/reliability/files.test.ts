@@ -210,6 +210,25 @@ describe("writeFilesAtomic (build --out's kernels and plan.json, flushed togethe
     expect(tempFiles(dir)).toEqual([]);
   });
 
+  it("leaves a file that already holds its content as it is (same inode), and rewrites the others", () => {
+    const dir = tempDir();
+    const same = join(dir, "same.wgsl");
+    const changed = join(dir, "changed.wgsl");
+    writeFileSync(same, "kernel");
+    writeFileSync(changed, "kernel");
+    const before = statSync(same).ino;
+    const changedBefore = statSync(changed).ino;
+    expect(
+      writeFilesAtomic([
+        { path: same, data: "kernel" },
+        { path: changed, data: "kernel 2" },
+      ]),
+    ).toBeUndefined();
+    expect(statSync(same).ino).toBe(before);
+    expect(statSync(changed).ino).not.toBe(changedBefore);
+    expect(readFileSync(changed, "utf8")).toBe("kernel 2");
+  });
+
   it("stops at a failure, names its file, and changes no file and leaves no temporary files", () => {
     const dir = tempDir();
     writeFileSync(join(dir, "k0.wgsl"), "old");

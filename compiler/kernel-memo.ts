@@ -1,0 +1,263 @@
+// Kernels of groups alike are emitted once. A 12-layer model has 1,494 kernels of ~230 distinct
+// texts: each layer's groups are the same computation on other nodes and buffers. A group's
+// kernels are emitted from a small graph of its own — the nodes the kernel can see, renumbered in
+// order (its computed nodes, what they read, up to the buffers it binds) — with canonical buffers
+// (numbered by first use) and placeholder names; the key is that small graph written out with
+// every fact the emitters read (ops, shapes, dtypes, source lines, which nodes are buffers, packed
+// storage, which share a buffer, a buffer's chunks). Groups with the same key get the same kernels,
+// with node ids, names and buffers put back: node ids appear only in comments and kernel names
+// (`// %12 param:w`, `map f32[4] %7`), names only in comments, buffers only in `bindings`.
+//
+// A kernel whose code (not a comment) names a node — the gather flag writes the gather's id + 1
+// (compiler/wgsl.ts) — is emitted from the real graph every time and never shared.
+import { Graph, type Node, type Op } from "./ir.js";
+import type { KernelGroup } from "./fuse/index.js";
+import type { ParamKernelSource } from "./kernels/special.js";
+
+/** Emits a group's kernels (bindings split into chunks), as emitKernels does. */
+export type EmitGroup = (g: KernelGroup, c: GroupContext) => ParamKernelSource[];
+
+/** What a group's kernels are made from: its graph and how its nodes are stored. */
+export interface GroupContext {
+  graph: Graph;
+  isBuffer: (node: number) => boolean;
+  bufferOf: (node: number) => number;
+  packedOf: (node: number) => number | undefined;
+  chunksOf: (buffer: number) => readonly { offset: number; bytes: number }[] | undefined;
+  scratch: ReadonlyMap<number, readonly number[]>;
+}
+
+/** A kernel emitted from a group's small graph: text split where node ids and names go back. */
+interface Template {
+  kernel: ParamKernelSource;
+  /** The WGSL as literal pieces with slots between them: [text, slot, text, slot, …, text]. */
+  pieces: (string | Slot)[];
+  namePieces: (string | Slot)[];
+}
+
+/** A node id (`id`), a node's name (`name`) or an input op's name (`opName`), by canonical index. */
+type Slot = { kind: "id" | "name" | "opName"; index: number };
+
+const NAME = (i: number) => `@@${i}@@`;
+const OP_NAME = (i: number) => `@#${i}#@`;
+/** Ids, names and op names in a comment or kernel name of the small graph's kernels. */
+const SLOT = /%(\d+)|@@(\d+)@@|@#(\d+)#@/g;
+
+export class KernelMemo {
+  private readonly templates = new Map<string, Template[] | "unshared">();
+  /** Groups whose kernels came from another group's, and groups emitted anew. */
+  hits = 0;
+  misses = 0;
+
+  constructor(readonly emit: EmitGroup) {}
+
+  kernels(g: KernelGroup, c: GroupContext): ParamKernelSource[] {
+    const small = smallGroup(g, c);
+    const known = this.templates.get(small.key);
+    if (known === "unshared") return this.emit(g, c);
+    if (known) {
+      this.hits++;
+      return known.map((t) => fill(t, small, c));
+    }
+    this.misses++;
+    const emitted = this.emit(small.group, {
+      graph: smallGraph(small, c.graph),
+      isBuffer: (i) => small.isBuffer[i] === 1,
+      bufferOf: (i) => small.bufferClass[i]!,
+      packedOf: (i) => c.packedOf(small.nodes[i]!),
+      chunksOf: (k) => c.chunksOf(small.buffers[k]!),
+      scratch: small.scratch,
+    });
+    if (emitted.some((k) => k.gatherFlag !== undefined)) {
+      this.templates.set(small.key, "unshared");
+      return this.emit(g, c);
+    }
+    const templates = emitted.map(template);
+    this.templates.set(small.key, templates);
+    return templates.map((t) => fill(t, small, c));
+  }
+}
+
+interface SmallGroup {
+  key: string;
+  group: KernelGroup;
+  /** Canonical index → the real node. */
+  nodes: number[];
+  /** Canonical index → whether the kernel computes it or reads it through inputs it computes. */
+  inside: Uint8Array;
+  isBuffer: Uint8Array;
+  /** Canonical index → its canonical buffer (-1: none). */
+  bufferClass: Int32Array;
+  /** Canonical buffer → the real buffer. */
+  buffers: number[];
+  scratch: Map<number, number[]>;
+}
+
+/** An op as text, for keys (each op object written once). */
+const opKeys = new WeakMap<Op, string>();
+function opKey(op: Op): string {
+  let key = opKeys.get(op);
+  if (key === undefined) opKeys.set(op, (key = JSON.stringify(op)));
+  return key;
+}
+
+/** The group renumbered, with the key that says what its kernels depend on. */
+function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
+  const { graph } = c;
+  const computed = new Set(g.nodes);
+  // every node the emitters may look at: the group's nodes and, through inputs, what they read,
+  // stopping at buffers the kernel binds
+  const seen = new Set<number>();
+  const stack = [...g.nodes, ...g.reads, ...g.outputs, g.output, g.anchor];
+  while (stack.length) {
+    const id = stack.pop()!;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    if (computed.has(id) || !c.isBuffer(id)) for (const i of graph.node(id).inputs) stack.push(i);
+  }
+  const nodes = [...seen].sort((a, b) => a - b);
+  const index = new Map<number, number>();
+  nodes.forEach((id, i) => index.set(id, i));
+  const at = (id: number) => index.get(id)!;
+  const buffers: number[] = [];
+  const classOf = new Map<number, number>();
+  const bufferClassOf = (buffer: number) => {
+    let k = classOf.get(buffer);
+    if (k === undefined) classOf.set(buffer, (k = buffers.push(buffer) - 1));
+    return k;
+  };
+  const inside = new Uint8Array(nodes.length);
+  const isBuffer = new Uint8Array(nodes.length);
+  const bufferClass = new Int32Array(nodes.length);
+  let key = "";
+  nodes.forEach((id, i) => {
+    const n = graph.node(id);
+    const buffered = c.isBuffer(id);
+    inside[i] = computed.has(id) || !buffered ? 1 : 0;
+    isBuffer[i] = buffered ? 1 : 0;
+    bufferClass[i] = buffered ? bufferClassOf(c.bufferOf(id)) : -1;
+    const op = n.op;
+    // a boundary node (a buffer read) matters by its kind, shape and storage; an input's name
+    // never does (it is a placeholder below)
+    const what =
+      op.kind === "input"
+        ? `input.${op.role}`
+        : inside[i]
+          ? `${opKey(op)}(${n.inputs.map(at).join(",")})`
+          : op.kind;
+    const source = n.source ? `${n.source.file}:${n.source.line}` : "";
+    const range = n.range ? JSON.stringify(n.range) : "";
+    key += `${what}|${n.shape.join(",")}|${n.dtype}|${n.name !== undefined ? 1 : 0}|${source}|${range}|${inside[i]}|${bufferClass[i]}|${c.packedOf(id) ?? 0};`;
+  });
+  const group = renumberGroup(g, at);
+  const scratch = new Map<number, number[]>();
+  const anchorScratch = c.scratch.get(g.anchor);
+  if (anchorScratch) scratch.set(at(g.anchor), anchorScratch.map(bufferClassOf));
+  const chunks = buffers.map((b) => c.chunksOf(b)?.map((x) => [x.offset, x.bytes]) ?? 0);
+  key += JSON.stringify([group, [...scratch], chunks]);
+  return { key, group, nodes, inside, isBuffer, bufferClass, buffers, scratch };
+}
+
+/**
+ * The small graph the kernels are emitted from: the group's nodes renumbered in order, names
+ * and input ops' names as placeholders, boundary nodes without inputs.
+ */
+function smallGraph(small: SmallGroup, graph: Graph): Graph {
+  const out = new Graph();
+  const at = new Map<number, number>();
+  small.nodes.forEach((id, i) => at.set(id, i));
+  small.nodes.forEach((id, i) => {
+    const n = graph.node(id);
+    const node: Node = {
+      id: i,
+      op: n.op.kind === "input" ? { ...n.op, name: OP_NAME(i) } : n.op,
+      inputs: small.inside[i] ? n.inputs.map((x) => at.get(x)!) : [],
+      shape: n.shape,
+      dtype: n.dtype,
+      ...(n.name !== undefined ? { name: NAME(i) } : {}),
+      ...(n.source ? { source: n.source } : {}),
+      ...(n.range ? { range: n.range } : {}),
+    };
+    out.nodes.push(node);
+  });
+  return out;
+}
+
+/** The group with every node id replaced by `at(id)`. */
+function renumberGroup(g: KernelGroup, at: (id: number) => number): KernelGroup {
+  const all = (ids: readonly number[]) => ids.map(at);
+  const operand = (o: KernelGroup["a"]) => o && { ...o, node: at(o.node) };
+  return {
+    ...g,
+    output: at(g.output),
+    outputs: all(g.outputs),
+    anchor: at(g.anchor),
+    nodes: all(g.nodes),
+    reads: all(g.reads),
+    epilogue: all(g.epilogue),
+    ...(g.a ? { a: operand(g.a) } : {}),
+    ...(g.b ? { b: operand(g.b) } : {}),
+    ...(g.lowRank ? { lowRank: all(g.lowRank) } : {}),
+    ...(g.row ? { row: { ...g.row, reduces: all(g.row.reduces), totals: all(g.row.totals) } } : {}),
+  };
+}
+
+/** A small graph's kernel with the slots of its comments and name found. */
+function template(kernel: ParamKernelSource): Template {
+  const pieces: (string | Slot)[] = [];
+  let literal = "";
+  const lines = kernel.wgsl.split("\n");
+  lines.forEach((line, i) => {
+    const end = i < lines.length - 1 ? "\n" : "";
+    const comment = line.indexOf("//");
+    if (comment < 0) {
+      literal += line + end;
+      return;
+    }
+    const parts = slots(line.slice(comment) + end);
+    literal += line.slice(0, comment) + (parts[0] as string);
+    for (let j = 1; j < parts.length; j += 2) {
+      pieces.push(literal, parts[j]!);
+      literal = parts[j + 1] as string;
+    }
+  });
+  pieces.push(literal);
+  return { kernel, pieces, namePieces: slots(kernel.name) };
+}
+
+/** `text` as [literal, slot, literal, …, literal]. */
+function slots(text: string): (string | Slot)[] {
+  const out: (string | Slot)[] = [];
+  let last = 0;
+  for (const m of text.matchAll(SLOT)) {
+    out.push(text.slice(last, m.index));
+    const [kind, index] =
+      m[1] !== undefined ? ["id", m[1]] : m[2] !== undefined ? ["name", m[2]] : ["opName", m[3]!];
+    out.push({ kind: kind as Slot["kind"], index: Number(index) });
+    last = m.index! + m[0].length;
+  }
+  out.push(text.slice(last));
+  return out;
+}
+
+/** The template's kernel for the real group: node ids, names and buffers put back. */
+function fill(t: Template, small: SmallGroup, c: GroupContext): ParamKernelSource {
+  const slot = (s: Slot) => {
+    const node = small.nodes[s.index];
+    if (node === undefined) throw new Error(`kernel memo: slot %${s.index} is not a node`);
+    if (s.kind === "id") return `%${node}`;
+    const n = c.graph.node(node);
+    return s.kind === "name" ? n.name! : (n.op as { name: string }).name;
+  };
+  const join = (pieces: (string | Slot)[]) => {
+    let text = "";
+    for (const p of pieces) text += typeof p === "string" ? p : slot(p);
+    return text;
+  };
+  return {
+    ...t.kernel,
+    name: join(t.namePieces),
+    wgsl: join(t.pieces),
+    bindings: t.kernel.bindings.map((b) => ({ ...b, buffer: small.buffers[b.buffer]! })),
+  };
+}

@@ -1,0 +1,92 @@
+// Kernels shared between groups alike (compiler/kernel-memo.ts): the plan with shared kernels is
+// the plan with every group emitted from the whole graph, kernel for kernel, on programs that
+// exercise each kernel family and the memo's edge cases — repeated layers (shared), split
+// bindings (chunks in the key), packed and f16 weights, gathers (their flag names a node: never
+// shared), special kernels with scratch (SVD), subgroup matmuls and low-rank tiles.
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { planStep } from "../compiler/compile.js";
+import { emitKernels, fuseEntries, planBuffers, matmulChooser } from "../compiler/plan.js";
+import type { PlanTarget } from "../compiler/plan.js";
+import type { GraphProgram } from "../compiler/program.js";
+import { portableTarget } from "../cli/target.js";
+import { compile } from "./program-helpers.js";
+import { tinyLmSource } from "./helpers.js";
+
+function example(path: string, layers?: number): GraphProgram {
+  let text = readFileSync(path, "utf8");
+  if (layers !== undefined)
+    text = text.replace(
+      "model TinyLM(vocab: sub.vocab)",
+      `model TinyLM(vocab: sub.vocab, layers: ${layers})`,
+    );
+  return compile(text, { path }).program.step;
+}
+
+function expectSharedEqualsUnshared(step: GraphProgram, target: PlanTarget): number {
+  const shared = planStep(step, target);
+  const alone = planStep(step, { ...target, shareKernels: false });
+  expect(shared.kernels.length).toBe(alone.kernels.length);
+  shared.kernels.forEach((k, i) => expect(k).toEqual(alone.kernels[i]));
+  expect(shared).toEqual(alone);
+  const fused = fuseEntries(step, target.limits);
+  const buffers = planBuffers(step, fused, target.limits, matmulChooser(target));
+  return emitKernels(step, fused, buffers, target).shared;
+}
+
+const subgroupTarget: PlanTarget = {
+  ...portableTarget,
+  features: ["subgroups", "shader-f16"],
+};
+
+describe("kernels shared between groups alike", () => {
+  it("are the kernels each group gets alone: a 3-layer LoRA tiny LM, most of them shared", () => {
+    const step = example("examples/lora_finetune.lrk", 3);
+    const shared = expectSharedEqualsUnshared(step, portableTarget);
+    const kernels = planStep(step, portableTarget).kernels.length;
+    // two of three layers come from the first's kernels
+    expect(shared).toBeGreaterThan(kernels / 2);
+    expectSharedEqualsUnshared(step, subgroupTarget);
+  });
+
+  it("with buffers split into chunks (a 4 KiB binding limit): chunks are part of the key", () => {
+    const step = compile(tinyLmSource() + loraTrain, { path: "chunks.lrk" }).program.step;
+    const small: PlanTarget = {
+      ...portableTarget,
+      limits: { ...portableTarget.limits, maxStorageBufferBindingSize: 4096 },
+    };
+    expectSharedEqualsUnshared(step, small);
+    const plan = planStep(step, small);
+    expect(plan.kernels.some((k) => k.bindings.some((b) => b.offset !== undefined))).toBe(true);
+    // the embedding's gather checks its ids: a kernel whose code names its node
+    expect(plan.kernels.some((k) => k.gatherFlag !== undefined)).toBe(true);
+  });
+
+  for (const path of [
+    "examples/svdquant_lora.lrk",
+    "examples/galore_pretrain.lrk",
+    "examples/dora_finetune.lrk",
+    "examples/adalora_budget.lrk",
+    "examples/full_finetune.lrk",
+  ])
+    it(`are the kernels each group gets alone: ${path}`, () => {
+      expectSharedEqualsUnshared(example(path), portableTarget);
+    });
+});
+
+const loraTrain = `
+import std.adapters.{lora}
+import std.optim.{adamw}
+data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 3)
+train chunks {
+  model TinyLM(vocab: arith.vocab, d: 16, layers: 2, heads: 2, ctx: 16)
+  data arith
+  loss cross_entropy(model(batch.input), batch.target)
+  freeze **
+  adapt blocks.*.attn.{q, v} with lora(rank: 4, alpha: 8)
+  optimize adapters with adamw(lr: 1e-2)
+  steps 10
+  batch 4
+  seed 1
+}
+`;
