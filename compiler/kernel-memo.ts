@@ -93,12 +93,20 @@ interface SmallGroup {
   scratch: Map<number, number[]>;
 }
 
-/** An op as text, for keys (each op object written once). */
+/**
+ * An op as text, for keys (each op object written once). JSON writes ±Infinity and NaN as `null`
+ * and −0 as `0`: numbers are written so that every value has its own text.
+ */
 const opKeys = new WeakMap<Op, string>();
 function opKey(op: Op): string {
   let key = opKeys.get(op);
-  if (key === undefined) opKeys.set(op, (key = JSON.stringify(op)));
+  if (key === undefined) opKeys.set(op, (key = JSON.stringify(op, exactNumbers)));
   return key;
+}
+
+function exactNumbers(_key: string, value: unknown): unknown {
+  if (typeof value !== "number" || (Number.isFinite(value) && !Object.is(value, -0))) return value;
+  return Object.is(value, -0) ? "-0" : String(value);
 }
 
 /** The group renumbered, with the key that says what its kernels depend on. */

@@ -157,7 +157,8 @@ describe("compile time against depth", () => {
   }, 120_000);
 
   // Counted, not timed: a deep model runs the same few products in every layer, and the matmul
-  // template's code (hundreds of lines a kernel) is generated once per distinct product.
+  // template's code (hundreds of lines a kernel) is generated once per distinct product (most
+  // groups do not even ask: their kernels come from a group alike, compiler/kernel-memo.ts).
   it("plans the matmuls of more layers without generating more matmul code", () => {
     planStep(compileLm(8).program.step, portableTarget);
     const before = matmulCodeStats();
@@ -166,7 +167,7 @@ describe("compile time against depth", () => {
     const matmuls = plan.kernels.filter((k) => k.kind === "matmul").length;
     expect(matmuls).toBeGreaterThan(layers * 20);
     expect(after.generated - before.generated).toBe(0);
-    expect(after.reused - before.reused).toBeGreaterThanOrEqual(matmuls);
+    expect(after.reused - before.reused).toBeGreaterThan(0);
   }, 120_000);
 });
 
