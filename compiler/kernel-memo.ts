@@ -154,7 +154,7 @@ function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
           ? `${opKey(op)}(${n.inputs.map(at).join(",")})`
           : op.kind;
     const source = n.source ? `${n.source.file}:${n.source.line}` : "";
-    const range = n.range ? JSON.stringify(n.range) : "";
+    const range = n.range ? JSON.stringify(n.range, exactNumbers) : "";
     key += `${what}|${n.shape.join(",")}|${n.dtype}|${n.name !== undefined ? 1 : 0}|${source}|${range}|${inside[i]}|${bufferClass[i]}|${c.packedOf(id) ?? 0};`;
   });
   const group = renumberGroup(g, at);
