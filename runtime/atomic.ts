@@ -74,7 +74,7 @@ export function writeFileAtomic(
 export function writeFilesAtomic(
   files: readonly { path: string; data: string | Uint8Array }[],
 ): { path: string; error: unknown } | undefined {
-  const staged: { tmp: string; target: string }[] = [];
+  const staged: { tmp: string; target: string; path: string }[] = [];
   const removeStaged = () => {
     for (const { tmp } of staged)
       try {
@@ -85,8 +85,9 @@ export function writeFilesAtomic(
   };
   for (const { path, data } of files) {
     try {
-      if (holds(path, data)) continue;
-      staged.push(stageFile(path, data));
+      const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+      if (holds(path, bytes)) continue;
+      staged.push({ ...stageFile(path, bytes), path });
     } catch (error) {
       removeStaged();
       return { path, error };
@@ -97,36 +98,34 @@ export function writeFilesAtomic(
     try {
       renameSync(staged[i]!.tmp, staged[i]!.target);
     } catch (error) {
+      const path = staged[i]!.path;
       staged.splice(0, i);
       removeStaged();
-      return { path: files[i]!.path, error };
+      return { path, error };
     }
   }
   for (const dir of new Set(staged.map((s) => dirname(s.target)))) syncFolder(dir);
   return undefined;
 }
 
-/** Whether `path` is a regular file holding exactly `data` already. */
-function holds(path: string, data: string | Uint8Array): boolean {
-  const bytes = typeof data === "string" ? Buffer.byteLength(data, "utf8") : data.length;
+/** Whether `path` is a regular file holding exactly `bytes` already. */
+function holds(path: string, bytes: Uint8Array): boolean {
   const st = statSync(path, { throwIfNoEntry: false });
-  if (!st?.isFile() || st.size !== bytes) return false;
+  if (!st?.isFile() || st.size !== bytes.length) return false;
   try {
-    const held = readFileSync(path);
-    return typeof data === "string" ? held.toString("utf8") === data : held.equals(data);
+    return readFileSync(path).equals(bytes);
   } catch {
     return false; // unreadable: written anew, which reports why if it cannot be
   }
 }
 
 /** writeFilesAtomic's first step for one file: its content in a temporary file beside the target. */
-function stageFile(path: string, data: string | Uint8Array): { tmp: string; target: string } {
+function stageFile(path: string, bytes: Uint8Array): { tmp: string; target: string } {
   const target = existingTarget(path);
   if (target.mode !== undefined) accessSync(target.path, constants.W_OK);
   const tmp = temporaryPath(target.path);
   const fd = openSync(tmp, "wx", 0o644);
   try {
-    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
     for (let done = 0; done < bytes.length;)
       done += writeSync(fd, bytes, done, bytes.length - done);
     if (target.mode !== undefined) fchmodSync(fd, target.mode);

@@ -229,6 +229,20 @@ describe("writeFilesAtomic (build --out's kernels and plan.json, flushed togethe
     expect(readFileSync(changed, "utf8")).toBe("kernel 2");
   });
 
+  it("names the file whose rename failed, past files left as they were", () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "same.wgsl"), "kernel");
+    mkdirSync(join(dir, "taken.wgsl")); // a folder where a file goes: its rename fails
+    const files = [
+      { path: join(dir, "same.wgsl"), data: "kernel" },
+      { path: join(dir, "new.wgsl"), data: "new" },
+      { path: join(dir, "taken.wgsl"), data: "x" },
+    ];
+    const failed = writeFilesAtomic(files);
+    expect(failed?.path).toBe(files[2]!.path);
+    expect(tempFiles(dir)).toEqual([]);
+  });
+
   it("stops at a failure, names its file, and changes no file and leaves no temporary files", () => {
     const dir = tempDir();
     writeFileSync(join(dir, "k0.wgsl"), "old");
