@@ -421,7 +421,29 @@ export class RunFolder {
  */
 export function planJson(plan: Plan): string {
   const kernels = plan.kernels.map(({ wgsl: _, ...k }) => ({ ...k, file: kernelFileName(k) }));
-  return JSON.stringify({ ...plan, kernels }, null, 2) + "\n";
+  return indentedJson({ ...plan, kernels }, "") + "\n";
+}
+
+/**
+ * JSON indented by two spaces a level, as `JSON.stringify(value, null, 2)`, except that an array
+ * of numbers, strings and the like stays on one line (a kernel's `nodes`, a dispatch's grid).
+ */
+function indentedJson(value: unknown, indent: string): string {
+  const inner = `${indent}  `;
+  if (Array.isArray(value)) {
+    if (value.every((v) => v === null || typeof v !== "object")) return JSON.stringify(value);
+    if (value.length === 0) return "[]";
+    return `[\n${value.map((v) => inner + indentedJson(v, inner)).join(",\n")}\n${indent}]`;
+  }
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined);
+    if (entries.length === 0) return "{}";
+    const lines = entries.map(
+      ([k, v]) => `${inner}${JSON.stringify(k)}: ${indentedJson(v, inner)}`,
+    );
+    return `{\n${lines.join(",\n")}\n${indent}}`;
+  }
+  return JSON.stringify(value);
 }
 
 /** `007-matmul_gelu.wgsl`: the kernel's id, then its name made safe for a file name. */
