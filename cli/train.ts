@@ -7,6 +7,7 @@ import { join, resolve } from "node:path";
 import { compile, type CompileOptions } from "../compiler/compile.js";
 import type { SourceFile } from "../language/source.js";
 import type { Plan, Tensor, TrainProgram } from "../compiler/program.js";
+import { MAX_STEPS } from "../compiler/train.js";
 import { error, type Diagnostic } from "../language/diagnostics.js";
 import type { Device } from "../runtime/device.js";
 import { RunFolder, RunFolderBusy, type RunRecord } from "../runtime/run-folder.js";
@@ -42,11 +43,19 @@ export interface TrainCommandOptions extends ReportOptions {
 
 export const devices = deviceChoices;
 
-function positive(value: string | undefined, flag: string): number | undefined | "bad" {
+function positive(
+  value: string | undefined,
+  flag: string,
+  max = Number.MAX_SAFE_INTEGER,
+): number | undefined | "bad" {
   if (value === undefined) return undefined;
   const n = Number(value);
   if (!Number.isInteger(n) || n <= 0) {
     process.stderr.write(`error: ${flag} must be a positive integer (got \`${value}\`)\n`);
+    return "bad";
+  }
+  if (n > max) {
+    process.stderr.write(`error: ${flag} must be at most ${max} (got \`${value}\`)\n`);
     return "bad";
   }
   return n;
@@ -135,7 +144,7 @@ function evalText(e: EvalEvent): string {
 }
 
 export async function trainCommand(path: string, options: TrainCommandOptions): Promise<number> {
-  const steps = positive(options.steps, "--steps");
+  const steps = positive(options.steps, "--steps", MAX_STEPS);
   const batch = positive(options.batch, "--batch");
   if (steps === "bad" || batch === "bad") return 1;
   const maxBinding =

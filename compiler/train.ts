@@ -40,6 +40,12 @@ export interface TrainSpec {
 
 export const defaults = { steps: 100, batch: 16, seed: 0 };
 
+/**
+ * The most steps a run may have: the step number reaches the device as an f32 input (dropout's
+ * keys, step conditions), exact only up to 2^24.
+ */
+export const MAX_STEPS = 2 ** 24;
+
 /** Picks the train block: the one named, or the only one. */
 export function selectTrain(r: Resolver, module: Module, name?: string): A.TrainDecl | undefined {
   const trains = module.program.items.filter((i): i is A.TrainDecl => i.kind === "Train");
@@ -182,6 +188,19 @@ export function resolveTrain(
     const n = r.attempt(() => r.integer(s.value, scope, module, `\`${key}\``));
     if (n !== undefined && n <= 0 && key !== "seed") {
       r.diagnostics.push(error("E0402", `\`${key}\` must be positive`, r.at(module, s.value)));
+    }
+    if (n !== undefined && key === "steps" && n > MAX_STEPS) {
+      r.diagnostics.push(
+        error(
+          "E0402",
+          `\`steps\` is over ${MAX_STEPS.toLocaleString("en-US")}`,
+          r.at(module, s.value),
+          {
+            help: `the device counts steps in f32, exact up to 2^24 = ${MAX_STEPS}: split a longer run into runs of at most that many steps`,
+          },
+        ),
+      );
+      return fallback;
     }
     return n ?? fallback;
   };

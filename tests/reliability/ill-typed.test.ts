@@ -351,6 +351,13 @@ train t {
     message: "`step` cannot be assigned here",
     at: "step = 5",
   },
+  {
+    name: "21: more steps than the device's f32 step counter counts exactly",
+    program: header + modelWith("head(x)") + trainBlock().replace("steps 5", "steps 100000000"),
+    code: "E0402",
+    message: "`steps` is over 16,777,216",
+    at: "100000000",
+  },
 ];
 
 /** Programs that were refused or crashed although they are well-typed: they must check and build. */
