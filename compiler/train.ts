@@ -1,6 +1,6 @@
 // The train block: which one, its settings, and the model instantiated from it.
 import type * as A from "../language/ast.js";
-import { error, type Location } from "../language/diagnostics.js";
+import { error, type Diagnostic, type Location } from "../language/diagnostics.js";
 import { instantiate } from "./instantiate.js";
 import type { Module } from "./modules.js";
 import type { Resolver } from "./resolve.js";
@@ -45,6 +45,12 @@ export const defaults = { steps: 100, batch: 16, seed: 0 };
  * keys, step conditions), exact only up to 2^24.
  */
 export const MAX_STEPS = 2 ** 24;
+
+function tooManySteps(at: Location): Diagnostic {
+  return error("E0402", `\`steps\` is over ${MAX_STEPS.toLocaleString("en-US")}`, at, {
+    help: `the device counts steps in f32, exact up to 2^24 = ${MAX_STEPS}: split a longer run into runs of at most that many steps`,
+  });
+}
 
 /** Picks the train block: the one named, or the only one. */
 export function selectTrain(r: Resolver, module: Module, name?: string): A.TrainDecl | undefined {
@@ -189,20 +195,9 @@ export function resolveTrain(
     if (n !== undefined && n <= 0 && key !== "seed") {
       r.diagnostics.push(error("E0402", `\`${key}\` must be positive`, r.at(module, s.value)));
     }
-    if (n !== undefined && key === "steps" && n > MAX_STEPS) {
-      r.diagnostics.push(
-        error(
-          "E0402",
-          `\`steps\` is over ${MAX_STEPS.toLocaleString("en-US")}`,
-          r.at(module, s.value),
-          {
-            help: `the device counts steps in f32, exact up to 2^24 = ${MAX_STEPS}: split a longer run into runs of at most that many steps`,
-          },
-        ),
-      );
-      return fallback;
-    }
-    return n ?? fallback;
+    const over = n !== undefined && key === "steps" && n > MAX_STEPS;
+    if (over) r.diagnostics.push(tooManySteps(r.at(module, s.value)));
+    return over ? fallback : (n ?? fallback);
   };
   const dataset = (e: A.Expr | undefined): DataSet | undefined => {
     if (!e) return undefined;
