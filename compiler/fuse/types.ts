@@ -26,6 +26,10 @@ export interface MatmulOperand {
   broadcast: boolean;
 }
 
+/**
+ * One kernel's worth of the graph. (A field that holds node ids must also be renumbered by
+ * compiler/kernel-memo.ts `renumberGroup`, which emits a group's kernels from a small graph.)
+ */
 export interface KernelGroup {
   kind: GroupKind;
   /** The node the kernel writes (an epilogue chain's last node for reduce and matmul). */
