@@ -15,6 +15,7 @@ import { failureDiagnostic } from "./failures.js";
 import { isFileSystemError, makeFolder, writeFilesAtomic } from "../runtime/atomic.js";
 import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
+import { holdingSignals } from "./signals.js";
 import { buildTarget, portableTarget, withMaxBinding } from "./target.js";
 
 export const emitKinds = ["ast", "params", "ir", "memory", "plan", "wgsl"] as const;
@@ -190,7 +191,13 @@ async function writePlan(
     makeFolder(out);
     const files = plan.kernels.map((k) => ({ path: join(out, kernelFileName(k)), data: k.wgsl }));
     files.push({ path: join(out, "plan.json"), data: planJson(plan) });
-    const failed = writeFilesAtomic(files);
+    const { result: failed, signal } = await holdingSignals(() => writeFilesAtomic(files));
+    if (signal) {
+      process.stderr.write(
+        `lrkc: stopped by ${signal} (after writing ${failed ? "nothing: the write failed" : `${join(out, "plan.json")} and its kernels in full`})\n`,
+      );
+      return 130;
+    }
     if (failed) {
       current = failed.path;
       throw failed.error;

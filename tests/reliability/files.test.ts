@@ -424,3 +424,46 @@ describe("deep import chains", () => {
     expect(r.stderr).toContain("move the shared definitions into a file that both import");
   });
 });
+
+describe("a stop signal while build --out writes its files", () => {
+  // In a child process: the signal goes to that process alone.
+  const held = (body: string) =>
+    spawnSync(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `import { holdingSignals } from ${JSON.stringify(join(root, "dist/cli/signals.js"))};
+         const r = await holdingSignals(() => { ${body} });
+         console.log(JSON.stringify(r));`,
+      ],
+      { encoding: "utf8", timeout: 20_000 },
+    );
+
+  it("lets the write finish, then names the signal (no temporary files left half-way)", () => {
+    const r = held(
+      "process.kill(process.pid, 'SIGINT'); let x = 0; for (let i = 0; i < 1e6; i++) x += i; return x > 0;",
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ result: true, signal: "SIGINT" });
+  });
+
+  it("names none when none came, and stops at once on one after the write", () => {
+    const r = held("return 7;");
+    expect(JSON.parse(r.stdout)).toEqual({ result: 7 });
+    const after = spawnSync(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `import { holdingSignals } from ${JSON.stringify(join(root, "dist/cli/signals.js"))};
+         await holdingSignals(() => 1);
+         process.kill(process.pid, 'SIGTERM');
+         setTimeout(() => console.log("still running"), 2000);`,
+      ],
+      { encoding: "utf8", timeout: 20_000 },
+    );
+    expect(after.signal).toBe("SIGTERM");
+    expect(after.stdout).toBe("");
+  });
+});
