@@ -367,6 +367,12 @@ async function main(): Promise<void> {
   const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
   const kb = (n: number) => `${(n / 1e3).toFixed(1)} kB`;
   torch?.close();
+  const quantile = (xs: number[], q: number) =>
+    [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
+  const quartiles = (xs: number[]) =>
+    `${quantile(xs, 0.25).toFixed(1)}–${quantile(xs, 0.75).toFixed(1)}`;
+  const ratioSummary = (xs: number[]) =>
+    `${median(xs).toFixed(2)}× [${quantile(xs, 0.25).toFixed(2)}, ${quantile(xs, 0.75).toFixed(2)}]`;
   const lrk = median(lrkMs);
   const tfj = median(tfMs);
   const pt = torch ? median(torchMs) : undefined;
@@ -378,8 +384,20 @@ async function main(): Promise<void> {
       Math.min(...tfMs).toFixed(1),
       torch ? Math.min(...torchMs).toFixed(1) : "",
     ],
+    [
+      "ms/step, interquartile range",
+      quartiles(lrkMs),
+      quartiles(tfMs),
+      torch ? quartiles(torchMs) : "",
+    ],
     ["tfjs: JS recording the step, median", "", median(tfRecordMs).toFixed(1)],
     ["lrk speed-up (median)", `${(tfj / lrk).toFixed(2)}×`, ""],
+    // each step's ratio to the lrk step beside it: drift in the machine's speed cancels
+    [
+      "lrk speed-up, per-step ratios: median [IQR]",
+      ratioSummary(tfMs.map((t, i) => t / lrkMs[i]!)),
+      "",
+    ],
     ...(torch ? [["lrk time / PyTorch time (median)", `${(lrk / pt!).toFixed(2)}×`]] : []),
     ["dispatches/step", String(ours.dispatches), String(tfDispatches)],
     ["queue submits/step", "1", String(tfSubmits)],
