@@ -153,7 +153,10 @@ function flushFiles(paths: readonly string[]): void {
   }
   for (const inFolder of byFolder.values()) {
     if (inFolder.length >= 16 && process.platform === "linux") {
-      const r = spawnSync("sync", ["--file-system", inFolder[0]!], { stdio: "ignore" });
+      const r = spawnSync("sync", ["--file-system", inFolder[0]!], {
+        stdio: "ignore",
+        timeout: 60_000,
+      });
       if (r.status === 0) continue;
     }
     for (const path of inFolder) fsyncPath(path);
