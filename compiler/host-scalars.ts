@@ -128,6 +128,12 @@ export function hostScalars(step: StepProgram): StepProgram {
   const moved: number[] = [];
   for (const n of graph.nodes) {
     const k = slot.get(n.id);
+    // before the first boundary every node keeps its id and inputs: the node itself serves
+    if (packed < 0 && k === undefined) {
+      out.nodes.push(n);
+      moved.push(n.id);
+      continue;
+    }
     if (k !== undefined && packed < 0) {
       const op = { kind: "input", role: "scalar", name: HOST_SCALARS_INPUT } as const;
       packed = out.add(op, [], [count], "f32", { name: HOST_SCALARS_INPUT });
@@ -175,7 +181,8 @@ function rebuild(
   packed: number,
   slot: number | undefined,
 ): number {
-  const extra = { name: n.name, source: n.source };
+  // a data input's known value range goes along (a gather of it then needs no bounds check)
+  const extra = { name: n.name, source: n.source, ...(n.range ? { range: n.range } : {}) };
   if (slot === undefined)
     return out.add(
       n.op,

@@ -403,9 +403,31 @@ export function batchFeeds(
 ): Map<string, Tensor> {
   const feeds = withStep(run, store, step, lr, float64);
   const batch = data.batch(split, index, run.program.batch);
-  for (const [field, f] of Object.entries(batch.fields))
+  for (const [field, f] of Object.entries(batch.fields)) {
+    const range = run.program.data.fields[field]?.range;
+    if (range && f.data instanceof Int32Array) checkRange(f.data, range, field, split, index);
     feeds.set(`batch.${field}`, { shape: f.shape, data: f.data });
+  }
   return feeds;
+}
+
+/**
+ * The compiler took a field's declared range as known (a gather of token ids then reads its
+ * table without a bounds check): a batch outside it is a DataError, never a silent wrong read.
+ */
+function checkRange(
+  values: Int32Array,
+  range: { min: number; max: number; what: string },
+  field: string,
+  split: Split,
+  index: number,
+): void {
+  for (const v of values)
+    if (v < range.min || v > range.max)
+      throw new DataError(
+        `batch ${index} of the ${split} split: \`${field}\` holds ${v}, outside ${range.min} to ${range.max} (${range.what})`,
+        "the data and the program disagree: check that the tokenizer or data set is the one the program was compiled for",
+      );
 }
 
 function tokensPerBatch(run: Run): number {

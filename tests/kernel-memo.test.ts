@@ -5,6 +5,7 @@
 // shared), special kernels with scratch (SVD), subgroup matmuls and low-rank tiles.
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import { Builder } from "../compiler/builder.js";
 import { planStep } from "../compiler/compile.js";
 import { emitKernels, fuseEntries, planBuffers, matmulChooser } from "../compiler/plan.js";
 import type { PlanTarget } from "../compiler/plan.js";
@@ -58,8 +59,38 @@ describe("kernels shared between groups alike", () => {
     expectSharedEqualsUnshared(step, small);
     const plan = planStep(step, small);
     expect(plan.kernels.some((k) => k.bindings.some((b) => b.offset !== undefined))).toBe(true);
-    // the embedding's gather checks its ids: a kernel whose code names its node
-    expect(plan.kernels.some((k) => k.gatherFlag !== undefined)).toBe(true);
+    // the data's token ids are known to fit the embedding (their range survives every pass):
+    // its gather needs no bounds check
+    expect(plan.kernels.some((k) => k.gatherFlag !== undefined)).toBe(false);
+  });
+
+  it("never shares a gather that checks its ids (its code names the gather's node)", () => {
+    const b = new Builder();
+    const table = b.input("param", "table", [5, 4]);
+    const outputs = [0, 1, 2].map((i) => {
+      const ids = b.input("data", `ids${i}`, [8], "i32"); // no known range: checked
+      return { name: `rows${i}`, node: b.gather(table, ids) };
+    });
+    const program: GraphProgram = {
+      graph: b.graph,
+      inputs: [
+        { name: "table", node: table, role: "param", shape: [5, 4], dtype: "f32" },
+        ...[0, 1, 2].map((i) => ({
+          name: `ids${i}`,
+          node: b.graph.nodes.find((n) => n.name === `ids${i}`)!.id,
+          role: "data" as const,
+          shape: [8],
+          dtype: "i32" as const,
+        })),
+      ],
+      // an entry each: one kernel each, alike but for their nodes
+      entries: outputs.map((o, i) => ({ name: `e${i}`, outputs: [o] })),
+    };
+    expect(expectSharedEqualsUnshared(program, portableTarget)).toBe(0);
+    const flags = planStep(program, portableTarget).kernels.map(
+      (k) => k.wgsl.match(/lrk_gather_flag\[0\] = (\d+)i/)?.[1],
+    );
+    expect(new Set(flags).size).toBe(3); // each kernel names its own gather
   });
 
   for (const path of [

@@ -14,8 +14,12 @@ import { failureDiagnostic } from "../../cli/failures.js";
 import { CpuDevice, type Device } from "../../runtime/device.js";
 import { IndexOutOfRange } from "../../runtime/interpreter.js";
 import { WebGpuDevice } from "../../runtime/webgpu-device.js";
-import { root } from "../helpers.js";
-import { runGraph } from "../program-helpers.js";
+import { loraTinyLmProgram, root } from "../helpers.js";
+import { compile, runGraph } from "../program-helpers.js";
+import { DataError, type OpenedSource } from "../../runtime/data.js";
+import { batchFeeds, initialize } from "../../runtime/trainer.js";
+import { planStep } from "../../compiler/compile.js";
+import { portableTarget } from "../../cli/target.js";
 
 const dir = mkdtempSync(join(tmpdir(), "lrk-gather-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -197,5 +201,31 @@ describe("gathers with ids unknown when compiling stop the run on both devices",
     expect(plan.kernels.some((k) => k.gatherFlag !== undefined)).toBe(false);
     gpu.load(program, plan);
     await gpu.run(program, program.entries[0]!, feeds);
+  });
+});
+
+describe("a data field's declared range, taken as known by the compiler", () => {
+  const run = compile(loraTinyLmProgram("ranged", 2));
+
+  it("survives to the plan: the embedding's gather reads without a bounds check", () => {
+    const plan = planStep(run.program.step, portableTarget);
+    expect(plan.kernels.some((k) => k.wgsl.includes("gather"))).toBe(true);
+    expect(plan.kernels.some((k) => k.gatherFlag !== undefined)).toBe(false);
+  });
+
+  it("is checked on every batch: ids outside it are a DataError, not a silent wrong read", async () => {
+    const store = await initialize(run.program, new CpuDevice());
+    const good = run.data.batch("train", 0, run.program.batch);
+    const input = good.fields["input"]!;
+    const bad = Int32Array.from(input.data as Int32Array);
+    bad[3] = 1000;
+    const source = {
+      batch: () => ({ ...good, fields: { ...good.fields, input: { ...input, data: bad } } }),
+    } as unknown as OpenedSource;
+    expect(() => batchFeeds(run, store, "train", 0, 1, 1, source)).toThrow(DataError);
+    expect(() => batchFeeds(run, store, "train", 0, 1, 1, source)).toThrow(
+      /`input` holds 1000, outside 0 to \d+ \(the data's vocabulary is \d+\)/,
+    );
+    expect(() => batchFeeds(run, store, "train", 0, 1)).not.toThrow();
   });
 });
