@@ -145,14 +145,14 @@ function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
     isBuffer[i] = buffered ? 1 : 0;
     bufferClass[i] = buffered ? bufferClassOf(c.bufferOf(id)) : -1;
     const op = n.op;
-    // a boundary node (a buffer read) matters by its kind, shape and storage; an input's name
-    // never does (it is a placeholder below)
+    // a boundary node (a buffer read) keeps its op in the small graph, without inputs; an input's
+    // name never matters (it is a placeholder there)
     const what =
       op.kind === "input"
         ? `input.${op.role}`
         : inside[i]
           ? `${opKey(op)}(${n.inputs.map(at).join(",")})`
-          : op.kind;
+          : opKey(op);
     const source = n.source ? `${n.source.file}:${n.source.line}` : "";
     const range = n.range ? JSON.stringify(n.range, exactNumbers) : "";
     key += `${what}|${n.shape.join(",")}|${n.dtype}|${n.name !== undefined ? 1 : 0}|${source}|${range}|${inside[i]}|${bufferClass[i]}|${c.packedOf(id) ?? 0};`;
