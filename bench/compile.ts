@@ -12,6 +12,9 @@
 // kernel files from the two are compared (each built from its own root, where kernel headers name
 // the std module files alike): a difference is printed and the exit status is 1.
 //
+// It also times a fixed plain-JavaScript loop in a fresh process beside the builds, so that runs
+// taken while the machine itself was slower can be told apart.
+//
 // Run it from the repository root. Where the time goes inside the compiler:
 // bench/fuse-depth.ts (front end, fusion and planStep separately) or `node --cpu-prof`.
 import { spawnSync } from "node:child_process";
@@ -78,6 +81,18 @@ function firstDifference(mine: string, theirs: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Seconds of a fixed plain-JavaScript loop in a fresh process, run beside the builds: this VM's
+ * own speed drifts (the same loop took 2.0 to 3.2 s minutes apart), and the builds drift with it.
+ */
+function referenceLoop(): number {
+  const loop = "let x = 0; for (let i = 0; i < 5e7; i++) x += i; if (x < 0) console.log(x);";
+  const command = `TIMEFORMAT='%R'; time node -e "${loop}"`;
+  const r = spawnSync("bash", ["-c", command], { encoding: "utf8" });
+  return Number(r.stderr.trim().split("\n").at(-1));
+}
+const reference: number[] = [];
+
 const dir = mkdtempSync(join(tmpdir(), "lrk-bench-compile-"));
 try {
   copyFileSync("examples/tiny_lm.lrk", join(dir, "tiny_lm.lrk"));
@@ -92,6 +107,7 @@ try {
     for (let i = 0; i < repeat; i++) {
       runs.push(build(file, out));
       if (other) others.push(build(file, otherOut, other));
+      reference.push(referenceLoop());
     }
     const cpu = median(runs.map((r) => r.cpu));
     const wall = median(runs.map((r) => r.wall));
@@ -113,6 +129,7 @@ try {
         ? "layers      CPU       wall   CPU other  wall other  CPU ratio wall ratio  plan.json and kernels"
         : "layers      CPU       wall",
       ...rows,
+      `(this machine's speed meanwhile: a plain loop of 5·10⁷ additions in a fresh node took ${median(reference).toFixed(2)} s, median of ${reference.length}; ${Math.min(...reference).toFixed(2)}–${Math.max(...reference).toFixed(2)} s)`,
     ].join("\n") + "\n",
   );
 } finally {
