@@ -69,6 +69,33 @@ function normAxes(axes: Axes | undefined, rank: number): number[] {
   return out;
 }
 
+/**
+ * Ops made once per distinct op and inputs (value numbering): the same computation written twice
+ * is one node (DoRA's `x @ W^T` beside the base layer's own, a transpose taken in the forward and
+ * again in the backward). Not inputs and constants (each is its own value, and entry outputs stay
+ * distinct nodes), reductions (a softmax's max is marked `detached` after it is made), random
+ * draws, gathers and the special ops.
+ */
+const SHARED_KINDS = new Set([
+  "unary",
+  "binary",
+  "where",
+  "cast",
+  "reshape",
+  "permute",
+  "expand",
+  "slice",
+  "pad",
+  "matmul",
+  "iota",
+]);
+
+/** JSON.stringify's replacer that writes ±Infinity, NaN and −0 as themselves. */
+function exactNumbers(_key: string, value: unknown): unknown {
+  if (typeof value !== "number" || (Number.isFinite(value) && !Object.is(value, -0))) return value;
+  return Object.is(value, -0) ? "-0" : String(value);
+}
+
 export class Builder {
   /** Attached to every node added while set. */
   source?: SourceRef;
@@ -77,6 +104,8 @@ export class Builder {
    * inside softmax/logSoftmax): autodiff treats them as constants and spends no work on them.
    */
   readonly detached = new Set<number>();
+  /** The nodes of SHARED_KINDS made so far, by op, inputs, shape, dtype and name. */
+  private readonly shared = new Map<string, number>();
 
   constructor(readonly graph: Graph = new Graph()) {}
 
@@ -101,7 +130,15 @@ export class Builder {
       fail(`a tensor of shape ${fmt(shape)}: every dim must be a non-negative integer`);
     if (numel(shape) > maxElements)
       fail(`a tensor of shape ${fmt(shape)} has more than 2^31 - 1 elements`);
-    return this.graph.add(op, inputs, shape, dtype, { name, source: this.source });
+    if (!SHARED_KINDS.has(op.kind))
+      return this.graph.add(op, inputs, shape, dtype, { name, source: this.source });
+    const key = `${JSON.stringify(op, exactNumbers)} ${inputs.join(",")} ${shape.join(",")} ${dtype} ${name ?? ""}`;
+    let id = this.shared.get(key);
+    if (id === undefined) {
+      id = this.graph.add(op, inputs, shape, dtype, { name, source: this.source });
+      this.shared.set(key, id);
+    }
+    return id;
   }
 
   // ------------------------------------------------------------------------ leaves

@@ -413,3 +413,32 @@ describe("gradients of small programs", () => {
     expect(backward.filter((n) => n.inputs.includes(x)).map((n) => n.op.kind)).toEqual(["matmul"]);
   });
 });
+
+describe("equal computations are one node (Builder value numbering)", () => {
+  it("the same product, transpose or sum twice is one node; constants, reductions and draws stay apart", () => {
+    const b = new Builder();
+    const x = b.input("data", "x", [3, 4]);
+    const w = b.input("param", "w", [5, 4]);
+    expect(b.matmul(x, b.transpose(w))).toBe(b.matmul(x, b.transpose(w)));
+    expect(b.add(x, x)).toBe(b.add(x, x));
+    expect(b.constant(0, [3, 4])).not.toBe(b.constant(0, [3, 4]));
+    expect(b.max(x, 1)).not.toBe(b.max(x, 1));
+    // another op: the transpose as the matmul's flag
+    expect(b.matmul(x, w, { transB: true })).not.toBe(b.matmul(x, b.transpose(w)));
+  });
+
+  it("a shared node's gradient sums its uses: d/dw Σ (x·wᵀ + x·wᵀ) = 2 Σ_rows x, as finite differences say", () => {
+    const c = new Case();
+    const x = c.param([3, 4]);
+    const w = c.param([5, 4]);
+    const b = c.b;
+    const twice = b.add(b.matmul(x, b.transpose(w)), b.matmul(x, b.transpose(w)));
+    check(c, twice);
+    const g = gradients(b, b.sum(twice), [w]).get(w)!;
+    const out = evaluate(b.graph, c.feeds, [g], { float64: true }).get(g)!.data;
+    const xs = c.params[0]!.values;
+    for (let j = 0; j < 5; j++)
+      for (let k = 0; k < 4; k++)
+        expect(out[j * 4 + k]).toBeCloseTo(2 * (xs[k]! + xs[4 + k]! + xs[8 + k]!), 12);
+  });
+});

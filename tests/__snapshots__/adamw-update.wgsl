@@ -1,79 +1,79 @@
-// map f32[128, 4] %167 %175 %205 %218 %226 %256 (vec4)
+// map f32[128, 4] %144 %152 %182 %195 %203 %233 (vec4)
 // computes:
-//   %152 = permute [1,0] %151 : f32[128, 4]  // stdlib/adapters.lrk:39
-//   %154 = permute [1,0] %153 : f32[4, 128]  // stdlib/adapters.lrk:39
-//   %162 = const 0.9 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %163 = mul %162, %158 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %165 = const 0.09999999999999998 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %166 = mul %165, %154 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %167 = add %163, %166 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %169 = const 0.999 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %170 = mul %169, %160 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %172 = const 0.0010000000000000009 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %173 = mul %172, %154 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %174 = mul %173, %154 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %175 = add %170, %174 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %180 = slice starts=[1] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:53
-//   %181 = reshape %180 : f32[1, 1]  // stdlib/optim.lrk:53
-//   %182 = expand %181 : f32[4, 128]  // stdlib/optim.lrk:53
-//   %183 = div %167, %182 : f32[4, 128]  // stdlib/optim.lrk:53
-//   %188 = slice starts=[2] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:54
-//   %189 = reshape %188 : f32[1, 1]  // stdlib/optim.lrk:54
-//   %190 = expand %189 : f32[4, 128]  // stdlib/optim.lrk:54
-//   %191 = div %175, %190 : f32[4, 128]  // stdlib/optim.lrk:54
-//   %192 = sqrt %191 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %194 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %195 = add %192, %194 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %196 = div %183, %195 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %198 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %199 = mul %198, %19 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %200 = add %196, %199 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %201 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
-//   %202 = reshape %201 : f32[1, 1]  // stdlib/optim.lrk:55
-//   %203 = expand %202 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %204 = mul %203, %200 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %205 = sub %19, %204 : f32[4, 128]
-//   %213 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %214 = mul %213, %209 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %216 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %217 = mul %216, %152 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %218 = add %214, %217 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %220 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %221 = mul %220, %211 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %223 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %224 = mul %223, %152 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %225 = mul %224, %152 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %226 = add %221, %225 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %231 = slice starts=[1] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:53
-//   %232 = reshape %231 : f32[1, 1]  // stdlib/optim.lrk:53
-//   %233 = expand %232 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %234 = div %218, %233 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %239 = slice starts=[2] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:54
-//   %240 = reshape %239 : f32[1, 1]  // stdlib/optim.lrk:54
-//   %241 = expand %240 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %242 = div %226, %241 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %243 = sqrt %242 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %245 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %246 = add %243, %245 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %247 = div %234, %246 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %249 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %250 = mul %249, %22 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %251 = add %247, %250 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %252 = slice starts=[3] steps=[1] %127 : f32[1]  // stdlib/optim.lrk:55
-//   %253 = reshape %252 : f32[1, 1]  // stdlib/optim.lrk:55
-//   %254 = expand %253 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %255 = mul %254, %251 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %256 = sub %22, %255 : f32[128, 4]
+//   %129 = permute [1,0] %128 : f32[128, 4]  // stdlib/adapters.lrk:39
+//   %131 = permute [1,0] %130 : f32[4, 128]  // stdlib/adapters.lrk:39
+//   %139 = const 0.9 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %140 = mul %139, %135 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %142 = const 0.09999999999999998 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %143 = mul %142, %131 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %144 = add %140, %143 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %146 = const 0.999 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %147 = mul %146, %137 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %149 = const 0.0010000000000000009 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %150 = mul %149, %131 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %151 = mul %150, %131 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %152 = add %147, %151 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %157 = slice starts=[1] steps=[1] %104 : f32[1]  // stdlib/optim.lrk:53
+//   %158 = reshape %157 : f32[1, 1]  // stdlib/optim.lrk:53
+//   %159 = expand %158 : f32[4, 128]  // stdlib/optim.lrk:53
+//   %160 = div %144, %159 : f32[4, 128]  // stdlib/optim.lrk:53
+//   %165 = slice starts=[2] steps=[1] %104 : f32[1]  // stdlib/optim.lrk:54
+//   %166 = reshape %165 : f32[1, 1]  // stdlib/optim.lrk:54
+//   %167 = expand %166 : f32[4, 128]  // stdlib/optim.lrk:54
+//   %168 = div %152, %167 : f32[4, 128]  // stdlib/optim.lrk:54
+//   %169 = sqrt %168 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %171 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %172 = add %169, %171 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %173 = div %160, %172 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %175 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %176 = mul %175, %19 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %177 = add %173, %176 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %178 = slice starts=[3] steps=[1] %104 : f32[1]  // stdlib/optim.lrk:55
+//   %179 = reshape %178 : f32[1, 1]  // stdlib/optim.lrk:55
+//   %180 = expand %179 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %181 = mul %180, %177 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %182 = sub %19, %181 : f32[4, 128]
+//   %190 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %191 = mul %190, %186 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %193 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %194 = mul %193, %129 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %195 = add %191, %194 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %197 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %198 = mul %197, %188 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %200 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %201 = mul %200, %129 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %202 = mul %201, %129 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %203 = add %198, %202 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %208 = slice starts=[1] steps=[1] %104 : f32[1]  // stdlib/optim.lrk:53
+//   %209 = reshape %208 : f32[1, 1]  // stdlib/optim.lrk:53
+//   %210 = expand %209 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %211 = div %195, %210 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %216 = slice starts=[2] steps=[1] %104 : f32[1]  // stdlib/optim.lrk:54
+//   %217 = reshape %216 : f32[1, 1]  // stdlib/optim.lrk:54
+//   %218 = expand %217 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %219 = div %203, %218 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %220 = sqrt %219 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %222 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %223 = add %220, %222 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %224 = div %211, %223 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %226 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %227 = mul %226, %22 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %228 = add %224, %227 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %229 = slice starts=[3] steps=[1] %104 : f32[1]  // stdlib/optim.lrk:55
+//   %230 = reshape %229 : f32[1, 1]  // stdlib/optim.lrk:55
+//   %231 = expand %230 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %232 = mul %231, %228 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %233 = sub %22, %232 : f32[128, 4]
 // from: stdlib/adapters.lrk:39, stdlib/optim.lrk:51, stdlib/optim.lrk:52, stdlib/optim.lrk:53, stdlib/optim.lrk:54, stdlib/optim.lrk:55
-@group(0) @binding(0) var<storage, read_write> out0: array<vec4<f32>>;  // %167
-@group(0) @binding(1) var<storage, read_write> out1: array<vec4<f32>>;  // %175
-@group(0) @binding(2) var<storage, read_write> out2: array<vec4<f32>>;  // %205
-@group(0) @binding(3) var<storage, read_write> out3: array<vec4<f32>>;  // %218
-@group(0) @binding(4) var<storage, read_write> out4: array<vec4<f32>>;  // %226
-@group(0) @binding(5) var<storage, read_write> out5: array<vec4<f32>>;  // %256
-@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %153
-@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %127 host_scalars
-@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %151
+@group(0) @binding(0) var<storage, read_write> out0: array<vec4<f32>>;  // %144
+@group(0) @binding(1) var<storage, read_write> out1: array<vec4<f32>>;  // %152
+@group(0) @binding(2) var<storage, read_write> out2: array<vec4<f32>>;  // %182
+@group(0) @binding(3) var<storage, read_write> out3: array<vec4<f32>>;  // %195
+@group(0) @binding(4) var<storage, read_write> out4: array<vec4<f32>>;  // %203
+@group(0) @binding(5) var<storage, read_write> out5: array<vec4<f32>>;  // %233
+@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %130
+@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %104 host_scalars
+@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %128
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let t = gid.x + gid.y * 128u;

@@ -125,9 +125,10 @@ describe("infinite and NaN constants in each kernel family", () => {
   it("matmul epilogues and prologues", async () => {
     const c = new Case();
     const a = c.input("a", [6, 8]);
-    const w = c.input("w", [8, 7]);
     const outs: Record<string, number> = {};
     for (const v of SPECIAL) {
+      // a weight each: the same product twice would be one node, read by two epilogues
+      const w = c.input(`w_${label(v)}`, [8, 7]);
       const mm = c.b.matmul(a, w);
       const causal = c.b.gt(c.b.iota([6, 7], 1, "f32"), c.b.iota([6, 7], 0, "f32"));
       outs[`epilogue_${label(v)}`] = c.b.where(causal, c.b.constant(v, [6, 7]), mm);
