@@ -90,8 +90,11 @@ const SHARED_KINDS = new Set([
   "iota",
 ]);
 
-/** JSON.stringify's replacer that writes ±Infinity, NaN and −0 as themselves. */
-function exactNumbers(_key: string, value: unknown): unknown {
+/**
+ * JSON.stringify's replacer that writes ±Infinity, NaN and −0 as themselves (JSON writes them as
+ * `null` and `0`): for keys that must tell every value apart.
+ */
+export function exactNumbers(_key: string, value: unknown): unknown {
   if (typeof value !== "number" || (Number.isFinite(value) && !Object.is(value, -0))) return value;
   return Object.is(value, -0) ? "-0" : String(value);
 }

@@ -10,6 +10,7 @@
 //
 // A kernel whose code (not a comment) names a node — the gather flag writes the gather's id + 1
 // (compiler/wgsl.ts) — is emitted from the real graph every time and never shared.
+import { exactNumbers } from "./builder.js";
 import { Graph, type Node, type Op } from "./ir.js";
 import type { KernelGroup } from "./fuse/index.js";
 import type { ParamKernelSource } from "./kernels/special.js";
@@ -102,11 +103,6 @@ function opKey(op: Op): string {
   let key = opKeys.get(op);
   if (key === undefined) opKeys.set(op, (key = JSON.stringify(op, exactNumbers)));
   return key;
-}
-
-function exactNumbers(_key: string, value: unknown): unknown {
-  if (typeof value !== "number" || (Number.isFinite(value) && !Object.is(value, -0))) return value;
-  return Object.is(value, -0) ? "-0" : String(value);
 }
 
 /** The group renumbered, with the key that says what its kernels depend on. */
