@@ -2,12 +2,13 @@
 // program loading a fixture folder of tests/fixtures/hf through std.models, run its predict entry,
 // and compare logits and greedy tokens with the folder's reference.json (written by
 // scripts/hf-fixtures.py from an independent PyTorch implementation).
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { expect } from "vitest";
 import type { Tensor } from "../compiler/program.js";
 import { SourceFile } from "../language/source.js";
 import type { Device } from "../runtime/device.js";
+import { numberToBfloat16, numberToHalf } from "../runtime/safetensors.js";
 import { initialize } from "../runtime/trainer.js";
 import { root } from "./helpers.js";
 import { prepare, type TestRun } from "./program-helpers.js";
@@ -121,4 +122,58 @@ export async function expectMatches(device: Device, run: TestRun, folder: string
   const err = logitsError(await logitsOf(device, run, store, ref.sequences), ref);
   expect(err).toBeLessThan(TOLERANCE);
   expect(await greedy(device, run, store, ref.prompt, ref.greedy.length)).toEqual(ref.greedy);
+}
+
+export type Stored = "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "BOOL";
+
+/** A raw tensor as a checkpoint stores it: dtype, shape and the values to encode. */
+export interface Raw {
+  dtype: Stored;
+  shape: number[];
+  values: ArrayLike<number>;
+}
+
+function encode({ dtype, values }: Raw): Buffer {
+  const n = values.length;
+  switch (dtype) {
+    case "F64":
+      return Buffer.from(Float64Array.from(values).buffer);
+    case "F32":
+      return Buffer.from(Float32Array.from(values).buffer);
+    case "F16":
+      return Buffer.from(Uint16Array.from(values, numberToHalf).buffer);
+    case "BF16":
+      return Buffer.from(Uint16Array.from(values, numberToBfloat16).buffer);
+    case "I64":
+      return Buffer.from(BigInt64Array.from({ length: n }, (_, i) => BigInt(values[i]!)).buffer);
+    case "I32":
+      return Buffer.from(Int32Array.from(values).buffer);
+    case "BOOL":
+      return Buffer.from(Uint8Array.from(values, (x) => (x ? 1 : 0)));
+  }
+}
+
+/** A safetensors file written byte by byte, as torch's safetensors writes one. */
+export function writeRaw(
+  path: string,
+  tensors: ReadonlyMap<string, Raw>,
+  metadata?: Record<string, string>,
+): void {
+  const header: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
+  const blobs: Buffer[] = [];
+  let offset = 0;
+  for (const [name, raw] of [...tensors].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const bytes = encode(raw);
+    header[name] = {
+      dtype: raw.dtype,
+      shape: raw.shape,
+      data_offsets: [offset, offset + bytes.length],
+    };
+    blobs.push(bytes);
+    offset += bytes.length;
+  }
+  const json = Buffer.from(JSON.stringify(header));
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(json.length));
+  writeFileSync(path, Buffer.concat([length, json, ...blobs]));
 }

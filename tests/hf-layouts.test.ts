@@ -13,69 +13,10 @@ import { tokenizerVocab } from "../compiler/tokenizer-vocab.js";
 import { CpuDevice } from "../runtime/device.js";
 import { renderChat } from "../runtime/chat-template.js";
 import { readPeftFolder } from "../runtime/peft.js";
-import {
-  CheckpointError,
-  numberToBfloat16,
-  numberToHalf,
-  readSafetensors,
-} from "../runtime/safetensors.js";
+import { CheckpointError, readSafetensors } from "../runtime/safetensors.js";
 import { hasTokenizer, parseTokenizer, readTokenizer } from "../runtime/tokenizer.js";
 import { initialize } from "../runtime/trainer.js";
-import { expectMatches, fixtures, program } from "./hf-helpers.js";
-
-type Stored = "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "BOOL";
-
-/** A raw tensor as a checkpoint stores it: dtype, shape and the values to encode. */
-interface Raw {
-  dtype: Stored;
-  shape: number[];
-  values: ArrayLike<number>;
-}
-
-function encode({ dtype, values }: Raw): Buffer {
-  const n = values.length;
-  switch (dtype) {
-    case "F64":
-      return Buffer.from(Float64Array.from(values).buffer);
-    case "F32":
-      return Buffer.from(Float32Array.from(values).buffer);
-    case "F16":
-      return Buffer.from(Uint16Array.from(values, numberToHalf).buffer);
-    case "BF16":
-      return Buffer.from(Uint16Array.from(values, numberToBfloat16).buffer);
-    case "I64":
-      return Buffer.from(BigInt64Array.from({ length: n }, (_, i) => BigInt(values[i]!)).buffer);
-    case "I32":
-      return Buffer.from(Int32Array.from(values).buffer);
-    case "BOOL":
-      return Buffer.from(Uint8Array.from(values, (x) => (x ? 1 : 0)));
-  }
-}
-
-/** A safetensors file written byte by byte, as torch's safetensors writes one. */
-function writeRaw(
-  path: string,
-  tensors: ReadonlyMap<string, Raw>,
-  metadata?: Record<string, string>,
-): void {
-  const header: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
-  const blobs: Buffer[] = [];
-  let offset = 0;
-  for (const [name, raw] of [...tensors].sort(([a], [b]) => (a < b ? -1 : 1))) {
-    const bytes = encode(raw);
-    header[name] = {
-      dtype: raw.dtype,
-      shape: raw.shape,
-      data_offsets: [offset, offset + bytes.length],
-    };
-    blobs.push(bytes);
-    offset += bytes.length;
-  }
-  const json = Buffer.from(JSON.stringify(header));
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(json.length));
-  writeFileSync(path, Buffer.concat([length, json, ...blobs]));
-}
+import { expectMatches, fixtures, program, writeRaw, type Raw, type Stored } from "./hf-helpers.js";
 
 /** A fixture's tensors, each to be stored as `dtypeOf` says. */
 function fixtureRaw(folder: string, dtypeOf: (name: string) => Stored): Map<string, Raw> {

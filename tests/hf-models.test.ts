@@ -18,7 +18,15 @@ import { CpuDevice } from "../runtime/device.js";
 import { initialize } from "../runtime/trainer.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { lrkcBin } from "./helpers.js";
-import { expectMatches, fixtures, logitsOf, program, reference } from "./hf-helpers.js";
+import {
+  expectMatches,
+  fixtures,
+  logitsOf,
+  program,
+  reference,
+  writeRaw,
+  type Raw,
+} from "./hf-helpers.js";
 import { loadOnGpu, prepare } from "./program-helpers.js";
 
 const variants = ["", "-sharded", "-f16", "-bf16"];
@@ -144,30 +152,14 @@ describe("std.models load Hugging Face checkpoints and match PyTorch (CPU interp
     try {
       // GPT-2's masks as BOOL (as torch.bool buffers are saved), every other tensor F32.
       const tensors = readSafetensors(join(fixtures, "gpt2", "model.safetensors")).tensors;
-      const header: Record<string, unknown> = {};
-      const blobs: Buffer[] = [];
-      let offset = 0;
-      for (const [name, t] of [...tensors].sort(([a], [b]) => (a < b ? -1 : 1))) {
-        const mask = name.endsWith(".attn.bias");
-        const bytes = mask
-          ? Buffer.from(Uint8Array.from(t.data, (x) => (x ? 1 : 0)))
-          : Buffer.from(Float32Array.from(t.data).buffer);
-        header[name] = {
-          dtype: mask ? "BOOL" : "F32",
-          shape: t.shape,
-          data_offsets: [offset, offset + bytes.length],
-        };
-        blobs.push(bytes);
-        offset += bytes.length;
-      }
-      const json = Buffer.from(JSON.stringify(header));
-      const length = Buffer.alloc(8);
-      length.writeBigUInt64LE(BigInt(json.length));
-      mkdirSync(join(dir, "gpt2"));
-      writeFileSync(
-        join(dir, "gpt2", "model.safetensors"),
-        Buffer.concat([length, json, ...blobs]),
+      const raw = new Map<string, Raw>(
+        [...tensors].map(([name, t]) => [
+          name,
+          { dtype: name.endsWith(".attn.bias") ? "BOOL" : "F32", shape: t.shape, values: t.data },
+        ]),
       );
+      mkdirSync(join(dir, "gpt2"));
+      writeRaw(join(dir, "gpt2", "model.safetensors"), raw);
       cpSync(join(fixtures, "gpt2", "config.json"), join(dir, "gpt2", "config.json"));
       await expectMatches(cpu, program("GPT2", "gpt2", dir), "gpt2");
     } finally {
