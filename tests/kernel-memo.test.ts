@@ -12,7 +12,7 @@ import type { PlanTarget } from "../compiler/plan.js";
 import type { GraphProgram } from "../compiler/program.js";
 import { portableTarget } from "../cli/target.js";
 import { compile } from "./program-helpers.js";
-import { tinyLmSource } from "./helpers.js";
+import { loraTinyLmProgram } from "./helpers.js";
 
 function example(path: string, layers?: number): GraphProgram {
   let text = readFileSync(path, "utf8");
@@ -51,7 +51,10 @@ describe("kernels shared between groups alike", () => {
   });
 
   it("with buffers split into chunks (a 4 KiB binding limit): chunks are part of the key", () => {
-    const step = compile(tinyLmSource() + loraTrain, { path: "chunks.lrk" }).program.step;
+    const two = loraTinyLmProgram("chunks", 10)
+      .replace("layers: 1", "layers: 2")
+      .replace("batch 16", "batch 4"); // more would bind more chunks than a kernel may
+    const step = compile(two, { path: "chunks.lrk" }).program.step;
     const small: PlanTarget = {
       ...portableTarget,
       limits: { ...portableTarget.limits, maxStorageBufferBindingSize: 4096 },
@@ -104,20 +107,3 @@ describe("kernels shared between groups alike", () => {
       expectSharedEqualsUnshared(example(path), portableTarget);
     });
 });
-
-const loraTrain = `
-import std.adapters.{lora}
-import std.optim.{adamw}
-data arith = std.data.arithmetic(ops: "+", digits: 1, seed: 3)
-train chunks {
-  model TinyLM(vocab: arith.vocab, d: 16, layers: 2, heads: 2, ctx: 16)
-  data arith
-  loss cross_entropy(model(batch.input), batch.target)
-  freeze **
-  adapt blocks.*.attn.{q, v} with lora(rank: 4, alpha: 8)
-  optimize adapters with adamw(lr: 1e-2)
-  steps 10
-  batch 4
-  seed 1
-}
-`;
