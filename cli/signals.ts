@@ -1,6 +1,7 @@
-// Stop signals held over a short synchronous write, so that a Ctrl-C lets it finish.
+// The stop signals, and holding them over a short synchronous write so that Ctrl-C lets it end.
 
-const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+/** The signals that stop lrkc cleanly: Ctrl-C, `kill`, and the terminal closing. */
+export const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 
 /**
  * Runs `write` (synchronous) with the stop signals held: a Ctrl-C while the files are written

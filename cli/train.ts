@@ -18,6 +18,7 @@ import { initialAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
+import { STOP_SIGNALS } from "./signals.js";
 import { deviceChoices, loadPlans, openDevice, parseMaxBinding, refuseTooLarge } from "./target.js";
 
 export interface TrainCommandOptions extends ReportOptions {
@@ -259,9 +260,6 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
     folder?.unlock();
   }
 }
-
-/** The signals that stop a run cleanly: Ctrl-C, `kill`, and the terminal closing. */
-const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 
 /** Trains in a prepared (locked) run folder: progress, metrics, checkpoints, final weights. */
 async function runTraining(
