@@ -32,32 +32,15 @@ export function writeFileAtomic(
   data: string | Uint8Array,
   options: { mode?: number } = {},
 ): void {
-  const target = existingTarget(path);
-  const keepMode = target.mode;
-  // A rename would replace even a file the user made read-only: refuse as a plain write would.
-  if (keepMode !== undefined) accessSync(target.path, constants.W_OK);
-  const tmp = temporaryPath(target.path);
   const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
-  const fd = openSync(tmp, "wx", options.mode ?? 0o644);
+  const { tmp, target } = stageFile(path, bytes, { mode: options.mode, fsync: true });
   try {
-    try {
-      for (let done = 0; done < bytes.length;)
-        done += writeSync(fd, bytes, done, bytes.length - done);
-      if (keepMode !== undefined) fchmodSync(fd, keepMode);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, target.path);
+    renameSync(tmp, target);
   } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // already gone, or the folder refuses even that: the error below says why
-    }
+    removeQuietly(tmp);
     throw e;
   }
-  syncFolder(dirname(target.path));
+  syncFolder(dirname(target));
 }
 
 /**
@@ -75,14 +58,7 @@ export function writeFilesAtomic(
   files: readonly { path: string; data: string | Uint8Array }[],
 ): { path: string; error: unknown } | undefined {
   const staged: { tmp: string; target: string; path: string }[] = [];
-  const removeStaged = () => {
-    for (const { tmp } of staged)
-      try {
-        unlinkSync(tmp);
-      } catch {
-        // already gone: nothing to clean
-      }
-  };
+  const removeStaged = () => staged.forEach(({ tmp }) => removeQuietly(tmp));
   for (const { path, data } of files) {
     try {
       const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
@@ -119,23 +95,44 @@ function holds(path: string, bytes: Uint8Array): boolean {
   }
 }
 
-/** writeFilesAtomic's first step for one file: its content in a temporary file beside the target. */
-function stageFile(path: string, bytes: Uint8Array): { tmp: string; target: string } {
+/**
+ * The first step of an atomic write: `bytes` in a new temporary file beside the file `path` names
+ * (a link's target), with an existing file's permission bits (a new one gets `mode`, default 0o644
+ * less the umask) and, with `fsync`, on disk. Throws with nothing left behind.
+ */
+function stageFile(
+  path: string,
+  bytes: Uint8Array,
+  options: { mode?: number | undefined; fsync?: boolean } = {},
+): { tmp: string; target: string } {
   const target = existingTarget(path);
+  // A rename would replace even a file the user made read-only: refuse as a plain write would.
   if (target.mode !== undefined) accessSync(target.path, constants.W_OK);
   const tmp = temporaryPath(target.path);
-  const fd = openSync(tmp, "wx", 0o644);
+  const fd = openSync(tmp, "wx", options.mode ?? 0o644);
   try {
-    for (let done = 0; done < bytes.length;)
-      done += writeSync(fd, bytes, done, bytes.length - done);
-    if (target.mode !== undefined) fchmodSync(fd, target.mode);
+    try {
+      for (let done = 0; done < bytes.length;)
+        done += writeSync(fd, bytes, done, bytes.length - done);
+      if (target.mode !== undefined) fchmodSync(fd, target.mode);
+      if (options.fsync) fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
-    closeSync(fd);
-    unlinkSync(tmp);
+    removeQuietly(tmp);
     throw e;
   }
-  closeSync(fd);
   return { tmp, target: target.path };
+}
+
+/** Removes a temporary file, if it is there and the folder allows: a failure's own error says why. */
+function removeQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // already gone, or the folder refuses even that
+  }
 }
 
 /**
