@@ -54,16 +54,24 @@ function writeProgram(dir: string, layers: number): string {
   return file;
 }
 
-/** CPU (user + system) and wall seconds of one `lrkc build`, from bash's `time`. */
-function build(file: string, out: string, cli = lrkc): { cpu: number; wall: number } {
-  const command = `TIMEFORMAT='%U %S %R'; time node "${cli}" build "${file}" --emit plan --device portable --out "${out}" > /dev/null`;
-  // run from the checkout's root, as for this one: kernel headers name std files relative to it
-  const r = spawnSync("bash", ["-c", command], { encoding: "utf8", cwd: dirname(dirname(cli)) });
-  const last = r.stderr.trim().split("\n").at(-1) ?? "";
-  const times = last.split(" ").map(Number);
+/**
+ * CPU (user + system) and wall seconds of a shell command, from bash's `time`, run in `cwd`;
+ * throws, with what the command printed on stderr, if it fails.
+ */
+function timed(command: string, what: string, cwd?: string): { cpu: number; wall: number } {
+  const script = `TIMEFORMAT='%U %S %R'; time ${command}`;
+  const r = spawnSync("bash", ["-c", script], { encoding: "utf8", ...(cwd ? { cwd } : {}) });
+  const times = (r.stderr.trim().split("\n").at(-1) ?? "").split(" ").map(Number);
   if (r.status !== 0 || times.length !== 3 || times.some(Number.isNaN))
-    throw new Error(`lrkc build ${file} failed (exit ${r.status}):\n${r.stderr}`);
+    throw new Error(`${what} failed (exit ${r.status}):\n${r.stderr}`);
   return { cpu: times[0]! + times[1]!, wall: times[2]! };
+}
+
+/** One `lrkc build`, timed. */
+function build(file: string, out: string, cli = lrkc): { cpu: number; wall: number } {
+  const command = `node "${cli}" build "${file}" --emit plan --device portable --out "${out}" > /dev/null`;
+  // run from the checkout's root, as for this one: kernel headers name std files relative to it
+  return timed(command, `lrkc build ${file}`, dirname(dirname(cli)));
 }
 
 /**
@@ -87,9 +95,7 @@ function firstDifference(mine: string, theirs: string): string | undefined {
  */
 function referenceLoop(): number {
   const loop = "let x = 0; for (let i = 0; i < 5e7; i++) x += i; if (x < 0) console.log(x);";
-  const command = `TIMEFORMAT='%R'; time node -e "${loop}"`;
-  const r = spawnSync("bash", ["-c", command], { encoding: "utf8" });
-  return Number(r.stderr.trim().split("\n").at(-1));
+  return timed(`node -e "${loop}"`, "the reference loop").wall;
 }
 const reference: number[] = [];
 
