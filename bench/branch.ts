@@ -25,6 +25,7 @@ import { Builder } from "../compiler/builder.js";
 import type { GraphProgram, ProgramInput, Tensor } from "../compiler/program.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { median, random, timePrograms, type ProgramTimes } from "./programs.js";
+import { quartiles } from "./stats.js";
 
 const D = 1024;
 
@@ -67,9 +68,7 @@ function pairedOverhead(
   runs: number[],
   base: number[],
 ): { median: number; q1: number; q3: number } {
-  const ratios = runs.map((t, i) => t / base[i]! - 1).sort((a, b) => a - b);
-  const at = (q: number) => ratios[Math.min(ratios.length - 1, Math.floor(q * ratios.length))]!;
-  return { median: at(0.5), q1: at(0.25), q3: at(0.75) };
+  return quartiles(runs.map((t, i) => t / base[i]! - 1));
 }
 
 const spread = (o: { median: number; q1: number; q3: number }) =>

@@ -50,6 +50,7 @@ import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { countDispatches, flush, tfjsWebGpu } from "./tfjs-webgpu.js";
 import { tinyLmLoraTfjs } from "./tiny-lm-tfjs.js";
 import { startTorch } from "./torch.js";
+import { quartiles } from "./stats.js";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(name);
@@ -367,12 +368,14 @@ async function main(): Promise<void> {
   const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
   const kb = (n: number) => `${(n / 1e3).toFixed(1)} kB`;
   torch?.close();
-  const quantile = (xs: number[], q: number) =>
-    [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
-  const quartiles = (xs: number[]) =>
-    `${quantile(xs, 0.25).toFixed(1)}–${quantile(xs, 0.75).toFixed(1)}`;
-  const ratioSummary = (xs: number[]) =>
-    `${median(xs).toFixed(2)}× [${quantile(xs, 0.25).toFixed(2)}, ${quantile(xs, 0.75).toFixed(2)}]`;
+  const range = (xs: number[]) => {
+    const { q1, q3 } = quartiles(xs);
+    return `${q1.toFixed(1)}–${q3.toFixed(1)}`;
+  };
+  const ratioSummary = (xs: number[]) => {
+    const { q1, q3 } = quartiles(xs);
+    return `${median(xs).toFixed(2)}× [${q1.toFixed(2)}, ${q3.toFixed(2)}]`;
+  };
   const lrk = median(lrkMs);
   const tfj = median(tfMs);
   const pt = torch ? median(torchMs) : undefined;
@@ -384,12 +387,7 @@ async function main(): Promise<void> {
       Math.min(...tfMs).toFixed(1),
       torch ? Math.min(...torchMs).toFixed(1) : "",
     ],
-    [
-      "ms/step, interquartile range",
-      quartiles(lrkMs),
-      quartiles(tfMs),
-      torch ? quartiles(torchMs) : "",
-    ],
+    ["ms/step, interquartile range", range(lrkMs), range(tfMs), torch ? range(torchMs) : ""],
     ["tfjs: JS recording the step, median", "", median(tfRecordMs).toFixed(1)],
     ["lrk speed-up (median)", `${(tfj / lrk).toFixed(2)}×`, ""],
     // each step's ratio to the lrk step beside it: drift in the machine's speed cancels
