@@ -10,7 +10,7 @@ import type { TrainSpec } from "../compiler/train.js";
 import { error, hasErrors } from "../language/diagnostics.js";
 import { selectorListText } from "../language/format.js";
 import { parse } from "../language/parse.js";
-import { kernelFileName, planJson } from "../runtime/run-folder.js";
+import { planFiles } from "../runtime/run-folder.js";
 import { failureDiagnostic } from "./failures.js";
 import { isFileSystemError, makeFolder, writeFilesAtomic } from "../runtime/atomic.js";
 import { cannotWrite, readSource } from "./files.js";
@@ -189,8 +189,7 @@ async function writePlan(
   let current = out;
   try {
     makeFolder(out);
-    const files = plan.kernels.map((k) => ({ path: join(out, kernelFileName(k)), data: k.wgsl }));
-    files.push({ path: join(out, "plan.json"), data: planJson(plan) });
+    const files = planFiles(plan, out, join(out, "plan.json"));
     const { result: failed, signal } = await holdingSignals(() => writeFilesAtomic(files));
     if (signal) {
       process.stderr.write(

@@ -351,10 +351,9 @@ export class RunFolder {
       rmSync(kernels, { recursive: true, force: true });
       makeFolder(kernels);
     });
-    // Kernels first, plan.json last: a plan.json on disk never names a kernel not yet written.
-    for (const k of plan.kernels) this.writeAtomically(join(kernels, kernelFileName(k)), k.wgsl);
-    this.writeAtomically(join(this.dir, "plan.json"), planJson(plan));
-    return join(this.dir, "plan.json");
+    const planPath = join(this.dir, "plan.json");
+    for (const f of planFiles(plan, kernels, planPath)) this.writeAtomically(f.path, f.data);
+    return planPath;
   }
 
   writeFinal(params: ReadonlyMap<string, Tensor>, meta: Record<string, string>): string {
@@ -415,11 +414,28 @@ export class RunFolder {
 }
 
 /**
+ * A plan's files, in the order to write them: each kernel's WGSL in `kernelFolder`, then
+ * `planPath` (plan.json), so that a plan.json on disk never names a kernel not yet written.
+ */
+export function planFiles(
+  plan: Plan,
+  kernelFolder: string,
+  planPath: string,
+): { path: string; data: string }[] {
+  const files = plan.kernels.map((k) => ({
+    path: join(kernelFolder, kernelFileName(k)),
+    data: k.wgsl,
+  }));
+  files.push({ path: planPath, data: planJson(plan) });
+  return files;
+}
+
+/**
  * plan.json's text: the plan with each kernel's WGSL replaced by `file`, the name of its .wgsl
  * file (beside plan.json from `lrkc build --out`, in `kernels/` of a run folder): the text is in
  * that file, and writing it twice made a 12-layer model's plan.json 13.6 MB.
  */
-export function planJson(plan: Plan): string {
+function planJson(plan: Plan): string {
   const kernels = plan.kernels.map(({ wgsl: _, ...k }) => ({ ...k, file: kernelFileName(k) }));
   return indentedJson({ ...plan, kernels }, "") + "\n";
 }
@@ -447,7 +463,7 @@ function indentedJson(value: unknown, indent: string): string {
 }
 
 /** `007-matmul_gelu.wgsl`: the kernel's id, then its name made safe for a file name. */
-export function kernelFileName(kernel: { id: number; name: string }): string {
+function kernelFileName(kernel: { id: number; name: string }): string {
   const name = kernel.name.replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 60);
   return `${String(kernel.id).padStart(3, "0")}-${name}.wgsl`;
 }
