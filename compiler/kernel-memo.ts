@@ -63,7 +63,7 @@ export class KernelMemo {
     this.misses++;
     const emitted = this.emit(small.group, {
       graph: smallGraph(small, c.graph),
-      isBuffer: (i) => small.isBuffer[i] === 1,
+      isBuffer: (i) => small.bufferClass[i]! >= 0,
       bufferOf: (i) => small.bufferClass[i]!,
       packedOf: (i) => c.packedOf(small.nodes[i]!),
       chunksOf: (k) => c.chunksOf(small.buffers[k]!),
@@ -84,10 +84,11 @@ interface SmallGroup {
   group: KernelGroup;
   /** Canonical index → the real node. */
   nodes: number[];
+  /** The real node → its canonical index. */
+  at: (id: number) => number;
   /** Canonical index → whether the kernel computes it or reads it through inputs it computes. */
   inside: Uint8Array;
-  isBuffer: Uint8Array;
-  /** Canonical index → its canonical buffer (-1: none). */
+  /** Canonical index → its canonical buffer (-1: the node has no buffer). */
   bufferClass: Int32Array;
   /** Canonical buffer → the real buffer. */
   buffers: number[];
@@ -131,14 +132,12 @@ function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
     return k;
   };
   const inside = new Uint8Array(nodes.length);
-  const isBuffer = new Uint8Array(nodes.length);
   const bufferClass = new Int32Array(nodes.length);
   let key = "";
   nodes.forEach((id, i) => {
     const n = graph.node(id);
     const buffered = c.isBuffer(id);
     inside[i] = computed.has(id) || !buffered ? 1 : 0;
-    isBuffer[i] = buffered ? 1 : 0;
     bufferClass[i] = buffered ? bufferClassOf(c.bufferOf(id)) : -1;
     const op = n.op;
     // a boundary node (a buffer read) keeps its op in the small graph, without inputs; an input's
@@ -159,7 +158,7 @@ function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
   if (anchorScratch) scratch.set(at(g.anchor), anchorScratch.map(bufferClassOf));
   const chunks = buffers.map((b) => c.chunksOf(b)?.map((x) => [x.offset, x.bytes]) ?? 0);
   key += JSON.stringify([group, [...scratch], chunks]);
-  return { key, group, nodes, inside, isBuffer, bufferClass, buffers, scratch };
+  return { key, group, nodes, at, inside, bufferClass, buffers, scratch };
 }
 
 /**
@@ -168,14 +167,12 @@ function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
  */
 function smallGraph(small: SmallGroup, graph: Graph): Graph {
   const out = new Graph();
-  const at = new Map<number, number>();
-  small.nodes.forEach((id, i) => at.set(id, i));
   small.nodes.forEach((id, i) => {
     const n = graph.node(id);
     const node: Node = {
       id: i,
       op: n.op.kind === "input" ? { ...n.op, name: OP_NAME(i) } : n.op,
-      inputs: small.inside[i] ? n.inputs.map((x) => at.get(x)!) : [],
+      inputs: small.inside[i] ? n.inputs.map(small.at) : [],
       shape: n.shape,
       dtype: n.dtype,
       ...(n.name !== undefined ? { name: NAME(i) } : {}),
