@@ -308,6 +308,17 @@ export class Autotuner {
     return candidates.some((c) => this.sameParams(c, entry.params)) ? entry : undefined;
   }
 
+  /** Storage buffers of these byte sizes (rounded up to 16) for timed runs; none when measuring. */
+  private timingBuffers(bytes: readonly number[]): GPUBuffer[] {
+    if (this.options.measure) return [];
+    return bytes.map((size) =>
+      this.device.createBuffer({
+        size: Math.max(16, Math.ceil(size / 16) * 16),
+        usage: GPUBufferUsage.STORAGE,
+      }),
+    );
+  }
+
   private sameParams(a: MatmulParams, b: MatmulParams): boolean {
     return this.template.describe(a) === this.template.describe(b) && a.tileK === b.tileK;
   }
@@ -341,14 +352,7 @@ export class Autotuner {
     const bytes =
       this.template.bindingBytes?.(shape) ??
       [batch * m * k, batch * k * n, batch * m * n].map((count) => count * 4);
-    const buffers = this.options.measure
-      ? []
-      : bytes.map((size) =>
-          this.device.createBuffer({
-            size: Math.max(16, Math.ceil(size / 16) * 16),
-            usage: GPUBufferUsage.STORAGE,
-          }),
-        );
+    const buffers = this.timingBuffers(bytes);
     const timings: { params: MatmulParams; ms: number }[] = [];
     try {
       let best = Infinity;
@@ -466,14 +470,7 @@ export class Autotuner {
     };
     const upParams = this.template.defaults(upShape, this.features, this.adapter);
     const { fused, unfused, bytes } = this.template.lowRankForms!(shape, branch, params, upParams);
-    const buffers = this.options.measure
-      ? []
-      : bytes.map((size) =>
-          this.device.createBuffer({
-            size: Math.max(16, Math.ceil(size / 16) * 16),
-            usage: GPUBufferUsage.STORAGE,
-          }),
-        );
+    const buffers = this.timingBuffers(bytes);
     const time = async (kernels: KernelSource[]) => {
       let ms = 0;
       for (const kernel of kernels) {
