@@ -177,8 +177,9 @@ export function splitLines(plan: Plan): string[] {
 
 /**
  * `--out`: one .wgsl per kernel, then plan.json (naming each kernel's file), written together by
- * writeFilesAtomic; a failure is E0003 and changes no file. plan.json is renamed into place last,
- * so that a plan on disk never names kernels that are not written yet.
+ * writeFilesAtomic; a failure is E0003 (one while the files are staged, as a full disk, changes
+ * none; a rename refused later leaves those before it in place). plan.json is renamed into place
+ * last, so that a plan on disk never names kernels that are not written yet.
  */
 async function writePlan(
   plan: Plan,
