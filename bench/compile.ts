@@ -1,15 +1,15 @@
 // Compile time of `lrkc build` against model depth: the LoRA fine-tune of the tiny LM
 // (examples/lora_finetune.lrk, TinyLM at d 128, LoRA rank 8 on every linear) with `layers: N`,
 // built as a user builds it (`lrkc build FILE --emit plan --device portable`, a fresh process:
-// Node's start-up included), timed as CPU seconds of that process (user + system: steadier on a
-// shared machine) and wall seconds.
+// Node's start-up included; the plan printed to /dev/null), timed as CPU seconds of that process
+// (user + system: steadier on a shared machine) and wall seconds.
 //
 //   npm run bench:compile [-- LAYERS...] [--repeat N] [--against DIR]
 //
 // Default: 2 4 12 layers, medians of 3. --against DIR: another built checkout of lrk (its
 // bin/lrkc.js), run alternately with this one, each depth's medians side by side with their
 // ratio (this / other), so that a loaded machine slows both alike; and each depth's plan.json and
-// kernel files from the two are compared (each built from its own root, where kernel headers name
+// kernel files from the two (one more build of each, with --out, untimed) are compared (each built from its own root, where kernel headers name
 // the std module files alike): a difference is printed and the exit status is 1.
 //
 // It also times a fixed plain-JavaScript loop in a fresh process beside the builds, so that runs
@@ -67,9 +67,14 @@ function timed(command: string, what: string, cwd?: string): { cpu: number; wall
   return { cpu: times[0]! + times[1]!, wall: times[2]! };
 }
 
-/** One `lrkc build`, timed. */
-function build(file: string, out: string, cli = lrkc): { cpu: number; wall: number } {
-  const command = `node "${cli}" build "${file}" --emit plan --device portable --out "${out}" > /dev/null`;
+/**
+ * One `lrkc build`, timed: the plan printed (to /dev/null), or with `out` written there as
+ * plan.json and kernel files (untimed here: for comparing plans; writing 1,500 files is the file
+ * system's time, not the compiler's).
+ */
+function build(file: string, cli = lrkc, out?: string): { cpu: number; wall: number } {
+  const to = out === undefined ? "" : ` --out "${out}"`;
+  const command = `node "${cli}" build "${file}" --emit plan --device portable${to} > /dev/null`;
   // run from the checkout's root, as for this one: kernel headers name std files relative to it
   return timed(command, `lrkc build ${file}`, dirname(dirname(cli)));
 }
@@ -111,8 +116,8 @@ try {
     const runs: { cpu: number; wall: number }[] = [];
     const others: { cpu: number; wall: number }[] = [];
     for (let i = 0; i < repeat; i++) {
-      runs.push(build(file, out));
-      if (other) others.push(build(file, otherOut, other));
+      runs.push(build(file));
+      if (other) others.push(build(file, other));
       reference.push(referenceLoop());
     }
     const cpu = median(runs.map((r) => r.cpu));
@@ -122,6 +127,8 @@ try {
       const cpuOther = median(others.map((r) => r.cpu));
       const wallOther = median(others.map((r) => r.wall));
       row += ` ${seconds(cpuOther)} ${seconds(wallOther)} ${(cpu / cpuOther).toFixed(2).padStart(8)}× ${(wall / wallOther).toFixed(2).padStart(8)}×`;
+      build(file, lrkc, out);
+      build(file, other, otherOut);
       const difference = firstDifference(out, otherOut);
       row += difference ? `  DIFFERENT PLAN: ${difference}` : "  same plan";
       if (difference) process.exitCode = 1;

@@ -4,6 +4,7 @@
 import { compile } from "../compiler/compile.js";
 import { error } from "../language/diagnostics.js";
 import { evaluate, evaluationSkipped, initializeWithWeights } from "../runtime/trainer.js";
+import { compiling } from "./jit.js";
 import { startingPoint } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
@@ -52,12 +53,14 @@ export async function evalCommand(path: string, options: EvalCommandOptions): Pr
   }
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
-  const { compiled, diagnostics } = compile(read.file, {
-    train: options.train,
-    batch,
-    evalData: options.data,
-    ...(options.frozenF16 ? { frozenF16: true } : {}),
-  });
+  const { compiled, diagnostics } = compiling(() =>
+    compile(read.file, {
+      train: options.train,
+      batch,
+      evalData: options.data,
+      ...(options.frozenF16 ? { frozenF16: true } : {}),
+    }),
+  );
   if (!compiled) return report(diagnostics, options) || 1;
   const program = compiled.program;
   const run = runOrDiagnostic(program);

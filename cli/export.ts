@@ -17,6 +17,7 @@ import { CpuDevice } from "../runtime/device.js";
 import { PeftError, readPeftFolder, toPeft, type AdaptedModule } from "../runtime/peft.js";
 import { CheckpointError, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
 import { initializeWithWeights } from "../runtime/trainer.js";
+import { compiling } from "./jit.js";
 import { failureDiagnostic } from "./failures.js";
 import { cannotWrite, readSource } from "./files.js";
 import { report, type ReportOptions } from "./report.js";
@@ -75,7 +76,7 @@ export async function exportCommand(input: string, options: ExportCommandOptions
       options,
     );
   const train = options.train ?? source.train;
-  const { compiled, diagnostics } = compile(read.file, { train });
+  const { compiled, diagnostics } = compiling(() => compile(read.file, { train }));
   if (!compiled) return report(diagnostics, options) || 1;
   const { program } = compiled;
   try {

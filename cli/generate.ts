@@ -31,6 +31,7 @@ import {
   type Tokenizer,
 } from "../runtime/tokenizer.js";
 import { initializeWithWeights, type Run } from "../runtime/trainer.js";
+import { compiling } from "./jit.js";
 import { startingPoint } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
@@ -119,11 +120,12 @@ export async function loadSampler(
 
 /** Plans `program` for a WebGPU device and loads it (the interpreter needs nothing). */
 async function loadProgram(device: Device, program: GraphProgram): Promise<void> {
-  if (device instanceof WebGpuDevice)
-    device.load(
-      program,
-      planStep(program, await deviceTarget(device, [program], { autotune: false })),
-    );
+  if (!(device instanceof WebGpuDevice)) return;
+  const target = await deviceTarget(device, [program], { autotune: false });
+  device.load(
+    program,
+    compiling(() => planStep(program, target)),
+  );
 }
 
 /** The shape of an entry's `logits` output. */
@@ -252,10 +254,12 @@ export async function generateCommand(
   const read = readSource(path);
   if ("diagnostic" in read) return report([read.diagnostic], options);
   const cached = options.kvCache !== false;
-  const { compiled, diagnostics } = compile(read.file, {
-    train: options.train,
-    ...(cached ? { generation: true } : {}),
-  });
+  const { compiled, diagnostics } = compiling(() =>
+    compile(read.file, {
+      train: options.train,
+      ...(cached ? { generation: true } : {}),
+    }),
+  );
   if (!compiled) return report(diagnostics, options) || 1;
   const program = compiled.program;
   const run = runOrDiagnostic(program);

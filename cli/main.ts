@@ -4,6 +4,7 @@ import { Command, CommanderError } from "commander";
 // Each command's module is imported when the command runs: `lrkc build` need not load the trainer,
 // the data loaders, tokenizers or export (their start-up is part of every build's time).
 import { buildDevices, emitKinds, type BuildOptions, type EmitKind } from "./build.js";
+import { compiling } from "./jit.js";
 import { deviceChoices as devices, parseMaxBinding } from "./target.js";
 import type { EvalCommandOptions } from "./eval.js";
 import type { ExportCommandOptions } from "./export.js";
@@ -31,9 +32,10 @@ function program(setCode: (code: number) => void): Command {
       "after",
       "\nExamples:\n  $ lrkc check examples/lora_finetune.lrk\n  $ lrkc check --json examples/*.lrk stdlib/*.lrk",
     )
-    .action(async (files: string[], opts: { json?: boolean }) =>
-      setCode((await import("./check.js")).checkCommand(files, opts)),
-    );
+    .action(async (files: string[], opts: { json?: boolean }) => {
+      const { checkCommand } = await import("./check.js");
+      setCode(compiling(() => checkCommand(files, opts)));
+    });
 
   cli
     .command("fmt")
@@ -52,7 +54,8 @@ function program(setCode: (code: number) => void): Command {
         setCode(1);
         return;
       }
-      setCode((await import("./fmt.js")).fmtCommand(files, opts));
+      const { fmtCommand } = await import("./fmt.js");
+      setCode(compiling(() => fmtCommand(files, opts)));
     });
 
   cli
@@ -111,15 +114,13 @@ function program(setCode: (code: number) => void): Command {
       }
       // commander's text is replaced by the checked number (or left out)
       const { maxBinding: _text, ...rest } = opts;
-      setCode(
-        await (
-          await import("./build.js")
-        ).buildCommand(file, {
-          ...rest,
-          emit: opts.emit as EmitKind,
-          ...(maxBinding !== undefined ? { maxBinding } : {}),
-        }),
-      );
+      const { buildCommand } = await import("./build.js");
+      const options = {
+        ...rest,
+        emit: opts.emit as EmitKind,
+        ...(maxBinding !== undefined ? { maxBinding } : {}),
+      };
+      setCode(await compiling(() => buildCommand(file, options)));
     });
 
   cli

@@ -28,6 +28,7 @@ import { Autotuner } from "../runtime/autotune.js";
 import { CpuDevice, type Device } from "../runtime/device.js";
 import { NoAdapterError } from "../runtime/gpu.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
+import { compiling } from "./jit.js";
 
 /** WebGPU's default limits: a plan that fits them runs on any adapter. */
 export const defaultLimits = {
@@ -257,7 +258,7 @@ export async function loadPlans(
     const needed = interpreterBytes(programs, device.float64 === true);
     checkMemory(needed, CPU_COUNTED, CPU_HELP, options.log);
     try {
-      return planStep(program.step, portableTarget);
+      return compiling(() => planStep(program.step, portableTarget));
     } catch (e) {
       // WebGPU's limits are not the CPU's: a program over them still trains here, without a plan
       if (e instanceof BufferLimitError || e instanceof BindingLimitError) return undefined;
@@ -276,7 +277,7 @@ export async function loadPlans(
   checkGpuMemory(device, programs, plans, options.log);
   if (options.autotune) {
     const tuned = await deviceTarget(device, programs, options);
-    plans = programs.map((p) => planStep(p, tuned));
+    plans = programs.map((p) => compiling(() => planStep(p, tuned)));
     checkGpuMemory(device, programs, plans); // tuned matmuls may add scratch
   }
   programs.forEach((p, i) => device.load(p, plans[i]!));
@@ -312,7 +313,7 @@ async function untunedPlans(
     autotune: false,
     ...(lowRankMax !== undefined ? { lowRankMax } : {}),
   });
-  return programs.map((p) => planStep(p, untuned));
+  return programs.map((p) => compiling(() => planStep(p, untuned)));
 }
 
 const GPU_HELP =

@@ -14,6 +14,7 @@ import { RunFolder, RunFolderBusy, type RunRecord } from "../runtime/run-folder.
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { CheckpointError } from "../runtime/safetensors.js";
 import { openRun, train, type EvalEvent, type Run, type StepEvent } from "../runtime/trainer.js";
+import { compiling } from "./jit.js";
 import { initialAdapters } from "./export.js";
 import { failureDiagnostic } from "./failures.js";
 import { readSource } from "./files.js";
@@ -176,13 +177,15 @@ export async function trainCommand(path: string, options: TrainCommandOptions): 
   if ("diagnostic" in read) return report([read.diagnostic], options);
   // --init replaces the block's `init` (a path relative to the working directory, not the file)
   const init = options.init !== undefined ? resolve(options.init) : undefined;
-  const { compiled, diagnostics } = compile(read.file, {
-    train: options.train,
-    batch,
-    steps,
-    init,
-    ...(options.frozenF16 ? { frozenF16: true } : {}),
-  });
+  const { compiled, diagnostics } = compiling(() =>
+    compile(read.file, {
+      train: options.train,
+      batch,
+      steps,
+      init,
+      ...(options.frozenF16 ? { frozenF16: true } : {}),
+    }),
+  );
   const code = report(diagnostics, options);
   if (!compiled || code !== 0) return code || 1;
   const program = compiled.program;
@@ -497,7 +500,7 @@ export function compileRun(
   file: SourceFile,
   options: CompileOptions = {},
 ): { run?: Run; diagnostics: Diagnostic[] } {
-  const { compiled, diagnostics } = compile(file, options);
+  const { compiled, diagnostics } = compiling(() => compile(file, options));
   if (!compiled) return { diagnostics };
   const run = runOrDiagnostic(compiled.program);
   return "severity" in run ? { diagnostics: [...diagnostics, run] } : { run, diagnostics };

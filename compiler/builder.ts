@@ -8,6 +8,7 @@
 import {
   Graph,
   numel,
+  opKey,
   sameShape,
   type BinaryFn,
   type DType,
@@ -90,15 +91,6 @@ const SHARED_KINDS = new Set([
   "iota",
 ]);
 
-/**
- * JSON.stringify's replacer that writes ±Infinity, NaN and −0 as themselves (JSON writes them as
- * `null` and `0`): for keys that must tell every value apart.
- */
-export function exactNumbers(_key: string, value: unknown): unknown {
-  if (typeof value !== "number" || (Number.isFinite(value) && !Object.is(value, -0))) return value;
-  return Object.is(value, -0) ? "-0" : String(value);
-}
-
 export class Builder {
   /** Attached to every node added while set. */
   source?: SourceRef;
@@ -135,7 +127,7 @@ export class Builder {
       fail(`a tensor of shape ${fmt(shape)} has more than 2^31 - 1 elements`);
     if (!SHARED_KINDS.has(op.kind))
       return this.graph.add(op, inputs, shape, dtype, { name, source: this.source });
-    const key = `${JSON.stringify(op, exactNumbers)} ${inputs.join(",")} ${shape.join(",")} ${dtype} ${name ?? ""}`;
+    const key = `${opKey(op)} ${inputs.join(",")} ${shape.join(",")} ${dtype} ${name ?? ""}`;
     let id = this.shared.get(key);
     if (id === undefined) {
       id = this.graph.add(op, inputs, shape, dtype, { name, source: this.source });

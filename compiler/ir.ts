@@ -105,6 +105,33 @@ export type Op =
   /** inputs [w [out, in]]: the per-group scales that `quantize` used, [out, in / group]. */
   | { kind: "quantScale"; bits: number; group: number };
 
+/**
+ * An op as text for keys, one text per distinct op: its JSON, with ±Infinity, NaN and −0 each
+ * written as itself (JSON writes `null` and `0`). Made once per op object: value numbering makes
+ * it, the kernel memo reads it again.
+ */
+export function opKey(op: Op): string {
+  let key = opKeys.get(op);
+  if (key !== undefined) return key;
+  key = JSON.stringify(op);
+  // JSON wrote a non-finite number as null; −0 (as 0) can only matter in a constant's value
+  if (key.includes("null") || (op.kind === "const" && Object.is(op.value, -0)))
+    key = JSON.stringify(op, exactNumbers);
+  opKeys.set(op, key);
+  return key;
+}
+
+const opKeys = new WeakMap<Op, string>();
+
+/**
+ * JSON.stringify's replacer that writes ±Infinity, NaN and −0 as themselves (JSON writes them as
+ * `null` and `0`): for keys that must tell every value apart.
+ */
+export function exactNumbers(_key: string, value: unknown): unknown {
+  if (typeof value !== "number" || (Number.isFinite(value) && !Object.is(value, -0))) return value;
+  return Object.is(value, -0) ? "-0" : String(value);
+}
+
 export interface SourceRef {
   /** The .lrk file and line the node came from, for comments in kernels and errors. */
   file: string;
@@ -167,8 +194,10 @@ export class Graph {
 }
 
 export function numel(shape: Shape): number {
+  // an index loop: fusion asks this millions of times, and the compiler runs unoptimized
+  // (cli/jit.ts), where `for…of` allocates an iterator result per element
   let n = 1;
-  for (const d of shape) n *= d;
+  for (let i = 0; i < shape.length; i++) n *= shape[i]!;
   return n;
 }
 

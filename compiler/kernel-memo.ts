@@ -10,8 +10,7 @@
 //
 // A kernel whose code (not a comment) names a node — the gather flag writes the gather's id + 1
 // (compiler/wgsl.ts) — is emitted from the real graph every time and never shared.
-import { exactNumbers } from "./builder.js";
-import { Graph, type Node, type Op } from "./ir.js";
+import { exactNumbers, Graph, opKey, type Node } from "./ir.js";
 import type { KernelGroup } from "./fuse/index.js";
 import type { ParamKernelSource } from "./kernels/special.js";
 
@@ -93,17 +92,6 @@ interface SmallGroup {
   /** Canonical buffer → the real buffer. */
   buffers: number[];
   scratch: Map<number, number[]>;
-}
-
-/**
- * An op as text, for keys (each op object written once). JSON writes ±Infinity and NaN as `null`
- * and −0 as `0`: numbers are written so that every value has its own text.
- */
-const opKeys = new WeakMap<Op, string>();
-function opKey(op: Op): string {
-  let key = opKeys.get(op);
-  if (key === undefined) opKeys.set(op, (key = JSON.stringify(op, exactNumbers)));
-  return key;
 }
 
 /** The group renumbered, with the key that says what its kernels depend on. */
