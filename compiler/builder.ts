@@ -73,9 +73,10 @@ function normAxes(axes: Axes | undefined, rank: number): number[] {
 /**
  * Ops made once per distinct op and inputs (value numbering): the same computation written twice
  * is one node (DoRA's `x @ W^T` beside the base layer's own, a transpose taken in the forward and
- * again in the backward). Not inputs and constants (each is its own value, and entry outputs stay
- * distinct nodes), reductions (a softmax's max is marked `detached` after it is made), random
- * draws, gathers and the special ops.
+ * again in the backward, an optimizer's constants and what it computes from them alone, made
+ * again for each parameter). Not inputs (each is its own value), reductions (a softmax's max is
+ * marked `detached` after it is made), random draws, gathers and the special ops. An entry's
+ * outputs that came out as one node get nodes of their own (`fresh`).
  */
 const SHARED_KINDS = new Set([
   "unary",
@@ -89,6 +90,7 @@ const SHARED_KINDS = new Set([
   "pad",
   "matmul",
   "iota",
+  "const",
 ]);
 
 export class Builder {
@@ -177,7 +179,20 @@ export class Builder {
   ownValue(output: string, node: number): number {
     const op = this.graph.node(node).op;
     if (op.kind !== "input" || op.name === output) return node;
-    return this.unary("neg", this.unary("neg", node));
+    return this.fresh(node);
+  }
+
+  /**
+   * A node of its own with `x`'s value, never shared by value numbering: a constant made anew, or
+   * an exact copy -(-x). Two outputs of an entry that computed the same value (two moments both
+   * initialized to zeros) need two nodes: each is written into its own tensor's buffer.
+   */
+  fresh(x: number): number {
+    const n = this.graph.node(x);
+    const extra = { source: this.source };
+    if (n.op.kind === "const") return this.graph.add(n.op, [], n.shape, n.dtype, extra);
+    const neg: Op = { kind: "unary", fn: "neg" };
+    return this.graph.add(neg, [this.unary("neg", x)], n.shape, n.dtype, extra);
   }
 
   unary(fn: UnaryFn, x: number): number {

@@ -51,8 +51,28 @@ export class KernelMemo {
 
   constructor(readonly emit: EmitGroup) {}
 
+  /**
+   * A node's facts (what `smallGroup` keys on but its inputs and how this group stores it) as a
+   * number, made once per node: a group's key then names each of its nodes in a few characters.
+   */
+  private readonly factsByNode = new Map<number, number>();
+  private readonly factIds = new Map<string, number>();
+  private readonly factsOf = (graph: Graph, id: number, packed: number | undefined): number => {
+    let facts = this.factsByNode.get(id);
+    if (facts !== undefined) return facts;
+    const n = graph.node(id);
+    const op = n.op.kind === "input" ? `input.${n.op.role}` : opKey(n.op);
+    const source = n.source ? `${n.source.file}:${n.source.line}` : "";
+    const range = n.range ? JSON.stringify(n.range, exactNumbers) : "";
+    const text = `${op}|${n.shape.join(",")}|${n.dtype}|${n.name !== undefined ? 1 : 0}|${source}|${range}|${packed ?? 0}`;
+    facts = this.factIds.get(text);
+    if (facts === undefined) this.factIds.set(text, (facts = this.factIds.size));
+    this.factsByNode.set(id, facts);
+    return facts;
+  };
+
   kernels(g: KernelGroup, c: GroupContext): ParamKernelSource[] {
-    const small = smallGroup(g, c);
+    const small = smallGroup(g, c, this.factsOf);
     const known = this.templates.get(small.key);
     if (known === "unshared") return this.emit(g, c);
     if (known) {
@@ -94,8 +114,15 @@ interface SmallGroup {
   scratch: Map<number, number[]>;
 }
 
-/** The group renumbered, with the key that says what its kernels depend on. */
-function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
+/**
+ * The group renumbered, with the key that says what its kernels depend on: per node its facts
+ * (`factsOf`), its inputs if the kernel computes it, whether it does and its buffer class.
+ */
+function smallGroup(
+  g: KernelGroup,
+  c: GroupContext,
+  factsOf: (graph: Graph, id: number, packed: number | undefined) => number,
+): SmallGroup {
   const { graph } = c;
   const computed = new Set(g.nodes);
   // every node the emitters may look at: the group's nodes and, through inputs, what they read,
@@ -127,18 +154,10 @@ function smallGroup(g: KernelGroup, c: GroupContext): SmallGroup {
     const buffered = c.isBuffer(id);
     inside[i] = computed.has(id) || !buffered ? 1 : 0;
     bufferClass[i] = buffered ? bufferClassOf(c.bufferOf(id)) : -1;
-    const op = n.op;
     // a boundary node (a buffer read) keeps its op in the small graph, without inputs; an input's
     // name never matters (it is a placeholder there)
-    const what =
-      op.kind === "input"
-        ? `input.${op.role}`
-        : inside[i]
-          ? `${opKey(op)}(${n.inputs.map(at).join(",")})`
-          : opKey(op);
-    const source = n.source ? `${n.source.file}:${n.source.line}` : "";
-    const range = n.range ? JSON.stringify(n.range, exactNumbers) : "";
-    key += `${what}|${n.shape.join(",")}|${n.dtype}|${n.name !== undefined ? 1 : 0}|${source}|${range}|${inside[i]}|${bufferClass[i]}|${c.packedOf(id) ?? 0};`;
+    const inputs = inside[i] && n.op.kind !== "input" ? `(${n.inputs.map(at).join(",")})` : "";
+    key += `${factsOf(graph, id, c.packedOf(id))}${inputs}|${inside[i]}|${bufferClass[i]};`;
   });
   const group = renumberGroup(g, at);
   const scratch = new Map<number, number[]>();

@@ -138,20 +138,22 @@ export function buildStep(
     name: "state_init",
     outputs: states.map((s) => ({ name: `state:${s.name}`, node: s.init })),
   };
+  const entries = [
+    ...variants.values(),
+    evaluation.evaluate,
+    ...(evaluation.predict ? [evaluation.predict] : []),
+    stateInit,
+    ...budgets.flatMap((bp) => [bp.score, bp.prune]),
+    ...actions.map((a) => a.entry),
+  ];
+  for (const entry of entries) ownOutputs(ctx.b, entry);
   return {
     ...evaluation,
     budgets,
     gradients: budget.gradByPath,
     graph: ctx.b.graph,
     inputs: [...ctx.inputs.values()],
-    entries: [
-      ...variants.values(),
-      evaluation.evaluate,
-      ...(evaluation.predict ? [evaluation.predict] : []),
-      stateInit,
-      ...budgets.flatMap((bp) => [bp.score, bp.prune]),
-      ...actions.map((a) => a.entry),
-    ],
+    entries,
     actions,
     loss,
     variants,
@@ -571,4 +573,20 @@ function lowerControllerEntries(
   const budgets = r.attempt(() => lowerControllers(budget.ctx, budget.controllers));
   if (!budgets || ctx.failed()) return undefined;
   return budgets;
+}
+
+/**
+ * Gives each of `entry`'s outputs a node of its own where two came out as one (value numbering
+ * makes every moment initialized to zeros of one shape the same node): each output is written
+ * into its own tensor's buffer, in place where the plan can (compiler/in-place.ts).
+ */
+function ownOutputs(b: Builder, entry: Entry): void {
+  const seen = new Set<number>();
+  entry.outputs = entry.outputs.map((o) => {
+    if (!seen.has(o.node)) {
+      seen.add(o.node);
+      return o;
+    }
+    return { ...o, node: b.fresh(o.node) };
+  });
 }

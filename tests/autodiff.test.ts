@@ -415,14 +415,25 @@ describe("gradients of small programs", () => {
 });
 
 describe("equal computations are one node (Builder value numbering)", () => {
-  it("the same product, transpose or sum twice is one node; constants, reductions and draws stay apart", () => {
+  it("the same product, transpose, sum or constant twice is one node; inputs, reductions and draws stay apart", () => {
     const b = new Builder();
     const x = b.input("data", "x", [3, 4]);
     const w = b.input("param", "w", [5, 4]);
     expect(b.matmul(x, b.transpose(w))).toBe(b.matmul(x, b.transpose(w)));
     expect(b.add(x, x)).toBe(b.add(x, x));
-    expect(b.constant(0, [3, 4])).not.toBe(b.constant(0, [3, 4]));
+    expect(b.constant(0.5, [3, 4])).toBe(b.constant(0.5, [3, 4]));
+    // every value its own: −0 is not 0, NaN is NaN
+    expect(b.constant(-0)).not.toBe(b.constant(0));
+    expect(b.constant(NaN)).toBe(b.constant(NaN));
+    expect(b.constant(NaN)).not.toBe(b.constant(Infinity));
+    expect(b.input("data", "y", [3, 4])).not.toBe(b.input("data", "y", [3, 4]));
     expect(b.max(x, 1)).not.toBe(b.max(x, 1));
+    expect(b.random("normal", [2], 1)).not.toBe(b.random("normal", [2], 1));
+    // fresh: the same value as a node of its own
+    const zeros = b.constant(0, [3, 4]);
+    expect(b.fresh(zeros)).not.toBe(zeros);
+    expect(b.fresh(zeros)).not.toBe(b.fresh(zeros));
+    expect(b.fresh(b.add(x, x))).not.toBe(b.fresh(b.add(x, x)));
     // another op: the transpose as the matmul's flag
     expect(b.matmul(x, w, { transB: true })).not.toBe(b.matmul(x, b.transpose(w)));
   });
