@@ -231,9 +231,12 @@ describe("TinyLM with LoRA on q and v", () => {
   });
 
   it(`2 layers: a training step is ${lora2.step} kernels; evaluation ${lora2.evaluate}, ${lora2.evaluate - base2.evaluate} more than without adapters`, () => {
-    // 2 × 5 more than 1 layer's adapters, and 0 for the dt·A terms of layer 2's input gradient
-    expect(lora2.step).toBe(84);
-    expect(lora2.evaluate).toBe(37);
+    // 2 × 5 more than 1 layer's adapters, and 0 for the dt·A terms of layer 2's input gradient.
+    // The causal mask is one node for both layers (value numbering): the step computes it in one
+    // kernel where each layer's computed its own (84 before), the evaluation in a kernel of its
+    // own where each layer inlined its own copy (37 before)
+    expect(lora2.step).toBe(83);
+    expect(lora2.evaluate).toBe(38);
     expect(lora2.evaluate - base2.evaluate).toBeLessThanOrEqual(4);
   });
 });

@@ -299,7 +299,7 @@ describe("lrkc's start-up", () => {
     const upFront = [...text.matchAll(/^import (?!type )[^;]*?from "([^"]+)";/gms)].map(
       (m) => m[1],
     );
-    expect(upFront.sort()).toEqual(["./build.js", "./target.js", "commander"]);
+    expect(upFront.sort()).toEqual(["./build.js", "./jit.js", "./target.js", "commander"]);
     for (const command of ["check", "fmt", "train", "eval", "export", "generate", "devices"])
       expect(text).toContain(`await import("./${command}.js")`);
   });
