@@ -106,22 +106,27 @@ export type Op =
   | { kind: "quantScale"; bits: number; group: number };
 
 /**
- * An op as text for keys, one text per distinct op: its JSON, with ±Infinity, NaN and −0 each
- * written as itself (JSON writes `null` and `0`). Made once per op object: value numbering makes
- * it, the kernel memo reads it again.
+ * An op as text for keys, one text per distinct op: its kind, then each field as `name=value`,
+ * numbers exactly (±Infinity, NaN and −0 each their own, where JSON writes `null` and `0`). Ops
+ * are flat records of numbers, strings, booleans and arrays of numbers; a string field holds a
+ * name from the op's own vocabulary (`fn`, `role`, `dist`) or an input's name, not keyed here.
  */
 export function opKey(op: Op): string {
-  let key = opKeys.get(op);
-  if (key !== undefined) return key;
-  key = JSON.stringify(op);
-  // JSON wrote a non-finite number as null; −0 (as 0) can only matter in a constant's value
-  if (key.includes("null") || (op.kind === "const" && Object.is(op.value, -0)))
-    key = JSON.stringify(op, exactNumbers);
-  opKeys.set(op, key);
+  // `for…in` and no cache: value numbering asks this of every node it makes, and the compiler
+  // runs unoptimized (cli/jit.ts), where JSON.stringify and a WeakMap cost twice as much
+  let key: string = op.kind;
+  for (const field in op) {
+    if (field === "kind") continue;
+    const value = (op as Record<string, unknown>)[field];
+    if (value === undefined) continue;
+    key += ` ${field}=${Array.isArray(value) ? value.map(exactText).join(",") : exactText(value)}`;
+  }
   return key;
 }
 
-const opKeys = new WeakMap<Op, string>();
+function exactText(value: unknown): string {
+  return typeof value === "number" && Object.is(value, -0) ? "-0" : String(value);
+}
 
 /**
  * JSON.stringify's replacer that writes ±Infinity, NaN and −0 as themselves (JSON writes them as

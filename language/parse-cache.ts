@@ -35,21 +35,24 @@ import type * as A from "./ast.js";
 import { parse, type ParseResult } from "./parse.js";
 import type { SourceFile } from "./source.js";
 
-/** The stored file's layout; a change of it changes every key. */
-const FORMAT = 2;
+/**
+ * The stored file's layout; a change of it changes every key. A file is one line of JSON (the
+ * header: format, key, and the sha256 of the rest of the file), then the tree as JSON: the sum
+ * is checked on the text as read, without writing the tree out again.
+ */
+const FORMAT = 3;
 /** Trees kept per module name (older ones are removed when a new one is written). */
 const KEPT_PER_MODULE = 4;
 
-interface Stored {
+interface Header {
   format: number;
   key: string;
-  /** sha256 of `JSON.stringify(program)`: a flipped bit inside the tree is caught too. */
+  /** sha256 of the tree's JSON text: a flipped bit inside the tree is caught too. */
   sum: string;
-  program: A.Program;
 }
 
-function checksum(program: unknown): string {
-  return createHash("sha256").update(JSON.stringify(program)).digest("hex");
+function checksum(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
 }
 
 let frontEndHash: string | undefined;
@@ -94,9 +97,12 @@ function parseCached(file: SourceFile, name: string): ParseResult {
   const key = createHash("sha256").update(frontEnd()).update("\n").update(file.text).digest("hex");
   const path = join(folder, `${safeName}-${key.slice(0, 32)}.json`);
   try {
-    const stored = JSON.parse(readFileSync(path, "utf8")) as Stored;
-    if (stored.format === FORMAT && stored.key === key && stored.sum === checksum(stored.program))
-      return { program: stored.program, diagnostics: [] };
+    const text = readFileSync(path, "utf8");
+    const end = text.indexOf("\n");
+    const header = JSON.parse(text.slice(0, end)) as Header;
+    const tree = text.slice(end + 1);
+    if (header.format === FORMAT && header.key === key && header.sum === checksum(tree))
+      return { program: JSON.parse(tree) as A.Program, diagnostics: [] };
   } catch {
     // no tree yet, or one that cannot be used: parse
   }
@@ -108,9 +114,10 @@ function parseCached(file: SourceFile, name: string): ParseResult {
 /** Writes a tree that reads back exactly; any failure leaves the cache as it was. */
 function store(folder: string, path: string, module: string, key: string, program: A.Program) {
   try {
-    const sum = checksum(program);
-    const json = JSON.stringify({ format: FORMAT, key, sum, program } satisfies Stored);
-    if (!sameTree((JSON.parse(json) as Stored).program, program)) return;
+    const tree = JSON.stringify(program);
+    if (!sameTree(JSON.parse(tree), program)) return;
+    const header: Header = { format: FORMAT, key, sum: checksum(tree) };
+    const json = `${JSON.stringify(header)}\n${tree}`;
     mkdirSync(folder, { recursive: true });
     const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
     writeFileSync(tmp, json, { flag: "wx" });

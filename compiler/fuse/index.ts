@@ -36,7 +36,8 @@
 // optimizer's param and states). A group that would bind more storage buffers than the device
 // allows is split by materializing the inlined node that gathers the most of them.
 //
-// The steps, in order (`analyze` once per call, the others in `fuseOnce`), one file each:
+// The steps, in order (`analyze` once per call, the next four in `groupsOnce`, the merges once
+// the groups fit the device, in `merged`), one file each:
 //   analyze        needed nodes, their consumers, inline costs, chain anchors      context.ts
 //   selectLowRank  low-rank branches, and the epilogue chains built around them    low-rank.ts
 //   materialize    which nodes get a buffer; how each matmul reads its operands    materialize.ts
@@ -44,10 +45,10 @@
 //   mergeMaps      consecutive map groups of one element count → one kernel        merge-maps.ts
 //   fuseRows       row reductions and the groups near them → row kernels, in order rows.ts
 // and while groups bind more storage buffers than the device allows, `fuse` forces the nodes
-// `splitPoints` picks for each of them to be materialized and runs the steps again (split.ts). Beside them: the op
-// table (ops.ts), matmul operand views (operand.ts), epilogue chains (chains.ts), the row kernel
-// check (row-structure.ts), the graph of groups row kernels contract (unit-graph.ts), the types
-// (types.ts).
+// `splitPoints` picks for each of them to be materialized and forms the groups again (split.ts).
+// Beside them: the op table (ops.ts), matmul operand views (operand.ts), epilogue chains
+// (chains.ts), the row kernel check (row-structure.ts), the graph of groups row kernels contract
+// (unit-graph.ts), the types (types.ts).
 import type { Graph } from "../ir.js";
 import { analyze, type FuseContext } from "./context.js";
 import { buildGroups } from "./groups.js";
@@ -57,7 +58,7 @@ import { missesFold } from "./chains.js";
 import { mergeMaps } from "./merge-maps.js";
 import { fuseRows } from "./rows.js";
 import { overBindings, splitPoints } from "./split.js";
-import type { Fusion, FuseOptions } from "./types.js";
+import type { Fusion, FuseOptions, KernelGroup } from "./types.js";
 
 export type {
   Fusion,
@@ -76,22 +77,30 @@ export function fuse(graph: Graph, outputs: readonly number[], options: FuseOpti
   const ctx = analyze(graph, outputs);
   const forced = new Set<number>();
   for (let passes = 1; ; passes++) {
-    const f = fuseOnce(ctx, outputs, forced, options);
+    const f = groupsOnce(ctx, outputs, forced, options);
+    // Merging never makes a group over the limit (mergeMaps and fuseRows check it): the groups
+    // to split are found before merging, which then runs once, on the groups that fit.
     const over = overBindings(f, max, options.bindingsOf);
-    if (over.length === 0) return { ...f, passes };
+    if (over.length === 0) return { ...merged(ctx, f, max, options), passes };
     for (const g of over)
       for (const x of splitPoints(graph, f, g, max, options.bindingsOf)) forced.add(x);
   }
 }
 
-/** One fusion of the entry, with the `forced` nodes materialized as if they were outputs. */
-function fuseOnce(
+/** The groups of one fusion of the entry, with the `forced` nodes materialized as if outputs. */
+interface Grouped {
+  groups: KernelGroup[];
+  materialized: Set<number>;
+  isOutput: ReadonlySet<number>;
+}
+
+/** One fusion of the entry up to its groups, before they merge. */
+function groupsOnce(
   ctx: FuseContext,
   outputs: readonly number[],
   forced: ReadonlySet<number>,
   options: FuseOptions,
-): Omit<Fusion, "passes"> {
-  const max = options.maxBindings ?? Infinity;
+): Grouped {
   const isOutput = new Set([...outputs, ...forced]);
   const lowRankCosts = {
     ...(options.lowRankLoopMax !== undefined ? { loopMax: options.lowRankLoopMax } : {}),
@@ -116,14 +125,17 @@ function fuseOnce(
     decided = materialize(ctx, isOutput, lowRank, chains, options);
   }
   const groups = buildGroups(ctx, chains, lowRank, decided);
-  const merged = mergeMaps(ctx.graph, groups, decided.materialized, max, options.bindingsOf);
-  const ordered = fuseRows(
-    ctx.graph,
-    merged,
-    decided.materialized,
-    isOutput,
-    max,
-    options.bindingsOf,
-  );
-  return { groups: ordered, materialized: decided.materialized, needed: ctx.needed };
+  return { groups, materialized: decided.materialized, isOutput };
+}
+
+/** The groups merged: map groups into multi-output kernels, then row kernels, in order. */
+function merged(
+  ctx: FuseContext,
+  f: Grouped,
+  max: number,
+  options: FuseOptions,
+): Omit<Fusion, "passes"> {
+  const maps = mergeMaps(ctx.graph, f.groups, f.materialized, max, options.bindingsOf);
+  const ordered = fuseRows(ctx.graph, maps, f.materialized, f.isOutput, max, options.bindingsOf);
+  return { groups: ordered, materialized: f.materialized, needed: ctx.needed };
 }
