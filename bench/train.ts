@@ -60,6 +60,13 @@ const numberArg = (name: string) =>
 const root = fileURLToPath(new URL("../..", import.meta.url)); // dist/bench/ → the repository
 /** Steps whose losses and adapters are compared before timing. */
 const CHECK_STEPS = 3;
+/**
+ * A pause after each PyTorch step before lrk's next: OpenBLAS's idle threads spin for a while
+ * after a call (OMP_WAIT_POLICY does not reach its own pthread pool), and lrk's step, next in
+ * the round, lost a core to them (its median 56 ms with the torch column, 47 without).
+ */
+const SETTLE_MS = 200;
+const settle = () => new Promise((done) => setTimeout(done, SETTLE_MS));
 const LOSS_TOLERANCE = 1e-4;
 const PARAM_TOLERANCE = 1e-3;
 
@@ -337,7 +344,10 @@ async function main(): Promise<void> {
     step++;
     await lrkStep(step);
     await tfStep(step);
-    await torch?.step(step - 1);
+    if (torch) {
+      await torch.step(step - 1);
+      await settle();
+    }
   }
   if (tf.memory().numTensors !== tfTensors)
     throw new Error(
@@ -355,7 +365,10 @@ async function main(): Promise<void> {
     const theirs = await tfStep(step);
     lrkMs.push(ours.ms);
     tfMs.push(theirs.ms);
-    if (torch) torchMs.push(await torch.step(step - 1));
+    if (torch) {
+      torchMs.push(await torch.step(step - 1));
+      await settle();
+    }
     tfRecordMs.push(theirs.recordMs);
     last = [ours.loss, theirs.loss];
   }
