@@ -25,15 +25,28 @@ export interface LexResult {
   tooDeep: boolean;
 }
 
-const chevrotainLexer = new Lexer(t.allTokens, {
-  positionTracking: "full",
-  // Not `true`: a token Chevrotain cannot optimize would stop lrkc from starting at all; the test
-  // that the first-character table covers every token is tests/reliability/depth.test.ts.
-  ensureOptimizations: false,
-  // The token definitions' own checks find nothing new in definitions that do not change between
-  // runs (as the grammar's, in grammar.ts): the tests run them.
-  skipValidations: !process.env["VITEST"],
-});
+/**
+ * The Chevrotain lexer, made on first use (≈ 10 ms): a compile whose files all come from the
+ * parse cache (language/parse-cache.ts) never lexes.
+ */
+let chevrotainLexer: InstanceType<typeof Lexer> | undefined;
+/** Whether this process made the lexer (tests: a run whose trees were all cached does not). */
+export function lexerBuilt(): boolean {
+  return chevrotainLexer !== undefined;
+}
+
+function lexer(): InstanceType<typeof Lexer> {
+  chevrotainLexer ??= new Lexer(t.allTokens, {
+    positionTracking: "full",
+    // Not `true`: a token Chevrotain cannot optimize would stop lrkc from starting at all; the
+    // test that the first-character table covers every token is tests/reliability/depth.test.ts.
+    ensureOptimizations: false,
+    // The token definitions' own checks find nothing new in definitions that do not change
+    // between runs (as the grammar's, in grammar.ts): the tests run them.
+    skipValidations: !process.env["VITEST"],
+  });
+  return chevrotainLexer;
+}
 
 const opening = new Set([t.LParen, t.LBracket, t.LCurly]);
 const closingFor = new Map([
@@ -43,7 +56,7 @@ const closingFor = new Map([
 ]);
 
 export function lex(file: SourceFile): LexResult {
-  const result = chevrotainLexer.tokenize(file.text);
+  const result = lexer().tokenize(file.text);
   const diagnostics: Diagnostic[] = [];
   const at = (start: number, end: number) => ({ file, span: { start, end } });
 

@@ -124,7 +124,7 @@ describe("parse cache of user files", () => {
     expect(readdirSync(parseCacheFolder()).length).toBe(1);
   });
 
-  it("a compile whose files are all cached never builds the parser", () => {
+  it("a compile whose files are all cached never builds the parser or the lexer", () => {
     const dir = mkdtempSync(join(tmpdir(), "lrk-parse-cache-user-"));
     writeFileSync(join(dir, "tiny_lm.lrk"), readFileSync(join(root, "examples", "tiny_lm.lrk")));
     writeFileSync(
@@ -136,19 +136,20 @@ describe("parse cache of user files", () => {
       const { compile } = await import(${JSON.stringify(join(root, "dist/compiler/compile.js"))});
       const { SourceFile } = await import(${JSON.stringify(join(root, "dist/language/source.js"))});
       const { grammarBuilt } = await import(${JSON.stringify(join(root, "dist/language/cst-to-ast.js"))});
+      const { lexerBuilt } = await import(${JSON.stringify(join(root, "dist/language/lexer.js"))});
       const { readFileSync } = await import("node:fs");
       const path = ${JSON.stringify(join(dir, "main.lrk"))};
       const { compiled } = compile(new SourceFile(path, readFileSync(path, "utf8")));
-      console.log(JSON.stringify({ ok: compiled !== undefined, built: grammarBuilt() }));`;
+      console.log(JSON.stringify({ ok: compiled !== undefined, built: grammarBuilt(), lexed: lexerBuilt() }));`;
     const run = () => {
       const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
         encoding: "utf8",
         env: { ...process.env, VITEST: "" },
       });
       expect(r.stderr).toBe("");
-      return JSON.parse(r.stdout) as { ok: boolean; built: boolean };
+      return JSON.parse(r.stdout) as { ok: boolean; built: boolean; lexed: boolean };
     };
-    expect(run()).toEqual({ ok: true, built: true });
-    expect(run()).toEqual({ ok: true, built: false });
+    expect(run()).toEqual({ ok: true, built: true, lexed: true });
+    expect(run()).toEqual({ ok: true, built: false, lexed: false });
   });
 });
