@@ -107,7 +107,7 @@ interface SmallGroup {
   group: KernelGroup;
   /** Canonical index → the real node. */
   nodes: number[];
-  /** The real node → its canonical index. */
+  /** The real node → its canonical index (valid until the memo's next group: `Marks.index`). */
   at: (id: number) => number;
   /** Canonical index → whether the kernel computes it or reads it through inputs it computes. */
   inside: Uint8Array;
