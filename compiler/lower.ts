@@ -87,8 +87,15 @@ export class Lowerer {
   readonly stopped = new Set<number>();
   /** Adapted or quantized modules: calling one runs the wrapper's `forward`. */
   readonly wrappers = new Map<ModuleInstance, Applied[]>();
-  /** `training` is false while evaluating: dropout is the identity. */
+  /** `training` is false while evaluating: dropout is the identity. Read it through `isTraining`. */
   training = true;
+  /**
+   * How many times lowering asked whether it is training (`isTraining`: dropout does). Boxed, so
+   * that lowerers made by `withHooks` and `unwrapped` count into the same box.
+   */
+  private readonly modeReads = { count: 0 };
+  /** The forwards `keepingForwards` keeps, and the lowerer keeping them. */
+  private forwards?: { owner: Lowerer; values: Map<ModuleInstance, Map<string, Value>> };
   /**
    * Set while lowering `lrkc generate`'s program (compiler/generation.ts): where `positions`,
    * `causal_mask` and `kv_cache` read the token's position and keep the caches. Unset, they are
@@ -103,6 +110,8 @@ export class Lowerer {
   private callDepth = 0;
   /** Member values already lowered into this graph, per instance and expression. */
   private readonly memberValues = new Map<ModuleInstance, Map<A.Expr, Map<string, Value>>>();
+  /** Member values whose lowering asked whether it is training (`isTraining`). */
+  private readonly modalMembers = new WeakSet<Value>();
   /** The step counter node, for randomness that changes every step (dropout). */
   stepNode?: number;
   /**
@@ -147,6 +156,30 @@ export class Lowerer {
       );
     }
     return this.name(out, names);
+  }
+
+  /** Whether lowering is for training (dropout on), counted: see `keepingForwards`. */
+  isTraining(): boolean {
+    this.modeReads.count++;
+    return this.training;
+  }
+
+  /**
+   * `lower()`, keeping the value of every module forward that did not ask whether it is training
+   * and whose arguments are all tensors: a call of the same module on the same tensors — the
+   * evaluation's and the prediction's forward after the training loss's — is that value rather
+   * than the forward lowered again (a copy of the model whose reductions, never shared by value
+   * numbering, would make every layer after them anew). A forward that asked (dropout) differs by
+   * mode and by call (each dropout draws its own mask) and is lowered every time. Only this
+   * lowerer's own forwards are kept (not those of `withHooks` or `unwrapped` ones).
+   */
+  keepingForwards<T>(lower: () => T): T {
+    this.forwards = { owner: this, values: new Map() };
+    try {
+      return lower();
+    } finally {
+      this.forwards = undefined;
+    }
   }
 
   /** A fresh seed for each random intrinsic in the program, in lowering order (deterministic). */
@@ -278,13 +311,18 @@ export class Lowerer {
             }),
           );
         evaluating.add(v.expr);
+        const reads = this.modeReads.count;
         try {
           cached = this.expr(v.expr, this.frameFor(v.self));
         } finally {
           evaluating.delete(v.expr);
         }
+        if (this.modeReads.count !== reads) this.modalMembers.add(cached);
         if (!byExpr.has(v.expr)) byExpr.set(v.expr, new Map());
         byExpr.get(v.expr)!.set(key, cached);
+      } else if (this.modalMembers.has(cached)) {
+        // a value that depends on the mode, read again: this lowering depends on it too
+        this.modeReads.count++;
       }
       const value = cached;
       if (v.index === undefined) return value;
@@ -756,7 +794,21 @@ export class Lowerer {
     at: Location,
     depth?: number,
   ): Value {
-    return this.r.fromUserSite(at, () => this.forwardAt(instance, args, at, depth));
+    const kept = this.forwards?.owner === this ? this.forwards.values : undefined;
+    const level = depth ?? (this.wrappers.get(instance) ?? []).length;
+    const key =
+      kept && args.every((a) => a.value.kind === "tensor")
+        ? `${level}|${this.memberKey}|${args.map((a) => `${a.name ?? ""}=${(a.value as Tensor).node}`).join(",")}`
+        : undefined;
+    const known = key === undefined ? undefined : kept!.get(instance)?.get(key);
+    if (known) return known;
+    const reads = this.modeReads.count;
+    const value = this.r.fromUserSite(at, () => this.forwardAt(instance, args, at, depth));
+    if (key !== undefined && this.modeReads.count === reads) {
+      if (!kept!.has(instance)) kept!.set(instance, new Map());
+      kept!.get(instance)!.set(key, value);
+    }
+    return value;
   }
 
   private forwardAt(

@@ -108,9 +108,13 @@ export function buildStep(
     spec.seed,
   );
   if (ctx.failed()) return undefined;
-  const objective = lowerLoss(ctx, batchFields);
-  if (!objective) return undefined;
-  const evaluation = lowerEvaluation(ctx, objective);
+  // the evaluation's and the prediction's forward are the loss's where no dropout tells them apart
+  const lowered = ctx.L.keepingForwards(() => {
+    const objective = lowerLoss(ctx, batchFields);
+    return objective && { objective, evaluation: lowerEvaluation(ctx, objective) };
+  });
+  if (!lowered) return undefined;
+  const { objective, evaluation } = lowered;
   const loss = addWrapperRegularizers(ctx, addModelRegularizers(ctx, objective.loss));
   if (ctx.failed()) return undefined;
   const trainable = placement.params.filter((p) => p.trainable);

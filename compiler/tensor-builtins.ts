@@ -527,7 +527,7 @@ function dropout({ L, b, args, tensor }: Call): Value {
       error("E0402", `dropout probability must be in [0, 1), not ${p}`, args.argAt(1, "p")),
     );
   }
-  if (p === 0 || !L.training) return x;
+  if (p === 0 || !L.isTraining()) return x;
   // Inverted dropout: keep with probability 1 - p, scale kept values by 1 / (1 - p). The mask
   // is new every step: the random seed is mixed with the step counter.
   const u = b.random("uniform", x.shape, L.nextSeed(), L.stepNode);

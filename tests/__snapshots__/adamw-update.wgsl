@@ -1,73 +1,73 @@
-// map f32[128, 4] %133 %141 %166 %174 %180 %194 (vec4)
+// map f32[128, 4] %124 %132 %157 %165 %171 %185 (vec4)
 // computes:
-//   %119 = permute [1,0] %118 : f32[128, 4]  // stdlib/adapters.lrk:39
-//   %121 = permute [1,0] %120 : f32[4, 128]  // stdlib/adapters.lrk:39
-//   %128 = const 0.9 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %129 = mul %128, %125 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %131 = const 0.09999999999999998 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %132 = mul %131, %121 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %133 = add %129, %132 : f32[4, 128]  // stdlib/optim.lrk:51
-//   %135 = const 0.999 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %136 = mul %135, %126 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %138 = const 0.0010000000000000009 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %139 = mul %138, %121 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %140 = mul %139, %121 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %141 = add %136, %140 : f32[4, 128]  // stdlib/optim.lrk:52
-//   %144 = slice starts=[1] steps=[1] %94 : f32[1]  // stdlib/optim.lrk:53
-//   %145 = reshape %144 : f32[1, 1]  // stdlib/optim.lrk:53
-//   %146 = expand %145 : f32[4, 128]  // stdlib/optim.lrk:53
-//   %147 = div %133, %146 : f32[4, 128]  // stdlib/optim.lrk:53
-//   %150 = slice starts=[2] steps=[1] %94 : f32[1]  // stdlib/optim.lrk:54
-//   %151 = reshape %150 : f32[1, 1]  // stdlib/optim.lrk:54
-//   %152 = expand %151 : f32[4, 128]  // stdlib/optim.lrk:54
-//   %153 = div %141, %152 : f32[4, 128]  // stdlib/optim.lrk:54
-//   %154 = sqrt %153 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %156 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %157 = add %154, %156 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %158 = div %147, %157 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %159 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %160 = mul %159, %19 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %161 = add %158, %160 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %162 = slice starts=[3] steps=[1] %94 : f32[1]  // stdlib/optim.lrk:55
-//   %163 = reshape %162 : f32[1, 1]  // stdlib/optim.lrk:55
-//   %164 = expand %163 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %165 = mul %164, %161 : f32[4, 128]  // stdlib/optim.lrk:55
-//   %166 = sub %19, %165 : f32[4, 128]
-//   %170 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %171 = mul %170, %168 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %172 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %173 = mul %172, %119 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %174 = add %171, %173 : f32[128, 4]  // stdlib/optim.lrk:51
-//   %175 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %176 = mul %175, %169 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %177 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %178 = mul %177, %119 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %179 = mul %178, %119 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %180 = add %176, %179 : f32[128, 4]  // stdlib/optim.lrk:52
-//   %181 = expand %145 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %182 = div %174, %181 : f32[128, 4]  // stdlib/optim.lrk:53
-//   %183 = expand %151 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %184 = div %180, %183 : f32[128, 4]  // stdlib/optim.lrk:54
-//   %185 = sqrt %184 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %186 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %187 = add %185, %186 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %188 = div %182, %187 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %189 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %190 = mul %189, %22 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %191 = add %188, %190 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %192 = expand %163 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %193 = mul %192, %191 : f32[128, 4]  // stdlib/optim.lrk:55
-//   %194 = sub %22, %193 : f32[128, 4]
+//   %110 = permute [1,0] %109 : f32[128, 4]  // stdlib/adapters.lrk:39
+//   %112 = permute [1,0] %111 : f32[4, 128]  // stdlib/adapters.lrk:39
+//   %119 = const 0.9 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %120 = mul %119, %116 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %122 = const 0.09999999999999998 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %123 = mul %122, %112 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %124 = add %120, %123 : f32[4, 128]  // stdlib/optim.lrk:51
+//   %126 = const 0.999 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %127 = mul %126, %117 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %129 = const 0.0010000000000000009 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %130 = mul %129, %112 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %131 = mul %130, %112 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %132 = add %127, %131 : f32[4, 128]  // stdlib/optim.lrk:52
+//   %135 = slice starts=[1] steps=[1] %85 : f32[1]  // stdlib/optim.lrk:53
+//   %136 = reshape %135 : f32[1, 1]  // stdlib/optim.lrk:53
+//   %137 = expand %136 : f32[4, 128]  // stdlib/optim.lrk:53
+//   %138 = div %124, %137 : f32[4, 128]  // stdlib/optim.lrk:53
+//   %141 = slice starts=[2] steps=[1] %85 : f32[1]  // stdlib/optim.lrk:54
+//   %142 = reshape %141 : f32[1, 1]  // stdlib/optim.lrk:54
+//   %143 = expand %142 : f32[4, 128]  // stdlib/optim.lrk:54
+//   %144 = div %132, %143 : f32[4, 128]  // stdlib/optim.lrk:54
+//   %145 = sqrt %144 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %147 = const 1e-8 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %148 = add %145, %147 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %149 = div %138, %148 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %150 = const 0.01 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %151 = mul %150, %19 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %152 = add %149, %151 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %153 = slice starts=[3] steps=[1] %85 : f32[1]  // stdlib/optim.lrk:55
+//   %154 = reshape %153 : f32[1, 1]  // stdlib/optim.lrk:55
+//   %155 = expand %154 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %156 = mul %155, %152 : f32[4, 128]  // stdlib/optim.lrk:55
+//   %157 = sub %19, %156 : f32[4, 128]
+//   %161 = const 0.9 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %162 = mul %161, %159 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %163 = const 0.09999999999999998 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %164 = mul %163, %110 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %165 = add %162, %164 : f32[128, 4]  // stdlib/optim.lrk:51
+//   %166 = const 0.999 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %167 = mul %166, %160 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %168 = const 0.0010000000000000009 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %169 = mul %168, %110 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %170 = mul %169, %110 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %171 = add %167, %170 : f32[128, 4]  // stdlib/optim.lrk:52
+//   %172 = expand %136 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %173 = div %165, %172 : f32[128, 4]  // stdlib/optim.lrk:53
+//   %174 = expand %142 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %175 = div %171, %174 : f32[128, 4]  // stdlib/optim.lrk:54
+//   %176 = sqrt %175 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %177 = const 1e-8 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %178 = add %176, %177 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %179 = div %173, %178 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %180 = const 0.01 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %181 = mul %180, %22 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %182 = add %179, %181 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %183 = expand %154 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %184 = mul %183, %182 : f32[128, 4]  // stdlib/optim.lrk:55
+//   %185 = sub %22, %184 : f32[128, 4]
 // from: stdlib/adapters.lrk:39, stdlib/optim.lrk:51, stdlib/optim.lrk:52, stdlib/optim.lrk:53, stdlib/optim.lrk:54, stdlib/optim.lrk:55
-@group(0) @binding(0) var<storage, read_write> out0: array<vec4<f32>>;  // %133
-@group(0) @binding(1) var<storage, read_write> out1: array<vec4<f32>>;  // %141
-@group(0) @binding(2) var<storage, read_write> out2: array<vec4<f32>>;  // %166
-@group(0) @binding(3) var<storage, read_write> out3: array<vec4<f32>>;  // %174
-@group(0) @binding(4) var<storage, read_write> out4: array<vec4<f32>>;  // %180
-@group(0) @binding(5) var<storage, read_write> out5: array<vec4<f32>>;  // %194
-@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %120
-@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %94 host_scalars
-@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %118
+@group(0) @binding(0) var<storage, read_write> out0: array<vec4<f32>>;  // %124
+@group(0) @binding(1) var<storage, read_write> out1: array<vec4<f32>>;  // %132
+@group(0) @binding(2) var<storage, read_write> out2: array<vec4<f32>>;  // %157
+@group(0) @binding(3) var<storage, read_write> out3: array<vec4<f32>>;  // %165
+@group(0) @binding(4) var<storage, read_write> out4: array<vec4<f32>>;  // %171
+@group(0) @binding(5) var<storage, read_write> out5: array<vec4<f32>>;  // %185
+@group(0) @binding(6) var<storage, read> in0: array<f32>;  // %111
+@group(0) @binding(7) var<storage, read> in1: array<f32>;  // %85 host_scalars
+@group(0) @binding(8) var<storage, read> in2: array<f32>;  // %109
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let t = gid.x + gid.y * 128u;
