@@ -224,22 +224,6 @@ describe("fusion", () => {
     expect(copyKernels(adam.graph, adam.fusion)).toBe(0);
   });
 
-  it("map kernels of one element count join across a kernel between them that they do not read", () => {
-    const b = new Builder();
-    const x = b.input("param", "x", [16]);
-    const y = b.input("param", "y", [8, 4]);
-    const z = b.input("param", "z", [4, 4]);
-    const first = b.mul(x, b.constant(2, [16]));
-    const between = b.sum(b.exp(y), 1); // a reduce: a kernel of its own
-    const apart = b.add(b.reshape(z, [16]), b.constant(1, [16]));
-    const after = b.add(b.reshape(z, [16]), b.sum(between)); // reads what the reduce writes
-    const joined = fuse(b.graph, [first, between, apart]);
-    expect(kinds(joined).sort()).toEqual(["map", "reduce"]);
-    expect(joined.groups.find((g) => g.kind === "map")!.outputs).toEqual([first, apart]);
-    const kept = fuse(b.graph, [first, between, after]);
-    expect(kinds(kept).filter((k) => k === "map")).toHaveLength(2);
-  });
-
   it(`a costly value read by 2 kernels is materialized: ${shared.fusion.groups.length} kernel`, () => {
     // heavy, and the two outputs reading it at the same element: one kernel writing all three
     expect(shared.fusion.groups).toHaveLength(1);
@@ -418,9 +402,8 @@ describe("the training step of examples/tiny_lm_pretrain.lrk", () => {
     expect(tinyLm.rows).toHaveLength(20);
     // 250 before the step-only scalars (Adam's bias corrections) moved to the host
     // (214 before the weight gradients that read the heads joined back folded their batch sum
-    // into k; 206 before constants were value-numbered, when each layer built its own causal mask;
-    // 205 before map kernels of one element count joined across up to 3 kernels between them)
-    expect(tinyLm.total).toBe(193);
+    // into k; 206 before constants were value-numbered, when each layer built its own causal mask)
+    expect(tinyLm.total).toBe(205);
     // every row kernel opens with a comment naming its IR nodes (and their .lrk lines)
     for (const k of tinyLm.rows) expect(k.wgsl).toMatch(/^\/\/ row .*\n\/\/ computes:\n/);
   });

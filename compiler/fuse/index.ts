@@ -31,10 +31,9 @@
 // A map node is materialized when it is an entry output, when a kernel needs it as a buffer (a
 // matmul operand that is not a view of one, a special kernel's input), or when kernels of two or
 // more groups read it and it is not cheap to recompute (movement ops never are: their input
-// decides). Then map groups of one element count whose later members read the earlier ones'
-// outputs only at the same element merge into one kernel with several outputs (an optimizer's
-// param and states), a later group joining one a few groups back when it reads nothing the groups
-// in between write. A group that would bind more storage buffers than the device
+// decides). Then consecutive map groups of one element count whose later members read the earlier
+// ones' outputs only at the same element merge into one kernel with several outputs (an
+// optimizer's param and states). A group that would bind more storage buffers than the device
 // allows is split by materializing the inlined node that gathers the most of them.
 //
 // The steps, in order (`analyze` once per call, the next four in `groupsOnce`, the merges once
@@ -43,7 +42,7 @@
 //   selectLowRank  low-rank branches, and the epilogue chains built around them    low-rank.ts
 //   materialize    which nodes get a buffer; how each matmul reads its operands    materialize.ts
 //   buildGroups    one group per materialized node: anchor, epilogue, inlined nodes groups.ts
-//   mergeMaps      nearby map groups of one element count → one kernel             merge-maps.ts
+//   mergeMaps      consecutive map groups of one element count → one kernel        merge-maps.ts
 //   fuseRows       row reductions and the groups near them → row kernels, in order rows.ts
 // and while groups bind more storage buffers than the device allows, `fuse` forces the nodes
 // `splitPoints` picks for each of them to be materialized and forms the groups again (split.ts).
