@@ -54,7 +54,7 @@ import type { PackedOperandCode } from "./dequant.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
 /** Bumped whenever the template changes in a way that may change which parameters are fastest. */
-export const MATMUL_TEMPLATE_VERSION = 4;
+export const MATMUL_TEMPLATE_VERSION = 5;
 
 /**
  * What the default choice needs to know about the adapter; `AdapterSummary` (runtime/gpu.ts)
@@ -1010,7 +1010,7 @@ function tiledBody(c: Ctx, aMode: AMode, bMode: BMode, dq?: PackedOperandCode): 
               L.push(`  acc${r}_${g} += ${b(s * KU + kk, g)} * ${a[s]!(r, kk)};`);
     }
     L.push(`}`);
-    if (bMode === "packedK") L.push(`}`, `}`);
+    if (bMode === "packedK") L.push(`}`);
   }
   if (kMain < K) L.push(...tiledKTail(c, kMain, G, cw));
 
@@ -1041,29 +1041,30 @@ function tiledKTail(c: Ctx, kMain: number, G: number, cw: number): string[] {
 }
 
 /**
- * The k loops of a B packed along k (packedK): per group of k, each lane (subgroup: columns q,
- * q + 8, …) or invocation (register: its C columns) loads its columns' scales; per word, its
- * columns' words, which the innermost loop unpacks 4 steps of k at a time (loadPackedB,
- * packedRegisterB). Looping over the word's vec4s rather than unrolling them keeps the body the
- * f32 path's size: lavapipe's compile time grows with it (unrolled, a 2-bit kernel took 15 s to
- * compile). Opens three loops; the caller closes them.
+ * The k loops of a B packed along k (packedK): per word, each lane (subgroup: columns q, q + 8, …)
+ * or invocation (register: its C columns) loads its columns' words and their group's scales, and
+ * the inner loop unpacks a word 4 steps of k at a time (loadPackedB, packedRegisterB). One loop
+ * over the words rather than one over groups around one over a group's words: lavapipe blends
+ * every accumulator with the loop's mask where a loop ends, so each loop level costs a pass over
+ * the tile (a scale load per word is cheaper). Looping over the word's vec4s rather than
+ * unrolling them keeps the body the f32 path's size: lavapipe's compile time grows with it
+ * (unrolled, a 2-bit kernel took 15 s to compile). Opens two loops; the caller closes them.
  */
 function packedKLoops(c: Ctx, dq: PackedOperandCode, sg: boolean): string[] {
   const { N, K, p } = c;
   const C = p.colsPerThread;
   const perWord = 32 / dq.bits;
   const L: string[] = [];
-  L.push(`for (var g0 = lrk_zero; g0 < ${u(K)}; g0 += ${u(dq.group)}) {`);
   const owned = sg
     ? [...Array(C / 8).keys()].map((h) => `min(col0 + ${u(8 * h)} + lane % 8u, ${u(N - 1)})`)
     : [...Array(C).keys()].map((j) => `cc${j}`);
-  owned.forEach((col, h) => {
-    L.push(`let pc${h} = ${col};`);
-    L.push(`let sl${h} = ${dq.scales}[pc${h} * ${u(K / dq.group)} + g0 / ${u(dq.group)}];`);
-  });
-  L.push(`for (var kw = g0 + lrk_zero; kw < g0 + ${u(dq.group)}; kw += ${u(perWord)}) {`);
-  for (let h = 0; h < owned.length; h++)
+  owned.forEach((col, h) => L.push(`let pc${h} = ${col};`));
+  L.push(`for (var kw = lrk_zero; kw < ${u(K)}; kw += ${u(perWord)}) {`);
+  for (let h = 0; h < owned.length; h++) {
+    // (a group is a whole number of words: packedBMode)
+    L.push(`let sl${h} = ${dq.scales}[pc${h} * ${u(K / dq.group)} + kw / ${u(dq.group)}];`);
     L.push(`let wl${h} = bitcast<i32>(${dq.values}[(pc${h} * ${u(K)} + kw) / ${u(perWord)}]);`);
+  }
   L.push(`for (var v = lrk_zero; v < ${u(perWord / 4)}; v++) {`);
   L.push(`let k0 = kw + 4u * v;`);
   return L;
