@@ -10,7 +10,11 @@ import { packedBits, storedBytes, type ProgramInput, type Tensor } from "../comp
 import { planStep } from "../compiler/compile.js";
 import { memoryReport } from "../compiler/memory.js";
 import { defaultLimits, deviceTarget, portableTarget } from "../cli/target.js";
-import { matmulCandidates, matmulShapeClassKey } from "../compiler/kernels/matmul.js";
+import {
+  matmulCandidates,
+  matmulShapeClassKey,
+  PACKED_B_TEMPLATE_VERSION,
+} from "../compiler/kernels/matmul.js";
 import { fuseEntries, matmulShapes, matmulTemplate } from "../compiler/plan.js";
 import { Autotuner } from "../runtime/autotune.js";
 import type { KernelSource, MatmulParams } from "../compiler/program.js";
@@ -278,7 +282,9 @@ describe("the autotuner on packed products", () => {
       [false, { b: { bits: 4, group: 32 } }],
     ]);
     const f32 = { ...packed[0]!, storage: undefined };
-    expect(matmulShapeClassKey(packed[0]!)).toBe(`${matmulShapeClassKey(f32)} B packed4 g32`);
+    expect(matmulShapeClassKey(packed[0]!)).toBe(
+      `${matmulShapeClassKey(f32)} B packed4 g32 r${PACKED_B_TEMPLATE_VERSION}`,
+    );
   });
 
   it("times the kernel that runs: the packed words read by every variant that can, 5 bindings", async () => {

@@ -54,7 +54,12 @@ import type { PackedOperandCode } from "./dequant.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
 
 /** Bumped whenever the template changes in a way that may change which parameters are fastest. */
-export const MATMUL_TEMPLATE_VERSION = 5;
+export const MATMUL_TEMPLATE_VERSION = 4;
+/**
+ * Bumped whenever the packed-B paths change: their shape classes are tuned again, the others keep
+ * their cached choices (2: one loop over a B packed along k's words, packedKLoops).
+ */
+export const PACKED_B_TEMPLATE_VERSION = 2;
 
 /**
  * What the default choice needs to know about the adapter; `AdapterSummary` (runtime/gpu.ts)
@@ -127,7 +132,12 @@ export function matmulShapeClassKey(shape: MatmulShape): string {
 export function matmulStorageKey(shape: MatmulShape): string {
   const { a, b } = shape.storage ?? {};
   return (
-    (a ? ` A ${a}` : "") + (b === "f16" ? " B f16" : b ? ` B packed${b.bits} g${b.group}` : "")
+    (a ? ` A ${a}` : "") +
+    (b === "f16"
+      ? " B f16"
+      : b
+        ? ` B packed${b.bits} g${b.group} r${PACKED_B_TEMPLATE_VERSION}`
+        : "")
   );
 }
 
