@@ -28,10 +28,10 @@ import {
   unlinkSync,
   writeFileSync,
 } from "node:fs";
-import { homedir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type * as A from "./ast.js";
+import { lrkCacheFolder } from "./cache-folder.js";
 import { parse, type ParseResult } from "./parse.js";
 import type { SourceFile } from "./source.js";
 
@@ -70,8 +70,7 @@ function frontEnd(): string {
 }
 
 export function parseCacheFolder(): string {
-  const base = process.env["XDG_CACHE_HOME"] || join(homedir(), ".cache");
-  return join(base, "lrk", "parsed");
+  return join(lrkCacheFolder(), "parsed");
 }
 
 /**

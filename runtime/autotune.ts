@@ -16,7 +16,6 @@
 // key naming the product's class, its parameters and the branch's rank and layout.
 
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import type {
   KernelSource,
@@ -25,6 +24,7 @@ import type {
   MatmulShape,
   MatmulTemplate,
 } from "../compiler/program.js";
+import { lrkCacheFolder } from "../language/cache-folder.js";
 import { GpuWaiter, type AdapterSummary } from "./gpu.js";
 
 export interface AutotuneOptions {
@@ -73,8 +73,7 @@ interface CacheFile {
 }
 
 export function defaultAutotuneCacheFile(): string {
-  const base = process.env["XDG_CACHE_HOME"] || join(homedir(), ".cache");
-  return join(base, "lrk", "autotune.json");
+  return join(lrkCacheFolder(), "autotune.json");
 }
 
 export function adapterKey(adapter: AdapterSummary): string {
