@@ -176,9 +176,11 @@ function smallGroup(
   const sorted = Int32Array.from(found).sort();
   const nodes = Array.from(sorted);
   const inside = new Uint8Array(nodes.length);
+  const buffered = new Uint8Array(nodes.length);
   for (let i = 0; i < nodes.length; i++) {
     const id = nodes[i]!;
-    inside[i] = computed[id] === stamp || !c.isBuffer(id) ? 1 : 0;
+    buffered[i] = c.isBuffer(id) ? 1 : 0;
+    inside[i] = computed[id] === stamp || !buffered[i] ? 1 : 0;
     index[id] = i;
   }
   const at = (id: number) => index[id]!;
@@ -194,7 +196,7 @@ function smallGroup(
   for (let i = 0; i < nodes.length; i++) {
     const id = nodes[i]!;
     const n = graph.nodes[id]!;
-    bufferClass[i] = c.isBuffer(id) ? bufferClassOf(c.bufferOf(id)) : -1;
+    bufferClass[i] = buffered[i] ? bufferClassOf(c.bufferOf(id)) : -1;
     // a boundary node (a buffer read) keeps its op in the small graph, without inputs; an input's
     // name never matters (it is a placeholder there)
     let inputs = "";

@@ -803,7 +803,7 @@ export class Lowerer {
     const known = key === undefined ? undefined : kept!.get(instance)?.get(key);
     if (known) return known;
     const reads = this.modeReads.count;
-    const value = this.r.fromUserSite(at, () => this.forwardAt(instance, args, at, depth));
+    const value = this.r.fromUserSite(at, () => this.forwardAt(instance, args, at, level));
     if (key !== undefined && this.modeReads.count === reads) {
       if (!kept!.has(instance)) kept!.set(instance, new Map());
       kept!.get(instance)!.set(key, value);
@@ -811,14 +811,14 @@ export class Lowerer {
     return value;
   }
 
+  /** `forward` at wrapper `level` (0: the module's own), as `forward` resolved it. */
   private forwardAt(
     instance: ModuleInstance,
     args: { name?: string; value: Value; at: Location }[],
     at: Location,
-    depth?: number,
+    level: number,
   ): Value {
     const wrappers = this.wrappers.get(instance) ?? [];
-    const level = depth ?? wrappers.length;
     if (level > 0) {
       const wrapper = wrappers[level - 1]!;
       // Inside the wrapper, `base(x)` calls the next layer in: the quantizer, or the module itself.
