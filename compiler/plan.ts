@@ -13,7 +13,7 @@
 // Entries share the input buffers and the pool of activation/scratch buffers (entries never run
 // at the same time); each entry's outputs have buffers of their own, so they survive the run.
 import { fuse, type KernelGroup } from "./fuse/index.js";
-import { tileBranch, type TileBranch } from "./fuse/low-rank.js";
+import { branchCoefficient, tileBranch, type TileBranch } from "./fuse/low-rank.js";
 import { numel, type DType, type Graph } from "./ir.js";
 import { contractionKernel, reduceKernel, rowKernel } from "./kernels/reduce.js";
 import { mapKernel } from "./kernels/elementwise.js";
@@ -613,12 +613,16 @@ export function groupKernels(
           prologue: fused.prologue,
           ...(branches.length
             ? {
-                branches: branches.map((b) => ({
-                  rank: b.rank,
-                  upTrans: b.upTrans,
-                  down: bufferOf(b.down),
-                  up: bufferOf(b.up),
-                })),
+                branches: branches.map((b) => {
+                  const scale = branchCoefficient(graph, g, b.node);
+                  return {
+                    rank: b.rank,
+                    upTrans: b.upTrans,
+                    down: bufferOf(b.down),
+                    up: bufferOf(b.up),
+                    ...(scale !== undefined ? { scale } : {}),
+                  };
+                }),
               }
             : {}),
         },

@@ -28,6 +28,7 @@ import { matmulTemplate, type PlanTarget } from "../compiler/plan.js";
 import { Autotuner } from "../runtime/autotune.js";
 import { defaultMatmulParams, matmulCandidates } from "../compiler/kernels/matmul.js";
 import { fuse } from "../compiler/fuse/index.js";
+import { branchCoefficient } from "../compiler/fuse/low-rank.js";
 import { evaluate } from "../runtime/interpreter.js";
 import { WebGpuDevice } from "../runtime/webgpu-device.js";
 import { values } from "./helpers.js";
@@ -122,8 +123,17 @@ describe("the low-rank branch in the matmul's tile", () => {
   for (const rank of [1, 8, 13, 16, 64])
     it(`rank ${rank}, 67 tokens × 96 → 52 (and 50, n not a multiple of 4): the defaults, as the interpreter`, async () => {
       const wgsl = await check(67, 96, 52, rank);
-      // the tiles run the branch as rank more k-steps (no per-element loop over the rank)
-      expect(wgsl).toContain("lb0_0_0");
+      // the tiles run the branch as rank more k-steps (no per-element loop over the rank), in
+      // the product's accumulators: the epilogue adds 2·branch (y) and the branch (dx)
+      expect(wgsl).toContain(
+        `// branch 0 (rank ${rank}) in the tile: added into the product's accumulators, times 2`,
+      );
+      // (at rank 64 dy·B's inner dim, 52, is the larger: dx has no branch)
+      if (rank < 52)
+        expect(wgsl).toContain(
+          `// branch 0 (rank ${rank}) in the tile: added into the product's accumulators\n`,
+        );
+      expect(wgsl).not.toContain("lb0_");
       expect(wgsl).not.toContain("// low-rank");
       await check(67, 96, 50, rank);
     }, 180_000); // cold, lavapipe compiles each kernel in seconds on a loaded machine
@@ -141,7 +151,8 @@ describe("the low-rank branch in the matmul's tile", () => {
   for (const rank of [1, 8, 13, 16, 64])
     it(`rank ${rank}, the shared-memory tile runs the branch as staged k-steps, as the interpreter`, async () => {
       const wgsl = await check(67, 96, 52, rank, shared(4, 16), true);
-      expect(wgsl).toContain("lb0_3_3");
+      expect(wgsl).toContain(`// branch 0 (rank ${rank}) in the tile: added into`);
+      expect(wgsl).toContain("mm_tile_a[kk * 16u + x] = select(0.0, 2.0f * mm_ld0_at(at), ok)");
       // no per-element loop over the rank: mm_branch0 is defined but not called
       expect(wgsl).not.toContain("mm_branch0(row, col)");
       expect(wgsl).not.toContain("// low-rank");
@@ -338,7 +349,8 @@ describe("the autotuner's fused-or-unfused timing", () => {
       const tuner = new Autotuner(device.device, device.summary, matmulTemplate, {
         cacheFile: join(dir, `t${rank}.json`),
         // the unfused form's two kernels share its time
-        measure: async (kernel) => (kernel.wgsl.includes("lb0_") ? fusedMs : unfusedMs / 2),
+        measure: async (kernel) =>
+          kernel.wgsl.includes("// branch 0 (rank") ? fusedMs : unfusedMs / 2,
       });
       return tuner.lowRankFused(shape, { rank, upTrans: false }, params());
     };
@@ -394,7 +406,9 @@ train t {
     const out = new Map<string, string[]>();
     for (const [name, entry] of Object.entries(plan.entries)) {
       const kernels = entry.dispatches.map((id) => plan.kernels[id]!);
-      for (const k of kernels.filter((k) => k.kind === "matmul" && /lb0_0_0/.test(k.wgsl))) {
+      for (const k of kernels.filter(
+        (k) => k.kind === "matmul" && /\/\/ branch 0 \(rank/.test(k.wgsl),
+      )) {
         // no per-element loop over a rank anywhere
         expect(k.wgsl).not.toContain("mm_branch0(row, col)");
         expect(k.wgsl).not.toContain("// low-rank");
@@ -434,5 +448,86 @@ train t {
       "matmul 32x128x128 NN 8",
     ]);
     expect(found.get("evaluate")).toEqual(["matmul 32x128x128 NT packed 32,8"]);
+  });
+});
+
+describe("branchCoefficient: where the tile may add a branch into the product's accumulators", () => {
+  /** y = f(x·Wᵀ, branch) for `f`; the group computes every node after the two matmuls' inputs. */
+  function coefficient(
+    f: (b: Builder, product: number, branch: number) => number,
+    written: (product: number, branch: number, y: number) => number[] = (_p, _b, y) => [y],
+  ): number | undefined {
+    const b = new Builder();
+    const x = b.input("param", "x", [6, 8]);
+    const w = b.input("param", "w", [5, 8]);
+    const a = b.input("param", "a", [2, 8]);
+    const u = b.input("param", "u", [5, 2]);
+    const down = b.matmul(x, a, { transB: true });
+    const first = b.graph.nodes.length;
+    const product = b.matmul(x, w, { transB: true });
+    const branch = b.matmul(down, u, { transB: true });
+    const y = f(b, product, branch);
+    const nodes = [...Array(b.graph.nodes.length - first).keys()].map((i) => first + i);
+    return branchCoefficient(
+      b.graph,
+      { anchor: product, nodes, outputs: written(product, branch, y) },
+      branch,
+    );
+  }
+  const scalar = (b: Builder, v: number) => b.constant(v, [6, 5]);
+
+  it("a constant scale on the way, a bias and other terms beside the product", () => {
+    expect(coefficient((b, p, r) => b.binary("add", p, r))).toBe(1);
+    expect(
+      coefficient((b, p, r) =>
+        b.binary(
+          "add",
+          b.binary("add", p, b.input("param", "bias", [6, 5])),
+          b.binary("mul", scalar(b, 2), r),
+        ),
+      ),
+    ).toBe(2);
+    expect(coefficient((b, p, r) => b.binary("add", b.binary("div", r, scalar(b, 4)), p))).toBe(
+      0.25,
+    );
+    expect(coefficient((b, p, r) => b.binary("sub", p, b.binary("mul", r, scalar(b, 3))))).toBe(-3);
+    // whatever follows the sum sees acc + branch: a per-column scale after the add is fine
+    expect(
+      coefficient((b, p, r) =>
+        b.binary("mul", b.binary("add", p, r), b.input("param", "s", [6, 5])),
+      ),
+    ).toBe(1);
+  });
+
+  it("keeps the branch apart where the epilogue needs it so", () => {
+    // a per-element scale between the branch and the add (DoRA's magnitude)
+    expect(
+      coefficient((b, p, r) =>
+        b.binary("add", p, b.binary("mul", r, b.input("param", "s", [6, 5]))),
+      ),
+    ).toBeUndefined();
+    // the product negated: branch − x·Wᵀ
+    expect(coefficient((b, p, r) => b.binary("sub", r, p))).toBeUndefined();
+    // the branch read twice
+    expect(
+      coefficient((b, p, r) => b.binary("add", b.binary("add", p, r), b.binary("mul", r, r))),
+    ).toBeUndefined();
+    // the product read by something else before the add
+    expect(
+      coefficient((b, p, r) => b.binary("add", b.binary("add", p, r), b.unary("exp", p))),
+    ).toBeUndefined();
+    // the kernel writes the product alone too (its value must not hold the branch)
+    expect(
+      coefficient(
+        (b, p, r) => b.binary("add", p, r),
+        (p, _r, y) => [p, y],
+      ),
+    ).toBeUndefined();
+    // added to something that is not the product
+    expect(
+      coefficient((b, p, r) =>
+        b.binary("mul", p, b.binary("add", b.input("param", "c", [6, 5]), r)),
+      ),
+    ).toBeUndefined();
   });
 });

@@ -559,7 +559,8 @@ describe("Autotuner", () => {
     const candidates = matmulCandidates(shape, features).map(describeMatmulParams);
     expect(candidates).toContain(describeMatmulParams(choice));
     expect(first.measurements).toBe(candidates.length);
-    expect(lines.length).toBe(candidates.length);
+    // every candidate timed (and those close to the fastest again)
+    for (const c of candidates) expect(lines.some((l) => l.includes(`: ${c} `))).toBe(true);
     // the same class again: no more timing
     await first.matmul({ ...shape, m: 50, k: 33 });
     expect(first.measurements).toBe(candidates.length);
@@ -596,6 +597,36 @@ describe("Autotuner", () => {
     expect(timing.ms).toBe(Math.min(...timing.samples));
     expect(pruned.runs).toBe(1);
     expect(pruned.samples).toHaveLength(1);
+  });
+
+  it("times the candidates close to the fastest again, alternating, each keeping its fastest: a slow spell does not decide", async () => {
+    const candidates = matmulCandidates(shape, features);
+    const [lucky, steady, slow] = candidates.map(describeMatmulParams);
+    // lucky: fast in the first pass, then slow; steady: a little slower first, then fastest;
+    // slow: beyond 1.5× the fastest, never timed again; the rest slower still
+    const clock: Record<string, number[]> = {
+      [lucky!]: [1.0, 2.0, 2.0],
+      [steady!]: [1.2, 0.9, 0.95],
+      [slow!]: [1.6],
+    };
+    const calls: string[] = [];
+    const tuner = new Autotuner(device, adapter, matmulTemplate, {
+      cacheFile: join(dir, "rounds.json"),
+      measure: async (_kernel, params) => {
+        const d = describeMatmulParams(params);
+        const times = clock[d] ?? [9];
+        calls.push(d);
+        return times[calls.filter((c) => c === d).length - 1] ?? 9;
+      },
+    });
+    expect(describeMatmulParams(await tuner.matmul(shape))).toBe(steady);
+    // two more rounds over the two close ones: reversed, then forward
+    expect(calls.slice(candidates.length)).toEqual([steady, lucky, lucky, steady]);
+    expect(tuner.measurements).toBe(candidates.length);
+    const entry = JSON.parse(readFileSync(join(dir, "rounds.json"), "utf8")).adapters[
+      adapterKey(adapter)
+    ][matmulShapeClassKey(shape)];
+    expect(entry.ms).toBe(0.9);
   });
 
   it("picks the fastest by the clock it is given, and enabled: false times nothing", async () => {

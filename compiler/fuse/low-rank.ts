@@ -309,3 +309,93 @@ export function tileBranch(
   if (!plain(down) || !plain(up) || numel(graph.node(down).shape) !== m * rank) return undefined;
   return { node: id, down, up, rank, upTrans };
 }
+
+/**
+ * The constant c where a matmul group's epilogue sees tile branch `id` only as `acc + c·branch`:
+ * the branch reaches, through multiplications and divisions by constants (and reshapes), an add
+ * (or the right side of a sub) whose other side is the product itself or the product plus other
+ * terms (a bias, other branches: adds and reshapes from the anchor, each node read once and not
+ * written by the kernel). The tile may then add c·down·up into the product's accumulators, as
+ * more steps of its k loop, and hand the epilogue 0 for the branch (MatmulBranch `scale`): the
+ * value is the same, with no accumulators of the branch's own. Undefined otherwise (a per-column
+ * scale or a mask between the branch and the sum, a branch read twice, a kernel that writes a
+ * partial sum).
+ */
+export function branchCoefficient(
+  graph: Graph,
+  group: { anchor: number; nodes: readonly number[]; outputs: readonly number[] },
+  id: number,
+): number | undefined {
+  const written = new Set(group.outputs);
+  // the chain's single reader of `x`, if x is read once and not written
+  const onlyReader = (x: number): number | undefined => {
+    if (written.has(x)) return undefined;
+    let reader: number | undefined;
+    for (const y of group.nodes)
+      for (const i of graph.node(y).inputs) {
+        if (i !== x) continue;
+        if (reader !== undefined) return undefined;
+        reader = y;
+      }
+    return reader;
+  };
+  // the product's additive path: anchor, then adds and reshapes that carry it
+  const path = new Set<number>([group.anchor]);
+  for (let x: number | undefined = group.anchor; x !== undefined;) {
+    const next = onlyReader(x);
+    if (next === undefined) break;
+    const kind = opName(graph, next);
+    const carries =
+      kind === "reshape" || kind === "add" || (kind === "sub" && graph.node(next).inputs[0] === x);
+    if (!carries) break;
+    path.add(next);
+    x = next;
+  }
+  // a constant, through the views that broadcast it
+  const constant = (x: number): number | undefined => {
+    const op = graph.node(x).op;
+    if (op.kind === "reshape" || op.kind === "expand") return constant(graph.node(x).inputs[0]!);
+    return op.kind === "const" && Number.isFinite(op.value) ? op.value : undefined;
+  };
+  let scale = 1;
+  for (let term = id; ;) {
+    const next = onlyReader(term);
+    if (next === undefined) return undefined;
+    const [left, right] = graph.node(next).inputs;
+    const other = left === term ? right : left;
+    const kind = opName(graph, next);
+    switch (kind) {
+      case "reshape":
+        break;
+      case "mul": {
+        const c = other === undefined ? undefined : constant(other);
+        if (c === undefined) return undefined;
+        scale *= c;
+        break;
+      }
+      case "div": {
+        const c = right === undefined || left !== term ? undefined : constant(right);
+        if (c === undefined || c === 0) return undefined;
+        scale /= c;
+        break;
+      }
+      case "add":
+      case "sub": {
+        const negated = kind === "sub" && right === term;
+        if (kind === "sub" && left === term) return undefined;
+        if (other === undefined || !path.has(other) || !path.has(next)) return undefined;
+        const c = negated ? -scale : scale;
+        return Number.isFinite(Math.fround(c)) && c !== 0 ? c : undefined;
+      }
+      default:
+        return undefined;
+    }
+    term = next;
+  }
+}
+
+/** A node's op as one name: a binary op's function (`add`, `mul`), else its kind. */
+function opName(graph: Graph, id: number): string {
+  const op = graph.node(id).op;
+  return op.kind === "binary" ? op.fn : op.kind;
+}

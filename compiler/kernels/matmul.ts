@@ -49,6 +49,7 @@
 // k only when B's layout already unrolls k by 4. That brought a cold compile from 1–6 s to
 // 0.1–0.5 s per kernel without slowing the large shapes.
 
+import { f32Lit } from "../wgsl.js";
 import { renderKernel, type Builtin, type KernelSpec } from "./render.js";
 import type { PackedOperandCode } from "./dequant.js";
 import type { KernelSource, MatmulFusion, MatmulParams, MatmulShape } from "./types.js";
@@ -374,7 +375,7 @@ interface Ctx {
 }
 
 /** What a branch's code depends on (its buffers do not change it). */
-type BranchForm = Pick<MatmulBranch, "rank" | "upTrans">;
+type BranchForm = Pick<MatmulBranch, "rank" | "upTrans" | "scale">;
 /**
  * How a tile loads a branch: k4, vec4s along the rank of both down and up ([n, rank]); n4, down
  * along the rank and up ([rank, n]) along n; scalar otherwise (and in the naive variant, which
@@ -432,16 +433,26 @@ export interface MatmulKernelFusion extends MatmulFusion {
  * A low-rank branch computed by the matmul kernel itself: value(row, col) = Σ_l down[row·rank + l]
  * · up(l, col), `down` a [m, rank] buffer (the down-projection X·L2ᵀ, computed once by a kernel of
  * its own), `up` stored [n, rank] (`upTrans`, LoRA's L1) or [rank, n]. Register and subgroup tiles
- * run it as `rank` more steps of their k-loop on accumulators of their own (the tile's register
- * blocking, vec4 loads and broadcasts: per step R + C/8 loads for R·C FMAs, where the epilogue's
- * per-element loop made 2 scalar loads per FMA); the shared-memory tile likewise stages slabs of
+ * run it as `rank` more steps of their k-loop, with the tile's register blocking, vec4 loads and
+ * broadcasts (per step R + C/8 loads for R·C FMAs, where the epilogue's per-element loop made 2
+ * scalar loads per FMA), on the product's accumulators (`scale`) or on accumulators of the
+ * branch's own; the shared-memory tile likewise stages slabs of
  * down and up in workgroup memory (sharedBranchSteps); the naive variant loops per element. Branch
- * i's value reaches the epilogue expression as `lr{i}` (`lrk_epilogue(…, lr0)`): whatever lies
- * between the branch and the sum (a scale, a mask) stays in the epilogue.
+ * i's value reaches the epilogue expression as `lr{i}` (`lrk_epilogue(…, lr0)`; 0 where the tile
+ * added it into the product): whatever lies between the branch and the sum (a per-column scale, a
+ * mask) stays in the epilogue.
  */
 export interface MatmulBranch {
   rank: number;
   upTrans: boolean;
+  /**
+   * The epilogue sees the branch only as `acc + scale·branch` (fuse/low-rank.ts
+   * `branchCoefficient`): the register, subgroup and shared tiles then add scale·down·up into the
+   * product's own accumulators, as extra steps of its k loop, and hand the epilogue 0 for the
+   * branch; without it the branch has accumulators of its own (a per-column scale or a mask may lie
+   * between the two).
+   */
+  scale?: number;
   /** The plan buffers of `down` and `up`. */
   down: number;
   up: number;
@@ -568,7 +579,11 @@ function cachedMatmulCode(
 ): MatmulCode {
   if (branches.length && shape.batch !== 1)
     throw new Error("matmul: low-rank branches need batch 1");
-  const forms = branches.map((br) => ({ rank: br.rank, upTrans: br.upTrans }));
+  const forms = branches.map((br) => ({
+    rank: br.rank,
+    upTrans: br.upTrans,
+    ...(br.scale !== undefined ? { scale: br.scale } : {}),
+  }));
   const key = JSON.stringify([
     shape,
     p,
@@ -1258,16 +1273,9 @@ function tiledStores(c: Ctx, G: number, cw: number): string[] {
   L.push(`  let row = row0 + i / ${u(G)};`);
   L.push(`  let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
   L.push(...pick("v", accs, "  "));
-  c.branches.forEach((_, b) =>
-    L.push(
-      ...pick(
-        `w${b}`,
-        accs.map((a) => `lb${b}_${a.slice(3)}`),
-        "  ",
-      ),
-    ),
-  );
-  const ws = (lane: string) => c.branches.map((_, b) => `, w${b}${lane}`).join("");
+  const values = branchValues(c, accs, cw === 4 ? "vec4<f32>" : "f32", L, "  ");
+  const ws = (lane: string) =>
+    values.map((w) => `, ${w.startsWith("w") ? `${w}${lane}` : lane ? "0.0" : w}`).join("");
   if (c.outVec) {
     L.push(`  mm_store4(batch, row, col, v${ws("")});`);
   } else if (cw === 4) {
@@ -1416,16 +1424,7 @@ function sharedBody(
   L.push(`  let row = tileRow + lid.y + (i / ${u(C)}) * ${u(WY)};`);
   L.push(`  let col = tileCol + lid.x + (i % ${u(C)}) * ${u(WX)};`);
   L.push(...pick("v", accs, "  "));
-  const ws = c.branches.map((_, b) => {
-    L.push(
-      ...pick(
-        `w${b}`,
-        accs.map((a) => `lb${b}_${a.slice(3)}`),
-        "  ",
-      ),
-    );
-    return `, w${b}`;
-  });
+  const ws = branchValues(c, accs, "f32", L, "  ").map((w) => `, ${w}`);
   L.push(`  mm_store(batch, row, col, v${ws.join("")});`);
   L.push(`}`);
   return {
@@ -1486,6 +1485,54 @@ function branchFunctions(c: Ctx): string[] {
 }
 
 /**
+ * The accumulators branch i's steps add to: the product's own (`acc`) where the epilogue sees the
+ * branch only scaled and added to the product (MatmulBranch `scale`), else its own (`lb{i}_`).
+ */
+function branchAccumulators(c: Ctx, i: number): string {
+  return c.branches[i]!.scale !== undefined ? "acc" : `lb${i}_`;
+}
+
+/** The comment heading branch i's steps in the tile: its rank and where it accumulates. */
+function branchComment(c: Ctx, i: number): string {
+  const { rank, scale } = c.branches[i]!;
+  const into =
+    scale === undefined
+      ? `accumulators lb${i}_ of its own`
+      : `added into the product's accumulators${scale === 1 ? "" : `, times ${scale}`}`;
+  return `// branch ${i} (rank ${rank}) in the tile: ${into}`;
+}
+
+/** A load of branch i's down values, times its scale where it is added into the product. */
+function scaledLoad(c: Ctx, i: number, load: string): string {
+  const scale = c.branches[i]!.scale;
+  return scale === undefined || scale === 1 ? load : `${f32Lit(scale)} * ${load}`;
+}
+
+/**
+ * The branch values the stores hand the epilogue: w{b} picked from branch b's accumulators (with
+ * `pickFrom`), or a zero where the branch was added into the product's.
+ */
+function branchValues(
+  c: Ctx,
+  accs: readonly string[],
+  type: string,
+  L: string[],
+  ind: string,
+): string[] {
+  return c.branches.map((br, b) => {
+    if (br.scale !== undefined) return `${type}()`;
+    L.push(
+      ...pick(
+        `w${b}`,
+        accs.map((a) => `lb${b}_${a.slice(3)}`),
+        ind,
+      ),
+    );
+    return `w${b}`;
+  });
+}
+
+/**
  * The register and subgroup tiles' loop over branch i's rank: the same tile as the product's
  * (rows rr{r}, columns cc{j}), on accumulators lb{i}_{r}_{g} of its own. Down's rows are loaded as
  * vec4s along the rank; up's columns as vec4s along the rank (k4: in a subgroup each of 8 lanes
@@ -1505,12 +1552,17 @@ function branchLoop(c: Ctx, i: number, G: number, cw: number): string[] {
   const vt = cw === 4 ? "vec4<f32>" : "f32";
   const [ld, lu] = [`mm_ld${i}`, `mm_lu${i}`];
   const L: string[] = [];
-  for (let r = 0; r < R; r++)
-    for (let g = 0; g < G; g++) L.push(`var lb${i}_${r}_${g}: ${vt} = ${vt}();`);
+  const acc = branchAccumulators(c, i);
+  L.push(branchComment(c, i));
+  if (acc !== "acc")
+    for (let r = 0; r < R; r++)
+      for (let g = 0; g < G; g++) L.push(`var ${acc}${r}_${g}: ${vt} = ${vt}();`);
+  // a branch added into the product's accumulators: its down rows scaled on load
+  const scaled = (load: string) => scaledLoad(c, i, load);
   L.push(`for (var l0 = lrk_zero; l0 < ${u(rank)}; l0 += ${u(mode === "scalar" ? 1 : 4)}) {`);
   const fmas = (ind: string, up: (g: number) => string, down: (r: number) => string) => {
     for (let r = 0; r < R; r++)
-      for (let g = 0; g < G; g++) L.push(`${ind}lb${i}_${r}_${g} += ${up(g)} * ${down(r)};`);
+      for (let g = 0; g < G; g++) L.push(`${ind}${acc}${r}_${g} += ${up(g)} * ${down(r)};`);
   };
   /** Column j's vec4 `name(j)` at step kk, gathered 4 (or 1) columns per accumulator group. */
   const columns = (name: (j: number) => string) => (g: number) =>
@@ -1518,7 +1570,8 @@ function branchLoop(c: Ctx, i: number, G: number, cw: number): string[] {
       ? `vec4<f32>(${[0, 1, 2, 3].map((j) => `${name(4 * g + j)}[kk]`).join(", ")})`
       : `${name(g)}[kk]`;
   if (mode === "scalar") {
-    for (let r = 0; r < R; r++) L.push(`  let ld${r} = ${ld}_at(rr${r} * ${u(rank)} + l0);`);
+    for (let r = 0; r < R; r++)
+      L.push(`  let ld${r} = ${scaled(`${ld}_at(rr${r} * ${u(rank)} + l0)`)};`);
     for (let j = 0; j < C; j++)
       L.push(
         `  let lv${j} = ${lu}_at(${upTrans ? `cc${j} * ${u(rank)} + l0` : `l0 * ${u(N)} + cc${j}`});`,
@@ -1529,7 +1582,8 @@ function branchLoop(c: Ctx, i: number, G: number, cw: number): string[] {
     L.push(`}`);
     return L;
   }
-  for (let r = 0; r < R; r++) L.push(`  let ld${r} = ${ld}[(rr${r} * ${u(rank)} + l0) >> 2u];`);
+  for (let r = 0; r < R; r++)
+    L.push(`  let ld${r} = ${scaled(`${ld}[(rr${r} * ${u(rank)} + l0) >> 2u]`)};`);
   let up: (g: number) => string;
   const inner: string[] = [];
   if (mode === "k4" && sg && C % 8 === 0) {
@@ -1570,8 +1624,9 @@ function branchLoop(c: Ctx, i: number, G: number, cw: number): string[] {
  * The shared-memory tile's steps over branch i's rank, after the product's k slabs: the same
  * staging and inner loop as the product's, with down's rows (tileRow.., [m, rank] row-major) in
  * mm_tile_a and up's columns (tileCol.., [n, rank] with upTrans, else [rank, n]) in mm_tile_b, in
- * slabs of min(tileK, rank) steps, on accumulators lb{i}_{r}_{j} of their own (the epilogue gets
- * the branch apart from the product: a scale or mask may lie between them). Per slab each
+ * slabs of min(tileK, rank) steps, on the product's accumulators (MatmulBranch `scale`, down
+ * staged times it) or on lb{i}_{r}_{j} of the branch's own (the epilogue gets the branch apart
+ * from the product: a per-column scale or mask lies between them). Per slab each
  * invocation stages (TM + TN)·depth / NT values and does R·C FMAs per step, where the
  * per-element loop (mm_branch) made 2 scalar global loads per FMA. Loads are scalar and clamped
  * into the matrices, zero outside; the product's last slab ended with a barrier, so the tiles are
@@ -1587,7 +1642,10 @@ function sharedBranchSteps(c: Ctx, i: number, unroll: number): string[] {
   const D = Math.min(p.tileK, rank); // slab depth
   const U = D % unroll === 0 ? unroll : 1;
   const L: string[] = [];
-  for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) L.push(`var lb${i}_${r}_${j} = 0.0;`);
+  const acc = branchAccumulators(c, i);
+  L.push(branchComment(c, i));
+  if (acc !== "acc")
+    for (let r = 0; r < R; r++) for (let j = 0; j < C; j++) L.push(`var ${acc}${r}_${j} = 0.0;`);
   L.push(`for (var t = lrk_zero; t < ${u(Math.ceil(rank / D))}; t++) {`);
   L.push(`  let l0 = t * ${u(D)};`);
   // down: element (row x, l) at x·rank + l, staged [l][row] (consecutive invocations along l)
@@ -1596,7 +1654,9 @@ function sharedBranchSteps(c: Ctx, i: number, unroll: number): string[] {
   L.push(`    let kk = i % ${u(D)};`);
   L.push(`    let ok = tileRow + x < ${u(M)} && l0 + kk < ${u(rank)};`);
   L.push(`    let at = min(tileRow + x, ${u(M - 1)}) * ${u(rank)} + min(l0 + kk, ${u(rank - 1)});`);
-  L.push(`    mm_tile_a[kk * ${u(TM)} + x] = select(0.0, mm_ld${i}_at(at), ok);`);
+  L.push(
+    `    mm_tile_a[kk * ${u(TM)} + x] = select(0.0, ${scaledLoad(c, i, `mm_ld${i}_at(at)`)}, ok);`,
+  );
   L.push(`  }`);
   // up: element (l, col x) at x·rank + l (upTrans) or l·n + x, staged [l][col]
   L.push(`  for (var i = lidx; i < ${u(TN * D)}; i += ${u(NT)}) {`);
@@ -1609,7 +1669,7 @@ function sharedBranchSteps(c: Ctx, i: number, unroll: number): string[] {
   L.push(`    mm_tile_b[kk * ${u(TN)} + x] = select(0.0, mm_lu${i}_at(at), ok);`);
   L.push(`  }`);
   L.push(`  workgroupBarrier();`);
-  L.push(...sharedTileProducts(D, U, R, C, TM, TN, WY, WX, `lb${i}_`));
+  L.push(...sharedTileProducts(D, U, R, C, TM, TN, WY, WX, acc));
   L.push(`  workgroupBarrier();`);
   L.push(`}`);
   return L;
@@ -1632,9 +1692,10 @@ export function lowRankBranchForms(
   const { m, n, k } = shape;
   const { rank, upTrans } = branch;
   const out = { a: 0, b: 1, out: 2 };
+  // as a plan runs a branch its epilogue adds unscaled: in the product's accumulators
   const fused = matmulKernel(shape, params, out, {
     epilogue: { expression: "acc + lr0", bindings: [], declarations: "" },
-    branches: [{ rank, upTrans, down: 3, up: 4 }],
+    branches: [{ rank, upTrans, down: 3, up: 4, scale: 1 }],
   });
   const upShape = { batch: 1, m, n, k: rank, transA: false, transB: upTrans };
   const up = matmulKernel(upShape, upParams, { a: 3, b: 4, out: 5 });
