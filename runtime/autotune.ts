@@ -477,8 +477,10 @@ export class Autotuner {
   }
 
   private lowRankKey(shape: MatmulShape, branch: LowRankBranchForm, params: MatmulParams) {
+    // v2: the fused form adds the branch into the product's accumulators (choices timed with
+    // accumulators of the branch's own are timed again)
     return (
-      `lowrank ${this.template.classKey(shape)} ${this.template.describe(params)} ` +
+      `lowrank/v2 ${this.template.classKey(shape)} ${this.template.describe(params)} ` +
       `r${branch.rank}${branch.upTrans ? " upT" : ""}`
     );
   }

@@ -242,12 +242,14 @@ describe("kernels reading f16 inputs on WebGPU", () => {
     });
     const chosen = new Map<string, MatmulParams>();
     for (const shape of shapes) chosen.set(matmulShapeClassKey(shape), await tuner.matmul(shape));
-    // every candidate ran on f16 bindings (none failed), one timing line each
+    // every candidate ran on f16 bindings (none failed), each timed (those close to the fastest
+    // again)
     expect(lines.filter((l) => l.includes("failed"))).toEqual([]);
-    for (const shape of shapes)
-      expect(lines.filter((l) => l.includes(matmulShapeClassKey(shape)))).toHaveLength(
-        matmulCandidates(shape, new Set(device.features)).length,
-      );
+    for (const shape of shapes) {
+      const key = matmulShapeClassKey(shape);
+      for (const c of matmulCandidates(shape, new Set(device.features)))
+        expect(lines.some((l) => l.includes(`${key}: ${matmulTemplate.describe(c)} `))).toBe(true);
+    }
     const cached = JSON.parse(readFileSync(cacheFile, "utf8")) as {
       adapters: Record<string, Record<string, unknown>>;
     };
