@@ -115,7 +115,7 @@ function writeCacheEntry(
  * 4×32 tiles at 2.10 ms beside 4×16 at 2.23 ms; three rounds gave 4×16 1.44 ms, 4×32 2.42 ms, and
  * the SVDQuant step with 4×16 ran 1.20× the f32 step instead of 1.33×).
  */
-const RETIME_WITHIN = 1.5;
+const RETIME_WITHIN = 2;
 const RETIME_ROUNDS = 2;
 
 /** Rounds of the fused-or-unfused timing (Autotuner.lowRankFused), each form once per round. */
