@@ -297,7 +297,7 @@ describe("the autotuner on packed products", () => {
       cacheFile,
       measure: async (kernel, params) => {
         timed.push({ kernel, params });
-        return timed.length; // the first timed wins
+        return timed.length === 1 ? 1 : 5; // the first timed wins, no other close to it
       },
     });
     const forward = shapes.find((s) => s.storage?.b && s.transB)!;

@@ -217,7 +217,9 @@ describe("split-k planned where the autotuner chose it", () => {
     });
     await tuner.matmul(shape);
     expect(lines.filter((l) => l.includes("failed"))).toEqual([]);
-    expect(lines.filter((l) => l.includes("split-k sum"))).toHaveLength(3);
+    // each of the 3 split-k candidates timed with its sum pass (the close ones again)
+    const sums = lines.filter((l) => l.includes("split-k sum"));
+    expect(new Set(sums.map((l) => l.split(" (split-k sum")[0])).size).toBe(3);
   }, 120_000);
 
   it("a plan with split-k chosen: two kernels, scratch for the partials, as the interpreter, deterministic", async () => {
