@@ -2,6 +2,7 @@
 // executes; `planStep` takes one of its graph programs to the kernel plan a WebGPU device runs.
 // Each line is one phase, in order; every phase reports into one log and the driver stops at the
 // first phase that found an error. Nothing here reads data or touches a device.
+import { checkModels } from "./check-models.js";
 import { Log, type Diagnostic, type Location } from "../language/diagnostics.js";
 import type { SourceFile } from "../language/source.js";
 import { checkPooledStates } from "./pooled-states.js";
@@ -103,7 +104,13 @@ export interface Analysis {
  */
 export function analyze(
   file: SourceFile,
-  options: TrainOverrides & { train?: string; requireTrain?: boolean; stdlibDir?: string } = {},
+  options: TrainOverrides & {
+    train?: string;
+    requireTrain?: boolean;
+    stdlibDir?: string;
+    /** With no train block in the file: lower its models' forwards (compiler/check-models.ts). */
+    checkModels?: boolean;
+  } = {},
 ): Analysis {
   const log = new Log();
   const trains: Analysis["trains"] = [];
@@ -126,6 +133,7 @@ export function analyze(
     const spec = resolveTrain(resolver, entry, decl, options); //     the train block
     if (spec) trains.push({ spec, placement: place(resolver, spec) }); // adapt/freeze/optimize/…
   }
+  if (options.checkModels && decls.length === 0 && !log.hasErrors()) checkModels(resolver, entry); //                                  forwards without a block
   return done(resolver);
 }
 
@@ -142,7 +150,7 @@ function resolveModules(loader: ModuleLoader, entry: Module): Resolver {
 
 /** `lrkc check`: the whole file analyzed, then each train block compiled on its own. */
 export function check(file: SourceFile): { compiled: Compiled[]; diagnostics: Diagnostic[] } {
-  const analysis = analyze(file);
+  const analysis = analyze(file, { checkModels: true });
   const { log } = analysis;
   const compiled: Compiled[] = [];
   if (log.hasErrors()) return { compiled, diagnostics: analysis.diagnostics };
