@@ -1,13 +1,13 @@
-// `lrkc check` on a file without train blocks: its models are not instantiated by any block, so
-// nothing would lower their forwards and a shape error in one (a result that is not the declared
-// type, a product of mismatched sizes) would go unnoticed until a program trains it. Each model of
-// the file whose parameters all have defaults is instantiated with them and its `forward` lowered
-// on inputs of its declared types. Sizes its signature names but nothing binds (the batch `B`, the
-// length `T`) take assumed values three times: distinct primes from 7, then all 1 (as a context
-// length bounds T), then distinct multiples of 60 (as a reshape into heads or patches wants). Only
-// a problem found all three times is reported, with a note naming the first sizes assumed: a model
-// that needs T ≤ its context length or N divisible by its patch size is not wrong, and a wrong
-// one is wrong at any size.
+// `lrkc check` on models no train block of the file trains (a library of models has no block at
+// all): nothing would lower their forwards, and a shape error in one (a result that is not the
+// declared type, a product of mismatched sizes) would go unnoticed until a program trains it. Each
+// such model whose parameters all have defaults is instantiated with them and its `forward`
+// lowered on inputs of its declared types. Sizes its signature names but nothing binds (the batch
+// `B`, the length `T`) take assumed values three times: distinct primes from 7, then all 1 (as a
+// context length bounds T), then distinct multiples of 60 (as a reshape into heads or patches
+// wants). Only a problem found all three times is reported, with a note naming the first sizes
+// assumed: a model that needs T ≤ its context length or N divisible by its patch size is not
+// wrong, and a wrong one is wrong at any size.
 import type * as A from "../language/ast.js";
 import type { Diagnostic } from "../language/diagnostics.js";
 import { Builder } from "./builder.js";
@@ -25,10 +25,18 @@ const ASSUMED: readonly (readonly number[])[] = [
   [60, 120, 180, 240, 300, 360, 420, 480],
 ];
 
-/** Lowers the forward of every model of `module` that needs no arguments (see the header). */
-export function checkModels(r: Resolver, module: Module): void {
+/**
+ * Lowers the forward of every model of `module` that needs no arguments (see the header), but
+ * those in `trained` (a train block's model or one of its submodules: compiling the block checks
+ * them at the sizes it trains).
+ */
+export function checkModels(
+  r: Resolver,
+  module: Module,
+  trained: ReadonlySet<A.Definition> = new Set(),
+): void {
   for (const item of module.program.items) {
-    if (item.kind !== "Definition" || item.sort !== "model") continue;
+    if (item.kind !== "Definition" || item.sort !== "model" || trained.has(item)) continue;
     if (item.params.some((p) => !p.default)) continue;
     checkModel(r, item, module);
   }

@@ -2,10 +2,11 @@
 // executes; `planStep` takes one of its graph programs to the kernel plan a WebGPU device runs.
 // Each line is one phase, in order; every phase reports into one log and the driver stops at the
 // first phase that found an error. Nothing here reads data or touches a device.
-import { checkModels } from "./check-models.js";
 import { Log, type Diagnostic, type Location } from "../language/diagnostics.js";
 import type { SourceFile } from "../language/source.js";
+import { checkModels } from "./check-models.js";
 import { checkPooledStates } from "./pooled-states.js";
+import { allModules } from "./instantiate.js";
 import { hostScalars } from "./host-scalars.js";
 import { buildInit } from "./init.js";
 import { ModuleLoader, type Module } from "./modules.js";
@@ -108,7 +109,7 @@ export function analyze(
     train?: string;
     requireTrain?: boolean;
     stdlibDir?: string;
-    /** With no train block in the file: lower its models' forwards (compiler/check-models.ts). */
+    /** Lower the forwards of the file's models no train block trains (compiler/check-models.ts). */
     checkModels?: boolean;
   } = {},
 ): Analysis {
@@ -133,7 +134,11 @@ export function analyze(
     const spec = resolveTrain(resolver, entry, decl, options); //     the train block
     if (spec) trains.push({ spec, placement: place(resolver, spec) }); // adapt/freeze/optimize/…
   }
-  if (options.checkModels && decls.length === 0 && !log.hasErrors()) checkModels(resolver, entry); //                                  forwards without a block
+  if (options.checkModels && !log.hasErrors()) {
+    // models no train block trains: their forwards lowered on their own
+    const trained = trains.flatMap((t) => allModules(t.spec.model).map((m) => m.def));
+    checkModels(resolver, entry, new Set(trained));
+  }
   return done(resolver);
 }
 

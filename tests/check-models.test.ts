@@ -47,6 +47,30 @@ model Typo(d: int = 8) {
     ]);
   });
 
+  it("beside a train block: the models it trains are checked by compiling it, the others on their own", () => {
+    const found = checked(`${imports}import std.optim.{adamw}
+data moons = std.data.two_moons(n: 64, seed: 1)
+model Good(hidden: int = 8) {
+  a = Linear(2, hidden)
+  b = Linear(hidden, 2)
+  forward(x: f32[B, 2]) -> f32[B, 2] = b(relu(a(x)))
+}
+model Unused(hidden: int = 8) {
+  a = Linear(2, hidden)
+  forward(x: f32[B, 2]) -> f32[B, 3] = a(x)
+}
+train t {
+  model Good()
+  data moons
+  loss cross_entropy(model(batch.x), batch.y)
+  optimize ** with adamw(lr: 1e-2)
+  steps 1
+  batch 8
+}`);
+    expect(found.map((d) => [d.code, d.text])).toEqual([["E0401", "f32[B, 3]"]]);
+    expect(found[0]!.notes.at(-1)!.message).toContain("found checking `Unused`'s forward");
+  });
+
   it("no false alarm: sizes that must divide (heads) or stay small (a context length), and models that need arguments are left alone", () => {
     expect(
       checked(`${imports}
