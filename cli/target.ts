@@ -119,6 +119,23 @@ export function tuningShapes(programs: readonly GraphProgram[], target: PlanTarg
     .filter((shape) => !isSmallMatmul(shape) && tunable(shape, target.limits));
 }
 
+/** Seconds between progress lines while tuning (a first run on lavapipe tunes for a minute or two). */
+const TUNING_PROGRESS_S = 10;
+
+/** Call after each class tuned: a line every TUNING_PROGRESS_S seconds, "tuned 12 of 29 …". */
+function tuningProgress(total: number, log?: (line: string) => void): () => void {
+  const started = performance.now();
+  let done = 0;
+  let told = started;
+  return () => {
+    done++;
+    const now = performance.now();
+    if (!log || done === total || now - told < TUNING_PROGRESS_S * 1000) return;
+    told = now;
+    log(`  tuned ${done} of ${total} classes (${((now - started) / 1000).toFixed(0)} s)`);
+  };
+}
+
 /**
  * The target of `device` for these programs: its limits and features, and with `autotune` the
  * tuned parameters of every large matmul the programs run (tuned now when not cached).
@@ -154,7 +171,12 @@ export async function deviceTarget(
       `tuning ${untuned} matmul shape class${untuned === 1 ? "" : "es"} for ${device.summary.description} (once: the choices are cached; --no-autotune skips this)`,
     );
   const tuned = new Map<string, MatmulParams>();
-  for (const [key, shape] of classes) tuned.set(key, await tuner.matmul(shape));
+  const progress = tuningProgress(untuned, options.log);
+  for (const [key, shape] of classes) {
+    const cached = tuner.cached(shape) !== undefined;
+    tuned.set(key, await tuner.matmul(shape));
+    if (!cached) progress();
+  }
   const matmulParams = (shape: MatmulShape) =>
     (!isSmallMatmul(shape) && tuned.get(matmulTemplate.classKey(shape))) ||
     planMatmulParams(shape, features, device.summary);

@@ -674,8 +674,8 @@ export function templateShape(graph: Graph, g: KernelGroup): MatmulShape | undef
 /** The matmul template for the autotuner: candidates, defaults, kernels, shape classes. */
 export const matmulTemplate: MatmulTemplate = {
   // split-k where the output is small and k long: chosen only where timed faster
-  candidates: (shape, features) => [
-    ...matmulCandidates(shape, features),
+  candidates: (shape, features, adapter) => [
+    ...matmulCandidates(shape, features, adapter),
     ...splitKCandidates(shape, features),
   ],
   defaults: defaultMatmulParams,

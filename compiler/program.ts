@@ -375,7 +375,11 @@ export interface TrainProgram {
 /** The matmul kernel template, as the runtime's autotuner times it (the compiler renders). */
 export interface MatmulTemplate {
   /** The parameter sets worth timing for a shape on a device with these features. */
-  candidates(shape: MatmulShape, features: ReadonlySet<string>): MatmulParams[];
+  candidates(
+    shape: MatmulShape,
+    features: ReadonlySet<string>,
+    adapter?: MatmulAdapterKind,
+  ): MatmulParams[];
   /** The choice without tuning. */
   defaults(
     shape: MatmulShape,

@@ -314,7 +314,7 @@ export class Autotuner {
     const entry = this.disk.adapters[this.adapterKey]?.[this.template.classKey(shape)];
     if (!entry) return undefined;
     // Only a choice that is still one of the template's candidates counts.
-    const candidates = this.template.candidates(shape, this.features);
+    const candidates = this.template.candidates(shape, this.features, this.adapter);
     return candidates.some((c) => this.sameParams(c, entry.params)) ? entry : undefined;
   }
 
@@ -351,7 +351,7 @@ export class Autotuner {
     if (hit) return hit.params;
     const log = this.options.log ?? (() => {});
     const runs = this.options.runs ?? 5;
-    const candidates = this.template.candidates(shape, this.features);
+    const candidates = this.template.candidates(shape, this.features, this.adapter);
     // Time the expected winner first so slow candidates can be cut short.
     const first = this.template.defaults(shape, this.features, this.adapter);
     const isFirst = (p: MatmulParams) => Number(this.sameParams(p, first));

@@ -247,7 +247,7 @@ describe("kernels reading f16 inputs on WebGPU", () => {
     expect(lines.filter((l) => l.includes("failed"))).toEqual([]);
     for (const shape of shapes) {
       const key = matmulShapeClassKey(shape);
-      for (const c of matmulCandidates(shape, new Set(device.features)))
+      for (const c of matmulCandidates(shape, new Set(device.features), device.summary))
         expect(lines.some((l) => l.includes(`${key}: ${matmulTemplate.describe(c)} `))).toBe(true);
     }
     const cached = JSON.parse(readFileSync(cacheFile, "utf8")) as {

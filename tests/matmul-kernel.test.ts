@@ -556,7 +556,7 @@ describe("Autotuner", () => {
       log: (l) => lines.push(l),
     });
     const choice = await first.matmul(shape);
-    const candidates = matmulCandidates(shape, features).map(describeMatmulParams);
+    const candidates = matmulCandidates(shape, features, adapter).map(describeMatmulParams);
     expect(candidates).toContain(describeMatmulParams(choice));
     expect(first.measurements).toBe(candidates.length);
     // every candidate timed (and those close to the fastest again)
@@ -600,7 +600,7 @@ describe("Autotuner", () => {
   });
 
   it("times the candidates close to the fastest again, alternating, each keeping its fastest: a slow spell does not decide", async () => {
-    const candidates = matmulCandidates(shape, features);
+    const candidates = matmulCandidates(shape, features, adapter);
     const [lucky, steady, slow] = candidates.map(describeMatmulParams);
     // lucky: fast in the first pass, then slow; steady: a little slower first, then fastest;
     // slow: beyond 2× the fastest, never timed again; the rest slower still
@@ -629,9 +629,24 @@ describe("Autotuner", () => {
     expect(entry.ms).toBe(0.9);
   });
 
+  it("on a software adapter with subgroups, the shared-memory tiles and the naive kernel are not candidates", () => {
+    const subgroups = new Set(["subgroups"]);
+    const small = { ...shape, m: 32, n: 32 };
+    const variants = (kind?: Parameters<typeof matmulCandidates>[2], set = subgroups) =>
+      new Set(matmulCandidates(small, set, kind).map((p) => p.variant));
+    const lavapipe = { fallback: false, description: "llvmpipe (LLVM 15.0.6)" };
+    expect(variants(lavapipe)).toEqual(new Set(["subgroup", "register"]));
+    expect(variants({ fallback: true })).toEqual(new Set(["subgroup", "register"]));
+    // a GPU, no adapter (the tests' every candidate), or no subgroups: all of them
+    const all = new Set(["subgroup", "register", "shared", "naive"]);
+    expect(variants({ fallback: false, architecture: "gpu" })).toEqual(all);
+    expect(variants()).toEqual(all);
+    expect(variants(lavapipe, new Set())).toEqual(new Set(["register", "shared", "naive"]));
+  });
+
   it("picks the fastest by the clock it is given, and enabled: false times nothing", async () => {
     const file = join(dir, "fake.json");
-    const candidates = matmulCandidates(shape, features);
+    const candidates = matmulCandidates(shape, features, adapter);
     const fastest = candidates[candidates.length - 1]!;
     const tuner = new Autotuner(device, adapter, matmulTemplate, {
       cacheFile: file,
