@@ -86,7 +86,9 @@ function lowerForward(
   values: readonly number[],
   assumed: Map<string, number>,
 ): void {
-  const call: A.Call = { kind: "Call", callee: def.name as never, args: [], span: def.name.span };
+  // `Net()`: every parameter takes its default
+  const callee: A.NameExpr = { kind: "NameExpr", name: def.name.name, span: def.name.span };
+  const call: A.Call = { kind: "Call", callee, args: [], span: def.name.span };
   const scope = r.scopeOf(module);
   const config: Extract<Value, { kind: "config" }> = {
     kind: "config",
