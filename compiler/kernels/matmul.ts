@@ -1282,8 +1282,7 @@ function tiledStores(c: Ctx, G: number, cw: number): string[] {
   L.push(`  let col = col0 + (i % ${u(G)}) * ${u(cw)};`);
   L.push(...pick("v", accs, "  "));
   const values = branchValues(c, accs, cw === 4 ? "vec4<f32>" : "f32", L, "  ");
-  const ws = (lane: string) =>
-    values.map((w) => `, ${w.startsWith("w") ? `${w}${lane}` : lane ? "0.0" : w}`).join("");
+  const ws = (lane: string) => values.map((w) => `, ${w(lane)}`).join("");
   if (c.outVec) {
     L.push(`  mm_store4(batch, row, col, v${ws("")});`);
   } else if (cw === 4) {
@@ -1432,7 +1431,7 @@ function sharedBody(
   L.push(`  let row = tileRow + lid.y + (i / ${u(C)}) * ${u(WY)};`);
   L.push(`  let col = tileCol + lid.x + (i % ${u(C)}) * ${u(WX)};`);
   L.push(...pick("v", accs, "  "));
-  const ws = branchValues(c, accs, "f32", L, "  ").map((w) => `, ${w}`);
+  const ws = branchValues(c, accs, "f32", L, "  ").map((w) => `, ${w("")}`);
   L.push(`  mm_store(batch, row, col, v${ws.join("")});`);
   L.push(`}`);
   return {
@@ -1517,8 +1516,8 @@ function scaledLoad(c: Ctx, i: number, load: string): string {
 }
 
 /**
- * The branch values the stores hand the epilogue: w{b} picked from branch b's accumulators (with
- * `pickFrom`), or a zero where the branch was added into the product's.
+ * The branch values the stores hand the epilogue, whole (lane "") or at one lane (".x", …): w{b}
+ * picked from branch b's accumulators, or zero where the branch was added into the product's.
  */
 function branchValues(
   c: Ctx,
@@ -1526,9 +1525,9 @@ function branchValues(
   type: string,
   L: string[],
   ind: string,
-): string[] {
+): ((lane: string) => string)[] {
   return c.branches.map((br, b) => {
-    if (br.scale !== undefined) return `${type}()`;
+    if (br.scale !== undefined) return (lane) => (lane ? "0.0" : `${type}()`);
     L.push(
       ...pick(
         `w${b}`,
@@ -1536,7 +1535,7 @@ function branchValues(
         ind,
       ),
     );
-    return `w${b}`;
+    return (lane) => `w${b}${lane}`;
   });
 }
 
