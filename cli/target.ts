@@ -165,7 +165,8 @@ export async function deviceTarget(
   const tuner = new Autotuner(device.device, device.summary, matmulTemplate);
   const shapes = tuningShapes(programs, base);
   const classes = new Map(shapes.map((s) => [matmulTemplate.classKey(s), s]));
-  const untuned = [...classes.values()].filter((s) => !tuner.cached(s)).length;
+  const untunedKeys = new Set([...classes].filter(([, s]) => !tuner.cached(s)).map(([key]) => key));
+  const untuned = untunedKeys.size;
   if (untuned > 0)
     options.log?.(
       `tuning ${untuned} matmul shape class${untuned === 1 ? "" : "es"} for ${device.summary.description} (once: the choices are cached; --no-autotune skips this)`,
@@ -173,9 +174,8 @@ export async function deviceTarget(
   const tuned = new Map<string, MatmulParams>();
   const progress = tuningProgress(untuned, options.log);
   for (const [key, shape] of classes) {
-    const cached = tuner.cached(shape) !== undefined;
     tuned.set(key, await tuner.matmul(shape));
-    if (!cached) progress();
+    if (untunedKeys.has(key)) progress();
   }
   const matmulParams = (shape: MatmulShape) =>
     (!isSmallMatmul(shape) && tuned.get(matmulTemplate.classKey(shape))) ||

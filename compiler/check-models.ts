@@ -86,17 +86,11 @@ function lowerForward(
   values: readonly number[],
   assumed: Map<string, number>,
 ): void {
-  // `Net()`: every parameter takes its default
+  // `Net()`, evaluated as any call of a model: every parameter takes its default
   const callee: A.NameExpr = { kind: "NameExpr", name: def.name.name, span: def.name.span };
   const call: A.Call = { kind: "Call", callee, args: [], span: def.name.span };
-  const scope = r.scopeOf(module);
-  const config: Extract<Value, { kind: "config" }> = {
-    kind: "config",
-    def,
-    module,
-    args: r.bindArguments(def, module, call, scope, module),
-    at: r.at(module, def.name),
-  };
+  const config = r.evaluate(call, r.scopeOf(module), module);
+  if (config.kind !== "config" || config.def !== def) return;
   const instance = instantiate(r, config, "");
   const forward = instance.scope.get("forward");
   if (forward?.kind !== "function") return;

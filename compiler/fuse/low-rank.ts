@@ -327,17 +327,18 @@ export function branchCoefficient(
   id: number,
 ): number | undefined {
   const written = new Set(group.outputs);
-  // the chain's single reader of `x`, if x is read once and not written
+  // each node's readers in the kernel, once per read (a node reading x twice is listed twice)
+  const readers = new Map<number, number[]>();
+  for (const y of group.nodes)
+    for (const i of graph.node(y).inputs) {
+      const list = readers.get(i);
+      if (list) list.push(y);
+      else readers.set(i, [y]);
+    }
+  // the kernel's single reader of `x`, if x is read once and not written
   const onlyReader = (x: number): number | undefined => {
-    if (written.has(x)) return undefined;
-    let reader: number | undefined;
-    for (const y of group.nodes)
-      for (const i of graph.node(y).inputs) {
-        if (i !== x) continue;
-        if (reader !== undefined) return undefined;
-        reader = y;
-      }
-    return reader;
+    const read = readers.get(x);
+    return written.has(x) || read?.length !== 1 ? undefined : read[0];
   };
   // the product's additive path: anchor, then adds and reshapes that carry it
   const path = new Set<number>([group.anchor]);

@@ -1541,7 +1541,8 @@ function branchValues(
 
 /**
  * The register and subgroup tiles' loop over branch i's rank: the same tile as the product's
- * (rows rr{r}, columns cc{j}), on accumulators lb{i}_{r}_{g} of its own. Down's rows are loaded as
+ * (rows rr{r}, columns cc{j}), on the product's accumulators acc{r}_{g} (branchAccumulators) or
+ * on lb{i}_{r}_{g} of its own. Down's rows are loaded as
  * vec4s along the rank; up's columns as vec4s along the rank (k4: in a subgroup each of 8 lanes
  * loads distinct columns and broadcasts them, as the product's B stored transposed) or along n
  * (n4: in a subgroup lane q loads column group q % G and broadcasts it). The 4 steps of each vec4
