@@ -91,7 +91,10 @@ function lowerForward(
   const call: A.Call = { kind: "Call", callee, args: [], span: def.name.span };
   const config = r.evaluate(call, r.scopeOf(module), module);
   if (config.kind !== "config" || config.def !== def) return;
+  const mark = r.diagnostics.length;
   const instance = instantiate(r, config, "");
+  // a model that could not be made whole: its members' errors say it, lowering would repeat them
+  if (r.diagnostics.length > mark) return;
   const forward = instance.scope.get("forward");
   if (forward?.kind !== "function") return;
   const b = new Builder();

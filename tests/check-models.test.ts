@@ -71,6 +71,22 @@ train t {
     expect(found[0]!.notes.at(-1)!.message).toContain("found checking `Unused`'s forward");
   });
 
+  it("a model its defaults cannot make: its own error, not the forward's that follow from it", () => {
+    const found = checked(`${imports}
+model Zero(n: int = 0) {
+  l = Linear(n, 2)
+  forward(x: f32[B, n]) -> f32[B, 2] = l(x)
+}
+model Loop(d: int = 4) {
+  inner = Loop(d)
+  forward(x: f32[B, d]) -> f32[B, d] = inner(x)
+}`);
+    expect(found.map((d) => [d.code, d.text])).toEqual([
+      ["E0402", "Linear(n, 2)"],
+      ["E0210", "Loop(d)"],
+    ]);
+  });
+
   it("no false alarm: sizes that must divide (heads) or stay small (a context length), and models that need arguments are left alone", () => {
     expect(
       checked(`${imports}
